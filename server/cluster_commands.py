@@ -1,0 +1,127 @@
+"""Cluster emulation: the router presents itself as one master node owning all
+16384 slots, so cluster clients connect, learn one node, and never see MOVED."""
+
+from __future__ import annotations
+
+from server.client import Client
+from shards.args import parse_ll
+from shards.resp import OK, Map, ReplyError, Verbatim, encode
+from shards.slots import SLOT_COUNT, key_slot
+from shards.table import ROUTER, command, container
+
+container("cluster", "cluster", where=ROUTER)
+
+ERR_BAD_SLOT = ReplyError(b"ERR Invalid or out of range slot")
+
+
+def announced_ip(client: Client) -> bytes:
+    router = client.router
+    if router.config.announce_ip:
+        return router.config.announce_ip.encode()
+    bind = router.config.bind
+    if bind in ("0.0.0.0", "::", ""):
+        return client.laddr.rsplit(":", 1)[0].encode()
+    return bind.encode()
+
+
+@command("cluster|slots", 2, "loading stale", group="cluster", where=ROUTER)
+def cluster_slots(client: Client, argv: list[bytes]):
+    node = [announced_ip(client), client.router.port, client.router.node_id.encode(), Map([])]
+    return [[0, SLOT_COUNT - 1, node]]
+
+
+@command("cluster|shards", 2, "loading stale", group="cluster", where=ROUTER)
+def cluster_shards(client: Client, argv: list[bytes]):
+    router = client.router
+    node = Map([
+        b"id", router.node_id.encode(),
+        b"port", router.port,
+        b"ip", announced_ip(client),
+        b"endpoint", announced_ip(client),
+        b"role", b"master",
+        b"replication-offset", 0,
+        b"health", b"online" if router.shards_up() else b"failed",
+    ])
+    return [Map([b"slots", [0, SLOT_COUNT - 1], b"nodes", [node]])]
+
+
+@command("cluster|nodes", 2, "loading stale", group="cluster", where=ROUTER)
+def cluster_nodes(client: Client, argv: list[bytes]):
+    router = client.router
+    ip = announced_ip(client).decode()
+    line = (f"{router.node_id} {ip}:{router.port}@{router.port + 10000} myself,master - 0 0 1 "
+            f"connected 0-{SLOT_COUNT - 1}\n")
+    return Verbatim(line.encode())
+
+
+@command("cluster|info", 2, "loading stale", group="cluster", where=ROUTER)
+def cluster_info(client: Client, argv: list[bytes]):
+    ok = client.router.shards_up()
+    lines = [
+        f"cluster_state:{'ok' if ok else 'fail'}",
+        f"cluster_slots_assigned:{SLOT_COUNT}",
+        f"cluster_slots_ok:{SLOT_COUNT if ok else 0}",
+        "cluster_slots_pfail:0",
+        f"cluster_slots_fail:{0 if ok else SLOT_COUNT}",
+        "cluster_known_nodes:1",
+        "cluster_size:1",
+        "cluster_current_epoch:1",
+        "cluster_my_epoch:1",
+        "cluster_stats_messages_sent:0",
+        "cluster_stats_messages_received:0",
+        "total_cluster_links_buffer_limit_exceeded:0",
+    ]
+    return Verbatim(("\r\n".join(lines) + "\r\n").encode())
+
+
+@command("cluster|myid", 2, "loading stale", group="cluster", where=ROUTER)
+def cluster_myid(client: Client, argv: list[bytes]):
+    return client.router.node_id.encode()
+
+
+@command("cluster|keyslot", 3, "loading stale", group="cluster", where=ROUTER)
+def cluster_keyslot(client: Client, argv: list[bytes]):
+    return key_slot(argv[2])
+
+
+def _slot_arg(text: bytes) -> int:
+    slot = parse_ll(text)
+    if slot is None or not 0 <= slot < SLOT_COUNT:
+        raise ERR_BAD_SLOT
+    return slot
+
+
+@command("cluster|countkeysinslot", 3, "loading stale", group="cluster", where=ROUTER)
+def cluster_countkeysinslot(client: Client, argv: list[bytes]):
+    slot = _slot_arg(argv[2])
+    router = client.router
+    return router.ask_shard(client, router.slot_owner[slot], [b"\x00countkeysinslot", b"%d" % slot],
+                            lambda count: b":%d\r\n" % count)
+
+
+@command("cluster|getkeysinslot", 4, "loading stale", group="cluster", where=ROUTER)
+def cluster_getkeysinslot(client: Client, argv: list[bytes]):
+    slot = _slot_arg(argv[2])
+    count = parse_ll(argv[3])
+    if count is None or count < 0:
+        raise ReplyError(b"ERR Invalid number of keys")
+    router = client.router
+    proto = client.proto
+    return router.ask_shard(client, router.slot_owner[slot],
+                            [b"\x00getkeysinslot", b"%d" % slot, b"%d" % count],
+                            lambda keys: encode(keys, proto))
+
+
+@command("readonly", 1, "loading stale fast", group="cluster", where=ROUTER)
+def readonly(client: Client, argv: list[bytes]):
+    return OK
+
+
+@command("readwrite", 1, "loading stale fast", group="cluster", where=ROUTER)
+def readwrite(client: Client, argv: list[bytes]):
+    return OK
+
+
+@command("asking", 1, "fast", group="cluster", where=ROUTER)
+def asking(client: Client, argv: list[bytes]):
+    return OK

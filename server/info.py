@@ -1,0 +1,197 @@
+"""INFO: the router's own sections plus figures aggregated over every shard."""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+
+from shards.internal import rss_bytes
+
+DEFAULT_SECTIONS = ("server", "clients", "memory", "persistence", "stats", "replication", "cpu",
+                    "modules", "errorstats", "cluster", "keyspace")
+ALL_SECTIONS = DEFAULT_SECTIONS[:-2] + ("commandstats", "latencystats") + DEFAULT_SECTIONS[-2:]
+
+
+def wanted_sections(args: list[bytes]) -> list[str]:
+    if not args:
+        return list(DEFAULT_SECTIONS)
+    wanted: list[str] = []
+    for arg in args:
+        name = arg.decode(errors="replace").lower()
+        if name in ("all", "everything"):
+            expanded = ALL_SECTIONS
+        elif name == "default":
+            expanded = DEFAULT_SECTIONS
+        else:
+            expanded = (name,)
+        for section in expanded:
+            if section not in wanted:
+                wanted.append(section)
+    return wanted
+
+
+def render(router, shard_infos: list[dict], sections: list[str], version: bytes) -> bytes:
+    lines: list[str] = []
+    for section in sections:
+        body = _SECTIONS.get(section)
+        if body is None:
+            continue
+        if lines:
+            lines.append("")
+        lines.append(f"# {section.capitalize() if section != 'cpu' else 'CPU'}")
+        lines.extend(body(router, shard_infos, version))
+    return ("\r\n".join(lines) + "\r\n").encode() if lines else b""
+
+
+def _server(router, infos, version):
+    uptime = int(time.time() - router.started_at)
+    return [
+        f"redis_version:{version.decode()}",
+        "redis_mode:cluster",
+        "durakv_version:0.1.0",
+        f"os:{os.uname().sysname} {os.uname().release} {os.uname().machine}",
+        "arch_bits:64",
+        "multiplexing_api:epoll",
+        f"python_version:{sys.version.split()[0]}",
+        f"process_id:{os.getpid()}",
+        f"tcp_port:{router.port}",
+        f"server_time_usec:{time.time_ns() // 1000}",
+        f"uptime_in_seconds:{uptime}",
+        f"uptime_in_days:{uptime // 86400}",
+        f"hz:{router.settings.values['hz']}",
+        f"executable:{sys.executable}",
+        f"shards:{len(router.links)}",
+        f"routers:{router.config.routers}",
+    ]
+
+
+def _clients(router, infos, version):
+    return [
+        f"connected_clients:{len(router.clients)}",
+        "cluster_connections:0",
+        f"maxclients:{router.settings.maxclients}",
+        "blocked_clients:0",
+        "tracking_clients:0",
+    ]
+
+
+def _memory(router, infos, version):
+    shard_rss = sum(i["rss_bytes"] for i in infos)
+    total = shard_rss + rss_bytes()
+    return [
+        f"used_memory:{total}",
+        f"used_memory_human:{total / 1024 / 1024:.2f}M",
+        f"used_memory_rss:{total}",
+        f"used_memory_router_rss:{rss_bytes()}",
+        f"used_memory_shards_rss:{shard_rss}",
+        f"maxmemory:{router.settings.values['maxmemory']}",
+        f"maxmemory_policy:{router.settings.values['maxmemory-policy']}",
+        "mem_fragmentation_ratio:1.00",
+    ]
+
+
+def _persistence(router, infos, version):
+    return [
+        "loading:0",
+        "async_loading:0",
+        "rdb_changes_since_last_save:0",
+        "rdb_bgsave_in_progress:0",
+        f"rdb_last_save_time:{int(router.started_at)}",
+        "rdb_last_bgsave_status:ok",
+        "aof_enabled:0",
+        "aof_rewrite_in_progress:0",
+        "aof_last_write_status:ok",
+    ]
+
+
+def _stats(router, infos, version):
+    return [
+        f"total_connections_received:{router.stats_connections}",
+        f"total_commands_processed:{router.stats_commands}",
+        f"rejected_connections:{router.stats_rejected_connections}",
+        f"expired_keys:{sum(i['expired_keys'] for i in infos)}",
+        "evicted_keys:0",
+        f"keyspace_hits:{sum(i['keyspace_hits'] for i in infos)}",
+        f"keyspace_misses:{sum(i['keyspace_misses'] for i in infos)}",
+        "pubsub_channels:0",
+        "pubsub_patterns:0",
+        f"total_error_replies:{router.stats_rejected + sum(sum(v[2] for v in i['commandstats'].values()) for i in infos)}",
+        f"unexpected_error_replies:0",
+        f"total_protocol_errors:{router.stats_protocol_errors}",
+        f"shard_frames_sent:{sum(link.frames_sent for link in router.links)}",
+        f"shard_requests_sent:{sum(link.requests_sent for link in router.links)}",
+    ]
+
+
+def _replication(router, infos, version):
+    return ["role:master", "connected_slaves:0", "master_repl_offset:0"]
+
+
+def _cpu(router, infos, version):
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return [
+        f"used_cpu_sys:{usage.ru_stime:.6f}",
+        f"used_cpu_user:{usage.ru_utime:.6f}",
+        f"used_cpu_sys_children:{children.ru_stime:.6f}",
+        f"used_cpu_user_children:{children.ru_utime:.6f}",
+    ]
+
+
+def _modules(router, infos, version):
+    return []
+
+
+def _errorstats(router, infos, version):
+    return []
+
+
+def _cluster(router, infos, version):
+    return ["cluster_enabled:1"]
+
+
+def _keyspace(router, infos, version):
+    keys = sum(i["keys"] for i in infos)
+    expires = sum(i["expires"] for i in infos)
+    if not keys:
+        return []
+    return [f"db0:keys={keys},expires={expires},avg_ttl=0"]
+
+
+def _commandstats(router, infos, version):
+    merged: dict[str, list[int]] = {}
+    for info in infos:
+        for name, (calls, usec, failed) in info["commandstats"].items():
+            entry = merged.setdefault(name, [0, 0, 0])
+            entry[0] += calls
+            entry[1] += usec
+            entry[2] += failed
+    lines = []
+    for name, (calls, usec, failed) in sorted(merged.items()):
+        per_call = usec / calls if calls else 0.0
+        lines.append(f"cmdstat_{name}:calls={calls},usec={usec},usec_per_call={per_call:.2f},"
+                     f"rejected_calls=0,failed_calls={failed}")
+    return lines
+
+
+def _latencystats(router, infos, version):
+    return []
+
+
+_SECTIONS = {
+    "server": _server,
+    "clients": _clients,
+    "memory": _memory,
+    "persistence": _persistence,
+    "stats": _stats,
+    "replication": _replication,
+    "cpu": _cpu,
+    "modules": _modules,
+    "errorstats": _errorstats,
+    "cluster": _cluster,
+    "keyspace": _keyspace,
+    "commandstats": _commandstats,
+    "latencystats": _latencystats,
+}

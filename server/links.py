@@ -1,0 +1,154 @@
+"""The router's side of the router <-> shard frame protocol: one ShardLink per
+shard, batching every request queued in a scheduling turn into one frame."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Callable
+
+import trio
+
+from shards.frames import encode_frame, reply_batch_decoder, shard_socket_name, split_frames
+
+log = logging.getLogger("durakv.router")
+
+RECV_BYTES = 1024 * 1024
+RECONNECT_BACKOFF_MIN_S = 0.05
+RECONNECT_BACKOFF_MAX_S = 1.0
+
+ERR_SHARD_DOWN = b"-CLUSTERDOWN The cluster is down\r\n"
+ERR_SHARD_LOST = b"-CLUSTERDOWN The shard owning this slot failed while the command was in flight\r\n"
+
+
+class Pending:
+    """A reply slot in a client's ordered reply queue, filled when a shard (or a
+    timer, or a merge) completes it."""
+
+    __slots__ = ("data", "client", "on_fill")
+
+    def __init__(self, client, on_fill: Callable | None = None) -> None:
+        self.data: bytes | None = None
+        self.client = client
+        self.on_fill = on_fill
+
+    def fill(self, data: bytes) -> None:
+        if self.on_fill is not None:
+            self.on_fill(self, data)
+        else:
+            self.data = data
+            self.client.reply_ready()
+
+
+class ShardLink:
+    def __init__(self, router, index: int, data_dir: str) -> None:
+        self.router = router
+        self.index = index
+        self.address = shard_socket_name(data_dir, index)
+        self.sock: socket.socket | None = None
+        self.up = False
+        self.ever_up = trio.Event()
+        self._queue: list[tuple] = []
+        self._pending: dict[int, Pending] = {}
+        self._next_rid = 1
+        self._wake = trio.Event()
+        self.frames_sent = 0
+        self.requests_sent = 0
+
+    def submit(self, client, proto: int, argv: list[bytes], slot: Pending | None = None) -> Pending:
+        """Queue a request for this shard; returns the reply slot it will fill."""
+        if slot is None:
+            slot = Pending(client)
+        if not self.up:
+            slot.fill(ERR_SHARD_DOWN)
+            return slot
+        rid = self._next_rid
+        self._next_rid = rid + 1
+        self._pending[rid] = slot
+        self._queue.append((rid, client.id if client is not None else 0, proto, argv))
+        if len(self._queue) == 1:
+            self._wake.set()
+        return slot
+
+    async def run(self) -> None:
+        """Connect, serve, and on failure fail everything in flight and retry."""
+        backoff_s = RECONNECT_BACKOFF_MIN_S
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(self.address)
+            except OSError:
+                sock.close()
+                await trio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, RECONNECT_BACKOFF_MAX_S)
+                continue
+            backoff_s = RECONNECT_BACKOFF_MIN_S
+            sock.setblocking(False)
+            self.sock = sock
+            self.up = True
+            self.ever_up.set()
+            log.info("router: connected to shard %d", self.index)
+            self.router.on_link_change()
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._sender, nursery.cancel_scope)
+                    await self._receiver()
+                    nursery.cancel_scope.cancel()
+            except OSError as e:
+                log.warning("router: shard %d link error: %s", self.index, e)
+            finally:
+                self.up = False
+                self.sock = None
+                sock.close()
+                self._fail_in_flight()
+                self.router.on_link_change()
+            log.warning("router: lost shard %d; answering its slots with CLUSTERDOWN", self.index)
+
+    def _fail_in_flight(self) -> None:
+        pending = self._pending
+        self._pending = {}
+        self._queue = []
+        for slot in pending.values():
+            slot.fill(ERR_SHARD_LOST)
+
+    async def _sender(self, cancel_scope: trio.CancelScope) -> None:
+        sock = self.sock
+        while True:
+            if not self._queue:
+                await self._wake.wait()
+                self._wake = trio.Event()
+            batch = self._queue
+            self._queue = []
+            self.frames_sent += 1
+            self.requests_sent += len(batch)
+            view = memoryview(encode_frame(batch))
+            while view:
+                try:
+                    sent = sock.send(view)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    cancel_scope.cancel()
+                    return
+                view = view[sent:]
+                if view:
+                    await trio.lowlevel.wait_writable(sock)
+
+    async def _receiver(self) -> None:
+        sock = self.sock
+        buf = bytearray()
+        pending = self._pending
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                data = sock.recv(RECV_BYTES)
+            except BlockingIOError:
+                continue
+            if not data:
+                return
+            buf += data
+            for frame in split_frames(buf):
+                for rid, reply in reply_batch_decoder.decode(frame):
+                    slot = pending.pop(rid)
+                    slot.fill(reply)
+            self.router.flush_ready_clients()

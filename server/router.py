@@ -1,0 +1,282 @@
+"""The router process: owns client sockets, routes each command to the shard that
+owns its keys, fans out and merges keyless and cross-shard reads."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import time
+
+import trio
+
+import server.commands  # noqa: F401  (registers the router's own commands)
+import shards.commands  # noqa: F401  (registers the shard commands: routing needs keys)
+from server.client import Client
+from server.links import Pending, ShardLink
+from server.settings import Settings
+from server.topology import ensure_topology
+from server import sdnotify
+from shards.config import Config
+from shards.frames import PROTO_INTERNAL, internal_reply_decoder
+from shards.resp import ReplyError, encode, encode_error
+from shards.slots import key_slot, slot_owner_table
+from shards.table import SPLIT_MGET, Command
+
+log = logging.getLogger("durakv.router")
+
+LISTEN_BACKLOG = 511
+
+
+class Gather:
+    """One client reply assembled from several shard replies."""
+
+    __slots__ = ("slot", "parts", "left", "finish")
+
+    def __init__(self, client: Client, count: int, finish) -> None:
+        self.slot = Pending(client)
+        self.parts: list = [None] * count
+        self.left = count
+        self.finish = finish
+        client.replies.append(self.slot)
+
+    def part(self, index: int) -> Pending:
+        return Pending(self.slot.client, on_fill=lambda _slot, data: self._got(index, data))
+
+    def _got(self, index: int, data: bytes) -> None:
+        self.parts[index] = data
+        self.left -= 1
+        if self.left == 0:
+            try:
+                reply = self.finish([decode_internal(p) for p in self.parts])
+            except ReplyError as e:
+                reply = encode_error(e.message)
+            self.slot.fill(reply)
+
+
+def decode_internal(data: bytes) -> object:
+    """A shard's internal reply: the value, or raises ReplyError."""
+    if data[:1] == b"-":
+        raise ReplyError(data[1:-2])
+    ok, value = internal_reply_decoder.decode(data)
+    if not ok:
+        raise ReplyError(value)
+    return value
+
+
+class Router:
+    def __init__(self, config: Config, index: int = 0) -> None:
+        self.config = config
+        self.index = index
+        self.links = [ShardLink(self, i, config.data_dir) for i in range(config.shards)]
+        self.slot_owner = slot_owner_table(config.shards)
+        self.clients: dict[int, Client] = {}
+        self.ready_clients: list[Client] = []
+        self._flush_wake = trio.Event()
+        self._client_seq = 0
+        self.started_at = time.time()
+        self.started_monotonic = time.monotonic()
+        self.node_id = ensure_topology(config.data_dir, config.shards)["node_id"]
+        self.settings = Settings(config)
+        self.stats_commands = 0
+        self.stats_rejected = 0
+        self.stats_connections = 0
+        self.stats_rejected_connections = 0
+        self.stats_protocol_errors = 0
+        self.port = config.port
+        self.nursery: trio.Nursery | None = None
+
+    # --- reply flushing -----------------------------------------------------------
+
+    def flush_ready_clients(self) -> None:
+        ready = self.ready_clients
+        if not ready:
+            return
+        self.ready_clients = []
+        for client in ready:
+            client.in_ready_set = False
+            client.flush()
+
+    def client_ready(self, client: Client) -> None:
+        if not self.ready_clients:
+            self._flush_wake.set()
+        self.ready_clients.append(client)
+
+    async def _flusher(self) -> None:
+        while True:
+            await self._flush_wake.wait()
+            self._flush_wake = trio.Event()
+            self.flush_ready_clients()
+
+    def on_link_change(self) -> None:
+        self.flush_ready_clients()
+
+    # --- routing helpers ------------------------------------------------------------
+
+    def fanout(self, client: Client, argv: list[bytes], name: str) -> None:
+        gather = Gather(client, len(self.links), lambda parts: MERGERS[name](parts, client.proto))
+        for i, link in enumerate(self.links):
+            link.submit(client, PROTO_INTERNAL, argv, gather.part(i))
+
+    def fanout_internal(self, client: Client, argv: list[bytes], finish) -> Pending:
+        """Ask every shard an internal question; `finish(values)` makes the reply bytes."""
+        gather = Gather(client, len(self.links), finish)
+        for i, link in enumerate(self.links):
+            link.submit(client, PROTO_INTERNAL, argv, gather.part(i))
+        return gather.slot
+
+    def fanout_internal_quiet(self, argv: list[bytes]) -> None:
+        """Tell every shard something; nobody waits for the answers."""
+        for link in self.links:
+            link.submit(None, PROTO_INTERNAL, argv, Pending(None, on_fill=_ignore_reply))
+
+    def after(self, seconds: float, fn) -> None:
+        """Run fn after a delay (DEBUG SLEEP), in the router's nursery."""
+
+        async def timer() -> None:
+            await trio.sleep(seconds)
+            fn()
+
+        self.nursery.start_soon(timer)
+
+    def ask_shard(self, client: Client, shard: int, argv: list[bytes], finish) -> Pending:
+        gather = Gather(client, 1, lambda parts: finish(parts[0]))
+        self.links[shard].submit(client, PROTO_INTERNAL, argv, gather.part(0))
+        return gather.slot
+
+    def split(self, client: Client, argv: list[bytes], cmd: Command, indexes: list[int]) -> None:
+        """A read or delete whose keys live on several shards: one sub-request per
+        shard, replies merged in key order (MGET) or summed (DEL, EXISTS...)."""
+        owner = self.slot_owner
+        by_shard: dict[int, list[int]] = {}
+        for i in indexes:
+            by_shard.setdefault(owner[key_slot(argv[i])], []).append(i)
+        shard_order = list(by_shard)
+        proto = client.proto
+        if cmd.split == SPLIT_MGET:
+            def finish(parts: list) -> bytes:
+                values: list = [None] * len(indexes)
+                position = {i: n for n, i in enumerate(indexes)}
+                for shard, part in zip(shard_order, parts):
+                    for i, value in zip(by_shard[shard], part):
+                        values[position[i]] = value
+                return encode(values, proto)
+        else:
+            def finish(parts: list) -> bytes:
+                return b":%d\r\n" % sum(parts)
+        gather = Gather(client, len(shard_order), finish)
+        for n, shard in enumerate(shard_order):
+            sub = [argv[0]] + [argv[i] for i in by_shard[shard]]
+            self.links[shard].submit(client, PROTO_INTERNAL, sub, gather.part(n))
+
+    def route_cursor(self, client: Client, argv: list[bytes]) -> None:
+        cursor = argv[1]
+        slot = int(cursor) if cursor.isdigit() and len(cursor) < 6 else 0
+        shard = self.slot_owner[min(slot, len(self.slot_owner) - 1)]
+        client.replies.append(self.links[shard].submit(client, client.proto, argv))
+
+    def shards_up(self) -> bool:
+        return all(link.up for link in self.links)
+
+    # --- clients ------------------------------------------------------------------
+
+    def forget(self, client: Client) -> None:
+        self.clients.pop(client.id, None)
+
+    def new_client_id(self) -> int:
+        self._client_seq += 1
+        return self._client_seq * self.config.routers + self.index + 1
+
+    async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            nursery.start_soon(self._flusher)
+            for link in self.links:
+                nursery.start_soon(link.run)
+            with trio.move_on_after(self.config.startup_shard_wait_ms / 1000):
+                for link in self.links:
+                    await link.ever_up.wait()
+            down = [link.index for link in self.links if not link.up]
+            if down:
+                log.warning("router: shards %s not reachable yet; their slots answer CLUSTERDOWN", down)
+            listener = open_listener(self.config.bind, self.config.port)
+            self.port = listener.getsockname()[1]
+            log.info("router %d ready: listening on %s:%d, %d shards, pid %d",
+                     self.index, self.config.bind, self.port, len(self.links), os.getpid())
+            sdnotify.notify(b"READY=1")
+            task_status.started(self.port)
+            await self._accept_loop(listener, nursery)
+
+    async def _accept_loop(self, listener: socket.socket, nursery: trio.Nursery) -> None:
+        while True:
+            await trio.lowlevel.wait_readable(listener)
+            try:
+                sock, _ = listener.accept()
+            except BlockingIOError:
+                continue
+            except OSError as e:
+                log.error("router: accept failed: %s", e)
+                await trio.sleep(0.1)
+                continue
+            self.stats_connections += 1
+            if len(self.clients) >= self.settings.maxclients:
+                self.stats_rejected_connections += 1
+                try:
+                    sock.send(b"-ERR max number of clients reached\r\n")
+                finally:
+                    sock.close()
+                continue
+            sock.setblocking(False)
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            client = Client(self, sock, self.new_client_id())
+            self.clients[client.id] = client
+            nursery.start_soon(client.serve)
+
+
+def open_listener(bind: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((bind, port))
+    sock.listen(LISTEN_BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+def _ignore_reply(slot: Pending, data: bytes) -> None:
+    if data[:1] == b"-":
+        log.warning("router: shard rejected an internal request: %r", data[:200])
+
+
+def _merge_sum(parts: list, proto: int) -> bytes:
+    return b":%d\r\n" % sum(parts)
+
+
+def _merge_concat(parts: list, proto: int) -> bytes:
+    return encode([key for part in parts for key in part], proto)
+
+
+def _merge_random(parts: list, proto: int) -> bytes:
+    found = [p for p in parts if p is not None]
+    return encode(random.choice(found) if found else None, proto)
+
+
+def _merge_ok(parts: list, proto: int) -> bytes:
+    return b"+OK\r\n"
+
+
+MERGERS = {
+    "dbsize": _merge_sum,
+    "keys": _merge_concat,
+    "randomkey": _merge_random,
+    "flushall": _merge_ok,
+    "flushdb": _merge_ok,
+}
+
+
+async def run_router(config: Config, index: int = 0) -> None:
+    router = Router(config, index)
+    await router.serve()

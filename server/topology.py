@@ -1,0 +1,51 @@
+"""DIR/cluster.json: the shard count and node id a data directory was created
+with. A data dir is never served with a different shard count (its keys would
+be on the wrong shards)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+
+TOPOLOGY_FILE = "cluster.json"
+TOPOLOGY_VERSION = 1
+
+
+class TopologyMismatch(Exception):
+    pass
+
+
+def ensure_topology(data_dir: str, shards: int) -> dict:
+    os.makedirs(data_dir, exist_ok=True)
+    path = os.path.join(data_dir, TOPOLOGY_FILE)
+    try:
+        with open(path) as f:
+            topology = json.load(f)
+    except FileNotFoundError:
+        topology = {"version": TOPOLOGY_VERSION, "shards": shards, "node_id": secrets.token_hex(20)}
+        write_durably(path, json.dumps(topology, indent=2).encode())
+        return topology
+    if topology["shards"] != shards:
+        raise TopologyMismatch(
+            f"{path} says this data dir has {topology['shards']} shards, not {shards}; "
+            f"start with --shards {topology['shards']}"
+        )
+    return topology
+
+
+def write_durably(path: str, data: bytes) -> None:
+    """write-temp, fsync, rename, fsync-directory (DESIGN invariant 1)."""
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+    dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

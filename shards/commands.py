@@ -1,0 +1,3 @@
+"""Importing this module registers every command a shard executes."""
+
+from shards import t_keys, t_string  # noqa: F401

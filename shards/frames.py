@@ -1,0 +1,83 @@
+"""The router <-> shard frame protocol over a Unix stream socket.
+
+A frame is a 4-byte big-endian length followed by that many bytes of msgpack.
+Router -> shard: a list of requests `[rid, client_id, proto, argv]`; one frame
+carries every command the router had for that shard in one scheduling turn.
+Shard -> router: a list of replies `[rid, data]`, where data is the reply already
+encoded as RESP for the client's protocol (proto 2 or 3), or, for the router's
+own fan-out requests (proto 0), msgpack of `[ok, value]`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import msgspec
+
+FRAME_HEADER_BYTES = 4
+MAX_FRAME_BYTES = 2 * 1024 * 1024 * 1024 - 1
+PROTO_INTERNAL = 0
+
+
+class Request(msgspec.Struct, array_like=True, gc=False):
+    rid: int
+    cid: int
+    proto: int
+    argv: list[bytes]
+
+
+request_batch_decoder = msgspec.msgpack.Decoder(list[Request])
+reply_batch_decoder = msgspec.msgpack.Decoder(list[tuple[int, bytes]])
+internal_reply_decoder = msgspec.msgpack.Decoder()
+_encoder = msgspec.msgpack.Encoder()
+
+
+def _internal_hook(value: object) -> object:
+    """Reply wrappers (OK, status strings) travel as their bytes internally."""
+    data = getattr(value, "data", None)
+    if data is None:
+        data = getattr(value, "text", None)
+    if data is None:
+        raise TypeError(f"cannot send {type(value).__name__} in an internal reply")
+    return data
+
+
+_internal_encoder = msgspec.msgpack.Encoder(enc_hook=_internal_hook)
+
+
+def encode_frame(batch: list) -> bytes:
+    body = _encoder.encode(batch)
+    assert len(body) <= MAX_FRAME_BYTES, "frame larger than the protocol allows"
+    return len(body).to_bytes(4, "big") + body
+
+
+def encode_internal(ok: bool, value: object) -> bytes:
+    return _internal_encoder.encode((ok, value))
+
+
+def split_frames(buf: bytearray) -> list[bytes]:
+    """Remove and return every complete frame body at the front of buf."""
+    frames = []
+    pos = 0
+    n = len(buf)
+    while n - pos >= FRAME_HEADER_BYTES:
+        size = int.from_bytes(buf[pos : pos + 4], "big")
+        if size > MAX_FRAME_BYTES:
+            raise ValueError(f"frame of {size} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")
+        end = pos + 4 + size
+        if end > n:
+            break
+        frames.append(bytes(buf[pos + 4 : end]))
+        pos = end
+    if pos:
+        del buf[:pos]
+    return frames
+
+
+def shard_socket_name(data_dir_abs: str, shard: int) -> str:
+    """Abstract-namespace Unix socket name for a shard: unique per data dir, no
+    file to clean up, no 108-byte path limit."""
+    import hashlib
+
+    digest = hashlib.sha1(data_dir_abs.encode()).hexdigest()[:16]
+    return f"\0durakv-{digest}-shard-{shard:03d}"

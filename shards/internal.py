@@ -1,0 +1,73 @@
+"""Requests the router sends to shards on its own behalf (names start with NUL,
+which no client can send through the router's command table). Replies are
+msgpack `[ok, value]`."""
+
+from __future__ import annotations
+
+import os
+
+from shards.frames import encode_internal
+
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * PAGE_BYTES
+
+
+def info(shard, argv: list[bytes]) -> dict:
+    db = shard.db
+    return {
+        "shard": shard.index,
+        "pid": os.getpid(),
+        "keys": len(db.data),
+        "expires": len(db.expires),
+        "rss_bytes": rss_bytes(),
+        "total_commands": shard.total_commands,
+        "expired_keys": db.stat_expired_keys,
+        "keyspace_hits": db.stat_keyspace_hits,
+        "keyspace_misses": db.stat_keyspace_misses,
+        "commandstats": {name: [s.calls, s.usec, s.failed] for name, s in shard.stats.items()},
+    }
+
+
+def count_keys_in_slot(shard, argv: list[bytes]) -> int:
+    return len(shard.db.keys_in_slot(int(argv[1])))
+
+
+def get_keys_in_slot(shard, argv: list[bytes]) -> list[bytes]:
+    keys = shard.db.keys_in_slot(int(argv[1]))
+    limit = int(argv[2])
+    return sorted(keys)[:limit]
+
+
+def reset_stats(shard, argv: list[bytes]) -> bool:
+    shard.stats.clear()
+    shard.db.stat_expired_keys = 0
+    shard.db.stat_keyspace_hits = 0
+    shard.db.stat_keyspace_misses = 0
+    return True
+
+
+def set_config(shard, argv: list[bytes]) -> bool:
+    name = argv[1].decode()
+    assert name in shard.settings, f"router forwarded a non-shard parameter {name}"
+    shard.settings[name] = int(argv[2])
+    return True
+
+
+HANDLERS = {
+    b"\x00config": set_config,
+    b"\x00info": info,
+    b"\x00countkeysinslot": count_keys_in_slot,
+    b"\x00getkeysinslot": get_keys_in_slot,
+    b"\x00resetstat": reset_stats,
+}
+
+
+def run(shard, argv: list[bytes]) -> bytes:
+    handler = HANDLERS.get(argv[0])
+    if handler is None:
+        return encode_internal(False, b"unknown internal request %r" % argv[0][1:])
+    return encode_internal(True, handler(shard, argv))

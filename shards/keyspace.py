@@ -1,0 +1,204 @@
+"""A shard's keyspace: values, absolute expiries, a per-slot key index, and the
+effect stream that every mutation writes.
+
+Every mutation goes through `effect()`, which is how the durable log learns what
+to record (DESIGN invariant 3: effects, not commands) and how WATCH and read
+hazards learn which keys changed. Expiry is lazy on access plus an active cycle
+driven by a min-heap of deadlines, and an expired key becomes a `DEL` effect.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import time
+from collections import deque
+from typing import Callable, Iterable
+
+from shards.slots import key_slot
+
+ACTIVE_EXPIRE_KEYS_PER_CYCLE = 200
+EXPIRE_HEAP_SLACK = 1024
+
+# Python types that hold each Redis type. Strings are bytes (immutable, shared
+# freely) or bytearray once APPEND/SETRANGE/SETBIT mutate them in place.
+STRING_TYPES = (bytes, bytearray)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Keyspace:
+    __slots__ = (
+        "data", "expires", "slot_keys", "_heap", "effects", "on_modified", "replaying",
+        "stat_expired_keys", "stat_keyspace_hits", "stat_keyspace_misses",
+        "lazy_expire_disabled", "frozen_ms",
+    )
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, object] = {}
+        self.expires: dict[bytes, int] = {}
+        self.slot_keys: dict[int, set[bytes]] = {}
+        self._heap: list[tuple[int, bytes]] = []
+        self.effects: list[list[bytes]] = []
+        self.on_modified: Callable[[bytes], None] | None = None
+        self.replaying = False
+        self.stat_expired_keys = 0
+        self.stat_keyspace_hits = 0
+        self.stat_keyspace_misses = 0
+        self.lazy_expire_disabled = False
+        self.frozen_ms = 0
+
+    # --- time ---------------------------------------------------------------
+
+    def now(self) -> int:
+        """The command's clock: frozen while one command or transaction runs, so a
+        key cannot expire half way through it, as in Redis."""
+        return self.frozen_ms or now_ms()
+
+    # --- effects ------------------------------------------------------------
+
+    def effect(self, argv: list[bytes], *keys: bytes) -> None:
+        """Record the deterministic effect of a mutation; `keys` are the keys it
+        changes (they drive WATCH invalidation and read hazards)."""
+        if not self.replaying:
+            self.effects.append(argv)
+        hook = self.on_modified
+        if hook is not None:
+            for key in keys:
+                hook(key)
+
+    def modified(self, *keys: bytes) -> None:
+        """Signal a change that is already covered by another effect."""
+        hook = self.on_modified
+        if hook is not None:
+            for key in keys:
+                hook(key)
+
+    # --- lookup -------------------------------------------------------------
+
+    def get(self, key: bytes) -> object | None:
+        """The live value of key, expiring it first if its time has passed."""
+        value = self.data.get(key)
+        if value is None:
+            return None
+        when = self.expires.get(key)
+        if when is not None and when <= self.now() and not self.lazy_expire_disabled:
+            self._expire(key)
+            return None
+        return value
+
+    def exists(self, key: bytes) -> bool:
+        return self.get(key) is not None
+
+    def _expire(self, key: bytes) -> None:
+        self._remove(key)
+        self.stat_expired_keys += 1
+        self.effect([b"DEL", key], key)
+
+    # --- mutation -----------------------------------------------------------
+
+    def put(self, key: bytes, value: object, keep_ttl: bool = False) -> None:
+        """Store value at key (new or overwrite); clears the TTL unless keep_ttl."""
+        data = self.data
+        if key not in data:
+            slot = key_slot(key)
+            members = self.slot_keys.get(slot)
+            if members is None:
+                members = self.slot_keys[slot] = set()
+            members.add(key)
+        elif not keep_ttl and key in self.expires:
+            del self.expires[key]
+        data[key] = value
+
+    def delete(self, key: bytes) -> bool:
+        """Remove key if present (no expiry check: callers looked it up)."""
+        if key not in self.data:
+            return False
+        self._remove(key)
+        return True
+
+    def _remove(self, key: bytes) -> None:
+        del self.data[key]
+        self.expires.pop(key, None)
+        slot = key_slot(key)
+        members = self.slot_keys[slot]
+        members.discard(key)
+        if not members:
+            del self.slot_keys[slot]
+
+    def set_expire(self, key: bytes, when_ms: int) -> None:
+        assert key in self.data, "expiry set on a missing key"
+        self.expires[key] = when_ms
+        heap = self._heap
+        heapq.heappush(heap, (when_ms, key))
+        if len(heap) > 2 * len(self.expires) + EXPIRE_HEAP_SLACK:
+            self._heap = [(w, k) for k, w in self.expires.items()]
+            heapq.heapify(self._heap)
+
+    def persist(self, key: bytes) -> bool:
+        return self.expires.pop(key, None) is not None
+
+    def flush(self) -> None:
+        self.data.clear()
+        self.expires.clear()
+        self.slot_keys.clear()
+        self._heap.clear()
+
+    # --- active expiry --------------------------------------------------------
+
+    def active_expire(self, limit: int = ACTIVE_EXPIRE_KEYS_PER_CYCLE) -> int:
+        """Expire up to `limit` keys whose deadline has passed; returns how many."""
+        heap = self._heap
+        expires = self.expires
+        now = now_ms()
+        done = 0
+        while heap and done < limit and heap[0][0] <= now:
+            when, key = heapq.heappop(heap)
+            if expires.get(key) == when:
+                self._expire(key)
+                done += 1
+        return done
+
+    # --- iteration ------------------------------------------------------------
+
+    def keys_in_slot(self, slot: int) -> set[bytes]:
+        return self.slot_keys.get(slot) or set()
+
+    def live_keys(self) -> Iterable[bytes]:
+        """All keys not past their deadline (without expiring them: iteration must
+        not mutate the dict it walks)."""
+        now = self.now()
+        expires = self.expires
+        for key in self.data:
+            when = expires.get(key)
+            if when is None or when > now:
+                yield key
+
+    def random_key(self) -> bytes | None:
+        """A random live key: pick random non-empty slots, then a member."""
+        for _ in range(100):
+            if not self.slot_keys:
+                return None
+            if len(self.slot_keys) < 4096:
+                slot = random.choice(tuple(self.slot_keys))
+            else:
+                slot = random.randrange(16384)
+                if slot not in self.slot_keys:
+                    continue
+            key = random.choice(tuple(self.slot_keys[slot]))
+            if self.get(key) is not None:
+                return key
+        return None
+
+
+def type_name(value: object) -> bytes:
+    t = type(value)
+    if t is bytes or t is bytearray:
+        return b"string"
+    return TYPE_NAMES.get(t, b"none")
+
+
+# Filled in by the type modules (list, hash, set, zset, stream) as they load.
+TYPE_NAMES: dict[type, bytes] = {deque: b"list", dict: b"hash", set: b"set"}

@@ -1,0 +1,392 @@
+"""RESP2/RESP3 codec as pure functions on bytes: no sockets, no trio.
+
+Requests are parsed by a stateful, bounded request parser (Redis' own request
+grammar: multibulk of `$` bulks, or an inline line). hiredis' reader is the right
+tool for *replies* (the router uses it to merge shard replies) but it cannot police
+requests: it accepts any reply type inside a request and has no bound on array
+sizes, so `*3000000000` would make it allocate a 3e9-slot list. Redis refuses such
+input with precise errors before allocating, and so does this parser.
+
+Replies are Python values encoded per the client's protocol version:
+bytes/bytearray -> bulk, int -> integer, None -> null, list/tuple -> array,
+float -> double, bool -> boolean (RESP3) or 1/0, and the wrapper classes below
+for the types RESP2 and RESP3 spell differently.
+"""
+
+from __future__ import annotations
+
+import math
+
+INLINE_MAX_SIZE_BYTES = 64 * 1024
+MULTIBULK_MAX_COUNT = 2**31 - 1
+UNAUTH_MULTIBULK_MAX_COUNT = 10
+UNAUTH_BULK_MAX_BYTES = 16384
+BIG_ARG_BYTES = 32 * 1024
+
+
+class Simple:
+    """A status reply (`+OK`)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: bytes) -> None:
+        self.text = text
+
+
+class Map:
+    """A map reply: RESP3 `%`, RESP2 a flat array of key, value, ..."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: list) -> None:
+        self.items = items  # flat [k1, v1, k2, v2, ...]
+
+
+class SetReply:
+    """A set reply: RESP3 `~`, RESP2 an array."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: list) -> None:
+        self.items = items
+
+
+class Verbatim:
+    """A verbatim string: RESP3 `=`, RESP2 a bulk string (INFO, CLIENT LIST)."""
+
+    __slots__ = ("data", "fmt")
+
+    def __init__(self, data: bytes, fmt: bytes = b"txt") -> None:
+        self.data = data
+        self.fmt = fmt
+
+
+class Push:
+    """An out-of-band push message: RESP3 `>`, RESP2 an array."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: list) -> None:
+        self.items = items
+
+
+class Raw:
+    """Bytes already encoded for both protocols (a cached reply)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+class NullArray:
+    """RESP2's `*-1` (BLPOP timeout, EXEC abort); RESP3 `_`."""
+
+    __slots__ = ()
+
+
+NULL_ARRAY = NullArray()
+
+
+class ReplyError(Exception):
+    """Raised by a command to reply with an error; `message` has no leading '-'."""
+
+    def __init__(self, message: bytes) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+OK = Raw(b"+OK\r\n")
+PONG = Raw(b"+PONG\r\n")
+QUEUED = Raw(b"+QUEUED\r\n")
+NULL2 = b"$-1\r\n"
+NULL3 = b"_\r\n"
+NULLARRAY2 = b"*-1\r\n"
+
+
+def format_double(d: float) -> bytes:
+    """Redis 7.0's `%.17g` rendering of a double, with inf/-inf spelled out."""
+    if math.isinf(d):
+        return b"inf" if d > 0 else b"-inf"
+    return b"%.17g" % d
+
+
+def encode(value: object, proto: int) -> bytes:
+    """Encode one reply value for a client speaking RESP `proto` (2 or 3)."""
+    t = type(value)
+    if t is bytes:
+        return b"$%d\r\n%b\r\n" % (len(value), value)
+    if t is Raw:
+        return value.data
+    if t is int:
+        return b":%d\r\n" % value
+    if value is None:
+        return NULL2 if proto == 2 else NULL3
+    out: list[bytes] = []
+    _encode_into(value, proto, out)
+    return b"".join(out)
+
+
+def encode_error(message: bytes) -> bytes:
+    """An error reply; CR/LF inside the message would break framing."""
+    if b"\r" in message or b"\n" in message:
+        message = message.replace(b"\r", b" ").replace(b"\n", b" ")
+    return b"-%b\r\n" % message
+
+
+def _encode_into(value: object, proto: int, out: list) -> None:
+    t = type(value)
+    if t is bytes or t is bytearray or t is memoryview:
+        out.append(b"$%d\r\n%b\r\n" % (len(value), value))
+    elif t is int:
+        out.append(b":%d\r\n" % value)
+    elif value is None:
+        out.append(NULL2 if proto == 2 else NULL3)
+    elif t is list or t is tuple:
+        out.append(b"*%d\r\n" % len(value))
+        for item in value:
+            _encode_into(item, proto, out)
+    elif t is Raw:
+        out.append(value.data)
+    elif t is Simple:
+        out.append(b"+%b\r\n" % value.text)
+    elif t is float:
+        if proto == 2:
+            text = format_double(value)
+            out.append(b"$%d\r\n%b\r\n" % (len(text), text))
+        else:
+            out.append(b",%b\r\n" % format_double(value))
+    elif t is bool:
+        if proto == 2:
+            out.append(b":1\r\n" if value else b":0\r\n")
+        else:
+            out.append(b"#t\r\n" if value else b"#f\r\n")
+    elif t is Map:
+        items = value.items
+        if proto == 2:
+            out.append(b"*%d\r\n" % len(items))
+        else:
+            out.append(b"%%%d\r\n" % (len(items) // 2))
+        for item in items:
+            _encode_into(item, proto, out)
+    elif t is SetReply:
+        out.append((b"*%d\r\n" if proto == 2 else b"~%d\r\n") % len(value.items))
+        for item in value.items:
+            _encode_into(item, proto, out)
+    elif t is Verbatim:
+        if proto == 2:
+            out.append(b"$%d\r\n%b\r\n" % (len(value.data), value.data))
+        else:
+            body = value.fmt + b":" + value.data
+            out.append(b"=%d\r\n%b\r\n" % (len(body), body))
+    elif t is Push:
+        out.append((b"*%d\r\n" if proto == 2 else b">%d\r\n") % len(value.items))
+        for item in value.items:
+            _encode_into(item, proto, out)
+    elif t is NullArray:
+        out.append(NULLARRAY2 if proto == 2 else NULL3)
+    elif t is ReplyError:
+        out.append(encode_error(value.message))
+    else:
+        raise TypeError(f"cannot encode reply of type {t.__name__}")
+
+
+class ProtocolError(Exception):
+    """Malformed request; the connection is answered and closed, like Redis."""
+
+
+class RequestParser:
+    """Incremental parser of client requests (multibulk or inline), bounded.
+
+    Feed it bytes, take complete argument vectors out. State survives across
+    feeds so a request arriving in many chunks is never re-scanned from the start.
+    """
+
+    __slots__ = ("_buf", "_pos", "_args", "_remaining", "_chunks", "_need", "max_bulk_bytes", "authed")
+
+    def __init__(self, max_bulk_bytes: int = 512 * 1024 * 1024) -> None:
+        self._buf = b""
+        self._pos = 0
+        self._args: list[bytes] | None = None
+        self._remaining = 0
+        self._chunks: list[bytes] = []
+        self._need = 0
+        self.max_bulk_bytes = max_bulk_bytes
+        self.authed = True
+
+    def buffered_bytes(self) -> int:
+        return len(self._buf) - self._pos + sum(len(c) for c in self._chunks)
+
+    def feed(self, data: bytes) -> None:
+        if self._need:
+            self._chunks.append(data)
+            have = len(self._buf) - self._pos + sum(len(c) for c in self._chunks)
+            if have < self._need:
+                return
+            self._buf = self._buf[self._pos :] + b"".join(self._chunks)
+            self._chunks.clear()
+            self._pos = 0
+            self._need = 0
+        elif self._pos >= len(self._buf):
+            self._buf = data
+            self._pos = 0
+        else:
+            self._buf = self._buf[self._pos :] + data
+            self._pos = 0
+
+    def requests(self) -> list[list[bytes]]:
+        """All complete requests buffered so far. Raises ProtocolError on bad input
+        after the complete requests before it have been returned by earlier calls;
+        callers should call until it returns an empty list."""
+        out: list[list[bytes]] = []
+        if self._need:
+            return out
+        buf = self._buf
+        n = len(buf)
+        pos = self._pos
+        try:
+            while pos < n:
+                if self._args is None:
+                    if buf[pos] == 42:  # '*'
+                        e = buf.find(b"\r\n", pos)
+                        if e < 0:
+                            if n - pos > INLINE_MAX_SIZE_BYTES:
+                                raise ProtocolError(b"too big mbulk count string")
+                            break
+                        count = _parse_int(buf[pos + 1 : e])
+                        if count is None or count > MULTIBULK_MAX_COUNT:
+                            raise ProtocolError(b"invalid multibulk length")
+                        if not self.authed and count > UNAUTH_MULTIBULK_MAX_COUNT:
+                            raise ProtocolError(b"unauthenticated multibulk length")
+                        pos = e + 2
+                        if count <= 0:
+                            continue
+                        self._args = []
+                        self._remaining = count
+                    else:
+                        e = buf.find(b"\n", pos)
+                        if e < 0:
+                            if n - pos > INLINE_MAX_SIZE_BYTES:
+                                raise ProtocolError(b"too big inline request")
+                            break
+                        line = buf[pos:e]
+                        pos = e + 1
+                        if line.endswith(b"\r"):
+                            line = line[:-1]
+                        args = split_args(line)
+                        if args is None:
+                            raise ProtocolError(b"unbalanced quotes in request")
+                        if args:
+                            out.append(args)
+                        continue
+                args = self._args
+                remaining = self._remaining
+                while remaining:
+                    if pos >= n:
+                        break
+                    if buf[pos] != 36:  # '$'
+                        raise ProtocolError(b"expected '$', got '%c'" % buf[pos])
+                    e = buf.find(b"\r\n", pos)
+                    if e < 0:
+                        if n - pos > INLINE_MAX_SIZE_BYTES:
+                            raise ProtocolError(b"too big bulk count string")
+                        break
+                    size = _parse_int(buf[pos + 1 : e])
+                    if size is None or size < 0 or size > self.max_bulk_bytes:
+                        raise ProtocolError(b"invalid bulk length")
+                    if not self.authed and size > UNAUTH_BULK_MAX_BYTES:
+                        raise ProtocolError(b"unauthenticated bulk length")
+                    end = e + 2 + size
+                    if end + 2 > n:
+                        if size >= BIG_ARG_BYTES:
+                            self._need = end + 2 - pos
+                        break
+                    args.append(buf[e + 2 : end])
+                    pos = end + 2
+                    remaining -= 1
+                self._remaining = remaining
+                if remaining:
+                    break
+                out.append(args)
+                self._args = None
+        finally:
+            self._pos = pos
+        return out
+
+
+def _parse_int(text: bytes) -> int | None:
+    """Redis' string2ll for protocol headers: optional '-', ASCII digits only."""
+    if text.isdigit():
+        return int(text)
+    if text[:1] == b"-" and text[1:].isdigit():
+        return -int(text[1:])
+    return None
+
+
+_ESCAPES = {ord("n"): 10, ord("r"): 13, ord("t"): 9, ord("b"): 8, ord("a"): 7}
+_HEX = b"0123456789abcdefABCDEF"
+
+
+def split_args(line: bytes) -> list[bytes] | None:
+    """Redis' sdssplitargs: split an inline command line honouring quotes.
+    Returns None on unbalanced quotes."""
+    if b'"' not in line and b"'" not in line:
+        return line.split()
+    args: list[bytes] = []
+    i = 0
+    n = len(line)
+    while True:
+        while i < n and line[i] in b" \n\r\t\v\f\x00":
+            i += 1
+        if i >= n:
+            return args
+        cur = bytearray()
+        in_dq = in_sq = False
+        while True:
+            if in_dq:
+                if i >= n:
+                    return None
+                c = line[i]
+                if c == 92 and i + 3 < n and line[i + 1] == ord("x") and line[i + 2] in _HEX and line[i + 3] in _HEX:
+                    cur.append(int(line[i + 2 : i + 4], 16))
+                    i += 3
+                elif c == 92 and i + 1 < n:
+                    i += 1
+                    cur.append(_ESCAPES.get(line[i], line[i]))
+                elif c == 34:
+                    if i + 1 < n and line[i + 1] not in b" \n\r\t\v\f\x00":
+                        return None
+                    in_dq = False
+                    i += 1
+                    break
+                else:
+                    cur.append(c)
+            elif in_sq:
+                if i >= n:
+                    return None
+                c = line[i]
+                if c == 92 and i + 1 < n and line[i + 1] == 39:
+                    i += 1
+                    cur.append(39)
+                elif c == 39:
+                    if i + 1 < n and line[i + 1] not in b" \n\r\t\v\f\x00":
+                        return None
+                    in_sq = False
+                    i += 1
+                    break
+                else:
+                    cur.append(c)
+            else:
+                if i >= n:
+                    break
+                c = line[i]
+                if c in b" \n\r\t\v\f\x00":
+                    break
+                if c == 34:
+                    in_dq = True
+                elif c == 39:
+                    in_sq = True
+                else:
+                    cur.append(c)
+            i += 1
+        args.append(bytes(cur))

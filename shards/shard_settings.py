@@ -1,0 +1,15 @@
+"""Parameters that change how a shard encodes or executes commands, with Redis
+7.0's defaults. The router forwards CONFIG SET of these to every shard."""
+
+SHARD_DEFAULTS: dict[str, int] = {
+    "hash-max-listpack-entries": 128,
+    "hash-max-listpack-value": 64,
+    "set-max-intset-entries": 512,
+    "zset-max-listpack-entries": 128,
+    "zset-max-listpack-value": 64,
+    "list-max-listpack-size": -2,
+    "list-compress-depth": 0,
+    "stream-node-max-bytes": 4096,
+    "stream-node-max-entries": 100,
+    "hll-sparse-max-bytes": 3000,
+}

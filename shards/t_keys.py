@@ -1,0 +1,418 @@
+"""Keyspace commands that work on any type (Redis' db.c and expire.c)."""
+
+from __future__ import annotations
+
+import copy
+
+from shards.args import ERR_NO_SUCH_KEY, ERR_SYNTAX, LLONG_MAX, LLONG_MIN, int_arg, parse_ll
+from shards.context import Ctx
+from shards.glob import glob_match
+from shards.keyspace import type_name
+from shards.resp import OK, ReplyError, Simple
+from shards.slots import SLOT_COUNT
+from shards.table import CURSOR, FANOUT, SPLIT_SUM, command, container
+
+SCAN_DEFAULT_COUNT = 10
+SHARED_INTEGERS = 10000
+OBJ_SHARED_REFCOUNT = 2147483647
+
+# Per-type hooks filled by the type modules: OBJECT ENCODING.
+ENCODINGS: dict[type, object] = {}
+
+
+def _string_encoding(value: object) -> bytes:
+    if type(value) is bytearray:
+        return b"raw"
+    if len(value) <= 20 and parse_ll(value) is not None:
+        return b"int"
+    return b"embstr" if len(value) <= 44 else b"raw"
+
+
+ENCODINGS[bytes] = _string_encoding
+ENCODINGS[bytearray] = _string_encoding
+
+
+def _delete_keys(ctx: Ctx, argv: list[bytes]) -> int:
+    db = ctx.db
+    deleted = []
+    for key in argv[1:]:
+        if db.get(key) is not None:
+            db.delete(key)
+            deleted.append(key)
+    if deleted:
+        db.effect([b"DEL", *deleted], *deleted)
+    return len(deleted)
+
+
+@command("del", -2, "write", (1, -1, 1), "keyspace", split=SPLIT_SUM)
+def del_(ctx: Ctx, argv: list[bytes]):
+    return _delete_keys(ctx, argv)
+
+
+@command("unlink", -2, "write fast", (1, -1, 1), "keyspace", split=SPLIT_SUM)
+def unlink(ctx: Ctx, argv: list[bytes]):
+    return _delete_keys(ctx, argv)
+
+
+@command("exists", -2, "readonly fast", (1, -1, 1), "keyspace", split=SPLIT_SUM)
+def exists(ctx: Ctx, argv: list[bytes]):
+    db = ctx.db
+    return sum(1 for key in argv[1:] if db.get(key) is not None)
+
+
+@command("touch", -2, "readonly fast", (1, -1, 1), "keyspace", split=SPLIT_SUM)
+def touch(ctx: Ctx, argv: list[bytes]):
+    return exists(ctx, argv)
+
+
+@command("type", 2, "readonly fast", (1, 1, 1), "keyspace")
+def type_(ctx: Ctx, argv: list[bytes]):
+    value = ctx.db.get(argv[1])
+    return Simple(b"none" if value is None else type_name(value))
+
+
+# --- expiry -------------------------------------------------------------------
+
+_EXPIRE_NX, _EXPIRE_XX, _EXPIRE_GT, _EXPIRE_LT = 1, 2, 4, 8
+_EXPIRE_FLAGS = {b"NX": _EXPIRE_NX, b"XX": _EXPIRE_XX, b"GT": _EXPIRE_GT, b"LT": _EXPIRE_LT}
+
+
+def _expire_generic(ctx: Ctx, argv: list[bytes], relative: bool, unit_ms: int, name: bytes):
+    key = argv[1]
+    flags = 0
+    for opt in argv[3:]:
+        flag = _EXPIRE_FLAGS.get(opt.upper())
+        if flag is None:
+            raise ReplyError(b"ERR Unsupported option %s" % opt)
+        flags |= flag
+    if flags & _EXPIRE_NX and flags & (_EXPIRE_XX | _EXPIRE_GT | _EXPIRE_LT):
+        raise ReplyError(b"ERR NX and XX, GT or LT options at the same time are not compatible")
+    if flags & _EXPIRE_GT and flags & _EXPIRE_LT:
+        raise ReplyError(b"ERR GT and LT options at the same time are not compatible")
+    when = int_arg(argv[2])
+    invalid = ReplyError(b"ERR invalid expire time in '%s' command" % name)
+    if unit_ms == 1000:
+        if when > LLONG_MAX // 1000 or when < LLONG_MIN // 1000:
+            raise invalid
+        when *= 1000
+    db = ctx.db
+    if relative:
+        base = db.now()
+        if when > LLONG_MAX - base:
+            raise invalid
+        when += base
+    if db.get(key) is None:
+        return 0
+    if flags:
+        current = db.expires.get(key, -1)
+        if flags & _EXPIRE_NX and current != -1:
+            return 0
+        if flags & _EXPIRE_XX and current == -1:
+            return 0
+        if flags & _EXPIRE_GT and (current == -1 or when <= current):
+            return 0
+        if flags & _EXPIRE_LT and current != -1 and when >= current:
+            return 0
+    if when <= db.now() and not db.replaying:
+        db.delete(key)
+        db.effect([b"DEL", key], key)
+        return 1
+    db.set_expire(key, when)
+    db.effect([b"PEXPIREAT", key, b"%d" % when], key)
+    return 1
+
+
+@command("expire", -3, "write fast", (1, 1, 1), "keyspace")
+def expire(ctx: Ctx, argv: list[bytes]):
+    return _expire_generic(ctx, argv, True, 1000, b"expire")
+
+
+@command("pexpire", -3, "write fast", (1, 1, 1), "keyspace")
+def pexpire(ctx: Ctx, argv: list[bytes]):
+    return _expire_generic(ctx, argv, True, 1, b"pexpire")
+
+
+@command("expireat", -3, "write fast", (1, 1, 1), "keyspace")
+def expireat(ctx: Ctx, argv: list[bytes]):
+    return _expire_generic(ctx, argv, False, 1000, b"expireat")
+
+
+@command("pexpireat", -3, "write fast", (1, 1, 1), "keyspace")
+def pexpireat(ctx: Ctx, argv: list[bytes]):
+    return _expire_generic(ctx, argv, False, 1, b"pexpireat")
+
+
+def _ttl_generic(ctx: Ctx, key: bytes, absolute: bool, ms: bool) -> int:
+    db = ctx.db
+    if db.get(key) is None:
+        return -2
+    when = db.expires.get(key)
+    if when is None:
+        return -1
+    if absolute:
+        return when if ms else when // 1000
+    remaining = max(when - db.now(), 0)
+    return remaining if ms else (remaining + 500) // 1000
+
+
+@command("ttl", 2, "readonly fast", (1, 1, 1), "keyspace")
+def ttl(ctx: Ctx, argv: list[bytes]):
+    return _ttl_generic(ctx, argv[1], False, False)
+
+
+@command("pttl", 2, "readonly fast", (1, 1, 1), "keyspace")
+def pttl(ctx: Ctx, argv: list[bytes]):
+    return _ttl_generic(ctx, argv[1], False, True)
+
+
+@command("expiretime", 2, "readonly fast", (1, 1, 1), "keyspace")
+def expiretime(ctx: Ctx, argv: list[bytes]):
+    return _ttl_generic(ctx, argv[1], True, False)
+
+
+@command("pexpiretime", 2, "readonly fast", (1, 1, 1), "keyspace")
+def pexpiretime(ctx: Ctx, argv: list[bytes]):
+    return _ttl_generic(ctx, argv[1], True, True)
+
+
+@command("persist", 2, "write fast", (1, 1, 1), "keyspace")
+def persist(ctx: Ctx, argv: list[bytes]):
+    db = ctx.db
+    key = argv[1]
+    if db.get(key) is None or not db.persist(key):
+        return 0
+    db.effect(argv, key)
+    return 1
+
+
+# --- rename and copy ----------------------------------------------------------
+
+
+def _rename(ctx: Ctx, argv: list[bytes], nx: bool):
+    db = ctx.db
+    src, dst = argv[1], argv[2]
+    value = db.get(src)
+    if value is None:
+        raise ERR_NO_SUCH_KEY
+    if src == dst:
+        return 0 if nx else OK
+    if db.get(dst) is not None:
+        if nx:
+            return 0
+        db.delete(dst)
+    when = db.expires.get(src)
+    db.delete(src)
+    db.put(dst, value)
+    if when is not None:
+        db.set_expire(dst, when)
+    db.effect([b"RENAME", src, dst], src, dst)
+    return 1 if nx else OK
+
+
+@command("rename", 3, "write", (1, 2, 1), "keyspace")
+def rename(ctx: Ctx, argv: list[bytes]):
+    return _rename(ctx, argv, False)
+
+
+@command("renamenx", 3, "write fast", (1, 2, 1), "keyspace")
+def renamenx(ctx: Ctx, argv: list[bytes]):
+    return _rename(ctx, argv, True)
+
+
+def copy_value(value: object) -> object:
+    if type(value) is bytes:
+        return value
+    return copy.deepcopy(value) if hasattr(value, "deep_copy_required") else copy.copy(value)
+
+
+@command("copy", -3, "write denyoom", (1, 2, 1), "keyspace")
+def copy_(ctx: Ctx, argv: list[bytes]):
+    src, dst = argv[1], argv[2]
+    replace = False
+    i = 3
+    while i < len(argv):
+        opt = argv[i].upper()
+        if opt == b"REPLACE":
+            replace = True
+        elif opt == b"DB" and i + 1 < len(argv):
+            if int_arg(argv[i + 1]) != 0:
+                raise ReplyError(b"ERR Copying to another database is not allowed in cluster mode")
+            i += 1
+        else:
+            raise ERR_SYNTAX
+        i += 1
+    if src == dst:
+        raise ReplyError(b"ERR source and destination objects are the same")
+    db = ctx.db
+    value = db.get(src)
+    if value is None:
+        return 0
+    if db.get(dst) is not None:
+        if not replace:
+            return 0
+        db.delete(dst)
+    db.put(dst, copy_value(value))
+    when = db.expires.get(src)
+    if when is not None:
+        db.set_expire(dst, when)
+    db.effect([b"COPY", src, dst, b"REPLACE"], dst)
+    return 1
+
+
+# --- whole-keyspace reads (fanned out by the router) ---------------------------
+
+
+@command("keys", 2, "readonly", (0, 0, 0), "keyspace", where=FANOUT)
+def keys(ctx: Ctx, argv: list[bytes]):
+    pattern = argv[1]
+    return [key for key in ctx.db.live_keys() if glob_match(pattern, key)]
+
+
+@command("dbsize", 1, "readonly fast", (0, 0, 0), "server", where=FANOUT)
+def dbsize(ctx: Ctx, argv: list[bytes]):
+    return len(ctx.db.data)
+
+
+@command("randomkey", 1, "readonly", (0, 0, 0), "keyspace", where=FANOUT)
+def randomkey(ctx: Ctx, argv: list[bytes]):
+    return ctx.db.random_key()
+
+
+def _flush(ctx: Ctx, argv: list[bytes]):
+    if len(argv) > 2 or (len(argv) == 2 and argv[1].upper() not in (b"ASYNC", b"SYNC")):
+        raise ERR_SYNTAX
+    db = ctx.db
+    db.flush()
+    db.effect([b"FLUSHALL"])
+    return OK
+
+
+@command("flushall", -1, "write", (0, 0, 0), "server", where=FANOUT)
+def flushall(ctx: Ctx, argv: list[bytes]):
+    return _flush(ctx, argv)
+
+
+@command("flushdb", -1, "write", (0, 0, 0), "server", where=FANOUT)
+def flushdb(ctx: Ctx, argv: list[bytes]):
+    return _flush(ctx, argv)
+
+
+def parse_scan_cursor(text: bytes) -> int:
+    if not text.isdigit() or int(text) > 2**64 - 1:
+        raise ReplyError(b"ERR invalid cursor")
+    return int(text)
+
+
+@command("scan", -2, "readonly", (0, 0, 0), "keyspace", where=CURSOR)
+def scan(ctx: Ctx, argv: list[bytes]):
+    """The cursor is the next hash slot to visit, so one cursor walks every shard
+    in slot order: each shard scans its own slots and hands the caller on to the
+    next shard's first slot. A key present for the whole scan is returned."""
+    cursor = parse_scan_cursor(argv[1])
+    count = SCAN_DEFAULT_COUNT
+    pattern = None
+    type_filter = None
+    i = 2
+    while i < len(argv):
+        opt = argv[i].upper()
+        if opt == b"COUNT" and i + 1 < len(argv):
+            count = int_arg(argv[i + 1])
+            if count < 1:
+                raise ERR_SYNTAX
+        elif opt == b"MATCH" and i + 1 < len(argv):
+            pattern = argv[i + 1]
+        elif opt == b"TYPE" and i + 1 < len(argv):
+            type_filter = argv[i + 1].lower()
+        else:
+            raise ERR_SYNTAX
+        i += 2
+    db = ctx.db
+    first_slot, last_slot = ctx.shard.slot_range if ctx.shard is not None else (0, SLOT_COUNT - 1)
+    if cursor >= SLOT_COUNT:
+        return [b"0", []]
+    slot = max(cursor, first_slot)
+    found: list[bytes] = []
+    while slot <= last_slot and len(found) < count:
+        members = db.slot_keys.get(slot)
+        if members:
+            found.extend(members)
+        slot += 1
+    next_cursor = 0 if slot > last_slot and last_slot == SLOT_COUNT - 1 else slot
+    result = []
+    for key in found:
+        value = db.get(key)
+        if value is None:
+            continue
+        if pattern is not None and not glob_match(pattern, key):
+            continue
+        if type_filter is not None and type_name(value) != type_filter:
+            continue
+        result.append(key)
+    return [b"%d" % next_cursor, result]
+
+
+# --- OBJECT -------------------------------------------------------------------
+
+container("object", "keyspace")
+
+
+@command("object|encoding", 3, "readonly", (2, 2, 1), "keyspace")
+def object_encoding(ctx: Ctx, argv: list[bytes]):
+    value = ctx.db.get(argv[2])
+    if value is None:
+        return None
+    return ENCODINGS[type(value)](value)
+
+
+@command("object|refcount", 3, "readonly", (2, 2, 1), "keyspace")
+def object_refcount(ctx: Ctx, argv: list[bytes]):
+    value = ctx.db.get(argv[2])
+    if value is None:
+        return None
+    if type(value) is bytes and len(value) <= 5:
+        number = parse_ll(value)
+        if number is not None and 0 <= number < SHARED_INTEGERS:
+            return OBJ_SHARED_REFCOUNT
+    return 1
+
+
+@command("object|idletime", 3, "readonly", (2, 2, 1), "keyspace")
+def object_idletime(ctx: Ctx, argv: list[bytes]):
+    if ctx.db.get(argv[2]) is None:
+        return None
+    return 0
+
+
+@command("object|freq", 3, "readonly", (2, 2, 1), "keyspace")
+def object_freq(ctx: Ctx, argv: list[bytes]):
+    if ctx.db.get(argv[2]) is None:
+        return None
+    raise ReplyError(
+        b"ERR An LFU maxmemory policy is not selected, access frequency not tracked. "
+        b"Please note that when switching between policies at runtime LRU and LFU data "
+        b"will take some time to adjust."
+    )
+
+
+_OBJECT_HELP = [
+    b"OBJECT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+    b"ENCODING <key>",
+    b"    Return the kind of internal representation used in order to store the value",
+    b"    associated with a <key>.",
+    b"FREQ <key>",
+    b"    Return the access frequency index of the <key>. The returned integer is",
+    b"    proportional to the logarithm of the recent access frequency of the key.",
+    b"IDLETIME <key>",
+    b"    Return the idle time of the <key>, that is the approximated number of",
+    b"    seconds elapsed since the last access to the key.",
+    b"REFCOUNT <key>",
+    b"    Return the number of references of the value associated with the specified",
+    b"    <key>.",
+    b"HELP",
+    b"    Print this help.",
+]
+
+
+@command("object|help", 2, "loading stale", (0, 0, 0), "keyspace")
+def object_help(ctx: Ctx, argv: list[bytes]):
+    return [Simple(line) for line in _OBJECT_HELP]

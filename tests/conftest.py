@@ -1,0 +1,145 @@
+"""Fixtures that start real durakv processes on free ports and connect real
+clients to them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+STARTUP_TIMEOUT_S = 30
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class DurakvServer:
+    """A `durakv serve` process tree in its own process group."""
+
+    def __init__(self, data_dir: Path, shards: int = 2, extra_args: tuple[str, ...] = (),
+                 env: dict | None = None) -> None:
+        self.data_dir = data_dir
+        self.shards = shards
+        self.extra_args = extra_args
+        self.env = env
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+        self.log_path = data_dir.parent / f"{data_dir.name}.log"
+
+    def start(self) -> "DurakvServer":
+        self.port = free_port()
+        argv = [sys.executable, "-m", "server.cli", "serve", "--port", str(self.port),
+                "--shards", str(self.shards), "--data-dir", str(self.data_dir), *self.extra_args]
+        env = dict(os.environ)
+        if self.env:
+            env.update(self.env)
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True, env=env)
+        self.wait_ready()
+        return self
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"durakv exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                client = redis.Redis(port=self.port, socket_timeout=2)
+                info = client.execute_command("CLUSTER", "INFO")
+                client.close()
+                if b"cluster_state:ok" in info:
+                    return
+            except (redis.ConnectionError, redis.TimeoutError):
+                pass
+            except redis.ResponseError as e:
+                if "NOAUTH" in str(e):
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"durakv not ready after {STARTUP_TIMEOUT_S}s:\n{self.log()}")
+
+    def client(self, **kwargs) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=30, **kwargs)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def pids(self) -> list[int]:
+        """Every process in the server's process group (supervisor and children)."""
+        out = subprocess.run(["pgrep", "-g", str(self.proc.pid)], capture_output=True, text=True)
+        return [int(p) for p in out.stdout.split()]
+
+    def child_pid(self, role: str, index: int) -> int:
+        out = subprocess.run(["pgrep", "-g", str(self.proc.pid), "-f", f"server.cli {role} --index {index} "],
+                             capture_output=True, text=True)
+        pids = [int(p) for p in out.stdout.split()]
+        assert len(pids) == 1, f"expected one {role} {index}, found {pids}"
+        return pids[0]
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill9()
+        self._log.close()
+
+    def kill9(self) -> None:
+        """SIGKILL the whole process group: a crash, not a shutdown."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+
+@pytest.fixture
+def server_factory(tmp_path):
+    started: list[DurakvServer] = []
+
+    def start(shards: int = 2, extra_args: tuple[str, ...] = (), data_dir: Path | None = None,
+              env: dict | None = None) -> DurakvServer:
+        srv = DurakvServer(data_dir or tmp_path / f"data{len(started)}", shards, extra_args, env)
+        started.append(srv)
+        return srv.start()
+
+    yield start
+    for srv in started:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = DurakvServer(tmp_path_factory.mktemp("durakv") / "data", shards=2).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def r(server):
+    client = server.client()
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def r3(server):
+    client = server.client(protocol=3)
+    client.flushall()
+    yield client
+    client.close()
