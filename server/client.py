@@ -23,6 +23,12 @@ OUTPUT_BACKPRESSURE_BYTES = 4 * 1024 * 1024
 
 ERR_CROSSSLOT = b"-CROSSSLOT Keys in request don't hash to the same slot\r\n"
 ERR_NOAUTH = b"-NOAUTH Authentication required.\r\n"
+MAX_QUEUED_IN_MULTI = 1024 * 1024
+
+# Run at once even inside MULTI (Redis' processCommand exceptions).
+IMMEDIATE_IN_MULTI = frozenset({"exec", "discard", "multi", "watch", "quit", "reset"})
+# Router-answered commands that may be queued: their reply is computed at queue time.
+ROUTER_COMMANDS_IN_MULTI = frozenset({"ping", "echo", "time", "lastsave", "select", "readonly", "readwrite"})
 
 
 class Client:
@@ -30,6 +36,7 @@ class Client:
         "router", "sock", "id", "proto", "name", "authed", "addr", "laddr", "fd", "created",
         "last_cmd_at", "last_cmd", "parser", "replies", "outbuf", "closing", "closed",
         "_writable", "_drained", "lib_name", "lib_ver", "in_ready_set", "kill_event",
+        "multi", "multi_error", "multi_shard", "watch_shards",
     )
 
     def __init__(self, router, sock: socket.socket, client_id: int) -> None:
@@ -59,6 +66,10 @@ class Client:
         self._writable = trio.Event()
         self._drained = trio.Event()
         self.kill_event = trio.Event()
+        self.multi: list[list[bytes]] | None = None  # queued commands after MULTI
+        self.multi_error = False  # a queued command was rejected: EXEC aborts
+        self.multi_shard: int | None = None  # the one shard the transaction runs on
+        self.watch_shards: set[int] = set()
 
     # --- reading and dispatch -------------------------------------------------
 
@@ -126,11 +137,25 @@ class Client:
         except ReplyError as e:
             self.push(encode_error(e.message))
             router.stats_rejected += 1
+            if self.multi is not None:
+                self.multi_error = True
             return
         self.last_cmd = cmd.fullname
         if not self.authed and "no_auth" not in cmd.flags:
             self.push(ERR_NOAUTH)
             return
+        if self.multi is not None and cmd.name not in IMMEDIATE_IN_MULTI:
+            self._queue_in_multi(cmd, argv)
+            return
+        if cmd.name == "watch":
+            if self.multi is not None:
+                self.push(b"-ERR WATCH inside MULTI is not allowed\r\n")
+                return
+            shards = {router.slot_owner[key_slot(key)] for key in argv[1:]}
+            if len(shards) > 1:
+                self.push(ERR_CROSSSLOT)
+                return
+            self.watch_shards |= shards
         where = cmd.where
         try:
             if where == ROUTER:
@@ -163,6 +188,59 @@ class Client:
                 self.push(ERR_CROSSSLOT)
         except ReplyError as e:
             self.push(encode_error(e.message))
+
+    # --- transactions -------------------------------------------------------------
+
+    def _queue_in_multi(self, cmd, argv: list[bytes]) -> None:
+        """Check a command issued after MULTI and queue it (or flag the transaction)."""
+        router = self.router
+        try:
+            shard = self._transaction_shard(cmd, argv)
+            if cmd.where == ROUTER:
+                if cmd.name not in ROUTER_COMMANDS_IN_MULTI:
+                    raise ReplyError(b"ERR Command not allowed inside a transaction")
+                argv = [b"\x00literal", encode(cmd.handler(self, argv), self.proto)]
+        except ReplyError as e:
+            self.multi_error = True
+            self.push(encode_error(e.message))
+            return
+        if shard is not None:
+            if self.multi_shard is not None and shard != self.multi_shard:
+                self.multi_error = True
+                self.push(ERR_CROSSSLOT)
+                return
+            self.multi_shard = shard
+        if len(self.multi) >= MAX_QUEUED_IN_MULTI:
+            self.multi_error = True
+            self.push(b"-ERR transaction too long (more than %d queued commands)\r\n" % MAX_QUEUED_IN_MULTI)
+            return
+        self.multi.append(argv)
+        self.push(b"+QUEUED\r\n")
+
+    def _transaction_shard(self, cmd, argv: list[bytes]) -> int | None:
+        """The shard a queued command must run on (None: any)."""
+        router = self.router
+        if cmd.where == ROUTER:
+            return None
+        if cmd.where == FANOUT:
+            if len(router.links) > 1:
+                raise ReplyError(b"CROSSSLOT Keys in request don't hash to the same slot")
+            return 0
+        if cmd.where == CURSOR:
+            return router.cursor_shard(argv[1])
+        indexes = cmd.key_indexes(argv)
+        if not indexes:
+            return None
+        shards = {router.slot_owner[key_slot(argv[i])] for i in indexes}
+        if len(shards) > 1:
+            raise ReplyError(b"CROSSSLOT Keys in request don't hash to the same slot")
+        return shards.pop()
+
+    def unwatch_all(self) -> None:
+        """Drop this client's WATCHes on every shard that holds some."""
+        if self.watch_shards:
+            self.router.unwatch(self.id, self.watch_shards)
+            self.watch_shards = set()
 
     # --- replies ----------------------------------------------------------------
 

@@ -123,6 +123,10 @@ def reset(client: Client, argv: list[bytes]):
     client.name = b""
     client.authed = not client.router.settings.requirepass
     client.parser.authed = client.authed
+    client.multi = None
+    client.multi_error = False
+    client.multi_shard = None
+    client.unwatch_all()
     return Simple(b"RESET")
 
 

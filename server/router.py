@@ -17,7 +17,7 @@ from server.client import Client
 from server.links import Pending, ShardLink
 from server.settings import Settings
 from server.topology import ensure_topology
-from server import sdnotify
+from shards import sdnotify
 from shards.config import Config
 from shards.frames import PROTO_INTERNAL, internal_reply_decoder
 from shards.resp import ReplyError, encode, encode_error
@@ -170,11 +170,19 @@ class Router:
             sub = [argv[0]] + [argv[i] for i in by_shard[shard]]
             self.links[shard].submit(client, PROTO_INTERNAL, sub, gather.part(n))
 
-    def route_cursor(self, client: Client, argv: list[bytes]) -> None:
-        cursor = argv[1]
+    def cursor_shard(self, cursor: bytes) -> int:
+        """SCAN cursors are hash slots: the shard owning the slot continues the scan."""
         slot = int(cursor) if cursor.isdigit() and len(cursor) < 6 else 0
-        shard = self.slot_owner[min(slot, len(self.slot_owner) - 1)]
-        client.replies.append(self.links[shard].submit(client, client.proto, argv))
+        return self.slot_owner[min(slot, len(self.slot_owner) - 1)]
+
+    def route_cursor(self, client: Client, argv: list[bytes]) -> None:
+        link = self.links[self.cursor_shard(argv[1])]
+        client.replies.append(link.submit(client, client.proto, argv))
+
+    def unwatch(self, client_id: int, shards: set[int]) -> None:
+        for shard in shards:
+            self.links[shard].submit(None, PROTO_INTERNAL, [b"\x00unwatch", b"%d" % client_id],
+                                     Pending(None, on_fill=_ignore_reply))
 
     def shards_up(self) -> bool:
         return all(link.up for link in self.links)
@@ -183,6 +191,7 @@ class Router:
 
     def forget(self, client: Client) -> None:
         self.clients.pop(client.id, None)
+        client.unwatch_all()
 
     def new_client_id(self) -> int:
         self._client_seq += 1

@@ -27,6 +27,10 @@ class Config(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields
     log_level: str = "info"
     shard_restart_backoff_max_ms: int = 10_000
     startup_shard_wait_ms: int = 30_000
+    durability: str = "sync"  # "sync": ack after fsync; "async": ack at once, bounded window
+    max_unsynced_ms: int = 1000
+    segment_size_bytes: int = 64 * 1024 * 1024
+    test_fsync_delay_ms: int = 0  # test hook: stretch every fsync to expose hazards
 
     def resolved(self) -> "Config":
         shards = self.shards or (os.cpu_count() or 1)
@@ -47,6 +51,8 @@ def load_config(path: str | None, overrides: dict) -> Config:
         raise ValueError("routers must be between 1 and 64")
     if not 0 <= config.shards <= 1024:
         raise ValueError("shards must be between 0 and 1024")
+    if config.durability not in ("sync", "async"):
+        raise ValueError('durability must be "sync" or "async"')
     return config.resolved()
 
 

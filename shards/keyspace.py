@@ -31,7 +31,7 @@ def now_ms() -> int:
 
 class Keyspace:
     __slots__ = (
-        "data", "expires", "slot_keys", "_heap", "effects", "on_modified", "replaying",
+        "data", "expires", "slot_keys", "_heap", "effects", "on_modified", "on_flush", "replaying",
         "stat_expired_keys", "stat_keyspace_hits", "stat_keyspace_misses",
         "lazy_expire_disabled", "frozen_ms",
     )
@@ -43,6 +43,7 @@ class Keyspace:
         self._heap: list[tuple[int, bytes]] = []
         self.effects: list[list[bytes]] = []
         self.on_modified: Callable[[bytes], None] | None = None
+        self.on_flush: Callable[[], None] | None = None
         self.replaying = False
         self.stat_expired_keys = 0
         self.stat_keyspace_hits = 0
@@ -141,6 +142,9 @@ class Keyspace:
         return self.expires.pop(key, None) is not None
 
     def flush(self) -> None:
+        hook = self.on_flush
+        if hook is not None:
+            hook()
         self.data.clear()
         self.expires.clear()
         self.slot_keys.clear()
