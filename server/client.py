@@ -36,7 +36,7 @@ class Client:
         "router", "sock", "id", "proto", "name", "authed", "addr", "laddr", "fd", "created",
         "last_cmd_at", "last_cmd", "parser", "replies", "outbuf", "closing", "closed",
         "_writable", "_drained", "lib_name", "lib_ver", "in_ready_set", "kill_event",
-        "multi", "multi_error", "multi_shard", "watch_shards",
+        "multi", "multi_error", "multi_shard", "watch_shards", "blocked_slot", "blocked_shard", "backlog",
     )
 
     def __init__(self, router, sock: socket.socket, client_id: int) -> None:
@@ -70,6 +70,11 @@ class Client:
         self.multi_error = False  # a queued command was rejected: EXEC aborts
         self.multi_shard: int | None = None  # the one shard the transaction runs on
         self.watch_shards: set[int] = set()
+        # While a blocking command waits, later requests queue here, as Redis
+        # stops processing a blocked client's input.
+        self.blocked_slot: Pending | None = None
+        self.blocked_shard = -1
+        self.backlog: deque[list[bytes]] = deque()
 
     # --- reading and dispatch -------------------------------------------------
 
@@ -95,7 +100,8 @@ class Client:
         parser = self.parser
         limit = self.router.config.client_query_buffer_limit
         while not self.closing:
-            if len(self.outbuf) > OUTPUT_BACKPRESSURE_BYTES or len(self.replies) > MAX_REPLIES_IN_FLIGHT:
+            if (len(self.outbuf) > OUTPUT_BACKPRESSURE_BYTES or len(self.replies) > MAX_REPLIES_IN_FLIGHT
+                    or len(self.backlog) > MAX_REPLIES_IN_FLIGHT):
                 self._drained = trio.Event()
                 await self._drained.wait()
                 continue
@@ -122,12 +128,16 @@ class Client:
                 return
             if requests:
                 self.last_cmd_at = time.monotonic()
-                dispatch = self.dispatch
-                for argv in requests:
-                    dispatch(argv)
-                    if self.closing:
-                        break
+                self.backlog.extend(requests)
+                self.run_backlog()
                 self.flush()
+
+    def run_backlog(self) -> None:
+        """Dispatch queued requests until one blocks or the client is closing."""
+        backlog = self.backlog
+        dispatch = self.dispatch
+        while backlog and self.blocked_slot is None and not self.closing:
+            dispatch(backlog.popleft())
 
     def dispatch(self, argv: list[bytes]) -> None:
         router = self.router
@@ -170,8 +180,12 @@ class Client:
                 router.route_cursor(self, argv)
                 return
             if cmd.keys_fn is None and cmd.first_key == 1 and cmd.last_key == 1:
-                link = router.links[router.slot_owner[key_slot(argv[1])]]
-                self.replies.append(link.submit(self, self.proto, argv))
+                shard = router.slot_owner[key_slot(argv[1])]
+                slot = router.links[shard].submit(self, self.proto, argv)
+                self.replies.append(slot)
+                if cmd.is_blocking and slot.data is None:
+                    self.blocked_slot = slot
+                    self.blocked_shard = shard
                 return
             indexes = cmd.key_indexes(argv)
             if not indexes:
@@ -180,8 +194,12 @@ class Client:
             owner = router.slot_owner
             shards = {owner[key_slot(argv[i])] for i in indexes}
             if len(shards) == 1:
-                link = router.links[shards.pop()]
-                self.replies.append(link.submit(self, self.proto, argv))
+                shard = shards.pop()
+                slot = router.links[shard].submit(self, self.proto, argv)
+                self.replies.append(slot)
+                if cmd.is_blocking and slot.data is None:
+                    self.blocked_slot = slot
+                    self.blocked_shard = shard
             elif cmd.split != SPLIT_NONE:
                 router.split(self, argv, cmd, indexes)
             else:
@@ -269,6 +287,14 @@ class Client:
             replies.popleft()
         if chunks:
             self.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        blocked = self.blocked_slot
+        if blocked is not None and blocked.data is not None:
+            self.blocked_slot = None
+            self.blocked_shard = -1
+            if self.backlog:
+                self.run_backlog()
+                self.flush()
+                return
         if not self._drained.is_set() and (
             not replies if self.closing else len(replies) <= MAX_REPLIES_IN_FLIGHT // 2
         ):

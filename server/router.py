@@ -192,6 +192,10 @@ class Router:
     def forget(self, client: Client) -> None:
         self.clients.pop(client.id, None)
         client.unwatch_all()
+        if client.blocked_slot is not None:
+            self.links[client.blocked_shard].submit(
+                None, PROTO_INTERNAL, [b"\x00unblock", b"%d" % client.id, b"drop"],
+                Pending(None, on_fill=_ignore_reply))
 
     def new_client_id(self) -> int:
         self._client_seq += 1
