@@ -1,0 +1,471 @@
+#!/usr/bin/env python3
+"""durakv against Debian's redis-server, side by side, with redis-benchmark;
+writes BENCHMARKS.md.
+
+Why this shape: throughput on a shared machine drifts, so the only figure worth
+keeping is a ratio measured in one sitting. All servers run at once and the
+systems take turns on every workload, round after round (durakv, redis,
+redis-aof, durakv, ...); the report shows medians. Besides throughput and
+latency it records CPU time per command of durakv's router and shards (from
+/proc) and how many commands the router packs into one shard frame (INFO
+stats), which is what the router costs.
+
+Every process this script starts runs in its own session and is killed on any
+exit: normal, error, Ctrl-C, SIGTERM, or (via PR_SET_PDEATHSIG) SIGKILL of this
+script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import ctypes
+import io
+import os
+import platform
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import hiredis
+
+SCRIPTS = Path(__file__).resolve().parent
+REPO = SCRIPTS.parent
+sys.path.insert(0, str(SCRIPTS))
+from load import sync_command  # noqa: E402
+
+CLIENTS = 50
+VALUE_BYTES = 100
+PIPELINES = (1, 16)
+PIPELINED_REQUESTS_FACTOR = 10
+READY_TIMEOUT_S = 60.0
+STOP_GRACE_S = 10.0
+BENCHMARK_TIMEOUT_S = 1800.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PR_SET_PDEATHSIG = 1
+
+# Targets from the issues (not test assertions): workload -> minimum ratio.
+TARGETS_VS_REDIS = {("get", 1): 0.8, ("get", 16): 0.3, ("set", 1): 0.8, ("set", 16): 0.3}
+TARGETS_VS_AOF = {("set", 1): 1.0, ("set", 16): 0.5}
+TARGET_P99_VS_AOF = 2.0
+
+
+class Interrupted(SystemExit):
+    """A termination signal arrived; unwinding runs every cleanup."""
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    raise Interrupted(128 + signum)
+
+
+def _die_with_us() -> None:
+    """preexec_fn: the child gets SIGTERM if this script dies, even by SIGKILL."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ProcessGroups:
+    """Every process started here, each the leader of its own session, so
+    killing its group also kills what it started."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, argv: list[str], **kwargs) -> subprocess.Popen:
+        proc = subprocess.Popen(argv, start_new_session=True, preexec_fn=_die_with_us, **kwargs)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen) -> None:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # stragglers in the group
+        proc.wait()
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            self.stop(proc)
+        self.procs.clear()
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads, dead ones included)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def children(ppid: int) -> dict[int, str]:
+    """pid -> command line of the direct children of ppid."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            if parent != ppid:
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                found[int(entry)] = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+    return found
+
+
+@dataclass
+class Server:
+    """A running server: name, port, how it was started, where its CPU goes."""
+
+    name: str
+    argv: list[str]
+    shown_argv: str  # argv as the report shows it: no temp paths
+    port: int
+    proc: subprocess.Popen
+    log_path: Path
+    tests: tuple[str, ...]
+
+    def cpu_by_role(self) -> dict[str, float]:
+        """CPU seconds so far, by role: durakv's 'router'/'shard' children, or 'server'."""
+        if not self.name.startswith("durakv"):
+            return {"server": cpu_seconds(self.proc.pid)}
+        roles = {"router": 0.0, "shard": 0.0}
+        for pid, cmdline in children(self.proc.pid).items():
+            for role in roles:
+                if f" {role} --index" in cmdline:
+                    roles[role] += cpu_seconds(pid)
+        return roles
+
+    def info_stats(self) -> dict[str, int]:
+        reply = sync_command("127.0.0.1", self.port, b"INFO", b"stats")
+        if isinstance(reply, hiredis.ReplyError):
+            return {}
+        stats = {}
+        for line in reply.decode().splitlines():
+            key, _, value = line.partition(":")
+            if value.strip().isdigit():
+                stats[key] = int(value)
+        return stats
+
+
+def wait_ready(server: Server, probe: tuple[bytes, ...], ok: bytes) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"{server.name} exited with {server.proc.returncode}:\n{tail(server.log_path)}")
+        try:
+            reply = sync_command("127.0.0.1", server.port, *probe, timeout_s=2.0)
+            if not isinstance(reply, hiredis.ReplyError) and ok in reply:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{server.name} not ready after {READY_TIMEOUT_S:g}s:\n{tail(server.log_path)}")
+
+
+def tail(path: Path, max_bytes: int = 4000) -> str:
+    data = path.read_bytes() if path.exists() else b""
+    return data[-max_bytes:].decode(errors="replace")
+
+
+def shown(argv: list[str], tmp: Path) -> str:
+    return shlex.join(["python" if a == sys.executable else a for a in argv]).replace(str(tmp), "$TMP")
+
+
+def start_durakv(groups: ProcessGroups, tmp: Path, opts: argparse.Namespace) -> Server:
+    port = free_port()
+    argv = [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--shards", str(opts.shards),
+            "--routers", str(opts.routers), "--data-dir", str(tmp / "durakv-data")]
+    log_path = tmp / "durakv.log"
+    with open(log_path, "wb") as log:
+        proc = groups.start(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    server = Server("durakv", argv, shown(argv, tmp), port, proc, log_path, ("set", "get"))
+    wait_ready(server, (b"CLUSTER", b"INFO"), b"cluster_state:ok")
+    return server
+
+
+def start_redis(groups: ProcessGroups, tmp: Path, name: str, persistence: list[str],
+                tests: tuple[str, ...]) -> Server:
+    port = free_port()
+    workdir = tmp / name
+    workdir.mkdir()
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", *persistence,
+            "--dir", str(workdir)]
+    log_path = tmp / f"{name}.log"
+    with open(log_path, "wb") as log:
+        proc = groups.start(argv, stdout=log, stderr=subprocess.STDOUT)
+    server = Server(name, argv, shown(argv, tmp), port, proc, log_path, tests)
+    wait_ready(server, (b"PING",), b"PONG")
+    return server
+
+
+@dataclass
+class Run:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us_per_cmd: dict[str, float] = field(default_factory=dict)
+    cmds_per_frame: float | None = None
+
+
+def benchmark_argv(port: int, test: str, pipeline: int, requests: int, key_space: int) -> list[str]:
+    return ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", test, "-c", str(CLIENTS),
+            "-P", str(pipeline), "-d", str(VALUE_BYTES), "-r", str(key_space), "-n", str(requests), "--csv"]
+
+
+def run_benchmark(groups: ProcessGroups, server: Server, test: str, pipeline: int, requests: int,
+                  key_space: int) -> Run:
+    argv = benchmark_argv(server.port, test, pipeline, requests, key_space)
+    cpu_before = server.cpu_by_role()
+    stats_before = server.info_stats() if server.name == "durakv" else {}
+    proc = groups.start(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = proc.communicate(timeout=BENCHMARK_TIMEOUT_S)
+    finally:
+        groups.stop(proc)
+        groups.procs.remove(proc)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{shlex.join(argv)} exited with {proc.returncode}: {err.decode(errors='replace')}")
+    rows = list(csv.DictReader(io.StringIO(out.decode())))
+    if len(rows) != 1 or float(rows[0]["rps"]) <= 0:
+        raise RuntimeError(f"{shlex.join(argv)} printed no result:\n{out.decode()}{err.decode()}")
+    row = rows[0]
+    cpu_after = server.cpu_by_role()
+    cpu = {role: (cpu_after[role] - cpu_before.get(role, 0.0)) * 1e6 / requests for role in cpu_after}
+    per_frame = None
+    if stats_before:
+        stats_after = server.info_stats()
+        frames = stats_after.get("shard_frames_sent", 0) - stats_before.get("shard_frames_sent", 0)
+        sent = stats_after.get("shard_requests_sent", 0) - stats_before.get("shard_requests_sent", 0)
+        per_frame = sent / frames if frames > 0 else None
+    return Run(float(row["rps"]), float(row["p50_latency_ms"]), float(row["p99_latency_ms"]), cpu, per_frame)
+
+
+@dataclass
+class Summary:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us_per_cmd: dict[str, float]
+    cmds_per_frame: float | None
+    all_rps: list[float]
+
+
+def summarize(runs: list[Run]) -> Summary:
+    frames = [r.cmds_per_frame for r in runs if r.cmds_per_frame is not None]
+    roles = runs[0].cpu_us_per_cmd.keys()
+    return Summary(
+        statistics.median(r.rps for r in runs), statistics.median(r.p50_ms for r in runs),
+        statistics.median(r.p99_ms for r in runs),
+        {role: statistics.median(r.cpu_us_per_cmd[role] for r in runs) for role in roles},
+        statistics.median(frames) if frames else None, [r.rps for r in runs])
+
+
+def machine_facts() -> dict[str, str]:
+    model = platform.processor() or "unknown"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    def version(argv: list[str]) -> str:
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return "unknown"
+    commit = version(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    if version(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"]):
+        commit += " (with uncommitted changes)"
+    with open("/proc/loadavg") as f:
+        load = " ".join(f.read().split()[:3])
+    return {
+        "CPU": model,
+        "cores": f"{os.cpu_count()} ({len(os.sched_getaffinity(0))} usable by this run)",
+        "kernel": f"{platform.system()} {platform.release()}",
+        "Python": platform.python_version(),
+        "redis-server": version(["redis-server", "--version"]),
+        "redis-benchmark": version(["redis-benchmark", "--version"]),
+        "durakv commit": commit,
+        "load average at start": load,
+    }
+
+
+def fmt_ratio(value: float, target: float | None) -> str:
+    if target is None:
+        return f"{value:.2f}×"
+    return f"{value:.2f}× ({'meets' if value >= target else 'below'} ≥{target:g}×)"
+
+
+def render(opts: argparse.Namespace, command: str, facts: dict[str, str], servers: list[Server],
+           results: dict[tuple[str, str, int], Summary], key_space: int, finished_load: str) -> str:
+    requests = {p: opts.requests * (PIPELINED_REQUESTS_FACTOR if p > 1 else 1) for p in PIPELINES}
+    out = ["# durakv benchmarks", "",
+           "Generated by `scripts/bench.py`; rerun it instead of editing this file.", ""]
+    if opts.quick:
+        out += ["**QUICK RUN** (`--quick`): too small and too noisy to mean anything; it only shows "
+                "that the harness works.", ""]
+    out += [f"Command: `{command}`", "",
+            f"Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}", "",
+            "## Machine", "", "| | |", "|---|---|"]
+    out += [f"| {k} | {v} |" for k, v in facts.items()]
+    out += [f"| load average at end | {finished_load} |", "", "## Method", ""]
+    for server in servers:
+        out.append(f"- {server.name}: `{server.shown_argv}`")
+    argv = benchmark_argv(0, "TEST", 0, 0, key_space)
+    shown = shlex.join(argv).replace("-p 0", "-p PORT").replace("-P 0", "-P PIPELINE").replace("-n 0", "-n N")
+    out += [
+        f"- each figure: `{shown}` with TEST in set/get, PIPELINE in {'/'.join(map(str, PIPELINES))}, "
+        f"N = {requests[1]} unpipelined and {requests[16]} pipelined.",
+        f"- all servers run at once; for each round and workload the systems take turns "
+        f"({', '.join(s.name for s in servers)}); {opts.rounds} round(s); the tables show medians.",
+        "- latency is redis-benchmark's per-request latency (for P16, of a request inside a pipeline).",
+        "- CPU µs/command: utime+stime from /proc of each process during the run, divided by N.", "",
+    ]
+
+    def cell(s: Summary) -> str:
+        return f"{s.p50_ms:.3f} / {s.p99_ms:.3f}"
+
+    out += ["## durakv vs redis-server without persistence", "",
+            "| workload | durakv ops/s | redis ops/s | ratio (target) | durakv p50 / p99 ms | redis p50 / p99 ms |",
+            "|---|---:|---:|---|---:|---:|"]
+    for test in ("get", "set"):
+        for p in PIPELINES:
+            d, r = results[("durakv", test, p)], results[("redis", test, p)]
+            out.append(f"| {test.upper()} P{p} | {d.rps:,.0f} | {r.rps:,.0f} | "
+                       f"{fmt_ratio(d.rps / r.rps, TARGETS_VS_REDIS.get((test, p)))} | {cell(d)} | {cell(r)} |")
+    out += ["", "## Durable SET: durakv vs redis-server with appendonly yes, appendfsync always", "",
+            "| workload | durakv ops/s | redis-aof ops/s | ratio (target) | durakv p50 / p99 ms "
+            "| redis-aof p50 / p99 ms | p99 ratio (target ≤2×) |",
+            "|---|---:|---:|---|---:|---:|---|"]
+    for p in PIPELINES:
+        d, a = results[("durakv", "set", p)], results[("redis-aof", "set", p)]
+        p99_ratio = d.p99_ms / a.p99_ms if a.p99_ms else float("inf")
+        verdict = "meets" if p99_ratio <= TARGET_P99_VS_AOF else "above"
+        out.append(f"| SET P{p} | {d.rps:,.0f} | {a.rps:,.0f} | {fmt_ratio(d.rps / a.rps, TARGETS_VS_AOF[('set', p)])} "
+                   f"| {cell(d)} | {cell(a)} | {p99_ratio:.2f}× ({verdict}) |")
+    out += ["", "## Where durakv's CPU goes", "",
+            "| workload | router CPU µs/cmd | shards CPU µs/cmd (all shards) | commands per shard frame "
+            "| redis CPU µs/cmd |", "|---|---:|---:|---:|---:|"]
+    for test in ("get", "set"):
+        for p in PIPELINES:
+            d, r = results[("durakv", test, p)], results[("redis", test, p)]
+            frame = f"{d.cmds_per_frame:.1f}" if d.cmds_per_frame is not None else "n/a"
+            out.append(f"| {test.upper()} P{p} | {d.cpu_us_per_cmd['router']:.1f} | {d.cpu_us_per_cmd['shard']:.1f} "
+                       f"| {frame} | {r.cpu_us_per_cmd['server']:.1f} |")
+    out += ["", "## Every run (ops/s, in round order)", "", "| system | workload | ops/s per round |",
+            "|---|---|---|"]
+    for (name, test, p), s in sorted(results.items()):
+        out.append(f"| {name} | {test.upper()} P{p} | {', '.join(f'{v:,.0f}' for v in s.all_rps)} |")
+    return "\n".join(out) + "\n"
+
+
+def bench(opts: argparse.Namespace, groups: ProcessGroups, tmp: Path) -> str:
+    command = "python scripts/bench.py " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "python scripts/bench.py"
+    facts = machine_facts()
+    servers = [
+        start_durakv(groups, tmp, opts),
+        start_redis(groups, tmp, "redis", ["--appendonly", "no"], ("set", "get")),
+        start_redis(groups, tmp, "redis-aof", ["--appendonly", "yes", "--appendfsync", "always"], ("set",)),
+    ]
+    key_space = opts.key_space
+    runs: dict[tuple[str, str, int], list[Run]] = {}
+    for round_no in range(1, opts.rounds + 1):
+        for test in ("set", "get"):
+            for p in PIPELINES:
+                requests = opts.requests * (PIPELINED_REQUESTS_FACTOR if p > 1 else 1)
+                for server in servers:
+                    if test not in server.tests:
+                        continue
+                    run = run_benchmark(groups, server, test, p, requests, key_space)
+                    runs.setdefault((server.name, test, p), []).append(run)
+                    if not opts.quiet:
+                        print(f"round {round_no}/{opts.rounds} {test.upper()} P{p} {server.name}: "
+                              f"{run.rps:,.0f} ops/s p50 {run.p50_ms} p99 {run.p99_ms} ms",
+                              file=sys.stderr, flush=True)
+    with open("/proc/loadavg") as f:
+        finished_load = " ".join(f.read().split()[:3])
+    results = {k: summarize(v) for k, v in runs.items()}
+    return render(opts, command, facts, servers, results, key_space, finished_load)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported")
+    p.add_argument("--requests", type=int, default=100_000,
+                   help=f"redis-benchmark -n for P1 (P16 runs {PIPELINED_REQUESTS_FACTOR}x as many)")
+    p.add_argument("--key-space", type=int, default=100_000, help="redis-benchmark -r: keys spread over all slots")
+    p.add_argument("--shards", type=int, default=os.cpu_count() or 1, help="durakv shard processes")
+    p.add_argument("--routers", type=int, default=1, help="durakv router processes")
+    p.add_argument("--quick", action="store_true", help="tiny run that only proves the harness works")
+    p.add_argument("--output", type=Path, default=REPO / "BENCHMARKS.md")
+    p.add_argument("-q", "--quiet", action="store_true", help="no per-run lines on stderr")
+    opts = p.parse_args(argv)
+    if opts.quick:
+        opts.rounds, opts.requests, opts.key_space = 1, 2000, 1000
+    if not 1 <= opts.rounds <= 100:
+        p.error("--rounds must be between 1 and 100")
+    if not 100 <= opts.requests <= 100_000_000:
+        p.error("--requests must be between 100 and 100000000")
+    if not 1 <= opts.key_space <= 100_000_000:
+        p.error("--key-space must be between 1 and 100000000")
+    return opts
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    for tool in ("redis-server", "redis-benchmark"):
+        if subprocess.run(["which", tool], capture_output=True).returncode != 0:
+            print(f"bench: {tool} not found (Debian: apt-get install redis-server redis-tools)", file=sys.stderr)
+            return 2
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _on_signal)
+    groups = ProcessGroups()
+    try:
+        with tempfile.TemporaryDirectory(prefix="durakv-bench-") as tmp:
+            try:
+                markdown = bench(opts, groups, Path(tmp))
+            finally:
+                for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                    signal.signal(signum, signal.SIG_IGN)  # let the cleanup finish
+                groups.stop_all()
+    except RuntimeError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted; all servers stopped", file=sys.stderr)
+        return 130
+    except Interrupted as e:
+        print("bench: terminated by a signal; all servers stopped", file=sys.stderr)
+        return e.code
+    opts.output.write_text(markdown)
+    print(f"bench: wrote {opts.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
