@@ -297,7 +297,7 @@ def machine_facts() -> dict[str, str]:
             return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.strip()
         except (OSError, subprocess.TimeoutExpired):
             return "unknown"
-    commit = version(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    commit = version(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]) or "unknown"
     if version(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"]):
         commit += " (with uncommitted changes)"
     with open("/proc/loadavg") as f:
