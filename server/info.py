@@ -93,17 +93,44 @@ def _memory(router, infos, version):
 
 
 def _persistence(router, infos, version):
-    return [
+    """The durable log, summed over shards (per-shard figures follow)."""
+    shards = [i["persistence"] for i in infos]
+    uptime_s = max(time.time() - router.started_at, 1e-9)
+    fsyncs = sum(p["fsyncs"] for p in shards)
+    records = sum(p["records_appended"] for p in shards)
+    effects = sum(p["effects_appended"] for p in shards)
+    failed = [p["write_error"] for p in shards if p["write_error"]]
+    lines = [
         "loading:0",
         "async_loading:0",
         "rdb_changes_since_last_save:0",
         "rdb_bgsave_in_progress:0",
         f"rdb_last_save_time:{int(router.started_at)}",
         "rdb_last_bgsave_status:ok",
-        "aof_enabled:0",
+        "aof_enabled:1",
         "aof_rewrite_in_progress:0",
-        "aof_last_write_status:ok",
+        f"aof_last_write_status:{'err' if failed else 'ok'}",
+        f"durability:{shards[0]['durability'] if shards else 'sync'}",
+        f"log_durable_seq:{sum(p['durable_seq'] for p in shards)}",
+        f"log_pending_records:{sum(p['pending_records'] for p in shards)}",
+        f"log_fsyncs:{fsyncs}",
+        f"log_fsyncs_per_sec:{fsyncs / uptime_s:.2f}",
+        f"log_last_fsync_latency_us:{max((p['last_fsync_latency_us'] for p in shards), default=0)}",
+        f"log_records_appended:{records}",
+        f"log_avg_effects_per_record:{effects / records if records else 0:.2f}",
+        f"log_bytes_written:{sum(p['log_bytes_written'] for p in shards)}",
+        f"log_size_bytes:{sum(p['log_size_bytes'] for p in shards)}",
+        f"log_segments:{sum(p['log_segments'] for p in shards)}",
+        f"log_held_replies:{sum(p['held_replies'] for p in shards)}",
+        f"log_dirty_keys:{sum(p['dirty_keys'] for p in shards)}",
+        f"log_write_error:{failed[0] if failed else ''}",
     ]
+    for p, info in zip(shards, infos):
+        lines.append(
+            f"shard{info['shard']}:durable_seq={p['durable_seq']},tail_seq={p['tail_seq']},"
+            f"fsyncs={p['fsyncs']},last_fsync_us={p['last_fsync_latency_us']},"
+            f"segments={p['log_segments']},replayed={p['replayed_records']}")
+    return lines
 
 
 def _stats(router, infos, version):

@@ -29,6 +29,28 @@ def info(shard, argv: list[bytes]) -> dict:
         "keyspace_hits": db.stat_keyspace_hits,
         "keyspace_misses": db.stat_keyspace_misses,
         "commandstats": {name: [s.calls, s.usec, s.failed] for name, s in shard.stats.items()},
+        "persistence": persistence(shard),
+    }
+
+
+def persistence(shard) -> dict:
+    wal = shard.log
+    return {
+        "durability": shard.config.durability,
+        "durable_seq": wal.durable_seq,
+        "tail_seq": wal.tail_seq,
+        "pending_records": wal.tail_seq - wal.durable_seq,
+        "fsyncs": shard.fsyncs,
+        "last_fsync_latency_us": wal.last_fsync_latency_us,
+        "log_bytes_written": wal.bytes_written,
+        "log_segments": wal.segment_count,
+        "log_size_bytes": wal.size_bytes,
+        "records_appended": shard.records_appended,
+        "effects_appended": shard.effects_appended,
+        "held_replies": shard.held.count,
+        "dirty_keys": shard.hazards.pending_keys(),
+        "write_error": (shard.write_error or b"").decode(errors="replace"),
+        "replayed_records": shard.replayed_records,
     }
 
 
@@ -57,7 +79,19 @@ def set_config(shard, argv: list[bytes]) -> bool:
     return True
 
 
+def forget_client(shard, argv: list[bytes]) -> bool:
+    """The router's client disconnected or ran UNWATCH/DISCARD: drop its watches."""
+    shard.watches.unwatch(int(argv[1]))
+    return True
+
+
+def unblock(shard, argv: list[bytes]) -> bool:
+    return shard.unblock(int(argv[1]), argv[2])
+
+
 HANDLERS = {
+    b"\x00unblock": unblock,
+    b"\x00unwatch": forget_client,
     b"\x00config": set_config,
     b"\x00info": info,
     b"\x00countkeysinslot": count_keys_in_slot,

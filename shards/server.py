@@ -1,8 +1,12 @@
 """A shard process: owns a range of hash slots and their keyspace, serves frames
-of commands from the routers over Unix sockets.
+of commands from the routers over Unix sockets, and makes every acknowledged
+write durable in its log before the reply leaves.
 
-Each frame is executed as one batch; its replies go back as one frame. Effects
-recorded by the batch are handed to the shard's effect sink once per batch.
+A frame is executed as one batch; the batch's effects become one log record;
+a committer task writes and fsyncs everything pending in a worker thread while
+the loop executes the next batch (group commit). Replies that depend on a
+record not yet durable (its own writes, or reads of keys it dirtied) are held
+until the fsync covering it returns.
 """
 
 from __future__ import annotations
@@ -11,27 +15,35 @@ import logging
 import os
 import socket
 import time
+from collections import deque
 
 import trio
 
 import shards.commands  # noqa: F401  (registers every shard command)
+from log import Log, LogWriteFailed
+from shards import internal, sdnotify
 from shards.config import Config
 from shards.context import Ctx
+from shards.engine import replay
 from shards.frames import (
-    PROTO_INTERNAL, encode_frame, encode_internal, request_batch_decoder, shard_socket_name,
+    encode_frame, encode_internal, request_batch_decoder, shard_socket_name,
     split_frames,
 )
-from shards.keyspace import Keyspace
-from shards.resp import ReplyError, encode, encode_error
+from shards.hazards import HazardTracker, HeldReplies
+from shards.blocking import Block, BlockedClients, Waiter
+from shards.keyspace import Keyspace, now_ms
+from shards.records import decode_effects, encode_effects
+from shards.resp import NULL_ARRAY, ReplyError, encode, encode_error
 from shards.shard_settings import SHARD_DEFAULTS
 from shards.slots import slot_ranges
-from shards.table import TABLE, Command
-from shards import internal
+from shards.t_multi import Watches, unpack_transaction
+from shards.table import CURSOR, FANOUT, TABLE, Command
 
 log = logging.getLogger("durakv.shard")
 
 RECV_BYTES = 1024 * 1024
 ROUTER_CONNECTIONS_MAX = 64
+REPLAY_PROGRESS_INTERVAL_S = 1.0
 
 
 class CommandStats:
@@ -43,59 +55,299 @@ class CommandStats:
         self.failed = 0
 
 
+class RouterConn:
+    """One router's connection: replies queue here and leave as one frame per turn."""
+
+    __slots__ = ("sock", "outbox", "wake")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.outbox: list[tuple[int, bytes]] = []
+        self.wake = trio.Event()
+
+    def send(self, replies: list[tuple[int, bytes]]) -> None:
+        if not self.outbox:
+            self.wake.set()
+        self.outbox.extend(replies)
+
+    async def writer(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake = trio.Event()
+            if self.outbox:
+                batch = self.outbox
+                self.outbox = []
+                await send_all(self.sock, encode_frame(batch))
+
+
 class Shard:
     def __init__(self, config: Config, index: int) -> None:
         self.config = config
         self.index = index
         self.slot_range = slot_ranges(config.shards)[index]
+        self.dir = os.path.join(config.data_dir, f"shard-{index:03d}")
         self.db = Keyspace()
         self.ctx = Ctx(self.db, self)
+        self.settings = dict(SHARD_DEFAULTS)
         self.stats: dict[str, CommandStats] = {}
         self.started_at = time.time()
         self.total_commands = 0
         self.routers = 0
-        self.settings = dict(SHARD_DEFAULTS)
+        self.log: Log | None = None
+        self.lease = None
+        self.hazards = HazardTracker(0)
+        self.held = HeldReplies()
+        self.async_mode = config.durability == "async"
+        self._unsynced_since: deque[tuple[int, float]] = deque()  # (seq, monotonic time appended)
+        self._commit_wanted = trio.Event()
+        self.write_error: bytes | None = None
+        self.fsyncs = 0
+        self.records_appended = 0
+        self.effects_appended = 0
+        self.replayed_records = 0
+        self.watches = Watches()
+        self.blocked = BlockedClients()
+        self._blocked_wake = trio.Event()
 
-    def execute_batch(self, requests: list) -> list[tuple[int, bytes]]:
-        """Run a frame's requests in order; returns their encoded replies."""
-        ctx = self.ctx
+    # --- startup ----------------------------------------------------------------
+
+    def open_log(self) -> None:
+        """Open the log (exclusively), rebuild the keyspace from it, take the lease."""
+        self.log = Log.open(os.path.join(self.dir, "log"), segment_size_bytes=self.config.segment_size_bytes)
+        truncated = self.log.recovery.truncated_bytes
+        if truncated:
+            log.warning("shard %d: torn log tail: truncated %d bytes", self.index, truncated)
+        started = time.monotonic()
+        last_report = started
+        count = 0
+        for _seq, _epoch, payload in self.log.read(1):
+            replay(self.ctx, decode_effects(payload))
+            count += 1
+            now = time.monotonic()
+            if now - last_report >= REPLAY_PROGRESS_INTERVAL_S:
+                log.info("shard %d: replaying log: %d records (%.0f records/s)",
+                         self.index, count, count / (now - started))
+                last_report = now
+        elapsed = max(time.monotonic() - started, 1e-9)
+        self.replayed_records = count
+        self.db.effects.clear()
+        tail = self.log.tail_seq
+        self.hazards = HazardTracker(tail)
+        self.lease = self.log.take_lease(f"shard-{self.index} pid {os.getpid()}")
+        self.db.on_modified = self._mark_dirty
+        self.db.on_flush = self._on_flush
+        log.info("shard %d: replayed %d records in %.3f s (%.0f records/s), %d keys, log tail seq %d",
+                 self.index, count, elapsed, count / elapsed, len(self.db.data), tail)
+
+    def _mark_dirty(self, key: bytes) -> None:
+        self.hazards.mark(key, self.log.tail_seq + 1)
+        if key in self.watches.by_key:
+            self.watches.touched(key)
+        if key in self.blocked.by_key:
+            self.blocked.ready_keys[key] = None
+
+    def _on_flush(self) -> None:
+        self.hazards.mark_all(self.log.tail_seq + 1)
+        self.watches.touched_existing(self.db.data)
+
+    # --- execution ----------------------------------------------------------------
+
+    def execute_batch(self, conn: RouterConn, requests: list) -> list[tuple[int, bytes]]:
+        """Run a frame's requests in order; returns the replies that may leave now
+        and holds the rest until their record is durable."""
         db = self.db
-        out = []
-        table = TABLE
-        perf = time.perf_counter_ns
+        next_seq = self.log.tail_seq + 1
+        hold_writes = not self.async_mode or self._async_window_exceeded()
+        durable_seq = self.hazards.durable_seq
+        now_out = []
         for req in requests:
             argv = req.argv
-            name = argv[0]
-            if name[:1] == b"\x00":
-                out.append((req.rid, internal.run(self, argv)))
-                continue
-            cmd: Command | None = table.get(name) or table.get(name.lower())
-            ctx.client_id = req.cid
-            proto = ctx.proto = req.proto
-            db.frozen_ms = time.time_ns() // 1_000_000
-            start = perf()
-            try:
-                if cmd is None:
-                    raise ReplyError(b"ERR unknown command")
-                if cmd.subcommands:
-                    cmd = cmd.subcommands[argv[1].lower()]
-                result = cmd.handler(ctx, argv)
-                data = encode(result, proto) if proto else encode_internal(True, result)
-            except ReplyError as e:
-                data = encode_error(e.message) if proto else encode_internal(False, e.message)
-                self._stat(cmd).failed += 1
-            except Exception:
-                log.exception("shard %d: command %r failed", self.index, argv[:3])
-                message = b"ERR internal error executing '%s'" % name[:64]
-                data = encode_error(message) if proto else encode_internal(False, message)
-            stat = self._stat(cmd)
-            stat.calls += 1
-            stat.usec += (perf() - start) // 1000
-            out.append((req.rid, data))
+            if argv[0][:1] == b"\x00":
+                if argv[0] != b"\x00exec":
+                    now_out.append((req.rid, internal.run(self, argv)))
+                    continue
+                data, wait = self._exec_transaction(argv, req.cid, req.proto, next_seq, hold_writes)
+            else:
+                db.frozen_ms = time.time_ns() // 1_000_000
+                data, wait = self._execute(argv, req.cid, req.proto, next_seq, hold_writes)
+                if type(data) is Block:
+                    self._park(Waiter(conn, req.rid, req.cid, req.proto, argv, data))
+                    continue
+            if wait > durable_seq:
+                if self.write_error is not None:
+                    now_out.append((req.rid, self._lost_reply(req.proto)))
+                else:
+                    self.held.hold(wait, conn, req.rid, data)
+            else:
+                now_out.append((req.rid, data))
+            if self.blocked.ready_keys:
+                self._serve_ready(next_seq, hold_writes)
         db.frozen_ms = 0
         self.total_commands += len(requests)
-        self.commit_effects()
-        return out
+        self.append_effects()
+        return now_out
+
+    def _execute(self, argv: list[bytes], cid: int, proto: int, next_seq: int,
+                 hold_writes: bool) -> tuple[bytes, int]:
+        """Run one command: its encoded reply and the seq the reply must wait for."""
+        ctx = self.ctx
+        effects = self.db.effects
+        ctx.client_id = cid
+        ctx.proto = proto
+        name = argv[0]
+        cmd: Command | None = TABLE.get(name) or TABLE.get(name.lower())
+        effects_before = len(effects)
+        start = time.perf_counter_ns()
+        try:
+            if cmd is None:
+                raise ReplyError(b"ERR unknown command")
+            if cmd.subcommands:
+                cmd = cmd.subcommands[argv[1].lower()]
+            if self.write_error is not None and cmd.is_write:
+                raise ReplyError(self.write_error)
+            result = cmd.handler(ctx, argv)
+            if type(result) is Block:
+                return result, 0
+            data = encode(result, proto) if proto else encode_internal(True, result)
+        except ReplyError as e:
+            data = encode_error(e.message) if proto else encode_internal(False, e.message)
+            self._stat(cmd).failed += 1
+        except Exception:
+            log.exception("shard %d: command %r failed", self.index, argv[:3])
+            message = b"ERR internal error executing '%s'" % name[:64]
+            data = encode_error(message) if proto else encode_internal(False, message)
+        stat = self._stat(cmd)
+        stat.calls += 1
+        stat.usec += (time.perf_counter_ns() - start) // 1000
+        if len(effects) > effects_before:
+            return data, (next_seq if hold_writes else 0)
+        if cmd is None:
+            return data, 0
+        hazards = self.hazards
+        if cmd.where == FANOUT or cmd.where == CURSOR:
+            return data, hazards.wait_all()
+        if cmd.first_key == 1 and cmd.last_key == 1 and cmd.keys_fn is None:
+            return data, hazards.wait_seq((argv[1],))
+        try:
+            return data, hazards.wait_seq([argv[i] for i in cmd.key_indexes(argv)])
+        except ReplyError:
+            return data, 0
+
+    # --- blocked clients -------------------------------------------------------------
+
+    def _park(self, waiter: Waiter) -> None:
+        try:
+            self.blocked.park(waiter)
+        except ReplyError as e:
+            waiter.conn.send([(waiter.rid, encode_error(e.message))])
+            return
+        if waiter.deadline_ms:
+            self._blocked_wake.set()
+
+    def _serve_ready(self, next_seq: int, hold_writes: bool) -> None:
+        """Retry, in blocking order, the waiters of every key changed since the last call."""
+        blocked = self.blocked
+        durable_seq = self.hazards.durable_seq
+        while blocked.ready_keys:
+            key = next(iter(blocked.ready_keys))
+            del blocked.ready_keys[key]
+            queue = blocked.by_key.get(key)
+            while queue:
+                waiter = queue[0]
+                data, wait = self._execute(waiter.argv, waiter.cid, waiter.proto, next_seq, hold_writes)
+                if type(data) is Block:
+                    break
+                blocked.remove(waiter)
+                if wait > durable_seq:
+                    self.held.hold(wait, waiter.conn, waiter.rid, data)
+                else:
+                    waiter.conn.send([(waiter.rid, data)])
+                queue = blocked.by_key.get(key)
+
+    def unblock(self, cid: int, mode: bytes) -> bool:
+        """CLIENT UNBLOCK (mode timeout|error) or the client went away (drop)."""
+        waiter = self.blocked.by_client.get(cid)
+        if waiter is None:
+            return False
+        self.blocked.remove(waiter)
+        if mode == b"error":
+            data = encode_error(b"UNBLOCKED client unblocked via CLIENT UNBLOCK")
+        elif mode == b"timeout":
+            data = encode(waiter.timeout_reply, waiter.proto)
+        else:
+            data = encode_error(b"ERR client disconnected")
+        waiter.conn.send([(waiter.rid, data)])
+        return True
+
+    async def blocked_timeouts(self) -> None:
+        while True:
+            deadline_ms = self.blocked.next_deadline_ms()
+            if deadline_ms == 0:
+                await self._blocked_wake.wait()
+                self._blocked_wake = trio.Event()
+                continue
+            delay_s = (deadline_ms - now_ms()) / 1000
+            if delay_s > 0:
+                with trio.move_on_after(delay_s):
+                    await self._blocked_wake.wait()
+                    self._blocked_wake = trio.Event()
+                continue
+            for waiter in self.blocked.expired(now_ms()):
+                waiter.conn.send([(waiter.rid, encode(waiter.timeout_reply, waiter.proto))])
+
+    def _exec_transaction(self, argv: list[bytes], cid: int, proto: int, next_seq: int,
+                          hold_writes: bool) -> tuple[bytes, int]:
+        """EXEC: every queued command, atomically, in this batch (one log record)."""
+        db = self.db
+        watches = self.watches
+        if watches.is_dirty(cid, db):
+            watches.unwatch(cid)
+            return encode(NULL_ARRAY, proto), 0
+        watches.unwatch(cid)
+        commands = unpack_transaction(argv[1])
+        parts = [b"*%d\r\n" % len(commands)]
+        wait = 0
+        db.frozen_ms = time.time_ns() // 1_000_000
+        self.ctx.in_multi = True
+        try:
+            for queued in commands:
+                if queued[0] == b"\x00literal":
+                    parts.append(queued[1])
+                    continue
+                data, seq = self._execute(queued, cid, proto, next_seq, hold_writes)
+                parts.append(data)
+                if seq > wait:
+                    wait = seq
+        finally:
+            self.ctx.in_multi = False
+        return b"".join(parts), wait
+
+    def append_effects(self) -> None:
+        """Turn the effects recorded since the last call into one log record."""
+        effects = self.db.effects
+        if not effects:
+            return
+        if self.write_error is not None:
+            effects.clear()
+            return
+        payload = encode_effects(effects)
+        self.effects_appended += len(effects)
+        effects.clear()
+        seq = self.log.append([payload], self.log.tail_seq, self.lease)
+        self.records_appended += 1
+        if self.async_mode:
+            self._unsynced_since.append((seq, time.monotonic()))
+        self._commit_wanted.set()
+
+    def _async_window_exceeded(self) -> bool:
+        pending = self._unsynced_since
+        if not pending:
+            return False
+        return (time.monotonic() - pending[0][1]) * 1000 > self.config.max_unsynced_ms
+
+    def _lost_reply(self, proto: int) -> bytes:
+        message = self.write_error or b"ERR write failed"
+        return encode_error(message) if proto else encode_internal(False, message)
 
     def _stat(self, cmd: Command | None) -> CommandStats:
         name = cmd.fullname if cmd is not None else "unknown"
@@ -104,34 +356,84 @@ class Shard:
             stat = self.stats[name] = CommandStats()
         return stat
 
-    def commit_effects(self) -> None:
-        """Hand the batch's effects on. Until the durable log exists the effects
-        are only counted; the list must not grow across batches."""
-        self.db.effects.clear()
+    # --- group commit -----------------------------------------------------------------
+
+    def _sync_blocking(self) -> int:
+        """Runs in a worker thread: one write + one fdatasync for everything pending."""
+        if self.config.test_fsync_delay_ms:
+            time.sleep(self.config.test_fsync_delay_ms / 1000)
+        return self.log.sync()
+
+    async def committer(self) -> None:
+        log_ = self.log
+        while True:
+            await self._commit_wanted.wait()
+            self._commit_wanted = trio.Event()
+            while log_.durable_seq < log_.tail_seq:
+                try:
+                    durable = await trio.to_thread.run_sync(self._sync_blocking)
+                except LogWriteFailed as e:
+                    self._fail_writes(e)
+                    return
+                self.fsyncs += 1
+                self._on_durable(durable)
+
+    def _on_durable(self, durable_seq: int) -> None:
+        self.hazards.advance(durable_seq)
+        pending = self._unsynced_since
+        while pending and pending[0][0] <= durable_seq:
+            pending.popleft()
+        self._release(self.held.release_through(durable_seq), None)
+
+    def _release(self, released: list, error: bytes | None) -> None:
+        by_conn: dict[RouterConn, list[tuple[int, bytes]]] = {}
+        for conn, rid, data in released:
+            by_conn.setdefault(conn, []).append((rid, data if error is None else self._error_for(data, error)))
+        for conn, replies in by_conn.items():
+            conn.send(replies)
+
+    @staticmethod
+    def _error_for(original: bytes, message: bytes) -> bytes:
+        """An error reply in the same encoding family as the reply it replaces."""
+        if original[:1] in b"-+:$*%~_,#=>(|!":
+            return encode_error(message)
+        return encode_internal(False, message)
+
+    def _fail_writes(self, error: LogWriteFailed) -> None:
+        cause = str(error.__cause__ or error).replace("\r", " ").replace("\n", " ")
+        self.write_error = (b"MISCONF Errors writing to the durable log: " + cause.encode()[:200] +
+                            b". Writes are refused and unconfirmed writes are lost; reads of "
+                            b"durable data keep working. Restart the shard after fixing the disk.")
+        log.critical("shard %d: log write failed, refusing writes from now on: %s", self.index, cause)
+        self._release(self.held.release_all(), self.write_error)
+
+    # --- serving -----------------------------------------------------------------------
 
     async def serve_router(self, sock: socket.socket) -> None:
         buf = bytearray()
+        conn = RouterConn(sock)
         self.routers += 1
         try:
-            while True:
-                await trio.lowlevel.wait_readable(sock)
-                try:
-                    data = sock.recv(RECV_BYTES)
-                except BlockingIOError:
-                    continue
-                except OSError as e:
-                    log.warning("shard %d: router connection error: %s", self.index, e)
-                    return
-                if not data:
-                    return
-                buf += data
-                frames = split_frames(buf)
-                if not frames:
-                    continue
-                replies = []
-                for frame in frames:
-                    replies.extend(self.execute_batch(request_batch_decoder.decode(frame)))
-                await send_all(sock, encode_frame(replies))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(conn.writer)
+                while True:
+                    await trio.lowlevel.wait_readable(sock)
+                    try:
+                        data = sock.recv(RECV_BYTES)
+                    except BlockingIOError:
+                        continue
+                    except OSError as e:
+                        log.warning("shard %d: router connection error: %s", self.index, e)
+                        break
+                    if not data:
+                        break
+                    buf += data
+                    replies = []
+                    for frame in split_frames(buf):
+                        replies.extend(self.execute_batch(conn, request_batch_decoder.decode(frame)))
+                    if replies:
+                        conn.send(replies)
+                nursery.cancel_scope.cancel()
         finally:
             self.routers -= 1
             sock.close()
@@ -140,8 +442,8 @@ class Shard:
         period_s = 1.0 / max(self.config.hz, 1)
         while True:
             await trio.sleep(period_s)
-            if self.db.expires and self.db.active_expire():
-                self.commit_effects()
+            if self.db.expires and self.write_error is None and self.db.active_expire():
+                self.append_effects()
 
 
 async def send_all(sock: socket.socket, data: bytes) -> None:
@@ -156,24 +458,31 @@ async def send_all(sock: socket.socket, data: bytes) -> None:
             await trio.lowlevel.wait_writable(sock)
 
 
-async def run_shard(config: Config, index: int, notify: object = None) -> None:
+async def run_shard(config: Config, index: int) -> None:
     shard = Shard(config, index)
+    os.makedirs(shard.dir, exist_ok=True)
+    shard.open_log()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(shard_socket_name(config.data_dir, index))
     listener.listen(ROUTER_CONNECTIONS_MAX)
     listener.setblocking(False)
-    os.makedirs(os.path.join(config.data_dir, f"shard-{index:03d}"), exist_ok=True)
     first, last = shard.slot_range
-    log.info("shard %d ready: slots %d-%d, pid %d", index, first, last, os.getpid())
-    if callable(notify):
-        notify()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(shard.active_expire_loop)
-        while True:
-            await trio.lowlevel.wait_readable(listener)
-            try:
-                conn, _ = listener.accept()
-            except BlockingIOError:
-                continue
-            conn.setblocking(False)
-            nursery.start_soon(shard.serve_router, conn)
+    log.info("shard %d ready: slots %d-%d, %d keys, durability %s, pid %d",
+             index, first, last, len(shard.db.data), config.durability, os.getpid())
+    sdnotify.notify(b"READY=1")
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(shard.committer)
+            nursery.start_soon(shard.active_expire_loop)
+            nursery.start_soon(shard.blocked_timeouts)
+            while True:
+                await trio.lowlevel.wait_readable(listener)
+                try:
+                    conn, _ = listener.accept()
+                except BlockingIOError:
+                    continue
+                conn.setblocking(False)
+                nursery.start_soon(shard.serve_router, conn)
+    finally:
+        listener.close()
+        shard.log.close()
