@@ -192,7 +192,19 @@ def _encode_into(value: object, proto: int, out: list) -> None:
 
 
 class ProtocolError(Exception):
-    """Malformed request; the connection is answered and closed, like Redis."""
+    """Malformed request; the connection is answered and closed, like Redis.
+
+    `args[0]` is the message after "Protocol error: "; `requests` holds the
+    complete requests that preceded the bad input in the same buffer: Redis
+    executes those (and sends their replies) before the error."""
+
+    def __init__(self, message: bytes, requests: list[list[bytes]] | None = None) -> None:
+        super().__init__(message)
+        self.requests: list[list[bytes]] = requests if requests is not None else []
+
+
+class _Incomplete(Exception):
+    """Internal: the header line is not complete yet (Redis' "no newline")."""
 
 
 class RequestParser:
@@ -200,6 +212,10 @@ class RequestParser:
 
     Feed it bytes, take complete argument vectors out. State survives across
     feeds so a request arriving in many chunks is never re-scanned from the start.
+    It follows Redis 7.0's networking.c byte for byte: a header line ends at the
+    first CR (the byte after it is skipped unchecked), a bulk payload is followed
+    by two skipped bytes, an inline line ends at LF, and a NUL byte before the
+    line end hides it (Redis scans with strchr), so such input waits for more.
     """
 
     __slots__ = ("_buf", "_pos", "_args", "_remaining", "_chunks", "_need", "max_bulk_bytes", "authed")
@@ -215,6 +231,7 @@ class RequestParser:
         self.authed = True
 
     def buffered_bytes(self) -> int:
+        """Unparsed input held (Redis' query buffer length)."""
         return len(self._buf) - self._pos + sum(len(c) for c in self._chunks)
 
     def feed(self, data: bytes) -> None:
@@ -235,9 +252,8 @@ class RequestParser:
             self._pos = 0
 
     def requests(self) -> list[list[bytes]]:
-        """All complete requests buffered so far. Raises ProtocolError on bad input
-        after the complete requests before it have been returned by earlier calls;
-        callers should call until it returns an empty list."""
+        """All complete requests buffered so far. On bad input raises
+        ProtocolError carrying the complete requests parsed before it."""
         out: list[list[bytes]] = []
         if self._need:
             return out
@@ -248,13 +264,10 @@ class RequestParser:
             while pos < n:
                 if self._args is None:
                     if buf[pos] == 42:  # '*'
-                        e = buf.find(b"\r\n", pos)
-                        if e < 0:
-                            if n - pos > INLINE_MAX_SIZE_BYTES:
-                                raise ProtocolError(b"too big mbulk count string")
-                            break
-                        count = _parse_int(buf[pos + 1 : e])
+                        e = _header_end(buf, pos, n, b"too big mbulk count string")
+                        count = _string2ll(buf[pos + 1 : e])
                         if count is None or count > MULTIBULK_MAX_COUNT:
+                            _unless_hidden_by_nul(buf, pos, e, n, b"too big mbulk count string")
                             raise ProtocolError(b"invalid multibulk length")
                         if not self.authed and count > UNAUTH_MULTIBULK_MAX_COUNT:
                             raise ProtocolError(b"unauthenticated multibulk length")
@@ -265,7 +278,7 @@ class RequestParser:
                         self._remaining = count
                     else:
                         e = buf.find(b"\n", pos)
-                        if e < 0:
+                        if e < 0 or buf.find(b"\x00", pos, e) >= 0:
                             if n - pos > INLINE_MAX_SIZE_BYTES:
                                 raise ProtocolError(b"too big inline request")
                             break
@@ -284,24 +297,26 @@ class RequestParser:
                 while remaining:
                     if pos >= n:
                         break
-                    if buf[pos] != 36:  # '$'
-                        raise ProtocolError(b"expected '$', got '%c'" % buf[pos])
-                    e = buf.find(b"\r\n", pos)
-                    if e < 0:
-                        if n - pos > INLINE_MAX_SIZE_BYTES:
-                            raise ProtocolError(b"too big bulk count string")
+                    try:
+                        e = _header_end(buf, pos, n, b"too big bulk count string")
+                        if buf[pos] != 36:  # '$'
+                            _unless_hidden_by_nul(buf, pos, e, n, b"too big bulk count string")
+                            raise ProtocolError(b"expected '$', got '%c'" % buf[pos])
+                        size = _string2ll(buf[pos + 1 : e])
+                        if size is None or size < 0 or size > self.max_bulk_bytes:
+                            _unless_hidden_by_nul(buf, pos, e, n, b"too big bulk count string")
+                            raise ProtocolError(b"invalid bulk length")
+                    except _Incomplete:
                         break
-                    size = _parse_int(buf[pos + 1 : e])
-                    if size is None or size < 0 or size > self.max_bulk_bytes:
-                        raise ProtocolError(b"invalid bulk length")
                     if not self.authed and size > UNAUTH_BULK_MAX_BYTES:
                         raise ProtocolError(b"unauthenticated bulk length")
-                    end = e + 2 + size
+                    start = e + 2
+                    end = start + size
                     if end + 2 > n:
                         if size >= BIG_ARG_BYTES:
                             self._need = end + 2 - pos
                         break
-                    args.append(buf[e + 2 : end])
+                    args.append(buf[start:end])
                     pos = end + 2
                     remaining -= 1
                 self._remaining = remaining
@@ -309,84 +324,118 @@ class RequestParser:
                     break
                 out.append(args)
                 self._args = None
+        except _Incomplete:
+            pass
+        except ProtocolError as e:
+            e.requests = out
+            raise
         finally:
             self._pos = pos
         return out
 
 
-def _parse_int(text: bytes) -> int | None:
-    """Redis' string2ll for protocol headers: optional '-', ASCII digits only."""
+def _header_end(buf: bytes, pos: int, n: int, too_big: bytes) -> int:
+    """Offset of the CR ending the header line at pos; the byte after the CR
+    must have arrived too (Redis skips it without looking at it)."""
+    e = buf.find(b"\r", pos)
+    if e < 0:
+        if n - pos > INLINE_MAX_SIZE_BYTES:
+            raise ProtocolError(too_big)
+        raise _Incomplete
+    if e + 1 >= n:
+        raise _Incomplete
+    return e
+
+
+def _unless_hidden_by_nul(buf: bytes, pos: int, e: int, n: int, too_big: bytes) -> None:
+    """Redis finds the CR with strchr, which stops at a NUL: a header with a NUL
+    before its CR is, to Redis, a line still waiting for its end."""
+    if buf.find(b"\x00", pos, e) >= 0:
+        if n - pos > INLINE_MAX_SIZE_BYTES:
+            raise ProtocolError(too_big)
+        raise _Incomplete
+
+
+def _string2ll(text: bytes) -> int | None:
+    """Redis' string2ll for protocol headers: optional '-', no leading zeros, no
+    '+' or spaces, at most 20 characters, within a signed 64-bit integer."""
+    size = len(text)
+    if size == 0 or size > 20:
+        return None
     if text.isdigit():
-        return int(text)
-    if text[:1] == b"-" and text[1:].isdigit():
-        return -int(text[1:])
+        if text[0] == 48 and size > 1:
+            return None
+        value = int(text)
+        return value if value < 2**63 else None
+    if text[0] == 45 and size > 1 and text[1] != 48 and text[1:].isdigit():
+        value = int(text)
+        return value if value >= -(2**63) else None
     return None
 
 
 _ESCAPES = {ord("n"): 10, ord("r"): 13, ord("t"): 9, ord("b"): 8, ord("a"): 7}
 _HEX = b"0123456789abcdefABCDEF"
+_ISSPACE = b" \t\n\v\f\r"  # C isspace(): skipped between arguments, allowed after a quote
+_TOKEN_END = b" \n\r\t\x00"  # what ends an unquoted argument (not \v or \f)
 
 
 def split_args(line: bytes) -> list[bytes] | None:
     """Redis' sdssplitargs: split an inline command line honouring quotes.
-    Returns None on unbalanced quotes."""
-    if b'"' not in line and b"'" not in line:
+    Returns None on unbalanced quotes (or a closing quote followed by a
+    non-space). A NUL ends the line, as it does for C string scanning."""
+    nul = line.find(b"\x00")
+    if nul >= 0:
+        line = line[:nul]
+    if b'"' not in line and b"'" not in line and b"\v" not in line and b"\f" not in line:
         return line.split()
     args: list[bytes] = []
     i = 0
     n = len(line)
     while True:
-        while i < n and line[i] in b" \n\r\t\v\f\x00":
+        while i < n and line[i] in _ISSPACE:
             i += 1
         if i >= n:
             return args
         cur = bytearray()
         in_dq = in_sq = False
         while True:
+            c = line[i] if i < n else 0
             if in_dq:
-                if i >= n:
-                    return None
-                c = line[i]
-                if c == 92 and i + 3 < n and line[i + 1] == ord("x") and line[i + 2] in _HEX and line[i + 3] in _HEX:
+                if c == 92 and i + 3 < n and line[i + 1] == 120 and line[i + 2] in _HEX and line[i + 3] in _HEX:
                     cur.append(int(line[i + 2 : i + 4], 16))
                     i += 3
                 elif c == 92 and i + 1 < n:
                     i += 1
                     cur.append(_ESCAPES.get(line[i], line[i]))
                 elif c == 34:
-                    if i + 1 < n and line[i + 1] not in b" \n\r\t\v\f\x00":
+                    if i + 1 < n and line[i + 1] not in _ISSPACE:
                         return None
-                    in_dq = False
                     i += 1
                     break
+                elif i >= n:
+                    return None
                 else:
                     cur.append(c)
             elif in_sq:
-                if i >= n:
-                    return None
-                c = line[i]
                 if c == 92 and i + 1 < n and line[i + 1] == 39:
                     i += 1
                     cur.append(39)
                 elif c == 39:
-                    if i + 1 < n and line[i + 1] not in b" \n\r\t\v\f\x00":
+                    if i + 1 < n and line[i + 1] not in _ISSPACE:
                         return None
-                    in_sq = False
                     i += 1
                     break
+                elif i >= n:
+                    return None
                 else:
                     cur.append(c)
+            elif i >= n or c in _TOKEN_END:
+                break
+            elif c == 34:
+                in_dq = True
+            elif c == 39:
+                in_sq = True
             else:
-                if i >= n:
-                    break
-                c = line[i]
-                if c in b" \n\r\t\v\f\x00":
-                    break
-                if c == 34:
-                    in_dq = True
-                elif c == 39:
-                    in_sq = True
-                else:
-                    cur.append(c)
+                cur.append(c)
             i += 1
         args.append(bytes(cur))
