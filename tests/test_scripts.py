@@ -217,7 +217,6 @@ def test_router_unit_readiness_notification(tmp_path):
         sock.close()
 
 
-@pytest.mark.xfail(strict=True, reason="shards/server.py run_shard never sends READY=1 (reported to the lead)")
 def test_shard_unit_readiness_notification(tmp_path):
     config = _unit_config(tmp_path)
     sock, path = _notify_socket(tmp_path)
