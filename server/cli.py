@@ -65,7 +65,22 @@ def main(argv: list[str] | None = None) -> int:
     router = sub.add_parser("router", help="run one router process (systemd units use this)")
     _common_flags(router)
     router.add_argument("--index", type=int, default=0)
+    log_cmd = sub.add_parser("log", help="inspect shard logs without starting anything")
+    log_sub = log_cmd.add_subparsers(dest="log_command", required=True)
+    verify = log_sub.add_parser("verify", help="check every record of every shard log")
+    verify.add_argument("--data-dir", default="./durakv-data")
+    dump = log_sub.add_parser("dump", help="print log records (effects) for debugging")
+    dump.add_argument("--data-dir", default="./durakv-data")
+    dump.add_argument("--shard", type=int, default=0)
+    dump.add_argument("--from-seq", type=int, default=1)
+    dump.add_argument("--limit", type=int)
     args = parser.parse_args(argv)
+    if args.command == "log":
+        from server.logtool import dump_log, verify_logs
+
+        if args.log_command == "verify":
+            return verify_logs(args.data_dir)
+        return dump_log(args.data_dir, args.shard, args.from_seq, args.limit)
 
     try:
         config = _config(args)

@@ -31,6 +31,8 @@ class Config(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields
     max_unsynced_ms: int = 1000
     segment_size_bytes: int = 64 * 1024 * 1024
     test_fsync_delay_ms: int = 0  # test hook: stretch every fsync to expose hazards
+    test_fsync_gate_path: str = ""  # test hook: fsyncs wait until this file exists
+    test_fsync_fail_path: str = ""  # test hook: fsyncs fail with EIO once this file exists
 
     def resolved(self) -> "Config":
         shards = self.shards or (os.cpu_count() or 1)

@@ -44,6 +44,12 @@ log = logging.getLogger("durakv.shard")
 RECV_BYTES = 1024 * 1024
 ROUTER_CONNECTIONS_MAX = 64
 REPLAY_PROGRESS_INTERVAL_S = 1.0
+TEST_GATE_MAX_WAIT_S = 60.0
+
+
+def _failing_fdatasync(fd: int) -> None:
+    """Test hook (test-fsync-fail-path): the disk refuses to sync."""
+    raise OSError(5, "Input/output error (injected by test-fsync-fail-path)")
 
 
 class CommandStats:
@@ -360,8 +366,16 @@ class Shard:
 
     def _sync_blocking(self) -> int:
         """Runs in a worker thread: one write + one fdatasync for everything pending."""
-        if self.config.test_fsync_delay_ms:
-            time.sleep(self.config.test_fsync_delay_ms / 1000)
+        config = self.config
+        if config.test_fsync_delay_ms:
+            time.sleep(config.test_fsync_delay_ms / 1000)
+        if config.test_fsync_gate_path:
+            waited_s = 0.0
+            while not os.path.exists(config.test_fsync_gate_path) and waited_s < TEST_GATE_MAX_WAIT_S:
+                time.sleep(0.01)
+                waited_s += 0.01
+        if config.test_fsync_fail_path and os.path.exists(config.test_fsync_fail_path):
+            os.fdatasync = _failing_fdatasync
         return self.log.sync()
 
     async def committer(self) -> None:
