@@ -1,3 +1,5 @@
 """Importing this module registers every command a shard executes."""
 
 from shards import t_keys, t_multi, t_string  # noqa: F401
+from shards import t_set  # noqa: F401
+from shards import t_zset  # noqa: F401

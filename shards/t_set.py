@@ -1,0 +1,562 @@
+"""Set commands (Redis' t_set.c).
+
+A set is an `RSet`: a Python set of bytes that also remembers which encoding
+Redis 7.0 would be using for it (intset while every member is a canonical
+integer and the set is small, hashtable otherwise, and never back), so OBJECT
+ENCODING and the member order Redis shows for intsets stay faithful.
+
+Effects: SPOP logs the SREM of the members it chose (or DEL when it took the
+whole set), SRANDMEMBER never writes, and every other mutation is a pure
+function of the keyspace, so it is logged exactly as it was sent.
+"""
+
+from __future__ import annotations
+
+import random
+from itertools import islice
+from typing import Callable, Iterable
+
+from sortedcontainers import SortedList
+
+from shards.args import ERR_SYNTAX, ERR_WRONGTYPE, LONG_MAX, int_arg, parse_ll
+from shards.context import Ctx
+from shards.glob import glob_match
+from shards.keyspace import TYPE_NAMES
+from shards.resp import ReplyError, SetReply
+from shards.t_keys import ENCODINGS
+from shards.table import command
+
+INTSET_MAX_ENTRIES_CAP = 1 << 30  # Redis caps set-max-intset-entries here
+SPOP_MOVE_STRATEGY_MUL = 5  # Redis rebuilds the set when popping most of it
+SCAN_DEFAULT_COUNT = 10
+SCAN_HASH_MASK = (1 << 63) - 1
+ULONG_MAX = (1 << 64) - 1
+# A negative SRANDMEMBER/ZRANDMEMBER count repeats members, so the reply size is
+# unbounded by the set; Redis streams it until the client is killed, we refuse.
+RANDOM_REPLY_MAX_ITEMS = 10_000_000
+
+ERR_RANDOM_TOO_MANY = ReplyError(
+    b"ERR count is too large: at most %d random members per reply" % RANDOM_REPLY_MAX_ITEMS
+)
+ERR_RANGE_SIGNED = ReplyError(
+    b"ERR value is out of range, value must between %d and %d" % (-LONG_MAX, LONG_MAX)
+)
+ERR_POSITIVE = ReplyError(b"ERR value is out of range, must be positive")
+
+
+class RSet(set):
+    """A Redis set: members are bytes; `intset` is Redis' encoding choice."""
+
+    __slots__ = ("intset", "scan_index")
+
+    def __init__(self, members: Iterable[bytes] = (), intset: bool = False) -> None:
+        super().__init__(members)
+        self.intset = intset
+        self.scan_index: SortedList | None = None
+
+    def __copy__(self) -> "RSet":
+        return RSet(self, self.intset)
+
+    def __reduce__(self):
+        return (RSet, (list(self), self.intset))
+
+
+TYPE_NAMES[RSet] = b"set"
+ENCODINGS[RSet] = lambda value: b"intset" if value.intset else b"hashtable"
+
+
+def is_int(member: bytes) -> bool:
+    """Whether Redis would store member in an intset (string2ll round-trips)."""
+    return parse_ll(member) is not None
+
+
+def intset_max(ctx: Ctx) -> int:
+    return min(ctx.shard.settings["set-max-intset-entries"], INTSET_MAX_ENTRIES_CAP)
+
+
+def fits_intset(members: Iterable[bytes], size: int, limit: int) -> bool:
+    return size <= limit and all(parse_ll(m) is not None for m in members)
+
+
+def get_set(ctx: Ctx, key: bytes) -> RSet | None:
+    value = ctx.db.get(key)
+    if value is None or type(value) is RSet:
+        return value
+    raise ERR_WRONGTYPE
+
+
+def members_in_order(s: RSet) -> list[bytes]:
+    """Members in the order Redis iterates them: ascending numbers for an intset."""
+    if s.intset:
+        return sorted(s, key=int)
+    return list(s)
+
+
+def add_members(s: RSet, members: Iterable[bytes], limit: int) -> int:
+    """setTypeAdd for each member; returns how many were new."""
+    before = len(s)
+    if not s.intset and s.scan_index is None:
+        s.update(members)
+        return len(s) - before
+    index = s.scan_index
+    for m in members:
+        if m in s:
+            continue
+        s.add(m)
+        if s.intset and (parse_ll(m) is None or len(s) > limit):
+            s.intset = False
+        if index is not None:
+            index.add((hash(m) & SCAN_HASH_MASK, m))
+    return len(s) - before
+
+
+def remove_member(s: RSet, member: bytes) -> bool:
+    if member not in s:
+        return False
+    s.discard(member)
+    if s.scan_index is not None:
+        s.scan_index.discard((hash(member) & SCAN_HASH_MASK, member))
+    return True
+
+
+def random_member(s: RSet | dict) -> bytes:
+    """A uniformly chosen member without copying the whole collection."""
+    return next(islice(s, random.randrange(len(s)), None))
+
+
+def new_set_from(members: Iterable[bytes], limit: int) -> RSet:
+    """A set built by adding members to an empty intset, as the STORE commands do."""
+    result = RSet(members)
+    result.intset = fits_intset(result, len(result), limit)
+    return result
+
+
+def numkeys_keys(numkeys_index: int, fixed: tuple[int, ...] = ()) -> Callable[[list[bytes]], list[int]]:
+    """keys_fn for commands with a numkeys argument that never raises: a bad count
+    routes by the fixed keys only, so the command itself answers with Redis' own
+    per-command error text (as Redis Cluster does)."""
+
+    def keys_fn(argv: list[bytes]) -> list[int]:
+        numkeys = parse_ll(argv[numkeys_index]) if numkeys_index < len(argv) else None
+        start = numkeys_index + 1
+        if numkeys is None or numkeys < 1 or start + numkeys > len(argv):
+            return list(fixed)
+        return [*fixed, *range(start, start + numkeys)]
+
+    return keys_fn
+
+
+def signed_count_arg(text: bytes) -> int:
+    """getRangeLongFromObjectOrReply(-LONG_MAX, LONG_MAX) as SRANDMEMBER uses it."""
+    value = int_arg(text)
+    if value < -LONG_MAX:
+        raise ERR_RANGE_SIGNED
+    return value
+
+
+def positive_arg(text: bytes, error: ReplyError = ERR_POSITIVE) -> int:
+    """getPositiveLongFromObjectOrReply: its message answers non-integers too."""
+    value = parse_ll(text)
+    if value is None or value < 0:
+        raise error
+    return value
+
+
+# --- SSCAN/ZSCAN cursors ------------------------------------------------------------
+
+
+def parse_scan_cursor(text: bytes) -> int:
+    """Redis' parseScanCursorOrReply: strtoul, so '+5', '-1' (wraps) and '' parse."""
+    if text[:1] in (b" ", b"\t", b"\n", b"\v", b"\f", b"\r"):
+        raise ReplyError(b"ERR invalid cursor")
+    body = text
+    negative = False
+    if body[:1] in (b"+", b"-"):
+        negative = body[:1] == b"-"
+        body = body[1:]
+    if not body:
+        if text:
+            raise ReplyError(b"ERR invalid cursor")
+        return 0
+    if not body.isdigit() or not body.isascii():
+        raise ReplyError(b"ERR invalid cursor")
+    value = int(body)
+    if value > ULONG_MAX:
+        raise ReplyError(b"ERR invalid cursor")
+    return (-value) & ULONG_MAX if negative else value
+
+
+def parse_scan_options(argv: list[bytes], first: int) -> tuple[int, bytes | None]:
+    """COUNT and MATCH for SSCAN/HSCAN/ZSCAN; returns (count, pattern or None)."""
+    count = SCAN_DEFAULT_COUNT
+    pattern = None
+    i = first
+    n = len(argv)
+    while i < n:
+        opt = argv[i].lower()
+        if opt == b"count" and n - i >= 2:
+            count = int_arg(argv[i + 1])
+            if count < 1:
+                raise ERR_SYNTAX
+        elif opt == b"match" and n - i >= 2:
+            pattern = None if argv[i + 1] == b"*" else argv[i + 1]
+        else:
+            raise ERR_SYNTAX
+        i += 2
+    return count, pattern
+
+
+def scan_page(index: SortedList, cursor: int, count: int) -> tuple[int, list[bytes]]:
+    """One page of a hash-ordered scan.
+
+    Members are visited in order of a 63-bit hash and the cursor is the next hash
+    value to visit, so a member present for the whole scan is returned exactly
+    once however the collection changes in between (members sharing a hash are
+    always returned together). Returns (next cursor or 0, members)."""
+    if cursor > SCAN_HASH_MASK:
+        return 0, []
+    start = index.bisect_left((cursor,))
+    size = len(index)
+    end = min(start + count, size)
+    page = list(index.islice(start, end))
+    if not page:
+        return 0, []
+    last_hash = page[-1][0]
+    while end < size and index[end][0] == last_hash:
+        page.append(index[end])
+        end += 1
+    return (0 if end >= size else last_hash + 1), [m for _, m in page]
+
+
+def build_scan_index(members: Iterable[bytes]) -> SortedList:
+    return SortedList((hash(m) & SCAN_HASH_MASK, m) for m in members)
+
+
+# --- membership ---------------------------------------------------------------------
+
+
+@command("sadd", -3, "write denyoom fast", (1, 1, 1), "set")
+def sadd(ctx: Ctx, argv: list[bytes]):
+    key = argv[1]
+    db = ctx.db
+    s = get_set(ctx, key)
+    if s is None:
+        s = RSet(intset=is_int(argv[2]))
+        db.put(key, s)
+    added = add_members(s, argv[2:], intset_max(ctx))
+    if added:
+        db.effect(argv, key)
+    return added
+
+
+@command("srem", -3, "write fast", (1, 1, 1), "set")
+def srem(ctx: Ctx, argv: list[bytes]):
+    key = argv[1]
+    s = get_set(ctx, key)
+    if s is None:
+        return 0
+    removed = 0
+    for member in argv[2:]:
+        if remove_member(s, member):
+            removed += 1
+            if not s:
+                break
+    if removed:
+        db = ctx.db
+        if not s:
+            db.delete(key)
+        db.effect(argv, key)
+    return removed
+
+
+@command("smove", 4, "write fast", (1, 2, 1), "set")
+def smove(ctx: Ctx, argv: list[bytes]):
+    src_key, dst_key, member = argv[1], argv[2], argv[3]
+    db = ctx.db
+    src = db.get(src_key)
+    dst = db.get(dst_key)
+    if src is None:
+        return 0
+    if type(src) is not RSet or (dst is not None and type(dst) is not RSet):
+        raise ERR_WRONGTYPE
+    if src is dst:
+        return 1 if member in src else 0
+    if not remove_member(src, member):
+        return 0
+    if not src:
+        db.delete(src_key)
+    if dst is None:
+        dst = RSet(intset=is_int(member))
+        db.put(dst_key, dst)
+    add_members(dst, (member,), intset_max(ctx))
+    db.effect(argv, src_key, dst_key)
+    return 1
+
+
+@command("sismember", 3, "readonly fast", (1, 1, 1), "set")
+def sismember(ctx: Ctx, argv: list[bytes]):
+    s = get_set(ctx, argv[1])
+    return 1 if s is not None and argv[2] in s else 0
+
+
+@command("smismember", -3, "readonly fast", (1, 1, 1), "set")
+def smismember(ctx: Ctx, argv: list[bytes]):
+    s = get_set(ctx, argv[1])
+    if s is None:
+        return [0] * (len(argv) - 2)
+    return [1 if m in s else 0 for m in argv[2:]]
+
+
+@command("scard", 2, "readonly fast", (1, 1, 1), "set")
+def scard(ctx: Ctx, argv: list[bytes]):
+    s = get_set(ctx, argv[1])
+    return 0 if s is None else len(s)
+
+
+@command("smembers", 2, "readonly", (1, 1, 1), "set", tips=("nondeterministic_output_order",))
+def smembers(ctx: Ctx, argv: list[bytes]):
+    s = get_set(ctx, argv[1])
+    return SetReply([] if s is None else members_in_order(s))
+
+
+# --- random members -----------------------------------------------------------------
+
+
+@command("spop", -2, "write fast", (1, 1, 1), "set", tips=("nondeterministic_output",))
+def spop(ctx: Ctx, argv: list[bytes]):
+    if len(argv) > 3:
+        raise ERR_SYNTAX
+    key = argv[1]
+    db = ctx.db
+    if len(argv) == 3:
+        return _spop_count(ctx, key, positive_arg(argv[2]))
+    s = get_set(ctx, key)
+    if s is None:
+        return None
+    member = random_member(s)
+    remove_member(s, member)
+    if not s:
+        db.delete(key)
+    db.effect([b"SREM", key, member], key)
+    return member
+
+
+def _spop_count(ctx: Ctx, key: bytes, count: int) -> SetReply:
+    db = ctx.db
+    s = get_set(ctx, key)
+    if s is None or count == 0:
+        return SetReply([])
+    size = len(s)
+    if count >= size:
+        members = members_in_order(s)
+        db.delete(key)
+        db.effect([b"DEL", key], key)
+        return SetReply(members)
+    chosen = random.sample(tuple(s), count)
+    for member in chosen:
+        remove_member(s, member)
+    if (size - count) * SPOP_MOVE_STRATEGY_MUL <= count:
+        # Redis builds a fresh set from the survivors here, re-choosing its encoding.
+        s.intset = fits_intset(s, len(s), intset_max(ctx))
+    db.effect([b"SREM", key, *chosen], key)
+    return SetReply(chosen)
+
+
+@command("srandmember", -2, "readonly", (1, 1, 1), "set", tips=("nondeterministic_output",))
+def srandmember(ctx: Ctx, argv: list[bytes]):
+    if len(argv) > 3:
+        raise ERR_SYNTAX
+    if len(argv) == 2:
+        s = get_set(ctx, argv[1])
+        return None if s is None else random_member(s)
+    count = signed_count_arg(argv[2])
+    s = get_set(ctx, argv[1])
+    if s is None or count == 0:
+        return []
+    if count < 0 or count == 1:
+        count = abs(count)
+        if count > RANDOM_REPLY_MAX_ITEMS:
+            raise ERR_RANDOM_TOO_MANY
+        if count == 1:
+            return [random_member(s)]
+        return random.choices(tuple(s), k=count)
+    if count >= len(s):
+        return members_in_order(s)
+    return random.sample(tuple(s), count)
+
+
+# --- algebra ------------------------------------------------------------------------
+
+
+def _lookup_sets(ctx: Ctx, keys: list[bytes]) -> list[RSet | None]:
+    """Every operand (None for a missing key); WRONGTYPE if any has another type."""
+    db = ctx.db
+    sets = []
+    for key in keys:
+        value = db.get(key)
+        if value is not None and type(value) is not RSet:
+            raise ERR_WRONGTYPE
+        sets.append(value)
+    return sets
+
+
+def _store(ctx: Ctx, argv: list[bytes], dst_key: bytes, result: RSet) -> int:
+    """Replace dst with result (deleting dst when result is empty), as setKey does:
+    any type and any TTL of the old value go."""
+    db = ctx.db
+    if result:
+        db.put(dst_key, result)
+        db.effect(argv, dst_key)
+        return len(result)
+    if db.get(dst_key) is not None:
+        db.delete(dst_key)
+        db.effect(argv, dst_key)
+    return 0
+
+
+def _intersection(sets: list[RSet], limit: int = 0) -> tuple[list[bytes], bool]:
+    """Members of every set, iterating the smallest (in Redis' order); the flag says
+    whether that smallest set is an intset (its members then come out sorted)."""
+    ordered = sorted(sets, key=len)
+    smallest = ordered[0]
+    others = [s for s in ordered[1:] if s is not smallest]
+    out = []
+    for member in members_in_order(smallest):
+        if all(member in s for s in others):
+            out.append(member)
+            if limit and len(out) >= limit:
+                break
+    return out, smallest.intset
+
+
+def sinter_generic(ctx: Ctx, keys: list[bytes], dst_argv: list[bytes] | None = None):
+    sets = _lookup_sets(ctx, keys)
+    if any(s is None for s in sets):
+        members: list[bytes] = []
+    else:
+        members, _ = _intersection(sets)
+    if dst_argv is not None:
+        return _store(ctx, dst_argv, dst_argv[1], new_set_from(members, intset_max(ctx)))
+    return SetReply(members)
+
+
+@command("sinter", -2, "readonly", (1, -1, 1), "set", tips=("nondeterministic_output_order",))
+def sinter(ctx: Ctx, argv: list[bytes]):
+    return sinter_generic(ctx, argv[1:])
+
+
+@command("sinterstore", -3, "write denyoom", (1, -1, 1), "set")
+def sinterstore(ctx: Ctx, argv: list[bytes]):
+    return sinter_generic(ctx, argv[2:], argv)
+
+
+ERR_NUMKEYS = ReplyError(b"ERR numkeys should be greater than 0")
+ERR_NUMKEYS_ARGS = ReplyError(b"ERR Number of keys can't be greater than number of args")
+ERR_LIMIT_NEGATIVE = ReplyError(b"ERR LIMIT can't be negative")
+
+
+@command("sintercard", -3, "readonly", (0, 0, 0), "set", keys_fn=numkeys_keys(1))
+def sintercard(ctx: Ctx, argv: list[bytes]):
+    numkeys = parse_ll(argv[1])
+    if numkeys is None or numkeys < 1:
+        raise ERR_NUMKEYS
+    if numkeys > len(argv) - 2:
+        raise ERR_NUMKEYS_ARGS
+    limit = 0
+    i = 2 + numkeys
+    while i < len(argv):
+        if argv[i].lower() == b"limit" and i + 1 < len(argv):
+            limit = positive_arg(argv[i + 1], ERR_LIMIT_NEGATIVE)
+            i += 2
+        else:
+            raise ERR_SYNTAX
+    sets = _lookup_sets(ctx, argv[2 : 2 + numkeys])
+    if any(s is None for s in sets):
+        return 0
+    members, _ = _intersection(sets, limit)
+    return len(members)
+
+
+def _union(sets: list[RSet | None]) -> RSet:
+    result = RSet()
+    for s in sets:
+        if s is not None:
+            result |= s
+    return result
+
+
+def _difference(sets: list[RSet | None], limit: int) -> RSet:
+    """SDIFF, with the encoding Redis' chosen algorithm leaves on the result: the
+    second algorithm first copies the whole first set, converting to hashtable if
+    that set does not fit an intset, and the conversion sticks."""
+    first = sets[0]
+    if first is None or any(s is first for s in sets[1:]):
+        return RSet(intset=True)
+    result = RSet(first)
+    for s in sets[1:]:
+        if s is not None:
+            result -= s
+    present = [s for s in sets if s is not None]
+    algo_one_work = len(first) * len(present) // 2
+    algo_two_work = sum(len(s) for s in present)
+    through_first = algo_one_work > algo_two_work
+    result.intset = fits_intset(result, len(result), limit) and (
+        not through_first or fits_intset(first, len(first), limit)
+    )
+    return result
+
+
+def sunion_diff_generic(ctx: Ctx, keys: list[bytes], diff: bool, dst_argv: list[bytes] | None = None):
+    sets = _lookup_sets(ctx, keys)
+    limit = intset_max(ctx)
+    if diff:
+        result = _difference(sets, limit)
+    else:
+        result = _union(sets)
+        result.intset = fits_intset(result, len(result), limit)
+    if dst_argv is not None:
+        return _store(ctx, dst_argv, dst_argv[1], result)
+    return SetReply(members_in_order(result))
+
+
+@command("sunion", -2, "readonly", (1, -1, 1), "set", tips=("nondeterministic_output_order",))
+def sunion(ctx: Ctx, argv: list[bytes]):
+    return sunion_diff_generic(ctx, argv[1:], False)
+
+
+@command("sunionstore", -3, "write denyoom", (1, -1, 1), "set")
+def sunionstore(ctx: Ctx, argv: list[bytes]):
+    return sunion_diff_generic(ctx, argv[2:], False, argv)
+
+
+@command("sdiff", -2, "readonly", (1, -1, 1), "set", tips=("nondeterministic_output_order",))
+def sdiff(ctx: Ctx, argv: list[bytes]):
+    return sunion_diff_generic(ctx, argv[1:], True)
+
+
+@command("sdiffstore", -3, "write denyoom", (1, -1, 1), "set")
+def sdiffstore(ctx: Ctx, argv: list[bytes]):
+    return sunion_diff_generic(ctx, argv[2:], True, argv)
+
+
+# --- SSCAN --------------------------------------------------------------------------
+
+
+@command("sscan", -3, "readonly", (1, 1, 1), "set", tips=("nondeterministic_output",))
+def sscan(ctx: Ctx, argv: list[bytes]):
+    cursor = parse_scan_cursor(argv[2])
+    s = get_set(ctx, argv[1])
+    if s is None:
+        return [b"0", []]
+    count, pattern = parse_scan_options(argv, 3)
+    if s.intset:
+        next_cursor, members = 0, members_in_order(s)
+    else:
+        if s.scan_index is None:
+            s.scan_index = build_scan_index(s)
+        next_cursor, members = scan_page(s.scan_index, cursor, count)
+        if next_cursor == 0:
+            s.scan_index = None
+    if pattern is not None:
+        members = [m for m in members if glob_match(pattern, m)]
+    return [b"%d" % next_cursor, members]
