@@ -1,0 +1,74 @@
+"""durakv's durable log: per-shard segment files of CRC32C-checksummed,
+sequence-numbered records, group commit, recovery to the longest valid prefix,
+and a lease (epoch) that fences writers. A pure library: it imports nothing else
+from durakv. The on-disk format and recovery rules are in log/FORMAT.md.
+
+Writer API (one process holds a directory, enforced by flock on DIR/LOCK):
+
+    log = Log.open(path, *, segment_size_bytes=64 MiB, max_pending_bytes=2 GiB) -> Log
+        Creates the directory if missing, locks it (second opener: LogLocked naming
+        the path and holder pid), validates every segment and recovers:
+          - a torn tail (invalid records at the end of the last segment, not followed
+            by any record of a later write) is truncated; log.recovery.truncated_bytes
+            says how many bytes, and a warning is logged (logger "durakv.log");
+          - damage before the tail raises LogCorrupt(segment, offset_bytes, reason).
+        Afterwards log.tail_seq == log.durable_seq == last valid seq (0 if empty).
+
+    log.take_lease(holder: str) -> Lease
+        Durably bumps the manifest epoch; the returned Lease(holder, epoch) is current
+        until the next take_lease() on this Log. Records carry the epoch.
+
+    log.append(payloads: Sequence[bytes], after_seq: int, lease: Lease) -> int
+        Main thread. Frames the payloads as seqs after_seq+1.. into the pending buffer
+        and returns the new tail_seq; writes nothing. Raises SequenceMismatch if
+        after_seq != tail_seq, LeaseLost if the lease is not current, RecordTooLarge
+        for a payload over MAX_RECORD_BYTES (1 GiB), PendingFull over max_pending_bytes,
+        LogWriteFailed once the log has failed. All-or-nothing.
+
+    log.sync() -> int
+        Worker thread (trio.to_thread.run_sync), one caller at a time (a concurrent
+        call raises RuntimeError). Takes all pending records, rolls to a new segment
+        first if they would overflow the active one (new file + directory fsync), does
+        one write and one os.fdatasync, then advances and returns durable_seq. Safe to
+        run while the main thread appends. On OSError the log fails permanently:
+        LogWriteFailed (cause chained) now and from every later append/sync/take_lease.
+
+    log.read(from_seq=1, *, through_seq=None) -> Iterator[(seq, epoch, payload)]
+        Records from from_seq through durable_seq (or through_seq if lower).
+    log.segments() -> list[SegmentInfo(first_seq, path, sealed)]
+    log.drop_segments_through(seq: int) -> list[str]
+        Deletes sealed segments whose records are all <= seq; never the active one.
+    log.close()  (also a context manager) -- unsynced records are discarded.
+
+    Attributes: path, tail_seq, durable_seq, epoch, recovery (RecoveryReport), failed,
+    segment_size_bytes, max_pending_bytes. Stats for INFO: fsync_count,
+    last_fsync_latency_us, bytes_written, pending_records (tail_seq - durable_seq),
+    size_bytes (all segments), segment_count.
+
+Lock-free functions, usable from any process while a writer runs:
+
+    read(path, from_seq=1, *, through_seq=None) -> Iterator[(seq, epoch, payload)]
+        Stops cleanly at the last complete valid record. Without through_seq it can
+        return records written but not yet fsync'd: pass a durable seq learned from
+        the writer when that matters. RecordsDropped if from_seq was dropped,
+        LogCorrupt on damage before the tail.
+    verify(path) -> VerifyReport   (.ok, .records, .first_seq, .last_seq,
+        .torn_tail_bytes, .torn_tail, .corruption, .segments; str() is a report)
+    dump(path, from_seq=1, limit=None, decode=None) -> Iterator[DumpRecord]
+        str(record) is one printable line; decode(payload) renders payloads.
+
+Errors all derive from LogError.
+"""
+
+from .errors import (LeaseLost, LogClosed, LogCorrupt, LogError, LogLocked, LogWriteFailed,
+                     PendingFull, RecordsDropped, RecordTooLarge, SequenceMismatch)
+from .format import HEADER_BYTES, MAX_RECORD_BYTES
+from .reader import DumpRecord, VerifyReport, dump, read, verify
+from .writer import (DEFAULT_SEGMENT_SIZE_BYTES, Lease, Log, RecoveryReport, SegmentInfo)
+
+__all__ = [
+    "DEFAULT_SEGMENT_SIZE_BYTES", "DumpRecord", "HEADER_BYTES", "Lease", "LeaseLost", "Log",
+    "LogClosed", "LogCorrupt", "LogError", "LogLocked", "LogWriteFailed", "MAX_RECORD_BYTES",
+    "PendingFull", "RecordTooLarge", "RecordsDropped", "RecoveryReport", "SegmentInfo",
+    "SequenceMismatch", "VerifyReport", "dump", "read", "verify",
+]

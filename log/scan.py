@@ -1,0 +1,165 @@
+"""Validation of a whole log directory: the one walk shared by recovery (Log.open),
+verify(), read() and dump(), so that all four agree on what is a valid record,
+what is a torn tail and what is corruption (rules in log/FORMAT.md)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from .errors import LogCorrupt, RecordsDropped
+from .format import BadFrame, Frame, FrameReader, find_later_write
+from .manifest import MANIFEST_NAME, Manifest, load_manifest
+
+
+@dataclass(slots=True)
+class SegmentStat:
+    first_seq: int
+    path: str
+    size_bytes: int = 0
+    records: int = 0
+    valid_end_bytes: int = 0     # offset just past the last valid record
+
+
+@dataclass(slots=True)
+class TornTail:
+    segment: str
+    offset_bytes: int
+    dropped_bytes: int
+    reason: str
+
+
+@dataclass(slots=True)
+class WalkState:
+    """Filled in while walking, so a caller that catches LogCorrupt still sees
+    how far the walk got."""
+    manifest: Manifest
+    last_seq: int = 0
+    last_epoch: int = 0
+    last_write_index: int = 0
+    records: int = 0
+    segments: list[SegmentStat] = field(default_factory=list)
+    torn: TornTail | None = None
+
+
+def split_leftovers(path: str, manifest: Manifest, segs: list[tuple[int, str]]
+                    ) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+    """Split segments into (retained, leftovers). Leftovers lie wholly below the
+    manifest's first_seq: a drop was interrupted after the manifest was updated."""
+    retained, leftovers = [], []
+    for i, (first_seq, seg_path) in enumerate(segs):
+        next_first = segs[i + 1][0] if i + 1 < len(segs) else None
+        if next_first is not None and next_first <= manifest.first_seq:
+            leftovers.append((first_seq, seg_path))
+        else:
+            retained.append((first_seq, seg_path))
+    if retained and retained[0][0] != manifest.first_seq:
+        raise LogCorrupt(retained[0][1], 0, f"first segment starts at seq {retained[0][0]} "
+                         f"but the manifest says the log starts at seq {manifest.first_seq}")
+    if not retained and manifest.first_seq != 1:
+        raise LogCorrupt(os.path.join(path, MANIFEST_NAME), 0,
+                         f"manifest says the log starts at seq {manifest.first_seq} "
+                         "but there are no segments")
+    return retained, leftovers
+
+
+def walk(path: str, state: WalkState, retained: list[tuple[int, str]], *,
+         from_seq: int = 1, through_seq: int | None = None, live: bool = False
+         ) -> Iterator[tuple[str, Frame]]:
+    """Validate the retained segments in order, yielding (segment path, frame) for
+    records with from_seq <= seq <= through_seq. Segments wholly before from_seq
+    are skipped unread. Raises LogCorrupt on damage before the tail; a torn tail
+    ends the walk and is recorded in state.torn.
+
+    live=True: another process may be writing; a record epoch newer than the
+    manifest read earlier is checked against a fresh manifest, and a missing
+    segment means it was dropped meanwhile."""
+    expected = state.manifest.first_seq
+    state.last_seq = expected - 1
+    for i, (first_seq, seg_path) in enumerate(retained):
+        is_last = i == len(retained) - 1
+        if first_seq != expected:
+            raise LogCorrupt(seg_path, 0, f"segment starts at seq {first_seq} but the "
+                             f"previous segment ended at seq {expected - 1}")
+        if not is_last and retained[i + 1][0] <= from_seq:
+            expected = retained[i + 1][0]
+            state.last_seq = expected - 1
+            continue
+        try:
+            fd = os.open(seg_path, os.O_RDONLY)
+        except FileNotFoundError:
+            if live:
+                raise RecordsDropped(f"segment {seg_path} was dropped while reading") from None
+            raise
+        try:
+            stat = SegmentStat(first_seq, seg_path, os.fstat(fd).st_size)
+            state.segments.append(stat)
+            for frame in _walk_segment(path, state, stat, fd, is_last, live):
+                if through_seq is not None and frame.seq > through_seq:
+                    return
+                if frame.seq >= from_seq:
+                    yield seg_path, frame
+        finally:
+            os.close(fd)
+        if stat.records == 0 and not is_last:
+            raise LogCorrupt(seg_path, 0, "empty sealed segment")
+        expected = state.last_seq + 1
+
+
+def _walk_segment(path: str, state: WalkState, stat: SegmentStat, fd: int,
+                  is_last: bool, live: bool) -> Iterator[Frame]:
+    reader = FrameReader(fd)
+    while True:
+        item = reader.next()
+        if item is None:
+            stat.size_bytes = max(stat.size_bytes, reader.pos)
+            return
+        expected = state.last_seq + 1
+        if isinstance(item, BadFrame):
+            if not is_last:
+                raise LogCorrupt(stat.path, item.offset, f"{item.reason} (expected seq "
+                                 f"{expected}) in a sealed segment")
+            later = find_later_write(fd, item.offset, expected)
+            if later is not None:
+                # A live writer may have completed the record after we read it: read
+                # it again (these bytes are read after the later write was seen).
+                if isinstance(FrameReader(fd, item.offset).next(), Frame):
+                    reader = FrameReader(fd, item.offset)
+                    continue
+                raise LogCorrupt(stat.path, item.offset, f"{item.reason} (expected seq "
+                                 f"{expected}); a later write holds seq {later.seq} at "
+                                 f"offset {later.offset}, so this is not a torn tail")
+            size = os.fstat(fd).st_size
+            stat.size_bytes = size
+            state.torn = TornTail(stat.path, item.offset, size - item.offset, item.reason)
+            return
+        _check_frame(path, state, stat, item, expected, live)
+        state.last_seq = item.seq
+        state.last_epoch = item.epoch
+        state.last_write_index = item.write_index
+        state.records += 1
+        stat.records += 1
+        stat.valid_end_bytes = item.end
+        yield item
+
+
+def _check_frame(path: str, state: WalkState, stat: SegmentStat, frame: Frame,
+                 expected: int, live: bool) -> None:
+    if frame.write_index != 0 and (stat.records == 0 or
+                                   frame.write_index != state.last_write_index + 1):
+        raise LogCorrupt(stat.path, frame.offset, f"seq {frame.seq} has write_index "
+                         f"{frame.write_index}, which does not continue a write")
+    if frame.seq != expected:
+        raise LogCorrupt(stat.path, frame.offset,
+                         f"sequence gap: expected seq {expected}, found seq {frame.seq}")
+    if frame.epoch < state.last_epoch:
+        raise LogCorrupt(stat.path, frame.offset, f"seq {frame.seq} has epoch {frame.epoch}, "
+                         f"older than the previous record's epoch {state.last_epoch}")
+    if frame.epoch > state.manifest.epoch and live:
+        fresh = load_manifest(path)
+        if fresh is not None:
+            state.manifest = fresh
+    if frame.epoch > state.manifest.epoch:
+        raise LogCorrupt(stat.path, frame.offset, f"seq {frame.seq} has epoch {frame.epoch}, "
+                         f"newer than the manifest's epoch {state.manifest.epoch}")

@@ -1,0 +1,445 @@
+"""The single writer of a log directory: recovery on open, leases, group commit.
+
+Threading model: one thread (the shard's trio thread) calls append(), take_lease(),
+drop_segments_through() and close(); one worker thread at a time calls sync().
+They share only the pending buffer, swapped under a lock held for a few
+assignments, so appending never waits for a write or an fsync."""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, NamedTuple, Sequence
+
+from .errors import (LeaseLost, LogClosed, LogCorrupt, LogLocked, LogWriteFailed, PendingFull,
+                     RecordTooLarge, SequenceMismatch)
+from .format import MAX_RECORD_BYTES, MAX_WRITE_INDEX, encode_records
+from .manifest import (LOCK_NAME, MANIFEST_NAME, MANIFEST_TMP_NAME, MAX_HOLDER_CHARS, Manifest,
+                       fsync_dir, list_segments, load_manifest, segment_name, store_manifest)
+from .reader import read as read_path
+from .scan import WalkState, split_leftovers, walk
+
+logger = logging.getLogger("durakv.log")
+
+DEFAULT_SEGMENT_SIZE_BYTES = 64 * 1024 * 1024
+MAX_SEGMENT_SIZE_BYTES = 1 << 40
+DEFAULT_MAX_PENDING_BYTES = 2 * MAX_RECORD_BYTES
+MAX_PENDING_BYTES_LIMIT = 1 << 36
+_MAX_LOCK_PID_BYTES = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """The right to append, valid until the next take_lease() on the same Log."""
+    holder: str
+    epoch: int
+    _owner: object = field(repr=False, compare=False)
+
+
+class SegmentInfo(NamedTuple):
+    first_seq: int
+    path: str
+    sealed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryReport:
+    """What Log.open() found and repaired."""
+    records: int
+    first_seq: int
+    last_seq: int
+    truncated_bytes: int
+    truncated_segment: str | None
+    truncated_offset_bytes: int | None
+    truncated_reason: str | None
+    removed_segments: tuple[str, ...]
+    elapsed_ms: float
+
+
+def _acquire_lock(path: str) -> int:
+    lock_path = os.path.join(path, LOCK_NAME)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, _MAX_LOCK_PID_BYTES, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise LogLocked(path, holder) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        if written <= 0:
+            raise OSError(f"pwrite wrote {written} bytes at offset {offset}")
+        view = view[written:]
+        offset += written
+
+
+class Log:
+    """A shard's durable log. Create with Log.open(); see the package docstring."""
+
+    def __init__(self, path: str, lock_fd: int, segment_size_bytes: int,
+                 max_pending_bytes: int) -> None:
+        self.path = path
+        self.segment_size_bytes = segment_size_bytes
+        self.max_pending_bytes = max_pending_bytes
+        self._lock_fd = lock_fd
+        self._owner = object()
+        self._manifest = Manifest()
+        self._manifest_lock = threading.Lock()
+        self._segments: list[list] = []          # [first_seq, path, size_bytes]; last is active
+        self._seg_lock = threading.Lock()
+        self._active_fd = -1
+        self._active_size = 0
+        self._lock = threading.Lock()            # guards the pending buffer swap
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._pending_last_seq = 0
+        self._pending_view: tuple[int, int] = (0, 0)   # (generation, first pending seq or 0)
+        self._sync_busy = threading.Lock()
+        self._failed_cause: BaseException | None = None
+        self._failed_what = ""
+        self._closed = False
+        self.tail_seq = 0
+        self.durable_seq = 0
+        self.fsync_count = 0
+        self.last_fsync_latency_us = 0
+        self.bytes_written = 0
+        self.recovery: RecoveryReport | None = None
+
+    # ---- opening and recovery ----
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *,
+             segment_size_bytes: int = DEFAULT_SEGMENT_SIZE_BYTES,
+             max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES) -> "Log":
+        """Open (creating if missing) the log at `path`, lock it, and recover it."""
+        if not 1 <= segment_size_bytes <= MAX_SEGMENT_SIZE_BYTES:
+            raise ValueError(f"segment_size_bytes must be in 1..{MAX_SEGMENT_SIZE_BYTES}")
+        if not 1 <= max_pending_bytes <= MAX_PENDING_BYTES_LIMIT:
+            raise ValueError(f"max_pending_bytes must be in 1..{MAX_PENDING_BYTES_LIMIT}")
+        path = os.path.abspath(os.fspath(path))
+        if not os.path.isdir(path):
+            os.makedirs(path)
+            fsync_dir(os.path.dirname(path))
+        log = cls(path, _acquire_lock(path), segment_size_bytes, max_pending_bytes)
+        try:
+            log._recover()
+        except BaseException:
+            log._release_fds()
+            raise
+        return log
+
+    def _recover(self) -> None:
+        started = time.perf_counter()
+        manifest = load_manifest(self.path)
+        segs = list_segments(self.path)
+        if manifest is None:
+            if segs:
+                raise LogCorrupt(os.path.join(self.path, MANIFEST_NAME), 0,
+                                 "manifest missing but segments exist")
+            manifest = Manifest()
+            store_manifest(self.path, manifest)
+        tmp_path = os.path.join(self.path, MANIFEST_TMP_NAME)
+        if os.path.exists(tmp_path):
+            os.unlink(tmp_path)
+        self._manifest = manifest
+        retained, leftovers = split_leftovers(self.path, manifest, segs)
+        state = WalkState(manifest)
+        for _ in walk(self.path, state, retained):
+            pass
+        for _, seg_path in leftovers:
+            logger.warning("log %s: removing %s, wholly below first seq %d (interrupted drop)",
+                           self.path, seg_path, manifest.first_seq)
+            os.unlink(seg_path)
+        if leftovers:
+            fsync_dir(self.path)
+        torn = state.torn
+        if torn is not None:
+            self._truncate(torn.segment, torn.offset_bytes)
+            logger.warning("log %s: torn tail in %s at offset %d (%s): truncated %d bytes; "
+                           "log ends at seq %d", self.path, torn.segment, torn.offset_bytes,
+                           torn.reason, torn.dropped_bytes, state.last_seq)
+        self._segments = [[s.first_seq, s.path, s.size_bytes] for s in state.segments]
+        if torn is not None:
+            self._segments[-1][2] = torn.offset_bytes
+        if not self._segments:
+            self._active_fd = self._create_segment(manifest.first_seq)
+            self._segments.append([manifest.first_seq, os.path.join(
+                self.path, segment_name(manifest.first_seq)), 0])
+        else:
+            self._active_fd = os.open(self._segments[-1][1], os.O_WRONLY)
+            os.fdatasync(self._active_fd)   # what survived in the page cache is durable now
+        self._active_size = self._segments[-1][2]
+        self.tail_seq = self.durable_seq = state.last_seq
+        self._pending_last_seq = state.last_seq
+        self.recovery = RecoveryReport(
+            records=state.records, first_seq=manifest.first_seq, last_seq=state.last_seq,
+            truncated_bytes=torn.dropped_bytes if torn else 0,
+            truncated_segment=torn.segment if torn else None,
+            truncated_offset_bytes=torn.offset_bytes if torn else None,
+            truncated_reason=torn.reason if torn else None,
+            removed_segments=tuple(p for _, p in leftovers),
+            elapsed_ms=(time.perf_counter() - started) * 1000)
+
+    @staticmethod
+    def _truncate(seg_path: str, offset_bytes: int) -> None:
+        fd = os.open(seg_path, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, offset_bytes)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _create_segment(self, first_seq: int) -> int:
+        """Create an empty segment; it counts only once the directory is fsync'd."""
+        fd = os.open(os.path.join(self.path, segment_name(first_seq)),
+                     os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.fsync(fd)
+            fsync_dir(self.path)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    # ---- leases ----
+
+    def take_lease(self, holder: str) -> Lease:
+        """Durably bump the epoch and return a lease for it; older leases are lost."""
+        self._check_usable()
+        if not isinstance(holder, str) or len(holder) > MAX_HOLDER_CHARS:
+            raise ValueError(f"holder must be a str of at most {MAX_HOLDER_CHARS} chars")
+        with self._manifest_lock:
+            new = dataclasses.replace(self._manifest, epoch=self._manifest.epoch + 1,
+                                      holder=holder)
+            try:
+                store_manifest(self.path, new)
+            except OSError as exc:
+                raise self._fail(exc, "manifest write") from exc
+            self._manifest = new
+        return Lease(holder, new.epoch, self._owner)
+
+    @property
+    def epoch(self) -> int:
+        return self._manifest.epoch
+
+    def _check_lease(self, lease: Lease) -> None:
+        if not isinstance(lease, Lease) or lease._owner is not self._owner:
+            raise LeaseLost(f"{lease!r} was not issued by this Log of {self.path}")
+        if lease.epoch != self._manifest.epoch:
+            raise LeaseLost(f"lease epoch {lease.epoch} ({lease.holder!r}) is not current: "
+                            f"{self._manifest.holder!r} holds epoch {self._manifest.epoch}")
+
+    # ---- writing ----
+
+    def append(self, payloads: Sequence[bytes], after_seq: int, lease: Lease) -> int:
+        """Frame `payloads` as seqs after_seq+1.. into the pending buffer and return
+        the new tail_seq. Nothing is written or durable until sync()."""
+        self._check_usable()
+        self._check_lease(lease)
+        if after_seq != self.tail_seq:
+            raise SequenceMismatch(after_seq, self.tail_seq)
+        count = len(payloads)
+        if count == 0:
+            return self.tail_seq
+        batch_bytes = 0
+        for payload in payloads:
+            if not isinstance(payload, (bytes, bytearray, memoryview)):
+                raise TypeError(f"payloads must be bytes, got {type(payload).__name__}")
+            if isinstance(payload, memoryview) and (payload.itemsize != 1
+                                                    or not payload.c_contiguous):
+                raise TypeError("a memoryview payload must be contiguous bytes")
+            if len(payload) > MAX_RECORD_BYTES:
+                raise RecordTooLarge(f"record of {len(payload)} bytes exceeds the "
+                                     f"{MAX_RECORD_BYTES}-byte limit")
+            batch_bytes += len(payload)
+        first_seq = after_seq + 1
+        while True:
+            view = self._pending_view
+            write_first = view[1] or first_seq
+            if first_seq - write_first + count - 1 > MAX_WRITE_INDEX:
+                raise PendingFull(f"more than {MAX_WRITE_INDEX + 1} records pending; sync first")
+            chunk = encode_records(payloads, first_seq, lease.epoch, first_seq - write_first)
+            with self._lock:
+                if self._pending_view != view:    # sync() took the buffer meanwhile
+                    continue
+                if self._pending_bytes + len(chunk) > self.max_pending_bytes:
+                    raise PendingFull(f"{self._pending_bytes + len(chunk)} bytes pending would "
+                                      f"exceed max_pending_bytes={self.max_pending_bytes}; "
+                                      "sync first")
+                self._pending.append(chunk)
+                self._pending_bytes += len(chunk)
+                self._pending_last_seq = after_seq + count
+                self._pending_view = (view[0], write_first)
+                break
+        self.tail_seq = after_seq + count
+        return self.tail_seq
+
+    def sync(self) -> int:
+        """Write everything pending with one write and one fdatasync, then advance
+        and return durable_seq. Called from one worker thread at a time."""
+        self._check_usable()
+        if not self._sync_busy.acquire(blocking=False):
+            raise RuntimeError(f"Log.sync() of {self.path} called while another sync() runs")
+        try:
+            self._check_usable()
+            with self._lock:
+                chunks, last_seq = self._pending, self._pending_last_seq
+                generation, write_first = self._pending_view
+                if not chunks:
+                    return self.durable_seq
+                self._pending, self._pending_bytes = [], 0
+                self._pending_view = (generation + 1, 0)
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            try:
+                if self._active_size and self._active_size + len(data) > self.segment_size_bytes:
+                    self._roll(write_first)
+                _write_all(self._active_fd, data, self._active_size)
+                self._active_size += len(data)
+                started = time.perf_counter_ns()
+                os.fdatasync(self._active_fd)
+                self.last_fsync_latency_us = (time.perf_counter_ns() - started) // 1000
+            except OSError as exc:
+                raise self._fail(exc, "write/fsync") from exc
+            with self._seg_lock:
+                self._segments[-1][2] = self._active_size
+            self.fsync_count += 1
+            self.bytes_written += len(data)
+            self.durable_seq = last_seq
+            return last_seq
+        finally:
+            self._sync_busy.release()
+
+    def _roll(self, first_seq: int) -> None:
+        fd = self._create_segment(first_seq)
+        old_fd = self._active_fd
+        with self._seg_lock:
+            self._segments.append([first_seq, os.path.join(self.path, segment_name(first_seq)), 0])
+            self._active_fd, self._active_size = fd, 0
+        os.close(old_fd)
+
+    def _fail(self, cause: OSError, what: str) -> LogWriteFailed:
+        if self._failed_cause is None:
+            self._failed_cause, self._failed_what = cause, what
+            logger.error("log %s: %s failed (%s); the log accepts no further writes",
+                         self.path, what, cause)
+        return self._failed_error()
+
+    def _failed_error(self) -> LogWriteFailed:
+        return LogWriteFailed(f"log {self.path}: {self._failed_what} failed: "
+                              f"{self._failed_cause}; the log accepts no further writes")
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise LogClosed(f"log {self.path} is closed")
+        if self._failed_cause is not None:
+            raise self._failed_error() from self._failed_cause
+
+    @property
+    def failed(self) -> bool:
+        return self._failed_cause is not None
+
+    # ---- reading and segments ----
+
+    def read(self, from_seq: int = 1, *, through_seq: int | None = None
+             ) -> Iterator[tuple[int, int, bytes]]:
+        """(seq, epoch, payload) from from_seq through durable_seq (or through_seq if lower)."""
+        limit = self.durable_seq if through_seq is None else min(through_seq, self.durable_seq)
+        return read_path(self.path, from_seq, through_seq=limit)
+
+    def segments(self) -> list[SegmentInfo]:
+        with self._seg_lock:
+            last = len(self._segments) - 1
+            return [SegmentInfo(first, seg_path, i != last)
+                    for i, (first, seg_path, _) in enumerate(self._segments)]
+
+    def drop_segments_through(self, seq: int) -> list[str]:
+        """Delete the sealed segments whose records all have seq <= `seq` (the
+        active segment never). Returns the deleted paths. The manifest's first_seq
+        moves first, so a crash mid-drop leaves only leftovers that open() removes."""
+        self._check_usable()
+        with self._seg_lock:
+            segs = [list(s) for s in self._segments]
+        victims = 0
+        while victims < len(segs) - 1 and segs[victims + 1][0] - 1 <= seq:
+            victims += 1
+        if victims == 0:
+            return []
+        with self._manifest_lock:
+            new = dataclasses.replace(self._manifest, first_seq=segs[victims][0])
+            try:
+                store_manifest(self.path, new)
+            except OSError as exc:
+                raise self._fail(exc, "manifest write") from exc
+            self._manifest = new
+        with self._seg_lock:
+            del self._segments[:victims]
+        dropped = [seg_path for _, seg_path, _ in segs[:victims]]
+        for seg_path in dropped:
+            os.unlink(seg_path)
+        try:
+            fsync_dir(self.path)
+        except OSError as exc:
+            raise self._fail(exc, "directory fsync") from exc
+        return dropped
+
+    # ---- stats ----
+
+    @property
+    def pending_records(self) -> int:
+        """Records appended but not yet durable (pending plus any sync in flight)."""
+        return self.tail_seq - self.durable_seq
+
+    @property
+    def size_bytes(self) -> int:
+        with self._seg_lock:
+            return sum(size for _, _, size in self._segments)
+
+    @property
+    def segment_count(self) -> int:
+        with self._seg_lock:
+            return len(self._segments)
+
+    # ---- closing ----
+
+    def close(self) -> None:
+        """Wait for a sync in flight, then release files and the lock. Records still
+        pending were never durable, so never acknowledged; they are discarded."""
+        if self._closed:
+            return
+        with self._sync_busy:
+            if self._pending:
+                logger.warning("log %s: closing with %d unsynced records (discarded)",
+                               self.path, self.tail_seq - self.durable_seq)
+            self._closed = True
+            self._release_fds()
+
+    def _release_fds(self) -> None:
+        for fd in (self._active_fd, self._lock_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._active_fd = self._lock_fd = -1
+
+    def __enter__(self) -> "Log":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"<Log {self.path} tail_seq={self.tail_seq} durable_seq={self.durable_seq} "
+                f"epoch={self.epoch}>")
