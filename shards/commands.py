@@ -3,3 +3,5 @@
 from shards import t_keys, t_multi, t_string  # noqa: F401
 from shards import t_set  # noqa: F401
 from shards import t_zset  # noqa: F401
+from shards import t_list  # noqa: F401
+from shards import t_hash  # noqa: F401
