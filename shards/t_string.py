@@ -3,18 +3,21 @@ absolute times: SET ... EX becomes SET ... PXAT, INCRBYFLOAT becomes SET ... KEE
 
 from __future__ import annotations
 
-import decimal
 from array import array
 
 from shards.args import (
-    ERR_NOT_INT, ERR_OFFSET, ERR_OVERFLOW, ERR_SYNTAX, ERR_TOO_BIG, ERR_WRONGTYPE,
-    LLONG_MAX, LLONG_MIN, MAX_STRING_BYTES, int_arg, parse_ll,
+    ERR_NOT_FLOAT, ERR_NOT_INT, ERR_OFFSET, ERR_OVERFLOW, ERR_SYNTAX, ERR_TOO_BIG, ERR_WRONGTYPE,
+    LLONG_MAX, LLONG_MIN, MAX_STRING_BYTES, format_long_double, int_arg, parse_ll, parse_long_double,
+    round_long_double,
 )
 from shards.context import Ctx
 from shards.resp import OK, Map, ReplyError
 from shards.table import SPLIT_MGET, command
 
 EMPTY = b""
+STRING_TYPES = (bytes, bytearray)
+LCS_MAX_CELLS = 10_000_000
+ERR_NAN_OR_INF = ReplyError(b"ERR increment would produce NaN or Infinity")
 
 
 def get_string(ctx: Ctx, key: bytes) -> bytes | bytearray | None:
@@ -42,8 +45,40 @@ def get(ctx: Ctx, argv: list[bytes]):
 
 # --- SET and its option parser ------------------------------------------------
 
-_SET_NX, _SET_XX, _SET_GET, _SET_KEEPTTL = 1, 2, 4, 8
+_SET_NX, _SET_XX, _SET_GET, _SET_KEEPTTL, _SET_PERSIST = 1, 2, 4, 8, 16
 _UNIT_FLAGS = {b"EX": 1000, b"PX": 1, b"EXAT": -1000, b"PXAT": -1}
+
+
+def parse_string_options(argv: list[bytes], for_set: bool) -> tuple[int, int, bytes | None]:
+    """Redis' parseExtendedStringArgumentsOrReply for SET (for_set) and GETEX.
+    Returns (flags, unit, expire argument). A unit may repeat (the last value
+    wins) but two different units, or a unit with KEEPTTL/PERSIST, may not."""
+    flags = 0
+    unit = 0
+    expire_arg = None
+    i = 3 if for_set else 2
+    n = len(argv)
+    while i < n:
+        opt = argv[i].upper()
+        if opt in _UNIT_FLAGS and i + 1 < n and not flags & (_SET_KEEPTTL | _SET_PERSIST) \
+                and unit in (0, _UNIT_FLAGS[opt]):
+            unit = _UNIT_FLAGS[opt]
+            expire_arg = argv[i + 1]
+            i += 1
+        elif for_set and opt == b"NX" and not flags & _SET_XX:
+            flags |= _SET_NX
+        elif for_set and opt == b"XX" and not flags & _SET_NX:
+            flags |= _SET_XX
+        elif for_set and opt == b"GET":
+            flags |= _SET_GET
+        elif for_set and opt == b"KEEPTTL" and not unit:
+            flags |= _SET_KEEPTTL
+        elif not for_set and opt == b"PERSIST" and not unit:
+            flags |= _SET_PERSIST
+        else:
+            raise ERR_SYNTAX
+        i += 1
+    return flags, unit, expire_arg
 
 
 def expire_at_ms(ctx: Ctx, text: bytes, unit: int, cmdname: bytes) -> int:
@@ -69,29 +104,7 @@ def set_(ctx: Ctx, argv: list[bytes]):
         db.put(key, value)
         db.effect(argv, key)
         return OK
-    flags = 0
-    expire_arg = None
-    unit = 0
-    i = 3
-    n = len(argv)
-    while i < n:
-        opt = argv[i].upper()
-        has_next = i + 1 < n
-        if opt == b"NX" and not flags & _SET_XX:
-            flags |= _SET_NX
-        elif opt == b"XX" and not flags & _SET_NX:
-            flags |= _SET_XX
-        elif opt == b"GET":
-            flags |= _SET_GET
-        elif opt == b"KEEPTTL" and expire_arg is None:
-            flags |= _SET_KEEPTTL
-        elif opt in _UNIT_FLAGS and not flags & _SET_KEEPTTL and expire_arg is None and has_next:
-            unit = _UNIT_FLAGS[opt]
-            expire_arg = argv[i + 1]
-            i += 1
-        else:
-            raise ERR_SYNTAX
-        i += 1
+    flags, unit, expire_arg = parse_string_options(argv, True)
     when = expire_at_ms(ctx, expire_arg, unit, b"set") if expire_arg is not None else None
     db = ctx.db
     old = db.get(key)
@@ -167,28 +180,15 @@ def getdel(ctx: Ctx, argv: list[bytes]):
 
 @command("getex", -2, "write fast", (1, 1, 1), "string")
 def getex(ctx: Ctx, argv: list[bytes]):
+    """Options are checked first, then the key (a missing key answers nil even
+    for a bad time), then the expire value, as in Redis."""
     key = argv[1]
-    persist = False
-    unit = 0
-    expire_arg = None
-    i = 2
-    n = len(argv)
-    while i < n:
-        opt = argv[i].upper()
-        if opt in _UNIT_FLAGS and expire_arg is None and not persist and i + 1 < n:
-            unit = _UNIT_FLAGS[opt]
-            expire_arg = argv[i + 1]
-            i += 1
-        elif opt == b"PERSIST" and expire_arg is None and not persist:
-            persist = True
-        else:
-            raise ERR_SYNTAX
-        i += 1
-    when = expire_at_ms(ctx, expire_arg, unit, b"getex") if expire_arg is not None else None
+    flags, unit, expire_arg = parse_string_options(argv, False)
     db = ctx.db
     value = get_string(ctx, key)
     if value is None:
         return None
+    when = expire_at_ms(ctx, expire_arg, unit, b"getex") if expire_arg is not None else None
     reply = bytes(value)
     if when is not None:
         if when <= db.now():
@@ -197,7 +197,7 @@ def getex(ctx: Ctx, argv: list[bytes]):
         else:
             db.set_expire(key, when)
             db.effect([b"PEXPIREAT", key, b"%d" % when], key)
-    elif persist and db.persist(key):
+    elif flags & _SET_PERSIST and db.persist(key):
         db.effect([b"PERSIST", key], key)
     return reply
 
@@ -307,52 +307,24 @@ def decrby(ctx: Ctx, argv: list[bytes]):
     return _incr(ctx, argv[1], -delta)
 
 
-# INCRBYFLOAT: Redis computes in long double and prints "%.17Lf" trimmed. Exact
-# decimal arithmetic rounded to 17 fractional digits gives the same text for the
-# decimal inputs clients send, and is deterministic for replay.
-_DECIMAL = decimal.Context(prec=6000, Emax=5000, Emin=-5000, traps=[decimal.InvalidOperation])
-_QUANTUM = decimal.Decimal("1e-17")
-_LDBL_MAX = decimal.Decimal("1.18973149535723176502e4932")
-
-
-def _parse_decimal(text: bytes) -> decimal.Decimal | None:
-    if not text or text[0] in b" \t\r\n\v\f" or text[-1] in b" \t\r\n\v\f" or b"_" in text:
-        return None
-    try:
-        value = _DECIMAL.create_decimal(text.decode("ascii"))
-    except (decimal.InvalidOperation, UnicodeDecodeError, ValueError):
-        return None
-    if value.is_nan():
-        return None
-    return value
-
-
-def format_long_double(value: decimal.Decimal) -> bytes:
-    """Redis' ld2string(LD_STR_HUMAN): 17 fractional digits, zeros trimmed."""
-    text = format(value.quantize(_QUANTUM, context=_DECIMAL), "f")
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    if text == "-0":
-        text = "0"
-    return text.encode()
-
-
 @command("incrbyfloat", 3, "write denyoom fast", (1, 1, 1), "string")
 def incrbyfloat(ctx: Ctx, argv: list[bytes]):
+    """Computed in emulated x86 long double, as Redis does, so the reply text
+    is identical; the effect is the resulting value (replay does no arithmetic)."""
     key = argv[1]
     db = ctx.db
     value = get_string(ctx, key)
-    current = decimal.Decimal(0) if value is None else _parse_decimal(bytes(value))
-    if current is None or current.is_infinite():
-        raise ReplyError(b"ERR value is not a valid float")
-    delta = _parse_decimal(argv[2])
+    current = 0 if value is None else parse_long_double(bytes(value))
+    if current is None:
+        raise ERR_NOT_FLOAT
+    delta = parse_long_double(argv[2])
     if delta is None:
-        raise ReplyError(b"ERR value is not a valid float")
-    if delta.is_infinite():
-        raise ReplyError(b"ERR increment would produce NaN or Infinity")
-    result = _DECIMAL.add(current, delta)
-    if abs(result) > _LDBL_MAX:
-        raise ReplyError(b"ERR increment would produce NaN or Infinity")
+        raise ERR_NOT_FLOAT
+    if type(current) is float or type(delta) is float:
+        raise ERR_NAN_OR_INF
+    result = round_long_double(current + delta)
+    if type(result) is float:
+        raise ERR_NAN_OR_INF
     encoded = format_long_double(result)
     db.put(key, encoded, keep_ttl=True)
     db.effect([b"SET", key, encoded, b"KEEPTTL"], key)
@@ -419,6 +391,14 @@ def setrange(ctx: Ctx, argv: list[bytes]):
 
 @command("lcs", -3, "readonly", (1, 2, 1), "string")
 def lcs(ctx: Ctx, argv: list[bytes]):
+    """Redis' dynamic-programming LCS. The table is bounded (LCS_MAX_CELLS):
+    beyond it durakv answers Redis' out-of-memory error instead of stalling
+    the shard for minutes."""
+    db = ctx.db
+    a = db.get(argv[1])
+    b = db.get(argv[2])
+    if (a is not None and type(a) not in STRING_TYPES) or (b is not None and type(b) not in STRING_TYPES):
+        raise ReplyError(b"ERR The specified keys must contain string values")
     get_len = get_idx = with_match_len = False
     min_match_len = 0
     i = 3
@@ -436,13 +416,12 @@ def lcs(ctx: Ctx, argv: list[bytes]):
         else:
             raise ERR_SYNTAX
         i += 1
-    a = get_string(ctx, argv[1]) or b""
-    b = get_string(ctx, argv[2]) or b""
     if get_idx and get_len:
         raise ReplyError(b"ERR If you want both the length and indexes, please just use IDX.")
-    if (len(a) + 1) * (len(b) + 1) > MAX_STRING_BYTES:
-        raise ReplyError(b"ERR Insufficient memory, transient memory for LCS exceeds proto-max-bulk-len")
-    a, b = bytes(a), bytes(b)
+    a = bytes(a) if a is not None else b""
+    b = bytes(b) if b is not None else b""
+    if (len(a) + 1) * (len(b) + 1) > LCS_MAX_CELLS:
+        raise ReplyError(b"ERR Insufficient memory, failed allocating transient memory for LCS")
     # dp[i][j]: LCS length of a[:i] and b[:j], rows built incrementally.
     cols = len(b) + 1
     dp = [array("I", bytes(4 * cols))]
