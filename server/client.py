@@ -119,6 +119,9 @@ class Client:
                 requests = parser.requests()
             except ProtocolError as e:
                 self.router.stats_protocol_errors += 1
+                self.backlog.extend(e.requests)
+                self.run_backlog()
+                self.backlog.clear()
                 self.push(encode_error(b"ERR Protocol error: " + e.args[0]))
                 self.closing = True
                 self.flush()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import heapq
 import random
 import time
-from collections import deque
 from typing import Callable, Iterable
 
 from shards.slots import key_slot
@@ -205,4 +204,4 @@ def type_name(value: object) -> bytes:
 
 
 # Filled in by the type modules (list, hash, set, zset, stream) as they load.
-TYPE_NAMES: dict[type, bytes] = {deque: b"list", dict: b"hash", set: b"set"}
+TYPE_NAMES: dict[type, bytes] = {}

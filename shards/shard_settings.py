@@ -2,7 +2,7 @@
 7.0's defaults. The router forwards CONFIG SET of these to every shard."""
 
 SHARD_DEFAULTS: dict[str, int] = {
-    "hash-max-listpack-entries": 128,
+    "hash-max-listpack-entries": 512,
     "hash-max-listpack-value": 64,
     "set-max-intset-entries": 512,
     "zset-max-listpack-entries": 128,

@@ -1,0 +1,332 @@
+"""Durability: acknowledged writes survive kill -9, reads never see writes that
+could still be lost, the log recovers torn tails and refuses damage, a failed
+fsync stops writes. Real processes, real clients, SIGKILL for crashes."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+CRASH_TRIALS = int(os.environ.get("DURAKV_CRASH_TRIALS", "3"))
+WRITERS = 6
+
+
+def write_config(tmp_path: Path, **settings) -> str:
+    path = tmp_path / "durakv.toml"
+    lines = []
+    for key, value in settings.items():
+        rendered = f'"{value}"' if isinstance(value, str) else str(value)
+        lines.append(f"{key.replace('_', '-')} = {rendered}")
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+class Writer(threading.Thread):
+    """Writes until the server dies; remembers what was acknowledged and what
+    was attempted."""
+
+    def __init__(self, port: int, index: int, prefix: str = "") -> None:
+        super().__init__(daemon=True)
+        self.client = redis.Redis(port=port, socket_timeout=10)
+        self.index = index
+        self.prefix = prefix
+        self.acked_sets: dict[bytes, bytes] = {}
+        self.acked_incrs = 0
+        self.attempted_incrs = 0
+        self.acked_pushes: list[bytes] = []
+        self.attempted_pushes: list[bytes] = []
+
+    def run(self) -> None:
+        n = 0
+        counter = f"{self.prefix}counter:{self.index}"
+        plist = f"{self.prefix}list:{self.index}"
+        try:
+            while True:
+                n += 1
+                key = f"{self.prefix}w{self.index}:{n}".encode()
+                value = f"v{n}".encode()
+                self.client.set(key, value)
+                self.acked_sets[key] = value
+                self.attempted_incrs += 1
+                self.client.incr(counter)
+                self.acked_incrs += 1
+                item = f"i{n}".encode()
+                self.attempted_pushes.append(item)
+                self.client.rpush(plist, item)
+                self.acked_pushes.append(item)
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+            return
+
+
+def run_writers_then_crash(srv, rng: random.Random, prefix: str) -> list[Writer]:
+    writers = [Writer(srv.port, i, prefix) for i in range(WRITERS)]
+    for w in writers:
+        w.start()
+    time.sleep(rng.uniform(0.2, 1.2))
+    srv.kill9()
+    for w in writers:
+        w.join(30)
+    return writers
+
+
+def check_writers(client: redis.Redis, writers: list[Writer]) -> None:
+    for w in writers:
+        if w.acked_sets:
+            keys = list(w.acked_sets)
+            assert client.mget(keys) == [w.acked_sets[k] for k in keys], f"writer {w.index} lost SETs"
+        counter = int(client.get(f"{w.prefix}counter:{w.index}") or 0)
+        assert w.acked_incrs <= counter <= w.attempted_incrs, (w.index, w.acked_incrs, counter)
+        items = client.lrange(f"{w.prefix}list:{w.index}", 0, -1)
+        assert items[: len(w.acked_pushes)] == w.acked_pushes, f"writer {w.index} lost RPUSHes"
+        assert items == w.attempted_pushes[: len(items)]
+
+
+def test_acked_writes_survive_kill9_of_whole_tree(server_factory, tmp_path):
+    rng = random.Random(int(os.environ.get("DURAKV_CRASH_SEED", "1234")))
+    data_dir = tmp_path / "crash"
+    history: list[list[Writer]] = []
+    for trial in range(CRASH_TRIALS):
+        srv = server_factory(data_dir=data_dir)
+        client = srv.client()
+        for writers in history:  # every earlier trial's acknowledged writes, after every restart
+            check_writers(client, writers)
+        client.close()
+        writers = run_writers_then_crash(srv, rng, prefix=f"t{trial}:")
+        for w in writers:
+            assert w.acked_incrs > 0, "the writers never got going"
+        history.append(writers)
+    srv = server_factory(data_dir=data_dir)
+    client = srv.client()
+    for writers in history:
+        check_writers(client, writers)
+
+
+def test_acked_writes_survive_kill9_of_one_shard(server_factory):
+    srv = server_factory(shards=2)
+    writers = [Writer(srv.port, i) for i in range(WRITERS)]
+    for w in writers:
+        w.start()
+    time.sleep(0.5)
+    os.kill(srv.child_pid("shard", 1), 9)
+    for w in writers:
+        w.join(30)
+    srv.wait_ready()
+    client = srv.client()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            check_writers(client, writers)
+            break
+        except redis.ResponseError:
+            assert time.monotonic() < deadline, "shard 1 did not come back"
+            time.sleep(0.1)
+
+
+def _raw(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.settimeout(10)
+    return sock
+
+
+def _read_reply(sock: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\r\n"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    return data
+
+
+def _no_reply_within(sock: socket.socket, seconds: float) -> bool:
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(4096) == b""
+    except socket.timeout:
+        return True
+    finally:
+        sock.settimeout(10)
+
+
+def test_read_of_dirty_key_waits_for_its_fsync(server_factory, tmp_path):
+    gate = tmp_path / "fsync-gate"
+    config = write_config(tmp_path, test_fsync_gate_path=str(gate))
+    srv = server_factory(shards=1, extra_args=("--config", config))
+    clean = srv.client()
+    gate.touch()
+    clean.set("clean", "old")
+    gate.unlink()
+
+    writer = _raw(srv.port)
+    writer.sendall(b"*3\r\n$3\r\nSET\r\n$5\r\ndirty\r\n$3\r\nnew\r\n")
+    assert _no_reply_within(writer, 0.5), "a write was acknowledged before its fsync"
+    reader = _raw(srv.port)
+    reader.sendall(b"*2\r\n$3\r\nGET\r\n$5\r\ndirty\r\n")
+    assert _no_reply_within(reader, 0.5), "a read saw a write that could still be lost"
+    # A read of a clean key is not held behind the pending fsync.
+    assert clean.get("clean") == b"old"
+    gate.touch()
+    assert _read_reply(writer) == b"+OK\r\n"
+    assert _read_reply(reader) == b"$3\r\nnew\r\n"
+
+
+def test_keyless_read_waits_for_everything_pending(server_factory, tmp_path):
+    gate = tmp_path / "fsync-gate"
+    config = write_config(tmp_path, test_fsync_gate_path=str(gate))
+    srv = server_factory(shards=1, extra_args=("--config", config))
+    writer = _raw(srv.port)
+    writer.sendall(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n")
+    assert _no_reply_within(writer, 0.3)
+    reader = _raw(srv.port)
+    reader.sendall(b"*1\r\n$6\r\nDBSIZE\r\n")
+    assert _no_reply_within(reader, 0.5), "DBSIZE counted a key that could still be lost"
+    gate.touch()
+    assert _read_reply(writer) == b"+OK\r\n"
+    assert _read_reply(reader) == b":1\r\n"
+
+
+def test_async_durability_acks_before_fsync(server_factory, tmp_path):
+    gate = tmp_path / "fsync-gate"
+    config = write_config(tmp_path, durability="async", max_unsynced_ms=60000,
+                          test_fsync_gate_path=str(gate))
+    srv = server_factory(shards=1, extra_args=("--config", config))
+    client = srv.client()
+    assert client.set("k", "v") is True  # acknowledged with the fsync still gated
+    assert client.info("persistence")["durability"] == "async"
+    gate.touch()
+
+
+def test_fsync_failure_stops_writes_reads_keep_working(server_factory, tmp_path):
+    fail = tmp_path / "fsync-fail"
+    config = write_config(tmp_path, test_fsync_fail_path=str(fail))
+    srv = server_factory(shards=1, extra_args=("--config", config))
+    client = srv.client()
+    client.set("durable", "yes")
+    fail.touch()
+    with pytest.raises(redis.ResponseError, match="MISCONF"):
+        client.set("lost", "no")
+    with pytest.raises(redis.ResponseError, match="MISCONF"):
+        client.set("later", "no")
+    assert client.get("durable") == b"yes"
+    with pytest.raises(redis.ResponseError):
+        client.get("lost")  # its effect is in memory but never became durable
+    info = client.info("persistence")
+    assert info["aof_last_write_status"] == "err"
+    assert "Input/output error" in info["log_write_error"]
+    assert "shard 0: log write failed" in srv.log()
+
+
+def _segments(data_dir: Path) -> list[Path]:
+    return sorted((data_dir / "shard-000" / "log").glob("*.seg"))
+
+
+def test_torn_tail_is_truncated_and_reported(server_factory, tmp_path):
+    data_dir = tmp_path / "torn"
+    srv = server_factory(shards=1, data_dir=data_dir)
+    client = srv.client()
+    for i in range(20):
+        client.set(f"k{i}", f"v{i}")
+    srv.kill9()
+    segment = _segments(data_dir)[-1]
+    size = segment.stat().st_size
+    with open(segment, "r+b") as f:
+        f.truncate(size - 5)
+    srv2 = server_factory(shards=1, data_dir=data_dir)
+    client = srv2.client()
+    assert client.mget([f"k{i}" for i in range(19)]) == [f"v{i}".encode() for i in range(19)]
+    assert client.get("k19") is None
+    assert "torn log tail: truncated" in srv2.log()
+
+
+def test_mid_log_corruption_refuses_to_start_and_is_reported(server_factory, tmp_path):
+    data_dir = tmp_path / "corrupt"
+    srv = server_factory(shards=1, data_dir=data_dir)
+    client = srv.client()
+    for i in range(20):
+        client.set(f"k{i}", "x" * 50)
+    srv.kill9()
+    segment = _segments(data_dir)[-1]
+    raw = bytearray(segment.read_bytes())
+    raw[len(raw) // 3] ^= 0xFF
+    segment.write_bytes(bytes(raw))
+    verify = subprocess.run([sys.executable, "-m", "server.cli", "log", "verify", "--data-dir", str(data_dir)],
+                            capture_output=True, text=True)
+    assert verify.returncode == 1
+    assert segment.name in verify.stdout + verify.stderr
+    with pytest.raises(RuntimeError):
+        srv2 = server_factory(shards=1, data_dir=data_dir)
+        srv2.client().get("k0")
+    logs = (tmp_path / "corrupt.log").read_text(errors="replace")
+    assert "log corrupt" in logs and segment.name in logs and "offset" in logs
+
+
+def test_replay_equals_live_for_string_and_key_commands(server_factory, tmp_path):
+    """The state rebuilt from the log after kill -9 equals the live state."""
+    rng = random.Random(7)
+    data_dir = tmp_path / "replay"
+    srv = server_factory(shards=2, data_dir=data_dir)
+    client = srv.client()
+    keys = [f"{{t}}k{i}" for i in range(12)]
+    for _ in range(600):
+        k, k2 = rng.choice(keys), rng.choice(keys)
+        op = rng.randrange(12)
+        try:
+            if op == 0:
+                client.set(k, rng.randrange(100), ex=rng.choice([None, 100, 1000]))
+            elif op == 1:
+                client.incrbyfloat(k, rng.choice(["0.1", "1.5", "-2.25"]))
+            elif op == 2:
+                client.append(k, "ab")
+            elif op == 3:
+                client.delete(k)
+            elif op == 4:
+                client.expire(k, rng.randrange(1, 500))
+            elif op == 5:
+                client.persist(k)
+            elif op == 6:
+                client.rename(k, k2)
+            elif op == 7:
+                client.setrange(k, rng.randrange(5), "zz")
+            elif op == 8:
+                client.getex(k, px=rng.randrange(1000, 90000))
+            elif op == 9:
+                client.copy(k, k2, replace=True)
+            elif op == 10:
+                client.incr(k)
+            else:
+                client.msetnx({k: "m", k2: "n"})
+        except redis.ResponseError:
+            pass
+    before = dump_state(client)
+    srv.kill9()
+    after = dump_state(server_factory(shards=2, data_dir=data_dir).client())
+    assert after == before
+
+
+def dump_state(client: redis.Redis) -> dict:
+    state = {}
+    for key in client.scan_iter(count=100):
+        kind = client.type(key)
+        if kind == b"string":
+            value = client.get(key)
+        elif kind == b"list":
+            value = client.lrange(key, 0, -1)
+        elif kind == b"hash":
+            value = sorted(client.hgetall(key).items())
+        elif kind == b"set":
+            value = sorted(client.smembers(key))
+        elif kind == b"zset":
+            value = client.zrange(key, 0, -1, withscores=True)
+        else:
+            value = kind
+        state[key] = (kind, value, client.pexpiretime(key))
+    return state
