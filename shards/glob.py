@@ -1,4 +1,11 @@
-"""Redis' glob-style pattern matching (stringmatchlen), compiled to regexes."""
+"""Redis' glob-style pattern matching (util.c stringmatchlen), compiled to regexes.
+
+The translation reproduces stringmatchlen's quirks rather than POSIX fnmatch:
+a `[...]` set is read by the same loop Redis runs (an escape wins over a range,
+a range may swallow the closing `]`, an unclosed set ends at the pattern's end),
+range bounds compare as signed C chars, `\\` at the end of a pattern is a literal
+backslash, and a pattern only ever matches the empty string if it is empty.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,50 @@ import re
 from functools import lru_cache
 
 PATTERN_CACHE_ENTRIES = 256
+_ALL_BYTES = frozenset(range(256))
+
+
+def _signed(byte: int) -> int:
+    return byte - 256 if byte >= 128 else byte
+
+
+def _bracket(pattern: bytes, i: int) -> tuple[frozenset[int], int]:
+    """Parse the set starting just after `[` at i; returns the bytes it matches
+    and the index of the pattern byte after the set."""
+    n = len(pattern)
+    negate = i < n and pattern[i] == 94  # '^'
+    if negate:
+        i += 1
+    members: set[int] = set()
+    while True:
+        left = n - i
+        if left >= 2 and pattern[i] == 92:  # '\'
+            i += 1
+            members.add(pattern[i])
+        elif left > 0 and pattern[i] == 93:  # ']'
+            break
+        elif left == 0:
+            i -= 1  # Redis steps back so its loop's final increment lands at the end
+            break
+        elif left >= 3 and pattern[i + 1] == 45:  # '-'
+            lo, hi = _signed(pattern[i]), _signed(pattern[i + 2])
+            if lo > hi:
+                lo, hi = hi, lo
+            members.update(b for b in range(256) if lo <= _signed(b) <= hi)
+            i += 2
+        else:
+            members.add(pattern[i])
+        i += 1
+    matched = _ALL_BYTES - members if negate else frozenset(members)
+    return matched, i + 1
+
+
+def _byte_class(matched: frozenset[int]) -> bytes:
+    if not matched:
+        return b"(?!)"
+    if matched == _ALL_BYTES:
+        return b"."
+    return b"[" + b"".join(re.escape(bytes([b])) for b in sorted(matched)) + b"]"
 
 
 @lru_cache(maxsize=PATTERN_CACHE_ENTRIES)
@@ -15,43 +66,31 @@ def compile_glob(pattern: bytes) -> re.Pattern[bytes]:
     n = len(pattern)
     while i < n:
         c = pattern[i]
-        if c == 42:  # *
+        if c == 42:  # '*'
+            while i + 1 < n and pattern[i + 1] == 42:
+                i += 1
             out += b".*"
-        elif c == 63:  # ?
+            i += 1
+        elif c == 63:  # '?'
             out += b"."
-        elif c == 92 and i + 1 < n:  # backslash escapes the next byte
             i += 1
-            out += re.escape(pattern[i : i + 1])
-        elif c == 91:  # [
-            i += 1
-            negate = i < n and pattern[i] == 94
-            if negate:
-                i += 1
-            items = bytearray()
-            while i < n and pattern[i] != 93:
-                if pattern[i] == 92 and i + 1 < n:
-                    i += 1
-                    items += re.escape(pattern[i : i + 1])
-                elif i + 2 < n and pattern[i + 1] == 45 and pattern[i + 2] != 93:
-                    lo, hi = pattern[i], pattern[i + 2]
-                    if lo > hi:
-                        lo, hi = hi, lo
-                    items += b"%s-%s" % (re.escape(bytes([lo])), re.escape(bytes([hi])))
-                    i += 2
-                else:
-                    items += re.escape(pattern[i : i + 1])
-                i += 1
-            if not items:
-                out += b"(?!)" if not negate else b"."
-            else:
-                out += b"[" + (b"^" if negate else b"") + bytes(items) + b"]"
+        elif c == 91:  # '['
+            matched, i = _bracket(pattern, i + 1)
+            out += _byte_class(matched)
         else:
+            if c == 92 and i + 1 < n:  # backslash escapes the next byte
+                i += 1
             out += re.escape(pattern[i : i + 1])
-        i += 1
+            i += 1
     return re.compile(bytes(out) + b"\\Z", re.DOTALL)
 
 
 def glob_match(pattern: bytes, text: bytes) -> bool:
+    """stringmatchlen(pattern, text, nocase=0) != 0, except that the pattern "*"
+    alone matches everything, the empty string included, as KEYS and the SCAN
+    family treat it (they skip matching for "*")."""
     if pattern == b"*":
         return True
+    if not text:
+        return not pattern
     return compile_glob(pattern).match(text) is not None

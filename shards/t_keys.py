@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import copy
+import re
 
-from shards.args import ERR_NO_SUCH_KEY, ERR_SYNTAX, LLONG_MAX, LLONG_MIN, int_arg, parse_ll
+from shards.args import (
+    ERR_NO_SUCH_KEY, ERR_SYNTAX, INT_MAX, INT_MIN, LLONG_MAX, LLONG_MIN, int_arg, int_range_arg, parse_ll,
+)
 from shards.context import Ctx
 from shards.glob import glob_match
 from shards.keyspace import type_name
@@ -149,10 +152,8 @@ def _ttl_generic(ctx: Ctx, key: bytes, absolute: bool, ms: bool) -> int:
     when = db.expires.get(key)
     if when is None:
         return -1
-    if absolute:
-        return when if ms else when // 1000
-    remaining = max(when - db.now(), 0)
-    return remaining if ms else (remaining + 500) // 1000
+    ttl = when if absolute else max(when - db.now(), 0)
+    return ttl if ms else (ttl + 500) // 1000  # Redis rounds EXPIRETIME too
 
 
 @command("ttl", 2, "readonly fast", (1, 1, 1), "keyspace")
@@ -229,18 +230,20 @@ def copy_value(value: object) -> object:
 def copy_(ctx: Ctx, argv: list[bytes]):
     src, dst = argv[1], argv[2]
     replace = False
+    dbid = 0
     i = 3
     while i < len(argv):
         opt = argv[i].upper()
         if opt == b"REPLACE":
             replace = True
         elif opt == b"DB" and i + 1 < len(argv):
-            if int_arg(argv[i + 1]) != 0:
-                raise ReplyError(b"ERR Copying to another database is not allowed in cluster mode")
+            dbid = int_range_arg(argv[i + 1], INT_MIN, INT_MAX)
             i += 1
         else:
             raise ERR_SYNTAX
         i += 1
+    if dbid != 0:
+        raise ReplyError(b"ERR Copying to another database is not allowed in cluster mode")
     if src == dst:
         raise ReplyError(b"ERR source and destination objects are the same")
     db = ctx.db
@@ -297,10 +300,23 @@ def flushdb(ctx: Ctx, argv: list[bytes]):
     return _flush(ctx, argv)
 
 
+_STRTOUL_RE = re.compile(rb"([+-]?)([0-9]+)\Z")
+ULONG_MAX = 2**64 - 1
+
+
 def parse_scan_cursor(text: bytes) -> int:
-    if not text.isdigit() or int(text) > 2**64 - 1:
+    """Redis' parseScanCursorOrReply: C strtoul over the whole argument, so an
+    empty cursor is 0 and "-1" wraps to ULONG_MAX; leading space or overflow
+    (ERANGE) is an invalid cursor."""
+    if not text:
+        return 0
+    m = _STRTOUL_RE.match(text)
+    if m is None:
         raise ReplyError(b"ERR invalid cursor")
-    return int(text)
+    value = int(m.group(2)) if len(m.group(2)) <= 40 else ULONG_MAX + 1
+    if value > ULONG_MAX:
+        raise ReplyError(b"ERR invalid cursor")
+    return (-value) % (ULONG_MAX + 1) if m.group(1) == b"-" else value
 
 
 @command("scan", -2, "readonly", (0, 0, 0), "keyspace", where=CURSOR)
@@ -409,7 +425,7 @@ _OBJECT_HELP = [
     b"    Return the number of references of the value associated with the specified",
     b"    <key>.",
     b"HELP",
-    b"    Print this help.",
+    b"    Prints this help.",
 ]
 
 
