@@ -7,11 +7,12 @@ import hmac
 import time
 
 from server.client import Client
-from shards.args import ERR_SYNTAX, parse_ll
+from shards.args import ERR_SYNTAX, INT_MAX, INT_MIN, int_range_arg, parse_ll
 from shards.resp import OK, PONG, Map, ReplyError, Simple, Verbatim
 from shards.table import ROUTER, command, container
 
 REDIS_VERSION = b"7.0.15"
+CLIENT_TYPES = (b"normal", b"master", b"replica", b"slave", b"pubsub")
 ERR_WRONGPASS = ReplyError(b"WRONGPASS invalid username-password pair or user is disabled.")
 
 
@@ -85,7 +86,7 @@ def hello(client: Client, argv: list[bytes]):
             client.authed = True
     if not client.authed:
         raise ReplyError(b"NOAUTH HELLO must be called with the client already authenticated, otherwise "
-                         b"the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the "
+                         b"the HELLO AUTH <user> <pass> option can be used to authenticate the "
                          b"client and select the RESP protocol version at the same time")
     if name is not None:
         client.name = name
@@ -103,9 +104,7 @@ def hello(client: Client, argv: list[bytes]):
 
 @command("select", 2, "loading stale fast", group="connection", where=ROUTER)
 def select(client: Client, argv: list[bytes]):
-    db = parse_ll(argv[1])
-    if db is None or not -(2**31) <= db < 2**31:
-        raise ReplyError(b"ERR value is not an integer or out of range")
+    db = int_range_arg(argv[1], INT_MIN, INT_MAX)
     if db != 0:
         raise ReplyError(b"ERR SELECT is not allowed in cluster mode")
     return OK
@@ -119,6 +118,12 @@ def quit_(client: Client, argv: list[bytes]):
 
 @command("reset", 1, "noscript loading stale fast no_auth allow_busy", group="connection", where=ROUTER)
 def reset(client: Client, argv: list[bytes]):
+    """Back to a fresh connection's state: no transaction or watches, RESP2, no
+    name, and unauthenticated again when a password is configured."""
+    client.multi = None
+    client.multi_error = False
+    client.multi_shard = None
+    client.unwatch_all()
     client.proto = 2
     client.name = b""
     client.authed = not client.router.settings.requirepass
@@ -173,12 +178,21 @@ def client_setinfo(client: Client, argv: list[bytes]):
     return OK
 
 
-def client_info_line(client: Client, now: float) -> bytes:
+def request_bytes(argv: list[bytes]) -> int:
+    """Size of argv as a multibulk request: what Redis' qbuf shows for the
+    client running the command (its query buffer still holds the request)."""
+    return len(b"*%d\r\n" % len(argv)) + sum(len(b"$%d\r\n" % len(a)) + len(a) + 2 for a in argv)
+
+
+def client_info_line(client: Client, now: float, current: list[bytes] | None = None) -> bytes:
+    """One CLIENT LIST line; `current` is the running command of the caller."""
+    qbuf = client.parser.buffered_bytes() + (request_bytes(current) if current is not None else 0)
+    multi = len(client.multi) if client.multi is not None else -1
     return (
         f"id={client.id} addr={client.addr} laddr={client.laddr} fd={client.fd} "
         f"name={client.name.decode(errors='replace')} age={int(now - client.created)} "
-        f"idle={int(now - client.last_cmd_at)} flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 "
-        f"qbuf={client.parser.buffered_bytes()} qbuf-free=0 argv-mem=0 multi-mem=0 rbs=65536 rbp=0 "
+        f"idle={int(now - client.last_cmd_at)} flags=N db=0 sub=0 psub=0 ssub=0 multi={multi} "
+        f"qbuf={qbuf} qbuf-free=0 argv-mem=0 multi-mem=0 rbs=65536 rbp=0 "
         f"obl=0 oll={len(client.replies)} omem={len(client.outbuf)} tot-mem=0 events=r "
         f"cmd={client.last_cmd} user=default redir=-1 resp={client.proto} "
         f"lib-name={client.lib_name.decode(errors='replace')} "
@@ -188,7 +202,7 @@ def client_info_line(client: Client, now: float) -> bytes:
 
 @command("client|info", 2, "noscript loading stale", group="connection", where=ROUTER)
 def client_info(client: Client, argv: list[bytes]):
-    return Verbatim(client_info_line(client, time.monotonic()) + b"\n")
+    return Verbatim(client_info_line(client, time.monotonic(), argv) + b"\n")
 
 
 @command("client|list", -2, "admin noscript loading stale", group="connection", where=ROUTER)
@@ -198,7 +212,7 @@ def client_list(client: Client, argv: list[bytes]):
         opt = argv[2].upper()
         if opt == b"TYPE" and len(argv) == 4:
             kind = argv[3].lower()
-            if kind not in (b"normal", b"master", b"replica", b"slave", b"pubsub"):
+            if kind not in CLIENT_TYPES:
                 raise ReplyError(b"ERR Unknown client type '%s'" % argv[3])
             if kind != b"normal":
                 clients = []
@@ -206,18 +220,21 @@ def client_list(client: Client, argv: list[bytes]):
             wanted = set()
             for raw in argv[3:]:
                 value = parse_ll(raw)
-                if value is None or value <= 0:
+                if value is None:
                     raise ReplyError(b"ERR Invalid client ID")
                 wanted.add(value)
             clients = [c for c in clients if c.id in wanted]
         else:
             raise ERR_SYNTAX
     now = time.monotonic()
-    return Verbatim(b"".join(client_info_line(c, now) + b"\n" for c in clients))
+    return Verbatim(b"".join(client_info_line(c, now, argv if c is client else None) + b"\n"
+                             for c in clients))
 
 
 @command("client|kill", -3, "admin noscript loading stale", group="connection", where=ROUTER)
 def client_kill(client: Client, argv: list[bytes]):
+    """Both forms: old `CLIENT KILL addr` (+OK or an error, may kill the caller)
+    and `CLIENT KILL opt value ...` (a count; a repeated option overrides)."""
     router = client.router
     if len(argv) == 3:
         addr = argv[2].decode(errors="replace")
@@ -226,27 +243,27 @@ def client_kill(client: Client, argv: list[bytes]):
             raise ReplyError(b"ERR No such client")
         _kill(client, victims)
         return OK
-    if len(argv) % 2 != 0:
-        raise ERR_SYNTAX
-    victims = list(router.clients.values())
+    wanted_id = wanted_addr = wanted_laddr = None
+    normal_only = True
     skipme = True
     for i in range(2, len(argv), 2):
-        opt, value = argv[i].upper(), argv[i + 1]
+        opt = argv[i].upper()
+        if i + 1 >= len(argv):
+            raise ERR_SYNTAX
+        value = argv[i + 1]
         if opt == b"ID":
-            wanted = parse_ll(value)
-            if wanted is None or wanted <= 0:
+            wanted_id = parse_ll(value)
+            if wanted_id is None or wanted_id <= 0:
                 raise ReplyError(b"ERR client-id should be greater than 0")
-            victims = [c for c in victims if c.id == wanted]
-        elif opt == b"ADDR":
-            victims = [c for c in victims if c.addr == value.decode(errors="replace")]
-        elif opt == b"LADDR":
-            victims = [c for c in victims if c.laddr == value.decode(errors="replace")]
         elif opt == b"TYPE":
             kind = value.lower()
-            if kind not in (b"normal", b"master", b"replica", b"slave", b"pubsub"):
+            if kind not in CLIENT_TYPES:
                 raise ReplyError(b"ERR Unknown client type '%s'" % value)
-            if kind != b"normal":
-                victims = []
+            normal_only = kind == b"normal"
+        elif opt == b"ADDR":
+            wanted_addr = value.decode(errors="replace")
+        elif opt == b"LADDR":
+            wanted_laddr = value.decode(errors="replace")
         elif opt == b"USER":
             if value != b"default":
                 raise ReplyError(b"ERR No such user '%s'" % value)
@@ -256,8 +273,14 @@ def client_kill(client: Client, argv: list[bytes]):
             skipme = value.lower() == b"yes"
         else:
             raise ERR_SYNTAX
-    if skipme:
-        victims = [c for c in victims if c is not client]
+    victims = [
+        c for c in router.clients.values()
+        if normal_only
+        and (wanted_id is None or c.id == wanted_id)
+        and (wanted_addr is None or c.addr == wanted_addr)
+        and (wanted_laddr is None or c.laddr == wanted_laddr)
+        and not (skipme and c is client)
+    ]
     _kill(client, victims)
     return len(victims)
 
@@ -284,20 +307,56 @@ def client_no_touch(client: Client, argv: list[bytes]):
     return OK
 
 
+# Redis 7.0's CLIENT HELP text, verbatim (it is part of the observable interface).
 _CLIENT_HELP = [
     b"CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
-    b"GETNAME", b"    Return the name of the current connection.",
-    b"ID", b"    Return the ID of the current connection.",
-    b"INFO", b"    Return information about the current client connection.",
-    b"KILL <ip:port>", b"    Kill connection made from <ip:port>.",
+    b"CACHING (YES|NO)",
+    b"    Enable/disable tracking of the keys for next command in OPTIN/OPTOUT modes.",
+    b"GETREDIR",
+    b"    Return the client ID we are redirecting to when tracking is enabled.",
+    b"GETNAME",
+    b"    Return the name of the current connection.",
+    b"ID",
+    b"    Return the ID of the current connection.",
+    b"INFO",
+    b"    Return information about the current client connection.",
+    b"KILL <ip:port>",
+    b"    Kill connection made from <ip:port>.",
     b"KILL <option> <value> [<option> <value> [...]]",
-    b"    Kill connections. Options are: ID, ADDR, LADDR, TYPE, USER, SKIPME.",
-    b"LIST [options ...]", b"    Return information about client connections.",
-    b"SETNAME <name>", b"    Assign the name <name> to the current connection.",
-    b"SETINFO <option> <value>", b"    Set client meta attr (LIB-NAME, LIB-VER).",
-    b"NO-EVICT (ON|OFF)", b"    Protect current client connection from eviction.",
-    b"NO-TOUCH (ON|OFF)", b"    Will not touch LRU/LFU stats when this mode is on.",
-    b"HELP", b"    Print this help.",
+    b"    Kill connections. Options are:",
+    b"    * ADDR (<ip:port>|<unixsocket>:0)",
+    b"      Kill connections made from the specified address",
+    b"    * LADDR (<ip:port>|<unixsocket>:0)",
+    b"      Kill connections made to specified local address",
+    b"    * TYPE (NORMAL|MASTER|REPLICA|PUBSUB)",
+    b"      Kill connections by type.",
+    b"    * USER <username>",
+    b"      Kill connections authenticated by <username>.",
+    b"    * SKIPME (YES|NO)",
+    b"      Skip killing current connection (default: yes).",
+    b"LIST [options ...]",
+    b"    Return information about client connections. Options:",
+    b"    * TYPE (NORMAL|MASTER|REPLICA|PUBSUB)",
+    b"      Return clients of specified type.",
+    b"UNPAUSE",
+    b"    Stop the current client pause, resuming traffic.",
+    b"PAUSE <timeout> [WRITE|ALL]",
+    b"    Suspend all, or just write, clients for <timeout> milliseconds.",
+    b"REPLY (ON|OFF|SKIP)",
+    b"    Control the replies sent to the current connection.",
+    b"SETNAME <name>",
+    b"    Assign the name <name> to the current connection.",
+    b"UNBLOCK <clientid> [TIMEOUT|ERROR]",
+    b"    Unblock the specified blocked client.",
+    b"TRACKING (ON|OFF) [REDIRECT <id>] [BCAST] [PREFIX <prefix> [...]]",
+    b"         [OPTIN] [OPTOUT] [NOLOOP]",
+    b"    Control server assisted client side caching.",
+    b"TRACKINGINFO",
+    b"    Report tracking status for the current connection.",
+    b"NO-EVICT (ON|OFF)",
+    b"    Protect current client connection from eviction.",
+    b"HELP",
+    b"    Prints this help.",
 ]
 
 

@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 import redis
 
+from conftest import STARTUP_TIMEOUT_S, DurakvServer
+
 REDIS_SERVER = shutil.which("redis-server")
-STARTUP_TIMEOUT_S = 20
+REF_STARTUP_TIMEOUT_S = 20
 RECV_BYTES = 65536
 REPLY_TIMEOUT_S = 30
 
@@ -42,7 +44,7 @@ class RedisRef:
              "--dir", str(workdir), "--enable-debug-command", "yes", *extra_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        deadline = time.monotonic() + REF_STARTUP_TIMEOUT_S
         while True:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1):
@@ -268,3 +270,47 @@ def pair3(server, redis_ref):
     p.same("FLUSHALL")
     yield p
     p.close()
+
+
+def start_with_password(data_dir, password: str) -> DurakvServer:
+    """conftest's readiness probe does not expect NOAUTH from redis-py (it raises a
+    ConnectionError subclass), so a password server waits with the password."""
+
+    class PasswordServer(DurakvServer):
+        def client(self, **kwargs):
+            return super().client(password=password, **kwargs)
+
+        def wait_ready(self) -> None:
+            deadline = time.monotonic() + STARTUP_TIMEOUT_S
+            while time.monotonic() < deadline:
+                try:
+                    with self.client() as probe:
+                        if b"cluster_state:ok" in probe.execute_command("CLUSTER", "INFO"):
+                            return
+                except redis.ConnectionError:
+                    pass
+                time.sleep(0.05)
+            raise RuntimeError(f"durakv not ready:\n{self.log()}")
+
+    return PasswordServer(data_dir, shards=2, extra_args=("--requirepass", password)).start()
+
+
+def flushall(*ports: int) -> None:
+    for port in ports:
+        conn = RawConn(port)
+        assert conn.call("FLUSHALL") == b"+OK\r\n"
+        conn.close()
+
+
+def exchange_until_closed(port: int, chunks: list[bytes]) -> bytes:
+    """Send chunks (each after the previous one is on the wire), then collect
+    everything the server sends until it closes the connection."""
+    conn = RawConn(port)
+    try:
+        for chunk in chunks:
+            conn.send_raw(chunk)
+        return conn.read_until_closed()
+    except ConnectionResetError:
+        return b"<reset>"
+    finally:
+        conn.close()

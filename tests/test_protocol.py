@@ -7,60 +7,16 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import time
 
 import pytest
-import redis
 
-from conftest import STARTUP_TIMEOUT_S, DurakvServer
-
-from refserver import RawConn, RedisRef, encode_command, redis_ref  # noqa: F401  (fixture)
+from conftest import DurakvServer
+from refserver import (  # noqa: F401  (redis_ref is a fixture)
+    RawConn, RedisRef, encode_command, exchange_until_closed, flushall, redis_ref, start_with_password,
+)
 
 REDIS_CLI = shutil.which("redis-cli")
-
-
-def start_with_password(data_dir, password: str) -> DurakvServer:
-    """conftest's readiness probe does not expect NOAUTH from redis-py (it raises a
-    ConnectionError subclass), so a password server waits with the password."""
-
-    class PasswordServer(DurakvServer):
-        def client(self, **kwargs):
-            return super().client(password=password, **kwargs)
-
-        def wait_ready(self) -> None:
-            deadline = time.monotonic() + STARTUP_TIMEOUT_S
-            while time.monotonic() < deadline:
-                try:
-                    with self.client() as probe:
-                        if b"cluster_state:ok" in probe.execute_command("CLUSTER", "INFO"):
-                            return
-                except redis.ConnectionError:
-                    pass
-                time.sleep(0.05)
-            raise RuntimeError(f"durakv not ready:\n{self.log()}")
-
-    return PasswordServer(data_dir, shards=2, extra_args=("--requirepass", password)).start()
-
-
-def flushall(*ports: int) -> None:
-    for port in ports:
-        conn = RawConn(port)
-        assert conn.call("FLUSHALL") == b"+OK\r\n"
-        conn.close()
-
-
-def exchange_until_closed(port: int, chunks: list[bytes]) -> bytes:
-    """Send chunks (each after the previous one is on the wire), then collect
-    everything the server sends until it closes the connection."""
-    conn = RawConn(port)
-    try:
-        for chunk in chunks:
-            conn.send_raw(chunk)
-        return conn.read_until_closed()
-    except ConnectionResetError:
-        return b"<reset>"
-    finally:
-        conn.close()
+INLINE_LIMIT = 64 * 1024
 
 
 CLOSING = [
@@ -76,10 +32,12 @@ CLOSING = [
     [b"*1\r\n$536870913\r\n"],
     [b"*1\r$4\r\nPING\r\n"],
     [b"*1\r\n", b"x", b"\r\n"],
-    [b"*" + b"1" * (64 * 1024 + 10)],
-    [b"*1\r\n$" + b"1" * (64 * 1024 + 10)],
-    [b"SET a " + b"x" * (64 * 1024 + 10)],
-    [b"PING\x00\r\n", b"y" * (64 * 1024 + 10)],
+    # Unterminated lines exactly one byte over the 64 KiB limit: the error comes
+    # only once every byte is read, so no unread input turns the close into a reset.
+    [b"*" + b"1" * INLINE_LIMIT],
+    [b"*1\r\n$" + b"1" * INLINE_LIMIT],
+    [b"SET a " + b"x" * (INLINE_LIMIT + 1 - 6)],
+    [b"PING\x00\r\n", b"y" * (INLINE_LIMIT + 1 - 7)],
     [b"ECHO \"unbalanced\r\n"],
     [b"ECHO 'a'b\r\n"],
     [b"*2\r\n$4\r\nECHO\r\n", b"$3\r\nabc\r\n", b"*1\r\n$4\r\nPING\r\n", b"QUIT\r\n"],
