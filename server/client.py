@@ -27,8 +27,12 @@ MAX_QUEUED_IN_MULTI = 1024 * 1024
 
 # Run at once even inside MULTI (Redis' processCommand exceptions).
 IMMEDIATE_IN_MULTI = frozenset({"exec", "discard", "multi", "watch", "quit", "reset"})
-# Router-answered commands that may be queued: their reply is computed at queue time.
-ROUTER_COMMANDS_IN_MULTI = frozenset({"ping", "echo", "time", "lastsave", "select", "readonly", "readwrite"})
+# Router-answered commands inside MULTI get their reply computed at queue time,
+# except these, whose replies depend on the shards and arrive later.
+ASYNC_ROUTER_COMMANDS = frozenset({
+    "info", "debug", "config|resetstat", "cluster|countkeysinslot", "cluster|getkeysinslot",
+    "client|unblock",
+})
 
 
 class Client:
@@ -218,7 +222,7 @@ class Client:
         try:
             shard = self._transaction_shard(cmd, argv)
             if cmd.where == ROUTER:
-                if cmd.name not in ROUTER_COMMANDS_IN_MULTI:
+                if cmd.fullname in ASYNC_ROUTER_COMMANDS:
                     raise ReplyError(b"ERR Command not allowed inside a transaction")
                 argv = [b"\x00literal", encode(cmd.handler(self, argv), self.proto)]
         except ReplyError as e:

@@ -3,13 +3,14 @@ answer depends on data): COMMAND, CONFIG, INFO, TIME, LASTSAVE, DEBUG, FUNCTION.
 
 from __future__ import annotations
 
+import re
 import time
 
 from server import info as info_mod
 from server.client import Client
 from server.conn_commands import REDIS_VERSION
 from server.links import Pending
-from shards.args import ERR_SYNTAX, parse_float
+from shards.args import ERR_SYNTAX
 from shards.glob import glob_match
 from shards.resp import OK, Map, ReplyError, SetReply, Simple, Verbatim, encode, encode_error
 from shards.shard_settings import SHARD_DEFAULTS
@@ -155,9 +156,14 @@ def command_help(client: Client, argv: list[bytes]):
         b"COUNT", b"    Return the total number of commands in this Redis server.",
         b"LIST", b"    Return a list of all commands in this Redis server.",
         b"INFO [<command-name> ...]", b"    Return details about multiple Redis commands.",
+        b"    If no command names are given, documentation details for all",
+        b"    commands are returned.",
         b"DOCS [<command-name> ...]", b"    Return documentation details about multiple Redis commands.",
+        b"    If no command names are given, documentation details for all",
+        b"    commands are returned.",
         b"GETKEYS <full-command>", b"    Return the keys from a full Redis command.",
-        b"HELP", b"    Print this help.",
+        b"GETKEYSANDFLAGS <full-command>", b"    Return the keys and the access flags from a full Redis command.",
+        b"HELP", b"    Prints this help.",
     )]
 
 
@@ -178,17 +184,12 @@ def config_set(client: Client, argv: list[bytes]):
     router = client.router
     changes = router.settings.validate([(argv[i], argv[i + 1]) for i in range(2, len(argv), 2)])
     router.settings.apply(changes)
-    forwarded = [(name, value) for name, value in changes if name in SHARD_DEFAULTS]
-    if not forwarded:
-        return OK
-
-    def finish(values: list) -> bytes:
-        return b"+OK\r\n"
-
-    for name, value in forwarded[:-1]:
-        router.fanout_internal_quiet([b"\x00config", name.encode(), value.encode()])
-    name, value = forwarded[-1]
-    return router.fanout_internal(client, [b"\x00config", name.encode(), value.encode()], finish)
+    # Shards apply forwarded settings in link order, before any later command of
+    # this client reaches them, so the reply need not wait for them.
+    for name, value in changes:
+        if name in SHARD_DEFAULTS:
+            router.fanout_internal_quiet([b"\x00config", name.encode(), value.encode()])
+    return OK
 
 
 @command("config|resetstat", 2, "admin noscript loading stale", group="server", where=ROUTER)
@@ -215,7 +216,7 @@ def config_help(client: Client, argv: list[bytes]):
         b"SET <directive> <value>", b"    Set the configuration <directive> to <value>.",
         b"RESETSTAT", b"    Reset statistics reported by the INFO command.",
         b"REWRITE", b"    Rewrite the configuration file.",
-        b"HELP", b"    Print this help.",
+        b"HELP", b"    Prints this help.",
     )]
 
 
@@ -248,16 +249,37 @@ def lastsave(client: Client, argv: list[bytes]):
 # --- DEBUG, FUNCTION --------------------------------------------------------------
 
 
+_STRTOD_PREFIX = re.compile(rb"[ \t\n\v\f\r]*[+-]?(?:inf(?:inity)?|nan|(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)",
+                            re.IGNORECASE)
+
+
+def strtod_prefix(text: bytes) -> float:
+    """C strtod(text, NULL): the longest numeric prefix, 0 when there is none."""
+    m = _STRTOD_PREFIX.match(text)
+    if m is None:
+        return 0.0
+    try:
+        return float(m.group(0))
+    except ValueError:
+        return 0.0
+
+
+def subcommand_syntax_error(argv: list[bytes]) -> ReplyError:
+    """Redis' addReplySubcommandSyntaxError."""
+    return ReplyError(b"ERR unknown subcommand or wrong number of arguments for '%s'. Try %s HELP."
+                      % (argv[1][:128], argv[0].upper()))
+
+
 @command("debug", -2, "admin noscript loading stale", group="server", where=ROUTER)
 def debug(client: Client, argv: list[bytes]):
+    """DEBUG SLEEP delays only this client's reply (Redis blocks the whole
+    server); DEBUG OBJECT reports the encoding. Nothing else is supported."""
     sub = argv[1].lower()
     if sub == b"sleep" and len(argv) == 3:
-        seconds = parse_float(argv[2])
-        if seconds is None:
-            raise ReplyError(b"ERR value is not a valid float")
+        seconds = strtod_prefix(argv[2])
         slot = Pending(client)
         client.replies.append(slot)
-        client.router.after(max(seconds, 0.0), lambda: slot.fill(b"+OK\r\n"))
+        client.router.after(seconds if seconds > 0 else 0.0, lambda: slot.fill(b"+OK\r\n"))
         return slot
     if sub == b"object" and len(argv) == 3:
         router = client.router
@@ -266,16 +288,18 @@ def debug(client: Client, argv: list[bytes]):
         client.replies.append(wrapper)
 
         def on_encoding(_slot, data: bytes) -> None:
-            if data.startswith(b"$-1") or data.startswith(b"_"):
+            if data[:1] == b"-":
+                wrapper.fill(data)
+            elif data.startswith(b"$-1") or data.startswith(b"_"):
                 wrapper.fill(encode_error(b"ERR no such key"))
-                return
-            encoding = data.split(b"\r\n")[1]
-            wrapper.fill(b"+Value at:0x0 refcount:1 encoding:%s serializedlength:0 lru:0 "
-                         b"lru_seconds_idle:0\r\n" % encoding)
+            else:
+                encoding = data.split(b"\r\n")[1]
+                wrapper.fill(b"+Value at:0x0 refcount:1 encoding:%s serializedlength:0 lru:0 "
+                             b"lru_seconds_idle:0\r\n" % encoding)
 
         link.submit(client, client.proto, [b"OBJECT", b"ENCODING", argv[2]], Pending(client, on_encoding))
         return wrapper
-    raise ReplyError(b"ERR unknown subcommand '%s'. Try DEBUG HELP." % argv[1][:128])
+    raise subcommand_syntax_error(argv)
 
 
 container("function", "scripting", where=ROUTER)
@@ -283,6 +307,9 @@ container("function", "scripting", where=ROUTER)
 
 @command("function|flush", -2, "write noscript", group="scripting", where=ROUTER)
 def function_flush(client: Client, argv: list[bytes]):
-    if len(argv) > 3 or (len(argv) == 3 and argv[2].upper() not in (b"ASYNC", b"SYNC")):
-        raise ERR_SYNTAX
+    """Accepted (there are no functions yet), with Redis' argument checks."""
+    if len(argv) > 3:
+        raise subcommand_syntax_error(argv)
+    if len(argv) == 3 and argv[2].upper() not in (b"ASYNC", b"SYNC"):
+        raise ReplyError(b"ERR FUNCTION FLUSH only supports SYNC|ASYNC option")
     return OK

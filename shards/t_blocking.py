@@ -1,0 +1,117 @@
+"""Blocking list and sorted-set commands (BLPOP, BRPOP, BLMOVE, BRPOPLPUSH,
+BLMPOP, BZPOPMIN, BZPOPMAX, BZMPOP).
+
+Each one first tries the non-blocking operation (the same functions LPOP,
+LMOVE, ZPOPMIN use, so the logged effect is that plain pop); when there is
+nothing to take it returns `Block` and the shard parks the request (see
+shards/blocking.py). Inside MULTI/EXEC they never block: they answer as if
+the timeout had expired at once, as Redis does.
+"""
+
+from __future__ import annotations
+
+from shards.args import ERR_WRONGTYPE
+from shards.blocking import Block, parse_timeout_ms
+from shards.context import Ctx
+from shards.resp import NULL_ARRAY
+from shards.t_list import LIST_HEAD, LIST_TAIL, list_move, list_pop, mpop_keys_fn, parse_mpop_args, parse_where
+from shards.t_zset import ZSet, numkeys_keys, parse_zmpop, zpop_generic
+from shards.table import command
+
+
+def _block_or_timeout(ctx: Ctx, keys: list[bytes], deadline_ms: int, timeout_reply: object):
+    if ctx.in_multi:
+        return timeout_reply
+    return Block(keys, deadline_ms, timeout_reply)
+
+
+def _blocking_pop(ctx: Ctx, argv: list[bytes], where: int):
+    deadline_ms = parse_timeout_ms(argv[-1], ctx.db.now())
+    keys = argv[1:-1]
+    for key in keys:
+        popped = list_pop(ctx, key, where, 1)
+        if popped:
+            return [key, popped[0]]
+    return _block_or_timeout(ctx, keys, deadline_ms, NULL_ARRAY)
+
+
+@command("blpop", -3, "write blocking", (1, -2, 1), "list")
+def blpop(ctx: Ctx, argv: list[bytes]):
+    return _blocking_pop(ctx, argv, LIST_HEAD)
+
+
+@command("brpop", -3, "write blocking", (1, -2, 1), "list")
+def brpop(ctx: Ctx, argv: list[bytes]):
+    return _blocking_pop(ctx, argv, LIST_TAIL)
+
+
+def _blocking_move(ctx: Ctx, argv: list[bytes], src: bytes, dst: bytes, wherefrom: int, whereto: int,
+                   timeout_arg: bytes):
+    deadline_ms = parse_timeout_ms(timeout_arg, ctx.db.now())
+    moved = list_move(ctx, src, dst, wherefrom, whereto)
+    if moved is not None:
+        return moved
+    if ctx.in_multi:
+        return None
+    return Block([src], deadline_ms, NULL_ARRAY)
+
+
+@command("blmove", 6, "write denyoom blocking", (1, 2, 1), "list")
+def blmove(ctx: Ctx, argv: list[bytes]):
+    wherefrom = parse_where(argv[3])
+    whereto = parse_where(argv[4])
+    return _blocking_move(ctx, argv, argv[1], argv[2], wherefrom, whereto, argv[5])
+
+
+@command("brpoplpush", 4, "write denyoom blocking", (1, 2, 1), "list")
+def brpoplpush(ctx: Ctx, argv: list[bytes]):
+    return _blocking_move(ctx, argv, argv[1], argv[2], LIST_TAIL, LIST_HEAD, argv[3])
+
+
+@command("blmpop", -5, "write blocking", (0, 0, 0), "list", keys_fn=mpop_keys_fn(2))
+def blmpop(ctx: Ctx, argv: list[bytes]):
+    keys, where, count = parse_mpop_args(argv, 2)
+    deadline_ms = parse_timeout_ms(argv[1], ctx.db.now())
+    for key in keys:
+        popped = list_pop(ctx, key, where, count)
+        if popped:
+            return [key, popped]
+    return _block_or_timeout(ctx, keys, deadline_ms, NULL_ARRAY)
+
+
+def _first_zset_exists(ctx: Ctx, keys: list[bytes]) -> bool:
+    db = ctx.db
+    for key in keys:
+        value = db.get(key)
+        if value is not None:
+            if type(value) is not ZSet:
+                raise ERR_WRONGTYPE
+            return True
+    return False
+
+
+def _blocking_zpop(ctx: Ctx, argv: list[bytes], at_max: bool):
+    deadline_ms = parse_timeout_ms(argv[-1], ctx.db.now())
+    keys = argv[1:-1]
+    if _first_zset_exists(ctx, keys):
+        return zpop_generic(ctx, keys, at_max, -1, True, False, True)
+    return _block_or_timeout(ctx, keys, deadline_ms, NULL_ARRAY)
+
+
+@command("bzpopmin", -3, "write blocking fast", (1, -2, 1), "sorted_set")
+def bzpopmin(ctx: Ctx, argv: list[bytes]):
+    return _blocking_zpop(ctx, argv, False)
+
+
+@command("bzpopmax", -3, "write blocking fast", (1, -2, 1), "sorted_set")
+def bzpopmax(ctx: Ctx, argv: list[bytes]):
+    return _blocking_zpop(ctx, argv, True)
+
+
+@command("bzmpop", -5, "write blocking", (0, 0, 0), "sorted_set", keys_fn=numkeys_keys(2))
+def bzmpop(ctx: Ctx, argv: list[bytes]):
+    keys, at_max, count = parse_zmpop(argv, 2)
+    deadline_ms = parse_timeout_ms(argv[1], ctx.db.now())
+    if _first_zset_exists(ctx, keys):
+        return zpop_generic(ctx, keys, at_max, count, True, True, True)
+    return _block_or_timeout(ctx, keys, deadline_ms, NULL_ARRAY)
