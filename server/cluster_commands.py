@@ -24,13 +24,13 @@ def announced_ip(client: Client) -> bytes:
     return bind.encode()
 
 
-@command("cluster|slots", 2, "loading stale", group="cluster", where=ROUTER)
+@command("cluster|slots", 2, "stale", group="cluster", where=ROUTER, tips=("nondeterministic_output",))
 def cluster_slots(client: Client, argv: list[bytes]):
     node = [announced_ip(client), client.router.port, client.router.node_id.encode(), Map([])]
     return [[0, SLOT_COUNT - 1, node]]
 
 
-@command("cluster|shards", 2, "loading stale", group="cluster", where=ROUTER)
+@command("cluster|shards", 2, "stale", group="cluster", where=ROUTER, tips=("nondeterministic_output",))
 def cluster_shards(client: Client, argv: list[bytes]):
     router = client.router
     node = Map([
@@ -45,7 +45,7 @@ def cluster_shards(client: Client, argv: list[bytes]):
     return [Map([b"slots", [0, SLOT_COUNT - 1], b"nodes", [node]])]
 
 
-@command("cluster|nodes", 2, "loading stale", group="cluster", where=ROUTER)
+@command("cluster|nodes", 2, "stale", group="cluster", where=ROUTER, tips=("nondeterministic_output",))
 def cluster_nodes(client: Client, argv: list[bytes]):
     router = client.router
     ip = announced_ip(client).decode()
@@ -54,7 +54,7 @@ def cluster_nodes(client: Client, argv: list[bytes]):
     return Verbatim(line.encode())
 
 
-@command("cluster|info", 2, "loading stale", group="cluster", where=ROUTER)
+@command("cluster|info", 2, "stale", group="cluster", where=ROUTER, tips=("nondeterministic_output",))
 def cluster_info(client: Client, argv: list[bytes]):
     ok = client.router.shards_up()
     lines = [
@@ -74,12 +74,12 @@ def cluster_info(client: Client, argv: list[bytes]):
     return Verbatim(("\r\n".join(lines) + "\r\n").encode())
 
 
-@command("cluster|myid", 2, "loading stale", group="cluster", where=ROUTER)
+@command("cluster|myid", 2, "stale", group="cluster", where=ROUTER)
 def cluster_myid(client: Client, argv: list[bytes]):
     return client.router.node_id.encode()
 
 
-@command("cluster|keyslot", 3, "loading stale", group="cluster", where=ROUTER)
+@command("cluster|keyslot", 3, "stale", group="cluster", where=ROUTER)
 def cluster_keyslot(client: Client, argv: list[bytes]):
     return key_slot(argv[2])
 
@@ -91,7 +91,7 @@ def _slot_arg(text: bytes) -> int:
     return slot
 
 
-@command("cluster|countkeysinslot", 3, "loading stale", group="cluster", where=ROUTER)
+@command("cluster|countkeysinslot", 3, "stale", group="cluster", where=ROUTER)
 def cluster_countkeysinslot(client: Client, argv: list[bytes]):
     slot = _slot_arg(argv[2])
     router = client.router
@@ -99,7 +99,7 @@ def cluster_countkeysinslot(client: Client, argv: list[bytes]):
                             lambda count: b":%d\r\n" % count)
 
 
-@command("cluster|getkeysinslot", 4, "loading stale", group="cluster", where=ROUTER)
+@command("cluster|getkeysinslot", 4, "stale", group="cluster", where=ROUTER, tips=("nondeterministic_output",))
 def cluster_getkeysinslot(client: Client, argv: list[bytes]):
     slot = _slot_arg(argv[2])
     count = parse_ll(argv[3])

@@ -16,14 +16,15 @@ CLIENT_TYPES = (b"normal", b"master", b"replica", b"slave", b"pubsub")
 ERR_WRONGPASS = ReplyError(b"WRONGPASS invalid username-password pair or user is disabled.")
 
 
-@command("ping", -1, "fast sentinel", group="connection", where=ROUTER)
+@command("ping", -1, "fast", group="connection", where=ROUTER,
+         tips=("request_policy:all_shards", "response_policy:all_succeeded"))
 def ping(client: Client, argv: list[bytes]):
     if len(argv) > 2:
         raise ReplyError(b"ERR wrong number of arguments for 'ping' command")
     return PONG if len(argv) == 1 else argv[1]
 
 
-@command("echo", 2, "fast", group="connection", where=ROUTER)
+@command("echo", 2, "loading stale fast", group="connection", where=ROUTER)
 def echo(client: Client, argv: list[bytes]):
     return argv[1]
 
@@ -36,7 +37,7 @@ def check_password(client: Client, username: bytes, password: bytes) -> None:
     client.parser.authed = True
 
 
-@command("auth", -2, "noscript loading stale fast no_auth sentinel allow_busy", group="connection", where=ROUTER)
+@command("auth", -2, "noscript loading stale fast no_auth allow_busy", group="connection", where=ROUTER)
 def auth(client: Client, argv: list[bytes]):
     if len(argv) > 3:
         raise ERR_SYNTAX
@@ -53,7 +54,7 @@ def auth(client: Client, argv: list[bytes]):
     return OK
 
 
-@command("hello", -1, "noscript loading stale fast no_auth sentinel allow_busy", group="connection", where=ROUTER)
+@command("hello", -1, "noscript loading stale fast no_auth allow_busy", group="connection", where=ROUTER)
 def hello(client: Client, argv: list[bytes]):
     proto = client.proto
     i = 1
@@ -110,7 +111,7 @@ def select(client: Client, argv: list[bytes]):
     return OK
 
 
-@command("quit", -1, "allow_busy noscript loading stale fast no_auth", group="connection", where=ROUTER)
+@command("quit", -1, "noscript loading stale fast no_auth allow_busy", group="connection", where=ROUTER)
 def quit_(client: Client, argv: list[bytes]):
     client.closing = True
     return OK
@@ -200,12 +201,14 @@ def client_info_line(client: Client, now: float, current: list[bytes] | None = N
     ).encode()
 
 
-@command("client|info", 2, "noscript loading stale", group="connection", where=ROUTER)
+@command("client|info", 2, "noscript loading stale", group="connection", where=ROUTER,
+         tips=("nondeterministic_output",))
 def client_info(client: Client, argv: list[bytes]):
     return Verbatim(client_info_line(client, time.monotonic(), argv) + b"\n")
 
 
-@command("client|list", -2, "admin noscript loading stale", group="connection", where=ROUTER)
+@command("client|list", -2, "admin noscript loading stale", group="connection", where=ROUTER,
+         tips=("nondeterministic_output",))
 def client_list(client: Client, argv: list[bytes]):
     clients = list(client.router.clients.values())
     if len(argv) > 2:

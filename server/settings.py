@@ -1,110 +1,263 @@
-"""Runtime parameters behind CONFIG GET/SET, with Redis 7.0's names, defaults,
-value syntax and error texts. Parameters that change how shards encode or
-execute (`SHARD_PARAMS`) are forwarded to every shard when set."""
+"""Runtime parameters behind CONFIG GET/SET, with Redis 7.0's names, aliases,
+defaults, value syntax and error texts (config.c). Parameters that change how
+shards encode or execute (shards/shard_settings.py) are forwarded to every shard
+when set.
+
+Each numeric parameter carries the C type Redis stores it in, because that
+decides both the parse (memory values through memtoull, which saturates and
+wraps like C) and the wording of the bounds error (unsigned bounds print as
+unsigned). A few parameters durakv cannot change at run time (bind, port, dir)
+are immutable here although Redis can rebind or chdir.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
 
 from shards.config import Config
 from shards.glob import glob_match
 from shards.resp import ReplyError
 from shards.shard_settings import SHARD_DEFAULTS
 
-BOOL, INT, MEMORY, STRING, ENUM = range(5)
+ULLONG_MAX = 2**64 - 1
+LLONG_MAX = 2**63 - 1
+LLONG_MIN = -(2**63)
+INT_MAX = 2**31 - 1
+INT_MIN = -(2**31)
+UINT_MAX = 2**32 - 1
+MIN_HZ, MAX_HZ = 1, 500
+MEMTOULL_MAX_DIGITS = 127
 
-_MEMORY_UNITS = {b"k": 1000, b"kb": 1024, b"m": 1000**2, b"mb": 1024**2, b"g": 1000**3, b"gb": 1024**3}
+BOOL, ENUM, STRING, NUMBER, SAVE, OUTPUT_LIMITS, KEYSPACE_EVENTS = range(7)
+
+_MEMORY_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2,
+                 "g": 1000**3, "gb": 1024**3}
 
 
+@dataclass
 class Param:
-    __slots__ = ("name", "kind", "default", "mutable", "choices", "minimum", "maximum")
-
-    def __init__(self, name: str, kind: int, default: str, mutable: bool = True,
-                 choices: tuple[str, ...] = (), minimum: int = -(2**63), maximum: int = 2**63 - 1) -> None:
-        self.name = name
-        self.kind = kind
-        self.default = default
-        self.mutable = mutable
-        self.choices = choices
-        self.minimum = minimum
-        self.maximum = maximum
-
-
-def _params(config: Config) -> list[Param]:
-    p = Param
-    shard_params = [p(name, INT, str(value)) for name, value in SHARD_DEFAULTS.items()]
-    return shard_params + [
-        p("bind", STRING, config.bind, mutable=False),
-        p("port", INT, str(config.port), mutable=False),
-        p("databases", INT, "1", mutable=False),
-        p("cluster-enabled", BOOL, "yes", mutable=False),
-        p("daemonize", BOOL, "no", mutable=False),
-        p("dir", STRING, config.data_dir, mutable=False),
-        p("requirepass", STRING, config.requirepass),
-        p("masterauth", STRING, ""),
-        p("save", STRING, ""),
-        p("appendonly", BOOL, "yes"),
-        p("appendfsync", ENUM, "always", choices=("always", "everysec", "no")),
-        p("maxmemory", MEMORY, "0", minimum=0),
-        p("maxmemory-policy", ENUM, "noeviction", choices=(
-            "volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl", "allkeys-lru",
-            "allkeys-lfu", "allkeys-random", "noeviction")),
-        p("maxmemory-samples", INT, "5", minimum=1, maximum=64),
-        p("maxclients", INT, str(config.maxclients), minimum=1),
-        p("timeout", INT, "0", minimum=0),
-        p("tcp-keepalive", INT, "300", minimum=0),
-        p("hz", INT, str(config.hz), minimum=1, maximum=500),
-        p("proto-max-bulk-len", MEMORY, str(config.proto_max_bulk_len), minimum=1024 * 1024),
-        p("client-query-buffer-limit", MEMORY, str(config.client_query_buffer_limit), minimum=1024 * 1024),
-        p("client-output-buffer-limit", STRING, "normal 0 0 0 slave 268435456 67108864 60 pubsub 33554432 8388608 60"),
-        p("slowlog-log-slower-than", INT, "10000"),
-        p("slowlog-max-len", INT, "128", minimum=0),
-        p("latency-tracking", BOOL, "yes"),
-        p("latency-monitor-threshold", INT, "0", minimum=0),
-        p("lazyfree-lazy-eviction", BOOL, "no"),
-        p("lazyfree-lazy-expire", BOOL, "no"),
-        p("lazyfree-lazy-server-del", BOOL, "no"),
-        p("lazyfree-lazy-user-del", BOOL, "no"),
-        p("lazyfree-lazy-user-flush", BOOL, "no"),
-        p("activerehashing", BOOL, "yes"),
-        p("activedefrag", BOOL, "no"),
-        p("notify-keyspace-events", STRING, ""),
-        p("busy-reply-threshold", INT, "5000", minimum=0),
-        p("lua-time-limit", INT, "5000", minimum=0),
-        p("loglevel", ENUM, "notice", choices=("debug", "verbose", "notice", "warning")),
-        p("close-on-replica-write", BOOL, "yes"),
-        p("replica-read-only", BOOL, "yes"),
-        p("enable-debug-command", ENUM, "no", mutable=False, choices=("no", "yes", "local")),
-        p("cluster-node-timeout", INT, "15000"),
-        p("min-replicas-to-write", INT, "0", minimum=0),
-        p("lfu-log-factor", INT, "10", minimum=0),
-        p("lfu-decay-time", INT, "1", minimum=0),
-        p("active-expire-effort", INT, "1", minimum=1, maximum=10),
-        p("io-threads", INT, "1", mutable=False),
-        p("tracking-table-max-keys", INT, "1000000", minimum=0),
-    ]
+    name: str
+    kind: int
+    default: str
+    mutable: bool = True
+    aliases: tuple[str, ...] = ()
+    choices: tuple[str, ...] = ()  # ENUM, in Redis' order (its error lists them)
+    lo: int = LLONG_MIN
+    hi: int = LLONG_MAX
+    unsigned: bool = False  # a C unsigned type: bounds checked and printed as unsigned
+    memory: bool = False  # MEMORY_CONFIG: "1gb" syntax
+    on_set: Callable[[int], int] | None = field(default=None, repr=False)
 
 
-# Old names Redis still accepts (7.0 renamed ziplist to listpack).
-ALIASES = {
-    "hash-max-ziplist-entries": "hash-max-listpack-entries",
-    "hash-max-ziplist-value": "hash-max-listpack-value",
-    "zset-max-ziplist-entries": "zset-max-listpack-entries",
-    "zset-max-ziplist-value": "zset-max-listpack-value",
-    "list-max-ziplist-size": "list-max-listpack-size",
+def _int(name: str, default: int, lo: int, hi: int, **kw) -> Param:
+    return Param(name, NUMBER, str(default), lo=lo, hi=hi, **kw)
+
+
+def _size(name: str, default: int, lo: int = 0, hi: int = LLONG_MAX, **kw) -> Param:
+    return Param(name, NUMBER, str(default), lo=lo, hi=hi, unsigned=True, **kw)
+
+
+def _clamp_hz(value: int) -> int:
+    return min(max(value, MIN_HZ), MAX_HZ)
+
+
+_SHARD_PARAM_TYPES = {
+    "hash-max-listpack-entries": dict(unsigned=True, lo=0, aliases=("hash-max-ziplist-entries",)),
+    "hash-max-listpack-value": dict(unsigned=True, lo=0, memory=True, aliases=("hash-max-ziplist-value",)),
+    "set-max-intset-entries": dict(unsigned=True, lo=0),
+    "zset-max-listpack-entries": dict(unsigned=True, lo=0, aliases=("zset-max-ziplist-entries",)),
+    "zset-max-listpack-value": dict(unsigned=True, lo=0, memory=True, aliases=("zset-max-ziplist-value",)),
+    "list-max-listpack-size": dict(lo=INT_MIN, hi=INT_MAX, aliases=("list-max-ziplist-size",)),
+    "list-compress-depth": dict(lo=0, hi=INT_MAX),
+    "stream-node-max-bytes": dict(unsigned=True, lo=0, memory=True),
+    "stream-node-max-entries": dict(lo=0),
+    "hll-sparse-max-bytes": dict(unsigned=True, lo=0, memory=True),
 }
 
 
-def parse_memory(text: str) -> int | None:
-    raw = text.lower().encode()
-    for suffix in (b"kb", b"mb", b"gb", b"k", b"m", b"g"):
-        if raw.endswith(suffix):
-            digits = raw[: -len(suffix)]
-            return int(digits) * _MEMORY_UNITS[suffix] if digits.lstrip(b"-").isdigit() else None
-    return int(raw) if raw.lstrip(b"-").isdigit() else None
+def _params(config: Config) -> list[Param]:
+    shard_params = []
+    for name, value in SHARD_DEFAULTS.items():
+        spec = dict(_SHARD_PARAM_TYPES.get(name, {}))
+        hi = spec.pop("hi", LLONG_MAX)
+        lo = spec.pop("lo", LLONG_MIN)
+        shard_params.append(Param(name, NUMBER, str(value), lo=lo, hi=hi, **spec))
+    bool_ = lambda name, default, **kw: Param(name, BOOL, default, **kw)  # noqa: E731
+    return shard_params + [
+        Param("bind", STRING, config.bind, mutable=False),
+        _int("port", config.port, 0, 65535, mutable=False),
+        _int("databases", 1, 1, INT_MAX, mutable=False),
+        bool_("cluster-enabled", "yes", mutable=False),
+        bool_("daemonize", "no", mutable=False),
+        Param("dir", STRING, config.data_dir, mutable=False),
+        Param("requirepass", STRING, config.requirepass),
+        Param("masterauth", STRING, ""),
+        Param("save", SAVE, ""),
+        bool_("appendonly", "yes"),
+        Param("appendfsync", ENUM, "always", choices=("everysec", "always", "no")),
+        _size("maxmemory", 0, 0, ULLONG_MAX, memory=True),
+        Param("maxmemory-policy", ENUM, "noeviction", choices=(
+            "volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl", "allkeys-lru",
+            "allkeys-lfu", "allkeys-random", "noeviction")),
+        _int("maxmemory-samples", 5, 1, INT_MAX),
+        _size("maxclients", config.maxclients, 1, UINT_MAX),
+        _int("timeout", 0, 0, INT_MAX),
+        _int("tcp-keepalive", 300, 0, INT_MAX),
+        _int("hz", config.hz, 0, INT_MAX, on_set=_clamp_hz),
+        _int("proto-max-bulk-len", config.proto_max_bulk_len, 1024 * 1024, LLONG_MAX, memory=True),
+        _size("client-query-buffer-limit", config.client_query_buffer_limit, 1024 * 1024, LLONG_MAX,
+              memory=True),
+        Param("client-output-buffer-limit", OUTPUT_LIMITS,
+              "normal 0 0 0 slave 268435456 67108864 60 pubsub 33554432 8388608 60"),
+        _int("slowlog-log-slower-than", 10000, -1, LLONG_MAX),
+        _size("slowlog-max-len", 128, 0, LLONG_MAX),
+        bool_("latency-tracking", "yes"),
+        _int("latency-monitor-threshold", 0, 0, LLONG_MAX),
+        bool_("lazyfree-lazy-eviction", "no"),
+        bool_("lazyfree-lazy-expire", "no"),
+        bool_("lazyfree-lazy-server-del", "no"),
+        bool_("lazyfree-lazy-user-del", "no"),
+        bool_("lazyfree-lazy-user-flush", "no"),
+        bool_("activerehashing", "yes"),
+        bool_("activedefrag", "no"),
+        Param("notify-keyspace-events", KEYSPACE_EVENTS, ""),
+        _int("busy-reply-threshold", 5000, 0, LLONG_MAX, aliases=("lua-time-limit",)),
+        Param("loglevel", ENUM, "notice", choices=("debug", "verbose", "notice", "warning")),
+        bool_("replica-read-only", "yes", aliases=("slave-read-only",)),
+        Param("enable-debug-command", ENUM, "yes", mutable=False, choices=("no", "yes", "local")),
+        _int("cluster-node-timeout", 15000, 0, LLONG_MAX),
+        _int("min-replicas-to-write", 0, 0, INT_MAX, aliases=("min-slaves-to-write",)),
+        _int("lfu-log-factor", 10, 0, INT_MAX),
+        _int("lfu-decay-time", 1, 0, INT_MAX),
+        _int("active-expire-effort", 1, 1, 10),
+        _int("io-threads", 1, 1, 128, mutable=False),
+        _size("tracking-table-max-keys", 1000000, 0, LLONG_MAX),
+    ]
+
+
+# --- value syntax -------------------------------------------------------------------
+
+
+def _string2ll(text: str) -> int | None:
+    """Redis' string2ll: optional '-', no leading zeros, no '+' or spaces."""
+    if not text or len(text) > 20 or not text.isascii():
+        return None
+    digits = text[1:] if text[0] == "-" else text
+    if not digits.isdigit() or (digits[0] == "0" and text != "0"):
+        return None
+    value = int(text)
+    return value if LLONG_MIN <= value <= LLONG_MAX else None
+
+
+def memtoull(text: str) -> int | None:
+    """Redis 7.0's memtoull: digits then an optional unit; the digits saturate
+    at ULLONG_MAX (strtoull) and the unit multiplication wraps (C arithmetic)."""
+    if text[:1] == "-":
+        return None
+    i = 0
+    while i < len(text) and text[i].isascii() and text[i].isdigit():
+        i += 1
+    mul = _MEMORY_UNITS.get(text[i:].lower())
+    if mul is None or i > MEMTOULL_MAX_DIGITS:
+        return None
+    value = min(int(text[:i]), ULLONG_MAX) if i else 0
+    return (value * mul) & ULLONG_MAX
+
+
+def _as_signed(value: int) -> int:
+    return value - 2**64 if value > LLONG_MAX else value
+
+
+def _split_multi_arg(value: str) -> list[str]:
+    """A multi-argument parameter's value is split on single spaces (sdssplitlen),
+    so doubled or edge spaces make empty arguments."""
+    return value.split(" ") if value else []
+
+
+def _parse_save(value: str) -> str | None:
+    """"seconds changes ..." pairs (seconds >= 1, changes >= 0), normalised."""
+    args = _split_multi_arg(value)
+    if len(args) % 2:
+        return None
+    numbers = []
+    for j, raw in enumerate(args):
+        number = _strtol(raw)
+        if number is None or number < (1 if j % 2 == 0 else 0):
+            return None
+        numbers.append(number)
+    return " ".join(str(n) for n in numbers)
+
+
+def _strtol(text: str) -> int | None:
+    """C strtoll over the whole string (leading space and '+' allowed, saturating)."""
+    stripped = text.lstrip(" \t\n\v\f\r")
+    sign = 1
+    if stripped[:1] in ("+", "-"):
+        sign = -1 if stripped[0] == "-" else 1
+        stripped = stripped[1:]
+    if not stripped:
+        return 0 if text == "" else None
+    if not (stripped.isascii() and stripped.isdigit()):
+        return None
+    return max(min(sign * int(stripped), LLONG_MAX), LLONG_MIN)
+
+
+_CLIENT_CLASSES = {"normal": "normal", "slave": "slave", "replica": "slave", "pubsub": "pubsub"}
+_LIMIT_ORDER = ("normal", "slave", "pubsub")
+
+
+def _parse_output_limits(current: str, value: str) -> tuple[str | None, bytes]:
+    """client-output-buffer-limit: groups of "class hard soft seconds" merged
+    into the current setting. Returns (new value, error)."""
+    args = _split_multi_arg(value)
+    if len(args) % 4:
+        return None, b"Wrong number of arguments in buffer limit configuration."
+    words = current.split()
+    limits = {words[i]: words[i + 1 : i + 4] for i in range(0, len(words), 4)}
+    for i in range(0, len(args), 4):
+        klass = _CLIENT_CLASSES.get(args[i].lower())
+        if klass is None:
+            return None, b"Invalid client class specified in buffer limit configuration."
+        hard, soft = memtoull(args[i + 1]), memtoull(args[i + 2])
+        seconds = _strtol(args[i + 3])
+        if hard is None or soft is None or seconds is None or seconds < 0:
+            return None, b"Error in hard, soft or soft_seconds setting in buffer limit configuration."
+        limits[klass] = [str(hard), str(soft), str(seconds)]
+    return " ".join(" ".join([k] + limits[k]) for k in _LIMIT_ORDER), b""
+
+
+_EVENT_FLAGS = {"g": 1, "$": 2, "l": 4, "s": 8, "h": 16, "z": 32, "x": 64, "e": 128, "t": 256,
+                "d": 512, "n": 1024, "K": 2048, "E": 4096, "m": 8192}
+_EVENTS_ALL = 1 | 2 | 4 | 8 | 16 | 32 | 64 | 128 | 256 | 512
+_EVENT_CLASS_ORDER = "g$lshzxetdn"
+
+
+def _parse_keyspace_events(value: str) -> str | None:
+    """notify-keyspace-events: class characters, normalised as Redis prints them."""
+    flags = 0
+    for ch in value:
+        if ch == "A":
+            flags |= _EVENTS_ALL
+        elif ch in _EVENT_FLAGS:
+            flags |= _EVENT_FLAGS[ch]
+        else:
+            return None
+    if flags & _EVENTS_ALL == _EVENTS_ALL:
+        out = "A"
+    else:
+        out = "".join(ch for ch in _EVENT_CLASS_ORDER if flags & _EVENT_FLAGS[ch])
+    return out + "".join(ch for ch in "KEm" if flags & _EVENT_FLAGS[ch])
 
 
 class Settings:
     def __init__(self, config: Config) -> None:
         self.params = {param.name: param for param in _params(config)}
+        self.lookup: dict[str, Param] = {}
+        for param in self.params.values():
+            self.lookup[param.name] = param
+            for alias in param.aliases:
+                self.lookup[alias] = param
         self.values: dict[str, str] = {name: param.default for name, param in self.params.items()}
 
     @property
@@ -116,64 +269,113 @@ class Settings:
         return self.values["requirepass"]
 
     def get(self, patterns: list[bytes]) -> list[bytes]:
-        """Flat [name, value, ...] for every parameter matching any pattern."""
-        found: dict[str, str] = {}
+        """Flat [name, value, ...]: a pattern without glob characters is looked up
+        (case-insensitively, answered under the name as given); a glob matches
+        every name and alias, case-insensitively."""
+        found: dict[str, tuple[str, str]] = {}  # lowercased name -> (name as answered, value)
         for pattern in patterns:
-            text = pattern.decode(errors="replace").lower()
-            if text in ALIASES:
-                found[text] = self.values[ALIASES[text]]
+            text = pattern.decode(errors="replace")
+            if not any(ch in text for ch in "[*?"):
+                param = self.lookup.get(text.lower())
+                if param is not None and text.lower() not in found:
+                    found[text.lower()] = (text, self.values[param.name])
                 continue
-            for name, value in self.values.items():
-                if glob_match(text.encode(), name.encode()):
-                    found[name] = value
+            lowered = text.lower().encode()
+            for name, param in self.lookup.items():
+                if name not in found and glob_match(lowered, name.encode()):
+                    found[name] = (name, self.values[param.name])
         out: list[bytes] = []
-        for name, value in found.items():
+        for name, value in found.values():
             out += [name.encode(), value.encode()]
         return out
 
     def validate(self, pairs: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
-        """Check a CONFIG SET request as a whole (Redis applies all or nothing)."""
-        seen = set()
-        result = []
-        for raw_name, raw_value in pairs:
+        """Check a CONFIG SET request as a whole (Redis applies all or nothing).
+        Returns (canonical name, normalised value) pairs."""
+        unknown: bytes | None = None
+        problem: tuple[bytes, bytes] | None = None
+        seen: list[Param] = []
+        seen_names: set[str] = set()
+        for raw_name, _ in pairs:
             name = raw_name.decode(errors="replace").lower()
-            name = ALIASES.get(name, name)
-            param = self.params.get(name)
+            param = self.lookup.get(name)
             if param is None:
-                raise ReplyError(b"ERR Unknown option or number of arguments for CONFIG SET - '%s'" % raw_name)
-            if name in seen:
-                raise ReplyError(b"ERR CONFIG SET failed (possibly related to argument '%s') - "
-                                 b"duplicate parameter" % raw_name)
-            seen.add(name)
-            if not param.mutable:
-                raise ReplyError(b"ERR CONFIG SET failed (possibly related to argument '%s') - "
-                                 b"can't set immutable config" % raw_name)
-            value = raw_value.decode(errors="replace")
-            result.append((name, self._normalize(param, value, raw_name)))
+                if problem is None and unknown is None:
+                    unknown = raw_name
+                continue
+            if problem is None and unknown is None:
+                if not param.mutable:
+                    problem = (raw_name, b"can't set immutable config")
+                elif name in seen_names:
+                    # Redis 7.0 keeps an alias as a separate entry: a name and its
+                    # alias in one CONFIG SET are not duplicates (the last wins).
+                    problem = (raw_name, b"duplicate parameter")
+            seen.append(param)
+            seen_names.add(name)
+        if unknown is not None:
+            raise ReplyError(b"ERR Unknown option or number of arguments for CONFIG SET - '%s'" % unknown)
+        if problem is not None:
+            raise _set_failed(*problem)
+        result = []
+        for (raw_name, raw_value), param in zip(pairs, seen):
+            value, why = self._normalize(param, raw_value.decode(errors="replace"))
+            if value is None:
+                raise _set_failed(raw_name, why)
+            result.append((param.name, value))
         return result
 
-    def _normalize(self, param: Param, value: str, raw_name: bytes) -> str:
-        def fail(why: bytes) -> ReplyError:
-            return ReplyError(b"ERR CONFIG SET failed (possibly related to argument '%s') - %s" % (raw_name, why))
-
-        if param.kind == BOOL:
+    def _normalize(self, param: Param, value: str) -> tuple[str | None, bytes]:
+        kind = param.kind
+        if kind == BOOL:
             if value.lower() not in ("yes", "no"):
-                raise fail(b"argument must be 'yes' or 'no'")
-            return value.lower()
-        if param.kind in (INT, MEMORY):
-            number = parse_memory(value) if param.kind == MEMORY else (
-                int(value) if value.lstrip("-").isdigit() else None)
-            if number is None:
-                raise fail(b"argument couldn't be parsed into an integer")
-            if not param.minimum <= number <= param.maximum:
-                raise fail(b"argument must be between %d and %d inclusive" % (param.minimum, param.maximum))
-            return str(number)
-        if param.kind == ENUM:
+                return None, b"argument must be 'yes' or 'no'"
+            return value.lower(), b""
+        if kind == ENUM:
             if value.lower() not in param.choices:
-                raise fail(b"argument(s) must be one of the following: " + ", ".join(param.choices).encode())
-            return value.lower()
-        return value
+                return None, b"argument(s) must be one of the following: " + ", ".join(param.choices).encode()
+            return value.lower(), b""
+        if kind == NUMBER:
+            return self._number(param, value)
+        if kind == SAVE:
+            saved = _parse_save(value)
+            return (saved, b"") if saved is not None else (None, b"Invalid save parameters")
+        if kind == OUTPUT_LIMITS:
+            return _parse_output_limits(self.values[param.name], value)
+        if kind == KEYSPACE_EVENTS:
+            events = _parse_keyspace_events(value)
+            if events is None:
+                return None, b"Invalid event class character. Use 'Ag$lshzxeKEtmdn'."
+            return events, b""
+        return value, b""
+
+    @staticmethod
+    def _number(param: Param, value: str) -> tuple[str | None, bytes]:
+        if param.memory:
+            number = memtoull(value)
+            if number is None:
+                return None, b"argument must be a memory value"
+            number = _as_signed(number)
+        else:
+            number = _string2ll(value)
+            if number is None:
+                return None, b"argument couldn't be parsed into an integer"
+        if param.unsigned:
+            checked = number & ULLONG_MAX
+            if not param.lo <= checked <= param.hi:
+                return None, b"argument must be between %d and %d inclusive" % (param.lo, param.hi)
+            number = checked
+        elif not param.lo <= number <= param.hi:
+            return None, b"argument must be between %d and %d inclusive" % (param.lo, param.hi)
+        if param.on_set is not None:
+            number = param.on_set(number)
+        if param.memory:
+            number &= ULLONG_MAX
+        return str(number), b""
 
     def apply(self, changes: list[tuple[str, str]]) -> None:
         for name, value in changes:
             self.values[name] = value
+
+
+def _set_failed(name: bytes, why: bytes) -> ReplyError:
+    return ReplyError(b"ERR CONFIG SET failed (possibly related to argument '%s') - %s" % (name, why))

@@ -47,23 +47,23 @@ def _delete_keys(ctx: Ctx, argv: list[bytes]) -> int:
     return len(deleted)
 
 
-@command("del", -2, "write", (1, -1, 1), "keyspace", split=SPLIT_SUM)
+@command("del", -2, "write", (1, -1, 1), "keyspace", split=SPLIT_SUM, tips=("request_policy:multi_shard", "response_policy:agg_sum"))
 def del_(ctx: Ctx, argv: list[bytes]):
     return _delete_keys(ctx, argv)
 
 
-@command("unlink", -2, "write fast", (1, -1, 1), "keyspace", split=SPLIT_SUM)
+@command("unlink", -2, "write fast", (1, -1, 1), "keyspace", split=SPLIT_SUM, tips=("request_policy:multi_shard", "response_policy:agg_sum"))
 def unlink(ctx: Ctx, argv: list[bytes]):
     return _delete_keys(ctx, argv)
 
 
-@command("exists", -2, "readonly fast", (1, -1, 1), "keyspace", split=SPLIT_SUM)
+@command("exists", -2, "readonly fast", (1, -1, 1), "keyspace", split=SPLIT_SUM, tips=("request_policy:multi_shard", "response_policy:agg_sum"))
 def exists(ctx: Ctx, argv: list[bytes]):
     db = ctx.db
     return sum(1 for key in argv[1:] if db.get(key) is not None)
 
 
-@command("touch", -2, "readonly fast", (1, -1, 1), "keyspace", split=SPLIT_SUM)
+@command("touch", -2, "readonly fast", (1, -1, 1), "keyspace", split=SPLIT_SUM, tips=("request_policy:multi_shard", "response_policy:agg_sum"))
 def touch(ctx: Ctx, argv: list[bytes]):
     return exists(ctx, argv)
 
@@ -156,12 +156,12 @@ def _ttl_generic(ctx: Ctx, key: bytes, absolute: bool, ms: bool) -> int:
     return ttl if ms else (ttl + 500) // 1000  # Redis rounds EXPIRETIME too
 
 
-@command("ttl", 2, "readonly fast", (1, 1, 1), "keyspace")
+@command("ttl", 2, "readonly fast", (1, 1, 1), "keyspace", tips=("nondeterministic_output",))
 def ttl(ctx: Ctx, argv: list[bytes]):
     return _ttl_generic(ctx, argv[1], False, False)
 
 
-@command("pttl", 2, "readonly fast", (1, 1, 1), "keyspace")
+@command("pttl", 2, "readonly fast", (1, 1, 1), "keyspace", tips=("nondeterministic_output",))
 def pttl(ctx: Ctx, argv: list[bytes]):
     return _ttl_generic(ctx, argv[1], False, True)
 
@@ -265,18 +265,21 @@ def copy_(ctx: Ctx, argv: list[bytes]):
 # --- whole-keyspace reads (fanned out by the router) ---------------------------
 
 
-@command("keys", 2, "readonly", (0, 0, 0), "keyspace", where=FANOUT)
+@command("keys", 2, "readonly", (0, 0, 0), "keyspace", where=FANOUT,
+         tips=("request_policy:all_shards", "nondeterministic_output_order"))
 def keys(ctx: Ctx, argv: list[bytes]):
     pattern = argv[1]
     return [key for key in ctx.db.live_keys() if glob_match(pattern, key)]
 
 
-@command("dbsize", 1, "readonly fast", (0, 0, 0), "server", where=FANOUT)
+@command("dbsize", 1, "readonly fast", (0, 0, 0), "server", where=FANOUT,
+         tips=("request_policy:all_shards", "response_policy:agg_sum"))
 def dbsize(ctx: Ctx, argv: list[bytes]):
     return len(ctx.db.data)
 
 
-@command("randomkey", 1, "readonly", (0, 0, 0), "keyspace", where=FANOUT)
+@command("randomkey", 1, "readonly", (0, 0, 0), "keyspace", where=FANOUT,
+         tips=("request_policy:all_shards", "nondeterministic_output"))
 def randomkey(ctx: Ctx, argv: list[bytes]):
     return ctx.db.random_key()
 
@@ -290,12 +293,14 @@ def _flush(ctx: Ctx, argv: list[bytes]):
     return OK
 
 
-@command("flushall", -1, "write", (0, 0, 0), "server", where=FANOUT)
+@command("flushall", -1, "write", (0, 0, 0), "server", where=FANOUT,
+         tips=("request_policy:all_shards", "response_policy:all_succeeded"))
 def flushall(ctx: Ctx, argv: list[bytes]):
     return _flush(ctx, argv)
 
 
-@command("flushdb", -1, "write", (0, 0, 0), "server", where=FANOUT)
+@command("flushdb", -1, "write", (0, 0, 0), "server", where=FANOUT,
+         tips=("request_policy:all_shards", "response_policy:all_succeeded"))
 def flushdb(ctx: Ctx, argv: list[bytes]):
     return _flush(ctx, argv)
 
@@ -319,7 +324,8 @@ def parse_scan_cursor(text: bytes) -> int:
     return (-value) % (ULONG_MAX + 1) if m.group(1) == b"-" else value
 
 
-@command("scan", -2, "readonly", (0, 0, 0), "keyspace", where=CURSOR)
+@command("scan", -2, "readonly", (0, 0, 0), "keyspace", where=CURSOR,
+         tips=("nondeterministic_output", "request_policy:special"))
 def scan(ctx: Ctx, argv: list[bytes]):
     """The cursor is the next hash slot to visit, so one cursor walks every shard
     in slot order: each shard scans its own slots and hands the caller on to the
@@ -372,7 +378,7 @@ def scan(ctx: Ctx, argv: list[bytes]):
 container("object", "keyspace")
 
 
-@command("object|encoding", 3, "readonly", (2, 2, 1), "keyspace")
+@command("object|encoding", 3, "readonly", (2, 2, 1), "keyspace", tips=("nondeterministic_output",))
 def object_encoding(ctx: Ctx, argv: list[bytes]):
     value = ctx.db.get(argv[2])
     if value is None:
@@ -380,7 +386,7 @@ def object_encoding(ctx: Ctx, argv: list[bytes]):
     return ENCODINGS[type(value)](value)
 
 
-@command("object|refcount", 3, "readonly", (2, 2, 1), "keyspace")
+@command("object|refcount", 3, "readonly", (2, 2, 1), "keyspace", tips=("nondeterministic_output",))
 def object_refcount(ctx: Ctx, argv: list[bytes]):
     value = ctx.db.get(argv[2])
     if value is None:
@@ -392,14 +398,14 @@ def object_refcount(ctx: Ctx, argv: list[bytes]):
     return 1
 
 
-@command("object|idletime", 3, "readonly", (2, 2, 1), "keyspace")
+@command("object|idletime", 3, "readonly", (2, 2, 1), "keyspace", tips=("nondeterministic_output",))
 def object_idletime(ctx: Ctx, argv: list[bytes]):
     if ctx.db.get(argv[2]) is None:
         return None
     return 0
 
 
-@command("object|freq", 3, "readonly", (2, 2, 1), "keyspace")
+@command("object|freq", 3, "readonly", (2, 2, 1), "keyspace", tips=("nondeterministic_output",))
 def object_freq(ctx: Ctx, argv: list[bytes]):
     if ctx.db.get(argv[2]) is None:
         return None

@@ -202,7 +202,8 @@ def getex(ctx: Ctx, argv: list[bytes]):
     return reply
 
 
-@command("mget", -2, "readonly fast", (1, -1, 1), "string", split=SPLIT_MGET)
+@command("mget", -2, "readonly fast", (1, -1, 1), "string", split=SPLIT_MGET,
+         tips=("request_policy:multi_shard",))
 def mget(ctx: Ctx, argv: list[bytes]):
     db = ctx.db
     out = []
@@ -218,7 +219,8 @@ def _mset_arity(argv: list[bytes], name: bytes) -> None:
         raise ReplyError(b"ERR wrong number of arguments for '%s' command" % name)
 
 
-@command("mset", -3, "write denyoom", (1, -1, 2), "string")
+@command("mset", -3, "write denyoom", (1, -1, 2), "string",
+         tips=("request_policy:multi_shard", "response_policy:all_succeeded"))
 def mset(ctx: Ctx, argv: list[bytes]):
     _mset_arity(argv, b"mset")
     db = ctx.db
@@ -228,7 +230,8 @@ def mset(ctx: Ctx, argv: list[bytes]):
     return OK
 
 
-@command("msetnx", -3, "write denyoom", (1, -1, 2), "string")
+@command("msetnx", -3, "write denyoom", (1, -1, 2), "string",
+         tips=("request_policy:multi_shard", "response_policy:agg_min"))
 def msetnx(ctx: Ctx, argv: list[bytes]):
     _mset_arity(argv, b"msetnx")
     db = ctx.db
