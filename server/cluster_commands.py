@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 from server.client import Client
-from shards.args import parse_ll
+from shards.args import int_arg
 from shards.resp import OK, Map, ReplyError, Verbatim, encode
 from shards.slots import SLOT_COUNT, key_slot
 from shards.table import ROUTER, command, container
 
 container("cluster", "cluster", where=ROUTER)
 
-ERR_BAD_SLOT = ReplyError(b"ERR Invalid or out of range slot")
 
 
 def announced_ip(client: Client) -> bytes:
@@ -84,16 +83,11 @@ def cluster_keyslot(client: Client, argv: list[bytes]):
     return key_slot(argv[2])
 
 
-def _slot_arg(text: bytes) -> int:
-    slot = parse_ll(text)
-    if slot is None or not 0 <= slot < SLOT_COUNT:
-        raise ERR_BAD_SLOT
-    return slot
-
-
 @command("cluster|countkeysinslot", 3, "stale", group="cluster", where=ROUTER)
 def cluster_countkeysinslot(client: Client, argv: list[bytes]):
-    slot = _slot_arg(argv[2])
+    slot = int_arg(argv[2])
+    if not 0 <= slot < SLOT_COUNT:
+        raise ReplyError(b"ERR Invalid slot")
     router = client.router
     return router.ask_shard(client, router.slot_owner[slot], [b"\x00countkeysinslot", b"%d" % slot],
                             lambda count: b":%d\r\n" % count)
@@ -101,10 +95,10 @@ def cluster_countkeysinslot(client: Client, argv: list[bytes]):
 
 @command("cluster|getkeysinslot", 4, "stale", group="cluster", where=ROUTER, tips=("nondeterministic_output",))
 def cluster_getkeysinslot(client: Client, argv: list[bytes]):
-    slot = _slot_arg(argv[2])
-    count = parse_ll(argv[3])
-    if count is None or count < 0:
-        raise ReplyError(b"ERR Invalid number of keys")
+    slot = int_arg(argv[2])
+    count = int_arg(argv[3])
+    if not 0 <= slot < SLOT_COUNT or count < 0:
+        raise ReplyError(b"ERR Invalid slot or number of keys")
     router = client.router
     proto = client.proto
     return router.ask_shard(client, router.slot_owner[slot],
