@@ -72,7 +72,7 @@ def _clients(router, infos, version):
         f"connected_clients:{len(router.clients)}",
         "cluster_connections:0",
         f"maxclients:{router.settings.maxclients}",
-        "blocked_clients:0",
+        f"blocked_clients:{sum(1 for c in router.clients.values() if c.blocked_slot is not None)}",
         "tracking_clients:0",
     ]
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from typing import Callable
 
 from shards.args import parse_float
 from shards.resp import ReplyError
@@ -25,14 +26,20 @@ ERR_TIMEOUT_NEGATIVE = ReplyError(b"ERR timeout is negative")
 
 class Block:
     """Returned by a blocking handler: park me on these keys until served, or
-    reply `timeout_reply` when `deadline_ms` (0: never) passes."""
+    reply `timeout_reply` when `deadline_ms` (0: never) passes.
 
-    __slots__ = ("keys", "deadline_ms", "timeout_reply")
+    `serve(ctx, key)` runs when `key` changed: it returns the reply after taking
+    from that very key, or None when the key does not (or no longer) hold(s)
+    the type the command waits for, in which case the client keeps waiting."""
 
-    def __init__(self, keys: list[bytes], deadline_ms: int, timeout_reply: object) -> None:
+    __slots__ = ("keys", "deadline_ms", "timeout_reply", "serve")
+
+    def __init__(self, keys: list[bytes], deadline_ms: int, timeout_reply: object,
+                 serve: Callable[[object, bytes], object | None]) -> None:
         self.keys = keys
         self.deadline_ms = deadline_ms
         self.timeout_reply = timeout_reply
+        self.serve = serve
 
 
 def parse_timeout_ms(text: bytes, now_ms: int) -> int:
@@ -48,7 +55,8 @@ def parse_timeout_ms(text: bytes, now_ms: int) -> int:
 
 
 class Waiter:
-    __slots__ = ("conn", "rid", "cid", "proto", "argv", "keys", "deadline_ms", "timeout_reply", "active")
+    __slots__ = ("conn", "rid", "cid", "proto", "argv", "keys", "deadline_ms", "timeout_reply", "serve",
+                 "active")
 
     def __init__(self, conn: object, rid: int, cid: int, proto: int, argv: list[bytes], block: Block) -> None:
         self.conn = conn
@@ -59,6 +67,7 @@ class Waiter:
         self.keys = block.keys
         self.deadline_ms = block.deadline_ms
         self.timeout_reply = block.timeout_reply
+        self.serve = block.serve
         self.active = True
 
 

@@ -251,7 +251,7 @@ class Shard:
             self._blocked_wake.set()
 
     def _serve_ready(self, next_seq: int, hold_writes: bool) -> None:
-        """Retry, in blocking order, the waiters of every key changed since the last call."""
+        """Serve, in blocking order, the waiters of every key changed since the last call."""
         blocked = self.blocked
         durable_seq = self.hazards.durable_seq
         while blocked.ready_keys:
@@ -260,15 +260,33 @@ class Shard:
             queue = blocked.by_key.get(key)
             while queue:
                 waiter = queue[0]
-                data, wait = self._execute(waiter.argv, waiter.cid, waiter.proto, next_seq, hold_writes)
-                if type(data) is Block:
+                served = self._serve_waiter(waiter, key, next_seq, hold_writes)
+                if served is None:
                     break
+                data, wait = served
                 blocked.remove(waiter)
                 if wait > durable_seq:
                     self.held.hold(wait, waiter.conn, waiter.rid, data)
                 else:
                     waiter.conn.send([(waiter.rid, data)])
                 queue = blocked.by_key.get(key)
+
+    def _serve_waiter(self, waiter: Waiter, key: bytes, next_seq: int,
+                      hold_writes: bool) -> tuple[bytes, int] | None:
+        ctx = self.ctx
+        ctx.client_id = waiter.cid
+        ctx.proto = waiter.proto
+        effects = self.db.effects
+        effects_before = len(effects)
+        try:
+            result = waiter.serve(ctx, key)
+            if result is None:
+                return None
+            data = encode(result, waiter.proto)
+        except ReplyError as e:
+            data = encode_error(e.message)
+        wrote = len(effects) > effects_before
+        return data, (next_seq if wrote and hold_writes else 0)
 
     def unblock(self, cid: int, mode: bytes) -> bool:
         """CLIENT UNBLOCK (mode timeout|error) or the client went away (drop)."""

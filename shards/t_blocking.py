@@ -14,15 +14,25 @@ from shards.args import ERR_WRONGTYPE
 from shards.blocking import Block, parse_timeout_ms
 from shards.context import Ctx
 from shards.resp import NULL_ARRAY
-from shards.t_list import LIST_HEAD, LIST_TAIL, list_move, list_pop, mpop_keys_fn, parse_mpop_args, parse_where
+from shards.t_list import (
+    LIST_HEAD, LIST_TAIL, ListValue, list_move, list_pop, mpop_keys_fn, parse_mpop_args, parse_where,
+)
 from shards.t_zset import ZSet, numkeys_keys, parse_zmpop, zpop_generic
 from shards.table import command
 
 
-def _block_or_timeout(ctx: Ctx, keys: list[bytes], deadline_ms: int, timeout_reply: object):
+def _block_or_timeout(ctx: Ctx, keys: list[bytes], deadline_ms: int, serve) -> object:
     if ctx.in_multi:
-        return timeout_reply
-    return Block(keys, deadline_ms, timeout_reply)
+        return NULL_ARRAY
+    return Block(keys, deadline_ms, NULL_ARRAY, serve)
+
+
+def _is_list(ctx: Ctx, key: bytes) -> bool:
+    return type(ctx.db.get(key)) is ListValue
+
+
+def _is_zset(ctx: Ctx, key: bytes) -> bool:
+    return type(ctx.db.get(key)) is ZSet
 
 
 def _blocking_pop(ctx: Ctx, argv: list[bytes], where: int):
@@ -32,7 +42,11 @@ def _blocking_pop(ctx: Ctx, argv: list[bytes], where: int):
         popped = list_pop(ctx, key, where, 1)
         if popped:
             return [key, popped[0]]
-    return _block_or_timeout(ctx, keys, deadline_ms, NULL_ARRAY)
+
+    def serve(ctx: Ctx, key: bytes):
+        return [key, list_pop(ctx, key, where, 1)[0]] if _is_list(ctx, key) else None
+
+    return _block_or_timeout(ctx, keys, deadline_ms, serve)
 
 
 @command("blpop", -3, "write blocking", (1, -2, 1), "list")
@@ -45,27 +59,30 @@ def brpop(ctx: Ctx, argv: list[bytes]):
     return _blocking_pop(ctx, argv, LIST_TAIL)
 
 
-def _blocking_move(ctx: Ctx, argv: list[bytes], src: bytes, dst: bytes, wherefrom: int, whereto: int,
-                   timeout_arg: bytes):
+def _blocking_move(ctx: Ctx, src: bytes, dst: bytes, wherefrom: int, whereto: int, timeout_arg: bytes):
     deadline_ms = parse_timeout_ms(timeout_arg, ctx.db.now())
     moved = list_move(ctx, src, dst, wherefrom, whereto)
     if moved is not None:
         return moved
     if ctx.in_multi:
         return None
-    return Block([src], deadline_ms, NULL_ARRAY)
+
+    def serve(ctx: Ctx, key: bytes):
+        return list_move(ctx, src, dst, wherefrom, whereto) if _is_list(ctx, src) else None
+
+    return Block([src], deadline_ms, NULL_ARRAY, serve)
 
 
 @command("blmove", 6, "write denyoom blocking", (1, 2, 1), "list")
 def blmove(ctx: Ctx, argv: list[bytes]):
     wherefrom = parse_where(argv[3])
     whereto = parse_where(argv[4])
-    return _blocking_move(ctx, argv, argv[1], argv[2], wherefrom, whereto, argv[5])
+    return _blocking_move(ctx, argv[1], argv[2], wherefrom, whereto, argv[5])
 
 
 @command("brpoplpush", 4, "write denyoom blocking", (1, 2, 1), "list")
 def brpoplpush(ctx: Ctx, argv: list[bytes]):
-    return _blocking_move(ctx, argv, argv[1], argv[2], LIST_TAIL, LIST_HEAD, argv[3])
+    return _blocking_move(ctx, argv[1], argv[2], LIST_TAIL, LIST_HEAD, argv[3])
 
 
 @command("blmpop", -5, "write blocking", (0, 0, 0), "list", keys_fn=mpop_keys_fn(2))
@@ -76,7 +93,11 @@ def blmpop(ctx: Ctx, argv: list[bytes]):
         popped = list_pop(ctx, key, where, count)
         if popped:
             return [key, popped]
-    return _block_or_timeout(ctx, keys, deadline_ms, NULL_ARRAY)
+
+    def serve(ctx: Ctx, key: bytes):
+        return [key, list_pop(ctx, key, where, count)] if _is_list(ctx, key) else None
+
+    return _block_or_timeout(ctx, keys, deadline_ms, serve)
 
 
 def _first_zset_exists(ctx: Ctx, keys: list[bytes]) -> bool:
@@ -90,28 +111,28 @@ def _first_zset_exists(ctx: Ctx, keys: list[bytes]) -> bool:
     return False
 
 
-def _blocking_zpop(ctx: Ctx, argv: list[bytes], at_max: bool):
-    deadline_ms = parse_timeout_ms(argv[-1], ctx.db.now())
-    keys = argv[1:-1]
+def _blocking_zpop(ctx: Ctx, keys: list[bytes], at_max: bool, count: int, nested: bool, timeout_arg: bytes):
+    deadline_ms = parse_timeout_ms(timeout_arg, ctx.db.now())
     if _first_zset_exists(ctx, keys):
-        return zpop_generic(ctx, keys, at_max, -1, True, False, True)
-    return _block_or_timeout(ctx, keys, deadline_ms, NULL_ARRAY)
+        return zpop_generic(ctx, keys, at_max, count, True, nested, True)
+
+    def serve(ctx: Ctx, key: bytes):
+        return zpop_generic(ctx, [key], at_max, count, True, nested, True) if _is_zset(ctx, key) else None
+
+    return _block_or_timeout(ctx, keys, deadline_ms, serve)
 
 
 @command("bzpopmin", -3, "write blocking fast", (1, -2, 1), "sorted_set")
 def bzpopmin(ctx: Ctx, argv: list[bytes]):
-    return _blocking_zpop(ctx, argv, False)
+    return _blocking_zpop(ctx, argv[1:-1], False, -1, False, argv[-1])
 
 
 @command("bzpopmax", -3, "write blocking fast", (1, -2, 1), "sorted_set")
 def bzpopmax(ctx: Ctx, argv: list[bytes]):
-    return _blocking_zpop(ctx, argv, True)
+    return _blocking_zpop(ctx, argv[1:-1], True, -1, False, argv[-1])
 
 
 @command("bzmpop", -5, "write blocking", (0, 0, 0), "sorted_set", keys_fn=numkeys_keys(2))
 def bzmpop(ctx: Ctx, argv: list[bytes]):
     keys, at_max, count = parse_zmpop(argv, 2)
-    deadline_ms = parse_timeout_ms(argv[1], ctx.db.now())
-    if _first_zset_exists(ctx, keys):
-        return zpop_generic(ctx, keys, at_max, count, True, True, True)
-    return _block_or_timeout(ctx, keys, deadline_ms, NULL_ARRAY)
+    return _blocking_zpop(ctx, keys, at_max, count, True, argv[1])
