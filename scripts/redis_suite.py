@@ -41,6 +41,7 @@ SKIP_TAGS = ("-needs:debug -needs:repl -needs:config-maxmemory -needs:config-res
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 UNIT_TIMEOUT_S = 900
 READY_TIMEOUT_S = 30
+LOG_DIR = os.environ.get("DURAKV_SUITE_LOGS", tempfile.gettempdir())
 
 
 def free_port() -> int:
@@ -62,33 +63,38 @@ def wait_ready(port: int) -> None:
     raise RuntimeError(f"durakv on port {port} not ready after {READY_TIMEOUT_S}s")
 
 
-def run_unit(suite: str, unit: str, verbose: bool) -> tuple[int, int, list[str]]:
+def run_unit(suite: str, unit: str, verbose: bool, timeout_s: int) -> tuple[int, int, list[str]]:
     data_dir = tempfile.mkdtemp(prefix="durakv-suite-")
     port = free_port()
+    server_log = open(os.path.join(LOG_DIR, unit.replace("/", "_") + ".server.log"), "wb")
     server = subprocess.Popen(
         [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--shards", "1",
          "--data-dir", data_dir],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        stdin=subprocess.DEVNULL, stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_ready(port)
         cmd = ["./runtest", "--host", "127.0.0.1", "--port", str(port), "--singledb", "--durable",
-               "--clients", "1", "--timeout", "60", "--tags", SKIP_TAGS, "--single", unit]
+               "--clients", "1", "--timeout", str(timeout_s), "--tags", SKIP_TAGS, "--single", unit]
         try:
-            out = subprocess.run(cmd, cwd=suite, capture_output=True, text=True, timeout=UNIT_TIMEOUT_S).stdout
+            out = subprocess.run(cmd, cwd=suite, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                 timeout=UNIT_TIMEOUT_S).stdout
         except subprocess.TimeoutExpired as e:
             out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
             out += "\n[err]: unit timed out\n"
     finally:
         os.killpg(server.pid, signal.SIGKILL)
         server.wait()
+        server_log.close()
         shutil.rmtree(data_dir, ignore_errors=True)
+    with open(os.path.join(LOG_DIR, unit.replace("/", "_") + ".out"), "w") as f:
+        f.write(out)
     lines = [ANSI.sub("", line) for line in out.splitlines()]
     passed = sum(1 for line in lines if line.startswith("[ok]:"))
-    failures = [line for line in lines if line.startswith(("[err]:", "[exception]:"))]
+    failures = [line for line in lines if line.startswith(("[err]:", "[exception]:", "[TIMEOUT]:"))]
     if verbose:
         for line in failures:
             print("   ", line)
-        if any(line.startswith("[exception]:") for line in failures):
+        if any(line.startswith(("[exception]:", "[TIMEOUT]:")) for line in failures):
             tail = "\n".join(lines[-30:])
             print(tail)
     return passed, len(failures), failures
@@ -100,11 +106,12 @@ def main() -> int:
     parser.add_argument("--units", nargs="*", default=DEFAULT_UNITS)
     parser.add_argument("--markdown", help="write a markdown table here")
     parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--timeout", type=int, default=60, help="runtest's per-test timeout (seconds)")
     args = parser.parse_args()
     rows = []
     for unit in args.units:
         started = time.monotonic()
-        passed, failed, _ = run_unit(args.suite, unit, args.verbose)
+        passed, failed, _ = run_unit(args.suite, unit, args.verbose, args.timeout)
         reference = REFERENCE_PASSES.get(unit)
         rows.append((unit, passed, failed, reference))
         print(f"{unit:24s} passed {passed:4d}  failed {failed:4d}  reference {reference}  "
