@@ -103,7 +103,7 @@ def _persistence(router, infos, version):
     lines = [
         "loading:0",
         "async_loading:0",
-        "rdb_changes_since_last_save:0",
+        f"rdb_changes_since_last_save:{effects}",
         "rdb_bgsave_in_progress:0",
         f"rdb_last_save_time:{int(router.started_at)}",
         "rdb_last_bgsave_status:ok",

@@ -45,6 +45,9 @@ RECV_BYTES = 1024 * 1024
 ROUTER_CONNECTIONS_MAX = 64
 REPLAY_PROGRESS_INTERVAL_S = 1.0
 TEST_GATE_MAX_WAIT_S = 60.0
+# Commands that can read keys their key positions do not name (SORT BY/GET
+# patterns): their replies wait for every pending record, like keyless reads.
+READS_UNDECLARED_KEYS = frozenset({"sort", "sort_ro"})
 
 
 def _failing_fdatasync(fd: int) -> None:
@@ -230,7 +233,7 @@ class Shard:
         if cmd is None:
             return data, 0
         hazards = self.hazards
-        if cmd.where == FANOUT or cmd.where == CURSOR:
+        if cmd.where == FANOUT or cmd.where == CURSOR or (cmd.name in READS_UNDECLARED_KEYS and len(argv) > 2):
             return data, hazards.wait_all()
         if cmd.first_key == 1 and cmd.last_key == 1 and cmd.keys_fn is None:
             return data, hazards.wait_seq((argv[1],))
