@@ -34,6 +34,9 @@ ULONG_MAX = (1 << 64) - 1
 # A negative SRANDMEMBER/ZRANDMEMBER count repeats members, so the reply size is
 # unbounded by the set; Redis streams it until the client is killed, we refuse.
 RANDOM_REPLY_MAX_ITEMS = 10_000_000
+# From this size on, SPOP/SRANDMEMBER keep an indexable copy of the members so a
+# random pick is O(1) instead of a walk through the set.
+RANDOM_INDEX_MIN_MEMBERS = 512
 
 ERR_RANDOM_TOO_MANY = ReplyError(
     b"ERR count is too large: at most %d random members per reply" % RANDOM_REPLY_MAX_ITEMS
@@ -45,14 +48,20 @@ ERR_POSITIVE = ReplyError(b"ERR value is out of range, must be positive")
 
 
 class RSet(set):
-    """A Redis set: members are bytes; `intset` is Redis' encoding choice."""
+    """A Redis set: members are bytes; `intset` is Redis' encoding choice.
 
-    __slots__ = ("intset", "scan_index")
+    Two optional indexes are kept in step by add_members/remove_member once a
+    command needs them: `scan_index` (hash order, for SSCAN cursors) and
+    `rand_list`/`rand_pos` (positions, for O(1) random members)."""
+
+    __slots__ = ("intset", "scan_index", "rand_list", "rand_pos")
 
     def __init__(self, members: Iterable[bytes] = (), intset: bool = False) -> None:
         super().__init__(members)
         self.intset = intset
         self.scan_index: SortedList | None = None
+        self.rand_list: list[bytes] | None = None
+        self.rand_pos: dict[bytes, int] | None = None
 
     def __copy__(self) -> "RSet":
         return RSet(self, self.intset)
@@ -95,10 +104,11 @@ def members_in_order(s: RSet) -> list[bytes]:
 def add_members(s: RSet, members: Iterable[bytes], limit: int) -> int:
     """setTypeAdd for each member; returns how many were new."""
     before = len(s)
-    if not s.intset and s.scan_index is None:
+    if not s.intset and s.scan_index is None and s.rand_list is None:
         s.update(members)
         return len(s) - before
     index = s.scan_index
+    rand_list = s.rand_list
     for m in members:
         if m in s:
             continue
@@ -107,6 +117,9 @@ def add_members(s: RSet, members: Iterable[bytes], limit: int) -> int:
             s.intset = False
         if index is not None:
             index.add((hash(m) & SCAN_HASH_MASK, m))
+        if rand_list is not None:
+            s.rand_pos[m] = len(rand_list)
+            rand_list.append(m)
     return len(s) - before
 
 
@@ -116,12 +129,33 @@ def remove_member(s: RSet, member: bytes) -> bool:
     s.discard(member)
     if s.scan_index is not None:
         s.scan_index.discard((hash(member) & SCAN_HASH_MASK, member))
+    rand_list = s.rand_list
+    if rand_list is not None:
+        where = s.rand_pos.pop(member)
+        last = rand_list.pop()
+        if where < len(rand_list):
+            rand_list[where] = last
+            s.rand_pos[last] = where
     return True
 
 
-def random_member(s: RSet | dict) -> bytes:
-    """A uniformly chosen member without copying the whole collection."""
-    return next(islice(s, random.randrange(len(s)), None))
+def random_population(s: RSet) -> list[bytes] | tuple[bytes, ...]:
+    """The members as a sequence to draw from: a small set is copied, a big one
+    gets (or reuses) its maintained position index."""
+    if len(s) < RANDOM_INDEX_MIN_MEMBERS:
+        return tuple(s)
+    if s.rand_list is None:
+        s.rand_list = list(s)
+        s.rand_pos = {m: i for i, m in enumerate(s.rand_list)}
+    return s.rand_list
+
+
+def random_member(s: RSet) -> bytes:
+    """A uniformly chosen member."""
+    if len(s) < RANDOM_INDEX_MIN_MEMBERS:
+        return next(islice(s, random.randrange(len(s)), None))
+    population = random_population(s)
+    return population[random.randrange(len(population))]
 
 
 def new_set_from(members: Iterable[bytes], limit: int) -> RSet:
@@ -288,8 +322,10 @@ def smove(ctx: Ctx, argv: list[bytes]):
     if dst is None:
         dst = RSet(intset=is_int(member))
         db.put(dst_key, dst)
-    add_members(dst, (member,), intset_max(ctx))
-    db.effect(argv, src_key, dst_key)
+    if add_members(dst, (member,), intset_max(ctx)):
+        db.effect(argv, src_key, dst_key)
+    else:
+        db.effect(argv, src_key)  # dst already had it: a WATCH on dst stays valid
     return 1
 
 
@@ -352,7 +388,7 @@ def _spop_count(ctx: Ctx, key: bytes, count: int) -> SetReply:
         db.delete(key)
         db.effect([b"DEL", key], key)
         return SetReply(members)
-    chosen = random.sample(tuple(s), count)
+    chosen = random.sample(random_population(s), count)
     for member in chosen:
         remove_member(s, member)
     if (size - count) * SPOP_MOVE_STRATEGY_MUL <= count:
@@ -379,10 +415,10 @@ def srandmember(ctx: Ctx, argv: list[bytes]):
             raise ERR_RANDOM_TOO_MANY
         if count == 1:
             return [random_member(s)]
-        return random.choices(tuple(s), k=count)
+        return random.choices(random_population(s), k=count)
     if count >= len(s):
         return members_in_order(s)
-    return random.sample(tuple(s), count)
+    return random.sample(random_population(s), count)
 
 
 # --- algebra ------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import re
 
 from sortedcontainers import SortedList
 
-from shards.args import ERR_NOT_INT, ERR_SYNTAX, ERR_WRONGTYPE, LONG_MAX, int_arg, parse_ll
+from shards.args import ERR_SYNTAX, ERR_WRONGTYPE, LONG_MAX, int_arg, parse_ll
 from shards.context import Ctx
 from shards.glob import glob_match
 from shards.keyspace import TYPE_NAMES
@@ -258,10 +258,24 @@ def score_span(zs: ZSet, lo: float, lo_ex: bool, hi: float, hi_ex: bool) -> tupl
     return start, max(start, end)
 
 
-def lex_span(zs: ZSet, lo: LexBound, hi: LexBound) -> tuple[int, int]:
-    """[start, end) positions of the members in a lex range, assuming (as Redis
-    does) that all scores are equal so members are in byte order."""
+def lex_window(zs: ZSet, lo: LexBound, hi: LexBound, reverse: bool = False, offset: int = 0,
+               limit: int = -1) -> tuple[int, int]:
+    """[start, end) positions of the members a lex range yields (after LIMIT).
+
+    Redis defines lex ranges only when all scores are equal (members are then in
+    byte order, and a bisection finds the span). With mixed scores a listpack
+    answers by walking the list, and so does this, to give the same members; a
+    skiplist's answer then depends on its random levels, so the bisection of the
+    monotonic case is kept."""
     order = zs.order
+    if not order:
+        return 0, 0
+    score = order[0][0]
+    if order[-1][0] == score:
+        start = _lex_bisect(order, score, lo, True)
+        return _window(start, max(start, _lex_bisect(order, score, hi, False)), offset, limit, reverse)
+    if zs.listpack:
+        return _listpack_lex_walk([m for _, m in order], lo, hi, reverse, offset, limit)
     a, b = 0, len(order)
     while a < b:
         mid = (a + b) // 2
@@ -277,7 +291,57 @@ def lex_span(zs: ZSet, lo: LexBound, hi: LexBound) -> tuple[int, int]:
             a = mid + 1
         else:
             b = mid
-    return start, max(start, a)
+    return _window(start, max(start, a), offset, limit, reverse)
+
+
+def _lex_range_empty(lo: LexBound, hi: LexBound) -> bool:
+    """zslIsInLexRange's first test (sdscmplex: '-' and '+' are shared objects)."""
+    if lo[0] and lo[0] == hi[0]:
+        cmp = 0
+    elif lo[0] < 0 or hi[0] > 0:
+        cmp = -1
+    elif lo[0] > 0 or hi[0] < 0:
+        cmp = 1
+    else:
+        cmp = (lo[1] > hi[1]) - (lo[1] < hi[1])
+    return cmp > 0 or (cmp == 0 and (lo[2] or hi[2]))
+
+
+def _listpack_lex_walk(members: list[bytes], lo: LexBound, hi: LexBound, reverse: bool, offset: int,
+                       limit: int) -> tuple[int, int]:
+    """Redis' listpack lex range: find the first member in range from the head
+    (or the last from the tail), skip `offset` members unchecked, then take
+    members while they stay within the far bound."""
+    n = len(members)
+    if (offset < 0 or _lex_range_empty(lo, hi) or not _lex_gte_min(members[-1], lo)
+            or not _lex_lte_max(members[0], hi)):
+        return 0, 0
+    if not reverse:
+        first = next((i for i in range(n) if _lex_gte_min(members[i], lo)), n)
+        if first == n or not _lex_lte_max(members[first], hi):
+            return 0, 0
+        start = end = first + offset
+        while end < n and end - start != limit and _lex_lte_max(members[end], hi):
+            end += 1
+        return (start, end) if start < end else (0, 0)
+    last = next((i for i in range(n - 1, -1, -1) if _lex_lte_max(members[i], hi)), -1)
+    if last < 0 or not _lex_gte_min(members[last], lo):
+        return 0, 0
+    top = bottom = last - offset
+    while bottom >= 0 and top - bottom != limit and _lex_gte_min(members[bottom], lo):
+        bottom -= 1
+    return (bottom + 1, top + 1) if bottom < top else (0, 0)
+
+
+def _lex_bisect(order: SortedList, score: float, bound: LexBound, is_min: bool) -> int:
+    """Position where a lex bound cuts an order whose scores are all `score`: the
+    first member at or above a min bound, or just past the last one within a max."""
+    kind, value, exclusive = bound
+    if kind:
+        return 0 if kind < 0 else len(order)
+    if is_min != exclusive:
+        return order.bisect_left((score, value))
+    return order.bisect_right((score, value))
 
 
 def rank_span(length: int, start: int, end: int) -> tuple[int, int]:
@@ -372,7 +436,9 @@ def zadd_generic(ctx: Ctx, argv: list[bytes], incr: bool):
         zs = ZSet(listpack=max_entries != 0 and len(argv[i + 1]) <= max_value)
         db.put(key, zs)
     added = updated = processed = 0
-    changed: dict[bytes, float] = {}
+    # Every change in order, repeats included: replaying the same steps makes the
+    # same encoding conversions at the same points (a listpack stores -0 as 0).
+    effect = [b"ZADD", key]
     score = 0.0
     try:
         for score, member in zip(scores, argv[i + 1 :: 2]):
@@ -384,13 +450,10 @@ def zadd_generic(ctx: Ctx, argv: list[bytes], incr: bool):
             if not flags & _NOP:
                 processed += 1
             if flags & (_ADDED | _UPDATED):
-                changed[member] = zs.scores[member]
-    finally:
-        if changed:
-            effect = [b"ZADD", key]
-            for member, stored in changed.items():
-                effect.append(score_text(stored))
+                effect.append(score_text(zs.scores[member]))
                 effect.append(member)
+    finally:
+        if len(effect) > 2:
             db.effect(effect, key)
     if incr:
         return score if processed else None
@@ -496,7 +559,7 @@ def zremrangebylex(ctx: Ctx, argv: list[bytes]):
     zs = get_zset(ctx, argv[1])
     if zs is None:
         return 0
-    return _remove_span(ctx, argv, zs, *lex_span(zs, lo, hi))
+    return _remove_span(ctx, argv, zs, *lex_window(zs, lo, hi))
 
 
 # --- point reads --------------------------------------------------------------------
@@ -560,7 +623,7 @@ def zlexcount(ctx: Ctx, argv: list[bytes]):
     zs = get_zset(ctx, argv[1])
     if zs is None:
         return 0
-    start, end = lex_span(zs, lo, hi)
+    start, end = lex_window(zs, lo, hi)
     return end - start
 
 
@@ -622,14 +685,11 @@ def zrange_generic(ctx: Ctx, argv: list[bytes], src_index: int, store: bool, ran
         if reverse:
             a, b = len(zs) - b, len(zs) - a
         pairs = _pairs(zs, a, b, reverse)
-    else:
-        if offset > 0 and offset >= len(zs):
-            a = b = 0
-        elif rangetype == _SCORE:
-            a, b = score_span(zs, *bounds)
-        else:
-            a, b = lex_span(zs, *lex)
+    elif rangetype == _SCORE:
+        a, b = score_span(zs, *bounds)
         pairs = _pairs(zs, *_window(a, b, offset, limit, reverse), reverse)
+    else:
+        pairs = _pairs(zs, *lex_window(zs, *lex, reverse, offset, limit), reverse)
     if store:
         return _store_pairs(ctx, argv, argv[1], pairs)
     return format_pairs(ctx, pairs, withscores)

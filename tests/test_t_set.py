@@ -533,3 +533,48 @@ def test_random_command_sequences_reply_like_redis(pair, commands):
         pair.same("TYPE", key)
         pair.same("OBJECT", "ENCODING", key)
         same_as_multiset(pair, "SMEMBERS", key)
+
+
+big_member_st = st.integers(0, 700).map(lambda i: f"m{i}")
+big_set_command_st = st.one_of(
+    st.builds(lambda ms: ("SADD", "{k}big", *ms), st.lists(big_member_st, min_size=1, max_size=5)),
+    st.builds(lambda ms: ("SREM", "{k}big", *ms), st.lists(big_member_st, min_size=1, max_size=5)),
+    st.tuples(st.just("SPOP"), st.just("{k}big")),
+    st.tuples(st.just("SPOP"), st.just("{k}big"), st.integers(0, 40)),
+    st.tuples(st.just("SRANDMEMBER"), st.just("{k}big"), st.integers(-5, 5)),
+    st.tuples(st.just("SMOVE"), st.just("{k}big"), st.just("{k}other"), big_member_st),
+    st.tuples(st.just("SSCAN"), st.just("{k}big"), st.integers(0, 2**63)),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(big_set_command_st, max_size=30))
+def test_random_and_scan_indexes_of_big_sets_stay_in_step(commands):
+    live = new_ctx()
+    call(live, "SADD", "{k}big", *(f"m{i}" for i in range(600)))
+    for command in commands:
+        call(live, *command)
+        s = live.db.data.get(b"{k}big")
+        if s is None:
+            continue
+        if s.rand_list is not None:
+            assert sorted(s.rand_list) == sorted(s)
+            assert all(s.rand_list[i] == m for m, i in s.rand_pos.items()) and len(s.rand_pos) == len(s)
+        if s.scan_index is not None:
+            assert sorted(m for _, m in s.scan_index) == sorted(s)
+    replayed = new_ctx()
+    replay(replayed, live.db.effects)
+    assert state_of(replayed.db) == state_of(live.db)
+
+
+def test_smove_signals_the_destination_only_when_it_changes():
+    ctx = new_ctx()
+    call(ctx, "SADD", "src", "a", "b")
+    call(ctx, "SADD", "dst", "a")
+    touched: list[bytes] = []
+    ctx.db.on_modified = touched.append
+    assert call(ctx, "SMOVE", "src", "dst", "a") == 1
+    assert touched == [b"src"]
+    assert call(ctx, "SMOVE", "src", "dst", "b") == 1
+    assert touched == [b"src", b"src", b"dst"]
+    assert b"src" not in ctx.db.data
