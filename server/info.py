@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 import resource
+import secrets
 import sys
 import time
 
 from shards.internal import rss_bytes
+
+# Like Redis' run_id: random, new for every start of this (router) process.
+RUN_ID = secrets.token_hex(20)
 
 DEFAULT_SECTIONS = ("server", "clients", "memory", "persistence", "stats", "replication", "cpu",
                     "modules", "errorstats", "cluster", "keyspace")
@@ -56,11 +60,13 @@ def _server(router, infos, version):
         "multiplexing_api:epoll",
         f"python_version:{sys.version.split()[0]}",
         f"process_id:{os.getpid()}",
+        f"run_id:{RUN_ID}",
         f"tcp_port:{router.port}",
         f"server_time_usec:{time.time_ns() // 1000}",
         f"uptime_in_seconds:{uptime}",
         f"uptime_in_days:{uptime // 86400}",
         f"hz:{router.settings.values['hz']}",
+        f"configured_hz:{router.settings.values['hz']}",
         f"executable:{sys.executable}",
         f"shards:{len(router.links)}",
         f"routers:{router.config.routers}",
@@ -145,7 +151,7 @@ def _stats(router, infos, version):
         "pubsub_channels:0",
         "pubsub_patterns:0",
         f"total_error_replies:{router.stats_rejected + sum(sum(v[2] for v in i['commandstats'].values()) for i in infos)}",
-        f"unexpected_error_replies:0",
+        "unexpected_error_replies:0",
         f"total_protocol_errors:{router.stats_protocol_errors}",
         f"shard_frames_sent:{sum(link.frames_sent for link in router.links)}",
         f"shard_requests_sent:{sum(link.requests_sent for link in router.links)}",

@@ -234,6 +234,8 @@ def test_info_sections(server, r):
     assert raw.value("INFO", "nosuchsection") == b""
     fields = r.info("server")
     assert fields["redis_version"] == "7.0.15" and fields["redis_mode"] == "cluster"
+    assert len(str(fields["run_id"])) == 40 and fields["configured_hz"] == fields["hz"] == 10
+    assert fields["tcp_port"] == r.connection_pool.connection_kwargs["port"]
     assert r.info("cluster")["cluster_enabled"] == 1
 
 
