@@ -18,19 +18,18 @@ from typing import Callable, Iterable
 
 from sortedcontainers import SortedList
 
-from shards.args import ERR_SYNTAX, ERR_WRONGTYPE, LONG_MAX, int_arg, parse_ll
+from shards.args import ERR_SYNTAX, ERR_WRONGTYPE, LONG_MAX, int_arg, int_range_arg, parse_ll
 from shards.context import Ctx
 from shards.glob import glob_match
 from shards.keyspace import TYPE_NAMES
 from shards.resp import ReplyError, SetReply
-from shards.t_keys import ENCODINGS
+from shards.t_keys import ENCODINGS, parse_scan_cursor
 from shards.table import command
 
 INTSET_MAX_ENTRIES_CAP = 1 << 30  # Redis caps set-max-intset-entries here
 SPOP_MOVE_STRATEGY_MUL = 5  # Redis rebuilds the set when popping most of it
 SCAN_DEFAULT_COUNT = 10
 SCAN_HASH_MASK = (1 << 63) - 1
-ULONG_MAX = (1 << 64) - 1
 # A negative SRANDMEMBER/ZRANDMEMBER count repeats members, so the reply size is
 # unbounded by the set; Redis streams it until the client is killed, we refuse.
 RANDOM_REPLY_MAX_ITEMS = 10_000_000
@@ -40,9 +39,6 @@ RANDOM_INDEX_MIN_MEMBERS = 512
 
 ERR_RANDOM_TOO_MANY = ReplyError(
     b"ERR count is too large: at most %d random members per reply" % RANDOM_REPLY_MAX_ITEMS
-)
-ERR_RANGE_SIGNED = ReplyError(
-    b"ERR value is out of range, value must between %d and %d" % (-LONG_MAX, LONG_MAX)
 )
 ERR_POSITIVE = ReplyError(b"ERR value is out of range, must be positive")
 
@@ -181,11 +177,8 @@ def numkeys_keys(numkeys_index: int, fixed: tuple[int, ...] = ()) -> Callable[[l
 
 
 def signed_count_arg(text: bytes) -> int:
-    """getRangeLongFromObjectOrReply(-LONG_MAX, LONG_MAX) as SRANDMEMBER uses it."""
-    value = int_arg(text)
-    if value < -LONG_MAX:
-        raise ERR_RANGE_SIGNED
-    return value
+    """The SRANDMEMBER/ZRANDMEMBER count: any long but LONG_MIN (its negation)."""
+    return int_range_arg(text, -LONG_MAX, LONG_MAX)
 
 
 def positive_arg(text: bytes, error: ReplyError = ERR_POSITIVE) -> int:
@@ -197,27 +190,6 @@ def positive_arg(text: bytes, error: ReplyError = ERR_POSITIVE) -> int:
 
 
 # --- SSCAN/ZSCAN cursors ------------------------------------------------------------
-
-
-def parse_scan_cursor(text: bytes) -> int:
-    """Redis' parseScanCursorOrReply: strtoul, so '+5', '-1' (wraps) and '' parse."""
-    if text[:1] in (b" ", b"\t", b"\n", b"\v", b"\f", b"\r"):
-        raise ReplyError(b"ERR invalid cursor")
-    body = text
-    negative = False
-    if body[:1] in (b"+", b"-"):
-        negative = body[:1] == b"-"
-        body = body[1:]
-    if not body:
-        if text:
-            raise ReplyError(b"ERR invalid cursor")
-        return 0
-    if not body.isdigit() or not body.isascii():
-        raise ReplyError(b"ERR invalid cursor")
-    value = int(body)
-    if value > ULONG_MAX:
-        raise ReplyError(b"ERR invalid cursor")
-    return (-value) & ULONG_MAX if negative else value
 
 
 def parse_scan_options(argv: list[bytes], first: int) -> tuple[int, bytes | None]:

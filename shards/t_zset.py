@@ -24,22 +24,21 @@ import re
 
 from sortedcontainers import SortedList
 
-from shards.args import ERR_SYNTAX, ERR_WRONGTYPE, LONG_MAX, int_arg, parse_ll
+from shards.args import ERR_SYNTAX, ERR_WRONGTYPE, LONG_MAX, float_arg, int_arg, parse_ll
 from shards.context import Ctx
 from shards.glob import glob_match
 from shards.keyspace import TYPE_NAMES
 from shards.resp import NULL_ARRAY, ReplyError, format_double
-from shards.t_keys import ENCODINGS
+from shards.t_keys import ENCODINGS, parse_scan_cursor
 from shards.t_set import (
     ERR_LIMIT_NEGATIVE, ERR_NUMKEYS, ERR_RANDOM_TOO_MANY, RANDOM_REPLY_MAX_ITEMS, SCAN_HASH_MASK,
-    RSet, build_scan_index, numkeys_keys, parse_scan_cursor, parse_scan_options, positive_arg,
+    RSet, build_scan_index, numkeys_keys, parse_scan_options, positive_arg,
     scan_page, signed_count_arg,
 )
 from shards.table import command
 
 LLONG_HALF_D = float((2**63 - 1) // 2)  # double2ll's range for integral scores, as a double
 
-ERR_NOT_FLOAT = ReplyError(b"ERR value is not a valid float")
 ERR_NAN = ReplyError(b"ERR resulting score is not a number (NaN)")
 ERR_MINMAX_FLOAT = ReplyError(b"ERR min or max is not a float")
 ERR_MINMAX_LEX = ReplyError(b"ERR min or max not valid string range item")
@@ -140,7 +139,7 @@ def score_text(score: float) -> bytes:
     return format_double(score)
 
 
-# --- number parsing exactly as glibc strtod does it --------------------------------
+# --- score ranges: plain strtod, as zslParseRange uses it --------------------------
 
 _STRTOD = re.compile(
     rb"[ \t\n\v\f\r]*([+-]?)(?:"
@@ -150,43 +149,27 @@ _STRTOD = re.compile(
     rb"|([nN][aA][nN](?:\([0-9A-Za-z_]*\))?)"
     rb")"
 )
-_SPACE = b" \t\n\v\f\r"
 
 
-def strtod(text: bytes) -> tuple[float, int, bool]:
-    """C's strtod: (value, bytes consumed, out of range). Consumed is 0 when no
-    number starts the text; out of range means overflow to +-inf or underflow to 0."""
+def strtod(text: bytes) -> tuple[float, int]:
+    """C's strtod: (value, bytes consumed); consumed is 0 when no number starts
+    the text. Overflow gives +-inf and underflow 0, as strtod returns them."""
     m = _STRTOD.match(text)
     if m is None:
-        return 0.0, 0, False
-    sign, hexa, dec, inf, nan = m.groups()
+        return 0.0, 0
+    sign, hexa, dec, inf, _ = m.groups()
     if hexa is not None:
         try:
             value = float.fromhex(hexa.decode())
         except OverflowError:
             value = math.inf
-        digits = hexa[2:].split(b"p")[0].split(b"P")[0]
-        erange = math.isinf(value) or (value == 0.0 and digits.strip(b"0.") != b"")
     elif dec is not None:
         value = float(dec)
-        mantissa = dec.split(b"e")[0].split(b"E")[0]
-        erange = math.isinf(value) or (value == 0.0 and mantissa.strip(b"0.") != b"")
     elif inf is not None:
-        value, erange = math.inf, False
+        value = math.inf
     else:
-        value, erange = math.nan, False
-    return (-value if sign == b"-" else value), m.end(), erange
-
-
-def parse_double(text: bytes, error: ReplyError = ERR_NOT_FLOAT) -> float:
-    """Redis' string2d (scores, increments, weights): the whole text, no leading
-    space, no NaN, no overflow or underflow to zero; hex floats are accepted."""
-    if not text or text[0] in _SPACE:
-        raise error
-    value, end, erange = strtod(text)
-    if end != len(text) or erange or math.isnan(value):
-        raise error
-    return value
+        value = math.nan
+    return (-value if sign == b"-" else value), m.end()
 
 
 def _parse_score_bound(text: bytes) -> tuple[float, bool]:
@@ -196,7 +179,7 @@ def _parse_score_bound(text: bytes) -> tuple[float, bool]:
     exclusive = text[:1] == b"("
     if exclusive:
         text = text[1:]
-    value, end, _ = strtod(text)
+    value, end = strtod(text)
     if end != len(text) or math.isnan(value):
         raise ERR_MINMAX_FLOAT
     return value, exclusive
@@ -426,7 +409,7 @@ def zadd_generic(ctx: Ctx, argv: list[bytes], incr: bool):
         raise ReplyError(b"ERR GT, LT, and/or NX options at the same time are not compatible")
     if incr and elements > 2:
         raise ReplyError(b"ERR INCR option supports a single increment-element pair")
-    scores = [parse_double(argv[j]) for j in range(i, n, 2)]
+    scores = [float_arg(argv[j]) for j in range(i, n, 2)]
     db = ctx.db
     zs = get_zset(ctx, key)
     if zs is None:
@@ -956,7 +939,7 @@ def zsetop_generic(ctx: Ctx, argv: list[bytes], numkeys_index: int, op: int, sto
         opt = argv[j].lower()
         if op != _DIFF and not cardinality_only and remaining >= numkeys + 1 and opt == b"weights":
             for source, text in zip(sources, argv[j + 1 : j + 1 + numkeys]):
-                source.weight = parse_double(text, ERR_WEIGHT)
+                source.weight = float_arg(text, ERR_WEIGHT)
             j += numkeys + 1
         elif op != _DIFF and not cardinality_only and remaining >= 2 and opt == b"aggregate":
             mode = argv[j + 1].lower()

@@ -4,6 +4,8 @@ blocking commands use, and effects that replay to the live state."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
@@ -17,7 +19,7 @@ from shards.keyspace import Keyspace
 from shards.resp import NULL_ARRAY, ReplyError
 from shards.shard_settings import SHARD_DEFAULTS
 from shards.t_keys import ENCODINGS
-from shards.t_zset import ZSet, parse_double, zpop_generic, zset_pop
+from shards.t_zset import ZSet, parse_score_range, zpop_generic, zset_pop
 
 SCAN_CALLS_MAX = 10_000
 
@@ -90,13 +92,13 @@ def test_score_parsing_matches_redis(pair, text):
     ])
 
 
-def test_parse_double_is_strtod_with_redis_checks():
-    assert parse_double(b"0x1.8p1") == 3.0
-    assert parse_double(b"-0x10") == -16.0
-    assert parse_double(b"5e-324") == 5e-324
-    for bad in (b"1e999", b"1e-999", b"nan", b" 1", b"1\x00", b"0x1p99999"):
+def test_score_range_bounds_are_read_by_plain_strtod():
+    assert parse_score_range(b"(1e400", b" -0x10") == (math.inf, True, -16.0, False)
+    assert parse_score_range(b"", b"(") == (0.0, False, 0.0, True)
+    assert parse_score_range(b"1\x00junk", b"1e-999") == (1.0, False, 0.0, False)
+    for bad in (b"  ", b"nan", b"1 ", b"((1", b"0x", b"1e"):
         with pytest.raises(ReplyError):
-            parse_double(bad)
+            parse_score_range(bad, b"1")
 
 
 def test_incr_and_nan_match_redis(anyproto):
