@@ -93,15 +93,27 @@ def lookup_by_pattern(ctx: Ctx, pattern: bytes, element: bytes) -> bytes | None:
     return bytes(value) if t is bytearray else None
 
 
+def _erange(text: bytes, value: float) -> bool:
+    """Whether C strtod would set ERANGE: overflow to infinity from a finite
+    spelling, or underflow to zero from a non-zero mantissa."""
+    lowered = text.lower()
+    if math.isinf(value):
+        return b"inf" not in lowered
+    if value == 0.0:
+        mantissa = lowered.split(b"p" if lowered.lstrip(b"+-").startswith(b"0x") else b"e", 1)[0]
+        if lowered.lstrip(b"+-").startswith(b"0x"):
+            mantissa = mantissa.lstrip(b"+-")[2:]
+        return any(c in b"123456789abcdef" for c in mantissa)
+    return False
+
+
 def parse_sort_score(text: bytes) -> float | None:
     """A numeric sort weight as Redis reads it: C strtod over the C string, all
     of it consumed, no NaN, no ERANGE (overflow, or an inexact result below
     the normal range). None when it cannot be used."""
     text = _cstr(text)
-    value, used, erange = strtod(text)
-    if used != len(text):
-        return None
-    if erange or math.isnan(value):
+    value, used = strtod(text)
+    if used != len(text) or math.isnan(value) or _erange(text, value):
         return None
     if value != 0.0 and abs(value) < DBL_MIN and not _exact(text, value):
         return None

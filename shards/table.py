@@ -135,6 +135,8 @@ def lookup(argv: list[bytes]) -> Command:
             raise ReplyError(unknown_command_message(argv))
     if cmd.subcommands:
         if len(argv) == 1:
+            if cmd.handler is not None:  # a container that also runs bare (COMMAND)
+                return cmd
             raise ReplyError(b"ERR wrong number of arguments for '%s' command" % cmd.name.encode())
         sub = cmd.subcommands.get(argv[1].lower())
         if sub is None:

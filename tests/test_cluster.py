@@ -259,8 +259,6 @@ def test_many_clients_pipelining_across_shards(server):
         conn.close()
 
 
-@pytest.mark.xfail(strict=True, reason="RedisCluster sends a bare COMMAND on connect, which shards/table.py "
-                                       "lookup() rejects with an arity error")
 def test_redis_cluster_client(server):
     rc = RedisCluster(host="127.0.0.1", port=server.port)
     try:

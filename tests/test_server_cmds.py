@@ -62,8 +62,6 @@ def test_command_count_and_list_agree(server):
     assert {b"get", b"config|get", b"client|kill", b"object|encoding"} <= set(names)
 
 
-@pytest.mark.xfail(strict=True, reason="shards/table.py lookup() rejects a bare COMMAND (a command that "
-                                       "has subcommands) with an arity error; Redis runs it")
 def test_bare_command_lists_every_command(server):
     conn = RawConn(server.port)
     infos = conn.value("COMMAND")
