@@ -51,7 +51,7 @@ class Client:
         self.name = b""
         self.lib_name = b""
         self.lib_ver = b""
-        self.authed = not router.config.requirepass
+        self.authed = not router.settings.requirepass
         peer = sock.getpeername()
         local = sock.getsockname()
         self.addr = f"{peer[0]}:{peer[1]}"
@@ -60,7 +60,7 @@ class Client:
         self.created = time.monotonic()
         self.last_cmd_at = self.created
         self.last_cmd = "NULL"
-        self.parser = RequestParser(router.config.proto_max_bulk_len)
+        self.parser = RequestParser(int(router.settings.values["proto-max-bulk-len"]))
         self.parser.authed = self.authed
         self.replies: deque = deque()
         self.outbuf = bytearray()
@@ -102,7 +102,7 @@ class Client:
     async def _reader(self) -> None:
         sock = self.sock
         parser = self.parser
-        limit = self.router.config.client_query_buffer_limit
+        limit = int(self.router.settings.values["client-query-buffer-limit"])
         while not self.closing:
             if (len(self.outbuf) > OUTPUT_BACKPRESSURE_BYTES or len(self.replies) > MAX_REPLIES_IN_FLIGHT
                     or len(self.backlog) > MAX_REPLIES_IN_FLIGHT):

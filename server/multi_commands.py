@@ -5,6 +5,7 @@ its keys, where it runs atomically (shards/t_multi.py)."""
 from __future__ import annotations
 
 from server.client import Client
+from shards.args import parse_ll
 from shards.resp import OK, ReplyError
 from shards.t_multi import pack_transaction
 from shards.table import ROUTER, command
@@ -63,3 +64,33 @@ def discard(client: Client, argv: list[bytes]):
 def unwatch(client: Client, argv: list[bytes]):
     client.unwatch_all()
     return OK
+
+
+def _wait_timeout(text: bytes) -> int:
+    timeout = parse_ll(text)
+    if timeout is None:
+        raise ReplyError(b"ERR timeout is not an integer or out of range")
+    if timeout < 0:
+        raise ReplyError(b"ERR timeout is negative")
+    return timeout
+
+
+@command("wait", 3, "noscript", group="generic", where=ROUTER)
+def wait(client: Client, argv: list[bytes]):
+    """No replicas exist and every acknowledged write is already durable."""
+    if parse_ll(argv[1]) is None:
+        raise ReplyError(b"ERR value is not an integer or out of range")
+    _wait_timeout(argv[2])
+    return 0
+
+
+@command("waitaof", 4, "noscript", group="generic", where=ROUTER)
+def waitaof(client: Client, argv: list[bytes]):
+    """Redis 7.2's answer for a local fsync: in sync mode a write's reply only
+    leaves once its log record is fsync'd, so the local count is always 1."""
+    numlocal = parse_ll(argv[1])
+    numreplicas = parse_ll(argv[2])
+    if numlocal is None or numreplicas is None:
+        raise ReplyError(b"ERR value is not an integer or out of range")
+    _wait_timeout(argv[3])
+    return [1, 0]

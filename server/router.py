@@ -27,6 +27,7 @@ from shards.table import SPLIT_MGET, Command
 log = logging.getLogger("durakv.router")
 
 LISTEN_BACKLOG = 511
+SCAN_DEFAULT_COUNT = 10
 
 
 class Gather:
@@ -53,6 +54,14 @@ class Gather:
             except ReplyError as e:
                 reply = encode_error(e.message)
             self.slot.fill(reply)
+
+
+def scan_count(argv: list[bytes]) -> int:
+    """SCAN's COUNT hint (the shard validates it; a bad one errors there)."""
+    for i in range(2, len(argv) - 1):
+        if argv[i].upper() == b"COUNT" and argv[i + 1].isdigit():
+            return int(argv[i + 1])
+    return SCAN_DEFAULT_COUNT
 
 
 def decode_internal(data: bytes) -> object:
@@ -176,8 +185,32 @@ class Router:
         return self.slot_owner[min(slot, len(self.slot_owner) - 1)]
 
     def route_cursor(self, client: Client, argv: list[bytes]) -> None:
-        link = self.links[self.cursor_shard(argv[1])]
-        client.replies.append(link.submit(client, client.proto, argv))
+        """SCAN: start on the shard owning the cursor's slot; while a shard ends its
+        range with fewer than COUNT keys, go on with the next shard, so a small
+        keyspace is walked in one call and the last shard's end answers cursor 0."""
+        count = scan_count(argv)
+        slot = Pending(client)
+        client.replies.append(slot)
+        keys: list[bytes] = []
+        proto = client.proto
+
+        def step(shard: int, sub_argv: list[bytes]) -> None:
+            self.links[shard].submit(client, PROTO_INTERNAL, sub_argv, Pending(client, on_fill=got))
+
+        def got(_part: Pending, data: bytes) -> None:
+            try:
+                cursor, found = decode_internal(data)
+            except ReplyError as e:
+                slot.fill(encode_error(e.message))
+                return
+            keys.extend(found)
+            next_slot = int(cursor)
+            if next_slot and len(keys) < count:
+                step(self.slot_owner[next_slot], [argv[0], cursor, *argv[2:]])
+            else:
+                slot.fill(encode([cursor, keys], proto))
+
+        step(self.cursor_shard(argv[1]), argv)
 
     def unwatch(self, client_id: int, shards: set[int]) -> None:
         for shard in shards:

@@ -60,11 +60,10 @@ class DurakvServer:
                 client.close()
                 if b"cluster_state:ok" in info:
                     return
+            except redis.AuthenticationError:
+                return  # up, and asking for the password it was started with
             except (redis.ConnectionError, redis.TimeoutError):
                 pass
-            except redis.ResponseError as e:
-                if "NOAUTH" in str(e):
-                    return
             time.sleep(0.05)
         raise RuntimeError(f"durakv not ready after {STARTUP_TIMEOUT_S}s:\n{self.log()}")
 
