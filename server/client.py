@@ -4,6 +4,7 @@ replies back strictly in the order the client sent the commands."""
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import time
 from collections import deque
@@ -36,10 +37,15 @@ ASYNC_ROUTER_COMMANDS = frozenset({
 
 
 class Client:
+    """One connection. Its socket is read and written by the router's ClientPoller
+    (no task per client): `on_readable` parses and dispatches everything that
+    arrived, replies go out in order through `flush`, and a write the kernel
+    cannot take at once waits in `outbuf` for `on_writable`."""
+
     __slots__ = (
         "router", "sock", "id", "proto", "name", "authed", "addr", "laddr", "fd", "created",
-        "last_cmd_at", "last_cmd", "parser", "replies", "outbuf", "closing", "closed",
-        "_writable", "_drained", "lib_name", "lib_ver", "in_ready_set", "kill_event",
+        "last_cmd_at", "last_cmd", "parser", "replies", "outbuf", "closing", "closed", "reading",
+        "lib_name", "lib_ver", "in_ready_set", "query_limit",
         "multi", "multi_error", "multi_shard", "watch_shards", "blocked_slot", "blocked_shard", "backlog",
     )
 
@@ -62,14 +68,13 @@ class Client:
         self.last_cmd = "NULL"
         self.parser = RequestParser(int(router.settings.values["proto-max-bulk-len"]))
         self.parser.authed = self.authed
+        self.query_limit = int(router.settings.values["client-query-buffer-limit"])
         self.replies: deque = deque()
         self.outbuf = bytearray()
         self.closing = False  # close once the queued replies are written
         self.closed = False
+        self.reading = True  # false while backpressure pauses reading
         self.in_ready_set = False
-        self._writable = trio.Event()
-        self._drained = trio.Event()
-        self.kill_event = trio.Event()
         self.multi: list[list[bytes]] | None = None  # queued commands after MULTI
         self.multi_error = False  # a queued command was rejected: EXEC aborts
         self.multi_shard: int | None = None  # the one shard the transaction runs on
@@ -82,62 +87,48 @@ class Client:
 
     # --- reading and dispatch -------------------------------------------------
 
-    async def serve(self) -> None:
+    def on_readable(self) -> None:
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._writer)
-                nursery.start_soon(self._killer, nursery.cancel_scope)
-                await self._reader()
-                await self._finish_writes()
-                nursery.cancel_scope.cancel()
-        finally:
-            self.closed = True
-            self.sock.close()
-            self.router.forget(self)
-
-    async def _killer(self, cancel_scope: trio.CancelScope) -> None:
-        await self.kill_event.wait()
-        cancel_scope.cancel()
-
-    async def _reader(self) -> None:
-        sock = self.sock
+            data = self.sock.recv(RECV_BYTES)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.kill()
+            return
+        if not data:
+            self.kill()  # EOF: like Redis, replies still queued are dropped
+            return
         parser = self.parser
-        limit = int(self.router.settings.values["client-query-buffer-limit"])
-        while not self.closing:
-            if (len(self.outbuf) > OUTPUT_BACKPRESSURE_BYTES or len(self.replies) > MAX_REPLIES_IN_FLIGHT
-                    or len(self.backlog) > MAX_REPLIES_IN_FLIGHT):
-                self._drained = trio.Event()
-                await self._drained.wait()
-                continue
-            await trio.lowlevel.wait_readable(sock)
-            try:
-                data = sock.recv(RECV_BYTES)
-            except BlockingIOError:
-                continue
-            except OSError:
-                return
-            if not data:
-                return
-            parser.feed(data)
-            try:
-                requests = parser.requests()
-            except ProtocolError as e:
-                self.router.stats_protocol_errors += 1
-                self.backlog.extend(e.requests)
-                self.run_backlog()
-                self.backlog.clear()
-                self.push(encode_error(b"ERR Protocol error: " + e.args[0]))
-                self.closing = True
-                self.flush()
-                return
-            if parser.buffered_bytes() > limit:
-                log.warning("router: client %s closed: query buffer over %d bytes", self.addr, limit)
-                return
-            if requests:
-                self.last_cmd_at = time.monotonic()
-                self.backlog.extend(requests)
-                self.run_backlog()
-                self.flush()
+        parser.feed(data)
+        try:
+            requests = parser.requests()
+        except ProtocolError as e:
+            self.router.stats_protocol_errors += 1
+            self.backlog.extend(e.requests)
+            self.run_backlog()
+            self.backlog.clear()
+            self.push(encode_error(b"ERR Protocol error: " + e.args[0]))
+            self.closing = True
+            self.flush()
+            return
+        if parser.buffered_bytes() > self.query_limit:
+            log.warning("router: client %s closed: query buffer over %d bytes", self.addr, self.query_limit)
+            self.kill()
+            return
+        if requests:
+            self.last_cmd_at = time.monotonic()
+            self.backlog.extend(requests)
+            self.run_backlog()
+            self.flush()
+
+    def kill(self) -> None:
+        """Close now, dropping whatever is queued."""
+        if self.closed:
+            return
+        self.closed = True
+        self.router.poller.remove(self)
+        self.sock.close()
+        self.router.forget(self)
 
     def run_backlog(self) -> None:
         """Dispatch queued requests until one blocks or the client is closing."""
@@ -280,6 +271,8 @@ class Client:
 
     def flush(self) -> None:
         """Write every reply at the head of the queue that is complete."""
+        if self.closed:
+            return
         replies = self.replies
         chunks = []
         while replies:
@@ -302,10 +295,7 @@ class Client:
                 self.run_backlog()
                 self.flush()
                 return
-        if not self._drained.is_set() and (
-            not replies if self.closing else len(replies) <= MAX_REPLIES_IN_FLIGHT // 2
-        ):
-            self._drained.set()
+        self._update_interest()
 
     def write(self, data: bytes) -> None:
         if self.closed:
@@ -318,47 +308,80 @@ class Client:
         except BlockingIOError:
             sent = 0
         except OSError:
-            self.kill_event.set()
+            self.kill()
             return
         if sent < len(data):
             self.outbuf += data[sent:]
-            self._writable.set()
 
-    async def _writer(self) -> None:
-        sock = self.sock
-        while True:
-            await self._writable.wait()
-            self._writable = trio.Event()
-            while self.outbuf:
-                await trio.lowlevel.wait_writable(sock)
-                try:
-                    sent = sock.send(self.outbuf)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    self.kill_event.set()
-                    return
-                del self.outbuf[:sent]
-            if len(self.outbuf) <= OUTPUT_BACKPRESSURE_BYTES:
-                self._drained.set()
-
-    async def _finish_writes(self) -> None:
-        """After QUIT or a protocol error: wait for the replies queued before it,
-        then drain the socket. (On EOF, like Redis, queued replies are dropped.)"""
-        if not self.closing:
+    def on_writable(self) -> None:
+        try:
+            sent = self.sock.send(self.outbuf)
+        except BlockingIOError:
             return
-        while self.replies and not self.kill_event.is_set():
-            self._drained = trio.Event()
-            self.flush()
-            if self.replies:
-                await self._drained.wait()
-        sock = self.sock
-        while self.outbuf and not self.kill_event.is_set():
-            await trio.lowlevel.wait_writable(sock)
-            try:
-                sent = sock.send(self.outbuf)
-            except BlockingIOError:
-                continue
-            except OSError:
-                return
-            del self.outbuf[:sent]
+        except OSError:
+            self.kill()
+            return
+        del self.outbuf[:sent]
+        self._update_interest()
+
+    def _update_interest(self) -> None:
+        """Pause reading under backpressure, ask for writability while output is
+        queued, and finish a QUIT or protocol error once everything is written."""
+        if self.closed:
+            return
+        if self.closing and not self.replies and not self.outbuf:
+            self.kill()
+            return
+        reading = not self.closing and (
+            len(self.outbuf) <= OUTPUT_BACKPRESSURE_BYTES and len(self.replies) <= MAX_REPLIES_IN_FLIGHT
+            and len(self.backlog) <= MAX_REPLIES_IN_FLIGHT)
+        self.router.poller.set_interest(self, reading, bool(self.outbuf))
+
+
+class ClientPoller:
+    """Reads and writes every client socket from one task: a level-triggered epoll
+    set of its own, watched through trio. A task per client would cost a task
+    switch and an epoll_ctl per request; this costs one epoll_wait per turn."""
+
+    MAX_EVENTS_PER_TURN = 512
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._clients: dict[int, Client] = {}
+        self._interest: dict[int, int] = {}
+
+    def add(self, client: Client) -> None:
+        self._clients[client.fd] = client
+        self._interest[client.fd] = select.EPOLLIN
+        self._epoll.register(client.fd, select.EPOLLIN)
+
+    def remove(self, client: Client) -> None:
+        if self._clients.pop(client.fd, None) is not None:
+            del self._interest[client.fd]
+            self._epoll.unregister(client.fd)
+
+    def set_interest(self, client: Client, reading: bool, writing: bool) -> None:
+        mask = (select.EPOLLIN if reading else 0) | (select.EPOLLOUT if writing else 0)
+        if self._interest.get(client.fd) != mask and client.fd in self._clients:
+            self._interest[client.fd] = mask
+            self._epoll.modify(client.fd, mask)
+
+    async def run(self) -> None:
+        epoll = self._epoll
+        clients = self._clients
+        readable = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR
+        while True:
+            await trio.lowlevel.wait_readable(epoll.fileno())
+            for fd, events in epoll.poll(0, self.MAX_EVENTS_PER_TURN):
+                client = clients.get(fd)
+                if client is None:
+                    continue
+                if events & select.EPOLLOUT:
+                    client.on_writable()
+                if events & readable and not client.closed:
+                    client.on_readable()
+
+    def close(self) -> None:
+        for client in list(self._clients.values()):
+            client.kill()
+        self._epoll.close()

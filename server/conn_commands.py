@@ -293,7 +293,7 @@ def _kill(caller: Client, victims: list[Client]) -> None:
         if victim is caller:
             victim.closing = True
         else:
-            victim.kill_event.set()
+            victim.kill()
 
 
 @command("client|no-evict", 3, "admin noscript loading stale", group="connection", where=ROUTER)

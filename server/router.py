@@ -13,7 +13,7 @@ import trio
 
 import server.commands  # noqa: F401  (registers the router's own commands)
 import shards.commands  # noqa: F401  (registers the shard commands: routing needs keys)
-from server.client import Client
+from server.client import Client, ClientPoller
 from server.links import Pending, ShardLink
 from server.settings import Settings
 from server.topology import ensure_topology
@@ -95,6 +95,7 @@ class Router:
         self.stats_protocol_errors = 0
         self.port = config.port
         self.nursery: trio.Nursery | None = None
+        self.poller = ClientPoller()
 
     # --- reply flushing -----------------------------------------------------------
 
@@ -238,6 +239,7 @@ class Router:
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             nursery.start_soon(self._flusher)
+            nursery.start_soon(self.poller.run)
             for link in self.links:
                 nursery.start_soon(link.run)
             with trio.move_on_after(self.config.startup_shard_wait_ms / 1000):
@@ -278,7 +280,7 @@ class Router:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             client = Client(self, sock, self.new_client_id())
             self.clients[client.id] = client
-            nursery.start_soon(client.serve)
+            self.poller.add(client)
 
 
 def open_listener(bind: str, port: int) -> socket.socket:
