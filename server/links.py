@@ -137,16 +137,18 @@ class ShardLink:
     async def _receiver(self) -> None:
         sock = self.sock
         buf = bytearray()
+        chunk = bytearray(RECV_BYTES)  # reused: a fresh 1 MiB bytes per recv costs an mmap
+        view = memoryview(chunk)
         pending = self._pending
         while True:
             await trio.lowlevel.wait_readable(sock)
             try:
-                data = sock.recv(RECV_BYTES)
+                size = sock.recv_into(chunk)
             except BlockingIOError:
                 continue
-            if not data:
+            if not size:
                 return
-            buf += data
+            buf += view[:size]
             for frame in split_frames(buf):
                 for rid, reply in reply_batch_decoder.decode(frame):
                     slot = pending.pop(rid)
