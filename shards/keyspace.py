@@ -32,7 +32,7 @@ class Keyspace:
     __slots__ = (
         "data", "expires", "slot_keys", "_heap", "effects", "on_modified", "on_flush", "replaying",
         "stat_expired_keys", "stat_keyspace_hits", "stat_keyspace_misses",
-        "lazy_expire_disabled", "frozen_ms",
+        "lazy_expire_disabled", "frozen_ms", "count_reads",
     )
 
     def __init__(self) -> None:
@@ -49,6 +49,7 @@ class Keyspace:
         self.stat_keyspace_misses = 0
         self.lazy_expire_disabled = False
         self.frozen_ms = 0
+        self.count_reads = False  # set while a read-only command runs: keyspace hits/misses
 
     # --- time ---------------------------------------------------------------
 
@@ -82,11 +83,17 @@ class Keyspace:
         """The live value of key, expiring it first if its time has passed."""
         value = self.data.get(key)
         if value is None:
+            if self.count_reads:
+                self.stat_keyspace_misses += 1
             return None
         when = self.expires.get(key)
         if when is not None and when <= self.now() and not self.lazy_expire_disabled:
             self._expire(key)
+            if self.count_reads:
+                self.stat_keyspace_misses += 1
             return None
+        if self.count_reads:
+            self.stat_keyspace_hits += 1
         return value
 
     def exists(self, key: bytes) -> bool:

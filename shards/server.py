@@ -214,6 +214,7 @@ class Shard:
                 cmd = cmd.subcommands[argv[1].lower()]
             if self.write_error is not None and cmd.is_write:
                 raise ReplyError(self.write_error)
+            self.db.count_reads = cmd.is_readonly
             result = cmd.handler(ctx, argv)
             if type(result) is Block:
                 return result, 0
@@ -225,6 +226,7 @@ class Shard:
             log.exception("shard %d: command %r failed", self.index, argv[:3])
             message = b"ERR internal error executing '%s'" % name[:64]
             data = encode_error(message) if proto else encode_internal(False, message)
+        self.db.count_reads = False
         stat = self._stat(cmd)
         stat.calls += 1
         stat.usec += (time.perf_counter_ns() - start) // 1000

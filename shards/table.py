@@ -28,7 +28,7 @@ class Command:
     __slots__ = (
         "name", "arity", "flags", "first_key", "last_key", "key_step", "group",
         "handler", "where", "keys_fn", "split", "subcommands", "parent", "fullname",
-        "is_write", "is_blocking", "tips",
+        "is_write", "is_readonly", "is_blocking", "tips",
     )
 
     def __init__(
@@ -60,6 +60,7 @@ class Command:
         self.subcommands: dict[bytes, Command] = {}
         self.parent: Command | None = None
         self.is_write = "write" in self.flags
+        self.is_readonly = "readonly" in self.flags
         self.is_blocking = "blocking" in self.flags
         self.tips = tips
 

@@ -250,8 +250,6 @@ def test_info_keyspace_and_stats_aggregate_both_shards(r):
     assert commandstats["cmdstat_get"]["calls"] == 2
 
 
-@pytest.mark.xfail(strict=True, reason="shards/keyspace.py never counts keyspace hits or misses "
-                                       "(Redis counts them on read lookups)")
 def test_info_keyspace_hits_and_misses(r):
     r.set("hit", "v")
     r.config_resetstat()
