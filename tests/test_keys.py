@@ -271,6 +271,27 @@ def test_glob_match_against_redis_stringmatch(pair):
         assert glob_match(pattern.encode(), key.encode()) == (theirs == [key.encode()]), (pattern, key)
 
 
+def test_keys_many_stars_match_redis(pair):
+    """Patterns with several stars over longer keys: the leftmost-segment matching
+    that keeps the compiled pattern linear must accept exactly what Redis does."""
+    rng = random.Random(77)
+    keys = ["".join(rng.choice("ab") for _ in range(rng.randint(1, 12))) for _ in range(120)]
+    for key in keys:
+        pair.same("SET", key, "1")
+    for _ in range(300):
+        pattern = "".join(rng.choice(["a", "b", "?", "*", "*", "[ab]"]) for _ in range(rng.randint(1, 8)))
+        pair.same_unordered("KEYS", pattern)
+
+
+def test_keys_nested_stars_do_not_backtrack_exponentially(pair):
+    """Redis' keyspace.tcl regression: a pattern of 20 stars that cannot match a
+    40-byte key must answer (a backtracking matcher never finishes)."""
+    pair.same("FLUSHALL")
+    pair.same("SET", "a" * 40, "1")
+    pair.same("KEYS", "a*" * 20 + "b")
+    pair.same("KEYS", "a*" * 20)
+
+
 def test_keys_errors(pair):
     run_same(pair, [("KEYS",), ("KEYS", "a", "b"), ("KEYS", "*")])
 
