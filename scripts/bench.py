@@ -57,6 +57,9 @@ PR_SET_PDEATHSIG = 1
 TARGETS_VS_REDIS = {("get", 1): 0.8, ("get", 16): 0.3, ("set", 1): 0.8, ("set", 16): 0.3}
 TARGETS_VS_AOF = {("set", 1): 1.0, ("set", 16): 0.5}
 TARGET_P99_VS_AOF = 2.0
+# Issue 4's pipelined mixed benchmark: redis-benchmark's own tests per data type.
+MIXED_TESTS = ("lpush", "lpop", "hset", "sadd", "spop", "zadd", "zpopmin", "lrange_100")
+MIXED_PIPELINE = 16
 
 
 class Interrupted(SystemExit):
@@ -376,6 +379,18 @@ def render(opts: argparse.Namespace, command: str, facts: dict[str, str], server
             frame = f"{d.cmds_per_frame:.1f}" if d.cmds_per_frame is not None else "n/a"
             out.append(f"| {test.upper()} P{p} | {d.cpu_us_per_cmd['router']:.1f} | {d.cpu_us_per_cmd['shard']:.1f} "
                        f"| {frame} | {r.cpu_us_per_cmd['server']:.1f} |")
+    if opts.mixed:
+        out += ["", f"## Data types, pipelined (P{MIXED_PIPELINE}): durakv vs redis-server", "",
+                "redis-benchmark's own per-type tests; durakv's writes are durable (fsync'd before the "
+                "reply), so redis-aof (appendfsync always) is the like-for-like column.", "",
+                "| test | durakv ops/s | redis ops/s | ratio | redis-aof ops/s | ratio vs aof |",
+                "|---|---:|---:|---:|---:|---:|"]
+        for test in MIXED_TESTS:
+            d = results[("durakv", test, MIXED_PIPELINE)]
+            r = results[("redis", test, MIXED_PIPELINE)]
+            a = results[("redis-aof", test, MIXED_PIPELINE)]
+            out.append(f"| {test.upper()} | {d.rps:,.0f} | {r.rps:,.0f} | {d.rps / r.rps:.2f}× | "
+                       f"{a.rps:,.0f} | {d.rps / a.rps:.2f}× |")
     out += ["", "## Every run (ops/s, in round order)", "", "| system | workload | ops/s per round |",
             "|---|---|---|"]
     for (name, test, p), s in sorted(results.items()):
@@ -388,8 +403,9 @@ def bench(opts: argparse.Namespace, groups: ProcessGroups, tmp: Path) -> str:
     facts = machine_facts()
     servers = [
         start_durakv(groups, tmp, opts),
-        start_redis(groups, tmp, "redis", ["--appendonly", "no"], ("set", "get")),
-        start_redis(groups, tmp, "redis-aof", ["--appendonly", "yes", "--appendfsync", "always"], ("set",)),
+        start_redis(groups, tmp, "redis", ["--appendonly", "no"], ("set", "get") + MIXED_TESTS),
+        start_redis(groups, tmp, "redis-aof", ["--appendonly", "yes", "--appendfsync", "always"],
+                    ("set",) + MIXED_TESTS),
     ]
     key_space = opts.key_space
     runs: dict[tuple[str, str, int], list[Run]] = {}
@@ -406,6 +422,14 @@ def bench(opts: argparse.Namespace, groups: ProcessGroups, tmp: Path) -> str:
                         print(f"round {round_no}/{opts.rounds} {test.upper()} P{p} {server.name}: "
                               f"{run.rps:,.0f} ops/s p50 {run.p50_ms} p99 {run.p99_ms} ms",
                               file=sys.stderr, flush=True)
+        for test in MIXED_TESTS if opts.mixed else ():
+            requests = opts.requests * PIPELINED_REQUESTS_FACTOR
+            for server in servers:
+                run = run_benchmark(groups, server, test, MIXED_PIPELINE, requests, key_space)
+                runs.setdefault((server.name, test, MIXED_PIPELINE), []).append(run)
+                if not opts.quiet:
+                    print(f"round {round_no}/{opts.rounds} {test.upper()} P{MIXED_PIPELINE} {server.name}: "
+                          f"{run.rps:,.0f} ops/s", file=sys.stderr, flush=True)
     with open("/proc/loadavg") as f:
         finished_load = " ".join(f.read().split()[:3])
     results = {k: summarize(v) for k, v in runs.items()}
@@ -422,6 +446,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shards", type=int, default=os.cpu_count() or 1, help="durakv shard processes")
     p.add_argument("--routers", type=int, default=1, help="durakv router processes")
     p.add_argument("--quick", action="store_true", help="tiny run that only proves the harness works")
+    p.add_argument("--no-mixed", dest="mixed", action="store_false",
+                   help="skip the pipelined per-data-type workloads")
     p.add_argument("--output", type=Path, default=REPO / "BENCHMARKS.md")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-run lines on stderr")
     opts = p.parse_args(argv)
