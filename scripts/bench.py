@@ -254,9 +254,10 @@ def run_benchmark(groups: ProcessGroups, server: Server, test: str, pipeline: in
     if proc.returncode != 0:
         raise RuntimeError(f"{shlex.join(argv)} exited with {proc.returncode}: {err.decode(errors='replace')}")
     rows = list(csv.DictReader(io.StringIO(out.decode())))
-    if len(rows) != 1 or float(rows[0]["rps"]) <= 0:
+    # LRANGE_* first prints the LPUSH that fills the list: the test's own row is last.
+    if not rows or float(rows[-1]["rps"]) <= 0:
         raise RuntimeError(f"{shlex.join(argv)} printed no result:\n{out.decode()}{err.decode()}")
-    row = rows[0]
+    row = rows[-1]
     cpu_after = server.cpu_by_role()
     cpu = {role: (cpu_after[role] - cpu_before.get(role, 0.0)) * 1e6 / requests for role in cpu_after}
     per_frame = None
