@@ -1,0 +1,276 @@
+"""The snapshot commands of the `durakv` CLI: snapshotter, snapshot --now,
+snapshots list, restore, import-rdb, export-rdb. server/cli.py registers them
+with add_parsers() and hands matching commands to run()."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+
+COMMANDS = frozenset({"snapshotter", "snapshot", "snapshots", "restore", "import-rdb", "export-rdb"})
+SNAPSHOT_WAIT_POLL_S = 0.2
+DEFAULT_NICE = 10
+
+
+def _store_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sse", help="S3 server-side encryption (AES256, aws:kms)")
+    parser.add_argument("--storage-class", help="S3 storage class for uploads (STANDARD_IA, ...)")
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("snapshotter", help="build snapshots from shard logs and ship them to S3")
+    p.add_argument("--data-dir", default="./durakv-data")
+    p.add_argument("--snapshot-url", default="", help="s3://BUCKET/PREFIX (omit: local snapshots only)")
+    p.add_argument("--once", action="store_true", help="snapshot every shard once and exit")
+    p.add_argument("--every-bytes", type=int, default=64 * 1024 * 1024,
+                   help="build when this many log bytes follow the newest snapshot")
+    p.add_argument("--max-age-s", type=float, default=3600.0,
+                   help="build at least this often while there are new records")
+    p.add_argument("--poll-interval-s", type=float, default=1.0)
+    p.add_argument("--nice", type=int, default=DEFAULT_NICE, help="CPU niceness increment (low priority)")
+    p.add_argument("--config-json", help=argparse.SUPPRESS)
+    p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    _store_flags(p)
+
+    p = sub.add_parser("snapshot", help="snapshot every shard now")
+    p.add_argument("--now", action="store_true", required=True)
+    p.add_argument("--data-dir", default="./durakv-data")
+    p.add_argument("--snapshot-url", default="", help="used when no snapshotter is running")
+    p.add_argument("--timeout-s", type=float, default=600.0)
+    _store_flags(p)
+
+    p = sub.add_parser("snapshots", help="inspect published snapshots")
+    list_sub = p.add_subparsers(dest="snapshots_command", required=True)
+    lp = list_sub.add_parser("list", help="table of shard, seq, time, size, verified")
+    lp.add_argument("--from", dest="url", required=True, help="s3://BUCKET/PREFIX")
+
+    p = sub.add_parser("restore", help="rebuild a data directory from S3")
+    p.add_argument("--from", dest="url", required=True, help="s3://BUCKET/PREFIX")
+    p.add_argument("--data-dir", required=True)
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--seq", action="append",
+                        help="N (every shard) or SHARD=N; repeatable. Default: newest")
+    target.add_argument("--at", help="point in time: unix seconds or ISO 8601 (UTC unless it says otherwise)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty data directory")
+    _store_flags(p)
+
+    p = sub.add_parser("import-rdb", help="seed a new data directory from a Redis RDB file")
+    p.add_argument("rdb_file")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--shards", type=int, default=0, help="shard count (default: one per CPU core)")
+    p.add_argument("--skip-unsupported", action="store_true", help="skip streams and module values")
+
+    p = sub.add_parser("export-rdb", help="write one RDB holding the whole dataset")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data-dir")
+    source.add_argument("--from", dest="url", help="s3://BUCKET/PREFIX: newest published snapshots")
+    p.add_argument("-o", "--output", required=True)
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"durakv: {message}", file=sys.stderr)
+    return code
+
+
+def _store(url: str, args: argparse.Namespace):
+    from snapshotter.s3 import SnapshotStore
+
+    return SnapshotStore(url, server_side_encryption=getattr(args, "sse", None),
+                         storage_class=getattr(args, "storage_class", None))
+
+
+def parse_at(text: str) -> int:
+    """--at as absolute ms."""
+    try:
+        return int(float(text) * 1000)
+    except ValueError:
+        pass
+    when = datetime.fromisoformat(text)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return int(when.timestamp() * 1000)
+
+
+def parse_seq(values: list[str] | None) -> int | dict[int, int] | None:
+    if not values:
+        return None
+    if len(values) == 1 and "=" not in values[0]:
+        return int(values[0])
+    out = {}
+    for value in values:
+        shard, _, seq = value.partition("=")
+        if not seq:
+            raise ValueError(f"--seq {value!r}: give N alone, or SHARD=N for each shard")
+        out[int(shard)] = int(seq)
+    return out
+
+
+def _snapshotter_url(args: argparse.Namespace) -> str:
+    if args.snapshot_url or not args.config_json:
+        return args.snapshot_url
+    from shards.config import config_from_json
+
+    return getattr(config_from_json(args.config_json), "snapshot_url", "")
+
+
+def cmd_snapshotter(args: argparse.Namespace) -> int:
+    from snapshotter.runner import Schedule, Snapshotter, SnapshotterBusy, acquire_lock
+
+    if args.parent_pid:
+        from server.supervisor import die_with_parent
+
+        die_with_parent(args.parent_pid)
+    data_dir = args.data_dir
+    if args.config_json:
+        from shards.config import config_from_json
+
+        data_dir = config_from_json(args.config_json).data_dir
+    if args.nice:
+        os.nice(args.nice)
+    url = _snapshotter_url(args)
+    try:
+        lock_fd = acquire_lock(data_dir)
+    except SnapshotterBusy as e:
+        return _fail(str(e))
+    try:
+        runner = Snapshotter(data_dir, _store(url, args) if url else None,
+                             Schedule(args.every_bytes, args.max_age_s, args.poll_interval_s))
+        if args.once:
+            status = runner.run_once(force=True)
+            errors = [s for s in status.shards.values() if s.status == "error"]
+            for s in errors:
+                print(f"shard {s.shard}: {s.error}", file=sys.stderr)
+            return 1 if errors else 0
+        stop = threading.Event()
+        import signal
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        runner.serve(stop)
+        return 0
+    finally:
+        os.close(lock_fd)
+
+
+def cmd_snapshot_now(args: argparse.Namespace) -> int:
+    from snapshotter.runner import Snapshotter, SnapshotterBusy, acquire_lock, read_status, request_snapshot
+
+    try:
+        lock_fd = acquire_lock(args.data_dir)
+    except SnapshotterBusy:
+        request = request_snapshot(args.data_dir)
+        deadline = time.monotonic() + args.timeout_s
+        while time.monotonic() < deadline:
+            status = read_status(args.data_dir)
+            if status.request_served >= request:
+                return _print_status(status)
+            time.sleep(SNAPSHOT_WAIT_POLL_S)
+        return _fail(f"the running snapshotter did not serve the request within {args.timeout_s:.0f} s")
+    try:
+        runner = Snapshotter(args.data_dir, _store(args.snapshot_url, args) if args.snapshot_url else None)
+        return _print_status(runner.run_once(force=True))
+    finally:
+        os.close(lock_fd)
+
+
+def _print_status(status) -> int:
+    failed = 0
+    for shard in sorted(status.shards):
+        s = status.shards[shard]
+        if s.status == "error":
+            failed += 1
+            print(f"shard {shard}: ERROR {s.error}")
+        else:
+            print(f"shard {shard}: seq {s.last_seq}, {s.last_keys} keys, {s.last_rdb_bytes} bytes"
+                  f"{', published' if s.published else ''}")
+    return 1 if failed else 0
+
+
+def cmd_snapshots_list(args: argparse.Namespace) -> int:
+    store = _store(args.url, args)
+    store.check_bucket()
+    rows = store.list_snapshots()
+    if not rows:
+        return _fail(f"no snapshot found in {args.url}")
+    print(f"{'SHARD':>5} {'SEQ':>12} {'CREATED (UTC)':<20} {'BYTES':>12} {'KEYS':>10} VERIFIED")
+    for row in rows:
+        m = row.manifest
+        created = datetime.fromtimestamp(m.created_at_ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        verified = "yes" if row.complete else ("no (RDB missing)" if row.rdb_size is None else "no (size)")
+        print(f"{m.shard:>5} {m.seq:>12} {created:<20} {m.rdb_bytes:>12} {m.keys:>10} {verified}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from snapshotter.restore import restore
+
+    try:
+        seq = parse_seq(args.seq)
+        at_ms = parse_at(args.at) if args.at else None
+    except ValueError as e:
+        return _fail(str(e), 2)
+    results = restore(_store(args.url, args), args.data_dir, seq=seq, at_ms=at_ms, force=args.force)
+    from server.topology import ensure_topology
+
+    ensure_topology(args.data_dir, len(results))
+    for r in results:
+        print(f"shard {r.shard}: seq {r.seq} (snapshot {r.snapshot_seq} + {r.records_replayed} records), "
+              f"{r.keys} keys, state digest {r.state_digest[:16]}")
+    return 0
+
+
+def cmd_import_rdb(args: argparse.Namespace) -> int:
+    from server.topology import ensure_topology
+    from snapshotter.rdb_import import import_rdb
+
+    shards = args.shards or (os.cpu_count() or 1)
+    ensure_topology(args.data_dir, shards)
+    with open(args.rdb_file, "rb") as f:
+        report = import_rdb(f, args.data_dir, shards, skip_unsupported=args.skip_unsupported)
+    print(f"imported {report.keys} keys into {shards} shards ({report.records} log records); "
+          f"skipped {report.expired_skipped} expired keys")
+    for item in report.unsupported_skipped:
+        print(f"skipped: {item}")
+    return 0
+
+
+def cmd_export_rdb(args: argparse.Namespace) -> int:
+    from snapshotter.export import export_rdb
+
+    if args.url:
+        keys = export_rdb(args.output, store=_store(args.url, args))
+    else:
+        keys = export_rdb(args.output, data_dir=args.data_dir)
+    print(f"wrote {keys} keys to {args.output}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a snapshot command; operator-facing failures become one line on
+    stderr and exit status 1."""
+    from log import LogError
+    from snapshotter.local import SnapshotInvalid
+    from snapshotter.manifest import ManifestError
+    from snapshotter.rdb import RdbError
+    from snapshotter.rdb_import import RdbImportError
+    from snapshotter.restore import RestoreError
+    from snapshotter.s3 import StoreError
+    from server.topology import TopologyMismatch
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    handlers = {
+        "snapshotter": cmd_snapshotter, "snapshot": cmd_snapshot_now, "snapshots": cmd_snapshots_list,
+        "restore": cmd_restore, "import-rdb": cmd_import_rdb, "export-rdb": cmd_export_rdb,
+    }
+    try:
+        return handlers[args.command](args)
+    except (StoreError, RestoreError, SnapshotInvalid, RdbError, RdbImportError, ManifestError, LogError,
+            TopologyMismatch, FileNotFoundError) as e:
+        return _fail(str(e))
+

@@ -1,0 +1,163 @@
+"""Building one shard's snapshot from its log, off the serving path.
+
+    previous snapshot (local cache) + log records (seq + 1 .. tail) --replay-->
+    keyspace --write--> <tail>.rdb --re-read, load, digest--> verified --> <tail>.json
+
+The tail is fixed when the build starts (snapshotter.logtail.durable_tail), so
+a build covers an exact prefix of the log however fast the shard keeps writing.
+Replay is the shards' own engine, so the snapshot is the state a shard
+restarting from the log would have (DESIGN invariant 3). The RDB is verified
+before the manifest exists (invariant 5): it is read back from disk, loaded
+into a scratch keyspace, and its state digest must equal the replay's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from shards.keyspace import Keyspace
+from shards.slots import slot_ranges
+from snapshotter.digest import state_digest
+from snapshotter.local import (
+    LocalSnapshot, load_snapshot, newest_local, prune_local, snapshot_dir,
+)
+from snapshotter.logtail import durable_tail
+from snapshotter.manifest import (
+    SnapshotManifest, encode_manifest, fsync_dir, snapshot_stem, write_durably,
+)
+from snapshotter.rdb import default_aux, write_keyspace
+from snapshotter.rdb_reader import load_rdb
+from snapshotter.replay import CHAIN_START, new_context, replay_log
+
+log = logging.getLogger("durakv.snapshotter")
+
+
+class SnapshotVerifyFailed(Exception):
+    """The RDB just written does not reproduce the replayed state; nothing is published."""
+
+
+class _HashingWriter:
+    """A file wrapper that hashes what passes through it."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self.sha256 = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        return self._f.write(data)
+
+
+@dataclass
+class BuildResult:
+    snapshot: LocalSnapshot
+    replay_ms: int
+    write_ms: int  # writing the RDB, reading it back and verifying it
+
+
+def write_snapshot(db: Keyspace, shard_dir: str, fields: dict, digest: str,
+                   started: float | None = None) -> LocalSnapshot:
+    """Write db as a verified local snapshot (RDB, then manifest). `fields` holds
+    the SnapshotManifest fields that describe the log position (shard, shards,
+    slot_ranges, seq, epoch, chain, parent_seq, parent_chain, records_replayed,
+    tail_fixed_at_ms); `started` (monotonic) is when the build began."""
+    started = time.monotonic() if started is None else started
+    directory = snapshot_dir(shard_dir)
+    os.makedirs(directory, exist_ok=True)
+    seq = fields["seq"]
+    stem = snapshot_stem(seq)
+    rdb_path = os.path.join(directory, stem + ".rdb")
+    tmp_path = rdb_path + ".tmp"
+    aux = default_aux(int(time.time()), {
+        "durakv-shard": fields["shard"], "durakv-seq": seq, "durakv-chain": fields["chain"],
+    })
+    keys, expires = len(db.data), len(db.expires)
+    with open(tmp_path, "wb") as f:
+        hashing = _HashingWriter(f)
+        writer = write_keyspace(hashing, db.data, db.expires, aux)
+        f.flush()
+        os.fsync(f.fileno())
+    rdb_sha256 = hashing.sha256.hexdigest()
+    verify_rdb_file(tmp_path, rdb_sha256, digest)
+    os.rename(tmp_path, rdb_path)
+    fsync_dir(directory)
+    manifest = SnapshotManifest(
+        **fields, rdb_name=stem + ".rdb", rdb_bytes=writer.bytes_written, rdb_sha256=rdb_sha256,
+        state_digest=digest, keys=keys, expires=expires, created_at_ms=time.time_ns() // 1_000_000,
+        build_ms=int((time.monotonic() - started) * 1000))
+    manifest_path = os.path.join(directory, stem + ".json")
+    write_durably(manifest_path, encode_manifest(manifest))
+    return LocalSnapshot(manifest, rdb_path, manifest_path)
+
+
+def verify_rdb_file(path: str, rdb_sha256: str, digest: str) -> None:
+    """Re-read the RDB from disk: its sha256 and the digest of the state it loads
+    must be the ones the writer and the replay produced."""
+    scratch = Keyspace()
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        tee = _HashingReader(f, sha)
+        load_rdb(tee, scratch)
+        tee.read_rest()
+    if sha.hexdigest() != rdb_sha256:
+        raise SnapshotVerifyFailed(f"{path}: sha256 read back {sha.hexdigest()} differs from the "
+                                   f"{rdb_sha256} written")
+    loaded = state_digest(scratch)
+    if loaded != digest:
+        raise SnapshotVerifyFailed(f"{path}: the RDB loads to state digest {loaded}, the replay "
+                                   f"produced {digest}")
+
+
+class _HashingReader:
+    def __init__(self, f: BinaryIO, sha) -> None:
+        self._f = f
+        self._sha = sha
+
+    def read(self, n: int) -> bytes:
+        data = self._f.read(n)
+        self._sha.update(data)
+        return data
+
+    def read_rest(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+
+def build_snapshot(shard_dir: str, shard: int, shards: int, through_seq: int | None = None,
+                   min_records: int = 1) -> BuildResult | None:
+    """Build the next snapshot of one shard on top of its newest local snapshot.
+    Returns None when fewer than min_records (at least 1) records follow it."""
+    log_dir = os.path.join(shard_dir, "log")
+    tail_fixed_at_ms = time.time_ns() // 1_000_000
+    tail = durable_tail(log_dir) if through_seq is None else through_seq
+    base = newest_local(shard_dir)
+    base_seq = base.manifest.seq if base else 0
+    if tail - base_seq < max(min_records, 1):
+        return None
+    started = time.monotonic()
+    slot_range = slot_ranges(shards)[shard]
+    ctx = new_context(slot_range=slot_range)
+    if base is not None:
+        load_snapshot(base, ctx.db)
+    parent_chain = base.manifest.chain if base else CHAIN_START
+    result = replay_log(ctx, log_dir, base_seq, tail, parent_chain)
+    db = ctx.db
+    digest = state_digest(db)
+    replayed = time.monotonic()
+    fields = dict(
+        shard=shard, shards=shards, slot_ranges=[slot_range], seq=tail,
+        epoch=result.last_epoch or (base.manifest.epoch if base else 0), chain=result.chain,
+        parent_seq=base_seq, parent_chain=parent_chain, records_replayed=result.records,
+        tail_fixed_at_ms=tail_fixed_at_ms)
+    snapshot = write_snapshot(db, shard_dir, fields, digest, started)
+    done = time.monotonic()
+    prune_local(shard_dir)
+    log.info("shard %d: snapshot at seq %d (%d records replayed, %d keys, %d bytes) in %.3f s",
+             shard, tail, result.records, snapshot.manifest.keys, snapshot.manifest.rdb_bytes,
+             done - started)
+    return BuildResult(snapshot, int((replayed - started) * 1000), int((done - replayed) * 1000))

@@ -1,0 +1,35 @@
+"""State digest: one sha256 that two keyspaces share exactly when their state
+(every key's type, canonical value and absolute expiry, as shards.engine
+defines it for the replay == live property) is the same. Snapshots carry it so
+that a snapshot can be checked against the replay that produced it, and a
+shard or a restore can check the snapshot it loads."""
+
+from __future__ import annotations
+
+import hashlib
+
+import msgspec
+
+from shards.engine import canonical_value
+from shards.keyspace import Keyspace, type_name
+
+DIGEST_VERSION = 1
+_BATCH_KEYS = 1024
+_encoder = msgspec.msgpack.Encoder()
+
+
+def state_digest(db: Keyspace) -> str:
+    """sha256 (hex) over the keyspace's canonical dump in key order."""
+    h = hashlib.sha256(b"durakv-state-digest-v%d\n" % DIGEST_VERSION)
+    data = db.data
+    expires = db.expires
+    batch = []
+    for key in sorted(data):
+        value = data[key]
+        batch.append((key, type_name(value), canonical_value(value), expires.get(key)))
+        if len(batch) >= _BATCH_KEYS:
+            h.update(_encoder.encode(batch))
+            batch = []
+    if batch:
+        h.update(_encoder.encode(batch))
+    return h.hexdigest()

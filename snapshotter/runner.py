@@ -1,0 +1,277 @@
+"""The snapshotter process: for each shard of a data directory, build the next
+snapshot when the log has grown enough (bytes) or the newest snapshot is old
+enough, publish it to S3, archive the sealed log segments, and tell the shard
+which segments it may delete.
+
+Control files live in DIR/snapshotter/: LOCK (flock: one snapshotter per data
+dir), REQUEST (written by `durakv snapshot --now` or BGSAVE: a request id the
+loop serves at its next poll) and status.json (per shard: last snapshot seq,
+time, duration, size, keys, status, error; plus the last request served).
+
+The release notice DIR/shard-NNN/snapshot/RELEASE.json names the highest seq
+through which the shard may delete sealed segments: each such record is both
+in a published snapshot that is also in the shard's local cache and in a
+segment archived to S3 (verified by reading it back).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+
+from log.manifest import list_segments
+from snapshotter.build import build_snapshot
+from snapshotter.local import newest_local, shard_dir_of, snapshot_dir
+from snapshotter.logtail import log_first_seq
+from snapshotter.manifest import write_durably
+from snapshotter.s3 import SnapshotStore, StoreError
+
+log = logging.getLogger("durakv.snapshotter")
+
+CONTROL_DIR = "snapshotter"
+LOCK_NAME = "LOCK"
+REQUEST_NAME = "REQUEST"
+STATUS_NAME = "status.json"
+RELEASE_NAME = "RELEASE.json"
+TOPOLOGY_FILE = "cluster.json"
+
+
+class SnapshotterBusy(Exception):
+    """Another snapshotter holds the data directory's lock."""
+
+
+@dataclass
+class Schedule:
+    every_bytes: int = 64 * 1024 * 1024   # log bytes written since the newest snapshot
+    max_age_s: float = 3600.0             # and at least this often while anything is new
+    poll_interval_s: float = 1.0
+
+
+@dataclass
+class ShardStatus:
+    shard: int
+    status: str = "none"  # none | ok | error
+    last_seq: int = 0
+    last_created_at_ms: int = 0
+    last_build_ms: int = 0
+    last_rdb_bytes: int = 0
+    last_keys: int = 0
+    published: bool = False
+    archived_through_seq: int = 0
+    release_through_seq: int = 0
+    error: str = ""
+
+
+@dataclass
+class Status:
+    shards: dict[int, ShardStatus] = field(default_factory=dict)
+    request_served: str = ""
+    updated_at_ms: int = 0
+
+
+def control_dir(data_dir: str) -> str:
+    return os.path.join(data_dir, CONTROL_DIR)
+
+
+def shard_count(data_dir: str) -> int:
+    path = os.path.join(data_dir, TOPOLOGY_FILE)
+    try:
+        with open(path) as f:
+            return int(json.load(f)["shards"])
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found: {data_dir} is not a durakv data directory") from None
+
+
+def acquire_lock(data_dir: str) -> int:
+    """flock DIR/snapshotter/LOCK; raises SnapshotterBusy if it is held."""
+    directory = control_dir(data_dir)
+    os.makedirs(directory, exist_ok=True)
+    fd = os.open(os.path.join(directory, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SnapshotterBusy(f"another snapshotter runs on {data_dir}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def read_status(data_dir: str) -> Status:
+    try:
+        with open(os.path.join(control_dir(data_dir), STATUS_NAME)) as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        return Status()
+    return Status({int(k): ShardStatus(**v) for k, v in doc["shards"].items()},
+                  doc.get("request_served", ""), doc.get("updated_at_ms", 0))
+
+
+def request_snapshot(data_dir: str) -> str:
+    """Ask the running snapshotter for a snapshot of every shard now (BGSAVE,
+    `durakv snapshot --now`); returns the request id to wait for in status.json."""
+    directory = control_dir(data_dir)
+    os.makedirs(directory, exist_ok=True)
+    request_id = str(time.time_ns())
+    write_durably(os.path.join(directory, REQUEST_NAME), request_id.encode())
+    return request_id
+
+
+def read_release(shard_dir: str) -> int:
+    """The seq through which the shard may delete sealed log segments (0: none)."""
+    try:
+        with open(os.path.join(snapshot_dir(shard_dir), RELEASE_NAME)) as f:
+            return int(json.load(f)["drop_through_seq"])
+    except FileNotFoundError:
+        return 0
+
+
+def _segment_bytes(log_dir: str) -> dict[int, int]:
+    out = {}
+    for first_seq, path in list_segments(log_dir):
+        try:
+            out[first_seq] = os.path.getsize(path)
+        except FileNotFoundError:
+            pass
+    return out
+
+
+class Snapshotter:
+    def __init__(self, data_dir: str, store: SnapshotStore | None, schedule: Schedule | None = None) -> None:
+        self.data_dir = os.path.abspath(data_dir)
+        self.store = store
+        self.schedule = schedule or Schedule()
+        self.shards = shard_count(self.data_dir)
+        self.status = read_status(self.data_dir)
+        # Per shard: segment sizes when its newest snapshot was built (bytes-since estimate).
+        self._sizes_at_build: dict[int, dict[int, int]] = {}
+
+    # --- one shard ----------------------------------------------------------------
+
+    def _ensure_base(self, shard: int, shard_dir: str) -> None:
+        """A shard whose log no longer starts at seq 1 needs a snapshot to build on:
+        the local cache, else the newest published one."""
+        log_dir = os.path.join(shard_dir, "log")
+        first = log_first_seq(log_dir)
+        local = newest_local(shard_dir)
+        if first == 1 or (local is not None and local.manifest.seq >= first - 1):
+            return
+        if self.store is None:
+            raise RuntimeError(f"shard {shard}: log starts at seq {first} and no local snapshot covers "
+                               "the records before it; a snapshot URL is needed to fetch one")
+        remote = [s for s in self.store.list_snapshots(shard) if s.complete and s.manifest.seq >= first - 1]
+        if not remote:
+            raise RuntimeError(f"shard {shard}: log starts at seq {first} and no published snapshot covers "
+                               "the records before it")
+        self.store.download_snapshot(remote[-1], shard_dir)
+
+    def run_shard(self, shard: int) -> ShardStatus:
+        """Build (if anything is new), publish, archive, release; errors land in the status."""
+        status = self.status.shards.setdefault(shard, ShardStatus(shard))
+        shard_dir = shard_dir_of(self.data_dir, shard)
+        log_dir = os.path.join(shard_dir, "log")
+        if not os.path.isdir(log_dir):
+            return status
+        try:
+            self._ensure_base(shard, shard_dir)
+            sizes = _segment_bytes(log_dir)
+            result = build_snapshot(shard_dir, shard, self.shards)
+            if result is not None or shard not in self._sizes_at_build:
+                self._sizes_at_build[shard] = sizes
+            newest = newest_local(shard_dir)
+            if newest is not None:
+                m = newest.manifest
+                status.last_seq, status.last_created_at_ms = m.seq, m.created_at_ms
+                status.last_build_ms, status.last_rdb_bytes, status.last_keys = m.build_ms, m.rdb_bytes, m.keys
+                if self.store is not None:
+                    self.store.publish(newest)
+                    status.published = True
+                    status.archived_through_seq = self._archive(shard, log_dir)
+                    release = min(m.seq, status.archived_through_seq)
+                    if read_release(shard_dir) != release:
+                        write_durably(os.path.join(snapshot_dir(shard_dir), RELEASE_NAME),
+                                      json.dumps({"drop_through_seq": release, "snapshot_seq": m.seq}).encode())
+                        status.release_through_seq = release
+            status.status, status.error = "ok", ""
+        except Exception as e:  # noqa: BLE001 - reported in status and the log, retried next round
+            log.exception("shard %d: snapshot failed", shard)
+            status.status, status.error = "error", f"{type(e).__name__}: {e}"
+        return status
+
+    def _archive(self, shard: int, log_dir: str) -> int:
+        """Upload every sealed segment not archived yet; returns the last seq of
+        the newest sealed segment archived (0 when none is sealed)."""
+        segments = list_segments(log_dir)
+        remote = self.store.list_segments(shard)
+        archived = {(s.first_seq, s.last_seq) for s in remote}
+        through = remote[-1].last_seq if remote else 0
+        for (first_seq, path), (next_first, _) in zip(segments, segments[1:]):
+            last_seq = next_first - 1
+            if (first_seq, last_seq) not in archived:
+                last_write_ms = os.stat(path).st_mtime_ns // 1_000_000
+                self.store.archive_segment(shard, first_seq, last_seq, path, last_write_ms)
+            through = max(through, last_seq)
+        return through
+
+    # --- all shards -----------------------------------------------------------------
+
+    def due(self, shard: int) -> bool:
+        """Enough new log bytes, or an old snapshot with anything new after it."""
+        shard_dir = shard_dir_of(self.data_dir, shard)
+        log_dir = os.path.join(shard_dir, "log")
+        if not os.path.isdir(log_dir):
+            return False
+        before = self._sizes_at_build.get(shard)
+        now = _segment_bytes(log_dir)
+        if before is None:
+            return True
+        grown = sum(size - before.get(first, 0) for first, size in now.items())
+        if grown >= self.schedule.every_bytes:
+            return True
+        newest = newest_local(shard_dir)
+        age_s = time.time() - (newest.manifest.created_at_ms / 1000 if newest else 0)
+        return grown > 0 and age_s >= self.schedule.max_age_s
+
+    def run_once(self, force: bool = True) -> Status:
+        for shard in range(self.shards):
+            if force or self.due(shard):
+                self.run_shard(shard)
+        self._save_status()
+        return self.status
+
+    def _save_status(self) -> None:
+        self.status.updated_at_ms = time.time_ns() // 1_000_000
+        doc = {"shards": {str(k): asdict(v) for k, v in self.status.shards.items()},
+               "request_served": self.status.request_served, "updated_at_ms": self.status.updated_at_ms}
+        os.makedirs(control_dir(self.data_dir), exist_ok=True)
+        write_durably(os.path.join(control_dir(self.data_dir), STATUS_NAME),
+                      json.dumps(doc, indent=2).encode())
+
+    def _pending_request(self) -> str:
+        try:
+            with open(os.path.join(control_dir(self.data_dir), REQUEST_NAME)) as f:
+                request = f.read().strip()
+        except FileNotFoundError:
+            return ""
+        return request if request != self.status.request_served else ""
+
+    def serve(self, stop: threading.Event) -> None:
+        """The snapshotter loop: serve requests and the schedule until stop is set."""
+        log.info("snapshotter ready: %s, %d shards, S3 %s, every %d bytes or %.0f s",
+                 self.data_dir, self.shards, self.store.url if self.store else "off",
+                 self.schedule.every_bytes, self.schedule.max_age_s)
+        while not stop.is_set():
+            request = self._pending_request()
+            try:
+                self.run_once(force=bool(request))
+            except StoreError as e:
+                log.error("snapshotter: %s", e)
+            if request:
+                self.status.request_served = request
+                self._save_status()
+            stop.wait(self.schedule.poll_interval_s)

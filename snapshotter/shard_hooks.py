@@ -1,0 +1,96 @@
+"""What a shard process calls so snapshots shorten its start and its log.
+
+At start, before opening its log (a shard whose data dir is empty and a
+snapshot URL is configured bootstraps from S3):
+
+    base_seq = shard_hooks.prepare_shard_dir(shard_dir, index, shards, snapshot_url)
+    log = Log.open(shard_dir/log)
+    base_seq = shard_hooks.load_start_snapshot(shard_dir, db, log)
+    for seq, epoch, payload in log.read(base_seq + 1): replay(...)
+
+Periodically (every few seconds) while serving:
+
+    dropped = shard_hooks.release_segments(shard_dir, log)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from log import Log
+from shards.keyspace import Keyspace
+from snapshotter.local import SnapshotInvalid, list_local, load_snapshot
+from snapshotter.runner import read_release
+
+log = logging.getLogger("durakv.shard")
+
+
+class StartError(Exception):
+    """The snapshot cache and the log do not fit together; the shard must not start."""
+
+
+def prepare_shard_dir(shard_dir: str, shard: int, shards: int, snapshot_url: str = "") -> bool:
+    """Bootstrap an empty shard directory from S3 (newest snapshot plus the
+    archived log after it) when a snapshot URL is configured. Returns True if
+    it restored something. A directory that already has a log is left alone."""
+    log_dir = os.path.join(shard_dir, "log")
+    if not snapshot_url or (os.path.isdir(log_dir) and os.listdir(log_dir)):
+        return False
+    from snapshotter.restore import RestoreError, restore_shard
+    from snapshotter.s3 import SnapshotStore
+
+    store = SnapshotStore(snapshot_url)
+    if not store.list_snapshots(shard) and not store.list_segments(shard):
+        return False
+    os.makedirs(shard_dir, exist_ok=True)
+    try:
+        restored = restore_shard(store, shard, shards, shard_dir, progress=lambda m: log.info("%s", m))
+    except RestoreError as e:
+        raise StartError(str(e)) from None
+    log.info("shard %d: bootstrapped from %s at seq %d", shard, snapshot_url, restored.seq)
+    return True
+
+
+def load_start_snapshot(shard_dir: str, db: Keyspace, wal: Log) -> int:
+    """Load the newest usable local snapshot into the (empty) keyspace; returns
+    its seq (0 without one), from which the log must be replayed (seq + 1).
+
+    A snapshot whose RDB fails its sha256 is skipped for the previous one, as
+    long as the log still holds every record after that older one."""
+    first_retained = wal.recovery.first_seq
+    for snapshot in reversed(list_local(shard_dir)):
+        seq = snapshot.manifest.seq
+        if seq > wal.tail_seq:
+            raise StartError(f"{snapshot.manifest_path} covers seq {seq} but the log ends at seq "
+                             f"{wal.tail_seq}: the log lost records the snapshot holds")
+        if seq + 1 < first_retained:
+            raise StartError(f"{snapshot.manifest_path} ends at seq {seq} but the log starts at seq "
+                             f"{first_retained}: records in between are gone")
+        try:
+            load_snapshot(snapshot, db)
+        except SnapshotInvalid as e:
+            log.error("%s; trying an older snapshot", e)
+            db.flush()
+            continue
+        log.info("loaded snapshot seq %d (%d keys) from %s", seq, len(db.data), snapshot.rdb_path)
+        return seq
+    if first_retained > 1:
+        raise StartError(f"the log at {wal.path} starts at seq {first_retained} and no local snapshot "
+                         "covers the records before it")
+    return 0
+
+
+def release_segments(shard_dir: str, wal: Log) -> list[str]:
+    """Delete the sealed log segments the snapshotter released (archived to S3
+    and covered by a published snapshot that is in the local cache)."""
+    through = read_release(shard_dir)
+    if through <= 0:
+        return []
+    local = list_local(shard_dir)
+    if not local or local[-1].manifest.seq < through:
+        return []
+    dropped = wal.drop_segments_through(through)
+    if dropped:
+        log.info("dropped %d archived log segments through seq %d", len(dropped), through)
+    return dropped
