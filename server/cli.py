@@ -74,7 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     dump.add_argument("--shard", type=int, default=0)
     dump.add_argument("--from-seq", type=int, default=1)
     dump.add_argument("--limit", type=int)
+    from server import snapshot_cli
+
+    snapshot_cli.add_parsers(sub)
     args = parser.parse_args(argv)
+    if args.command in snapshot_cli.COMMANDS:
+        return snapshot_cli.run(args)
     if args.command == "log":
         from server.logtool import dump_log, verify_logs
 
