@@ -95,7 +95,7 @@ def _expire_generic(ctx: Ctx, argv: list[bytes], relative: bool, unit_ms: int, n
     when = int_arg(argv[2])
     invalid = ReplyError(b"ERR invalid expire time in '%s' command" % name)
     if unit_ms == 1000:
-        if when > LLONG_MAX // 1000 or when < LLONG_MIN // 1000:
+        if when > LLONG_MAX // 1000 or when < -(LLONG_MAX // 1000):  # C's LLONG_MIN / 1000 truncates
             raise invalid
         when *= 1000
     db = ctx.db
