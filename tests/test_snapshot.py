@@ -1,0 +1,391 @@
+"""The snapshotter against real processes: durakv servers write the logs, the
+`durakv` CLI builds, publishes, restores, imports and exports, a moto server
+plays S3, and the expected states come from the live servers (or from a real
+redis-server) over the wire."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+
+import boto3
+import pytest
+import redis
+
+from conftest import free_port
+from refserver import RedisRef
+from log import Log, LogLocked
+from shards.engine import replay
+from shards.keyspace import Keyspace
+from shards.records import decode_effects
+from snapshotter import build as build_mod
+from snapshotter.local import list_local, newest_local
+from snapshotter.rdb_reader import load_rdb
+from snapshotter.replay import new_context
+from snapshotter.runner import RELEASE_NAME, Snapshotter, read_release
+from snapshotter.s3 import SnapshotStore
+from snapshotter.shard_hooks import load_start_snapshot, release_segments
+
+REDIS_CHECK_RDB = shutil.which("redis-check-rdb")
+CLI_TIMEOUT_S = 120
+SMALL_SEGMENTS = "segment-size-bytes = 4096\n"
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint():
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(moto_endpoint, monkeypatch):
+    """A fresh bucket; the environment points boto3 (and CLI children) at moto."""
+    for name, value in {"AWS_ENDPOINT_URL_S3": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    client = boto3.client("s3")
+    bucket = f"durakv-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket)
+    return client, bucket, f"s3://{bucket}/cluster"
+
+
+def cli(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-m", "server.cli", *argv], capture_output=True, text=True,
+                         timeout=CLI_TIMEOUT_S)
+    if check:
+        assert out.returncode == 0, f"durakv {' '.join(argv)} failed:\n{out.stdout}\n{out.stderr}"
+    return out
+
+
+def small_segment_config(tmp_path) -> tuple[str, ...]:
+    path = tmp_path / "small-segments.toml"
+    path.write_text(SMALL_SEGMENTS)
+    return ("--config", str(path))
+
+
+def dump(client: redis.Redis) -> dict:
+    """Every key's type, value and absolute expiry, read over the wire."""
+    out = {}
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key).decode()
+        if kind == "string":
+            value = client.get(key)
+        elif kind == "list":
+            value = client.lrange(key, 0, -1)
+        elif kind == "hash":
+            value = sorted(client.hgetall(key).items())
+        elif kind == "set":
+            value = sorted(client.smembers(key))
+        elif kind == "zset":
+            value = [(m, repr(s)) for m, s in client.zrange(key, 0, -1, withscores=True)]
+        else:
+            value = kind
+        expire = client.execute_command("PEXPIRETIME", key)
+        out[key] = (kind, value, None if expire == -1 else expire)
+    return out
+
+
+def write_every_type(client: redis.Redis, tag: str, n: int = 40) -> None:
+    future_ms = (int(time.time()) + 3600) * 1000
+    pipe = client.pipeline(transaction=False)
+    for i in range(n):
+        pipe.set(f"{tag}:s{i}", f"value-{i}" * (1 + i % 5))
+        pipe.set(f"{tag}:n{i}", i * 1000)
+    pipe.set(f"{tag}:ttl", "x", pxat=future_ms)
+    pipe.rpush(f"{tag}:list", *[f"e{i}" for i in range(300)], 42, "y" * 9000)
+    pipe.hset(f"{tag}:hash", mapping={"a": "1", "b": "2"})
+    pipe.hset(f"{tag}:bighash", mapping={f"f{i}": i for i in range(600)})
+    pipe.sadd(f"{tag}:intset", 1, 5, -9, 2**40)
+    pipe.sadd(f"{tag}:set", "a", "b", "c")
+    pipe.zadd(f"{tag}:zset", {"a": 1, "b": 2.25, "c": float("-inf")})
+    pipe.zadd(f"{tag}:bigzset", {f"m{i}": i / 3 for i in range(200)})
+    pipe.pexpireat(f"{tag}:bigzset", future_ms + 7)
+    pipe.pexpireat(f"{tag}:list", future_ms + 8)
+    pipe.incrbyfloat(f"{tag}:float", 1.5)
+    pipe.pfadd(f"{tag}:hll", "a", "b", "c")
+    pipe.execute()
+
+
+def shard_seqs(client: redis.Redis) -> dict[int, int]:
+    """Each shard's durable seq, from INFO persistence."""
+    info = client.info("persistence")
+    return {int(k[5:]): v["durable_seq"] for k, v in info.items() if k.startswith("shard") and isinstance(v, dict)}
+
+
+def load_rdb_bytes(data: bytes) -> Keyspace:
+    db = Keyspace()
+    load_rdb(io.BytesIO(data), db)
+    return db
+
+
+def redis_dump_of_rdb(tmp_path, rdb_path) -> dict:
+    """What a real redis-server 7.0 holds after loading rdb_path."""
+    workdir = tmp_path / f"redis-{uuid.uuid4().hex[:6]}"
+    workdir.mkdir()
+    shutil.copy(rdb_path, workdir / "load.rdb")
+    ref = RedisRef(workdir, ("--dbfilename", "load.rdb", "--sanitize-dump-payload", "yes"))
+    try:
+        return dump(ref.client())
+    finally:
+        ref.stop()
+
+
+# --- round trip ------------------------------------------------------------------------
+
+
+def test_snapshot_round_trip_every_type(server_factory, s3, tmp_path):
+    client_s3, bucket, url = s3
+    srv = server_factory(shards=2, extra_args=small_segment_config(tmp_path))
+    client = srv.client()
+    write_every_type(client, "a")
+    live = dump(client)
+    cli("snapshotter", "--data-dir", str(srv.data_dir), "--snapshot-url", url, "--once")
+    listing = cli("snapshots", "list", "--from", url).stdout
+    assert listing.count(" yes") == 2, listing
+    seqs = shard_seqs(client)
+    union = {}
+    for shard in range(2):
+        prefix = f"cluster/snapshots/shard-{shard:03d}/"
+        keys = sorted(o["Key"] for o in client_s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"])
+        assert [k.rsplit(".", 1)[1] for k in keys] == ["json", "rdb"]
+        manifest = json.loads(client_s3.get_object(Bucket=bucket, Key=keys[0])["Body"].read())
+        assert manifest["seq"] == seqs[shard] and manifest["shard"] == shard
+        rdb = client_s3.get_object(Bucket=bucket, Key=keys[1])["Body"].read()
+        db = load_rdb_bytes(rdb)
+        assert len(db.data) == manifest["keys"]
+        union.update(db.data)
+        if REDIS_CHECK_RDB:
+            path = tmp_path / f"shard{shard}.rdb"
+            path.write_bytes(rdb)
+            check = subprocess.run([REDIS_CHECK_RDB, str(path)], capture_output=True, text=True)
+            assert check.returncode == 0 and "RDB looks OK" in check.stdout, check.stdout
+    assert set(union) == set(live)
+    cli("export-rdb", "--from", url, "-o", str(tmp_path / "all.rdb"))
+    assert redis_dump_of_rdb(tmp_path, tmp_path / "all.rdb") == live
+
+
+def test_snapshot_now_builds_on_previous_snapshot_and_restores(server_factory, s3, tmp_path):
+    _, _, url = s3
+    srv = server_factory(shards=2, extra_args=small_segment_config(tmp_path))
+    client = srv.client()
+    write_every_type(client, "a")
+    cli("snapshot", "--now", "--data-dir", str(srv.data_dir), "--snapshot-url", url)
+    client.delete("a:hash")
+    client.lpop("a:list", 3)
+    write_every_type(client, "b")
+    live = dump(client)
+    cli("snapshot", "--now", "--data-dir", str(srv.data_dir), "--snapshot-url", url)
+    snapshot = newest_local(os.path.join(srv.data_dir, "shard-000"))
+    assert snapshot.manifest.parent_seq > 0, "second snapshot was not built on the first"
+    restored = tmp_path / "restored"
+    out = cli("restore", "--from", url, "--data-dir", str(restored))
+    assert "shard 1: seq" in out.stdout
+    cli("export-rdb", "--data-dir", str(restored), "-o", str(tmp_path / "restored.rdb"))
+    assert redis_dump_of_rdb(tmp_path, tmp_path / "restored.rdb") == live
+
+
+def test_point_in_time_restore_by_seq(server_factory, s3, tmp_path):
+    _, _, url = s3
+    srv = server_factory(shards=2, extra_args=small_segment_config(tmp_path))
+    client = srv.client()
+    write_every_type(client, "a")
+    cli("snapshotter", "--data-dir", str(srv.data_dir), "--snapshot-url", url, "--once")
+    for i in range(30):
+        client.set(f"pit:{i}", i)
+    client.delete("a:set")
+    target = shard_seqs(client)
+    at_target = dump(client)
+    for i in range(400):  # later history, enough to seal the segments holding the target
+        client.set(f"later:{i}", "z" * 20)
+    client.delete("a:zset")
+    cli("snapshotter", "--data-dir", str(srv.data_dir), "--snapshot-url", url, "--once")
+    restored = tmp_path / "pit"
+    seq_args = [f"--seq={shard}={seq}" for shard, seq in target.items()]
+    out = cli("restore", "--from", url, "--data-dir", str(restored), *seq_args)
+    for shard, seq in target.items():
+        assert f"shard {shard}: seq {seq} " in out.stdout
+    cli("export-rdb", "--data-dir", str(restored), "-o", str(tmp_path / "pit.rdb"))
+    assert redis_dump_of_rdb(tmp_path, tmp_path / "pit.rdb") == at_target
+
+
+# --- refusals ----------------------------------------------------------------------------
+
+
+def test_restore_refuses_corrupted_snapshot_object(server_factory, s3, tmp_path):
+    client_s3, bucket, url = s3
+    srv = server_factory(shards=1)
+    write_every_type(srv.client(), "a")
+    cli("snapshotter", "--data-dir", str(srv.data_dir), "--snapshot-url", url, "--once")
+    key = next(o["Key"] for o in client_s3.list_objects_v2(Bucket=bucket)["Contents"] if o["Key"].endswith(".rdb"))
+    data = bytearray(client_s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    data[len(data) // 2] ^= 0x40
+    client_s3.put_object(Bucket=bucket, Key=key, Body=bytes(data))
+    out = cli("restore", "--from", url, "--data-dir", str(tmp_path / "r"), check=False)
+    assert out.returncode == 1
+    assert "sha256" in out.stderr and "refusing" in out.stderr
+    assert not (tmp_path / "r" / "shard-000" / "log").exists()
+
+
+def test_restore_errors(s3, tmp_path):
+    client_s3, bucket, url = s3
+    out = cli("restore", "--from", "s3://no-such-bucket-durakv/x", "--data-dir", str(tmp_path / "a"), check=False)
+    assert out.returncode == 1 and "does not exist" in out.stderr
+    out = cli("restore", "--from", url, "--data-dir", str(tmp_path / "b"), check=False)
+    assert out.returncode == 1 and "no snapshot" in out.stderr
+    out = cli("snapshots", "list", "--from", url, check=False)
+    assert out.returncode == 1 and "no snapshot" in out.stderr
+
+
+def test_restore_refuses_non_empty_dir_unless_forced(server_factory, s3, tmp_path):
+    _, _, url = s3
+    srv = server_factory(shards=1)
+    srv.client().set("k", "v")
+    cli("snapshotter", "--data-dir", str(srv.data_dir), "--snapshot-url", url, "--once")
+    target = tmp_path / "full"
+    target.mkdir()
+    (target / "something").write_text("mine")
+    out = cli("restore", "--from", url, "--data-dir", str(target), check=False)
+    assert out.returncode == 1 and "not empty" in out.stderr
+    assert (target / "something").exists()
+    cli("restore", "--from", url, "--data-dir", str(target), "--force")
+    assert not (target / "something").exists()
+    assert newest_local(str(target / "shard-000")).manifest.keys == 1
+
+
+def test_snapshot_that_does_not_verify_is_never_published(server_factory, s3, tmp_path, monkeypatch):
+    client_s3, bucket, url = s3
+    srv = server_factory(shards=1)
+    write_every_type(srv.client(), "a")
+    real_write = build_mod.write_keyspace
+
+    def corrupting_write(f, data, expires, aux):
+        data = dict(data)
+        data[next(iter(data))] = b"not what the log says"
+        return real_write(f, data, expires, aux)
+
+    monkeypatch.setattr(build_mod, "write_keyspace", corrupting_write)
+    status = Snapshotter(str(srv.data_dir), SnapshotStore(url)).run_once()
+    assert status.shards[0].status == "error"
+    assert "SnapshotVerifyFailed" in status.shards[0].error
+    assert "Contents" not in client_s3.list_objects_v2(Bucket=bucket)
+    assert list_local(os.path.join(srv.data_dir, "shard-000")) == []
+
+
+def test_publish_refuses_local_rdb_changed_after_build(server_factory, s3, tmp_path):
+    client_s3, bucket, url = s3
+    srv = server_factory(shards=1)
+    srv.client().set("k", "v")
+    build_mod.build_snapshot(os.path.join(srv.data_dir, "shard-000"), 0, 1)
+    snapshot = newest_local(os.path.join(srv.data_dir, "shard-000"))
+    with open(snapshot.rdb_path, "r+b") as f:
+        f.seek(20)
+        f.write(b"X")
+    status = Snapshotter(str(srv.data_dir), SnapshotStore(url)).run_once()
+    assert status.shards[0].status == "error" and "no longer matches" in status.shards[0].error
+    assert "Contents" not in client_s3.list_objects_v2(Bucket=bucket)
+
+
+# --- the shard side: start from snapshot + log tail, drop released segments ----------------
+
+
+def open_log_after_kill(log_dir: str) -> Log:
+    """Log.open once the killed shard process has gone (its flock goes with it)."""
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            return Log.open(log_dir)
+        except LogLocked:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def test_kill9_then_snapshot_plus_log_tail_rebuilds_state(server_factory, s3, tmp_path):
+    """A shard's start path (shard_hooks) after kill -9: newest local snapshot,
+    released segments dropped, the log after the snapshot replayed."""
+    _, _, url = s3
+    srv = server_factory(shards=1, extra_args=small_segment_config(tmp_path))
+    client = srv.client()
+    write_every_type(client, "a")
+    for i in range(300):
+        client.set(f"pad:{i}", "p" * 30)
+    cli("snapshotter", "--data-dir", str(srv.data_dir), "--snapshot-url", url, "--once")
+    write_every_type(client, "b")  # the log tail after the snapshot
+    client.delete("a:hash")
+    live = dump(client)
+    srv.kill9()
+    shard_dir = os.path.join(srv.data_dir, "shard-000")
+    snapshot = newest_local(shard_dir)
+    assert read_release(shard_dir) > 0
+    ctx = new_context()
+    with open_log_after_kill(os.path.join(shard_dir, "log")) as wal:
+        before = len(wal.segments())
+        dropped = release_segments(shard_dir, wal)
+        assert dropped and len(wal.segments()) == before - len(dropped)
+    with Log.open(os.path.join(shard_dir, "log")) as wal:
+        base = load_start_snapshot(shard_dir, ctx.db, wal)
+        assert base == snapshot.manifest.seq
+        assert wal.recovery.first_seq > 1, "released segments were not dropped"
+        for _seq, _epoch, payload in wal.read(base + 1):
+            replay(ctx, decode_effects(payload))
+    export = tmp_path / "state.rdb"
+    from snapshotter.rdb import default_aux, write_keyspace
+
+    with open(export, "wb") as f:
+        write_keyspace(f, ctx.db.data, ctx.db.expires, default_aux(0))
+    assert redis_dump_of_rdb(tmp_path, export) == live
+
+
+def test_release_waits_for_archive_and_snapshot(server_factory, tmp_path):
+    """Without S3 nothing is archived, so nothing is released for deletion."""
+    srv = server_factory(shards=1, extra_args=small_segment_config(tmp_path))
+    client = srv.client()
+    for i in range(300):
+        client.set(f"k{i}", "v" * 30)
+    cli("snapshotter", "--data-dir", str(srv.data_dir), "--once")
+    shard_dir = os.path.join(srv.data_dir, "shard-000")
+    assert newest_local(shard_dir) is not None
+    assert not os.path.exists(os.path.join(shard_dir, "snapshot", RELEASE_NAME))
+    assert read_release(shard_dir) == 0
+
+
+# --- import ---------------------------------------------------------------------------------
+
+
+def test_import_rdb_from_redis_server(server_factory, tmp_path):
+    workdir = tmp_path / "redis"
+    ref = RedisRef(workdir, ("--dbfilename", "dump.rdb"))
+    try:
+        rc = ref.client()
+        write_every_type(rc, "r", n=200)
+        rc.set("gone", "soon", px=1)
+        rc.xadd("stream", {"f": "v"})
+        time.sleep(0.01)
+        rc.save()
+        want = dump(rc)
+    finally:
+        ref.stop()
+    del want[b"stream"]
+    want.pop(b"gone", None)
+    data_dir = tmp_path / "imported"
+    out = cli("import-rdb", str(workdir / "dump.rdb"), "--data-dir", str(data_dir), "--shards", "2", check=False)
+    assert out.returncode == 1 and "stream" in out.stderr
+    shutil.rmtree(data_dir)
+    out = cli("import-rdb", str(workdir / "dump.rdb"), "--data-dir", str(data_dir), "--shards", "2",
+              "--skip-unsupported")
+    assert "skipped: b'stream' (stream)" in out.stdout
+    srv = server_factory(shards=2, data_dir=data_dir)
+    assert dump(srv.client()) == want
