@@ -1,0 +1,76 @@
+"""`durakv serve` with snapshots: the supervised snapshotter, shards that start
+from their snapshot and drop released log segments, and a server started on a
+restored (or empty, S3-bootstrapped) data directory. Expected states are read
+from the live server before it is killed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from test_snapshot import cli, dump, s3, moto_endpoint, small_segment_config, write_every_type  # noqa: F401
+
+WAIT_S = 60
+
+
+def _serve_supports_snapshots() -> bool:
+    out = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--help"], capture_output=True, text=True)
+    return "--snapshot-url" in out.stdout
+
+
+pytestmark = pytest.mark.skipif(
+    not _serve_supports_snapshots(),
+    reason="`durakv serve --snapshot-url` is not wired yet (shards/server.py and server/supervisor.py "
+           "integration of issue 5)")
+
+
+def _segments(shard_dir: str) -> list[str]:
+    return sorted(n for n in os.listdir(os.path.join(shard_dir, "log")) if n.endswith(".seg"))
+
+
+def _wait_for(predicate, what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_kill9_restart_loads_snapshot_and_log_tail(server_factory, s3, tmp_path):
+    _, _, url = s3
+    args = (*small_segment_config(tmp_path), "--snapshot-url", url)
+    srv = server_factory(shards=2, extra_args=args)
+    client = srv.client()
+    write_every_type(client, "a")
+    for i in range(300):
+        client.set(f"pad:{i}", "p" * 30)
+    cli("snapshot", "--now", "--data-dir", str(srv.data_dir))
+    shard_dir = os.path.join(srv.data_dir, "shard-000")
+    _wait_for(lambda: _segments(shard_dir)[0] != f"{1:020d}.seg", "shard 0 to drop released segments")
+    write_every_type(client, "b")
+    client.delete("a:hash")
+    live = dump(client)
+    srv.kill9()
+    restarted = server_factory(shards=2, extra_args=args, data_dir=srv.data_dir)
+    assert dump(restarted.client()) == live
+    assert "loaded snapshot seq" in restarted.log()
+
+
+def test_serve_restored_dir_and_bootstrap_from_s3(server_factory, s3, tmp_path):
+    _, _, url = s3
+    srv = server_factory(shards=2, extra_args=small_segment_config(tmp_path))
+    client = srv.client()
+    write_every_type(client, "a")
+    live = dump(client)
+    cli("snapshotter", "--data-dir", str(srv.data_dir), "--snapshot-url", url, "--once")
+    srv.stop()
+    restored = tmp_path / "restored"
+    cli("restore", "--from", url, "--data-dir", str(restored))
+    assert dump(server_factory(shards=2, data_dir=restored).client()) == live
+    empty = tmp_path / "empty"
+    booted = server_factory(shards=2, data_dir=empty, extra_args=("--snapshot-url", url))
+    assert dump(booted.client()) == live
