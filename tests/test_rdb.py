@@ -7,7 +7,6 @@ redis-server reports over the wire."""
 from __future__ import annotations
 
 import io
-import os
 import random
 import shutil
 import subprocess

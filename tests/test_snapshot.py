@@ -221,6 +221,26 @@ def test_point_in_time_restore_by_seq(server_factory, s3, tmp_path):
     assert redis_dump_of_rdb(tmp_path, tmp_path / "pit.rdb") == at_target
 
 
+def test_point_in_time_restore_by_time_never_includes_later_writes(server_factory, s3, tmp_path):
+    _, _, url = s3
+    srv = server_factory(shards=1, extra_args=small_segment_config(tmp_path))
+    client = srv.client()
+    write_every_type(client, "a")
+    cli("snapshotter", "--data-dir", str(srv.data_dir), "--snapshot-url", url, "--once")
+    before = dump(client)
+    time.sleep(0.05)
+    at = f"{time.time():.3f}"
+    time.sleep(0.05)
+    for i in range(400):
+        client.set(f"later:{i}", "z" * 20)
+    client.delete("a:zset")
+    cli("snapshotter", "--data-dir", str(srv.data_dir), "--snapshot-url", url, "--once")
+    restored = tmp_path / "at"
+    cli("restore", "--from", url, "--data-dir", str(restored), "--at", at)
+    cli("export-rdb", "--data-dir", str(restored), "-o", str(tmp_path / "at.rdb"))
+    assert redis_dump_of_rdb(tmp_path, tmp_path / "at.rdb") == before
+
+
 # --- refusals ----------------------------------------------------------------------------
 
 
