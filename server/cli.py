@@ -108,9 +108,14 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger("durakv").error("%s", e)
             return 2
     if args.command == "shard":
+        from log import LogError
         from shards.server import run_shard
 
-        trio.run(_run_until_signal, lambda: run_shard(config, args.index))
+        try:
+            trio.run(_run_until_signal, lambda: run_shard(config, args.index))
+        except LogError as e:
+            logging.getLogger("durakv.shard").critical("shard %d cannot start: %s", args.index, e)
+            return 3
         return 0
     if args.command == "router":
         from server.router import run_router
