@@ -164,7 +164,7 @@ class Server:
         return roles
 
     def info_stats(self) -> dict[str, int]:
-        reply = sync_command("127.0.0.1", self.port, b"INFO", b"stats")
+        reply = sync_command("127.0.0.1", self.port, b"INFO", b"stats", b"persistence")
         if isinstance(reply, hiredis.ReplyError):
             return {}
         stats = {}
@@ -233,6 +233,8 @@ class Run:
     p99_ms: float
     cpu_us_per_cmd: dict[str, float] = field(default_factory=dict)
     cmds_per_frame: float | None = None
+    fsyncs_per_s: float | None = None
+    cmds_per_fsync: float | None = None
 
 
 def benchmark_argv(port: int, test: str, pipeline: int, requests: int, key_space: int) -> list[str]:
@@ -245,6 +247,7 @@ def run_benchmark(groups: ProcessGroups, server: Server, test: str, pipeline: in
     argv = benchmark_argv(server.port, test, pipeline, requests, key_space)
     cpu_before = server.cpu_by_role()
     stats_before = server.info_stats() if server.name == "durakv" else {}
+    started = time.monotonic()
     proc = groups.start(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         out, err = proc.communicate(timeout=BENCHMARK_TIMEOUT_S)
@@ -260,13 +263,19 @@ def run_benchmark(groups: ProcessGroups, server: Server, test: str, pipeline: in
     row = rows[-1]
     cpu_after = server.cpu_by_role()
     cpu = {role: (cpu_after[role] - cpu_before.get(role, 0.0)) * 1e6 / requests for role in cpu_after}
-    per_frame = None
+    elapsed_s = time.monotonic() - started
+    per_frame = fsyncs_per_s = per_fsync = None
     if stats_before:
         stats_after = server.info_stats()
         frames = stats_after.get("shard_frames_sent", 0) - stats_before.get("shard_frames_sent", 0)
         sent = stats_after.get("shard_requests_sent", 0) - stats_before.get("shard_requests_sent", 0)
         per_frame = sent / frames if frames > 0 else None
-    return Run(float(row["rps"]), float(row["p50_latency_ms"]), float(row["p99_latency_ms"]), cpu, per_frame)
+        fsyncs = stats_after.get("log_fsyncs", 0) - stats_before.get("log_fsyncs", 0)
+        if fsyncs > 0:
+            fsyncs_per_s = fsyncs / elapsed_s
+            per_fsync = requests / fsyncs
+    return Run(float(row["rps"]), float(row["p50_latency_ms"]), float(row["p99_latency_ms"]), cpu, per_frame,
+               fsyncs_per_s, per_fsync)
 
 
 @dataclass
@@ -277,6 +286,8 @@ class Summary:
     cpu_us_per_cmd: dict[str, float]
     cmds_per_frame: float | None
     all_rps: list[float]
+    fsyncs_per_s: float | None
+    cmds_per_fsync: float | None
 
 
 def summarize(runs: list[Run]) -> Summary:
@@ -286,7 +297,13 @@ def summarize(runs: list[Run]) -> Summary:
         statistics.median(r.rps for r in runs), statistics.median(r.p50_ms for r in runs),
         statistics.median(r.p99_ms for r in runs),
         {role: statistics.median(r.cpu_us_per_cmd[role] for r in runs) for role in roles},
-        statistics.median(frames) if frames else None, [r.rps for r in runs])
+        statistics.median(frames) if frames else None, [r.rps for r in runs],
+        _median_of([r.fsyncs_per_s for r in runs]), _median_of([r.cmds_per_fsync for r in runs]))
+
+
+def _median_of(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
 
 
 def machine_facts() -> dict[str, str]:
@@ -363,14 +380,16 @@ def render(opts: argparse.Namespace, command: str, facts: dict[str, str], server
                        f"{fmt_ratio(d.rps / r.rps, TARGETS_VS_REDIS.get((test, p)))} | {cell(d)} | {cell(r)} |")
     out += ["", "## Durable SET: durakv vs redis-server with appendonly yes, appendfsync always", "",
             "| workload | durakv ops/s | redis-aof ops/s | ratio (target) | durakv p50 / p99 ms "
-            "| redis-aof p50 / p99 ms | p99 ratio (target ≤2×) |",
-            "|---|---:|---:|---|---:|---:|---|"]
+            "| redis-aof p50 / p99 ms | p99 ratio (target ≤2×) | durakv fsyncs/s | SETs per fsync |",
+            "|---|---:|---:|---|---:|---:|---|---:|---:|"]
     for p in PIPELINES:
         d, a = results[("durakv", "set", p)], results[("redis-aof", "set", p)]
         p99_ratio = d.p99_ms / a.p99_ms if a.p99_ms else float("inf")
         verdict = "meets" if p99_ratio <= TARGET_P99_VS_AOF else "above"
+        fsyncs = f"{d.fsyncs_per_s:,.0f}" if d.fsyncs_per_s is not None else "n/a"
+        per_fsync = f"{d.cmds_per_fsync:.1f}" if d.cmds_per_fsync is not None else "n/a"
         out.append(f"| SET P{p} | {d.rps:,.0f} | {a.rps:,.0f} | {fmt_ratio(d.rps / a.rps, TARGETS_VS_AOF[('set', p)])} "
-                   f"| {cell(d)} | {cell(a)} | {p99_ratio:.2f}× ({verdict}) |")
+                   f"| {cell(d)} | {cell(a)} | {p99_ratio:.2f}× ({verdict}) | {fsyncs} | {per_fsync} |")
     out += ["", "## Where durakv's CPU goes", "",
             "| workload | router CPU µs/cmd | shards CPU µs/cmd (all shards) | commands per shard frame "
             "| redis CPU µs/cmd |", "|---|---:|---:|---:|---:|"]
