@@ -39,6 +39,7 @@ _EXTRA_ACL = {
     "keys": ("dangerous",), "flushall": ("keyspace", "dangerous"), "flushdb": ("keyspace", "dangerous"),
     "dbsize": ("keyspace",), "sort": ("set", "sortedset", "list", "dangerous"),
     "sort_ro": ("set", "sortedset", "list", "dangerous"),
+    "restore": ("dangerous",),
 }
 # Commands whose group in durakv's table implies a category Redis does not give them.
 _NO_GROUP_ACL = frozenset({"sort", "sort_ro"})
@@ -87,6 +88,8 @@ _KEY_SPECS = {
     "rename": [("RW access delete", 1, 0, 1, None), ("OW update", 2, 0, 1, None)],
     "renamenx": [("RW access delete", 1, 0, 1, None), ("OW insert", 2, 0, 1, None)],
     "copy": [("RO access", 1, 0, 1, None), ("OW update", 2, 0, 1, None)],
+    "dump": [("RO access", 1, 0, 1, None)],
+    "restore": [("OW update", 1, 0, 1, None)],
     "object|encoding": [("RO", 2, 0, 1, None)],
     "object|freq": [("RO", 2, 0, 1, None)],
     "object|idletime": [("RO", 2, 0, 1, None)],

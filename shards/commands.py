@@ -10,3 +10,4 @@ from shards import t_bitops  # noqa: F401
 from shards import t_hll  # noqa: F401
 from shards import t_sort  # noqa: F401
 from shards import t_memory  # noqa: F401
+from shards import t_dump  # noqa: F401

@@ -20,7 +20,7 @@ ISSUE_COMMANDS = (
     "command|docs command|list command|getkeys command|getkeysandflags command|help config|get "
     "config|set config|resetstat config|rewrite config|help info time lastsave debug function|flush "
     "cluster|slots cluster|shards cluster|nodes cluster|info cluster|myid cluster|keyslot "
-    "cluster|countkeysinslot cluster|getkeysinslot readonly readwrite asking"
+    "cluster|countkeysinslot cluster|getkeysinslot readonly readwrite asking dump restore"
 ).split()
 # Containers whose subcommand list is a subset of Redis' (Redis has more).
 PARTIAL_CONTAINERS = {"client", "config", "cluster", "function", "command", "memory"}
