@@ -95,6 +95,7 @@ def _memory(router, infos, version):
         f"maxmemory:{router.settings.values['maxmemory']}",
         f"maxmemory_policy:{router.settings.values['maxmemory-policy']}",
         "mem_fragmentation_ratio:1.00",
+        "mem_allocator:libc",  # CPython's pymalloc sits on the C library's malloc
     ]
 
 

@@ -235,6 +235,7 @@ def test_info_sections(server, r):
     assert len(str(fields["run_id"])) == 40 and fields["configured_hz"] == fields["hz"] == 10
     assert fields["tcp_port"] == r.connection_pool.connection_kwargs["port"]
     assert r.info("cluster")["cluster_enabled"] == 1
+    assert r.info("memory")["mem_allocator"] == "libc"  # Redis' test suite reads it
 
 
 def test_info_keyspace_and_stats_aggregate_both_shards(r):
