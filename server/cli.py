@@ -22,6 +22,7 @@ def _common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--routers", type=int, help="router processes sharing the port (default 1)")
     parser.add_argument("--data-dir", help="data directory (default ./durakv-data)")
     parser.add_argument("--requirepass", help="password for the default user")
+    parser.add_argument("--snapshot-url", help="s3://BUCKET/PREFIX for snapshots and the log archive")
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -30,6 +31,7 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config(args.config, {
         "bind": args.bind, "port": args.port, "shards": args.shards, "routers": args.routers,
         "data_dir": args.data_dir, "requirepass": args.requirepass,
+        "snapshot_url": args.snapshot_url,
     })
 
 
@@ -110,10 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "shard":
         from log import LogError
         from shards.server import run_shard
+        from snapshotter import shard_hooks
 
         try:
-            trio.run(_run_until_signal, lambda: run_shard(config, args.index))
-        except LogError as e:
+            trio.run(_run_until_signal, lambda: run_shard(config, args.index, shard_hooks))
+        except (LogError, shard_hooks.StartError) as e:
             logging.getLogger("durakv.shard").critical("shard %d cannot start: %s", args.index, e)
             return 3
         return 0

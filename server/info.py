@@ -9,6 +9,7 @@ import sys
 import time
 
 from shards.internal import rss_bytes
+from snapshotter.runner import read_status
 
 # Like Redis' run_id: random, new for every start of this (router) process.
 RUN_ID = secrets.token_hex(20)
@@ -132,6 +133,15 @@ def _persistence(router, infos, version):
         f"log_dirty_keys:{sum(p['dirty_keys'] for p in shards)}",
         f"log_write_error:{failed[0] if failed else ''}",
     ]
+    snapshots = read_status(router.config.data_dir).shards
+    lines.append(f"snapshot_url:{router.config.snapshot_url}")
+    for p, info in zip(shards, infos):
+        s = snapshots.get(info["shard"])
+        if s is not None:
+            lines.append(
+                f"snapshot_shard{info['shard']}:status={s.status},seq={s.last_seq},"
+                f"records_behind={max(p['tail_seq'] - s.last_seq, 0)},created_at_ms={s.last_created_at_ms},"
+                f"build_ms={s.last_build_ms},rdb_bytes={s.last_rdb_bytes},keys={s.last_keys}")
     for p, info in zip(shards, infos):
         lines.append(
             f"shard{info['shard']}:durable_seq={p['durable_seq']},tail_seq={p['tail_seq']},"

@@ -409,7 +409,10 @@ def time_(client: Client, argv: list[bytes]):
 
 @command("lastsave", 1, "loading stale fast", group="server", where=ROUTER, tips=("nondeterministic_output",))
 def lastsave(client: Client, argv: list[bytes]):
-    return int(client.router.started_at)
+    """The newest published snapshot's time, or the start time before the first."""
+    from server.snapshot_commands import newest_snapshot_time_s
+
+    return newest_snapshot_time_s(client.router.config.data_dir) or int(client.router.started_at)
 
 
 # --- DEBUG, FUNCTION --------------------------------------------------------------

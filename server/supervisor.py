@@ -62,6 +62,8 @@ class Supervisor:
             self.children.append(Child(f"shard {i}", entry + ["shard", "--index", str(i)] + common))
         for i in range(config.routers):
             self.children.append(Child(f"router {i}", entry + ["router", "--index", str(i)] + common))
+        if config.snapshot_url:
+            self.children.append(Child("snapshotter", entry + ["snapshotter"] + common))
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.stopping = True

@@ -30,6 +30,7 @@ class Config(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields
     durability: str = "sync"  # "sync": ack after fsync; "async": ack at once, bounded window
     max_unsynced_ms: int = 1000
     segment_size_bytes: int = 64 * 1024 * 1024
+    snapshot_url: str = ""  # s3://BUCKET/PREFIX: run the snapshotter, bootstrap empty shards
     test_fsync_delay_ms: int = 0  # test hook: stretch every fsync to expose hazards
     test_fsync_gate_path: str = ""  # test hook: fsyncs wait until this file exists
     test_fsync_fail_path: str = ""  # test hook: fsyncs fail with EIO once this file exists

@@ -16,6 +16,7 @@ import os
 import socket
 import time
 from collections import deque
+from typing import Protocol
 
 import trio
 
@@ -44,6 +45,7 @@ log = logging.getLogger("durakv.shard")
 RECV_BYTES = 1024 * 1024
 ROUTER_CONNECTIONS_MAX = 64
 REPLAY_PROGRESS_INTERVAL_S = 1.0
+RELEASE_POLL_S = 1.0
 TEST_GATE_MAX_WAIT_S = 60.0
 # Commands that can read keys their key positions do not name (SORT BY/GET
 # patterns): their replies wait for every pending record, like keyless reads.
@@ -89,9 +91,22 @@ class RouterConn:
                 await send_all(self.sock, encode_frame(batch))
 
 
+class SnapshotHooks(Protocol):
+    """What the snapshot layer offers a shard (snapshotter/shard_hooks.py). It is
+    passed in by the process entry point, so shards/ never imports snapshotter/
+    (which builds on shards/)."""
+
+    def prepare_shard_dir(self, shard_dir: str, shard: int, shards: int, snapshot_url: str) -> bool: ...
+
+    def load_start_snapshot(self, shard_dir: str, db: Keyspace, wal: Log) -> int: ...
+
+    def release_segments(self, shard_dir: str, wal: Log) -> list: ...
+
+
 class Shard:
-    def __init__(self, config: Config, index: int) -> None:
+    def __init__(self, config: Config, index: int, snapshots: SnapshotHooks | None = None) -> None:
         self.config = config
+        self.snapshots = snapshots
         self.index = index
         self.slot_range = slot_ranges(config.shards)[index]
         self.dir = os.path.join(config.data_dir, f"shard-{index:03d}")
@@ -121,7 +136,11 @@ class Shard:
     # --- startup ----------------------------------------------------------------
 
     def open_log(self) -> None:
-        """Open the log (exclusively), rebuild the keyspace from it, take the lease."""
+        """Open the log (exclusively), rebuild the keyspace from the newest local
+        snapshot plus the log after it, take the lease."""
+        snapshots = self.snapshots
+        if snapshots is not None:
+            snapshots.prepare_shard_dir(self.dir, self.index, self.config.shards, self.config.snapshot_url)
         self.log = Log.open(os.path.join(self.dir, "log"), segment_size_bytes=self.config.segment_size_bytes)
         truncated = self.log.recovery.truncated_bytes
         if truncated:
@@ -129,7 +148,8 @@ class Shard:
         started = time.monotonic()
         last_report = started
         count = 0
-        for _seq, _epoch, payload in self.log.read(1):
+        base_seq = snapshots.load_start_snapshot(self.dir, self.db, self.log) if snapshots is not None else 0
+        for _seq, _epoch, payload in self.log.read(base_seq + 1):
             replay(self.ctx, decode_effects(payload))
             count += 1
             now = time.monotonic()
@@ -477,6 +497,13 @@ class Shard:
             self.routers -= 1
             sock.close()
 
+    async def release_loop(self) -> None:
+        """Drop the log segments the snapshotter archived and a snapshot covers."""
+        while True:
+            await trio.sleep(RELEASE_POLL_S)
+            if self.write_error is None:
+                self.snapshots.release_segments(self.dir, self.log)
+
     async def active_expire_loop(self) -> None:
         period_s = 1.0 / max(self.config.hz, 1)
         while True:
@@ -497,8 +524,8 @@ async def send_all(sock: socket.socket, data: bytes) -> None:
             await trio.lowlevel.wait_writable(sock)
 
 
-async def run_shard(config: Config, index: int) -> None:
-    shard = Shard(config, index)
+async def run_shard(config: Config, index: int, snapshots: SnapshotHooks | None = None) -> None:
+    shard = Shard(config, index, snapshots)
     os.makedirs(shard.dir, exist_ok=True)
     shard.open_log()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -514,6 +541,8 @@ async def run_shard(config: Config, index: int) -> None:
             nursery.start_soon(shard.committer)
             nursery.start_soon(shard.active_expire_loop)
             nursery.start_soon(shard.blocked_timeouts)
+            if snapshots is not None:
+                nursery.start_soon(shard.release_loop)
             while True:
                 await trio.lowlevel.wait_readable(listener)
                 try:

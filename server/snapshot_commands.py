@@ -1,0 +1,27 @@
+"""BGSAVE and LASTSAVE on top of the off-box snapshotter: the serving processes
+never save; they ask the snapshotter process (through its control files in the
+data dir) and report what it has published."""
+
+from __future__ import annotations
+
+from server.client import Client
+from shards.resp import ReplyError, Simple
+from shards.table import ROUTER, command
+from snapshotter.runner import read_status, request_snapshot
+
+
+@command("bgsave", -1, "admin noscript", group="server", where=ROUTER)
+def bgsave(client: Client, argv: list[bytes]):
+    if len(argv) > 2 or (len(argv) == 2 and argv[1].upper() != b"SCHEDULE"):
+        raise ReplyError(b"ERR syntax error")
+    config = client.router.config
+    if not config.snapshot_url:
+        raise ReplyError(b"ERR no snapshotter: start durakv with --snapshot-url s3://BUCKET/PREFIX")
+    request_snapshot(config.data_dir)
+    return Simple(b"Background saving started")
+
+
+def newest_snapshot_time_s(data_dir: str) -> int:
+    """When the newest snapshot was published (0: never)."""
+    shards = read_status(data_dir).shards.values()
+    return max((s.last_created_at_ms for s in shards if s.published), default=0) // 1000
