@@ -6,8 +6,6 @@ from the live server before it is killed."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 
 import pytest
@@ -15,17 +13,6 @@ import pytest
 from test_snapshot import cli, dump, s3, moto_endpoint, small_segment_config, write_every_type  # noqa: F401
 
 WAIT_S = 60
-
-
-def _serve_supports_snapshots() -> bool:
-    out = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--help"], capture_output=True, text=True)
-    return "--snapshot-url" in out.stdout
-
-
-pytestmark = pytest.mark.skipif(
-    not _serve_supports_snapshots(),
-    reason="`durakv serve --snapshot-url` is not wired yet (shards/server.py and server/supervisor.py "
-           "integration of issue 5)")
 
 
 def _segments(shard_dir: str) -> list[str]:
@@ -74,3 +61,25 @@ def test_serve_restored_dir_and_bootstrap_from_s3(server_factory, s3, tmp_path):
     empty = tmp_path / "empty"
     booted = server_factory(shards=2, data_dir=empty, extra_args=("--snapshot-url", url))
     assert dump(booted.client()) == live
+
+
+def test_bgsave_publishes_a_snapshot_and_lastsave_reports_it(server_factory, s3, tmp_path):
+    _, _, url = s3
+    srv = server_factory(shards=2, extra_args=("--snapshot-url", url))
+    client = srv.client()
+    write_every_type(client, "a")
+    before = client.lastsave()
+    time.sleep(1.1)  # LASTSAVE has one-second resolution
+    assert client.bgsave() is True
+    _wait_for(lambda: client.lastsave() > before, "LASTSAVE to report the new snapshot")
+    info = client.info("persistence")
+    assert info["snapshot_url"] == url
+    assert info["snapshot_shard0"]["status"] == "ok" and info["snapshot_shard0"]["records_behind"] == 0
+    listed = cli("snapshots", "list", "--from", url)
+    assert "shard" in listed.stdout
+
+
+def test_bgsave_without_snapshotter_is_an_error(server_factory):
+    client = server_factory(shards=1).client()
+    with pytest.raises(Exception, match="no snapshotter"):
+        client.bgsave()
