@@ -451,7 +451,6 @@ def test_object_subcommands(pair):
         ("OBJECT", "REFCOUNT", "nope"),
         ("OBJECT", "IDLETIME", "nope"),
         ("OBJECT", "FREQ", "nope"),
-        ("OBJECT", "IDLETIME", "int"),
         ("OBJECT", "HELP"),
         ("object", "help"),
         ("OBJECT", "HELP", "x"),
