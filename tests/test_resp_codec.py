@@ -58,13 +58,13 @@ ENCODINGS = [
 ]
 
 
-@pytest.mark.parametrize("value,resp2,resp3", ENCODINGS, ids=[repr(e[0])[:40] for e in ENCODINGS])
+@pytest.mark.parametrize("value,resp2,resp3", ENCODINGS, ids=[f"{i}-{type(e[0]).__name__}" for i, e in enumerate(ENCODINGS)])
 def test_encode_every_reply_type(value, resp2, resp3):
     assert encode(value, 2) == resp2
     assert encode(value, 3) == resp3
 
 
-@pytest.mark.parametrize("value,resp2,resp3", ENCODINGS, ids=[repr(e[0])[:40] for e in ENCODINGS])
+@pytest.mark.parametrize("value,resp2,resp3", ENCODINGS, ids=[f"{i}-{type(e[0]).__name__}" for i, e in enumerate(ENCODINGS)])
 def test_encoded_replies_parse_as_one_reply(value, resp2, resp3):
     """hiredis (the reply parser clients use) reads each encoding as exactly one reply."""
     for data, proto in ((resp2, 2), (resp3, 3)):
