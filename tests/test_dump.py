@@ -9,13 +9,13 @@ from __future__ import annotations
 import struct
 
 import pytest
-from refserver import Err, Pair, decode, pair, redis_ref  # noqa: F401
+from refserver import Pair, decode, pair, redis_ref  # noqa: F401
 
 import shards.commands  # noqa: F401
 from shards.context import Ctx
 from shards.engine import replay, run_command, state_of
 from shards.keyspace import Keyspace
-from shards.rdb import crc64, lzf_decompress
+from snapshotter.crc64 import crc64
 from shards.resp import ReplyError
 from shards.shard_settings import SHARD_DEFAULTS
 
@@ -136,7 +136,7 @@ def test_restore_converts_encodings_by_the_current_config(pair):
 def test_restore_options_ttls_and_errors_match_redis(pair):
     pair.same("SET", "src", "value")
     payload = pair.same("DUMP", "src")
-    body, version, crc = payload[:-10], payload[-10:-8], payload[-8:]
+    body, version = payload[:-10], payload[-10:-8]
     bad_crc = body + version + bytes(8)
     new_version = body + struct.pack("<H", 11)
     new_version += struct.pack("<Q", crc64(new_version))
@@ -225,11 +225,6 @@ def test_legacy_ziplist_and_text_score_payloads_restore_like_redis(pair):
         if pair.ours.value("EXISTS", key):
             assert contents(pair.ours, key) == contents(pair.theirs, key)
             pair.same("OBJECT", "ENCODING", key)
-
-
-def test_lzf_decompression_of_redis_payloads():
-    literal_then_backref = bytes([2]) + b"abc" + bytes([(4 << 5) | 0, 2])  # copy 6 bytes from 3 back
-    assert lzf_decompress(literal_then_backref, 9) == b"abcabcabc"
 
 
 # --- the logged effect replays to the same state ------------------------------------------
