@@ -114,12 +114,14 @@ def main(argv: list[str] | None = None) -> int:
         from shards.server import run_shard
         from snapshotter import shard_hooks
 
+        cannot_start = False
         try:
             trio.run(_run_until_signal, lambda: run_shard(config, args.index, shard_hooks))
-        except (LogError, shard_hooks.StartError) as e:
-            logging.getLogger("durakv.shard").critical("shard %d cannot start: %s", args.index, e)
-            return 3
-        return 0
+        except* (LogError, shard_hooks.StartError) as group:
+            for e in group.exceptions:
+                logging.getLogger("durakv.shard").critical("shard %d cannot start: %s", args.index, e)
+            cannot_start = True
+        return 3 if cannot_start else 0
     if args.command == "router":
         from server.router import run_router
 

@@ -376,10 +376,15 @@ class ClientPoller:
                 client = clients.get(fd)
                 if client is None:
                     continue
-                if events & select.EPOLLOUT:
-                    client.on_writable()
-                if events & readable and not client.closed:
-                    client.on_readable()
+                try:
+                    if events & select.EPOLLOUT:
+                        client.on_writable()
+                    if events & readable and not client.closed:
+                        client.on_readable()
+                except Exception:
+                    # A bug must cost one connection, never the router.
+                    log.exception("router: closing client %s after an internal error", client.addr)
+                    client.kill()
 
     def close(self) -> None:
         for client in list(self._clients.values()):

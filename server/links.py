@@ -94,8 +94,6 @@ class ShardLink:
                     nursery.start_soon(self._sender, nursery.cancel_scope)
                     await self._receiver()
                     nursery.cancel_scope.cancel()
-            except OSError as e:
-                log.warning("router: shard %d link error: %s", self.index, e)
             finally:
                 self.up = False
                 self.sock = None
@@ -146,6 +144,9 @@ class ShardLink:
                 size = sock.recv_into(chunk)
             except BlockingIOError:
                 continue
+            except OSError as e:
+                log.warning("router: shard %d link error: %s", self.index, e)
+                return
             if not size:
                 return
             buf += view[:size]

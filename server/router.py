@@ -53,6 +53,9 @@ class Gather:
                 reply = self.finish([decode_internal(p) for p in self.parts])
             except ReplyError as e:
                 reply = encode_error(e.message)
+            except Exception:
+                log.exception("router: merging shard replies failed")
+                reply = encode_error(b"ERR internal error merging shard replies")
             self.slot.fill(reply)
 
 

@@ -4,10 +4,12 @@ msgpack `[ok, value]`."""
 
 from __future__ import annotations
 
+import logging
 import os
 
 from shards.frames import encode_internal
 
+log = logging.getLogger("durakv.shard")
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -104,4 +106,8 @@ def run(shard, argv: list[bytes]) -> bytes:
     handler = HANDLERS.get(argv[0])
     if handler is None:
         return encode_internal(False, b"unknown internal request %r" % argv[0][1:])
-    return encode_internal(True, handler(shard, argv))
+    try:
+        return encode_internal(True, handler(shard, argv))
+    except Exception:
+        log.exception("shard %d: internal request %r failed", shard.index, argv[:3])
+        return encode_internal(False, b"ERR internal request failed: %s" % argv[0][1:])

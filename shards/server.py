@@ -88,7 +88,11 @@ class RouterConn:
             if self.outbox:
                 batch = self.outbox
                 self.outbox = []
-                await send_all(self.sock, encode_frame(batch))
+                try:
+                    await send_all(self.sock, encode_frame(batch))
+                except OSError as e:
+                    log.warning("shard: router connection lost while replying: %s", e)
+                    return  # the reader sees the end of the connection and closes it
 
 
 class SnapshotHooks(Protocol):

@@ -296,7 +296,7 @@ def test_replay_equals_live_for_string_and_key_commands(server_factory, tmp_path
             elif op == 7:
                 client.setrange(k, rng.randrange(5), "zz")
             elif op == 8:
-                client.getex(k, px=rng.randrange(1000, 90000))
+                client.getex(k, px=rng.randrange(60_000, 90_000))  # must outlive the restart
             elif op == 9:
                 client.copy(k, k2, replace=True)
             elif op == 10:
