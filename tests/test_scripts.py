@@ -20,7 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "scripts"
 UNITS = SCRIPTS / "systemd"
-UNIT_FILES = ("durakv-router.service", "durakv-shard@.service", "durakv.target")
+UNIT_FILES = ("durakv-router.service", "durakv-shard@.service", "durakv-snapshotter.service", "durakv.target")
 INSTALLED_BINARY = "/usr/local/bin/durakv"
 
 
