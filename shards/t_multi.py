@@ -13,7 +13,7 @@ from __future__ import annotations
 import msgspec
 
 from shards.context import Ctx
-from shards.resp import OK
+from shards.resp import OK, ReplyError
 from shards.table import command
 
 MAX_WATCHED_KEYS_PER_CLIENT = 1 << 20
@@ -47,7 +47,8 @@ class Watches:
         keys = self.by_client.setdefault(cid, set())
         if key in keys:
             return
-        assert len(keys) < MAX_WATCHED_KEYS_PER_CLIENT, "too many watched keys"
+        if len(keys) >= MAX_WATCHED_KEYS_PER_CLIENT:
+            raise ReplyError(b"ERR too many watched keys (limit %d per client)" % MAX_WATCHED_KEYS_PER_CLIENT)
         keys.add(key)
         self.by_key.setdefault(key, set()).add(cid)
         if expired:
