@@ -129,7 +129,10 @@ def cmd_snapshotter(args: argparse.Namespace) -> int:
     if args.config_json:
         from shards.config import config_from_json
 
-        data_dir = config_from_json(args.config_json).data_dir
+        config = config_from_json(args.config_json)
+        data_dir = config.data_dir
+        args.sse = args.sse or config.snapshot_sse or None
+        args.storage_class = args.storage_class or config.snapshot_storage_class or None
     if args.nice:
         os.nice(args.nice)
     url = _snapshotter_url(args)

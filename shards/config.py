@@ -31,6 +31,8 @@ class Config(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields
     max_unsynced_ms: int = 1000
     segment_size_bytes: int = 64 * 1024 * 1024
     snapshot_url: str = ""  # s3://BUCKET/PREFIX: run the snapshotter, bootstrap empty shards
+    snapshot_sse: str = ""  # S3 server-side encryption for uploads (AES256, aws:kms)
+    snapshot_storage_class: str = ""  # S3 storage class for uploads (STANDARD_IA, ...)
     test_fsync_delay_ms: int = 0  # test hook: stretch every fsync to expose hazards
     test_fsync_gate_path: str = ""  # test hook: fsyncs wait until this file exists
     test_fsync_fail_path: str = ""  # test hook: fsyncs fail with EIO once this file exists

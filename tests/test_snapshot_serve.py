@@ -83,3 +83,21 @@ def test_bgsave_without_snapshotter_is_an_error(server_factory):
     client = server_factory(shards=1).client()
     with pytest.raises(Exception, match="no snapshotter"):
         client.bgsave()
+
+
+def test_supervised_snapshotter_uploads_with_configured_encryption_and_storage_class(server_factory, s3, tmp_path):
+    client_s3, bucket, url = s3
+    config = tmp_path / "sse.toml"
+    config.write_text(f'snapshot-url = "{url}"\nsnapshot-sse = "AES256"\nsnapshot-storage-class = "STANDARD_IA"\n')
+    srv = server_factory(shards=1, extra_args=("--config", str(config)))
+    client = srv.client()
+    write_every_type(client, "a")
+    before = client.lastsave()
+    time.sleep(1.1)  # LASTSAVE has one-second resolution
+    client.bgsave()
+    _wait_for(lambda: client.lastsave() > before, "the supervised snapshotter to publish")
+    keys = [o["Key"] for o in client_s3.list_objects_v2(Bucket=bucket, Prefix="cluster/snapshots/")["Contents"]]
+    rdb = next(k for k in keys if k.endswith(".rdb"))
+    head = client_s3.head_object(Bucket=bucket, Key=rdb)
+    assert head["ServerSideEncryption"] == "AES256"
+    assert head["StorageClass"] == "STANDARD_IA"
