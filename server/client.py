@@ -30,6 +30,7 @@ MAX_QUEUED_IN_MULTI = 1024 * 1024
 IMMEDIATE_IN_MULTI = frozenset({"exec", "discard", "multi", "watch", "quit", "reset"})
 # Router-answered commands inside MULTI get their reply computed at queue time,
 # except these, whose replies depend on the shards and arrive later.
+ROUTER_IN_MULTI = b"\x00router"
 ASYNC_ROUTER_COMMANDS = frozenset({
     "info", "debug", "config|resetstat", "cluster|countkeysinslot", "cluster|getkeysinslot",
     "client|unblock",
@@ -215,7 +216,7 @@ class Client:
             if cmd.where == ROUTER:
                 if cmd.fullname in ASYNC_ROUTER_COMMANDS:
                     raise ReplyError(b"ERR Command not allowed inside a transaction")
-                argv = [b"\x00literal", encode(cmd.handler(self, argv), self.proto)]
+                argv = [ROUTER_IN_MULTI, *argv]  # runs at EXEC (see run_router_commands)
         except ReplyError as e:
             self.multi_error = True
             self.push(encode_error(e.message))
@@ -251,6 +252,22 @@ class Client:
         if len(shards) > 1:
             raise ReplyError(b"CROSSSLOT Keys in request don't hash to the same slot")
         return shards.pop()
+
+    def run_router_commands(self, queued: list[list[bytes]]) -> list[list[bytes]]:
+        """At EXEC: run the queued router-answered commands now and hand the shard
+        their replies as literals, so they take effect only if the transaction runs
+        and their errors land inside EXEC's reply, as in Redis."""
+        out = []
+        for argv in queued:
+            if argv[0] == ROUTER_IN_MULTI:
+                argv = argv[1:]
+                try:
+                    data = encode(lookup(argv).handler(self, argv), self.proto)
+                except ReplyError as e:
+                    data = encode_error(e.message)
+                argv = [b"\x00literal", data]
+            out.append(argv)
+        return out
 
     def unwatch_all(self) -> None:
         """Drop this client's WATCHes on every shard that holds some."""

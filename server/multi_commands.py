@@ -44,7 +44,7 @@ def exec_(client: Client, argv: list[bytes]):
         raise ReplyError(b"CROSSSLOT Keys in request don't hash to the same slot")
     watched.discard(shard)  # EXEC clears the watches on that shard itself
     link = client.router.links[shard]
-    slot = link.submit(client, client.proto, [b"\x00exec", pack_transaction(queued)])
+    slot = link.submit(client, client.proto, [b"\x00exec", pack_transaction(client.run_router_commands(queued))])
     client.replies.append(slot)
     return slot
 
