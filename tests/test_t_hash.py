@@ -11,12 +11,10 @@ from hypothesis import strategies as st
 from refserver import Pair, decode, pair, pair3, redis_ref  # noqa: F401
 
 import shards.commands  # noqa: F401
-from shards.context import Ctx
-from shards.engine import replay, run_command, state_of
-from shards.keyspace import Keyspace
+from shards.engine import replay, state_of
 from shards.resp import ReplyError
-from shards.shard_settings import SHARD_DEFAULTS
 from shards.t_hash import HashValue, parse_cursor
+from engine_util import call, new_ctx
 
 MAX_SCAN_CALLS = 10_000
 
@@ -421,22 +419,6 @@ def test_scan_index_tracks_changes_after_first_scan():
 # --- effects replay to the same state ----------------------------------------------------
 
 
-class StandInShard:
-    def __init__(self) -> None:
-        self.settings = dict(SHARD_DEFAULTS)
-        self.slot_range = (0, 16383)
-
-
-def new_ctx() -> Ctx:
-    return Ctx(Keyspace(), StandInShard())
-
-
-def call(ctx: Ctx, *args) -> object:
-    argv = [a if isinstance(a, bytes) else str(a).encode() for a in args]
-    try:
-        return run_command(ctx, argv)
-    except ReplyError as e:
-        return e
 
 
 def test_increments_are_logged_as_hset_of_the_result():

@@ -10,12 +10,9 @@ from hypothesis import strategies as st
 from refserver import Pair, pair, pair3, redis_ref  # noqa: F401
 
 import shards.commands  # noqa: F401
-from shards.context import Ctx
-from shards.engine import replay, run_command, state_of
-from shards.keyspace import Keyspace
-from shards.resp import ReplyError
-from shards.shard_settings import SHARD_DEFAULTS
+from shards.engine import replay, state_of
 from shards.t_list import LIST_HEAD, LIST_TAIL, list_move, list_mpop, list_pop
+from engine_util import call, new_ctx
 
 FAR_FUTURE_MS = 4_102_444_800_000  # 2100-01-01
 
@@ -360,22 +357,6 @@ def test_redis_py_roundtrip(r, r3):
 # --- effects replay to the same state ----------------------------------------------------
 
 
-class StandInShard:
-    def __init__(self) -> None:
-        self.settings = dict(SHARD_DEFAULTS)
-        self.slot_range = (0, 16383)
-
-
-def new_ctx() -> Ctx:
-    return Ctx(Keyspace(), StandInShard())
-
-
-def call(ctx: Ctx, *args) -> object:
-    argv = [a if isinstance(a, bytes) else str(a).encode() for a in args]
-    try:
-        return run_command(ctx, argv)
-    except ReplyError as e:
-        return e
 
 
 def test_pop_move_primitives_log_effects_that_replay():

@@ -14,12 +14,9 @@ from hypothesis import strategies as st
 from refserver import Pair, decode, pair, pair3, redis_ref  # noqa: F401
 
 from shards import commands  # noqa: F401
-from shards.context import Ctx
-from shards.engine import replay, run_command, state_of
-from shards.keyspace import Keyspace
-from shards.resp import ReplyError
-from shards.shard_settings import SHARD_DEFAULTS
+from shards.engine import replay, state_of
 from shards.t_set import RSet
+from engine_util import call, new_ctx
 
 SCAN_CALLS_MAX = 10_000
 
@@ -434,22 +431,6 @@ def test_redis_py_roundtrip(r, r3):
 # --- effects replay to the same state ----------------------------------------------------
 
 
-class StandInShard:
-    def __init__(self) -> None:
-        self.settings = dict(SHARD_DEFAULTS)
-        self.slot_range = (0, 16383)
-
-
-def new_ctx() -> Ctx:
-    return Ctx(Keyspace(), StandInShard())
-
-
-def call(ctx: Ctx, *args) -> object:
-    argv = [a if isinstance(a, bytes) else str(a).encode() for a in args]
-    try:
-        return run_command(ctx, argv)
-    except ReplyError as e:
-        return e
 
 
 def test_spop_logs_the_removed_members_and_srandmember_logs_nothing():
