@@ -490,6 +490,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _on_signal)
+    # Ctrl-C must work even when started with SIGINT ignored (a background job of a
+    # non-interactive shell, a pytest-xdist worker): Python then installs no handler.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     groups = ProcessGroups()
     try:
         with tempfile.TemporaryDirectory(prefix="durakv-bench-") as tmp:
