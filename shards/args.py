@@ -247,3 +247,36 @@ def format_long_double(value: Fraction) -> bytes:
 def is_string(value: object) -> bool:
     t = type(value)
     return t is bytes or t is bytearray
+
+
+ERR_NUMKEYS = ReplyError(b"ERR numkeys should be greater than 0")
+ERR_COUNT = ReplyError(b"ERR count should be greater than 0")
+
+
+def parse_numkeys_side_count(argv: list[bytes], numkeys_index: int,
+                             sides: dict[bytes, object]) -> tuple[list[bytes], object, int]:
+    """`numkeys key [key ...] SIDE [COUNT count]` from numkeys_index on, shared by
+    LMPOP/BLMPOP (LEFT|RIGHT) and ZMPOP/BZMPOP (MIN|MAX): (keys, side, count)."""
+    numkeys = parse_ll(argv[numkeys_index])
+    if numkeys is None or numkeys < 1:
+        raise ERR_NUMKEYS
+    side_index = numkeys_index + numkeys + 1
+    if side_index >= len(argv):
+        raise ERR_SYNTAX
+    side = sides.get(argv[side_index].upper(), _NO_SIDE)
+    if side is _NO_SIDE:
+        raise ERR_SYNTAX
+    count = -1
+    i = side_index + 1
+    while i < len(argv):
+        if count == -1 and argv[i].upper() == b"COUNT" and i + 1 < len(argv):
+            count = parse_ll(argv[i + 1])
+            if count is None or count < 1:
+                raise ERR_COUNT
+            i += 2
+        else:
+            raise ERR_SYNTAX
+    return argv[numkeys_index + 1 : side_index], side, 1 if count == -1 else count
+
+
+_NO_SIDE = object()

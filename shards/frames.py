@@ -77,7 +77,5 @@ def split_frames(buf: bytearray) -> list[bytes]:
 def shard_socket_name(data_dir_abs: str, shard: int) -> str:
     """Abstract-namespace Unix socket name for a shard: unique per data dir, no
     file to clean up, no 108-byte path limit."""
-    import hashlib
-
     digest = hashlib.sha1(data_dir_abs.encode()).hexdigest()[:16]
     return f"\0durakv-{digest}-shard-{shard:03d}"

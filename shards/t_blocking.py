@@ -15,10 +15,10 @@ from shards.blocking import Block, parse_timeout_ms
 from shards.context import Ctx
 from shards.resp import NULL_ARRAY
 from shards.t_list import (
-    LIST_HEAD, LIST_TAIL, ListValue, list_move, list_pop, mpop_keys_fn, parse_mpop_args, parse_where,
+    LIST_HEAD, LIST_TAIL, ListValue, list_move, list_pop, parse_mpop_args, parse_where,
 )
-from shards.t_zset import ZSet, numkeys_keys, parse_zmpop, zpop_generic
-from shards.table import command
+from shards.t_zset import ZSet, parse_zmpop, zpop_generic
+from shards.table import command, numkeys_keys
 
 
 def _block_or_timeout(ctx: Ctx, keys: list[bytes], deadline_ms: int, serve) -> object:
@@ -85,7 +85,7 @@ def brpoplpush(ctx: Ctx, argv: list[bytes]):
     return _blocking_move(ctx, argv[1], argv[2], LIST_TAIL, LIST_HEAD, argv[3])
 
 
-@command("blmpop", -5, "write blocking", (0, 0, 0), "list", keys_fn=mpop_keys_fn(2))
+@command("blmpop", -5, "write blocking", (0, 0, 0), "list", keys_fn=numkeys_keys(2))
 def blmpop(ctx: Ctx, argv: list[bytes]):
     keys, where, count = parse_mpop_args(argv, 2)
     deadline_ms = parse_timeout_ms(argv[1], ctx.db.now())

@@ -6,7 +6,7 @@ import copy
 import re
 
 from shards.args import (
-    ERR_NO_SUCH_KEY, ERR_SYNTAX, INT_MAX, INT_MIN, LLONG_MAX, LLONG_MIN, int_arg, int_range_arg, parse_ll,
+    ERR_NO_SUCH_KEY, ERR_SYNTAX, INT_MAX, INT_MIN, LLONG_MAX, int_arg, int_range_arg, parse_ll,
 )
 from shards.context import Ctx
 from shards.glob import glob_match

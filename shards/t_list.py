@@ -18,22 +18,24 @@ from __future__ import annotations
 from collections import deque
 from itertools import islice
 
-from shards.args import ERR_INDEX, ERR_NO_SUCH_KEY, ERR_NOT_INT, ERR_SYNTAX, ERR_WRONGTYPE, LLONG_MIN, parse_ll
+from shards.args import (
+    ERR_INDEX, ERR_NOT_INT, ERR_NO_SUCH_KEY, ERR_SYNTAX, ERR_WRONGTYPE, LLONG_MIN, parse_ll,
+    parse_numkeys_side_count,
+)
 from shards.context import Ctx
 from shards.keyspace import TYPE_NAMES, Keyspace
 from shards.resp import NULL_ARRAY, OK, ReplyError
 from shards.t_keys import ENCODINGS
-from shards.table import command
+from shards.table import command, numkeys_keys
 
 LIST_HEAD = 0
 LIST_TAIL = 1
+_MPOP_SIDES = {b"LEFT": LIST_HEAD, b"RIGHT": LIST_TAIL}
 _POP_NAMES = (b"LPOP", b"RPOP")
 _PUSH_NAMES = (b"LPUSH", b"RPUSH")
 _SIDE_NAMES = (b"LEFT", b"RIGHT")
 
 ERR_POSITIVE = ReplyError(b"ERR value is out of range, must be positive")
-ERR_NUMKEYS = ReplyError(b"ERR numkeys should be greater than 0")
-ERR_COUNT = ReplyError(b"ERR count should be greater than 0")
 ERR_RANK_ZERO = ReplyError(
     b"ERR RANK can't be zero: use 1 to start from the first match, 2 from the second ... "
     b"or use negative to start from the end of the list"
@@ -148,43 +150,10 @@ def list_move(ctx: Ctx, src: bytes, dst: bytes, wherefrom: int, whereto: int) ->
     return value
 
 
-def mpop_keys_fn(numkeys_index: int):
-    """keys_fn for LMPOP/BLMPOP as Redis Cluster extracts their keys: a numkeys
-    that is not a positive count of the arguments that follow gives no keys at
-    all, so the command itself answers with its own error (numkeys, syntax)."""
-
-    def keys_fn(argv: list[bytes]) -> list[int]:
-        numkeys = parse_ll(argv[numkeys_index])
-        first = numkeys_index + 1
-        if numkeys is None or numkeys < 1 or numkeys > len(argv) - first:
-            return []
-        return list(range(first, first + numkeys))
-
-    return keys_fn
-
-
 def parse_mpop_args(argv: list[bytes], numkeys_index: int) -> tuple[list[bytes], int, int]:
     """Parse `numkeys key [key ...] LEFT|RIGHT [COUNT count]` starting at
     numkeys_index (1 for LMPOP, 2 for BLMPOP): (keys, where, count)."""
-    numkeys = parse_ll(argv[numkeys_index])
-    if numkeys is None or numkeys < 1:
-        raise ERR_NUMKEYS
-    where_index = numkeys_index + numkeys + 1
-    if where_index >= len(argv):
-        raise ERR_SYNTAX
-    where = parse_where(argv[where_index])
-    count = -1
-    i = where_index + 1
-    while i < len(argv):
-        if count == -1 and argv[i].upper() == b"COUNT" and i + 1 < len(argv):
-            count = parse_ll(argv[i + 1])
-            if count is None or count < 1:
-                raise ERR_COUNT
-            i += 2
-        else:
-            raise ERR_SYNTAX
-    keys = argv[numkeys_index + 1 : where_index]
-    return keys, where, 1 if count == -1 else count
+    return parse_numkeys_side_count(argv, numkeys_index, _MPOP_SIDES)
 
 
 # --- push -----------------------------------------------------------------------
@@ -259,7 +228,7 @@ def rpop(ctx: Ctx, argv: list[bytes]):
     return _pop_command(ctx, argv, LIST_TAIL)
 
 
-@command("lmpop", -4, "write movablekeys", (0, 0, 0), "list", keys_fn=mpop_keys_fn(1))
+@command("lmpop", -4, "write movablekeys", (0, 0, 0), "list", keys_fn=numkeys_keys(1))
 def lmpop(ctx: Ctx, argv: list[bytes]):
     keys, where, count = parse_mpop_args(argv, 1)
     result = list_mpop(ctx, keys, where, count)

@@ -14,17 +14,17 @@ from __future__ import annotations
 
 import random
 from itertools import islice
-from typing import Callable, Iterable
+from typing import Iterable
 
 from sortedcontainers import SortedList
 
-from shards.args import ERR_SYNTAX, ERR_WRONGTYPE, LONG_MAX, int_arg, int_range_arg, parse_ll
+from shards.args import ERR_NUMKEYS, ERR_SYNTAX, ERR_WRONGTYPE, LONG_MAX, int_arg, int_range_arg, parse_ll
 from shards.context import Ctx
 from shards.glob import glob_match
 from shards.keyspace import TYPE_NAMES
 from shards.resp import ReplyError, SetReply
 from shards.t_keys import ENCODINGS, parse_scan_cursor
-from shards.table import command
+from shards.table import command, numkeys_keys
 
 INTSET_MAX_ENTRIES_CAP = 1 << 30  # Redis caps set-max-intset-entries here
 SPOP_MOVE_STRATEGY_MUL = 5  # Redis rebuilds the set when popping most of it
@@ -159,21 +159,6 @@ def new_set_from(members: Iterable[bytes], limit: int) -> RSet:
     result = RSet(members)
     result.intset = fits_intset(result, len(result), limit)
     return result
-
-
-def numkeys_keys(numkeys_index: int, fixed: tuple[int, ...] = ()) -> Callable[[list[bytes]], list[int]]:
-    """keys_fn for commands with a numkeys argument that never raises: a bad count
-    routes by the fixed keys only, so the command itself answers with Redis' own
-    per-command error text (as Redis Cluster does)."""
-
-    def keys_fn(argv: list[bytes]) -> list[int]:
-        numkeys = parse_ll(argv[numkeys_index]) if numkeys_index < len(argv) else None
-        start = numkeys_index + 1
-        if numkeys is None or numkeys < 1 or start + numkeys > len(argv):
-            return list(fixed)
-        return [*fixed, *range(start, start + numkeys)]
-
-    return keys_fn
 
 
 def signed_count_arg(text: bytes) -> int:
@@ -458,7 +443,6 @@ def sinterstore(ctx: Ctx, argv: list[bytes]):
     return sinter_generic(ctx, argv[2:], argv)
 
 
-ERR_NUMKEYS = ReplyError(b"ERR numkeys should be greater than 0")
 ERR_NUMKEYS_ARGS = ReplyError(b"ERR Number of keys can't be greater than number of args")
 ERR_LIMIT_NEGATIVE = ReplyError(b"ERR LIMIT can't be negative")
 

@@ -24,18 +24,18 @@ import re
 
 from sortedcontainers import SortedList
 
-from shards.args import ERR_SYNTAX, ERR_WRONGTYPE, LONG_MAX, float_arg, int_arg, parse_ll
+from shards.args import ERR_SYNTAX, ERR_WRONGTYPE, LONG_MAX, float_arg, int_arg, parse_numkeys_side_count
 from shards.context import Ctx
 from shards.glob import glob_match
 from shards.keyspace import TYPE_NAMES
 from shards.resp import NULL_ARRAY, ReplyError, format_double
 from shards.t_keys import ENCODINGS, parse_scan_cursor
 from shards.t_set import (
-    ERR_LIMIT_NEGATIVE, ERR_NUMKEYS, ERR_RANDOM_TOO_MANY, RANDOM_REPLY_MAX_ITEMS, SCAN_HASH_MASK,
-    RSet, build_scan_index, numkeys_keys, parse_scan_options, positive_arg,
+    ERR_LIMIT_NEGATIVE, ERR_RANDOM_TOO_MANY, RANDOM_REPLY_MAX_ITEMS, SCAN_HASH_MASK,
+    RSet, build_scan_index, parse_scan_options, positive_arg,
     scan_page, signed_count_arg,
 )
-from shards.table import command
+from shards.table import command, numkeys_keys
 
 LLONG_HALF_D = float((2**63 - 1) // 2)  # double2ll's range for integral scores, as a double
 
@@ -43,7 +43,6 @@ ERR_NAN = ReplyError(b"ERR resulting score is not a number (NaN)")
 ERR_MINMAX_FLOAT = ReplyError(b"ERR min or max is not a float")
 ERR_MINMAX_LEX = ReplyError(b"ERR min or max not valid string range item")
 ERR_WEIGHT = ReplyError(b"ERR weight value is not a float")
-ERR_COUNT = ReplyError(b"ERR count should be greater than 0")
 ERR_OUT_OF_RANGE = ReplyError(b"ERR value is out of range")
 
 
@@ -803,27 +802,10 @@ def zpopmax(ctx: Ctx, argv: list[bytes]):
 
 def parse_zmpop(argv: list[bytes], numkeys_index: int) -> tuple[list[bytes], bool, int]:
     """Arguments of ZMPOP/BZMPOP from numkeys on: (keys, at_max, count)."""
-    numkeys = parse_ll(argv[numkeys_index])
-    if numkeys is None or numkeys < 1:
-        raise ERR_NUMKEYS
-    where_index = numkeys_index + numkeys + 1
-    if where_index >= len(argv):
-        raise ERR_SYNTAX
-    where = argv[where_index].lower()
-    if where not in (b"min", b"max"):
-        raise ERR_SYNTAX
-    count = -1
-    j = where_index + 1
-    while j < len(argv):
-        if count == -1 and argv[j].lower() == b"count" and j + 1 < len(argv):
-            count = parse_ll(argv[j + 1])
-            if count is None or count < 1:
-                raise ERR_COUNT
-            j += 2
-        else:
-            raise ERR_SYNTAX
-    keys = argv[numkeys_index + 1 : where_index]
-    return keys, where == b"max", 1 if count == -1 else count
+    return parse_numkeys_side_count(argv, numkeys_index, _ZMPOP_SIDES)
+
+
+_ZMPOP_SIDES = {b"MIN": False, b"MAX": True}
 
 
 @command("zmpop", -4, "write", (0, 0, 0), "sorted_set", keys_fn=numkeys_keys(1))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from shards.args import parse_ll
 from shards.resp import ReplyError
 
 # Where a command runs.
@@ -160,17 +161,16 @@ def unknown_command_message(argv: list[bytes]) -> bytes:
     return b"ERR unknown command '%s', with args beginning with: %s" % (_clip(argv[0]), args)
 
 
-def keys_from_numkeys(numkeys_index: int, first_key_offset: int = 1, extra_keys: tuple[int, ...] = ()):
-    """keys_fn for commands whose key count is an argument (ZUNIONSTORE, EVAL, LMPOP)."""
+def numkeys_keys(numkeys_index: int, fixed: tuple[int, ...] = ()) -> Callable[[list[bytes]], list[int]]:
+    """keys_fn for commands with a numkeys argument (ZUNIONSTORE, LMPOP, SINTERCARD).
+    It never raises: a bad count routes by the fixed keys only, so the command
+    itself answers with its own Redis error text, as Redis Cluster does."""
 
     def keys_fn(argv: list[bytes]) -> list[int]:
-        try:
-            numkeys = int(argv[numkeys_index])
-        except ValueError:
-            raise ReplyError(b"ERR numkeys should be greater than 0") from None
-        start = numkeys_index + first_key_offset
-        if numkeys < 0 or start + numkeys > len(argv):
-            raise ReplyError(b"ERR Number of keys can't be greater than number of args")
-        return list(extra_keys) + list(range(start, start + numkeys))
+        numkeys = parse_ll(argv[numkeys_index]) if numkeys_index < len(argv) else None
+        start = numkeys_index + 1
+        if numkeys is None or numkeys < 1 or start + numkeys > len(argv):
+            return list(fixed)
+        return [*fixed, *range(start, start + numkeys)]
 
     return keys_fn

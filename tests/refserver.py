@@ -18,6 +18,7 @@ import pytest
 import redis
 
 from conftest import STARTUP_TIMEOUT_S, DurakvServer
+from shards.slots import key_slot, slot_owner_table
 
 REDIS_SERVER = shutil.which("redis-server")
 REF_STARTUP_TIMEOUT_S = 20
@@ -314,3 +315,21 @@ def exchange_until_closed(port: int, chunks: list[bytes]) -> bytes:
         return b"<reset>"
     finally:
         conn.close()
+
+
+def same_all(p: Pair, commands: list[tuple]) -> None:
+    """Every command gives the same reply bytes on durakv and redis-server."""
+    for command in commands:
+        p.same(*command)
+
+
+def keys_on_different_shards(count: int = 2) -> list[str]:
+    """Key names owned by different shards of the 2-shard test server."""
+    owner = slot_owner_table(2)
+    found: dict[int, str] = {}
+    i = 0
+    while len(found) < count:
+        name = f"key-{i}"
+        found.setdefault(owner[key_slot(name.encode())], name)
+        i += 1
+    return list(found.values())

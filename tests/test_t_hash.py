@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from refserver import Pair, decode, pair, pair3, redis_ref  # noqa: F401
+from refserver import Pair, decode, pair, pair3, redis_ref, same_all  # noqa: F401
 
 import shards.commands  # noqa: F401
 from shards.engine import replay, state_of
@@ -17,11 +17,6 @@ from shards.t_hash import HashValue, parse_cursor
 from engine_util import call, new_ctx
 
 MAX_SCAN_CALLS = 10_000
-
-
-def same_all(p: Pair, commands: list[tuple]) -> None:
-    for command in commands:
-        p.same(*command)
 
 
 def same_hash(p: Pair, key: str) -> dict:

@@ -11,7 +11,7 @@ import pytest
 import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from refserver import Pair, pair, redis_ref  # noqa: F401
+from refserver import Pair, keys_on_different_shards, pair, redis_ref, same_all  # noqa: F401
 
 import shards.commands  # noqa: F401
 from shards.context import Ctx
@@ -19,27 +19,9 @@ from shards.engine import replay, run_command, state_of
 from shards.keyspace import Keyspace
 from shards.resp import ReplyError
 from shards.shard_settings import SHARD_DEFAULTS
-from shards.slots import key_slot, slot_owner_table
 from shards.t_hll import DENSE_BYTES, dense_to_raw, pattern, raw_max, raw_to_dense
 
 HEADER = b"HYLL\x01\x00\x00\x00" + bytes(7) + b"\x80"
-
-
-def keys_on_different_shards(count: int = 2) -> list[str]:
-    """Key names owned by different shards of the 2-shard test server."""
-    owner = slot_owner_table(2)
-    found: dict[int, str] = {}
-    i = 0
-    while len(found) < count:
-        name = f"key-{i}"
-        found.setdefault(owner[key_slot(name.encode())], name)
-        i += 1
-    return list(found.values())
-
-
-def same_all(p: Pair, commands: list[tuple]) -> None:
-    for command in commands:
-        p.same(*command)
 
 
 def elements(prefix: str, count: int) -> list[str]:

@@ -11,7 +11,7 @@ import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from refserver import Pair, decode, pair, pair3, redis_ref  # noqa: F401
+from refserver import Pair, decode, pair, pair3, redis_ref, same_all  # noqa: F401
 
 from shards import commands  # noqa: F401
 from shards.engine import replay, state_of
@@ -19,11 +19,6 @@ from shards.t_set import RSet
 from engine_util import call, new_ctx
 
 SCAN_CALLS_MAX = 10_000
-
-
-def same_all(p: Pair, commands: list[tuple]) -> None:
-    for command in commands:
-        p.same(*command)
 
 
 def same_as_multiset(p: Pair, *command) -> None:
