@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import redis
-
 from conftest import STARTUP_TIMEOUT_S, DurakvServer
+
 from shards.slots import key_slot, slot_owner_table
 
 REDIS_SERVER = shutil.which("redis-server")
@@ -333,3 +333,25 @@ def keys_on_different_shards(count: int = 2) -> list[str]:
         found.setdefault(owner[key_slot(name.encode())], name)
         i += 1
     return list(found.values())
+
+
+def dump_keyspace(client: redis.Redis) -> dict:
+    """Every key's type, value and absolute expiry, read over the wire."""
+    out = {}
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key).decode()
+        if kind == "string":
+            value = client.get(key)
+        elif kind == "list":
+            value = client.lrange(key, 0, -1)
+        elif kind == "hash":
+            value = sorted(client.hgetall(key).items())
+        elif kind == "set":
+            value = sorted(client.smembers(key))
+        elif kind == "zset":
+            value = [(m, repr(s)) for m, s in client.zrange(key, 0, -1, withscores=True)]
+        else:
+            value = kind
+        expire = client.execute_command("PEXPIRETIME", key)
+        out[key] = (kind, value, None if expire == -1 else expire)
+    return out

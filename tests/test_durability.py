@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from refserver import dump_keyspace
 
 CRASH_TRIALS = int(os.environ.get("DURAKV_CRASH_TRIALS", "3"))
 WRITERS = 6
@@ -305,27 +306,7 @@ def test_replay_equals_live_for_string_and_key_commands(server_factory, tmp_path
                 client.msetnx({k: "m", k2: "n"})
         except redis.ResponseError:
             pass
-    before = dump_state(client)
+    before = dump_keyspace(client)
     srv.kill9()
-    after = dump_state(server_factory(shards=2, data_dir=data_dir).client())
+    after = dump_keyspace(server_factory(shards=2, data_dir=data_dir).client())
     assert after == before
-
-
-def dump_state(client: redis.Redis) -> dict:
-    state = {}
-    for key in client.scan_iter(count=100):
-        kind = client.type(key)
-        if kind == b"string":
-            value = client.get(key)
-        elif kind == b"list":
-            value = client.lrange(key, 0, -1)
-        elif kind == b"hash":
-            value = sorted(client.hgetall(key).items())
-        elif kind == b"set":
-            value = sorted(client.smembers(key))
-        elif kind == b"zset":
-            value = client.zrange(key, 0, -1, withscores=True)
-        else:
-            value = kind
-        state[key] = (kind, value, client.pexpiretime(key))
-    return state

@@ -13,9 +13,10 @@ import subprocess
 import time
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from refserver import RedisRef, dump_keyspace
 
-from refserver import RedisRef
 from shards.engine import run_command, state_of
 from shards.keyspace import Keyspace
 from shards.t_hash import HashValue
@@ -91,28 +92,6 @@ def _load(path) -> Keyspace:
     with open(path, "rb") as f:
         load_rdb(f, db)
     return db
-
-
-def _dump_redis(client) -> dict:
-    """Everything redis-server holds, read over the wire."""
-    out = {}
-    for key in client.scan_iter(count=1000):
-        kind = client.type(key).decode()
-        if kind == "string":
-            value = client.get(key)
-        elif kind == "list":
-            value = client.lrange(key, 0, -1)
-        elif kind == "hash":
-            value = sorted(client.hgetall(key).items())
-        elif kind == "set":
-            value = sorted(client.smembers(key))
-        elif kind == "zset":
-            value = [(m, repr(s)) for m, s in client.zrange(key, 0, -1, withscores=True)]
-        else:
-            value = kind
-        expire = client.execute_command("PEXPIRETIME", key)
-        out[key] = (kind, value, None if expire == -1 else expire)
-    return out
 
 
 def _dump_keyspace(db: Keyspace) -> dict:
@@ -197,7 +176,7 @@ def test_redis_server_loads_written_file(tmp_path):
     ref = RedisRef(workdir, ("--dbfilename", "durakv.rdb", "--sanitize-dump-payload", "yes"))
     try:
         client = ref.client()
-        got = _dump_redis(client)
+        got = dump_keyspace(client)
         want = _dump_keyspace(db)
         del want[b"expired"]  # a master drops keys already expired when it loads them
         assert got == want
@@ -246,7 +225,7 @@ def test_reads_rdb_written_by_redis_server(tmp_path):
     try:
         client = ref.client()
         _populate_redis(client)
-        want = _dump_redis(client)
+        want = dump_keyspace(client)
         assert client.object("encoding", "set-intset") == b"intset"
         assert client.object("encoding", "zset-lp") == b"listpack"
         client.save()

@@ -17,9 +17,10 @@ import uuid
 import boto3
 import pytest
 import redis
-
 from conftest import free_port
 from refserver import RedisRef
+from refserver import dump_keyspace as dump
+
 from log import Log, LogLocked
 from shards.engine import replay
 from shards.keyspace import Keyspace
@@ -74,28 +75,6 @@ def small_segment_config(tmp_path) -> tuple[str, ...]:
     path = tmp_path / "small-segments.toml"
     path.write_text(SMALL_SEGMENTS)
     return ("--config", str(path))
-
-
-def dump(client: redis.Redis) -> dict:
-    """Every key's type, value and absolute expiry, read over the wire."""
-    out = {}
-    for key in client.scan_iter(count=1000):
-        kind = client.type(key).decode()
-        if kind == "string":
-            value = client.get(key)
-        elif kind == "list":
-            value = client.lrange(key, 0, -1)
-        elif kind == "hash":
-            value = sorted(client.hgetall(key).items())
-        elif kind == "set":
-            value = sorted(client.smembers(key))
-        elif kind == "zset":
-            value = [(m, repr(s)) for m, s in client.zrange(key, 0, -1, withscores=True)]
-        else:
-            value = kind
-        expire = client.execute_command("PEXPIRETIME", key)
-        out[key] = (kind, value, None if expire == -1 else expire)
-    return out
 
 
 def write_every_type(client: redis.Redis, tag: str, n: int = 40) -> None:
