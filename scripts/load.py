@@ -322,6 +322,8 @@ async def generate(opts: argparse.Namespace, connections: int, seed: int,
     while (now := time.perf_counter()) < deadline:
         await asyncio.sleep(min(TICK_S, deadline - now))
         on_tick(result.ops)
+        if opts.until_file and os.path.exists(opts.until_file):
+            break
     for proto in protocols:
         proto.stopping = True
     try:
@@ -487,6 +489,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     where.add_argument("--pin-slot", type=_bounded(0, SLOT_COUNT - 1),
                        help="put every key in this slot (finds a matching hash tag)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds")
+    p.add_argument("--until-file", help="stop early once this file exists (checked every tick)")
     p.add_argument("--prefill", action="store_true", help="SET every key once before measuring")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")

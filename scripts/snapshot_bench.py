@@ -30,6 +30,7 @@ import redis
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STARTUP_TIMEOUT_S = 120
+DURING_MAX_S = 600  # a load run alongside a snapshot or BGSAVE stops when that ends, at most this late
 
 
 def free_port() -> int:
@@ -57,6 +58,17 @@ def wait_ready(port: int, proc: subprocess.Popen) -> None:
     raise RuntimeError("server not ready")
 
 
+def wait_http(port: int) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"moto server on port {port} not ready")
+
+
 def load(port: int, seconds: float, keys: int, value_size: int, prefill: bool = False) -> dict:
     argv = [sys.executable, os.path.join(HERE, "load.py"), "--port", str(port), "-r", str(keys),
             "-d", str(value_size), "--duration", str(seconds), "-c", "20", "--json", "-q"]
@@ -71,12 +83,15 @@ def latency(result: dict) -> dict:
             "max_ms": result["latency_ms"]["max"]}
 
 
-def during(port: int, seconds: float, keys: int, value_size: int, start_work, work_done) -> tuple[dict, float]:
-    """Run the load for `seconds` with background work started one second in;
-    returns (latency, work seconds)."""
+def during(port: int, keys: int, value_size: int, start_work, work_done, tmp: str) -> tuple[dict, float]:
+    """Run the load from one second before background work starts until it ends
+    (so the latencies are those of the work's window); returns (latency, work seconds)."""
+    until = os.path.join(tmp, "work-done")
+    if os.path.exists(until):
+        os.unlink(until)
     loader = subprocess.Popen(
         [sys.executable, os.path.join(HERE, "load.py"), "--port", str(port), "-r", str(keys), "-d",
-         str(value_size), "--duration", str(seconds), "-c", "20", "--json", "-q"],
+         str(value_size), "--duration", str(DURING_MAX_S), "--until-file", until, "-c", "20", "--json", "-q"],
         stdout=subprocess.PIPE, text=True)
     time.sleep(1.0)
     started = time.monotonic()
@@ -84,33 +99,37 @@ def during(port: int, seconds: float, keys: int, value_size: int, start_work, wo
     while not work_done():
         time.sleep(0.05)
     work_s = time.monotonic() - started
+    open(until, "w").close()
     out, _ = loader.communicate()
     return latency(json.loads(out)), work_s
 
 
-class SnapshotRun:
-    """One `durakv snapshotter --once`, with its own peak RSS (wait4's rusage)."""
+class Snapshots:
+    """Snapshots as a single-box deployment takes them: the snapshotter is the
+    child `durakv serve --snapshot-url` supervises (same session as the shards,
+    so its low priority applies against them), asked with BGSAVE; its peak RSS
+    is the child's VmHWM."""
 
-    def __init__(self, data_dir: str, url: str, env: dict) -> None:
-        self.argv = [sys.executable, "-m", "server.cli", "snapshotter", "--data-dir", data_dir, "--once",
-                     "--snapshot-url", url]
-        self.env = env
-        self.proc: subprocess.Popen | None = None
-        self.max_rss_mb = 0.0
-        self.finished = False
+    def __init__(self, client: redis.Redis, data_dir: str, serve_pid: int) -> None:
+        from snapshotter.runner import read_status
+
+        self.read_status = read_status
+        self.client = client
+        self.data_dir = data_dir
+        self.serve_pid = serve_pid
+        self.before = ""
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.before = self.read_status(self.data_dir).request_served
+        assert self.client.bgsave()
 
     def done(self) -> bool:
-        if self.proc is None:
+        status = self.read_status(self.data_dir)
+        if status.request_served == self.before:
             return False
-        pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
-        if pid == 0:
-            return False
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise RuntimeError("snapshotter failed: rerun it by hand to see why: " + " ".join(self.argv))
-        self.max_rss_mb = round(usage.ru_maxrss / 1024, 1)
+        errors = [s.error for s in status.shards.values() if s.status != "ok"]
+        if errors:
+            raise RuntimeError(f"snapshot failed: {errors}")
         return True
 
     def run(self) -> float:
@@ -119,6 +138,20 @@ class SnapshotRun:
         while not self.done():
             time.sleep(0.05)
         return time.monotonic() - started
+
+    def max_rss_mb(self) -> float:
+        for pid in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+                with open(f"/proc/{pid}/status") as f:
+                    status = f.read()
+            except OSError:
+                continue
+            if b"snapshotter" in argv and f"\nPPid:\t{self.serve_pid}\n" in status:
+                kb = int(status.split("VmHWM:")[1].split()[0])
+                return round(kb / 1024, 1)
+        raise RuntimeError("no snapshotter child found")
 
 
 def newest_manifests(data_dir: str, shards: int) -> list[dict]:
@@ -134,8 +167,12 @@ def newest_manifests(data_dir: str, shards: int) -> list[dict]:
 def bench_durakv(opts, tmp: str, env: dict) -> dict:
     data_dir = os.path.join(tmp, "durakv")
     port = free_port()
+    config = os.path.join(tmp, "durakv.toml")
+    with open(config, "w") as f:  # snapshots only when the bench asks (BGSAVE)
+        f.write("snapshot-every-bytes = 1099511627776\nsnapshot-max-age-s = 1e9\n")
     proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--shards",
-                             str(opts.shards), "--data-dir", data_dir], start_new_session=True,
+                             str(opts.shards), "--data-dir", data_dir, "--config", config,
+                             "--snapshot-url", opts.url], start_new_session=True, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out: dict = {}
     try:
@@ -145,20 +182,19 @@ def bench_durakv(opts, tmp: str, env: dict) -> dict:
         out["prefill_s"] = round(time.monotonic() - started, 1)
         out["keys"] = redis.Redis(port=port).dbsize()
         out["steady"] = latency(load(port, opts.duration, opts.keys, opts.value_size))
-        first = SnapshotRun(data_dir, opts.url, env)
-        build_s = first.run()
+        snapshots = Snapshots(redis.Redis(port=port), data_dir, proc.pid)
+        build_s = snapshots.run()
         manifests = newest_manifests(data_dir, opts.shards)
         out["snapshot_alone"] = {
             "wall_s": round(build_s, 2), "shard_build_ms": [m["build_ms"] for m in manifests],
             "keys_per_s": round(sum(m["keys"] for m in manifests) / build_s),
-            "rdb_bytes": sum(m["rdb_bytes"] for m in manifests), "snapshotter_max_rss_mb": first.max_rss_mb,
+            "rdb_bytes": sum(m["rdb_bytes"] for m in manifests), "snapshotter_max_rss_mb": snapshots.max_rss_mb(),
         }
         load(port, 2.0, opts.keys, opts.value_size)  # new records for the next snapshot to cover
-        second = SnapshotRun(data_dir, opts.url, env)
-        out["during_snapshot"], during_s = during(port, build_s * 1.3 + 2, opts.keys, opts.value_size,
-                                                  second.start, second.done)
+        out["during_snapshot"], during_s = during(port, opts.keys, opts.value_size, snapshots.start,
+                                                  snapshots.done, tmp)
         out["during_snapshot"]["snapshot_wall_s"] = round(during_s, 2)
-        out["during_snapshot"]["snapshotter_max_rss_mb"] = second.max_rss_mb
+        out["during_snapshot"]["snapshotter_max_rss_mb"] = snapshots.max_rss_mb()
         restore_dir = os.path.join(tmp, "restored")
         started = time.monotonic()
         subprocess.run([sys.executable, "-m", "server.cli", "restore", "--from", opts.url, "--data-dir",
@@ -177,7 +213,8 @@ def bench_redis(opts, tmp: str) -> dict:
     port = free_port()
     workdir = os.path.join(tmp, "redis")
     os.makedirs(workdir)
-    proc = subprocess.Popen([server, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", workdir],
+    proc = subprocess.Popen([server, "--port", str(port), "--save", "", "--appendonly", "yes",
+                             "--appendfsync", "always", "--dir", workdir],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out: dict = {}
     try:
@@ -194,8 +231,7 @@ def bench_redis(opts, tmp: str) -> dict:
         def done() -> bool:
             return client.lastsave() != before and client.info("persistence")["rdb_bgsave_in_progress"] == 0
 
-        out["during_bgsave"], out["bgsave_wall_s"] = during(port, opts.duration, opts.keys,
-                                                            opts.value_size, start, done)
+        out["during_bgsave"], out["bgsave_wall_s"] = during(port, opts.keys, opts.value_size, start, done, tmp)
     finally:
         proc.terminate()
         proc.wait()
@@ -208,12 +244,15 @@ def main() -> int:
     p.add_argument("--value-size", type=int, default=100)
     p.add_argument("--shards", type=int, default=2)
     p.add_argument("--duration", type=float, default=10.0, help="seconds of steady load")
+    p.add_argument("--s3-nice", type=int, default=19,
+                   help="niceness of the moto S3 server process: S3 is off-box in production, so on one "
+                        "machine its stand-in runs at the lowest CPU priority (0 charges its CPU to the load)")
     opts = p.parse_args()
-    from moto.server import ThreadedMotoServer
-
     moto_port = free_port()
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
-    moto.start()
+    moto = subprocess.Popen(["nice", "-n", str(opts.s3_nice), sys.executable, "-m", "moto.server", "-H",
+                             "127.0.0.1", "-p", str(moto_port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_http(moto_port)
     env = dict(os.environ, AWS_ENDPOINT_URL_S3=f"http://127.0.0.1:{moto_port}", AWS_ACCESS_KEY_ID="bench",
                AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
     os.environ.update(env)
@@ -225,7 +264,8 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="snapshot-bench-") as tmp:
             result = {"durakv": bench_durakv(opts, tmp, env), "redis": bench_redis(opts, tmp)}
     finally:
-        moto.stop()
+        moto.terminate()
+        moto.wait()
     steady, snap = result["durakv"]["steady"], result["durakv"]["during_snapshot"]
     result["durakv"]["p99_ratio_during_snapshot"] = round(snap["p99_ms"] / steady["p99_ms"], 2)
     if "steady" in result["redis"]:

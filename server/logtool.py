@@ -7,7 +7,7 @@ import os
 import sys
 
 import log as wal
-from shards.records import decode_effects
+from shards.records import decode_record
 
 
 def _shard_log_dirs(data_dir: str) -> list[str]:
@@ -31,8 +31,9 @@ def verify_logs(data_dir: str) -> int:
 
 
 def _render(payload: bytes) -> str:
-    effects = decode_effects(payload)
-    return " | ".join(" ".join(repr(arg)[2:-1] for arg in argv) for argv in effects)
+    record = decode_record(payload)
+    return f"@{record.written_at_ms} " + " | ".join(" ".join(repr(arg)[2:-1] for arg in argv)
+                                                    for argv in record.effects)
 
 
 def dump_log(data_dir: str, shard: int, from_seq: int, limit: int | None) -> int:

@@ -33,6 +33,9 @@ def add_parsers(sub) -> None:
                    help="build at least this often while there are new records")
     p.add_argument("--poll-interval-s", type=float, default=1.0)
     p.add_argument("--nice", type=int, default=DEFAULT_NICE, help="CPU niceness increment (low priority)")
+    p.add_argument("--sched-idle", action=argparse.BooleanOptionalAction, default=True,
+                   help="run under SCHED_IDLE (Linux): any shard that wakes preempts the snapshotter; "
+                        "on a box whose CPUs are never idle, snapshots then progress only slowly")
     p.add_argument("--config-json", help=argparse.SUPPRESS)
     p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     _store_flags(p)
@@ -119,6 +122,7 @@ def _snapshotter_url(args: argparse.Namespace) -> str:
 
 
 def cmd_snapshotter(args: argparse.Namespace) -> int:
+    from snapshotter.priority import lower_priority
     from snapshotter.runner import Schedule, Snapshotter, SnapshotterBusy, acquire_lock
 
     if args.parent_pid:
@@ -133,8 +137,8 @@ def cmd_snapshotter(args: argparse.Namespace) -> int:
         data_dir = config.data_dir
         args.sse = args.sse or config.snapshot_sse or None
         args.storage_class = args.storage_class or config.snapshot_storage_class or None
-    if args.nice:
-        os.nice(args.nice)
+        args.every_bytes, args.max_age_s = config.snapshot_every_bytes, config.snapshot_max_age_s
+    lower_priority(args.nice, args.sched_idle)
     url = _snapshotter_url(args)
     try:
         lock_fd = acquire_lock(data_dir)

@@ -33,6 +33,8 @@ class Config(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields
     snapshot_url: str = ""  # s3://BUCKET/PREFIX: run the snapshotter, bootstrap empty shards
     snapshot_sse: str = ""  # S3 server-side encryption for uploads (AES256, aws:kms)
     snapshot_storage_class: str = ""  # S3 storage class for uploads (STANDARD_IA, ...)
+    snapshot_every_bytes: int = 64 * 1024 * 1024  # build when this many log bytes follow a snapshot
+    snapshot_max_age_s: float = 3600.0  # and at least this often while there are new records
     test_fsync_delay_ms: int = 0  # test hook: stretch every fsync to expose hazards
     test_fsync_gate_path: str = ""  # test hook: fsyncs wait until this file exists
     test_fsync_fail_path: str = ""  # test hook: fsyncs fail with EIO once this file exists

@@ -1,17 +1,46 @@
-"""Log record payloads: one record per shard batch, holding the batch's effects
-as a msgpack array of argument vectors (see log/FORMAT.md for the framing)."""
+"""Log record payloads: one record per shard batch (see log/FORMAT.md for the
+framing and the payload layout).
+
+A payload is a msgpack array [written_at_ms, effects]: the shard's wall clock
+when it appended the record (never lower than the previous record's, so a
+log's times do not decrease even if the clock steps back), and the batch's
+effects as an array of argument vectors. The time is what makes restore
+--at exact to the record."""
 
 from __future__ import annotations
 
+import time
+
 import msgspec
 
+
+class Record(msgspec.Struct, array_like=True):
+    written_at_ms: int
+    effects: list[list[bytes]]
+
+
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(list[list[bytes]])
+_decoder = msgspec.msgpack.Decoder(Record)
 
 
-def encode_effects(effects: list[list[bytes]]) -> bytes:
-    return _encoder.encode(effects)
+def encode_record(written_at_ms: int, effects: list[list[bytes]]) -> bytes:
+    return _encoder.encode(Record(written_at_ms, effects))
 
 
-def decode_effects(payload: bytes) -> list[list[bytes]]:
+def decode_record(payload: bytes) -> Record:
     return _decoder.decode(payload)
+
+
+class RecordClock:
+    """Record times for one log: wall-clock milliseconds that never decrease."""
+
+    __slots__ = ("last_ms",)
+
+    def __init__(self, last_ms: int = 0) -> None:
+        self.last_ms = last_ms
+
+    def now_ms(self) -> int:
+        now = time.time_ns() // 1_000_000
+        if now > self.last_ms:
+            self.last_ms = now
+        return self.last_ms

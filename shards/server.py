@@ -33,7 +33,7 @@ from shards.frames import (
 from shards.hazards import HazardTracker, HeldReplies
 from shards.blocking import Block, BlockedClients, Waiter
 from shards.keyspace import Keyspace, now_ms
-from shards.records import decode_effects, encode_effects
+from shards.records import RecordClock, decode_record, encode_record
 from shards.resp import NULL_ARRAY, ReplyError, encode, encode_error
 from shards.shard_settings import SHARD_DEFAULTS
 from shards.slots import slot_ranges
@@ -131,6 +131,7 @@ class Shard:
         self.write_error: bytes | None = None
         self.fsyncs = 0
         self.records_appended = 0
+        self.record_clock = RecordClock()
         self.effects_appended = 0
         self.replayed_records = 0
         self.watches = Watches()
@@ -154,7 +155,9 @@ class Shard:
         count = 0
         base_seq = snapshots.load_start_snapshot(self.dir, self.db, self.log) if snapshots is not None else 0
         for _seq, _epoch, payload in self.log.read(base_seq + 1):
-            replay(self.ctx, decode_effects(payload))
+            record = decode_record(payload)
+            replay(self.ctx, record.effects)
+            self.record_clock.last_ms = record.written_at_ms
             count += 1
             now = time.monotonic()
             if now - last_report >= REPLAY_PROGRESS_INTERVAL_S:
@@ -383,7 +386,7 @@ class Shard:
         if self.write_error is not None:
             effects.clear()
             return
-        payload = encode_effects(effects)
+        payload = encode_record(self.record_clock.now_ms(), effects)
         self.effects_appended += len(effects)
         effects.clear()
         seq = self.log.append([payload], self.log.tail_seq, self.lease)

@@ -65,7 +65,7 @@ def write_snapshot(db: Keyspace, shard_dir: str, fields: dict, digest: str,
     """Write db as a verified local snapshot (RDB, then manifest). `fields` holds
     the SnapshotManifest fields that describe the log position (shard, shards,
     slot_ranges, seq, epoch, chain, parent_seq, parent_chain, records_replayed,
-    tail_fixed_at_ms); `started` (monotonic) is when the build began."""
+    tail_fixed_at_ms, last_record_at_ms); `started` (monotonic) is when the build began."""
     started = time.monotonic() if started is None else started
     directory = snapshot_dir(shard_dir)
     os.makedirs(directory, exist_ok=True)
@@ -153,7 +153,8 @@ def build_snapshot(shard_dir: str, shard: int, shards: int, through_seq: int | N
         shard=shard, shards=shards, slot_ranges=[slot_range], seq=tail,
         epoch=result.last_epoch or (base.manifest.epoch if base else 0), chain=result.chain,
         parent_seq=base_seq, parent_chain=parent_chain, records_replayed=result.records,
-        tail_fixed_at_ms=tail_fixed_at_ms)
+        tail_fixed_at_ms=tail_fixed_at_ms,
+        last_record_at_ms=result.last_record_at_ms or (base.manifest.last_record_at_ms if base else 0))
     snapshot = write_snapshot(db, shard_dir, fields, digest, started)
     done = time.monotonic()
     prune_local(shard_dir)

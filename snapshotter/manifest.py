@@ -36,6 +36,7 @@ class SnapshotManifest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     expires: int
     records_replayed: int       # records applied on top of the parent
     tail_fixed_at_ms: int       # wall clock when seq was fixed: every record <= seq was written before
+    last_record_at_ms: int      # written_at_ms of record seq (shards.records; 0 when seq is 0)
     created_at_ms: int
     build_ms: int
 

@@ -23,7 +23,7 @@ from typing import BinaryIO, Iterator
 
 from log import Log
 from shards.keyspace import Keyspace
-from shards.records import encode_effects
+from shards.records import RecordClock, encode_record
 from shards.resp import format_double
 from shards.slots import slot_owner_table, key_slot, slot_ranges
 from shards.t_hash import HashValue
@@ -95,6 +95,7 @@ class _ShardWriter:
         self.pending_bytes = 0
         self.unsynced_bytes = 0
         self.records = 0
+        self.clock = RecordClock()
 
     def add(self, effect: list[bytes]) -> None:
         self.effects.append(effect)
@@ -104,7 +105,7 @@ class _ShardWriter:
 
     def flush(self) -> None:
         if self.effects:
-            payload = encode_effects(self.effects)
+            payload = encode_record(self.clock.now_ms(), self.effects)
             self.log.append([payload], self.log.tail_seq, self.lease)
             self.records += 1
             self.unsynced_bytes += len(payload)

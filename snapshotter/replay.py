@@ -13,7 +13,7 @@ import shards.commands  # noqa: F401  (registers every command the effects may n
 from shards.context import Ctx
 from shards.engine import replay
 from shards.keyspace import Keyspace
-from shards.records import decode_effects
+from shards.records import decode_record
 from shards.shard_settings import SHARD_DEFAULTS
 from shards.slots import SLOT_COUNT
 
@@ -50,11 +50,12 @@ def chain_step(chain: str, seq: int, payload: bytes) -> str:
 
 
 class ReplayResult:
-    __slots__ = ("last_seq", "last_epoch", "records", "effects", "chain")
+    __slots__ = ("last_seq", "last_epoch", "last_record_at_ms", "records", "effects", "chain")
 
     def __init__(self, seq: int, chain: str) -> None:
         self.last_seq = seq
         self.last_epoch = 0
+        self.last_record_at_ms = 0
         self.records = 0
         self.effects = 0
         self.chain = chain
@@ -62,8 +63,9 @@ class ReplayResult:
 
 def replay_records(ctx: Ctx, records: Iterator[tuple[int, int, bytes]], after_seq: int, chain: str,
                    progress: Callable[[int], None] | None = None,
-                   checkpoints: dict[int, str] | None = None) -> ReplayResult:
-    """Apply (seq, epoch, payload) records that must follow after_seq with no gap.
+                   checkpoints: dict[int, str] | None = None, until_ms: int | None = None) -> ReplayResult:
+    """Apply (seq, epoch, payload) records that must follow after_seq with no gap,
+    stopping before the first record written after until_ms (point in time).
     checkpoints maps seqs to the log-chain checksum other snapshots recorded
     there; a different chain means these records are not the ones those
     snapshots were built from (ChainMismatch)."""
@@ -71,7 +73,10 @@ def replay_records(ctx: Ctx, records: Iterator[tuple[int, int, bytes]], after_se
     for seq, epoch, payload in records:
         if seq != result.last_seq + 1:
             raise wal.LogCorrupt("<records>", 0, f"log records jump from seq {result.last_seq} to {seq}")
-        effects = decode_effects(payload)
+        record = decode_record(payload)
+        if until_ms is not None and record.written_at_ms > until_ms:
+            break
+        effects = record.effects
         replay(ctx, effects)
         result.chain = chain_step(result.chain, seq, payload)
         if checkpoints and seq in checkpoints and checkpoints[seq] != result.chain:
@@ -79,6 +84,7 @@ def replay_records(ctx: Ctx, records: Iterator[tuple[int, int, bytes]], after_se
                                 f"that seq recorded {checkpoints[seq]}")
         result.last_seq = seq
         result.last_epoch = epoch
+        result.last_record_at_ms = record.written_at_ms
         result.records += 1
         result.effects += len(effects)
         if progress is not None:
@@ -89,12 +95,13 @@ def replay_records(ctx: Ctx, records: Iterator[tuple[int, int, bytes]], after_se
 
 def replay_log(ctx: Ctx, log_dir: str, after_seq: int, through_seq: int, chain: str,
                progress: Callable[[int], None] | None = None,
-               checkpoints: dict[int, str] | None = None) -> ReplayResult:
-    """Replay the shard log at log_dir from after_seq + 1 through through_seq."""
+               checkpoints: dict[int, str] | None = None, until_ms: int | None = None) -> ReplayResult:
+    """Replay the shard log at log_dir from after_seq + 1 through through_seq,
+    or up to the last record written at or before until_ms if that comes first."""
     if through_seq <= after_seq:
         return ReplayResult(after_seq, chain)
     result = replay_records(ctx, wal.read(os.fspath(log_dir), after_seq + 1, through_seq=through_seq),
-                            after_seq, chain, progress, checkpoints)
-    if result.last_seq != through_seq:
+                            after_seq, chain, progress, checkpoints, until_ms)
+    if result.last_seq != through_seq and until_ms is None:
         raise wal.LogCorrupt(log_dir, 0, f"log ends at seq {result.last_seq}, expected {through_seq}")
     return result

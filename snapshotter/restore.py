@@ -8,10 +8,13 @@ each sha256-checked, replayed with the shards' engine. The result is written
 as a fresh local snapshot at the target seq plus an empty log that continues at
 target + 1, so `durakv serve --data-dir DIR` starts from exactly that state.
 
-Point in time: `seq` is exact. `at_ms` is conservative: records carry no
-clock, so the restore keeps a snapshot only if its tail was fixed at or before
-at_ms, and an archived segment only if its last write (the segment file's
-mtime) is at or before at_ms; it never includes a write made after at_ms.
+Point in time: `seq` is exact, and so is `at_ms` to the record: every record
+carries the time its shard wrote it (shards.records), never decreasing along
+a log. The restore starts from the newest snapshot whose last record was
+written at or before at_ms and replays archived records up to the last one
+written at or before at_ms. Records still only in a shard's active (not yet
+archived) segment cannot be reached from S3; the restore then stops at the
+end of the archive and says so.
 """
 
 from __future__ import annotations
@@ -63,13 +66,15 @@ def choose_snapshot(snapshots: list[RemoteSnapshot], seq: int | None, at_ms: int
     if seq is not None:
         usable = [s for s in usable if s.manifest.seq <= seq]
     if at_ms is not None:
-        usable = [s for s in usable if s.manifest.tail_fixed_at_ms <= at_ms]
+        usable = [s for s in usable if s.manifest.last_record_at_ms <= at_ms]
     return usable[-1] if usable else None
 
 
 def _segments_after(store: SnapshotStore, shard: int, base_seq: int, seq: int | None,
                     at_ms: int | None) -> tuple[list[RemoteSegment], int]:
-    """The archived segments needed after base_seq, and the seq they reach."""
+    """The archived segments needed after base_seq, and the seq they reach. With
+    at_ms, the segments through the first one last written after at_ms (it may
+    still hold records written before)."""
     chosen: list[RemoteSegment] = []
     end = base_seq
     for segment in store.list_segments(shard):
@@ -82,12 +87,10 @@ def _segments_after(store: SnapshotStore, shard: int, base_seq: int, seq: int | 
                 raise RestoreError(f"shard {shard}: the archived log has a gap after seq {end} "
                                    f"(next segment starts at {segment.first_seq})")
             break
-        if at_ms is not None:
-            last_write_ms = int(store.segment_metadata(segment).get(META_LAST_WRITE_MS, "0"))
-            if last_write_ms > at_ms:
-                break
         chosen.append(segment)
         end = segment.last_seq
+        if at_ms is not None and int(store.segment_metadata(segment).get(META_LAST_WRITE_MS, "0")) > at_ms:
+            break
     if seq is not None:
         if end < seq:
             raise RestoreError(f"shard {shard}: the archived log reaches seq {end}, not the requested "
@@ -146,6 +149,7 @@ def restore_shard(store: SnapshotStore, shard: int, shards: int, shard_dir: str,
         raise RestoreError(f"shard {shard}: no snapshot and no archived log at or before the target "
                            f"in {store.url}")
     replayed = 0
+    archive_end = end
     if end > base_seq:
         with tempfile.TemporaryDirectory(dir=shard_dir, prefix="restore-") as scratch:
             scratch_log = os.path.join(scratch, "log")
@@ -153,18 +157,27 @@ def restore_shard(store: SnapshotStore, shard: int, shards: int, shard_dir: str,
             progress(f"shard {shard}: replaying seq {base_seq + 1}-{end}")
             try:
                 result = replay_log(ctx, scratch_log, base_seq, end, chain,
-                                    checkpoints={s: c for s, c in later_chains.items() if base_seq < s <= end})
+                                    checkpoints={s: c for s, c in later_chains.items() if base_seq < s <= end},
+                                    until_ms=at_ms)
             except (ChainMismatch, LogError) as e:
                 raise RestoreError(f"shard {shard}: archived log does not continue snapshot seq "
                                    f"{base_seq}: {e}") from None
         replayed, chain, epoch = result.records, result.chain, max(epoch, result.last_epoch)
+        end = result.last_seq
+        if at_ms is not None and end == archive_end:
+            progress(f"shard {shard}: the archived log ends at seq {end} (written at "
+                     f"{result.last_record_at_ms} ms); records after it are not in S3 yet")
+    if end > base_seq:
         digest = state_digest(ctx.db)
         write_snapshot(ctx.db, shard_dir, dict(
             shard=shard, shards=shards, slot_ranges=[slot_ranges(shards)[shard]], seq=end, epoch=epoch,
             chain=chain, parent_seq=base_seq, parent_chain=base.manifest.chain if base else CHAIN_START,
-            records_replayed=replayed, tail_fixed_at_ms=0), digest)
-    else:
+            records_replayed=replayed, tail_fixed_at_ms=0, last_record_at_ms=result.last_record_at_ms), digest)
+    elif base is not None:
         digest = base.manifest.state_digest
+    else:
+        raise RestoreError(f"shard {shard}: no snapshot and no archived record at or before the target "
+                           f"in {store.url}")
     init_log_dir(os.path.join(shard_dir, "log"), end + 1, epoch)
     progress(f"shard {shard}: restored to seq {end} ({len(ctx.db.data)} keys)")
     return ShardRestore(shard, base_seq, end, replayed, len(ctx.db.data), digest)

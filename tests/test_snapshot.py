@@ -24,7 +24,7 @@ from refserver import dump_keyspace as dump
 from log import Log, LogLocked
 from shards.engine import replay
 from shards.keyspace import Keyspace
-from shards.records import decode_effects
+from shards.records import decode_record
 from snapshotter import build as build_mod
 from snapshotter.local import list_local, newest_local
 from snapshotter.rdb_reader import load_rdb
@@ -200,22 +200,27 @@ def test_point_in_time_restore_by_seq(server_factory, s3, tmp_path):
     assert redis_dump_of_rdb(tmp_path, tmp_path / "pit.rdb") == at_target
 
 
-def test_point_in_time_restore_by_time_never_includes_later_writes(server_factory, s3, tmp_path):
+def test_point_in_time_restore_by_time_is_exact_to_the_record(server_factory, s3, tmp_path):
     _, _, url = s3
     srv = server_factory(shards=1, extra_args=small_segment_config(tmp_path))
     client = srv.client()
     write_every_type(client, "a")
     cli("snapshotter", "--data-dir", str(srv.data_dir), "--snapshot-url", url, "--once")
-    before = dump(client)
+    for i in range(5):  # after the snapshot, in the segment that the writes after `at` continue
+        client.set(f"before:{i}", i)
+    client.delete("a:set")
+    before, (seq_at,) = dump(client), shard_seqs(client).values()
     time.sleep(0.05)
     at = f"{time.time():.3f}"
     time.sleep(0.05)
+    client.set("after:0", "z")
     for i in range(400):
         client.set(f"later:{i}", "z" * 20)
     client.delete("a:zset")
     cli("snapshotter", "--data-dir", str(srv.data_dir), "--snapshot-url", url, "--once")
     restored = tmp_path / "at"
-    cli("restore", "--from", url, "--data-dir", str(restored), "--at", at)
+    out = cli("restore", "--from", url, "--data-dir", str(restored), "--at", at)
+    assert f"shard 0: seq {seq_at} " in out.stdout
     cli("export-rdb", "--data-dir", str(restored), "-o", str(tmp_path / "at.rdb"))
     assert redis_dump_of_rdb(tmp_path, tmp_path / "at.rdb") == before
 
@@ -341,7 +346,7 @@ def test_kill9_then_snapshot_plus_log_tail_rebuilds_state(server_factory, s3, tm
         assert base == snapshot.manifest.seq
         assert wal.recovery.first_seq > 1, "released segments were not dropped"
         for _seq, _epoch, payload in wal.read(base + 1):
-            replay(ctx, decode_effects(payload))
+            replay(ctx, decode_record(payload).effects)
     export = tmp_path / "state.rdb"
     from snapshotter.rdb import default_aux, write_keyspace
 
