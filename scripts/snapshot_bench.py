@@ -111,23 +111,28 @@ class Snapshots:
     is the child's VmHWM."""
 
     def __init__(self, client: redis.Redis, data_dir: str, serve_pid: int) -> None:
-        from snapshotter.runner import read_status
-
-        self.read_status = read_status
         self.client = client
         self.data_dir = data_dir
         self.serve_pid = serve_pid
         self.before = ""
 
+    def status(self) -> dict:
+        """The snapshotter's status.json (snapshotter/runner.py)."""
+        try:
+            with open(os.path.join(self.data_dir, "snapshotter", "status.json")) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return {"request_served": "", "shards": {}}
+
     def start(self) -> None:
-        self.before = self.read_status(self.data_dir).request_served
+        self.before = self.status()["request_served"]
         assert self.client.bgsave()
 
     def done(self) -> bool:
-        status = self.read_status(self.data_dir)
-        if status.request_served == self.before:
+        status = self.status()
+        if status["request_served"] == self.before:
             return False
-        errors = [s.error for s in status.shards.values() if s.status != "ok"]
+        errors = [s["error"] for s in status["shards"].values() if s["status"] != "ok"]
         if errors:
             raise RuntimeError(f"snapshot failed: {errors}")
         return True

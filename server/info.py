@@ -9,7 +9,7 @@ import sys
 import time
 
 from shards.internal import rss_bytes
-from snapshotter.runner import read_status
+from snapshotter.runner import pending_request, read_status
 
 # Like Redis' run_id: random, new for every start of this (router) process.
 RUN_ID = secrets.token_hex(20)
@@ -108,13 +108,17 @@ def _persistence(router, infos, version):
     records = sum(p["records_appended"] for p in shards)
     effects = sum(p["effects_appended"] for p in shards)
     failed = [p["write_error"] for p in shards if p["write_error"]]
+    status = read_status(router.config.data_dir)
+    snapshots = status.shards
+    last_save_ms = max((s.last_created_at_ms for s in snapshots.values() if s.published), default=0)
+    snapshot_failed = any(s.status == "error" for s in snapshots.values())
     lines = [
         "loading:0",
         "async_loading:0",
         f"rdb_changes_since_last_save:{effects}",
-        "rdb_bgsave_in_progress:0",
-        f"rdb_last_save_time:{int(router.started_at)}",
-        "rdb_last_bgsave_status:ok",
+        f"rdb_bgsave_in_progress:{1 if pending_request(router.config.data_dir, status) else 0}",
+        f"rdb_last_save_time:{last_save_ms // 1000 or int(router.started_at)}",
+        f"rdb_last_bgsave_status:{'err' if snapshot_failed else 'ok'}",
         "aof_enabled:1",
         "aof_rewrite_in_progress:0",
         f"aof_last_write_status:{'err' if failed else 'ok'}",
@@ -133,7 +137,6 @@ def _persistence(router, infos, version):
         f"log_dirty_keys:{sum(p['dirty_keys'] for p in shards)}",
         f"log_write_error:{failed[0] if failed else ''}",
     ]
-    snapshots = read_status(router.config.data_dir).shards
     lines.append(f"snapshot_url:{router.config.snapshot_url}")
     for p, info in zip(shards, infos):
         s = snapshots.get(info["shard"])

@@ -122,6 +122,18 @@ def request_snapshot(data_dir: str) -> str:
     return request_id
 
 
+def pending_request(data_dir: str, status: Status | None = None) -> str:
+    """The snapshot request (BGSAVE, snapshot --now) the snapshotter has not
+    served yet, or ""."""
+    try:
+        with open(os.path.join(control_dir(data_dir), REQUEST_NAME)) as f:
+            request = f.read().strip()
+    except FileNotFoundError:
+        return ""
+    served = (status or read_status(data_dir)).request_served
+    return request if request != served else ""
+
+
 def read_release(shard_dir: str) -> int:
     """The seq through which the shard may delete sealed log segments (0: none)."""
     try:
@@ -252,21 +264,13 @@ class Snapshotter:
         write_durably(os.path.join(control_dir(self.data_dir), STATUS_NAME),
                       json.dumps(doc, indent=2).encode())
 
-    def _pending_request(self) -> str:
-        try:
-            with open(os.path.join(control_dir(self.data_dir), REQUEST_NAME)) as f:
-                request = f.read().strip()
-        except FileNotFoundError:
-            return ""
-        return request if request != self.status.request_served else ""
-
     def serve(self, stop: threading.Event) -> None:
         """The snapshotter loop: serve requests and the schedule until stop is set."""
         log.info("snapshotter ready: %s, %d shards, S3 %s, every %d bytes or %.0f s",
                  self.data_dir, self.shards, self.store.url if self.store else "off",
                  self.schedule.every_bytes, self.schedule.max_age_s)
         while not stop.is_set():
-            request = self._pending_request()
+            request = pending_request(self.data_dir, self.status)
             try:
                 self.run_once(force=bool(request))
             except StoreError as e:

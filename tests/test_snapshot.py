@@ -395,3 +395,33 @@ def test_import_rdb_from_redis_server(server_factory, tmp_path):
     assert "skipped: b'stream' (stream)" in out.stdout
     srv = server_factory(shards=2, data_dir=data_dir)
     assert dump(srv.client()) == want
+
+
+# --- priority ----------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux-only")
+def test_snapshotter_in_its_own_session_runs_idle_and_lowers_its_autogroup(server_factory):
+    srv = server_factory(shards=1)
+    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "snapshotter", "--data-dir", str(srv.data_dir)],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    autogroup = f"/proc/{proc.pid}/autogroup"
+    expected_nice = min(os.getpriority(os.PRIO_PROCESS, 0) + 10, 19)
+
+    def lowered() -> bool:
+        autogroup_ok = not os.path.exists(autogroup) or open(autogroup).read().split()[-1] == str(expected_nice)
+        return (os.sched_getscheduler(proc.pid) == os.SCHED_IDLE and autogroup_ok
+                and os.getpriority(os.PRIO_PROCESS, proc.pid) == expected_nice)
+
+    try:
+        deadline = time.monotonic() + 30
+        while not lowered() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the snapshotter exited"
+        assert os.sched_getscheduler(proc.pid) == os.SCHED_IDLE
+        assert os.getpriority(os.PRIO_PROCESS, proc.pid) == expected_nice
+        if os.path.exists(autogroup):
+            assert open(autogroup).read().split()[-1] == str(expected_nice)
+    finally:
+        proc.kill()
+        proc.wait()

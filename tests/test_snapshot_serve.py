@@ -71,8 +71,12 @@ def test_bgsave_publishes_a_snapshot_and_lastsave_reports_it(server_factory, s3,
     before = client.lastsave()
     time.sleep(1.1)  # LASTSAVE has one-second resolution
     assert client.bgsave() is True
+    assert client.info("persistence")["rdb_bgsave_in_progress"] == 1
     _wait_for(lambda: client.lastsave() > before, "LASTSAVE to report the new snapshot")
+    _wait_for(lambda: client.info("persistence")["rdb_bgsave_in_progress"] == 0, "the request to be served")
     info = client.info("persistence")
+    assert info["rdb_last_save_time"] == int(client.lastsave().timestamp())
+    assert info["rdb_last_bgsave_status"] == "ok"
     assert info["snapshot_url"] == url
     assert info["snapshot_shard0"]["status"] == "ok" and info["snapshot_shard0"]["records_behind"] == 0
     listed = cli("snapshots", "list", "--from", url)
