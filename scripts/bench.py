@@ -42,6 +42,7 @@ SCRIPTS = Path(__file__).resolve().parent
 REPO = SCRIPTS.parent
 sys.path.insert(0, str(SCRIPTS))
 from load import sync_command  # noqa: E402
+from bench_sections import owned_sections  # noqa: E402
 
 CLIENTS = 50
 VALUE_BYTES = 100
@@ -511,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as e:
         print("bench: terminated by a signal; all servers stopped", file=sys.stderr)
         return e.code
-    opts.output.write_text(markdown)
+    kept = owned_sections(opts.output)
+    opts.output.write_text(markdown.rstrip("\n") + "\n\n" + kept if kept else markdown)
     print(f"bench: wrote {opts.output}", file=sys.stderr)
     return 0
 
