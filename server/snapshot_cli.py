@@ -12,9 +12,18 @@ import threading
 import time
 from datetime import datetime, timezone
 
+from snapshotter.pace import CPU_PERCENT_DEFAULT
+
 COMMANDS = frozenset({"snapshotter", "snapshot", "snapshots", "restore", "import-rdb", "export-rdb"})
 SNAPSHOT_WAIT_POLL_S = 0.2
 DEFAULT_NICE = 10
+
+
+def _cpu_percent(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError("must be between 1 and 100")
+    return value
 
 
 def _store_flags(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +42,9 @@ def add_parsers(sub) -> None:
                    help="build at least this often while there are new records")
     p.add_argument("--poll-interval-s", type=float, default=1.0)
     p.add_argument("--nice", type=int, default=DEFAULT_NICE, help="CPU niceness increment (low priority)")
+    p.add_argument("--cpu-percent", type=_cpu_percent, default=CPU_PERCENT_DEFAULT,
+                   help="at most this share of wall time building (1-100), in short slices, so a "
+                        "snapshot does not slow the shards; 100 builds as fast as the CPU allows")
     p.add_argument("--sched-idle", action=argparse.BooleanOptionalAction, default=True,
                    help="run under SCHED_IDLE (Linux): any shard that wakes preempts the snapshotter; "
                         "on a box whose CPUs are never idle, snapshots then progress only slowly")
@@ -138,6 +150,7 @@ def cmd_snapshotter(args: argparse.Namespace) -> int:
         args.sse = args.sse or config.snapshot_sse or None
         args.storage_class = args.storage_class or config.snapshot_storage_class or None
         args.every_bytes, args.max_age_s = config.snapshot_every_bytes, config.snapshot_max_age_s
+        args.cpu_percent = config.snapshot_cpu_percent
     lower_priority(args.nice, args.sched_idle)
     url = _snapshotter_url(args)
     try:
@@ -146,7 +159,7 @@ def cmd_snapshotter(args: argparse.Namespace) -> int:
         return _fail(str(e))
     try:
         runner = Snapshotter(data_dir, _store(url, args) if url else None,
-                             Schedule(args.every_bytes, args.max_age_s, args.poll_interval_s))
+                             Schedule(args.every_bytes, args.max_age_s, args.poll_interval_s, args.cpu_percent))
         if args.once:
             status = runner.run_once(force=True)
             errors = [s for s in status.shards.values() if s.status == "error"]

@@ -35,6 +35,7 @@ class Config(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields
     snapshot_storage_class: str = ""  # S3 storage class for uploads (STANDARD_IA, ...)
     snapshot_every_bytes: int = 64 * 1024 * 1024  # build when this many log bytes follow a snapshot
     snapshot_max_age_s: float = 3600.0  # and at least this often while there are new records
+    snapshot_cpu_percent: int = 25  # share of wall time a snapshot build may run (snapshotter.pace)
     test_fsync_delay_ms: int = 0  # test hook: stretch every fsync to expose hazards
     test_fsync_gate_path: str = ""  # test hook: fsyncs wait until this file exists
     test_fsync_fail_path: str = ""  # test hook: fsyncs fail with EIO once this file exists
@@ -60,6 +61,8 @@ def load_config(path: str | None, overrides: dict) -> Config:
         raise ValueError("shards must be between 0 and 1024")
     if config.durability not in ("sync", "async"):
         raise ValueError('durability must be "sync" or "async"')
+    if not 1 <= config.snapshot_cpu_percent <= 100:
+        raise ValueError("snapshot-cpu-percent must be between 1 and 100")
     return config.resolved()
 
 

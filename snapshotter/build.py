@@ -18,18 +18,27 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from shards.keyspace import Keyspace
 from shards.slots import slot_ranges
 from snapshotter.digest import state_digest
 from snapshotter.local import (
-    LocalSnapshot, load_snapshot, newest_local, prune_local, snapshot_dir,
+    LocalSnapshot,
+    load_snapshot,
+    newest_local,
+    prune_local,
+    snapshot_dir,
 )
 from snapshotter.logtail import durable_tail
 from snapshotter.manifest import (
-    SnapshotManifest, encode_manifest, fsync_dir, snapshot_stem, write_durably,
+    SnapshotManifest,
+    encode_manifest,
+    fsync_dir,
+    snapshot_stem,
+    write_durably,
 )
+from snapshotter.pace import unpaced
 from snapshotter.rdb import default_aux, write_keyspace
 from snapshotter.rdb_reader import load_rdb
 from snapshotter.replay import CHAIN_START, new_context, replay_log
@@ -61,7 +70,7 @@ class BuildResult:
 
 
 def write_snapshot(db: Keyspace, shard_dir: str, fields: dict, digest: str,
-                   started: float | None = None) -> LocalSnapshot:
+                   started: float | None = None, pace: Callable[[], None] = unpaced) -> LocalSnapshot:
     """Write db as a verified local snapshot (RDB, then manifest). `fields` holds
     the SnapshotManifest fields that describe the log position (shard, shards,
     slot_ranges, seq, epoch, chain, parent_seq, parent_chain, records_replayed,
@@ -79,11 +88,11 @@ def write_snapshot(db: Keyspace, shard_dir: str, fields: dict, digest: str,
     keys, expires = len(db.data), len(db.expires)
     with open(tmp_path, "wb") as f:
         hashing = _HashingWriter(f)
-        writer = write_keyspace(hashing, db.data, db.expires, aux)
+        writer = write_keyspace(hashing, db.data, db.expires, aux, pace)
         f.flush()
         os.fsync(f.fileno())
     rdb_sha256 = hashing.sha256.hexdigest()
-    verify_rdb_file(tmp_path, rdb_sha256, digest)
+    verify_rdb_file(tmp_path, rdb_sha256, digest, pace)
     os.rename(tmp_path, rdb_path)
     fsync_dir(directory)
     manifest = SnapshotManifest(
@@ -95,19 +104,19 @@ def write_snapshot(db: Keyspace, shard_dir: str, fields: dict, digest: str,
     return LocalSnapshot(manifest, rdb_path, manifest_path)
 
 
-def verify_rdb_file(path: str, rdb_sha256: str, digest: str) -> None:
+def verify_rdb_file(path: str, rdb_sha256: str, digest: str, pace: Callable[[], None] = unpaced) -> None:
     """Re-read the RDB from disk: its sha256 and the digest of the state it loads
     must be the ones the writer and the replay produced."""
     scratch = Keyspace()
     sha = hashlib.sha256()
     with open(path, "rb") as f:
         tee = _HashingReader(f, sha)
-        load_rdb(tee, scratch)
+        load_rdb(tee, scratch, pace)
         tee.read_rest()
     if sha.hexdigest() != rdb_sha256:
         raise SnapshotVerifyFailed(f"{path}: sha256 read back {sha.hexdigest()} differs from the "
                                    f"{rdb_sha256} written")
-    loaded = state_digest(scratch)
+    loaded = state_digest(scratch, pace)
     if loaded != digest:
         raise SnapshotVerifyFailed(f"{path}: the RDB loads to state digest {loaded}, the replay "
                                    f"produced {digest}")
@@ -129,9 +138,10 @@ class _HashingReader:
 
 
 def build_snapshot(shard_dir: str, shard: int, shards: int, through_seq: int | None = None,
-                   min_records: int = 1) -> BuildResult | None:
+                   min_records: int = 1, pace: Callable[[], None] = unpaced) -> BuildResult | None:
     """Build the next snapshot of one shard on top of its newest local snapshot.
-    Returns None when fewer than min_records (at least 1) records follow it."""
+    Returns None when fewer than min_records (at least 1) records follow it.
+    pace() is called for every key and record handled (snapshotter.pace)."""
     log_dir = os.path.join(shard_dir, "log")
     tail_fixed_at_ms = time.time_ns() // 1_000_000
     tail = durable_tail(log_dir) if through_seq is None else through_seq
@@ -143,11 +153,11 @@ def build_snapshot(shard_dir: str, shard: int, shards: int, through_seq: int | N
     slot_range = slot_ranges(shards)[shard]
     ctx = new_context(slot_range=slot_range)
     if base is not None:
-        load_snapshot(base, ctx.db)
+        load_snapshot(base, ctx.db, pace=pace)
     parent_chain = base.manifest.chain if base else CHAIN_START
-    result = replay_log(ctx, log_dir, base_seq, tail, parent_chain)
+    result = replay_log(ctx, log_dir, base_seq, tail, parent_chain, pace=pace)
     db = ctx.db
-    digest = state_digest(db)
+    digest = state_digest(db, pace)
     replayed = time.monotonic()
     fields = dict(
         shard=shard, shards=shards, slot_ranges=[slot_range], seq=tail,
@@ -155,7 +165,7 @@ def build_snapshot(shard_dir: str, shard: int, shards: int, through_seq: int | N
         parent_seq=base_seq, parent_chain=parent_chain, records_replayed=result.records,
         tail_fixed_at_ms=tail_fixed_at_ms,
         last_record_at_ms=result.last_record_at_ms or (base.manifest.last_record_at_ms if base else 0))
-    snapshot = write_snapshot(db, shard_dir, fields, digest, started)
+    snapshot = write_snapshot(db, shard_dir, fields, digest, started, pace)
     done = time.monotonic()
     prune_local(shard_dir)
     log.info("shard %d: snapshot at seq %d (%d records replayed, %d keys, %d bytes) in %.3f s",

@@ -7,24 +7,28 @@ shard or a restore can check the snapshot it loads."""
 from __future__ import annotations
 
 import hashlib
+from typing import Callable
 
 import msgspec
 
 from shards.engine import canonical_value
 from shards.keyspace import Keyspace, type_name
+from snapshotter.pace import unpaced
 
 DIGEST_VERSION = 1
 _BATCH_KEYS = 1024
 _encoder = msgspec.msgpack.Encoder()
 
 
-def state_digest(db: Keyspace) -> str:
-    """sha256 (hex) over the keyspace's canonical dump in key order."""
+def state_digest(db: Keyspace, pace: Callable[[], None] = unpaced) -> str:
+    """sha256 (hex) over the keyspace's canonical dump in key order; pace() is
+    called for each key."""
     h = hashlib.sha256(b"durakv-state-digest-v%d\n" % DIGEST_VERSION)
     data = db.data
     expires = db.expires
     batch = []
     for key in sorted(data):
+        pace()
         value = data[key]
         batch.append((key, type_name(value), canonical_value(value), expires.get(key)))
         if len(batch) >= _BATCH_KEYS:

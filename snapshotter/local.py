@@ -8,10 +8,12 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 from shards.keyspace import Keyspace
 from snapshotter.digest import state_digest
 from snapshotter.manifest import SnapshotManifest, decode_manifest, fsync_dir
+from snapshotter.pace import unpaced
 from snapshotter.rdb import RdbError
 from snapshotter.rdb_reader import load_rdb
 
@@ -73,7 +75,8 @@ def newest_local(shard_dir: str) -> LocalSnapshot | None:
     return found[-1] if found else None
 
 
-def load_snapshot(snapshot: LocalSnapshot, db: Keyspace, check_digest: bool = False) -> None:
+def load_snapshot(snapshot: LocalSnapshot, db: Keyspace, check_digest: bool = False,
+                  pace: Callable[[], None] = unpaced) -> None:
     """Load a local snapshot into an empty keyspace after checking the RDB's
     sha256 against the manifest (and, when asked, the resulting state digest)."""
     manifest = snapshot.manifest
@@ -85,11 +88,11 @@ def load_snapshot(snapshot: LocalSnapshot, db: Keyspace, check_digest: bool = Fa
                               f"{manifest.rdb_sha256}")
     try:
         with open(snapshot.rdb_path, "rb") as f:
-            load_rdb(f, db)
+            load_rdb(f, db, pace)
     except RdbError as e:
         raise SnapshotInvalid(f"{snapshot.rdb_path}: {e}") from None
     if check_digest:
-        digest = state_digest(db)
+        digest = state_digest(db, pace)
         if digest != manifest.state_digest:
             raise SnapshotInvalid(f"{snapshot.rdb_path}: state digest {digest} does not match the "
                                   f"manifest's {manifest.state_digest}")

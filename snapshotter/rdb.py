@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import struct
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from shards.args import parse_ll
 from shards.t_hash import HashValue
@@ -31,6 +31,7 @@ from shards.t_list import ListValue
 from shards.t_set import RSet
 from shards.t_zset import ZSet
 from snapshotter.crc64 import Crc64
+from snapshotter.pace import unpaced
 from snapshotter.packed import intset_encode, lp_entry, lp_from_entries
 
 RDB_VERSION = 10
@@ -264,12 +265,15 @@ def default_aux(ctime_s: int, extra: dict[str, bytes | int | str] | None = None)
     return aux
 
 
-def write_keyspace(f: BinaryIO, data: dict, expires: dict[bytes, int], aux: dict) -> RdbWriter:
-    """Write every key of one keyspace (a Keyspace's data and expires) as db 0."""
+def write_keyspace(f: BinaryIO, data: dict, expires: dict[bytes, int], aux: dict,
+                   pace: Callable[[], None] = unpaced) -> RdbWriter:
+    """Write every key of one keyspace (a Keyspace's data and expires) as db 0;
+    pace() is called for each key."""
     writer = RdbWriter(f, aux)
     writer.select_db(0, len(data), len(expires))
     get_expire = expires.get
     for key, value in data.items():
+        pace()
         writer.write_key(key, value, get_expire(key))
     writer.finish()
     return writer

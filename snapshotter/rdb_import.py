@@ -25,7 +25,7 @@ from log import Log
 from shards.keyspace import Keyspace
 from shards.records import RecordClock, encode_record
 from shards.resp import format_double
-from shards.slots import slot_owner_table, key_slot, slot_ranges
+from shards.slots import key_slot, slot_owner_table, slot_ranges
 from shards.t_hash import HashValue
 from shards.t_list import ListValue
 from shards.t_set import RSet

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from shards.keyspace import Keyspace
 from shards.t_hash import HashValue
@@ -26,6 +26,7 @@ from shards.t_zset import ZSet
 from snapshotter import rdb as R
 from snapshotter.crc64 import Crc64
 from snapshotter.lzf import LzfError, lzf_decompress
+from snapshotter.pace import unpaced
 from snapshotter.packed import PackedError, intset_decode, lp_decode, ziplist_decode
 
 READ_CHUNK_BYTES = 1 << 20
@@ -368,12 +369,13 @@ class RdbReader:
                 self.info.checksum_verified = True
 
 
-def load_rdb(f: BinaryIO, db: Keyspace) -> RdbInfo:
+def load_rdb(f: BinaryIO, db: Keyspace, pace: Callable[[], None] = unpaced) -> RdbInfo:
     """Load an RDB holding only database 0 and durakv's types into a Keyspace,
     keeping every key (expired ones included: the keyspace expires them).
-    Raises RdbError on anything it cannot hold."""
+    Raises RdbError on anything it cannot hold. pace() is called for each key."""
     reader = RdbReader(f)
     for entry in reader.entries():
+        pace()
         if entry.db != 0:
             raise R.RdbError(f"key {entry.key[:64]!r} is in database {entry.db}; durakv has database 0 only")
         if type(entry.value) is Unsupported:

@@ -16,6 +16,7 @@ from shards.keyspace import Keyspace
 from shards.records import decode_record
 from shards.shard_settings import SHARD_DEFAULTS
 from shards.slots import SLOT_COUNT
+from snapshotter.pace import unpaced
 
 # The log-chain checksum starts from 32 zero bytes at seq 0.
 CHAIN_START = "0" * 64
@@ -63,7 +64,8 @@ class ReplayResult:
 
 def replay_records(ctx: Ctx, records: Iterator[tuple[int, int, bytes]], after_seq: int, chain: str,
                    progress: Callable[[int], None] | None = None,
-                   checkpoints: dict[int, str] | None = None, until_ms: int | None = None) -> ReplayResult:
+                   checkpoints: dict[int, str] | None = None, until_ms: int | None = None,
+                   pace: Callable[[], None] = unpaced) -> ReplayResult:
     """Apply (seq, epoch, payload) records that must follow after_seq with no gap,
     stopping before the first record written after until_ms (point in time).
     checkpoints maps seqs to the log-chain checksum other snapshots recorded
@@ -71,6 +73,7 @@ def replay_records(ctx: Ctx, records: Iterator[tuple[int, int, bytes]], after_se
     snapshots were built from (ChainMismatch)."""
     result = ReplayResult(after_seq, chain)
     for seq, epoch, payload in records:
+        pace()
         if seq != result.last_seq + 1:
             raise wal.LogCorrupt("<records>", 0, f"log records jump from seq {result.last_seq} to {seq}")
         record = decode_record(payload)
@@ -95,13 +98,14 @@ def replay_records(ctx: Ctx, records: Iterator[tuple[int, int, bytes]], after_se
 
 def replay_log(ctx: Ctx, log_dir: str, after_seq: int, through_seq: int, chain: str,
                progress: Callable[[int], None] | None = None,
-               checkpoints: dict[int, str] | None = None, until_ms: int | None = None) -> ReplayResult:
+               checkpoints: dict[int, str] | None = None, until_ms: int | None = None,
+               pace: Callable[[], None] = unpaced) -> ReplayResult:
     """Replay the shard log at log_dir from after_seq + 1 through through_seq,
     or up to the last record written at or before until_ms if that comes first."""
     if through_seq <= after_seq:
         return ReplayResult(after_seq, chain)
     result = replay_records(ctx, wal.read(os.fspath(log_dir), after_seq + 1, through_seq=through_seq),
-                            after_seq, chain, progress, checkpoints, until_ms)
+                            after_seq, chain, progress, checkpoints, until_ms, pace)
     if result.last_seq != through_seq and until_ms is None:
         raise wal.LogCorrupt(log_dir, 0, f"log ends at seq {result.last_seq}, expected {through_seq}")
     return result

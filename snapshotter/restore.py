@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
-from typing import Callable
 
 from log import Log, LogError
 from log.manifest import Manifest, segment_name, store_manifest
@@ -32,8 +30,14 @@ from shards.slots import slot_ranges
 from snapshotter.build import write_snapshot
 from snapshotter.digest import state_digest
 from snapshotter.local import SnapshotInvalid, load_snapshot, shard_dir_of
+from snapshotter.progress import Progress
 from snapshotter.replay import CHAIN_START, ChainMismatch, new_context, replay_log
-from snapshotter.s3 import META_LAST_WRITE_MS, RemoteSegment, RemoteSnapshot, SnapshotStore
+from snapshotter.s3 import (
+    META_LAST_WRITE_MS,
+    RemoteSegment,
+    RemoteSnapshot,
+    SnapshotStore,
+)
 
 # Epoch written into the scratch log directory used to read archived segments:
 # above any real epoch, so the reader's "epoch <= manifest epoch" rule holds.
@@ -52,13 +56,6 @@ class ShardRestore:
     records_replayed: int
     keys: int
     state_digest: str
-
-
-Progress = Callable[[str], None]
-
-
-def _stderr_progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def choose_snapshot(snapshots: list[RemoteSnapshot], seq: int | None, at_ms: int | None) -> RemoteSnapshot | None:
@@ -102,10 +99,12 @@ def _segments_after(store: SnapshotStore, shard: int, base_seq: int, seq: int | 
 def _scratch_log(store: SnapshotStore, segments: list[RemoteSegment], directory: str,
                  progress: Progress) -> None:
     os.makedirs(directory)
-    for i, segment in enumerate(segments):
-        progress(f"shard {segment.shard}: downloading log segment {i + 1}/{len(segments)} "
-                 f"(seq {segment.first_seq}-{segment.last_seq}, {segment.size} bytes)")
-        store.download_segment(segment, os.path.join(directory, segment_name(segment.first_seq)))
+    shard = segments[0].shard
+    progress.step(f"shard {shard}: downloading {len(segments)} log segment(s), seq {segments[0].first_seq}-"
+                  f"{segments[-1].last_seq}, {sum(s.size for s in segments)} bytes")
+    with progress.bar(f"shard {shard} log", sum(s.size for s in segments), "B") as bar:
+        for segment in segments:
+            store.download_segment(segment, os.path.join(directory, segment_name(segment.first_seq)), bar.update)
     store_manifest(directory, Manifest(epoch=_SCRATCH_EPOCH, first_seq=segments[0].first_seq))
 
 
@@ -125,8 +124,9 @@ def init_log_dir(log_dir: str, next_seq: int, epoch: int) -> None:
 
 def restore_shard(store: SnapshotStore, shard: int, shards: int, shard_dir: str, *,
                   seq: int | None = None, at_ms: int | None = None,
-                  progress: Progress = _stderr_progress) -> ShardRestore:
+                  progress: Progress | None = None) -> ShardRestore:
     """Restore one shard into shard_dir (which must hold no log yet)."""
+    progress = progress or Progress()
     snapshots = store.list_snapshots(shard)
     base = choose_snapshot(snapshots, seq, at_ms)
     later_chains = {s.manifest.seq: s.manifest.chain for s in snapshots}
@@ -137,9 +137,11 @@ def restore_shard(store: SnapshotStore, shard: int, shards: int, shard_dir: str,
         if m.shards != shards:
             raise RestoreError(f"shard {shard}: snapshot at seq {m.seq} belongs to a {m.shards}-shard "
                                f"cluster, not {shards}")
-        progress(f"shard {shard}: downloading snapshot seq {m.seq} ({m.rdb_bytes} bytes)")
+        progress.step(f"shard {shard}: downloading snapshot seq {m.seq} ({m.rdb_bytes} bytes)")
         try:
-            local = store.download_snapshot(base, shard_dir)
+            with progress.bar(f"shard {shard} snapshot", m.rdb_bytes, "B") as bar:
+                local = store.download_snapshot(base, shard_dir, bar.update)
+            progress.step(f"shard {shard}: loading and verifying snapshot seq {m.seq} ({m.keys} keys)")
             load_snapshot(local, ctx.db, check_digest=True)
         except SnapshotInvalid as e:
             raise RestoreError(f"shard {shard}: snapshot at seq {m.seq} does not verify: {e}") from None
@@ -154,18 +156,19 @@ def restore_shard(store: SnapshotStore, shard: int, shards: int, shard_dir: str,
         with tempfile.TemporaryDirectory(dir=shard_dir, prefix="restore-") as scratch:
             scratch_log = os.path.join(scratch, "log")
             _scratch_log(store, segments, scratch_log, progress)
-            progress(f"shard {shard}: replaying seq {base_seq + 1}-{end}")
+            progress.step(f"shard {shard}: replaying seq {base_seq + 1}-{end}")
             try:
-                result = replay_log(ctx, scratch_log, base_seq, end, chain,
-                                    checkpoints={s: c for s, c in later_chains.items() if base_seq < s <= end},
-                                    until_ms=at_ms)
+                with progress.bar(f"shard {shard} replay", end - base_seq, " records") as bar:
+                    result = replay_log(ctx, scratch_log, base_seq, end, chain, lambda _seq: bar.update(),
+                                        checkpoints={s: c for s, c in later_chains.items() if base_seq < s <= end},
+                                        until_ms=at_ms)
             except (ChainMismatch, LogError) as e:
                 raise RestoreError(f"shard {shard}: archived log does not continue snapshot seq "
                                    f"{base_seq}: {e}") from None
         replayed, chain, epoch = result.records, result.chain, max(epoch, result.last_epoch)
         end = result.last_seq
         if at_ms is not None and end == archive_end:
-            progress(f"shard {shard}: the archived log ends at seq {end} (written at "
+            progress.step(f"shard {shard}: the archived log ends at seq {end} (written at "
                      f"{result.last_record_at_ms} ms); records after it are not in S3 yet")
     if end > base_seq:
         digest = state_digest(ctx.db)
@@ -179,7 +182,7 @@ def restore_shard(store: SnapshotStore, shard: int, shards: int, shard_dir: str,
         raise RestoreError(f"shard {shard}: no snapshot and no archived record at or before the target "
                            f"in {store.url}")
     init_log_dir(os.path.join(shard_dir, "log"), end + 1, epoch)
-    progress(f"shard {shard}: restored to seq {end} ({len(ctx.db.data)} keys)")
+    progress.step(f"shard {shard}: restored to seq {end} ({len(ctx.db.data)} keys)")
     return ShardRestore(shard, base_seq, end, replayed, len(ctx.db.data), digest)
 
 
@@ -200,7 +203,7 @@ def data_dir_is_empty(data_dir: str) -> bool:
 
 def restore(store: SnapshotStore, data_dir: str, *, seq: int | dict[int, int] | None = None,
             at_ms: int | None = None, force: bool = False,
-            progress: Progress = _stderr_progress) -> list[ShardRestore]:
+            progress: Progress | None = None) -> list[ShardRestore]:
     """Restore every shard into data_dir (empty, or emptied first with force).
     seq: one target for every shard, or {shard: seq} (shards not named: newest)."""
     store.check_bucket()

@@ -29,6 +29,7 @@ from snapshotter.build import build_snapshot
 from snapshotter.local import newest_local, shard_dir_of, snapshot_dir
 from snapshotter.logtail import log_first_seq
 from snapshotter.manifest import write_durably
+from snapshotter.pace import CPU_PERCENT_DEFAULT, Pacer
 from snapshotter.s3 import SnapshotStore, StoreError
 
 log = logging.getLogger("durakv.snapshotter")
@@ -50,6 +51,7 @@ class Schedule:
     every_bytes: int = 64 * 1024 * 1024   # log bytes written since the newest snapshot
     max_age_s: float = 3600.0             # and at least this often while anything is new
     poll_interval_s: float = 1.0
+    cpu_percent: int = CPU_PERCENT_DEFAULT  # share of wall time a build may run (snapshotter.pace)
 
 
 @dataclass
@@ -159,6 +161,7 @@ class Snapshotter:
         self.store = store
         self.schedule = schedule or Schedule()
         self.shards = shard_count(self.data_dir)
+        self.pace = Pacer(self.schedule.cpu_percent)
         self.status = read_status(self.data_dir)
         # Per shard: segment sizes when its newest snapshot was built (bytes-since estimate).
         self._sizes_at_build: dict[int, dict[int, int]] = {}
@@ -192,7 +195,7 @@ class Snapshotter:
         try:
             self._ensure_base(shard, shard_dir)
             sizes = _segment_bytes(log_dir)
-            result = build_snapshot(shard_dir, shard, self.shards)
+            result = build_snapshot(shard_dir, shard, self.shards, pace=self.pace)
             if result is not None or shard not in self._sizes_at_build:
                 self._sizes_at_build[shard] = sizes
             newest = newest_local(shard_dir)
@@ -266,9 +269,9 @@ class Snapshotter:
 
     def serve(self, stop: threading.Event) -> None:
         """The snapshotter loop: serve requests and the schedule until stop is set."""
-        log.info("snapshotter ready: %s, %d shards, S3 %s, every %d bytes or %.0f s",
-                 self.data_dir, self.shards, self.store.url if self.store else "off",
-                 self.schedule.every_bytes, self.schedule.max_age_s)
+        log.info("snapshotter ready: %s, %d shards, S3 %s, every %d bytes or %.0f s, builds at most %d%% "
+                 "of the time", self.data_dir, self.shards, self.store.url if self.store else "off",
+                 self.schedule.every_bytes, self.schedule.max_age_s, self.schedule.cpu_percent)
         while not stop.is_set():
             request = pending_request(self.data_dir, self.status)
             try:

@@ -19,6 +19,7 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass
+from typing import Callable
 from urllib.parse import urlparse
 
 import boto3
@@ -28,7 +29,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from snapshotter.local import LocalSnapshot, snapshot_dir
 from snapshotter.manifest import (
-    ManifestError, SnapshotManifest, decode_manifest, encode_manifest, fsync_dir, snapshot_stem,
+    ManifestError,
+    SnapshotManifest,
+    decode_manifest,
+    encode_manifest,
+    fsync_dir,
+    snapshot_stem,
     write_durably,
 )
 
@@ -183,7 +189,8 @@ class SnapshotStore:
             raise ChecksumMismatch(f"s3://{self.bucket}/{key} reads back with sha256 {stored}, "
                                    f"uploaded {sha256}; the object was deleted")
 
-    def _download_verified(self, key: str, dest: str, sha256: str) -> None:
+    def _download_verified(self, key: str, dest: str, sha256: str,
+                           on_bytes: Callable[[int], object] | None = None) -> None:
         tmp = dest + ".tmp"
         h = hashlib.sha256()
         body = self._call(f"get {key}", self.client.get_object, Bucket=self.bucket, Key=key)["Body"]
@@ -191,6 +198,8 @@ class SnapshotStore:
             for chunk in body.iter_chunks(READ_CHUNK_BYTES):
                 h.update(chunk)
                 f.write(chunk)
+                if on_bytes is not None:
+                    on_bytes(len(chunk))
             f.flush()
             os.fsync(f.fileno())
         if h.hexdigest() != sha256:
@@ -263,13 +272,15 @@ class SnapshotStore:
                                       sizes.get((shard_no, seq))))
         return out
 
-    def download_snapshot(self, remote: RemoteSnapshot, shard_dir: str) -> LocalSnapshot:
-        """Fetch a snapshot into the shard's local cache, sha256-checked."""
+    def download_snapshot(self, remote: RemoteSnapshot, shard_dir: str,
+                          on_bytes: Callable[[int], object] | None = None) -> LocalSnapshot:
+        """Fetch a snapshot into the shard's local cache, sha256-checked;
+        on_bytes(n) follows the download."""
         directory = snapshot_dir(shard_dir)
         os.makedirs(directory, exist_ok=True)
         m = remote.manifest
         rdb_path = os.path.join(directory, m.rdb_name)
-        self._download_verified(remote.rdb_key, rdb_path, m.rdb_sha256)
+        self._download_verified(remote.rdb_key, rdb_path, m.rdb_sha256, on_bytes)
         manifest_path = os.path.join(directory, snapshot_stem(m.seq) + ".json")
         write_durably(manifest_path, encode_manifest(m))
         return LocalSnapshot(m, rdb_path, manifest_path)
@@ -298,9 +309,10 @@ class SnapshotStore:
             raise StoreError(f"s3://{self.bucket}/{segment.key} disappeared")
         return head.get("Metadata", {})
 
-    def download_segment(self, segment: RemoteSegment, dest: str) -> None:
+    def download_segment(self, segment: RemoteSegment, dest: str,
+                         on_bytes: Callable[[int], object] | None = None) -> None:
         meta = self.segment_metadata(segment)
         sha256 = meta.get(META_SHA256)
         if not sha256:
             raise StoreError(f"s3://{self.bucket}/{segment.key} carries no sha256; refusing it")
-        self._download_verified(segment.key, dest, sha256)
+        self._download_verified(segment.key, dest, sha256, on_bytes)

@@ -37,6 +37,7 @@ def prepare_shard_dir(shard_dir: str, shard: int, shards: int, snapshot_url: str
     log_dir = os.path.join(shard_dir, "log")
     if not snapshot_url or (os.path.isdir(log_dir) and os.listdir(log_dir)):
         return False
+    from snapshotter.progress import Progress
     from snapshotter.restore import RestoreError, restore_shard
     from snapshotter.s3 import SnapshotStore
 
@@ -45,7 +46,7 @@ def prepare_shard_dir(shard_dir: str, shard: int, shards: int, snapshot_url: str
         return False
     os.makedirs(shard_dir, exist_ok=True)
     try:
-        restored = restore_shard(store, shard, shards, shard_dir, progress=lambda m: log.info("%s", m))
+        restored = restore_shard(store, shard, shards, shard_dir, progress=Progress(lambda m: log.info("%s", m), bars=False))
     except RestoreError as e:
         raise StartError(str(e)) from None
     log.info("shard %d: bootstrapped from %s at seq %d", shard, snapshot_url, restored.seq)

@@ -275,10 +275,10 @@ def test_snapshot_that_does_not_verify_is_never_published(server_factory, s3, tm
     write_every_type(srv.client(), "a")
     real_write = build_mod.write_keyspace
 
-    def corrupting_write(f, data, expires, aux):
+    def corrupting_write(f, data, expires, aux, pace):
         data = dict(data)
         data[next(iter(data))] = b"not what the log says"
-        return real_write(f, data, expires, aux)
+        return real_write(f, data, expires, aux, pace)
 
     monkeypatch.setattr(build_mod, "write_keyspace", corrupting_write)
     status = Snapshotter(str(srv.data_dir), SnapshotStore(url)).run_once()
@@ -425,3 +425,34 @@ def test_snapshotter_in_its_own_session_runs_idle_and_lowers_its_autogroup(serve
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_pacer_rests_three_slices_for_each_slice_of_work_at_25_percent(monkeypatch):
+    from snapshotter import pace
+
+    clock = [0.0]
+    slept = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock[0] += seconds
+
+    def perf_counter() -> float:
+        clock[0] += 0.001  # every call costs a millisecond of "work"
+        return clock[0]
+
+    monkeypatch.setattr(pace.time, "perf_counter", perf_counter)
+    monkeypatch.setattr(pace.time, "sleep", sleep)
+    pacer = pace.Pacer(25, work_slice_ms=5)
+    for _ in range(100):
+        pacer()
+    assert slept and all(abs(s - 0.015) < 1e-9 for s in slept)
+    worked = clock[0] - pacer.rested_s
+    assert abs(pacer.rested_s / (worked + pacer.rested_s) - 0.75) < 0.05
+    with pytest.raises(ValueError):
+        pace.Pacer(0)
+
+
+def test_snapshotter_refuses_a_cpu_share_outside_1_to_100(tmp_path):
+    out = cli("snapshotter", "--data-dir", str(tmp_path), "--once", "--cpu-percent", "0", check=False)
+    assert out.returncode == 2 and "must be between 1 and 100" in out.stderr

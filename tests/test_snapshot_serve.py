@@ -65,7 +65,9 @@ def test_serve_restored_dir_and_bootstrap_from_s3(server_factory, s3, tmp_path):
 
 def test_bgsave_publishes_a_snapshot_and_lastsave_reports_it(server_factory, s3, tmp_path):
     _, _, url = s3
-    srv = server_factory(shards=2, extra_args=("--snapshot-url", url))
+    config = tmp_path / "pace.toml"
+    config.write_text("snapshot-cpu-percent = 50\n")
+    srv = server_factory(shards=2, extra_args=("--snapshot-url", url, "--config", str(config)))
     client = srv.client()
     write_every_type(client, "a")
     before = client.lastsave()
@@ -77,6 +79,7 @@ def test_bgsave_publishes_a_snapshot_and_lastsave_reports_it(server_factory, s3,
     info = client.info("persistence")
     assert info["rdb_last_save_time"] == int(client.lastsave().timestamp())
     assert info["rdb_last_bgsave_status"] == "ok"
+    assert "builds at most 50% of the time" in srv.log()
     assert info["snapshot_url"] == url
     assert info["snapshot_shard0"]["status"] == "ok" and info["snapshot_shard0"]["records_behind"] == 0
     listed = cli("snapshots", "list", "--from", url)
