@@ -309,9 +309,9 @@ def render(opts, result: dict, command: str) -> str:
         "", "Target: durakv p99 during a snapshot ≤ 1.2× steady.", "",
         f"- Snapshot of an idle server: {a['wall_s']} s for {d['keys']:,} keys ({a['keys_per_s']:,} keys/s; "
         f"per-shard builds {', '.join(str(ms / 1000) for ms in a['shard_build_ms'])} s), RDB {a['rdb_bytes']:,} "
-        "bytes. The snapshotter builds in 5 ms slices at most `snapshot-cpu-percent` (default 25) of the "
-        "time and under SCHED_IDLE, so under a load that keeps both cores busy a snapshot takes the "
-        "'snapshot s' above.",
+        "bytes. While other processes keep the machine busy the snapshotter builds in 5 ms slices at most "
+        "`snapshot-cpu-percent` (default 25) of the time, under SCHED_IDLE, so under a load that keeps both "
+        "cores busy a snapshot takes the 'snapshot s' above.",
         f"- Snapshotter peak RSS: {d['snapshotter_max_rss_mb']} MB.",
         f"- Restore of the same dataset from S3 into an empty directory: {d['restore_s']} s.",
         f"- Prefill: {d['prefill_s']} s.",

@@ -427,7 +427,9 @@ def test_snapshotter_in_its_own_session_runs_idle_and_lowers_its_autogroup(serve
         proc.wait()
 
 
-def test_pacer_rests_three_slices_for_each_slice_of_work_at_25_percent(monkeypatch):
+@pytest.mark.parametrize("others_busy_cpus, rest_share", [(1.8, 0.75), (0.2, 0.0)])
+def test_pacer_rests_while_the_machine_is_busy_and_runs_free_while_it_is_idle(monkeypatch, others_busy_cpus,
+                                                                             rest_share):
     from snapshotter import pace
 
     clock = [0.0]
@@ -437,18 +439,25 @@ def test_pacer_rests_three_slices_for_each_slice_of_work_at_25_percent(monkeypat
         slept.append(seconds)
         clock[0] += seconds
 
-    def perf_counter() -> float:
-        clock[0] += 0.001  # every call costs a millisecond of "work"
-        return clock[0]
-
-    monkeypatch.setattr(pace.time, "perf_counter", perf_counter)
+    monkeypatch.setattr(pace.time, "perf_counter", lambda: clock[0])
     monkeypatch.setattr(pace.time, "sleep", sleep)
-    pacer = pace.Pacer(25, work_slice_ms=5)
-    for _ in range(100):
-        pacer()
-    assert slept and all(abs(s - 0.015) < 1e-9 for s in slept)
-    worked = clock[0] - pacer.rested_s
-    assert abs(pacer.rested_s / (worked + pacer.rested_s) - 0.75) < 0.05
+    monkeypatch.setattr(pace, "_own_cpu_s", lambda: 0.0)
+    monkeypatch.setattr(pace, "_machine_busy_s", lambda: clock[0] * others_busy_cpus)
+    pacer = pace.Pacer(25, work_slice_ms=5, cpus=2)
+
+    def work(ms: int) -> tuple[float, float]:
+        """(wall seconds, seconds rested) over ms milliseconds of work."""
+        started, rested = clock[0], pacer.rested_s
+        for _ in range(ms):
+            clock[0] += 0.001
+            pacer()
+        return clock[0] - started, pacer.rested_s - rested
+
+    work(1000)  # the first load samples
+    wall_s, rested_s = work(1000)
+    assert abs(rested_s / wall_s - rest_share) < 0.01
+    assert all(abs(s - 0.015) < 1e-9 for s in slept)
+    assert pacer.free_run == (rest_share == 0.0)
     with pytest.raises(ValueError):
         pace.Pacer(0)
 
