@@ -37,7 +37,7 @@ from bench_sections import replace_section  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STARTUP_TIMEOUT_S = 120
-DURING_MAX_S = 600  # a load run alongside a snapshot or BGSAVE stops when that ends, at most this late
+DURING_MAX_S = 1800  # a load run alongside a snapshot or BGSAVE stops when that ends, at most this late
 
 
 def free_port() -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -246,6 +247,19 @@ def test_torn_tail_is_truncated_and_reported(server_factory, tmp_path):
     assert client.mget([f"k{i}" for i in range(19)]) == [f"v{i}".encode() for i in range(19)]
     assert client.get("k19") is None
     assert "torn log tail: truncated" in srv2.log()
+
+
+def test_log_dump_shows_each_record_with_the_time_its_shard_wrote_it(server_factory, tmp_path):
+    srv = server_factory(shards=1, data_dir=tmp_path / "dumped")
+    before_ms = time.time_ns() // 1_000_000
+    srv.client().set("dumped-key", "dumped-value")
+    after_ms = time.time_ns() // 1_000_000
+    out = subprocess.run([sys.executable, "-m", "server.cli", "log", "dump", "--data-dir", str(tmp_path / "dumped")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    match = re.search(r"payload='@(\d+) set dumped-key dumped-value'", out.stdout, re.IGNORECASE)
+    assert match, out.stdout
+    assert before_ms <= int(match.group(1)) <= after_ms
 
 
 def test_mid_log_corruption_refuses_to_start_and_is_reported(server_factory, tmp_path):
