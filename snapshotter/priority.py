@@ -34,7 +34,11 @@ def lower_priority(nice_increment: int, sched_idle: bool = True) -> int:
     if nice_increment > 0:
         niceness = os.nice(min(nice_increment, NICE_MAX - niceness))
     if sched_idle and hasattr(os, "SCHED_IDLE"):
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except OSError as e:
+            log.warning("snapshotter: could not switch to SCHED_IDLE (%s): shards that wake may wait "
+                        "behind it", e)
     if os.getsid(0) == os.getpid() and os.path.exists(AUTOGROUP_PATH):
         try:
             with open(AUTOGROUP_PATH, "w") as f:
