@@ -33,7 +33,10 @@ from pathlib import Path
 import redis
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench_sections import replace_section  # noqa: E402
+
+from snapshotter.runner import read_status  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STARTUP_TIMEOUT_S = 120
@@ -123,23 +126,15 @@ class Snapshots:
         self.serve_pid = serve_pid
         self.before = ""
 
-    def status(self) -> dict:
-        """The snapshotter's status.json (snapshotter/runner.py)."""
-        try:
-            with open(os.path.join(self.data_dir, "snapshotter", "status.json")) as f:
-                return json.load(f)
-        except FileNotFoundError:
-            return {"request_served": "", "shards": {}}
-
     def start(self) -> None:
-        self.before = self.status()["request_served"]
+        self.before = read_status(self.data_dir).request_served
         assert self.client.bgsave()
 
     def done(self) -> bool:
-        status = self.status()
-        if status["request_served"] == self.before:
+        status = read_status(self.data_dir)
+        if status.request_served == self.before:
             return False
-        errors = [s["error"] for s in status["shards"].values() if s["status"] != "ok"]
+        errors = [s.error for s in status.shards.values() if s.status != "ok"]
         if errors:
             raise RuntimeError(f"snapshot failed: {errors}")
         return True

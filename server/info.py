@@ -110,14 +110,13 @@ def _persistence(router, infos, version):
     failed = [p["write_error"] for p in shards if p["write_error"]]
     status = read_status(router.config.data_dir)
     snapshots = status.shards
-    last_save_ms = max((s.last_created_at_ms for s in snapshots.values() if s.published), default=0)
     snapshot_failed = any(s.status == "error" for s in snapshots.values())
     lines = [
         "loading:0",
         "async_loading:0",
         f"rdb_changes_since_last_save:{effects}",
         f"rdb_bgsave_in_progress:{1 if pending_request(router.config.data_dir, status) else 0}",
-        f"rdb_last_save_time:{last_save_ms // 1000 or int(router.started_at)}",
+        f"rdb_last_save_time:{status.newest_published_ms() // 1000 or int(router.started_at)}",
         f"rdb_last_bgsave_status:{'err' if snapshot_failed else 'ok'}",
         "aof_enabled:1",
         "aof_rewrite_in_progress:0",

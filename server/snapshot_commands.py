@@ -23,5 +23,4 @@ def bgsave(client: Client, argv: list[bytes]):
 
 def newest_snapshot_time_s(data_dir: str) -> int:
     """When the newest snapshot was published (0: never)."""
-    shards = read_status(data_dir).shards.values()
-    return max((s.last_created_at_ms for s in shards if s.published), default=0) // 1000
+    return read_status(data_dir).newest_published_ms() // 1000

@@ -75,6 +75,10 @@ class Status:
     request_served: str = ""
     updated_at_ms: int = 0
 
+    def newest_published_ms(self) -> int:
+        """When the newest published snapshot was created (0: none yet)."""
+        return max((s.last_created_at_ms for s in self.shards.values() if s.published), default=0)
+
 
 def control_dir(data_dir: str) -> str:
     return os.path.join(data_dir, CONTROL_DIR)

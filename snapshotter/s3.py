@@ -27,7 +27,7 @@ from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from snapshotter.local import LocalSnapshot, snapshot_dir
+from snapshotter.local import LocalSnapshot, file_sha256, snapshot_dir
 from snapshotter.manifest import (
     ManifestError,
     SnapshotManifest,
@@ -84,14 +84,6 @@ def parse_url(url: str) -> tuple[str, str]:
     if parsed.scheme != "s3" or not parsed.netloc:
         raise StoreError(f"snapshot URL must look like s3://BUCKET/PREFIX, not {url!r}")
     return parsed.netloc, parsed.path.strip("/")
-
-
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(READ_CHUNK_BYTES):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class SnapshotStore:
@@ -222,7 +214,7 @@ class SnapshotStore:
                 return False
             raise StoreError(f"s3://{self.bucket}/{manifest_key} already describes a different snapshot "
                              f"at seq {m.seq}; refusing to overwrite it")
-        if _sha256_file(snapshot.rdb_path) != m.rdb_sha256:
+        if file_sha256(snapshot.rdb_path) != m.rdb_sha256:
             raise ChecksumMismatch(f"{snapshot.rdb_path} no longer matches its manifest; not publishing it")
         self._upload_verified(snapshot.rdb_path, self.snapshot_key(m.shard, m.seq, "rdb"), m.rdb_sha256,
                               {"durakv-seq": str(m.seq)})
@@ -289,7 +281,7 @@ class SnapshotStore:
 
     def archive_segment(self, shard: int, first_seq: int, last_seq: int, path: str,
                         last_write_ms: int) -> None:
-        sha256 = _sha256_file(path)
+        sha256 = file_sha256(path)
         self._upload_verified(path, self.segment_key(shard, first_seq, last_seq), sha256,
                               {META_LAST_WRITE_MS: str(last_write_ms)})
 

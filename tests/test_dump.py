@@ -9,15 +9,13 @@ from __future__ import annotations
 import struct
 
 import pytest
+from engine_util import call, new_ctx
 from refserver import Pair, decode, pair, redis_ref  # noqa: F401
 
 import shards.commands  # noqa: F401
-from shards.context import Ctx
-from shards.engine import replay, run_command, state_of
-from shards.keyspace import Keyspace
+from shards.engine import replay, state_of
 from snapshotter.crc64 import crc64
 from shards.resp import ReplyError
-from shards.shard_settings import SHARD_DEFAULTS
 
 FAR_MS = 4102444800000  # 2100-01-01
 
@@ -230,22 +228,8 @@ def test_legacy_ziplist_and_text_score_payloads_restore_like_redis(pair):
 # --- the logged effect replays to the same state ------------------------------------------
 
 
-class StandInShard:
-    def __init__(self) -> None:
-        self.settings = dict(SHARD_DEFAULTS)
-        self.slot_range = (0, 16383)
-
-
-def call(ctx: Ctx, *args) -> object:
-    argv = [a if isinstance(a, bytes) else str(a).encode() for a in args]
-    try:
-        return run_command(ctx, argv)
-    except ReplyError as e:
-        return e
-
-
 def test_restore_effects_replay_to_the_live_state():
-    live = Ctx(Keyspace(), StandInShard())
+    live = new_ctx()
     call(live, "ZADD", "z", "1", "a", "2", "b")
     call(live, "RPUSH", "l", "x", "y")
     call(live, "SET", "gone", "1")
@@ -259,7 +243,7 @@ def test_restore_effects_replay_to_the_live_state():
     effects = live.db.effects
     assert [e[0] for e in effects[-4:]] == [b"RESTORE", b"RESTORE", b"RESTORE", b"DEL"]
     assert effects[-3][2] == b"%d" % live.db.expires[b"l"]
-    replayed = Ctx(Keyspace(), StandInShard())
+    replayed = new_ctx()
     replay(replayed, effects)
     assert state_of(replayed.db) == state_of(live.db)
     assert b"gone" not in live.db.data
