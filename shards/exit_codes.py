@@ -1,0 +1,5 @@
+"""Process exit statuses the supervisor acts on."""
+
+EXIT_OK = 0
+EXIT_USAGE = 2  # bad flags or configuration: the operator must fix them
+EXIT_PERMANENT = 3  # cannot run (corrupt log, data dir of another cluster...): not restarted
