@@ -60,14 +60,14 @@ Lock-free functions, usable from any process while a writer runs:
 Errors all derive from LogError.
 """
 
-from .errors import (LeaseLost, LogClosed, LogCorrupt, LogError, LogLocked, LogWriteFailed,
+from .errors import (LeaseLost, LockHeld, LogClosed, LogCorrupt, LogError, LogLocked, LogWriteFailed,
                      PendingFull, RecordsDropped, RecordTooLarge, SequenceMismatch)
 from .format import HEADER_BYTES, MAX_RECORD_BYTES
 from .reader import DumpRecord, VerifyReport, dump, read, verify
 from .writer import (DEFAULT_SEGMENT_SIZE_BYTES, Lease, Log, RecoveryReport, SegmentInfo)
 
 __all__ = [
-    "DEFAULT_SEGMENT_SIZE_BYTES", "DumpRecord", "HEADER_BYTES", "Lease", "LeaseLost", "Log",
+    "DEFAULT_SEGMENT_SIZE_BYTES", "DumpRecord", "HEADER_BYTES", "Lease", "LeaseLost", "LockHeld", "Log",
     "LogClosed", "LogCorrupt", "LogError", "LogLocked", "LogWriteFailed", "MAX_RECORD_BYTES",
     "PendingFull", "RecordTooLarge", "RecordsDropped", "RecoveryReport", "SegmentInfo",
     "SequenceMismatch", "VerifyReport", "dump", "read", "verify",
