@@ -80,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     dump.add_argument("--shard", type=int, default=0)
     dump.add_argument("--from-seq", type=int, default=1)
     dump.add_argument("--limit", type=int)
+    truncate = log_sub.add_parser("truncate", help="repair a corrupt shard log: drop the damaged "
+                                  "record and everything after it (dry run without --yes)")
+    truncate.add_argument("--data-dir", default="./durakv-data")
+    truncate.add_argument("--shard", type=int, required=True)
+    truncate.add_argument("--yes", action="store_true", help="really drop them")
     from server import snapshot_cli
 
     snapshot_cli.add_parsers(sub)
@@ -87,10 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in snapshot_cli.COMMANDS:
         return snapshot_cli.run(args)
     if args.command == "log":
-        from server.logtool import dump_log, verify_logs
+        from server.logtool import dump_log, truncate_log, verify_logs
 
         if args.log_command == "verify":
             return verify_logs(args.data_dir)
+        if args.log_command == "truncate":
+            return truncate_log(args.data_dir, args.shard, args.yes)
         return dump_log(args.data_dir, args.shard, args.from_seq, args.limit)
 
     try:
