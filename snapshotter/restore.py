@@ -208,12 +208,12 @@ def restore(store: SnapshotStore, data_dir: str, *, seq: int | dict[int, int] | 
             progress: Progress | None = None) -> list[ShardRestore]:
     """Restore every shard into data_dir (empty, or emptied first with force).
     seq: one target for every shard, or {shard: seq} (shards not named: newest)."""
-    store.check_bucket()
-    shards = shards_in_store(store)
     # The data-dir lock and every shard log's lock, as a server holds them: refused
     # (LockHeld naming the pid) while anything serves from data_dir, even with force.
     os.makedirs(data_dir, exist_ok=True)
     with exclusive_data_dir(data_dir, "durakv restore"):
+        store.check_bucket()
+        shards = shards_in_store(store)
         if not data_dir_is_empty(data_dir):
             if not force:
                 raise RestoreError(f"{data_dir} is not empty; restore refuses to mix histories "
