@@ -61,7 +61,7 @@ class RecoveryReport:
 
 
 def _acquire_lock(path: str, holder: str) -> int:
-    return lock_shard_log(path, holder or f"log writer {os.path.basename(path)}")
+    return lock_shard_log(path, holder or "log writer")
 
 
 def _write_all(fd: int, data: bytes, offset: int) -> None:
