@@ -292,6 +292,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         return handlers[args.command](args)
     except (StoreError, RestoreError, SnapshotInvalid, RdbError, RdbImportError, ManifestError, LogError,
-            TopologyMismatch, FileNotFoundError) as e:
+            TopologyMismatch, OSError) as e:
         return _fail(str(e))
 
