@@ -5,9 +5,10 @@ from durakv. The on-disk format and recovery rules are in log/FORMAT.md.
 
 Writer API (one process holds a directory, enforced by flock on DIR/LOCK):
 
-    log = Log.open(path, *, segment_size_bytes=64 MiB, max_pending_bytes=2 GiB) -> Log
-        Creates the directory if missing, locks it (second opener: LogLocked naming
-        the path and holder pid), validates every segment and recovers:
+    log = Log.open(path, *, segment_size_bytes=64 MiB, max_pending_bytes=2 GiB, holder="") -> Log
+        Creates the directory if missing, locks it with log.lock (second opener:
+        LogLocked naming the path and the holder's pid and role, e.g. "shard 0"),
+        validates every segment and recovers:
           - a torn tail (invalid records at the end of the last segment, not followed
             by any record of a later write) is truncated; log.recovery.truncated_bytes
             says how many bytes, and a warning is logged (logger "durakv.log");
@@ -60,14 +61,14 @@ Lock-free functions, usable from any process while a writer runs:
 Errors all derive from LogError.
 """
 
-from .errors import (LeaseLost, LogClosed, LogCorrupt, LogError, LogLocked, LogWriteFailed,
+from .errors import (LeaseLost, LockHeld, LogClosed, LogCorrupt, LogError, LogLocked, LogWriteFailed,
                      PendingFull, RecordsDropped, RecordTooLarge, SequenceMismatch)
 from .format import HEADER_BYTES, MAX_RECORD_BYTES
 from .reader import DumpRecord, VerifyReport, dump, read, verify
 from .writer import (DEFAULT_SEGMENT_SIZE_BYTES, Lease, Log, RecoveryReport, SegmentInfo)
 
 __all__ = [
-    "DEFAULT_SEGMENT_SIZE_BYTES", "DumpRecord", "HEADER_BYTES", "Lease", "LeaseLost", "Log",
+    "DEFAULT_SEGMENT_SIZE_BYTES", "DumpRecord", "HEADER_BYTES", "Lease", "LeaseLost", "LockHeld", "Log",
     "LogClosed", "LogCorrupt", "LogError", "LogLocked", "LogWriteFailed", "MAX_RECORD_BYTES",
     "PendingFull", "RecordTooLarge", "RecordsDropped", "RecoveryReport", "SegmentInfo",
     "SequenceMismatch", "VerifyReport", "dump", "read", "verify",

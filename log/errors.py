@@ -9,14 +9,27 @@ class LogError(Exception):
     """Base class of every error the log raises."""
 
 
-class LogLocked(LogError):
-    """Another process (or another Log object) already holds the directory's lock."""
+class LockHeld(LogError):
+    """Another process (or another open in this process) holds a directory's lock
+    (log.lock). The message names what is locked and the holder's pid and role."""
 
-    def __init__(self, path: str, holder_pid: str) -> None:
-        self.path = path
+    def __init__(self, what: str, holder_pid: str, holder_role: str = "") -> None:
+        self.what = what
         self.holder_pid = holder_pid
-        who = f" (held by pid {holder_pid})" if holder_pid else ""
-        super().__init__(f"log directory {path} is locked by another writer{who}")
+        self.holder_role = holder_role
+        if holder_pid:
+            who = f"pid {holder_pid}" + (f" ({holder_role})" if holder_role else "")
+        else:
+            who = "a process that has not yet written its pid"
+        super().__init__(f"{what} is locked by {who}; stop that process first")
+
+
+class LogLocked(LockHeld):
+    """Another writer holds a shard log directory's lock."""
+
+    @property
+    def path(self) -> str:
+        return self.what.removeprefix("log directory ")
 
 
 class LogCorrupt(LogError):

@@ -1,7 +1,10 @@
 """Where things live in a data directory: the one home for its layout.
 
     DIR/cluster.json          topology (shard count, node id)
-    DIR/shard-NNN/            one shard: log/ (segments, manifest, LOCK), snapshot/
+    DIR/LOCK                  the data-dir lock (log.lock): held by `durakv serve` and by
+                              offline tools that rewrite the data dir
+    DIR/shard-NNN/            one shard: log/ (segments, manifest, LOCK), snapshot/,
+                              FAILED (why the shard cannot start; removed once it does)
     DIR/run/                  runtime files of a running server, mode 0700: the internal
                               Unix sockets (shard-NNN.sock, router-NNN.sock) and state
                               that only the server's own processes may read
@@ -16,6 +19,8 @@ import os
 
 DEFAULT_DATA_DIR = "./durakv-data"
 TOPOLOGY_FILE = "cluster.json"
+DATA_DIR_LOCK = "LOCK"
+SHARD_FAILED_FILE = "FAILED"
 RUN_DIR = "run"
 RUN_DIR_MODE = 0o700
 
@@ -26,6 +31,14 @@ def shard_dir(data_dir: str, shard: int) -> str:
 
 def shard_log_dir(data_dir: str, shard: int) -> str:
     return os.path.join(shard_dir(data_dir, shard), "log")
+
+
+def shard_failed_path(data_dir: str, shard: int) -> str:
+    return os.path.join(shard_dir(data_dir, shard), SHARD_FAILED_FILE)
+
+
+def data_dir_lock_path(data_dir: str) -> str:
+    return os.path.join(data_dir, DATA_DIR_LOCK)
 
 
 def topology_path(data_dir: str) -> str:

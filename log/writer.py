@@ -8,7 +8,6 @@ assignments, so appending never waits for a write or an fsync."""
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import logging
 import os
 import threading
@@ -16,10 +15,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator, NamedTuple, Sequence
 
-from .errors import (LeaseLost, LogClosed, LogCorrupt, LogLocked, LogWriteFailed, PendingFull,
+from .errors import (LeaseLost, LogClosed, LogCorrupt, LogWriteFailed, PendingFull,
                      RecordTooLarge, SequenceMismatch)
 from .format import MAX_RECORD_BYTES, MAX_WRITE_INDEX, encode_records
-from .manifest import (LOCK_NAME, MANIFEST_NAME, MANIFEST_TMP_NAME, MAX_HOLDER_CHARS, Manifest,
+from .lock import lock_shard_log
+from .manifest import (MANIFEST_NAME, MANIFEST_TMP_NAME, MAX_HOLDER_CHARS, Manifest,
                        fsync_dir, list_segments, load_manifest, segment_name, store_manifest)
 from .reader import read as read_path
 from .scan import WalkState, split_leftovers, walk
@@ -30,7 +30,6 @@ DEFAULT_SEGMENT_SIZE_BYTES = 64 * 1024 * 1024
 MAX_SEGMENT_SIZE_BYTES = 1 << 40
 DEFAULT_MAX_PENDING_BYTES = 2 * MAX_RECORD_BYTES
 MAX_PENDING_BYTES_LIMIT = 1 << 36
-_MAX_LOCK_PID_BYTES = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,21 +60,8 @@ class RecoveryReport:
     elapsed_ms: float
 
 
-def _acquire_lock(path: str) -> int:
-    lock_path = os.path.join(path, LOCK_NAME)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, _MAX_LOCK_PID_BYTES, 0).decode(errors="replace").strip()
-        os.close(fd)
-        raise LogLocked(path, holder) from None
-    except BaseException:
-        os.close(fd)
-        raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+def _acquire_lock(path: str, holder: str) -> int:
+    return lock_shard_log(path, holder or "log writer")
 
 
 def _write_all(fd: int, data: bytes, offset: int) -> None:
@@ -125,8 +111,9 @@ class Log:
     @classmethod
     def open(cls, path: str | os.PathLike, *,
              segment_size_bytes: int = DEFAULT_SEGMENT_SIZE_BYTES,
-             max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES) -> "Log":
-        """Open (creating if missing) the log at `path`, lock it, and recover it."""
+             max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES, holder: str = "") -> "Log":
+        """Open (creating if missing) the log at `path`, lock it, and recover it.
+        `holder` says who writes (e.g. "shard 0"): a second opener's LogLocked names it."""
         if not 1 <= segment_size_bytes <= MAX_SEGMENT_SIZE_BYTES:
             raise ValueError(f"segment_size_bytes must be in 1..{MAX_SEGMENT_SIZE_BYTES}")
         if not 1 <= max_pending_bytes <= MAX_PENDING_BYTES_LIMIT:
@@ -135,7 +122,7 @@ class Log:
         if not os.path.isdir(path):
             os.makedirs(path)
             fsync_dir(os.path.dirname(path))
-        log = cls(path, _acquire_lock(path), segment_size_bytes, max_pending_bytes)
+        log = cls(path, _acquire_lock(path, holder), segment_size_bytes, max_pending_bytes)
         try:
             log._recover()
         except BaseException:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 
 import trio
 
 from shards.config import Config, config_from_json, load_config
+from shards.exit_codes import EXIT_OK, EXIT_PERMANENT, EXIT_USAGE
+
+EXIT_IN_USE = 1  # the port or data dir is taken by another process
 
 
 def _common_flags(parser: argparse.ArgumentParser) -> None:
@@ -76,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     dump.add_argument("--shard", type=int, default=0)
     dump.add_argument("--from-seq", type=int, default=1)
     dump.add_argument("--limit", type=int)
+    truncate = log_sub.add_parser("truncate", help="repair a corrupt shard log: drop the damaged "
+                                  "record and everything after it (dry run without --yes)")
+    truncate.add_argument("--data-dir", default="./durakv-data")
+    truncate.add_argument("--shard", type=int, required=True)
+    truncate.add_argument("--yes", action="store_true", help="really drop them")
     from server import snapshot_cli
 
     snapshot_cli.add_parsers(sub)
@@ -83,17 +92,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in snapshot_cli.COMMANDS:
         return snapshot_cli.run(args)
     if args.command == "log":
-        from server.logtool import dump_log, verify_logs
+        from server.logtool import dump_log, truncate_log, verify_logs
 
         if args.log_command == "verify":
             return verify_logs(args.data_dir)
+        if args.log_command == "truncate":
+            return truncate_log(args.data_dir, args.shard, args.yes)
         return dump_log(args.data_dir, args.shard, args.from_seq, args.limit)
 
     try:
         config = _config(args)
     except (OSError, ValueError) as e:
-        print(f"durakv: bad configuration: {e}", file=sys.stderr)
-        return 2
+        return _fail(f"bad configuration: {e}", EXIT_USAGE)
+    problem = _startup_problem(args, config)
+    if problem:
+        return _fail(problem, EXIT_USAGE)
     _setup_logging(config)
     if args.parent_pid:
         from server.supervisor import die_with_parent
@@ -101,34 +114,106 @@ def main(argv: list[str] | None = None) -> int:
         die_with_parent(args.parent_pid)
 
     if args.command == "serve":
+        from log import LockHeld
         from server.supervisor import Supervisor
         from server.topology import TopologyMismatch
 
         try:
             return Supervisor(config).run()
+        except LockHeld as e:
+            return _fail(f"{e}, or pass another --data-dir", EXIT_IN_USE)
         except TopologyMismatch as e:
-            logging.getLogger("durakv").error("%s", e)
-            return 2
+            return _fail(str(e), EXIT_USAGE)
     if args.command == "shard":
-        from log import LogError
-        from shards.server import run_shard
-        from snapshotter import shard_hooks
-
-        cannot_start = False
-        try:
-            trio.run(_run_until_signal, lambda: run_shard(config, args.index, shard_hooks))
-        except* (LogError, shard_hooks.StartError) as group:
-            for e in group.exceptions:
-                logging.getLogger("durakv.shard").critical("shard %d cannot start: %s", args.index, e)
-            cannot_start = True
-        return 3 if cannot_start else 0
+        return _run_shard(config, args.index)
     if args.command == "router":
         from server.router import run_router
 
         trio.run(_run_until_signal, lambda: run_router(config, args.index))
         return 0
-    return 2
+    return EXIT_USAGE
 
+
+def _fail(message: str, code: int) -> int:
+    """An operator's mistake: one line on stderr, a non-zero exit, no traceback."""
+    print(f"durakv: {message}", file=sys.stderr)
+    return code
+
+
+def _startup_problem(args: argparse.Namespace, config: Config) -> str:
+    """What stops serve/shard/router from starting, as one line with the fix ("" if nothing)."""
+    from server.topology import TopologyMismatch, ensure_topology
+
+    if args.command == "shard" and not 0 <= args.index < config.shards:
+        return (f"shard --index {args.index} is out of range: with {config.shards} shards the index "
+                f"is 0..{config.shards - 1}; fix --index or --shards")
+    if args.command == "router" and not 0 <= args.index < config.routers:
+        return (f"router --index {args.index} is out of range: with {config.routers} routers the "
+                f"index is 0..{config.routers - 1}; fix --index or --routers")
+    problem = data_dir_problem(config.data_dir)
+    if problem or args.command != "router":
+        return problem  # serve checks the topology once it holds the data-dir lock, a shard in _run_shard
+    try:
+        ensure_topology(config.data_dir, config.shards)
+    except TopologyMismatch as e:
+        return str(e)
+    return ""
+
+
+def data_dir_problem(data_dir: str) -> str:
+    """Create the data dir if missing and prove it is a writable directory."""
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        return f"data dir {data_dir} is not a directory; pass --data-dir a directory path"
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+    except OSError as e:
+        return f"cannot create data dir {data_dir}: {e.strerror}; create it or pass another --data-dir"
+    probe = os.path.join(data_dir, f".write-test-{os.getpid()}")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as e:
+        return (f"data dir {data_dir} is not writable ({e.strerror}); give uid {os.getuid()} write "
+                "access to it or pass another --data-dir")
+    return ""
+
+
+def _run_shard(config: Config, index: int) -> int:
+    """Run one shard. A permanent failure (corrupt log, snapshot cache that does not
+    fit the log) is recorded in DIR/shard-NNN/FAILED for the router and ends the
+    process with EXIT_PERMANENT, so it is reported rather than restarted in a loop."""
+    from log import LogCorrupt, LogError, LogLocked
+    from shards import failure
+    from shards.server import run_shard
+    from snapshotter import shard_hooks
+
+    from server.topology import TopologyMismatch, ensure_topology
+
+    shard_log = logging.getLogger("durakv.shard")
+    reasons: list[str] = []
+    code = EXIT_OK
+    try:
+        ensure_topology(config.data_dir, config.shards)  # else it would serve another shard's slots
+        trio.run(_run_until_signal, lambda: run_shard(config, index, shard_hooks))
+    except* LogLocked as group:
+        for e in group.exceptions:  # another process still holds the log: worth a retry
+            shard_log.critical("shard %d cannot start: %s", index, e)
+        code = 1
+    except* LogCorrupt as group:
+        reasons += [f"{e}; repair: restore from S3 (durakv restore) or drop the damaged record and "
+                    f"everything after it with: durakv log truncate --data-dir {config.data_dir} "
+                    f"--shard {index}" for e in group.exceptions]
+    except* TopologyMismatch as group:
+        for e in group.exceptions:  # this process's flags are wrong, not the shard's data: no FAILED
+            shard_log.critical("shard %d cannot start: %s", index, e)
+        code = EXIT_PERMANENT
+    except* (LogError, shard_hooks.StartError) as group:
+        reasons += [str(e) for e in group.exceptions]
+    for reason in reasons:
+        shard_log.critical("shard %d cannot start: %s", index, reason)
+        failure.record(config.data_dir, index, reason)
+        code = EXIT_PERMANENT
+    return code
 
 if __name__ == "__main__":
     sys.exit(main())

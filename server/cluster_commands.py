@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from server.client import Client
+from server.info import cluster_lines, shard_states
 from shards.args import int_arg
 from shards.resp import OK, Map, ReplyError, Verbatim, encode
 from shards.slots import SLOT_COUNT, key_slot
@@ -55,13 +56,13 @@ def cluster_nodes(client: Client, argv: list[bytes]):
 
 @command("cluster|info", 2, "stale", group="cluster", where=ROUTER, tips=("nondeterministic_output",))
 def cluster_info(client: Client, argv: list[bytes]):
-    ok = client.router.shards_up()
+    state, slots_ok, slots_fail = cluster_lines(client.router)
     lines = [
-        f"cluster_state:{'ok' if ok else 'fail'}",
+        state,
         f"cluster_slots_assigned:{SLOT_COUNT}",
-        f"cluster_slots_ok:{SLOT_COUNT if ok else 0}",
+        slots_ok,
         "cluster_slots_pfail:0",
-        f"cluster_slots_fail:{0 if ok else SLOT_COUNT}",
+        slots_fail,
         "cluster_known_nodes:1",
         "cluster_size:1",
         "cluster_current_epoch:1",
@@ -69,6 +70,7 @@ def cluster_info(client: Client, argv: list[bytes]):
         "cluster_stats_messages_sent:0",
         "cluster_stats_messages_received:0",
         "total_cluster_links_buffer_limit_exceeded:0",
+        *(s.line() for s in shard_states(client.router) if not s.up),  # which slots are down, and why
     ]
     return Verbatim(("\r\n".join(lines) + "\r\n").encode())
 

@@ -7,8 +7,11 @@ import resource
 import secrets
 import sys
 import time
+from typing import NamedTuple
 
+from shards import failure
 from shards.internal import rss_bytes
+from shards.slots import slot_ranges
 from snapshotter.runner import pending_request, read_status
 
 # Like Redis' run_id: random, new for every start of this (router) process.
@@ -17,6 +20,49 @@ RUN_ID = secrets.token_hex(20)
 DEFAULT_SECTIONS = ("server", "clients", "memory", "persistence", "stats", "replication", "cpu",
                     "modules", "errorstats", "cluster", "keyspace")
 ALL_SECTIONS = DEFAULT_SECTIONS[:-2] + ("commandstats", "latencystats") + DEFAULT_SECTIONS[-2:]
+
+
+class ShardState(NamedTuple):
+    shard: int
+    up: bool
+    first_slot: int
+    last_slot: int
+    reason: str  # why it is down ("" while up)
+
+    @property
+    def slots(self) -> int:
+        return self.last_slot - self.first_slot + 1
+
+    def line(self) -> str:
+        """`cluster_shardN:...` for INFO cluster and CLUSTER INFO; commas in the
+        reason become semicolons so INFO parsers keep it one field."""
+        text = f"cluster_shard{self.shard}:state={'ok' if self.up else 'down'}," \
+               f"slots={self.first_slot}-{self.last_slot}"
+        if not self.up:
+            text += ",reason=" + self.reason.replace(",", ";")
+        return text
+
+
+def shard_states(router) -> list[ShardState]:
+    """Each shard's link state and slots; for a shard that is down, the reason it
+    recorded in DIR/shard-NNN/FAILED (a permanent failure) or that it is restarting."""
+    ranges = slot_ranges(len(router.links))
+    out = []
+    for link in router.links:
+        first, last = ranges[link.index]
+        reason = "" if link.up else (failure.read(router.config.data_dir, link.index)
+                                     or "not connected (starting or restarting)")
+        out.append(ShardState(link.index, link.up, first, last, reason))
+    return out
+
+
+def cluster_lines(router) -> list[str]:
+    """cluster_state and slot counts, then one line per shard that is down."""
+    states = shard_states(router)
+    ok = sum(s.slots for s in states if s.up)
+    return [f"cluster_state:{'ok' if all(s.up for s in states) else 'fail'}",
+            f"cluster_slots_ok:{ok}",
+            f"cluster_slots_fail:{sum(s.slots for s in states) - ok}"]
 
 
 def wanted_sections(args: list[bytes]) -> list[str]:
@@ -195,7 +241,7 @@ def _errorstats(router, infos, version):
 
 
 def _cluster(router, infos, version):
-    return ["cluster_enabled:1"]
+    return ["cluster_enabled:1", *cluster_lines(router), *(s.line() for s in shard_states(router))]
 
 
 def _keyspace(router, infos, version):

@@ -49,14 +49,18 @@ class Gather:
         self.parts[index] = data
         self.left -= 1
         if self.left == 0:
-            try:
-                reply = self.finish([decode_internal(p) for p in self.parts])
-            except ReplyError as e:
-                reply = encode_error(e.message)
-            except Exception:
-                log.exception("router: merging shard replies failed")
-                reply = encode_error(b"ERR internal error merging shard replies")
-            self.slot.fill(reply)
+            self.complete()
+
+    def complete(self) -> None:
+        """Every part is in (or none was asked for): merge and fill the reply."""
+        try:
+            reply = self.finish([decode_internal(p) for p in self.parts])
+        except ReplyError as e:
+            reply = encode_error(e.message)
+        except Exception:
+            log.exception("router: merging shard replies failed")
+            reply = encode_error(b"ERR internal error merging shard replies")
+        self.slot.fill(reply)
 
 
 def scan_count(argv: list[bytes]) -> int:
@@ -132,11 +136,16 @@ class Router:
         for i, link in enumerate(self.links):
             link.submit(client, PROTO_INTERNAL, argv, gather.part(i))
 
-    def fanout_internal(self, client: Client, argv: list[bytes], finish) -> Pending:
-        """Ask every shard an internal question; `finish(values)` makes the reply bytes."""
-        gather = Gather(client, len(self.links), finish)
-        for i, link in enumerate(self.links):
-            link.submit(client, PROTO_INTERNAL, argv, gather.part(i))
+    def fanout_internal(self, client: Client, argv: list[bytes], finish,
+                        shards: list[int] | None = None) -> Pending:
+        """Ask every shard (or those listed) an internal question; `finish(values)`
+        makes the reply bytes."""
+        indexes = range(len(self.links)) if shards is None else shards
+        gather = Gather(client, len(indexes), finish)
+        for n, shard in enumerate(indexes):
+            self.links[shard].submit(client, PROTO_INTERNAL, argv, gather.part(n))
+        if not indexes:
+            gather.complete()
         return gather.slot
 
     def fanout_internal_quiet(self, argv: list[bytes]) -> None:

@@ -398,7 +398,9 @@ def info(client: Client, argv: list[bytes]):
     def finish(values: list) -> bytes:
         return encode(Verbatim(info_mod.render(router, values, sections, REDIS_VERSION)), proto)
 
-    return router.fanout_internal(client, [b"\x00info"], finish)
+    # Shards that are down are left out (INFO cluster says which and why), so INFO still answers.
+    up = [link.index for link in router.links if link.up]
+    return router.fanout_internal(client, [b"\x00info"], finish, shards=up)
 
 
 @command("time", 1, "loading stale fast", group="server", where=ROUTER, tips=("nondeterministic_output",))

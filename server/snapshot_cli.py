@@ -284,6 +284,7 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    logging.getLogger("botocore").setLevel(logging.WARNING)  # "Found credentials ...": noise on a refusal
     handlers = {
         "snapshotter": cmd_snapshotter, "snapshot": cmd_snapshot_now, "snapshots": cmd_snapshots_list,
         "restore": cmd_restore, "import-rdb": cmd_import_rdb, "export-rdb": cmd_export_rdb,
@@ -291,6 +292,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         return handlers[args.command](args)
     except (StoreError, RestoreError, SnapshotInvalid, RdbError, RdbImportError, ManifestError, LogError,
-            TopologyMismatch, FileNotFoundError) as e:
+            TopologyMismatch, OSError) as e:
         return _fail(str(e))
 

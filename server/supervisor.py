@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 
+from log.lock import lock_data_dir
 from server.topology import ensure_topology
 from shards.config import Config, config_to_json
 
@@ -69,6 +70,8 @@ class Supervisor:
         self.stopping = True
 
     def run(self) -> int:
+        # One server per data dir: held until this process exits (LockHeld names the holder).
+        self.data_dir_lock_fd = lock_data_dir(self.config.data_dir, f"durakv serve port {self.config.port}")
         ensure_topology(self.config.data_dir, self.config.shards)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)

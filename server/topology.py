@@ -8,7 +8,8 @@ import json
 import os
 import secrets
 
-TOPOLOGY_FILE = "cluster.json"
+from log.layout import topology_path
+
 TOPOLOGY_VERSION = 1
 
 
@@ -18,7 +19,7 @@ class TopologyMismatch(Exception):
 
 def ensure_topology(data_dir: str, shards: int) -> dict:
     os.makedirs(data_dir, exist_ok=True)
-    path = os.path.join(data_dir, TOPOLOGY_FILE)
+    path = topology_path(data_dir)
     try:
         with open(path) as f:
             topology = json.load(f)
@@ -26,6 +27,11 @@ def ensure_topology(data_dir: str, shards: int) -> dict:
         topology = {"version": TOPOLOGY_VERSION, "shards": shards, "node_id": secrets.token_hex(20)}
         write_durably(path, json.dumps(topology, indent=2).encode())
         return topology
+    except (OSError, ValueError) as e:
+        raise TopologyMismatch(f"cannot read {path} ({e}); it records this data dir's shard count: "
+                               "restore it, or start from an empty data dir") from None
+    if not isinstance(topology, dict) or not isinstance(topology.get("shards"), int):
+        raise TopologyMismatch(f"{path} has no shard count; restore it, or start from an empty data dir")
     if topology["shards"] != shards:
         raise TopologyMismatch(
             f"{path} says this data dir has {topology['shards']} shards, not {shards}; "

@@ -45,24 +45,62 @@ class Config(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields
         return msgspec.structs.replace(self, shards=shards, data_dir=os.path.abspath(self.data_dir))
 
 
+# Inclusive bounds of every numeric setting; a value outside is refused at startup.
+LIMITS: dict[str, tuple[float, float]] = {
+    "port": (1, 65535),  # 0 (Redis: no TCP listener) would leave durakv unreachable
+    "shards": (0, 1024),  # 0: one per CPU core
+    "routers": (1, 64),
+    "proto_max_bulk_len": (1, 1 << 40),
+    "client_query_buffer_limit": (1, 1 << 40),
+    "maxclients": (1, 1 << 20),
+    "hz": (1, 500),
+    "shard_restart_backoff_max_ms": (1, 3_600_000),
+    "startup_shard_wait_ms": (0, 3_600_000),
+    "max_unsynced_ms": (1, 3_600_000),
+    "segment_size_bytes": (4096, 1 << 40),
+    "snapshot_every_bytes": (1, 1 << 50),
+    "snapshot_max_age_s": (0.001, 1e9),
+    "snapshot_cpu_percent": (1, 100),
+    "test_fsync_delay_ms": (0, 60_000),
+}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "durability": ("sync", "async"),
+    "log_level": ("debug", "info", "warning", "error", "critical"),
+}
+
+
+def validate(config: Config) -> None:
+    """Raise ValueError naming the first setting that is out of range, and the fix."""
+    for name, (low, high) in LIMITS.items():
+        value = getattr(config, name)
+        if not low <= value <= high:
+            raise ValueError(f"{name.replace('_', '-')} must be between {low} and {high}, not {value}")
+    for name, allowed in CHOICES.items():
+        value = getattr(config, name)
+        if value not in allowed:
+            raise ValueError(f"{name.replace('_', '-')} must be one of {', '.join(allowed)}, not {value!r}")
+    if not config.data_dir:
+        raise ValueError("data-dir must not be empty")
+
+
 def load_config(path: str | None, overrides: dict) -> Config:
-    """Config from a TOML file (if any) with non-None overrides applied."""
+    """Config from a TOML file (if any) with non-None overrides applied. ValueError
+    (one line, naming the file or setting) for anything unreadable or out of range."""
     if path:
-        with open(path, "rb") as f:
-            config = msgspec.toml.decode(f.read(), type=Config)
+        try:
+            with open(path, "rb") as f:
+                config = msgspec.toml.decode(f.read(), type=Config)
+        except OSError as e:
+            raise ValueError(f"cannot read config file {path}: {e.strerror}; pass --config a readable "
+                             "TOML file") from None
+        except msgspec.DecodeError as e:
+            raise ValueError(f"config file {path}: {e}; fix that setting (names as in README)") from None
     else:
         config = Config()
     changes = {k: v for k, v in overrides.items() if v is not None}
     if changes:
         config = msgspec.structs.replace(config, **changes)
-    if not 1 <= config.routers <= 64:
-        raise ValueError("routers must be between 1 and 64")
-    if not 0 <= config.shards <= 1024:
-        raise ValueError("shards must be between 0 and 1024")
-    if config.durability not in ("sync", "async"):
-        raise ValueError('durability must be "sync" or "async"')
-    if not 1 <= config.snapshot_cpu_percent <= 100:
-        raise ValueError("snapshot-cpu-percent must be between 1 and 100")
+    validate(config)
     return config.resolved()
 
 

@@ -22,7 +22,7 @@ import trio
 
 import shards.commands  # noqa: F401  (registers every shard command)
 from log import Log, LogWriteFailed
-from shards import internal, sdnotify
+from shards import failure, internal, sdnotify
 from shards.config import Config
 from shards.context import Ctx
 from shards.engine import replay
@@ -146,7 +146,8 @@ class Shard:
         snapshots = self.snapshots
         if snapshots is not None:
             snapshots.prepare_shard_dir(self.dir, self.index, self.config.shards, self.config.snapshot_url)
-        self.log = Log.open(os.path.join(self.dir, "log"), segment_size_bytes=self.config.segment_size_bytes)
+        self.log = Log.open(os.path.join(self.dir, "log"), segment_size_bytes=self.config.segment_size_bytes,
+                            holder=f"shard {self.index}")
         truncated = self.log.recovery.truncated_bytes
         if truncated:
             log.warning("shard %d: torn log tail: truncated %d bytes", self.index, truncated)
@@ -539,6 +540,7 @@ async def run_shard(config: Config, index: int, snapshots: SnapshotHooks | None 
     listener.bind(shard_socket_name(config.data_dir, index))
     listener.listen(ROUTER_CONNECTIONS_MAX)
     listener.setblocking(False)
+    failure.clear(config.data_dir, index)  # serving again: the router stops reporting a failure
     first, last = shard.slot_range
     log.info("shard %d ready: slots %d-%d, %d keys, durability %s, pid %d",
              index, first, last, len(shard.db.data), config.durability, os.getpid())

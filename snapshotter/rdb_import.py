@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
 from log import Log
+from log.lock import exclusive_data_dir
 from shards.keyspace import Keyspace
 from shards.records import RecordClock, encode_record
 from shards.resp import format_double
@@ -86,7 +87,7 @@ def value_effects(key: bytes, value: object, expire_ms: int | None) -> Iterator[
 class _ShardWriter:
     def __init__(self, shard_dir: str, shard: int) -> None:
         log_dir = os.path.join(shard_dir, "log")
-        self.log = Log.open(log_dir)
+        self.log = Log.open(log_dir, holder="durakv import-rdb")
         if self.log.tail_seq != 0:
             self.log.close()
             raise RdbImportError(f"{log_dir} already holds records; import-rdb seeds empty data directories only")
@@ -126,6 +127,15 @@ def import_rdb(f: BinaryIO, data_dir: str, shards: int, skip_unsupported: bool =
                now_ms: int | None = None) -> ImportReport:
     """Import the RDB read from f into data_dir's shard logs (which must be empty)."""
     now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    os.makedirs(data_dir, exist_ok=True)
+    # The data-dir lock, as `durakv serve` holds it; each _ShardWriter's Log takes its
+    # shard's log lock. Either held: LockHeld naming the pid, before anything is written.
+    with exclusive_data_dir(data_dir, "durakv import-rdb", shard_logs=False):
+        return _import_locked(f, data_dir, shards, skip_unsupported, now_ms)
+
+
+def _import_locked(f: BinaryIO, data_dir: str, shards: int, skip_unsupported: bool,
+                   now_ms: int) -> ImportReport:
     owners = slot_owner_table(shards)
     report = ImportReport(shards, per_shard_keys=[0] * shards)
     expected = [Keyspace() for _ in range(shards)]

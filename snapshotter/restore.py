@@ -25,6 +25,8 @@ import tempfile
 from dataclasses import dataclass
 
 from log import Log, LogError
+from log.layout import DATA_DIR_LOCK
+from log.lock import exclusive_data_dir
 from log.manifest import Manifest, segment_name, store_manifest
 from shards.slots import slot_ranges
 from snapshotter.build import write_snapshot
@@ -198,7 +200,7 @@ def shards_in_store(store: SnapshotStore) -> int:
 
 
 def data_dir_is_empty(data_dir: str) -> bool:
-    return not os.path.exists(data_dir) or not os.listdir(data_dir)
+    return not os.path.exists(data_dir) or not set(os.listdir(data_dir)) - {DATA_DIR_LOCK}
 
 
 def restore(store: SnapshotStore, data_dir: str, *, seq: int | dict[int, int] | None = None,
@@ -206,20 +208,26 @@ def restore(store: SnapshotStore, data_dir: str, *, seq: int | dict[int, int] | 
             progress: Progress | None = None) -> list[ShardRestore]:
     """Restore every shard into data_dir (empty, or emptied first with force).
     seq: one target for every shard, or {shard: seq} (shards not named: newest)."""
-    store.check_bucket()
-    shards = shards_in_store(store)
-    if not data_dir_is_empty(data_dir):
-        if not force:
-            raise RestoreError(f"{data_dir} is not empty; restore refuses to mix histories "
-                               "(use --force to replace its contents)")
-        for name in os.listdir(data_dir):
-            path = os.path.join(data_dir, name)
-            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
+    # The data-dir lock and every shard log's lock, as a server holds them: refused
+    # (LockHeld naming the pid) while anything serves from data_dir, even with force.
     os.makedirs(data_dir, exist_ok=True)
-    out = []
-    for shard in range(shards):
-        shard_dir = shard_dir_of(data_dir, shard)
-        os.makedirs(shard_dir, exist_ok=True)
-        target = seq.get(shard) if isinstance(seq, dict) else seq
-        out.append(restore_shard(store, shard, shards, shard_dir, seq=target, at_ms=at_ms, progress=progress))
+    with exclusive_data_dir(data_dir, "durakv restore"):
+        store.check_bucket()
+        shards = shards_in_store(store)
+        if not data_dir_is_empty(data_dir):
+            if not force:
+                raise RestoreError(f"{data_dir} is not empty; restore refuses to mix histories "
+                                   "(use --force to replace its contents)")
+            for name in os.listdir(data_dir):
+                if name == DATA_DIR_LOCK:
+                    continue
+                path = os.path.join(data_dir, name)
+                shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
+        out = []
+        for shard in range(shards):
+            shard_dir = shard_dir_of(data_dir, shard)
+            os.makedirs(shard_dir, exist_ok=True)
+            target = seq.get(shard) if isinstance(seq, dict) else seq
+            out.append(restore_shard(store, shard, shards, shard_dir, seq=target, at_ms=at_ms,
+                                     progress=progress))
     return out

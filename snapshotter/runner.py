@@ -16,7 +16,6 @@ segment archived to S3 (verified by reading it back).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -24,6 +23,8 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 
+from log import lock as dir_lock
+from log.errors import LockHeld
 from log.manifest import list_segments
 from snapshotter.build import build_snapshot
 from snapshotter.local import newest_local, shard_dir_of, snapshot_dir
@@ -42,8 +43,8 @@ RELEASE_NAME = "RELEASE.json"
 TOPOLOGY_FILE = "cluster.json"
 
 
-class SnapshotterBusy(Exception):
-    """Another snapshotter holds the data directory's lock."""
+class SnapshotterBusy(LockHeld):
+    """Another snapshotter holds the data directory's snapshotter lock."""
 
 
 @dataclass
@@ -94,18 +95,11 @@ def shard_count(data_dir: str) -> int:
 
 
 def acquire_lock(data_dir: str) -> int:
-    """flock DIR/snapshotter/LOCK; raises SnapshotterBusy if it is held."""
+    """flock DIR/snapshotter/LOCK (log.lock); raises SnapshotterBusy naming the holder."""
     directory = control_dir(data_dir)
     os.makedirs(directory, exist_ok=True)
-    fd = os.open(os.path.join(directory, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise SnapshotterBusy(f"another snapshotter runs on {data_dir}") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+    path = os.path.join(directory, LOCK_NAME)
+    return dir_lock.acquire(path, "snapshotter", what=f"snapshotter lock {path}", error=SnapshotterBusy)
 
 
 def read_status(data_dir: str) -> Status:
