@@ -4,7 +4,9 @@
     DIR/shard-NNN/            one shard: log/ (segments, manifest, LOCK), snapshot/
     DIR/run/                  runtime files of a running server, mode 0700: the internal
                               Unix sockets (shard-NNN.sock, router-NNN.sock) and state
-                              that only the server's own processes may read
+                              that only the server's own processes may read, such as
+                              shard-NNN.failed (the supervisor's note that a shard
+                              failed permanently and is not restarted)
     DIR/snapshotter/          the snapshotter's lock, requests and status
 
 Every process that spells one of these paths takes it from here.
@@ -52,3 +54,7 @@ def shard_socket_path(data_dir: str, shard: int) -> str:
 
 def router_socket_path(data_dir: str, router: int) -> str:
     return os.path.join(run_dir(data_dir), f"router-{router:03d}.sock")
+
+
+def shard_failed_path(data_dir: str, shard: int) -> str:
+    return os.path.join(run_dir(data_dir), f"shard-{shard:03d}.failed")

@@ -9,12 +9,13 @@ import sys
 
 import trio
 
-from shards.config import Config, config_from_json, load_config
+from shards.config import Config, config_from_fd, load_config
+from shards.exit_codes import EXIT_PERMANENT, EXIT_USAGE
 
 
 def _common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TOML config file")
-    parser.add_argument("--config-json", help=argparse.SUPPRESS)
+    parser.add_argument("--config-fd", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--bind", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default 6379)")
@@ -26,8 +27,8 @@ def _common_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace) -> Config:
-    if args.config_json:
-        return config_from_json(args.config_json)
+    if args.config_fd is not None:
+        return config_from_fd(args.config_fd)
     return load_config(args.config, {
         "bind": args.bind, "port": args.port, "shards": args.shards, "routers": args.routers,
         "data_dir": args.data_dir, "requirepass": args.requirepass,
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     router = sub.add_parser("router", help="run one router process (systemd units use this)")
     _common_flags(router)
     router.add_argument("--index", type=int, default=0)
+    router.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
     log_cmd = sub.add_parser("log", help="inspect shard logs without starting anything")
     log_sub = log_cmd.add_subparsers(dest="log_command", required=True)
     verify = log_sub.add_parser("verify", help="check every record of every shard log")
@@ -93,23 +95,31 @@ def main(argv: list[str] | None = None) -> int:
         config = _config(args)
     except (OSError, ValueError) as e:
         print(f"durakv: bad configuration: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     _setup_logging(config)
     if args.parent_pid:
         from server.supervisor import die_with_parent
 
         die_with_parent(args.parent_pid)
 
+    from server.listener import ListenError
+    from server.proctitle import set_title
+
     if args.command == "serve":
         from server.supervisor import Supervisor
         from server.topology import TopologyMismatch
 
+        set_title("serve", f"{config.bind}:{config.port}", config.data_dir)
         try:
             return Supervisor(config).run()
+        except ListenError as e:
+            print(f"durakv: {e}", file=sys.stderr)
+            return EXIT_USAGE
         except TopologyMismatch as e:
             logging.getLogger("durakv").error("%s", e)
-            return 2
+            return EXIT_USAGE
     if args.command == "shard":
+        set_title("shard", args.index, config.data_dir)
         from log import LogError
         from shards.server import run_shard
         from snapshotter import shard_hooks
@@ -121,13 +131,21 @@ def main(argv: list[str] | None = None) -> int:
             for e in group.exceptions:
                 logging.getLogger("durakv.shard").critical("shard %d cannot start: %s", args.index, e)
             cannot_start = True
-        return 3 if cannot_start else 0
+        return EXIT_PERMANENT if cannot_start else 0
     if args.command == "router":
+        set_title("router", args.index, f"{config.bind}:{config.port}", config.data_dir)
+        from server.listener import listener_from_fd, open_listener
         from server.router import run_router
 
-        trio.run(_run_until_signal, lambda: run_router(config, args.index))
+        try:
+            listener = (listener_from_fd(args.listen_fd) if args.listen_fd is not None
+                        else open_listener(config.bind, config.port))
+        except ListenError as e:
+            print(f"durakv: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        trio.run(_run_until_signal, lambda: run_router(config, args.index, listener))
         return 0
-    return 2
+    return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -79,7 +79,8 @@ class DurakvServer:
         return [int(p) for p in out.stdout.split()]
 
     def child_pid(self, role: str, index: int) -> int:
-        out = subprocess.run(["pgrep", "-g", str(self.proc.pid), "-f", f"server.cli {role} --index {index} "],
+        """A child found by its process title (`durakv shard 1 DIR`), as `ps` shows it."""
+        out = subprocess.run(["pgrep", "-g", str(self.proc.pid), "-f", f"^durakv {role} {index} "],
                              capture_output=True, text=True)
         pids = [int(p) for p in out.stdout.split()]
         assert len(pids) == 1, f"expected one {role} {index}, found {pids}"
