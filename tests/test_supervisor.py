@@ -1,11 +1,17 @@
 """The supervisor (`durakv serve`): a killed shard is restarted and the router
 recovers, SIGTERM stops the whole process group, and children die with a
-kill -9'd supervisor (PR_SET_PDEATHSIG). Each test starts its own server."""
+kill -9'd supervisor (PR_SET_PDEATHSIG); the port is bound once (a second
+server on it fails with one line), no secret shows in `ps`, a permanently
+failed shard is not restarted, and a killed shard serves again at once.
+Each test starts its own server."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 
 import redis
@@ -121,3 +127,81 @@ def test_sigkill_of_the_supervisor_takes_the_children(server_factory):
     # Nothing of the process group is left to hold the port or a log open. (Probing
     # the port itself would race with other test workers that may reuse it.)
     assert not any(alive(pid) for pid in srv.pids())
+
+
+def run_serve(port: int, data_dir, *extra: str, timeout_s: float = DEADLINE_S) -> subprocess.CompletedProcess:
+    """Run `durakv serve` expecting it to exit by itself; a hang (a server that
+    serves when it should refuse) is killed, with its process group, and fails."""
+    argv = [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--shards", "2",
+            "--data-dir", str(data_dir), *extra]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"durakv serve on port {port} did not exit:\n{err[-3000:]}") from None
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def assert_port_in_use_line(result: subprocess.CompletedProcess, port: int) -> None:
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"durakv: port {port} on 127.0.0.1 is already in use; "
+                     "stop the other server or choose another --port"], result.stderr
+
+
+def test_second_serve_on_the_same_port_fails_and_the_first_keeps_serving(server_factory, tmp_path):
+    srv = server_factory(extra_args=("--routers", "2"))
+    counter = []
+
+    def incr_on_new_connections(times: int) -> None:
+        for _ in range(times):
+            with redis.Redis(port=srv.port, socket_timeout=10) as c:
+                counter.append(c.incr("sup:counter"))
+
+    incr_on_new_connections(10)
+    started = time.monotonic()
+    result = run_serve(srv.port, tmp_path / "other")
+    print(f"second serve exited with {result.returncode} after {time.monotonic() - started:.2f} s")
+    assert_port_in_use_line(result, srv.port)
+    assert not (tmp_path / "other").exists(), "a refused server must start nothing"
+    incr_on_new_connections(30)  # with two databases on the port, this would jump back
+    assert counter == list(range(1, 41))
+
+
+def test_foreign_listener_on_the_port_ends_serve_with_one_line(tmp_path):
+    with socket.socket() as foreign:
+        foreign.bind(("127.0.0.1", 0))
+        foreign.listen(1)
+        port = foreign.getsockname()[1]
+        result = run_serve(port, tmp_path / "data")
+    assert_port_in_use_line(result, port)
+    assert "Traceback" not in result.stderr
+
+
+def test_no_secret_on_any_command_line_and_titles_show_roles(server_factory):
+    secret = "pw-" + os.urandom(8).hex()
+    srv = server_factory(extra_args=("--requirepass", secret))
+    with srv.client(password=secret) as c:
+        assert c.ping()
+    pids = srv.pids()
+    titles = {}
+    for pid in pids:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+        assert secret.encode() not in cmdline, f"pid {pid}: {cmdline!r}"
+        titles[pid] = cmdline.replace(b"\0", b" ").decode().strip()
+    ps = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
+    assert secret not in ps
+    shown = {int(line.split(None, 1)[0]): line.split(None, 1)[1].strip()
+             for line in ps.splitlines()[1:] if int(line.split(None, 1)[0]) in pids}
+    assert shown == titles
+    data_dir = str(srv.data_dir)
+    assert sorted(titles.values()) == sorted([
+        f"durakv serve 127.0.0.1:{srv.port} {data_dir}",
+        f"durakv shard 0 {data_dir}",
+        f"durakv shard 1 {data_dir}",
+        f"durakv router 0 127.0.0.1:{srv.port} {data_dir}",
+    ])
