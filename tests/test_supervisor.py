@@ -16,7 +16,9 @@ import time
 
 import redis
 
+from conftest import DurakvServer, free_port
 from refserver import RawConn
+from shards.exit_codes import EXIT_PERMANENT
 from shards.slots import key_slot
 
 DEADLINE_S = 30
@@ -205,3 +207,63 @@ def test_no_secret_on_any_command_line_and_titles_show_roles(server_factory):
         f"durakv shard 1 {data_dir}",
         f"durakv router 0 127.0.0.1:{srv.port} {data_dir}",
     ])
+
+
+def corrupt_shard_logs(srv, shards: list[int]) -> None:
+    """Stop srv and write garbage in the middle of each given shard's log
+    segment, where records follow it: corruption, not a torn tail."""
+    srv.stop()
+    for shard in shards:
+        segments = sorted((srv.data_dir / f"shard-{shard:03d}" / "log").glob("*.seg"))
+        size = segments[0].stat().st_size
+        with open(segments[0], "r+b") as f:
+            f.seek(size // 2)
+            f.write(b"\xff" * 16)
+
+
+def test_shard_failing_permanently_is_not_restarted_and_the_others_serve(server_factory, tmp_path):
+    srv = server_factory()
+    low, high = keys_by_shard(100)
+    with srv.client() as c:
+        for key in low + high:
+            c.set(key, key)
+    corrupt_shard_logs(srv, [1])
+    again = DurakvServer(srv.data_dir, shards=2)
+    again.log_path = tmp_path / "again.log"
+    started = time.monotonic()
+    again.start(wait=False)
+    try:
+        client = redis.Redis(port=again.port, socket_timeout=10)
+        def serving() -> bool:
+            try:
+                return client.get(low[0]) == low[0].encode()
+            except (redis.ConnectionError, redis.ResponseError):  # the supervisor may not be listening yet
+                return False
+
+        wait_until(serving, "shard 0 to serve through the router")
+        print(f"router served shard 0 {time.monotonic() - started:.2f} s after the start")
+        assert client.mget(low) == [k.encode() for k in low]
+        assert isinstance(get_or_error(client, high[0]), redis.exceptions.ClusterDownError)
+        wait_until(lambda: "shard 1" in again.log() and "not restarting it" in again.log(), "the supervisor's line")
+        time.sleep(1)  # a restart loop would show within its first backoff steps
+        log_text = again.log()
+        assert "restarting shard 1" not in log_text
+        assert "shard 1 cannot start: log corrupt" in log_text
+        assert len([p for p in again.pids() if p != again.proc.pid]) == 2  # shard 0 and the router
+        assert again.proc.poll() is None
+        client.close()
+    finally:
+        again.stop()
+
+
+def test_serve_exits_when_every_shard_fails_permanently(server_factory, tmp_path):
+    srv = server_factory()
+    low, high = keys_by_shard(100)
+    with srv.client() as c:
+        for key in low + high:
+            c.set(key, key)
+    corrupt_shard_logs(srv, [0, 1])
+    result = run_serve(free_port(), srv.data_dir)
+    assert result.returncode == EXIT_PERMANENT
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("every shard failed permanently") == 1, result.stderr
