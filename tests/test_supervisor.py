@@ -267,3 +267,34 @@ def test_serve_exits_when_every_shard_fails_permanently(server_factory, tmp_path
     assert result.returncode == EXIT_PERMANENT
     assert "Traceback" not in result.stderr
     assert result.stderr.count("every shard failed permanently") == 1, result.stderr
+
+
+def test_killed_shard_serves_again_at_once_each_time(server_factory):
+    """Five kill -9s of one shard, each after it served again: the time from the
+    kill to the first successful GET through the router does not grow (no
+    backoff for crashes after a healthy run). Only a generous bound is asserted;
+    the numbers are printed."""
+    srv = server_factory()
+    low, high = keys_by_shard()
+    client = srv.client()
+    client.set(high[0], "v")
+    times_ms = []
+    for _ in range(5):
+        victim = srv.child_pid("shard", 1)
+        killed = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        while True:
+            try:
+                if client.get(high[0]) == b"v":
+                    break
+            except (redis.ResponseError, redis.ConnectionError):
+                pass
+            assert time.monotonic() - killed < DEADLINE_S, "the killed shard did not come back"
+            time.sleep(0.002)
+        times_ms.append((time.monotonic() - killed) * 1000)
+        assert srv.child_pid("shard", 1) != victim
+    times_ms_sorted = sorted(times_ms)
+    print(f"kill -9 to served again, ms: {[round(t) for t in times_ms]}; "
+          f"median {times_ms_sorted[2]:.0f}, max {times_ms_sorted[-1]:.0f}")
+    assert max(times_ms) < 3000, times_ms
+    client.close()
