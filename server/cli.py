@@ -57,6 +57,25 @@ async def _run_until_signal(main) -> None:
         nursery.cancel_scope.cancel()
 
 
+def shard_main(config: Config, index: int) -> int:
+    """One shard process (`durakv shard`, or a child the supervisor forked);
+    returns its exit status: EXIT_PERMANENT when it cannot run at all."""
+    from log import LogError
+    from server.proctitle import set_title
+    from shards.server import run_shard
+    from snapshotter import shard_hooks
+
+    set_title("shard", index, config.data_dir)
+    cannot_start = False
+    try:
+        trio.run(_run_until_signal, lambda: run_shard(config, index, shard_hooks))
+    except* (LogError, shard_hooks.StartError) as group:
+        for e in group.exceptions:
+            logging.getLogger("durakv.shard").critical("shard %d cannot start: %s", index, e)
+        cannot_start = True
+    return EXIT_PERMANENT if cannot_start else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="durakv", description="Redis-compatible, log-durable database")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -119,19 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger("durakv").error("%s", e)
             return EXIT_USAGE
     if args.command == "shard":
-        set_title("shard", args.index, config.data_dir)
-        from log import LogError
-        from shards.server import run_shard
-        from snapshotter import shard_hooks
-
-        cannot_start = False
-        try:
-            trio.run(_run_until_signal, lambda: run_shard(config, args.index, shard_hooks))
-        except* (LogError, shard_hooks.StartError) as group:
-            for e in group.exceptions:
-                logging.getLogger("durakv.shard").critical("shard %d cannot start: %s", args.index, e)
-            cannot_start = True
-        return EXIT_PERMANENT if cannot_start else 0
+        return shard_main(config, args.index)
     if args.command == "router":
         set_title("router", args.index, f"{config.bind}:{config.port}", config.data_dir)
         from server.listener import listener_from_fd, open_listener
