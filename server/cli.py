@@ -10,7 +10,7 @@ import sys
 
 import trio
 
-from shards.config import Config, config_from_json, load_config
+from shards.config import Config, config_from_fd, load_config
 from shards.exit_codes import EXIT_OK, EXIT_PERMANENT, EXIT_USAGE
 
 EXIT_IN_USE = 1  # the port or data dir is taken by another process
@@ -18,7 +18,7 @@ EXIT_IN_USE = 1  # the port or data dir is taken by another process
 
 def _common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TOML config file")
-    parser.add_argument("--config-json", help=argparse.SUPPRESS)
+    parser.add_argument("--config-fd", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--bind", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default 6379)")
@@ -30,8 +30,8 @@ def _common_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace) -> Config:
-    if args.config_json:
-        return config_from_json(args.config_json)
+    if args.config_fd is not None:
+        return config_from_fd(args.config_fd)
     return load_config(args.config, {
         "bind": args.bind, "port": args.port, "shards": args.shards, "routers": args.routers,
         "data_dir": args.data_dir, "requirepass": args.requirepass,
@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     router = sub.add_parser("router", help="run one router process (systemd units use this)")
     _common_flags(router)
     router.add_argument("--index", type=int, default=0)
+    router.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
     log_cmd = sub.add_parser("log", help="inspect shard logs without starting anything")
     log_sub = log_cmd.add_subparsers(dest="log_command", required=True)
     verify = log_sub.add_parser("verify", help="check every record of every shard log")
@@ -104,6 +105,14 @@ def main(argv: list[str] | None = None) -> int:
         config = _config(args)
     except (OSError, ValueError) as e:
         return _fail(f"bad configuration: {e}", EXIT_USAGE)
+    from server.listener import ListenError, open_listener
+
+    listener = None
+    if args.command == "serve":
+        try:  # first: a port in use ends serve before it creates anything
+            listener = open_listener(config.bind, config.port)
+        except ListenError as e:
+            return _fail(str(e), EXIT_USAGE)
     problem = _startup_problem(args, config)
     if problem:
         return _fail(problem, EXIT_USAGE)
@@ -113,23 +122,33 @@ def main(argv: list[str] | None = None) -> int:
 
         die_with_parent(args.parent_pid)
 
+    from server.proctitle import set_title
+
     if args.command == "serve":
         from log import LockHeld
         from server.supervisor import Supervisor
         from server.topology import TopologyMismatch
 
+        set_title("serve", f"{config.bind}:{config.port}", config.data_dir)
         try:
-            return Supervisor(config).run()
+            return Supervisor(config, listener).run()
         except LockHeld as e:
             return _fail(f"{e}, or pass another --data-dir", EXIT_IN_USE)
         except TopologyMismatch as e:
             return _fail(str(e), EXIT_USAGE)
     if args.command == "shard":
-        return _run_shard(config, args.index)
+        return shard_main(config, args.index)
     if args.command == "router":
+        set_title("router", args.index, f"{config.bind}:{config.port}", config.data_dir)
+        from server.listener import listener_from_fd
         from server.router import run_router
 
-        trio.run(_run_until_signal, lambda: run_router(config, args.index))
+        try:
+            listener = (listener_from_fd(args.listen_fd) if args.listen_fd is not None
+                        else open_listener(config.bind, config.port))
+        except ListenError as e:
+            return _fail(str(e), EXIT_USAGE)
+        trio.run(_run_until_signal, lambda: run_router(config, args.index, listener))
         return 0
     return EXIT_USAGE
 
@@ -178,17 +197,19 @@ def data_dir_problem(data_dir: str) -> str:
     return ""
 
 
-def _run_shard(config: Config, index: int) -> int:
-    """Run one shard. A permanent failure (corrupt log, snapshot cache that does not
+def shard_main(config: Config, index: int) -> int:
+    """Run one shard (`durakv shard`, or a child the supervisor forked). A permanent failure (corrupt log, snapshot cache that does not
     fit the log) is recorded in DIR/shard-NNN/FAILED for the router and ends the
     process with EXIT_PERMANENT, so it is reported rather than restarted in a loop."""
     from log import LogCorrupt, LogError, LogLocked
+    from server.proctitle import set_title
     from shards import failure
     from shards.server import run_shard
     from snapshotter import shard_hooks
 
     from server.topology import TopologyMismatch, ensure_topology
 
+    set_title("shard", index, config.data_dir)
     shard_log = logging.getLogger("durakv.shard")
     reasons: list[str] = []
     code = EXIT_OK

@@ -14,8 +14,8 @@ from shards.frames import encode_frame, reply_batch_decoder, shard_socket_name, 
 log = logging.getLogger("durakv.router")
 
 RECV_BYTES = 1024 * 1024
-RECONNECT_BACKOFF_MIN_S = 0.05
-RECONNECT_BACKOFF_MAX_S = 1.0
+RECONNECT_BACKOFF_MIN_S = 0.005
+RECONNECT_BACKOFF_MAX_S = 0.05
 
 ERR_SHARD_DOWN = b"-CLUSTERDOWN The cluster is down\r\n"
 ERR_SHARD_LOST = b"-CLUSTERDOWN The shard owning this slot failed while the command was in flight\r\n"

@@ -17,7 +17,7 @@ from server.client import Client, ClientPoller
 from server.links import Pending, ShardLink
 from server.settings import Settings
 from server.topology import ensure_topology
-from shards import sdnotify
+from shards import failure, sdnotify
 from shards.config import Config
 from shards.frames import PROTO_INTERNAL, internal_reply_decoder
 from shards.resp import ReplyError, encode, encode_error
@@ -26,7 +26,7 @@ from shards.table import SPLIT_MGET, Command
 
 log = logging.getLogger("durakv.router")
 
-LISTEN_BACKLOG = 511
+SHARD_WAIT_POLL_S = 0.01
 SCAN_DEFAULT_COUNT = 10
 
 
@@ -247,26 +247,36 @@ class Router:
         self._client_seq += 1
         return self._client_seq * self.config.routers + self.index + 1
 
-    async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(self, listener: socket.socket, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Serve clients from `listener` (bound already: by the supervisor, shared by
+        every router, or by run_router for a router of its own)."""
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             nursery.start_soon(self._flusher)
             nursery.start_soon(self.poller.run)
             for link in self.links:
                 nursery.start_soon(link.run)
-            with trio.move_on_after(self.config.startup_shard_wait_ms / 1000):
-                for link in self.links:
-                    await link.ever_up.wait()
-            down = [link.index for link in self.links if not link.up]
-            if down:
-                log.warning("router: shards %s not reachable yet; their slots answer CLUSTERDOWN", down)
-            listener = open_listener(self.config.bind, self.config.port)
+            await self._wait_for_shards()
             self.port = listener.getsockname()[1]
             log.info("router %d ready: listening on %s:%d, %d shards, pid %d",
                      self.index, self.config.bind, self.port, len(self.links), os.getpid())
             sdnotify.notify(b"READY=1")
             task_status.started(self.port)
             await self._accept_loop(listener, nursery)
+
+    async def _wait_for_shards(self) -> None:
+        """Before accepting, wait (at most startup-shard-wait-ms) until every shard
+        is up or has failed permanently (shards.failure: waiting for it would only
+        delay the shards that serve)."""
+        with trio.move_on_after(self.config.startup_shard_wait_ms / 1000):
+            while not all(link.ever_up.is_set() or self._failed(link.index) for link in self.links):
+                await trio.sleep(SHARD_WAIT_POLL_S)
+        down = [link.index for link in self.links if not link.up]
+        if down:
+            log.warning("router: shards %s not reachable; their slots answer CLUSTERDOWN", down)
+
+    def _failed(self, shard: int) -> bool:
+        return bool(failure.read(self.config.data_dir, shard))
 
     async def _accept_loop(self, listener: socket.socket, nursery: trio.Nursery) -> None:
         while True:
@@ -293,17 +303,6 @@ class Router:
             client = Client(self, sock, self.new_client_id())
             self.clients[client.id] = client
             self.poller.add(client)
-
-
-def open_listener(bind: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((bind, port))
-    sock.listen(LISTEN_BACKLOG)
-    sock.setblocking(False)
-    return sock
 
 
 def _ignore_reply(slot: Pending, data: bytes) -> None:
@@ -337,6 +336,7 @@ MERGERS = {
 }
 
 
-async def run_router(config: Config, index: int = 0) -> None:
-    router = Router(config, index)
-    await router.serve()
+async def run_router(config: Config, index: int, listener: socket.socket) -> None:
+    """Run a router on the supervisor's shared listening socket, or (standalone,
+    as the systemd unit runs it) on one the CLI bound before anything else."""
+    await Router(config, index).serve(listener)

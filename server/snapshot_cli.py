@@ -48,7 +48,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--sched-idle", action=argparse.BooleanOptionalAction, default=True,
                    help="run under SCHED_IDLE (Linux): any shard that wakes preempts the snapshotter; "
                         "on a box whose CPUs are never idle, snapshots then progress only slowly")
-    p.add_argument("--config-json", help=argparse.SUPPRESS)
+    p.add_argument("--config-fd", type=int, help=argparse.SUPPRESS)
     p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     _store_flags(p)
 
@@ -125,15 +125,8 @@ def parse_seq(values: list[str] | None) -> int | dict[int, int] | None:
     return out
 
 
-def _snapshotter_url(args: argparse.Namespace) -> str:
-    if args.snapshot_url or not args.config_json:
-        return args.snapshot_url
-    from shards.config import config_from_json
-
-    return getattr(config_from_json(args.config_json), "snapshot_url", "")
-
-
 def cmd_snapshotter(args: argparse.Namespace) -> int:
+    from server.proctitle import set_title
     from snapshotter.priority import lower_priority
     from snapshotter.runner import Schedule, Snapshotter, SnapshotterBusy, acquire_lock
 
@@ -142,17 +135,19 @@ def cmd_snapshotter(args: argparse.Namespace) -> int:
 
         die_with_parent(args.parent_pid)
     data_dir = args.data_dir
-    if args.config_json:
-        from shards.config import config_from_json
+    url = args.snapshot_url
+    if args.config_fd is not None:
+        from shards.config import config_from_fd
 
-        config = config_from_json(args.config_json)
+        config = config_from_fd(args.config_fd)
         data_dir = config.data_dir
+        url = url or config.snapshot_url
         args.sse = args.sse or config.snapshot_sse or None
         args.storage_class = args.storage_class or config.snapshot_storage_class or None
         args.every_bytes, args.max_age_s = config.snapshot_every_bytes, config.snapshot_max_age_s
         args.cpu_percent = config.snapshot_cpu_percent
+    set_title("snapshotter", os.path.abspath(data_dir))
     lower_priority(args.nice, args.sched_idle)
-    url = _snapshotter_url(args)
     try:
         lock_fd = acquire_lock(data_dir)
     except SnapshotterBusy as e:

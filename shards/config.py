@@ -2,7 +2,8 @@
 
 Decoded from TOML into typed msgspec structs (kebab-case keys, unknown keys are
 an error); command-line flags override the file. The supervisor hands the
-resolved config to its children as JSON so that all processes agree.
+resolved config to its children as JSON through an inherited pipe (never on
+argv, where `ps` would show requirepass to every user) so that all processes agree.
 """
 
 from __future__ import annotations
@@ -108,5 +109,32 @@ def config_to_json(config: Config) -> str:
     return msgspec.json.encode(config).decode()
 
 
-def config_from_json(text: str) -> Config:
+def config_from_json(text: str | bytes) -> Config:
     return msgspec.json.decode(text, type=Config)
+
+
+# A pipe holds this much before write() blocks (Linux default); the config is a
+# few hundred bytes, so one write fills the pipe before the child even starts.
+CONFIG_PIPE_MAX_BYTES = 64 * 1024
+
+
+def config_pipe(config: Config) -> int:
+    """A pipe holding the config as JSON: returns the read end, for a child to
+    inherit (pass_fds) and read with config_from_fd. The write end is closed."""
+    data = config_to_json(config).encode()
+    if len(data) > CONFIG_PIPE_MAX_BYTES:
+        raise ValueError(f"configuration is {len(data)} bytes; at most {CONFIG_PIPE_MAX_BYTES} fit the pipe")
+    read_fd, write_fd = os.pipe()
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(write_fd, view):]
+    finally:
+        os.close(write_fd)
+    return read_fd
+
+
+def config_from_fd(fd: int) -> Config:
+    """Read (to EOF) and close the config pipe made by config_pipe."""
+    with os.fdopen(fd, "rb") as f:
+        return config_from_json(f.read(CONFIG_PIPE_MAX_BYTES + 1))

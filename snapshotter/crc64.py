@@ -15,10 +15,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-try:
-    import numpy as np
-except ImportError:  # numpy is an accelerator, not a requirement
-    np = None
+np = None  # numpy, imported by _has_numpy() on the first input large enough to use it
 
 JONES_POLY = 0xAD93D23594C935A9
 _MASK64 = (1 << 64) - 1
@@ -131,10 +128,24 @@ def _crc64_lanes(view: memoryview, crc: int) -> tuple[int, int]:
     return crc, used
 
 
+@lru_cache(maxsize=1)
+def _has_numpy() -> bool:
+    """Import numpy (an accelerator, not a requirement) on first need, not at
+    import: a shard imports this module for DUMP/RESTORE, and numpy's import
+    would be a large part of every shard's start."""
+    global np
+    try:
+        import numpy
+    except ImportError:
+        return False
+    np = numpy
+    return True
+
+
 def crc64(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
     """Continue the Redis CRC-64 `crc` over `data` (start with 0)."""
     view = memoryview(data).cast("B")
-    if np is not None and len(view) >= VECTOR_MIN_BYTES:
+    if len(view) >= VECTOR_MIN_BYTES and _has_numpy():
         crc, used = _crc64_lanes(view, crc)
         view = view[used:]
     return _crc64_loop(view, crc) & _MASK64

@@ -22,6 +22,7 @@ import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from log import lock as dir_lock
 from log.errors import LockHeld
@@ -31,7 +32,9 @@ from snapshotter.local import newest_local, shard_dir_of, snapshot_dir
 from snapshotter.logtail import log_first_seq
 from snapshotter.manifest import write_durably
 from snapshotter.pace import CPU_PERCENT_DEFAULT, Pacer
-from snapshotter.s3 import SnapshotStore, StoreError
+
+if TYPE_CHECKING:  # boto3 is imported only where S3 is used: shards import this module for read_release
+    from snapshotter.s3 import SnapshotStore
 
 log = logging.getLogger("durakv.snapshotter")
 
@@ -270,6 +273,8 @@ class Snapshotter:
         log.info("snapshotter ready: %s, %d shards, S3 %s, every %d bytes or %.0f s, builds at most %d%% "
                  "of the time", self.data_dir, self.shards, self.store.url if self.store else "off",
                  self.schedule.every_bytes, self.schedule.max_age_s, self.schedule.cpu_percent)
+        from snapshotter.s3 import StoreError
+
         while not stop.is_set():
             request = pending_request(self.data_dir, self.status)
             try:

@@ -36,7 +36,8 @@ class DurakvServer:
         self.proc: subprocess.Popen | None = None
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
 
-    def start(self) -> "DurakvServer":
+    def start(self, wait: bool = True) -> "DurakvServer":
+        """Start the tree; with wait, return once every shard serves."""
         self.port = free_port()
         argv = [sys.executable, "-m", "server.cli", "serve", "--port", str(self.port),
                 "--shards", str(self.shards), "--data-dir", str(self.data_dir), *self.extra_args]
@@ -46,7 +47,8 @@ class DurakvServer:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True, env=env)
-        self.wait_ready()
+        if wait:
+            self.wait_ready()
         return self
 
     def wait_ready(self) -> None:
@@ -79,7 +81,8 @@ class DurakvServer:
         return [int(p) for p in out.stdout.split()]
 
     def child_pid(self, role: str, index: int) -> int:
-        out = subprocess.run(["pgrep", "-g", str(self.proc.pid), "-f", f"server.cli {role} --index {index} "],
+        """A child found by its process title (`durakv shard 1 DIR`), as `ps` shows it."""
+        out = subprocess.run(["pgrep", "-g", str(self.proc.pid), "-f", f"^durakv {role} {index} "],
                              capture_output=True, text=True)
         pids = [int(p) for p in out.stdout.split()]
         assert len(pids) == 1, f"expected one {role} {index}, found {pids}"

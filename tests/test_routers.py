@@ -1,4 +1,5 @@
-"""Several router processes share one port (SO_REUSEPORT) in front of the same shards."""
+"""Several router processes accept from the one listening socket the supervisor
+bound, in front of the same shards."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ from __future__ import annotations
 def test_two_routers_share_the_port_and_the_data(server_factory):
     srv = server_factory(shards=2, extra_args=("--routers", "2"))
     assert srv.child_pid("router", 0) != srv.child_pid("router", 1)
-    # The kernel spreads connections over the listening routers by a hash of the
-    # address pair; connect until both have taken some (bounded).
+    # Whichever router wakes first accepts a connection; connect until both have
+    # taken some (bounded).
     clients = []
     for _ in range(200):
         clients.append(srv.client())

@@ -1,16 +1,24 @@
 """The supervisor (`durakv serve`): a killed shard is restarted and the router
 recovers, SIGTERM stops the whole process group, and children die with a
-kill -9'd supervisor (PR_SET_PDEATHSIG). Each test starts its own server."""
+kill -9'd supervisor (PR_SET_PDEATHSIG); the port is bound once (a second
+server on it fails with one line), no secret shows in `ps`, a permanently
+failed shard is not restarted, and a killed shard serves again at once.
+Each test starts its own server."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 
 import redis
 
+from conftest import DurakvServer, free_port
 from refserver import RawConn
+from shards.exit_codes import EXIT_PERMANENT
 from shards.slots import key_slot
 
 DEADLINE_S = 30
@@ -121,3 +129,172 @@ def test_sigkill_of_the_supervisor_takes_the_children(server_factory):
     # Nothing of the process group is left to hold the port or a log open. (Probing
     # the port itself would race with other test workers that may reuse it.)
     assert not any(alive(pid) for pid in srv.pids())
+
+
+def run_serve(port: int, data_dir, *extra: str, timeout_s: float = DEADLINE_S) -> subprocess.CompletedProcess:
+    """Run `durakv serve` expecting it to exit by itself; a hang (a server that
+    serves when it should refuse) is killed, with its process group, and fails."""
+    argv = [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--shards", "2",
+            "--data-dir", str(data_dir), *extra]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"durakv serve on port {port} did not exit:\n{err[-3000:]}") from None
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def assert_port_in_use_line(result: subprocess.CompletedProcess, port: int) -> None:
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"durakv: port {port} on 127.0.0.1 is already in use; "
+                     "stop the other server or choose another --port"], result.stderr
+
+
+def test_second_serve_on_the_same_port_fails_and_the_first_keeps_serving(server_factory, tmp_path):
+    srv = server_factory(extra_args=("--routers", "2"))
+    counter = []
+
+    def incr_on_new_connections(times: int) -> None:
+        for _ in range(times):
+            with redis.Redis(port=srv.port, socket_timeout=10) as c:
+                counter.append(c.incr("sup:counter"))
+
+    incr_on_new_connections(10)
+    started = time.monotonic()
+    result = run_serve(srv.port, tmp_path / "other")
+    print(f"second serve exited with {result.returncode} after {time.monotonic() - started:.2f} s")
+    assert_port_in_use_line(result, srv.port)
+    assert not (tmp_path / "other").exists(), "a refused server must start nothing"
+    incr_on_new_connections(30)  # with two databases on the port, this would jump back
+    assert counter == list(range(1, 41))
+
+
+def test_foreign_listener_on_the_port_ends_serve_with_one_line(tmp_path):
+    with socket.socket() as foreign:
+        foreign.bind(("127.0.0.1", 0))
+        foreign.listen(1)
+        port = foreign.getsockname()[1]
+        result = run_serve(port, tmp_path / "data")
+    assert_port_in_use_line(result, port)
+    assert "Traceback" not in result.stderr
+
+
+def test_no_secret_on_any_command_line_and_titles_show_roles(server_factory):
+    secret = "pw-" + os.urandom(8).hex()
+    srv = server_factory(extra_args=("--requirepass", secret))
+    with srv.client(password=secret) as c:
+        assert c.ping()
+    pids = srv.pids()
+    titles = {}
+    for pid in pids:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+        assert secret.encode() not in cmdline, f"pid {pid}: {cmdline!r}"
+        titles[pid] = cmdline.replace(b"\0", b" ").decode().strip()
+    ps = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
+    assert secret not in ps
+    shown = {int(line.split(None, 1)[0]): line.split(None, 1)[1].strip()
+             for line in ps.splitlines()[1:] if int(line.split(None, 1)[0]) in pids}
+    assert shown == titles
+    data_dir = str(srv.data_dir)
+    assert sorted(titles.values()) == sorted([
+        f"durakv serve 127.0.0.1:{srv.port} {data_dir}",
+        f"durakv shard 0 {data_dir}",
+        f"durakv shard 1 {data_dir}",
+        f"durakv router 0 127.0.0.1:{srv.port} {data_dir}",
+    ])
+
+
+def corrupt_shard_logs(srv, shards: list[int]) -> None:
+    """Stop srv and write garbage in the middle of each given shard's log
+    segment, where records follow it: corruption, not a torn tail."""
+    srv.stop()
+    for shard in shards:
+        segments = sorted((srv.data_dir / f"shard-{shard:03d}" / "log").glob("*.seg"))
+        size = segments[0].stat().st_size
+        with open(segments[0], "r+b") as f:
+            f.seek(size // 2)
+            f.write(b"\xff" * 16)
+
+
+def test_shard_failing_permanently_is_not_restarted_and_the_others_serve(server_factory, tmp_path):
+    srv = server_factory()
+    low, high = keys_by_shard(100)
+    with srv.client() as c:
+        for key in low + high:
+            c.set(key, key)
+    corrupt_shard_logs(srv, [1])
+    again = DurakvServer(srv.data_dir, shards=2)
+    again.log_path = tmp_path / "again.log"
+    started = time.monotonic()
+    again.start(wait=False)
+    try:
+        client = redis.Redis(port=again.port, socket_timeout=10)
+        def serving() -> bool:
+            try:
+                return client.get(low[0]) == low[0].encode()
+            except (redis.ConnectionError, redis.ResponseError):  # the supervisor may not be listening yet
+                return False
+
+        wait_until(serving, "shard 0 to serve through the router")
+        print(f"router served shard 0 {time.monotonic() - started:.2f} s after the start")
+        assert client.mget(low) == [k.encode() for k in low]
+        assert isinstance(get_or_error(client, high[0]), redis.exceptions.ClusterDownError)
+        wait_until(lambda: "shard 1" in again.log() and "not restarting it" in again.log(), "the supervisor's line")
+        time.sleep(1)  # a restart loop would show within its first backoff steps
+        log_text = again.log()
+        assert "restarting shard 1" not in log_text
+        assert "shard 1 cannot start: log corrupt" in log_text
+        assert len([p for p in again.pids() if p != again.proc.pid]) == 2  # shard 0 and the router
+        assert again.proc.poll() is None
+        client.close()
+    finally:
+        again.stop()
+
+
+def test_serve_exits_when_every_shard_fails_permanently(server_factory, tmp_path):
+    srv = server_factory()
+    low, high = keys_by_shard(100)
+    with srv.client() as c:
+        for key in low + high:
+            c.set(key, key)
+    corrupt_shard_logs(srv, [0, 1])
+    result = run_serve(free_port(), srv.data_dir)
+    assert result.returncode == EXIT_PERMANENT
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("every shard failed permanently") == 1, result.stderr
+
+
+def test_killed_shard_serves_again_at_once_each_time(server_factory):
+    """Five kill -9s of one shard, each after it served again: the time from the
+    kill to the first successful GET through the router does not grow (no
+    backoff for crashes after a healthy run). Only a generous bound is asserted;
+    the numbers are printed."""
+    srv = server_factory()
+    low, high = keys_by_shard()
+    client = srv.client()
+    client.set(high[0], "v")
+    times_ms = []
+    for _ in range(5):
+        victim = srv.child_pid("shard", 1)
+        killed = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        while True:
+            try:
+                if client.get(high[0]) == b"v":
+                    break
+            except (redis.ResponseError, redis.ConnectionError):
+                pass
+            assert time.monotonic() - killed < DEADLINE_S, "the killed shard did not come back"
+            time.sleep(0.002)
+        times_ms.append((time.monotonic() - killed) * 1000)
+        assert srv.child_pid("shard", 1) != victim
+    times_ms_sorted = sorted(times_ms)
+    print(f"kill -9 to served again, ms: {[round(t) for t in times_ms]}; "
+          f"median {times_ms_sorted[2]:.0f}, max {times_ms_sorted[-1]:.0f}")
+    assert max(times_ms) < 3000, times_ms
+    client.close()

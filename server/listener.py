@@ -1,0 +1,55 @@
+"""The client-facing listening socket: bound once, by one process.
+
+`durakv serve` binds it before starting anything and hands the same socket to
+every router (they all accept from it), so a second server on the same port
+fails at once instead of sharing it. There is no SO_REUSEPORT: with it, any
+process of the same user could bind the port too and take half the clients.
+A router started on its own (`durakv router`, the systemd unit) binds it itself.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+LISTEN_BACKLOG = 511
+
+
+class ListenError(Exception):
+    """The port cannot be bound; str() is the one line for the operator."""
+
+
+def open_listener(bind: str, port: int) -> socket.socket:
+    """A non-blocking listening TCP socket on bind:port (SO_REUSEADDR only, so a
+    port left in TIME_WAIT by a stopped server can be taken at once)."""
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((bind, port))
+        sock.listen(LISTEN_BACKLOG)
+    except OSError as e:
+        sock.close()
+        raise ListenError(_explain(e, bind, port)) from None
+    sock.setblocking(False)
+    return sock
+
+
+def listener_from_fd(fd: int) -> socket.socket:
+    """The listening socket inherited from the supervisor."""
+    sock = socket.socket(fileno=fd)
+    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) != 1:
+        raise ListenError(f"inherited fd {fd} is not a listening socket")
+    sock.setblocking(False)
+    return sock
+
+
+def _explain(e: OSError, bind: str, port: int) -> str:
+    if e.errno == errno.EADDRINUSE:
+        return (f"port {port} on {bind} is already in use; "
+                "stop the other server or choose another --port")
+    if e.errno == errno.EACCES:
+        return f"no permission to listen on {bind}:{port} (ports below 1024 need privileges); choose another --port"
+    if e.errno == errno.EADDRNOTAVAIL:
+        return f"cannot listen on {bind}:{port}: {bind} is not an address of this machine; fix --bind"
+    return f"cannot listen on {bind}:{port}: {e.strerror}; check --bind and --port"
