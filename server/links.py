@@ -21,7 +21,9 @@ from typing import Callable
 
 import trio
 
-from shards.frames import encode_frame, reply_batch_decoder, shard_socket_name, split_frames
+from log.layout import shard_socket_path
+from shards.frames import encode_frame, reply_batch_decoder, split_frames
+from shards.unixsock import connect_unix, peer_allowed
 
 log = logging.getLogger("durakv.router")
 
@@ -59,7 +61,7 @@ class ShardLink:
     def __init__(self, router, index: int, data_dir: str) -> None:
         self.router = router
         self.index = index
-        self.address = shard_socket_name(data_dir, index)
+        self.address = shard_socket_path(data_dir, index)
         self.sock: socket.socket | None = None
         self.up = False
         self.ever_up = trio.Event()
@@ -93,7 +95,9 @@ class ShardLink:
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                sock.connect(self.address)
+                connect_unix(sock, self.address)
+                if not peer_allowed(sock, f"router link to shard {self.index}"):
+                    raise PermissionError(f"{self.address} is served by another user")
             except OSError:
                 sock.close()
                 await trio.sleep(backoff_s)
