@@ -196,6 +196,9 @@ def test_long_socket_path_binds_and_connects(tmp_path):
     deep.mkdir(parents=True)
     path = str(deep / "shard-000.sock")
     assert len(path.encode()) > SUN_PATH_MAX_BYTES
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    bind_unix(stale, path)
+    stale.close()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     with listener:
         bind_unix(listener, path)
