@@ -11,7 +11,7 @@ from collections import deque
 
 import trio
 
-from server.links import Pending
+from server.links import LOST, Pending
 from shards.resp import ProtocolError, RequestParser, ReplyError, encode, encode_error
 from shards.table import CURSOR, FANOUT, ROUTER, SPLIT_NONE, lookup
 from shards.slots import key_slot
@@ -300,6 +300,9 @@ class Client:
                 data = head.data
                 if data is None:
                     break
+                if data is LOST:
+                    self._lose(chunks)
+                    return
                 chunks.append(data)
             replies.popleft()
         if chunks:
@@ -312,6 +315,21 @@ class Client:
                 self.run_backlog()
                 self.flush()
                 return
+        self._update_interest()
+
+    def _lose(self, chunks: list[bytes]) -> None:
+        """The reply at the head of the queue is LOST (its shard died with the
+        command in flight): send the replies before it, then close, as a crashed
+        Redis would; nothing after it is answered or run."""
+        log.warning("router: closing client %s: its shard died with a command in flight", self.addr)
+        if self.blocked_slot is self.replies[0]:
+            self.blocked_slot = None  # its shard is gone, and with it the wait
+            self.blocked_shard = -1
+        self.replies.clear()
+        self.backlog.clear()
+        self.closing = True
+        if chunks:
+            self.write(b"".join(chunks))
         self._update_interest()
 
     def write(self, data: bytes) -> None:

@@ -1,5 +1,17 @@
 """The router's side of the router <-> shard frame protocol: one ShardLink per
-shard, batching every request queued in a scheduling turn into one frame."""
+shard, batching every request queued in a scheduling turn into one frame.
+
+When a shard dies, each request waiting on it ends one of two ways. A request
+that never reached the socket (still queued, or its frame not one byte written)
+surely did not run: it gets the definite `-CLUSTERDOWN The cluster is down`. A
+request whose frame was written, fully or partly, may have run and even been
+made durable (a write is in the page cache before its fsync returns): its slot
+is filled with LOST, and the client's connection is closed once every reply
+before it has been sent (server/client.py), as a crashed Redis would. That holds
+for reads too (one rule, no guess at which commands had effects), for EXEC, and
+for a blocking pop parked on the shard (a push may have served it durably
+before the crash). Requests with no client (UNWATCH, unblock) are dropped.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +21,9 @@ from typing import Callable
 
 import trio
 
-from shards.frames import encode_frame, reply_batch_decoder, shard_socket_name, split_frames
+from log.layout import shard_socket_path
+from shards.frames import encode_frame, reply_batch_decoder, split_frames
+from shards.unixsock import connect_unix, peer_allowed
 
 log = logging.getLogger("durakv.router")
 
@@ -18,7 +32,10 @@ RECONNECT_BACKOFF_MIN_S = 0.005
 RECONNECT_BACKOFF_MAX_S = 0.05
 
 ERR_SHARD_DOWN = b"-CLUSTERDOWN The cluster is down\r\n"
-ERR_SHARD_LOST = b"-CLUSTERDOWN The shard owning this slot failed while the command was in flight\r\n"
+# The outcome of a request is unknown: it was handed to a shard that died before
+# replying. Compared by identity; the text only matters if a callback forgets to
+# check, and then it still reads as an error rather than a value.
+LOST = b"-ERR the shard died with this command in flight; its outcome is unknown\r\n"
 
 
 class Pending:
@@ -44,12 +61,14 @@ class ShardLink:
     def __init__(self, router, index: int, data_dir: str) -> None:
         self.router = router
         self.index = index
-        self.address = shard_socket_name(data_dir, index)
+        self.address = shard_socket_path(data_dir, index)
         self.sock: socket.socket | None = None
         self.up = False
         self.ever_up = trio.Event()
         self._queue: list[tuple] = []
         self._pending: dict[int, Pending] = {}
+        # The batch the sender took from the queue, until its first byte is written.
+        self._unsent: list[tuple] = []
         self._next_rid = 1
         self._wake = trio.Event()
         self.frames_sent = 0
@@ -76,7 +95,9 @@ class ShardLink:
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                sock.connect(self.address)
+                connect_unix(sock, self.address)
+                if not peer_allowed(sock, f"router link to shard {self.index}"):
+                    raise PermissionError(f"{self.address} is served by another user")
             except OSError:
                 sock.close()
                 await trio.sleep(backoff_s)
@@ -103,11 +124,25 @@ class ShardLink:
             log.warning("router: lost shard %d; answering its slots with CLUSTERDOWN", self.index)
 
     def _fail_in_flight(self) -> None:
+        """The shard is gone: a definite error for what never reached its socket,
+        LOST for what did (see the module docstring)."""
         pending = self._pending
+        never_sent = {request[0] for request in self._queue}
+        never_sent.update(request[0] for request in self._unsent)
         self._pending = {}
         self._queue = []
-        for slot in pending.values():
-            slot.fill(ERR_SHARD_LOST)
+        self._unsent = []
+        lost = 0
+        for rid, slot in pending.items():
+            if rid in never_sent:
+                slot.fill(ERR_SHARD_DOWN)
+            else:
+                lost += 1
+                slot.fill(LOST)
+        if lost:
+            log.warning("router: shard %d died with %d requests in flight; their clients are disconnected "
+                        "(outcome unknown), %d queued requests answered CLUSTERDOWN",
+                        self.index, lost, len(never_sent))
 
     async def _sender(self, cancel_scope: trio.CancelScope) -> None:
         sock = self.sock
@@ -117,6 +152,7 @@ class ShardLink:
                 self._wake = trio.Event()
             batch = self._queue
             self._queue = []
+            self._unsent = batch
             self.frames_sent += 1
             self.requests_sent += len(batch)
             view = memoryview(encode_frame(batch))
@@ -128,6 +164,8 @@ class ShardLink:
                 except OSError:
                     cancel_scope.cancel()
                     return
+                if sent:
+                    self._unsent = []
                 view = view[sent:]
                 if view:
                     await trio.lowlevel.wait_writable(sock)

@@ -14,7 +14,7 @@ import trio
 import server.commands  # noqa: F401  (registers the router's own commands)
 import shards.commands  # noqa: F401  (registers the shard commands: routing needs keys)
 from server.client import Client, ClientPoller
-from server.links import Pending, ShardLink
+from server.links import LOST, Pending, ShardLink
 from server.settings import Settings
 from server.topology import ensure_topology
 from shards import failure, sdnotify
@@ -31,15 +31,18 @@ SCAN_DEFAULT_COUNT = 10
 
 
 class Gather:
-    """One client reply assembled from several shard replies."""
+    """One client reply assembled from several shard replies. If any part is
+    LOST (its shard died with it in flight) the whole reply is: a DEL split over
+    shards may have deleted some keys, so no count can be given."""
 
-    __slots__ = ("slot", "parts", "left", "finish")
+    __slots__ = ("slot", "parts", "left", "finish", "lost")
 
     def __init__(self, client: Client, count: int, finish) -> None:
         self.slot = Pending(client)
         self.parts: list = [None] * count
         self.left = count
         self.finish = finish
+        self.lost = False
         client.replies.append(self.slot)
 
     def part(self, index: int) -> Pending:
@@ -48,11 +51,17 @@ class Gather:
     def _got(self, index: int, data: bytes) -> None:
         self.parts[index] = data
         self.left -= 1
+        if data is LOST:
+            self.lost = True
         if self.left == 0:
             self.complete()
 
     def complete(self) -> None:
-        """Every part is in (or none was asked for): merge and fill the reply."""
+        """Every part is in (or none was asked for): merge and fill the reply; one
+        part of unknown outcome makes the whole reply unknown."""
+        if self.lost:
+            self.slot.fill(LOST)
+            return
         try:
             reply = self.finish([decode_internal(p) for p in self.parts])
         except ReplyError as e:
@@ -211,6 +220,9 @@ class Router:
             self.links[shard].submit(client, PROTO_INTERNAL, sub_argv, Pending(client, on_fill=got))
 
         def got(_part: Pending, data: bytes) -> None:
+            if data is LOST:
+                slot.fill(LOST)
+                return
             try:
                 cursor, found = decode_internal(data)
             except ReplyError as e:
@@ -306,7 +318,7 @@ class Router:
 
 
 def _ignore_reply(slot: Pending, data: bytes) -> None:
-    if data[:1] == b"-":
+    if data[:1] == b"-" and data is not LOST:
         log.warning("router: shard rejected an internal request: %r", data[:200])
 
 

@@ -459,7 +459,7 @@ def debug(client: Client, argv: list[bytes]):
         client.replies.append(wrapper)
 
         def on_encoding(_slot, data: bytes) -> None:
-            if data[:1] == b"-":
+            if data[:1] == b"-":  # an error, or LOST: passed on as it is
                 wrapper.fill(data)
             elif data.startswith(b"$-1") or data.startswith(b"_"):
                 wrapper.fill(encode_error(b"ERR no such key"))

@@ -1,4 +1,5 @@
-"""The router <-> shard frame protocol over a Unix stream socket.
+"""The router <-> shard frame protocol over a Unix stream socket
+(DIR/run/shard-NNN.sock, log/layout.py; bound and peer-checked by shards/unixsock.py).
 
 A frame is a 4-byte big-endian length followed by that many bytes of msgpack.
 Router -> shard: a list of requests `[rid, client_id, proto, argv]`; one frame
@@ -9,8 +10,6 @@ own fan-out requests (proto 0), msgpack of `[ok, value]`.
 """
 
 from __future__ import annotations
-
-import hashlib
 
 import msgspec
 
@@ -73,9 +72,3 @@ def split_frames(buf: bytearray) -> list[bytes]:
         del buf[:pos]
     return frames
 
-
-def shard_socket_name(data_dir_abs: str, shard: int) -> str:
-    """Abstract-namespace Unix socket name for a shard: unique per data dir, no
-    file to clean up, no 108-byte path limit."""
-    digest = hashlib.sha1(data_dir_abs.encode()).hexdigest()[:16]
-    return f"\0durakv-{digest}-shard-{shard:03d}"

@@ -22,14 +22,12 @@ import trio
 
 import shards.commands  # noqa: F401  (registers every shard command)
 from log import Log, LogWriteFailed
+from log.layout import ensure_run_dir, shard_socket_path
 from shards import failure, internal, sdnotify
 from shards.config import Config
 from shards.context import Ctx
 from shards.engine import replay
-from shards.frames import (
-    encode_frame, encode_internal, request_batch_decoder, shard_socket_name,
-    split_frames,
-)
+from shards.frames import encode_frame, encode_internal, request_batch_decoder, split_frames
 from shards.hazards import HazardTracker, HeldReplies
 from shards.blocking import Block, BlockedClients, Waiter
 from shards.keyspace import Keyspace, now_ms
@@ -38,6 +36,7 @@ from shards.resp import NULL_ARRAY, ReplyError, encode, encode_error
 from shards.shard_settings import SHARD_DEFAULTS
 from shards.slots import slot_ranges
 from shards.t_multi import Watches, unpack_transaction
+from shards.unixsock import bind_unix, peer_allowed
 from shards.table import CURSOR, FANOUT, TABLE, Command
 
 log = logging.getLogger("durakv.shard")
@@ -535,9 +534,10 @@ async def send_all(sock: socket.socket, data: bytes) -> None:
 async def run_shard(config: Config, index: int, snapshots: SnapshotHooks | None = None) -> None:
     shard = Shard(config, index, snapshots)
     os.makedirs(shard.dir, exist_ok=True)
-    shard.open_log()
+    shard.open_log()  # holds the log lock from here: a socket file left at our path is stale
+    ensure_run_dir(config.data_dir)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(shard_socket_name(config.data_dir, index))
+    bind_unix(listener, shard_socket_path(config.data_dir, index))
     listener.listen(ROUTER_CONNECTIONS_MAX)
     listener.setblocking(False)
     failure.clear(config.data_dir, index)  # serving again: the router stops reporting a failure
@@ -557,6 +557,9 @@ async def run_shard(config: Config, index: int, snapshots: SnapshotHooks | None 
                 try:
                     conn, _ = listener.accept()
                 except BlockingIOError:
+                    continue
+                if not peer_allowed(conn, f"shard {index}"):
+                    conn.close()
                     continue
                 conn.setblocking(False)
                 nursery.start_soon(shard.serve_router, conn)
