@@ -34,7 +34,8 @@ def _store_flags(parser: argparse.ArgumentParser) -> None:
 def add_parsers(sub) -> None:
     p = sub.add_parser("snapshotter", help="build snapshots from shard logs and ship them to S3")
     p.add_argument("--data-dir", default="./durakv-data")
-    p.add_argument("--snapshot-url", default="", help="s3://BUCKET/PREFIX (omit: local snapshots only)")
+    p.add_argument("--snapshot-url", default="",
+                   help="s3://BUCKET/PREFIX or file:///PATH (omit: snapshots only, in DATA_DIR/snapshots)")
     p.add_argument("--once", action="store_true", help="snapshot every shard once and exit")
     p.add_argument("--every-bytes", type=int, default=64 * 1024 * 1024,
                    help="build when this many log bytes follow the newest snapshot")
@@ -62,10 +63,10 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("snapshots", help="inspect published snapshots")
     list_sub = p.add_subparsers(dest="snapshots_command", required=True)
     lp = list_sub.add_parser("list", help="table of shard, seq, time, size, verified")
-    lp.add_argument("--from", dest="url", required=True, help="s3://BUCKET/PREFIX")
+    lp.add_argument("--from", dest="url", required=True, help="s3://BUCKET/PREFIX or file:///PATH")
 
-    p = sub.add_parser("restore", help="rebuild a data directory from S3")
-    p.add_argument("--from", dest="url", required=True, help="s3://BUCKET/PREFIX")
+    p = sub.add_parser("restore", help="rebuild a data directory from S3 (or a file:// store)")
+    p.add_argument("--from", dest="url", required=True, help="s3://BUCKET/PREFIX or file:///PATH")
     p.add_argument("--data-dir", required=True)
     target = p.add_mutually_exclusive_group()
     target.add_argument("--seq", action="append",
@@ -92,11 +93,12 @@ def _fail(message: str, code: int = 1) -> int:
     return code
 
 
-def _store(url: str, args: argparse.Namespace):
-    from snapshotter.s3 import SnapshotStore
+def _store(url: str, args: argparse.Namespace, data_dir: str | None = None):
+    """The store a URL names (s3://, file://), or with no URL the embedded one under data_dir."""
+    from snapshotter.filestore import open_store
 
-    return SnapshotStore(url, server_side_encryption=getattr(args, "sse", None),
-                         storage_class=getattr(args, "storage_class", None))
+    return open_store(url, data_dir, server_side_encryption=getattr(args, "sse", None),
+                      storage_class=getattr(args, "storage_class", None))
 
 
 def parse_at(text: str) -> int:
@@ -158,7 +160,7 @@ def cmd_snapshotter(args: argparse.Namespace) -> int:
     except SnapshotterBusy as e:
         return _fail(str(e))
     try:
-        runner = Snapshotter(data_dir, _store(url, args) if url else None,
+        runner = Snapshotter(data_dir, _store(url, args, data_dir),
                              Schedule(args.every_bytes, args.max_age_s, args.poll_interval_s, args.cpu_percent))
         if args.once:
             status = runner.run_once(force=True)
@@ -192,7 +194,7 @@ def cmd_snapshot_now(args: argparse.Namespace) -> int:
             time.sleep(SNAPSHOT_WAIT_POLL_S)
         return _fail(f"the running snapshotter did not serve the request within {args.timeout_s:.0f} s")
     try:
-        runner = Snapshotter(args.data_dir, _store(args.snapshot_url, args) if args.snapshot_url else None)
+        runner = Snapshotter(args.data_dir, _store(args.snapshot_url, args, args.data_dir))
         return _print_status(runner.run_once(force=True))
     finally:
         os.close(lock_fd)

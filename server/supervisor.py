@@ -62,7 +62,9 @@ class Supervisor:
             self.children.append(Child(f"shard {i}", entry + ["shard", "--index", str(i)] + common))
         for i in range(config.routers):
             self.children.append(Child(f"router {i}", entry + ["router", "--index", str(i)] + common))
-        if config.snapshot_url:
+        # Even without a snapshot URL (it then keeps snapshots under the data dir), so the
+        # shards drop covered segments and BGSAVE/LASTSAVE work.
+        if config.snapshotter:
             self.children.append(Child("snapshotter", entry + ["snapshotter"] + common))
 
     def _on_signal(self, signum: int, frame: object) -> None:

@@ -30,7 +30,8 @@ class Config(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields
     durability: str = "sync"  # "sync": ack after fsync; "async": ack at once, bounded window
     max_unsynced_ms: int = 1000
     segment_size_bytes: int = 64 * 1024 * 1024
-    snapshot_url: str = ""  # s3://BUCKET/PREFIX: run the snapshotter, bootstrap empty shards
+    snapshot_url: str = ""  # s3://BUCKET/PREFIX or file:///PATH (none: snapshots in DIR/snapshots only)
+    snapshotter: bool = True  # false: the snapshotter runs elsewhere (its own unit, or --once from cron)
     snapshot_sse: str = ""  # S3 server-side encryption for uploads (AES256, aws:kms)
     snapshot_storage_class: str = ""  # S3 storage class for uploads (STANDARD_IA, ...)
     snapshot_every_bytes: int = 64 * 1024 * 1024  # build when this many log bytes follow a snapshot

@@ -32,12 +32,7 @@ from snapshotter.digest import state_digest
 from snapshotter.local import SnapshotInvalid, load_snapshot, shard_dir_of
 from snapshotter.progress import Progress
 from snapshotter.replay import CHAIN_START, ChainMismatch, new_context, replay_log
-from snapshotter.s3 import (
-    META_LAST_WRITE_MS,
-    RemoteSegment,
-    RemoteSnapshot,
-    SnapshotStore,
-)
+from snapshotter.store import META_LAST_WRITE_MS, RemoteSegment, RemoteSnapshot, Store
 
 # Epoch written into the scratch log directory used to read archived segments:
 # above any real epoch, so the reader's "epoch <= manifest epoch" rule holds.
@@ -67,7 +62,7 @@ def choose_snapshot(snapshots: list[RemoteSnapshot], seq: int | None, at_ms: int
     return usable[-1] if usable else None
 
 
-def _segments_after(store: SnapshotStore, shard: int, base_seq: int, seq: int | None,
+def _segments_after(store: Store, shard: int, base_seq: int, seq: int | None,
                     at_ms: int | None) -> tuple[list[RemoteSegment], int]:
     """The archived segments needed after base_seq, and the seq they reach. With
     at_ms, the segments through the first one last written after at_ms (it may
@@ -96,7 +91,7 @@ def _segments_after(store: SnapshotStore, shard: int, base_seq: int, seq: int | 
     return chosen, end
 
 
-def _scratch_log(store: SnapshotStore, segments: list[RemoteSegment], directory: str,
+def _scratch_log(store: Store, segments: list[RemoteSegment], directory: str,
                  progress: Progress) -> None:
     os.makedirs(directory)
     shard = segments[0].shard
@@ -122,7 +117,7 @@ def init_log_dir(log_dir: str, next_seq: int, epoch: int) -> None:
             raise RestoreError(f"{log_dir}: new log ends at seq {wal.tail_seq}, expected {next_seq - 1}")
 
 
-def restore_shard(store: SnapshotStore, shard: int, shards: int, shard_dir: str, *,
+def restore_shard(store: Store, shard: int, shards: int, shard_dir: str, *,
                   seq: int | None = None, at_ms: int | None = None,
                   progress: Progress | None = None) -> ShardRestore:
     """Restore one shard into shard_dir (which must hold no log yet)."""
@@ -186,7 +181,7 @@ def restore_shard(store: SnapshotStore, shard: int, shards: int, shard_dir: str,
     return ShardRestore(shard, base_seq, end, replayed, len(ctx.db.data), digest)
 
 
-def shards_in_store(store: SnapshotStore) -> int:
+def shards_in_store(store: Store) -> int:
     """The cluster's shard count, from its published manifests."""
     snapshots = store.list_snapshots()
     counts = {s.manifest.shards for s in snapshots}
@@ -201,7 +196,7 @@ def data_dir_is_empty(data_dir: str) -> bool:
     return not os.path.exists(data_dir) or not os.listdir(data_dir)
 
 
-def restore(store: SnapshotStore, data_dir: str, *, seq: int | dict[int, int] | None = None,
+def restore(store: Store, data_dir: str, *, seq: int | dict[int, int] | None = None,
             at_ms: int | None = None, force: bool = False,
             progress: Progress | None = None) -> list[ShardRestore]:
     """Restore every shard into data_dir (empty, or emptied first with force).

@@ -1,7 +1,8 @@
 """The snapshotter process: for each shard of a data directory, build the next
 snapshot when the log has grown enough (bytes) or the newest snapshot is old
-enough, publish it to S3, archive the sealed log segments, and tell the shard
-which segments it may delete.
+enough, publish it to the store (S3, a file:// directory, or with no snapshot
+URL the embedded store DIR/snapshots/), archive the sealed log segments when
+the store keeps the log, and tell the shard which segments it may delete.
 
 Control files live in DIR/snapshotter/: LOCK (flock: one snapshotter per data
 dir), REQUEST (written by `durakv snapshot --now` or BGSAVE: a request id the
@@ -9,9 +10,12 @@ loop serves at its next poll) and status.json (per shard: last snapshot seq,
 time, duration, size, keys, status, error; plus the last request served).
 
 The release notice DIR/shard-NNN/snapshot/RELEASE.json names the highest seq
-through which the shard may delete sealed segments: each such record is both
-in a published snapshot that is also in the shard's local cache and in a
-segment archived to S3 (verified by reading it back).
+through which the shard may delete sealed segments: each such record is in a
+published snapshot that is also in the shard's local cache, and, when the
+store keeps the log (S3, file://), in a segment archived there (verified by
+reading it back). The embedded store keeps no log: a copy on the same disk
+would protect nothing and would only move the unbounded growth, so there a
+record is released once a published snapshot covers it.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from snapshotter.local import newest_local, shard_dir_of, snapshot_dir
 from snapshotter.logtail import log_first_seq
 from snapshotter.manifest import write_durably
 from snapshotter.pace import CPU_PERCENT_DEFAULT, Pacer
-from snapshotter.s3 import SnapshotStore, StoreError
+from snapshotter.filestore import open_store
+from snapshotter.store import Store, StoreError
 
 log = logging.getLogger("durakv.snapshotter")
 
@@ -160,9 +165,10 @@ def _segment_bytes(log_dir: str) -> dict[int, int]:
 
 
 class Snapshotter:
-    def __init__(self, data_dir: str, store: SnapshotStore | None, schedule: Schedule | None = None) -> None:
+    def __init__(self, data_dir: str, store: Store | None, schedule: Schedule | None = None) -> None:
+        """store None: the embedded store under the data dir (snapshots only)."""
         self.data_dir = os.path.abspath(data_dir)
-        self.store = store
+        self.store = store if store is not None else open_store("", self.data_dir)
         self.schedule = schedule or Schedule()
         self.shards = shard_count(self.data_dir)
         self.pace = Pacer(self.schedule.cpu_percent)
@@ -180,9 +186,6 @@ class Snapshotter:
         local = newest_local(shard_dir)
         if first == 1 or (local is not None and local.manifest.seq >= first - 1):
             return
-        if self.store is None:
-            raise RuntimeError(f"shard {shard}: log starts at seq {first} and no local snapshot covers "
-                               "the records before it; a snapshot URL is needed to fetch one")
         remote = [s for s in self.store.list_snapshots(shard) if s.complete and s.manifest.seq >= first - 1]
         if not remote:
             raise RuntimeError(f"shard {shard}: log starts at seq {first} and no published snapshot covers "
@@ -207,15 +210,17 @@ class Snapshotter:
                 m = newest.manifest
                 status.last_seq, status.last_created_at_ms = m.seq, m.created_at_ms
                 status.last_build_ms, status.last_rdb_bytes, status.last_keys = m.build_ms, m.rdb_bytes, m.keys
-                if self.store is not None:
-                    self.store.publish(newest)
-                    status.published = True
+                self.store.publish(newest)
+                status.published = True
+                self.store.prune_snapshots(shard)
+                release = m.seq
+                if self.store.archives_log:
                     status.archived_through_seq = self._archive(shard, log_dir)
                     release = min(m.seq, status.archived_through_seq)
-                    if read_release(shard_dir) != release:
-                        write_durably(os.path.join(snapshot_dir(shard_dir), RELEASE_NAME),
-                                      json.dumps({"drop_through_seq": release, "snapshot_seq": m.seq}).encode())
-                        status.release_through_seq = release
+                if read_release(shard_dir) != release:
+                    write_durably(os.path.join(snapshot_dir(shard_dir), RELEASE_NAME),
+                                  json.dumps({"drop_through_seq": release, "snapshot_seq": m.seq}).encode())
+                    status.release_through_seq = release
             status.status, status.error = "ok", ""
         except Exception as e:  # noqa: BLE001 - reported in status and the log, retried next round
             log.exception("shard %d: snapshot failed", shard)
@@ -273,8 +278,8 @@ class Snapshotter:
 
     def serve(self, stop: threading.Event) -> None:
         """The snapshotter loop: serve requests and the schedule until stop is set."""
-        log.info("snapshotter ready: %s, %d shards, S3 %s, every %d bytes or %.0f s, builds at most %d%% "
-                 "of the time", self.data_dir, self.shards, self.store.url if self.store else "off",
+        log.info("snapshotter ready: %s, %d shards, store %s, every %d bytes or %.0f s, builds at most %d%% "
+                 "of the time", self.data_dir, self.shards, self.store.url,
                  self.schedule.every_bytes, self.schedule.max_age_s, self.schedule.cpu_percent)
         while not stop.is_set():
             request = pending_request(self.data_dir, self.status)
