@@ -13,6 +13,7 @@ import time
 from datetime import datetime, timezone
 
 from snapshotter.pace import CPU_PERCENT_DEFAULT
+from snapshotter.tailship import ARCHIVE_BYTES_DEFAULT, ARCHIVE_INTERVAL_MS_DEFAULT
 
 COMMANDS = frozenset({"snapshotter", "snapshot", "snapshots", "restore", "import-rdb", "export-rdb"})
 SNAPSHOT_WAIT_POLL_S = 0.2
@@ -42,6 +43,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--max-age-s", type=float, default=3600.0,
                    help="build at least this often while there are new records")
     p.add_argument("--poll-interval-s", type=float, default=1.0)
+    p.add_argument("--log-archive-interval-ms", type=int, default=ARCHIVE_INTERVAL_MS_DEFAULT,
+                   help="ship each shard's durable log tail to the store this often (s3://, file:// only)")
+    p.add_argument("--log-archive-bytes", type=int, default=ARCHIVE_BYTES_DEFAULT,
+                   help="or as soon as this many log bytes are new")
     p.add_argument("--nice", type=int, default=DEFAULT_NICE, help="CPU niceness increment (low priority)")
     p.add_argument("--cpu-percent", type=_cpu_percent, default=CPU_PERCENT_DEFAULT,
                    help="at most this share of wall time building (1-100), in short slices, so a "
@@ -153,6 +158,7 @@ def cmd_snapshotter(args: argparse.Namespace) -> int:
         args.storage_class = args.storage_class or config.snapshot_storage_class or None
         args.every_bytes, args.max_age_s = config.snapshot_every_bytes, config.snapshot_max_age_s
         args.cpu_percent = config.snapshot_cpu_percent
+        args.log_archive_interval_ms, args.log_archive_bytes = config.log_archive_interval_ms, config.log_archive_bytes
     lower_priority(args.nice, args.sched_idle)
     url = _snapshotter_url(args)
     try:
@@ -161,7 +167,8 @@ def cmd_snapshotter(args: argparse.Namespace) -> int:
         return _fail(str(e))
     try:
         runner = Snapshotter(data_dir, _store(url, args, data_dir),
-                             Schedule(args.every_bytes, args.max_age_s, args.poll_interval_s, args.cpu_percent))
+                             Schedule(args.every_bytes, args.max_age_s, args.poll_interval_s, args.cpu_percent,
+                                      args.log_archive_interval_ms, args.log_archive_bytes))
         if args.once:
             status = runner.run_once(force=True)
             errors = [s for s in status.shards.values() if s.status == "error"]

@@ -37,6 +37,8 @@ class Config(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields
     snapshot_every_bytes: int = 64 * 1024 * 1024  # build when this many log bytes follow a snapshot
     snapshot_max_age_s: float = 3600.0  # and at least this often while there are new records
     snapshot_cpu_percent: int = 25  # share of wall time a snapshot build may run (snapshotter.pace)
+    log_archive_interval_ms: int = 1000  # ship each shard's durable log tail to the store this often
+    log_archive_bytes: int = 4 * 1024 * 1024  # or as soon as this many bytes are new
     test_fsync_delay_ms: int = 0  # test hook: stretch every fsync to expose hazards
     test_fsync_gate_path: str = ""  # test hook: fsyncs wait until this file exists
     test_fsync_fail_path: str = ""  # test hook: fsyncs fail with EIO once this file exists
@@ -64,6 +66,10 @@ def load_config(path: str | None, overrides: dict) -> Config:
         raise ValueError('durability must be "sync" or "async"')
     if not 1 <= config.snapshot_cpu_percent <= 100:
         raise ValueError("snapshot-cpu-percent must be between 1 and 100")
+    if not 10 <= config.log_archive_interval_ms <= 3_600_000:
+        raise ValueError("log-archive-interval-ms must be between 10 and 3600000")
+    if config.log_archive_bytes < 1:
+        raise ValueError("log-archive-bytes must be positive")
     return config.resolved()
 
 

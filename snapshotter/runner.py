@@ -36,6 +36,7 @@ from snapshotter.manifest import write_durably
 from snapshotter.pace import CPU_PERCENT_DEFAULT, Pacer
 from snapshotter.filestore import open_store
 from snapshotter.store import Store, StoreError
+from snapshotter.tailship import ARCHIVE_BYTES_DEFAULT, ARCHIVE_INTERVAL_MS_DEFAULT, TailArchiver
 
 log = logging.getLogger("durakv.snapshotter")
 
@@ -57,6 +58,8 @@ class Schedule:
     max_age_s: float = 3600.0             # and at least this often while anything is new
     poll_interval_s: float = 1.0
     cpu_percent: int = CPU_PERCENT_DEFAULT  # share of wall time a build may run (snapshotter.pace)
+    archive_interval_ms: int = ARCHIVE_INTERVAL_MS_DEFAULT  # ship each shard's durable log tail this often
+    archive_bytes: int = ARCHIVE_BYTES_DEFAULT              # or as soon as this many bytes are new
 
 
 @dataclass
@@ -72,6 +75,9 @@ class ShardStatus:
     archived_through_seq: int = 0
     release_through_seq: int = 0
     error: str = ""
+    log_archived_seq: int = 0          # every record through it is in the store (sealed or tail piece)
+    log_archive_caught_up_ms: int = 0  # when the archive last held everything the shard had made durable
+    log_archive_error: str = ""
 
 
 @dataclass
@@ -173,6 +179,10 @@ class Snapshotter:
         self.shards = shard_count(self.data_dir)
         self.pace = Pacer(self.schedule.cpu_percent)
         self.status = read_status(self.data_dir)
+        self._status_lock = threading.Lock()
+        self.archiver = (TailArchiver(self.data_dir, self.shards, self.store, self.schedule.archive_interval_ms,
+                                      self.schedule.archive_bytes, self._archive_progress)
+                         if self.store.archives_log else None)
         # Per shard: segment sizes when its newest snapshot was built (bytes-since estimate).
         self._sizes_at_build: dict[int, dict[int, int]] = {}
 
@@ -214,8 +224,8 @@ class Snapshotter:
                 status.published = True
                 self.store.prune_snapshots(shard)
                 release = m.seq
-                if self.store.archives_log:
-                    status.archived_through_seq = self._archive(shard, log_dir)
+                if self.archiver is not None:
+                    status.archived_through_seq = self.archiver.ship(shard)
                     release = min(m.seq, status.archived_through_seq)
                 if read_release(shard_dir) != release:
                     write_durably(os.path.join(snapshot_dir(shard_dir), RELEASE_NAME),
@@ -227,20 +237,13 @@ class Snapshotter:
             status.status, status.error = "error", f"{type(e).__name__}: {e}"
         return status
 
-    def _archive(self, shard: int, log_dir: str) -> int:
-        """Upload every sealed segment not archived yet; returns the last seq of
-        the newest sealed segment archived (0 when none is sealed)."""
-        segments = list_segments(log_dir)
-        remote = self.store.list_segments(shard)
-        archived = {(s.first_seq, s.last_seq) for s in remote}
-        through = remote[-1].last_seq if remote else 0
-        for (first_seq, path), (next_first, _) in zip(segments, segments[1:]):
-            last_seq = next_first - 1
-            if (first_seq, last_seq) not in archived:
-                last_write_ms = os.stat(path).st_mtime_ns // 1_000_000
-                self.store.archive_segment(shard, first_seq, last_seq, path, last_write_ms)
-            through = max(through, last_seq)
-        return through
+    def _archive_progress(self, shard: int, archived_seq: int, caught_up_ms: int, error: str) -> None:
+        """After each log archive pass (TailArchiver): the status INFO reads."""
+        with self._status_lock:
+            status = self.status.shards.setdefault(shard, ShardStatus(shard))
+            status.log_archived_seq, status.log_archive_caught_up_ms = archived_seq, caught_up_ms
+            status.log_archive_error = error
+        self._save_status()
 
     # --- all shards -----------------------------------------------------------------
 
@@ -269,18 +272,23 @@ class Snapshotter:
         return self.status
 
     def _save_status(self) -> None:
-        self.status.updated_at_ms = time.time_ns() // 1_000_000
-        doc = {"shards": {str(k): asdict(v) for k, v in self.status.shards.items()},
-               "request_served": self.status.request_served, "updated_at_ms": self.status.updated_at_ms}
-        os.makedirs(control_dir(self.data_dir), exist_ok=True)
-        write_durably(os.path.join(control_dir(self.data_dir), STATUS_NAME),
-                      json.dumps(doc, indent=2).encode())
+        with self._status_lock:
+            self.status.updated_at_ms = time.time_ns() // 1_000_000
+            doc = {"shards": {str(k): asdict(v) for k, v in list(self.status.shards.items())},
+                   "request_served": self.status.request_served, "updated_at_ms": self.status.updated_at_ms}
+            os.makedirs(control_dir(self.data_dir), exist_ok=True)
+            write_durably(os.path.join(control_dir(self.data_dir), STATUS_NAME),
+                          json.dumps(doc, indent=2).encode())
 
     def serve(self, stop: threading.Event) -> None:
         """The snapshotter loop: serve requests and the schedule until stop is set."""
         log.info("snapshotter ready: %s, %d shards, store %s, every %d bytes or %.0f s, builds at most %d%% "
                  "of the time", self.data_dir, self.shards, self.store.url,
                  self.schedule.every_bytes, self.schedule.max_age_s, self.schedule.cpu_percent)
+        shipper = None
+        if self.archiver is not None:
+            shipper = threading.Thread(target=self.archiver.run, args=(stop,), name="log-archive", daemon=True)
+            shipper.start()
         while not stop.is_set():
             request = pending_request(self.data_dir, self.status)
             try:
@@ -291,3 +299,5 @@ class Snapshotter:
                 self.status.request_served = request
                 self._save_status()
             stop.wait(self.schedule.poll_interval_s)
+        if shipper is not None:
+            shipper.join()

@@ -104,7 +104,7 @@ def test_killed_router_is_restarted(server_factory):
 def test_sigterm_stops_every_process(server_factory):
     srv = server_factory()
     pids = srv.pids()
-    assert len(pids) == 1 + 2 + 1  # supervisor, two shards, one router
+    assert len(pids) == 1 + 2 + 1 + 1  # supervisor, two shards, one router, the snapshotter
     srv.proc.send_signal(signal.SIGTERM)
     assert srv.proc.wait(DEADLINE_S) == 0
     wait_until(lambda: not any(alive(pid) for pid in pids), "every process of the group to exit")
@@ -114,7 +114,7 @@ def test_sigterm_stops_every_process(server_factory):
 def test_sigkill_of_the_supervisor_takes_the_children(server_factory):
     srv = server_factory()
     children = [pid for pid in srv.pids() if pid != srv.proc.pid]
-    assert len(children) == 3
+    assert len(children) == 4  # two shards, one router, the snapshotter
     os.kill(srv.proc.pid, signal.SIGKILL)
     srv.proc.wait(DEADLINE_S)
     wait_until(lambda: not any(alive(pid) for pid in children), "the children to die with the supervisor")
