@@ -78,6 +78,9 @@ def add_parsers(sub) -> None:
                         help="N (every shard) or SHARD=N; repeatable. Default: newest")
     target.add_argument("--at", help="point in time: unix seconds or ISO 8601 (UTC unless it says otherwise)")
     p.add_argument("--force", action="store_true", help="replace a non-empty data directory")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="with --at: restore shards whose archive ends before that time to their end "
+                        "instead of failing (the shards are then not at one consistent time)")
     _store_flags(p)
 
     p = sub.add_parser("import-rdb", help="seed a new data directory from a Redis RDB file")
@@ -243,13 +246,17 @@ def cmd_restore(args: argparse.Namespace) -> int:
         at_ms = parse_at(args.at) if args.at else None
     except ValueError as e:
         return _fail(str(e), 2)
-    results = restore(_store(args.url, args), args.data_dir, seq=seq, at_ms=at_ms, force=args.force)
+    results = restore(_store(args.url, args), args.data_dir, seq=seq, at_ms=at_ms, force=args.force,
+                      allow_partial=args.allow_partial)
     from server.topology import ensure_topology
 
     ensure_topology(args.data_dir, len(results))
     for r in results:
         print(f"shard {r.shard}: seq {r.seq} (snapshot {r.snapshot_seq} + {r.records_replayed} records), "
               f"{r.keys} keys, state digest {r.state_digest[:16]}")
+        if not r.covers_at:
+            print(f"shard {r.shard}: PARTIAL: its archive ends at seq {r.seq}, before --at {args.at}",
+                  file=sys.stderr)
     return 0
 
 

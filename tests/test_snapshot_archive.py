@@ -4,9 +4,13 @@ point-in-time restore to one consistent time across shards."""
 
 from __future__ import annotations
 
+import os
 import time
 
-from test_snapshot import cli, dump, s3, moto_endpoint, write_every_type  # noqa: F401
+from shards.slots import key_slot, slot_owner_table
+from snapshotter.filestore import open_store
+from snapshotter.tailship import TailArchiver
+from test_snapshot import cli, dump, manual_config, s3, moto_endpoint, write_every_type  # noqa: F401
 from test_snapshot_serve import _wait_for
 
 INTERVAL_MS = 200
@@ -64,3 +68,71 @@ def test_machine_loss_loses_at_most_the_archive_interval(server_factory, s3, tmp
     assert back.exists("a:set") == 0
     got = dump(back)
     assert {k: v for k, v in got.items() if not k.startswith(b"late")} == expected
+
+
+def _on_shard(shard: int, prefix: str, n: int) -> list[str]:
+    owner = slot_owner_table(2)
+    keys, i = [], 0
+    while len(keys) < n:
+        key = f"{prefix}{i}"
+        if owner[key_slot(key.encode())] == shard:
+            keys.append(key)
+        i += 1
+    return keys
+
+
+def test_restore_at_is_one_consistent_time_or_names_the_gap(server_factory, s3, tmp_path):
+    _, _, url = s3
+    srv = server_factory(shards=2, extra_args=manual_config(tmp_path))
+    client = srv.client()
+    write_every_type(client, "a")
+    cli("snapshotter", "--data-dir", str(srv.data_dir), "--snapshot-url", url, "--once")
+    for key in _on_shard(0, "x", 5) + _on_shard(1, "y", 5):
+        client.set(key, "before")
+    at_target = dump(client)
+    time.sleep(0.05)
+    at = f"{time.time():.3f}"
+    time.sleep(0.05)
+    for key in _on_shard(0, "x", 5) + _on_shard(1, "y", 5):
+        client.set(key, "after")
+    archiver = TailArchiver(str(srv.data_dir), 2, open_store(url))
+    archiver.ship(0)  # shard 1's archive stays behind: it ends before `at`
+
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "keep.txt").write_text("operator's file")
+    out = cli("restore", "--from", url, "--data-dir", str(target), "--at", at, "--force", check=False)
+    assert out.returncode == 1
+    error = out.stderr.strip().splitlines()[-1]
+    assert "shard 1's archive ends at seq" in error and "shard 0" not in error
+    assert sorted(os.listdir(target)) == ["keep.txt"]  # left as it was found
+    assert not [n for n in os.listdir(tmp_path) if ".restore-" in n]  # no staging left behind
+
+    partial = tmp_path / "partial"
+    out = cli("restore", "--from", url, "--data-dir", str(partial), "--at", at, "--allow-partial")
+    assert "shard 1: PARTIAL" in out.stderr
+
+    archiver.ship(1)  # now shard 1's archive holds records after `at`
+    restored = tmp_path / "restored"
+    cli("restore", "--from", url, "--data-dir", str(restored), "--at", at)
+    assert dump(server_factory(shards=2, data_dir=restored).client()) == at_target
+
+
+def test_restore_at_covers_an_idle_shard_by_its_archive_marker(server_factory, s3, tmp_path):
+    _, _, url = s3
+    srv = server_factory(shards=2, extra_args=manual_config(tmp_path))
+    client = srv.client()
+    write_every_type(client, "a")
+    cli("snapshotter", "--data-dir", str(srv.data_dir), "--snapshot-url", url, "--once")
+    for key in _on_shard(0, "x", 5) + _on_shard(1, "y", 5):
+        client.set(key, "before")
+    at_target = dump(client)
+    time.sleep(0.05)
+    at = f"{time.time():.3f}"
+    time.sleep(0.05)
+    for key in _on_shard(0, "x", 5):  # shard 1 stays idle after `at`
+        client.set(key, "after")
+    cli("snapshotter", "--data-dir", str(srv.data_dir), "--snapshot-url", url, "--once")
+    restored = tmp_path / "restored"
+    cli("restore", "--from", url, "--data-dir", str(restored), "--at", at)
+    assert dump(server_factory(shards=2, data_dir=restored).client()) == at_target
