@@ -9,6 +9,7 @@
                               Unix sockets (shard-NNN.sock, router-NNN.sock) and state
                               that only the server's own processes may read
     DIR/snapshotter/          the snapshotter's lock, requests and status
+    DIR/snapshots/            the embedded snapshot store (no snapshot URL): same layout as S3
 
 Every process that spells one of these paths takes it from here.
 """
@@ -23,6 +24,7 @@ DATA_DIR_LOCK = "LOCK"
 SHARD_FAILED_FILE = "FAILED"
 RUN_DIR = "run"
 RUN_DIR_MODE = 0o700
+SNAPSHOTS_DIR = "snapshots"
 
 
 def shard_dir(data_dir: str, shard: int) -> str:
@@ -65,3 +67,8 @@ def shard_socket_path(data_dir: str, shard: int) -> str:
 
 def router_socket_path(data_dir: str, router: int) -> str:
     return os.path.join(run_dir(data_dir), f"router-{router:03d}.sock")
+
+
+def snapshots_dir(data_dir: str) -> str:
+    """DIR/snapshots: the embedded snapshot store when no snapshot URL is set."""
+    return os.path.join(data_dir, SNAPSHOTS_DIR)

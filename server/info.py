@@ -190,6 +190,16 @@ def _persistence(router, infos, version):
                 f"snapshot_shard{info['shard']}:status={s.status},seq={s.last_seq},"
                 f"records_behind={max(p['tail_seq'] - s.last_seq, 0)},created_at_ms={s.last_created_at_ms},"
                 f"build_ms={s.last_build_ms},rdb_bytes={s.last_rdb_bytes},keys={s.last_keys}")
+    if router.config.snapshot_url:  # a store that keeps the log: RPO for machine loss is the archive lag
+        now_ms = time.time_ns() // 1_000_000
+        for p, info in zip(shards, infos):
+            s = snapshots.get(info["shard"])
+            archived = s.log_archived_seq if s else 0
+            behind = max(p["durable_seq"] - archived, 0)
+            lag_ms = 0 if not behind else now_ms - (s.log_archive_caught_up_ms if s and s.log_archive_caught_up_ms
+                                                     else int(router.started_at * 1000))
+            lines.append(f"log_archive_shard{info['shard']}:archived_seq={archived},lag_records={behind},"
+                         f"lag_ms={lag_ms},status={'error' if s and s.log_archive_error else 'ok'}")
     for p, info in zip(shards, infos):
         lines.append(
             f"shard{info['shard']}:durable_seq={p['durable_seq']},tail_seq={p['tail_seq']},"

@@ -13,6 +13,7 @@ import time
 from datetime import datetime, timezone
 
 from snapshotter.pace import CPU_PERCENT_DEFAULT
+from snapshotter.tailship import ARCHIVE_BYTES_DEFAULT, ARCHIVE_INTERVAL_MS_DEFAULT
 
 COMMANDS = frozenset({"snapshotter", "snapshot", "snapshots", "restore", "import-rdb", "export-rdb"})
 SNAPSHOT_WAIT_POLL_S = 0.2
@@ -34,13 +35,18 @@ def _store_flags(parser: argparse.ArgumentParser) -> None:
 def add_parsers(sub) -> None:
     p = sub.add_parser("snapshotter", help="build snapshots from shard logs and ship them to S3")
     p.add_argument("--data-dir", default="./durakv-data")
-    p.add_argument("--snapshot-url", default="", help="s3://BUCKET/PREFIX (omit: local snapshots only)")
+    p.add_argument("--snapshot-url", default="",
+                   help="s3://BUCKET/PREFIX or file:///PATH (omit: snapshots only, in DATA_DIR/snapshots)")
     p.add_argument("--once", action="store_true", help="snapshot every shard once and exit")
     p.add_argument("--every-bytes", type=int, default=64 * 1024 * 1024,
                    help="build when this many log bytes follow the newest snapshot")
     p.add_argument("--max-age-s", type=float, default=3600.0,
                    help="build at least this often while there are new records")
     p.add_argument("--poll-interval-s", type=float, default=1.0)
+    p.add_argument("--log-archive-interval-ms", type=int, default=ARCHIVE_INTERVAL_MS_DEFAULT,
+                   help="ship each shard's durable log tail to the store this often (s3://, file:// only)")
+    p.add_argument("--log-archive-bytes", type=int, default=ARCHIVE_BYTES_DEFAULT,
+                   help="or as soon as this many log bytes are new")
     p.add_argument("--nice", type=int, default=DEFAULT_NICE, help="CPU niceness increment (low priority)")
     p.add_argument("--cpu-percent", type=_cpu_percent, default=CPU_PERCENT_DEFAULT,
                    help="at most this share of wall time building (1-100), in short slices, so a "
@@ -62,16 +68,19 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("snapshots", help="inspect published snapshots")
     list_sub = p.add_subparsers(dest="snapshots_command", required=True)
     lp = list_sub.add_parser("list", help="table of shard, seq, time, size, verified")
-    lp.add_argument("--from", dest="url", required=True, help="s3://BUCKET/PREFIX")
+    lp.add_argument("--from", dest="url", required=True, help="s3://BUCKET/PREFIX or file:///PATH")
 
-    p = sub.add_parser("restore", help="rebuild a data directory from S3")
-    p.add_argument("--from", dest="url", required=True, help="s3://BUCKET/PREFIX")
+    p = sub.add_parser("restore", help="rebuild a data directory from S3 (or a file:// store)")
+    p.add_argument("--from", dest="url", required=True, help="s3://BUCKET/PREFIX or file:///PATH")
     p.add_argument("--data-dir", required=True)
     target = p.add_mutually_exclusive_group()
     target.add_argument("--seq", action="append",
                         help="N (every shard) or SHARD=N; repeatable. Default: newest")
     target.add_argument("--at", help="point in time: unix seconds or ISO 8601 (UTC unless it says otherwise)")
     p.add_argument("--force", action="store_true", help="replace a non-empty data directory")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="with --at: restore shards whose archive ends before that time to their end "
+                        "instead of failing (the shards are then not at one consistent time)")
     _store_flags(p)
 
     p = sub.add_parser("import-rdb", help="seed a new data directory from a Redis RDB file")
@@ -92,11 +101,12 @@ def _fail(message: str, code: int = 1) -> int:
     return code
 
 
-def _store(url: str, args: argparse.Namespace):
-    from snapshotter.s3 import SnapshotStore
+def _store(url: str, args: argparse.Namespace, data_dir: str | None = None):
+    """The store a URL names (s3://, file://), or with no URL the embedded one under data_dir."""
+    from snapshotter.filestore import open_store
 
-    return SnapshotStore(url, server_side_encryption=getattr(args, "sse", None),
-                         storage_class=getattr(args, "storage_class", None))
+    return open_store(url, data_dir, server_side_encryption=getattr(args, "sse", None),
+                      storage_class=getattr(args, "storage_class", None))
 
 
 def parse_at(text: str) -> int:
@@ -146,6 +156,7 @@ def cmd_snapshotter(args: argparse.Namespace) -> int:
         args.storage_class = args.storage_class or config.snapshot_storage_class or None
         args.every_bytes, args.max_age_s = config.snapshot_every_bytes, config.snapshot_max_age_s
         args.cpu_percent = config.snapshot_cpu_percent
+        args.log_archive_interval_ms, args.log_archive_bytes = config.log_archive_interval_ms, config.log_archive_bytes
     set_title("snapshotter", os.path.abspath(data_dir))
     lower_priority(args.nice, args.sched_idle)
     try:
@@ -153,8 +164,9 @@ def cmd_snapshotter(args: argparse.Namespace) -> int:
     except SnapshotterBusy as e:
         return _fail(str(e))
     try:
-        runner = Snapshotter(data_dir, _store(url, args) if url else None,
-                             Schedule(args.every_bytes, args.max_age_s, args.poll_interval_s, args.cpu_percent))
+        runner = Snapshotter(data_dir, _store(url, args, data_dir),
+                             Schedule(args.every_bytes, args.max_age_s, args.poll_interval_s, args.cpu_percent,
+                                      args.log_archive_interval_ms, args.log_archive_bytes))
         if args.once:
             status = runner.run_once(force=True)
             errors = [s for s in status.shards.values() if s.status == "error"]
@@ -187,7 +199,7 @@ def cmd_snapshot_now(args: argparse.Namespace) -> int:
             time.sleep(SNAPSHOT_WAIT_POLL_S)
         return _fail(f"the running snapshotter did not serve the request within {args.timeout_s:.0f} s")
     try:
-        runner = Snapshotter(args.data_dir, _store(args.snapshot_url, args) if args.snapshot_url else None)
+        runner = Snapshotter(args.data_dir, _store(args.snapshot_url, args, args.data_dir))
         return _print_status(runner.run_once(force=True))
     finally:
         os.close(lock_fd)
@@ -229,13 +241,17 @@ def cmd_restore(args: argparse.Namespace) -> int:
         at_ms = parse_at(args.at) if args.at else None
     except ValueError as e:
         return _fail(str(e), 2)
-    results = restore(_store(args.url, args), args.data_dir, seq=seq, at_ms=at_ms, force=args.force)
+    results = restore(_store(args.url, args), args.data_dir, seq=seq, at_ms=at_ms, force=args.force,
+                      allow_partial=args.allow_partial)
     from server.topology import ensure_topology
 
     ensure_topology(args.data_dir, len(results))
     for r in results:
         print(f"shard {r.shard}: seq {r.seq} (snapshot {r.snapshot_seq} + {r.records_replayed} records), "
               f"{r.keys} keys, state digest {r.state_digest[:16]}")
+        if not r.covers_at:
+            print(f"shard {r.shard}: PARTIAL: its archive ends at seq {r.seq}, before --at {args.at}",
+                  file=sys.stderr)
     return 0
 
 

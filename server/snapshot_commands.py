@@ -1,4 +1,5 @@
-"""BGSAVE and LASTSAVE on top of the off-box snapshotter: the serving processes
+"""BGSAVE and LASTSAVE on top of the snapshotter process (always running: with
+no snapshot URL it keeps snapshots under the data dir): the serving processes
 never save; they ask the snapshotter process (through its control files in the
 data dir) and report what it has published."""
 
@@ -14,10 +15,7 @@ from snapshotter.runner import read_status, request_snapshot
 def bgsave(client: Client, argv: list[bytes]):
     if len(argv) > 2 or (len(argv) == 2 and argv[1].upper() != b"SCHEDULE"):
         raise ReplyError(b"ERR syntax error")
-    config = client.router.config
-    if not config.snapshot_url:
-        raise ReplyError(b"ERR no snapshotter: start durakv with --snapshot-url s3://BUCKET/PREFIX")
-    request_snapshot(config.data_dir)
+    request_snapshot(client.router.config.data_dir)
     return Simple(b"Background saving started")
 
 

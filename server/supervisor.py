@@ -186,7 +186,9 @@ class Supervisor:
         for i in range(config.routers):
             self.children.append(Child("router", i, config, entry + ["router", "--index", str(i)] + parent,
                                        listen_fd))
-        if config.snapshot_url:
+        # Even without a snapshot URL (it then keeps snapshots under the data dir), so the
+        # shards drop covered segments and BGSAVE/LASTSAVE work.
+        if config.snapshotter:
             self.children.append(Child("snapshotter", None, config, entry + ["snapshotter"] + parent))
 
     def _in_forked_child(self) -> None:

@@ -31,12 +31,15 @@ class Config(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields
     durability: str = "sync"  # "sync": ack after fsync; "async": ack at once, bounded window
     max_unsynced_ms: int = 1000
     segment_size_bytes: int = 64 * 1024 * 1024
-    snapshot_url: str = ""  # s3://BUCKET/PREFIX: run the snapshotter, bootstrap empty shards
+    snapshot_url: str = ""  # s3://BUCKET/PREFIX or file:///PATH (none: snapshots in DIR/snapshots only)
+    snapshotter: bool = True  # false: the snapshotter runs elsewhere (its own unit, or --once from cron)
     snapshot_sse: str = ""  # S3 server-side encryption for uploads (AES256, aws:kms)
     snapshot_storage_class: str = ""  # S3 storage class for uploads (STANDARD_IA, ...)
     snapshot_every_bytes: int = 64 * 1024 * 1024  # build when this many log bytes follow a snapshot
     snapshot_max_age_s: float = 3600.0  # and at least this often while there are new records
     snapshot_cpu_percent: int = 25  # share of wall time a snapshot build may run (snapshotter.pace)
+    log_archive_interval_ms: int = 1000  # ship each shard's durable log tail to the store this often
+    log_archive_bytes: int = 4 * 1024 * 1024  # or as soon as this many bytes are new
     test_fsync_delay_ms: int = 0  # test hook: stretch every fsync to expose hazards
     test_fsync_gate_path: str = ""  # test hook: fsyncs wait until this file exists
     test_fsync_fail_path: str = ""  # test hook: fsyncs fail with EIO once this file exists
@@ -63,6 +66,8 @@ LIMITS: dict[str, tuple[float, float]] = {
     "snapshot_max_age_s": (0.001, 1e9),
     "snapshot_cpu_percent": (1, 100),
     "test_fsync_delay_ms": (0, 60_000),
+    "log_archive_interval_ms": (10, 3_600_000),
+    "log_archive_bytes": (1, 1 << 40),
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "durability": ("sync", "async"),

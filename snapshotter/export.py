@@ -21,7 +21,7 @@ from snapshotter.rdb import RdbWriter, default_aux
 from snapshotter.replay import CHAIN_START, new_context, replay_log
 from snapshotter.restore import choose_snapshot, shards_in_store
 from snapshotter.runner import shard_count
-from snapshotter.s3 import SnapshotStore
+from snapshotter.store import Store
 
 
 def shard_state_from_dir(data_dir: str, shard: int, shards: int) -> Keyspace:
@@ -37,7 +37,7 @@ def shard_state_from_dir(data_dir: str, shard: int, shards: int) -> Keyspace:
     return ctx.db
 
 
-def shard_state_from_store(store: SnapshotStore, shard: int) -> Keyspace:
+def shard_state_from_store(store: Store, shard: int) -> Keyspace:
     remote = choose_snapshot(store.list_snapshots(shard), None, None)
     db = Keyspace()
     if remote is None:
@@ -48,7 +48,7 @@ def shard_state_from_store(store: SnapshotStore, shard: int) -> Keyspace:
     return db
 
 
-def export_rdb(out_path: str, *, data_dir: str | None = None, store: SnapshotStore | None = None) -> int:
+def export_rdb(out_path: str, *, data_dir: str | None = None, store: Store | None = None) -> int:
     """Write the whole dataset to out_path; returns the number of keys."""
     if (data_dir is None) == (store is None):
         raise ValueError("export from exactly one of a data directory or a snapshot store")

@@ -1,20 +1,26 @@
-"""Rebuilding a data directory from S3 alone.
+"""Rebuilding a data directory from the store (S3 or file://) alone.
 
 For each shard: the newest published snapshot at or before the target (by seq,
 or by the wall-clock time its tail was fixed), checked three ways (the RDB's
 sha256, the state digest of what it loads, and the log chain wherever a later
-snapshot names one), then the archived log segments after it up to the target,
-each sha256-checked, replayed with the shards' engine. The result is written
-as a fresh local snapshot at the target seq plus an empty log that continues at
-target + 1, so `durakv serve --data-dir DIR` starts from exactly that state.
+snapshot names one), then the archived log after it up to the target (sealed
+segments and the tail pieces of the active one), each sha256-checked, replayed
+with the shards' engine. The result is written as a fresh local snapshot at the
+target seq plus an empty log that continues at target + 1, so `durakv serve
+--data-dir DIR` starts from exactly that state.
 
 Point in time: `seq` is exact, and so is `at_ms` to the record: every record
 carries the time its shard wrote it (shards.records), never decreasing along
-a log. The restore starts from the newest snapshot whose last record was
-written at or before at_ms and replays archived records up to the last one
-written at or before at_ms. Records still only in a shard's active (not yet
-archived) segment cannot be reached from S3; the restore then stops at the
-end of the archive and says so.
+a log. Each shard starts from the newest snapshot whose last record was written
+at or before at_ms and replays archived records up to the last one written at
+or before at_ms, downloading segment by segment until it meets a later record.
+The shards then agree on one time only if every shard's archive covers at_ms:
+it holds a record written after at_ms, or the shard's archive marker says
+everything the shard had made durable by some time >= at_ms is archived (an
+idle shard). Otherwise restore fails naming the shard and where its archive
+ends, unless allow_partial. The data dir is built in a staging directory next
+to it and moved into place only when every shard succeeded, so a failed
+restore leaves the target as it found it.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from log import Log, LogError
 from log.layout import DATA_DIR_LOCK
@@ -32,14 +39,10 @@ from shards.slots import slot_ranges
 from snapshotter.build import write_snapshot
 from snapshotter.digest import state_digest
 from snapshotter.local import SnapshotInvalid, load_snapshot, shard_dir_of
+from snapshotter.manifest import fsync_dir
 from snapshotter.progress import Progress
 from snapshotter.replay import CHAIN_START, ChainMismatch, new_context, replay_log
-from snapshotter.s3 import (
-    META_LAST_WRITE_MS,
-    RemoteSegment,
-    RemoteSnapshot,
-    SnapshotStore,
-)
+from snapshotter.store import RemoteSegment, RemoteSnapshot, Store
 
 # Epoch written into the scratch log directory used to read archived segments:
 # above any real epoch, so the reader's "epoch <= manifest epoch" rule holds.
@@ -58,6 +61,8 @@ class ShardRestore:
     records_replayed: int
     keys: int
     state_digest: str
+    last_record_at_ms: int = 0     # written_at_ms of record `seq` (0: unknown, seq 0)
+    covers_at: bool = True         # with at_ms: the archive reaches past at_ms (see the module doc)
 
 
 def choose_snapshot(snapshots: list[RemoteSnapshot], seq: int | None, at_ms: int | None) -> RemoteSnapshot | None:
@@ -69,11 +74,9 @@ def choose_snapshot(snapshots: list[RemoteSnapshot], seq: int | None, at_ms: int
     return usable[-1] if usable else None
 
 
-def _segments_after(store: SnapshotStore, shard: int, base_seq: int, seq: int | None,
+def _segments_after(store: Store, shard: int, base_seq: int, seq: int | None,
                     at_ms: int | None) -> tuple[list[RemoteSegment], int]:
-    """The archived segments needed after base_seq, and the seq they reach. With
-    at_ms, the segments through the first one last written after at_ms (it may
-    still hold records written before)."""
+    """The contiguous archived segments after base_seq, and the seq they reach."""
     chosen: list[RemoteSegment] = []
     end = base_seq
     for segment in store.list_segments(shard):
@@ -88,8 +91,6 @@ def _segments_after(store: SnapshotStore, shard: int, base_seq: int, seq: int | 
             break
         chosen.append(segment)
         end = segment.last_seq
-        if at_ms is not None and int(store.segment_metadata(segment).get(META_LAST_WRITE_MS, "0")) > at_ms:
-            break
     if seq is not None:
         if end < seq:
             raise RestoreError(f"shard {shard}: the archived log reaches seq {end}, not the requested "
@@ -98,16 +99,17 @@ def _segments_after(store: SnapshotStore, shard: int, base_seq: int, seq: int | 
     return chosen, end
 
 
-def _scratch_log(store: SnapshotStore, segments: list[RemoteSegment], directory: str,
-                 progress: Progress) -> None:
-    os.makedirs(directory)
+def _download(store: Store, segments: list[RemoteSegment], directory: str, progress: Progress) -> None:
+    """Add segments to a scratch log directory (made on the first call)."""
+    if not os.path.isdir(directory):
+        os.makedirs(directory)
+        store_manifest(directory, Manifest(epoch=_SCRATCH_EPOCH, first_seq=segments[0].first_seq))
     shard = segments[0].shard
     progress.step(f"shard {shard}: downloading {len(segments)} log segment(s), seq {segments[0].first_seq}-"
                   f"{segments[-1].last_seq}, {sum(s.size for s in segments)} bytes")
     with progress.bar(f"shard {shard} log", sum(s.size for s in segments), "B") as bar:
         for segment in segments:
             store.download_segment(segment, os.path.join(directory, segment_name(segment.first_seq)), bar.update)
-    store_manifest(directory, Manifest(epoch=_SCRATCH_EPOCH, first_seq=segments[0].first_seq))
 
 
 def init_log_dir(log_dir: str, next_seq: int, epoch: int) -> None:
@@ -124,7 +126,7 @@ def init_log_dir(log_dir: str, next_seq: int, epoch: int) -> None:
             raise RestoreError(f"{log_dir}: new log ends at seq {wal.tail_seq}, expected {next_seq - 1}")
 
 
-def restore_shard(store: SnapshotStore, shard: int, shards: int, shard_dir: str, *,
+def restore_shard(store: Store, shard: int, shards: int, shard_dir: str, *,
                   seq: int | None = None, at_ms: int | None = None,
                   progress: Progress | None = None) -> ShardRestore:
     """Restore one shard into shard_dir (which must hold no log yet)."""
@@ -152,32 +154,44 @@ def restore_shard(store: SnapshotStore, shard: int, shards: int, shard_dir: str,
     if base is None and not segments:
         raise RestoreError(f"shard {shard}: no snapshot and no archived log at or before the target "
                            f"in {store.url}")
-    replayed = 0
-    archive_end = end
+    replayed, last_at_ms = 0, base.manifest.last_record_at_ms if base else 0
+    met_later_record = False
     if end > base_seq:
+        # With at_ms: one segment at a time, until a record written after at_ms shows up.
+        batches = [segments] if at_ms is None else [[segment] for segment in segments]
+        last = base_seq
         with tempfile.TemporaryDirectory(dir=shard_dir, prefix="restore-") as scratch:
             scratch_log = os.path.join(scratch, "log")
-            _scratch_log(store, segments, scratch_log, progress)
-            progress.step(f"shard {shard}: replaying seq {base_seq + 1}-{end}")
-            try:
-                with progress.bar(f"shard {shard} replay", end - base_seq, " records") as bar:
-                    result = replay_log(ctx, scratch_log, base_seq, end, chain, lambda _seq: bar.update(),
-                                        checkpoints={s: c for s, c in later_chains.items() if base_seq < s <= end},
-                                        until_ms=at_ms)
-            except (ChainMismatch, LogError) as e:
-                raise RestoreError(f"shard {shard}: archived log does not continue snapshot seq "
-                                   f"{base_seq}: {e}") from None
-        replayed, chain, epoch = result.records, result.chain, max(epoch, result.last_epoch)
-        end = result.last_seq
-        if at_ms is not None and end == archive_end:
-            progress.step(f"shard {shard}: the archived log ends at seq {end} (written at "
-                     f"{result.last_record_at_ms} ms); records after it are not in S3 yet")
+            for batch in batches:
+                _download(store, batch, scratch_log, progress)
+                through = min(batch[-1].last_seq, end)
+                progress.step(f"shard {shard}: replaying seq {last + 1}-{through}")
+                try:
+                    with progress.bar(f"shard {shard} replay", through - last, " records") as bar:
+                        result = replay_log(ctx, scratch_log, last, through, chain, lambda _seq: bar.update(),
+                                            checkpoints={s: c for s, c in later_chains.items()
+                                                         if last < s <= through},
+                                            until_ms=at_ms)
+                except (ChainMismatch, LogError) as e:
+                    raise RestoreError(f"shard {shard}: archived log does not continue snapshot seq "
+                                       f"{base_seq}: {e}") from None
+                replayed += result.records
+                chain, epoch, last = result.chain, max(epoch, result.last_epoch), result.last_seq
+                last_at_ms = result.last_record_at_ms if result.records else last_at_ms
+                if result.last_seq < through:
+                    met_later_record = True
+                    break
+        end = last
+    covers = at_ms is None or met_later_record or _marker_covers(store, shard, end, at_ms)
+    if at_ms is not None and not covers:
+        progress.step(f"shard {shard}: the archive ends at seq {end} (written at {last_at_ms} ms), before "
+                      f"the target {at_ms} ms")
     if end > base_seq:
         digest = state_digest(ctx.db)
         write_snapshot(ctx.db, shard_dir, dict(
             shard=shard, shards=shards, slot_ranges=[slot_ranges(shards)[shard]], seq=end, epoch=epoch,
             chain=chain, parent_seq=base_seq, parent_chain=base.manifest.chain if base else CHAIN_START,
-            records_replayed=replayed, tail_fixed_at_ms=0, last_record_at_ms=result.last_record_at_ms), digest)
+            records_replayed=replayed, tail_fixed_at_ms=0, last_record_at_ms=last_at_ms), digest)
     elif base is not None:
         digest = base.manifest.state_digest
     else:
@@ -185,10 +199,28 @@ def restore_shard(store: SnapshotStore, shard: int, shards: int, shard_dir: str,
                            f"in {store.url}")
     init_log_dir(os.path.join(shard_dir, "log"), end + 1, epoch)
     progress.step(f"shard {shard}: restored to seq {end} ({len(ctx.db.data)} keys)")
-    return ShardRestore(shard, base_seq, end, replayed, len(ctx.db.data), digest)
+    return ShardRestore(shard, base_seq, end, replayed, len(ctx.db.data), digest, last_at_ms, covers)
 
 
-def shards_in_store(store: SnapshotStore) -> int:
+def _marker_covers(store: Store, shard: int, end: int, at_ms: int) -> bool:
+    """An archive that ends at seq `end` still covers at_ms if the archiver saw,
+    at a time >= at_ms, that the shard had nothing durable after `end`."""
+    marker = store.read_marker(shard) if store.archives_log else None
+    return marker is not None and marker.at_ms >= at_ms and marker.through_seq <= end
+
+
+def _gap_message(gaps: list[ShardRestore], at_ms: int) -> str:
+    parts = [f"shard {g.shard}'s archive ends at seq {g.seq} (last record written at "
+             f"{_utc(g.last_record_at_ms)}) < {_utc(at_ms)}" for g in gaps]
+    return ("; ".join(parts) + ": the shards cannot be restored to one consistent time (wait for the archive "
+            "to catch up, pick an earlier --at, or pass --allow-partial)")
+
+
+def _utc(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+
+
+def shards_in_store(store: Store) -> int:
     """The cluster's shard count, from its published manifests."""
     snapshots = store.list_snapshots()
     counts = {s.manifest.shards for s in snapshots}
@@ -203,31 +235,59 @@ def data_dir_is_empty(data_dir: str) -> bool:
     return not os.path.exists(data_dir) or not set(os.listdir(data_dir)) - {DATA_DIR_LOCK}
 
 
-def restore(store: SnapshotStore, data_dir: str, *, seq: int | dict[int, int] | None = None,
-            at_ms: int | None = None, force: bool = False,
+def restore(store: Store, data_dir: str, *, seq: int | dict[int, int] | None = None,
+            at_ms: int | None = None, force: bool = False, allow_partial: bool = False,
             progress: Progress | None = None) -> list[ShardRestore]:
-    """Restore every shard into data_dir (empty, or emptied first with force).
-    seq: one target for every shard, or {shard: seq} (shards not named: newest)."""
-    # The data-dir lock and every shard log's lock, as a server holds them: refused
-    # (LockHeld naming the pid) while anything serves from data_dir, even with force.
-    os.makedirs(data_dir, exist_ok=True)
-    with exclusive_data_dir(data_dir, "durakv restore"):
-        store.check_bucket()
-        shards = shards_in_store(store)
-        if not data_dir_is_empty(data_dir):
-            if not force:
-                raise RestoreError(f"{data_dir} is not empty; restore refuses to mix histories "
-                                   "(use --force to replace its contents)")
-            for name in os.listdir(data_dir):
-                if name == DATA_DIR_LOCK:
-                    continue
-                path = os.path.join(data_dir, name)
-                shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
+    """Restore every shard into data_dir (empty, or replaced with force).
+    seq: one target for every shard, or {shard: seq} (shards not named: newest).
+    at_ms: one time for every shard; a shard whose archive does not cover it is
+    an error naming the gap, unless allow_partial. On any failure data_dir is
+    left as it was. The data-dir lock and every shard log's lock are held
+    throughout, as a server holds them: refused (LockHeld naming the pid) while
+    anything serves from data_dir, even with force."""
+    target = os.path.abspath(data_dir)
+    existed = os.path.exists(target)
+    os.makedirs(target, exist_ok=True)
+    try:
+        with exclusive_data_dir(target, "durakv restore"):
+            return _restore_locked(store, target, seq=seq, at_ms=at_ms, force=force,
+                                   allow_partial=allow_partial, progress=progress)
+    except BaseException:
+        if not existed:
+            shutil.rmtree(target, ignore_errors=True)
+        raise
+
+
+def _restore_locked(store: Store, target: str, *, seq: int | dict[int, int] | None, at_ms: int | None,
+                    force: bool, allow_partial: bool, progress: Progress | None) -> list[ShardRestore]:
+    """Build the restore in a staging dir beside target; move it in only when it is whole."""
+    store.check_bucket()
+    shards = shards_in_store(store)
+    if not data_dir_is_empty(target) and not force:
+        raise RestoreError(f"{target} is not empty; restore refuses to mix histories "
+                           "(use --force to replace its contents)")
+    parent = os.path.dirname(target)
+    staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(target)}.restore-")
+    try:
         out = []
         for shard in range(shards):
-            shard_dir = shard_dir_of(data_dir, shard)
-            os.makedirs(shard_dir, exist_ok=True)
-            target = seq.get(shard) if isinstance(seq, dict) else seq
-            out.append(restore_shard(store, shard, shards, shard_dir, seq=target, at_ms=at_ms,
+            shard_dir = shard_dir_of(staging, shard)
+            os.makedirs(shard_dir)
+            shard_seq = seq.get(shard) if isinstance(seq, dict) else seq
+            out.append(restore_shard(store, shard, shards, shard_dir, seq=shard_seq, at_ms=at_ms,
                                      progress=progress))
-    return out
+        gaps = [r for r in out if not r.covers_at]
+        if gaps and not allow_partial:
+            raise RestoreError(_gap_message(gaps, at_ms))
+        for name in os.listdir(target):
+            if name == DATA_DIR_LOCK:
+                continue
+            path = os.path.join(target, name)
+            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
+        for name in os.listdir(staging):
+            os.rename(os.path.join(staging, name), os.path.join(target, name))
+        fsync_dir(target)
+        fsync_dir(parent)
+        return out
+    finally:
+        shutil.rmtree(staging)

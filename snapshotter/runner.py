@@ -1,7 +1,8 @@
 """The snapshotter process: for each shard of a data directory, build the next
 snapshot when the log has grown enough (bytes) or the newest snapshot is old
-enough, publish it to S3, archive the sealed log segments, and tell the shard
-which segments it may delete.
+enough, publish it to the store (S3, a file:// directory, or with no snapshot
+URL the embedded store DIR/snapshots/), archive the sealed log segments when
+the store keeps the log, and tell the shard which segments it may delete.
 
 Control files live in DIR/snapshotter/: LOCK (flock: one snapshotter per data
 dir), REQUEST (written by `durakv snapshot --now` or BGSAVE: a request id the
@@ -9,9 +10,12 @@ loop serves at its next poll) and status.json (per shard: last snapshot seq,
 time, duration, size, keys, status, error; plus the last request served).
 
 The release notice DIR/shard-NNN/snapshot/RELEASE.json names the highest seq
-through which the shard may delete sealed segments: each such record is both
-in a published snapshot that is also in the shard's local cache and in a
-segment archived to S3 (verified by reading it back).
+through which the shard may delete sealed segments: each such record is in a
+published snapshot that is also in the shard's local cache, and, when the
+store keeps the log (S3, file://), in a segment archived there (verified by
+reading it back). The embedded store keeps no log: a copy on the same disk
+would protect nothing and would only move the unbounded growth, so there a
+record is released once a published snapshot covers it.
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
 
 from log import lock as dir_lock
 from log.errors import LockHeld
@@ -32,9 +35,9 @@ from snapshotter.local import newest_local, shard_dir_of, snapshot_dir
 from snapshotter.logtail import log_first_seq
 from snapshotter.manifest import write_durably
 from snapshotter.pace import CPU_PERCENT_DEFAULT, Pacer
-
-if TYPE_CHECKING:  # boto3 is imported only where S3 is used: shards import this module for read_release
-    from snapshotter.s3 import SnapshotStore
+from snapshotter.filestore import open_store
+from snapshotter.store import Store, StoreError
+from snapshotter.tailship import ARCHIVE_BYTES_DEFAULT, ARCHIVE_INTERVAL_MS_DEFAULT, TailArchiver
 
 log = logging.getLogger("durakv.snapshotter")
 
@@ -56,6 +59,8 @@ class Schedule:
     max_age_s: float = 3600.0             # and at least this often while anything is new
     poll_interval_s: float = 1.0
     cpu_percent: int = CPU_PERCENT_DEFAULT  # share of wall time a build may run (snapshotter.pace)
+    archive_interval_ms: int = ARCHIVE_INTERVAL_MS_DEFAULT  # ship each shard's durable log tail this often
+    archive_bytes: int = ARCHIVE_BYTES_DEFAULT              # or as soon as this many bytes are new
 
 
 @dataclass
@@ -71,6 +76,9 @@ class ShardStatus:
     archived_through_seq: int = 0
     release_through_seq: int = 0
     error: str = ""
+    log_archived_seq: int = 0          # every record through it is in the store (sealed or tail piece)
+    log_archive_caught_up_ms: int = 0  # when the archive last held everything the shard had made durable
+    log_archive_error: str = ""
 
 
 @dataclass
@@ -157,13 +165,18 @@ def _segment_bytes(log_dir: str) -> dict[int, int]:
 
 
 class Snapshotter:
-    def __init__(self, data_dir: str, store: SnapshotStore | None, schedule: Schedule | None = None) -> None:
+    def __init__(self, data_dir: str, store: Store | None, schedule: Schedule | None = None) -> None:
+        """store None: the embedded store under the data dir (snapshots only)."""
         self.data_dir = os.path.abspath(data_dir)
-        self.store = store
+        self.store = store if store is not None else open_store("", self.data_dir)
         self.schedule = schedule or Schedule()
         self.shards = shard_count(self.data_dir)
         self.pace = Pacer(self.schedule.cpu_percent)
         self.status = read_status(self.data_dir)
+        self._status_lock = threading.Lock()
+        self.archiver = (TailArchiver(self.data_dir, self.shards, self.store, self.schedule.archive_interval_ms,
+                                      self.schedule.archive_bytes, self._archive_progress)
+                         if self.store.archives_log else None)
         # Per shard: segment sizes when its newest snapshot was built (bytes-since estimate).
         self._sizes_at_build: dict[int, dict[int, int]] = {}
 
@@ -177,9 +190,6 @@ class Snapshotter:
         local = newest_local(shard_dir)
         if first == 1 or (local is not None and local.manifest.seq >= first - 1):
             return
-        if self.store is None:
-            raise RuntimeError(f"shard {shard}: log starts at seq {first} and no local snapshot covers "
-                               "the records before it; a snapshot URL is needed to fetch one")
         remote = [s for s in self.store.list_snapshots(shard) if s.complete and s.manifest.seq >= first - 1]
         if not remote:
             raise RuntimeError(f"shard {shard}: log starts at seq {first} and no published snapshot covers "
@@ -204,35 +214,30 @@ class Snapshotter:
                 m = newest.manifest
                 status.last_seq, status.last_created_at_ms = m.seq, m.created_at_ms
                 status.last_build_ms, status.last_rdb_bytes, status.last_keys = m.build_ms, m.rdb_bytes, m.keys
-                if self.store is not None:
-                    self.store.publish(newest)
-                    status.published = True
-                    status.archived_through_seq = self._archive(shard, log_dir)
+                self.store.publish(newest)
+                status.published = True
+                self.store.prune_snapshots(shard)
+                release = m.seq
+                if self.archiver is not None:
+                    status.archived_through_seq = self.archiver.ship(shard)
                     release = min(m.seq, status.archived_through_seq)
-                    if read_release(shard_dir) != release:
-                        write_durably(os.path.join(snapshot_dir(shard_dir), RELEASE_NAME),
-                                      json.dumps({"drop_through_seq": release, "snapshot_seq": m.seq}).encode())
-                        status.release_through_seq = release
+                if read_release(shard_dir) != release:
+                    write_durably(os.path.join(snapshot_dir(shard_dir), RELEASE_NAME),
+                                  json.dumps({"drop_through_seq": release, "snapshot_seq": m.seq}).encode())
+                    status.release_through_seq = release
             status.status, status.error = "ok", ""
         except Exception as e:  # noqa: BLE001 - reported in status and the log, retried next round
             log.exception("shard %d: snapshot failed", shard)
             status.status, status.error = "error", f"{type(e).__name__}: {e}"
         return status
 
-    def _archive(self, shard: int, log_dir: str) -> int:
-        """Upload every sealed segment not archived yet; returns the last seq of
-        the newest sealed segment archived (0 when none is sealed)."""
-        segments = list_segments(log_dir)
-        remote = self.store.list_segments(shard)
-        archived = {(s.first_seq, s.last_seq) for s in remote}
-        through = remote[-1].last_seq if remote else 0
-        for (first_seq, path), (next_first, _) in zip(segments, segments[1:]):
-            last_seq = next_first - 1
-            if (first_seq, last_seq) not in archived:
-                last_write_ms = os.stat(path).st_mtime_ns // 1_000_000
-                self.store.archive_segment(shard, first_seq, last_seq, path, last_write_ms)
-            through = max(through, last_seq)
-        return through
+    def _archive_progress(self, shard: int, archived_seq: int, caught_up_ms: int, error: str) -> None:
+        """After each log archive pass (TailArchiver): the status INFO reads."""
+        with self._status_lock:
+            status = self.status.shards.setdefault(shard, ShardStatus(shard))
+            status.log_archived_seq, status.log_archive_caught_up_ms = archived_seq, caught_up_ms
+            status.log_archive_error = error
+        self._save_status()
 
     # --- all shards -----------------------------------------------------------------
 
@@ -261,20 +266,23 @@ class Snapshotter:
         return self.status
 
     def _save_status(self) -> None:
-        self.status.updated_at_ms = time.time_ns() // 1_000_000
-        doc = {"shards": {str(k): asdict(v) for k, v in self.status.shards.items()},
-               "request_served": self.status.request_served, "updated_at_ms": self.status.updated_at_ms}
-        os.makedirs(control_dir(self.data_dir), exist_ok=True)
-        write_durably(os.path.join(control_dir(self.data_dir), STATUS_NAME),
-                      json.dumps(doc, indent=2).encode())
+        with self._status_lock:
+            self.status.updated_at_ms = time.time_ns() // 1_000_000
+            doc = {"shards": {str(k): asdict(v) for k, v in list(self.status.shards.items())},
+                   "request_served": self.status.request_served, "updated_at_ms": self.status.updated_at_ms}
+            os.makedirs(control_dir(self.data_dir), exist_ok=True)
+            write_durably(os.path.join(control_dir(self.data_dir), STATUS_NAME),
+                          json.dumps(doc, indent=2).encode())
 
     def serve(self, stop: threading.Event) -> None:
         """The snapshotter loop: serve requests and the schedule until stop is set."""
-        log.info("snapshotter ready: %s, %d shards, S3 %s, every %d bytes or %.0f s, builds at most %d%% "
-                 "of the time", self.data_dir, self.shards, self.store.url if self.store else "off",
+        log.info("snapshotter ready: %s, %d shards, store %s, every %d bytes or %.0f s, builds at most %d%% "
+                 "of the time", self.data_dir, self.shards, self.store.url,
                  self.schedule.every_bytes, self.schedule.max_age_s, self.schedule.cpu_percent)
-        from snapshotter.s3 import StoreError
-
+        shipper = None
+        if self.archiver is not None:
+            shipper = threading.Thread(target=self.archiver.run, args=(stop,), name="log-archive", daemon=True)
+            shipper.start()
         while not stop.is_set():
             request = pending_request(self.data_dir, self.status)
             try:
@@ -285,3 +293,5 @@ class Snapshotter:
                 self.status.request_served = request
                 self._save_status()
             stop.wait(self.schedule.poll_interval_s)
+        if shipper is not None:
+            shipper.join()

@@ -39,9 +39,9 @@ def prepare_shard_dir(shard_dir: str, shard: int, shards: int, snapshot_url: str
         return False
     from snapshotter.progress import Progress
     from snapshotter.restore import RestoreError, restore_shard
-    from snapshotter.s3 import SnapshotStore
+    from snapshotter.filestore import open_store
 
-    store = SnapshotStore(snapshot_url)
+    store = open_store(snapshot_url)
     if not store.list_snapshots(shard) and not store.list_segments(shard):
         return False
     os.makedirs(shard_dir, exist_ok=True)

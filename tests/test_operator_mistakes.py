@@ -14,7 +14,7 @@ import time
 import pytest
 import redis
 from conftest import DurakvServer, free_port
-from test_snapshot import cli, moto_endpoint, s3  # noqa: F401  (fixtures)
+from test_snapshot import cli, manual_config, moto_endpoint, s3  # noqa: F401  (fixtures)
 
 import log as wal
 from log.layout import shard_failed_path, shard_log_dir
@@ -22,7 +22,9 @@ from shards.records import decode_record
 from shards.slots import key_slot, slot_ranges
 
 MISTAKE_TIMEOUT_S = 60  # a mistake must end the process; old code kept serving until this
-FAST_STARTUP = "startup-shard-wait-ms = 500\n"
+# No supervised snapshotter: these tests run snapshots themselves, or need the log
+# not to be covered by a local snapshot.
+FAST_STARTUP = "startup-shard-wait-ms = 500\nsnapshotter = false\n"
 
 
 def durakv(*argv: str) -> subprocess.CompletedProcess:
@@ -58,7 +60,7 @@ def test_second_serve_on_same_data_dir_exits_with_one_line(server_factory):
 
 def test_restore_force_into_live_data_dir_is_refused(server_factory, s3, tmp_path):  # noqa: F811
     _, _, url = s3
-    srv = server_factory(shards=1)
+    srv = server_factory(shards=1, extra_args=manual_config(tmp_path))
     client = srv.client()
     client.set("before", "1")
     cli("snapshotter", "--data-dir", str(srv.data_dir), "--snapshot-url", url, "--once")

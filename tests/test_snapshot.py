@@ -36,6 +36,8 @@ from snapshotter.shard_hooks import load_start_snapshot, release_segments
 REDIS_CHECK_RDB = shutil.which("redis-check-rdb")
 CLI_TIMEOUT_S = 120
 SMALL_SEGMENTS = "segment-size-bytes = 4096\n"
+# These tests run `durakv snapshotter --once` themselves, against S3, at chosen moments.
+MANUAL_SNAPSHOTS = "snapshotter = false\n"
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +73,16 @@ def cli(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
     return out
 
 
-def small_segment_config(tmp_path) -> tuple[str, ...]:
-    path = tmp_path / "small-segments.toml"
-    path.write_text(SMALL_SEGMENTS)
+def small_segment_config(tmp_path, manual: bool = True) -> tuple[str, ...]:
+    """Small segments; manual: no supervised snapshotter (the test runs its own)."""
+    path = tmp_path / f"small-segments{'-manual' if manual else ''}.toml"
+    path.write_text(SMALL_SEGMENTS + (MANUAL_SNAPSHOTS if manual else ""))
+    return ("--config", str(path))
+
+
+def manual_config(tmp_path) -> tuple[str, ...]:
+    path = tmp_path / "manual.toml"
+    path.write_text(MANUAL_SNAPSHOTS)
     return ("--config", str(path))
 
 
@@ -230,7 +239,7 @@ def test_point_in_time_restore_by_time_is_exact_to_the_record(server_factory, s3
 
 def test_restore_refuses_corrupted_snapshot_object(server_factory, s3, tmp_path):
     client_s3, bucket, url = s3
-    srv = server_factory(shards=1)
+    srv = server_factory(shards=1, extra_args=manual_config(tmp_path))
     write_every_type(srv.client(), "a")
     cli("snapshotter", "--data-dir", str(srv.data_dir), "--snapshot-url", url, "--once")
     key = next(o["Key"] for o in client_s3.list_objects_v2(Bucket=bucket)["Contents"] if o["Key"].endswith(".rdb"))
@@ -255,7 +264,7 @@ def test_restore_errors(s3, tmp_path):
 
 def test_restore_refuses_non_empty_dir_unless_forced(server_factory, s3, tmp_path):
     _, _, url = s3
-    srv = server_factory(shards=1)
+    srv = server_factory(shards=1, extra_args=manual_config(tmp_path))
     srv.client().set("k", "v")
     cli("snapshotter", "--data-dir", str(srv.data_dir), "--snapshot-url", url, "--once")
     target = tmp_path / "full"
@@ -271,7 +280,7 @@ def test_restore_refuses_non_empty_dir_unless_forced(server_factory, s3, tmp_pat
 
 def test_snapshot_that_does_not_verify_is_never_published(server_factory, s3, tmp_path, monkeypatch):
     client_s3, bucket, url = s3
-    srv = server_factory(shards=1)
+    srv = server_factory(shards=1, extra_args=manual_config(tmp_path))
     write_every_type(srv.client(), "a")
     real_write = build_mod.write_keyspace
 
@@ -290,7 +299,7 @@ def test_snapshot_that_does_not_verify_is_never_published(server_factory, s3, tm
 
 def test_publish_refuses_local_rdb_changed_after_build(server_factory, s3, tmp_path):
     client_s3, bucket, url = s3
-    srv = server_factory(shards=1)
+    srv = server_factory(shards=1, extra_args=manual_config(tmp_path))
     srv.client().set("k", "v")
     build_mod.build_snapshot(os.path.join(srv.data_dir, "shard-000"), 0, 1)
     snapshot = newest_local(os.path.join(srv.data_dir, "shard-000"))
@@ -355,17 +364,20 @@ def test_kill9_then_snapshot_plus_log_tail_rebuilds_state(server_factory, s3, tm
     assert redis_dump_of_rdb(tmp_path, export) == live
 
 
-def test_release_waits_for_archive_and_snapshot(server_factory, tmp_path):
-    """Without S3 nothing is archived, so nothing is released for deletion."""
+def test_local_snapshots_release_what_a_snapshot_covers(server_factory, tmp_path):
+    """Without a snapshot URL the embedded store keeps no log (a copy on the same
+    disk protects nothing), so a published snapshot alone releases the records."""
     srv = server_factory(shards=1, extra_args=small_segment_config(tmp_path))
     client = srv.client()
     for i in range(300):
         client.set(f"k{i}", "v" * 30)
     cli("snapshotter", "--data-dir", str(srv.data_dir), "--once")
     shard_dir = os.path.join(srv.data_dir, "shard-000")
-    assert newest_local(shard_dir) is not None
-    assert not os.path.exists(os.path.join(shard_dir, "snapshot", RELEASE_NAME))
-    assert read_release(shard_dir) == 0
+    snapshot = newest_local(shard_dir)
+    assert read_release(shard_dir) == snapshot.manifest.seq > 0
+    assert os.path.exists(os.path.join(srv.data_dir, "snapshots", "snapshots", "shard-000",
+                                       f"{snapshot.manifest.seq:020d}.json"))
+    assert not os.path.exists(os.path.join(srv.data_dir, "snapshots", "log"))
 
 
 # --- import ---------------------------------------------------------------------------------
@@ -401,8 +413,8 @@ def test_import_rdb_from_redis_server(server_factory, tmp_path):
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux-only")
-def test_snapshotter_in_its_own_session_runs_idle_and_lowers_its_autogroup(server_factory):
-    srv = server_factory(shards=1)
+def test_snapshotter_in_its_own_session_runs_idle_and_lowers_its_autogroup(server_factory, tmp_path):
+    srv = server_factory(shards=1, extra_args=manual_config(tmp_path))
     proc = subprocess.Popen([sys.executable, "-m", "server.cli", "snapshotter", "--data-dir", str(srv.data_dir)],
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     autogroup = f"/proc/{proc.pid}/autogroup"

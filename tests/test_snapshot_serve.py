@@ -29,7 +29,7 @@ def _wait_for(predicate, what: str) -> None:
 
 def test_kill9_restart_loads_snapshot_and_log_tail(server_factory, s3, tmp_path):
     _, _, url = s3
-    args = (*small_segment_config(tmp_path), "--snapshot-url", url)
+    args = (*small_segment_config(tmp_path, manual=False), "--snapshot-url", url)
     srv = server_factory(shards=2, extra_args=args)
     client = srv.client()
     write_every_type(client, "a")
@@ -84,12 +84,6 @@ def test_bgsave_publishes_a_snapshot_and_lastsave_reports_it(server_factory, s3,
     assert info["snapshot_shard0"]["status"] == "ok" and info["snapshot_shard0"]["records_behind"] == 0
     listed = cli("snapshots", "list", "--from", url)
     assert listed.stdout.splitlines()[0].startswith("SHARD") and len(listed.stdout.splitlines()) == 3
-
-
-def test_bgsave_without_snapshotter_is_an_error(server_factory):
-    client = server_factory(shards=1).client()
-    with pytest.raises(Exception, match="no snapshotter"):
-        client.bgsave()
 
 
 def test_supervised_snapshotter_uploads_with_configured_encryption_and_storage_class(server_factory, s3, tmp_path):

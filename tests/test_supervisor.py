@@ -123,7 +123,7 @@ def test_killed_router_is_restarted(server_factory):
 def test_sigterm_stops_every_process(server_factory):
     srv = server_factory()
     pids = srv.pids()
-    assert len(pids) == 1 + 2 + 1  # supervisor, two shards, one router
+    assert len(pids) == 1 + 2 + 1 + 1  # supervisor, two shards, one router, the snapshotter
     srv.proc.send_signal(signal.SIGTERM)
     assert srv.proc.wait(DEADLINE_S) == 0
     wait_until(lambda: not any(alive(pid) for pid in pids), "every process of the group to exit")
@@ -133,7 +133,7 @@ def test_sigterm_stops_every_process(server_factory):
 def test_sigkill_of_the_supervisor_takes_the_children(server_factory):
     srv = server_factory()
     children = [pid for pid in srv.pids() if pid != srv.proc.pid]
-    assert len(children) == 3
+    assert len(children) == 4  # two shards, one router, the snapshotter
     os.kill(srv.proc.pid, signal.SIGKILL)
     srv.proc.wait(DEADLINE_S)
     wait_until(lambda: not any(alive(pid) for pid in children), "the children to die with the supervisor")
@@ -217,6 +217,7 @@ def test_no_secret_on_any_command_line_and_titles_show_roles(server_factory):
         f"durakv shard 0 {data_dir}",
         f"durakv shard 1 {data_dir}",
         f"durakv router 0 127.0.0.1:{srv.port} {data_dir}",
+        f"durakv snapshotter {data_dir}",
     ])
 
 
@@ -260,7 +261,8 @@ def test_shard_failing_permanently_is_not_restarted_and_the_others_serve(server_
         log_text = again.log()
         assert "restarting shard 1" not in log_text
         assert "shard 1 cannot start: log corrupt" in log_text
-        assert len([p for p in again.pids() if p != again.proc.pid]) == 2  # shard 0 and the router
+        # shard 0, the router and the snapshotter
+        assert len([p for p in again.pids() if p != again.proc.pid]) == 3
         assert again.proc.poll() is None
         client.close()
     finally:

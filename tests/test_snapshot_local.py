@@ -1,0 +1,62 @@
+"""Local snapshots, the embedded default: with no snapshot URL the supervised
+snapshotter keeps snapshots under the data dir (DIR/snapshots, the S3 layout),
+so the shards drop covered log segments, BGSAVE/LASTSAVE work, and a restart
+loads a snapshot plus a short log tail instead of replaying every write."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from test_snapshot import cli, dump
+from test_snapshot_serve import _wait_for
+
+SEGMENT_BYTES = 4096
+EVERY_BYTES = 16384
+KEYS = 20
+
+
+def _log_bytes(data_dir, shards: int) -> int:
+    total = 0
+    for shard in range(shards):
+        log_dir = os.path.join(data_dir, f"shard-{shard:03d}", "log")
+        for name in os.listdir(log_dir):
+            try:
+                total += os.path.getsize(os.path.join(log_dir, name)) if name.endswith(".seg") else 0
+            except FileNotFoundError:
+                pass  # dropped meanwhile by the shard
+    return total
+
+
+def test_no_snapshot_url_snapshots_locally_and_bounds_the_log(server_factory, tmp_path):
+    config = tmp_path / "local.toml"
+    config.write_text(f"segment-size-bytes = {SEGMENT_BYTES}\nsnapshot-every-bytes = {EVERY_BYTES}\n"
+                      "snapshot-cpu-percent = 100\n")
+    srv = server_factory(shards=2, extra_args=("--config", str(config)))
+    client = srv.client()
+    before = client.lastsave()
+    for round_no in range(150):  # many writes over few keys: the log outgrows the data many times
+        pipe = client.pipeline(transaction=False)
+        for k in range(KEYS):
+            pipe.set(f"k{k}", f"{round_no}:" + "v" * 200)
+        pipe.incr("counter")
+        pipe.execute()
+    written = client.info("persistence")["log_bytes_written"]
+    bound = 2 * (EVERY_BYTES + 2 * SEGMENT_BYTES)  # per shard: the unsnapshotted tail plus two segments
+    _wait_for(lambda: _log_bytes(srv.data_dir, 2) <= bound, f"the log to shrink below {bound} bytes")
+    print(f"log bytes written {written}, on disk {_log_bytes(srv.data_dir, 2)}")
+    assert written > 4 * bound
+    time.sleep(1.1)  # LASTSAVE has one-second resolution
+    assert client.bgsave() is True
+    _wait_for(lambda: client.lastsave() > before, "LASTSAVE to advance")
+    _wait_for(lambda: client.info("persistence")["rdb_bgsave_in_progress"] == 0, "BGSAVE to be served")
+    assert client.info("persistence")["rdb_last_bgsave_status"] == "ok"
+    listed = cli("snapshots", "list", "--from", f"file://{srv.data_dir}/snapshots")
+    rows = listed.stdout.splitlines()[1:]
+    assert {row.split()[0] for row in rows} == {"0", "1"} and len(rows) <= 4  # pruned to two per shard
+    client.set("last", "one")
+    live = dump(client)
+    srv.kill9()
+    restarted = server_factory(shards=2, extra_args=("--config", str(config)), data_dir=srv.data_dir)
+    assert dump(restarted.client()) == live
+    assert "loaded snapshot seq" in restarted.log()
