@@ -1,7 +1,9 @@
 """Where things live in a data directory: the one home for its layout.
 
     DIR/cluster.json          topology (shard count, node id)
-    DIR/shard-NNN/            one shard: log/ (segments, manifest, LOCK), snapshot/
+    DIR/shard-NNN/            one shard: log/ (segments, manifest, LOCK), snapshot/,
+                              durability-journal.jsonl (only with the test hook
+                              test-durability-journal: what each sync made durable)
     DIR/run/                  runtime files of a running server, mode 0700: the internal
                               Unix sockets (shard-NNN.sock, router-NNN.sock) and state
                               that only the server's own processes may read
@@ -26,6 +28,10 @@ def shard_dir(data_dir: str, shard: int) -> str:
 
 def shard_log_dir(data_dir: str, shard: int) -> str:
     return os.path.join(shard_dir(data_dir, shard), "log")
+
+
+def durability_journal_path(data_dir: str, shard: int) -> str:
+    return os.path.join(shard_dir(data_dir, shard), "durability-journal.jsonl")
 
 
 def topology_path(data_dir: str) -> str:

@@ -38,7 +38,8 @@ class Config(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields
     snapshot_cpu_percent: int = 25  # share of wall time a snapshot build may run (snapshotter.pace)
     test_fsync_delay_ms: int = 0  # test hook: stretch every fsync to expose hazards
     test_fsync_gate_path: str = ""  # test hook: fsyncs wait until this file exists
-    test_fsync_fail_path: str = ""  # test hook: fsyncs fail with EIO once this file exists
+    test_fsync_fail_path: str = ""  # test hook: fsyncs fail with EIO while this file exists
+    test_durability_journal: bool = False  # test hook: journal what each sync made durable
 
     def resolved(self) -> "Config":
         shards = self.shards or (os.cpu_count() or 1)
