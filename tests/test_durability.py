@@ -385,3 +385,83 @@ def test_replay_equals_live_for_string_and_key_commands(server_factory, tmp_path
     srv.kill9()
     after = dump_keyspace(server_factory(shards=2, data_dir=data_dir).client())
     assert after == before
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A real 8 MiB tmpfs (a disk that fills up), unmounted afterwards."""
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip(f"mount -t tmpfs is not permitted here (needs root): {out.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def _fill(path: Path) -> int:
+    """Write zeros to `path` until the filesystem is full; return the bytes written."""
+    chunk = bytes(64 * 1024)
+    written = 0
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        while True:
+            try:
+                written += os.write(fd, chunk)
+            except OSError as exc:
+                if exc.errno == 28:  # ENOSPC
+                    return written
+                raise
+    finally:
+        os.close(fd)
+
+
+def test_full_disk_refuses_writes_then_recovers_when_space_is_freed(small_tmpfs, tmp_path):
+    """ENOSPC on a real tmpfs: the pending write is held, new writes get MISCONF;
+    once space is freed the shard rewrites the pending record into a fresh segment,
+    releases its reply, takes writes again, and after kill -9 has every
+    acknowledged write."""
+    from conftest import DurakvServer
+    data_dir = small_tmpfs / "data"
+    servers = []
+
+    def start() -> DurakvServer:
+        srv = DurakvServer(data_dir, shards=1)
+        srv.log_path = tmp_path / f"server{len(servers)}.log"   # the log must not fill up too
+        servers.append(srv)
+        return srv.start()
+
+    try:
+        srv = start()
+        client = srv.client()
+        acked = {f"before:{i}": f"v{i}" for i in range(50)}
+        client.mset(acked)
+        filler = small_tmpfs / "filler"
+        filled = _fill(filler)
+        big = "x" * (256 * 1024)
+        writer = _raw(srv.port)
+        writer.sendall(b"*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$%d\r\n%s\r\n" % (len(big), big.encode()))
+        info = _wait_info(client, "aof_last_write_status", "err")
+        assert "No space left on device" in info["log_write_error"]
+        with pytest.raises(redis.ResponseError, match="MISCONF"):
+            client.set("refused", "no")
+        assert client.get("before:7") == b"v7"
+        assert _no_reply_within(writer, 0.5), "a write was acknowledged while the disk was full"
+        filler.unlink()
+        assert _read_reply(writer) == b"+OK\r\n"
+        acked["big"] = big
+        _wait_info(client, "aof_last_write_status", "ok")
+        after = {f"after:{i}": f"w{i}" for i in range(50)}
+        client.mset(after)
+        acked.update(after)
+        print(f"filled {filled} bytes; recovered after freeing them")
+        assert "log writable again" in srv.log()
+        srv.kill9()
+        client = start().client()
+        keys = sorted(acked)
+        assert client.mget(keys) == [acked[k].encode() for k in keys]
+        assert client.get("refused") is None
+    finally:
+        for srv in servers:
+            srv.stop()
