@@ -136,7 +136,6 @@ class Shard:
         self._unsynced_since: deque[tuple[int, float]] = deque()  # (seq, monotonic time appended)
         self._commit_wanted = trio.Event()
         self.write_error: bytes | None = None
-        self.write_retries = 0
         self.fsyncs = 0
         self.records_appended = 0
         self.record_clock = RecordClock()
@@ -451,7 +450,6 @@ class Shard:
         while True:
             await trio.sleep(delay_ms / 1000)
             attempts += 1
-            self.write_retries += 1
             try:
                 durable = await trio.to_thread.run_sync(self.log.retry_failed)
             except LogWriteFailed as e:
