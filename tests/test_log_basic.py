@@ -14,7 +14,7 @@ import threading
 import pytest
 
 import log.writer
-from log import (HEADER_BYTES, Disk, LeaseLost, Log, LogClosed, LogCorrupt, LogLocked, LogWriteFailed,
+from log import (HEADER_BYTES, Disk, LeaseLost, Log, LogClosed, LogCorrupt, LogLocked,
                  PendingFull, RecordsDropped, RecordTooLarge, SequenceMismatch, dump, read,
                  verify)
 
