@@ -5,7 +5,11 @@ from durakv. The on-disk format and recovery rules are in log/FORMAT.md.
 
 Writer API (one process holds a directory, enforced by flock on DIR/LOCK):
 
-    log = Log.open(path, *, segment_size_bytes=64 MiB, max_pending_bytes=2 GiB, holder="") -> Log
+    log = Log.open(path, *, segment_size_bytes=64 MiB, max_pending_bytes=2 GiB, holder="",
+                   disk=OS_DISK) -> Log
+        Every write, fdatasync, fsync and directory fsync goes through `disk`
+        (log/disk.py: Disk; JournalingDisk records what each sync made durable so
+        simulate_power_loss() can cut the files back to it in tests).
         Creates the directory if missing, locks it with log.lock (second opener:
         LogLocked naming the path and the holder's pid and role, e.g. "shard 0"),
         validates every segment and recovers:
@@ -24,15 +28,22 @@ Writer API (one process holds a directory, enforced by flock on DIR/LOCK):
         and returns the new tail_seq; writes nothing. Raises SequenceMismatch if
         after_seq != tail_seq, LeaseLost if the lease is not current, RecordTooLarge
         for a payload over MAX_RECORD_BYTES (1 GiB), PendingFull over max_pending_bytes,
-        LogWriteFailed once the log has failed. All-or-nothing.
+        LogClosed once closed. All-or-nothing. Accepted while the log is failed.
 
     log.sync() -> int
         Worker thread (trio.to_thread.run_sync), one caller at a time (a concurrent
         call raises RuntimeError). Takes all pending records, rolls to a new segment
         first if they would overflow the active one (new file + directory fsync), does
         one write and one os.fdatasync, then advances and returns durable_seq. Safe to
-        run while the main thread appends. On OSError the log fails permanently:
-        LogWriteFailed (cause chained) now and from every later append/sync/take_lease.
+        run while the main thread appends. On OSError the log fails: LogWriteFailed
+        (cause chained) now and from every sync/take_lease/drop until a retry works.
+
+    log.retry_failed() -> int
+        Where sync() runs. Stores the manifest again; if a write or fdatasync failed,
+        cuts the active segment back to its last durable offset (removing it if none)
+        and rewrites the failed write's bytes from memory into a fresh segment (new
+        file, directory fsync, one write, one fdatasync). Returns durable_seq and the
+        log is usable again; raises LogWriteFailed if this attempt fails too.
 
     log.read(from_seq=1, *, through_seq=None) -> Iterator[(seq, epoch, payload)]
         Records from from_seq through durable_seq (or through_seq if lower).
@@ -61,6 +72,7 @@ Lock-free functions, usable from any process while a writer runs:
 Errors all derive from LogError.
 """
 
+from .disk import OS_DISK, Disk, JournalingDisk, simulate_power_loss
 from .errors import (LeaseLost, LockHeld, LogClosed, LogCorrupt, LogError, LogLocked, LogWriteFailed,
                      PendingFull, RecordsDropped, RecordTooLarge, SequenceMismatch)
 from .format import HEADER_BYTES, MAX_RECORD_BYTES
@@ -68,8 +80,9 @@ from .reader import DumpRecord, VerifyReport, dump, read, verify
 from .writer import (DEFAULT_SEGMENT_SIZE_BYTES, Lease, Log, RecoveryReport, SegmentInfo)
 
 __all__ = [
-    "DEFAULT_SEGMENT_SIZE_BYTES", "DumpRecord", "HEADER_BYTES", "Lease", "LeaseLost", "LockHeld", "Log",
+    "DEFAULT_SEGMENT_SIZE_BYTES", "Disk", "DumpRecord", "JournalingDisk", "OS_DISK", "HEADER_BYTES", "Lease",
+    "LeaseLost", "LockHeld", "Log",
     "LogClosed", "LogCorrupt", "LogError", "LogLocked", "LogWriteFailed", "MAX_RECORD_BYTES",
     "PendingFull", "RecordTooLarge", "RecordsDropped", "RecoveryReport", "SegmentInfo",
-    "SequenceMismatch", "VerifyReport", "dump", "read", "verify",
+    "SequenceMismatch", "VerifyReport", "dump", "read", "simulate_power_loss", "verify",
 ]

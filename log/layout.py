@@ -4,7 +4,9 @@
     DIR/LOCK                  the data-dir lock (log.lock): held by `durakv serve` and by
                               offline tools that rewrite the data dir
     DIR/shard-NNN/            one shard: log/ (segments, manifest, LOCK), snapshot/,
-                              FAILED (why the shard cannot start; removed once it does)
+                              FAILED (why the shard cannot start; removed once it does),
+                              durability-journal.jsonl (only with the test hook
+                              test-durability-journal: what each sync made durable)
     DIR/run/                  runtime files of a running server, mode 0700: the internal
                               Unix sockets (shard-NNN.sock, router-NNN.sock) and state
                               that only the server's own processes may read
@@ -41,6 +43,10 @@ def shard_failed_path(data_dir: str, shard: int) -> str:
 
 def data_dir_lock_path(data_dir: str) -> str:
     return os.path.join(data_dir, DATA_DIR_LOCK)
+
+
+def durability_journal_path(data_dir: str, shard: int) -> str:
+    return os.path.join(shard_dir(data_dir, shard), "durability-journal.jsonl")
 
 
 def topology_path(data_dir: str) -> str:

@@ -11,6 +11,7 @@ import os
 import re
 from dataclasses import dataclass
 
+from .disk import OS_DISK, Disk
 from .errors import LogCorrupt
 
 FORMAT_VERSION = 1
@@ -49,14 +50,6 @@ def list_segments(path: str) -> list[tuple[int, str]]:
     return found
 
 
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def load_manifest(path: str) -> Manifest | None:
     """The directory's manifest, or None if there is none. Malformed -> LogCorrupt."""
     file_path = os.path.join(path, MANIFEST_NAME)
@@ -81,7 +74,7 @@ def load_manifest(path: str) -> Manifest | None:
     return Manifest(epoch=epoch, holder=holder, first_seq=first_seq)
 
 
-def store_manifest(path: str, manifest: Manifest) -> None:
+def store_manifest(path: str, manifest: Manifest, disk: Disk = OS_DISK) -> None:
     """Durably replace the manifest: temp file, fsync, rename, fsync directory."""
     doc = {"format_version": FORMAT_VERSION, "epoch": manifest.epoch,
            "holder": manifest.holder, "first_seq": manifest.first_seq}
@@ -89,11 +82,9 @@ def store_manifest(path: str, manifest: Manifest) -> None:
     tmp_path = os.path.join(path, MANIFEST_TMP_NAME)
     fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
+        disk.write_all(fd, data, 0)
+        disk.fsync(fd)
     finally:
         os.close(fd)
     os.rename(tmp_path, os.path.join(path, MANIFEST_NAME))
-    fsync_dir(path)
+    disk.fsync_dir(path)

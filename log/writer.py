@@ -3,7 +3,15 @@
 Threading model: one thread (the shard's trio thread) calls append(), take_lease(),
 drop_segments_through() and close(); one worker thread at a time calls sync().
 They share only the pending buffer, swapped under a lock held for a few
-assignments, so appending never waits for a write or an fsync."""
+assignments, so appending never waits for a write or an fsync.
+
+Every write and sync goes through the Disk given to open() (log/disk.py), the seam
+tests use to fail syncs and to record what each sync made durable.
+
+A failed write or sync does not end the log: the failed write's bytes stay in
+memory, and retry_failed() cuts the segment back to what its last good sync made
+durable (never trusting pages a failed fdatasync may have dropped) and rewrites
+them into a fresh segment. Until a retry succeeds, sync() refuses."""
 
 from __future__ import annotations
 
@@ -18,9 +26,10 @@ from typing import Iterator, NamedTuple, Sequence
 from .errors import (LeaseLost, LogClosed, LogCorrupt, LogWriteFailed, PendingFull,
                      RecordTooLarge, SequenceMismatch)
 from .format import MAX_RECORD_BYTES, MAX_WRITE_INDEX, encode_records
+from .disk import OS_DISK, Disk
 from .lock import lock_shard_log
 from .manifest import (MANIFEST_NAME, MANIFEST_TMP_NAME, MAX_HOLDER_CHARS, Manifest,
-                       fsync_dir, list_segments, load_manifest, segment_name, store_manifest)
+                       list_segments, load_manifest, segment_name, store_manifest)
 from .reader import read as read_path
 from .scan import WalkState, split_leftovers, walk
 
@@ -64,22 +73,13 @@ def _acquire_lock(path: str, holder: str) -> int:
     return lock_shard_log(path, holder or "log writer")
 
 
-def _write_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        if written <= 0:
-            raise OSError(f"pwrite wrote {written} bytes at offset {offset}")
-        view = view[written:]
-        offset += written
-
-
 class Log:
     """A shard's durable log. Create with Log.open(); see the package docstring."""
 
     def __init__(self, path: str, lock_fd: int, segment_size_bytes: int,
-                 max_pending_bytes: int) -> None:
+                 max_pending_bytes: int, disk: Disk) -> None:
         self.path = path
+        self._disk = disk
         self.segment_size_bytes = segment_size_bytes
         self.max_pending_bytes = max_pending_bytes
         self._lock_fd = lock_fd
@@ -98,6 +98,7 @@ class Log:
         self._sync_busy = threading.Lock()
         self._failed_cause: BaseException | None = None
         self._failed_what = ""
+        self._unsynced: tuple[bytes, int] | None = None   # a failed write: (bytes, last seq)
         self._closed = False
         self.tail_seq = 0
         self.durable_seq = 0
@@ -111,9 +112,11 @@ class Log:
     @classmethod
     def open(cls, path: str | os.PathLike, *,
              segment_size_bytes: int = DEFAULT_SEGMENT_SIZE_BYTES,
-             max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES, holder: str = "") -> "Log":
+             max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES, holder: str = "",
+             disk: Disk = OS_DISK) -> "Log":
         """Open (creating if missing) the log at `path`, lock it, and recover it.
-        `holder` says who writes (e.g. "shard 0"): a second opener's LogLocked names it."""
+        `holder` says who writes (e.g. "shard 0"): a second opener's LogLocked names it.
+        Every write and sync goes through `disk` (log/disk.py)."""
         if not 1 <= segment_size_bytes <= MAX_SEGMENT_SIZE_BYTES:
             raise ValueError(f"segment_size_bytes must be in 1..{MAX_SEGMENT_SIZE_BYTES}")
         if not 1 <= max_pending_bytes <= MAX_PENDING_BYTES_LIMIT:
@@ -121,8 +124,8 @@ class Log:
         path = os.path.abspath(os.fspath(path))
         if not os.path.isdir(path):
             os.makedirs(path)
-            fsync_dir(os.path.dirname(path))
-        log = cls(path, _acquire_lock(path, holder), segment_size_bytes, max_pending_bytes)
+            disk.fsync_dir(os.path.dirname(path))
+        log = cls(path, _acquire_lock(path, holder), segment_size_bytes, max_pending_bytes, disk)
         try:
             log._recover()
         except BaseException:
@@ -139,7 +142,7 @@ class Log:
                 raise LogCorrupt(os.path.join(self.path, MANIFEST_NAME), 0,
                                  "manifest missing but segments exist")
             manifest = Manifest()
-            store_manifest(self.path, manifest)
+            store_manifest(self.path, manifest, self._disk)
         tmp_path = os.path.join(self.path, MANIFEST_TMP_NAME)
         if os.path.exists(tmp_path):
             os.unlink(tmp_path)
@@ -153,7 +156,7 @@ class Log:
                            self.path, seg_path, manifest.first_seq)
             os.unlink(seg_path)
         if leftovers:
-            fsync_dir(self.path)
+            self._disk.fsync_dir(self.path)
         torn = state.torn
         if torn is not None:
             self._truncate(torn.segment, torn.offset_bytes)
@@ -169,7 +172,7 @@ class Log:
                 self.path, segment_name(manifest.first_seq)), 0])
         else:
             self._active_fd = os.open(self._segments[-1][1], os.O_WRONLY)
-            os.fdatasync(self._active_fd)   # what survived in the page cache is durable now
+            self._disk.fdatasync(self._active_fd)   # what survived in the page cache is durable now
         self._active_size = self._segments[-1][2]
         self.tail_seq = self.durable_seq = state.last_seq
         self._pending_last_seq = state.last_seq
@@ -182,12 +185,11 @@ class Log:
             removed_segments=tuple(p for _, p in leftovers),
             elapsed_ms=(time.perf_counter() - started) * 1000)
 
-    @staticmethod
-    def _truncate(seg_path: str, offset_bytes: int) -> None:
+    def _truncate(self, seg_path: str, offset_bytes: int) -> None:
         fd = os.open(seg_path, os.O_WRONLY)
         try:
             os.ftruncate(fd, offset_bytes)
-            os.fsync(fd)
+            self._disk.fsync(fd)
         finally:
             os.close(fd)
 
@@ -196,8 +198,8 @@ class Log:
         fd = os.open(os.path.join(self.path, segment_name(first_seq)),
                      os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            os.fsync(fd)
-            fsync_dir(self.path)
+            self._disk.fsync(fd)
+            self._disk.fsync_dir(self.path)
         except BaseException:
             os.close(fd)
             raise
@@ -214,7 +216,7 @@ class Log:
             new = dataclasses.replace(self._manifest, epoch=self._manifest.epoch + 1,
                                       holder=holder)
             try:
-                store_manifest(self.path, new)
+                store_manifest(self.path, new, self._disk)
             except OSError as exc:
                 raise self._fail(exc, "manifest write") from exc
             self._manifest = new
@@ -235,8 +237,10 @@ class Log:
 
     def append(self, payloads: Sequence[bytes], after_seq: int, lease: Lease) -> int:
         """Frame `payloads` as seqs after_seq+1.. into the pending buffer and return
-        the new tail_seq. Nothing is written or durable until sync()."""
-        self._check_usable()
+        the new tail_seq. Nothing is written or durable until sync(). Accepted while
+        the log is failed: the records wait for retry_failed() and the next sync()."""
+        if self._closed:
+            raise LogClosed(f"log {self.path} is closed")
         self._check_lease(lease)
         if after_seq != self.tail_seq:
             raise SequenceMismatch(after_seq, self.tail_seq)
@@ -295,12 +299,13 @@ class Log:
             try:
                 if self._active_size and self._active_size + len(data) > self.segment_size_bytes:
                     self._roll(write_first)
-                _write_all(self._active_fd, data, self._active_size)
+                self._disk.write_all(self._active_fd, data, self._active_size)
                 self._active_size += len(data)
                 started = time.perf_counter_ns()
-                os.fdatasync(self._active_fd)
+                self._disk.fdatasync(self._active_fd)
                 self.last_fsync_latency_us = (time.perf_counter_ns() - started) // 1000
             except OSError as exc:
+                self._unsynced = (data, last_seq)
                 raise self._fail(exc, "write/fsync") from exc
             with self._seg_lock:
                 self._segments[-1][2] = self._active_size
@@ -319,16 +324,81 @@ class Log:
             self._active_fd, self._active_size = fd, 0
         os.close(old_fd)
 
+    def retry_failed(self) -> int:
+        """After a failed write, fsync or manifest write: store the manifest again and,
+        if a write failed, cut the active segment back to its last durable offset (or
+        remove it if nothing in it was durable) and rewrite the failed write's bytes,
+        kept in memory, into a fresh segment with one write and one fdatasync. Returns
+        durable_seq; the log is usable again. Raises LogWriteFailed (cause chained) if
+        this attempt fails too; the log stays failed and the caller may retry later.
+        Runs where sync() runs, never concurrently with it."""
+        if self._closed:
+            raise LogClosed(f"log {self.path} is closed")
+        if not self._sync_busy.acquire(blocking=False):
+            raise RuntimeError(f"Log.retry_failed() of {self.path} called while a sync runs")
+        try:
+            if self._failed_cause is None:
+                return self.durable_seq
+            try:
+                store_manifest(self.path, self._manifest, self._disk)
+                if self._unsynced is not None:
+                    self._rewrite_unsynced()
+            except OSError as exc:
+                self._failed_cause = exc
+                raise self._failed_error() from exc
+            logger.warning("log %s: recovered from the failed %s; durable through seq %d",
+                           self.path, self._failed_what, self.durable_seq)
+            self._failed_cause, self._failed_what = None, ""
+            return self.durable_seq
+        finally:
+            self._sync_busy.release()
+
+    def _rewrite_unsynced(self) -> None:
+        assert self._unsynced is not None
+        data, last_seq = self._unsynced
+        first_seq = self.durable_seq + 1
+        if self._active_fd >= 0:
+            fd, self._active_fd = self._active_fd, -1
+            os.close(fd)
+        with self._seg_lock:
+            seg_first, seg_path, durable_bytes = self._segments[-1]
+            if durable_bytes == 0:
+                del self._segments[-1]
+        if durable_bytes == 0:
+            assert seg_first == first_seq, "a segment with no durable bytes starts the failed write"
+            os.unlink(seg_path)
+        else:
+            self._truncate(seg_path, durable_bytes)
+        fresh_path = os.path.join(self.path, segment_name(first_seq))
+        if os.path.exists(fresh_path):    # left by a failed roll or retry; never acknowledged
+            os.unlink(fresh_path)
+        fd = self._create_segment(first_seq)
+        with self._seg_lock:
+            self._segments.append([first_seq, fresh_path, 0])
+            self._active_fd, self._active_size = fd, 0
+        self._disk.write_all(fd, data, 0)
+        self._active_size = len(data)
+        self._disk.fdatasync(fd)
+        with self._seg_lock:
+            self._segments[-1][2] = len(data)
+        logger.warning("log %s: rewrote seqs %d..%d (%d bytes) from memory into %s",
+                       self.path, first_seq, last_seq, len(data), fresh_path)
+        self._unsynced = None
+        self.fsync_count += 1
+        self.bytes_written += len(data)
+        self.durable_seq = last_seq
+
     def _fail(self, cause: OSError, what: str) -> LogWriteFailed:
         if self._failed_cause is None:
-            self._failed_cause, self._failed_what = cause, what
-            logger.error("log %s: %s failed (%s); the log accepts no further writes",
-                         self.path, what, cause)
+            self._failed_what = what
+        self._failed_cause = cause
+        logger.error("log %s: %s failed (%s); sync() refuses until retry_failed() succeeds",
+                     self.path, what, cause)
         return self._failed_error()
 
     def _failed_error(self) -> LogWriteFailed:
         return LogWriteFailed(f"log {self.path}: {self._failed_what} failed: "
-                              f"{self._failed_cause}; the log accepts no further writes")
+                              f"{self._failed_cause}; writes wait for a successful retry")
 
     def _check_usable(self) -> None:
         if self._closed:
@@ -369,7 +439,7 @@ class Log:
         with self._manifest_lock:
             new = dataclasses.replace(self._manifest, first_seq=segs[victims][0])
             try:
-                store_manifest(self.path, new)
+                store_manifest(self.path, new, self._disk)
             except OSError as exc:
                 raise self._fail(exc, "manifest write") from exc
             self._manifest = new
@@ -379,7 +449,7 @@ class Log:
         for seg_path in dropped:
             os.unlink(seg_path)
         try:
-            fsync_dir(self.path)
+            self._disk.fsync_dir(self.path)
         except OSError as exc:
             raise self._fail(exc, "directory fsync") from exc
         return dropped
@@ -409,7 +479,7 @@ class Log:
         if self._closed:
             return
         with self._sync_busy:
-            if self._pending:
+            if self._pending or self._unsynced is not None:
                 logger.warning("log %s: closing with %d unsynced records (discarded)",
                                self.path, self.tail_seq - self.durable_seq)
             self._closed = True

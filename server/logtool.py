@@ -12,7 +12,8 @@ import log as wal
 from log.format import MAGIC, Frame, FrameReader
 from log.layout import shard_dir, shard_log_dir
 from log.lock import exclusive_data_dir
-from log.manifest import fsync_dir, list_segments
+from log.disk import OS_DISK
+from log.manifest import list_segments
 from shards.records import decode_record
 
 
@@ -153,7 +154,7 @@ def _truncate_locked(path: str, data_dir: str, shard: int, yes: bool) -> int:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-    fsync_dir(path)
+    OS_DISK.fsync_dir(path)
     after = wal.verify(path)
     if not after.ok:
         print(f"durakv: shard {shard}: still corrupt after truncating: {after.corruption}; restore the "

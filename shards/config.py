@@ -42,7 +42,8 @@ class Config(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields
     log_archive_bytes: int = 4 * 1024 * 1024  # or as soon as this many bytes are new
     test_fsync_delay_ms: int = 0  # test hook: stretch every fsync to expose hazards
     test_fsync_gate_path: str = ""  # test hook: fsyncs wait until this file exists
-    test_fsync_fail_path: str = ""  # test hook: fsyncs fail with EIO once this file exists
+    test_fsync_fail_path: str = ""  # test hook: fsyncs fail with EIO while this file exists
+    test_durability_journal: bool = False  # test hook: journal what each sync made durable
 
     def resolved(self) -> "Config":
         shards = self.shards or (os.cpu_count() or 1)

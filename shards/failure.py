@@ -12,7 +12,7 @@ import logging
 import os
 
 from log.layout import shard_dir, shard_failed_path
-from log.manifest import fsync_dir
+from log.disk import OS_DISK
 
 log = logging.getLogger("durakv.shard")
 
@@ -32,7 +32,7 @@ def record(data_dir: str, shard: int, reason: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        fsync_dir(shard_dir(data_dir, shard))
+        OS_DISK.fsync_dir(shard_dir(data_dir, shard))
     except OSError as e:
         log.error("shard %d: cannot write %s: %s", shard, path, e)
 

@@ -99,6 +99,3 @@ class HeldReplies:
             out.extend(self._by_seq.pop(seq))
         self.count -= len(out)
         return out
-
-    def release_all(self) -> list[tuple[object, int, bytes]]:
-        return self.release_through(max(self._by_seq, default=0))

@@ -7,6 +7,12 @@ a committer task writes and fsyncs everything pending in a worker thread while
 the loop executes the next batch (group commit). Replies that depend on a
 record not yet durable (its own writes, or reads of keys it dirtied) are held
 until the fsync covering it returns.
+
+A failed log write or fsync (a full disk, an I/O error) makes the shard refuse
+writes with MISCONF while it retries, with a capped backoff, to rewrite the records
+not yet durable from memory into a fresh segment (Log.retry_failed). Replies held
+for those records stay held until the rewrite is durable; then MISCONF clears. The
+shard never gives up on its own: a disk that never recovers keeps it read-only.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from log import Log, LogWriteFailed
 from log.layout import ensure_run_dir, shard_socket_path
 from shards import failure, internal, sdnotify
 from shards.config import Config
+from shards.disk_hooks import HookedDisk, shard_disk
 from shards.context import Ctx
 from shards.engine import replay
 from shards.frames import encode_frame, encode_internal, request_batch_decoder, split_frames
@@ -45,15 +52,15 @@ RECV_BYTES = 1024 * 1024
 ROUTER_CONNECTIONS_MAX = 64
 REPLAY_PROGRESS_INTERVAL_S = 1.0
 RELEASE_POLL_S = 1.0
-TEST_GATE_MAX_WAIT_S = 60.0
+WRITE_RETRY_FIRST_MS = 10
+WRITE_RETRY_MAX_MS = 1000
+WRITE_RETRY_LOG_EVERY = 30  # after the first few, log one failed retry in this many
 # Commands that can read keys their key positions do not name (SORT BY/GET
 # patterns): their replies wait for every pending record, like keyless reads.
 READS_UNDECLARED_KEYS = frozenset({"sort", "sort_ro"})
-
-
-def _failing_fdatasync(fd: int) -> None:
-    """Test hook (test-fsync-fail-path): the disk refuses to sync."""
-    raise OSError(5, "Input/output error (injected by test-fsync-fail-path)")
+# Internal requests that read the keyspace without naming keys (CLUSTER
+# COUNTKEYSINSLOT/GETKEYSINSLOT): keyless reads, so they wait for everything pending.
+INTERNAL_KEYSPACE_READS = frozenset({b"\x00countkeysinslot", b"\x00getkeysinslot"})
 
 
 class CommandStats:
@@ -145,8 +152,9 @@ class Shard:
         snapshots = self.snapshots
         if snapshots is not None:
             snapshots.prepare_shard_dir(self.dir, self.index, self.config.shards, self.config.snapshot_url)
+        disk = shard_disk(self.config, self.index)
         self.log = Log.open(os.path.join(self.dir, "log"), segment_size_bytes=self.config.segment_size_bytes,
-                            holder=f"shard {self.index}")
+                            holder=f"shard {self.index}", disk=disk)
         truncated = self.log.recovery.truncated_bytes
         if truncated:
             log.warning("shard %d: torn log tail: truncated %d bytes", self.index, truncated)
@@ -172,6 +180,8 @@ class Shard:
         self.lease = self.log.take_lease(f"shard-{self.index} pid {os.getpid()}")
         self.db.on_modified = self._mark_dirty
         self.db.on_flush = self._on_flush
+        if isinstance(disk, HookedDisk):
+            disk.armed = True
         log.info("shard %d: replayed %d records in %.3f s (%.0f records/s), %d keys, log tail seq %d",
                  self.index, count, elapsed, count / elapsed, len(self.db.data), tail)
 
@@ -200,7 +210,12 @@ class Shard:
             argv = req.argv
             if argv[0][:1] == b"\x00":
                 if argv[0] != b"\x00exec":
-                    now_out.append((req.rid, internal.run(self, argv)))
+                    data = internal.run(self, argv)
+                    wait = self.hazards.wait_all() if argv[0] in INTERNAL_KEYSPACE_READS else 0
+                    if wait > durable_seq:
+                        self.held.hold(wait, conn, req.rid, data)
+                    else:
+                        now_out.append((req.rid, data))
                     continue
                 data, wait = self._exec_transaction(argv, req.cid, req.proto, next_seq, hold_writes)
             else:
@@ -210,10 +225,7 @@ class Shard:
                     self._park(Waiter(conn, req.rid, req.cid, req.proto, argv, data))
                     continue
             if wait > durable_seq:
-                if self.write_error is not None:
-                    now_out.append((req.rid, self._lost_reply(req.proto)))
-                else:
-                    self.held.hold(wait, conn, req.rid, data)
+                self.held.hold(wait, conn, req.rid, data)
             else:
                 now_out.append((req.rid, data))
             if self.blocked.ready_keys:
@@ -234,12 +246,14 @@ class Shard:
         cmd: Command | None = TABLE.get(name) or TABLE.get(name.lower())
         effects_before = len(effects)
         start = time.perf_counter_ns()
+        refused = False
         try:
             if cmd is None:
                 raise ReplyError(b"ERR unknown command")
             if cmd.subcommands:
                 cmd = cmd.subcommands[argv[1].lower()]
             if self.write_error is not None and cmd.is_write:
+                refused = True
                 raise ReplyError(self.write_error)
             self.db.count_reads = cmd.is_readonly
             result = cmd.handler(ctx, argv)
@@ -259,7 +273,7 @@ class Shard:
         stat.usec += (time.perf_counter_ns() - start) // 1000
         if len(effects) > effects_before:
             return data, (next_seq if hold_writes else 0)
-        if cmd is None:
+        if cmd is None or refused:
             return data, 0
         hazards = self.hazards
         if cmd.where == FANOUT or cmd.where == CURSOR or (cmd.name in READS_UNDECLARED_KEYS and len(argv) > 2):
@@ -383,9 +397,6 @@ class Shard:
         effects = self.db.effects
         if not effects:
             return
-        if self.write_error is not None:
-            effects.clear()
-            return
         payload = encode_record(self.record_clock.now_ms(), effects)
         self.effects_appended += len(effects)
         effects.clear()
@@ -401,10 +412,6 @@ class Shard:
             return False
         return (time.monotonic() - pending[0][1]) * 1000 > self.config.max_unsynced_ms
 
-    def _lost_reply(self, proto: int) -> bytes:
-        message = self.write_error or b"ERR write failed"
-        return encode_error(message) if proto else encode_internal(False, message)
-
     def _stat(self, cmd: Command | None) -> CommandStats:
         name = cmd.fullname if cmd is not None else "unknown"
         stat = self.stats.get(name)
@@ -414,62 +421,67 @@ class Shard:
 
     # --- group commit -----------------------------------------------------------------
 
-    def _sync_blocking(self) -> int:
-        """Runs in a worker thread: one write + one fdatasync for everything pending."""
-        config = self.config
-        if config.test_fsync_delay_ms:
-            time.sleep(config.test_fsync_delay_ms / 1000)
-        if config.test_fsync_gate_path:
-            waited_s = 0.0
-            while not os.path.exists(config.test_fsync_gate_path) and waited_s < TEST_GATE_MAX_WAIT_S:
-                time.sleep(0.01)
-                waited_s += 0.01
-        if config.test_fsync_fail_path and os.path.exists(config.test_fsync_fail_path):
-            os.fdatasync = _failing_fdatasync
-        return self.log.sync()
-
     async def committer(self) -> None:
+        """Group commit: one write + one fdatasync (in a worker thread) for everything
+        pending, while the loop executes the next batch."""
         log_ = self.log
         while True:
             await self._commit_wanted.wait()
             self._commit_wanted = trio.Event()
             while log_.durable_seq < log_.tail_seq:
                 try:
-                    durable = await trio.to_thread.run_sync(self._sync_blocking)
+                    durable = await trio.to_thread.run_sync(log_.sync)
                 except LogWriteFailed as e:
-                    self._fail_writes(e)
-                    return
+                    durable = await self._recover_writes(e)
                 self.fsyncs += 1
                 self._on_durable(durable)
+
+    async def _recover_writes(self, error: LogWriteFailed) -> int:
+        """Refuse writes with MISCONF and retry the log (Log.retry_failed: the records
+        not yet durable are rewritten from memory into a fresh segment) with a capped
+        backoff until a retry is durable; then accept writes again. Held replies stay
+        held meanwhile: they leave once their records are durable."""
+        self._set_write_error(error)
+        log.critical("shard %d: log write failed, refusing writes while retrying: %s",
+                     self.index, self._cause(error))
+        delay_ms = WRITE_RETRY_FIRST_MS
+        attempts = 0
+        while True:
+            await trio.sleep(delay_ms / 1000)
+            attempts += 1
+            try:
+                durable = await trio.to_thread.run_sync(self.log.retry_failed)
+            except LogWriteFailed as e:
+                self._set_write_error(e)
+                if attempts < 5 or attempts % WRITE_RETRY_LOG_EVERY == 0:
+                    log.error("shard %d: log retry %d failed: %s", self.index, attempts, self._cause(e))
+                delay_ms = min(delay_ms * 2, WRITE_RETRY_MAX_MS)
+                continue
+            log.warning("shard %d: log writable again after %d retries; durable through seq %d; "
+                        "accepting writes", self.index, attempts, durable)
+            self.write_error = None
+            return durable
+
+    @staticmethod
+    def _cause(error: LogWriteFailed) -> str:
+        return str(error.__cause__ or error).replace("\r", " ").replace("\n", " ")
+
+    def _set_write_error(self, error: LogWriteFailed) -> None:
+        self.write_error = (b"MISCONF Errors writing to the durable log: " +
+                            self._cause(error).encode()[:200] +
+                            b". Writes are refused until the shard can write its log again (it "
+                            b"retries); writes not yet confirmed are confirmed once it can.")
 
     def _on_durable(self, durable_seq: int) -> None:
         self.hazards.advance(durable_seq)
         pending = self._unsynced_since
         while pending and pending[0][0] <= durable_seq:
             pending.popleft()
-        self._release(self.held.release_through(durable_seq), None)
-
-    def _release(self, released: list, error: bytes | None) -> None:
         by_conn: dict[RouterConn, list[tuple[int, bytes]]] = {}
-        for conn, rid, data in released:
-            by_conn.setdefault(conn, []).append((rid, data if error is None else self._error_for(data, error)))
+        for conn, rid, data in self.held.release_through(durable_seq):
+            by_conn.setdefault(conn, []).append((rid, data))
         for conn, replies in by_conn.items():
             conn.send(replies)
-
-    @staticmethod
-    def _error_for(original: bytes, message: bytes) -> bytes:
-        """An error reply in the same encoding family as the reply it replaces."""
-        if original[:1] in b"-+:$*%~_,#=>(|!":
-            return encode_error(message)
-        return encode_internal(False, message)
-
-    def _fail_writes(self, error: LogWriteFailed) -> None:
-        cause = str(error.__cause__ or error).replace("\r", " ").replace("\n", " ")
-        self.write_error = (b"MISCONF Errors writing to the durable log: " + cause.encode()[:200] +
-                            b". Writes are refused and unconfirmed writes are lost; reads of "
-                            b"durable data keep working. Restart the shard after fixing the disk.")
-        log.critical("shard %d: log write failed, refusing writes from now on: %s", self.index, cause)
-        self._release(self.held.release_all(), self.write_error)
 
     # --- serving -----------------------------------------------------------------------
 

@@ -86,10 +86,14 @@ class Status:
     shards: dict[int, ShardStatus] = field(default_factory=dict)
     request_served: str = ""
     updated_at_ms: int = 0
+    request_served_at_ms: int = 0  # when a request found every shard saved (even if nothing was new)
 
     def newest_published_ms(self) -> int:
-        """When the newest published snapshot was created (0: none yet)."""
-        return max((s.last_created_at_ms for s in self.shards.values() if s.published), default=0)
+        """LASTSAVE: when the newest snapshot was created, or when a BGSAVE found every
+        shard's published snapshot already current (Redis answers every BGSAVE with a
+        save; here a save with nothing new is the snapshot already there). 0: none yet."""
+        created = max((s.last_created_at_ms for s in self.shards.values() if s.published), default=0)
+        return max(created, self.request_served_at_ms)
 
 
 def control_dir(data_dir: str) -> str:
@@ -120,7 +124,7 @@ def read_status(data_dir: str) -> Status:
     except FileNotFoundError:
         return Status()
     return Status({int(k): ShardStatus(**v) for k, v in doc["shards"].items()},
-                  doc.get("request_served", ""), doc.get("updated_at_ms", 0))
+                  doc.get("request_served", ""), doc.get("updated_at_ms", 0), doc.get("request_served_at_ms", 0))
 
 
 def request_snapshot(data_dir: str) -> str:
@@ -269,7 +273,8 @@ class Snapshotter:
         with self._status_lock:
             self.status.updated_at_ms = time.time_ns() // 1_000_000
             doc = {"shards": {str(k): asdict(v) for k, v in list(self.status.shards.items())},
-                   "request_served": self.status.request_served, "updated_at_ms": self.status.updated_at_ms}
+                   "request_served": self.status.request_served, "updated_at_ms": self.status.updated_at_ms,
+                   "request_served_at_ms": self.status.request_served_at_ms}
             os.makedirs(control_dir(self.data_dir), exist_ok=True)
             write_durably(os.path.join(control_dir(self.data_dir), STATUS_NAME),
                           json.dumps(doc, indent=2).encode())
@@ -291,6 +296,9 @@ class Snapshotter:
                 log.error("snapshotter: %s", e)
             if request:
                 self.status.request_served = request
+                shards = self.status.shards.values()
+                if len(shards) == self.shards and all(s.status == "ok" for s in shards):
+                    self.status.request_served_at_ms = time.time_ns() // 1_000_000
                 self._save_status()
             stop.wait(self.schedule.poll_interval_s)
         if shipper is not None:

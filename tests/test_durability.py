@@ -18,15 +18,22 @@ import pytest
 import redis
 from refserver import dump_keyspace
 
+from log import simulate_power_loss
+from log.layout import durability_journal_path
+
 CRASH_TRIALS = int(os.environ.get("DURAKV_CRASH_TRIALS", "3"))
 WRITERS = 6
+PROGRESS_TIMEOUT_S = 30
 
 
 def write_config(tmp_path: Path, **settings) -> str:
     path = tmp_path / "durakv.toml"
     lines = []
     for key, value in settings.items():
-        rendered = f'"{value}"' if isinstance(value, str) else str(value)
+        if isinstance(value, bool):
+            rendered = "true" if value else "false"
+        else:
+            rendered = f'"{value}"' if isinstance(value, str) else str(value)
         lines.append(f"{key.replace('_', '-')} = {rendered}")
     path.write_text("\n".join(lines) + "\n")
     return str(path)
@@ -69,11 +76,21 @@ class Writer(threading.Thread):
             return
 
 
+def wait_for_progress(writers: list[Writer]) -> None:
+    """Every writer has had writes acknowledged: a kill now tests something."""
+    deadline = time.monotonic() + PROGRESS_TIMEOUT_S
+    while any(w.acked_incrs == 0 for w in writers) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stalled = [w.index for w in writers if w.acked_incrs == 0]
+    assert not stalled, f"writers {stalled} had no write acknowledged before the kill"
+
+
 def run_writers_then_crash(srv, rng: random.Random, prefix: str) -> list[Writer]:
     writers = [Writer(srv.port, i, prefix) for i in range(WRITERS)]
     for w in writers:
         w.start()
     time.sleep(rng.uniform(0.2, 1.2))
+    wait_for_progress(writers)
     srv.kill9()
     for w in writers:
         w.join(30)
@@ -102,10 +119,7 @@ def test_acked_writes_survive_kill9_of_whole_tree(server_factory, tmp_path):
         for writers in history:  # every earlier trial's acknowledged writes, after every restart
             check_writers(client, writers)
         client.close()
-        writers = run_writers_then_crash(srv, rng, prefix=f"t{trial}:")
-        for w in writers:
-            assert w.acked_incrs > 0, "the writers never got going"
-        history.append(writers)
+        history.append(run_writers_then_crash(srv, rng, prefix=f"t{trial}:"))
     srv = server_factory(data_dir=data_dir)
     client = srv.client()
     for writers in history:
@@ -118,6 +132,7 @@ def test_acked_writes_survive_kill9_of_one_shard(server_factory):
     for w in writers:
         w.start()
     time.sleep(0.5)
+    wait_for_progress(writers)
     os.kill(srv.child_pid("shard", 1), 9)
     for w in writers:
         w.join(30)
@@ -131,6 +146,26 @@ def test_acked_writes_survive_kill9_of_one_shard(server_factory):
         except redis.ResponseError:
             assert time.monotonic() < deadline, "shard 1 did not come back"
             time.sleep(0.1)
+
+
+def test_acked_writes_survive_simulated_power_loss(server_factory, tmp_path):
+    """kill -9 keeps the page cache, so it cannot notice a missing fsync. Here each
+    shard journals what each of its syncs made durable (test-durability-journal);
+    after the kill every segment is cut back to its synced length and every
+    directory entry no directory fsync covered is removed, as a power cut would.
+    Small segments make the writers roll (new files, directory fsyncs) often."""
+    rng = random.Random(int(os.environ.get("DURAKV_CRASH_SEED", "4321")))
+    data_dir = tmp_path / "powerloss"
+    config = write_config(tmp_path, test_durability_journal=True, segment_size_bytes=8192)
+    srv = server_factory(shards=2, data_dir=data_dir, extra_args=("--config", config))
+    writers = run_writers_then_crash(srv, rng, prefix="p:")
+    cut_bytes = 0
+    for shard in range(2):
+        report = simulate_power_loss(durability_journal_path(str(data_dir), shard))
+        cut_bytes += sum(before - after for before, after in report.truncated.values())
+    print(f"power loss cut {cut_bytes} unsynced bytes")
+    client = server_factory(shards=2, data_dir=data_dir, extra_args=("--config", config)).client()
+    check_writers(client, writers)
 
 
 def _raw(port: int) -> socket.socket:
@@ -207,24 +242,50 @@ def test_async_durability_acks_before_fsync(server_factory, tmp_path):
     gate.touch()
 
 
-def test_fsync_failure_stops_writes_reads_keep_working(server_factory, tmp_path):
+def _wait_info(client: redis.Redis, field: str, value: str) -> dict:
+    deadline = time.monotonic() + 30
+    while True:
+        info = client.info("persistence")
+        if info[field] == value:
+            return info
+        assert time.monotonic() < deadline, f"INFO {field} stayed {info[field]!r}"
+        time.sleep(0.02)
+
+
+def test_fsync_failure_refuses_writes_until_a_rewrite_is_durable(server_factory, tmp_path):
+    """A failing fdatasync: writes get MISCONF, the pending write's reply and reads of
+    its key are held (not failed: the write may yet become durable), reads of durable
+    data work. Once the disk works, the shard rewrites the pending record from memory,
+    releases the held replies and takes writes again. After kill -9 and a simulated
+    power loss, every acknowledged write is there."""
     fail = tmp_path / "fsync-fail"
-    config = write_config(tmp_path, test_fsync_fail_path=str(fail))
-    srv = server_factory(shards=1, extra_args=("--config", config))
+    data_dir = tmp_path / "failing"
+    config = write_config(tmp_path, test_fsync_fail_path=str(fail), test_durability_journal=True)
+    srv = server_factory(shards=1, data_dir=data_dir, extra_args=("--config", config))
     client = srv.client()
     client.set("durable", "yes")
     fail.touch()
-    with pytest.raises(redis.ResponseError, match="MISCONF"):
-        client.set("lost", "no")
-    with pytest.raises(redis.ResponseError, match="MISCONF"):
-        client.set("later", "no")
-    assert client.get("durable") == b"yes"
-    with pytest.raises(redis.ResponseError):
-        client.get("lost")  # its effect is in memory but never became durable
-    info = client.info("persistence")
-    assert info["aof_last_write_status"] == "err"
+    writer = _raw(srv.port)
+    writer.sendall(b"*3\r\n$3\r\nSET\r\n$7\r\npending\r\n$1\r\nv\r\n")
+    info = _wait_info(client, "aof_last_write_status", "err")
     assert "Input/output error" in info["log_write_error"]
-    assert "shard 0: log write failed" in srv.log()
+    with pytest.raises(redis.ResponseError, match="MISCONF"):
+        client.set("refused", "no")
+    assert client.get("durable") == b"yes"
+    reader = _raw(srv.port)
+    reader.sendall(b"*2\r\n$3\r\nGET\r\n$7\r\npending\r\n")
+    assert _no_reply_within(writer, 0.5), "a write was acknowledged while its fsync failed"
+    assert _no_reply_within(reader, 0.1), "a read saw a write that could still be lost"
+    fail.unlink()
+    assert _read_reply(writer) == b"+OK\r\n"
+    assert _read_reply(reader) == b"$1\r\nv\r\n"
+    _wait_info(client, "aof_last_write_status", "ok")
+    assert client.set("after", "yes") is True
+    assert "shard 0: log write failed" in srv.log() and "log writable again" in srv.log()
+    srv.kill9()
+    simulate_power_loss(durability_journal_path(str(data_dir), 0))
+    client = server_factory(shards=1, data_dir=data_dir, extra_args=("--config", config)).client()
+    assert client.mget(["durable", "pending", "refused", "after"]) == [b"yes", b"v", None, b"yes"]
 
 
 def _segments(data_dir: Path) -> list[Path]:
@@ -324,3 +385,83 @@ def test_replay_equals_live_for_string_and_key_commands(server_factory, tmp_path
     srv.kill9()
     after = dump_keyspace(server_factory(shards=2, data_dir=data_dir).client())
     assert after == before
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A real 8 MiB tmpfs (a disk that fills up), unmounted afterwards."""
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip(f"mount -t tmpfs is not permitted here (needs root): {out.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def _fill(path: Path) -> int:
+    """Write zeros to `path` until the filesystem is full; return the bytes written."""
+    chunk = bytes(64 * 1024)
+    written = 0
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        while True:
+            try:
+                written += os.write(fd, chunk)
+            except OSError as exc:
+                if exc.errno == 28:  # ENOSPC
+                    return written
+                raise
+    finally:
+        os.close(fd)
+
+
+def test_full_disk_refuses_writes_then_recovers_when_space_is_freed(small_tmpfs, tmp_path):
+    """ENOSPC on a real tmpfs: the pending write is held, new writes get MISCONF;
+    once space is freed the shard rewrites the pending record into a fresh segment,
+    releases its reply, takes writes again, and after kill -9 has every
+    acknowledged write."""
+    from conftest import DurakvServer
+    data_dir = small_tmpfs / "data"
+    servers = []
+
+    def start() -> DurakvServer:
+        srv = DurakvServer(data_dir, shards=1)
+        srv.log_path = tmp_path / f"server{len(servers)}.log"   # the log must not fill up too
+        servers.append(srv)
+        return srv.start()
+
+    try:
+        srv = start()
+        client = srv.client()
+        acked = {f"before:{i}": f"v{i}" for i in range(50)}
+        client.mset(acked)
+        filler = small_tmpfs / "filler"
+        filled = _fill(filler)
+        big = "x" * (256 * 1024)
+        writer = _raw(srv.port)
+        writer.sendall(b"*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$%d\r\n%s\r\n" % (len(big), big.encode()))
+        info = _wait_info(client, "aof_last_write_status", "err")
+        assert "No space left on device" in info["log_write_error"]
+        with pytest.raises(redis.ResponseError, match="MISCONF"):
+            client.set("refused", "no")
+        assert client.get("before:7") == b"v7"
+        assert _no_reply_within(writer, 0.5), "a write was acknowledged while the disk was full"
+        filler.unlink()
+        assert _read_reply(writer) == b"+OK\r\n"
+        acked["big"] = big
+        _wait_info(client, "aof_last_write_status", "ok")
+        after = {f"after:{i}": f"w{i}" for i in range(50)}
+        client.mset(after)
+        acked.update(after)
+        print(f"filled {filled} bytes; recovered after freeing them")
+        assert "log writable again" in srv.log()
+        srv.kill9()
+        client = start().client()
+        keys = sorted(acked)
+        assert client.mget(keys) == [acked[k].encode() for k in keys]
+        assert client.get("refused") is None
+    finally:
+        for srv in servers:
+            srv.stop()

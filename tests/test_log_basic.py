@@ -1,9 +1,9 @@
 """The log's writer API on real files: round trips across segment rolls, leases,
-sequence checks, the directory lock, fsync failure, segment dropping, limits."""
+sequence checks, the directory lock, segment dropping, limits. Failures and
+power loss: test_log_faults.py."""
 
 from __future__ import annotations
 
-import errno
 import json
 import mmap
 import os
@@ -14,7 +14,7 @@ import threading
 import pytest
 
 import log.writer
-from log import (HEADER_BYTES, LeaseLost, Log, LogClosed, LogCorrupt, LogLocked, LogWriteFailed,
+from log import (HEADER_BYTES, Disk, LeaseLost, Log, LogClosed, LogCorrupt, LogLocked,
                  PendingFull, RecordsDropped, RecordTooLarge, SequenceMismatch, dump, read,
                  verify)
 
@@ -137,65 +137,17 @@ def test_second_opener_gets_log_locked(tmp_path):
     assert result.returncode == 0 and "OPENED" in result.stdout, result.stderr
 
 
-def test_fsync_failure_is_permanent(tmp_path, monkeypatch):
-    lg = Log.open(tmp_path / "log")
-    lease = lg.take_lease("a")
-    lg.append([b"durable"], 0, lease)
-    lg.sync()
-    lg.append([b"doomed"], 1, lease)
-
-    def broken_fdatasync(fd):
-        raise OSError(errno.EIO, "Input/output error")
-
-    monkeypatch.setattr(os, "fdatasync", broken_fdatasync)
-    with pytest.raises(LogWriteFailed, match="Input/output error") as info:
-        lg.sync()
-    assert isinstance(info.value.__cause__, OSError)
-    assert lg.failed and lg.durable_seq == 1
-    monkeypatch.undo()                          # the disk "recovers": still no retry
-    with pytest.raises(LogWriteFailed) as info:
-        lg.sync()
-    assert info.value.__cause__.errno == errno.EIO
-    with pytest.raises(LogWriteFailed):
-        lg.append([b"later"], lg.tail_seq, lease)
-    with pytest.raises(LogWriteFailed):
-        lg.take_lease("b")
-    assert lg.durable_seq == 1
-    lg.close()
-    with Log.open(tmp_path / "log") as lg:
-        assert [p for _, _, p in lg.read()][:1] == [b"durable"]
-
-
-def test_write_failure_is_permanent(tmp_path, monkeypatch):
-    lg = Log.open(tmp_path / "log")
-    lease = lg.take_lease("a")
-    lg.append([b"x"], 0, lease)
-
-    def broken_pwrite(fd, data, offset):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(os, "pwrite", broken_pwrite)
-    with pytest.raises(LogWriteFailed, match="No space left"):
-        lg.sync()
-    monkeypatch.undo()
-    with pytest.raises(LogWriteFailed):
-        lg.sync()
-    assert lg.durable_seq == 0
-    lg.close()
-
-
-def test_concurrent_sync_is_refused_and_appends_overlap_an_fsync(tmp_path, monkeypatch):
-    lg = Log.open(tmp_path / "log")
-    lease = lg.take_lease("a")
+def test_concurrent_sync_is_refused_and_appends_overlap_an_fsync(tmp_path):
     entered, release = threading.Event(), threading.Event()
-    real_fdatasync = os.fdatasync
 
-    def slow_fdatasync(fd):
-        entered.set()
-        assert release.wait(30)
-        real_fdatasync(fd)
+    class SlowDisk(Disk):
+        def fdatasync(self, fd):
+            entered.set()
+            assert release.wait(30)
+            super().fdatasync(fd)
 
-    monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
+    lg = Log.open(tmp_path / "log", disk=SlowDisk())
+    lease = lg.take_lease("a")
     lg.append([b"1", b"2"], 0, lease)
     results = []
     worker = threading.Thread(target=lambda: results.append(lg.sync()))

@@ -69,22 +69,29 @@ def test_reader_process_on_a_live_log(tmp_path):
     assert len(os.listdir(path)) > 10                     # it read across segment rolls
 
 
-def test_sync_in_worker_thread_while_main_thread_appends(tmp_path, monkeypatch):
+class RecordingDisk(log.Disk):
+    """Records each segment write_all (one per sync): (file, offset, bytes)."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[str, int, int]] = []
+
+    def write_all(self, fd: int, data: bytes, offset: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if path.endswith(".seg"):
+            self.writes.append((path, offset, len(data)))
+        super().write_all(fd, data, offset)
+
+
+def test_sync_in_worker_thread_while_main_thread_appends(tmp_path):
     """Every record exactly once, in order; each write(2) is exactly one write as
     the write_index fields say (what torn-tail detection relies on)."""
     path = tmp_path / "log"
-    writes: list[tuple[str, int, int]] = []
-    real_write_all = log.writer._write_all
-
-    def recording_write_all(fd: int, data: bytes, offset: int) -> None:
-        writes.append((os.readlink(f"/proc/self/fd/{fd}"), offset, len(data)))
-        real_write_all(fd, data, offset)
-
-    monkeypatch.setattr(log.writer, "_write_all", recording_write_all)
+    disk = RecordingDisk()
+    writes = disk.writes
     old_interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-5)                          # interleave the threads finely
     rng = random.Random(11)
-    lg = Log.open(path, segment_size_bytes=128 * 1024)
+    lg = Log.open(path, segment_size_bytes=128 * 1024, disk=disk)
     lease = lg.take_lease("main")
     stop = threading.Event()
     durable_seen: list[int] = []

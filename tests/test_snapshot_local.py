@@ -60,3 +60,20 @@ def test_no_snapshot_url_snapshots_locally_and_bounds_the_log(server_factory, tm
     restarted = server_factory(shards=2, extra_args=("--config", str(config)), data_dir=srv.data_dir)
     assert dump(restarted.client()) == live
     assert "loaded snapshot seq" in restarted.log()
+
+
+def test_bgsave_with_nothing_new_still_advances_lastsave(server_factory):
+    """Redis answers every BGSAVE with a save; when every shard's snapshot already
+    holds everything, that snapshot is the save, and LASTSAVE says so."""
+    srv = server_factory(shards=2)
+    client = srv.client()
+    client.set("k", "v")
+    before = client.lastsave()
+    time.sleep(1.1)  # LASTSAVE has one-second resolution
+    client.bgsave()
+    _wait_for(lambda: client.lastsave() > before, "the first BGSAVE to be served")
+    first = client.lastsave()
+    time.sleep(1.1)  # LASTSAVE has one-second resolution
+    client.bgsave()  # no write since: nothing new to build
+    _wait_for(lambda: client.lastsave() > first, "LASTSAVE to advance for a BGSAVE with nothing new")
+    assert client.get("k") == b"v"

@@ -1,0 +1,203 @@
+"""The reply-after-fsync contract on every read path (DESIGN invariants 1 and 2).
+
+Segment fdatasyncs wait for a gate file (test-fsync-gate-path). With the gate
+closed, a write's record is pending; every reply that depends on it must be held
+(INFO log_held_replies counts it, and nothing reaches the client) and must leave,
+with the new data, once the gate opens. Replies that depend only on durable data
+leave at once."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from refserver import RawConn, decode, keys_on_different_shards
+from test_durability import write_config
+
+HELD_TIMEOUT_S = 20
+NOTHING_SENT_S = 0.2
+
+
+class Gate:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def close(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def open(self) -> None:
+        self.path.touch()
+
+
+@pytest.fixture(scope="module")
+def gated_server(tmp_path_factory):
+    from conftest import DurakvServer
+    tmp = tmp_path_factory.mktemp("gated")
+    gate = Gate(tmp / "gate")
+    gate.open()
+    config = write_config(tmp, test_fsync_gate_path=str(gate.path))
+    srv = DurakvServer(tmp / "data", shards=2, extra_args=("--config", config)).start()
+    yield srv, gate
+    gate.open()
+    srv.stop()
+
+
+@pytest.fixture
+def gated(gated_server):
+    srv, gate = gated_server
+    gate.open()
+    client = srv.client()
+    client.flushall()
+    yield srv, gate, client
+    gate.open()
+    client.close()
+
+
+def held_replies(client: redis.Redis) -> int:
+    return client.info("persistence")["log_held_replies"]
+
+
+def wait_held(client: redis.Redis, count: int) -> None:
+    deadline = time.monotonic() + HELD_TIMEOUT_S
+    while (held := held_replies(client)) < count:
+        assert time.monotonic() < deadline, f"{held} replies held, expected {count}"
+        time.sleep(0.01)
+
+
+def send(srv, *args) -> RawConn:
+    conn = RawConn(srv.port)
+    conn.send_raw(_encode(args))
+    return conn
+
+
+def _encode(args: tuple) -> bytes:
+    from refserver import encode_command
+    return encode_command(args)
+
+
+def assert_nothing_sent(*conns: RawConn) -> None:
+    for conn in conns:
+        assert not conn.buf, conn.buf
+        conn.sock.settimeout(NOTHING_SENT_S)
+        try:
+            data = conn.sock.recv(65536)
+        except socket.timeout:
+            continue
+        finally:
+            conn.sock.settimeout(30)
+        raise AssertionError(f"a reply left before the record it depends on was durable: {data!r}")
+
+
+def dirty_write(srv, client, gate, *args, held_before: int = 0) -> RawConn:
+    """Close the gate and send a write; return its connection once its reply is held."""
+    gate.close()
+    conn = send(srv, *args)
+    wait_held(client, held_before + 1)
+    return conn
+
+
+def check_held_then_released(client, gate, writer: RawConn, readers: list[RawConn],
+                             expected: list) -> None:
+    wait_held(client, 1 + len(readers))
+    assert_nothing_sent(writer, *readers)
+    gate.open()
+    writer.read_reply()
+    assert [decode(r.read_reply())[0] for r in readers] == expected
+
+
+def test_mget_waits_for_a_dirty_key_after_the_first(gated):
+    srv, gate, client = gated
+    first, other_shard = keys_on_different_shards(2)
+    client.mset({"{m}a": "1", "{m}b": "2"})
+    client.set(first, "f")
+    writer = dirty_write(srv, client, gate, "SET", "{m}b", "new")
+    same_shard = send(srv, "MGET", "{m}a", "{m}b")
+    writer2 = send(srv, "SET", other_shard, "o")
+    wait_held(client, 3)
+    split = send(srv, "MGET", first, "{m}a", other_shard)   # the router splits it by shard
+    assert client.mget(["{m}a", first]) == [b"1", b"f"]     # clean keys: answered now
+    check_held_then_released(client, gate, writer, [same_shard, split],
+                             [[b"1", b"new"], [b"f", b"1", b"o"]])
+    assert writer2.read_reply() == b"+OK\r\n"
+
+
+def test_exists_and_sunion_wait_for_a_dirty_key(gated):
+    srv, gate, client = gated
+    client.sadd("{s}a", "x")
+    client.set("{s}k", "v")
+    writer = dirty_write(srv, client, gate, "SADD", "{s}b", "x")
+    exists = send(srv, "EXISTS", "{s}k", "{s}b")
+    sunion = send(srv, "SUNION", "{s}a", "{s}b")
+    check_held_then_released(client, gate, writer, [exists, sunion], [2, [b"x"]])
+
+
+def test_exec_reply_waits_for_its_record_and_for_dirty_reads(gated):
+    srv, gate, client = gated
+    client.set("{x}clean", "c")
+    writer = dirty_write(srv, client, gate, "SET", "{x}dirty", "d")
+    reads = RawConn(srv.port)
+    assert reads.call("MULTI") == b"+OK\r\n"
+    assert reads.call("GET", "{x}clean") == b"+QUEUED\r\n"
+    assert reads.call("GET", "{x}dirty") == b"+QUEUED\r\n"
+    reads.send_raw(_encode(("EXEC",)))
+    writes = RawConn(srv.port)
+    assert writes.call("MULTI") == b"+OK\r\n"
+    assert writes.call("INCR", "{x}n") == b"+QUEUED\r\n"
+    writes.send_raw(_encode(("EXEC",)))
+    check_held_then_released(client, gate, writer, [reads, writes], [[b"c", b"d"], [1]])
+
+
+def test_blpop_served_by_a_pending_push_waits_for_it(gated):
+    srv, gate, client = gated
+    popper = send(srv, "BLPOP", "{b}list", "0")
+    deadline = time.monotonic() + HELD_TIMEOUT_S
+    while client.info("clients")["blocked_clients"] < 1:
+        assert time.monotonic() < deadline, "BLPOP never blocked"
+        time.sleep(0.01)
+    pusher = dirty_write(srv, client, gate, "RPUSH", "{b}list", "item")
+    check_held_then_released(client, gate, pusher, [popper], [[b"{b}list", b"item"]])
+
+
+def test_sort_by_and_get_patterns_wait_for_dirty_keys(gated):
+    srv, gate, client = gated
+    client.rpush("{o}ids", "1", "2")
+    client.mset({"{o}w_1": "2", "{o}w_2": "1", "{o}v_1": "a", "{o}v_2": "b"})
+    writer = dirty_write(srv, client, gate, "SET", "{o}w_1", "0")
+    by = send(srv, "SORT", "{o}ids", "BY", "{o}w_*")
+    get = send(srv, "SORT_RO", "{o}ids", "GET", "{o}v_*")
+    check_held_then_released(client, gate, writer, [by, get], [[b"1", b"2"], [b"a", b"b"]])
+
+
+def test_keyless_reads_wait_for_everything_pending(gated):
+    srv, gate, client = gated
+    key = "{k}only"
+    slot = client.execute_command("CLUSTER", "KEYSLOT", key)
+    writer = dirty_write(srv, client, gate, "SET", key, "v")
+    readers = [send(srv, "DBSIZE"), send(srv, "KEYS", "*"), send(srv, "SCAN", "0"),
+               send(srv, "RANDOMKEY"), send(srv, "CLUSTER", "COUNTKEYSINSLOT", slot),
+               send(srv, "CLUSTER", "GETKEYSINSLOT", slot, "10")]
+    check_held_then_released(client, gate, writer, readers,
+                             [1, [key.encode()], [b"0", [key.encode()]], key.encode(), 1,
+                              [key.encode()]])
+
+
+def test_async_mode_holds_writes_once_the_unsynced_window_is_exceeded(server_factory, tmp_path):
+    gate = Gate(tmp_path / "gate")
+    max_unsynced_ms = 300
+    config = write_config(tmp_path, durability="async", max_unsynced_ms=max_unsynced_ms,
+                          test_fsync_gate_path=str(gate.path))
+    srv = server_factory(shards=1, extra_args=("--config", config))
+    client = srv.client()
+    gate.close()
+    first = RawConn(srv.port)
+    assert first.call("SET", "a", "1") == b"+OK\r\n"   # inside the window: acknowledged at once
+    time.sleep(2 * max_unsynced_ms / 1000)
+    late = send(srv, "SET", "b", "2")
+    wait_held(client, 1)
+    assert_nothing_sent(late)
+    gate.open()
+    assert late.read_reply() == b"+OK\r\n"
+    assert client.mget(["a", "b"]) == [b"1", b"2"]
