@@ -262,7 +262,14 @@ class Client:
             if argv[0] == ROUTER_IN_MULTI:
                 argv = argv[1:]
                 try:
-                    data = encode(lookup(argv).handler(self, argv), self.proto)
+                    reply = lookup(argv).handler(self, argv)
+                    if type(reply) is Pending:
+                        # CONFIG SET: it took effect here; EXEC does not wait for
+                        # its propagation to the other routers and shards.
+                        self.replies.remove(reply)
+                        data = b"+OK\r\n"
+                    else:
+                        data = encode(reply, self.proto)
                 except ReplyError as e:
                     data = encode_error(e.message)
                 argv = [b"\x00literal", data]

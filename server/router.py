@@ -16,11 +16,13 @@ import shards.commands  # noqa: F401  (registers the shard commands: routing nee
 from server.client import Client, ClientPoller
 from server.links import Pending, ShardLink
 from server.settings import Settings
+from server.settings_sync import SettingsSync
 from server.topology import ensure_topology
 from shards import sdnotify
 from shards.config import Config
 from shards.frames import PROTO_INTERNAL, internal_reply_decoder
 from shards.resp import ReplyError, encode, encode_error
+from shards.shard_settings import SHARD_DEFAULTS
 from shards.slots import key_slot, slot_owner_table
 from shards.table import SPLIT_MGET, Command
 
@@ -91,6 +93,8 @@ class Router:
         self.started_monotonic = time.monotonic()
         self.node_id = ensure_topology(config.data_dir, config.shards)["node_id"]
         self.settings = Settings(config)
+        self.settings_sync = SettingsSync(self)
+        self._links_up: set[int] = set()
         self.stats_commands = 0
         self.stats_rejected = 0
         self.stats_connections = 0
@@ -124,6 +128,19 @@ class Router:
 
     def on_link_change(self) -> None:
         self.flush_ready_clients()
+        for link in self.links:
+            if link.up and link.index not in self._links_up:
+                self._send_shard_settings(link)
+        self._links_up = {link.index for link in self.links if link.up}
+
+    def _send_shard_settings(self, link: ShardLink) -> None:
+        """A shard that (re)started has the defaults: give it the shard parameters
+        CONFIG SET changed, ahead of any client request on the new link."""
+        settings = self.settings.values
+        for name, default in SHARD_DEFAULTS.items():
+            if settings[name] != str(default):
+                link.submit(None, PROTO_INTERNAL, [b"\x00config", name.encode(), settings[name].encode()],
+                            Pending(None, on_fill=_ignore_reply))
 
     # --- routing helpers ------------------------------------------------------------
 
@@ -138,11 +155,6 @@ class Router:
         for i, link in enumerate(self.links):
             link.submit(client, PROTO_INTERNAL, argv, gather.part(i))
         return gather.slot
-
-    def fanout_internal_quiet(self, argv: list[bytes]) -> None:
-        """Tell every shard something; nobody waits for the answers."""
-        for link in self.links:
-            link.submit(None, PROTO_INTERNAL, argv, Pending(None, on_fill=_ignore_reply))
 
     def after(self, seconds: float, fn) -> None:
         """Run fn after a delay (DEBUG SLEEP), in the router's nursery."""
@@ -241,6 +253,7 @@ class Router:
     async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
+            await nursery.start(self.settings_sync.serve)
             nursery.start_soon(self._flusher)
             nursery.start_soon(self.poller.run)
             for link in self.links:

@@ -349,12 +349,9 @@ def config_set(client: Client, argv: list[bytes]):
     router = client.router
     changes = router.settings.validate([(argv[i], argv[i + 1]) for i in range(2, len(argv), 2)])
     router.settings.apply(changes)
-    # Shards apply forwarded settings in link order, before any later command of
-    # this client reaches them, so the reply need not wait for them.
-    for name, value in changes:
-        if name in SHARD_DEFAULTS:
-            router.fanout_internal_quiet([b"\x00config", name.encode(), value.encode()])
-    return OK
+    # The reply waits until every router and shard has the change (server/settings_sync.py).
+    shard_changes = [(name, value) for name, value in changes if name in SHARD_DEFAULTS]
+    return router.settings_sync.propagate(client, changes, shard_changes)
 
 
 @command("config|resetstat", 2, "admin noscript loading stale", group="server", where=ROUTER)

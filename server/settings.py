@@ -12,6 +12,7 @@ are immutable here although Redis can rebind or chdir.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -19,6 +20,8 @@ from shards.config import Config
 from shards.glob import glob_match
 from shards.resp import ReplyError
 from shards.shard_settings import SHARD_DEFAULTS
+
+log = logging.getLogger("durakv.router")
 
 ULLONG_MAX = 2**64 - 1
 LLONG_MAX = 2**63 - 1
@@ -374,6 +377,16 @@ class Settings:
 
     def apply(self, changes: list[tuple[str, str]]) -> None:
         for name, value in changes:
+            self.values[name] = value
+
+    def apply_known(self, changes: dict[str, str]) -> None:
+        """Apply changes validated by another router (or recorded by one): only
+        mutable parameters this router knows, already normalised."""
+        for name, value in changes.items():
+            param = self.params.get(name)
+            if param is None or not param.mutable:
+                log.warning("router: ignoring runtime setting %r: not a mutable parameter", name)
+                continue
             self.values[name] = value
 
 
