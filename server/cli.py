@@ -10,6 +10,7 @@ import sys
 import trio
 
 from shards.config import Config, config_from_json, load_config
+from shards.exit_codes import EXIT_PERMANENT
 
 
 def _common_flags(parser: argparse.ArgumentParser) -> None:
@@ -123,10 +124,19 @@ def main(argv: list[str] | None = None) -> int:
             cannot_start = True
         return 3 if cannot_start else 0
     if args.command == "router":
+        from server.fdlimit import FdLimitTooLow
         from server.router import run_router
 
-        trio.run(_run_until_signal, lambda: run_router(config, args.index))
-        return 0
+        fd_limit_too_low = False
+        try:
+            trio.run(_run_until_signal, lambda: run_router(config, args.index))
+        except* FdLimitTooLow as group:
+            problem = group
+            while isinstance(problem, BaseExceptionGroup):
+                problem = problem.exceptions[0]
+            logging.getLogger("durakv.router").critical("%s", problem)
+            fd_limit_too_low = True
+        return EXIT_PERMANENT if fd_limit_too_low else 0
     return 2
 
 

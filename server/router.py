@@ -3,6 +3,7 @@ owns its keys, fans out and merges keyless and cross-shard reads."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -14,6 +15,7 @@ import trio
 import server.commands  # noqa: F401  (registers the router's own commands)
 import shards.commands  # noqa: F401  (registers the shard commands: routing needs keys)
 from server.client import Client, ClientPoller
+from server.fdlimit import adjust_open_files_limit
 from server.links import Pending, ShardLink
 from server.settings import Settings
 from server.settings_sync import SettingsSync
@@ -29,6 +31,9 @@ from shards.table import SPLIT_MGET, Command
 log = logging.getLogger("durakv.router")
 
 LISTEN_BACKLOG = 511
+ACCEPT_ERROR_PAUSE_S = 0.1
+FD_SHORTAGE_LOG_INTERVAL_S = 10.0
+ERR_MAX_CLIENTS = b"-ERR max number of clients reached\r\n"
 SCAN_DEFAULT_COUNT = 10
 
 
@@ -254,6 +259,8 @@ class Router:
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             await nursery.start(self.settings_sync.serve)
+            maxclients = adjust_open_files_limit(self.settings.maxclients, len(self.links))
+            self.settings.values["maxclients"] = str(maxclients)
             nursery.start_soon(self._flusher)
             nursery.start_soon(self.poller.run)
             for link in self.links:
@@ -273,6 +280,7 @@ class Router:
             await self._accept_loop(listener, nursery)
 
     async def _accept_loop(self, listener: socket.socket, nursery: trio.Nursery) -> None:
+        spare = SpareFd()
         while True:
             await trio.lowlevel.wait_readable(listener)
             try:
@@ -280,16 +288,21 @@ class Router:
             except BlockingIOError:
                 continue
             except OSError as e:
-                log.error("router: accept failed: %s", e)
-                await trio.sleep(0.1)
+                if e.errno not in (errno.EMFILE, errno.ENFILE):
+                    log.error("router: accept failed: %s", e)
+                    await trio.sleep(ACCEPT_ERROR_PAUSE_S)
+                    continue
+                # Out of descriptors: answer with the spare one rather than leave
+                # the connection mute in the backlog.
+                self.stats_connections += 1
+                self.stats_rejected_connections += 1
+                if not spare.refuse(listener, e):
+                    await trio.sleep(ACCEPT_ERROR_PAUSE_S)
                 continue
             self.stats_connections += 1
             if len(self.clients) >= self.settings.maxclients:
                 self.stats_rejected_connections += 1
-                try:
-                    sock.send(b"-ERR max number of clients reached\r\n")
-                finally:
-                    sock.close()
+                refuse(sock)
                 continue
             sock.setblocking(False)
             if sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -297,6 +310,51 @@ class Router:
             client = Client(self, sock, self.new_client_id())
             self.clients[client.id] = client
             self.poller.add(client)
+
+
+def refuse(sock: socket.socket) -> None:
+    try:
+        sock.send(ERR_MAX_CLIENTS)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+class SpareFd:
+    """One descriptor held in reserve: when accept fails for lack of
+    descriptors, it is freed to accept the connection and refuse it with Redis'
+    error, then taken again. Logged once per interval, with a count."""
+
+    def __init__(self) -> None:
+        self.fd: int | None = os.open(os.devnull, os.O_RDONLY)
+        self.refused = 0
+        self.logged_at = -FD_SHORTAGE_LOG_INTERVAL_S
+
+    def refuse(self, listener: socket.socket, error: OSError) -> bool:
+        """Accept and refuse one connection; False if even that was impossible."""
+        self.refused += 1
+        now = time.monotonic()
+        if now - self.logged_at >= FD_SHORTAGE_LOG_INTERVAL_S:
+            log.warning("router: accept failed: %s; refused %d connections with 'max number of clients "
+                        "reached' since the last report (raise 'ulimit -n' or lower maxclients)",
+                        error, self.refused)
+            self.logged_at = now
+            self.refused = 0
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        try:
+            sock, _ = listener.accept()
+            refuse(sock)  # closed before the spare is taken again: it uses that descriptor
+            return True
+        except OSError:
+            return False
+        finally:
+            try:
+                self.fd = os.open(os.devnull, os.O_RDONLY)
+            except OSError:
+                self.fd = None
 
 
 def open_listener(bind: str, port: int) -> socket.socket:
