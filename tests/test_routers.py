@@ -55,6 +55,20 @@ class RawConnection:
         self.sock.close()
 
 
+def wait_routers_listening(srv, routers: int, starts: int = 1) -> None:
+    """The server is ready once one router answers; wait until every router has
+    logged that it listens (`starts` times each, after restarts)."""
+    import time
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        log = srv.log()
+        if all(log.count(f"router {i} ready") >= starts for i in range(routers)):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"routers not listening:\n{srv.log()}")
+
+
 def test_config_set_reaches_every_router(server_factory):
     """CONFIG SET on one router takes effect on all of them before it is acknowledged:
     a password set through one connection is required on every new connection,
@@ -63,6 +77,7 @@ def test_config_set_reaches_every_router(server_factory):
     import redis
 
     srv = server_factory(shards=2, extra_args=("--routers", "2"))
+    wait_routers_listening(srv, 2)
     admin = srv.client()
     assert admin.config_set("requirepass", "first") is True
     seen_routers = set()
@@ -102,20 +117,15 @@ def test_restarted_router_has_its_peers_settings(server_factory):
     its peers were given; a fresh start of the whole server does not."""
     import os
     import signal
-    import time
 
     srv = server_factory(shards=1, extra_args=("--routers", "2"))
+    wait_routers_listening(srv, 2)
     admin = srv.client()
     assert admin.config_set("requirepass", "secret") is True
     assert oct(os.stat(srv.data_dir / "run" / "settings").st_mode & 0o777) == "0o600"
     for index in (0, 1):
         os.kill(srv.child_pid("router", index), signal.SIGKILL)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        log = srv.log()
-        if log.count("router 0 ready") == 2 and log.count("router 1 ready") == 2:
-            break
-        time.sleep(0.05)
+    wait_routers_listening(srv, 2, starts=2)
     seen_routers = set()
     for _ in range(20):
         c = RawConnection(srv.port)
