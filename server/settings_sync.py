@@ -40,6 +40,7 @@ MAX_MESSAGE_BYTES = 1024 * 1024
 PEER_ACK_TIMEOUT_MS = 2000
 LENGTH = struct.Struct(">I")
 ACK = b"ok"
+SUN_PATH_MAX_BYTES = 108
 
 
 def server_run_id() -> str:
@@ -109,6 +110,26 @@ def store_runtime_changes(data_dir: str, run_id: str, changes: list[tuple[str, s
         os.close(lock_fd)
 
 
+class ShortUnixPath:
+    """A Unix socket path under the 108-byte sun_path limit: a long one is reached
+    through /proc/self/fd/N of its directory, opened for the bind or connect."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.dir_fd: int | None = None
+
+    def __enter__(self) -> str:
+        if len(os.fsencode(self.path)) < SUN_PATH_MAX_BYTES:
+            return self.path
+        self.dir_fd = os.open(os.path.dirname(self.path), os.O_PATH | os.O_DIRECTORY)
+        return f"/proc/self/fd/{self.dir_fd}/{os.path.basename(self.path)}"
+
+    def __exit__(self, *exc) -> None:
+        if self.dir_fd is not None:
+            os.close(self.dir_fd)
+            self.dir_fd = None
+
+
 def peer_is_same_user(sock: socket.socket) -> bool:
     """SO_PEERCRED: only processes of this server's own uid may talk to it."""
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
@@ -158,7 +179,8 @@ class SettingsSync:
         except FileNotFoundError:
             pass
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(path)
+        with ShortUnixPath(path) as address:
+            sock.bind(address)
         os.chmod(path, SETTINGS_FILE_MODE)
         sock.listen(64)
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
@@ -238,7 +260,8 @@ class SettingsSync:
         path = router_socket_path(self.data_dir, index)
         try:
             with trio.fail_after(PEER_ACK_TIMEOUT_MS / 1000):
-                stream = await trio.open_unix_socket(path)
+                with ShortUnixPath(path) as address:
+                    stream = await trio.open_unix_socket(address)
                 async with stream:
                     await _send_message(stream, payload)
                     reply = await _receive_message(stream)
