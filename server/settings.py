@@ -318,12 +318,12 @@ class Settings:
         if unknown is not None:
             raise ReplyError(b"ERR Unknown option or number of arguments for CONFIG SET - '%s'" % unknown)
         if problem is not None:
-            raise _set_failed(*problem)
+            raise set_failed(*problem)
         result = []
         for (raw_name, raw_value), param in zip(pairs, seen):
             value, why = self._normalize(param, raw_value.decode(errors="replace"))
             if value is None:
-                raise _set_failed(raw_name, why)
+                raise set_failed(raw_name, why)
             result.append((param.name, value))
         return result
 
@@ -390,5 +390,5 @@ class Settings:
             self.values[name] = value
 
 
-def _set_failed(name: bytes, why: bytes) -> ReplyError:
+def set_failed(name: bytes, why: bytes) -> ReplyError:
     return ReplyError(b"ERR CONFIG SET failed (possibly related to argument '%s') - %s" % (name, why))

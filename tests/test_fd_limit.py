@@ -9,12 +9,16 @@ import socket
 import subprocess
 import sys
 
+import pytest
+import redis
+
 from conftest import DurakvServer, free_port
 
 NOFILE = 256
 SHARDS = 2
 EXPECTED_MAXCLIENTS = NOFILE - 32 - SHARDS  # Redis' 32 reserved, plus one link per shard
 CLIENTS = 300
+LOWERED_NOFILE = 128
 ERR_MAX_CLIENTS = b"-ERR max number of clients reached\r\n"
 
 
@@ -75,12 +79,23 @@ def test_low_ulimit_lowers_maxclients_and_no_client_is_left_mute(tmp_path):
         for sock in socks:
             sock.close()
 
-        # Past what the descriptors allow, accept itself fails (EMFILE): the
-        # spare descriptor still answers every connection.
-        assert r.config_set("maxclients", "10000") is True
+        assert r.config_set("maxclients", "200") is True  # lower is always fine
+        with pytest.raises(redis.ResponseError) as refused_set:
+            r.config_set("maxclients", "10000")
+        assert str(refused_set.value) == (
+            "CONFIG SET failed (possibly related to argument 'maxclients') - The operating system is not "
+            f"able to handle the specified number of clients, try with {EXPECTED_MAXCLIENTS}")
+        assert r.config_get("maxclients") == {"maxclients": "200"}
+
+        # When accept itself fails (EMFILE: here the router's limit is cut below
+        # what maxclients needs), the spare descriptor still answers every connection.
+        try:
+            resource.prlimit(srv.child_pid("router", 0), resource.RLIMIT_NOFILE, (LOWERED_NOFILE, LOWERED_NOFILE))
+        except PermissionError:
+            pytest.skip("cannot lower another process's RLIMIT_NOFILE here")
         served, refused, socks = ping_many(srv.port, CLIENTS)
-        print(f"maxclients 10000 under ulimit {NOFILE}: {served} served, {refused} refused")
-        assert refused > 0 and served + refused == CLIENTS
+        print(f"maxclients 200 under a cut ulimit of {LOWERED_NOFILE}: {served} served, {refused} refused")
+        assert refused > 0 and served < LOWERED_NOFILE and served + refused == CLIENTS
         for sock in socks:
             sock.close()
         assert r.ping() is True
