@@ -55,6 +55,7 @@ class Client:
         "last_cmd_at", "last_cmd", "parser", "replies", "outbuf", "outbuf_bytes", "closing", "closed", "reading",
         "lib_name", "lib_ver", "in_ready_set", "query_limit",
         "multi", "multi_error", "multi_shard", "watch_shards", "blocked_slot", "blocked_shard", "backlog",
+        "soft_limit_since",
     )
 
     def __init__(self, router, sock: socket.socket, client_id: int) -> None:
@@ -82,6 +83,7 @@ class Client:
         # view of the unsent tail of one), never copied into a bigger buffer.
         self.outbuf: deque = deque()
         self.outbuf_bytes = 0
+        self.soft_limit_since = 0.0  # when output first went over the soft limit (0: it is not)
         self.closing = False  # close once the queued replies are written
         self.closed = False
         self.reading = True  # false while backpressure pauses reading
@@ -344,6 +346,7 @@ class Client:
         if self.outbuf:
             self.outbuf.extend(chunks)
             self.outbuf_bytes += size
+            self._check_output_limits()
             return
         try:
             sent = self.sock.send(chunks[0]) if len(chunks) == 1 else self.sock.sendmsg(chunks[:IOV_MAX])
@@ -357,6 +360,26 @@ class Client:
         self.outbuf.extend(chunks)
         self.outbuf_bytes += size
         self._drop_sent(sent)
+        self._check_output_limits()
+
+    def _check_output_limits(self) -> None:
+        """Redis' client-output-buffer-limit for normal clients (default 0 0 0:
+        none; backpressure already bounds what a client can pile up)."""
+        hard, soft, soft_seconds = self.router.settings.normal_output_limits()
+        used = self.outbuf_bytes
+        over = bool(hard) and used >= hard
+        if soft and used >= soft:
+            now = time.monotonic()
+            if not self.soft_limit_since:
+                self.soft_limit_since = now
+            elif now - self.soft_limit_since > soft_seconds:
+                over = True
+        else:
+            self.soft_limit_since = 0.0
+        if over:
+            log.warning("router: client %s closed for overcoming of output buffer limits (%d bytes queued)",
+                        self.addr, used)
+            self.kill()
 
     def _drop_sent(self, sent: int) -> None:
         outbuf = self.outbuf

@@ -262,10 +262,23 @@ class Settings:
             for alias in param.aliases:
                 self.lookup[alias] = param
         self.values: dict[str, str] = {name: param.default for name, param in self.params.items()}
+        self._limits_text: str | None = None
+        self._normal_limits = (0, 0, 0)
 
     @property
     def maxclients(self) -> int:
         return int(self.values["maxclients"])
+
+    def normal_output_limits(self) -> tuple[int, int, int]:
+        """client-output-buffer-limit for normal clients: (hard bytes, soft bytes,
+        soft seconds), 0 meaning no limit; parsed once per value."""
+        text = self.values["client-output-buffer-limit"]
+        if text is not self._limits_text:
+            words = text.split()
+            at = words.index("normal")
+            self._normal_limits = (int(words[at + 1]), int(words[at + 2]), int(words[at + 3]))
+            self._limits_text = text
+        return self._normal_limits
 
     @property
     def requirepass(self) -> str:

@@ -92,3 +92,30 @@ def test_a_client_that_never_reads_stalls_only_itself(server_factory):
     slow.close()
     assert r.get("{a}small") == b"v"
     r.close()
+
+
+def test_output_buffer_hard_limit_closes_the_slow_client(server_factory):
+    """client-output-buffer-limit for normal clients (Redis' default 0 0 0 is no
+    limit): with a hard limit, a client whose queued output passes it is closed."""
+    srv = server_factory(shards=1)
+    r = srv.client()
+    r.set("big", b"x" * VALUE_BYTES)
+    assert r.config_set("client-output-buffer-limit", "normal 1mb 0 0") is True
+    slow = socket.create_connection(("127.0.0.1", srv.port))
+    slow.sendall(b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n" * 200)  # 20 MB of replies
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and r.client_list() and len(r.client_list()) > 1:
+        time.sleep(0.05)
+    assert len(r.client_list()) == 1, "the client over its hard limit must be closed"
+    assert "overcoming of output buffer limits" in srv.log()
+    slow.settimeout(10)
+    received = 0
+    try:
+        while chunk := slow.recv(1 << 20):
+            received += len(chunk)
+    except ConnectionResetError:
+        pass
+    assert received < 200 * VALUE_BYTES, "it must not have got every reply"
+    slow.close()
+    assert r.get("big") == b"x" * VALUE_BYTES
+    r.close()
