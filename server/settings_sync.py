@@ -166,8 +166,6 @@ class SettingsSync:
         self.router = router
         self.data_dir = router.config.data_dir
         self.run_id = server_run_id()
-        self.peers_acked = 0
-        self.peers_missed = 0
 
     async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Listen on DIR/run/router-NNN.sock, then load the changes peers made
@@ -267,9 +265,7 @@ class SettingsSync:
                     reply = await _receive_message(stream)
             if reply != ACK:
                 raise ValueError(f"unexpected reply {reply!r}")
-            self.peers_acked += 1
         except (OSError, trio.TooSlowError, trio.BrokenResourceError, ValueError) as e:
             # Down or restarting: it loads DIR/run/settings when it starts.
-            self.peers_missed += 1
             log.warning("router %d: router %d did not confirm CONFIG SET (%s); it reads %s when it starts",
                         self.router.index, index, e, settings_path(self.data_dir))
