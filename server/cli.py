@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         return shard_main(config, args.index)
     if args.command == "router":
         set_title("router", args.index, f"{config.bind}:{config.port}", config.data_dir)
+        from server.fdlimit import FdLimitTooLow
         from server.listener import listener_from_fd
         from server.router import run_router
 
@@ -148,8 +149,16 @@ def main(argv: list[str] | None = None) -> int:
                         else open_listener(config.bind, config.port))
         except ListenError as e:
             return _fail(str(e), EXIT_USAGE)
-        trio.run(_run_until_signal, lambda: run_router(config, args.index, listener))
-        return 0
+        fd_limit_too_low = False
+        try:
+            trio.run(_run_until_signal, lambda: run_router(config, args.index, listener))
+        except* FdLimitTooLow as group:
+            problem = group
+            while isinstance(problem, BaseExceptionGroup):
+                problem = problem.exceptions[0]
+            logging.getLogger("durakv.router").critical("%s", problem)
+            fd_limit_too_low = True
+        return EXIT_PERMANENT if fd_limit_too_low else EXIT_OK
     return EXIT_USAGE
 
 

@@ -19,8 +19,15 @@ from shards.slots import key_slot
 log = logging.getLogger("durakv.router")
 
 RECV_BYTES = 64 * 1024
-MAX_REPLIES_IN_FLIGHT = 16 * 1024
+# Backpressure acts on the one client whose output piles up, never on a shard
+# link: while this many of its replies are outstanding, or this many bytes wait
+# for its socket, the router dispatches none of its further requests (they wait,
+# parsed, in its backlog) and stops reading it once the backlog is full.
+MAX_REPLIES_IN_FLIGHT = 256
 OUTPUT_BACKPRESSURE_BYTES = 4 * 1024 * 1024
+MAX_BACKLOG_REQUESTS = 16 * 1024
+JOIN_BELOW_BYTES = 64 * 1024  # smaller replies are joined into one buffer, larger ones sent as they are
+IOV_MAX = 1024  # buffers per sendmsg (Linux UIO_MAXIOV)
 
 ERR_CROSSSLOT = b"-CROSSSLOT Keys in request don't hash to the same slot\r\n"
 ERR_NOAUTH = b"-NOAUTH Authentication required.\r\n"
@@ -45,9 +52,10 @@ class Client:
 
     __slots__ = (
         "router", "sock", "id", "proto", "name", "authed", "addr", "laddr", "fd", "created",
-        "last_cmd_at", "last_cmd", "parser", "replies", "outbuf", "closing", "closed", "reading",
+        "last_cmd_at", "last_cmd", "parser", "replies", "outbuf", "outbuf_bytes", "closing", "closed", "reading",
         "lib_name", "lib_ver", "in_ready_set", "query_limit",
         "multi", "multi_error", "multi_shard", "watch_shards", "blocked_slot", "blocked_shard", "backlog",
+        "soft_limit_since",
     )
 
     def __init__(self, router, sock: socket.socket, client_id: int) -> None:
@@ -71,7 +79,11 @@ class Client:
         self.parser.authed = self.authed
         self.query_limit = int(router.settings.values["client-query-buffer-limit"])
         self.replies: deque = deque()
-        self.outbuf = bytearray()
+        # Output the kernel has not taken yet: the reply buffers themselves (or a
+        # view of the unsent tail of one), never copied into a bigger buffer.
+        self.outbuf: deque = deque()
+        self.outbuf_bytes = 0
+        self.soft_limit_since = 0.0  # when output first went over the soft limit (0: it is not)
         self.closing = False  # close once the queued replies are written
         self.closed = False
         self.reading = True  # false while backpressure pauses reading
@@ -106,7 +118,7 @@ class Client:
         except ProtocolError as e:
             self.router.stats_protocol_errors += 1
             self.backlog.extend(e.requests)
-            self.run_backlog()
+            self.run_backlog(bounded=False)
             self.backlog.clear()
             self.push(encode_error(b"ERR Protocol error: " + e.args[0]))
             self.closing = True
@@ -131,11 +143,16 @@ class Client:
         self.sock.close()
         self.router.forget(self)
 
-    def run_backlog(self) -> None:
-        """Dispatch queued requests until one blocks or the client is closing."""
+    def can_dispatch(self) -> bool:
+        """False while this client's output is over its backpressure bounds."""
+        return self.outbuf_bytes <= OUTPUT_BACKPRESSURE_BYTES and len(self.replies) < MAX_REPLIES_IN_FLIGHT
+
+    def run_backlog(self, bounded: bool = True) -> None:
+        """Dispatch queued requests until one blocks, the client is closing or
+        (bounded) its output is over the backpressure bounds."""
         backlog = self.backlog
         dispatch = self.dispatch
-        while backlog and self.blocked_slot is None and not self.closing:
+        while backlog and self.blocked_slot is None and not self.closing and (not bounded or self.can_dispatch()):
             dispatch(backlog.popleft())
 
     def dispatch(self, argv: list[bytes]) -> None:
@@ -262,7 +279,14 @@ class Client:
             if argv[0] == ROUTER_IN_MULTI:
                 argv = argv[1:]
                 try:
-                    data = encode(lookup(argv).handler(self, argv), self.proto)
+                    reply = lookup(argv).handler(self, argv)
+                    if type(reply) is Pending:
+                        # CONFIG SET: it took effect here; EXEC does not wait for
+                        # its propagation to the other routers and shards.
+                        self.replies.remove(reply)
+                        data = b"+OK\r\n"
+                    else:
+                        data = encode(reply, self.proto)
                 except ReplyError as e:
                     data = encode_error(e.message)
                 argv = [b"\x00literal", data]
@@ -287,37 +311,36 @@ class Client:
             self.router.client_ready(self)
 
     def flush(self) -> None:
-        """Write every reply at the head of the queue that is complete."""
-        if self.closed:
-            return
+        """Write every reply at the head of the queue that is complete, and go on
+        with the backlog when a blocking command finished or output drained."""
         replies = self.replies
-        chunks = []
-        while replies:
-            head = replies[0]
-            if type(head) is bytes:
+        while not self.closed:
+            chunks = []
+            size = 0
+            while replies:
+                head = replies[0]
+                if type(head) is not bytes:
+                    head = head.data
+                    if head is None:
+                        break
+                    if head is LOST:
+                        self._lose(chunks, size)
+                        return
                 chunks.append(head)
-            else:
-                data = head.data
-                if data is None:
-                    break
-                if data is LOST:
-                    self._lose(chunks)
-                    return
-                chunks.append(data)
-            replies.popleft()
-        if chunks:
-            self.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
-        blocked = self.blocked_slot
-        if blocked is not None and blocked.data is not None:
-            self.blocked_slot = None
-            self.blocked_shard = -1
-            if self.backlog:
-                self.run_backlog()
-                self.flush()
-                return
+                size += len(head)
+                replies.popleft()
+            if chunks:
+                self.write(chunks, size)
+            blocked = self.blocked_slot
+            if blocked is not None and blocked.data is not None:
+                self.blocked_slot = None
+                self.blocked_shard = -1
+            if not (self.backlog and self.blocked_slot is None and not self.closing and self.can_dispatch()):
+                break
+            self.run_backlog()
         self._update_interest()
 
-    def _lose(self, chunks: list[bytes]) -> None:
+    def _lose(self, chunks: list[bytes], size: int) -> None:
         """The reply at the head of the queue is LOST (its shard died with the
         command in flight): send the replies before it, then close, as a crashed
         Redis would; nothing after it is answered or run."""
@@ -329,35 +352,82 @@ class Client:
         self.backlog.clear()
         self.closing = True
         if chunks:
-            self.write(b"".join(chunks))
+            self.write(chunks, size)
         self._update_interest()
 
-    def write(self, data: bytes) -> None:
+    def write(self, chunks: list[bytes], size: int) -> None:
+        """Send complete replies, queueing what the kernel does not take."""
         if self.closed:
             return
+        if len(chunks) > 1 and size < JOIN_BELOW_BYTES:
+            chunks = [b"".join(chunks)]
         if self.outbuf:
-            self.outbuf += data
+            self.outbuf.extend(chunks)
+            self.outbuf_bytes += size
+            self._check_output_limits()
             return
         try:
-            sent = self.sock.send(data)
+            sent = self.sock.send(chunks[0]) if len(chunks) == 1 else self.sock.sendmsg(chunks[:IOV_MAX])
         except BlockingIOError:
             sent = 0
         except OSError:
             self.kill()
             return
-        if sent < len(data):
-            self.outbuf += data[sent:]
+        if sent == size:
+            return
+        self.outbuf.extend(chunks)
+        self.outbuf_bytes += size
+        self._drop_sent(sent)
+        self._check_output_limits()
+
+    def _check_output_limits(self) -> None:
+        """Redis' client-output-buffer-limit for normal clients (default 0 0 0:
+        none; backpressure already bounds what a client can pile up)."""
+        hard, soft, soft_seconds = self.router.settings.normal_output_limits()
+        used = self.outbuf_bytes
+        over = bool(hard) and used >= hard
+        if soft and used >= soft:
+            now = time.monotonic()
+            if not self.soft_limit_since:
+                self.soft_limit_since = now
+            elif now - self.soft_limit_since > soft_seconds:
+                over = True
+        else:
+            self.soft_limit_since = 0.0
+        if over:
+            log.warning("router: client %s closed for overcoming of output buffer limits (%d bytes queued)",
+                        self.addr, used)
+            self.kill()
+
+    def _drop_sent(self, sent: int) -> None:
+        outbuf = self.outbuf
+        self.outbuf_bytes -= sent
+        while sent:
+            head = outbuf[0]
+            if len(head) <= sent:
+                sent -= len(head)
+                outbuf.popleft()
+            else:
+                outbuf[0] = memoryview(head)[sent:]
+                sent = 0
 
     def on_writable(self) -> None:
+        outbuf = self.outbuf
         try:
-            sent = self.sock.send(self.outbuf)
+            if len(outbuf) == 1:
+                sent = self.sock.send(outbuf[0])
+            else:
+                sent = self.sock.sendmsg([outbuf[i] for i in range(min(len(outbuf), IOV_MAX))])
         except BlockingIOError:
             return
         except OSError:
             self.kill()
             return
-        del self.outbuf[:sent]
-        self._update_interest()
+        self._drop_sent(sent)
+        if self.backlog:
+            self.flush()  # dispatches more of the backlog if output is now under the bounds
+        else:
+            self._update_interest()
 
     def _update_interest(self) -> None:
         """Pause reading under backpressure, ask for writability while output is
@@ -367,9 +437,8 @@ class Client:
         if self.closing and not self.replies and not self.outbuf:
             self.kill()
             return
-        reading = not self.closing and (
-            len(self.outbuf) <= OUTPUT_BACKPRESSURE_BYTES and len(self.replies) <= MAX_REPLIES_IN_FLIGHT
-            and len(self.backlog) <= MAX_REPLIES_IN_FLIGHT)
+        backlog = self.backlog
+        reading = not self.closing and len(backlog) < MAX_BACKLOG_REQUESTS and (not backlog or self.can_dispatch())
         self.router.poller.set_interest(self, reading, bool(self.outbuf))
 
 

@@ -194,7 +194,7 @@ def client_info_line(client: Client, now: float, current: list[bytes] | None = N
         f"name={client.name.decode(errors='replace')} age={int(now - client.created)} "
         f"idle={int(now - client.last_cmd_at)} flags=N db=0 sub=0 psub=0 ssub=0 multi={multi} "
         f"qbuf={qbuf} qbuf-free=0 argv-mem=0 multi-mem=0 rbs=65536 rbp=0 "
-        f"obl=0 oll={len(client.replies)} omem={len(client.outbuf)} tot-mem=0 events=r "
+        f"obl=0 oll={len(client.replies)} omem={client.outbuf_bytes} tot-mem=0 events=r "
         f"cmd={client.last_cmd} user=default redir=-1 resp={client.proto} "
         f"lib-name={client.lib_name.decode(errors='replace')} "
         f"lib-ver={client.lib_ver.decode(errors='replace')}"

@@ -3,6 +3,7 @@ owns its keys, fans out and merges keyless and cross-shard reads."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -14,19 +15,25 @@ import trio
 import server.commands  # noqa: F401  (registers the router's own commands)
 import shards.commands  # noqa: F401  (registers the shard commands: routing needs keys)
 from server.client import Client, ClientPoller
+from server.fdlimit import adjust_open_files_limit
 from server.links import LOST, Pending, ShardLink
 from server.settings import Settings
+from server.settings_sync import SettingsSync
 from server.topology import ensure_topology
 from shards import failure, sdnotify
 from shards.config import Config
 from shards.frames import PROTO_INTERNAL, internal_reply_decoder
 from shards.resp import ReplyError, encode, encode_error
+from shards.shard_settings import SHARD_DEFAULTS
 from shards.slots import key_slot, slot_owner_table
 from shards.table import SPLIT_MGET, Command
 
 log = logging.getLogger("durakv.router")
 
 SHARD_WAIT_POLL_S = 0.01
+ACCEPT_ERROR_PAUSE_S = 0.1
+FD_SHORTAGE_LOG_INTERVAL_S = 10.0
+ERR_MAX_CLIENTS = b"-ERR max number of clients reached\r\n"
 SCAN_DEFAULT_COUNT = 10
 
 
@@ -104,6 +111,8 @@ class Router:
         self.started_monotonic = time.monotonic()
         self.node_id = ensure_topology(config.data_dir, config.shards)["node_id"]
         self.settings = Settings(config)
+        self.settings_sync = SettingsSync(self)
+        self._links_up: set[int] = set()
         self.stats_commands = 0
         self.stats_rejected = 0
         self.stats_connections = 0
@@ -137,6 +146,19 @@ class Router:
 
     def on_link_change(self) -> None:
         self.flush_ready_clients()
+        for link in self.links:
+            if link.up and link.index not in self._links_up:
+                self._send_shard_settings(link)
+        self._links_up = {link.index for link in self.links if link.up}
+
+    def _send_shard_settings(self, link: ShardLink) -> None:
+        """A shard that (re)started has the defaults: give it the shard parameters
+        CONFIG SET changed, ahead of any client request on the new link."""
+        settings = self.settings.values
+        for name, default in SHARD_DEFAULTS.items():
+            if settings[name] != str(default):
+                link.submit(None, PROTO_INTERNAL, [b"\x00config", name.encode(), settings[name].encode()],
+                            Pending(None, on_fill=_ignore_reply))
 
     # --- routing helpers ------------------------------------------------------------
 
@@ -156,11 +178,6 @@ class Router:
         if not indexes:
             gather.complete()
         return gather.slot
-
-    def fanout_internal_quiet(self, argv: list[bytes]) -> None:
-        """Tell every shard something; nobody waits for the answers."""
-        for link in self.links:
-            link.submit(None, PROTO_INTERNAL, argv, Pending(None, on_fill=_ignore_reply))
 
     def after(self, seconds: float, fn) -> None:
         """Run fn after a delay (DEBUG SLEEP), in the router's nursery."""
@@ -264,6 +281,9 @@ class Router:
         every router, or by run_router for a router of its own)."""
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
+            await nursery.start(self.settings_sync.serve)
+            maxclients = adjust_open_files_limit(self.settings.maxclients, len(self.links))
+            self.settings.values["maxclients"] = str(maxclients)
             nursery.start_soon(self._flusher)
             nursery.start_soon(self.poller.run)
             for link in self.links:
@@ -291,6 +311,7 @@ class Router:
         return bool(failure.read(self.config.data_dir, shard))
 
     async def _accept_loop(self, listener: socket.socket, nursery: trio.Nursery) -> None:
+        spare = SpareFd()
         while True:
             await trio.lowlevel.wait_readable(listener)
             try:
@@ -298,16 +319,21 @@ class Router:
             except BlockingIOError:
                 continue
             except OSError as e:
-                log.error("router: accept failed: %s", e)
-                await trio.sleep(0.1)
+                if e.errno not in (errno.EMFILE, errno.ENFILE):
+                    log.error("router: accept failed: %s", e)
+                    await trio.sleep(ACCEPT_ERROR_PAUSE_S)
+                    continue
+                # Out of descriptors: answer with the spare one rather than leave
+                # the connection mute in the backlog.
+                self.stats_connections += 1
+                self.stats_rejected_connections += 1
+                if not spare.refuse(listener, e):
+                    await trio.sleep(ACCEPT_ERROR_PAUSE_S)
                 continue
             self.stats_connections += 1
             if len(self.clients) >= self.settings.maxclients:
                 self.stats_rejected_connections += 1
-                try:
-                    sock.send(b"-ERR max number of clients reached\r\n")
-                finally:
-                    sock.close()
+                refuse(sock)
                 continue
             sock.setblocking(False)
             if sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -315,6 +341,51 @@ class Router:
             client = Client(self, sock, self.new_client_id())
             self.clients[client.id] = client
             self.poller.add(client)
+
+
+def refuse(sock: socket.socket) -> None:
+    try:
+        sock.send(ERR_MAX_CLIENTS)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+class SpareFd:
+    """One descriptor held in reserve: when accept fails for lack of
+    descriptors, it is freed to accept the connection and refuse it with Redis'
+    error, then taken again. Logged once per interval, with a count."""
+
+    def __init__(self) -> None:
+        self.fd: int | None = os.open(os.devnull, os.O_RDONLY)
+        self.refused = 0
+        self.logged_at = -FD_SHORTAGE_LOG_INTERVAL_S
+
+    def refuse(self, listener: socket.socket, error: OSError) -> bool:
+        """Accept and refuse one connection; False if even that was impossible."""
+        self.refused += 1
+        now = time.monotonic()
+        if now - self.logged_at >= FD_SHORTAGE_LOG_INTERVAL_S:
+            log.warning("router: accept failed: %s; refused %d connections with 'max number of clients "
+                        "reached' since the last report (raise 'ulimit -n' or lower maxclients)",
+                        error, self.refused)
+            self.logged_at = now
+            self.refused = 0
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        try:
+            sock, _ = listener.accept()
+            refuse(sock)  # closed before the spare is taken again: it uses that descriptor
+            return True
+        except OSError:
+            return False
+        finally:
+            try:
+                self.fd = os.open(os.devnull, os.O_RDONLY)
+            except OSError:
+                self.fd = None
 
 
 def _ignore_reply(slot: Pending, data: bytes) -> None:

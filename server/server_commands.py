@@ -9,7 +9,9 @@ import time
 from server import info as info_mod
 from server.client import Client
 from server.conn_commands import REDIS_VERSION
+from server.fdlimit import adjust_open_files_limit
 from server.links import Pending
+from server.settings import set_failed
 from shards.args import ERR_SYNTAX
 from shards.glob import glob_match
 from shards.resp import OK, Map, ReplyError, SetReply, Simple, Verbatim, encode, encode_error
@@ -348,13 +350,17 @@ def config_set(client: Client, argv: list[bytes]):
         raise ERR_SYNTAX
     router = client.router
     changes = router.settings.validate([(argv[i], argv[i + 1]) for i in range(2, len(argv), 2)])
-    router.settings.apply(changes)
-    # Shards apply forwarded settings in link order, before any later command of
-    # this client reaches them, so the reply need not wait for them.
     for name, value in changes:
-        if name in SHARD_DEFAULTS:
-            router.fanout_internal_quiet([b"\x00config", name.encode(), value.encode()])
-    return OK
+        if name == "maxclients" and int(value) > router.settings.maxclients:
+            # As Redis' updateMaxclients: raise the descriptor limit first, or refuse.
+            fits = adjust_open_files_limit(int(value), len(router.links))
+            if fits < int(value):
+                raise set_failed(b"maxclients", b"The operating system is not able to handle the specified "
+                                               b"number of clients, try with %d" % fits)
+    router.settings.apply(changes)
+    # The reply waits until every router and shard has the change (server/settings_sync.py).
+    shard_changes = [(name, value) for name, value in changes if name in SHARD_DEFAULTS]
+    return router.settings_sync.propagate(client, changes, shard_changes)
 
 
 @command("config|resetstat", 2, "admin noscript loading stale", group="server", where=ROUTER)

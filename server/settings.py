@@ -12,6 +12,7 @@ are immutable here although Redis can rebind or chdir.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -19,6 +20,8 @@ from shards.config import Config
 from shards.glob import glob_match
 from shards.resp import ReplyError
 from shards.shard_settings import SHARD_DEFAULTS
+
+log = logging.getLogger("durakv.router")
 
 ULLONG_MAX = 2**64 - 1
 LLONG_MAX = 2**63 - 1
@@ -259,10 +262,23 @@ class Settings:
             for alias in param.aliases:
                 self.lookup[alias] = param
         self.values: dict[str, str] = {name: param.default for name, param in self.params.items()}
+        self._limits_text: str | None = None
+        self._normal_limits = (0, 0, 0)
 
     @property
     def maxclients(self) -> int:
         return int(self.values["maxclients"])
+
+    def normal_output_limits(self) -> tuple[int, int, int]:
+        """client-output-buffer-limit for normal clients: (hard bytes, soft bytes,
+        soft seconds), 0 meaning no limit; parsed once per value."""
+        text = self.values["client-output-buffer-limit"]
+        if text is not self._limits_text:
+            words = text.split()
+            at = words.index("normal")
+            self._normal_limits = (int(words[at + 1]), int(words[at + 2]), int(words[at + 3]))
+            self._limits_text = text
+        return self._normal_limits
 
     @property
     def requirepass(self) -> str:
@@ -315,12 +331,12 @@ class Settings:
         if unknown is not None:
             raise ReplyError(b"ERR Unknown option or number of arguments for CONFIG SET - '%s'" % unknown)
         if problem is not None:
-            raise _set_failed(*problem)
+            raise set_failed(*problem)
         result = []
         for (raw_name, raw_value), param in zip(pairs, seen):
             value, why = self._normalize(param, raw_value.decode(errors="replace"))
             if value is None:
-                raise _set_failed(raw_name, why)
+                raise set_failed(raw_name, why)
             result.append((param.name, value))
         return result
 
@@ -376,6 +392,16 @@ class Settings:
         for name, value in changes:
             self.values[name] = value
 
+    def apply_known(self, changes: dict[str, str]) -> None:
+        """Apply changes validated by another router (or recorded by one): only
+        mutable parameters this router knows, already normalised."""
+        for name, value in changes.items():
+            param = self.params.get(name)
+            if param is None or not param.mutable:
+                log.warning("router: ignoring runtime setting %r: not a mutable parameter", name)
+                continue
+            self.values[name] = value
 
-def _set_failed(name: bytes, why: bytes) -> ReplyError:
+
+def set_failed(name: bytes, why: bytes) -> ReplyError:
     return ReplyError(b"ERR CONFIG SET failed (possibly related to argument '%s') - %s" % (name, why))

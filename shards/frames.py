@@ -44,10 +44,15 @@ def _internal_hook(value: object) -> object:
 _internal_encoder = msgspec.msgpack.Encoder(enc_hook=_internal_hook)
 
 
-def encode_frame(batch: list) -> bytes:
-    body = _encoder.encode(batch)
-    assert len(body) <= MAX_FRAME_BYTES, "frame larger than the protocol allows"
-    return len(body).to_bytes(4, "big") + body
+def encode_frame(batch: list) -> bytearray:
+    """Header and body in one buffer, encoded in place (no second copy of a
+    frame that may carry big replies)."""
+    frame = bytearray(FRAME_HEADER_BYTES)
+    _encoder.encode_into(batch, frame, FRAME_HEADER_BYTES)
+    size = len(frame) - FRAME_HEADER_BYTES
+    assert size <= MAX_FRAME_BYTES, "frame larger than the protocol allows"
+    frame[:FRAME_HEADER_BYTES] = size.to_bytes(FRAME_HEADER_BYTES, "big")
+    return frame
 
 
 def encode_internal(ok: bool, value: object) -> bytes:
@@ -66,7 +71,8 @@ def split_frames(buf: bytearray) -> list[bytes]:
         end = pos + 4 + size
         if end > n:
             break
-        frames.append(bytes(buf[pos + 4 : end]))
+        with memoryview(buf) as view:
+            frames.append(bytes(view[pos + 4 : end]))  # one copy, not a bytearray slice and then bytes
         pos = end
     if pos:
         del buf[:pos]

@@ -29,7 +29,7 @@ _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 @contextlib.contextmanager
-def _reachable(path: str) -> Iterator[str]:
+def reachable_path(path: str) -> Iterator[str]:
     """A name for `path` that fits in sun_path, valid inside the block."""
     if len(os.fsencode(path)) <= SUN_PATH_MAX_BYTES:
         yield path
@@ -49,7 +49,7 @@ def bind_unix(sock: socket.socket, path: str) -> None:
     """Bind a listening socket at `path`, replacing a stale socket file there.
     The caller must own the name already (a shard holds its log lock), so a file
     left by a dead process is safe to remove; anything but a socket is refused."""
-    with _reachable(path) as name:
+    with reachable_path(path) as name:
         try:
             mode = os.lstat(name).st_mode
         except FileNotFoundError:
@@ -63,7 +63,7 @@ def bind_unix(sock: socket.socket, path: str) -> None:
 
 
 def connect_unix(sock: socket.socket, path: str) -> None:
-    with _reachable(path) as name:
+    with reachable_path(path) as name:
         sock.connect(name)
 
 

@@ -15,6 +15,7 @@ import pytest
 import redis
 
 STARTUP_TIMEOUT_S = 30
+CHILD_TITLE_WAIT_S = 10
 # Set by .ci/run, which installs redis-server/redis-tools: then a test skipped for a
 # missing redis tool (its skip reason names "redis-...") fails instead.
 REQUIRE_REDIS_ENV = "DURAKV_REQUIRE_REDIS"
@@ -97,10 +98,16 @@ class DurakvServer:
         return [int(p) for p in out.stdout.split()]
 
     def child_pid(self, role: str, index: int) -> int:
-        """A child found by its process title (`durakv shard 1 DIR`), as `ps` shows it."""
-        out = subprocess.run(["pgrep", "-g", str(self.proc.pid), "-f", f"^durakv {role} {index} "],
-                             capture_output=True, text=True)
-        pids = [int(p) for p in out.stdout.split()]
+        """A child found by its process title (`durakv shard 1 DIR`), as `ps` shows it.
+        Waits a little: a second router may still be starting when the first answers."""
+        deadline = time.monotonic() + CHILD_TITLE_WAIT_S
+        while True:
+            out = subprocess.run(["pgrep", "-g", str(self.proc.pid), "-f", f"^durakv {role} {index} "],
+                                 capture_output=True, text=True)
+            pids = [int(p) for p in out.stdout.split()]
+            if pids or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert len(pids) == 1, f"expected one {role} {index}, found {pids}"
         return pids[0]
 

@@ -3,6 +3,8 @@ bound, in front of the same shards."""
 
 from __future__ import annotations
 
+import pytest
+
 
 def test_two_routers_share_the_port_and_the_data(server_factory):
     srv = server_factory(shards=2, extra_args=("--routers", "2"))
@@ -25,3 +27,125 @@ def test_two_routers_share_the_port_and_the_data(server_factory):
         assert c.mget([f"k{i}" for i in range(len(clients))]) == [str(i).encode() for i in range(len(clients))]
     for c in clients:
         c.close()
+
+
+MAX_CONNECTIONS_TO_REACH_BOTH = 400
+
+
+class RawConnection:
+    """One connection spoken to in raw RESP, so that a refused command does not
+    make the client library reconnect (possibly to the other router)."""
+
+    def __init__(self, port: int) -> None:
+        import socket
+
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buf = b""
+
+    def call(self, *args: str) -> bytes:
+        out = b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a.encode()) for a in args)
+        self.sock.sendall(out)
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(4096)
+            assert chunk, "connection closed"
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def router(self) -> int:
+        return (int(self.call("CLIENT", "ID")[1:]) - 1) % 2  # id = seq * routers + index + 1
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def wait_routers_listening(srv, routers: int, starts: int = 1) -> None:
+    """The server is ready once one router answers; wait until every router has
+    logged that it listens (`starts` times each, after restarts)."""
+    import time
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        log = srv.log()
+        if all(log.count(f"router {i} ready") >= starts for i in range(routers)):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"routers not listening:\n{srv.log()}")
+
+
+def test_config_set_reaches_every_router(server_factory):
+    """CONFIG SET on one router takes effect on all of them before it is acknowledged:
+    a password set through one connection is required on every new connection,
+    a changed password refuses the old one everywhere, and plain and shard
+    parameters read back the same on every router."""
+    import redis
+
+    srv = server_factory(shards=2, extra_args=("--routers", "2"))
+    wait_routers_listening(srv, 2)
+    admin = srv.client()
+    assert admin.config_set("requirepass", "first") is True
+    # Whichever router wakes first accepts a connection (one shared listening
+    # socket): go on until both have taken some, at least 40 in all (bounded).
+    seen_routers = set()
+    for n in range(MAX_CONNECTIONS_TO_REACH_BOTH):
+        c = RawConnection(srv.port)
+        assert c.call("SET", "k", "v") == b"-NOAUTH Authentication required."
+        assert c.call("AUTH", "first") == b"+OK"
+        seen_routers.add(c.router())
+        assert c.call("SET", "k", "v") == b"+OK"
+        c.close()
+        if n >= 40 and seen_routers == {0, 1}:
+            break
+    assert seen_routers == {0, 1}, "the connections must land on both routers"
+    assert admin.config_set("requirepass", "second") is True
+    seen_routers = set()
+    for n in range(MAX_CONNECTIONS_TO_REACH_BOTH):
+        c = RawConnection(srv.port)
+        assert c.call("AUTH", "first").startswith(b"-WRONGPASS")
+        assert c.call("AUTH", "second") == b"+OK"
+        seen_routers.add(c.router())
+        c.close()
+        if n >= 40 and seen_routers == {0, 1}:
+            break
+    assert seen_routers == {0, 1}
+    assert admin.config_set("maxclients", "1234") is True
+    assert admin.config_set("hz", "77") is True
+    assert admin.config_set("hash-max-listpack-entries", "3") is True
+    for n in range(40):
+        c = redis.Redis(port=srv.port, socket_timeout=10, password="second")
+        assert c.config_get("maxclients") == {"maxclients": "1234"}
+        assert c.config_get("hz") == {"hz": "77"}
+        # Shard parameters too: a 4-field hash is not a listpack any more.
+        c.hset(f"h{n}", mapping={"a": 1, "b": 2, "c": 3, "d": 4})
+        assert c.object("encoding", f"h{n}") == b"hashtable"
+        c.close()
+    admin.close()
+
+
+def test_restarted_router_has_its_peers_settings(server_factory):
+    """A router that restarts reads DIR/run/settings, so it requires the password
+    its peers were given; a fresh start of the whole server does not."""
+    import os
+    import signal
+
+    srv = server_factory(shards=1, extra_args=("--routers", "2"))
+    wait_routers_listening(srv, 2)
+    admin = srv.client()
+    assert admin.config_set("requirepass", "secret") is True
+    assert oct(os.stat(srv.data_dir / "run" / "settings").st_mode & 0o777) == "0o600"
+    for index in (0, 1):
+        os.kill(srv.child_pid("router", index), signal.SIGKILL)
+    wait_routers_listening(srv, 2, starts=2)
+    seen_routers = set()
+    for _ in range(20):
+        c = RawConnection(srv.port)
+        assert c.call("PING") == b"-NOAUTH Authentication required."
+        assert c.call("AUTH", "secret") == b"+OK"
+        seen_routers.add(c.router())
+        c.close()
+    assert seen_routers == {0, 1}
+    srv.stop()
+    srv.start()
+    c = srv.client()
+    assert c.ping() is True, "CONFIG SET does not outlive a restart of the whole server"
+    c.close()
