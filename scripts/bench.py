@@ -202,7 +202,7 @@ def shown(argv: list[str], tmp: Path) -> str:
 
 def start_durakv(groups: ProcessGroups, tmp: Path, opts: argparse.Namespace) -> Server:
     port = free_port()
-    argv = [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--shards", str(opts.shards),
+    argv = [sys.executable, "-m", "durakv.server.cli", "serve", "--port", str(port), "--shards", str(opts.shards),
             "--routers", str(opts.routers), "--data-dir", str(tmp / "durakv-data")]
     log_path = tmp / "durakv.log"
     with open(log_path, "wb") as log:

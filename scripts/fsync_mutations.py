@@ -9,7 +9,7 @@ Mutations (log/writer.py):
   no-dir-fsync           a new segment's directory fsync is deleted
 
 Each runs in a fresh copy under a temp dir (PYTHONPATH and the working directory
-point at the copy, so the servers the tests start run the mutated code too). Exit
+point at the copy, importable as durakv.* through DIR/.import, so the servers the tests start run the mutated code too). Exit
 status 0 only if the unmutated copy passes and every mutation fails at least one
 test. Takes a few minutes per mutation on 2 cores, so CI does not run it.
 """
@@ -62,9 +62,20 @@ MUTATIONS: dict[str, tuple[str, str]] = {
 }
 
 
+PACKAGES = ("server", "shards", "log", "snapshotter")
+IMPORT_ROOT = ".import"
+
+
 def make_copy(dest: Path) -> None:
+    """A copy of the tree, importable as durakv.*: DEST/.import/durakv/<package>
+    links to DEST/<package>, and PYTHONPATH=DEST/.import (run_tests) puts it ahead
+    of the installed (editable) durakv."""
     shutil.copytree(REPO, dest, ignore=shutil.ignore_patterns(
         ".git", "__pycache__", "*.egg-info", ".pytest_cache", ".hypothesis"))
+    namespace = dest / IMPORT_ROOT / "durakv"
+    namespace.mkdir(parents=True)
+    for package in PACKAGES:
+        (namespace / package).symlink_to(dest / package, target_is_directory=True)
 
 
 def mutate(root: Path, old: str, new: str) -> None:
@@ -79,7 +90,7 @@ def mutate(root: Path, old: str, new: str) -> None:
 
 def run_tests(root: Path, tests: list[str]) -> tuple[int, list[str], float]:
     """(pytest exit status, failed test ids, seconds) for the tree at root."""
-    env = dict(os.environ, PYTHONPATH=str(root), PYTHONDONTWRITEBYTECODE="1")
+    env = dict(os.environ, PYTHONPATH=str(root / IMPORT_ROOT), PYTHONDONTWRITEBYTECODE="1")
     started = time.monotonic()
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                           "-rf", *tests], cwd=root, env=env, capture_output=True, text=True,

@@ -18,7 +18,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from log import Log  # noqa: E402
+from durakv.log import Log  # noqa: E402
 
 RECORD_BYTES = 100
 

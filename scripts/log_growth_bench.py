@@ -70,7 +70,7 @@ def load(port: int, writes: int, keys: int) -> float:
 def durakv(workdir: str, writes: int, keys: int, shards: int, config: str | None) -> None:
     data_dir = os.path.join(workdir, "durakv")
     port = free_port()
-    argv = [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--shards", str(shards),
+    argv = [sys.executable, "-m", "durakv.server.cli", "serve", "--port", str(port), "--shards", str(shards),
             "--data-dir", data_dir, *(["--config", config] if config else [])]
     log = open(os.path.join(workdir, "durakv.log"), "ab")
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

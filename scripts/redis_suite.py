@@ -68,7 +68,7 @@ def run_unit(suite: str, unit: str, verbose: bool, timeout_s: int) -> tuple[int,
     port = free_port()
     server_log = open(os.path.join(LOG_DIR, unit.replace("/", "_") + ".server.log"), "wb")
     server = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--shards", "1",
+        [sys.executable, "-m", "durakv.server.cli", "serve", "--port", str(port), "--shards", "1",
          "--data-dir", data_dir],
         stdin=subprocess.DEVNULL, stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True)
     try:

@@ -149,7 +149,7 @@ def main() -> int:
         else:
             port = free_port()
             if args.durakv:
-                argv = [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--shards", "2",
+                argv = [sys.executable, "-m", "durakv.server.cli", "serve", "--port", str(port), "--shards", "2",
                         "--data-dir", os.path.join(tmp, "data")]
             else:
                 argv = ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", tmp]

@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench_sections import replace_section  # noqa: E402
 
-from snapshotter.runner import read_status  # noqa: E402
+from durakv.snapshotter.runner import read_status  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STARTUP_TIMEOUT_S = 120
@@ -207,7 +207,7 @@ def bench_durakv(opts, tmp: str, env: dict) -> dict:
     config = os.path.join(tmp, "durakv.toml")
     with open(config, "w") as f:  # snapshots only when the bench asks (BGSAVE)
         f.write("snapshot-every-bytes = 1099511627776\nsnapshot-max-age-s = 1e9\n")
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--shards",
+    proc = subprocess.Popen([sys.executable, "-m", "durakv.server.cli", "serve", "--port", str(port), "--shards",
                              str(opts.shards), "--data-dir", data_dir, "--config", config,
                              "--snapshot-url", opts.url], process_group=0, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -231,7 +231,7 @@ def bench_durakv(opts, tmp: str, env: dict) -> dict:
         out["snapshotter_max_rss_mb"] = snapshots.max_rss_mb()
         restore_dir = os.path.join(tmp, "restored")
         started = time.monotonic()
-        subprocess.run([sys.executable, "-m", "server.cli", "restore", "--from", opts.url, "--data-dir",
+        subprocess.run([sys.executable, "-m", "durakv.server.cli", "restore", "--from", opts.url, "--data-dir",
                         restore_dir], env=env, check=True, capture_output=True)
         out["restore_s"] = round(time.monotonic() - started, 2)
     finally:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import server.conn_commands  # noqa: F401  (declares the CLIENT container)
-from server.client import Client
-from shards.args import parse_ll
-from shards.resp import ReplyError
-from shards.table import ROUTER, command
+import durakv.server.conn_commands  # noqa: F401  (declares the CLIENT container)
+from durakv.server.client import Client
+from durakv.shards.args import parse_ll
+from durakv.shards.resp import ReplyError
+from durakv.shards.table import ROUTER, command
 
 
 @command("client|unblock", -3, "admin noscript loading stale", group="connection", where=ROUTER)

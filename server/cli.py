@@ -10,8 +10,8 @@ import sys
 
 import trio
 
-from shards.config import Config, config_from_fd, load_config
-from shards.exit_codes import EXIT_OK, EXIT_PERMANENT, EXIT_USAGE
+from durakv.shards.config import Config, config_from_fd, load_config
+from durakv.shards.exit_codes import EXIT_OK, EXIT_PERMANENT, EXIT_USAGE
 
 EXIT_IN_USE = 1  # the port or data dir is taken by another process
 
@@ -62,6 +62,7 @@ async def _run_until_signal(main) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="durakv", description="Redis-compatible, log-durable database")
+    parser.add_argument("--version", action="version", version=f"durakv {_installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run routers and shards under a supervisor")
     _common_flags(serve)
@@ -86,14 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     truncate.add_argument("--data-dir", default="./durakv-data")
     truncate.add_argument("--shard", type=int, required=True)
     truncate.add_argument("--yes", action="store_true", help="really drop them")
-    from server import snapshot_cli
+    from durakv.server import snapshot_cli
 
     snapshot_cli.add_parsers(sub)
     args = parser.parse_args(argv)
     if args.command in snapshot_cli.COMMANDS:
         return snapshot_cli.run(args)
     if args.command == "log":
-        from server.logtool import dump_log, truncate_log, verify_logs
+        from durakv.server.logtool import dump_log, truncate_log, verify_logs
 
         if args.log_command == "verify":
             return verify_logs(args.data_dir)
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         config = _config(args)
     except (OSError, ValueError) as e:
         return _fail(f"bad configuration: {e}", EXIT_USAGE)
-    from server.listener import ListenError, open_listener
+    from durakv.server.listener import ListenError, open_listener
 
     listener = None
     if args.command == "serve":
@@ -118,16 +119,16 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(problem, EXIT_USAGE)
     _setup_logging(config)
     if args.parent_pid:
-        from server.supervisor import die_with_parent
+        from durakv.server.supervisor import die_with_parent
 
         die_with_parent(args.parent_pid)
 
-    from server.proctitle import set_title
+    from durakv.server.proctitle import set_title
 
     if args.command == "serve":
-        from log import LockHeld
-        from server.supervisor import Supervisor
-        from server.topology import TopologyMismatch
+        from durakv.log import LockHeld
+        from durakv.server.supervisor import Supervisor
+        from durakv.server.topology import TopologyMismatch
 
         set_title("serve", f"{config.bind}:{config.port}", config.data_dir)
         try:
@@ -140,9 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         return shard_main(config, args.index)
     if args.command == "router":
         set_title("router", args.index, f"{config.bind}:{config.port}", config.data_dir)
-        from server.fdlimit import FdLimitTooLow
-        from server.listener import listener_from_fd
-        from server.router import run_router
+        from durakv.server.fdlimit import FdLimitTooLow
+        from durakv.server.listener import listener_from_fd
+        from durakv.server.router import run_router
 
         try:
             listener = (listener_from_fd(args.listen_fd) if args.listen_fd is not None
@@ -162,6 +163,16 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_USAGE
 
 
+def _installed_version() -> str:
+    """The version pip installed (package metadata): the one place it is stated is pyproject.toml."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("durakv")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def _fail(message: str, code: int) -> int:
     """An operator's mistake: one line on stderr, a non-zero exit, no traceback."""
     print(f"durakv: {message}", file=sys.stderr)
@@ -170,7 +181,7 @@ def _fail(message: str, code: int) -> int:
 
 def _startup_problem(args: argparse.Namespace, config: Config) -> str:
     """What stops serve/shard/router from starting, as one line with the fix ("" if nothing)."""
-    from server.topology import TopologyMismatch, ensure_topology
+    from durakv.server.topology import TopologyMismatch, ensure_topology
 
     if args.command == "shard" and not 0 <= args.index < config.shards:
         return (f"shard --index {args.index} is out of range: with {config.shards} shards the index "
@@ -210,13 +221,13 @@ def shard_main(config: Config, index: int) -> int:
     """Run one shard (`durakv shard`, or a child the supervisor forked). A permanent failure (corrupt log, snapshot cache that does not
     fit the log) is recorded in DIR/shard-NNN/FAILED for the router and ends the
     process with EXIT_PERMANENT, so it is reported rather than restarted in a loop."""
-    from log import LogCorrupt, LogError, LogLocked
-    from server.proctitle import set_title
-    from shards import failure
-    from shards.server import run_shard
-    from snapshotter import shard_hooks
+    from durakv.log import LogCorrupt, LogError, LogLocked
+    from durakv.server.proctitle import set_title
+    from durakv.shards import failure
+    from durakv.shards.server import run_shard
+    from durakv.snapshotter import shard_hooks
 
-    from server.topology import TopologyMismatch, ensure_topology
+    from durakv.server.topology import TopologyMismatch, ensure_topology
 
     set_title("shard", index, config.data_dir)
     shard_log = logging.getLogger("durakv.shard")

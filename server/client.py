@@ -11,12 +11,12 @@ from collections import deque
 
 import trio
 
-from server.links import LOST, Pending
-from shards.resp import ProtocolError, RequestParser, ReplyError, encode, encode_error
-from shards.table import CURSOR, FANOUT, ROUTER, SPLIT_NONE, lookup
-from shards.slots import key_slot
+from durakv.server.links import LOST, Pending
+from durakv.shards.resp import ProtocolError, RequestParser, ReplyError, encode, encode_error
+from durakv.shards.table import CURSOR, FANOUT, ROUTER, SPLIT_NONE, lookup
+from durakv.shards.slots import key_slot
 
-log = logging.getLogger("durakv.router")
+logger = logging.getLogger("durakv.router")
 
 RECV_BYTES = 64 * 1024
 # Backpressure acts on the one client whose output piles up, never on a shard
@@ -125,7 +125,7 @@ class Client:
             self.flush()
             return
         if parser.buffered_bytes() > self.query_limit:
-            log.warning("router: client %s closed: query buffer over %d bytes", self.addr, self.query_limit)
+            logger.warning("router: client %s closed: query buffer over %d bytes", self.addr, self.query_limit)
             self.kill()
             return
         if requests:
@@ -344,7 +344,7 @@ class Client:
         """The reply at the head of the queue is LOST (its shard died with the
         command in flight): send the replies before it, then close, as a crashed
         Redis would; nothing after it is answered or run."""
-        log.warning("router: closing client %s: its shard died with a command in flight", self.addr)
+        logger.warning("router: closing client %s: its shard died with a command in flight", self.addr)
         if self.blocked_slot is self.replies[0]:
             self.blocked_slot = None  # its shard is gone, and with it the wait
             self.blocked_shard = -1
@@ -395,7 +395,7 @@ class Client:
         else:
             self.soft_limit_since = 0.0
         if over:
-            log.warning("router: client %s closed for overcoming of output buffer limits (%d bytes queued)",
+            logger.warning("router: client %s closed for overcoming of output buffer limits (%d bytes queued)",
                         self.addr, used)
             self.kill()
 
@@ -487,7 +487,7 @@ class ClientPoller:
                         client.on_readable()
                 except Exception:
                     # A bug must cost one connection, never the router.
-                    log.exception("router: closing client %s after an internal error", client.addr)
+                    logger.exception("router: closing client %s after an internal error", client.addr)
                     client.kill()
 
     def close(self) -> None:

@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-from server.client import Client
-from server.info import cluster_lines, shard_states
-from shards.args import int_arg
-from shards.resp import OK, Map, ReplyError, Verbatim, encode
-from shards.slots import SLOT_COUNT, key_slot
-from shards.table import ROUTER, command, container
+from durakv.server.client import Client
+from durakv.server.info import cluster_lines, shard_states
+from durakv.shards.args import int_arg
+from durakv.shards.resp import OK, Map, ReplyError, Verbatim, encode
+from durakv.shards.slots import SLOT_COUNT, key_slot
+from durakv.shards.table import ROUTER, command, container
 
 container("cluster", "cluster", where=ROUTER)
 

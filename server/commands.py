@@ -1,5 +1,5 @@
 """Importing this module registers every command the router answers itself."""
 
-from server import (  # noqa: F401
+from durakv.server import (  # noqa: F401
     blocking_commands, cluster_commands, conn_commands, multi_commands, server_commands, snapshot_commands,
 )

@@ -6,10 +6,10 @@ from __future__ import annotations
 import hmac
 import time
 
-from server.client import Client
-from shards.args import ERR_SYNTAX, INT_MAX, INT_MIN, int_range_arg, parse_ll
-from shards.resp import OK, PONG, Map, ReplyError, Simple, Verbatim
-from shards.table import ROUTER, command, container
+from durakv.server.client import Client
+from durakv.shards.args import ERR_SYNTAX, INT_MAX, INT_MIN, int_range_arg, parse_ll
+from durakv.shards.resp import OK, PONG, Map, ReplyError, Simple, Verbatim
+from durakv.shards.table import ROUTER, command, container
 
 REDIS_VERSION = b"7.0.15"
 CLIENT_TYPES = (b"normal", b"master", b"replica", b"slave", b"pubsub")

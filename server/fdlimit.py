@@ -11,7 +11,7 @@ import logging
 import os
 import resource
 
-log = logging.getLogger("durakv.router")
+logger = logging.getLogger("durakv.router")
 
 # Redis' CONFIG_MIN_RESERVED_FDS (logs, persistence, listeners), plus one link
 # per shard: control socket, epoll, trio's own, the spare for accept.
@@ -40,15 +40,15 @@ def adjust_open_files_limit(maxclients: int, links: int) -> int:
             resource.setrlimit(resource.RLIMIT_NOFILE, (best, hard))
         best = max(best, soft)
     if best >= wanted:
-        log.info("Increased maximum number of open files to %d (it was originally set to %d).", best, soft)
+        logger.info("Increased maximum number of open files to %d (it was originally set to %d).", best, soft)
         return maxclients
     if best <= reserved:
         raise FdLimitTooLow(
             f"Your current 'ulimit -n' of {soft} is not enough for the server to start. "
             f"Please increase your open file limit to at least {wanted}. Exiting.")
     reduced = best - reserved
-    log.warning("You requested maxclients of %d requiring at least %d max file descriptors.", maxclients, wanted)
-    log.warning("Server can't set maximum open files to %d because of OS error: %s.", wanted, why)
-    log.warning("Current maximum open files is %d. maxclients has been reduced to %d to compensate for "
+    logger.warning("You requested maxclients of %d requiring at least %d max file descriptors.", maxclients, wanted)
+    logger.warning("Server can't set maximum open files to %d because of OS error: %s.", wanted, why)
+    logger.warning("Current maximum open files is %d. maxclients has been reduced to %d to compensate for "
                 "low ulimit. If you need higher maxclients increase 'ulimit -n'.", best, reduced)
     return reduced

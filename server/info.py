@@ -9,10 +9,10 @@ import sys
 import time
 from typing import NamedTuple
 
-from shards import failure
-from shards.internal import rss_bytes
-from shards.slots import slot_ranges
-from snapshotter.runner import pending_request, read_status
+from durakv.shards import failure
+from durakv.shards.internal import rss_bytes
+from durakv.shards.slots import slot_ranges
+from durakv.snapshotter.runner import pending_request, read_status
 
 # Like Redis' run_id: random, new for every start of this (router) process.
 RUN_ID = secrets.token_hex(20)

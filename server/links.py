@@ -21,11 +21,11 @@ from typing import Callable
 
 import trio
 
-from log.layout import shard_socket_path
-from shards.frames import encode_frame, reply_batch_decoder, split_frames
-from shards.unixsock import connect_unix, peer_allowed
+from durakv.log.layout import shard_socket_path
+from durakv.shards.frames import encode_frame, reply_batch_decoder, split_frames
+from durakv.shards.unixsock import connect_unix, peer_allowed
 
-log = logging.getLogger("durakv.router")
+logger = logging.getLogger("durakv.router")
 
 RECV_BYTES = 1024 * 1024
 RECONNECT_BACKOFF_MIN_S = 0.005
@@ -108,7 +108,7 @@ class ShardLink:
             self.sock = sock
             self.up = True
             self.ever_up.set()
-            log.info("router: connected to shard %d", self.index)
+            logger.info("router: connected to shard %d", self.index)
             self.router.on_link_change()
             try:
                 async with trio.open_nursery() as nursery:
@@ -121,7 +121,7 @@ class ShardLink:
                 sock.close()
                 self._fail_in_flight()
                 self.router.on_link_change()
-            log.warning("router: lost shard %d; answering its slots with CLUSTERDOWN", self.index)
+            logger.warning("router: lost shard %d; answering its slots with CLUSTERDOWN", self.index)
 
     def _fail_in_flight(self) -> None:
         """The shard is gone: a definite error for what never reached its socket,
@@ -140,7 +140,7 @@ class ShardLink:
                 lost += 1
                 slot.fill(LOST)
         if lost:
-            log.warning("router: shard %d died with %d requests in flight; their clients are disconnected "
+            logger.warning("router: shard %d died with %d requests in flight; their clients are disconnected "
                         "(outcome unknown), %d queued requests answered CLUSTERDOWN",
                         self.index, lost, len(never_sent))
 
@@ -183,7 +183,7 @@ class ShardLink:
             except BlockingIOError:
                 continue
             except OSError as e:
-                log.warning("router: shard %d link error: %s", self.index, e)
+                logger.warning("router: shard %d link error: %s", self.index, e)
                 return
             if not size:
                 return

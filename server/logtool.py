@@ -8,13 +8,13 @@ import glob
 import os
 import sys
 
-import log as wal
-from log.format import MAGIC, Frame, FrameReader
-from log.layout import shard_dir, shard_log_dir
-from log.lock import exclusive_data_dir
-from log.disk import OS_DISK
-from log.manifest import list_segments
-from shards.records import decode_record
+import durakv.log as wal
+from durakv.log.format import MAGIC, Frame, FrameReader
+from durakv.log.layout import shard_dir, shard_log_dir
+from durakv.log.lock import exclusive_data_dir
+from durakv.log.disk import OS_DISK
+from durakv.log.manifest import list_segments
+from durakv.shards.records import decode_record
 
 
 def _shard_log_dirs(data_dir: str) -> list[str]:
@@ -110,7 +110,7 @@ def truncate_log(data_dir: str, shard: int, yes: bool) -> int:
 
 
 def _truncate_locked(path: str, data_dir: str, shard: int, yes: bool) -> int:
-    from snapshotter.local import list_local
+    from durakv.snapshotter.local import list_local
 
     report = wal.verify(path)
     if report.ok:

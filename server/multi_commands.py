@@ -4,11 +4,11 @@ its keys, where it runs atomically (shards/t_multi.py)."""
 
 from __future__ import annotations
 
-from server.client import Client
-from shards.args import parse_ll
-from shards.resp import OK, ReplyError
-from shards.t_multi import pack_transaction
-from shards.table import ROUTER, command
+from durakv.server.client import Client
+from durakv.shards.args import parse_ll
+from durakv.shards.resp import OK, ReplyError
+from durakv.shards.t_multi import pack_transaction
+from durakv.shards.table import ROUTER, command
 
 ERR_EXECABORT = ReplyError(b"EXECABORT Transaction discarded because of previous errors.")
 

@@ -12,23 +12,23 @@ import time
 
 import trio
 
-import server.commands  # noqa: F401  (registers the router's own commands)
-import shards.commands  # noqa: F401  (registers the shard commands: routing needs keys)
-from server.client import Client, ClientPoller
-from server.fdlimit import adjust_open_files_limit
-from server.links import LOST, Pending, ShardLink
-from server.settings import Settings
-from server.settings_sync import SettingsSync
-from server.topology import ensure_topology
-from shards import failure, sdnotify
-from shards.config import Config
-from shards.frames import PROTO_INTERNAL, internal_reply_decoder
-from shards.resp import ReplyError, encode, encode_error
-from shards.shard_settings import SHARD_DEFAULTS
-from shards.slots import key_slot, slot_owner_table
-from shards.table import SPLIT_MGET, Command
+import durakv.server.commands  # noqa: F401  (registers the router's own commands)
+import durakv.shards.commands  # noqa: F401  (registers the shard commands: routing needs keys)
+from durakv.server.client import Client, ClientPoller
+from durakv.server.fdlimit import adjust_open_files_limit
+from durakv.server.links import LOST, Pending, ShardLink
+from durakv.server.settings import Settings
+from durakv.server.settings_sync import SettingsSync
+from durakv.server.topology import ensure_topology
+from durakv.shards import failure, sdnotify
+from durakv.shards.config import Config
+from durakv.shards.frames import PROTO_INTERNAL, internal_reply_decoder
+from durakv.shards.resp import ReplyError, encode, encode_error
+from durakv.shards.shard_settings import SHARD_DEFAULTS
+from durakv.shards.slots import key_slot, slot_owner_table
+from durakv.shards.table import SPLIT_MGET, Command
 
-log = logging.getLogger("durakv.router")
+logger = logging.getLogger("durakv.router")
 
 SHARD_WAIT_POLL_S = 0.01
 ACCEPT_ERROR_PAUSE_S = 0.1
@@ -74,7 +74,7 @@ class Gather:
         except ReplyError as e:
             reply = encode_error(e.message)
         except Exception:
-            log.exception("router: merging shard replies failed")
+            logger.exception("router: merging shard replies failed")
             reply = encode_error(b"ERR internal error merging shard replies")
         self.slot.fill(reply)
 
@@ -290,7 +290,7 @@ class Router:
                 nursery.start_soon(link.run)
             await self._wait_for_shards()
             self.port = listener.getsockname()[1]
-            log.info("router %d ready: listening on %s:%d, %d shards, pid %d",
+            logger.info("router %d ready: listening on %s:%d, %d shards, pid %d",
                      self.index, self.config.bind, self.port, len(self.links), os.getpid())
             sdnotify.notify(b"READY=1")
             task_status.started(self.port)
@@ -305,7 +305,7 @@ class Router:
                 await trio.sleep(SHARD_WAIT_POLL_S)
         down = [link.index for link in self.links if not link.up]
         if down:
-            log.warning("router: shards %s not reachable; their slots answer CLUSTERDOWN", down)
+            logger.warning("router: shards %s not reachable; their slots answer CLUSTERDOWN", down)
 
     def _failed(self, shard: int) -> bool:
         return bool(failure.read(self.config.data_dir, shard))
@@ -320,7 +320,7 @@ class Router:
                 continue
             except OSError as e:
                 if e.errno not in (errno.EMFILE, errno.ENFILE):
-                    log.error("router: accept failed: %s", e)
+                    logger.error("router: accept failed: %s", e)
                     await trio.sleep(ACCEPT_ERROR_PAUSE_S)
                     continue
                 # Out of descriptors: answer with the spare one rather than leave
@@ -367,7 +367,7 @@ class SpareFd:
         self.refused += 1
         now = time.monotonic()
         if now - self.logged_at >= FD_SHORTAGE_LOG_INTERVAL_S:
-            log.warning("router: accept failed: %s; refused %d connections with 'max number of clients "
+            logger.warning("router: accept failed: %s; refused %d connections with 'max number of clients "
                         "reached' since the last report (raise 'ulimit -n' or lower maxclients)",
                         error, self.refused)
             self.logged_at = now
@@ -390,7 +390,7 @@ class SpareFd:
 
 def _ignore_reply(slot: Pending, data: bytes) -> None:
     if data[:1] == b"-" and data is not LOST:
-        log.warning("router: shard rejected an internal request: %r", data[:200])
+        logger.warning("router: shard rejected an internal request: %r", data[:200])
 
 
 def _merge_sum(parts: list, proto: int) -> bytes:

@@ -6,18 +6,18 @@ from __future__ import annotations
 import re
 import time
 
-from server import info as info_mod
-from server.client import Client
-from server.conn_commands import REDIS_VERSION
-from server.fdlimit import adjust_open_files_limit
-from server.links import Pending
-from server.settings import set_failed
-from shards.args import ERR_SYNTAX
-from shards.glob import glob_match
-from shards.resp import OK, Map, ReplyError, SetReply, Simple, Verbatim, encode, encode_error
-from shards.shard_settings import SHARD_DEFAULTS
-from shards.slots import key_slot
-from shards.table import ROUTER, TABLE, Command, command, container
+from durakv.server import info as info_mod
+from durakv.server.client import Client
+from durakv.server.conn_commands import REDIS_VERSION
+from durakv.server.fdlimit import adjust_open_files_limit
+from durakv.server.links import Pending
+from durakv.server.settings import set_failed
+from durakv.shards.args import ERR_SYNTAX
+from durakv.shards.glob import glob_match
+from durakv.shards.resp import OK, Map, ReplyError, SetReply, Simple, Verbatim, encode, encode_error
+from durakv.shards.shard_settings import SHARD_DEFAULTS
+from durakv.shards.slots import key_slot
+from durakv.shards.table import ROUTER, TABLE, Command, command, container
 
 # --- COMMAND --------------------------------------------------------------------
 
@@ -418,7 +418,7 @@ def time_(client: Client, argv: list[bytes]):
 @command("lastsave", 1, "loading stale fast", group="server", where=ROUTER, tips=("nondeterministic_output",))
 def lastsave(client: Client, argv: list[bytes]):
     """The newest published snapshot's time, or the start time before the first."""
-    from server.snapshot_commands import newest_snapshot_time_s
+    from durakv.server.snapshot_commands import newest_snapshot_time_s
 
     return newest_snapshot_time_s(client.router.config.data_dir) or int(client.router.started_at)
 

@@ -16,12 +16,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
-from shards.config import Config
-from shards.glob import glob_match
-from shards.resp import ReplyError
-from shards.shard_settings import SHARD_DEFAULTS
+from durakv.shards.config import Config
+from durakv.shards.glob import glob_match
+from durakv.shards.resp import ReplyError
+from durakv.shards.shard_settings import SHARD_DEFAULTS
 
-log = logging.getLogger("durakv.router")
+logger = logging.getLogger("durakv.router")
 
 ULLONG_MAX = 2**64 - 1
 LLONG_MAX = 2**63 - 1
@@ -398,7 +398,7 @@ class Settings:
         for name, value in changes.items():
             param = self.params.get(name)
             if param is None or not param.mutable:
-                log.warning("router: ignoring runtime setting %r: not a mutable parameter", name)
+                logger.warning("router: ignoring runtime setting %r: not a mutable parameter", name)
                 continue
             self.values[name] = value
 

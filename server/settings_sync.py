@@ -26,13 +26,13 @@ import struct
 
 import trio
 
-from log.layout import ensure_run_dir, router_socket_path, run_dir
-from log.disk import OS_DISK
-from server.links import Pending
-from shards.frames import PROTO_INTERNAL
-from shards.unixsock import bind_unix, peer_allowed, reachable_path
+from durakv.log.layout import ensure_run_dir, router_socket_path, run_dir
+from durakv.log.disk import OS_DISK
+from durakv.server.links import Pending
+from durakv.shards.frames import PROTO_INTERNAL
+from durakv.shards.unixsock import bind_unix, peer_allowed, reachable_path
 
-log = logging.getLogger("durakv.router")
+logger = logging.getLogger("durakv.router")
 
 SETTINGS_FILE = "settings"
 SETTINGS_LOCK_FILE = "settings.lock"
@@ -74,7 +74,7 @@ def _read_changes(path: str, run_id: str) -> dict[str, str]:
         if not (isinstance(values, dict) and all(isinstance(v, str) for v in values.values())):
             raise ValueError("values must map names to strings")
     except (ValueError, KeyError, TypeError) as e:
-        log.error("router: ignoring unreadable %s: %s", path, e)
+        logger.error("router: ignoring unreadable %s: %s", path, e)
         return {}
     return values
 
@@ -152,7 +152,7 @@ class SettingsSync:
         changes = load_runtime_changes(self.data_dir, self.run_id)
         if changes:
             self.router.settings.apply_known(changes)
-            log.info("router %d: loaded %d runtime settings from %s", self.router.index, len(changes),
+            logger.info("router %d: loaded %d runtime settings from %s", self.router.index, len(changes),
                      settings_path(self.data_dir))
         task_status.started()
         await trio.serve_listeners(self._serve_peer, [listener])
@@ -170,7 +170,7 @@ class SettingsSync:
                     self.router.settings.apply_known(dict(changes))
                     await _send_message(stream, ACK)
             except (trio.TooSlowError, trio.BrokenResourceError, ValueError, KeyError, TypeError) as e:
-                log.warning("router %d: bad control message: %s", self.router.index, e)
+                logger.warning("router %d: bad control message: %s", self.router.index, e)
 
     def propagate(self, client, changes: list[tuple[str, str]], shard_changes: list[tuple[str, str]]) -> Pending:
         """Make already-applied changes take effect everywhere; the returned slot
@@ -186,7 +186,7 @@ class SettingsSync:
         try:
             await trio.to_thread.run_sync(store_runtime_changes, self.data_dir, self.run_id, changes)
         except OSError as e:
-            log.error("router: cannot record runtime settings in %s: %s", settings_path(self.data_dir), e)
+            logger.error("router: cannot record runtime settings in %s: %s", settings_path(self.data_dir), e)
         payload = json.dumps({"changes": changes}).encode()
         async with trio.open_nursery() as nursery:
             for index in range(self.router.config.routers):
@@ -195,7 +195,7 @@ class SettingsSync:
         with trio.move_on_after(PEER_ACK_TIMEOUT_MS / 1000) as waited:
             await shards_done.wait()
         if waited.cancelled_caught:
-            log.warning("router: shards did not confirm CONFIG SET within %d ms", PEER_ACK_TIMEOUT_MS)
+            logger.warning("router: shards did not confirm CONFIG SET within %d ms", PEER_ACK_TIMEOUT_MS)
         slot.fill(b"+OK\r\n")
 
     def _send_to_shards(self, shard_changes: list[tuple[str, str]]) -> trio.Event:
@@ -210,7 +210,7 @@ class SettingsSync:
             nonlocal left
             if data[:1] == b"-":
                 # A shard that is down gets every setting again when its link comes up.
-                log.warning("router: a shard did not take a setting: %r", data[:200])
+                logger.warning("router: a shard did not take a setting: %r", data[:200])
             left -= 1
             if left == 0:
                 done.set()
@@ -233,5 +233,5 @@ class SettingsSync:
                 raise ValueError(f"unexpected reply {reply!r}")
         except (OSError, trio.TooSlowError, trio.BrokenResourceError, ValueError) as e:
             # Down or restarting: it loads DIR/run/settings when it starts.
-            log.warning("router %d: router %d did not confirm CONFIG SET (%s); it reads %s when it starts",
+            logger.warning("router %d: router %d did not confirm CONFIG SET (%s); it reads %s when it starts",
                         self.router.index, index, e, settings_path(self.data_dir))

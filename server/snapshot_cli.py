@@ -12,8 +12,8 @@ import threading
 import time
 from datetime import datetime, timezone
 
-from snapshotter.pace import CPU_PERCENT_DEFAULT
-from snapshotter.tailship import ARCHIVE_BYTES_DEFAULT, ARCHIVE_INTERVAL_MS_DEFAULT
+from durakv.snapshotter.pace import CPU_PERCENT_DEFAULT
+from durakv.snapshotter.tailship import ARCHIVE_BYTES_DEFAULT, ARCHIVE_INTERVAL_MS_DEFAULT
 
 COMMANDS = frozenset({"snapshotter", "snapshot", "snapshots", "restore", "import-rdb", "export-rdb"})
 SNAPSHOT_WAIT_POLL_S = 0.2
@@ -103,7 +103,7 @@ def _fail(message: str, code: int = 1) -> int:
 
 def _store(url: str, args: argparse.Namespace, data_dir: str | None = None):
     """The store a URL names (s3://, file://), or with no URL the embedded one under data_dir."""
-    from snapshotter.filestore import open_store
+    from durakv.snapshotter.filestore import open_store
 
     return open_store(url, data_dir, server_side_encryption=getattr(args, "sse", None),
                       storage_class=getattr(args, "storage_class", None))
@@ -136,18 +136,18 @@ def parse_seq(values: list[str] | None) -> int | dict[int, int] | None:
 
 
 def cmd_snapshotter(args: argparse.Namespace) -> int:
-    from server.proctitle import set_title
-    from snapshotter.priority import lower_priority
-    from snapshotter.runner import Schedule, Snapshotter, SnapshotterBusy, acquire_lock
+    from durakv.server.proctitle import set_title
+    from durakv.snapshotter.priority import lower_priority
+    from durakv.snapshotter.runner import Schedule, Snapshotter, SnapshotterBusy, acquire_lock
 
     if args.parent_pid:
-        from server.supervisor import die_with_parent
+        from durakv.server.supervisor import die_with_parent
 
         die_with_parent(args.parent_pid)
     data_dir = args.data_dir
     url = args.snapshot_url
     if args.config_fd is not None:
-        from shards.config import config_from_fd
+        from durakv.shards.config import config_from_fd
 
         config = config_from_fd(args.config_fd)
         data_dir = config.data_dir
@@ -185,7 +185,7 @@ def cmd_snapshotter(args: argparse.Namespace) -> int:
 
 
 def cmd_snapshot_now(args: argparse.Namespace) -> int:
-    from snapshotter.runner import Snapshotter, SnapshotterBusy, acquire_lock, read_status, request_snapshot
+    from durakv.snapshotter.runner import Snapshotter, SnapshotterBusy, acquire_lock, read_status, request_snapshot
 
     try:
         lock_fd = acquire_lock(args.data_dir)
@@ -234,7 +234,7 @@ def cmd_snapshots_list(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from snapshotter.restore import restore
+    from durakv.snapshotter.restore import restore
 
     try:
         seq = parse_seq(args.seq)
@@ -243,7 +243,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         return _fail(str(e), 2)
     results = restore(_store(args.url, args), args.data_dir, seq=seq, at_ms=at_ms, force=args.force,
                       allow_partial=args.allow_partial)
-    from server.topology import ensure_topology
+    from durakv.server.topology import ensure_topology
 
     ensure_topology(args.data_dir, len(results))
     for r in results:
@@ -256,8 +256,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_import_rdb(args: argparse.Namespace) -> int:
-    from server.topology import ensure_topology
-    from snapshotter.rdb_import import import_rdb
+    from durakv.server.topology import ensure_topology
+    from durakv.snapshotter.rdb_import import import_rdb
 
     shards = args.shards or (os.cpu_count() or 1)
     ensure_topology(args.data_dir, shards)
@@ -271,7 +271,7 @@ def cmd_import_rdb(args: argparse.Namespace) -> int:
 
 
 def cmd_export_rdb(args: argparse.Namespace) -> int:
-    from snapshotter.export import export_rdb
+    from durakv.snapshotter.export import export_rdb
 
     if args.url:
         keys = export_rdb(args.output, store=_store(args.url, args))
@@ -284,14 +284,14 @@ def cmd_export_rdb(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     """Run a snapshot command; operator-facing failures become one line on
     stderr and exit status 1."""
-    from log import LogError
-    from snapshotter.local import SnapshotInvalid
-    from snapshotter.manifest import ManifestError
-    from snapshotter.rdb import RdbError
-    from snapshotter.rdb_import import RdbImportError
-    from snapshotter.restore import RestoreError
-    from snapshotter.s3 import StoreError
-    from server.topology import TopologyMismatch
+    from durakv.log import LogError
+    from durakv.snapshotter.local import SnapshotInvalid
+    from durakv.snapshotter.manifest import ManifestError
+    from durakv.snapshotter.rdb import RdbError
+    from durakv.snapshotter.rdb_import import RdbImportError
+    from durakv.snapshotter.restore import RestoreError
+    from durakv.snapshotter.s3 import StoreError
+    from durakv.server.topology import TopologyMismatch
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")

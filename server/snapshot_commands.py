@@ -5,10 +5,10 @@ data dir) and report what it has published."""
 
 from __future__ import annotations
 
-from server.client import Client
-from shards.resp import ReplyError, Simple
-from shards.table import ROUTER, command
-from snapshotter.runner import read_status, request_snapshot
+from durakv.server.client import Client
+from durakv.shards.resp import ReplyError, Simple
+from durakv.shards.table import ROUTER, command
+from durakv.snapshotter.runner import read_status, request_snapshot
 
 
 @command("bgsave", -1, "admin noscript", group="server", where=ROUTER)

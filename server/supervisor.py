@@ -36,14 +36,14 @@ import struct
 import sys
 import time
 
-from log import layout
-from log.lock import lock_data_dir
-from server.topology import ensure_topology
-from shards import failure, sdnotify
-from shards.config import Config, config_pipe
-from shards.exit_codes import EXIT_PERMANENT, EXIT_USAGE
+from durakv.log import layout
+from durakv.log.lock import lock_data_dir
+from durakv.server.topology import ensure_topology
+from durakv.shards import failure, sdnotify
+from durakv.shards.config import Config, config_pipe
+from durakv.shards.exit_codes import EXIT_PERMANENT, EXIT_USAGE
 
-log = logging.getLogger("durakv.supervisor")
+logger = logging.getLogger("durakv.supervisor")
 
 STOP_GRACE_S = 5.0
 RESTART_BACKOFF_MIN_MS = 100
@@ -118,7 +118,7 @@ class Child:
             os.close(config_fd)
 
     def _fork(self, env: dict[str, str], in_child) -> int:
-        from server.cli import shard_main
+        from durakv.server.cli import shard_main
 
         sys.stdout.flush()
         sys.stderr.flush()
@@ -133,7 +133,7 @@ class Child:
             die_with_parent(parent)
             code = shard_main(self.config, self.index)
         except BaseException:
-            log.exception("%s crashed", self.name)
+            logger.exception("%s crashed", self.name)
         finally:
             logging.shutdown()
             os._exit(code)
@@ -179,7 +179,7 @@ class Supervisor:
 
     def _make_children(self, listen_fd: int) -> None:
         config = self.config
-        entry = [sys.executable, "-m", "server.cli"]
+        entry = [sys.executable, "-m", "durakv.server.cli"]
         parent = ["--parent-pid", str(os.getpid())]
         for i in range(config.shards):
             self.children.append(Child("shard", i, config))
@@ -215,8 +215,8 @@ class Supervisor:
         for i in range(config.shards):
             failure.clear(config.data_dir, i)
         # Imported once here, so that every forked shard starts with them loaded.
-        importlib.import_module("shards.server")
-        importlib.import_module("snapshotter.shard_hooks")
+        importlib.import_module("durakv.shards.server")
+        importlib.import_module("durakv.snapshotter.shard_hooks")
         self._make_children(self.listener.fileno())
         self.notify = notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
         notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
@@ -228,7 +228,7 @@ class Supervisor:
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        log.info("supervisor ready: pid %d, %d shards, %d routers, listening on %s:%d, data dir %s",
+        logger.info("supervisor ready: pid %d, %d shards, %d routers, listening on %s:%d, data dir %s",
                  os.getpid(), config.shards, config.routers, config.bind, self.listener.getsockname()[1],
                  config.data_dir)
         try:
@@ -267,7 +267,7 @@ class Supervisor:
                 elif fd in by_fd:
                     self._on_exit(by_fd[fd], now)
             if self._every_shard_failed():
-                log.critical("supervisor: every shard failed permanently (their reasons are logged above); "
+                logger.critical("supervisor: every shard failed permanently (their reasons are logged above); "
                              "not serving. Fix them and start again")
                 return EXIT_PERMANENT
             if not all_ready_told and all(c.ready for c in self.children):
@@ -278,7 +278,7 @@ class Supervisor:
             for child in self.children:
                 if not child.pid and not child.failed and now >= child.restart_at:
                     child.restarts += 1
-                    log.warning("supervisor: restarting %s (restart #%d)", child.name, child.restarts)
+                    logger.warning("supervisor: restarting %s (restart #%d)", child.name, child.restarts)
                     child.start(env, self._in_forked_child)
         return 0
 
@@ -294,11 +294,11 @@ class Supervisor:
                         if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS), None)
             child = by_pid.get(pid)
             if child is None:
-                log.warning("supervisor: ignored a notification from pid %s, not a child", pid)
+                logger.warning("supervisor: ignored a notification from pid %s, not a child", pid)
                 continue
             if b"READY=1" in data.split(b"\n") and not child.ready:
                 child.ready = True
-                log.info("supervisor: %s (pid %d) ready %.0f ms after its start",
+                logger.info("supervisor: %s (pid %d) ready %.0f ms after its start",
                          child.name, pid, (time.monotonic() - child.started_at) * 1000)
 
     def _on_exit(self, child: Child, now: float) -> None:
@@ -308,13 +308,13 @@ class Supervisor:
             return
         if code in NOT_RESTARTED:
             child.failed = True
-            log.error("supervisor: %s (pid %d) exited with status %d: it cannot run (its reason is logged "
+            logger.error("supervisor: %s (pid %d) exited with status %d: it cannot run (its reason is logged "
                       "above); not restarting it", child.name, pid, code)
             if child.role == "shard" and not failure.read(self.config.data_dir, child.index):
                 failure.record(self.config.data_dir, child.index, f"exited with status {code}")
             return
         delay_s, why = child.schedule_restart(now)
-        log.error("supervisor: %s (pid %d) exited with %s; restarting it in %d ms (%s)",
+        logger.error("supervisor: %s (pid %d) exited with %s; restarting it in %d ms (%s)",
                   child.name, pid, code, delay_s * 1000, why)
 
     def _every_shard_failed(self) -> bool:
@@ -322,7 +322,7 @@ class Supervisor:
 
     def stop(self) -> None:
         running = [c for c in self.children if c.pid]
-        log.info("supervisor: stopping %d processes", len(running))
+        logger.info("supervisor: stopping %d processes", len(running))
         # Routers first so no new work arrives, then shards.
         for child in sorted(running, key=lambda c: c.role != "router"):
             os.kill(child.pid, signal.SIGTERM)
@@ -338,10 +338,10 @@ class Supervisor:
                 running.remove(child)
                 child.reap()
         for child in running:
-            log.error("supervisor: %s did not stop in %.0f s; killing it", child.name, STOP_GRACE_S)
+            logger.error("supervisor: %s did not stop in %.0f s; killing it", child.name, STOP_GRACE_S)
             os.kill(child.pid, signal.SIGKILL)
             child.reap()
-        log.info("supervisor: stopped")
+        logger.info("supervisor: stopped")
 
 
 def _drain(fd: int) -> None:

@@ -8,7 +8,7 @@ import json
 import os
 import secrets
 
-from log.layout import topology_path
+from durakv.log.layout import topology_path
 
 TOPOLOGY_VERSION = 1
 

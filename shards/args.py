@@ -7,7 +7,7 @@ import math
 import re
 from fractions import Fraction
 
-from shards.resp import ReplyError
+from durakv.shards.resp import ReplyError
 
 LLONG_MAX = 2**63 - 1
 LLONG_MIN = -(2**63)

@@ -16,8 +16,8 @@ import heapq
 from collections import deque
 from typing import Callable
 
-from shards.args import parse_float
-from shards.resp import ReplyError
+from durakv.shards.args import parse_float
+from durakv.shards.resp import ReplyError
 
 MAX_BLOCKED_CLIENTS = 100_000
 ERR_TIMEOUT_NOT_FLOAT = ReplyError(b"ERR timeout is not a float or out of range")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shards.keyspace import Keyspace
+from durakv.shards.keyspace import Keyspace
 
 
 class Ctx:

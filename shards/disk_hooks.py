@@ -14,9 +14,9 @@ import errno
 import os
 import time
 
-from log import OS_DISK, Disk, JournalingDisk
-from log.layout import durability_journal_path
-from shards.config import Config
+from durakv.log import OS_DISK, Disk, JournalingDisk
+from durakv.log.layout import durability_journal_path
+from durakv.shards.config import Config
 
 TEST_GATE_MAX_WAIT_S = 60.0
 GATE_POLL_S = 0.01

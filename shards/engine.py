@@ -3,10 +3,10 @@ invariant 3), and a canonical dump of a keyspace for comparing states."""
 
 from __future__ import annotations
 
-from shards.context import Ctx
-from shards.keyspace import Keyspace, type_name
-from shards.resp import ReplyError
-from shards.table import TABLE
+from durakv.shards.context import Ctx
+from durakv.shards.keyspace import Keyspace, type_name
+from durakv.shards.resp import ReplyError
+from durakv.shards.table import TABLE
 
 
 def run_command(ctx: Ctx, argv: list[bytes]) -> object:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 import os
 
-from log.layout import shard_dir, shard_failed_path
-from log.disk import OS_DISK
+from durakv.log.layout import shard_dir, shard_failed_path
+from durakv.log.disk import OS_DISK
 
-log = logging.getLogger("durakv.shard")
+logger = logging.getLogger("durakv.shard")
 
 REASON_MAX_BYTES = 4096
 
@@ -34,7 +34,7 @@ def record(data_dir: str, shard: int, reason: str) -> None:
         os.replace(tmp, path)
         OS_DISK.fsync_dir(shard_dir(data_dir, shard))
     except OSError as e:
-        log.error("shard %d: cannot write %s: %s", shard, path, e)
+        logger.error("shard %d: cannot write %s: %s", shard, path, e)
 
 
 def clear(data_dir: str, shard: int) -> None:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import logging
 import os
 
-from shards.frames import encode_internal
+from durakv.shards.frames import encode_internal
 
-log = logging.getLogger("durakv.shard")
+logger = logging.getLogger("durakv.shard")
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -109,5 +109,5 @@ def run(shard, argv: list[bytes]) -> bytes:
     try:
         return encode_internal(True, handler(shard, argv))
     except Exception:
-        log.exception("shard %d: internal request %r failed", shard.index, argv[:3])
+        logger.exception("shard %d: internal request %r failed", shard.index, argv[:3])
         return encode_internal(False, b"ERR internal request failed: %s" % argv[0][1:])

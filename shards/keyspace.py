@@ -14,7 +14,7 @@ import random
 import time
 from typing import Callable, Iterable
 
-from shards.slots import key_slot
+from durakv.shards.slots import key_slot
 
 ACTIVE_EXPIRE_KEYS_PER_CYCLE = 200
 EXPIRE_HEAP_SLACK = 1024

@@ -26,27 +26,27 @@ from typing import Protocol
 
 import trio
 
-import shards.commands  # noqa: F401  (registers every shard command)
-from log import Log, LogWriteFailed
-from log.layout import ensure_run_dir, shard_socket_path
-from shards import failure, internal, sdnotify
-from shards.config import Config
-from shards.disk_hooks import HookedDisk, shard_disk
-from shards.context import Ctx
-from shards.engine import replay
-from shards.frames import encode_frame, encode_internal, request_batch_decoder, split_frames
-from shards.hazards import HazardTracker, HeldReplies
-from shards.blocking import Block, BlockedClients, Waiter
-from shards.keyspace import Keyspace, now_ms
-from shards.records import RecordClock, decode_record, encode_record
-from shards.resp import NULL_ARRAY, ReplyError, encode, encode_error
-from shards.shard_settings import SHARD_DEFAULTS
-from shards.slots import slot_ranges
-from shards.t_multi import Watches, unpack_transaction
-from shards.unixsock import bind_unix, peer_allowed
-from shards.table import CURSOR, FANOUT, TABLE, Command
+import durakv.shards.commands  # noqa: F401  (registers every shard command)
+from durakv.log import Log, LogWriteFailed
+from durakv.log.layout import ensure_run_dir, shard_socket_path
+from durakv.shards import failure, internal, sdnotify
+from durakv.shards.config import Config
+from durakv.shards.disk_hooks import HookedDisk, shard_disk
+from durakv.shards.context import Ctx
+from durakv.shards.engine import replay
+from durakv.shards.frames import encode_frame, encode_internal, request_batch_decoder, split_frames
+from durakv.shards.hazards import HazardTracker, HeldReplies
+from durakv.shards.blocking import Block, BlockedClients, Waiter
+from durakv.shards.keyspace import Keyspace, now_ms
+from durakv.shards.records import RecordClock, decode_record, encode_record
+from durakv.shards.resp import NULL_ARRAY, ReplyError, encode, encode_error
+from durakv.shards.shard_settings import SHARD_DEFAULTS
+from durakv.shards.slots import slot_ranges
+from durakv.shards.t_multi import Watches, unpack_transaction
+from durakv.shards.unixsock import bind_unix, peer_allowed
+from durakv.shards.table import CURSOR, FANOUT, TABLE, Command
 
-log = logging.getLogger("durakv.shard")
+logger = logging.getLogger("durakv.shard")
 
 RECV_BYTES = 1024 * 1024
 ROUTER_CONNECTIONS_MAX = 64
@@ -97,7 +97,7 @@ class RouterConn:
                 try:
                     await send_all(self.sock, encode_frame(batch))
                 except OSError as e:
-                    log.warning("shard: router connection lost while replying: %s", e)
+                    logger.warning("shard: router connection lost while replying: %s", e)
                     return  # the reader sees the end of the connection and closes it
 
 
@@ -157,7 +157,7 @@ class Shard:
                             holder=f"shard {self.index}", disk=disk)
         truncated = self.log.recovery.truncated_bytes
         if truncated:
-            log.warning("shard %d: torn log tail: truncated %d bytes", self.index, truncated)
+            logger.warning("shard %d: torn log tail: truncated %d bytes", self.index, truncated)
         started = time.monotonic()
         last_report = started
         count = 0
@@ -169,7 +169,7 @@ class Shard:
             count += 1
             now = time.monotonic()
             if now - last_report >= REPLAY_PROGRESS_INTERVAL_S:
-                log.info("shard %d: replaying log: %d records (%.0f records/s)",
+                logger.info("shard %d: replaying log: %d records (%.0f records/s)",
                          self.index, count, count / (now - started))
                 last_report = now
         elapsed = max(time.monotonic() - started, 1e-9)
@@ -182,7 +182,7 @@ class Shard:
         self.db.on_flush = self._on_flush
         if isinstance(disk, HookedDisk):
             disk.armed = True
-        log.info("shard %d: replayed %d records in %.3f s (%.0f records/s), %d keys, log tail seq %d",
+        logger.info("shard %d: replayed %d records in %.3f s (%.0f records/s), %d keys, log tail seq %d",
                  self.index, count, elapsed, count / elapsed, len(self.db.data), tail)
 
     def _mark_dirty(self, key: bytes) -> None:
@@ -264,7 +264,7 @@ class Shard:
             data = encode_error(e.message) if proto else encode_internal(False, e.message)
             self._stat(cmd).failed += 1
         except Exception:
-            log.exception("shard %d: command %r failed", self.index, argv[:3])
+            logger.exception("shard %d: command %r failed", self.index, argv[:3])
             message = b"ERR internal error executing '%s'" % name[:64]
             data = encode_error(message) if proto else encode_internal(False, message)
         self.db.count_reads = False
@@ -442,7 +442,7 @@ class Shard:
         backoff until a retry is durable; then accept writes again. Held replies stay
         held meanwhile: they leave once their records are durable."""
         self._set_write_error(error)
-        log.critical("shard %d: log write failed, refusing writes while retrying: %s",
+        logger.critical("shard %d: log write failed, refusing writes while retrying: %s",
                      self.index, self._cause(error))
         delay_ms = WRITE_RETRY_FIRST_MS
         attempts = 0
@@ -454,10 +454,10 @@ class Shard:
             except LogWriteFailed as e:
                 self._set_write_error(e)
                 if attempts < 5 or attempts % WRITE_RETRY_LOG_EVERY == 0:
-                    log.error("shard %d: log retry %d failed: %s", self.index, attempts, self._cause(e))
+                    logger.error("shard %d: log retry %d failed: %s", self.index, attempts, self._cause(e))
                 delay_ms = min(delay_ms * 2, WRITE_RETRY_MAX_MS)
                 continue
-            log.warning("shard %d: log writable again after %d retries; durable through seq %d; "
+            logger.warning("shard %d: log writable again after %d retries; durable through seq %d; "
                         "accepting writes", self.index, attempts, durable)
             self.write_error = None
             return durable
@@ -501,7 +501,7 @@ class Shard:
                     except BlockingIOError:
                         continue
                     except OSError as e:
-                        log.warning("shard %d: router connection error: %s", self.index, e)
+                        logger.warning("shard %d: router connection error: %s", self.index, e)
                         break
                     if not size:
                         break
@@ -554,7 +554,7 @@ async def run_shard(config: Config, index: int, snapshots: SnapshotHooks | None 
     listener.setblocking(False)
     failure.clear(config.data_dir, index)  # serving again: the router stops reporting a failure
     first, last = shard.slot_range
-    log.info("shard %d ready: slots %d-%d, %d keys, durability %s, pid %d",
+    logger.info("shard %d ready: slots %d-%d, %d keys, durability %s, pid %d",
              index, first, last, len(shard.db.data), config.durability, os.getpid())
     sdnotify.notify(b"READY=1")
     try:

@@ -12,11 +12,11 @@ neither re-runs increments nor depends on the overflow policy.
 
 from __future__ import annotations
 
-from shards.args import ERR_SYNTAX, ERR_WRONGTYPE, MAX_STRING_BYTES, int_arg, parse_ll
-from shards.context import Ctx
-from shards.resp import ReplyError
-from shards.t_string import get_string
-from shards.table import command
+from durakv.shards.args import ERR_SYNTAX, ERR_WRONGTYPE, MAX_STRING_BYTES, int_arg, parse_ll
+from durakv.shards.context import Ctx
+from durakv.shards.resp import ReplyError
+from durakv.shards.t_string import get_string
+from durakv.shards.table import command
 
 CHUNK_BYTES = 1 << 20  # largest slice turned into one integer at a time
 

@@ -10,15 +10,15 @@ the timeout had expired at once, as Redis does.
 
 from __future__ import annotations
 
-from shards.args import ERR_WRONGTYPE
-from shards.blocking import Block, parse_timeout_ms
-from shards.context import Ctx
-from shards.resp import NULL_ARRAY
-from shards.t_list import (
+from durakv.shards.args import ERR_WRONGTYPE
+from durakv.shards.blocking import Block, parse_timeout_ms
+from durakv.shards.context import Ctx
+from durakv.shards.resp import NULL_ARRAY
+from durakv.shards.t_list import (
     LIST_HEAD, LIST_TAIL, ListValue, list_move, list_pop, parse_mpop_args, parse_where,
 )
-from shards.t_zset import ZSet, parse_zmpop, zpop_generic
-from shards.table import command, numkeys_keys
+from durakv.shards.t_zset import ZSet, parse_zmpop, zpop_generic
+from durakv.shards.table import command, numkeys_keys
 
 
 def _block_or_timeout(ctx: Ctx, keys: list[bytes], deadline_ms: int, serve) -> object:

@@ -24,20 +24,20 @@ from __future__ import annotations
 import struct
 from typing import Callable
 
-from shards.args import ERR_SYNTAX, int_arg
-from shards.context import Ctx
-from shards.resp import OK, ReplyError
-from shards.t_hash import HashValue
-from shards.t_list import ListValue
-from shards.t_set import RSet, is_int
-from shards.t_zset import LLONG_HALF_D, ZSet, strtod
-from shards.table import command
-from snapshotter.crc64 import crc64
-from snapshotter.lzf import LzfError, lzf_decompress
-from snapshotter.packed import (
+from durakv.shards.args import ERR_SYNTAX, int_arg
+from durakv.shards.context import Ctx
+from durakv.shards.resp import OK, ReplyError
+from durakv.shards.t_hash import HashValue
+from durakv.shards.t_list import ListValue
+from durakv.shards.t_set import RSet, is_int
+from durakv.shards.t_zset import LLONG_HALF_D, ZSet, strtod
+from durakv.shards.table import command
+from durakv.snapshotter.crc64 import crc64
+from durakv.snapshotter.lzf import LzfError, lzf_decompress
+from durakv.snapshotter.packed import (
     PackedError, intset_decode, intset_encode, lp_decode, lp_entry, lp_from_entries, ziplist_decode,
 )
-from snapshotter.rdb import (
+from durakv.snapshotter.rdb import (
     ENC_INT8, ENC_INT16, ENC_INT32, ENC_LZF, QUICKLIST_PACKED, QUICKLIST_PLAIN, RDB_VERSION, TYPE_HASH,
     TYPE_HASH_LISTPACK, TYPE_HASH_ZIPLIST, TYPE_LIST, TYPE_LIST_QUICKLIST, TYPE_LIST_QUICKLIST_2,
     TYPE_LIST_ZIPLIST, TYPE_SET, TYPE_SET_INTSET, TYPE_STRING, TYPE_ZSET, TYPE_ZSET_2, TYPE_ZSET_LISTPACK,

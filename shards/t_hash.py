@@ -25,16 +25,16 @@ from itertools import chain, islice
 
 from sortedcontainers import SortedList
 
-from shards.args import (
+from durakv.shards.args import (
     ERR_NOT_FLOAT, ERR_NOT_INT, ERR_OVERFLOW, ERR_SYNTAX, ERR_WRONGTYPE, LLONG_MAX, LLONG_MIN,
     format_long_double, int_arg, parse_ll, parse_long_double, round_long_double,
 )
-from shards.context import Ctx
-from shards.glob import glob_match
-from shards.keyspace import TYPE_NAMES, Keyspace
-from shards.resp import OK, Map, ReplyError
-from shards.t_keys import ENCODINGS
-from shards.table import command
+from durakv.shards.context import Ctx
+from durakv.shards.glob import glob_match
+from durakv.shards.keyspace import TYPE_NAMES, Keyspace
+from durakv.shards.resp import OK, Map, ReplyError
+from durakv.shards.t_keys import ENCODINGS
+from durakv.shards.table import command
 
 HASH_MASK = 2**64 - 1
 SCAN_DEFAULT_COUNT = 10

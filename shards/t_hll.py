@@ -29,10 +29,10 @@ import re
 import struct
 from bisect import bisect_right
 
-from shards.args import ERR_WRONGTYPE
-from shards.context import Ctx
-from shards.resp import OK, ReplyError
-from shards.table import command
+from durakv.shards.args import ERR_WRONGTYPE
+from durakv.shards.context import Ctx
+from durakv.shards.resp import OK, ReplyError
+from durakv.shards.table import command
 
 HLL_P = 14
 HLL_Q = 64 - HLL_P

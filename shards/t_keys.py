@@ -5,15 +5,15 @@ from __future__ import annotations
 import copy
 import re
 
-from shards.args import (
+from durakv.shards.args import (
     ERR_NO_SUCH_KEY, ERR_SYNTAX, INT_MAX, INT_MIN, LLONG_MAX, int_arg, int_range_arg, parse_ll,
 )
-from shards.context import Ctx
-from shards.glob import glob_match
-from shards.keyspace import type_name
-from shards.resp import OK, ReplyError, Simple
-from shards.slots import SLOT_COUNT
-from shards.table import CURSOR, FANOUT, SPLIT_SUM, command, container
+from durakv.shards.context import Ctx
+from durakv.shards.glob import glob_match
+from durakv.shards.keyspace import type_name
+from durakv.shards.resp import OK, ReplyError, Simple
+from durakv.shards.slots import SLOT_COUNT
+from durakv.shards.table import CURSOR, FANOUT, SPLIT_SUM, command, container
 
 SCAN_DEFAULT_COUNT = 10
 SHARED_INTEGERS = 10000

@@ -18,15 +18,15 @@ from __future__ import annotations
 from collections import deque
 from itertools import islice
 
-from shards.args import (
+from durakv.shards.args import (
     ERR_INDEX, ERR_NOT_INT, ERR_NO_SUCH_KEY, ERR_SYNTAX, ERR_WRONGTYPE, LLONG_MIN, parse_ll,
     parse_numkeys_side_count,
 )
-from shards.context import Ctx
-from shards.keyspace import TYPE_NAMES, Keyspace
-from shards.resp import NULL_ARRAY, OK, ReplyError
-from shards.t_keys import ENCODINGS
-from shards.table import command, numkeys_keys
+from durakv.shards.context import Ctx
+from durakv.shards.keyspace import TYPE_NAMES, Keyspace
+from durakv.shards.resp import NULL_ARRAY, OK, ReplyError
+from durakv.shards.t_keys import ENCODINGS
+from durakv.shards.table import command, numkeys_keys
 
 LIST_HEAD = 0
 LIST_TAIL = 1

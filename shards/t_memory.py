@@ -6,10 +6,10 @@ from __future__ import annotations
 import itertools
 import sys
 
-from shards.args import ERR_SYNTAX, int_arg
-from shards.context import Ctx
-from shards.resp import Simple
-from shards.table import command, container
+from durakv.shards.args import ERR_SYNTAX, int_arg
+from durakv.shards.context import Ctx
+from durakv.shards.resp import Simple
+from durakv.shards.table import command, container
 
 DEFAULT_SAMPLES = 5
 DICT_ENTRY_OVERHEAD_BYTES = 24

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import msgspec
 
-from shards.context import Ctx
-from shards.resp import OK, ReplyError
-from shards.table import command
+from durakv.shards.context import Ctx
+from durakv.shards.resp import OK, ReplyError
+from durakv.shards.table import command
 
 MAX_WATCHED_KEYS_PER_CLIENT = 1 << 20
 

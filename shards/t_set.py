@@ -18,13 +18,13 @@ from typing import Iterable
 
 from sortedcontainers import SortedList
 
-from shards.args import ERR_NUMKEYS, ERR_SYNTAX, ERR_WRONGTYPE, LONG_MAX, int_arg, int_range_arg, parse_ll
-from shards.context import Ctx
-from shards.glob import glob_match
-from shards.keyspace import TYPE_NAMES
-from shards.resp import ReplyError, SetReply
-from shards.t_keys import ENCODINGS, parse_scan_cursor
-from shards.table import command, numkeys_keys
+from durakv.shards.args import ERR_NUMKEYS, ERR_SYNTAX, ERR_WRONGTYPE, LONG_MAX, int_arg, int_range_arg, parse_ll
+from durakv.shards.context import Ctx
+from durakv.shards.glob import glob_match
+from durakv.shards.keyspace import TYPE_NAMES
+from durakv.shards.resp import ReplyError, SetReply
+from durakv.shards.t_keys import ENCODINGS, parse_scan_cursor
+from durakv.shards.table import command, numkeys_keys
 
 INTSET_MAX_ENTRIES_CAP = 1 << 30  # Redis caps set-max-intset-entries here
 SPOP_MOVE_STRATEGY_MUL = 5  # Redis rebuilds the set when popping most of it

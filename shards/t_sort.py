@@ -21,14 +21,14 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
-from shards.args import ERR_SYNTAX, ERR_WRONGTYPE, int_arg
-from shards.context import Ctx
-from shards.resp import ReplyError
-from shards.t_hash import HashValue
-from shards.t_list import ListValue
-from shards.t_set import RSet, members_in_order
-from shards.t_zset import ZSet, strtod
-from shards.table import command
+from durakv.shards.args import ERR_SYNTAX, ERR_WRONGTYPE, int_arg
+from durakv.shards.context import Ctx
+from durakv.shards.resp import ReplyError
+from durakv.shards.t_hash import HashValue
+from durakv.shards.t_list import ListValue
+from durakv.shards.t_set import RSet, members_in_order
+from durakv.shards.t_zset import ZSet, strtod
+from durakv.shards.table import command
 
 ERR_SCORES = ReplyError(b"ERR One or more scores can't be converted into double")
 DBL_MIN = 2.2250738585072014e-308

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from array import array
 
-from shards.args import (
+from durakv.shards.args import (
     ERR_NOT_FLOAT, ERR_NOT_INT, ERR_OFFSET, ERR_OVERFLOW, ERR_SYNTAX, ERR_TOO_BIG, ERR_WRONGTYPE,
     LLONG_MAX, LLONG_MIN, MAX_STRING_BYTES, format_long_double, int_arg, parse_ll, parse_long_double,
     round_long_double,
 )
-from shards.context import Ctx
-from shards.resp import OK, Map, ReplyError
-from shards.table import SPLIT_MGET, command
+from durakv.shards.context import Ctx
+from durakv.shards.resp import OK, Map, ReplyError
+from durakv.shards.table import SPLIT_MGET, command
 
 EMPTY = b""
 STRING_TYPES = (bytes, bytearray)

@@ -24,18 +24,18 @@ import re
 
 from sortedcontainers import SortedList
 
-from shards.args import ERR_SYNTAX, ERR_WRONGTYPE, LONG_MAX, float_arg, int_arg, parse_numkeys_side_count
-from shards.context import Ctx
-from shards.glob import glob_match
-from shards.keyspace import TYPE_NAMES
-from shards.resp import NULL_ARRAY, ReplyError, format_double
-from shards.t_keys import ENCODINGS, parse_scan_cursor
-from shards.t_set import (
+from durakv.shards.args import ERR_SYNTAX, ERR_WRONGTYPE, LONG_MAX, float_arg, int_arg, parse_numkeys_side_count
+from durakv.shards.context import Ctx
+from durakv.shards.glob import glob_match
+from durakv.shards.keyspace import TYPE_NAMES
+from durakv.shards.resp import NULL_ARRAY, ReplyError, format_double
+from durakv.shards.t_keys import ENCODINGS, parse_scan_cursor
+from durakv.shards.t_set import (
     ERR_LIMIT_NEGATIVE, ERR_RANDOM_TOO_MANY, RANDOM_REPLY_MAX_ITEMS, SCAN_HASH_MASK,
     RSet, build_scan_index, parse_scan_options, positive_arg,
     scan_page, signed_count_arg,
 )
-from shards.table import command, numkeys_keys
+from durakv.shards.table import command, numkeys_keys
 
 LLONG_HALF_D = float((2**63 - 1) // 2)  # double2ll's range for integral scores, as a double
 

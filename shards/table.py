@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from shards.args import parse_ll
-from shards.resp import ReplyError
+from durakv.shards.args import parse_ll
+from durakv.shards.resp import ReplyError
 
 # Where a command runs.
 SHARD = 0  # routed by its keys to the owning shard (keyless: shard 0)

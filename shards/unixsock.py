@@ -21,7 +21,7 @@ import stat
 import struct
 from typing import Iterator
 
-log = logging.getLogger("durakv.unixsock")
+logger = logging.getLogger("durakv.unixsock")
 
 SUN_PATH_MAX_BYTES = 107  # sizeof(sun_path) - 1: the kernel wants room for the NUL
 SOCKET_FILE_MODE = 0o600
@@ -81,6 +81,6 @@ def peer_allowed(sock: socket.socket, what: str, expected_uid: int | None = None
     pid, uid, _gid = peer_credentials(sock)
     if uid == expected_uid:
         return True
-    log.warning("%s: refused a connection from pid %d running as uid %d (only uid %d may connect)",
+    logger.warning("%s: refused a connection from pid %d running as uid %d (only uid %d may connect)",
                 what, pid, uid, expected_uid)
     return False

@@ -20,30 +20,30 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
-from shards.keyspace import Keyspace
-from shards.slots import slot_ranges
-from snapshotter.digest import state_digest
-from snapshotter.local import (
+from durakv.shards.keyspace import Keyspace
+from durakv.shards.slots import slot_ranges
+from durakv.snapshotter.digest import state_digest
+from durakv.snapshotter.local import (
     LocalSnapshot,
     load_snapshot,
     newest_local,
     prune_local,
     snapshot_dir,
 )
-from snapshotter.logtail import durable_tail
-from snapshotter.manifest import (
+from durakv.snapshotter.logtail import durable_tail
+from durakv.snapshotter.manifest import (
     SnapshotManifest,
     encode_manifest,
     fsync_dir,
     snapshot_stem,
     write_durably,
 )
-from snapshotter.pace import unpaced
-from snapshotter.rdb import default_aux, write_keyspace
-from snapshotter.rdb_reader import load_rdb
-from snapshotter.replay import CHAIN_START, new_context, replay_log
+from durakv.snapshotter.pace import unpaced
+from durakv.snapshotter.rdb import default_aux, write_keyspace
+from durakv.snapshotter.rdb_reader import load_rdb
+from durakv.snapshotter.replay import CHAIN_START, new_context, replay_log
 
-log = logging.getLogger("durakv.snapshotter")
+logger = logging.getLogger("durakv.snapshotter")
 
 
 class SnapshotVerifyFailed(Exception):
@@ -168,7 +168,7 @@ def build_snapshot(shard_dir: str, shard: int, shards: int, through_seq: int | N
     snapshot = write_snapshot(db, shard_dir, fields, digest, started, pace)
     done = time.monotonic()
     prune_local(shard_dir)
-    log.info("shard %d: snapshot at seq %d (%d records replayed, %d keys, %d bytes) in %.3f s",
+    logger.info("shard %d: snapshot at seq %d (%d records replayed, %d keys, %d bytes) in %.3f s",
              shard, tail, result.records, snapshot.manifest.keys, snapshot.manifest.rdb_bytes,
              done - started)
     return BuildResult(snapshot, int((replayed - started) * 1000), int((done - replayed) * 1000))

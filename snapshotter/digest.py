@@ -11,9 +11,9 @@ from typing import Callable
 
 import msgspec
 
-from shards.engine import canonical_value
-from shards.keyspace import Keyspace, type_name
-from snapshotter.pace import unpaced
+from durakv.shards.engine import canonical_value
+from durakv.shards.keyspace import Keyspace, type_name
+from durakv.snapshotter.pace import unpaced
 
 DIGEST_VERSION = 1
 _BATCH_KEYS = 1024

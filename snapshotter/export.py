@@ -12,16 +12,16 @@ import os
 import tempfile
 import time
 
-from shards.keyspace import Keyspace
-from shards.slots import slot_ranges
-from snapshotter.local import load_snapshot, newest_local, shard_dir_of
-from snapshotter.logtail import durable_tail
-from snapshotter.manifest import fsync_dir
-from snapshotter.rdb import RdbWriter, default_aux
-from snapshotter.replay import CHAIN_START, new_context, replay_log
-from snapshotter.restore import choose_snapshot, shards_in_store
-from snapshotter.runner import shard_count
-from snapshotter.store import Store
+from durakv.shards.keyspace import Keyspace
+from durakv.shards.slots import slot_ranges
+from durakv.snapshotter.local import load_snapshot, newest_local, shard_dir_of
+from durakv.snapshotter.logtail import durable_tail
+from durakv.snapshotter.manifest import fsync_dir
+from durakv.snapshotter.rdb import RdbWriter, default_aux
+from durakv.snapshotter.replay import CHAIN_START, new_context, replay_log
+from durakv.snapshotter.restore import choose_snapshot, shards_in_store
+from durakv.snapshotter.runner import shard_count
+from durakv.snapshotter.store import Store
 
 
 def shard_state_from_dir(data_dir: str, shard: int, shards: int) -> Keyspace:

@@ -17,8 +17,8 @@ import shutil
 from typing import Iterator
 from urllib.parse import urlparse
 
-from snapshotter.manifest import fsync_dir, write_durably
-from snapshotter.store import Store, StoreError
+from durakv.snapshotter.manifest import fsync_dir, write_durably
+from durakv.snapshotter.store import Store, StoreError
 
 META_SUFFIX = ".meta"
 READ_CHUNK_BYTES = 1 << 20
@@ -140,13 +140,13 @@ def open_store(url: str, data_dir: str | None = None, *, server_side_encryption:
     if not url:
         if data_dir is None:
             raise StoreError("no snapshot URL given")
-        from log.layout import snapshots_dir
+        from durakv.log.layout import snapshots_dir
 
         root = snapshots_dir(data_dir)
         os.makedirs(root, exist_ok=True)
         return LocalStore(root, archives_log=False, keep_snapshots=EMBEDDED_KEEP_SNAPSHOTS)
     if url.startswith("file:"):
         return LocalStore(parse_file_url(url))
-    from snapshotter.s3 import SnapshotStore
+    from durakv.snapshotter.s3 import SnapshotStore
 
     return SnapshotStore(url, server_side_encryption=server_side_encryption, storage_class=storage_class)

@@ -10,12 +10,12 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from shards.keyspace import Keyspace
-from snapshotter.digest import state_digest
-from snapshotter.manifest import SnapshotManifest, decode_manifest, fsync_dir
-from snapshotter.pace import unpaced
-from snapshotter.rdb import RdbError
-from snapshotter.rdb_reader import load_rdb
+from durakv.shards.keyspace import Keyspace
+from durakv.snapshotter.digest import state_digest
+from durakv.snapshotter.manifest import SnapshotManifest, decode_manifest, fsync_dir
+from durakv.snapshotter.pace import unpaced
+from durakv.snapshotter.rdb import RdbError
+from durakv.snapshotter.rdb_reader import load_rdb
 
 SNAPSHOT_DIR = "snapshot"
 HASH_CHUNK_BYTES = 1 << 20

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import os
 
-import log as wal
-from log.manifest import list_segments
-from snapshotter.manifest import fsync_dir
+import durakv.log as wal
+from durakv.log.manifest import list_segments
+from durakv.snapshotter.manifest import fsync_dir
 
 
 def durable_tail(log_dir: str) -> int:

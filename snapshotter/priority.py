@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 
-log = logging.getLogger("durakv.snapshotter")
+logger = logging.getLogger("durakv.snapshotter")
 
 AUTOGROUP_PATH = "/proc/self/autogroup"
 NICE_MAX = 19
@@ -37,13 +37,13 @@ def lower_priority(nice_increment: int, sched_idle: bool = True) -> int:
         try:
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         except OSError as e:
-            log.warning("snapshotter: could not switch to SCHED_IDLE (%s): shards that wake may wait "
+            logger.warning("snapshotter: could not switch to SCHED_IDLE (%s): shards that wake may wait "
                         "behind it", e)
     if os.getsid(0) == os.getpid() and os.path.exists(AUTOGROUP_PATH):
         try:
             with open(AUTOGROUP_PATH, "w") as f:
                 f.write(str(niceness))
         except OSError as e:
-            log.warning("snapshotter: could not set its autogroup's niceness to %d (%s): it may take CPU "
+            logger.warning("snapshotter: could not set its autogroup's niceness to %d (%s): it may take CPU "
                         "from the shards as if it were not niced", niceness, e)
     return niceness

@@ -25,14 +25,14 @@ import math
 import struct
 from typing import BinaryIO, Callable
 
-from shards.args import parse_ll
-from shards.t_hash import HashValue
-from shards.t_list import ListValue
-from shards.t_set import RSet
-from shards.t_zset import ZSet
-from snapshotter.crc64 import Crc64
-from snapshotter.pace import unpaced
-from snapshotter.packed import intset_encode, lp_entry, lp_from_entries
+from durakv.shards.args import parse_ll
+from durakv.shards.t_hash import HashValue
+from durakv.shards.t_list import ListValue
+from durakv.shards.t_set import RSet
+from durakv.shards.t_zset import ZSet
+from durakv.snapshotter.crc64 import Crc64
+from durakv.snapshotter.pace import unpaced
+from durakv.snapshotter.packed import intset_encode, lp_entry, lp_from_entries
 
 RDB_VERSION = 10
 RDB_MAGIC = b"REDIS"

@@ -21,21 +21,21 @@ import time
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
-from log import Log
-from log.lock import exclusive_data_dir
-from shards.keyspace import Keyspace
-from shards.records import RecordClock, encode_record
-from shards.resp import format_double
-from shards.slots import key_slot, slot_owner_table, slot_ranges
-from shards.t_hash import HashValue
-from shards.t_list import ListValue
-from shards.t_set import RSet
-from shards.t_zset import ZSet
-from snapshotter.digest import state_digest
-from snapshotter.local import shard_dir_of
-from snapshotter.rdb import RdbError
-from snapshotter.rdb_reader import RdbReader, Unsupported
-from snapshotter.replay import CHAIN_START, new_context, replay_log
+from durakv.log import Log
+from durakv.log.lock import exclusive_data_dir
+from durakv.shards.keyspace import Keyspace
+from durakv.shards.records import RecordClock, encode_record
+from durakv.shards.resp import format_double
+from durakv.shards.slots import key_slot, slot_owner_table, slot_ranges
+from durakv.shards.t_hash import HashValue
+from durakv.shards.t_list import ListValue
+from durakv.shards.t_set import RSet
+from durakv.shards.t_zset import ZSet
+from durakv.snapshotter.digest import state_digest
+from durakv.snapshotter.local import shard_dir_of
+from durakv.snapshotter.rdb import RdbError
+from durakv.snapshotter.rdb_reader import RdbReader, Unsupported
+from durakv.snapshotter.replay import CHAIN_START, new_context, replay_log
 
 ARGS_PER_EFFECT = 1024          # elements per RPUSH/HSET/SADD/ZADD effect
 RECORD_MAX_BYTES = 1 << 20      # effects are grouped into records of about this size

@@ -18,16 +18,16 @@ import struct
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterator
 
-from shards.keyspace import Keyspace
-from shards.t_hash import HashValue
-from shards.t_list import ListValue
-from shards.t_set import RSet
-from shards.t_zset import ZSet
-from snapshotter import rdb as R
-from snapshotter.crc64 import Crc64
-from snapshotter.lzf import LzfError, lzf_decompress
-from snapshotter.pace import unpaced
-from snapshotter.packed import PackedError, intset_decode, lp_decode, ziplist_decode
+from durakv.shards.keyspace import Keyspace
+from durakv.shards.t_hash import HashValue
+from durakv.shards.t_list import ListValue
+from durakv.shards.t_set import RSet
+from durakv.shards.t_zset import ZSet
+from durakv.snapshotter import rdb as R
+from durakv.snapshotter.crc64 import Crc64
+from durakv.snapshotter.lzf import LzfError, lzf_decompress
+from durakv.snapshotter.pace import unpaced
+from durakv.snapshotter.packed import PackedError, intset_decode, lp_decode, ziplist_decode
 
 READ_CHUNK_BYTES = 1 << 20
 MAX_RDB_VERSION = 11

@@ -8,15 +8,15 @@ import hashlib
 import os
 from typing import Callable, Iterator
 
-import log as wal
-import shards.commands  # noqa: F401  (registers every command the effects may name)
-from shards.context import Ctx
-from shards.engine import replay
-from shards.keyspace import Keyspace
-from shards.records import decode_record
-from shards.shard_settings import SHARD_DEFAULTS
-from shards.slots import SLOT_COUNT
-from snapshotter.pace import unpaced
+import durakv.log as wal
+import durakv.shards.commands  # noqa: F401  (registers every command the effects may name)
+from durakv.shards.context import Ctx
+from durakv.shards.engine import replay
+from durakv.shards.keyspace import Keyspace
+from durakv.shards.records import decode_record
+from durakv.shards.shard_settings import SHARD_DEFAULTS
+from durakv.shards.slots import SLOT_COUNT
+from durakv.snapshotter.pace import unpaced
 
 # The log-chain checksum starts from 32 zero bytes at seq 0.
 CHAIN_START = "0" * 64

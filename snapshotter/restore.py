@@ -31,18 +31,18 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from log import Log, LogError
-from log.layout import DATA_DIR_LOCK
-from log.lock import exclusive_data_dir
-from log.manifest import Manifest, segment_name, store_manifest
-from shards.slots import slot_ranges
-from snapshotter.build import write_snapshot
-from snapshotter.digest import state_digest
-from snapshotter.local import SnapshotInvalid, load_snapshot, shard_dir_of
-from snapshotter.manifest import fsync_dir
-from snapshotter.progress import Progress
-from snapshotter.replay import CHAIN_START, ChainMismatch, new_context, replay_log
-from snapshotter.store import RemoteSegment, RemoteSnapshot, Store
+from durakv.log import Log, LogError
+from durakv.log.layout import DATA_DIR_LOCK
+from durakv.log.lock import exclusive_data_dir
+from durakv.log.manifest import Manifest, segment_name, store_manifest
+from durakv.shards.slots import slot_ranges
+from durakv.snapshotter.build import write_snapshot
+from durakv.snapshotter.digest import state_digest
+from durakv.snapshotter.local import SnapshotInvalid, load_snapshot, shard_dir_of
+from durakv.snapshotter.manifest import fsync_dir
+from durakv.snapshotter.progress import Progress
+from durakv.snapshotter.replay import CHAIN_START, ChainMismatch, new_context, replay_log
+from durakv.snapshotter.store import RemoteSegment, RemoteSnapshot, Store
 
 # Epoch written into the scratch log directory used to read archived segments:
 # above any real epoch, so the reader's "epoch <= manifest epoch" rule holds.

@@ -27,19 +27,19 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 
-from log import lock as dir_lock
-from log.errors import LockHeld
-from log.manifest import list_segments
-from snapshotter.build import build_snapshot
-from snapshotter.local import newest_local, shard_dir_of, snapshot_dir
-from snapshotter.logtail import log_first_seq
-from snapshotter.manifest import write_durably
-from snapshotter.pace import CPU_PERCENT_DEFAULT, Pacer
-from snapshotter.filestore import open_store
-from snapshotter.store import Store, StoreError
-from snapshotter.tailship import ARCHIVE_BYTES_DEFAULT, ARCHIVE_INTERVAL_MS_DEFAULT, TailArchiver
+from durakv.log import lock as dir_lock
+from durakv.log.errors import LockHeld
+from durakv.log.manifest import list_segments
+from durakv.snapshotter.build import build_snapshot
+from durakv.snapshotter.local import newest_local, shard_dir_of, snapshot_dir
+from durakv.snapshotter.logtail import log_first_seq
+from durakv.snapshotter.manifest import write_durably
+from durakv.snapshotter.pace import CPU_PERCENT_DEFAULT, Pacer
+from durakv.snapshotter.filestore import open_store
+from durakv.snapshotter.store import Store, StoreError
+from durakv.snapshotter.tailship import ARCHIVE_BYTES_DEFAULT, ARCHIVE_INTERVAL_MS_DEFAULT, TailArchiver
 
-log = logging.getLogger("durakv.snapshotter")
+logger = logging.getLogger("durakv.snapshotter")
 
 CONTROL_DIR = "snapshotter"
 LOCK_NAME = "LOCK"
@@ -231,7 +231,7 @@ class Snapshotter:
                     status.release_through_seq = release
             status.status, status.error = "ok", ""
         except Exception as e:  # noqa: BLE001 - reported in status and the log, retried next round
-            log.exception("shard %d: snapshot failed", shard)
+            logger.exception("shard %d: snapshot failed", shard)
             status.status, status.error = "error", f"{type(e).__name__}: {e}"
         return status
 
@@ -281,7 +281,7 @@ class Snapshotter:
 
     def serve(self, stop: threading.Event) -> None:
         """The snapshotter loop: serve requests and the schedule until stop is set."""
-        log.info("snapshotter ready: %s, %d shards, store %s, every %d bytes or %.0f s, builds at most %d%% "
+        logger.info("snapshotter ready: %s, %d shards, store %s, every %d bytes or %.0f s, builds at most %d%% "
                  "of the time", self.data_dir, self.shards, self.store.url,
                  self.schedule.every_bytes, self.schedule.max_age_s, self.schedule.cpu_percent)
         shipper = None
@@ -293,7 +293,7 @@ class Snapshotter:
             try:
                 self.run_once(force=bool(request))
             except StoreError as e:
-                log.error("snapshotter: %s", e)
+                logger.error("snapshotter: %s", e)
             if request:
                 self.status.request_served = request
                 shards = self.status.shards.values()

@@ -15,7 +15,7 @@ from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from snapshotter.store import Store, StoreError
+from durakv.snapshotter.store import Store, StoreError
 
 MULTIPART_THRESHOLD_BYTES = 64 * 1024 * 1024
 MULTIPART_CHUNK_BYTES = 64 * 1024 * 1024

@@ -18,12 +18,12 @@ from __future__ import annotations
 import logging
 import os
 
-from log import Log
-from shards.keyspace import Keyspace
-from snapshotter.local import SnapshotInvalid, list_local, load_snapshot
-from snapshotter.runner import read_release
+from durakv.log import Log
+from durakv.shards.keyspace import Keyspace
+from durakv.snapshotter.local import SnapshotInvalid, list_local, load_snapshot
+from durakv.snapshotter.runner import read_release
 
-log = logging.getLogger("durakv.shard")
+logger = logging.getLogger("durakv.shard")
 
 
 class StartError(Exception):
@@ -37,19 +37,19 @@ def prepare_shard_dir(shard_dir: str, shard: int, shards: int, snapshot_url: str
     log_dir = os.path.join(shard_dir, "log")
     if not snapshot_url or (os.path.isdir(log_dir) and os.listdir(log_dir)):
         return False
-    from snapshotter.progress import Progress
-    from snapshotter.restore import RestoreError, restore_shard
-    from snapshotter.filestore import open_store
+    from durakv.snapshotter.progress import Progress
+    from durakv.snapshotter.restore import RestoreError, restore_shard
+    from durakv.snapshotter.filestore import open_store
 
     store = open_store(snapshot_url)
     if not store.list_snapshots(shard) and not store.list_segments(shard):
         return False
     os.makedirs(shard_dir, exist_ok=True)
     try:
-        restored = restore_shard(store, shard, shards, shard_dir, progress=Progress(lambda m: log.info("%s", m), bars=False))
+        restored = restore_shard(store, shard, shards, shard_dir, progress=Progress(lambda m: logger.info("%s", m), bars=False))
     except RestoreError as e:
         raise StartError(str(e)) from None
-    log.info("shard %d: bootstrapped from %s at seq %d", shard, snapshot_url, restored.seq)
+    logger.info("shard %d: bootstrapped from %s at seq %d", shard, snapshot_url, restored.seq)
     return True
 
 
@@ -71,10 +71,10 @@ def load_start_snapshot(shard_dir: str, db: Keyspace, wal: Log) -> int:
         try:
             load_snapshot(snapshot, db)
         except SnapshotInvalid as e:
-            log.error("%s; trying an older snapshot", e)
+            logger.error("%s; trying an older snapshot", e)
             db.flush()
             continue
-        log.info("loaded snapshot seq %d (%d keys) from %s", seq, len(db.data), snapshot.rdb_path)
+        logger.info("loaded snapshot seq %d (%d keys) from %s", seq, len(db.data), snapshot.rdb_path)
         return seq
     if first_retained > 1:
         raise StartError(f"the log at {wal.path} starts at seq {first_retained} and no local snapshot "
@@ -93,5 +93,5 @@ def release_segments(shard_dir: str, wal: Log) -> list[str]:
         return []
     dropped = wal.drop_segments_through(through)
     if dropped:
-        log.info("dropped %d archived log segments through seq %d", len(dropped), through)
+        logger.info("dropped %d archived log segments through seq %d", len(dropped), through)
     return dropped

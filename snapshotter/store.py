@@ -31,8 +31,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from snapshotter.local import LocalSnapshot, file_sha256, snapshot_dir
-from snapshotter.manifest import (
+from durakv.snapshotter.local import LocalSnapshot, file_sha256, snapshot_dir
+from durakv.snapshotter.manifest import (
     ManifestError,
     SnapshotManifest,
     decode_manifest,

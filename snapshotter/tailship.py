@@ -29,13 +29,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from log.format import BadFrame, FrameReader
-from log.manifest import list_segments, segment_name
-from log.layout import shard_log_dir
-from snapshotter.manifest import fsync_dir
-from snapshotter.store import ArchiveMarker, Store, StoreError, TailPiece
+from durakv.log.format import BadFrame, FrameReader
+from durakv.log.manifest import list_segments, segment_name
+from durakv.log.layout import shard_log_dir
+from durakv.snapshotter.manifest import fsync_dir
+from durakv.snapshotter.store import ArchiveMarker, Store, StoreError, TailPiece
 
-log = logging.getLogger("durakv.snapshotter")
+logger = logging.getLogger("durakv.snapshotter")
 
 ARCHIVE_INTERVAL_MS_DEFAULT = 1000
 ARCHIVE_BYTES_DEFAULT = 4 * 1024 * 1024
@@ -200,5 +200,5 @@ class TailArchiver:
                 try:
                     self.ship(shard)
                 except Exception:  # noqa: BLE001 - reported in status.json and the log, retried next interval
-                    log.exception("shard %d: log archive pass failed", shard)
+                    logger.exception("shard %d: log archive pass failed", shard)
             stop.wait(tick_s)

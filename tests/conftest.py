@@ -56,7 +56,7 @@ class DurakvServer:
     def start(self, wait: bool = True) -> "DurakvServer":
         """Start the tree; with wait, return once every shard serves."""
         self.port = free_port()
-        argv = [sys.executable, "-m", "server.cli", "serve", "--port", str(self.port),
+        argv = [sys.executable, "-m", "durakv.server.cli", "serve", "--port", str(self.port),
                 "--shards", str(self.shards), "--data-dir", str(self.data_dir), *self.extra_args]
         env = dict(os.environ)
         if self.env:

@@ -3,11 +3,11 @@ the shard that owns it, with the shard's default settings."""
 
 from __future__ import annotations
 
-from shards.context import Ctx
-from shards.engine import run_command
-from shards.keyspace import Keyspace
-from shards.resp import ReplyError
-from shards.shard_settings import SHARD_DEFAULTS
+from durakv.shards.context import Ctx
+from durakv.shards.engine import run_command
+from durakv.shards.keyspace import Keyspace
+from durakv.shards.resp import ReplyError
+from durakv.shards.shard_settings import SHARD_DEFAULTS
 
 
 class StandInShard:

@@ -18,7 +18,7 @@ import pytest
 import redis
 from conftest import STARTUP_TIMEOUT_S, DurakvServer
 
-from shards.slots import key_slot, slot_owner_table
+from durakv.shards.slots import key_slot, slot_owner_table
 
 REDIS_SERVER = shutil.which("redis-server")
 REF_STARTUP_TIMEOUT_S = 20

@@ -12,10 +12,10 @@ import pytest
 from engine_util import call, new_ctx
 from refserver import Pair, decode, pair, redis_ref  # noqa: F401
 
-import shards.commands  # noqa: F401
-from shards.engine import replay, state_of
-from snapshotter.crc64 import crc64
-from shards.resp import ReplyError
+import durakv.shards.commands  # noqa: F401
+from durakv.shards.engine import replay, state_of
+from durakv.snapshotter.crc64 import crc64
+from durakv.shards.resp import ReplyError
 
 FAR_MS = 4102444800000  # 2100-01-01
 

@@ -18,8 +18,8 @@ import pytest
 import redis
 from refserver import dump_keyspace
 
-from log import simulate_power_loss
-from log.layout import durability_journal_path
+from durakv.log import simulate_power_loss
+from durakv.log.layout import durability_journal_path
 
 CRASH_TRIALS = int(os.environ.get("DURAKV_CRASH_TRIALS", "3"))
 WRITERS = 6
@@ -315,7 +315,7 @@ def test_log_dump_shows_each_record_with_the_time_its_shard_wrote_it(server_fact
     before_ms = time.time_ns() // 1_000_000
     srv.client().set("dumped-key", "dumped-value")
     after_ms = time.time_ns() // 1_000_000
-    out = subprocess.run([sys.executable, "-m", "server.cli", "log", "dump", "--data-dir", str(tmp_path / "dumped")],
+    out = subprocess.run([sys.executable, "-m", "durakv.server.cli", "log", "dump", "--data-dir", str(tmp_path / "dumped")],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     match = re.search(r"payload='@(\d+) set dumped-key dumped-value'", out.stdout, re.IGNORECASE)
@@ -334,11 +334,11 @@ def test_mid_log_corruption_refuses_to_start_and_is_reported(server_factory, tmp
     raw = bytearray(segment.read_bytes())
     raw[len(raw) // 3] ^= 0xFF
     segment.write_bytes(bytes(raw))
-    verify = subprocess.run([sys.executable, "-m", "server.cli", "log", "verify", "--data-dir", str(data_dir)],
+    verify = subprocess.run([sys.executable, "-m", "durakv.server.cli", "log", "verify", "--data-dir", str(data_dir)],
                             capture_output=True, text=True)
     assert verify.returncode == 1
     assert segment.name in verify.stdout + verify.stderr
-    shard = subprocess.run([sys.executable, "-m", "server.cli", "shard", "--index", "0", "--shards", "1",
+    shard = subprocess.run([sys.executable, "-m", "durakv.server.cli", "shard", "--index", "0", "--shards", "1",
                             "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=60)
     assert shard.returncode == 3
     assert "log corrupt" in shard.stderr and segment.name in shard.stderr and "offset" in shard.stderr

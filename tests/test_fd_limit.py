@@ -27,7 +27,7 @@ class LowUlimitServer(DurakvServer):
 
     def start(self) -> "LowUlimitServer":
         self.port = free_port()
-        argv = [sys.executable, "-m", "server.cli", "serve", "--port", str(self.port),
+        argv = [sys.executable, "-m", "durakv.server.cli", "serve", "--port", str(self.port),
                 "--shards", str(self.shards), "--data-dir", str(self.data_dir)]
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(

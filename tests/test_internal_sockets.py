@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from log.layout import RUN_DIR_MODE, run_dir, shard_socket_path
-from shards.frames import encode_frame
-from shards.unixsock import SUN_PATH_MAX_BYTES, bind_unix, connect_unix, peer_allowed, peer_credentials
+from durakv.log.layout import RUN_DIR_MODE, run_dir, shard_socket_path
+from durakv.shards.frames import encode_frame
+from durakv.shards.unixsock import SUN_PATH_MAX_BYTES, bind_unix, connect_unix, peer_allowed, peer_credentials
 
 NOBODY = ("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
 NOBODY_UID = 65534

@@ -12,8 +12,8 @@ import time
 import pytest
 
 from refserver import pair, pair3, redis_ref  # noqa: F401  (fixtures)
-from shards.glob import glob_match
-from shards.slots import key_slot
+from durakv.shards.glob import glob_match
+from durakv.shards.slots import key_slot
 
 LLONG_MAX = 2**63 - 1
 LLONG_MIN = -(2**63)

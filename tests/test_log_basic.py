@@ -13,8 +13,8 @@ import threading
 
 import pytest
 
-import log.writer
-from log import (HEADER_BYTES, Disk, LeaseLost, Log, LogClosed, LogCorrupt, LogLocked,
+import durakv.log.writer
+from durakv.log import (HEADER_BYTES, Disk, LeaseLost, Log, LogClosed, LogCorrupt, LogLocked,
                  PendingFull, RecordsDropped, RecordTooLarge, SequenceMismatch, dump, read,
                  verify)
 
@@ -114,7 +114,7 @@ def test_lease_lost_after_newer_lease(tmp_path):
 
 LOCK_PROBE = """
 import sys
-from log import Log, LogLocked
+from durakv.log import Log, LogLocked
 try:
     Log.open(sys.argv[1]).close()
 except LogLocked as exc:
@@ -260,7 +260,7 @@ def test_record_epoch_newer_than_manifest_is_corruption(tmp_path):
 def test_limits(tmp_path):
     with Log.open(tmp_path / "log", max_pending_bytes=1000) as lg:
         lease = lg.take_lease("a")
-        with mmap.mmap(-1, log.MAX_RECORD_BYTES + 1) as huge:   # virtual, never touched
+        with mmap.mmap(-1, durakv.log.MAX_RECORD_BYTES + 1) as huge:   # virtual, never touched
             with pytest.raises(RecordTooLarge, match="exceeds"):
                 lg.append([b"ok", memoryview(huge)], 0, lease)
         assert lg.tail_seq == 0                                 # all or nothing
@@ -271,7 +271,7 @@ def test_limits(tmp_path):
             lg.append([b"y" * 500], 1, lease)
         lg.sync()
         lg.append([b"y" * 500], 1, lease)
-    for bad in (0, log.writer.MAX_SEGMENT_SIZE_BYTES + 1):
+    for bad in (0, durakv.log.writer.MAX_SEGMENT_SIZE_BYTES + 1):
         with pytest.raises(ValueError):
             Log.open(tmp_path / "other", segment_size_bytes=bad)
 

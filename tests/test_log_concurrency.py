@@ -12,12 +12,12 @@ import time
 
 import pytest
 
-import log.writer
-from log import Log, dump, read
+import durakv.log.writer
+from durakv.log import Log, dump, read
 
 READER_SCRIPT = """
 import sys, time
-from log import read
+from durakv.log import read
 path, final = sys.argv[1], int(sys.argv[2])
 
 def payload(seq):
@@ -69,7 +69,7 @@ def test_reader_process_on_a_live_log(tmp_path):
     assert len(os.listdir(path)) > 10                     # it read across segment rolls
 
 
-class RecordingDisk(log.Disk):
+class RecordingDisk(durakv.log.Disk):
     """Records each segment write_all (one per sync): (file, offset, bytes)."""
 
     def __init__(self) -> None:
@@ -138,7 +138,7 @@ def test_sync_in_worker_thread_while_main_thread_appends(tmp_path):
         while offset < end:
             seq, found_index = write_index_at.pop((os.path.realpath(segment), offset))
             assert (seq, found_index) == (next_seq, index), (segment, offset)
-            offset += log.HEADER_BYTES + len(expected[seq - 1])
+            offset += durakv.log.HEADER_BYTES + len(expected[seq - 1])
             next_seq, index = next_seq + 1, index + 1
         assert offset == end
     assert not write_index_at and next_seq == len(expected) + 1

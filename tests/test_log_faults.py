@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from log import JournalingDisk, Log, LogWriteFailed, read, simulate_power_loss, verify
+from durakv.log import JournalingDisk, Log, LogWriteFailed, read, simulate_power_loss, verify
 
 
 class FaultDisk(JournalingDisk):

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from log import HEADER_BYTES, Log, LogCorrupt, dump, read, verify
-from log.format import encode_records
+from durakv.log import HEADER_BYTES, Log, LogCorrupt, dump, read, verify
+from durakv.log.format import encode_records
 
 
 def payload(seq: int) -> bytes:

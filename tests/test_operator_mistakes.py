@@ -16,10 +16,10 @@ import redis
 from conftest import DurakvServer, free_port
 from test_snapshot import cli, manual_config, moto_endpoint, s3  # noqa: F401  (fixtures)
 
-import log as wal
-from log.layout import shard_failed_path, shard_log_dir
-from shards.records import decode_record
-from shards.slots import key_slot, slot_ranges
+import durakv.log as wal
+from durakv.log.layout import shard_failed_path, shard_log_dir
+from durakv.shards.records import decode_record
+from durakv.shards.slots import key_slot, slot_ranges
 
 MISTAKE_TIMEOUT_S = 60  # a mistake must end the process; old code kept serving until this
 # No supervised snapshotter: these tests run snapshots themselves, or need the log
@@ -30,7 +30,7 @@ FAST_STARTUP = "startup-shard-wait-ms = 500\nsnapshotter = false\n"
 def durakv(*argv: str) -> subprocess.CompletedProcess:
     """Run the CLI; a process still running after MISTAKE_TIMEOUT_S fails the test."""
     try:
-        return subprocess.run([sys.executable, "-m", "server.cli", *argv], capture_output=True,
+        return subprocess.run([sys.executable, "-m", "durakv.server.cli", *argv], capture_output=True,
                               text=True, timeout=MISTAKE_TIMEOUT_S, start_new_session=True)
     except subprocess.TimeoutExpired:
         pytest.fail(f"durakv {' '.join(argv)} was still running after {MISTAKE_TIMEOUT_S} s")

@@ -17,19 +17,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from refserver import RedisRef, dump_keyspace
 
-from shards.engine import run_command, state_of
-from shards.keyspace import Keyspace
-from shards.t_hash import HashValue
-from shards.t_list import ListValue
-from shards.t_set import RSet
-from shards.t_zset import ZSet
-from snapshotter import crc64 as crc_mod
-from snapshotter.crc64 import crc64
-from snapshotter.lzf import LzfError, lzf_decompress
-from snapshotter.packed import lp_decode, lp_encode
-from snapshotter.rdb import RdbError, default_aux, write_keyspace
-from snapshotter.rdb_reader import RdbReader, Unsupported, load_rdb
-from snapshotter.replay import new_context
+from durakv.shards.engine import run_command, state_of
+from durakv.shards.keyspace import Keyspace
+from durakv.shards.t_hash import HashValue
+from durakv.shards.t_list import ListValue
+from durakv.shards.t_set import RSet
+from durakv.shards.t_zset import ZSet
+from durakv.snapshotter import crc64 as crc_mod
+from durakv.snapshotter.crc64 import crc64
+from durakv.snapshotter.lzf import LzfError, lzf_decompress
+from durakv.snapshotter.packed import lp_decode, lp_encode
+from durakv.snapshotter.rdb import RdbError, default_aux, write_keyspace
+from durakv.snapshotter.rdb_reader import RdbReader, Unsupported, load_rdb
+from durakv.snapshotter.replay import new_context
 
 REDIS_CHECK_RDB = shutil.which("redis-check-rdb")
 FUTURE_MS = (int(time.time()) + 3600) * 1000

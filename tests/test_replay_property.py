@@ -12,11 +12,11 @@ import time
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from shards.config import Config
-from shards.engine import state_of
-from shards.frames import Request
-from shards.server import Shard
-from shards.t_multi import pack_transaction
+from durakv.shards.config import Config
+from durakv.shards.engine import state_of
+from durakv.shards.frames import Request
+from durakv.shards.server import Shard
+from durakv.shards.t_multi import pack_transaction
 
 KEYS = [b"{t}a", b"{t}b", b"{t}c", b"{t}d"]
 MEMBERS = [b"m1", b"m2", b"m3", b"7", b"-2"]

@@ -12,7 +12,7 @@ import tracemalloc
 import hiredis
 import pytest
 
-from shards.resp import (
+from durakv.shards.resp import (
     NULL_ARRAY, OK, PONG, Map, ProtocolError, Push, Raw, ReplyError, RequestParser, SetReply, Simple,
     Verbatim, encode, encode_error, format_double, split_args,
 )

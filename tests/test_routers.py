@@ -3,7 +3,6 @@ bound, in front of the same shards."""
 
 from __future__ import annotations
 
-import pytest
 
 
 def test_two_routers_share_the_port_and_the_data(server_factory):

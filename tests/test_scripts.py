@@ -159,7 +159,7 @@ def test_units_pass_systemd_analyze_verify(unit_copies):
 
 
 def test_units_match_example_config():
-    from shards.config import load_config
+    from durakv.shards.config import load_config
 
     config = load_config(str(UNITS / "durakv.toml"), {})
     assert config.shards >= 1, "shards must be explicit: one unit instance per shard"
@@ -190,7 +190,7 @@ def _unit_config(tmp_path: Path) -> Path:
 
 def _start_unit_process(args: list[str], env: dict, tmp_path: Path, name: str) -> subprocess.Popen:
     log = open(tmp_path / f"{name}.log", "wb")
-    return subprocess.Popen([sys.executable, "-m", "server.cli", *args], cwd=REPO, env=env,
+    return subprocess.Popen([sys.executable, "-m", "durakv.server.cli", *args], cwd=REPO, env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 

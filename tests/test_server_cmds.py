@@ -8,7 +8,7 @@ import time
 import pytest
 
 from refserver import RawConn, decode, pair, pair3, redis_ref  # noqa: F401  (fixtures)
-from shards.slots import key_slot
+from durakv.shards.slots import key_slot
 
 ISSUE_COMMANDS = (
     "get set setnx setex psetex getset getdel getex mget mset msetnx append strlen incr decr incrby "

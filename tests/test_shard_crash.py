@@ -17,7 +17,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from refserver import RawConn
-from shards.slots import key_slot
+from durakv.shards.slots import key_slot
 from test_durability import write_config
 from test_supervisor import alive, get_or_error, wait_until
 

@@ -21,17 +21,17 @@ from conftest import free_port
 from refserver import RedisRef
 from refserver import dump_keyspace as dump
 
-from log import Log, LogLocked
-from shards.engine import replay
-from shards.keyspace import Keyspace
-from shards.records import decode_record
-from snapshotter import build as build_mod
-from snapshotter.local import list_local, newest_local
-from snapshotter.rdb_reader import load_rdb
-from snapshotter.replay import new_context
-from snapshotter.runner import RELEASE_NAME, Snapshotter, read_release
-from snapshotter.s3 import SnapshotStore
-from snapshotter.shard_hooks import load_start_snapshot, release_segments
+from durakv.log import Log, LogLocked
+from durakv.shards.engine import replay
+from durakv.shards.keyspace import Keyspace
+from durakv.shards.records import decode_record
+from durakv.snapshotter import build as build_mod
+from durakv.snapshotter.local import list_local, newest_local
+from durakv.snapshotter.rdb_reader import load_rdb
+from durakv.snapshotter.replay import new_context
+from durakv.snapshotter.runner import Snapshotter, read_release
+from durakv.snapshotter.s3 import SnapshotStore
+from durakv.snapshotter.shard_hooks import load_start_snapshot, release_segments
 
 REDIS_CHECK_RDB = shutil.which("redis-check-rdb")
 CLI_TIMEOUT_S = 120
@@ -66,7 +66,7 @@ def s3(moto_endpoint, monkeypatch):
 
 
 def cli(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", "server.cli", *argv], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "durakv.server.cli", *argv], capture_output=True, text=True,
                          timeout=CLI_TIMEOUT_S)
     if check:
         assert out.returncode == 0, f"durakv {' '.join(argv)} failed:\n{out.stdout}\n{out.stderr}"
@@ -357,7 +357,7 @@ def test_kill9_then_snapshot_plus_log_tail_rebuilds_state(server_factory, s3, tm
         for _seq, _epoch, payload in wal.read(base + 1):
             replay(ctx, decode_record(payload).effects)
     export = tmp_path / "state.rdb"
-    from snapshotter.rdb import default_aux, write_keyspace
+    from durakv.snapshotter.rdb import default_aux, write_keyspace
 
     with open(export, "wb") as f:
         write_keyspace(f, ctx.db.data, ctx.db.expires, default_aux(0))
@@ -415,7 +415,7 @@ def test_import_rdb_from_redis_server(server_factory, tmp_path):
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux-only")
 def test_snapshotter_in_its_own_session_runs_idle_and_lowers_its_autogroup(server_factory, tmp_path):
     srv = server_factory(shards=1, extra_args=manual_config(tmp_path))
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "snapshotter", "--data-dir", str(srv.data_dir)],
+    proc = subprocess.Popen([sys.executable, "-m", "durakv.server.cli", "snapshotter", "--data-dir", str(srv.data_dir)],
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     autogroup = f"/proc/{proc.pid}/autogroup"
     expected_nice = min(os.getpriority(os.PRIO_PROCESS, 0) + 10, 19)
@@ -442,7 +442,7 @@ def test_snapshotter_in_its_own_session_runs_idle_and_lowers_its_autogroup(serve
 @pytest.mark.parametrize("others_busy_cpus, rest_share", [(1.8, 0.75), (0.2, 0.0)])
 def test_pacer_rests_while_the_machine_is_busy_and_runs_free_while_it_is_idle(monkeypatch, others_busy_cpus,
                                                                              rest_share):
-    from snapshotter import pace
+    from durakv.snapshotter import pace
 
     clock = [0.0]
     slept = []

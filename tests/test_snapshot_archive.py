@@ -7,9 +7,9 @@ from __future__ import annotations
 import os
 import time
 
-from shards.slots import key_slot, slot_owner_table
-from snapshotter.filestore import open_store
-from snapshotter.tailship import TailArchiver
+from durakv.shards.slots import key_slot, slot_owner_table
+from durakv.snapshotter.filestore import open_store
+from durakv.snapshotter.tailship import TailArchiver
 from test_snapshot import cli, dump, manual_config, s3, moto_endpoint, write_every_type  # noqa: F401
 from test_snapshot_serve import _wait_for
 

@@ -18,8 +18,8 @@ import redis
 
 from conftest import DurakvServer, free_port
 from refserver import RawConn
-from shards.exit_codes import EXIT_PERMANENT
-from shards.slots import key_slot
+from durakv.shards.exit_codes import EXIT_PERMANENT
+from durakv.shards.slots import key_slot
 
 DEADLINE_S = 30
 DOWN = b"-CLUSTERDOWN The cluster is down\r\n"
@@ -145,7 +145,7 @@ def test_sigkill_of_the_supervisor_takes_the_children(server_factory):
 def run_serve(port: int, data_dir, *extra: str, timeout_s: float = DEADLINE_S) -> subprocess.CompletedProcess:
     """Run `durakv serve` expecting it to exit by itself; a hang (a server that
     serves when it should refuse) is killed, with its process group, and fails."""
-    argv = [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--shards", "2",
+    argv = [sys.executable, "-m", "durakv.server.cli", "serve", "--port", str(port), "--shards", "2",
             "--data-dir", str(data_dir), *extra]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)

@@ -10,10 +10,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from refserver import Pair, decode, pair, pair3, redis_ref, same_all  # noqa: F401
 
-import shards.commands  # noqa: F401
-from shards.engine import replay, state_of
-from shards.resp import ReplyError
-from shards.t_hash import HashValue, parse_cursor
+import durakv.shards.commands  # noqa: F401
+from durakv.shards.engine import replay, state_of
+from durakv.shards.resp import ReplyError
+from durakv.shards.t_hash import HashValue, parse_cursor
 from engine_util import call, new_ctx
 
 MAX_SCAN_CALLS = 10_000

@@ -13,13 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from refserver import Pair, keys_on_different_shards, pair, redis_ref, same_all  # noqa: F401
 
-import shards.commands  # noqa: F401
-from shards.context import Ctx
-from shards.engine import replay, run_command, state_of
-from shards.keyspace import Keyspace
-from shards.resp import ReplyError
-from shards.shard_settings import SHARD_DEFAULTS
-from shards.t_hll import DENSE_BYTES, dense_to_raw, pattern, raw_max, raw_to_dense
+import durakv.shards.commands  # noqa: F401
+from durakv.shards.context import Ctx
+from durakv.shards.engine import replay, run_command, state_of
+from durakv.shards.keyspace import Keyspace
+from durakv.shards.resp import ReplyError
+from durakv.shards.shard_settings import SHARD_DEFAULTS
+from durakv.shards.t_hll import DENSE_BYTES, dense_to_raw, pattern, raw_max, raw_to_dense
 
 HEADER = b"HYLL\x01\x00\x00\x00" + bytes(7) + b"\x80"
 

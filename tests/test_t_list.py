@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from refserver import Pair, pair, pair3, redis_ref, same_all  # noqa: F401
 
-import shards.commands  # noqa: F401
-from shards.engine import replay, state_of
-from shards.t_list import LIST_HEAD, LIST_TAIL, list_move, list_mpop, list_pop
+import durakv.shards.commands  # noqa: F401
+from durakv.shards.engine import replay, state_of
+from durakv.shards.t_list import LIST_HEAD, LIST_TAIL, list_move, list_mpop, list_pop
 from engine_util import call, new_ctx
 
 FAR_FUTURE_MS = 4_102_444_800_000  # 2100-01-01

@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from refserver import Pair, decode, pair, pair3, redis_ref, same_all  # noqa: F401
 
-from shards import commands  # noqa: F401
-from shards.engine import replay, state_of
-from shards.t_set import RSet
+from durakv.shards import commands  # noqa: F401
+from durakv.shards.engine import replay, state_of
+from durakv.shards.t_set import RSet
 from engine_util import call, new_ctx
 
 SCAN_CALLS_MAX = 10_000

@@ -19,13 +19,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from refserver import Pair, keys_on_different_shards, pair, pair3, redis_ref, same_all  # noqa: F401
 
-import shards.commands  # noqa: F401
-from shards.context import Ctx
-from shards.engine import replay, run_command, state_of
-from shards.keyspace import Keyspace
-from shards.resp import ReplyError
-from shards.shard_settings import SHARD_DEFAULTS
-from shards.t_sort import lookup_by_pattern, parse_sort_score, sort_keys
+import durakv.shards.commands  # noqa: F401
+from durakv.shards.context import Ctx
+from durakv.shards.engine import replay, run_command, state_of
+from durakv.shards.keyspace import Keyspace
+from durakv.shards.resp import ReplyError
+from durakv.shards.shard_settings import SHARD_DEFAULTS
+from durakv.shards.t_sort import lookup_by_pattern, parse_sort_score, sort_keys
 
 
 @pytest.fixture

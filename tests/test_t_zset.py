@@ -12,11 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from refserver import Pair, pair, pair3, redis_ref, same_all  # noqa: F401
 
-from shards import commands  # noqa: F401
-from shards.engine import replay, state_of
-from shards.resp import NULL_ARRAY, ReplyError
-from shards.t_keys import ENCODINGS
-from shards.t_zset import ZSet, parse_score_range, zpop_generic, zset_pop
+from durakv.shards import commands  # noqa: F401
+from durakv.shards.engine import replay, state_of
+from durakv.shards.resp import NULL_ARRAY, ReplyError
+from durakv.shards.t_keys import ENCODINGS
+from durakv.shards.t_zset import ZSet, parse_score_range, zpop_generic, zset_pop
 from engine_util import call, new_ctx
 
 SCAN_CALLS_MAX = 10_000
