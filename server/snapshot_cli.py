@@ -287,7 +287,7 @@ def run(args: argparse.Namespace) -> int:
     from durakv.log import LogError
     from durakv.snapshotter.local import SnapshotInvalid
     from durakv.snapshotter.manifest import ManifestError
-    from durakv.snapshotter.rdb import RdbError
+    from durakv.shards.rdb.codec import RdbError
     from durakv.snapshotter.rdb_import import RdbImportError
     from durakv.snapshotter.restore import RestoreError
     from durakv.snapshotter.s3 import StoreError

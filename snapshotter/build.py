@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
 from durakv.shards.keyspace import Keyspace
+from durakv.shards.rdb.file import default_aux, load_rdb, settle_keyspace, write_keyspace
 from durakv.shards.slots import slot_ranges
 from durakv.snapshotter.digest import state_digest
 from durakv.snapshotter.local import (
@@ -39,8 +40,6 @@ from durakv.snapshotter.manifest import (
     write_durably,
 )
 from durakv.snapshotter.pace import unpaced
-from durakv.snapshotter.rdb import default_aux, write_keyspace
-from durakv.snapshotter.rdb_reader import load_rdb
 from durakv.snapshotter.replay import CHAIN_START, new_context, replay_log
 
 logger = logging.getLogger("durakv.snapshotter")
@@ -157,6 +156,7 @@ def build_snapshot(shard_dir: str, shard: int, shards: int, through_seq: int | N
     parent_chain = base.manifest.chain if base else CHAIN_START
     result = replay_log(ctx, log_dir, base_seq, tail, parent_chain, pace=pace)
     db = ctx.db
+    settle_keyspace(db, ctx.shard.settings, pace)  # the state the snapshot loads to
     digest = state_digest(db, pace)
     replayed = time.monotonic()
     fields = dict(

@@ -17,7 +17,7 @@ from durakv.shards.slots import slot_ranges
 from durakv.snapshotter.local import load_snapshot, newest_local, shard_dir_of
 from durakv.snapshotter.logtail import durable_tail
 from durakv.snapshotter.manifest import fsync_dir
-from durakv.snapshotter.rdb import RdbWriter, default_aux
+from durakv.shards.rdb.file import RdbWriter, default_aux
 from durakv.snapshotter.replay import CHAIN_START, new_context, replay_log
 from durakv.snapshotter.restore import choose_snapshot, shards_in_store
 from durakv.snapshotter.runner import shard_count

@@ -14,8 +14,8 @@ from durakv.shards.keyspace import Keyspace
 from durakv.snapshotter.digest import state_digest
 from durakv.snapshotter.manifest import SnapshotManifest, decode_manifest, fsync_dir
 from durakv.snapshotter.pace import unpaced
-from durakv.snapshotter.rdb import RdbError
-from durakv.snapshotter.rdb_reader import load_rdb
+from durakv.shards.rdb.codec import RdbError
+from durakv.shards.rdb.file import load_rdb
 
 SNAPSHOT_DIR = "snapshot"
 HASH_CHUNK_BYTES = 1 << 20

@@ -33,8 +33,8 @@ from durakv.shards.t_set import RSet
 from durakv.shards.t_zset import ZSet
 from durakv.snapshotter.digest import state_digest
 from durakv.snapshotter.local import shard_dir_of
-from durakv.snapshotter.rdb import RdbError
-from durakv.snapshotter.rdb_reader import RdbReader, Unsupported
+from durakv.shards.rdb.codec import RdbError, Unsupported
+from durakv.shards.rdb.file import RdbReader
 from durakv.snapshotter.replay import CHAIN_START, new_context, replay_log
 
 ARGS_PER_EFFECT = 1024          # elements per RPUSH/HSET/SADD/ZADD effect

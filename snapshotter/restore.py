@@ -35,6 +35,7 @@ from durakv.log import Log, LogError
 from durakv.log.layout import DATA_DIR_LOCK
 from durakv.log.lock import exclusive_data_dir
 from durakv.log.manifest import Manifest, segment_name, store_manifest
+from durakv.shards.rdb.file import settle_keyspace
 from durakv.shards.slots import slot_ranges
 from durakv.snapshotter.build import write_snapshot
 from durakv.snapshotter.digest import state_digest
@@ -187,6 +188,7 @@ def restore_shard(store: Store, shard: int, shards: int, shard_dir: str, *,
         progress.step(f"shard {shard}: the archive ends at seq {end} (written at {last_at_ms} ms), before "
                       f"the target {at_ms} ms")
     if end > base_seq:
+        settle_keyspace(ctx.db, ctx.shard.settings)  # the state the snapshot loads to
         digest = state_digest(ctx.db)
         write_snapshot(ctx.db, shard_dir, dict(
             shard=shard, shards=shards, slot_ranges=[slot_ranges(shards)[shard]], seq=end, epoch=epoch,

@@ -14,7 +14,7 @@ from refserver import Pair, decode, pair, redis_ref  # noqa: F401
 
 import durakv.shards.commands  # noqa: F401
 from durakv.shards.engine import replay, state_of
-from durakv.snapshotter.crc64 import crc64
+from durakv.shards.rdb.crc64 import crc64
 from durakv.shards.resp import ReplyError
 
 FAR_MS = 4102444800000  # 2100-01-01

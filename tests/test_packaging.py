@@ -25,8 +25,7 @@ def test_wheel_installs_every_module_under_the_durakv_namespace(tmp_path):
     python = venv / "bin" / "python"
     subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)],
                    check=True, capture_output=True, text=True)
-    expected = [f"durakv.{p}.{f[:-3]}" for p in PACKAGES for f in sorted(os.listdir(REPO / p))
-                if f.endswith(".py") and f != "__init__.py"]
+    expected = _modules()
     probe = ("import importlib, sys\n"
              "for name in sys.argv[1:]:\n"
              "    module = importlib.import_module(name)\n"
@@ -40,6 +39,19 @@ def test_wheel_installs_every_module_under_the_durakv_namespace(tmp_path):
         assert out.returncode != 0 and "No module named" in out.stderr, name
     version = subprocess.run([str(venv / "bin" / "durakv"), "--version"], capture_output=True, text=True, check=True)
     assert version.stdout.strip() == f"durakv {_project_version()}"
+
+
+def _modules() -> list[str]:
+    """Every module of the tree (subpackages such as shards/rdb included), as installed names."""
+    names = []
+    for package in PACKAGES:
+        for folder, dirs, files in os.walk(REPO / package):
+            dirs[:] = sorted(d for d in dirs if (Path(folder) / d / "__init__.py").exists())
+            prefix = "durakv." + os.path.relpath(folder, REPO).replace(os.sep, ".")
+            names += [f"{prefix}.{f[:-3]}" for f in sorted(files) if f.endswith(".py") and f != "__init__.py"]
+            if folder != str(REPO / package):
+                names.append(prefix)
+    return names
 
 
 def _project_version() -> str:

@@ -27,7 +27,7 @@ from durakv.shards.keyspace import Keyspace
 from durakv.shards.records import decode_record
 from durakv.snapshotter import build as build_mod
 from durakv.snapshotter.local import list_local, newest_local
-from durakv.snapshotter.rdb_reader import load_rdb
+from durakv.shards.rdb.file import load_rdb
 from durakv.snapshotter.replay import new_context
 from durakv.snapshotter.runner import Snapshotter, read_release
 from durakv.snapshotter.s3 import SnapshotStore
@@ -357,7 +357,7 @@ def test_kill9_then_snapshot_plus_log_tail_rebuilds_state(server_factory, s3, tm
         for _seq, _epoch, payload in wal.read(base + 1):
             replay(ctx, decode_record(payload).effects)
     export = tmp_path / "state.rdb"
-    from durakv.snapshotter.rdb import default_aux, write_keyspace
+    from durakv.shards.rdb.file import default_aux, write_keyspace
 
     with open(export, "wb") as f:
         write_keyspace(f, ctx.db.data, ctx.db.expires, default_aux(0))
