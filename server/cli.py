@@ -218,9 +218,10 @@ def data_dir_problem(data_dir: str) -> str:
 
 
 def shard_main(config: Config, index: int) -> int:
-    """Run one shard (`durakv shard`, or a child the supervisor forked). A permanent failure (corrupt log, snapshot cache that does not
-    fit the log) is recorded in DIR/shard-NNN/FAILED for the router and ends the
-    process with EXIT_PERMANENT, so it is reported rather than restarted in a loop."""
+    """Run one shard (`durakv shard`, or a child the supervisor forked). A permanent
+    failure (corrupt log, snapshot cache that does not fit the log) is recorded in
+    DIR/shard-NNN/FAILED for the router and ends the process with EXIT_PERMANENT, so
+    it is reported rather than restarted in a loop."""
     from durakv.log import LogCorrupt, LogError, LogLocked
     from durakv.server.proctitle import set_title
     from durakv.shards import failure
