@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 import hiredis
@@ -351,7 +351,7 @@ def render(opts: argparse.Namespace, command: str, facts: dict[str, str], server
         out += ["**QUICK RUN** (`--quick`): too small and too noisy to mean anything; it only shows "
                 "that the harness works.", ""]
     out += [f"Command: `{command}`", "",
-            f"Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}", "",
+            f"Date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}", "",
             "## Machine", "", "| | |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in facts.items()]
     out += [f"| load average at end | {finished_load} |", "", "## Method", ""]

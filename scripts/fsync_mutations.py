@@ -9,9 +9,9 @@ Mutations (log/writer.py):
   no-dir-fsync           a new segment's directory fsync is deleted
 
 Each runs in a fresh copy under a temp dir (PYTHONPATH and the working directory
-point at the copy, importable as durakv.* through DIR/.import, so the servers the tests start run the mutated code too). Exit
-status 0 only if the unmutated copy passes and every mutation fails at least one
-test. Takes a few minutes per mutation on 2 cores, so CI does not run it.
+point at the copy, importable as durakv.* through DIR/.import, so the servers the
+tests start run the mutated code too). Exit status 0 only if the unmutated copy
+passes and every mutation fails at least one test. Takes a few minutes per mutation on 2 cores, so CI does not run it.
 """
 
 from __future__ import annotations

@@ -513,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr, flush=True)
     try:
         result = run(opts)
-    except (OSError, RuntimeError, asyncio.TimeoutError) as e:
+    except (TimeoutError, OSError, RuntimeError) as e:
         print(f"load: failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     out = report(opts, result)

@@ -90,7 +90,8 @@ def durakv(workdir: str, writes: int, keys: int, shards: int, config: str | None
     restart_s = wait_serving(port, proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    print(f"durakv ({shards} shards, no snapshot URL, config {config or 'default'}): {writes} SETs over {keys} keys in {took:.1f} s; "
+    print(f"durakv ({shards} shards, no snapshot URL, config {config or 'default'}): "
+          f"{writes} SETs over {keys} keys in {took:.1f} s; "
           f"log written {written} B, log on disk {log_bytes} B, snapshot store {store_bytes} B; "
           f"restart after kill -9: {restart_s:.2f} s")
 

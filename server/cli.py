@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         from durakv.server.topology import TopologyMismatch
 
         set_title("serve", f"{config.bind}:{config.port}", config.data_dir)
+        assert listener is not None, "serve opened its listener first"
         try:
             return Supervisor(config, listener).run()
         except LockHeld as e:
@@ -154,10 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             trio.run(_run_until_signal, lambda: run_router(config, args.index, listener))
         except* FdLimitTooLow as group:
-            problem = group
-            while isinstance(problem, BaseExceptionGroup):
-                problem = problem.exceptions[0]
-            logging.getLogger("durakv.router").critical("%s", problem)
+            cause: BaseException = group
+            while isinstance(cause, BaseExceptionGroup):
+                cause = cause.exceptions[0]
+            logging.getLogger("durakv.router").critical("%s", cause)
             fd_limit_too_low = True
         return EXIT_PERMANENT if fd_limit_too_low else EXIT_OK
     return EXIT_USAGE
@@ -218,9 +219,10 @@ def data_dir_problem(data_dir: str) -> str:
 
 
 def shard_main(config: Config, index: int) -> int:
-    """Run one shard (`durakv shard`, or a child the supervisor forked). A permanent failure (corrupt log, snapshot cache that does not
-    fit the log) is recorded in DIR/shard-NNN/FAILED for the router and ends the
-    process with EXIT_PERMANENT, so it is reported rather than restarted in a loop."""
+    """Run one shard (`durakv shard`, or a child the supervisor forked). A permanent
+    failure (corrupt log, snapshot cache that does not fit the log) is recorded in
+    DIR/shard-NNN/FAILED for the router and ends the process with EXIT_PERMANENT, so
+    it is reported rather than restarted in a loop."""
     from durakv.log import LogCorrupt, LogError, LogLocked
     from durakv.server.proctitle import set_title
     from durakv.shards import failure
@@ -245,8 +247,8 @@ def shard_main(config: Config, index: int) -> int:
                     f"everything after it with: durakv log truncate --data-dir {config.data_dir} "
                     f"--shard {index}" for e in group.exceptions]
     except* TopologyMismatch as group:
-        for e in group.exceptions:  # this process's flags are wrong, not the shard's data: no FAILED
-            shard_log.critical("shard %d cannot start: %s", index, e)
+        for mismatch in group.exceptions:  # this process's flags are wrong, not the shard's data: no FAILED
+            shard_log.critical("shard %d cannot start: %s", index, mismatch)
         code = EXIT_PERMANENT
     except* (LogError, shard_hooks.StartError) as group:
         reasons += [str(e) for e in group.exceptions]

@@ -8,6 +8,7 @@ import select
 import socket
 import time
 from collections import deque
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -15,6 +16,9 @@ from durakv.server.links import LOST, Pending
 from durakv.shards.resp import ProtocolError, RequestParser, ReplyError, encode, encode_error
 from durakv.shards.table import CURSOR, FANOUT, ROUTER, SPLIT_NONE, lookup
 from durakv.shards.slots import key_slot
+
+if TYPE_CHECKING:
+    from durakv.server.router_view import RouterView
 
 logger = logging.getLogger("durakv.router")
 
@@ -58,7 +62,7 @@ class Client:
         "soft_limit_since",
     )
 
-    def __init__(self, router, sock: socket.socket, client_id: int) -> None:
+    def __init__(self, router: RouterView, sock: socket.socket, client_id: int) -> None:
         self.router = router
         self.sock = sock
         self.id = client_id
@@ -185,7 +189,9 @@ class Client:
         where = cmd.where
         try:
             if where == ROUTER:
-                reply = cmd.handler(self, argv)
+                handler = cmd.handler
+                assert handler is not None, f"router command {cmd.fullname} has no handler"
+                reply = handler(self, argv)
                 if type(reply) is not Pending:
                     self.push(encode(reply, self.proto))
                 return
@@ -227,7 +233,6 @@ class Client:
 
     def _queue_in_multi(self, cmd, argv: list[bytes]) -> None:
         """Check a command issued after MULTI and queue it (or flag the transaction)."""
-        router = self.router
         try:
             shard = self._transaction_shard(cmd, argv)
             if cmd.where == ROUTER:
@@ -244,11 +249,13 @@ class Client:
                 self.push(ERR_CROSSSLOT)
                 return
             self.multi_shard = shard
-        if len(self.multi) >= MAX_QUEUED_IN_MULTI:
+        queued = self.multi
+        assert queued is not None, "queueing a command outside MULTI"
+        if len(queued) >= MAX_QUEUED_IN_MULTI:
             self.multi_error = True
             self.push(b"-ERR transaction too long (more than %d queued commands)\r\n" % MAX_QUEUED_IN_MULTI)
             return
-        self.multi.append(argv)
+        queued.append(argv)
         self.push(b"+QUEUED\r\n")
 
     def _transaction_shard(self, cmd, argv: list[bytes]) -> int | None:
@@ -279,7 +286,9 @@ class Client:
             if argv[0] == ROUTER_IN_MULTI:
                 argv = argv[1:]
                 try:
-                    reply = lookup(argv).handler(self, argv)
+                    handler = lookup(argv).handler
+                    assert handler is not None, f"router command {argv[0]!r} has no handler"
+                    reply = handler(self, argv)
                     if type(reply) is Pending:
                         # CONFIG SET: it took effect here; EXEC does not wait for
                         # its propagation to the other routers and shards.
@@ -315,7 +324,7 @@ class Client:
         with the backlog when a blocking command finished or output drained."""
         replies = self.replies
         while not self.closed:
-            chunks = []
+            chunks: list[bytes] = []
             size = 0
             while replies:
                 head = replies[0]

@@ -208,6 +208,11 @@ def _persistence(router, infos, version):
     return lines
 
 
+def _failed_calls(info: dict) -> int:
+    """Commands a shard answered with an error (its commandstats' failed counts)."""
+    return sum(failed for _calls, _usec, failed in info["commandstats"].values())
+
+
 def _stats(router, infos, version):
     return [
         f"total_connections_received:{router.stats_connections}",
@@ -219,7 +224,7 @@ def _stats(router, infos, version):
         f"keyspace_misses:{sum(i['keyspace_misses'] for i in infos)}",
         "pubsub_channels:0",
         "pubsub_patterns:0",
-        f"total_error_replies:{router.stats_rejected + sum(sum(v[2] for v in i['commandstats'].values()) for i in infos)}",
+        f"total_error_replies:{router.stats_rejected + sum(_failed_calls(i) for i in infos)}",
         "unexpected_error_replies:0",
         f"total_protocol_errors:{router.stats_protocol_errors}",
         f"shard_frames_sent:{sum(link.frames_sent for link in router.links)}",

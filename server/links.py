@@ -22,7 +22,7 @@ from typing import Callable
 import trio
 
 from durakv.log.layout import shard_socket_path
-from durakv.shards.frames import encode_frame, reply_batch_decoder, split_frames
+from durakv.shards.frames import RequestTuple, encode_frame, reply_batch_decoder, split_frames
 from durakv.shards.unixsock import connect_unix, peer_allowed
 
 logger = logging.getLogger("durakv.router")
@@ -65,10 +65,10 @@ class ShardLink:
         self.sock: socket.socket | None = None
         self.up = False
         self.ever_up = trio.Event()
-        self._queue: list[tuple] = []
+        self._queue: list[RequestTuple] = []
         self._pending: dict[int, Pending] = {}
         # The batch the sender took from the queue, until its first byte is written.
-        self._unsent: list[tuple] = []
+        self._unsent: list[RequestTuple] = []
         self._next_rid = 1
         self._wake = trio.Event()
         self.frames_sent = 0
@@ -146,6 +146,7 @@ class ShardLink:
 
     async def _sender(self, cancel_scope: trio.CancelScope) -> None:
         sock = self.sock
+        assert sock is not None, "sender started before the link connected"
         while True:
             if not self._queue:
                 await self._wake.wait()
@@ -172,6 +173,7 @@ class ShardLink:
 
     async def _receiver(self) -> None:
         sock = self.sock
+        assert sock is not None, "receiver started before the link connected"
         buf = bytearray()
         chunk = bytearray(RECV_BYTES)  # reused: a fresh 1 MiB bytes per recv costs an mmap
         view = memoryview(chunk)

@@ -9,6 +9,7 @@ import os
 import random
 import socket
 import time
+from typing import Any
 
 import trio
 
@@ -87,7 +88,7 @@ def scan_count(argv: list[bytes]) -> int:
     return SCAN_DEFAULT_COUNT
 
 
-def decode_internal(data: bytes) -> object:
+def decode_internal(data: bytes) -> Any:
     """A shard's internal reply: the value, or raises ReplyError."""
     if data[:1] == b"-":
         raise ReplyError(data[1:-2])
@@ -186,6 +187,7 @@ class Router:
             await trio.sleep(seconds)
             fn()
 
+        assert self.nursery is not None, "after() before serve() started"
         self.nursery.start_soon(timer)
 
     def ask_shard(self, client: Client, shard: int, argv: list[bytes], finish) -> Pending:

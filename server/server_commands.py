@@ -426,8 +426,8 @@ def lastsave(client: Client, argv: list[bytes]):
 # --- DEBUG, FUNCTION --------------------------------------------------------------
 
 
-_STRTOD_PREFIX = re.compile(rb"[ \t\n\v\f\r]*[+-]?(?:inf(?:inity)?|nan|(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)",
-                            re.IGNORECASE)
+_STRTOD_PREFIX = re.compile(
+    rb"[ \t\n\v\f\r]*[+-]?(?:inf(?:inity)?|nan|(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)", re.IGNORECASE)
 
 
 def strtod_prefix(text: bytes) -> float:

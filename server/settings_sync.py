@@ -217,7 +217,8 @@ class SettingsSync:
 
         for link in links:
             for name, value in shard_changes:
-                link.submit(None, PROTO_INTERNAL, [b"\x00config", name.encode(), value.encode()], Pending(None, on_fill=acked))
+                link.submit(None, PROTO_INTERNAL, [b"\x00config", name.encode(), value.encode()],
+                            Pending(None, on_fill=acked))
         return done
 
     async def _send_to_peer(self, index: int, payload: bytes) -> None:

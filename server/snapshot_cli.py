@@ -10,7 +10,7 @@ import os
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 from durakv.snapshotter.pace import CPU_PERCENT_DEFAULT
 from durakv.snapshotter.tailship import ARCHIVE_BYTES_DEFAULT, ARCHIVE_INTERVAL_MS_DEFAULT
@@ -117,7 +117,7 @@ def parse_at(text: str) -> int:
         pass
     when = datetime.fromisoformat(text)
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     return int(when.timestamp() * 1000)
 
 
@@ -227,7 +227,7 @@ def cmd_snapshots_list(args: argparse.Namespace) -> int:
     print(f"{'SHARD':>5} {'SEQ':>12} {'CREATED (UTC)':<20} {'BYTES':>12} {'KEYS':>10} VERIFIED")
     for row in rows:
         m = row.manifest
-        created = datetime.fromtimestamp(m.created_at_ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        created = datetime.fromtimestamp(m.created_at_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
         verified = "yes" if row.complete else ("no (RDB missing)" if row.rdb_size is None else "no (size)")
         print(f"{m.shard:>5} {m.seq:>12} {created:<20} {m.rdb_bytes:>12} {m.keys:>10} {verified}")
     return 0

@@ -72,7 +72,7 @@ class Child:
     at its own start: a restarted shard skips the interpreter's start and the
     imports (about 0.3 s of CPU, seconds on a busy machine) and serves as soon
     as its log is replayed. Routers and the snapshotter are executed afresh
-    (`python -m server.cli ROLE`), their config read from an inherited pipe."""
+    (`python -m durakv.server.cli ROLE`), their config read from an inherited pipe."""
 
     def __init__(self, role: str, index: int | None, config: Config, argv: list[str] | None = None,
                  listen_fd: int | None = None) -> None:

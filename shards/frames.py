@@ -11,6 +11,9 @@ own fan-out requests (proto 0), msgpack of `[ok, value]`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TypeAlias
+
 import msgspec
 
 FRAME_HEADER_BYTES = 4
@@ -19,14 +22,22 @@ PROTO_INTERNAL = 0
 
 
 class Request(msgspec.Struct, array_like=True, gc=False):
+    """One request as the shard decodes it."""
+
     rid: int
     cid: int
     proto: int
     argv: list[bytes]
 
 
+# The same request as the router queues and encodes it: (rid, client id, proto, argv).
+RequestTuple: TypeAlias = tuple[int, int, int, list[bytes]]
+# One reply: (rid, RESP bytes for the client, or an internal reply for proto 0).
+Reply: TypeAlias = tuple[int, bytes]
+
+
 request_batch_decoder = msgspec.msgpack.Decoder(list[Request])
-reply_batch_decoder = msgspec.msgpack.Decoder(list[tuple[int, bytes]])
+reply_batch_decoder = msgspec.msgpack.Decoder(list[Reply])
 internal_reply_decoder = msgspec.msgpack.Decoder()
 _encoder = msgspec.msgpack.Encoder()
 
@@ -44,7 +55,7 @@ def _internal_hook(value: object) -> object:
 _internal_encoder = msgspec.msgpack.Encoder(enc_hook=_internal_hook)
 
 
-def encode_frame(batch: list) -> bytearray:
+def encode_frame(batch: Sequence[RequestTuple] | Sequence[Reply]) -> bytearray:
     """Header and body in one buffer, encoded in place (no second copy of a
     frame that may carry big replies)."""
     frame = bytearray(FRAME_HEADER_BYTES)

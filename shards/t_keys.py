@@ -47,23 +47,27 @@ def _delete_keys(ctx: Ctx, argv: list[bytes]) -> int:
     return len(deleted)
 
 
-@command("del", -2, "write", (1, -1, 1), "keyspace", split=SPLIT_SUM, tips=("request_policy:multi_shard", "response_policy:agg_sum"))
+@command("del", -2, "write", (1, -1, 1), "keyspace", split=SPLIT_SUM,
+         tips=("request_policy:multi_shard", "response_policy:agg_sum"))
 def del_(ctx: Ctx, argv: list[bytes]):
     return _delete_keys(ctx, argv)
 
 
-@command("unlink", -2, "write fast", (1, -1, 1), "keyspace", split=SPLIT_SUM, tips=("request_policy:multi_shard", "response_policy:agg_sum"))
+@command("unlink", -2, "write fast", (1, -1, 1), "keyspace", split=SPLIT_SUM,
+         tips=("request_policy:multi_shard", "response_policy:agg_sum"))
 def unlink(ctx: Ctx, argv: list[bytes]):
     return _delete_keys(ctx, argv)
 
 
-@command("exists", -2, "readonly fast", (1, -1, 1), "keyspace", split=SPLIT_SUM, tips=("request_policy:multi_shard", "response_policy:agg_sum"))
+@command("exists", -2, "readonly fast", (1, -1, 1), "keyspace", split=SPLIT_SUM,
+         tips=("request_policy:multi_shard", "response_policy:agg_sum"))
 def exists(ctx: Ctx, argv: list[bytes]):
     db = ctx.db
     return sum(1 for key in argv[1:] if db.get(key) is not None)
 
 
-@command("touch", -2, "readonly fast", (1, -1, 1), "keyspace", split=SPLIT_SUM, tips=("request_policy:multi_shard", "response_policy:agg_sum"))
+@command("touch", -2, "readonly fast", (1, -1, 1), "keyspace", split=SPLIT_SUM,
+         tips=("request_policy:multi_shard", "response_policy:agg_sum"))
 def touch(ctx: Ctx, argv: list[bytes]):
     return exists(ctx, argv)
 
@@ -349,7 +353,7 @@ def scan(ctx: Ctx, argv: list[bytes]):
             raise ERR_SYNTAX
         i += 2
     db = ctx.db
-    first_slot, last_slot = ctx.shard.slot_range if ctx.shard is not None else (0, SLOT_COUNT - 1)
+    first_slot, last_slot = ctx.shard.slot_range
     if cursor >= SLOT_COUNT:
         return [b"0", []]
     slot = max(cursor, first_slot)

@@ -10,9 +10,11 @@ invalidates the watchers of the keys it touches.
 
 from __future__ import annotations
 
+from typing import cast
+
 import msgspec
 
-from durakv.shards.context import Ctx
+from durakv.shards.context import Ctx, ServingShardView
 from durakv.shards.resp import OK, ReplyError
 from durakv.shards.table import command
 
@@ -92,7 +94,7 @@ class Watches:
 @command("watch", -2, "noscript loading stale fast allow_busy", (1, -1, 1), "transactions")
 def watch(ctx: Ctx, argv: list[bytes]):
     db = ctx.db
-    watches = ctx.shard.watches
+    watches = cast(ServingShardView, ctx.shard).watches  # WATCH is never replayed
     now = db.now()
     for key in argv[1:]:
         when = db.expires.get(key)

@@ -29,7 +29,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 from durakv.log import Log, LogError
 from durakv.log.layout import DATA_DIR_LOCK
@@ -219,7 +219,7 @@ def _gap_message(gaps: list[ShardRestore], at_ms: int) -> str:
 
 
 def _utc(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
 
 
 def shards_in_store(store: Store) -> int:

@@ -46,7 +46,8 @@ def prepare_shard_dir(shard_dir: str, shard: int, shards: int, snapshot_url: str
         return False
     os.makedirs(shard_dir, exist_ok=True)
     try:
-        restored = restore_shard(store, shard, shards, shard_dir, progress=Progress(lambda m: logger.info("%s", m), bars=False))
+        progress = Progress(lambda m: logger.info("%s", m), bars=False)
+        restored = restore_shard(store, shard, shards, shard_dir, progress=progress)
     except RestoreError as e:
         raise StartError(str(e)) from None
     logger.info("shard %d: bootstrapped from %s at seq %d", shard, snapshot_url, restored.seq)

@@ -53,7 +53,7 @@ class RedisRef:
             except OSError:
                 if time.monotonic() > deadline or self.proc.poll() is not None:
                     self.stop()
-                    raise RuntimeError("reference redis-server did not start")
+                    raise RuntimeError("reference redis-server did not start") from None
                 time.sleep(0.02)
 
     def client(self, **kwargs) -> redis.Redis:

@@ -206,7 +206,9 @@ def test_legacy_ziplist_and_text_score_payloads_restore_like_redis(pair):
         return body + struct.pack("<Q", crc64(body))
 
     def blob(data: bytes) -> bytes:
-        return bytes((len(data),)) + data if len(data) < 64 else bytes((0x40 | (len(data) >> 8), len(data) & 0xFF)) + data
+        if len(data) < 64:
+            return bytes((len(data),)) + data
+        return bytes((0x40 | (len(data) >> 8), len(data) & 0xFF)) + data
 
     cases = {
         "l10": payload(b"\x0a" + blob(ziplist([b"a", 5, 300, b"x" * 70]))),

@@ -188,7 +188,7 @@ def _no_reply_within(sock: socket.socket, seconds: float) -> bool:
     sock.settimeout(seconds)
     try:
         return sock.recv(4096) == b""
-    except socket.timeout:
+    except TimeoutError:
         return True
     finally:
         sock.settimeout(10)
@@ -315,8 +315,9 @@ def test_log_dump_shows_each_record_with_the_time_its_shard_wrote_it(server_fact
     before_ms = time.time_ns() // 1_000_000
     srv.client().set("dumped-key", "dumped-value")
     after_ms = time.time_ns() // 1_000_000
-    out = subprocess.run([sys.executable, "-m", "durakv.server.cli", "log", "dump", "--data-dir", str(tmp_path / "dumped")],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "durakv.server.cli", "log", "dump", "--data-dir", str(tmp_path / "dumped")],
+        capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     match = re.search(r"payload='@(\d+) set dumped-key dumped-value'", out.stdout, re.IGNORECASE)
     assert match, out.stdout

@@ -8,7 +8,6 @@ leave at once."""
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
@@ -84,7 +83,7 @@ def assert_nothing_sent(*conns: RawConn) -> None:
         conn.sock.settimeout(NOTHING_SENT_S)
         try:
             data = conn.sock.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             continue
         finally:
             conn.sock.settimeout(30)

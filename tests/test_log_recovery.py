@@ -126,7 +126,7 @@ def test_garbage_and_zeros_after_the_tail_are_torn(tmp_path):
     segment = records[10][0]
     for name, junk in (("zeros", bytes(4096)), ("garbage", os.urandom(777)),
                        ("header", b"DKVR" + bytes(20))):
-        damaged_copy(tmp_path / "src", tmp_path / name, segment, lambda d: d + junk)
+        damaged_copy(tmp_path / "src", tmp_path / name, segment, lambda d, junk=junk: d + junk)
         with Log.open(tmp_path / name) as lg:
             assert lg.tail_seq == 10 and lg.recovery.truncated_bytes == len(junk)
 

@@ -95,7 +95,8 @@ def test_replayed_log_equals_live_state(batches, sleep_between):
             requests = []
             for argv in batch:
                 rid += 1
-                requests.append(Request(rid, rid, 2, argv))  # one client per request: the router lets a client block once
+                # One client per request: the router lets a client block once.
+                requests.append(Request(rid, rid, 2, argv))
             conn.replies.extend(live.execute_batch(conn, requests))
             live._on_durable(live.log.sync())
             if sleep_between:

@@ -56,15 +56,16 @@ ENCODINGS = [
     ([Map([b"a", None]), SetReply([]), 2.0], b"*3\r\n*2\r\n$1\r\na\r\n$-1\r\n*0\r\n$1\r\n2\r\n",
      b"*3\r\n%1\r\n$1\r\na\r\n_\r\n~0\r\n,2\r\n"),
 ]
+ENCODING_IDS = [f"{i}-{type(e[0]).__name__}" for i, e in enumerate(ENCODINGS)]
 
 
-@pytest.mark.parametrize("value,resp2,resp3", ENCODINGS, ids=[f"{i}-{type(e[0]).__name__}" for i, e in enumerate(ENCODINGS)])
+@pytest.mark.parametrize("value,resp2,resp3", ENCODINGS, ids=ENCODING_IDS)
 def test_encode_every_reply_type(value, resp2, resp3):
     assert encode(value, 2) == resp2
     assert encode(value, 3) == resp3
 
 
-@pytest.mark.parametrize("value,resp2,resp3", ENCODINGS, ids=[f"{i}-{type(e[0]).__name__}" for i, e in enumerate(ENCODINGS)])
+@pytest.mark.parametrize("value,resp2,resp3", ENCODINGS, ids=ENCODING_IDS)
 def test_encoded_replies_parse_as_one_reply(value, resp2, resp3):
     """hiredis (the reply parser clients use) reads each encoding as exactly one reply."""
     for data, proto in ((resp2, 2), (resp3, 3)):

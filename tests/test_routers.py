@@ -22,7 +22,7 @@ def test_two_routers_share_the_port_and_the_data(server_factory):
     assert len(set(ids)) == len(ids), "client ids must be unique across routers"
     for n, c in enumerate(clients):
         c.set(f"k{n}", n)
-    for n, c in enumerate(reversed(clients)):
+    for c in reversed(clients):
         assert c.mget([f"k{i}" for i in range(len(clients))]) == [str(i).encode() for i in range(len(clients))]
     for c in clients:
         c.close()

@@ -106,8 +106,8 @@ def test_bench_quick_writes_both_systems_and_ratios(tmp_path):
                          env=bench_env(tmp_path))
     assert out.returncode == 0, out.stderr
     text = output.read_text()
-    for needle in ("durakv", "redis-server without persistence", "appendfsync always", "Command: `python scripts/bench.py",
-                   "redis-server | Redis server v=", "## Where durakv's CPU goes"):
+    for needle in ("durakv", "redis-server without persistence", "appendfsync always",
+                   "Command: `python scripts/bench.py", "redis-server | Redis server v=", "## Where durakv's CPU goes"):
         assert needle in text
     rows = [m.groups() for m in map(ROW.match, text.splitlines()) if m]
     # 4 workloads against plain redis, 2 SET workloads against redis-aof

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import threading
 import time
 
@@ -50,7 +49,7 @@ def no_reply_within(conn: RawConn, seconds: float) -> bool:
     conn.sock.settimeout(seconds)
     try:
         return conn.sock.recv(4096) == b""
-    except socket.timeout:
+    except TimeoutError:
         return True
     finally:
         conn.sock.settimeout(30)

@@ -23,7 +23,10 @@ def same_hash(p: Pair, key: str) -> dict:
     """HGETALL compared as a mapping (hashtable order is Redis' own)."""
     ours, theirs = p.both("HGETALL", key)
     a, b = decode(ours)[0], decode(theirs)[0]
-    as_dict = (lambda v: dict(v) if v and isinstance(v[0], tuple) else dict(zip(v[::2], v[1::2])))
+
+    def as_dict(v):
+        return dict(v) if v and isinstance(v[0], tuple) else dict(zip(v[::2], v[1::2]))
+
     assert as_dict(a) == as_dict(b), (key, a, b)
     return as_dict(a)
 

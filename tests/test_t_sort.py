@@ -164,7 +164,7 @@ def test_errors_match_redis(data):
 def test_numeric_parsing_matches_redis(pair):
     values = ["", " 7", "\t3", "8 ", "0x10", "0x1p-2", "inf", "-inf", "+4", ".5", "5.", "1e", "1e3", "-0",
               "00", "nan", "abc", "2.2250738585072014e-308", "0x1p-1074", "1\x00zz"]
-    for i, value in enumerate(values):
+    for value in values:
         pair.same("DEL", "{n}l")
         pair.same("RPUSH", "{n}l", "1", "2")
         pair.same("SET", "{n}w_1", value)

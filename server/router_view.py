@@ -1,0 +1,100 @@
+"""The router as a client connection sees it: what server/client.py's `Client`
+and the router-answered command handlers (`client.router`) may use.
+
+`Router` (server/router.py) is the one implementation; the Protocol exists so
+that a client and a handler are checked against this list rather than against
+everything the router happens to hold, and so that the router can change
+anything not named here without reading every handler. Annotations only: no
+import of it runs on a hot path."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from durakv.server.client import Client, ClientPoller
+    from durakv.server.links import Pending, ShardLink
+    from durakv.server.settings import Settings
+    from durakv.server.settings_sync import SettingsSync
+    from durakv.shards.config import Config
+    from durakv.shards.table import Command
+
+# Makes a client's reply bytes from the shards' internal replies, decoded from
+# msgpack (hence Any): one per shard asked.
+Finish = Callable[[list[Any]], bytes]
+
+
+class RouterView(Protocol):
+    # --- identity and configuration (read) ---------------------------------------
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def started_at(self) -> float: ...
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def settings_sync(self) -> SettingsSync: ...
+
+    # --- shards, slots and clients (read) -----------------------------------------
+    @property
+    def links(self) -> Sequence[ShardLink]: ...
+
+    @property
+    def slot_owner(self) -> Sequence[int]:
+        """The shard owning each hash slot, indexed by slot."""
+        ...
+
+    @property
+    def clients(self) -> dict[int, Client]: ...
+
+    @property
+    def poller(self) -> ClientPoller: ...
+
+    # --- counters for INFO (clients and CONFIG RESETSTAT write them) --------------
+    stats_commands: int
+    stats_rejected: int
+    stats_connections: int
+    stats_rejected_connections: int
+    stats_protocol_errors: int
+
+    # --- routing -------------------------------------------------------------------
+    def fanout(self, client: Client, argv: list[bytes], name: str) -> None: ...
+
+    def fanout_internal(self, client: Client, argv: list[bytes], finish: Finish,
+                        shards: list[int] | None = None) -> Pending: ...
+
+    def ask_shard(self, client: Client, shard: int, argv: list[bytes], finish: Callable[[Any], bytes]) -> Pending: ...
+
+    def split(self, client: Client, argv: list[bytes], cmd: Command, indexes: list[int]) -> None: ...
+
+    def cursor_shard(self, cursor: bytes) -> int: ...
+
+    def route_cursor(self, client: Client, argv: list[bytes]) -> None: ...
+
+    def unwatch(self, client_id: int, shards: set[int]) -> None: ...
+
+    def shards_up(self) -> bool: ...
+
+    def after(self, seconds: float, fn: Callable[[], object]) -> None: ...
+
+    # --- a client's life -----------------------------------------------------------
+    def client_ready(self, client: Client) -> None:
+        """The client has complete replies to write this turn."""
+        ...
+
+    def forget(self, client: Client) -> None:
+        """The client closed: drop it and whatever it holds on the shards."""
+        ...
