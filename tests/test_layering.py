@@ -15,14 +15,7 @@ LAYERS = ("log", "shards", "snapshotter", "server")
 
 # Known upward imports, each to be removed with the code that needs it. An entry
 # that no longer occurs fails the test, so the list only shrinks.
-ALLOWED_UPWARD = {
-    # DUMP/RESTORE borrows the snapshotter's RDB codecs; goes once the one RDB
-    # codec lives where the shard may import it (issue 10 part 2).
-    ("durakv.shards.t_dump", "durakv.snapshotter.crc64"),
-    ("durakv.shards.t_dump", "durakv.snapshotter.lzf"),
-    ("durakv.shards.t_dump", "durakv.snapshotter.packed"),
-    ("durakv.shards.t_dump", "durakv.snapshotter.rdb"),
-}
+ALLOWED_UPWARD: set[tuple[str, str]] = set()  # none: keep it so
 
 
 def module_name(root: Path, path: Path) -> str:
