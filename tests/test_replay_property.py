@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from durakv.shards.config import Config
 from durakv.shards.engine import state_of
 from durakv.shards.frames import Request
-from durakv.shards.server import Shard
+from durakv.shards.shard import Shard
 from durakv.shards.t_multi import pack_transaction
 
 KEYS = [b"{t}a", b"{t}b", b"{t}c", b"{t}d"]
