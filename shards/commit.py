@@ -44,7 +44,7 @@ class GroupCommit:
     index: int
     config: Config
     db: Keyspace
-    log: Log | None
+    wal: Log | None
     lease: object
     hazards: HazardTracker
     held: HeldReplies
@@ -65,7 +65,7 @@ class GroupCommit:
         payload = encode_record(self.record_clock.now_ms(), effects)
         self.effects_appended += len(effects)
         effects.clear()
-        seq = self.log.append([payload], self.log.tail_seq, self.lease)
+        seq = self.wal.append([payload], self.wal.tail_seq, self.lease)
         self.records_appended += 1
         if self.async_mode:
             self._unsynced_since.append((seq, time.monotonic()))
@@ -80,13 +80,13 @@ class GroupCommit:
     async def committer(self) -> None:
         """Group commit: one write + one fdatasync (in a worker thread) for everything
         pending, while the loop executes the next batch."""
-        log_ = self.log
+        wal = self.wal
         while True:
             await self._commit_wanted.wait()
             self._commit_wanted = trio.Event()
-            while log_.durable_seq < log_.tail_seq:
+            while wal.durable_seq < wal.tail_seq:
                 try:
-                    durable = await trio.to_thread.run_sync(log_.sync)
+                    durable = await trio.to_thread.run_sync(wal.sync)
                 except LogWriteFailed as e:
                     durable = await self._recover_writes(e)
                 self.fsyncs += 1
@@ -106,7 +106,7 @@ class GroupCommit:
             await trio.sleep(delay_ms / 1000)
             attempts += 1
             try:
-                durable = await trio.to_thread.run_sync(self.log.retry_failed)
+                durable = await trio.to_thread.run_sync(self.wal.retry_failed)
             except LogWriteFailed as e:
                 self._set_write_error(e)
                 if attempts < 5 or attempts % WRITE_RETRY_LOG_EVERY == 0:

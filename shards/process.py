@@ -130,4 +130,4 @@ async def run_shard(config: Config, index: int, snapshots: SnapshotHooks | None 
                 nursery.start_soon(serve_router, shard, conn)
     finally:
         listener.close()
-        shard.log.close()
+        shard.wal.close()

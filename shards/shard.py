@@ -85,7 +85,7 @@ class Shard(GroupCommit):
         self.started_at = time.time()
         self.total_commands = 0
         self.routers = 0
-        self.log: Log | None = None
+        self.wal: Log | None = None
         self.lease = None
         self.hazards = HazardTracker(0)
         self.held = HeldReplies()
@@ -111,16 +111,16 @@ class Shard(GroupCommit):
         if snapshots is not None:
             snapshots.prepare_shard_dir(self.dir, self.index, self.config.shards, self.config.snapshot_url)
         disk = shard_disk(self.config, self.index)
-        self.log = Log.open(os.path.join(self.dir, "log"), segment_size_bytes=self.config.segment_size_bytes,
+        self.wal = Log.open(os.path.join(self.dir, "log"), segment_size_bytes=self.config.segment_size_bytes,
                             holder=f"shard {self.index}", disk=disk)
-        truncated = self.log.recovery.truncated_bytes
+        truncated = self.wal.recovery.truncated_bytes
         if truncated:
             logger.warning("shard %d: torn log tail: truncated %d bytes", self.index, truncated)
         started = time.monotonic()
         last_report = started
         count = 0
-        base_seq = snapshots.load_start_snapshot(self.dir, self.db, self.log) if snapshots is not None else 0
-        for _seq, _epoch, payload in self.log.read(base_seq + 1):
+        base_seq = snapshots.load_start_snapshot(self.dir, self.db, self.wal) if snapshots is not None else 0
+        for _seq, _epoch, payload in self.wal.read(base_seq + 1):
             record = decode_record(payload)
             replay(self.ctx, record.effects)
             self.record_clock.last_ms = record.written_at_ms
@@ -133,9 +133,9 @@ class Shard(GroupCommit):
         elapsed = max(time.monotonic() - started, 1e-9)
         self.replayed_records = count
         self.db.effects.clear()
-        tail = self.log.tail_seq
+        tail = self.wal.tail_seq
         self.hazards = HazardTracker(tail)
-        self.lease = self.log.take_lease(f"shard-{self.index} pid {os.getpid()}")
+        self.lease = self.wal.take_lease(f"shard-{self.index} pid {os.getpid()}")
         self.db.on_modified = self._mark_dirty
         self.db.on_flush = self._on_flush
         if isinstance(disk, HookedDisk):
@@ -144,14 +144,14 @@ class Shard(GroupCommit):
                  self.index, count, elapsed, count / elapsed, len(self.db.data), tail)
 
     def _mark_dirty(self, key: bytes) -> None:
-        self.hazards.mark(key, self.log.tail_seq + 1)
+        self.hazards.mark(key, self.wal.tail_seq + 1)
         if key in self.watches.by_key:
             self.watches.touched(key)
         if key in self.blocked.by_key:
             self.blocked.ready_keys[key] = None
 
     def _on_flush(self) -> None:
-        self.hazards.mark_all(self.log.tail_seq + 1)
+        self.hazards.mark_all(self.wal.tail_seq + 1)
         self.watches.touched_existing(self.db.data)
 
     # --- execution ----------------------------------------------------------------
@@ -160,7 +160,7 @@ class Shard(GroupCommit):
         """Run a frame's requests in order; returns the replies that may leave now
         and holds the rest until their record is durable."""
         db = self.db
-        next_seq = self.log.tail_seq + 1
+        next_seq = self.wal.tail_seq + 1
         hold_writes = not self.async_mode or self._async_window_exceeded()
         durable_seq = self.hazards.durable_seq
         now_out = []
@@ -362,7 +362,7 @@ class Shard(GroupCommit):
         while True:
             await trio.sleep(RELEASE_POLL_S)
             if self.write_error is None:
-                self.snapshots.release_segments(self.dir, self.log)
+                self.snapshots.release_segments(self.dir, self.wal)
 
     async def active_expire_loop(self) -> None:
         period_s = 1.0 / max(self.config.hz, 1)

@@ -97,15 +97,15 @@ def test_replayed_log_equals_live_state(batches, sleep_between):
                 rid += 1
                 requests.append(Request(rid, rid, 2, argv))  # one client per request: the router lets a client block once
             conn.replies.extend(live.execute_batch(conn, requests))
-            live._on_durable(live.log.sync())
+            live._on_durable(live.wal.sync())
             if sleep_between:
                 time.sleep(0.002)  # let PX/PEXPIRE keys expire lazily between batches
         assert live.held.count == 0
         assert len(conn.replies) + len(live.blocked) == rid  # every request answered or still blocked
         expected = state_of(live.db)
-        live.log.close()
+        live.wal.close()
 
         replayed = Shard(config, 0)
         replayed.open_log()
         assert state_of(replayed.db) == expected
-        replayed.log.close()
+        replayed.wal.close()
