@@ -14,21 +14,21 @@ from __future__ import annotations
 
 from durakv.shards.args import ERR_SYNTAX, ERR_WRONGTYPE, MAX_STRING_BYTES, int_arg, parse_ll
 from durakv.shards.context import Ctx
-from durakv.shards.resp import ReplyError
+from durakv.shards.resp import fixed_error
 from durakv.shards.t_string import get_string
 from durakv.shards.table import command
 
 CHUNK_BYTES = 1 << 20  # largest slice turned into one integer at a time
 
-ERR_BIT_OFFSET = ReplyError(b"ERR bit offset is not an integer or out of range")
-ERR_BIT_VALUE = ReplyError(b"ERR bit is not an integer or out of range")
-ERR_BIT_ARG = ReplyError(b"ERR The bit argument must be 1 or 0.")
-ERR_BITFIELD_TYPE = ReplyError(
+ERR_BIT_OFFSET = fixed_error(b"ERR bit offset is not an integer or out of range")
+ERR_BIT_VALUE = fixed_error(b"ERR bit is not an integer or out of range")
+ERR_BIT_ARG = fixed_error(b"ERR The bit argument must be 1 or 0.")
+ERR_BITFIELD_TYPE = fixed_error(
     b"ERR Invalid bitfield type. Use something like i16 u8. Note that u64 is not supported but i64 is."
 )
-ERR_OVERFLOW_TYPE = ReplyError(b"ERR Invalid OVERFLOW type specified")
-ERR_BITFIELD_RO = ReplyError(b"ERR BITFIELD_RO only supports the GET subcommand")
-ERR_BITOP_NOT = ReplyError(b"ERR BITOP NOT must be called with a single source key.")
+ERR_OVERFLOW_TYPE = fixed_error(b"ERR Invalid OVERFLOW type specified")
+ERR_BITFIELD_RO = fixed_error(b"ERR BITFIELD_RO only supports the GET subcommand")
+ERR_BITOP_NOT = fixed_error(b"ERR BITOP NOT must be called with a single source key.")
 
 _U64 = (1 << 64) - 1
 

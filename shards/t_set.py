@@ -22,7 +22,7 @@ from durakv.shards.args import ERR_NUMKEYS, ERR_SYNTAX, ERR_WRONGTYPE, LONG_MAX,
 from durakv.shards.context import Ctx
 from durakv.shards.glob import glob_match
 from durakv.shards.keyspace import TYPE_NAMES
-from durakv.shards.resp import ReplyError, SetReply
+from durakv.shards.resp import ReplyError, fixed_error, SetReply
 from durakv.shards.t_keys import ENCODINGS, parse_scan_cursor
 from durakv.shards.table import command, numkeys_keys
 
@@ -37,10 +37,10 @@ RANDOM_REPLY_MAX_ITEMS = 10_000_000
 # random pick is O(1) instead of a walk through the set.
 RANDOM_INDEX_MIN_MEMBERS = 512
 
-ERR_RANDOM_TOO_MANY = ReplyError(
+ERR_RANDOM_TOO_MANY = fixed_error(
     b"ERR count is too large: at most %d random members per reply" % RANDOM_REPLY_MAX_ITEMS
 )
-ERR_POSITIVE = ReplyError(b"ERR value is out of range, must be positive")
+ERR_POSITIVE = fixed_error(b"ERR value is out of range, must be positive")
 
 
 class RSet(set):
@@ -166,7 +166,7 @@ def signed_count_arg(text: bytes) -> int:
     return int_range_arg(text, -LONG_MAX, LONG_MAX)
 
 
-def positive_arg(text: bytes, error: ReplyError = ERR_POSITIVE) -> int:
+def positive_arg(text: bytes, error: type[ReplyError] = ERR_POSITIVE) -> int:
     """getPositiveLongFromObjectOrReply: its message answers non-integers too."""
     value = parse_ll(text)
     if value is None or value < 0:
@@ -443,8 +443,8 @@ def sinterstore(ctx: Ctx, argv: list[bytes]):
     return sinter_generic(ctx, argv[2:], argv)
 
 
-ERR_NUMKEYS_ARGS = ReplyError(b"ERR Number of keys can't be greater than number of args")
-ERR_LIMIT_NEGATIVE = ReplyError(b"ERR LIMIT can't be negative")
+ERR_NUMKEYS_ARGS = fixed_error(b"ERR Number of keys can't be greater than number of args")
+ERR_LIMIT_NEGATIVE = fixed_error(b"ERR LIMIT can't be negative")
 
 
 @command("sintercard", -3, "readonly", (0, 0, 0), "set", keys_fn=numkeys_keys(1))

@@ -23,14 +23,14 @@ from fractions import Fraction
 
 from durakv.shards.args import ERR_SYNTAX, ERR_WRONGTYPE, int_arg
 from durakv.shards.context import Ctx
-from durakv.shards.resp import ReplyError
+from durakv.shards.resp import fixed_error
 from durakv.shards.t_hash import HashValue
 from durakv.shards.t_list import ListValue
 from durakv.shards.t_set import RSet, members_in_order
 from durakv.shards.t_zset import ZSet, strtod
 from durakv.shards.table import command
 
-ERR_SCORES = ReplyError(b"ERR One or more scores can't be converted into double")
+ERR_SCORES = fixed_error(b"ERR One or more scores can't be converted into double")
 DBL_MIN = 2.2250738585072014e-308
 
 

@@ -11,13 +11,13 @@ from durakv.shards.args import (
     round_long_double,
 )
 from durakv.shards.context import Ctx
-from durakv.shards.resp import OK, Map, ReplyError
+from durakv.shards.resp import OK, Map, ReplyError, fixed_error
 from durakv.shards.table import SPLIT_MGET, command
 
 EMPTY = b""
 STRING_TYPES = (bytes, bytearray)
 LCS_MAX_CELLS = 10_000_000
-ERR_NAN_OR_INF = ReplyError(b"ERR increment would produce NaN or Infinity")
+ERR_NAN_OR_INF = fixed_error(b"ERR increment would produce NaN or Infinity")
 
 
 def get_string(ctx: Ctx, key: bytes) -> bytes | bytearray | None:

@@ -28,7 +28,7 @@ from durakv.shards.args import ERR_SYNTAX, ERR_WRONGTYPE, LONG_MAX, float_arg, i
 from durakv.shards.context import Ctx
 from durakv.shards.glob import glob_match
 from durakv.shards.keyspace import TYPE_NAMES
-from durakv.shards.resp import NULL_ARRAY, ReplyError, format_double
+from durakv.shards.resp import NULL_ARRAY, ReplyError, fixed_error, format_double
 from durakv.shards.t_keys import ENCODINGS, parse_scan_cursor
 from durakv.shards.t_set import (
     ERR_LIMIT_NEGATIVE, ERR_RANDOM_TOO_MANY, RANDOM_REPLY_MAX_ITEMS, SCAN_HASH_MASK,
@@ -39,11 +39,11 @@ from durakv.shards.table import command, numkeys_keys
 
 LLONG_HALF_D = float((2**63 - 1) // 2)  # double2ll's range for integral scores, as a double
 
-ERR_NAN = ReplyError(b"ERR resulting score is not a number (NaN)")
-ERR_MINMAX_FLOAT = ReplyError(b"ERR min or max is not a float")
-ERR_MINMAX_LEX = ReplyError(b"ERR min or max not valid string range item")
-ERR_WEIGHT = ReplyError(b"ERR weight value is not a float")
-ERR_OUT_OF_RANGE = ReplyError(b"ERR value is out of range")
+ERR_NAN = fixed_error(b"ERR resulting score is not a number (NaN)")
+ERR_MINMAX_FLOAT = fixed_error(b"ERR min or max is not a float")
+ERR_MINMAX_LEX = fixed_error(b"ERR min or max not valid string range item")
+ERR_WEIGHT = fixed_error(b"ERR weight value is not a float")
+ERR_OUT_OF_RANGE = fixed_error(b"ERR value is out of range")
 
 
 class ZSet:

@@ -1,0 +1,45 @@
+"""Exceptions as values: no module keeps an exception instance to raise again
+(a shared instance carries the traceback of its last raise, and every frame that
+traceback references, until the next one), and the snapshotter's errors share
+one base class an operator-facing caller can catch."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import pytest
+
+import durakv.server
+import durakv.shards
+import durakv.snapshotter
+from durakv.shards.args import ERR_SYNTAX, int_arg
+from durakv.shards.resp import ReplyError
+
+PACKAGES = (durakv.shards, durakv.server, durakv.snapshotter)
+
+
+def all_modules():
+    for package in PACKAGES:
+        for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            yield importlib.import_module(info.name)
+
+
+def test_no_module_keeps_an_exception_instance():
+    shared = [f"{module.__name__}.{name}" for module in all_modules()
+              for name, value in vars(module).items() if isinstance(value, BaseException)]
+    assert shared == []
+
+
+def test_raising_a_constant_error_makes_a_new_instance():
+    caught = []
+    for _ in range(2):
+        with pytest.raises(ReplyError) as info:
+            int_arg(b"not a number")
+        caught.append(info.value)
+    first, second = caught
+    assert first is not second
+    assert first.message == second.message == b"ERR value is not an integer or out of range"
+    with pytest.raises(ReplyError) as info:
+        raise ERR_SYNTAX
+    assert info.value.message == ERR_SYNTAX.message == b"ERR syntax error"
