@@ -26,7 +26,7 @@ from typing import Callable
 
 from durakv.shards.args import ERR_SYNTAX, int_arg
 from durakv.shards.context import Ctx
-from durakv.shards.resp import OK, ReplyError
+from durakv.shards.resp import OK, ReplyError, fixed_error
 from durakv.shards.t_hash import HashValue
 from durakv.shards.t_list import ListValue
 from durakv.shards.t_set import RSet, is_int
@@ -52,12 +52,12 @@ INTSET_MAX_LOAD = 1 << 30
 MAX_DECOMPRESSED_BYTES = 512 * 1024 * 1024  # Redis' default proto-max-bulk-len
 FOOTER_BYTES = 10  # RDB version (2) and CRC64 (8), both little-endian
 
-ERR_BAD_FORMAT = ReplyError(b"ERR Bad data format")
-ERR_PAYLOAD = ReplyError(b"ERR DUMP payload version or checksum are wrong")
-ERR_BUSYKEY = ReplyError(b"BUSYKEY Target key name already exists.")
-ERR_TTL = ReplyError(b"ERR Invalid TTL value, must be >= 0")
-ERR_IDLETIME = ReplyError(b"ERR Invalid IDLETIME value, must be >= 0")
-ERR_FREQ = ReplyError(b"ERR Invalid FREQ value, must be >= 0 and <= 255")
+ERR_BAD_FORMAT = fixed_error(b"ERR Bad data format")
+ERR_PAYLOAD = fixed_error(b"ERR DUMP payload version or checksum are wrong")
+ERR_BUSYKEY = fixed_error(b"BUSYKEY Target key name already exists.")
+ERR_TTL = fixed_error(b"ERR Invalid TTL value, must be >= 0")
+ERR_IDLETIME = fixed_error(b"ERR Invalid IDLETIME value, must be >= 0")
+ERR_FREQ = fixed_error(b"ERR Invalid FREQ value, must be >= 0 and <= 255")
 
 
 class RdbError(Exception):
