@@ -43,3 +43,24 @@ def test_raising_a_constant_error_makes_a_new_instance():
     with pytest.raises(ReplyError) as info:
         raise ERR_SYNTAX
     assert info.value.message == ERR_SYNTAX.message == b"ERR syntax error"
+
+
+def test_snapshotter_errors_share_one_base():
+    from durakv.log.errors import LockHeld
+    from durakv.snapshotter.build import SnapshotVerifyFailed
+    from durakv.snapshotter.errors import SnapshotterError
+    from durakv.snapshotter.local import SnapshotInvalid
+    from durakv.snapshotter.manifest import ManifestError
+    from durakv.snapshotter.replay import ChainMismatch
+    from durakv.snapshotter.restore import RestoreError
+    from durakv.snapshotter.runner import SnapshotterBusy
+    from durakv.snapshotter.shard_hooks import StartError
+    from durakv.snapshotter.store import ChecksumMismatch, StoreError
+
+    for error in (StoreError, ChecksumMismatch, RestoreError, SnapshotInvalid, ChainMismatch, SnapshotVerifyFailed,
+                  ManifestError, StartError, SnapshotterBusy):
+        assert issubclass(error, SnapshotterError), error
+    assert issubclass(SnapshotterBusy, LockHeld)  # still the log's lock error: it names the holder
+    assert issubclass(ManifestError, ValueError)
+    busy = SnapshotterBusy("snapshotter lock /x", "42", "snapshotter")
+    assert str(busy) == "snapshotter lock /x is locked by pid 42 (snapshotter); stop that process first"
