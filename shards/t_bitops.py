@@ -57,7 +57,7 @@ def _writable_string(ctx: Ctx, key: bytes, max_bit: int) -> tuple[bytearray, boo
     or zero-extended as needed; returns (value, grown)."""
     db = ctx.db
     need = (max_bit >> 3) + 1
-    value = get_string(ctx, key)
+    value = get_string(ctx.db, key)
     if value is None:
         value = bytearray(need)
         db.put(key, value)
@@ -93,7 +93,7 @@ def setbit(ctx: Ctx, argv: list[bytes]):
 @command("getbit", 3, "readonly fast", (1, 1, 1), "bitmap")
 def getbit(ctx: Ctx, argv: list[bytes]):
     offset = parse_bit_offset(argv[2])
-    value = get_string(ctx, argv[1])
+    value = get_string(ctx.db, argv[1])
     byte = offset >> 3
     if value is None or byte >= len(value):
         return 0
@@ -137,7 +137,7 @@ def _clamp(start: int, end: int, total: int) -> tuple[int, int]:
 @command("bitcount", -2, "readonly", (1, 1, 1), "bitmap")
 def bitcount(ctx: Ctx, argv: list[bytes]):
     # Redis 7.0 looks the key up before it parses the range.
-    value = get_string(ctx, argv[1])
+    value = get_string(ctx.db, argv[1])
     if value is None:
         return 0
     argc = len(argv)
@@ -191,7 +191,7 @@ def bitpos(ctx: Ctx, argv: list[bytes]):
     bit = int_arg(argv[2])
     if bit != 0 and bit != 1:
         raise ERR_BIT_ARG
-    value = get_string(ctx, argv[1])
+    value = get_string(ctx.db, argv[1])
     if value is None:
         return -1 if bit else 0
     argc = len(argv)
@@ -370,7 +370,7 @@ def _bitfield(ctx: Ctx, argv: list[bytes], readonly_command: bool):
     key = argv[1]
     writes = [op for op in ops if op[0] != _GET]
     if not writes:
-        value = get_string(ctx, key)
+        value = get_string(ctx.db, key)
         return [_read(value, op) for op in ops]
     if readonly_command:
         raise ERR_BITFIELD_RO

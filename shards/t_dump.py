@@ -29,8 +29,8 @@ from durakv.shards.context import Ctx
 from durakv.shards.resp import OK, ReplyError, fixed_error
 from durakv.shards.t_hash import HashValue
 from durakv.shards.t_list import ListValue
-from durakv.shards.t_set import RSet, is_int
-from durakv.shards.t_zset import LLONG_HALF_D, ZSet, strtod
+from durakv.shards.t_set import SetValue, is_int
+from durakv.shards.t_zset import LLONG_HALF_D, ZSetValue, strtod
 from durakv.shards.table import command
 from durakv.snapshotter.crc64 import crc64
 from durakv.snapshotter.lzf import LzfError, lzf_decompress
@@ -118,7 +118,7 @@ def dump_value(value: object, list_fill: int) -> bytes:
         for node in nodes:
             parts += [encode_len(QUICKLIST_PACKED), _blob(lp_from_entries(node))]
         return b"".join(parts)
-    if kind is RSet:
+    if kind is SetValue:
         if value.intset:
             return bytes((TYPE_SET_INTSET,)) + _blob(intset_encode([int(m) for m in value]))
         return bytes((TYPE_SET,)) + encode_len(len(value)) + b"".join(encode_string(m) for m in value)
@@ -128,7 +128,7 @@ def dump_value(value: object, list_fill: int) -> bytes:
             return bytes((TYPE_HASH_LISTPACK,)) + _blob(lp_from_entries(entries))
         pairs = b"".join(encode_string(f) + encode_string(v) for f, v in value.items())
         return bytes((TYPE_HASH,)) + encode_len(len(value)) + pairs
-    if kind is ZSet:
+    if kind is ZSetValue:
         if value.listpack:
             entries = [e for s, m in value.order for e in (lp_entry(m), _score_entry(s))]
             return bytes((TYPE_ZSET_LISTPACK,)) + _blob(lp_from_entries(entries))
@@ -274,14 +274,14 @@ def _load_list(reader: Reader, rdbtype: int, settings: dict) -> ListValue:
     return items
 
 
-def _load_set(reader: Reader, rdbtype: int, settings: dict) -> RSet:
+def _load_set(reader: Reader, rdbtype: int, settings: dict) -> SetValue:
     if rdbtype == TYPE_SET_INTSET:
         members = intset_decode(reader.string())
-        return RSet(members, intset=len(members) <= settings["set-max-intset-entries"])
+        return SetValue(members, intset=len(members) <= settings["set-max-intset-entries"])
     members = [reader.string() for _ in range(_nonempty(reader.count()))]
     _no_duplicates(members)
     fits = len(members) <= min(settings["set-max-intset-entries"], INTSET_MAX_LOAD)
-    return RSet(members, intset=fits and all(is_int(m) for m in members))
+    return SetValue(members, intset=fits and all(is_int(m) for m in members))
 
 
 def _load_hash(reader: Reader, rdbtype: int, settings: dict) -> HashValue:
@@ -307,7 +307,7 @@ def _parse_listpack_score(text: bytes) -> float:
     return score
 
 
-def _load_zset(reader: Reader, rdbtype: int, settings: dict) -> ZSet:
+def _load_zset(reader: Reader, rdbtype: int, settings: dict) -> ZSetValue:
     max_entries, max_value = settings["zset-max-listpack-entries"], settings["zset-max-listpack-value"]
     if rdbtype in (TYPE_ZSET, TYPE_ZSET_2):
         read_score = reader.binary_double if rdbtype == TYPE_ZSET_2 else reader.text_double
@@ -321,11 +321,11 @@ def _load_zset(reader: Reader, rdbtype: int, settings: dict) -> ZSet:
                 raise RdbError("duplicate zset member")
             scores[member] = score
         fits = len(scores) <= max_entries and all(len(m) <= max_value for m in scores)
-        return ZSet.from_scores(scores, fits)
+        return ZSetValue.from_scores(scores, fits)
     blob = reader.string()
     pairs = _pairs(lp_decode(blob) if rdbtype == TYPE_ZSET_LISTPACK else ziplist_decode(blob))
     scores = {m: _parse_listpack_score(s) for m, s in pairs}
-    return ZSet.from_scores(scores, _nonempty(len(scores)) <= max_entries)
+    return ZSetValue.from_scores(scores, _nonempty(len(scores)) <= max_entries)
 
 
 _LOADERS: dict[int, Callable[[Reader, int, dict], object]] = {

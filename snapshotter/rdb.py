@@ -28,8 +28,8 @@ from typing import BinaryIO, Callable
 from durakv.shards.args import parse_ll
 from durakv.shards.t_hash import HashValue
 from durakv.shards.t_list import ListValue
-from durakv.shards.t_set import RSet
-from durakv.shards.t_zset import ZSet
+from durakv.shards.t_set import SetValue
+from durakv.shards.t_zset import ZSetValue
 from durakv.snapshotter.crc64 import Crc64
 from durakv.snapshotter.pace import unpaced
 from durakv.snapshotter.packed import intset_encode, lp_entry, lp_from_entries
@@ -181,13 +181,13 @@ def encode_value(value: object) -> tuple[int, bytes]:
             parts.append(encode_string(field))
             parts.append(encode_string(v))
         return TYPE_HASH, b"".join(parts)
-    if t is RSet:
+    if t is SetValue:
         if value.intset:
             ints = [parse_ll(m) for m in value]
             if None not in ints:
                 return TYPE_SET_INTSET, _raw_blob(intset_encode(ints))
         return TYPE_SET, encode_len(len(value)) + b"".join(map(encode_string, value))
-    if t is ZSet:
+    if t is ZSetValue:
         if value.listpack:
             entries = []
             for score, member in value.order:

@@ -21,8 +21,8 @@ from typing import BinaryIO, Callable, Iterator
 from durakv.shards.keyspace import Keyspace
 from durakv.shards.t_hash import HashValue
 from durakv.shards.t_list import ListValue
-from durakv.shards.t_set import RSet
-from durakv.shards.t_zset import ZSet
+from durakv.shards.t_set import SetValue
+from durakv.shards.t_zset import ZSetValue
 from durakv.snapshotter import rdb as R
 from durakv.snapshotter.crc64 import Crc64
 from durakv.snapshotter.lzf import LzfError, lzf_decompress
@@ -190,11 +190,11 @@ class RdbReader:
         return h
 
     @staticmethod
-    def _zset(pairs, listpack: bool) -> ZSet:
+    def _zset(pairs, listpack: bool) -> ZSetValue:
         scores = {}
         for member, score in pairs:
             scores[member] = float(score) if type(score) is not float else score
-        return ZSet.from_scores(scores, listpack)
+        return ZSetValue.from_scores(scores, listpack)
 
     def _value(self, t: int) -> object:
         s = self._string
@@ -204,7 +204,7 @@ class RdbReader:
             return ListValue(s() for _ in range(self._length()))
         if t == R.TYPE_SET:
             n = self._length()
-            return RSet((s() for _ in range(n)), intset=False)
+            return SetValue((s() for _ in range(n)), intset=False)
         if t == R.TYPE_ZSET_2:
             n = self._length()
             read = self._src.read
@@ -218,9 +218,9 @@ class RdbReader:
         if t in (R.TYPE_LIST_QUICKLIST, R.TYPE_LIST_QUICKLIST_2):
             return self._quicklist(t)
         if t == R.TYPE_SET_INTSET:
-            return RSet(intset_decode(s()), intset=True)
+            return SetValue(intset_decode(s()), intset=True)
         if t == R.TYPE_SET_LISTPACK:
-            return RSet(lp_decode(s()), intset=False)
+            return SetValue(lp_decode(s()), intset=False)
         if t == R.TYPE_LIST_ZIPLIST:
             return ListValue(ziplist_decode(s()))
         if t == R.TYPE_HASH_LISTPACK:
