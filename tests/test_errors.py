@@ -31,15 +31,27 @@ def test_no_module_keeps_an_exception_instance():
     assert shared == []
 
 
+def traceback_entries(error: BaseException) -> int:
+    count = 0
+    tb = error.__traceback__
+    while tb is not None:
+        count += 1
+        tb = tb.tb_next
+    return count
+
+
 def test_raising_a_constant_error_makes_a_new_instance():
     caught = []
-    for _ in range(2):
+    for _ in range(100):
         with pytest.raises(ReplyError) as info:
             int_arg(b"not a number")
         caught.append(info.value)
-    first, second = caught
-    assert first is not second
-    assert first.message == second.message == b"ERR value is not an integer or out of range"
+    first, last = caught[0], caught[-1]
+    assert first is not last
+    # Raising an instance again prepends the new frames to its old traceback: a shared
+    # instance's traceback (and the frames it keeps alive) grew with every raise.
+    assert traceback_entries(last) == traceback_entries(first) <= 3
+    assert first.message == last.message == b"ERR value is not an integer or out of range"
     with pytest.raises(ReplyError) as info:
         raise ERR_SYNTAX
     assert info.value.message == ERR_SYNTAX.message == b"ERR syntax error"
