@@ -226,7 +226,7 @@ def shard_main(config: Config, index: int) -> int:
     from durakv.log import LogCorrupt, LogError, LogLocked
     from durakv.server.proctitle import set_title
     from durakv.shards import failure
-    from durakv.shards.server import run_shard
+    from durakv.shards.process import run_shard
     from durakv.snapshotter import shard_hooks
 
     from durakv.server.topology import TopologyMismatch, ensure_topology

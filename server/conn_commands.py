@@ -8,12 +8,12 @@ import time
 
 from durakv.server.client import Client
 from durakv.shards.args import ERR_SYNTAX, INT_MAX, INT_MIN, int_range_arg, parse_ll
-from durakv.shards.resp import OK, PONG, Map, ReplyError, Simple, Verbatim
+from durakv.shards.resp import OK, PONG, Map, ReplyError, fixed_error, Simple, Verbatim
 from durakv.shards.table import ROUTER, command, container
 
 REDIS_VERSION = b"7.0.15"
 CLIENT_TYPES = (b"normal", b"master", b"replica", b"slave", b"pubsub")
-ERR_WRONGPASS = ReplyError(b"WRONGPASS invalid username-password pair or user is disabled.")
+ERR_WRONGPASS = fixed_error(b"WRONGPASS invalid username-password pair or user is disabled.")
 
 
 @command("ping", -1, "fast", group="connection", where=ROUTER,

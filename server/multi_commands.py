@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from durakv.server.client import Client
 from durakv.shards.args import parse_ll
-from durakv.shards.resp import OK, ReplyError
+from durakv.shards.resp import OK, ReplyError, fixed_error
 from durakv.shards.t_multi import pack_transaction
 from durakv.shards.table import ROUTER, command
 
-ERR_EXECABORT = ReplyError(b"EXECABORT Transaction discarded because of previous errors.")
+ERR_EXECABORT = fixed_error(b"EXECABORT Transaction discarded because of previous errors.")
 
 
 @command("multi", 1, "noscript loading stale fast allow_busy", group="transactions", where=ROUTER)

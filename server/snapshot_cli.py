@@ -285,12 +285,9 @@ def run(args: argparse.Namespace) -> int:
     """Run a snapshot command; operator-facing failures become one line on
     stderr and exit status 1."""
     from durakv.log import LogError
-    from durakv.snapshotter.local import SnapshotInvalid
-    from durakv.snapshotter.manifest import ManifestError
     from durakv.shards.rdb.codec import RdbError
+    from durakv.snapshotter.errors import SnapshotterError
     from durakv.snapshotter.rdb_import import RdbImportError
-    from durakv.snapshotter.restore import RestoreError
-    from durakv.snapshotter.s3 import StoreError
     from durakv.server.topology import TopologyMismatch
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -302,7 +299,6 @@ def run(args: argparse.Namespace) -> int:
     }
     try:
         return handlers[args.command](args)
-    except (StoreError, RestoreError, SnapshotInvalid, RdbError, RdbImportError, ManifestError, LogError,
-            TopologyMismatch, OSError) as e:
+    except (SnapshotterError, RdbError, RdbImportError, LogError, TopologyMismatch, OSError) as e:
         return _fail(str(e))
 

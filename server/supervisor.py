@@ -215,7 +215,7 @@ class Supervisor:
         for i in range(config.shards):
             failure.clear(config.data_dir, i)
         # Imported once here, so that every forked shard starts with them loaded.
-        importlib.import_module("durakv.shards.server")
+        importlib.import_module("durakv.shards.process")
         importlib.import_module("durakv.snapshotter.shard_hooks")
         self._make_children(self.listener.fileno())
         self.notify = notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)

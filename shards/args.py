@@ -7,7 +7,7 @@ import math
 import re
 from fractions import Fraction
 
-from durakv.shards.resp import ReplyError
+from durakv.shards.resp import ReplyError, fixed_error
 
 LLONG_MAX = 2**63 - 1
 LLONG_MIN = -(2**63)
@@ -15,15 +15,15 @@ LONG_MAX = LLONG_MAX
 INT_MAX = 2**31 - 1
 INT_MIN = -(2**31)
 
-ERR_NOT_INT = ReplyError(b"ERR value is not an integer or out of range")
-ERR_NOT_FLOAT = ReplyError(b"ERR value is not a valid float")
-ERR_SYNTAX = ReplyError(b"ERR syntax error")
-ERR_WRONGTYPE = ReplyError(b"WRONGTYPE Operation against a key holding the wrong kind of value")
-ERR_OVERFLOW = ReplyError(b"ERR increment or decrement would overflow")
-ERR_NO_SUCH_KEY = ReplyError(b"ERR no such key")
-ERR_OFFSET = ReplyError(b"ERR offset is out of range")
-ERR_TOO_BIG = ReplyError(b"ERR string exceeds maximum allowed size (proto-max-bulk-len)")
-ERR_INDEX = ReplyError(b"ERR index out of range")
+ERR_NOT_INT = fixed_error(b"ERR value is not an integer or out of range")
+ERR_NOT_FLOAT = fixed_error(b"ERR value is not a valid float")
+ERR_SYNTAX = fixed_error(b"ERR syntax error")
+ERR_WRONGTYPE = fixed_error(b"WRONGTYPE Operation against a key holding the wrong kind of value")
+ERR_OVERFLOW = fixed_error(b"ERR increment or decrement would overflow")
+ERR_NO_SUCH_KEY = fixed_error(b"ERR no such key")
+ERR_OFFSET = fixed_error(b"ERR offset is out of range")
+ERR_TOO_BIG = fixed_error(b"ERR string exceeds maximum allowed size (proto-max-bulk-len)")
+ERR_INDEX = fixed_error(b"ERR index out of range")
 
 MAX_STRING_BYTES = 512 * 1024 * 1024
 
@@ -45,7 +45,7 @@ def parse_ll(text: bytes) -> int | None:
     return None
 
 
-def int_arg(text: bytes, error: ReplyError = ERR_NOT_INT) -> int:
+def int_arg(text: bytes, error: type[ReplyError] = ERR_NOT_INT) -> int:
     value = parse_ll(text)
     if value is None:
         raise error
@@ -162,7 +162,7 @@ def parse_float(text: bytes) -> float | None:
     return -0.0 if result == 0.0 and text[:1] == b"-" else result
 
 
-def float_arg(text: bytes, error: ReplyError = ERR_NOT_FLOAT) -> float:
+def float_arg(text: bytes, error: type[ReplyError] = ERR_NOT_FLOAT) -> float:
     value = parse_float(text)
     if value is None:
         raise error
@@ -249,8 +249,8 @@ def is_string(value: object) -> bool:
     return t is bytes or t is bytearray
 
 
-ERR_NUMKEYS = ReplyError(b"ERR numkeys should be greater than 0")
-ERR_COUNT = ReplyError(b"ERR count should be greater than 0")
+ERR_NUMKEYS = fixed_error(b"ERR numkeys should be greater than 0")
+ERR_COUNT = fixed_error(b"ERR count should be greater than 0")
 
 
 def parse_numkeys_side_count(argv: list[bytes], numkeys_index: int,

@@ -17,11 +17,11 @@ from collections import deque
 from typing import Callable
 
 from durakv.shards.args import parse_float
-from durakv.shards.resp import ReplyError
+from durakv.shards.resp import ReplyError, fixed_error
 
 MAX_BLOCKED_CLIENTS = 100_000
-ERR_TIMEOUT_NOT_FLOAT = ReplyError(b"ERR timeout is not a float or out of range")
-ERR_TIMEOUT_NEGATIVE = ReplyError(b"ERR timeout is negative")
+ERR_TIMEOUT_NOT_FLOAT = fixed_error(b"ERR timeout is not a float or out of range")
+ERR_TIMEOUT_NEGATIVE = fixed_error(b"ERR timeout is negative")
 
 
 class Block:

@@ -11,6 +11,7 @@ only keys of records in flight, so it is bounded by the unsynced window.
 from __future__ import annotations
 
 from collections import deque
+from typing import Protocol
 
 
 class HazardTracker:
@@ -73,6 +74,13 @@ class HazardTracker:
 
     def pending_keys(self) -> int:
         return len(self.dirty)
+
+
+class ReplySink(Protocol):
+    """Where a shard's replies go: a router connection (shards/process.py), or a
+    test's stand-in. Held replies keep it until their record is durable."""
+
+    def send(self, replies: list[tuple[int, bytes]]) -> None: ...
 
 
 class HeldReplies:

@@ -36,7 +36,7 @@ def info(shard, argv: list[bytes]) -> dict:
 
 
 def persistence(shard) -> dict:
-    wal = shard.log
+    wal = shard.wal
     return {
         "durability": shard.config.durability,
         "durable_seq": wal.durable_seq,

@@ -96,6 +96,19 @@ class ReplyError(Exception):
         self.message = message
 
 
+def fixed_error(message: bytes) -> type[ReplyError]:
+    """A ReplyError subclass whose instances all carry `message`, for the module
+    constants (`ERR_SYNTAX = fixed_error(b"ERR syntax error")`): `raise ERR_SYNTAX`
+    makes a new instance each time, where a shared instance would keep the
+    traceback of its last raise, and every frame that traceback references, alive
+    until the next one."""
+
+    def __init__(self: ReplyError) -> None:
+        ReplyError.__init__(self, message)
+
+    return type("FixedReplyError", (ReplyError,), {"__init__": __init__, "message": message})
+
+
 OK = Raw(b"+OK\r\n")
 PONG = Raw(b"+PONG\r\n")
 QUEUED = Raw(b"+QUEUED\r\n")

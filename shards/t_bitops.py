@@ -14,21 +14,21 @@ from __future__ import annotations
 
 from durakv.shards.args import ERR_SYNTAX, ERR_WRONGTYPE, MAX_STRING_BYTES, int_arg, parse_ll
 from durakv.shards.context import Ctx
-from durakv.shards.resp import ReplyError
+from durakv.shards.resp import fixed_error
 from durakv.shards.t_string import get_string
 from durakv.shards.table import command
 
 CHUNK_BYTES = 1 << 20  # largest slice turned into one integer at a time
 
-ERR_BIT_OFFSET = ReplyError(b"ERR bit offset is not an integer or out of range")
-ERR_BIT_VALUE = ReplyError(b"ERR bit is not an integer or out of range")
-ERR_BIT_ARG = ReplyError(b"ERR The bit argument must be 1 or 0.")
-ERR_BITFIELD_TYPE = ReplyError(
+ERR_BIT_OFFSET = fixed_error(b"ERR bit offset is not an integer or out of range")
+ERR_BIT_VALUE = fixed_error(b"ERR bit is not an integer or out of range")
+ERR_BIT_ARG = fixed_error(b"ERR The bit argument must be 1 or 0.")
+ERR_BITFIELD_TYPE = fixed_error(
     b"ERR Invalid bitfield type. Use something like i16 u8. Note that u64 is not supported but i64 is."
 )
-ERR_OVERFLOW_TYPE = ReplyError(b"ERR Invalid OVERFLOW type specified")
-ERR_BITFIELD_RO = ReplyError(b"ERR BITFIELD_RO only supports the GET subcommand")
-ERR_BITOP_NOT = ReplyError(b"ERR BITOP NOT must be called with a single source key.")
+ERR_OVERFLOW_TYPE = fixed_error(b"ERR Invalid OVERFLOW type specified")
+ERR_BITFIELD_RO = fixed_error(b"ERR BITFIELD_RO only supports the GET subcommand")
+ERR_BITOP_NOT = fixed_error(b"ERR BITOP NOT must be called with a single source key.")
 
 _U64 = (1 << 64) - 1
 
@@ -57,7 +57,7 @@ def _writable_string(ctx: Ctx, key: bytes, max_bit: int) -> tuple[bytearray, boo
     or zero-extended as needed; returns (value, grown)."""
     db = ctx.db
     need = (max_bit >> 3) + 1
-    value = get_string(ctx, key)
+    value = get_string(ctx.db, key)
     if value is None:
         value = bytearray(need)
         db.put(key, value)
@@ -93,7 +93,7 @@ def setbit(ctx: Ctx, argv: list[bytes]):
 @command("getbit", 3, "readonly fast", (1, 1, 1), "bitmap")
 def getbit(ctx: Ctx, argv: list[bytes]):
     offset = parse_bit_offset(argv[2])
-    value = get_string(ctx, argv[1])
+    value = get_string(ctx.db, argv[1])
     byte = offset >> 3
     if value is None or byte >= len(value):
         return 0
@@ -137,7 +137,7 @@ def _clamp(start: int, end: int, total: int) -> tuple[int, int]:
 @command("bitcount", -2, "readonly", (1, 1, 1), "bitmap")
 def bitcount(ctx: Ctx, argv: list[bytes]):
     # Redis 7.0 looks the key up before it parses the range.
-    value = get_string(ctx, argv[1])
+    value = get_string(ctx.db, argv[1])
     if value is None:
         return 0
     argc = len(argv)
@@ -191,7 +191,7 @@ def bitpos(ctx: Ctx, argv: list[bytes]):
     bit = int_arg(argv[2])
     if bit != 0 and bit != 1:
         raise ERR_BIT_ARG
-    value = get_string(ctx, argv[1])
+    value = get_string(ctx.db, argv[1])
     if value is None:
         return -1 if bit else 0
     argc = len(argv)
@@ -370,7 +370,7 @@ def _bitfield(ctx: Ctx, argv: list[bytes], readonly_command: bool):
     key = argv[1]
     writes = [op for op in ops if op[0] != _GET]
     if not writes:
-        value = get_string(ctx, key)
+        value = get_string(ctx.db, key)
         return [_read(value, op) for op in ops]
     if readonly_command:
         raise ERR_BITFIELD_RO

@@ -17,7 +17,7 @@ from durakv.shards.resp import NULL_ARRAY
 from durakv.shards.t_list import (
     LIST_HEAD, LIST_TAIL, ListValue, list_move, list_pop, parse_mpop_args, parse_where,
 )
-from durakv.shards.t_zset import ZSet, parse_zmpop, zpop_generic
+from durakv.shards.t_zset import ZSetValue, parse_zmpop, zpop_generic
 from durakv.shards.table import command, numkeys_keys
 
 
@@ -32,7 +32,7 @@ def _is_list(ctx: Ctx, key: bytes) -> bool:
 
 
 def _is_zset(ctx: Ctx, key: bytes) -> bool:
-    return type(ctx.db.get(key)) is ZSet
+    return type(ctx.db.get(key)) is ZSetValue
 
 
 def _blocking_pop(ctx: Ctx, argv: list[bytes], where: int):
@@ -105,7 +105,7 @@ def _first_zset_exists(ctx: Ctx, keys: list[bytes]) -> bool:
     for key in keys:
         value = db.get(key)
         if value is not None:
-            if type(value) is not ZSet:
+            if type(value) is not ZSetValue:
                 raise ERR_WRONGTYPE
             return True
     return False

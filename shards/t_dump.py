@@ -26,17 +26,17 @@ from __future__ import annotations
 from durakv.shards.args import ERR_SYNTAX, int_arg
 from durakv.shards.context import Ctx
 from durakv.shards.rdb.codec import RdbError, dump_payload, load_payload, verify_payload
-from durakv.shards.resp import OK, ReplyError
+from durakv.shards.resp import OK, ReplyError, fixed_error
 from durakv.shards.table import command
 
 MAX_DECOMPRESSED_BYTES = 512 * 1024 * 1024  # Redis' default proto-max-bulk-len
 
-ERR_BAD_FORMAT = ReplyError(b"ERR Bad data format")
-ERR_PAYLOAD = ReplyError(b"ERR DUMP payload version or checksum are wrong")
-ERR_BUSYKEY = ReplyError(b"BUSYKEY Target key name already exists.")
-ERR_TTL = ReplyError(b"ERR Invalid TTL value, must be >= 0")
-ERR_IDLETIME = ReplyError(b"ERR Invalid IDLETIME value, must be >= 0")
-ERR_FREQ = ReplyError(b"ERR Invalid FREQ value, must be >= 0 and <= 255")
+ERR_BAD_FORMAT = fixed_error(b"ERR Bad data format")
+ERR_PAYLOAD = fixed_error(b"ERR DUMP payload version or checksum are wrong")
+ERR_BUSYKEY = fixed_error(b"BUSYKEY Target key name already exists.")
+ERR_TTL = fixed_error(b"ERR Invalid TTL value, must be >= 0")
+ERR_IDLETIME = fixed_error(b"ERR Invalid IDLETIME value, must be >= 0")
+ERR_FREQ = fixed_error(b"ERR Invalid FREQ value, must be >= 0 and <= 255")
 
 
 @command("dump", 2, "readonly", (1, 1, 1), "keyspace", tips=("nondeterministic_output",))

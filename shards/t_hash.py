@@ -32,7 +32,7 @@ from durakv.shards.args import (
 from durakv.shards.context import Ctx
 from durakv.shards.glob import glob_match
 from durakv.shards.keyspace import TYPE_NAMES, Keyspace
-from durakv.shards.resp import OK, Map, ReplyError
+from durakv.shards.resp import OK, Map, ReplyError, fixed_error
 from durakv.shards.t_keys import ENCODINGS
 from durakv.shards.table import command
 
@@ -43,15 +43,15 @@ SCAN_DEFAULT_COUNT = 10
 # exhausting the shard's memory.
 MAX_RANDOM_PICKS = 10_000_000
 
-ERR_HASH_NOT_INT = ReplyError(b"ERR hash value is not an integer")
-ERR_HASH_NOT_FLOAT = ReplyError(b"ERR hash value is not a float")
-ERR_NAN_OR_INF = ReplyError(b"ERR value is NaN or Infinity")
-ERR_INCR_NAN_OR_INF = ReplyError(b"ERR increment would produce NaN or Infinity")
-ERR_OUT_OF_RANGE = ReplyError(b"ERR value is out of range")
-ERR_RANDFIELD_RANGE = ReplyError(
+ERR_HASH_NOT_INT = fixed_error(b"ERR hash value is not an integer")
+ERR_HASH_NOT_FLOAT = fixed_error(b"ERR hash value is not a float")
+ERR_NAN_OR_INF = fixed_error(b"ERR value is NaN or Infinity")
+ERR_INCR_NAN_OR_INF = fixed_error(b"ERR increment would produce NaN or Infinity")
+ERR_OUT_OF_RANGE = fixed_error(b"ERR value is out of range")
+ERR_RANDFIELD_RANGE = fixed_error(
     b"ERR value is out of range, value must between -9223372036854775807 and 9223372036854775807"
 )
-ERR_INVALID_CURSOR = ReplyError(b"ERR invalid cursor")
+ERR_INVALID_CURSOR = fixed_error(b"ERR invalid cursor")
 
 
 def _scan_hash(field: bytes) -> int:

@@ -31,7 +31,7 @@ from bisect import bisect_right
 
 from durakv.shards.args import ERR_WRONGTYPE
 from durakv.shards.context import Ctx
-from durakv.shards.resp import OK, ReplyError
+from durakv.shards.resp import OK, fixed_error
 from durakv.shards.table import command
 
 HLL_P = 14
@@ -51,8 +51,8 @@ SPARSE_ZERO_MAX_RUN = 64
 SPARSE_XZERO_MAX_RUN = 16384
 MERGE_WINDOW_OPCODES = 5
 
-ERR_INVALID = ReplyError(b"INVALIDOBJ Corrupted HLL object detected")
-ERR_NOT_HLL = ReplyError(b"WRONGTYPE Key is not a valid HyperLogLog string value.")
+ERR_INVALID = fixed_error(b"INVALIDOBJ Corrupted HLL object detected")
+ERR_NOT_HLL = fixed_error(b"WRONGTYPE Key is not a valid HyperLogLog string value.")
 
 _U64 = (1 << 64) - 1
 _MURMUR_M = 0xC6A4A7935BD1E995

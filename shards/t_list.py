@@ -24,7 +24,7 @@ from durakv.shards.args import (
 )
 from durakv.shards.context import Ctx
 from durakv.shards.keyspace import TYPE_NAMES, Keyspace
-from durakv.shards.resp import NULL_ARRAY, OK, ReplyError
+from durakv.shards.resp import NULL_ARRAY, OK, ReplyError, fixed_error
 from durakv.shards.t_keys import ENCODINGS
 from durakv.shards.table import command, numkeys_keys
 
@@ -35,13 +35,13 @@ _POP_NAMES = (b"LPOP", b"RPOP")
 _PUSH_NAMES = (b"LPUSH", b"RPUSH")
 _SIDE_NAMES = (b"LEFT", b"RIGHT")
 
-ERR_POSITIVE = ReplyError(b"ERR value is out of range, must be positive")
-ERR_RANK_ZERO = ReplyError(
+ERR_POSITIVE = fixed_error(b"ERR value is out of range, must be positive")
+ERR_RANK_ZERO = fixed_error(
     b"ERR RANK can't be zero: use 1 to start from the first match, 2 from the second ... "
     b"or use negative to start from the end of the list"
 )
-ERR_COUNT_NEGATIVE = ReplyError(b"ERR COUNT can't be negative")
-ERR_MAXLEN_NEGATIVE = ReplyError(b"ERR MAXLEN can't be negative")
+ERR_COUNT_NEGATIVE = fixed_error(b"ERR COUNT can't be negative")
+ERR_MAXLEN_NEGATIVE = fixed_error(b"ERR MAXLEN can't be negative")
 
 
 class ListValue(deque):
@@ -85,7 +85,7 @@ def _index_arg(text: bytes) -> int:
     return value
 
 
-def _positive_arg(text: bytes, error: ReplyError) -> int:
+def _positive_arg(text: bytes, error: type[ReplyError]) -> int:
     """Redis' getPositiveLongFromObjectOrReply: 0..LONG_MAX, one message for both failures."""
     value = parse_ll(text)
     if value is None or value < 0:

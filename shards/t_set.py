@@ -1,6 +1,6 @@
 """Set commands (Redis' t_set.c).
 
-A set is an `RSet`: a Python set of bytes that also remembers which encoding
+A set is an `SetValue`: a Python set of bytes that also remembers which encoding
 Redis 7.0 would be using for it (intset while every member is a canonical
 integer and the set is small, hashtable otherwise, and never back), so OBJECT
 ENCODING and the member order Redis shows for intsets stay faithful.
@@ -21,8 +21,8 @@ from sortedcontainers import SortedList
 from durakv.shards.args import ERR_NUMKEYS, ERR_SYNTAX, ERR_WRONGTYPE, LONG_MAX, int_arg, int_range_arg, parse_ll
 from durakv.shards.context import Ctx
 from durakv.shards.glob import glob_match
-from durakv.shards.keyspace import TYPE_NAMES
-from durakv.shards.resp import ReplyError, SetReply
+from durakv.shards.keyspace import TYPE_NAMES, Keyspace
+from durakv.shards.resp import ReplyError, fixed_error, SetReply
 from durakv.shards.t_keys import ENCODINGS, parse_scan_cursor
 from durakv.shards.table import command, numkeys_keys
 
@@ -37,13 +37,13 @@ RANDOM_REPLY_MAX_ITEMS = 10_000_000
 # random pick is O(1) instead of a walk through the set.
 RANDOM_INDEX_MIN_MEMBERS = 512
 
-ERR_RANDOM_TOO_MANY = ReplyError(
+ERR_RANDOM_TOO_MANY = fixed_error(
     b"ERR count is too large: at most %d random members per reply" % RANDOM_REPLY_MAX_ITEMS
 )
-ERR_POSITIVE = ReplyError(b"ERR value is out of range, must be positive")
+ERR_POSITIVE = fixed_error(b"ERR value is out of range, must be positive")
 
 
-class RSet(set):
+class SetValue(set):
     """A Redis set: members are bytes; `intset` is Redis' encoding choice.
 
     Two optional indexes are kept in step by add_members/remove_member once a
@@ -59,15 +59,15 @@ class RSet(set):
         self.rand_list: list[bytes] | None = None
         self.rand_pos: dict[bytes, int] | None = None
 
-    def __copy__(self) -> "RSet":
-        return RSet(self, self.intset)
+    def __copy__(self) -> "SetValue":
+        return SetValue(self, self.intset)
 
     def __reduce__(self):
-        return (RSet, (list(self), self.intset))
+        return (SetValue, (list(self), self.intset))
 
 
-TYPE_NAMES[RSet] = b"set"
-ENCODINGS[RSet] = lambda value: b"intset" if value.intset else b"hashtable"
+TYPE_NAMES[SetValue] = b"set"
+ENCODINGS[SetValue] = lambda value: b"intset" if value.intset else b"hashtable"
 
 
 def is_int(member: bytes) -> bool:
@@ -83,21 +83,22 @@ def fits_intset(members: Iterable[bytes], size: int, limit: int) -> bool:
     return size <= limit and all(parse_ll(m) is not None for m in members)
 
 
-def get_set(ctx: Ctx, key: bytes) -> RSet | None:
-    value = ctx.db.get(key)
-    if value is None or type(value) is RSet:
+def get_set(db: Keyspace, key: bytes) -> SetValue | None:
+    """The set at key, None if there is no key; WRONGTYPE for another type."""
+    value = db.get(key)
+    if value is None or type(value) is SetValue:
         return value
     raise ERR_WRONGTYPE
 
 
-def members_in_order(s: RSet) -> list[bytes]:
+def members_in_order(s: SetValue) -> list[bytes]:
     """Members in the order Redis iterates them: ascending numbers for an intset."""
     if s.intset:
         return sorted(s, key=int)
     return list(s)
 
 
-def add_members(s: RSet, members: Iterable[bytes], limit: int) -> int:
+def add_members(s: SetValue, members: Iterable[bytes], limit: int) -> int:
     """setTypeAdd for each member; returns how many were new."""
     before = len(s)
     if not s.intset and s.scan_index is None and s.rand_list is None:
@@ -119,7 +120,7 @@ def add_members(s: RSet, members: Iterable[bytes], limit: int) -> int:
     return len(s) - before
 
 
-def remove_member(s: RSet, member: bytes) -> bool:
+def remove_member(s: SetValue, member: bytes) -> bool:
     if member not in s:
         return False
     s.discard(member)
@@ -135,7 +136,7 @@ def remove_member(s: RSet, member: bytes) -> bool:
     return True
 
 
-def random_population(s: RSet) -> list[bytes] | tuple[bytes, ...]:
+def random_population(s: SetValue) -> list[bytes] | tuple[bytes, ...]:
     """The members as a sequence to draw from: a small set is copied, a big one
     gets (or reuses) its maintained position index."""
     if len(s) < RANDOM_INDEX_MIN_MEMBERS:
@@ -146,7 +147,7 @@ def random_population(s: RSet) -> list[bytes] | tuple[bytes, ...]:
     return s.rand_list
 
 
-def random_member(s: RSet) -> bytes:
+def random_member(s: SetValue) -> bytes:
     """A uniformly chosen member."""
     if len(s) < RANDOM_INDEX_MIN_MEMBERS:
         return next(islice(s, random.randrange(len(s)), None))
@@ -154,9 +155,9 @@ def random_member(s: RSet) -> bytes:
     return population[random.randrange(len(population))]
 
 
-def new_set_from(members: Iterable[bytes], limit: int) -> RSet:
+def new_set_from(members: Iterable[bytes], limit: int) -> SetValue:
     """A set built by adding members to an empty intset, as the STORE commands do."""
-    result = RSet(members)
+    result = SetValue(members)
     result.intset = fits_intset(result, len(result), limit)
     return result
 
@@ -166,7 +167,7 @@ def signed_count_arg(text: bytes) -> int:
     return int_range_arg(text, -LONG_MAX, LONG_MAX)
 
 
-def positive_arg(text: bytes, error: ReplyError = ERR_POSITIVE) -> int:
+def positive_arg(text: bytes, error: type[ReplyError] = ERR_POSITIVE) -> int:
     """getPositiveLongFromObjectOrReply: its message answers non-integers too."""
     value = parse_ll(text)
     if value is None or value < 0:
@@ -230,9 +231,9 @@ def build_scan_index(members: Iterable[bytes]) -> SortedList:
 def sadd(ctx: Ctx, argv: list[bytes]):
     key = argv[1]
     db = ctx.db
-    s = get_set(ctx, key)
+    s = get_set(ctx.db, key)
     if s is None:
-        s = RSet(intset=is_int(argv[2]))
+        s = SetValue(intset=is_int(argv[2]))
         db.put(key, s)
     added = add_members(s, argv[2:], intset_max(ctx))
     if added:
@@ -243,7 +244,7 @@ def sadd(ctx: Ctx, argv: list[bytes]):
 @command("srem", -3, "write fast", (1, 1, 1), "set")
 def srem(ctx: Ctx, argv: list[bytes]):
     key = argv[1]
-    s = get_set(ctx, key)
+    s = get_set(ctx.db, key)
     if s is None:
         return 0
     removed = 0
@@ -268,7 +269,7 @@ def smove(ctx: Ctx, argv: list[bytes]):
     dst = db.get(dst_key)
     if src is None:
         return 0
-    if type(src) is not RSet or (dst is not None and type(dst) is not RSet):
+    if type(src) is not SetValue or (dst is not None and type(dst) is not SetValue):
         raise ERR_WRONGTYPE
     if src is dst:
         return 1 if member in src else 0
@@ -277,7 +278,7 @@ def smove(ctx: Ctx, argv: list[bytes]):
     if not src:
         db.delete(src_key)
     if dst is None:
-        dst = RSet(intset=is_int(member))
+        dst = SetValue(intset=is_int(member))
         db.put(dst_key, dst)
     if add_members(dst, (member,), intset_max(ctx)):
         db.effect(argv, src_key, dst_key)
@@ -288,13 +289,13 @@ def smove(ctx: Ctx, argv: list[bytes]):
 
 @command("sismember", 3, "readonly fast", (1, 1, 1), "set")
 def sismember(ctx: Ctx, argv: list[bytes]):
-    s = get_set(ctx, argv[1])
+    s = get_set(ctx.db, argv[1])
     return 1 if s is not None and argv[2] in s else 0
 
 
 @command("smismember", -3, "readonly fast", (1, 1, 1), "set")
 def smismember(ctx: Ctx, argv: list[bytes]):
-    s = get_set(ctx, argv[1])
+    s = get_set(ctx.db, argv[1])
     if s is None:
         return [0] * (len(argv) - 2)
     return [1 if m in s else 0 for m in argv[2:]]
@@ -302,13 +303,13 @@ def smismember(ctx: Ctx, argv: list[bytes]):
 
 @command("scard", 2, "readonly fast", (1, 1, 1), "set")
 def scard(ctx: Ctx, argv: list[bytes]):
-    s = get_set(ctx, argv[1])
+    s = get_set(ctx.db, argv[1])
     return 0 if s is None else len(s)
 
 
 @command("smembers", 2, "readonly", (1, 1, 1), "set", tips=("nondeterministic_output_order",))
 def smembers(ctx: Ctx, argv: list[bytes]):
-    s = get_set(ctx, argv[1])
+    s = get_set(ctx.db, argv[1])
     return SetReply([] if s is None else members_in_order(s))
 
 
@@ -323,7 +324,7 @@ def spop(ctx: Ctx, argv: list[bytes]):
     db = ctx.db
     if len(argv) == 3:
         return _spop_count(ctx, key, positive_arg(argv[2]))
-    s = get_set(ctx, key)
+    s = get_set(ctx.db, key)
     if s is None:
         return None
     member = random_member(s)
@@ -336,7 +337,7 @@ def spop(ctx: Ctx, argv: list[bytes]):
 
 def _spop_count(ctx: Ctx, key: bytes, count: int) -> SetReply:
     db = ctx.db
-    s = get_set(ctx, key)
+    s = get_set(ctx.db, key)
     if s is None or count == 0:
         return SetReply([])
     size = len(s)
@@ -360,10 +361,10 @@ def srandmember(ctx: Ctx, argv: list[bytes]):
     if len(argv) > 3:
         raise ERR_SYNTAX
     if len(argv) == 2:
-        s = get_set(ctx, argv[1])
+        s = get_set(ctx.db, argv[1])
         return None if s is None else random_member(s)
     count = signed_count_arg(argv[2])
-    s = get_set(ctx, argv[1])
+    s = get_set(ctx.db, argv[1])
     if s is None or count == 0:
         return []
     if count < 0 or count == 1:
@@ -381,19 +382,19 @@ def srandmember(ctx: Ctx, argv: list[bytes]):
 # --- algebra ------------------------------------------------------------------------
 
 
-def _lookup_sets(ctx: Ctx, keys: list[bytes]) -> list[RSet | None]:
+def _lookup_sets(ctx: Ctx, keys: list[bytes]) -> list[SetValue | None]:
     """Every operand (None for a missing key); WRONGTYPE if any has another type."""
     db = ctx.db
     sets = []
     for key in keys:
         value = db.get(key)
-        if value is not None and type(value) is not RSet:
+        if value is not None and type(value) is not SetValue:
             raise ERR_WRONGTYPE
         sets.append(value)
     return sets
 
 
-def _store(ctx: Ctx, argv: list[bytes], dst_key: bytes, result: RSet) -> int:
+def _store(ctx: Ctx, argv: list[bytes], dst_key: bytes, result: SetValue) -> int:
     """Replace dst with result (deleting dst when result is empty), as setKey does:
     any type and any TTL of the old value go."""
     db = ctx.db
@@ -407,7 +408,7 @@ def _store(ctx: Ctx, argv: list[bytes], dst_key: bytes, result: RSet) -> int:
     return 0
 
 
-def _intersection(sets: list[RSet], limit: int = 0) -> tuple[list[bytes], bool]:
+def _intersection(sets: list[SetValue], limit: int = 0) -> tuple[list[bytes], bool]:
     """Members of every set, iterating the smallest (in Redis' order); the flag says
     whether that smallest set is an intset (its members then come out sorted)."""
     ordered = sorted(sets, key=len)
@@ -443,8 +444,8 @@ def sinterstore(ctx: Ctx, argv: list[bytes]):
     return sinter_generic(ctx, argv[2:], argv)
 
 
-ERR_NUMKEYS_ARGS = ReplyError(b"ERR Number of keys can't be greater than number of args")
-ERR_LIMIT_NEGATIVE = ReplyError(b"ERR LIMIT can't be negative")
+ERR_NUMKEYS_ARGS = fixed_error(b"ERR Number of keys can't be greater than number of args")
+ERR_LIMIT_NEGATIVE = fixed_error(b"ERR LIMIT can't be negative")
 
 
 @command("sintercard", -3, "readonly", (0, 0, 0), "set", keys_fn=numkeys_keys(1))
@@ -469,22 +470,22 @@ def sintercard(ctx: Ctx, argv: list[bytes]):
     return len(members)
 
 
-def _union(sets: list[RSet | None]) -> RSet:
-    result = RSet()
+def _union(sets: list[SetValue | None]) -> SetValue:
+    result = SetValue()
     for s in sets:
         if s is not None:
             result |= s
     return result
 
 
-def _difference(sets: list[RSet | None], limit: int) -> RSet:
+def _difference(sets: list[SetValue | None], limit: int) -> SetValue:
     """SDIFF, with the encoding Redis' chosen algorithm leaves on the result: the
     second algorithm first copies the whole first set, converting to hashtable if
     that set does not fit an intset, and the conversion sticks."""
     first = sets[0]
     if first is None or any(s is first for s in sets[1:]):
-        return RSet(intset=True)
-    result = RSet(first)
+        return SetValue(intset=True)
+    result = SetValue(first)
     for s in sets[1:]:
         if s is not None:
             result -= s
@@ -537,7 +538,7 @@ def sdiffstore(ctx: Ctx, argv: list[bytes]):
 @command("sscan", -3, "readonly", (1, 1, 1), "set", tips=("nondeterministic_output",))
 def sscan(ctx: Ctx, argv: list[bytes]):
     cursor = parse_scan_cursor(argv[2])
-    s = get_set(ctx, argv[1])
+    s = get_set(ctx.db, argv[1])
     if s is None:
         return [b"0", []]
     count, pattern = parse_scan_options(argv, 3)

@@ -23,14 +23,14 @@ from fractions import Fraction
 
 from durakv.shards.args import ERR_SYNTAX, ERR_WRONGTYPE, int_arg
 from durakv.shards.context import Ctx
-from durakv.shards.resp import ReplyError
+from durakv.shards.resp import fixed_error
 from durakv.shards.t_hash import HashValue
 from durakv.shards.t_list import ListValue
-from durakv.shards.t_set import RSet, members_in_order
-from durakv.shards.t_zset import ZSet, strtod
+from durakv.shards.t_set import SetValue, members_in_order
+from durakv.shards.t_zset import ZSetValue, strtod
 from durakv.shards.table import command
 
-ERR_SCORES = ReplyError(b"ERR One or more scores can't be converted into double")
+ERR_SCORES = fixed_error(b"ERR One or more scores can't be converted into double")
 DBL_MIN = 2.2250738585072014e-308
 
 
@@ -198,7 +198,7 @@ def _natural_window(value: object, opts: _Options, start: int, end: int) -> list
     for DESC), as Redis reads them when there is nothing to sort."""
     if end < start:
         return []
-    if type(value) is ZSet:
+    if type(value) is ZSetValue:
         order = value.order
         if opts.desc:
             picked = order[len(order) - 1 - end : len(order) - start]
@@ -212,9 +212,9 @@ def _natural_window(value: object, opts: _Options, start: int, end: int) -> list
 
 def _all_elements(value: object) -> list[bytes]:
     t = type(value)
-    if t is RSet:
+    if t is SetValue:
         return members_in_order(value)
-    if t is ZSet:
+    if t is ZSetValue:
         return list(value.scores)
     return list(value)
 
@@ -259,15 +259,15 @@ def _sort(ctx: Ctx, argv: list[bytes], readonly: bool):
     t = type(value)
     if value is None:
         value = ListValue()
-    elif t is not ListValue and t is not RSet and t is not ZSet:
+    elif t is not ListValue and t is not SetValue and t is not ZSetValue:
         raise ERR_WRONGTYPE
-    if opts.dontsort and type(value) is RSet and opts.store is not None:
+    if opts.dontsort and type(value) is SetValue and opts.store is not None:
         # A set has no natural order to keep: sort it so the stored list is stable.
         opts.dontsort = False
         opts.alpha = True
         opts.by = None
     start, end = _range(opts, len(value))
-    if opts.dontsort and type(value) is not RSet:
+    if opts.dontsort and type(value) is not SetValue:
         window = _natural_window(value, opts, start, end)
     else:
         elements = _all_elements(value)

@@ -11,17 +11,19 @@ from durakv.shards.args import (
     round_long_double,
 )
 from durakv.shards.context import Ctx
-from durakv.shards.resp import OK, Map, ReplyError
+from durakv.shards.keyspace import Keyspace
+from durakv.shards.resp import OK, Map, ReplyError, fixed_error
 from durakv.shards.table import SPLIT_MGET, command
 
 EMPTY = b""
 STRING_TYPES = (bytes, bytearray)
 LCS_MAX_CELLS = 10_000_000
-ERR_NAN_OR_INF = ReplyError(b"ERR increment would produce NaN or Infinity")
+ERR_NAN_OR_INF = fixed_error(b"ERR increment would produce NaN or Infinity")
 
 
-def get_string(ctx: Ctx, key: bytes) -> bytes | bytearray | None:
-    value = ctx.db.get(key)
+def get_string(db: Keyspace, key: bytes) -> bytes | bytearray | None:
+    """The string at key, None if there is no key; WRONGTYPE for another type."""
+    value = db.get(key)
     if value is None:
         return None
     t = type(value)
@@ -161,7 +163,7 @@ def psetex(ctx: Ctx, argv: list[bytes]):
 @command("getset", 3, "write denyoom fast", (1, 1, 1), "string")
 def getset(ctx: Ctx, argv: list[bytes]):
     key = argv[1]
-    old = get_string(ctx, key)
+    old = get_string(ctx.db, key)
     ctx.db.put(key, argv[2])
     ctx.db.effect([b"SET", key, argv[2]], key)
     return bytes(old) if old is not None else None
@@ -170,7 +172,7 @@ def getset(ctx: Ctx, argv: list[bytes]):
 @command("getdel", 2, "write fast", (1, 1, 1), "string")
 def getdel(ctx: Ctx, argv: list[bytes]):
     key = argv[1]
-    old = get_string(ctx, key)
+    old = get_string(ctx.db, key)
     if old is None:
         return None
     ctx.db.delete(key)
@@ -185,7 +187,7 @@ def getex(ctx: Ctx, argv: list[bytes]):
     key = argv[1]
     flags, unit, expire_arg = parse_string_options(argv, False)
     db = ctx.db
-    value = get_string(ctx, key)
+    value = get_string(ctx.db, key)
     if value is None:
         return None
     when = expire_at_ms(ctx, expire_arg, unit, b"getex") if expire_arg is not None else None
@@ -248,7 +250,7 @@ def msetnx(ctx: Ctx, argv: list[bytes]):
 def append(ctx: Ctx, argv: list[bytes]):
     key, tail = argv[1], argv[2]
     db = ctx.db
-    value = get_string(ctx, key)
+    value = get_string(ctx.db, key)
     if value is None:
         db.put(key, tail)
         db.effect([b"SET", key, tail], key)
@@ -265,13 +267,13 @@ def append(ctx: Ctx, argv: list[bytes]):
 
 @command("strlen", 2, "readonly fast", (1, 1, 1), "string")
 def strlen(ctx: Ctx, argv: list[bytes]):
-    value = get_string(ctx, argv[1])
+    value = get_string(ctx.db, argv[1])
     return 0 if value is None else len(value)
 
 
 def _incr(ctx: Ctx, key: bytes, delta: int):
     db = ctx.db
-    value = get_string(ctx, key)
+    value = get_string(ctx.db, key)
     if value is None:
         current = 0
     else:
@@ -316,7 +318,7 @@ def incrbyfloat(ctx: Ctx, argv: list[bytes]):
     is identical; the effect is the resulting value (replay does no arithmetic)."""
     key = argv[1]
     db = ctx.db
-    value = get_string(ctx, key)
+    value = get_string(ctx.db, key)
     current = 0 if value is None else parse_long_double(bytes(value))
     if current is None:
         raise ERR_NOT_FLOAT
@@ -338,7 +340,7 @@ def incrbyfloat(ctx: Ctx, argv: list[bytes]):
 def getrange(ctx: Ctx, argv: list[bytes]):
     start = int_arg(argv[2])
     end = int_arg(argv[3])
-    value = get_string(ctx, argv[1])
+    value = get_string(ctx.db, argv[1])
     if value is None:
         return EMPTY
     size = len(value)
@@ -367,7 +369,7 @@ def setrange(ctx: Ctx, argv: list[bytes]):
     if offset < 0:
         raise ERR_OFFSET
     db = ctx.db
-    value = get_string(ctx, key)
+    value = get_string(ctx.db, key)
     if value is None:
         if not patch:
             return 0

@@ -1,6 +1,6 @@
 """Sorted set commands (Redis' t_zset.c).
 
-A sorted set is a `ZSet`: a dict member -> score plus a SortedList of
+A sorted set is a `ZSetValue`: a dict member -> score plus a SortedList of
 (score, member) pairs, which gives Redis' order (score, then bytewise member)
 with O(log n) rank, range and pop operations. `listpack` records the encoding
 Redis 7.0 would use (by zset-max-listpack-entries/-value, sticky once it is a
@@ -27,26 +27,26 @@ from sortedcontainers import SortedList
 from durakv.shards.args import ERR_SYNTAX, ERR_WRONGTYPE, LONG_MAX, float_arg, int_arg, parse_numkeys_side_count
 from durakv.shards.context import Ctx
 from durakv.shards.glob import glob_match
-from durakv.shards.keyspace import TYPE_NAMES
-from durakv.shards.resp import NULL_ARRAY, ReplyError, format_double
+from durakv.shards.keyspace import TYPE_NAMES, Keyspace
+from durakv.shards.resp import NULL_ARRAY, ReplyError, fixed_error, format_double
 from durakv.shards.t_keys import ENCODINGS, parse_scan_cursor
 from durakv.shards.t_set import (
     ERR_LIMIT_NEGATIVE, ERR_RANDOM_TOO_MANY, RANDOM_REPLY_MAX_ITEMS, SCAN_HASH_MASK,
-    RSet, build_scan_index, parse_scan_options, positive_arg,
+    SetValue, build_scan_index, parse_scan_options, positive_arg,
     scan_page, signed_count_arg,
 )
 from durakv.shards.table import command, numkeys_keys
 
 LLONG_HALF_D = float((2**63 - 1) // 2)  # double2ll's range for integral scores, as a double
 
-ERR_NAN = ReplyError(b"ERR resulting score is not a number (NaN)")
-ERR_MINMAX_FLOAT = ReplyError(b"ERR min or max is not a float")
-ERR_MINMAX_LEX = ReplyError(b"ERR min or max not valid string range item")
-ERR_WEIGHT = ReplyError(b"ERR weight value is not a float")
-ERR_OUT_OF_RANGE = ReplyError(b"ERR value is out of range")
+ERR_NAN = fixed_error(b"ERR resulting score is not a number (NaN)")
+ERR_MINMAX_FLOAT = fixed_error(b"ERR min or max is not a float")
+ERR_MINMAX_LEX = fixed_error(b"ERR min or max not valid string range item")
+ERR_WEIGHT = fixed_error(b"ERR weight value is not a float")
+ERR_OUT_OF_RANGE = fixed_error(b"ERR value is out of range")
 
 
-class ZSet:
+class ZSetValue:
     """A Redis sorted set. Mutate only through insert/rescore/delete/pop so the
     dict, the order and a live scan index stay in step."""
 
@@ -96,14 +96,14 @@ class ZSet:
     def canonical(self) -> list[tuple[bytes, bytes]]:
         return sorted((m, format_double(s)) for m, s in self.scores.items())
 
-    def __copy__(self) -> "ZSet":
-        new = ZSet(self.listpack)
+    def __copy__(self) -> "ZSetValue":
+        new = ZSetValue(self.listpack)
         new.scores = dict(self.scores)
         new.order = self.order.copy()
         return new
 
     @classmethod
-    def from_scores(cls, scores: dict[bytes, float], listpack: bool) -> "ZSet":
+    def from_scores(cls, scores: dict[bytes, float], listpack: bool) -> "ZSetValue":
         new = cls(listpack)
         if listpack:
             scores = {m: s + 0.0 for m, s in scores.items()}
@@ -112,13 +112,14 @@ class ZSet:
         return new
 
 
-TYPE_NAMES[ZSet] = b"zset"
-ENCODINGS[ZSet] = lambda value: b"listpack" if value.listpack else b"skiplist"
+TYPE_NAMES[ZSetValue] = b"zset"
+ENCODINGS[ZSetValue] = lambda value: b"listpack" if value.listpack else b"skiplist"
 
 
-def get_zset(ctx: Ctx, key: bytes) -> ZSet | None:
-    value = ctx.db.get(key)
-    if value is None or type(value) is ZSet:
+def get_zset(db: Keyspace, key: bytes) -> ZSetValue | None:
+    """The sorted set at key, None if there is no key; WRONGTYPE for another type."""
+    value = db.get(key)
+    if value is None or type(value) is ZSetValue:
         return value
     raise ERR_WRONGTYPE
 
@@ -226,7 +227,7 @@ def _lex_lte_max(value: bytes, bound: LexBound) -> bool:
 # --- range positions ----------------------------------------------------------------
 
 
-def score_span(zs: ZSet, lo: float, lo_ex: bool, hi: float, hi_ex: bool) -> tuple[int, int]:
+def score_span(zs: ZSetValue, lo: float, lo_ex: bool, hi: float, hi_ex: bool) -> tuple[int, int]:
     """[start, end) positions of the members whose score is in the range."""
     order = zs.order
     if lo_ex:
@@ -240,7 +241,7 @@ def score_span(zs: ZSet, lo: float, lo_ex: bool, hi: float, hi_ex: bool) -> tupl
     return start, max(start, end)
 
 
-def lex_window(zs: ZSet, lo: LexBound, hi: LexBound, reverse: bool = False, offset: int = 0,
+def lex_window(zs: ZSetValue, lo: LexBound, hi: LexBound, reverse: bool = False, offset: int = 0,
                limit: int = -1) -> tuple[int, int]:
     """[start, end) positions of the members a lex range yields (after LIMIT).
 
@@ -355,7 +356,7 @@ def _window(start: int, end: int, offset: int, limit: int, reverse: bool) -> tup
     return (start, end) if start < end else (0, 0)
 
 
-def _pairs(zs: ZSet, start: int, end: int, reverse: bool) -> list[tuple[float, bytes]]:
+def _pairs(zs: ZSetValue, start: int, end: int, reverse: bool) -> list[tuple[float, bytes]]:
     return list(zs.order.islice(start, end, reverse=reverse))
 
 
@@ -410,12 +411,12 @@ def zadd_generic(ctx: Ctx, argv: list[bytes], incr: bool):
         raise ReplyError(b"ERR INCR option supports a single increment-element pair")
     scores = [float_arg(argv[j]) for j in range(i, n, 2)]
     db = ctx.db
-    zs = get_zset(ctx, key)
+    zs = get_zset(ctx.db, key)
     if zs is None:
         if xx:
             return None if incr else 0
         max_entries, max_value = _limits(ctx)
-        zs = ZSet(listpack=max_entries != 0 and len(argv[i + 1]) <= max_value)
+        zs = ZSetValue(listpack=max_entries != 0 and len(argv[i + 1]) <= max_value)
         db.put(key, zs)
     added = updated = processed = 0
     # Every change in order, repeats included: replaying the same steps makes the
@@ -442,7 +443,7 @@ def zadd_generic(ctx: Ctx, argv: list[bytes], incr: bool):
     return added + updated if ch else added
 
 
-def zset_add(ctx: Ctx, zs: ZSet, member: bytes, score: float, nx: bool = False, xx: bool = False,
+def zset_add(ctx: Ctx, zs: ZSetValue, member: bytes, score: float, nx: bool = False, xx: bool = False,
              gt: bool = False, lt: bool = False, incr: bool = False) -> tuple[int, float]:
     """zsetAdd: returns (flags, resulting score). Raises the NaN error when an
     increment produces NaN; nothing has changed then."""
@@ -483,7 +484,7 @@ def zincrby(ctx: Ctx, argv: list[bytes]):
 # --- removal ------------------------------------------------------------------------
 
 
-def _drop_if_empty(ctx: Ctx, key: bytes, zs: ZSet) -> None:
+def _drop_if_empty(ctx: Ctx, key: bytes, zs: ZSetValue) -> None:
     if not zs:
         ctx.db.delete(key)
 
@@ -491,7 +492,7 @@ def _drop_if_empty(ctx: Ctx, key: bytes, zs: ZSet) -> None:
 @command("zrem", -3, "write fast", (1, 1, 1), "sorted_set")
 def zrem(ctx: Ctx, argv: list[bytes]):
     key = argv[1]
-    zs = get_zset(ctx, key)
+    zs = get_zset(ctx.db, key)
     if zs is None:
         return 0
     removed = 0
@@ -506,7 +507,7 @@ def zrem(ctx: Ctx, argv: list[bytes]):
     return removed
 
 
-def _remove_span(ctx: Ctx, argv: list[bytes], zs: ZSet, start: int, end: int) -> int:
+def _remove_span(ctx: Ctx, argv: list[bytes], zs: ZSetValue, start: int, end: int) -> int:
     key = argv[1]
     if start >= end:
         return 0
@@ -520,7 +521,7 @@ def _remove_span(ctx: Ctx, argv: list[bytes], zs: ZSet, start: int, end: int) ->
 @command("zremrangebyrank", 4, "write", (1, 1, 1), "sorted_set")
 def zremrangebyrank(ctx: Ctx, argv: list[bytes]):
     start, end = int_arg(argv[2]), int_arg(argv[3])
-    zs = get_zset(ctx, argv[1])
+    zs = get_zset(ctx.db, argv[1])
     if zs is None:
         return 0
     return _remove_span(ctx, argv, zs, *rank_span(len(zs), start, end))
@@ -529,7 +530,7 @@ def zremrangebyrank(ctx: Ctx, argv: list[bytes]):
 @command("zremrangebyscore", 4, "write", (1, 1, 1), "sorted_set")
 def zremrangebyscore(ctx: Ctx, argv: list[bytes]):
     bounds = parse_score_range(argv[2], argv[3])
-    zs = get_zset(ctx, argv[1])
+    zs = get_zset(ctx.db, argv[1])
     if zs is None:
         return 0
     return _remove_span(ctx, argv, zs, *score_span(zs, *bounds))
@@ -538,7 +539,7 @@ def zremrangebyscore(ctx: Ctx, argv: list[bytes]):
 @command("zremrangebylex", 4, "write", (1, 1, 1), "sorted_set")
 def zremrangebylex(ctx: Ctx, argv: list[bytes]):
     lo, hi = parse_lex_range(argv[2], argv[3])
-    zs = get_zset(ctx, argv[1])
+    zs = get_zset(ctx.db, argv[1])
     if zs is None:
         return 0
     return _remove_span(ctx, argv, zs, *lex_window(zs, lo, hi))
@@ -549,19 +550,19 @@ def zremrangebylex(ctx: Ctx, argv: list[bytes]):
 
 @command("zcard", 2, "readonly fast", (1, 1, 1), "sorted_set")
 def zcard(ctx: Ctx, argv: list[bytes]):
-    zs = get_zset(ctx, argv[1])
+    zs = get_zset(ctx.db, argv[1])
     return 0 if zs is None else len(zs)
 
 
 @command("zscore", 3, "readonly fast", (1, 1, 1), "sorted_set")
 def zscore(ctx: Ctx, argv: list[bytes]):
-    zs = get_zset(ctx, argv[1])
+    zs = get_zset(ctx.db, argv[1])
     return None if zs is None else zs.scores.get(argv[2])
 
 
 @command("zmscore", -3, "readonly fast", (1, 1, 1), "sorted_set")
 def zmscore(ctx: Ctx, argv: list[bytes]):
-    zs = get_zset(ctx, argv[1])
+    zs = get_zset(ctx.db, argv[1])
     if zs is None:
         return [None] * (len(argv) - 2)
     get = zs.scores.get
@@ -569,7 +570,7 @@ def zmscore(ctx: Ctx, argv: list[bytes]):
 
 
 def _rank(ctx: Ctx, argv: list[bytes], reverse: bool):
-    zs = get_zset(ctx, argv[1])
+    zs = get_zset(ctx.db, argv[1])
     if zs is None:
         return None
     score = zs.scores.get(argv[2])
@@ -592,7 +593,7 @@ def zrevrank(ctx: Ctx, argv: list[bytes]):
 @command("zcount", 4, "readonly fast", (1, 1, 1), "sorted_set")
 def zcount(ctx: Ctx, argv: list[bytes]):
     bounds = parse_score_range(argv[2], argv[3])
-    zs = get_zset(ctx, argv[1])
+    zs = get_zset(ctx.db, argv[1])
     if zs is None:
         return 0
     start, end = score_span(zs, *bounds)
@@ -602,7 +603,7 @@ def zcount(ctx: Ctx, argv: list[bytes]):
 @command("zlexcount", 4, "readonly fast", (1, 1, 1), "sorted_set")
 def zlexcount(ctx: Ctx, argv: list[bytes]):
     lo, hi = parse_lex_range(argv[2], argv[3])
-    zs = get_zset(ctx, argv[1])
+    zs = get_zset(ctx.db, argv[1])
     if zs is None:
         return 0
     start, end = lex_window(zs, lo, hi)
@@ -659,7 +660,7 @@ def zrange_generic(ctx: Ctx, argv: list[bytes], src_index: int, store: bool, ran
         bounds = parse_score_range(lo_arg, hi_arg)
     else:
         lex = parse_lex_range(lo_arg, hi_arg)
-    zs = get_zset(ctx, key)
+    zs = get_zset(ctx.db, key)
     if zs is None:
         pairs = []
     elif rangetype == _RANK:
@@ -688,7 +689,7 @@ def store_result(ctx: Ctx, argv: list[bytes], dst_key: bytes, scores: dict[bytes
     db = ctx.db
     if scores:
         listpack = fits_listpack(ctx, scores, len(scores))
-        db.put(dst_key, ZSet.from_scores(scores, listpack))
+        db.put(dst_key, ZSetValue.from_scores(scores, listpack))
         db.effect(argv, dst_key)
         return len(scores)
     if db.get(dst_key) is not None:
@@ -735,7 +736,7 @@ def zrevrangebylex(ctx: Ctx, argv: list[bytes]):
 # --- pops (shared with the blocking commands) ---------------------------------------
 
 
-def zset_pop(ctx: Ctx, key: bytes, zs: ZSet, at_max: bool, count: int) -> list[tuple[bytes, float]]:
+def zset_pop(ctx: Ctx, key: bytes, zs: ZSetValue, at_max: bool, count: int) -> list[tuple[bytes, float]]:
     """Pop up to `count` (>= 1) members of the non-empty zset `zs` stored at `key`,
     lowest scores first (or highest with at_max); deletes the key when it empties
     and logs the effect `ZPOPMIN|ZPOPMAX key n`. Returns (member, score) pairs."""
@@ -761,7 +762,7 @@ def zpop_generic(ctx: Ctx, keys: list[bytes], at_max: bool, count: int, emit_key
         value = db.get(key)
         if value is None:
             continue
-        if type(value) is not ZSet:
+        if type(value) is not ZSetValue:
             raise ERR_WRONGTYPE
         zs = value
         break
@@ -820,7 +821,7 @@ def zmpop(ctx: Ctx, argv: list[bytes]):
 @command("zrandmember", -2, "readonly", (1, 1, 1), "sorted_set", tips=("nondeterministic_output",))
 def zrandmember(ctx: Ctx, argv: list[bytes]):
     if len(argv) == 2:
-        zs = get_zset(ctx, argv[1])
+        zs = get_zset(ctx.db, argv[1])
         if zs is None:
             return None
         return zs.order[random.randrange(len(zs))][1]
@@ -832,7 +833,7 @@ def zrandmember(ctx: Ctx, argv: list[bytes]):
         withscores = True
         if count < -(LONG_MAX // 2) or count > LONG_MAX // 2:
             raise ERR_OUT_OF_RANGE
-    zs = get_zset(ctx, argv[1])
+    zs = get_zset(ctx.db, argv[1])
     if zs is None or count == 0:
         return []
     order = zs.order
@@ -860,7 +861,7 @@ class _Source:
 
     __slots__ = ("value", "weight")
 
-    def __init__(self, value: ZSet | RSet | None) -> None:
+    def __init__(self, value: ZSetValue | SetValue | None) -> None:
         self.value = value
         self.weight = 1.0
 
@@ -871,7 +872,7 @@ class _Source:
         value = self.value
         if value is None:
             return ()
-        if type(value) is ZSet:
+        if type(value) is ZSetValue:
             return value.scores.items()
         return ((m, 1.0) for m in value)
 
@@ -879,7 +880,7 @@ class _Source:
         value = self.value
         if value is None:
             return None
-        if type(value) is ZSet:
+        if type(value) is ZSetValue:
             return value.scores.get(member)
         return 1.0 if member in value else None
 
@@ -908,7 +909,7 @@ def zsetop_generic(ctx: Ctx, argv: list[bytes], numkeys_index: int, op: int, sto
     j = numkeys_index + 1
     for key in argv[j : j + numkeys]:
         value = db.get(key)
-        if value is not None and type(value) is not ZSet and type(value) is not RSet:
+        if value is not None and type(value) is not ZSetValue and type(value) is not SetValue:
             raise ERR_WRONGTYPE
         sources.append(_Source(value))
     j += numkeys
@@ -1048,7 +1049,7 @@ def listpack_score_text(score: float) -> bytes:
 @command("zscan", -3, "readonly", (1, 1, 1), "sorted_set", tips=("nondeterministic_output",))
 def zscan(ctx: Ctx, argv: list[bytes]):
     cursor = parse_scan_cursor(argv[2])
-    zs = get_zset(ctx, argv[1])
+    zs = get_zset(ctx.db, argv[1])
     if zs is None:
         return [b"0", []]
     count, pattern = parse_scan_options(argv, 3)

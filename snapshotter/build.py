@@ -41,11 +41,12 @@ from durakv.snapshotter.manifest import (
 )
 from durakv.snapshotter.pace import unpaced
 from durakv.snapshotter.replay import CHAIN_START, new_context, replay_log
+from durakv.snapshotter.errors import SnapshotterError
 
 logger = logging.getLogger("durakv.snapshotter")
 
 
-class SnapshotVerifyFailed(Exception):
+class SnapshotVerifyFailed(SnapshotterError):
     """The RDB just written does not reproduce the replayed state; nothing is published."""
 
 

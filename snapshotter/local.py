@@ -16,6 +16,7 @@ from durakv.snapshotter.manifest import SnapshotManifest, decode_manifest, fsync
 from durakv.snapshotter.pace import unpaced
 from durakv.shards.rdb.codec import RdbError
 from durakv.shards.rdb.file import load_rdb
+from durakv.snapshotter.errors import SnapshotterError
 
 SNAPSHOT_DIR = "snapshot"
 HASH_CHUNK_BYTES = 1 << 20
@@ -25,7 +26,7 @@ _MANIFEST_RE = re.compile(r"^(\d{20})\.json$")
 KEEP_LOCAL = 2
 
 
-class SnapshotInvalid(Exception):
+class SnapshotInvalid(SnapshotterError):
     """A snapshot whose RDB does not match its manifest (sha256 or state digest)."""
 
 

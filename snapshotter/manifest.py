@@ -8,12 +8,14 @@ import os
 
 import msgspec
 
+from durakv.snapshotter.errors import SnapshotterError
+
 FORMAT_VERSION = 1
 ENGINE = "durakv 0.1.0"
 MAX_MANIFEST_BYTES = 64 * 1024
 
 
-class ManifestError(ValueError):
+class ManifestError(SnapshotterError, ValueError):
     pass
 
 

@@ -29,8 +29,8 @@ from durakv.shards.resp import format_double
 from durakv.shards.slots import key_slot, slot_owner_table, slot_ranges
 from durakv.shards.t_hash import HashValue
 from durakv.shards.t_list import ListValue
-from durakv.shards.t_set import RSet
-from durakv.shards.t_zset import ZSet
+from durakv.shards.t_set import SetValue
+from durakv.shards.t_zset import ZSetValue
 from durakv.snapshotter.digest import state_digest
 from durakv.snapshotter.local import shard_dir_of
 from durakv.shards.rdb.codec import RdbError, Unsupported
@@ -70,11 +70,11 @@ def value_effects(key: bytes, value: object, expire_ms: int | None) -> Iterator[
         pairs = list(value.items())
         for i in range(0, len(pairs), ARGS_PER_EFFECT):
             yield [b"HSET", key, *(x for pair in pairs[i:i + ARGS_PER_EFFECT] for x in pair)]
-    elif t is RSet:
+    elif t is SetValue:
         members = list(value)
         for i in range(0, len(members), ARGS_PER_EFFECT):
             yield [b"SADD", key, *members[i:i + ARGS_PER_EFFECT]]
-    elif t is ZSet:
+    elif t is ZSetValue:
         pairs = [(format_double(score), member) for score, member in value.order]
         for i in range(0, len(pairs), ARGS_PER_EFFECT):
             yield [b"ZADD", key, *(x for pair in pairs[i:i + ARGS_PER_EFFECT] for x in pair)]

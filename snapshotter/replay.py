@@ -17,12 +17,13 @@ from durakv.shards.records import decode_record
 from durakv.shards.shard_settings import SHARD_DEFAULTS
 from durakv.shards.slots import SLOT_COUNT
 from durakv.snapshotter.pace import unpaced
+from durakv.snapshotter.errors import SnapshotterError
 
 # The log-chain checksum starts from 32 zero bytes at seq 0.
 CHAIN_START = "0" * 64
 
 
-class ChainMismatch(Exception):
+class ChainMismatch(SnapshotterError):
     """Records that do not continue the history a snapshot recorded."""
 
 

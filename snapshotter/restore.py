@@ -44,13 +44,14 @@ from durakv.snapshotter.manifest import fsync_dir
 from durakv.snapshotter.progress import Progress
 from durakv.snapshotter.replay import CHAIN_START, ChainMismatch, new_context, replay_log
 from durakv.snapshotter.store import RemoteSegment, RemoteSnapshot, Store
+from durakv.snapshotter.errors import SnapshotterError
 
 # Epoch written into the scratch log directory used to read archived segments:
 # above any real epoch, so the reader's "epoch <= manifest epoch" rule holds.
 _SCRATCH_EPOCH = 1 << 62
 
 
-class RestoreError(Exception):
+class RestoreError(SnapshotterError):
     """Restore cannot produce the requested state; the message says why."""
 
 

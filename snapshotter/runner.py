@@ -38,6 +38,7 @@ from durakv.snapshotter.pace import CPU_PERCENT_DEFAULT, Pacer
 from durakv.snapshotter.filestore import open_store
 from durakv.snapshotter.store import Store, StoreError
 from durakv.snapshotter.tailship import ARCHIVE_BYTES_DEFAULT, ARCHIVE_INTERVAL_MS_DEFAULT, TailArchiver
+from durakv.snapshotter.errors import SnapshotterError
 
 logger = logging.getLogger("durakv.snapshotter")
 
@@ -49,7 +50,7 @@ RELEASE_NAME = "RELEASE.json"
 TOPOLOGY_FILE = "cluster.json"
 
 
-class SnapshotterBusy(LockHeld):
+class SnapshotterBusy(SnapshotterError, LockHeld):
     """Another snapshotter holds the data directory's snapshotter lock."""
 
 

@@ -22,11 +22,12 @@ from durakv.log import Log
 from durakv.shards.keyspace import Keyspace
 from durakv.snapshotter.local import SnapshotInvalid, list_local, load_snapshot
 from durakv.snapshotter.runner import read_release
+from durakv.snapshotter.errors import SnapshotterError
 
 logger = logging.getLogger("durakv.shard")
 
 
-class StartError(Exception):
+class StartError(SnapshotterError):
     """The snapshot cache and the log do not fit together; the shard must not start."""
 
 

@@ -41,6 +41,7 @@ from durakv.snapshotter.manifest import (
     snapshot_stem,
     write_durably,
 )
+from durakv.snapshotter.errors import SnapshotterError
 
 META_SHA256 = "sha256"
 META_LAST_WRITE_MS = "last-write-ms"
@@ -50,7 +51,7 @@ _SEGMENT_RE = re.compile(r"shard-\d{3,}/(\d{20})-(\d{20})\.seg$")
 _PIECE_RE = re.compile(r"shard-\d{3,}/tail/(\d{20})/(\d{20})-(\d{20})\.part$")
 
 
-class StoreError(Exception):
+class StoreError(SnapshotterError):
     """Store trouble, worded for the operator (missing bucket, denied, conflict...)."""
 
 

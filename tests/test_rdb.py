@@ -21,8 +21,8 @@ from durakv.shards.engine import run_command, state_of
 from durakv.shards.keyspace import Keyspace
 from durakv.shards.t_hash import HashValue
 from durakv.shards.t_list import ListValue
-from durakv.shards.t_set import RSet
-from durakv.shards.t_zset import ZSet
+from durakv.shards.t_set import SetValue
+from durakv.shards.t_zset import ZSetValue
 from durakv.shards.rdb import crc64 as crc_mod
 from durakv.shards.rdb.crc64 import crc64
 from durakv.shards.rdb.lzf import LzfError, lzf_decompress
@@ -104,7 +104,7 @@ def _dump_keyspace(db: Keyspace) -> dict:
             kind, v = "list", list(value)
         elif t is HashValue:
             kind, v = "hash", sorted(value.items())
-        elif t is RSet:
+        elif t is SetValue:
             kind, v = "set", sorted(value)
         else:
             kind, v = "zset", [(m, repr(s)) for s, m in value.order]
@@ -291,11 +291,11 @@ def test_refuses_keys_outside_database_zero(tmp_path):
         st.binary(max_size=300),
         st.lists(st.binary(max_size=40), min_size=1, max_size=40).map(ListValue),
         st.lists(st.integers(-2**63, 2**63 - 1).map(lambda i: b"%d" % i), min_size=1, max_size=30)
-        .map(lambda m: RSet(m, intset=True)),
+        .map(lambda m: SetValue(m, intset=True)),
         st.dictionaries(st.binary(max_size=20), st.binary(max_size=20), min_size=1, max_size=20)
         .map(lambda d: (lambda h: (h.update(d), h)[1])(HashValue())),
         st.dictionaries(st.binary(max_size=20), st.floats(allow_nan=False), min_size=1, max_size=20)
-        .map(lambda d: ZSet.from_scores(d, listpack=len(d) % 2 == 0)),
+        .map(lambda d: ZSetValue.from_scores(d, listpack=len(d) % 2 == 0)),
     ),
     max_size=30))
 @settings(max_examples=100, deadline=None)

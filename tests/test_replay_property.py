@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from durakv.shards.config import Config
 from durakv.shards.engine import state_of
 from durakv.shards.frames import Request
-from durakv.shards.server import Shard
+from durakv.shards.shard import Shard
 from durakv.shards.t_multi import pack_transaction
 
 KEYS = [b"{t}a", b"{t}b", b"{t}c", b"{t}d"]
@@ -98,15 +98,15 @@ def test_replayed_log_equals_live_state(batches, sleep_between):
                 # One client per request: the router lets a client block once.
                 requests.append(Request(rid, rid, 2, argv))
             conn.replies.extend(live.execute_batch(conn, requests))
-            live._on_durable(live.log.sync())
+            live._on_durable(live.wal.sync())
             if sleep_between:
                 time.sleep(0.002)  # let PX/PEXPIRE keys expire lazily between batches
         assert live.held.count == 0
         assert len(conn.replies) + len(live.blocked) == rid  # every request answered or still blocked
         expected = state_of(live.db)
-        live.log.close()
+        live.wal.close()
 
         replayed = Shard(config, 0)
         replayed.open_log()
         assert state_of(replayed.db) == expected
-        replayed.log.close()
+        replayed.wal.close()

@@ -15,7 +15,7 @@ from refserver import Pair, decode, pair, pair3, redis_ref, same_all  # noqa: F4
 
 from durakv.shards import commands  # noqa: F401
 from durakv.shards.engine import replay, state_of
-from durakv.shards.t_set import RSet
+from durakv.shards.t_set import SetValue
 from engine_util import call, new_ctx
 
 SCAN_CALLS_MAX = 10_000
@@ -338,9 +338,9 @@ def test_copy_keeps_encoding_and_is_independent(r):
     assert r.smembers("{t}a") == {b"1", b"2", b"3"}
     assert r.object("encoding", "{t}a") == b"intset"
     assert r.object("encoding", "{t}b") == b"hashtable"
-    s = RSet([b"1"], intset=True)
+    s = SetValue([b"1"], intset=True)
     c = copy.copy(s)
-    assert type(c) is RSet and c.intset and c == s and c is not s
+    assert type(c) is SetValue and c.intset and c == s and c is not s
 
 
 # --- SSCAN --------------------------------------------------------------------------------

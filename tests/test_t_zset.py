@@ -16,7 +16,7 @@ from durakv.shards import commands  # noqa: F401
 from durakv.shards.engine import replay, state_of
 from durakv.shards.resp import NULL_ARRAY, ReplyError
 from durakv.shards.t_keys import ENCODINGS
-from durakv.shards.t_zset import ZSet, parse_score_range, zpop_generic, zset_pop
+from durakv.shards.t_zset import ZSetValue, parse_score_range, zpop_generic, zset_pop
 from engine_util import call, new_ctx
 
 SCAN_CALLS_MAX = 10_000
@@ -719,8 +719,8 @@ def test_replaying_effects_gives_the_live_state(commands, limits):
     replayed.shard.settings.update(live.shard.settings)
     replay(replayed, live.db.effects)
     assert state_of(replayed.db) == state_of(live.db)
-    encodings = {k: ENCODINGS[type(v)](v) for k, v in live.db.data.items() if type(v) is ZSet}
-    assert encodings == {k: ENCODINGS[type(v)](v) for k, v in replayed.db.data.items() if type(v) is ZSet}
+    encodings = {k: ENCODINGS[type(v)](v) for k, v in live.db.data.items() if type(v) is ZSetValue}
+    assert encodings == {k: ENCODINGS[type(v)](v) for k, v in replayed.db.data.items() if type(v) is ZSetValue}
     assert all(len(value) for value in live.db.data.values()), "an empty zset was left behind"
 
 

@@ -40,8 +40,8 @@ from durakv.shards.rdb.packed import (
 )
 from durakv.shards.t_hash import HashValue
 from durakv.shards.t_list import ListValue
-from durakv.shards.t_set import INTSET_MAX_ENTRIES_CAP, RSet
-from durakv.shards.t_zset import LLONG_HALF_D, ZSet, strtod
+from durakv.shards.t_set import INTSET_MAX_ENTRIES_CAP, SetValue
+from durakv.shards.t_zset import LLONG_HALF_D, ZSetValue, strtod
 
 RDB_VERSION = 10  # what durakv writes (Redis 7.0)
 MAX_RDB_VERSION = 11  # what a file may hold (Redis 7.2); a DUMP payload may hold RDB_VERSION at most
@@ -213,7 +213,7 @@ def encode_value(value: object, list_fill: int) -> tuple[int, bytes]:
         return TYPE_STRING, encode_string(bytes(value))
     if kind is ListValue:
         return TYPE_LIST_QUICKLIST_2, _quicklist(value, list_fill)
-    if kind is RSet:
+    if kind is SetValue:
         if value.intset:
             ints = [parse_ll(m) for m in value]
             if None not in ints:
@@ -225,7 +225,7 @@ def encode_value(value: object, list_fill: int) -> tuple[int, bytes]:
             return TYPE_HASH_LISTPACK, _blob(lp_from_entries(entries))
         pairs = b"".join(encode_string(f) + encode_string(v) for f, v in value.items())
         return TYPE_HASH, encode_len(len(value)) + pairs
-    if kind is ZSet:
+    if kind is ZSetValue:
         if value.listpack:
             entries = [e for s, m in value.order for e in (lp_entry(m), _score_entry(s))]
             return TYPE_ZSET_LISTPACK, _blob(lp_from_entries(entries))
@@ -381,21 +381,21 @@ def _load_list(src: Source, rdb_type: int, settings: Settings, max_bytes: int) -
     return items
 
 
-def _set_of(members: list[bytes], settings: Settings) -> RSet:
+def _set_of(members: list[bytes], settings: Settings) -> SetValue:
     """A set loaded from its members (rdbLoadObject for RDB_TYPE_SET): an
     intset while every member is an integer and the count fits the setting."""
     _distinct(members, "set")
     _nonempty(len(members), "set")
     fits = len(members) <= min(settings["set-max-intset-entries"], INTSET_MAX_ENTRIES_CAP)
-    return RSet(members, intset=fits and all(parse_ll(m) is not None for m in members))
+    return SetValue(members, intset=fits and all(parse_ll(m) is not None for m in members))
 
 
-def _load_set(src: Source, rdb_type: int, settings: Settings, max_bytes: int) -> RSet:
+def _load_set(src: Source, rdb_type: int, settings: Settings, max_bytes: int) -> SetValue:
     if rdb_type == TYPE_SET_INTSET:
         members = intset_decode(read_string(src, max_bytes))
         if not members:
             raise RdbError("empty intset")  # intsetValidateIntegrity refuses it
-        return RSet(members, intset=len(members) <= settings["set-max-intset-entries"])
+        return SetValue(members, intset=len(members) <= settings["set-max-intset-entries"])
     if rdb_type == TYPE_SET_LISTPACK:
         return _set_of(lp_decode(read_string(src, max_bytes)), settings)
     count = _nonempty(read_count(src), "set")
@@ -425,7 +425,7 @@ def _zset_fits_listpack(scores: dict[bytes, float], settings: Settings) -> bool:
             and sum(map(len, scores)) <= LISTPACK_SAFETY_BYTES)
 
 
-def _load_zset(src: Source, rdb_type: int, settings: Settings, max_bytes: int) -> ZSet:
+def _load_zset(src: Source, rdb_type: int, settings: Settings, max_bytes: int) -> ZSetValue:
     scores: dict[bytes, float] = {}
     if rdb_type in (TYPE_ZSET, TYPE_ZSET_2):
         for _ in range(_nonempty(read_count(src), "zset")):
@@ -436,14 +436,14 @@ def _load_zset(src: Source, rdb_type: int, settings: Settings, max_bytes: int) -
             if member in scores:
                 raise RdbError("zset with duplicate members")
             scores[member] = score
-        return ZSet.from_scores(scores, _zset_fits_listpack(scores, settings))
+        return ZSetValue.from_scores(scores, _zset_fits_listpack(scores, settings))
     blob = read_string(src, max_bytes)
     for member, text in _pairs(lp_decode(blob) if rdb_type == TYPE_ZSET_LISTPACK else ziplist_decode(blob), "zset"):
         score = _listpack_score(text)
         if score != score:
             raise RdbError("zset with a NaN score")
         scores[member] = score
-    return ZSet.from_scores(scores, len(scores) <= settings["zset-max-listpack-entries"])
+    return ZSetValue.from_scores(scores, len(scores) <= settings["zset-max-listpack-entries"])
 
 
 def _skip_stream(src: Source, rdb_type: int, settings: Settings, max_bytes: int) -> Unsupported:
@@ -537,8 +537,8 @@ def reloaded(value: object, settings: Settings) -> object:
     listpack stores an integral score as an integer, so -0 comes back as 0
     (Redis' DEBUG RELOAD does the same). Encodings aside, that is the only
     value a load changes; a snapshot applies it before its state digest."""
-    if type(value) is ZSet and not value.listpack and _zset_fits_listpack(value.scores, settings):
-        return ZSet.from_scores(dict(value.scores), True)
+    if type(value) is ZSetValue and not value.listpack and _zset_fits_listpack(value.scores, settings):
+        return ZSetValue.from_scores(dict(value.scores), True)
     return value
 
 

@@ -1,25 +1,18 @@
-"""A shard process: owns a range of hash slots and their keyspace, serves frames
-of commands from the routers over Unix sockets, and makes every acknowledged
-write durable in its log before the reply leaves.
+"""A shard: owns a range of hash slots and their keyspace, executes frames of
+commands from the routers, and makes every acknowledged write durable in its log
+before the reply leaves.
 
-A frame is executed as one batch; the batch's effects become one log record;
-a committer task writes and fsyncs everything pending in a worker thread while
-the loop executes the next batch (group commit). Replies that depend on a
-record not yet durable (its own writes, or reads of keys it dirtied) are held
-until the fsync covering it returns.
-
-A failed log write or fsync (a full disk, an I/O error) makes the shard refuse
-writes with MISCONF while it retries, with a capped backoff, to rewrite the records
-not yet durable from memory into a fresh segment (Log.retry_failed). Replies held
-for those records stay held until the rewrite is durable; then MISCONF clears. The
-shard never gives up on its own: a disk that never recovers keeps it read-only.
+A frame is executed as one batch; the batch's effects become one log record,
+which the group commit (shards/commit.py) makes durable while the loop executes
+the next batch. Replies that depend on a record not yet durable (its own writes,
+or reads of keys it dirtied) are held until the fsync covering it returns. The
+process around it (sockets, background tasks) is shards/process.py.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import socket
 import time
 from collections import deque
 from typing import Protocol
@@ -27,34 +20,28 @@ from typing import Protocol
 import trio
 
 import durakv.shards.commands  # noqa: F401  (registers every shard command)
-from durakv.log import Log, LogWriteFailed
-from durakv.log.layout import ensure_run_dir, shard_socket_path
-from durakv.shards import failure, internal, sdnotify
+from durakv.log import Log
+from durakv.shards import internal
+from durakv.shards.commit import GroupCommit
 from durakv.shards.config import Config
 from durakv.shards.disk_hooks import HookedDisk, shard_disk
 from durakv.shards.context import Ctx
 from durakv.shards.engine import replay
-from durakv.shards.frames import encode_frame, encode_internal, request_batch_decoder, split_frames
-from durakv.shards.hazards import HazardTracker, HeldReplies
+from durakv.shards.frames import encode_internal
+from durakv.shards.hazards import HazardTracker, HeldReplies, ReplySink
 from durakv.shards.blocking import Block, BlockedClients, Waiter
 from durakv.shards.keyspace import Keyspace, now_ms
-from durakv.shards.records import RecordClock, decode_record, encode_record
+from durakv.shards.records import RecordClock, decode_record
 from durakv.shards.resp import NULL_ARRAY, ReplyError, encode, encode_error
 from durakv.shards.shard_settings import SHARD_DEFAULTS
 from durakv.shards.slots import slot_ranges
 from durakv.shards.t_multi import Watches, unpack_transaction
-from durakv.shards.unixsock import bind_unix, peer_allowed
 from durakv.shards.table import CURSOR, FANOUT, TABLE, Command
 
 logger = logging.getLogger("durakv.shard")
 
-RECV_BYTES = 1024 * 1024
-ROUTER_CONNECTIONS_MAX = 64
 REPLAY_PROGRESS_INTERVAL_S = 1.0
 RELEASE_POLL_S = 1.0
-WRITE_RETRY_FIRST_MS = 10
-WRITE_RETRY_MAX_MS = 1000
-WRITE_RETRY_LOG_EVERY = 30  # after the first few, log one failed retry in this many
 # Commands that can read keys their key positions do not name (SORT BY/GET
 # patterns): their replies wait for every pending record, like keyless reads.
 READS_UNDECLARED_KEYS = frozenset({"sort", "sort_ro"})
@@ -72,35 +59,6 @@ class CommandStats:
         self.failed = 0
 
 
-class RouterConn:
-    """One router's connection: replies queue here and leave as one frame per turn."""
-
-    __slots__ = ("sock", "outbox", "wake")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.outbox: list[tuple[int, bytes]] = []
-        self.wake = trio.Event()
-
-    def send(self, replies: list[tuple[int, bytes]]) -> None:
-        if not self.outbox:
-            self.wake.set()
-        self.outbox.extend(replies)
-
-    async def writer(self) -> None:
-        while True:
-            await self.wake.wait()
-            self.wake = trio.Event()
-            if self.outbox:
-                batch = self.outbox
-                self.outbox = []
-                try:
-                    await send_all(self.sock, encode_frame(batch))
-                except OSError as e:
-                    logger.warning("shard: router connection lost while replying: %s", e)
-                    return  # the reader sees the end of the connection and closes it
-
-
 class SnapshotHooks(Protocol):
     """What the snapshot layer offers a shard (snapshotter/shard_hooks.py). It is
     passed in by the process entry point, so shards/ never imports snapshotter/
@@ -113,7 +71,7 @@ class SnapshotHooks(Protocol):
     def release_segments(self, shard_dir: str, wal: Log) -> list[str]: ...
 
 
-class Shard:
+class Shard(GroupCommit):
     def __init__(self, config: Config, index: int, snapshots: SnapshotHooks | None = None) -> None:
         self.config = config
         self.snapshots = snapshots
@@ -127,7 +85,7 @@ class Shard:
         self.started_at = time.time()
         self.total_commands = 0
         self.routers = 0
-        self.log: Log | None = None
+        self.wal: Log | None = None
         self.lease = None
         self.hazards = HazardTracker(0)
         self.held = HeldReplies()
@@ -153,16 +111,16 @@ class Shard:
         if snapshots is not None:
             snapshots.prepare_shard_dir(self.dir, self.index, self.config.shards, self.config.snapshot_url)
         disk = shard_disk(self.config, self.index)
-        self.log = Log.open(os.path.join(self.dir, "log"), segment_size_bytes=self.config.segment_size_bytes,
+        self.wal = Log.open(os.path.join(self.dir, "log"), segment_size_bytes=self.config.segment_size_bytes,
                             holder=f"shard {self.index}", disk=disk)
-        truncated = self.log.recovery.truncated_bytes
+        truncated = self.wal.recovery.truncated_bytes
         if truncated:
             logger.warning("shard %d: torn log tail: truncated %d bytes", self.index, truncated)
         started = time.monotonic()
         last_report = started
         count = 0
-        base_seq = snapshots.load_start_snapshot(self.dir, self.db, self.log) if snapshots is not None else 0
-        for _seq, _epoch, payload in self.log.read(base_seq + 1):
+        base_seq = snapshots.load_start_snapshot(self.dir, self.db, self.wal) if snapshots is not None else 0
+        for _seq, _epoch, payload in self.wal.read(base_seq + 1):
             record = decode_record(payload)
             replay(self.ctx, record.effects)
             self.record_clock.last_ms = record.written_at_ms
@@ -175,9 +133,9 @@ class Shard:
         elapsed = max(time.monotonic() - started, 1e-9)
         self.replayed_records = count
         self.db.effects.clear()
-        tail = self.log.tail_seq
+        tail = self.wal.tail_seq
         self.hazards = HazardTracker(tail)
-        self.lease = self.log.take_lease(f"shard-{self.index} pid {os.getpid()}")
+        self.lease = self.wal.take_lease(f"shard-{self.index} pid {os.getpid()}")
         self.db.on_modified = self._mark_dirty
         self.db.on_flush = self._on_flush
         if isinstance(disk, HookedDisk):
@@ -186,23 +144,23 @@ class Shard:
                  self.index, count, elapsed, count / elapsed, len(self.db.data), tail)
 
     def _mark_dirty(self, key: bytes) -> None:
-        self.hazards.mark(key, self.log.tail_seq + 1)
+        self.hazards.mark(key, self.wal.tail_seq + 1)
         if key in self.watches.by_key:
             self.watches.touched(key)
         if key in self.blocked.by_key:
             self.blocked.ready_keys[key] = None
 
     def _on_flush(self) -> None:
-        self.hazards.mark_all(self.log.tail_seq + 1)
+        self.hazards.mark_all(self.wal.tail_seq + 1)
         self.watches.touched_existing(self.db.data)
 
     # --- execution ----------------------------------------------------------------
 
-    def execute_batch(self, conn: RouterConn, requests: list) -> list[tuple[int, bytes]]:
+    def execute_batch(self, conn: ReplySink, requests: list) -> list[tuple[int, bytes]]:
         """Run a frame's requests in order; returns the replies that may leave now
         and holds the rest until their record is durable."""
         db = self.db
-        next_seq = self.log.tail_seq + 1
+        next_seq = self.wal.tail_seq + 1
         hold_writes = not self.async_mode or self._async_window_exceeded()
         durable_seq = self.hazards.durable_seq
         now_out = []
@@ -392,26 +350,6 @@ class Shard:
             self.ctx.in_multi = False
         return b"".join(parts), wait
 
-    def append_effects(self) -> None:
-        """Turn the effects recorded since the last call into one log record."""
-        effects = self.db.effects
-        if not effects:
-            return
-        payload = encode_record(self.record_clock.now_ms(), effects)
-        self.effects_appended += len(effects)
-        effects.clear()
-        seq = self.log.append([payload], self.log.tail_seq, self.lease)
-        self.records_appended += 1
-        if self.async_mode:
-            self._unsynced_since.append((seq, time.monotonic()))
-        self._commit_wanted.set()
-
-    def _async_window_exceeded(self) -> bool:
-        pending = self._unsynced_since
-        if not pending:
-            return False
-        return (time.monotonic() - pending[0][1]) * 1000 > self.config.max_unsynced_ms
-
     def _stat(self, cmd: Command | None) -> CommandStats:
         name = cmd.fullname if cmd is not None else "unknown"
         stat = self.stats.get(name)
@@ -419,109 +357,12 @@ class Shard:
             stat = self.stats[name] = CommandStats()
         return stat
 
-    # --- group commit -----------------------------------------------------------------
-
-    async def committer(self) -> None:
-        """Group commit: one write + one fdatasync (in a worker thread) for everything
-        pending, while the loop executes the next batch."""
-        log_ = self.log
-        while True:
-            await self._commit_wanted.wait()
-            self._commit_wanted = trio.Event()
-            while log_.durable_seq < log_.tail_seq:
-                try:
-                    durable = await trio.to_thread.run_sync(log_.sync)
-                except LogWriteFailed as e:
-                    durable = await self._recover_writes(e)
-                self.fsyncs += 1
-                self._on_durable(durable)
-
-    async def _recover_writes(self, error: LogWriteFailed) -> int:
-        """Refuse writes with MISCONF and retry the log (Log.retry_failed: the records
-        not yet durable are rewritten from memory into a fresh segment) with a capped
-        backoff until a retry is durable; then accept writes again. Held replies stay
-        held meanwhile: they leave once their records are durable."""
-        self._set_write_error(error)
-        logger.critical("shard %d: log write failed, refusing writes while retrying: %s",
-                     self.index, self._cause(error))
-        delay_ms = WRITE_RETRY_FIRST_MS
-        attempts = 0
-        while True:
-            await trio.sleep(delay_ms / 1000)
-            attempts += 1
-            try:
-                durable = await trio.to_thread.run_sync(self.log.retry_failed)
-            except LogWriteFailed as e:
-                self._set_write_error(e)
-                if attempts < 5 or attempts % WRITE_RETRY_LOG_EVERY == 0:
-                    logger.error("shard %d: log retry %d failed: %s", self.index, attempts, self._cause(e))
-                delay_ms = min(delay_ms * 2, WRITE_RETRY_MAX_MS)
-                continue
-            logger.warning("shard %d: log writable again after %d retries; durable through seq %d; "
-                        "accepting writes", self.index, attempts, durable)
-            self.write_error = None
-            return durable
-
-    @staticmethod
-    def _cause(error: LogWriteFailed) -> str:
-        return str(error.__cause__ or error).replace("\r", " ").replace("\n", " ")
-
-    def _set_write_error(self, error: LogWriteFailed) -> None:
-        self.write_error = (b"MISCONF Errors writing to the durable log: " +
-                            self._cause(error).encode()[:200] +
-                            b". Writes are refused until the shard can write its log again (it "
-                            b"retries); writes not yet confirmed are confirmed once it can.")
-
-    def _on_durable(self, durable_seq: int) -> None:
-        self.hazards.advance(durable_seq)
-        pending = self._unsynced_since
-        while pending and pending[0][0] <= durable_seq:
-            pending.popleft()
-        by_conn: dict[RouterConn, list[tuple[int, bytes]]] = {}
-        for conn, rid, data in self.held.release_through(durable_seq):
-            by_conn.setdefault(conn, []).append((rid, data))
-        for conn, replies in by_conn.items():
-            conn.send(replies)
-
-    # --- serving -----------------------------------------------------------------------
-
-    async def serve_router(self, sock: socket.socket) -> None:
-        buf = bytearray()
-        chunk = bytearray(RECV_BYTES)  # reused: a fresh 1 MiB bytes per recv costs an mmap
-        view = memoryview(chunk)
-        conn = RouterConn(sock)
-        self.routers += 1
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(conn.writer)
-                while True:
-                    await trio.lowlevel.wait_readable(sock)
-                    try:
-                        size = sock.recv_into(chunk)
-                    except BlockingIOError:
-                        continue
-                    except OSError as e:
-                        logger.warning("shard %d: router connection error: %s", self.index, e)
-                        break
-                    if not size:
-                        break
-                    buf += view[:size]
-                    replies = []
-                    for frame in split_frames(buf):
-                        replies.extend(self.execute_batch(conn, request_batch_decoder.decode(frame)))
-                    if replies:
-                        conn.send(replies)
-                nursery.cancel_scope.cancel()
-        finally:
-            self.routers -= 1
-            sock.close()
-
     async def release_loop(self) -> None:
         """Drop the log segments the snapshotter archived and a snapshot covers."""
         while True:
             await trio.sleep(RELEASE_POLL_S)
             if self.write_error is None:
-                self.snapshots.release_segments(self.dir, self.log)
+                self.snapshots.release_segments(self.dir, self.wal)
 
     async def active_expire_loop(self) -> None:
         period_s = 1.0 / max(self.config.hz, 1)
@@ -529,52 +370,3 @@ class Shard:
             await trio.sleep(period_s)
             if self.db.expires and self.write_error is None and self.db.active_expire():
                 self.append_effects()
-
-
-async def send_all(sock: socket.socket, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            sent = sock.send(view)
-        except BlockingIOError:
-            sent = 0
-        view = view[sent:]
-        if view:
-            await trio.lowlevel.wait_writable(sock)
-
-
-async def run_shard(config: Config, index: int, snapshots: SnapshotHooks | None = None) -> None:
-    shard = Shard(config, index, snapshots)
-    os.makedirs(shard.dir, exist_ok=True)
-    shard.open_log()  # holds the log lock from here: a socket file left at our path is stale
-    ensure_run_dir(config.data_dir)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    bind_unix(listener, shard_socket_path(config.data_dir, index))
-    listener.listen(ROUTER_CONNECTIONS_MAX)
-    listener.setblocking(False)
-    failure.clear(config.data_dir, index)  # serving again: the router stops reporting a failure
-    first, last = shard.slot_range
-    logger.info("shard %d ready: slots %d-%d, %d keys, durability %s, pid %d",
-             index, first, last, len(shard.db.data), config.durability, os.getpid())
-    sdnotify.notify(b"READY=1")
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(shard.committer)
-            nursery.start_soon(shard.active_expire_loop)
-            nursery.start_soon(shard.blocked_timeouts)
-            if snapshots is not None:
-                nursery.start_soon(shard.release_loop)
-            while True:
-                await trio.lowlevel.wait_readable(listener)
-                try:
-                    conn, _ = listener.accept()
-                except BlockingIOError:
-                    continue
-                if not peer_allowed(conn, f"shard {index}"):
-                    conn.close()
-                    continue
-                conn.setblocking(False)
-                nursery.start_soon(shard.serve_router, conn)
-    finally:
-        listener.close()
-        shard.log.close()
