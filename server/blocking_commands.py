@@ -6,10 +6,11 @@ import durakv.server.conn_commands  # noqa: F401  (declares the CLIENT container
 from durakv.server.client import Client
 from durakv.shards.args import parse_ll
 from durakv.shards.resp import ReplyError
-from durakv.shards.table import ROUTER, command
+from durakv.shards.table import MULTI_REFUSED, ROUTER, command
 
 
-@command("client|unblock", -3, "admin noscript loading stale", group="connection", where=ROUTER)
+@command("client|unblock", -3, "admin noscript loading stale", group="connection", where=ROUTER,
+         multi=MULTI_REFUSED)
 def client_unblock(client: Client, argv: list[bytes]):
     target = parse_ll(argv[2])
     if target is None:

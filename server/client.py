@@ -33,15 +33,9 @@ ERR_CROSSSLOT = b"-CROSSSLOT Keys in request don't hash to the same slot\r\n"
 ERR_NOAUTH = b"-NOAUTH Authentication required.\r\n"
 MAX_QUEUED_IN_MULTI = 1024 * 1024
 
-# Run at once even inside MULTI (Redis' processCommand exceptions).
-IMMEDIATE_IN_MULTI = frozenset({"exec", "discard", "multi", "watch", "quit", "reset"})
-# Router-answered commands inside MULTI get their reply computed at queue time,
-# except these, whose replies depend on the shards and arrive later.
+# Router-answered commands inside MULTI get their reply computed at EXEC, except
+# those declared MULTI_REFUSED (their replies depend on the shards and arrive later).
 ROUTER_IN_MULTI = b"\x00router"
-ASYNC_ROUTER_COMMANDS = frozenset({
-    "info", "debug", "config|resetstat", "cluster|countkeysinslot", "cluster|getkeysinslot",
-    "client|unblock",
-})
 
 
 class Client:
@@ -167,10 +161,10 @@ class Client:
                 self.multi_error = True
             return
         self.last_cmd = cmd.fullname
-        if not self.authed and "no_auth" not in cmd.flags:
+        if not self.authed and not cmd.no_auth:
             self.push(ERR_NOAUTH)
             return
-        if self.multi is not None and cmd.name not in IMMEDIATE_IN_MULTI:
+        if self.multi is not None and not cmd.runs_in_multi:
             self._queue_in_multi(cmd, argv)
             return
         if cmd.name == "watch":
@@ -190,12 +184,12 @@ class Client:
                     self.push(encode(reply, self.proto))
                 return
             if where == FANOUT:
-                router.fanout(self, argv, cmd.name)
+                router.fanout(self, argv, cmd.merge)
                 return
             if where == CURSOR:
                 router.route_cursor(self, argv)
                 return
-            if cmd.keys_fn is None and cmd.first_key == 1 and cmd.last_key == 1:
+            if cmd.single_key:
                 shard = router.slot_owner[key_slot(argv[1])]
                 slot = router.links[shard].submit(self, self.proto, argv)
                 self.replies.append(slot)
@@ -227,11 +221,10 @@ class Client:
 
     def _queue_in_multi(self, cmd, argv: list[bytes]) -> None:
         """Check a command issued after MULTI and queue it (or flag the transaction)."""
-        router = self.router
         try:
             shard = self._transaction_shard(cmd, argv)
             if cmd.where == ROUTER:
-                if cmd.fullname in ASYNC_ROUTER_COMMANDS:
+                if cmd.refused_in_multi:
                     raise ReplyError(b"ERR Command not allowed inside a transaction")
                 argv = [ROUTER_IN_MULTI, *argv]  # runs at EXEC (see run_router_commands)
         except ReplyError as e:

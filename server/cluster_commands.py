@@ -8,7 +8,7 @@ from durakv.server.info import cluster_lines, shard_states
 from durakv.shards.args import int_arg
 from durakv.shards.resp import OK, Map, ReplyError, Verbatim, encode
 from durakv.shards.slots import SLOT_COUNT, key_slot
-from durakv.shards.table import ROUTER, command, container
+from durakv.shards.table import MULTI_REFUSED, ROUTER, command, container
 
 container("cluster", "cluster", where=ROUTER)
 
@@ -85,7 +85,8 @@ def cluster_keyslot(client: Client, argv: list[bytes]):
     return key_slot(argv[2])
 
 
-@command("cluster|countkeysinslot", 3, "stale", group="cluster", where=ROUTER)
+@command("cluster|countkeysinslot", 3, "stale", group="cluster", where=ROUTER,
+         multi=MULTI_REFUSED)
 def cluster_countkeysinslot(client: Client, argv: list[bytes]):
     slot = int_arg(argv[2])
     if not 0 <= slot < SLOT_COUNT:
@@ -95,7 +96,8 @@ def cluster_countkeysinslot(client: Client, argv: list[bytes]):
                             lambda count: b":%d\r\n" % count)
 
 
-@command("cluster|getkeysinslot", 4, "stale", group="cluster", where=ROUTER, tips=("nondeterministic_output",))
+@command("cluster|getkeysinslot", 4, "stale", group="cluster", where=ROUTER, tips=("nondeterministic_output",),
+         multi=MULTI_REFUSED)
 def cluster_getkeysinslot(client: Client, argv: list[bytes]):
     slot = int_arg(argv[2])
     count = int_arg(argv[3])
@@ -108,16 +110,19 @@ def cluster_getkeysinslot(client: Client, argv: list[bytes]):
                             lambda keys: encode(keys, proto))
 
 
-@command("readonly", 1, "loading stale fast", group="cluster", where=ROUTER)
+@command("readonly", 1, "loading stale fast", group="cluster", where=ROUTER,
+         acl="connection")
 def readonly(client: Client, argv: list[bytes]):
     return OK
 
 
-@command("readwrite", 1, "loading stale fast", group="cluster", where=ROUTER)
+@command("readwrite", 1, "loading stale fast", group="cluster", where=ROUTER,
+         acl="connection")
 def readwrite(client: Client, argv: list[bytes]):
     return OK
 
 
-@command("asking", 1, "fast", group="cluster", where=ROUTER)
+@command("asking", 1, "fast", group="cluster", where=ROUTER,
+         acl="connection")
 def asking(client: Client, argv: list[bytes]):
     return OK

@@ -8,12 +8,13 @@ from durakv.server.client import Client
 from durakv.shards.args import parse_ll
 from durakv.shards.resp import OK, ReplyError
 from durakv.shards.t_multi import pack_transaction
-from durakv.shards.table import ROUTER, command
+from durakv.shards.table import MULTI_RUN_NOW, ROUTER, command
 
 ERR_EXECABORT = ReplyError(b"EXECABORT Transaction discarded because of previous errors.")
 
 
-@command("multi", 1, "noscript loading stale fast allow_busy", group="transactions", where=ROUTER)
+@command("multi", 1, "noscript loading stale fast allow_busy", group="transactions", where=ROUTER,
+         multi=MULTI_RUN_NOW)
 def multi(client: Client, argv: list[bytes]):
     if client.multi is not None:
         raise ReplyError(b"ERR MULTI calls can not be nested")
@@ -23,7 +24,8 @@ def multi(client: Client, argv: list[bytes]):
     return OK
 
 
-@command("exec", 1, "noscript loading stale skip_slowlog", group="transactions", where=ROUTER)
+@command("exec", 1, "noscript loading stale skip_slowlog", group="transactions", where=ROUTER,
+         multi=MULTI_RUN_NOW)
 def exec_(client: Client, argv: list[bytes]):
     if client.multi is None:
         raise ReplyError(b"ERR EXEC without MULTI")
@@ -49,7 +51,8 @@ def exec_(client: Client, argv: list[bytes]):
     return slot
 
 
-@command("discard", 1, "noscript loading stale fast allow_busy", group="transactions", where=ROUTER)
+@command("discard", 1, "noscript loading stale fast allow_busy", group="transactions", where=ROUTER,
+         multi=MULTI_RUN_NOW)
 def discard(client: Client, argv: list[bytes]):
     if client.multi is None:
         raise ReplyError(b"ERR DISCARD without MULTI")

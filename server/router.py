@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import random
 import socket
 import time
 
@@ -26,7 +25,7 @@ from durakv.shards.frames import PROTO_INTERNAL, internal_reply_decoder
 from durakv.shards.resp import ReplyError, encode, encode_error
 from durakv.shards.shard_settings import SHARD_DEFAULTS
 from durakv.shards.slots import key_slot, slot_owner_table
-from durakv.shards.table import SPLIT_MGET, Command
+from durakv.shards.table import SPLIT_MGET, Command, Merge, merge_sum
 
 logger = logging.getLogger("durakv.router")
 
@@ -162,8 +161,9 @@ class Router:
 
     # --- routing helpers ------------------------------------------------------------
 
-    def fanout(self, client: Client, argv: list[bytes], name: str) -> None:
-        gather = Gather(client, len(self.links), lambda parts: MERGERS[name](parts, client.proto))
+    def fanout(self, client: Client, argv: list[bytes], merge: Merge) -> None:
+        """A whole-keyspace command: to every shard, replies merged by the command's `merge`."""
+        gather = Gather(client, len(self.links), lambda parts: merge(parts, client.proto))
         for i, link in enumerate(self.links):
             link.submit(client, PROTO_INTERNAL, argv, gather.part(i))
 
@@ -212,7 +212,7 @@ class Router:
                 return encode(values, proto)
         else:
             def finish(parts: list) -> bytes:
-                return b":%d\r\n" % sum(parts)
+                return merge_sum(parts, proto)
         gather = Gather(client, len(shard_order), finish)
         for n, shard in enumerate(shard_order):
             sub = [argv[0]] + [argv[i] for i in by_shard[shard]]
@@ -391,32 +391,6 @@ class SpareFd:
 def _ignore_reply(slot: Pending, data: bytes) -> None:
     if data[:1] == b"-" and data is not LOST:
         logger.warning("router: shard rejected an internal request: %r", data[:200])
-
-
-def _merge_sum(parts: list, proto: int) -> bytes:
-    return b":%d\r\n" % sum(parts)
-
-
-def _merge_concat(parts: list, proto: int) -> bytes:
-    return encode([key for part in parts for key in part], proto)
-
-
-def _merge_random(parts: list, proto: int) -> bytes:
-    found = [p for p in parts if p is not None]
-    return encode(random.choice(found) if found else None, proto)
-
-
-def _merge_ok(parts: list, proto: int) -> bytes:
-    return b"+OK\r\n"
-
-
-MERGERS = {
-    "dbsize": _merge_sum,
-    "keys": _merge_concat,
-    "randomkey": _merge_random,
-    "flushall": _merge_ok,
-    "flushdb": _merge_ok,
-}
 
 
 async def run_router(config: Config, index: int, listener: socket.socket) -> None:

@@ -44,7 +44,7 @@ from durakv.shards.shard_settings import SHARD_DEFAULTS
 from durakv.shards.slots import slot_ranges
 from durakv.shards.t_multi import Watches, unpack_transaction
 from durakv.shards.unixsock import bind_unix, peer_allowed
-from durakv.shards.table import CURSOR, FANOUT, TABLE, Command
+from durakv.shards.table import Command, lookup
 
 logger = logging.getLogger("durakv.shard")
 
@@ -55,9 +55,6 @@ RELEASE_POLL_S = 1.0
 WRITE_RETRY_FIRST_MS = 10
 WRITE_RETRY_MAX_MS = 1000
 WRITE_RETRY_LOG_EVERY = 30  # after the first few, log one failed retry in this many
-# Commands that can read keys their key positions do not name (SORT BY/GET
-# patterns): their replies wait for every pending record, like keyless reads.
-READS_UNDECLARED_KEYS = frozenset({"sort", "sort_ro"})
 # Internal requests that read the keyspace without naming keys (CLUSTER
 # COUNTKEYSINSLOT/GETKEYSINSLOT): keyless reads, so they wait for everything pending.
 INTERNAL_KEYSPACE_READS = frozenset({b"\x00countkeysinslot", b"\x00getkeysinslot"})
@@ -242,16 +239,12 @@ class Shard:
         effects = self.db.effects
         ctx.client_id = cid
         ctx.proto = proto
-        name = argv[0]
-        cmd: Command | None = TABLE.get(name) or TABLE.get(name.lower())
+        cmd: Command | None = None
         effects_before = len(effects)
         start = time.perf_counter_ns()
         refused = False
         try:
-            if cmd is None:
-                raise ReplyError(b"ERR unknown command")
-            if cmd.subcommands:
-                cmd = cmd.subcommands[argv[1].lower()]
+            cmd = lookup(argv)
             if self.write_error is not None and cmd.is_write:
                 refused = True
                 raise ReplyError(self.write_error)
@@ -265,7 +258,7 @@ class Shard:
             self._stat(cmd).failed += 1
         except Exception:
             logger.exception("shard %d: command %r failed", self.index, argv[:3])
-            message = b"ERR internal error executing '%s'" % name[:64]
+            message = b"ERR internal error executing '%s'" % argv[0][:64]
             data = encode_error(message) if proto else encode_internal(False, message)
         self.db.count_reads = False
         stat = self._stat(cmd)
@@ -276,9 +269,9 @@ class Shard:
         if cmd is None or refused:
             return data, 0
         hazards = self.hazards
-        if cmd.where == FANOUT or cmd.where == CURSOR or (cmd.name in READS_UNDECLARED_KEYS and len(argv) > 2):
+        if cmd.waits_for_all or (cmd.reads_undeclared_keys is not None and cmd.reads_undeclared_keys(argv)):
             return data, hazards.wait_all()
-        if cmd.first_key == 1 and cmd.last_key == 1 and cmd.keys_fn is None:
+        if cmd.single_key:
             return data, hazards.wait_seq((argv[1],))
         try:
             return data, hazards.wait_seq([argv[i] for i in cmd.key_indexes(argv)])

@@ -31,7 +31,7 @@ from durakv.shards.t_hash import HashValue
 from durakv.shards.t_list import ListValue
 from durakv.shards.t_set import RSet, is_int
 from durakv.shards.t_zset import LLONG_HALF_D, ZSet, strtod
-from durakv.shards.table import command
+from durakv.shards.table import KeySpec, command
 from durakv.snapshotter.crc64 import crc64
 from durakv.snapshotter.lzf import LzfError, lzf_decompress
 from durakv.snapshotter.packed import (
@@ -143,7 +143,8 @@ def dump_payload(value: object, list_fill: int) -> bytes:
     return body + struct.pack("<Q", crc64(body))
 
 
-@command("dump", 2, "readonly", (1, 1, 1), "keyspace", tips=("nondeterministic_output",))
+@command("dump", 2, "readonly", (1, 1, 1), "keyspace", tips=("nondeterministic_output",),
+         key_specs=(KeySpec("RO access", 1, 0, 1),))
 def dump(ctx: Ctx, argv: list[bytes]):
     value = ctx.db.get(argv[1])
     if value is None:
@@ -386,7 +387,8 @@ def _restore_options(argv: list[bytes]) -> tuple[bool, bool]:
     return replace, absttl
 
 
-@command("restore", -4, "write denyoom", (1, 1, 1), "keyspace")
+@command("restore", -4, "write denyoom", (1, 1, 1), "keyspace",
+         key_specs=(KeySpec("OW update", 1, 0, 1),), acl="keyspace dangerous")
 def restore(ctx: Ctx, argv: list[bytes]):
     key = argv[1]
     replace, absttl = _restore_options(argv)
