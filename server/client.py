@@ -48,7 +48,7 @@ class Client:
         "router", "sock", "id", "proto", "name", "authed", "addr", "laddr", "fd", "created",
         "last_cmd_at", "last_cmd", "parser", "replies", "outbuf", "outbuf_bytes", "closing", "closed", "reading",
         "lib_name", "lib_ver", "in_ready_set", "query_limit",
-        "multi", "multi_error", "multi_shard", "watch_shards", "blocked_slot", "blocked_shard", "backlog",
+        "multi", "multi_error", "multi_shard", "watch_shards", "blocked_pending", "blocked_shard", "backlog",
         "soft_limit_since",
     )
 
@@ -88,7 +88,7 @@ class Client:
         self.watch_shards: set[int] = set()
         # While a blocking command waits, later requests queue here, as Redis
         # stops processing a blocked client's input.
-        self.blocked_slot: Pending | None = None
+        self.blocked_pending: Pending | None = None
         self.blocked_shard = -1
         self.backlog: deque[list[bytes]] = deque()
 
@@ -146,7 +146,7 @@ class Client:
         (bounded) its output is over the backpressure bounds."""
         backlog = self.backlog
         dispatch = self.dispatch
-        while backlog and self.blocked_slot is None and not self.closing and (not bounded or self.can_dispatch()):
+        while backlog and self.blocked_pending is None and not self.closing and (not bounded or self.can_dispatch()):
             dispatch(backlog.popleft())
 
     def dispatch(self, argv: list[bytes]) -> None:
@@ -191,10 +191,10 @@ class Client:
                 return
             if cmd.single_key:
                 shard = router.slot_owner[key_slot(argv[1])]
-                slot = router.links[shard].submit(self, self.proto, argv)
-                self.replies.append(slot)
-                if cmd.is_blocking and slot.data is None:
-                    self.blocked_slot = slot
+                pending = router.links[shard].submit(self, self.proto, argv)
+                self.replies.append(pending)
+                if cmd.is_blocking and pending.data is None:
+                    self.blocked_pending = pending
                     self.blocked_shard = shard
                 return
             indexes = cmd.key_indexes(argv)
@@ -205,10 +205,10 @@ class Client:
             shards = {owner[key_slot(argv[i])] for i in indexes}
             if len(shards) == 1:
                 shard = shards.pop()
-                slot = router.links[shard].submit(self, self.proto, argv)
-                self.replies.append(slot)
-                if cmd.is_blocking and slot.data is None:
-                    self.blocked_slot = slot
+                pending = router.links[shard].submit(self, self.proto, argv)
+                self.replies.append(pending)
+                if cmd.is_blocking and pending.data is None:
+                    self.blocked_pending = pending
                     self.blocked_shard = shard
             elif cmd.split != SPLIT_NONE:
                 router.split(self, argv, cmd, indexes)
@@ -324,11 +324,11 @@ class Client:
                 replies.popleft()
             if chunks:
                 self.write(chunks, size)
-            blocked = self.blocked_slot
+            blocked = self.blocked_pending
             if blocked is not None and blocked.data is not None:
-                self.blocked_slot = None
+                self.blocked_pending = None
                 self.blocked_shard = -1
-            if not (self.backlog and self.blocked_slot is None and not self.closing and self.can_dispatch()):
+            if not (self.backlog and self.blocked_pending is None and not self.closing and self.can_dispatch()):
                 break
             self.run_backlog()
         self._update_interest()
@@ -338,8 +338,8 @@ class Client:
         command in flight): send the replies before it, then close, as a crashed
         Redis would; nothing after it is answered or run."""
         logger.warning("router: closing client %s: its shard died with a command in flight", self.addr)
-        if self.blocked_slot is self.replies[0]:
-            self.blocked_slot = None  # its shard is gone, and with it the wait
+        if self.blocked_pending is self.replies[0]:
+            self.blocked_pending = None  # its shard is gone, and with it the wait
             self.blocked_shard = -1
         self.replies.clear()
         self.backlog.clear()

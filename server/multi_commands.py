@@ -46,9 +46,9 @@ def exec_(client: Client, argv: list[bytes]):
         raise ReplyError(b"CROSSSLOT Keys in request don't hash to the same slot")
     watched.discard(shard)  # EXEC clears the watches on that shard itself
     link = client.router.links[shard]
-    slot = link.submit(client, client.proto, [b"\x00exec", pack_transaction(client.run_router_commands(queued))])
-    client.replies.append(slot)
-    return slot
+    pending = link.submit(client, client.proto, [b"\x00exec", pack_transaction(client.run_router_commands(queued))])
+    client.replies.append(pending)
+    return pending
 
 
 @command("discard", 1, "noscript loading stale fast allow_busy", group="transactions", where=ROUTER,

@@ -41,18 +41,18 @@ class Gather:
     LOST (its shard died with it in flight) the whole reply is: a DEL split over
     shards may have deleted some keys, so no count can be given."""
 
-    __slots__ = ("slot", "parts", "left", "finish", "lost")
+    __slots__ = ("pending", "parts", "left", "finish", "lost")
 
     def __init__(self, client: Client, count: int, finish) -> None:
-        self.slot = Pending(client)
+        self.pending = Pending(client)
         self.parts: list = [None] * count
         self.left = count
         self.finish = finish
         self.lost = False
-        client.replies.append(self.slot)
+        client.replies.append(self.pending)
 
     def part(self, index: int) -> Pending:
-        return Pending(self.slot.client, on_fill=lambda _slot, data: self._got(index, data))
+        return Pending(self.pending.client, on_fill=lambda _pending, data: self._got(index, data))
 
     def _got(self, index: int, data: bytes) -> None:
         self.parts[index] = data
@@ -66,7 +66,7 @@ class Gather:
         """Every part is in (or none was asked for): merge and fill the reply; one
         part of unknown outcome makes the whole reply unknown."""
         if self.lost:
-            self.slot.fill(LOST)
+            self.pending.fill(LOST)
             return
         try:
             reply = self.finish([decode_internal(p) for p in self.parts])
@@ -75,7 +75,7 @@ class Gather:
         except Exception:
             logger.exception("router: merging shard replies failed")
             reply = encode_error(b"ERR internal error merging shard replies")
-        self.slot.fill(reply)
+        self.pending.fill(reply)
 
 
 def scan_count(argv: list[bytes]) -> int:
@@ -177,7 +177,7 @@ class Router:
             self.links[shard].submit(client, PROTO_INTERNAL, argv, gather.part(n))
         if not indexes:
             gather.complete()
-        return gather.slot
+        return gather.pending
 
     def after(self, seconds: float, fn) -> None:
         """Run fn after a delay (DEBUG SLEEP), in the router's nursery."""
@@ -191,7 +191,7 @@ class Router:
     def ask_shard(self, client: Client, shard: int, argv: list[bytes], finish) -> Pending:
         gather = Gather(client, 1, lambda parts: finish(parts[0]))
         self.links[shard].submit(client, PROTO_INTERNAL, argv, gather.part(0))
-        return gather.slot
+        return gather.pending
 
     def split(self, client: Client, argv: list[bytes], cmd: Command, indexes: list[int]) -> None:
         """A read or delete whose keys live on several shards: one sub-request per
@@ -228,8 +228,8 @@ class Router:
         range with fewer than COUNT keys, go on with the next shard, so a small
         keyspace is walked in one call and the last shard's end answers cursor 0."""
         count = scan_count(argv)
-        slot = Pending(client)
-        client.replies.append(slot)
+        pending = Pending(client)
+        client.replies.append(pending)
         keys: list[bytes] = []
         proto = client.proto
 
@@ -238,19 +238,19 @@ class Router:
 
         def got(_part: Pending, data: bytes) -> None:
             if data is LOST:
-                slot.fill(LOST)
+                pending.fill(LOST)
                 return
             try:
                 cursor, found = decode_internal(data)
             except ReplyError as e:
-                slot.fill(encode_error(e.message))
+                pending.fill(encode_error(e.message))
                 return
             keys.extend(found)
             next_slot = int(cursor)
             if next_slot and len(keys) < count:
                 step(self.slot_owner[next_slot], [argv[0], cursor, *argv[2:]])
             else:
-                slot.fill(encode([cursor, keys], proto))
+                pending.fill(encode([cursor, keys], proto))
 
         step(self.cursor_shard(argv[1]), argv)
 
@@ -267,7 +267,7 @@ class Router:
     def forget(self, client: Client) -> None:
         self.clients.pop(client.id, None)
         client.unwatch_all()
-        if client.blocked_slot is not None:
+        if client.blocked_pending is not None:
             self.links[client.blocked_shard].submit(
                 None, PROTO_INTERNAL, [b"\x00unblock", b"%d" % client.id, b"drop"],
                 Pending(None, on_fill=_ignore_reply))
@@ -388,7 +388,7 @@ class SpareFd:
                 self.fd = None
 
 
-def _ignore_reply(slot: Pending, data: bytes) -> None:
+def _ignore_reply(pending: Pending, data: bytes) -> None:
     if data[:1] == b"-" and data is not LOST:
         logger.warning("router: shard rejected an internal request: %r", data[:200])
 

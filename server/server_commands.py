@@ -327,17 +327,17 @@ def debug(client: Client, argv: list[bytes]):
     sub = argv[1].lower()
     if sub == b"sleep" and len(argv) == 3:
         seconds = strtod_prefix(argv[2])
-        slot = Pending(client)
-        client.replies.append(slot)
-        client.router.after(seconds if seconds > 0 else 0.0, lambda: slot.fill(b"+OK\r\n"))
-        return slot
+        pending = Pending(client)
+        client.replies.append(pending)
+        client.router.after(seconds if seconds > 0 else 0.0, lambda: pending.fill(b"+OK\r\n"))
+        return pending
     if sub == b"object" and len(argv) == 3:
         router = client.router
         link = router.links[router.slot_owner[key_slot(argv[2])]]
         wrapper = Pending(client)
         client.replies.append(wrapper)
 
-        def on_encoding(_slot, data: bytes) -> None:
+        def on_encoding(_pending, data: bytes) -> None:
             if data[:1] == b"-":  # an error, or LOST: passed on as it is
                 wrapper.fill(data)
             elif data.startswith(b"$-1") or data.startswith(b"_"):
