@@ -5,6 +5,7 @@ from __future__ import annotations
 import durakv.server.conn_commands  # noqa: F401  (declares the CLIENT container)
 from durakv.server.client import Client
 from durakv.shards.args import parse_ll
+from durakv.shards.frames import VERB_UNBLOCK
 from durakv.shards.resp import ReplyError
 from durakv.shards.table import MULTI_REFUSED, ROUTER, command
 
@@ -25,5 +26,5 @@ def client_unblock(client: Client, argv: list[bytes]):
     blocked = client.router.clients.get(target)
     if blocked is None or blocked.blocked_pending is None:
         return 0
-    return client.router.ask_shard(client, blocked.blocked_shard, [b"\x00unblock", b"%d" % target, mode],
+    return client.router.ask_shard(client, blocked.blocked_shard, [VERB_UNBLOCK, b"%d" % target, mode],
                                    lambda unblocked: b":1\r\n" if unblocked else b":0\r\n")

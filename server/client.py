@@ -12,6 +12,7 @@ from collections import deque
 import trio
 
 from durakv.server.links import LOST, Pending
+from durakv.shards.frames import VERB_LITERAL, VERB_ROUTER_IN_MULTI
 from durakv.shards.resp import ProtocolError, RequestParser, ReplyError, encode, encode_error
 from durakv.shards.table import CURSOR, FANOUT, ROUTER, SPLIT_NONE, lookup
 from durakv.shards.slots import key_slot
@@ -32,10 +33,6 @@ IOV_MAX = 1024  # buffers per sendmsg (Linux UIO_MAXIOV)
 ERR_CROSSSLOT = b"-CROSSSLOT Keys in request don't hash to the same slot\r\n"
 ERR_NOAUTH = b"-NOAUTH Authentication required.\r\n"
 MAX_QUEUED_IN_MULTI = 1024 * 1024
-
-# Router-answered commands inside MULTI get their reply computed at EXEC, except
-# those declared MULTI_REFUSED (their replies depend on the shards and arrive later).
-ROUTER_IN_MULTI = b"\x00router"
 
 
 class Client:
@@ -226,7 +223,9 @@ class Client:
             if cmd.where == ROUTER:
                 if cmd.refused_in_multi:
                     raise ReplyError(b"ERR Command not allowed inside a transaction")
-                argv = [ROUTER_IN_MULTI, *argv]  # runs at EXEC (see run_router_commands)
+                # Router-answered: runs at EXEC (see run_router_commands); those whose replies
+                # depend on the shards were declared MULTI_REFUSED above.
+                argv = [VERB_ROUTER_IN_MULTI, *argv]
         except ReplyError as e:
             self.multi_error = True
             self.push(encode_error(e.message))
@@ -269,7 +268,7 @@ class Client:
         and their errors land inside EXEC's reply, as in Redis."""
         out = []
         for argv in queued:
-            if argv[0] == ROUTER_IN_MULTI:
+            if argv[0] == VERB_ROUTER_IN_MULTI:
                 argv = argv[1:]
                 try:
                     reply = lookup(argv).handler(self, argv)
@@ -282,7 +281,7 @@ class Client:
                         data = encode(reply, self.proto)
                 except ReplyError as e:
                     data = encode_error(e.message)
-                argv = [b"\x00literal", data]
+                argv = [VERB_LITERAL, data]
             out.append(argv)
         return out
 

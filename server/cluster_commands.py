@@ -6,6 +6,7 @@ from __future__ import annotations
 from durakv.server.client import Client
 from durakv.server.info import cluster_lines, shard_states
 from durakv.shards.args import int_arg
+from durakv.shards.frames import VERB_COUNTKEYSINSLOT, VERB_GETKEYSINSLOT
 from durakv.shards.resp import OK, Map, ReplyError, Verbatim, encode
 from durakv.shards.slots import SLOT_COUNT, key_slot
 from durakv.shards.table import MULTI_REFUSED, ROUTER, command, container
@@ -92,7 +93,7 @@ def cluster_countkeysinslot(client: Client, argv: list[bytes]):
     if not 0 <= slot < SLOT_COUNT:
         raise ReplyError(b"ERR Invalid slot")
     router = client.router
-    return router.ask_shard(client, router.slot_owner[slot], [b"\x00countkeysinslot", b"%d" % slot],
+    return router.ask_shard(client, router.slot_owner[slot], [VERB_COUNTKEYSINSLOT, b"%d" % slot],
                             lambda count: b":%d\r\n" % count)
 
 
@@ -106,7 +107,7 @@ def cluster_getkeysinslot(client: Client, argv: list[bytes]):
     router = client.router
     proto = client.proto
     return router.ask_shard(client, router.slot_owner[slot],
-                            [b"\x00getkeysinslot", b"%d" % slot, b"%d" % count],
+                            [VERB_GETKEYSINSLOT, b"%d" % slot, b"%d" % count],
                             lambda keys: encode(keys, proto))
 
 

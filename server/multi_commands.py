@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from durakv.server.client import Client
 from durakv.shards.args import parse_ll
+from durakv.shards.frames import VERB_EXEC
 from durakv.shards.resp import OK, ReplyError
 from durakv.shards.t_multi import pack_transaction
 from durakv.shards.table import MULTI_RUN_NOW, ROUTER, command
@@ -46,7 +47,7 @@ def exec_(client: Client, argv: list[bytes]):
         raise ReplyError(b"CROSSSLOT Keys in request don't hash to the same slot")
     watched.discard(shard)  # EXEC clears the watches on that shard itself
     link = client.router.links[shard]
-    pending = link.submit(client, client.proto, [b"\x00exec", pack_transaction(client.run_router_commands(queued))])
+    pending = link.submit(client, client.proto, [VERB_EXEC, pack_transaction(client.run_router_commands(queued))])
     client.replies.append(pending)
     return pending
 

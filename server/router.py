@@ -21,7 +21,9 @@ from durakv.server.settings_sync import SettingsSync
 from durakv.server.topology import ensure_topology
 from durakv.shards import failure, sdnotify
 from durakv.shards.config import Config
-from durakv.shards.frames import PROTO_INTERNAL, internal_reply_decoder
+from durakv.shards.frames import (
+    PROTO_INTERNAL, VERB_CONFIG, VERB_UNBLOCK, VERB_UNWATCH, internal_reply_decoder,
+)
 from durakv.shards.resp import ReplyError, encode, encode_error
 from durakv.shards.shard_settings import SHARD_DEFAULTS
 from durakv.shards.slots import key_slot, slot_owner_table
@@ -156,7 +158,7 @@ class Router:
         settings = self.settings.values
         for name, default in SHARD_DEFAULTS.items():
             if settings[name] != str(default):
-                link.submit(None, PROTO_INTERNAL, [b"\x00config", name.encode(), settings[name].encode()],
+                link.submit(None, PROTO_INTERNAL, [VERB_CONFIG, name.encode(), settings[name].encode()],
                             Pending(None, on_fill=_ignore_reply))
 
     # --- routing helpers ------------------------------------------------------------
@@ -256,7 +258,7 @@ class Router:
 
     def unwatch(self, client_id: int, shards: set[int]) -> None:
         for shard in shards:
-            self.links[shard].submit(None, PROTO_INTERNAL, [b"\x00unwatch", b"%d" % client_id],
+            self.links[shard].submit(None, PROTO_INTERNAL, [VERB_UNWATCH, b"%d" % client_id],
                                      Pending(None, on_fill=_ignore_reply))
 
     def shards_up(self) -> bool:
@@ -269,7 +271,7 @@ class Router:
         client.unwatch_all()
         if client.blocked_pending is not None:
             self.links[client.blocked_shard].submit(
-                None, PROTO_INTERNAL, [b"\x00unblock", b"%d" % client.id, b"drop"],
+                None, PROTO_INTERNAL, [VERB_UNBLOCK, b"%d" % client.id, b"drop"],
                 Pending(None, on_fill=_ignore_reply))
 
     def new_client_id(self) -> int:

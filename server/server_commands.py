@@ -14,6 +14,7 @@ from durakv.server.links import Pending
 from durakv.server.settings import set_failed
 from durakv.shards.args import ERR_SYNTAX
 from durakv.shards.glob import glob_match
+from durakv.shards.frames import VERB_INFO, VERB_RESETSTAT
 from durakv.shards.resp import OK, Map, ReplyError, SetReply, Simple, Verbatim, encode, encode_error
 from durakv.shards.shard_settings import SHARD_DEFAULTS
 from durakv.shards.slots import key_slot
@@ -241,7 +242,7 @@ def config_resetstat(client: Client, argv: list[bytes]):
     router.stats_connections = 0
     router.stats_rejected_connections = 0
     router.stats_protocol_errors = 0
-    return router.fanout_internal(client, [b"\x00resetstat"], lambda values: b"+OK\r\n")
+    return router.fanout_internal(client, [VERB_RESETSTAT], lambda values: b"+OK\r\n")
 
 
 @command("config|rewrite", 2, "admin noscript loading stale", group="server", where=ROUTER)
@@ -277,7 +278,7 @@ def info(client: Client, argv: list[bytes]):
 
     # Shards that are down are left out (INFO cluster says which and why), so INFO still answers.
     up = [link.index for link in router.links if link.up]
-    return router.fanout_internal(client, [b"\x00info"], finish, shards=up)
+    return router.fanout_internal(client, [VERB_INFO], finish, shards=up)
 
 
 @command("time", 1, "loading stale fast", group="server", where=ROUTER, tips=("nondeterministic_output",))

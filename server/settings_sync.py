@@ -29,7 +29,7 @@ import trio
 from durakv.log.layout import ensure_run_dir, router_socket_path, run_dir
 from durakv.log.disk import OS_DISK
 from durakv.server.links import Pending
-from durakv.shards.frames import PROTO_INTERNAL
+from durakv.shards.frames import PROTO_INTERNAL, VERB_CONFIG
 from durakv.shards.unixsock import bind_unix, peer_allowed, reachable_path
 
 logger = logging.getLogger("durakv.router")
@@ -217,7 +217,8 @@ class SettingsSync:
 
         for link in links:
             for name, value in shard_changes:
-                link.submit(None, PROTO_INTERNAL, [b"\x00config", name.encode(), value.encode()], Pending(None, on_fill=acked))
+                link.submit(None, PROTO_INTERNAL, [VERB_CONFIG, name.encode(), value.encode()],
+                            Pending(None, on_fill=acked))
         return done
 
     async def _send_to_peer(self, index: int, payload: bytes) -> None:

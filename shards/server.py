@@ -34,7 +34,10 @@ from durakv.shards.config import Config
 from durakv.shards.disk_hooks import HookedDisk, shard_disk
 from durakv.shards.context import Ctx
 from durakv.shards.engine import replay
-from durakv.shards.frames import encode_frame, encode_internal, request_batch_decoder, split_frames
+from durakv.shards.frames import (
+    INTERNAL_PREFIX, VERB_COUNTKEYSINSLOT, VERB_EXEC, VERB_GETKEYSINSLOT, VERB_LITERAL, encode_frame,
+    encode_internal, request_batch_decoder, split_frames,
+)
 from durakv.shards.hazards import HazardTracker, HeldReplies
 from durakv.shards.blocking import Block, BlockedClients, Waiter
 from durakv.shards.keyspace import Keyspace, now_ms
@@ -57,7 +60,7 @@ WRITE_RETRY_MAX_MS = 1000
 WRITE_RETRY_LOG_EVERY = 30  # after the first few, log one failed retry in this many
 # Internal requests that read the keyspace without naming keys (CLUSTER
 # COUNTKEYSINSLOT/GETKEYSINSLOT): keyless reads, so they wait for everything pending.
-INTERNAL_KEYSPACE_READS = frozenset({b"\x00countkeysinslot", b"\x00getkeysinslot"})
+INTERNAL_KEYSPACE_READS = frozenset({VERB_COUNTKEYSINSLOT, VERB_GETKEYSINSLOT})
 
 
 class CommandStats:
@@ -205,8 +208,8 @@ class Shard:
         now_out = []
         for req in requests:
             argv = req.argv
-            if argv[0][:1] == b"\x00":
-                if argv[0] != b"\x00exec":
+            if argv[0][:1] == INTERNAL_PREFIX:
+                if argv[0] != VERB_EXEC:
                     data = internal.run(self, argv)
                     wait = self.hazards.wait_all() if argv[0] in INTERNAL_KEYSPACE_READS else 0
                     if wait > durable_seq:
@@ -374,7 +377,7 @@ class Shard:
         self.ctx.in_multi = True
         try:
             for queued in commands:
-                if queued[0] == b"\x00literal":
+                if queued[0] == VERB_LITERAL:
                     parts.append(queued[1])
                     continue
                 data, seq = self._execute(queued, cid, proto, next_seq, hold_writes)
