@@ -1,9 +1,15 @@
-"""The one command table: name, arity, flags, key positions, and where it runs.
+"""The one command table: the only home of facts about commands.
 
-Like Redis' command table, this single structure drives routing (which args are
-keys), argument-count errors, and the COMMAND replies. Entries are declared next
-to their implementations with the `command` decorator; shard modules register the
-commands a shard executes, `server/` registers the ones the router answers itself.
+Like Redis' command table (its command JSON files), each entry declares name, arity,
+flags, key positions, group, tips, ACL categories and key specs, and durakv adds
+where it runs, how the router splits or merges it across shards, what MULTI does
+with it, and whether it reads keys its key positions do not name. This structure
+drives routing, the shard's read hazards, transactions, argument-count errors and
+the COMMAND replies; nothing elsewhere lists commands by name. Entries are declared
+next to their implementations with the `command` decorator; shard modules register
+the commands a shard executes, `server/` registers the ones the router answers
+itself. `lookup` is the one resolver (router, shard, replay), with Redis' errors.
+Per-command tests on the hot path are attributes computed at declaration.
 """
 
 from __future__ import annotations
