@@ -5,11 +5,13 @@ from __future__ import annotations
 import durakv.server.conn_commands  # noqa: F401  (declares the CLIENT container)
 from durakv.server.client import Client
 from durakv.shards.args import parse_ll
+from durakv.shards.frames import VERB_UNBLOCK
 from durakv.shards.resp import ReplyError
-from durakv.shards.table import ROUTER, command
+from durakv.shards.table import MULTI_REFUSED, ROUTER, command
 
 
-@command("client|unblock", -3, "admin noscript loading stale", group="connection", where=ROUTER)
+@command("client|unblock", -3, "admin noscript loading stale", group="connection", where=ROUTER,
+         multi=MULTI_REFUSED)
 def client_unblock(client: Client, argv: list[bytes]):
     target = parse_ll(argv[2])
     if target is None:
@@ -22,7 +24,7 @@ def client_unblock(client: Client, argv: list[bytes]):
     elif len(argv) > 4:
         raise ReplyError(b"ERR syntax error")
     blocked = client.router.clients.get(target)
-    if blocked is None or blocked.blocked_slot is None:
+    if blocked is None or blocked.blocked_pending is None:
         return 0
-    return client.router.ask_shard(client, blocked.blocked_shard, [b"\x00unblock", b"%d" % target, mode],
+    return client.router.ask_shard(client, blocked.blocked_shard, [VERB_UNBLOCK, b"%d" % target, mode],
                                    lambda unblocked: b":1\r\n" if unblocked else b":0\r\n")

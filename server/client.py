@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from durakv.server.links import LOST, Pending
+from durakv.shards.frames import VERB_LITERAL, VERB_ROUTER_IN_MULTI
 from durakv.shards.resp import ProtocolError, RequestParser, ReplyError, encode, encode_error
 from durakv.shards.table import CURSOR, FANOUT, ROUTER, SPLIT_NONE, lookup
 from durakv.shards.slots import key_slot
@@ -37,16 +38,6 @@ ERR_CROSSSLOT = b"-CROSSSLOT Keys in request don't hash to the same slot\r\n"
 ERR_NOAUTH = b"-NOAUTH Authentication required.\r\n"
 MAX_QUEUED_IN_MULTI = 1024 * 1024
 
-# Run at once even inside MULTI (Redis' processCommand exceptions).
-IMMEDIATE_IN_MULTI = frozenset({"exec", "discard", "multi", "watch", "quit", "reset"})
-# Router-answered commands inside MULTI get their reply computed at queue time,
-# except these, whose replies depend on the shards and arrive later.
-ROUTER_IN_MULTI = b"\x00router"
-ASYNC_ROUTER_COMMANDS = frozenset({
-    "info", "debug", "config|resetstat", "cluster|countkeysinslot", "cluster|getkeysinslot",
-    "client|unblock",
-})
-
 
 class Client:
     """One connection. Its socket is read and written by the router's ClientPoller
@@ -58,7 +49,7 @@ class Client:
         "router", "sock", "id", "proto", "name", "authed", "addr", "laddr", "fd", "created",
         "last_cmd_at", "last_cmd", "parser", "replies", "outbuf", "outbuf_bytes", "closing", "closed", "reading",
         "lib_name", "lib_ver", "in_ready_set", "query_limit",
-        "multi", "multi_error", "multi_shard", "watch_shards", "blocked_slot", "blocked_shard", "backlog",
+        "multi", "multi_error", "multi_shard", "watch_shards", "blocked_pending", "blocked_shard", "backlog",
         "soft_limit_since",
     )
 
@@ -98,7 +89,7 @@ class Client:
         self.watch_shards: set[int] = set()
         # While a blocking command waits, later requests queue here, as Redis
         # stops processing a blocked client's input.
-        self.blocked_slot: Pending | None = None
+        self.blocked_pending: Pending | None = None
         self.blocked_shard = -1
         self.backlog: deque[list[bytes]] = deque()
 
@@ -156,7 +147,7 @@ class Client:
         (bounded) its output is over the backpressure bounds."""
         backlog = self.backlog
         dispatch = self.dispatch
-        while backlog and self.blocked_slot is None and not self.closing and (not bounded or self.can_dispatch()):
+        while backlog and self.blocked_pending is None and not self.closing and (not bounded or self.can_dispatch()):
             dispatch(backlog.popleft())
 
     def dispatch(self, argv: list[bytes]) -> None:
@@ -171,10 +162,10 @@ class Client:
                 self.multi_error = True
             return
         self.last_cmd = cmd.fullname
-        if not self.authed and "no_auth" not in cmd.flags:
+        if not self.authed and not cmd.no_auth:
             self.push(ERR_NOAUTH)
             return
-        if self.multi is not None and cmd.name not in IMMEDIATE_IN_MULTI:
+        if self.multi is not None and not cmd.runs_in_multi:
             self._queue_in_multi(cmd, argv)
             return
         if cmd.name == "watch":
@@ -196,17 +187,18 @@ class Client:
                     self.push(encode(reply, self.proto))
                 return
             if where == FANOUT:
-                router.fanout(self, argv, cmd.name)
+                assert cmd.merge is not None, "the table refuses a fan-out command without merge"
+                router.fanout(self, argv, cmd.merge)
                 return
             if where == CURSOR:
                 router.route_cursor(self, argv)
                 return
-            if cmd.keys_fn is None and cmd.first_key == 1 and cmd.last_key == 1:
+            if cmd.single_key:
                 shard = router.slot_owner[key_slot(argv[1])]
-                slot = router.links[shard].submit(self, self.proto, argv)
-                self.replies.append(slot)
-                if cmd.is_blocking and slot.data is None:
-                    self.blocked_slot = slot
+                pending = router.links[shard].submit(self, self.proto, argv)
+                self.replies.append(pending)
+                if cmd.is_blocking and pending.data is None:
+                    self.blocked_pending = pending
                     self.blocked_shard = shard
                 return
             indexes = cmd.key_indexes(argv)
@@ -217,10 +209,10 @@ class Client:
             shards = {owner[key_slot(argv[i])] for i in indexes}
             if len(shards) == 1:
                 shard = shards.pop()
-                slot = router.links[shard].submit(self, self.proto, argv)
-                self.replies.append(slot)
-                if cmd.is_blocking and slot.data is None:
-                    self.blocked_slot = slot
+                pending = router.links[shard].submit(self, self.proto, argv)
+                self.replies.append(pending)
+                if cmd.is_blocking and pending.data is None:
+                    self.blocked_pending = pending
                     self.blocked_shard = shard
             elif cmd.split != SPLIT_NONE:
                 router.split(self, argv, cmd, indexes)
@@ -236,9 +228,11 @@ class Client:
         try:
             shard = self._transaction_shard(cmd, argv)
             if cmd.where == ROUTER:
-                if cmd.fullname in ASYNC_ROUTER_COMMANDS:
+                if cmd.refused_in_multi:
                     raise ReplyError(b"ERR Command not allowed inside a transaction")
-                argv = [ROUTER_IN_MULTI, *argv]  # runs at EXEC (see run_router_commands)
+                # Router-answered: runs at EXEC (see run_router_commands); those whose replies
+                # depend on the shards were declared MULTI_REFUSED above.
+                argv = [VERB_ROUTER_IN_MULTI, *argv]
         except ReplyError as e:
             self.multi_error = True
             self.push(encode_error(e.message))
@@ -283,7 +277,7 @@ class Client:
         and their errors land inside EXEC's reply, as in Redis."""
         out = []
         for argv in queued:
-            if argv[0] == ROUTER_IN_MULTI:
+            if argv[0] == VERB_ROUTER_IN_MULTI:
                 argv = argv[1:]
                 try:
                     handler = lookup(argv).handler
@@ -298,7 +292,7 @@ class Client:
                         data = encode(reply, self.proto)
                 except ReplyError as e:
                     data = encode_error(e.message)
-                argv = [b"\x00literal", data]
+                argv = [VERB_LITERAL, data]
             out.append(argv)
         return out
 
@@ -340,11 +334,11 @@ class Client:
                 replies.popleft()
             if chunks:
                 self.write(chunks, size)
-            blocked = self.blocked_slot
+            blocked = self.blocked_pending
             if blocked is not None and blocked.data is not None:
-                self.blocked_slot = None
+                self.blocked_pending = None
                 self.blocked_shard = -1
-            if not (self.backlog and self.blocked_slot is None and not self.closing and self.can_dispatch()):
+            if not (self.backlog and self.blocked_pending is None and not self.closing and self.can_dispatch()):
                 break
             self.run_backlog()
         self._update_interest()
@@ -354,8 +348,8 @@ class Client:
         command in flight): send the replies before it, then close, as a crashed
         Redis would; nothing after it is answered or run."""
         logger.warning("router: closing client %s: its shard died with a command in flight", self.addr)
-        if self.blocked_slot is self.replies[0]:
-            self.blocked_slot = None  # its shard is gone, and with it the wait
+        if self.blocked_pending is self.replies[0]:
+            self.blocked_pending = None  # its shard is gone, and with it the wait
             self.blocked_shard = -1
         self.replies.clear()
         self.backlog.clear()

@@ -6,9 +6,10 @@ from __future__ import annotations
 from durakv.server.client import Client
 from durakv.server.info import cluster_lines, shard_states
 from durakv.shards.args import int_arg
+from durakv.shards.frames import VERB_COUNTKEYSINSLOT, VERB_GETKEYSINSLOT
 from durakv.shards.resp import OK, Map, ReplyError, Verbatim, encode
 from durakv.shards.slots import SLOT_COUNT, key_slot
-from durakv.shards.table import ROUTER, command, container
+from durakv.shards.table import MULTI_REFUSED, ROUTER, command, container
 
 container("cluster", "cluster", where=ROUTER)
 
@@ -85,17 +86,19 @@ def cluster_keyslot(client: Client, argv: list[bytes]):
     return key_slot(argv[2])
 
 
-@command("cluster|countkeysinslot", 3, "stale", group="cluster", where=ROUTER)
+@command("cluster|countkeysinslot", 3, "stale", group="cluster", where=ROUTER,
+         multi=MULTI_REFUSED)
 def cluster_countkeysinslot(client: Client, argv: list[bytes]):
     slot = int_arg(argv[2])
     if not 0 <= slot < SLOT_COUNT:
         raise ReplyError(b"ERR Invalid slot")
     router = client.router
-    return router.ask_shard(client, router.slot_owner[slot], [b"\x00countkeysinslot", b"%d" % slot],
+    return router.ask_shard(client, router.slot_owner[slot], [VERB_COUNTKEYSINSLOT, b"%d" % slot],
                             lambda count: b":%d\r\n" % count)
 
 
-@command("cluster|getkeysinslot", 4, "stale", group="cluster", where=ROUTER, tips=("nondeterministic_output",))
+@command("cluster|getkeysinslot", 4, "stale", group="cluster", where=ROUTER, tips=("nondeterministic_output",),
+         multi=MULTI_REFUSED)
 def cluster_getkeysinslot(client: Client, argv: list[bytes]):
     slot = int_arg(argv[2])
     count = int_arg(argv[3])
@@ -104,20 +107,23 @@ def cluster_getkeysinslot(client: Client, argv: list[bytes]):
     router = client.router
     proto = client.proto
     return router.ask_shard(client, router.slot_owner[slot],
-                            [b"\x00getkeysinslot", b"%d" % slot, b"%d" % count],
+                            [VERB_GETKEYSINSLOT, b"%d" % slot, b"%d" % count],
                             lambda keys: encode(keys, proto))
 
 
-@command("readonly", 1, "loading stale fast", group="cluster", where=ROUTER)
+@command("readonly", 1, "loading stale fast", group="cluster", where=ROUTER,
+         acl="connection")
 def readonly(client: Client, argv: list[bytes]):
     return OK
 
 
-@command("readwrite", 1, "loading stale fast", group="cluster", where=ROUTER)
+@command("readwrite", 1, "loading stale fast", group="cluster", where=ROUTER,
+         acl="connection")
 def readwrite(client: Client, argv: list[bytes]):
     return OK
 
 
-@command("asking", 1, "fast", group="cluster", where=ROUTER)
+@command("asking", 1, "fast", group="cluster", where=ROUTER,
+         acl="connection")
 def asking(client: Client, argv: list[bytes]):
     return OK

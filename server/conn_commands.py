@@ -8,8 +8,8 @@ import time
 
 from durakv.server.client import Client
 from durakv.shards.args import ERR_SYNTAX, INT_MAX, INT_MIN, int_range_arg, parse_ll
-from durakv.shards.resp import OK, PONG, Map, ReplyError, fixed_error, Simple, Verbatim
-from durakv.shards.table import ROUTER, command, container
+from durakv.shards.resp import OK, PONG, Map, ReplyError, Simple, Verbatim, fixed_error
+from durakv.shards.table import MULTI_RUN_NOW, ROUTER, arity_error, command, container
 
 REDIS_VERSION = b"7.0.15"
 CLIENT_TYPES = (b"normal", b"master", b"replica", b"slave", b"pubsub")
@@ -20,7 +20,7 @@ ERR_WRONGPASS = fixed_error(b"WRONGPASS invalid username-password pair or user i
          tips=("request_policy:all_shards", "response_policy:all_succeeded"))
 def ping(client: Client, argv: list[bytes]):
     if len(argv) > 2:
-        raise ReplyError(b"ERR wrong number of arguments for 'ping' command")
+        raise arity_error(b"ping")
     return PONG if len(argv) == 1 else argv[1]
 
 
@@ -111,13 +111,15 @@ def select(client: Client, argv: list[bytes]):
     return OK
 
 
-@command("quit", -1, "noscript loading stale fast no_auth allow_busy", group="connection", where=ROUTER)
+@command("quit", -1, "noscript loading stale fast no_auth allow_busy", group="connection", where=ROUTER,
+         multi=MULTI_RUN_NOW)
 def quit_(client: Client, argv: list[bytes]):
     client.closing = True
     return OK
 
 
-@command("reset", 1, "noscript loading stale fast no_auth allow_busy", group="connection", where=ROUTER)
+@command("reset", 1, "noscript loading stale fast no_auth allow_busy", group="connection", where=ROUTER,
+         multi=MULTI_RUN_NOW)
 def reset(client: Client, argv: list[bytes]):
     """Back to a fresh connection's state: no transaction or watches, RESP2, no
     name, and unauthenticated again when a password is configured."""

@@ -5,8 +5,8 @@ When a shard dies, each request waiting on it ends one of two ways. A request
 that never reached the socket (still queued, or its frame not one byte written)
 surely did not run: it gets the definite `-CLUSTERDOWN The cluster is down`. A
 request whose frame was written, fully or partly, may have run and even been
-made durable (a write is in the page cache before its fsync returns): its slot
-is filled with LOST, and the client's connection is closed once every reply
+made durable (a write is in the page cache before its fsync returns): its pending
+reply is filled with LOST, and the client's connection is closed once every reply
 before it has been sent (server/client.py), as a crashed Redis would. That holds
 for reads too (one rule, no guess at which commands had effects), for EXEC, and
 for a blocking pop parked on the shard (a push may have served it durably
@@ -39,8 +39,9 @@ LOST = b"-ERR the shard died with this command in flight; its outcome is unknown
 
 
 class Pending:
-    """A reply slot in a client's ordered reply queue, filled when a shard (or a
-    timer, or a merge) completes it."""
+    """A reply not in yet: a place in a client's ordered reply queue, filled when a
+    shard (or a timer, or a merge) completes it. (A hash slot is a `slot`; a
+    reply waited for is a `pending`.)"""
 
     __slots__ = ("data", "client", "on_fill")
 
@@ -74,20 +75,20 @@ class ShardLink:
         self.frames_sent = 0
         self.requests_sent = 0
 
-    def submit(self, client, proto: int, argv: list[bytes], slot: Pending | None = None) -> Pending:
-        """Queue a request for this shard; returns the reply slot it will fill."""
-        if slot is None:
-            slot = Pending(client)
+    def submit(self, client, proto: int, argv: list[bytes], pending: Pending | None = None) -> Pending:
+        """Queue a request for this shard; returns the pending reply it will fill."""
+        if pending is None:
+            pending = Pending(client)
         if not self.up:
-            slot.fill(ERR_SHARD_DOWN)
-            return slot
+            pending.fill(ERR_SHARD_DOWN)
+            return pending
         rid = self._next_rid
         self._next_rid = rid + 1
-        self._pending[rid] = slot
+        self._pending[rid] = pending
         self._queue.append((rid, client.id if client is not None else 0, proto, argv))
         if len(self._queue) == 1:
             self._wake.set()
-        return slot
+        return pending
 
     async def run(self) -> None:
         """Connect, serve, and on failure fail everything in flight and retry."""
@@ -126,19 +127,19 @@ class ShardLink:
     def _fail_in_flight(self) -> None:
         """The shard is gone: a definite error for what never reached its socket,
         LOST for what did (see the module docstring)."""
-        pending = self._pending
+        in_flight = self._pending
         never_sent = {request[0] for request in self._queue}
         never_sent.update(request[0] for request in self._unsent)
         self._pending = {}
         self._queue = []
         self._unsent = []
         lost = 0
-        for rid, slot in pending.items():
+        for rid, pending in in_flight.items():
             if rid in never_sent:
-                slot.fill(ERR_SHARD_DOWN)
+                pending.fill(ERR_SHARD_DOWN)
             else:
                 lost += 1
-                slot.fill(LOST)
+                pending.fill(LOST)
         if lost:
             logger.warning("router: shard %d died with %d requests in flight; their clients are disconnected "
                         "(outcome unknown), %d queued requests answered CLUSTERDOWN",
@@ -177,7 +178,7 @@ class ShardLink:
         buf = bytearray()
         chunk = bytearray(RECV_BYTES)  # reused: a fresh 1 MiB bytes per recv costs an mmap
         view = memoryview(chunk)
-        pending = self._pending
+        in_flight = self._pending
         while True:
             await trio.lowlevel.wait_readable(sock)
             try:
@@ -192,6 +193,6 @@ class ShardLink:
             buf += view[:size]
             for frame in split_frames(buf):
                 for rid, reply in reply_batch_decoder.decode(frame):
-                    slot = pending.pop(rid)
-                    slot.fill(reply)
+                    pending = in_flight.pop(rid)
+                    pending.fill(reply)
             self.router.flush_ready_clients()

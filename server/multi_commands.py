@@ -6,14 +6,16 @@ from __future__ import annotations
 
 from durakv.server.client import Client
 from durakv.shards.args import parse_ll
+from durakv.shards.frames import VERB_EXEC
 from durakv.shards.resp import OK, ReplyError, fixed_error
 from durakv.shards.t_multi import pack_transaction
-from durakv.shards.table import ROUTER, command
+from durakv.shards.table import MULTI_RUN_NOW, ROUTER, command
 
 ERR_EXECABORT = fixed_error(b"EXECABORT Transaction discarded because of previous errors.")
 
 
-@command("multi", 1, "noscript loading stale fast allow_busy", group="transactions", where=ROUTER)
+@command("multi", 1, "noscript loading stale fast allow_busy", group="transactions", where=ROUTER,
+         multi=MULTI_RUN_NOW)
 def multi(client: Client, argv: list[bytes]):
     if client.multi is not None:
         raise ReplyError(b"ERR MULTI calls can not be nested")
@@ -23,7 +25,8 @@ def multi(client: Client, argv: list[bytes]):
     return OK
 
 
-@command("exec", 1, "noscript loading stale skip_slowlog", group="transactions", where=ROUTER)
+@command("exec", 1, "noscript loading stale skip_slowlog", group="transactions", where=ROUTER,
+         multi=MULTI_RUN_NOW)
 def exec_(client: Client, argv: list[bytes]):
     if client.multi is None:
         raise ReplyError(b"ERR EXEC without MULTI")
@@ -44,12 +47,13 @@ def exec_(client: Client, argv: list[bytes]):
         raise ReplyError(b"CROSSSLOT Keys in request don't hash to the same slot")
     watched.discard(shard)  # EXEC clears the watches on that shard itself
     link = client.router.links[shard]
-    slot = link.submit(client, client.proto, [b"\x00exec", pack_transaction(client.run_router_commands(queued))])
-    client.replies.append(slot)
-    return slot
+    pending = link.submit(client, client.proto, [VERB_EXEC, pack_transaction(client.run_router_commands(queued))])
+    client.replies.append(pending)
+    return pending
 
 
-@command("discard", 1, "noscript loading stale fast allow_busy", group="transactions", where=ROUTER)
+@command("discard", 1, "noscript loading stale fast allow_busy", group="transactions", where=ROUTER,
+         multi=MULTI_RUN_NOW)
 def discard(client: Client, argv: list[bytes]):
     if client.multi is None:
         raise ReplyError(b"ERR DISCARD without MULTI")

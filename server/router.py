@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import random
 import socket
 import time
 from typing import Any
@@ -23,11 +22,13 @@ from durakv.server.settings_sync import SettingsSync
 from durakv.server.topology import ensure_topology
 from durakv.shards import failure, sdnotify
 from durakv.shards.config import Config
-from durakv.shards.frames import PROTO_INTERNAL, internal_reply_decoder
+from durakv.shards.frames import (
+    PROTO_INTERNAL, VERB_CONFIG, VERB_UNBLOCK, VERB_UNWATCH, internal_reply_decoder,
+)
 from durakv.shards.resp import ReplyError, encode, encode_error
 from durakv.shards.shard_settings import SHARD_DEFAULTS
 from durakv.shards.slots import key_slot, slot_owner_table
-from durakv.shards.table import SPLIT_MGET, Command
+from durakv.shards.table import SPLIT_MGET, Command, Merge, merge_sum
 
 logger = logging.getLogger("durakv.router")
 
@@ -43,18 +44,18 @@ class Gather:
     LOST (its shard died with it in flight) the whole reply is: a DEL split over
     shards may have deleted some keys, so no count can be given."""
 
-    __slots__ = ("slot", "parts", "left", "finish", "lost")
+    __slots__ = ("pending", "parts", "left", "finish", "lost")
 
     def __init__(self, client: Client, count: int, finish) -> None:
-        self.slot = Pending(client)
+        self.pending = Pending(client)
         self.parts: list = [None] * count
         self.left = count
         self.finish = finish
         self.lost = False
-        client.replies.append(self.slot)
+        client.replies.append(self.pending)
 
     def part(self, index: int) -> Pending:
-        return Pending(self.slot.client, on_fill=lambda _slot, data: self._got(index, data))
+        return Pending(self.pending.client, on_fill=lambda _pending, data: self._got(index, data))
 
     def _got(self, index: int, data: bytes) -> None:
         self.parts[index] = data
@@ -68,7 +69,7 @@ class Gather:
         """Every part is in (or none was asked for): merge and fill the reply; one
         part of unknown outcome makes the whole reply unknown."""
         if self.lost:
-            self.slot.fill(LOST)
+            self.pending.fill(LOST)
             return
         try:
             reply = self.finish([decode_internal(p) for p in self.parts])
@@ -77,7 +78,7 @@ class Gather:
         except Exception:
             logger.exception("router: merging shard replies failed")
             reply = encode_error(b"ERR internal error merging shard replies")
-        self.slot.fill(reply)
+        self.pending.fill(reply)
 
 
 def scan_count(argv: list[bytes]) -> int:
@@ -158,13 +159,14 @@ class Router:
         settings = self.settings.values
         for name, default in SHARD_DEFAULTS.items():
             if settings[name] != str(default):
-                link.submit(None, PROTO_INTERNAL, [b"\x00config", name.encode(), settings[name].encode()],
+                link.submit(None, PROTO_INTERNAL, [VERB_CONFIG, name.encode(), settings[name].encode()],
                             Pending(None, on_fill=_ignore_reply))
 
     # --- routing helpers ------------------------------------------------------------
 
-    def fanout(self, client: Client, argv: list[bytes], name: str) -> None:
-        gather = Gather(client, len(self.links), lambda parts: MERGERS[name](parts, client.proto))
+    def fanout(self, client: Client, argv: list[bytes], merge: Merge) -> None:
+        """A whole-keyspace command: to every shard, replies merged by the command's `merge`."""
+        gather = Gather(client, len(self.links), lambda parts: merge(parts, client.proto))
         for i, link in enumerate(self.links):
             link.submit(client, PROTO_INTERNAL, argv, gather.part(i))
 
@@ -178,7 +180,7 @@ class Router:
             self.links[shard].submit(client, PROTO_INTERNAL, argv, gather.part(n))
         if not indexes:
             gather.complete()
-        return gather.slot
+        return gather.pending
 
     def after(self, seconds: float, fn) -> None:
         """Run fn after a delay (DEBUG SLEEP), in the router's nursery."""
@@ -193,7 +195,7 @@ class Router:
     def ask_shard(self, client: Client, shard: int, argv: list[bytes], finish) -> Pending:
         gather = Gather(client, 1, lambda parts: finish(parts[0]))
         self.links[shard].submit(client, PROTO_INTERNAL, argv, gather.part(0))
-        return gather.slot
+        return gather.pending
 
     def split(self, client: Client, argv: list[bytes], cmd: Command, indexes: list[int]) -> None:
         """A read or delete whose keys live on several shards: one sub-request per
@@ -214,7 +216,7 @@ class Router:
                 return encode(values, proto)
         else:
             def finish(parts: list) -> bytes:
-                return b":%d\r\n" % sum(parts)
+                return merge_sum(parts, proto)
         gather = Gather(client, len(shard_order), finish)
         for n, shard in enumerate(shard_order):
             sub = [argv[0]] + [argv[i] for i in by_shard[shard]]
@@ -230,8 +232,8 @@ class Router:
         range with fewer than COUNT keys, go on with the next shard, so a small
         keyspace is walked in one call and the last shard's end answers cursor 0."""
         count = scan_count(argv)
-        slot = Pending(client)
-        client.replies.append(slot)
+        pending = Pending(client)
+        client.replies.append(pending)
         keys: list[bytes] = []
         proto = client.proto
 
@@ -240,25 +242,25 @@ class Router:
 
         def got(_part: Pending, data: bytes) -> None:
             if data is LOST:
-                slot.fill(LOST)
+                pending.fill(LOST)
                 return
             try:
                 cursor, found = decode_internal(data)
             except ReplyError as e:
-                slot.fill(encode_error(e.message))
+                pending.fill(encode_error(e.message))
                 return
             keys.extend(found)
             next_slot = int(cursor)
             if next_slot and len(keys) < count:
                 step(self.slot_owner[next_slot], [argv[0], cursor, *argv[2:]])
             else:
-                slot.fill(encode([cursor, keys], proto))
+                pending.fill(encode([cursor, keys], proto))
 
         step(self.cursor_shard(argv[1]), argv)
 
     def unwatch(self, client_id: int, shards: set[int]) -> None:
         for shard in shards:
-            self.links[shard].submit(None, PROTO_INTERNAL, [b"\x00unwatch", b"%d" % client_id],
+            self.links[shard].submit(None, PROTO_INTERNAL, [VERB_UNWATCH, b"%d" % client_id],
                                      Pending(None, on_fill=_ignore_reply))
 
     def shards_up(self) -> bool:
@@ -269,9 +271,9 @@ class Router:
     def forget(self, client: Client) -> None:
         self.clients.pop(client.id, None)
         client.unwatch_all()
-        if client.blocked_slot is not None:
+        if client.blocked_pending is not None:
             self.links[client.blocked_shard].submit(
-                None, PROTO_INTERNAL, [b"\x00unblock", b"%d" % client.id, b"drop"],
+                None, PROTO_INTERNAL, [VERB_UNBLOCK, b"%d" % client.id, b"drop"],
                 Pending(None, on_fill=_ignore_reply))
 
     def new_client_id(self) -> int:
@@ -390,35 +392,9 @@ class SpareFd:
                 self.fd = None
 
 
-def _ignore_reply(slot: Pending, data: bytes) -> None:
+def _ignore_reply(pending: Pending, data: bytes) -> None:
     if data[:1] == b"-" and data is not LOST:
         logger.warning("router: shard rejected an internal request: %r", data[:200])
-
-
-def _merge_sum(parts: list, proto: int) -> bytes:
-    return b":%d\r\n" % sum(parts)
-
-
-def _merge_concat(parts: list, proto: int) -> bytes:
-    return encode([key for part in parts for key in part], proto)
-
-
-def _merge_random(parts: list, proto: int) -> bytes:
-    found = [p for p in parts if p is not None]
-    return encode(random.choice(found) if found else None, proto)
-
-
-def _merge_ok(parts: list, proto: int) -> bytes:
-    return b"+OK\r\n"
-
-
-MERGERS = {
-    "dbsize": _merge_sum,
-    "keys": _merge_concat,
-    "randomkey": _merge_random,
-    "flushall": _merge_ok,
-    "flushdb": _merge_ok,
-}
 
 
 async def run_router(config: Config, index: int, listener: socket.socket) -> None:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from durakv.server.settings import Settings
     from durakv.server.settings_sync import SettingsSync
     from durakv.shards.config import Config
-    from durakv.shards.table import Command
+    from durakv.shards.table import Command, Merge
 
 # Makes a client's reply bytes from the shards' internal replies, decoded from
 # msgpack (hence Any): one per shard asked.
@@ -71,7 +71,7 @@ class RouterView(Protocol):
     stats_protocol_errors: int
 
     # --- routing -------------------------------------------------------------------
-    def fanout(self, client: Client, argv: list[bytes], name: str) -> None: ...
+    def fanout(self, client: Client, argv: list[bytes], merge: Merge) -> None: ...
 
     def fanout_internal(self, client: Client, argv: list[bytes], finish: Finish,
                         shards: list[int] | None = None) -> Pending: ...

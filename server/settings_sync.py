@@ -29,7 +29,7 @@ import trio
 from durakv.log.layout import ensure_run_dir, router_socket_path, run_dir
 from durakv.log.disk import OS_DISK
 from durakv.server.links import Pending
-from durakv.shards.frames import PROTO_INTERNAL
+from durakv.shards.frames import PROTO_INTERNAL, VERB_CONFIG
 from durakv.shards.unixsock import bind_unix, peer_allowed, reachable_path
 
 logger = logging.getLogger("durakv.router")
@@ -173,14 +173,14 @@ class SettingsSync:
                 logger.warning("router %d: bad control message: %s", self.router.index, e)
 
     def propagate(self, client, changes: list[tuple[str, str]], shard_changes: list[tuple[str, str]]) -> Pending:
-        """Make already-applied changes take effect everywhere; the returned slot
+        """Make already-applied changes take effect everywhere; the returned pending
         (queued as the client's reply) is filled with +OK when that is done."""
-        slot = Pending(client)
-        client.replies.append(slot)
-        self.router.nursery.start_soon(self._propagate, slot, changes, shard_changes)
-        return slot
+        pending = Pending(client)
+        client.replies.append(pending)
+        self.router.nursery.start_soon(self._propagate, pending, changes, shard_changes)
+        return pending
 
-    async def _propagate(self, slot: Pending, changes: list[tuple[str, str]],
+    async def _propagate(self, pending: Pending, changes: list[tuple[str, str]],
                          shard_changes: list[tuple[str, str]]) -> None:
         shards_done = self._send_to_shards(shard_changes)
         try:
@@ -196,7 +196,7 @@ class SettingsSync:
             await shards_done.wait()
         if waited.cancelled_caught:
             logger.warning("router: shards did not confirm CONFIG SET within %d ms", PEER_ACK_TIMEOUT_MS)
-        slot.fill(b"+OK\r\n")
+        pending.fill(b"+OK\r\n")
 
     def _send_to_shards(self, shard_changes: list[tuple[str, str]]) -> trio.Event:
         done = trio.Event()
@@ -206,7 +206,7 @@ class SettingsSync:
             done.set()
             return done
 
-        def acked(_slot: Pending, data: bytes) -> None:
+        def acked(_pending: Pending, data: bytes) -> None:
             nonlocal left
             if data[:1] == b"-":
                 # A shard that is down gets every setting again when its link comes up.
@@ -217,7 +217,7 @@ class SettingsSync:
 
         for link in links:
             for name, value in shard_changes:
-                link.submit(None, PROTO_INTERNAL, [b"\x00config", name.encode(), value.encode()],
+                link.submit(None, PROTO_INTERNAL, [VERB_CONFIG, name.encode(), value.encode()],
                             Pending(None, on_fill=acked))
         return done
 

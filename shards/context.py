@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 class ShardView(Protocol):
     """What a command handler may read from the shard it runs on (`ctx.shard`).
 
-    The serving shard (shards/server.py `Shard`) offers it, and so do the stand-ins
+    The serving shard (shards/shard.py `Shard`) offers it, and so do the stand-ins
     that run handlers without serving: the snapshotter's replay
     (snapshotter/replay.py `ReplayShard`) and the tests' in-process shards. A
     handler that needs more of its shard adds it here first, and with it to every

@@ -5,25 +5,15 @@ from __future__ import annotations
 
 from durakv.shards.context import Ctx
 from durakv.shards.keyspace import Keyspace, type_name
-from durakv.shards.resp import ReplyError
-from durakv.shards.table import TABLE
+from durakv.shards.table import lookup
 
 
 def run_command(ctx: Ctx, argv: list[bytes]) -> object:
     """Execute one command against ctx's keyspace; returns the reply value or
-    raises ReplyError. Arity and subcommand checks are the router's job; this
-    repeats the cheap ones so replay and tests can call it directly."""
-    name = argv[0]
-    cmd = TABLE.get(name) or TABLE.get(name.lower())
-    if cmd is None or (cmd.handler is None and not cmd.subcommands):
-        raise ReplyError(b"ERR unknown command '%s'" % name[:128])
-    if cmd.subcommands:
-        cmd = cmd.subcommands.get(argv[1].lower()) if len(argv) > 1 else None
-        if cmd is None:
-            raise ReplyError(b"ERR unknown subcommand")
-    if not cmd.arity_ok(len(argv)):
-        raise ReplyError(b"ERR wrong number of arguments for '%s' command" % cmd.fullname.encode())
-    return cmd.handler(ctx, argv)
+    raises ReplyError (Redis' texts for an unknown command or subcommand or a
+    wrong arity, from the table's one resolver), so replay and tests can call it
+    directly."""
+    return lookup(argv).handler(ctx, argv)
 
 
 def replay(ctx: Ctx, effects: list[list[bytes]]) -> None:

@@ -7,6 +7,10 @@ carries every command the router had for that shard in one scheduling turn.
 Shard -> router: a list of replies `[rid, data]`, where data is the reply already
 encoded as RESP for the client's protocol (proto 2 or 3), or, for the router's
 own fan-out requests (proto 0), msgpack of `[ok, value]`.
+
+A request whose argv[0] starts with NUL is internal, never a client's command (RESP
+cannot carry a command name the router would pass on that starts with NUL: the
+router resolves every name in the command table first). The verbs are below.
 """
 
 from __future__ import annotations
@@ -19,6 +23,21 @@ import msgspec
 FRAME_HEADER_BYTES = 4
 MAX_FRAME_BYTES = 2 * 1024 * 1024 * 1024 - 1
 PROTO_INTERNAL = 0
+
+# Internal request verbs (argv[0]); shards/internal.py handles all but EXEC and LITERAL.
+INTERNAL_PREFIX = b"\x00"
+VERB_EXEC = b"\x00exec"  # [VERB_EXEC, pack_transaction(queued)]: a MULTI/EXEC, run as one batch
+VERB_LITERAL = b"\x00literal"  # inside a transaction, [VERB_LITERAL, reply]: a reply the router computed
+VERB_UNWATCH = b"\x00unwatch"  # [verb, client id]: drop the client's WATCHes
+VERB_UNBLOCK = b"\x00unblock"  # [verb, client id, b"timeout"|b"error"|b"drop"]: end a blocked command
+VERB_CONFIG = b"\x00config"  # [verb, name, value]: CONFIG SET of a shard parameter
+VERB_INFO = b"\x00info"  # [verb]: the shard's INFO fields
+VERB_RESETSTAT = b"\x00resetstat"  # [verb]: CONFIG RESETSTAT
+VERB_COUNTKEYSINSLOT = b"\x00countkeysinslot"  # [verb, slot]: CLUSTER COUNTKEYSINSLOT
+VERB_GETKEYSINSLOT = b"\x00getkeysinslot"  # [verb, slot, count]: CLUSTER GETKEYSINSLOT
+# Never sent: marks a router-answered command queued in MULTI until EXEC (server/client.py),
+# which replaces it with a VERB_LITERAL.
+VERB_ROUTER_IN_MULTI = b"\x00router"
 
 
 class Request(msgspec.Struct, array_like=True, gc=False):

@@ -7,7 +7,10 @@ from __future__ import annotations
 import logging
 import os
 
-from durakv.shards.frames import encode_internal
+from durakv.shards.frames import (
+    VERB_CONFIG, VERB_COUNTKEYSINSLOT, VERB_GETKEYSINSLOT, VERB_INFO, VERB_RESETSTAT, VERB_UNBLOCK, VERB_UNWATCH,
+    encode_internal,
+)
 
 logger = logging.getLogger("durakv.shard")
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
@@ -92,13 +95,13 @@ def unblock(shard, argv: list[bytes]) -> bool:
 
 
 HANDLERS = {
-    b"\x00unblock": unblock,
-    b"\x00unwatch": forget_client,
-    b"\x00config": set_config,
-    b"\x00info": info,
-    b"\x00countkeysinslot": count_keys_in_slot,
-    b"\x00getkeysinslot": get_keys_in_slot,
-    b"\x00resetstat": reset_stats,
+    VERB_UNBLOCK: unblock,
+    VERB_UNWATCH: forget_client,
+    VERB_CONFIG: set_config,
+    VERB_INFO: info,
+    VERB_COUNTKEYSINSLOT: count_keys_in_slot,
+    VERB_GETKEYSINSLOT: get_keys_in_slot,
+    VERB_RESETSTAT: reset_stats,
 }
 
 

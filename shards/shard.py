@@ -27,7 +27,9 @@ from durakv.shards.config import Config
 from durakv.shards.disk_hooks import HookedDisk, shard_disk
 from durakv.shards.context import Ctx
 from durakv.shards.engine import replay
-from durakv.shards.frames import encode_internal
+from durakv.shards.frames import (
+    INTERNAL_PREFIX, VERB_COUNTKEYSINSLOT, VERB_EXEC, VERB_GETKEYSINSLOT, VERB_LITERAL, encode_internal,
+)
 from durakv.shards.hazards import HazardTracker, HeldReplies, ReplySink
 from durakv.shards.blocking import Block, BlockedClients, Waiter
 from durakv.shards.keyspace import Keyspace, now_ms
@@ -36,18 +38,15 @@ from durakv.shards.resp import NULL_ARRAY, ReplyError, encode, encode_error
 from durakv.shards.shard_settings import SHARD_DEFAULTS
 from durakv.shards.slots import slot_ranges
 from durakv.shards.t_multi import Watches, unpack_transaction
-from durakv.shards.table import CURSOR, FANOUT, TABLE, Command
+from durakv.shards.table import Command, lookup
 
 logger = logging.getLogger("durakv.shard")
 
 REPLAY_PROGRESS_INTERVAL_S = 1.0
 RELEASE_POLL_S = 1.0
-# Commands that can read keys their key positions do not name (SORT BY/GET
-# patterns): their replies wait for every pending record, like keyless reads.
-READS_UNDECLARED_KEYS = frozenset({"sort", "sort_ro"})
 # Internal requests that read the keyspace without naming keys (CLUSTER
 # COUNTKEYSINSLOT/GETKEYSINSLOT): keyless reads, so they wait for everything pending.
-INTERNAL_KEYSPACE_READS = frozenset({b"\x00countkeysinslot", b"\x00getkeysinslot"})
+INTERNAL_KEYSPACE_READS = frozenset({VERB_COUNTKEYSINSLOT, VERB_GETKEYSINSLOT})
 
 
 class CommandStats:
@@ -166,8 +165,8 @@ class Shard(GroupCommit):
         now_out = []
         for req in requests:
             argv = req.argv
-            if argv[0][:1] == b"\x00":
-                if argv[0] != b"\x00exec":
+            if argv[0][:1] == INTERNAL_PREFIX:
+                if argv[0] != VERB_EXEC:
                     data = internal.run(self, argv)
                     wait = self.hazards.wait_all() if argv[0] in INTERNAL_KEYSPACE_READS else 0
                     if wait > durable_seq:
@@ -200,16 +199,12 @@ class Shard(GroupCommit):
         effects = self.db.effects
         ctx.client_id = cid
         ctx.proto = proto
-        name = argv[0]
-        cmd: Command | None = TABLE.get(name) or TABLE.get(name.lower())
+        cmd: Command | None = None
         effects_before = len(effects)
         start = time.perf_counter_ns()
         refused = False
         try:
-            if cmd is None:
-                raise ReplyError(b"ERR unknown command")
-            if cmd.subcommands:
-                cmd = cmd.subcommands[argv[1].lower()]
+            cmd = lookup(argv)
             if self.write_error is not None and cmd.is_write:
                 refused = True
                 raise ReplyError(self.write_error)
@@ -223,7 +218,7 @@ class Shard(GroupCommit):
             self._stat(cmd).failed += 1
         except Exception:
             logger.exception("shard %d: command %r failed", self.index, argv[:3])
-            message = b"ERR internal error executing '%s'" % name[:64]
+            message = b"ERR internal error executing '%s'" % argv[0][:64]
             data = encode_error(message) if proto else encode_internal(False, message)
         self.db.count_reads = False
         stat = self._stat(cmd)
@@ -234,9 +229,9 @@ class Shard(GroupCommit):
         if cmd is None or refused:
             return data, 0
         hazards = self.hazards
-        if cmd.where == FANOUT or cmd.where == CURSOR or (cmd.name in READS_UNDECLARED_KEYS and len(argv) > 2):
+        if cmd.waits_for_all or (cmd.reads_undeclared_keys is not None and cmd.reads_undeclared_keys(argv)):
             return data, hazards.wait_all()
-        if cmd.first_key == 1 and cmd.last_key == 1 and cmd.keys_fn is None:
+        if cmd.single_key:
             return data, hazards.wait_seq((argv[1],))
         try:
             return data, hazards.wait_seq([argv[i] for i in cmd.key_indexes(argv)])
@@ -339,7 +334,7 @@ class Shard(GroupCommit):
         self.ctx.in_multi = True
         try:
             for queued in commands:
-                if queued[0] == b"\x00literal":
+                if queued[0] == VERB_LITERAL:
                     parts.append(queued[1])
                     continue
                 data, seq = self._execute(queued, cid, proto, next_seq, hold_writes)

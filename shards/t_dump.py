@@ -27,7 +27,7 @@ from durakv.shards.args import ERR_SYNTAX, int_arg
 from durakv.shards.context import Ctx
 from durakv.shards.rdb.codec import RdbError, dump_payload, load_payload, verify_payload
 from durakv.shards.resp import OK, ReplyError, fixed_error
-from durakv.shards.table import command
+from durakv.shards.table import KeySpec, command
 
 MAX_DECOMPRESSED_BYTES = 512 * 1024 * 1024  # Redis' default proto-max-bulk-len
 
@@ -39,7 +39,8 @@ ERR_IDLETIME = fixed_error(b"ERR Invalid IDLETIME value, must be >= 0")
 ERR_FREQ = fixed_error(b"ERR Invalid FREQ value, must be >= 0 and <= 255")
 
 
-@command("dump", 2, "readonly", (1, 1, 1), "keyspace", tips=("nondeterministic_output",))
+@command("dump", 2, "readonly", (1, 1, 1), "keyspace", tips=("nondeterministic_output",),
+         key_specs=(KeySpec("RO access", 1, 0, 1),))
 def dump(ctx: Ctx, argv: list[bytes]):
     value = ctx.db.get(argv[1])
     if value is None:
@@ -81,7 +82,8 @@ def _restore_options(argv: list[bytes]) -> tuple[bool, bool]:
     return replace, absttl
 
 
-@command("restore", -4, "write denyoom", (1, 1, 1), "keyspace")
+@command("restore", -4, "write denyoom", (1, 1, 1), "keyspace",
+         key_specs=(KeySpec("OW update", 1, 0, 1),), acl="keyspace dangerous")
 def restore(ctx: Ctx, argv: list[bytes]):
     key = argv[1]
     replace, absttl = _restore_options(argv)

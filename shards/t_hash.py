@@ -32,9 +32,9 @@ from durakv.shards.args import (
 from durakv.shards.context import Ctx
 from durakv.shards.glob import glob_match
 from durakv.shards.keyspace import TYPE_NAMES, Keyspace
-from durakv.shards.resp import OK, Map, ReplyError, fixed_error
+from durakv.shards.resp import OK, Map, fixed_error
 from durakv.shards.t_keys import ENCODINGS
-from durakv.shards.table import command
+from durakv.shards.table import arity_error, command
 
 HASH_MASK = 2**64 - 1
 SCAN_DEFAULT_COUNT = 10
@@ -143,7 +143,7 @@ def _store_if_new(ctx: Ctx, key: bytes, h: HashValue) -> None:
 
 def _hset(ctx: Ctx, argv: list[bytes], name: bytes) -> int:
     if len(argv) % 2:
-        raise ReplyError(b"ERR wrong number of arguments for '%s' command" % name)
+        raise arity_error(name)
     key = argv[1]
     h = _hash_for_write(ctx, key)
     max_entries, max_value = _limits(ctx)

@@ -13,7 +13,9 @@ from durakv.shards.glob import glob_match
 from durakv.shards.keyspace import type_name
 from durakv.shards.resp import OK, ReplyError, Simple
 from durakv.shards.slots import SLOT_COUNT
-from durakv.shards.table import CURSOR, FANOUT, SPLIT_SUM, command, container
+from durakv.shards.table import (
+    CURSOR, FANOUT, SPLIT_SUM, KeySpec, command, container, merge_concat, merge_ok, merge_random, merge_sum,
+)
 
 SCAN_DEFAULT_COUNT = 10
 SHARED_INTEGERS = 10000
@@ -48,31 +50,36 @@ def _delete_keys(ctx: Ctx, argv: list[bytes]) -> int:
 
 
 @command("del", -2, "write", (1, -1, 1), "keyspace", split=SPLIT_SUM,
-         tips=("request_policy:multi_shard", "response_policy:agg_sum"))
+         tips=("request_policy:multi_shard", "response_policy:agg_sum"),
+         key_specs=(KeySpec("RM delete", 1, -1, 1),))
 def del_(ctx: Ctx, argv: list[bytes]):
     return _delete_keys(ctx, argv)
 
 
 @command("unlink", -2, "write fast", (1, -1, 1), "keyspace", split=SPLIT_SUM,
-         tips=("request_policy:multi_shard", "response_policy:agg_sum"))
+         tips=("request_policy:multi_shard", "response_policy:agg_sum"),
+         key_specs=(KeySpec("RM delete", 1, -1, 1),))
 def unlink(ctx: Ctx, argv: list[bytes]):
     return _delete_keys(ctx, argv)
 
 
 @command("exists", -2, "readonly fast", (1, -1, 1), "keyspace", split=SPLIT_SUM,
-         tips=("request_policy:multi_shard", "response_policy:agg_sum"))
+         tips=("request_policy:multi_shard", "response_policy:agg_sum"),
+         key_specs=(KeySpec("RO", 1, -1, 1),))
 def exists(ctx: Ctx, argv: list[bytes]):
     db = ctx.db
     return sum(1 for key in argv[1:] if db.get(key) is not None)
 
 
 @command("touch", -2, "readonly fast", (1, -1, 1), "keyspace", split=SPLIT_SUM,
-         tips=("request_policy:multi_shard", "response_policy:agg_sum"))
+         tips=("request_policy:multi_shard", "response_policy:agg_sum"),
+         key_specs=(KeySpec("RO", 1, -1, 1),))
 def touch(ctx: Ctx, argv: list[bytes]):
     return exists(ctx, argv)
 
 
-@command("type", 2, "readonly fast", (1, 1, 1), "keyspace")
+@command("type", 2, "readonly fast", (1, 1, 1), "keyspace",
+         key_specs=(KeySpec("RO", 1, 0, 1),))
 def type_(ctx: Ctx, argv: list[bytes]):
     value = ctx.db.get(argv[1])
     return Simple(b"none" if value is None else type_name(value))
@@ -129,22 +136,26 @@ def _expire_generic(ctx: Ctx, argv: list[bytes], relative: bool, unit_ms: int, n
     return 1
 
 
-@command("expire", -3, "write fast", (1, 1, 1), "keyspace")
+@command("expire", -3, "write fast", (1, 1, 1), "keyspace",
+         key_specs=(KeySpec("RW update", 1, 0, 1),))
 def expire(ctx: Ctx, argv: list[bytes]):
     return _expire_generic(ctx, argv, True, 1000, b"expire")
 
 
-@command("pexpire", -3, "write fast", (1, 1, 1), "keyspace")
+@command("pexpire", -3, "write fast", (1, 1, 1), "keyspace",
+         key_specs=(KeySpec("RW update", 1, 0, 1),))
 def pexpire(ctx: Ctx, argv: list[bytes]):
     return _expire_generic(ctx, argv, True, 1, b"pexpire")
 
 
-@command("expireat", -3, "write fast", (1, 1, 1), "keyspace")
+@command("expireat", -3, "write fast", (1, 1, 1), "keyspace",
+         key_specs=(KeySpec("RW update", 1, 0, 1),))
 def expireat(ctx: Ctx, argv: list[bytes]):
     return _expire_generic(ctx, argv, False, 1000, b"expireat")
 
 
-@command("pexpireat", -3, "write fast", (1, 1, 1), "keyspace")
+@command("pexpireat", -3, "write fast", (1, 1, 1), "keyspace",
+         key_specs=(KeySpec("RW update", 1, 0, 1),))
 def pexpireat(ctx: Ctx, argv: list[bytes]):
     return _expire_generic(ctx, argv, False, 1, b"pexpireat")
 
@@ -160,27 +171,32 @@ def _ttl_generic(ctx: Ctx, key: bytes, absolute: bool, ms: bool) -> int:
     return ttl if ms else (ttl + 500) // 1000  # Redis rounds EXPIRETIME too
 
 
-@command("ttl", 2, "readonly fast", (1, 1, 1), "keyspace", tips=("nondeterministic_output",))
+@command("ttl", 2, "readonly fast", (1, 1, 1), "keyspace", tips=("nondeterministic_output",),
+         key_specs=(KeySpec("RO access", 1, 0, 1),))
 def ttl(ctx: Ctx, argv: list[bytes]):
     return _ttl_generic(ctx, argv[1], False, False)
 
 
-@command("pttl", 2, "readonly fast", (1, 1, 1), "keyspace", tips=("nondeterministic_output",))
+@command("pttl", 2, "readonly fast", (1, 1, 1), "keyspace", tips=("nondeterministic_output",),
+         key_specs=(KeySpec("RO access", 1, 0, 1),))
 def pttl(ctx: Ctx, argv: list[bytes]):
     return _ttl_generic(ctx, argv[1], False, True)
 
 
-@command("expiretime", 2, "readonly fast", (1, 1, 1), "keyspace")
+@command("expiretime", 2, "readonly fast", (1, 1, 1), "keyspace",
+         key_specs=(KeySpec("RO access", 1, 0, 1),))
 def expiretime(ctx: Ctx, argv: list[bytes]):
     return _ttl_generic(ctx, argv[1], True, False)
 
 
-@command("pexpiretime", 2, "readonly fast", (1, 1, 1), "keyspace")
+@command("pexpiretime", 2, "readonly fast", (1, 1, 1), "keyspace",
+         key_specs=(KeySpec("RO access", 1, 0, 1),))
 def pexpiretime(ctx: Ctx, argv: list[bytes]):
     return _ttl_generic(ctx, argv[1], True, True)
 
 
-@command("persist", 2, "write fast", (1, 1, 1), "keyspace")
+@command("persist", 2, "write fast", (1, 1, 1), "keyspace",
+         key_specs=(KeySpec("RW update", 1, 0, 1),))
 def persist(ctx: Ctx, argv: list[bytes]):
     db = ctx.db
     key = argv[1]
@@ -214,12 +230,14 @@ def _rename(ctx: Ctx, argv: list[bytes], nx: bool):
     return 1 if nx else OK
 
 
-@command("rename", 3, "write", (1, 2, 1), "keyspace")
+@command("rename", 3, "write", (1, 2, 1), "keyspace",
+         key_specs=(KeySpec("RW access delete", 1, 0, 1), KeySpec("OW update", 2, 0, 1)))
 def rename(ctx: Ctx, argv: list[bytes]):
     return _rename(ctx, argv, False)
 
 
-@command("renamenx", 3, "write fast", (1, 2, 1), "keyspace")
+@command("renamenx", 3, "write fast", (1, 2, 1), "keyspace",
+         key_specs=(KeySpec("RW access delete", 1, 0, 1), KeySpec("OW insert", 2, 0, 1)))
 def renamenx(ctx: Ctx, argv: list[bytes]):
     return _rename(ctx, argv, True)
 
@@ -230,7 +248,8 @@ def copy_value(value: object) -> object:
     return copy.deepcopy(value) if hasattr(value, "deep_copy_required") else copy.copy(value)
 
 
-@command("copy", -3, "write denyoom", (1, 2, 1), "keyspace")
+@command("copy", -3, "write denyoom", (1, 2, 1), "keyspace",
+         key_specs=(KeySpec("RO access", 1, 0, 1), KeySpec("OW update", 2, 0, 1)))
 def copy_(ctx: Ctx, argv: list[bytes]):
     src, dst = argv[1], argv[2]
     replace = False
@@ -270,20 +289,23 @@ def copy_(ctx: Ctx, argv: list[bytes]):
 
 
 @command("keys", 2, "readonly", (0, 0, 0), "keyspace", where=FANOUT,
-         tips=("request_policy:all_shards", "nondeterministic_output_order"))
+         tips=("request_policy:all_shards", "nondeterministic_output_order"),
+         acl="keyspace dangerous", merge=merge_concat)
 def keys(ctx: Ctx, argv: list[bytes]):
     pattern = argv[1]
     return [key for key in ctx.db.live_keys() if glob_match(pattern, key)]
 
 
 @command("dbsize", 1, "readonly fast", (0, 0, 0), "server", where=FANOUT,
-         tips=("request_policy:all_shards", "response_policy:agg_sum"))
+         tips=("request_policy:all_shards", "response_policy:agg_sum"),
+         acl="keyspace", merge=merge_sum)
 def dbsize(ctx: Ctx, argv: list[bytes]):
     return len(ctx.db.data)
 
 
 @command("randomkey", 1, "readonly", (0, 0, 0), "keyspace", where=FANOUT,
-         tips=("request_policy:all_shards", "nondeterministic_output"))
+         tips=("request_policy:all_shards", "nondeterministic_output"),
+         merge=merge_random)
 def randomkey(ctx: Ctx, argv: list[bytes]):
     return ctx.db.random_key()
 
@@ -298,13 +320,15 @@ def _flush(ctx: Ctx, argv: list[bytes]):
 
 
 @command("flushall", -1, "write", (0, 0, 0), "server", where=FANOUT,
-         tips=("request_policy:all_shards", "response_policy:all_succeeded"))
+         tips=("request_policy:all_shards", "response_policy:all_succeeded"),
+         acl="keyspace dangerous", merge=merge_ok)
 def flushall(ctx: Ctx, argv: list[bytes]):
     return _flush(ctx, argv)
 
 
 @command("flushdb", -1, "write", (0, 0, 0), "server", where=FANOUT,
-         tips=("request_policy:all_shards", "response_policy:all_succeeded"))
+         tips=("request_policy:all_shards", "response_policy:all_succeeded"),
+         acl="keyspace dangerous", merge=merge_ok)
 def flushdb(ctx: Ctx, argv: list[bytes]):
     return _flush(ctx, argv)
 
@@ -382,7 +406,8 @@ def scan(ctx: Ctx, argv: list[bytes]):
 container("object", "keyspace")
 
 
-@command("object|encoding", 3, "readonly", (2, 2, 1), "keyspace", tips=("nondeterministic_output",))
+@command("object|encoding", 3, "readonly", (2, 2, 1), "keyspace", tips=("nondeterministic_output",),
+         key_specs=(KeySpec("RO", 2, 0, 1),))
 def object_encoding(ctx: Ctx, argv: list[bytes]):
     value = ctx.db.get(argv[2])
     if value is None:
@@ -390,7 +415,8 @@ def object_encoding(ctx: Ctx, argv: list[bytes]):
     return ENCODINGS[type(value)](value)
 
 
-@command("object|refcount", 3, "readonly", (2, 2, 1), "keyspace", tips=("nondeterministic_output",))
+@command("object|refcount", 3, "readonly", (2, 2, 1), "keyspace", tips=("nondeterministic_output",),
+         key_specs=(KeySpec("RO", 2, 0, 1),))
 def object_refcount(ctx: Ctx, argv: list[bytes]):
     value = ctx.db.get(argv[2])
     if value is None:
@@ -402,14 +428,16 @@ def object_refcount(ctx: Ctx, argv: list[bytes]):
     return 1
 
 
-@command("object|idletime", 3, "readonly", (2, 2, 1), "keyspace", tips=("nondeterministic_output",))
+@command("object|idletime", 3, "readonly", (2, 2, 1), "keyspace", tips=("nondeterministic_output",),
+         key_specs=(KeySpec("RO", 2, 0, 1),))
 def object_idletime(ctx: Ctx, argv: list[bytes]):
     if ctx.db.get(argv[2]) is None:
         return None
     return 0
 
 
-@command("object|freq", 3, "readonly", (2, 2, 1), "keyspace", tips=("nondeterministic_output",))
+@command("object|freq", 3, "readonly", (2, 2, 1), "keyspace", tips=("nondeterministic_output",),
+         key_specs=(KeySpec("RO", 2, 0, 1),))
 def object_freq(ctx: Ctx, argv: list[bytes]):
     if ctx.db.get(argv[2]) is None:
         return None

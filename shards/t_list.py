@@ -26,7 +26,7 @@ from durakv.shards.context import Ctx
 from durakv.shards.keyspace import TYPE_NAMES, Keyspace
 from durakv.shards.resp import NULL_ARRAY, OK, ReplyError, fixed_error
 from durakv.shards.t_keys import ENCODINGS
-from durakv.shards.table import command, numkeys_keys
+from durakv.shards.table import arity_error, command, numkeys_keys
 
 LIST_HEAD = 0
 LIST_TAIL = 1
@@ -91,10 +91,6 @@ def _positive_arg(text: bytes, error: type[ReplyError]) -> int:
     if value is None or value < 0:
         raise error
     return value
-
-
-def _arity_error(name: bytes) -> ReplyError:
-    return ReplyError(b"ERR wrong number of arguments for '%s' command" % name)
 
 
 # --- primitives shared with the blocking commands -------------------------------
@@ -204,7 +200,7 @@ def _pop_command(ctx: Ctx, argv: list[bytes], where: int):
     """LPOP/RPOP: without a count a bulk (or null); with one an array, or a null
     array when the key is missing, and an empty array for count 0."""
     if len(argv) > 3:
-        raise _arity_error(b"lpop" if where == LIST_HEAD else b"rpop")
+        raise arity_error(b"lpop" if where == LIST_HEAD else b"rpop")
     key = argv[1]
     if len(argv) == 2:
         popped = list_pop(ctx, key, where, 1)

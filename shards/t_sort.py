@@ -304,11 +304,19 @@ def _store(ctx: Ctx, dest: bytes, items: list[bytes]) -> None:
         db.effect([b"RPUSH", dest, *items], dest)
 
 
-@command("sort", -2, "write denyoom", (1, 1, 1), "generic", keys_fn=sort_keys)
+def may_read_patterns(argv: list[bytes]) -> bool:
+    """SORT key alone reads only key; any option may be a BY or GET pattern,
+    which reads keys no key position names."""
+    return len(argv) > 2
+
+
+@command("sort", -2, "write denyoom", (1, 1, 1), "generic", keys_fn=sort_keys,
+         acl="set sortedset list dangerous", reads_undeclared_keys=may_read_patterns)
 def sort(ctx: Ctx, argv: list[bytes]):
     return _sort(ctx, argv, False)
 
 
-@command("sort_ro", -2, "readonly", (1, 1, 1), "generic", keys_fn=_sort_ro_keys)
+@command("sort_ro", -2, "readonly", (1, 1, 1), "generic", keys_fn=_sort_ro_keys,
+         acl="set sortedset list dangerous", reads_undeclared_keys=may_read_patterns)
 def sort_ro(ctx: Ctx, argv: list[bytes]):
     return _sort(ctx, argv, True)

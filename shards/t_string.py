@@ -13,7 +13,7 @@ from durakv.shards.args import (
 from durakv.shards.context import Ctx
 from durakv.shards.keyspace import Keyspace
 from durakv.shards.resp import OK, Map, ReplyError, fixed_error
-from durakv.shards.table import SPLIT_MGET, command
+from durakv.shards.table import SPLIT_MGET, KeySpec, arity_error, command
 
 EMPTY = b""
 STRING_TYPES = (bytes, bytearray)
@@ -32,7 +32,8 @@ def get_string(db: Keyspace, key: bytes) -> bytes | bytearray | None:
     raise ERR_WRONGTYPE
 
 
-@command("get", 2, "readonly fast", (1, 1, 1), "string")
+@command("get", 2, "readonly fast", (1, 1, 1), "string",
+         key_specs=(KeySpec("RO access", 1, 0, 1),))
 def get(ctx: Ctx, argv: list[bytes]):
     value = ctx.db.get(argv[1])
     if value is None:
@@ -98,7 +99,16 @@ def expire_at_ms(ctx: Ctx, text: bytes, unit: int, cmdname: bytes) -> int:
     return value
 
 
-@command("set", -3, "write denyoom", (1, 1, 1), "string")
+def set_key_flags(argv: list[bytes]) -> str:
+    """SET's key spec flags for one call (its variable_flags): the key is also
+    read (RW access) only when GET is among the options."""
+    return "RW access update" if any(a.upper() == b"GET" for a in argv[3:]) else "OW update"
+
+
+@command("set", -3, "write denyoom", (1, 1, 1), "string",
+         key_specs=(KeySpec("RW access update variable_flags", 1, 0, 1,
+                            "RW and ACCESS due to the optional `GET` argument"),),
+         key_flags_fn=set_key_flags)
 def set_(ctx: Ctx, argv: list[bytes]):
     key, value = argv[1], argv[2]
     if len(argv) == 3:
@@ -129,7 +139,8 @@ def set_(ctx: Ctx, argv: list[bytes]):
     return reply
 
 
-@command("setnx", 3, "write denyoom fast", (1, 1, 1), "string")
+@command("setnx", 3, "write denyoom fast", (1, 1, 1), "string",
+         key_specs=(KeySpec("OW insert", 1, 0, 1),))
 def setnx(ctx: Ctx, argv: list[bytes]):
     db = ctx.db
     key = argv[1]
@@ -150,17 +161,20 @@ def _setex(ctx: Ctx, argv: list[bytes], unit: int, name: bytes):
     return OK
 
 
-@command("setex", 4, "write denyoom", (1, 1, 1), "string")
+@command("setex", 4, "write denyoom", (1, 1, 1), "string",
+         key_specs=(KeySpec("OW update", 1, 0, 1),))
 def setex(ctx: Ctx, argv: list[bytes]):
     return _setex(ctx, argv, 1000, b"setex")
 
 
-@command("psetex", 4, "write denyoom", (1, 1, 1), "string")
+@command("psetex", 4, "write denyoom", (1, 1, 1), "string",
+         key_specs=(KeySpec("OW update", 1, 0, 1),))
 def psetex(ctx: Ctx, argv: list[bytes]):
     return _setex(ctx, argv, 1, b"psetex")
 
 
-@command("getset", 3, "write denyoom fast", (1, 1, 1), "string")
+@command("getset", 3, "write denyoom fast", (1, 1, 1), "string",
+         key_specs=(KeySpec("RW access update", 1, 0, 1),))
 def getset(ctx: Ctx, argv: list[bytes]):
     key = argv[1]
     old = get_string(ctx.db, key)
@@ -169,7 +183,8 @@ def getset(ctx: Ctx, argv: list[bytes]):
     return bytes(old) if old is not None else None
 
 
-@command("getdel", 2, "write fast", (1, 1, 1), "string")
+@command("getdel", 2, "write fast", (1, 1, 1), "string",
+         key_specs=(KeySpec("RW access delete", 1, 0, 1),))
 def getdel(ctx: Ctx, argv: list[bytes]):
     key = argv[1]
     old = get_string(ctx.db, key)
@@ -180,7 +195,8 @@ def getdel(ctx: Ctx, argv: list[bytes]):
     return bytes(old)
 
 
-@command("getex", -2, "write fast", (1, 1, 1), "string")
+@command("getex", -2, "write fast", (1, 1, 1), "string",
+         key_specs=(KeySpec("RW access update", 1, 0, 1, "RW and UPDATE because it changes the TTL"),))
 def getex(ctx: Ctx, argv: list[bytes]):
     """Options are checked first, then the key (a missing key answers nil even
     for a bad time), then the expire value, as in Redis."""
@@ -205,7 +221,8 @@ def getex(ctx: Ctx, argv: list[bytes]):
 
 
 @command("mget", -2, "readonly fast", (1, -1, 1), "string", split=SPLIT_MGET,
-         tips=("request_policy:multi_shard",))
+         tips=("request_policy:multi_shard",),
+         key_specs=(KeySpec("RO access", 1, -1, 1),))
 def mget(ctx: Ctx, argv: list[bytes]):
     db = ctx.db
     out = []
@@ -218,11 +235,12 @@ def mget(ctx: Ctx, argv: list[bytes]):
 
 def _mset_arity(argv: list[bytes], name: bytes) -> None:
     if len(argv) % 2 == 0:
-        raise ReplyError(b"ERR wrong number of arguments for '%s' command" % name)
+        raise arity_error(name)
 
 
 @command("mset", -3, "write denyoom", (1, -1, 2), "string",
-         tips=("request_policy:multi_shard", "response_policy:all_succeeded"))
+         tips=("request_policy:multi_shard", "response_policy:all_succeeded"),
+         key_specs=(KeySpec("OW update", 1, -1, 2),))
 def mset(ctx: Ctx, argv: list[bytes]):
     _mset_arity(argv, b"mset")
     db = ctx.db
@@ -233,7 +251,8 @@ def mset(ctx: Ctx, argv: list[bytes]):
 
 
 @command("msetnx", -3, "write denyoom", (1, -1, 2), "string",
-         tips=("request_policy:multi_shard", "response_policy:agg_min"))
+         tips=("request_policy:multi_shard", "response_policy:agg_min"),
+         key_specs=(KeySpec("OW insert", 1, -1, 2),))
 def msetnx(ctx: Ctx, argv: list[bytes]):
     _mset_arity(argv, b"msetnx")
     db = ctx.db
@@ -246,7 +265,8 @@ def msetnx(ctx: Ctx, argv: list[bytes]):
     return 1
 
 
-@command("append", 3, "write denyoom fast", (1, 1, 1), "string")
+@command("append", 3, "write denyoom fast", (1, 1, 1), "string",
+         key_specs=(KeySpec("RW insert", 1, 0, 1),))
 def append(ctx: Ctx, argv: list[bytes]):
     key, tail = argv[1], argv[2]
     db = ctx.db
@@ -265,7 +285,8 @@ def append(ctx: Ctx, argv: list[bytes]):
     return len(value)
 
 
-@command("strlen", 2, "readonly fast", (1, 1, 1), "string")
+@command("strlen", 2, "readonly fast", (1, 1, 1), "string",
+         key_specs=(KeySpec("RO", 1, 0, 1),))
 def strlen(ctx: Ctx, argv: list[bytes]):
     value = get_string(ctx.db, argv[1])
     return 0 if value is None else len(value)
@@ -289,22 +310,26 @@ def _incr(ctx: Ctx, key: bytes, delta: int):
     return result
 
 
-@command("incr", 2, "write denyoom fast", (1, 1, 1), "string")
+@command("incr", 2, "write denyoom fast", (1, 1, 1), "string",
+         key_specs=(KeySpec("RW access update", 1, 0, 1),))
 def incr(ctx: Ctx, argv: list[bytes]):
     return _incr(ctx, argv[1], 1)
 
 
-@command("decr", 2, "write denyoom fast", (1, 1, 1), "string")
+@command("decr", 2, "write denyoom fast", (1, 1, 1), "string",
+         key_specs=(KeySpec("RW access update", 1, 0, 1),))
 def decr(ctx: Ctx, argv: list[bytes]):
     return _incr(ctx, argv[1], -1)
 
 
-@command("incrby", 3, "write denyoom fast", (1, 1, 1), "string")
+@command("incrby", 3, "write denyoom fast", (1, 1, 1), "string",
+         key_specs=(KeySpec("RW access update", 1, 0, 1),))
 def incrby(ctx: Ctx, argv: list[bytes]):
     return _incr(ctx, argv[1], int_arg(argv[2]))
 
 
-@command("decrby", 3, "write denyoom fast", (1, 1, 1), "string")
+@command("decrby", 3, "write denyoom fast", (1, 1, 1), "string",
+         key_specs=(KeySpec("RW access update", 1, 0, 1),))
 def decrby(ctx: Ctx, argv: list[bytes]):
     delta = int_arg(argv[2])
     if delta == LLONG_MIN:
@@ -312,7 +337,8 @@ def decrby(ctx: Ctx, argv: list[bytes]):
     return _incr(ctx, argv[1], -delta)
 
 
-@command("incrbyfloat", 3, "write denyoom fast", (1, 1, 1), "string")
+@command("incrbyfloat", 3, "write denyoom fast", (1, 1, 1), "string",
+         key_specs=(KeySpec("RW access update", 1, 0, 1),))
 def incrbyfloat(ctx: Ctx, argv: list[bytes]):
     """Computed in emulated x86 long double, as Redis does, so the reply text
     is identical; the effect is the resulting value (replay does no arithmetic)."""
@@ -336,7 +362,8 @@ def incrbyfloat(ctx: Ctx, argv: list[bytes]):
     return encoded
 
 
-@command("getrange", 4, "readonly", (1, 1, 1), "string")
+@command("getrange", 4, "readonly", (1, 1, 1), "string",
+         key_specs=(KeySpec("RO access", 1, 0, 1),))
 def getrange(ctx: Ctx, argv: list[bytes]):
     start = int_arg(argv[2])
     end = int_arg(argv[3])
@@ -357,12 +384,14 @@ def getrange(ctx: Ctx, argv: list[bytes]):
     return bytes(value[start : end + 1])
 
 
-@command("substr", 4, "readonly", (1, 1, 1), "string")
+@command("substr", 4, "readonly", (1, 1, 1), "string",
+         key_specs=(KeySpec("RO access", 1, 0, 1),))
 def substr(ctx: Ctx, argv: list[bytes]):
     return getrange(ctx, argv)
 
 
-@command("setrange", 4, "write denyoom", (1, 1, 1), "string")
+@command("setrange", 4, "write denyoom", (1, 1, 1), "string",
+         key_specs=(KeySpec("RW update", 1, 0, 1),))
 def setrange(ctx: Ctx, argv: list[bytes]):
     key, patch = argv[1], argv[3]
     offset = int_arg(argv[2])
@@ -394,7 +423,8 @@ def setrange(ctx: Ctx, argv: list[bytes]):
     return len(value)
 
 
-@command("lcs", -3, "readonly", (1, 2, 1), "string")
+@command("lcs", -3, "readonly", (1, 2, 1), "string",
+         key_specs=(KeySpec("RO access", 1, 1, 1),))
 def lcs(ctx: Ctx, argv: list[bytes]):
     """Redis' dynamic-programming LCS. The table is bounded (LCS_MAX_CELLS):
     beyond it durakv answers Redis' out-of-memory error instead of stalling

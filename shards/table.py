@@ -1,17 +1,24 @@
-"""The one command table: name, arity, flags, key positions, and where it runs.
+"""The one command table: the only home of facts about commands.
 
-Like Redis' command table, this single structure drives routing (which args are
-keys), argument-count errors, and the COMMAND replies. Entries are declared next
-to their implementations with the `command` decorator; shard modules register the
-commands a shard executes, `server/` registers the ones the router answers itself.
+Like Redis' command table (its command JSON files), each entry declares name, arity,
+flags, key positions, group, tips, ACL categories and key specs, and durakv adds
+where it runs, how the router splits or merges it across shards, what MULTI does
+with it, and whether it reads keys its key positions do not name. This structure
+drives routing, the shard's read hazards, transactions, argument-count errors and
+the COMMAND replies; nothing elsewhere lists commands by name. Entries are declared
+next to their implementations with the `command` decorator; shard modules register
+the commands a shard executes, `server/` registers the ones the router answers
+itself. `lookup` is the one resolver (router, shard, replay), with Redis' errors.
+Per-command tests on the hot path are attributes computed at declaration.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import random
+from typing import Callable, NamedTuple
 
 from durakv.shards.args import parse_ll
-from durakv.shards.resp import ReplyError
+from durakv.shards.resp import ReplyError, encode
 
 # Where a command runs.
 SHARD = 0  # routed by its keys to the owning shard (keyless: shard 0)
@@ -25,11 +32,79 @@ SPLIT_SUM = 1  # DEL, UNLINK, EXISTS, TOUCH: integer replies summed
 SPLIT_MGET = 2  # MGET: per-key replies merged back in order
 
 
+# What a transaction does with a command issued after MULTI (Redis' processCommand).
+MULTI_QUEUE = 0  # queued, runs at EXEC
+MULTI_RUN_NOW = 1  # runs at once even inside MULTI (EXEC, DISCARD, MULTI, WATCH, QUIT, RESET)
+MULTI_REFUSED = 2  # "Command not allowed inside a transaction": a router command whose
+#                    reply depends on the shards and would arrive after EXEC's
+
+# Redis' ACL categories in the order its replies list them (ACLCommandCategories).
+ACL_CATEGORY_ORDER = (
+    "keyspace", "read", "write", "set", "sortedset", "list", "hash", "string", "bitmap", "hyperloglog",
+    "geo", "stream", "pubsub", "admin", "fast", "slow", "blocking", "dangerous", "connection",
+    "transaction", "scripting",
+)
+# The category a command's group implies unless it declares its own (`acl=`).
+# Redis' server and cluster groups imply none.
+_GROUP_ACL = {
+    "string": "string", "keyspace": "keyspace", "generic": "keyspace", "connection": "connection",
+    "list": "list", "hash": "hash", "set": "set", "sorted_set": "sortedset", "bitmap": "bitmap",
+    "hyperloglog": "hyperloglog", "transactions": "transaction", "scripting": "scripting",
+    "stream": "stream", "geo": "geo",
+}
+# Redis' documentation group names for the table's groups (COMMAND DOCS).
+_DOC_GROUPS = {"keyspace": "generic", "sorted_set": "sorted-set"}
+# Flags that exist in the table but that COMMAND does not report.
+_UNREPORTED_FLAGS = frozenset({"sentinel", "only_sentinel", "movablekeys"})
+
+
+class KeySpec(NamedTuple):
+    """One of Redis' key specifications, for the index/range kind durakv uses:
+    the key at `begin`, through `lastkey` (relative to begin; negative: from
+    the end of argv) in steps of `keystep`."""
+
+    flags: str
+    begin: int
+    lastkey: int
+    keystep: int
+    notes: str | None = None
+
+
+# How the router merges the replies of a command sent to every shard (where=FANOUT):
+# merge(parts, proto) -> the client's reply bytes, `parts` being each shard's value.
+def merge_sum(parts: list, proto: int) -> bytes:
+    return b":%d\r\n" % sum(parts)
+
+
+def merge_concat(parts: list, proto: int) -> bytes:
+    return encode([key for part in parts for key in part], proto)
+
+
+def merge_random(parts: list, proto: int) -> bytes:
+    found = [p for p in parts if p is not None]
+    return encode(random.choice(found) if found else None, proto)
+
+
+def merge_ok(parts: list, proto: int) -> bytes:
+    return b"+OK\r\n"
+
+
+Merge = Callable[[list, int], bytes]
+KeysFn = Callable[[list[bytes]], list[int]]
+
+
 class Command:
+    """One declared command or subcommand. Besides what is declared, it carries
+    facts derived once at declaration (the `is_*`/`single_key`/`waits_for_all`
+    flags, ACL categories, key specs), so dispatch reads attributes and never
+    scans flags or names per command."""
+
     __slots__ = (
         "name", "arity", "flags", "first_key", "last_key", "key_step", "group",
         "handler", "where", "keys_fn", "split", "subcommands", "parent", "fullname",
-        "is_write", "is_readonly", "is_blocking", "tips",
+        "is_write", "is_readonly", "is_blocking", "tips", "no_auth", "single_key", "waits_for_all",
+        "reads_undeclared_keys", "merge", "multi", "runs_in_multi", "refused_in_multi",
+        "acl_categories", "key_specs", "key_flags_fn", "reported_flags", "doc_group",
     )
 
     def __init__(
@@ -42,12 +117,21 @@ class Command:
         key_step: int,
         group: str,
         where: int,
-        keys_fn: Callable[[list[bytes]], list[int]] | None,
+        keys_fn: KeysFn | None,
         split: int,
         tips: tuple[str, ...] = (),
+        handler: Callable | None = None,
+        parent: Command | None = None,
+        acl: str | None = None,
+        key_specs: tuple[KeySpec, ...] | None = None,
+        key_flags_fn: Callable[[list[bytes]], str] | None = None,
+        reads_undeclared_keys: Callable[[list[bytes]], bool] | None = None,
+        merge: Merge | None = None,
+        multi: int = MULTI_QUEUE,
     ) -> None:
         self.name = name
-        self.fullname = name
+        self.fullname = f"{parent.name}|{name}" if parent is not None else name
+        self.parent = parent
         self.arity = arity
         self.flags = tuple(flags.split())
         self.first_key = first_key
@@ -57,13 +141,67 @@ class Command:
         self.where = where
         self.keys_fn = keys_fn
         self.split = split
-        self.handler: Callable | None = None
+        self.handler = handler
         self.subcommands: dict[bytes, Command] = {}
-        self.parent: Command | None = None
+        self.tips = tips
         self.is_write = "write" in self.flags
         self.is_readonly = "readonly" in self.flags
         self.is_blocking = "blocking" in self.flags
-        self.tips = tips
+        self.no_auth = "no_auth" in self.flags
+        # The one key is argv[1]: routing and hazards need no key_indexes call.
+        self.single_key = keys_fn is None and first_key == 1 and last_key == 1
+        # Reads the whole keyspace (fanned out, or a cursor walk): waits for every pending write.
+        self.waits_for_all = where == FANOUT or where == CURSOR
+        # Given argv, whether it may read keys no key position names (SORT BY/GET
+        # patterns), so its reply waits for every pending write too.
+        self.reads_undeclared_keys = reads_undeclared_keys
+        assert (merge is not None) == (where == FANOUT), f"{self.fullname}: merge is for FANOUT commands"
+        self.merge = merge
+        self.multi = multi
+        self.runs_in_multi = multi == MULTI_RUN_NOW
+        self.refused_in_multi = multi == MULTI_REFUSED
+        self.key_specs = key_specs if key_specs is not None else self._range_key_specs()
+        self.key_flags_fn = key_flags_fn
+        self.acl_categories = self._acl_categories(acl)
+        self.reported_flags = tuple(f for f in self.flags if f not in _UNREPORTED_FLAGS) + (
+            ("movablekeys",) if keys_fn is not None else ())
+        self.doc_group = _DOC_GROUPS.get(group, group)
+
+    def _range_key_specs(self) -> tuple[KeySpec, ...]:
+        """Commands that declare no key specs get one range spec from their key positions."""
+        if self.first_key <= 0:
+            return ()
+        last = self.last_key
+        lastkey = last if last < 0 else last - self.first_key
+        flags = "RW update" if self.is_write else "RO access"
+        return (KeySpec(flags, self.first_key, lastkey, self.key_step),)
+
+    def _acl_categories(self, acl: str | None) -> tuple[str, ...]:
+        """Redis' categories: implied by the flags (setImplicitACLCategories), and
+        either declared (`acl`) or implied by the group; a bare container is only @slow."""
+        flags = self.flags
+        cats = set()
+        if "write" in flags:
+            cats.add("write")
+        if "readonly" in flags and self.group != "scripting":
+            cats.add("read")
+        if "admin" in flags:
+            cats |= {"admin", "dangerous"}
+        if "pubsub" in flags:
+            cats.add("pubsub")
+        if "fast" in flags:
+            cats.add("fast")
+        if "blocking" in flags:
+            cats.add("blocking")
+        if self.handler is not None:
+            if acl is not None:
+                cats.update(acl.split())
+            elif self.group in _GROUP_ACL:
+                cats.add(_GROUP_ACL[self.group])
+        if "fast" not in cats:
+            cats.add("slow")
+        assert cats <= set(ACL_CATEGORY_ORDER), f"{self.fullname}: unknown ACL category in {cats}"
+        return tuple(c for c in ACL_CATEGORY_ORDER if c in cats)
 
     def arity_ok(self, argc: int) -> bool:
         a = self.arity
@@ -86,6 +224,16 @@ class Command:
 
 
 TABLE: dict[bytes, Command] = {}
+# Every top-level command by its lower- and upper-case name, so `lookup` finds
+# the usual spellings with one dict lookup and no allocation.
+_BY_NAME: dict[bytes, Command] = {}
+
+
+def _register(cmd: Command) -> None:
+    key = cmd.name.encode()
+    assert key not in TABLE, f"command {cmd.name} declared twice"
+    TABLE[key] = cmd
+    _BY_NAME[key] = _BY_NAME[key.upper()] = cmd
 
 
 def command(
@@ -95,26 +243,37 @@ def command(
     keys: tuple[int, int, int] = (0, 0, 0),
     group: str = "generic",
     where: int = SHARD,
-    keys_fn: Callable[[list[bytes]], list[int]] | None = None,
+    keys_fn: KeysFn | None = None,
     split: int = SPLIT_NONE,
     tips: tuple[str, ...] = (),
+    *,
+    acl: str | None = None,
+    key_specs: tuple[KeySpec, ...] | None = None,
+    key_flags_fn: Callable[[list[bytes]], str] | None = None,
+    reads_undeclared_keys: Callable[[list[bytes]], bool] | None = None,
+    merge: Merge | None = None,
+    multi: int = MULTI_QUEUE,
 ) -> Callable[[Callable], Callable]:
-    """Declare a command (or `parent|sub` subcommand) and register its handler."""
+    """Declare a command (or `parent|sub` subcommand) and register its handler.
+
+    Beyond Redis' arity/flags/key positions/group/tips: `where` it runs, `keys_fn`
+    for movable keys, `split`/`merge` for how the router combines per-shard replies,
+    `acl` (the ACL categories Redis declares, replacing the group's), `key_specs`
+    (Redis' key specs when not the plain range; `key_flags_fn(argv)` resolves
+    variable_flags), `reads_undeclared_keys(argv)` and `multi` (MULTI_*)."""
 
     def register(fn: Callable) -> Callable:
         parent_name, _, sub_name = name.partition("|")
+        parent = TABLE[parent_name.encode()] if sub_name else None
         cmd = Command(sub_name or parent_name, arity, flags, *keys, group=group, where=where,
-                      keys_fn=keys_fn, split=split, tips=tips)
-        cmd.handler = fn
-        if sub_name:
-            parent = TABLE[parent_name.encode()]
+                      keys_fn=keys_fn, split=split, tips=tips, handler=fn, parent=parent, acl=acl,
+                      key_specs=key_specs, key_flags_fn=key_flags_fn,
+                      reads_undeclared_keys=reads_undeclared_keys, merge=merge, multi=multi)
+        if parent is not None:
             assert sub_name.encode() not in parent.subcommands, name
-            cmd.parent = parent
-            cmd.fullname = f"{parent_name}|{sub_name}"
             parent.subcommands[sub_name.encode()] = cmd
         else:
-            assert parent_name.encode() not in TABLE, f"command {name} declared twice"
-            TABLE[parent_name.encode()] = cmd
+            _register(cmd)
         return fn
 
     return register
@@ -122,24 +281,25 @@ def command(
 
 def container(name: str, group: str, where: int = SHARD) -> None:
     """Declare a command that only exists through its subcommands (CONFIG, OBJECT)."""
-    assert name.encode() not in TABLE, name
-    TABLE[name.encode()] = Command(name, -2, "", 0, 0, 0, group=group, where=where, keys_fn=None,
-                                   split=SPLIT_NONE)
+    _register(Command(name, -2, "", 0, 0, 0, group=group, where=where, keys_fn=None, split=SPLIT_NONE))
 
 
 def lookup(argv: list[bytes]) -> Command:
-    """Resolve argv to its command or subcommand, checking arity as Redis does."""
+    """Resolve argv to its command or subcommand, checking arity, with Redis'
+    error texts. The one resolver: the router's dispatch, the shard's execution,
+    replay and COMMAND all go through it."""
     name = argv[0]
-    cmd = TABLE.get(name)
+    cmd = _BY_NAME.get(name)
     if cmd is None:
         cmd = TABLE.get(name.lower())
         if cmd is None:
             raise ReplyError(unknown_command_message(argv))
+    argc = len(argv)
     if cmd.subcommands:
-        if len(argv) == 1:
+        if argc == 1:
             if cmd.handler is not None:  # a container that also runs bare (COMMAND)
                 return cmd
-            raise ReplyError(b"ERR wrong number of arguments for '%s' command" % cmd.name.encode())
+            raise arity_error(cmd.name.encode())
         sub = cmd.subcommands.get(argv[1].lower())
         if sub is None:
             raise ReplyError(
@@ -147,13 +307,38 @@ def lookup(argv: list[bytes]) -> Command:
                 % (_clip(argv[1]), cmd.name.upper().encode())
             )
         cmd = sub
-    if not cmd.arity_ok(len(argv)):
-        raise ReplyError(b"ERR wrong number of arguments for '%s' command" % cmd.fullname.encode())
+    arity = cmd.arity
+    if argc != arity if arity >= 0 else argc < -arity:
+        raise arity_error(cmd.fullname.encode())
+    return cmd
+
+
+def find(argv: list[bytes]) -> Command | None:
+    """The command argv names, or None; no arity or error texts (COMMAND GETKEYS
+    checks those itself, in Redis' order)."""
+    cmd = TABLE.get(argv[0].lower())
+    if cmd is not None and cmd.subcommands and len(argv) > 1:
+        cmd = cmd.subcommands.get(argv[1].lower())
+    return cmd
+
+
+def find_fullname(name: bytes) -> Command | None:
+    """The command or subcommand a `parent|sub` name (COMMAND INFO/DOCS) names, or None."""
+    parent, _, sub = name.lower().partition(b"|")
+    cmd = TABLE.get(parent)
+    if cmd is not None and sub:
+        return cmd.subcommands.get(sub)
     return cmd
 
 
 def _clip(arg: bytes) -> bytes:
     return arg[:128]
+
+
+def arity_error(name: bytes) -> ReplyError:
+    """Redis' wrong-arity error; also for the arity rules a handler checks
+    itself (HSET's field/value pairs, MSET's, LPOP's count)."""
+    return ReplyError(b"ERR wrong number of arguments for '%s' command" % name)
 
 
 def unknown_command_message(argv: list[bytes]) -> bytes:

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from durakv.shards.config import Config
 from durakv.shards.engine import state_of
-from durakv.shards.frames import Request
+from durakv.shards.frames import VERB_EXEC, Request
 from durakv.shards.shard import Shard
 from durakv.shards.t_multi import pack_transaction
 
@@ -67,7 +67,7 @@ COMMANDS = st.one_of(
 ).map(list)
 
 TRANSACTION = st.lists(COMMANDS, min_size=1, max_size=4).map(
-    lambda cmds: [b"\x00exec", pack_transaction(cmds)])
+    lambda cmds: [VERB_EXEC, pack_transaction(cmds)])
 BATCHES = st.lists(st.lists(st.one_of(COMMANDS, COMMANDS, COMMANDS, TRANSACTION), min_size=1, max_size=6),
                    min_size=1, max_size=12)
 

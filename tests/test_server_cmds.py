@@ -325,3 +325,32 @@ def test_debug_sleep_delays_only_its_reply(server):
 def test_server_replies_in_resp3(pair3):
     run_same(pair3, [("CONFIG", "GET", "maxmemory"), ("COMMAND", "INFO", "get"), ("COMMAND", "DOCS", "nosuch"),
                      ("FUNCTION", "FLUSH"), ("DBSIZE",)])
+
+
+
+GETKEYS_SAMPLES = [
+    "get k", "set k v", "set k v GET", "set k v EX 10 GET", "mset a 1 b 2", "mget a b c", "del a b", "rename a b",
+    "lmpop 2 a b LEFT", "blmpop 0 2 a b LEFT", "zunionstore d 2 a b", "sintercard 2 a b", "sort k",
+    "sort k STORE dst", "object encoding k", "memory usage k", "bitop and d a b", "lcs a b", "blpop a b 0",
+    "zdiffstore d 1 a", "copy a b", "getex k", "setnx k v", "pfcount a b", "touch a", "exists a b", "ping",
+    "get", "nosuch a", "lmpop x a b LEFT", "zinterstore d 0",
+]
+# Commands that declare Redis' key specs in the table (key_specs=): their
+# GETKEYSANDFLAGS flags match too. (The others get one range spec RW update /
+# RO access from their key positions, which is not always Redis' flags.)
+KEYSPEC_SAMPLES = [
+    "get k", "set k v", "set k v GET", "set k v EX 10 GET", "mset a 1 b 2", "mget a b c", "del a b", "rename a b",
+    "object encoding k", "lcs a b", "copy a b", "getex k", "setnx k v", "touch a", "exists a b",
+]
+
+
+@pytest.mark.parametrize("sample", GETKEYS_SAMPLES)
+def test_command_getkeys_matches_redis(pair, sample):
+    """Key positions (and the errors), from each command's declaration."""
+    pair.same("COMMAND", "GETKEYS", *sample.split())
+
+
+@pytest.mark.parametrize("sample", KEYSPEC_SAMPLES)
+def test_command_getkeysandflags_matches_redis(pair, sample):
+    """Key-spec flags, SET's variable flags resolved by its declared key_flags_fn."""
+    pair.same("COMMAND", "GETKEYSANDFLAGS", *sample.split())
