@@ -153,6 +153,9 @@ class Shard:
         if snapshots is not None:
             snapshots.prepare_shard_dir(self.dir, self.index, self.config.shards, self.config.snapshot_url)
         disk = shard_disk(self.config, self.index)
+        # run_shard made DIR/shard-NNN (the journaling test disk lives in it): it counts only
+        # once the data dir is fsync'd; every start does it, in case a crash came between.
+        disk.fsync_dir(self.config.data_dir)
         self.log = Log.open(os.path.join(self.dir, "log"), segment_size_bytes=self.config.segment_size_bytes,
                             holder=f"shard {self.index}", disk=disk)
         truncated = self.log.recovery.truncated_bytes

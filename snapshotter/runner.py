@@ -34,6 +34,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 
+from durakv.log import OS_DISK
 from durakv.log import lock as dir_lock
 from durakv.log.errors import LockHeld
 from durakv.log.manifest import list_segments
@@ -129,7 +130,7 @@ def shard_count(data_dir: str) -> int:
 def acquire_lock(data_dir: str) -> int:
     """flock DIR/snapshotter/LOCK (log.lock); raises SnapshotterBusy naming the holder."""
     directory = control_dir(data_dir)
-    os.makedirs(directory, exist_ok=True)
+    OS_DISK.makedirs(directory)
     path = os.path.join(directory, LOCK_NAME)
     return dir_lock.acquire(path, "snapshotter", what=f"snapshotter lock {path}", error=SnapshotterBusy)
 
