@@ -58,9 +58,6 @@ WRITE_RETRY_LOG_EVERY = 30  # after the first few, log one failed retry in this 
 # Commands that can read keys their key positions do not name (SORT BY/GET
 # patterns): their replies wait for every pending record, like keyless reads.
 READS_UNDECLARED_KEYS = frozenset({"sort", "sort_ro"})
-# Internal requests that read the keyspace without naming keys (CLUSTER
-# COUNTKEYSINSLOT/GETKEYSINSLOT): keyless reads, so they wait for everything pending.
-INTERNAL_KEYSPACE_READS = frozenset({b"\x00countkeysinslot", b"\x00getkeysinslot"})
 
 
 class CommandStats:
@@ -214,7 +211,7 @@ class Shard:
             if argv[0][:1] == b"\x00":
                 if argv[0] != b"\x00exec":
                     data = internal.run(self, argv)
-                    wait = self.hazards.wait_all() if argv[0] in INTERNAL_KEYSPACE_READS else 0
+                    wait = self.hazards.wait_all() if internal.reads_keyspace(argv) else 0
                     if wait > durable_seq:
                         self.held.hold(wait, conn, req.rid, data)
                     else:
