@@ -8,7 +8,11 @@ that `simulate_power_loss()` can cut the files back to exactly that after a kill
 
 Journal lines (JSON, appended with one write(2) each, before the sync call returns):
     {"file": PATH, "ino": INODE, "size": BYTES}   after fsync/fdatasync of a file
-    {"dir": PATH, "entries": {NAME: INODE, ...}}   after fsync of a directory
+    {"dir": PATH, "entries": {NAME: INODE, ...}, "files": BOOL}   after fsync of a directory
+"files" is true for directories in the journal's own tree (the journal's directory and
+below: what this process writes). Outside it (the data dir a shard's directory sits in)
+the journal vouches only for which entries a directory fsync made durable, not for the
+files there, whose writers are not journaled.
 The size and the entries are taken BEFORE the sync call, so they never claim more
 than the call covered. The journal itself is not fsync'd: it plays the disk's
 memory of what it promised, and a kill -9 keeps the page cache it is written to."""
@@ -53,6 +57,21 @@ class Disk:
         finally:
             os.close(fd)
 
+    def makedirs(self, path: str) -> None:
+        """Create `path` and its missing ancestors so that they survive a power cut:
+        a new directory counts only once its parent is fsync'd (DESIGN invariant 1)."""
+        path = os.path.abspath(path)
+        if os.path.isdir(path):
+            return
+        parent = os.path.dirname(path)
+        self.makedirs(parent)
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            if not os.path.isdir(path):
+                raise
+        self.fsync_dir(parent)
+
 
 OS_DISK = Disk()
 
@@ -62,6 +81,7 @@ class JournalingDisk(Disk):
 
     def __init__(self, journal_path: str) -> None:
         self.journal_path = os.path.abspath(journal_path)
+        self.root = os.path.dirname(self.journal_path)
         self._lock = threading.Lock()
         self._fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
@@ -93,7 +113,8 @@ class JournalingDisk(Disk):
             os.fsync(fd)
         finally:
             os.close(fd)
-        self._record({"dir": path, "entries": entries})
+        owned = path == self.root or path.startswith(self.root + os.sep)
+        self._record({"dir": path, "entries": entries, "files": owned})
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -109,33 +130,54 @@ class PowerLossReport:
     replaced_kept: list[str] = field(default_factory=list)  # renamed over after the last dir fsync
 
 
-def simulate_power_loss(journal_path: str) -> PowerLossReport:
-    """Cut every file in a journaled directory back to the size its last journaled
-    sync made durable (0 if never synced) and remove the entries no directory fsync
-    made durable. Then rewrite the journal as a baseline of the state left behind
-    (that state is now "the disk"). Run only while no process writes the files.
-
-    A name whose inode changed after the directory's last fsync (a rename over it)
-    cannot be rolled back, since the replaced file is gone: it is kept and listed in
-    report.replaced_kept."""
-    sizes: dict[int, int] = {}
-    dirs: dict[str, dict[str, int]] = {}
+def _read_journal(journal_path: str, sizes: dict[int, int]) -> dict[str, dict]:
+    """The last directory record per directory of one journal; file sizes go into `sizes`."""
+    dirs: dict[str, dict] = {}
     with open(journal_path, "rb") as f:
         for raw in f:
             if not raw.endswith(b"\n"):
                 break  # a line torn by the kill: that sync never returned
             entry = json.loads(raw)
             if "dir" in entry:
-                dirs[entry["dir"]] = entry["entries"]
+                dirs[entry["dir"]] = entry
             else:
                 sizes[entry["ino"]] = entry["size"]
+    return dirs
+
+
+def simulate_power_loss(*journal_paths: str) -> PowerLossReport:
+    """Cut every file in a journaled directory back to the size its last journaled
+    sync made durable (0 if never synced) and remove the entries no directory fsync
+    made durable. Then rewrite each journal as a baseline of the state left behind
+    (that state is now "the disk"). Run only while no process writes the files.
+
+    Pass the journals of every process that shares a directory (each shard fsyncs
+    the data dir when it creates its own directory there): an entry that any of
+    their last fsyncs of that directory covered is durable. (A union is right for
+    directories whose entries are only ever added, the only kind processes share.)
+
+    A name whose inode changed after the directory's last fsync (a rename over it)
+    cannot be rolled back, since the replaced file is gone: it is kept and listed in
+    report.replaced_kept."""
+    assert journal_paths, "simulate_power_loss needs at least one journal"
+    sizes: dict[int, int] = {}
+    own_dirs: dict[str, dict[str, bool]] = {}  # journal: {dir: files}
+    dirs: dict[str, dict[str, int]] = {}
+    files_vouched: set[str] = set()
+    for journal_path in journal_paths:
+        journal_dirs = _read_journal(journal_path, sizes)
+        own_dirs[journal_path] = {d: bool(rec.get("files", True)) for d, rec in journal_dirs.items()}
+        for dir_path, record in journal_dirs.items():
+            dirs.setdefault(dir_path, {}).update(record["entries"])
+            if record.get("files", True):
+                files_vouched.add(dir_path)
     report = PowerLossReport()
-    journal = os.path.abspath(journal_path)
+    journals = {os.path.abspath(p) for p in journal_paths}
     for dir_path, durable in dirs.items():
         if not os.path.isdir(dir_path):
             continue
         for entry in os.scandir(dir_path):
-            if entry.path == journal:
+            if entry.path in journals:
                 continue
             ino = durable.get(entry.name)
             if ino is None:
@@ -148,20 +190,26 @@ def simulate_power_loss(journal_path: str) -> PowerLossReport:
             if ino != entry.inode():
                 report.replaced_kept.append(entry.path)
                 continue
-            if entry.is_file(follow_symlinks=False):
+            if dir_path in files_vouched and entry.is_file(follow_symlinks=False):
                 before = entry.stat().st_size
                 after = min(before, sizes.get(ino, 0))
                 if after != before:
                     os.truncate(entry.path, after)
                     report.truncated[entry.path] = (before, after)
+    for journal_path, dir_paths in own_dirs.items():
+        _write_baseline(journal_path, dir_paths)
+    return report
+
+
+def _write_baseline(journal_path: str, dir_paths: dict[str, bool]) -> None:
     with open(journal_path, "wb") as f:
-        for dir_path in dirs:
+        for dir_path, files in dir_paths.items():
             if not os.path.isdir(dir_path):
                 continue
             entries = {e.name: e.inode() for e in os.scandir(dir_path)}
-            f.write((json.dumps({"dir": dir_path, "entries": entries}, sort_keys=True) + "\n").encode())
-            for e in os.scandir(dir_path):
+            record = {"dir": dir_path, "entries": entries, "files": files}
+            f.write((json.dumps(record, sort_keys=True) + "\n").encode())
+            for e in os.scandir(dir_path) if files else ():
                 if e.is_file(follow_symlinks=False):
                     line = {"file": e.path, "ino": e.inode(), "size": e.stat().st_size}
                     f.write((json.dumps(line, sort_keys=True) + "\n").encode())
-    return report

@@ -122,9 +122,7 @@ class Log:
         if not 1 <= max_pending_bytes <= MAX_PENDING_BYTES_LIMIT:
             raise ValueError(f"max_pending_bytes must be in 1..{MAX_PENDING_BYTES_LIMIT}")
         path = os.path.abspath(os.fspath(path))
-        if not os.path.isdir(path):
-            os.makedirs(path)
-            disk.fsync_dir(os.path.dirname(path))
+        disk.makedirs(path)
         log = cls(path, _acquire_lock(path, holder), segment_size_bytes, max_pending_bytes, disk)
         try:
             log._recover()

@@ -151,6 +151,11 @@ def main(argv: list[str] | None = None) -> int:
                         else open_listener(config.bind, config.port))
         except ListenError as e:
             return _fail(str(e), EXIT_USAGE)
+        if not args.parent_pid:
+            # Started on its own (the systemd unit): no supervisor cleared the previous run's CONFIG SETs.
+            from durakv.server.settings_sync import clear_runtime_changes
+
+            clear_runtime_changes(config.data_dir)
         fd_limit_too_low = False
         try:
             trio.run(_run_until_signal, lambda: run_router(config, args.index, listener))

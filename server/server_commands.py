@@ -15,6 +15,7 @@ from durakv.server.settings import set_failed
 from durakv.shards.args import ERR_SYNTAX
 from durakv.shards.glob import glob_match
 from durakv.shards.frames import VERB_INFO, VERB_RESETSTAT
+from durakv.shards.internal import INFO_KEYSPACE
 from durakv.shards.resp import OK, Map, ReplyError, SetReply, Simple, Verbatim, encode, encode_error
 from durakv.shards.shard_settings import SHARD_DEFAULTS
 from durakv.shards.slots import key_slot
@@ -278,7 +279,9 @@ def info(client: Client, argv: list[bytes]):
 
     # Shards that are down are left out (INFO cluster says which and why), so INFO still answers.
     up = [link.index for link in router.links if link.up]
-    return router.fanout_internal(client, [VERB_INFO], finish, shards=up)
+    # Key counts are a keyless read: asking for them makes each shard wait for its pending records.
+    request = [VERB_INFO, INFO_KEYSPACE] if "keyspace" in sections else [VERB_INFO]
+    return router.fanout_internal(client, request, finish, shards=up)
 
 
 @command("time", 1, "loading stale fast", group="server", where=ROUTER, tips=("nondeterministic_output",))

@@ -1,18 +1,22 @@
 """CONFIG SET on one router takes effect on every router and shard before it is
-acknowledged.
+acknowledged, and concurrent CONFIG SETs end with every router on the same value.
 
-The router that receives CONFIG SET applies the change, records it in
-DIR/run/settings (0600, in the 0700 run dir, replaced durably), sends it to every
-other router over their control sockets (DIR/run/router-NNN.sock) and waits for
-their acks (bounded by PEER_ACK_TIMEOUT_MS), and sends the shard parameters to
-every shard and waits for theirs; then it replies OK. A router that is down
-misses the message but reads DIR/run/settings when it starts; a shard that is
-down gets the shard parameters from every router when its link comes up.
+The router that receives CONFIG SET applies the change at once (so the client's next
+command sees it), then, holding DIR/run/settings.lock (flock) for the whole
+propagation: merges it into DIR/run/settings (0600, in the 0700 run dir, replaced
+durably), applies the file's merged state, tells every other router over its control
+socket (DIR/run/router-NNN.sock) to apply the file's state, and sends the shard
+parameters to every shard; each wait is bounded by PEER_ACK_TIMEOUT_MS. Then it
+replies OK. The lock orders concurrent CONFIG SETs, and since everyone applies the
+file (the merged state of every change so far, in lock order) rather than a message,
+a late or repeated notice cannot bring back an older value. A router that is down
+misses the notice but reads DIR/run/settings when it starts; a shard that is down
+gets the shard parameters from every router when its link comes up.
 
-As in Redis, CONFIG SET lasts until the server stops: DIR/run/settings carries
-the run id of the supervisor that started this server (its pid and start time),
-and a router started by another supervisor ignores it (the next CONFIG SET
-replaces it).
+As in Redis, CONFIG SET lasts until the server restarts: whoever starts the routers
+removes DIR/run/settings first (clear_runtime_changes): `durakv serve` when it starts,
+and a router started on its own (the systemd unit, a single router) when it starts, so
+a CONFIG SET there lasts until that router restarts.
 """
 
 from __future__ import annotations
@@ -39,38 +43,27 @@ SETTINGS_LOCK_FILE = "settings.lock"
 SETTINGS_FILE_MODE = 0o600
 MAX_MESSAGE_BYTES = 1024 * 1024
 PEER_ACK_TIMEOUT_MS = 2000
+# Another router holds the lock for at most its peers' and shards' ack timeouts.
+SETTINGS_LOCK_WAIT_MS = 4 * PEER_ACK_TIMEOUT_MS
+SETTINGS_LOCK_POLL_MS = 5
 LENGTH = struct.Struct(">I")
 ACK = b"ok"
-
-
-def server_run_id() -> str:
-    """Who started this server: the parent's pid and its start time (in clock
-    ticks since boot, /proc/PID/stat field 22), so a reused pid does not match."""
-    ppid = os.getppid()
-    try:
-        with open(f"/proc/{ppid}/stat", "rb") as f:
-            stat = f.read()
-        start_ticks = stat[stat.rindex(b")") + 2:].split()[19].decode()
-    except (OSError, ValueError, IndexError):
-        start_ticks = "?"
-    return f"{ppid}:{start_ticks}"
 
 
 def settings_path(data_dir: str) -> str:
     return os.path.join(run_dir(data_dir), SETTINGS_FILE)
 
 
-def _read_changes(path: str, run_id: str) -> dict[str, str]:
+def load_runtime_changes(data_dir: str) -> dict[str, str]:
+    """The CONFIG SET changes made since this server started (name -> value)."""
+    path = settings_path(data_dir)
     try:
         with open(path, "rb") as f:
             raw = f.read(MAX_MESSAGE_BYTES + 1)
     except FileNotFoundError:
         return {}
     try:
-        doc = json.loads(raw)
-        values = doc["values"]
-        if doc["run_id"] != run_id:
-            return {}  # left by an earlier server: CONFIG SET does not outlive a restart
+        values = json.loads(raw)["values"]
         if not (isinstance(values, dict) and all(isinstance(v, str) for v in values.values())):
             raise ValueError("values must map names to strings")
     except (ValueError, KeyError, TypeError) as e:
@@ -79,35 +72,53 @@ def _read_changes(path: str, run_id: str) -> dict[str, str]:
     return values
 
 
-def load_runtime_changes(data_dir: str, run_id: str) -> dict[str, str]:
-    """The CONFIG SET changes made since this server started (name -> value)."""
-    return _read_changes(settings_path(data_dir), run_id)
-
-
-def store_runtime_changes(data_dir: str, run_id: str, changes: list[tuple[str, str]]) -> None:
-    """Merge changes into DIR/run/settings under a lock (routers may write at
-    once): temp file 0600, fsync, rename, fsync the directory."""
-    directory = ensure_run_dir(data_dir)
+def clear_runtime_changes(data_dir: str) -> None:
+    """A new server run starts from the configuration file: forget the CONFIG SETs of
+    the previous run (called before any router of this run starts)."""
     path = settings_path(data_dir)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return
+    OS_DISK.fsync_dir(os.path.dirname(path))
+
+
+def try_lock_runtime_changes(data_dir: str) -> int:
+    """Take DIR/run/settings.lock without blocking: the fd to close, or -1 while
+    another router holds it (it propagates a CONFIG SET)."""
+    directory = ensure_run_dir(data_dir)
     lock_fd = os.open(os.path.join(directory, SETTINGS_LOCK_FILE), os.O_RDWR | os.O_CREAT, SETTINGS_FILE_MODE)
     try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX)
-        values = _read_changes(path, run_id)
-        values.update(changes)
-        data = json.dumps({"run_id": run_id, "values": values}, sort_keys=True).encode()
-        tmp_path = path + ".tmp"
-        fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, SETTINGS_FILE_MODE)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp_path, path)
-        OS_DISK.fsync_dir(directory)
-    finally:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         os.close(lock_fd)
+        return -1
+    except BaseException:
+        os.close(lock_fd)
+        raise
+    return lock_fd
+
+
+def store_runtime_changes(data_dir: str, changes: list[tuple[str, str]]) -> dict[str, str]:
+    """Merge changes into DIR/run/settings (the caller holds lock_runtime_changes):
+    temp file 0600, fsync, rename, fsync the directory. Returns the merged state."""
+    directory = ensure_run_dir(data_dir)
+    path = settings_path(data_dir)
+    values = load_runtime_changes(data_dir)
+    values.update(changes)
+    data = json.dumps({"values": values}, sort_keys=True).encode()
+    tmp_path = path + ".tmp"
+    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, SETTINGS_FILE_MODE)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp_path, path)
+    OS_DISK.fsync_dir(directory)
+    return values
 
 
 async def _send_message(stream: trio.SocketStream, payload: bytes) -> None:
@@ -138,7 +149,6 @@ class SettingsSync:
     def __init__(self, router) -> None:
         self.router = router
         self.data_dir = router.config.data_dir
-        self.run_id = server_run_id()
 
     async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Listen on DIR/run/router-NNN.sock, then load the changes peers made
@@ -149,7 +159,7 @@ class SettingsSync:
         bind_unix(sock, path)  # replaces a socket file left by an earlier run of this router
         sock.listen(64)
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-        changes = load_runtime_changes(self.data_dir, self.run_id)
+        changes = load_runtime_changes(self.data_dir)
         if changes:
             self.router.settings.apply_known(changes)
             logger.info("router %d: loaded %d runtime settings from %s", self.router.index, len(changes),
@@ -166,15 +176,21 @@ class SettingsSync:
                     message = await _receive_message(stream)
                     if message is None:
                         return
-                    changes = [(str(name), str(value)) for name, value in json.loads(message)["changes"]]
-                    self.router.settings.apply_known(dict(changes))
+                    doc = json.loads(message)
+                    if doc.get("reload"):
+                        # The file holds every change so far in lock order: never older than the notice.
+                        changes = load_runtime_changes(self.data_dir)
+                    else:  # the sender could not record it: the notice is all there is
+                        changes = {str(name): str(value) for name, value in doc["changes"]}
+                    self.router.settings.apply_known(changes)
                     await _send_message(stream, ACK)
             except (trio.TooSlowError, trio.BrokenResourceError, ValueError, KeyError, TypeError) as e:
                 logger.warning("router %d: bad control message: %s", self.router.index, e)
 
     def propagate(self, client, changes: list[tuple[str, str]], shard_changes: list[tuple[str, str]]) -> Pending:
-        """Make already-applied changes take effect everywhere; the returned pending
-        (queued as the client's reply) is filled with +OK when that is done."""
+        """Make changes already applied here take effect everywhere, one CONFIG SET
+        at a time across routers; the returned pending (queued as the client's reply)
+        is filled with +OK when that is done."""
         pending = Pending(client)
         client.replies.append(pending)
         self.router.nursery.start_soon(self._propagate, pending, changes, shard_changes)
@@ -182,12 +198,32 @@ class SettingsSync:
 
     async def _propagate(self, pending: Pending, changes: list[tuple[str, str]],
                          shard_changes: list[tuple[str, str]]) -> None:
-        shards_done = self._send_to_shards(shard_changes)
+        lock_fd = -1
+        with trio.move_on_after(SETTINGS_LOCK_WAIT_MS / 1000):
+            while (lock_fd := try_lock_runtime_changes(self.data_dir)) < 0:
+                await trio.sleep(SETTINGS_LOCK_POLL_MS / 1000)
+        if lock_fd < 0:
+            logger.error("router %d: CONFIG SET waited %d ms for %s; propagating without it", self.router.index,
+                         SETTINGS_LOCK_WAIT_MS, SETTINGS_LOCK_FILE)
         try:
-            await trio.to_thread.run_sync(store_runtime_changes, self.data_dir, self.run_id, changes)
+            await self._propagate_locked(changes, shard_changes)
+        finally:
+            if lock_fd >= 0:
+                os.close(lock_fd)
+        pending.fill(b"+OK\r\n")
+
+    async def _propagate_locked(self, changes: list[tuple[str, str]], shard_changes: list[tuple[str, str]]) -> None:
+        recorded = True
+        try:
+            merged = await trio.to_thread.run_sync(store_runtime_changes, self.data_dir, changes)
+            # A peer's earlier CONFIG SET may have reached us after we applied ours: the
+            # file has both, in the order the lock gave them.
+            self.router.settings.apply_known(merged)
         except OSError as e:
+            recorded = False
             logger.error("router: cannot record runtime settings in %s: %s", settings_path(self.data_dir), e)
-        payload = json.dumps({"changes": changes}).encode()
+        shards_done = self._send_to_shards(shard_changes)
+        payload = json.dumps({"changes": changes, "reload": recorded}).encode()
         async with trio.open_nursery() as nursery:
             for index in range(self.router.config.routers):
                 if index != self.router.index:
@@ -196,7 +232,6 @@ class SettingsSync:
             await shards_done.wait()
         if waited.cancelled_caught:
             logger.warning("router: shards did not confirm CONFIG SET within %d ms", PEER_ACK_TIMEOUT_MS)
-        pending.fill(b"+OK\r\n")
 
     def _send_to_shards(self, shard_changes: list[tuple[str, str]]) -> trio.Event:
         done = trio.Event()

@@ -13,6 +13,7 @@ import time
 from datetime import datetime, UTC
 
 from durakv.snapshotter.pace import CPU_PERCENT_DEFAULT
+from durakv.snapshotter.runner import EVERY_BYTES_DEFAULT, EVERY_PERCENT_DEFAULT
 from durakv.snapshotter.tailship import ARCHIVE_BYTES_DEFAULT, ARCHIVE_INTERVAL_MS_DEFAULT
 
 COMMANDS = frozenset({"snapshotter", "snapshot", "snapshots", "restore", "import-rdb", "export-rdb"})
@@ -38,8 +39,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--snapshot-url", default="",
                    help="s3://BUCKET/PREFIX or file:///PATH (omit: snapshots only, in DATA_DIR/snapshots)")
     p.add_argument("--once", action="store_true", help="snapshot every shard once and exit")
-    p.add_argument("--every-bytes", type=int, default=64 * 1024 * 1024,
-                   help="build when this many log bytes follow the newest snapshot")
+    p.add_argument("--every-bytes", type=int, default=EVERY_BYTES_DEFAULT,
+                   help="build when at least this many log bytes follow the newest snapshot")
+    p.add_argument("--every-percent", type=int, default=EVERY_PERCENT_DEFAULT,
+                   help="and at least this percentage of the newest snapshot's size (0: off)")
     p.add_argument("--max-age-s", type=float, default=3600.0,
                    help="build at least this often while there are new records")
     p.add_argument("--poll-interval-s", type=float, default=1.0)
@@ -155,6 +158,7 @@ def cmd_snapshotter(args: argparse.Namespace) -> int:
         args.sse = args.sse or config.snapshot_sse or None
         args.storage_class = args.storage_class or config.snapshot_storage_class or None
         args.every_bytes, args.max_age_s = config.snapshot_every_bytes, config.snapshot_max_age_s
+        args.every_percent = config.snapshot_every_percent
         args.cpu_percent = config.snapshot_cpu_percent
         args.log_archive_interval_ms, args.log_archive_bytes = config.log_archive_interval_ms, config.log_archive_bytes
     set_title("snapshotter", os.path.abspath(data_dir))
@@ -165,8 +169,11 @@ def cmd_snapshotter(args: argparse.Namespace) -> int:
         return _fail(str(e))
     try:
         runner = Snapshotter(data_dir, _store(url, args, data_dir),
-                             Schedule(args.every_bytes, args.max_age_s, args.poll_interval_s, args.cpu_percent,
-                                      args.log_archive_interval_ms, args.log_archive_bytes))
+                             Schedule(every_bytes=args.every_bytes, every_percent=args.every_percent,
+                                      max_age_s=args.max_age_s, poll_interval_s=args.poll_interval_s,
+                                      cpu_percent=args.cpu_percent,
+                                      archive_interval_ms=args.log_archive_interval_ms,
+                                      archive_bytes=args.log_archive_bytes))
         if args.once:
             status = runner.run_once(force=True)
             errors = [s for s in status.shards.values() if s.status == "error"]

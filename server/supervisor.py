@@ -38,6 +38,7 @@ import time
 
 from durakv.log import layout
 from durakv.log.lock import lock_data_dir
+from durakv.server.settings_sync import clear_runtime_changes
 from durakv.server.topology import ensure_topology
 from durakv.shards import failure, sdnotify
 from durakv.shards.config import Config, config_pipe
@@ -212,6 +213,7 @@ class Supervisor:
         self.data_dir_lock_fd = lock_data_dir(config.data_dir, f"durakv serve port {config.port}")
         ensure_topology(config.data_dir, config.shards)
         layout.ensure_run_dir(config.data_dir)
+        clear_runtime_changes(config.data_dir)  # CONFIG SET lasts until the server restarts, as in Redis
         for i in range(config.shards):
             failure.clear(config.data_dir, i)
         # Imported once here, so that every forked shard starts with them loaded.

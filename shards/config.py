@@ -30,12 +30,13 @@ class Config(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields
     startup_shard_wait_ms: int = 30_000
     durability: str = "sync"  # "sync": ack after fsync; "async": ack at once, bounded window
     max_unsynced_ms: int = 1000
-    segment_size_bytes: int = 64 * 1024 * 1024
+    segment_size_bytes: int = 4 * 1024 * 1024  # the unit in which covered log is dropped
     snapshot_url: str = ""  # s3://BUCKET/PREFIX or file:///PATH (none: snapshots in DIR/snapshots only)
     snapshotter: bool = True  # false: the snapshotter runs elsewhere (its own unit, or --once from cron)
     snapshot_sse: str = ""  # S3 server-side encryption for uploads (AES256, aws:kms)
     snapshot_storage_class: str = ""  # S3 storage class for uploads (STANDARD_IA, ...)
-    snapshot_every_bytes: int = 64 * 1024 * 1024  # build when this many log bytes follow a snapshot
+    snapshot_every_bytes: int = 4 * 1024 * 1024  # build when at least this many log bytes follow a snapshot
+    snapshot_every_percent: int = 100  # and this percentage of the snapshot's size (Redis' AOF rewrite rule)
     snapshot_max_age_s: float = 3600.0  # and at least this often while there are new records
     snapshot_cpu_percent: int = 25  # share of wall time a snapshot build may run (snapshotter.pace)
     log_archive_interval_ms: int = 1000  # ship each shard's durable log tail to the store this often
@@ -64,6 +65,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "max_unsynced_ms": (1, 3_600_000),
     "segment_size_bytes": (4096, 1 << 40),
     "snapshot_every_bytes": (1, 1 << 50),
+    "snapshot_every_percent": (0, 1_000_000),
     "snapshot_max_age_s": (0.001, 1e9),
     "snapshot_cpu_percent": (1, 100),
     "test_fsync_delay_ms": (0, 60_000),

@@ -105,6 +105,21 @@ HANDLERS = {
 }
 
 
+# Internal requests that read the keyspace without naming keys (CLUSTER
+# COUNTKEYSINSLOT/GETKEYSINSLOT): keyless reads, so they wait for everything pending.
+KEYSPACE_READS = frozenset({VERB_COUNTKEYSINSLOT, VERB_GETKEYSINSLOT})
+INFO_KEYSPACE = b"keyspace"
+
+
+def reads_keyspace(argv: list[bytes]) -> bool:
+    """Whether the reply counts or lists keys (DESIGN invariant 2: a keyless read waits
+    for every pending record): the requests above, and \x00info when the router asks
+    for the keyspace section (INFO keyspace: key counts, like DBSIZE). Other INFO
+    sections (persistence, stats) are about the server, not the data, and never wait:
+    they are how an operator sees that replies are held."""
+    return argv[0] in KEYSPACE_READS or (argv[0] == VERB_INFO and INFO_KEYSPACE in argv[1:])
+
+
 def run(shard, argv: list[bytes]) -> bytes:
     handler = HANDLERS.get(argv[0])
     if handler is None:

@@ -28,7 +28,7 @@ from durakv.shards.disk_hooks import HookedDisk, shard_disk
 from durakv.shards.context import Ctx
 from durakv.shards.engine import replay
 from durakv.shards.frames import (
-    INTERNAL_PREFIX, VERB_COUNTKEYSINSLOT, VERB_EXEC, VERB_GETKEYSINSLOT, VERB_LITERAL, encode_internal,
+    INTERNAL_PREFIX, VERB_EXEC, VERB_LITERAL, encode_internal,
 )
 from durakv.shards.hazards import HazardTracker, HeldReplies, ReplySink
 from durakv.shards.blocking import Block, BlockedClients, Waiter
@@ -44,9 +44,6 @@ logger = logging.getLogger("durakv.shard")
 
 REPLAY_PROGRESS_INTERVAL_S = 1.0
 RELEASE_POLL_S = 1.0
-# Internal requests that read the keyspace without naming keys (CLUSTER
-# COUNTKEYSINSLOT/GETKEYSINSLOT): keyless reads, so they wait for everything pending.
-INTERNAL_KEYSPACE_READS = frozenset({VERB_COUNTKEYSINSLOT, VERB_GETKEYSINSLOT})
 
 
 class CommandStats:
@@ -110,6 +107,9 @@ class Shard(GroupCommit):
         if snapshots is not None:
             snapshots.prepare_shard_dir(self.dir, self.index, self.config.shards, self.config.snapshot_url)
         disk = shard_disk(self.config, self.index)
+        # run_shard made DIR/shard-NNN (the journaling test disk lives in it): it counts only
+        # once the data dir is fsync'd; every start does it, in case a crash came between.
+        disk.fsync_dir(self.config.data_dir)
         self.wal = Log.open(os.path.join(self.dir, "log"), segment_size_bytes=self.config.segment_size_bytes,
                             holder=f"shard {self.index}", disk=disk)
         truncated = self.wal.recovery.truncated_bytes
@@ -168,7 +168,7 @@ class Shard(GroupCommit):
             if argv[0][:1] == INTERNAL_PREFIX:
                 if argv[0] != VERB_EXEC:
                     data = internal.run(self, argv)
-                    wait = self.hazards.wait_all() if argv[0] in INTERNAL_KEYSPACE_READS else 0
+                    wait = self.hazards.wait_all() if internal.reads_keyspace(argv) else 0
                     if wait > durable_seq:
                         self.held.hold(wait, conn, req.rid, data)
                     else:

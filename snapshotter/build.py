@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
+from durakv.log import OS_DISK
 from durakv.shards.keyspace import Keyspace
 from durakv.shards.rdb.file import default_aux, load_rdb, settle_keyspace, write_keyspace
 from durakv.shards.slots import slot_ranges
@@ -77,7 +78,7 @@ def write_snapshot(db: Keyspace, shard_dir: str, fields: dict, digest: str,
     tail_fixed_at_ms, last_record_at_ms); `started` (monotonic) is when the build began."""
     started = time.monotonic() if started is None else started
     directory = snapshot_dir(shard_dir)
-    os.makedirs(directory, exist_ok=True)
+    OS_DISK.makedirs(directory)  # the cache directory itself must survive a power cut
     seq = fields["seq"]
     stem = snapshot_stem(seq)
     rdb_path = os.path.join(directory, stem + ".rdb")

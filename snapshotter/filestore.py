@@ -17,6 +17,7 @@ import shutil
 from typing import Iterator
 from urllib.parse import urlparse
 
+from durakv.log import OS_DISK
 from durakv.snapshotter.manifest import fsync_dir, write_durably
 from durakv.snapshotter.store import Store, StoreError
 
@@ -98,7 +99,7 @@ class LocalStore(Store):
         """A hard link when the source is on the same filesystem (the files put
         here are immutable: built snapshots, sealed segments), else a copy."""
         dest = self._path(key)
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        OS_DISK.makedirs(os.path.dirname(dest))  # new directories survive a power cut
         tmp = dest + ".tmp"
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -119,7 +120,7 @@ class LocalStore(Store):
 
     def _put_bytes(self, key: str, data: bytes, metadata: dict[str, str]) -> None:
         dest = self._path(key)
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        OS_DISK.makedirs(os.path.dirname(dest))  # new directories survive a power cut
         write_durably(dest, data)
         write_durably(dest + META_SUFFIX, json.dumps(metadata).encode())
 
@@ -143,7 +144,7 @@ def open_store(url: str, data_dir: str | None = None, *, server_side_encryption:
         from durakv.log.layout import snapshots_dir
 
         root = snapshots_dir(data_dir)
-        os.makedirs(root, exist_ok=True)
+        OS_DISK.makedirs(root)
         return LocalStore(root, archives_log=False, keep_snapshots=EMBEDDED_KEEP_SNAPSHOTS)
     if url.startswith("file:"):
         return LocalStore(parse_file_url(url))

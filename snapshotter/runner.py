@@ -1,8 +1,15 @@
 """The snapshotter process: for each shard of a data directory, build the next
-snapshot when the log has grown enough (bytes) or the newest snapshot is old
-enough, publish it to the store (S3, a file:// directory, or with no snapshot
+snapshot when the log has grown enough or the newest snapshot is old enough, publish it to the store (S3, a file:// directory, or with no snapshot
 URL the embedded store DIR/snapshots/), archive the sealed log segments when
 the store keeps the log, and tell the shard which segments it may delete.
+
+"Grown enough" is Redis' AOF rewrite rule (auto-aof-rewrite-min-size and
+-percentage): the log written since the newest snapshot reaches
+max(every_bytes, every_percent% of that snapshot's RDB size). The minimum keeps
+a small dataset's restart short (a restart replays at most that much log after
+loading the snapshot); the percentage keeps a large dataset from being
+rewritten after every few MiB, so building costs at most about as much as the
+log it absorbs.
 
 Control files live in DIR/snapshotter/: LOCK (flock: one snapshotter per data
 dir), REQUEST (written by `durakv snapshot --now` or BGSAVE: a request id the
@@ -27,6 +34,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 
+from durakv.log import OS_DISK
 from durakv.log import lock as dir_lock
 from durakv.log.errors import LockHeld
 from durakv.log.manifest import list_segments
@@ -50,13 +58,23 @@ RELEASE_NAME = "RELEASE.json"
 TOPOLOGY_FILE = "cluster.json"
 
 
+EVERY_BYTES_DEFAULT = 4 * 1024 * 1024
+EVERY_PERCENT_DEFAULT = 100
+
+
+def build_threshold_bytes(every_bytes: int, every_percent: int, snapshot_rdb_bytes: int) -> int:
+    """Log bytes after a snapshot that make the next one due (Redis' AOF rewrite rule)."""
+    return max(every_bytes, every_percent * snapshot_rdb_bytes // 100)
+
+
 class SnapshotterBusy(SnapshotterError, LockHeld):
     """Another snapshotter holds the data directory's snapshotter lock."""
 
 
 @dataclass
 class Schedule:
-    every_bytes: int = 64 * 1024 * 1024   # log bytes written since the newest snapshot
+    every_bytes: int = EVERY_BYTES_DEFAULT      # log bytes since the newest snapshot: at least this many
+    every_percent: int = EVERY_PERCENT_DEFAULT  # and this share of the newest snapshot's RDB size (0: off)
     max_age_s: float = 3600.0             # and at least this often while anything is new
     poll_interval_s: float = 1.0
     cpu_percent: int = CPU_PERCENT_DEFAULT  # share of wall time a build may run (snapshotter.pace)
@@ -113,7 +131,7 @@ def shard_count(data_dir: str) -> int:
 def acquire_lock(data_dir: str) -> int:
     """flock DIR/snapshotter/LOCK (log.lock); raises SnapshotterBusy naming the holder."""
     directory = control_dir(data_dir)
-    os.makedirs(directory, exist_ok=True)
+    OS_DISK.makedirs(directory)
     path = os.path.join(directory, LOCK_NAME)
     return dir_lock.acquire(path, "snapshotter", what=f"snapshotter lock {path}", error=SnapshotterBusy)
 
@@ -247,7 +265,8 @@ class Snapshotter:
     # --- all shards -----------------------------------------------------------------
 
     def due(self, shard: int) -> bool:
-        """Enough new log bytes, or an old snapshot with anything new after it."""
+        """Enough new log bytes (build_threshold_bytes), or an old snapshot with anything
+        new after it."""
         shard_dir = shard_dir_of(self.data_dir, shard)
         log_dir = os.path.join(shard_dir, "log")
         if not os.path.isdir(log_dir):
@@ -257,9 +276,10 @@ class Snapshotter:
         if before is None:
             return True
         grown = sum(size - before.get(first, 0) for first, size in now.items())
-        if grown >= self.schedule.every_bytes:
-            return True
         newest = newest_local(shard_dir)
+        rdb_bytes = newest.manifest.rdb_bytes if newest else 0
+        if grown >= build_threshold_bytes(self.schedule.every_bytes, self.schedule.every_percent, rdb_bytes):
+            return True
         age_s = time.time() - (newest.manifest.created_at_ms / 1000 if newest else 0)
         return grown > 0 and age_s >= self.schedule.max_age_s
 
@@ -282,9 +302,10 @@ class Snapshotter:
 
     def serve(self, stop: threading.Event) -> None:
         """The snapshotter loop: serve requests and the schedule until stop is set."""
-        logger.info("snapshotter ready: %s, %d shards, store %s, every %d bytes or %.0f s, builds at most %d%% "
-                 "of the time", self.data_dir, self.shards, self.store.url,
-                 self.schedule.every_bytes, self.schedule.max_age_s, self.schedule.cpu_percent)
+        logger.info("snapshotter ready: %s, %d shards, store %s, every max(%d bytes, %d%% of the snapshot) of "
+                    "log or %.0f s, builds at most %d%% of the time", self.data_dir, self.shards, self.store.url,
+                    self.schedule.every_bytes, self.schedule.every_percent, self.schedule.max_age_s,
+                    self.schedule.cpu_percent)
         shipper = None
         if self.archiver is not None:
             shipper = threading.Thread(target=self.archiver.run, args=(stop,), name="log-archive", daemon=True)

@@ -4,6 +4,7 @@ fsync stops writes. Real processes, real clients, SIGKILL for crashes."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -159,13 +160,37 @@ def test_acked_writes_survive_simulated_power_loss(server_factory, tmp_path):
     config = write_config(tmp_path, test_durability_journal=True, segment_size_bytes=8192)
     srv = server_factory(shards=2, data_dir=data_dir, extra_args=("--config", config))
     writers = run_writers_then_crash(srv, rng, prefix="p:")
-    cut_bytes = 0
-    for shard in range(2):
-        report = simulate_power_loss(durability_journal_path(str(data_dir), shard))
-        cut_bytes += sum(before - after for before, after in report.truncated.values())
-    print(f"power loss cut {cut_bytes} unsynced bytes")
+    # One simulation over both journals: both shards fsync the data dir they share.
+    report = simulate_power_loss(*(durability_journal_path(str(data_dir), shard) for shard in range(2)))
+    cut_bytes = sum(before - after for before, after in report.truncated.values())
+    print(f"power loss cut {cut_bytes} unsynced bytes, removed {report.removed}")
     client = server_factory(shards=2, data_dir=data_dir, extra_args=("--config", config)).client()
     check_writers(client, writers)
+
+
+def test_shard_directories_survive_power_loss(server_factory, tmp_path):
+    """DIR/shard-NNN and its log/ count only once their parent directory is fsync'd:
+    each shard fsyncs the data dir (through its log's Disk, so the journal records it)
+    and its own dir, and the simulated power cut keeps both shards and their data."""
+    data_dir = tmp_path / "fresh"
+    config = write_config(tmp_path, test_durability_journal=True)
+    srv = server_factory(shards=2, data_dir=data_dir, extra_args=("--config", config))
+    client = srv.client()
+    client.set("a", "1")  # slot 15495: shard 1
+    client.set("b", "2")  # slot 3300: shard 0
+    srv.kill9()
+    journals = [durability_journal_path(str(data_dir), shard) for shard in range(2)]
+    for shard, journal in enumerate(journals):
+        with open(journal) as f:
+            entries = [json.loads(line) for line in f]
+        covered = [e["entries"] for e in entries if e.get("dir") == str(data_dir)]
+        assert any(f"shard-{shard:03d}" in c for c in covered), f"shard {shard} never fsync'd the data dir"
+        own = [e["entries"] for e in entries if e.get("dir") == str(data_dir / f"shard-{shard:03d}")]
+        assert any("log" in c for c in own), f"shard {shard} never fsync'd its dir after making log/"
+    report = simulate_power_loss(*journals)
+    assert not [p for p in report.removed if os.path.basename(p).startswith("shard-")], report.removed
+    client = server_factory(shards=2, data_dir=data_dir, extra_args=("--config", config)).client()
+    assert client.mget(["a", "b"]) == [b"1", b"2"]
 
 
 def _raw(port: int) -> socket.socket:

@@ -200,3 +200,19 @@ def test_async_mode_holds_writes_once_the_unsynced_window_is_exceeded(server_fac
     gate.open()
     assert late.read_reply() == b"+OK\r\n"
     assert client.mget(["a", "b"]) == [b"1", b"2"]
+
+
+
+def test_info_keyspace_waits_for_everything_pending(gated):
+    """INFO keyspace counts keys, a keyless read like DBSIZE: held while any record is
+    pending. INFO persistence (what wait_held reads) still answers at once."""
+    srv, gate, client = gated
+    writer = dirty_write(srv, client, gate, "SET", "{i}only", "v")
+    readers = [send(srv, "INFO", "keyspace"), send(srv, "INFO"), send(srv, "INFO", "everything")]
+    wait_held(client, 1 + len(readers))
+    assert_nothing_sent(writer, *readers)
+    gate.open()
+    assert writer.read_reply() == b"+OK\r\n"
+    for reader in readers:
+        text = decode(reader.read_reply())[0]
+        assert b"db0:keys=1,expires=0" in text, text

@@ -150,3 +150,98 @@ def test_restarted_router_has_its_peers_settings(server_factory):
     c = srv.client()
     assert c.ping() is True, "CONFIG SET does not outlive a restart of the whole server"
     c.close()
+
+
+
+def _line(c: RawConnection) -> bytes:
+    while b"\r\n" not in c.buf:
+        chunk = c.sock.recv(4096)
+        assert chunk, "connection closed"
+        c.buf += chunk
+    line, c.buf = c.buf.split(b"\r\n", 1)
+    return line
+
+
+def test_concurrent_config_sets_leave_every_router_with_one_value(server_factory):
+    """Two CONFIG SETs of one parameter sent at once through the two routers: each
+    router applies the other's change too, in one order for all (the settings lock,
+    the merged file), so afterwards both routers read the same value."""
+    srv = server_factory(shards=2, extra_args=("--routers", "2"))
+    wait_routers_listening(srv, 2)
+    on: dict[int, RawConnection] = {}
+    for _ in range(MAX_CONNECTIONS_TO_REACH_BOTH):
+        c = RawConnection(srv.port)
+        router = c.router()
+        if router in on:
+            c.close()
+        else:
+            on[router] = c
+        if len(on) == 2:
+            break
+    assert set(on) == {0, 1}, "the connections must land on both routers"
+    differing = []
+    for n in range(30):
+        for router, c in on.items():  # both requests are in flight before either reply is read
+            value = b"%d" % (10 + 2 * n + router)
+            c.sock.sendall(b"*4\r\n$6\r\nCONFIG\r\n$3\r\nSET\r\n$2\r\nhz\r\n$%d\r\n%s\r\n"
+                           % (len(value), value))
+        assert [_line(c) for c in on.values()] == [b"+OK", b"+OK"]
+        got = {}
+        for router, c in on.items():
+            c.sock.sendall(b"*3\r\n$6\r\nCONFIG\r\n$3\r\nGET\r\n$2\r\nhz\r\n")
+            reply = [_line(c) for _ in range(5)]  # *2, $2, hz, $N, value
+            got[router] = reply[4]
+        if got[0] != got[1]:
+            differing.append((n, got))
+    for c in on.values():
+        c.close()
+    print(f"rounds where the routers disagreed: {len(differing)} of 30")
+    assert not differing, f"routers disagree after concurrent CONFIG SETs: {differing[:5]}"
+
+
+def test_router_started_alone_forgets_an_earlier_runs_config_set(tmp_path):
+    """Under systemd a router's parent is pid 1 in every run, so nothing about its parent
+    tells one run from the next: a router started on its own (no supervisor) removes
+    DIR/run/settings when it starts, so a CONFIG SET lasts until the router restarts,
+    as in Redis. Here the test process plays the long-lived parent, and the file left
+    behind names it (the run id earlier code compared) and sets a password."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import redis
+    from conftest import free_port
+
+    data_dir = tmp_path / "data"
+    run = data_dir / "run"
+    run.mkdir(parents=True, mode=0o700)
+    with open(f"/proc/{os.getpid()}/stat", "rb") as f:
+        stat = f.read()
+    parent_run_id = f"{os.getpid()}:{stat[stat.rindex(b')') + 2:].split()[19].decode()}"
+    (run / "settings").write_text(json.dumps({"run_id": parent_run_id, "values": {"requirepass": "stale"}}))
+    port = free_port()
+    config = tmp_path / "router.toml"
+    config.write_text(f'port = {port}\nshards = 1\ndata-dir = "{data_dir}"\nstartup-shard-wait-ms = 0\n')
+    log = open(tmp_path / "router.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "durakv.server.cli", "router", "--config", str(config)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                reply = redis.Redis(port=port, socket_timeout=5).ping()
+                break
+            except redis.AuthenticationError:  # a ConnectionError to redis-py: caught first
+                reply = "NOAUTH"
+                break
+            except redis.ConnectionError:
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "router.log").read_text()
+                time.sleep(0.05)
+        assert reply is True, "the router loaded a CONFIG SET left by an earlier run"
+        assert not (run / "settings").exists()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()

@@ -77,3 +77,47 @@ def test_bgsave_with_nothing_new_still_advances_lastsave(server_factory):
     client.bgsave()  # no write since: nothing new to build
     _wait_for(lambda: client.lastsave() > first, "LASTSAVE to advance for a BGSAVE with nothing new")
     assert client.get("k") == b"v"
+
+
+def test_snapshot_schedule_follows_the_aof_rewrite_rule(server_factory, tmp_path):
+    """snapshot-every-bytes is a minimum: a snapshot is due once the log since the newest
+    one reaches max(snapshot-every-bytes, snapshot-every-percent% of its RDB size), as
+    Redis' auto-aof-rewrite-min-size/-percentage. So a dataset much larger than the minimum
+    is not rewritten after every few KiB, and however much is written the log on disk stays
+    within that threshold plus the segments it is dropped in."""
+    from durakv.snapshotter.runner import Schedule, Snapshotter, build_threshold_bytes
+    from durakv.snapshotter.local import newest_local, shard_dir_of
+
+    every_bytes, percent, keys, value_bytes = SEGMENT_BYTES, 100, 64, 1000
+    config = tmp_path / "rule.toml"
+    config.write_text(f"segment-size-bytes = {SEGMENT_BYTES}\nsnapshot-every-bytes = {every_bytes}\n"
+                      f"snapshot-every-percent = {percent}\nsnapshotter = false\n")
+    srv = server_factory(shards=1, extra_args=("--config", str(config)))
+    client = srv.client()
+
+    def overwrite(count: int) -> None:
+        pipe = client.pipeline(transaction=False)
+        for k in range(count):
+            pipe.set(f"k{k}", os.urandom(value_bytes // 2).hex())  # incompressible in the RDB
+        pipe.execute()
+
+    overwrite(keys)
+    runner = Snapshotter(srv.data_dir, None, Schedule(every_bytes=every_bytes, every_percent=percent,
+                                                      cpu_percent=100))
+    runner.run_once(force=True)
+    rdb_bytes = newest_local(shard_dir_of(srv.data_dir, 0)).manifest.rdb_bytes
+    threshold = build_threshold_bytes(every_bytes, percent, rdb_bytes)
+    assert rdb_bytes > 4 * every_bytes, rdb_bytes  # the percentage, not the minimum, decides here
+    overwrite(keys // 8)  # more log than the minimum, far less than the snapshot's size
+    assert not runner.due(0), "a snapshot was due after less log than the snapshot's own size"
+    rounds = 12
+    for _ in range(rounds):
+        overwrite(keys)  # about one snapshot's worth of log per round
+        runner.run_once(force=False)
+    written = client.info("persistence")["log_bytes_written"]
+    bound = threshold + 2 * SEGMENT_BYTES
+    _wait_for(lambda: _log_bytes(srv.data_dir, 1) <= bound, f"the log to shrink below {bound} bytes")
+    print(f"RDB {rdb_bytes} B, threshold {threshold} B; log written {written} B, on disk "
+          f"{_log_bytes(srv.data_dir, 1)} B")
+    assert written > 4 * bound
+    assert runner.status.shards[0].last_seq > 1
