@@ -47,7 +47,7 @@ class Disk:
         os.fsync(fd)
 
     def fsync_dir(self, path: str) -> None:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        fd = os.open(path or ".", os.O_RDONLY | os.O_DIRECTORY)
         try:
             self.fsync(fd)
         finally:

@@ -27,7 +27,7 @@ import struct
 import trio
 
 from durakv.log.layout import ensure_run_dir, router_socket_path, run_dir
-from durakv.log.disk import OS_DISK
+from durakv.log.durable_file import replace_file
 from durakv.server.links import Pending
 from durakv.shards.frames import PROTO_INTERNAL
 from durakv.shards.unixsock import bind_unix, peer_allowed, reachable_path
@@ -95,17 +95,7 @@ def store_runtime_changes(data_dir: str, run_id: str, changes: list[tuple[str, s
         values = _read_changes(path, run_id)
         values.update(changes)
         data = json.dumps({"run_id": run_id, "values": values}, sort_keys=True).encode()
-        tmp_path = path + ".tmp"
-        fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, SETTINGS_FILE_MODE)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp_path, path)
-        OS_DISK.fsync_dir(directory)
+        replace_file(path, data, mode=SETTINGS_FILE_MODE)
     finally:
         os.close(lock_fd)
 

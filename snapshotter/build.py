@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
+from durakv.log.durable_file import rename_durably, replace_file
 from durakv.shards.keyspace import Keyspace
 from durakv.shards.slots import slot_ranges
 from durakv.snapshotter.digest import state_digest
@@ -34,9 +35,7 @@ from durakv.snapshotter.logtail import durable_tail
 from durakv.snapshotter.manifest import (
     SnapshotManifest,
     encode_manifest,
-    fsync_dir,
     snapshot_stem,
-    write_durably,
 )
 from durakv.snapshotter.pace import unpaced
 from durakv.snapshotter.rdb import default_aux, write_keyspace
@@ -93,14 +92,13 @@ def write_snapshot(db: Keyspace, shard_dir: str, fields: dict, digest: str,
         os.fsync(f.fileno())
     rdb_sha256 = hashing.sha256.hexdigest()
     verify_rdb_file(tmp_path, rdb_sha256, digest, pace)
-    os.rename(tmp_path, rdb_path)
-    fsync_dir(directory)
+    rename_durably(tmp_path, rdb_path)
     manifest = SnapshotManifest(
         **fields, rdb_name=stem + ".rdb", rdb_bytes=writer.bytes_written, rdb_sha256=rdb_sha256,
         state_digest=digest, keys=keys, expires=expires, created_at_ms=time.time_ns() // 1_000_000,
         build_ms=int((time.monotonic() - started) * 1000))
     manifest_path = os.path.join(directory, stem + ".json")
-    write_durably(manifest_path, encode_manifest(manifest))
+    replace_file(manifest_path, encode_manifest(manifest))
     return LocalSnapshot(manifest, rdb_path, manifest_path)
 
 

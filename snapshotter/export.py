@@ -16,7 +16,7 @@ from durakv.shards.keyspace import Keyspace
 from durakv.shards.slots import slot_ranges
 from durakv.snapshotter.local import load_snapshot, newest_local, shard_dir_of
 from durakv.snapshotter.logtail import durable_tail
-from durakv.snapshotter.manifest import fsync_dir
+from durakv.log.durable_file import rename_durably
 from durakv.snapshotter.rdb import RdbWriter, default_aux
 from durakv.snapshotter.replay import CHAIN_START, new_context, replay_log
 from durakv.snapshotter.restore import choose_snapshot, shards_in_store
@@ -69,6 +69,5 @@ def export_rdb(out_path: str, *, data_dir: str | None = None, store: Store | Non
         writer.finish()
         f.flush()
         os.fsync(f.fileno())
-    os.rename(tmp, out_path)
-    fsync_dir(os.path.dirname(os.path.abspath(out_path)))
+    rename_durably(tmp, out_path)
     return keys

@@ -10,9 +10,10 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
+from durakv.log.disk import OS_DISK
 from durakv.shards.keyspace import Keyspace
 from durakv.snapshotter.digest import state_digest
-from durakv.snapshotter.manifest import SnapshotManifest, decode_manifest, fsync_dir
+from durakv.snapshotter.manifest import SnapshotManifest, decode_manifest
 from durakv.snapshotter.pace import unpaced
 from durakv.snapshotter.rdb import RdbError
 from durakv.snapshotter.rdb_reader import load_rdb
@@ -118,5 +119,5 @@ def prune_local(shard_dir: str, keep: int = KEEP_LOCAL) -> list[str]:
             os.unlink(path)
             deleted.append(path)
     if deleted:
-        fsync_dir(directory)
+        OS_DISK.fsync_dir(directory)
     return deleted

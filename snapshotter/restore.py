@@ -39,7 +39,7 @@ from durakv.shards.slots import slot_ranges
 from durakv.snapshotter.build import write_snapshot
 from durakv.snapshotter.digest import state_digest
 from durakv.snapshotter.local import SnapshotInvalid, load_snapshot, shard_dir_of
-from durakv.snapshotter.manifest import fsync_dir
+from durakv.log.disk import OS_DISK
 from durakv.snapshotter.progress import Progress
 from durakv.snapshotter.replay import CHAIN_START, ChainMismatch, new_context, replay_log
 from durakv.snapshotter.store import RemoteSegment, RemoteSnapshot, Store
@@ -286,8 +286,8 @@ def _restore_locked(store: Store, target: str, *, seq: int | dict[int, int] | No
             shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
         for name in os.listdir(staging):
             os.rename(os.path.join(staging, name), os.path.join(target, name))
-        fsync_dir(target)
-        fsync_dir(parent)
+        OS_DISK.fsync_dir(target)
+        OS_DISK.fsync_dir(parent)
         return out
     finally:
         shutil.rmtree(staging)

@@ -28,12 +28,12 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from durakv.log import lock as dir_lock
+from durakv.log.durable_file import replace_file
 from durakv.log.errors import LockHeld
 from durakv.log.manifest import list_segments
 from durakv.snapshotter.build import build_snapshot
 from durakv.snapshotter.local import newest_local, shard_dir_of, snapshot_dir
 from durakv.snapshotter.logtail import log_first_seq
-from durakv.snapshotter.manifest import write_durably
 from durakv.snapshotter.pace import CPU_PERCENT_DEFAULT, Pacer
 from durakv.snapshotter.filestore import open_store
 from durakv.snapshotter.store import Store, StoreError
@@ -133,7 +133,7 @@ def request_snapshot(data_dir: str) -> str:
     directory = control_dir(data_dir)
     os.makedirs(directory, exist_ok=True)
     request_id = str(time.time_ns())
-    write_durably(os.path.join(directory, REQUEST_NAME), request_id.encode())
+    replace_file(os.path.join(directory, REQUEST_NAME), request_id.encode())
     return request_id
 
 
@@ -226,7 +226,7 @@ class Snapshotter:
                     status.archived_through_seq = self.archiver.ship(shard)
                     release = min(m.seq, status.archived_through_seq)
                 if read_release(shard_dir) != release:
-                    write_durably(os.path.join(snapshot_dir(shard_dir), RELEASE_NAME),
+                    replace_file(os.path.join(snapshot_dir(shard_dir), RELEASE_NAME),
                                   json.dumps({"drop_through_seq": release, "snapshot_seq": m.seq}).encode())
                     status.release_through_seq = release
             status.status, status.error = "ok", ""
@@ -276,7 +276,7 @@ class Snapshotter:
                    "request_served": self.status.request_served, "updated_at_ms": self.status.updated_at_ms,
                    "request_served_at_ms": self.status.request_served_at_ms}
             os.makedirs(control_dir(self.data_dir), exist_ok=True)
-            write_durably(os.path.join(control_dir(self.data_dir), STATUS_NAME),
+            replace_file(os.path.join(control_dir(self.data_dir), STATUS_NAME),
                           json.dumps(doc, indent=2).encode())
 
     def serve(self, stop: threading.Event) -> None:

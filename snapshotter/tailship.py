@@ -32,7 +32,7 @@ from typing import Callable
 from durakv.log.format import BadFrame, FrameReader
 from durakv.log.manifest import list_segments, segment_name
 from durakv.log.layout import shard_log_dir
-from durakv.snapshotter.manifest import fsync_dir
+from durakv.log.disk import OS_DISK
 from durakv.snapshotter.store import ArchiveMarker, Store, StoreError, TailPiece
 
 logger = logging.getLogger("durakv.snapshotter")
@@ -165,7 +165,7 @@ class TailArchiver:
                 if last is None:
                     return shipped
                 os.fdatasync(fd)
-                fsync_dir(log_dir)
+                OS_DISK.fsync_dir(log_dir)
                 data = os.pread(fd, end - tail.offset, tail.offset)
                 piece = self.store.archive_piece(shard, tail.segment_first, first, last, data, sample_ms)
                 tail.pieces.setdefault(tail.segment_first, []).append(piece)
