@@ -7,7 +7,8 @@ import hmac
 import time
 
 from durakv.server.client import Client
-from durakv.shards.args import ERR_SYNTAX, INT_MAX, INT_MIN, int_range_arg, parse_ll
+from durakv.shards.args import ERR_SYNTAX, int_range_arg
+from durakv.shards.numbers import INT_MAX, INT_MIN, parse_ll
 from durakv.shards.resp import OK, PONG, Map, ReplyError, Simple, Verbatim
 from durakv.shards.table import ROUTER, command, container
 

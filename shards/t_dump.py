@@ -30,7 +30,8 @@ from durakv.shards.resp import OK, ReplyError
 from durakv.shards.t_hash import HashValue
 from durakv.shards.t_list import ListValue
 from durakv.shards.t_set import RSet, is_int
-from durakv.shards.t_zset import LLONG_HALF_D, ZSet, strtod
+from durakv.shards.numbers import strtod
+from durakv.shards.t_zset import LLONG_HALF_D, ZSet
 from durakv.shards.table import command
 from durakv.snapshotter.crc64 import crc64
 from durakv.snapshotter.lzf import LzfError, lzf_decompress

@@ -27,7 +27,8 @@ from durakv.shards.resp import ReplyError
 from durakv.shards.t_hash import HashValue
 from durakv.shards.t_list import ListValue
 from durakv.shards.t_set import RSet, members_in_order
-from durakv.shards.t_zset import ZSet, strtod
+from durakv.shards.numbers import strtod
+from durakv.shards.t_zset import ZSet
 from durakv.shards.table import command
 
 ERR_SCORES = ReplyError(b"ERR One or more scores can't be converted into double")

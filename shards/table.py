@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from durakv.shards.args import parse_ll
+from durakv.shards.numbers import parse_ll
 from durakv.shards.resp import ReplyError
 
 # Where a command runs.

@@ -25,7 +25,7 @@ import math
 import struct
 from typing import BinaryIO, Callable
 
-from durakv.shards.args import parse_ll
+from durakv.shards.numbers import parse_ll
 from durakv.shards.t_hash import HashValue
 from durakv.shards.t_list import ListValue
 from durakv.shards.t_set import RSet
