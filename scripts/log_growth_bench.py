@@ -20,6 +20,8 @@ import time
 
 import redis
 
+from durakv.log.layout import snapshots_dir
+
 STARTUP_TIMEOUT_S = 600
 SETTLE_TIMEOUT_S = 300
 
@@ -83,7 +85,7 @@ def durakv(workdir: str, writes: int, keys: int, shards: int, config: str | None
     while time.monotonic() < deadline and redis.Redis(port=port).info("persistence")["rdb_bgsave_in_progress"]:
         time.sleep(0.5)
     log_bytes = dir_bytes(data_dir, (".seg",))
-    store_bytes = dir_bytes(os.path.join(data_dir, "snapshots"), (".rdb",))
+    store_bytes = dir_bytes(snapshots_dir(data_dir), (".rdb",))
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench_sections import replace_section  # noqa: E402
 
 from durakv.snapshotter.runner import read_status  # noqa: E402
+from durakv.log.layout import shard_dir, snapshot_dir_of
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STARTUP_TIMEOUT_S = 120
@@ -164,7 +165,7 @@ class Snapshots:
 def newest_manifests(data_dir: str, shards: int) -> list[dict]:
     out = []
     for shard in range(shards):
-        snap_dir = os.path.join(data_dir, f"shard-{shard:03d}", "snapshot")
+        snap_dir = snapshot_dir_of(shard_dir(data_dir, shard))
         name = max(n for n in os.listdir(snap_dir) if n.endswith(".json"))
         with open(os.path.join(snap_dir, name)) as f:
             out.append(json.load(f))

@@ -28,7 +28,7 @@ import trio
 
 import durakv.shards.commands  # noqa: F401  (registers every shard command)
 from durakv.log import Log, LogWriteFailed
-from durakv.log.layout import ensure_run_dir, shard_socket_path
+from durakv.log.layout import ensure_run_dir, log_dir_of, shard_dir, shard_socket_path
 from durakv.shards import failure, internal, sdnotify
 from durakv.shards.config import Config
 from durakv.shards.disk_hooks import HookedDisk, shard_disk
@@ -119,7 +119,7 @@ class Shard:
         self.snapshots = snapshots
         self.index = index
         self.slot_range = slot_ranges(config.shards)[index]
-        self.dir = os.path.join(config.data_dir, f"shard-{index:03d}")
+        self.dir = shard_dir(config.data_dir, index)
         self.db = Keyspace()
         self.ctx = Ctx(self.db, self)
         self.settings = dict(SHARD_DEFAULTS)
@@ -153,7 +153,7 @@ class Shard:
         if snapshots is not None:
             snapshots.prepare_shard_dir(self.dir, self.index, self.config.shards, self.config.snapshot_url)
         disk = shard_disk(self.config, self.index)
-        self.log = Log.open(os.path.join(self.dir, "log"), segment_size_bytes=self.config.segment_size_bytes,
+        self.log = Log.open(log_dir_of(self.dir), segment_size_bytes=self.config.segment_size_bytes,
                             holder=f"shard {self.index}", disk=disk)
         truncated = self.log.recovery.truncated_bytes
         if truncated:

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
+from durakv.log.layout import log_dir_of
 from durakv.log.durable_file import rename_durably, replace_file
 from durakv.shards.keyspace import Keyspace
 from durakv.shards.slots import slot_ranges
@@ -140,7 +141,7 @@ def build_snapshot(shard_dir: str, shard: int, shards: int, through_seq: int | N
     """Build the next snapshot of one shard on top of its newest local snapshot.
     Returns None when fewer than min_records (at least 1) records follow it.
     pace() is called for every key and record handled (snapshotter.pace)."""
-    log_dir = os.path.join(shard_dir, "log")
+    log_dir = log_dir_of(shard_dir)
     tail_fixed_at_ms = time.time_ns() // 1_000_000
     tail = durable_tail(log_dir) if through_seq is None else through_seq
     base = newest_local(shard_dir)

@@ -12,6 +12,7 @@ import os
 import tempfile
 import time
 
+from durakv.log.layout import log_dir_of
 from durakv.shards.keyspace import Keyspace
 from durakv.shards.slots import slot_ranges
 from durakv.snapshotter.local import load_snapshot, newest_local, shard_dir_of
@@ -30,7 +31,7 @@ def shard_state_from_dir(data_dir: str, shard: int, shards: int) -> Keyspace:
     base = newest_local(shard_dir)
     if base is not None:
         load_snapshot(base, ctx.db)
-    log_dir = os.path.join(shard_dir, "log")
+    log_dir = log_dir_of(shard_dir)
     base_seq = base.manifest.seq if base else 0
     if os.path.isdir(log_dir):
         replay_log(ctx, log_dir, base_seq, durable_tail(log_dir), base.manifest.chain if base else CHAIN_START)

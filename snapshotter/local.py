@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from durakv.log.disk import OS_DISK
+from durakv.log.layout import shard_dir as shard_dir_of  # noqa: F401  (the snapshotter's name for it)
+from durakv.log.layout import snapshot_dir_of as snapshot_dir
 from durakv.shards.keyspace import Keyspace
 from durakv.snapshotter.digest import state_digest
 from durakv.snapshotter.manifest import SnapshotManifest, decode_manifest
@@ -18,7 +20,6 @@ from durakv.snapshotter.pace import unpaced
 from durakv.snapshotter.rdb import RdbError
 from durakv.snapshotter.rdb_reader import load_rdb
 
-SNAPSHOT_DIR = "snapshot"
 HASH_CHUNK_BYTES = 1 << 20
 _MANIFEST_RE = re.compile(r"^(\d{20})\.json$")
 # Snapshots kept in the cache: the newest, plus the one before it while the
@@ -35,14 +36,6 @@ class LocalSnapshot:
     manifest: SnapshotManifest
     rdb_path: str
     manifest_path: str
-
-
-def snapshot_dir(shard_dir: str) -> str:
-    return os.path.join(shard_dir, SNAPSHOT_DIR)
-
-
-def shard_dir_of(data_dir: str, shard: int) -> str:
-    return os.path.join(data_dir, f"shard-{shard:03d}")
 
 
 def file_sha256(path: str) -> str:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from durakv.log import Log, LogError
-from durakv.log.layout import DATA_DIR_LOCK
+from durakv.log.layout import DATA_DIR_LOCK, log_dir_of
 from durakv.log.lock import exclusive_data_dir
 from durakv.log.manifest import Manifest, segment_name, store_manifest
 from durakv.shards.slots import slot_ranges
@@ -197,7 +197,7 @@ def restore_shard(store: Store, shard: int, shards: int, shard_dir: str, *,
     else:
         raise RestoreError(f"shard {shard}: no snapshot and no archived record at or before the target "
                            f"in {store.url}")
-    init_log_dir(os.path.join(shard_dir, "log"), end + 1, epoch)
+    init_log_dir(log_dir_of(shard_dir), end + 1, epoch)
     progress.step(f"shard {shard}: restored to seq {end} ({len(ctx.db.data)} keys)")
     return ShardRestore(shard, base_seq, end, replayed, len(ctx.db.data), digest, last_at_ms, covers)
 

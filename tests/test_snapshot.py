@@ -21,6 +21,7 @@ from conftest import free_port
 from refserver import RedisRef
 from refserver import dump_keyspace as dump
 
+from durakv.log import layout
 from durakv.log import Log, LogLocked
 from durakv.shards.engine import replay
 from durakv.shards.keyspace import Keyspace
@@ -146,7 +147,7 @@ def test_snapshot_round_trip_every_type(server_factory, s3, tmp_path):
     seqs = shard_seqs(client)
     union = {}
     for shard in range(2):
-        prefix = f"cluster/snapshots/shard-{shard:03d}/"
+        prefix = f"cluster/snapshots/{layout.shard_dir_name(shard)}/"
         keys = sorted(o["Key"] for o in client_s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"])
         assert [k.rsplit(".", 1)[1] for k in keys] == ["json", "rdb"]
         manifest = json.loads(client_s3.get_object(Bucket=bucket, Key=keys[0])["Body"].read())
@@ -176,7 +177,7 @@ def test_snapshot_now_builds_on_previous_snapshot_and_restores(server_factory, s
     write_every_type(client, "b")
     live = dump(client)
     cli("snapshot", "--now", "--data-dir", str(srv.data_dir), "--snapshot-url", url)
-    snapshot = newest_local(os.path.join(srv.data_dir, "shard-000"))
+    snapshot = newest_local(layout.shard_dir(srv.data_dir, 0))
     assert snapshot.manifest.parent_seq > 0, "second snapshot was not built on the first"
     restored = tmp_path / "restored"
     out = cli("restore", "--from", url, "--data-dir", str(restored))
@@ -249,7 +250,7 @@ def test_restore_refuses_corrupted_snapshot_object(server_factory, s3, tmp_path)
     out = cli("restore", "--from", url, "--data-dir", str(tmp_path / "r"), check=False)
     assert out.returncode == 1
     assert "sha256" in out.stderr and "refusing" in out.stderr
-    assert not (tmp_path / "r" / "shard-000" / "log").exists()
+    assert not os.path.exists(layout.shard_log_dir(tmp_path / "r", 0))
 
 
 def test_restore_errors(s3, tmp_path):
@@ -275,7 +276,7 @@ def test_restore_refuses_non_empty_dir_unless_forced(server_factory, s3, tmp_pat
     assert (target / "something").exists()
     cli("restore", "--from", url, "--data-dir", str(target), "--force")
     assert not (target / "something").exists()
-    assert newest_local(str(target / "shard-000")).manifest.keys == 1
+    assert newest_local(layout.shard_dir(target, 0)).manifest.keys == 1
 
 
 def test_snapshot_that_does_not_verify_is_never_published(server_factory, s3, tmp_path, monkeypatch):
@@ -294,15 +295,15 @@ def test_snapshot_that_does_not_verify_is_never_published(server_factory, s3, tm
     assert status.shards[0].status == "error"
     assert "SnapshotVerifyFailed" in status.shards[0].error
     assert "Contents" not in client_s3.list_objects_v2(Bucket=bucket)
-    assert list_local(os.path.join(srv.data_dir, "shard-000")) == []
+    assert list_local(layout.shard_dir(srv.data_dir, 0)) == []
 
 
 def test_publish_refuses_local_rdb_changed_after_build(server_factory, s3, tmp_path):
     client_s3, bucket, url = s3
     srv = server_factory(shards=1, extra_args=manual_config(tmp_path))
     srv.client().set("k", "v")
-    build_mod.build_snapshot(os.path.join(srv.data_dir, "shard-000"), 0, 1)
-    snapshot = newest_local(os.path.join(srv.data_dir, "shard-000"))
+    build_mod.build_snapshot(layout.shard_dir(srv.data_dir, 0), 0, 1)
+    snapshot = newest_local(layout.shard_dir(srv.data_dir, 0))
     with open(snapshot.rdb_path, "r+b") as f:
         f.seek(20)
         f.write(b"X")
@@ -340,17 +341,17 @@ def test_kill9_then_snapshot_plus_log_tail_rebuilds_state(server_factory, s3, tm
     client.delete("a:hash")
     live = dump(client)
     srv.kill9()
-    shard_dir = os.path.join(srv.data_dir, "shard-000")
+    shard_dir = layout.shard_dir(srv.data_dir, 0)
     snapshot = newest_local(shard_dir)
     assert read_release(shard_dir) > 0
     ctx = new_context()
-    with open_log_after_kill(os.path.join(shard_dir, "log")) as wal:
+    with open_log_after_kill(layout.log_dir_of(shard_dir)) as wal:
         # The live shard drops released segments itself (once a second); whatever
         # it had not dropped yet before the kill goes now.
         before = len(wal.segments())
         dropped = release_segments(shard_dir, wal)
         assert len(wal.segments()) == before - len(dropped)
-    with Log.open(os.path.join(shard_dir, "log")) as wal:
+    with Log.open(layout.log_dir_of(shard_dir)) as wal:
         base = load_start_snapshot(shard_dir, ctx.db, wal)
         assert base == snapshot.manifest.seq
         assert wal.recovery.first_seq > 1, "released segments were not dropped"
@@ -372,12 +373,12 @@ def test_local_snapshots_release_what_a_snapshot_covers(server_factory, tmp_path
     for i in range(300):
         client.set(f"k{i}", "v" * 30)
     cli("snapshotter", "--data-dir", str(srv.data_dir), "--once")
-    shard_dir = os.path.join(srv.data_dir, "shard-000")
+    shard_dir = layout.shard_dir(srv.data_dir, 0)
     snapshot = newest_local(shard_dir)
     assert read_release(shard_dir) == snapshot.manifest.seq > 0
-    assert os.path.exists(os.path.join(srv.data_dir, "snapshots", "snapshots", "shard-000",
+    assert os.path.exists(os.path.join(layout.snapshots_dir(srv.data_dir), "snapshots", layout.shard_dir_name(0),
                                        f"{snapshot.manifest.seq:020d}.json"))
-    assert not os.path.exists(os.path.join(srv.data_dir, "snapshots", "log"))
+    assert not os.path.exists(os.path.join(layout.snapshots_dir(srv.data_dir), "log"))
 
 
 # --- import ---------------------------------------------------------------------------------

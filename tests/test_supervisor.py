@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import redis
 
@@ -20,6 +21,7 @@ from conftest import DurakvServer, free_port
 from refserver import RawConn
 from durakv.shards.exit_codes import EXIT_PERMANENT
 from durakv.shards.slots import key_slot
+from durakv.log.layout import shard_log_dir
 
 DEADLINE_S = 30
 DOWN = b"-CLUSTERDOWN The cluster is down\r\n"
@@ -226,7 +228,7 @@ def corrupt_shard_logs(srv, shards: list[int]) -> None:
     segment, where records follow it: corruption, not a torn tail."""
     srv.stop()
     for shard in shards:
-        segments = sorted((srv.data_dir / f"shard-{shard:03d}" / "log").glob("*.seg"))
+        segments = sorted(Path(shard_log_dir(srv.data_dir, shard)).glob("*.seg"))
         size = segments[0].stat().st_size
         with open(segments[0], "r+b") as f:
             f.seek(size // 2)
