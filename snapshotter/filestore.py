@@ -44,7 +44,8 @@ class LocalStore(Store):
         self.keep_snapshots = keep_snapshots
 
     def _path(self, key: str) -> str:
-        assert not key.startswith("/") and ".." not in key.split("/"), key
+        if key.startswith("/") or ".." in key.split("/"):  # keys come from manifests and listings
+            raise StoreError(f"{self.url}: key {key!r} would leave the store's directory")
         return os.path.join(self.root, key)
 
     def where(self, key: str) -> str:
