@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,15 +19,10 @@ import time
 import redis
 
 from durakv.log.layout import snapshots_dir
+from proctools import free_port, kill_group
 
 STARTUP_TIMEOUT_S = 600
 SETTLE_TIMEOUT_S = 300
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_serving(port: int, proc: subprocess.Popen) -> float:
@@ -86,12 +79,10 @@ def durakv(workdir: str, writes: int, keys: int, shards: int, config: str | None
         time.sleep(0.5)
     log_bytes = dir_bytes(data_dir, (".seg",))
     store_bytes = dir_bytes(snapshots_dir(data_dir), (".rdb",))
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_group(proc)
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     restart_s = wait_serving(port, proc)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_group(proc)
     print(f"durakv ({shards} shards, no snapshot URL, config {config or 'default'}): {writes} SETs over {keys} keys in {took:.1f} s; "
           f"log written {written} B, log on disk {log_bytes} B, snapshot store {store_bytes} B; "
           f"restart after kill -9: {restart_s:.2f} s")
@@ -108,12 +99,10 @@ def redis_server(workdir: str, writes: int, keys: int) -> None:
     took = load(port, writes, keys)
     time.sleep(3)  # let an automatic AOF rewrite finish
     size = dir_bytes(data_dir, (".aof", ".rdb"))
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_group(proc)
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, start_new_session=True)
     restart_s = wait_serving(port, proc)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_group(proc)
     print(f"redis-server (appendonly yes): {writes} SETs over {keys} keys in {took:.1f} s; "
           f"AOF+RDB {size} B; restart after kill -9: {restart_s:.2f} s")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 from conftest import STARTUP_TIMEOUT_S, DurakvServer
+from proctools import free_port
 
 from durakv.shards.slots import key_slot, slot_owner_table
 
@@ -24,12 +25,6 @@ REDIS_SERVER = shutil.which("redis-server")
 REF_STARTUP_TIMEOUT_S = 20
 RECV_BYTES = 65536
 REPLY_TIMEOUT_S = 30
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RedisRef:

@@ -13,7 +13,8 @@ import time
 
 import pytest
 import redis
-from conftest import DurakvServer, free_port
+from conftest import DurakvServer
+from proctools import free_port
 from test_snapshot import cli, manual_config, moto_endpoint, s3  # noqa: F401  (fixtures)
 
 import durakv.log as wal

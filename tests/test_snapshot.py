@@ -17,7 +17,7 @@ import uuid
 import boto3
 import pytest
 import redis
-from conftest import free_port
+from proctools import free_port
 from refserver import RedisRef
 from refserver import dump_keyspace as dump
 

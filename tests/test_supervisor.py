@@ -17,7 +17,8 @@ from pathlib import Path
 
 import redis
 
-from conftest import DurakvServer, free_port
+from conftest import DurakvServer
+from proctools import free_port, signal_group
 from refserver import RawConn
 from durakv.shards.exit_codes import EXIT_PERMANENT
 from durakv.shards.slots import key_slot
@@ -154,7 +155,7 @@ def run_serve(port: int, data_dir, *extra: str, timeout_s: float = DEADLINE_S) -
     try:
         out, err = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        signal_group(proc, signal.SIGKILL)
         out, err = proc.communicate()
         raise AssertionError(f"durakv serve on port {port} did not exit:\n{err[-3000:]}") from None
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
