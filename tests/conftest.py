@@ -17,6 +17,11 @@ import redis
 sys.path.append(str(Path(__file__).resolve().parent.parent / "scripts"))
 from proctools import free_port, kill_group  # noqa: E402
 
+# Fixtures shared across test files: redis_ref/pair/pair3 (refserver.py) and the
+# snapshot tests' moto S3 (snapshot_support.py). Test files import helpers from
+# these modules, never fixtures.
+pytest_plugins = ["refserver", "snapshot_support"]
+
 STARTUP_TIMEOUT_S = 30
 CHILD_TITLE_WAIT_S = 10
 # Set by .ci/run, which installs redis-server/redis-tools: then a test skipped for a

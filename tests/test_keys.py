@@ -11,7 +11,6 @@ import time
 
 import pytest
 
-from refserver import pair, pair3, redis_ref  # noqa: F401  (fixtures)
 from durakv.shards.glob import glob_match
 from durakv.shards.slots import key_slot
 from durakv.shards.numbers import LLONG_MAX, LLONG_MIN

@@ -15,7 +15,7 @@ import pytest
 import redis
 from conftest import DurakvServer
 from proctools import free_port
-from test_snapshot import cli, manual_config, moto_endpoint, s3  # noqa: F401  (fixtures)
+from snapshot_support import cli, manual_config
 
 import durakv.log as wal
 from durakv.log.layout import shard_failed_path, shard_log_dir

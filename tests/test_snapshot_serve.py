@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from test_snapshot import cli, dump, s3, moto_endpoint, small_segment_config, write_every_type  # noqa: F401
+from refserver import dump_keyspace as dump
+from snapshot_support import cli, small_segment_config, write_every_type
 from durakv.log.layout import log_dir_of, shard_dir as layout_shard_dir
 
 WAIT_S = 60

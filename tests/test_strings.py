@@ -10,7 +10,6 @@ import time
 
 import pytest
 
-from refserver import pair, pair3, redis_ref  # noqa: F401  (fixtures)
 from durakv.shards.numbers import LLONG_MAX, LLONG_MIN
 
 
