@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from refserver import Pair, decode, same_all
+from refserver import Pair, decode, same_all, same_sequence
 
 import durakv.shards.commands  # noqa: F401
 from durakv.shards.engine import state_of
@@ -485,9 +485,4 @@ def test_replaying_effects_gives_the_live_state(commands):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(commands=st.lists(hash_command_st, min_size=1, max_size=25))
 def test_random_command_sequences_reply_like_redis(pair, commands):
-    pair.same("FLUSHALL")
-    for command in commands:
-        pair.same(*command)
-    for key in KEYS:
-        pair.same("TYPE", key)
-        pair.same("HGETALL", key)
+    same_sequence(pair, commands, KEYS, lambda key: [("HGETALL", key)])

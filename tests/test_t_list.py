@@ -7,7 +7,7 @@ import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from refserver import Pair, same_all
+from refserver import Pair, same_all, same_sequence
 
 import durakv.shards.commands  # noqa: F401
 from durakv.shards.engine import replay, state_of
@@ -424,9 +424,4 @@ def test_replaying_effects_gives_the_live_state(commands):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(commands=st.lists(list_command_st, min_size=1, max_size=25))
 def test_random_command_sequences_reply_like_redis(pair, commands):
-    pair.same("FLUSHALL")
-    for command in commands:
-        pair.same(*command)
-    for key in KEYS:
-        pair.same("TYPE", key)
-        pair.same("LRANGE", key, 0, -1)
+    same_sequence(pair, commands, KEYS, lambda key: [("LRANGE", key, 0, -1)])

@@ -10,7 +10,7 @@ import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from refserver import Pair, same_all
+from refserver import Pair, same_all, same_sequence
 
 from durakv.shards import commands  # noqa: F401
 from durakv.shards.engine import replay, state_of
@@ -722,13 +722,8 @@ def test_replaying_effects_gives_the_live_state(commands, limits):
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(commands=st.lists(zset_command_st, min_size=1, max_size=25))
 def test_random_command_sequences_reply_like_redis(pair, commands):
-    pair.same("FLUSHALL")
-    for command in commands:
-        pair.same(*command)
-    for key in KEYS:
-        pair.same("TYPE", key)
-        pair.same("OBJECT", "ENCODING", key)
-        pair.same("ZRANGE", key, 0, -1, "WITHSCORES")
+    same_sequence(pair, commands, KEYS,
+                  lambda key: [("OBJECT", "ENCODING", key), ("ZRANGE", key, 0, -1, "WITHSCORES")])
 
 
 lex_member_st = st.text(alphabet="abc", min_size=0, max_size=3)
