@@ -51,7 +51,7 @@ class Disk:
         os.fsync(fd)
 
     def fsync_dir(self, path: str) -> None:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        fd = os.open(path or ".", os.O_RDONLY | os.O_DIRECTORY)
         try:
             self.fsync(fd)
         finally:
@@ -87,7 +87,9 @@ class JournalingDisk(Disk):
 
     def _record(self, entry: dict) -> None:
         line = (json.dumps(entry, sort_keys=True) + "\n").encode()
-        assert len(line) <= MAX_JOURNAL_LINE_BYTES, "journal line too long"
+        if len(line) > MAX_JOURNAL_LINE_BYTES:  # a directory's entries: as many as the disk holds
+            raise OSError(f"durability journal {self.journal_path}: a line of {len(line)} bytes is over "
+                          f"{MAX_JOURNAL_LINE_BYTES}")
         with self._lock:
             written = os.write(self._fd, line)
         if written != len(line):

@@ -27,14 +27,54 @@ SHARD_FAILED_FILE = "FAILED"
 RUN_DIR = "run"
 RUN_DIR_MODE = 0o700
 SNAPSHOTS_DIR = "snapshots"
+SNAPSHOTTER_DIR = "snapshotter"
+SHARD_DIR_PREFIX = "shard-"
+LOG_DIR = "log"
+SNAPSHOT_DIR = "snapshot"
+
+
+def shard_dir_name(shard: int) -> str:
+    """shard-NNN: a shard's folder in a data dir (and its prefix in a snapshot store)."""
+    return f"{SHARD_DIR_PREFIX}{shard:03d}"
+
+
+def parse_shard_dir_name(name: str) -> int | None:
+    """The shard number a shard-NNN folder name stands for, None for any other name."""
+    digits = name[len(SHARD_DIR_PREFIX):]
+    if name.startswith(SHARD_DIR_PREFIX) and digits.isascii() and digits.isdigit():
+        return int(digits)
+    return None
 
 
 def shard_dir(data_dir: str, shard: int) -> str:
-    return os.path.join(data_dir, f"shard-{shard:03d}")
+    return os.path.join(data_dir, shard_dir_name(shard))
+
+
+def log_dir_of(shard_dir_path: str) -> str:
+    """DIR/shard-NNN/log, given the shard's folder."""
+    return os.path.join(shard_dir_path, LOG_DIR)
+
+
+def snapshot_dir_of(shard_dir_path: str) -> str:
+    """DIR/shard-NNN/snapshot (the local snapshot cache), given the shard's folder."""
+    return os.path.join(shard_dir_path, SNAPSHOT_DIR)
 
 
 def shard_log_dir(data_dir: str, shard: int) -> str:
-    return os.path.join(shard_dir(data_dir, shard), "log")
+    return log_dir_of(shard_dir(data_dir, shard))
+
+
+def shard_log_dirs(data_dir: str) -> list[str]:
+    """The log directory of every shard the data dir holds, in shard order."""
+    if not os.path.isdir(data_dir):
+        return []
+    shards = sorted(s for s in map(parse_shard_dir_name, os.listdir(data_dir)) if s is not None)
+    return [path for path in (shard_log_dir(data_dir, s) for s in shards) if os.path.isdir(path)]
+
+
+def snapshotter_dir(data_dir: str) -> str:
+    """DIR/snapshotter: the snapshotter's lock, requests and status."""
+    return os.path.join(data_dir, SNAPSHOTTER_DIR)
 
 
 def shard_failed_path(data_dir: str, shard: int) -> str:
@@ -68,7 +108,7 @@ def ensure_run_dir(data_dir: str) -> str:
 
 
 def shard_socket_path(data_dir: str, shard: int) -> str:
-    return os.path.join(run_dir(data_dir), f"shard-{shard:03d}.sock")
+    return os.path.join(run_dir(data_dir), shard_dir_name(shard) + ".sock")
 
 
 def router_socket_path(data_dir: str, router: int) -> str:

@@ -16,7 +16,7 @@ import os
 from typing import Iterator
 
 from .errors import LockHeld, LogLocked
-from .layout import data_dir_lock_path, shard_log_dir
+from .layout import data_dir_lock_path, shard_log_dirs
 from .manifest import LOCK_NAME
 
 _MAX_HOLDER_BYTES = 256
@@ -60,19 +60,6 @@ def lock_shard_log(log_dir: str, role: str) -> int:
     """DIR/shard-NNN/log/LOCK, the lock a shard's Log holds while it writes."""
     return acquire(os.path.join(log_dir, LOCK_NAME), role, what=f"log directory {log_dir}",
                    error=LogLocked)
-
-
-def shard_log_dirs(data_dir: str) -> list[str]:
-    """The log directory of every shard the data dir holds, in shard order."""
-    if not os.path.isdir(data_dir):
-        return []
-    out = []
-    for name in sorted(os.listdir(data_dir)):
-        if name.startswith("shard-") and name[6:].isdigit():
-            path = shard_log_dir(data_dir, int(name[6:]))
-            if os.path.isdir(path):
-                out.append(path)
-    return out
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 from .disk import OS_DISK, Disk
+from .durable_file import replace_file
 from .errors import LogCorrupt
 
 FORMAT_VERSION = 1
@@ -79,12 +80,5 @@ def store_manifest(path: str, manifest: Manifest, disk: Disk = OS_DISK) -> None:
     doc = {"format_version": FORMAT_VERSION, "epoch": manifest.epoch,
            "holder": manifest.holder, "first_seq": manifest.first_seq}
     data = (json.dumps(doc, sort_keys=True) + "\n").encode()
-    tmp_path = os.path.join(path, MANIFEST_TMP_NAME)
-    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        disk.write_all(fd, data, 0)
-        disk.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp_path, os.path.join(path, MANIFEST_NAME))
-    disk.fsync_dir(path)
+    replace_file(os.path.join(path, MANIFEST_NAME), data, tmp_path=os.path.join(path, MANIFEST_TMP_NAME),
+                 disk=disk)

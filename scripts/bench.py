@@ -26,7 +26,6 @@ import os
 import platform
 import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,7 @@ REPO = SCRIPTS.parent
 sys.path.insert(0, str(SCRIPTS))
 from load import sync_command  # noqa: E402
 from bench_sections import owned_sections  # noqa: E402
+from proctools import free_port, start_group, stop_group  # noqa: E402
 
 CLIENTS = 50
 VALUE_BYTES = 100
@@ -77,12 +77,6 @@ def _die_with_us() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class ProcessGroups:
     """Every process started here, each the leader of its own session, so
     killing its group also kills what it started."""
@@ -91,21 +85,12 @@ class ProcessGroups:
         self.procs: list[subprocess.Popen] = []
 
     def start(self, argv: list[str], **kwargs) -> subprocess.Popen:
-        proc = subprocess.Popen(argv, start_new_session=True, preexec_fn=_die_with_us, **kwargs)
+        proc = start_group(argv, preexec_fn=_die_with_us, **kwargs)
         self.procs.append(proc)
         return proc
 
     def stop(self, proc: subprocess.Popen) -> None:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                pass
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # stragglers in the group
-        proc.wait()
+        stop_group(proc, STOP_GRACE_S)
 
     def stop_all(self) -> None:
         for proc in reversed(self.procs):

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,14 +18,11 @@ import time
 
 import redis
 
+from durakv.log.layout import snapshots_dir
+from proctools import free_port, kill_group
+
 STARTUP_TIMEOUT_S = 600
 SETTLE_TIMEOUT_S = 300
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_serving(port: int, proc: subprocess.Popen) -> float:
@@ -83,13 +78,11 @@ def durakv(workdir: str, writes: int, keys: int, shards: int, config: str | None
     while time.monotonic() < deadline and redis.Redis(port=port).info("persistence")["rdb_bgsave_in_progress"]:
         time.sleep(0.5)
     log_bytes = dir_bytes(data_dir, (".seg",))
-    store_bytes = dir_bytes(os.path.join(data_dir, "snapshots"), (".rdb",))
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    store_bytes = dir_bytes(snapshots_dir(data_dir), (".rdb",))
+    kill_group(proc)
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     restart_s = wait_serving(port, proc)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_group(proc)
     print(f"durakv ({shards} shards, no snapshot URL, config {config or 'default'}): "
           f"{writes} SETs over {keys} keys in {took:.1f} s; "
           f"log written {written} B, log on disk {log_bytes} B, snapshot store {store_bytes} B; "
@@ -107,12 +100,10 @@ def redis_server(workdir: str, writes: int, keys: int) -> None:
     took = load(port, writes, keys)
     time.sleep(3)  # let an automatic AOF rewrite finish
     size = dir_bytes(data_dir, (".aof", ".rdb"))
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_group(proc)
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, start_new_session=True)
     restart_s = wait_serving(port, proc)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_group(proc)
     print(f"redis-server (appendonly yes): {writes} SETs over {keys} keys in {took:.1f} s; "
           f"AOF+RDB {size} B; restart after kill -9: {restart_s:.2f} s")
 

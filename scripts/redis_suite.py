@@ -18,12 +18,12 @@ import argparse
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from proctools import free_port, kill_group
 
 DEFAULT_UNITS = [
     "unit/type/string", "unit/type/incr", "unit/type/list", "unit/type/hash", "unit/type/set",
@@ -42,12 +42,6 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 UNIT_TIMEOUT_S = 900
 READY_TIMEOUT_S = 30
 LOG_DIR = os.environ.get("DURAKV_SUITE_LOGS", tempfile.gettempdir())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_ready(port: int) -> None:
@@ -82,8 +76,7 @@ def run_unit(suite: str, unit: str, verbose: bool, timeout_s: int) -> tuple[int,
             out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
             out += "\n[err]: unit timed out\n"
     finally:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
+        kill_group(server)
         server_log.close()
         shutil.rmtree(data_dir, ignore_errors=True)
     with open(os.path.join(LOG_DIR, unit.replace("/", "_") + ".out"), "w") as f:

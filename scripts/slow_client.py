@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import threading
 import time
 
 import redis
+from proctools import free_port, stop_group
 
 VALUE_BYTES = 100_000
 # Keys by slot: "{a}" and "{b}" hash to slots in different halves of 0..16383, so
@@ -33,12 +33,6 @@ VALUE_BYTES = 100_000
 BIG_KEY = "{a}big"
 SAME_SHARD_KEY = "{a}small"
 OTHER_SHARD_KEY = "{b}small"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mb(pids: list[int]) -> dict[int, float]:
@@ -168,8 +162,7 @@ def main() -> int:
         run(port, pids_of, args.gets, args.seconds)
     finally:
         if proc is not None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(15)
+            stop_group(proc)
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

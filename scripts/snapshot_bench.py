@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -37,16 +36,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench_sections import replace_section  # noqa: E402
 
 from durakv.snapshotter.runner import read_status  # noqa: E402
+from durakv.log.layout import shard_dir, snapshot_dir_of
+from proctools import free_port, stop_group
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STARTUP_TIMEOUT_S = 120
 DURING_MAX_S = 1800  # a load run alongside a snapshot or BGSAVE stops when that ends, at most this late
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_ready(port: int, proc: subprocess.Popen) -> None:
@@ -164,7 +159,7 @@ class Snapshots:
 def newest_manifests(data_dir: str, shards: int) -> list[dict]:
     out = []
     for shard in range(shards):
-        snap_dir = os.path.join(data_dir, f"shard-{shard:03d}", "snapshot")
+        snap_dir = snapshot_dir_of(shard_dir(data_dir, shard))
         name = max(n for n in os.listdir(snap_dir) if n.endswith(".json"))
         with open(os.path.join(snap_dir, name)) as f:
             out.append(json.load(f))
@@ -235,8 +230,7 @@ def bench_durakv(opts, tmp: str, env: dict) -> dict:
                         restore_dir], env=env, check=True, capture_output=True)
         out["restore_s"] = round(time.monotonic() - started, 2)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait()
+        stop_group(proc)
     return out
 
 

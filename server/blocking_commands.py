@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import durakv.server.conn_commands  # noqa: F401  (declares the CLIENT container)
 from durakv.server.client import Client
-from durakv.shards.args import parse_ll
 from durakv.shards.frames import VERB_UNBLOCK
+from durakv.shards.numbers import parse_ll
 from durakv.shards.resp import ReplyError
 from durakv.shards.table import MULTI_REFUSED, ROUTER, command
 

@@ -10,7 +10,7 @@ import sys
 
 import trio
 
-from durakv.shards.config import Config, config_from_fd, load_config
+from durakv.shards.config import DEFAULTS, Config, config_from_fd, load_config
 from durakv.shards.exit_codes import EXIT_OK, EXIT_PERMANENT, EXIT_USAGE
 
 EXIT_IN_USE = 1  # the port or data dir is taken by another process
@@ -24,7 +24,7 @@ def _common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, help="port to listen on (default 6379)")
     parser.add_argument("--shards", type=int, help="shard processes (default: one per CPU core)")
     parser.add_argument("--routers", type=int, help="router processes sharing the port (default 1)")
-    parser.add_argument("--data-dir", help="data directory (default ./durakv-data)")
+    parser.add_argument("--data-dir", help=f"data directory (default {DEFAULTS.data_dir})")
     parser.add_argument("--requirepass", help="password for the default user")
     parser.add_argument("--snapshot-url", help="s3://BUCKET/PREFIX for snapshots and the log archive")
 
@@ -76,15 +76,15 @@ def main(argv: list[str] | None = None) -> int:
     log_cmd = sub.add_parser("log", help="inspect shard logs without starting anything")
     log_sub = log_cmd.add_subparsers(dest="log_command", required=True)
     verify = log_sub.add_parser("verify", help="check every record of every shard log")
-    verify.add_argument("--data-dir", default="./durakv-data")
+    verify.add_argument("--data-dir", default=DEFAULTS.data_dir)
     dump = log_sub.add_parser("dump", help="print log records (effects) for debugging")
-    dump.add_argument("--data-dir", default="./durakv-data")
+    dump.add_argument("--data-dir", default=DEFAULTS.data_dir)
     dump.add_argument("--shard", type=int, default=0)
     dump.add_argument("--from-seq", type=int, default=1)
     dump.add_argument("--limit", type=int)
     truncate = log_sub.add_parser("truncate", help="repair a corrupt shard log: drop the damaged "
                                   "record and everything after it (dry run without --yes)")
-    truncate.add_argument("--data-dir", default="./durakv-data")
+    truncate.add_argument("--data-dir", default=DEFAULTS.data_dir)
     truncate.add_argument("--shard", type=int, required=True)
     truncate.add_argument("--yes", action="store_true", help="really drop them")
     from durakv.server import snapshot_cli

@@ -7,7 +7,8 @@ import hmac
 import time
 
 from durakv.server.client import Client
-from durakv.shards.args import ERR_SYNTAX, INT_MAX, INT_MIN, int_range_arg, parse_ll
+from durakv.shards.args import ERR_SYNTAX, int_range_arg
+from durakv.shards.numbers import INT_MAX, INT_MIN, parse_ll
 from durakv.shards.resp import OK, PONG, Map, ReplyError, Simple, Verbatim, fixed_error
 from durakv.shards.table import MULTI_RUN_NOW, ROUTER, arity_error, command, container
 

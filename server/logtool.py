@@ -4,27 +4,22 @@ damaged record and everything after it, under the data-dir and shard log locks."
 
 from __future__ import annotations
 
-import glob
 import os
 import sys
 
 import durakv.log as wal
 from durakv.log.format import MAGIC, Frame, FrameReader
-from durakv.log.layout import shard_dir, shard_log_dir
+from durakv.log.layout import shard_dir, shard_log_dir, shard_log_dirs
 from durakv.log.lock import exclusive_data_dir
 from durakv.log.disk import OS_DISK
 from durakv.log.manifest import list_segments
 from durakv.shards.records import decode_record
 
 
-def _shard_log_dirs(data_dir: str) -> list[str]:
-    return sorted(glob.glob(os.path.join(data_dir, "shard-*", "log")))
-
-
 def verify_logs(data_dir: str) -> int:
     """Exit status 0 if every shard log verifies, 1 otherwise (torn tails are
     reported but are not damage: recovery truncates them)."""
-    dirs = _shard_log_dirs(data_dir)
+    dirs = shard_log_dirs(data_dir)
     if not dirs:
         print(f"no shard logs under {data_dir}", file=sys.stderr)
         return 1
@@ -44,7 +39,7 @@ def _render(payload: bytes) -> str:
 
 
 def dump_log(data_dir: str, shard: int, from_seq: int, limit: int | None) -> int:
-    path = os.path.join(data_dir, f"shard-{shard:03d}", "log")
+    path = shard_log_dir(data_dir, shard)
     if not os.path.isdir(path):
         print(f"no log at {path}", file=sys.stderr)
         return 1

@@ -5,8 +5,8 @@ its keys, where it runs atomically (shards/t_multi.py)."""
 from __future__ import annotations
 
 from durakv.server.client import Client
-from durakv.shards.args import parse_ll
 from durakv.shards.frames import VERB_EXEC
+from durakv.shards.numbers import parse_ll
 from durakv.shards.resp import OK, ReplyError, fixed_error
 from durakv.shards.t_multi import pack_transaction
 from durakv.shards.table import MULTI_RUN_NOW, ROUTER, command

@@ -3,7 +3,6 @@ answer depends on data): COMMAND, CONFIG, INFO, TIME, LASTSAVE, DEBUG, FUNCTION.
 
 from __future__ import annotations
 
-import re
 import time
 
 from durakv.server import info as info_mod
@@ -16,6 +15,7 @@ from durakv.shards.args import ERR_SYNTAX
 from durakv.shards.glob import glob_match
 from durakv.shards.frames import VERB_INFO, VERB_RESETSTAT
 from durakv.shards.internal import INFO_KEYSPACE
+from durakv.shards.numbers import strtod
 from durakv.shards.resp import OK, Map, ReplyError, SetReply, Simple, Verbatim, encode, encode_error
 from durakv.shards.shard_settings import SHARD_DEFAULTS
 from durakv.shards.slots import key_slot
@@ -302,21 +302,6 @@ def lastsave(client: Client, argv: list[bytes]):
 # --- DEBUG, FUNCTION --------------------------------------------------------------
 
 
-_STRTOD_PREFIX = re.compile(
-    rb"[ \t\n\v\f\r]*[+-]?(?:inf(?:inity)?|nan|(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)", re.IGNORECASE)
-
-
-def strtod_prefix(text: bytes) -> float:
-    """C strtod(text, NULL): the longest numeric prefix, 0 when there is none."""
-    m = _STRTOD_PREFIX.match(text)
-    if m is None:
-        return 0.0
-    try:
-        return float(m.group(0))
-    except ValueError:
-        return 0.0
-
-
 def subcommand_syntax_error(argv: list[bytes]) -> ReplyError:
     """Redis' addReplySubcommandSyntaxError."""
     return ReplyError(b"ERR unknown subcommand or wrong number of arguments for '%s'. Try %s HELP."
@@ -330,7 +315,7 @@ def debug(client: Client, argv: list[bytes]):
     server); DEBUG OBJECT reports the encoding. Nothing else is supported."""
     sub = argv[1].lower()
     if sub == b"sleep" and len(argv) == 3:
-        seconds = strtod_prefix(argv[2])
+        seconds, _ = strtod(argv[2])  # C strtod(text, NULL): the numeric prefix, 0 if none
         pending = Pending(client)
         client.replies.append(pending)
         client.router.after(seconds if seconds > 0 else 0.0, lambda: pending.fill(b"+OK\r\n"))

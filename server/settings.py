@@ -18,17 +18,12 @@ from typing import Callable
 
 from durakv.shards.config import Config
 from durakv.shards.glob import glob_match
+from durakv.shards.numbers import INT_MAX, INT_MIN, LLONG_MAX, LLONG_MIN, UINT_MAX, ULLONG_MAX, parse_ll
 from durakv.shards.resp import ReplyError
 from durakv.shards.shard_settings import SHARD_DEFAULTS
 
 logger = logging.getLogger("durakv.router")
 
-ULLONG_MAX = 2**64 - 1
-LLONG_MAX = 2**63 - 1
-LLONG_MIN = -(2**63)
-INT_MAX = 2**31 - 1
-INT_MIN = -(2**31)
-UINT_MAX = 2**32 - 1
 MIN_HZ, MAX_HZ = 1, 500
 MEMTOULL_MAX_DIGITS = 127
 
@@ -140,17 +135,6 @@ def _params(config: Config) -> list[Param]:
 
 
 # --- value syntax -------------------------------------------------------------------
-
-
-def _string2ll(text: str) -> int | None:
-    """Redis' string2ll: optional '-', no leading zeros, no '+' or spaces."""
-    if not text or len(text) > 20 or not text.isascii():
-        return None
-    digits = text[1:] if text[0] == "-" else text
-    if not digits.isdigit() or (digits[0] == "0" and text != "0"):
-        return None
-    value = int(text)
-    return value if LLONG_MIN <= value <= LLONG_MAX else None
 
 
 def memtoull(text: str) -> int | None:
@@ -372,7 +356,7 @@ class Settings:
                 return None, b"argument must be a memory value"
             number = _as_signed(number)
         else:
-            number = _string2ll(value)
+            number = parse_ll(value.encode()) if value.isascii() else None
             if number is None:
                 return None, b"argument couldn't be parsed into an integer"
         if param.unsigned:

@@ -32,6 +32,7 @@ import trio
 
 from durakv.log.layout import ensure_run_dir, router_socket_path, run_dir
 from durakv.log.disk import OS_DISK
+from durakv.log.durable_file import replace_file
 from durakv.server.links import Pending
 from durakv.shards.frames import PROTO_INTERNAL, VERB_CONFIG
 from durakv.shards.unixsock import bind_unix, peer_allowed, reachable_path
@@ -102,22 +103,12 @@ def try_lock_runtime_changes(data_dir: str) -> int:
 def store_runtime_changes(data_dir: str, changes: list[tuple[str, str]]) -> dict[str, str]:
     """Merge changes into DIR/run/settings (the caller holds lock_runtime_changes):
     temp file 0600, fsync, rename, fsync the directory. Returns the merged state."""
-    directory = ensure_run_dir(data_dir)
+    ensure_run_dir(data_dir)
     path = settings_path(data_dir)
     values = load_runtime_changes(data_dir)
     values.update(changes)
     data = json.dumps({"values": values}, sort_keys=True).encode()
-    tmp_path = path + ".tmp"
-    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, SETTINGS_FILE_MODE)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp_path, path)
-    OS_DISK.fsync_dir(directory)
+    replace_file(path, data, mode=SETTINGS_FILE_MODE)
     return values
 
 

@@ -12,9 +12,7 @@ import threading
 import time
 from datetime import datetime, UTC
 
-from durakv.snapshotter.pace import CPU_PERCENT_DEFAULT
-from durakv.snapshotter.runner import EVERY_BYTES_DEFAULT, EVERY_PERCENT_DEFAULT
-from durakv.snapshotter.tailship import ARCHIVE_BYTES_DEFAULT, ARCHIVE_INTERVAL_MS_DEFAULT
+from durakv.shards.config import DEFAULTS
 
 COMMANDS = frozenset({"snapshotter", "snapshot", "snapshots", "restore", "import-rdb", "export-rdb"})
 SNAPSHOT_WAIT_POLL_S = 0.2
@@ -35,23 +33,23 @@ def _store_flags(parser: argparse.ArgumentParser) -> None:
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("snapshotter", help="build snapshots from shard logs and ship them to S3")
-    p.add_argument("--data-dir", default="./durakv-data")
+    p.add_argument("--data-dir", default=DEFAULTS.data_dir)
     p.add_argument("--snapshot-url", default="",
                    help="s3://BUCKET/PREFIX or file:///PATH (omit: snapshots only, in DATA_DIR/snapshots)")
     p.add_argument("--once", action="store_true", help="snapshot every shard once and exit")
-    p.add_argument("--every-bytes", type=int, default=EVERY_BYTES_DEFAULT,
+    p.add_argument("--every-bytes", type=int, default=DEFAULTS.snapshot_every_bytes,
                    help="build when at least this many log bytes follow the newest snapshot")
-    p.add_argument("--every-percent", type=int, default=EVERY_PERCENT_DEFAULT,
+    p.add_argument("--every-percent", type=int, default=DEFAULTS.snapshot_every_percent,
                    help="and at least this percentage of the newest snapshot's size (0: off)")
-    p.add_argument("--max-age-s", type=float, default=3600.0,
+    p.add_argument("--max-age-s", type=float, default=DEFAULTS.snapshot_max_age_s,
                    help="build at least this often while there are new records")
     p.add_argument("--poll-interval-s", type=float, default=1.0)
-    p.add_argument("--log-archive-interval-ms", type=int, default=ARCHIVE_INTERVAL_MS_DEFAULT,
+    p.add_argument("--log-archive-interval-ms", type=int, default=DEFAULTS.log_archive_interval_ms,
                    help="ship each shard's durable log tail to the store this often (s3://, file:// only)")
-    p.add_argument("--log-archive-bytes", type=int, default=ARCHIVE_BYTES_DEFAULT,
+    p.add_argument("--log-archive-bytes", type=int, default=DEFAULTS.log_archive_bytes,
                    help="or as soon as this many log bytes are new")
     p.add_argument("--nice", type=int, default=DEFAULT_NICE, help="CPU niceness increment (low priority)")
-    p.add_argument("--cpu-percent", type=_cpu_percent, default=CPU_PERCENT_DEFAULT,
+    p.add_argument("--cpu-percent", type=_cpu_percent, default=DEFAULTS.snapshot_cpu_percent,
                    help="at most this share of wall time building (1-100), in short slices, so a "
                         "snapshot does not slow the shards; 100 builds as fast as the CPU allows")
     p.add_argument("--sched-idle", action=argparse.BooleanOptionalAction, default=True,
@@ -63,7 +61,7 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("snapshot", help="snapshot every shard now")
     p.add_argument("--now", action="store_true", required=True)
-    p.add_argument("--data-dir", default="./durakv-data")
+    p.add_argument("--data-dir", default=DEFAULTS.data_dir)
     p.add_argument("--snapshot-url", default="", help="used when no snapshotter is running")
     p.add_argument("--timeout-s", type=float, default=600.0)
     _store_flags(p)

@@ -8,6 +8,7 @@ import json
 import os
 import secrets
 
+from durakv.log.durable_file import replace_file
 from durakv.log.layout import topology_path
 
 TOPOLOGY_VERSION = 1
@@ -25,7 +26,7 @@ def ensure_topology(data_dir: str, shards: int) -> dict:
             topology = json.load(f)
     except FileNotFoundError:
         topology = {"version": TOPOLOGY_VERSION, "shards": shards, "node_id": secrets.token_hex(20)}
-        write_durably(path, json.dumps(topology, indent=2).encode())
+        replace_file(path, json.dumps(topology, indent=2).encode())
         return topology
     except (OSError, ValueError) as e:
         raise TopologyMismatch(f"cannot read {path} ({e}); it records this data dir's shard count: "
@@ -39,19 +40,3 @@ def ensure_topology(data_dir: str, shards: int) -> dict:
         )
     return topology
 
-
-def write_durably(path: str, data: bytes) -> None:
-    """write-temp, fsync, rename, fsync-directory (DESIGN invariant 1)."""
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
-    dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

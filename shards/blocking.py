@@ -16,7 +16,7 @@ import heapq
 from collections import deque
 from typing import Callable
 
-from durakv.shards.args import parse_float
+from durakv.shards.numbers import parse_float
 from durakv.shards.resp import ReplyError, fixed_error
 
 MAX_BLOCKED_CLIENTS = 100_000

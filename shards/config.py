@@ -12,13 +12,15 @@ import os
 
 import msgspec
 
+from durakv.log.layout import DEFAULT_DATA_DIR
+
 
 class Config(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields=True):
     bind: str = "127.0.0.1"
     port: int = 6379
     shards: int = 0  # 0: one per CPU core
     routers: int = 1
-    data_dir: str = "./durakv-data"
+    data_dir: str = DEFAULT_DATA_DIR
     requirepass: str = ""
     announce_ip: str = ""
     proto_max_bulk_len: int = 512 * 1024 * 1024
@@ -50,6 +52,10 @@ class Config(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields
         shards = self.shards or (os.cpu_count() or 1)
         return msgspec.structs.replace(self, shards=shards, data_dir=os.path.abspath(self.data_dir))
 
+
+# Every default, for the flags and classes that take one (argparse, snapshotter.runner.Schedule,
+# the tail archiver, the pacer): each is stated once, in Config above.
+DEFAULTS = Config()
 
 # Inclusive bounds of every numeric setting; a value outside is refused at startup.
 LIMITS: dict[str, tuple[float, float]] = {

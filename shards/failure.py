@@ -12,7 +12,7 @@ import logging
 import os
 
 from durakv.log.layout import shard_dir, shard_failed_path
-from durakv.log.disk import OS_DISK
+from durakv.log.durable_file import replace_file
 
 logger = logging.getLogger("durakv.shard")
 
@@ -24,15 +24,9 @@ def record(data_dir: str, shard: int, reason: str) -> None:
     raised: the shard is exiting anyway and its stderr line says the same."""
     line = " ".join(reason.split())[:REASON_MAX_BYTES]
     path = shard_failed_path(data_dir, shard)
-    tmp = path + ".tmp"
     try:
         os.makedirs(shard_dir(data_dir, shard), exist_ok=True)
-        with open(tmp, "w") as f:
-            f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        OS_DISK.fsync_dir(shard_dir(data_dir, shard))
+        replace_file(path, (line + "\n").encode())
     except OSError as e:
         logger.error("shard %d: cannot write %s: %s", shard, path, e)
 

@@ -80,7 +80,8 @@ def encode_frame(batch: Sequence[RequestTuple] | Sequence[Reply]) -> bytearray:
     frame = bytearray(FRAME_HEADER_BYTES)
     _encoder.encode_into(batch, frame, FRAME_HEADER_BYTES)
     size = len(frame) - FRAME_HEADER_BYTES
-    assert size <= MAX_FRAME_BYTES, "frame larger than the protocol allows"
+    if size > MAX_FRAME_BYTES:  # replies carry client data: a real check, not an assertion
+        raise ValueError(f"internal frame of {size} bytes is larger than the protocol's {MAX_FRAME_BYTES}")
     frame[:FRAME_HEADER_BYTES] = size.to_bytes(FRAME_HEADER_BYTES, "big")
     return frame
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import math
 
+from durakv.shards.numbers import parse_ll
+
 INLINE_MAX_SIZE_BYTES = 64 * 1024
 MULTIBULK_MAX_COUNT = 2**31 - 1
 UNAUTH_MULTIBULK_MAX_COUNT = 10
@@ -278,7 +280,7 @@ class RequestParser:
                 if self._args is None:
                     if buf[pos] == 42:  # '*'
                         e = _header_end(buf, pos, n, b"too big mbulk count string")
-                        count = _string2ll(buf[pos + 1 : e])
+                        count = parse_ll(buf[pos + 1 : e])
                         if count is None or count > MULTIBULK_MAX_COUNT:
                             _unless_hidden_by_nul(buf, pos, e, n, b"too big mbulk count string")
                             raise ProtocolError(b"invalid multibulk length")
@@ -315,7 +317,7 @@ class RequestParser:
                         if buf[pos] != 36:  # '$'
                             _unless_hidden_by_nul(buf, pos, e, n, b"too big bulk count string")
                             raise ProtocolError(b"expected '$', got '%c'" % buf[pos])
-                        size = _string2ll(buf[pos + 1 : e])
+                        size = parse_ll(buf[pos + 1 : e])
                         if size is None or size < 0 or size > self.max_bulk_bytes:
                             _unless_hidden_by_nul(buf, pos, e, n, b"too big bulk count string")
                             raise ProtocolError(b"invalid bulk length")
@@ -367,23 +369,6 @@ def _unless_hidden_by_nul(buf: bytes, pos: int, e: int, n: int, too_big: bytes) 
         if n - pos > INLINE_MAX_SIZE_BYTES:
             raise ProtocolError(too_big)
         raise _Incomplete
-
-
-def _string2ll(text: bytes) -> int | None:
-    """Redis' string2ll for protocol headers: optional '-', no leading zeros, no
-    '+' or spaces, at most 20 characters, within a signed 64-bit integer."""
-    size = len(text)
-    if size == 0 or size > 20:
-        return None
-    if text.isdigit():
-        if text[0] == 48 and size > 1:
-            return None
-        value = int(text)
-        return value if value < 2**63 else None
-    if text[0] == 45 and size > 1 and text[1] != 48 and text[1:].isdigit():
-        value = int(text)
-        return value if value >= -(2**63) else None
-    return None
 
 
 _ESCAPES = {ord("n"): 10, ord("r"): 13, ord("t"): 9, ord("b"): 8, ord("a"): 7}

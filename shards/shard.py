@@ -21,6 +21,7 @@ import trio
 
 import durakv.shards.commands  # noqa: F401  (registers every shard command)
 from durakv.log import Log
+from durakv.log.layout import log_dir_of, shard_dir
 from durakv.shards import internal
 from durakv.shards.commit import GroupCommit
 from durakv.shards.config import Config
@@ -73,7 +74,7 @@ class Shard(GroupCommit):
         self.snapshots = snapshots
         self.index = index
         self.slot_range = slot_ranges(config.shards)[index]
-        self.dir = os.path.join(config.data_dir, f"shard-{index:03d}")
+        self.dir = shard_dir(config.data_dir, index)
         self.db = Keyspace()
         self.ctx = Ctx(self.db, self)
         self.settings = dict(SHARD_DEFAULTS)
@@ -110,7 +111,7 @@ class Shard(GroupCommit):
         # run_shard made DIR/shard-NNN (the journaling test disk lives in it): it counts only
         # once the data dir is fsync'd; every start does it, in case a crash came between.
         disk.fsync_dir(self.config.data_dir)
-        self.wal = Log.open(os.path.join(self.dir, "log"), segment_size_bytes=self.config.segment_size_bytes,
+        self.wal = Log.open(log_dir_of(self.dir), segment_size_bytes=self.config.segment_size_bytes,
                             holder=f"shard {self.index}", disk=disk)
         truncated = self.wal.recovery.truncated_bytes
         if truncated:

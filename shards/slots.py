@@ -17,7 +17,8 @@ def key_slot(key: bytes) -> int:
 
 def slot_ranges(shard_count: int) -> list[tuple[int, int]]:
     """Contiguous, inclusive slot ranges, one per shard, as even as possible."""
-    assert 1 <= shard_count <= SLOT_COUNT
+    if not 1 <= shard_count <= SLOT_COUNT:  # read from cluster.json or a store: runtime input
+        raise ValueError(f"shard count {shard_count} is outside 1..{SLOT_COUNT}")
     ranges = []
     for shard in range(shard_count):
         first = shard * SLOT_COUNT // shard_count

@@ -12,7 +12,8 @@ neither re-runs increments nor depends on the overflow policy.
 
 from __future__ import annotations
 
-from durakv.shards.args import ERR_SYNTAX, ERR_WRONGTYPE, MAX_STRING_BYTES, int_arg, parse_ll
+from durakv.shards.args import ERR_SYNTAX, ERR_WRONGTYPE, MAX_STRING_BYTES, int_arg
+from durakv.shards.numbers import parse_ll
 from durakv.shards.context import Ctx
 from durakv.shards.resp import fixed_error
 from durakv.shards.t_string import get_string

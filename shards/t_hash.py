@@ -25,9 +25,9 @@ from itertools import chain, islice
 
 from sortedcontainers import SortedList
 
-from durakv.shards.args import (
-    ERR_NOT_FLOAT, ERR_NOT_INT, ERR_OVERFLOW, ERR_SYNTAX, ERR_WRONGTYPE, LLONG_MAX, LLONG_MIN,
-    format_long_double, int_arg, parse_ll, parse_long_double, round_long_double,
+from durakv.shards.args import ERR_NOT_FLOAT, ERR_NOT_INT, ERR_OVERFLOW, ERR_SYNTAX, ERR_WRONGTYPE, int_arg
+from durakv.shards.numbers import (
+    LLONG_MAX, LLONG_MIN, format_long_double, parse_ll, parse_long_double, round_long_double,
 )
 from durakv.shards.context import Ctx
 from durakv.shards.glob import glob_match

@@ -5,9 +5,8 @@ from __future__ import annotations
 import copy
 import re
 
-from durakv.shards.args import (
-    ERR_NO_SUCH_KEY, ERR_SYNTAX, INT_MAX, INT_MIN, LLONG_MAX, int_arg, int_range_arg, parse_ll,
-)
+from durakv.shards.args import ERR_NO_SUCH_KEY, ERR_SYNTAX, int_arg, int_range_arg
+from durakv.shards.numbers import INT_MAX, INT_MIN, LLONG_MAX, parse_ll
 from durakv.shards.context import Ctx
 from durakv.shards.glob import glob_match
 from durakv.shards.keyspace import type_name

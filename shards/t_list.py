@@ -19,9 +19,9 @@ from collections import deque
 from itertools import islice
 
 from durakv.shards.args import (
-    ERR_INDEX, ERR_NOT_INT, ERR_NO_SUCH_KEY, ERR_SYNTAX, ERR_WRONGTYPE, LLONG_MIN, parse_ll,
-    parse_numkeys_side_count,
+    ERR_INDEX, ERR_NOT_INT, ERR_NO_SUCH_KEY, ERR_SYNTAX, ERR_WRONGTYPE, parse_numkeys_side_count,
 )
+from durakv.shards.numbers import LLONG_MIN, parse_ll
 from durakv.shards.context import Ctx
 from durakv.shards.keyspace import TYPE_NAMES, Keyspace
 from durakv.shards.resp import NULL_ARRAY, OK, ReplyError, fixed_error

@@ -18,7 +18,8 @@ from typing import Iterable
 
 from sortedcontainers import SortedList
 
-from durakv.shards.args import ERR_NUMKEYS, ERR_SYNTAX, ERR_WRONGTYPE, LONG_MAX, int_arg, int_range_arg, parse_ll
+from durakv.shards.args import ERR_NUMKEYS, ERR_SYNTAX, ERR_WRONGTYPE, int_arg, int_range_arg
+from durakv.shards.numbers import LONG_MAX, parse_ll
 from durakv.shards.context import Ctx
 from durakv.shards.glob import glob_match
 from durakv.shards.keyspace import TYPE_NAMES, Keyspace

@@ -26,8 +26,9 @@ from durakv.shards.context import Ctx
 from durakv.shards.resp import fixed_error
 from durakv.shards.t_hash import HashValue
 from durakv.shards.t_list import ListValue
+from durakv.shards.numbers import strtod
 from durakv.shards.t_set import SetValue, members_in_order
-from durakv.shards.t_zset import ZSetValue, strtod
+from durakv.shards.t_zset import ZSetValue
 from durakv.shards.table import command
 
 ERR_SCORES = fixed_error(b"ERR One or more scores can't be converted into double")

@@ -7,8 +7,10 @@ from array import array
 
 from durakv.shards.args import (
     ERR_NOT_FLOAT, ERR_NOT_INT, ERR_OFFSET, ERR_OVERFLOW, ERR_SYNTAX, ERR_TOO_BIG, ERR_WRONGTYPE,
-    LLONG_MAX, LLONG_MIN, MAX_STRING_BYTES, format_long_double, int_arg, parse_ll, parse_long_double,
-    round_long_double,
+    MAX_STRING_BYTES, int_arg,
+)
+from durakv.shards.numbers import (
+    LLONG_MAX, LLONG_MIN, format_long_double, parse_ll, parse_long_double, round_long_double,
 )
 from durakv.shards.context import Ctx
 from durakv.shards.keyspace import Keyspace

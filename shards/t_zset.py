@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import math
 import random
-import re
 
 from sortedcontainers import SortedList
 
-from durakv.shards.args import ERR_SYNTAX, ERR_WRONGTYPE, LONG_MAX, float_arg, int_arg, parse_numkeys_side_count
+from durakv.shards.args import ERR_SYNTAX, ERR_WRONGTYPE, float_arg, int_arg, parse_numkeys_side_count
+from durakv.shards.numbers import LONG_MAX, strtod
 from durakv.shards.context import Ctx
 from durakv.shards.glob import glob_match
 from durakv.shards.keyspace import TYPE_NAMES, Keyspace
@@ -140,37 +140,6 @@ def score_text(score: float) -> bytes:
 
 
 # --- score ranges: plain strtod, as zslParseRange uses it --------------------------
-
-_STRTOD = re.compile(
-    rb"[ \t\n\v\f\r]*([+-]?)(?:"
-    rb"(0[xX](?:[0-9a-fA-F]+(?:\.[0-9a-fA-F]*)?|\.[0-9a-fA-F]+)(?:[pP][+-]?[0-9]+)?)"
-    rb"|((?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)"
-    rb"|([iI][nN][fF](?:[iI][nN][iI][tT][yY])?)"
-    rb"|([nN][aA][nN](?:\([0-9A-Za-z_]*\))?)"
-    rb")"
-)
-
-
-def strtod(text: bytes) -> tuple[float, int]:
-    """C's strtod: (value, bytes consumed); consumed is 0 when no number starts
-    the text. Overflow gives +-inf and underflow 0, as strtod returns them."""
-    m = _STRTOD.match(text)
-    if m is None:
-        return 0.0, 0
-    sign, hexa, dec, inf, _ = m.groups()
-    if hexa is not None:
-        try:
-            value = float.fromhex(hexa.decode())
-        except OverflowError:
-            value = math.inf
-    elif dec is not None:
-        value = float(dec)
-    elif inf is not None:
-        value = math.inf
-    else:
-        value = math.nan
-    return (-value if sign == b"-" else value), m.end()
-
 
 def _parse_score_bound(text: bytes) -> tuple[float, bool]:
     """One end of a score range (zslParseRange): '(' makes it exclusive; the text

@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 from typing import Callable, NamedTuple
 
-from durakv.shards.args import parse_ll
+from durakv.shards.numbers import parse_ll
 from durakv.shards.resp import ReplyError, encode
 
 # Where a command runs.

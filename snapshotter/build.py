@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
 from durakv.log import OS_DISK
+from durakv.log.durable_file import rename_durably, replace_file
+from durakv.log.layout import log_dir_of
 from durakv.shards.keyspace import Keyspace
 from durakv.shards.rdb.file import default_aux, load_rdb, settle_keyspace, write_keyspace
 from durakv.shards.slots import slot_ranges
@@ -36,9 +38,7 @@ from durakv.snapshotter.logtail import durable_tail
 from durakv.snapshotter.manifest import (
     SnapshotManifest,
     encode_manifest,
-    fsync_dir,
     snapshot_stem,
-    write_durably,
 )
 from durakv.snapshotter.pace import unpaced
 from durakv.snapshotter.replay import CHAIN_START, new_context, replay_log
@@ -94,14 +94,13 @@ def write_snapshot(db: Keyspace, shard_dir: str, fields: dict, digest: str,
         os.fsync(f.fileno())
     rdb_sha256 = hashing.sha256.hexdigest()
     verify_rdb_file(tmp_path, rdb_sha256, digest, pace)
-    os.rename(tmp_path, rdb_path)
-    fsync_dir(directory)
+    rename_durably(tmp_path, rdb_path)
     manifest = SnapshotManifest(
         **fields, rdb_name=stem + ".rdb", rdb_bytes=writer.bytes_written, rdb_sha256=rdb_sha256,
         state_digest=digest, keys=keys, expires=expires, created_at_ms=time.time_ns() // 1_000_000,
         build_ms=int((time.monotonic() - started) * 1000))
     manifest_path = os.path.join(directory, stem + ".json")
-    write_durably(manifest_path, encode_manifest(manifest))
+    replace_file(manifest_path, encode_manifest(manifest))
     return LocalSnapshot(manifest, rdb_path, manifest_path)
 
 
@@ -143,7 +142,7 @@ def build_snapshot(shard_dir: str, shard: int, shards: int, through_seq: int | N
     """Build the next snapshot of one shard on top of its newest local snapshot.
     Returns None when fewer than min_records (at least 1) records follow it.
     pace() is called for every key and record handled (snapshotter.pace)."""
-    log_dir = os.path.join(shard_dir, "log")
+    log_dir = log_dir_of(shard_dir)
     tail_fixed_at_ms = time.time_ns() // 1_000_000
     tail = durable_tail(log_dir) if through_seq is None else through_seq
     base = newest_local(shard_dir)

@@ -12,11 +12,12 @@ import os
 import tempfile
 import time
 
+from durakv.log.layout import log_dir_of
 from durakv.shards.keyspace import Keyspace
 from durakv.shards.slots import slot_ranges
 from durakv.snapshotter.local import load_snapshot, newest_local, shard_dir_of
 from durakv.snapshotter.logtail import durable_tail
-from durakv.snapshotter.manifest import fsync_dir
+from durakv.log.durable_file import rename_durably
 from durakv.shards.rdb.file import RdbWriter, default_aux
 from durakv.snapshotter.replay import CHAIN_START, new_context, replay_log
 from durakv.snapshotter.restore import choose_snapshot, shards_in_store
@@ -30,7 +31,7 @@ def shard_state_from_dir(data_dir: str, shard: int, shards: int) -> Keyspace:
     base = newest_local(shard_dir)
     if base is not None:
         load_snapshot(base, ctx.db)
-    log_dir = os.path.join(shard_dir, "log")
+    log_dir = log_dir_of(shard_dir)
     base_seq = base.manifest.seq if base else 0
     if os.path.isdir(log_dir):
         replay_log(ctx, log_dir, base_seq, durable_tail(log_dir), base.manifest.chain if base else CHAIN_START)
@@ -69,6 +70,5 @@ def export_rdb(out_path: str, *, data_dir: str | None = None, store: Store | Non
         writer.finish()
         f.flush()
         os.fsync(f.fileno())
-    os.rename(tmp, out_path)
-    fsync_dir(os.path.dirname(os.path.abspath(out_path)))
+    rename_durably(tmp, out_path)
     return keys

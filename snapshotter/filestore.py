@@ -17,8 +17,8 @@ import shutil
 from typing import Iterator
 from urllib.parse import urlparse
 
-from durakv.log import OS_DISK
-from durakv.snapshotter.manifest import fsync_dir, write_durably
+from durakv.log.disk import OS_DISK
+from durakv.log.durable_file import fsync_file, rename_durably, replace_file
 from durakv.snapshotter.store import Store, StoreError
 
 META_SUFFIX = ".meta"
@@ -44,7 +44,8 @@ class LocalStore(Store):
         self.keep_snapshots = keep_snapshots
 
     def _path(self, key: str) -> str:
-        assert not key.startswith("/") and ".." not in key.split("/"), key
+        if key.startswith("/") or ".." in key.split("/"):  # keys come from manifests and listings
+            raise StoreError(f"{self.url}: key {key!r} would leave the store's directory")
         return os.path.join(self.root, key)
 
     def where(self, key: str) -> str:
@@ -109,20 +110,15 @@ class LocalStore(Store):
             if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
                 raise
             shutil.copyfile(path, tmp)
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        os.rename(tmp, dest)
-        fsync_dir(os.path.dirname(dest))
-        write_durably(dest + META_SUFFIX, json.dumps(metadata).encode())
+            fsync_file(tmp)
+        rename_durably(tmp, dest)
+        replace_file(dest + META_SUFFIX, json.dumps(metadata).encode())
 
     def _put_bytes(self, key: str, data: bytes, metadata: dict[str, str]) -> None:
         dest = self._path(key)
         OS_DISK.makedirs(os.path.dirname(dest))  # new directories survive a power cut
-        write_durably(dest, data)
-        write_durably(dest + META_SUFFIX, json.dumps(metadata).encode())
+        replace_file(dest, data)
+        replace_file(dest + META_SUFFIX, json.dumps(metadata).encode())
 
     def _delete(self, key: str) -> None:
         dest = self._path(key)
@@ -131,7 +127,7 @@ class LocalStore(Store):
                 os.unlink(path)
             except FileNotFoundError:
                 pass
-        fsync_dir(os.path.dirname(dest))
+        OS_DISK.fsync_dir(os.path.dirname(dest))
 
 
 def open_store(url: str, data_dir: str | None = None, *, server_side_encryption: str | None = None,

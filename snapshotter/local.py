@@ -10,15 +10,17 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
+from durakv.log.disk import OS_DISK
+from durakv.log.layout import shard_dir as shard_dir_of  # noqa: F401  (the snapshotter's name for it)
+from durakv.log.layout import snapshot_dir_of as snapshot_dir
 from durakv.shards.keyspace import Keyspace
 from durakv.snapshotter.digest import state_digest
-from durakv.snapshotter.manifest import SnapshotManifest, decode_manifest, fsync_dir
+from durakv.snapshotter.manifest import SnapshotManifest, decode_manifest
 from durakv.snapshotter.pace import unpaced
 from durakv.shards.rdb.codec import RdbError
 from durakv.shards.rdb.file import load_rdb
 from durakv.snapshotter.errors import SnapshotterError
 
-SNAPSHOT_DIR = "snapshot"
 HASH_CHUNK_BYTES = 1 << 20
 _MANIFEST_RE = re.compile(r"^(\d{20})\.json$")
 # Snapshots kept in the cache: the newest, plus the one before it while the
@@ -35,14 +37,6 @@ class LocalSnapshot:
     manifest: SnapshotManifest
     rdb_path: str
     manifest_path: str
-
-
-def snapshot_dir(shard_dir: str) -> str:
-    return os.path.join(shard_dir, SNAPSHOT_DIR)
-
-
-def shard_dir_of(data_dir: str, shard: int) -> str:
-    return os.path.join(data_dir, f"shard-{shard:03d}")
 
 
 def file_sha256(path: str) -> str:
@@ -119,5 +113,5 @@ def prune_local(shard_dir: str, keep: int = KEEP_LOCAL) -> list[str]:
             os.unlink(path)
             deleted.append(path)
     if deleted:
-        fsync_dir(directory)
+        OS_DISK.fsync_dir(directory)
     return deleted

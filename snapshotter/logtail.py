@@ -16,7 +16,7 @@ import os
 
 import durakv.log as wal
 from durakv.log.manifest import list_segments
-from durakv.snapshotter.manifest import fsync_dir
+from durakv.log.disk import OS_DISK
 
 
 def durable_tail(log_dir: str) -> int:
@@ -38,7 +38,7 @@ def durable_tail(log_dir: str) -> int:
             os.fdatasync(fd)
         finally:
             os.close(fd)
-        fsync_dir(log_dir)
+        OS_DISK.fsync_dir(log_dir)
     return last
 
 

@@ -4,8 +4,6 @@ RDB is in place and verified, so readers list manifests, never RDB files."""
 
 from __future__ import annotations
 
-import os
-
 import msgspec
 
 from durakv.snapshotter.errors import SnapshotterError
@@ -66,21 +64,3 @@ def snapshot_stem(seq: int) -> str:
     """File name stem of the snapshot at seq: 20 digits, so names sort by seq."""
     return f"{seq:020d}"
 
-
-def write_durably(path: str, data: bytes) -> None:
-    """write-temp, fsync, rename, fsync-directory (DESIGN invariant 1)."""
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, path)
-    fsync_dir(os.path.dirname(path))
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path or ".", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

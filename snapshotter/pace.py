@@ -17,8 +17,10 @@ from __future__ import annotations
 import os
 import time
 
+from durakv.shards.config import DEFAULTS
+
 WORK_SLICE_MS = 5.0
-CPU_PERCENT_DEFAULT = 25
+CPU_PERCENT_DEFAULT = DEFAULTS.snapshot_cpu_percent
 LOAD_SAMPLE_MS = 200.0      # how often the machine's load is read (/proc/stat ticks are 10 ms)
 IDLE_SHARE_FREE_RUN = 0.5   # free run while others use less than this share of the other CPUs
 PROC_STAT = "/proc/stat"

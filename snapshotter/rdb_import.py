@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
+from durakv.log.layout import log_dir_of, shard_log_dir
 from durakv.log import Log
 from durakv.log.lock import exclusive_data_dir
 from durakv.shards.keyspace import Keyspace
@@ -86,7 +87,7 @@ def value_effects(key: bytes, value: object, expire_ms: int | None) -> Iterator[
 
 class _ShardWriter:
     def __init__(self, shard_dir: str, shard: int) -> None:
-        log_dir = os.path.join(shard_dir, "log")
+        log_dir = log_dir_of(shard_dir)
         self.log = Log.open(log_dir, holder="durakv import-rdb")
         if self.log.tail_seq != 0:
             self.log.close()
@@ -184,7 +185,7 @@ def _import_locked(f: BinaryIO, data_dir: str, shards: int, skip_unsupported: bo
 
 def _verify_shard(data_dir: str, shard: int, shards: int, tail: int, expected: Keyspace) -> None:
     ctx = new_context(slot_range=slot_ranges(shards)[shard])
-    replay_log(ctx, os.path.join(shard_dir_of(data_dir, shard), "log"), 0, tail, CHAIN_START)
+    replay_log(ctx, shard_log_dir(data_dir, shard), 0, tail, CHAIN_START)
     got, want = state_digest(ctx.db), state_digest(expected)
     if got != want:
         raise RdbImportError(f"shard {shard}: replaying the imported log gives state digest {got}, the RDB "

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, UTC
 
 from durakv.log import Log, LogError
-from durakv.log.layout import DATA_DIR_LOCK
+from durakv.log.layout import DATA_DIR_LOCK, log_dir_of
 from durakv.log.lock import exclusive_data_dir
 from durakv.log.manifest import Manifest, segment_name, store_manifest
 from durakv.shards.rdb.file import settle_keyspace
@@ -40,7 +40,7 @@ from durakv.shards.slots import slot_ranges
 from durakv.snapshotter.build import write_snapshot
 from durakv.snapshotter.digest import state_digest
 from durakv.snapshotter.local import SnapshotInvalid, load_snapshot, shard_dir_of
-from durakv.snapshotter.manifest import fsync_dir
+from durakv.log.disk import OS_DISK
 from durakv.snapshotter.progress import Progress
 from durakv.snapshotter.replay import CHAIN_START, ChainMismatch, new_context, replay_log
 from durakv.snapshotter.store import RemoteSegment, RemoteSnapshot, Store
@@ -200,7 +200,7 @@ def restore_shard(store: Store, shard: int, shards: int, shard_dir: str, *,
     else:
         raise RestoreError(f"shard {shard}: no snapshot and no archived record at or before the target "
                            f"in {store.url}")
-    init_log_dir(os.path.join(shard_dir, "log"), end + 1, epoch)
+    init_log_dir(log_dir_of(shard_dir), end + 1, epoch)
     progress.step(f"shard {shard}: restored to seq {end} ({len(ctx.db.data)} keys)")
     return ShardRestore(shard, base_seq, end, replayed, len(ctx.db.data), digest, last_at_ms, covers)
 
@@ -289,8 +289,8 @@ def _restore_locked(store: Store, target: str, *, seq: int | dict[int, int] | No
             shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
         for name in os.listdir(staging):
             os.rename(os.path.join(staging, name), os.path.join(target, name))
-        fsync_dir(target)
-        fsync_dir(parent)
+        OS_DISK.fsync_dir(target)
+        OS_DISK.fsync_dir(parent)
         return out
     finally:
         shutil.rmtree(staging)

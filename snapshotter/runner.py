@@ -1,6 +1,7 @@
 """The snapshotter process: for each shard of a data directory, build the next
-snapshot when the log has grown enough or the newest snapshot is old enough, publish it to the store (S3, a file:// directory, or with no snapshot
-URL the embedded store DIR/snapshots/), archive the sealed log segments when
+snapshot when the log has grown enough or the newest snapshot is old enough,
+publish it to the store (S3, a file:// directory, or with no snapshot URL the
+embedded store DIR/snapshots/), archive the sealed log segments when
 the store keeps the log, and tell the shard which segments it may delete.
 
 "Grown enough" is Redis' AOF rewrite rule (auto-aof-rewrite-min-size and
@@ -35,13 +36,15 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from durakv.log import OS_DISK
+from durakv.log.layout import DATA_DIR_LOCK, log_dir_of, snapshotter_dir, topology_path
 from durakv.log import lock as dir_lock
+from durakv.log.durable_file import replace_file
 from durakv.log.errors import LockHeld
 from durakv.log.manifest import list_segments
+from durakv.shards.config import DEFAULTS
 from durakv.snapshotter.build import build_snapshot
 from durakv.snapshotter.local import newest_local, shard_dir_of, snapshot_dir
 from durakv.snapshotter.logtail import log_first_seq
-from durakv.snapshotter.manifest import write_durably
 from durakv.snapshotter.pace import CPU_PERCENT_DEFAULT, Pacer
 from durakv.snapshotter.filestore import open_store
 from durakv.snapshotter.store import Store, StoreError
@@ -50,16 +53,9 @@ from durakv.snapshotter.errors import SnapshotterError
 
 logger = logging.getLogger("durakv.snapshotter")
 
-CONTROL_DIR = "snapshotter"
-LOCK_NAME = "LOCK"
 REQUEST_NAME = "REQUEST"
 STATUS_NAME = "status.json"
 RELEASE_NAME = "RELEASE.json"
-TOPOLOGY_FILE = "cluster.json"
-
-
-EVERY_BYTES_DEFAULT = 4 * 1024 * 1024
-EVERY_PERCENT_DEFAULT = 100
 
 
 def build_threshold_bytes(every_bytes: int, every_percent: int, snapshot_rdb_bytes: int) -> int:
@@ -73,9 +69,9 @@ class SnapshotterBusy(SnapshotterError, LockHeld):
 
 @dataclass
 class Schedule:
-    every_bytes: int = EVERY_BYTES_DEFAULT      # log bytes since the newest snapshot: at least this many
-    every_percent: int = EVERY_PERCENT_DEFAULT  # and this share of the newest snapshot's RDB size (0: off)
-    max_age_s: float = 3600.0             # and at least this often while anything is new
+    every_bytes: int = DEFAULTS.snapshot_every_bytes  # log bytes since the newest snapshot: at least this many
+    every_percent: int = DEFAULTS.snapshot_every_percent  # and this share of the newest snapshot's RDB size (0: off)
+    max_age_s: float = DEFAULTS.snapshot_max_age_s  # and at least this often while anything is new
     poll_interval_s: float = 1.0
     cpu_percent: int = CPU_PERCENT_DEFAULT  # share of wall time a build may run (snapshotter.pace)
     archive_interval_ms: int = ARCHIVE_INTERVAL_MS_DEFAULT  # ship each shard's durable log tail this often
@@ -115,12 +111,8 @@ class Status:
         return max(created, self.request_served_at_ms)
 
 
-def control_dir(data_dir: str) -> str:
-    return os.path.join(data_dir, CONTROL_DIR)
-
-
 def shard_count(data_dir: str) -> int:
-    path = os.path.join(data_dir, TOPOLOGY_FILE)
+    path = topology_path(data_dir)
     try:
         with open(path) as f:
             return int(json.load(f)["shards"])
@@ -130,15 +122,15 @@ def shard_count(data_dir: str) -> int:
 
 def acquire_lock(data_dir: str) -> int:
     """flock DIR/snapshotter/LOCK (log.lock); raises SnapshotterBusy naming the holder."""
-    directory = control_dir(data_dir)
+    directory = snapshotter_dir(data_dir)
     OS_DISK.makedirs(directory)
-    path = os.path.join(directory, LOCK_NAME)
+    path = os.path.join(directory, DATA_DIR_LOCK)
     return dir_lock.acquire(path, "snapshotter", what=f"snapshotter lock {path}", error=SnapshotterBusy)
 
 
 def read_status(data_dir: str) -> Status:
     try:
-        with open(os.path.join(control_dir(data_dir), STATUS_NAME)) as f:
+        with open(os.path.join(snapshotter_dir(data_dir), STATUS_NAME)) as f:
             doc = json.load(f)
     except FileNotFoundError:
         return Status()
@@ -149,10 +141,10 @@ def read_status(data_dir: str) -> Status:
 def request_snapshot(data_dir: str) -> str:
     """Ask the running snapshotter for a snapshot of every shard now (BGSAVE,
     `durakv snapshot --now`); returns the request id to wait for in status.json."""
-    directory = control_dir(data_dir)
+    directory = snapshotter_dir(data_dir)
     os.makedirs(directory, exist_ok=True)
     request_id = str(time.time_ns())
-    write_durably(os.path.join(directory, REQUEST_NAME), request_id.encode())
+    replace_file(os.path.join(directory, REQUEST_NAME), request_id.encode())
     return request_id
 
 
@@ -160,7 +152,7 @@ def pending_request(data_dir: str, status: Status | None = None) -> str:
     """The snapshot request (BGSAVE, snapshot --now) the snapshotter has not
     served yet, or ""."""
     try:
-        with open(os.path.join(control_dir(data_dir), REQUEST_NAME)) as f:
+        with open(os.path.join(snapshotter_dir(data_dir), REQUEST_NAME)) as f:
             request = f.read().strip()
     except FileNotFoundError:
         return ""
@@ -208,7 +200,7 @@ class Snapshotter:
     def _ensure_base(self, shard: int, shard_dir: str) -> None:
         """A shard whose log no longer starts at seq 1 needs a snapshot to build on:
         the local cache, else the newest published one."""
-        log_dir = os.path.join(shard_dir, "log")
+        log_dir = log_dir_of(shard_dir)
         first = log_first_seq(log_dir)
         local = newest_local(shard_dir)
         if first == 1 or (local is not None and local.manifest.seq >= first - 1):
@@ -223,7 +215,7 @@ class Snapshotter:
         """Build (if anything is new), publish, archive, release; errors land in the status."""
         status = self.status.shards.setdefault(shard, ShardStatus(shard))
         shard_dir = shard_dir_of(self.data_dir, shard)
-        log_dir = os.path.join(shard_dir, "log")
+        log_dir = log_dir_of(shard_dir)
         if not os.path.isdir(log_dir):
             return status
         try:
@@ -245,7 +237,7 @@ class Snapshotter:
                     status.archived_through_seq = self.archiver.ship(shard)
                     release = min(m.seq, status.archived_through_seq)
                 if read_release(shard_dir) != release:
-                    write_durably(os.path.join(snapshot_dir(shard_dir), RELEASE_NAME),
+                    replace_file(os.path.join(snapshot_dir(shard_dir), RELEASE_NAME),
                                   json.dumps({"drop_through_seq": release, "snapshot_seq": m.seq}).encode())
                     status.release_through_seq = release
             status.status, status.error = "ok", ""
@@ -268,7 +260,7 @@ class Snapshotter:
         """Enough new log bytes (build_threshold_bytes), or an old snapshot with anything
         new after it."""
         shard_dir = shard_dir_of(self.data_dir, shard)
-        log_dir = os.path.join(shard_dir, "log")
+        log_dir = log_dir_of(shard_dir)
         if not os.path.isdir(log_dir):
             return False
         before = self._sizes_at_build.get(shard)
@@ -296,8 +288,8 @@ class Snapshotter:
             doc = {"shards": {str(k): asdict(v) for k, v in list(self.status.shards.items())},
                    "request_served": self.status.request_served, "updated_at_ms": self.status.updated_at_ms,
                    "request_served_at_ms": self.status.request_served_at_ms}
-            os.makedirs(control_dir(self.data_dir), exist_ok=True)
-            write_durably(os.path.join(control_dir(self.data_dir), STATUS_NAME),
+            os.makedirs(snapshotter_dir(self.data_dir), exist_ok=True)
+            replace_file(os.path.join(snapshotter_dir(self.data_dir), STATUS_NAME),
                           json.dumps(doc, indent=2).encode())
 
     def serve(self, stop: threading.Event) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 
+from durakv.log.layout import log_dir_of
 from durakv.log import Log
 from durakv.shards.keyspace import Keyspace
 from durakv.snapshotter.local import SnapshotInvalid, list_local, load_snapshot
@@ -35,7 +36,7 @@ def prepare_shard_dir(shard_dir: str, shard: int, shards: int, snapshot_url: str
     """Bootstrap an empty shard directory from S3 (newest snapshot plus the
     archived log after it) when a snapshot URL is configured. Returns True if
     it restored something. A directory that already has a log is left alone."""
-    log_dir = os.path.join(shard_dir, "log")
+    log_dir = log_dir_of(shard_dir)
     if not snapshot_url or (os.path.isdir(log_dir) and os.listdir(log_dir)):
         return False
     from durakv.snapshotter.progress import Progress

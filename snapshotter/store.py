@@ -31,15 +31,15 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+from durakv.log.disk import OS_DISK
+from durakv.log.durable_file import replace_file
 from durakv.snapshotter.local import LocalSnapshot, file_sha256, snapshot_dir
 from durakv.snapshotter.manifest import (
     ManifestError,
     SnapshotManifest,
     decode_manifest,
     encode_manifest,
-    fsync_dir,
     snapshot_stem,
-    write_durably,
 )
 from durakv.snapshotter.errors import SnapshotterError
 
@@ -253,7 +253,7 @@ class Store:
             os.unlink(tmp)
         else:
             os.rename(tmp, dest)
-        fsync_dir(os.path.dirname(dest))
+        OS_DISK.fsync_dir(os.path.dirname(dest))
 
     # --- snapshots -------------------------------------------------------------------------
 
@@ -333,7 +333,7 @@ class Store:
         rdb_path = os.path.join(directory, m.rdb_name)
         self._download_verified(remote.rdb_key, rdb_path, m.rdb_sha256, on_bytes)
         manifest_path = os.path.join(directory, snapshot_stem(m.seq) + ".json")
-        write_durably(manifest_path, encode_manifest(m))
+        replace_file(manifest_path, encode_manifest(m))
         return LocalSnapshot(m, rdb_path, manifest_path)
 
     # --- log archive ---------------------------------------------------------------------

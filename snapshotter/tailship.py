@@ -32,13 +32,14 @@ from typing import Callable
 from durakv.log.format import BadFrame, FrameReader
 from durakv.log.manifest import list_segments, segment_name
 from durakv.log.layout import shard_log_dir
-from durakv.snapshotter.manifest import fsync_dir
+from durakv.log.disk import OS_DISK
+from durakv.shards.config import DEFAULTS
 from durakv.snapshotter.store import ArchiveMarker, Store, StoreError, TailPiece
 
 logger = logging.getLogger("durakv.snapshotter")
 
-ARCHIVE_INTERVAL_MS_DEFAULT = 1000
-ARCHIVE_BYTES_DEFAULT = 4 * 1024 * 1024
+ARCHIVE_INTERVAL_MS_DEFAULT = DEFAULTS.log_archive_interval_ms
+ARCHIVE_BYTES_DEFAULT = DEFAULTS.log_archive_bytes
 MAX_PIECE_BYTES = 16 * 1024 * 1024
 MARKER_IDLE_MS = 10_000
 TICK_MS_MAX = 100
@@ -165,7 +166,7 @@ class TailArchiver:
                 if last is None:
                     return shipped
                 os.fdatasync(fd)
-                fsync_dir(log_dir)
+                OS_DISK.fsync_dir(log_dir)
                 data = os.pread(fd, end - tail.offset, tail.offset)
                 piece = self.store.archive_piece(shard, tail.segment_first, first, last, data, sample_ms)
                 tail.pieces.setdefault(tail.segment_first, []).append(piece)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,15 @@ from pathlib import Path
 
 import pytest
 import redis
+
+# scripts/proctools.py: the one free_port and process-group helper, shared with the scripts.
+sys.path.append(str(Path(__file__).resolve().parent.parent / "scripts"))
+from proctools import free_port, kill_group  # noqa: E402
+
+# Fixtures shared across test files: redis_ref/pair/pair3 (refserver.py) and the
+# snapshot tests' moto S3 (snapshot_support.py). Test files import helpers from
+# these modules, never fixtures.
+pytest_plugins = ["refserver", "snapshot_support"]
 
 STARTUP_TIMEOUT_S = 30
 CHILD_TITLE_WAIT_S = 10
@@ -32,12 +40,6 @@ def pytest_runtest_makereport(item, call):
         report.outcome = "failed"
         report.longrepr = (f"skipped ({reason}), but {REQUIRE_REDIS_ENV}=1 says the redis tools "
                            "are installed: the comparison tests may not skip")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class DurakvServer:
@@ -125,11 +127,7 @@ class DurakvServer:
 
     def kill9(self) -> None:
         """SIGKILL the whole process group: a crash, not a shutdown."""
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
+        kill_group(self.proc)
 
 
 @pytest.fixture

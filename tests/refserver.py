@@ -13,10 +13,12 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import redis
 from conftest import STARTUP_TIMEOUT_S, DurakvServer
+from proctools import free_port
 
 from durakv.shards.slots import key_slot, slot_owner_table
 
@@ -24,12 +26,6 @@ REDIS_SERVER = shutil.which("redis-server")
 REF_STARTUP_TIMEOUT_S = 20
 RECV_BYTES = 65536
 REPLY_TIMEOUT_S = 30
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RedisRef:
@@ -321,6 +317,17 @@ def same_all(p: Pair, commands: list[tuple]) -> None:
     """Every command gives the same reply bytes on durakv and redis-server."""
     for command in commands:
         p.same(*command)
+
+
+def same_sequence(p: Pair, commands: list[tuple], keys: list[str], reads: Callable[[str], list[tuple]]) -> None:
+    """The differential check of each type's random command sequences: both servers
+    emptied, every command's reply compared, then each key's TYPE and the commands
+    reads(key) gives compared."""
+    p.same("FLUSHALL")
+    same_all(p, commands)
+    for key in keys:
+        p.same("TYPE", key)
+        same_all(p, reads(key))
 
 
 def keys_on_different_shards(count: int = 2) -> list[str]:

@@ -11,7 +11,7 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from refserver import RawConn, decode, encode_command, pair, redis_ref  # noqa: F401  (fixtures)
+from refserver import RawConn, decode, encode_command
 
 SLOTS = 16384
 CROSSSLOT = "Keys in request don't hash to the same slot"

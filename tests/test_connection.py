@@ -11,9 +11,7 @@ import socket
 import pytest
 import redis
 
-from refserver import (  # noqa: F401  (fixtures)
-    Pair, RawConn, RedisRef, decode, exchange_until_closed, pair, pair3, redis_ref, start_with_password,
-)
+from refserver import Pair, RawConn, RedisRef, decode, exchange_until_closed, start_with_password
 
 
 def run_same(pair, script: list[tuple]) -> list:

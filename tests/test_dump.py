@@ -10,7 +10,7 @@ import struct
 
 import pytest
 from engine_util import call, new_ctx
-from refserver import Pair, decode, pair, redis_ref  # noqa: F401
+from refserver import Pair, decode
 
 import durakv.shards.commands  # noqa: F401
 from durakv.shards.engine import replay, state_of

@@ -21,6 +21,7 @@ from refserver import dump_keyspace
 
 from durakv.log import simulate_power_loss
 from durakv.log.layout import durability_journal_path
+from durakv.log.layout import shard_log_dir
 
 CRASH_TRIALS = int(os.environ.get("DURAKV_CRASH_TRIALS", "3"))
 WRITERS = 6
@@ -314,7 +315,7 @@ def test_fsync_failure_refuses_writes_until_a_rewrite_is_durable(server_factory,
 
 
 def _segments(data_dir: Path) -> list[Path]:
-    return sorted((data_dir / "shard-000" / "log").glob("*.seg"))
+    return sorted(Path(shard_log_dir(data_dir, 0)).glob("*.seg"))
 
 
 def test_torn_tail_is_truncated_and_reported(server_factory, tmp_path):

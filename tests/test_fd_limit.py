@@ -12,7 +12,8 @@ import sys
 import pytest
 import redis
 
-from conftest import DurakvServer, free_port
+from conftest import DurakvServer
+from proctools import free_port
 
 NOFILE = 256
 SHARDS = 2

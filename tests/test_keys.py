@@ -11,12 +11,10 @@ import time
 
 import pytest
 
-from refserver import pair, pair3, redis_ref  # noqa: F401  (fixtures)
 from durakv.shards.glob import glob_match
 from durakv.shards.slots import key_slot
+from durakv.shards.numbers import LLONG_MAX, LLONG_MIN
 
-LLONG_MAX = 2**63 - 1
-LLONG_MIN = -(2**63)
 FAR_MS = 4102444800000  # 2100-01-01, an absolute expiry both servers agree on
 ACTIVE_EXPIRY_DEADLINE_S = 20
 

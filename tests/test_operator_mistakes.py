@@ -13,13 +13,15 @@ import time
 
 import pytest
 import redis
-from conftest import DurakvServer, free_port
-from test_snapshot import cli, manual_config, moto_endpoint, s3  # noqa: F401  (fixtures)
+from conftest import DurakvServer
+from proctools import free_port
+from snapshot_support import cli, manual_config
 
 import durakv.log as wal
 from durakv.log.layout import shard_failed_path, shard_log_dir
 from durakv.shards.records import decode_record
 from durakv.shards.slots import key_slot, slot_ranges
+from durakv.log.layout import topology_path
 
 MISTAKE_TIMEOUT_S = 60  # a mistake must end the process; old code kept serving until this
 # No supervised snapshotter: these tests run snapshots themselves, or need the log
@@ -78,14 +80,14 @@ def test_restore_force_into_live_data_dir_is_refused(server_factory, s3, tmp_pat
 def test_import_rdb_into_live_data_dir_is_refused(server_factory, tmp_path):
     srv = server_factory(shards=2)
     srv.client().set("k", "v")
-    topology = (srv.data_dir / "cluster.json").read_bytes()
+    topology = open(topology_path(srv.data_dir), "rb").read()
     rdb = tmp_path / "dump.rdb"
     rdb.write_bytes(b"REDIS0010\xff" + bytes(8))
     out = durakv("import-rdb", str(rdb), "--data-dir", str(srv.data_dir), "--shards", "2")
     line = one_line(out)
     assert out.returncode == 1
     assert f"data dir {srv.data_dir} is locked by pid {srv.proc.pid} (durakv serve" in line, line
-    assert (srv.data_dir / "cluster.json").read_bytes() == topology
+    assert open(topology_path(srv.data_dir), "rb").read() == topology
     assert srv.client().get("k") == b"v"
 
 
@@ -169,12 +171,12 @@ def test_shard_or_serve_with_another_shard_count(server_factory):
     out = durakv("shard", "--index", "1", "--shards", "3", "--data-dir", str(data_dir))
     assert out.returncode == 3     # permanent: the supervisor does not restart it
     line = one_line(out)
-    assert line.endswith(f"CRITICAL shard 1 cannot start: {data_dir}/cluster.json says this data dir has 2 "
+    assert line.endswith(f"CRITICAL shard 1 cannot start: {topology_path(data_dir)} says this data dir has 2 "
                          "shards, not 3; start with --shards 2"), line
     assert not os.path.exists(shard_failed_path(str(data_dir), 1))  # its flags are wrong, not its data
     out = durakv("serve", "--port", str(free_port()), "--shards", "3", "--data-dir", str(data_dir))
     assert out.returncode == 2
-    assert one_line(out) == (f"durakv: {data_dir}/cluster.json says this data dir has 2 shards, not 3; start "
+    assert one_line(out) == (f"durakv: {topology_path(data_dir)} says this data dir has 2 shards, not 3; start "
                              "with --shards 2")
 
 

@@ -11,9 +11,7 @@ import subprocess
 import pytest
 
 from conftest import DurakvServer
-from refserver import (  # noqa: F401  (redis_ref is a fixture)
-    RawConn, RedisRef, encode_command, exchange_until_closed, flushall, redis_ref, start_with_password,
-)
+from refserver import RawConn, RedisRef, encode_command, exchange_until_closed, flushall, start_with_password
 
 REDIS_CLI = shutil.which("redis-cli")
 INLINE_LIMIT = 64 * 1024

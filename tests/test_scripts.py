@@ -17,17 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from proctools import free_port, kill_group
+
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "scripts"
 UNITS = SCRIPTS / "systemd"
 UNIT_FILES = ("durakv-router.service", "durakv-shard@.service", "durakv-snapshotter.service", "durakv.target")
 INSTALLED_BINARY = "/usr/local/bin/durakv"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_load(port: int, *args: str) -> dict:
@@ -196,9 +192,7 @@ def _start_unit_process(args: list[str], env: dict, tmp_path: Path, name: str) -
 
 def _stop(procs: list[subprocess.Popen]) -> None:
     for proc in procs:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_group(proc)
 
 
 def test_router_unit_readiness_notification(tmp_path):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from refserver import RawConn, decode, pair, pair3, redis_ref  # noqa: F401  (fixtures)
+from refserver import RawConn, decode
 from durakv.shards.slots import key_slot
 
 ISSUE_COMMANDS = (

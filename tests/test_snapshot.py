@@ -14,13 +14,13 @@ import sys
 import time
 import uuid
 
-import boto3
 import pytest
 import redis
-from conftest import free_port
 from refserver import RedisRef
 from refserver import dump_keyspace as dump
+from snapshot_support import cli, manual_config, small_segment_config, write_every_type
 
+from durakv.log import layout
 from durakv.log import Log, LogLocked
 from durakv.shards.engine import replay
 from durakv.shards.keyspace import Keyspace
@@ -34,77 +34,6 @@ from durakv.snapshotter.s3 import SnapshotStore
 from durakv.snapshotter.shard_hooks import load_start_snapshot, release_segments
 
 REDIS_CHECK_RDB = shutil.which("redis-check-rdb")
-CLI_TIMEOUT_S = 120
-SMALL_SEGMENTS = "segment-size-bytes = 4096\n"
-# These tests run `durakv snapshotter --once` themselves, against S3, at chosen moments.
-MANUAL_SNAPSHOTS = "snapshotter = false\n"
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def s3(moto_endpoint, monkeypatch):
-    """A fresh bucket; the environment points boto3 (and CLI children) at moto."""
-    for name, value in {"AWS_ENDPOINT_URL_S3": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(name, value)
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    client = boto3.client("s3")
-    bucket = f"durakv-{uuid.uuid4().hex[:12]}"
-    client.create_bucket(Bucket=bucket)
-    return client, bucket, f"s3://{bucket}/cluster"
-
-
-def cli(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", "durakv.server.cli", *argv], capture_output=True, text=True,
-                         timeout=CLI_TIMEOUT_S)
-    if check:
-        assert out.returncode == 0, f"durakv {' '.join(argv)} failed:\n{out.stdout}\n{out.stderr}"
-    return out
-
-
-def small_segment_config(tmp_path, manual: bool = True) -> tuple[str, ...]:
-    """Small segments; manual: no supervised snapshotter (the test runs its own)."""
-    path = tmp_path / f"small-segments{'-manual' if manual else ''}.toml"
-    path.write_text(SMALL_SEGMENTS + (MANUAL_SNAPSHOTS if manual else ""))
-    return ("--config", str(path))
-
-
-def manual_config(tmp_path) -> tuple[str, ...]:
-    path = tmp_path / "manual.toml"
-    path.write_text(MANUAL_SNAPSHOTS)
-    return ("--config", str(path))
-
-
-def write_every_type(client: redis.Redis, tag: str, n: int = 40) -> None:
-    future_ms = (int(time.time()) + 3600) * 1000
-    pipe = client.pipeline(transaction=False)
-    for i in range(n):
-        pipe.set(f"{tag}:s{i}", f"value-{i}" * (1 + i % 5))
-        pipe.set(f"{tag}:n{i}", i * 1000)
-    pipe.set(f"{tag}:ttl", "x", pxat=future_ms)
-    pipe.rpush(f"{tag}:list", *[f"e{i}" for i in range(300)], 42, "y" * 9000)
-    pipe.hset(f"{tag}:hash", mapping={"a": "1", "b": "2"})
-    pipe.hset(f"{tag}:bighash", mapping={f"f{i}": i for i in range(600)})
-    pipe.sadd(f"{tag}:intset", 1, 5, -9, 2**40)
-    pipe.sadd(f"{tag}:set", "a", "b", "c")
-    pipe.zadd(f"{tag}:zset", {"a": 1, "b": 2.25, "c": float("-inf")})
-    pipe.zadd(f"{tag}:bigzset", {f"m{i}": i / 3 for i in range(200)})
-    pipe.pexpireat(f"{tag}:bigzset", future_ms + 7)
-    pipe.pexpireat(f"{tag}:list", future_ms + 8)
-    pipe.incrbyfloat(f"{tag}:float", 1.5)
-    pipe.pfadd(f"{tag}:hll", "a", "b", "c")
-    pipe.execute()
 
 
 def shard_seqs(client: redis.Redis) -> dict[int, int]:
@@ -146,7 +75,7 @@ def test_snapshot_round_trip_every_type(server_factory, s3, tmp_path):
     seqs = shard_seqs(client)
     union = {}
     for shard in range(2):
-        prefix = f"cluster/snapshots/shard-{shard:03d}/"
+        prefix = f"cluster/snapshots/{layout.shard_dir_name(shard)}/"
         keys = sorted(o["Key"] for o in client_s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"])
         assert [k.rsplit(".", 1)[1] for k in keys] == ["json", "rdb"]
         manifest = json.loads(client_s3.get_object(Bucket=bucket, Key=keys[0])["Body"].read())
@@ -176,7 +105,7 @@ def test_snapshot_now_builds_on_previous_snapshot_and_restores(server_factory, s
     write_every_type(client, "b")
     live = dump(client)
     cli("snapshot", "--now", "--data-dir", str(srv.data_dir), "--snapshot-url", url)
-    snapshot = newest_local(os.path.join(srv.data_dir, "shard-000"))
+    snapshot = newest_local(layout.shard_dir(srv.data_dir, 0))
     assert snapshot.manifest.parent_seq > 0, "second snapshot was not built on the first"
     restored = tmp_path / "restored"
     out = cli("restore", "--from", url, "--data-dir", str(restored))
@@ -249,7 +178,7 @@ def test_restore_refuses_corrupted_snapshot_object(server_factory, s3, tmp_path)
     out = cli("restore", "--from", url, "--data-dir", str(tmp_path / "r"), check=False)
     assert out.returncode == 1
     assert "sha256" in out.stderr and "refusing" in out.stderr
-    assert not (tmp_path / "r" / "shard-000" / "log").exists()
+    assert not os.path.exists(layout.shard_log_dir(tmp_path / "r", 0))
 
 
 def test_restore_errors(s3, tmp_path):
@@ -275,7 +204,7 @@ def test_restore_refuses_non_empty_dir_unless_forced(server_factory, s3, tmp_pat
     assert (target / "something").exists()
     cli("restore", "--from", url, "--data-dir", str(target), "--force")
     assert not (target / "something").exists()
-    assert newest_local(str(target / "shard-000")).manifest.keys == 1
+    assert newest_local(layout.shard_dir(target, 0)).manifest.keys == 1
 
 
 def test_snapshot_that_does_not_verify_is_never_published(server_factory, s3, tmp_path, monkeypatch):
@@ -294,15 +223,15 @@ def test_snapshot_that_does_not_verify_is_never_published(server_factory, s3, tm
     assert status.shards[0].status == "error"
     assert "SnapshotVerifyFailed" in status.shards[0].error
     assert "Contents" not in client_s3.list_objects_v2(Bucket=bucket)
-    assert list_local(os.path.join(srv.data_dir, "shard-000")) == []
+    assert list_local(layout.shard_dir(srv.data_dir, 0)) == []
 
 
 def test_publish_refuses_local_rdb_changed_after_build(server_factory, s3, tmp_path):
     client_s3, bucket, url = s3
     srv = server_factory(shards=1, extra_args=manual_config(tmp_path))
     srv.client().set("k", "v")
-    build_mod.build_snapshot(os.path.join(srv.data_dir, "shard-000"), 0, 1)
-    snapshot = newest_local(os.path.join(srv.data_dir, "shard-000"))
+    build_mod.build_snapshot(layout.shard_dir(srv.data_dir, 0), 0, 1)
+    snapshot = newest_local(layout.shard_dir(srv.data_dir, 0))
     with open(snapshot.rdb_path, "r+b") as f:
         f.seek(20)
         f.write(b"X")
@@ -340,17 +269,17 @@ def test_kill9_then_snapshot_plus_log_tail_rebuilds_state(server_factory, s3, tm
     client.delete("a:hash")
     live = dump(client)
     srv.kill9()
-    shard_dir = os.path.join(srv.data_dir, "shard-000")
+    shard_dir = layout.shard_dir(srv.data_dir, 0)
     snapshot = newest_local(shard_dir)
     assert read_release(shard_dir) > 0
     ctx = new_context()
-    with open_log_after_kill(os.path.join(shard_dir, "log")) as wal:
+    with open_log_after_kill(layout.log_dir_of(shard_dir)) as wal:
         # The live shard drops released segments itself (once a second); whatever
         # it had not dropped yet before the kill goes now.
         before = len(wal.segments())
         dropped = release_segments(shard_dir, wal)
         assert len(wal.segments()) == before - len(dropped)
-    with Log.open(os.path.join(shard_dir, "log")) as wal:
+    with Log.open(layout.log_dir_of(shard_dir)) as wal:
         base = load_start_snapshot(shard_dir, ctx.db, wal)
         assert base == snapshot.manifest.seq
         assert wal.recovery.first_seq > 1, "released segments were not dropped"
@@ -372,12 +301,12 @@ def test_local_snapshots_release_what_a_snapshot_covers(server_factory, tmp_path
     for i in range(300):
         client.set(f"k{i}", "v" * 30)
     cli("snapshotter", "--data-dir", str(srv.data_dir), "--once")
-    shard_dir = os.path.join(srv.data_dir, "shard-000")
+    shard_dir = layout.shard_dir(srv.data_dir, 0)
     snapshot = newest_local(shard_dir)
     assert read_release(shard_dir) == snapshot.manifest.seq > 0
-    assert os.path.exists(os.path.join(srv.data_dir, "snapshots", "snapshots", "shard-000",
+    assert os.path.exists(os.path.join(layout.snapshots_dir(srv.data_dir), "snapshots", layout.shard_dir_name(0),
                                        f"{snapshot.manifest.seq:020d}.json"))
-    assert not os.path.exists(os.path.join(srv.data_dir, "snapshots", "log"))
+    assert not os.path.exists(os.path.join(layout.snapshots_dir(srv.data_dir), "log"))
 
 
 # --- import ---------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ import time
 from durakv.shards.slots import key_slot, slot_owner_table
 from durakv.snapshotter.filestore import open_store
 from durakv.snapshotter.tailship import TailArchiver
-from test_snapshot import cli, dump, manual_config, s3, moto_endpoint, write_every_type  # noqa: F401
+from refserver import dump_keyspace as dump
+from snapshot_support import cli, manual_config, write_every_type
 from test_snapshot_serve import _wait_for
 
 INTERVAL_MS = 200

@@ -10,6 +10,7 @@ import time
 
 from test_snapshot import cli, dump
 from test_snapshot_serve import _wait_for
+from durakv.log.layout import shard_log_dir
 
 SEGMENT_BYTES = 4096
 EVERY_BYTES = 16384
@@ -19,7 +20,7 @@ KEYS = 20
 def _log_bytes(data_dir, shards: int) -> int:
     total = 0
     for shard in range(shards):
-        log_dir = os.path.join(data_dir, f"shard-{shard:03d}", "log")
+        log_dir = shard_log_dir(data_dir, shard)
         for name in os.listdir(log_dir):
             try:
                 total += os.path.getsize(os.path.join(log_dir, name)) if name.endswith(".seg") else 0

@@ -10,13 +10,15 @@ import time
 
 import pytest
 
-from test_snapshot import cli, dump, s3, moto_endpoint, small_segment_config, write_every_type  # noqa: F401
+from refserver import dump_keyspace as dump
+from snapshot_support import cli, small_segment_config, write_every_type
+from durakv.log.layout import log_dir_of, shard_dir as layout_shard_dir
 
 WAIT_S = 60
 
 
 def _segments(shard_dir: str) -> list[str]:
-    return sorted(n for n in os.listdir(os.path.join(shard_dir, "log")) if n.endswith(".seg"))
+    return sorted(n for n in os.listdir(log_dir_of(shard_dir)) if n.endswith(".seg"))
 
 
 def _wait_for(predicate, what: str) -> None:
@@ -36,7 +38,7 @@ def test_kill9_restart_loads_snapshot_and_log_tail(server_factory, s3, tmp_path)
     for i in range(300):
         client.set(f"pad:{i}", "p" * 30)
     cli("snapshot", "--now", "--data-dir", str(srv.data_dir))
-    shard_dir = os.path.join(srv.data_dir, "shard-000")
+    shard_dir = layout_shard_dir(srv.data_dir, 0)
     _wait_for(lambda: _segments(shard_dir)[0] != f"{1:020d}.seg", "shard 0 to drop released segments")
     write_every_type(client, "b")
     client.delete("a:hash")

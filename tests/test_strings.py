@@ -10,10 +10,7 @@ import time
 
 import pytest
 
-from refserver import pair, pair3, redis_ref  # noqa: F401  (fixtures)
-
-LLONG_MAX = 2**63 - 1
-LLONG_MIN = -(2**63)
+from durakv.shards.numbers import LLONG_MAX, LLONG_MIN
 
 
 def run_same(pair, script: list[tuple]) -> list:

@@ -13,13 +13,16 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import redis
 
-from conftest import DurakvServer, free_port
+from conftest import DurakvServer
+from proctools import free_port, signal_group
 from refserver import RawConn
 from durakv.shards.exit_codes import EXIT_PERMANENT
 from durakv.shards.slots import key_slot
+from durakv.log.layout import shard_log_dir
 
 DEADLINE_S = 30
 DOWN = b"-CLUSTERDOWN The cluster is down\r\n"
@@ -152,7 +155,7 @@ def run_serve(port: int, data_dir, *extra: str, timeout_s: float = DEADLINE_S) -
     try:
         out, err = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        signal_group(proc, signal.SIGKILL)
         out, err = proc.communicate()
         raise AssertionError(f"durakv serve on port {port} did not exit:\n{err[-3000:]}") from None
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
@@ -226,7 +229,7 @@ def corrupt_shard_logs(srv, shards: list[int]) -> None:
     segment, where records follow it: corruption, not a torn tail."""
     srv.stop()
     for shard in shards:
-        segments = sorted((srv.data_dir / f"shard-{shard:03d}" / "log").glob("*.seg"))
+        segments = sorted(Path(shard_log_dir(srv.data_dir, shard)).glob("*.seg"))
         size = segments[0].stat().st_size
         with open(segments[0], "r+b") as f:
             f.seek(size // 2)

@@ -10,14 +10,10 @@ import pytest
 import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from refserver import Pair, keys_on_different_shards, pair, pair3, redis_ref, same_all  # noqa: F401
+from refserver import keys_on_different_shards, same_all
+from engine_util import call, new_ctx, run_and_replay
 
 import durakv.shards.commands  # noqa: F401
-from durakv.shards.context import Ctx
-from durakv.shards.engine import replay, run_command, state_of
-from durakv.shards.keyspace import Keyspace
-from durakv.shards.resp import ReplyError
-from durakv.shards.shard_settings import SHARD_DEFAULTS
 
 
 # --- SETBIT / GETBIT ---------------------------------------------------------------------
@@ -335,46 +331,28 @@ def test_random_bit_commands_match_redis(pair, seed):
 # --- effects --------------------------------------------------------------------------------
 
 
-class _Shard:
-    def __init__(self) -> None:
-        self.settings = dict(SHARD_DEFAULTS)
-        self.slot_range = (0, 16383)
-
-
-def _ctx() -> Ctx:
-    return Ctx(Keyspace(), _Shard())
-
-
-def _run(ctx: Ctx, args: tuple) -> object:
-    argv = [a if isinstance(a, bytes) else str(a).encode() for a in args]
-    try:
-        return run_command(ctx, argv)
-    except ReplyError as e:
-        return e
-
-
 def test_bitfield_effect_holds_only_final_values():
-    ctx = _ctx()
-    _run(ctx, ("SET", "k", b"\x01"))
+    ctx = new_ctx()
+    call(ctx, "SET", "k", b"\x01")
     ctx.db.effects.clear()
-    _run(ctx, ("BITFIELD", "k", "OVERFLOW", "SAT", "INCRBY", "u8", 0, 300, "INCRBY", "i4", "#3", -1,
-               "OVERFLOW", "FAIL", "SET", "u8", 40, 999))
+    call(ctx, "BITFIELD", "k", "OVERFLOW", "SAT", "INCRBY", "u8", 0, 300, "INCRBY", "i4", "#3", -1,
+               "OVERFLOW", "FAIL", "SET", "u8", 40, 999)
     assert ctx.db.effects == [[b"BITFIELD", b"k", b"SET", b"u8", b"0", b"255", b"SET", b"i4", b"12", b"-1",
                                b"SET", b"u8", b"40", b"0"]]
     ctx.db.effects.clear()
-    _run(ctx, ("BITFIELD", "k", "SET", "u8", 0, 255))  # no change: nothing to log
-    _run(ctx, ("SETBIT", "k", 0, 1))
+    call(ctx, "BITFIELD", "k", "SET", "u8", 0, 255)  # no change: nothing to log
+    call(ctx, "SETBIT", "k", 0, 1)
     assert ctx.db.effects == []
 
 
 def test_bitop_effect_is_the_resulting_value():
-    ctx = _ctx()
-    _run(ctx, ("SET", "a", b"\x0f"))
-    _run(ctx, ("SET", "d", b"x"))
+    ctx = new_ctx()
+    call(ctx, "SET", "a", b"\x0f")
+    call(ctx, "SET", "d", b"x")
     ctx.db.effects.clear()
-    _run(ctx, ("BITOP", "NOT", "d", "a"))
-    _run(ctx, ("BITOP", "AND", "d", "missing"))
-    _run(ctx, ("BITOP", "AND", "d", "missing"))
+    call(ctx, "BITOP", "NOT", "d", "a")
+    call(ctx, "BITOP", "AND", "d", "missing")
+    call(ctx, "BITOP", "AND", "d", "missing")
     assert ctx.db.effects == [[b"SET", b"d", b"\xf0"], [b"DEL", b"d"]]
 
 
@@ -402,9 +380,4 @@ _bit_command = st.one_of(
 @settings(max_examples=200, deadline=None)
 @given(st.lists(_bit_command, max_size=30))
 def test_replaying_effects_gives_the_live_state(commands):
-    live = _ctx()
-    for command in commands:
-        _run(live, command)
-    replayed = _ctx()
-    replay(replayed, live.db.effects)
-    assert state_of(replayed.db) == state_of(live.db)
+    live, replayed = run_and_replay(commands)

@@ -8,13 +8,13 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from refserver import Pair, decode, pair, pair3, redis_ref, same_all  # noqa: F401
+from refserver import Pair, decode, same_all, same_sequence
 
 import durakv.shards.commands  # noqa: F401
-from durakv.shards.engine import replay, state_of
+from durakv.shards.engine import state_of
 from durakv.shards.resp import ReplyError
 from durakv.shards.t_hash import HashValue, parse_cursor
-from engine_util import call, new_ctx
+from engine_util import call, new_ctx, run_and_replay
 
 MAX_SCAN_CALLS = 10_000
 
@@ -478,12 +478,7 @@ hash_command_st = st.one_of(
 @settings(max_examples=200, deadline=None)
 @given(st.lists(hash_command_st, max_size=40))
 def test_replaying_effects_gives_the_live_state(commands):
-    live = new_ctx()
-    for command in commands:
-        call(live, *command)
-    replayed = new_ctx()
-    replay(replayed, live.db.effects)
-    assert state_of(replayed.db) == state_of(live.db)
+    live, replayed = run_and_replay(commands)
     assert all(value for value in live.db.data.values()), "an empty hash was left behind"
     for key, value in live.db.data.items():
         if isinstance(value, HashValue):
@@ -493,9 +488,4 @@ def test_replaying_effects_gives_the_live_state(commands):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(commands=st.lists(hash_command_st, min_size=1, max_size=25))
 def test_random_command_sequences_reply_like_redis(pair, commands):
-    pair.same("FLUSHALL")
-    for command in commands:
-        pair.same(*command)
-    for key in KEYS:
-        pair.same("TYPE", key)
-        pair.same("HGETALL", key)
+    same_sequence(pair, commands, KEYS, lambda key: [("HGETALL", key)])

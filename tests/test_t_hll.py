@@ -11,13 +11,10 @@ import pytest
 import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from refserver import Pair, keys_on_different_shards, pair, redis_ref, same_all  # noqa: F401
+from refserver import keys_on_different_shards, same_all
+from engine_util import call, new_ctx, run_and_replay
 
 import durakv.shards.commands  # noqa: F401
-from durakv.shards.context import Ctx
-from durakv.shards.engine import replay, run_command, state_of
-from durakv.shards.keyspace import Keyspace
-from durakv.shards.resp import ReplyError
 from durakv.shards.shard_settings import SHARD_DEFAULTS
 from durakv.shards.t_hll import DENSE_BYTES, dense_to_raw, pattern, raw_max, raw_to_dense
 
@@ -276,40 +273,25 @@ def test_hll_commands_through_redis_py(r):
 # --- effects ----------------------------------------------------------------------------------
 
 
-class _Shard:
-    def __init__(self, sparse_max_bytes: int = SHARD_DEFAULTS["hll-sparse-max-bytes"]) -> None:
-        self.settings = dict(SHARD_DEFAULTS)
-        self.settings["hll-sparse-max-bytes"] = sparse_max_bytes
-        self.slot_range = (0, 16383)
-
-
-def _run(ctx: Ctx, args: tuple) -> object:
-    argv = [a if isinstance(a, bytes) else str(a).encode() for a in args]
-    try:
-        return run_command(ctx, argv)
-    except ReplyError as e:
-        return e
-
-
 def test_effects_of_each_command():
-    ctx = Ctx(Keyspace(), _Shard())
-    _run(ctx, ("PFADD", "h", "a"))
+    ctx = new_ctx()
+    call(ctx, "PFADD", "h", "a")
     value = bytes(ctx.db.data[b"h"])
     assert ctx.db.effects == [[b"SET", b"h", value, b"KEEPTTL"]]
     ctx.db.effects.clear()
-    assert _run(ctx, ("PFCOUNT", "h")) == 1
+    assert call(ctx, "PFCOUNT", "h") == 1
     assert ctx.db.effects == [[b"SETRANGE", b"h", b"8", (1).to_bytes(8, "little")]]
     ctx.db.effects.clear()
-    assert _run(ctx, ("PFCOUNT", "h")) == 1  # served from the cache: no write
-    assert _run(ctx, ("PFADD", "h", "a")) == 0
+    assert call(ctx, "PFCOUNT", "h") == 1  # served from the cache: no write
+    assert call(ctx, "PFADD", "h", "a") == 0
     assert ctx.db.effects == []
-    _run(ctx, ("PFADD", "d", *elements("z", 3000)))
+    call(ctx, "PFADD", "d", *elements("z", 3000))
     assert len(ctx.db.data[b"d"]) == DENSE_BYTES
     ctx.db.effects.clear()
-    _run(ctx, ("PFADD", "d", "more", "and more"))  # dense: logged as sent
+    call(ctx, "PFADD", "d", "more", "and more")  # dense: logged as sent
     assert ctx.db.effects == [[b"PFADD", b"d", b"more", b"and more"]]
     ctx.db.effects.clear()
-    _run(ctx, ("PFMERGE", "d", "h"))
+    call(ctx, "PFMERGE", "d", "h")
     assert ctx.db.effects == [[b"PFMERGE", b"d", b"h"]]
 
 
@@ -326,9 +308,4 @@ _hll_command = st.one_of(
 @given(st.lists(_hll_command, max_size=25), st.sampled_from([0, 40, 300, 3000]),
        st.sampled_from([0, 40, 300, 3000]))
 def test_replaying_effects_gives_the_live_state(commands, live_limit, replay_limit):
-    live = Ctx(Keyspace(), _Shard(live_limit))
-    for command in commands:
-        _run(live, command)
-    replayed = Ctx(Keyspace(), _Shard(replay_limit))
-    replay(replayed, live.db.effects)
-    assert state_of(replayed.db) == state_of(live.db)
+    run_and_replay(commands, {"hll-sparse-max-bytes": live_limit}, {"hll-sparse-max-bytes": replay_limit})

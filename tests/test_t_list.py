@@ -7,12 +7,12 @@ import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from refserver import Pair, pair, pair3, redis_ref, same_all  # noqa: F401
+from refserver import Pair, same_all, same_sequence
 
 import durakv.shards.commands  # noqa: F401
 from durakv.shards.engine import replay, state_of
 from durakv.shards.t_list import LIST_HEAD, LIST_TAIL, list_move, list_mpop, list_pop
-from engine_util import call, new_ctx
+from engine_util import call, new_ctx, run_and_replay
 
 FAR_FUTURE_MS = 4_102_444_800_000  # 2100-01-01
 
@@ -417,21 +417,11 @@ list_command_st = st.one_of(
 @settings(max_examples=200, deadline=None)
 @given(st.lists(list_command_st, max_size=40))
 def test_replaying_effects_gives_the_live_state(commands):
-    live = new_ctx()
-    for command in commands:
-        call(live, *command)
-    replayed = new_ctx()
-    replay(replayed, live.db.effects)
-    assert state_of(replayed.db) == state_of(live.db)
+    live, replayed = run_and_replay(commands)
     assert all(value for value in live.db.data.values()), "an empty list was left behind"
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(commands=st.lists(list_command_st, min_size=1, max_size=25))
 def test_random_command_sequences_reply_like_redis(pair, commands):
-    pair.same("FLUSHALL")
-    for command in commands:
-        pair.same(*command)
-    for key in KEYS:
-        pair.same("TYPE", key)
-        pair.same("LRANGE", key, 0, -1)
+    same_sequence(pair, commands, KEYS, lambda key: [("LRANGE", key, 0, -1)])

@@ -11,12 +11,11 @@ import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from refserver import Pair, decode, pair, pair3, redis_ref, same_all  # noqa: F401
+from refserver import Pair, decode, same_all
 
 from durakv.shards import commands  # noqa: F401
-from durakv.shards.engine import replay, state_of
 from durakv.shards.t_set import SetValue
-from engine_util import call, new_ctx
+from engine_util import assert_replay_equals_live, call, new_ctx, run_and_replay
 
 SCAN_CALLS_MAX = 10_000
 
@@ -487,12 +486,7 @@ random_command_st = st.one_of(
 @settings(max_examples=1000, deadline=None)
 @given(st.lists(st.one_of(set_command_st, random_command_st), max_size=40))
 def test_replaying_effects_gives_the_live_state(commands):
-    live = new_ctx()
-    for command in commands:
-        call(live, *command)
-    replayed = new_ctx()
-    replay(replayed, live.db.effects)
-    assert state_of(replayed.db) == state_of(live.db)
+    live, replayed = run_and_replay(commands)
     assert all(value for value in live.db.data.values()), "an empty set was left behind"
 
 
@@ -538,9 +532,7 @@ def test_random_and_scan_indexes_of_big_sets_stay_in_step(commands):
             assert all(s.rand_list[i] == m for m, i in s.rand_pos.items()) and len(s.rand_pos) == len(s)
         if s.scan_index is not None:
             assert sorted(m for _, m in s.scan_index) == sorted(s)
-    replayed = new_ctx()
-    replay(replayed, live.db.effects)
-    assert state_of(replayed.db) == state_of(live.db)
+    assert_replay_equals_live(live)
 
 
 def test_smove_signals_the_destination_only_when_it_changes():

@@ -17,14 +17,10 @@ import pytest
 import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from refserver import Pair, keys_on_different_shards, pair, pair3, redis_ref, same_all  # noqa: F401
+from refserver import Pair, keys_on_different_shards, same_all
+from engine_util import call, new_ctx, run_and_replay
 
 import durakv.shards.commands  # noqa: F401
-from durakv.shards.context import Ctx
-from durakv.shards.engine import replay, run_command, state_of
-from durakv.shards.keyspace import Keyspace
-from durakv.shards.resp import ReplyError
-from durakv.shards.shard_settings import SHARD_DEFAULTS
 from durakv.shards.t_sort import lookup_by_pattern, parse_sort_score, sort_keys
 
 
@@ -225,9 +221,9 @@ def test_sort_through_redis_py(r):
 
 
 def test_lookup_by_pattern_reads_like_c_strings():
-    ctx = Ctx(Keyspace(), _Shard())
-    _run(ctx, ("SET", "w_x->", "1"))
-    _run(ctx, ("HSET", "h_x", "f\x00g", "2"))
+    ctx = new_ctx()
+    call(ctx, "SET", "w_x->", "1")
+    call(ctx, "HSET", "h_x", "f\x00g", "2")
     assert lookup_by_pattern(ctx, b"w_*->", b"x") == b"1"  # no field after the arrow
     assert lookup_by_pattern(ctx, b"h_*->f\x00g", b"x") == b"2"  # the field keeps its NUL
     assert lookup_by_pattern(ctx, b"#\x00junk", b"x") == b"x"
@@ -295,32 +291,18 @@ def test_random_sorts_match_redis(pair, seed):
 # --- effects ----------------------------------------------------------------------------------
 
 
-class _Shard:
-    def __init__(self) -> None:
-        self.settings = dict(SHARD_DEFAULTS)
-        self.slot_range = (0, 16383)
-
-
-def _run(ctx: Ctx, args: tuple) -> object:
-    argv = [a if isinstance(a, bytes) else str(a).encode() for a in args]
-    try:
-        return run_command(ctx, argv)
-    except ReplyError as e:
-        return e
-
-
 def test_store_effect_rebuilds_the_destination():
-    ctx = Ctx(Keyspace(), _Shard())
-    _run(ctx, ("SADD", "s", "b", "a", "c"))
-    _run(ctx, ("SET", "d", "x"))
+    ctx = new_ctx()
+    call(ctx, "SADD", "s", "b", "a", "c")
+    call(ctx, "SET", "d", "x")
     ctx.db.effects.clear()
-    assert _run(ctx, ("SORT", "s", "ALPHA", "STORE", "d")) == 3
+    assert call(ctx, "SORT", "s", "ALPHA", "STORE", "d") == 3
     assert ctx.db.effects == [[b"DEL", b"d"], [b"RPUSH", b"d", b"a", b"b", b"c"]]
     ctx.db.effects.clear()
-    assert _run(ctx, ("SORT", "missing", "STORE", "d")) == 0
-    assert _run(ctx, ("SORT", "missing", "STORE", "d")) == 0
+    assert call(ctx, "SORT", "missing", "STORE", "d") == 0
+    assert call(ctx, "SORT", "missing", "STORE", "d") == 0
     assert ctx.db.effects == [[b"DEL", b"d"]]
-    assert _run(ctx, ("SORT", "s", "ALPHA")) == [b"a", b"b", b"c"]
+    assert call(ctx, "SORT", "s", "ALPHA") == [b"a", b"b", b"c"]
     assert ctx.db.effects == [[b"DEL", b"d"]]
 
 
@@ -345,9 +327,4 @@ _sort_command = st.one_of(
 @settings(max_examples=200, deadline=None)
 @given(st.lists(_sort_command, max_size=25))
 def test_replaying_effects_gives_the_live_state(commands):
-    live = Ctx(Keyspace(), _Shard())
-    for command in commands:
-        _run(live, command)
-    replayed = Ctx(Keyspace(), _Shard())
-    replay(replayed, live.db.effects)
-    assert state_of(replayed.db) == state_of(live.db)
+    live, replayed = run_and_replay(commands)

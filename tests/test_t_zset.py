@@ -10,14 +10,14 @@ import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from refserver import Pair, pair, pair3, redis_ref, same_all  # noqa: F401
+from refserver import Pair, same_all, same_sequence
 
 from durakv.shards import commands  # noqa: F401
 from durakv.shards.engine import replay, state_of
 from durakv.shards.resp import NULL_ARRAY, ReplyError
 from durakv.shards.t_keys import ENCODINGS
 from durakv.shards.t_zset import ZSetValue, parse_score_range, zpop_generic, zset_pop
-from engine_util import call, new_ctx
+from engine_util import call, new_ctx, run_and_replay
 
 SCAN_CALLS_MAX = 10_000
 
@@ -711,14 +711,9 @@ zset_command_st = st.one_of(
 @settings(max_examples=1000, deadline=None)
 @given(st.lists(zset_command_st, max_size=40), st.sampled_from([(128, 64), (2, 64), (128, 2), (0, 64)]))
 def test_replaying_effects_gives_the_live_state(commands, limits):
-    live = new_ctx()
-    live.shard.settings["zset-max-listpack-entries"], live.shard.settings["zset-max-listpack-value"] = limits
-    for command in commands:
-        call(live, *command)
-    replayed = new_ctx()
-    replayed.shard.settings.update(live.shard.settings)
-    replay(replayed, live.db.effects)
-    assert state_of(replayed.db) == state_of(live.db)
+    entries, value = limits
+    live, replayed = run_and_replay(commands, {"zset-max-listpack-entries": entries,
+                                               "zset-max-listpack-value": value})
     encodings = {k: ENCODINGS[type(v)](v) for k, v in live.db.data.items() if type(v) is ZSetValue}
     assert encodings == {k: ENCODINGS[type(v)](v) for k, v in replayed.db.data.items() if type(v) is ZSetValue}
     assert all(len(value) for value in live.db.data.values()), "an empty zset was left behind"
@@ -727,13 +722,8 @@ def test_replaying_effects_gives_the_live_state(commands, limits):
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(commands=st.lists(zset_command_st, min_size=1, max_size=25))
 def test_random_command_sequences_reply_like_redis(pair, commands):
-    pair.same("FLUSHALL")
-    for command in commands:
-        pair.same(*command)
-    for key in KEYS:
-        pair.same("TYPE", key)
-        pair.same("OBJECT", "ENCODING", key)
-        pair.same("ZRANGE", key, 0, -1, "WITHSCORES")
+    same_sequence(pair, commands, KEYS,
+                  lambda key: [("OBJECT", "ENCODING", key), ("ZRANGE", key, 0, -1, "WITHSCORES")])
 
 
 lex_member_st = st.text(alphabet="abc", min_size=0, max_size=3)

@@ -41,7 +41,8 @@ from durakv.shards.rdb.packed import (
 from durakv.shards.t_hash import HashValue
 from durakv.shards.t_list import ListValue
 from durakv.shards.t_set import INTSET_MAX_ENTRIES_CAP, SetValue
-from durakv.shards.t_zset import LLONG_HALF_D, ZSetValue, strtod
+from durakv.shards.numbers import strtod
+from durakv.shards.t_zset import LLONG_HALF_D, ZSetValue
 
 RDB_VERSION = 10  # what durakv writes (Redis 7.0)
 MAX_RDB_VERSION = 11  # what a file may hold (Redis 7.2); a DUMP payload may hold RDB_VERSION at most

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import struct
 
-from durakv.shards.args import parse_ll
+from durakv.shards.numbers import parse_ll
 
 LP_HEADER_BYTES = 6
 LP_EOF = 0xFF
