@@ -143,9 +143,9 @@ class Server:
         if not self.name.startswith("durakv"):
             return {"server": cpu_seconds(self.proc.pid)}
         roles = {"router": 0.0, "shard": 0.0}
-        for pid, cmdline in children(self.proc.pid).items():
+        for pid, title in children(self.proc.pid).items():  # process titles: `durakv shard 1 DIR`
             for role in roles:
-                if f" {role} --index" in cmdline:
+                if title.startswith(f"durakv {role} "):
                     roles[role] += cpu_seconds(pid)
         return roles
 
