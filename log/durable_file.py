@@ -10,6 +10,7 @@ test's JournalingDisk sees (and a failing Disk can refuse) each sync.
 from __future__ import annotations
 
 import os
+import threading
 
 from .disk import OS_DISK, Disk
 
@@ -29,6 +30,28 @@ def replace_file(path: str, data: bytes, *, mode: int = 0o644, tmp_path: str | N
     finally:
         os.close(fd)
     rename_durably(tmp_path, path, disk=disk)
+
+
+def create_durably(path: str, data: bytes, *, mode: int = 0o644, disk: Disk = OS_DISK) -> bool:
+    """Durably create `path` holding `data` unless the name exists (then False). The
+    file is written and fsync'd under a temp name private to this thread, then
+    linked into place: link(2) fails if the name exists, so processes racing to
+    create the same file (a router and a shard started at once) agree on one."""
+    tmp_path = f"{path}{TMP_SUFFIX}.{os.getpid()}.{threading.get_ident()}"
+    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        try:
+            disk.write_all(fd, data, 0)
+            disk.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(tmp_path, path)
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp_path)
+    disk.fsync_dir(os.path.dirname(path) or ".")
+    return True
 
 
 def rename_durably(tmp_path: str, path: str, *, disk: Disk = OS_DISK) -> None:

@@ -8,7 +8,7 @@ import json
 import os
 import secrets
 
-from durakv.log.durable_file import replace_file
+from durakv.log.durable_file import create_durably
 from durakv.log.layout import topology_path
 
 TOPOLOGY_VERSION = 1
@@ -19,15 +19,18 @@ class TopologyMismatch(Exception):
 
 
 def ensure_topology(data_dir: str, shards: int) -> dict:
+    """The data dir's topology, created on first use. Processes started together
+    (systemd starts a router and its shards at once) may race to create it: the
+    first creation wins and every other process reads that one."""
     os.makedirs(data_dir, exist_ok=True)
     path = topology_path(data_dir)
+    if not os.path.exists(path):
+        topology = {"version": TOPOLOGY_VERSION, "shards": shards, "node_id": secrets.token_hex(20)}
+        if create_durably(path, json.dumps(topology, indent=2).encode()):
+            return topology
     try:
         with open(path) as f:
             topology = json.load(f)
-    except FileNotFoundError:
-        topology = {"version": TOPOLOGY_VERSION, "shards": shards, "node_id": secrets.token_hex(20)}
-        replace_file(path, json.dumps(topology, indent=2).encode())
-        return topology
     except (OSError, ValueError) as e:
         raise TopologyMismatch(f"cannot read {path} ({e}); it records this data dir's shard count: "
                                "restore it, or start from an empty data dir") from None

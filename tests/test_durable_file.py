@@ -37,3 +37,32 @@ def test_replace_file_survives_power_loss_and_keeps_mode(tmp_path):
     assert report.removed == [] and report.truncated == {}
     assert open(path, "rb").read() == b"new\n"
     assert os.stat(path).st_mode & 0o777 == 0o600
+
+
+def test_processes_racing_to_create_the_topology_agree_on_one(tmp_path):
+    """A router and a shard started at once (systemd) both create cluster.json:
+    one creation wins, every caller gets that node id, none fails."""
+    import threading
+
+    from durakv.server.topology import ensure_topology
+
+    for attempt in range(20):
+        data_dir = str(tmp_path / f"data{attempt}")
+        results: list = []
+        barrier = threading.Barrier(8)
+
+        def start() -> None:
+            barrier.wait()
+            try:
+                results.append(ensure_topology(data_dir, 2)["node_id"])
+            except BaseException as e:  # noqa: BLE001 - reported by the assertion
+                results.append(e)
+
+        threads = [threading.Thread(target=start) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(isinstance(r, str) for r in results), results
+        assert len(set(results)) == 1, results
+        assert os.listdir(data_dir) == ["cluster.json"]
