@@ -51,7 +51,7 @@ def test_processes_racing_to_create_the_topology_agree_on_one(tmp_path):
         results: list = []
         barrier = threading.Barrier(8)
 
-        def start() -> None:
+        def start(data_dir: str = data_dir, results: list = results, barrier: threading.Barrier = barrier) -> None:
             barrier.wait()
             try:
                 results.append(ensure_topology(data_dir, 2)["node_id"])

@@ -231,8 +231,11 @@ def test_kill_under_write_load_no_error_reply_for_an_applied_write(server_factor
         victim = srv.child_pid("shard", 1)
         os.kill(victim, signal.SIGKILL)  # the shard alone, not the tree
         before = {w.index: w.acked for w in writers}
-        wait_until(lambda: all(w.acked >= before[w.index] + RESTARTED_WRITES for w in writers)
-                   and all_progressed(0), "every writer to make progress on the restarted shard")
+
+        def progressed_since_kill(before: dict[int, int] = before) -> bool:
+            return all(w.acked >= before[w.index] + RESTARTED_WRITES for w in writers) and all_progressed(0)
+
+        wait_until(progressed_since_kill, "every writer to make progress on the restarted shard")
         if sum(w.closed for w in writers):
             break
     for w in writers:
