@@ -29,6 +29,11 @@ PROGRESS_TIMEOUT_S = 30
 
 
 def write_config(tmp_path: Path, **settings) -> str:
+    """A config file; a durability journal (simulated power loss) turns the supervised
+    snapshotter off: only the shard's own syncs are journaled, so a local snapshot
+    and the segments it let the shard drop could not be cut back consistently."""
+    if settings.get("test_durability_journal"):
+        settings.setdefault("snapshotter", False)
     path = tmp_path / "durakv.toml"
     lines = []
     for key, value in settings.items():
