@@ -22,7 +22,7 @@ import os
 
 DEFAULT_DATA_DIR = "./durakv-data"
 TOPOLOGY_FILE = "cluster.json"
-DATA_DIR_LOCK = "LOCK"
+LOCK_FILE = "LOCK"  # the lock file of a data dir, a shard log dir and the snapshotter dir (log/lock.py)
 SHARD_FAILED_FILE = "FAILED"
 RUN_DIR = "run"
 RUN_DIR_MODE = 0o700
@@ -82,7 +82,7 @@ def shard_failed_path(data_dir: str, shard: int) -> str:
 
 
 def data_dir_lock_path(data_dir: str) -> str:
-    return os.path.join(data_dir, DATA_DIR_LOCK)
+    return os.path.join(data_dir, LOCK_FILE)
 
 
 def durability_journal_path(data_dir: str, shard: int) -> str:

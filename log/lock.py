@@ -17,7 +17,7 @@ from typing import Iterator
 
 from .errors import LockHeld, LogLocked
 from .layout import data_dir_lock_path, shard_log_dirs
-from .manifest import LOCK_NAME
+from .layout import LOCK_FILE
 
 _MAX_HOLDER_BYTES = 256
 
@@ -58,7 +58,7 @@ def lock_data_dir(data_dir: str, role: str) -> int:
 
 def lock_shard_log(log_dir: str, role: str) -> int:
     """DIR/shard-NNN/log/LOCK, the lock a shard's Log holds while it writes."""
-    return acquire(os.path.join(log_dir, LOCK_NAME), role, what=f"log directory {log_dir}",
+    return acquire(os.path.join(log_dir, LOCK_FILE), role, what=f"log directory {log_dir}",
                    error=LogLocked)
 
 

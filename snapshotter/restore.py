@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, UTC
 
 from durakv.log import Log, LogError
-from durakv.log.layout import DATA_DIR_LOCK, log_dir_of
+from durakv.log.layout import LOCK_FILE, log_dir_of
 from durakv.log.lock import exclusive_data_dir
 from durakv.log.manifest import Manifest, segment_name, store_manifest
 from durakv.shards.rdb.file import settle_keyspace
@@ -235,7 +235,7 @@ def shards_in_store(store: Store) -> int:
 
 
 def data_dir_is_empty(data_dir: str) -> bool:
-    return not os.path.exists(data_dir) or not set(os.listdir(data_dir)) - {DATA_DIR_LOCK}
+    return not os.path.exists(data_dir) or not set(os.listdir(data_dir)) - {LOCK_FILE}
 
 
 def restore(store: Store, data_dir: str, *, seq: int | dict[int, int] | None = None,
@@ -283,7 +283,7 @@ def _restore_locked(store: Store, target: str, *, seq: int | dict[int, int] | No
         if gaps and not allow_partial:
             raise RestoreError(_gap_message(gaps, at_ms))
         for name in os.listdir(target):
-            if name == DATA_DIR_LOCK:
+            if name == LOCK_FILE:
                 continue
             path = os.path.join(target, name)
             shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)

@@ -36,7 +36,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from durakv.log import OS_DISK
-from durakv.log.layout import DATA_DIR_LOCK, log_dir_of, snapshotter_dir, topology_path
+from durakv.log.layout import LOCK_FILE, log_dir_of, snapshotter_dir, topology_path
 from durakv.log import lock as dir_lock
 from durakv.log.durable_file import replace_file
 from durakv.log.errors import LockHeld
@@ -124,7 +124,7 @@ def acquire_lock(data_dir: str) -> int:
     """flock DIR/snapshotter/LOCK (log.lock); raises SnapshotterBusy naming the holder."""
     directory = snapshotter_dir(data_dir)
     OS_DISK.makedirs(directory)
-    path = os.path.join(directory, DATA_DIR_LOCK)
+    path = os.path.join(directory, LOCK_FILE)
     return dir_lock.acquire(path, "snapshotter", what=f"snapshotter lock {path}", error=SnapshotterBusy)
 
 

@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -126,7 +127,7 @@ def group_pieces(shard: int, sealed: list[RemoteSegment], pieces: list[TailPiece
     return out
 
 
-class Store:
+class Store(ABC):
     """The high-level operations on top of a backend's object primitives."""
 
     url: str
@@ -135,35 +136,44 @@ class Store:
 
     # --- backend primitives ----------------------------------------------------------
 
+    @abstractmethod
     def check_bucket(self) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def where(self, key: str) -> str:
         """The object's full name, for messages."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _head(self, key: str) -> dict[str, str] | None:
         """The object's metadata, or None when it does not exist."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _list(self, prefix: str) -> list[tuple[str, int]]:
         """(key, size) of every object under prefix."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _chunks(self, key: str) -> Iterator[bytes]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _get_bytes(self, key: str) -> bytes | None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _put_file(self, path: str, key: str, metadata: dict[str, str]) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _put_bytes(self, key: str, data: bytes, metadata: dict[str, str]) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _delete(self, key: str) -> None:
-        raise NotImplementedError
+        ...
 
     # --- names ------------------------------------------------------------------------
 
