@@ -285,8 +285,11 @@ class Shard(GroupCommit):
             data = encode(result, waiter.proto)
         except ReplyError as e:
             data = encode_error(e.message)
-        wrote = len(effects) > effects_before
-        return data, (next_seq if wrote and hold_writes else 0)
+        if len(effects) > effects_before:
+            return data, (next_seq if hold_writes else 0)
+        # A served read (XREAD) wrote nothing but returns what the write that woke
+        # it added: its reply waits until that write is durable, like any read.
+        return data, self.hazards.wait_seq((key,))
 
     def unblock(self, cid: int, mode: bytes) -> bool:
         """CLIENT UNBLOCK (mode timeout|error) or the client went away (drop)."""
