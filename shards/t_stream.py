@@ -33,6 +33,7 @@ from durakv.shards.args import ERR_NO_SUCH_KEY, ERR_SYNTAX, ERR_WRONGTYPE, int_a
 from durakv.shards.blocking import Block
 from durakv.shards.context import Ctx
 from durakv.shards.keyspace import TYPE_NAMES, Keyspace
+from durakv.shards.rdb.packed import LP_HEADER_BYTES, lp_entry
 from durakv.shards.resp import NULL_ARRAY, OK, Map, ReplyError, fixed_error
 from durakv.shards.t_keys import ENCODINGS
 from durakv.shards.table import KeySpec, arity_error, command, container
@@ -45,10 +46,6 @@ INVALID_ENTRIES_READ = -1  # Redis' SCG_INVALID_ENTRIES_READ
 STREAM_LISTPACK_MAX_SIZE = 1 << 30
 XINFO_FULL_DEFAULT_COUNT = 10
 XAUTOCLAIM_ATTEMPTS_FACTOR = 10
-# Bytes a listpack spends per element beyond the element itself (encoding byte and
-# backlen, rounded up): enough to estimate when Redis would start a new node.
-_LP_ELEMENT_OVERHEAD_BYTES = 2
-_LP_HEADER_BYTES = 7
 
 ERR_INVALID_ID = fixed_error(b"ERR Invalid stream ID specified as stream command argument")
 ERR_ID_TOO_SMALL = fixed_error(b"ERR The ID specified in XADD is equal or smaller than the target stream top item")
@@ -123,16 +120,31 @@ class Group:
 
 class Node:
     """One of Redis' listpack nodes, as far as trimming can tell: its first (master)
-    id, its live and total (live + deleted) entries, its estimated size."""
+    id and fields, its live and total (live + deleted) entries, its listpack size."""
 
-    __slots__ = ("master_id", "live", "total", "size_bytes", "last_id")
+    __slots__ = ("master_id", "master_fields", "live", "total", "size_bytes", "last_id")
 
-    def __init__(self, master_id: StreamID, size_bytes: int) -> None:
+    def __init__(self, master_id: StreamID, master_fields: tuple) -> None:
         self.master_id = master_id
+        self.master_fields = master_fields
         self.live = 0
         self.total = 0
-        self.size_bytes = size_bytes
+        # Header, terminator and the master entry: count, deleted, #fields, fields, 0.
+        self.size_bytes = LP_HEADER_BYTES + 1 + sum(
+            len(lp_entry(x)) for x in (1, 0, len(master_fields), *master_fields, 0))
         self.last_id = master_id
+
+
+def _entry_bytes(sid: StreamID, node: Node, fields: tuple, names: tuple) -> int:
+    """The listpack bytes of one entry: flags, id deltas, [#fields, fields,] values, lp-count."""
+    same = names == node.master_fields
+    nfields = len(names)
+    head = (0, sid[0] - node.master_id[0], sid[1] - node.master_id[1])
+    if same:
+        parts = (*head, *fields[1::2], nfields + 3)
+    else:
+        parts = (*head, nfields, *fields, 2 * nfields + 4)
+    return sum(len(lp_entry(x)) for x in parts)
 
 
 class StreamValue:
@@ -172,8 +184,8 @@ class StreamValue:
                     owner.pel[sid] = copied
             other.groups[name] = copy_group
         for node in self.nodes:
-            twin = Node(node.master_id, node.size_bytes)
-            twin.live, twin.total, twin.last_id = node.live, node.total, node.last_id
+            twin = Node(node.master_id, node.master_fields)
+            twin.live, twin.total, twin.last_id, twin.size_bytes = node.live, node.total, node.last_id, node.size_bytes
             other.nodes.append(twin)
         other.node_ids = list(self.node_ids)
         return other
@@ -191,23 +203,25 @@ class StreamValue:
     # --- appending and removing, with node boundaries -------------------------
 
     def append(self, sid: StreamID, fields: tuple, settings) -> None:
-        size = sum(len(x) + _LP_ELEMENT_OVERHEAD_BYTES for x in fields) + 4 * _LP_ELEMENT_OVERHEAD_BYTES
+        """Add an entry at the tail, in a new node when Redis' streamAppendItem
+        would start one (the tail node's listpack size plus the new elements'
+        length reaching stream-node-max-bytes, or stream-node-max-entries)."""
         node = self.nodes[-1] if self.nodes else None
         if node is not None:
             max_bytes = settings["stream-node-max-bytes"]
             if max_bytes == 0 or max_bytes > STREAM_LISTPACK_MAX_SIZE:
                 max_bytes = STREAM_LISTPACK_MAX_SIZE
             max_entries = settings["stream-node-max-entries"]
-            if node.size_bytes + size >= max_bytes or (max_entries and node.total >= max_entries):
+            if node.size_bytes + sum(map(len, fields)) >= max_bytes or (max_entries and node.total >= max_entries):
                 node = None
+        names = fields[0::2]
         if node is None:
-            master_fields = fields[0::2]
-            node = Node(sid, _LP_HEADER_BYTES + sum(len(f) + _LP_ELEMENT_OVERHEAD_BYTES for f in master_fields))
+            node = Node(sid, names)
             self.nodes.append(node)
             self.node_ids.append(sid)
+        node.size_bytes += _entry_bytes(sid, node, fields, names)
         node.live += 1
         node.total += 1
-        node.size_bytes += size
         node.last_id = sid
         self.entries[sid] = fields
         self.last_id = sid
@@ -1327,7 +1341,7 @@ def xinfo_stream(ctx: Ctx, argv: list[bytes]):
     s = _stream_or_nokey(ctx, argv[2])
     head = [b"length", len(s), b"radix-tree-keys", len(s.nodes), b"radix-tree-nodes", _rax_nodes(s),
             b"last-generated-id", format_id(s.last_id), b"max-deleted-entry-id", format_id(s.max_deleted_id),
-            b"entries-added", s.entries_added]
+            b"entries-added", s.entries_added, b"recorded-first-entry-id", format_id(s.first_id())]
     if not full:
         return Map(head + [b"groups", len(s.groups), b"first-entry", _edge_entry(s, 0),
                            b"last-entry", _edge_entry(s, -1)])
