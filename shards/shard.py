@@ -153,6 +153,9 @@ class Shard(GroupCommit):
     def _on_flush(self) -> None:
         self.hazards.mark_all(self.wal.tail_seq + 1)
         self.watches.touched_existing(self.db.data)
+        # Every waiter's key may be gone: XREADGROUP answers that it no longer exists.
+        for key in self.blocked.by_key:
+            self.blocked.ready_keys[key] = None
 
     # --- execution ----------------------------------------------------------------
 

@@ -34,7 +34,7 @@ from durakv.shards.blocking import Block
 from durakv.shards.context import Ctx
 from durakv.shards.keyspace import TYPE_NAMES, Keyspace
 from durakv.shards.rdb.packed import LP_HEADER_BYTES, lp_entry
-from durakv.shards.resp import NULL_ARRAY, OK, Map, ReplyError, fixed_error
+from durakv.shards.resp import NULL_ARRAY, OK, Map, ReplyError, Simple, fixed_error
 from durakv.shards.t_keys import ENCODINGS
 from durakv.shards.table import KeySpec, arity_error, command, container
 
@@ -79,6 +79,7 @@ ERR_GT_IN_XREAD = fixed_error(
 ERR_GROUP_IN_XREAD = fixed_error(b"ERR The GROUP option is only supported by XREADGROUP. You called XREAD instead.")
 ERR_NOACK_IN_XREAD = fixed_error(b"ERR The NOACK option is only supported by XREADGROUP. You called XREAD instead.")
 ERR_COUNT_POSITIVE = fixed_error(b"ERR COUNT must be > 0")
+ERR_KEY_GONE = fixed_error(b"UNBLOCKED the stream key no longer exists")
 ERR_GROUP_GONE = fixed_error(b"NOGROUP the consumer group this client was blocked on no longer exists")
 
 _ID_RE = re.compile(rb"\d+\Z")
@@ -496,7 +497,9 @@ def xadd(ctx: Ctx, argv: list[bytes]):
         raise ERR_EXHAUSTED
     if not args.id_given:
         now = db.now()
-        sid = (now, 0) if now > last[0] else (last[0], last[1] + 1)
+        next_id = (now, 0) if now > last[0] else incr_id(last)
+        assert next_id is not None, "MAX_ID was refused above"
+        sid = next_id
     elif not args.seq_given:
         ms = args.id[0]
         if ms == last[0]:
@@ -916,7 +919,7 @@ def xreadgroup(ctx: Ctx, argv: list[bytes]):
         ctx = cast(Ctx, serve_ctx)
         s = ctx.db.get(key)
         if type(s) is not StreamValue:
-            return None
+            raise ERR_KEY_GONE
         group = s.groups.get(group_name)
         if group is None:
             raise ERR_GROUP_GONE
@@ -1045,6 +1048,32 @@ def xgroup_delconsumer(ctx: Ctx, argv: list[bytes]):
         del group.pel[sid]
     ctx.db.effect(argv, argv[2])
     return len(consumer.pel)
+
+
+_XGROUP_HELP = [
+    b"XGROUP <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+    b"CREATE <key> <groupname> <id|$> [option]",
+    b"    Create a new consumer group. Options are:",
+    b"    * MKSTREAM",
+    b"      Create the empty stream if it does not exist.",
+    b"    * ENTRIESREAD entries_read",
+    b"      Set the group's entries_read counter (internal use).",
+    b"CREATECONSUMER <key> <groupname> <consumer>",
+    b"    Create a new consumer in the specified group.",
+    b"DELCONSUMER <key> <groupname> <consumer>",
+    b"    Remove the specified consumer.",
+    b"DESTROY <key> <groupname>",
+    b"    Remove the specified group.",
+    b"SETID <key> <groupname> <id|$> [ENTRIESREAD entries_read]",
+    b"    Set the current group ID and entries_read counter.",
+    b"HELP",
+    b"    Prints this help.",
+]
+
+
+@command("xgroup|help", 2, "loading stale", (0, 0, 0), "stream")
+def xgroup_help(ctx: Ctx, argv: list[bytes]):
+    return [Simple(line) for line in _XGROUP_HELP]
 
 
 # --- acknowledging, pending entries and claiming ---------------------------------
@@ -1377,6 +1406,24 @@ def _rax_nodes(s: StreamValue) -> int:
     """Redis reports its radix tree's internal node count, which depends on how the
     128-bit keys share prefixes; one node per key plus the root is the estimate."""
     return len(s.nodes) + 1 if s.nodes else 1
+
+
+_XINFO_HELP = [
+    b"XINFO <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+    b"CONSUMERS <key> <groupname>",
+    b"    Show consumers of <groupname>.",
+    b"GROUPS <key>",
+    b"    Show the stream consumer groups.",
+    b"STREAM <key> [FULL [COUNT <count>]",
+    b"    Show information about the stream.",
+    b"HELP",
+    b"    Prints this help.",
+]
+
+
+@command("xinfo|help", 2, "loading stale", (0, 0, 0), "stream")
+def xinfo_help(ctx: Ctx, argv: list[bytes]):
+    return [Simple(line) for line in _XINFO_HELP]
 
 
 @command("xinfo|groups", 3, "readonly", (2, 2, 1), "stream")

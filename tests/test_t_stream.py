@@ -520,3 +520,28 @@ def test_replayed_state_is_not_empty_for_a_typical_sequence():
     ])
     assert live.db.data[b"s"].canonical() == replayed.db.data[b"s"].canonical()
     assert live.db.data[b"s"].groups[b"g"].consumers[b"c2"].pel
+
+
+@pytest.mark.parametrize("change", [("DEL", "gone"), ("SET", "gone", "x"), ("FLUSHALL",)])
+def test_blocked_xreadgroup_answers_when_its_key_goes(pair, change):
+    for conn in (pair.ours, pair.theirs):
+        port = conn.sock.getpeername()[1]
+        conn.call("XADD", "gone", "1-0", "f", "v")
+        conn.call("XGROUP", "CREATE", "gone", "g", "$")
+        blocked = RawConn(port)
+        blocked.send_raw(encode_command(("XREADGROUP", "GROUP", "g", "c", "BLOCK", "0", "STREAMS", "gone", ">")))
+        time.sleep(0.2)
+        conn.call(*change)
+        assert blocked.read_reply() == b"-UNBLOCKED the stream key no longer exists\r\n"
+        blocked.close()
+        conn.call("DEL", "gone")
+
+
+def test_help_subcommands_match_redis(pair):
+    same_all(pair, [("XGROUP", "HELP"), ("XINFO", "HELP"), ("XGROUP", "HELP", "x"), ("XINFO", "HELP", "x")])
+
+
+def test_auto_id_after_the_last_sequence_moves_to_the_next_ms(pair):
+    same_all(pair, [("XADD", "e", "2577343934890-18446744073709551615", "f", "v")])
+    ours, theirs = pair.both("XADD", "e", "*", "f2", "v2")
+    assert ours == theirs == b"$15\r\n2577343934891-0\r\n"
