@@ -227,6 +227,20 @@ class StreamValue:
         self.entries[sid] = fields
         self.last_id = sid
 
+    def load_node(self, master_id: StreamID, names: tuple, live: list[tuple], deleted: int,
+                  size_bytes: int) -> None:
+        """Append a node read from an RDB: its live (id, fields) entries in order."""
+        node = Node(master_id, names)
+        node.live = len(live)
+        node.total = len(live) + deleted
+        node.size_bytes = size_bytes
+        node.last_id = live[-1][0]
+        self.nodes.append(node)
+        self.node_ids.append(master_id)
+        for sid, fields in live:
+            self.entries[sid] = fields
+        self.last_id = live[-1][0]
+
     def _node_index(self, sid: StreamID) -> int:
         i = bisect.bisect_right(self.node_ids, sid) - 1
         assert i >= 0, "an entry precedes every node"
