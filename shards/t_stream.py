@@ -489,7 +489,7 @@ def _trim(ctx: Ctx, key: bytes, s: StreamValue, args: TrimArgs) -> int:
 
 
 @command("xadd", -5, "write denyoom fast", (1, 1, 1), "stream", tips=("nondeterministic_output",),
-         key_specs=(KeySpec("RW insert", 1, 0, 1),))
+         key_specs=(KeySpec("RW update", 1, 0, 1, "UPDATE instead of INSERT because of the optional trimming feature"),))
 def xadd(ctx: Ctx, argv: list[bytes]):
     args, idpos = _parse_add_or_trim(ctx, argv, True)
     nfields = len(argv) - idpos - 1
@@ -610,7 +610,7 @@ def xsetid(ctx: Ctx, argv: list[bytes]):
 # --- reads ----------------------------------------------------------------------
 
 
-@command("xlen", 2, "readonly fast", (1, 1, 1), "stream")
+@command("xlen", 2, "readonly fast", (1, 1, 1), "stream", key_specs=(KeySpec("RO", 1, 0, 1),))
 def xlen(ctx: Ctx, argv: list[bytes]):
     s = get_stream(ctx.db, argv[1])
     return 0 if s is None else len(s)
@@ -664,8 +664,10 @@ def _xread_keys(argv: list[bytes]) -> list[int]:
     return []
 
 
-_XREAD_SPECS = (KeySpec("RO access", 1, -1, 1, "keyword STREAMS"),)
-_XREADGROUP_SPECS = (KeySpec("RW access", 1, -1, 1, "keyword STREAMS"),)
+# Redis declares a `keyword STREAMS` search with a range limited to half of what
+# follows; the table has index/range specs only, so COMMAND shows this approximation.
+_XREAD_SPECS = (KeySpec("RO access", 1, -1, 1),)
+_XREADGROUP_SPECS = (KeySpec("RO access", 1, -1, 1),)
 
 
 class ReadArgs:
@@ -1273,7 +1275,7 @@ def _assign(group: Group, sid: StreamID, nack: Nack, consumer: Consumer) -> None
 
 
 @command("xautoclaim", -6, "write fast", (1, 1, 1), "stream", tips=("nondeterministic_output",),
-         key_specs=(KeySpec("RW update", 1, 0, 1),))
+         key_specs=(KeySpec("RW delete", 1, 0, 1),))
 def xautoclaim(ctx: Ctx, argv: list[bytes]):
     key, group_name = argv[1], argv[2]
     s = get_stream(ctx.db, key)
