@@ -33,6 +33,7 @@ from durakv.shards.args import ERR_NO_SUCH_KEY, ERR_SYNTAX, ERR_WRONGTYPE, int_a
 from durakv.shards.blocking import Block
 from durakv.shards.context import Ctx
 from durakv.shards.keyspace import TYPE_NAMES, Keyspace
+from durakv.shards.numbers import parse_ll
 from durakv.shards.rdb.packed import LP_HEADER_BYTES, lp_entry
 from durakv.shards.resp import NULL_ARRAY, OK, Map, ReplyError, Simple, fixed_error
 from durakv.shards.t_keys import ENCODINGS
@@ -136,16 +137,45 @@ class Node:
         self.last_id = master_id
 
 
+def _int_bytes(v: int) -> int:
+    """Encoded size of a listpack integer entry (encoding, data, backlen)."""
+    if 0 <= v <= 127:
+        return 2
+    if -4096 <= v <= 4095:
+        return 3
+    if -32768 <= v <= 32767:
+        return 4
+    if -8388608 <= v <= 8388607:
+        return 5
+    if -2147483648 <= v <= 2147483647:
+        return 6
+    return 10
+
+
+def _element_bytes(x: bytes) -> int:
+    """Encoded size of a listpack entry for x, as packed.lp_entry would encode it,
+    computed without building it (XADD's hot path)."""
+    n = len(x)
+    if n <= 20 and n and x[0] in _INT_START:
+        v = parse_ll(x)
+        if v is not None:
+            return _int_bytes(v)
+    if n < 64:
+        return n + 2
+    size = n + 2 if n < 4096 else n + 5
+    return size + (1 if size <= 127 else 2 if size < 16383 else 3 if size < 2097151 else 4 if size < 268435455 else 5)
+
+
+_INT_START = frozenset(b"-0123456789")
+
+
 def _entry_bytes(sid: StreamID, node: Node, fields: tuple, names: tuple) -> int:
     """The listpack bytes of one entry: flags, id deltas, [#fields, fields,] values, lp-count."""
-    same = names == node.master_fields
     nfields = len(names)
-    head = (0, sid[0] - node.master_id[0], sid[1] - node.master_id[1])
-    if same:
-        parts = (*head, *fields[1::2], nfields + 3)
-    else:
-        parts = (*head, nfields, *fields, 2 * nfields + 4)
-    return sum(len(lp_entry(x)) for x in parts)
+    size = 2 + _int_bytes(sid[0] - node.master_id[0]) + _int_bytes(sid[1] - node.master_id[1])
+    if names == node.master_fields:
+        return size + sum(map(_element_bytes, fields[1::2])) + _int_bytes(nfields + 3)
+    return size + _int_bytes(nfields) + sum(map(_element_bytes, fields)) + _int_bytes(2 * nfields + 4)
 
 
 class StreamValue:
