@@ -193,6 +193,10 @@ class StreamValue:
     def __len__(self) -> int:
         return len(self.entries)
 
+    def __iter__(self):
+        """(id, field, value, ...) per entry: what MEMORY USAGE samples."""
+        return ((sid, *fields) for sid, fields in self.entries.items())
+
     def first_id(self) -> StreamID:
         return self.entries.peekitem(0)[0] if self.entries else ZERO_ID
 

@@ -355,7 +355,9 @@ def test_keyspace_commands_on_streams(pair):
         ("TTL", "{k}c"),
         ("DEL", "{k}c"),
         ("XLEN", "{k}a"),
+        ("SCAN", "0", "TYPE", "stream"),
     ])
+    assert pair.ours.value("MEMORY", "USAGE", "{k}a") > 0  # an estimate: Redis' allocator sizes differ
 
 
 # --- blocking ---------------------------------------------------------------------
