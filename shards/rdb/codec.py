@@ -453,8 +453,10 @@ def _load_zset(src: Source, rdb_type: int, settings: Settings, max_bytes: int) -
 
 _STREAM_ID = struct.Struct(">QQ")  # a radix tree key / PEL id: ms, seq big-endian
 _MS_TIME = struct.Struct("<q")  # rdbSaveMillisecondTime
+STREAM_ITEM_FLAG_NONE = 0
 STREAM_ITEM_FLAG_DELETED = 1
 STREAM_ITEM_FLAG_SAMEFIELDS = 2
+UINT64_MASK = (1 << 64) - 1
 
 
 def _encode_stream(value: StreamValue) -> bytes:
@@ -497,9 +499,6 @@ def _encode_stream(value: StreamValue) -> bytes:
             out += [_STREAM_ID.pack(*sid) for sid in consumer.pel]
     return b"".join(out)
 
-
-STREAM_ITEM_FLAG_NONE = 0
-UINT64_MASK = (1 << 64) - 1
 
 
 def _signed64(n: int) -> int:
