@@ -88,7 +88,7 @@ def add_parsers(sub) -> None:
     p.add_argument("rdb_file")
     p.add_argument("--data-dir", required=True)
     p.add_argument("--shards", type=int, default=0, help="shard count (default: one per CPU core)")
-    p.add_argument("--skip-unsupported", action="store_true", help="skip streams and module values")
+    p.add_argument("--skip-unsupported", action="store_true", help="skip module values (durakv has no modules)")
 
     p = sub.add_parser("export-rdb", help="write one RDB holding the whole dataset")
     source = p.add_mutually_exclusive_group(required=True)

@@ -153,6 +153,9 @@ class Shard(GroupCommit):
     def _on_flush(self) -> None:
         self.hazards.mark_all(self.wal.tail_seq + 1)
         self.watches.touched_existing(self.db.data)
+        # Every waiter's key may be gone: XREADGROUP answers that it no longer exists.
+        for key in self.blocked.by_key:
+            self.blocked.ready_keys[key] = None
 
     # --- execution ----------------------------------------------------------------
 
@@ -285,8 +288,11 @@ class Shard(GroupCommit):
             data = encode(result, waiter.proto)
         except ReplyError as e:
             data = encode_error(e.message)
-        wrote = len(effects) > effects_before
-        return data, (next_seq if wrote and hold_writes else 0)
+        if len(effects) > effects_before:
+            return data, (next_seq if hold_writes else 0)
+        # A served read (XREAD) wrote nothing but returns what the write that woke
+        # it added: its reply waits until that write is durable, like any read.
+        return data, self.hazards.wait_seq((key,))
 
     def unblock(self, cid: int, mode: bytes) -> bool:
         """CLIENT UNBLOCK (mode timeout|error) or the client went away (drop)."""

@@ -13,8 +13,8 @@ DUMP of the same value.
 RESTORE chooses encodings as rdbLoadObject does with the current CONFIG
 thresholds. It always validates the payload fully (as sanitize-dump-payload yes
 would), and IDLETIME/FREQ are checked but have nothing to set: durakv keeps no
-LRU/LFU data. Streams and module values cannot be restored until durakv has
-those types.
+LRU/LFU data. Streams are read in all three of Redis' stream encodings and
+written as Redis 7.0's; module values cannot be restored (durakv has none).
 
 Effect: a restored key logs `RESTORE key <absolute ms or 0> payload REPLACE
 ABSTTL`, which replays to the same value; a RESTORE whose TTL has already

@@ -31,13 +31,15 @@ from durakv.shards.slots import key_slot, slot_owner_table, slot_ranges
 from durakv.shards.t_hash import HashValue
 from durakv.shards.t_list import ListValue
 from durakv.shards.t_set import SetValue
+from durakv.shards.t_stream import StreamValue
 from durakv.shards.t_zset import ZSetValue
 from durakv.snapshotter.digest import state_digest
 from durakv.snapshotter.local import shard_dir_of
-from durakv.shards.rdb.codec import RdbError, Unsupported
+from durakv.shards.rdb.codec import RdbError, Unsupported, dump_payload
 from durakv.shards.rdb.file import RdbReader
 from durakv.snapshotter.replay import CHAIN_START, new_context, replay_log
 
+LIST_FILL_UNUSED = -2  # dump_payload's list fill, which a stream payload does not use
 ARGS_PER_EFFECT = 1024          # elements per RPUSH/HSET/SADD/ZADD effect
 RECORD_MAX_BYTES = 1 << 20      # effects are grouped into records of about this size
 SYNC_EVERY_BYTES = 64 << 20     # fsync the logs at least this often
@@ -79,6 +81,10 @@ def value_effects(key: bytes, value: object, expire_ms: int | None) -> Iterator[
         pairs = [(format_double(score), member) for score, member in value.order]
         for i in range(0, len(pairs), ARGS_PER_EFFECT):
             yield [b"ZADD", key, *(x for pair in pairs[i:i + ARGS_PER_EFFECT] for x in pair)]
+    elif t is StreamValue:
+        # A stream's groups, PELs and counters have no plain-command form short of
+        # the log's own effects; its RESTORE payload (the same RDB object) is exact.
+        yield [b"RESTORE", key, b"0", dump_payload(value, LIST_FILL_UNUSED), b"REPLACE"]
     else:
         raise RdbImportError(f"key {key[:64]!r}: cannot import a {t.__name__}")
     if expire_ms is not None:

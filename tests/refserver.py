@@ -342,6 +342,13 @@ def keys_on_different_shards(count: int = 2) -> list[str]:
     return list(found.values())
 
 
+def stream_summary(entries: list, groups: list[dict]) -> list:
+    """A stream as dump_keyspace compares it: entries, and each group's name, last
+    delivered id, read counter and pending count."""
+    return [[(sid, sorted(fields.items())) for sid, fields in entries],
+            sorted((g["name"], g["last-delivered-id"], g["entries-read"], g["pending"]) for g in groups)]
+
+
 def dump_keyspace(client: redis.Redis) -> dict:
     """Every key's type, value and absolute expiry, read over the wire."""
     out = {}
@@ -357,6 +364,8 @@ def dump_keyspace(client: redis.Redis) -> dict:
             value = sorted(client.smembers(key))
         elif kind == "zset":
             value = [(m, repr(s)) for m, s in client.zrange(key, 0, -1, withscores=True)]
+        elif kind == "stream":
+            value = stream_summary(client.xrange(key), client.xinfo_groups(key))
         else:
             value = kind
         expire = client.execute_command("PEXPIRETIME", key)

@@ -216,3 +216,17 @@ def test_info_keyspace_waits_for_everything_pending(gated):
     for reader in readers:
         text = decode(reader.read_reply())[0]
         assert b"db0:keys=1,expires=0" in text, text
+
+
+def test_xread_served_by_a_pending_xadd_waits_for_it(gated):
+    """A blocked XREAD writes nothing when served, but its reply carries the XADD
+    that woke it: it leaves only once that XADD is durable."""
+    srv, gate, client = gated
+    client.xadd("{x}s", {"f": "old"}, id="1-0")
+    reader = send(srv, "XREAD", "BLOCK", "0", "STREAMS", "{x}s", "$")
+    deadline = time.monotonic() + HELD_TIMEOUT_S
+    while client.info("clients")["blocked_clients"] < 1:
+        assert time.monotonic() < deadline, "XREAD never blocked"
+        time.sleep(0.01)
+    writer = dirty_write(srv, client, gate, "XADD", "{x}s", "2-0", "f", "new")
+    check_held_then_released(client, gate, writer, [reader], [[[b"{x}s", [[b"2-0", [b"f", b"new"]]]]]])

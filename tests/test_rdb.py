@@ -15,19 +15,20 @@ import time
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from refserver import RedisRef, dump_keyspace
+from refserver import RedisRef, dump_keyspace, stream_summary
 
 from durakv.shards.engine import run_command, state_of
 from durakv.shards.keyspace import Keyspace
 from durakv.shards.t_hash import HashValue
 from durakv.shards.t_list import ListValue
 from durakv.shards.t_set import SetValue
+from durakv.shards.t_stream import StreamValue, format_id
 from durakv.shards.t_zset import ZSetValue
 from durakv.shards.rdb import crc64 as crc_mod
 from durakv.shards.rdb.crc64 import crc64
 from durakv.shards.rdb.lzf import LzfError, lzf_decompress
 from durakv.shards.rdb.packed import lp_decode, lp_encode
-from durakv.shards.rdb.codec import RdbError, Unsupported
+from durakv.shards.rdb.codec import RdbError
 from durakv.shards.rdb.file import RdbReader, default_aux, load_rdb, settle_keyspace, write_keyspace
 from durakv.snapshotter.replay import new_context
 
@@ -79,6 +80,15 @@ def every_type_keyspace() -> Keyspace:
     run("ZADD", "ttl:zset", "1", "one")
     run("PEXPIREAT", "ttl:zset", FUTURE_MS + 5)
     run("PFADD", "hll", "a", "b", "c")
+    run("XADD", "stream", "1-1", "f", "v", "n", "12")
+    run("XADD", "stream", "1-2", "f", "w", "n", "-3")
+    run("XADD", "stream", "2-0", "other", "x" * 100)
+    run("XDEL", "stream", "1-2")
+    run("XGROUP", "CREATE", "stream", "g", "0")
+    run("XREADGROUP", "GROUP", "g", "c1", "COUNT", "1", "STREAMS", "stream", ">")
+    run("XGROUP", "CREATECONSUMER", "stream", "g", "idle")
+    run("XGROUP", "CREATE", "stream:empty", "g", "$", "MKSTREAM")
+    run("PEXPIREAT", "stream:empty", FUTURE_MS + 6)
     return ctx.db
 
 
@@ -106,6 +116,12 @@ def _dump_keyspace(db: Keyspace) -> dict:
             kind, v = "hash", sorted(value.items())
         elif t is SetValue:
             kind, v = "set", sorted(value)
+        elif t is StreamValue:
+            kind = "stream"
+            v = stream_summary(
+                [(format_id(sid), dict(zip(f[::2], f[1::2]))) for sid, f in value.entries.items()],
+                [{"name": g.name, "last-delivered-id": format_id(g.last_id), "pending": len(g.pel),
+                  "entries-read": None if g.entries_read == -1 else g.entries_read} for g in value.groups.values()])
         else:
             kind, v = "zset", [(m, repr(s)) for s, m in value.order]
         out[key] = (kind, v, db.expires.get(key))
@@ -238,14 +254,12 @@ def test_reads_rdb_written_by_redis_server(tmp_path):
     assert reader.info.checksum_verified
     assert reader.info.version == 10
     assert reader.info.aux[b"redis-ver"] == b"7.0.15"
-    assert entries[b"stream"].value == Unsupported("stream")
-    del want[b"stream"]
+    assert type(entries[b"stream"].value) is StreamValue
     db = Keyspace()
     for key, entry in entries.items():
-        if key != b"stream":
-            db.put(key, entry.value)
-            if entry.expire_ms is not None:
-                db.set_expire(key, entry.expire_ms)
+        db.put(key, entry.value)
+        if entry.expire_ms is not None:
+            db.set_expire(key, entry.expire_ms)
     assert _dump_keyspace(db) == want
     assert db.data[b"set-intset"].intset and not db.data[b"set-ht"].intset
     assert db.data[b"zset-lp"].listpack and not db.data[b"zset-sl"].listpack

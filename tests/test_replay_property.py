@@ -1,6 +1,7 @@
 """Property: state(replay(log)) == state(live shard) (DESIGN invariant 3).
 
-Random command sequences of every data type run through a real Shard's serving
+Random command sequences of every data type (streams and their consumer
+groups included, with blocked XREADGROUPs served by later XADDs) run through a real Shard's serving
 path (execute_batch: effects -> log records -> fsync), then a fresh Shard opens
 the same log directory and replays it; the two keyspaces must be identical:
 every key, type, value and absolute expiry."""
@@ -66,10 +67,32 @@ COMMANDS = st.one_of(
     st.just((b"FLUSHALL",)),
 ).map(list)
 
+# Streams: `*` ids, trims, deliveries and claims are logged with explicit ids and times.
+STREAM_COMMANDS = st.one_of(
+    st.tuples(st.just(b"XADD"), key, st.sampled_from([b"*", b"9-*"]), member, small_int),
+    st.tuples(st.just(b"XADD"), key, st.sampled_from([b"MAXLEN", b"MINID"]), st.sampled_from([b"~", b"="]),
+              st.sampled_from([b"1", b"2"]), st.just(b"*"), member, member),
+    st.tuples(st.just(b"XTRIM"), key, st.just(b"MAXLEN"), small_int.filter(lambda n: not n.startswith(b"-"))),
+    st.tuples(st.just(b"XDEL"), key, st.sampled_from([b"9-0", b"9-1"])),
+    st.tuples(st.just(b"XGROUP"), st.just(b"CREATE"), key, st.sampled_from([b"g", b"h"]),
+              st.sampled_from([b"0", b"$"]), st.just(b"MKSTREAM")),
+    st.tuples(st.just(b"XREADGROUP"), st.just(b"GROUP"), st.sampled_from([b"g", b"h"]), member,
+              st.just(b"COUNT"), st.just(b"2"), st.just(b"STREAMS"), key, st.sampled_from([b">", b"0"])),
+    st.tuples(st.just(b"XREADGROUP"), st.just(b"GROUP"), st.just(b"g"), member, st.just(b"BLOCK"),
+              st.just(b"0"), st.just(b"STREAMS"), key, st.just(b">")),
+    st.tuples(st.just(b"XACK"), key, st.just(b"g"), st.sampled_from([b"9-0", b"9-1"])),
+    st.tuples(st.just(b"XCLAIM"), key, st.just(b"g"), member, st.just(b"0"), st.sampled_from([b"9-0", b"9-1"])),
+    st.tuples(st.just(b"XAUTOCLAIM"), key, st.just(b"g"), member, st.just(b"0"), st.just(b"0")),
+).map(list)
+STREAM_SETUP = [[b"XADD", k, b"1-0", b"m1", b"1"] for k in KEYS] + [
+    [b"XGROUP", b"CREATE", k, g, b"0"] for k in KEYS for g in (b"g", b"h")]
+STREAM_BATCHES = st.lists(st.lists(STREAM_COMMANDS, min_size=1, max_size=6), min_size=1, max_size=12).map(
+    lambda batches: [STREAM_SETUP] + batches)
+
 TRANSACTION = st.lists(COMMANDS, min_size=1, max_size=4).map(
     lambda cmds: [VERB_EXEC, pack_transaction(cmds)])
-BATCHES = st.lists(st.lists(st.one_of(COMMANDS, COMMANDS, COMMANDS, TRANSACTION), min_size=1, max_size=6),
-                   min_size=1, max_size=12)
+BATCHES = st.lists(st.lists(st.one_of(COMMANDS, COMMANDS, COMMANDS, TRANSACTION, STREAM_COMMANDS),
+                            min_size=1, max_size=6), min_size=1, max_size=12)
 
 
 class Conn:
@@ -85,6 +108,18 @@ class Conn:
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(BATCHES, st.booleans())
 def test_replayed_log_equals_live_state(batches, sleep_between):
+    _check_replay(batches, sleep_between)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(STREAM_BATCHES)
+def test_replayed_log_equals_live_state_for_streams(batches):
+    """Streams with their groups from the start, so deliveries (blocked ones
+    served by later XADDs included), claims and acknowledgements are common."""
+    _check_replay(batches, False)
+
+
+def _check_replay(batches: list, sleep_between: bool) -> None:
     with tempfile.TemporaryDirectory() as data_dir:
         config = Config(shards=1, data_dir=data_dir).resolved()
         live = Shard(config, 0)

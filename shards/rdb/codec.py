@@ -22,8 +22,9 @@ CONFIG thresholds), as Redis re-chooses it at load; duplicate members and NaN
 scores are refused; text scores are parsed with strtod; an empty collection
 raises EmptyKey (RESTORE refuses it, a file load skips the key, as Redis'
 rdbLoad does). Types that only RDB 11 (Redis 7.2) knows (set listpack, stream
-listpacks 3) are read only from an RDB 11 container. Streams and module values
-are parsed past and returned as Unsupported: durakv has no such types.
+listpacks 3) are read only from an RDB 11 container. Streams are written as
+stream listpacks 2 (Redis 7.0) and read in all three stream encodings; module
+values are parsed past and returned as Unsupported: durakv has no such type.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from durakv.shards.rdb.packed import (
 from durakv.shards.t_hash import HashValue
 from durakv.shards.t_list import ListValue
 from durakv.shards.t_set import INTSET_MAX_ENTRIES_CAP, SetValue
+from durakv.shards.t_stream import Consumer, Group, Nack, StreamValue, estimate_distance
 from durakv.shards.numbers import strtod
 from durakv.shards.t_zset import LLONG_HALF_D, ZSetValue
 
@@ -233,6 +235,8 @@ def encode_value(value: object, list_fill: int) -> tuple[int, bytes]:
         pack = _DOUBLE.pack
         body = b"".join(encode_string(m) + pack(s) for s, m in reversed(value.order))
         return TYPE_ZSET_2, encode_len(len(value)) + body
+    if kind is StreamValue:
+        return TYPE_STREAM_LISTPACKS_2, _encode_stream(value)
     raise RdbError(f"cannot write a value of type {kind.__name__} to an RDB")
 
 
@@ -447,34 +451,181 @@ def _load_zset(src: Source, rdb_type: int, settings: Settings, max_bytes: int) -
     return ZSetValue.from_scores(scores, len(scores) <= settings["zset-max-listpack-entries"])
 
 
-def _skip_stream(src: Source, rdb_type: int, settings: Settings, max_bytes: int) -> Unsupported:
+_STREAM_ID = struct.Struct(">QQ")  # a radix tree key / PEL id: ms, seq big-endian
+_MS_TIME = struct.Struct("<q")  # rdbSaveMillisecondTime
+STREAM_ITEM_FLAG_NONE = 0
+STREAM_ITEM_FLAG_DELETED = 1
+STREAM_ITEM_FLAG_SAMEFIELDS = 2
+UINT64_MASK = (1 << 64) - 1
+
+
+def _encode_stream(value: StreamValue) -> bytes:
+    """RDB_TYPE_STREAM_LISTPACKS_2 as rdbSaveObject writes it: one listpack per
+    node (master entry, then entries delta-encoded against the master id; the
+    deleted entries Redis would still carry are left out), the stream's ids and
+    counters, then each group with its PEL and its consumers' PELs."""
+    out = [encode_len(len(value.nodes))]
+    entries = value.entries
+    node_ids = value.node_ids
+    for i, node in enumerate(value.nodes):
+        master_ms, master_seq = node.master_id
+        names = node.master_fields
+        upper = node_ids[i + 1] if i + 1 < len(node_ids) else None
+        ids = list(entries.irange(node.master_id, upper, inclusive=(True, False)))
+        elements: list = [len(ids), 0, len(names), *names, 0]
+        for sid in ids:
+            fields = entries[sid]
+            nfields = len(fields) // 2
+            head = (sid[0] - master_ms, sid[1] - master_seq)
+            if fields[0::2] == names:
+                elements += [STREAM_ITEM_FLAG_SAMEFIELDS, *head, *fields[1::2], nfields + 3]
+            else:
+                elements += [STREAM_ITEM_FLAG_NONE, *head, nfields, *fields, 2 * nfields + 4]
+        out.append(_blob(_STREAM_ID.pack(*node.master_id)))
+        out.append(_blob(lp_from_entries([lp_entry(e) for e in elements])))
+    first = value.first_id()
+    out += [encode_len(n) for n in (len(value), *value.last_id, *first, *value.max_deleted_id,
+                                    value.entries_added, len(value.groups))]
+    for name in sorted(value.groups):
+        group = value.groups[name]
+        out += [encode_string(name), encode_len(group.last_id[0]), encode_len(group.last_id[1]),
+                encode_len(group.entries_read & UINT64_MASK), encode_len(len(group.pel))]
+        for sid, nack in group.pel.items():
+            out += [_STREAM_ID.pack(*sid), _MS_TIME.pack(nack.delivery_time_ms), encode_len(nack.delivery_count)]
+        out.append(encode_len(len(group.consumers)))
+        for cname in sorted(group.consumers):
+            consumer = group.consumers[cname]
+            out += [encode_string(cname), _MS_TIME.pack(consumer.seen_time_ms), encode_len(len(consumer.pel))]
+            out += [_STREAM_ID.pack(*sid) for sid in consumer.pel]
+    return b"".join(out)
+
+
+
+def _signed64(n: int) -> int:
+    return n - (1 << 64) if n >= 1 << 63 else n
+
+
+def _node_entries(lp: list[bytes], master_id: tuple[int, int]) -> tuple[tuple, list[tuple], int]:
+    """A node listpack's (master fields, live entries as (id, fields), deleted count),
+    checking its structure as streamValidateListpackIntegrity does."""
+    def integer(i: int) -> int:
+        v = parse_ll(lp[i]) if i < len(lp) else None
+        if v is None:
+            raise RdbError("stream listpack: an integer field is not an integer")
+        return v
+
+    count, deleted, nmaster = integer(0), integer(1), integer(2)
+    if nmaster < 1 or count < 0 or deleted < 0:
+        raise RdbError("stream listpack: bad master entry")
+    names = tuple(lp[3:3 + nmaster])
+    i = 3 + nmaster
+    if integer(i) != 0:
+        raise RdbError("stream listpack: master entry not terminated")
+    i += 1
+    live: list[tuple] = []
+    seen_deleted = 0
+    while i < len(lp):
+        start = i
+        flags, ms_diff, seq_diff = integer(i), integer(i + 1), integer(i + 2)
+        i += 3
+        if flags & STREAM_ITEM_FLAG_SAMEFIELDS:
+            values = lp[i:i + nmaster]
+            fields = tuple(x for pair in zip(names, values) for x in pair)
+            nfields = nmaster
+            i += nmaster
+        else:
+            nfields = integer(i)
+            fields = tuple(lp[i + 1:i + 1 + 2 * nfields])
+            i += 1 + 2 * nfields
+        if nfields < 1 or len(fields) != 2 * nfields:
+            raise RdbError("stream listpack: truncated entry")
+        if integer(i) != i - start:
+            raise RdbError("stream listpack: entry lp-count mismatch")
+        i += 1
+        sid = (master_id[0] + ms_diff, master_id[1] + seq_diff)
+        if not (0 <= sid[0] <= UINT64_MASK and 0 <= sid[1] <= UINT64_MASK):
+            raise RdbError("stream listpack: entry id out of range")
+        if flags & STREAM_ITEM_FLAG_DELETED:
+            seen_deleted += 1
+        else:
+            live.append((sid, fields))
+    if len(live) != count or seen_deleted != deleted:
+        raise RdbError("stream listpack: master entry counts do not match its entries")
+    if not live and not deleted:
+        raise RdbError("Empty listpack inside stream")
+    return names, live, deleted
+
+
+def _read_stream_id(src: Source) -> tuple[int, int]:
+    ms, seq = _STREAM_ID.unpack(src.take(16))
+    return ms, seq
+
+
+def _load_stream(src: Source, rdb_type: int, settings: Settings, max_bytes: int) -> StreamValue:
+    """rdbLoadObject for the three stream types, with deep sanitization."""
     n = read_count
-
-    def s() -> bytes:
-        return read_string(src, max_bytes)
-
+    s = StreamValue()
+    previous: tuple[int, int] | None = None
     for _ in range(n(src)):
-        s()  # master ID
-        s()  # listpack
-    n(src), n(src), n(src)  # length, last id
+        key = read_string(src, max_bytes)
+        if len(key) != 16:
+            raise RdbError("Stream node key entry is not the size of a stream ID")
+        master_id = _STREAM_ID.unpack(key)
+        blob = read_string(src, max_bytes)
+        names, live, deleted = _node_entries(lp_decode(blob), master_id)
+        if not live:
+            continue  # only deleted entries: Redis would have freed the node
+        if (previous is not None and master_id <= previous) or master_id > live[0][0]:
+            raise RdbError("stream node key out of order")
+        for sid, _ in live:
+            if previous is not None and sid <= previous:
+                raise RdbError("stream entries out of order")
+            previous = sid
+        s.load_node(master_id, names, live, deleted, len(blob))
+    length = n(src)
+    s.last_id = (n(src), n(src))
     if rdb_type != TYPE_STREAM_LISTPACKS:
-        n(src), n(src), n(src), n(src), n(src)  # first id, max deleted id, entries added
-    for _ in range(n(src)):  # consumer groups
-        s()
-        n(src), n(src)
-        if rdb_type != TYPE_STREAM_LISTPACKS:
-            n(src)  # entries read
-        for _ in range(n(src)):  # group PEL
-            src.take(16 + 8)
-            n(src)
-        for _ in range(n(src)):  # consumers
-            s()
-            src.take(8)  # seen time
+        n(src), n(src)  # first id: recomputed from the entries
+        s.max_deleted_id = (n(src), n(src))
+        s.entries_added = n(src)
+    else:
+        s.entries_added = length
+    if length != len(s):
+        raise RdbError("stream length does not match its entries")
+    if s.entries and s.entries.peekitem(-1)[0] > s.last_id:
+        raise RdbError("stream last id is smaller than its last entry")
+    for _ in range(n(src)):
+        name = read_string(src, max_bytes)
+        last_id = (n(src), n(src))
+        entries_read = _signed64(n(src)) if rdb_type != TYPE_STREAM_LISTPACKS else estimate_distance(s, last_id)
+        if name in s.groups:
+            raise RdbError(f"Duplicated consumer group name {name[:64]!r}")
+        group = s.groups[name] = Group(name, last_id, entries_read)
+        for _ in range(n(src)):
+            sid = _read_stream_id(src)
+            delivery_time_ms = _MS_TIME.unpack(src.take(8))[0]
+            if sid in group.pel:
+                raise RdbError("Duplicated global PEL entry loading stream consumer group")
+            group.pel[sid] = Nack(None, delivery_time_ms, n(src))
+        for _ in range(n(src)):
+            cname = read_string(src, max_bytes)
+            if cname in group.consumers:
+                raise RdbError("Duplicate stream consumer detected.")
+            consumer = group.consumers[cname] = Consumer(cname, _MS_TIME.unpack(src.take(8))[0])
             if rdb_type == TYPE_STREAM_LISTPACKS_3:
-                src.take(8)  # active time
+                src.take(8)  # active time (Redis 7.2): durakv keeps seen-time only
             for _ in range(n(src)):
-                src.take(16)
-    return Unsupported("stream")
+                sid = _read_stream_id(src)
+                nack = group.pel.get(sid)
+                if nack is None:
+                    raise RdbError("Consumer entry not found in group global PEL")
+                if nack.consumer is not None:
+                    raise RdbError("Duplicated consumer PEL entry loading a stream consumer group")
+                nack.consumer = consumer
+                consumer.pel[sid] = nack
+        if any(nack.consumer is None for nack in group.pel.values()):
+            raise RdbError("Stream CG PEL entry without consumer")
+    return s
 
 
 def skip_module_value(src: Source, max_bytes: int) -> None:
@@ -508,8 +659,8 @@ _LOADERS: dict[int, Callable[[Source, int, Settings, int], object]] = {
     TYPE_SET: _load_set, TYPE_SET_INTSET: _load_set, TYPE_SET_LISTPACK: _load_set,
     TYPE_HASH: _load_hash, TYPE_HASH_ZIPLIST: _load_hash, TYPE_HASH_LISTPACK: _load_hash,
     TYPE_ZSET: _load_zset, TYPE_ZSET_2: _load_zset, TYPE_ZSET_ZIPLIST: _load_zset, TYPE_ZSET_LISTPACK: _load_zset,
-    TYPE_STREAM_LISTPACKS: _skip_stream, TYPE_STREAM_LISTPACKS_2: _skip_stream,
-    TYPE_STREAM_LISTPACKS_3: _skip_stream,
+    TYPE_STREAM_LISTPACKS: _load_stream, TYPE_STREAM_LISTPACKS_2: _load_stream,
+    TYPE_STREAM_LISTPACKS_3: _load_stream,
     TYPE_MODULE_2: _skip_module,
 }
 
