@@ -523,7 +523,8 @@ def _trim(ctx: Ctx, key: bytes, s: StreamValue, args: TrimArgs) -> int:
 
 
 @command("xadd", -5, "write denyoom fast", (1, 1, 1), "stream", tips=("nondeterministic_output",),
-         key_specs=(KeySpec("RW update", 1, 0, 1, "UPDATE instead of INSERT because of the optional trimming feature"),))
+         key_specs=(KeySpec("RW update", 1, 0, 1,
+                            "UPDATE instead of INSERT because of the optional trimming feature"),))
 def xadd(ctx: Ctx, argv: list[bytes]):
     args, idpos = _parse_add_or_trim(ctx, argv, True)
     nfields = len(argv) - idpos - 1
