@@ -16,7 +16,7 @@ from durakv.shards.glob import glob_match
 from durakv.shards.frames import VERB_INFO, VERB_RESETSTAT
 from durakv.shards.internal import INFO_KEYSPACE
 from durakv.shards.numbers import strtod
-from durakv.shards.resp import OK, Map, ReplyError, SetReply, Simple, Verbatim, encode, encode_error
+from durakv.shards.resp import Map, ReplyError, SetReply, Simple, Verbatim, encode, encode_error
 from durakv.shards.shard_settings import SHARD_DEFAULTS
 from durakv.shards.slots import key_slot
 from durakv.shards.table import (
@@ -339,17 +339,3 @@ def debug(client: Client, argv: list[bytes]):
         link.submit(client, client.proto, [b"OBJECT", b"ENCODING", argv[2]], Pending(client, on_encoding))
         return wrapper
     raise subcommand_syntax_error(argv)
-
-
-container("function", "scripting", where=ROUTER)
-
-
-@command("function|flush", -2, "write noscript", group="scripting", where=ROUTER,
-         tips=("request_policy:all_shards", "response_policy:all_succeeded"))
-def function_flush(client: Client, argv: list[bytes]):
-    """Accepted (there are no functions yet), with Redis' argument checks."""
-    if len(argv) > 3:
-        raise subcommand_syntax_error(argv)
-    if len(argv) == 3 and argv[2].upper() not in (b"ASYNC", b"SYNC"):
-        raise ReplyError(b"ERR FUNCTION FLUSH only supports SYNC|ASYNC option")
-    return OK

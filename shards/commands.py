@@ -12,3 +12,4 @@ from durakv.shards import t_sort  # noqa: F401
 from durakv.shards import t_memory  # noqa: F401
 from durakv.shards import t_dump  # noqa: F401
 from durakv.shards import t_script  # noqa: F401
+from durakv.shards import t_function  # noqa: F401

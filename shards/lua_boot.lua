@@ -114,10 +114,84 @@ api.LOG_DEBUG, api.LOG_VERBOSE, api.LOG_NOTICE, api.LOG_WARNING = 0, 1, 2, 3
 api.REPL_NONE, api.REPL_AOF, api.REPL_SLAVE, api.REPL_REPLICA, api.REPL_ALL = 0, 1, 2, 2, 3
 api.REDIS_VERSION, api.REDIS_VERSION_NUM = py.version, py.version_num
 
--- What a library sees while FUNCTION LOAD runs its code.
+-- redis.register_function's argument rules (function_lua.c), then Python records it.
+local function register_function(...)
+  local n = select('#', ...)
+  if n < 1 or n > 2 then error(error_table('wrong number of arguments to redis.register_function'), 0) end
+  local name, callback, flags, description
+  if n == 2 then
+    name, callback = ...
+    if type(name) ~= 'string' and type(name) ~= 'number' then
+      error(error_table('first argument to redis.register_function must be a string'), 0)
+    end
+    if type(callback) ~= 'function' then
+      error(error_table('second argument to redis.register_function must be a function'), 0)
+    end
+  else
+    local args = ...
+    if type(args) ~= 'table' then
+      error(error_table('calling redis.register_function with a single argument is only applicable to ' ..
+                        'Lua table (representing named arguments).'), 0)
+    end
+    for k, v in pairs(args) do
+      if type(k) ~= 'string' then
+        error(error_table('named argument key given to redis.register_function is not a string'), 0)
+      elseif k == 'function_name' then
+        if type(v) ~= 'string' and type(v) ~= 'number' then
+          error(error_table('function_name argument given to redis.register_function must be a string'), 0)
+        end
+        name = v
+      elseif k == 'description' then
+        if type(v) ~= 'string' and type(v) ~= 'number' then
+          error(error_table('description argument given to redis.register_function must be a string'), 0)
+        end
+        description = v
+      elseif k == 'callback' then
+        if type(v) ~= 'function' then
+          error(error_table('callback argument given to redis.register_function must be a function'), 0)
+        end
+        callback = v
+      elseif k == 'flags' then
+        if type(v) ~= 'table' then
+          error(error_table('flags argument to redis.register_function must be a table representing ' ..
+                            'function flags'), 0)
+        end
+        flags = {}
+        local i = 1
+        while v[i] ~= nil do
+          if type(v[i]) ~= 'string' and type(v[i]) ~= 'number' then error(error_table('unknown flag given'), 0) end
+          flags[i] = tostring(v[i])
+          i = i + 1
+        end
+      else
+        error(error_table('unknown argument given to redis.register_function'), 0)
+      end
+    end
+    if not name then error(error_table('redis.register_function must get a function name argument'), 0) end
+    if not callback then error(error_table('redis.register_function must get a callback argument'), 0) end
+  end
+  py.register_function(tostring(name), callback, flags or {}, description and tostring(description))
+end
+
+-- What a library sees while FUNCTION LOAD runs its code: `redis` alone, and in it
+-- only what registers functions; anything else is a missing global.
+local function strict_readonly(t)
+  local proxy = raw_setmetatable({}, protect_meta({
+    __index = function(_, k)
+      local v = t[k]
+      if v == nil then
+        error("Script attempted to access nonexistent global variable '" .. tostring(k) .. "'", 2)
+      end
+      return v
+    end,
+    __newindex = readonly_error,
+  }))
+  readonly_tables[proxy] = true
+  return proxy
+end
 local load_api = {
-  register_function = function(...) return py.register_function(...) end,
-  log = api.log, setresp = api.setresp,
+  register_function = register_function,
+  log = py.log,
   LOG_DEBUG = 0, LOG_VERBOSE = 1, LOG_NOTICE = 2, LOG_WARNING = 3,
   REDIS_VERSION = py.version, REDIS_VERSION_NUM = py.version_num,
 }
@@ -131,7 +205,7 @@ for _, name in ipairs({'string', 'math', 'table', 'coroutine', 'cjson', 'bit', '
   if G[name] then G[name] = readonly(G[name]) end
 end
 G.redis = readonly(api)
-local readonly_load_api = readonly(load_api)
+local readonly_load_api = strict_readonly(load_api)
 
 -- Globals: reads of missing names and every write fail, as in Redis.
 local eval_vars = {}
@@ -158,7 +232,10 @@ local eval_env = make_env(function(k)
 end)
 local function_loading = false
 local function_env = make_env(function(k)
-  if k == 'redis' and function_loading then return readonly_load_api end
+  if function_loading then
+    if k == 'redis' then return readonly_load_api end
+    return nil
+  end
   return G[k]
 end)
 

@@ -169,13 +169,12 @@ class Scripting:
             raise self._fail(b"Invalid command passed to redis.acl_check_cmd()")
         return True
 
-    def _register_function(self, *args: Any) -> None:
+    def _register_function(self, name: bytes, callback: Any, flags: Any, description: Any) -> None:
+        """redis.register_function, its arguments checked in lua_boot.lua."""
         registering = self.registering
         if registering is None:
-            raise RuntimeError("register_function outside FUNCTION LOAD")
-        error = registering.register(self, args)
-        if error is not None:
-            raise LuaError(error)
+            raise self._fail(b"redis.register_function can only be called on FUNCTION LOAD command")
+        registering.register(self, name, callback, flags, description)
 
     def _call(self, *args: Any) -> Any:
         """redis.call: the reply, or a Lua error carrying Redis' error table."""
@@ -389,10 +388,6 @@ class Scripting:
         if source is not None and line is not None:
             message += b" script: %s, on %s:%s." % (name, _text(source), _text(line))
         return ReplyError(message)
-
-
-class LuaError(Exception):
-    """Raised from a Python callback to fail the Lua code that called it."""
 
 
 class BigNumber:

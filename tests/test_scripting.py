@@ -255,3 +255,165 @@ def test_script_writes_survive_kill9(server_factory):
     assert r.get(b) == b"x"
     assert r.get(b + "n") == b"5"
     assert r.hget(a + ":h", "f") == b"v"
+
+
+# --- functions ---------------------------------------------------------------------------
+
+LIB = "#!lua name=mylib\nredis.register_function('myfunc', function(keys, args) return redis.call('incr', keys[1]) end)"
+LIB_RO = ("#!lua name=rolib\nredis.register_function{function_name='get_it', callback=function(keys, args) "
+          "return redis.call('get', keys[1]) end, flags={'no-writes'}, description='reads'}")
+
+
+def _lib(body: str, name: str = "test") -> str:
+    return f"#!lua name={name}\n{body}"
+
+
+FUNCTION_LOAD_ERRORS = [
+    "return 1",
+    "#!lua",
+    "#!lua name=x",
+    "#!lua name=x name=y\nreturn 1",
+    "#!lua foo=bar\nreturn 1",
+    "#!bad_engine name=x\nredis.register_function('f', function() return 1 end)",
+    "#! name=x\nredis.register_function('f', function() return 1 end)",
+    "#!lua name=bad-name\nredis.register_function('f', function() return 1 end)",
+    _lib("bad script"),
+    _lib("return 1"),
+    _lib("return math.random()"),
+    _lib("return redis.call('ping')"),
+    _lib("return redis.setresp(3)"),
+    _lib("return redis.set_repl(redis.REPL_NONE)"),
+    _lib("mt = getmetatable(_G)"),
+    _lib("redis.register_function('f', function() return 1 end) redis.register_function('f', function() end)"),
+    _lib("redis.register_function('bad-name', function() return 1 end)"),
+    _lib("redis.register_function()"),
+    _lib("redis.register_function('a', 'b', 'c')"),
+    _lib("redis.register_function({})"),
+    _lib("redis.register_function('f')"),
+    _lib("redis.register_function(1, 2)"),
+    _lib("redis.register_function('f', 'x')"),
+    _lib("redis.register_function{function_name='f', callback=function() return 1 end, flags={'unknown'}}"),
+    _lib("redis.register_function{function_name='f', callback=function() return 1 end, flags='no-writes'}"),
+    _lib("redis.register_function{function_name='f', callback=function() return 1 end, description=function() end}"),
+    _lib("redis.register_function{function_name='f', callback='x'}"),
+    _lib("redis.register_function{function_name='f'}"),
+    _lib("redis.register_function{callback=function() return 1 end}"),
+    _lib("redis.register_function{function_name='f', callback=function() return 1 end, foo='bar'}"),
+    _lib("redis.register_function('single')"),
+    _lib("error('boom')"),
+]
+
+
+def test_function_load_errors_match_redis(pair):
+    pair.same("FUNCTION", "FLUSH")
+    for code in FUNCTION_LOAD_ERRORS:
+        pair.same("FUNCTION", "LOAD", code)
+    pair.same("FUNCTION", "LOAD", "BADOPTION", LIB)
+    pair.same("FUNCTION", "LIST")
+
+
+def test_function_commands_match_redis(pair, pair3):
+    for p in (pair, pair3):
+        same_all(p, [
+            ("FUNCTION", "FLUSH"),
+            ("FUNCTION", "LOAD", LIB),
+            ("FUNCTION", "LOAD", LIB),
+            ("FUNCTION", "LOAD", "REPLACE", LIB),
+            ("FUNCTION", "LOAD", LIB_RO),
+            ("FUNCTION", "LOAD", _lib("redis.register_function('myfunc', function() return 1 end)", "other")),
+            ("FCALL", "myfunc", 1, "{t}c"),
+            ("FCALL", "myfunc", 1, "{t}c"),
+            ("FCALL_RO", "myfunc", 1, "{t}c"),
+            ("FCALL_RO", "get_it", 1, "{t}c"),
+            ("FCALL", "get_it", 1, "{t}c"),
+            ("FCALL", "nosuch", 0),
+            ("FCALL", "myfunc", "bad"),
+            ("FCALL", "myfunc", -1),
+            ("FCALL", "myfunc", 3, "a"),
+            ("FUNCTION", "LIST", "LIBRARYNAME", "my*"),
+            ("FUNCTION", "LIST", "LIBRARYNAME", "rolib", "WITHCODE"),
+            ("FUNCTION", "LIST", "WITHCODE", "LIBRARYNAME", "my*"),
+            ("FUNCTION", "LIST", "LIBRARYNAME"),
+            ("FUNCTION", "LIST", "BAD"),
+            ("FUNCTION", "STATS"),
+            ("FUNCTION", "DELETE", "rolib"),
+            ("FUNCTION", "DELETE", "rolib"),
+            ("FUNCTION", "LIST"),
+            ("FUNCTION", "KILL"),
+            ("FUNCTION", "FLUSH", "BAD"),
+            ("FUNCTION", "RESTORE", "bad payload"),
+            ("FUNCTION", "RESTORE", "x", "BADPOLICY"),
+            ("FUNCTION", "FLUSH", "SYNC"),
+            ("FUNCTION", "LIST"),
+        ])
+        p.same("FUNCTION", "LOAD", _lib("""
+            redis.register_function('f1', function(keys, args) redis.setresp(3) return {map={a=1}} end)
+            redis.register_function('f2', function(keys, args) return redis.call('set', keys[1], args[1]) end)
+            redis.register_function('f3', function(keys, args) return redis.register_function end)
+            redis.register_function('f4', function(keys, args) return a end)
+            redis.register_function('f5', function(keys, args) return redis.call('nosuch') end)
+        """))
+        same_all(p, [
+            ("FCALL", "f1", 0), ("FCALL", "f2", 1, "{t}k", "v"), ("FCALL", "f3", 0), ("FCALL", "f4", 0),
+            ("FCALL", "f5", 0), ("FUNCTION", "FLUSH"),
+        ])
+
+
+def test_function_dump_restore_round_trip_matches_redis(pair):
+    pair.same("FUNCTION", "FLUSH")
+    pair.same("FUNCTION", "LOAD", LIB)
+    pair.same("FUNCTION", "LOAD", LIB_RO)
+    ours, theirs = pair.both("FUNCTION", "DUMP")
+    # Library order is the server's dict order; each payload restores on the other server.
+    for policy in ("FLUSH", "APPEND", "REPLACE"):
+        for payload in (ours, theirs):
+            blob = payload.split(b"\r\n", 1)[1][:-2]
+            if policy == "APPEND":  # which existing library is named first is dict order
+                assert all(reply.startswith(b"-ERR Library ") for reply in pair.both("FUNCTION", "RESTORE", blob))
+                continue
+            pair.same("FUNCTION", "RESTORE", blob, policy)
+            pair.same("FUNCTION", "LIST", "LIBRARYNAME", "mylib", "WITHCODE")
+    pair.same("FUNCTION", "FLUSH")
+    pair.same("FUNCTION", "RESTORE", theirs.split(b"\r\n", 1)[1][:-2])
+    pair.same("FCALL", "myfunc", 1, "x")
+
+
+def test_function_libraries_are_on_every_shard(server):
+    r = server.client()
+    r.function_flush()
+    a, b = keys_on_different_shards(2)
+    assert r.function_load(LIB) == b"mylib"
+    assert r.fcall("myfunc", 1, a) == 1
+    assert r.fcall("myfunc", 1, b) == 1
+    r.function_delete("mylib")
+    for key in (a, b):
+        with pytest.raises(redis.ResponseError, match="Function not found"):
+            r.fcall("myfunc", 1, key)
+
+
+def test_functions_replay_equals_live():
+    live, replayed = run_and_replay([
+        ("FUNCTION", "LOAD", LIB),
+        ("FUNCTION", "LOAD", LIB_RO),
+        ("FCALL", "myfunc", 1, "c"),
+        ("FUNCTION", "DELETE", "rolib"),
+        ("FCALL", "myfunc", 1, "c"),
+    ])
+    assert set(live.db.scripting.libraries) == set(replayed.db.scripting.libraries) == {b"mylib"}
+    assert [b"FUNCTION", b"LOAD", b"REPLACE", LIB.encode()] in live.db.effects
+
+
+def test_functions_survive_kill9(server_factory):
+    srv = server_factory(shards=2)
+    r = srv.client()
+    r.function_load(LIB)
+    r.function_load(LIB_RO)
+    r.function_delete("rolib")
+    a, b = keys_on_different_shards(2)
+    assert r.fcall("myfunc", 1, a) == 1
+    srv.kill9()
+    srv.start()
+    r = srv.client()
+    assert [lib[1] for lib in r.function_list()] == [b"mylib"]
+    assert r.fcall("myfunc", 1, a) == 2
+    assert r.fcall("myfunc", 1, b) == 1
