@@ -20,6 +20,7 @@ import lupa.lua51 as lua51
 
 from durakv.shards.context import Ctx
 from durakv.shards.keyspace import Keyspace
+from durakv.shards.lualibs import CJson, CMsgpack, LibError, bit_library
 from durakv.shards.resp import (
     Map, NullArray, Push, Raw, ReplyError, SetReply, Simple, Verbatim, format_double,
 )
@@ -67,7 +68,21 @@ class ScriptError(lua51.LuaError):
 
 
 def _unwrap(error: object) -> Any:
-    return error.table if isinstance(error, ScriptError) else None
+    """What a Python callback's exception is to Lua: Redis' error table, or a library's message."""
+    if isinstance(error, ScriptError):
+        return error.table
+    if isinstance(error, LibError):
+        return str(error).encode()
+    return None
+
+
+class _JsonNull:
+    """cjson.null (a NULL lightuserdata in lua-cjson)."""
+
+    __slots__ = ()
+
+
+JSON_NULL = _JsonNull()
 
 
 class Run:
@@ -106,7 +121,7 @@ class Scripting:
             b"log": self._log, b"setresp": self._setresp, b"set_repl": self._set_repl,
             b"acl_check_cmd": self._acl_check_cmd, b"register_function": self._register_function,
             b"version": REDIS_VERSION, b"version_num": REDIS_VERSION_NUM,
-            b"libraries": rt.table_from({}),
+            b"libraries": self._libraries(),
         })
         loaded = rt.eval("function(source, name) return loadstring(source, name) end")(source, b"=durakv")
         chunk = loaded[0] if isinstance(loaded, tuple) else loaded
@@ -114,6 +129,18 @@ class Scripting:
         boot = chunk(py)
         return {name: boot[name.encode()] for name in (
             "compile", "run_eval", "run_function", "load_library", "rawget", "is_table", "next")}
+
+    def _libraries(self) -> Any:
+        rt = self.runtime
+
+        def is_table(value: Any) -> bool:
+            return lua51.lua_type(value) == "table"
+
+        return rt.table_from({
+            b"bit": rt.table_from(bit_library()),
+            b"cjson": rt.table_from(CJson(rt, is_table, JSON_NULL).library()),
+            b"cmsgpack": rt.table_from(CMsgpack(rt, is_table).library()),
+        })
 
     # --- callbacks from Lua ---------------------------------------------------------
 
