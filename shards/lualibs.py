@@ -289,7 +289,7 @@ class CMsgpack:
         pos = int(args[2]) if len(args) > 2 and args[2] is not None else 0
         if pos < 0 or limit < 0:
             raise LibError("Invalid request to unpack with offset of %d and limit of %d." % (pos, limit))
-        values = []
+        values: list[Any] = []
         while pos < len(data) and (limit == 0 or len(values) < limit):
             value, pos = self._unpack(data, pos)
             values.append(value)
