@@ -7,7 +7,7 @@
 -- writes; setmetatable and rawset refuse the proxies too.
 local py = ...
 local G = _G
-local getinfo = debug.getinfo
+local getinfo, sethook = debug.getinfo, debug.sethook
 local raw_setmetatable, raw_rawset, raw_pcall = setmetatable, rawset, pcall
 local raw_loadstring, raw_setfenv, raw_getfenv = loadstring, setfenv, getfenv
 local tostring, type, error, select, unpack = tostring, type, error, select, unpack
@@ -256,6 +256,25 @@ local function handler(err)
   return err
 end
 
+-- Every BUSY_HOOK_INSTRUCTIONS instructions Python may serve other requests
+-- (busy-reply-threshold) and say the script was killed (SCRIPT KILL); from then on
+-- the hook fires on every line, so a pcall in the script cannot swallow the kill.
+local BUSY_HOOK_INSTRUCTIONS = 100000
+local killed_message = 'Script killed by user with SCRIPT KILL...'
+local function busy_hook()
+  local info = getinfo(2, 'S')
+  if info and info.source ~= '=durakv' and py.tick() then
+    sethook(busy_hook, 'l')
+    error(error_table(killed_message), 0)
+  end
+end
+local function guarded(f)
+  sethook(busy_hook, '', BUSY_HOOK_INSTRUCTIONS)
+  local ok, r = xpcall(f, handler)
+  sethook()
+  return ok, r
+end
+
 local boot = {}
 function boot.compile(body, chunkname, for_function)
   local f, err = raw_loadstring(body, chunkname)
@@ -265,13 +284,12 @@ function boot.compile(body, chunkname, for_function)
 end
 function boot.run_eval(f, keys, args)
   eval_vars.KEYS, eval_vars.ARGV = keys, args
-  local ok, r = xpcall(f, handler)
+  local ok, r = guarded(f)
   eval_vars.KEYS, eval_vars.ARGV = nil, nil
   return ok, r
 end
 function boot.run_function(f, keys, args)
-  local ok, r = xpcall(function() return f(keys, args) end, handler)
-  return ok, r
+  return guarded(function() return f(keys, args) end)
 end
 function boot.load_library(f)
   function_loading = true

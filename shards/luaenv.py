@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from importlib import resources
-from typing import Any
+from typing import Any, Callable
 
 import lupa.lua51 as lua51
 
@@ -88,15 +89,26 @@ JSON_NULL = _JsonNull()
 class Run:
     """One script or function invocation: what redis.call may do and how it converts."""
 
-    __slots__ = ("ctx", "read_only", "resp", "name", "wrote", "effects_before")
+    __slots__ = ("ctx", "read_only", "resp", "name", "effects_before", "is_eval", "started", "killed", "busy")
 
-    def __init__(self, ctx: Ctx, read_only: bool, name: bytes) -> None:
+    def __init__(self, ctx: Ctx, read_only: bool, name: bytes, is_eval: bool) -> None:
         self.ctx = ctx
         self.read_only = read_only
         self.resp = 2
         self.name = name
+        self.is_eval = is_eval
         self.effects_before = len(ctx.db.effects)
-        self.wrote = False
+        self.started = time.monotonic()
+        self.killed = False  # SCRIPT KILL / FUNCTION KILL asked for it
+        self.busy = False  # past busy-reply-threshold: other requests are answered BUSY
+
+    def wrote(self) -> bool:
+        return len(self.ctx.db.effects) > self.effects_before
+
+    def busy_error(self) -> bytes:
+        """What Redis answers every other command while this script runs too long."""
+        what = b"SCRIPT KILL" if self.is_eval else b"FUNCTION KILL"
+        return b"BUSY Redis is busy running a script. You can only call %s or SHUTDOWN NOSAVE." % what
 
 
 class Scripting:
@@ -110,6 +122,9 @@ class Scripting:
         self.scripts: dict[bytes, tuple[bytes, Any]] = {}  # sha -> (body, compiled function)
         self.libraries: dict[bytes, Any] = {}  # name -> t_function.Library
         self.registering: Any = None  # the library FUNCTION LOAD is running, if any
+        # Set by a serving shard: called from the Lua hook while a script runs past
+        # busy-reply-threshold, to answer other requests (BUSY, SCRIPT KILL) meanwhile.
+        self.on_busy: Callable[[Run], None] | None = None
         self.lua_table = lua51.lua_type
         self.boot = self._boot()
 
@@ -119,7 +134,7 @@ class Scripting:
         py = rt.table_from({
             b"call": self._call, b"pcall": self._pcall, b"unwrap": _unwrap, b"sha1hex": self._sha1hex,
             b"log": self._log, b"setresp": self._setresp, b"set_repl": self._set_repl,
-            b"acl_check_cmd": self._acl_check_cmd, b"register_function": self._register_function,
+            b"acl_check_cmd": self._acl_check_cmd, b"tick": self._tick, b"register_function": self._register_function,
             b"version": REDIS_VERSION, b"version_num": REDIS_VERSION_NUM,
             b"libraries": self._libraries(),
         })
@@ -143,6 +158,21 @@ class Scripting:
         })
 
     # --- callbacks from Lua ---------------------------------------------------------
+
+    def _tick(self) -> bool:
+        """The Lua count hook: serve others once past busy-reply-threshold; True: killed."""
+        run = self.run
+        if run is None:
+            return False
+        if not run.killed and self.on_busy is not None:
+            threshold_ms = run.ctx.shard.settings.get("busy-reply-threshold", 0)
+            if threshold_ms > 0 and (time.monotonic() - run.started) * 1000 >= threshold_ms:
+                if not run.busy:
+                    run.busy = True
+                    logger.warning("script %s: still running after %d ms: answering BUSY meanwhile",
+                                   run.name.decode(errors="replace"), threshold_ms)
+                self.on_busy(run)
+        return run.killed
 
     def _fail(self, message: bytes) -> ScriptError:
         return ScriptError(self.error_table(b"ERR " + message))

@@ -25,7 +25,9 @@ from durakv.shards.rdb.codec import (
 )
 from durakv.shards.rdb.crc64 import crc64
 from durakv.shards.resp import OK, Map, ReplyError, SetReply, Simple, fixed_error
-from durakv.shards.t_script import ERR_NUMKEYS_NEGATIVE, ERR_NUMKEYS_TOO_BIG, merge_first, run_script
+from durakv.shards.t_script import (
+    ERR_NUMKEYS_NEGATIVE, ERR_NUMKEYS_TOO_BIG, merge_first, merge_kill, not_busy, run_script,
+)
 from durakv.shards.table import FANOUT, command, container, merge_ok, numkeys_keys
 
 FUNCTION_FLAGS = (b"no-writes", b"allow-oom", b"allow-stale", b"no-cluster", b"allow-cross-slot-keys")
@@ -332,10 +334,10 @@ def function_stats(ctx: Ctx, argv: list[bytes]):
         b"libraries_count", len(libraries), b"functions_count", functions])])])
 
 
-@command("function|kill", 2, "noscript allow_busy", group="scripting",
+@command("function|kill", 2, "noscript allow_busy", group="scripting", where=FANOUT, merge=merge_kill,
          tips=("request_policy:all_shards", "response_policy:one_succeeded"))
 def function_kill(ctx: Ctx, argv: list[bytes]):
-    raise ReplyError(b"NOTBUSY No scripts in execution right now.")
+    return not_busy(ctx)
 
 
 @command("function|help", 2, "loading stale", group="scripting")

@@ -88,7 +88,7 @@ def compile_script(state: Scripting, body: bytes) -> tuple[bytes, Any]:
 def run_script(ctx: Ctx, state: Scripting, function: Any, name: bytes, keys: list[bytes],
                args: list[bytes], read_only: bool, for_function: bool) -> Raw:
     """Run a compiled script or a registered function and encode its reply."""
-    run = state.run = Run(ctx, read_only, name)
+    run = state.run = Run(ctx, read_only, name, not for_function)
     in_multi = ctx.in_multi
     ctx.in_multi = True  # blocking commands inside a script never block
     rt = state.runtime
@@ -191,10 +191,31 @@ def script_flush(ctx: Ctx, argv: list[bytes]):
     return OK
 
 
-@command("script|kill", 2, "noscript allow_busy", group="scripting", where=FANOUT, merge=merge_ok,
+NOTBUSY = b"-NOTBUSY No scripts in execution right now."
+
+
+def merge_kill(parts: list, proto: int) -> bytes:
+    """SCRIPT/FUNCTION KILL: each shard's status line (a busy shard answers from its
+    script's hook, shards/process.py); OK if one killed its script."""
+    if b"+OK" in parts:
+        return b"+OK\r\n"
+    for part in parts:
+        if part != NOTBUSY:
+            return part + b"\r\n"
+    return NOTBUSY + b"\r\n"
+
+
+def not_busy(ctx: Ctx):
+    """KILL on a shard with no script running (one that runs one answers from its hook)."""
+    if ctx.proto == 0:
+        return NOTBUSY  # to the router's merge_kill
+    raise ReplyError(NOTBUSY[1:])
+
+
+@command("script|kill", 2, "noscript allow_busy", group="scripting", where=FANOUT, merge=merge_kill,
          tips=("request_policy:all_shards", "response_policy:one_succeeded"))
 def script_kill(ctx: Ctx, argv: list[bytes]):
-    raise ReplyError(b"NOTBUSY No scripts in execution right now.")
+    return not_busy(ctx)
 
 
 @command("script|help", 2, "loading stale", group="scripting")

@@ -417,3 +417,73 @@ def test_functions_survive_kill9(server_factory):
     assert [lib[1] for lib in r.function_list()] == [b"mylib"]
     assert r.fcall("myfunc", 1, a) == 2
     assert r.fcall("myfunc", 1, b) == 1
+
+
+# --- busy scripts -------------------------------------------------------------------------
+
+
+def _wait_busy(r, deadline_s: float = 10.0) -> str:
+    """PING until the router answers BUSY (the script passed busy-reply-threshold)."""
+    import time
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        try:
+            r.ping()
+        except redis.ResponseError as e:
+            return str(e)
+        time.sleep(0.02)
+    raise AssertionError("no BUSY reply while a script loops")
+
+
+def test_busy_script_answers_busy_and_script_kill_stops_it(server):
+    import threading
+    r = server.client()
+    r.config_set("busy-reply-threshold", 100)
+    a, b = keys_on_different_shards(2)
+    runner = server.client()
+    outcome: list = []
+    thread = threading.Thread(target=lambda: outcome.append(_capture(runner.eval, "while true do end", 1, a)))
+    thread.start()
+    try:
+        assert _wait_busy(r).startswith("BUSY Redis is busy running a script. You can only call SCRIPT KILL")
+        with pytest.raises(redis.ResponseError, match="^BUSY Redis is busy running a script"):
+            r.get(a)  # the script's shard answers from the script's hook
+        assert r.set(b, "other shard") is True  # the other shard is not busy
+        with pytest.raises(redis.ResponseError, match="^BUSY Redis is busy running a script. You can only call SCRIPT"):
+            r.function_kill()
+        assert r.script_kill() is True
+    finally:
+        thread.join(30)
+        r.config_set("busy-reply-threshold", 5000)
+    assert "Script killed by user with SCRIPT KILL..." in str(outcome[0])
+    assert r.ping() is True
+    with pytest.raises(redis.ResponseError, match="NOTBUSY"):
+        r.script_kill()
+
+
+def test_busy_script_that_wrote_is_unkillable(server):
+    import threading
+    r = server.client()
+    r.config_set("busy-reply-threshold", 50)
+    a, _ = keys_on_different_shards(2)
+    runner = server.client()
+    outcome: list = []
+    script = "redis.call('set', KEYS[1], 'written') for i = 1, 3e8 do end return 'done'"
+    thread = threading.Thread(target=lambda: outcome.append(_capture(runner.eval, script, 1, a)))
+    thread.start()
+    try:
+        _wait_busy(r)
+        with pytest.raises(redis.ResponseError, match="^UNKILLABLE Sorry the script already executed write commands"):
+            r.script_kill()
+    finally:
+        thread.join(120)
+        r.config_set("busy-reply-threshold", 5000)
+    assert outcome == [b"done"]
+    assert r.get(a) == b"written"
+
+
+def _capture(fn, *args):
+    try:
+        return fn(*args)
+    except redis.ResponseError as e:
+        return e
