@@ -20,7 +20,7 @@ from durakv.shards.resp import Map, ReplyError, SetReply, Simple, Verbatim, enco
 from durakv.shards.shard_settings import SHARD_DEFAULTS
 from durakv.shards.slots import key_slot
 from durakv.shards.table import (
-    MULTI_REFUSED, ROUTER, TABLE, Command, command, container, find, find_fullname,
+    MULTI_REFUSED, ROUTER, TABLE, Command, command, container, find, find_fullname, subcommand_syntax_error,
 )
 
 # --- COMMAND --------------------------------------------------------------------
@@ -300,12 +300,6 @@ def lastsave(client: Client, argv: list[bytes]):
 
 
 # --- DEBUG, FUNCTION --------------------------------------------------------------
-
-
-def subcommand_syntax_error(argv: list[bytes]) -> ReplyError:
-    """Redis' addReplySubcommandSyntaxError."""
-    return ReplyError(b"ERR unknown subcommand or wrong number of arguments for '%s'. Try %s HELP."
-                      % (argv[1][:128], argv[0].upper()))
 
 
 @command("debug", -2, "admin noscript loading stale", group="server", where=ROUTER,

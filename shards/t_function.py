@@ -28,7 +28,7 @@ from durakv.shards.resp import OK, Map, ReplyError, SetReply, Simple, fixed_erro
 from durakv.shards.t_script import (
     ERR_NUMKEYS_NEGATIVE, ERR_NUMKEYS_TOO_BIG, merge_first, merge_kill, not_busy, run_script,
 )
-from durakv.shards.table import FANOUT, command, container, merge_ok, numkeys_keys
+from durakv.shards.table import FANOUT, command, container, merge_ok, numkeys_keys, subcommand_syntax_error
 
 FUNCTION_FLAGS = (b"no-writes", b"allow-oom", b"allow-stale", b"no-cluster", b"allow-cross-slot-keys")
 RDB_OPCODE_FUNCTION2 = 245
@@ -233,7 +233,9 @@ def function_delete(ctx: Ctx, argv: list[bytes]):
 @command("function|flush", -2, "write noscript", group="scripting", where=FANOUT, merge=merge_ok,
          tips=("request_policy:all_shards", "response_policy:all_succeeded"))
 def function_flush(ctx: Ctx, argv: list[bytes]):
-    if len(argv) > 3 or (len(argv) == 3 and argv[2].upper() not in (b"ASYNC", b"SYNC")):
+    if len(argv) > 3:
+        raise subcommand_syntax_error(argv)
+    if len(argv) == 3 and argv[2].upper() not in (b"ASYNC", b"SYNC"):
         raise ReplyError(b"ERR FUNCTION FLUSH only supports SYNC|ASYNC option")
     scripting_of(ctx.db).libraries.clear()
     ctx.db.effect([b"FUNCTION", b"FLUSH"])
@@ -284,7 +286,7 @@ def function_dump(ctx: Ctx, argv: list[bytes]):
 def function_restore(ctx: Ctx, argv: list[bytes]):
     policy = b"APPEND"
     if len(argv) > 4:
-        raise ReplyError(b"ERR wrong number of arguments for 'function|restore' command")
+        raise subcommand_syntax_error(argv)
     if len(argv) == 4:
         policy = argv[3].upper()
         if policy not in (b"FLUSH", b"APPEND", b"REPLACE"):
