@@ -89,10 +89,12 @@ JSON_NULL = _JsonNull()
 class Run:
     """One script or function invocation: what redis.call may do and how it converts."""
 
-    __slots__ = ("ctx", "read_only", "resp", "name", "effects_before", "is_eval", "started", "killed", "busy")
+    __slots__ = ("ctx", "read_only", "resp", "name", "effects_before", "is_eval", "started", "killed", "busy",
+                 "command")
 
-    def __init__(self, ctx: Ctx, read_only: bool, name: bytes, is_eval: bool) -> None:
+    def __init__(self, ctx: Ctx, read_only: bool, name: bytes, is_eval: bool, command: list[bytes]) -> None:
         self.ctx = ctx
+        self.command = command  # the EVAL/FCALL that runs it (FUNCTION STATS shows it)
         self.read_only = read_only
         self.resp = 2
         self.name = name

@@ -18,6 +18,8 @@ from durakv.shards.frames import (
     INTERNAL_PREFIX, PROTO_INTERNAL, Request, encode_frame, encode_internal, request_batch_decoder, split_frames,
 )
 from durakv.shards.luaenv import Run, scripting_of
+from durakv.shards.resp import encode
+from durakv.shards.t_function import stats
 from durakv.shards.shard import Shard, SnapshotHooks
 from durakv.shards.unixsock import bind_unix, peer_allowed
 
@@ -131,18 +133,24 @@ def serve_while_busy(run: Run) -> None:
                 if argv[0][:1] == INTERNAL_PREFIX:
                     conn.deferred.append(req)
                     continue
-                status = _busy_status(run, argv)
-                if req.proto == PROTO_INTERNAL:
-                    data = encode_internal(True, status) if argv[0].lower() in (b"script", b"function") \
-                        and len(argv) == 2 and argv[1].lower() == b"kill" else encode_internal(False, status[1:])
-                else:
-                    data = status + b"\r\n"
-                replies.append((req.rid, data))
+                replies.append((req.rid, _busy_reply(run, argv, req.proto)))
         if replies:
             if conn.sending:
                 conn.send(replies)
             else:
                 _send_now(conn.sock, bytes(encode_frame(replies)))
+
+
+def _busy_reply(run: Run, argv: list[bytes], proto: int) -> bytes:
+    """A request's reply while `run` is busy: KILL acts, FUNCTION STATS answers, the rest is BUSY."""
+    if len(argv) == 2 and argv[0].lower() == b"function" and argv[1].lower() == b"stats":
+        value = stats(scripting_of(run.ctx.db))
+        return encode_internal(True, value) if proto == PROTO_INTERNAL else encode(value, proto)
+    status = _busy_status(run, argv)
+    is_kill = len(argv) == 2 and argv[0].lower() in _BUSY_KILLS and argv[1].lower() == b"kill"
+    if proto != PROTO_INTERNAL:
+        return status + b"\r\n"
+    return encode_internal(True, status) if is_kill else encode_internal(False, status[1:])
 
 
 def _busy_status(run: Run, argv: list[bytes]) -> bytes:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import struct
+import time
 from typing import Any
 
 from durakv.shards.context import Ctx
@@ -69,7 +70,7 @@ class Library:
             raise ScriptError(state.error_table(
                 b"ERR Library names can only contain letters, numbers, or underscores(_) and must be at "
                 b"least one character long"))  # sic: Redis 7.0 says "Library" for a function name too
-        if name in self.functions:
+        if any(name.lower() == other.lower() for other in self.functions):
             raise ScriptError(state.error_table(b"ERR Function already exists in the library"))
         if len(self.functions) >= MAX_FUNCTIONS_PER_LIBRARY:
             raise ScriptError(state.error_table(b"ERR too many functions in one library"))
@@ -145,16 +146,18 @@ def install(state: Scripting, library: Library, replace: bool) -> None:
         raise ReplyError(b"ERR too many libraries (limit %d)" % MAX_LIBRARIES)
     for fname in library.functions:
         for other in libraries.values():
-            if other is not old and fname in other.functions:
+            if other is not old and any(fname.lower() == name.lower() for name in other.functions):
                 raise ReplyError(b"ERR Function %s already exists" % fname)
     libraries[library.name] = library
 
 
 def function_by_name(state: Scripting, name: bytes) -> Function | None:
+    """Function names are case-insensitive, as in Redis."""
+    name = name.lower()
     for library in state.libraries.values():
-        found = library.functions.get(name)
-        if found is not None:
-            return found
+        for fname, function in library.functions.items():
+            if fname.lower() == name:
+                return function
     return None
 
 
@@ -177,7 +180,7 @@ def _fcall(ctx: Ctx, argv: list[bytes], read_only: bool):
     if read_only and not no_writes:
         raise ERR_RO_WITH_WRITE
     keys, args = argv[3:3 + numkeys], argv[3 + numkeys:]
-    return run_script(ctx, state, function.callback, function.name, keys, args, read_only or no_writes, True)
+    return run_script(ctx, state, function.callback, function.name, argv, keys, args, read_only or no_writes, True)
 
 
 def _always(argv: list[bytes]) -> bool:
@@ -318,7 +321,7 @@ def function_restore(ctx: Ctx, argv: list[bytes]):
     owners: dict[bytes, bytes] = {}
     for library in merged.values():
         for fname in library.functions:
-            if owners.setdefault(fname, library.name) != library.name:
+            if owners.setdefault(fname.lower(), library.name) != library.name:
                 raise ReplyError(b"ERR Function %s already exists" % fname)
     state.libraries = merged
     ctx.db.effect([b"FUNCTION", b"FLUSH"])
@@ -330,9 +333,20 @@ def function_restore(ctx: Ctx, argv: list[bytes]):
 @command("function|stats", 2, "noscript allow_busy", group="scripting",
          tips=("nondeterministic_output", "request_policy:all_shards", "response_policy:special"))
 def function_stats(ctx: Ctx, argv: list[bytes]):
-    libraries = scripting_of(ctx.db).libraries
+    return stats(scripting_of(ctx.db))
+
+
+def stats(state: Scripting) -> Map:
+    """FUNCTION STATS; while a function runs past busy-reply-threshold it answers
+    from the function's hook (shards/process.py) and names it."""
+    run = state.run
+    running = None
+    if run is not None and not run.is_eval:
+        running = Map([b"name", run.name, b"command", run.command,
+                       b"duration_ms", int((time.monotonic() - run.started) * 1000)])
+    libraries = state.libraries
     functions = sum(len(library.functions) for library in libraries.values())
-    return Map([b"running_script", None, b"engines", Map([b"LUA", Map([
+    return Map([b"running_script", running, b"engines", Map([b"LUA", Map([
         b"libraries_count", len(libraries), b"functions_count", functions])])])
 
 

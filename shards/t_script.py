@@ -85,10 +85,10 @@ def compile_script(state: Scripting, body: bytes) -> tuple[bytes, Any]:
     return sha, function
 
 
-def run_script(ctx: Ctx, state: Scripting, function: Any, name: bytes, keys: list[bytes],
+def run_script(ctx: Ctx, state: Scripting, function: Any, name: bytes, argv: list[bytes], keys: list[bytes],
                args: list[bytes], read_only: bool, for_function: bool) -> Raw:
-    """Run a compiled script or a registered function and encode its reply."""
-    run = state.run = Run(ctx, read_only, name, not for_function)
+    """Run a compiled script or a registered function (for the command argv) and encode its reply."""
+    run = state.run = Run(ctx, read_only, name, not for_function, argv)
     in_multi = ctx.in_multi
     ctx.in_multi = True  # blocking commands inside a script never block
     rt = state.runtime
@@ -118,7 +118,7 @@ def _eval(ctx: Ctx, argv: list[bytes], by_sha: bool, read_only: bool):
     flags, _ = shebang_flags(body)
     if flags is not None and b"no-writes" in flags:
         read_only = True
-    return run_script(ctx, state, function, sha, keys, args, read_only, False)
+    return run_script(ctx, state, function, sha, argv, keys, args, read_only, False)
 
 
 _SCRIPT_KEYS = numkeys_keys(2)
