@@ -294,9 +294,19 @@ end
 function boot.run_function(f, keys, args)
   return guarded(function() return f(keys, args) end)
 end
+-- FUNCTION LOAD runs a library's code for at most LOAD_TIMEOUT (Python keeps the clock).
+local function load_hook()
+  if py.load_expired() then
+    sethook(load_hook, 'l')
+    local info = getinfo(2, 'S')
+    if info and info.source ~= '=durakv' then error(error_table('FUNCTION LOAD timeout'), 0) end
+  end
+end
 function boot.load_library(f)
   function_loading = true
+  sethook(load_hook, '', BUSY_HOOK_INSTRUCTIONS)
   local ok, r = xpcall(f, handler)
+  sethook()
   function_loading = false
   return ok, r
 end

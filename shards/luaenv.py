@@ -33,6 +33,7 @@ logger = logging.getLogger("durakv.shards.lua")
 LUA_VERSION = "Lua 5.1"
 REDIS_VERSION = b"7.0.15"
 REDIS_VERSION_NUM = 0x07000F
+FUNCTION_LOAD_TIMEOUT_S = 0.5
 MAX_REPLY_DEPTH = 512  # nested tables in a script's reply (Redis: the Lua stack limit)
 _LOG_LEVELS = (logging.DEBUG, logging.INFO, logging.INFO, logging.WARNING)
 
@@ -124,6 +125,7 @@ class Scripting:
         self.scripts: dict[bytes, tuple[bytes, Any]] = {}  # sha -> (body, compiled function)
         self.libraries: dict[bytes, Any] = {}  # name -> t_function.Library
         self.registering: Any = None  # the library FUNCTION LOAD is running, if any
+        self.load_started = 0.0  # when FUNCTION LOAD started running the library's code
         # Set by a serving shard: called from the Lua hook while a script runs past
         # busy-reply-threshold, to answer other requests (BUSY, SCRIPT KILL) meanwhile.
         self.on_busy: Callable[[Run], None] | None = None
@@ -136,7 +138,8 @@ class Scripting:
         py = rt.table_from({
             b"call": self._call, b"pcall": self._pcall, b"unwrap": _unwrap, b"sha1hex": self._sha1hex,
             b"log": self._log, b"setresp": self._setresp, b"set_repl": self._set_repl,
-            b"acl_check_cmd": self._acl_check_cmd, b"tick": self._tick, b"register_function": self._register_function,
+            b"acl_check_cmd": self._acl_check_cmd, b"tick": self._tick, b"load_expired": self._load_expired,
+            b"register_function": self._register_function,
             b"version": REDIS_VERSION, b"version_num": REDIS_VERSION_NUM,
             b"libraries": self._libraries(),
         })
@@ -175,6 +178,10 @@ class Scripting:
                                    run.name.decode(errors="replace"), threshold_ms)
                 self.on_busy(run)
         return run.killed
+
+    def _load_expired(self) -> bool:
+        """FUNCTION LOAD's limit on running a library's code (Redis: 500 ms)."""
+        return time.monotonic() - self.load_started > FUNCTION_LOAD_TIMEOUT_S
 
     def _fail(self, message: bytes) -> ScriptError:
         return ScriptError(self.error_table(b"ERR " + message))

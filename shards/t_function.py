@@ -123,6 +123,7 @@ def build_library(state: Scripting, code: bytes) -> Library:
         raise ReplyError(b"ERR Error compiling function: %s" % compiled[1])
     library = Library(name, code)
     state.registering = library
+    state.load_started = time.monotonic()
     try:
         ok, err = state.boot["load_library"](chunk)
     finally:

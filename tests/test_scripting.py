@@ -487,3 +487,10 @@ def _capture(fn, *args):
         return fn(*args)
     except redis.ResponseError as e:
         return e
+
+
+def test_function_load_that_never_ends_times_out_like_redis(pair):
+    same_all(pair, [
+        ("FUNCTION", "LOAD", "#!lua name=lib\nlocal a = 1\nwhile 1 do a = a + 1 end"),
+        ("FUNCTION", "LOAD", "#!lua name=lib\na = 1"),
+    ])
