@@ -25,7 +25,7 @@ from durakv.shards.rdb.codec import (
     FOOTER_BYTES, RDB_VERSION, BytesSource, RdbError, encode_string, read_string, verify_payload,
 )
 from durakv.shards.rdb.crc64 import crc64
-from durakv.shards.resp import OK, Map, ReplyError, SetReply, Simple, fixed_error
+from durakv.shards.resp import OK, Map, ReplyError, SetReply, Simple, fixed_error, split_args
 from durakv.shards.t_script import (
     ERR_NUMKEYS_NEGATIVE, ERR_NUMKEYS_TOO_BIG, merge_first, merge_kill, not_busy, run_script,
 )
@@ -92,7 +92,7 @@ def parse_metadata(code: bytes) -> tuple[bytes, bytes, int]:
     end = code.find(b"\n")
     if end < 0:
         raise ReplyError(b"ERR Invalid library metadata")
-    parts = code[:end].split()
+    parts = split_args(code[:end])  # sdssplitargs: quotes allowed (name="foo")
     if not parts:
         raise ReplyError(b"ERR Invalid library metadata")
     engine = parts[0][2:]

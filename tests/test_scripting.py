@@ -493,4 +493,7 @@ def test_function_load_that_never_ends_times_out_like_redis(pair):
     same_all(pair, [
         ("FUNCTION", "LOAD", "#!lua name=lib\nlocal a = 1\nwhile 1 do a = a + 1 end"),
         ("FUNCTION", "LOAD", "#!lua name=lib\na = 1"),
+        ("FUNCTION", "LOAD", "REPLACE", "#!lua name=\"foo\"\nredis.register_function('foo', function() return 1 end)"),
+        ("FUNCTION", "LOAD", "#!lua name=\"unterminated\nredis.register_function('x', function() return 1 end)"),
+        ("FUNCTION", "FLUSH"),
     ])
