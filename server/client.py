@@ -167,11 +167,19 @@ class Client:
             self.push(ERR_NOAUTH)
             return
         if router.scripts_in_flight() and "allow_busy" not in cmd.flags:
-            busy = router.busy_error(cmd.where == ROUTER or cmd.where == FANOUT)
+            # Inside MULTI the router queues the command itself, so it answers BUSY too.
+            busy = router.busy_error(cmd.where == ROUTER or cmd.where == FANOUT or self.multi is not None)
             if busy is not None:
-                self.push(busy)
-                if self.multi is not None:
+                if cmd.name == "exec" and self.multi is not None:
+                    # Redis' execCommandAbort: the transaction is discarded.
+                    self.multi = None
+                    self.multi_error = False
+                    self.multi_shard = None
+                    self.unwatch_all()
+                    busy = b"-EXECABORT Transaction discarded because of: " + busy[1:]
+                elif self.multi is not None:
                     self.multi_error = True
+                self.push(busy)
                 return
         if self.multi is not None and not cmd.runs_in_multi:
             self._queue_in_multi(cmd, argv)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import redis
-from refserver import keys_on_different_shards, same_all
+from refserver import RawConn, keys_on_different_shards, same_all
 from engine_util import call, new_ctx, run_and_replay
 
 import durakv.shards.commands  # noqa: F401
@@ -451,6 +451,11 @@ def test_busy_script_answers_busy_and_script_kill_stops_it(server):
         assert r.set(b, "other shard") is True  # the other shard is not busy
         with pytest.raises(redis.ResponseError, match="^BUSY Redis is busy running a script. You can only call SCRIPT"):
             r.function_kill()
+        conn = RawConn(server.port)
+        assert conn.call("MULTI") == b"+OK\r\n"
+        assert conn.call("INCR", b).startswith(b"-BUSY ")  # queued by the router: answered there
+        assert conn.call("EXEC").startswith(b"-EXECABORT Transaction discarded because of: BUSY ")
+        conn.close()
         assert r.script_kill() is True
     finally:
         thread.join(30)
