@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from durakv.server.links import LOST, Pending
+from durakv.server.links import LOST, SCRIPT_EVAL, SCRIPT_FUNCTION, Pending
 from durakv.shards.frames import VERB_LITERAL, VERB_ROUTER_IN_MULTI
 from durakv.shards.resp import ProtocolError, RequestParser, ReplyError, encode, encode_error
 from durakv.shards.table import CURSOR, FANOUT, ROUTER, SPLIT_NONE, lookup
@@ -37,6 +37,7 @@ IOV_MAX = 1024  # buffers per sendmsg (Linux UIO_MAXIOV)
 ERR_CROSSSLOT = b"-CROSSSLOT Keys in request don't hash to the same slot\r\n"
 ERR_NOAUTH = b"-NOAUTH Authentication required.\r\n"
 MAX_QUEUED_IN_MULTI = 1024 * 1024
+SCRIPT_COMMANDS = frozenset({"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"})
 
 
 class Client:
@@ -165,6 +166,21 @@ class Client:
         if not self.authed and not cmd.no_auth:
             self.push(ERR_NOAUTH)
             return
+        if router.scripts_in_flight() and "allow_busy" not in cmd.flags:
+            # Inside MULTI the router queues the command itself, so it answers BUSY too.
+            busy = router.busy_error(cmd.where == ROUTER or cmd.where == FANOUT or self.multi is not None)
+            if busy is not None:
+                if cmd.name == "exec" and self.multi is not None:
+                    # Redis' execCommandAbort: the transaction is discarded.
+                    self.multi = None
+                    self.multi_error = False
+                    self.multi_shard = None
+                    self.unwatch_all()
+                    busy = b"-EXECABORT Transaction discarded because of: " + busy[1:]
+                elif self.multi is not None:
+                    self.multi_error = True
+                self.push(busy)
+                return
         if self.multi is not None and not cmd.runs_in_multi:
             self._queue_in_multi(cmd, argv)
             return
@@ -193,6 +209,9 @@ class Client:
             if where == CURSOR:
                 router.route_cursor(self, argv)
                 return
+            if cmd.name in SCRIPT_COMMANDS:
+                self._submit_script(cmd, argv)
+                return
             if cmd.single_key:
                 shard = router.slot_owner[key_slot(argv[1])]
                 pending = router.links[shard].submit(self, self.proto, argv)
@@ -220,6 +239,18 @@ class Client:
                 self.push(ERR_CROSSSLOT)
         except ReplyError as e:
             self.push(encode_error(e.message))
+
+    def _submit_script(self, cmd, argv: list[bytes]) -> None:
+        """EVAL*/FCALL*: routed by their keys like any command, and timed (busy-reply-threshold)."""
+        router = self.router
+        owner = router.slot_owner
+        shards = {owner[key_slot(argv[i])] for i in cmd.key_indexes(argv)}
+        if len(shards) > 1:
+            self.push(ERR_CROSSSLOT)
+            return
+        shard = shards.pop() if shards else 0
+        kind = SCRIPT_FUNCTION if cmd.name.startswith("fcall") else SCRIPT_EVAL
+        self.replies.append(router.links[shard].submit(self, self.proto, argv, script=kind))
 
     # --- transactions -------------------------------------------------------------
 

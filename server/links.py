@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from typing import Callable
 
 import trio
@@ -32,6 +33,7 @@ RECONNECT_BACKOFF_MIN_S = 0.005
 RECONNECT_BACKOFF_MAX_S = 0.05
 
 ERR_SHARD_DOWN = b"-CLUSTERDOWN The cluster is down\r\n"
+SCRIPT_NONE, SCRIPT_EVAL, SCRIPT_FUNCTION = 0, 1, 2
 # The outcome of a request is unknown: it was handed to a shard that died before
 # replying. Compared by identity; the text only matters if a callback forgets to
 # check, and then it still reads as an error rather than a value.
@@ -74,9 +76,14 @@ class ShardLink:
         self._wake = trio.Event()
         self.frames_sent = 0
         self.requests_sent = 0
+        # Scripts (EVAL*, FCALL*) in flight: rid -> (monotonic start, is EVAL), so the
+        # router can answer its own commands BUSY while a shard runs a long script.
+        self.scripts: dict[int, tuple[float, bool]] = {}
 
-    def submit(self, client, proto: int, argv: list[bytes], pending: Pending | None = None) -> Pending:
-        """Queue a request for this shard; returns the pending reply it will fill."""
+    def submit(self, client, proto: int, argv: list[bytes], pending: Pending | None = None,
+               script: int = SCRIPT_NONE) -> Pending:
+        """Queue a request for this shard; returns the pending reply it will fill.
+        `script` (SCRIPT_EVAL, SCRIPT_FUNCTION) marks a script the router times."""
         if pending is None:
             pending = Pending(client)
         if not self.up:
@@ -85,6 +92,8 @@ class ShardLink:
         rid = self._next_rid
         self._next_rid = rid + 1
         self._pending[rid] = pending
+        if script:
+            self.scripts[rid] = (time.monotonic(), script == SCRIPT_EVAL)
         self._queue.append((rid, client.id if client is not None else 0, proto, argv))
         if len(self._queue) == 1:
             self._wake.set()
@@ -124,6 +133,15 @@ class ShardLink:
                 self.router.on_link_change()
             logger.warning("router: lost shard %d; answering its slots with CLUSTERDOWN", self.index)
 
+    def busy_script(self, threshold_ms: int) -> bool | None:
+        """None, or whether the script running past threshold_ms is an EVAL (not a function)."""
+        if not self.scripts or threshold_ms <= 0:
+            return None
+        started, is_eval = min(self.scripts.values())
+        if (time.monotonic() - started) * 1000 < threshold_ms:
+            return None
+        return is_eval
+
     def _fail_in_flight(self) -> None:
         """The shard is gone: a definite error for what never reached its socket,
         LOST for what did (see the module docstring)."""
@@ -131,6 +149,7 @@ class ShardLink:
         never_sent = {request[0] for request in self._queue}
         never_sent.update(request[0] for request in self._unsent)
         self._pending = {}
+        self.scripts.clear()
         self._queue = []
         self._unsent = []
         lost = 0
@@ -191,8 +210,11 @@ class ShardLink:
             if not size:
                 return
             buf += view[:size]
+            scripts = self.scripts
             for frame in split_frames(buf):
                 for rid, reply in reply_batch_decoder.decode(frame):
                     pending = in_flight.pop(rid)
+                    if scripts:
+                        scripts.pop(rid, None)
                     pending.fill(reply)
             self.router.flush_ready_clients()

@@ -124,6 +124,28 @@ class Router:
         self.nursery: trio.Nursery | None = None
         self.poller = ClientPoller()
 
+    # --- long scripts -------------------------------------------------------------
+
+    def scripts_in_flight(self) -> bool:
+        for link in self.links:
+            if link.scripts:
+                return True
+        return False
+
+    def busy_error(self, any_shard: bool) -> bytes | None:
+        """Redis' BUSY reply while a shard runs a script past busy-reply-threshold, for
+        a command the router answers itself (the shard answers its own commands from
+        the script's hook, shards/process.py)."""
+        if not any_shard:
+            return None
+        threshold_ms = int(self.settings.values["busy-reply-threshold"])
+        for link in self.links:
+            is_eval = link.busy_script(threshold_ms)
+            if is_eval is not None:
+                what = b"SCRIPT KILL" if is_eval else b"FUNCTION KILL"
+                return b"-BUSY Redis is busy running a script. You can only call %s or SHUTDOWN NOSAVE.\r\n" % what
+        return None
+
     # --- reply flushing -----------------------------------------------------------
 
     def flush_ready_clients(self) -> None:

@@ -16,11 +16,11 @@ from durakv.shards.glob import glob_match
 from durakv.shards.frames import VERB_INFO, VERB_RESETSTAT
 from durakv.shards.internal import INFO_KEYSPACE
 from durakv.shards.numbers import strtod
-from durakv.shards.resp import OK, Map, ReplyError, SetReply, Simple, Verbatim, encode, encode_error
+from durakv.shards.resp import Map, ReplyError, SetReply, Simple, Verbatim, encode, encode_error
 from durakv.shards.shard_settings import SHARD_DEFAULTS
 from durakv.shards.slots import key_slot
 from durakv.shards.table import (
-    MULTI_REFUSED, ROUTER, TABLE, Command, command, container, find, find_fullname,
+    MULTI_REFUSED, ROUTER, TABLE, Command, command, container, find, find_fullname, subcommand_syntax_error,
 )
 
 # --- COMMAND --------------------------------------------------------------------
@@ -302,12 +302,6 @@ def lastsave(client: Client, argv: list[bytes]):
 # --- DEBUG, FUNCTION --------------------------------------------------------------
 
 
-def subcommand_syntax_error(argv: list[bytes]) -> ReplyError:
-    """Redis' addReplySubcommandSyntaxError."""
-    return ReplyError(b"ERR unknown subcommand or wrong number of arguments for '%s'. Try %s HELP."
-                      % (argv[1][:128], argv[0].upper()))
-
-
 @command("debug", -2, "admin noscript loading stale", group="server", where=ROUTER,
          multi=MULTI_REFUSED)
 def debug(client: Client, argv: list[bytes]):
@@ -339,17 +333,3 @@ def debug(client: Client, argv: list[bytes]):
         link.submit(client, client.proto, [b"OBJECT", b"ENCODING", argv[2]], Pending(client, on_encoding))
         return wrapper
     raise subcommand_syntax_error(argv)
-
-
-container("function", "scripting", where=ROUTER)
-
-
-@command("function|flush", -2, "write noscript", group="scripting", where=ROUTER,
-         tips=("request_policy:all_shards", "response_policy:all_succeeded"))
-def function_flush(client: Client, argv: list[bytes]):
-    """Accepted (there are no functions yet), with Redis' argument checks."""
-    if len(argv) > 3:
-        raise subcommand_syntax_error(argv)
-    if len(argv) == 3 and argv[2].upper() not in (b"ASYNC", b"SYNC"):
-        raise ReplyError(b"ERR FUNCTION FLUSH only supports SYNC|ASYNC option")
-    return OK

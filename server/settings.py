@@ -71,6 +71,7 @@ _SHARD_PARAM_TYPES = {
     "stream-node-max-bytes": dict(unsigned=True, lo=0, memory=True),
     "stream-node-max-entries": dict(lo=0),
     "hll-sparse-max-bytes": dict(unsigned=True, lo=0, memory=True),
+    "busy-reply-threshold": dict(lo=0, aliases=("lua-time-limit",)),
 }
 
 
@@ -120,7 +121,6 @@ def _params(config: Config) -> list[Param]:
         bool_("activerehashing", "yes"),
         bool_("activedefrag", "no"),
         Param("notify-keyspace-events", KEYSPACE_EVENTS, ""),
-        _int("busy-reply-threshold", 5000, 0, LLONG_MAX, aliases=("lua-time-limit",)),
         Param("loglevel", ENUM, "notice", choices=("debug", "verbose", "notice", "warning")),
         bool_("replica-read-only", "yes", aliases=("slave-read-only",)),
         Param("enable-debug-command", ENUM, "yes", mutable=False, choices=("no", "yes", "local")),

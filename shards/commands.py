@@ -12,3 +12,5 @@ from durakv.shards import t_sort  # noqa: F401
 from durakv.shards import t_memory  # noqa: F401
 from durakv.shards import t_dump  # noqa: F401
 from durakv.shards import t_stream  # noqa: F401
+from durakv.shards import t_script  # noqa: F401
+from durakv.shards import t_function  # noqa: F401

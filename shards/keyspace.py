@@ -32,7 +32,7 @@ class Keyspace:
     __slots__ = (
         "data", "expires", "slot_keys", "_heap", "effects", "on_modified", "on_flush", "replaying",
         "stat_expired_keys", "stat_keyspace_hits", "stat_keyspace_misses",
-        "lazy_expire_disabled", "frozen_ms", "count_reads",
+        "lazy_expire_disabled", "frozen_ms", "count_reads", "scripting",
     )
 
     def __init__(self) -> None:
@@ -50,6 +50,8 @@ class Keyspace:
         self.lazy_expire_disabled = False
         self.frozen_ms = 0
         self.count_reads = False  # set while a read-only command runs: keyspace hits/misses
+        # The Lua state of scripts and functions (shards/luaenv.py), made on first use.
+        self.scripting: object | None = None
 
     # --- time ---------------------------------------------------------------
 

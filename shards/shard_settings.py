@@ -12,4 +12,6 @@ SHARD_DEFAULTS: dict[str, int] = {
     "stream-node-max-bytes": 4096,
     "stream-node-max-entries": 100,
     "hll-sparse-max-bytes": 3000,
+    # A script running longer than this (ms; 0: never) lets the shard answer others with BUSY.
+    "busy-reply-threshold": 5000,
 }

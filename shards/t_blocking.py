@@ -49,12 +49,12 @@ def _blocking_pop(ctx: Ctx, argv: list[bytes], where: int):
     return _block_or_timeout(ctx, keys, deadline_ms, serve)
 
 
-@command("blpop", -3, "write blocking", (1, -2, 1), "list")
+@command("blpop", -3, "write noscript blocking", (1, -2, 1), "list")
 def blpop(ctx: Ctx, argv: list[bytes]):
     return _blocking_pop(ctx, argv, LIST_HEAD)
 
 
-@command("brpop", -3, "write blocking", (1, -2, 1), "list")
+@command("brpop", -3, "write noscript blocking", (1, -2, 1), "list")
 def brpop(ctx: Ctx, argv: list[bytes]):
     return _blocking_pop(ctx, argv, LIST_TAIL)
 
@@ -73,14 +73,14 @@ def _blocking_move(ctx: Ctx, src: bytes, dst: bytes, wherefrom: int, whereto: in
     return Block([src], deadline_ms, NULL_ARRAY, serve)
 
 
-@command("blmove", 6, "write denyoom blocking", (1, 2, 1), "list")
+@command("blmove", 6, "write denyoom noscript blocking", (1, 2, 1), "list")
 def blmove(ctx: Ctx, argv: list[bytes]):
     wherefrom = parse_where(argv[3])
     whereto = parse_where(argv[4])
     return _blocking_move(ctx, argv[1], argv[2], wherefrom, whereto, argv[5])
 
 
-@command("brpoplpush", 4, "write denyoom blocking", (1, 2, 1), "list")
+@command("brpoplpush", 4, "write denyoom noscript blocking", (1, 2, 1), "list")
 def brpoplpush(ctx: Ctx, argv: list[bytes]):
     return _blocking_move(ctx, argv[1], argv[2], LIST_TAIL, LIST_HEAD, argv[3])
 
@@ -122,12 +122,12 @@ def _blocking_zpop(ctx: Ctx, keys: list[bytes], at_max: bool, count: int, nested
     return _block_or_timeout(ctx, keys, deadline_ms, serve)
 
 
-@command("bzpopmin", -3, "write blocking fast", (1, -2, 1), "sorted_set")
+@command("bzpopmin", -3, "write noscript blocking fast", (1, -2, 1), "sorted_set")
 def bzpopmin(ctx: Ctx, argv: list[bytes]):
     return _blocking_zpop(ctx, argv[1:-1], False, -1, False, argv[-1])
 
 
-@command("bzpopmax", -3, "write blocking fast", (1, -2, 1), "sorted_set")
+@command("bzpopmax", -3, "write noscript blocking fast", (1, -2, 1), "sorted_set")
 def bzpopmax(ctx: Ctx, argv: list[bytes]):
     return _blocking_zpop(ctx, argv[1:-1], True, -1, False, argv[-1])
 

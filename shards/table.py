@@ -341,6 +341,12 @@ def arity_error(name: bytes) -> ReplyError:
     return ReplyError(b"ERR wrong number of arguments for '%s' command" % name)
 
 
+def subcommand_syntax_error(argv: list[bytes]) -> ReplyError:
+    """Redis' addReplySubcommandSyntaxError."""
+    return ReplyError(b"ERR unknown subcommand or wrong number of arguments for '%s'. Try %s HELP."
+                      % (argv[1][:128], argv[0].upper()))
+
+
 def unknown_command_message(argv: list[bytes]) -> bytes:
     args = b"".join(b"'%s' " % _clip(a) for a in argv[1:])
     return b"ERR unknown command '%s', with args beginning with: %s" % (_clip(argv[0]), args)

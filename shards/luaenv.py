@@ -1,0 +1,549 @@
+"""The Lua 5.1 interpreter (lupa) that EVAL scripts and FUNCTION libraries run in,
+and Redis' conversions between command replies and Lua values.
+
+One `Scripting` per keyspace (created on first use), so a shard, a replay and a
+test's in-process keyspace each have their own. redis.call goes through the
+command table's `lookup` and the command's own handler on the shard's Ctx, so a
+script's writes are the effects those commands record (DESIGN invariant 3): a
+script is never logged, only what it did. The sandbox itself (readonly tables,
+protected globals, the redis API) is Lua, in lua_boot.lua.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from importlib import resources
+from typing import Any, Callable
+
+import lupa.lua51 as lua51
+
+from durakv.shards.context import Ctx
+from durakv.shards.keyspace import Keyspace
+from durakv.shards.lualibs import CJson, CMsgpack, LibError, bit_library
+from durakv.shards.resp import (
+    Map, NullArray, Push, Raw, ReplyError, SetReply, Simple, Verbatim, format_double,
+)
+from durakv.shards.slots import key_slot
+from durakv.shards.table import ROUTER, find
+
+logger = logging.getLogger("durakv.shards.lua")
+
+LUA_VERSION = "Lua 5.1"
+REDIS_VERSION = b"7.0.15"
+REDIS_VERSION_NUM = 0x07000F
+FUNCTION_LOAD_TIMEOUT_S = 0.5
+MAX_REPLY_DEPTH = 512  # nested tables in a script's reply (Redis: the Lua stack limit)
+_LOG_LEVELS = (logging.DEBUG, logging.INFO, logging.INFO, logging.WARNING)
+
+ERR_UNKNOWN = b"Unknown Redis command called from script"
+ERR_ARITY = b"Wrong number of args calling Redis command from script"
+ERR_NOSCRIPT_CMD = b"This Redis command is not allowed from script"
+ERR_WRITE_RO = b"Write commands are not allowed from read-only scripts."
+ERR_NON_LOCAL = b"Script attempted to access a non local key in a cluster node"
+ERR_ARGS = b"Lua redis lib command arguments must be strings or integers"
+ERR_NO_ARGS = b"Please specify at least one argument for this redis lib call"
+
+
+def sha1hex(body: bytes) -> bytes:
+    return hashlib.sha1(body).hexdigest().encode()
+
+
+def error_message(message: bytes) -> bytes:
+    """luaPushErrorBuff of a command's error reply: "CODE text" (ERR when the
+    message is one word)."""
+    message = message.strip(b"\r\n")
+    return message if b" " in message else b"ERR " + message
+
+
+class ScriptCallError(ReplyError):
+    """An error of redis.call itself (not of the command it ran): Redis prefixes ERR."""
+
+
+class ScriptError(lua51.LuaError):
+    """Raised through Lua by redis.call; carries Redis' error table (see lua_boot.lua)."""
+
+    def __init__(self, table: Any) -> None:
+        super().__init__(table[b"err"])
+        self.table = table
+
+
+def _unwrap(error: object) -> Any:
+    """What a Python callback's exception is to Lua: Redis' error table, or a library's message."""
+    if isinstance(error, ScriptError):
+        return error.table
+    if isinstance(error, LibError):
+        return str(error).encode()
+    return None
+
+
+class _JsonNull:
+    """cjson.null (a NULL lightuserdata in lua-cjson)."""
+
+    __slots__ = ()
+
+
+JSON_NULL = _JsonNull()
+
+
+class Run:
+    """One script or function invocation: what redis.call may do and how it converts."""
+
+    __slots__ = ("ctx", "read_only", "resp", "name", "effects_before", "is_eval", "started", "killed", "busy",
+                 "command")
+
+    def __init__(self, ctx: Ctx, read_only: bool, name: bytes, is_eval: bool, command: list[bytes]) -> None:
+        self.ctx = ctx
+        self.command = command  # the EVAL/FCALL that runs it (FUNCTION STATS shows it)
+        self.read_only = read_only
+        self.resp = 2
+        self.name = name
+        self.is_eval = is_eval
+        self.effects_before = len(ctx.db.effects)
+        self.started = time.monotonic()
+        self.killed = False  # SCRIPT KILL / FUNCTION KILL asked for it
+        self.busy = False  # past busy-reply-threshold: other requests are answered BUSY
+
+    def wrote(self) -> bool:
+        return len(self.ctx.db.effects) > self.effects_before
+
+    def busy_error(self) -> bytes:
+        """What Redis answers every other command while this script runs too long."""
+        what = b"SCRIPT KILL" if self.is_eval else b"FUNCTION KILL"
+        return b"BUSY Redis is busy running a script. You can only call %s or SHUTDOWN NOSAVE." % what
+
+
+class Scripting:
+    """A keyspace's Lua state: the interpreter, the EVAL script cache and the
+    FUNCTION libraries (t_script.py and t_function.py keep their rules)."""
+
+    def __init__(self) -> None:
+        self.runtime = lua51.LuaRuntime(encoding=None, unpack_returned_tuples=True,
+                                          register_eval=False, register_builtins=False)
+        self.run: Run | None = None
+        self.scripts: dict[bytes, tuple[bytes, Any]] = {}  # sha -> (body, compiled function)
+        self.libraries: dict[bytes, Any] = {}  # name -> t_function.Library
+        self.registering: Any = None  # the library FUNCTION LOAD is running, if any
+        self.load_started = 0.0  # when FUNCTION LOAD started running the library's code
+        # Set by a serving shard: called from the Lua hook while a script runs past
+        # busy-reply-threshold, to answer other requests (BUSY, SCRIPT KILL) meanwhile.
+        self.on_busy: Callable[[Run], None] | None = None
+        self.lua_table = lua51.lua_type
+        self.boot = self._boot()
+
+    def _boot(self) -> Any:
+        rt = self.runtime
+        source = resources.files("durakv.shards").joinpath("lua_boot.lua").read_bytes()
+        py = rt.table_from({
+            b"call": self._call, b"pcall": self._pcall, b"unwrap": _unwrap, b"sha1hex": self._sha1hex,
+            b"log": self._log, b"setresp": self._setresp, b"set_repl": self._set_repl,
+            b"acl_check_cmd": self._acl_check_cmd, b"tick": self._tick, b"load_expired": self._load_expired,
+            b"register_function": self._register_function,
+            b"version": REDIS_VERSION, b"version_num": REDIS_VERSION_NUM,
+            b"libraries": self._libraries(),
+        })
+        loaded = rt.eval("function(source, name) return loadstring(source, name) end")(source, b"=durakv")
+        chunk = loaded[0] if isinstance(loaded, tuple) else loaded
+        assert chunk is not None, f"lua_boot.lua does not compile: {loaded}"
+        boot = chunk(py)
+        return {name: boot[name.encode()] for name in (
+            "compile", "run_eval", "run_function", "load_library", "rawget", "is_table", "next")}
+
+    def _libraries(self) -> Any:
+        rt = self.runtime
+
+        def is_table(value: Any) -> bool:
+            return lua51.lua_type(value) == "table"
+
+        return rt.table_from({
+            b"bit": rt.table_from(bit_library()),
+            b"cjson": rt.table_from(CJson(rt, is_table, JSON_NULL).library()),
+            b"cmsgpack": rt.table_from(CMsgpack(rt, is_table).library()),
+        })
+
+    # --- callbacks from Lua ---------------------------------------------------------
+
+    def _tick(self) -> bool:
+        """The Lua count hook: serve others once past busy-reply-threshold; True: killed."""
+        run = self.run
+        if run is None:
+            return False
+        if not run.killed and self.on_busy is not None:
+            threshold_ms = run.ctx.shard.settings.get("busy-reply-threshold", 0)
+            if threshold_ms > 0 and (time.monotonic() - run.started) * 1000 >= threshold_ms:
+                if not run.busy:
+                    run.busy = True
+                    logger.warning("script %s: still running after %d ms: answering BUSY meanwhile",
+                                   run.name.decode(errors="replace"), threshold_ms)
+                self.on_busy(run)
+        return run.killed
+
+    def _load_expired(self) -> bool:
+        """FUNCTION LOAD's limit on running a library's code (Redis: 500 ms)."""
+        return time.monotonic() - self.load_started > FUNCTION_LOAD_TIMEOUT_S
+
+    def _fail(self, message: bytes) -> ScriptError:
+        return ScriptError(self.error_table(b"ERR " + message))
+
+    def _sha1hex(self, *args: Any) -> bytes:
+        if len(args) != 1:
+            raise self._fail(b"wrong number of arguments")
+        value = args[0]
+        if type(value) is not bytes:
+            value = b"%.14g" % value if type(value) in (int, float) else b""
+        return sha1hex(value)
+
+    def _log(self, *args: Any) -> None:
+        if len(args) < 2:
+            raise self._fail(b"redis.log() requires two arguments or more.")
+        level = _number(args[0])
+        if level is None:
+            raise self._fail(b"First argument must be a number (log level).")
+        if not 0 <= level <= 3:
+            raise self._fail(b"Invalid debug level.")
+        text = b" ".join(a if type(a) is bytes else b"%.14g" % a
+                         for a in args[1:] if type(a) in (bytes, int, float))
+        logger.log(_LOG_LEVELS[int(level)], "script: %s", text.decode(errors="replace"))
+
+    def _setresp(self, *args: Any) -> None:
+        if self.run is None:
+            raise self._fail(b"redis.setresp can only be called inside a script invocation")
+        if len(args) != 1:
+            raise self._fail(b"redis.setresp() requires one argument.")
+        resp = _number(args[0])
+        if resp not in (2, 3):
+            raise self._fail(b"RESP version must be 2 or 3.")
+        self.run.resp = int(resp)
+
+    def _set_repl(self, *args: Any) -> None:
+        if self.run is None:
+            raise self._fail(b"redis.set_repl can only be called inside a script invocation")
+        if len(args) != 1:
+            raise self._fail(b"redis.set_repl() requires two arguments.")
+        flags = _number(args[0])
+        if flags is None or int(flags) & ~3:
+            raise self._fail(b"Invalid replication flags. Use REPL_AOF, REPL_REPLICA, REPL_ALL or REPL_NONE.")
+
+    def _acl_check_cmd(self, *args: Any) -> bool:
+        if not args:
+            raise self._fail(ERR_NO_ARGS)
+        argv = [a if type(a) is bytes else b"%.17g" % a for a in args if type(a) in (bytes, int, float)]
+        if len(argv) != len(args):
+            raise self._fail(ERR_ARGS)
+        if find(argv) is None:
+            raise self._fail(b"Invalid command passed to redis.acl_check_cmd()")
+        return True
+
+    def _register_function(self, name: bytes, callback: Any, flags: Any, description: Any) -> None:
+        """redis.register_function, its arguments checked in lua_boot.lua."""
+        registering = self.registering
+        if registering is None:
+            raise self._fail(b"redis.register_function can only be called on FUNCTION LOAD command")
+        registering.register(self, name, callback, flags, description)
+
+    def _call(self, *args: Any) -> Any:
+        """redis.call: the reply, or a Lua error carrying Redis' error table."""
+        reply, failed = self._pcall_reply(args)
+        if failed:
+            raise ScriptError(reply)
+        return reply
+
+    def _pcall(self, *args: Any) -> Any:
+        """redis.pcall: the reply, an error as Redis' error table."""
+        return self._pcall_reply(args)[0]
+
+    def _pcall_reply(self, args: tuple) -> tuple[Any, bool]:
+        run = self.run
+        try:
+            if run is None:
+                raise ScriptCallError(b"redis.call/pcall can only be called inside a script invocation")
+            return self._execute(run, args), False
+        except ScriptCallError as e:
+            return self.error_table(b"ERR " + e.message), True
+        except ReplyError as e:
+            return self.error_table(error_message(e.message)), True
+        except Exception:
+            logger.exception("script %s: redis.call%r failed", run.name if run else b"?", args[:3])
+            return self.error_table(b"ERR internal error in redis.call"), True
+
+    def _execute(self, run: Run, args: tuple) -> Any:
+        if not args:
+            raise ScriptCallError(ERR_NO_ARGS)
+        argv = []
+        for a in args:
+            t = type(a)
+            if t is bytes:
+                argv.append(a)
+            elif t is int or t is float:
+                argv.append(b"%.17g" % a)
+            else:
+                raise ScriptCallError(ERR_ARGS)
+        if argv[0].lower() == b"ping":  # the one connection command scripts use (a router command)
+            if len(argv) > 2:
+                raise ScriptCallError(ERR_ARITY)
+            return self.to_lua(Simple(b"PONG") if len(argv) == 1 else argv[1], run.resp)
+        cmd = find(argv)
+        if cmd is None or cmd.handler is None or cmd.where == ROUTER:
+            raise ScriptCallError(ERR_UNKNOWN)
+        if not cmd.arity_ok(len(argv)):
+            raise ScriptCallError(ERR_ARITY)
+        if "noscript" in cmd.flags:
+            raise ScriptCallError(ERR_NOSCRIPT_CMD)
+        if cmd.is_write and run.read_only:
+            raise ScriptCallError(ERR_WRITE_RO)
+        ctx = run.ctx
+        first, last = ctx.shard.slot_range
+        for i in cmd.key_indexes(argv):
+            if not first <= key_slot(argv[i]) <= last:
+                raise ScriptCallError(ERR_NON_LOCAL)
+        proto = ctx.proto
+        ctx.proto = run.resp
+        try:
+            result = cmd.handler(ctx, argv)
+        finally:
+            ctx.proto = proto
+        return self.to_lua(result, run.resp)
+
+    # --- conversions ---------------------------------------------------------------
+
+    def error_table(self, message: bytes) -> Any:
+        return self.runtime.table_from({b"err": message})
+
+    def to_lua(self, value: Any, resp: int) -> Any:
+        """A command's reply as Redis hands it to Lua (redisProtocolToLuaType)."""
+        t = type(value)
+        if t is bytes:
+            return value
+        if t is int:
+            return value
+        if t is bytearray or t is memoryview:
+            return bytes(value)
+        if value is None or t is NullArray:
+            return None if resp == 3 else False
+        rt = self.runtime
+        if t is list or t is tuple or t is Push:
+            items = value.items if t is Push else value
+            return rt.table_from([self.to_lua(v, resp) for v in items])
+        if t is Simple:
+            return rt.table_from({b"ok": value.text})
+        if t is Raw:
+            return self.to_lua(parse_reply(value.data, resp), resp)
+        if t is float:
+            if resp == 2:
+                return format_double(value)
+            return rt.table_from({b"double": value})
+        if t is bool:
+            if resp == 2:
+                return 1 if value else 0
+            return value
+        if t is Map:
+            items = value.items
+            if resp == 2:
+                return rt.table_from([self.to_lua(v, resp) for v in items])
+            inner = rt.table()
+            for i in range(0, len(items), 2):
+                inner[self.to_lua(items[i], resp)] = self.to_lua(items[i + 1], resp)
+            return rt.table_from({b"map": inner})
+        if t is SetReply:
+            items = value.items
+            if resp == 2:
+                return rt.table_from([self.to_lua(v, resp) for v in items])
+            inner = rt.table()
+            for item in items:
+                inner[self.to_lua(item, resp)] = True
+            return rt.table_from({b"set": inner})
+        if t is Verbatim:
+            if resp == 2:
+                return value.data
+            return rt.table_from({b"verbatim_string": rt.table_from(
+                {b"format": value.fmt, b"string": value.data})})
+        if t is BigNumber:
+            if resp == 2:
+                return value.text
+            return rt.table_from({b"big_number": value.text})
+        if isinstance(value, ReplyError):
+            return self.error_table(error_message(value.message))
+        raise TypeError(f"cannot hand a {t.__name__} reply to Lua")
+
+    def reply(self, value: Any, proto: int, script_resp: int, depth: int = 0) -> bytes:
+        """A script's return value as the client's reply (luaReplyToRedisReply)."""
+        if depth > MAX_REPLY_DEPTH:
+            return b"-ERR reached lua stack limit\r\n"
+        t = type(value)
+        if t is bytes:
+            return b"$%d\r\n%b\r\n" % (len(value), value)
+        if t is bool:
+            if script_resp == 2:
+                return b":1\r\n" if value else (b"$-1\r\n" if proto == 2 else b"_\r\n")
+            if proto == 2:
+                return b":1\r\n" if value else b":0\r\n"
+            return b"#t\r\n" if value else b"#f\r\n"
+        if t is int or t is float:
+            return b":%d\r\n" % _truncate(value)
+        if value is None or self.lua_table(value) != "table":
+            return b"$-1\r\n" if proto == 2 else b"_\r\n"
+        rawget = self.boot["rawget"]
+        err = rawget(value, b"err")
+        if type(err) is bytes:
+            return b"-%b\r\n" % err.replace(b"\r", b" ").replace(b"\n", b" ")
+        ok = rawget(value, b"ok")
+        if type(ok) is bytes:
+            return b"+%b\r\n" % ok.replace(b"\r", b" ").replace(b"\n", b" ")
+        double = rawget(value, b"double")
+        if type(double) in (int, float):
+            text = format_double(float(double))
+            return b",%b\r\n" % text if proto == 3 else b"$%d\r\n%b\r\n" % (len(text), text)
+        big = rawget(value, b"big_number")
+        if type(big) is bytes:
+            big = big.replace(b"\r", b" ").replace(b"\n", b" ")
+            return b"(%b\r\n" % big if proto == 3 else b"$%d\r\n%b\r\n" % (len(big), big)
+        verbatim = rawget(value, b"verbatim_string")
+        if self.lua_table(verbatim) == "table":
+            fmt = rawget(verbatim, b"format")
+            text = rawget(verbatim, b"string")
+            if type(fmt) is bytes and type(text) is bytes:
+                if proto == 3:
+                    body = fmt[:3] + b":" + text
+                    return b"=%d\r\n%b\r\n" % (len(body), body)
+                return b"$%d\r\n%b\r\n" % (len(text), text)
+        next_ = self.boot["next"]
+        mapping = rawget(value, b"map")
+        if self.lua_table(mapping) == "table":
+            parts = []
+            key = None
+            while True:
+                step = next_(mapping, key)
+                if step is None:
+                    break
+                key, item = step
+                parts.append(self.reply(key, proto, script_resp, depth + 1))
+                parts.append(self.reply(item, proto, script_resp, depth + 1))
+            head = b"%%%d\r\n" % (len(parts) // 2) if proto == 3 else b"*%d\r\n" % len(parts)
+            return head + b"".join(parts)
+        members = rawget(value, b"set")
+        if self.lua_table(members) == "table":
+            parts = []
+            key = None
+            while True:
+                step = next_(members, key)
+                if step is None:
+                    break
+                key = step[0]
+                parts.append(self.reply(key, proto, script_resp, depth + 1))
+            return (b"~%d\r\n" if proto == 3 else b"*%d\r\n") % len(parts) + b"".join(parts)
+        parts = []
+        i = 1
+        while True:
+            item = rawget(value, i)
+            if item is None:
+                break
+            parts.append(self.reply(item, proto, script_resp, depth + 1))
+            i += 1
+        return b"*%d\r\n" % len(parts) + b"".join(parts)
+
+    def failure(self, err: Any, name: bytes) -> ReplyError:
+        """The error a failed script replies with (luaCallFunction's error branch)."""
+        if self.lua_table(err) != "table":
+            text = err if type(err) is bytes else b"execution failure"
+            return ReplyError(b"ERR Error running script %s, %s" % (name, text[:100]))
+        rawget = self.boot["rawget"]
+        message = rawget(err, b"err")
+        message = message if type(message) is bytes else b"ERR unknown error"
+        source, line = rawget(err, b"source"), rawget(err, b"line")
+        if source is not None and line is not None:
+            message += b" script: %s, on %s:%s." % (name, _text(source), _text(line))
+        return ReplyError(message)
+
+
+class BigNumber:
+    """A RESP3 big number `(` inside a parsed reply."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: bytes) -> None:
+        self.text = text
+
+
+def _number(value: Any) -> float | None:
+    """lua_tonumber: a number, or a string that reads as one."""
+    if type(value) in (int, float):
+        return value
+    if type(value) is bytes:
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _text(value: Any) -> bytes:
+    if type(value) is bytes:
+        return value
+    if type(value) is float and value.is_integer():
+        return b"%d" % value
+    return str(value).encode()
+
+
+def _truncate(number: int | float) -> int:
+    """(long long)lua_Number: C truncation toward zero; out of range (and NaN)
+    gives what x86-64's conversion gives, LLONG_MIN."""
+    if number != number or not -(1 << 63) <= number < (1 << 63):
+        return -(1 << 63)
+    return int(number)
+
+
+def parse_reply(data: bytes, resp: int) -> object:
+    """A pre-encoded reply (`Raw`) as reply values, for converting to Lua."""
+    value, _ = _parse(data, 0)
+    return value
+
+
+def _parse(buf: bytes, pos: int) -> tuple[object, int]:
+    end = buf.index(b"\r\n", pos)
+    kind = buf[pos:pos + 1]
+    head = buf[pos + 1:end]
+    after = end + 2
+    if kind == b"+":
+        return Simple(head), after
+    if kind == b"-":
+        return ReplyError(head), after
+    if kind == b":":
+        return int(head), after
+    if kind == b"_":
+        return None, after
+    if kind == b"#":
+        return head == b"t", after
+    if kind == b",":
+        return float(head), after
+    if kind == b"(":
+        return BigNumber(head), after
+    if kind in (b"$", b"="):
+        size = int(head)
+        if size < 0:
+            return None, after
+        body = buf[after:after + size]
+        if kind == b"=":
+            return Verbatim(body[4:], body[:3]), after + size + 2
+        return body, after + size + 2
+    count = int(head)
+    if count < 0:
+        return NullArray(), after
+    items = []
+    for _ in range(count * 2 if kind == b"%" else count):
+        item, after = _parse(buf, after)
+        items.append(item)
+    if kind == b"%":
+        return Map(items), after
+    if kind == b"~":
+        return SetReply(items), after
+    return items, after
+
+
+def scripting_of(db: Keyspace) -> Scripting:
+    """The keyspace's Lua state, created on first use."""
+    state = db.scripting
+    if state is None:
+        state = db.scripting = Scripting()
+    assert isinstance(state, Scripting)
+    return state

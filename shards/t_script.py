@@ -1,0 +1,241 @@
+"""EVAL, EVALSHA, EVAL_RO, EVALSHA_RO and SCRIPT (Redis' eval.c) on Lua 5.1.
+
+A script runs on the shard that owns its keys (the router sends it there by
+the numkeys key positions; no keys: shard 0) and everything it does goes
+through redis.call, so its writes are ordinary effects, all in the batch's one
+log record: the log never holds a script (DESIGN invariant 3). A script that
+fails half way keeps the effects it made, as in Redis. The script cache is per
+shard: SCRIPT LOAD fans out to every shard so EVALSHA finds it wherever its
+keys route; EVAL caches on the shard that ran it, and SCRIPT EXISTS answers 1
+when any shard has the script.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from durakv.shards.context import Ctx
+from durakv.shards.luaenv import Run, Scripting, scripting_of, sha1hex
+from durakv.shards.numbers import parse_ll
+from durakv.shards.resp import OK, Raw, ReplyError, Simple, encode, fixed_error
+from durakv.shards.table import FANOUT, command, container, merge_ok, numkeys_keys
+
+MAX_CACHED_SCRIPTS = 100_000  # past this, the oldest cached script is forgotten (EVALSHA: NOSCRIPT)
+SCRIPT_FLAGS = {b"no-writes", b"allow-oom", b"allow-stale", b"no-cluster", b"allow-cross-slot-keys"}
+
+ERR_NOSCRIPT = fixed_error(b"NOSCRIPT No matching script. Please use EVAL.")
+ERR_NUMKEYS_NOT_INT = fixed_error(b"ERR value is not an integer or out of range")
+ERR_NUMKEYS_NEGATIVE = fixed_error(b"ERR Number of keys can't be negative")
+ERR_NUMKEYS_TOO_BIG = fixed_error(b"ERR Number of keys can't be greater than number of args")
+
+
+def split_keys(argv: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+    """KEYS and ARGV of `CMD body-or-name numkeys key... arg...`, with Redis' errors."""
+    numkeys = parse_ll(argv[2])
+    if numkeys is None:
+        raise ERR_NUMKEYS_NOT_INT
+    if numkeys < 0:
+        raise ERR_NUMKEYS_NEGATIVE
+    if numkeys > len(argv) - 3:
+        raise ERR_NUMKEYS_TOO_BIG
+    return argv[3:3 + numkeys], argv[3 + numkeys:]
+
+
+def shebang_flags(body: bytes) -> tuple[set[bytes] | None, int]:
+    """evalExtractShebangFlags: (flags, length of the shebang line); None when the
+    script has no shebang (it then runs with Redis' pre-7.0 defaults)."""
+    if not body.startswith(b"#!"):
+        return None, 0
+    end = body.find(b"\n")
+    line = body[2:] if end < 0 else body[2:end]
+    parts = line.split(b" ")
+    if parts[0] != b"lua":
+        raise ReplyError(b"ERR Unexpected engine in script shebang: #!%s" % parts[0])
+    flags: set[bytes] = set()
+    for part in parts[1:]:
+        if not part:
+            continue
+        if not part.startswith(b"flags="):
+            raise ReplyError(b"ERR Unknown lua shebang option: %s" % part)
+        for flag in part[6:].split(b","):
+            if not flag:
+                continue
+            if flag not in SCRIPT_FLAGS:
+                raise ReplyError(b"ERR Unexpected flag in script shebang: %s" % flag)
+            flags.add(flag)
+    return flags, len(body) if end < 0 else end
+
+
+def compile_script(state: Scripting, body: bytes) -> tuple[bytes, Any]:
+    """Compile and cache a script body; returns (sha, function)."""
+    sha = sha1hex(body)
+    cached = state.scripts.get(sha)
+    if cached is not None:
+        return sha, cached[1]
+    _flags, shebang_len = shebang_flags(body)
+    source = b"--" + body[2:] if shebang_len else body
+    compiled = state.boot["compile"](source, b"@user_script", False)
+    function = compiled[0] if isinstance(compiled, tuple) else compiled
+    if function is None:
+        raise ReplyError(b"ERR Error compiling script (new function): %s" % compiled[1])
+    scripts = state.scripts
+    if len(scripts) >= MAX_CACHED_SCRIPTS:
+        del scripts[next(iter(scripts))]
+    scripts[sha] = (body, function)
+    return sha, function
+
+
+def run_script(ctx: Ctx, state: Scripting, function: Any, name: bytes, argv: list[bytes], keys: list[bytes],
+               args: list[bytes], read_only: bool, for_function: bool) -> Raw:
+    """Run a compiled script or a registered function (for the command argv) and encode its reply."""
+    run = state.run = Run(ctx, read_only, name, not for_function, argv)
+    in_multi = ctx.in_multi
+    ctx.in_multi = True  # blocking commands inside a script never block
+    rt = state.runtime
+    try:
+        runner = state.boot["run_function" if for_function else "run_eval"]
+        ok, result = runner(function, rt.table_from(keys), rt.table_from(args))
+        if not ok:
+            raise state.failure(result, name)
+        return Raw(state.reply(result, ctx.proto, run.resp))
+    finally:
+        ctx.in_multi = in_multi
+        state.run = None
+
+
+def _eval(ctx: Ctx, argv: list[bytes], by_sha: bool, read_only: bool):
+    keys, args = split_keys(argv)
+    state = scripting_of(ctx.db)
+    if by_sha:
+        sha = argv[1].lower()
+        cached = state.scripts.get(sha)
+        if cached is None:
+            raise ERR_NOSCRIPT
+        body, function = cached
+    else:
+        body = argv[1]
+        sha, function = compile_script(state, body)
+    flags, _ = shebang_flags(body)
+    if flags is not None and b"no-writes" in flags:
+        read_only = True
+    return run_script(ctx, state, function, sha, argv, keys, args, read_only, False)
+
+
+_SCRIPT_KEYS = numkeys_keys(2)
+
+
+def _always(argv: list[bytes]) -> bool:
+    """A script may read keys it did not declare: its reply waits for every pending write."""
+    return True
+
+
+@command("eval", -3, "noscript skip_monitor may_replicate no_mandatory_keys stale", group="scripting",
+         keys_fn=_SCRIPT_KEYS, reads_undeclared_keys=_always, key_specs=())
+def eval_(ctx: Ctx, argv: list[bytes]):
+    return _eval(ctx, argv, by_sha=False, read_only=False)
+
+
+@command("evalsha", -3, "noscript skip_monitor may_replicate no_mandatory_keys stale", group="scripting",
+         keys_fn=_SCRIPT_KEYS, reads_undeclared_keys=_always, key_specs=())
+def evalsha(ctx: Ctx, argv: list[bytes]):
+    return _eval(ctx, argv, by_sha=True, read_only=False)
+
+
+@command("eval_ro", -3, "readonly noscript skip_monitor no_mandatory_keys stale", group="scripting",
+         keys_fn=_SCRIPT_KEYS, reads_undeclared_keys=_always, key_specs=())
+def eval_ro(ctx: Ctx, argv: list[bytes]):
+    return _eval(ctx, argv, by_sha=False, read_only=True)
+
+
+@command("evalsha_ro", -3, "readonly noscript skip_monitor no_mandatory_keys stale", group="scripting",
+         keys_fn=_SCRIPT_KEYS, reads_undeclared_keys=_always, key_specs=())
+def evalsha_ro(ctx: Ctx, argv: list[bytes]):
+    return _eval(ctx, argv, by_sha=True, read_only=True)
+
+
+# --- SCRIPT ----------------------------------------------------------------------------
+
+def merge_first(parts: list, proto: int) -> bytes:
+    """Every shard gave the same answer (SCRIPT LOAD's sha): pass one on."""
+    return encode(parts[0], proto)
+
+
+def merge_any(parts: list, proto: int) -> bytes:
+    """SCRIPT EXISTS: 1 for a script that any shard has cached."""
+    return encode([int(any(found)) for found in zip(*parts)], proto)
+
+
+container("script", "scripting")
+
+
+@command("script|load", 3, "noscript stale", group="scripting", where=FANOUT, merge=merge_first,
+         tips=("request_policy:all_nodes", "response_policy:all_succeeded"))
+def script_load(ctx: Ctx, argv: list[bytes]):
+    sha, _ = compile_script(scripting_of(ctx.db), argv[2])
+    return sha
+
+
+@command("script|exists", -3, "noscript", group="scripting", where=FANOUT, merge=merge_any,
+         tips=("request_policy:all_shards", "response_policy:agg_logical_and"))
+def script_exists(ctx: Ctx, argv: list[bytes]):
+    scripts = scripting_of(ctx.db).scripts
+    return [int(sha.lower() in scripts) for sha in argv[2:]]
+
+
+@command("script|flush", -2, "noscript", group="scripting", where=FANOUT, merge=merge_ok,
+         tips=("request_policy:all_nodes", "response_policy:all_succeeded"))
+def script_flush(ctx: Ctx, argv: list[bytes]):
+    if len(argv) > 3 or (len(argv) == 3 and argv[2].upper() not in (b"ASYNC", b"SYNC")):
+        raise ReplyError(b"ERR SCRIPT FLUSH only support SYNC|ASYNC option")
+    scripting_of(ctx.db).scripts.clear()
+    return OK
+
+
+NOTBUSY = b"-NOTBUSY No scripts in execution right now."
+
+
+def merge_kill(parts: list, proto: int) -> bytes:
+    """SCRIPT/FUNCTION KILL: each shard's status line (a busy shard answers from its
+    script's hook, shards/process.py); OK if one killed its script."""
+    if b"+OK" in parts:
+        return b"+OK\r\n"
+    for part in parts:
+        if part != NOTBUSY:
+            return part + b"\r\n"
+    return NOTBUSY + b"\r\n"
+
+
+def not_busy(ctx: Ctx):
+    """KILL on a shard with no script running (one that runs one answers from its hook)."""
+    if ctx.proto == 0:
+        return NOTBUSY  # to the router's merge_kill
+    raise ReplyError(NOTBUSY[1:])
+
+
+@command("script|kill", 2, "noscript allow_busy", group="scripting", where=FANOUT, merge=merge_kill,
+         tips=("request_policy:all_shards", "response_policy:one_succeeded"))
+def script_kill(ctx: Ctx, argv: list[bytes]):
+    return not_busy(ctx)
+
+
+@command("script|help", 2, "loading stale", group="scripting")
+def script_help(ctx: Ctx, argv: list[bytes]):
+    return [Simple(line) for line in (
+        b"SCRIPT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+        b"DEBUG (YES|SYNC|NO)",
+        b"    Set the debug mode for subsequent scripts executed.",
+        b"EXISTS <sha1> [<sha1> ...]",
+        b"    Return information about the existence of the scripts in the script cache.",
+        b"FLUSH [ASYNC|SYNC]",
+        b"    Flush the Lua scripts cache. Very dangerous on replicas.",
+        b"    When called without the optional mode argument, the behavior is determined by the",
+        b"    lazyfree-lazy-user-flush configuration directive. Valid modes are:",
+        b"    * ASYNC: Asynchronously flush the scripts cache.",
+        b"    * SYNC: Synchronously flush the scripts cache.",
+        b"KILL",
+        b"    Kill the currently executing Lua script.",
+        b"LOAD <script>",
+        b"    Load a script into the scripts cache without executing it.",
+        b"HELP",
+        b"    Print this help.",
+    )]
