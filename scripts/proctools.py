@@ -9,18 +9,38 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
 
 STOP_GRACE_S = 15.0
+# durakv serve listens on its port and, by default, one port per shard after it
+# (port + 1 + shard): free_port finds that many free in a row. They are drawn
+# below Linux' ephemeral range (32768-60999) so outgoing connections never take
+# one meanwhile, at random so parallel test workers rarely draw the same.
+PORT_BLOCK_MIN, PORT_BLOCK_MAX = 10_000, 32_000
+PORT_BLOCK_SIZE = 9  # the port and 8 shard ports
+PORT_BLOCK_ATTEMPTS = 1000
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on at the moment of the call."""
+def free_port(following: int = PORT_BLOCK_SIZE - 1) -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on at the moment of the call,
+    nor on the `following` ports after it (a durakv's shard ports)."""
+    for _ in range(PORT_BLOCK_ATTEMPTS):
+        base = random.randrange(PORT_BLOCK_MIN, PORT_BLOCK_MAX - following)
+        if all(_bindable(base + i) for i in range(following + 1)):
+            return base
+    raise RuntimeError(f"no {following + 1} free ports in a row in {PORT_BLOCK_MIN}-{PORT_BLOCK_MAX}")
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def start_group(argv: list[str], **kwargs) -> subprocess.Popen:

@@ -95,12 +95,17 @@ def decode_internal(data: bytes) -> Any:
 
 class Front:
     """The client-serving half of a router or a shard node. Subclasses set
-    `links` (one per shard, indexed by shard), `slot_owner`, `node_id` and
-    `settings_sync`, and give client ids."""
+    `links` (one per shard, indexed by shard), `slot_owner`, `node_id`,
+    `shard_node_ids` and `settings_sync`, and give client ids. The routing
+    rules here are the router's; a node (server/node.py) overrides them."""
 
     links: Sequence[Any]
     slot_owner: Sequence[int]
     node_id: str
+    shard_node_ids: list[str]
+    router_node_id: str  # the router's node id (the one node with cluster-announce "router")
+    cluster_node = False  # a shard's node: Redis Cluster's per-slot rules (Client.dispatch)
+    home_shard = 0  # where keyless commands that are not fanned out run
     settings_sync: Any  # SettingsSync (imported by the subclasses)
 
     def __init__(self, config: Config, index: int) -> None:
@@ -148,6 +153,20 @@ class Front:
             self.flush_ready_clients()
 
     # --- routing helpers ------------------------------------------------------------
+
+    def keys_shard(self, client: Client, argv: list[bytes], indexes: list[int]) -> int:
+        """The one shard owning every key at `indexes` (WATCH, MULTI), else CROSSSLOT."""
+        owner = self.slot_owner
+        shards = {owner[key_slot(argv[i])] for i in indexes}
+        if len(shards) > 1:
+            raise ReplyError(b"CROSSSLOT Keys in request don't hash to the same slot")
+        return shards.pop()
+
+    def single_shard(self) -> int:
+        """The shard a whole-keyspace command runs on inside MULTI (one only)."""
+        if len(self.links) > 1:
+            raise ReplyError(b"CROSSSLOT Keys in request don't hash to the same slot")
+        return 0
 
     def fanout(self, client: Client, argv: list[bytes], merge: Merge) -> None:
         """A whole-keyspace command: to every shard, replies merged by the command's `merge`."""

@@ -16,7 +16,7 @@ from durakv.server.fdlimit import adjust_open_files_limit
 from durakv.server.front import Front, _ignore_reply
 from durakv.server.links import Pending, ShardLink
 from durakv.server.settings_sync import SettingsSync
-from durakv.server.topology import ensure_topology
+from durakv.server.topology import ensure_topology, shard_node_ids
 from durakv.shards import failure, sdnotify
 from durakv.shards.config import Config
 from durakv.shards.frames import PROTO_INTERNAL, VERB_CONFIG
@@ -33,7 +33,9 @@ class Router(Front):
         super().__init__(config, index)
         self.links = [ShardLink(self, i, config.data_dir) for i in range(config.shards)]
         self.slot_owner = slot_owner_table(config.shards)
-        self.node_id = ensure_topology(config.data_dir, config.shards)["node_id"]
+        topology = ensure_topology(config.data_dir, config.shards)
+        self.node_id = self.router_node_id = topology["node_id"]
+        self.shard_node_ids = shard_node_ids(topology)
         self.settings_sync = SettingsSync(self)
         self._links_up: set[int] = set()
 
