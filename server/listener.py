@@ -16,7 +16,12 @@ LISTEN_BACKLOG = 511
 
 
 class ListenError(Exception):
-    """The port cannot be bound; str() is the one line for the operator."""
+    """The port cannot be bound; str() is the one line for the operator, and
+    `in_use` says whether another process holds it."""
+
+    def __init__(self, message: str, in_use: bool = False) -> None:
+        super().__init__(message)
+        self.in_use = in_use
 
 
 def open_listener(bind: str, port: int, shard: int | None = None) -> socket.socket:
@@ -31,7 +36,7 @@ def open_listener(bind: str, port: int, shard: int | None = None) -> socket.sock
         sock.listen(LISTEN_BACKLOG)
     except OSError as e:
         sock.close()
-        raise ListenError(_explain(e, bind, port, shard)) from None
+        raise ListenError(_explain(e, bind, port, shard), in_use=e.errno == errno.EADDRINUSE) from None
     sock.setblocking(False)
     return sock
 

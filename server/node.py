@@ -107,13 +107,15 @@ class MovedLink:
     not own. Only the first key decides (multi-key commands were checked for
     CROSSSLOT before)."""
 
-    __slots__ = ("node", "index", "up", "port")
+    __slots__ = ("node", "index", "up", "port", "frames_sent", "requests_sent")
 
     def __init__(self, node: ShardNode, index: int) -> None:
         self.node = node
         self.index = index
         self.up = True  # not watched from here; INFO on a node reports its own shard
         self.port = shard_port(node.config, index)
+        self.frames_sent = 0  # nothing is ever sent (INFO sums these over the links)
+        self.requests_sent = 0
 
     def submit(self, client: Client | None, proto: int, argv: list[bytes], pending: Pending | None = None) -> Pending:
         if pending is None:
