@@ -124,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "shard" and 0 <= args.index < config.shards:
             shard_listeners = [open_listener(config.bind, shard_port(config, args.index), shard=args.index)]
     except ListenError as e:
-        return _fail(str(e), EXIT_IN_USE if e.in_use else EXIT_USAGE)
+        # `serve` exits as when its data dir is taken; a unit's router or shard with 2, which
+        # its systemd unit does not restart (RestartPreventExitStatus).
+        return _fail(str(e), EXIT_IN_USE if e.in_use and args.command == "serve" else EXIT_USAGE)
     problem = _startup_problem(args, config)
     if problem:
         return _fail(problem, EXIT_USAGE)
@@ -161,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             listener = (listener_from_fd(args.listen_fd) if args.listen_fd is not None
                         else open_listener(config.bind, config.port))
         except ListenError as e:
-            return _fail(str(e), EXIT_IN_USE if e.in_use else EXIT_USAGE)
+            return _fail(str(e), EXIT_USAGE)
         if not args.parent_pid:
             # Started on its own (the systemd unit): no supervisor cleared the previous run's CONFIG SETs.
             from durakv.server.settings_sync import clear_runtime_changes

@@ -177,11 +177,16 @@ def test_requirepass_and_config_set_on_a_shard_port(server_factory, tmp_path):
 def test_announce_router_keeps_the_one_node_answer(server_factory):
     srv = server_factory(shards=SHARDS, extra_args=("--cluster-announce", "router"))
     conn = RawConn(srv.port)
-    slots = conn.value("CLUSTER", "SLOTS")
-    assert len(slots) == 1 and slots[0][:2] == [0, 16383], slots
-    assert slots[0][2][:3] == [b"127.0.0.1", srv.port, conn.value("CLUSTER", "MYID")], slots
-    nodes = conn.value("CLUSTER", "NODES").decode().splitlines()
-    assert len(nodes) == 1 and "myself,master" in nodes[0] and f":{srv.port}@" in nodes[0]
+    myid = conn.value("CLUSTER", "MYID")
+    assert conn.value("CLUSTER", "SLOTS") == [[0, 16383, [b"127.0.0.1", srv.port, myid, []]]]
+    assert conn.value("CLUSTER", "NODES").decode() == (
+        f"{myid.decode()} 127.0.0.1:{srv.port}@{srv.port + 10000} myself,master - 0 0 1 connected 0-16383\n")
+    info = conn.value("CLUSTER", "INFO").decode()
+    assert "cluster_known_nodes:1\r\n" in info and "cluster_state:ok\r\n" in info
+    shards = conn.value("CLUSTER", "SHARDS")
+    assert len(shards) == 1 and shards[0][:2] == [b"slots", [0, 16383]]
+    # A shard port gives the same answer (the router is the node to use).
+    assert RawConn(srv.shard_port(0)).value("CLUSTER", "SLOTS") == conn.value("CLUSTER", "SLOTS")
     cluster = RedisCluster(host="127.0.0.1", port=srv.port)
     assert [n.port for n in cluster.get_primaries()] == [srv.port]
     cluster.set("a", "1")
