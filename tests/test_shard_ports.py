@@ -4,7 +4,9 @@ to them, and the router keeps serving plain clients."""
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import shutil
 import socket
 import subprocess
@@ -242,3 +244,18 @@ def test_acked_writes_on_shard_ports_survive_kill9_of_the_whole_tree(server_fact
     srv = server_factory(shards=SHARDS, data_dir=data_dir)
     for writers in history:
         check_writers(srv.client(), writers)
+
+
+def test_a_restarted_shard_serves_its_port_again(server_factory):
+    """The supervisor bound the port; a restarted (forked) shard inherits it, so
+    a client connecting meanwhile waits in the backlog instead of being refused."""
+    from test_supervisor import alive, wait_until
+
+    srv = server_factory(shards=SHARDS)
+    key = shard_keys(1, 1, "restart:")[0]
+    assert srv.shard_client(1).set(key, "before")
+    pid = srv.child_pid("shard", 1)
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not alive(pid), "shard 1 to die")
+    assert srv.shard_client(1).get(key) == b"before"
+    assert srv.child_pid("shard", 1) != pid
