@@ -205,11 +205,16 @@ def test_a_taken_shard_port_is_one_line_and_exit_1(tmp_path):
     taken.listen(1)
     out = subprocess.run([sys.executable, "-m", "durakv.server.cli", "serve", "--port", str(port), "--shards", "2",
                           "--data-dir", str(tmp_path / "d")], capture_output=True, text=True, timeout=60)
+    # `durakv shard` run alone (the systemd unit) binds its own port: status 2, which its unit does not restart.
+    alone = subprocess.run([sys.executable, "-m", "durakv.server.cli", "shard", "--index", "1", "--port", str(port),
+                            "--shards", "2", "--data-dir", str(tmp_path / "d")], capture_output=True, text=True,
+                           timeout=60)
     taken.close()
     assert out.returncode == 1, out
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
     assert f"port {port + 2}" in lines[0] and "shard 1" in lines[0] and "shard-port-base" in lines[0]
+    assert alone.returncode == 2 and alone.stderr.strip().splitlines() == lines, alone
     assert not (tmp_path / "d").exists()
 
 
