@@ -27,11 +27,24 @@ PORT_BLOCK_ATTEMPTS = 1000
 def free_port(following: int = PORT_BLOCK_SIZE - 1) -> int:
     """A TCP port on 127.0.0.1 that nothing listens on at the moment of the call,
     nor on the `following` ports after it (a durakv's shard ports)."""
+    low, high = _port_slice()
     for _ in range(PORT_BLOCK_ATTEMPTS):
-        base = random.randrange(PORT_BLOCK_MIN, PORT_BLOCK_MAX - following)
+        base = random.randrange(low, high - following)
         if all(_bindable(base + i) for i in range(following + 1)):
             return base
-    raise RuntimeError(f"no {following + 1} free ports in a row in {PORT_BLOCK_MIN}-{PORT_BLOCK_MAX}")
+    raise RuntimeError(f"no {following + 1} free ports in a row in {low}-{high}")
+
+
+def _port_slice() -> tuple[int, int]:
+    """The part of the port range this process draws from: under pytest-xdist each
+    worker has its own slice, so two workers never draw overlapping blocks."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if not worker.startswith("gw") or not worker[2:].isdigit() or count < 1:
+        return PORT_BLOCK_MIN, PORT_BLOCK_MAX
+    size = (PORT_BLOCK_MAX - PORT_BLOCK_MIN) // count
+    low = PORT_BLOCK_MIN + int(worker[2:]) % count * size
+    return low, low + size
 
 
 def _bindable(port: int) -> bool:
