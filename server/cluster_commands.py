@@ -37,6 +37,13 @@ def _node_up(client: Client, node: Node) -> bool:
     return bool(view.links[node.shard].up)
 
 
+def _holds(client: Client, slot: int) -> bool:
+    """Whether keys of `slot` are here: everywhere on the router; on a node, only
+    its own slots (a cluster node counts and lists its own keys only)."""
+    view = client.router
+    return not view.cluster_node or view.slot_owner[slot] == view.index
+
+
 @command("cluster|slots", 2, "stale", group="cluster", where=ROUTER, tips=("nondeterministic_output",))
 def cluster_slots(client: Client, argv: list[bytes]):
     ip = announced_ip(client.router.config, client.laddr)
@@ -113,6 +120,8 @@ def cluster_countkeysinslot(client: Client, argv: list[bytes]):
     if not 0 <= slot < SLOT_COUNT:
         raise ReplyError(b"ERR Invalid slot")
     router = client.router
+    if not _holds(client, slot):
+        return 0
     return router.ask_shard(client, router.slot_owner[slot], [VERB_COUNTKEYSINSLOT, b"%d" % slot],
                             lambda count: b":%d\r\n" % count)
 
@@ -125,6 +134,8 @@ def cluster_getkeysinslot(client: Client, argv: list[bytes]):
     if not 0 <= slot < SLOT_COUNT or count < 0:
         raise ReplyError(b"ERR Invalid slot or number of keys")
     router = client.router
+    if not _holds(client, slot):
+        return []
     proto = client.proto
     return router.ask_shard(client, router.slot_owner[slot],
                             [VERB_GETKEYSINSLOT, b"%d" % slot, b"%d" % count],

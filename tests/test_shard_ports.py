@@ -61,8 +61,11 @@ def test_redis_cluster_from_router_and_from_a_shard_port(server_factory):
     a, b = shard_keys(0, 2, "same-shard:")
     assert key_slot(a.encode()) != key_slot(b.encode())
     assert direct[0].call("MSET", a, "1", b, "2") == CROSSSLOT
-    assert direct[0].call("MSET", "{t}a", "1", "{t}b", "2") in (b"+OK\r\n", b"-MOVED %d 127.0.0.1:%d\r\n" % (
-        key_slot(b"t"), srv.shard_port(1)))
+    # One hash tag: the owning node runs it, the other redirects it.
+    tag_owner = owner("t")
+    assert direct[tag_owner].call("MSET", "{t}a", "1", "{t}b", "2") == b"+OK\r\n"
+    assert direct[1 - tag_owner].call("MSET", "{t}a", "1", "{t}b", "2") == (
+        b"-MOVED %d 127.0.0.1:%d\r\n" % (key_slot(b"t"), srv.shard_port(tag_owner)))
     # Keyless commands answer for this node's slots only.
     counts = [int(c.call("DBSIZE")[1:-2]) for c in direct]
     assert sum(counts) == int(RawConn(srv.port).call("DBSIZE")[1:-2])
@@ -76,9 +79,17 @@ def test_redis_cluster_from_router_and_from_a_shard_port(server_factory):
             break
     assert scanned == set(redis.Redis(port=srv.shard_port(0)).keys("*"))
     assert all(owner(k.decode()) == 0 for k in scanned) and scanned
+    # CLUSTER COUNTKEYSINSLOT/GETKEYSINSLOT on a node count its own keys only, as in Redis Cluster.
+    slot_key = shard_keys(1, 1, "counted:")[0]
+    assert direct[1].call("SET", slot_key, "v") == b"+OK\r\n"
+    slot = key_slot(slot_key.encode())
+    assert direct[1].value("CLUSTER", "COUNTKEYSINSLOT", slot) >= 1
+    assert slot_key.encode() in direct[1].value("CLUSTER", "GETKEYSINSLOT", slot, 1000)
+    assert direct[0].value("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
+    assert direct[0].value("CLUSTER", "GETKEYSINSLOT", slot, 10) == []
     info = redis.Redis(port=srv.shard_port(1)).info()
     assert info["tcp_port"] == srv.shard_port(1)
-    assert info["db0"]["keys"] == counts[1]
+    assert info["db0"]["keys"] == counts[1] + 1  # and slot_key
 
 
 def test_cluster_topology_is_the_same_from_the_router_and_every_shard_port(server_factory):
