@@ -1,5 +1,6 @@
-"""A client connection on the router: parse requests, dispatch them, and write
-replies back strictly in the order the client sent the commands."""
+"""A client connection, on the router or on a shard's client port (behind a
+RouterView: server/router.py or server/node.py): parse requests, dispatch them,
+and write replies back strictly in the order the client sent the commands."""
 
 from __future__ import annotations
 
