@@ -115,6 +115,11 @@ def router_socket_path(data_dir: str, router: int) -> str:
     return os.path.join(run_dir(data_dir), f"router-{router:03d}.sock")
 
 
+def node_socket_path(data_dir: str, shard: int) -> str:
+    """A shard's client port's CONFIG SET control socket (server/settings_sync.py)."""
+    return os.path.join(run_dir(data_dir), f"node-{shard:03d}.sock")
+
+
 def snapshots_dir(data_dir: str) -> str:
     """DIR/snapshots: the embedded snapshot store when no snapshot URL is set."""
     return os.path.join(data_dir, SNAPSHOTS_DIR)

@@ -5,7 +5,9 @@ writes BENCHMARKS.md.
 Why this shape: throughput on a shared machine drifts, so the only figure worth
 keeping is a ratio measured in one sitting. All servers run at once and the
 systems take turns on every workload, round after round (durakv, redis,
-redis-aof, durakv, ...); the report shows medians. Besides throughput and
+redis-aof, durakv, ...); the report shows medians. durakv is measured on both
+paths: through its router (plain clients) and on the shards' own ports
+(`redis-benchmark --cluster`, "durakv-cluster"); redis-server stays non-cluster. Besides throughput and
 latency it records CPU time per command of durakv's router and shards (from
 /proc) and how many commands the router packs into one shard frame (INFO
 stats), which is what the router costs.
@@ -137,6 +139,8 @@ class Server:
     proc: subprocess.Popen
     log_path: Path
     tests: tuple[str, ...]
+    bench_port: int = 0  # where redis-benchmark connects (0: port); INFO is always read from port
+    cluster: bool = False  # redis-benchmark --cluster (durakv's shard ports)
 
     def cpu_by_role(self) -> dict[str, float]:
         """CPU seconds so far, by role: durakv's 'router'/'shard' children, or 'server'."""
@@ -197,6 +201,14 @@ def start_durakv(groups: ProcessGroups, tmp: Path, opts: argparse.Namespace) -> 
     return server
 
 
+def durakv_shard_ports(server: Server) -> Server:
+    """The same durakv, measured as a cluster client sees it: redis-benchmark
+    --cluster bootstraps from shard 0's port (the default shard-port-base: port + 1)
+    and sends each command straight to the shard owning its slot."""
+    return Server("durakv-cluster", server.argv, server.shown_argv, server.port, server.proc, server.log_path,
+                  ("set", "get"), bench_port=server.port + 1, cluster=True)
+
+
 def start_redis(groups: ProcessGroups, tmp: Path, name: str, persistence: list[str],
                 tests: tuple[str, ...]) -> Server:
     port = free_port()
@@ -223,16 +235,18 @@ class Run:
     cmds_per_fsync: float | None = None
 
 
-def benchmark_argv(port: int, test: str, pipeline: int, requests: int, key_space: int) -> list[str]:
-    return ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", test, "-c", str(CLIENTS),
-            "-P", str(pipeline), "-d", str(VALUE_BYTES), "-r", str(key_space), "-n", str(requests), "--csv"]
+def benchmark_argv(port: int, test: str, pipeline: int, requests: int, key_space: int,
+                   cluster: bool = False) -> list[str]:
+    return ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), *(["--cluster"] if cluster else []),
+            "-t", test, "-c", str(CLIENTS), "-P", str(pipeline), "-d", str(VALUE_BYTES), "-r", str(key_space),
+            "-n", str(requests), "--csv"]
 
 
 def run_benchmark(groups: ProcessGroups, server: Server, test: str, pipeline: int, requests: int,
                   key_space: int) -> Run:
-    argv = benchmark_argv(server.port, test, pipeline, requests, key_space)
+    argv = benchmark_argv(server.bench_port or server.port, test, pipeline, requests, key_space, server.cluster)
     cpu_before = server.cpu_by_role()
-    stats_before = server.info_stats() if server.name == "durakv" else {}
+    stats_before = server.info_stats() if server.name.startswith("durakv") else {}
     started = time.monotonic()
     proc = groups.start(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -242,7 +256,10 @@ def run_benchmark(groups: ProcessGroups, server: Server, test: str, pipeline: in
         groups.procs.remove(proc)
     if proc.returncode != 0:
         raise RuntimeError(f"{shlex.join(argv)} exited with {proc.returncode}: {err.decode(errors='replace')}")
-    rows = list(csv.DictReader(io.StringIO(out.decode())))
+    text = out.decode()
+    # --cluster first lists the nodes it found: the CSV starts at its header.
+    header = text.find('"test"')
+    rows = list(csv.DictReader(io.StringIO(text[header:] if header >= 0 else text)))
     # LRANGE_* first prints the LPUSH that fills the list: the test's own row is last.
     if not rows or float(rows[-1]["rps"]) <= 0:
         raise RuntimeError(f"{shlex.join(argv)} printed no result:\n{out.decode()}{err.decode()}")
@@ -364,6 +381,21 @@ def render(opts: argparse.Namespace, command: str, facts: dict[str, str], server
             d, r = results[("durakv", test, p)], results[("redis", test, p)]
             out.append(f"| {test.upper()} P{p} | {d.rps:,.0f} | {r.rps:,.0f} | "
                        f"{fmt_ratio(d.rps / r.rps, TARGETS_VS_REDIS.get((test, p)))} | {cell(d)} | {cell(r)} |")
+    if ("durakv-cluster", "get", 1) in results:
+        out += ["", "## durakv's shard ports (`redis-benchmark --cluster`) vs redis-server", "",
+                "The same durakv, reached as a cluster client reaches it: CLUSTER SLOTS names the shards and "
+                "each command goes straight to its shard's port, skipping the router. GET against redis-server "
+                "without persistence, durable SET against redis-server with appendfsync always.", "",
+                "| workload | durakv shard ports ops/s | redis ops/s | ratio | durakv p50 / p99 ms "
+                "| redis p50 / p99 ms | p99 ratio | router path ops/s |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for test in ("get", "set"):
+            for p in PIPELINES:
+                c, d = results[("durakv-cluster", test, p)], results[("durakv", test, p)]
+                r = results[("redis" if test == "get" else "redis-aof", test, p)]
+                p99 = f"{c.p99_ms / r.p99_ms:.2f}×" if r.p99_ms else "n/a"
+                out.append(f"| cluster {test.upper()} P{p} | {c.rps:,.0f} | {r.rps:,.0f} | {c.rps / r.rps:.2f}× "
+                           f"| {cell(c)} | {cell(r)} | {p99} | {d.rps:,.0f} |")
     out += ["", "## Durable SET: durakv vs redis-server with appendonly yes, appendfsync always", "",
             "| workload | durakv ops/s | redis-aof ops/s | ratio (target) | durakv p50 / p99 ms "
             "| redis-aof p50 / p99 ms | p99 ratio (target ≤2×) | durakv fsyncs/s | SETs per fsync |",
@@ -385,6 +417,11 @@ def render(opts: argparse.Namespace, command: str, facts: dict[str, str], server
             frame = f"{d.cmds_per_frame:.1f}" if d.cmds_per_frame is not None else "n/a"
             out.append(f"| {test.upper()} P{p} | {d.cpu_us_per_cmd['router']:.1f} | {d.cpu_us_per_cmd['shard']:.1f} "
                        f"| {frame} | {r.cpu_us_per_cmd['server']:.1f} |")
+            c = results.get(("durakv-cluster", test, p))
+            if c is not None:
+                out.append(f"| cluster {test.upper()} P{p} | {c.cpu_us_per_cmd['router']:.1f} "
+                           f"| {c.cpu_us_per_cmd['shard']:.1f} | n/a (no router hop) "
+                           f"| {r.cpu_us_per_cmd['server']:.1f} |")
     if opts.mixed:
         out += ["", f"## Data types, pipelined (P{MIXED_PIPELINE}): durakv vs redis-server", "",
                 "redis-benchmark's own per-type tests; durakv's writes are durable (fsync'd before the "
@@ -407,8 +444,10 @@ def render(opts: argparse.Namespace, command: str, facts: dict[str, str], server
 def bench(opts: argparse.Namespace, groups: ProcessGroups, tmp: Path) -> str:
     command = "python scripts/bench.py " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "python scripts/bench.py"
     facts = machine_facts()
+    durakv = start_durakv(groups, tmp, opts)
     servers = [
-        start_durakv(groups, tmp, opts),
+        durakv,
+        durakv_shard_ports(durakv),
         start_redis(groups, tmp, "redis", ["--appendonly", "no"], ("set", "get") + MIXED_TESTS),
         start_redis(groups, tmp, "redis-aof", ["--appendonly", "yes", "--appendfsync", "always"],
                     ("set",) + MIXED_TESTS),
@@ -431,6 +470,8 @@ def bench(opts: argparse.Namespace, groups: ProcessGroups, tmp: Path) -> str:
         for test in MIXED_TESTS if opts.mixed else ():
             requests = opts.requests * PIPELINED_REQUESTS_FACTOR
             for server in servers:
+                if server.cluster:
+                    continue  # the per-type table compares the router path
                 run = run_benchmark(groups, server, test, MIXED_PIPELINE, requests, key_space)
                 runs.setdefault((server.name, test, MIXED_PIPELINE), []).append(run)
                 if not opts.quiet:

@@ -6,11 +6,12 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 
 import trio
 
-from durakv.shards.config import DEFAULTS, Config, config_from_fd, load_config
+from durakv.shards.config import DEFAULTS, Config, config_from_fd, load_config, shard_port
 from durakv.shards.exit_codes import EXIT_OK, EXIT_PERMANENT, EXIT_USAGE
 
 EXIT_IN_USE = 1  # the port or data dir is taken by another process
@@ -27,6 +28,10 @@ def _common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help=f"data directory (default {DEFAULTS.data_dir})")
     parser.add_argument("--requirepass", help="password for the default user")
     parser.add_argument("--snapshot-url", help="s3://BUCKET/PREFIX for snapshots and the log archive")
+    parser.add_argument("--shard-port-base", type=int,
+                        help="shard i serves cluster clients on this port + i (default: --port + 1)")
+    parser.add_argument("--cluster-announce", choices=("shards", "router"),
+                        help="CLUSTER SLOTS names the shards (default) or the router as the nodes")
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -35,7 +40,8 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config(args.config, {
         "bind": args.bind, "port": args.port, "shards": args.shards, "routers": args.routers,
         "data_dir": args.data_dir, "requirepass": args.requirepass,
-        "snapshot_url": args.snapshot_url,
+        "snapshot_url": args.snapshot_url, "shard_port_base": args.shard_port_base,
+        "cluster_announce": args.cluster_announce,
     })
 
 
@@ -109,11 +115,18 @@ def main(argv: list[str] | None = None) -> int:
     from durakv.server.listener import ListenError, open_listener
 
     listener = None
-    if args.command == "serve":
-        try:  # first: a port in use ends serve before it creates anything
+    shard_listeners: list = []
+    try:  # first: a port in use ends serve (or shard) before it creates anything
+        if args.command == "serve":
             listener = open_listener(config.bind, config.port)
-        except ListenError as e:
-            return _fail(str(e), EXIT_USAGE)
+            shard_listeners = [open_listener(config.bind, shard_port(config, i), shard=i)
+                               for i in range(config.shards)]
+        elif args.command == "shard" and 0 <= args.index < config.shards:
+            shard_listeners = [open_listener(config.bind, shard_port(config, args.index), shard=args.index)]
+    except ListenError as e:
+        # `serve` exits as when its data dir is taken; a unit's router or shard with 2, which
+        # its systemd unit does not restart (RestartPreventExitStatus).
+        return _fail(str(e), EXIT_IN_USE if e.in_use and args.command == "serve" else EXIT_USAGE)
     problem = _startup_problem(args, config)
     if problem:
         return _fail(problem, EXIT_USAGE)
@@ -133,13 +146,13 @@ def main(argv: list[str] | None = None) -> int:
         set_title("serve", f"{config.bind}:{config.port}", config.data_dir)
         assert listener is not None, "serve opened its listener first"
         try:
-            return Supervisor(config, listener).run()
+            return Supervisor(config, listener, shard_listeners).run()
         except LockHeld as e:
             return _fail(f"{e}, or pass another --data-dir", EXIT_IN_USE)
         except TopologyMismatch as e:
             return _fail(str(e), EXIT_USAGE)
     if args.command == "shard":
-        return shard_main(config, args.index)
+        return shard_main(config, args.index, shard_listeners[0])
     if args.command == "router":
         set_title("router", args.index, f"{config.bind}:{config.port}", config.data_dir)
         from durakv.server.fdlimit import FdLimitTooLow
@@ -223,12 +236,14 @@ def data_dir_problem(data_dir: str) -> str:
     return ""
 
 
-def shard_main(config: Config, index: int) -> int:
-    """Run one shard (`durakv shard`, or a child the supervisor forked). A permanent
+def shard_main(config: Config, index: int, listener: socket.socket) -> int:
+    """Run one shard (`durakv shard`, or a child the supervisor forked), serving
+    cluster clients on `listener` (its client port, bound by the caller). A permanent
     failure (corrupt log, snapshot cache that does not fit the log) is recorded in
     DIR/shard-NNN/FAILED for the router and ends the process with EXIT_PERMANENT, so
     it is reported rather than restarted in a loop."""
     from durakv.log import LogCorrupt, LogError, LogLocked
+    from durakv.server.node import node_port
     from durakv.server.proctitle import set_title
     from durakv.shards import failure
     from durakv.shards.process import run_shard
@@ -242,7 +257,7 @@ def shard_main(config: Config, index: int) -> int:
     code = EXIT_OK
     try:
         ensure_topology(config.data_dir, config.shards)  # else it would serve another shard's slots
-        trio.run(_run_until_signal, lambda: run_shard(config, index, shard_hooks))
+        trio.run(_run_until_signal, lambda: run_shard(config, index, shard_hooks, node_port(config, listener)))
     except* LogLocked as group:
         for e in group.exceptions:  # another process still holds the log: worth a retry
             shard_log.critical("shard %d cannot start: %s", index, e)

@@ -1,5 +1,6 @@
-"""A client connection on the router: parse requests, dispatch them, and write
-replies back strictly in the order the client sent the commands."""
+"""A client connection, on the router or on a shard's client port (behind a
+RouterView: server/router.py or server/node.py): parse requests, dispatch them,
+and write replies back strictly in the order the client sent the commands."""
 
 from __future__ import annotations
 
@@ -188,11 +189,12 @@ class Client:
             if self.multi is not None:
                 self.push(b"-ERR WATCH inside MULTI is not allowed\r\n")
                 return
-            shards = {router.slot_owner[key_slot(key)] for key in argv[1:]}
-            if len(shards) > 1:
-                self.push(ERR_CROSSSLOT)
+            try:
+                shard = router.keys_shard(self, argv, list(range(1, len(argv))))
+            except ReplyError as e:
+                self.push(encode_error(e.message))
                 return
-            self.watch_shards |= shards
+            self.watch_shards.add(shard)
         where = cmd.where
         try:
             if where == ROUTER:
@@ -222,10 +224,13 @@ class Client:
                 return
             indexes = cmd.key_indexes(argv)
             if not indexes:
-                self.replies.append(router.links[0].submit(self, self.proto, argv))
+                self.replies.append(router.links[router.home_shard].submit(self, self.proto, argv))
                 return
-            owner = router.slot_owner
-            shards = {owner[key_slot(argv[i])] for i in indexes}
+            if router.cluster_node:
+                shards = {router.keys_shard(self, argv, indexes)}  # one slot, this node's (else CROSSSLOT, MOVED)
+            else:
+                owner = router.slot_owner
+                shards = {owner[key_slot(argv[i])] for i in indexes}
             if len(shards) == 1:
                 shard = shards.pop()
                 pending = router.links[shard].submit(self, self.proto, argv)
@@ -289,18 +294,13 @@ class Client:
         if cmd.where == ROUTER:
             return None
         if cmd.where == FANOUT:
-            if len(router.links) > 1:
-                raise ReplyError(b"CROSSSLOT Keys in request don't hash to the same slot")
-            return 0
+            return router.single_shard()
         if cmd.where == CURSOR:
             return router.cursor_shard(argv[1])
         indexes = cmd.key_indexes(argv)
         if not indexes:
             return None
-        shards = {router.slot_owner[key_slot(argv[i])] for i in indexes}
-        if len(shards) > 1:
-            raise ReplyError(b"CROSSSLOT Keys in request don't hash to the same slot")
-        return shards.pop()
+        return router.keys_shard(self, argv, indexes)  # on a node, MOVED flags the transaction as in Redis
 
     def run_router_commands(self, queued: list[list[bytes]]) -> list[list[bytes]]:
         """At EXEC: run the queued router-answered commands now and hand the shard

@@ -1,9 +1,14 @@
-"""Cluster emulation: the router presents itself as one master node owning all
-16384 slots, so cluster clients connect, learn one node, and never see MOVED."""
+"""CLUSTER SLOTS/SHARDS/NODES/INFO/MYID and friends, on the router and on every
+shard's node (server/node.py). With `cluster-announce = "shards"` (the default)
+the shards are the master nodes, each on its own port, and cluster clients talk
+straight to them; the node answering is flagged `myself` (the router is none of
+them). With "router", the router is the one node owning every slot, so cluster
+clients connect to it and never see MOVED (server/cluster_view.py)."""
 
 from __future__ import annotations
 
 from durakv.server.client import Client
+from durakv.server.cluster_view import Node, announced_ip, cluster_nodes
 from durakv.server.info import cluster_lines, shard_states
 from durakv.shards.args import int_arg
 from durakv.shards.frames import VERB_COUNTKEYSINSLOT, VERB_GETKEYSINSLOT
@@ -14,60 +19,82 @@ from durakv.shards.table import MULTI_REFUSED, ROUTER, command, container
 container("cluster", "cluster", where=ROUTER)
 
 
+def _nodes(client: Client) -> list[Node]:
+    view = client.router
+    router_port = view.config.port if view.cluster_node else view.port
+    return cluster_nodes(view.config, view.router_node_id, router_port, view.shard_node_ids)
 
-def announced_ip(client: Client) -> bytes:
-    router = client.router
-    if router.config.announce_ip:
-        return router.config.announce_ip.encode()
-    bind = router.config.bind
-    if bind in ("0.0.0.0", "::", ""):
-        return client.laddr.rsplit(":", 1)[0].encode()
-    return bind.encode()
+
+def _is_myself(client: Client, node: Node) -> bool:
+    view = client.router
+    return node.shard == view.index if view.cluster_node else node.shard < 0
+
+
+def _node_up(client: Client, node: Node) -> bool:
+    view = client.router
+    if node.shard < 0 or view.cluster_node:
+        return view.shards_up()
+    return bool(view.links[node.shard].up)
+
+
+def _holds(client: Client, slot: int) -> bool:
+    """Whether keys of `slot` are here: everywhere on the router; on a node, only
+    its own slots (a cluster node counts and lists its own keys only)."""
+    view = client.router
+    return not view.cluster_node or view.slot_owner[slot] == view.index
 
 
 @command("cluster|slots", 2, "stale", group="cluster", where=ROUTER, tips=("nondeterministic_output",))
 def cluster_slots(client: Client, argv: list[bytes]):
-    node = [announced_ip(client), client.router.port, client.router.node_id.encode(), Map([])]
-    return [[0, SLOT_COUNT - 1, node]]
+    ip = announced_ip(client.router.config, client.laddr)
+    return [[node.first_slot, node.last_slot, [ip, node.port, node.node_id.encode(), Map([])]]
+            for node in _nodes(client)]
 
 
 @command("cluster|shards", 2, "stale", group="cluster", where=ROUTER, tips=("nondeterministic_output",))
 def cluster_shards(client: Client, argv: list[bytes]):
-    router = client.router
-    node = Map([
-        b"id", router.node_id.encode(),
-        b"port", router.port,
-        b"ip", announced_ip(client),
-        b"endpoint", announced_ip(client),
-        b"role", b"master",
-        b"replication-offset", 0,
-        b"health", b"online" if router.shards_up() else b"failed",
-    ])
-    return [Map([b"slots", [0, SLOT_COUNT - 1], b"nodes", [node]])]
+    ip = announced_ip(client.router.config, client.laddr)
+    out = []
+    for node in _nodes(client):
+        entry = Map([
+            b"id", node.node_id.encode(),
+            b"port", node.port,
+            b"ip", ip,
+            b"endpoint", ip,
+            b"role", b"master",
+            b"replication-offset", 0,
+            b"health", b"online" if _node_up(client, node) else b"failed",
+        ])
+        out.append(Map([b"slots", [node.first_slot, node.last_slot], b"nodes", [entry]]))
+    return out
 
 
 @command("cluster|nodes", 2, "stale", group="cluster", where=ROUTER, tips=("nondeterministic_output",))
-def cluster_nodes(client: Client, argv: list[bytes]):
-    router = client.router
-    ip = announced_ip(client).decode()
-    line = (f"{router.node_id} {ip}:{router.port}@{router.port + 10000} myself,master - 0 0 1 "
-            f"connected 0-{SLOT_COUNT - 1}\n")
-    return Verbatim(line.encode())
+def cluster_nodes_(client: Client, argv: list[bytes]):
+    ip = announced_ip(client.router.config, client.laddr).decode()
+    lines = []
+    for epoch, node in enumerate(_nodes(client), 1):
+        flags = "myself,master" if _is_myself(client, node) else "master"
+        link = "connected" if _node_up(client, node) else "disconnected"
+        lines.append(f"{node.node_id} {ip}:{node.port}@{node.port + 10000} {flags} - 0 0 {epoch} "
+                     f"{link} {node.first_slot}-{node.last_slot}\n")
+    return Verbatim("".join(lines).encode())
 
 
 @command("cluster|info", 2, "stale", group="cluster", where=ROUTER, tips=("nondeterministic_output",))
 def cluster_info(client: Client, argv: list[bytes]):
     state, slots_ok, slots_fail = cluster_lines(client.router)
+    nodes = _nodes(client)
     lines = [
         state,
         f"cluster_slots_assigned:{SLOT_COUNT}",
         slots_ok,
         "cluster_slots_pfail:0",
         slots_fail,
-        "cluster_known_nodes:1",
-        "cluster_size:1",
-        "cluster_current_epoch:1",
-        "cluster_my_epoch:1",
+        f"cluster_known_nodes:{len(nodes)}",
+        f"cluster_size:{len(nodes)}",
+        f"cluster_current_epoch:{len(nodes)}",
+        f"cluster_my_epoch:{client.router.index + 1 if client.router.cluster_node else 1}",
         "cluster_stats_messages_sent:0",
         "cluster_stats_messages_received:0",
         "total_cluster_links_buffer_limit_exceeded:0",
@@ -93,6 +120,8 @@ def cluster_countkeysinslot(client: Client, argv: list[bytes]):
     if not 0 <= slot < SLOT_COUNT:
         raise ReplyError(b"ERR Invalid slot")
     router = client.router
+    if not _holds(client, slot):
+        return 0
     return router.ask_shard(client, router.slot_owner[slot], [VERB_COUNTKEYSINSLOT, b"%d" % slot],
                             lambda count: b":%d\r\n" % count)
 
@@ -105,6 +134,8 @@ def cluster_getkeysinslot(client: Client, argv: list[bytes]):
     if not 0 <= slot < SLOT_COUNT or count < 0:
         raise ReplyError(b"ERR Invalid slot or number of keys")
     router = client.router
+    if not _holds(client, slot):
+        return []
     proto = client.proto
     return router.ask_shard(client, router.slot_owner[slot],
                             [VERB_GETKEYSINSLOT, b"%d" % slot, b"%d" % count],

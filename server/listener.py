@@ -16,12 +16,18 @@ LISTEN_BACKLOG = 511
 
 
 class ListenError(Exception):
-    """The port cannot be bound; str() is the one line for the operator."""
+    """The port cannot be bound; str() is the one line for the operator, and
+    `in_use` says whether another process holds it."""
+
+    def __init__(self, message: str, in_use: bool = False) -> None:
+        super().__init__(message)
+        self.in_use = in_use
 
 
-def open_listener(bind: str, port: int) -> socket.socket:
+def open_listener(bind: str, port: int, shard: int | None = None) -> socket.socket:
     """A non-blocking listening TCP socket on bind:port (SO_REUSEADDR only, so a
-    port left in TIME_WAIT by a stopped server can be taken at once)."""
+    port left in TIME_WAIT by a stopped server can be taken at once); `shard`:
+    the port is that shard's client port (the error names it and its setting)."""
     family = socket.AF_INET6 if ":" in bind else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -30,7 +36,7 @@ def open_listener(bind: str, port: int) -> socket.socket:
         sock.listen(LISTEN_BACKLOG)
     except OSError as e:
         sock.close()
-        raise ListenError(_explain(e, bind, port)) from None
+        raise ListenError(_explain(e, bind, port, shard), in_use=e.errno == errno.EADDRINUSE) from None
     sock.setblocking(False)
     return sock
 
@@ -44,12 +50,14 @@ def listener_from_fd(fd: int) -> socket.socket:
     return sock
 
 
-def _explain(e: OSError, bind: str, port: int) -> str:
+def _explain(e: OSError, bind: str, port: int, shard: int | None) -> str:
+    what, fix = (f"port {port}", "--port") if shard is None else (
+        f"port {port} (shard {shard}'s client port)", "shard-port-base (default: --port + 1)")
     if e.errno == errno.EADDRINUSE:
-        return (f"port {port} on {bind} is already in use; "
-                "stop the other server or choose another --port")
+        return (f"{what} on {bind} is already in use; "
+                f"stop the other server or choose another {fix}")
     if e.errno == errno.EACCES:
-        return f"no permission to listen on {bind}:{port} (ports below 1024 need privileges); choose another --port"
+        return f"no permission to listen on {bind}:{port} (ports below 1024 need privileges); choose another {fix}"
     if e.errno == errno.EADDRNOTAVAIL:
         return f"cannot listen on {bind}:{port}: {bind} is not an address of this machine; fix --bind"
     return f"cannot listen on {bind}:{port}: {e.strerror}; check --bind and --port"

@@ -41,7 +41,7 @@ def exec_(client: Client, argv: list[bytes]):
         raise ERR_EXECABORT
     watched = client.watch_shards
     if shard is None:
-        shard = next(iter(watched)) if watched else 0
+        shard = next(iter(watched)) if watched else client.router.home_shard
     if watched - {shard}:
         client.unwatch_all()
         raise ReplyError(b"CROSSSLOT Keys in request don't hash to the same slot")

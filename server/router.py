@@ -1,128 +1,43 @@
 """The router process: owns client sockets, routes each command to the shard that
-owns its keys, fans out and merges keyless and cross-shard reads."""
+owns its keys, fans out and merges keyless and cross-shard reads (the shared
+client-serving code is server/front.py; this adds the links to the shards)."""
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import socket
-import time
-from typing import Any
 
 import trio
 
 import durakv.server.commands  # noqa: F401  (registers the router's own commands)
 import durakv.shards.commands  # noqa: F401  (registers the shard commands: routing needs keys)
-from durakv.server.client import Client, ClientPoller
 from durakv.server.fdlimit import adjust_open_files_limit
-from durakv.server.links import LOST, Pending, ShardLink
-from durakv.server.settings import Settings
+from durakv.server.front import Front, _ignore_reply
+from durakv.server.links import Pending, ShardLink
 from durakv.server.settings_sync import SettingsSync
-from durakv.server.topology import ensure_topology
+from durakv.server.topology import ensure_topology, shard_node_ids
 from durakv.shards import failure, sdnotify
 from durakv.shards.config import Config
-from durakv.shards.frames import (
-    PROTO_INTERNAL, VERB_CONFIG, VERB_UNBLOCK, VERB_UNWATCH, internal_reply_decoder,
-)
-from durakv.shards.resp import ReplyError, encode, encode_error
+from durakv.shards.frames import PROTO_INTERNAL, VERB_CONFIG
 from durakv.shards.shard_settings import SHARD_DEFAULTS
-from durakv.shards.slots import key_slot, slot_owner_table
-from durakv.shards.table import SPLIT_MGET, Command, Merge, merge_sum
+from durakv.shards.slots import slot_owner_table
 
 logger = logging.getLogger("durakv.router")
 
 SHARD_WAIT_POLL_S = 0.01
-ACCEPT_ERROR_PAUSE_S = 0.1
-FD_SHORTAGE_LOG_INTERVAL_S = 10.0
-ERR_MAX_CLIENTS = b"-ERR max number of clients reached\r\n"
-SCAN_DEFAULT_COUNT = 10
 
 
-class Gather:
-    """One client reply assembled from several shard replies. If any part is
-    LOST (its shard died with it in flight) the whole reply is: a DEL split over
-    shards may have deleted some keys, so no count can be given."""
-
-    __slots__ = ("pending", "parts", "left", "finish", "lost")
-
-    def __init__(self, client: Client, count: int, finish) -> None:
-        self.pending = Pending(client)
-        self.parts: list = [None] * count
-        self.left = count
-        self.finish = finish
-        self.lost = False
-        client.replies.append(self.pending)
-
-    def part(self, index: int) -> Pending:
-        return Pending(self.pending.client, on_fill=lambda _pending, data: self._got(index, data))
-
-    def _got(self, index: int, data: bytes) -> None:
-        self.parts[index] = data
-        self.left -= 1
-        if data is LOST:
-            self.lost = True
-        if self.left == 0:
-            self.complete()
-
-    def complete(self) -> None:
-        """Every part is in (or none was asked for): merge and fill the reply; one
-        part of unknown outcome makes the whole reply unknown."""
-        if self.lost:
-            self.pending.fill(LOST)
-            return
-        try:
-            reply = self.finish([decode_internal(p) for p in self.parts])
-        except ReplyError as e:
-            reply = encode_error(e.message)
-        except Exception:
-            logger.exception("router: merging shard replies failed")
-            reply = encode_error(b"ERR internal error merging shard replies")
-        self.pending.fill(reply)
-
-
-def scan_count(argv: list[bytes]) -> int:
-    """SCAN's COUNT hint (the shard validates it; a bad one errors there)."""
-    for i in range(2, len(argv) - 1):
-        if argv[i].upper() == b"COUNT" and argv[i + 1].isdigit():
-            return int(argv[i + 1])
-    return SCAN_DEFAULT_COUNT
-
-
-def decode_internal(data: bytes) -> Any:
-    """A shard's internal reply: the value, or raises ReplyError."""
-    if data[:1] == b"-":
-        raise ReplyError(data[1:-2])
-    ok, value = internal_reply_decoder.decode(data)
-    if not ok:
-        raise ReplyError(value)
-    return value
-
-
-class Router:
+class Router(Front):
     def __init__(self, config: Config, index: int = 0) -> None:
-        self.config = config
-        self.index = index
+        super().__init__(config, index)
         self.links = [ShardLink(self, i, config.data_dir) for i in range(config.shards)]
         self.slot_owner = slot_owner_table(config.shards)
-        self.clients: dict[int, Client] = {}
-        self.ready_clients: list[Client] = []
-        self._flush_wake = trio.Event()
-        self._client_seq = 0
-        self.started_at = time.time()
-        self.started_monotonic = time.monotonic()
-        self.node_id = ensure_topology(config.data_dir, config.shards)["node_id"]
-        self.settings = Settings(config)
+        topology = ensure_topology(config.data_dir, config.shards)
+        self.node_id = self.router_node_id = topology["node_id"]
+        self.shard_node_ids = shard_node_ids(topology)
         self.settings_sync = SettingsSync(self)
         self._links_up: set[int] = set()
-        self.stats_commands = 0
-        self.stats_rejected = 0
-        self.stats_connections = 0
-        self.stats_rejected_connections = 0
-        self.stats_protocol_errors = 0
-        self.port = config.port
-        self.nursery: trio.Nursery | None = None
-        self.poller = ClientPoller()
 
     # --- long scripts -------------------------------------------------------------
 
@@ -146,28 +61,6 @@ class Router:
                 return b"-BUSY Redis is busy running a script. You can only call %s or SHUTDOWN NOSAVE.\r\n" % what
         return None
 
-    # --- reply flushing -----------------------------------------------------------
-
-    def flush_ready_clients(self) -> None:
-        ready = self.ready_clients
-        if not ready:
-            return
-        self.ready_clients = []
-        for client in ready:
-            client.in_ready_set = False
-            client.flush()
-
-    def client_ready(self, client: Client) -> None:
-        if not self.ready_clients:
-            self._flush_wake.set()
-        self.ready_clients.append(client)
-
-    async def _flusher(self) -> None:
-        while True:
-            await self._flush_wake.wait()
-            self._flush_wake = trio.Event()
-            self.flush_ready_clients()
-
     def on_link_change(self) -> None:
         self.flush_ready_clients()
         for link in self.links:
@@ -183,120 +76,6 @@ class Router:
             if settings[name] != str(default):
                 link.submit(None, PROTO_INTERNAL, [VERB_CONFIG, name.encode(), settings[name].encode()],
                             Pending(None, on_fill=_ignore_reply))
-
-    # --- routing helpers ------------------------------------------------------------
-
-    def fanout(self, client: Client, argv: list[bytes], merge: Merge) -> None:
-        """A whole-keyspace command: to every shard, replies merged by the command's `merge`."""
-        gather = Gather(client, len(self.links), lambda parts: merge(parts, client.proto))
-        for i, link in enumerate(self.links):
-            link.submit(client, PROTO_INTERNAL, argv, gather.part(i))
-
-    def fanout_internal(self, client: Client, argv: list[bytes], finish,
-                        shards: list[int] | None = None) -> Pending:
-        """Ask every shard (or those listed) an internal question; `finish(values)`
-        makes the reply bytes."""
-        indexes = range(len(self.links)) if shards is None else shards
-        gather = Gather(client, len(indexes), finish)
-        for n, shard in enumerate(indexes):
-            self.links[shard].submit(client, PROTO_INTERNAL, argv, gather.part(n))
-        if not indexes:
-            gather.complete()
-        return gather.pending
-
-    def after(self, seconds: float, fn) -> None:
-        """Run fn after a delay (DEBUG SLEEP), in the router's nursery."""
-
-        async def timer() -> None:
-            await trio.sleep(seconds)
-            fn()
-
-        assert self.nursery is not None, "after() before serve() started"
-        self.nursery.start_soon(timer)
-
-    def ask_shard(self, client: Client, shard: int, argv: list[bytes], finish) -> Pending:
-        gather = Gather(client, 1, lambda parts: finish(parts[0]))
-        self.links[shard].submit(client, PROTO_INTERNAL, argv, gather.part(0))
-        return gather.pending
-
-    def split(self, client: Client, argv: list[bytes], cmd: Command, indexes: list[int]) -> None:
-        """A read or delete whose keys live on several shards: one sub-request per
-        shard, replies merged in key order (MGET) or summed (DEL, EXISTS...)."""
-        owner = self.slot_owner
-        by_shard: dict[int, list[int]] = {}
-        for i in indexes:
-            by_shard.setdefault(owner[key_slot(argv[i])], []).append(i)
-        shard_order = list(by_shard)
-        proto = client.proto
-        if cmd.split == SPLIT_MGET:
-            def finish(parts: list) -> bytes:
-                values: list = [None] * len(indexes)
-                position = {i: n for n, i in enumerate(indexes)}
-                for shard, part in zip(shard_order, parts):
-                    for i, value in zip(by_shard[shard], part):
-                        values[position[i]] = value
-                return encode(values, proto)
-        else:
-            def finish(parts: list) -> bytes:
-                return merge_sum(parts, proto)
-        gather = Gather(client, len(shard_order), finish)
-        for n, shard in enumerate(shard_order):
-            sub = [argv[0]] + [argv[i] for i in by_shard[shard]]
-            self.links[shard].submit(client, PROTO_INTERNAL, sub, gather.part(n))
-
-    def cursor_shard(self, cursor: bytes) -> int:
-        """SCAN cursors are hash slots: the shard owning the slot continues the scan."""
-        slot = int(cursor) if cursor.isdigit() and len(cursor) < 6 else 0
-        return self.slot_owner[min(slot, len(self.slot_owner) - 1)]
-
-    def route_cursor(self, client: Client, argv: list[bytes]) -> None:
-        """SCAN: start on the shard owning the cursor's slot; while a shard ends its
-        range with fewer than COUNT keys, go on with the next shard, so a small
-        keyspace is walked in one call and the last shard's end answers cursor 0."""
-        count = scan_count(argv)
-        pending = Pending(client)
-        client.replies.append(pending)
-        keys: list[bytes] = []
-        proto = client.proto
-
-        def step(shard: int, sub_argv: list[bytes]) -> None:
-            self.links[shard].submit(client, PROTO_INTERNAL, sub_argv, Pending(client, on_fill=got))
-
-        def got(_part: Pending, data: bytes) -> None:
-            if data is LOST:
-                pending.fill(LOST)
-                return
-            try:
-                cursor, found = decode_internal(data)
-            except ReplyError as e:
-                pending.fill(encode_error(e.message))
-                return
-            keys.extend(found)
-            next_slot = int(cursor)
-            if next_slot and len(keys) < count:
-                step(self.slot_owner[next_slot], [argv[0], cursor, *argv[2:]])
-            else:
-                pending.fill(encode([cursor, keys], proto))
-
-        step(self.cursor_shard(argv[1]), argv)
-
-    def unwatch(self, client_id: int, shards: set[int]) -> None:
-        for shard in shards:
-            self.links[shard].submit(None, PROTO_INTERNAL, [VERB_UNWATCH, b"%d" % client_id],
-                                     Pending(None, on_fill=_ignore_reply))
-
-    def shards_up(self) -> bool:
-        return all(link.up for link in self.links)
-
-    # --- clients ------------------------------------------------------------------
-
-    def forget(self, client: Client) -> None:
-        self.clients.pop(client.id, None)
-        client.unwatch_all()
-        if client.blocked_pending is not None:
-            self.links[client.blocked_shard].submit(
-                None, PROTO_INTERNAL, [VERB_UNBLOCK, b"%d" % client.id, b"drop"],
-                Pending(None, on_fill=_ignore_reply))
 
     def new_client_id(self) -> int:
         self._client_seq += 1
@@ -335,88 +114,6 @@ class Router:
 
     def _failed(self, shard: int) -> bool:
         return bool(failure.read(self.config.data_dir, shard))
-
-    async def _accept_loop(self, listener: socket.socket, nursery: trio.Nursery) -> None:
-        spare = SpareFd()
-        while True:
-            await trio.lowlevel.wait_readable(listener)
-            try:
-                sock, _ = listener.accept()
-            except BlockingIOError:
-                continue
-            except OSError as e:
-                if e.errno not in (errno.EMFILE, errno.ENFILE):
-                    logger.error("router: accept failed: %s", e)
-                    await trio.sleep(ACCEPT_ERROR_PAUSE_S)
-                    continue
-                # Out of descriptors: answer with the spare one rather than leave
-                # the connection mute in the backlog.
-                self.stats_connections += 1
-                self.stats_rejected_connections += 1
-                if not spare.refuse(listener, e):
-                    await trio.sleep(ACCEPT_ERROR_PAUSE_S)
-                continue
-            self.stats_connections += 1
-            if len(self.clients) >= self.settings.maxclients:
-                self.stats_rejected_connections += 1
-                refuse(sock)
-                continue
-            sock.setblocking(False)
-            if sock.family in (socket.AF_INET, socket.AF_INET6):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            client = Client(self, sock, self.new_client_id())
-            self.clients[client.id] = client
-            self.poller.add(client)
-
-
-def refuse(sock: socket.socket) -> None:
-    try:
-        sock.send(ERR_MAX_CLIENTS)
-    except OSError:
-        pass
-    finally:
-        sock.close()
-
-
-class SpareFd:
-    """One descriptor held in reserve: when accept fails for lack of
-    descriptors, it is freed to accept the connection and refuse it with Redis'
-    error, then taken again. Logged once per interval, with a count."""
-
-    def __init__(self) -> None:
-        self.fd: int | None = os.open(os.devnull, os.O_RDONLY)
-        self.refused = 0
-        self.logged_at = -FD_SHORTAGE_LOG_INTERVAL_S
-
-    def refuse(self, listener: socket.socket, error: OSError) -> bool:
-        """Accept and refuse one connection; False if even that was impossible."""
-        self.refused += 1
-        now = time.monotonic()
-        if now - self.logged_at >= FD_SHORTAGE_LOG_INTERVAL_S:
-            logger.warning("router: accept failed: %s; refused %d connections with 'max number of clients "
-                        "reached' since the last report (raise 'ulimit -n' or lower maxclients)",
-                        error, self.refused)
-            self.logged_at = now
-            self.refused = 0
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-        try:
-            sock, _ = listener.accept()
-            refuse(sock)  # closed before the spare is taken again: it uses that descriptor
-            return True
-        except OSError:
-            return False
-        finally:
-            try:
-                self.fd = os.open(os.devnull, os.O_RDONLY)
-            except OSError:
-                self.fd = None
-
-
-def _ignore_reply(pending: Pending, data: bytes) -> None:
-    if data[:1] == b"-" and data is not LOST:
-        logger.warning("router: shard rejected an internal request: %r", data[:200])
 
 
 async def run_router(config: Config, index: int, listener: socket.socket) -> None:

@@ -1,7 +1,8 @@
 """The router as a client connection sees it: what server/client.py's `Client`
 and the router-answered command handlers (`client.router`) may use.
 
-`Router` (server/router.py) is the one implementation; the Protocol exists so
+`Router` (server/router.py) and a shard's client port, `ShardNode`
+(server/node.py), implement it; the Protocol exists so
 that a client and a handler are checked against this list rather than against
 everything the router happens to hold, and so that the router can change
 anything not named here without reading every handler. Annotations only: no
@@ -60,6 +61,13 @@ class RouterView(Protocol):
     @property
     def clients(self) -> dict[int, Client]: ...
 
+    cluster_node: bool
+    """A shard's client port: Redis Cluster's per-slot rules apply (server/node.py)."""
+    home_shard: int
+    """The shard keyless, not fanned-out commands run on."""
+    shard_node_ids: list[str]
+    router_node_id: str
+
     @property
     def poller(self) -> ClientPoller: ...
 
@@ -79,6 +87,15 @@ class RouterView(Protocol):
     def ask_shard(self, client: Client, shard: int, argv: list[bytes], finish: Callable[[Any], bytes]) -> Pending: ...
 
     def split(self, client: Client, argv: list[bytes], cmd: Command, indexes: list[int]) -> None: ...
+
+    def keys_shard(self, client: Client, argv: list[bytes], indexes: list[int]) -> int:
+        """The shard of a multi-key request; ReplyError CROSSSLOT if there is none
+        (and MOVED on a node, for another node's slot)."""
+        ...
+
+    def single_shard(self) -> int:
+        """The shard a whole-keyspace command inside MULTI runs on; ReplyError if none."""
+        ...
 
     def cursor_shard(self, cursor: bytes) -> int: ...
 

@@ -1,6 +1,11 @@
 """CONFIG SET on one router takes effect on every router and shard before it is
 acknowledged, and concurrent CONFIG SETs end with every router on the same value.
 
+Every shard's client port (server/node.py) takes part as one more peer, with its
+control socket DIR/run/node-NNN.sock: a CONFIG SET there propagates the same way
+(its own shard gets the shard parameters; every other node applies them to its own
+shard when told), and a router's CONFIG SET tells every node as well as every router.
+
 The router that receives CONFIG SET applies the change at once (so the client's next
 command sees it), then, holding DIR/run/settings.lock (flock) for the whole
 propagation: merges it into DIR/run/settings (0600, in the 0700 run dir, replaced
@@ -30,7 +35,9 @@ import struct
 
 import trio
 
-from durakv.log.layout import ensure_run_dir, router_socket_path, run_dir
+from collections.abc import Callable
+
+from durakv.log.layout import ensure_run_dir, node_socket_path, router_socket_path, run_dir
 from durakv.log.disk import OS_DISK
 from durakv.log.durable_file import replace_file
 from durakv.server.links import Pending
@@ -134,25 +141,39 @@ async def _receive_message(stream: trio.SocketStream) -> bytes | None:
 
 
 class SettingsSync:
-    """One router's side: the control socket other routers send changes to, and
-    the propagation of this router's own CONFIG SET."""
+    """One router's (or shard node's) side: the control socket its peers send
+    changes to, and the propagation of its own CONFIG SET. `on_change` also gets
+    every change applied (a node hands the shard parameters to its shard)."""
 
-    def __init__(self, router) -> None:
+    def __init__(self, router, node: bool = False,
+                 on_change: Callable[[dict[str, str]], None] | None = None) -> None:
         self.router = router
         self.data_dir = router.config.data_dir
+        self.on_change = on_change
+        self.node = node
+        data_dir, config = self.data_dir, router.config
+        self.own_path = (node_socket_path if node else router_socket_path)(data_dir, router.index)
+        peers = [router_socket_path(data_dir, i) for i in range(config.routers)]
+        peers += [node_socket_path(data_dir, i) for i in range(config.shards)]
+        self.peer_paths = [path for path in peers if path != self.own_path]
+
+    def _apply(self, changes: dict[str, str]) -> None:
+        self.router.settings.apply_known(changes)
+        if self.on_change is not None:
+            self.on_change(changes)
 
     async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Listen on DIR/run/router-NNN.sock, then load the changes peers made
         before this router started (after binding, so none is missed)."""
         ensure_run_dir(self.data_dir)
-        path = router_socket_path(self.data_dir, self.router.index)
+        path = self.own_path
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         bind_unix(sock, path)  # replaces a socket file left by an earlier run of this router
         sock.listen(64)
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
         changes = load_runtime_changes(self.data_dir)
         if changes:
-            self.router.settings.apply_known(changes)
+            self._apply(changes)
             logger.info("router %d: loaded %d runtime settings from %s", self.router.index, len(changes),
                      settings_path(self.data_dir))
         task_status.started()
@@ -173,7 +194,7 @@ class SettingsSync:
                         changes = load_runtime_changes(self.data_dir)
                     else:  # the sender could not record it: the notice is all there is
                         changes = {str(name): str(value) for name, value in doc["changes"]}
-                    self.router.settings.apply_known(changes)
+                    self._apply(changes)
                     await _send_message(stream, ACK)
             except (trio.TooSlowError, trio.BrokenResourceError, ValueError, KeyError, TypeError) as e:
                 logger.warning("router %d: bad control message: %s", self.router.index, e)
@@ -209,16 +230,15 @@ class SettingsSync:
             merged = await trio.to_thread.run_sync(store_runtime_changes, self.data_dir, changes)
             # A peer's earlier CONFIG SET may have reached us after we applied ours: the
             # file has both, in the order the lock gave them.
-            self.router.settings.apply_known(merged)
+            self._apply(merged)
         except OSError as e:
             recorded = False
             logger.error("router: cannot record runtime settings in %s: %s", settings_path(self.data_dir), e)
         shards_done = self._send_to_shards(shard_changes)
         payload = json.dumps({"changes": changes, "reload": recorded}).encode()
         async with trio.open_nursery() as nursery:
-            for index in range(self.router.config.routers):
-                if index != self.router.index:
-                    nursery.start_soon(self._send_to_peer, index, payload)
+            for path in self.peer_paths:
+                nursery.start_soon(self._send_to_peer, path, payload)
         with trio.move_on_after(PEER_ACK_TIMEOUT_MS / 1000) as waited:
             await shards_done.wait()
         if waited.cancelled_caught:
@@ -226,7 +246,8 @@ class SettingsSync:
 
     def _send_to_shards(self, shard_changes: list[tuple[str, str]]) -> trio.Event:
         done = trio.Event()
-        links = self.router.links
+        # A node reaches only its own shard: every other node applies them to its shard when told.
+        links = [self.router.links[self.router.index]] if self.node else self.router.links
         left = len(links) * len(shard_changes)
         if not left:
             done.set()
@@ -247,8 +268,7 @@ class SettingsSync:
                             Pending(None, on_fill=acked))
         return done
 
-    async def _send_to_peer(self, index: int, payload: bytes) -> None:
-        path = router_socket_path(self.data_dir, index)
+    async def _send_to_peer(self, path: str, payload: bytes) -> None:
         try:
             with trio.fail_after(PEER_ACK_TIMEOUT_MS / 1000):
                 with reachable_path(path) as address:
@@ -260,5 +280,5 @@ class SettingsSync:
                 raise ValueError(f"unexpected reply {reply!r}")
         except (OSError, trio.TooSlowError, trio.BrokenResourceError, ValueError) as e:
             # Down or restarting: it loads DIR/run/settings when it starts.
-            logger.warning("router %d: router %d did not confirm CONFIG SET (%s); it reads %s when it starts",
-                        self.router.index, index, e, settings_path(self.data_dir))
+            logger.warning("router %d: %s did not confirm CONFIG SET (%s); it reads %s when it starts",
+                        self.router.index, os.path.basename(path), e, settings_path(self.data_dir))

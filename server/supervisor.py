@@ -128,11 +128,19 @@ class Child:
         if pid:
             return pid
         code = 1
+        shard_listener = None
         try:
+            # Its own descriptor: in_child closes every listener object the supervisor holds.
+            own_fd = os.dup(self.listen_fd) if self.listen_fd is not None else None
             in_child()
+            if own_fd is not None:
+                from durakv.server.listener import listener_from_fd
+
+                shard_listener = listener_from_fd(own_fd)
             os.environ["NOTIFY_SOCKET"] = env["NOTIFY_SOCKET"]
             die_with_parent(parent)
-            code = shard_main(self.config, self.index)
+            assert shard_listener is not None, "a shard is forked with its client port's listener"
+            code = shard_main(self.config, self.index, shard_listener)
         except BaseException:
             logger.exception("%s crashed", self.name)
         finally:
@@ -165,13 +173,16 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, config: Config, listener: socket.socket) -> None:
-        """listener: the client port, bound by the caller before anything else, so a
-        port in use ends `serve` before it creates or locks anything."""
+    def __init__(self, config: Config, listener: socket.socket, shard_listeners: list[socket.socket]) -> None:
+        """listener: the client port, and shard_listeners each shard's client port,
+        bound by the caller before anything else, so a port in use ends `serve`
+        before it creates or locks anything. A restarted shard inherits its own."""
+        assert len(shard_listeners) == config.shards, "one client port per shard"
         self.config = config
         self.stopping = False
         self.children: list[Child] = []
         self.listener = listener
+        self.shard_listeners = shard_listeners
         self.notify: socket.socket | None = None
         self.wake_fds: tuple[int, int] = (-1, -1)
 
@@ -183,7 +194,7 @@ class Supervisor:
         entry = [sys.executable, "-m", "durakv.server.cli"]
         parent = ["--parent-pid", str(os.getpid())]
         for i in range(config.shards):
-            self.children.append(Child("shard", i, config))
+            self.children.append(Child("shard", i, config, listen_fd=self.shard_listeners[i].fileno()))
         for i in range(config.routers):
             self.children.append(Child("router", i, config, entry + ["router", "--index", str(i)] + parent,
                                        listen_fd))
@@ -194,11 +205,14 @@ class Supervisor:
 
     def _in_forked_child(self) -> None:
         """A forked shard keeps nothing of the supervisor's: its signal handling,
-        the client port, the notify socket, the other children's pidfds."""
+        the client ports (it dup'ed its own first), the notify socket, the other
+        children's pidfds."""
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         self.listener.close()
+        for shard_listener in self.shard_listeners:
+            shard_listener.close()
         self.notify.close()
         for fd in self.wake_fds:
             os.close(fd)
@@ -244,6 +258,8 @@ class Supervisor:
             os.close(wake_w)
             notify.close()
             self.listener.close()
+            for shard_listener in self.shard_listeners:
+                shard_listener.close()
         return code
 
     def _loop(self, env: dict[str, str], wake_r: int) -> int:

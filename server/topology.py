@@ -4,6 +4,7 @@ be on the wrong shards)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -43,3 +44,11 @@ def ensure_topology(data_dir: str, shards: int) -> dict:
         )
     return topology
 
+
+
+def shard_node_ids(topology: dict) -> list[str]:
+    """Each shard's Redis Cluster node id (40 hex digits). Derived from the data
+    dir's node id, so it is stable across restarts and every process computes the
+    same one, and a data dir made before shards had ports needs no new field."""
+    base = topology["node_id"].encode()
+    return [hashlib.sha1(base + b":shard:%d" % i).hexdigest() for i in range(topology["shards"])]

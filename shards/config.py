@@ -22,7 +22,9 @@ class Config(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields
     routers: int = 1
     data_dir: str = DEFAULT_DATA_DIR
     requirepass: str = ""
-    announce_ip: str = ""
+    announce_ip: str = ""  # the address CLUSTER SLOTS/NODES/SHARDS and MOVED give (Redis' cluster-announce-ip)
+    shard_port_base: int = 0  # shard i serves cluster clients on base + i; 0: the router's port + 1
+    cluster_announce: str = "shards"  # "shards": each shard is a cluster node; "router": the router is the one node
     proto_max_bulk_len: int = 512 * 1024 * 1024
     client_query_buffer_limit: int = 1024 * 1024 * 1024
     maxclients: int = 10000
@@ -60,6 +62,7 @@ DEFAULTS = Config()
 # Inclusive bounds of every numeric setting; a value outside is refused at startup.
 LIMITS: dict[str, tuple[float, float]] = {
     "port": (1, 65535),  # 0 (Redis: no TCP listener) would leave durakv unreachable
+    "shard_port_base": (0, 65535),  # 0: port + 1
     "shards": (0, 1024),  # 0: one per CPU core
     "routers": (1, 64),
     "proto_max_bulk_len": (1, 1 << 40),
@@ -79,6 +82,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "log_archive_bytes": (1, 1 << 40),
 }
 CHOICES: dict[str, tuple[str, ...]] = {
+    "cluster_announce": ("shards", "router"),
     "durability": ("sync", "async"),
     "log_level": ("debug", "info", "warning", "error", "critical"),
 }
@@ -96,6 +100,16 @@ def validate(config: Config) -> None:
             raise ValueError(f"{name.replace('_', '-')} must be one of {', '.join(allowed)}, not {value!r}")
     if not config.data_dir:
         raise ValueError("data-dir must not be empty")
+    shards = config.shards or (os.cpu_count() or 1)
+    last_port = shard_port(config, shards - 1)
+    if last_port > LIMITS["port"][1]:
+        raise ValueError(f"shard ports run up to {last_port} (shard-port-base, or port + 1, plus {shards - 1}), "
+                         f"past {int(LIMITS['port'][1])}; lower port or shard-port-base")
+
+
+def shard_port(config: Config, shard: int) -> int:
+    """The TCP port on which shard `shard` serves cluster clients."""
+    return (config.shard_port_base or config.port + 1) + shard
 
 
 def load_config(path: str | None, overrides: dict) -> Config:

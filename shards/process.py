@@ -8,6 +8,7 @@ import logging
 import os
 import select
 import socket
+from typing import Any, Protocol
 
 import trio
 
@@ -28,6 +29,15 @@ logger = logging.getLogger("durakv.shard")
 RECV_BYTES = 1024 * 1024
 BUSY_SEND_WAIT_S = 1.0
 ROUTER_CONNECTIONS_MAX = 64
+
+
+class ClientPort(Protocol):
+    """A shard's own port for Redis clients (server/node.py: the shard as a Redis
+    Cluster node). Passed in by the process entry point, as SnapshotHooks is, so
+    shards/ never imports server/. Started in the shard's nursery once the log is
+    replayed; calls task_status.started() when it accepts clients."""
+
+    async def __call__(self, shard: Shard, task_status: Any = ...) -> None: ...
 
 
 class RouterConn:
@@ -193,7 +203,8 @@ async def send_all(sock: socket.socket, data: bytes) -> None:
             await trio.lowlevel.wait_writable(sock)
 
 
-async def run_shard(config: Config, index: int, snapshots: SnapshotHooks | None = None) -> None:
+async def run_shard(config: Config, index: int, snapshots: SnapshotHooks | None = None,
+                    client_port: ClientPort | None = None) -> None:
     shard = Shard(config, index, snapshots)
     os.makedirs(shard.dir, exist_ok=True)
     shard.open_log()  # holds the log lock from here: a socket file left at our path is stale
@@ -205,11 +216,13 @@ async def run_shard(config: Config, index: int, snapshots: SnapshotHooks | None 
     listener.setblocking(False)
     failure.clear(config.data_dir, index)  # serving again: the router stops reporting a failure
     first, last = shard.slot_range
-    logger.info("shard %d ready: slots %d-%d, %d keys, durability %s, pid %d",
-             index, first, last, len(shard.db.data), config.durability, os.getpid())
-    sdnotify.notify(b"READY=1")
     try:
         async with trio.open_nursery() as nursery:
+            if client_port is not None:
+                await nursery.start(client_port, shard)
+            logger.info("shard %d ready: slots %d-%d, %d keys, durability %s, pid %d",
+                        index, first, last, len(shard.db.data), config.durability, os.getpid())
+            sdnotify.notify(b"READY=1")
             nursery.start_soon(shard.committer)
             nursery.start_soon(shard.active_expire_loop)
             nursery.start_soon(shard.blocked_timeouts)

@@ -91,6 +91,14 @@ class DurakvServer:
     def client(self, **kwargs) -> redis.Redis:
         return redis.Redis(port=self.port, socket_timeout=30, **kwargs)
 
+    def shard_port(self, shard: int) -> int:
+        """Shard `shard`'s client port (the default shard-port-base: free_port
+        left the ports after self.port free for them)."""
+        return self.port + 1 + shard
+
+    def shard_client(self, shard: int, **kwargs) -> redis.Redis:
+        return redis.Redis(port=self.shard_port(shard), socket_timeout=30, **kwargs)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 

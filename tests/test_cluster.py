@@ -75,23 +75,31 @@ def test_keyslot_of_random_keys_matches_crc16(server):
     conn.close()
 
 
-def test_cluster_commands_describe_one_node_owning_every_slot(server):
+def test_cluster_commands_describe_the_shards_as_nodes(server):
+    """The default (cluster-announce "shards"): each shard is a master node on its
+    own port (the router port + 1 + shard); the router is none of them. The old
+    one-node answer (cluster-announce "router") is in test_shard_ports.py."""
     conn = RawConn(server.port)
     myid = decode(conn.call("CLUSTER", "MYID"))[0]
     assert len(myid) == 40 and all(c in b"0123456789abcdef" for c in myid)
     slots = decode(conn.call("CLUSTER", "SLOTS"))[0]
-    assert slots == [[0, SLOTS - 1, [b"127.0.0.1", server.port, myid, []]]]
+    ids = [entry[2][2] for entry in slots]
+    assert slots == [[0, 8191, [b"127.0.0.1", server.shard_port(0), ids[0], []]],
+                     [8192, SLOTS - 1, [b"127.0.0.1", server.shard_port(1), ids[1], []]]]
+    assert len(set(ids + [myid])) == 3 and all(len(i) == 40 for i in ids)
     nodes = decode(conn.call("CLUSTER", "NODES"))[0].decode()
-    assert nodes == (f"{myid.decode()} 127.0.0.1:{server.port}@{server.port + 10000} myself,master - 0 0 1 "
-                     f"connected 0-{SLOTS - 1}\n")
+    assert nodes == "".join(
+        f"{ids[i].decode()} 127.0.0.1:{server.shard_port(i)}@{server.shard_port(i) + 10000} master - 0 0 {i + 1} "
+        f"connected {first}-{last}\n" for i, (first, last) in enumerate([(0, 8191), (8192, SLOTS - 1)]))
     info = dict(line.split(":") for line in decode(conn.call("CLUSTER", "INFO"))[0].decode().split("\r\n") if line)
     assert info["cluster_state"] == "ok" and info["cluster_slots_assigned"] == "16384"
-    assert info["cluster_slots_ok"] == "16384" and info["cluster_known_nodes"] == "1"
+    assert info["cluster_slots_ok"] == "16384" and info["cluster_known_nodes"] == "2"
     shards = decode(conn.call("CLUSTER", "SHARDS"))[0]
-    assert shards[0][:2] == [b"slots", [0, SLOTS - 1]]
-    node = dict(zip(shards[0][3][0][::2], shards[0][3][0][1::2]))
-    assert node[b"id"] == myid and node[b"port"] == server.port and node[b"role"] == b"master"
-    assert node[b"health"] == b"online" and node[b"ip"] == b"127.0.0.1"
+    assert [shard[:2] for shard in shards] == [[b"slots", [0, 8191]], [b"slots", [8192, SLOTS - 1]]]
+    for i, shard in enumerate(shards):
+        node = dict(zip(shard[3][0][::2], shard[3][0][1::2]))
+        assert node[b"id"] == ids[i] and node[b"port"] == server.shard_port(i) and node[b"role"] == b"master"
+        assert node[b"health"] == b"online" and node[b"ip"] == b"127.0.0.1"
     for cmd in ("READONLY", "READWRITE", "ASKING"):
         assert conn.call(cmd) == b"+OK\r\n"
     conn.close()
@@ -274,6 +282,6 @@ def test_redis_cluster_client(server):
         assert replies[1::2] == [str(i).encode() for i in range(50)]
         assert rc.delete("a", "b") == 2
         assert rc.keyslot("foo") == 12182
-        assert len(rc.get_nodes()) == 1
+        assert sorted(node.port for node in rc.get_nodes()) == [server.shard_port(0), server.shard_port(1)]
     finally:
         rc.close()

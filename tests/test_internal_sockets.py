@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from durakv.log.layout import RUN_DIR_MODE, run_dir, shard_socket_path
+from durakv.log.layout import RUN_DIR_MODE, node_socket_path, run_dir, shard_socket_path
 from durakv.shards.frames import encode_frame
 from durakv.shards.unixsock import SUN_PATH_MAX_BYTES, bind_unix, connect_unix, peer_allowed, peer_credentials
 
@@ -107,13 +107,16 @@ def test_shard_sockets_live_in_the_private_run_dir(server_factory, open_parent):
         path = Path(shard_socket_path(str(data_dir), shard))
         assert path.parent == run
         assert stat.S_ISSOCK(path.stat().st_mode), path
-    # The only socket each shard listens on is its file in the run dir (no
-    # abstract socket, which any local user could reach).
+    # The only Unix sockets each shard listens on are its files in the run dir (no
+    # abstract socket, which any local user could reach): the routers' socket and
+    # its client port's CONFIG SET control socket (server/settings_sync.py).
     for shard in range(2):
-        assert listening_unix_paths(srv.child_pid("shard", shard)) == [shard_socket_path(str(data_dir), shard)]
-    # Another user cannot even reach the socket: the run dir is 0700.
+        assert sorted(listening_unix_paths(srv.child_pid("shard", shard))) == sorted(
+            [shard_socket_path(str(data_dir), shard), node_socket_path(str(data_dir), shard)])
+    # Another user cannot even reach the sockets: the run dir is 0700.
     for shard in range(2):
         assert probe_as_nobody(shard_socket_path(str(data_dir), shard)) == "connect refused: PermissionError"
+        assert probe_as_nobody(node_socket_path(str(data_dir), shard)) == "connect refused: PermissionError"
     assert srv.client().get("secret") == b"value"
 
 

@@ -120,6 +120,10 @@ def test_bench_quick_writes_both_systems_and_ratios(tmp_path):
     assert len(cpu_rows) == 4
     assert sum(float(router_us) for router_us, _ in cpu_rows) > 0, cpu_section
     assert sum(float(shards_us) for _, shards_us in cpu_rows) > 0, cpu_section
+    # The shard-port path (redis-benchmark --cluster) has its own rows, next to the router's.
+    cluster_rows = [line for line in text.splitlines() if re.match(r"^\| cluster (GET|SET) P(1|16) \| ", line)]
+    assert len(cluster_rows) == 8, text  # 4 throughput rows, 4 CPU rows
+    assert all(float(row.split("|")[2].replace(",", "")) > 0 for row in cluster_rows[:4])
     assert processes_under(tmp_path) == []
 
 

@@ -1,0 +1,36 @@
+"""The cluster as clients are told it (CLUSTER SLOTS/SHARDS/NODES, MOVED): with
+`cluster-announce = "shards"` every shard is a master node on its own port, with
+its own node id; with "router", the router is the one node owning every slot."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from durakv.shards.config import Config, shard_port
+from durakv.shards.slots import SLOT_COUNT, slot_ranges
+
+
+class Node(NamedTuple):
+    node_id: str
+    port: int
+    first_slot: int
+    last_slot: int
+    shard: int  # -1: the router (announce "router")
+
+
+def announced_ip(config: Config, laddr: str) -> bytes:
+    """announce-ip if set, else the bound address, else (bound to every address)
+    the address the client reached us on (laddr "ip:port")."""
+    if config.announce_ip:
+        return config.announce_ip.encode()
+    if config.bind in ("0.0.0.0", "::", ""):
+        return laddr.rsplit(":", 1)[0].encode()
+    return config.bind.encode()
+
+
+def cluster_nodes(config: Config, router_node_id: str, router_port: int, ids: list[str]) -> list[Node]:
+    """The master nodes, in slot order (ids: each shard's node id, server/topology.py)."""
+    if config.cluster_announce == "router":
+        return [Node(router_node_id, router_port, 0, SLOT_COUNT - 1, -1)]
+    return [Node(ids[i], shard_port(config, i), first, last, i)
+            for i, (first, last) in enumerate(slot_ranges(config.shards))]

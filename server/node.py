@@ -1,0 +1,273 @@
+"""A shard's client port: the shard process is a Redis Cluster node there.
+
+Clients on it are the router's `Client` (server/client.py) with this view behind
+them instead of a Router: the same parsing, reply ordering, MULTI, blocking and
+connection commands. What differs is dispatch. The link of this shard is a
+`LocalLink`, which collects a turn's requests and runs them through the shard's
+`execute_batch` (so replies after fsync and read hazards apply unchanged); the
+link of every other shard is a `MovedLink`, which answers `-MOVED slot ip:port`
+of that shard's port. Multi-key commands follow Redis Cluster's rule (every key
+in one slot, else CROSSSLOT), and keyless and fan-out commands answer for this
+shard's slots only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+import durakv.server.commands  # noqa: F401  (registers the router's own commands)
+from durakv.server.client import ERR_CROSSSLOT, Client
+from durakv.server.cluster_view import announced_ip
+from durakv.server.front import Front, Gather, decode_internal, scan_count
+from durakv.server.links import LOST, Pending
+from durakv.server.settings_sync import SettingsSync
+from durakv.server.topology import ensure_topology, shard_node_ids
+from durakv.shards import internal
+from durakv.shards.config import Config, shard_port
+from durakv.shards.frames import INTERNAL_PREFIX, PROTO_INTERNAL, VERB_CONFIG, Request
+from durakv.shards.resp import ReplyError, encode, encode_error
+from durakv.shards.process import ClientPort
+from durakv.shards.shard import Shard
+from durakv.shards.shard_settings import SHARD_DEFAULTS
+from durakv.shards.slots import key_slot, slot_owner_table
+from durakv.shards.table import Command, Merge, lookup
+
+logger = logging.getLogger("durakv.node")
+
+# Node client ids live above every router's (router ids count up from 1 with a
+# stride of the router count): the shard keys WATCHes and blocked clients by id.
+NODE_CLIENT_ID_BASE = 1 << 40
+CROSSSLOT_MESSAGE = ERR_CROSSSLOT[1:-2]
+
+
+class LocalLink:
+    """ShardLink's interface (`submit`) over the shard in this process. Requests
+    queued in one loop turn run as one `execute_batch`; the link is the batch's
+    ReplySink, so held replies come back through `send` once durable."""
+
+    __slots__ = ("node", "shard", "index", "up", "ever_up", "_queue", "_pending", "_next_rid", "_wake",
+                 "frames_sent", "requests_sent")
+
+    def __init__(self, node: ShardNode, shard: Shard) -> None:
+        self.node = node
+        self.shard = shard
+        self.index = shard.index
+        self.up = True
+        self.ever_up = trio.Event()
+        self.ever_up.set()
+        self._queue: list[Request] = []
+        self._pending: dict[int, Pending] = {}
+        self._next_rid = 1
+        self._wake = trio.Event()
+        self.frames_sent = 0  # batches run (INFO reads these as it reads a ShardLink's)
+        self.requests_sent = 0
+
+    def submit(self, client: Client | None, proto: int, argv: list[bytes], pending: Pending | None = None) -> Pending:
+        if pending is None:
+            pending = Pending(client)
+        rid = self._next_rid
+        self._next_rid = rid + 1
+        self._pending[rid] = pending
+        self._queue.append(Request(rid, client.id if client is not None else 0, proto, argv))
+        if len(self._queue) == 1:
+            self._wake.set()
+        return pending
+
+    def send(self, replies: list[tuple[int, bytes]]) -> None:
+        """ReplySink: the shard's replies (now, or released after an fsync)."""
+        pending = self._pending
+        for rid, data in replies:
+            pending.pop(rid).fill(data)
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            batch = self._queue
+            if not batch:
+                continue
+            self._queue = []
+            self.frames_sent += 1
+            self.requests_sent += len(batch)
+            replies = self.shard.execute_batch(self, batch)
+            if replies:
+                self.send(replies)
+            self.node.flush_ready_clients()
+
+
+class MovedLink:
+    """Another shard, as seen from this node: whatever is sent to it is answered
+    `-MOVED <slot> <ip>:<its port>`, as a cluster node answers for a slot it does
+    not own. Only the first key decides (multi-key commands were checked for
+    CROSSSLOT before)."""
+
+    __slots__ = ("node", "index", "up", "port", "frames_sent", "requests_sent")
+
+    def __init__(self, node: ShardNode, index: int) -> None:
+        self.node = node
+        self.index = index
+        self.up = True  # not watched from here; INFO on a node reports its own shard
+        self.port = shard_port(node.config, index)
+        self.frames_sent = 0  # nothing is ever sent (INFO sums these over the links)
+        self.requests_sent = 0
+
+    def submit(self, client: Client | None, proto: int, argv: list[bytes], pending: Pending | None = None) -> Pending:
+        if pending is None:
+            pending = Pending(client)
+        pending.fill(self.node.moved_error(client, self.port, argv))
+        return pending
+
+
+class ShardNode(Front):
+    """The RouterView of clients on a shard's port (see the module docstring)."""
+
+    cluster_node = True
+
+    def __init__(self, config: Config, shard: Shard) -> None:
+        super().__init__(config, shard.index)
+        self.shard = shard
+        self.local = LocalLink(self, shard)
+        self.links = [self.local if i == shard.index else MovedLink(self, i) for i in range(config.shards)]
+        self.home_shard = shard.index
+        self.slot_owner = slot_owner_table(config.shards)
+        self.slot_range = shard.slot_range
+        topology = ensure_topology(config.data_dir, config.shards)
+        self.shard_node_ids = shard_node_ids(topology)
+        self.node_id = self.shard_node_ids[shard.index]
+        self.router_node_id = topology["node_id"]
+        self.settings_sync = SettingsSync(self, node=True, on_change=self._shard_settings_changed)
+        self.port = shard_port(config, shard.index)
+
+    def _shard_settings_changed(self, changes: dict[str, str]) -> None:
+        for name, value in changes.items():
+            if name in SHARD_DEFAULTS:
+                internal.set_config(self.shard, [VERB_CONFIG, name.encode(), value.encode()])
+
+    def new_client_id(self) -> int:
+        self._client_seq += 1
+        return NODE_CLIENT_ID_BASE + self._client_seq * self.config.shards + self.index
+
+    # --- routing (Redis Cluster's rules) ------------------------------------------------
+
+    def moved_message(self, client: Client | None, slot: int, port: int) -> bytes:
+        ip = announced_ip(self.config, client.laddr if client is not None else "")
+        return b"MOVED %d %s:%d" % (slot, ip, port)
+
+    def moved_error(self, client: Client | None, port: int, argv: list[bytes]) -> bytes:
+        """The MOVED reply for a request sent to another shard's link."""
+        slot = 0
+        if argv[0][:1] != INTERNAL_PREFIX:
+            try:
+                indexes = lookup(argv).key_indexes(argv)
+            except ReplyError:
+                indexes = []
+            if indexes:
+                slot = key_slot(argv[indexes[0]])
+        return encode_error(self.moved_message(client, slot, port))
+
+    def keys_shard(self, client: Client, argv: list[bytes], indexes: list[int]) -> int:
+        """The shard of a multi-key command: every key in one slot (else CROSSSLOT),
+        and that slot this node's (else MOVED)."""
+        slot = key_slot(argv[indexes[0]])
+        for i in indexes:
+            if key_slot(argv[i]) != slot:
+                raise ReplyError(CROSSSLOT_MESSAGE)
+        shard = self.slot_owner[slot]
+        if shard != self.index:
+            link = self.links[shard]
+            assert isinstance(link, MovedLink), "every other shard is a MovedLink"
+            raise ReplyError(self.moved_message(client, slot, link.port))
+        return shard
+
+    def single_shard(self) -> int:
+        return self.index
+
+    def fanout(self, client: Client, argv: list[bytes], merge: Merge) -> None:
+        gather = Gather(client, 1, lambda parts: merge(parts, client.proto))
+        self.local.submit(client, PROTO_INTERNAL, argv, gather.part(0))
+
+    def fanout_internal(self, client: Client, argv: list[bytes], finish: Callable[[list[Any]], bytes],
+                        shards: list[int] | None = None) -> Pending:
+        """Internal questions go to this node's shard only: INFO, CONFIG RESETSTAT
+        and the key counts describe this node."""
+        gather = Gather(client, 1, finish)
+        self.local.submit(client, PROTO_INTERNAL, argv, gather.part(0))
+        return gather.pending
+
+    def split(self, client: Client, argv: list[bytes], cmd: Command, indexes: list[int]) -> None:
+        raise ReplyError(CROSSSLOT_MESSAGE)  # keys_shard refused it before
+
+    def cursor_shard(self, cursor: bytes) -> int:
+        return self.index
+
+    def route_cursor(self, client: Client, argv: list[bytes]) -> None:
+        """SCAN over this node's slots: the cursor is a slot, and the scan ends (0)
+        where the shard would hand on to the next shard."""
+        pending = Pending(client)
+        client.replies.append(pending)
+        proto = client.proto
+        last_slot = self.slot_range[1]
+        keys: list[bytes] = []
+        count = scan_count(argv)
+
+        def got(_part: Pending, data: bytes) -> None:
+            if data is LOST:
+                pending.fill(LOST)
+                return
+            try:
+                cursor, found = decode_internal(data)
+            except ReplyError as e:
+                pending.fill(encode_error(e.message))
+                return
+            keys.extend(found)
+            next_slot = int(cursor)
+            if next_slot > last_slot:
+                next_slot = 0
+            if next_slot and len(keys) < count:
+                self.local.submit(client, PROTO_INTERNAL, [argv[0], b"%d" % next_slot, *argv[2:]],
+                                  Pending(client, on_fill=got))
+            else:
+                pending.fill(encode([b"%d" % next_slot, keys], proto))
+
+        self.local.submit(client, PROTO_INTERNAL, argv, Pending(client, on_fill=got))
+
+    def shards_up(self) -> bool:
+        return True
+
+    def scripts_in_flight(self) -> bool:
+        """Never while this node's code runs: a script runs on this very process's
+        loop (its hook answers the routers' requests with BUSY, not the node's)."""
+        return False
+
+    def busy_error(self, any_shard: bool) -> bytes | None:
+        return None
+
+    # --- serving ----------------------------------------------------------------------
+
+    async def serve(self, listener: socket.socket, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            await nursery.start(self.settings_sync.serve)
+            nursery.start_soon(self._flusher)
+            nursery.start_soon(self.poller.run)
+            nursery.start_soon(self.local.run)
+            self.port = listener.getsockname()[1]
+            logger.info("shard %d: serving cluster clients on %s:%d, pid %d",
+                        self.index, self.config.bind, self.port, os.getpid())
+            task_status.started(self.port)
+            await self._accept_loop(listener, nursery)
+
+
+def node_port(config: Config, listener: socket.socket) -> ClientPort:
+    """The shard's ClientPort (shards/process.py): serve `listener` as this shard's node."""
+
+    async def serve(shard: Shard, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        await ShardNode(config, shard).serve(listener, task_status=task_status)
+
+    return serve
