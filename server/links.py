@@ -22,12 +22,14 @@ from typing import Callable
 import trio
 
 from durakv.log.layout import shard_socket_path
-from durakv.shards.frames import RequestTuple, encode_frame, reply_batch_decoder, split_frames
+from durakv.shards.framelink import FrameReceiver, Large, Outbox, send_batch, tune_socket
+from durakv.shards.frames import (
+    LARGE_BYTES, RequestTuple, large_reply_decoder, large_request, reply_batch_decoder,
+)
 from durakv.shards.unixsock import connect_unix, peer_allowed
 
 logger = logging.getLogger("durakv.router")
 
-RECV_BYTES = 1024 * 1024
 RECONNECT_BACKOFF_MIN_S = 0.005
 RECONNECT_BACKOFF_MAX_S = 0.05
 
@@ -46,11 +48,11 @@ class Pending:
     __slots__ = ("data", "client", "on_fill")
 
     def __init__(self, client, on_fill: Callable | None = None) -> None:
-        self.data: bytes | None = None
+        self.data: bytes | bytearray | None = None  # bytearray: a large reply, read in place
         self.client = client
         self.on_fill = on_fill
 
-    def fill(self, data: bytes) -> None:
+    def fill(self, data: bytes | bytearray) -> None:
         if self.on_fill is not None:
             self.on_fill(self, data)
         else:
@@ -66,12 +68,11 @@ class ShardLink:
         self.sock: socket.socket | None = None
         self.up = False
         self.ever_up = trio.Event()
-        self._queue: list[RequestTuple] = []
+        self._outbox: Outbox[RequestTuple] = Outbox()
         self._pending: dict[int, Pending] = {}
         # The batch the sender took from the queue, until its first byte is written.
         self._unsent: list[RequestTuple] = []
         self._next_rid = 1
-        self._wake = trio.Event()
         self.frames_sent = 0
         self.requests_sent = 0
 
@@ -85,9 +86,7 @@ class ShardLink:
         rid = self._next_rid
         self._next_rid = rid + 1
         self._pending[rid] = pending
-        self._queue.append((rid, client.id if client is not None else 0, proto, argv))
-        if len(self._queue) == 1:
-            self._wake.set()
+        self._outbox.put((rid, client.id if client is not None else 0, proto, argv))
         return pending
 
     async def run(self) -> None:
@@ -106,6 +105,7 @@ class ShardLink:
                 continue
             backoff_s = RECONNECT_BACKOFF_MIN_S
             sock.setblocking(False)
+            tune_socket(sock)
             self.sock = sock
             self.up = True
             self.ever_up.set()
@@ -128,10 +128,9 @@ class ShardLink:
         """The shard is gone: a definite error for what never reached its socket,
         LOST for what did (see the module docstring)."""
         in_flight = self._pending
-        never_sent = {request[0] for request in self._queue}
+        never_sent = {request[0] for request in self._outbox.clear()}
         never_sent.update(request[0] for request in self._unsent)
         self._pending = {}
-        self._queue = []
         self._unsent = []
         lost = 0
         for rid, pending in in_flight.items():
@@ -145,54 +144,42 @@ class ShardLink:
                         "(outcome unknown), %d queued requests answered CLUSTERDOWN",
                         self.index, lost, len(never_sent))
 
+    def _sent_first_byte(self) -> None:
+        self._unsent = []
+
     async def _sender(self, cancel_scope: trio.CancelScope) -> None:
         sock = self.sock
         assert sock is not None, "sender started before the link connected"
+        outbox = self._outbox
         while True:
-            if not self._queue:
-                await self._wake.wait()
-                self._wake = trio.Event()
-            batch = self._queue
-            self._queue = []
+            batch = await outbox.take()
             self._unsent = batch
             self.frames_sent += 1
             self.requests_sent += len(batch)
-            view = memoryview(encode_frame(batch))
-            while view:
-                try:
-                    sent = sock.send(view)
-                except BlockingIOError:
-                    sent = 0
-                except OSError:
-                    cancel_scope.cancel()
-                    return
-                if sent:
-                    self._unsent = []
-                view = view[sent:]
-                if view:
-                    await trio.lowlevel.wait_writable(sock)
+            large = [i for i, request in enumerate(batch) if max(map(len, request[3])) >= LARGE_BYTES]
+            try:
+                await send_batch(sock, batch, large, large_request, self._sent_first_byte)
+            except OSError as e:
+                logger.warning("router: shard %d link error while sending: %s", self.index, e)
+                cancel_scope.cancel()
+                return
 
     async def _receiver(self) -> None:
         sock = self.sock
         assert sock is not None, "receiver started before the link connected"
-        buf = bytearray()
-        chunk = bytearray(RECV_BYTES)  # reused: a fresh 1 MiB bytes per recv costs an mmap
-        view = memoryview(chunk)
+        try:
+            await FrameReceiver(sock, self._on_frames).run()
+        except (OSError, ValueError) as e:
+            logger.warning("router: shard %d link error: %s", self.index, e)
+
+    def _on_frames(self, items: list[bytes | Large]) -> None:
+        """Fill the pending replies a read completed, then write what is ready."""
         in_flight = self._pending
-        while True:
-            await trio.lowlevel.wait_readable(sock)
-            try:
-                size = sock.recv_into(chunk)
-            except BlockingIOError:
-                continue
-            except OSError as e:
-                logger.warning("router: shard %d link error: %s", self.index, e)
-                return
-            if not size:
-                return
-            buf += view[:size]
-            for frame in split_frames(buf):
-                for rid, reply in reply_batch_decoder.decode(frame):
-                    pending = in_flight.pop(rid)
-                    pending.fill(reply)
-            self.router.flush_ready_clients()
+        for item in items:
+            if type(item) is bytes:
+                for rid, reply in reply_batch_decoder.decode(item):
+                    in_flight.pop(rid).fill(reply)
+            else:
+                assert type(item) is Large, f"frame receiver handed over a {type(item).__name__}"
+                in_flight.pop(large_reply_decoder.decode(item.head)).fill(item.blobs[0])
+        self.router.flush_ready_clients()

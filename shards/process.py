@@ -13,87 +13,74 @@ import trio
 from durakv.log.layout import ensure_run_dir, shard_socket_path
 from durakv.shards import failure, sdnotify
 from durakv.shards.config import Config
-from durakv.shards.frames import encode_frame, request_batch_decoder, split_frames
+from durakv.shards.framelink import FrameReceiver, Large, Outbox, send_batch, tune_socket
+from durakv.shards.frames import (
+    LARGE_BYTES, Reply, Request, large_reply, large_request_decoder, request_batch_decoder,
+)
 from durakv.shards.shard import Shard, SnapshotHooks
 from durakv.shards.unixsock import bind_unix, peer_allowed
 
 logger = logging.getLogger("durakv.shard")
 
-RECV_BYTES = 1024 * 1024
 ROUTER_CONNECTIONS_MAX = 64
 
 
 class RouterConn:
-    """One router's connection: replies queue here and leave as one frame per turn."""
+    """One router's connection: replies queue in its outbox and leave as one frame
+    per turn (a large reply as a large frame of its own)."""
 
-    __slots__ = ("sock", "outbox", "wake")
+    __slots__ = ("sock", "outbox")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.outbox: list[tuple[int, bytes]] = []
-        self.wake = trio.Event()
+        self.outbox: Outbox[Reply] = Outbox()
 
-    def send(self, replies: list[tuple[int, bytes]]) -> None:
-        if not self.outbox:
-            self.wake.set()
+    def send(self, replies: list[Reply]) -> None:
         self.outbox.extend(replies)
 
     async def writer(self) -> None:
+        outbox = self.outbox
         while True:
-            await self.wake.wait()
-            self.wake = trio.Event()
-            if self.outbox:
-                batch = self.outbox
-                self.outbox = []
-                try:
-                    await send_all(self.sock, encode_frame(batch))
-                except OSError as e:
-                    logger.warning("shard: router connection lost while replying: %s", e)
-                    return  # the reader sees the end of the connection and closes it
+            batch = await outbox.take()
+            large = [i for i, reply in enumerate(batch) if len(reply[1]) >= LARGE_BYTES]
+            try:
+                await send_batch(self.sock, batch, large, large_reply)
+            except OSError as e:
+                logger.warning("shard: router connection lost while replying: %s", e)
+                return  # the reader sees the end of the connection and closes it
 
 
 async def serve_router(shard: Shard, sock: socket.socket) -> None:
-    buf = bytearray()
-    chunk = bytearray(RECV_BYTES)  # reused: a fresh 1 MiB bytes per recv costs an mmap
-    view = memoryview(chunk)
     conn = RouterConn(sock)
+    tune_socket(sock)
+
+    def on_frames(items: list[bytes | Large]) -> None:
+        """Execute what one read completed; its replies leave as one frame."""
+        replies: list[Reply] = []
+        for item in items:
+            if type(item) is bytes:
+                requests = request_batch_decoder.decode(item)
+            else:
+                assert type(item) is Large, f"frame receiver handed over a {type(item).__name__}"
+                rid, cid, proto, argv, positions = large_request_decoder.decode(item.head)
+                for position, blob in zip(positions, item.blobs, strict=True):
+                    argv[position] = bytes(blob)  # keys and values are bytes in the keyspace
+                requests = [Request(rid, cid, proto, argv)]
+            replies.extend(shard.execute_batch(conn, requests))
+        conn.send(replies)
+
     shard.routers += 1
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(conn.writer)
-            while True:
-                await trio.lowlevel.wait_readable(sock)
-                try:
-                    size = sock.recv_into(chunk)
-                except BlockingIOError:
-                    continue
-                except OSError as e:
-                    logger.warning("shard %d: router connection error: %s", shard.index, e)
-                    break
-                if not size:
-                    break
-                buf += view[:size]
-                replies = []
-                for frame in split_frames(buf):
-                    replies.extend(shard.execute_batch(conn, request_batch_decoder.decode(frame)))
-                if replies:
-                    conn.send(replies)
+            try:
+                await FrameReceiver(sock, on_frames).run()
+            except (OSError, ValueError) as e:
+                logger.warning("shard %d: router connection error: %s", shard.index, e)
             nursery.cancel_scope.cancel()
     finally:
         shard.routers -= 1
         sock.close()
-
-
-async def send_all(sock: socket.socket, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            sent = sock.send(view)
-        except BlockingIOError:
-            sent = 0
-        view = view[sent:]
-        if view:
-            await trio.lowlevel.wait_writable(sock)
 
 
 async def run_shard(config: Config, index: int, snapshots: SnapshotHooks | None = None) -> None:
