@@ -22,9 +22,9 @@ from typing import Callable
 import trio
 
 from durakv.log.layout import shard_socket_path
-from durakv.shards.framelink import FrameReceiver, Large, Outbox, send_batch, tune_socket
+from durakv.shards.framelink import FrameReceiver, Large, Outbox, send_all, send_batch, tune_socket
 from durakv.shards.frames import (
-    LARGE_BYTES, RequestTuple, large_reply_decoder, large_request, reply_batch_decoder,
+    LARGE_BYTES, RequestTuple, encode_frame, large_reply_decoder, large_request, reply_batch_decoder,
 )
 from durakv.shards.unixsock import connect_unix, peer_allowed
 
@@ -156,9 +156,16 @@ class ShardLink:
             self._unsent = batch
             self.frames_sent += 1
             self.requests_sent += len(batch)
-            large = [i for i, request in enumerate(batch) if max(map(len, request[3])) >= LARGE_BYTES]
+            # Only a frame this big can hold a large request: looking at every
+            # request's arguments would cost more than encoding them.
+            frame = encode_frame(batch)
+            large = _large_requests(batch) if len(frame) >= LARGE_BYTES else []
             try:
-                await send_batch(sock, batch, large, large_request, self._sent_first_byte)
+                if large:
+                    del frame
+                    await send_batch(sock, batch, large, large_request, self._sent_first_byte)
+                else:
+                    await send_all(sock, frame, self._sent_first_byte)
             except OSError as e:
                 logger.warning("router: shard %d link error while sending: %s", self.index, e)
                 cancel_scope.cancel()
@@ -173,13 +180,29 @@ class ShardLink:
             logger.warning("router: shard %d link error: %s", self.index, e)
 
     def _on_frames(self, items: list[bytes | Large]) -> None:
-        """Fill the pending replies a read completed, then write what is ready."""
+        """Fill the pending replies a read completed, then write the clients whose
+        next replies are in (at once: waiting for the flusher's turn costs latency)."""
         in_flight = self._pending
+        router = self.router
+        ready = router.ready_clients
         for item in items:
             if type(item) is bytes:
                 for rid, reply in reply_batch_decoder.decode(item):
-                    in_flight.pop(rid).fill(reply)
+                    pending = in_flight.pop(rid)
+                    if pending.on_fill is None:  # Pending.fill, inlined: the common case
+                        pending.data = reply
+                        client = pending.client
+                        if not client.in_ready_set:
+                            client.in_ready_set = True
+                            ready.append(client)
+                    else:
+                        pending.fill(reply)
             else:
                 assert type(item) is Large, f"frame receiver handed over a {type(item).__name__}"
                 in_flight.pop(large_reply_decoder.decode(item.head)).fill(item.blobs[0])
-        self.router.flush_ready_clients()
+        router.flush_ready_clients()
+
+
+def _large_requests(batch: list[RequestTuple]) -> list[int]:
+    """Indexes of the requests to send as large frames."""
+    return [i for i, request in enumerate(batch) if max(map(len, request[3])) >= LARGE_BYTES]

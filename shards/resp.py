@@ -233,30 +233,33 @@ class RequestParser:
     line end hides it (Redis scans with strchr), so such input waits for more.
     """
 
-    __slots__ = ("_buf", "_pos", "_args", "_remaining", "_chunks", "_need", "max_bulk_bytes", "authed")
+    __slots__ = ("_buf", "_pos", "_args", "_remaining", "_chunks", "_chunks_bytes", "_need", "max_bulk_bytes",
+                 "authed")
 
     def __init__(self, max_bulk_bytes: int = 512 * 1024 * 1024) -> None:
         self._buf = b""
         self._pos = 0
         self._args: list[bytes] | None = None
         self._remaining = 0
-        self._chunks: list[bytes] = []
+        self._chunks: list[bytes] = []  # input held while a big argument arrives, joined once it is complete
+        self._chunks_bytes = 0
         self._need = 0
         self.max_bulk_bytes = max_bulk_bytes
         self.authed = True
 
     def buffered_bytes(self) -> int:
         """Unparsed input held (Redis' query buffer length)."""
-        return len(self._buf) - self._pos + sum(len(c) for c in self._chunks)
+        return len(self._buf) - self._pos + self._chunks_bytes
 
     def feed(self, data: bytes) -> None:
         if self._need:
             self._chunks.append(data)
-            have = len(self._buf) - self._pos + sum(len(c) for c in self._chunks)
-            if have < self._need:
+            self._chunks_bytes += len(data)
+            if len(self._buf) - self._pos + self._chunks_bytes < self._need:
                 return
-            self._buf = self._buf[self._pos :] + b"".join(self._chunks)
+            self._buf = b"".join([self._buf[self._pos :], *self._chunks])  # one copy of a big argument
             self._chunks.clear()
+            self._chunks_bytes = 0
             self._pos = 0
             self._need = 0
         elif self._pos >= len(self._buf):
