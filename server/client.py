@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from durakv.server.links import LOST, Pending
-from durakv.shards.frames import VERB_LITERAL, VERB_ROUTER_IN_MULTI
+from durakv.shards.frames import LARGE_BYTES, VERB_LITERAL, VERB_ROUTER_IN_MULTI
 from durakv.shards.resp import ProtocolError, RequestParser, ReplyError, encode, encode_error
 from durakv.shards.table import CURSOR, FANOUT, ROUTER, SPLIT_NONE, lookup
 from durakv.shards.slots import key_slot
@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("durakv.router")
 
 RECV_BYTES = 64 * 1024
+# A large argument always spans reads, so the parser sees it arrive (server/links.py
+# relies on that to look for large requests only when one came).
+assert RECV_BYTES < LARGE_BYTES
 # Backpressure acts on the one client whose output piles up, never on a shard
 # link: while this many of its replies are outstanding, or this many bytes wait
 # for its socket, the router dispatches none of its further requests (they wait,
@@ -107,7 +110,10 @@ class Client:
             self.kill()  # EOF: like Redis, replies still queued are dropped
             return
         parser = self.parser
+        big_args = parser.big_args
         parser.feed(data)
+        if parser.big_args != big_args:
+            self.router.large_requests += 1  # RECV_BYTES <= frames.LARGE_BYTES: no large argument comes otherwise
         try:
             requests = parser.requests()
         except ProtocolError as e:

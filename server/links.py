@@ -22,9 +22,9 @@ from typing import Callable
 import trio
 
 from durakv.log.layout import shard_socket_path
-from durakv.shards.framelink import FrameReceiver, Large, Outbox, send_all, send_batch, tune_socket
+from durakv.shards.framelink import FrameReceiver, Large, Outbox, send_batch, tune_socket
 from durakv.shards.frames import (
-    LARGE_BYTES, RequestTuple, encode_frame, large_reply_decoder, large_request, reply_batch_decoder,
+    LARGE_BYTES, RequestTuple, large_reply_decoder, large_request, reply_batch_decoder,
 )
 from durakv.shards.unixsock import connect_unix, peer_allowed
 
@@ -73,6 +73,7 @@ class ShardLink:
         # The batch the sender took from the queue, until its first byte is written.
         self._unsent: list[RequestTuple] = []
         self._next_rid = 1
+        self._large_requests_seen = 0
         self.frames_sent = 0
         self.requests_sent = 0
 
@@ -156,16 +157,16 @@ class ShardLink:
             self._unsent = batch
             self.frames_sent += 1
             self.requests_sent += len(batch)
-            # Only a frame this big can hold a large request: looking at every
-            # request's arguments would cost more than encoding them.
-            frame = encode_frame(batch)
-            large = _large_requests(batch) if len(frame) >= LARGE_BYTES else []
+            # Looking at every request's arguments would cost more than encoding
+            # them: only after a client read completed a big argument. (One parsed
+            # earlier and held in its client's backlog past that look goes in an
+            # ordinary frame: copied, still correct.)
+            large: list[int] = []
+            if self._large_requests_seen != self.router.large_requests:
+                self._large_requests_seen = self.router.large_requests
+                large = _large_requests(batch)
             try:
-                if large:
-                    del frame
-                    await send_batch(sock, batch, large, large_request, self._sent_first_byte)
-                else:
-                    await send_all(sock, frame, self._sent_first_byte)
+                await send_batch(sock, batch, large, large_request, self._sent_first_byte)
             except OSError as e:
                 logger.warning("router: shard %d link error while sending: %s", self.index, e)
                 cancel_scope.cancel()

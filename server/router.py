@@ -120,6 +120,7 @@ class Router:
         self.stats_connections = 0
         self.stats_rejected_connections = 0
         self.stats_protocol_errors = 0
+        self.large_requests = 0
         self.port = config.port
         self.nursery: trio.Nursery | None = None
         self.poller = ClientPoller()

@@ -29,7 +29,7 @@ import msgspec
 FRAME_HEADER_BYTES = 4
 MAX_FRAME_BYTES = 2 * 1024 * 1024 * 1024 - 1
 LARGE_FLAG = 0x80000000  # in a frame header: a large frame (its length is that of the head)
-LARGE_BYTES = 256 * 1024  # a reply, or a request's arguments together, this big travels as a large frame
+LARGE_BYTES = 256 * 1024  # a reply this big, or a request with an argument this big, travels as a large frame
 MAX_LARGE_HEAD_BYTES = 64 * 1024 * 1024  # a large request's head holds its small arguments
 MAX_LARGE_BLOBS = 1024 * 1024
 LARGE_ARG_BYTES = 4 * 1024  # in a large request, arguments this big go as blobs, the rest in its head

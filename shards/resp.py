@@ -234,7 +234,7 @@ class RequestParser:
     """
 
     __slots__ = ("_buf", "_pos", "_args", "_remaining", "_chunks", "_chunks_bytes", "_need", "max_bulk_bytes",
-                 "authed")
+                 "authed", "big_args")
 
     def __init__(self, max_bulk_bytes: int = 512 * 1024 * 1024) -> None:
         self._buf = b""
@@ -246,6 +246,9 @@ class RequestParser:
         self._need = 0
         self.max_bulk_bytes = max_bulk_bytes
         self.authed = True
+        # Arguments of BIG_ARG_BYTES or more that arrived over several feeds (every
+        # argument bigger than a feed does): a caller can tell a big request came.
+        self.big_args = 0
 
     def buffered_bytes(self) -> int:
         """Unparsed input held (Redis' query buffer length)."""
@@ -260,6 +263,7 @@ class RequestParser:
             self._buf = b"".join([self._buf[self._pos :], *self._chunks])  # one copy of a big argument
             self._chunks.clear()
             self._chunks_bytes = 0
+            self.big_args += 1
             self._pos = 0
             self._need = 0
         elif self._pos >= len(self._buf):

@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+"""Large values, durakv against redis-server in the same run (issue 11 §4):
+SET and GET of big strings (64 and 512 MiB by default) and LRANGE of a big
+list, each timed from a redis-py client, while a separate probe process PINGs
+and GETs a small key on another shard back to back and records its worst
+latency during the operation. Also the peak RSS of each server's processes.
+
+    python scripts/large_values.py                      # 64 and 512 MiB, a 1M-element list
+    python scripts/large_values.py --sizes-mb 8 64 --list-elements 5000000
+
+Target (issue 11): durakv within 2x redis' time, and the probe (a client of
+another shard) never stalled more than 50 ms. The same mechanism at test size
+is tests/test_large_values.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event
+
+import redis
+from proctools import free_port, start_group, stop_group
+
+MIB = 1024 * 1024
+READY_TIMEOUT_S = 60.0
+SOCKET_TIMEOUT_S = 600.0
+RSS_SAMPLE_S = 0.05
+LIST_PUSH_BATCH = 10_000
+# "{a}..." and "{b}..." hash to different halves of the slots: with two shards the
+# probe's key lives on the other shard than the big values.
+BIG_KEY = "{a}big"
+LIST_KEY = "{a}list"
+PROBE_KEY = "{b}probe"
+
+
+def probe(port: int, measuring: Event, done: Event, out: Connection) -> None:
+    """Back-to-back PING and GET of PROBE_KEY; sends the worst latency (ms) seen
+    while `measuring` was set, each time it is cleared."""
+    client = redis.Redis(port=port, socket_timeout=SOCKET_TIMEOUT_S)
+    worst_s = 0.0
+    was_measuring = False
+    while not done.is_set():
+        now_measuring = measuring.is_set()
+        if was_measuring and not now_measuring:
+            out.send(worst_s * 1000)
+            worst_s = 0.0
+        was_measuring = now_measuring
+        t0 = time.perf_counter()
+        client.ping()
+        t1 = time.perf_counter()
+        client.get(PROBE_KEY)
+        t2 = time.perf_counter()
+        if now_measuring:
+            worst_s = max(worst_s, t1 - t0, t2 - t1)
+
+
+def tree_pids(leader: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-g", str(os.getpgid(leader))], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def rss_bytes(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+        except OSError:
+            pass  # exited meanwhile
+    return total
+
+
+class System:
+    def __init__(self, name: str, argv: list[str], port: int) -> None:
+        self.name = name
+        self.port = port
+        self.proc = start_group(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            try:
+                redis.Redis(port=port, socket_timeout=1).set(PROBE_KEY, b"v")
+                break
+            except redis.RedisError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"{name} did not start: {argv}") from None
+                time.sleep(0.1)
+        self.client = redis.Redis(port=port, socket_timeout=SOCKET_TIMEOUT_S)
+        self.measuring = multiprocessing.Event()
+        self.done = multiprocessing.Event()
+        self.results, sender = multiprocessing.Pipe(duplex=False)
+        self.prober = multiprocessing.Process(target=probe, args=(port, self.measuring, self.done, sender),
+                                              daemon=True)
+        self.prober.start()
+        self.peak_rss = 0
+
+    def timed(self, fn) -> tuple[float, float, object]:
+        """Run fn(client): its seconds, the probe's worst latency (ms) meanwhile, its result."""
+        stop = threading.Event()
+        pids = tree_pids(self.proc.pid)
+
+        def sample() -> None:
+            while not stop.is_set():
+                self.peak_rss = max(self.peak_rss, rss_bytes(pids))
+                stop.wait(RSS_SAMPLE_S)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        self.measuring.set()
+        t0 = time.perf_counter()
+        result = fn(self.client)
+        seconds = time.perf_counter() - t0
+        self.measuring.clear()
+        worst_ms = self.results.recv()
+        stop.set()
+        sampler.join()
+        return seconds, worst_ms, result
+
+    def stop(self) -> None:
+        self.done.set()
+        self.prober.join(timeout=5)
+        stop_group(self.proc)
+
+
+def build_list(client: redis.Redis, elements: int) -> None:
+    client.delete(LIST_KEY)
+    pipe = client.pipeline(transaction=False)
+    for start in range(0, elements, LIST_PUSH_BATCH):
+        pipe.rpush(LIST_KEY, *(b"element-%d" % i for i in range(start, min(start + LIST_PUSH_BATCH, elements))))
+        if len(pipe) >= 10:
+            pipe.execute()
+    pipe.execute()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes-mb", type=int, nargs="+", default=[64, 512])
+    parser.add_argument("--list-elements", type=int, default=1_000_000)
+    args = parser.parse_args()
+    tmp = tempfile.mkdtemp(prefix="durakv-large-")
+    systems: list[System] = []
+    try:
+        port = free_port()
+        systems.append(System("durakv", [sys.executable, "-m", "durakv.server.cli", "serve", "--port", str(port),
+                                         "--shards", "2", "--data-dir", os.path.join(tmp, "data")], port))
+        port = free_port()
+        systems.append(System("redis", ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
+                                        "--dir", tmp], port))
+        rows = []
+        for size_mb in args.sizes_mb:
+            value = os.urandom(MIB) * size_mb
+            for op in ("SET", "GET"):
+                cells = []
+                for system in systems:
+                    if op == "SET":
+                        seconds, worst_ms, ok = system.timed(lambda c: c.set(BIG_KEY, value))
+                        assert ok, f"{system.name}: SET failed"
+                    else:
+                        seconds, worst_ms, got = system.timed(lambda c: c.get(BIG_KEY))
+                        assert got == value, f"{system.name}: GET returned other bytes"
+                    cells.append((seconds, worst_ms))
+                rows.append((f"{op} {size_mb} MiB", cells))
+            del value
+            for system in systems:
+                system.client.delete(BIG_KEY)
+        if args.list_elements:
+            for system in systems:
+                build_list(system.client, args.list_elements)
+            cells = []
+            for system in systems:
+                seconds, worst_ms, got = system.timed(lambda c: c.lrange(LIST_KEY, 0, -1))
+                assert len(got) == args.list_elements, f"{system.name}: LRANGE returned {len(got)} elements"
+                cells.append((seconds, worst_ms))
+            rows.append((f"LRANGE 0 -1 of {args.list_elements} elements", cells))
+        print("| operation | durakv s | redis s | ratio | durakv worst probe ms | redis worst probe ms |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for name, ((d_s, d_ms), (r_s, r_ms)) in rows:
+            print(f"| {name} | {d_s:.3f} | {r_s:.3f} | {d_s / r_s:.1f}x | {d_ms:.1f} | {r_ms:.1f} |")
+        print(f"peak RSS: durakv {systems[0].peak_rss / MIB:.0f} MiB (all processes), "
+              f"redis {systems[1].peak_rss / MIB:.0f} MiB")
+    finally:
+        for system in systems:
+            system.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
