@@ -163,7 +163,7 @@ def main() -> int:
                 cells = []
                 for system in systems:
                     if op == "SET":
-                        seconds, worst_ms, ok = system.timed(lambda c: c.set(BIG_KEY, value))
+                        seconds, worst_ms, ok = system.timed(lambda c, v=value: c.set(BIG_KEY, v))
                         assert ok, f"{system.name}: SET failed"
                     else:
                         seconds, worst_ms, got = system.timed(lambda c: c.get(BIG_KEY))

@@ -73,7 +73,9 @@ class Client:
         self.created = time.monotonic()
         self.last_cmd_at = self.created
         self.last_cmd = "NULL"
-        self.parser = RequestParser(int(router.settings.values["proto-max-bulk-len"]))
+        # A large argument is read into its own buffer as it comes and forwarded as it
+        # is (a large frame's blob): never joined into one copy that holds the loop.
+        self.parser = RequestParser(int(router.settings.values["proto-max-bulk-len"]), in_place_min_bytes=LARGE_BYTES)
         self.parser.authed = self.authed
         self.query_limit = int(router.settings.values["client-query-buffer-limit"])
         self.replies: deque = deque()

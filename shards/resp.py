@@ -234,9 +234,9 @@ class RequestParser:
     """
 
     __slots__ = ("_buf", "_pos", "_args", "_remaining", "_chunks", "_chunks_bytes", "_need", "max_bulk_bytes",
-                 "authed", "big_args")
+                 "authed", "big_args", "in_place_min_bytes", "_fill", "_fill_have", "_skip")
 
-    def __init__(self, max_bulk_bytes: int = 512 * 1024 * 1024) -> None:
+    def __init__(self, max_bulk_bytes: int = 512 * 1024 * 1024, in_place_min_bytes: int = 0) -> None:
         self._buf = b""
         self._pos = 0
         self._args: list[bytes] | None = None
@@ -249,12 +249,23 @@ class RequestParser:
         # Arguments of BIG_ARG_BYTES or more that arrived over several feeds (every
         # argument bigger than a feed does): a caller can tell a big request came.
         self.big_args = 0
+        # With in_place_min_bytes (0: off), an argument after the command name that
+        # big is read piece by piece into a bytearray of its size as the input comes,
+        # and handed out as that bytearray: no joining copy that would hold the loop.
+        self.in_place_min_bytes = in_place_min_bytes
+        self._fill: bytearray | None = None
+        self._fill_have = 0
+        self._skip = 0  # bytes after a filled argument (its CRLF) still to skip
 
     def buffered_bytes(self) -> int:
         """Unparsed input held (Redis' query buffer length)."""
-        return len(self._buf) - self._pos + self._chunks_bytes
+        return len(self._buf) - self._pos + self._chunks_bytes + self._fill_have
 
     def feed(self, data: bytes) -> None:
+        if self._fill is not None or self._skip:
+            data = self._fill_from(data)
+            if not data:
+                return
         if self._need:
             self._chunks.append(data)
             self._chunks_bytes += len(data)
@@ -273,12 +284,57 @@ class RequestParser:
             self._buf = self._buf[self._pos :] + data
             self._pos = 0
 
+    def _fill_from(self, data: bytes) -> bytes:
+        """Put data into the argument being filled; return what follows it."""
+        fill = self._fill
+        if fill is not None:
+            have = self._fill_have
+            take = min(len(data), len(fill) - have)
+            with memoryview(data) as view:
+                fill[have : have + take] = view[:take]
+            have += take
+            if have < len(fill):
+                self._fill_have = have
+                return b""
+            args = self._args
+            assert args is not None, "an argument filled outside a request"
+            args.append(fill)
+            self._remaining -= 1
+            self._fill = None
+            self._fill_have = 0
+            self.big_args += 1
+            data = data[take:]
+        skip = min(self._skip, len(data))
+        self._skip -= skip
+        return data[skip:]
+
+    def _start_fill(self, buf: bytes, start: int, n: int, size: int) -> int:
+        """Begin reading a big argument in place from buf[start:n]; returns 1 if it
+        is already complete (only its CRLF missing), else 0."""
+        fill = bytearray(size)
+        take = min(n - start, size)
+        with memoryview(buf) as view:
+            fill[:take] = view[start : start + take]
+        self._skip = 2 - (n - start - take)
+        if take < size:
+            self._fill = fill
+            self._fill_have = take
+            return 0
+        args = self._args
+        assert args is not None, "an argument filled outside a request"
+        args.append(fill)
+        self.big_args += 1
+        return 1
+
     def requests(self) -> list[list[bytes]]:
         """All complete requests buffered so far. On bad input raises
         ProtocolError carrying the complete requests parsed before it."""
         out: list[list[bytes]] = []
-        if self._need:
+        if self._need or self._fill is not None:
             return out
+        if self._args is not None and not self._remaining:  # its last argument was filled in place
+            out.append(self._args)
+            self._args = None
         buf = self._buf
         n = len(buf)
         pos = self._pos
@@ -335,7 +391,10 @@ class RequestParser:
                     start = e + 2
                     end = start + size
                     if end + 2 > n:
-                        if size >= BIG_ARG_BYTES:
+                        if self.in_place_min_bytes and size >= self.in_place_min_bytes and args:
+                            remaining -= self._start_fill(buf, start, n, size)
+                            pos = n
+                        elif size >= BIG_ARG_BYTES:
                             self._need = end + 2 - pos
                         break
                     args.append(buf[start:end])

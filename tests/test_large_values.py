@@ -8,6 +8,7 @@ finish, and the router's peak memory for a large reply (a copy shows there)."""
 from __future__ import annotations
 
 import os
+import random
 import socket
 import threading
 
@@ -16,6 +17,7 @@ import trio
 
 from durakv.shards.framelink import FrameReceiver, Large, Outbox, send_batch
 from durakv.shards.frames import LARGE_BYTES, large_reply, large_reply_decoder, reply_batch_decoder
+from durakv.shards.resp import RequestParser
 
 MIB = 1024 * 1024
 APPEND_PIECE_BYTES = MIB  # builds a big value without a big request
@@ -169,3 +171,27 @@ def test_frame_receiver_yields_inside_a_large_message_and_keeps_order():
         b.close()
 
     trio.run(main)
+
+
+def test_request_parser_fills_big_arguments_in_place():
+    """Big arguments after the command name come out as bytearrays filled as the
+    input arrived, equal to what the plain parser gives, for any chunking."""
+    rng = random.Random(11)
+    for _ in range(200):
+        requests = [[b"SET", rng.randbytes(rng.randint(0, 5))]
+                    + [rng.randbytes(rng.choice([0, 3, 100, 1000, 5000])) for _ in range(rng.randint(0, 3))]
+                    for _ in range(rng.randint(1, 5))]
+        data = b"".join(b"*%d\r\n" % len(argv) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in argv)
+                        for argv in requests)
+        min_bytes = rng.choice([1, 50, 900, 4000])
+        parser = RequestParser(in_place_min_bytes=min_bytes)
+        got = []
+        pos = 0
+        while pos < len(data):
+            size = rng.randint(1, 700)
+            parser.feed(data[pos : pos + size])
+            pos += size
+            got.extend(parser.requests())
+        assert [[bytes(a) for a in argv] for argv in got] == requests
+        assert all(type(a) is bytearray for argv in got for a in argv[1:] if len(a) >= max(min_bytes, 1000))
+        assert parser.buffered_bytes() == 0
