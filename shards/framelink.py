@@ -7,9 +7,9 @@ the drainer swaps the list").
 
 A message too big to be copied through msgpack and held in one frame (a large
 reply or request argument, frames.LARGE_BYTES and up) travels as a large frame:
-a small head, then its blobs as raw bytes, which the receiver reads straight
-into their final buffers, one bounded recv per scheduling turn, so one big
-value neither holds the loop nor gets copied on the way.
+a small head, then its blobs as raw bytes, which the receiver appends to their
+own buffers, one bounded recv (RECV_BYTES) per scheduling turn, so one big value
+neither holds the loop nor passes through msgpack.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from durakv.shards.frames import (
 logger = logging.getLogger("durakv.framelink")
 
 RECV_BYTES = 1024 * 1024
-LARGE_RECV_BYTES = 4 * 1024 * 1024  # at most this much of a large body per recv, then other tasks run
 SOCKET_BUFFER_BYTES = 4 * 1024 * 1024  # fewer wakeups per large value on the Unix socket
 
 T = TypeVar("T")
@@ -148,22 +147,22 @@ class FrameReceiver:
             raise ValueError(f"large frame with blob sizes {sizes[:8]}")
         del buf[:head_end]
         blobs = []
+        chunk = self._chunk
+        view = self._view
         for size in sizes:
-            blob = bytearray(size)
-            blob_view = memoryview(blob)
-            have = min(len(buf), size)
-            blob_view[:have] = buf[:have]
-            del buf[:have]
-            while have < size:
+            # Grown piece by piece, not preallocated: bytearray(size) would zero
+            # every page of it at once, holding the loop.
+            blob = buf[:size]
+            del buf[:size]
+            while len(blob) < size:
                 await trio.lowlevel.wait_readable(self.sock)
                 try:
-                    got = self.sock.recv_into(blob_view[have : have + LARGE_RECV_BYTES])
+                    got = self.sock.recv_into(chunk, min(len(chunk), size - len(blob)))
                 except BlockingIOError:
                     continue
                 if not got:
-                    raise ValueError(f"link closed {size - have} bytes before the end of a large message")
-                have += got
-            blob_view.release()
+                    raise ValueError(f"link closed {size - len(blob)} bytes before the end of a large message")
+                blob += view[:got]
             blobs.append(blob)
         return Large(head, blobs)
 

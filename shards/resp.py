@@ -234,7 +234,7 @@ class RequestParser:
     """
 
     __slots__ = ("_buf", "_pos", "_args", "_remaining", "_chunks", "_chunks_bytes", "_need", "max_bulk_bytes",
-                 "authed", "big_args", "in_place_min_bytes", "_fill", "_fill_have", "_skip")
+                 "authed", "big_args", "in_place_min_bytes", "_fill", "_fill_size", "_skip")
 
     def __init__(self, max_bulk_bytes: int = 512 * 1024 * 1024, in_place_min_bytes: int = 0) -> None:
         self._buf = b""
@@ -250,16 +250,17 @@ class RequestParser:
         # argument bigger than a feed does): a caller can tell a big request came.
         self.big_args = 0
         # With in_place_min_bytes (0: off), an argument after the command name that
-        # big is read piece by piece into a bytearray of its size as the input comes,
-        # and handed out as that bytearray: no joining copy that would hold the loop.
+        # big is appended piece by piece to a bytearray as the input comes, and
+        # handed out as that bytearray: no joining copy that would hold the loop.
+        # (Grown, not preallocated: bytearray(size) zeroes every page at once.)
         self.in_place_min_bytes = in_place_min_bytes
         self._fill: bytearray | None = None
-        self._fill_have = 0
+        self._fill_size = 0
         self._skip = 0  # bytes after a filled argument (its CRLF) still to skip
 
     def buffered_bytes(self) -> int:
         """Unparsed input held (Redis' query buffer length)."""
-        return len(self._buf) - self._pos + self._chunks_bytes + self._fill_have
+        return len(self._buf) - self._pos + self._chunks_bytes + (len(self._fill) if self._fill is not None else 0)
 
     def feed(self, data: bytes) -> None:
         if self._fill is not None or self._skip:
@@ -288,20 +289,16 @@ class RequestParser:
         """Put data into the argument being filled; return what follows it."""
         fill = self._fill
         if fill is not None:
-            have = self._fill_have
-            take = min(len(data), len(fill) - have)
+            take = min(len(data), self._fill_size - len(fill))
             with memoryview(data) as view:
-                fill[have : have + take] = view[:take]
-            have += take
-            if have < len(fill):
-                self._fill_have = have
+                fill += view[:take]
+            if len(fill) < self._fill_size:
                 return b""
             args = self._args
             assert args is not None, "an argument filled outside a request"
             args.append(fill)
             self._remaining -= 1
             self._fill = None
-            self._fill_have = 0
             self.big_args += 1
             data = data[take:]
         skip = min(self._skip, len(data))
@@ -311,14 +308,13 @@ class RequestParser:
     def _start_fill(self, buf: bytes, start: int, n: int, size: int) -> int:
         """Begin reading a big argument in place from buf[start:n]; returns 1 if it
         is already complete (only its CRLF missing), else 0."""
-        fill = bytearray(size)
         take = min(n - start, size)
         with memoryview(buf) as view:
-            fill[:take] = view[start : start + take]
+            fill = bytearray(view[start : start + take])
         self._skip = 2 - (n - start - take)
         if take < size:
             self._fill = fill
-            self._fill_have = take
+            self._fill_size = size
             return 0
         args = self._args
         assert args is not None, "an argument filled outside a request"
