@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Large values, durakv against redis-server in the same run (issue 11 §4):
-SET and GET of big strings (64 and 512 MiB by default) and LRANGE of a big
-list, each timed from a redis-py client, while a separate probe process PINGs
+SET and GET of big strings (64 and 512 MiB by default; a plain socket client
+that copies nothing, so the time is the servers') and LRANGE of a big list
+(redis-py with hiredis), each timed, while a separate probe process PINGs
 and GETs a small key on another shard back to back and records its worst
 latency during the operation. Also the peak RSS of each server's processes.
 
@@ -19,6 +20,7 @@ import argparse
 import multiprocessing
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -132,6 +134,44 @@ class System:
         stop_group(self.proc)
 
 
+def raw_set(port: int, key: bytes, value: bytes) -> bytes:
+    """SET over a plain socket, the value written from its own buffer: the client
+    costs no copy, so the time is the server's."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n" % (len(key), key, len(value)))
+        sock.sendall(value)
+        sock.sendall(b"\r\n")
+        return read_line(sock)
+
+
+def raw_get(port: int, key: bytes, into: bytearray) -> int:
+    """GET over a plain socket into a buffer allocated beforehand; returns the size."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key), key))
+        header = read_line(sock)
+        if header[:1] != b"$":
+            raise RuntimeError(f"GET answered {header[:200]!r}")
+        size = int(header[1:])
+        view = memoryview(into)[: size + 2]
+        have = 0
+        while have < size + 2:
+            got = sock.recv_into(view[have:])
+            if not got:
+                raise RuntimeError(f"connection closed after {have} of {size} bytes")
+            have += got
+        return size
+
+
+def read_line(sock: socket.socket) -> bytes:
+    line = b""
+    while not line.endswith(b"\r\n"):
+        byte = sock.recv(1)
+        if not byte:
+            raise RuntimeError(f"connection closed in a reply line {line!r}")
+        line += byte
+    return line[:-2]
+
+
 def build_list(client: redis.Redis, elements: int) -> None:
     client.delete(LIST_KEY)
     pipe = client.pipeline(transaction=False)
@@ -159,18 +199,22 @@ def main() -> int:
         rows = []
         for size_mb in args.sizes_mb:
             value = os.urandom(MIB) * size_mb
+            into = bytearray(len(value) + 2)  # allocated (and zeroed) before the clock starts
             for op in ("SET", "GET"):
                 cells = []
                 for system in systems:
                     if op == "SET":
-                        seconds, worst_ms, ok = system.timed(lambda c, v=value: c.set(BIG_KEY, v))
-                        assert ok, f"{system.name}: SET failed"
+                        seconds, worst_ms, reply = system.timed(
+                            lambda c, port=system.port, v=value: raw_set(port, BIG_KEY.encode(), v))
+                        assert reply == b"+OK", f"{system.name}: SET answered {reply!r}"
                     else:
-                        seconds, worst_ms, got = system.timed(lambda c: c.get(BIG_KEY))
-                        assert got == value, f"{system.name}: GET returned other bytes"
+                        into[:] = bytes(len(into))
+                        seconds, worst_ms, size = system.timed(
+                            lambda c, port=system.port, buf=into: raw_get(port, BIG_KEY.encode(), buf))
+                        assert size == len(value) and into[:size] == value, f"{system.name}: GET gave other bytes"
                     cells.append((seconds, worst_ms))
                 rows.append((f"{op} {size_mb} MiB", cells))
-            del value
+            del value, into
             for system in systems:
                 system.client.delete(BIG_KEY)
         if args.list_elements:
