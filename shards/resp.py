@@ -24,6 +24,7 @@ MULTIBULK_MAX_COUNT = 2**31 - 1
 UNAUTH_MULTIBULK_MAX_COUNT = 10
 UNAUTH_BULK_MAX_BYTES = 16384
 BIG_ARG_BYTES = 32 * 1024
+BULK_HEADER_FAST_BYTES = 21  # `$` and up to 19 digits: parsed inline (bigger sizes are refused anyway)
 
 
 class Simple:
@@ -371,17 +372,28 @@ class RequestParser:
                 while remaining:
                     if pos >= n:
                         break
-                    try:
-                        e = _header_end(buf, pos, n, b"too big bulk count string")
-                        if buf[pos] != 36:  # '$'
-                            _unless_hidden_by_nul(buf, pos, e, n, b"too big bulk count string")
-                            raise ProtocolError(b"expected '$', got '%c'" % buf[pos])
-                        size = parse_ll(buf[pos + 1 : e])
-                        if size is None or size < 0 or size > self.max_bulk_bytes:
-                            _unless_hidden_by_nul(buf, pos, e, n, b"too big bulk count string")
+                    # Fast path, inline: a complete `$digits\r` header with no leading zero
+                    # (what every client sends); anything else takes the exact path below.
+                    e = buf.find(b"\r", pos, pos + BULK_HEADER_FAST_BYTES)
+                    digits = buf[pos + 1 : e]
+                    if e > pos + 1 and e + 1 < n and buf[pos] == 36 and digits.isdigit() and (
+                            digits[0] != 48 or e == pos + 2):
+                        size = int(digits)
+                        if size > self.max_bulk_bytes:
                             raise ProtocolError(b"invalid bulk length")
-                    except _Incomplete:
-                        break
+                    else:
+                        try:
+                            e = _header_end(buf, pos, n, b"too big bulk count string")
+                            if buf[pos] != 36:  # '$'
+                                _unless_hidden_by_nul(buf, pos, e, n, b"too big bulk count string")
+                                raise ProtocolError(b"expected '$', got '%c'" % buf[pos])
+                            parsed = parse_ll(buf[pos + 1 : e])
+                            if parsed is None or parsed < 0 or parsed > self.max_bulk_bytes:
+                                _unless_hidden_by_nul(buf, pos, e, n, b"too big bulk count string")
+                                raise ProtocolError(b"invalid bulk length")
+                            size = parsed
+                        except _Incomplete:
+                            break
                     if not self.authed and size > UNAUTH_BULK_MAX_BYTES:
                         raise ProtocolError(b"unauthenticated bulk length")
                     start = e + 2
