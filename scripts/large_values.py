@@ -44,25 +44,23 @@ LIST_KEY = "{a}list"
 PROBE_KEY = "{b}probe"
 
 
-def probe(port: int, measuring: Event, done: Event, out: Connection) -> None:
-    """Back-to-back PING and GET of PROBE_KEY; sends the worst latency (ms) seen
-    while `measuring` was set, each time it is cleared."""
+def probe(port: int, measuring: Event, ask: Event, done: Event, out: Connection) -> None:
+    """Back-to-back PING and GET of PROBE_KEY. Records the latency of every request
+    that started or ended while `measuring` was set; when `ask` is set, sends the
+    worst (ms) and starts over."""
     client = redis.Redis(port=port, socket_timeout=SOCKET_TIMEOUT_S)
     worst_s = 0.0
-    was_measuring = False
     while not done.is_set():
-        now_measuring = measuring.is_set()
-        if was_measuring and not now_measuring:
+        if ask.is_set():
+            ask.clear()
             out.send(worst_s * 1000)
             worst_s = 0.0
-        was_measuring = now_measuring
-        t0 = time.perf_counter()
-        client.ping()
-        t1 = time.perf_counter()
-        client.get(PROBE_KEY)
-        t2 = time.perf_counter()
-        if now_measuring:
-            worst_s = max(worst_s, t1 - t0, t2 - t1)
+        for request in (client.ping, lambda: client.get(PROBE_KEY)):
+            during = measuring.is_set()
+            t0 = time.perf_counter()
+            request()
+            if during or measuring.is_set():
+                worst_s = max(worst_s, time.perf_counter() - t0)
 
 
 def tree_pids(leader: int) -> list[int]:
@@ -99,9 +97,10 @@ class System:
                 time.sleep(0.1)
         self.client = redis.Redis(port=port, socket_timeout=SOCKET_TIMEOUT_S)
         self.measuring = multiprocessing.Event()
+        self.ask = multiprocessing.Event()
         self.done = multiprocessing.Event()
         self.results, sender = multiprocessing.Pipe(duplex=False)
-        self.prober = multiprocessing.Process(target=probe, args=(port, self.measuring, self.done, sender),
+        self.prober = multiprocessing.Process(target=probe, args=(port, self.measuring, self.ask, self.done, sender),
                                               daemon=True)
         self.prober.start()
         self.peak_rss = 0
@@ -123,6 +122,7 @@ class System:
         result = fn(self.client)
         seconds = time.perf_counter() - t0
         self.measuring.clear()
+        self.ask.set()
         worst_ms = self.results.recv()
         stop.set()
         sampler.join()
