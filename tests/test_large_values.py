@@ -58,6 +58,12 @@ def test_large_set_get_round_trip(server_factory):
     assert r.lrange("list", 0, -1) == [b"tail", big]
     r3 = redis.Redis(port=srv.port, protocol=3)
     assert r3.get("big") == big
+    # a large argument inside MULTI (queued, then sent in the transaction's frame),
+    # and to a command the router answers itself
+    tx = r.pipeline(transaction=True)
+    tx.set("{tx}big", big).append("{tx}big", b"!").get("{tx}big")
+    assert tx.execute() == [True, len(big) + 1, big + b"!"]
+    assert r.echo(big) == big
 
 
 def test_other_clients_served_while_a_large_reply_cannot_finish(server_factory):
