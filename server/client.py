@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from durakv.server.links import LOST, SCRIPT_EVAL, SCRIPT_FUNCTION, Pending
-from durakv.shards.frames import VERB_LITERAL, VERB_ROUTER_IN_MULTI
+from durakv.shards.frames import LARGE_BYTES, VERB_LITERAL, VERB_ROUTER_IN_MULTI
 from durakv.shards.resp import ProtocolError, RequestParser, ReplyError, encode, encode_error
 from durakv.shards.table import CURSOR, FANOUT, ROUTER, SPLIT_NONE, lookup
 from durakv.shards.slots import key_slot
@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("durakv.router")
 
 RECV_BYTES = 64 * 1024
+# A large argument always spans reads, so the parser sees it arrive (server/links.py
+# relies on that to look for large requests only when one came).
+assert RECV_BYTES < LARGE_BYTES
 # Backpressure acts on the one client whose output piles up, never on a shard
 # link: while this many of its replies are outstanding, or this many bytes wait
 # for its socket, the router dispatches none of its further requests (they wait,
@@ -72,7 +75,9 @@ class Client:
         self.created = time.monotonic()
         self.last_cmd_at = self.created
         self.last_cmd = "NULL"
-        self.parser = RequestParser(int(router.settings.values["proto-max-bulk-len"]))
+        # A large argument is read into its own buffer as it comes and forwarded as it
+        # is (a large frame's blob): never joined into one copy that holds the loop.
+        self.parser = RequestParser(int(router.settings.values["proto-max-bulk-len"]), in_place_min_bytes=LARGE_BYTES)
         self.parser.authed = self.authed
         self.query_limit = int(router.settings.values["client-query-buffer-limit"])
         self.replies: deque = deque()
@@ -109,7 +114,10 @@ class Client:
             self.kill()  # EOF: like Redis, replies still queued are dropped
             return
         parser = self.parser
+        big_args = parser.big_args
         parser.feed(data)
+        if parser.big_args != big_args:
+            self.router.large_requests += 1  # RECV_BYTES <= frames.LARGE_BYTES: no large argument comes otherwise
         try:
             requests = parser.requests()
         except ProtocolError as e:
@@ -248,12 +256,12 @@ class Client:
     def _submit_script(self, cmd, argv: list[bytes]) -> None:
         """EVAL*/FCALL*: routed by their keys like any command, and timed (busy-reply-threshold)."""
         router = self.router
-        owner = router.slot_owner
-        shards = {owner[key_slot(argv[i])] for i in cmd.key_indexes(argv)}
-        if len(shards) > 1:
-            self.push(ERR_CROSSSLOT)
+        indexes = cmd.key_indexes(argv)
+        try:
+            shard = router.keys_shard(self, argv, indexes) if indexes else router.home_shard
+        except ReplyError as e:
+            self.push(encode_error(e.message))
             return
-        shard = shards.pop() if shards else 0
         kind = SCRIPT_FUNCTION if cmd.name.startswith("fcall") else SCRIPT_EVAL
         self.replies.append(router.links[shard].submit(self, self.proto, argv, script=kind))
 

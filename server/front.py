@@ -123,6 +123,7 @@ class Front:
         self.stats_connections = 0
         self.stats_rejected_connections = 0
         self.stats_protocol_errors = 0
+        self.large_requests = 0  # bumped by a client that read a large argument (server/links.py)
         self.port = config.port
         self.nursery: trio.Nursery | None = None
         self.poller = ClientPoller()

@@ -23,12 +23,14 @@ from typing import Callable
 import trio
 
 from durakv.log.layout import shard_socket_path
-from durakv.shards.frames import RequestTuple, encode_frame, reply_batch_decoder, split_frames
+from durakv.shards.framelink import FrameReceiver, Large, Outbox, send_batch, tune_socket
+from durakv.shards.frames import (
+    LARGE_BYTES, RequestTuple, large_reply_decoder, large_request, reply_batch_decoder,
+)
 from durakv.shards.unixsock import connect_unix, peer_allowed
 
 logger = logging.getLogger("durakv.router")
 
-RECV_BYTES = 1024 * 1024
 RECONNECT_BACKOFF_MIN_S = 0.005
 RECONNECT_BACKOFF_MAX_S = 0.05
 
@@ -48,11 +50,11 @@ class Pending:
     __slots__ = ("data", "client", "on_fill")
 
     def __init__(self, client, on_fill: Callable | None = None) -> None:
-        self.data: bytes | None = None
+        self.data: bytes | bytearray | None = None  # bytearray: a large reply, read in place
         self.client = client
         self.on_fill = on_fill
 
-    def fill(self, data: bytes) -> None:
+    def fill(self, data: bytes | bytearray) -> None:
         if self.on_fill is not None:
             self.on_fill(self, data)
         else:
@@ -68,12 +70,12 @@ class ShardLink:
         self.sock: socket.socket | None = None
         self.up = False
         self.ever_up = trio.Event()
-        self._queue: list[RequestTuple] = []
+        self._outbox: Outbox[RequestTuple] = Outbox()
         self._pending: dict[int, Pending] = {}
         # The batch the sender took from the queue, until its first byte is written.
         self._unsent: list[RequestTuple] = []
         self._next_rid = 1
-        self._wake = trio.Event()
+        self._large_requests_seen = 0
         self.frames_sent = 0
         self.requests_sent = 0
         # Scripts (EVAL*, FCALL*) in flight: rid -> (monotonic start, is EVAL), so the
@@ -94,9 +96,7 @@ class ShardLink:
         self._pending[rid] = pending
         if script:
             self.scripts[rid] = (time.monotonic(), script == SCRIPT_EVAL)
-        self._queue.append((rid, client.id if client is not None else 0, proto, argv))
-        if len(self._queue) == 1:
-            self._wake.set()
+        self._outbox.put((rid, client.id if client is not None else 0, proto, argv))
         return pending
 
     async def run(self) -> None:
@@ -115,6 +115,7 @@ class ShardLink:
                 continue
             backoff_s = RECONNECT_BACKOFF_MIN_S
             sock.setblocking(False)
+            tune_socket(sock)
             self.sock = sock
             self.up = True
             self.ever_up.set()
@@ -146,11 +147,10 @@ class ShardLink:
         """The shard is gone: a definite error for what never reached its socket,
         LOST for what did (see the module docstring)."""
         in_flight = self._pending
-        never_sent = {request[0] for request in self._queue}
+        never_sent = {request[0] for request in self._outbox.clear()}
         never_sent.update(request[0] for request in self._unsent)
         self._pending = {}
         self.scripts.clear()
-        self._queue = []
         self._unsent = []
         lost = 0
         for rid, pending in in_flight.items():
@@ -164,57 +164,71 @@ class ShardLink:
                         "(outcome unknown), %d queued requests answered CLUSTERDOWN",
                         self.index, lost, len(never_sent))
 
+    def _sent_first_byte(self) -> None:
+        self._unsent = []
+
     async def _sender(self, cancel_scope: trio.CancelScope) -> None:
         sock = self.sock
         assert sock is not None, "sender started before the link connected"
+        outbox = self._outbox
         while True:
-            if not self._queue:
-                await self._wake.wait()
-                self._wake = trio.Event()
-            batch = self._queue
-            self._queue = []
+            batch = await outbox.take()
             self._unsent = batch
             self.frames_sent += 1
             self.requests_sent += len(batch)
-            view = memoryview(encode_frame(batch))
-            while view:
-                try:
-                    sent = sock.send(view)
-                except BlockingIOError:
-                    sent = 0
-                except OSError:
-                    cancel_scope.cancel()
-                    return
-                if sent:
-                    self._unsent = []
-                view = view[sent:]
-                if view:
-                    await trio.lowlevel.wait_writable(sock)
+            # Looking at every request's arguments would cost more than encoding
+            # them: only after a client read completed a big argument. (One parsed
+            # earlier and held in its client's backlog past that look goes in an
+            # ordinary frame: copied, still correct.)
+            large: list[int] = []
+            if self._large_requests_seen != self.router.large_requests:
+                self._large_requests_seen = self.router.large_requests
+                large = _large_requests(batch)
+            try:
+                await send_batch(sock, batch, large, large_request, self._sent_first_byte)
+            except OSError as e:
+                logger.warning("router: shard %d link error while sending: %s", self.index, e)
+                cancel_scope.cancel()
+                return
 
     async def _receiver(self) -> None:
         sock = self.sock
         assert sock is not None, "receiver started before the link connected"
-        buf = bytearray()
-        chunk = bytearray(RECV_BYTES)  # reused: a fresh 1 MiB bytes per recv costs an mmap
-        view = memoryview(chunk)
+        try:
+            await FrameReceiver(sock, self._on_frames).run()
+        except (OSError, ValueError) as e:
+            logger.warning("router: shard %d link error: %s", self.index, e)
+
+    def _on_frames(self, items: list[bytes | Large]) -> None:
+        """Fill the pending replies a read completed, then write the clients whose
+        next replies are in (at once: waiting for the flusher's turn costs latency)."""
         in_flight = self._pending
-        while True:
-            await trio.lowlevel.wait_readable(sock)
-            try:
-                size = sock.recv_into(chunk)
-            except BlockingIOError:
-                continue
-            except OSError as e:
-                logger.warning("router: shard %d link error: %s", self.index, e)
-                return
-            if not size:
-                return
-            buf += view[:size]
-            scripts = self.scripts
-            for frame in split_frames(buf):
-                for rid, reply in reply_batch_decoder.decode(frame):
+        router = self.router
+        ready = router.ready_clients
+        scripts = self.scripts
+        for item in items:
+            if type(item) is bytes:
+                for rid, reply in reply_batch_decoder.decode(item):
                     pending = in_flight.pop(rid)
                     if scripts:
                         scripts.pop(rid, None)
-                    pending.fill(reply)
-            self.router.flush_ready_clients()
+                    if pending.on_fill is None:  # Pending.fill, inlined: the common case
+                        pending.data = reply
+                        client = pending.client
+                        if not client.in_ready_set:
+                            client.in_ready_set = True
+                            ready.append(client)
+                    else:
+                        pending.fill(reply)
+            else:
+                assert type(item) is Large, f"frame receiver handed over a {type(item).__name__}"
+                rid = large_reply_decoder.decode(item.head)
+                if scripts:
+                    scripts.pop(rid, None)
+                in_flight.pop(rid).fill(item.blobs[0])
+        router.flush_ready_clients()
+
+
+def _large_requests(batch: list[RequestTuple]) -> list[int]:
+    """Indexes of the requests to send as large frames."""
+    return [i for i, request in enumerate(batch) if max(map(len, request[3])) >= LARGE_BYTES]

@@ -25,7 +25,7 @@ import durakv.server.commands  # noqa: F401  (registers the router's own command
 from durakv.server.client import ERR_CROSSSLOT, Client
 from durakv.server.cluster_view import announced_ip
 from durakv.server.front import Front, Gather, decode_internal, scan_count
-from durakv.server.links import LOST, Pending
+from durakv.server.links import LOST, SCRIPT_NONE, Pending
 from durakv.server.settings_sync import SettingsSync
 from durakv.server.topology import ensure_topology, shard_node_ids
 from durakv.shards import internal
@@ -68,9 +68,15 @@ class LocalLink:
         self.frames_sent = 0  # batches run (INFO reads these as it reads a ShardLink's)
         self.requests_sent = 0
 
-    def submit(self, client: Client | None, proto: int, argv: list[bytes], pending: Pending | None = None) -> Pending:
+    def submit(self, client: Client | None, proto: int, argv: list[bytes], pending: Pending | None = None,
+               script: int = SCRIPT_NONE) -> Pending:
+        """`script` is for a router's timing of scripts: a node's own script holds
+        this very loop, so nothing here could answer meanwhile."""
         if pending is None:
             pending = Pending(client)
+        if client is not None and client.parser.big_args:
+            # The parser fills big arguments in place (bytearray); the keyspace holds bytes.
+            argv = [bytes(arg) if type(arg) is bytearray else arg for arg in argv]
         rid = self._next_rid
         self._next_rid = rid + 1
         self._pending[rid] = pending
@@ -117,7 +123,8 @@ class MovedLink:
         self.frames_sent = 0  # nothing is ever sent (INFO sums these over the links)
         self.requests_sent = 0
 
-    def submit(self, client: Client | None, proto: int, argv: list[bytes], pending: Pending | None = None) -> Pending:
+    def submit(self, client: Client | None, proto: int, argv: list[bytes], pending: Pending | None = None,
+               script: int = SCRIPT_NONE) -> Pending:
         if pending is None:
             pending = Pending(client)
         pending.fill(self.node.moved_error(client, self.port, argv))

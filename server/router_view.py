@@ -77,6 +77,9 @@ class RouterView(Protocol):
     stats_connections: int
     stats_rejected_connections: int
     stats_protocol_errors: int
+    # Client reads that completed a big argument: a shard link looks for large
+    # requests in its batch only when this moved (server/links.py).
+    large_requests: int
 
     # --- routing -------------------------------------------------------------------
     def fanout(self, client: Client, argv: list[bytes], merge: Merge) -> None: ...

@@ -2,6 +2,12 @@
 (DIR/run/shard-NNN.sock, log/layout.py; bound and peer-checked by shards/unixsock.py).
 
 A frame is a 4-byte big-endian length followed by that many bytes of msgpack.
+A large frame (a message carrying LARGE_BYTES or more) sets the length's top bit:
+the 31 bits left give the size of a msgpack head `[sizes, message]`, and after it
+come len(sizes) raw blobs of those sizes, which the message's placeholders stand
+for. A large reply's message is its rid (the blob is the reply); a large request's
+is `[rid, client_id, proto, argv, positions]`, argv[positions[i]] being blob i.
+shards/framelink.py reads and writes both kinds.
 Router -> shard: a list of requests `[rid, client_id, proto, argv]`; one frame
 carries every command the router had for that shard in one scheduling turn.
 Shard -> router: a list of replies `[rid, data]`, where data is the reply already
@@ -22,6 +28,11 @@ import msgspec
 
 FRAME_HEADER_BYTES = 4
 MAX_FRAME_BYTES = 2 * 1024 * 1024 * 1024 - 1
+LARGE_FLAG = 0x80000000  # in a frame header: a large frame (its length is that of the head)
+LARGE_BYTES = 256 * 1024  # a reply this big, or a request with an argument this big, travels as a large frame
+MAX_LARGE_HEAD_BYTES = 64 * 1024 * 1024  # a large request's head holds its small arguments
+MAX_LARGE_BLOBS = 1024 * 1024
+LARGE_ARG_BYTES = 4 * 1024  # in a large request, arguments this big go as blobs, the rest in its head
 PROTO_INTERNAL = 0
 
 # Internal request verbs (argv[0]); shards/internal.py handles all but EXEC and LITERAL.
@@ -57,6 +68,9 @@ Reply: TypeAlias = tuple[int, bytes]
 
 request_batch_decoder = msgspec.msgpack.Decoder(list[Request])
 reply_batch_decoder = msgspec.msgpack.Decoder(list[Reply])
+large_head_decoder = msgspec.msgpack.Decoder(tuple[list[int], msgspec.Raw])
+large_reply_decoder = msgspec.msgpack.Decoder(int)
+large_request_decoder = msgspec.msgpack.Decoder(tuple[int, int, int, list[bytes], list[int]])
 internal_reply_decoder = msgspec.msgpack.Decoder()
 _encoder = msgspec.msgpack.Encoder()
 
@@ -74,7 +88,7 @@ def _internal_hook(value: object) -> object:
 _internal_encoder = msgspec.msgpack.Encoder(enc_hook=_internal_hook)
 
 
-def encode_frame(batch: Sequence[RequestTuple] | Sequence[Reply]) -> bytearray:
+def encode_frame(batch: Sequence[object]) -> bytearray:
     """Header and body in one buffer, encoded in place (no second copy of a
     frame that may carry big replies)."""
     frame = bytearray(FRAME_HEADER_BYTES)
@@ -90,22 +104,27 @@ def encode_internal(ok: bool, value: object) -> bytes:
     return _internal_encoder.encode((ok, value))
 
 
-def split_frames(buf: bytearray) -> list[bytes]:
-    """Remove and return every complete frame body at the front of buf."""
-    frames = []
-    pos = 0
-    n = len(buf)
-    while n - pos >= FRAME_HEADER_BYTES:
-        size = int.from_bytes(buf[pos : pos + 4], "big")
-        if size > MAX_FRAME_BYTES:
-            raise ValueError(f"frame of {size} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")
-        end = pos + 4 + size
-        if end > n:
-            break
-        with memoryview(buf) as view:
-            frames.append(bytes(view[pos + 4 : end]))  # one copy, not a bytearray slice and then bytes
-        pos = end
-    if pos:
-        del buf[:pos]
-    return frames
+def encode_large_head(message: object, sizes: list[int]) -> bytearray:
+    """A large frame's header and head; its blobs follow as they are."""
+    frame = bytearray(FRAME_HEADER_BYTES)
+    _encoder.encode_into((sizes, message), frame, FRAME_HEADER_BYTES)
+    size = len(frame) - FRAME_HEADER_BYTES
+    if size > MAX_LARGE_HEAD_BYTES:
+        raise ValueError(f"large frame head of {size} bytes is larger than the protocol's {MAX_LARGE_HEAD_BYTES}")
+    frame[:FRAME_HEADER_BYTES] = (LARGE_FLAG | size).to_bytes(FRAME_HEADER_BYTES, "big")
+    return frame
 
+
+def large_reply(reply: Reply) -> tuple[object, list[bytes]]:
+    """A large reply's head (its rid) and blob (the reply)."""
+    return reply[0], [reply[1]]
+
+
+def large_request(request: RequestTuple) -> tuple[object, list[bytes]]:
+    """A large request's head, its big arguments replaced by b"", and those arguments."""
+    rid, cid, proto, argv = request
+    positions = [i for i, arg in enumerate(argv) if len(arg) >= LARGE_ARG_BYTES]
+    small = list(argv)
+    for i in positions:
+        small[i] = b""
+    return (rid, cid, proto, small, positions), [argv[i] for i in positions]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import socket
 from typing import Any, Protocol
 
@@ -15,19 +14,17 @@ import trio
 from durakv.log.layout import ensure_run_dir, shard_socket_path
 from durakv.shards import failure, sdnotify
 from durakv.shards.config import Config
+from durakv.shards.busy import ROUTER_CONNS, serve_while_busy
+from durakv.shards.framelink import FrameReceiver, Large, Outbox, send_batch, tune_socket
 from durakv.shards.frames import (
-    INTERNAL_PREFIX, PROTO_INTERNAL, Request, encode_frame, encode_internal, request_batch_decoder, split_frames,
+    LARGE_BYTES, Reply, Request, large_reply, large_request_decoder, request_batch_decoder,
 )
-from durakv.shards.luaenv import Run, scripting_of
-from durakv.shards.resp import encode
-from durakv.shards.t_function import stats
+from durakv.shards.luaenv import scripting_of
 from durakv.shards.shard import Shard, SnapshotHooks
 from durakv.shards.unixsock import bind_unix, peer_allowed
 
 logger = logging.getLogger("durakv.shard")
 
-RECV_BYTES = 1024 * 1024
-BUSY_SEND_WAIT_S = 1.0
 ROUTER_CONNECTIONS_MAX = 64
 
 
@@ -41,166 +38,75 @@ class ClientPort(Protocol):
 
 
 class RouterConn:
-    """One router's connection: replies queue here and leave as one frame per turn."""
+    """One router's connection: replies queue in its outbox and leave as one frame
+    per turn (a large reply as a large frame of its own)."""
 
-    __slots__ = ("sock", "outbox", "wake", "buf", "sending", "deferred")
+    __slots__ = ("sock", "outbox", "receiver", "sending", "deferred")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, receiver: FrameReceiver) -> None:
         self.sock = sock
-        self.outbox: list[tuple[int, bytes]] = []
-        self.wake = trio.Event()
-        self.buf = bytearray()  # bytes received, not yet a complete frame
+        self.outbox: Outbox[Reply] = Outbox()
+        self.receiver = receiver
         self.sending = False  # a frame is partly written: nothing else may be written now
-        # Internal requests that arrived while a script was busy: run after it.
+        # Internal requests that arrived while a script was busy (shards/busy.py): run after it.
         self.deferred: list[Request] = []
 
-    def send(self, replies: list[tuple[int, bytes]]) -> None:
-        if not self.outbox:
-            self.wake.set()
+    def send(self, replies: list[Reply]) -> None:
         self.outbox.extend(replies)
 
     async def writer(self) -> None:
+        outbox = self.outbox
         while True:
-            await self.wake.wait()
-            self.wake = trio.Event()
-            if self.outbox:
-                batch = self.outbox
-                self.outbox = []
-                self.sending = True
-                try:
-                    await send_all(self.sock, encode_frame(batch))
-                except OSError as e:
-                    logger.warning("shard: router connection lost while replying: %s", e)
-                    return  # the reader sees the end of the connection and closes it
-                finally:
-                    self.sending = False
+            batch = await outbox.take()
+            large = [i for i, reply in enumerate(batch) if len(reply[1]) >= LARGE_BYTES]
+            self.sending = True
+            try:
+                await send_batch(self.sock, batch, large, large_reply)
+            except OSError as e:
+                logger.warning("shard: router connection lost while replying: %s", e)
+                return  # the reader sees the end of the connection and closes it
+            finally:
+                self.sending = False
 
 
 async def serve_router(shard: Shard, sock: socket.socket) -> None:
-    chunk = bytearray(RECV_BYTES)  # reused: a fresh 1 MiB bytes per recv costs an mmap
-    view = memoryview(chunk)
-    conn = RouterConn(sock)
-    buf = conn.buf
+    tune_socket(sock)
+
+    def on_frames(items: list[bytes | Large]) -> None:
+        """Execute what one read completed; its replies leave as one frame."""
+        replies: list[Reply] = []
+        for item in items:
+            if type(item) is bytes:
+                requests = request_batch_decoder.decode(item)
+            else:
+                assert type(item) is Large, f"frame receiver handed over a {type(item).__name__}"
+                rid, cid, proto, argv, positions = large_request_decoder.decode(item.head)
+                for position, blob in zip(positions, item.blobs, strict=True):
+                    argv[position] = bytes(blob)  # keys and values are bytes in the keyspace
+                requests = [Request(rid, cid, proto, argv)]
+            replies.extend(shard.execute_batch(conn, requests))
+        conn.send(replies)
+        for other in ROUTER_CONNS:  # what a busy script deferred, on any connection
+            while other.deferred:
+                deferred, other.deferred = other.deferred, []
+                other.send(shard.execute_batch(other, deferred))
+
+    receiver = FrameReceiver(sock, on_frames)
+    conn = RouterConn(sock, receiver)
     shard.routers += 1
     ROUTER_CONNS.add(conn)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(conn.writer)
-            while True:
-                await trio.lowlevel.wait_readable(sock)
-                try:
-                    size = sock.recv_into(chunk)
-                except BlockingIOError:
-                    continue
-                except OSError as e:
-                    logger.warning("shard %d: router connection error: %s", shard.index, e)
-                    break
-                if not size:
-                    break
-                buf += view[:size]
-                replies = []
-                for frame in split_frames(buf):
-                    replies.extend(shard.execute_batch(conn, request_batch_decoder.decode(frame)))
-                while conn.deferred:
-                    deferred, conn.deferred = conn.deferred, []
-                    replies.extend(shard.execute_batch(conn, deferred))
-                if replies:
-                    conn.send(replies)
+            try:
+                await receiver.run()
+            except (OSError, ValueError) as e:
+                logger.warning("shard %d: router connection error: %s", shard.index, e)
             nursery.cancel_scope.cancel()
     finally:
         ROUTER_CONNS.discard(conn)
         shard.routers -= 1
         sock.close()
-
-
-# The open router connections of this shard process, for serve_while_busy.
-ROUTER_CONNS: set[RouterConn] = set()
-_BUSY_KILLS = {b"script": True, b"function": False}
-
-
-def serve_while_busy(run: Run) -> None:
-    """Called from a script's Lua hook once it runs past busy-reply-threshold (Redis'
-    processEventsWhileBlocked): read what the routers sent since, act on SCRIPT KILL
-    and FUNCTION KILL, answer every other command BUSY, and keep internal requests
-    for after the script. The trio loop is blocked meanwhile, so this reads and
-    writes the sockets directly (never in the middle of a frame the writer started)."""
-    chunk = bytearray(RECV_BYTES)
-    for conn in list(ROUTER_CONNS):
-        while True:
-            try:
-                size = conn.sock.recv_into(chunk)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                break
-            if not size:
-                break
-            conn.buf += memoryview(chunk)[:size]
-        replies = []
-        for frame in split_frames(conn.buf):
-            for req in request_batch_decoder.decode(frame):
-                argv = req.argv
-                if argv[0][:1] == INTERNAL_PREFIX:
-                    conn.deferred.append(req)
-                    continue
-                replies.append((req.rid, _busy_reply(run, argv, req.proto)))
-        if replies:
-            if conn.sending:
-                conn.send(replies)
-            else:
-                _send_now(conn.sock, bytes(encode_frame(replies)))
-
-
-def _busy_reply(run: Run, argv: list[bytes], proto: int) -> bytes:
-    """A request's reply while `run` is busy: KILL acts, FUNCTION STATS answers, the rest is BUSY."""
-    if len(argv) == 2 and argv[0].lower() == b"function" and argv[1].lower() == b"stats":
-        value = stats(scripting_of(run.ctx.db))
-        return encode_internal(True, value) if proto == PROTO_INTERNAL else encode(value, proto)
-    status = _busy_status(run, argv)
-    is_kill = len(argv) == 2 and argv[0].lower() in _BUSY_KILLS and argv[1].lower() == b"kill"
-    if proto != PROTO_INTERNAL:
-        return status + b"\r\n"
-    return encode_internal(True, status) if is_kill else encode_internal(False, status[1:])
-
-
-def _busy_status(run: Run, argv: list[bytes]) -> bytes:
-    """The RESP status line a request gets while `run` is busy."""
-    name = argv[0].lower()
-    if len(argv) == 2 and name in _BUSY_KILLS and argv[1].lower() == b"kill":
-        if _BUSY_KILLS[name] != run.is_eval:
-            return b"-" + run.busy_error()
-        if run.wrote():
-            return (b"-UNKILLABLE Sorry the script already executed write commands against the dataset. "
-                    b"You can either wait the script termination or kill the server in a hard way using "
-                    b"the SHUTDOWN NOSAVE command.")
-        run.killed = True
-        return b"+OK"
-    return b"-" + run.busy_error()
-
-
-def _send_now(sock: socket.socket, data: bytes) -> None:
-    """Write a whole frame on a non-blocking socket from synchronous code."""
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[sock.send(view):]
-        except BlockingIOError:
-            select.select([], [sock], [], BUSY_SEND_WAIT_S)
-        except OSError as e:
-            logger.warning("shard: router connection lost while answering BUSY: %s", e)
-            return
-
-
-async def send_all(sock: socket.socket, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            sent = sock.send(view)
-        except BlockingIOError:
-            sent = 0
-        view = view[sent:]
-        if view:
-            await trio.lowlevel.wait_writable(sock)
 
 
 async def run_shard(config: Config, index: int, snapshots: SnapshotHooks | None = None,

@@ -24,6 +24,7 @@ MULTIBULK_MAX_COUNT = 2**31 - 1
 UNAUTH_MULTIBULK_MAX_COUNT = 10
 UNAUTH_BULK_MAX_BYTES = 16384
 BIG_ARG_BYTES = 32 * 1024
+BULK_HEADER_FAST_BYTES = 21  # `$` and up to 19 digits: parsed inline (bigger sizes are refused anyway)
 
 
 class Simple:
@@ -233,30 +234,49 @@ class RequestParser:
     line end hides it (Redis scans with strchr), so such input waits for more.
     """
 
-    __slots__ = ("_buf", "_pos", "_args", "_remaining", "_chunks", "_need", "max_bulk_bytes", "authed")
+    __slots__ = ("_buf", "_pos", "_args", "_remaining", "_chunks", "_chunks_bytes", "_need", "max_bulk_bytes",
+                 "authed", "big_args", "in_place_min_bytes", "_fill", "_fill_size", "_skip")
 
-    def __init__(self, max_bulk_bytes: int = 512 * 1024 * 1024) -> None:
+    def __init__(self, max_bulk_bytes: int = 512 * 1024 * 1024, in_place_min_bytes: int = 0) -> None:
         self._buf = b""
         self._pos = 0
         self._args: list[bytes] | None = None
         self._remaining = 0
-        self._chunks: list[bytes] = []
+        self._chunks: list[bytes] = []  # input held while a big argument arrives, joined once it is complete
+        self._chunks_bytes = 0
         self._need = 0
         self.max_bulk_bytes = max_bulk_bytes
         self.authed = True
+        # Arguments of BIG_ARG_BYTES or more that arrived over several feeds (every
+        # argument bigger than a feed does): a caller can tell a big request came.
+        self.big_args = 0
+        # With in_place_min_bytes (0: off), an argument after the command name that
+        # big is appended piece by piece to a bytearray as the input comes, and
+        # handed out as that bytearray: no joining copy that would hold the loop.
+        # (Grown, not preallocated: bytearray(size) zeroes every page at once.)
+        self.in_place_min_bytes = in_place_min_bytes
+        self._fill: bytearray | None = None
+        self._fill_size = 0
+        self._skip = 0  # bytes after a filled argument (its CRLF) still to skip
 
     def buffered_bytes(self) -> int:
         """Unparsed input held (Redis' query buffer length)."""
-        return len(self._buf) - self._pos + sum(len(c) for c in self._chunks)
+        return len(self._buf) - self._pos + self._chunks_bytes + (len(self._fill) if self._fill is not None else 0)
 
     def feed(self, data: bytes) -> None:
+        if self._fill is not None or self._skip:
+            data = self._fill_from(data)
+            if not data:
+                return
         if self._need:
             self._chunks.append(data)
-            have = len(self._buf) - self._pos + sum(len(c) for c in self._chunks)
-            if have < self._need:
+            self._chunks_bytes += len(data)
+            if len(self._buf) - self._pos + self._chunks_bytes < self._need:
                 return
-            self._buf = self._buf[self._pos :] + b"".join(self._chunks)
+            self._buf = b"".join([self._buf[self._pos :], *self._chunks])  # one copy of a big argument
             self._chunks.clear()
+            self._chunks_bytes = 0
+            self.big_args += 1
             self._pos = 0
             self._need = 0
         elif self._pos >= len(self._buf):
@@ -266,12 +286,52 @@ class RequestParser:
             self._buf = self._buf[self._pos :] + data
             self._pos = 0
 
+    def _fill_from(self, data: bytes) -> bytes:
+        """Put data into the argument being filled; return what follows it."""
+        fill = self._fill
+        if fill is not None:
+            take = min(len(data), self._fill_size - len(fill))
+            with memoryview(data) as view:
+                fill += view[:take]
+            if len(fill) < self._fill_size:
+                return b""
+            args = self._args
+            assert args is not None, "an argument filled outside a request"
+            args.append(fill)
+            self._remaining -= 1
+            self._fill = None
+            self.big_args += 1
+            data = data[take:]
+        skip = min(self._skip, len(data))
+        self._skip -= skip
+        return data[skip:]
+
+    def _start_fill(self, buf: bytes, start: int, n: int, size: int) -> int:
+        """Begin reading a big argument in place from buf[start:n]; returns 1 if it
+        is already complete (only its CRLF missing), else 0."""
+        take = min(n - start, size)
+        with memoryview(buf) as view:
+            fill = bytearray(view[start : start + take])
+        self._skip = 2 - (n - start - take)
+        if take < size:
+            self._fill = fill
+            self._fill_size = size
+            return 0
+        args = self._args
+        assert args is not None, "an argument filled outside a request"
+        args.append(fill)
+        self.big_args += 1
+        return 1
+
     def requests(self) -> list[list[bytes]]:
         """All complete requests buffered so far. On bad input raises
         ProtocolError carrying the complete requests parsed before it."""
         out: list[list[bytes]] = []
-        if self._need:
+        if self._need or self._fill is not None:
             return out
+        if self._args is not None and not self._remaining:  # its last argument was filled in place
+            out.append(self._args)
+            self._args = None
         buf = self._buf
         n = len(buf)
         pos = self._pos
@@ -312,23 +372,37 @@ class RequestParser:
                 while remaining:
                     if pos >= n:
                         break
-                    try:
-                        e = _header_end(buf, pos, n, b"too big bulk count string")
-                        if buf[pos] != 36:  # '$'
-                            _unless_hidden_by_nul(buf, pos, e, n, b"too big bulk count string")
-                            raise ProtocolError(b"expected '$', got '%c'" % buf[pos])
-                        size = parse_ll(buf[pos + 1 : e])
-                        if size is None or size < 0 or size > self.max_bulk_bytes:
-                            _unless_hidden_by_nul(buf, pos, e, n, b"too big bulk count string")
+                    # Fast path, inline: a complete `$digits\r` header with no leading zero
+                    # (what every client sends); anything else takes the exact path below.
+                    e = buf.find(b"\r", pos, pos + BULK_HEADER_FAST_BYTES)
+                    digits = buf[pos + 1 : e]
+                    if e > pos + 1 and e + 1 < n and buf[pos] == 36 and digits.isdigit() and (
+                            digits[0] != 48 or e == pos + 2):
+                        size = int(digits)
+                        if size > self.max_bulk_bytes:
                             raise ProtocolError(b"invalid bulk length")
-                    except _Incomplete:
-                        break
+                    else:
+                        try:
+                            e = _header_end(buf, pos, n, b"too big bulk count string")
+                            if buf[pos] != 36:  # '$'
+                                _unless_hidden_by_nul(buf, pos, e, n, b"too big bulk count string")
+                                raise ProtocolError(b"expected '$', got '%c'" % buf[pos])
+                            parsed = parse_ll(buf[pos + 1 : e])
+                            if parsed is None or parsed < 0 or parsed > self.max_bulk_bytes:
+                                _unless_hidden_by_nul(buf, pos, e, n, b"too big bulk count string")
+                                raise ProtocolError(b"invalid bulk length")
+                            size = parsed
+                        except _Incomplete:
+                            break
                     if not self.authed and size > UNAUTH_BULK_MAX_BYTES:
                         raise ProtocolError(b"unauthenticated bulk length")
                     start = e + 2
                     end = start + size
                     if end + 2 > n:
-                        if size >= BIG_ARG_BYTES:
+                        if self.in_place_min_bytes and size >= self.in_place_min_bytes and args:
+                            remaining -= self._start_fill(buf, start, n, size)
+                            pos = n
+                        elif size >= BIG_ARG_BYTES:
                             self._need = end + 2 - pos
                         break
                     args.append(buf[start:end])

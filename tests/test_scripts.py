@@ -237,3 +237,18 @@ def test_shard_unit_readiness_notification(tmp_path):
     finally:
         _stop(procs)
         sock.close()
+
+
+@needs_redis
+def test_large_values_quick_run_reports_both_systems(tmp_path):
+    out = subprocess.run([sys.executable, str(SCRIPTS / "large_values.py"), "--sizes-mb", "1",
+                          "--list-elements", "1000"], capture_output=True, text=True, timeout=120,
+                         env=bench_env(tmp_path))
+    assert out.returncode == 0, out.stderr
+    rows = [line.split("|")[1:-1] for line in out.stdout.splitlines() if line.startswith("| ") and "MiB" in line
+            or line.startswith("| LRANGE")]
+    assert [row[0].strip() for row in rows] == ["SET 1 MiB", "GET 1 MiB", "LRANGE 0 -1 of 1000 elements"]
+    for row in rows:
+        assert all(float(cell.strip().rstrip("x")) >= 0 for cell in row[1:])
+    assert "peak RSS: durakv" in out.stdout
+    assert processes_under(tmp_path) == []

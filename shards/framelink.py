@@ -1,0 +1,251 @@
+"""Both ends of a router <-> shard link (server/links.py, shards/process.py) move
+frames (shards/frames.py) with the same two pieces: a FrameReceiver, which reads
+the socket into a reused buffer, splits it into frames and hands each read's
+frames to its owner at once; and an Outbox, where messages queue until the
+sending task takes them all and sends them as one frame ("the first put wakes,
+the drainer swaps the list").
+
+A message too big to be copied through msgpack and held in one frame (a large
+reply or request argument, frames.LARGE_BYTES and up) travels as a large frame:
+a small head, then its blobs as raw bytes, which the receiver appends to their
+own buffers, one bounded recv (RECV_BYTES) per scheduling turn, so one big value
+neither holds the loop nor passes through msgpack.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+import msgspec
+import trio
+
+from durakv.shards.frames import (
+    FRAME_HEADER_BYTES, LARGE_FLAG, MAX_FRAME_BYTES, MAX_LARGE_BLOBS, MAX_LARGE_HEAD_BYTES, encode_frame,
+    encode_large_head, large_head_decoder,
+)
+
+logger = logging.getLogger("durakv.framelink")
+
+RECV_BYTES = 1024 * 1024
+SOCKET_BUFFER_BYTES = 4 * 1024 * 1024  # fewer wakeups per large value on the Unix socket
+
+T = TypeVar("T")
+
+
+class Large:
+    """A large message as received: its msgpack head (what the sender put in
+    place of the blobs) and the blobs, each in its own buffer."""
+
+    __slots__ = ("head", "blobs")
+
+    def __init__(self, head: msgspec.Raw, blobs: list[bytearray]) -> None:
+        self.head = head
+        self.blobs = blobs
+
+
+def tune_socket(sock: socket.socket) -> None:
+    """Larger kernel buffers on a link: a large value moves in fewer turns."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER_BYTES)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_BYTES)
+    except OSError as e:  # the kernel caps it (net.core.wmem_max); defaults still work
+        logger.warning("link socket buffers left at the kernel's defaults: %s", e)
+
+
+class Outbox(Generic[T]):
+    """Messages waiting for the sender task. The first put of a turn wakes it;
+    it takes the whole list at once and leaves an empty one in its place."""
+
+    __slots__ = ("items", "_wake")
+
+    def __init__(self) -> None:
+        self.items: list[T] = []
+        self._wake = trio.Event()
+
+    def put(self, item: T) -> None:
+        items = self.items
+        items.append(item)
+        if len(items) == 1:
+            self._wake.set()
+
+    def extend(self, items: list[T]) -> None:
+        if items:
+            if not self.items:
+                self._wake.set()
+            self.items.extend(items)
+
+    def clear(self) -> list[T]:
+        """Take everything queued, without waiting (for a link that died)."""
+        items = self.items
+        self.items = []
+        return items
+
+    async def take(self) -> list[T]:
+        """Wait until something is queued, then take all of it."""
+        while not self.items:
+            await self._wake.wait()
+            self._wake = trio.Event()
+        return self.clear()
+
+
+class FrameReceiver:
+    """Reads frames from a link socket until it ends. `handle(items)` gets, for each
+    read, the frames it completed in order: a frame body (bytes) or a Large."""
+
+    __slots__ = ("sock", "handle", "_buf", "_chunk", "_view", "_in_large")
+
+    def __init__(self, sock: socket.socket, handle: Callable[[list[bytes | Large]], None]) -> None:
+        self.sock = sock
+        self.handle = handle
+        self._buf = bytearray()
+        self._chunk = bytearray(RECV_BYTES)  # reused: a fresh 1 MiB bytes per recv costs an mmap
+        self._view = memoryview(self._chunk)
+        self._in_large = False  # reading a large message's blobs: its bytes are theirs
+
+    def read_ready(self) -> list[bytes]:
+        """For synchronous code while the loop is held (a busy script, shards/busy.py):
+        read what the socket holds now and take the ordinary frames at the front of
+        the buffer; the rest stays for run(), which looks at the buffer before it
+        waits. Nothing while a large message's blobs are being read."""
+        if self._in_large:
+            return []
+        while True:
+            try:
+                size = self.sock.recv_into(self._chunk)
+            except (BlockingIOError, InterruptedError):
+                break
+            if not size:
+                break  # the end of the stream: run() sees it on its next read
+            self._buf += self._view[:size]
+        return _split_frames(self._buf)
+
+    async def run(self) -> None:
+        """Return at the end of the stream; raise OSError on a socket error and
+        ValueError on a malformed frame (the caller closes the link)."""
+        sock = self.sock
+        chunk = self._chunk
+        view = self._view
+        buf = self._buf
+        while True:
+            # The buffer first: read_ready may have filled it while a script held the loop.
+            items: list[bytes | Large] = []
+            while True:
+                items.extend(_split_frames(buf))
+                if len(buf) < FRAME_HEADER_BYTES or not buf[0] & 0x80:
+                    break
+                head_size = int.from_bytes(buf[:FRAME_HEADER_BYTES], "big") & ~LARGE_FLAG
+                if head_size > MAX_LARGE_HEAD_BYTES:
+                    raise ValueError(f"large frame head of {head_size} bytes exceeds {MAX_LARGE_HEAD_BYTES}")
+                if len(buf) < FRAME_HEADER_BYTES + head_size:
+                    break
+                if items:  # what came before the large message is handled before it
+                    self.handle(items)
+                    items = []
+                self._in_large = True
+                try:
+                    items.append(await self._receive_large(head_size))
+                finally:
+                    self._in_large = False
+            if items:
+                self.handle(items)
+                continue
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                size = sock.recv_into(chunk)
+            except BlockingIOError:
+                continue
+            if not size:
+                return
+            buf += view[:size]
+
+    async def _receive_large(self, head_size: int) -> Large:
+        """The head is in the buffer; read the blobs into their own buffers, taking
+        what the buffer already holds first."""
+        buf = self._buf
+        head_end = FRAME_HEADER_BYTES + head_size
+        sizes, head = large_head_decoder.decode(buf[FRAME_HEADER_BYTES:head_end])
+        if not 0 < len(sizes) <= MAX_LARGE_BLOBS or not all(0 <= s <= MAX_FRAME_BYTES for s in sizes):
+            raise ValueError(f"large frame with blob sizes {sizes[:8]}")
+        del buf[:head_end]
+        blobs = []
+        chunk = self._chunk
+        view = self._view
+        for size in sizes:
+            # Grown piece by piece, not preallocated: bytearray(size) would zero
+            # every page of it at once, holding the loop.
+            blob = buf[:size]
+            del buf[:size]
+            while len(blob) < size:
+                await trio.lowlevel.wait_readable(self.sock)
+                try:
+                    got = self.sock.recv_into(chunk, min(len(chunk), size - len(blob)))
+                except BlockingIOError:
+                    continue
+                if not got:
+                    raise ValueError(f"link closed {size - len(blob)} bytes before the end of a large message")
+                blob += view[:got]
+            blobs.append(blob)
+        return Large(head, blobs)
+
+
+def _split_frames(buf: bytearray) -> list[bytes]:
+    """Remove and return every complete ordinary frame body at the front of buf,
+    stopping at a large frame's header."""
+    frames = []
+    pos = 0
+    n = len(buf)
+    while n - pos >= FRAME_HEADER_BYTES and not buf[pos] & 0x80:
+        size = int.from_bytes(buf[pos : pos + FRAME_HEADER_BYTES], "big")
+        end = pos + FRAME_HEADER_BYTES + size
+        if end > n:
+            break
+        with memoryview(buf) as view:
+            frames.append(bytes(view[pos + FRAME_HEADER_BYTES : end]))  # one copy, not a slice and then bytes
+        pos = end
+    if pos:
+        del buf[:pos]
+    return frames
+
+
+async def send_all(sock: socket.socket, data: bytes | bytearray | memoryview,
+                   on_first_byte: Callable[[], None] | None = None) -> None:
+    """Write all of data, yielding while the socket is full. OSError propagates."""
+    view = memoryview(data)
+    while view:
+        try:
+            sent = sock.send(view)
+        except BlockingIOError:
+            sent = 0
+        if sent and on_first_byte is not None:
+            on_first_byte()
+            on_first_byte = None
+        view = view[sent:]
+        if view:
+            await trio.lowlevel.wait_writable(sock)
+
+
+async def send_batch(sock: socket.socket, batch: list[T], large: list[int],
+                     split: Callable[[T], tuple[object, list[bytes]]],
+                     on_first_byte: Callable[[], None] | None = None) -> None:
+    """Send a drained batch in order: ordinary messages as one frame, each message
+    listed in `large` (indexes, ascending) as a large frame, `split(message)`
+    giving its head and blobs. A blob is written from its own buffer, not copied."""
+    if not large:
+        await send_all(sock, encode_frame(batch), on_first_byte)
+        return
+    start = 0
+    for index in large:
+        if index > start:
+            await send_all(sock, encode_frame(batch[start:index]), on_first_byte)
+            on_first_byte = None
+        head, blobs = split(batch[index])
+        await send_all(sock, encode_large_head(head, [len(blob) for blob in blobs]), on_first_byte)
+        on_first_byte = None
+        for blob in blobs:
+            await send_all(sock, blob)
+        start = index + 1
+    if start < len(batch):
+        await send_all(sock, encode_frame(batch[start:]))

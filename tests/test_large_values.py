@@ -1,0 +1,203 @@
+"""Large values pass the router without copies and without holding other clients
+(issue 11 §4): they travel between router and shard as large frames
+(shards/framelink.py), whose blobs are read straight into their final buffers in
+bounded pieces. Timing is scripts/large_values.py's job; these tests check the
+bytes, the order, that other clients are served while a large reply cannot
+finish, and the router's peak memory for a large reply (a copy shows there)."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import threading
+
+import redis
+import trio
+
+from durakv.shards.framelink import FrameReceiver, Large, Outbox, send_batch
+from durakv.shards.frames import LARGE_BYTES, large_reply, large_reply_decoder, reply_batch_decoder
+from durakv.shards.resp import RequestParser
+
+MIB = 1024 * 1024
+APPEND_PIECE_BYTES = MIB  # builds a big value without a big request
+
+
+def vm_hwm_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM for pid {pid}")
+
+
+def build_value(r: redis.Redis, key: str, size_bytes: int) -> bytes:
+    """A value of size_bytes made with APPENDs of 1 MiB (no large request)."""
+    value = os.urandom(size_bytes)
+    r.delete(key)
+    for start in range(0, size_bytes, APPEND_PIECE_BYTES):
+        r.append(key, value[start : start + APPEND_PIECE_BYTES])
+    return value
+
+
+def test_large_set_get_round_trip(server_factory):
+    srv = server_factory(shards=2)
+    r = redis.Redis(port=srv.port)
+    big = os.urandom(8 * MIB)
+    assert r.set("big", big)
+    assert r.get("big") == big
+    assert r.strlen("big") == len(big)
+    # several large arguments in one request, around small ones, and the same in a pipeline
+    parts = {"{t}a": os.urandom(3 * MIB), "{t}b": b"small", "{t}c": os.urandom(LARGE_BYTES)}
+    assert r.mset(parts)
+    assert r.mget(list(parts)) == list(parts.values())
+    pipe = r.pipeline(transaction=False)
+    pipe.set("p1", b"x").get("big").set("p2", big[:LARGE_BYTES - 1]).get("p2").get("p1")
+    assert pipe.execute() == [True, big, True, big[:LARGE_BYTES - 1], b"x"]
+    assert r.lpush("list", big, b"tail") == 2
+    assert r.lrange("list", 0, -1) == [b"tail", big]
+    r3 = redis.Redis(port=srv.port, protocol=3)
+    assert r3.get("big") == big
+    # a large argument inside MULTI (queued, then sent in the transaction's frame),
+    # and to a command the router answers itself
+    tx = r.pipeline(transaction=True)
+    tx.set("{tx}big", big).append("{tx}big", b"!").get("{tx}big")
+    assert tx.execute() == [True, len(big) + 1, big + b"!"]
+    assert r.echo(big) == big
+
+
+def test_other_clients_served_while_a_large_reply_cannot_finish(server_factory):
+    """A client asks for 32 MiB and does not read: its reply stays in transit (the
+    gate). Meanwhile other clients, of either shard, get answers; then the reader
+    reads and gets exactly the value. The router's peak memory for the reply grows
+    by less than one and a half copies of it (it held two: the frame and the reply)."""
+    srv = server_factory(shards=2)
+    r = redis.Redis(port=srv.port)
+    size_bytes = 32 * MIB
+    value = build_value(r, "big", size_bytes)
+    router_pid = srv.child_pid("router", 0)
+    with open(f"/proc/{router_pid}/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    hwm_before = vm_hwm_bytes(router_pid)
+
+    gate = socket.create_connection(("127.0.0.1", srv.port))
+    gate.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    gate.sendall(b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n")
+    other = redis.Redis(port=srv.port)
+    for i in range(20):
+        assert other.ping()
+        assert other.set(f"k{i}", i)  # keys spread over both shards
+        assert other.get(f"k{i}") == str(i).encode()
+    assert other.strlen("big") == size_bytes  # the big key's own shard answers too
+
+    header = b"$%d\r\n" % size_bytes
+    expected = header + value + b"\r\n"
+    got = bytearray()
+    while len(got) < len(expected):
+        chunk = gate.recv(4 * MIB)
+        assert chunk, f"connection closed after {len(got)} of {len(expected)} bytes"
+        got += chunk
+    gate.close()
+    assert got == expected
+    growth = vm_hwm_bytes(router_pid) - hwm_before
+    print(f"router peak memory growth for a {size_bytes} byte reply: {growth} bytes")
+    assert growth < 1.5 * size_bytes, f"router peak grew {growth} bytes for a {size_bytes} byte reply"
+
+
+def test_frame_receiver_yields_inside_a_large_message_and_keeps_order():
+    """Unit level: a large reply whose blob arrives in pieces lets other tasks run
+    between the pieces, and the frames around it come out in order."""
+
+    async def main() -> None:
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.setblocking(False)
+        blob = os.urandom(3 * LARGE_BYTES)
+        got: list = []
+
+        def handle(items: list) -> None:
+            for item in items:
+                if type(item) is Large:
+                    got.append((large_reply_decoder.decode(item.head), bytes(item.blobs[0])))
+                else:
+                    got.extend(reply_batch_decoder.decode(item))
+
+        ticks = 0
+        released = trio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not released.is_set():
+                ticks += 1
+                await trio.sleep(0)
+
+        async def sender() -> None:
+            outbox: Outbox = Outbox()
+            outbox.extend([(1, b"+first\r\n"), (2, blob), (3, b"+last\r\n")])
+            batch = await outbox.take()
+            large = [i for i, reply in enumerate(batch) if len(reply[1]) >= LARGE_BYTES]
+            assert large == [1]
+            # a sender that stalls halfway through the blob: the gate
+            half = threading.Event()
+
+            class Halting:
+                def __init__(self, sock: socket.socket) -> None:
+                    self.sock = sock
+                    self.sent = 0
+
+                def send(self, data) -> int:
+                    if self.sent > 2 * LARGE_BYTES and not half.is_set():
+                        raise BlockingIOError
+                    n = self.sock.send(data)
+                    self.sent += n
+                    return n
+
+                def fileno(self) -> int:
+                    return self.sock.fileno()
+
+            halting = Halting(a)
+            async with trio.open_nursery() as inner:
+                inner.start_soon(send_batch, halting, batch, large, large_reply)
+                while halting.sent <= 2 * LARGE_BYTES:
+                    await trio.sleep(0.01)
+                ticks_at_gate = ticks
+                await trio.sleep(0.05)
+                assert got == [(1, b"+first\r\n")], "only the frame before the large reply is complete"
+                assert ticks > ticks_at_gate, "the loop kept turning while the large reply waited"
+                half.set()
+            a.shutdown(socket.SHUT_WR)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ticker)
+            nursery.start_soon(sender)
+            await FrameReceiver(b, handle).run()
+            released.set()
+        assert got == [(1, b"+first\r\n"), (2, blob), (3, b"+last\r\n")]
+        a.close()
+        b.close()
+
+    trio.run(main)
+
+
+def test_request_parser_fills_big_arguments_in_place():
+    """Big arguments after the command name come out as bytearrays filled as the
+    input arrived, equal to what the plain parser gives, for any chunking."""
+    rng = random.Random(11)
+    for _ in range(200):
+        requests = [[b"SET", rng.randbytes(rng.randint(0, 5))]
+                    + [rng.randbytes(rng.choice([0, 3, 100, 1000, 5000])) for _ in range(rng.randint(0, 3))]
+                    for _ in range(rng.randint(1, 5))]
+        data = b"".join(b"*%d\r\n" % len(argv) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in argv)
+                        for argv in requests)
+        min_bytes = rng.choice([1, 50, 900, 4000])
+        parser = RequestParser(in_place_min_bytes=min_bytes)
+        got = []
+        pos = 0
+        while pos < len(data):
+            size = rng.randint(1, 700)
+            parser.feed(data[pos : pos + size])
+            pos += size
+            got.extend(parser.requests())
+        assert [[bytes(a) for a in argv] for argv in got] == requests
+        assert all(type(a) is bytearray for argv in got for a in argv[1:] if len(a) >= max(min_bytes, 1000))
+        assert parser.buffered_bytes() == 0
