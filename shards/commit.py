@@ -202,6 +202,7 @@ class GroupCommit:
                     self._on_durable(wal.durable_seq)
         finally:
             self._commit_thread = None
+            trio.lowlevel.notify_closing(thread.durable_fd)  # stop() closes it
             thread.stop()
 
     async def _retry_failed_writes(self, thread: CommitThread) -> None:
