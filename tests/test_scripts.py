@@ -233,3 +233,12 @@ def test_shard_unit_readiness_notification(tmp_path):
     finally:
         _stop(procs)
         sock.close()
+
+
+def test_commit_bench_compares_durable_set_with_get() -> None:
+    """scripts/commit_bench.py runs a shard in-process and prints both workloads' CPU."""
+    out = subprocess.run([sys.executable, str(SCRIPTS / "commit_bench.py"), "--requests", "300", "--rounds", "1",
+                          "--keys", "100", "--fake-fsync-us", "200"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "GET: " in out.stdout and "cmds/fsync" in out.stdout and "durable SET / GET: " in out.stdout
