@@ -31,8 +31,8 @@ Writer API (one process holds a directory, enforced by flock on DIR/LOCK):
         LogClosed once closed. All-or-nothing. Accepted while the log is failed.
 
     log.sync() -> int
-        Worker thread (trio.to_thread.run_sync), one caller at a time (a concurrent
-        call raises RuntimeError). Takes all pending records, rolls to a new segment
+        A thread other than the appender's (a shard's commit thread), one caller at
+        a time (a concurrent call raises RuntimeError). Takes all pending records, rolls to a new segment
         first if they would overflow the active one (new file + directory fsync), does
         one write and one os.fdatasync, then advances and returns durable_seq. Safe to
         run while the main thread appends. On OSError the log fails: LogWriteFailed

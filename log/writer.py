@@ -1,7 +1,8 @@
 """The single writer of a log directory: recovery on open, leases, group commit.
 
 Threading model: one thread (the shard's trio thread) calls append(), take_lease(),
-drop_segments_through() and close(); one worker thread at a time calls sync().
+drop_segments_through() and close(); one other thread at a time (a shard's commit
+thread) calls sync().
 They share only the pending buffer, swapped under a lock held for a few
 assignments, so appending never waits for a write or an fsync.
 
@@ -280,7 +281,7 @@ class Log:
 
     def sync(self) -> int:
         """Write everything pending with one write and one fdatasync, then advance
-        and return durable_seq. Called from one worker thread at a time."""
+        and return durable_seq. Called from one thread at a time, never the appender's."""
         self._check_usable()
         if not self._sync_busy.acquire(blocking=False):
             raise RuntimeError(f"Log.sync() of {self.path} called while another sync() runs")

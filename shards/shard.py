@@ -88,7 +88,9 @@ class Shard(GroupCommit):
         self.held = HeldReplies()
         self.async_mode = config.durability == "async"
         self._unsynced_since: deque[tuple[int, float]] = deque()  # (seq, monotonic time appended)
-        self._commit_wanted = trio.Event()
+        self._commit_thread = None
+        self._commit_failed = None
+        self._commit_error = None
         self.write_error: bytes | None = None
         self.fsyncs = 0
         self.records_appended = 0
@@ -167,6 +169,7 @@ class Shard(GroupCommit):
         hold_writes = not self.async_mode or self._async_window_exceeded()
         durable_seq = self.hazards.durable_seq
         now_out = []
+        held_out = []  # replies waiting for this batch's own record, held as one list
         for req in requests:
             argv = req.argv
             if argv[0][:1] == INTERNAL_PREFIX:
@@ -185,15 +188,19 @@ class Shard(GroupCommit):
                 if type(data) is Block:
                     self._park(Waiter(conn, req.rid, req.cid, req.proto, argv, data))
                     continue
-            if wait > durable_seq:
-                self.held.hold(wait, conn, req.rid, data)
-            else:
+            if wait <= durable_seq:
                 now_out.append((req.rid, data))
+            elif wait == next_seq:
+                held_out.append((req.rid, data))
+            else:
+                self.held.hold(wait, conn, req.rid, data)
             if self.blocked.ready_keys:
                 self._serve_ready(next_seq, hold_writes)
         db.frozen_ms = 0
         self.total_commands += len(requests)
         self.append_effects()
+        if held_out:
+            self.held.hold_many(next_seq, conn, held_out)
         return now_out
 
     def _execute(self, argv: list[bytes], cid: int, proto: int, next_seq: int,

@@ -252,3 +252,12 @@ def test_large_values_quick_run_reports_both_systems(tmp_path):
         assert all(float(cell.strip().rstrip("x")) >= 0 for cell in row[1:])
     assert "peak RSS: durakv" in out.stdout
     assert processes_under(tmp_path) == []
+
+
+def test_commit_bench_compares_durable_set_with_get() -> None:
+    """scripts/commit_bench.py runs a shard in-process and prints both workloads' CPU."""
+    out = subprocess.run([sys.executable, str(SCRIPTS / "commit_bench.py"), "--requests", "300", "--rounds", "1",
+                          "--keys", "100", "--fake-fsync-us", "200"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "GET: " in out.stdout and "cmds/fsync" in out.stdout and "durable SET / GET: " in out.stdout
