@@ -20,20 +20,30 @@ from durakv.shards.resp import OK, Map, ReplyError, SetReply, Simple, Verbatim, 
 from durakv.shards.shard_settings import SHARD_DEFAULTS
 from durakv.shards.slots import key_slot
 from durakv.shards.table import (
-    MULTI_REFUSED, ROUTER, TABLE, Command, command, container, find, find_fullname,
+    MULTI_REFUSED, ROUTER, TABLE, Command, KeySpec, command, container, find, find_fullname,
 )
 
 # --- COMMAND --------------------------------------------------------------------
 
 
-def _key_spec_reply(spec: tuple) -> Map:
-    flags, index, lastkey, keystep, notes = spec
-    items = [] if notes is None else [b"notes", notes.encode()]
+def _key_spec_reply(spec: KeySpec) -> Map:
+    items = [] if spec.notes is None else [b"notes", spec.notes.encode()]
+    if spec.keyword is None:
+        begin = Map([b"type", b"index", b"spec", Map([b"index", spec.begin])])
+    else:
+        begin = Map([b"type", b"keyword", b"spec", Map([b"keyword", spec.keyword.encode(),
+                                                         b"startfrom", spec.begin])])
+    if spec.keynumidx is None:
+        find_keys = Map([b"type", b"range", b"spec", Map([b"lastkey", spec.lastkey, b"keystep", spec.keystep,
+                                                          b"limit", spec.limit])])
+    else:
+        find_keys = Map([b"type", b"keynum", b"spec", Map([b"keynumidx", spec.keynumidx,
+                                                           b"firstkey", spec.firstkey,
+                                                           b"keystep", spec.keystep])])
     items += [
-        b"flags", SetReply([Simple(f.encode()) for f in flags.split()]),
-        b"begin_search", Map([b"type", b"index", b"spec", Map([b"index", index])]),
-        b"find_keys", Map([b"type", b"range", b"spec", Map([b"lastkey", lastkey, b"keystep", keystep,
-                                                            b"limit", 0])]),
+        b"flags", SetReply([Simple(f.encode()) for f in spec.flags.split()]),
+        b"begin_search", begin,
+        b"find_keys", find_keys,
     ]
     return Map(items)
 

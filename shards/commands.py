@@ -11,3 +11,4 @@ from durakv.shards import t_hll  # noqa: F401
 from durakv.shards import t_sort  # noqa: F401
 from durakv.shards import t_memory  # noqa: F401
 from durakv.shards import t_dump  # noqa: F401
+from durakv.shards import t_geo  # noqa: F401

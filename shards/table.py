@@ -59,15 +59,28 @@ _UNREPORTED_FLAGS = frozenset({"sentinel", "only_sentinel", "movablekeys"})
 
 
 class KeySpec(NamedTuple):
-    """One of Redis' key specifications, for the index/range kind durakv uses:
-    the key at `begin`, through `lastkey` (relative to begin; negative: from
-    the end of argv) in steps of `keystep`."""
+    """One of Redis' key specifications. begin_search: the index `begin`, or, with
+    `keyword`, the first argument equal to it searching from `begin` (startfrom;
+    negative: from the end, backwards). find_keys: a range, through `lastkey`
+    (relative to the first key; negative: from the end of argv) in steps of
+    `keystep`, at most `limit` (0: no limit); or, with `keynumidx`, keynum: the
+    key count at keynumidx, the first key at `firstkey`, both relative to the
+    begin_search position, in steps of `keystep`."""
 
     flags: str
     begin: int
     lastkey: int
     keystep: int
     notes: str | None = None
+    keyword: str | None = None
+    keynumidx: int | None = None
+    firstkey: int = 1
+    limit: int = 0
+
+
+def keynum_spec(flags: str, begin: int, keynumidx: int = 0, firstkey: int = 1, keystep: int = 1) -> KeySpec:
+    """A key spec whose keys follow a numkeys argument (ZUNIONSTORE, EVAL)."""
+    return KeySpec(flags, begin, 0, keystep, keynumidx=keynumidx, firstkey=firstkey)
 
 
 # How the router merges the replies of a command sent to every shard (where=FANOUT):
