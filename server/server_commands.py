@@ -21,13 +21,21 @@ from durakv.shards.shard_settings import SHARD_DEFAULTS
 from durakv.shards.slots import key_slot
 from durakv.shards.table import (
     MULTI_REFUSED, ROUTER, TABLE, Command, KeySpec, command, container, find, find_fullname,
+    keys_from_specs,
 )
 
 # --- COMMAND --------------------------------------------------------------------
 
 
+def _spec_flags(flags: str) -> SetReply:
+    return SetReply([Simple(f.encode()) for f in flags.split()])
+
+
 def _key_spec_reply(spec: KeySpec) -> Map:
     items = [] if spec.notes is None else [b"notes", spec.notes.encode()]
+    if spec.begin == 0:
+        unknown = Map([b"type", b"unknown", b"spec", Map([])])
+        return Map(items + [b"flags", _spec_flags(spec.flags), b"begin_search", unknown, b"find_keys", unknown])
     if spec.keyword is None:
         begin = Map([b"type", b"index", b"spec", Map([b"index", spec.begin])])
     else:
@@ -41,7 +49,7 @@ def _key_spec_reply(spec: KeySpec) -> Map:
                                                            b"firstkey", spec.firstkey,
                                                            b"keystep", spec.keystep])])
     items += [
-        b"flags", SetReply([Simple(f.encode()) for f in spec.flags.split()]),
+        b"flags", _spec_flags(spec.flags),
         b"begin_search", begin,
         b"find_keys", find_keys,
     ]
@@ -149,8 +157,9 @@ def command_list(client: Client, argv: list[bytes]):
     return [c.fullname.encode() for c in cmds]
 
 
-def _resolve_for_getkeys(target: list[bytes]) -> tuple[Command, list[int]]:
-    """Redis' getKeysSubcommandImpl checks, in its order."""
+def _resolve_for_getkeys(target: list[bytes]) -> list[tuple[int, str]]:
+    """Redis' getKeysSubcommandImpl checks, in its order; the keys' positions
+    with the flags of the key spec that found each."""
     cmd = find(target)
     if cmd is None:
         raise ReplyError(b"ERR Invalid command specified")
@@ -158,21 +167,50 @@ def _resolve_for_getkeys(target: list[bytes]) -> tuple[Command, list[int]]:
         raise ReplyError(b"ERR The command has no key arguments")
     if not cmd.arity_ok(len(target)):
         raise ReplyError(b"ERR Invalid number of arguments specified for command")
+    keys = _keys_and_flags(cmd, target)
+    if not keys and "no_mandatory_keys" not in cmd.flags:
+        raise ReplyError(b"ERR Invalid arguments specified for command")
+    return keys
+
+
+def _keys_and_flags(cmd: Command, target: list[bytes]) -> list[tuple[int, str]]:
+    """As Redis' getKeysFromCommandWithSpecs: the key specs when they fit argv and
+    have fixed flags, else the command's own key finder (its routing keys)."""
+    specs = cmd.key_specs
+    if specs and not any("variable_flags" in s.flags for s in specs):
+        found = keys_from_specs(specs, target)
+        if found is not None:
+            return found
+        if any(s.keynumidx is not None for s in specs):
+            return []  # Redis' numkeys key finders find nothing when the count does not fit
     try:
         indexes = cmd.key_indexes(target)
     except ReplyError:
         indexes = []
-    if not indexes and "no_mandatory_keys" not in cmd.flags:
-        raise ReplyError(b"ERR Invalid arguments specified for command")
-    return cmd, indexes
+    return [(i, _flags_at(cmd, target, i)) for i in indexes]
+
+
+def _flags_at(cmd: Command, target: list[bytes], i: int) -> str:
+    """The flags of the index/range spec covering position i; else of the last unknown
+    spec (the keys the command finds itself, SORT's STORE) or the first spec; variable
+    flags resolved by the command's key_flags_fn."""
+    specs = cmd.key_specs
+    ranges = [s for s in specs if s.begin > 0 and s.keyword is None and s.keynumidx is None]
+    unknown = [s for s in specs if s.begin == 0]
+    spec = next((s for s in ranges if s.begin <= i and (s.lastkey < 0 or i <= s.begin + s.lastkey)),
+                unknown[-1] if unknown else specs[0] if specs else None)
+    flags = spec.flags if spec is not None else ""
+    if "variable_flags" in flags:
+        flags = (cmd.key_flags_fn(target) if cmd.key_flags_fn is not None
+                 else flags.replace("variable_flags", "").strip())
+    return flags
 
 
 @command("command|getkeys", -4, "loading stale", group="server", where=ROUTER,
          acl="connection")
 def command_getkeys(client: Client, argv: list[bytes]):
     target = argv[2:]
-    _, indexes = _resolve_for_getkeys(target)
-    return [target[i] for i in indexes]
+    return [target[i] for i, _ in _resolve_for_getkeys(target)]
 
 
 @command("command|getkeysandflags", -4, "loading stale", group="server", where=ROUTER,
@@ -180,18 +218,8 @@ def command_getkeys(client: Client, argv: list[bytes]):
 def command_getkeysandflags(client: Client, argv: list[bytes]):
     """Each key with the flags of the key spec it was found by."""
     target = argv[2:]
-    cmd, indexes = _resolve_for_getkeys(target)
-    specs = cmd.key_specs
-    out = []
-    for i in indexes:
-        spec = next((s for s in specs if s[1] <= i and (s[2] < 0 or i <= s[1] + s[2])),
-                    specs[0] if specs else ("", 0, 0, 1, None))
-        flags = spec[0]
-        if "variable_flags" in flags:
-            flags = (cmd.key_flags_fn(target) if cmd.key_flags_fn is not None
-                     else flags.replace("variable_flags", "").strip())
-        out.append([target[i], SetReply([Simple(f.encode()) for f in flags.split() if f != "incomplete"])])
-    return out
+    return [[target[i], SetReply([Simple(f.encode()) for f in flags.split() if f != "incomplete"])]
+            for i, flags in _resolve_for_getkeys(target)]
 
 
 @command("command|help", 2, "loading stale", group="server", where=ROUTER,

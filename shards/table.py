@@ -83,6 +83,59 @@ def keynum_spec(flags: str, begin: int, keynumidx: int = 0, firstkey: int = 1, k
     return KeySpec(flags, begin, 0, keystep, keynumidx=keynumidx, firstkey=firstkey)
 
 
+def unknown_spec(flags: str, notes: str) -> KeySpec:
+    """Redis' "unknown" key spec (begin 0): only the command itself knows where
+    these keys are (SORT's BY/GET patterns and STORE)."""
+    return KeySpec(flags, 0, 0, 0, notes=notes)
+
+
+def keys_from_specs(specs: tuple[KeySpec, ...], argv: list[bytes]) -> list[tuple[int, str]] | None:
+    """Every key the specs find, in spec order, with its spec's flags (Redis'
+    getKeysUsingKeySpecs, which COMMAND GETKEYS[ANDFLAGS] prefer); None when a
+    spec is unknown or does not fit argv (Redis falls back to the command's own
+    key finder then)."""
+    out: list[tuple[int, str]] = []
+    for spec in specs:
+        indexes = spec_key_indexes(spec, argv)
+        if indexes is None:
+            return None
+        out += [(i, spec.flags) for i in indexes]
+    return out
+
+
+def spec_key_indexes(spec: KeySpec, argv: list[bytes]) -> list[int] | None:
+    """The argv positions one key spec finds: none when its keyword is absent,
+    None for an unknown spec or one argv does not fit (a bad count, out of range)."""
+    argc = len(argv)
+    if spec.begin == 0:
+        return None
+    if spec.keyword is None:
+        first = spec.begin
+    else:
+        keyword = spec.keyword.encode().lower()
+        start, stop, step = ((spec.begin, argc, 1) if spec.begin > 0 else (argc + spec.begin, 0, -1))
+        found = [i for i in range(start, stop, step) if argv[i].lower() == keyword]
+        if not found:
+            return []
+        first = found[0] + 1
+    if spec.keynumidx is not None:
+        at = first + spec.keynumidx
+        numkeys = parse_ll(argv[at]) if at < argc else None
+        if numkeys is None or numkeys < 0:
+            return None
+        first = first + spec.firstkey
+        last = first + numkeys - 1  # as Redis: the count, not the keystep, sets the end
+    elif spec.lastkey >= 0:
+        last = first + spec.lastkey
+    elif spec.limit == 0:
+        last = argc + spec.lastkey
+    else:
+        last = first + ((argc - first) // spec.limit + spec.lastkey)
+    if first >= argc or last >= argc or last < first:
+        return None
+    return list(range(first, last + 1, spec.keystep))
+
+
 # How the router merges the replies of a command sent to every shard (where=FANOUT):
 # merge(parts, proto) -> the client's reply bytes, `parts` being each shard's value.
 def merge_sum(parts: list, proto: int) -> bytes:
