@@ -11,7 +11,7 @@ from durakv.server.conn_commands import REDIS_VERSION
 from durakv.server.fdlimit import adjust_open_files_limit
 from durakv.server.links import Pending
 from durakv.server.settings import set_failed
-from durakv.shards.args import ERR_SYNTAX
+from durakv.shards.args import ERR_SYNTAX, int_arg
 from durakv.shards.glob import glob_match
 from durakv.shards.frames import VERB_INFO, VERB_RESETSTAT
 from durakv.shards.internal import INFO_KEYSPACE
@@ -335,6 +335,25 @@ def lastsave(client: Client, argv: list[bytes]):
     from durakv.server.snapshot_commands import newest_snapshot_time_s
 
     return newest_snapshot_time_s(client.router.config.data_dir) or int(client.router.started_at)
+
+
+# --- LOLWUT, ROLE ------------------------------------------------------------------
+
+
+@command("lolwut", -1, "readonly fast", group="server", where=ROUTER)
+def lolwut(client: Client, argv: list[bytes]):
+    """Redis 7.0's own LOLWUT: the version line. The art of VERSION 5 and 6 (drawn
+    from random numbers) is not drawn; their version line is answered instead."""
+    if len(argv) >= 3 and argv[1].lower() == b"version":
+        int_arg(argv[2])
+    return Verbatim(b"Redis ver. %s\n" % REDIS_VERSION)
+
+
+@command("role", 1, "noscript loading stale fast sentinel", group="server", where=ROUTER,
+         acl="admin dangerous")
+def role(client: Client, argv: list[bytes]):
+    """Always a master with no replicas: durakv's durability is its log, not replication."""
+    return [b"master", 0, []]
 
 
 # --- DEBUG, FUNCTION --------------------------------------------------------------
