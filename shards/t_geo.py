@@ -198,6 +198,84 @@ def _points_in_shape(zs: ZSetValue, shape: geohash.Shape, limit: int) -> list[_P
     return found
 
 
+def _cmp_dist(a: _Point, b: _Point) -> int:
+    return (a.dist > b.dist) - (a.dist < b.dist)
+
+
+def _partial_sort(v: list, cmp, lrange: int, rrange: int) -> None:
+    """Redis' pqsort (Bentley-McIlroy quicksort that only recurses into parts
+    overlapping [lrange, rrange]), step for step: with COUNT, the order of points
+    at equal distances is the one this unstable sort leaves."""
+
+    def med3(a: int, b: int, c: int) -> int:
+        if cmp(v[a], v[b]) < 0:
+            return b if cmp(v[b], v[c]) < 0 else (c if cmp(v[a], v[c]) < 0 else a)
+        return b if cmp(v[b], v[c]) > 0 else (a if cmp(v[a], v[c]) < 0 else c)
+
+    def vecswap(a: int, b: int, n: int) -> None:
+        for k in range(n):
+            v[a + k], v[b + k] = v[b + k], v[a + k]
+
+    def overlaps(lo: int, n: int) -> bool:
+        return not ((lrange < lo and rrange < lo) or (lrange >= lo + n and rrange >= lo + n))
+
+    stack = [(0, len(v))]  # disjoint parts: the order they are sorted in does not matter
+    while stack:
+        base, n = stack.pop()
+        if n < 7:
+            for pm in range(base + 1, base + n):
+                pl = pm
+                while pl > base and cmp(v[pl - 1], v[pl]) > 0:
+                    v[pl], v[pl - 1] = v[pl - 1], v[pl]
+                    pl -= 1
+            continue
+        pm = base + n // 2
+        if n > 7:
+            pl, pn = base, base + n - 1
+            if n > 40:
+                d = n // 8
+                pl = med3(pl, pl + d, pl + 2 * d)
+                pm = med3(pm - d, pm, pm + d)
+                pn = med3(pn - 2 * d, pn - d, pn)
+            pm = med3(pl, pm, pn)
+        v[base], v[pm] = v[pm], v[base]
+        pa = pb = base + 1
+        pc = pd = base + n - 1
+        while True:
+            while pb <= pc:
+                c = cmp(v[pb], v[base])
+                if c > 0:
+                    break
+                if c == 0:
+                    v[pa], v[pb] = v[pb], v[pa]
+                    pa += 1
+                pb += 1
+            while pb <= pc:
+                c = cmp(v[pc], v[base])
+                if c < 0:
+                    break
+                if c == 0:
+                    v[pc], v[pd] = v[pd], v[pc]
+                    pd -= 1
+                pc -= 1
+            if pb > pc:
+                break
+            v[pb], v[pc] = v[pc], v[pb]
+            pb += 1
+            pc -= 1
+        pn = base + n
+        r = min(pa - base, pb - pa)
+        vecswap(base, pb - r, r)
+        r = min(pd - pc, pn - pd - 1)
+        vecswap(pb, pn - r, r)
+        left = pb - pa
+        right = pd - pc
+        if left > 1 and overlaps(base, left):
+            stack.append((base, left))
+        if right > 1 and overlaps(pn - right, right):
+            stack.append((pn - right, right))
+
+
 def georadius_generic(ctx: Ctx, argv: list[bytes], src_index: int, flags: int):
     """georadiusGeneric: every search command, with Redis' parse order and errors."""
     db = ctx.db
@@ -302,9 +380,15 @@ def georadius_generic(ctx: Ctx, argv: list[bytes], src_index: int, flags: int):
     found = _points_in_shape(zs, shape, count if any_ else 0)
     if not found and store_key is None:
         return []
+    returned_count = min(count, len(found)) if count else len(found)
     if sort != _SORT_NONE:
-        found.sort(key=lambda p: p.dist, reverse=sort == _SORT_DESC)
-    returned = found[:count] if count else found
+        if returned_count == len(found):
+            # glibc's qsort is a merge sort: stable, as list.sort
+            found.sort(key=lambda p: p.dist, reverse=sort == _SORT_DESC)
+        else:
+            cmp = _cmp_dist if sort == _SORT_ASC else (lambda a, b: -_cmp_dist(a, b))
+            _partial_sort(found, cmp, 0, returned_count - 1)
+    returned = found[:returned_count]
     if store_key is not None:
         scores = {p.member: (p.dist / conversion if storedist else p.score) for p in returned}
         return store_result(ctx, argv, store_key, scores)

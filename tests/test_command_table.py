@@ -111,9 +111,10 @@ MOVABLE_KEY_SAMPLES = [
     "zunionstore d 2 a b", "zinterstore d 2 a b WEIGHTS 1 2", "zdiffstore d 1 a", "zunion 2 a b", "zinter 1 a",
     "zdiff 2 a b", "zintercard 2 a b", "sintercard 2 a b LIMIT 1", "sort k", "sort k STORE dst",
     "sort k BY w_* GET o_* STORE dst", "sort_ro k", "memory usage k", "bitop and d a b", "bitop not d a",
-    "blpop a b 0", "brpop a 0", "pfcount a b", "pfmerge d a b", "sdiffstore d a b", "smove a b m", "lmove a b LEFT RIGHT",
-    "rpoplpush a b", "georadius k 0 0 1 km STORE d", "georadius k 0 0 1 km STOREDIST d2 STORE d",
-    "georadiusbymember k m 1 km STOREDIST d", "georadius_ro k 0 0 1 km", "geosearchstore d k FROMMEMBER m BYRADIUS 1 km",
+    "blpop a b 0", "brpop a 0", "pfcount a b", "pfmerge d a b", "sdiffstore d a b", "smove a b m",
+    "lmove a b LEFT RIGHT", "rpoplpush a b", "georadius k 0 0 1 km STORE d",
+    "georadius k 0 0 1 km STOREDIST d2 STORE d", "georadiusbymember k m 1 km STOREDIST d", "georadius_ro k 0 0 1 km",
+    "geosearchstore d k FROMMEMBER m BYRADIUS 1 km",
     "geosearch k FROMMEMBER m BYRADIUS 1 km", "geoadd k 0 0 m", "zunionstore d x a", "lmpop 0 a LEFT",
     "lmpop 3 a b LEFT", "sintercard 0 a", "bitfield k GET u8 0", "bitfield k SET u8 0 1",
 ]

@@ -11,7 +11,7 @@ from refserver import Pair, same_all
 
 from durakv.shards import commands  # noqa: F401
 from durakv.shards import geohash
-from durakv.shards.t_geo import distance_text
+from durakv.shards.t_geo import _partial_sort, distance_text
 from engine_util import run_and_replay
 
 RANDOM_POINTS = 300
@@ -260,3 +260,32 @@ def test_geohash_arithmetic_units():
     assert geohash.standard_geohash(float(geohash.align52(h))) == b"sqc8b49rny0"
     assert distance_text(0.00025) == b"0.0002" and distance_text(0.00035) == b"0.0004"
     assert distance_text(166274.15156960033) == b"166274.1516"
+
+
+def test_count_keeps_redis_order_among_equal_distances(anyproto):
+    """COUNT below the number of matches sorts with Redis' partial quicksort
+    (unstable): points at the same distance come back in its order; without
+    COUNT glibc's stable merge sort keeps the search order."""
+    rng = random.Random(3)
+    args: list = ["GEOADD", "ties"]
+    for i in range(120):
+        lon, lat = rng.choice(((0.0, 0.0), (0.5, 0.5), (-0.5, 0.25), (1.0, -1.0)))
+        args += [lon, lat, f"t{i}"]
+    same_geo(anyproto, [tuple(args)])
+    for count in (1, 5, 7, 8, 41, 60, 119):
+        for order in ("ASC", "DESC"):
+            same_geo(anyproto, [
+                ("GEOSEARCH", "ties", "FROMLONLAT", 0.1, 0.1, "BYRADIUS", 500, "km", order, "COUNT", count),
+                ("GEORADIUS", "ties", 0.1, 0.1, 500, "km", order, "COUNT", count, "WITHDIST"),
+            ])
+    same_geo(anyproto, [("GEOSEARCH", "ties", "FROMLONLAT", 0.1, 0.1, "BYRADIUS", 500, "km", "DESC")])
+
+
+def test_partial_sort_orders_the_requested_prefix():
+    rng = random.Random(5)
+    for n in (1, 6, 7, 8, 40, 41, 200):
+        for k in (1, n // 2 or 1, n):
+            values = [rng.randrange(10) for _ in range(n)]
+            work = list(values)
+            _partial_sort(work, lambda a, b: (a > b) - (a < b), 0, k - 1)
+            assert work[:k] == sorted(values)[:k] and sorted(work) == sorted(values)
