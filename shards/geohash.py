@@ -95,11 +95,23 @@ def decode(h: HashBits, lon_min: float = GEO_LONG_MIN, lon_max: float = GEO_LONG
                 lat_min + ((ilat + 1) * 1.0 / cells) * lat_scale)
 
 
+_TWO63 = 2.0**63
+_INT64_INDEFINITE = 1 << 63  # what x86-64's cvttsd2si gives for a value out of int64 range
+
+
+def _double_to_u64(x: float) -> int:
+    """C's `(uint64_t)x` as gcc compiles it on x86-64, out-of-range values included
+    (any sorted-set score can reach the geo commands): below 2**63 a signed
+    conversion, above it a signed conversion of x - 2**63 with the top bit flipped."""
+    if x < _TWO63:
+        return int(x) & U64_MASK if x >= -_TWO63 else _INT64_INDEFINITE
+    y = x - _TWO63
+    return (int(y) if y < _TWO63 else _INT64_INDEFINITE) ^ _INT64_INDEFINITE
+
+
 def score_to_hash(score: float) -> HashBits:
     """Redis' `(uint64_t)score` at step 26 (decodeGeohash)."""
-    if not math.isfinite(score) or score < 0:
-        return HashBits(0, GEO_STEP_MAX)
-    return HashBits(int(score) & U64_MASK, GEO_STEP_MAX)
+    return HashBits(_double_to_u64(score), GEO_STEP_MAX)
 
 
 def decode_score(score: float) -> tuple[float, float]:

@@ -102,9 +102,13 @@ def test_geodist_geopos_geohash(anyproto):
         ("GEOHASH", "Sicily", "Palermo", "Catania", "nosuch"),
         ("GEOHASH", "nokey", "a"),
         ("GEOHASH", "Sicily"),
-        ("ZADD", "Sicily", 0, "zero", 4503599627370495, "max52", 9007199254740992, "big"),
-        ("GEOPOS", "Sicily", "zero", "max52", "big"),
-        ("GEOHASH", "Sicily", "zero", "max52", "big"),
+        # Scores no GEOADD makes: decoded as C's (uint64_t) conversion leaves them.
+        ("ZADD", "Sicily", 0, "zero", 4503599627370495, "max52", 9007199254740992, "big", -1.5, "neg",
+         "-inf", "ninf", "inf", "pinf", "1e19", "e19", "1e30", "e30", "-1e30", "ne30"),
+        ("GEOPOS", "Sicily", "zero", "max52", "big", "neg", "ninf", "pinf", "e19", "e30", "ne30"),
+        ("GEOHASH", "Sicily", "zero", "max52", "big", "neg", "ninf", "pinf", "e19", "e30", "ne30"),
+        ("GEODIST", "Sicily", "neg", "ninf"),
+        ("GEOSEARCH", "Sicily", "FROMLONLAT", 0, 0, "BYRADIUS", 30000, "km", "WITHHASH", "WITHCOORD", "ASC"),
     ])
 
 
