@@ -114,13 +114,40 @@ def score_to_hash(score: float) -> HashBits:
     return HashBits(_double_to_u64(score), GEO_STEP_MAX)
 
 
+def _unzip_table() -> list[int]:
+    """For each 16-bit piece of a hash: its even bits (latitude) at 0-7 and its odd
+    bits (longitude) at 32-39, so four lookups deinterleave a whole 64-bit hash."""
+    byte = [_squash(c) | (_squash(c >> 1) << 32) for c in range(256)]  # 4 + 4 bits
+    return [byte[c & 0xFF] | (byte[c >> 8] << 4) for c in range(1 << 16)]
+
+
+_UNZIP = _unzip_table()
+_CELLS = float(1 << GEO_STEP_MAX)
+_LAT_SCALE = GEO_LAT_MAX - GEO_LAT_MIN
+_LON_SCALE = GEO_LONG_MAX - GEO_LONG_MIN
+
+
 def decode_score(score: float) -> tuple[float, float]:
-    """decodeGeohash: a score's cell centre (longitude, latitude), clamped to the ranges."""
-    area = decode(score_to_hash(score))
-    lon = (area.lon_min + area.lon_max) / 2
-    lon = min(max(lon, GEO_LONG_MIN), GEO_LONG_MAX)
-    lat = (area.lat_min + area.lat_max) / 2
-    lat = min(max(lat, GEO_LAT_MIN), GEO_LAT_MAX)
+    """decodeGeohash: a score's cell centre (longitude, latitude), clamped to the
+    ranges; `decode` and the centre computation inlined (searches call it per point)."""
+    bits = int(score) if 0.0 <= score < _TWO63 else _double_to_u64(score)
+    u = _UNZIP
+    packed = (u[bits & 0xFFFF] | (u[(bits >> 16) & 0xFFFF] << 8) | (u[(bits >> 32) & 0xFFFF] << 16)
+              | (u[bits >> 48] << 24))
+    ilat = packed & 0xFFFFFFFF
+    ilon = packed >> 32
+    lon = ((GEO_LONG_MIN + (ilon * 1.0 / _CELLS) * _LON_SCALE)
+           + (GEO_LONG_MIN + ((ilon + 1) * 1.0 / _CELLS) * _LON_SCALE)) / 2
+    lat = ((GEO_LAT_MIN + (ilat * 1.0 / _CELLS) * _LAT_SCALE)
+           + (GEO_LAT_MIN + ((ilat + 1) * 1.0 / _CELLS) * _LAT_SCALE)) / 2
+    if lon > GEO_LONG_MAX:
+        lon = GEO_LONG_MAX
+    elif lon < GEO_LONG_MIN:
+        lon = GEO_LONG_MIN
+    if lat > GEO_LAT_MAX:
+        lat = GEO_LAT_MAX
+    elif lat < GEO_LAT_MIN:
+        lat = GEO_LAT_MIN
     return lon, lat
 
 

@@ -13,7 +13,8 @@ ZUNIONSTORE.
 from __future__ import annotations
 
 from fractions import Fraction
-from typing import NamedTuple
+import math
+from operator import itemgetter
 
 from durakv.shards import geohash
 from durakv.shards.args import ERR_SYNTAX, float_arg, int_arg
@@ -157,12 +158,9 @@ _RADIUS_COORDS, _RADIUS_MEMBER, _NOSTORE, _SEARCH, _SEARCHSTORE = 1, 2, 4, 8, 16
 _SORT_NONE, _SORT_ASC, _SORT_DESC = 0, 1, 2
 
 
-class _Point(NamedTuple):
-    dist: float
-    score: float
-    member: bytes
-    lon: float
-    lat: float
+# A point found by a search: (distance in meters, score, member, longitude, latitude).
+# Plain tuples: a search may build one per member of a large set.
+_Point = tuple[float, float, bytes, float, float]
 
 
 def _points_in_cell(zs: ZSetValue, h: geohash.HashBits, shape: geohash.Shape, found: list[_Point],
@@ -171,13 +169,39 @@ def _points_in_cell(zs: ZSetValue, h: geohash.HashBits, shape: geohash.Shape, fo
     order, each point kept when the exact distance test passes."""
     lo, hi = geohash.score_range(h)
     start, end = score_span(zs, float(lo), False, float(hi), True)
+    decode_score = geohash.decode_score
+    append = found.append
+    if shape.is_box:
+        within = geohash.within
+        for score, member in zs.order.islice(start, end):
+            lon, lat = decode_score(score)
+            d = within(shape, lon, lat)
+            if d is not None:
+                append((d, score, member, lon, lat))
+                if limit and len(found) >= limit:
+                    break
+        return
+    # The circle test of geohash.within, inlined: the same operations in the same order.
+    sin, cos, asin, sqrt = math.sin, math.cos, math.asin, math.sqrt
+    d_r = geohash.D_R
+    earth = geohash.EARTH_RADIUS_IN_METERS
+    radius_m = shape.radius * shape.conversion
+    lon1r = shape.lon * d_r
+    lat1r = shape.lat * d_r
+    cos_lat1 = cos(lat1r)
     for score, member in zs.order.islice(start, end):
-        lon, lat = geohash.decode_score(score)
-        d = geohash.within(shape, lon, lat)
-        if d is not None:
-            found.append(_Point(d, score, member, lon, lat))
-        if found and limit and len(found) >= limit:
-            break
+        lon, lat = decode_score(score)
+        v = sin((lon * d_r - lon1r) / 2)
+        if v == 0.0:
+            d = earth * abs(lat * d_r - lat1r)
+        else:
+            lat2r = lat * d_r
+            u = sin((lat2r - lat1r) / 2)
+            d = 2.0 * earth * asin(sqrt(u * u + cos_lat1 * cos(lat2r) * v * v))
+        if d <= radius_m:
+            append((d, score, member, lon, lat))
+            if limit and len(found) >= limit:
+                break
 
 
 def _points_in_shape(zs: ZSetValue, shape: geohash.Shape, limit: int) -> list[_Point]:
@@ -198,23 +222,25 @@ def _points_in_shape(zs: ZSetValue, shape: geohash.Shape, limit: int) -> list[_P
     return found
 
 
-def _cmp_dist(a: _Point, b: _Point) -> int:
-    return (a.dist > b.dist) - (a.dist < b.dist)
-
-
-def _partial_sort(v: list, cmp, lrange: int, rrange: int) -> None:
+def _partial_sort(keys: list[float], v: list, lrange: int, rrange: int) -> None:
     """Redis' pqsort (Bentley-McIlroy quicksort that only recurses into parts
-    overlapping [lrange, rrange]), step for step: with COUNT, the order of points
-    at equal distances is the one this unstable sort leaves."""
+    overlapping [lrange, rrange]) of v by keys (moved together), step for step:
+    with COUNT, the order of points at equal distances is the one this unstable
+    sort leaves."""
 
     def med3(a: int, b: int, c: int) -> int:
-        if cmp(v[a], v[b]) < 0:
-            return b if cmp(v[b], v[c]) < 0 else (c if cmp(v[a], v[c]) < 0 else a)
-        return b if cmp(v[b], v[c]) > 0 else (a if cmp(v[a], v[c]) < 0 else c)
+        ka, kb, kc = keys[a], keys[b], keys[c]
+        if ka < kb:
+            return b if kb < kc else (c if ka < kc else a)
+        return b if kb > kc else (a if ka < kc else c)
+
+    def swap(a: int, b: int) -> None:
+        keys[a], keys[b] = keys[b], keys[a]
+        v[a], v[b] = v[b], v[a]
 
     def vecswap(a: int, b: int, n: int) -> None:
         for k in range(n):
-            v[a + k], v[b + k] = v[b + k], v[a + k]
+            swap(a + k, b + k)
 
     def overlaps(lo: int, n: int) -> bool:
         return not ((lrange < lo and rrange < lo) or (lrange >= lo + n and rrange >= lo + n))
@@ -225,8 +251,8 @@ def _partial_sort(v: list, cmp, lrange: int, rrange: int) -> None:
         if n < 7:
             for pm in range(base + 1, base + n):
                 pl = pm
-                while pl > base and cmp(v[pl - 1], v[pl]) > 0:
-                    v[pl], v[pl - 1] = v[pl - 1], v[pl]
+                while pl > base and keys[pl - 1] > keys[pl]:
+                    swap(pl, pl - 1)
                     pl -= 1
             continue
         pm = base + n // 2
@@ -238,29 +264,30 @@ def _partial_sort(v: list, cmp, lrange: int, rrange: int) -> None:
                 pm = med3(pm - d, pm, pm + d)
                 pn = med3(pn - 2 * d, pn - d, pn)
             pm = med3(pl, pm, pn)
-        v[base], v[pm] = v[pm], v[base]
+        swap(base, pm)
+        pivot = keys[base]
         pa = pb = base + 1
         pc = pd = base + n - 1
         while True:
             while pb <= pc:
-                c = cmp(v[pb], v[base])
-                if c > 0:
+                k = keys[pb]
+                if k > pivot:
                     break
-                if c == 0:
-                    v[pa], v[pb] = v[pb], v[pa]
+                if k == pivot:
+                    swap(pa, pb)
                     pa += 1
                 pb += 1
             while pb <= pc:
-                c = cmp(v[pc], v[base])
-                if c < 0:
+                k = keys[pc]
+                if k < pivot:
                     break
-                if c == 0:
-                    v[pc], v[pd] = v[pd], v[pc]
+                if k == pivot:
+                    swap(pc, pd)
                     pd -= 1
                 pc -= 1
             if pb > pc:
                 break
-            v[pb], v[pc] = v[pc], v[pb]
+            swap(pb, pc)
             pb += 1
             pc -= 1
         pn = base + n
@@ -384,27 +411,28 @@ def georadius_generic(ctx: Ctx, argv: list[bytes], src_index: int, flags: int):
     if sort != _SORT_NONE:
         if returned_count == len(found):
             # glibc's qsort is a merge sort: stable, as list.sort
-            found.sort(key=lambda p: p.dist, reverse=sort == _SORT_DESC)
+            found.sort(key=itemgetter(0), reverse=sort == _SORT_DESC)
         else:
-            cmp = _cmp_dist if sort == _SORT_ASC else (lambda a, b: -_cmp_dist(a, b))
-            _partial_sort(found, cmp, 0, returned_count - 1)
+            # DESC compares as ASC on negated distances (Redis negates the comparison).
+            keys = [p[0] for p in found] if sort == _SORT_ASC else [-p[0] for p in found]
+            _partial_sort(keys, found, 0, returned_count - 1)
     returned = found[:returned_count]
     if store_key is not None:
-        scores = {p.member: (p.dist / conversion if storedist else p.score) for p in returned}
+        scores = {p[2]: (p[0] / conversion if storedist else p[1]) for p in returned}
         return store_result(ctx, argv, store_key, scores)
     options = withdist + withhash + withcoord
     out: list = []
-    for p in returned:
+    for dist, score, member, lon, lat in returned:
         if not options:
-            out.append(p.member)
+            out.append(member)
             continue
-        item: list = [p.member]
+        item: list = [member]
         if withdist:
-            item.append(distance_text(p.dist / conversion))
+            item.append(distance_text(dist / conversion))
         if withhash:
-            item.append(int(p.score))
+            item.append(int(score))
         if withcoord:
-            item.append([_human_double(ctx, p.lon), _human_double(ctx, p.lat)])
+            item.append([_human_double(ctx, lon), _human_double(ctx, lat)])
         out.append(item)
     return out
 

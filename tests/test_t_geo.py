@@ -289,7 +289,10 @@ def test_partial_sort_orders_the_requested_prefix():
     rng = random.Random(5)
     for n in (1, 6, 7, 8, 40, 41, 200):
         for k in (1, n // 2 or 1, n):
-            values = [rng.randrange(10) for _ in range(n)]
-            work = list(values)
-            _partial_sort(work, lambda a, b: (a > b) - (a < b), 0, k - 1)
-            assert work[:k] == sorted(values)[:k] and sorted(work) == sorted(values)
+            values = [float(rng.randrange(10)) for _ in range(n)]
+            keys = list(values)
+            items = [(x, i) for i, x in enumerate(values)]
+            _partial_sort(keys, items, 0, k - 1)
+            assert keys[:k] == sorted(values)[:k] and sorted(keys) == sorted(values)
+            assert [x for x, _ in items] == keys  # items moved with their keys
+            assert sorted(i for _, i in items) == list(range(n))
