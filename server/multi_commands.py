@@ -79,7 +79,8 @@ def _wait_timeout(text: bytes) -> int:
     return timeout
 
 
-@command("wait", 3, "noscript", group="generic", where=ROUTER)
+@command("wait", 3, "noscript", group="generic", where=ROUTER, acl="connection",
+         tips=("request_policy:all_shards", "response_policy:agg_min"))
 def wait(client: Client, argv: list[bytes]):
     """No replicas exist and every acknowledged write is already durable."""
     if parse_ll(argv[1]) is None:

@@ -11,7 +11,7 @@ from durakv.server.conn_commands import REDIS_VERSION
 from durakv.server.fdlimit import adjust_open_files_limit
 from durakv.server.links import Pending
 from durakv.server.settings import set_failed
-from durakv.shards.args import ERR_SYNTAX
+from durakv.shards.args import ERR_SYNTAX, int_arg
 from durakv.shards.glob import glob_match
 from durakv.shards.frames import VERB_INFO, VERB_RESETSTAT
 from durakv.shards.internal import INFO_KEYSPACE
@@ -20,20 +20,38 @@ from durakv.shards.resp import Map, ReplyError, SetReply, Simple, Verbatim, enco
 from durakv.shards.shard_settings import SHARD_DEFAULTS
 from durakv.shards.slots import key_slot
 from durakv.shards.table import (
-    MULTI_REFUSED, ROUTER, TABLE, Command, command, container, find, find_fullname, subcommand_syntax_error,
+    MULTI_REFUSED, ROUTER, TABLE, Command, KeySpec, command, container, find, find_fullname,
+    keys_from_specs, subcommand_syntax_error,
 )
 
 # --- COMMAND --------------------------------------------------------------------
 
 
-def _key_spec_reply(spec: tuple) -> Map:
-    flags, index, lastkey, keystep, notes = spec
-    items = [] if notes is None else [b"notes", notes.encode()]
+def _spec_flags(flags: str) -> SetReply:
+    return SetReply([Simple(f.encode()) for f in flags.split()])
+
+
+def _key_spec_reply(spec: KeySpec) -> Map:
+    items = [] if spec.notes is None else [b"notes", spec.notes.encode()]
+    if spec.begin == 0:
+        unknown = Map([b"type", b"unknown", b"spec", Map([])])
+        return Map(items + [b"flags", _spec_flags(spec.flags), b"begin_search", unknown, b"find_keys", unknown])
+    if spec.keyword is None:
+        begin = Map([b"type", b"index", b"spec", Map([b"index", spec.begin])])
+    else:
+        begin = Map([b"type", b"keyword", b"spec", Map([b"keyword", spec.keyword.encode(),
+                                                         b"startfrom", spec.begin])])
+    if spec.keynumidx is None:
+        find_keys = Map([b"type", b"range", b"spec", Map([b"lastkey", spec.lastkey, b"keystep", spec.keystep,
+                                                          b"limit", spec.limit])])
+    else:
+        find_keys = Map([b"type", b"keynum", b"spec", Map([b"keynumidx", spec.keynumidx,
+                                                           b"firstkey", spec.firstkey,
+                                                           b"keystep", spec.keystep])])
     items += [
-        b"flags", SetReply([Simple(f.encode()) for f in flags.split()]),
-        b"begin_search", Map([b"type", b"index", b"spec", Map([b"index", index])]),
-        b"find_keys", Map([b"type", b"range", b"spec", Map([b"lastkey", lastkey, b"keystep", keystep,
-                                                            b"limit", 0])]),
+        b"flags", _spec_flags(spec.flags),
+        b"begin_search", begin,
+        b"find_keys", find_keys,
     ]
     return Map(items)
 
@@ -139,8 +157,9 @@ def command_list(client: Client, argv: list[bytes]):
     return [c.fullname.encode() for c in cmds]
 
 
-def _resolve_for_getkeys(target: list[bytes]) -> tuple[Command, list[int]]:
-    """Redis' getKeysSubcommandImpl checks, in its order."""
+def _resolve_for_getkeys(target: list[bytes]) -> list[tuple[int, str]]:
+    """Redis' getKeysSubcommandImpl checks, in its order; the keys' positions
+    with the flags of the key spec that found each."""
     cmd = find(target)
     if cmd is None:
         raise ReplyError(b"ERR Invalid command specified")
@@ -148,21 +167,50 @@ def _resolve_for_getkeys(target: list[bytes]) -> tuple[Command, list[int]]:
         raise ReplyError(b"ERR The command has no key arguments")
     if not cmd.arity_ok(len(target)):
         raise ReplyError(b"ERR Invalid number of arguments specified for command")
+    keys = _keys_and_flags(cmd, target)
+    if not keys and "no_mandatory_keys" not in cmd.flags:
+        raise ReplyError(b"ERR Invalid arguments specified for command")
+    return keys
+
+
+def _keys_and_flags(cmd: Command, target: list[bytes]) -> list[tuple[int, str]]:
+    """As Redis' getKeysFromCommandWithSpecs: the key specs when they fit argv and
+    have fixed flags, else the command's own key finder (its routing keys)."""
+    specs = cmd.key_specs
+    if specs and not any("variable_flags" in s.flags for s in specs):
+        found = keys_from_specs(specs, target)
+        if found is not None:
+            return found
+        if any(s.keynumidx is not None for s in specs):
+            return []  # Redis' numkeys key finders find nothing when the count does not fit
     try:
         indexes = cmd.key_indexes(target)
     except ReplyError:
         indexes = []
-    if not indexes and "no_mandatory_keys" not in cmd.flags:
-        raise ReplyError(b"ERR Invalid arguments specified for command")
-    return cmd, indexes
+    return [(i, _flags_at(cmd, target, i)) for i in indexes]
+
+
+def _flags_at(cmd: Command, target: list[bytes], i: int) -> str:
+    """The flags of the index/range spec covering position i; else of the last unknown
+    spec (the keys the command finds itself, SORT's STORE) or the first spec; variable
+    flags resolved by the command's key_flags_fn."""
+    specs = cmd.key_specs
+    ranges = [s for s in specs if s.begin > 0 and s.keyword is None and s.keynumidx is None]
+    unknown = [s for s in specs if s.begin == 0]
+    spec = next((s for s in ranges if s.begin <= i and (s.lastkey < 0 or i <= s.begin + s.lastkey)),
+                unknown[-1] if unknown else specs[0] if specs else None)
+    flags = spec.flags if spec is not None else ""
+    if "variable_flags" in flags:
+        flags = (cmd.key_flags_fn(target) if cmd.key_flags_fn is not None
+                 else flags.replace("variable_flags", "").strip())
+    return flags
 
 
 @command("command|getkeys", -4, "loading stale", group="server", where=ROUTER,
          acl="connection")
 def command_getkeys(client: Client, argv: list[bytes]):
     target = argv[2:]
-    _, indexes = _resolve_for_getkeys(target)
-    return [target[i] for i in indexes]
+    return [target[i] for i, _ in _resolve_for_getkeys(target)]
 
 
 @command("command|getkeysandflags", -4, "loading stale", group="server", where=ROUTER,
@@ -170,18 +218,8 @@ def command_getkeys(client: Client, argv: list[bytes]):
 def command_getkeysandflags(client: Client, argv: list[bytes]):
     """Each key with the flags of the key spec it was found by."""
     target = argv[2:]
-    cmd, indexes = _resolve_for_getkeys(target)
-    specs = cmd.key_specs
-    out = []
-    for i in indexes:
-        spec = next((s for s in specs if s[1] <= i and (s[2] < 0 or i <= s[1] + s[2])),
-                    specs[0] if specs else ("", 0, 0, 1, None))
-        flags = spec[0]
-        if "variable_flags" in flags:
-            flags = (cmd.key_flags_fn(target) if cmd.key_flags_fn is not None
-                     else flags.replace("variable_flags", "").strip())
-        out.append([target[i], SetReply([Simple(f.encode()) for f in flags.split() if f != "incomplete"])])
-    return out
+    return [[target[i], SetReply([Simple(f.encode()) for f in flags.split() if f != "incomplete"])]
+            for i, flags in _resolve_for_getkeys(target)]
 
 
 @command("command|help", 2, "loading stale", group="server", where=ROUTER,
@@ -297,6 +335,25 @@ def lastsave(client: Client, argv: list[bytes]):
     from durakv.server.snapshot_commands import newest_snapshot_time_s
 
     return newest_snapshot_time_s(client.router.config.data_dir) or int(client.router.started_at)
+
+
+# --- LOLWUT, ROLE ------------------------------------------------------------------
+
+
+@command("lolwut", -1, "readonly fast", group="server", where=ROUTER)
+def lolwut(client: Client, argv: list[bytes]):
+    """Redis 7.0's own LOLWUT: the version line. The art of VERSION 5 and 6 (drawn
+    from random numbers) is not drawn; their version line is answered instead."""
+    if len(argv) >= 3 and argv[1].lower() == b"version":
+        int_arg(argv[2])
+    return Verbatim(b"Redis ver. %s\n" % REDIS_VERSION)
+
+
+@command("role", 1, "noscript loading stale fast sentinel", group="server", where=ROUTER,
+         acl="admin dangerous")
+def role(client: Client, argv: list[bytes]):
+    """Always a master with no replicas: durakv's durability is its log, not replication."""
+    return [b"master", 0, []]
 
 
 # --- DEBUG, FUNCTION --------------------------------------------------------------

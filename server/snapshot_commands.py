@@ -11,7 +11,7 @@ from durakv.shards.table import ROUTER, command
 from durakv.snapshotter.runner import read_status, request_snapshot
 
 
-@command("bgsave", -1, "admin noscript", group="server", where=ROUTER)
+@command("bgsave", -1, "admin noscript no_async_loading", group="server", where=ROUTER)
 def bgsave(client: Client, argv: list[bytes]):
     if len(argv) > 2 or (len(argv) == 2 and argv[1].upper() != b"SCHEDULE"):
         raise ReplyError(b"ERR syntax error")

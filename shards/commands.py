@@ -14,3 +14,4 @@ from durakv.shards import t_dump  # noqa: F401
 from durakv.shards import t_stream  # noqa: F401
 from durakv.shards import t_script  # noqa: F401
 from durakv.shards import t_function  # noqa: F401
+from durakv.shards import t_geo  # noqa: F401

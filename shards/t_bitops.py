@@ -17,7 +17,7 @@ from durakv.shards.numbers import parse_ll
 from durakv.shards.context import Ctx
 from durakv.shards.resp import fixed_error
 from durakv.shards.t_string import get_string
-from durakv.shards.table import command
+from durakv.shards.table import KeySpec, command
 
 CHUNK_BYTES = 1 << 20  # largest slice turned into one integer at a time
 
@@ -75,7 +75,8 @@ def _writable_string(ctx: Ctx, key: bytes, max_bit: int) -> tuple[bytearray, boo
 # --- SETBIT / GETBIT ------------------------------------------------------------
 
 
-@command("setbit", 4, "write denyoom", (1, 1, 1), "bitmap")
+@command("setbit", 4, "write denyoom", (1, 1, 1), "bitmap",
+         key_specs=(KeySpec("RW access update", 1, 0, 1),))
 def setbit(ctx: Ctx, argv: list[bytes]):
     offset = parse_bit_offset(argv[2])
     on = parse_ll(argv[3])
@@ -229,7 +230,8 @@ def bitpos(ctx: Ctx, argv: list[bytes]):
 _BITOPS = {b"AND", b"OR", b"XOR", b"NOT"}
 
 
-@command("bitop", -4, "write denyoom", (2, -1, 1), "bitmap")
+@command("bitop", -4, "write denyoom", (2, -1, 1), "bitmap",
+         key_specs=(KeySpec("OW update", 2, 0, 1), KeySpec("RO access", 3, -1, 1)))
 def bitop(ctx: Ctx, argv: list[bytes]):
     op = argv[1].upper()
     if op not in _BITOPS:
@@ -431,7 +433,26 @@ def _bitfield_effect(key: bytes, value: bytearray, writes: list[tuple]) -> list[
     return effect
 
 
-@command("bitfield", -2, "write denyoom", (1, 1, 1), "bitmap")
+def bitfield_key_flags(argv: list[bytes]) -> str:
+    """Redis' bitfieldGetKeys: RO access when every operation is a GET (or OVERFLOW)."""
+    i = 2
+    argc = len(argv)
+    while i < argc:
+        arg = argv[i].lower()
+        left = argc - i - 1
+        if arg == b"get" and left >= 2:
+            i += 3
+        elif arg == b"overflow" and left >= 1:
+            i += 2
+        else:
+            return "RW access update"
+    return "RO access"
+
+
+@command("bitfield", -2, "write denyoom", (1, 1, 1), "bitmap",
+         key_specs=(KeySpec("RW access update variable_flags", 1, 0, 1,
+                            notes="This command allows both access and modification of the key"),),
+         key_flags_fn=bitfield_key_flags)
 def bitfield(ctx: Ctx, argv: list[bytes]):
     return _bitfield(ctx, argv, False)
 

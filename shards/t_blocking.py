@@ -18,7 +18,7 @@ from durakv.shards.t_list import (
     LIST_HEAD, LIST_TAIL, ListValue, list_move, list_pop, parse_mpop_args, parse_where,
 )
 from durakv.shards.t_zset import ZSetValue, parse_zmpop, zpop_generic
-from durakv.shards.table import command, numkeys_keys
+from durakv.shards.table import KeySpec, command, keynum_spec, numkeys_keys
 
 
 def _block_or_timeout(ctx: Ctx, keys: list[bytes], deadline_ms: int, serve) -> object:
@@ -49,12 +49,14 @@ def _blocking_pop(ctx: Ctx, argv: list[bytes], where: int):
     return _block_or_timeout(ctx, keys, deadline_ms, serve)
 
 
-@command("blpop", -3, "write noscript blocking", (1, -2, 1), "list")
+@command("blpop", -3, "write noscript blocking", (1, -2, 1), "list",
+         key_specs=(KeySpec("RW access delete", 1, -2, 1),))
 def blpop(ctx: Ctx, argv: list[bytes]):
     return _blocking_pop(ctx, argv, LIST_HEAD)
 
 
-@command("brpop", -3, "write noscript blocking", (1, -2, 1), "list")
+@command("brpop", -3, "write noscript blocking", (1, -2, 1), "list",
+         key_specs=(KeySpec("RW access delete", 1, -2, 1),))
 def brpop(ctx: Ctx, argv: list[bytes]):
     return _blocking_pop(ctx, argv, LIST_TAIL)
 
@@ -73,19 +75,22 @@ def _blocking_move(ctx: Ctx, src: bytes, dst: bytes, wherefrom: int, whereto: in
     return Block([src], deadline_ms, NULL_ARRAY, serve)
 
 
-@command("blmove", 6, "write denyoom noscript blocking", (1, 2, 1), "list")
+@command("blmove", 6, "write denyoom noscript blocking", (1, 2, 1), "list",
+         key_specs=(KeySpec("RW access delete", 1, 0, 1), KeySpec("RW insert", 2, 0, 1)))
 def blmove(ctx: Ctx, argv: list[bytes]):
     wherefrom = parse_where(argv[3])
     whereto = parse_where(argv[4])
     return _blocking_move(ctx, argv[1], argv[2], wherefrom, whereto, argv[5])
 
 
-@command("brpoplpush", 4, "write denyoom noscript blocking", (1, 2, 1), "list")
+@command("brpoplpush", 4, "write denyoom noscript blocking", (1, 2, 1), "list",
+         key_specs=(KeySpec("RW access delete", 1, 0, 1), KeySpec("RW insert", 2, 0, 1)))
 def brpoplpush(ctx: Ctx, argv: list[bytes]):
     return _blocking_move(ctx, argv[1], argv[2], LIST_TAIL, LIST_HEAD, argv[3])
 
 
-@command("blmpop", -5, "write blocking", (0, 0, 0), "list", keys_fn=numkeys_keys(2))
+@command("blmpop", -5, "write blocking", (0, 0, 0), "list", keys_fn=numkeys_keys(2),
+         key_specs=(keynum_spec("RW access delete", 2, 0, 1, 1),))
 def blmpop(ctx: Ctx, argv: list[bytes]):
     keys, where, count = parse_mpop_args(argv, 2)
     deadline_ms = parse_timeout_ms(argv[1], ctx.db.now())
@@ -122,17 +127,20 @@ def _blocking_zpop(ctx: Ctx, keys: list[bytes], at_max: bool, count: int, nested
     return _block_or_timeout(ctx, keys, deadline_ms, serve)
 
 
-@command("bzpopmin", -3, "write noscript blocking fast", (1, -2, 1), "sorted_set")
+@command("bzpopmin", -3, "write noscript blocking fast", (1, -2, 1), "sorted_set",
+         key_specs=(KeySpec("RW access delete", 1, -2, 1),))
 def bzpopmin(ctx: Ctx, argv: list[bytes]):
     return _blocking_zpop(ctx, argv[1:-1], False, -1, False, argv[-1])
 
 
-@command("bzpopmax", -3, "write noscript blocking fast", (1, -2, 1), "sorted_set")
+@command("bzpopmax", -3, "write noscript blocking fast", (1, -2, 1), "sorted_set",
+         key_specs=(KeySpec("RW access delete", 1, -2, 1),))
 def bzpopmax(ctx: Ctx, argv: list[bytes]):
     return _blocking_zpop(ctx, argv[1:-1], True, -1, False, argv[-1])
 
 
-@command("bzmpop", -5, "write blocking", (0, 0, 0), "sorted_set", keys_fn=numkeys_keys(2))
+@command("bzmpop", -5, "write blocking", (0, 0, 0), "sorted_set", keys_fn=numkeys_keys(2),
+         key_specs=(keynum_spec("RW access delete", 2, 0, 1, 1),))
 def bzmpop(ctx: Ctx, argv: list[bytes]):
     keys, at_max, count = parse_zmpop(argv, 2)
     return _blocking_zpop(ctx, keys, at_max, count, True, argv[1])

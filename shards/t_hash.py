@@ -34,7 +34,7 @@ from durakv.shards.glob import glob_match
 from durakv.shards.keyspace import TYPE_NAMES, Keyspace
 from durakv.shards.resp import OK, Map, fixed_error
 from durakv.shards.t_keys import ENCODINGS
-from durakv.shards.table import arity_error, command
+from durakv.shards.table import KeySpec, arity_error, command
 
 HASH_MASK = 2**64 - 1
 SCAN_DEFAULT_COUNT = 10
@@ -167,7 +167,8 @@ def hmset(ctx: Ctx, argv: list[bytes]):
     return OK
 
 
-@command("hsetnx", 4, "write denyoom fast", (1, 1, 1), "hash")
+@command("hsetnx", 4, "write denyoom fast", (1, 1, 1), "hash",
+         key_specs=(KeySpec("RW insert", 1, 0, 1),))
 def hsetnx(ctx: Ctx, argv: list[bytes]):
     key, field, value = argv[1], argv[2], argv[3]
     h = _hash_for_write(ctx, key)
@@ -179,7 +180,8 @@ def hsetnx(ctx: Ctx, argv: list[bytes]):
     return 1
 
 
-@command("hdel", -3, "write fast", (1, 1, 1), "hash")
+@command("hdel", -3, "write fast", (1, 1, 1), "hash",
+         key_specs=(KeySpec("RW delete", 1, 0, 1),))
 def hdel(ctx: Ctx, argv: list[bytes]):
     key = argv[1]
     db = ctx.db
@@ -201,7 +203,8 @@ def _set_result(ctx: Ctx, key: bytes, h: HashValue, field: bytes, value: bytes) 
     ctx.db.effect([b"HSET", key, field, value], key)
 
 
-@command("hincrby", 4, "write denyoom fast", (1, 1, 1), "hash")
+@command("hincrby", 4, "write denyoom fast", (1, 1, 1), "hash",
+         key_specs=(KeySpec("RW access update", 1, 0, 1),))
 def hincrby(ctx: Ctx, argv: list[bytes]):
     key, field = argv[1], argv[2]
     delta = int_arg(argv[3])
@@ -217,7 +220,8 @@ def hincrby(ctx: Ctx, argv: list[bytes]):
     return result
 
 
-@command("hincrbyfloat", 4, "write denyoom fast", (1, 1, 1), "hash")
+@command("hincrbyfloat", 4, "write denyoom fast", (1, 1, 1), "hash",
+         key_specs=(KeySpec("RW access update", 1, 0, 1),))
 def hincrbyfloat(ctx: Ctx, argv: list[bytes]):
     """Computed in emulated long double like Redis, so the reply text matches."""
     key, field = argv[1], argv[2]
@@ -259,19 +263,22 @@ def hmget(ctx: Ctx, argv: list[bytes]):
     return [get(field) for field in argv[2:]]
 
 
-@command("hexists", 3, "readonly fast", (1, 1, 1), "hash")
+@command("hexists", 3, "readonly fast", (1, 1, 1), "hash",
+         key_specs=(KeySpec("RO", 1, 0, 1),))
 def hexists(ctx: Ctx, argv: list[bytes]):
     h = get_hash(ctx.db, argv[1])
     return 1 if h is not None and argv[2] in h else 0
 
 
-@command("hlen", 2, "readonly fast", (1, 1, 1), "hash")
+@command("hlen", 2, "readonly fast", (1, 1, 1), "hash",
+         key_specs=(KeySpec("RO", 1, 0, 1),))
 def hlen(ctx: Ctx, argv: list[bytes]):
     h = get_hash(ctx.db, argv[1])
     return 0 if h is None else len(h)
 
 
-@command("hstrlen", 3, "readonly fast", (1, 1, 1), "hash")
+@command("hstrlen", 3, "readonly fast", (1, 1, 1), "hash",
+         key_specs=(KeySpec("RO", 1, 0, 1),))
 def hstrlen(ctx: Ctx, argv: list[bytes]):
     h = get_hash(ctx.db, argv[1])
     value = None if h is None else h.get(argv[2])

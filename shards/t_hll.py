@@ -32,7 +32,7 @@ from bisect import bisect_right
 from durakv.shards.args import ERR_WRONGTYPE
 from durakv.shards.context import Ctx
 from durakv.shards.resp import OK, fixed_error
-from durakv.shards.table import command
+from durakv.shards.table import KeySpec, command
 
 HLL_P = 14
 HLL_Q = 64 - HLL_P
@@ -489,7 +489,8 @@ def _sparse_max_bytes(ctx: Ctx) -> int:
     return ctx.shard.settings["hll-sparse-max-bytes"]
 
 
-@command("pfadd", -2, "write denyoom fast", (1, 1, 1), "hyperloglog")
+@command("pfadd", -2, "write denyoom fast", (1, 1, 1), "hyperloglog",
+         key_specs=(KeySpec("RW insert", 1, 0, 1),))
 def pfadd(ctx: Ctx, argv: list[bytes]):
     db = ctx.db
     key = argv[1]
@@ -550,7 +551,9 @@ def pfadd(ctx: Ctx, argv: list[bytes]):
     return 1 if updated else 0
 
 
-@command("pfcount", -2, "readonly", (1, -1, 1), "hyperloglog")
+@command("pfcount", -2, "readonly", (1, -1, 1), "hyperloglog",
+         key_specs=(KeySpec("RW access", 1, -1, 1, notes="RW because it may change the internal representation "
+                                                         "of the key, and propagate to replicas"),))
 def pfcount(ctx: Ctx, argv: list[bytes]):
     db = ctx.db
     if len(argv) > 2:
@@ -591,7 +594,8 @@ def pfcount(ctx: Ctx, argv: list[bytes]):
     return _as_reply(card)
 
 
-@command("pfmerge", -2, "write denyoom", (1, -1, 1), "hyperloglog")
+@command("pfmerge", -2, "write denyoom", (1, -1, 1), "hyperloglog",
+         key_specs=(KeySpec("RW access insert", 1, 0, 1), KeySpec("RO access", 2, -1, 1)))
 def pfmerge(ctx: Ctx, argv: list[bytes]):
     db = ctx.db
     merged = 0

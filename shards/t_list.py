@@ -26,7 +26,7 @@ from durakv.shards.context import Ctx
 from durakv.shards.keyspace import TYPE_NAMES, Keyspace
 from durakv.shards.resp import NULL_ARRAY, OK, ReplyError, fixed_error
 from durakv.shards.t_keys import ENCODINGS
-from durakv.shards.table import arity_error, command, numkeys_keys
+from durakv.shards.table import KeySpec, arity_error, command, keynum_spec, numkeys_keys
 
 LIST_HEAD = 0
 LIST_TAIL = 1
@@ -173,22 +173,26 @@ def _push(ctx: Ctx, argv: list[bytes], where: int, only_existing: bool) -> int:
     return len(lst)
 
 
-@command("lpush", -3, "write denyoom fast", (1, 1, 1), "list")
+@command("lpush", -3, "write denyoom fast", (1, 1, 1), "list",
+         key_specs=(KeySpec("RW insert", 1, 0, 1),))
 def lpush(ctx: Ctx, argv: list[bytes]):
     return _push(ctx, argv, LIST_HEAD, False)
 
 
-@command("rpush", -3, "write denyoom fast", (1, 1, 1), "list")
+@command("rpush", -3, "write denyoom fast", (1, 1, 1), "list",
+         key_specs=(KeySpec("RW insert", 1, 0, 1),))
 def rpush(ctx: Ctx, argv: list[bytes]):
     return _push(ctx, argv, LIST_TAIL, False)
 
 
-@command("lpushx", -3, "write denyoom fast", (1, 1, 1), "list")
+@command("lpushx", -3, "write denyoom fast", (1, 1, 1), "list",
+         key_specs=(KeySpec("RW insert", 1, 0, 1),))
 def lpushx(ctx: Ctx, argv: list[bytes]):
     return _push(ctx, argv, LIST_HEAD, True)
 
 
-@command("rpushx", -3, "write denyoom fast", (1, 1, 1), "list")
+@command("rpushx", -3, "write denyoom fast", (1, 1, 1), "list",
+         key_specs=(KeySpec("RW insert", 1, 0, 1),))
 def rpushx(ctx: Ctx, argv: list[bytes]):
     return _push(ctx, argv, LIST_TAIL, True)
 
@@ -214,31 +218,36 @@ def _pop_command(ctx: Ctx, argv: list[bytes], where: int):
     return list_pop(ctx, key, where, count)
 
 
-@command("lpop", -2, "write fast", (1, 1, 1), "list")
+@command("lpop", -2, "write fast", (1, 1, 1), "list",
+         key_specs=(KeySpec("RW access delete", 1, 0, 1),))
 def lpop(ctx: Ctx, argv: list[bytes]):
     return _pop_command(ctx, argv, LIST_HEAD)
 
 
-@command("rpop", -2, "write fast", (1, 1, 1), "list")
+@command("rpop", -2, "write fast", (1, 1, 1), "list",
+         key_specs=(KeySpec("RW access delete", 1, 0, 1),))
 def rpop(ctx: Ctx, argv: list[bytes]):
     return _pop_command(ctx, argv, LIST_TAIL)
 
 
-@command("lmpop", -4, "write movablekeys", (0, 0, 0), "list", keys_fn=numkeys_keys(1))
+@command("lmpop", -4, "write movablekeys", (0, 0, 0), "list", keys_fn=numkeys_keys(1),
+         key_specs=(keynum_spec("RW access delete", 1, 0, 1, 1),))
 def lmpop(ctx: Ctx, argv: list[bytes]):
     keys, where, count = parse_mpop_args(argv, 1)
     result = list_mpop(ctx, keys, where, count)
     return NULL_ARRAY if result is None else result
 
 
-@command("lmove", 5, "write denyoom", (1, 2, 1), "list")
+@command("lmove", 5, "write denyoom", (1, 2, 1), "list",
+         key_specs=(KeySpec("RW access delete", 1, 0, 1), KeySpec("RW insert", 2, 0, 1)))
 def lmove(ctx: Ctx, argv: list[bytes]):
     wherefrom = parse_where(argv[3])
     whereto = parse_where(argv[4])
     return list_move(ctx, argv[1], argv[2], wherefrom, whereto)
 
 
-@command("rpoplpush", 3, "write denyoom", (1, 2, 1), "list")
+@command("rpoplpush", 3, "write denyoom", (1, 2, 1), "list",
+         key_specs=(KeySpec("RW access delete", 1, 0, 1), KeySpec("RW insert", 2, 0, 1)))
 def rpoplpush(ctx: Ctx, argv: list[bytes]):
     return list_move(ctx, argv[1], argv[2], LIST_TAIL, LIST_HEAD)
 
@@ -246,7 +255,8 @@ def rpoplpush(ctx: Ctx, argv: list[bytes]):
 # --- reads ----------------------------------------------------------------------
 
 
-@command("llen", 2, "readonly fast", (1, 1, 1), "list")
+@command("llen", 2, "readonly fast", (1, 1, 1), "list",
+         key_specs=(KeySpec("RO", 1, 0, 1),))
 def llen(ctx: Ctx, argv: list[bytes]):
     lst = get_list(ctx.db, argv[1])
     return 0 if lst is None else len(lst)
@@ -368,7 +378,8 @@ def lset(ctx: Ctx, argv: list[bytes]):
     return OK
 
 
-@command("ltrim", 4, "write", (1, 1, 1), "list")
+@command("ltrim", 4, "write", (1, 1, 1), "list",
+         key_specs=(KeySpec("RW delete", 1, 0, 1),))
 def ltrim(ctx: Ctx, argv: list[bytes]):
     start = _index_arg(argv[2])
     end = _index_arg(argv[3])
@@ -405,7 +416,8 @@ def ltrim(ctx: Ctx, argv: list[bytes]):
     return OK
 
 
-@command("lrem", 4, "write", (1, 1, 1), "list")
+@command("lrem", 4, "write", (1, 1, 1), "list",
+         key_specs=(KeySpec("RW delete", 1, 0, 1),))
 def lrem(ctx: Ctx, argv: list[bytes]):
     to_remove = _index_arg(argv[2])
     key, element = argv[1], argv[3]
@@ -434,7 +446,8 @@ def lrem(ctx: Ctx, argv: list[bytes]):
     return removed
 
 
-@command("linsert", 5, "write denyoom", (1, 1, 1), "list")
+@command("linsert", 5, "write denyoom", (1, 1, 1), "list",
+         key_specs=(KeySpec("RW insert", 1, 0, 1),))
 def linsert(ctx: Ctx, argv: list[bytes]):
     side = argv[2].upper()
     if side == b"AFTER":

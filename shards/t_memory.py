@@ -9,7 +9,7 @@ import sys
 from durakv.shards.args import ERR_SYNTAX, int_arg
 from durakv.shards.context import Ctx
 from durakv.shards.resp import Simple
-from durakv.shards.table import command, container
+from durakv.shards.table import KeySpec, command, container
 
 DEFAULT_SAMPLES = 5
 DICT_ENTRY_OVERHEAD_BYTES = 24
@@ -37,7 +37,8 @@ def estimate_bytes(key: bytes, value: object, samples: int) -> int:
     return size + sum(_element_bytes(item) for item in sampled) * count // len(sampled)
 
 
-@command("memory|usage", -3, "readonly", (2, 2, 1), "server")
+@command("memory|usage", -3, "readonly", (2, 2, 1), "server",
+         key_specs=(KeySpec("RO", 2, 0, 1),))
 def memory_usage(ctx: Ctx, argv: list[bytes]):
     samples = DEFAULT_SAMPLES
     i = 3

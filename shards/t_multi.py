@@ -16,7 +16,7 @@ import msgspec
 
 from durakv.shards.context import Ctx, ServingShardView
 from durakv.shards.resp import OK, ReplyError
-from durakv.shards.table import MULTI_RUN_NOW, command
+from durakv.shards.table import MULTI_RUN_NOW, KeySpec, command
 
 MAX_WATCHED_KEYS_PER_CLIENT = 1 << 20
 
@@ -92,7 +92,8 @@ class Watches:
 
 
 @command("watch", -2, "noscript loading stale fast allow_busy", (1, -1, 1), "transactions",
-         multi=MULTI_RUN_NOW)
+         multi=MULTI_RUN_NOW,
+         key_specs=(KeySpec("RO", 1, -1, 1),))
 def watch(ctx: Ctx, argv: list[bytes]):
     db = ctx.db
     watches = cast(ServingShardView, ctx.shard).watches  # WATCH is never replayed

@@ -25,7 +25,7 @@ from durakv.shards.glob import glob_match
 from durakv.shards.keyspace import TYPE_NAMES, Keyspace
 from durakv.shards.resp import ReplyError, fixed_error, SetReply
 from durakv.shards.t_keys import ENCODINGS, parse_scan_cursor
-from durakv.shards.table import command, numkeys_keys
+from durakv.shards.table import KeySpec, command, keynum_spec, numkeys_keys
 
 INTSET_MAX_ENTRIES_CAP = 1 << 30  # Redis caps set-max-intset-entries here
 SPOP_MOVE_STRATEGY_MUL = 5  # Redis rebuilds the set when popping most of it
@@ -228,7 +228,8 @@ def build_scan_index(members: Iterable[bytes]) -> SortedList:
 # --- membership ---------------------------------------------------------------------
 
 
-@command("sadd", -3, "write denyoom fast", (1, 1, 1), "set")
+@command("sadd", -3, "write denyoom fast", (1, 1, 1), "set",
+         key_specs=(KeySpec("RW insert", 1, 0, 1),))
 def sadd(ctx: Ctx, argv: list[bytes]):
     key = argv[1]
     db = ctx.db
@@ -242,7 +243,8 @@ def sadd(ctx: Ctx, argv: list[bytes]):
     return added
 
 
-@command("srem", -3, "write fast", (1, 1, 1), "set")
+@command("srem", -3, "write fast", (1, 1, 1), "set",
+         key_specs=(KeySpec("RW delete", 1, 0, 1),))
 def srem(ctx: Ctx, argv: list[bytes]):
     key = argv[1]
     s = get_set(ctx.db, key)
@@ -262,7 +264,8 @@ def srem(ctx: Ctx, argv: list[bytes]):
     return removed
 
 
-@command("smove", 4, "write fast", (1, 2, 1), "set")
+@command("smove", 4, "write fast", (1, 2, 1), "set",
+         key_specs=(KeySpec("RW access delete", 1, 0, 1), KeySpec("RW insert", 2, 0, 1)))
 def smove(ctx: Ctx, argv: list[bytes]):
     src_key, dst_key, member = argv[1], argv[2], argv[3]
     db = ctx.db
@@ -288,7 +291,8 @@ def smove(ctx: Ctx, argv: list[bytes]):
     return 1
 
 
-@command("sismember", 3, "readonly fast", (1, 1, 1), "set")
+@command("sismember", 3, "readonly fast", (1, 1, 1), "set",
+         key_specs=(KeySpec("RO", 1, 0, 1),))
 def sismember(ctx: Ctx, argv: list[bytes]):
     s = get_set(ctx.db, argv[1])
     return 1 if s is not None and argv[2] in s else 0
@@ -302,7 +306,8 @@ def smismember(ctx: Ctx, argv: list[bytes]):
     return [1 if m in s else 0 for m in argv[2:]]
 
 
-@command("scard", 2, "readonly fast", (1, 1, 1), "set")
+@command("scard", 2, "readonly fast", (1, 1, 1), "set",
+         key_specs=(KeySpec("RO", 1, 0, 1),))
 def scard(ctx: Ctx, argv: list[bytes]):
     s = get_set(ctx.db, argv[1])
     return 0 if s is None else len(s)
@@ -317,7 +322,8 @@ def smembers(ctx: Ctx, argv: list[bytes]):
 # --- random members -----------------------------------------------------------------
 
 
-@command("spop", -2, "write fast", (1, 1, 1), "set", tips=("nondeterministic_output",))
+@command("spop", -2, "write fast", (1, 1, 1), "set", tips=("nondeterministic_output",),
+         key_specs=(KeySpec("RW access delete", 1, 0, 1),))
 def spop(ctx: Ctx, argv: list[bytes]):
     if len(argv) > 3:
         raise ERR_SYNTAX
@@ -440,7 +446,8 @@ def sinter(ctx: Ctx, argv: list[bytes]):
     return sinter_generic(ctx, argv[1:])
 
 
-@command("sinterstore", -3, "write denyoom", (1, -1, 1), "set")
+@command("sinterstore", -3, "write denyoom", (1, -1, 1), "set",
+         key_specs=(KeySpec("RW update", 1, 0, 1), KeySpec("RO access", 2, -1, 1)))
 def sinterstore(ctx: Ctx, argv: list[bytes]):
     return sinter_generic(ctx, argv[2:], argv)
 
@@ -449,7 +456,8 @@ ERR_NUMKEYS_ARGS = fixed_error(b"ERR Number of keys can't be greater than number
 ERR_LIMIT_NEGATIVE = fixed_error(b"ERR LIMIT can't be negative")
 
 
-@command("sintercard", -3, "readonly", (0, 0, 0), "set", keys_fn=numkeys_keys(1))
+@command("sintercard", -3, "readonly", (0, 0, 0), "set", keys_fn=numkeys_keys(1),
+         key_specs=(keynum_spec("RO access", 1, 0, 1, 1),))
 def sintercard(ctx: Ctx, argv: list[bytes]):
     numkeys = parse_ll(argv[1])
     if numkeys is None or numkeys < 1:
@@ -518,7 +526,8 @@ def sunion(ctx: Ctx, argv: list[bytes]):
     return sunion_diff_generic(ctx, argv[1:], False)
 
 
-@command("sunionstore", -3, "write denyoom", (1, -1, 1), "set")
+@command("sunionstore", -3, "write denyoom", (1, -1, 1), "set",
+         key_specs=(KeySpec("OW update", 1, 0, 1), KeySpec("RO access", 2, -1, 1)))
 def sunionstore(ctx: Ctx, argv: list[bytes]):
     return sunion_diff_generic(ctx, argv[2:], False, argv)
 
@@ -528,7 +537,8 @@ def sdiff(ctx: Ctx, argv: list[bytes]):
     return sunion_diff_generic(ctx, argv[1:], True)
 
 
-@command("sdiffstore", -3, "write denyoom", (1, -1, 1), "set")
+@command("sdiffstore", -3, "write denyoom", (1, -1, 1), "set",
+         key_specs=(KeySpec("OW update", 1, 0, 1), KeySpec("RO access", 2, -1, 1)))
 def sdiffstore(ctx: Ctx, argv: list[bytes]):
     return sunion_diff_generic(ctx, argv[2:], True, argv)
 

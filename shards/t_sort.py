@@ -29,8 +29,13 @@ from durakv.shards.t_list import ListValue
 from durakv.shards.numbers import strtod
 from durakv.shards.t_set import SetValue, members_in_order
 from durakv.shards.t_zset import ZSetValue
-from durakv.shards.table import command
+from durakv.shards.table import KeySpec, command, unknown_spec
 
+# Redis' notes on SORT's key specs (COMMAND INFO).
+_PATTERN_KEYS_NOTE = ("For the optional BY/GET keyword. It is marked 'unknown' because the key names derive "
+                      "from the content of the key we sort")
+_STORE_KEY_NOTE = ("For the optional STORE keyword. It is marked 'unknown' because the keyword can appear "
+                   "anywhere in the argument array")
 ERR_SCORES = fixed_error(b"ERR One or more scores can't be converted into double")
 DBL_MIN = 2.2250738585072014e-308
 
@@ -312,12 +317,15 @@ def may_read_patterns(argv: list[bytes]) -> bool:
 
 
 @command("sort", -2, "write denyoom", (1, 1, 1), "generic", keys_fn=sort_keys,
-         acl="set sortedset list dangerous", reads_undeclared_keys=may_read_patterns)
+         acl="set sortedset list dangerous", reads_undeclared_keys=may_read_patterns,
+         key_specs=(KeySpec("RO access", 1, 0, 1), unknown_spec("RO access", _PATTERN_KEYS_NOTE),
+                    unknown_spec("OW update", _STORE_KEY_NOTE)))
 def sort(ctx: Ctx, argv: list[bytes]):
     return _sort(ctx, argv, False)
 
 
 @command("sort_ro", -2, "readonly", (1, 1, 1), "generic", keys_fn=_sort_ro_keys,
-         acl="set sortedset list dangerous", reads_undeclared_keys=may_read_patterns)
+         acl="set sortedset list dangerous", reads_undeclared_keys=may_read_patterns,
+         key_specs=(KeySpec("RO access", 1, 0, 1), unknown_spec("RO access", _PATTERN_KEYS_NOTE)))
 def sort_ro(ctx: Ctx, argv: list[bytes]):
     return _sort(ctx, argv, True)

@@ -35,7 +35,7 @@ from durakv.shards.t_set import (
     SetValue, build_scan_index, parse_scan_options, positive_arg,
     scan_page, signed_count_arg,
 )
-from durakv.shards.table import command, numkeys_keys
+from durakv.shards.table import KeySpec, command, keynum_spec, numkeys_keys
 
 LLONG_HALF_D = float((2**63 - 1) // 2)  # double2ll's range for integral scores, as a double
 
@@ -445,7 +445,8 @@ def zadd(ctx: Ctx, argv: list[bytes]):
     return zadd_generic(ctx, argv, False)
 
 
-@command("zincrby", 4, "write denyoom fast", (1, 1, 1), "sorted_set")
+@command("zincrby", 4, "write denyoom fast", (1, 1, 1), "sorted_set",
+         key_specs=(KeySpec("RW access update", 1, 0, 1),))
 def zincrby(ctx: Ctx, argv: list[bytes]):
     return zadd_generic(ctx, argv, True)
 
@@ -458,7 +459,8 @@ def _drop_if_empty(ctx: Ctx, key: bytes, zs: ZSetValue) -> None:
         ctx.db.delete(key)
 
 
-@command("zrem", -3, "write fast", (1, 1, 1), "sorted_set")
+@command("zrem", -3, "write fast", (1, 1, 1), "sorted_set",
+         key_specs=(KeySpec("RW delete", 1, 0, 1),))
 def zrem(ctx: Ctx, argv: list[bytes]):
     key = argv[1]
     zs = get_zset(ctx.db, key)
@@ -487,7 +489,8 @@ def _remove_span(ctx: Ctx, argv: list[bytes], zs: ZSetValue, start: int, end: in
     return end - start
 
 
-@command("zremrangebyrank", 4, "write", (1, 1, 1), "sorted_set")
+@command("zremrangebyrank", 4, "write", (1, 1, 1), "sorted_set",
+         key_specs=(KeySpec("RW delete", 1, 0, 1),))
 def zremrangebyrank(ctx: Ctx, argv: list[bytes]):
     start, end = int_arg(argv[2]), int_arg(argv[3])
     zs = get_zset(ctx.db, argv[1])
@@ -496,7 +499,8 @@ def zremrangebyrank(ctx: Ctx, argv: list[bytes]):
     return _remove_span(ctx, argv, zs, *rank_span(len(zs), start, end))
 
 
-@command("zremrangebyscore", 4, "write", (1, 1, 1), "sorted_set")
+@command("zremrangebyscore", 4, "write", (1, 1, 1), "sorted_set",
+         key_specs=(KeySpec("RW delete", 1, 0, 1),))
 def zremrangebyscore(ctx: Ctx, argv: list[bytes]):
     bounds = parse_score_range(argv[2], argv[3])
     zs = get_zset(ctx.db, argv[1])
@@ -505,7 +509,8 @@ def zremrangebyscore(ctx: Ctx, argv: list[bytes]):
     return _remove_span(ctx, argv, zs, *score_span(zs, *bounds))
 
 
-@command("zremrangebylex", 4, "write", (1, 1, 1), "sorted_set")
+@command("zremrangebylex", 4, "write", (1, 1, 1), "sorted_set",
+         key_specs=(KeySpec("RW delete", 1, 0, 1),))
 def zremrangebylex(ctx: Ctx, argv: list[bytes]):
     lo, hi = parse_lex_range(argv[2], argv[3])
     zs = get_zset(ctx.db, argv[1])
@@ -517,7 +522,8 @@ def zremrangebylex(ctx: Ctx, argv: list[bytes]):
 # --- point reads --------------------------------------------------------------------
 
 
-@command("zcard", 2, "readonly fast", (1, 1, 1), "sorted_set")
+@command("zcard", 2, "readonly fast", (1, 1, 1), "sorted_set",
+         key_specs=(KeySpec("RO", 1, 0, 1),))
 def zcard(ctx: Ctx, argv: list[bytes]):
     zs = get_zset(ctx.db, argv[1])
     return 0 if zs is None else len(zs)
@@ -672,7 +678,8 @@ def zrange(ctx: Ctx, argv: list[bytes]):
     return zrange_generic(ctx, argv, 1, False, _AUTO, None)
 
 
-@command("zrangestore", -5, "write denyoom", (1, 2, 1), "sorted_set")
+@command("zrangestore", -5, "write denyoom", (1, 2, 1), "sorted_set",
+         key_specs=(KeySpec("OW update", 1, 0, 1), KeySpec("RO access", 2, 0, 1)))
 def zrangestore(ctx: Ctx, argv: list[bytes]):
     return zrange_generic(ctx, argv, 2, True, _AUTO, None)
 
@@ -760,12 +767,14 @@ def _zpop_command(ctx: Ctx, argv: list[bytes], at_max: bool):
     return zpop_generic(ctx, argv[1:2], at_max, count, False, nested, False)
 
 
-@command("zpopmin", -2, "write fast", (1, 1, 1), "sorted_set")
+@command("zpopmin", -2, "write fast", (1, 1, 1), "sorted_set",
+         key_specs=(KeySpec("RW access delete", 1, 0, 1),))
 def zpopmin(ctx: Ctx, argv: list[bytes]):
     return _zpop_command(ctx, argv, False)
 
 
-@command("zpopmax", -2, "write fast", (1, 1, 1), "sorted_set")
+@command("zpopmax", -2, "write fast", (1, 1, 1), "sorted_set",
+         key_specs=(KeySpec("RW access delete", 1, 0, 1),))
 def zpopmax(ctx: Ctx, argv: list[bytes]):
     return _zpop_command(ctx, argv, True)
 
@@ -778,7 +787,8 @@ def parse_zmpop(argv: list[bytes], numkeys_index: int) -> tuple[list[bytes], boo
 _ZMPOP_SIDES = {b"MIN": False, b"MAX": True}
 
 
-@command("zmpop", -4, "write", (0, 0, 0), "sorted_set", keys_fn=numkeys_keys(1))
+@command("zmpop", -4, "write", (0, 0, 0), "sorted_set", keys_fn=numkeys_keys(1),
+         key_specs=(keynum_spec("RW access delete", 1, 0, 1, 1),))
 def zmpop(ctx: Ctx, argv: list[bytes]):
     keys, at_max, count = parse_zmpop(argv, 1)
     return zpop_generic(ctx, keys, at_max, count, True, True, True)
@@ -970,37 +980,44 @@ def _diff(sources: list[_Source]) -> dict[bytes, float]:
     return {m: s for m, s in first.items() if all(r.get(m) is None for r in rest)}
 
 
-@command("zunion", -3, "readonly", (0, 0, 0), "sorted_set", keys_fn=numkeys_keys(1))
+@command("zunion", -3, "readonly", (0, 0, 0), "sorted_set", keys_fn=numkeys_keys(1),
+         key_specs=(keynum_spec("RO access", 1, 0, 1, 1),))
 def zunion(ctx: Ctx, argv: list[bytes]):
     return zsetop_generic(ctx, argv, 1, _UNION, False)
 
 
-@command("zinter", -3, "readonly", (0, 0, 0), "sorted_set", keys_fn=numkeys_keys(1))
+@command("zinter", -3, "readonly", (0, 0, 0), "sorted_set", keys_fn=numkeys_keys(1),
+         key_specs=(keynum_spec("RO access", 1, 0, 1, 1),))
 def zinter(ctx: Ctx, argv: list[bytes]):
     return zsetop_generic(ctx, argv, 1, _INTER, False)
 
 
-@command("zdiff", -3, "readonly", (0, 0, 0), "sorted_set", keys_fn=numkeys_keys(1))
+@command("zdiff", -3, "readonly", (0, 0, 0), "sorted_set", keys_fn=numkeys_keys(1),
+         key_specs=(keynum_spec("RO access", 1, 0, 1, 1),))
 def zdiff(ctx: Ctx, argv: list[bytes]):
     return zsetop_generic(ctx, argv, 1, _DIFF, False)
 
 
-@command("zintercard", -3, "readonly", (0, 0, 0), "sorted_set", keys_fn=numkeys_keys(1))
+@command("zintercard", -3, "readonly", (0, 0, 0), "sorted_set", keys_fn=numkeys_keys(1),
+         key_specs=(keynum_spec("RO access", 1, 0, 1, 1),))
 def zintercard(ctx: Ctx, argv: list[bytes]):
     return zsetop_generic(ctx, argv, 1, _INTER, False, cardinality_only=True)
 
 
-@command("zunionstore", -4, "write denyoom", (1, 1, 1), "sorted_set", keys_fn=numkeys_keys(2, (1,)))
+@command("zunionstore", -4, "write denyoom", (1, 1, 1), "sorted_set", keys_fn=numkeys_keys(2, (1,)),
+         key_specs=(KeySpec("OW update", 1, 0, 1), keynum_spec("RO access", 2, 0, 1, 1)))
 def zunionstore(ctx: Ctx, argv: list[bytes]):
     return zsetop_generic(ctx, argv, 2, _UNION, True)
 
 
-@command("zinterstore", -4, "write denyoom", (1, 1, 1), "sorted_set", keys_fn=numkeys_keys(2, (1,)))
+@command("zinterstore", -4, "write denyoom", (1, 1, 1), "sorted_set", keys_fn=numkeys_keys(2, (1,)),
+         key_specs=(KeySpec("OW update", 1, 0, 1), keynum_spec("RO access", 2, 0, 1, 1)))
 def zinterstore(ctx: Ctx, argv: list[bytes]):
     return zsetop_generic(ctx, argv, 2, _INTER, True)
 
 
-@command("zdiffstore", -4, "write denyoom", (1, 1, 1), "sorted_set", keys_fn=numkeys_keys(2, (1,)))
+@command("zdiffstore", -4, "write denyoom", (1, 1, 1), "sorted_set", keys_fn=numkeys_keys(2, (1,)),
+         key_specs=(KeySpec("OW update", 1, 0, 1), keynum_spec("RO access", 2, 0, 1, 1)))
 def zdiffstore(ctx: Ctx, argv: list[bytes]):
     return zsetop_generic(ctx, argv, 2, _DIFF, True)
 

@@ -59,15 +59,81 @@ _UNREPORTED_FLAGS = frozenset({"sentinel", "only_sentinel", "movablekeys"})
 
 
 class KeySpec(NamedTuple):
-    """One of Redis' key specifications, for the index/range kind durakv uses:
-    the key at `begin`, through `lastkey` (relative to begin; negative: from
-    the end of argv) in steps of `keystep`."""
+    """One of Redis' key specifications. begin_search: the index `begin`, or, with
+    `keyword`, the first argument equal to it searching from `begin` (startfrom;
+    negative: from the end, backwards). find_keys: a range, through `lastkey`
+    (relative to the first key; negative: from the end of argv) in steps of
+    `keystep`, at most `limit` (0: no limit); or, with `keynumidx`, keynum: the
+    key count at keynumidx, the first key at `firstkey`, both relative to the
+    begin_search position, in steps of `keystep`."""
 
     flags: str
     begin: int
     lastkey: int
     keystep: int
     notes: str | None = None
+    keyword: str | None = None
+    keynumidx: int | None = None
+    firstkey: int = 1
+    limit: int = 0
+
+
+def keynum_spec(flags: str, begin: int, keynumidx: int = 0, firstkey: int = 1, keystep: int = 1) -> KeySpec:
+    """A key spec whose keys follow a numkeys argument (ZUNIONSTORE, EVAL)."""
+    return KeySpec(flags, begin, 0, keystep, keynumidx=keynumidx, firstkey=firstkey)
+
+
+def unknown_spec(flags: str, notes: str) -> KeySpec:
+    """Redis' "unknown" key spec (begin 0): only the command itself knows where
+    these keys are (SORT's BY/GET patterns and STORE)."""
+    return KeySpec(flags, 0, 0, 0, notes=notes)
+
+
+def keys_from_specs(specs: tuple[KeySpec, ...], argv: list[bytes]) -> list[tuple[int, str]] | None:
+    """Every key the specs find, in spec order, with its spec's flags (Redis'
+    getKeysUsingKeySpecs, which COMMAND GETKEYS[ANDFLAGS] prefer); None when a
+    spec is unknown or does not fit argv (Redis falls back to the command's own
+    key finder then)."""
+    out: list[tuple[int, str]] = []
+    for spec in specs:
+        indexes = spec_key_indexes(spec, argv)
+        if indexes is None:
+            return None
+        out += [(i, spec.flags) for i in indexes]
+    return out
+
+
+def spec_key_indexes(spec: KeySpec, argv: list[bytes]) -> list[int] | None:
+    """The argv positions one key spec finds: none when its keyword is absent,
+    None for an unknown spec or one argv does not fit (a bad count, out of range)."""
+    argc = len(argv)
+    if spec.begin == 0:
+        return None
+    if spec.keyword is None:
+        first = spec.begin
+    else:
+        keyword = spec.keyword.encode().lower()
+        start, stop, step = ((spec.begin, argc, 1) if spec.begin > 0 else (argc + spec.begin, 0, -1))
+        found = [i for i in range(start, stop, step) if argv[i].lower() == keyword]
+        if not found:
+            return []
+        first = found[0] + 1
+    if spec.keynumidx is not None:
+        at = first + spec.keynumidx
+        numkeys = parse_ll(argv[at]) if at < argc else None
+        if numkeys is None or numkeys < 0:
+            return None
+        first = first + spec.firstkey
+        last = first + numkeys - 1  # as Redis: the count, not the keystep, sets the end
+    elif spec.lastkey >= 0:
+        last = first + spec.lastkey
+    elif spec.limit == 0:
+        last = argc + spec.lastkey
+    else:
+        last = first + ((argc - first) // spec.limit + spec.lastkey)
+    if first >= argc or last >= argc or last < first:
+        return None
+    return list(range(first, last + 1, spec.keystep))
 
 
 # How the router merges the replies of a command sent to every shard (where=FANOUT):

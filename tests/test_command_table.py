@@ -14,6 +14,7 @@ from durakv.shards.resp import ReplyError
 from durakv.shards.shard import Shard
 from durakv.shards.table import TABLE, lookup
 from engine_util import new_ctx
+from refserver import RawConn, decode, keys_on_different_shards
 
 # (argv, Redis 7.0's error text)
 BAD = [
@@ -58,3 +59,94 @@ def test_declared_facts_reach_the_command():
     assert TABLE[b"scan"].waits_for_all and TABLE[b"keys"].waits_for_all and not TABLE[b"get"].waits_for_all
     assert TABLE[b"set"].key_flags_fn([b"SET", b"k", b"v", b"GET"]) == "RW access update"
     assert TABLE[b"sort"].acl_categories == ("write", "set", "sortedset", "list", "slow", "dangerous")
+
+
+# --- COMMAND INFO / GETKEYS against redis-server 7.0 ---------------------------------------
+
+# Subcommands only one of the servers has, with the reason. Every other command and
+# subcommand both servers know must answer COMMAND INFO with the same bytes.
+SUBCOMMANDS_ONLY_IN_REDIS = {
+    # Client-side caching, CLIENT PAUSE/REPLY: issue 12's client items, not yet in durakv.
+    "client|caching", "client|getredir", "client|tracking", "client|trackinginfo",
+    "client|pause", "client|unpause", "client|reply",
+    # A durakv cluster's topology is fixed by its shard count: no gossip, slot moves or failover.
+    "cluster|addslots", "cluster|addslotsrange", "cluster|bumpepoch", "cluster|count-failure-reports",
+    "cluster|delslots", "cluster|delslotsrange", "cluster|failover", "cluster|flushslots", "cluster|forget",
+    "cluster|help", "cluster|links", "cluster|meet", "cluster|replicas", "cluster|replicate", "cluster|reset",
+    "cluster|saveconfig", "cluster|set-config-epoch", "cluster|setslot", "cluster|slaves",
+    # Functions arrive with scripting (issue 12, another item).
+    "function|delete", "function|dump", "function|help", "function|kill", "function|list", "function|load",
+    "function|restore", "function|stats",
+    # Allocator introspection of a C process; MEMORY STATS/DOCTOR are issue 12's small rest.
+    "memory|doctor", "memory|malloc-stats", "memory|purge", "memory|stats",
+}
+# Redis 7.2 subcommands durakv offers that 7.0 lacks (clients send them on connect).
+SUBCOMMANDS_ONLY_IN_DURAKV = {"client|no-touch", "client|setinfo"}
+
+
+def test_command_info_matches_redis_for_every_shared_command(pair3):
+    """Arity, flags, key positions, ACL categories, tips and key specs: byte-identical
+    for every command and subcommand both servers know (subcommands one at a time:
+    Redis lists them in its dict's random order)."""
+    ours = set(pair3.ours.value("COMMAND", "LIST"))
+    theirs = set(pair3.theirs.value("COMMAND", "LIST"))
+    shared = sorted(ours & theirs)
+    assert len(shared) > 200, shared
+    assert {n.decode() for n in theirs - ours if b"|" in n and n.split(b"|")[0] in ours} \
+        <= SUBCOMMANDS_ONLY_IN_REDIS
+    assert {n.decode() for n in ours - theirs if b"|" in n} <= SUBCOMMANDS_ONLY_IN_DURAKV
+    for name in shared:
+        a, b = pair3.both("COMMAND", "INFO", name)
+        if a != b and b"|" not in name:
+            # A container: the same entry apart from its subcommands, each compared alone.
+            a_entry, b_entry = decode(a)[0][0], decode(b)[0][0]
+            assert a_entry[:9] == b_entry[:9], f"{name!r}: durakv {a_entry[:9]!r} != redis {b_entry[:9]!r}"
+            assert a_entry[9] and b_entry[9], name
+            continue
+        assert a == b, f"{name!r}: durakv {a!r} != redis {b!r}"
+
+
+MOVABLE_KEY_SAMPLES = [
+    "lmpop 2 a b LEFT", "lmpop 2 a b LEFT COUNT 2", "blmpop 0 2 a b RIGHT", "zmpop 1 z MIN", "bzmpop 0 2 a b MAX",
+    "zunionstore d 2 a b", "zinterstore d 2 a b WEIGHTS 1 2", "zdiffstore d 1 a", "zunion 2 a b", "zinter 1 a",
+    "zdiff 2 a b", "zintercard 2 a b", "sintercard 2 a b LIMIT 1", "sort k", "sort k STORE dst",
+    "sort k BY w_* GET o_* STORE dst", "sort_ro k", "memory usage k", "bitop and d a b", "bitop not d a",
+    "blpop a b 0", "brpop a 0", "pfcount a b", "pfmerge d a b", "sdiffstore d a b", "smove a b m",
+    "lmove a b LEFT RIGHT", "rpoplpush a b", "georadius k 0 0 1 km STORE d",
+    "georadius k 0 0 1 km STOREDIST d2 STORE d", "georadiusbymember k m 1 km STOREDIST d", "georadius_ro k 0 0 1 km",
+    "geosearchstore d k FROMMEMBER m BYRADIUS 1 km",
+    "geosearch k FROMMEMBER m BYRADIUS 1 km", "geoadd k 0 0 m", "zunionstore d x a", "lmpop 0 a LEFT",
+    "lmpop 3 a b LEFT", "sintercard 0 a", "bitfield k GET u8 0", "bitfield k SET u8 0 1",
+]
+
+
+@pytest.mark.parametrize("sample", MOVABLE_KEY_SAMPLES)
+def test_command_getkeys_and_flags_follow_the_key_specs(pair, sample):
+    """Keys in key-spec order with each spec's flags, Redis' fallback for counts
+    that do not fit, and its errors."""
+    pair.same("COMMAND", "GETKEYS", *sample.split())
+    pair.same("COMMAND", "GETKEYSANDFLAGS", *sample.split())
+
+
+def test_movable_key_commands_route_by_their_keys(server, redis_ref):
+    """Through the 2-shard server: keys on one shard run there; keys spread over two
+    shards get CROSSSLOT, as in Redis Cluster."""
+    a, b = keys_on_different_shards()
+    conn = RawConn(server.port)
+    try:
+        assert conn.call("GEOADD", "{g}src", "13.361389", "38.115556", "Palermo") == b":1\r\n"
+        assert conn.call("GEOADD", a, "13.361389", "38.115556", "Palermo") == b":1\r\n"
+        assert conn.call("GEORADIUS", "{g}src", "13", "38", "100", "km", "STORE", "{g}dst") == b":1\r\n"
+        assert conn.call("ZCARD", "{g}dst") == b":1\r\n"
+        assert conn.call("GEOSEARCHSTORE", "{g}d2", "{g}src", "FROMMEMBER", "Palermo", "BYRADIUS", "1", "km") \
+            == b":1\r\n"
+        crossslot = b"-CROSSSLOT Keys in request don't hash to the same slot\r\n"
+        assert conn.call("GEORADIUS", a, "13", "38", "100", "km", "STOREDIST", b) == crossslot
+        assert conn.call("GEOSEARCHSTORE", b, a, "FROMMEMBER", "Palermo", "BYRADIUS", "1", "km") == crossslot
+        assert conn.call("ZUNIONSTORE", "{g}u", "2", "{g}src", "{g}dst") == b":1\r\n"
+        assert conn.call("ZUNIONSTORE", "{g}u", "2", a, b) == crossslot
+        assert conn.call("RPUSH", "{l}a", "x") == b":1\r\n"
+        assert conn.call("LMPOP", "2", "{l}b", "{l}a", "LEFT") == b"*2\r\n$4\r\n{l}a\r\n*1\r\n$1\r\nx\r\n"
+        assert conn.call("LMPOP", "2", a, b, "LEFT") == crossslot
+    finally:
+        conn.close()

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from refserver import RawConn, decode
+from refserver import Pair, RawConn, decode
 from durakv.shards.slots import key_slot
 
 ISSUE_COMMANDS = (
@@ -354,3 +354,14 @@ def test_command_getkeys_matches_redis(pair, sample):
 def test_command_getkeysandflags_matches_redis(pair, sample):
     """Key-spec flags, SET's variable flags resolved by its declared key_flags_fn."""
     pair.same("COMMAND", "GETKEYSANDFLAGS", *sample.split())
+
+
+@pytest.mark.parametrize("proto", [2, 3])
+def test_lolwut_and_role_match_redis(server, redis_ref, proto):
+    """LOLWUT's version line (a verbatim string in RESP3) and ROLE's master with no replicas."""
+    p = Pair(server.port, redis_ref.port, proto)
+    try:
+        run_same(p, [("LOLWUT",), ("lolwut", "VERSION", "7"), ("LOLWUT", "VERSION", "x"), ("LOLWUT", "VERSION"),
+                     ("ROLE",), ("ROLE", "x")])
+    finally:
+        p.close()
