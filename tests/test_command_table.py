@@ -74,9 +74,8 @@ SUBCOMMANDS_ONLY_IN_REDIS = {
     "cluster|delslots", "cluster|delslotsrange", "cluster|failover", "cluster|flushslots", "cluster|forget",
     "cluster|help", "cluster|links", "cluster|meet", "cluster|replicas", "cluster|replicate", "cluster|reset",
     "cluster|saveconfig", "cluster|set-config-epoch", "cluster|setslot", "cluster|slaves",
-    # Functions arrive with scripting (issue 12, another item).
-    "function|delete", "function|dump", "function|help", "function|kill", "function|list", "function|load",
-    "function|restore", "function|stats",
+    # The Lua debugger (LDB) needs a forked, interactive script session: not offered.
+    "script|debug",
     # Allocator introspection of a C process; MEMORY STATS/DOCTOR are issue 12's small rest.
     "memory|doctor", "memory|malloc-stats", "memory|purge", "memory|stats",
 }
