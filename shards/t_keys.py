@@ -382,9 +382,7 @@ def scan(ctx: Ctx, argv: list[bytes]):
     slot = max(cursor, first_slot)
     found: list[bytes] = []
     while slot <= last_slot and len(found) < count:
-        members = db.slot_keys.get(slot)
-        if members:
-            found.extend(members)
+        found.extend(db.keys_in_slot(slot))
         slot += 1
     next_cursor = 0 if slot > last_slot and last_slot == SLOT_COUNT - 1 else slot
     result = []

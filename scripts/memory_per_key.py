@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""RSS per key: durakv (`serve --shards N`) against redis-server, same data.
+
+Loads N string keys (`key:%012d`, VALUE_BYTES-byte values) into both servers
+over pipelined raw RESP, then sums the resident set size of each process tree
+from /proc and prints bytes/key per process and the durakv/redis ratio. It
+also prints each durakv process's RSS before the load (an empty shard must
+stay small), so the per-key figure is net of the empty processes too.
+
+    python scripts/memory_per_key.py --keys 632000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import hiredis
+
+SCRIPTS = Path(__file__).resolve().parent
+REPO = SCRIPTS.parent
+sys.path.insert(0, str(SCRIPTS))
+from proctools import free_port, start_group, stop_group  # noqa: E402
+
+VALUE_BYTES = 100
+PIPELINE_COMMANDS = 2000
+READY_TIMEOUT_S = 60.0
+SETTLE_S = 1.0
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+RECV_BYTES = 1 << 20
+
+
+def command(argv: list[bytes]) -> bytes:
+    return b"*%d\r\n" % len(argv) + b"".join(b"$%d\r\n%b\r\n" % (len(a), a) for a in argv)
+
+
+def call(port: int, *argv: bytes, timeout_s: float = 600.0) -> object:
+    """One command on a fresh connection; the decoded reply."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as s:
+        s.sendall(command(list(argv)))
+        reader = hiredis.Reader()
+        while True:
+            reply = reader.gets()
+            if reply is not False:
+                return reply
+            data = s.recv(RECV_BYTES)
+            if not data:
+                raise ConnectionError("server closed the connection")
+            reader.feed(data)
+
+
+def wait_ready(port: int, proc: subprocess.Popen, probe: tuple[bytes, ...], expect: bytes) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}")
+        try:
+            reply = call(port, *probe, timeout_s=2)
+            if isinstance(reply, bytes) and expect in reply:
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise SystemExit(f"server on port {port} not ready after {READY_TIMEOUT_S}s")
+
+
+def load(port: int, keys: int) -> float:
+    """SET key:%012d to a VALUE_BYTES value for every key; seconds taken."""
+    value = b"v" * VALUE_BYTES
+    start = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=600) as s:
+        reader = hiredis.Reader()
+        for first in range(0, keys, PIPELINE_COMMANDS):
+            last = min(keys, first + PIPELINE_COMMANDS)
+            s.sendall(b"".join(command([b"SET", b"key:%012d" % i, value]) for i in range(first, last)))
+            pending = last - first
+            while pending:
+                reply = reader.gets()
+                if reply is False:
+                    data = s.recv(RECV_BYTES)
+                    if not data:
+                        raise ConnectionError("server closed the connection during the load")
+                    reader.feed(data)
+                    continue
+                if isinstance(reply, hiredis.ReplyError):
+                    raise SystemExit(f"SET failed: {reply}")
+                pending -= 1
+    return time.monotonic() - start
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * PAGE_BYTES
+
+
+def title(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().replace(b"\x00", b" ").decode(errors="replace").strip()
+
+
+def group_pids(leader: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-g", str(leader)], capture_output=True, text=True)
+    return sorted(int(p) for p in out.stdout.split())
+
+
+def role(pid: int, leader: int) -> str:
+    if pid == leader:
+        return "supervisor"
+    parts = title(pid).split()
+    return " ".join(parts[1:3]) if parts and parts[0] == "durakv" else parts[0] if parts else "?"
+
+
+def tree_rss(leader: int) -> dict[str, int]:
+    return {role(pid, leader): rss_bytes(pid) for pid in group_pids(leader)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--keys", type=int, default=632_000)
+    p.add_argument("--shards", type=int, default=2)
+    opts = p.parse_args()
+    procs: list[subprocess.Popen] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="durakv-mem-") as tmp:
+            dport, rport = free_port(), free_port()
+            durakv = start_group([sys.executable, "-m", "durakv.server.cli", "serve", "--port", str(dport),
+                                  "--shards", str(opts.shards), "--data-dir", f"{tmp}/data"],
+                                 cwd=REPO, stdout=open(f"{tmp}/durakv.log", "wb"), stderr=subprocess.STDOUT)
+            procs.append(durakv)
+            redis = start_group(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
+                                 "--appendonly", "no", "--dir", tmp],
+                                stdout=open(f"{tmp}/redis.log", "wb"), stderr=subprocess.STDOUT)
+            procs.append(redis)
+            wait_ready(dport, durakv, (b"CLUSTER", b"INFO"), b"cluster_state:ok")
+            wait_ready(rport, redis, (b"PING",), b"PONG")
+            time.sleep(SETTLE_S)
+            empty = tree_rss(durakv.pid)
+            redis_empty = rss_bytes(redis.pid)
+            d_s = load(dport, opts.keys)
+            r_s = load(rport, opts.keys)
+            time.sleep(SETTLE_S)
+            full = tree_rss(durakv.pid)
+            redis_full = rss_bytes(redis.pid)
+            assert call(dport, b"DBSIZE") == opts.keys, "durakv lost keys during the load"
+            assert call(rport, b"DBSIZE") == opts.keys, "redis lost keys during the load"
+        mb = 1 << 20
+        print(f"{opts.keys} keys x {VALUE_BYTES} B values; durakv --shards {opts.shards}")
+        print(f"load time: durakv {d_s:.1f} s, redis {r_s:.1f} s")
+        print(f"{'process':<16}{'empty MB':>10}{'loaded MB':>11}{'B/key':>8}")
+        for name in sorted(full):
+            before = empty.get(name, 0)
+            print(f"{name:<16}{before / mb:>10.1f}{full[name] / mb:>11.1f}"
+                  f"{(full[name] - before) / opts.keys:>8.0f}")
+        d_total, d_empty = sum(full.values()), sum(empty.values())
+        print(f"{'durakv total':<16}{d_empty / mb:>10.1f}{d_total / mb:>11.1f}{(d_total - d_empty) / opts.keys:>8.0f}")
+        print(f"{'redis-server':<16}{redis_empty / mb:>10.1f}{redis_full / mb:>11.1f}"
+              f"{(redis_full - redis_empty) / opts.keys:>8.0f}")
+        print(f"ratio durakv/redis RSS: {d_total / redis_full:.2f}x")
+    finally:
+        for proc in procs:
+            stop_group(proc)
+
+
+if __name__ == "__main__":
+    main()
