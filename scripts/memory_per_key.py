@@ -3,7 +3,10 @@
 
 Loads N string keys (`key:%012d`, VALUE_BYTES-byte values) into both servers
 over pipelined raw RESP, then sums the resident set size of each process tree
-from /proc and prints bytes/key per process and the durakv/redis ratio. It
+from /proc and prints bytes/key per process and the durakv/redis ratio. RSS
+counts a page shared by several processes once in each (shards are forked from
+the supervisor and share its imported code), so the ratio is also given with PSS
+(each shared page split among its sharers), which sums to the tree's real use. It
 also prints each durakv process's RSS before the load (an empty shard must
 stay small), so the per-key figure is net of the empty processes too.
 
@@ -99,6 +102,14 @@ def rss_bytes(pid: int) -> int:
         return int(f.read().split()[1]) * PAGE_BYTES
 
 
+def pss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no Pss line in /proc/{pid}/smaps_rollup")
+
+
 def title(pid: int) -> str:
     with open(f"/proc/{pid}/cmdline", "rb") as f:
         return f.read().replace(b"\x00", b" ").decode(errors="replace").strip()
@@ -113,11 +124,14 @@ def role(pid: int, leader: int) -> str:
     if pid == leader:
         return "supervisor"
     parts = title(pid).split()
-    return " ".join(parts[1:3]) if parts and parts[0] == "durakv" else parts[0] if parts else "?"
+    if not parts or parts[0] != "durakv":
+        return parts[0] if parts else "?"
+    return " ".join(parts[1:3]) if parts[2:3] and parts[2].isdigit() else parts[1]
 
 
-def tree_rss(leader: int) -> dict[str, int]:
-    return {role(pid, leader): rss_bytes(pid) for pid in group_pids(leader)}
+def tree_memory(leader: int) -> dict[str, tuple[int, int]]:
+    """role -> (RSS, PSS) in bytes for every process of the tree."""
+    return {role(pid, leader): (rss_bytes(pid), pss_bytes(pid)) for pid in group_pids(leader)}
 
 
 def main() -> None:
@@ -140,28 +154,30 @@ def main() -> None:
             wait_ready(dport, durakv, (b"CLUSTER", b"INFO"), b"cluster_state:ok")
             wait_ready(rport, redis, (b"PING",), b"PONG")
             time.sleep(SETTLE_S)
-            empty = tree_rss(durakv.pid)
+            empty = tree_memory(durakv.pid)
             redis_empty = rss_bytes(redis.pid)
             d_s = load(dport, opts.keys)
             r_s = load(rport, opts.keys)
             time.sleep(SETTLE_S)
-            full = tree_rss(durakv.pid)
+            full = tree_memory(durakv.pid)
             redis_full = rss_bytes(redis.pid)
             assert call(dport, b"DBSIZE") == opts.keys, "durakv lost keys during the load"
             assert call(rport, b"DBSIZE") == opts.keys, "redis lost keys during the load"
         mb = 1 << 20
         print(f"{opts.keys} keys x {VALUE_BYTES} B values; durakv --shards {opts.shards}")
         print(f"load time: durakv {d_s:.1f} s, redis {r_s:.1f} s")
-        print(f"{'process':<16}{'empty MB':>10}{'loaded MB':>11}{'B/key':>8}")
-        for name in sorted(full):
-            before = empty.get(name, 0)
-            print(f"{name:<16}{before / mb:>10.1f}{full[name] / mb:>11.1f}"
-                  f"{(full[name] - before) / opts.keys:>8.0f}")
-        d_total, d_empty = sum(full.values()), sum(empty.values())
-        print(f"{'durakv total':<16}{d_empty / mb:>10.1f}{d_total / mb:>11.1f}{(d_total - d_empty) / opts.keys:>8.0f}")
-        print(f"{'redis-server':<16}{redis_empty / mb:>10.1f}{redis_full / mb:>11.1f}"
-              f"{(redis_full - redis_empty) / opts.keys:>8.0f}")
-        print(f"ratio durakv/redis RSS: {d_total / redis_full:.2f}x")
+        print(f"{'process':<14}{'empty RSS':>10}{'RSS MB':>8}{'B/key':>7}{'empty PSS':>10}{'PSS MB':>8}{'B/key':>7}")
+        rows = [(name, *empty.get(name, (0, 0)), *full[name]) for name in sorted(full)]
+        rows.append(("durakv total", *(sum(r[i] for r in rows) for i in range(1, 5))))
+        rows.append(("redis-server", redis_empty, redis_empty, redis_full, redis_full))
+        for name, rss0, pss0, rss1, pss1 in rows:
+            print(f"{name:<14}{rss0 / mb:>10.1f}{rss1 / mb:>8.1f}{(rss1 - rss0) / opts.keys:>7.0f}"
+                  f"{pss0 / mb:>10.1f}{pss1 / mb:>8.1f}{(pss1 - pss0) / opts.keys:>7.0f}")
+        d_rss, d_pss = rows[-2][3], rows[-2][4]
+        snap_rss, snap_pss = full.get("snapshotter", (0, 0))
+        print(f"ratio durakv/redis: RSS {d_rss / redis_full:.2f}x, PSS {d_pss / redis_full:.2f}x; "
+              f"without the snapshotter: RSS {(d_rss - snap_rss) / redis_full:.2f}x, "
+              f"PSS {(d_pss - snap_pss) / redis_full:.2f}x")
     finally:
         for proc in procs:
             stop_group(proc)
