@@ -51,7 +51,8 @@ def resp_array_bytes(items) -> int:
 def push_list(port: int, count: int) -> None:
     with socket.create_connection(("127.0.0.1", port), timeout=600) as s:
         for first in range(0, count, PUSH_CHUNK):
-            s.sendall(command([b"RPUSH", LIST_KEY, *(element(i) for i in range(first, min(count, first + PUSH_CHUNK)))]))
+            last = min(count, first + PUSH_CHUNK)
+            s.sendall(command([b"RPUSH", LIST_KEY, *(element(i) for i in range(first, last))]))
             reply = s.recv(1024)
             if not reply.startswith(b":"):
                 raise SystemExit(f"RPUSH failed: {reply[:200]!r}")
