@@ -58,6 +58,15 @@ class Pending:
             self.client.reply_ready()
 
 
+def _deliver(frames: list[bytes], in_flight: dict[int, Pending]) -> None:
+    """Fill the pending replies a shard's frames answer. A function of its own so
+    that no local of the receiver keeps the last frame and reply (possibly 100 MB)
+    alive while it waits for the next input."""
+    for frame in frames:
+        for rid, reply in reply_batch_decoder.decode(frame):
+            in_flight.pop(rid).fill(reply)
+
+
 class ShardLink:
     def __init__(self, router, index: int, data_dir: str) -> None:
         self.router = router
@@ -191,8 +200,5 @@ class ShardLink:
             if not size:
                 return
             buf += view[:size]
-            for frame in split_frames(buf):
-                for rid, reply in reply_batch_decoder.decode(frame):
-                    pending = in_flight.pop(rid)
-                    pending.fill(reply)
+            _deliver(split_frames(buf), in_flight)
             self.router.flush_ready_clients()

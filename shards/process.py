@@ -43,13 +43,16 @@ class RouterConn:
             await self.wake.wait()
             self.wake = trio.Event()
             if self.outbox:
-                batch = self.outbox
+                # No name may hold the batch or its frame while this task waits for
+                # the next wake: a 100 MB reply would stay resident until then.
+                frame = encode_frame(self.outbox)
                 self.outbox = []
                 try:
-                    await send_all(self.sock, encode_frame(batch))
+                    await send_all(self.sock, frame)
                 except OSError as e:
                     logger.warning("shard: router connection lost while replying: %s", e)
                     return  # the reader sees the end of the connection and closes it
+                del frame
 
 
 async def serve_router(shard: Shard, sock: socket.socket) -> None:
@@ -73,15 +76,22 @@ async def serve_router(shard: Shard, sock: socket.socket) -> None:
                 if not size:
                     break
                 buf += view[:size]
-                replies = []
-                for frame in split_frames(buf):
-                    replies.extend(shard.execute_batch(conn, request_batch_decoder.decode(frame)))
-                if replies:
-                    conn.send(replies)
+                _execute_frames(shard, conn, buf)
             nursery.cancel_scope.cancel()
     finally:
         shard.routers -= 1
         sock.close()
+
+
+def _execute_frames(shard: Shard, conn: RouterConn, buf: bytearray) -> None:
+    """Execute every complete frame in buf and queue the replies. A function of
+    its own so that its locals (the last frame, the replies) are gone while the
+    reader waits for more input, rather than keeping a big reply resident."""
+    replies = []
+    for frame in split_frames(buf):
+        replies.extend(shard.execute_batch(conn, request_batch_decoder.decode(frame)))
+    if replies:
+        conn.send(replies)
 
 
 async def send_all(sock: socket.socket, data: bytes) -> None:

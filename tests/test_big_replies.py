@@ -6,6 +6,8 @@ test_keys.py."""
 
 from __future__ import annotations
 
+import os
+
 import hiredis
 from engine_util import call, new_ctx
 
@@ -66,3 +68,34 @@ def test_keys_through_the_router_merges_both_shards(r):
     assert sorted(r.keys("*")) == sorted(k.encode() for k in keys)
     assert sorted(r.keys("key:1?")) == sorted(f"key:1{i}".encode() for i in range(10))
     assert r.keys("nomatch*") == []
+
+
+BIG_ELEMENT = b"e" * 1000
+BIG_LIST_ELEMENTS = 60_000  # a ~60 MB reply: past glibc's 32 MB mmap threshold, so a freed one leaves RSS
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_a_big_reply_is_not_kept_after_it_is_sent(server_factory):
+    """The shard's reader and writer and the router's link receiver used to keep
+    their last frame and reply bound to a local while they waited for the next
+    input: after one 60 MB LRANGE the router held ~120 MB and the shard ~60 MB
+    until the next request on that link."""
+    srv = server_factory(shards=2)
+    r = srv.client()
+    for _ in range(BIG_LIST_ELEMENTS // 1000):
+        r.rpush("biglist", *([BIG_ELEMENT] * 1000))  # slot 2568: shard 0
+    reply_bytes = BIG_LIST_ELEMENTS * (len(b"$1000\r\n") + len(BIG_ELEMENT) + 2)
+    pids = {"router": srv.child_pid("router", 0), "shard": srv.child_pid("shard", 0)}
+    assert r.lrange("biglist", 0, 9) == [BIG_ELEMENT] * 10
+    before = {name: rss_bytes(pid) for name, pid in pids.items()}
+    assert len(r.lrange("biglist", 0, -1)) == BIG_LIST_ELEMENTS
+    r.close()
+    grown = {name: rss_bytes(pid) - before[name] for name, pid in pids.items()}
+    print(f"reply {reply_bytes >> 20} MB; RSS growth after it was sent: "
+          + ", ".join(f"{name} {size >> 20} MB" for name, size in grown.items()))
+    for name, size in grown.items():
+        assert size < reply_bytes // 2, f"the {name} kept {size} bytes after a {reply_bytes}-byte reply"
