@@ -129,6 +129,14 @@ def role(pid: int, leader: int) -> str:
     return " ".join(parts[1:3]) if parts[2:3] and parts[2].isdigit() else parts[1]
 
 
+def peak_rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmHWM line in /proc/{pid}/status")
+
+
 def tree_memory(leader: int) -> dict[str, tuple[int, int]]:
     """role -> (RSS, PSS) in bytes for every process of the tree."""
     return {role(pid, leader): (rss_bytes(pid), pss_bytes(pid)) for pid in group_pids(leader)}
@@ -138,6 +146,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--keys", type=int, default=632_000)
     p.add_argument("--shards", type=int, default=2)
+    p.add_argument("--idle-s", type=float, default=30.0,
+                   help="then wait this long and show each process again (the snapshotter's build ends)")
     opts = p.parse_args()
     procs: list[subprocess.Popen] = []
     try:
@@ -160,6 +170,9 @@ def main() -> None:
             r_s = load(rport, opts.keys)
             time.sleep(SETTLE_S)
             full = tree_memory(durakv.pid)
+            peaks = {role(pid, durakv.pid): peak_rss_bytes(pid) for pid in group_pids(durakv.pid)}
+            time.sleep(opts.idle_s)
+            idle = tree_memory(durakv.pid)
             redis_full = rss_bytes(redis.pid)
             assert call(dport, b"DBSIZE") == opts.keys, "durakv lost keys during the load"
             assert call(rport, b"DBSIZE") == opts.keys, "redis lost keys during the load"
@@ -173,6 +186,10 @@ def main() -> None:
         for name, rss0, pss0, rss1, pss1 in rows:
             print(f"{name:<14}{rss0 / mb:>10.1f}{rss1 / mb:>8.1f}{(rss1 - rss0) / opts.keys:>7.0f}"
                   f"{pss0 / mb:>10.1f}{pss1 / mb:>8.1f}{(pss1 - pss0) / opts.keys:>7.0f}")
+        print(f"peak RSS so far (VmHWM), and RSS / PSS {opts.idle_s:.0f} s later:")
+        for name in sorted(full):
+            print(f"  {name:<14}peak {peaks.get(name, 0) / mb:>7.1f} MB, then {idle[name][0] / mb:>7.1f} / "
+                  f"{idle[name][1] / mb:>7.1f} MB")
         d_rss, d_pss = rows[-2][3], rows[-2][4]
         snap_rss, snap_pss = full.get("snapshotter", (0, 0))
         print(f"ratio durakv/redis: RSS {d_rss / redis_full:.2f}x, PSS {d_pss / redis_full:.2f}x; "
