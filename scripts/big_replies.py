@@ -14,6 +14,7 @@ KEYS, which touches every shard, the same probe). Redis runs the same probe.
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import subprocess
 import sys
@@ -31,6 +32,9 @@ from proctools import free_port, start_group, stop_group  # noqa: E402
 RECV_BYTES = 4 << 20
 PUSH_CHUNK = 10_000
 PROBE_INTERVAL_S = 0.002
+IDLE_CPU_FRACTION = 0.05  # the tree counts as idle below this much of one core
+IDLE_WAIT_MAX_S = 180.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 LIST_KEY = b"biglist"  # slot 2568: shard 0 of 2
 PROBE_KEY = b"probe:0"  # slot 11956: shard 1 of 2
 
@@ -104,6 +108,33 @@ class Probe:
                 time.sleep(PROBE_INTERVAL_S)
 
 
+def group_cpu_ticks(leader: int) -> int:
+    out = subprocess.run(["pgrep", "-g", str(leader)], capture_output=True, text=True)
+    total = 0
+    for pid in out.stdout.split():
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total
+
+
+def wait_idle(leader: int) -> float:
+    """Wait until the durakv tree is idle (the snapshotter's build after a big load
+    ends), so the measurement is not of two things at once; seconds waited."""
+    start = time.monotonic()
+    before = group_cpu_ticks(leader)
+    while time.monotonic() - start < IDLE_WAIT_MAX_S:
+        time.sleep(1.0)
+        now = group_cpu_ticks(leader)
+        if (now - before) / CLK_TCK < IDLE_CPU_FRACTION:
+            break
+        before = now
+    return time.monotonic() - start
+
+
 def measure(name: str, port: int, argv: list[bytes], size_bytes: int, check) -> dict:
     with Probe(port) as probe:
         time.sleep(0.05)
@@ -141,6 +172,7 @@ def main() -> None:
                 push_list(port, opts.list_elements)
                 call(port, b"SET", PROBE_KEY, b"p")
             rows: dict[tuple[str, str], list[dict]] = {}
+            print(f"durakv idle after the list's load: {wait_idle(procs[0].pid):.0f} s")
             for _ in range(opts.rounds):
                 for name, port in servers.items():
                     rows.setdefault(("LRANGE", name), []).append(measure(
@@ -148,12 +180,13 @@ def main() -> None:
                         lambda reply: reply == lrange_expected))
             for port in servers.values():
                 load(port, opts.keys)
+            print(f"durakv idle after the keys' load: {wait_idle(procs[0].pid):.0f} s")
             for _ in range(opts.rounds):
                 for name, port in servers.items():
                     rows.setdefault(("KEYS", name), []).append(measure(
                         name, port, [b"KEYS", b"*"], keys_size,
                         lambda reply: len(reply) == keys_size and reply.startswith(b"*%d\r\n" % len(keys))))
-        print(f"LRANGE biglist 0 -1 over {opts.list_elements} elements; KEYS * over {len(keys)} keys; "
+        print(f"\nLRANGE biglist 0 -1 over {opts.list_elements} elements; KEYS * over {len(keys)} keys; "
               f"best of {opts.rounds}; probe = worst GET latency of another client meanwhile")
         print(f"{'command':<8}{'server':<8}{'s':>8}{'probe ms':>10}")
         for (cmd, name), runs in rows.items():
