@@ -163,8 +163,9 @@ def bulk_array(items: list | tuple) -> bytes | None:
     formatted in C, if there are at least BULK_ARRAY_MIN_ITEMS and every one is
     exactly bytes; else None. hiredis' pack_command writes a Redis request, which
     is exactly that array: ~0.11 s a million elements this way against ~0.28 s
-    item by item (issue 11 §4; CPU time measured on the shared 2-core machine). Exact types only: pack_command would turn an int into a
-    bulk string where a reply wants `:n`."""
+    item by item (issue 11 §4; CPU time on the shared 2-core machine). Exact
+    types only: pack_command would turn an int into a bulk string where a reply
+    wants `:n`."""
     if len(items) < BULK_ARRAY_MIN_ITEMS:
         return None
     types = set(map(type, items))
