@@ -190,6 +190,7 @@ class ShardLink:
                 logger.warning("router: shard %d link error while sending: %s", self.index, e)
                 cancel_scope.cancel()
                 return
+            del batch  # nothing may keep a sent request (possibly 100 MB) while the sender waits
 
     async def _receiver(self) -> None:
         sock = self.sock

@@ -60,7 +60,7 @@ def persistence(shard) -> dict:
 
 
 def count_keys_in_slot(shard, argv: list[bytes]) -> int:
-    return len(shard.db.keys_in_slot(int(argv[1])))
+    return shard.db.count_keys_in_slot(int(argv[1]))
 
 
 def get_keys_in_slot(shard, argv: list[bytes]) -> list[bytes]:

@@ -1,6 +1,14 @@
 """A shard's keyspace: values, absolute expiries, a per-slot key index, and the
 effect stream that every mutation writes.
 
+The per-slot index (SCAN's cursor is a slot; CLUSTER COUNTKEYSINSLOT and
+GETKEYSINSLOT; RANDOMKEY) is a list of keys per slot plus a live count per slot,
+not a set: a list costs ~9 bytes per key where a set costs ~55, which was a fifth
+of a shard's memory per 100-byte string key. A deleted key stays in its slot's
+list until the list is compacted (when it holds more than twice its live count
+plus SLOT_INDEX_SLACK), so readers of the index check each key against `data`
+and may see a key twice (`keys_in_slot` dedupes).
+
 Every mutation goes through `effect()`, which is how the durable log learns what
 to record (DESIGN invariant 3: effects, not commands) and how WATCH and read
 hazards learn which keys changed. Expiry is lazy on access plus an active cycle
@@ -12,12 +20,13 @@ from __future__ import annotations
 import heapq
 import random
 import time
-from typing import Callable, Iterable
+from typing import Callable
 
 from durakv.shards.slots import key_slot
 
 ACTIVE_EXPIRE_KEYS_PER_CYCLE = 200
 EXPIRE_HEAP_SLACK = 1024
+SLOT_INDEX_SLACK = 8  # stale entries a slot's key list may hold beyond twice its live count
 
 # Python types that hold each Redis type. Strings are bytes (immutable, shared
 # freely) or bytearray once APPEND/SETRANGE/SETBIT mutate them in place.
@@ -30,7 +39,7 @@ def now_ms() -> int:
 
 class Keyspace:
     __slots__ = (
-        "data", "expires", "slot_keys", "_heap", "effects", "on_modified", "on_flush", "replaying",
+        "data", "expires", "slot_keys", "slot_counts", "_heap", "effects", "on_modified", "on_flush", "replaying",
         "stat_expired_keys", "stat_keyspace_hits", "stat_keyspace_misses",
         "lazy_expire_disabled", "frozen_ms", "count_reads", "scripting",
     )
@@ -38,7 +47,10 @@ class Keyspace:
     def __init__(self) -> None:
         self.data: dict[bytes, object] = {}
         self.expires: dict[bytes, int] = {}
-        self.slot_keys: dict[int, set[bytes]] = {}
+        # slot -> its keys, possibly with stale or repeated entries (see the module
+        # docstring); slot -> live key count. A slot is in both or in neither.
+        self.slot_keys: dict[int, list[bytes]] = {}
+        self.slot_counts: dict[int, int] = {}
         self._heap: list[tuple[int, bytes]] = []
         self.effects: list[list[bytes]] = []
         self.on_modified: Callable[[bytes], None] | None = None
@@ -111,15 +123,24 @@ class Keyspace:
     def put(self, key: bytes, value: object, keep_ttl: bool = False) -> None:
         """Store value at key (new or overwrite); clears the TTL unless keep_ttl."""
         data = self.data
-        if key not in data:
-            slot = key_slot(key)
-            members = self.slot_keys.get(slot)
-            if members is None:
-                members = self.slot_keys[slot] = set()
-            members.add(key)
-        elif not keep_ttl and key in self.expires:
-            del self.expires[key]
+        if key in data:
+            if not keep_ttl and key in self.expires:
+                del self.expires[key]
+            data[key] = value
+            return
         data[key] = value
+        slot = key_slot(key)
+        members = self.slot_keys.get(slot)
+        if members is None:
+            self.slot_keys[slot] = [key]
+            self.slot_counts[slot] = 1
+            return
+        count = self.slot_counts[slot] + 1
+        self.slot_counts[slot] = count
+        members.append(key)
+        if len(members) > 2 * count + SLOT_INDEX_SLACK:
+            members[:] = [k for k in dict.fromkeys(members) if k in data]
+            assert len(members) == count, "slot index out of step with the keyspace"
 
     def delete(self, key: bytes) -> bool:
         """Remove key if present (no expiry check: callers looked it up)."""
@@ -132,9 +153,11 @@ class Keyspace:
         del self.data[key]
         self.expires.pop(key, None)
         slot = key_slot(key)
-        members = self.slot_keys[slot]
-        members.discard(key)
-        if not members:
+        count = self.slot_counts[slot] - 1
+        if count:
+            self.slot_counts[slot] = count
+        else:
+            del self.slot_counts[slot]
             del self.slot_keys[slot]
 
     def set_expire(self, key: bytes, when_ms: int) -> None:
@@ -156,6 +179,7 @@ class Keyspace:
         self.data.clear()
         self.expires.clear()
         self.slot_keys.clear()
+        self.slot_counts.clear()
         self._heap.clear()
 
     # --- active expiry --------------------------------------------------------
@@ -175,18 +199,30 @@ class Keyspace:
 
     # --- iteration ------------------------------------------------------------
 
-    def keys_in_slot(self, slot: int) -> set[bytes]:
-        return self.slot_keys.get(slot) or set()
+    def keys_in_slot(self, slot: int) -> list[bytes]:
+        """The keys stored in slot (expired ones included, as Redis counts them),
+        each once, in insertion order."""
+        members = self.slot_keys.get(slot)
+        if not members:
+            return []
+        data = self.data
+        return [key for key in dict.fromkeys(members) if key in data]
 
-    def live_keys(self) -> Iterable[bytes]:
-        """All keys not past their deadline (without expiring them: iteration must
-        not mutate the dict it walks)."""
+    def count_keys_in_slot(self, slot: int) -> int:
+        return self.slot_counts.get(slot, 0)
+
+    def live_key_list(self) -> list[bytes]:
+        """All keys not past their deadline, without expiring them (a read must not
+        write), built at C speed: a copy of the dict's keys, minus those past their
+        deadline (found by walking `expires` only)."""
+        keys = list(self.data)
+        if not self.expires:
+            return keys
         now = self.now()
-        expires = self.expires
-        for key in self.data:
-            when = expires.get(key)
-            if when is None or when > now:
-                yield key
+        expired = {key for key, when in self.expires.items() if when <= now}
+        if not expired:
+            return keys
+        return [key for key in keys if key not in expired]
 
     def random_key(self) -> bytes | None:
         """A random live key: pick random non-empty slots, then a member."""
@@ -199,7 +235,9 @@ class Keyspace:
                 slot = random.randrange(16384)
                 if slot not in self.slot_keys:
                     continue
-            key = random.choice(tuple(self.slot_keys[slot]))
+            key = random.choice(self.slot_keys[slot])
+            if key not in self.data:  # a stale index entry: choose among the live ones
+                key = random.choice(self.keys_in_slot(slot))
             if self.get(key) is not None:
                 return key
         return None

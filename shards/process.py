@@ -67,6 +67,7 @@ class RouterConn:
                 return  # the reader sees the end of the connection and closes it
             finally:
                 self.sending = False
+            del batch  # nothing may keep a sent reply (possibly 100 MB) while the writer waits
 
 
 async def serve_router(shard: Shard, sock: socket.socket) -> None:

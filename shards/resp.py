@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import math
 
+from hiredis import pack_command
+
 from durakv.shards.numbers import parse_ll
 
 INLINE_MAX_SIZE_BYTES = 64 * 1024
@@ -25,6 +27,9 @@ UNAUTH_MULTIBULK_MAX_COUNT = 10
 UNAUTH_BULK_MAX_BYTES = 16384
 BIG_ARG_BYTES = 32 * 1024
 BULK_HEADER_FAST_BYTES = 21  # `$` and up to 19 digits: parsed inline (bigger sizes are refused anyway)
+# From this many items on, an array of bulk strings is formatted in C (below this the
+# type scan and the tuple copy cost more than the per-item Python formatting saves).
+BULK_ARRAY_MIN_ITEMS = 32
 
 
 class Simple:
@@ -138,6 +143,10 @@ def encode(value: object, proto: int) -> bytes:
         return b":%d\r\n" % value
     if value is None:
         return NULL2 if proto == 2 else NULL3
+    if t is list or t is tuple:
+        packed = bulk_array(value)
+        if packed is not None:
+            return packed
     out: list[bytes] = []
     _encode_into(value, proto, out)
     return b"".join(out)
@@ -150,6 +159,22 @@ def encode_error(message: bytes) -> bytes:
     return b"-%b\r\n" % message
 
 
+def bulk_array(items: list | tuple) -> bytes | None:
+    """`items` as a RESP array of bulk strings (the same bytes in RESP2 and RESP3),
+    formatted in C, if there are at least BULK_ARRAY_MIN_ITEMS and every one is
+    exactly bytes; else None. hiredis' pack_command writes a Redis request, which
+    is exactly that array: ~0.11 s a million elements this way against ~0.28 s
+    item by item (issue 11 §4; CPU time on the shared 2-core machine). Exact
+    types only: pack_command would turn an int into a bulk string where a reply
+    wants `:n`."""
+    if len(items) < BULK_ARRAY_MIN_ITEMS:
+        return None
+    types = set(map(type, items))
+    if len(types) != 1 or bytes not in types:
+        return None
+    return pack_command(items if type(items) is tuple else tuple(items))
+
+
 def _encode_into(value: object, proto: int, out: list) -> None:
     t = type(value)
     if t is bytes or t is bytearray or t is memoryview:
@@ -159,6 +184,10 @@ def _encode_into(value: object, proto: int, out: list) -> None:
     elif value is None:
         out.append(NULL2 if proto == 2 else NULL3)
     elif t is list or t is tuple:
+        packed = bulk_array(value)
+        if packed is not None:
+            out.append(packed)
+            return
         out.append(b"*%d\r\n" % len(value))
         for item in value:
             _encode_into(item, proto, out)
@@ -186,6 +215,10 @@ def _encode_into(value: object, proto: int, out: list) -> None:
         for item in items:
             _encode_into(item, proto, out)
     elif t is SetReply:
+        packed = bulk_array(value.items)
+        if packed is not None:
+            out.append(packed if proto == 2 else b"~" + memoryview(packed)[1:])
+            return
         out.append((b"*%d\r\n" if proto == 2 else b"~%d\r\n") % len(value.items))
         for item in value.items:
             _encode_into(item, proto, out)

@@ -8,12 +8,12 @@ import re
 from durakv.shards.args import ERR_NO_SUCH_KEY, ERR_SYNTAX, int_arg, int_range_arg
 from durakv.shards.numbers import INT_MAX, INT_MIN, LLONG_MAX, parse_ll
 from durakv.shards.context import Ctx
-from durakv.shards.glob import glob_match
+from durakv.shards.glob import compile_glob, glob_match
 from durakv.shards.keyspace import type_name
-from durakv.shards.resp import OK, ReplyError, Simple
+from durakv.shards.resp import OK, Raw, ReplyError, Simple, encode
 from durakv.shards.slots import SLOT_COUNT
 from durakv.shards.table import (
-    CURSOR, FANOUT, SPLIT_SUM, KeySpec, command, container, merge_concat, merge_ok, merge_random, merge_sum,
+    CURSOR, FANOUT, SPLIT_SUM, KeySpec, command, container, merge_arrays, merge_ok, merge_random, merge_sum,
 )
 
 SCAN_DEFAULT_COUNT = 10
@@ -289,10 +289,19 @@ def copy_(ctx: Ctx, argv: list[bytes]):
 
 @command("keys", 2, "readonly", (0, 0, 0), "keyspace", where=FANOUT,
          tips=("request_policy:all_shards", "nondeterministic_output_order"),
-         acl="keyspace dangerous", merge=merge_concat)
+         acl="keyspace dangerous", merge=merge_arrays)
 def keys(ctx: Ctx, argv: list[bytes]):
+    """Encoded here, so the router only concatenates the shards' arrays
+    (merge_arrays); the filtering loops run in C (dict iteration, re's match
+    through filter), not a Python step per key."""
     pattern = argv[1]
-    return [key for key in ctx.db.live_keys() if glob_match(pattern, key)]
+    db = ctx.db
+    found = db.live_key_list()
+    if pattern != b"*":
+        found = list(filter(compile_glob(pattern).match, found))
+        if pattern and b"" in db.data and b"" in found:
+            found.remove(b"")  # as glob_match: only the empty pattern matches an empty key
+    return Raw(encode(found, 2))
 
 
 @command("dbsize", 1, "readonly fast", (0, 0, 0), "server", where=FANOUT,
@@ -382,9 +391,7 @@ def scan(ctx: Ctx, argv: list[bytes]):
     slot = max(cursor, first_slot)
     found: list[bytes] = []
     while slot <= last_slot and len(found) < count:
-        members = db.slot_keys.get(slot)
-        if members:
-            found.extend(members)
+        found.extend(db.keys_in_slot(slot))
         slot += 1
     next_cursor = 0 if slot > last_slot and last_slot == SLOT_COUNT - 1 else slot
     result = []

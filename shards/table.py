@@ -142,8 +142,19 @@ def merge_sum(parts: list, proto: int) -> bytes:
     return b":%d\r\n" % sum(parts)
 
 
-def merge_concat(parts: list, proto: int) -> bytes:
-    return encode([key for part in parts for key in part], proto)
+def merge_arrays(parts: list, proto: int) -> bytes:
+    """Each part is a shard's reply already encoded as a RESP array (the same bytes
+    in RESP2 and RESP3): one header for the sum of their counts, then their items
+    as they are, so a KEYS over a million keys costs the router a copy, not a
+    decode and an encode of every key."""
+    count = 0
+    bodies: list[memoryview] = []
+    for part in parts:
+        end = part.index(b"\r\n")
+        assert part[:1] == b"*", "a merged part must be an encoded array"
+        count += int(part[1:end])
+        bodies.append(memoryview(part)[end + 2 :])
+    return b"*%d\r\n" % count + b"".join(bodies)
 
 
 def merge_random(parts: list, proto: int) -> bytes:

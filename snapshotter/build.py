@@ -24,9 +24,9 @@ from durakv.log import OS_DISK
 from durakv.log.durable_file import rename_durably, replace_file
 from durakv.log.layout import log_dir_of
 from durakv.shards.keyspace import Keyspace
-from durakv.shards.rdb.file import default_aux, load_rdb, settle_keyspace, write_keyspace
+from durakv.shards.rdb.file import RdbReader, default_aux, keyspace_entries, settle_keyspace, write_keyspace
 from durakv.shards.slots import slot_ranges
-from durakv.snapshotter.digest import state_digest
+from durakv.snapshotter.digest import ordered_digest, state_digest
 from durakv.snapshotter.local import (
     LocalSnapshot,
     load_snapshot,
@@ -89,7 +89,8 @@ def write_snapshot(db: Keyspace, shard_dir: str, fields: dict, digest: str,
     keys, expires = len(db.data), len(db.expires)
     with open(tmp_path, "wb") as f:
         hashing = _HashingWriter(f)
-        writer = write_keyspace(hashing, db.data, db.expires, aux, pace)
+        # In key order: verify_rdb_file then digests the file as it reads it.
+        writer = write_keyspace(hashing, db.data, db.expires, aux, pace, sorted(db.data))
         f.flush()
         os.fsync(f.fileno())
     rdb_sha256 = hashing.sha256.hexdigest()
@@ -106,17 +107,21 @@ def write_snapshot(db: Keyspace, shard_dir: str, fields: dict, digest: str,
 
 def verify_rdb_file(path: str, rdb_sha256: str, digest: str, pace: Callable[[], None] = unpaced) -> None:
     """Re-read the RDB from disk: its sha256 and the digest of the state it loads
-    must be the ones the writer and the replay produced."""
-    scratch = Keyspace()
+    must be the ones the writer and the replay produced. The file is in key order
+    (write_snapshot), so its digest is computed as it streams past: the
+    snapshotter never holds a second copy of a shard's keyspace (issue 11 §4)."""
     sha = hashlib.sha256()
     with open(path, "rb") as f:
         tee = _HashingReader(f, sha)
-        load_rdb(tee, scratch, pace)
+        entries = ((e.key, e.value, e.expire_ms) for e in keyspace_entries(RdbReader(tee)))
+        try:
+            loaded = ordered_digest(entries, pace)
+        except ValueError as e:
+            raise SnapshotVerifyFailed(f"{path}: keys out of order: {e}") from e
         tee.read_rest()
     if sha.hexdigest() != rdb_sha256:
         raise SnapshotVerifyFailed(f"{path}: sha256 read back {sha.hexdigest()} differs from the "
                                    f"{rdb_sha256} written")
-    loaded = state_digest(scratch, pace)
     if loaded != digest:
         raise SnapshotVerifyFailed(f"{path}: the RDB loads to state digest {loaded}, the replay "
                                    f"produced {digest}")

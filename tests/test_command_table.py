@@ -50,7 +50,8 @@ def test_lookup_finds_every_spelling(name):
 def test_declared_facts_reach_the_command():
     """Facts once spread over the router and the shard are read off the command."""
     assert TABLE[b"dbsize"].merge([2, 3], 2) == b":5\r\n"
-    assert TABLE[b"keys"].merge([[b"a"], [b"b"]], 2) == b"*2\r\n$1\r\na\r\n$1\r\nb\r\n"
+    # each shard sends its KEYS array encoded; the router concatenates them
+    assert TABLE[b"keys"].merge([b"*1\r\n$1\r\na\r\n", b"*1\r\n$1\r\nb\r\n"], 2) == b"*2\r\n$1\r\na\r\n$1\r\nb\r\n"
     assert TABLE[b"sort"].reads_undeclared_keys([b"SORT", b"k", b"BY", b"w_*"])
     assert not TABLE[b"sort"].reads_undeclared_keys([b"SORT", b"k"])
     assert TABLE[b"exec"].runs_in_multi and not TABLE[b"get"].runs_in_multi

@@ -13,8 +13,8 @@ import hiredis
 import pytest
 
 from durakv.shards.resp import (
-    NULL_ARRAY, OK, PONG, Map, ProtocolError, Push, Raw, ReplyError, RequestParser, SetReply, Simple,
-    Verbatim, encode, encode_error, format_double, split_args,
+    BULK_ARRAY_MIN_ITEMS, NULL_ARRAY, OK, PONG, Map, ProtocolError, Push, Raw, ReplyError, RequestParser,
+    SetReply, Simple, Verbatim, encode, encode_error, format_double, split_args,
 )
 
 # --- encoder ------------------------------------------------------------------------
@@ -98,6 +98,45 @@ def test_format_double_matches_libc_printf_17g():
         assert format_double(value) == _libc_17g(value), value
     assert format_double(math.inf) == b"inf"
     assert format_double(-math.inf) == b"-inf"
+
+
+def _array_item_by_item(items: list, proto: int, kind: bytes = b"*") -> bytes:
+    """The reference: the RESP spelling of an array, one item at a time."""
+    out = [kind + b"%d\r\n" % len(items)]
+    out += [b"$%d\r\n%b\r\n" % (len(x), x) if type(x) is bytes else encode(x, proto) for x in items]
+    return b"".join(out)
+
+
+def _random_bulks(rng: random.Random, count: int) -> list[bytes]:
+    shapes = [lambda: b"", lambda: b"\r\n", lambda: b"\x00$*\r", lambda: rng.randbytes(rng.randint(0, 40)),
+              lambda: rng.randbytes(rng.randint(1000, 70000)), lambda: b"element-%d" % rng.randint(0, 10**9)]
+    return [rng.choice(shapes)() for _ in range(count)]
+
+
+@pytest.mark.parametrize("count", [0, 1, BULK_ARRAY_MIN_ITEMS - 1, BULK_ARRAY_MIN_ITEMS, 500])
+def test_big_arrays_of_bulks_encode_as_item_by_item(count):
+    """Arrays of bulk strings from BULK_ARRAY_MIN_ITEMS on are formatted in C
+    (LRANGE, KEYS, SMEMBERS of big values): byte for byte the same as the
+    per-item encoding, in both protocols, nested or not, list or tuple."""
+    rng = random.Random(count)
+    items = _random_bulks(rng, count)
+    for proto in (2, 3):
+        expected = _array_item_by_item(items, proto)
+        assert encode(items, proto) == expected
+        assert encode(tuple(items), proto) == expected
+        assert encode([b"0", items], proto) == b"*2\r\n$1\r\n0\r\n" + expected
+        assert encode(SetReply(items), proto) == _array_item_by_item(items, proto, b"*" if proto == 2 else b"~")
+
+
+def test_big_arrays_with_other_item_types_keep_their_types():
+    """An int, None, float, bytearray or nested array among many bulks keeps its own
+    spelling (the C formatter would make a bulk string of a number)."""
+    rng = random.Random(3)
+    for odd in (7, None, 1.5, bytearray(b"ba"), [b"x"], Simple(b"OK")):
+        items = _random_bulks(rng, BULK_ARRAY_MIN_ITEMS * 2)
+        items[rng.randrange(len(items))] = odd
+        for proto in (2, 3):
+            assert encode(items, proto) == _array_item_by_item(items, proto), (odd, proto)
 
 
 def test_error_replies_never_break_framing():

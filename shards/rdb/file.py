@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 from durakv.shards.keyspace import Keyspace
 from durakv.shards.rdb import codec as C
@@ -129,15 +129,16 @@ def default_aux(ctime_s: int, extra: dict[str, bytes | int | str] | None = None)
 
 
 def write_keyspace(f: BinaryIO, data: dict, expires: dict[bytes, int], aux: dict,
-                   pace: Callable[[], None] = _unpaced) -> RdbWriter:
-    """Write every key of one keyspace (a Keyspace's data and expires) as db 0;
+                   pace: Callable[[], None] = _unpaced, keys: Iterable[bytes] | None = None) -> RdbWriter:
+    """Write every key of one keyspace (a Keyspace's data and expires) as db 0,
+    in the order of `keys` (all of data's keys; default: data's own order);
     pace() is called for each key."""
     writer = RdbWriter(f, aux)
     writer.select_db(0, len(data), len(expires))
     get_expire = expires.get
-    for key, value in data.items():
+    for key in data if keys is None else keys:
         pace()
-        writer.write_key(key, value, get_expire(key))
+        writer.write_key(key, data[key], get_expire(key))
     writer.finish()
     return writer
 
@@ -298,18 +299,24 @@ class RdbReader:
                 info.checksum_verified = True
 
 
+def keyspace_entries(reader: RdbReader) -> Iterator[RdbEntry]:
+    """The reader's entries, refusing what a durakv keyspace cannot hold."""
+    for entry in reader.entries():
+        if entry.db != 0:
+            raise C.RdbError(f"key {entry.key[:64]!r} is in database {entry.db}; durakv has database 0 only")
+        if type(entry.value) is C.Unsupported:
+            raise C.RdbError(f"key {entry.key[:64]!r} is a {entry.value.kind}, which durakv cannot hold")
+        yield entry
+
+
 def load_rdb(f: BinaryIO, db: Keyspace, pace: Callable[[], None] = _unpaced,
              settings: dict | None = None) -> RdbInfo:
     """Load an RDB holding only database 0 and durakv's types into a Keyspace,
     keeping every key (expired ones included: the keyspace expires them).
     Raises RdbError on anything it cannot hold. pace() is called for each key."""
     reader = RdbReader(f, settings)
-    for entry in reader.entries():
+    for entry in keyspace_entries(reader):
         pace()
-        if entry.db != 0:
-            raise C.RdbError(f"key {entry.key[:64]!r} is in database {entry.db}; durakv has database 0 only")
-        if type(entry.value) is C.Unsupported:
-            raise C.RdbError(f"key {entry.key[:64]!r} is a {entry.value.kind}, which durakv cannot hold")
         if entry.key in db.data:
             raise C.RdbError(f"key {entry.key[:64]!r} appears twice in the RDB")
         db.put(entry.key, entry.value)

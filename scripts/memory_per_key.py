@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""RSS per key: durakv (`serve --shards N`) against redis-server, same data.
+
+Loads N string keys (`key:%012d`, VALUE_BYTES-byte values) into both servers
+over pipelined raw RESP, then sums the resident set size of each process tree
+from /proc and prints bytes/key per process and the durakv/redis ratio. RSS
+counts a page shared by several processes once in each (shards are forked from
+the supervisor and share its imported code), so the ratio is also given with PSS
+(each shared page split among its sharers), which sums to the tree's real use. It
+also prints each durakv process's RSS before the load (an empty shard must
+stay small), so the per-key figure is net of the empty processes too.
+
+    python scripts/memory_per_key.py --keys 632000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import hiredis
+
+SCRIPTS = Path(__file__).resolve().parent
+REPO = SCRIPTS.parent
+sys.path.insert(0, str(SCRIPTS))
+from proctools import free_port, start_group, stop_group  # noqa: E402
+
+VALUE_BYTES = 100
+PIPELINE_COMMANDS = 2000
+READY_TIMEOUT_S = 60.0
+SETTLE_S = 1.0
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+RECV_BYTES = 1 << 20
+
+
+def command(argv: list[bytes]) -> bytes:
+    return b"*%d\r\n" % len(argv) + b"".join(b"$%d\r\n%b\r\n" % (len(a), a) for a in argv)
+
+
+def call(port: int, *argv: bytes, timeout_s: float = 600.0) -> object:
+    """One command on a fresh connection; the decoded reply."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as s:
+        s.sendall(command(list(argv)))
+        reader = hiredis.Reader()
+        while True:
+            reply = reader.gets()
+            if reply is not False:
+                return reply
+            data = s.recv(RECV_BYTES)
+            if not data:
+                raise ConnectionError("server closed the connection")
+            reader.feed(data)
+
+
+def wait_ready(port: int, proc: subprocess.Popen, probe: tuple[bytes, ...], expect: bytes) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}")
+        try:
+            reply = call(port, *probe, timeout_s=2)
+            if isinstance(reply, bytes) and expect in reply:
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise SystemExit(f"server on port {port} not ready after {READY_TIMEOUT_S}s")
+
+
+def load(port: int, keys: int) -> float:
+    """SET key:%012d to a VALUE_BYTES value for every key; seconds taken."""
+    value = b"v" * VALUE_BYTES
+    start = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=600) as s:
+        reader = hiredis.Reader()
+        for first in range(0, keys, PIPELINE_COMMANDS):
+            last = min(keys, first + PIPELINE_COMMANDS)
+            s.sendall(b"".join(command([b"SET", b"key:%012d" % i, value]) for i in range(first, last)))
+            pending = last - first
+            while pending:
+                reply = reader.gets()
+                if reply is False:
+                    data = s.recv(RECV_BYTES)
+                    if not data:
+                        raise ConnectionError("server closed the connection during the load")
+                    reader.feed(data)
+                    continue
+                if isinstance(reply, hiredis.ReplyError):
+                    raise SystemExit(f"SET failed: {reply}")
+                pending -= 1
+    return time.monotonic() - start
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * PAGE_BYTES
+
+
+def pss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no Pss line in /proc/{pid}/smaps_rollup")
+
+
+def title(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().replace(b"\x00", b" ").decode(errors="replace").strip()
+
+
+def group_pids(leader: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-g", str(leader)], capture_output=True, text=True)
+    return sorted(int(p) for p in out.stdout.split())
+
+
+def role(pid: int, leader: int) -> str:
+    if pid == leader:
+        return "supervisor"
+    parts = title(pid).split()
+    if not parts or parts[0] != "durakv":
+        return parts[0] if parts else "?"
+    return " ".join(parts[1:3]) if parts[2:3] and parts[2].isdigit() else parts[1]
+
+
+def peak_rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmHWM line in /proc/{pid}/status")
+
+
+def tree_memory(leader: int) -> dict[str, tuple[int, int]]:
+    """role -> (RSS, PSS) in bytes for every process of the tree."""
+    return {role(pid, leader): (rss_bytes(pid), pss_bytes(pid)) for pid in group_pids(leader)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--keys", type=int, default=632_000)
+    p.add_argument("--shards", type=int, default=2)
+    p.add_argument("--idle-s", type=float, default=30.0,
+                   help="then wait this long and show each process again (the snapshotter's build ends)")
+    opts = p.parse_args()
+    procs: list[subprocess.Popen] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="durakv-mem-") as tmp:
+            dport, rport = free_port(), free_port()
+            durakv = start_group([sys.executable, "-m", "durakv.server.cli", "serve", "--port", str(dport),
+                                  "--shards", str(opts.shards), "--data-dir", f"{tmp}/data"],
+                                 cwd=REPO, stdout=open(f"{tmp}/durakv.log", "wb"), stderr=subprocess.STDOUT)
+            procs.append(durakv)
+            redis = start_group(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
+                                 "--appendonly", "no", "--dir", tmp],
+                                stdout=open(f"{tmp}/redis.log", "wb"), stderr=subprocess.STDOUT)
+            procs.append(redis)
+            wait_ready(dport, durakv, (b"CLUSTER", b"INFO"), b"cluster_state:ok")
+            wait_ready(rport, redis, (b"PING",), b"PONG")
+            time.sleep(SETTLE_S)
+            empty = tree_memory(durakv.pid)
+            redis_empty = rss_bytes(redis.pid)
+            d_s = load(dport, opts.keys)
+            r_s = load(rport, opts.keys)
+            time.sleep(SETTLE_S)
+            full = tree_memory(durakv.pid)
+            peaks = {role(pid, durakv.pid): peak_rss_bytes(pid) for pid in group_pids(durakv.pid)}
+            time.sleep(opts.idle_s)
+            idle = tree_memory(durakv.pid)
+            redis_full = rss_bytes(redis.pid)
+            assert call(dport, b"DBSIZE") == opts.keys, "durakv lost keys during the load"
+            assert call(rport, b"DBSIZE") == opts.keys, "redis lost keys during the load"
+        mb = 1 << 20
+        print(f"{opts.keys} keys x {VALUE_BYTES} B values; durakv --shards {opts.shards}")
+        print(f"load time: durakv {d_s:.1f} s, redis {r_s:.1f} s")
+        print(f"{'process':<14}{'empty RSS':>10}{'RSS MB':>8}{'B/key':>7}{'empty PSS':>10}{'PSS MB':>8}{'B/key':>7}")
+        rows = [(name, *empty.get(name, (0, 0)), *full[name]) for name in sorted(full)]
+        rows.append(("durakv total", *(sum(r[i] for r in rows) for i in range(1, 5))))
+        rows.append(("redis-server", redis_empty, redis_empty, redis_full, redis_full))
+        for name, rss0, pss0, rss1, pss1 in rows:
+            print(f"{name:<14}{rss0 / mb:>10.1f}{rss1 / mb:>8.1f}{(rss1 - rss0) / opts.keys:>7.0f}"
+                  f"{pss0 / mb:>10.1f}{pss1 / mb:>8.1f}{(pss1 - pss0) / opts.keys:>7.0f}")
+        print(f"peak RSS so far (VmHWM), and RSS / PSS {opts.idle_s:.0f} s later:")
+        for name in sorted(full):
+            print(f"  {name:<14}peak {peaks.get(name, 0) / mb:>7.1f} MB, then {idle[name][0] / mb:>7.1f} / "
+                  f"{idle[name][1] / mb:>7.1f} MB")
+        d_rss, d_pss = rows[-2][3], rows[-2][4]
+        snap_rss, snap_pss = full.get("snapshotter", (0, 0))
+        print(f"ratio durakv/redis: RSS {d_rss / redis_full:.2f}x, PSS {d_pss / redis_full:.2f}x; "
+              f"without the snapshotter: RSS {(d_rss - snap_rss) / redis_full:.2f}x, "
+              f"PSS {(d_pss - snap_pss) / redis_full:.2f}x")
+    finally:
+        for proc in procs:
+            stop_group(proc)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""The keyspace's per-key bookkeeping (issue 11 §4): the per-slot key index is
+cheap per key, stays bounded under churn, and leaves nothing behind when the keys
+go (DEL of each key, or FLUSHALL). Asserts on structure sizes, never on RSS."""
+
+from __future__ import annotations
+
+import sys
+
+from engine_util import call, new_ctx
+
+import durakv.shards.commands  # noqa: F401
+from durakv.shards.keyspace import SLOT_INDEX_SLACK, Keyspace
+from durakv.shards.slots import key_slot
+
+KEY_COUNT = 20_000
+TAG_COUNT = 256  # ~78 keys a slot, as a million keys over 16384 slots give ~60
+# A set costs 16 bytes per table entry at <= 60% load plus its header (~55 B/key
+# measured); a list of pointers ~9. The bound sits between the two.
+SLOT_INDEX_MAX_BYTES_PER_KEY = 24
+
+
+def index_bytes(db: Keyspace) -> int:
+    return (sys.getsizeof(db.slot_keys) + sys.getsizeof(db.slot_counts)
+            + sum(sys.getsizeof(members) for members in db.slot_keys.values()))
+
+
+def assert_index_empty(db: Keyspace) -> None:
+    assert db.data == {} and db.expires == {}
+    assert db.slot_keys == {} and db.slot_counts == {}
+
+
+def test_slot_index_costs_few_bytes_per_key():
+    db = Keyspace()
+    for i in range(KEY_COUNT):
+        db.put(b"{%d}:%012d" % (i % TAG_COUNT, i), b"v")
+    per_key = index_bytes(db) / KEY_COUNT
+    print(f"slot index: {per_key:.1f} bytes/key")
+    assert per_key <= SLOT_INDEX_MAX_BYTES_PER_KEY
+
+
+def test_slot_index_bounded_under_churn():
+    """Deleting and re-adding keys of one slot leaves stale entries; compaction
+    keeps the list within twice the live count plus the slack."""
+    db = Keyspace()
+    tagged = [b"{tag}:%d" % i for i in range(10)]
+    slot = key_slot(tagged[0])
+    for _ in range(1000):
+        for key in tagged:
+            db.put(key, b"v")
+        assert len(db.slot_keys[slot]) <= 2 * db.slot_counts[slot] + SLOT_INDEX_SLACK
+        for key in tagged[1:]:
+            db.delete(key)
+    assert db.count_keys_in_slot(slot) == 1
+    assert db.keys_in_slot(slot) == [tagged[0]]
+    for key in tagged:
+        db.put(key, b"v")
+    assert sorted(db.keys_in_slot(slot)) == sorted(tagged)  # each once, stale entries dropped
+    assert db.count_keys_in_slot(slot) == len(tagged)
+
+
+def test_deleting_every_key_empties_the_index():
+    ctx = new_ctx()
+    keys = [b"k:%d" % i for i in range(2000)]
+    for key in keys:
+        call(ctx, "SET", key, "v")
+    call(ctx, "EXPIRE", keys[0], 100)
+    assert call(ctx, "DEL", *keys) == len(keys)
+    assert_index_empty(ctx.db)
+
+
+def test_flushall_empties_the_index():
+    ctx = new_ctx()
+    for i in range(2000):
+        call(ctx, "SET", b"k:%d" % i, "v", "EX", 100)
+        call(ctx, "RPUSH", b"l:%d" % i, "a", "b")
+    call(ctx, "FLUSHALL")
+    assert_index_empty(ctx.db)
+    assert ctx.db._heap == []
+
+
+def test_scan_and_randomkey_skip_stale_index_entries():
+    ctx = new_ctx()
+    tagged = [b"{t}:%d" % i for i in range(8)]
+    for key in tagged:
+        call(ctx, "SET", key, "v")
+    for key in tagged[1:]:
+        call(ctx, "DEL", key)
+    call(ctx, "SET", tagged[2], "v")
+    call(ctx, "DEL", tagged[2])
+    call(ctx, "SET", tagged[3], "v")
+    cursor, seen = b"0", []
+    while True:
+        cursor, keys = call(ctx, "SCAN", cursor, "COUNT", 1000)
+        seen.extend(keys)
+        if cursor == b"0":
+            break
+    assert sorted(seen) == sorted([tagged[0], tagged[3]])
+    for _ in range(50):
+        assert call(ctx, "RANDOMKEY") in (tagged[0], tagged[3])
