@@ -27,9 +27,10 @@ from durakv.shards.rdb.codec import (
 from durakv.shards.rdb.crc64 import crc64
 from durakv.shards.resp import OK, Map, ReplyError, SetReply, Simple, fixed_error, split_args
 from durakv.shards.t_script import (
-    ERR_NUMKEYS_NEGATIVE, ERR_NUMKEYS_TOO_BIG, merge_first, merge_kill, not_busy, run_script,
+    ERR_NUMKEYS_NEGATIVE, ERR_NUMKEYS_TOO_BIG, SCRIPT_KEYS, SCRIPT_RO_SPEC, SCRIPT_RW_SPEC, merge_first, merge_kill,
+    not_busy, run_script,
 )
-from durakv.shards.table import FANOUT, command, container, merge_ok, numkeys_keys, subcommand_syntax_error
+from durakv.shards.table import FANOUT, command, container, merge_ok, subcommand_syntax_error
 
 FUNCTION_FLAGS = (b"no-writes", b"allow-oom", b"allow-stale", b"no-cluster", b"allow-cross-slot-keys")
 RDB_OPCODE_FUNCTION2 = 245
@@ -190,13 +191,13 @@ def _always(argv: list[bytes]) -> bool:
 
 
 @command("fcall", -3, "noscript skip_monitor may_replicate no_mandatory_keys stale", group="scripting",
-         keys_fn=numkeys_keys(2), reads_undeclared_keys=_always, key_specs=())
+         keys_fn=SCRIPT_KEYS, reads_undeclared_keys=_always, key_specs=(SCRIPT_RW_SPEC,))
 def fcall(ctx: Ctx, argv: list[bytes]):
     return _fcall(ctx, argv, read_only=False)
 
 
 @command("fcall_ro", -3, "readonly noscript skip_monitor no_mandatory_keys stale", group="scripting",
-         keys_fn=numkeys_keys(2), reads_undeclared_keys=_always, key_specs=())
+         keys_fn=SCRIPT_KEYS, reads_undeclared_keys=_always, key_specs=(SCRIPT_RO_SPEC,))
 def fcall_ro(ctx: Ctx, argv: list[bytes]):
     return _fcall(ctx, argv, read_only=True)
 

@@ -18,7 +18,7 @@ from durakv.shards.context import Ctx
 from durakv.shards.luaenv import Run, Scripting, scripting_of, sha1hex
 from durakv.shards.numbers import parse_ll
 from durakv.shards.resp import OK, Raw, ReplyError, Simple, encode, fixed_error
-from durakv.shards.table import FANOUT, command, container, merge_ok, numkeys_keys
+from durakv.shards.table import FANOUT, command, container, keynum_spec, merge_ok, numkeys_keys
 
 MAX_CACHED_SCRIPTS = 100_000  # past this, the oldest cached script is forgotten (EVALSHA: NOSCRIPT)
 SCRIPT_FLAGS = {b"no-writes", b"allow-oom", b"allow-stale", b"no-cluster", b"allow-cross-slot-keys"}
@@ -121,7 +121,12 @@ def _eval(ctx: Ctx, argv: list[bytes], by_sha: bool, read_only: bool):
     return run_script(ctx, state, function, sha, argv, keys, args, read_only, False)
 
 
-_SCRIPT_KEYS = numkeys_keys(2)
+SCRIPT_KEYS = numkeys_keys(2)  # routing: argv[3:3 + numkeys], as the key specs below say
+# Redis' key specs for EVAL/FCALL (the notes are only on EVAL, EVAL_RO, FCALL, FCALL_RO).
+SCRIPT_RW_SPEC = keynum_spec("RW access update", 2, notes=(
+    "We cannot tell how the keys will be used so we assume the worst, RW and UPDATE"))
+SCRIPT_RO_SPEC = keynum_spec("RO access", 2, notes=(
+    "We cannot tell how the keys will be used so we assume the worst, RO and ACCESS"))
 
 
 def _always(argv: list[bytes]) -> bool:
@@ -130,25 +135,25 @@ def _always(argv: list[bytes]) -> bool:
 
 
 @command("eval", -3, "noscript skip_monitor may_replicate no_mandatory_keys stale", group="scripting",
-         keys_fn=_SCRIPT_KEYS, reads_undeclared_keys=_always, key_specs=())
+         keys_fn=SCRIPT_KEYS, reads_undeclared_keys=_always, key_specs=(SCRIPT_RW_SPEC,))
 def eval_(ctx: Ctx, argv: list[bytes]):
     return _eval(ctx, argv, by_sha=False, read_only=False)
 
 
 @command("evalsha", -3, "noscript skip_monitor may_replicate no_mandatory_keys stale", group="scripting",
-         keys_fn=_SCRIPT_KEYS, reads_undeclared_keys=_always, key_specs=())
+         keys_fn=SCRIPT_KEYS, reads_undeclared_keys=_always, key_specs=(SCRIPT_RW_SPEC._replace(notes=None),))
 def evalsha(ctx: Ctx, argv: list[bytes]):
     return _eval(ctx, argv, by_sha=True, read_only=False)
 
 
 @command("eval_ro", -3, "readonly noscript skip_monitor no_mandatory_keys stale", group="scripting",
-         keys_fn=_SCRIPT_KEYS, reads_undeclared_keys=_always, key_specs=())
+         keys_fn=SCRIPT_KEYS, reads_undeclared_keys=_always, key_specs=(SCRIPT_RO_SPEC,))
 def eval_ro(ctx: Ctx, argv: list[bytes]):
     return _eval(ctx, argv, by_sha=False, read_only=True)
 
 
 @command("evalsha_ro", -3, "readonly noscript skip_monitor no_mandatory_keys stale", group="scripting",
-         keys_fn=_SCRIPT_KEYS, reads_undeclared_keys=_always, key_specs=())
+         keys_fn=SCRIPT_KEYS, reads_undeclared_keys=_always, key_specs=(SCRIPT_RO_SPEC._replace(notes=None),))
 def evalsha_ro(ctx: Ctx, argv: list[bytes]):
     return _eval(ctx, argv, by_sha=True, read_only=True)
 

@@ -699,10 +699,10 @@ def _xread_keys(argv: list[bytes]) -> list[int]:
     return []
 
 
-# Redis declares a `keyword STREAMS` search with a range limited to half of what
-# follows; the table has index/range specs only, so COMMAND shows this approximation.
-_XREAD_SPECS = (KeySpec("RO access", 1, -1, 1),)
-_XREADGROUP_SPECS = (KeySpec("RO access", 1, -1, 1),)
+# Redis' key specs: the keys are the first half of what follows STREAMS (searched
+# from argv[1], XREADGROUP from argv[4], past GROUP g c), as _xread_keys routes.
+_XREAD_SPECS = (KeySpec("RO access", 1, -1, 1, keyword="STREAMS", limit=2),)
+_XREADGROUP_SPECS = (KeySpec("RO access", 4, -1, 1, keyword="STREAMS", limit=2),)
 
 
 class ReadArgs:

@@ -54,8 +54,16 @@ _GROUP_ACL = {
 }
 # Redis' documentation group names for the table's groups (COMMAND DOCS).
 _DOC_GROUPS = {"keyspace": "generic", "sorted_set": "sorted-set"}
-# Flags that exist in the table but that COMMAND does not report.
-_UNREPORTED_FLAGS = frozenset({"sentinel", "only_sentinel", "movablekeys"})
+# Flags that exist in the table but that COMMAND does not report (Redis hides
+# may_replicate and the sentinel flags; movablekeys is derived from keys_fn).
+_UNREPORTED_FLAGS = frozenset({"sentinel", "only_sentinel", "movablekeys", "may_replicate"})
+# The order COMMAND lists flags in, whatever the declaration's order (Redis'
+# addReplyFlagsForCommand walks its flag bits in this order).
+FLAG_REPLY_ORDER = (
+    "write", "readonly", "denyoom", "module", "admin", "pubsub", "noscript", "blocking", "loading",
+    "stale", "skip_monitor", "skip_slowlog", "asking", "fast", "no_auth", "no_mandatory_keys",
+    "no_async_loading", "no_multi", "movablekeys", "allow_busy",
+)
 
 
 class KeySpec(NamedTuple):
@@ -78,9 +86,10 @@ class KeySpec(NamedTuple):
     limit: int = 0
 
 
-def keynum_spec(flags: str, begin: int, keynumidx: int = 0, firstkey: int = 1, keystep: int = 1) -> KeySpec:
+def keynum_spec(flags: str, begin: int, keynumidx: int = 0, firstkey: int = 1, keystep: int = 1,
+                notes: str | None = None) -> KeySpec:
     """A key spec whose keys follow a numkeys argument (ZUNIONSTORE, EVAL)."""
-    return KeySpec(flags, begin, 0, keystep, keynumidx=keynumidx, firstkey=firstkey)
+    return KeySpec(flags, begin, 0, keystep, notes=notes, keynumidx=keynumidx, firstkey=firstkey)
 
 
 def unknown_spec(flags: str, notes: str) -> KeySpec:
@@ -113,7 +122,9 @@ def spec_key_indexes(spec: KeySpec, argv: list[bytes]) -> list[int] | None:
         first = spec.begin
     else:
         keyword = spec.keyword.encode().lower()
-        start, stop, step = ((spec.begin, argc, 1) if spec.begin > 0 else (argc + spec.begin, 0, -1))
+        # As Redis' getKeysUsingKeySpecs: the last argument (searching forward) and
+        # argv[1] (backward) are never the keyword, which must have keys after it.
+        start, stop, step = ((spec.begin, argc - 1, 1) if spec.begin > 0 else (argc + spec.begin, 1, -1))
         found = [i for i in range(start, stop, step) if argv[i].lower() == keyword]
         if not found:
             return []
@@ -240,8 +251,11 @@ class Command:
         self.key_specs = key_specs if key_specs is not None else self._range_key_specs()
         self.key_flags_fn = key_flags_fn
         self.acl_categories = self._acl_categories(acl)
-        self.reported_flags = tuple(f for f in self.flags if f not in _UNREPORTED_FLAGS) + (
-            ("movablekeys",) if keys_fn is not None else ())
+        reported = {f for f in self.flags if f not in _UNREPORTED_FLAGS}
+        if keys_fn is not None:
+            reported.add("movablekeys")
+        assert reported <= set(FLAG_REPLY_ORDER), f"{self.fullname}: unknown flag in {reported}"
+        self.reported_flags = tuple(f for f in FLAG_REPLY_ORDER if f in reported)
         self.doc_group = _DOC_GROUPS.get(group, group)
 
     def _range_key_specs(self) -> tuple[KeySpec, ...]:

@@ -12,7 +12,7 @@ from durakv.shards.config import Config
 from durakv.shards.engine import run_command
 from durakv.shards.resp import ReplyError
 from durakv.shards.shard import Shard
-from durakv.shards.table import TABLE, lookup
+from durakv.shards.table import TABLE, keys_from_specs, lookup
 from engine_util import new_ctx
 from refserver import RawConn, decode, keys_on_different_shards
 
@@ -117,7 +117,32 @@ MOVABLE_KEY_SAMPLES = [
     "geosearchstore d k FROMMEMBER m BYRADIUS 1 km",
     "geosearch k FROMMEMBER m BYRADIUS 1 km", "geoadd k 0 0 m", "zunionstore d x a", "lmpop 0 a LEFT",
     "lmpop 3 a b LEFT", "sintercard 0 a", "bitfield k GET u8 0", "bitfield k SET u8 0 1",
+    "eval s 2 a b x", "eval s 0", "evalsha s 1 a", "eval_ro s 1 a", "evalsha_ro s 2 a b c", "fcall f 2 a b",
+    "fcall_ro f 0", "eval s 3 a b", "eval s -1", "eval s x a",
+    "xread STREAMS a b 0 0", "xread COUNT 2 BLOCK 0 STREAMS a 0", "xreadgroup GROUP g c STREAMS a 0",
+    "xreadgroup GROUP g c COUNT 1 NOACK STREAMS a b > >", "xread COUNT 1 STREAMS a b c", "xread COUNT 1 STREAMS",
+    "xread streams a 0", "xreadgroup GROUP g STREAMS STREAMS a 0", "xread STREAMS STREAMS a 0",
 ]
+
+# Well-formed calls whose routing keys (key_indexes) the key specs must name, in order.
+ROUTED_BY_SPECS = [
+    "eval s 2 a b x", "evalsha s 1 a", "eval_ro s 0", "fcall f 2 a b", "fcall_ro f 1 a x",
+    "xread COUNT 2 BLOCK 0 STREAMS a b 0 0", "xreadgroup GROUP g c NOACK STREAMS a b > >",
+]
+
+
+@pytest.mark.parametrize("sample", ROUTED_BY_SPECS)
+def test_routing_keys_are_the_key_specs_keys(sample):
+    argv = [a.encode() for a in sample.split()]
+    cmd = lookup(argv)
+    assert [i for i, _ in keys_from_specs(cmd.key_specs, argv) or []] == cmd.key_indexes(argv)
+
+
+def test_internal_flags_stay_out_of_command_info():
+    """may_replicate steers durakv (a script may write) but Redis hides it from COMMAND."""
+    evalc = TABLE[b"eval"]
+    assert "may_replicate" in evalc.flags and "may_replicate" not in evalc.reported_flags
+    assert evalc.reported_flags == ("noscript", "stale", "skip_monitor", "no_mandatory_keys", "movablekeys")
 
 
 @pytest.mark.parametrize("sample", MOVABLE_KEY_SAMPLES)
