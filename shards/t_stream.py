@@ -915,7 +915,10 @@ def _deliver_new(ctx: Ctx, key: bytes, s: StreamValue, group: Group, consumer: C
 
 def _deliver_history(ctx: Ctx, key: bytes, s: StreamValue, group: Group, consumer: Consumer,
                      after: StreamID, count: int) -> list:
-    """XREADGROUP with an id: the consumer's pending entries after it, redelivered."""
+    """XREADGROUP with an id: the consumer's pending entries after it, redelivered.
+    An entry deleted since delivery is reported as [id, nil] and its NACK is left
+    as it is (Redis 7.0's streamReplyWithRangeFromConsumerPEL): only entries that
+    are really redelivered get a new delivery time and count, and a logged claim."""
     start = incr_id(after)
     if start is None:
         return []
@@ -924,10 +927,13 @@ def _deliver_history(ctx: Ctx, key: bytes, s: StreamValue, group: Group, consume
     for sid in list(consumer.pel.irange(start, None)):
         nack = consumer.pel[sid]
         fields = s.entries.get(sid)
-        out.append(_entry_reply(sid, fields) if fields is not None else [format_id(sid), NULL_ARRAY])
-        nack.delivery_time_ms = now
-        nack.delivery_count += 1
-        _log_claim(ctx, key, group, sid, nack)
+        if fields is None:
+            out.append([format_id(sid), NULL_ARRAY])
+        else:
+            out.append(_entry_reply(sid, fields))
+            nack.delivery_time_ms = now
+            nack.delivery_count += 1
+            _log_claim(ctx, key, group, sid, nack)
         if count and len(out) >= count:
             break
     return out

@@ -378,8 +378,10 @@ def test_function_dump_restore_round_trip_matches_redis(pair):
     pair.same("FCALL", "myfunc", 1, "x")
 
 
-def test_function_libraries_are_on_every_shard(server):
-    r = server.client()
+def test_function_libraries_are_on_every_shard(r):
+    """FUNCTION LOAD / DELETE reach every shard. Starts from an empty keyspace (the
+    `r` fixture): the module's server is shared, and an earlier test on the same
+    worker (test_keys_on_two_shards_get_crossslot) leaves a string in key-0."""
     r.function_flush()
     a, b = keys_on_different_shards(2)
     assert r.function_load(LIB) == b"mylib"

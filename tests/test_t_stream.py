@@ -13,7 +13,7 @@ import time
 
 import pytest
 import redis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from refserver import Pair, RawConn, decode, encode_command, same_all
 from test_supervisor import wait_until
@@ -513,10 +513,51 @@ STREAM_PREFIX = [("XADD", "s", "1-0", "a", "va"), ("XADD", "s", "2-0", "b", "vb"
                  ("XGROUP", "CREATE", "s", "g", "0"), ("XGROUP", "CREATE", "s", "h", "1-0")]
 
 
+# Reading a consumer's history after one of its pending entries was deleted.
+_READ_ONE_NEW = ("XREADGROUP", "GROUP", "g", "c1", "COUNT", "1", "STREAMS", "s", ">")
+DELETED_PENDING_HISTORY = [_READ_ONE_NEW] * 4 + [
+    ("XDEL", "s", "1-0"), ("XREADGROUP", "GROUP", "g", "c1", "COUNT", "1", "STREAMS", "s", "0")]
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(stream_commands, min_size=3, max_size=40))
+@example(DELETED_PENDING_HISTORY)
 def test_replay_equals_live_for_streams(commands):
     live, _ = run_and_replay(STREAM_PREFIX + commands)
+
+
+def _pel_rows(conn: RawConn) -> list:
+    """XPENDING's extended rows as [id, consumer, delivery count] (idle time dropped)."""
+    rows = decode(conn.call("XPENDING", "s", "g", "-", "+", "10"))[0]
+    assert isinstance(rows, list)
+    return [[r[0], r[1], r[3]] for r in rows]
+
+
+def _pel_times(conn: RawConn) -> dict:
+    """The group PEL's delivery times by id, from XINFO STREAM FULL."""
+    info = decode(conn.call("XINFO", "STREAM", "s", "FULL"))[0]
+    assert isinstance(info, list)
+    group = dict(zip(info[::2], info[1::2]))[b"groups"][0]
+    return {row[0]: row[2] for row in dict(zip(group[::2], group[1::2]))[b"pending"]}
+
+
+def test_history_read_of_a_deleted_pending_entry_matches_redis(pair):
+    """XREADGROUP with an id answers [id, nil] for a pending entry deleted since
+    delivery and leaves its NACK alone (no new delivery time or count, as Redis
+    7.0's streamReplyWithRangeFromConsumerPEL); entries still present are redelivered."""
+    same_all(pair, STREAM_PREFIX + DELETED_PENDING_HISTORY[:-1])
+    before = {conn: _pel_times(conn) for conn in (pair.ours, pair.theirs)}
+    time.sleep(0.01)  # so a touched NACK would show a later delivery time
+    pair.same(*DELETED_PENDING_HISTORY[-1])
+    assert _pel_rows(pair.ours) == _pel_rows(pair.theirs) == [
+        [b"1-0", b"c1", 1], [b"2-0", b"c1", 1], [b"3-1", b"c1", 1]]
+    for conn in (pair.ours, pair.theirs):
+        assert _pel_times(conn)[b"1-0"] == before[conn][b"1-0"]
+    pair.same("XREADGROUP", "GROUP", "g", "c1", "STREAMS", "s", "0")
+    assert _pel_rows(pair.ours) == _pel_rows(pair.theirs) == [
+        [b"1-0", b"c1", 1], [b"2-0", b"c1", 2], [b"3-1", b"c1", 2]]
+    for conn in (pair.ours, pair.theirs):
+        assert _pel_times(conn)[b"1-0"] == before[conn][b"1-0"]
 
 
 def test_replayed_state_is_not_empty_for_a_typical_sequence():
