@@ -70,7 +70,8 @@ def wait_ready(port: int) -> None:
     raise RuntimeError(f"durakv on port {port} not ready after {READY_TIMEOUT_S}s")
 
 
-def run_unit(suite: str, unit: str, verbose: bool, timeout_s: int, shards: int) -> tuple[int, int, list[str]]:
+def run_unit(suite: str, unit: str, verbose: bool, timeout_s: int, shards: int,
+             via: str) -> tuple[int, int, list[str]]:
     data_dir = tempfile.mkdtemp(prefix="durakv-suite-")
     port = free_port()
     server_log = open(os.path.join(LOG_DIR, unit.replace("/", "_") + ".server.log"), "wb")
@@ -78,9 +79,11 @@ def run_unit(suite: str, unit: str, verbose: bool, timeout_s: int, shards: int) 
         [sys.executable, "-m", "durakv.server.cli", "serve", "--port", str(port), "--shards", str(shards),
          "--data-dir", data_dir],
         stdin=subprocess.DEVNULL, stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True)
+    # Through the router, or straight to shard 0's own port (a Redis Cluster node: port + 1).
+    test_port = port if via == "router" else port + 1
     try:
-        wait_ready(port)
-        cmd = ["./runtest", "--host", "127.0.0.1", "--port", str(port), "--singledb", "--durable",
+        wait_ready(test_port)
+        cmd = ["./runtest", "--host", "127.0.0.1", "--port", str(test_port), "--singledb", "--durable",
                "--clients", "1", "--timeout", str(timeout_s), "--baseport", str(free_port()), "--tags", SKIP_TAGS, "--single", unit]
         try:
             out = subprocess.run(cmd, cwd=suite, stdin=subprocess.DEVNULL, capture_output=True, text=True,
@@ -112,6 +115,8 @@ def main() -> int:
     parser.add_argument("--units", nargs="*", default=DEFAULT_UNITS,
                         help="units to run; `further` stands for issue 12's further units")
     parser.add_argument("--shards", type=int, default=1, help="durakv shard processes")
+    parser.add_argument("--via", choices=("router", "shard"), default="router",
+                        help="test through the router, or on shard 0's own client port")
     parser.add_argument("--markdown", help="write a markdown table here")
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--timeout", type=int, default=60, help="runtest's per-test timeout (seconds)")
@@ -120,7 +125,7 @@ def main() -> int:
     rows = []
     for unit in units:
         started = time.monotonic()
-        passed, failed, _ = run_unit(args.suite, unit, args.verbose, args.timeout, args.shards)
+        passed, failed, _ = run_unit(args.suite, unit, args.verbose, args.timeout, args.shards, args.via)
         reference = REFERENCE_PASSES.get(unit)
         rows.append((unit, passed, failed, reference))
         print(f"{unit:24s} passed {passed:4d}  failed {failed:4d}  reference {reference}  "
