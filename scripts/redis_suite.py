@@ -109,6 +109,15 @@ def run_unit(suite: str, unit: str, verbose: bool, timeout_s: int, shards: int,
     return passed, len(failures), failures
 
 
+def link_redis_cli(suite: str) -> None:
+    """integration/redis-cli runs the suite's own src/redis-cli: point it at the installed one."""
+    target = os.path.join(suite, "src", "redis-cli")
+    installed = shutil.which("redis-cli")
+    if installed and not os.path.exists(target):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.symlink(installed, target)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", required=True, help="directory with runtest, tests/, utils/ of Redis 7.0.15")
@@ -121,6 +130,7 @@ def main() -> int:
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--timeout", type=int, default=60, help="runtest's per-test timeout (seconds)")
     args = parser.parse_args()
+    link_redis_cli(args.suite)
     units = [u for unit in args.units for u in (FURTHER_UNITS if unit == "further" else [unit])]
     rows = []
     for unit in units:
