@@ -22,7 +22,7 @@ from durakv.server.settings import Settings
 from durakv.shards.config import Config
 from durakv.shards.frames import PROTO_INTERNAL, VERB_UNBLOCK, VERB_UNWATCH, internal_reply_decoder
 from durakv.shards.resp import ReplyError, encode, encode_error
-from durakv.shards.slots import key_slot
+from durakv.shards.slots import SLOT_COUNT, key_slot
 from durakv.shards.table import SPLIT_MGET, Command, Merge, merge_sum
 
 logger = logging.getLogger("durakv.router")
@@ -106,6 +106,7 @@ class Front:
     router_node_id: str  # the router's node id (the one node with cluster-announce "router")
     cluster_node = False  # a shard's node: Redis Cluster's per-slot rules (Client.dispatch)
     home_shard = 0  # where keyless commands that are not fanned out run
+    scan_last_slot = SLOT_COUNT - 1  # SCAN hands on to the next shard until past this slot
     settings_sync: Any  # SettingsSync (imported by the subclasses)
 
     def __init__(self, config: Config, index: int) -> None:
@@ -256,6 +257,8 @@ class Front:
                 return
             keys.extend(found)
             next_slot = int(cursor)
+            if next_slot > self.scan_last_slot:  # a node's scan ends with its own slots
+                next_slot, cursor = 0, b"0"
             if next_slot and len(keys) < count:
                 step(self.slot_owner[next_slot], [argv[0], cursor, *argv[2:]])
             else:

@@ -24,14 +24,14 @@ import trio
 import durakv.server.commands  # noqa: F401  (registers the router's own commands)
 from durakv.server.client import ERR_CROSSSLOT, Client
 from durakv.server.cluster_view import announced_ip
-from durakv.server.front import Front, Gather, decode_internal, scan_count
-from durakv.server.links import LOST, SCRIPT_NONE, Pending
+from durakv.server.front import Front, Gather
+from durakv.server.links import SCRIPT_NONE, Pending
 from durakv.server.settings_sync import SettingsSync
 from durakv.server.topology import ensure_topology, shard_node_ids
 from durakv.shards import internal
 from durakv.shards.config import Config, shard_port
 from durakv.shards.frames import INTERNAL_PREFIX, PROTO_INTERNAL, VERB_CONFIG, Request
-from durakv.shards.resp import ReplyError, encode, encode_error
+from durakv.shards.resp import ReplyError, encode_error
 from durakv.shards.process import ClientPort
 from durakv.shards.shard import Shard
 from durakv.shards.shard_settings import SHARD_DEFAULTS
@@ -142,6 +142,7 @@ class ShardNode(Front):
         self.local = LocalLink(self, shard)
         self.links = [self.local if i == shard.index else MovedLink(self, i) for i in range(config.shards)]
         self.home_shard = shard.index
+        self.scan_last_slot = shard.slot_range[1]
         self.slot_owner = slot_owner_table(config.shards)
         self.slot_range = shard.slot_range
         topology = ensure_topology(config.data_dir, config.shards)
@@ -212,37 +213,6 @@ class ShardNode(Front):
 
     def cursor_shard(self, cursor: bytes) -> int:
         return self.index
-
-    def route_cursor(self, client: Client, argv: list[bytes]) -> None:
-        """SCAN over this node's slots: the cursor is a slot, and the scan ends (0)
-        where the shard would hand on to the next shard."""
-        pending = Pending(client)
-        client.replies.append(pending)
-        proto = client.proto
-        last_slot = self.slot_range[1]
-        keys: list[bytes] = []
-        count = scan_count(argv)
-
-        def got(_part: Pending, data: bytes) -> None:
-            if data is LOST:
-                pending.fill(LOST)
-                return
-            try:
-                cursor, found = decode_internal(data)
-            except ReplyError as e:
-                pending.fill(encode_error(e.message))
-                return
-            keys.extend(found)
-            next_slot = int(cursor)
-            if next_slot > last_slot:
-                next_slot = 0
-            if next_slot and len(keys) < count:
-                self.local.submit(client, PROTO_INTERNAL, [argv[0], b"%d" % next_slot, *argv[2:]],
-                                  Pending(client, on_fill=got))
-            else:
-                pending.fill(encode([b"%d" % next_slot, keys], proto))
-
-        self.local.submit(client, PROTO_INTERNAL, argv, Pending(client, on_fill=got))
 
     def shards_up(self) -> bool:
         return True
