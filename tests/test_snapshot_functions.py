@@ -53,7 +53,7 @@ def _snapshot_and_release(srv, through: dict[int, int]) -> None:
     cli("snapshot", "--now", "--data-dir", str(srv.data_dir))
     for shard in range(SHARDS):
         shard_dir = layout_shard_dir(srv.data_dir, shard)
-        _wait_for(lambda: _first_seq(shard_dir) > through[shard],
+        _wait_for(lambda shard_dir=shard_dir, seq=through[shard]: _first_seq(shard_dir) > seq,
                   f"shard {shard} to drop the segments through seq {through[shard]}")
 
 
