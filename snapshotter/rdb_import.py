@@ -158,7 +158,12 @@ def _import_locked(f: BinaryIO, data_dir: str, shards: int, skip_unsupported: bo
             os.makedirs(shard_dir, exist_ok=True)
             writers.append(_ShardWriter(shard_dir, shard))
         reader = RdbReader(f)
+        codes = reader.info.functions  # filled as the reader passes them, before the keys in Redis' files
+        checked = 0
         for entry in reader.entries():
+            if len(codes) > checked:  # refuse a library before any key is written
+                _check_libraries(codes)
+                checked = len(codes)
             if entry.db != 0:
                 raise RdbImportError(f"key {entry.key[:64]!r} is in database {entry.db}; durakv has database 0 "
                                    "only")
@@ -183,11 +188,8 @@ def _import_locked(f: BinaryIO, data_dir: str, shards: int, skip_unsupported: bo
             report.keys += 1
             report.per_shard_keys[shard] += 1
         report.unsupported_skipped.extend(reader.info.skipped)
-        codes = reader.info.functions
-        try:
-            restore_libraries(Keyspace(), codes)
-        except ReplyError as e:
-            raise RdbImportError(f"function library: {e.message.decode(errors='replace')}") from None
+        if len(codes) > checked:
+            _check_libraries(codes)
         for writer in writers:
             for code in codes:
                 writer.add([b"FUNCTION", b"LOAD", b"REPLACE", code])
@@ -201,6 +203,14 @@ def _import_locked(f: BinaryIO, data_dir: str, shards: int, skip_unsupported: bo
     for shard in range(shards):
         _verify_shard(data_dir, shard, shards, tails[shard], expected[shard], codes)
     return report
+
+
+def _check_libraries(codes: list[bytes]) -> None:
+    """The libraries load together in durakv's Lua, as a shard replaying them will."""
+    try:
+        restore_libraries(Keyspace(), codes)
+    except ReplyError as e:
+        raise RdbImportError(f"function library: {e.message.decode(errors='replace')}") from None
 
 
 def _verify_shard(data_dir: str, shard: int, shards: int, tail: int, expected: Keyspace,

@@ -7,6 +7,8 @@ loses an acknowledged library."""
 
 from __future__ import annotations
 
+import io
+
 import redis
 from refserver import RedisRef
 from snapshot_support import cli
@@ -14,7 +16,9 @@ from test_snapshot import shard_seqs
 from test_snapshot_serve import _segments, _wait_for
 
 from durakv.log.layout import shard_dir as layout_shard_dir
-from durakv.shards.rdb.file import RdbReader
+from durakv.shards.keyspace import Keyspace
+from durakv.shards.rdb.file import RdbReader, RdbWriter, default_aux, load_rdb
+from durakv.shards.t_function import library_codes, restore_libraries
 from durakv.snapshotter.local import newest_local
 
 SHARDS = 2
@@ -170,3 +174,31 @@ def test_export_rdb_loads_into_redis_server_with_its_libraries(server_factory, t
         assert rc.fcall("echo_a", 1, "k{b}") == "vb"
     finally:
         ref.stop()
+
+
+def _rdb_bytes(functions: list[bytes], keys: dict[bytes, bytes]) -> bytes:
+    out = io.BytesIO()
+    writer = RdbWriter(out, default_aux(0), functions)
+    writer.select_db(0, len(keys), 0)
+    for key, value in keys.items():
+        writer.write_key(key, value, None)
+    writer.finish()
+    return out.getvalue()
+
+
+def test_load_rdb_makes_the_files_libraries_the_whole_set():
+    db = Keyspace()
+    restore_libraries(db, [LIB_B])
+    load_rdb(io.BytesIO(_rdb_bytes([LIB_A], {b"k": b"v"})), db)
+    assert library_codes(db) == [LIB_A] and db.data[b"k"] == b"v"
+    load_rdb(io.BytesIO(_rdb_bytes([], {})), db)  # a file without libraries leaves none
+    assert library_codes(db) == []
+
+
+def test_import_rdb_refuses_a_library_set_redis_would_refuse(tmp_path):
+    rdb = tmp_path / "twice.rdb"
+    rdb.write_bytes(_rdb_bytes([LIB_A, LIB_A], {b"k": b"v"}))
+    out = cli("import-rdb", str(rdb), "--data-dir", str(tmp_path / "data"), "--shards", "1", check=False)
+    assert out.returncode != 0
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()]  # one line, no traceback
+    assert "Library 'liba' already exists" in out.stderr
