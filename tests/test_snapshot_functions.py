@@ -11,14 +11,13 @@ import io
 
 import redis
 from refserver import RedisRef
-from snapshot_support import cli
+from snapshot_support import cli, small_segment_config
 from test_snapshot import shard_seqs
 from test_snapshot_serve import _segments, _wait_for
 
 from durakv.log.layout import shard_dir as layout_shard_dir
 from durakv.shards.keyspace import Keyspace
 from durakv.shards.rdb.file import RdbReader, RdbWriter, default_aux, load_rdb
-from durakv.shards.t_function import library_codes, restore_libraries
 from durakv.snapshotter.local import newest_local
 
 SHARDS = 2
@@ -130,6 +129,21 @@ def test_snapshot_after_function_flush_carries_only_later_libraries(server_facto
     assert rc.fcall("count_b", 0, "x", "y") == 2
 
 
+def test_restore_from_s3_keeps_the_libraries(server_factory, s3, tmp_path):
+    _, _, url = s3
+    srv = server_factory(shards=SHARDS, extra_args=small_segment_config(tmp_path))
+    client = srv.client()
+    client.function_load(LIB_A.decode())
+    client.set("k{a}", "va")
+    cli("snapshotter", "--data-dir", str(srv.data_dir), "--snapshot-url", url, "--once")
+    srv.stop()
+    restored = tmp_path / "restored"
+    cli("restore", "--from", url, "--data-dir", str(restored))
+    rc = server_factory(shards=SHARDS, data_dir=restored).client()
+    assert _libraries(rc) == [(b"liba", LIB_A)]
+    assert rc.fcall("echo_a", 1, "k{a}") == b"va"
+
+
 def test_import_rdb_of_redis_server_keeps_its_libraries(server_factory, tmp_path):
     workdir = tmp_path / "redis"
     ref = RedisRef(workdir, ("--dbfilename", "dump.rdb"))
@@ -187,6 +201,8 @@ def _rdb_bytes(functions: list[bytes], keys: dict[bytes, bytes]) -> bytes:
 
 
 def test_load_rdb_makes_the_files_libraries_the_whole_set():
+    from durakv.shards.t_function import library_codes, restore_libraries  # new with function RDB support
+
     db = Keyspace()
     restore_libraries(db, [LIB_B])
     load_rdb(io.BytesIO(_rdb_bytes([LIB_A], {b"k": b"v"})), db)
