@@ -6,8 +6,10 @@ REPLACE <code>`, `FUNCTION DELETE <name>`, `FUNCTION FLUSH`) in the batch's log
 record, so a restarted shard replays its libraries back; they fan out to every
 shard so every shard holds the same libraries and an FCALL finds its function
 wherever its keys route. FUNCTION LIST, DUMP and STATS read shard 0's copy.
-Libraries are not in RDB snapshots yet: a snapshot that releases log segments
-holding a FUNCTION LOAD loses that library (listed in COMPATIBILITY.md).
+Every RDB durakv writes carries the libraries (RDB_OPCODE_FUNCTION2, one entry
+per library's code, as Redis 7.0), and every RDB load replaces the library set
+with the file's (library_codes and restore_libraries, used by shards/rdb/file.py),
+so a snapshot that releases the log segments holding a FUNCTION LOAD keeps it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 from durakv.shards.context import Ctx
 from durakv.shards.glob import glob_match
+from durakv.shards.keyspace import Keyspace
 from durakv.shards.luaenv import ScriptError, Scripting, scripting_of
 from durakv.shards.numbers import parse_ll
 from durakv.shards.rdb.codec import (
@@ -151,6 +154,47 @@ def install(state: Scripting, library: Library, replace: bool) -> None:
             if other is not old and any(fname.lower() == name.lower() for name in other.functions):
                 raise ReplyError(b"ERR Function %s already exists" % fname)
     libraries[library.name] = library
+
+
+def check_function_names(libraries: dict[bytes, Library]) -> None:
+    """Function names are unique (case-insensitively) across a library set."""
+    owners: dict[bytes, bytes] = {}
+    for library in libraries.values():
+        for fname in library.functions:
+            if owners.setdefault(fname.lower(), library.name) != library.name:
+                raise ReplyError(b"ERR Function %s already exists" % fname)
+
+
+def library_codes(db: Keyspace) -> list[bytes]:
+    """The code of every library the keyspace holds, in load order: what an RDB
+    carries as its RDB_OPCODE_FUNCTION2 entries."""
+    state = db.scripting
+    if state is None:
+        return []
+    assert isinstance(state, Scripting)
+    return [library.code for library in state.libraries.values()]
+
+
+def restore_libraries(db: Keyspace, codes: list[bytes]) -> None:
+    """Make `codes` the keyspace's whole library set (an RDB's set replaces what
+    was there, as a load into an empty Redis does). Compiles every library
+    first and changes nothing on error (ReplyError: the error Redis' rdbLoad
+    reports, e.g. a library that is there twice or a function name clash)."""
+    if not codes and db.scripting is None:
+        return  # no libraries before or after: no Lua state needed
+    state = scripting_of(db)
+    restored: dict[bytes, Library] = {}
+    for code in codes:
+        if len(code) > MAX_CODE_BYTES:
+            raise ReplyError(b"ERR library code is over %d bytes" % MAX_CODE_BYTES)
+        library = build_library(state, code)
+        if library.name in restored:
+            raise ReplyError(b"ERR Library '%s' already exists" % library.name)
+        if len(restored) >= MAX_LIBRARIES:
+            raise ReplyError(b"ERR too many libraries (limit %d)" % MAX_LIBRARIES)
+        restored[library.name] = library
+    check_function_names(restored)
+    state.libraries = restored
 
 
 def function_by_name(state: Scripting, name: bytes) -> Function | None:
@@ -320,11 +364,7 @@ def function_restore(ctx: Ctx, argv: list[bytes]):
         if name in merged and policy == b"APPEND":
             raise ReplyError(b"ERR Library %s already exists" % name)
         merged[name] = library
-    owners: dict[bytes, bytes] = {}
-    for library in merged.values():
-        for fname in library.functions:
-            if owners.setdefault(fname.lower(), library.name) != library.name:
-                raise ReplyError(b"ERR Function %s already exists" % fname)
+    check_function_names(merged)
     state.libraries = merged
     ctx.db.effect([b"FUNCTION", b"FLUSH"])
     for library in merged.values():

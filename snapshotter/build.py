@@ -24,9 +24,10 @@ from durakv.log import OS_DISK
 from durakv.log.durable_file import rename_durably, replace_file
 from durakv.log.layout import log_dir_of
 from durakv.shards.keyspace import Keyspace
+from durakv.shards.t_function import library_codes
 from durakv.shards.rdb.file import RdbReader, default_aux, keyspace_entries, settle_keyspace, write_keyspace
 from durakv.shards.slots import slot_ranges
-from durakv.snapshotter.digest import ordered_digest, state_digest
+from durakv.snapshotter.digest import ordered_digest, state_digest, with_libraries
 from durakv.snapshotter.local import (
     LocalSnapshot,
     load_snapshot,
@@ -90,7 +91,7 @@ def write_snapshot(db: Keyspace, shard_dir: str, fields: dict, digest: str,
     with open(tmp_path, "wb") as f:
         hashing = _HashingWriter(f)
         # In key order: verify_rdb_file then digests the file as it reads it.
-        writer = write_keyspace(hashing, db.data, db.expires, aux, pace, sorted(db.data))
+        writer = write_keyspace(hashing, db.data, db.expires, aux, pace, sorted(db.data), library_codes(db))
         f.flush()
         os.fsync(f.fileno())
     rdb_sha256 = hashing.sha256.hexdigest()
@@ -113,9 +114,10 @@ def verify_rdb_file(path: str, rdb_sha256: str, digest: str, pace: Callable[[], 
     sha = hashlib.sha256()
     with open(path, "rb") as f:
         tee = _HashingReader(f, sha)
-        entries = ((e.key, e.value, e.expire_ms) for e in keyspace_entries(RdbReader(tee)))
+        reader = RdbReader(tee)
+        entries = ((e.key, e.value, e.expire_ms) for e in keyspace_entries(reader))
         try:
-            loaded = ordered_digest(entries, pace)
+            loaded = with_libraries(ordered_digest(entries, pace), reader.info.functions)
         except ValueError as e:
             raise SnapshotVerifyFailed(f"{path}: keys out of order: {e}") from e
         tee.read_rest()

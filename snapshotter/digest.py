@@ -1,6 +1,8 @@
 """State digest: one sha256 that two keyspaces share exactly when their state
 (every key's type, canonical value and absolute expiry, as shards.engine
-defines it for the replay == live property) is the same. Snapshots carry it so
+defines it for the replay == live property, and the function libraries) is
+the same. A state without libraries digests as it did before libraries were
+part of it, so older manifests still check. Snapshots carry it so
 that a snapshot can be checked against the replay that produced it, and a
 shard or a restore can check the snapshot it loads."""
 
@@ -13,6 +15,7 @@ import msgspec
 
 from durakv.shards.engine import canonical_value
 from durakv.shards.keyspace import Keyspace, type_name
+from durakv.shards.t_function import library_codes
 from durakv.snapshotter.pace import unpaced
 
 DIGEST_VERSION = 1
@@ -21,11 +24,24 @@ _encoder = msgspec.msgpack.Encoder()
 
 
 def state_digest(db: Keyspace, pace: Callable[[], None] = unpaced) -> str:
-    """sha256 (hex) over the keyspace's canonical dump in key order; pace() is
-    called for each key."""
+    """sha256 (hex) over the keyspace's canonical dump in key order and its
+    function libraries; pace() is called for each key."""
     data = db.data
     get_expire = db.expires.get
-    return ordered_digest(((key, data[key], get_expire(key)) for key in sorted(data)), pace)
+    keys = ordered_digest(((key, data[key], get_expire(key)) for key in sorted(data)), pace)
+    return with_libraries(keys, library_codes(db))
+
+
+def with_libraries(keys_digest: str, codes: Iterable[bytes]) -> str:
+    """Fold a library set (each library's code, in any order) into the digest
+    of the keys (ordered_digest); no libraries leave it unchanged."""
+    ordered = sorted(codes)
+    if not ordered:
+        return keys_digest
+    h = hashlib.sha256(b"durakv-libraries-v%d\n" % DIGEST_VERSION)
+    h.update(bytes.fromhex(keys_digest))
+    h.update(_encoder.encode(ordered))
+    return h.hexdigest()
 
 
 def ordered_digest(entries: Iterable[tuple[bytes, object, int | None]],

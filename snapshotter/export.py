@@ -4,6 +4,7 @@ redis-server 7.0 can load it.
 From a data directory the state is each shard's newest local snapshot plus its
 durable log after it (what the shard would load at start); from S3 it is each
 shard's newest published snapshot, checked (sha256 and state digest) on the way.
+The function libraries are shard 0's (every shard holds the same set).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from durakv.log.layout import log_dir_of
 from durakv.shards.keyspace import Keyspace
 from durakv.shards.slots import slot_ranges
+from durakv.shards.t_function import library_codes
 from durakv.snapshotter.local import load_snapshot, newest_local, shard_dir_of
 from durakv.snapshotter.logtail import durable_tail
 from durakv.log.durable_file import rename_durably
@@ -62,7 +64,7 @@ def export_rdb(out_path: str, *, data_dir: str | None = None, store: Store | Non
     keys = sum(len(db.data) for db in states)
     tmp = out_path + ".tmp"
     with open(tmp, "wb") as f:
-        writer = RdbWriter(f, default_aux(int(time.time())))
+        writer = RdbWriter(f, default_aux(int(time.time())), library_codes(states[0]) if states else ())
         writer.select_db(0, keys, sum(len(db.expires) for db in states))
         for db in states:
             for key, value in db.data.items():

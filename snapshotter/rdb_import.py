@@ -7,7 +7,10 @@ local snapshots because the log is durakv's truth: the imported data is then
 archived, snapshotted and restorable like any other write, a shard needs no
 special start path, and each value gets the encoding durakv (like Redis when
 it loads an RDB) derives from the current thresholds. Keys already expired
-are skipped, as a Redis master skips them when it loads an RDB.
+are skipped, as a Redis master skips them when it loads an RDB. The RDB's
+function libraries are compiled first (a library durakv cannot load fails the
+import) and written to every shard as FUNCTION LOAD REPLACE effects, as
+FUNCTION LOAD itself logs them on every shard.
 
 After writing, every shard's log is replayed into a scratch keyspace with the
 shards' own engine and its state digest must equal the digest of the values
@@ -26,14 +29,15 @@ from durakv.log import Log
 from durakv.log.lock import exclusive_data_dir
 from durakv.shards.keyspace import Keyspace
 from durakv.shards.records import RecordClock, encode_record
-from durakv.shards.resp import format_double
+from durakv.shards.resp import ReplyError, format_double
 from durakv.shards.slots import key_slot, slot_owner_table, slot_ranges
 from durakv.shards.t_hash import HashValue
 from durakv.shards.t_list import ListValue
 from durakv.shards.t_set import SetValue
+from durakv.shards.t_function import restore_libraries
 from durakv.shards.t_stream import StreamValue
 from durakv.shards.t_zset import ZSetValue
-from durakv.snapshotter.digest import state_digest
+from durakv.snapshotter.digest import state_digest, with_libraries
 from durakv.snapshotter.local import shard_dir_of
 from durakv.shards.rdb.codec import RdbError, Unsupported, dump_payload
 from durakv.shards.rdb.file import RdbReader
@@ -57,6 +61,7 @@ class ImportReport:
     unsupported_skipped: list[str] = field(default_factory=list)
     per_shard_keys: list[int] = field(default_factory=list)
     records: int = 0
+    libraries: int = 0
 
 
 def value_effects(key: bytes, value: object, expire_ms: int | None) -> Iterator[list[bytes]]:
@@ -153,7 +158,12 @@ def _import_locked(f: BinaryIO, data_dir: str, shards: int, skip_unsupported: bo
             os.makedirs(shard_dir, exist_ok=True)
             writers.append(_ShardWriter(shard_dir, shard))
         reader = RdbReader(f)
+        codes = reader.info.functions  # filled as the reader passes them, before the keys in Redis' files
+        checked = 0
         for entry in reader.entries():
+            if len(codes) > checked:  # refuse a library before any key is written
+                _check_libraries(codes)
+                checked = len(codes)
             if entry.db != 0:
                 raise RdbImportError(f"key {entry.key[:64]!r} is in database {entry.db}; durakv has database 0 "
                                    "only")
@@ -178,6 +188,12 @@ def _import_locked(f: BinaryIO, data_dir: str, shards: int, skip_unsupported: bo
             report.keys += 1
             report.per_shard_keys[shard] += 1
         report.unsupported_skipped.extend(reader.info.skipped)
+        if len(codes) > checked:
+            _check_libraries(codes)
+        for writer in writers:
+            for code in codes:
+                writer.add([b"FUNCTION", b"LOAD", b"REPLACE", code])
+        report.libraries = len(codes)
         tails = [w.close() for w in writers]
         writers = []
     finally:
@@ -185,14 +201,23 @@ def _import_locked(f: BinaryIO, data_dir: str, shards: int, skip_unsupported: bo
             w.log.close()
     report.records = sum(tails)
     for shard in range(shards):
-        _verify_shard(data_dir, shard, shards, tails[shard], expected[shard])
+        _verify_shard(data_dir, shard, shards, tails[shard], expected[shard], codes)
     return report
 
 
-def _verify_shard(data_dir: str, shard: int, shards: int, tail: int, expected: Keyspace) -> None:
+def _check_libraries(codes: list[bytes]) -> None:
+    """The libraries load together in durakv's Lua, as a shard replaying them will."""
+    try:
+        restore_libraries(Keyspace(), codes)
+    except ReplyError as e:
+        raise RdbImportError(f"function library: {e.message.decode(errors='replace')}") from None
+
+
+def _verify_shard(data_dir: str, shard: int, shards: int, tail: int, expected: Keyspace,
+                  codes: list[bytes]) -> None:
     ctx = new_context(slot_range=slot_ranges(shards)[shard])
     replay_log(ctx, shard_log_dir(data_dir, shard), 0, tail, CHAIN_START)
-    got, want = state_digest(ctx.db), state_digest(expected)
+    got, want = state_digest(ctx.db), with_libraries(state_digest(expected), codes)
     if got != want:
         raise RdbImportError(f"shard {shard}: replaying the imported log gives state digest {got}, the RDB "
                            f"holds {want}")

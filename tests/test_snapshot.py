@@ -213,10 +213,10 @@ def test_snapshot_that_does_not_verify_is_never_published(server_factory, s3, tm
     write_every_type(srv.client(), "a")
     real_write = build_mod.write_keyspace
 
-    def corrupting_write(f, data, expires, aux, pace, keys=None):
+    def corrupting_write(f, data, expires, aux, pace, keys=None, functions=()):
         data = dict(data)
         data[next(iter(data))] = b"not what the log says"
-        return real_write(f, data, expires, aux, pace, keys)
+        return real_write(f, data, expires, aux, pace, keys, functions)
 
     monkeypatch.setattr(build_mod, "write_keyspace", corrupting_write)
     status = Snapshotter(str(srv.data_dir), SnapshotStore(url)).run_once()

@@ -1,6 +1,7 @@
 """RDB files, streamed, on top of the object codec (shards/rdb/codec.py).
 
-Writing: "REDIS0010", AUX fields, SELECTDB 0, RESIZEDB, then per key
+Writing: "REDIS0010", AUX fields, one FUNCTION2 entry per function library
+(its code, as rdbSaveFunctions writes it), SELECTDB 0, RESIZEDB, then per key
 [EXPIRETIME_MS ms] type key value, and EOF followed by the CRC-64 (Jones,
 little-endian) of everything before it. Values are encoded one key at a time
 into a buffer that is flushed (and folded into the running CRC-64) every
@@ -10,8 +11,9 @@ load into redis-server 7.0 and pass redis-check-rdb.
 Reading: versions 1 to 11 (Redis up to 7.2), every key through the codec (so
 a file loads exactly as a DUMP payload of the same value does), the CRC-64
 trailer verified (a zero checksum means the writer disabled it, as Redis
-allows). Empty collections are skipped, as rdbLoad skips them; function
-libraries and module AUX data are skipped and listed in RdbInfo.
+allows). Empty collections are skipped, as rdbLoad skips them; module AUX
+data is skipped and listed in RdbInfo. Function libraries are collected in
+RdbInfo.functions; load_rdb makes them the keyspace's library set.
 
 This module reads and writes file objects it is given; it opens nothing.
 """
@@ -23,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterable, Iterator
 
 from durakv.shards.keyspace import Keyspace
+from durakv.shards.resp import ReplyError
+from durakv.shards.t_function import restore_libraries
 from durakv.shards.rdb import codec as C
 from durakv.shards.rdb.crc64 import Crc64
 from durakv.shards.shard_settings import SHARD_DEFAULTS
@@ -55,7 +59,8 @@ class RdbEntry:
 class RdbInfo:
     version: int = 0
     aux: dict[bytes, bytes] = field(default_factory=dict)
-    skipped: list[str] = field(default_factory=list)  # function libraries, module aux data, empty keys
+    functions: list[bytes] = field(default_factory=list)  # each function library's code, in file order
+    skipped: list[str] = field(default_factory=list)  # module aux data, empty keys
     empty_keys_skipped: int = 0
     checksum_verified: bool = False
 
@@ -64,11 +69,12 @@ class RdbInfo:
 
 
 class RdbWriter:
-    """Streams an RDB to a binary file object. Use: RdbWriter(f, aux), then
-    select_db(), write_key() per key, finish(). list_fill is the
+    """Streams an RDB to a binary file object. Use: RdbWriter(f, aux, functions),
+    then select_db(), write_key() per key, finish(). `functions` is the code of
+    every function library (t_function.library_codes); list_fill is the
     list-max-listpack-size the quicklist nodes are split for."""
 
-    def __init__(self, f: BinaryIO, aux: dict[str, bytes | int | str],
+    def __init__(self, f: BinaryIO, aux: dict[str, bytes | int | str], functions: Iterable[bytes] = (),
                  list_fill: int = SHARD_DEFAULTS["list-max-listpack-size"]) -> None:
         self._f = f
         self._buf = bytearray()
@@ -83,6 +89,8 @@ class RdbWriter:
             elif isinstance(value, str):
                 value = value.encode()
             self._buf += bytes((C.OP_AUX,)) + C.encode_string(name.encode()) + C.encode_string(value)
+        for code in functions:
+            self._buf += bytes((C.OP_FUNCTION2,)) + C.encode_string(code)
 
     def select_db(self, db: int, keys: int, expires: int) -> None:
         self._buf += bytes((C.OP_SELECTDB,)) + C.encode_len(db)
@@ -129,11 +137,12 @@ def default_aux(ctime_s: int, extra: dict[str, bytes | int | str] | None = None)
 
 
 def write_keyspace(f: BinaryIO, data: dict, expires: dict[bytes, int], aux: dict,
-                   pace: Callable[[], None] = _unpaced, keys: Iterable[bytes] | None = None) -> RdbWriter:
+                   pace: Callable[[], None] = _unpaced, keys: Iterable[bytes] | None = None,
+                   functions: Iterable[bytes] = ()) -> RdbWriter:
     """Write every key of one keyspace (a Keyspace's data and expires) as db 0,
-    in the order of `keys` (all of data's keys; default: data's own order);
-    pace() is called for each key."""
-    writer = RdbWriter(f, aux)
+    in the order of `keys` (all of data's keys; default: data's own order),
+    after the function libraries' code; pace() is called for each key."""
+    writer = RdbWriter(f, aux, functions)
     writer.select_db(0, len(data), len(expires))
     get_expire = expires.get
     for key in data if keys is None else keys:
@@ -267,8 +276,7 @@ class RdbReader:
                 src.byte()
                 continue
             if t == C.OP_FUNCTION2:
-                code = self._string()
-                info.skipped.append(f"function library ({len(code)} bytes of code)")
+                info.functions.append(self._string())
                 continue
             if t == C.OP_MODULE_AUX:
                 C.skip_module_value(src, MAX_FILE_BLOB_BYTES)
@@ -312,8 +320,10 @@ def keyspace_entries(reader: RdbReader) -> Iterator[RdbEntry]:
 def load_rdb(f: BinaryIO, db: Keyspace, pace: Callable[[], None] = _unpaced,
              settings: dict | None = None) -> RdbInfo:
     """Load an RDB holding only database 0 and durakv's types into a Keyspace,
-    keeping every key (expired ones included: the keyspace expires them).
-    Raises RdbError on anything it cannot hold. pace() is called for each key."""
+    keeping every key (expired ones included: the keyspace expires them), and
+    make its function libraries the keyspace's whole library set (none if it
+    has none). Raises RdbError on anything it cannot hold. pace() is called
+    for each key."""
     reader = RdbReader(f, settings)
     for entry in keyspace_entries(reader):
         pace()
@@ -322,4 +332,8 @@ def load_rdb(f: BinaryIO, db: Keyspace, pace: Callable[[], None] = _unpaced,
         db.put(entry.key, entry.value)
         if entry.expire_ms is not None:
             db.set_expire(entry.key, entry.expire_ms)
+    try:
+        restore_libraries(db, reader.info.functions)
+    except ReplyError as e:
+        raise C.RdbError(f"function library: {e.message.decode(errors='replace')}") from None
     return reader.info
