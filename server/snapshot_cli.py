@@ -268,8 +268,8 @@ def cmd_import_rdb(args: argparse.Namespace) -> int:
     ensure_topology(args.data_dir, shards)
     with open(args.rdb_file, "rb") as f:
         report = import_rdb(f, args.data_dir, shards, skip_unsupported=args.skip_unsupported)
-    print(f"imported {report.keys} keys into {shards} shards ({report.records} log records); "
-          f"skipped {report.expired_skipped} expired keys")
+    print(f"imported {report.keys} keys and {report.libraries} function libraries into {shards} shards "
+          f"({report.records} log records); skipped {report.expired_skipped} expired keys")
     for item in report.unsupported_skipped:
         print(f"skipped: {item}")
     return 0
