@@ -19,7 +19,7 @@ from durakv.shards.frames import VERB_SLOWLOG
 from durakv.shards.numbers import parse_ll
 from durakv.shards.resp import OK, ReplyError, Simple, encode
 from durakv.shards.slowlog import ADDR, ARGV, CLIENT_ID, DURATION_US, ID, NAME, TIME_NS
-from durakv.shards.table import ROUTER, command, container
+from durakv.shards.table import ROUTER, command, container, subcommand_syntax_error
 
 DEFAULT_GET_COUNT = 10
 ERR_COUNT = ReplyError(b"ERR count should be greater than or equal to -1")
@@ -41,7 +41,7 @@ def _up_shards(client: Client) -> list[int]:
          tips=("request_policy:all_nodes", "nondeterministic_output"))
 def slowlog_get(client: Client, argv: list[bytes]):
     if len(argv) > 3:
-        raise ReplyError(b"ERR unknown subcommand or wrong number of arguments for 'get'. Try SLOWLOG HELP.")
+        raise subcommand_syntax_error(argv)
     count = DEFAULT_GET_COUNT
     if len(argv) > 2:
         value = parse_ll(argv[2])
@@ -74,6 +74,17 @@ def slowlog_get(client: Client, argv: list[bytes]):
                                   lambda values: encode(merge(values), proto), shards=_up_shards(client))
 
 
+@command("slowlog|reset", 2, "admin loading stale", group="server", where=ROUTER,
+         tips=("request_policy:all_nodes", "response_policy:all_succeeded"))
+def slowlog_reset(client: Client, argv: list[bytes]):
+    router = client.router
+    router.slowlog.reset()
+    if _answered_here(client):
+        return OK
+    return router.fanout_internal(client, [VERB_SLOWLOG, b"reset"], lambda values: b"+OK\r\n",
+                                  shards=_up_shards(client))
+
+
 @command("slowlog|len", 2, "admin loading stale", group="server", where=ROUTER,
          tips=("request_policy:all_nodes", "response_policy:agg_sum", "nondeterministic_output"))
 def slowlog_len(client: Client, argv: list[bytes]):
@@ -87,17 +98,6 @@ def slowlog_len(client: Client, argv: list[bytes]):
         return encode(min(own + sum(values), router.slowlog.max_len), proto)
 
     return router.fanout_internal(client, [VERB_SLOWLOG, b"len"], finish, shards=_up_shards(client))
-
-
-@command("slowlog|reset", 2, "admin loading stale", group="server", where=ROUTER,
-         tips=("request_policy:all_nodes", "response_policy:all_succeeded"))
-def slowlog_reset(client: Client, argv: list[bytes]):
-    router = client.router
-    router.slowlog.reset()
-    if _answered_here(client):
-        return OK
-    return router.fanout_internal(client, [VERB_SLOWLOG, b"reset"], lambda values: b"+OK\r\n",
-                                  shards=_up_shards(client))
 
 
 @command("slowlog|help", 2, "loading stale", group="server", where=ROUTER)
