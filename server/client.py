@@ -208,7 +208,11 @@ class Client:
             if where == ROUTER:
                 handler = cmd.handler
                 assert handler is not None, f"router command {cmd.fullname} has no handler"
-                reply = handler(self, argv)
+                start_ns = time.perf_counter_ns()
+                try:
+                    reply = handler(self, argv)
+                finally:
+                    self.time_slowlog(cmd, argv, start_ns)
                 if type(reply) is not Pending:
                     self.push(encode(reply, self.proto))
                 return
@@ -318,10 +322,15 @@ class Client:
         for argv in queued:
             if argv[0] == VERB_ROUTER_IN_MULTI:
                 argv = argv[1:]
+                start_ns = time.perf_counter_ns()
                 try:
-                    handler = lookup(argv).handler
+                    cmd = lookup(argv)
+                    handler = cmd.handler
                     assert handler is not None, f"router command {argv[0]!r} has no handler"
-                    reply = handler(self, argv)
+                    try:
+                        reply = handler(self, argv)
+                    finally:
+                        self.time_slowlog(cmd, argv, start_ns)
                     if type(reply) is Pending:
                         # CONFIG SET: it took effect here; EXEC does not wait for
                         # its propagation to the other routers and shards.
@@ -334,6 +343,13 @@ class Client:
                 argv = [VERB_LITERAL, data]
             out.append(argv)
         return out
+
+    def time_slowlog(self, cmd, argv: list[bytes], start_ns: int) -> None:
+        """SLOWLOG for a command answered here (a shard logs those it executes)."""
+        duration_us = (time.perf_counter_ns() - start_ns) // 1000
+        slowlog = self.router.slowlog
+        if duration_us >= slowlog.threshold_us and "skip_slowlog" not in cmd.flags:
+            slowlog.push(argv, duration_us, self.id, self.addr.encode(), self.name)
 
     def unwatch_all(self) -> None:
         """Drop this client's WATCHes on every shard that holds some."""

@@ -23,6 +23,7 @@ from durakv.shards.config import Config
 from durakv.shards.frames import PROTO_INTERNAL, VERB_UNBLOCK, VERB_UNWATCH, internal_reply_decoder
 from durakv.shards.resp import ReplyError, encode, encode_error
 from durakv.shards.slots import SLOT_COUNT, key_slot
+from durakv.shards.slowlog import SlowLog
 from durakv.shards.table import SPLIT_MGET, Command, Merge, merge_sum
 
 logger = logging.getLogger("durakv.router")
@@ -108,6 +109,7 @@ class Front:
     home_shard = 0  # where keyless commands that are not fanned out run
     scan_last_slot = SLOT_COUNT - 1  # SCAN hands on to the next shard until past this slot
     settings_sync: Any  # SettingsSync (imported by the subclasses)
+    slowlog: SlowLog  # the commands answered here (a node shares its shard's)
 
     def __init__(self, config: Config, index: int) -> None:
         self.config = config
@@ -119,6 +121,7 @@ class Front:
         self.started_at = time.time()
         self.started_monotonic = time.monotonic()
         self.settings = Settings(config)
+        self.settings.on_apply = self.configure_slowlog
         self.stats_commands = 0
         self.stats_rejected = 0
         self.stats_connections = 0
@@ -131,6 +134,10 @@ class Front:
 
     def new_client_id(self) -> int:
         raise NotImplementedError
+
+    def configure_slowlog(self) -> None:
+        values = self.settings.values
+        self.slowlog.configure(int(values["slowlog-log-slower-than"]), int(values["slowlog-max-len"]))
 
     # --- reply flushing -----------------------------------------------------------
 

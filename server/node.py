@@ -150,6 +150,7 @@ class ShardNode(Front):
         self.node_id = self.shard_node_ids[shard.index]
         self.router_node_id = topology["node_id"]
         self.settings_sync = SettingsSync(self, node=True, on_change=self._shard_settings_changed)
+        self.slowlog = shard.slowlog  # one log per process: the shard's commands and the node's
         self.port = shard_port(config, shard.index)
 
     def _shard_settings_changed(self, changes: dict[str, str]) -> None:

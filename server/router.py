@@ -22,6 +22,7 @@ from durakv.shards.config import Config
 from durakv.shards.frames import PROTO_INTERNAL, VERB_CONFIG
 from durakv.shards.shard_settings import SHARD_DEFAULTS
 from durakv.shards.slots import slot_owner_table
+from durakv.shards.slowlog import SlowLog
 
 logger = logging.getLogger("durakv.router")
 
@@ -38,6 +39,9 @@ class Router(Front):
         self.shard_node_ids = shard_node_ids(topology)
         self.settings_sync = SettingsSync(self)
         self._links_up: set[int] = set()
+        # Shards take slowlog id slots 0..S-1, routers S..S+R-1 (shards/slowlog.py).
+        self.slowlog = SlowLog(config.shards + index, config.shards + config.routers)
+        self.configure_slowlog()
 
     # --- long scripts -------------------------------------------------------------
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from durakv.server.settings import Settings
     from durakv.server.settings_sync import SettingsSync
     from durakv.shards.config import Config
+    from durakv.shards.slowlog import SlowLog
     from durakv.shards.table import Command, Merge
 
 # Makes a client's reply bytes from the shards' internal replies, decoded from
@@ -48,6 +49,9 @@ class RouterView(Protocol):
 
     @property
     def settings_sync(self) -> SettingsSync: ...
+
+    @property
+    def slowlog(self) -> SlowLog: ...
 
     # --- shards, slots and clients (read) -----------------------------------------
     @property

@@ -72,6 +72,8 @@ _SHARD_PARAM_TYPES = {
     "stream-node-max-entries": dict(lo=0),
     "hll-sparse-max-bytes": dict(unsigned=True, lo=0, memory=True),
     "busy-reply-threshold": dict(lo=0, aliases=("lua-time-limit",)),
+    "slowlog-log-slower-than": dict(lo=-1),
+    "slowlog-max-len": dict(unsigned=True, lo=0),
 }
 
 
@@ -109,8 +111,6 @@ def _params(config: Config) -> list[Param]:
               memory=True),
         Param("client-output-buffer-limit", OUTPUT_LIMITS,
               "normal 0 0 0 slave 268435456 67108864 60 pubsub 33554432 8388608 60"),
-        _int("slowlog-log-slower-than", 10000, -1, LLONG_MAX),
-        _size("slowlog-max-len", 128, 0, LLONG_MAX),
         bool_("latency-tracking", "yes"),
         _int("latency-monitor-threshold", 0, 0, LLONG_MAX),
         bool_("lazyfree-lazy-eviction", "no"),
@@ -248,6 +248,8 @@ class Settings:
         self.values: dict[str, str] = {name: param.default for name, param in self.params.items()}
         self._limits_text: str | None = None
         self._normal_limits = (0, 0, 0)
+        # Called after every change applied, for what caches a value (the SLOWLOG threshold).
+        self.on_apply: Callable[[], None] | None = None
 
     @property
     def maxclients(self) -> int:
@@ -375,6 +377,8 @@ class Settings:
     def apply(self, changes: list[tuple[str, str]]) -> None:
         for name, value in changes:
             self.values[name] = value
+        if self.on_apply is not None:
+            self.on_apply()
 
     def apply_known(self, changes: dict[str, str]) -> None:
         """Apply changes validated by another router (or recorded by one): only
@@ -385,6 +389,8 @@ class Settings:
                 logger.warning("router: ignoring runtime setting %r: not a mutable parameter", name)
                 continue
             self.values[name] = value
+        if self.on_apply is not None:
+            self.on_apply()
 
 
 def set_failed(name: bytes, why: bytes) -> ReplyError:

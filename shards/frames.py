@@ -44,6 +44,7 @@ VERB_UNBLOCK = b"\x00unblock"  # [verb, client id, b"timeout"|b"error"|b"drop"]:
 VERB_CONFIG = b"\x00config"  # [verb, name, value]: CONFIG SET of a shard parameter
 VERB_INFO = b"\x00info"  # [verb]: the shard's INFO fields
 VERB_RESETSTAT = b"\x00resetstat"  # [verb]: CONFIG RESETSTAT
+VERB_SLOWLOG = b"\x00slowlog"  # [verb, b"get", count] | [verb, b"len"] | [verb, b"reset"]: SLOWLOG
 VERB_COUNTKEYSINSLOT = b"\x00countkeysinslot"  # [verb, slot]: CLUSTER COUNTKEYSINSLOT
 VERB_GETKEYSINSLOT = b"\x00getkeysinslot"  # [verb, slot, count]: CLUSTER GETKEYSINSLOT
 # Never sent: marks a router-answered command queued in MULTI until EXEC (server/client.py),

@@ -8,7 +8,8 @@ import logging
 import os
 
 from durakv.shards.frames import (
-    VERB_CONFIG, VERB_COUNTKEYSINSLOT, VERB_GETKEYSINSLOT, VERB_INFO, VERB_RESETSTAT, VERB_UNBLOCK, VERB_UNWATCH,
+    VERB_CONFIG, VERB_COUNTKEYSINSLOT, VERB_GETKEYSINSLOT, VERB_INFO, VERB_RESETSTAT, VERB_SLOWLOG, VERB_UNBLOCK,
+    VERB_UNWATCH,
     encode_internal,
 )
 
@@ -81,6 +82,20 @@ def set_config(shard, argv: list[bytes]) -> bool:
     name = argv[1].decode()
     assert name in shard.settings, f"router forwarded a non-shard parameter {name}"
     shard.settings[name] = int(argv[2])
+    if name.startswith("slowlog-"):
+        shard.configure_slowlog()
+    return True
+
+
+def slowlog(shard, argv: list[bytes]) -> list | int | bool:
+    """SLOWLOG through a router: this shard's entries (newest first), length or reset."""
+    log = shard.slowlog
+    if argv[1] == b"get":
+        return log.newest(int(argv[2]))
+    if argv[1] == b"len":
+        return len(log.entries)
+    assert argv[1] == b"reset", f"unknown slowlog request {argv[1]!r}"
+    log.reset()
     return True
 
 
@@ -102,6 +117,7 @@ HANDLERS = {
     VERB_COUNTKEYSINSLOT: count_keys_in_slot,
     VERB_GETKEYSINSLOT: get_keys_in_slot,
     VERB_RESETSTAT: reset_stats,
+    VERB_SLOWLOG: slowlog,
 }
 
 

@@ -38,6 +38,7 @@ from durakv.shards.records import RecordClock, decode_record
 from durakv.shards.resp import NULL_ARRAY, ReplyError, encode, encode_error
 from durakv.shards.shard_settings import SHARD_DEFAULTS
 from durakv.shards.slots import slot_ranges
+from durakv.shards.slowlog import SlowLog
 from durakv.shards.t_multi import Watches, unpack_transaction
 from durakv.shards.table import Command, lookup
 
@@ -78,6 +79,9 @@ class Shard(GroupCommit):
         self.db = Keyspace()
         self.ctx = Ctx(self.db, self)
         self.settings = dict(SHARD_DEFAULTS)
+        # Shards take slowlog id slots 0..S-1, routers S..S+R-1 (shards/slowlog.py).
+        self.slowlog = SlowLog(index, config.shards + config.routers)
+        self.configure_slowlog()
         self.stats: dict[str, CommandStats] = {}
         self.started_at = time.time()
         self.total_commands = 0
@@ -234,7 +238,11 @@ class Shard(GroupCommit):
         self.db.count_reads = False
         stat = self._stat(cmd)
         stat.calls += 1
-        stat.usec += (time.perf_counter_ns() - start) // 1000
+        duration_us = (time.perf_counter_ns() - start) // 1000
+        stat.usec += duration_us
+        if duration_us >= self.slowlog.threshold_us and cmd is not None and not refused \
+                and "skip_slowlog" not in cmd.flags:
+            self.slowlog.push(argv, duration_us, cid)
         if len(effects) > effects_before:
             return data, (next_seq if hold_writes else 0)
         if cmd is None or refused:
@@ -288,6 +296,7 @@ class Shard(GroupCommit):
         ctx.proto = waiter.proto
         effects = self.db.effects
         effects_before = len(effects)
+        start = time.perf_counter_ns()
         try:
             result = waiter.serve(ctx, key)
             if result is None:
@@ -295,6 +304,10 @@ class Shard(GroupCommit):
             data = encode(result, waiter.proto)
         except ReplyError as e:
             data = encode_error(e.message)
+        # As Redis, a blocked command is logged when served, with its own argv (BLPOP, not LPOP).
+        duration_us = (time.perf_counter_ns() - start) // 1000
+        if duration_us >= self.slowlog.threshold_us:
+            self.slowlog.push(waiter.argv, duration_us, waiter.cid)
         if len(effects) > effects_before:
             return data, (next_seq if hold_writes else 0)
         # A served read (XREAD) wrote nothing but returns what the write that woke
@@ -358,6 +371,10 @@ class Shard(GroupCommit):
         finally:
             self.ctx.in_multi = False
         return b"".join(parts), wait
+
+    def configure_slowlog(self) -> None:
+        settings = self.settings
+        self.slowlog.configure(settings["slowlog-log-slower-than"], settings["slowlog-max-len"])
 
     def _stat(self, cmd: Command | None) -> CommandStats:
         name = cmd.fullname if cmd is not None else "unknown"

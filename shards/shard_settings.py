@@ -14,4 +14,7 @@ SHARD_DEFAULTS: dict[str, int] = {
     "hll-sparse-max-bytes": 3000,
     # A script running longer than this (ms; 0: never) lets the shard answer others with BUSY.
     "busy-reply-threshold": 5000,
+    # SLOWLOG (shards/slowlog.py): microseconds (-1: off, 0: every command), entries kept.
+    "slowlog-log-slower-than": 10000,
+    "slowlog-max-len": 128,
 }
