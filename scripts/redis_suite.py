@@ -81,7 +81,8 @@ def run_unit(suite: str, unit: str, verbose: bool, timeout_s: int, shards: int) 
     try:
         wait_ready(port)
         cmd = ["./runtest", "--host", "127.0.0.1", "--port", str(port), "--singledb", "--durable",
-               "--clients", "1", "--timeout", str(timeout_s), "--baseport", str(free_port()), "--tags", SKIP_TAGS, "--single", unit]
+               "--clients", "1", "--timeout", str(timeout_s),
+               "--baseport", str(free_port()), "--tags", SKIP_TAGS, "--single", unit]
         try:
             out = subprocess.run(cmd, cwd=suite, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                                  timeout=UNIT_TIMEOUT_S).stdout

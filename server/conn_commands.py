@@ -22,6 +22,8 @@ ERR_WRONGPASS = fixed_error(b"WRONGPASS invalid username-password pair or user i
 def ping(client: Client, argv: list[bytes]):
     if len(argv) > 2:
         raise arity_error(b"ping")
+    if client.pubsub is not None and client.proto == 2:
+        return [b"pong", argv[1] if len(argv) == 2 else b""]  # RESP2 subscribed mode: a message-shaped reply
     return PONG if len(argv) == 1 else argv[1]
 
 
@@ -132,10 +134,8 @@ def reset(client: Client, argv: list[bytes]):
     client.name = b""
     client.authed = not client.router.settings.requirepass
     client.parser.authed = client.authed
-    client.multi = None
-    client.multi_error = False
-    client.multi_shard = None
-    client.unwatch_all()
+    if client.pubsub is not None:
+        client.router.pubsub.forget(client)
     return Simple(b"RESET")
 
 

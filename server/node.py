@@ -261,6 +261,7 @@ class ShardNode(Front):
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             await nursery.start(self.settings_sync.serve)
+            self.pubsub.start(nursery, self.settings_sync.peer_paths)
             nursery.start_soon(self._flusher)
             nursery.start_soon(self.poller.run)
             nursery.start_soon(self.local.run)

@@ -87,6 +87,7 @@ class Router(Front):
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             await nursery.start(self.settings_sync.serve)
+            self.pubsub.start(nursery, self.settings_sync.peer_paths)
             maxclients = adjust_open_files_limit(self.settings.maxclients, len(self.links))
             self.settings.values["maxclients"] = str(maxclients)
             nursery.start_soon(self._flusher)

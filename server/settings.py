@@ -247,22 +247,23 @@ class Settings:
                 self.lookup[alias] = param
         self.values: dict[str, str] = {name: param.default for name, param in self.params.items()}
         self._limits_text: str | None = None
-        self._normal_limits = (0, 0, 0)
+        self._class_limits: dict[str, tuple[int, int, int]] = {}
 
     @property
     def maxclients(self) -> int:
         return int(self.values["maxclients"])
 
-    def normal_output_limits(self) -> tuple[int, int, int]:
-        """client-output-buffer-limit for normal clients: (hard bytes, soft bytes,
-        soft seconds), 0 meaning no limit; parsed once per value."""
+    def output_limits(self, client_class: str) -> tuple[int, int, int]:
+        """client-output-buffer-limit for a class ("normal", "pubsub"): (hard bytes,
+        soft bytes, soft seconds), 0 meaning no limit; parsed once per value."""
         text = self.values["client-output-buffer-limit"]
         if text is not self._limits_text:
             words = text.split()
-            at = words.index("normal")
-            self._normal_limits = (int(words[at + 1]), int(words[at + 2]), int(words[at + 3]))
+            self._class_limits = {}
+            for at in range(0, len(words) - 3, 4):
+                self._class_limits[words[at]] = (int(words[at + 1]), int(words[at + 2]), int(words[at + 3]))
             self._limits_text = text
-        return self._normal_limits
+        return self._class_limits[client_class]
 
     @property
     def requirepass(self) -> str:

@@ -1,0 +1,179 @@
+"""Pub/Sub: reply shapes and subscribed-mode rules compared byte for byte with
+redis-server (RESP2 and RESP3), and PUBLISH reaching subscribers on every router
+and shard port, with receivers counted across processes."""
+
+from __future__ import annotations
+
+import time
+
+from refserver import Err, Pair, RawConn, decode, encode_command
+
+WAIT_S = 10.0
+
+
+def both_replies(p: Pair, n: int) -> None:
+    """Read n more replies (pushes) on both connections; they must be identical."""
+    for _ in range(n):
+        ours, theirs = p.ours.read_reply(), p.theirs.read_reply()
+        assert ours == theirs, f"durakv {ours!r} != redis {theirs!r}"
+
+
+def both_replies_unordered(p: Pair, n: int) -> None:
+    """As both_replies, for replies in Redis' dict order (unsubscribing from all)."""
+    ours = sorted(p.ours.read_reply() for _ in range(n))
+    theirs = sorted(p.theirs.read_reply() for _ in range(n))
+    assert [decode(r)[0][:2] for r in ours] == [decode(r)[0][:2] for r in theirs], (ours, theirs)
+    assert decode(ours[-1])[0][0] == decode(theirs[-1])[0][0]
+
+
+def send_both(p: Pair, *args) -> None:
+    p.ours.send_raw(encode_command(args))
+    p.theirs.send_raw(encode_command(args))
+
+
+def test_subscribe_reply_shapes_and_subscribed_mode_resp2(pair: Pair):
+    p = pair
+    p.same("UNSUBSCRIBE")
+    p.same("PUNSUBSCRIBE")
+    send_both(p, "SUBSCRIBE", "a", "b", "a")
+    both_replies(p, 3)
+    send_both(p, "PSUBSCRIBE", "h?llo")
+    both_replies(p, 1)
+    send_both(p, "SSUBSCRIBE", "{s}x", "{s}y")
+    both_replies(p, 2)
+    p.same("PING")
+    p.same("PING", "hi")
+    p.same("GET", "k")  # refused in subscribed mode
+    p.same("PUBSUB", "NUMPAT")
+    send_both(p, "UNSUBSCRIBE", "b", "nope")
+    both_replies(p, 2)
+    send_both(p, "PUNSUBSCRIBE")
+    both_replies(p, 1)
+    send_both(p, "SUNSUBSCRIBE")
+    both_replies_unordered(p, 2)
+    send_both(p, "UNSUBSCRIBE")
+    both_replies(p, 1)
+    p.same("PING")  # out of subscribed mode: +PONG again
+    p.same("SET", "k", "v")
+
+
+def test_subscribe_resp3_pushes_and_normal_commands(pair3: Pair):
+    p = pair3
+    send_both(p, "SUBSCRIBE", "c1")
+    both_replies(p, 1)
+    p.same("SET", "k", "v")  # RESP3 subscribers may run any command
+    p.same("PING")
+    p.same("PUBLISH", "c1", "hello")  # the message to ourselves, then the count (Redis' order)
+    both_replies(p, 1)
+    send_both(p, "PSUBSCRIBE", "c*")
+    both_replies(p, 1)
+    p.same("PUBLISH", "c1", "two")
+    both_replies(p, 2)
+    p.same("RESET")
+    p.same("PUBLISH", "c1", "three")  # RESET dropped every subscription: no receiver
+
+
+def test_pubsub_introspection_matches_redis(pair: Pair):
+    p = pair
+    sub_ours, sub_theirs = RawConn(p.ours.sock.getpeername()[1]), RawConn(p.theirs.sock.getpeername()[1])
+    try:
+        for conn in (sub_ours, sub_theirs):
+            conn.call("SUBSCRIBE", "news.1")
+            conn.send_raw(b"*3\r\n$10\r\nPSUBSCRIBE\r\n$4\r\nn*.*\r\n$2\r\nx*\r\n")
+            conn.read_reply()
+            conn.read_reply()
+            conn.send_raw(b"*2\r\n$10\r\nSSUBSCRIBE\r\n$2\r\nsc\r\n")
+            conn.read_reply()
+        p.same("PUBSUB", "CHANNELS")
+        p.same("PUBSUB", "CHANNELS", "news.*")
+        p.same("PUBSUB", "CHANNELS", "zz*")
+        p.same("PUBSUB", "NUMSUB", "news.1", "other")
+        p.same("PUBSUB", "NUMSUB")
+        p.same("PUBSUB", "NUMPAT")
+        p.same("PUBSUB", "SHARDCHANNELS")
+        p.same("PUBSUB", "SHARDNUMSUB", "sc", "none")
+        p.same("PUBSUB", "CHANNELS", "a", "b")
+        p.same("PUBLISH", "news.1", "m")  # 1 channel subscriber + 1 pattern (n*.*)
+        p.same("SPUBLISH", "sc", "m")
+        p.same("PUBSUB", "HELP")
+        for conn in (sub_ours, sub_theirs):
+            assert decode(conn.read_reply())[0] == [b"message", b"news.1", b"m"]
+            assert decode(conn.read_reply())[0] == [b"pmessage", b"n*.*", b"news.1", b"m"]
+            assert decode(conn.read_reply())[0] == [b"smessage", b"sc", b"m"]
+    finally:
+        sub_ours.close()
+        sub_theirs.close()
+
+
+def _subscriber(port: int, channel: str) -> RawConn:
+    conn = RawConn(port)
+    reply = conn.call("SUBSCRIBE", channel)
+    assert decode(reply)[0] == [b"subscribe", channel.encode(), 1]
+    return conn
+
+
+def _router_of(conn: RawConn) -> int:
+    return (decode(conn.call("CLIENT", "ID"))[0] - 1) % 2  # id = seq * routers + index + 1 (RESP2, not yet subscribed)
+
+
+def test_publish_reaches_every_router_and_shard_port(server_factory):
+    srv = server_factory(shards=2, extra_args=("--routers", "2"))
+    # One subscriber on each router (connect until both took one) and one on each shard port.
+    by_router: dict[int, RawConn] = {}
+    spare: list[RawConn] = []
+    deadline = time.monotonic() + WAIT_S
+    while len(by_router) < 2 and time.monotonic() < deadline:
+        conn = RawConn(srv.port)
+        router = _router_of(conn)
+        if router in by_router:
+            spare.append(conn)
+        else:
+            by_router[router] = conn
+    assert len(by_router) == 2, "both routers must take a connection"
+    for conn in by_router.values():
+        assert decode(conn.call("SUBSCRIBE", "ch"))[0] == [b"subscribe", b"ch", 1]
+    on_shards = [_subscriber(srv.shard_port(i), "ch") for i in range(2)]
+    pattern = RawConn(srv.shard_port(1))
+    assert decode(pattern.call("PSUBSCRIBE", "c*"))[0] == [b"psubscribe", b"c*", 1]
+    receivers = [*by_router.values(), *on_shards]
+    publisher = srv.client()
+    try:
+        assert publisher.pubsub_numsub("ch") == [(b"ch", 4)]
+        assert publisher.execute_command("PUBSUB", "NUMPAT") == 1
+        assert publisher.publish("ch", "m1") == 5
+        assert srv.shard_client(0).publish("ch", "m2") == 5
+        for conn in receivers:
+            assert decode(conn.read_reply())[0] == [b"message", b"ch", b"m1"]
+            assert decode(conn.read_reply())[0] == [b"message", b"ch", b"m2"]
+        assert decode(pattern.read_reply())[0] == [b"pmessage", b"c*", b"ch", b"m1"]
+        assert decode(pattern.read_reply())[0] == [b"pmessage", b"c*", b"ch", b"m2"]
+        # A closed subscriber is forgotten everywhere it was counted.
+        on_shards[0].close()
+        deadline = time.monotonic() + WAIT_S
+        while publisher.pubsub_numsub("ch") != [(b"ch", 3)] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert publisher.publish("ch", "m3") == 4
+    finally:
+        publisher.close()
+        for conn in [*receivers[:2], on_shards[1], pattern, *spare]:
+            conn.close()
+
+
+def test_sharded_channels_follow_cluster_rules_on_a_shard_port(server_factory):
+    srv = server_factory(shards=2)
+    node = RawConn(srv.shard_port(0))
+    try:
+        # Two channels in different slots: CROSSSLOT, as Redis Cluster.
+        reply = decode(node.call("SSUBSCRIBE", "a", "b"))[0]
+        assert isinstance(reply, Err) and reply.message.startswith(b"CROSSSLOT"), reply
+        moved = 0
+        for n in range(20):
+            value = decode(node.call("SSUBSCRIBE", f"chan{n}"))[0]
+            if isinstance(value, list):
+                assert value[0] == b"ssubscribe"
+            else:
+                assert isinstance(value, Err) and value.message.startswith(b"MOVED"), value
+                moved += 1
+        assert 0 < moved < 20, "some channels' slots belong to the other shard"
+    finally:
+        node.close()
