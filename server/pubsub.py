@@ -185,6 +185,12 @@ class PubSub:
                     receivers += 1
         return receivers
 
+    def keyspace_events(self, events: list[tuple[bytes, bytes]]) -> None:
+        """Keyspace notifications from a shard (shards/notify.py): published here
+        only, since every router has a link to every shard, and a node hears its own."""
+        for channel, message in events:
+            self._deliver(channel, message)
+
     def _deliver_shard(self, channel: bytes, message: bytes) -> int:
         receivers = 0
         for client in self.shard_channels.get(channel, ()):

@@ -20,7 +20,7 @@ from durakv.server.topology import ensure_topology, shard_node_ids
 from durakv.shards import failure, sdnotify
 from durakv.shards.config import Config
 from durakv.shards.frames import PROTO_INTERNAL, VERB_CONFIG
-from durakv.shards.shard_settings import SHARD_DEFAULTS
+from durakv.shards.shard_settings import SHARD_DEFAULTS, SHARD_TEXT_DEFAULTS
 from durakv.shards.slots import slot_owner_table
 
 logger = logging.getLogger("durakv.router")
@@ -72,7 +72,7 @@ class Router(Front):
         """A shard that (re)started has the defaults: give it the shard parameters
         CONFIG SET changed, ahead of any client request on the new link."""
         settings = self.settings.values
-        for name, default in SHARD_DEFAULTS.items():
+        for name, default in [*SHARD_DEFAULTS.items(), *SHARD_TEXT_DEFAULTS.items()]:
             if settings[name] != str(default):
                 link.submit(None, PROTO_INTERNAL, [VERB_CONFIG, name.encode(), settings[name].encode()],
                             Pending(None, on_fill=_ignore_reply))

@@ -20,6 +20,7 @@ from durakv.shards.config import Config
 from durakv.shards.glob import glob_match
 from durakv.shards.numbers import INT_MAX, INT_MIN, LLONG_MAX, LLONG_MIN, UINT_MAX, ULLONG_MAX, parse_ll
 from durakv.shards.resp import ReplyError
+from durakv.shards.notify import flags_text, parse_flags
 from durakv.shards.shard_settings import SHARD_DEFAULTS
 
 logger = logging.getLogger("durakv.router")
@@ -214,27 +215,10 @@ def _parse_output_limits(current: str, value: str) -> tuple[str | None, bytes]:
     return " ".join(" ".join([k] + limits[k]) for k in _LIMIT_ORDER), b""
 
 
-_EVENT_FLAGS = {"g": 1, "$": 2, "l": 4, "s": 8, "h": 16, "z": 32, "x": 64, "e": 128, "t": 256,
-                "d": 512, "n": 1024, "K": 2048, "E": 4096, "m": 8192}
-_EVENTS_ALL = 1 | 2 | 4 | 8 | 16 | 32 | 64 | 128 | 256 | 512
-_EVENT_CLASS_ORDER = "g$lshzxetdn"
-
-
 def _parse_keyspace_events(value: str) -> str | None:
     """notify-keyspace-events: class characters, normalised as Redis prints them."""
-    flags = 0
-    for ch in value:
-        if ch == "A":
-            flags |= _EVENTS_ALL
-        elif ch in _EVENT_FLAGS:
-            flags |= _EVENT_FLAGS[ch]
-        else:
-            return None
-    if flags & _EVENTS_ALL == _EVENTS_ALL:
-        out = "A"
-    else:
-        out = "".join(ch for ch in _EVENT_CLASS_ORDER if flags & _EVENT_FLAGS[ch])
-    return out + "".join(ch for ch in "KEm" if flags & _EVENT_FLAGS[ch])
+    flags = parse_flags(value)
+    return None if flags is None else flags_text(flags)
 
 
 class Settings:

@@ -15,3 +15,9 @@ SHARD_DEFAULTS: dict[str, int] = {
     # A script running longer than this (ms; 0: never) lets the shard answer others with BUSY.
     "busy-reply-threshold": 5000,
 }
+# Text parameters the shard needs too: which keyspace notifications its commands
+# generate (shards/notify.py; "" none).
+SHARD_TEXT_DEFAULTS: dict[str, str] = {
+    "notify-keyspace-events": "",
+}
+SHARD_PARAMS = frozenset(SHARD_DEFAULTS) | frozenset(SHARD_TEXT_DEFAULTS)

@@ -177,3 +177,54 @@ def test_sharded_channels_follow_cluster_rules_on_a_shard_port(server_factory):
         assert 0 < moved < 20, "some channels' slots belong to the other shard"
     finally:
         node.close()
+
+
+KEYSPACE_COMMANDS = [
+    ("SET", "{t}s", "v"), ("SET", "{t}s", "v", "EX", "100"), ("SETEX", "{t}s", "100", "v"), ("APPEND", "{t}s", "x"),
+    ("INCRBY", "{t}n", "5"), ("INCRBYFLOAT", "{t}n", "1.5"), ("MSET", "{t}a", "1", "{t}b", "2"), ("GETDEL", "{t}a"),
+    ("EXPIRE", "{t}b", "100"), ("PERSIST", "{t}b"), ("RENAME", "{t}b", "{t}c"), ("DEL", "{t}c", "{t}nope"),
+    ("LPUSH", "{t}l", "a", "b"), ("RPUSH", "{t}l", "c"), ("LPOP", "{t}l"), ("RPOP", "{t}l", "5"),
+    ("RPUSH", "{t}l", "a", "b", "a"), ("LREM", "{t}l", "0", "a"), ("LMOVE", "{t}l", "{t}l2", "LEFT", "RIGHT"),
+    ("HSET", "{t}h", "f", "1", "g", "2"), ("HINCRBY", "{t}h", "f", "2"), ("HDEL", "{t}h", "f", "g"),
+    ("SADD", "{t}S", "m", "n"), ("SREM", "{t}S", "m", "n"),
+    ("ZADD", "{t}z", "1", "m"), ("ZINCRBY", "{t}z", "2", "m"), ("ZREM", "{t}z", "m"),
+    ("SET", "{t}gone", "v", "PX", "1"),
+]
+
+
+def test_keyspace_events_match_redis(server, redis_ref):
+    """notify-keyspace-events KEA: the messages a series of commands produces,
+    in order, as redis-server publishes them (the shard generates them and its
+    routers deliver them); `x` (expired) included; none while off."""
+    p = Pair(server.port, redis_ref.port, 2)
+    subs = (RawConn(server.port), RawConn(redis_ref.port))
+    try:
+        p.same("FLUSHALL")
+        p.same("CONFIG", "SET", "notify-keyspace-events", "KEA")
+        p.same("CONFIG", "GET", "notify-keyspace-events")
+        for conn in subs:
+            assert decode(conn.call("PSUBSCRIBE", "__key*__:*"))[0][0] == b"psubscribe"
+        for args in KEYSPACE_COMMANDS:
+            p.same(*args)
+        time.sleep(0.01)
+        p.same("GET", "{t}gone")  # expired on access: "expired" events
+        p.same("CONFIG", "SET", "notify-keyspace-events", "")
+        p.same("SET", "{t}quiet", "v")  # no event
+        p.same("CONFIG", "SET", "notify-keyspace-events", "Kx")  # the end marker: only K and expired
+        p.same("SET", "{t}end", "v", "PX", "1")
+        time.sleep(0.01)
+        p.same("GET", "{t}end")
+        ours: list = []
+        theirs: list = []
+        for conn, got in ((subs[0], ours), (subs[1], theirs)):
+            while not got or got[-1] != [b"pmessage", b"__key*__:*", b"__keyspace@0__:{t}end", b"expired"]:
+                got.append(decode(conn.read_reply())[0])
+        assert ours == theirs
+        print(f"{len(ours)} keyspace messages, identical to redis-server's; last events: {ours[-4:]}")
+        assert len(ours) > 2 * len(KEYSPACE_COMMANDS)
+    finally:
+        p.ours.call("CONFIG", "SET", "notify-keyspace-events", "")
+        p.theirs.call("CONFIG", "SET", "notify-keyspace-events", "")
+        p.close()
+        for conn in subs:
+            conn.close()
