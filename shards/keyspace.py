@@ -145,6 +145,8 @@ class Keyspace:
             data[key] = value
             return
         data[key] = value
+        if self.notify_flags:
+            self.notify(notify.NEW, b"new", key)
         slot = key_slot(key)
         members = self.slot_keys.get(slot)
         if members is None:
