@@ -228,3 +228,48 @@ def test_keyspace_events_match_redis(server, redis_ref):
         p.close()
         for conn in subs:
             conn.close()
+
+
+def test_replay_generates_no_notifications():
+    """The live commands publish their events; replaying their log into a keyspace
+    with every class enabled publishes none (a restarted shard, DEBUG RELOAD)."""
+    from engine_util import call, new_ctx
+
+    import durakv.shards.commands  # noqa: F401  (registers every shard command)
+    from durakv.shards.engine import replay
+    from durakv.shards.notify import parse_flags
+
+    flags = parse_flags("KEA")
+    assert flags is not None
+    live = new_ctx()
+    live.db.notify_flags = flags
+    for args in KEYSPACE_COMMANDS:
+        call(live, *args)
+    assert len(live.db.events) > 2 * len(KEYSPACE_COMMANDS)
+    replayed = new_ctx()
+    replayed.db.notify_flags = flags
+    replay(replayed, live.db.effects)
+    assert replayed.db.events == []
+    assert len(replayed.db.data) == len(live.db.data)
+
+
+def test_slow_subscriber_is_disconnected_at_the_pubsub_output_limit(server_factory):
+    """A subscriber that does not read is closed once its queued output passes the
+    pubsub class's hard limit (client-output-buffer-limit), and forgotten."""
+    srv = server_factory(shards=1)
+    client = srv.client()
+    client.config_set("client-output-buffer-limit", "pubsub 1mb 0 0")
+    sub = RawConn(srv.port)
+    sub.sock.setsockopt(__import__("socket").SOL_SOCKET, __import__("socket").SO_RCVBUF, 64 * 1024)
+    assert decode(sub.call("SUBSCRIBE", "flood"))[0] == [b"subscribe", b"flood", 1]
+    payload = b"x" * (256 * 1024)
+    published = 0
+    deadline = time.monotonic() + WAIT_S
+    while client.pubsub_numsub("flood") == [(b"flood", 1)] and time.monotonic() < deadline:
+        client.publish("flood", payload)
+        published += 1
+    assert client.pubsub_numsub("flood") == [(b"flood", 0)], "the slow subscriber must be disconnected"
+    print(f"slow subscriber closed after {published} messages of {len(payload)} bytes")
+    assert "output buffer limits" in srv.log()
+    sub.close()
+    client.close()
