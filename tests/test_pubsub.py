@@ -273,3 +273,24 @@ def test_slow_subscriber_is_disconnected_at_the_pubsub_output_limit(server_facto
     assert "output buffer limits" in srv.log()
     sub.close()
     client.close()
+
+
+def test_client_info_and_info_stats_count_subscriptions(pair3: Pair):
+    """CLIENT INFO's flags/sub/psub/ssub, CLIENT LIST TYPE pubsub and INFO's
+    pubsub_channels/pubsub_patterns, as redis-server reports them."""
+    import re
+
+    p = pair3
+    send_both(p, "SUBSCRIBE", "i1", "i2")
+    both_replies(p, 2)
+    send_both(p, "PSUBSCRIBE", "i*")
+    both_replies(p, 1)
+
+    def fields(conn: RawConn, *args) -> list:
+        text = decode(conn.call(*args))[0]
+        return re.findall(rb"(?:flags|sub|psub|ssub|pubsub_channels|pubsub_patterns)[=:]\w+", text)
+
+    for args in (("CLIENT", "INFO"), ("CLIENT", "LIST", "TYPE", "pubsub"), ("INFO", "stats")):
+        assert fields(p.ours, *args) == fields(p.theirs, *args), args
+    p.same("RESET")
+    assert fields(p.ours, "CLIENT", "LIST", "TYPE", "pubsub") == fields(p.theirs, "CLIENT", "LIST", "TYPE", "pubsub")
