@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any, Callable
 
 import msgspec
@@ -101,6 +101,7 @@ class PubSub:
         self.shard_channels: dict[bytes, dict[Client, None]] = {}
         self.peers: list[PeerStream] = []
         self.asks: OrderedDict[int, Ask] = OrderedDict()  # by sequence number, so also by deadline
+        self._asks_waiting = trio.Event()  # set when asks go from none to some: the sweeper wakes
         self._seq = 0
 
     def start(self, nursery: trio.Nursery, peer_paths: list[str]) -> None:
@@ -222,6 +223,8 @@ class PubSub:
         if ask.left == 0:
             ask.complete()
         else:
+            if not self.asks:
+                self._asks_waiting.set()
             self.asks[seq] = ask
         return pending
 
@@ -240,6 +243,9 @@ class PubSub:
     async def _sweep(self) -> None:
         """Reply to asks whose peers were silent past the deadline with what came."""
         while True:
+            if not self.asks:
+                self._asks_waiting = trio.Event()
+                await self._asks_waiting.wait()
             await trio.sleep(SWEEP_INTERVAL_MS / 1000)
             now = time.monotonic()
             asks = self.asks
@@ -308,8 +314,8 @@ class PeerStream:
     def __init__(self, pubsub: PubSub, path: str) -> None:
         self.pubsub = pubsub
         self.path = path
-        self.queue: list[list[Any]] = []
-        self.in_flight: list[int] = []  # sequence numbers sent, not yet answered
+        self.queue: deque[list[Any]] = deque()
+        self.in_flight: deque[int] = deque()  # sequence numbers sent, not yet answered
         self.wake = trio.Event()
         self.down_until = 0.0
 
@@ -327,9 +333,9 @@ class PeerStream:
 
     def _fail_all(self) -> None:
         """The stream broke: every request sent or queued gets no part from this peer."""
-        seqs = self.in_flight + [request[0] for request in self.queue]
-        self.in_flight = []
-        self.queue = []
+        seqs = [*self.in_flight, *(request[0] for request in self.queue)]
+        self.in_flight.clear()
+        self.queue.clear()
         for seq in seqs:
             self.pubsub.answered(seq, None)
 
@@ -364,7 +370,7 @@ class PeerStream:
                 size = 0
                 queue = self.queue
                 while queue and size < MAX_BATCH_BYTES:
-                    request = queue.pop(0)
+                    request = queue.popleft()
                     batch.append(request)
                     size += sum(len(a) for a in request[2:] if isinstance(a, bytes))
                     self.in_flight.append(request[0])
@@ -379,7 +385,7 @@ class PeerStream:
                     raise trio.BrokenResourceError("peer closed the pub/sub stream")
                 for seq, value in _decoder.decode(message):
                     if self.in_flight and self.in_flight[0] == seq:
-                        self.in_flight.pop(0)
+                        self.in_flight.popleft()
                     self.pubsub.answered(seq, value)
         finally:
             scope.cancel()

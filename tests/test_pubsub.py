@@ -116,20 +116,26 @@ def _router_of(conn: RawConn) -> int:
     return (decode(conn.call("CLIENT", "ID"))[0] - 1) % 2  # id = seq * routers + index + 1 (RESP2, not yet subscribed)
 
 
-def test_publish_reaches_every_router_and_shard_port(server_factory):
-    srv = server_factory(shards=2, extra_args=("--routers", "2"))
-    # One subscriber on each router (connect until both took one) and one on each shard port.
+def _one_per_router(port: int) -> tuple[dict[int, RawConn], list[RawConn]]:
+    """Connect until each of the two routers took one connection: (router -> it, the others)."""
     by_router: dict[int, RawConn] = {}
     spare: list[RawConn] = []
     deadline = time.monotonic() + WAIT_S
     while len(by_router) < 2 and time.monotonic() < deadline:
-        conn = RawConn(srv.port)
+        conn = RawConn(port)
         router = _router_of(conn)
         if router in by_router:
             spare.append(conn)
         else:
             by_router[router] = conn
     assert len(by_router) == 2, "both routers must take a connection"
+    return by_router, spare
+
+
+def test_publish_reaches_every_router_and_shard_port(server_factory):
+    srv = server_factory(shards=2, extra_args=("--routers", "2"))
+    # One subscriber on each router and one on each shard port.
+    by_router, spare = _one_per_router(srv.port)
     for conn in by_router.values():
         assert decode(conn.call("SUBSCRIBE", "ch"))[0] == [b"subscribe", b"ch", 1]
     on_shards = [_subscriber(srv.shard_port(i), "ch") for i in range(2)]
@@ -294,3 +300,32 @@ def test_client_info_and_info_stats_count_subscriptions(pair3: Pair):
         assert fields(p.ours, *args) == fields(p.theirs, *args), args
     p.same("RESET")
     assert fields(p.ours, "CLIENT", "LIST", "TYPE", "pubsub") == fields(p.theirs, "CLIENT", "LIST", "TYPE", "pubsub")
+
+
+def test_publish_answers_when_a_peer_is_stopped(server_factory):
+    """A router that does not answer (SIGSTOP) holds a PUBLISH for at most the
+    peer reply bound, and counts as no receivers; once it runs again its
+    subscriber gets the message it missed meanwhile, in order."""
+    import os
+    import signal
+
+    srv = server_factory(shards=1, extra_args=("--routers", "2"))
+    by_router, spare = _one_per_router(srv.port)
+    for conn in by_router.values():
+        conn.call("SUBSCRIBE", "ch")
+    publisher = srv.shard_client(0)
+    stopped = srv.child_pid("router", 1)
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        assert publisher.publish("ch", "while-stopped") == 1
+        print(f"PUBLISH with a stopped peer answered in {(time.monotonic() - started) * 1000:.0f} ms")
+    finally:
+        os.kill(stopped, signal.SIGCONT)
+    assert publisher.publish("ch", "after") == 2
+    for conn in by_router.values():
+        assert decode(conn.read_reply())[0] == [b"message", b"ch", b"while-stopped"]
+        assert decode(conn.read_reply())[0] == [b"message", b"ch", b"after"]
+    publisher.close()
+    for conn in [*by_router.values(), *spare]:
+        conn.close()
