@@ -41,6 +41,7 @@ MAX_PEER_QUEUE_REQUESTS = 64 * 1024  # requests waiting to go to one peer; beyon
 MAX_STREAM_MESSAGE_BYTES = 1024 * 1024 * 1024  # one batch; a message is at most proto-max-bulk-len (512 MB)
 MAX_BATCH_BYTES = 1024 * 1024  # a batch is cut once its payloads reach this
 SWEEP_INTERVAL_MS = 50
+MAX_QUEUED_MESSAGES = 64 * 1024  # a subscriber's messages waiting behind a pending reply
 LENGTH_BYTES = 4
 
 # Requests between peers: [op, args...]; the answer is that process's part.
@@ -103,6 +104,7 @@ class PubSub:
         self.asks: OrderedDict[int, Ask] = OrderedDict()  # by sequence number, so also by deadline
         self._asks_waiting = trio.Event()  # set when asks go from none to some: the sweeper wakes
         self._seq = 0
+        self._overflowed: list[Client] = []  # subscribers to close after the delivery in progress
 
     def start(self, nursery: trio.Nursery, peer_paths: list[str]) -> None:
         self.peers = [PeerStream(self, path) for path in peer_paths]
@@ -175,6 +177,12 @@ class PubSub:
         raise ValueError(f"unknown pub/sub request {op!r}")
 
     def _deliver(self, channel: bytes, message: bytes) -> int:
+        receivers = self._deliver_to_subscribers(channel, message)
+        if self._overflowed:
+            self._close_overflowed()
+        return receivers
+
+    def _deliver_to_subscribers(self, channel: bytes, message: bytes) -> int:
         receivers = 0
         for client in self.channels.get(channel, ()):
             self._send(client, [b"message", channel, message])
@@ -197,12 +205,28 @@ class PubSub:
         for client in self.shard_channels.get(channel, ()):
             self._send(client, [b"smessage", channel, message])
             receivers += 1
+        if self._overflowed:
+            self._close_overflowed()
         return receivers
 
-    @staticmethod
-    def _send(client: Client, items: list) -> None:
+    def _send(self, client: Client, items: list) -> None:
+        """Queue a message behind the client's replies. Messages wait there (not in
+        the output buffer the output limits watch) while an earlier reply is still
+        pending, e.g. a RESP3 subscriber's blocked BLPOP: past MAX_QUEUED_MESSAGES
+        the client is closed, once the delivery in progress is over."""
+        if len(client.replies) >= MAX_QUEUED_MESSAGES:
+            if client not in self._overflowed:
+                logger.warning("router %d: closing subscriber %s: %d messages queued behind a pending reply",
+                               self.front.index, client.addr, len(client.replies))
+                self._overflowed.append(client)
+            return
         client.push(encode(Push(items), client.proto))
         client.reply_ready()
+
+    def _close_overflowed(self) -> None:
+        overflowed, self._overflowed = self._overflowed, []
+        for client in overflowed:
+            client.kill()  # forgets its subscriptions: never while a delivery walks them
 
     # --- asking every process ---------------------------------------------------------
 

@@ -329,3 +329,26 @@ def test_publish_answers_when_a_peer_is_stopped(server_factory):
     publisher.close()
     for conn in [*by_router.values(), *spare]:
         conn.close()
+
+
+def test_messages_behind_a_blocked_reply_are_bounded(server_factory):
+    """A RESP3 subscriber blocked in BLPOP gets its messages after BLPOP's reply;
+    they wait in its reply queue, so past MAX_QUEUED_MESSAGES it is closed."""
+    from durakv.server.pubsub import MAX_QUEUED_MESSAGES
+
+    srv = server_factory(shards=1)
+    sub = RawConn(srv.port, proto=3)
+    sub.call("SUBSCRIBE", "q")
+    sub.send_raw(encode_command(("BLPOP", "nothing", "0")))
+    client = srv.client()
+    deadline = time.monotonic() + WAIT_S
+    while b"cmd=blpop" not in client.execute_command("CLIENT", "LIST") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pipe = client.pipeline(transaction=False)
+    for n in range(MAX_QUEUED_MESSAGES + 10):
+        pipe.publish("q", b"%d" % n)
+    pipe.execute()
+    sub.read_until_closed()  # closed, without BLPOP's reply ever coming
+    assert "messages queued behind a pending reply" in srv.log()
+    assert client.pubsub_numsub("q") == [(b"q", 0)]
+    client.close()
