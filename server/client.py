@@ -20,6 +20,7 @@ from durakv.shards.table import CURSOR, FANOUT, ROUTER, SPLIT_NONE, lookup
 from durakv.shards.slots import key_slot
 
 if TYPE_CHECKING:
+    from durakv.server.pubsub import Subscriptions
     from durakv.server.router_view import RouterView
 
 logger = logging.getLogger("durakv.router")
@@ -41,6 +42,9 @@ IOV_MAX = 1024  # buffers per sendmsg (Linux UIO_MAXIOV)
 ERR_CROSSSLOT = b"-CROSSSLOT Keys in request don't hash to the same slot\r\n"
 ERR_NOAUTH = b"-NOAUTH Authentication required.\r\n"
 MAX_QUEUED_IN_MULTI = 1024 * 1024
+ALLOWED_WHEN_SUBSCRIBED = frozenset({
+    "subscribe", "unsubscribe", "psubscribe", "punsubscribe", "ssubscribe", "sunsubscribe", "ping", "quit", "reset",
+})
 SCRIPT_COMMANDS = frozenset({"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"})
 
 
@@ -55,7 +59,7 @@ class Client:
         "last_cmd_at", "last_cmd", "parser", "replies", "outbuf", "outbuf_bytes", "closing", "closed", "reading",
         "lib_name", "lib_ver", "in_ready_set", "query_limit",
         "multi", "multi_error", "multi_shard", "watch_shards", "blocked_pending", "blocked_shard", "backlog",
-        "soft_limit_since",
+        "soft_limit_since", "pubsub",
     )
 
     def __init__(self, router: RouterView, sock: socket.socket, client_id: int) -> None:
@@ -99,6 +103,7 @@ class Client:
         self.blocked_pending: Pending | None = None
         self.blocked_shard = -1
         self.backlog: deque[list[bytes]] = deque()
+        self.pubsub: Subscriptions | None = None  # server/pubsub.py; None while subscribed to nothing
 
     # --- reading and dispatch -------------------------------------------------
 
@@ -174,6 +179,12 @@ class Client:
         self.last_cmd = cmd.fullname
         if not self.authed and not cmd.no_auth:
             self.push(ERR_NOAUTH)
+            return
+        if self.pubsub is not None and self.proto == 2 and cmd.fullname not in ALLOWED_WHEN_SUBSCRIBED:
+            # RESP2 subscribed mode: the connection carries messages; only these may interleave.
+            self.push(b"-ERR Can't execute '%s': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET "
+                      b"are allowed in this context\r\n" % cmd.fullname.encode())
+            router.stats_rejected += 1
             return
         if router.scripts_in_flight() and "allow_busy" not in cmd.flags:
             # Inside MULTI the router queues the command itself, so it answers BUSY too.
@@ -439,9 +450,10 @@ class Client:
         self._check_output_limits()
 
     def _check_output_limits(self) -> None:
-        """Redis' client-output-buffer-limit for normal clients (default 0 0 0:
-        none; backpressure already bounds what a client can pile up)."""
-        hard, soft, soft_seconds = self.router.settings.normal_output_limits()
+        """Redis' client-output-buffer-limit: for normal clients (default 0 0 0:
+        none; backpressure already bounds what a client can pile up), and for a
+        subscriber (default 32mb 8mb 60: messages are not backpressured)."""
+        hard, soft, soft_seconds = self.router.settings.output_limits("normal" if self.pubsub is None else "pubsub")
         used = self.outbuf_bytes
         over = bool(hard) and used >= hard
         if soft and used >= soft:

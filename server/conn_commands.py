@@ -22,6 +22,8 @@ ERR_WRONGPASS = fixed_error(b"WRONGPASS invalid username-password pair or user i
 def ping(client: Client, argv: list[bytes]):
     if len(argv) > 2:
         raise arity_error(b"ping")
+    if client.pubsub is not None and client.proto == 2:
+        return [b"pong", argv[1] if len(argv) == 2 else b""]  # RESP2 subscribed mode: a message-shaped reply
     return PONG if len(argv) == 1 else argv[1]
 
 
@@ -132,10 +134,8 @@ def reset(client: Client, argv: list[bytes]):
     client.name = b""
     client.authed = not client.router.settings.requirepass
     client.parser.authed = client.authed
-    client.multi = None
-    client.multi_error = False
-    client.multi_shard = None
-    client.unwatch_all()
+    if client.pubsub is not None:
+        client.router.pubsub.forget(client)
     return Simple(b"RESET")
 
 
@@ -192,10 +192,13 @@ def client_info_line(client: Client, now: float, current: list[bytes] | None = N
     """One CLIENT LIST line; `current` is the running command of the caller."""
     qbuf = client.parser.buffered_bytes() + (request_bytes(current) if current is not None else 0)
     multi = len(client.multi) if client.multi is not None else -1
+    subs = client.pubsub
+    sub, psub, ssub = (0, 0, 0) if subs is None else (len(subs.channels), len(subs.patterns), len(subs.shard_channels))
+    flags = "N" if subs is None else "P"
     return (
         f"id={client.id} addr={client.addr} laddr={client.laddr} fd={client.fd} "
         f"name={client.name.decode(errors='replace')} age={int(now - client.created)} "
-        f"idle={int(now - client.last_cmd_at)} flags=N db=0 sub=0 psub=0 ssub=0 multi={multi} "
+        f"idle={int(now - client.last_cmd_at)} flags={flags} db=0 sub={sub} psub={psub} ssub={ssub} multi={multi} "
         f"qbuf={qbuf} qbuf-free=0 argv-mem=0 multi-mem=0 rbs=65536 rbp=0 "
         f"obl=0 oll={len(client.replies)} omem={client.outbuf_bytes} tot-mem=0 events=r "
         f"cmd={client.last_cmd} user=default redir=-1 resp={client.proto} "
@@ -220,7 +223,11 @@ def client_list(client: Client, argv: list[bytes]):
             kind = argv[3].lower()
             if kind not in CLIENT_TYPES:
                 raise ReplyError(b"ERR Unknown client type '%s'" % argv[3])
-            if kind != b"normal":
+            if kind == b"pubsub":
+                clients = [c for c in clients if c.pubsub is not None]
+            elif kind == b"normal":
+                clients = [c for c in clients if c.pubsub is None]
+            else:
                 clients = []
         elif opt == b"ID" and len(argv) >= 4:
             wanted = set()

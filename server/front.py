@@ -18,6 +18,7 @@ import trio
 
 from durakv.server.client import Client, ClientPoller
 from durakv.server.links import LOST, Pending
+from durakv.server.pubsub import PubSub
 from durakv.server.settings import Settings
 from durakv.shards.config import Config
 from durakv.shards.frames import PROTO_INTERNAL, VERB_UNBLOCK, VERB_UNWATCH, internal_reply_decoder
@@ -131,6 +132,7 @@ class Front:
         self.port = config.port
         self.nursery: trio.Nursery | None = None
         self.poller = ClientPoller()
+        self.pubsub = PubSub(self)
 
     def new_client_id(self) -> int:
         raise NotImplementedError
@@ -292,6 +294,8 @@ class Front:
     def forget(self, client: Client) -> None:
         self.clients.pop(client.id, None)
         client.unwatch_all()
+        if client.pubsub is not None:
+            self.pubsub.forget(client)
         if client.blocked_pending is not None:
             self.links[client.blocked_shard].submit(
                 None, PROTO_INTERNAL, [VERB_UNBLOCK, b"%d" % client.id, b"drop"],

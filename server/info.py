@@ -222,8 +222,8 @@ def _stats(router, infos, version):
         "evicted_keys:0",
         f"keyspace_hits:{sum(i['keyspace_hits'] for i in infos)}",
         f"keyspace_misses:{sum(i['keyspace_misses'] for i in infos)}",
-        "pubsub_channels:0",
-        "pubsub_patterns:0",
+        f"pubsub_channels:{len(router.pubsub.channels)}",  # this process's, as CLIENT LIST's clients
+        f"pubsub_patterns:{len(router.pubsub.patterns)}",
         f"total_error_replies:{router.stats_rejected + sum(_failed_calls(i) for i in infos)}",
         "unexpected_error_replies:0",
         f"total_protocol_errors:{router.stats_protocol_errors}",

@@ -25,7 +25,7 @@ import trio
 from durakv.log.layout import shard_socket_path
 from durakv.shards.framelink import FrameReceiver, Large, Outbox, send_batch, tune_socket
 from durakv.shards.frames import (
-    LARGE_BYTES, RequestTuple, large_reply_decoder, large_request, reply_batch_decoder,
+    EVENTS_RID, LARGE_BYTES, RequestTuple, events_decoder, large_reply_decoder, large_request, reply_batch_decoder,
 )
 from durakv.shards.unixsock import connect_unix, peer_allowed
 
@@ -210,6 +210,9 @@ class ShardLink:
         for item in items:
             if type(item) is bytes:
                 for rid, reply in reply_batch_decoder.decode(item):
+                    if rid == EVENTS_RID:
+                        router.pubsub.keyspace_events(events_decoder.decode(reply))
+                        continue
                     pending = in_flight.pop(rid)
                     if scripts:
                         scripts.pop(rid, None)
@@ -224,6 +227,9 @@ class ShardLink:
             else:
                 assert type(item) is Large, f"frame receiver handed over a {type(item).__name__}"
                 rid = large_reply_decoder.decode(item.head)
+                if rid == EVENTS_RID:
+                    router.pubsub.keyspace_events(events_decoder.decode(item.blobs[0]))
+                    continue
                 if scripts:
                     scripts.pop(rid, None)
                 in_flight.pop(rid).fill(item.blobs[0])

@@ -34,7 +34,7 @@ from durakv.shards.frames import INTERNAL_PREFIX, PROTO_INTERNAL, VERB_CONFIG, R
 from durakv.shards.resp import ReplyError, encode_error
 from durakv.shards.process import ClientPort
 from durakv.shards.shard import Shard
-from durakv.shards.shard_settings import SHARD_DEFAULTS
+from durakv.shards.shard_settings import SHARD_PARAMS
 from durakv.shards.slots import key_slot, slot_owner_table
 from durakv.shards.table import Command, Merge, lookup
 
@@ -151,11 +151,12 @@ class ShardNode(Front):
         self.router_node_id = topology["node_id"]
         self.settings_sync = SettingsSync(self, node=True, on_change=self._shard_settings_changed)
         self.slowlog = shard.slowlog  # one log per process: the shard's commands and the node's
+        shard.event_sinks.append(self.pubsub.keyspace_events)
         self.port = shard_port(config, shard.index)
 
     def _shard_settings_changed(self, changes: dict[str, str]) -> None:
         for name, value in changes.items():
-            if name in SHARD_DEFAULTS:
+            if name in SHARD_PARAMS:
                 internal.set_config(self.shard, [VERB_CONFIG, name.encode(), value.encode()])
 
     def new_client_id(self) -> int:
@@ -232,6 +233,7 @@ class ShardNode(Front):
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             await nursery.start(self.settings_sync.serve)
+            self.pubsub.start(nursery, self.settings_sync.peer_paths)
             nursery.start_soon(self._flusher)
             nursery.start_soon(self.poller.run)
             nursery.start_soon(self.local.run)

@@ -20,7 +20,7 @@ from durakv.server.topology import ensure_topology, shard_node_ids
 from durakv.shards import failure, sdnotify
 from durakv.shards.config import Config
 from durakv.shards.frames import PROTO_INTERNAL, VERB_CONFIG
-from durakv.shards.shard_settings import SHARD_DEFAULTS
+from durakv.shards.shard_settings import SHARD_DEFAULTS, SHARD_TEXT_DEFAULTS
 from durakv.shards.slots import slot_owner_table
 from durakv.shards.slowlog import SlowLog
 
@@ -76,7 +76,7 @@ class Router(Front):
         """A shard that (re)started has the defaults: give it the shard parameters
         CONFIG SET changed, ahead of any client request on the new link."""
         settings = self.settings.values
-        for name, default in SHARD_DEFAULTS.items():
+        for name, default in [*SHARD_DEFAULTS.items(), *SHARD_TEXT_DEFAULTS.items()]:
             if settings[name] != str(default):
                 link.submit(None, PROTO_INTERNAL, [VERB_CONFIG, name.encode(), settings[name].encode()],
                             Pending(None, on_fill=_ignore_reply))
@@ -91,6 +91,7 @@ class Router(Front):
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             await nursery.start(self.settings_sync.serve)
+            self.pubsub.start(nursery, self.settings_sync.peer_paths)
             maxclients = adjust_open_files_limit(self.settings.maxclients, len(self.links))
             self.settings.values["maxclients"] = str(maxclients)
             nursery.start_soon(self._flusher)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from durakv.server.client import Client, ClientPoller
     from durakv.server.links import Pending, ShardLink
+    from durakv.server.pubsub import PubSub
     from durakv.server.settings import Settings
     from durakv.server.settings_sync import SettingsSync
     from durakv.shards.config import Config
@@ -74,6 +75,11 @@ class RouterView(Protocol):
 
     @property
     def poller(self) -> ClientPoller: ...
+
+    @property
+    def pubsub(self) -> PubSub:
+        """This process's subscribers and its pub/sub streams to its peers."""
+        ...
 
     # --- counters for INFO (clients and CONFIG RESETSTAT write them) --------------
     stats_commands: int

@@ -17,7 +17,7 @@ from durakv.shards.frames import VERB_INFO, VERB_RESETSTAT
 from durakv.shards.internal import INFO_KEYSPACE
 from durakv.shards.numbers import strtod
 from durakv.shards.resp import Map, ReplyError, SetReply, Simple, Verbatim, encode, encode_error
-from durakv.shards.shard_settings import SHARD_DEFAULTS
+from durakv.shards.shard_settings import SHARD_PARAMS
 from durakv.shards.slots import key_slot
 from durakv.shards.table import (
     MULTI_REFUSED, ROUTER, TABLE, Command, KeySpec, command, container, find, find_fullname,
@@ -268,7 +268,7 @@ def config_set(client: Client, argv: list[bytes]):
                                                b"number of clients, try with %d" % fits)
     router.settings.apply(changes)
     # The reply waits until every router and shard has the change (server/settings_sync.py).
-    shard_changes = [(name, value) for name, value in changes if name in SHARD_DEFAULTS]
+    shard_changes = [(name, value) for name, value in changes if name in SHARD_PARAMS]
     return router.settings_sync.propagate(client, changes, shard_changes)
 
 

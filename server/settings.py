@@ -20,6 +20,7 @@ from durakv.shards.config import Config
 from durakv.shards.glob import glob_match
 from durakv.shards.numbers import INT_MAX, INT_MIN, LLONG_MAX, LLONG_MIN, UINT_MAX, ULLONG_MAX, parse_ll
 from durakv.shards.resp import ReplyError
+from durakv.shards.notify import flags_text, parse_flags
 from durakv.shards.shard_settings import SHARD_DEFAULTS
 
 logger = logging.getLogger("durakv.router")
@@ -214,27 +215,10 @@ def _parse_output_limits(current: str, value: str) -> tuple[str | None, bytes]:
     return " ".join(" ".join([k] + limits[k]) for k in _LIMIT_ORDER), b""
 
 
-_EVENT_FLAGS = {"g": 1, "$": 2, "l": 4, "s": 8, "h": 16, "z": 32, "x": 64, "e": 128, "t": 256,
-                "d": 512, "n": 1024, "K": 2048, "E": 4096, "m": 8192}
-_EVENTS_ALL = 1 | 2 | 4 | 8 | 16 | 32 | 64 | 128 | 256 | 512
-_EVENT_CLASS_ORDER = "g$lshzxetdn"
-
-
 def _parse_keyspace_events(value: str) -> str | None:
     """notify-keyspace-events: class characters, normalised as Redis prints them."""
-    flags = 0
-    for ch in value:
-        if ch == "A":
-            flags |= _EVENTS_ALL
-        elif ch in _EVENT_FLAGS:
-            flags |= _EVENT_FLAGS[ch]
-        else:
-            return None
-    if flags & _EVENTS_ALL == _EVENTS_ALL:
-        out = "A"
-    else:
-        out = "".join(ch for ch in _EVENT_CLASS_ORDER if flags & _EVENT_FLAGS[ch])
-    return out + "".join(ch for ch in "KEm" if flags & _EVENT_FLAGS[ch])
+    flags = parse_flags(value)
+    return None if flags is None else flags_text(flags)
 
 
 class Settings:
@@ -247,7 +231,7 @@ class Settings:
                 self.lookup[alias] = param
         self.values: dict[str, str] = {name: param.default for name, param in self.params.items()}
         self._limits_text: str | None = None
-        self._normal_limits = (0, 0, 0)
+        self._class_limits: dict[str, tuple[int, int, int]] = {}
         # Called after every change applied, for what caches a value (the SLOWLOG threshold).
         self.on_apply: Callable[[], None] | None = None
 
@@ -255,16 +239,17 @@ class Settings:
     def maxclients(self) -> int:
         return int(self.values["maxclients"])
 
-    def normal_output_limits(self) -> tuple[int, int, int]:
-        """client-output-buffer-limit for normal clients: (hard bytes, soft bytes,
-        soft seconds), 0 meaning no limit; parsed once per value."""
+    def output_limits(self, client_class: str) -> tuple[int, int, int]:
+        """client-output-buffer-limit for a class ("normal", "pubsub"): (hard bytes,
+        soft bytes, soft seconds), 0 meaning no limit; parsed once per value."""
         text = self.values["client-output-buffer-limit"]
         if text is not self._limits_text:
             words = text.split()
-            at = words.index("normal")
-            self._normal_limits = (int(words[at + 1]), int(words[at + 2]), int(words[at + 3]))
+            self._class_limits = {}
+            for at in range(0, len(words) - 3, 4):
+                self._class_limits[words[at]] = (int(words[at + 1]), int(words[at + 2]), int(words[at + 3]))
             self._limits_text = text
-        return self._normal_limits
+        return self._class_limits[client_class]
 
     @property
     def requirepass(self) -> str:

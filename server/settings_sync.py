@@ -41,6 +41,7 @@ from durakv.log.layout import ensure_run_dir, node_socket_path, router_socket_pa
 from durakv.log.disk import OS_DISK
 from durakv.log.durable_file import replace_file
 from durakv.server.links import Pending
+from durakv.server.pubsub import MAX_STREAM_MESSAGE_BYTES, STREAM_HELLO, MessageReader
 from durakv.shards.frames import PROTO_INTERNAL, VERB_CONFIG
 from durakv.shards.unixsock import bind_unix, peer_allowed, reachable_path
 
@@ -183,21 +184,30 @@ class SettingsSync:
         async with stream:
             if not peer_allowed(stream.socket, f"router {self.router.index} control socket"):
                 return
+            reader = MessageReader(stream, MAX_MESSAGE_BYTES)
             try:
                 with trio.fail_after(PEER_ACK_TIMEOUT_MS / 1000):
-                    message = await _receive_message(stream)
+                    message = await reader.receive()
                     if message is None:
                         return
-                    doc = json.loads(message)
-                    if doc.get("reload"):
-                        # The file holds every change so far in lock order: never older than the notice.
-                        changes = load_runtime_changes(self.data_dir)
-                    else:  # the sender could not record it: the notice is all there is
-                        changes = {str(name): str(value) for name, value in doc["changes"]}
-                    self._apply(changes)
-                    await _send_message(stream, ACK)
+                    if message != STREAM_HELLO:
+                        await self._settings_notice(stream, message)
+                        return
+                # A peer's pub/sub stream (server/pubsub.py): it lasts as long as the peer keeps it.
+                reader.limit_bytes = MAX_STREAM_MESSAGE_BYTES
+                await self.router.pubsub.serve_peer(stream, reader)
             except (trio.TooSlowError, trio.BrokenResourceError, ValueError, KeyError, TypeError) as e:
                 logger.warning("router %d: bad control message: %s", self.router.index, e)
+
+    async def _settings_notice(self, stream: trio.SocketStream, message: bytes) -> None:
+        doc = json.loads(message)
+        if doc.get("reload"):
+            # The file holds every change so far in lock order: never older than the notice.
+            changes = load_runtime_changes(self.data_dir)
+        else:  # the sender could not record it: the notice is all there is
+            changes = {str(name): str(value) for name, value in doc["changes"]}
+        self._apply(changes)
+        await _send_message(stream, ACK)
 
     def propagate(self, client, changes: list[tuple[str, str]], shard_changes: list[tuple[str, str]]) -> Pending:
         """Make changes already applied here take effect everywhere, one CONFIG SET

@@ -67,6 +67,16 @@ RequestTuple: TypeAlias = tuple[int, int, int, list[bytes]]
 Reply: TypeAlias = tuple[int, bytes]
 
 
+# A "reply" with this rid carries keyspace notifications (shards/notify.py), not
+# the answer to a request: msgpack of [[channel, message], ...]. Requests start at 1.
+EVENTS_RID = 0
+events_decoder = msgspec.msgpack.Decoder(list[tuple[bytes, bytes]])
+
+
+def encode_events(events: list[tuple[bytes, bytes]]) -> bytes:
+    return _internal_encoder.encode(events)
+
+
 request_batch_decoder = msgspec.msgpack.Decoder(list[Request])
 reply_batch_decoder = msgspec.msgpack.Decoder(list[Reply])
 large_head_decoder = msgspec.msgpack.Decoder(tuple[list[int], msgspec.Raw])

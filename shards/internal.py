@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 
+from durakv.shards.notify import parse_flags
 from durakv.shards.frames import (
     VERB_CONFIG, VERB_COUNTKEYSINSLOT, VERB_GETKEYSINSLOT, VERB_INFO, VERB_RESETSTAT, VERB_SLOWLOG, VERB_UNBLOCK,
     VERB_UNWATCH,
@@ -80,6 +81,11 @@ def reset_stats(shard, argv: list[bytes]) -> bool:
 
 def set_config(shard, argv: list[bytes]) -> bool:
     name = argv[1].decode()
+    if name == "notify-keyspace-events":
+        flags = parse_flags(argv[2].decode())
+        assert flags is not None, "the router validated notify-keyspace-events"
+        shard.db.notify_flags = flags
+        return True
     assert name in shard.settings, f"router forwarded a non-shard parameter {name}"
     shard.settings[name] = int(argv[2])
     if name.startswith("slowlog-"):

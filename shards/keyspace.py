@@ -22,7 +22,11 @@ import random
 import time
 from typing import Callable
 
+from durakv.shards import notify
+from durakv.shards.notify import event_messages
 from durakv.shards.slots import key_slot
+
+NOTIFY_TARGETS = notify.KEYSPACE | notify.KEYEVENT
 
 ACTIVE_EXPIRE_KEYS_PER_CYCLE = 200
 EXPIRE_HEAP_SLACK = 1024
@@ -41,7 +45,7 @@ class Keyspace:
     __slots__ = (
         "data", "expires", "slot_keys", "slot_counts", "_heap", "effects", "on_modified", "on_flush", "replaying",
         "stat_expired_keys", "stat_keyspace_hits", "stat_keyspace_misses",
-        "lazy_expire_disabled", "frozen_ms", "count_reads", "scripting",
+        "lazy_expire_disabled", "frozen_ms", "count_reads", "scripting", "notify_flags", "events",
     )
 
     def __init__(self) -> None:
@@ -64,6 +68,10 @@ class Keyspace:
         self.count_reads = False  # set while a read-only command runs: keyspace hits/misses
         # The Lua state of scripts and functions (shards/luaenv.py), made on first use.
         self.scripting: object | None = None
+        # notify-keyspace-events (shards/notify.py), and the (channel, message) pairs
+        # generated since the shard last handed them out.
+        self.notify_flags = 0
+        self.events: list[tuple[bytes, bytes]] = []
 
     # --- time ---------------------------------------------------------------
 
@@ -83,6 +91,13 @@ class Keyspace:
         if hook is not None:
             for key in keys:
                 hook(key)
+
+    def notify(self, event_class: int, event: bytes, key: bytes) -> None:
+        """Redis' notifyKeyspaceEvent: queue the event's messages if its class is
+        enabled (never while replaying: the log's effects are not events)."""
+        flags = self.notify_flags
+        if flags & event_class and flags & NOTIFY_TARGETS and not self.replaying:
+            self.events.extend(event_messages(flags, event, key))
 
     def modified(self, *keys: bytes) -> None:
         """Signal a change that is already covered by another effect."""
@@ -117,6 +132,7 @@ class Keyspace:
         self._remove(key)
         self.stat_expired_keys += 1
         self.effect([b"DEL", key], key)
+        self.notify(notify.EXPIRED, b"expired", key)
 
     # --- mutation -----------------------------------------------------------
 
@@ -129,6 +145,8 @@ class Keyspace:
             data[key] = value
             return
         data[key] = value
+        if self.notify_flags:
+            self.notify(notify.NEW, b"new", key)
         slot = key_slot(key)
         members = self.slot_keys.get(slot)
         if members is None:

@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections import deque
-from typing import Protocol
+from typing import Callable, Protocol
 
 import trio
 
@@ -78,6 +78,8 @@ class Shard(GroupCommit):
         self.dir = shard_dir(config.data_dir, index)
         self.db = Keyspace()
         self.ctx = Ctx(self.db, self)
+        # Who hears this shard's keyspace notifications: each router connection, its node.
+        self.event_sinks: list[Callable[[list[tuple[bytes, bytes]]], None]] = []
         self.settings = dict(SHARD_DEFAULTS)
         # Shards take slowlog id slots 0..S-1, routers S..S+R-1 (shards/slowlog.py).
         self.slowlog = SlowLog(index, config.shards + config.routers)
@@ -203,9 +205,21 @@ class Shard(GroupCommit):
         db.frozen_ms = 0
         self.total_commands += len(requests)
         self.append_effects()
+        self.hand_out_events()
         if held_out:
             self.held.hold_many(next_seq, conn, held_out)
         return now_out
+
+    def hand_out_events(self) -> None:
+        """Give the keyspace notifications generated since the last call to every
+        router connection and this shard's node (shards/notify.py). They leave at
+        once, as Redis publishes them before the command's reply; a subscriber may
+        thus hear of a write a crash then loses with its unacknowledged reply."""
+        events = self.db.events
+        if events:
+            self.db.events = []
+            for sink in self.event_sinks:
+                sink(events)
 
     def _execute(self, argv: list[bytes], cid: int, proto: int, next_seq: int,
                  hold_writes: bool) -> tuple[bytes, int]:
@@ -396,3 +410,4 @@ class Shard(GroupCommit):
             await trio.sleep(period_s)
             if self.db.expires and self.write_error is None and self.db.active_expire():
                 self.append_effects()
+                self.hand_out_events()

@@ -18,3 +18,9 @@ SHARD_DEFAULTS: dict[str, int] = {
     "slowlog-log-slower-than": 10000,
     "slowlog-max-len": 128,
 }
+# Text parameters the shard needs too: which keyspace notifications its commands
+# generate (shards/notify.py; "" none).
+SHARD_TEXT_DEFAULTS: dict[str, str] = {
+    "notify-keyspace-events": "",
+}
+SHARD_PARAMS = frozenset(SHARD_DEFAULTS) | frozenset(SHARD_TEXT_DEFAULTS)

@@ -25,6 +25,7 @@ from itertools import chain, islice
 
 from sortedcontainers import SortedList
 
+from durakv.shards import notify
 from durakv.shards.args import ERR_NOT_FLOAT, ERR_NOT_INT, ERR_OVERFLOW, ERR_SYNTAX, ERR_WRONGTYPE, int_arg
 from durakv.shards.numbers import (
     LLONG_MAX, LLONG_MIN, format_long_double, parse_ll, parse_long_double, round_long_double,
@@ -153,6 +154,7 @@ def _hset(ctx: Ctx, argv: list[bytes], name: bytes) -> int:
         created += set_field(argv[i], argv[i + 1], max_entries, max_value)
     _store_if_new(ctx, key, h)
     ctx.db.effect(argv if name == b"hset" else [b"HSET", *argv[1:]], key)
+    ctx.db.notify(notify.HASH, b"hset", key)
     return created
 
 
@@ -177,6 +179,7 @@ def hsetnx(ctx: Ctx, argv: list[bytes]):
     h.set_field(field, value, *_limits(ctx))
     _store_if_new(ctx, key, h)
     ctx.db.effect([b"HSET", key, field, value], key)
+    ctx.db.notify(notify.HASH, b"hset", key)
     return 1
 
 
@@ -194,6 +197,9 @@ def hdel(ctx: Ctx, argv: list[bytes]):
     if not h:
         db.delete(key)
     db.effect([b"HDEL", key, *deleted], key)
+    db.notify(notify.HASH, b"hdel", key)
+    if not h:
+        db.notify(notify.GENERIC, b"del", key)
     return len(deleted)
 
 
@@ -217,6 +223,7 @@ def hincrby(ctx: Ctx, argv: list[bytes]):
     if result > LLONG_MAX or result < LLONG_MIN:
         raise ERR_OVERFLOW
     _set_result(ctx, key, h, field, b"%d" % result)
+    ctx.db.notify(notify.HASH, b"hincrby", key)
     return result
 
 
@@ -242,6 +249,7 @@ def hincrbyfloat(ctx: Ctx, argv: list[bytes]):
         raise ERR_INCR_NAN_OR_INF
     encoded = format_long_double(result)
     _set_result(ctx, key, h, field, encoded)
+    ctx.db.notify(notify.HASH, b"hincrbyfloat", key)
     return encoded
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import re
 
+from durakv.shards import notify
 from durakv.shards.args import ERR_NO_SUCH_KEY, ERR_SYNTAX, int_arg, int_range_arg
 from durakv.shards.numbers import INT_MAX, INT_MIN, LLONG_MAX, parse_ll
 from durakv.shards.context import Ctx
@@ -43,6 +44,7 @@ def _delete_keys(ctx: Ctx, argv: list[bytes]) -> int:
         if db.get(key) is not None:
             db.delete(key)
             deleted.append(key)
+            db.notify(notify.GENERIC, b"del", key)
     if deleted:
         db.effect([b"DEL", *deleted], *deleted)
     return len(deleted)
@@ -129,9 +131,11 @@ def _expire_generic(ctx: Ctx, argv: list[bytes], relative: bool, unit_ms: int, n
     if when <= db.now() and not db.replaying:
         db.delete(key)
         db.effect([b"DEL", key], key)
+        db.notify(notify.GENERIC, b"del", key)
         return 1
     db.set_expire(key, when)
     db.effect([b"PEXPIREAT", key, b"%d" % when], key)
+    db.notify(notify.GENERIC, b"expire", key)
     return 1
 
 
@@ -202,6 +206,7 @@ def persist(ctx: Ctx, argv: list[bytes]):
     if db.get(key) is None or not db.persist(key):
         return 0
     db.effect(argv, key)
+    db.notify(notify.GENERIC, b"persist", key)
     return 1
 
 
@@ -226,6 +231,8 @@ def _rename(ctx: Ctx, argv: list[bytes], nx: bool):
     if when is not None:
         db.set_expire(dst, when)
     db.effect([b"RENAME", src, dst], src, dst)
+    db.notify(notify.GENERIC, b"rename_from", src)
+    db.notify(notify.GENERIC, b"rename_to", dst)
     return 1 if nx else OK
 
 
@@ -281,6 +288,7 @@ def copy_(ctx: Ctx, argv: list[bytes]):
     if when is not None:
         db.set_expire(dst, when)
     db.effect([b"COPY", src, dst, b"REPLACE"], dst)
+    db.notify(notify.GENERIC, b"copy_to", dst)
     return 1
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import deque
 from itertools import islice
 
+from durakv.shards import notify
 from durakv.shards.args import (
     ERR_INDEX, ERR_NOT_INT, ERR_NO_SUCH_KEY, ERR_SYNTAX, ERR_WRONGTYPE, parse_numkeys_side_count,
 )
@@ -110,6 +111,9 @@ def list_pop(ctx: Ctx, key: bytes, where: int, count: int) -> list[bytes] | None
     if not lst:
         db.delete(key)
     db.effect([_POP_NAMES[where], key, b"%d" % n], key)
+    db.notify(notify.LIST, _POP_NAMES[where].lower(), key)
+    if not lst:
+        db.notify(notify.GENERIC, b"del", key)
     return popped
 
 
@@ -143,6 +147,10 @@ def list_move(ctx: Ctx, src: bytes, dst: bytes, wherefrom: int, whereto: int) ->
     if not source:
         db.delete(src)
     db.effect([b"LMOVE", src, dst, _SIDE_NAMES[wherefrom], _SIDE_NAMES[whereto]], src, dst)
+    db.notify(notify.LIST, _PUSH_NAMES[whereto].lower(), dst)
+    db.notify(notify.LIST, _POP_NAMES[wherefrom].lower(), src)
+    if not source:
+        db.notify(notify.GENERIC, b"del", src)
     return value
 
 
@@ -170,6 +178,7 @@ def _push(ctx: Ctx, argv: list[bytes], where: int, only_existing: bool) -> int:
     else:
         lst.extend(elements)
     db.effect(argv if not only_existing else [_PUSH_NAMES[where], key, *elements], key)
+    db.notify(notify.LIST, _PUSH_NAMES[where].lower(), key)
     return len(lst)
 
 
@@ -375,6 +384,7 @@ def lset(ctx: Ctx, argv: list[bytes]):
         raise ERR_INDEX
     lst[index] = argv[3]
     db.effect([b"LSET", key, argv[2], argv[3]], key)
+    db.notify(notify.LIST, b"lset", key)
     return OK
 
 
@@ -413,6 +423,9 @@ def ltrim(ctx: Ctx, argv: list[bytes]):
     else:
         db.put(key, ListValue(islice(lst, left, size - right)), keep_ttl=True)
     db.effect([b"LTRIM", key, argv[2], argv[3]], key)
+    db.notify(notify.LIST, b"ltrim", key)
+    if key not in db.data:
+        db.notify(notify.GENERIC, b"del", key)
     return OK
 
 
@@ -443,6 +456,9 @@ def lrem(ctx: Ctx, argv: list[bytes]):
     if not lst:
         db.delete(key)
     db.effect([b"LREM", key, argv[2], element], key)
+    db.notify(notify.LIST, b"lrem", key)
+    if key not in db.data:
+        db.notify(notify.GENERIC, b"del", key)
     return removed
 
 
@@ -467,4 +483,5 @@ def linsert(ctx: Ctx, argv: list[bytes]):
         return -1
     lst.insert(index + 1 if after else index, element)
     db.effect([b"LINSERT", key, b"AFTER" if after else b"BEFORE", pivot, element], key)
+    db.notify(notify.LIST, b"linsert", key)
     return len(lst)

@@ -18,6 +18,7 @@ from typing import Iterable
 
 from sortedcontainers import SortedList
 
+from durakv.shards import notify
 from durakv.shards.args import ERR_NUMKEYS, ERR_SYNTAX, ERR_WRONGTYPE, int_arg, int_range_arg
 from durakv.shards.numbers import LONG_MAX, parse_ll
 from durakv.shards.context import Ctx
@@ -240,6 +241,7 @@ def sadd(ctx: Ctx, argv: list[bytes]):
     added = add_members(s, argv[2:], intset_max(ctx))
     if added:
         db.effect(argv, key)
+        db.notify(notify.SET, b"sadd", key)
     return added
 
 
@@ -261,6 +263,9 @@ def srem(ctx: Ctx, argv: list[bytes]):
         if not s:
             db.delete(key)
         db.effect(argv, key)
+        db.notify(notify.SET, b"srem", key)
+        if not s:
+            db.notify(notify.GENERIC, b"del", key)
     return removed
 
 

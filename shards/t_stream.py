@@ -29,6 +29,7 @@ from typing import cast
 
 from sortedcontainers import SortedDict
 
+from durakv.shards import notify
 from durakv.shards.args import ERR_NO_SUCH_KEY, ERR_SYNTAX, ERR_WRONGTYPE, int_arg
 from durakv.shards.blocking import Block
 from durakv.shards.context import Ctx
@@ -519,6 +520,7 @@ def _trim(ctx: Ctx, key: bytes, s: StreamValue, args: TrimArgs) -> int:
             ctx.db.effect([b"XTRIM", key, b"MINID", b"=", format_id(s.first_id())], key)
         else:
             ctx.db.effect([b"XTRIM", key, b"MAXLEN", b"=", b"0"], key)
+        ctx.db.notify(notify.STREAM, b"xtrim", key)
     return deleted
 
 
@@ -568,6 +570,7 @@ def xadd(ctx: Ctx, argv: list[bytes]):
     s.entries_added += 1
     reply = format_id(sid)
     db.effect([b"XADD", key, reply, *fields], key)
+    db.notify(notify.STREAM, b"xadd", key)
     if args.strategy is not None:
         _trim(ctx, key, s, args)
     return reply
@@ -600,6 +603,7 @@ def xdel(ctx: Ctx, argv: list[bytes]):
             deleted.append(format_id(sid))
     if deleted:
         ctx.db.effect([b"XDEL", key, *deleted], key)
+        ctx.db.notify(notify.STREAM, b"xdel", key)
     return len(deleted)
 
 
@@ -639,6 +643,7 @@ def xsetid(ctx: Ctx, argv: list[bytes]):
     if max_xdel != ZERO_ID:
         s.max_deleted_id = max_xdel
     ctx.db.effect(argv, key)
+    ctx.db.notify(notify.STREAM, b"xsetid", key)
     return OK
 
 
@@ -834,6 +839,7 @@ def _lookup_consumer(ctx: Ctx, key: bytes, group: Group, name: bytes, create: bo
             return None
         consumer = group.consumers[name] = Consumer(name, now)
         ctx.db.effect([b"XGROUP", b"CREATECONSUMER", key, group.name, name], key)
+        ctx.db.notify(notify.STREAM, b"xgroup-createconsumer", key)
     else:
         consumer.seen_time_ms = now
     return consumer
@@ -1051,6 +1057,7 @@ def xgroup_create(ctx: Ctx, argv: list[bytes]):
     s.groups[name] = Group(name, sid, entries_read)
     ctx.db.effect([b"XGROUP", b"CREATE", key, name, format_id(sid), b"MKSTREAM",
                    b"ENTRIESREAD", b"%d" % entries_read], key)
+    ctx.db.notify(notify.STREAM, b"xgroup-create", key)
     return OK
 
 
@@ -1069,6 +1076,7 @@ def xgroup_setid(ctx: Ctx, argv: list[bytes]):
     group.last_id = sid
     group.entries_read = entries_read
     _log_group_position(ctx, argv[2], group)
+    ctx.db.notify(notify.STREAM, b"xgroup-setid", argv[2])
     return OK
 
 
@@ -1080,6 +1088,7 @@ def xgroup_destroy(ctx: Ctx, argv: list[bytes]):
         return 0
     del s.groups[argv[3]]
     ctx.db.effect(argv, argv[2])
+    ctx.db.notify(notify.STREAM, b"xgroup-destroy", argv[2])
     return 1
 
 
@@ -1104,6 +1113,7 @@ def xgroup_delconsumer(ctx: Ctx, argv: list[bytes]):
     for sid in consumer.pel:
         del group.pel[sid]
     ctx.db.effect(argv, argv[2])
+    ctx.db.notify(notify.STREAM, b"xgroup-delconsumer", argv[2])
     return len(consumer.pel)
 
 

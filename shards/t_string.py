@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from array import array
 
+from durakv.shards import notify
 from durakv.shards.args import (
     ERR_NOT_FLOAT, ERR_NOT_INT, ERR_OFFSET, ERR_OVERFLOW, ERR_SYNTAX, ERR_TOO_BIG, ERR_WRONGTYPE,
     MAX_STRING_BYTES, int_arg,
@@ -117,6 +118,7 @@ def set_(ctx: Ctx, argv: list[bytes]):
         db = ctx.db
         db.put(key, value)
         db.effect(argv, key)
+        db.notify(notify.STRING, b"set", key)
         return OK
     flags, unit, expire_arg = parse_string_options(argv, True)
     when = expire_at_ms(ctx, expire_arg, unit, b"set") if expire_arg is not None else None
@@ -134,10 +136,14 @@ def set_(ctx: Ctx, argv: list[bytes]):
     if when is not None:
         db.set_expire(key, when)
         db.effect([b"SET", key, value, b"PXAT", b"%d" % when], key)
+        db.notify(notify.STRING, b"set", key)
+        db.notify(notify.GENERIC, b"expire", key)
     elif keep:
         db.effect([b"SET", key, value, b"KEEPTTL"], key)
+        db.notify(notify.STRING, b"set", key)
     else:
         db.effect([b"SET", key, value], key)
+        db.notify(notify.STRING, b"set", key)
     return reply
 
 
@@ -150,6 +156,7 @@ def setnx(ctx: Ctx, argv: list[bytes]):
         return 0
     db.put(key, argv[2])
     db.effect([b"SET", key, argv[2]], key)
+    db.notify(notify.STRING, b"set", key)
     return 1
 
 
@@ -160,6 +167,8 @@ def _setex(ctx: Ctx, argv: list[bytes], unit: int, name: bytes):
     db.put(key, argv[3])
     db.set_expire(key, when)
     db.effect([b"SET", key, argv[3], b"PXAT", b"%d" % when], key)
+    db.notify(notify.STRING, b"set", key)
+    db.notify(notify.GENERIC, b"expire", key)
     return OK
 
 
@@ -182,6 +191,7 @@ def getset(ctx: Ctx, argv: list[bytes]):
     old = get_string(ctx.db, key)
     ctx.db.put(key, argv[2])
     ctx.db.effect([b"SET", key, argv[2]], key)
+    ctx.db.notify(notify.STRING, b"set", key)
     return bytes(old) if old is not None else None
 
 
@@ -194,6 +204,7 @@ def getdel(ctx: Ctx, argv: list[bytes]):
         return None
     ctx.db.delete(key)
     ctx.db.effect([b"DEL", key], key)
+    ctx.db.notify(notify.GENERIC, b"del", key)
     return bytes(old)
 
 
@@ -214,11 +225,14 @@ def getex(ctx: Ctx, argv: list[bytes]):
         if when <= db.now():
             db.delete(key)
             db.effect([b"DEL", key], key)
+            db.notify(notify.GENERIC, b"del", key)
         else:
             db.set_expire(key, when)
             db.effect([b"PEXPIREAT", key, b"%d" % when], key)
+            db.notify(notify.GENERIC, b"expire", key)
     elif flags & _SET_PERSIST and db.persist(key):
         db.effect([b"PERSIST", key], key)
+        db.notify(notify.GENERIC, b"persist", key)
     return reply
 
 
@@ -249,6 +263,8 @@ def mset(ctx: Ctx, argv: list[bytes]):
     for i in range(1, len(argv), 2):
         db.put(argv[i], argv[i + 1])
     db.effect(argv, *argv[1::2])
+    for i in range(1, len(argv), 2):
+        db.notify(notify.STRING, b"set", argv[i])
     return OK
 
 
@@ -264,6 +280,8 @@ def msetnx(ctx: Ctx, argv: list[bytes]):
     for i in range(1, len(argv), 2):
         db.put(argv[i], argv[i + 1])
     db.effect([b"MSET"] + argv[1:], *argv[1::2])
+    for i in range(1, len(argv), 2):
+        db.notify(notify.STRING, b"set", argv[i])
     return 1
 
 
@@ -276,6 +294,7 @@ def append(ctx: Ctx, argv: list[bytes]):
     if value is None:
         db.put(key, tail)
         db.effect([b"SET", key, tail], key)
+        db.notify(notify.STRING, b"append", key)
         return len(tail)
     if len(value) + len(tail) > MAX_STRING_BYTES:
         raise ERR_TOO_BIG
@@ -284,6 +303,7 @@ def append(ctx: Ctx, argv: list[bytes]):
         db.put(key, value, keep_ttl=True)
     value += tail
     db.effect(argv, key)
+    db.notify(notify.STRING, b"append", key)
     return len(value)
 
 
@@ -309,6 +329,7 @@ def _incr(ctx: Ctx, key: bytes, delta: int):
     encoded = b"%d" % result
     db.put(key, encoded, keep_ttl=True)
     db.effect([b"SET", key, encoded, b"KEEPTTL"], key)
+    db.notify(notify.STRING, b"incrby", key)
     return result
 
 
@@ -361,6 +382,7 @@ def incrbyfloat(ctx: Ctx, argv: list[bytes]):
     encoded = format_long_double(result)
     db.put(key, encoded, keep_ttl=True)
     db.effect([b"SET", key, encoded, b"KEEPTTL"], key)
+    db.notify(notify.STRING, b"incrbyfloat", key)
     return encoded
 
 
@@ -409,6 +431,7 @@ def setrange(ctx: Ctx, argv: list[bytes]):
         value = bytearray(offset) + patch
         db.put(key, value)
         db.effect(argv, key)
+        db.notify(notify.STRING, b"setrange", key)
         return len(value)
     if not patch:
         return len(value)
@@ -422,6 +445,7 @@ def setrange(ctx: Ctx, argv: list[bytes]):
         value.extend(bytes(end - len(value)))
     value[offset:end] = patch
     db.effect(argv, key)
+    db.notify(notify.STRING, b"setrange", key)
     return len(value)
 
 

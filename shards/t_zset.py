@@ -23,6 +23,7 @@ import random
 
 from sortedcontainers import SortedList
 
+from durakv.shards import notify
 from durakv.shards.args import ERR_SYNTAX, ERR_WRONGTYPE, float_arg, int_arg, parse_numkeys_side_count
 from durakv.shards.numbers import LONG_MAX, strtod
 from durakv.shards.context import Ctx
@@ -407,6 +408,7 @@ def zadd_generic(ctx: Ctx, argv: list[bytes], incr: bool):
     finally:
         if len(effect) > 2:
             db.effect(effect, key)
+            db.notify(notify.ZSET, b"zincr" if incr else b"zadd", key)
     if incr:
         return score if processed else None
     return added + updated if ch else added
@@ -475,6 +477,9 @@ def zrem(ctx: Ctx, argv: list[bytes]):
     if removed:
         _drop_if_empty(ctx, key, zs)
         ctx.db.effect(argv, key)
+        ctx.db.notify(notify.ZSET, b"zrem", key)
+        if not zs:
+            ctx.db.notify(notify.GENERIC, b"del", key)
     return removed
 
 
