@@ -149,6 +149,10 @@ class GroupCommit:
     effects_appended: int
     record_clock: RecordClock
     _unsynced_since: deque[tuple[int, float]]
+    held_events: deque[tuple[int, list[tuple[bytes, bytes]]]]
+
+    def publish_events(self, events: list[tuple[bytes, bytes]]) -> None:
+        raise NotImplementedError  # Shard's
     _commit_thread: CommitThread | None
     _commit_failed: trio.Event | None
     _commit_error: BaseException | None
@@ -264,6 +268,9 @@ class GroupCommit:
         pending = self._unsynced_since
         while pending and pending[0][0] <= durable_seq:
             pending.popleft()
+        held_events = self.held_events
+        while held_events and held_events[0][0] <= durable_seq:  # before the replies, as Redis does
+            self.publish_events(held_events.popleft()[1])
         if self.held.count:
             for conn, replies in self.held.release_through(durable_seq):
                 conn.send(replies)

@@ -46,6 +46,9 @@ logger = logging.getLogger("durakv.shard")
 
 REPLAY_PROGRESS_INTERVAL_S = 1.0
 RELEASE_POLL_S = 1.0
+# Batches of keyspace notifications waiting for their record's fsync: one per batch
+# executed meanwhile, so far more than a loop runs between two fsyncs.
+MAX_HELD_EVENT_BATCHES = 1_000_000
 
 
 class CommandStats:
@@ -80,6 +83,7 @@ class Shard(GroupCommit):
         self.ctx = Ctx(self.db, self)
         # Who hears this shard's keyspace notifications: each router connection, its node.
         self.event_sinks: list[Callable[[list[tuple[bytes, bytes]]], None]] = []
+        self.held_events: deque[tuple[int, list[tuple[bytes, bytes]]]] = deque()  # (seq, events) until durable
         self.settings = dict(SHARD_DEFAULTS)
         # Shards take slowlog id slots 0..S-1, routers S..S+R-1 (shards/slowlog.py).
         self.slowlog = SlowLog(index, config.shards + config.routers)
@@ -212,14 +216,23 @@ class Shard(GroupCommit):
 
     def hand_out_events(self) -> None:
         """Give the keyspace notifications generated since the last call to every
-        router connection and this shard's node (shards/notify.py). They leave at
-        once, as Redis publishes them before the command's reply; a subscriber may
-        thus hear of a write a crash then loses with its unacknowledged reply."""
+        router connection and this shard's node (shards/notify.py). A notification
+        shows a write, so, like a read of it, it waits until the record holding the
+        write is durable (then it leaves before the write's reply, as in Redis);
+        with durability async, replies do not wait and neither do events."""
         events = self.db.events
         if events:
             self.db.events = []
-            for sink in self.event_sinks:
-                sink(events)
+            seq = self.wal.tail_seq
+            if seq > self.hazards.durable_seq and not self.async_mode:
+                assert len(self.held_events) < MAX_HELD_EVENT_BATCHES, "held events not released"
+                self.held_events.append((seq, events))
+            else:
+                self.publish_events(events)
+
+    def publish_events(self, events: list[tuple[bytes, bytes]]) -> None:
+        for sink in self.event_sinks:
+            sink(events)
 
     def _execute(self, argv: list[bytes], cid: int, proto: int, next_seq: int,
                  hold_writes: bool) -> tuple[bytes, int]:

@@ -230,3 +230,22 @@ def test_xread_served_by_a_pending_xadd_waits_for_it(gated):
         time.sleep(0.01)
     writer = dirty_write(srv, client, gate, "XADD", "{x}s", "2-0", "f", "new")
     check_held_then_released(client, gate, writer, [reader], [[[b"{x}s", [[b"2-0", [b"f", b"new"]]]]]])
+
+
+def test_keyspace_notification_waits_for_the_write_to_be_durable(gated):
+    """A notification shows a write as a read would: it must not reach a subscriber
+    before the record holding the write is durable (it then arrives before the
+    write's reply, as in Redis)."""
+    srv, gate, client = gated
+    client.config_set("notify-keyspace-events", "KEA")
+    try:
+        subscriber = RawConn(srv.port)
+        assert decode(subscriber.call("SUBSCRIBE", "__keyspace@0__:{n}k"))[0] == [
+            b"subscribe", b"__keyspace@0__:{n}k", 1]
+        writer = dirty_write(srv, client, gate, "SET", "{n}k", "v")
+        assert_nothing_sent(writer, subscriber)
+        gate.open()
+        assert decode(subscriber.read_reply())[0] == [b"message", b"__keyspace@0__:{n}k", b"set"]
+        assert writer.read_reply() == b"+OK\r\n"
+    finally:
+        client.config_set("notify-keyspace-events", "")
