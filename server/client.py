@@ -16,7 +16,7 @@ import trio
 from durakv.server.links import LOST, SCRIPT_EVAL, SCRIPT_FUNCTION, Pending
 from durakv.shards.frames import LARGE_BYTES, VERB_LITERAL, VERB_ROUTER_IN_MULTI
 from durakv.shards.resp import ProtocolError, RequestParser, ReplyError, encode, encode_error
-from durakv.shards.table import CURSOR, FANOUT, ROUTER, SPLIT_NONE, lookup
+from durakv.shards.table import CURSOR, FANOUT, ROUTER, SPLIT_NONE, Command, find, lookup
 from durakv.shards.slots import key_slot
 
 if TYPE_CHECKING:
@@ -167,13 +167,15 @@ class Client:
             cmd = lookup(argv)
         except ReplyError as e:
             self.push(encode_error(e.message))
-            router.stats_rejected += 1
+            known = find(argv)  # a known command with the wrong arity counts as rejected
+            if known is not None:
+                router.reply_stats.command(known.fullname).rejected += 1
             if self.multi is not None:
                 self.multi_error = True
             return
         self.last_cmd = cmd.fullname
         if not self.authed and not cmd.no_auth:
-            self.push(ERR_NOAUTH)
+            self._reject(cmd, ERR_NOAUTH)
             return
         if router.scripts_in_flight() and "allow_busy" not in cmd.flags:
             # Inside MULTI the router queues the command itself, so it answers BUSY too.
@@ -188,7 +190,7 @@ class Client:
                     busy = b"-EXECABORT Transaction discarded because of: " + busy[1:]
                 elif self.multi is not None:
                     self.multi_error = True
-                self.push(busy)
+                self._reject(cmd, busy)
                 return
         if self.multi is not None and not cmd.runs_in_multi:
             self._queue_in_multi(cmd, argv)
@@ -206,11 +208,7 @@ class Client:
         where = cmd.where
         try:
             if where == ROUTER:
-                handler = cmd.handler
-                assert handler is not None, f"router command {cmd.fullname} has no handler"
-                reply = handler(self, argv)
-                if type(reply) is not Pending:
-                    self.push(encode(reply, self.proto))
+                self._run_router_command(cmd, argv)
                 return
             if where == FANOUT:
                 assert cmd.merge is not None, "the table refuses a fan-out command without merge"
@@ -249,9 +247,31 @@ class Client:
             elif cmd.split != SPLIT_NONE:
                 router.split(self, argv, cmd, indexes)
             else:
-                self.push(ERR_CROSSSLOT)
+                self._reject(cmd, ERR_CROSSSLOT)
         except ReplyError as e:
+            self._reject(cmd, encode_error(e.message))  # CROSSSLOT, MOVED: refused before it ran
+
+    def _run_router_command(self, cmd: Command, argv: list[bytes]) -> None:
+        """A command the router answers itself, counted in its commandstats."""
+        handler = cmd.handler
+        assert handler is not None, f"router command {cmd.fullname} has no handler"
+        stat = self.router.reply_stats.command(cmd.fullname)
+        start = time.perf_counter_ns()
+        try:
+            reply = handler(self, argv)
+        except ReplyError as e:
+            stat.failed += 1
             self.push(encode_error(e.message))
+        else:
+            if type(reply) is not Pending:
+                self.push(encode(reply, self.proto))
+        stat.calls += 1
+        stat.usec += (time.perf_counter_ns() - start) // 1000
+
+    def _reject(self, cmd: Command, error: bytes) -> None:
+        """Refuse a command before it runs (Redis' rejected_calls)."""
+        self.router.reply_stats.command(cmd.fullname).rejected += 1
+        self.push(error)
 
     def _submit_script(self, cmd, argv: list[bytes]) -> None:
         """EVAL*/FCALL*: routed by their keys like any command, and timed (busy-reply-threshold)."""
@@ -260,7 +280,7 @@ class Client:
         try:
             shard = router.keys_shard(self, argv, indexes) if indexes else router.home_shard
         except ReplyError as e:
-            self.push(encode_error(e.message))
+            self._reject(cmd, encode_error(e.message))
             return
         kind = SCRIPT_FUNCTION if cmd.name.startswith("fcall") else SCRIPT_EVAL
         self.replies.append(router.links[shard].submit(self, self.proto, argv, script=kind))
@@ -368,6 +388,8 @@ class Client:
                     if head is LOST:
                         self._lose(chunks, size)
                         return
+                if head[:1] == b"-":
+                    self.router.reply_stats.error(head)
                 chunks.append(head)
                 size += len(head)
                 replies.popleft()

@@ -19,6 +19,7 @@ import trio
 from durakv.server.client import Client, ClientPoller
 from durakv.server.links import LOST, Pending
 from durakv.server.settings import Settings
+from durakv.server.stats import ReplyStats
 from durakv.shards.config import Config
 from durakv.shards.frames import PROTO_INTERNAL, VERB_UNBLOCK, VERB_UNWATCH, internal_reply_decoder
 from durakv.shards.resp import ReplyError, encode, encode_error
@@ -119,10 +120,10 @@ class Front:
         self.started_monotonic = time.monotonic()
         self.settings = Settings(config)
         self.stats_commands = 0
-        self.stats_rejected = 0
         self.stats_connections = 0
         self.stats_rejected_connections = 0
         self.stats_protocol_errors = 0
+        self.reply_stats = ReplyStats()  # errorstats and the commandstats of what this process answers
         self.large_requests = 0  # bumped by a client that read a large argument (server/links.py)
         self.port = config.port
         self.nursery: trio.Nursery | None = None

@@ -33,9 +33,22 @@ def info(shard, argv: list[bytes]) -> dict:
         "expired_keys": db.stat_expired_keys,
         "keyspace_hits": db.stat_keyspace_hits,
         "keyspace_misses": db.stat_keyspace_misses,
-        "commandstats": {name: [s.calls, s.usec, s.failed] for name, s in shard.stats.items()},
+        "commandstats": {name: [s.calls, s.usec, s.failed, s.rejected] for name, s in shard.stats.items()},
         "persistence": persistence(shard),
+        "cached_scripts": cached_scripts(db),
     }
+
+
+# INFO's number_of_cached_scripts counts distinct scripts over the shards (SCRIPT LOAD
+# caches on every shard, EVAL where it ran): a shard sends its shas up to this many,
+# else only its count (the router then reports the largest count).
+MAX_INFO_SCRIPT_SHAS = 4096
+
+
+def cached_scripts(db) -> list:
+    """[count, the shas or None]."""
+    scripts = db.scripting.scripts if db.scripting is not None else {}
+    return [len(scripts), list(scripts) if len(scripts) <= MAX_INFO_SCRIPT_SHAS else None]
 
 
 def persistence(shard) -> dict:
