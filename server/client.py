@@ -41,6 +41,8 @@ IOV_MAX = 1024  # buffers per sendmsg (Linux UIO_MAXIOV)
 ERR_CROSSSLOT = b"-CROSSSLOT Keys in request don't hash to the same slot\r\n"
 ERR_NOAUTH = b"-NOAUTH Authentication required.\r\n"
 MAX_QUEUED_IN_MULTI = 1024 * 1024
+# In `replies`: the reply after it is not sent (CLIENT REPLY OFF|SKIP).
+SILENCED = object()
 SCRIPT_COMMANDS = frozenset({"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"})
 
 
@@ -55,7 +57,7 @@ class Client:
         "last_cmd_at", "last_cmd", "parser", "replies", "outbuf", "outbuf_bytes", "closing", "closed", "reading",
         "lib_name", "lib_ver", "in_ready_set", "query_limit",
         "multi", "multi_error", "multi_shard", "watch_shards", "blocked_pending", "blocked_shard", "backlog",
-        "soft_limit_since",
+        "soft_limit_since", "paused", "reply_off", "reply_skip",
     )
 
     def __init__(self, router: RouterView, sock: socket.socket, client_id: int) -> None:
@@ -99,6 +101,9 @@ class Client:
         self.blocked_pending: Pending | None = None
         self.blocked_shard = -1
         self.backlog: deque[list[bytes]] = deque()
+        self.paused = False  # CLIENT PAUSE holds its next command (server/pause.py)
+        self.reply_off = False  # CLIENT REPLY OFF
+        self.reply_skip = False  # CLIENT REPLY SKIP: the next command's reply is dropped
 
     # --- reading and dispatch -------------------------------------------------
 
@@ -157,12 +162,20 @@ class Client:
         (bounded) its output is over the backpressure bounds."""
         backlog = self.backlog
         dispatch = self.dispatch
+        pause = self.router.pause
         while backlog and self.blocked_pending is None and not self.closing and (not bounded or self.can_dispatch()):
+            if pause.mode and pause.holds(self, backlog[0]):
+                self.paused = True
+                pause.hold(self)
+                return
             dispatch(backlog.popleft())
 
     def dispatch(self, argv: list[bytes]) -> None:
         router = self.router
         router.stats_commands += 1
+        if self.reply_off or self.reply_skip:
+            self.reply_skip = False
+            self.replies.append(SILENCED)
         try:
             cmd = lookup(argv)
         except ReplyError as e:
@@ -381,6 +394,10 @@ class Client:
             size = 0
             while replies:
                 head = replies[0]
+                if head is SILENCED:
+                    if not self._drop_silenced():
+                        break
+                    continue
                 if type(head) is not bytes:
                     head = head.data
                     if head is None:
@@ -399,10 +416,40 @@ class Client:
             if blocked is not None and blocked.data is not None:
                 self.blocked_pending = None
                 self.blocked_shard = -1
-            if not (self.backlog and self.blocked_pending is None and not self.closing and self.can_dispatch()):
+            if not (self.backlog and self.blocked_pending is None and not self.closing and self.can_dispatch()
+                    and not self.paused):
                 break
             self.run_backlog()
         self._update_interest()
+
+    def silence_current(self) -> None:
+        """Drop the reply of the command running now (CLIENT REPLY OFF|SKIP)."""
+        if not (self.replies and self.replies[-1] is SILENCED):
+            self.replies.append(SILENCED)
+
+    def unsilence_current(self) -> None:
+        """Send the reply of the command running now after all (CLIENT REPLY ON)."""
+        if self.replies and self.replies[-1] is SILENCED:
+            self.replies.pop()
+
+    def _drop_silenced(self) -> bool:
+        """The head is SILENCED: drop it and the reply after it once that is complete
+        (still counted in errorstats). False while that reply is not complete."""
+        replies = self.replies
+        if len(replies) < 2:
+            return False
+        reply = replies[1]
+        data = reply if type(reply) is bytes else reply.data
+        if data is None or data is LOST:
+            if data is LOST:
+                replies.popleft()  # flush then meets the LOST reply at the head
+                return True
+            return False
+        if data[:1] == b"-":
+            self.router.reply_stats.error(data)
+        replies.popleft()
+        replies.popleft()
+        return True
 
     def _lose(self, chunks: list[bytes], size: int) -> None:
         """The reply at the head of the queue is LOST (its shard died with the

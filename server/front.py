@@ -19,6 +19,7 @@ import trio
 from durakv.server.client import Client, ClientPoller
 from durakv.server.links import LOST, Pending
 from durakv.server.settings import Settings
+from durakv.server.pause import ClientPause
 from durakv.server.stats import ReplyStats
 from durakv.shards.config import Config
 from durakv.shards.frames import PROTO_INTERNAL, VERB_UNBLOCK, VERB_UNWATCH, internal_reply_decoder
@@ -124,6 +125,7 @@ class Front:
         self.stats_rejected_connections = 0
         self.stats_protocol_errors = 0
         self.reply_stats = ReplyStats()  # errorstats and the commandstats of what this process answers
+        self.pause = ClientPause()
         self.large_requests = 0  # bumped by a client that read a large argument (server/links.py)
         self.port = config.port
         self.nursery: trio.Nursery | None = None

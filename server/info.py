@@ -125,7 +125,7 @@ def _clients(router, infos, version):
         f"connected_clients:{len(router.clients)}",
         "cluster_connections:0",
         f"maxclients:{router.settings.maxclients}",
-        f"blocked_clients:{sum(1 for c in router.clients.values() if c.blocked_pending is not None)}",
+        f"blocked_clients:{sum(1 for c in router.clients.values() if c.blocked_pending is not None or c.paused)}",
         "tracking_clients:0",
     ]
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from durakv.server.links import Pending, ShardLink
     from durakv.server.settings import Settings
     from durakv.server.settings_sync import SettingsSync
+    from durakv.server.pause import ClientPause
     from durakv.server.stats import ReplyStats
     from durakv.shards.config import Config
     from durakv.shards.table import Command, Merge
@@ -75,6 +76,7 @@ class RouterView(Protocol):
     # --- counters for INFO (clients and CONFIG RESETSTAT write them) --------------
     stats_commands: int
     reply_stats: ReplyStats
+    pause: ClientPause  # CLIENT PAUSE (server/pause.py)
     stats_connections: int
     stats_rejected_connections: int
     stats_protocol_errors: int

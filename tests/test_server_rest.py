@@ -5,8 +5,15 @@ redis-server 7.0 where the reply is deterministic."""
 from __future__ import annotations
 
 import re
+import time
 
-from refserver import Pair, RawConn, same_all
+import pytest
+from refserver import Pair, RawConn, encode_command, same_all
+
+from durakv.shards.slots import key_slot, slot_owner_table
+
+PAUSE_WAIT_S = 10
+PAUSE_ALL_MS = 300
 
 
 def _info(conn: RawConn, section: str) -> dict[str, str]:
@@ -46,3 +53,105 @@ def test_errorstats_and_rejected_failed_calls_as_redis(pair: Pair):
     same_all(pair, [("CONFIG", "RESETSTAT"), ("INFO", "errorstats")])
     assert _info(pair.ours, "stats")["total_error_replies"] == "0"
     same_all(pair, [("SCRIPT", "FLUSH")])
+
+
+def _replies_until(conn: RawConn, commands: list[tuple], marker: bytes) -> list[bytes]:
+    """Send commands in one write, then ECHO marker; every reply before the marker's."""
+    conn.send_raw(b"".join(encode_command(c) for c in [*commands, ("ECHO", marker)]))
+    out = []
+    while (reply := conn.read_reply()) != b"$%d\r\n%s\r\n" % (len(marker), marker):
+        out.append(reply)
+    return out
+
+
+REPLY_MODES = [
+    ("SET", "a", "1"),
+    ("CLIENT", "REPLY", "OFF"),
+    ("SET", "a", "2"), ("GET", "a"), ("NOSUCH",), ("SET", "k"), ("CLIENT", "REPLY", "SKIP"),
+    ("CLIENT", "REPLY", "ON"),
+    ("GET", "a"),
+    ("CLIENT", "REPLY", "SKIP"), ("GET", "a"), ("LPUSH", "a", "x"), ("CLIENT", "REPLY", "BAD"),
+    ("CLIENT", "REPLY", "SKIP"), ("CLIENT", "REPLY", "SKIP"), ("GET", "a"), ("INCR", "n"),
+    ("CLIENT", "REPLY", "SKIP"), ("CLIENT", "REPLY", "ON"), ("INCR", "n"),
+    ("CLIENT", "REPLY", "OFF"), ("BLPOP", "nolist", "0.01"), ("RESET",), ("GET", "a"),
+]
+
+
+def test_client_reply_on_off_skip_as_redis(pair: Pair):
+    for proto in (2, 3):
+        conns = (RawConn(pair.ours.sock.getpeername()[1], proto), RawConn(pair.theirs.sock.getpeername()[1], proto))
+        try:
+            ours, theirs = (_replies_until(c, REPLY_MODES, b"END") for c in conns)
+            assert ours == theirs
+            assert ours  # some replies did come back
+        finally:
+            for c in conns:
+                c.close()
+    # errors whose replies were dropped still count in errorstats, as in Redis
+    same_all(pair, [("CONFIG", "RESETSTAT")])
+    for conn in (pair.ours, pair.theirs):
+        _replies_until(conn, [("CLIENT", "REPLY", "OFF"), ("NOSUCH",), ("CLIENT", "REPLY", "ON")], b"END")
+    pair.same("INFO", "errorstats")
+
+
+def _blocked_clients(conn: RawConn) -> int:
+    return int(_info(conn, "clients")["blocked_clients"])
+
+
+def _wait_blocked(conn: RawConn, count: int) -> None:
+    deadline = time.monotonic() + PAUSE_WAIT_S
+    while _blocked_clients(conn) != count:
+        assert time.monotonic() < deadline, f"blocked_clients never reached {count}"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("port_kind", ["router", "shard_port"])
+def test_client_pause_write_holds_writes_until_unpause(server, port_kind):
+    port = server.port if port_kind == "router" else server.shard_port(0)
+    key = next(f"k{i}" for i in range(1000) if slot_owner_table(2)[key_slot(f"k{i}".encode())] == 0)
+    admin, writer, reader = RawConn(port), RawConn(port), RawConn(port)
+    try:
+        admin.call("DEL", key + "n")
+        assert admin.call("SET", key, "old") == b"+OK\r\n"
+        assert writer.call("MULTI") == b"+OK\r\n"
+        assert writer.call("INCR", key + "n") == b"+QUEUED\r\n"
+        assert admin.call("CLIENT", "PAUSE", "60000", "WRITE") == b"+OK\r\n"
+        writer.send_raw(encode_command(("EXEC",)) + encode_command(("SET", key, "new")))
+        _wait_blocked(admin, 1)
+        # reads, read-only transactions and refused commands are answered during the pause
+        assert reader.pipeline([("GET", key), ("PING",), ("SET", key), ("MULTI",), ("GET", key), ("EXEC",)]) == [
+            b"$3\r\nold\r\n", b"+PONG\r\n", b"-ERR wrong number of arguments for 'set' command\r\n",
+            b"+OK\r\n", b"+QUEUED\r\n", b"*1\r\n$3\r\nold\r\n"]
+        assert _blocked_clients(admin) == 1
+        assert admin.call("CLIENT", "UNPAUSE") == b"+OK\r\n"
+        assert writer.read_reply() == b"*1\r\n:1\r\n"
+        assert writer.read_reply() == b"+OK\r\n"
+        assert reader.call("GET", key) == b"$3\r\nnew\r\n"
+        assert _blocked_clients(admin) == 0
+    finally:
+        for conn in (admin, writer, reader):
+            conn.close()
+
+
+def test_client_pause_all_ends_at_its_timeout(server):
+    admin, other = RawConn(server.port), RawConn(server.port)
+    try:
+        started = time.monotonic()
+        assert admin.call("CLIENT", "PAUSE", str(PAUSE_ALL_MS), "ALL") == b"+OK\r\n"
+        assert other.call("PING") == b"+PONG\r\n"
+        held_s = time.monotonic() - started
+        print(f"PING held {held_s * 1000:.0f} ms by CLIENT PAUSE {PAUSE_ALL_MS} ALL")
+        assert held_s >= PAUSE_ALL_MS / 1000  # it cannot be answered before the pause ends
+        assert other.call("NOSUCH").startswith(b"-ERR unknown command")
+    finally:
+        admin.close()
+        other.close()
+
+
+def test_client_pause_errors_as_redis(pair: Pair):
+    same_all(pair, [
+        ("CLIENT", "PAUSE", "abc"), ("CLIENT", "PAUSE", "-1"), ("CLIENT", "PAUSE", "10", "READ"),
+        ("CLIENT", "PAUSE", "10", "WRITE", "x"), ("CLIENT", "PAUSE"), ("CLIENT", "UNPAUSE", "x"),
+        ("CLIENT", "PAUSE", "1", "write"), ("CLIENT", "UNPAUSE"),
+        ("CLIENT", "NO-EVICT", "on"), ("CLIENT", "NO-EVICT", "maybe"), ("CLIENT", "REPLY"),
+    ])
