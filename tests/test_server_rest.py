@@ -11,9 +11,11 @@ import pytest
 from refserver import Pair, RawConn, encode_command, same_all
 
 from durakv.shards.slots import key_slot, slot_owner_table
+from durakv.snapshotter.runner import read_status
 
 PAUSE_WAIT_S = 10
 PAUSE_ALL_MS = 300
+STOP_WAIT_S = 30
 
 
 def _info(conn: RawConn, section: str) -> dict[str, str]:
@@ -155,3 +157,61 @@ def test_client_pause_errors_as_redis(pair: Pair):
         ("CLIENT", "PAUSE", "1", "write"), ("CLIENT", "UNPAUSE"),
         ("CLIENT", "NO-EVICT", "on"), ("CLIENT", "NO-EVICT", "maybe"), ("CLIENT", "REPLY"),
     ])
+
+
+def test_shutdown_and_save_errors_as_redis(pair: Pair):
+    same_all(pair, [
+        ("SHUTDOWN", "ABORT"), ("SHUTDOWN", "BAD"), ("SHUTDOWN", "SAVE", "NOSAVE"), ("SHUTDOWN", "ABORT", "NOW"),
+        ("SHUTDOWN", "NOW", "FORCE", "X"), ("SAVE", "x"),
+        ("MULTI",), ("SHUTDOWN",), ("SAVE",), ("EXEC",),
+    ])
+
+
+def _wait_exit(srv) -> int:
+    code = srv.proc.wait(STOP_WAIT_S)
+    assert srv.pids() == [], "processes left after SHUTDOWN"
+    return code
+
+
+def test_shutdown_stops_the_tree_and_keeps_the_data(server_factory):
+    srv = server_factory(shards=2)
+    r = srv.client()
+    for i in range(50):
+        r.set(f"key{i}", i)
+    pids = srv.pids()
+    assert len(pids) >= 4  # supervisor, router, shards, snapshotter
+    r.shutdown()  # redis-py: the connection closing is success, an error reply raises
+    assert _wait_exit(srv) == 0
+    assert "asked to stop the server (SHUTDOWN)" in srv.log()
+    again = server_factory(shards=2, data_dir=srv.data_dir)
+    assert again.client().mget([f"key{i}" for i in range(50)]) == [str(i).encode() for i in range(50)]
+
+
+def test_save_and_shutdown_save_on_a_shard_port(server_factory):
+    srv = server_factory(shards=2)
+    r = srv.client()
+    r.set("a", "1")
+    assert read_status(str(srv.data_dir)).request_served == ""
+    assert r.execute_command("SAVE") is True
+    served = read_status(str(srv.data_dir)).request_served
+    assert served and all(s.status == "ok" for s in read_status(str(srv.data_dir)).shards.values())
+    r.set("b", "2")
+    node = srv.shard_client(0)
+    node.shutdown(save=True)
+    assert _wait_exit(srv) == 0
+    assert read_status(str(srv.data_dir)).request_served > served  # SHUTDOWN SAVE waited for a new snapshot
+    again = server_factory(shards=2, data_dir=srv.data_dir)
+    assert again.client().mget(["a", "b"]) == [b"1", b"2"]
+
+
+def test_save_without_a_snapshotter_is_refused(server_factory, tmp_path):
+    config = tmp_path / "durakv.toml"
+    config.write_text("snapshotter = false\n")
+    srv = server_factory(shards=1, extra_args=("--config", str(config)))
+    conn = RawConn(srv.port)
+    try:
+        assert conn.call("SAVE").startswith(b"-ERR SAVE needs a snapshotter")
+        assert conn.call("SHUTDOWN", "SAVE") == b"-ERR Errors trying to SHUTDOWN. Check logs.\r\n"
+        assert conn.call("PING") == b"+PONG\r\n"
+    finally:
+        conn.close()
