@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from durakv.server.links import LOST, SCRIPT_EVAL, SCRIPT_FUNCTION, Pending
+from durakv.server.pause import note_script
 from durakv.shards.frames import LARGE_BYTES, VERB_LITERAL, VERB_ROUTER_IN_MULTI
 from durakv.shards.resp import ProtocolError, RequestParser, ReplyError, encode, encode_error
 from durakv.shards.table import CURSOR, FANOUT, ROUTER, SPLIT_NONE, Command, find, lookup
@@ -225,6 +226,8 @@ class Client:
                 return
             if where == FANOUT:
                 assert cmd.merge is not None, "the table refuses a fan-out command without merge"
+                if cmd.fullname == "script|load":
+                    note_script(argv[2])
                 router.fanout(self, argv, cmd.merge)
                 return
             if where == CURSOR:
@@ -295,6 +298,8 @@ class Client:
         except ReplyError as e:
             self._reject(cmd, encode_error(e.message))
             return
+        if cmd.name == "eval":
+            note_script(argv[1])
         kind = SCRIPT_FUNCTION if cmd.name.startswith("fcall") else SCRIPT_EVAL
         self.replies.append(router.links[shard].submit(self, self.proto, argv, script=kind))
 

@@ -14,10 +14,16 @@ from typing import TYPE_CHECKING
 
 from durakv.shards.frames import VERB_ROUTER_IN_MULTI
 from durakv.shards.resp import ReplyError
-from durakv.shards.table import lookup
+from durakv.shards.luaenv import sha1hex
+from durakv.shards.t_script import shebang_flags
+from durakv.shards.table import Command, lookup
 
 if TYPE_CHECKING:
     from durakv.server.client import Client
+
+# The shas of read-only (`#!lua flags=no-writes`) scripts this process saw loaded.
+MAX_NO_WRITES_SHAS = 10_000
+_NO_WRITES_SHAS: set[bytes] = set()
 
 PAUSE_WRITE = 1
 PAUSE_ALL = 2
@@ -29,10 +35,40 @@ def _writes(argv: list[bytes]) -> bool:
     if argv and argv[0] == VERB_ROUTER_IN_MULTI:
         argv = argv[1:]
     try:
-        flags = lookup(argv).flags
+        cmd = lookup(argv)
     except ReplyError:
         return False
-    return any(f in flags for f in _WRITE_FLAGS)
+    return _may_write(cmd, argv)
+
+
+def _may_write(cmd: Command, argv: list[bytes]) -> bool:
+    """Redis' is_may_replicate_command, with an EVAL's shebang flags in place of the
+    command's (a `#!lua flags=no-writes` script is not paused). FCALL and EVALSHA
+    count as writes (their flags are on the shards), but for the scripts note_script saw."""
+    if not any(f in cmd.flags for f in _WRITE_FLAGS):
+        return False
+    if cmd.name == "eval":
+        return not _no_writes(argv[1])
+    if cmd.name == "evalsha":
+        return argv[1].lower() not in _NO_WRITES_SHAS
+    return True
+
+
+def _no_writes(body: bytes) -> bool:
+    try:
+        flags, _ = shebang_flags(body)
+    except ReplyError:
+        return True  # refused when it runs, and so writes nothing
+    return flags is not None and b"no-writes" in flags
+
+
+def note_script(body: bytes) -> None:
+    """SCRIPT LOAD or EVAL of a `no-writes` script passed here: remember its sha, so a
+    pause lets its EVALSHA through (Redis knows every cached script's flags)."""
+    if body.startswith(b"#!") and _no_writes(body):
+        if len(_NO_WRITES_SHAS) >= MAX_NO_WRITES_SHAS:
+            _NO_WRITES_SHAS.clear()  # forgetting only pauses an EVALSHA that need not wait
+        _NO_WRITES_SHAS.add(sha1hex(body))
 
 
 class ClientPause:
@@ -62,7 +98,7 @@ class ClientPause:
             return False
         if self.mode == PAUSE_ALL:
             return True
-        if any(f in cmd.flags for f in _WRITE_FLAGS):
+        if _may_write(cmd, argv):
             return True
         return cmd.name == "exec" and client.multi is not None and any(_writes(q) for q in client.multi)
 
