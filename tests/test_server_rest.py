@@ -18,6 +18,12 @@ PAUSE_ALL_MS = 300
 STOP_WAIT_S = 30
 
 
+@pytest.fixture(params=["pair", "pair3"])
+def anyproto(request) -> Pair:
+    """The same test in RESP2 and in RESP3."""
+    return request.getfixturevalue(request.param)
+
+
 def _info(conn: RawConn, section: str) -> dict[str, str]:
     text = conn.value("INFO", section)
     assert isinstance(text, bytes)
@@ -217,3 +223,33 @@ def test_save_without_a_snapshotter_is_refused(server_factory, tmp_path):
         assert conn.call("PING") == b"+PONG\r\n"
     finally:
         conn.close()
+
+
+def _field_names(reply: object) -> list:
+    """A MEMORY STATS reply's field names, nested maps' too (RESP2 pairs or a RESP3 map)."""
+    items = _pairs(reply)
+    return [(k, _field_names(v) if isinstance(v, (list, dict)) else None) for k, v in items]
+
+
+def _pairs(reply) -> list:
+    if isinstance(reply, dict):
+        return list(reply.items())
+    if reply and isinstance(reply[0], tuple):  # refserver's RESP3 map
+        return list(reply)
+    return list(zip(reply[::2], reply[1::2]))
+
+
+def test_memory_subcommands_as_redis(anyproto: Pair):
+    p = anyproto
+    same_all(p, [
+        ("MEMORY", "HELP"), ("MEMORY", "PURGE"), ("MEMORY", "DOCTOR"), ("MEMORY", "STATS", "x"),
+        ("MEMORY", "DOCTOR", "x"), ("MEMORY", "MALLOC-STATS", "x"),
+    ])
+    assert _field_names(p.ours.value("MEMORY", "STATS")) == _field_names(p.theirs.value("MEMORY", "STATS"))
+    p.same("SET", "k", "v")
+    ours = p.ours.value("MEMORY", "STATS")
+    assert _field_names(ours) == _field_names(p.theirs.value("MEMORY", "STATS"))
+    stats = dict(_pairs(ours))
+    assert stats[b"keys.count"] == 1 and stats[b"total.allocated"] > 0
+    assert p.ours.value("MEMORY", "DOCTOR").endswith(b"I can only account for what occurs on this base.\n")
+    assert p.ours.value("MEMORY", "MALLOC-STATS") == b"Stats not supported for the current allocator"
