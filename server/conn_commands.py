@@ -8,6 +8,7 @@ import time
 
 from durakv.server.client import Client
 from durakv.shards.args import ERR_SYNTAX, int_range_arg
+from durakv.shards.frames import VERB_NO_WRITES_FUNCTIONS
 from durakv.shards.numbers import INT_MAX, INT_MIN, parse_ll
 from durakv.shards.resp import OK, PONG, Map, ReplyError, Simple, Verbatim, fixed_error
 from durakv.server.pause import PAUSE_ALL, PAUSE_WRITE
@@ -341,10 +342,19 @@ def client_pause(client: Client, argv: list[bytes]):
         raise ReplyError(b"ERR timeout is not an integer or out of range")
     if timeout_ms < 0:
         raise ReplyError(b"ERR timeout is negative")
-    pause = client.router.pause
+    router = client.router
+    pause = router.pause
     pause.pause(timeout_ms, mode)
-    client.router.after(max(pause.end - time.monotonic(), 0), pause.expire)
-    return OK
+    router.after(max(pause.end - time.monotonic(), 0), pause.expire)
+    if mode == PAUSE_ALL or not router.links[router.home_shard].up:
+        return OK
+
+    def functions_known(names: list[bytes]) -> bytes:
+        pause.no_writes_functions = frozenset(names)
+        return b"+OK\r\n"
+
+    # Which functions FCALL may run during the pause: the reply waits for the answer.
+    return router.ask_shard(client, router.home_shard, [VERB_NO_WRITES_FUNCTIONS], functions_known)
 
 
 @command("client|unpause", 2, "admin noscript loading stale", group="connection", where=ROUTER)

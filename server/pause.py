@@ -30,30 +30,6 @@ PAUSE_ALL = 2
 _WRITE_FLAGS = ("write", "may_replicate")
 
 
-def _writes(argv: list[bytes]) -> bool:
-    """A write or may-replicate command (a queued router command carries a marker verb)."""
-    if argv and argv[0] == VERB_ROUTER_IN_MULTI:
-        argv = argv[1:]
-    try:
-        cmd = lookup(argv)
-    except ReplyError:
-        return False
-    return _may_write(cmd, argv)
-
-
-def _may_write(cmd: Command, argv: list[bytes]) -> bool:
-    """Redis' is_may_replicate_command, with an EVAL's shebang flags in place of the
-    command's (a `#!lua flags=no-writes` script is not paused). FCALL and EVALSHA
-    count as writes (their flags are on the shards), but for the scripts note_script saw."""
-    if not any(f in cmd.flags for f in _WRITE_FLAGS):
-        return False
-    if cmd.name == "eval":
-        return not _no_writes(argv[1])
-    if cmd.name == "evalsha":
-        return argv[1].lower() not in _NO_WRITES_SHAS
-    return True
-
-
 def _no_writes(body: bytes) -> bool:
     try:
         flags, _ = shebang_flags(body)
@@ -72,12 +48,14 @@ def note_script(body: bytes) -> None:
 
 
 class ClientPause:
-    __slots__ = ("mode", "end", "held")
+    __slots__ = ("mode", "end", "held", "no_writes_functions")
 
     def __init__(self) -> None:
         self.mode = 0  # 0: no pause; else PAUSE_WRITE or PAUSE_ALL
         self.end = 0.0  # time.monotonic() the pause ends at
         self.held: dict[int, Client] = {}  # clients whose next command waits, by id
+        # Functions flagged no-writes, asked of a shard when a WRITE pause starts.
+        self.no_writes_functions: frozenset[bytes] = frozenset()
 
     def pause(self, timeout_ms: int, mode: int) -> None:
         """As Redis' pauseClients: the later end and the stricter mode win."""
@@ -98,9 +76,33 @@ class ClientPause:
             return False
         if self.mode == PAUSE_ALL:
             return True
-        if _may_write(cmd, argv):
+        if self._may_write(cmd, argv):
             return True
-        return cmd.name == "exec" and client.multi is not None and any(_writes(q) for q in client.multi)
+        return cmd.name == "exec" and client.multi is not None and any(self._writes(q) for q in client.multi)
+
+    def _writes(self, argv: list[bytes]) -> bool:
+        """A write or may-replicate command (a queued router command carries a marker verb)."""
+        if argv and argv[0] == VERB_ROUTER_IN_MULTI:
+            argv = argv[1:]
+        try:
+            cmd = lookup(argv)
+        except ReplyError:
+            return False
+        return self._may_write(cmd, argv)
+
+    def _may_write(self, cmd: Command, argv: list[bytes]) -> bool:
+        """Redis' is_may_replicate_command, with a script's flags in place of the
+        command's (a `no-writes` script or function is not paused). An EVALSHA counts
+        as a write unless note_script saw its script here."""
+        if not any(f in cmd.flags for f in _WRITE_FLAGS):
+            return False
+        if cmd.name == "eval":
+            return not _no_writes(argv[1])
+        if cmd.name == "evalsha":
+            return argv[1].lower() not in _NO_WRITES_SHAS
+        if cmd.name == "fcall":
+            return argv[1].lower() not in self.no_writes_functions
+        return True
 
     def hold(self, client: Client) -> None:
         self.held[client.id] = client

@@ -46,6 +46,7 @@ VERB_INFO = b"\x00info"  # [verb]: the shard's INFO fields
 VERB_RESETSTAT = b"\x00resetstat"  # [verb]: CONFIG RESETSTAT
 VERB_COUNTKEYSINSLOT = b"\x00countkeysinslot"  # [verb, slot]: CLUSTER COUNTKEYSINSLOT
 VERB_GETKEYSINSLOT = b"\x00getkeysinslot"  # [verb, slot, count]: CLUSTER GETKEYSINSLOT
+VERB_NO_WRITES_FUNCTIONS = b"\x00nowritesfns"  # [verb]: the no-writes functions (CLIENT PAUSE WRITE)
 # Never sent: marks a router-answered command queued in MULTI until EXEC (server/client.py),
 # which replaces it with a VERB_LITERAL.
 VERB_ROUTER_IN_MULTI = b"\x00router"

@@ -8,7 +8,8 @@ import logging
 import os
 
 from durakv.shards.frames import (
-    VERB_CONFIG, VERB_COUNTKEYSINSLOT, VERB_GETKEYSINSLOT, VERB_INFO, VERB_RESETSTAT, VERB_UNBLOCK, VERB_UNWATCH,
+    VERB_CONFIG, VERB_COUNTKEYSINSLOT, VERB_GETKEYSINSLOT, VERB_INFO, VERB_NO_WRITES_FUNCTIONS, VERB_RESETSTAT,
+    VERB_UNBLOCK, VERB_UNWATCH,
     encode_internal,
 )
 
@@ -103,6 +104,16 @@ def forget_client(shard, argv: list[bytes]) -> bool:
     return True
 
 
+def no_writes_functions(shard, argv: list[bytes]) -> list[bytes]:
+    """The (lowercased) names of the functions flagged no-writes: FCALL of one is not
+    held by CLIENT PAUSE WRITE (every shard has the same libraries)."""
+    state = shard.db.scripting
+    if state is None:
+        return []
+    return [f.name.lower() for library in state.libraries.values() for f in library.functions.values()
+            if b"no-writes" in f.flags]
+
+
 def unblock(shard, argv: list[bytes]) -> bool:
     return shard.unblock(int(argv[1]), argv[2])
 
@@ -115,6 +126,7 @@ HANDLERS = {
     VERB_COUNTKEYSINSLOT: count_keys_in_slot,
     VERB_GETKEYSINSLOT: get_keys_in_slot,
     VERB_RESETSTAT: reset_stats,
+    VERB_NO_WRITES_FUNCTIONS: no_writes_functions,
 }
 
 

@@ -16,6 +16,8 @@ from durakv.snapshotter.runner import read_status
 PAUSE_WAIT_S = 10
 PAUSE_ALL_MS = 300
 STOP_WAIT_S = 30
+NO_WRITES_LIBRARY = ("#!lua name=pauselib\nredis.register_function{function_name='ro9', "
+                     "callback=function() return 9 end, flags={'no-writes'}}")
 
 
 @pytest.fixture(params=["pair", "pair3"])
@@ -124,14 +126,15 @@ def test_client_pause_write_holds_writes_until_unpause(server, port_kind):
         assert writer.call("MULTI") == b"+OK\r\n"
         assert writer.call("INCR", key + "n") == b"+QUEUED\r\n"
         sha = admin.value("SCRIPT", "LOAD", "#!lua flags=no-writes\nreturn 8")
+        assert admin.call("FUNCTION", "LOAD", "REPLACE", NO_WRITES_LIBRARY).startswith(b"$")
         assert admin.call("CLIENT", "PAUSE", "60000", "WRITE") == b"+OK\r\n"
         writer.send_raw(encode_command(("EXEC",)) + encode_command(("SET", key, "new")))
         _wait_blocked(admin, 1)
         # reads, read-only transactions and refused commands are answered during the pause
         assert reader.pipeline([("GET", key), ("PING",), ("SET", key), ("MULTI",), ("GET", key), ("EXEC",),
-                                ("EVAL", "#!lua flags=no-writes\nreturn 7", "0"), ("EVALSHA", sha, "0")]) == [
+                                ("EVAL", "#!lua flags=no-writes\nreturn 7", "0"), ("EVALSHA", sha, "0"), ("FCALL", "ro9", "0")]) == [
             b"$3\r\nold\r\n", b"+PONG\r\n", b"-ERR wrong number of arguments for 'set' command\r\n",
-            b"+OK\r\n", b"+QUEUED\r\n", b"*1\r\n$3\r\nold\r\n", b":7\r\n", b":8\r\n"]
+            b"+OK\r\n", b"+QUEUED\r\n", b"*1\r\n$3\r\nold\r\n", b":7\r\n", b":8\r\n", b":9\r\n"]
         assert _blocked_clients(admin) == 1
         assert admin.call("CLIENT", "UNPAUSE") == b"+OK\r\n"
         assert writer.read_reply() == b"*1\r\n:1\r\n"
