@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING
 import trio
 
 from durakv.server.links import LOST, SCRIPT_EVAL, SCRIPT_FUNCTION, Pending
+from durakv.server.pause import note_script
 from durakv.shards.frames import LARGE_BYTES, VERB_LITERAL, VERB_ROUTER_IN_MULTI
 from durakv.shards.resp import ProtocolError, RequestParser, ReplyError, encode, encode_error
-from durakv.shards.table import CURSOR, FANOUT, ROUTER, SPLIT_NONE, lookup
+from durakv.shards.table import CURSOR, FANOUT, ROUTER, SPLIT_NONE, Command, find, lookup
 from durakv.shards.slots import key_slot
 
 if TYPE_CHECKING:
@@ -45,6 +46,8 @@ MAX_QUEUED_IN_MULTI = 1024 * 1024
 ALLOWED_WHEN_SUBSCRIBED = frozenset({
     "subscribe", "unsubscribe", "psubscribe", "punsubscribe", "ssubscribe", "sunsubscribe", "ping", "quit", "reset",
 })
+# In `replies`: the reply after it is not sent (CLIENT REPLY OFF|SKIP).
+SILENCED = object()
 SCRIPT_COMMANDS = frozenset({"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"})
 
 
@@ -59,7 +62,7 @@ class Client:
         "last_cmd_at", "last_cmd", "parser", "replies", "outbuf", "outbuf_bytes", "closing", "closed", "reading",
         "lib_name", "lib_ver", "in_ready_set", "query_limit",
         "multi", "multi_error", "multi_shard", "watch_shards", "blocked_pending", "blocked_shard", "backlog",
-        "soft_limit_since", "pubsub",
+        "soft_limit_since", "pubsub", "paused", "reply_off", "reply_skip",
     )
 
     def __init__(self, router: RouterView, sock: socket.socket, client_id: int) -> None:
@@ -104,6 +107,9 @@ class Client:
         self.blocked_shard = -1
         self.backlog: deque[list[bytes]] = deque()
         self.pubsub: Subscriptions | None = None  # server/pubsub.py; None while subscribed to nothing
+        self.paused = False  # CLIENT PAUSE holds its next command (server/pause.py)
+        self.reply_off = False  # CLIENT REPLY OFF
+        self.reply_skip = False  # CLIENT REPLY SKIP: the next command's reply is dropped
 
     # --- reading and dispatch -------------------------------------------------
 
@@ -162,29 +168,38 @@ class Client:
         (bounded) its output is over the backpressure bounds."""
         backlog = self.backlog
         dispatch = self.dispatch
+        pause = self.router.pause
         while backlog and self.blocked_pending is None and not self.closing and (not bounded or self.can_dispatch()):
+            if pause.mode and pause.holds(self, backlog[0]):
+                self.paused = True
+                pause.hold(self)
+                return
             dispatch(backlog.popleft())
 
     def dispatch(self, argv: list[bytes]) -> None:
         router = self.router
         router.stats_commands += 1
+        if self.reply_off or self.reply_skip:
+            self.reply_skip = False
+            self.replies.append(SILENCED)
         try:
             cmd = lookup(argv)
         except ReplyError as e:
             self.push(encode_error(e.message))
-            router.stats_rejected += 1
+            known = find(argv)  # a known command with the wrong arity counts as rejected
+            if known is not None:
+                router.reply_stats.command(known.fullname).rejected += 1
             if self.multi is not None:
                 self.multi_error = True
             return
         self.last_cmd = cmd.fullname
         if not self.authed and not cmd.no_auth:
-            self.push(ERR_NOAUTH)
+            self._reject(cmd, ERR_NOAUTH)
             return
         if self.pubsub is not None and self.proto == 2 and cmd.fullname not in ALLOWED_WHEN_SUBSCRIBED:
             # RESP2 subscribed mode: the connection carries messages; only these may interleave.
-            self.push(b"-ERR Can't execute '%s': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET "
-                      b"are allowed in this context\r\n" % cmd.fullname.encode())
-            router.stats_rejected += 1
+            self._reject(cmd, b"-ERR Can't execute '%s': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / "
+                         b"RESET are allowed in this context\r\n" % cmd.fullname.encode())
             return
         if router.scripts_in_flight() and "allow_busy" not in cmd.flags:
             # Inside MULTI the router queues the command itself, so it answers BUSY too.
@@ -199,7 +214,7 @@ class Client:
                     busy = b"-EXECABORT Transaction discarded because of: " + busy[1:]
                 elif self.multi is not None:
                     self.multi_error = True
-                self.push(busy)
+                self._reject(cmd, busy)
                 return
         if self.multi is not None and not cmd.runs_in_multi:
             self._queue_in_multi(cmd, argv)
@@ -217,18 +232,12 @@ class Client:
         where = cmd.where
         try:
             if where == ROUTER:
-                handler = cmd.handler
-                assert handler is not None, f"router command {cmd.fullname} has no handler"
-                start_ns = time.perf_counter_ns()
-                try:
-                    reply = handler(self, argv)
-                finally:
-                    self.time_slowlog(cmd, argv, start_ns)
-                if type(reply) is not Pending:
-                    self.push(encode(reply, self.proto))
+                self._run_router_command(cmd, argv)
                 return
             if where == FANOUT:
                 assert cmd.merge is not None, "the table refuses a fan-out command without merge"
+                if cmd.fullname == "script|load":
+                    note_script(argv[2])
                 router.fanout(self, argv, cmd.merge)
                 return
             if where == CURSOR:
@@ -264,9 +273,33 @@ class Client:
             elif cmd.split != SPLIT_NONE:
                 router.split(self, argv, cmd, indexes)
             else:
-                self.push(ERR_CROSSSLOT)
+                self._reject(cmd, ERR_CROSSSLOT)
         except ReplyError as e:
+            self._reject(cmd, encode_error(e.message))  # CROSSSLOT, MOVED: refused before it ran
+
+    def _run_router_command(self, cmd: Command, argv: list[bytes]) -> None:
+        """A command the router answers itself, counted in its commandstats."""
+        handler = cmd.handler
+        assert handler is not None, f"router command {cmd.fullname} has no handler"
+        stat = self.router.reply_stats.command(cmd.fullname)
+        start = time.perf_counter_ns()
+        try:
+            reply = handler(self, argv)
+        except ReplyError as e:
+            stat.failed += 1
             self.push(encode_error(e.message))
+        else:
+            if type(reply) is not Pending:
+                self.push(encode(reply, self.proto))
+        finally:
+            self.time_slowlog(cmd, argv, start)
+        stat.calls += 1
+        stat.usec += (time.perf_counter_ns() - start) // 1000
+
+    def _reject(self, cmd: Command, error: bytes) -> None:
+        """Refuse a command before it runs (Redis' rejected_calls)."""
+        self.router.reply_stats.command(cmd.fullname).rejected += 1
+        self.push(error)
 
     def _submit_script(self, cmd, argv: list[bytes]) -> None:
         """EVAL*/FCALL*: routed by their keys like any command, and timed (busy-reply-threshold)."""
@@ -275,8 +308,10 @@ class Client:
         try:
             shard = router.keys_shard(self, argv, indexes) if indexes else router.home_shard
         except ReplyError as e:
-            self.push(encode_error(e.message))
+            self._reject(cmd, encode_error(e.message))
             return
+        if cmd.name == "eval":
+            note_script(argv[1])
         kind = SCRIPT_FUNCTION if cmd.name.startswith("fcall") else SCRIPT_EVAL
         self.replies.append(router.links[shard].submit(self, self.proto, argv, script=kind))
 
@@ -388,6 +423,10 @@ class Client:
             size = 0
             while replies:
                 head = replies[0]
+                if head is SILENCED:
+                    if not self._drop_silenced():
+                        break
+                    continue
                 if type(head) is not bytes:
                     head = head.data
                     if head is None:
@@ -395,6 +434,8 @@ class Client:
                     if head is LOST:
                         self._lose(chunks, size)
                         return
+                if head[:1] == b"-":
+                    self.router.reply_stats.error(head)
                 chunks.append(head)
                 size += len(head)
                 replies.popleft()
@@ -404,10 +445,40 @@ class Client:
             if blocked is not None and blocked.data is not None:
                 self.blocked_pending = None
                 self.blocked_shard = -1
-            if not (self.backlog and self.blocked_pending is None and not self.closing and self.can_dispatch()):
+            if not (self.backlog and self.blocked_pending is None and not self.closing and self.can_dispatch()
+                    and not self.paused):
                 break
             self.run_backlog()
         self._update_interest()
+
+    def silence_current(self) -> None:
+        """Drop the reply of the command running now (CLIENT REPLY OFF|SKIP)."""
+        if not (self.replies and self.replies[-1] is SILENCED):
+            self.replies.append(SILENCED)
+
+    def unsilence_current(self) -> None:
+        """Send the reply of the command running now after all (CLIENT REPLY ON)."""
+        if self.replies and self.replies[-1] is SILENCED:
+            self.replies.pop()
+
+    def _drop_silenced(self) -> bool:
+        """The head is SILENCED: drop it and the reply after it once that is complete
+        (still counted in errorstats). False while that reply is not complete."""
+        replies = self.replies
+        if len(replies) < 2:
+            return False
+        reply = replies[1]
+        data = reply if type(reply) is bytes else reply.data
+        if data is None or data is LOST:
+            if data is LOST:
+                replies.popleft()  # flush then meets the LOST reply at the head
+                return True
+            return False
+        if data[:1] == b"-":
+            self.router.reply_stats.error(data)
+        replies.popleft()
+        replies.popleft()
+        return True
 
     def _lose(self, chunks: list[bytes], size: int) -> None:
         """The reply at the head of the queue is LOST (its shard died with the

@@ -8,9 +8,11 @@ import time
 
 from durakv.server.client import Client
 from durakv.shards.args import ERR_SYNTAX, int_range_arg
+from durakv.shards.frames import VERB_NO_WRITES_FUNCTIONS
 from durakv.shards.numbers import INT_MAX, INT_MIN, parse_ll
 from durakv.shards.resp import OK, PONG, Map, ReplyError, Simple, Verbatim, fixed_error
-from durakv.shards.table import MULTI_RUN_NOW, ROUTER, arity_error, command, container
+from durakv.server.pause import PAUSE_ALL, PAUSE_WRITE
+from durakv.shards.table import MULTI_RUN_NOW, ROUTER, arity_error, command, container, subcommand_syntax_error
 
 REDIS_VERSION = b"7.0.15"
 CLIENT_TYPES = (b"normal", b"master", b"replica", b"slave", b"pubsub")
@@ -136,6 +138,10 @@ def reset(client: Client, argv: list[bytes]):
     client.parser.authed = client.authed
     if client.pubsub is not None:
         client.router.pubsub.forget(client)
+    if client.reply_off:  # Redis clears REPLY OFF before replying (a SKIP in force still applies)
+        client.reply_off = False
+        client.unsilence_current()
+    client.reply_skip = False
     return Simple(b"RESET")
 
 
@@ -310,6 +316,61 @@ def _kill(caller: Client, victims: list[Client]) -> None:
 def client_no_evict(client: Client, argv: list[bytes]):
     if argv[2].upper() not in (b"ON", b"OFF"):
         raise ERR_SYNTAX
+    return OK
+
+
+@command("client|reply", 3, "noscript loading stale", group="connection", where=ROUTER)
+def client_reply(client: Client, argv: list[bytes]):
+    """As Redis: ON answers OK; OFF and SKIP answer nothing (SKIP: nor the next command)."""
+    mode = argv[2].upper()
+    if mode == b"ON":
+        client.reply_off = client.reply_skip = False
+        client.unsilence_current()
+    elif mode == b"OFF":
+        client.reply_off = True
+        client.silence_current()
+    elif mode == b"SKIP":
+        client.reply_skip = not client.reply_off
+        client.silence_current()
+    else:
+        raise ERR_SYNTAX
+    return OK
+
+
+@command("client|pause", -3, "admin noscript loading stale", group="connection", where=ROUTER)
+def client_pause(client: Client, argv: list[bytes]):
+    """CLIENT PAUSE timeout [WRITE|ALL] (server/pause.py), Redis' checks in its order."""
+    if len(argv) > 4:
+        raise subcommand_syntax_error(argv)
+    mode = PAUSE_ALL
+    if len(argv) == 4:
+        word = argv[3].upper()
+        if word not in (b"WRITE", b"ALL"):
+            raise ReplyError(b"ERR CLIENT PAUSE mode must be WRITE or ALL")
+        mode = PAUSE_WRITE if word == b"WRITE" else PAUSE_ALL
+    timeout_ms = parse_ll(argv[2])
+    if timeout_ms is None:
+        raise ReplyError(b"ERR timeout is not an integer or out of range")
+    if timeout_ms < 0:
+        raise ReplyError(b"ERR timeout is negative")
+    router = client.router
+    pause = router.pause
+    pause.pause(timeout_ms, mode)
+    router.after(max(pause.end - time.monotonic(), 0), pause.expire)
+    if mode == PAUSE_ALL or not router.links[router.home_shard].up:
+        return OK
+
+    def functions_known(names: list[bytes]) -> bytes:
+        pause.no_writes_functions = frozenset(names)
+        return b"+OK\r\n"
+
+    # Which functions FCALL may run during the pause: the reply waits for the answer.
+    return router.ask_shard(client, router.home_shard, [VERB_NO_WRITES_FUNCTIONS], functions_known)
+
+
+@command("client|unpause", 2, "admin noscript loading stale", group="connection", where=ROUTER)
+def client_unpause(client: Client, argv: list[bytes]):
+    client.router.pause.unpause()
     return OK
 
 

@@ -20,6 +20,8 @@ from durakv.server.client import Client, ClientPoller
 from durakv.server.links import LOST, Pending
 from durakv.server.pubsub import PubSub
 from durakv.server.settings import Settings
+from durakv.server.pause import ClientPause
+from durakv.server.stats import ReplyStats
 from durakv.shards.config import Config
 from durakv.shards.frames import PROTO_INTERNAL, VERB_UNBLOCK, VERB_UNWATCH, internal_reply_decoder
 from durakv.shards.resp import ReplyError, encode, encode_error
@@ -124,10 +126,11 @@ class Front:
         self.settings = Settings(config)
         self.settings.on_apply = self.configure_slowlog
         self.stats_commands = 0
-        self.stats_rejected = 0
         self.stats_connections = 0
         self.stats_rejected_connections = 0
         self.stats_protocol_errors = 0
+        self.reply_stats = ReplyStats()  # errorstats and the commandstats of what this process answers
+        self.pause = ClientPause()
         self.large_requests = 0  # bumped by a client that read a large argument (server/links.py)
         self.port = config.port
         self.nursery: trio.Nursery | None = None

@@ -125,7 +125,7 @@ def _clients(router, infos, version):
         f"connected_clients:{len(router.clients)}",
         "cluster_connections:0",
         f"maxclients:{router.settings.maxclients}",
-        f"blocked_clients:{sum(1 for c in router.clients.values() if c.blocked_pending is not None)}",
+        f"blocked_clients:{sum(1 for c in router.clients.values() if c.blocked_pending is not None or c.paused)}",
         "tracking_clients:0",
     ]
 
@@ -139,11 +139,19 @@ def _memory(router, infos, version):
         f"used_memory_rss:{total}",
         f"used_memory_router_rss:{rss_bytes()}",
         f"used_memory_shards_rss:{shard_rss}",
+        f"number_of_cached_scripts:{_cached_scripts(infos)}",
         f"maxmemory:{router.settings.values['maxmemory']}",
         f"maxmemory_policy:{router.settings.values['maxmemory-policy']}",
         "mem_fragmentation_ratio:1.00",
         "mem_allocator:libc",  # CPython's pymalloc sits on the C library's malloc
     ]
+
+
+def _cached_scripts(infos) -> int:
+    """Distinct scripts over the shards' caches (shards/internal.py cached_scripts)."""
+    if any(i["cached_scripts"][1] is None for i in infos):
+        return max(i["cached_scripts"][0] for i in infos)
+    return len({sha for i in infos for sha in i["cached_scripts"][1]})
 
 
 def _persistence(router, infos, version):
@@ -208,11 +216,6 @@ def _persistence(router, infos, version):
     return lines
 
 
-def _failed_calls(info: dict) -> int:
-    """Commands a shard answered with an error (its commandstats' failed counts)."""
-    return sum(failed for _calls, _usec, failed in info["commandstats"].values())
-
-
 def _stats(router, infos, version):
     return [
         f"total_connections_received:{router.stats_connections}",
@@ -224,7 +227,7 @@ def _stats(router, infos, version):
         f"keyspace_misses:{sum(i['keyspace_misses'] for i in infos)}",
         f"pubsub_channels:{len(router.pubsub.channels)}",  # this process's, as CLIENT LIST's clients
         f"pubsub_patterns:{len(router.pubsub.patterns)}",
-        f"total_error_replies:{router.stats_rejected + sum(_failed_calls(i) for i in infos)}",
+        f"total_error_replies:{router.reply_stats.error_replies}",
         "unexpected_error_replies:0",
         f"total_protocol_errors:{router.stats_protocol_errors}",
         f"shard_frames_sent:{sum(link.frames_sent for link in router.links)}",
@@ -252,7 +255,7 @@ def _modules(router, infos, version):
 
 
 def _errorstats(router, infos, version):
-    return []
+    return router.reply_stats.error_lines()
 
 
 def _cluster(router, infos, version):
@@ -268,18 +271,22 @@ def _keyspace(router, infos, version):
 
 
 def _commandstats(router, infos, version):
+    """The shards' stats of the commands they ran plus this router's own (the commands
+    it answers, and those it refused before they reached a shard)."""
     merged: dict[str, list[int]] = {}
-    for info in infos:
-        for name, (calls, usec, failed) in info["commandstats"].items():
-            entry = merged.setdefault(name, [0, 0, 0])
-            entry[0] += calls
-            entry[1] += usec
-            entry[2] += failed
+    own = [{name: [s.calls, s.usec, s.failed, s.rejected] for name, s in router.reply_stats.commands.items()}]
+    for stats in [i["commandstats"] for i in infos] + own:
+        for name, counts in stats.items():
+            entry = merged.setdefault(name, [0, 0, 0, 0])
+            for n, count in enumerate(counts):
+                entry[n] += count
     lines = []
-    for name, (calls, usec, failed) in sorted(merged.items()):
+    for name, (calls, usec, failed, rejected) in sorted(merged.items()):
+        if not (calls or failed or rejected):
+            continue
         per_call = usec / calls if calls else 0.0
         lines.append(f"cmdstat_{name}:calls={calls},usec={usec},usec_per_call={per_call:.2f},"
-                     f"rejected_calls=0,failed_calls={failed}")
+                     f"rejected_calls={rejected},failed_calls={failed}")
     return lines
 
 

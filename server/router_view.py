@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from durakv.server.pubsub import PubSub
     from durakv.server.settings import Settings
     from durakv.server.settings_sync import SettingsSync
+    from durakv.server.pause import ClientPause
+    from durakv.server.stats import ReplyStats
     from durakv.shards.config import Config
     from durakv.shards.slowlog import SlowLog
     from durakv.shards.table import Command, Merge
@@ -83,7 +85,8 @@ class RouterView(Protocol):
 
     # --- counters for INFO (clients and CONFIG RESETSTAT write them) --------------
     stats_commands: int
-    stats_rejected: int
+    reply_stats: ReplyStats
+    pause: ClientPause  # CLIENT PAUSE (server/pause.py)
     stats_connections: int
     stats_rejected_connections: int
     stats_protocol_errors: int

@@ -277,7 +277,7 @@ def config_set(client: Client, argv: list[bytes]):
 def config_resetstat(client: Client, argv: list[bytes]):
     router = client.router
     router.stats_commands = 0
-    router.stats_rejected = 0
+    router.reply_stats.reset()
     router.stats_connections = 0
     router.stats_rejected_connections = 0
     router.stats_protocol_errors = 0

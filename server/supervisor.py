@@ -238,7 +238,7 @@ class Supervisor:
         notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         # Abstract, so no path to clean up; a datagram from anyone but our own
         # children is ignored (the kernel vouches for the sender's pid).
-        notify.bind(f"\0durakv-notify-{os.getpid()}-{os.urandom(8).hex()}")
+        notify.bind(f"\0{sdnotify.SUPERVISOR_SOCKET_PREFIX[1:]}{os.getpid()}-{os.urandom(8).hex()}")
         env = dict(os.environ, NOTIFY_SOCKET="@" + notify.getsockname()[1:].decode())
         self.wake_fds = wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w)
@@ -314,7 +314,13 @@ class Supervisor:
             if child is None:
                 logger.warning("supervisor: ignored a notification from pid %s, not a child", pid)
                 continue
-            if b"READY=1" in data.split(b"\n") and not child.ready:
+            lines = data.split(b"\n")
+            if b"STOPPING=1" in lines and not self.stopping:
+                # SHUTDOWN on a router or shard port: stop the tree as on SIGTERM.
+                logger.warning("supervisor: %s (pid %d) asked to stop the server (SHUTDOWN); stopping",
+                               child.name, pid)
+                self.stopping = True
+            if b"READY=1" in lines and not child.ready:
                 child.ready = True
                 logger.info("supervisor: %s (pid %d) ready %.0f ms after its start",
                          child.name, pid, (time.monotonic() - child.started_at) * 1000)
@@ -339,6 +345,7 @@ class Supervisor:
         return all(c.failed for c in self.children if c.role == "shard")
 
     def stop(self) -> None:
+        sdnotify.notify(b"STOPPING=1")  # to systemd, when it runs `serve`
         running = [c for c in self.children if c.pid]
         logger.info("supervisor: stopping %d processes", len(running))
         # Routers first so no new work arrives, then shards.

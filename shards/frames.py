@@ -47,6 +47,7 @@ VERB_RESETSTAT = b"\x00resetstat"  # [verb]: CONFIG RESETSTAT
 VERB_SLOWLOG = b"\x00slowlog"  # [verb, b"get", count] | [verb, b"len"] | [verb, b"reset"]: SLOWLOG
 VERB_COUNTKEYSINSLOT = b"\x00countkeysinslot"  # [verb, slot]: CLUSTER COUNTKEYSINSLOT
 VERB_GETKEYSINSLOT = b"\x00getkeysinslot"  # [verb, slot, count]: CLUSTER GETKEYSINSLOT
+VERB_NO_WRITES_FUNCTIONS = b"\x00nowritesfns"  # [verb]: the no-writes functions (CLIENT PAUSE WRITE)
 # Never sent: marks a router-answered command queued in MULTI until EXEC (server/client.py),
 # which replaces it with a VERB_LITERAL.
 VERB_ROUTER_IN_MULTI = b"\x00router"

@@ -9,8 +9,8 @@ import os
 
 from durakv.shards.notify import parse_flags
 from durakv.shards.frames import (
-    VERB_CONFIG, VERB_COUNTKEYSINSLOT, VERB_GETKEYSINSLOT, VERB_INFO, VERB_RESETSTAT, VERB_SLOWLOG, VERB_UNBLOCK,
-    VERB_UNWATCH,
+    VERB_CONFIG, VERB_COUNTKEYSINSLOT, VERB_GETKEYSINSLOT, VERB_INFO, VERB_NO_WRITES_FUNCTIONS, VERB_RESETSTAT,
+    VERB_SLOWLOG, VERB_UNBLOCK, VERB_UNWATCH,
     encode_internal,
 )
 
@@ -35,9 +35,22 @@ def info(shard, argv: list[bytes]) -> dict:
         "expired_keys": db.stat_expired_keys,
         "keyspace_hits": db.stat_keyspace_hits,
         "keyspace_misses": db.stat_keyspace_misses,
-        "commandstats": {name: [s.calls, s.usec, s.failed] for name, s in shard.stats.items()},
+        "commandstats": {name: [s.calls, s.usec, s.failed, s.rejected] for name, s in shard.stats.items()},
         "persistence": persistence(shard),
+        "cached_scripts": cached_scripts(db),
     }
+
+
+# INFO's number_of_cached_scripts counts distinct scripts over the shards (SCRIPT LOAD
+# caches on every shard, EVAL where it ran): a shard sends its shas up to this many,
+# else only its count (the router then reports the largest count).
+MAX_INFO_SCRIPT_SHAS = 4096
+
+
+def cached_scripts(db) -> list:
+    """[count, the shas or None]."""
+    scripts = db.scripting.scripts if db.scripting is not None else {}
+    return [len(scripts), list(scripts) if len(scripts) <= MAX_INFO_SCRIPT_SHAS else None]
 
 
 def persistence(shard) -> dict:
@@ -111,6 +124,16 @@ def forget_client(shard, argv: list[bytes]) -> bool:
     return True
 
 
+def no_writes_functions(shard, argv: list[bytes]) -> list[bytes]:
+    """The (lowercased) names of the functions flagged no-writes: FCALL of one is not
+    held by CLIENT PAUSE WRITE (every shard has the same libraries)."""
+    state = shard.db.scripting
+    if state is None:
+        return []
+    return [f.name.lower() for library in state.libraries.values() for f in library.functions.values()
+            if b"no-writes" in f.flags]
+
+
 def unblock(shard, argv: list[bytes]) -> bool:
     return shard.unblock(int(argv[1]), argv[2])
 
@@ -124,6 +147,7 @@ HANDLERS = {
     VERB_GETKEYSINSLOT: get_keys_in_slot,
     VERB_RESETSTAT: reset_stats,
     VERB_SLOWLOG: slowlog,
+    VERB_NO_WRITES_FUNCTIONS: no_writes_functions,
 }
 
 

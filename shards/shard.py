@@ -52,12 +52,16 @@ MAX_HELD_EVENT_BATCHES = 1_000_000
 
 
 class CommandStats:
-    __slots__ = ("calls", "usec", "failed")
+    """INFO commandstats, as Redis 7.0: failed = ran and replied an error;
+    rejected = refused before running (counted in neither calls nor usec)."""
+
+    __slots__ = ("calls", "usec", "failed", "rejected")
 
     def __init__(self) -> None:
         self.calls = 0
         self.usec = 0
         self.failed = 0
+        self.rejected = 0
 
 
 class SnapshotHooks(Protocol):
@@ -257,6 +261,9 @@ class Shard(GroupCommit):
             data = encode(result, proto) if proto else encode_internal(True, result)
         except ReplyError as e:
             data = encode_error(e.message) if proto else encode_internal(False, e.message)
+            if refused:
+                self._stat(cmd).rejected += 1
+                return data, 0
             self._stat(cmd).failed += 1
         except Exception:
             logger.exception("shard %d: command %r failed", self.index, argv[:3])

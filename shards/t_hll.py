@@ -551,7 +551,7 @@ def pfadd(ctx: Ctx, argv: list[bytes]):
     return 1 if updated else 0
 
 
-@command("pfcount", -2, "readonly", (1, -1, 1), "hyperloglog",
+@command("pfcount", -2, "readonly may_replicate", (1, -1, 1), "hyperloglog",
          key_specs=(KeySpec("RW access", 1, -1, 1, notes="RW because it may change the internal representation "
                                                          "of the key, and propagate to replicas"),))
 def pfcount(ctx: Ctx, argv: list[bytes]):

@@ -58,9 +58,17 @@ def memory_usage(ctx: Ctx, argv: list[bytes]):
 def memory_help(ctx: Ctx, argv: list[bytes]):
     return [Simple(line) for line in (
         b"MEMORY <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+        b"DOCTOR",
+        b"    Return memory problems reports.",
+        b"MALLOC-STATS",
+        b"    Return internal statistics report from the memory allocator.",
+        b"PURGE",
+        b"    Attempt to purge dirty pages for reclamation by the allocator.",
+        b"STATS",
+        b"    Return information about the memory usage of the server.",
         b"USAGE <key> [SAMPLES <count>]",
         b"    Return memory in bytes used by <key> and its value. Nested values are",
         b"    sampled up to <count> times (default: 5, 0 means sample all).",
         b"HELP",
-        b"    Print this help.",
+        b"    Prints this help.",
     )]
