@@ -17,12 +17,12 @@ from typing import Any
 from durakv.server.client import Client
 from durakv.shards.frames import VERB_SLOWLOG
 from durakv.shards.numbers import parse_ll
-from durakv.shards.resp import OK, ReplyError, Simple, encode
+from durakv.shards.resp import OK, Simple, encode, fixed_error
 from durakv.shards.slowlog import ADDR, ARGV, CLIENT_ID, DURATION_US, ID, NAME, TIME_NS
 from durakv.shards.table import ROUTER, command, container, subcommand_syntax_error
 
 DEFAULT_GET_COUNT = 10
-ERR_COUNT = ReplyError(b"ERR count should be greater than or equal to -1")
+ERR_COUNT = fixed_error(b"ERR count should be greater than or equal to -1")
 
 container("slowlog", "server", where=ROUTER)
 
