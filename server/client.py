@@ -201,7 +201,7 @@ class Client:
             self._reject(cmd, b"-ERR Can't execute '%s': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / "
                          b"RESET are allowed in this context\r\n" % cmd.fullname.encode())
             return
-        if router.scripts_in_flight() and "allow_busy" not in cmd.flags:
+        if router.scripts_in_flight and "allow_busy" not in cmd.flags:
             # Inside MULTI the router queues the command itself, so it answers BUSY too.
             busy = router.busy_error(cmd.where == ROUTER or cmd.where == FANOUT or self.multi is not None)
             if busy is not None:

@@ -111,6 +111,7 @@ class Front:
     cluster_node = False  # a shard's node: Redis Cluster's per-slot rules (Client.dispatch)
     home_shard = 0  # where keyless commands that are not fanned out run
     scan_last_slot = SLOT_COUNT - 1  # SCAN hands on to the next shard until past this slot
+    scripts_in_flight = 0  # EVAL/FCALL sent to shards and not answered yet (server/links.py counts)
     settings_sync: Any  # SettingsSync (imported by the subclasses)
     slowlog: SlowLog  # the commands answered here (a node shares its shard's)
 
@@ -285,9 +286,6 @@ class Front:
 
     def shards_up(self) -> bool:
         return all(link.up for link in self.links)
-
-    def scripts_in_flight(self) -> bool:
-        raise NotImplementedError
 
     def busy_error(self, any_shard: bool) -> bytes | None:
         raise NotImplementedError

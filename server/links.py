@@ -96,6 +96,7 @@ class ShardLink:
         self._pending[rid] = pending
         if script:
             self.scripts[rid] = (time.monotonic(), script == SCRIPT_EVAL)
+            self.router.scripts_in_flight += 1
         self._outbox.put((rid, client.id if client is not None else 0, proto, argv))
         return pending
 
@@ -150,6 +151,7 @@ class ShardLink:
         never_sent = {request[0] for request in self._outbox.clear()}
         never_sent.update(request[0] for request in self._unsent)
         self._pending = {}
+        self.router.scripts_in_flight -= len(self.scripts)
         self.scripts.clear()
         self._unsent = []
         lost = 0
@@ -214,8 +216,8 @@ class ShardLink:
                         router.pubsub.keyspace_events(events_decoder.decode(reply))
                         continue
                     pending = in_flight.pop(rid)
-                    if scripts:
-                        scripts.pop(rid, None)
+                    if scripts and scripts.pop(rid, None) is not None:
+                        router.scripts_in_flight -= 1
                     if pending.on_fill is None:  # Pending.fill, inlined: the common case
                         pending.data = reply
                         client = pending.client
@@ -230,8 +232,8 @@ class ShardLink:
                 if rid == EVENTS_RID:
                     router.pubsub.keyspace_events(events_decoder.decode(item.blobs[0]))
                     continue
-                if scripts:
-                    scripts.pop(rid, None)
+                if scripts and scripts.pop(rid, None) is not None:
+                    router.scripts_in_flight -= 1
                 in_flight.pop(rid).fill(item.blobs[0])
         router.flush_ready_clients()
 

@@ -219,11 +219,6 @@ class ShardNode(Front):
     def shards_up(self) -> bool:
         return True
 
-    def scripts_in_flight(self) -> bool:
-        """Never while this node's code runs: a script runs on this very process's
-        loop (its hook answers the routers' requests with BUSY, not the node's)."""
-        return False
-
     def busy_error(self, any_shard: bool) -> bytes | None:
         return None
 

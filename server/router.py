@@ -45,12 +45,6 @@ class Router(Front):
 
     # --- long scripts -------------------------------------------------------------
 
-    def scripts_in_flight(self) -> bool:
-        for link in self.links:
-            if link.scripts:
-                return True
-        return False
-
     def busy_error(self, any_shard: bool) -> bytes | None:
         """Redis' BUSY reply while a shard runs a script past busy-reply-threshold, for
         a command the router answers itself (the shard answers its own commands from

@@ -90,6 +90,8 @@ class RouterView(Protocol):
     stats_connections: int
     stats_rejected_connections: int
     stats_protocol_errors: int
+    # EVAL/FCALL in flight on the shards (a node never counts its own: a script holds its loop).
+    scripts_in_flight: int
     # Client reads that completed a big argument: a shard link looks for large
     # requests in its batch only when this moved (server/links.py).
     large_requests: int
@@ -120,8 +122,6 @@ class RouterView(Protocol):
     def unwatch(self, client_id: int, shards: set[int]) -> None: ...
 
     def shards_up(self) -> bool: ...
-
-    def scripts_in_flight(self) -> bool: ...
 
     def busy_error(self, any_shard: bool) -> bytes | None:
         """BUSY while a shard runs a script past busy-reply-threshold (router commands)."""

@@ -102,7 +102,7 @@ def shutdown(client: Client, argv: list[bytes]):
     if abort:
         raise ReplyError(b"ERR No shutdown in progress.")  # a SHUTDOWN never waits here but for SAVE
     router = client.router
-    if b"NOSAVE" not in flags and router.scripts_in_flight():
+    if b"NOSAVE" not in flags and router.scripts_in_flight:
         busy = router.busy_error(True)
         if busy is not None:
             raise ReplyError(busy[1:-2])  # as Redis: only NOSAVE stops a server busy with a script
