@@ -116,6 +116,7 @@ class PubSub:
 
     def subscribe(self, client: Client, table: dict[bytes, dict[Client, None]], kind: str,
                   names: list[bytes], reply: bytes) -> None:
+        _pushes_are_not_replies(client)
         subs = client.pubsub
         if subs is None:
             subs = client.pubsub = Subscriptions()
@@ -130,6 +131,8 @@ class PubSub:
     def unsubscribe(self, client: Client, table: dict[bytes, dict[Client, None]], kind: str,
                     names: list[bytes], reply: bytes | None) -> None:
         """Drop `names` (all when empty); `reply` None: quietly (RESET, a closed connection)."""
+        if reply is not None:
+            _pushes_are_not_replies(client)
         subs = client.pubsub
         own: dict[bytes, None] = getattr(subs, kind) if subs is not None else {}
         if not names:
@@ -435,6 +438,12 @@ def _done() -> Pending:
 
 NO_REPLY = Pending(None)
 NO_REPLY.data = b""
+
+
+def _pushes_are_not_replies(client: Client) -> None:
+    """(Un)subscribe confirmations, like messages, are pushed (Redis' CLIENT_PUSHING,
+    in RESP2 too): CLIENT REPLY OFF|SKIP does not silence them."""
+    client.unsilence_current()
 
 
 @command("subscribe", -2, "pubsub noscript loading stale", group="pubsub", where=ROUTER,

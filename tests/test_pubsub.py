@@ -352,3 +352,30 @@ def test_messages_behind_a_blocked_reply_are_bounded(server_factory):
     assert "messages queued behind a pending reply" in srv.log()
     assert client.pubsub_numsub("q") == [(b"q", 0)]
     client.close()
+
+
+def _reply_off_keeps_pushes(p: Pair) -> None:
+    send_both(p, "CLIENT", "REPLY", "OFF")
+    send_both(p, "SUBSCRIBE", "ch")
+    both_replies(p, 1)
+    send_both(p, "CLIENT", "REPLY", "SKIP")
+    send_both(p, "PSUBSCRIBE", "c*")
+    both_replies(p, 1)
+    send_both(p, "UNSUBSCRIBE")
+    both_replies(p, 1)
+    send_both(p, "PUNSUBSCRIBE")
+    both_replies(p, 1)
+    send_both(p, "CLIENT", "REPLY", "ON")
+    both_replies(p, 1)
+    p.same("PING")
+
+
+def test_client_reply_off_does_not_silence_subscription_pushes(pair: Pair):
+    """(Un)subscribe confirmations and messages are pushes: CLIENT REPLY OFF or SKIP
+    does not silence them (Redis' CLIENT_PUSHING), in RESP2..."""
+    _reply_off_keeps_pushes(pair)
+
+
+def test_client_reply_off_does_not_silence_resp3_pushes(pair3: Pair):
+    """...and in RESP3."""
+    _reply_off_keeps_pushes(pair3)
