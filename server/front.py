@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import time
+from abc import ABC, abstractmethod
 from typing import Any, Sequence
 
 import trio
@@ -97,7 +98,7 @@ def decode_internal(data: bytes) -> Any:
     return value
 
 
-class Front:
+class Front(ABC):
     """The client-serving half of a router or a shard node. Subclasses set
     `links` (one per shard, indexed by shard), `slot_owner`, `node_id`,
     `shard_node_ids` and `settings_sync`, and give client ids. The routing
@@ -138,8 +139,8 @@ class Front:
         self.poller = ClientPoller()
         self.pubsub = PubSub(self)
 
-    def new_client_id(self) -> int:
-        raise NotImplementedError
+    @abstractmethod
+    def new_client_id(self) -> int: ...
 
     def configure_slowlog(self) -> None:
         values = self.settings.values
@@ -287,8 +288,8 @@ class Front:
     def shards_up(self) -> bool:
         return all(link.up for link in self.links)
 
-    def busy_error(self, any_shard: bool) -> bytes | None:
-        raise NotImplementedError
+    @abstractmethod
+    def busy_error(self, any_shard: bool) -> bytes | None: ...
 
     # --- clients ------------------------------------------------------------------
 

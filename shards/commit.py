@@ -150,9 +150,7 @@ class GroupCommit:
     record_clock: RecordClock
     _unsynced_since: deque[tuple[int, float]]
     held_events: deque[tuple[int, list[tuple[bytes, bytes]]]]
-
-    def publish_events(self, events: list[tuple[bytes, bytes]]) -> None:
-        raise NotImplementedError  # Shard's
+    event_sinks: list[Callable[[list[tuple[bytes, bytes]]], None]]
     _commit_thread: CommitThread | None
     _commit_failed: trio.Event | None
     _commit_error: BaseException | None
@@ -259,6 +257,11 @@ class GroupCommit:
                             self._cause(error).encode()[:200] +
                             b". Writes are refused until the shard can write its log again (it "
                             b"retries); writes not yet confirmed are confirmed once it can.")
+
+    def publish_events(self, events: list[tuple[bytes, bytes]]) -> None:
+        """Keyspace notifications whose writes are durable, to every router and the node."""
+        for sink in self.event_sinks:
+            sink(events)
 
     def _on_durable(self, durable_seq: int) -> None:
         """Records through durable_seq are on stable storage: their keys are clean and

@@ -234,10 +234,6 @@ class Shard(GroupCommit):
             else:
                 self.publish_events(events)
 
-    def publish_events(self, events: list[tuple[bytes, bytes]]) -> None:
-        for sink in self.event_sinks:
-            sink(events)
-
     def _execute(self, argv: list[bytes], cid: int, proto: int, next_seq: int,
                  hold_writes: bool) -> tuple[bytes, int]:
         """Run one command: its encoded reply and the seq the reply must wait for."""
