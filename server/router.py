@@ -64,6 +64,7 @@ class Router(Front):
         for link in self.links:
             if link.up and link.index not in self._links_up:
                 self._send_shard_settings(link)
+                self.tracking.send_state(link)
         self._links_up = {link.index for link in self.links if link.up}
 
     def _send_shard_settings(self, link: ShardLink) -> None:

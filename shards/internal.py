@@ -7,10 +7,11 @@ from __future__ import annotations
 import logging
 import os
 
+from durakv.shards import tracking
 from durakv.shards.notify import parse_flags
 from durakv.shards.frames import (
     VERB_CONFIG, VERB_COUNTKEYSINSLOT, VERB_GETKEYSINSLOT, VERB_INFO, VERB_NO_WRITES_FUNCTIONS, VERB_RESETSTAT,
-    VERB_SLOWLOG, VERB_UNBLOCK, VERB_UNWATCH,
+    VERB_SLOWLOG, VERB_TRACKING, VERB_UNBLOCK, VERB_UNWATCH,
     encode_internal,
 )
 
@@ -138,6 +139,10 @@ def unblock(shard, argv: list[bytes]) -> bool:
     return shard.unblock(int(argv[1]), argv[2])
 
 
+def set_tracking(shard, argv: list[bytes]) -> bool:
+    return tracking.set_front(shard.tracking_fronts, argv)
+
+
 HANDLERS = {
     VERB_UNBLOCK: unblock,
     VERB_UNWATCH: forget_client,
@@ -148,6 +153,7 @@ HANDLERS = {
     VERB_RESETSTAT: reset_stats,
     VERB_SLOWLOG: slowlog,
     VERB_NO_WRITES_FUNCTIONS: no_writes_functions,
+    VERB_TRACKING: set_tracking,
 }
 
 

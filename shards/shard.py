@@ -40,6 +40,7 @@ from durakv.shards.shard_settings import SHARD_DEFAULTS
 from durakv.shards.slots import slot_ranges
 from durakv.shards.slowlog import SlowLog
 from durakv.shards.t_multi import Watches, unpack_transaction
+from durakv.shards.tracking import FLUSH_EVENT, invalidation
 from durakv.shards.table import Command, lookup
 
 logger = logging.getLogger("durakv.shard")
@@ -88,6 +89,7 @@ class Shard(GroupCommit):
         # Who hears this shard's keyspace notifications: each router connection, its node.
         self.event_sinks: list[Callable[[list[tuple[bytes, bytes]]], None]] = []
         self.held_events: deque[tuple[int, list[tuple[bytes, bytes]]]] = deque()  # (seq, events) until durable
+        self.tracking_fronts: set[bytes] = set()  # fronts with CLIENT TRACKING clients (shards/tracking.py)
         self.settings = dict(SHARD_DEFAULTS)
         # Shards take slowlog id slots 0..S-1, routers S..S+R-1 (shards/slowlog.py).
         self.slowlog = SlowLog(index, config.shards + config.routers)
@@ -165,9 +167,14 @@ class Shard(GroupCommit):
             self.watches.touched(key)
         if key in self.blocked.by_key:
             self.blocked.ready_keys[key] = None
+        if self.tracking_fronts:
+            db = self.db
+            db.events.append(invalidation(key, 0 if db.expiring else self.ctx.client_id))
 
     def _on_flush(self) -> None:
         self.hazards.mark_all(self.wal.tail_seq + 1)
+        if self.tracking_fronts:
+            self.db.events.append(FLUSH_EVENT)
         self.watches.touched_existing(self.db.data)
         # Every waiter's key may be gone: XREADGROUP answers that it no longer exists.
         for key in self.blocked.by_key:

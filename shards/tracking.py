@@ -1,0 +1,36 @@
+"""Client-side caching, the shard's half (Redis' signalModifiedKey feeding
+tracking.c): while some front (a router, or this shard's node) has a client with
+CLIENT TRACKING on, the shard reports every key a batch changes, with the id of
+the client whose command changed it (0 for an expiry, which Redis attributes to
+no client, so NOLOOP never hides it), and every FLUSHALL/FLUSHDB.
+
+The reports ride with the keyspace notifications (`Keyspace.events`, handed out
+by `Shard.hand_out_events` once the batch's record is durable, ahead of the
+write's reply): an invalidation is an event whose channel starts with NUL, which
+no keyspace notification channel does. server/tracking.py turns them into
+`invalidate` pushes. A shard with no tracking front adds nothing: the cost of
+the feature is one truth test per changed key."""
+
+from __future__ import annotations
+
+MARK = b"\x00"  # the first byte of an invalidation event's channel
+FLUSH_EVENT = (b"\x00flush", b"")  # every key is gone (FLUSHALL, FLUSHDB)
+MAX_TRACKING_FRONTS = 4096  # routers plus the node: far more than a tree runs
+
+
+def invalidation(key: bytes, client_id: int) -> tuple[bytes, bytes]:
+    """The event reporting that `client_id`'s command (0: an expiry) changed `key`."""
+    return (b"\x00%d" % client_id, key)
+
+
+def set_front(fronts: set[bytes], argv: list[bytes]) -> bool:
+    """[VERB_TRACKING, front name, b"1"|b"0"]: whether that front wants invalidations.
+    A front sends its state on every (re)connect, so one that restarted clears
+    what its previous life asked for."""
+    name = argv[1]
+    if argv[2] == b"1":
+        assert len(fronts) < MAX_TRACKING_FRONTS or name in fronts, "tracking fronts not bounded"
+        fronts.add(name)
+    else:
+        fronts.discard(name)
+    return True
