@@ -25,7 +25,7 @@ from durakv.shards.frames import PROTO_INTERNAL, VERB_TRACKING
 from durakv.shards.numbers import parse_ll
 from durakv.shards.resp import OK, Map, Push, ReplyError, SetReply, encode
 from durakv.shards.table import ROUTER, Command, command, lookup
-from durakv.shards.tracking import FLUSH_EVENT
+from durakv.shards.tracking import FLUSH_EVENT, READ_MARK
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -43,7 +43,7 @@ NULL_BY_PROTO = {2: b"$-1\r\n", 3: b"_\r\n"}
 class ClientTracking:
     """One client's CLIENT TRACKING state (Client.tracking; None while it is off)."""
 
-    __slots__ = ("redirect", "bcast", "optin", "optout", "noloop", "caching", "prefixes", "broken")
+    __slots__ = ("redirect", "bcast", "optin", "optout", "noloop", "caching", "prefixes", "broken", "script_reads")
 
     def __init__(self, redirect: int, bcast: bool, optin: bool, optout: bool, noloop: bool) -> None:
         self.redirect = redirect  # 0: none
@@ -54,6 +54,9 @@ class ClientTracking:
         self.caching = False  # CLIENT CACHING YES|NO given for the next command
         self.prefixes: list[bytes] = []  # BCAST only
         self.broken = False  # the redirect target went away
+        # Whether the keys a script's reads report (shards/tracking.py) are tracked:
+        # OPTIN/OPTOUT as they stood when the script was sent.
+        self.script_reads = True
 
     def list_flags(self) -> str:
         """CLIENT LIST's flags for tracking: t, R (broken redirect), B (BCAST)."""
@@ -64,14 +67,17 @@ class ClientTracking:
         CLIENT CACHING flag live for this one command (a transaction: until EXEC)."""
         multi = client.multi
         if not self.bcast and (multi is None or cmd.name == "exec"):
-            if self.optin and not self.caching or self.optout and self.caching:
+            wanted = not (self.optin and not self.caching or self.optout and self.caching)
+            if cmd.name in SCRIPT_COMMANDS or multi is not None:
+                self.script_reads = wanted
+            if not wanted:
                 pass
             elif multi is not None:
                 for queued in multi:
                     self._remember(client, queued)
             else:
                 self._remember(client, argv, cmd)
-        if cmd.name != "client" and (multi is None or cmd.name == "exec"):
+        if not cmd.fullname.startswith("client|") and (multi is None or cmd.name == "exec"):
             self.caching = False
 
     def _remember(self, client: Client, argv: list[bytes], cmd: Command | None = None) -> None:
@@ -80,7 +86,7 @@ class ClientTracking:
                 cmd = lookup(argv)
             except ReplyError:
                 return
-        if not (cmd.is_readonly or cmd.name in SCRIPT_COMMANDS) or cmd.where == ROUTER:
+        if not cmd.is_readonly or cmd.where == ROUTER or cmd.name in SCRIPT_COMMANDS:
             return
         try:
             indexes = cmd.key_indexes(argv)
@@ -135,6 +141,7 @@ class Tracking:
         assert self.clients >= 0, "tracking clients counted below zero"
         if self.clients == 0:
             self._tell_shards(False)
+            self._drop_table()  # no longer kept up to date by the shards
 
     def _tell_shards(self, on: bool) -> None:
         front = self.front
@@ -178,14 +185,15 @@ class Tracking:
         """The changed keys a shard reported (shards/tracking.py): default-mode
         clients get one message per key, BCAST clients one per prefix."""
         if not self.clients:
-            if self.keys and any(channel == FLUSH_CHANNEL for channel, _ in events):
-                self._drop_table()
-            return
+            return  # reports sent before the shards heard that nobody tracks here
         bcast: dict[bytes, dict[bytes, int]] = {}  # prefix -> key -> writer (-1: several)
         prefixes = self.prefixes
         for channel, key in events:
             if channel == FLUSH_CHANNEL:
                 self._flush()
+                continue
+            if channel[:2] == READ_MARK:
+                self._script_read(int(channel[2:]), key)
                 continue
             writer = int(channel[1:])
             if key in self.keys:
@@ -208,6 +216,14 @@ class Tracking:
                 if wanted:
                     self._send(client, wanted)
         self._close_overflowed()
+
+    def _script_read(self, client_id: int, key: bytes) -> None:
+        client = self.front.clients.get(client_id)
+        if client is None:
+            return  # a client of another front
+        state = client.tracking
+        if state is not None and not state.bcast and state.script_reads:
+            self.remember(client_id, [key])
 
     def _invalidate_key(self, key: bytes, writer: int) -> None:
         ids = self.keys.pop(key)

@@ -140,7 +140,9 @@ def unblock(shard, argv: list[bytes]) -> bool:
 
 
 def set_tracking(shard, argv: list[bytes]) -> bool:
-    return tracking.set_front(shard.tracking_fronts, argv)
+    done = tracking.set_front(shard.tracking_fronts, argv)
+    shard.db.tracking = bool(shard.tracking_fronts)
+    return done
 
 
 HANDLERS = {

@@ -46,7 +46,7 @@ class Keyspace:
         "data", "expires", "slot_keys", "slot_counts", "_heap", "effects", "on_modified", "on_flush", "replaying",
         "stat_expired_keys", "stat_keyspace_hits", "stat_keyspace_misses",
         "lazy_expire_disabled", "frozen_ms", "count_reads", "scripting", "notify_flags", "events",
-        "expiring",
+        "expiring", "tracking",
     )
 
     def __init__(self) -> None:
@@ -74,6 +74,7 @@ class Keyspace:
         self.notify_flags = 0
         self.events: list[tuple[bytes, bytes]] = []
         self.expiring = False  # while an expired key is deleted: a change no client made (shards/tracking.py)
+        self.tracking = False  # some front has CLIENT TRACKING clients: scripts report their reads
 
     # --- time ---------------------------------------------------------------
 

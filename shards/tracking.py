@@ -7,13 +7,16 @@ no client, so NOLOOP never hides it), and every FLUSHALL/FLUSHDB.
 The reports ride with the keyspace notifications (`Keyspace.events`, handed out
 by `Shard.hand_out_events` once the batch's record is durable, ahead of the
 write's reply): an invalidation is an event whose channel starts with NUL, which
-no keyspace notification channel does. server/tracking.py turns them into
+no keyspace notification channel does. A script that calls a read-only command
+reports its declared keys the same way (Redis tracks those for its caller), as
+the front cannot know whether it will. server/tracking.py turns them into
 `invalidate` pushes. A shard with no tracking front adds nothing: the cost of
 the feature is one truth test per changed key."""
 
 from __future__ import annotations
 
 MARK = b"\x00"  # the first byte of an invalidation event's channel
+READ_MARK = b"\x00r"  # a script's read: its declared keys, to track for its caller
 FLUSH_EVENT = (b"\x00flush", b"")  # every key is gone (FLUSHALL, FLUSHDB)
 MAX_TRACKING_FRONTS = 4096  # routers plus the node: far more than a tree runs
 
@@ -21,6 +24,13 @@ MAX_TRACKING_FRONTS = 4096  # routers plus the node: far more than a tree runs
 def invalidation(key: bytes, client_id: int) -> tuple[bytes, bytes]:
     """The event reporting that `client_id`'s command (0: an expiry) changed `key`."""
     return (b"\x00%d" % client_id, key)
+
+
+def script_reads(command: list[bytes], client_id: int) -> list[tuple[bytes, bytes]]:
+    """A script (EVAL*, FCALL*: `command`) called a read-only command: Redis then
+    tracks the keys the script declared, for its caller."""
+    numkeys = int(command[2])
+    return [(b"\x00r%d" % client_id, key) for key in command[3:3 + numkeys]]
 
 
 def set_front(fronts: set[bytes], argv: list[bytes]) -> bool:
