@@ -41,6 +41,10 @@ MAX_BACKLOG_REQUESTS = 16 * 1024
 JOIN_BELOW_BYTES = 64 * 1024  # smaller replies are joined into one buffer, larger ones sent as they are
 IOV_MAX = 1024  # buffers per sendmsg (Linux UIO_MAXIOV)
 
+# Node client ids live above every router's (router ids count up from 1 with a
+# stride of the router count): the shard keys WATCHes and blocked clients by id.
+NODE_CLIENT_ID_BASE = 1 << 40
+
 ERR_CROSSSLOT = b"-CROSSSLOT Keys in request don't hash to the same slot\r\n"
 ERR_NOAUTH = b"-NOAUTH Authentication required.\r\n"
 MAX_QUEUED_IN_MULTI = 1024 * 1024

@@ -18,14 +18,14 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import durakv.server.conn_commands  # noqa: F401  (declares the CLIENT container)
-from durakv.server.client import Client
+from durakv.server.client import NODE_CLIENT_ID_BASE, Client
 from durakv.server.links import LOST, Pending
 from durakv.shards.args import ERR_SYNTAX
 from durakv.shards.frames import PROTO_INTERNAL, VERB_TRACKING
 from durakv.shards.numbers import parse_ll
 from durakv.shards.resp import OK, Map, Push, ReplyError, SetReply, encode
 from durakv.shards.table import ROUTER, Command, command, lookup
-from durakv.shards.tracking import FLUSH_EVENT, READ_MARK
+from durakv.shards.tracking import FLUSH_MARK, READ_MARK
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -36,7 +36,7 @@ INVALIDATION_CHANNEL = b"__redis__:invalidate"
 MAX_QUEUED_PUSHES = 64 * 1024  # a client's pushes waiting behind a pending reply (as pub/sub's bound)
 EVICT_EFFORT_KEYS = 100  # keys dropped per try when the table is over tracking-table-max-keys (Redis' effort)
 SCRIPT_COMMANDS = frozenset({"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"})
-FLUSH_CHANNEL = FLUSH_EVENT[0]
+MAX_FLUSH_ECHOES = 1024  # FLUSHALLs whose other shards' reports are awaited (more: some shard is down)
 NULL_BY_PROTO = {2: b"$-1\r\n", 3: b"_\r\n"}
 
 
@@ -107,6 +107,9 @@ class Tracking:
         self.prefixes: dict[bytes, dict[int, None]] = {}  # BCAST prefix -> client ids
         self.clients = 0  # clients with tracking on (INFO tracking_clients)
         self._overflowed: list[Client] = []  # clients to close once the delivery in progress is over
+        # A FLUSHALL sent to every shard is reported by each: writer id -> reports still to come,
+        # skipped, so a client gets one null invalidation per FLUSHALL as in Redis.
+        self._flush_echoes: dict[int, int] = {}
 
     # --- clients ---------------------------------------------------------------------
 
@@ -189,8 +192,8 @@ class Tracking:
         bcast: dict[bytes, dict[bytes, int]] = {}  # prefix -> key -> writer (-1: several)
         prefixes = self.prefixes
         for channel, key in events:
-            if channel == FLUSH_CHANNEL:
-                self._flush()
+            if channel[:len(FLUSH_MARK)] == FLUSH_MARK:
+                self._flush(int(channel[len(FLUSH_MARK):]))
                 continue
             if channel[:2] == READ_MARK:
                 self._script_read(int(channel[2:]), key)
@@ -237,8 +240,20 @@ class Tracking:
                 continue
             self._send(client, [key])
 
-    def _flush(self) -> None:
-        """FLUSHALL/FLUSHDB: a null invalidation to every tracking client."""
+    def _flush(self, writer: int) -> None:
+        """FLUSHALL/FLUSHDB: a null invalidation to every tracking client, once for
+        the reports of all the shards the command went to."""
+        echoes = self._flush_echoes
+        left = echoes.pop(writer, 0)
+        if left:
+            if left > 1:
+                echoes[writer] = left - 1
+            return
+        reports = 1 if self.front.cluster_node or writer >= NODE_CLIENT_ID_BASE else len(self.front.links)
+        if reports > 1:
+            if len(echoes) >= MAX_FLUSH_ECHOES:
+                echoes.clear()
+            echoes[writer] = reports - 1
         self._drop_table()
         for client in list(self.front.clients.values()):
             if client.tracking is not None:
@@ -364,7 +379,7 @@ def client_tracking(client: Client, argv: list[bytes]):
         if bcast and (optin or optout):
             raise ReplyError(b"ERR OPTIN and OPTOUT are not compatible with BCAST")
         if optin and optout:
-            raise ReplyError(b"ERR You can't use both OPTIN and OPTOUT")
+            raise ReplyError(b"ERR You can't specify both OPTIN mode and OPTOUT mode")
         if old is not None and (optin and old.optout or optout and old.optin):
             raise ReplyError(b"ERR You can't switch OPTIN/OPTOUT mode before disabling tracking for this client, "
                              b"and then re-enabling it with a different mode.")

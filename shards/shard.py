@@ -40,7 +40,7 @@ from durakv.shards.shard_settings import SHARD_DEFAULTS
 from durakv.shards.slots import slot_ranges
 from durakv.shards.slowlog import SlowLog
 from durakv.shards.t_multi import Watches, unpack_transaction
-from durakv.shards.tracking import FLUSH_EVENT, invalidation
+from durakv.shards.tracking import flush_event, invalidation
 from durakv.shards.table import Command, lookup
 
 logger = logging.getLogger("durakv.shard")
@@ -174,7 +174,7 @@ class Shard(GroupCommit):
     def _on_flush(self) -> None:
         self.hazards.mark_all(self.wal.tail_seq + 1)
         if self.tracking_fronts:
-            self.db.events.append(FLUSH_EVENT)
+            self.db.events.append(flush_event(self.ctx.client_id))
         self.watches.touched_existing(self.db.data)
         # Every waiter's key may be gone: XREADGROUP answers that it no longer exists.
         for key in self.blocked.by_key:

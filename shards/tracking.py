@@ -17,7 +17,7 @@ from __future__ import annotations
 
 MARK = b"\x00"  # the first byte of an invalidation event's channel
 READ_MARK = b"\x00r"  # a script's read: its declared keys, to track for its caller
-FLUSH_EVENT = (b"\x00flush", b"")  # every key is gone (FLUSHALL, FLUSHDB)
+FLUSH_MARK = b"\x00flush"  # every key is gone (FLUSHALL, FLUSHDB): the channel, then the client's id
 MAX_TRACKING_FRONTS = 4096  # routers plus the node: far more than a tree runs
 
 
@@ -31,6 +31,10 @@ def script_reads(command: list[bytes], client_id: int) -> list[tuple[bytes, byte
     tracks the keys the script declared, for its caller."""
     numkeys = int(command[2])
     return [(b"\x00r%d" % client_id, key) for key in command[3:3 + numkeys]]
+
+
+def flush_event(client_id: int) -> tuple[bytes, bytes]:
+    return (FLUSH_MARK + b"%d" % client_id, b"")
 
 
 def set_front(fronts: set[bytes], argv: list[bytes]) -> bool:
