@@ -65,7 +65,10 @@ class Router(Front):
             if link.up and link.index not in self._links_up:
                 self._send_shard_settings(link)
                 self.tracking.send_state(link)
-        self._links_up = {link.index for link in self.links if link.up}
+        up = {link.index for link in self.links if link.up}
+        if self._links_up - up:
+            self.tracking.shard_lost()
+        self._links_up = up
 
     def _send_shard_settings(self, link: ShardLink) -> None:
         """A shard that (re)started has the defaults: give it the shard parameters

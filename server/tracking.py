@@ -259,6 +259,19 @@ class Tracking:
             if client.tracking is not None:
                 self._send(client, None)
 
+    def shard_lost(self) -> None:
+        """A shard died: a write it made durable may never have been reported, so
+        every tracking client is told to drop its whole cache (a null
+        invalidation, as after FLUSHALL), as a client of a crashed Redis would."""
+        if self.clients:
+            logger.warning("router %d: a shard died: every tracking client drops its cache", self.front.index)
+            self._flush_echoes.clear()
+            self._drop_table()
+            for client in list(self.front.clients.values()):
+                if client.tracking is not None:
+                    self._send(client, None)
+            self._close_overflowed()
+
     def _drop_table(self) -> None:
         self.keys = {}
         self.items = 0

@@ -73,7 +73,9 @@ class Keyspace:
         # generated since the shard last handed them out.
         self.notify_flags = 0
         self.events: list[tuple[bytes, bytes]] = []
-        self.expiring = False  # while an expired key is deleted: a change no client made (shards/tracking.py)
+        # While an expired (or evicted) key is deleted: a change no client made, which
+        # CLIENT TRACKING's NOLOOP never hides (shards/tracking.py).
+        self.expiring = False
         self.tracking = False  # some front has CLIENT TRACKING clients: scripts report their reads
 
     # --- time ---------------------------------------------------------------

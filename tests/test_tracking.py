@@ -6,11 +6,15 @@ reverse), which only durakv has."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 from typing import Callable
 
 import pytest
 from refserver import RawConn, decode, encode_command
+
+from durakv.shards.slots import key_slot, slot_owner_table
 
 Transcript = list[bytes]
 
@@ -285,3 +289,21 @@ def test_write_on_one_front_invalidates_a_read_on_another(server_factory, reader
     writer.send_raw(encode_command(("SET", key, "w")))
     assert writer.read_reply() == b"+OK\r\n"
     assert reader.call("PING") == b"+PONG\r\n"
+
+
+def test_a_shard_crash_tells_tracking_clients_to_drop_their_caches(server_factory):
+    """A write made durable just before its shard died may never have been reported:
+    every tracking client of the router gets a null invalidation (drop everything),
+    as after FLUSHALL, and tracking goes on once the shard is back."""
+    srv = server_factory(shards=2)
+    owner = slot_owner_table(2)[key_slot(b"k")]
+    reader = RawConn(srv.port, 3)
+    assert reader.call("CLIENT", "TRACKING", "on") == b"+OK\r\n"
+    reader.call("GET", "k")
+    os.kill(srv.child_pid("shard", owner), signal.SIGKILL)  # its restart must learn that the router tracks
+    assert read_push(reader) == [b"invalidate", None]
+    srv.wait_ready()
+    writer = RawConn(srv.port)
+    reader.call("GET", "k")
+    assert writer.call("SET", "k", "v") == b"+OK\r\n"
+    assert read_push(reader) == [b"invalidate", [b"k"]]
