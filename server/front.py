@@ -139,7 +139,7 @@ class Front(ABC):
         self.nursery: trio.Nursery | None = None
         self.poller = ClientPoller()
         self.pubsub = PubSub(self)
-        self.tracking = Tracking(self, b"%s-%d" % (b"node" if self.cluster_node else b"router", index))
+        self.tracking = Tracking(self)
 
     @abstractmethod
     def new_client_id(self) -> int: ...

@@ -148,7 +148,7 @@ class ShardNode(Front):
         self.router_node_id = topology["node_id"]
         self.settings_sync = SettingsSync(self, node=True, on_change=self._shard_settings_changed)
         self.slowlog = shard.slowlog  # one log per process: the shard's commands and the node's
-        shard.event_sinks.append(self.pubsub.keyspace_events)
+        shard.event_sinks[self.local] = self.pubsub.keyspace_events
         self.port = shard_port(config, shard.index)
 
     def _shard_settings_changed(self, changes: dict[str, str]) -> None:

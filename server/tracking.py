@@ -99,9 +99,8 @@ class ClientTracking:
 class Tracking:
     """A front's tracking table and its BCAST prefixes."""
 
-    def __init__(self, front: Any, name: bytes) -> None:
+    def __init__(self, front: Any) -> None:
         self.front = front
-        self.name = name  # how the shards know this front (shards/tracking.py)
         self.keys: dict[bytes, dict[int, None]] = {}  # key -> ids of the clients that read it
         self.items = 0  # sum of the id sets' sizes (INFO tracking_total_items)
         self.prefixes: dict[bytes, dict[int, None]] = {}  # BCAST prefix -> client ids
@@ -158,7 +157,7 @@ class Tracking:
             on = self.clients > 0
         if not link.up:
             return
-        link.submit(None, PROTO_INTERNAL, [VERB_TRACKING, self.name, b"1" if on else b"0"],
+        link.submit(None, PROTO_INTERNAL, [VERB_TRACKING, b"1" if on else b"0"],
                     Pending(None, on_fill=_log_refusal))
 
     # --- the table ---------------------------------------------------------------------

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import os
 
-from durakv.shards import tracking
 from durakv.shards.notify import parse_flags
 from durakv.shards.frames import (
     VERB_CONFIG, VERB_COUNTKEYSINSLOT, VERB_GETKEYSINSLOT, VERB_INFO, VERB_NO_WRITES_FUNCTIONS, VERB_RESETSTAT,
@@ -139,12 +138,6 @@ def unblock(shard, argv: list[bytes]) -> bool:
     return shard.unblock(int(argv[1]), argv[2])
 
 
-def set_tracking(shard, argv: list[bytes]) -> bool:
-    done = tracking.set_front(shard.tracking_fronts, argv)
-    shard.db.tracking = bool(shard.tracking_fronts)
-    return done
-
-
 HANDLERS = {
     VERB_UNBLOCK: unblock,
     VERB_UNWATCH: forget_client,
@@ -155,7 +148,6 @@ HANDLERS = {
     VERB_RESETSTAT: reset_stats,
     VERB_SLOWLOG: slowlog,
     VERB_NO_WRITES_FUNCTIONS: no_writes_functions,
-    VERB_TRACKING: set_tracking,
 }
 
 
@@ -174,7 +166,10 @@ def reads_keyspace(argv: list[bytes]) -> bool:
     return argv[0] in KEYSPACE_READS or (argv[0] == VERB_INFO and INFO_KEYSPACE in argv[1:])
 
 
-def run(shard, argv: list[bytes]) -> bytes:
+def run(shard, argv: list[bytes], conn) -> bytes:
+    """`conn` is the connection the request came on (the reply sink)."""
+    if argv[0] == VERB_TRACKING:
+        return encode_internal(True, shard.set_tracking(conn, argv))
     handler = HANDLERS.get(argv[0])
     if handler is None:
         return encode_internal(False, b"unknown internal request %r" % argv[0][1:])

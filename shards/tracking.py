@@ -6,7 +6,7 @@ no client, so NOLOOP never hides it), and every FLUSHALL/FLUSHDB.
 
 The reports ride with the keyspace notifications (`Keyspace.events`, handed out
 by `Shard.hand_out_events` once the batch's record is durable, ahead of the
-write's reply): an invalidation is an event whose channel starts with NUL, which
+write's reply), to the fronts that asked for them: an invalidation is an event whose channel starts with NUL, which
 no keyspace notification channel does. A script that calls a read-only command
 reports its declared keys the same way (Redis tracks those for its caller), as
 the front cannot know whether it will. server/tracking.py turns them into
@@ -15,10 +15,14 @@ the feature is one truth test per changed key."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from durakv.shards.hazards import ReplySink
+
 MARK = b"\x00"  # the first byte of an invalidation event's channel
 READ_MARK = b"\x00r"  # a script's read: its declared keys, to track for its caller
 FLUSH_MARK = b"\x00flush"  # every key is gone (FLUSHALL, FLUSHDB): the channel, then the client's id
-MAX_TRACKING_FRONTS = 4096  # routers plus the node: far more than a tree runs
 
 
 def invalidation(key: bytes, client_id: int) -> tuple[bytes, bytes]:
@@ -37,14 +41,18 @@ def flush_event(client_id: int) -> tuple[bytes, bytes]:
     return (FLUSH_MARK + b"%d" % client_id, b"")
 
 
-def set_front(fronts: set[bytes], argv: list[bytes]) -> bool:
-    """[VERB_TRACKING, front name, b"1"|b"0"]: whether that front wants invalidations.
-    A front sends its state on every (re)connect, so one that restarted clears
-    what its previous life asked for."""
-    name = argv[1]
-    if argv[2] == b"1":
-        assert len(fronts) < MAX_TRACKING_FRONTS or name in fronts, "tracking fronts not bounded"
-        fronts.add(name)
+def plain_events(events: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The keyspace notifications among `events`: what a front that tracks nothing gets."""
+    return [event for event in events if event[0][:1] != MARK]
+
+
+def set_front(fronts: set[ReplySink], conn: ReplySink, argv: list[bytes]) -> bool:
+    """[VERB_TRACKING, b"1"|b"0"]: whether the front on `conn` (a router's
+    connection, or the node's link) wants changed keys. A front sends it when its
+    first client starts tracking and its last stops, and on every (re)connect; a
+    connection that closes is forgotten (shards/process.py)."""
+    if argv[1] == b"1":
+        fronts.add(conn)
     else:
-        fronts.discard(name)
+        fronts.discard(conn)
     return True
