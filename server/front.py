@@ -140,6 +140,7 @@ class Front(ABC):
         self.poller = ClientPoller()
         self.pubsub = PubSub(self)
         self.tracking = Tracking(self)
+        self.tracking.enforce_limit()
 
     @abstractmethod
     def new_client_id(self) -> int: ...

@@ -15,6 +15,7 @@ goes away makes the client's invalidations `tracking-redir-broken` pushes."""
 from __future__ import annotations
 
 import logging
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 import durakv.server.conn_commands  # noqa: F401  (declares the CLIENT container)
@@ -32,9 +33,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("durakv.router")
 
-INVALIDATION_CHANNEL = b"__redis__:invalidate"
+# An invalidation: a RESP3 push, or (RESP2, to a subscribed REDIRECT target) a message on
+# __redis__:invalidate; the keys (or a null, after FLUSHALL) follow.
+PUSH_HEAD = b">2\r\n$10\r\ninvalidate\r\n"
+MESSAGE_HEAD = b"*3\r\n$7\r\nmessage\r\n$20\r\n__redis__:invalidate\r\n"
 MAX_QUEUED_PUSHES = 64 * 1024  # a client's pushes waiting behind a pending reply (as pub/sub's bound)
-EVICT_EFFORT_KEYS = 100  # keys dropped per try when the table is over tracking-table-max-keys (Redis' effort)
 SCRIPT_COMMANDS = frozenset({"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"})
 MAX_FLUSH_ECHOES = 1024  # FLUSHALLs whose other shards' reports are awaited (more: some shard is down)
 NULL_BY_PROTO = {2: b"$-1\r\n", 3: b"_\r\n"}
@@ -105,6 +108,7 @@ class Tracking:
         self.items = 0  # sum of the id sets' sizes (INFO tracking_total_items)
         self.prefixes: dict[bytes, dict[int, None]] = {}  # BCAST prefix -> client ids
         self.clients = 0  # clients with tracking on (INFO tracking_clients)
+        self.max_keys = 0  # tracking-table-max-keys (0: no limit), read by enforce_limit
         self._overflowed: list[Client] = []  # clients to close once the delivery in progress is over
         # A FLUSHALL sent to every shard is reported by each: writer id -> reports still to come,
         # skipped, so a client gets one null invalidation per FLUSHALL as in Redis.
@@ -171,17 +175,21 @@ class Tracking:
             if client_id not in ids:
                 ids[client_id] = None
                 self.items += 1
-        self.enforce_limit()
+        if self.max_keys and len(table) > self.max_keys:
+            self._evict()
 
     def enforce_limit(self) -> None:
-        """Over tracking-table-max-keys (0: no limit): invalidate the oldest keys."""
-        limit = int(self.front.settings.values["tracking-table-max-keys"])
-        table = self.keys
-        if not limit or len(table) <= limit:
-            return
-        excess = len(table) - limit
-        for key in list(table)[:excess]:
+        """After CONFIG SET (or at start): read tracking-table-max-keys and apply it."""
+        self.max_keys = int(self.front.settings.values["tracking-table-max-keys"])
+        if self.max_keys and len(self.keys) > self.max_keys:
+            self._evict()
+
+    def _evict(self) -> None:
+        """Over the limit: invalidate the oldest keys (Redis picks them at random)."""
+        victims = list(islice(self.keys, len(self.keys) - self.max_keys))
+        for key in victims:
             self._invalidate_key(key, 0)
+        self._close_overflowed()
 
     def invalidate(self, events: Iterable[tuple[bytes, bytes]]) -> None:
         """The changed keys a shard reported (shards/tracking.py): default-mode
@@ -292,9 +300,9 @@ class Tracking:
                 return
         payload = NULL_BY_PROTO[client.proto] if keys is None else encode(keys, target.proto)
         if target.proto == 3:
-            self._push(target, b">2\r\n$10\r\ninvalidate\r\n" + payload)
+            self._push(target, PUSH_HEAD + payload)
         elif state.redirect and target.pubsub is not None:
-            self._push(target, b"*3\r\n$7\r\nmessage\r\n$20\r\n__redis__:invalidate\r\n" + payload)
+            self._push(target, MESSAGE_HEAD + payload)
 
     def _push(self, client: Client, data: bytes) -> None:
         """Queue a push behind the client's replies (as pub/sub messages); a client
