@@ -69,18 +69,19 @@ class ClientTracking:
         """Before `cmd` is dispatched: remember the keys it reads, and let a
         CLIENT CACHING flag live for this one command (a transaction: until EXEC)."""
         multi = client.multi
-        if not self.bcast and (multi is None or cmd.name == "exec"):
+        runs_now = multi is None or cmd.name == "exec"  # queued commands run at EXEC
+        if not runs_now:
+            return
+        if not self.bcast:
             wanted = not (self.optin and not self.caching or self.optout and self.caching)
             if cmd.name in SCRIPT_COMMANDS or multi is not None:
                 self.script_reads = wanted
-            if not wanted:
-                pass
-            elif multi is not None:
+            if wanted and multi is not None:
                 for queued in multi:
                     self._remember(client, queued)
-            else:
+            elif wanted:
                 self._remember(client, argv, cmd)
-        if not cmd.fullname.startswith("client|") and (multi is None or cmd.name == "exec"):
+        if not cmd.fullname.startswith("client|"):
             self.caching = False
 
     def _remember(self, client: Client, argv: list[bytes], cmd: Command | None = None) -> None:
