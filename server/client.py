@@ -22,6 +22,7 @@ from durakv.shards.slots import key_slot
 
 if TYPE_CHECKING:
     from durakv.server.pubsub import Subscriptions
+    from durakv.server.tracking import ClientTracking
     from durakv.server.router_view import RouterView
 
 logger = logging.getLogger("durakv.router")
@@ -39,6 +40,10 @@ OUTPUT_BACKPRESSURE_BYTES = 4 * 1024 * 1024
 MAX_BACKLOG_REQUESTS = 16 * 1024
 JOIN_BELOW_BYTES = 64 * 1024  # smaller replies are joined into one buffer, larger ones sent as they are
 IOV_MAX = 1024  # buffers per sendmsg (Linux UIO_MAXIOV)
+
+# Node client ids live above every router's (router ids count up from 1 with a
+# stride of the router count): the shard keys WATCHes and blocked clients by id.
+NODE_CLIENT_ID_BASE = 1 << 40
 
 ERR_CROSSSLOT = b"-CROSSSLOT Keys in request don't hash to the same slot\r\n"
 ERR_NOAUTH = b"-NOAUTH Authentication required.\r\n"
@@ -62,7 +67,7 @@ class Client:
         "last_cmd_at", "last_cmd", "parser", "replies", "outbuf", "outbuf_bytes", "closing", "closed", "reading",
         "lib_name", "lib_ver", "in_ready_set", "query_limit",
         "multi", "multi_error", "multi_shard", "watch_shards", "blocked_pending", "blocked_shard", "backlog",
-        "soft_limit_since", "pubsub", "paused", "reply_off", "reply_skip",
+        "soft_limit_since", "pubsub", "paused", "reply_off", "reply_skip", "tracking",
     )
 
     def __init__(self, router: RouterView, sock: socket.socket, client_id: int) -> None:
@@ -110,6 +115,7 @@ class Client:
         self.paused = False  # CLIENT PAUSE holds its next command (server/pause.py)
         self.reply_off = False  # CLIENT REPLY OFF
         self.reply_skip = False  # CLIENT REPLY SKIP: the next command's reply is dropped
+        self.tracking: ClientTracking | None = None  # CLIENT TRACKING (server/tracking.py); None while off
 
     # --- reading and dispatch -------------------------------------------------
 
@@ -216,6 +222,8 @@ class Client:
                     self.multi_error = True
                 self._reject(cmd, busy)
                 return
+        if self.tracking is not None:
+            self.tracking.note(self, cmd, argv)
         if self.multi is not None and not cmd.runs_in_multi:
             self._queue_in_multi(cmd, argv)
             return

@@ -2,5 +2,5 @@
 
 from durakv.server import (  # noqa: F401
     blocking_commands, cluster_commands, conn_commands, memory_commands, multi_commands, pubsub,
-    server_commands, shutdown_commands, slowlog_commands, snapshot_commands,
+    server_commands, shutdown_commands, slowlog_commands, snapshot_commands, tracking,
 )

@@ -138,6 +138,7 @@ def reset(client: Client, argv: list[bytes]):
     client.parser.authed = client.authed
     if client.pubsub is not None:
         client.router.pubsub.forget(client)
+    client.router.tracking.disable(client)
     if client.reply_off:  # Redis clears REPLY OFF before replying (a SKIP in force still applies)
         client.reply_off = False
         client.unsilence_current()
@@ -200,14 +201,16 @@ def client_info_line(client: Client, now: float, current: list[bytes] | None = N
     multi = len(client.multi) if client.multi is not None else -1
     subs = client.pubsub
     sub, psub, ssub = (0, 0, 0) if subs is None else (len(subs.channels), len(subs.patterns), len(subs.shard_channels))
-    flags = "N" if subs is None else "P"
+    tracking = client.tracking
+    flags = ("" if subs is None else "P") + (tracking.list_flags() if tracking is not None else "") or "N"
+    redir = tracking.redirect if tracking is not None else -1
     return (
         f"id={client.id} addr={client.addr} laddr={client.laddr} fd={client.fd} "
         f"name={client.name.decode(errors='replace')} age={int(now - client.created)} "
         f"idle={int(now - client.last_cmd_at)} flags={flags} db=0 sub={sub} psub={psub} ssub={ssub} multi={multi} "
         f"qbuf={qbuf} qbuf-free=0 argv-mem=0 multi-mem=0 rbs=65536 rbp=0 "
         f"obl=0 oll={len(client.replies)} omem={client.outbuf_bytes} tot-mem=0 events=r "
-        f"cmd={client.last_cmd} user=default redir=-1 resp={client.proto} "
+        f"cmd={client.last_cmd} user=default redir={redir} resp={client.proto} "
         f"lib-name={client.lib_name.decode(errors='replace')} "
         f"lib-ver={client.lib_ver.decode(errors='replace')}"
     ).encode()

@@ -20,6 +20,7 @@ import trio
 from durakv.server.client import Client, ClientPoller
 from durakv.server.links import LOST, Pending
 from durakv.server.pubsub import PubSub
+from durakv.server.tracking import Tracking
 from durakv.server.settings import Settings
 from durakv.server.pause import ClientPause
 from durakv.server.stats import ReplyStats
@@ -126,7 +127,7 @@ class Front(ABC):
         self.started_at = time.time()
         self.started_monotonic = time.monotonic()
         self.settings = Settings(config)
-        self.settings.on_apply = self.configure_slowlog
+        self.settings.on_apply = self._settings_applied
         self.stats_commands = 0
         self.stats_connections = 0
         self.stats_rejected_connections = 0
@@ -138,9 +139,15 @@ class Front(ABC):
         self.nursery: trio.Nursery | None = None
         self.poller = ClientPoller()
         self.pubsub = PubSub(self)
+        self.tracking = Tracking(self)
+        self.tracking.enforce_limit()
 
     @abstractmethod
     def new_client_id(self) -> int: ...
+
+    def _settings_applied(self) -> None:
+        self.configure_slowlog()
+        self.tracking.enforce_limit()
 
     def configure_slowlog(self) -> None:
         values = self.settings.values
@@ -298,6 +305,8 @@ class Front(ABC):
         client.unwatch_all()
         if client.pubsub is not None:
             self.pubsub.forget(client)
+        if client.tracking is not None:
+            self.tracking.disable(client)
         if client.blocked_pending is not None:
             self.links[client.blocked_shard].submit(
                 None, PROTO_INTERNAL, [VERB_UNBLOCK, b"%d" % client.id, b"drop"],

@@ -126,7 +126,7 @@ def _clients(router, infos, version):
         "cluster_connections:0",
         f"maxclients:{router.settings.maxclients}",
         f"blocked_clients:{sum(1 for c in router.clients.values() if c.blocked_pending is not None or c.paused)}",
-        "tracking_clients:0",
+        f"tracking_clients:{router.tracking.clients}",
     ]
 
 
@@ -227,6 +227,7 @@ def _stats(router, infos, version):
         f"keyspace_misses:{sum(i['keyspace_misses'] for i in infos)}",
         f"pubsub_channels:{len(router.pubsub.channels)}",  # this process's, as CLIENT LIST's clients
         f"pubsub_patterns:{len(router.pubsub.patterns)}",
+        *router.tracking.stats_lines(),
         f"total_error_replies:{router.reply_stats.error_replies}",
         "unexpected_error_replies:0",
         f"total_protocol_errors:{router.stats_protocol_errors}",

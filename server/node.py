@@ -22,7 +22,7 @@ from typing import Any
 import trio
 
 import durakv.server.commands  # noqa: F401  (registers the router's own commands)
-from durakv.server.client import ERR_CROSSSLOT, Client
+from durakv.server.client import ERR_CROSSSLOT, NODE_CLIENT_ID_BASE, Client
 from durakv.server.cluster_view import announced_ip
 from durakv.server.front import Front, Gather
 from durakv.server.links import SCRIPT_NONE, Pending
@@ -40,9 +40,6 @@ from durakv.shards.table import Command, Merge, lookup
 
 logger = logging.getLogger("durakv.node")
 
-# Node client ids live above every router's (router ids count up from 1 with a
-# stride of the router count): the shard keys WATCHes and blocked clients by id.
-NODE_CLIENT_ID_BASE = 1 << 40
 CROSSSLOT_MESSAGE = ERR_CROSSSLOT[1:-2]
 
 
@@ -151,7 +148,7 @@ class ShardNode(Front):
         self.router_node_id = topology["node_id"]
         self.settings_sync = SettingsSync(self, node=True, on_change=self._shard_settings_changed)
         self.slowlog = shard.slowlog  # one log per process: the shard's commands and the node's
-        shard.event_sinks.append(self.pubsub.keyspace_events)
+        shard.event_sinks[self.local] = self.pubsub.keyspace_events
         self.port = shard_port(config, shard.index)
 
     def _shard_settings_changed(self, changes: dict[str, str]) -> None:

@@ -30,6 +30,7 @@ from durakv.server.links import Pending
 from durakv.shards.glob import glob_match
 from durakv.shards.resp import Push, Simple, encode
 from durakv.shards.table import MULTI_REFUSED, ROUTER, KeySpec, command, container, subcommand_syntax_error
+from durakv.shards.tracking import MARK as TRACKING_MARK
 from durakv.shards.unixsock import reachable_path
 
 logger = logging.getLogger("durakv.router")
@@ -199,9 +200,18 @@ class PubSub:
 
     def keyspace_events(self, events: list[tuple[bytes, bytes]]) -> None:
         """Keyspace notifications from a shard (shards/notify.py): published here
-        only, since every router has a link to every shard, and a node hears its own."""
+        only, since every router has a link to every shard, and a node hears its own.
+        Those on a NUL channel are changed keys for client-side caching (server/tracking.py)."""
+        tracked = None
         for channel, message in events:
+            if channel[:1] == TRACKING_MARK:
+                if tracked is None:
+                    tracked = []
+                tracked.append((channel, message))
+                continue
             self._deliver(channel, message)
+        if tracked is not None:
+            self.front.tracking.invalidate(tracked)
 
     def _deliver_shard(self, channel: bytes, message: bytes) -> int:
         receivers = 0

@@ -64,7 +64,11 @@ class Router(Front):
         for link in self.links:
             if link.up and link.index not in self._links_up:
                 self._send_shard_settings(link)
-        self._links_up = {link.index for link in self.links if link.up}
+                self.tracking.send_state(link)
+        up = {link.index for link in self.links if link.up}
+        if self._links_up - up:
+            self.tracking.shard_lost()
+        self._links_up = up
 
     def _send_shard_settings(self, link: ShardLink) -> None:
         """A shard that (re)started has the defaults: give it the shard parameters

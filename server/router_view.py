@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from durakv.server.client import Client, ClientPoller
     from durakv.server.links import Pending, ShardLink
     from durakv.server.pubsub import PubSub
+    from durakv.server.tracking import Tracking
     from durakv.server.settings import Settings
     from durakv.server.settings_sync import SettingsSync
     from durakv.server.pause import ClientPause
@@ -81,6 +82,11 @@ class RouterView(Protocol):
     @property
     def pubsub(self) -> PubSub:
         """This process's subscribers and its pub/sub streams to its peers."""
+        ...
+
+    @property
+    def tracking(self) -> Tracking:
+        """This process's client-side caching table (server/tracking.py)."""
         ...
 
     # --- counters for INFO (clients and CONFIG RESETSTAT write them) --------------

@@ -32,9 +32,10 @@ import trio
 
 from durakv.log import Log, LogWriteFailed
 from durakv.shards.config import Config
-from durakv.shards.hazards import HazardTracker, HeldReplies
+from durakv.shards.hazards import HazardTracker, HeldReplies, ReplySink
 from durakv.shards.keyspace import Keyspace
 from durakv.shards.records import RecordClock, encode_record
+from durakv.shards.tracking import plain_events
 
 logger = logging.getLogger("durakv.shard")
 
@@ -150,7 +151,8 @@ class GroupCommit:
     record_clock: RecordClock
     _unsynced_since: deque[tuple[int, float]]
     held_events: deque[tuple[int, list[tuple[bytes, bytes]]]]
-    event_sinks: list[Callable[[list[tuple[bytes, bytes]]], None]]
+    event_sinks: dict[ReplySink, Callable[[list[tuple[bytes, bytes]]], None]]
+    tracking_fronts: set[ReplySink]
     _commit_thread: CommitThread | None
     _commit_failed: trio.Event | None
     _commit_error: BaseException | None
@@ -259,9 +261,22 @@ class GroupCommit:
                             b"retries); writes not yet confirmed are confirmed once it can.")
 
     def publish_events(self, events: list[tuple[bytes, bytes]]) -> None:
-        """Keyspace notifications whose writes are durable, to every router and the node."""
-        for sink in self.event_sinks:
-            sink(events)
+        """Keyspace notifications whose writes are durable, to every router and the node;
+        the changed keys for CLIENT TRACKING only to those that asked (shards/tracking.py)."""
+        tracking = self.tracking_fronts
+        if not tracking:
+            for sink in self.event_sinks.values():
+                sink(events)
+            return
+        plain = None
+        for conn, sink in self.event_sinks.items():
+            if conn in tracking:
+                sink(events)
+                continue
+            if plain is None:
+                plain = plain_events(events)
+            if plain:
+                sink(plain)
 
     def _on_durable(self, durable_seq: int) -> None:
         """Records through durable_seq are on stable storage: their keys are clean and

@@ -10,7 +10,7 @@ import os
 from durakv.shards.notify import parse_flags
 from durakv.shards.frames import (
     VERB_CONFIG, VERB_COUNTKEYSINSLOT, VERB_GETKEYSINSLOT, VERB_INFO, VERB_NO_WRITES_FUNCTIONS, VERB_RESETSTAT,
-    VERB_SLOWLOG, VERB_UNBLOCK, VERB_UNWATCH,
+    VERB_SLOWLOG, VERB_TRACKING, VERB_UNBLOCK, VERB_UNWATCH,
     encode_internal,
 )
 
@@ -166,7 +166,10 @@ def reads_keyspace(argv: list[bytes]) -> bool:
     return argv[0] in KEYSPACE_READS or (argv[0] == VERB_INFO and INFO_KEYSPACE in argv[1:])
 
 
-def run(shard, argv: list[bytes]) -> bytes:
+def run(shard, argv: list[bytes], conn) -> bytes:
+    """`conn` is the connection the request came on (the reply sink)."""
+    if argv[0] == VERB_TRACKING:
+        return encode_internal(True, shard.set_tracking(conn, argv))
     handler = HANDLERS.get(argv[0])
     if handler is None:
         return encode_internal(False, b"unknown internal request %r" % argv[0][1:])

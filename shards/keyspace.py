@@ -46,6 +46,7 @@ class Keyspace:
         "data", "expires", "slot_keys", "slot_counts", "_heap", "effects", "on_modified", "on_flush", "replaying",
         "stat_expired_keys", "stat_keyspace_hits", "stat_keyspace_misses",
         "lazy_expire_disabled", "frozen_ms", "count_reads", "scripting", "notify_flags", "events",
+        "expiring", "tracking",
     )
 
     def __init__(self) -> None:
@@ -72,6 +73,10 @@ class Keyspace:
         # generated since the shard last handed them out.
         self.notify_flags = 0
         self.events: list[tuple[bytes, bytes]] = []
+        # While an expired (or evicted) key is deleted: a change no client made, which
+        # CLIENT TRACKING's NOLOOP never hides (shards/tracking.py).
+        self.expiring = False
+        self.tracking = False  # some front has CLIENT TRACKING clients: scripts report their reads
 
     # --- time ---------------------------------------------------------------
 
@@ -131,7 +136,11 @@ class Keyspace:
     def _expire(self, key: bytes) -> None:
         self._remove(key)
         self.stat_expired_keys += 1
-        self.effect([b"DEL", key], key)
+        self.expiring = True
+        try:
+            self.effect([b"DEL", key], key)
+        finally:
+            self.expiring = False
         self.notify(notify.EXPIRED, b"expired", key)
 
     # --- mutation -----------------------------------------------------------

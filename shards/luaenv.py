@@ -27,6 +27,7 @@ from durakv.shards.resp import (
 )
 from durakv.shards.slots import key_slot
 from durakv.shards.table import ROUTER, find
+from durakv.shards.tracking import script_reads
 
 logger = logging.getLogger("durakv.shards.lua")
 
@@ -91,7 +92,7 @@ class Run:
     """One script or function invocation: what redis.call may do and how it converts."""
 
     __slots__ = ("ctx", "read_only", "resp", "name", "effects_before", "is_eval", "started", "killed", "busy",
-                 "command")
+                 "command", "reads_reported")
 
     def __init__(self, ctx: Ctx, read_only: bool, name: bytes, is_eval: bool, command: list[bytes]) -> None:
         self.ctx = ctx
@@ -104,6 +105,7 @@ class Run:
         self.started = time.monotonic()
         self.killed = False  # SCRIPT KILL / FUNCTION KILL asked for it
         self.busy = False  # past busy-reply-threshold: other requests are answered BUSY
+        self.reads_reported = False  # its declared keys went to CLIENT TRACKING (shards/tracking.py)
 
     def wrote(self) -> bool:
         return len(self.ctx.db.effects) > self.effects_before
@@ -303,6 +305,9 @@ class Scripting:
             result = cmd.handler(ctx, argv)
         finally:
             ctx.proto = proto
+        if cmd.is_readonly and ctx.db.tracking and not run.reads_reported:
+            run.reads_reported = True
+            ctx.db.events.extend(script_reads(run.command, ctx.client_id))
         return self.to_lua(result, run.resp)
 
     # --- conversions ---------------------------------------------------------------

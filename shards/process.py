@@ -17,7 +17,8 @@ from durakv.shards.config import Config
 from durakv.shards.busy import ROUTER_CONNS, serve_while_busy
 from durakv.shards.framelink import FrameReceiver, Large, Outbox, send_batch, tune_socket
 from durakv.shards.frames import (
-    EVENTS_RID, LARGE_BYTES, Reply, Request, encode_events, large_reply, large_request_decoder, request_batch_decoder,
+    EVENTS_RID, LARGE_BYTES, VERB_TRACKING, Reply, Request, encode_events, large_reply, large_request_decoder,
+    request_batch_decoder,
 )
 from durakv.shards.luaenv import scripting_of
 from durakv.shards.shard import Shard, SnapshotHooks
@@ -100,7 +101,7 @@ async def serve_router(shard: Shard, sock: socket.socket) -> None:
 
     shard.routers += 1
     ROUTER_CONNS.add(conn)
-    shard.event_sinks.append(send_events)
+    shard.event_sinks[conn] = send_events
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(conn.writer)
@@ -110,7 +111,8 @@ async def serve_router(shard: Shard, sock: socket.socket) -> None:
                 logger.warning("shard %d: router connection error: %s", shard.index, e)
             nursery.cancel_scope.cancel()
     finally:
-        shard.event_sinks.remove(send_events)
+        del shard.event_sinks[conn]
+        shard.set_tracking(conn, [VERB_TRACKING, b"0"])
         ROUTER_CONNS.discard(conn)
         shard.routers -= 1
         sock.close()

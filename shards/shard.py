@@ -40,6 +40,7 @@ from durakv.shards.shard_settings import SHARD_DEFAULTS
 from durakv.shards.slots import slot_ranges
 from durakv.shards.slowlog import SlowLog
 from durakv.shards.t_multi import Watches, unpack_transaction
+from durakv.shards.tracking import flush_event, invalidation, set_front
 from durakv.shards.table import Command, lookup
 
 logger = logging.getLogger("durakv.shard")
@@ -85,9 +86,11 @@ class Shard(GroupCommit):
         self.dir = shard_dir(config.data_dir, index)
         self.db = Keyspace()
         self.ctx = Ctx(self.db, self)
-        # Who hears this shard's keyspace notifications: each router connection, its node.
-        self.event_sinks: list[Callable[[list[tuple[bytes, bytes]]], None]] = []
+        # Who hears this shard's keyspace notifications: each router connection, its node
+        # (by the connection its requests come on).
+        self.event_sinks: dict[ReplySink, Callable[[list[tuple[bytes, bytes]]], None]] = {}
         self.held_events: deque[tuple[int, list[tuple[bytes, bytes]]]] = deque()  # (seq, events) until durable
+        self.tracking_fronts: set[ReplySink] = set()  # fronts with CLIENT TRACKING clients (shards/tracking.py)
         self.settings = dict(SHARD_DEFAULTS)
         # Shards take slowlog id slots 0..S-1, routers S..S+R-1 (shards/slowlog.py).
         self.slowlog = SlowLog(index, config.shards + config.routers)
@@ -165,9 +168,19 @@ class Shard(GroupCommit):
             self.watches.touched(key)
         if key in self.blocked.by_key:
             self.blocked.ready_keys[key] = None
+        if self.tracking_fronts:
+            db = self.db
+            db.events.append(invalidation(key, 0 if db.expiring else self.ctx.client_id))
+
+    def set_tracking(self, conn: ReplySink, argv: list[bytes]) -> bool:
+        done = set_front(self.tracking_fronts, conn, argv)
+        self.db.tracking = bool(self.tracking_fronts)
+        return done
 
     def _on_flush(self) -> None:
         self.hazards.mark_all(self.wal.tail_seq + 1)
+        if self.tracking_fronts:
+            self.db.events.append(flush_event(self.ctx.client_id))
         self.watches.touched_existing(self.db.data)
         # Every waiter's key may be gone: XREADGROUP answers that it no longer exists.
         for key in self.blocked.by_key:
@@ -188,7 +201,7 @@ class Shard(GroupCommit):
             argv = req.argv
             if argv[0][:1] == INTERNAL_PREFIX:
                 if argv[0] != VERB_EXEC:
-                    data = internal.run(self, argv)
+                    data = internal.run(self, argv, conn)
                     wait = self.hazards.wait_all() if internal.reads_keyspace(argv) else 0
                     if wait > durable_seq:
                         self.held.hold(wait, conn, req.rid, data)
