@@ -62,7 +62,7 @@ class Client:
         "last_cmd_at", "last_cmd", "parser", "replies", "outbuf", "outbuf_bytes", "closing", "closed", "reading",
         "lib_name", "lib_ver", "in_ready_set", "query_limit",
         "multi", "multi_error", "multi_shard", "watch_shards", "blocked_pending", "blocked_shard", "backlog",
-        "soft_limit_since", "pubsub", "paused", "reply_off", "reply_skip",
+        "soft_limit_since", "pubsub", "paused", "reply_off", "reply_skip", "monitor",
     )
 
     def __init__(self, router: RouterView, sock: socket.socket, client_id: int) -> None:
@@ -110,6 +110,7 @@ class Client:
         self.paused = False  # CLIENT PAUSE holds its next command (server/pause.py)
         self.reply_off = False  # CLIENT REPLY OFF
         self.reply_skip = False  # CLIENT REPLY SKIP: the next command's reply is dropped
+        self.monitor = False  # MONITOR (server/monitor.py)
 
     # --- reading and dispatch -------------------------------------------------
 
@@ -216,6 +217,8 @@ class Client:
                     self.multi_error = True
                 self._reject(cmd, busy)
                 return
+        if router.monitors.active and router.monitors.intercept(self, cmd, argv):
+            return
         if self.multi is not None and not cmd.runs_in_multi:
             self._queue_in_multi(cmd, argv)
             return

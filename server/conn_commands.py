@@ -138,6 +138,7 @@ def reset(client: Client, argv: list[bytes]):
     client.parser.authed = client.authed
     if client.pubsub is not None:
         client.router.pubsub.forget(client)
+    client.router.monitors.remove(client)
     if client.reply_off:  # Redis clears REPLY OFF before replying (a SKIP in force still applies)
         client.reply_off = False
         client.unsilence_current()
@@ -200,7 +201,7 @@ def client_info_line(client: Client, now: float, current: list[bytes] | None = N
     multi = len(client.multi) if client.multi is not None else -1
     subs = client.pubsub
     sub, psub, ssub = (0, 0, 0) if subs is None else (len(subs.channels), len(subs.patterns), len(subs.shard_channels))
-    flags = "N" if subs is None else "P"
+    flags = "O" if client.monitor else "N" if subs is None else "P"
     return (
         f"id={client.id} addr={client.addr} laddr={client.laddr} fd={client.fd} "
         f"name={client.name.decode(errors='replace')} age={int(now - client.created)} "

@@ -19,6 +19,7 @@ import trio
 
 from durakv.server.client import Client, ClientPoller
 from durakv.server.links import LOST, Pending
+from durakv.server.monitor import MONITOR_OPS, Monitors
 from durakv.server.pubsub import PubSub
 from durakv.server.settings import Settings
 from durakv.server.pause import ClientPause
@@ -138,6 +139,9 @@ class Front(ABC):
         self.nursery: trio.Nursery | None = None
         self.poller = ClientPoller()
         self.pubsub = PubSub(self)
+        self.monitors = Monitors(self)
+        for op in MONITOR_OPS:
+            self.pubsub.extra_ops[op] = self.monitors.peer_request
 
     @abstractmethod
     def new_client_id(self) -> int: ...
@@ -298,6 +302,8 @@ class Front(ABC):
         client.unwatch_all()
         if client.pubsub is not None:
             self.pubsub.forget(client)
+        if client.monitor:
+            self.monitors.remove(client)
         if client.blocked_pending is not None:
             self.links[client.blocked_shard].submit(
                 None, PROTO_INTERNAL, [VERB_UNBLOCK, b"%d" % client.id, b"drop"],

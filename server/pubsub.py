@@ -105,6 +105,8 @@ class PubSub:
         self._asks_waiting = trio.Event()  # set when asks go from none to some: the sweeper wakes
         self._seq = 0
         self._overflowed: list[Client] = []  # subscribers to close after the delivery in progress
+        # Other users of the mesh (server/monitor.py): op -> handler(op, args) giving this process's part.
+        self.extra_ops: dict[str, Callable[[str, list[Any]], Any]] = {}
 
     def start(self, nursery: trio.Nursery, peer_paths: list[str]) -> None:
         self.peers = [PeerStream(self, path) for path in peer_paths]
@@ -177,6 +179,9 @@ class PubSub:
             return [len(table.get(c, ())) for c in args[0]]
         if op == OP_PATTERNS:
             return list(self.patterns)
+        handler = self.extra_ops.get(op)
+        if handler is not None:
+            return handler(op, args)
         raise ValueError(f"unknown pub/sub request {op!r}")
 
     def _deliver(self, channel: bytes, message: bytes) -> int:

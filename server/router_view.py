@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from durakv.server.client import Client, ClientPoller
     from durakv.server.links import Pending, ShardLink
+    from durakv.server.monitor import Monitors
     from durakv.server.pubsub import PubSub
     from durakv.server.settings import Settings
     from durakv.server.settings_sync import SettingsSync
@@ -81,6 +82,11 @@ class RouterView(Protocol):
     @property
     def pubsub(self) -> PubSub:
         """This process's subscribers and its pub/sub streams to its peers."""
+        ...
+
+    @property
+    def monitors(self) -> Monitors:
+        """MONITOR clients here, and whether any exists anywhere (`active`)."""
         ...
 
     # --- counters for INFO (clients and CONFIG RESETSTAT write them) --------------

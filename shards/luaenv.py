@@ -129,6 +129,9 @@ class Scripting:
         # Set by a serving shard: called from the Lua hook while a script runs past
         # busy-reply-threshold, to answer other requests (BUSY, SCRIPT KILL) meanwhile.
         self.on_busy: Callable[[Run], None] | None = None
+        # Set by the shard's port while a MONITOR exists anywhere (server/monitor.py):
+        # called with each command a script runs, as Redis feeds monitors `[0 lua]`.
+        self.on_call: Callable[[list[bytes]], None] | None = None
         self.lua_table = lua51.lua_type
         self.boot = self._boot()
 
@@ -282,6 +285,8 @@ class Scripting:
         if argv[0].lower() == b"ping":  # the one connection command scripts use (a router command)
             if len(argv) > 2:
                 raise ScriptCallError(ERR_ARITY)
+            if self.on_call is not None:
+                self.on_call(argv)
             return self.to_lua(Simple(b"PONG") if len(argv) == 1 else argv[1], run.resp)
         cmd = find(argv)
         if cmd is None or cmd.handler is None or cmd.where == ROUTER:
@@ -297,6 +302,8 @@ class Scripting:
         for i in cmd.key_indexes(argv):
             if not first <= key_slot(argv[i]) <= last:
                 raise ScriptCallError(ERR_NON_LOCAL)
+        if self.on_call is not None:
+            self.on_call(argv)
         proto = ctx.proto
         ctx.proto = run.resp
         try:
