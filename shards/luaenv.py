@@ -21,7 +21,7 @@ import lupa.lua51 as lua51
 
 from durakv.shards.context import Ctx
 from durakv.shards.keyspace import Keyspace
-from durakv.shards.lualibs import CJson, CMsgpack, LibError, bit_library
+from durakv.shards.lualibs import CJson, CMsgpack, LibError, Struct, bit_library
 from durakv.shards.resp import (
     Map, NullArray, Push, Raw, ReplyError, SetReply, Simple, Verbatim, format_double,
 )
@@ -163,6 +163,7 @@ class Scripting:
             b"bit": rt.table_from(bit_library()),
             b"cjson": rt.table_from(CJson(rt, is_table, JSON_NULL).library()),
             b"cmsgpack": rt.table_from(CMsgpack(rt, is_table).library()),
+            b"struct": rt.table_from(Struct(lua51.lua_type).library()),
         })
 
     # --- callbacks from Lua ---------------------------------------------------------
@@ -302,6 +303,8 @@ class Scripting:
         for i in cmd.key_indexes(argv):
             if not first <= key_slot(argv[i]) <= last:
                 raise ScriptCallError(ERR_NON_LOCAL)
+        if cmd.name in ("xread", "xreadgroup"):
+            _refuse_block(cmd.name, argv)
         if self.on_call is not None:
             self.on_call(argv)
         proto = ctx.proto
@@ -545,6 +548,17 @@ def _parse(buf: bytes, pos: int) -> tuple[object, int]:
     if kind == b"~":
         return SetReply(items), after
     return items, after
+
+
+def _refuse_block(name: str, argv: list[bytes]) -> None:
+    """XREAD/XREADGROUP with BLOCK from a script: Redis refuses them when it parses
+    the option (there is no sense in blocking a script), before the STREAMS list."""
+    for i in range(1, len(argv) - 1):
+        option = argv[i].upper()
+        if option == b"STREAMS":
+            return
+        if option == b"BLOCK":
+            raise ReplyError(b"ERR %s command is not allowed with BLOCK option from scripts" % name.encode())
 
 
 def scripting_of(db: Keyspace) -> Scripting:

@@ -504,3 +504,13 @@ def test_function_load_that_never_ends_times_out_like_redis(pair):
         ("FUNCTION", "LOAD", "#!lua name=\"unterminated\nredis.register_function('x', function() return 1 end)"),
         ("FUNCTION", "FLUSH"),
     ])
+
+
+def test_scripts_cannot_block_in_xread_like_redis(pair):
+    pair.same("XGROUP", "CREATE", "s", "g", "$", "MKSTREAM")
+    for script in ("return redis.pcall('xread','STREAMS','s','$')",
+                   "return redis.pcall('xread','BLOCK',0,'STREAMS','s','$')",
+                   "return redis.pcall('xread','COUNT',1,'BLOCK','x','STREAMS','s','$')",
+                   "return redis.pcall('xreadgroup','group','g','c','STREAMS','s','>')",
+                   "return redis.pcall('xreadgroup','group','g','c','BLOCK',0,'STREAMS','s','>')"):
+        pair.same("EVAL", script, 1, "s")
