@@ -108,6 +108,14 @@ def cluster_myid(client: Client, argv: list[bytes]):
     return client.router.node_id.encode()
 
 
+@command("cluster|reset", -2, "admin stale noscript", group="cluster", where=ROUTER)
+def cluster_reset(client: Client, argv: list[bytes]):
+    """The nodes and their slots follow from the shard count: nothing to reset."""
+    if len(argv) > 3 or (len(argv) == 3 and argv[2].lower() not in (b"hard", b"soft")):
+        raise ReplyError(b"ERR syntax error")
+    raise ReplyError(b"ERR CLUSTER RESET is not supported: durakv assigns every slot to its shards at start")
+
+
 @command("cluster|keyslot", 3, "stale", group="cluster", where=ROUTER)
 def cluster_keyslot(client: Client, argv: list[bytes]):
     return key_slot(argv[2])

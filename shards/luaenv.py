@@ -290,12 +290,14 @@ class Scripting:
                 self.on_call(argv)
             return self.to_lua(Simple(b"PONG") if len(argv) == 1 else argv[1], run.resp)
         cmd = find(argv)
-        if cmd is None or cmd.handler is None or cmd.where == ROUTER:
+        if cmd is None:
             raise ScriptCallError(ERR_UNKNOWN)
         if not cmd.arity_ok(len(argv)):
             raise ScriptCallError(ERR_ARITY)
         if "noscript" in cmd.flags:
             raise ScriptCallError(ERR_NOSCRIPT_CMD)
+        if cmd.handler is None or cmd.where == ROUTER:
+            raise ScriptCallError(ERR_UNKNOWN)  # a router's command: no shard can run it
         if cmd.is_write and run.read_only:
             raise ScriptCallError(ERR_WRITE_RO)
         ctx = run.ctx

@@ -514,3 +514,10 @@ def test_scripts_cannot_block_in_xread_like_redis(pair):
                    "return redis.pcall('xreadgroup','group','g','c','STREAMS','s','>')",
                    "return redis.pcall('xreadgroup','group','g','c','BLOCK',0,'STREAMS','s','>')"):
         pair.same("EVAL", script, 1, "s")
+
+
+def test_noscript_router_commands_are_not_allowed_from_scripts(pair):
+    """Redis checks noscript before anything runs: CLUSTER RESET is "not allowed", not unknown."""
+    for script in ("return redis.pcall('cluster', 'reset', 'hard')", "redis.call('cluster', 'reset', 'hard')",
+                   "return redis.pcall('monitor')", "return redis.pcall('nosuch')", "return redis.pcall('cluster')"):
+        pair.same("EVAL", script, 0)
