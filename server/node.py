@@ -154,6 +154,7 @@ class ShardNode(Front):
         self.slowlog = shard.slowlog  # one log per process: the shard's commands and the node's
         shard.event_sinks.append(self.pubsub.keyspace_events)
         self.monitors.on_active_change = self._monitor_scripts
+        scripting_of(shard.db).on_publish = self.pubsub.publish_here_and_forward
         self.port = shard_port(config, shard.index)
 
     def _shard_settings_changed(self, changes: dict[str, str]) -> None:

@@ -236,6 +236,14 @@ class PubSub:
         for client in overflowed:
             client.kill()  # forgets its subscriptions: never while a delivery walks them
 
+    def publish_here_and_forward(self, channel: bytes, message: bytes) -> int:
+        """PUBLISH from a script (the shard cannot wait for its peers' counts while
+        the script runs): delivered everywhere, the receivers here counted."""
+        receivers = self._deliver(channel, message)
+        for peer in self.peers:
+            peer.send(0, [0, OP_PUBLISH, channel, message])
+        return receivers
+
     # --- asking every process ---------------------------------------------------------
 
     def ask_all(self, client: Client, op: str, args: list[Any], finish: Callable[[list[Any]], bytes]) -> Pending:

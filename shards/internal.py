@@ -9,7 +9,8 @@ import os
 
 from durakv.shards.notify import parse_flags
 from durakv.shards.frames import (
-    VERB_CONFIG, VERB_COUNTKEYSINSLOT, VERB_GETKEYSINSLOT, VERB_INFO, VERB_NO_WRITES_FUNCTIONS, VERB_RESETSTAT,
+    VERB_CONFIG, VERB_COUNTKEYSINSLOT, VERB_EXPIRY_PAUSE, VERB_GETKEYSINSLOT, VERB_INFO, VERB_NO_WRITES_FUNCTIONS,
+    VERB_RESETSTAT,
     VERB_SLOWLOG, VERB_UNBLOCK, VERB_UNWATCH,
     encode_internal,
 )
@@ -134,6 +135,13 @@ def no_writes_functions(shard, argv: list[bytes]) -> list[bytes]:
             if b"no-writes" in f.flags]
 
 
+def pause_expiry(shard, argv: list[bytes]) -> bool:
+    """CLIENT PAUSE keeps the dataset as it is (Redis' checkClientPauseTimeoutAndReturnIfPaused):
+    until then, an expired key reads as missing but is not deleted, and active expiry waits."""
+    shard.db.expiry_paused_until_ms = int(argv[1])
+    return True
+
+
 def unblock(shard, argv: list[bytes]) -> bool:
     return shard.unblock(int(argv[1]), argv[2])
 
@@ -148,6 +156,7 @@ HANDLERS = {
     VERB_RESETSTAT: reset_stats,
     VERB_SLOWLOG: slowlog,
     VERB_NO_WRITES_FUNCTIONS: no_writes_functions,
+    VERB_EXPIRY_PAUSE: pause_expiry,
 }
 
 

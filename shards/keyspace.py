@@ -45,7 +45,8 @@ class Keyspace:
     __slots__ = (
         "data", "expires", "slot_keys", "slot_counts", "_heap", "effects", "on_modified", "on_flush", "replaying",
         "stat_expired_keys", "stat_keyspace_hits", "stat_keyspace_misses",
-        "lazy_expire_disabled", "frozen_ms", "count_reads", "scripting", "notify_flags", "events",
+        "lazy_expire_disabled", "expiry_paused_until_ms", "frozen_ms", "count_reads", "scripting", "notify_flags",
+        "events",
     )
 
     def __init__(self) -> None:
@@ -64,6 +65,7 @@ class Keyspace:
         self.stat_keyspace_hits = 0
         self.stat_keyspace_misses = 0
         self.lazy_expire_disabled = False
+        self.expiry_paused_until_ms = 0  # CLIENT PAUSE: expired keys read as missing but stay (internal.py)
         self.frozen_ms = 0
         self.count_reads = False  # set while a read-only command runs: keyspace hits/misses
         # The Lua state of scripts and functions (shards/luaenv.py), made on first use.
@@ -117,13 +119,20 @@ class Keyspace:
             return None
         when = self.expires.get(key)
         if when is not None and when <= self.now() and not self.lazy_expire_disabled:
-            self._expire(key)
+            if not self.expiry_paused():
+                self._expire(key)
             if self.count_reads:
                 self.stat_keyspace_misses += 1
             return None
         if self.count_reads:
             self.stat_keyspace_hits += 1
         return value
+
+    def expiry_paused(self) -> bool:
+        until = self.expiry_paused_until_ms
+        if until and now_ms() >= until:
+            until = self.expiry_paused_until_ms = 0
+        return bool(until)
 
     def exists(self, key: bytes) -> bool:
         return self.get(key) is not None
@@ -204,6 +213,8 @@ class Keyspace:
 
     def active_expire(self, limit: int = ACTIVE_EXPIRE_KEYS_PER_CYCLE) -> int:
         """Expire up to `limit` keys whose deadline has passed; returns how many."""
+        if self.expiry_paused():
+            return 0
         heap = self._heap
         expires = self.expires
         now = now_ms()

@@ -132,6 +132,9 @@ class Scripting:
         # Set by the shard's port while a MONITOR exists anywhere (server/monitor.py):
         # called with each command a script runs, as Redis feeds monitors `[0 lua]`.
         self.on_call: Callable[[list[bytes]], None] | None = None
+        # PUBLISH from a script, set by the shard's port (server/node.py): delivers
+        # through its pub/sub and answers the receivers in that process.
+        self.on_publish: Callable[[bytes, bytes], int] | None = None
         self.lua_table = lua51.lua_type
         self.boot = self._boot()
 
@@ -296,10 +299,14 @@ class Scripting:
             raise ScriptCallError(ERR_ARITY)
         if "noscript" in cmd.flags:
             raise ScriptCallError(ERR_NOSCRIPT_CMD)
+        if run.read_only and (cmd.is_write or "may_replicate" in cmd.flags):
+            raise ScriptCallError(ERR_WRITE_RO)  # may_replicate too, so CLIENT PAUSE WRITE lets RO scripts run
         if cmd.handler is None or cmd.where == ROUTER:
+            if cmd.name == "publish" and self.on_publish is not None:
+                if self.on_call is not None:
+                    self.on_call(argv)
+                return self.to_lua(self.on_publish(argv[1], argv[2]), run.resp)
             raise ScriptCallError(ERR_UNKNOWN)  # a router's command: no shard can run it
-        if cmd.is_write and run.read_only:
-            raise ScriptCallError(ERR_WRITE_RO)
         ctx = run.ctx
         first, last = ctx.shard.slot_range
         for i in cmd.key_indexes(argv):

@@ -1,0 +1,66 @@
+"""Leftovers of Redis' own suite (issue 12): expiry frozen during CLIENT PAUSE,
+PUBLISH and may-replicate commands from scripts, compared with redis-server."""
+
+from __future__ import annotations
+
+import time
+
+from refserver import RawConn, decode
+
+WAIT_S = 10.0
+
+
+def _expired_keys(r) -> int:
+    return int(r.info("stats")["expired_keys"])
+
+
+def test_client_pause_keeps_expired_keys_until_unpause(server_factory):
+    """Redis keeps the dataset constant while clients are paused: expired keys read
+    as missing, but neither lazy nor active expiry deletes them until the pause ends."""
+    srv = server_factory(shards=2)
+    r = srv.client()
+    before = _expired_keys(r)
+    pipe = r.pipeline(transaction=True)
+    pipe.set("foo{t}", "bar", px=10)
+    pipe.set("bar{t}", "foo", px=10)
+    pipe.execute_command("CLIENT", "PAUSE", "50000", "WRITE")
+    pipe.execute()
+    deadline = time.monotonic() + WAIT_S
+    while (r.get("foo{t}"), r.get("bar{t}")) != (None, None):
+        assert time.monotonic() < deadline, "the keys never read as expired"
+        time.sleep(0.02)
+    time.sleep(0.3)  # several active expiry cycles (hz 10)
+    assert _expired_keys(r) == before
+    assert r.execute_command("CLIENT", "UNPAUSE") == b"OK"
+    assert (r.get("foo{t}"), r.get("bar{t}")) == (None, None)
+    assert _expired_keys(r) == before + 2
+    # A pause that timed out stops freezing expiry too.
+    r.set("baz{t}", "x", px=10)
+    r.execute_command("CLIENT", "PAUSE", "100", "WRITE")
+    time.sleep(0.3)
+    assert r.get("baz{t}") is None
+    assert _expired_keys(r) == before + 3
+    r.close()
+
+
+def test_publish_and_may_replicate_from_scripts_match_redis(pair):
+    for script in ("return redis.call('publish', 'ch', 'msg')",
+                   "#!lua flags=no-writes\nreturn redis.pcall('publish', 'ch', 'msg')",
+                   "#!lua flags=no-writes\nreturn redis.pcall('set', 'k', 'v')"):
+        pair.same("EVAL", script, 0)
+    pair.same("EVAL_RO", "return redis.pcall('publish', 'ch', 'msg')", 0)
+
+
+def test_publish_from_a_script_reaches_every_router_and_shard_port(server_factory):
+    srv = server_factory(shards=2)
+    subscribers = [RawConn(srv.port), RawConn(srv.shard_port(0)), RawConn(srv.shard_port(1))]
+    for conn in subscribers:
+        assert decode(conn.call("SUBSCRIBE", "ch"))[0] == [b"subscribe", b"ch", 1]
+    r = srv.client()
+    # Run on shard 1 (its key): its process counts its own port's subscriber.
+    key = next(f"k{n}" for n in range(100) if r.cluster("keyslot", f"k{n}") >= 8192)
+    assert r.eval("return redis.call('publish', 'ch', KEYS[1])", 1, key) == 1
+    for conn in subscribers:
+        assert decode(conn.read_reply())[0] == [b"message", b"ch", key.encode()]
+        conn.close()
+    r.close()
