@@ -372,6 +372,7 @@ class Client:
             if argv[0] == VERB_ROUTER_IN_MULTI:
                 argv = argv[1:]
                 start_ns = time.perf_counter_ns()
+                queued_before = len(self.replies)
                 try:
                     cmd = lookup(argv)
                     handler = cmd.handler
@@ -380,7 +381,12 @@ class Client:
                         reply = handler(self, argv)
                     finally:
                         self.time_slowlog(cmd, argv, start_ns)
-                    if type(reply) is Pending:
+                    if type(reply) is Pending and reply.data == b"":
+                        # SUBSCRIBE and friends pushed their replies (one per channel): all
+                        # of them take this command's place in EXEC's reply, as in Redis.
+                        pushed = [self.replies.pop() for _ in range(len(self.replies) - queued_before)]
+                        data = b"".join(reversed(pushed))
+                    elif type(reply) is Pending:
                         # CONFIG SET: it took effect here; EXEC does not wait for
                         # its propagation to the other routers and shards.
                         self.replies.remove(reply)

@@ -29,7 +29,8 @@ from durakv.server.client import Client
 from durakv.server.links import Pending
 from durakv.shards.glob import glob_match
 from durakv.shards.resp import Push, Simple, encode
-from durakv.shards.table import MULTI_REFUSED, ROUTER, KeySpec, command, container, subcommand_syntax_error
+from durakv.shards.frames import VERB_LITERAL
+from durakv.shards.table import MULTI_RUN_NOW, ROUTER, KeySpec, command, container, subcommand_syntax_error
 from durakv.shards.unixsock import reachable_path
 
 logger = logging.getLogger("durakv.router")
@@ -43,6 +44,7 @@ MAX_BATCH_BYTES = 1024 * 1024  # a batch is cut once its payloads reach this
 SWEEP_INTERVAL_MS = 50
 MAX_QUEUED_MESSAGES = 64 * 1024  # a subscriber's messages waiting behind a pending reply
 LENGTH_BYTES = 4
+ERR_SSUBSCRIBE_IN_MULTI = b"-ERR SSUBSCRIBE isn't allowed for a DENY BLOCKING client\r\n"
 
 # Requests between peers: [op, args...]; the answer is that process's part.
 OP_PUBLISH = "p"  # channel, message -> receivers (channel + pattern subscribers)
@@ -459,32 +461,28 @@ def _pushes_are_not_replies(client: Client) -> None:
     client.unsilence_current()
 
 
-@command("subscribe", -2, "pubsub noscript loading stale", group="pubsub", where=ROUTER,
-         multi=MULTI_REFUSED)
+@command("subscribe", -2, "pubsub noscript loading stale", group="pubsub", where=ROUTER)
 def subscribe(client: Client, argv: list[bytes]):
     ps = _pubsub(client)
     ps.subscribe(client, ps.channels, "channels", argv[1:], b"subscribe")
     return _done()
 
 
-@command("unsubscribe", -1, "pubsub noscript loading stale", group="pubsub", where=ROUTER,
-         multi=MULTI_REFUSED)
+@command("unsubscribe", -1, "pubsub noscript loading stale", group="pubsub", where=ROUTER)
 def unsubscribe(client: Client, argv: list[bytes]):
     ps = _pubsub(client)
     ps.unsubscribe(client, ps.channels, "channels", argv[1:], b"unsubscribe")
     return _done()
 
 
-@command("psubscribe", -2, "pubsub noscript loading stale", group="pubsub", where=ROUTER,
-         multi=MULTI_REFUSED)
+@command("psubscribe", -2, "pubsub noscript loading stale", group="pubsub", where=ROUTER)
 def psubscribe(client: Client, argv: list[bytes]):
     ps = _pubsub(client)
     ps.subscribe(client, ps.patterns, "patterns", argv[1:], b"psubscribe")
     return _done()
 
 
-@command("punsubscribe", -1, "pubsub noscript loading stale", group="pubsub", where=ROUTER,
-         multi=MULTI_REFUSED)
+@command("punsubscribe", -1, "pubsub noscript loading stale", group="pubsub", where=ROUTER)
 def punsubscribe(client: Client, argv: list[bytes]):
     ps = _pubsub(client)
     ps.unsubscribe(client, ps.patterns, "patterns", argv[1:], b"punsubscribe")
@@ -492,9 +490,14 @@ def punsubscribe(client: Client, argv: list[bytes]):
 
 
 @command("ssubscribe", -2, "pubsub noscript loading stale", keys=(1, -1, 1), group="pubsub", where=ROUTER,
-         multi=MULTI_REFUSED,
+         multi=MULTI_RUN_NOW,
          key_specs=(KeySpec("not_key", 1, -1, 1),))
 def ssubscribe(client: Client, argv: list[bytes]):
+    if client.multi is not None:
+        # Queued, and refused when EXEC runs it (Redis allows only SUBSCRIBE/PSUBSCRIBE there).
+        client.multi.append([VERB_LITERAL, ERR_SSUBSCRIBE_IN_MULTI])
+        client.push(b"+QUEUED\r\n")
+        return _done()
     _shard_check(client, argv, len(argv) - 1)
     ps = _pubsub(client)
     ps.subscribe(client, ps.shard_channels, "shard_channels", argv[1:], b"ssubscribe")
@@ -502,7 +505,6 @@ def ssubscribe(client: Client, argv: list[bytes]):
 
 
 @command("sunsubscribe", -1, "pubsub noscript loading stale", keys=(1, -1, 1), group="pubsub", where=ROUTER,
-         multi=MULTI_REFUSED,
          key_specs=(KeySpec("not_key", 1, -1, 1),))
 def sunsubscribe(client: Client, argv: list[bytes]):
     if len(argv) > 1:

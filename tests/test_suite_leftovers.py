@@ -64,3 +64,27 @@ def test_publish_from_a_script_reaches_every_router_and_shard_port(server_factor
         assert decode(conn.read_reply())[0] == [b"message", b"ch", key.encode()]
         conn.close()
     r.close()
+
+
+def _exchange(conn: RawConn, data: bytes, replies: int) -> list[bytes]:
+    conn.send_raw(data)
+    return [conn.read_reply() for _ in range(replies)]
+
+
+def test_subscribe_inside_multi_matches_redis(server, redis_ref):
+    """Redis 7.0 lets SUBSCRIBE/PSUBSCRIBE/UNSUBSCRIBE be queued: at EXEC each
+    channel's confirmation takes the command's place in the reply (so EXEC's array
+    holds more replies than its count says); SSUBSCRIBE fails inside EXEC."""
+    resp2 = (b"MULTI\r\nSUBSCRIBE a b\r\nPSUBSCRIBE p*\r\nPING\r\nUNSUBSCRIBE a\r\nEXEC\r\nPING\r\n", 8)
+    sharded = (b"MULTI\r\nSSUBSCRIBE a\r\nSUNSUBSCRIBE\r\nEXEC\r\n", 4)
+    resp3 = (b"MULTI\r\nSUBSCRIBE a\r\nGET x\r\nEXEC\r\n", 4)
+    outputs = []
+    for port in (server.port, redis_ref.port):
+        out = []
+        for (data, replies), proto in ((resp2, 2), (sharded, 2), (resp3, 3)):
+            conn = RawConn(port, proto)
+            out.append(b"".join(_exchange(conn, data, replies)))
+            conn.close()
+        outputs.append(out)
+    ours, theirs = outputs
+    assert ours == theirs
