@@ -48,6 +48,7 @@ VERB_SLOWLOG = b"\x00slowlog"  # [verb, b"get", count] | [verb, b"len"] | [verb,
 VERB_COUNTKEYSINSLOT = b"\x00countkeysinslot"  # [verb, slot]: CLUSTER COUNTKEYSINSLOT
 VERB_GETKEYSINSLOT = b"\x00getkeysinslot"  # [verb, slot, count]: CLUSTER GETKEYSINSLOT
 VERB_NO_WRITES_FUNCTIONS = b"\x00nowritesfns"  # [verb]: the no-writes functions (CLIENT PAUSE WRITE)
+VERB_DEBUG = b"\x00debug"  # [verb, b"reload"] | [verb, b"set-active-expire", b"0"|b"1"]: DEBUG
 VERB_EXPIRY_PAUSE = b"\x00expirypause"  # [verb, unix ms]: no key expires before then (CLIENT PAUSE; 0: resume)
 # Never sent: marks a router-answered command queued in MULTI until EXEC (server/client.py),
 # which replaces it with a VERB_LITERAL.

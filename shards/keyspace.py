@@ -45,8 +45,8 @@ class Keyspace:
     __slots__ = (
         "data", "expires", "slot_keys", "slot_counts", "_heap", "effects", "on_modified", "on_flush", "replaying",
         "stat_expired_keys", "stat_keyspace_hits", "stat_keyspace_misses",
-        "lazy_expire_disabled", "expiry_paused_until_ms", "frozen_ms", "count_reads", "scripting", "notify_flags",
-        "events",
+        "lazy_expire_disabled", "active_expire_enabled", "expiry_paused_until_ms", "frozen_ms", "count_reads",
+        "scripting", "notify_flags", "events",
     )
 
     def __init__(self) -> None:
@@ -65,6 +65,7 @@ class Keyspace:
         self.stat_keyspace_hits = 0
         self.stat_keyspace_misses = 0
         self.lazy_expire_disabled = False
+        self.active_expire_enabled = True  # DEBUG SET-ACTIVE-EXPIRE
         self.expiry_paused_until_ms = 0  # CLIENT PAUSE: expired keys read as missing but stay (internal.py)
         self.frozen_ms = 0
         self.count_reads = False  # set while a read-only command runs: keyspace hits/misses
@@ -213,7 +214,7 @@ class Keyspace:
 
     def active_expire(self, limit: int = ACTIVE_EXPIRE_KEYS_PER_CYCLE) -> int:
         """Expire up to `limit` keys whose deadline has passed; returns how many."""
-        if self.expiry_paused():
+        if self.expiry_paused() or not self.active_expire_enabled:
             return 0
         heap = self._heap
         expires = self.expires

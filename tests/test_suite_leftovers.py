@@ -88,3 +88,36 @@ def test_subscribe_inside_multi_matches_redis(server, redis_ref):
         outputs.append(out)
     ours, theirs = outputs
     assert ours == theirs
+
+
+def test_debug_reload_rechooses_encodings_like_redis(pair):
+    """DEBUG RELOAD (every value through the RDB codec and back) undoes sticky
+    conversions as Redis' save and reload does."""
+    for args in [("HSET", "h", "f", "v", "big", "x" * 100), ("HDEL", "h", "big"), ("OBJECT", "ENCODING", "h"),
+                 ("SADD", "s", "1", "2", "a"), ("SREM", "s", "a"), ("OBJECT", "ENCODING", "s"),
+                 ("ZADD", "z", "1", "m", "2", "y" * 100), ("ZREM", "z", "y" * 100), ("OBJECT", "ENCODING", "z"),
+                 ("SET", "n", "12"), ("APPEND", "n", "3"), ("OBJECT", "ENCODING", "n"),
+                 ("DEBUG", "RELOAD"),
+                 ("OBJECT", "ENCODING", "h"), ("OBJECT", "ENCODING", "s"), ("OBJECT", "ENCODING", "z"),
+                 ("OBJECT", "ENCODING", "n"), ("HGETALL", "h"), ("SMEMBERS", "s"), ("ZRANGE", "z", "0", "-1"),
+                 ("GET", "n"), ("DEBUG", "RELOAD", "NOSAVE"), ("DEBUG", "RELOAD", "BAD"),
+                 ("DEBUG", "SET-ACTIVE-EXPIRE", "1"), ("DEBUG", "CHANGE-REPL-ID"), ("DEBUG", "JMAP"),
+                 ("DEBUG", "QUICKLIST-PACKED-THRESHOLD", "100"), ("DEBUG", "ERROR", "MYERR custom")]:
+        pair.same(*args)
+
+
+def test_debug_set_active_expire_stops_background_expiry(server_factory):
+    srv = server_factory(shards=2)
+    r = srv.client()
+    before = _expired_keys(r)
+    assert r.execute_command("DEBUG", "SET-ACTIVE-EXPIRE", "0") == b"OK"
+    for n in range(20):
+        r.set(f"k{n}", "v", px=5)
+    time.sleep(0.5)  # five active expiry cycles at hz 10
+    assert _expired_keys(r) == before
+    assert r.execute_command("DEBUG", "SET-ACTIVE-EXPIRE", "1") == b"OK"
+    deadline = time.monotonic() + WAIT_S
+    while _expired_keys(r) < before + 20:
+        assert time.monotonic() < deadline, "active expiry did not resume"
+        time.sleep(0.05)
+    r.close()
