@@ -121,3 +121,15 @@ def test_debug_set_active_expire_stops_background_expiry(server_factory):
         assert time.monotonic() < deadline, "active expiry did not resume"
         time.sleep(0.05)
     r.close()
+
+
+def test_cluster_help_is_listed_with_its_siblings(server, redis_ref):
+    ours, theirs = RawConn(server.port), RawConn(redis_ref.port)
+    for conn in (ours, theirs):  # Redis' table has it too (its CLUSTER HELP needs cluster mode to answer)
+        commands = decode(conn.call("COMMAND", "LIST", "FILTERBY", "PATTERN", "cl*help"))[0]
+        assert b"cluster|help" in commands and b"client|help" in commands
+    lines = decode(ours.call("CLUSTER", "HELP"))[0]
+    assert lines[0] == b"CLUSTER <subcommand> [<arg> [value] [opt] ...]. Subcommands are:"
+    assert lines[-2:] == [b"HELP", b"    Prints this help."]
+    ours.close()
+    theirs.close()
