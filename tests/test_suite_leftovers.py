@@ -133,3 +133,33 @@ def test_cluster_help_is_listed_with_its_siblings(server, redis_ref):
     assert lines[-2:] == [b"HELP", b"    Prints this help."]
     ours.close()
     theirs.close()
+
+
+def _cmdstat(r, name: str) -> dict:
+    return r.info("commandstats").get(f"cmdstat_{name}", {})
+
+
+def test_blocked_commands_count_in_commandstats_when_they_end(server_factory):
+    """Redis' updateStatsOnUnblock: one call when served, timed out or unblocked with
+    an error (a failed call then), none when it blocked."""
+    srv = server_factory(shards=1)
+    r = srv.client()
+    r.execute_command("CONFIG", "RESETSTAT")
+    r.xgroup_create("s", "g", "$", mkstream=True)
+    blocked = RawConn(srv.port)
+    blocked.send_raw(b"XREADGROUP GROUP g Alice BLOCK 0 STREAMS s >\r\n")
+    deadline = time.monotonic() + WAIT_S
+    while r.info("clients")["blocked_clients"] != 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert _cmdstat(r, "xreadgroup") == {}
+    r.xgroup_destroy("s", "g")
+    assert blocked.read_reply().startswith(b"-NOGROUP")
+    stat = _cmdstat(r, "xreadgroup")
+    assert (stat["calls"], stat["failed_calls"], stat["rejected_calls"]) == (1, 1, 0)
+    assert r.info("errorstats")["errorstat_NOGROUP"]["count"] == 1
+    assert blocked.call("BLPOP", "nolist", "0.01") == b"*-1\r\n"
+    assert blocked.call("BLPOP", "nolist", "0.01") == b"*-1\r\n"
+    assert (_cmdstat(r, "blpop")["calls"], _cmdstat(r, "blpop")["failed_calls"]) == (2, 0)
+    blocked.close()
+    r.close()
