@@ -163,3 +163,18 @@ def test_blocked_commands_count_in_commandstats_when_they_end(server_factory):
     assert (_cmdstat(r, "blpop")["calls"], _cmdstat(r, "blpop")["failed_calls"]) == (2, 0)
     blocked.close()
     r.close()
+
+
+def test_config_set_of_an_immutable_parameter_to_its_value_is_accepted(server):
+    """Redis can rebind at run time; durakv cannot, but setting `bind` or `port` to
+    what it is changes nothing (Redis' CONFIG sanity test sets every parameter so)."""
+    conn = RawConn(server.port)
+    try:
+        for name in (b"bind", b"port"):
+            _, value = decode(conn.call("CONFIG", "GET", name))[0]
+            assert conn.call("CONFIG", "SET", name, value) == b"+OK\r\n"
+        assert conn.call("CONFIG", "SET", "port", str(server.port + 1000)).startswith(
+            b"-ERR CONFIG SET failed (possibly related to argument 'port') - can't set immutable config")
+        assert conn.call("CONFIG", "SET", "bind", "0.0.0.0").startswith(b"-ERR CONFIG SET failed")
+    finally:
+        conn.close()
