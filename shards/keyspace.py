@@ -116,18 +116,24 @@ class Keyspace:
         value = self.data.get(key)
         if value is None:
             if self.count_reads:
-                self.stat_keyspace_misses += 1
+                self._miss(key)
             return None
         when = self.expires.get(key)
         if when is not None and when <= self.now() and not self.lazy_expire_disabled:
             if not self.expiry_paused():
                 self._expire(key)
             if self.count_reads:
-                self.stat_keyspace_misses += 1
+                self._miss(key)
             return None
         if self.count_reads:
             self.stat_keyspace_hits += 1
         return value
+
+    def _miss(self, key: bytes) -> None:
+        """A read command found no key: keyspace_misses, and the `m` class's keymiss event."""
+        self.stat_keyspace_misses += 1
+        if self.notify_flags & notify.KEY_MISS:
+            self.notify(notify.KEY_MISS, b"keymiss", key)
 
     def expiry_paused(self) -> bool:
         until = self.expiry_paused_until_ms

@@ -104,3 +104,34 @@ def test_more_keyspace_events_match_redis(server, redis_ref):
         for conn in subs:
             conn.close()
         time.sleep(0)
+
+
+def test_keymiss_events_match_redis(server, redis_ref):
+    """The `m` class (not in `A`): a read command that finds no key publishes keymiss."""
+    p = Pair(server.port, redis_ref.port, 2)
+    subs = (RawConn(server.port), RawConn(redis_ref.port))
+    try:
+        p.same("FLUSHALL")
+        p.same("CONFIG", "SET", "notify-keyspace-events", "KEm")
+        for conn in subs:
+            assert decode(conn.call("PSUBSCRIBE", "__key*__:*"))[0][0] == b"psubscribe"
+        for args in [("GET", "{t}nokey"), ("SET", "{t}k", "v"), ("GET", "{t}k"), ("HGET", "{t}noh", "f"),
+                     ("LRANGE", "{t}nol", "0", "-1"), ("SET", "{t}gone", "v", "PX", "1")]:
+            p.same(*args)
+        time.sleep(0.01)
+        p.same("GET", "{t}gone")
+        p.same("CONFIG", "SET", "notify-keyspace-events", "KA")
+        p.same("SET", "{t}end", "v")
+        ours: list = []
+        theirs: list = []
+        for conn, got in ((subs[0], ours), (subs[1], theirs)):
+            while not got or got[-1] != END:
+                got.append(decode(conn.read_reply())[0])
+        assert ours == theirs
+        assert sum(1 for m in ours if m[-1] == b"keymiss") == 4
+    finally:
+        for conn in (p.ours, p.theirs):
+            conn.call("CONFIG", "SET", "notify-keyspace-events", "")
+        p.close()
+        for conn in subs:
+            conn.close()
