@@ -67,7 +67,7 @@ class Client:
         "last_cmd_at", "last_cmd", "parser", "replies", "outbuf", "outbuf_bytes", "closing", "closed", "reading",
         "lib_name", "lib_ver", "in_ready_set", "query_limit",
         "multi", "multi_error", "multi_shard", "watch_shards", "blocked_pending", "blocked_shard", "backlog",
-        "soft_limit_since", "pubsub", "paused", "reply_off", "reply_skip", "tracking",
+        "soft_limit_since", "pubsub", "paused", "reply_off", "reply_skip", "tracking", "monitor",
     )
 
     def __init__(self, router: RouterView, sock: socket.socket, client_id: int) -> None:
@@ -116,6 +116,7 @@ class Client:
         self.reply_off = False  # CLIENT REPLY OFF
         self.reply_skip = False  # CLIENT REPLY SKIP: the next command's reply is dropped
         self.tracking: ClientTracking | None = None  # CLIENT TRACKING (server/tracking.py); None while off
+        self.monitor = False  # MONITOR (server/monitor.py)
 
     # --- reading and dispatch -------------------------------------------------
 
@@ -222,6 +223,8 @@ class Client:
                     self.multi_error = True
                 self._reject(cmd, busy)
                 return
+        if router.monitors.active and router.monitors.intercept(self, cmd, argv):
+            return
         if self.tracking is not None:
             self.tracking.note(self, cmd, argv)
         if self.multi is not None and not cmd.runs_in_multi:
@@ -377,6 +380,7 @@ class Client:
             if argv[0] == VERB_ROUTER_IN_MULTI:
                 argv = argv[1:]
                 start_ns = time.perf_counter_ns()
+                queued_before = len(self.replies)
                 try:
                     cmd = lookup(argv)
                     handler = cmd.handler
@@ -385,7 +389,12 @@ class Client:
                         reply = handler(self, argv)
                     finally:
                         self.time_slowlog(cmd, argv, start_ns)
-                    if type(reply) is Pending:
+                    if type(reply) is Pending and reply.data == b"":
+                        # SUBSCRIBE and friends pushed their replies (one per channel): all
+                        # of them take this command's place in EXEC's reply, as in Redis.
+                        pushed = [self.replies.pop() for _ in range(len(self.replies) - queued_before)]
+                        data = b"".join(reversed(pushed))
+                    elif type(reply) is Pending:
                         # CONFIG SET: it took effect here; EXEC does not wait for
                         # its propagation to the other routers and shards.
                         self.replies.remove(reply)

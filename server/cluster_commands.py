@@ -12,7 +12,7 @@ from durakv.server.cluster_view import Node, announced_ip, cluster_nodes
 from durakv.server.info import cluster_lines, shard_states
 from durakv.shards.args import int_arg
 from durakv.shards.frames import VERB_COUNTKEYSINSLOT, VERB_GETKEYSINSLOT
-from durakv.shards.resp import OK, Map, ReplyError, Verbatim, encode
+from durakv.shards.resp import OK, Map, ReplyError, Simple, Verbatim, encode
 from durakv.shards.slots import SLOT_COUNT, key_slot
 from durakv.shards.table import MULTI_REFUSED, ROUTER, command, container
 
@@ -106,6 +106,46 @@ def cluster_info(client: Client, argv: list[bytes]):
 @command("cluster|myid", 2, "stale", group="cluster", where=ROUTER)
 def cluster_myid(client: Client, argv: list[bytes]):
     return client.router.node_id.encode()
+
+
+CLUSTER_HELP = [
+    b"CLUSTER <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+    b"COUNTKEYSINSLOT <slot>",
+    b"    Return the number of keys in <slot>.",
+    b"GETKEYSINSLOT <slot> <count>",
+    b"    Return key names stored by current node in a slot.",
+    b"INFO",
+    b"    Return information about the cluster.",
+    b"KEYSLOT <key>",
+    b"    Return the hash slot for <key>.",
+    b"MYID",
+    b"    Return the node id.",
+    b"NODES",
+    b"    Return cluster configuration seen by node. Output format:",
+    b"    <id> <ip:port> <flags> <master> <pings> <pongs> <epoch> <link> <slot> ...",
+    b"RESET [HARD|SOFT]",
+    b"    Refused: durakv assigns every slot to its shards at start.",
+    b"SHARDS",
+    b"    Return information about slot range mappings and the nodes associated with them.",
+    b"SLOTS",
+    b"    Return information about slots range mappings. Each range is made of:",
+    b"    start, end, master and replicas IP addresses, ports and ids",
+    b"HELP",
+    b"    Prints this help.",
+]
+
+
+@command("cluster|help", 2, "loading stale", group="cluster", where=ROUTER)
+def cluster_help(client: Client, argv: list[bytes]):
+    return [Simple(line) for line in CLUSTER_HELP]
+
+
+@command("cluster|reset", -2, "admin stale noscript", group="cluster", where=ROUTER)
+def cluster_reset(client: Client, argv: list[bytes]):
+    """The nodes and their slots follow from the shard count: nothing to reset."""
+    if len(argv) > 3 or (len(argv) == 3 and argv[2].lower() not in (b"hard", b"soft")):
+        raise ReplyError(b"ERR syntax error")
+    raise ReplyError(b"ERR CLUSTER RESET is not supported: durakv assigns every slot to its shards at start")
 
 
 @command("cluster|keyslot", 3, "stale", group="cluster", where=ROUTER)

@@ -139,6 +139,7 @@ def reset(client: Client, argv: list[bytes]):
     if client.pubsub is not None:
         client.router.pubsub.forget(client)
     client.router.tracking.disable(client)
+    client.router.monitors.remove(client)
     if client.reply_off:  # Redis clears REPLY OFF before replying (a SKIP in force still applies)
         client.reply_off = False
         client.unsilence_current()
@@ -202,7 +203,8 @@ def client_info_line(client: Client, now: float, current: list[bytes] | None = N
     subs = client.pubsub
     sub, psub, ssub = (0, 0, 0) if subs is None else (len(subs.channels), len(subs.patterns), len(subs.shard_channels))
     tracking = client.tracking
-    flags = ("" if subs is None else "P") + (tracking.list_flags() if tracking is not None else "") or "N"
+    flags = ("O" if client.monitor else "" if subs is None else "P") + (
+        tracking.list_flags() if tracking is not None else "") or "N"
     redir = tracking.redirect if tracking is not None else -1
     return (
         f"id={client.id} addr={client.addr} laddr={client.laddr} fd={client.fd} "

@@ -19,13 +19,16 @@ import trio
 
 from durakv.server.client import Client, ClientPoller
 from durakv.server.links import LOST, Pending
+from durakv.server.monitor import MONITOR_OPS, Monitors
 from durakv.server.pubsub import PubSub
 from durakv.server.tracking import Tracking
 from durakv.server.settings import Settings
 from durakv.server.pause import ClientPause
 from durakv.server.stats import ReplyStats
 from durakv.shards.config import Config
-from durakv.shards.frames import PROTO_INTERNAL, VERB_UNBLOCK, VERB_UNWATCH, internal_reply_decoder
+from durakv.shards.frames import (
+    PROTO_INTERNAL, VERB_EXPIRY_PAUSE, VERB_UNBLOCK, VERB_UNWATCH, internal_reply_decoder,
+)
 from durakv.shards.resp import ReplyError, encode, encode_error
 from durakv.shards.slots import SLOT_COUNT, key_slot
 from durakv.shards.slowlog import SlowLog
@@ -134,6 +137,7 @@ class Front(ABC):
         self.stats_protocol_errors = 0
         self.reply_stats = ReplyStats()  # errorstats and the commandstats of what this process answers
         self.pause = ClientPause()
+        self.pause.on_change = self._pause_expiry
         self.large_requests = 0  # bumped by a client that read a large argument (server/links.py)
         self.port = config.port
         self.nursery: trio.Nursery | None = None
@@ -141,6 +145,9 @@ class Front(ABC):
         self.pubsub = PubSub(self)
         self.tracking = Tracking(self)
         self.tracking.enforce_limit()
+        self.monitors = Monitors(self)
+        for op in MONITOR_OPS:
+            self.pubsub.extra_ops[op] = self.monitors.peer_request
 
     @abstractmethod
     def new_client_id(self) -> int: ...
@@ -190,6 +197,14 @@ class Front(ABC):
         if len(self.links) > 1:
             raise ReplyError(b"CROSSSLOT Keys in request don't hash to the same slot")
         return 0
+
+    def _pause_expiry(self, until_unix_ms: int) -> None:
+        """CLIENT PAUSE freezes expiry on the shards until it ends (Redis keeps the
+        dataset constant while clients are paused)."""
+        for link in self.links:
+            if link.up:
+                link.submit(None, PROTO_INTERNAL, [VERB_EXPIRY_PAUSE, b"%d" % until_unix_ms],
+                            Pending(None, on_fill=_ignore_reply))
 
     def fanout(self, client: Client, argv: list[bytes], merge: Merge) -> None:
         """A whole-keyspace command: to every shard, replies merged by the command's `merge`."""
@@ -307,6 +322,8 @@ class Front(ABC):
             self.pubsub.forget(client)
         if client.tracking is not None:
             self.tracking.disable(client)
+        if client.monitor:
+            self.monitors.remove(client)
         if client.blocked_pending is not None:
             self.links[client.blocked_shard].submit(
                 None, PROTO_INTERNAL, [VERB_UNBLOCK, b"%d" % client.id, b"drop"],

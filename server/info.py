@@ -144,6 +144,7 @@ def _memory(router, infos, version):
         f"maxmemory_policy:{router.settings.values['maxmemory-policy']}",
         "mem_fragmentation_ratio:1.00",
         "mem_allocator:libc",  # CPython's pymalloc sits on the C library's malloc
+        "lazyfree_pending_objects:0",  # FLUSHALL/UNLINK ASYNC free at once: nothing is pending
     ]
 
 
@@ -228,6 +229,7 @@ def _stats(router, infos, version):
         f"pubsub_channels:{len(router.pubsub.channels)}",  # this process's, as CLIENT LIST's clients
         f"pubsub_patterns:{len(router.pubsub.patterns)}",
         *router.tracking.stats_lines(),
+        "migrate_cached_sockets:0",  # no MIGRATE, so no cached connections
         f"total_error_replies:{router.reply_stats.error_replies}",
         "unexpected_error_replies:0",
         f"total_protocol_errors:{router.stats_protocol_errors}",

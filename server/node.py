@@ -33,6 +33,7 @@ from durakv.shards.config import Config, shard_port
 from durakv.shards.frames import INTERNAL_PREFIX, PROTO_INTERNAL, VERB_CONFIG, Request
 from durakv.shards.resp import ReplyError, encode_error
 from durakv.shards.process import ClientPort
+from durakv.shards.luaenv import scripting_of
 from durakv.shards.shard import Shard
 from durakv.shards.shard_settings import SHARD_PARAMS
 from durakv.shards.slots import key_slot, slot_owner_table
@@ -149,12 +150,18 @@ class ShardNode(Front):
         self.settings_sync = SettingsSync(self, node=True, on_change=self._shard_settings_changed)
         self.slowlog = shard.slowlog  # one log per process: the shard's commands and the node's
         shard.event_sinks[self.local] = self.pubsub.keyspace_events
+        self.monitors.on_active_change = self._monitor_scripts
+        scripting_of(shard.db).on_publish = self.pubsub.publish_here_and_forward
         self.port = shard_port(config, shard.index)
 
     def _shard_settings_changed(self, changes: dict[str, str]) -> None:
         for name, value in changes.items():
             if name in SHARD_PARAMS:
                 internal.set_config(self.shard, [VERB_CONFIG, name.encode(), value.encode()])
+
+    def _monitor_scripts(self, active: bool) -> None:
+        """While a MONITOR exists anywhere, this shard's scripts feed it their commands."""
+        scripting_of(self.shard.db).on_call = self.monitors.feed_lua if active else None
 
     def new_client_id(self) -> int:
         self._client_seq += 1

@@ -10,7 +10,7 @@ each pauses only its own clients (COMPATIBILITY.md)."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from durakv.shards.frames import VERB_ROUTER_IN_MULTI
 from durakv.shards.resp import ReplyError
@@ -48,7 +48,7 @@ def note_script(body: bytes) -> None:
 
 
 class ClientPause:
-    __slots__ = ("mode", "end", "held", "no_writes_functions")
+    __slots__ = ("mode", "end", "held", "no_writes_functions", "on_change")
 
     def __init__(self) -> None:
         self.mode = 0  # 0: no pause; else PAUSE_WRITE or PAUSE_ALL
@@ -56,12 +56,16 @@ class ClientPause:
         self.held: dict[int, Client] = {}  # clients whose next command waits, by id
         # Functions flagged no-writes, asked of a shard when a WRITE pause starts.
         self.no_writes_functions: frozenset[bytes] = frozenset()
+        # Told the pause's end as unix ms (0: over), so the shards stop expiring keys meanwhile.
+        self.on_change: Callable[[int], None] | None = None
 
     def pause(self, timeout_ms: int, mode: int) -> None:
         """As Redis' pauseClients: the later end and the stricter mode win."""
         end = time.monotonic() + timeout_ms / 1000
         self.end = max(self.end, end) if self.mode else end
         self.mode = max(self.mode, mode)
+        if self.on_change is not None:
+            self.on_change(int((time.time() + self.end - time.monotonic()) * 1000))
 
     def holds(self, client: Client, argv: list[bytes]) -> bool:
         """Whether this request must wait (checked only while a pause is set)."""
@@ -109,6 +113,8 @@ class ClientPause:
 
     def unpause(self) -> None:
         """End the pause and let every held client go on with its backlog."""
+        if self.mode and self.on_change is not None:
+            self.on_change(0)
         self.mode = 0
         held = list(self.held.values())
         self.held.clear()

@@ -29,7 +29,8 @@ from durakv.server.client import Client
 from durakv.server.links import Pending
 from durakv.shards.glob import glob_match
 from durakv.shards.resp import Push, Simple, encode
-from durakv.shards.table import MULTI_REFUSED, ROUTER, KeySpec, command, container, subcommand_syntax_error
+from durakv.shards.frames import VERB_LITERAL
+from durakv.shards.table import MULTI_RUN_NOW, ROUTER, KeySpec, command, container, subcommand_syntax_error
 from durakv.shards.tracking import MARK as TRACKING_MARK
 from durakv.shards.unixsock import reachable_path
 
@@ -44,6 +45,7 @@ MAX_BATCH_BYTES = 1024 * 1024  # a batch is cut once its payloads reach this
 SWEEP_INTERVAL_MS = 50
 MAX_QUEUED_MESSAGES = 64 * 1024  # a subscriber's messages waiting behind a pending reply
 LENGTH_BYTES = 4
+ERR_SSUBSCRIBE_IN_MULTI = b"-ERR SSUBSCRIBE isn't allowed for a DENY BLOCKING client\r\n"
 
 # Requests between peers: [op, args...]; the answer is that process's part.
 OP_PUBLISH = "p"  # channel, message -> receivers (channel + pattern subscribers)
@@ -106,6 +108,8 @@ class PubSub:
         self._asks_waiting = trio.Event()  # set when asks go from none to some: the sweeper wakes
         self._seq = 0
         self._overflowed: list[Client] = []  # subscribers to close after the delivery in progress
+        # Other users of the mesh (server/monitor.py): op -> handler(op, args) giving this process's part.
+        self.extra_ops: dict[str, Callable[[str, list[Any]], Any]] = {}
 
     def start(self, nursery: trio.Nursery, peer_paths: list[str]) -> None:
         self.peers = [PeerStream(self, path) for path in peer_paths]
@@ -178,6 +182,9 @@ class PubSub:
             return [len(table.get(c, ())) for c in args[0]]
         if op == OP_PATTERNS:
             return list(self.patterns)
+        handler = self.extra_ops.get(op)
+        if handler is not None:
+            return handler(op, args)
         raise ValueError(f"unknown pub/sub request {op!r}")
 
     def _deliver(self, channel: bytes, message: bytes) -> int:
@@ -240,6 +247,14 @@ class PubSub:
         overflowed, self._overflowed = self._overflowed, []
         for client in overflowed:
             client.kill()  # forgets its subscriptions: never while a delivery walks them
+
+    def publish_here_and_forward(self, channel: bytes, message: bytes) -> int:
+        """PUBLISH from a script (the shard cannot wait for its peers' counts while
+        the script runs): delivered everywhere, the receivers here counted."""
+        receivers = self._deliver(channel, message)
+        for peer in self.peers:
+            peer.send(0, [0, OP_PUBLISH, channel, message])
+        return receivers
 
     # --- asking every process ---------------------------------------------------------
 
@@ -456,32 +471,28 @@ def _pushes_are_not_replies(client: Client) -> None:
     client.unsilence_current()
 
 
-@command("subscribe", -2, "pubsub noscript loading stale", group="pubsub", where=ROUTER,
-         multi=MULTI_REFUSED)
+@command("subscribe", -2, "pubsub noscript loading stale", group="pubsub", where=ROUTER)
 def subscribe(client: Client, argv: list[bytes]):
     ps = _pubsub(client)
     ps.subscribe(client, ps.channels, "channels", argv[1:], b"subscribe")
     return _done()
 
 
-@command("unsubscribe", -1, "pubsub noscript loading stale", group="pubsub", where=ROUTER,
-         multi=MULTI_REFUSED)
+@command("unsubscribe", -1, "pubsub noscript loading stale", group="pubsub", where=ROUTER)
 def unsubscribe(client: Client, argv: list[bytes]):
     ps = _pubsub(client)
     ps.unsubscribe(client, ps.channels, "channels", argv[1:], b"unsubscribe")
     return _done()
 
 
-@command("psubscribe", -2, "pubsub noscript loading stale", group="pubsub", where=ROUTER,
-         multi=MULTI_REFUSED)
+@command("psubscribe", -2, "pubsub noscript loading stale", group="pubsub", where=ROUTER)
 def psubscribe(client: Client, argv: list[bytes]):
     ps = _pubsub(client)
     ps.subscribe(client, ps.patterns, "patterns", argv[1:], b"psubscribe")
     return _done()
 
 
-@command("punsubscribe", -1, "pubsub noscript loading stale", group="pubsub", where=ROUTER,
-         multi=MULTI_REFUSED)
+@command("punsubscribe", -1, "pubsub noscript loading stale", group="pubsub", where=ROUTER)
 def punsubscribe(client: Client, argv: list[bytes]):
     ps = _pubsub(client)
     ps.unsubscribe(client, ps.patterns, "patterns", argv[1:], b"punsubscribe")
@@ -489,9 +500,14 @@ def punsubscribe(client: Client, argv: list[bytes]):
 
 
 @command("ssubscribe", -2, "pubsub noscript loading stale", keys=(1, -1, 1), group="pubsub", where=ROUTER,
-         multi=MULTI_REFUSED,
+         multi=MULTI_RUN_NOW,
          key_specs=(KeySpec("not_key", 1, -1, 1),))
 def ssubscribe(client: Client, argv: list[bytes]):
+    if client.multi is not None:
+        # Queued, and refused when EXEC runs it (Redis allows only SUBSCRIBE/PSUBSCRIBE there).
+        client.multi.append([VERB_LITERAL, ERR_SSUBSCRIBE_IN_MULTI])
+        client.push(b"+QUEUED\r\n")
+        return _done()
     _shard_check(client, argv, len(argv) - 1)
     ps = _pubsub(client)
     ps.subscribe(client, ps.shard_channels, "shard_channels", argv[1:], b"ssubscribe")
@@ -499,7 +515,6 @@ def ssubscribe(client: Client, argv: list[bytes]):
 
 
 @command("sunsubscribe", -1, "pubsub noscript loading stale", keys=(1, -1, 1), group="pubsub", where=ROUTER,
-         multi=MULTI_REFUSED,
          key_specs=(KeySpec("not_key", 1, -1, 1),))
 def sunsubscribe(client: Client, argv: list[bytes]):
     if len(argv) > 1:

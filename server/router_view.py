@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from durakv.server.client import Client, ClientPoller
     from durakv.server.links import Pending, ShardLink
+    from durakv.server.monitor import Monitors
     from durakv.server.pubsub import PubSub
     from durakv.server.tracking import Tracking
     from durakv.server.settings import Settings
@@ -87,6 +88,11 @@ class RouterView(Protocol):
     @property
     def tracking(self) -> Tracking:
         """This process's client-side caching table (server/tracking.py)."""
+        ...
+
+    @property
+    def monitors(self) -> Monitors:
+        """MONITOR clients here, and whether any exists anywhere (`active`)."""
         ...
 
     # --- counters for INFO (clients and CONFIG RESETSTAT write them) --------------

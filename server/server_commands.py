@@ -3,6 +3,7 @@ answer depends on data): COMMAND, CONFIG, INFO, TIME, LASTSAVE, DEBUG, FUNCTION.
 
 from __future__ import annotations
 
+import logging
 import time
 
 from durakv.server import info as info_mod
@@ -13,16 +14,18 @@ from durakv.server.links import Pending
 from durakv.server.settings import set_failed
 from durakv.shards.args import ERR_SYNTAX, int_arg
 from durakv.shards.glob import glob_match
-from durakv.shards.frames import VERB_INFO, VERB_RESETSTAT
+from durakv.shards.frames import VERB_DEBUG, VERB_INFO, VERB_RESETSTAT
 from durakv.shards.internal import INFO_KEYSPACE
-from durakv.shards.numbers import strtod
-from durakv.shards.resp import Map, ReplyError, SetReply, Simple, Verbatim, encode, encode_error
+from durakv.shards.numbers import parse_ll, strtod
+from durakv.shards.resp import OK, Map, ReplyError, SetReply, Simple, Verbatim, encode, encode_error
 from durakv.shards.shard_settings import SHARD_PARAMS
 from durakv.shards.slots import key_slot
 from durakv.shards.table import (
     MULTI_REFUSED, ROUTER, TABLE, Command, KeySpec, command, container, find, find_fullname,
     keys_from_specs, subcommand_syntax_error,
 )
+
+logger = logging.getLogger("durakv.router")
 
 # --- COMMAND --------------------------------------------------------------------
 
@@ -359,12 +362,62 @@ def role(client: Client, argv: list[bytes]):
 # --- DEBUG, FUNCTION --------------------------------------------------------------
 
 
+DEBUG_HELP = [
+    b"DEBUG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+    b"CHANGE-REPL-ID",
+    b"    Accepted; durakv has no replication IDs.",
+    b"ERROR <string>",
+    b"    Return a Redis protocol error with <string> as message.",
+    b"LOG <message>",
+    b"    Write <message> to the server log.",
+    b"OBJECT <key>",
+    b"    Show low level info about `key` and associated value.",
+    b"QUICKLIST-PACKED-THRESHOLD <size>",
+    b"    Accepted; durakv's lists have no plain or packed nodes.",
+    b"RELOAD [option ...]",
+    b"    Pass every value through the RDB codec and back, as Redis saves and reloads.",
+    b"SET-ACTIVE-EXPIRE <0|1>",
+    b"    Setting it to 0 disables expiring keys in background when they are not",
+    b"    accessed. Setting it to 1 reenables back the default.",
+    b"SLEEP <seconds>",
+    b"    Delay this client's reply for <seconds>. Decimals allowed.",
+    b"HELP",
+    b"    Prints this help.",
+]
+
+
+def _debug_ok(values: list) -> bytes:
+    return b"+OK\r\n"
+
+
 @command("debug", -2, "admin noscript loading stale", group="server", where=ROUTER,
          multi=MULTI_REFUSED)
 def debug(client: Client, argv: list[bytes]):
-    """DEBUG SLEEP delays only this client's reply (Redis blocks the whole
-    server); DEBUG OBJECT reports the encoding. Nothing else is supported."""
+    """The DEBUG subcommands that make sense for durakv (DEBUG_HELP). DEBUG SLEEP
+    delays only this client's reply (Redis blocks the whole server); DEBUG OBJECT
+    reports the encoding; RELOAD passes every value through the RDB codec on every
+    shard; the replication and quicklist knobs are accepted and change nothing."""
     sub = argv[1].lower()
+    router = client.router
+    if sub == b"help" and len(argv) == 2:
+        return [Simple(line) for line in DEBUG_HELP]
+    if sub == b"reload":
+        if any(opt.lower() not in (b"merge", b"noflush", b"nosave") for opt in argv[2:]):
+            raise ReplyError(b"ERR DEBUG RELOAD only supports the MERGE, NOFLUSH and NOSAVE options.")
+        return router.fanout_internal(client, [VERB_DEBUG, b"reload"], _debug_ok)
+    if sub == b"set-active-expire" and len(argv) == 3:
+        enabled = (parse_ll(argv[2].split(b".")[0]) or 0) != 0  # atoi
+        return router.fanout_internal(client, [VERB_DEBUG, b"set-active-expire", b"1" if enabled else b"0"],
+                                      _debug_ok)
+    if sub == b"change-repl-id" and len(argv) == 2:
+        return OK  # no replication IDs to change
+    if sub == b"quicklist-packed-threshold" and len(argv) == 3:
+        return OK  # durakv's lists have no plain/packed nodes to choose between
+    if sub == b"log" and len(argv) == 3:
+        logger.warning("DEBUG LOG: %s", argv[2].decode(errors="replace"))
+        return OK
+    if sub == b"error" and len(argv) == 3:
+        raise ReplyError(argv[2])
     if sub == b"sleep" and len(argv) == 3:
         seconds, _ = strtod(argv[2])  # C strtod(text, NULL): the numeric prefix, 0 if none
         pending = Pending(client)

@@ -283,7 +283,7 @@ class Settings:
         problem: tuple[bytes, bytes] | None = None
         seen: list[Param] = []
         seen_names: set[str] = set()
-        for raw_name, _ in pairs:
+        for raw_name, raw_value in pairs:
             name = raw_name.decode(errors="replace").lower()
             param = self.lookup.get(name)
             if param is None:
@@ -291,7 +291,7 @@ class Settings:
                     unknown = raw_name
                 continue
             if problem is None and unknown is None:
-                if not param.mutable:
+                if not param.mutable and not self._unchanged(param, raw_value):
                     problem = (raw_name, b"can't set immutable config")
                 elif name in seen_names:
                     # Redis 7.0 keeps an alias as a separate entry: a name and its
@@ -310,6 +310,12 @@ class Settings:
                 raise set_failed(raw_name, why)
             result.append((param.name, value))
         return result
+
+    def _unchanged(self, param: Param, raw_value: bytes) -> bool:
+        """Setting an immutable parameter (`bind`, `port`: mutable in Redis) to the
+        value it has changes nothing, so it is accepted."""
+        value, _ = self._normalize(param, raw_value.decode(errors="replace"))
+        return value is not None and value == self.values[param.name]
 
     def _normalize(self, param: Param, value: str) -> tuple[str | None, bytes]:
         kind = param.kind

@@ -49,6 +49,8 @@ VERB_COUNTKEYSINSLOT = b"\x00countkeysinslot"  # [verb, slot]: CLUSTER COUNTKEYS
 VERB_GETKEYSINSLOT = b"\x00getkeysinslot"  # [verb, slot, count]: CLUSTER GETKEYSINSLOT
 VERB_NO_WRITES_FUNCTIONS = b"\x00nowritesfns"  # [verb]: the no-writes functions (CLIENT PAUSE WRITE)
 VERB_TRACKING = b"\x00tracking"  # [verb, b"1"|b"0"]: report changed keys on this connection (shards/tracking.py)
+VERB_DEBUG = b"\x00debug"  # [verb, b"reload"] | [verb, b"set-active-expire", b"0"|b"1"]: DEBUG
+VERB_EXPIRY_PAUSE = b"\x00expirypause"  # [verb, unix ms]: no key expires before then (CLIENT PAUSE; 0: resume)
 # Never sent: marks a router-answered command queued in MULTI until EXEC (server/client.py),
 # which replaces it with a VERB_LITERAL.
 VERB_ROUTER_IN_MULTI = b"\x00router"

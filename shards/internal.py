@@ -8,9 +8,11 @@ import logging
 import os
 
 from durakv.shards.notify import parse_flags
+from durakv.shards.rdb.codec import RDB_VERSION, RdbError, dump_payload, load_payload
+from durakv.shards.t_dump import MAX_DECOMPRESSED_BYTES
 from durakv.shards.frames import (
-    VERB_CONFIG, VERB_COUNTKEYSINSLOT, VERB_GETKEYSINSLOT, VERB_INFO, VERB_NO_WRITES_FUNCTIONS, VERB_RESETSTAT,
-    VERB_SLOWLOG, VERB_TRACKING, VERB_UNBLOCK, VERB_UNWATCH,
+    VERB_CONFIG, VERB_COUNTKEYSINSLOT, VERB_DEBUG, VERB_EXPIRY_PAUSE, VERB_GETKEYSINSLOT, VERB_INFO,
+    VERB_NO_WRITES_FUNCTIONS, VERB_RESETSTAT, VERB_SLOWLOG, VERB_TRACKING, VERB_UNBLOCK, VERB_UNWATCH,
     encode_internal,
 )
 
@@ -134,6 +136,36 @@ def no_writes_functions(shard, argv: list[bytes]) -> list[bytes]:
             if b"no-writes" in f.flags]
 
 
+def pause_expiry(shard, argv: list[bytes]) -> bool:
+    """CLIENT PAUSE keeps the dataset as it is (Redis' checkClientPauseTimeoutAndReturnIfPaused):
+    until then, an expired key reads as missing but is not deleted, and active expiry waits."""
+    shard.db.expiry_paused_until_ms = int(argv[1])
+    return True
+
+
+def debug(shard, argv: list[bytes]) -> int:
+    """DEBUG RELOAD: every value through the RDB codec and back, as Redis' save and
+    load, so encodings are re-chosen by today's thresholds (nothing is logged: the
+    values are equal). DEBUG SET-ACTIVE-EXPIRE: the background expiry on or off."""
+    db = shard.db
+    if argv[1] == b"set-active-expire":
+        db.active_expire_enabled = argv[2] == b"1"
+        return 0
+    assert argv[1] == b"reload", f"unknown DEBUG request {argv[1]!r}"
+    settings = shard.settings
+    list_fill = settings["list-max-listpack-size"]
+    reloaded = 0
+    for key, value in list(db.data.items()):
+        try:
+            payload = dump_payload(value, list_fill)
+            db.data[key] = load_payload(payload, RDB_VERSION, settings, MAX_DECOMPRESSED_BYTES)
+        except RdbError as e:
+            logger.error("shard %d: DEBUG RELOAD kept key %r as it was: %s", shard.index, key[:64], e)
+            continue
+        reloaded += 1
+    return reloaded
+
+
 def unblock(shard, argv: list[bytes]) -> bool:
     return shard.unblock(int(argv[1]), argv[2])
 
@@ -148,6 +180,8 @@ HANDLERS = {
     VERB_RESETSTAT: reset_stats,
     VERB_SLOWLOG: slowlog,
     VERB_NO_WRITES_FUNCTIONS: no_writes_functions,
+    VERB_EXPIRY_PAUSE: pause_expiry,
+    VERB_DEBUG: debug,
 }
 
 

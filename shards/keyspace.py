@@ -45,8 +45,8 @@ class Keyspace:
     __slots__ = (
         "data", "expires", "slot_keys", "slot_counts", "_heap", "effects", "on_modified", "on_flush", "replaying",
         "stat_expired_keys", "stat_keyspace_hits", "stat_keyspace_misses",
-        "lazy_expire_disabled", "frozen_ms", "count_reads", "scripting", "notify_flags", "events",
-        "expiring", "tracking",
+        "lazy_expire_disabled", "active_expire_enabled", "expiry_paused_until_ms", "frozen_ms", "count_reads",
+        "scripting", "notify_flags", "events", "expiring", "tracking",
     )
 
     def __init__(self) -> None:
@@ -65,6 +65,8 @@ class Keyspace:
         self.stat_keyspace_hits = 0
         self.stat_keyspace_misses = 0
         self.lazy_expire_disabled = False
+        self.active_expire_enabled = True  # DEBUG SET-ACTIVE-EXPIRE
+        self.expiry_paused_until_ms = 0  # CLIENT PAUSE: expired keys read as missing but stay (internal.py)
         self.frozen_ms = 0
         self.count_reads = False  # set while a read-only command runs: keyspace hits/misses
         # The Lua state of scripts and functions (shards/luaenv.py), made on first use.
@@ -118,17 +120,30 @@ class Keyspace:
         value = self.data.get(key)
         if value is None:
             if self.count_reads:
-                self.stat_keyspace_misses += 1
+                self._miss(key)
             return None
         when = self.expires.get(key)
         if when is not None and when <= self.now() and not self.lazy_expire_disabled:
-            self._expire(key)
+            if not self.expiry_paused():
+                self._expire(key)
             if self.count_reads:
-                self.stat_keyspace_misses += 1
+                self._miss(key)
             return None
         if self.count_reads:
             self.stat_keyspace_hits += 1
         return value
+
+    def _miss(self, key: bytes) -> None:
+        """A read command found no key: keyspace_misses, and the `m` class's keymiss event."""
+        self.stat_keyspace_misses += 1
+        if self.notify_flags & notify.KEY_MISS:
+            self.notify(notify.KEY_MISS, b"keymiss", key)
+
+    def expiry_paused(self) -> bool:
+        until = self.expiry_paused_until_ms
+        if until and now_ms() >= until:
+            until = self.expiry_paused_until_ms = 0
+        return bool(until)
 
     def exists(self, key: bytes) -> bool:
         return self.get(key) is not None
@@ -213,6 +228,8 @@ class Keyspace:
 
     def active_expire(self, limit: int = ACTIVE_EXPIRE_KEYS_PER_CYCLE) -> int:
         """Expire up to `limit` keys whose deadline has passed; returns how many."""
+        if self.expiry_paused() or not self.active_expire_enabled:
+            return 0
         heap = self._heap
         expires = self.expires
         now = now_ms()

@@ -247,6 +247,11 @@ local function handler(err)
     if not info or (info.what ~= 'C' and info.source ~= '=durakv') then break end
     level = level + 1
   end
+  if type(err) == 'userdata' and info then
+    -- A library's error (luaL_error in Redis' C libraries) names its Lua caller's position.
+    local message = unwrap(err)
+    if type(message) == 'string' then err = info.short_src .. ':' .. info.currentline .. ': ' .. message end
+  end
   err = error_value(err)
   if type(err) ~= 'table' then err = {err = 'ERR ' .. tostring(err)} end
   if info then

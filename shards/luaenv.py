@@ -21,7 +21,7 @@ import lupa.lua51 as lua51
 
 from durakv.shards.context import Ctx
 from durakv.shards.keyspace import Keyspace
-from durakv.shards.lualibs import CJson, CMsgpack, LibError, bit_library
+from durakv.shards.lualibs import CJson, CMsgpack, LibError, Struct, bit_library
 from durakv.shards.resp import (
     Map, NullArray, Push, Raw, ReplyError, SetReply, Simple, Verbatim, format_double,
 )
@@ -131,6 +131,12 @@ class Scripting:
         # Set by a serving shard: called from the Lua hook while a script runs past
         # busy-reply-threshold, to answer other requests (BUSY, SCRIPT KILL) meanwhile.
         self.on_busy: Callable[[Run], None] | None = None
+        # Set by the shard's port while a MONITOR exists anywhere (server/monitor.py):
+        # called with each command a script runs, as Redis feeds monitors `[0 lua]`.
+        self.on_call: Callable[[list[bytes]], None] | None = None
+        # PUBLISH from a script, set by the shard's port (server/node.py): delivers
+        # through its pub/sub and answers the receivers in that process.
+        self.on_publish: Callable[[bytes, bytes], int] | None = None
         self.lua_table = lua51.lua_type
         self.boot = self._boot()
 
@@ -162,6 +168,7 @@ class Scripting:
             b"bit": rt.table_from(bit_library()),
             b"cjson": rt.table_from(CJson(rt, is_table, JSON_NULL).library()),
             b"cmsgpack": rt.table_from(CMsgpack(rt, is_table).library()),
+            b"struct": rt.table_from(Struct(lua51.lua_type).library()),
         })
 
     # --- callbacks from Lua ---------------------------------------------------------
@@ -284,21 +291,33 @@ class Scripting:
         if argv[0].lower() == b"ping":  # the one connection command scripts use (a router command)
             if len(argv) > 2:
                 raise ScriptCallError(ERR_ARITY)
+            if self.on_call is not None:
+                self.on_call(argv)
             return self.to_lua(Simple(b"PONG") if len(argv) == 1 else argv[1], run.resp)
         cmd = find(argv)
-        if cmd is None or cmd.handler is None or cmd.where == ROUTER:
+        if cmd is None:
             raise ScriptCallError(ERR_UNKNOWN)
         if not cmd.arity_ok(len(argv)):
             raise ScriptCallError(ERR_ARITY)
         if "noscript" in cmd.flags:
             raise ScriptCallError(ERR_NOSCRIPT_CMD)
-        if cmd.is_write and run.read_only:
-            raise ScriptCallError(ERR_WRITE_RO)
+        if run.read_only and (cmd.is_write or "may_replicate" in cmd.flags):
+            raise ScriptCallError(ERR_WRITE_RO)  # may_replicate too, so CLIENT PAUSE WRITE lets RO scripts run
+        if cmd.handler is None or cmd.where == ROUTER:
+            if cmd.name == "publish" and self.on_publish is not None:
+                if self.on_call is not None:
+                    self.on_call(argv)
+                return self.to_lua(self.on_publish(argv[1], argv[2]), run.resp)
+            raise ScriptCallError(ERR_UNKNOWN)  # a router's command: no shard can run it
         ctx = run.ctx
         first, last = ctx.shard.slot_range
         for i in cmd.key_indexes(argv):
             if not first <= key_slot(argv[i]) <= last:
                 raise ScriptCallError(ERR_NON_LOCAL)
+        if cmd.name in ("xread", "xreadgroup"):
+            _refuse_block(cmd.name, argv)
+        if self.on_call is not None:
+            self.on_call(argv)
         proto = ctx.proto
         ctx.proto = run.resp
         try:
@@ -543,6 +562,17 @@ def _parse(buf: bytes, pos: int) -> tuple[object, int]:
     if kind == b"~":
         return SetReply(items), after
     return items, after
+
+
+def _refuse_block(name: str, argv: list[bytes]) -> None:
+    """XREAD/XREADGROUP with BLOCK from a script: Redis refuses them when it parses
+    the option (there is no sense in blocking a script), before the STREAMS list."""
+    for i in range(1, len(argv) - 1):
+        option = argv[i].upper()
+        if option == b"STREAMS":
+            return
+        if option == b"BLOCK":
+            raise ReplyError(b"ERR %s command is not allowed with BLOCK option from scripts" % name.encode())
 
 
 def scripting_of(db: Keyspace) -> Scripting:

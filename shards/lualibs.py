@@ -1,7 +1,7 @@
 """The Lua libraries Redis 7.0 links into its interpreter that lupa's Lua lacks:
 bit (LuaBitOp), cjson (lua-cjson) and cmsgpack (lua-cmsgpack), written here in
 Python against their C sources' rules (number formats, array detection, the
-smallest msgpack encodings, nesting limits). struct is not provided.
+smallest msgpack encodings, nesting limits), and struct (lua_struct.c).
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ class CMsgpack:
 
     def pack(self, *args: Any) -> bytes:
         if not args:
-            raise LibError("MessagePack pack needs input.")
+            raise LibError("bad argument #0 to 'pack' (MessagePack pack needs input.)")
         out: list[bytes] = []
         for value in args:
             self._pack(value, out, 0)
@@ -400,3 +400,274 @@ def _msgpack_header(n: int, fix: int, code16: bytes, code32: bytes) -> bytes:
     if n <= 0xFFFF:
         return code16 + struct.pack(">H", n)
     return code32 + struct.pack(">I", n)
+
+
+# --- struct ---------------------------------------------------------------------------------
+
+STRUCT_MAX_INT_BYTES = 32  # lua_struct.c MAXINTSIZE
+STRUCT_MAX_ALIGN = 8  # lua_struct.c MAXALIGN on x86-64: offsetof(struct {char c; double u;}, u)
+_U64 = (1 << 64) - 1
+# optsize: the bytes each option takes (i/I and c read a size after them).
+_STRUCT_SIZES = {"b": 1, "B": 1, "h": 2, "H": 2, "l": 8, "L": 8, "T": 8, "f": 4, "d": 8, "x": 1}
+_STRUCT_INTEGERS = frozenset("bBhHlLTiI")
+
+
+class Struct:
+    """Roberto Ierusalimschy's struct library as Redis 7.0 builds it (lua_struct.c):
+    pack, unpack and size over the format letters, with its alignment rule, its
+    64-bit integer arithmetic and its error texts. Native order is little-endian."""
+
+    def __init__(self, lua_type: Callable[[Any], Any]) -> None:
+        self.lua_type = lua_type
+
+    def library(self) -> dict[bytes, Any]:
+        return {b"pack": self.pack, b"unpack": self.unpack, b"size": self.size}
+
+    # --- argument checks (lauxlib's texts) --------------------------------------------
+
+    def _type_name(self, args: tuple, n: int) -> str:
+        if n > len(args):
+            return "no value"
+        value = args[n - 1]
+        if value is None:
+            return "nil"
+        if type(value) is bool:
+            return "boolean"
+        if type(value) is bytes:
+            return "string"
+        if type(value) in (int, float):
+            return "number"
+        kind = self.lua_type(value)
+        return kind.decode() if isinstance(kind, bytes) else str(kind or "userdata")
+
+    @staticmethod
+    def _arg_error(fn: str, n: int, message: str) -> LibError:
+        return LibError(f"bad argument #{n} to '{fn}' ({message})")
+
+    def _number(self, fn: str, args: tuple, n: int) -> float | int:
+        """luaL_checknumber: a number, or a string that reads as one."""
+        value = args[n - 1] if n <= len(args) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+        if isinstance(value, bytes):
+            number = _lua_str2number(value)
+            if number is not None:
+                return number
+        got = "nil" if fn == "pack" and n > len(args) else self._type_name(args, n)  # pack pushes a nil first
+        raise self._arg_error(fn, n, f"number expected, got {got}")
+
+    def _string(self, fn: str, args: tuple, n: int) -> bytes:
+        """luaL_checklstring: a string, or a number in Lua's %.14g."""
+        value = args[n - 1] if n <= len(args) else None
+        if isinstance(value, bytes):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return _lua_number(float(value))
+        got = "nil" if fn == "pack" and n > len(args) > 0 else self._type_name(args, n)
+        raise self._arg_error(fn, n, f"string expected, got {got}")
+
+    # --- the format ----------------------------------------------------------------------
+
+    @staticmethod
+    def _getnum(fmt: bytes, at: int, default: int) -> tuple[int, int]:
+        if at >= len(fmt) or not 48 <= fmt[at] <= 57:
+            return default, at
+        value = 0
+        while at < len(fmt) and 48 <= fmt[at] <= 57:
+            if value > (2**31 - 1) // 10 or value * 10 > 2**31 - 1 - (fmt[at] - 48):
+                raise LibError("integral size overflow")
+            value = value * 10 + fmt[at] - 48
+            at += 1
+        return value, at
+
+    def _optsize(self, opt: str, fmt: bytes, at: int) -> tuple[int, int]:
+        size = _STRUCT_SIZES.get(opt)
+        if size is not None:
+            return size, at
+        if opt == "c":
+            return self._getnum(fmt, at, 1)
+        if opt in "iI":
+            size, at = self._getnum(fmt, at, 4)
+            if size > STRUCT_MAX_INT_BYTES:
+                raise LibError(f"integral size {size} is larger than limit of {STRUCT_MAX_INT_BYTES}")
+            return size, at
+        return 0, at
+
+    @staticmethod
+    def _toalign(length: int, align: int, opt: str, size: int) -> int:
+        if size == 0 or opt == "c":
+            return 0
+        size = min(size, align)
+        return (size - (length & (size - 1))) & (size - 1)
+
+    def _control(self, fn: str, opt: str, fmt: bytes, at: int, header: list) -> int:
+        """Options that change the header (endianness, alignment); header is [little, align]."""
+        if opt == " ":
+            return at
+        if opt == ">":
+            header[0] = False
+        elif opt == "<":
+            header[0] = True
+        elif opt == "!":
+            align, at = self._getnum(fmt, at, STRUCT_MAX_ALIGN)
+            if align & (align - 1):
+                raise LibError(f"alignment {align} is not a power of 2")
+            header[1] = align
+        else:
+            raise self._arg_error(fn, 1, f"invalid format option '{opt}'")
+        return at
+
+    # --- the functions ---------------------------------------------------------------------
+
+    def pack(self, *args: Any) -> bytes:
+        fmt = self._string("pack", args, 1)
+        header = [True, 1]
+        out = bytearray()
+        arg = 2
+        at = 0
+        while at < len(fmt):
+            opt = chr(fmt[at])
+            at += 1
+            size, at = self._optsize(opt, fmt, at)
+            out += bytes(self._toalign(len(out), header[1], opt, size))
+            if opt in _STRUCT_INTEGERS:
+                number = self._number("pack", args, arg)
+                arg += 1
+                value = _c_integer(number) & _U64
+                # The value's 64 bits, low bytes kept; a field wider than 8 bytes is zero beyond them.
+                if header[0]:
+                    out += value.to_bytes(max(size, 8), "little")[:size]
+                else:
+                    out += value.to_bytes(max(size, 8), "big")[-size:] if size else b""
+            elif opt == "x":
+                out += b"\0"
+            elif opt in "fd":
+                number = float(self._number("pack", args, arg))
+                arg += 1
+                code = ("<" if header[0] else ">") + opt
+                try:
+                    out += struct.pack(code, number)
+                except OverflowError:  # C's double-to-float conversion saturates to infinity
+                    out += struct.pack(code, math.copysign(math.inf, number))
+            elif opt in "cs":
+                data = self._string("pack", args, arg)
+                arg += 1
+                if size == 0:
+                    size = len(data)
+                if len(data) < size:
+                    raise self._arg_error("pack", arg, "string too short")  # lua_struct.c names the next one
+                out += data[:size]
+                if opt == "s":
+                    out += b"\0"
+            else:
+                at = self._control("pack", opt, fmt, at, header)
+        return bytes(out)
+
+    def unpack(self, *args: Any) -> tuple:
+        fmt = self._string("unpack", args, 1)
+        data = self._string("unpack", args, 2)
+        pos = 1
+        if len(args) >= 3 and args[2] is not None:
+            pos = int(self._number("unpack", args, 3))
+        if pos <= 0:
+            raise self._arg_error("unpack", 3, "offset must be 1 or greater")
+        pos -= 1
+        header = [True, 1]
+        results: list[Any] = []
+        at = 0
+        while at < len(fmt):
+            opt = chr(fmt[at])
+            at += 1
+            size, at = self._optsize(opt, fmt, at)
+            pos += self._toalign(pos, header[1], opt, size)
+            if not (size <= len(data) and pos <= len(data) - size):
+                raise self._arg_error("unpack", 2, "data string too short")
+            if opt in _STRUCT_INTEGERS:
+                results.append(_get_integer(data[pos:pos + size], bool(header[0]), opt.islower()))
+            elif opt in "fd":
+                results.append(struct.unpack(("<" if header[0] else ">") + opt, data[pos:pos + size])[0])
+            elif opt == "c":
+                if size == 0:
+                    if not results or type(results[-1]) not in (int, float):
+                        raise LibError("format 'c0' needs a previous size")
+                    size = int(results.pop())
+                    if not (size <= len(data) and pos <= len(data) - size):
+                        raise self._arg_error("unpack", 2, "data string too short")
+                results.append(data[pos:pos + size])
+            elif opt == "s":
+                end = data.find(b"\0", pos)
+                if end < 0:
+                    raise LibError("unfinished string in data")
+                results.append(data[pos:end])
+                size = end - pos + 1
+            elif opt != "x":
+                at = self._control("unpack", opt, fmt, at, header)
+            pos += size
+        results.append(pos + 1)
+        return tuple(results)
+
+    def size(self, *args: Any) -> int:
+        fmt = self._string("size", args, 1)
+        header = [True, 1]
+        pos = 0
+        at = 0
+        while at < len(fmt):
+            opt = chr(fmt[at])
+            at += 1
+            size, at = self._optsize(opt, fmt, at)
+            pos += self._toalign(pos, header[1], opt, size)
+            if opt == "s":
+                raise self._arg_error("size", 1, "option 's' has no fixed size")
+            if opt == "c" and size == 0:
+                raise self._arg_error("size", 1, "option 'c0' has no fixed size")
+            if not opt.isalnum():
+                at = self._control("size", opt, fmt, at, header)
+            pos += size
+        return pos
+
+
+def _c_integer(number: float | int) -> int:
+    """lua_struct.c's putinteger: (Uinttype)(Inttype)n for a negative n, (Uinttype)n
+    otherwise, as x86-64 converts: truncation toward zero, 0x8000000000000000 for
+    what cvttsd2si cannot hold, and an unsigned conversion that subtracts 2^63 first."""
+    if number != number:
+        return 1 << 63
+    if number < 0:
+        return _cvttsd2si(number)
+    if number >= 1 << 63:
+        return _cvttsd2si(number - (1 << 63)) ^ (1 << 63)
+    return int(number)
+
+
+def _cvttsd2si(number: float | int) -> int:
+    if number in (math.inf, -math.inf) or not -(1 << 63) <= number < 1 << 63:
+        return 1 << 63
+    return int(number)
+
+
+def _get_integer(raw: bytes, little: bool, signed: bool) -> float:
+    """lua_struct.c's getinteger: the low 64 bits, sign-extended from the field's top bit."""
+    value = int.from_bytes(raw, "little" if little else "big") & _U64
+    if signed:
+        mask = (_U64 << ((len(raw) * 8 - 1) & 63)) & _U64  # x86-64 masks the shift count
+        if value & mask:
+            value |= mask
+        if value >= 1 << 63:
+            value -= 1 << 64
+    return float(value) if abs(value) >= 1 << 53 else value
+
+
+def _lua_str2number(text: bytes) -> float | int | None:
+    """lua_str2number (strtod, or a 0x hex integer), with surrounding spaces allowed."""
+    stripped = text.strip(b" \t\n\r\f\v")
+    if not stripped:
+        return None
+    try:
+        if stripped[:2].lower() in (b"0x",) or stripped[:3].lower() in (b"-0x", b"+0x"):
+            return int(stripped, 16)
+        value = float(stripped)
+    except ValueError:
+        return None
+    if stripped.lower().lstrip(b"+-") in (b"inf", b"nan", b"infinity"):
+        return value  # strtod reads these
+    return int(value) if value.is_integer() and abs(value) < 1 << 53 else value

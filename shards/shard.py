@@ -41,7 +41,7 @@ from durakv.shards.slots import slot_ranges
 from durakv.shards.slowlog import SlowLog
 from durakv.shards.t_multi import Watches, unpack_transaction
 from durakv.shards.tracking import flush_event, invalidation, set_front
-from durakv.shards.table import Command, lookup
+from durakv.shards.table import Command, find, lookup
 
 logger = logging.getLogger("durakv.shard")
 
@@ -340,6 +340,7 @@ class Shard(GroupCommit):
         effects = self.db.effects
         effects_before = len(effects)
         start = time.perf_counter_ns()
+        failed = False
         try:
             result = waiter.serve(ctx, key)
             if result is None:
@@ -347,8 +348,10 @@ class Shard(GroupCommit):
             data = encode(result, waiter.proto)
         except ReplyError as e:
             data = encode_error(e.message)
+            failed = True
         # As Redis, a blocked command is logged when served, with its own argv (BLPOP, not LPOP).
         duration_us = (time.perf_counter_ns() - start) // 1000
+        self._count_unblocked(waiter, failed, duration_us)
         if duration_us >= self.slowlog.threshold_us:
             self.slowlog.push(waiter.argv, duration_us, waiter.cid)
         if len(effects) > effects_before:
@@ -365,8 +368,10 @@ class Shard(GroupCommit):
         self.blocked.remove(waiter)
         if mode == b"error":
             data = encode_error(b"UNBLOCKED client unblocked via CLIENT UNBLOCK")
+            self._count_unblocked(waiter, True, 0)
         elif mode == b"timeout":
             data = encode(waiter.timeout_reply, waiter.proto)
+            self._count_unblocked(waiter, False, 0)
         else:
             data = encode_error(b"ERR client disconnected")
         waiter.conn.send([(waiter.rid, data)])
@@ -386,6 +391,7 @@ class Shard(GroupCommit):
                     self._blocked_wake = trio.Event()
                 continue
             for waiter in self.blocked.expired(now_ms()):
+                self._count_unblocked(waiter, False, 0)
                 waiter.conn.send([(waiter.rid, encode(waiter.timeout_reply, waiter.proto))])
 
     def _exec_transaction(self, argv: list[bytes], cid: int, proto: int, next_seq: int,
@@ -418,6 +424,15 @@ class Shard(GroupCommit):
     def configure_slowlog(self) -> None:
         settings = self.settings
         self.slowlog.configure(settings["slowlog-log-slower-than"], settings["slowlog-max-len"])
+
+    def _count_unblocked(self, waiter: Waiter, failed: bool, duration_us: int) -> None:
+        """Redis' updateStatsOnUnblock: a blocked command counts one call (failed if
+        it ended in an error) when served, timed out or unblocked, not when it blocked."""
+        stat = self._stat(find(waiter.argv))
+        stat.calls += 1
+        stat.usec += duration_us
+        if failed:
+            stat.failed += 1
 
     def _stat(self, cmd: Command | None) -> CommandStats:
         name = cmd.fullname if cmd is not None else "unknown"

@@ -12,6 +12,7 @@ neither re-runs increments nor depends on the overflow policy.
 
 from __future__ import annotations
 
+from durakv.shards import notify
 from durakv.shards.args import ERR_SYNTAX, ERR_WRONGTYPE, MAX_STRING_BYTES, int_arg
 from durakv.shards.numbers import parse_ll
 from durakv.shards.context import Ctx
@@ -89,6 +90,7 @@ def setbit(ctx: Ctx, argv: list[bytes]):
     if grown or old != on:
         value[byte] = (value[byte] & ~(1 << shift)) | (on << shift)
         ctx.db.effect(argv, argv[1])
+        ctx.db.notify(notify.STRING, b"setbit", argv[1])
     return old
 
 
@@ -251,10 +253,12 @@ def bitop(ctx: Ctx, argv: list[bytes]):
         if db.get(dest) is not None:
             db.delete(dest)
             db.effect([b"DEL", dest], dest)
+            db.notify(notify.GENERIC, b"del", dest)
         return 0
     result = _combine(op, sources, size)
     db.put(dest, bytearray(result))
     db.effect([b"SET", dest, result], dest)
+    db.notify(notify.STRING, b"set", dest)
     return size
 
 
@@ -379,6 +383,7 @@ def _bitfield(ctx: Ctx, argv: list[bytes], readonly_command: bool):
         raise ERR_BITFIELD_RO
     value, grown = _writable_string(ctx, key, max(op[3] + op[2] - 1 for op in writes))
     changed = grown
+    wrote = False  # a SET or INCRBY ran (Redis' `changes`, which notifies even if no bit moved)
     replies: list[int | None] = []
     for op in ops:
         if op[0] == _GET:
@@ -400,11 +405,14 @@ def _bitfield(ctx: Ctx, argv: list[bytes], readonly_command: bool):
             replies.append(None)
             continue
         replies.append(reply)
+        wrote = True
         set_field(value, offset, bits, new & ((1 << bits) - 1))
         if new != old:
             changed = True
     if changed:
         ctx.db.effect(_bitfield_effect(key, value, writes), key)
+    if wrote:
+        ctx.db.notify(notify.STRING, b"setbit", key)
     return replies
 
 

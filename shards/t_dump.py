@@ -23,6 +23,7 @@ passed logs only the DEL of the key it replaced.
 
 from __future__ import annotations
 
+from durakv.shards import notify
 from durakv.shards.args import ERR_SYNTAX, int_arg
 from durakv.shards.context import Ctx
 from durakv.shards.rdb.codec import RdbError, dump_payload, load_payload, verify_payload
@@ -108,6 +109,7 @@ def restore(ctx: Ctx, argv: list[bytes]):
         if existed:
             db.delete(key)
             db.effect([b"DEL", key], key)
+            db.notify(notify.GENERIC, b"del", key)
         return OK
     if existed:
         db.delete(key)
@@ -115,4 +117,5 @@ def restore(ctx: Ctx, argv: list[bytes]):
     if ttl:
         db.set_expire(key, ttl)
     db.effect([b"RESTORE", key, b"%d" % ttl, argv[3], b"REPLACE", b"ABSTTL"], key)
+    db.notify(notify.GENERIC, b"restore", key)
     return OK

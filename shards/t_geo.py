@@ -419,7 +419,8 @@ def georadius_generic(ctx: Ctx, argv: list[bytes], src_index: int, flags: int):
     returned = found[:returned_count]
     if store_key is not None:
         scores = {p[2]: (p[0] / conversion if storedist else p[1]) for p in returned}
-        return store_result(ctx, argv, store_key, scores)
+        event = b"geosearchstore" if flags & _SEARCHSTORE else b"georadiusstore"
+        return store_result(ctx, argv, store_key, scores, event)
     options = withdist + withhash + withcoord
     out: list = []
     for dist, score, member, lon, lat in returned:

@@ -29,6 +29,7 @@ import re
 import struct
 from bisect import bisect_right
 
+from durakv.shards import notify
 from durakv.shards.args import ERR_WRONGTYPE
 from durakv.shards.context import Ctx
 from durakv.shards.resp import OK, fixed_error
@@ -539,6 +540,7 @@ def pfadd(ctx: Ctx, argv: list[bytes]):
             db.effect(argv, key)
         else:
             db.effect([b"SET", key, bytes(new), b"KEEPTTL"], key)
+        db.notify(notify.STRING, b"pfadd", key)
     else:
         new = value
         if type(value) is bytes:
@@ -636,6 +638,7 @@ def pfmerge(ctx: Ctx, argv: list[bytes]):
         db.effect(argv, dest)
     else:
         db.effect([b"SET", dest, bytes(result), b"KEEPTTL"], dest)
+    db.notify(notify.STRING, b"pfadd", dest)
     return OK
 
 

@@ -284,13 +284,16 @@ def smove(ctx: Ctx, argv: list[bytes]):
         return 1 if member in src else 0
     if not remove_member(src, member):
         return 0
+    db.notify(notify.SET, b"srem", src_key)
     if not src:
         db.delete(src_key)
+        db.notify(notify.GENERIC, b"del", src_key)
     if dst is None:
         dst = SetValue(intset=is_int(member))
         db.put(dst_key, dst)
     if add_members(dst, (member,), intset_max(ctx)):
         db.effect(argv, src_key, dst_key)
+        db.notify(notify.SET, b"sadd", dst_key)
     else:
         db.effect(argv, src_key)  # dst already had it: a WATCH on dst stays valid
     return 1
@@ -341,8 +344,10 @@ def spop(ctx: Ctx, argv: list[bytes]):
         return None
     member = random_member(s)
     remove_member(s, member)
+    db.notify(notify.SET, b"spop", key)
     if not s:
         db.delete(key)
+        db.notify(notify.GENERIC, b"del", key)
     db.effect([b"SREM", key, member], key)
     return member
 
@@ -353,9 +358,11 @@ def _spop_count(ctx: Ctx, key: bytes, count: int) -> SetReply:
     if s is None or count == 0:
         return SetReply([])
     size = len(s)
+    db.notify(notify.SET, b"spop", key)
     if count >= size:
         members = members_in_order(s)
         db.delete(key)
+        db.notify(notify.GENERIC, b"del", key)
         db.effect([b"DEL", key], key)
         return SetReply(members)
     chosen = random.sample(random_population(s), count)
@@ -413,10 +420,12 @@ def _store(ctx: Ctx, argv: list[bytes], dst_key: bytes, result: SetValue) -> int
     if result:
         db.put(dst_key, result)
         db.effect(argv, dst_key)
+        db.notify(notify.SET, argv[0].lower(), dst_key)  # sinterstore, sunionstore, sdiffstore
         return len(result)
     if db.get(dst_key) is not None:
         db.delete(dst_key)
         db.effect(argv, dst_key)
+        db.notify(notify.GENERIC, b"del", dst_key)
     return 0
 
 

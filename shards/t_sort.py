@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
+from durakv.shards import notify
 from durakv.shards.args import ERR_SYNTAX, ERR_WRONGTYPE, int_arg
 from durakv.shards.context import Ctx
 from durakv.shards.resp import fixed_error
@@ -302,12 +303,16 @@ def _sort(ctx: Ctx, argv: list[bytes], readonly: bool):
 
 def _store(ctx: Ctx, dest: bytes, items: list[bytes]) -> None:
     db = ctx.db
-    if db.get(dest) is not None:
+    existed = db.get(dest) is not None
+    if existed:
         db.delete(dest)
         db.effect([b"DEL", dest], dest)
     if items:
         db.put(dest, ListValue(items))
         db.effect([b"RPUSH", dest, *items], dest)
+        db.notify(notify.LIST, b"sortstore", dest)
+    elif existed:
+        db.notify(notify.GENERIC, b"del", dest)
 
 
 def may_read_patterns(argv: list[bytes]) -> bool:

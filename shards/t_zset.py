@@ -491,6 +491,9 @@ def _remove_span(ctx: Ctx, argv: list[bytes], zs: ZSetValue, start: int, end: in
         zs.delete(member)
     _drop_if_empty(ctx, key, zs)
     ctx.db.effect(argv, key)
+    ctx.db.notify(notify.ZSET, argv[0].lower(), key)  # zremrangebyrank, zremrangebyscore, zremrangebylex
+    if not zs:
+        ctx.db.notify(notify.GENERIC, b"del", key)
     return end - start
 
 
@@ -663,18 +666,22 @@ def _store_pairs(ctx: Ctx, argv: list[bytes], dst_key: bytes, pairs) -> int:
     return store_result(ctx, argv, dst_key, scores)
 
 
-def store_result(ctx: Ctx, argv: list[bytes], dst_key: bytes, scores: dict[bytes, float]) -> int:
+def store_result(ctx: Ctx, argv: list[bytes], dst_key: bytes, scores: dict[bytes, float],
+                 event: bytes | None = None) -> int:
     """setKey of a computed sorted set (or delete dst when it is empty); the type
-    and TTL of the old dst go. Logged as sent: it replays to the same result."""
+    and TTL of the old dst go. Logged as sent: it replays to the same result.
+    `event` is the keyspace event (default: the command's name, as zunionstore)."""
     db = ctx.db
     if scores:
         listpack = fits_listpack(ctx, scores, len(scores))
         db.put(dst_key, ZSetValue.from_scores(scores, listpack))
         db.effect(argv, dst_key)
+        db.notify(notify.ZSET, event or argv[0].lower(), dst_key)
         return len(scores)
     if db.get(dst_key) is not None:
         db.delete(dst_key)
         db.effect(argv, dst_key)
+        db.notify(notify.GENERIC, b"del", dst_key)
     return 0
 
 
@@ -725,6 +732,9 @@ def zset_pop(ctx: Ctx, key: bytes, zs: ZSetValue, at_max: bool, count: int) -> l
     popped = [zs.pop(at_max) for _ in range(n)]
     _drop_if_empty(ctx, key, zs)
     ctx.db.effect([b"ZPOPMAX" if at_max else b"ZPOPMIN", key, b"%d" % n], key)
+    ctx.db.notify(notify.ZSET, b"zpopmax" if at_max else b"zpopmin", key)
+    if not zs:
+        ctx.db.notify(notify.GENERIC, b"del", key)
     return popped
 
 

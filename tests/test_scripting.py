@@ -504,3 +504,20 @@ def test_function_load_that_never_ends_times_out_like_redis(pair):
         ("FUNCTION", "LOAD", "#!lua name=\"unterminated\nredis.register_function('x', function() return 1 end)"),
         ("FUNCTION", "FLUSH"),
     ])
+
+
+def test_scripts_cannot_block_in_xread_like_redis(pair):
+    pair.same("XGROUP", "CREATE", "s", "g", "$", "MKSTREAM")
+    for script in ("return redis.pcall('xread','STREAMS','s','$')",
+                   "return redis.pcall('xread','BLOCK',0,'STREAMS','s','$')",
+                   "return redis.pcall('xread','COUNT',1,'BLOCK','x','STREAMS','s','$')",
+                   "return redis.pcall('xreadgroup','group','g','c','STREAMS','s','>')",
+                   "return redis.pcall('xreadgroup','group','g','c','BLOCK',0,'STREAMS','s','>')"):
+        pair.same("EVAL", script, 1, "s")
+
+
+def test_noscript_router_commands_are_not_allowed_from_scripts(pair):
+    """Redis checks noscript before anything runs: CLUSTER RESET is "not allowed", not unknown."""
+    for script in ("return redis.pcall('cluster', 'reset', 'hard')", "redis.call('cluster', 'reset', 'hard')",
+                   "return redis.pcall('monitor')", "return redis.pcall('nosuch')", "return redis.pcall('cluster')"):
+        pair.same("EVAL", script, 0)

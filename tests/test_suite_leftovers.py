@@ -1,0 +1,180 @@
+"""Leftovers of Redis' own suite (issue 12): expiry frozen during CLIENT PAUSE,
+PUBLISH and may-replicate commands from scripts, compared with redis-server."""
+
+from __future__ import annotations
+
+import time
+
+from refserver import RawConn, decode
+
+WAIT_S = 10.0
+
+
+def _expired_keys(r) -> int:
+    return int(r.info("stats")["expired_keys"])
+
+
+def test_client_pause_keeps_expired_keys_until_unpause(server_factory):
+    """Redis keeps the dataset constant while clients are paused: expired keys read
+    as missing, but neither lazy nor active expiry deletes them until the pause ends."""
+    srv = server_factory(shards=2)
+    r = srv.client()
+    before = _expired_keys(r)
+    pipe = r.pipeline(transaction=True)
+    pipe.set("foo{t}", "bar", px=10)
+    pipe.set("bar{t}", "foo", px=10)
+    pipe.execute_command("CLIENT", "PAUSE", "50000", "WRITE")
+    pipe.execute()
+    deadline = time.monotonic() + WAIT_S
+    while (r.get("foo{t}"), r.get("bar{t}")) != (None, None):
+        assert time.monotonic() < deadline, "the keys never read as expired"
+        time.sleep(0.02)
+    time.sleep(0.3)  # several active expiry cycles (hz 10)
+    assert _expired_keys(r) == before
+    assert r.execute_command("CLIENT", "UNPAUSE") == b"OK"
+    assert (r.get("foo{t}"), r.get("bar{t}")) == (None, None)
+    assert _expired_keys(r) == before + 2
+    # A pause that timed out stops freezing expiry too.
+    r.set("baz{t}", "x", px=10)
+    r.execute_command("CLIENT", "PAUSE", "100", "WRITE")
+    time.sleep(0.3)
+    assert r.get("baz{t}") is None
+    assert _expired_keys(r) == before + 3
+    r.close()
+
+
+def test_publish_and_may_replicate_from_scripts_match_redis(pair):
+    for script in ("return redis.call('publish', 'ch', 'msg')",
+                   "#!lua flags=no-writes\nreturn redis.pcall('publish', 'ch', 'msg')",
+                   "#!lua flags=no-writes\nreturn redis.pcall('set', 'k', 'v')"):
+        pair.same("EVAL", script, 0)
+    pair.same("EVAL_RO", "return redis.pcall('publish', 'ch', 'msg')", 0)
+
+
+def test_publish_from_a_script_reaches_every_router_and_shard_port(server_factory):
+    srv = server_factory(shards=2)
+    subscribers = [RawConn(srv.port), RawConn(srv.shard_port(0)), RawConn(srv.shard_port(1))]
+    for conn in subscribers:
+        assert decode(conn.call("SUBSCRIBE", "ch"))[0] == [b"subscribe", b"ch", 1]
+    r = srv.client()
+    # Run on shard 1 (its key): its process counts its own port's subscriber.
+    key = next(f"k{n}" for n in range(100) if r.cluster("keyslot", f"k{n}") >= 8192)
+    assert r.eval("return redis.call('publish', 'ch', KEYS[1])", 1, key) == 1
+    for conn in subscribers:
+        assert decode(conn.read_reply())[0] == [b"message", b"ch", key.encode()]
+        conn.close()
+    r.close()
+
+
+def _exchange(conn: RawConn, data: bytes, replies: int) -> list[bytes]:
+    conn.send_raw(data)
+    return [conn.read_reply() for _ in range(replies)]
+
+
+def test_subscribe_inside_multi_matches_redis(server, redis_ref):
+    """Redis 7.0 lets SUBSCRIBE/PSUBSCRIBE/UNSUBSCRIBE be queued: at EXEC each
+    channel's confirmation takes the command's place in the reply (so EXEC's array
+    holds more replies than its count says); SSUBSCRIBE fails inside EXEC."""
+    resp2 = (b"MULTI\r\nSUBSCRIBE a b\r\nPSUBSCRIBE p*\r\nPING\r\nUNSUBSCRIBE a\r\nEXEC\r\nPING\r\n", 8)
+    sharded = (b"MULTI\r\nSSUBSCRIBE a\r\nSUNSUBSCRIBE\r\nEXEC\r\n", 4)
+    resp3 = (b"MULTI\r\nSUBSCRIBE a\r\nGET x\r\nEXEC\r\n", 4)
+    outputs = []
+    for port in (server.port, redis_ref.port):
+        out = []
+        for (data, replies), proto in ((resp2, 2), (sharded, 2), (resp3, 3)):
+            conn = RawConn(port, proto)
+            out.append(b"".join(_exchange(conn, data, replies)))
+            conn.close()
+        outputs.append(out)
+    ours, theirs = outputs
+    assert ours == theirs
+
+
+def test_debug_reload_rechooses_encodings_like_redis(pair):
+    """DEBUG RELOAD (every value through the RDB codec and back) undoes sticky
+    conversions as Redis' save and reload does."""
+    for args in [("HSET", "h", "f", "v", "big", "x" * 100), ("HDEL", "h", "big"), ("OBJECT", "ENCODING", "h"),
+                 ("SADD", "s", "1", "2", "a"), ("SREM", "s", "a"), ("OBJECT", "ENCODING", "s"),
+                 ("ZADD", "z", "1", "m", "2", "y" * 100), ("ZREM", "z", "y" * 100), ("OBJECT", "ENCODING", "z"),
+                 ("SET", "n", "12"), ("APPEND", "n", "3"), ("OBJECT", "ENCODING", "n"),
+                 ("DEBUG", "RELOAD"),
+                 ("OBJECT", "ENCODING", "h"), ("OBJECT", "ENCODING", "s"), ("OBJECT", "ENCODING", "z"),
+                 ("OBJECT", "ENCODING", "n"), ("HGETALL", "h"), ("SMEMBERS", "s"), ("ZRANGE", "z", "0", "-1"),
+                 ("GET", "n"), ("DEBUG", "RELOAD", "NOSAVE"), ("DEBUG", "RELOAD", "BAD"),
+                 ("DEBUG", "SET-ACTIVE-EXPIRE", "1"), ("DEBUG", "CHANGE-REPL-ID"), ("DEBUG", "JMAP"),
+                 ("DEBUG", "QUICKLIST-PACKED-THRESHOLD", "100"), ("DEBUG", "ERROR", "MYERR custom")]:
+        pair.same(*args)
+
+
+def test_debug_set_active_expire_stops_background_expiry(server_factory):
+    srv = server_factory(shards=2)
+    r = srv.client()
+    before = _expired_keys(r)
+    assert r.execute_command("DEBUG", "SET-ACTIVE-EXPIRE", "0") == b"OK"
+    for n in range(20):
+        r.set(f"k{n}", "v", px=5)
+    time.sleep(0.5)  # five active expiry cycles at hz 10
+    assert _expired_keys(r) == before
+    assert r.execute_command("DEBUG", "SET-ACTIVE-EXPIRE", "1") == b"OK"
+    deadline = time.monotonic() + WAIT_S
+    while _expired_keys(r) < before + 20:
+        assert time.monotonic() < deadline, "active expiry did not resume"
+        time.sleep(0.05)
+    r.close()
+
+
+def test_cluster_help_is_listed_with_its_siblings(server, redis_ref):
+    ours, theirs = RawConn(server.port), RawConn(redis_ref.port)
+    for conn in (ours, theirs):  # Redis' table has it too (its CLUSTER HELP needs cluster mode to answer)
+        commands = decode(conn.call("COMMAND", "LIST", "FILTERBY", "PATTERN", "cl*help"))[0]
+        assert b"cluster|help" in commands and b"client|help" in commands
+    lines = decode(ours.call("CLUSTER", "HELP"))[0]
+    assert lines[0] == b"CLUSTER <subcommand> [<arg> [value] [opt] ...]. Subcommands are:"
+    assert lines[-2:] == [b"HELP", b"    Prints this help."]
+    ours.close()
+    theirs.close()
+
+
+def _cmdstat(r, name: str) -> dict:
+    return r.info("commandstats").get(f"cmdstat_{name}", {})
+
+
+def test_blocked_commands_count_in_commandstats_when_they_end(server_factory):
+    """Redis' updateStatsOnUnblock: one call when served, timed out or unblocked with
+    an error (a failed call then), none when it blocked."""
+    srv = server_factory(shards=1)
+    r = srv.client()
+    r.execute_command("CONFIG", "RESETSTAT")
+    r.xgroup_create("s", "g", "$", mkstream=True)
+    blocked = RawConn(srv.port)
+    blocked.send_raw(b"XREADGROUP GROUP g Alice BLOCK 0 STREAMS s >\r\n")
+    deadline = time.monotonic() + WAIT_S
+    while r.info("clients")["blocked_clients"] != 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert _cmdstat(r, "xreadgroup") == {}
+    r.xgroup_destroy("s", "g")
+    assert blocked.read_reply().startswith(b"-NOGROUP")
+    stat = _cmdstat(r, "xreadgroup")
+    assert (stat["calls"], stat["failed_calls"], stat["rejected_calls"]) == (1, 1, 0)
+    assert r.info("errorstats")["errorstat_NOGROUP"]["count"] == 1
+    assert blocked.call("BLPOP", "nolist", "0.01") == b"*-1\r\n"
+    assert blocked.call("BLPOP", "nolist", "0.01") == b"*-1\r\n"
+    assert (_cmdstat(r, "blpop")["calls"], _cmdstat(r, "blpop")["failed_calls"]) == (2, 0)
+    blocked.close()
+    r.close()
+
+
+def test_config_set_of_an_immutable_parameter_to_its_value_is_accepted(server):
+    """Redis can rebind at run time; durakv cannot, but setting `bind` or `port` to
+    what it is changes nothing (Redis' CONFIG sanity test sets every parameter so)."""
+    conn = RawConn(server.port)
+    try:
+        for name in (b"bind", b"port"):
+            _, value = decode(conn.call("CONFIG", "GET", name))[0]
+            assert conn.call("CONFIG", "SET", name, value) == b"+OK\r\n"
+        assert conn.call("CONFIG", "SET", "port", str(server.port + 1000)).startswith(
+            b"-ERR CONFIG SET failed (possibly related to argument 'port') - can't set immutable config")
+        assert conn.call("CONFIG", "SET", "bind", "0.0.0.0").startswith(b"-ERR CONFIG SET failed")
+    finally:
+        conn.close()
