@@ -23,6 +23,7 @@ from durakv.shards.slots import key_slot
 if TYPE_CHECKING:
     from durakv.server.pubsub import Subscriptions
     from durakv.server.router_view import RouterView
+    from durakv.server.tls import TlsSocket
 
 logger = logging.getLogger("durakv.router")
 
@@ -65,7 +66,7 @@ class Client:
         "soft_limit_since", "pubsub", "paused", "reply_off", "reply_skip",
     )
 
-    def __init__(self, router: RouterView, sock: socket.socket, client_id: int) -> None:
+    def __init__(self, router: RouterView, sock: socket.socket | TlsSocket, client_id: int) -> None:
         self.router = router
         self.sock = sock
         self.id = client_id
