@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import trio
 
+from durakv.server import protected
 from durakv.server.client import Client, ClientPoller
 from durakv.server.links import LOST, Pending
 from durakv.server.listener import ClientListeners
@@ -355,6 +356,8 @@ class Front(ABC):
                 self.stats_rejected_connections += 1
                 refuse(sock)
                 continue
+            if protected.refused(self, sock):
+                continue
             sock.setblocking(False)
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -367,6 +370,8 @@ class Front(ABC):
         if len(self.clients) >= self.settings.maxclients:
             self.stats_rejected_connections += 1
             refuse(conn)
+            return
+        if protected.refused(self, conn):
             return
         client = Client(self, conn, self.new_client_id())
         self.clients[client.id] = client

@@ -95,6 +95,7 @@ def _params(config: Config) -> list[Param]:
         bool_("daemonize", "no", mutable=False),
         Param("dir", STRING, config.data_dir, mutable=False),
         Param("requirepass", STRING, config.requirepass),
+        bool_("protected-mode", "yes" if config.protected_mode else "no"),
         Param("masterauth", STRING, ""),
         Param("save", SAVE, ""),
         bool_("appendonly", "yes"),
