@@ -33,8 +33,9 @@ RECV_BYTES = 64 * 1024
 assert RECV_BYTES < LARGE_BYTES
 # Backpressure acts on the one client whose output piles up, never on a shard
 # link: while this many of its replies are outstanding, or this many bytes wait
-# for its socket, the router dispatches none of its further requests (they wait,
-# parsed, in its backlog) and stops reading it once the backlog is full.
+# for its socket (more if a normal client-output-buffer-limit is higher:
+# server/client_limits.py), the router dispatches none of its further requests
+# (they wait, parsed, in its backlog) and stops reading it once the backlog is full.
 MAX_REPLIES_IN_FLIGHT = 256
 OUTPUT_BACKPRESSURE_BYTES = 4 * 1024 * 1024
 MAX_BACKLOG_REQUESTS = 16 * 1024
@@ -162,7 +163,7 @@ class Client:
 
     def can_dispatch(self) -> bool:
         """False while this client's output is over its backpressure bounds."""
-        return self.outbuf_bytes <= OUTPUT_BACKPRESSURE_BYTES and len(self.replies) < MAX_REPLIES_IN_FLIGHT
+        return self.outbuf_bytes <= self.router.output_backpressure_bytes and len(self.replies) < MAX_REPLIES_IN_FLIGHT
 
     def run_backlog(self, bounded: bool = True) -> None:
         """Dispatch queued requests until one blocks, the client is closing or
@@ -505,7 +506,7 @@ class Client:
         if self.outbuf:
             self.outbuf.extend(chunks)
             self.outbuf_bytes += size
-            self._check_output_limits()
+            self.check_output_limits()
             return
         try:
             sent = self.sock.send(chunks[0]) if len(chunks) == 1 else self.sock.sendmsg(chunks[:IOV_MAX])
@@ -519,9 +520,9 @@ class Client:
         self.outbuf.extend(chunks)
         self.outbuf_bytes += size
         self._drop_sent(sent)
-        self._check_output_limits()
+        self.check_output_limits()
 
-    def _check_output_limits(self) -> None:
+    def check_output_limits(self) -> None:
         """Redis' client-output-buffer-limit: for normal clients (default 0 0 0:
         none; backpressure already bounds what a client can pile up), and for a
         subscriber (default 32mb 8mb 60: messages are not backpressured)."""

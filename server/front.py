@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import trio
 
-from durakv.server import protected
+from durakv.server import client_limits, protected
 from durakv.server.client import Client, ClientPoller
 from durakv.server.links import LOST, Pending
 from durakv.server.listener import ClientListeners
@@ -132,6 +132,7 @@ class Front(ABC):
         self.settings.on_apply = self._settings_applied
         # The TLS side of this client port (server/tls.py), None without a tls-port.
         self.tls = TlsPort(self.settings.values) if config.tls_port else None
+        self.output_backpressure_bytes = client_limits.output_backpressure_bytes(self.settings)
         self.stats_commands = 0
         self.stats_connections = 0
         self.stats_rejected_connections = 0
@@ -153,6 +154,7 @@ class Front(ABC):
 
     def _settings_applied(self) -> None:
         self.configure_slowlog()
+        self.output_backpressure_bytes = client_limits.output_backpressure_bytes(self.settings)
         if self.tls is not None:
             self.tls.reconfigure(self.settings.values)
 
@@ -315,6 +317,7 @@ class Front(ABC):
 
     async def serve_ports(self, listeners: ClientListeners, nursery: trio.Nursery) -> None:
         """Accept clients on the plain port and the TLS port, whichever are open."""
+        nursery.start_soon(client_limits.cron, self)
         if listeners.tls is not None:
             assert self.tls is not None, "a TLS listener without a tls-port"
             nursery.start_soon(self._accept_loop, listeners.tls, nursery, self.tls)
@@ -350,6 +353,7 @@ class Front(ABC):
                     continue
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                client_limits.set_keepalive(sock, int(self.settings.values["tcp-keepalive"]))
                 nursery.start_soon(tls.accept, self, sock)
                 continue
             if len(self.clients) >= self.settings.maxclients:
@@ -361,6 +365,7 @@ class Front(ABC):
             sock.setblocking(False)
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                client_limits.set_keepalive(sock, int(self.settings.values["tcp-keepalive"]))
             client = Client(self, sock, self.new_client_id())
             self.clients[client.id] = client
             self.poller.add(client)

@@ -43,6 +43,7 @@ from durakv.shards.resp import ReplyError
 
 if TYPE_CHECKING:
     from durakv.server.front import Front
+    from durakv.server.router_view import RouterView
 
 logger = logging.getLogger("durakv.tls")
 
@@ -353,7 +354,7 @@ def is_tls(sock: object) -> bool:
     return type(sock) is TlsSocket
 
 
-def check_tls_changes(front: Front, changes: list[tuple[str, str]]) -> None:
+def check_tls_changes(front: RouterView, changes: list[tuple[str, str]]) -> None:
     """CONFIG SET of tls-* settings: refused, as Redis does, if the context they
     make cannot be built (the reason goes to the log); only checked while TLS is
     in use (tls-port set), as Redis applies them only then."""
