@@ -37,6 +37,7 @@ assert RECV_BYTES < LARGE_BYTES
 # server/client_limits.py), the router dispatches none of its further requests
 # (they wait, parsed, in its backlog) and stops reading it once the backlog is full.
 MAX_REPLIES_IN_FLIGHT = 256
+BACKED_UP_REPLIES_IN_FLIGHT = 16  # while output waits for the client's socket
 OUTPUT_BACKPRESSURE_BYTES = 4 * 1024 * 1024
 MAX_BACKLOG_REQUESTS = 16 * 1024
 JOIN_BELOW_BYTES = 64 * 1024  # smaller replies are joined into one buffer, larger ones sent as they are
@@ -163,7 +164,12 @@ class Client:
 
     def can_dispatch(self) -> bool:
         """False while this client's output is over its backpressure bounds."""
-        return self.outbuf_bytes <= self.router.output_backpressure_bytes and len(self.replies) < MAX_REPLIES_IN_FLIGHT
+        outbuf_bytes = self.outbuf_bytes
+        if not outbuf_bytes:
+            return len(self.replies) < MAX_REPLIES_IN_FLIGHT
+        # Its socket is backed up: a shallow pipeline, so that its replies do not
+        # queue long ahead of other clients' on the shard links.
+        return outbuf_bytes <= self.router.output_backpressure_bytes and len(self.replies) < BACKED_UP_REPLIES_IN_FLIGHT
 
     def run_backlog(self, bounded: bool = True) -> None:
         """Dispatch queued requests until one blocks, the client is closing or
