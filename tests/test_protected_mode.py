@@ -6,6 +6,7 @@ password, or `protected-mode no` lift it. Compared with redis-server 7.0."""
 from __future__ import annotations
 
 import socket
+import ssl
 import subprocess
 import time
 
@@ -15,6 +16,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from refserver import RedisRef
+from test_tls import Certs, start_tls
 
 READ_TIMEOUT_S = 10
 QUIET_S = 0.2  # a server that says nothing for this long after the connection is taken to wait for a command
@@ -83,3 +85,18 @@ def test_protected_mode_refuses_non_loopback_clients_like_redis(server_factory, 
         with pytest.raises(redis.AuthenticationError):
             ping_from(address, port)
         assert ping_from(address, port, password="sesame") is True
+
+
+def test_protected_mode_on_tls_ports_after_the_handshake(server_factory, tmp_path):
+    address = non_loopback_address()
+    certs = Certs(tmp_path / "certs")
+    srv = start_tls(server_factory, certs, tmp_path, **{"tls-auth-clients": "no", "bind": "0.0.0.0"})
+    ctx = ssl.create_default_context(cafile=certs.ca_file)
+    ctx.check_hostname = False
+    for port in (srv.tls_port, srv.tls_port + 1):
+        with socket.create_connection((address, port), timeout=READ_TIMEOUT_S, source_address=(address, 0)) as raw:
+            with ctx.wrap_socket(raw) as tls:
+                data = b""
+                while chunk := tls.recv(65536):
+                    data += chunk
+        assert data.startswith(b"-DENIED Redis is running in protected mode") and data.endswith(b"outside.\r\n")
