@@ -152,6 +152,18 @@ class Client:
             self.backlog.extend(requests)
             self.run_backlog()
             self.flush()
+            if self.backlog and (self.blocked_pending is not None or self.paused):
+                self._check_held_requests()
+
+    def _check_held_requests(self) -> None:
+        """A blocked or paused client's requests wait parsed in its backlog, where
+        Redis keeps them unparsed in its query buffer: they count against
+        client-query-buffer-limit as there (an O(backlog) sum, in these states only)."""
+        held = self.parser.buffered_bytes() + sum(len(arg) for argv in self.backlog for arg in argv)
+        if held > self.query_limit:
+            logger.warning("router: client %s closed: query buffer over %d bytes (%d bytes held while it waits)",
+                           self.addr, self.query_limit, held)
+            self.kill()
 
     def kill(self) -> None:
         """Close now, dropping whatever is queued."""

@@ -187,3 +187,30 @@ def test_tcp_keepalive_on_new_connections(server_factory):
         for c in (conn, short, off):
             c.close()
 
+
+
+def test_requests_held_while_blocked_count_against_the_query_buffer_limit(server_factory, redis_ref):
+    """A client blocked in BLPOP that pipelines 3 MB of SETs behind it: Redis keeps them in its
+    query buffer and closes the client past client-query-buffer-limit (1mb); durakv holds them
+    parsed and closes it the same way, on the router and on shard ports."""
+    srv = server_factory(shards=1)
+    value = b"v" * 600_000
+    setter = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n%s\r\n" % (len(value), value)
+    outcomes = []
+    for port, admin in [(redis_ref.port, redis_ref.client()),
+                        *((p, redis.Redis(port=p, socket_timeout=30)) for p in ports(srv))]:
+        assert admin.config_set("client-query-buffer-limit", "1mb")
+        conn, cid = non_reader(port)
+        conn.sendall(b"BLPOP held-list 0\r\n")
+        while not any(int(c["id"]) == cid and c["cmd"] == "blpop" for c in admin.client_list()):
+            time.sleep(0.01)
+        try:
+            for _ in range(5):
+                conn.sendall(setter)
+        except OSError:
+            pass
+        wait_closed(admin, cid)
+        outcomes.append(admin.exists("k"))
+        conn.close()
+        assert admin.config_set("client-query-buffer-limit", "1gb")
+    assert outcomes == [0, 0, 0]  # closed with its SETs unrun, everywhere
