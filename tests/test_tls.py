@@ -254,7 +254,7 @@ def test_tls_only_with_port_0(certs, tmp_path):
                 r = tls_client(tls_port, certs, cert=None)
                 if b"cluster_state:ok" in r.execute_command("CLUSTER", "INFO"):
                     break
-            except redis.ConnectionError:
+            except (redis.ConnectionError, redis.TimeoutError):  # not listening yet, or not accepting yet
                 assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
                 time.sleep(0.05)
         assert r.set("k", "v") and r.get("k") == b"v"
