@@ -6,12 +6,12 @@ import argparse
 import logging
 import os
 import signal
-import socket
 import sys
 
 import trio
 
-from durakv.shards.config import DEFAULTS, Config, config_from_fd, load_config, shard_port
+from durakv.server.listener import ClientListeners
+from durakv.shards.config import DEFAULTS, Config, config_from_fd, load_config, shard_port, tls_shard_port
 from durakv.shards.exit_codes import EXIT_OK, EXIT_PERMANENT, EXIT_USAGE
 
 EXIT_IN_USE = 1  # the port or data dir is taken by another process
@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     _common_flags(router)
     router.add_argument("--index", type=int, default=0)
     router.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
+    router.add_argument("--tls-listen-fd", type=int, help=argparse.SUPPRESS)
     log_cmd = sub.add_parser("log", help="inspect shard logs without starting anything")
     log_sub = log_cmd.add_subparsers(dest="log_command", required=True)
     verify = log_sub.add_parser("verify", help="check every record of every shard log")
@@ -112,17 +113,23 @@ def main(argv: list[str] | None = None) -> int:
         config = _config(args)
     except (OSError, ValueError) as e:
         return _fail(f"bad configuration: {e}", EXIT_USAGE)
+    if config.tls_port:
+        from durakv.server.tls import TlsConfigError, build_context, config_values
+
+        try:
+            build_context(config_values(config))
+        except TlsConfigError as e:
+            return _fail(f"bad TLS configuration: {e}", EXIT_USAGE)
     from durakv.server.listener import ListenError, open_listener
 
     listener = None
-    shard_listeners: list = []
+    shard_listeners: list[ClientListeners] = []
     try:  # first: a port in use ends serve (or shard) before it creates anything
         if args.command == "serve":
-            listener = open_listener(config.bind, config.port)
-            shard_listeners = [open_listener(config.bind, shard_port(config, i), shard=i)
-                               for i in range(config.shards)]
+            listener = _open_listeners(config, None)
+            shard_listeners = [_open_listeners(config, i) for i in range(config.shards)]
         elif args.command == "shard" and 0 <= args.index < config.shards:
-            shard_listeners = [open_listener(config.bind, shard_port(config, args.index), shard=args.index)]
+            shard_listeners = [_open_listeners(config, args.index)]
     except ListenError as e:
         # `serve` exits as when its data dir is taken; a unit's router or shard with 2, which
         # its systemd unit does not restart (RestartPreventExitStatus).
@@ -159,11 +166,16 @@ def main(argv: list[str] | None = None) -> int:
         from durakv.server.listener import listener_from_fd
         from durakv.server.router import run_router
 
+        # Under the supervisor, the sockets it bound; started on its own, the ports it binds itself.
+        own = args.parent_pid is None
         try:
-            listener = (listener_from_fd(args.listen_fd) if args.listen_fd is not None
-                        else open_listener(config.bind, config.port))
+            plain = (listener_from_fd(args.listen_fd) if args.listen_fd is not None
+                     else open_listener(config.bind, config.port) if own and config.port else None)
+            tls = (listener_from_fd(args.tls_listen_fd) if args.tls_listen_fd is not None
+                   else open_listener(config.bind, config.tls_port, tls=True) if own and config.tls_port else None)
         except ListenError as e:
             return _fail(str(e), EXIT_USAGE)
+        listener = ClientListeners(plain, tls)
         if not args.parent_pid:
             # Started on its own (the systemd unit): no supervisor cleared the previous run's CONFIG SETs.
             from durakv.server.settings_sync import clear_runtime_changes
@@ -236,7 +248,21 @@ def data_dir_problem(data_dir: str) -> str:
     return ""
 
 
-def shard_main(config: Config, index: int, listener: socket.socket) -> int:
+def _open_listeners(config: Config, shard: int | None) -> ClientListeners:
+    """The plain and TLS listening sockets of the router's port (shard None) or a
+    shard's, each only if its port is configured."""
+    from durakv.server.listener import open_listener
+
+    if shard is None:
+        plain_port, tls_port = config.port, config.tls_port
+    else:
+        plain_port, tls_port = shard_port(config, shard), tls_shard_port(config, shard)
+    plain = open_listener(config.bind, plain_port, shard=shard) if plain_port else None
+    tls = open_listener(config.bind, tls_port, shard=shard, tls=True) if tls_port else None
+    return ClientListeners(plain, tls)
+
+
+def shard_main(config: Config, index: int, listener: ClientListeners) -> int:
     """Run one shard (`durakv shard`, or a child the supervisor forked), serving
     cluster clients on `listener` (its client port, bound by the caller). A permanent
     failure (corrupt log, snapshot cache that does not fit the log) is recorded in

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from durakv.server.pubsub import Subscriptions
     from durakv.server.tracking import ClientTracking
     from durakv.server.router_view import RouterView
+    from durakv.server.tls import TlsSocket
 
 logger = logging.getLogger("durakv.router")
 
@@ -33,9 +34,11 @@ RECV_BYTES = 64 * 1024
 assert RECV_BYTES < LARGE_BYTES
 # Backpressure acts on the one client whose output piles up, never on a shard
 # link: while this many of its replies are outstanding, or this many bytes wait
-# for its socket, the router dispatches none of its further requests (they wait,
-# parsed, in its backlog) and stops reading it once the backlog is full.
+# for its socket (more if a normal client-output-buffer-limit is higher:
+# server/client_limits.py), the router dispatches none of its further requests
+# (they wait, parsed, in its backlog) and stops reading it once the backlog is full.
 MAX_REPLIES_IN_FLIGHT = 256
+BACKED_UP_REPLIES_IN_FLIGHT = 16  # while output waits for the client's socket
 OUTPUT_BACKPRESSURE_BYTES = 4 * 1024 * 1024
 MAX_BACKLOG_REQUESTS = 16 * 1024
 JOIN_BELOW_BYTES = 64 * 1024  # smaller replies are joined into one buffer, larger ones sent as they are
@@ -70,7 +73,7 @@ class Client:
         "soft_limit_since", "pubsub", "paused", "reply_off", "reply_skip", "tracking", "monitor",
     )
 
-    def __init__(self, router: RouterView, sock: socket.socket, client_id: int) -> None:
+    def __init__(self, router: RouterView, sock: socket.socket | TlsSocket, client_id: int) -> None:
         self.router = router
         self.sock = sock
         self.id = client_id
@@ -156,6 +159,18 @@ class Client:
             self.backlog.extend(requests)
             self.run_backlog()
             self.flush()
+            if self.backlog and (self.blocked_pending is not None or self.paused):
+                self._check_held_requests()
+
+    def _check_held_requests(self) -> None:
+        """A blocked or paused client's requests wait parsed in its backlog, where
+        Redis keeps them unparsed in its query buffer: they count against
+        client-query-buffer-limit as there (an O(backlog) sum, in these states only)."""
+        held = self.parser.buffered_bytes() + sum(len(arg) for argv in self.backlog for arg in argv)
+        if held > self.query_limit:
+            logger.warning("router: client %s closed: query buffer over %d bytes (%d bytes held while it waits)",
+                           self.addr, self.query_limit, held)
+            self.kill()
 
     def kill(self) -> None:
         """Close now, dropping whatever is queued."""
@@ -168,7 +183,12 @@ class Client:
 
     def can_dispatch(self) -> bool:
         """False while this client's output is over its backpressure bounds."""
-        return self.outbuf_bytes <= OUTPUT_BACKPRESSURE_BYTES and len(self.replies) < MAX_REPLIES_IN_FLIGHT
+        outbuf_bytes = self.outbuf_bytes
+        if not outbuf_bytes:
+            return len(self.replies) < MAX_REPLIES_IN_FLIGHT
+        # Its socket is backed up: a shallow pipeline, so that its replies do not
+        # queue long ahead of other clients' on the shard links.
+        return outbuf_bytes <= self.router.output_backpressure_bytes and len(self.replies) < BACKED_UP_REPLIES_IN_FLIGHT
 
     def run_backlog(self, bounded: bool = True) -> None:
         """Dispatch queued requests until one blocks, the client is closing or
@@ -521,7 +541,7 @@ class Client:
         if self.outbuf:
             self.outbuf.extend(chunks)
             self.outbuf_bytes += size
-            self._check_output_limits()
+            self.check_output_limits()
             return
         try:
             sent = self.sock.send(chunks[0]) if len(chunks) == 1 else self.sock.sendmsg(chunks[:IOV_MAX])
@@ -535,9 +555,9 @@ class Client:
         self.outbuf.extend(chunks)
         self.outbuf_bytes += size
         self._drop_sent(sent)
-        self._check_output_limits()
+        self.check_output_limits()
 
-    def _check_output_limits(self) -> None:
+    def check_output_limits(self) -> None:
         """Redis' client-output-buffer-limit: for normal clients (default 0 0 0:
         none; backpressure already bounds what a client can pile up), and for a
         subscriber (default 32mb 8mb 60: messages are not backpressured)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from durakv.server.client import Client
 from durakv.server.cluster_view import Node, announced_ip, cluster_nodes
 from durakv.server.info import cluster_lines, shard_states
+from durakv.server.tls import is_tls
 from durakv.shards.args import int_arg
 from durakv.shards.frames import VERB_COUNTKEYSINSLOT, VERB_GETKEYSINSLOT
 from durakv.shards.resp import OK, Map, ReplyError, Simple, Verbatim, encode
@@ -23,6 +24,11 @@ def _nodes(client: Client) -> list[Node]:
     view = client.router
     router_port = view.config.port if view.cluster_node else view.port
     return cluster_nodes(view.config, view.router_node_id, router_port, view.shard_node_ids)
+
+
+def _client_port(client: Client, node: Node) -> int:
+    """The node's port of the client's own kind (TLS or plain)."""
+    return node.tls_port if is_tls(client.sock) else node.port
 
 
 def _is_myself(client: Client, node: Node) -> bool:
@@ -47,7 +53,7 @@ def _holds(client: Client, slot: int) -> bool:
 @command("cluster|slots", 2, "stale", group="cluster", where=ROUTER, tips=("nondeterministic_output",))
 def cluster_slots(client: Client, argv: list[bytes]):
     ip = announced_ip(client.router.config, client.laddr)
-    return [[node.first_slot, node.last_slot, [ip, node.port, node.node_id.encode(), Map([])]]
+    return [[node.first_slot, node.last_slot, [ip, _client_port(client, node), node.node_id.encode(), Map([])]]
             for node in _nodes(client)]
 
 
@@ -56,9 +62,12 @@ def cluster_shards(client: Client, argv: list[bytes]):
     ip = announced_ip(client.router.config, client.laddr)
     out = []
     for node in _nodes(client):
+        ports = [b"port", node.port] if node.port else []
+        if node.tls_port:
+            ports += [b"tls-port", node.tls_port]
         entry = Map([
             b"id", node.node_id.encode(),
-            b"port", node.port,
+            *ports,
             b"ip", ip,
             b"endpoint", ip,
             b"role", b"master",
@@ -76,7 +85,8 @@ def cluster_nodes_(client: Client, argv: list[bytes]):
     for epoch, node in enumerate(_nodes(client), 1):
         flags = "myself,master" if _is_myself(client, node) else "master"
         link = "connected" if _node_up(client, node) else "disconnected"
-        lines.append(f"{node.node_id} {ip}:{node.port}@{node.port + 10000} {flags} - 0 0 {epoch} "
+        port = _client_port(client, node)
+        lines.append(f"{node.node_id} {ip}:{port}@{port + 10000} {flags} - 0 0 {epoch} "
                      f"{link} {node.first_slot}-{node.last_slot}\n")
     return Verbatim("".join(lines).encode())
 

@@ -1,18 +1,21 @@
 """The cluster as clients are told it (CLUSTER SLOTS/SHARDS/NODES, MOVED): with
 `cluster-announce = "shards"` every shard is a master node on its own port, with
-its own node id; with "router", the router is the one node owning every slot."""
+its own node id; with "router", the router is the one node owning every slot.
+With a tls-port, each node also has a TLS port: TLS clients are told the TLS
+ports, plain clients the plain ones (Redis with tls-cluster yes)."""
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-from durakv.shards.config import Config, shard_port
+from durakv.shards.config import Config, shard_port, tls_shard_port
 from durakv.shards.slots import SLOT_COUNT, slot_ranges
 
 
 class Node(NamedTuple):
     node_id: str
-    port: int
+    port: int  # 0: none (port 0, TLS only)
+    tls_port: int  # 0: none (no tls-port)
     first_slot: int
     last_slot: int
     shard: int  # -1: the router (announce "router")
@@ -31,6 +34,6 @@ def announced_ip(config: Config, laddr: str) -> bytes:
 def cluster_nodes(config: Config, router_node_id: str, router_port: int, ids: list[str]) -> list[Node]:
     """The master nodes, in slot order (ids: each shard's node id, server/topology.py)."""
     if config.cluster_announce == "router":
-        return [Node(router_node_id, router_port, 0, SLOT_COUNT - 1, -1)]
-    return [Node(ids[i], shard_port(config, i), first, last, i)
+        return [Node(router_node_id, router_port, config.tls_port, 0, SLOT_COUNT - 1, -1)]
+    return [Node(ids[i], shard_port(config, i), tls_shard_port(config, i), first, last, i)
             for i, (first, last) in enumerate(slot_ranges(config.shards))]

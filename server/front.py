@@ -17,14 +17,17 @@ from typing import Any, Sequence
 
 import trio
 
+from durakv.server import client_limits, protected
 from durakv.server.client import Client, ClientPoller
 from durakv.server.links import LOST, Pending
 from durakv.server.monitor import MONITOR_OPS, Monitors
+from durakv.server.listener import ClientListeners
 from durakv.server.pubsub import PubSub
 from durakv.server.tracking import Tracking
 from durakv.server.settings import Settings
 from durakv.server.pause import ClientPause
 from durakv.server.stats import ReplyStats
+from durakv.server.tls import TlsPort, TlsSocket
 from durakv.shards.config import Config
 from durakv.shards.frames import (
     PROTO_INTERNAL, VERB_EXPIRY_PAUSE, VERB_UNBLOCK, VERB_UNWATCH, internal_reply_decoder,
@@ -131,6 +134,9 @@ class Front(ABC):
         self.started_monotonic = time.monotonic()
         self.settings = Settings(config)
         self.settings.on_apply = self._settings_applied
+        # The TLS side of this client port (server/tls.py), None without a tls-port.
+        self.tls = TlsPort(self.settings.values) if config.tls_port else None
+        self.output_backpressure_bytes = client_limits.output_backpressure_bytes(self.settings)
         self.stats_commands = 0
         self.stats_connections = 0
         self.stats_rejected_connections = 0
@@ -159,6 +165,12 @@ class Front(ABC):
     def configure_slowlog(self) -> None:
         values = self.settings.values
         self.slowlog.configure(int(values["slowlog-log-slower-than"]), int(values["slowlog-max-len"]))
+
+    def _settings_applied(self) -> None:
+        self.configure_slowlog()
+        self.output_backpressure_bytes = client_limits.output_backpressure_bytes(self.settings)
+        if self.tls is not None:
+            self.tls.reconfigure(self.settings.values)
 
     # --- reply flushing -----------------------------------------------------------
 
@@ -329,7 +341,16 @@ class Front(ABC):
                 None, PROTO_INTERNAL, [VERB_UNBLOCK, b"%d" % client.id, b"drop"],
                 Pending(None, on_fill=_ignore_reply))
 
-    async def _accept_loop(self, listener: socket.socket, nursery: trio.Nursery) -> None:
+    async def serve_ports(self, listeners: ClientListeners, nursery: trio.Nursery) -> None:
+        """Accept clients on the plain port and the TLS port, whichever are open."""
+        nursery.start_soon(client_limits.cron, self)
+        if listeners.tls is not None:
+            assert self.tls is not None, "a TLS listener without a tls-port"
+            nursery.start_soon(self._accept_loop, listeners.tls, nursery, self.tls)
+        if listeners.plain is not None:
+            await self._accept_loop(listeners.plain, nursery)
+
+    async def _accept_loop(self, listener: socket.socket, nursery: trio.Nursery, tls: TlsPort | None = None) -> None:
         spare = SpareFd()
         while True:
             await trio.lowlevel.wait_readable(listener)
@@ -350,21 +371,48 @@ class Front(ABC):
                     await trio.sleep(ACCEPT_ERROR_PAUSE_S)
                 continue
             self.stats_connections += 1
+            if tls is not None:
+                # maxclients is checked once the handshake is done, so the error reaches the client.
+                if tls.handshakes >= self.settings.maxclients:
+                    self.stats_rejected_connections += 1
+                    sock.close()
+                    continue
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                client_limits.set_keepalive(sock, int(self.settings.values["tcp-keepalive"]))
+                nursery.start_soon(tls.accept, self, sock)
+                continue
             if len(self.clients) >= self.settings.maxclients:
                 self.stats_rejected_connections += 1
                 refuse(sock)
                 continue
+            if protected.refused(self, sock):
+                continue
             sock.setblocking(False)
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                client_limits.set_keepalive(sock, int(self.settings.values["tcp-keepalive"]))
             client = Client(self, sock, self.new_client_id())
             self.clients[client.id] = client
             self.poller.add(client)
 
+    def add_tls_client(self, conn: TlsSocket) -> None:
+        """A client whose TLS handshake is done (server/tls.py)."""
+        if len(self.clients) >= self.settings.maxclients:
+            self.stats_rejected_connections += 1
+            refuse(conn)
+            return
+        if protected.refused(self, conn):
+            return
+        client = Client(self, conn, self.new_client_id())
+        self.clients[client.id] = client
+        self.poller.add(client)
+        client.on_readable()  # requests sent with the handshake's end wait in the TlsSocket, unseen by epoll
 
 
 
-def refuse(sock: socket.socket) -> None:
+
+def refuse(sock: socket.socket | TlsSocket) -> None:
     try:
         sock.send(ERR_MAX_CLIENTS)
     except OSError:

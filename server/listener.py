@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import socket
+from typing import NamedTuple
 
 LISTEN_BACKLOG = 511
 
@@ -24,10 +25,23 @@ class ListenError(Exception):
         self.in_use = in_use
 
 
-def open_listener(bind: str, port: int, shard: int | None = None) -> socket.socket:
+class ClientListeners(NamedTuple):
+    """The listening sockets of one client port: plain, TLS (tls-port), or both."""
+
+    plain: socket.socket | None
+    tls: socket.socket | None
+
+    def close(self) -> None:
+        for sock in self:
+            if sock is not None:
+                sock.close()
+
+
+def open_listener(bind: str, port: int, shard: int | None = None, tls: bool = False) -> socket.socket:
     """A non-blocking listening TCP socket on bind:port (SO_REUSEADDR only, so a
     port left in TIME_WAIT by a stopped server can be taken at once); `shard`:
-    the port is that shard's client port (the error names it and its setting)."""
+    the port is that shard's client port, `tls`: a TLS port (the error names it
+    and its setting)."""
     family = socket.AF_INET6 if ":" in bind else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -36,7 +50,7 @@ def open_listener(bind: str, port: int, shard: int | None = None) -> socket.sock
         sock.listen(LISTEN_BACKLOG)
     except OSError as e:
         sock.close()
-        raise ListenError(_explain(e, bind, port, shard), in_use=e.errno == errno.EADDRINUSE) from None
+        raise ListenError(_explain(e, bind, port, shard, tls), in_use=e.errno == errno.EADDRINUSE) from None
     sock.setblocking(False)
     return sock
 
@@ -50,9 +64,13 @@ def listener_from_fd(fd: int) -> socket.socket:
     return sock
 
 
-def _explain(e: OSError, bind: str, port: int, shard: int | None) -> str:
-    what, fix = (f"port {port}", "--port") if shard is None else (
-        f"port {port} (shard {shard}'s client port)", "shard-port-base (default: --port + 1)")
+def _explain(e: OSError, bind: str, port: int, shard: int | None, tls: bool = False) -> str:
+    if tls:
+        what, fix = (f"tls-port {port}", "tls-port") if shard is None else (
+            f"port {port} (shard {shard}'s TLS client port)", "tls-shard-port-base (default: tls-port + 1)")
+    else:
+        what, fix = (f"port {port}", "--port") if shard is None else (
+            f"port {port} (shard {shard}'s client port)", "shard-port-base (default: --port + 1)")
     if e.errno == errno.EADDRINUSE:
         return (f"{what} on {bind} is already in use; "
                 f"stop the other server or choose another {fix}")

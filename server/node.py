@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -26,10 +25,12 @@ from durakv.server.client import ERR_CROSSSLOT, NODE_CLIENT_ID_BASE, Client
 from durakv.server.cluster_view import announced_ip
 from durakv.server.front import Front, Gather
 from durakv.server.links import SCRIPT_NONE, Pending
+from durakv.server.listener import ClientListeners
+from durakv.server.tls import is_tls
 from durakv.server.settings_sync import SettingsSync
 from durakv.server.topology import ensure_topology, shard_node_ids
 from durakv.shards import internal
-from durakv.shards.config import Config, shard_port
+from durakv.shards.config import Config, shard_port, tls_shard_port
 from durakv.shards.frames import INTERNAL_PREFIX, PROTO_INTERNAL, VERB_CONFIG, Request
 from durakv.shards.resp import ReplyError, encode_error
 from durakv.shards.process import ClientPort
@@ -111,13 +112,12 @@ class MovedLink:
     not own. Only the first key decides (multi-key commands were checked for
     CROSSSLOT before)."""
 
-    __slots__ = ("node", "index", "up", "port", "frames_sent", "requests_sent")
+    __slots__ = ("node", "index", "up", "frames_sent", "requests_sent")
 
     def __init__(self, node: ShardNode, index: int) -> None:
         self.node = node
         self.index = index
         self.up = True  # not watched from here; INFO on a node reports its own shard
-        self.port = shard_port(node.config, index)
         self.frames_sent = 0  # nothing is ever sent (INFO sums these over the links)
         self.requests_sent = 0
 
@@ -125,7 +125,7 @@ class MovedLink:
                script: int = SCRIPT_NONE) -> Pending:
         if pending is None:
             pending = Pending(client)
-        pending.fill(self.node.moved_error(client, self.port, argv))
+        pending.fill(self.node.moved_error(client, self.index, argv))
         return pending
 
 
@@ -169,11 +169,15 @@ class ShardNode(Front):
 
     # --- routing (Redis Cluster's rules) ------------------------------------------------
 
-    def moved_message(self, client: Client | None, slot: int, port: int) -> bytes:
+    def moved_message(self, client: Client | None, slot: int, shard: int) -> bytes:
+        """MOVED to `shard`'s port of the client's kind: a TLS client is sent to its
+        TLS port (as Redis with tls-cluster yes), a plain client to its plain port."""
         ip = announced_ip(self.config, client.laddr if client is not None else "")
+        tls = client is not None and is_tls(client.sock)
+        port = tls_shard_port(self.config, shard) if tls else shard_port(self.config, shard)
         return b"MOVED %d %s:%d" % (slot, ip, port)
 
-    def moved_error(self, client: Client | None, port: int, argv: list[bytes]) -> bytes:
+    def moved_error(self, client: Client | None, shard: int, argv: list[bytes]) -> bytes:
         """The MOVED reply for a request sent to another shard's link."""
         slot = 0
         if argv[0][:1] != INTERNAL_PREFIX:
@@ -183,7 +187,7 @@ class ShardNode(Front):
                 indexes = []
             if indexes:
                 slot = key_slot(argv[indexes[0]])
-        return encode_error(self.moved_message(client, slot, port))
+        return encode_error(self.moved_message(client, slot, shard))
 
     def keys_shard(self, client: Client, argv: list[bytes], indexes: list[int]) -> int:
         """The shard of a multi-key command: every key in one slot (else CROSSSLOT),
@@ -194,9 +198,7 @@ class ShardNode(Front):
                 raise ReplyError(CROSSSLOT_MESSAGE)
         shard = self.slot_owner[slot]
         if shard != self.index:
-            link = self.links[shard]
-            assert isinstance(link, MovedLink), "every other shard is a MovedLink"
-            raise ReplyError(self.moved_message(client, slot, link.port))
+            raise ReplyError(self.moved_message(client, slot, shard))
         return shard
 
     def single_shard(self) -> int:
@@ -228,7 +230,7 @@ class ShardNode(Front):
 
     # --- serving ----------------------------------------------------------------------
 
-    async def serve(self, listener: socket.socket, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(self, listener: ClientListeners, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             await nursery.start(self.settings_sync.serve)
@@ -236,14 +238,15 @@ class ShardNode(Front):
             nursery.start_soon(self._flusher)
             nursery.start_soon(self.poller.run)
             nursery.start_soon(self.local.run)
-            self.port = listener.getsockname()[1]
-            logger.info("shard %d: serving cluster clients on %s:%d, pid %d",
-                        self.index, self.config.bind, self.port, os.getpid())
+            self.port = listener.plain.getsockname()[1] if listener.plain is not None else 0
+            logger.info("shard %d: serving cluster clients on %s port %d tls-port %d, pid %d",
+                        self.index, self.config.bind, self.port, tls_shard_port(self.config, self.index),
+                        os.getpid())
             task_status.started(self.port)
-            await self._accept_loop(listener, nursery)
+            await self.serve_ports(listener, nursery)
 
 
-def node_port(config: Config, listener: socket.socket) -> ClientPort:
+def node_port(config: Config, listener: ClientListeners) -> ClientPort:
     """The shard's ClientPort (shards/process.py): serve `listener` as this shard's node."""
 
     async def serve(shard: Shard, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 
 import trio
 
@@ -15,6 +14,7 @@ import durakv.shards.commands  # noqa: F401  (registers the shard commands: rout
 from durakv.server.fdlimit import adjust_open_files_limit
 from durakv.server.front import Front, _ignore_reply
 from durakv.server.links import Pending, ShardLink
+from durakv.server.listener import ClientListeners
 from durakv.server.settings_sync import SettingsSync
 from durakv.server.topology import ensure_topology, shard_node_ids
 from durakv.shards import failure, sdnotify
@@ -83,9 +83,9 @@ class Router(Front):
         self._client_seq += 1
         return self._client_seq * self.config.routers + self.index + 1
 
-    async def serve(self, listener: socket.socket, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(self, listener: ClientListeners, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Serve clients from `listener` (bound already: by the supervisor, shared by
-        every router, or by run_router for a router of its own)."""
+        every router, or by the CLI for a router of its own)."""
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             await nursery.start(self.settings_sync.serve)
@@ -97,12 +97,12 @@ class Router(Front):
             for link in self.links:
                 nursery.start_soon(link.run)
             await self._wait_for_shards()
-            self.port = listener.getsockname()[1]
-            logger.info("router %d ready: listening on %s:%d, %d shards, pid %d",
-                     self.index, self.config.bind, self.port, len(self.links), os.getpid())
+            self.port = listener.plain.getsockname()[1] if listener.plain is not None else 0
+            logger.info("router %d ready: listening on %s port %d tls-port %d, %d shards, pid %d",
+                        self.index, self.config.bind, self.port, self.config.tls_port, len(self.links), os.getpid())
             sdnotify.notify(b"READY=1")
             task_status.started(self.port)
-            await self._accept_loop(listener, nursery)
+            await self.serve_ports(listener, nursery)
 
     async def _wait_for_shards(self) -> None:
         """Before accepting, wait (at most startup-shard-wait-ms) until every shard
@@ -119,7 +119,7 @@ class Router(Front):
         return bool(failure.read(self.config.data_dir, shard))
 
 
-async def run_router(config: Config, index: int, listener: socket.socket) -> None:
+async def run_router(config: Config, index: int, listener: ClientListeners) -> None:
     """Run a router on the supervisor's shared listening socket, or (standalone,
     as the systemd unit runs it) on one the CLI bound before anything else."""
     await Router(config, index).serve(listener)

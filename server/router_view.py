@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from durakv.server.settings_sync import SettingsSync
     from durakv.server.pause import ClientPause
     from durakv.server.stats import ReplyStats
+    from durakv.server.tls import TlsPort
     from durakv.shards.config import Config
     from durakv.shards.slowlog import SlowLog
     from durakv.shards.table import Command, Merge
@@ -98,6 +99,9 @@ class RouterView(Protocol):
     # --- counters for INFO (clients and CONFIG RESETSTAT write them) --------------
     stats_commands: int
     reply_stats: ReplyStats
+    # Queued output that stops a normal client's dispatch (server/client_limits.py).
+    output_backpressure_bytes: int
+    tls: TlsPort | None  # the TLS side of this port (server/tls.py), None without a tls-port
     pause: ClientPause  # CLIENT PAUSE (server/pause.py)
     stats_connections: int
     stats_rejected_connections: int

@@ -12,6 +12,7 @@ from durakv.server.conn_commands import REDIS_VERSION
 from durakv.server.fdlimit import adjust_open_files_limit
 from durakv.server.links import Pending
 from durakv.server.settings import set_failed
+from durakv.server.tls import check_tls_changes
 from durakv.shards.args import ERR_SYNTAX, int_arg
 from durakv.shards.glob import glob_match
 from durakv.shards.frames import VERB_DEBUG, VERB_INFO, VERB_RESETSTAT
@@ -269,6 +270,7 @@ def config_set(client: Client, argv: list[bytes]):
             if fits < int(value):
                 raise set_failed(b"maxclients", b"The operating system is not able to handle the specified "
                                                b"number of clients, try with %d" % fits)
+    check_tls_changes(router, changes)
     router.settings.apply(changes)
     # The reply waits until every router and shard has the change (server/settings_sync.py).
     shard_changes = [(name, value) for name, value in changes if name in SHARD_PARAMS]

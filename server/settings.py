@@ -16,6 +16,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
+from durakv.server.tls import TLS_SETTINGS, config_values
 from durakv.shards.config import Config
 from durakv.shards.glob import glob_match
 from durakv.shards.numbers import INT_MAX, INT_MIN, LLONG_MAX, LLONG_MIN, UINT_MAX, ULLONG_MAX, parse_ll
@@ -94,6 +95,7 @@ def _params(config: Config) -> list[Param]:
         bool_("daemonize", "no", mutable=False),
         Param("dir", STRING, config.data_dir, mutable=False),
         Param("requirepass", STRING, config.requirepass),
+        bool_("protected-mode", "yes" if config.protected_mode else "no"),
         Param("masterauth", STRING, ""),
         Param("save", SAVE, ""),
         bool_("appendonly", "yes"),
@@ -132,7 +134,25 @@ def _params(config: Config) -> list[Param]:
         _int("active-expire-effort", 1, 1, 10),
         _int("io-threads", 1, 1, 128, mutable=False),
         _size("tracking-table-max-keys", 1000000, 0, LLONG_MAX),
+        *_tls_params(config),
     ]
+
+
+def _tls_params(config: Config) -> list[Param]:
+    """tls-* (server/tls.py builds the context): tls-port is fixed as port is;
+    the rest take effect for new connections when set, as Redis reloads them."""
+    values = config_values(config)
+    params = [_int("tls-port", config.tls_port, 0, 65535, mutable=False),
+              Param("tls-auth-clients", ENUM, values["tls-auth-clients"], choices=("no", "yes", "optional")),
+              _int("tls-session-cache-size", config.tls_session_cache_size, 0, INT_MAX),
+              _int("tls-session-cache-timeout", config.tls_session_cache_timeout, 0, INT_MAX)]
+    for name in ("tls-prefer-server-ciphers", "tls-session-caching"):
+        params.append(Param(name, BOOL, values[name]))
+    for name in ("tls-cert-file", "tls-key-file", "tls-key-file-pass", "tls-ca-cert-file", "tls-ca-cert-dir",
+                 "tls-dh-params-file", "tls-protocols", "tls-ciphers", "tls-ciphersuites"):
+        params.append(Param(name, STRING, values[name]))
+    assert {p.name for p in params} == set(TLS_SETTINGS), "every TLS setting is a CONFIG parameter"
+    return params
 
 
 # --- value syntax -------------------------------------------------------------------

@@ -38,6 +38,7 @@ import time
 
 from durakv.log import layout
 from durakv.log.lock import lock_data_dir
+from durakv.server.listener import ClientListeners
 from durakv.server.settings_sync import clear_runtime_changes
 from durakv.server.topology import ensure_topology
 from durakv.shards import failure, sdnotify
@@ -76,13 +77,14 @@ class Child:
     (`python -m durakv.server.cli ROLE`), their config read from an inherited pipe."""
 
     def __init__(self, role: str, index: int | None, config: Config, argv: list[str] | None = None,
-                 listen_fd: int | None = None) -> None:
+                 listeners: ClientListeners | None = None) -> None:
         self.role = role
         self.index = index
         self.name = role if index is None else f"{role} {index}"
         self.argv = argv  # None: forked (a shard)
         self.config = config
-        self.listen_fd = listen_fd
+        # The client port's sockets it inherits: plain and TLS (a router's are shared by every router).
+        self.listeners = listeners
         self.pid = 0  # 0: not running
         self.pidfd = -1
         self.ready = False
@@ -104,18 +106,22 @@ class Child:
         self.ready = False
 
     def _spawn(self, env: dict[str, str]) -> int:
+        assert self.argv is not None, "only a forked child has no argv"
         config_fd = config_pipe(self.config)
-        fds = [config_fd] if self.listen_fd is None else [config_fd, self.listen_fd]
         argv = self.argv + ["--config-fd", str(config_fd)]
-        if self.listen_fd is not None:
-            argv += ["--listen-fd", str(self.listen_fd)]
+        listen_fds = []
+        if self.listeners is not None:
+            for flag, sock in (("--listen-fd", self.listeners.plain), ("--tls-listen-fd", self.listeners.tls)):
+                if sock is not None:
+                    argv += [flag, str(sock.fileno())]
+                    listen_fds.append(sock.fileno())
         try:
-            for fd in fds:
+            for fd in [config_fd, *listen_fds]:
                 os.set_inheritable(fd, True)
             return os.posix_spawn(argv[0], argv, env)
         finally:
-            if self.listen_fd is not None:
-                os.set_inheritable(self.listen_fd, False)
+            for fd in listen_fds:
+                os.set_inheritable(fd, False)
             os.close(config_fd)
 
     def _fork(self, env: dict[str, str], in_child) -> int:
@@ -128,19 +134,19 @@ class Child:
         if pid:
             return pid
         code = 1
-        shard_listener = None
         try:
-            # Its own descriptor: in_child closes every listener object the supervisor holds.
-            own_fd = os.dup(self.listen_fd) if self.listen_fd is not None else None
+            assert self.listeners is not None and self.index is not None, "a shard is forked with its client port"
+            # Its own descriptors: in_child closes every listener object the supervisor holds.
+            own_fds = [os.dup(sock.fileno()) if sock is not None else None for sock in self.listeners]
             in_child()
-            if own_fd is not None:
-                from durakv.server.listener import listener_from_fd
+            from durakv.server.listener import listener_from_fd
 
-                shard_listener = listener_from_fd(own_fd)
+            plain_fd, tls_fd = own_fds
+            shard_listeners = ClientListeners(None if plain_fd is None else listener_from_fd(plain_fd),
+                                              None if tls_fd is None else listener_from_fd(tls_fd))
             os.environ["NOTIFY_SOCKET"] = env["NOTIFY_SOCKET"]
             die_with_parent(parent)
-            assert shard_listener is not None, "a shard is forked with its client port's listener"
-            code = shard_main(self.config, self.index, shard_listener)
+            code = shard_main(self.config, self.index, shard_listeners)
         except BaseException:
             logger.exception("%s crashed", self.name)
         finally:
@@ -173,8 +179,8 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, config: Config, listener: socket.socket, shard_listeners: list[socket.socket]) -> None:
-        """listener: the client port, and shard_listeners each shard's client port,
+    def __init__(self, config: Config, listener: ClientListeners, shard_listeners: list[ClientListeners]) -> None:
+        """listener: the client port (plain and TLS), and shard_listeners each shard's client port,
         bound by the caller before anything else, so a port in use ends `serve`
         before it creates or locks anything. A restarted shard inherits its own."""
         assert len(shard_listeners) == config.shards, "one client port per shard"
@@ -189,15 +195,15 @@ class Supervisor:
     def _on_signal(self, signum: int, frame: object) -> None:
         self.stopping = True
 
-    def _make_children(self, listen_fd: int) -> None:
+    def _make_children(self) -> None:
         config = self.config
         entry = [sys.executable, "-m", "durakv.server.cli"]
         parent = ["--parent-pid", str(os.getpid())]
         for i in range(config.shards):
-            self.children.append(Child("shard", i, config, listen_fd=self.shard_listeners[i].fileno()))
+            self.children.append(Child("shard", i, config, listeners=self.shard_listeners[i]))
         for i in range(config.routers):
             self.children.append(Child("router", i, config, entry + ["router", "--index", str(i)] + parent,
-                                       listen_fd))
+                                       self.listener))
         # Even without a snapshot URL (it then keeps snapshots under the data dir), so the
         # shards drop covered segments and BGSAVE/LASTSAVE work.
         if config.snapshotter:
@@ -233,7 +239,7 @@ class Supervisor:
         # Imported once here, so that every forked shard starts with them loaded.
         importlib.import_module("durakv.shards.process")
         importlib.import_module("durakv.snapshotter.shard_hooks")
-        self._make_children(self.listener.fileno())
+        self._make_children()
         self.notify = notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
         notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         # Abstract, so no path to clean up; a datagram from anyone but our own
@@ -244,9 +250,9 @@ class Supervisor:
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        logger.info("supervisor ready: pid %d, %d shards, %d routers, listening on %s:%d, data dir %s",
-                 os.getpid(), config.shards, config.routers, config.bind, self.listener.getsockname()[1],
-                 config.data_dir)
+        logger.info("supervisor ready: pid %d, %d shards, %d routers, listening on %s port %d tls-port %d, "
+                    "data dir %s", os.getpid(), config.shards, config.routers, config.bind, config.port,
+                    config.tls_port, config.data_dir)
         try:
             for child in self.children:
                 child.start(env, self._in_forked_child)

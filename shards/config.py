@@ -22,9 +22,27 @@ class Config(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields
     routers: int = 1
     data_dir: str = DEFAULT_DATA_DIR
     requirepass: str = ""
+    protected_mode: bool = True  # no requirepass: serve loopback clients only (server/protected.py)
     announce_ip: str = ""  # the address CLUSTER SLOTS/NODES/SHARDS and MOVED give (Redis' cluster-announce-ip)
     shard_port_base: int = 0  # shard i serves cluster clients on base + i; 0: the router's port + 1
     cluster_announce: str = "shards"  # "shards": each shard is a cluster node; "router": the router is the one node
+    # TLS, as redis.conf names it (server/tls.py). tls-port 0: none; port 0 with a tls-port: TLS only.
+    tls_port: int = 0
+    tls_shard_port_base: int = 0  # shard i serves TLS cluster clients on base + i; 0: tls-port + 1
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_key_file_pass: str = ""
+    tls_ca_cert_file: str = ""
+    tls_ca_cert_dir: str = ""
+    tls_dh_params_file: str = ""
+    tls_auth_clients: str = "yes"  # yes, no, optional: whether clients must show a certificate
+    tls_protocols: str = ""  # "": TLSv1.2 and TLSv1.3
+    tls_ciphers: str = ""
+    tls_ciphersuites: str = ""
+    tls_prefer_server_ciphers: bool = False
+    tls_session_caching: bool = True
+    tls_session_cache_size: int = 20480
+    tls_session_cache_timeout: int = 300
     proto_max_bulk_len: int = 512 * 1024 * 1024
     client_query_buffer_limit: int = 1024 * 1024 * 1024
     maxclients: int = 10000
@@ -61,8 +79,12 @@ DEFAULTS = Config()
 
 # Inclusive bounds of every numeric setting; a value outside is refused at startup.
 LIMITS: dict[str, tuple[float, float]] = {
-    "port": (1, 65535),  # 0 (Redis: no TCP listener) would leave durakv unreachable
+    "port": (0, 65535),  # 0: no plain TCP listener (then a tls-port is required)
     "shard_port_base": (0, 65535),  # 0: port + 1
+    "tls_port": (0, 65535),
+    "tls_shard_port_base": (0, 65535),  # 0: tls-port + 1
+    "tls_session_cache_size": (0, 1 << 31),
+    "tls_session_cache_timeout": (0, 1 << 31),
     "shards": (0, 1024),  # 0: one per CPU core
     "routers": (1, 64),
     "proto_max_bulk_len": (1, 1 << 40),
@@ -85,6 +107,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "cluster_announce": ("shards", "router"),
     "durability": ("sync", "async"),
     "log_level": ("debug", "info", "warning", "error", "critical"),
+    "tls_auth_clients": ("yes", "no", "optional"),
 }
 
 
@@ -100,16 +123,38 @@ def validate(config: Config) -> None:
             raise ValueError(f"{name.replace('_', '-')} must be one of {', '.join(allowed)}, not {value!r}")
     if not config.data_dir:
         raise ValueError("data-dir must not be empty")
+    if not config.port and not config.tls_port:
+        raise ValueError("port is 0 and there is no tls-port: clients could not connect; set port or tls-port")
     shards = config.shards or (os.cpu_count() or 1)
-    last_port = shard_port(config, shards - 1)
-    if last_port > LIMITS["port"][1]:
-        raise ValueError(f"shard ports run up to {last_port} (shard-port-base, or port + 1, plus {shards - 1}), "
-                         f"past {int(LIMITS['port'][1])}; lower port or shard-port-base")
+    taken: dict[int, str] = {}
+    for kind, base_name, router_port, port_of in (("", "shard-port-base", config.port, shard_port),
+                                                  ("tls-", "tls-shard-port-base", config.tls_port, tls_shard_port)):
+        if not router_port:
+            continue
+        last_port = port_of(config, shards - 1)
+        if last_port > LIMITS["port"][1]:
+            raise ValueError(f"shard {kind}ports run up to {last_port} ({base_name}, or {kind}port + 1, plus "
+                             f"{shards - 1}), past {int(LIMITS['port'][1])}; lower {kind}port or {base_name}")
+        for port, what in [(router_port, f"{kind}port"),
+                           *((port_of(config, i), f"shard {i}'s {kind}port") for i in range(shards))]:
+            if port in taken:
+                raise ValueError(f"{what} {port} is also {taken[port]}; choose ports that do not overlap "
+                                 f"(the shards take the {shards} ports after port and after tls-port)")
+            taken[port] = what
 
 
 def shard_port(config: Config, shard: int) -> int:
-    """The TCP port on which shard `shard` serves cluster clients."""
+    """The TCP port on which shard `shard` serves cluster clients (0: none, as port is 0)."""
+    if not config.port:
+        return 0
     return (config.shard_port_base or config.port + 1) + shard
+
+
+def tls_shard_port(config: Config, shard: int) -> int:
+    """The TCP port on which shard `shard` serves TLS cluster clients (0: none, as tls-port is 0)."""
+    if not config.tls_port:
+        return 0
+    return (config.tls_shard_port_base or config.tls_port + 1) + shard
 
 
 def load_config(path: str | None, overrides: dict) -> Config:

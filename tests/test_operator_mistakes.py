@@ -95,10 +95,14 @@ def test_import_rdb_into_live_data_dir_is_refused(server_factory, tmp_path):
 
 
 def test_port_out_of_range(tmp_path):
-    for port in ("70000", "0", "-1"):
+    for port in ("70000", "-1"):
         out = durakv("serve", "--port", port, "--data-dir", str(tmp_path / "d"))
         assert out.returncode == 2
-        assert one_line(out) == f"durakv: bad configuration: port must be between 1 and 65535, not {port}"
+        assert one_line(out) == f"durakv: bad configuration: port must be between 0 and 65535, not {port}"
+    out = durakv("serve", "--port", "0", "--data-dir", str(tmp_path / "d"))  # TLS only needs a tls-port
+    assert out.returncode == 2
+    assert one_line(out) == ("durakv: bad configuration: port is 0 and there is no tls-port: clients could not "
+                             "connect; set port or tls-port")
 
 
 def test_data_dir_that_is_a_file(tmp_path):

@@ -131,7 +131,7 @@ CONFIG_VALUES = [
     "noeviction", "allkeys-LRU", "debug", "everysec", "99999999999gb", "1" * 130,
 ]
 # Parameters durakv cannot change at run time, or whose value reflects durakv itself.
-CONFIG_SKIP = {"port", "bind", "dir", "requirepass", "maxclients", "daemonize", "appendonly", "appendfsync",
+CONFIG_SKIP = {"port", "tls-port", "bind", "dir", "requirepass", "maxclients", "daemonize", "appendonly", "appendfsync",
                "cluster-enabled", "databases", "enable-debug-command", "activedefrag", "io-threads"}
 
 

@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""The output limit at full size (issue 13, client limits): a client pipelines
+1M `GET big` (a 100 KB value) and never reads, under `client-output-buffer-limit
+normal 64mb 32mb 10`; it must be disconnected at the limit. Meanwhile another
+client GETs a small key on the same shard. Prints that client's GET latency idle
+and during (from the slow client's start to its disconnection), how long the slow
+client lasted and what it had sent, and the peak RSS of the server's processes.
+`--slow-clients N` sends N such clients one after another (a harsher load).
+
+    python scripts/output_limit.py --durakv       # starts durakv serve (2 shards)
+    python scripts/output_limit.py --redis        # starts redis-server for comparison
+    python scripts/output_limit.py --port 6379    # an already running server
+
+tests/test_client_limits.py checks the same mechanism at test size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import redis
+from proctools import free_port, stop_group
+from slow_client import BIG_KEY, SAME_SHARD_KEY, VALUE_BYTES, measure, rss_mb, summary, tree_pids
+
+GETS_PER_CLIENT = 1_000_000
+REQUESTS_PER_SEND = 1000
+DISCONNECT_WAIT_S = 60.0
+
+
+def slow_client(port: int, gets: int) -> tuple[float, int, str]:
+    """Pipeline `gets` GETs of the big key without reading; returns (seconds until
+    the server closed the connection, GETs sent, how it ended). A server that
+    closes a connection with unread input resets it, so the close shows as a
+    failed send; a server that stops reading instead shows as a send timeout."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.settimeout(DISCONNECT_WAIT_S)
+    request = b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(BIG_KEY), BIG_KEY.encode())
+    sent = 0
+    start = time.monotonic()
+    how = f"all {gets} GETs sent and still connected"
+    try:
+        while sent < gets:
+            sock.sendall(request * REQUESTS_PER_SEND)
+            sent += REQUESTS_PER_SEND
+        while time.monotonic() - start < DISCONNECT_WAIT_S:  # everything sent: is it closed?
+            sock.sendall(b"PING\r\n")
+            time.sleep(0.1)
+    except TimeoutError:
+        how = f"not closed: the server stopped reading it for {DISCONNECT_WAIT_S:.0f} s"
+    except OSError as e:
+        how = f"closed by the server ({e.strerror})"
+    elapsed = time.monotonic() - start
+    sock.close()
+    return elapsed, sent, how
+
+
+def run(port: int, pids_of, slow_clients: int, limit: str) -> None:
+    setup = redis.Redis(port=port, socket_timeout=30)
+    setup.config_set("client-output-buffer-limit", limit)
+    setup.set(BIG_KEY, b"x" * VALUE_BYTES)
+    setup.set(SAME_SHARD_KEY, b"v")
+    idle = measure(port, SAME_SHARD_KEY, 2.0)
+    print(f"limit: client-output-buffer-limit {limit}")
+    print(f"idle GET:   {summary(idle)}")
+    print(f"RSS before (MB): {rss_mb(pids_of())}")
+    stop = threading.Event()
+    during: list[float] = []
+    other = threading.Thread(target=lambda: during.extend(measure(port, SAME_SHARD_KEY, 3600, stop)))
+    peak: dict[int, float] = {}
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.is_set():
+            for pid, mb in rss_mb(pids_of()).items():
+                peak[pid] = max(peak.get(pid, 0), mb)
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    other.start()
+    for slow in range(1, slow_clients + 1):
+        elapsed, sent, how = slow_client(port, GETS_PER_CLIENT)
+        print(f"slow client {slow}: {how} after {elapsed:.2f} s, {sent} GETs sent "
+              f"({sent * VALUE_BYTES / 1e6:.0f} MB of replies asked)")
+        if not how.startswith("closed"):
+            break
+    stop.set()
+    other.join()
+    sampling.set()
+    print(f"during GET: {summary(during)}")
+    print(f"peak RSS during (MB): {peak}")
+    time.sleep(1.0)
+    print(f"RSS 1 s after (MB): {rss_mb(pids_of())}")
+    setup.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--durakv", action="store_true")
+    what.add_argument("--redis", action="store_true")
+    what.add_argument("--port", type=int)
+    parser.add_argument("--slow-clients", type=int, default=1, help="slow clients, one after another")
+    parser.add_argument("--limit", default="normal 64mb 32mb 10", help="client-output-buffer-limit to set")
+    args = parser.parse_args()
+    proc = None
+    tmp = tempfile.mkdtemp()
+    try:
+        if args.port:
+            port = args.port
+            pids_of = lambda: []  # noqa: E731
+        else:
+            port = free_port()
+            if args.durakv:
+                argv = [sys.executable, "-m", "durakv.server.cli", "serve", "--port", str(port), "--shards", "2",
+                        "--data-dir", os.path.join(tmp, "data")]
+            else:
+                argv = ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", tmp]
+            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    start_new_session=True)
+            pids_of = lambda: tree_pids(proc.pid)  # noqa: E731
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    redis.Redis(port=port, socket_timeout=1).ping()
+                    break
+                except redis.RedisError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+        run(port, pids_of, args.slow_clients, args.limit)
+    finally:
+        if proc is not None:
+            stop_group(proc)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""Client limits (issue 13) on the router and on shard ports: client-output-buffer-limit
+(normal and pubsub, hard, and soft with seconds, also once output stopped growing),
+maxclients with Redis' error, `timeout` for idle clients (not subscribers nor
+blocked clients), and tcp-keepalive. scripts/output_limit.py measures the
+full-size case (1M GETs of 100 KB never read)."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import time
+
+import pytest
+import redis
+
+from refserver import RawConn
+
+VALUE_BYTES = 10_000
+WAIT_S = 20
+SMALL_RCVBUF_BYTES = 64 * 1024
+
+
+def client_ids(admin: redis.Redis) -> set[int]:
+    return {int(c["id"]) for c in admin.client_list()}
+
+
+def wait_closed(admin: redis.Redis, client_id: int) -> float:
+    """Seconds until client `client_id` is gone from CLIENT LIST (fails after WAIT_S)."""
+    start = time.monotonic()
+    while client_id in client_ids(admin):
+        assert time.monotonic() - start < WAIT_S, f"client {client_id} was not closed"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def non_reader(port: int) -> tuple[socket.socket, int]:
+    """A raw connection with a small receive buffer, and its client id."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_RCVBUF_BYTES)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(b"CLIENT ID\r\n")
+    reply = b""
+    while not reply.endswith(b"\r\n"):
+        reply += sock.recv(64)
+    return sock, int(reply[1:-2])
+
+
+def ports(srv) -> list[int]:
+    return [srv.port, srv.shard_port(0)]
+
+
+def test_normal_output_limits_hard_and_soft(server_factory):
+    srv = server_factory(shards=1)
+    for port in ports(srv):
+        admin = redis.Redis(port=port, socket_timeout=30)
+        admin.set("v", b"x" * VALUE_BYTES)
+        # Hard, above the 4 MiB at which a client without a limit is only paused:
+        # the limit, not backpressure, decides.
+        assert admin.config_set("client-output-buffer-limit", "normal 16mb 0 0")
+        sock, cid = non_reader(port)
+        sock.sendall(b"*2\r\n$3\r\nGET\r\n$1\r\nv\r\n" * 4000)  # 40 MB of replies
+        wait_closed(admin, cid)
+        sock.close()
+        # Soft with seconds: closed once over it for longer than that, even though the
+        # client's output stopped growing (it is paused by backpressure meanwhile).
+        assert admin.config_set("client-output-buffer-limit", "normal 0 2mb 1")
+        sock, cid = non_reader(port)
+        sock.sendall(b"*2\r\n$3\r\nGET\r\n$1\r\nv\r\n" * 1000)  # 10 MB
+        elapsed = wait_closed(admin, cid)
+        print(f"port {port}: soft limit 2mb/1s closed the client after {elapsed:.2f} s")
+        assert elapsed >= 1.0  # soft: not at once
+        sock.close()
+        assert admin.config_set("client-output-buffer-limit", "normal 0 0 0")
+        assert admin.get("v") == b"x" * VALUE_BYTES
+    assert srv.log().count("closed for overcoming of output buffer limits") == 4
+
+
+def test_pubsub_soft_limit_closes_a_subscriber_that_stopped_reading(server_factory):
+    srv = server_factory(shards=1)
+    for port in ports(srv):
+        admin = redis.Redis(port=port, socket_timeout=30)
+        assert admin.config_set("client-output-buffer-limit", "pubsub 0 256kb 1")
+        sub, cid = non_reader(port)
+        sub.sendall(b"SUBSCRIBE flood\r\n")
+        while admin.pubsub_numsub("flood") != [(b"flood", 1)]:
+            time.sleep(0.01)
+        for _ in range(200):  # 20 MB once (more than the kernel buffers): over the soft limit, then no more
+            admin.publish("flood", b"m" * 100_000)
+        elapsed = wait_closed(admin, cid)
+        print(f"port {port}: pubsub soft limit 256kb/1s closed the subscriber after {elapsed:.2f} s")
+        assert admin.pubsub_numsub("flood") == [(b"flood", 0)]
+        sub.close()
+        assert admin.config_set("client-output-buffer-limit", "pubsub 32mb 8mb 60")
+
+
+def test_maxclients_error_on_router_and_shard_ports(server_factory, redis_ref):
+    theirs = redis_ref.client()
+    theirs.config_set("maxclients", "1")
+    try:
+        expected = RawConn(redis_ref.port).sock.recv(100)
+    finally:
+        theirs.config_set("maxclients", "10000")
+    assert expected == b"-ERR max number of clients reached\r\n"
+    srv = server_factory(shards=1)
+    for port in ports(srv):
+        admin = redis.Redis(port=port, socket_timeout=30)
+        assert admin.ping()
+        assert admin.config_set("maxclients", "2")
+        second = RawConn(port)
+        assert second.call("PING") == b"+PONG\r\n"
+        third = RawConn(port)
+        assert third.sock.recv(100) == expected
+        second.close()
+        third.close()
+        assert admin.config_set("maxclients", "10000")
+
+
+def test_timeout_closes_idle_clients_but_not_subscribers_or_blocked_ones(server_factory):
+    srv = server_factory(shards=1)
+    for port in ports(srv):
+        admin = redis.Redis(port=port, socket_timeout=30)
+        idle, idle_id = non_reader(port)
+        subscriber, sub_id = non_reader(port)
+        subscriber.sendall(b"SUBSCRIBE news\r\n")
+        blocked, blocked_id = non_reader(port)
+        blocked.sendall(b"BLPOP nothing-here 0\r\n")
+        busy = RawConn(port)
+        busy_id = int(busy.call("CLIENT", "ID")[1:-2])
+        while not any(int(c["id"]) == blocked_id and c["cmd"] == "blpop" for c in admin.client_list()):
+            time.sleep(0.01)
+        assert admin.config_set("timeout", "1")
+        start = time.monotonic()
+        while idle_id in client_ids(admin):
+            assert time.monotonic() - start < WAIT_S, "the idle client was not closed"
+            assert busy.call("PING") == b"+PONG\r\n"  # an active client stays
+            admin.ping()
+            time.sleep(0.2)
+        print(f"port {port}: idle client closed {time.monotonic() - start:.2f} s after timeout 1")
+        assert time.monotonic() - start >= 1.0
+        for _ in range(8):  # past the timeout for the others too
+            assert busy.call("PING") == b"+PONG\r\n"
+            time.sleep(0.2)
+        assert {sub_id, blocked_id, busy_id} <= client_ids(admin)
+        assert admin.config_set("timeout", "0")
+        for sock in (idle, subscriber, blocked):
+            sock.close()
+        busy.close()
+
+
+def keepalive_timer_s(server_port: int, client_port: int) -> float | None:
+    """The keepalive timer `ss` shows on the server's end of a connection, in seconds."""
+    out = subprocess.run(["ss", "-Htno", "state", "established", f"( sport = :{server_port} )"],
+                         capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        if line.split()[3].endswith(f":{client_port}"):
+            found = re.search(r"timer:\(keepalive,(?:(\d+)min)?([\d.]+)?(m?s)?", line)
+            if found is None:
+                return None
+            minutes, amount, unit = found.groups()
+            seconds = float(amount or 0) / (1000 if unit == "ms" else 1)
+            return int(minutes or 0) * 60 + seconds
+    raise AssertionError(f"no connection to :{client_port} in ss output:\n{out}")
+
+
+def test_tcp_keepalive_on_new_connections(server_factory):
+    if subprocess.run(["ss", "-V"], capture_output=True).returncode != 0:
+        pytest.skip("ss (iproute2) is not installed")
+    srv = server_factory(shards=1)
+    for port in ports(srv):
+        admin = redis.Redis(port=port, socket_timeout=30)
+        assert admin.config_get("tcp-keepalive") == {"tcp-keepalive": "300"}
+        conn = RawConn(port)
+        conn.call("PING")
+        default = keepalive_timer_s(port, conn.sock.getsockname()[1])
+        assert default is not None and 60 < default <= 300, default
+        assert admin.config_set("tcp-keepalive", "7")
+        short = RawConn(port)
+        short.call("PING")
+        timer = keepalive_timer_s(port, short.sock.getsockname()[1])
+        assert timer is not None and timer <= 7, timer
+        assert admin.config_set("tcp-keepalive", "0")
+        off = RawConn(port)
+        off.call("PING")
+        assert keepalive_timer_s(port, off.sock.getsockname()[1]) is None
+        assert admin.config_set("tcp-keepalive", "300")
+        for c in (conn, short, off):
+            c.close()
+
+
+
+def test_requests_held_while_blocked_count_against_the_query_buffer_limit(server_factory, redis_ref):
+    """A client blocked in BLPOP that pipelines 3 MB of SETs behind it: Redis keeps them in its
+    query buffer and closes the client past client-query-buffer-limit (1mb); durakv holds them
+    parsed and closes it the same way, on the router and on shard ports."""
+    srv = server_factory(shards=1)
+    value = b"v" * 600_000
+    setter = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n%s\r\n" % (len(value), value)
+    outcomes = []
+    for port, admin in [(redis_ref.port, redis_ref.client()),
+                        *((p, redis.Redis(port=p, socket_timeout=30)) for p in ports(srv))]:
+        assert admin.config_set("client-query-buffer-limit", "1mb")
+        conn, cid = non_reader(port)
+        conn.sendall(b"BLPOP held-list 0\r\n")
+        while not any(int(c["id"]) == cid and c["cmd"] == "blpop" for c in admin.client_list()):
+            time.sleep(0.01)
+        try:
+            for _ in range(5):
+                conn.sendall(setter)
+        except OSError:
+            pass
+        wait_closed(admin, cid)
+        outcomes.append(admin.exists("k"))
+        conn.close()
+        assert admin.config_set("client-query-buffer-limit", "1gb")
+    assert outcomes == [0, 0, 0]  # closed with its SETs unrun, everywhere
