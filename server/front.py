@@ -158,16 +158,13 @@ class Front(ABC):
     @abstractmethod
     def new_client_id(self) -> int: ...
 
-    def _settings_applied(self) -> None:
-        self.configure_slowlog()
-        self.tracking.enforce_limit()
-
     def configure_slowlog(self) -> None:
         values = self.settings.values
         self.slowlog.configure(int(values["slowlog-log-slower-than"]), int(values["slowlog-max-len"]))
 
     def _settings_applied(self) -> None:
         self.configure_slowlog()
+        self.tracking.enforce_limit()
         self.output_backpressure_bytes = client_limits.output_backpressure_bytes(self.settings)
         if self.tls is not None:
             self.tls.reconfigure(self.settings.values)
