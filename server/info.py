@@ -166,6 +166,9 @@ def _memory(router, infos, version):
         f"maxmemory_per_shard:{shards[0]['maxmemory_share'] if shards else 0}",
         f"mem_fragmentation_ratio:{rss / used if used else 1:.2f}",
         "mem_allocator:libc",  # CPython's pymalloc sits on the C library's malloc
+        *(f"shard{i['shard']}_memory:used={m['used_memory']},startup={m['used_memory_startup']},"
+          f"share={m['maxmemory_share']},oom={int(m['oom'])},pymalloc_block_bytes={m['bytes_per_block']}"
+          for i, m in zip(infos, shards)),
     ]
 
 

@@ -9,11 +9,11 @@ started (an empty Python process with durakv imported; INFO's
   + (pymalloc blocks in use now - at start) * bytes per block   sys.getallocatedblocks()
 
 Objects of up to 512 bytes live in pymalloc's arenas, whose blocks are counted but
-not sized; the bytes per block are calibrated from the anonymous RSS each time it
-reaches a new peak, over the blocks allocated since the previous calibration (then
-the heap has no free space to speak of, so the growth of RSS not owed to malloc is
-the new blocks' bytes). Unlike RSS, this estimate falls when keys are evicted
-or deleted, and the memory they freed is reused before RSS grows again. Counting
+not sized; the bytes per block are the average over the objects of a few random
+keys (their keys, string values and some container elements, rounded up to
+pymalloc's size classes), as most blocks of a shard are these. (Calibrating it
+from RSS growth was tried: after frees, RSS growth has little to do with blocks.)
+Unlike RSS, this estimate falls when keys are evicted or deleted, and the memory they freed is reused before RSS grows again. Counting
 blocks walks pymalloc's pools (about 0.1 ms per GB of heap), so the full figure is
 taken at the shard's `hz`; in between, a batch adds any RSS growth since that
 sample (one pread of /proc/self/statm, about 1 us) and subtracts the estimated
@@ -38,10 +38,12 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import itertools
 import logging
 import os
 import random
 import sys
+from typing import Any
 
 from durakv.shards import notify
 from durakv.shards.access import LFU_COUNTER_MAX, Lfu, idle_ms, lru_clock
@@ -61,9 +63,12 @@ EVICTION_POOL_SIZE = 16  # Redis' EVPOOL_SIZE
 EVICT_KEYS_PER_CALL_MAX = 10_000  # then the batch runs; the next one evicts more
 SAMPLE_TRIES_PER_KEY = 8  # random slots (or expiry heap entries) tried per wanted sample
 ACCESS_ENTRY_BYTES = 40  # a key's access stamp slot (shards/access.py), freed with it
-DEFAULT_BYTES_PER_BLOCK = 96  # until the first calibration (strings of ~100 B: 64 and 144 B blocks)
+DEFAULT_BYTES_PER_BLOCK = 96  # before any key was sized (strings of ~100 B: 64 and 144 B blocks)
 MIN_BYTES_PER_BLOCK, MAX_BYTES_PER_BLOCK = 16, 512  # pymalloc's block sizes
-CALIBRATE_MIN_BLOCKS = 10_000  # calibrate only on a growth this large (noise below)
+BLOCK_SAMPLE_KEYS = 32  # keys whose objects size the average pymalloc block, per sample
+BLOCK_SAMPLE_ELEMENTS = 8  # elements looked at per container value
+PYMALLOC_MAX_BYTES = 512  # larger objects come from malloc (and mallinfo2 counts them)
+PYMALLOC_ALIGNMENT = 16
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -106,7 +111,6 @@ class HeapGauge:
         self._base_blocks = sys.getallocatedblocks()
         self._base_malloc = malloc_bytes()
         self.bytes_per_block = DEFAULT_BYTES_PER_BLOCK
-        self._calibrated_at = (self.startup_bytes, self._base_blocks, self._base_malloc)  # (rss, blocks, malloc)
         self.sampled_rss = self.startup_bytes
         self.growth_bytes = 0  # heap growth since start, as of the last sample
         self.freed_bytes = 0  # estimated size of what was evicted since the last sample
@@ -118,20 +122,14 @@ class HeapGauge:
         fields = os.pread(self._statm, 128, 0).split()
         return (int(fields[1]) - int(fields[2])) * PAGE_BYTES
 
-    def sample(self) -> int:
-        """Measure afresh (about 0.1 ms per GB of heap); returns used memory."""
+    def sample(self, block_bytes: int = 0) -> int:
+        """Measure afresh (about 0.1 ms per GB of heap), with the average pymalloc
+        block size if known (block_bytes); returns used memory."""
+        if block_bytes:
+            self.bytes_per_block = min(max(block_bytes, MIN_BYTES_PER_BLOCK), MAX_BYTES_PER_BLOCK)
         rss = self.rss()
-        all_blocks = sys.getallocatedblocks()
-        all_malloc = malloc_bytes()
-        last_rss, last_blocks, last_malloc = self._calibrated_at
-        if rss > last_rss:  # a new peak: the heap had no free space left, so RSS grew by what was allocated
-            grown_blocks = all_blocks - last_blocks
-            if grown_blocks >= CALIBRATE_MIN_BLOCKS:
-                per_block = (rss - last_rss - (all_malloc - last_malloc)) // grown_blocks
-                self.bytes_per_block = min(max(per_block, MIN_BYTES_PER_BLOCK), MAX_BYTES_PER_BLOCK)
-                self._calibrated_at = (rss, all_blocks, all_malloc)
-        blocks = all_blocks - self._base_blocks
-        malloc = all_malloc - self._base_malloc
+        blocks = sys.getallocatedblocks() - self._base_blocks
+        malloc = malloc_bytes() - self._base_malloc
         self.sampled_rss = rss
         self.growth_bytes = max(malloc + blocks * self.bytes_per_block, 0)
         self.freed_bytes = 0
@@ -154,6 +152,41 @@ class HeapGauge:
 
 def _score(entry: tuple[int, bytes]) -> int:
     return entry[0]
+
+
+def _block_bytes(size: int) -> int:
+    """The pymalloc block an object of `size` bytes takes (0: malloc's, not a block)."""
+    if size > PYMALLOC_MAX_BYTES:
+        return 0
+    return -(-size // PYMALLOC_ALIGNMENT) * PYMALLOC_ALIGNMENT
+
+
+def average_block_bytes(db: Keyspace, keys: list[bytes]) -> int:
+    """The average pymalloc block of the objects the given keys hold (the key, a
+    string value, or a few elements of a container), rounded up to pymalloc's
+    size classes: most of a shard's blocks are these; 0 when nothing was sized."""
+    total = count = 0
+    getsizeof = sys.getsizeof
+    for key in keys:
+        value = db.data.get(key)
+        if value is None:
+            continue
+        parts: list[object] = [key, value]
+        if not isinstance(value, (bytes, bytearray)):
+            items: Any = value.items() if isinstance(value, dict) else value
+            try:
+                for n, item in enumerate(items):
+                    if n == BLOCK_SAMPLE_ELEMENTS:
+                        break
+                    parts.extend(item if isinstance(item, tuple) else (item,))
+            except TypeError:  # not iterable (a stream, an HLL): its own size only
+                pass
+        for part in parts:
+            block = _block_bytes(getsizeof(part))
+            if block:
+                total += block
+                count += 1
+    return total // count if count else 0
 
 
 class MemoryLimit:
@@ -179,6 +212,10 @@ class MemoryLimit:
         self.policy = policy
         self.samples = samples
         self.pool.clear()
+
+    def sample(self, db: Keyspace) -> int:
+        """Measure afresh, the average block sized from a sample of the keys."""
+        return self.gauge.sample(average_block_bytes(db, self._sample(db, BLOCK_SAMPLE_KEYS, False)))
 
     def enforce(self, db: Keyspace) -> int:
         """Evict while over the share; set db.oom when over and nothing could be
@@ -260,6 +297,8 @@ class MemoryLimit:
                 for when, key in heap[at:at + count]:
                     if expires.get(key) == when:
                         found.append(key)
+            if not found and expires:  # unlucky draws among stale entries: take the first live one
+                found.extend(key for key in itertools.islice(expires, count))
             return found[:count]
         slots = db.slot_keys
         if not slots:
@@ -270,7 +309,7 @@ class MemoryLimit:
         data = db.data
         for _ in range(count * SAMPLE_TRIES_PER_KEY):
             if len(found) >= count:
-                break
+                return found
             members = slots[chosen[int(rand() * len(chosen))]] if chosen is not None \
                 else slots.get(first + int(rand() * span))
             if not members:
@@ -279,6 +318,12 @@ class MemoryLimit:
             for key in members[at:at + count - len(found)]:
                 if key in data:
                     found.append(key)
+        if not found:  # unlucky draws: pick among the slots that hold live keys
+            for slot in random.sample(tuple(slots), min(len(slots), SAMPLE_TRIES_PER_KEY)):
+                live = db.keys_in_slot(slot)
+                if live:
+                    found.append(random.choice(live))
+                    break
         return found
 
     # --- evicting ---------------------------------------------------------------------

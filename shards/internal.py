@@ -48,7 +48,7 @@ def memory(shard) -> dict:
     """INFO memory's figures for this shard (shards/evict.py says what they measure)."""
     limit = shard.memory
     gauge = limit.gauge
-    used = gauge.sample()
+    used = limit.sample(shard.db)
     return {
         "used_memory": used,
         "used_memory_startup": gauge.startup_bytes,

@@ -462,7 +462,7 @@ class Shard(GroupCommit):
             await trio.sleep(period_s)
             self.db.tick_clock(now_ms())
             if self.memory_limit is not None:
-                self.memory.gauge.sample()
+                self.memory.sample(self.db)
                 if self.write_error is None and self.memory.enforce(self.db):
                     self.append_effects()
                     self.hand_out_events()
