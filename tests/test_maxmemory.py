@@ -206,3 +206,18 @@ def test_info_memory_is_measured_and_has_redis_fields(server, redis_ref):
     assert full["used_memory_peak"] >= full["used_memory"]
     assert full["total_system_memory"] == theirs["total_system_memory"]
     client.close()
+
+
+def test_restore_idletime_and_freq_set_the_access_stamp(pair):
+    pair.same("SET", "foo", "bar")
+    payload = pair.ours.value("DUMP", "foo")
+    pair.same("DEL", "foo")
+    try:
+        set_both(pair, "maxmemory-policy", "allkeys-lru")
+        pair.ours.call("RESTORE", "foo", "0", payload, "IDLETIME", "1000")
+        assert 1000 <= pair.ours.value("OBJECT", "IDLETIME", "foo") <= 1010
+        set_both(pair, "maxmemory-policy", "allkeys-lfu")
+        pair.ours.call("RESTORE", "bar", "0", payload, "FREQ", "100")
+        assert pair.ours.value("OBJECT", "FREQ", "bar") == 100
+    finally:
+        set_both(pair, "maxmemory-policy", "noeviction")
