@@ -135,9 +135,22 @@ class Keyspace:
 
     def get(self, key: bytes) -> object | None:
         """The live value of key, expiring it first if its time has passed; a hit
-        stamps the key's access."""
-        value = self.peek(key)
-        if value is not None and not self.replaying:
+        stamps the key's access. (It is `peek` plus the stamp, written out: every
+        command's lookup runs here.)"""
+        value = self.data.get(key)
+        if value is None:
+            if self.count_reads:
+                self.stat_keyspace_misses += 1
+            return None
+        when = self.expires.get(key)
+        if when is not None and when <= self.now() and not self.lazy_expire_disabled:
+            self._expire(key)
+            if self.count_reads:
+                self.stat_keyspace_misses += 1
+            return None
+        if self.count_reads:
+            self.stat_keyspace_hits += 1
+        if not self.replaying:
             if self.lfu is None:
                 self.access[key] = self.access_stamp
             else:
