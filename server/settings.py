@@ -85,6 +85,8 @@ _SHARD_PARAM_TYPES = {
 def _params(config: Config) -> list[Param]:
     shard_params = []
     for name, value in SHARD_DEFAULTS.items():
+        if name == "maxmemory":
+            value = config.maxmemory  # the config file's, which routers give every shard
         spec = dict(_SHARD_PARAM_TYPES.get(name, {}))
         hi = spec.pop("hi", LLONG_MAX)
         lo = spec.pop("lo", LLONG_MIN)
@@ -102,7 +104,7 @@ def _params(config: Config) -> list[Param]:
         Param("save", SAVE, ""),
         bool_("appendonly", "yes"),
         Param("appendfsync", ENUM, "always", choices=("everysec", "always", "no")),
-        Param("maxmemory-policy", ENUM, "noeviction", choices=(
+        Param("maxmemory-policy", ENUM, config.maxmemory_policy, choices=(
             "volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl", "allkeys-lru",
             "allkeys-lfu", "allkeys-random", "noeviction")),
         _size("maxclients", config.maxclients, 1, UINT_MAX),

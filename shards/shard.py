@@ -88,7 +88,8 @@ class Shard(GroupCommit):
         self.db = Keyspace()
         self.ctx = Ctx(self.db, self)
         # maxmemory (shards/evict.py): measured from here, an empty shard; enforced
-        # (memory_limit set) only while maxmemory is configured.
+        # (memory_limit set) only while maxmemory is configured: the routers give a
+        # shard the config file's maxmemory and policy with CONFIG SET's changes.
         self.memory = MemoryLimit(config.shards, self.slot_range)
         self.memory_limit: MemoryLimit | None = None
         # Who hears this shard's keyspace notifications: each router connection, its node.

@@ -221,3 +221,18 @@ def test_restore_idletime_and_freq_set_the_access_stamp(pair):
         assert pair.ours.value("OBJECT", "FREQ", "bar") == 100
     finally:
         set_both(pair, "maxmemory-policy", "noeviction")
+
+
+def test_maxmemory_from_the_config_file_reaches_every_shard(server_factory, tmp_path):
+    config = tmp_path / "durakv.toml"
+    config.write_text('maxmemory = 1\nmaxmemory-policy = "volatile-ttl"\n')
+    srv = server_factory(shards=2, extra_args=("--config", str(config)))
+    client = srv.client()
+    assert client.config_get("maxmemory*") == {"maxmemory": "1", "maxmemory-policy": "volatile-ttl",
+                                               "maxmemory-samples": "5"}
+    with pytest.raises(redis.exceptions.OutOfMemoryError):
+        client.set("{a}k", "v")  # nothing has a TTL: nothing to evict
+    with pytest.raises(redis.exceptions.OutOfMemoryError):
+        client.set("{b}k", "v")  # the other shard
+    assert client.info("memory")["maxmemory_per_shard"] == 1
+    client.close()
