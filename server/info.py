@@ -10,6 +10,7 @@ import time
 from typing import NamedTuple
 
 from durakv.shards import failure
+from durakv.shards.evict import HeapGauge
 from durakv.shards.internal import rss_bytes
 from durakv.shards.slots import slot_ranges
 from durakv.snapshotter.runner import pending_request, read_status
@@ -131,21 +132,68 @@ def _clients(router, infos, version):
 
 
 def _memory(router, infos, version):
+    """Totals over the shards and this router (each process's used memory is its RSS
+    at start plus its heap growth since, shards/evict.py; a peak is the sum of the
+    processes' peaks), and durakv's per-shard share of maxmemory."""
+    gauge = _router_gauge()
+    mine = gauge.sample()
+    shards = [i["memory"] for i in infos]
+    used = mine + sum(m["used_memory"] for m in shards)
+    startup = gauge.startup_bytes + sum(m["used_memory_startup"] for m in shards)
+    peak = max(gauge.peak_bytes + sum(m["used_memory_peak"] for m in shards), used)
     shard_rss = sum(i["rss_bytes"] for i in infos)
-    total = shard_rss + rss_bytes()
+    rss = shard_rss + rss_bytes()
+    maxmemory = int(router.settings.values["maxmemory"])
+    system = _total_system_memory()
     return [
-        f"used_memory:{total}",
-        f"used_memory_human:{total / 1024 / 1024:.2f}M",
-        f"used_memory_rss:{total}",
+        f"used_memory:{used}",
+        f"used_memory_human:{_human(used)}",
+        f"used_memory_rss:{rss}",
+        f"used_memory_rss_human:{_human(rss)}",
+        f"used_memory_peak:{peak}",
+        f"used_memory_peak_human:{_human(peak)}",
+        f"used_memory_peak_perc:{used * 100 / peak if peak else 100:.2f}%",
+        f"used_memory_startup:{startup}",
+        f"used_memory_dataset:{used - startup}",
         f"used_memory_router_rss:{rss_bytes()}",
         f"used_memory_shards_rss:{shard_rss}",
+        f"total_system_memory:{system}",
+        f"total_system_memory_human:{_human(system)}",
         f"number_of_cached_scripts:{_cached_scripts(infos)}",
-        f"maxmemory:{router.settings.values['maxmemory']}",
+        f"maxmemory:{maxmemory}",
+        f"maxmemory_human:{_human(maxmemory)}",
         f"maxmemory_policy:{router.settings.values['maxmemory-policy']}",
-        "mem_fragmentation_ratio:1.00",
+        f"maxmemory_per_shard:{shards[0]['maxmemory_share'] if shards else 0}",
+        f"mem_fragmentation_ratio:{rss / used if used else 1:.2f}",
         "mem_allocator:libc",  # CPython's pymalloc sits on the C library's malloc
         "lazyfree_pending_objects:0",  # FLUSHALL/UNLINK ASYNC free at once: nothing is pending
+        *(f"shard{i['shard']}_memory:used={m['used_memory']},startup={m['used_memory_startup']},"
+          f"share={m['maxmemory_share']},oom={int(m['oom'])},pymalloc_block_bytes={m['bytes_per_block']}"
+          for i, m in zip(infos, shards)),
     ]
+
+
+_ROUTER_GAUGE: list[HeapGauge] = []
+
+
+def _router_gauge() -> HeapGauge:
+    """This router's heap gauge, started at its first INFO (a router holds no keys:
+    its use barely moves after start)."""
+    if not _ROUTER_GAUGE:
+        _ROUTER_GAUGE.append(HeapGauge())
+    return _ROUTER_GAUGE[0]
+
+
+def _total_system_memory() -> int:
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _human(n: int) -> str:
+    """Redis' bytesToHuman."""
+    for unit, size in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return f"{n}B"
 
 
 def _cached_scripts(infos) -> int:
@@ -223,7 +271,7 @@ def _stats(router, infos, version):
         f"total_commands_processed:{router.stats_commands}",
         f"rejected_connections:{router.stats_rejected_connections}",
         f"expired_keys:{sum(i['expired_keys'] for i in infos)}",
-        "evicted_keys:0",
+        f"evicted_keys:{sum(i['evicted_keys'] for i in infos)}",
         f"keyspace_hits:{sum(i['keyspace_hits'] for i in infos)}",
         f"keyspace_misses:{sum(i['keyspace_misses'] for i in infos)}",
         f"pubsub_channels:{len(router.pubsub.channels)}",  # this process's, as CLIENT LIST's clients

@@ -1,5 +1,6 @@
 """MEMORY STATS, DOCTOR, MALLOC-STATS and PURGE: answered by the router from the
-shards' INFO figures. Redis' field names; the numbers are what durakv measures (the
+shards' INFO figures. Redis' field names; the numbers are what durakv measures (each
+shard's used memory, startup and peak as INFO memory has them, shards/evict.py; the
 processes' resident sizes, the key counts, the clients' output buffers), and 0 for
 what it does not have (replication backlog, AOF buffer, allocator internals)."""
 
@@ -22,17 +23,22 @@ DOCTOR_FINE = (b"Hi Sam, I can't find any memory issue in your instance. I can o
 
 
 def _figures(router: RouterView, infos: list[dict]) -> dict:
-    total = sum(i["rss_bytes"] for i in infos) + rss_bytes()
+    memory = [i["memory"] for i in infos]
+    rss = sum(i["rss_bytes"] for i in infos) + rss_bytes()
+    total = sum(m["used_memory"] for m in memory)
     clients = sum(c.outbuf_bytes for c in router.clients.values())
     keys = sum(i["keys"] for i in infos)
-    return {"total": total, "clients": clients, "keys": keys, "expires": sum(i["expires"] for i in infos)}
+    return {"total": total, "rss": rss, "startup": sum(m["used_memory_startup"] for m in memory),
+            "peak": max(sum(m["used_memory_peak"] for m in memory), total),
+            "clients": clients, "keys": keys, "expires": sum(i["expires"] for i in infos)}
 
 
 def _stats_reply(f: dict) -> Map:
-    total, overhead = f["total"], f["clients"]
+    total, startup, peak, rss = f["total"], f["startup"], f["peak"], f["rss"]
+    overhead = startup + f["clients"]
     dataset = max(total - overhead, 0)
     items: list = [
-        b"peak.allocated", total, b"total.allocated", total, b"startup.allocated", 0,
+        b"peak.allocated", peak, b"total.allocated", total, b"startup.allocated", startup,
         b"replication.backlog", 0, b"clients.slaves", 0, b"clients.normal", f["clients"],
         b"cluster.links", 0, b"aof.buffer", 0, b"lua.caches", 0, b"functions.caches", 0,
     ]
@@ -41,14 +47,15 @@ def _stats_reply(f: dict) -> Map:
                                b"overhead.hashtable.slot-to-keys", 0])]
     items += [
         b"overhead.total", overhead,
-        b"keys.count", f["keys"], b"keys.bytes-per-key", total // f["keys"] if f["keys"] else 0,
-        b"dataset.bytes", dataset, b"dataset.percentage", dataset * 100.0 / total if total else 0.0,
-        b"peak.percentage", 100.0,
+        b"keys.count", f["keys"], b"keys.bytes-per-key", (total - startup) // f["keys"] if f["keys"] else 0,
+        b"dataset.bytes", dataset,
+        b"dataset.percentage", dataset * 100.0 / (total - startup) if total > startup else 0.0,
+        b"peak.percentage", total * 100.0 / peak if peak else 100.0,
         b"allocator.allocated", total, b"allocator.active", total, b"allocator.resident", total,
         b"allocator-fragmentation.ratio", 1.0, b"allocator-fragmentation.bytes", 0,
         b"allocator-rss.ratio", 1.0, b"allocator-rss.bytes", 0,
         b"rss-overhead.ratio", 1.0, b"rss-overhead.bytes", 0,
-        b"fragmentation", 1.0, b"fragmentation.bytes", 0,
+        b"fragmentation", rss / total if total else 1.0, b"fragmentation.bytes", rss - total,
     ]
     return Map(items)
 

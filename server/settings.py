@@ -76,12 +76,18 @@ _SHARD_PARAM_TYPES = {
     "busy-reply-threshold": dict(lo=0, aliases=("lua-time-limit",)),
     "slowlog-log-slower-than": dict(lo=-1),
     "slowlog-max-len": dict(unsigned=True, lo=0),
+    "maxmemory": dict(unsigned=True, lo=0, hi=ULLONG_MAX, memory=True),
+    "maxmemory-samples": dict(lo=1, hi=INT_MAX),
+    "lfu-log-factor": dict(lo=0, hi=INT_MAX),
+    "lfu-decay-time": dict(lo=0, hi=INT_MAX),
 }
 
 
 def _params(config: Config) -> list[Param]:
     shard_params = []
     for name, value in SHARD_DEFAULTS.items():
+        if name == "maxmemory":
+            value = config.maxmemory  # the config file's, which routers give every shard
         spec = dict(_SHARD_PARAM_TYPES.get(name, {}))
         hi = spec.pop("hi", LLONG_MAX)
         lo = spec.pop("lo", LLONG_MIN)
@@ -100,11 +106,9 @@ def _params(config: Config) -> list[Param]:
         Param("save", SAVE, ""),
         bool_("appendonly", "yes"),
         Param("appendfsync", ENUM, "always", choices=("everysec", "always", "no")),
-        _size("maxmemory", 0, 0, ULLONG_MAX, memory=True),
-        Param("maxmemory-policy", ENUM, "noeviction", choices=(
+        Param("maxmemory-policy", ENUM, config.maxmemory_policy, choices=(
             "volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl", "allkeys-lru",
             "allkeys-lfu", "allkeys-random", "noeviction")),
-        _int("maxmemory-samples", 5, 1, INT_MAX),
         _size("maxclients", config.maxclients, 1, UINT_MAX),
         _int("timeout", 0, 0, INT_MAX),
         _int("tcp-keepalive", 300, 0, INT_MAX),
@@ -129,8 +133,6 @@ def _params(config: Config) -> list[Param]:
         Param("enable-debug-command", ENUM, "yes", mutable=False, choices=("no", "yes", "local")),
         _int("cluster-node-timeout", 15000, 0, LLONG_MAX),
         _int("min-replicas-to-write", 0, 0, INT_MAX, aliases=("min-slaves-to-write",)),
-        _int("lfu-log-factor", 10, 0, INT_MAX),
-        _int("lfu-decay-time", 1, 0, INT_MAX),
         _int("active-expire-effort", 1, 1, 10),
         _int("io-threads", 1, 1, 128, mutable=False),
         _size("tracking-table-max-keys", 1000000, 0, LLONG_MAX),

@@ -47,6 +47,8 @@ class Config(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields
     client_query_buffer_limit: int = 1024 * 1024 * 1024
     maxclients: int = 10000
     hz: int = 10
+    maxmemory: int = 0  # bytes for the whole tree's data, split over the shards (shards/evict.py); 0: no limit
+    maxmemory_policy: str = "noeviction"
     log_level: str = "info"
     shard_restart_backoff_max_ms: int = 10_000
     startup_shard_wait_ms: int = 30_000
@@ -91,6 +93,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "client_query_buffer_limit": (1, 1 << 40),
     "maxclients": (1, 1 << 20),
     "hz": (1, 500),
+    "maxmemory": (0, 1 << 62),
     "shard_restart_backoff_max_ms": (1, 3_600_000),
     "startup_shard_wait_ms": (0, 3_600_000),
     "max_unsynced_ms": (1, 3_600_000),
@@ -106,6 +109,8 @@ LIMITS: dict[str, tuple[float, float]] = {
 CHOICES: dict[str, tuple[str, ...]] = {
     "cluster_announce": ("shards", "router"),
     "durability": ("sync", "async"),
+    "maxmemory_policy": ("volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl", "allkeys-lru",
+                         "allkeys-lfu", "allkeys-random", "noeviction"),
     "log_level": ("debug", "info", "warning", "error", "critical"),
     "tls_auth_clients": ("yes", "no", "optional"),
 }

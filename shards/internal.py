@@ -17,6 +17,7 @@ from durakv.shards.frames import (
 )
 
 logger = logging.getLogger("durakv.shard")
+MEMORY_PARAMS = frozenset({"maxmemory", "maxmemory-samples", "lfu-log-factor", "lfu-decay-time"})
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -33,13 +34,30 @@ def info(shard, argv: list[bytes]) -> dict:
         "keys": len(db.data),
         "expires": len(db.expires),
         "rss_bytes": rss_bytes(),
+        "memory": memory(shard),
         "total_commands": shard.total_commands,
         "expired_keys": db.stat_expired_keys,
+        "evicted_keys": db.stat_evicted_keys,
         "keyspace_hits": db.stat_keyspace_hits,
         "keyspace_misses": db.stat_keyspace_misses,
         "commandstats": {name: [s.calls, s.usec, s.failed, s.rejected] for name, s in shard.stats.items()},
         "persistence": persistence(shard),
         "cached_scripts": cached_scripts(db),
+    }
+
+
+def memory(shard) -> dict:
+    """INFO memory's figures for this shard (shards/evict.py says what they measure)."""
+    limit = shard.memory
+    gauge = limit.gauge
+    used = limit.sample(shard.db)
+    return {
+        "used_memory": used,
+        "used_memory_startup": gauge.startup_bytes,
+        "used_memory_peak": gauge.peak_bytes,
+        "bytes_per_block": gauge.bytes_per_block,
+        "maxmemory_share": limit.share_bytes,
+        "oom": shard.db.oom,
     }
 
 
@@ -89,6 +107,7 @@ def get_keys_in_slot(shard, argv: list[bytes]) -> list[bytes]:
 def reset_stats(shard, argv: list[bytes]) -> bool:
     shard.stats.clear()
     shard.db.stat_expired_keys = 0
+    shard.db.stat_evicted_keys = 0
     shard.db.stat_keyspace_hits = 0
     shard.db.stat_keyspace_misses = 0
     return True
@@ -101,10 +120,15 @@ def set_config(shard, argv: list[bytes]) -> bool:
         assert flags is not None, "the router validated notify-keyspace-events"
         shard.db.notify_flags = flags
         return True
+    if name == "maxmemory-policy":
+        shard.configure_memory(argv[2].decode())
+        return True
     assert name in shard.settings, f"router forwarded a non-shard parameter {name}"
     shard.settings[name] = int(argv[2])
     if name.startswith("slowlog-"):
         shard.configure_slowlog()
+    if name in MEMORY_PARAMS:
+        shard.configure_memory()
     return True
 
 

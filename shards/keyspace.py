@@ -13,6 +13,10 @@ Every mutation goes through `effect()`, which is how the durable log learns what
 to record (DESIGN invariant 3: effects, not commands) and how WATCH and read
 hazards learn which keys changed. Expiry is lazy on access plus an active cycle
 driven by a min-heap of deadlines, and an expired key becomes a `DEL` effect.
+
+Reads and writes stamp the key's access (shards/access.py: LRU clock or LFU
+counter) as Redis' lookupKey does; `peek` is the lookup that does not (Redis'
+LOOKUP_NOTOUCH: EXISTS, TYPE, TTL, OBJECT, SCAN).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import time
 from typing import Callable
 
 from durakv.shards import notify
+from durakv.shards.access import Lfu, lru_clock
 from durakv.shards.notify import event_messages
 from durakv.shards.slots import key_slot
 
@@ -47,6 +52,7 @@ class Keyspace:
         "stat_expired_keys", "stat_keyspace_hits", "stat_keyspace_misses",
         "lazy_expire_disabled", "active_expire_enabled", "expiry_paused_until_ms", "frozen_ms", "count_reads",
         "scripting", "notify_flags", "events", "expiring", "tracking",
+        "access", "access_stamp", "access_default", "lfu", "stat_evicted_keys", "oom",
     )
 
     def __init__(self) -> None:
@@ -79,6 +85,17 @@ class Keyspace:
         # CLIENT TRACKING's NOLOOP never hides (shards/tracking.py).
         self.expiring = False
         self.tracking = False  # some front has CLIENT TRACKING clients: scripts report their reads
+        # Access stamps (shards/access.py): key -> LRU clock or LFU stamp, for keys
+        # touched since start; a key without one was last accessed at access_default.
+        # access_stamp is the current LRU clock (one shared int, moved by tick_clock);
+        # lfu is set while an LFU policy is selected.
+        self.access: dict[bytes, int] = {}
+        self.access_stamp = self.access_default = lru_clock(now_ms())
+        self.lfu: Lfu | None = None
+        self.stat_evicted_keys = 0
+        # Set by the shard's memory limit (shards/evict.py) while it is over maxmemory
+        # and could not evict: commands flagged denyoom answer OOM.
+        self.oom = False
 
     # --- time ---------------------------------------------------------------
 
@@ -113,10 +130,48 @@ class Keyspace:
             for key in keys:
                 hook(key)
 
+    def tick_clock(self, now: int) -> None:
+        """Move the access clocks on (the shard's cron, as Redis' serverCron)."""
+        clock = lru_clock(now)
+        if clock != self.access_stamp:
+            self.access_stamp = clock
+        if self.lfu is not None:
+            self.lfu.set_clock(now)
+
     # --- lookup -------------------------------------------------------------
 
     def get(self, key: bytes) -> object | None:
-        """The live value of key, expiring it first if its time has passed."""
+        """The live value of key, expiring it first if its time has passed; a hit
+        stamps the key's access. (It is `peek` plus the stamp, written out: every
+        command's lookup runs here.)"""
+        value = self.data.get(key)
+        if value is None:
+            if self.count_reads:
+                self.stat_keyspace_misses += 1
+            return None
+        when = self.expires.get(key)
+        if when is not None and when <= self.now() and not self.lazy_expire_disabled:
+            self._expire(key)
+            if self.count_reads:
+                self.stat_keyspace_misses += 1
+            return None
+        if self.count_reads:
+            self.stat_keyspace_hits += 1
+        if not self.replaying:
+            if self.lfu is None:
+                self.access[key] = self.access_stamp
+            else:
+                self.touch_lfu(key)
+        return value
+
+    def touch_lfu(self, key: bytes) -> None:
+        lfu = self.lfu
+        assert lfu is not None, "an LFU touch without an LFU policy"
+        stamp = self.access.get(key)
+        self.access[key] = lfu.bump(lfu.new() if stamp is None else stamp)
+
+    def peek(self, key: bytes) -> object | None:
+        """get without stamping the access (Redis' LOOKUP_NOTOUCH)."""
         value = self.data.get(key)
         if value is None:
             if self.count_reads:
@@ -163,6 +218,13 @@ class Keyspace:
     def put(self, key: bytes, value: object, keep_ttl: bool = False) -> None:
         """Store value at key (new or overwrite); clears the TTL unless keep_ttl."""
         data = self.data
+        if not self.replaying:
+            if self.lfu is None:
+                self.access[key] = self.access_stamp
+            elif key in data:
+                self.touch_lfu(key)
+            else:
+                self.access[key] = self.lfu.new()
         if key in data:
             if not keep_ttl and key in self.expires:
                 del self.expires[key]
@@ -194,6 +256,7 @@ class Keyspace:
     def _remove(self, key: bytes) -> None:
         del self.data[key]
         self.expires.pop(key, None)
+        self.access.pop(key, None)
         slot = key_slot(key)
         count = self.slot_counts[slot] - 1
         if count:
@@ -220,6 +283,7 @@ class Keyspace:
             hook()
         self.data.clear()
         self.expires.clear()
+        self.access.clear()
         self.slot_keys.clear()
         self.slot_counts.clear()
         self._heap.clear()
@@ -240,6 +304,11 @@ class Keyspace:
                 self._expire(key)
                 done += 1
         return done
+
+    def expiry_entries(self) -> list[tuple[int, bytes]]:
+        """The expiry heap's (deadline, key) entries, stale ones included (an entry
+        is live while expires[key] == deadline): eviction samples volatile keys here."""
+        return self._heap
 
     # --- iteration ------------------------------------------------------------
 
@@ -282,7 +351,7 @@ class Keyspace:
             key = random.choice(self.slot_keys[slot])
             if key not in self.data:  # a stale index entry: choose among the live ones
                 key = random.choice(self.keys_in_slot(slot))
-            if self.get(key) is not None:
+            if self.peek(key) is not None:
                 return key
         return None
 

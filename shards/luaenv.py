@@ -20,6 +20,7 @@ from typing import Any, Callable
 import lupa.lua51 as lua51
 
 from durakv.shards.context import Ctx
+from durakv.shards.evict import OOM_MESSAGE
 from durakv.shards.keyspace import Keyspace
 from durakv.shards.lualibs import CJson, CMsgpack, LibError, Struct, bit_library
 from durakv.shards.resp import (
@@ -92,10 +93,12 @@ class Run:
     """One script or function invocation: what redis.call may do and how it converts."""
 
     __slots__ = ("ctx", "read_only", "resp", "name", "effects_before", "is_eval", "started", "killed", "busy",
-                 "command", "reads_reported")
+                 "command", "reads_reported", "allow_oom")
 
-    def __init__(self, ctx: Ctx, read_only: bool, name: bytes, is_eval: bool, command: list[bytes]) -> None:
+    def __init__(self, ctx: Ctx, read_only: bool, name: bytes, is_eval: bool, command: list[bytes],
+                 allow_oom: bool = False) -> None:
         self.ctx = ctx
+        self.allow_oom = allow_oom  # flagged allow-oom: denyoom commands run even over maxmemory
         self.command = command  # the EVAL/FCALL that runs it (FUNCTION STATS shows it)
         self.read_only = read_only
         self.resp = 2
@@ -310,6 +313,8 @@ class Scripting:
                 return self.to_lua(self.on_publish(argv[1], argv[2]), run.resp)
             raise ScriptCallError(ERR_UNKNOWN)  # a router's command: no shard can run it
         ctx = run.ctx
+        if ctx.db.oom and not run.allow_oom and "denyoom" in cmd.flags and not run.wrote():
+            raise ReplyError(OOM_MESSAGE)  # scriptVerifyOOM: only before the script's first write
         first, last = ctx.shard.slot_range
         for i in cmd.key_indexes(argv):
             if not first <= key_slot(argv[i]) <= last:

@@ -140,6 +140,7 @@ async def run_shard(config: Config, index: int, snapshots: SnapshotHooks | None 
             sdnotify.notify(b"READY=1")
             nursery.start_soon(shard.committer)
             nursery.start_soon(shard.active_expire_loop)
+            nursery.start_soon(shard.memory_loop)
             nursery.start_soon(shard.blocked_timeouts)
             if snapshots is not None:
                 nursery.start_soon(shard.release_loop)

@@ -28,11 +28,13 @@ from durakv.shards.config import Config
 from durakv.shards.disk_hooks import HookedDisk, shard_disk
 from durakv.shards.context import Ctx
 from durakv.shards.engine import replay
+from durakv.shards.evict import EXECABORT_OOM, OOM_MESSAGE, MemoryLimit
 from durakv.shards.frames import (
     INTERNAL_PREFIX, VERB_EXEC, VERB_LITERAL, encode_internal,
 )
 from durakv.shards.hazards import HazardTracker, HeldReplies, ReplySink
 from durakv.shards.blocking import Block, BlockedClients, Waiter
+from durakv.shards.access import Lfu
 from durakv.shards.keyspace import Keyspace, now_ms
 from durakv.shards.records import RecordClock, decode_record
 from durakv.shards.resp import NULL_ARRAY, ReplyError, encode, encode_error
@@ -86,6 +88,11 @@ class Shard(GroupCommit):
         self.dir = shard_dir(config.data_dir, index)
         self.db = Keyspace()
         self.ctx = Ctx(self.db, self)
+        # maxmemory (shards/evict.py): measured from here, an empty shard; enforced
+        # (memory_limit set) only while maxmemory is configured: the routers give a
+        # shard the config file's maxmemory and policy with CONFIG SET's changes.
+        self.memory = MemoryLimit(config.shards, self.slot_range)
+        self.memory_limit: MemoryLimit | None = None
         # Who hears this shard's keyspace notifications: each router connection, its node
         # (by the connection its requests come on).
         self.event_sinks: dict[ReplySink, Callable[[list[tuple[bytes, bytes]]], None]] = {}
@@ -192,6 +199,8 @@ class Shard(GroupCommit):
         """Run a frame's requests in order; returns the replies that may leave now
         and holds the rest until their record is durable."""
         db = self.db
+        if self.memory_limit is not None:
+            self.enforce_memory()
         next_seq = self.wal.tail_seq + 1
         hold_writes = not self.async_mode or self._async_window_exceeded()
         durable_seq = self.hazards.durable_seq
@@ -263,6 +272,9 @@ class Shard(GroupCommit):
             if self.write_error is not None and cmd.is_write:
                 refused = True
                 raise ReplyError(self.write_error)
+            if self.db.oom and "denyoom" in cmd.flags:
+                refused = True
+                raise ReplyError(OOM_MESSAGE)
             self.db.count_reads = cmd.is_readonly
             result = cmd.handler(ctx, argv)
             if type(result) is Block:
@@ -404,6 +416,8 @@ class Shard(GroupCommit):
             return encode(NULL_ARRAY, proto), 0
         watches.unwatch(cid)
         commands = unpack_transaction(argv[1])
+        if db.oom and any(queued[0] != VERB_LITERAL and "denyoom" in lookup(queued).flags for queued in commands):
+            return encode_error(EXECABORT_OOM), 0
         parts = [b"*%d\r\n" % len(commands)]
         wait = 0
         db.frozen_ms = time.time_ns() // 1_000_000
@@ -420,6 +434,27 @@ class Shard(GroupCommit):
         finally:
             self.ctx.in_multi = False
         return b"".join(parts), wait
+
+    def configure_memory(self, policy: str | None = None) -> None:
+        """Apply maxmemory, maxmemory-policy (when given), maxmemory-samples and the
+        LFU parameters as CONFIG SET left them."""
+        settings = self.settings
+        memory = self.memory
+        memory.configure(settings["maxmemory"], policy or memory.policy, settings["maxmemory-samples"])
+        self.memory_limit = memory if memory.share_bytes else None
+        db = self.db
+        if memory.policy.endswith("-lfu"):
+            db.lfu = Lfu(settings["lfu-log-factor"], settings["lfu-decay-time"], now_ms())
+        else:
+            db.lfu = None
+        if self.memory_limit is None:
+            db.oom = False
+
+    def enforce_memory(self) -> None:
+        """Evict (or refuse denyoom commands) while over this shard's share of
+        maxmemory; the evictions' DEL effects go in the next record."""
+        if self.write_error is None:
+            self.memory.enforce(self.db)
 
     def configure_slowlog(self) -> None:
         settings = self.settings
@@ -447,6 +482,19 @@ class Shard(GroupCommit):
             await trio.sleep(RELEASE_POLL_S)
             if self.write_error is None:
                 self.snapshots.release_segments(self.dir, self.wal)
+
+    async def memory_loop(self) -> None:
+        """At hz, as Redis' cron: move the access clocks on and, under maxmemory,
+        measure the heap afresh and evict (the eviction's effects are one record)."""
+        period_s = 1.0 / max(self.config.hz, 1)
+        while True:
+            await trio.sleep(period_s)
+            self.db.tick_clock(now_ms())
+            if self.memory_limit is not None:
+                self.memory.sample(self.db)
+                if self.write_error is None and self.memory.enforce(self.db):
+                    self.append_effects()
+                    self.hand_out_events()
 
     async def active_expire_loop(self) -> None:
         period_s = 1.0 / max(self.config.hz, 1)

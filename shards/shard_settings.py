@@ -17,10 +17,17 @@ SHARD_DEFAULTS: dict[str, int] = {
     # SLOWLOG (shards/slowlog.py): microseconds (-1: off, 0: every command), entries kept.
     "slowlog-log-slower-than": 10000,
     "slowlog-max-len": 128,
+    # maxmemory (shards/evict.py): bytes for the whole tree (0: no limit), split evenly
+    # over the shards; keys sampled per eviction; the LFU counter's parameters.
+    "maxmemory": 0,
+    "maxmemory-samples": 5,
+    "lfu-log-factor": 10,
+    "lfu-decay-time": 1,
 }
 # Text parameters the shard needs too: which keyspace notifications its commands
-# generate (shards/notify.py; "" none).
+# generate (shards/notify.py; "" none), and what maxmemory evicts (shards/evict.py).
 SHARD_TEXT_DEFAULTS: dict[str, str] = {
     "notify-keyspace-events": "",
+    "maxmemory-policy": "noeviction",
 }
 SHARD_PARAMS = frozenset(SHARD_DEFAULTS) | frozenset(SHARD_TEXT_DEFAULTS)

@@ -12,8 +12,9 @@ DUMP of the same value.
 
 RESTORE chooses encodings as rdbLoadObject does with the current CONFIG
 thresholds. It always validates the payload fully (as sanitize-dump-payload yes
-would), and IDLETIME/FREQ are checked but have nothing to set: durakv keeps no
-LRU/LFU data. Streams are read in all three of Redis' stream encodings and
+would); IDLETIME/FREQ set the key's access stamp (shards/access.py) as Redis'
+objectSetLRUOrLFU does, and are not logged (replay does not track access). Streams
+are read in all three of Redis' stream encodings and
 written as Redis 7.0's; module values cannot be restored (durakv has none).
 
 Effect: a restored key logs `RESTORE key <absolute ms or 0> payload REPLACE
@@ -25,7 +26,9 @@ from __future__ import annotations
 
 from durakv.shards import notify
 from durakv.shards.args import ERR_SYNTAX, int_arg
+from durakv.shards.access import LRU_CLOCK_MAX
 from durakv.shards.context import Ctx
+from durakv.shards.keyspace import Keyspace
 from durakv.shards.rdb.codec import RdbError, dump_payload, load_payload, verify_payload
 from durakv.shards.resp import OK, ReplyError, fixed_error
 from durakv.shards.table import KeySpec, command
@@ -55,10 +58,10 @@ def dump(ctx: Ctx, argv: list[bytes]):
 # --- RESTORE ----------------------------------------------------------------------
 
 
-def _restore_options(argv: list[bytes]) -> tuple[bool, bool]:
-    """(replace, absttl), checking IDLETIME/FREQ as Redis does."""
+def _restore_options(argv: list[bytes]) -> tuple[bool, bool, int, int]:
+    """(replace, absttl, idle seconds, freq; -1 when not given), checking IDLETIME/FREQ as Redis does."""
     replace = absttl = False
-    idle = freq = False
+    idle = freq = -1
     i = 4
     while i < len(argv):
         opt = argv[i].lower()
@@ -67,27 +70,38 @@ def _restore_options(argv: list[bytes]) -> tuple[bool, bool]:
             replace = True
         elif opt == b"absttl":
             absttl = True
-        elif opt == b"idletime" and more >= 1 and not freq:
-            if int_arg(argv[i + 1]) < 0:
+        elif opt == b"idletime" and more >= 1 and freq < 0:
+            idle = int_arg(argv[i + 1])
+            if idle < 0:
                 raise ERR_IDLETIME
-            idle = True
             i += 1
-        elif opt == b"freq" and more >= 1 and not idle:
-            if not 0 <= int_arg(argv[i + 1]) <= 255:
+        elif opt == b"freq" and more >= 1 and idle < 0:
+            freq = int_arg(argv[i + 1])
+            if not 0 <= freq <= 255:
                 raise ERR_FREQ
-            freq = True
             i += 1
         else:
             raise ERR_SYNTAX
         i += 1
-    return replace, absttl
+    return replace, absttl, idle, freq
+
+
+def _set_access(db: Keyspace, key: bytes, idle_s: int, freq: int) -> None:
+    """objectSetLRUOrLFU: FREQ under an LFU policy, IDLETIME under any other."""
+    if db.replaying:
+        return
+    if db.lfu is not None:
+        if freq >= 0:
+            db.access[key] = db.lfu.stamps[freq]
+    elif idle_s >= 0:
+        db.access[key] = (db.access_stamp - idle_s) % (LRU_CLOCK_MAX + 1)
 
 
 @command("restore", -4, "write denyoom", (1, 1, 1), "keyspace",
          key_specs=(KeySpec("OW update", 1, 0, 1),), acl="keyspace dangerous")
 def restore(ctx: Ctx, argv: list[bytes]):
     key = argv[1]
-    replace, absttl = _restore_options(argv)
+    replace, absttl, idle_s, freq = _restore_options(argv)
     db = ctx.db
     if not replace and db.get(key) is not None:
         raise ERR_BUSYKEY
@@ -114,6 +128,7 @@ def restore(ctx: Ctx, argv: list[bytes]):
     if existed:
         db.delete(key)
     db.put(key, value)
+    _set_access(db, key, idle_s, freq)
     if ttl:
         db.set_expire(key, ttl)
     db.effect([b"RESTORE", key, b"%d" % ttl, argv[3], b"REPLACE", b"ABSTTL"], key)

@@ -226,7 +226,8 @@ def _fcall(ctx: Ctx, argv: list[bytes], read_only: bool):
     if read_only and not no_writes:
         raise ERR_RO_WITH_WRITE
     keys, args = argv[3:3 + numkeys], argv[3 + numkeys:]
-    return run_script(ctx, state, function.callback, function.name, argv, keys, args, read_only or no_writes, True)
+    return run_script(ctx, state, function.callback, function.name, argv, keys, args, read_only or no_writes, True,
+                      function.flags)
 
 
 def _always(argv: list[bytes]) -> bool:

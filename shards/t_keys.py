@@ -10,7 +10,8 @@ from durakv.shards.args import ERR_NO_SUCH_KEY, ERR_SYNTAX, int_arg, int_range_a
 from durakv.shards.numbers import INT_MAX, INT_MIN, LLONG_MAX, parse_ll
 from durakv.shards.context import Ctx
 from durakv.shards.glob import compile_glob, glob_match
-from durakv.shards.keyspace import type_name
+from durakv.shards.access import ERR_IS_LFU, ERR_NOT_LFU, idle_ms
+from durakv.shards.keyspace import now_ms, type_name
 from durakv.shards.resp import OK, Raw, ReplyError, Simple, encode
 from durakv.shards.slots import SLOT_COUNT
 from durakv.shards.table import (
@@ -69,20 +70,21 @@ def unlink(ctx: Ctx, argv: list[bytes]):
          key_specs=(KeySpec("RO", 1, -1, 1),))
 def exists(ctx: Ctx, argv: list[bytes]):
     db = ctx.db
-    return sum(1 for key in argv[1:] if db.get(key) is not None)
+    return sum(1 for key in argv[1:] if db.peek(key) is not None)
 
 
 @command("touch", -2, "readonly fast", (1, -1, 1), "keyspace", split=SPLIT_SUM,
          tips=("request_policy:multi_shard", "response_policy:agg_sum"),
          key_specs=(KeySpec("RO", 1, -1, 1),))
 def touch(ctx: Ctx, argv: list[bytes]):
-    return exists(ctx, argv)
+    db = ctx.db
+    return sum(1 for key in argv[1:] if db.get(key) is not None)
 
 
 @command("type", 2, "readonly fast", (1, 1, 1), "keyspace",
          key_specs=(KeySpec("RO", 1, 0, 1),))
 def type_(ctx: Ctx, argv: list[bytes]):
-    value = ctx.db.get(argv[1])
+    value = ctx.db.peek(argv[1])
     return Simple(b"none" if value is None else type_name(value))
 
 
@@ -165,7 +167,7 @@ def pexpireat(ctx: Ctx, argv: list[bytes]):
 
 def _ttl_generic(ctx: Ctx, key: bytes, absolute: bool, ms: bool) -> int:
     db = ctx.db
-    if db.get(key) is None:
+    if db.peek(key) is None:
         return -2
     when = db.expires.get(key)
     if when is None:
@@ -404,7 +406,7 @@ def scan(ctx: Ctx, argv: list[bytes]):
     next_cursor = 0 if slot > last_slot and last_slot == SLOT_COUNT - 1 else slot
     result = []
     for key in found:
-        value = db.get(key)
+        value = db.peek(key)
         if value is None:
             continue
         if pattern is not None and not glob_match(pattern, key):
@@ -423,7 +425,7 @@ container("object", "keyspace")
 @command("object|encoding", 3, "readonly", (2, 2, 1), "keyspace", tips=("nondeterministic_output",),
          key_specs=(KeySpec("RO", 2, 0, 1),))
 def object_encoding(ctx: Ctx, argv: list[bytes]):
-    value = ctx.db.get(argv[2])
+    value = ctx.db.peek(argv[2])
     if value is None:
         return None
     return ENCODINGS[type(value)](value)
@@ -432,7 +434,7 @@ def object_encoding(ctx: Ctx, argv: list[bytes]):
 @command("object|refcount", 3, "readonly", (2, 2, 1), "keyspace", tips=("nondeterministic_output",),
          key_specs=(KeySpec("RO", 2, 0, 1),))
 def object_refcount(ctx: Ctx, argv: list[bytes]):
-    value = ctx.db.get(argv[2])
+    value = ctx.db.peek(argv[2])
     if value is None:
         return None
     if type(value) is bytes and len(value) <= 5:
@@ -445,21 +447,26 @@ def object_refcount(ctx: Ctx, argv: list[bytes]):
 @command("object|idletime", 3, "readonly", (2, 2, 1), "keyspace", tips=("nondeterministic_output",),
          key_specs=(KeySpec("RO", 2, 0, 1),))
 def object_idletime(ctx: Ctx, argv: list[bytes]):
-    if ctx.db.get(argv[2]) is None:
+    db = ctx.db
+    if db.peek(argv[2]) is None:
         return None
-    return 0
+    if db.lfu is not None:
+        raise ReplyError(ERR_IS_LFU)
+    return idle_ms(db.access.get(argv[2], db.access_default), db.access_stamp) // 1000  # the cron's clock, as Redis
 
 
 @command("object|freq", 3, "readonly", (2, 2, 1), "keyspace", tips=("nondeterministic_output",),
          key_specs=(KeySpec("RO", 2, 0, 1),))
 def object_freq(ctx: Ctx, argv: list[bytes]):
-    if ctx.db.get(argv[2]) is None:
+    db = ctx.db
+    if db.peek(argv[2]) is None:
         return None
-    raise ReplyError(
-        b"ERR An LFU maxmemory policy is not selected, access frequency not tracked. "
-        b"Please note that when switching between policies at runtime LRU and LFU data "
-        b"will take some time to adjust."
-    )
+    lfu = db.lfu
+    if lfu is None:
+        raise ReplyError(ERR_NOT_LFU)
+    lfu.set_clock(now_ms())
+    stamp = db.access.get(argv[2])
+    return lfu.counter(lfu.new() if stamp is None else stamp)
 
 
 _OBJECT_HELP = [

@@ -48,7 +48,7 @@ def memory_usage(ctx: Ctx, argv: list[bytes]):
             i += 2
         else:
             raise ERR_SYNTAX
-    value = ctx.db.get(argv[2])
+    value = ctx.db.peek(argv[2])
     if value is None:
         return None
     return estimate_bytes(argv[2], value, samples)

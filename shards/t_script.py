@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from durakv.shards.context import Ctx
+from durakv.shards.evict import ERR_OOM
 from durakv.shards.luaenv import Run, Scripting, scripting_of, sha1hex
 from durakv.shards.numbers import parse_ll
 from durakv.shards.resp import OK, Raw, ReplyError, Simple, encode, fixed_error
@@ -86,9 +87,13 @@ def compile_script(state: Scripting, body: bytes) -> tuple[bytes, Any]:
 
 
 def run_script(ctx: Ctx, state: Scripting, function: Any, name: bytes, argv: list[bytes], keys: list[bytes],
-               args: list[bytes], read_only: bool, for_function: bool) -> Raw:
-    """Run a compiled script or a registered function (for the command argv) and encode its reply."""
-    run = state.run = Run(ctx, read_only, name, not for_function, argv)
+               args: list[bytes], read_only: bool, for_function: bool, flags: set[bytes] | list[bytes] | None) -> Raw:
+    """Run a compiled script or a registered function (for the command argv) and encode its reply.
+    `flags` are its shebang's or the function's (None: an EVAL script without a shebang)."""
+    allow_oom = flags is not None and b"allow-oom" in flags
+    if ctx.db.oom and flags is not None and not allow_oom and b"no-writes" not in flags:
+        raise ERR_OOM  # a flagged script that may write is denyoom as a whole
+    run = state.run = Run(ctx, read_only, name, not for_function, argv, allow_oom)
     in_multi = ctx.in_multi
     ctx.in_multi = True  # blocking commands inside a script never block
     rt = state.runtime
@@ -118,7 +123,7 @@ def _eval(ctx: Ctx, argv: list[bytes], by_sha: bool, read_only: bool):
     flags, _ = shebang_flags(body)
     if flags is not None and b"no-writes" in flags:
         read_only = True
-    return run_script(ctx, state, function, sha, argv, keys, args, read_only, False)
+    return run_script(ctx, state, function, sha, argv, keys, args, read_only, False, flags)
 
 
 SCRIPT_KEYS = numkeys_keys(2)  # routing: argv[3:3 + numkeys], as the key specs below say

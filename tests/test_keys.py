@@ -460,8 +460,6 @@ def test_object_subcommands(pair):
     ])
 
 
-@pytest.mark.xfail(strict=True, reason="shards/keyspace.py does not track access times, so OBJECT "
-                                       "IDLETIME is always 0")
 def test_object_idletime_grows(r):
     r.set("idle", "v")
     time.sleep(2.1)
