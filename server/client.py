@@ -58,7 +58,7 @@ class Client:
     cannot take at once waits in `outbuf` for `on_writable`."""
 
     __slots__ = (
-        "router", "sock", "id", "proto", "name", "authed", "addr", "laddr", "fd", "created",
+        "router", "sock", "id", "proto", "name", "authed", "user", "addr", "laddr", "fd", "created",
         "last_cmd_at", "last_cmd", "parser", "replies", "outbuf", "outbuf_bytes", "closing", "closed", "reading",
         "lib_name", "lib_ver", "in_ready_set", "query_limit",
         "multi", "multi_error", "multi_shard", "watch_shards", "blocked_pending", "blocked_shard", "backlog",
@@ -73,7 +73,8 @@ class Client:
         self.name = b""
         self.lib_name = b""
         self.lib_ver = b""
-        self.authed = not router.settings.requirepass
+        self.user = router.acl.default  # shards/acl.py's User: ACL users change in place
+        self.authed = self.user.nopass and self.user.enabled
         peer = sock.getpeername()
         local = sock.getsockname()
         self.addr = f"{peer[0]}:{peer[1]}"
@@ -196,6 +197,13 @@ class Client:
         if not self.authed and not cmd.no_auth:
             self._reject(cmd, ERR_NOAUTH)
             return
+        if not self.user.unrestricted:
+            refused = router.acl.refuse(self, cmd, argv)
+            if refused is not None:
+                if self.multi is not None:
+                    self.multi_error = True
+                self._reject(cmd, encode_error(refused))
+                return
         if self.pubsub is not None and self.proto == 2 and cmd.fullname not in ALLOWED_WHEN_SUBSCRIBED:
             # RESP2 subscribed mode: the connection carries messages; only these may interleave.
             self._reject(cmd, b"-ERR Can't execute '%s': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / "

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import trio
 
+from durakv.server.acl import Users
 from durakv.server.client import Client, ClientPoller
 from durakv.server.links import LOST, Pending
 from durakv.server.pubsub import PubSub
@@ -126,7 +127,7 @@ class Front(ABC):
         self.started_at = time.time()
         self.started_monotonic = time.monotonic()
         self.settings = Settings(config)
-        self.settings.on_apply = self.configure_slowlog
+        self.settings.on_apply = self.settings_applied
         self.stats_commands = 0
         self.stats_connections = 0
         self.stats_rejected_connections = 0
@@ -138,9 +139,15 @@ class Front(ABC):
         self.nursery: trio.Nursery | None = None
         self.poller = ClientPoller()
         self.pubsub = PubSub(self)
+        self.acl = Users(self)  # ACL users (server/acl.py)
 
     @abstractmethod
     def new_client_id(self) -> int: ...
+
+    def settings_applied(self) -> None:
+        """After every CONFIG SET applied here: what caches a value takes the new one."""
+        self.configure_slowlog()
+        self.acl.set_requirepass(self.settings.requirepass)
 
     def configure_slowlog(self) -> None:
         values = self.settings.values

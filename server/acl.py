@@ -1,0 +1,336 @@
+"""The ACL users of one router or shard port, their enforcement, ACL LOG, and
+how a change becomes durable and identical in every process.
+
+Every process (router or shard port) holds the same `Users`. The users' one
+durable home is a file in Redis' ACL file format (`user NAME rules`, one a line):
+DIR/users.acl when no `aclfile` is configured (it survives restarts: an
+acknowledged ACL SETUSER is never lost), or DIR/run/users.acl when one is (the
+running state, cleared at every start, as Redis' users last until ACL SAVE).
+A change (ACL SETUSER, DELUSER, LOAD, CONFIG SET requirepass) is applied here at
+once, then under DIR/run/settings.lock re-applied to the file's state, written
+durably, applied from the file here and announced to every peer, which reloads
+the file (server/settings_sync.py); the client's reply waits for all of that.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from durakv.log.durable_file import replace_file
+from durakv.log.layout import run_dir
+from durakv.server.conn_commands import client_info_line
+from durakv.shards.acl import (
+    ACL_OK, DENIED_AUTH, DENIED_CHANNEL, DENIED_CMD, DENIED_KEY, RuleError, User, new_default_user,
+    set_requirepass,
+)
+from durakv.shards.resp import ReplyError
+from durakv.shards.table import Command
+
+if TYPE_CHECKING:
+    from durakv.server.client import Client
+    from durakv.server.router_view import RouterView
+
+logger = logging.getLogger("durakv.router")
+
+USERS_FILE = "users.acl"
+USERS_FILE_MODE = 0o600
+MAX_USERS_FILE_BYTES = 64 * 1024 * 1024
+ACL_LOG_MAX_ENTRIES = 128  # Redis' acllog-max-len default
+ACL_LOG_GROUPING_MS = 60_000  # an entry repeated within this long is counted, not added
+
+CONTEXT_TOPLEVEL = b"toplevel"
+CONTEXT_MULTI = b"multi"
+CONTEXT_LUA = b"lua"
+_REASONS = {DENIED_CMD: b"command", DENIED_KEY: b"key", DENIED_AUTH: b"auth", DENIED_CHANNEL: b"channel"}
+
+
+def users_path(data_dir: str, aclfile: str) -> str:
+    """Where this run's users are kept (see the module docstring)."""
+    return os.path.join(run_dir(data_dir), USERS_FILE) if aclfile else os.path.join(data_dir, USERS_FILE)
+
+
+def clear_runtime_users(data_dir: str, aclfile: str) -> None:
+    """With an aclfile, a new run starts from it: forget the previous run's changes."""
+    if aclfile:
+        try:
+            os.unlink(users_path(data_dir, aclfile))
+        except FileNotFoundError:
+            pass
+
+
+def noperm_message(result: int, cmd: Command) -> bytes:
+    """The NOPERM error of a refused command (processCommand)."""
+    if result == DENIED_CMD:
+        return b"NOPERM this user has no permissions to run the '%s' command" % cmd.fullname.encode()
+    if result == DENIED_KEY:
+        return b"NOPERM this user has no permissions to access one of the keys used as arguments"
+    return b"NOPERM this user has no permissions to access one of the channels used as arguments"
+
+
+class LogEntry:
+    __slots__ = ("count", "reason", "context", "obj", "username", "created_ms", "client_info")
+
+    def __init__(self, reason: bytes, context: bytes, obj: bytes, username: bytes, client_info: bytes) -> None:
+        self.count = 1
+        self.reason, self.context, self.obj, self.username = reason, context, obj, username
+        self.created_ms = time.time() * 1000
+        self.client_info = client_info
+
+    def reply(self, now_ms: float) -> list:
+        return [b"count", self.count, b"reason", self.reason, b"context", self.context, b"object", self.obj,
+                b"username", self.username, b"age-seconds", (now_ms - self.created_ms) / 1000,
+                b"client-info", self.client_info]
+
+
+class AclLog:
+    """ACL LOG: the newest denials first, repeats within a minute counted together."""
+
+    def __init__(self) -> None:
+        self.entries: deque[LogEntry] = deque()
+
+    def add(self, entry: LogEntry) -> None:
+        for old in self.entries:
+            if (old.reason, old.context, old.obj, old.username) == (entry.reason, entry.context, entry.obj,
+                                                                    entry.username) \
+                    and entry.created_ms - old.created_ms < ACL_LOG_GROUPING_MS:
+                old.count += 1
+                old.created_ms = entry.created_ms
+                old.client_info = entry.client_info
+                self.entries.remove(old)
+                self.entries.appendleft(old)
+                return
+        self.entries.appendleft(entry)
+        while len(self.entries) > ACL_LOG_MAX_ENTRIES:
+            self.entries.pop()
+
+
+class Users:
+    """This process's users, ACL LOG and the users file."""
+
+    def __init__(self, router: RouterView) -> None:
+        self.router = router
+        config = router.config
+        self.path = users_path(config.data_dir, config.aclfile)
+        self.aclfile = config.aclfile
+        self.users: dict[bytes, User] = {b"default": new_default_user(config.requirepass)}
+        self.log = AclLog()
+        self.requirepass = config.requirepass
+        self.load_at_start()
+
+    @property
+    def default(self) -> User:
+        return self.users[b"default"]
+
+    # --- the file ----------------------------------------------------------------------
+
+    def load_at_start(self) -> None:
+        """The users of this run: the users file, else the aclfile, else the default user."""
+        text = self.read_file(self.path)
+        if text is None and self.aclfile:
+            text = self.read_file(self.aclfile)
+        if text is None:
+            return
+        try:
+            users = parse_users_file(text, self.requirepass)
+        except ValueError as e:
+            logger.error("router: ignoring the users in %s: %s", self.path, e)
+            return
+        self.replace(users)
+
+    @staticmethod
+    def read_file(path: str) -> str | None:
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(MAX_USERS_FILE_BYTES + 1)
+        except FileNotFoundError:
+            return None
+        if len(raw) > MAX_USERS_FILE_BYTES:
+            raise ValueError(f"{path} is over {MAX_USERS_FILE_BYTES} bytes")
+        return raw.decode(errors="replace")
+
+    def text(self) -> str:
+        return users_file_text(self.users)
+
+    def write_file(self, path: str) -> None:
+        replace_file(path, self.text().encode(), mode=USERS_FILE_MODE)
+
+    def reload(self, kill_all: bool = False) -> None:
+        """A change was stored: take the file's users (never older than the notice)."""
+        try:
+            text = self.read_file(self.path)
+            if text is not None:
+                self.replace(parse_users_file(text, self.requirepass), kill_all)
+        except ValueError as e:
+            logger.error("router: cannot reload the users from %s: %s", self.path, e)
+
+    def load_aclfile(self) -> None:
+        """ACL LOAD here: the aclfile's users, or ReplyError and nothing changes."""
+        try:
+            text = self.read_file(self.aclfile)
+            if text is None:
+                raise ValueError(f"cannot open {self.aclfile}: no such file")
+            users = parse_users_file(text, self.requirepass)
+        except (OSError, ValueError) as e:
+            raise ReplyError(b"ERR Error loading ACLs, user definitions were not loaded: " + str(e).encode()) \
+                from None
+        self.replace(users, kill_all=True)
+
+    def store_change(self, change: list[bytes]) -> None:
+        """Under the settings lock: re-apply a change (ACL SETUSER/DELUSER argv from the
+        subcommand on, [b"load"], or [b"requirepass", value]) to the file's users (this
+        process's when there is no file yet) and write them durably. Runs in a thread."""
+        text = self.read_file(self.path)
+        users = parse_users_file(text, self.requirepass) if text is not None else {
+            name: user.copy() for name, user in self.users.items()}
+        verb = change[0].lower()
+        if verb == b"setuser":
+            user = users.setdefault(change[1], User(change[1]))
+            user.apply_rules(change[2:])
+        elif verb == b"deluser":
+            for name in change[1:]:
+                users.pop(name, None)
+        elif verb == b"load":
+            aclfile = self.read_file(self.aclfile)
+            if aclfile is None:
+                raise ValueError(f"cannot open {self.aclfile}: no such file")
+            users = parse_users_file(aclfile, self.requirepass)
+        else:
+            assert verb == b"requirepass", f"unknown users change {verb!r}"
+            set_requirepass(users[b"default"], change[1].decode())
+        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        replace_file(self.path, users_file_text(users).encode(), mode=USERS_FILE_MODE)
+
+    # --- changes ---------------------------------------------------------------------
+
+    def replace(self, users: dict[bytes, User], kill_all: bool = False) -> None:
+        """Take a new set of users: the same user objects keep their clients; clients of
+        a removed or disabled user, or (kill_all, ACL LOAD) of any user but default, close."""
+        for name, user in users.items():
+            mine = self.users.get(name)
+            if mine is None:
+                self.users[name] = user
+            else:
+                mine.set_from(user)
+        gone = [name for name in self.users if name not in users]
+        for name in gone:
+            del self.users[name]
+        self.kill_clients(kill_all)
+
+    def kill_clients(self, kill_all: bool = False) -> None:
+        """Close the clients whose user is gone, disabled, or (kill_all) any but default's;
+        and subscribers whose channels the user may no longer hear (Redis' ACLKillPubsubClientsIfNeeded)."""
+        for client in list(self.router.clients.values()):
+            user = client.user
+            if self.users.get(user.name) is not user or (kill_all and user.name != b"default"):
+                client.closing = True
+                client.kill()
+            elif client.pubsub is not None and not user.unrestricted and not subscriptions_allowed(client):
+                client.kill()
+
+    def setuser(self, name: bytes, rules: list[bytes]) -> None:
+        user = self.users.get(name)
+        changed = user.copy() if user is not None else User(name)
+        try:
+            changed.apply_rules(rules)
+        except RuleError as e:
+            raise ReplyError(b"ERR " + str(e).encode()) from None
+        if user is None:
+            self.users[name] = changed
+        else:
+            user.set_from(changed)
+            self.kill_clients()
+
+    def deluser(self, names: list[bytes]) -> int:
+        if b"default" in names:
+            raise ReplyError(b"ERR The 'default' user cannot be removed")
+        deleted = 0
+        for name in names:
+            if self.users.pop(name, None) is not None:
+                deleted += 1
+        if deleted:
+            self.kill_clients()
+        return deleted
+
+    def set_requirepass(self, requirepass: str) -> None:
+        """CONFIG SET requirepass (here or on a peer): the default user's password."""
+        if requirepass != self.requirepass:
+            self.requirepass = requirepass
+            set_requirepass(self.default, requirepass)
+
+    # --- authentication and checks ----------------------------------------------------------
+
+    def authenticate(self, client: Client, username: bytes, password: bytes) -> None:
+        """AUTH/HELLO AUTH: WRONGPASS (logged) unless the user exists, is on and the password fits."""
+        user = self.users.get(username)
+        if user is None or not user.enabled or not user.password_ok(password):
+            self.log_denial(client, DENIED_AUTH, CONTEXT_TOPLEVEL, b"AUTH", username)
+            raise ReplyError(b"WRONGPASS invalid username-password pair or user is disabled.")
+        client.user = user
+        client.authed = True
+        client.parser.authed = True
+
+    def refuse(self, client: Client, cmd: Command, argv: list[bytes], user: User | None = None,
+               context: bytes | None = None) -> bytes | None:
+        """None when the client's user may run argv; else log it and give the NOPERM message."""
+        user = client.user if user is None else user
+        result, index = user.check(cmd, argv)
+        if result == ACL_OK:
+            return None
+        if context is None:
+            context = CONTEXT_MULTI if client.multi is not None else CONTEXT_TOPLEVEL
+        obj = cmd.fullname.encode() if result == DENIED_CMD else argv[index]
+        self.log_denial(client, result, context, obj, user.name)
+        return noperm_message(result, cmd)
+
+    def log_denial(self, client: Client, result: int, context: bytes, obj: bytes, username: bytes) -> None:
+        info = client_info_line(client, time.monotonic())
+        self.log.add(LogEntry(_REASONS[result], context, obj, username, info))
+
+
+def subscriptions_allowed(client: Client) -> bool:
+    """Whether the client's user may still hear every channel and pattern it subscribed to."""
+    subs = client.pubsub
+    root = client.user.root
+    if subs is None or root.allchannels:
+        return True
+    selectors = client.user.selectors
+    for channel in list(subs.channels) + list(subs.shard_channels):
+        if not any(s.channel_allowed(channel, False) for s in selectors):
+            return False
+    for pattern in subs.patterns:
+        if not any(s.channel_allowed(pattern, True) for s in selectors):
+            return False
+    return True
+
+
+def users_file_text(users: dict[bytes, User]) -> str:
+    """Redis' ACL file: `user NAME RULES` per user, sorted by name (ACL SAVE)."""
+    return "".join(f"user {name.decode(errors='replace')} {users[name].describe()}\n" for name in sorted(users))
+
+
+def parse_users_file(text: str, requirepass: str) -> dict[bytes, User]:
+    """An ACL file's users (ACL LOAD): ValueError naming the line of a mistake.
+    A file without the default user keeps a fresh one (requirepass as its password)."""
+    users: dict[bytes, User] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        words = line.split()
+        if not words:
+            continue
+        if words[0] != "user" or len(words) < 2:
+            raise ValueError(f"line {number}: should start with user keyword")
+        name = words[1].encode()
+        if name in users:
+            raise ValueError(f"Duplicate user '{words[1]}' found")
+        user = User(name)
+        try:
+            user.apply_rules([w.encode() for w in words[2:]])
+        except RuleError as e:
+            raise ValueError(f"line {number}: {e}") from None
+        users[name] = user
+    if b"default" not in users:
+        users[b"default"] = new_default_user(requirepass)
+    return users
