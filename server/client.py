@@ -15,7 +15,7 @@ import trio
 
 from durakv.server.links import LOST, SCRIPT_EVAL, SCRIPT_FUNCTION, Pending
 from durakv.server.pause import note_script
-from durakv.shards.frames import LARGE_BYTES, VERB_LITERAL, VERB_ROUTER_IN_MULTI
+from durakv.shards.frames import LARGE_BYTES, VERB_AS_USER, VERB_LITERAL, VERB_ROUTER_IN_MULTI
 from durakv.shards.resp import ProtocolError, RequestParser, ReplyError, encode, encode_error
 from durakv.shards.table import CURSOR, FANOUT, ROUTER, SPLIT_NONE, Command, find, lookup
 from durakv.shards.slots import key_slot
@@ -321,6 +321,8 @@ class Client:
         if cmd.name == "eval":
             note_script(argv[1])
         kind = SCRIPT_FUNCTION if cmd.name.startswith("fcall") else SCRIPT_EVAL
+        if not self.user.unrestricted:
+            argv = [VERB_AS_USER, self.user.permissions(), *argv]  # its redis.calls obey the user's rules
         self.replies.append(router.links[shard].submit(self, self.proto, argv, script=kind))
 
     # --- transactions -------------------------------------------------------------
@@ -335,6 +337,8 @@ class Client:
                 # Router-answered: runs at EXEC (see run_router_commands); those whose replies
                 # depend on the shards were declared MULTI_REFUSED above.
                 argv = [VERB_ROUTER_IN_MULTI, *argv]
+            elif cmd.name in SCRIPT_COMMANDS and not self.user.unrestricted:
+                argv = [VERB_AS_USER, self.user.permissions(), *argv]
         except ReplyError as e:
             self.multi_error = True
             self.push(encode_error(e.message))

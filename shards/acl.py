@@ -318,6 +318,20 @@ class Selector:
         return " ".join(rules)
 
 
+_SCRIPT_ERRORS = {
+    DENIED_CMD: b"The user executing the script can't run this command or subcommand",
+    DENIED_KEY: b"The user executing the script can't access at least one of the keys mentioned in the "
+                b"command arguments",
+    DENIED_CHANNEL: b"The user executing the script can't publish to the channel mentioned in the command",
+}
+
+
+def script_acl_error(user: User, cmd: Command, argv: list[bytes]) -> bytes | None:
+    """scriptVerifyACL's message for a redis.call the script's user may not run, else None."""
+    result, _ = user.check(cmd, argv)
+    return None if result == ACL_OK else _SCRIPT_ERRORS[result]
+
+
 def spec_permissions(flags: str) -> int:
     """The permissions a key spec's flags need (ACLSelectorCheckKey)."""
     perms = 0
@@ -333,7 +347,7 @@ class User:
     """Redis' user: enabled, passwords (SHA-256 hex), nopass, and its selectors,
     the first being the root selector."""
 
-    __slots__ = ("name", "enabled", "nopass", "passwords", "sanitize", "selectors", "unrestricted")
+    __slots__ = ("name", "enabled", "nopass", "passwords", "sanitize", "selectors", "unrestricted", "_rules")
 
     def __init__(self, name: bytes) -> None:
         self.name = name
@@ -345,6 +359,7 @@ class User:
         self.selectors: list[Selector] = [root]
         # True when the root selector allows everything: the check is skipped.
         self.unrestricted = False
+        self._rules: bytes | None = None  # permissions() once computed, until the next change
 
     @property
     def root(self) -> Selector:
@@ -362,6 +377,7 @@ class User:
         for name in User.__slots__:
             if name != "name":
                 setattr(self, name, getattr(other, name))
+        self._rules = None
 
     def apply_rules(self, rules: list[bytes]) -> None:
         """Apply ACL SETUSER's rules in order (the caller works on a copy: a
@@ -372,6 +388,14 @@ class User:
             except RuleError as e:
                 raise RuleError(f"Error in ACL SETUSER modifier '{rule.decode(errors='replace')}': {e}") from None
         self.unrestricted = self.root.unrestricted
+        self._rules = None
+
+    def permissions(self) -> bytes:
+        """The selectors' rules, without passwords: what a shard needs to check a script's calls."""
+        if self._rules is None:
+            selectors = self.selectors
+            self._rules = " ".join([selectors[0].describe(), *(f"({s.describe()})" for s in selectors[1:])]).encode()
+        return self._rules
 
     def apply(self, rule: bytes) -> None:
         low = rule.lower()

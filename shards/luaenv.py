@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import lupa.lua51 as lua51
 
+from durakv.shards.acl import script_acl_error
 from durakv.shards.context import Ctx
 from durakv.shards.keyspace import Keyspace
 from durakv.shards.lualibs import CJson, CMsgpack, LibError, bit_library
@@ -290,9 +291,13 @@ class Scripting:
             raise ScriptCallError(ERR_ARITY)
         if "noscript" in cmd.flags:
             raise ScriptCallError(ERR_NOSCRIPT_CMD)
+        ctx = run.ctx
+        if ctx.acl_user is not None:
+            denied = script_acl_error(ctx.acl_user, cmd, argv)
+            if denied is not None:
+                raise ScriptCallError(denied)
         if cmd.is_write and run.read_only:
             raise ScriptCallError(ERR_WRITE_RO)
-        ctx = run.ctx
         first, last = ctx.shard.slot_range
         for i in cmd.key_indexes(argv):
             if not first <= key_slot(argv[i]) <= last:
