@@ -91,6 +91,7 @@ class AclLog:
 
     def __init__(self) -> None:
         self.entries: deque[LogEntry] = deque()
+        self.max_entries = ACL_LOG_MAX_ENTRIES  # acllog-max-len
 
     def add(self, entry: LogEntry) -> None:
         for old in self.entries:
@@ -104,7 +105,7 @@ class AclLog:
                 self.entries.appendleft(old)
                 return
         self.entries.appendleft(entry)
-        while len(self.entries) > ACL_LOG_MAX_ENTRIES:
+        while len(self.entries) > self.max_entries:
             self.entries.pop()
 
 
@@ -121,6 +122,9 @@ class Users:
         self.requirepass = config.requirepass
         self.load_at_start()
 
+    def allchannels_default(self) -> bool:
+        return self.router.settings.values["acl-pubsub-default"] == "allchannels"
+
     @property
     def default(self) -> User:
         return self.users[b"default"]
@@ -135,7 +139,7 @@ class Users:
         if text is None:
             return
         try:
-            users = parse_users_file(text, self.requirepass)
+            users = parse_users_file(text, self.requirepass, self.allchannels_default())
         except ValueError as e:
             logger.error("router: ignoring the users in %s: %s", self.path, e)
             return
@@ -163,32 +167,32 @@ class Users:
         try:
             text = self.read_file(self.path)
             if text is not None:
-                self.replace(parse_users_file(text, self.requirepass), kill_all)
+                self.replace(parse_users_file(text, self.requirepass, self.allchannels_default()), kill_all)
         except ValueError as e:
             logger.error("router: cannot reload the users from %s: %s", self.path, e)
 
-    def load_aclfile(self) -> None:
+    def load_aclfile(self, caller: Client | None = None) -> None:
         """ACL LOAD here: the aclfile's users, or ReplyError and nothing changes."""
         try:
             text = self.read_file(self.aclfile)
             if text is None:
                 raise ValueError(f"cannot open {self.aclfile}: no such file")
-            users = parse_users_file(text, self.requirepass)
+            users = parse_users_file(text, self.requirepass, self.allchannels_default())
         except (OSError, ValueError) as e:
             raise ReplyError(b"ERR Error loading ACLs, user definitions were not loaded: " + str(e).encode()) \
                 from None
-        self.replace(users, kill_all=True)
+        self.replace(users, kill_all=True, caller=caller)
 
     def store_change(self, change: list[bytes]) -> None:
         """Under the settings lock: re-apply a change (ACL SETUSER/DELUSER argv from the
         subcommand on, [b"load"], or [b"requirepass", value]) to the file's users (this
         process's when there is no file yet) and write them durably. Runs in a thread."""
         text = self.read_file(self.path)
-        users = parse_users_file(text, self.requirepass) if text is not None else {
+        users = parse_users_file(text, self.requirepass, self.allchannels_default()) if text is not None else {
             name: user.copy() for name, user in self.users.items()}
         verb = change[0].lower()
         if verb == b"setuser":
-            user = users.setdefault(change[1], User(change[1]))
+            user = users.setdefault(change[1], User(change[1], self.allchannels_default()))
             user.apply_rules(change[2:])
         elif verb == b"deluser":
             for name in change[1:]:
@@ -197,7 +201,7 @@ class Users:
             aclfile = self.read_file(self.aclfile)
             if aclfile is None:
                 raise ValueError(f"cannot open {self.aclfile}: no such file")
-            users = parse_users_file(aclfile, self.requirepass)
+            users = parse_users_file(aclfile, self.requirepass, self.allchannels_default())
         else:
             assert verb == b"requirepass", f"unknown users change {verb!r}"
             set_requirepass(users[b"default"], change[1].decode())
@@ -206,7 +210,7 @@ class Users:
 
     # --- changes ---------------------------------------------------------------------
 
-    def replace(self, users: dict[bytes, User], kill_all: bool = False) -> None:
+    def replace(self, users: dict[bytes, User], kill_all: bool = False, caller: Client | None = None) -> None:
         """Take a new set of users: the same user objects keep their clients; clients of
         a removed or disabled user, or (kill_all, ACL LOAD) of any user but default, close."""
         for name, user in users.items():
@@ -218,22 +222,26 @@ class Users:
         gone = [name for name in self.users if name not in users]
         for name in gone:
             del self.users[name]
-        self.kill_clients(kill_all)
+        self.kill_clients(kill_all, caller)
 
-    def kill_clients(self, kill_all: bool = False) -> None:
-        """Close the clients whose user is gone, disabled, or (kill_all) any but default's;
-        and subscribers whose channels the user may no longer hear (Redis' ACLKillPubsubClientsIfNeeded)."""
+    def kill_clients(self, kill_all: bool = False, caller: Client | None = None) -> None:
+        """Close the clients whose user is gone or (kill_all, ACL LOAD) any but default's,
+        and subscribers whose channels the user may no longer hear (Redis'
+        ACLKillPubsubClientsIfNeeded); the caller closes once its reply is written."""
         for client in list(self.router.clients.values()):
             user = client.user
-            if self.users.get(user.name) is not user or (kill_all and user.name != b"default"):
-                client.closing = True
-                client.kill()
-            elif client.pubsub is not None and not user.unrestricted and not subscriptions_allowed(client):
-                client.kill()
+            if client.closing:
+                continue
+            if self.users.get(user.name) is not user or (kill_all and user.name != b"default") or (
+                    client.pubsub is not None and not user.unrestricted and not subscriptions_allowed(client)):
+                if client is caller:
+                    client.closing = True
+                else:
+                    client.kill()
 
-    def setuser(self, name: bytes, rules: list[bytes]) -> None:
+    def setuser(self, name: bytes, rules: list[bytes], caller: Client | None = None) -> None:
         user = self.users.get(name)
-        changed = user.copy() if user is not None else User(name)
+        changed = user.copy() if user is not None else User(name, self.allchannels_default())
         try:
             changed.apply_rules(rules)
         except RuleError as e:
@@ -242,9 +250,9 @@ class Users:
             self.users[name] = changed
         else:
             user.set_from(changed)
-            self.kill_clients()
+            self.kill_clients(caller=caller)
 
-    def deluser(self, names: list[bytes]) -> int:
+    def deluser(self, names: list[bytes], caller: Client | None = None) -> int:
         if b"default" in names:
             raise ReplyError(b"ERR The 'default' user cannot be removed")
         deleted = 0
@@ -252,11 +260,17 @@ class Users:
             if self.users.pop(name, None) is not None:
                 deleted += 1
         if deleted:
-            self.kill_clients()
+            self.kill_clients(caller=caller)
         return deleted
 
+    def settings_applied(self, values: dict[str, str]) -> None:
+        """CONFIG SET (here or on a peer): requirepass is the default user's password."""
+        self.log.max_entries = int(values["acllog-max-len"])
+        while len(self.log.entries) > self.log.max_entries:
+            self.log.entries.pop()
+        self.set_requirepass(values["requirepass"])
+
     def set_requirepass(self, requirepass: str) -> None:
-        """CONFIG SET requirepass (here or on a peer): the default user's password."""
         if requirepass != self.requirepass:
             self.requirepass = requirepass
             set_requirepass(self.default, requirepass)
@@ -312,7 +326,7 @@ def users_file_text(users: dict[bytes, User]) -> str:
     return "".join(f"user {name.decode(errors='replace')} {users[name].describe()}\n" for name in sorted(users))
 
 
-def parse_users_file(text: str, requirepass: str) -> dict[bytes, User]:
+def parse_users_file(text: str, requirepass: str, allchannels_default: bool = False) -> dict[bytes, User]:
     """An ACL file's users (ACL LOAD): ValueError naming the line of a mistake.
     A file without the default user keeps a fresh one (requirepass as its password)."""
     users: dict[bytes, User] = {}
@@ -325,7 +339,7 @@ def parse_users_file(text: str, requirepass: str) -> dict[bytes, User]:
         name = words[1].encode()
         if name in users:
             raise ValueError(f"Duplicate user '{words[1]}' found")
-        user = User(name)
+        user = User(name, allchannels_default)
         try:
             user.apply_rules([w.encode() for w in words[2:]])
         except RuleError as e:

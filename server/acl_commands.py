@@ -11,7 +11,9 @@ from durakv.server.client import Client
 from durakv.shards.acl import ACL_OK, DENIED_CMD, DENIED_KEY, category_commands
 from durakv.shards.numbers import parse_ll
 from durakv.shards.resp import OK, Map, ReplyError, Simple
-from durakv.shards.table import ACL_CATEGORY_ORDER, ROUTER, command, container, find, arity_error
+from durakv.shards.table import (
+    ACL_CATEGORY_ORDER, ROUTER, arity_error, command, container, find, subcommand_syntax_error,
+)
 
 GENPASS_DEFAULT_BITS = 256
 GENPASS_MAX_BITS = 4096
@@ -28,13 +30,13 @@ def acl_setuser(client: Client, argv: list[bytes]):
     name = argv[2]
     if any(c in b" \x00" for c in name):
         raise ReplyError(b"ERR Usernames can't contain spaces or null characters")
-    client.router.acl.setuser(name, argv[3:])
+    client.router.acl.setuser(name, argv[3:], client)
     return client.router.settings_sync.propagate_users(client, argv[1:], b"+OK\r\n")
 
 
 @command("acl|deluser", -3, "admin noscript loading stale", group="server", where=ROUTER)
 def acl_deluser(client: Client, argv: list[bytes]):
-    deleted = client.router.acl.deluser(argv[2:])
+    deleted = client.router.acl.deluser(argv[2:], client)
     return client.router.settings_sync.propagate_users(client, argv[1:], b":%d\r\n" % deleted)
 
 
@@ -75,7 +77,7 @@ def acl_whoami(client: Client, argv: list[bytes]):
 @command("acl|cat", -2, "noscript loading stale", group="server", where=ROUTER)
 def acl_cat(client: Client, argv: list[bytes]):
     if len(argv) > 3:
-        raise arity_error(b"acl|cat")
+        raise subcommand_syntax_error(argv)
     if len(argv) == 2:
         return [c.encode() for c in ACL_CATEGORY_ORDER]
     category = argv[2].decode(errors="replace").lower()
@@ -87,7 +89,7 @@ def acl_cat(client: Client, argv: list[bytes]):
 @command("acl|genpass", -2, "noscript loading stale", group="server", where=ROUTER)
 def acl_genpass(client: Client, argv: list[bytes]):
     if len(argv) > 3:
-        raise arity_error(b"acl|genpass")
+        raise subcommand_syntax_error(argv)
     bits = GENPASS_DEFAULT_BITS
     if len(argv) == 3:
         value = parse_ll(argv[2])
@@ -104,7 +106,7 @@ def acl_genpass(client: Client, argv: list[bytes]):
 @command("acl|log", -2, "admin noscript loading stale", group="server", where=ROUTER)
 def acl_log(client: Client, argv: list[bytes]):
     if len(argv) > 3:
-        raise arity_error(b"acl|log")
+        raise subcommand_syntax_error(argv)
     log = client.router.acl.log
     count = len(log.entries)
     if len(argv) == 3:
@@ -158,7 +160,7 @@ def acl_load(client: Client, argv: list[bytes]):
     acl = client.router.acl
     if not acl.aclfile:
         raise ERR_NO_ACLFILE
-    acl.load_aclfile()
+    acl.load_aclfile(client)
     return client.router.settings_sync.propagate_users(client, [b"load"], b"+OK\r\n")
 
 

@@ -147,7 +147,7 @@ class Front(ABC):
     def settings_applied(self) -> None:
         """After every CONFIG SET applied here: what caches a value takes the new one."""
         self.configure_slowlog()
-        self.acl.set_requirepass(self.settings.requirepass)
+        self.acl.settings_applied(self.settings.values)
 
     def configure_slowlog(self) -> None:
         values = self.settings.values

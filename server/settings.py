@@ -94,6 +94,8 @@ def _params(config: Config) -> list[Param]:
         bool_("daemonize", "no", mutable=False),
         Param("dir", STRING, config.data_dir, mutable=False),
         Param("requirepass", STRING, config.requirepass),
+        Param("acl-pubsub-default", ENUM, "resetchannels", choices=("allchannels", "resetchannels")),
+        _int("acllog-max-len", 128, 0, LLONG_MAX),
         Param("masterauth", STRING, ""),
         Param("save", SAVE, ""),
         bool_("appendonly", "yes"),

@@ -86,23 +86,27 @@ class Selector:
     allowed for commands otherwise denied, key patterns with their permissions
     and channel patterns."""
 
-    __slots__ = ("allowed", "firstargs", "future", "all_commands", "allkeys", "keys", "allchannels", "channels")
+    __slots__ = ("allowed", "firstargs", "future", "all_commands", "rules", "allkeys", "keys", "allchannels",
+                 "channels")
 
-    def __init__(self) -> None:
+    def __init__(self, allchannels: bool = False) -> None:
         self.allowed: set[str] = set()
         self.firstargs: dict[str, list[bytes]] = {}
         self.future = False  # +@all: commands added later would be allowed (the description starts +@all)
         self.all_commands = False  # SELECTOR_FLAG_ALLCOMMANDS: the check skips the command bitmap
+        # The command and category rules after +@all/-@all, in order, each (allowed, lowercased
+        # name): what GETUSER and ACL LIST show, re-applying a rule moving it to the end.
+        self.rules: list[tuple[bool, str]] = []
         self.allkeys = False
         self.keys: list[list] = []  # [pattern, permissions], in the order added
-        self.allchannels = False
+        self.allchannels = allchannels  # acl-pubsub-default allchannels
         self.channels: list[bytes] = []
 
     def copy(self) -> Selector:
         s = Selector()
         s.allowed = set(self.allowed)
         s.firstargs = {k: list(v) for k, v in self.firstargs.items()}
-        s.future, s.all_commands = self.future, self.all_commands
+        s.future, s.all_commands, s.rules = self.future, self.all_commands, list(self.rules)
         s.allkeys, s.keys = self.allkeys, [list(k) for k in self.keys]
         s.allchannels, s.channels = self.allchannels, list(self.channels)
         return s
@@ -131,10 +135,12 @@ class Selector:
         elif low in (b"allcommands", b"+@all"):
             self.allowed = set(every_command())
             self.firstargs = {}
+            self.rules = []
             self.future = self.all_commands = True
         elif low in (b"nocommands", b"-@all"):
             self.allowed = set()
             self.firstargs = {}
+            self.rules = []
             self.future = self.all_commands = False
         elif rule[:1] == b"~" or rule[:1] == b"%":
             self._add_key_pattern(rule)
@@ -148,6 +154,7 @@ class Selector:
             if category not in ACL_CATEGORY_ORDER:
                 raise RuleError(ERR_UNKNOWN_RULE)
             names = category_commands(category)
+            self._note_rule(rule[:1] == b"+", "@" + category)
             if rule[:1] == b"+":
                 self.allowed |= names
                 for name in names:
@@ -200,6 +207,7 @@ class Selector:
             raise RuleError(ERR_UNKNOWN_RULE)
         if not bar:
             self._set(cmd, allow)
+            self._note_rule(allow, cmd.fullname)
             return
         if cmd.subcommands:
             sub_name, bar2, _ = rest.partition(b"|")
@@ -209,14 +217,23 @@ class Selector:
             if sub is None:
                 raise RuleError(ERR_UNKNOWN_RULE)
             self._set(sub, allow)
+            self._note_rule(allow, sub.fullname)
             return
-        if not allow or b"|" in rest:  # a first argument can only be allowed
-            raise RuleError(ERR_UNKNOWN_RULE if not allow else ERR_SUBCOMMAND_FIRSTARG)
+        if not allow or b"|" in rest:  # only a command's single first argument can be allowed
+            raise RuleError(ERR_UNKNOWN_RULE)
+        self._note_rule(True, f"{cmd.fullname}|{rest.decode(errors='replace')}")
         if cmd.fullname in self.allowed:
             return
         allowed = self.firstargs.setdefault(cmd.fullname, [])
         if rest not in allowed:
             allowed.append(rest)
+
+    def _note_rule(self, allow: bool, name: str) -> None:
+        """ACLUpdateCommandRules: drop the same rule (and its subcommands' and first
+        arguments') from where it was, and append it."""
+        prefix = name + "|"
+        self.rules = [r for r in self.rules if r[1] != name and not r[1].startswith(prefix)]
+        self.rules.append((allow, name))
 
     def _set(self, cmd: Command, allow: bool) -> None:
         names = [cmd.fullname, *(s.fullname for s in cmd.subcommands.values())]
@@ -239,6 +256,8 @@ class Selector:
                 return DENIED_CMD, 0
         if not self.allkeys and (cmd.first_key > 0 or cmd.keys_fn is not None):
             for i, flags in keys_and_flags(cmd, argv):
+                if "not_key" in flags:  # a shard channel (SPUBLISH): checked as a channel
+                    continue
                 if not self.key_allowed(argv[i], spec_permissions(flags)):
                     return DENIED_KEY, i
         if not self.allchannels:
@@ -293,29 +312,10 @@ class Selector:
         return " ".join("&" + c.decode(errors="replace") for c in self.channels)
 
     def describe_commands(self) -> str:
-        """Redis' ACLDescribeSelectorCommandRules: +@all or -@all, the categories
-        that bring it closer to the selector's commands, then each command
-        that still differs, and allowed first arguments."""
-        fake = Selector()
-        rules = ["+@all" if self.future else "-@all"]
-        fake.apply(rules[0].encode())
-        additive = not self.future
-        for category in ACL_CATEGORY_ORDER:
-            names = category_commands(category)
-            on = len(names & self.allowed)
-            off = len(names) - on
-            if (additive and on > off) or (not additive and off > on):
-                op = ("+@" if additive else "-@") + category
-                fake.apply(op.encode())
-                rules.append(op)
-        for cmd in all_commands():
-            name = cmd.fullname
-            mine = name in self.allowed
-            if mine != (name in fake.allowed):
-                rules.append(("+" if mine else "-") + name)
-            if not mine:
-                rules.extend(f"+{name}|{arg.decode(errors='replace')}" for arg in self.firstargs.get(name, ()))
-        return " ".join(rules)
+        """+@all or -@all, then the command and category rules in the order given."""
+        words = ["+@all" if self.future else "-@all"]
+        words += [("+" if allow else "-") + name for allow, name in self.rules]
+        return " ".join(words)
 
 
 _SCRIPT_ERRORS = {
@@ -347,15 +347,18 @@ class User:
     """Redis' user: enabled, passwords (SHA-256 hex), nopass, and its selectors,
     the first being the root selector."""
 
-    __slots__ = ("name", "enabled", "nopass", "passwords", "sanitize", "selectors", "unrestricted", "_rules")
+    __slots__ = ("name", "enabled", "nopass", "passwords", "sanitize", "selectors", "unrestricted", "_rules",
+                 "allchannels_default")
 
-    def __init__(self, name: bytes) -> None:
+    def __init__(self, name: bytes, allchannels_default: bool = False) -> None:
+        """allchannels_default: acl-pubsub-default is allchannels (new selectors and reset)."""
         self.name = name
+        self.allchannels_default = allchannels_default
         self.enabled = False
         self.nopass = False
         self.passwords: list[str] = []
         self.sanitize: str | None = None  # "sanitize-payload" | "skip-sanitize-payload" | None
-        root = Selector()
+        root = Selector(allchannels_default)
         self.selectors: list[Selector] = [root]
         # True when the root selector allows everything: the check is skipped.
         self.unrestricted = False
@@ -366,7 +369,7 @@ class User:
         return self.selectors[0]
 
     def copy(self) -> User:
-        u = User(self.name)
+        u = User(self.name, self.allchannels_default)
         u.enabled, u.nopass, u.passwords, u.sanitize = self.enabled, self.nopass, list(self.passwords), self.sanitize
         u.selectors = [s.copy() for s in self.selectors]
         u.unrestricted = self.unrestricted
@@ -375,7 +378,7 @@ class User:
     def set_from(self, other: User) -> None:
         """Take other's rules in place (clients keep pointing at this object)."""
         for name in User.__slots__:
-            if name != "name":
+            if name not in ("name", "allchannels_default"):
                 setattr(self, name, getattr(other, name))
         self._rules = None
 
@@ -419,6 +422,8 @@ class User:
             for word in (b"resetpass", b"resetkeys", b"resetchannels", b"off", b"-@all", b"clearselectors",
                          b"sanitize-payload"):
                 self.apply(word)
+            if self.allchannels_default:
+                self.apply(b"allchannels")
         elif rule[:1] == b">" or rule[:1] == b"<":
             digest = password_hash(rule[1:])
             self._password(rule[:1] == b">", digest)
@@ -428,7 +433,7 @@ class User:
                 raise RuleError(ERR_BAD_HASH)
             self._password(rule[:1] == b"#", digest)
         elif rule[:1] == b"(" and rule[-1:] == b")":
-            selector = Selector()
+            selector = Selector(self.allchannels_default)
             for word in rule[1:-1].split():
                 if word.lower() in (b"allchannels", b"resetchannels") or word[:1] in b"~%&+-" or word.lower() in (
                         b"allkeys", b"resetkeys", b"allcommands", b"nocommands"):
