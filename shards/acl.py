@@ -86,17 +86,13 @@ class Selector:
     allowed for commands otherwise denied, key patterns with their permissions
     and channel patterns."""
 
-    __slots__ = ("allowed", "firstargs", "future", "all_commands", "rules", "allkeys", "keys", "allchannels",
-                 "channels")
+    __slots__ = ("allowed", "firstargs", "future", "all_commands", "allkeys", "keys", "allchannels", "channels")
 
     def __init__(self, allchannels: bool = False) -> None:
         self.allowed: set[str] = set()
         self.firstargs: dict[str, list[bytes]] = {}
         self.future = False  # +@all: commands added later would be allowed (the description starts +@all)
         self.all_commands = False  # SELECTOR_FLAG_ALLCOMMANDS: the check skips the command bitmap
-        # The command and category rules after +@all/-@all, in order, each (allowed, lowercased
-        # name): what GETUSER and ACL LIST show, re-applying a rule moving it to the end.
-        self.rules: list[tuple[bool, str]] = []
         self.allkeys = False
         self.keys: list[list] = []  # [pattern, permissions], in the order added
         self.allchannels = allchannels  # acl-pubsub-default allchannels
@@ -106,7 +102,7 @@ class Selector:
         s = Selector()
         s.allowed = set(self.allowed)
         s.firstargs = {k: list(v) for k, v in self.firstargs.items()}
-        s.future, s.all_commands, s.rules = self.future, self.all_commands, list(self.rules)
+        s.future, s.all_commands = self.future, self.all_commands
         s.allkeys, s.keys = self.allkeys, [list(k) for k in self.keys]
         s.allchannels, s.channels = self.allchannels, list(self.channels)
         return s
@@ -135,12 +131,10 @@ class Selector:
         elif low in (b"allcommands", b"+@all"):
             self.allowed = set(every_command())
             self.firstargs = {}
-            self.rules = []
             self.future = self.all_commands = True
         elif low in (b"nocommands", b"-@all"):
             self.allowed = set()
             self.firstargs = {}
-            self.rules = []
             self.future = self.all_commands = False
         elif rule[:1] == b"~" or rule[:1] == b"%":
             self._add_key_pattern(rule)
@@ -154,7 +148,6 @@ class Selector:
             if category not in ACL_CATEGORY_ORDER:
                 raise RuleError(ERR_UNKNOWN_RULE)
             names = category_commands(category)
-            self._note_rule(rule[:1] == b"+", "@" + category)
             if rule[:1] == b"+":
                 self.allowed |= names
                 for name in names:
@@ -199,41 +192,32 @@ class Selector:
         self.keys.append([pattern, perms])
 
     def _command_rule(self, allow: bool, spec: bytes) -> None:
-        name, bar, rest = spec.lower().partition(b"|")
-        cmd = TABLE.get(name)
-        if bar and not rest:
-            raise RuleError(ERR_SYNTAX)
+        """+cmd, -cmd, +cmd|sub, -cmd|sub, and +cmd|firstarg for a command without
+        subcommands (ACLSetSelector: the last `|` splits off the first argument)."""
+        spec = spec.lower()
+        if not allow or b"|" not in spec:
+            cmd = command_by_fullname(spec)
+            if cmd is None:
+                raise RuleError(ERR_UNKNOWN_RULE)
+            self._set(cmd, allow)
+            return
+        head, _, first_arg = spec.rpartition(b"|")
+        cmd = command_by_fullname(head)
         if cmd is None:
             raise RuleError(ERR_UNKNOWN_RULE)
-        if not bar:
-            self._set(cmd, allow)
-            self._note_rule(allow, cmd.fullname)
-            return
+        if cmd.parent is not None:
+            raise RuleError(ERR_SUBCOMMAND_FIRSTARG)
+        if not first_arg:
+            raise RuleError(ERR_SYNTAX)
         if cmd.subcommands:
-            sub_name, bar2, _ = rest.partition(b"|")
-            if bar2:
-                raise RuleError(ERR_SUBCOMMAND_FIRSTARG)
-            sub = cmd.subcommands.get(sub_name)
+            sub = command_by_fullname(spec)
             if sub is None:
                 raise RuleError(ERR_UNKNOWN_RULE)
-            self._set(sub, allow)
-            self._note_rule(allow, sub.fullname)
-            return
-        if not allow or b"|" in rest:  # only a command's single first argument can be allowed
-            raise RuleError(ERR_UNKNOWN_RULE)
-        self._note_rule(True, f"{cmd.fullname}|{rest.decode(errors='replace')}")
-        if cmd.fullname in self.allowed:
+            self._set(sub, True)
             return
         allowed = self.firstargs.setdefault(cmd.fullname, [])
-        if rest not in allowed:
-            allowed.append(rest)
-
-    def _note_rule(self, allow: bool, name: str) -> None:
-        """ACLUpdateCommandRules: drop the same rule (and its subcommands' and first
-        arguments') from where it was, and append it."""
-        prefix = name + "|"
-        self.rules = [r for r in self.rules if r[1] != name and not r[1].startswith(prefix)]
-        self.rules.append((allow, name))
+        if first_arg not in allowed:
+            allowed.append(first_arg)
 
     def _set(self, cmd: Command, allow: bool) -> None:
         names = [cmd.fullname, *(s.fullname for s in cmd.subcommands.values())]
@@ -312,10 +296,62 @@ class Selector:
         return " ".join("&" + c.decode(errors="replace") for c in self.channels)
 
     def describe_commands(self) -> str:
-        """+@all or -@all, then the command and category rules in the order given."""
-        words = ["+@all" if self.future else "-@all"]
-        words += [("+" if allow else "-") + name for allow, name in self.rules]
+        """Redis 7.0's ACLDescribeSelectorCommandRules: +@all or -@all; then, while one
+        fits, the category that most nearly matches the commands still to describe
+        (fewest differences, then most matches); then each command that still differs
+        (applied as it is named, so a container's subcommands follow it), and the
+        first arguments allowed for commands otherwise denied."""
+        additive = not self.future
+        fake = Selector()
+        words = ["-@all" if additive else "+@all"]
+        fake.apply(words[0].encode())
+        temp = set(self.allowed)
+        applied: set[str] = set()
+        while True:
+            best, min_diff, max_same = None, None, 0
+            for category in ACL_CATEGORY_ORDER:
+                if category in applied:
+                    continue
+                names = category_commands(category)
+                on = len(names & temp)
+                off = len(names) - on
+                diff, same = (off, on) if additive else (on, off)
+                if same > diff and (min_diff is None or diff < min_diff or (diff == min_diff and same > max_same)):
+                    best, min_diff, max_same = category, diff, same
+            if best is None:
+                break
+            op = ("+@" if additive else "-@") + best
+            fake.apply(op.encode())
+            if additive:
+                temp -= category_commands(best)
+            else:
+                temp |= category_commands(best)
+            words.append(op)
+            applied.add(best)
+        self._describe_single(fake, list(TABLE.values()), words)
+        assert fake.allowed == self.allowed, f"ACL description {words} does not give the selector's commands"
         return " ".join(words)
+
+    def _describe_single(self, fake: Selector, commands: list[Command], words: list[str]) -> None:
+        for cmd in commands:
+            name = cmd.fullname
+            mine = name in self.allowed
+            if mine != (name in fake.allowed):
+                words.append(("+" if mine else "-") + name)
+                fake._set(cmd, mine)
+            if cmd.subcommands:
+                self._describe_single(fake, list(cmd.subcommands.values()), words)
+            if not mine:
+                words.extend(f"+{name}|{arg.decode(errors='replace')}" for arg in self.firstargs.get(name, ()))
+
+
+def command_by_fullname(name: bytes) -> Command | None:
+    """The command or subcommand `cmd` or `cmd|sub` names (lowercase), or None."""
+    parent, bar, sub = name.partition(b"|")
+    cmd = TABLE.get(parent)
+    if cmd is None or not bar:
+        return cmd
+    return cmd.subcommands.get(sub)
 
 
 _SCRIPT_ERRORS = {
