@@ -25,13 +25,14 @@ from durakv.log.layout import run_dir
 from durakv.server.conn_commands import client_info_line
 from durakv.shards.acl import (
     ACL_OK, DENIED_AUTH, DENIED_CHANNEL, DENIED_CMD, DENIED_KEY, RuleError, User, new_default_user,
-    set_requirepass,
+    set_requirepass, sort_pattern_error, split_denials,
 )
 from durakv.shards.resp import ReplyError
 from durakv.shards.table import Command
 
 if TYPE_CHECKING:
     from durakv.server.client import Client
+    from durakv.server.links import Pending
     from durakv.server.router_view import RouterView
 
 logger = logging.getLogger("durakv.router")
@@ -45,6 +46,7 @@ ACL_LOG_GROUPING_MS = 60_000  # an entry repeated within this long is counted, n
 CONTEXT_TOPLEVEL = b"toplevel"
 CONTEXT_MULTI = b"multi"
 CONTEXT_LUA = b"lua"
+SORT_COMMANDS = frozenset({"sort", "sort_ro"})  # BY/GET patterns need access to every key
 _REASONS = {DENIED_CMD: b"command", DENIED_KEY: b"key", DENIED_AUTH: b"auth", DENIED_CHANNEL: b"channel"}
 
 
@@ -289,16 +291,27 @@ class Users:
 
     def refuse(self, client: Client, cmd: Command, argv: list[bytes], user: User | None = None,
                context: bytes | None = None) -> bytes | None:
-        """None when the client's user may run argv; else log it and give the NOPERM message."""
+        """None when the client's user may run argv; else the error (a NOPERM one logged)."""
         user = client.user if user is None else user
         result, index = user.check(cmd, argv)
         if result == ACL_OK:
-            return None
+            return sort_pattern_error(user, cmd, argv) if cmd.name in SORT_COMMANDS else None
         if context is None:
             context = CONTEXT_MULTI if client.multi is not None else CONTEXT_TOPLEVEL
         obj = cmd.fullname.encode() if result == DENIED_CMD else argv[index]
         self.log_denial(client, result, context, obj, user.name)
         return noperm_message(result, cmd)
+
+    def script_reply(self, pending: Pending, data: bytes | bytearray) -> None:
+        """A restricted user's script answered: log the redis.calls it was refused
+        (context lua), then hand the client its reply."""
+        client = pending.client
+        if isinstance(data, bytes) and data[:1] == b"\x00":
+            denials, data = split_denials(data)
+            for reason, obj in denials:
+                self.log_denial(client, reason, CONTEXT_LUA, obj, client.user.name)
+        pending.data = data
+        client.reply_ready()
 
     def log_denial(self, client: Client, result: int, context: bytes, obj: bytes, username: bytes) -> None:
         info = client_info_line(client, time.monotonic())

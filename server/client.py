@@ -321,8 +321,11 @@ class Client:
         if cmd.name == "eval":
             note_script(argv[1])
         kind = SCRIPT_FUNCTION if cmd.name.startswith("fcall") else SCRIPT_EVAL
-        if not self.user.unrestricted:
-            argv = [VERB_AS_USER, self.user.permissions(), *argv]  # its redis.calls obey the user's rules
+        if not self.user.unrestricted:  # its redis.calls obey the user's rules
+            pending = Pending(self, on_fill=router.acl.script_reply)
+            argv = [VERB_AS_USER, self.user.permissions(), *argv]
+            self.replies.append(router.links[shard].submit(self, self.proto, argv, pending, script=kind))
+            return
         self.replies.append(router.links[shard].submit(self, self.proto, argv, script=kind))
 
     # --- transactions -------------------------------------------------------------

@@ -12,9 +12,13 @@ are those of the commands durakv has.
 from __future__ import annotations
 
 import hashlib
+import struct
 from functools import lru_cache
 
+import msgspec
+
 from durakv.shards.glob import glob_match
+from durakv.shards.numbers import parse_ll
 from durakv.shards.table import ACL_CATEGORY_ORDER, TABLE, Command, keys_and_flags
 
 # Redis' key pattern permissions (ACL_READ_PERMISSION, ACL_WRITE_PERMISSION).
@@ -30,6 +34,10 @@ DENIED_AUTH = 3
 DENIED_CHANNEL = 4
 
 PASSWORD_HASH_HEX_CHARS = 64
+MAX_SCRIPT_DENIALS = 128  # per script run, reported to the router's ACL LOG
+# Ahead of a script's reply when its redis.calls were denied: never a RESP type byte.
+DENIALS_PREFIX = b"\x00acl"
+DENIALS_LENGTH = struct.Struct(">I")
 USER_RULES_CACHE_ENTRIES = 256
 
 ERR_UNKNOWN_RULE = "Unknown command or category name in ACL"
@@ -362,10 +370,57 @@ _SCRIPT_ERRORS = {
 }
 
 
-def script_acl_error(user: User, cmd: Command, argv: list[bytes]) -> bytes | None:
-    """scriptVerifyACL's message for a redis.call the script's user may not run, else None."""
-    result, _ = user.check(cmd, argv)
-    return None if result == ACL_OK else _SCRIPT_ERRORS[result]
+def script_acl_error(user: User, cmd: Command, argv: list[bytes], denials: list[list]) -> bytes | None:
+    """scriptVerifyACL's message for a redis.call the script's user may not run, else
+    None; a denial is appended to `denials` as [reason, object] for the router's ACL LOG."""
+    result, index = user.check(cmd, argv)
+    if result == ACL_OK:
+        return None
+    if len(denials) < MAX_SCRIPT_DENIALS:
+        denials.append([result, cmd.fullname.encode() if result == DENIED_CMD else argv[index]])
+    return _SCRIPT_ERRORS[result]
+
+
+def with_denials(reply: bytes, denials: list[list]) -> bytes:
+    """A script's reply carrying its ACL denials ahead of it (split_denials undoes it)."""
+    packed = msgspec.msgpack.encode(denials)
+    return DENIALS_PREFIX + DENIALS_LENGTH.pack(len(packed)) + packed + reply
+
+
+def split_denials(data: bytes) -> tuple[list[list], bytes]:
+    """([reason, object], ...) and the reply, from what with_denials made (or a plain reply)."""
+    if not data.startswith(DENIALS_PREFIX):
+        return [], data
+    at = len(DENIALS_PREFIX)
+    (size,) = DENIALS_LENGTH.unpack_from(data, at)
+    at += DENIALS_LENGTH.size
+    return msgspec.msgpack.decode(data[at:at + size]), data[at + size:]
+
+
+def sort_pattern_error(user: User, cmd: Command, argv: list[bytes]) -> bytes | None:
+    """SORT's refusal of BY/GET patterns for a user without access to every key
+    (sortCommand), found by walking its options as it does; None when it has no
+    such option, or stops first at an error the command itself reports."""
+    j = 2
+    while j < len(argv):
+        left = len(argv) - j - 1
+        option = argv[j].lower()
+        if option in (b"asc", b"desc", b"alpha"):
+            pass
+        elif option == b"limit" and left >= 2:
+            if parse_ll(argv[j + 1]) is None or parse_ll(argv[j + 2]) is None:
+                return None
+            j += 2
+        elif option == b"store" and left >= 1 and cmd.name == "sort":
+            j += 1
+        elif option in (b"by", b"get") and left >= 1:
+            if (option == b"get" or b"*" in argv[j + 1]) and not user.full_key_access(cmd, argv, PERM_READ):
+                return b"ERR %s option of SORT denied due to insufficient ACL permissions." % option.upper()
+            j += 1
+        else:
+            return None
+        j += 1
+    return None
 
 
 def spec_permissions(flags: str) -> int:
@@ -504,6 +559,15 @@ class User:
             if result > error or (result == error and at > index):
                 error, index = result, at
         return error, index
+
+    def full_key_access(self, cmd: Command, argv: list[bytes], perms: int) -> bool:
+        """ACLUserCheckCmdWithUnrestrictedKeyAccess: a selector that allows argv
+        reaches every key (allkeys, or the pattern `*` with these permissions)."""
+        for selector in self.selectors:
+            if selector.check(cmd, argv)[0] == ACL_OK and (selector.allkeys or any(
+                    pattern == b"*" and allowed & perms == perms for pattern, allowed in selector.keys)):
+                return True
+        return False
 
     def flags(self) -> list[bytes]:
         out = [b"on" if self.enabled else b"off"]

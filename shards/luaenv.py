@@ -293,7 +293,7 @@ class Scripting:
             raise ScriptCallError(ERR_NOSCRIPT_CMD)
         ctx = run.ctx
         if ctx.acl_user is not None:
-            denied = script_acl_error(ctx.acl_user, cmd, argv)
+            denied = script_acl_error(ctx.acl_user, cmd, argv, ctx.acl_denials)
             if denied is not None:
                 raise ScriptCallError(denied)
         if cmd.is_write and run.read_only:

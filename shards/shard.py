@@ -23,7 +23,7 @@ import durakv.shards.commands  # noqa: F401  (registers every shard command)
 from durakv.log import Log
 from durakv.log.layout import log_dir_of, shard_dir
 from durakv.shards import internal
-from durakv.shards.acl import user_from_rules
+from durakv.shards.acl import user_from_rules, with_denials
 from durakv.shards.commit import GroupCommit
 from durakv.shards.config import Config
 from durakv.shards.disk_hooks import HookedDisk, shard_disk
@@ -399,7 +399,7 @@ class Shard(GroupCommit):
                     parts.append(queued[1])
                     continue
                 if queued[0] == VERB_AS_USER:
-                    data, seq = self._execute_as_user(queued, cid, proto, next_seq, hold_writes)
+                    data, seq = self._execute_as_user(queued, cid, proto, next_seq, hold_writes, report=False)
                 else:
                     data, seq = self._execute(queued, cid, proto, next_seq, hold_writes)
                 parts.append(data)
@@ -410,13 +410,20 @@ class Shard(GroupCommit):
         return b"".join(parts), wait
 
     def _execute_as_user(self, argv: list[bytes], cid: int, proto: int, next_seq: int,
-                         hold_writes: bool) -> tuple[bytes, int]:
-        """A script of an ACL user: its redis.calls are checked against the user's rules."""
-        self.ctx.acl_user = user_from_rules(argv[1])
+                         hold_writes: bool, report: bool = True) -> tuple[bytes, int]:
+        """A script of an ACL user: its redis.calls are checked against the user's rules,
+        and (report) the denials travel ahead of the reply to the router's ACL LOG."""
+        ctx = self.ctx
+        ctx.acl_user = user_from_rules(argv[1])
         try:
-            return self._execute(argv[2:], cid, proto, next_seq, hold_writes)
+            data, wait = self._execute(argv[2:], cid, proto, next_seq, hold_writes)
         finally:
-            self.ctx.acl_user = None
+            ctx.acl_user = None
+        if ctx.acl_denials:
+            if report:
+                data = with_denials(data, ctx.acl_denials)
+            ctx.acl_denials = []
+        return data, wait
 
     def configure_slowlog(self) -> None:
         settings = self.settings
