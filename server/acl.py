@@ -279,11 +279,12 @@ class Users:
 
     # --- authentication and checks ----------------------------------------------------------
 
-    def authenticate(self, client: Client, username: bytes, password: bytes) -> None:
-        """AUTH/HELLO AUTH: WRONGPASS (logged) unless the user exists, is on and the password fits."""
+    def authenticate(self, client: Client, username: bytes, password: bytes, command: bytes) -> None:
+        """AUTH/HELLO AUTH: WRONGPASS (logged, the object being the command as the
+        client spelled it) unless the user exists, is on and the password fits."""
         user = self.users.get(username)
         if user is None or not user.enabled or not user.password_ok(password):
-            self.log_denial(client, DENIED_AUTH, CONTEXT_TOPLEVEL, b"AUTH", username)
+            self.log_denial(client, DENIED_AUTH, CONTEXT_TOPLEVEL, command, username)
             raise ReplyError(b"WRONGPASS invalid username-password pair or user is disabled.")
         client.user = user
         client.authed = True

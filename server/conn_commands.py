@@ -41,9 +41,9 @@ def auth(client: Client, argv: list[bytes]):
         if acl.default.nopass:
             raise ReplyError(b"ERR AUTH <password> called without any password configured for the "
                              b"default user. Are you sure your configuration is correct?")
-        acl.authenticate(client, b"default", argv[1])
+        acl.authenticate(client, b"default", argv[1], argv[0])
     else:
-        acl.authenticate(client, argv[1], argv[2])
+        acl.authenticate(client, argv[1], argv[2], argv[0])
     return OK
 
 
@@ -74,7 +74,7 @@ def hello(client: Client, argv: list[bytes]):
         else:
             raise ReplyError(b"ERR Syntax error in HELLO option '%s'" % argv[i])
     if credentials is not None:
-        client.router.acl.authenticate(client, *credentials)
+        client.router.acl.authenticate(client, *credentials, argv[0])
     if not client.authed:
         raise ReplyError(b"NOAUTH HELLO must be called with the client already authenticated, otherwise "
                          b"the HELLO AUTH <user> <pass> option can be used to authenticate the "
