@@ -141,7 +141,7 @@ class Users:
         if text is None:
             return
         try:
-            users = parse_users_file(text, self.requirepass, self.allchannels_default())
+            users = parse_users_file(text, self.allchannels_default())
         except ValueError as e:
             logger.error("router: ignoring the users in %s: %s", self.path, e)
             return
@@ -169,7 +169,7 @@ class Users:
         try:
             text = self.read_file(self.path)
             if text is not None:
-                self.replace(parse_users_file(text, self.requirepass, self.allchannels_default()), kill_all)
+                self.replace(parse_users_file(text, self.allchannels_default()), kill_all)
         except ValueError as e:
             logger.error("router: cannot reload the users from %s: %s", self.path, e)
 
@@ -179,10 +179,11 @@ class Users:
             text = self.read_file(self.aclfile)
             if text is None:
                 raise ValueError(f"cannot open {self.aclfile}: no such file")
-            users = parse_users_file(text, self.requirepass, self.allchannels_default())
+            users = parse_users_file(text, self.allchannels_default())
         except (OSError, ValueError) as e:
             raise ReplyError(b"ERR Error loading ACLs, user definitions were not loaded: " + str(e).encode()) \
                 from None
+        users.setdefault(b"default", new_default_user(self.requirepass))  # a file without it: a fresh one
         self.replace(users, kill_all=True, caller=caller)
 
     def store_change(self, change: list[bytes]) -> None:
@@ -190,11 +191,16 @@ class Users:
         subcommand on, [b"load"], or [b"requirepass", value]) to the file's users (this
         process's when there is no file yet) and write them durably. Runs in a thread."""
         text = self.read_file(self.path)
-        users = parse_users_file(text, self.requirepass, self.allchannels_default()) if text is not None else {
-            name: user.copy() for name, user in self.users.items()}
+        # The default user is in the file only once an ACL command changed it: until then
+        # its password is requirepass, which a CONFIG SET changes until the next start.
+        users = parse_users_file(text, self.allchannels_default()) if text is not None else {
+            name: user.copy() for name, user in self.users.items() if name != b"default"}
         verb = change[0].lower()
         if verb == b"setuser":
-            user = users.setdefault(change[1], User(change[1], self.allchannels_default()))
+            name = change[1]
+            if name == b"default" and name not in users:
+                users[name] = self.default.copy()
+            user = users.setdefault(name, User(name, self.allchannels_default()))
             user.apply_rules(change[2:])
         elif verb == b"deluser":
             for name in change[1:]:
@@ -203,9 +209,12 @@ class Users:
             aclfile = self.read_file(self.aclfile)
             if aclfile is None:
                 raise ValueError(f"cannot open {self.aclfile}: no such file")
-            users = parse_users_file(aclfile, self.requirepass, self.allchannels_default())
+            users = parse_users_file(aclfile, self.allchannels_default())
+            users.setdefault(b"default", new_default_user(self.requirepass))
         else:
             assert verb == b"requirepass", f"unknown users change {verb!r}"
+            if b"default" not in users:
+                return  # requirepass alone lasts until the next start, as a CONFIG SET does
             set_requirepass(users[b"default"], change[1].decode())
         os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
         replace_file(self.path, users_file_text(users).encode(), mode=USERS_FILE_MODE)
@@ -221,7 +230,7 @@ class Users:
                 self.users[name] = user
             else:
                 mine.set_from(user)
-        gone = [name for name in self.users if name not in users]
+        gone = [name for name in self.users if name not in users and name != b"default"]
         for name in gone:
             del self.users[name]
         self.kill_clients(kill_all, caller)
@@ -340,9 +349,8 @@ def users_file_text(users: dict[bytes, User]) -> str:
     return "".join(f"user {name.decode(errors='replace')} {users[name].describe()}\n" for name in sorted(users))
 
 
-def parse_users_file(text: str, requirepass: str, allchannels_default: bool = False) -> dict[bytes, User]:
-    """An ACL file's users (ACL LOAD): ValueError naming the line of a mistake.
-    A file without the default user keeps a fresh one (requirepass as its password)."""
+def parse_users_file(text: str, allchannels_default: bool = False) -> dict[bytes, User]:
+    """An ACL file's users: ValueError naming the line of a mistake."""
     users: dict[bytes, User] = {}
     for number, line in enumerate(text.splitlines(), 1):
         words = line.split()
@@ -359,6 +367,4 @@ def parse_users_file(text: str, requirepass: str, allchannels_default: bool = Fa
         except RuleError as e:
             raise ValueError(f"line {number}: {e}") from None
         users[name] = user
-    if b"default" not in users:
-        users[b"default"] = new_default_user(requirepass)
     return users

@@ -232,7 +232,7 @@ def aclfile_problem(config: Config) -> str:
         text = Users.read_file(config.aclfile)
         if text is None:
             raise ValueError("no such file")
-        parse_users_file(text, config.requirepass)
+        parse_users_file(text)
     except (OSError, ValueError) as e:
         return (f"aclfile {config.aclfile}: {e}; fix it (Redis' ACL file format: `user NAME RULES`, one a "
                 "line) or unset aclfile")

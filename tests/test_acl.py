@@ -279,3 +279,24 @@ def test_restricted_script_calls_are_checked_on_the_shard(server):
         pipe.eval("return redis.call('set', KEYS[1], 'x')", 1, "{s}ok")
         pipe.execute()
     assert admin.get("{s}ok") == b"v"
+
+
+def test_default_user_set_by_acl_survives_restart_requirepass_does_not(server_factory, tmp_path):
+    data_dir = tmp_path / "data"
+    srv = server_factory(shards=1, data_dir=data_dir)
+    admin = RawConn(srv.port)
+    assert admin.call("CONFIG", "SET", "requirepass", "runtime-only") == b"+OK\r\n"
+    assert admin.call("ACL", "SETUSER", "other", "on") == b"+OK\r\n"  # stores the users, not requirepass
+    srv.stop()
+    srv = server_factory(shards=1, data_dir=data_dir)
+    admin = RawConn(srv.port)
+    assert admin.call("PING") == b"+PONG\r\n", "CONFIG SET requirepass lasts until the restart, as in Redis"
+    assert admin.call("ACL", "SETUSER", "default", "resetpass", ">kept") == b"+OK\r\n"
+    srv.kill9()
+    srv = server_factory(shards=1, data_dir=data_dir)
+    for port in (srv.port, srv.shard_port(0)):
+        conn = RawConn(port)
+        assert conn.call("PING").startswith(b"-NOAUTH")
+        assert conn.call("AUTH", "kept") == b"+OK\r\n"
+        assert decode(conn.call("ACL", "USERS"))[0] == [b"default", b"other"]
+        conn.close()
