@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import lupa.lua51 as lua51
 
-from durakv.shards.acl import script_acl_error
+from durakv.shards.acl import ACL_OK, script_acl_error
 from durakv.shards.context import Ctx
 from durakv.shards.keyspace import Keyspace
 from durakv.shards.lualibs import CJson, CMsgpack, LibError, bit_library
@@ -232,9 +232,11 @@ class Scripting:
         argv = [a if type(a) is bytes else b"%.17g" % a for a in args if type(a) in (bytes, int, float)]
         if len(argv) != len(args):
             raise self._fail(ERR_ARGS)
-        if find(argv) is None:
+        cmd = find(argv)
+        if cmd is None:
             raise self._fail(b"Invalid command passed to redis.acl_check_cmd()")
-        return True
+        user = self.run.ctx.acl_user if self.run is not None else None
+        return user is None or user.check(cmd, argv)[0] == ACL_OK
 
     def _register_function(self, name: bytes, callback: Any, flags: Any, description: Any) -> None:
         """redis.register_function, its arguments checked in lua_boot.lua."""
