@@ -186,20 +186,25 @@ class Users:
         users.setdefault(b"default", new_default_user(self.requirepass))  # a file without it: a fresh one
         self.replace(users, kill_all=True, caller=caller)
 
-    def store_change(self, change: list[bytes]) -> None:
+    def snapshot(self) -> dict[bytes, User]:
+        """Copies of the users, taken on the loop for store_change's thread."""
+        return {name: user.copy() for name, user in self.users.items()}
+
+    def store_change(self, change: list[bytes], current: dict[bytes, User]) -> None:
         """Under the settings lock: re-apply a change (ACL SETUSER/DELUSER argv from the
-        subcommand on, [b"load"], or [b"requirepass", value]) to the file's users (this
-        process's when there is no file yet) and write them durably. Runs in a thread."""
+        subcommand on, [b"load"], or [b"requirepass", value]) to the file's users (to
+        `current`, this process's snapshot, when there is no file yet) and write them
+        durably. Runs in a thread."""
         text = self.read_file(self.path)
         # The default user is in the file only once an ACL command changed it: until then
         # its password is requirepass, which a CONFIG SET changes until the next start.
         users = parse_users_file(text, self.allchannels_default()) if text is not None else {
-            name: user.copy() for name, user in self.users.items() if name != b"default"}
+            name: user for name, user in current.items() if name != b"default"}
         verb = change[0].lower()
         if verb == b"setuser":
             name = change[1]
             if name == b"default" and name not in users:
-                users[name] = self.default.copy()
+                users[name] = current[b"default"]
             user = users.setdefault(name, User(name, self.allchannels_default()))
             user.apply_rules(change[2:])
         elif verb == b"deluser":
@@ -316,8 +321,8 @@ class Users:
         """A restricted user's script answered: log the redis.calls it was refused
         (context lua), then hand the client its reply."""
         client = pending.client
-        if isinstance(data, bytes) and data[:1] == b"\x00":
-            denials, data = split_denials(data)
+        if data[:1] == b"\x00":  # rare: a big reply (a bytearray) is copied
+            denials, data = split_denials(data if isinstance(data, bytes) else bytes(data))
             for reason, obj in denials:
                 self.log_denial(client, reason, CONTEXT_LUA, obj, client.user.name)
         pending.data = data

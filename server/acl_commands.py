@@ -10,14 +10,14 @@ import time
 from durakv.server.client import Client
 from durakv.shards.acl import ACL_OK, DENIED_CMD, DENIED_KEY, category_commands
 from durakv.shards.numbers import parse_ll
-from durakv.shards.resp import OK, Map, ReplyError, Simple
+from durakv.shards.resp import OK, Map, ReplyError, Simple, fixed_error
 from durakv.shards.table import (
     ACL_CATEGORY_ORDER, ROUTER, arity_error, command, container, find, subcommand_syntax_error,
 )
 
 GENPASS_DEFAULT_BITS = 256
 GENPASS_MAX_BITS = 4096
-ERR_NO_ACLFILE = ReplyError(
+ERR_NO_ACLFILE = fixed_error(
     b"ERR This Redis instance is not configured to use an ACL file. You may want to specify users via the ACL "
     b"SETUSER command and then issue a CONFIG REWRITE (assuming you have a Redis configuration file set) in "
     b"order to store users in the Redis configuration.")

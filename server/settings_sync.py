@@ -266,7 +266,7 @@ class SettingsSync:
     async def _propagate_users_locked(self, change: list[bytes]) -> bool:
         acl = self.router.acl
         try:
-            await trio.to_thread.run_sync(acl.store_change, change)
+            await trio.to_thread.run_sync(acl.store_change, change, acl.snapshot())
         except (OSError, ValueError) as e:
             logger.error("router %d: cannot store an ACL change in %s: %s", self.router.index, acl.path, e)
             return False
