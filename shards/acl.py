@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from functools import lru_cache
+from typing import Callable
 
 import msgspec
 
@@ -39,6 +40,8 @@ MAX_SCRIPT_DENIALS = 128  # per script run, reported to the router's ACL LOG
 DENIALS_PREFIX = b"\x00acl"
 DENIALS_LENGTH = struct.Struct(">I")
 USER_RULES_CACHE_ENTRIES = 256
+SPEC_FLAGS_CACHE_ENTRIES = 64
+KEY_MATCHER_CACHE_ENTRIES = 1024
 
 ERR_UNKNOWN_RULE = "Unknown command or category name in ACL"
 ERR_SYNTAX = "Syntax error"
@@ -247,11 +250,18 @@ class Selector:
             if allowed is None or len(argv) <= at or argv[at].lower() not in allowed:
                 return DENIED_CMD, 0
         if not self.allkeys and (cmd.first_key > 0 or cmd.keys_fn is not None):
-            for i, flags in keys_and_flags(cmd, argv):
-                if "not_key" in flags:  # a shard channel (SPUBLISH): checked as a channel
-                    continue
-                if not self.key_allowed(argv[i], spec_permissions(flags)):
-                    return DENIED_KEY, i
+            flags = one_key_flags(cmd)
+            if flags is not None:  # the usual case: argv[1], one key spec
+                if "variable_flags" in flags and cmd.key_flags_fn is not None:
+                    flags = cmd.key_flags_fn(argv)
+                if "not_key" not in flags and not self.key_allowed(argv[1], spec_permissions(flags)):
+                    return DENIED_KEY, 1
+            else:
+                for i, flags in keys_and_flags(cmd, argv):
+                    if "not_key" in flags:  # a shard channel (SPUBLISH): checked as a channel
+                        continue
+                    if not self.key_allowed(argv[i], spec_permissions(flags)):
+                        return DENIED_KEY, i
         if not self.allchannels:
             channels = CHANNEL_COMMANDS.get(cmd.fullname)
             if channels is not None:
@@ -266,7 +276,7 @@ class Selector:
         if self.allkeys:
             return True
         for pattern, allowed in self.keys:
-            if allowed & perms == perms and glob_match(pattern, key):
+            if allowed & perms == perms and key_matcher(pattern)(key):
                 return True
         return False
 
@@ -423,6 +433,33 @@ def sort_pattern_error(user: User, cmd: Command, argv: list[bytes]) -> bytes | N
     return None
 
 
+@lru_cache(maxsize=KEY_MATCHER_CACHE_ENTRIES)
+def key_matcher(pattern: bytes) -> Callable[[bytes], bool]:
+    """A key pattern's test: a prefix compare for `prefix*` (the usual ACL pattern), else Redis' glob."""
+    head = pattern[:-1]
+    if pattern[-1:] == b"*" and head and not any(c in head for c in b"*?[\\"):
+        return lambda key: key.startswith(head)
+    return lambda key: glob_match(pattern, key)
+
+
+_ONE_KEY_FLAGS: dict[str, str | None] = {}
+
+
+def one_key_flags(cmd: Command) -> str | None:
+    """The key spec flags of a command whose one key is argv[1] (GET, SET, HSET), found
+    once per command; None for the rest, whose keys keys_and_flags finds."""
+    try:
+        return _ONE_KEY_FLAGS[cmd.fullname]
+    except KeyError:
+        pass
+    specs = cmd.key_specs
+    simple = (cmd.single_key and len(specs) == 1 and specs[0].begin == 1 and specs[0].lastkey == 0
+              and specs[0].keyword is None and specs[0].keynumidx is None)
+    flags = _ONE_KEY_FLAGS[cmd.fullname] = specs[0].flags if simple else None
+    return flags
+
+
+@lru_cache(maxsize=SPEC_FLAGS_CACHE_ENTRIES)
 def spec_permissions(flags: str) -> int:
     """The permissions a key spec's flags need (ACLSelectorCheckKey)."""
     perms = 0
