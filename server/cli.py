@@ -178,9 +178,11 @@ def main(argv: list[str] | None = None) -> int:
         listener = ClientListeners(plain, tls)
         if not args.parent_pid:
             # Started on its own (the systemd unit): no supervisor cleared the previous run's CONFIG SETs.
+            from durakv.server.acl import clear_runtime_users
             from durakv.server.settings_sync import clear_runtime_changes
 
             clear_runtime_changes(config.data_dir)
+            clear_runtime_users(config.data_dir, config.aclfile)
         fd_limit_too_low = False
         try:
             trio.run(_run_until_signal, lambda: run_router(config, args.index, listener))
@@ -220,13 +222,32 @@ def _startup_problem(args: argparse.Namespace, config: Config) -> str:
     if args.command == "router" and not 0 <= args.index < config.routers:
         return (f"router --index {args.index} is out of range: with {config.routers} routers the "
                 f"index is 0..{config.routers - 1}; fix --index or --routers")
-    problem = data_dir_problem(config.data_dir)
+    problem = data_dir_problem(config.data_dir) or aclfile_problem(config)
     if problem or args.command != "router":
         return problem  # serve checks the topology once it holds the data-dir lock, a shard in _run_shard
     try:
         ensure_topology(config.data_dir, config.shards)
     except TopologyMismatch as e:
         return str(e)
+    return ""
+
+
+def aclfile_problem(config: Config) -> str:
+    """An aclfile that is configured but missing or unreadable stops the start, as in Redis."""
+    if not config.aclfile:
+        return ""
+    import durakv.server.commands  # noqa: F401  (rules name commands: register them)
+    import durakv.shards.commands  # noqa: F401
+    from durakv.server.acl import Users, parse_users_file
+
+    try:
+        text = Users.read_file(config.aclfile)
+        if text is None:
+            raise ValueError("no such file")
+        parse_users_file(text)
+    except (OSError, ValueError) as e:
+        return (f"aclfile {config.aclfile}: {e}; fix it (Redis' ACL file format: `user NAME RULES`, one a "
+                "line) or unset aclfile")
     return ""
 
 

@@ -15,7 +15,7 @@ import trio
 
 from durakv.server.links import LOST, SCRIPT_EVAL, SCRIPT_FUNCTION, Pending
 from durakv.server.pause import note_script
-from durakv.shards.frames import LARGE_BYTES, VERB_LITERAL, VERB_ROUTER_IN_MULTI
+from durakv.shards.frames import LARGE_BYTES, VERB_AS_USER, VERB_LITERAL, VERB_ROUTER_IN_MULTI
 from durakv.shards.resp import ProtocolError, RequestParser, ReplyError, encode, encode_error
 from durakv.shards.table import CURSOR, FANOUT, ROUTER, SPLIT_NONE, Command, find, lookup
 from durakv.shards.slots import key_slot
@@ -66,7 +66,7 @@ class Client:
     cannot take at once waits in `outbuf` for `on_writable`."""
 
     __slots__ = (
-        "router", "sock", "id", "proto", "name", "authed", "addr", "laddr", "fd", "created",
+        "router", "sock", "id", "proto", "name", "authed", "user", "addr", "laddr", "fd", "created",
         "last_cmd_at", "last_cmd", "parser", "replies", "outbuf", "outbuf_bytes", "closing", "closed", "reading",
         "lib_name", "lib_ver", "in_ready_set", "query_limit",
         "multi", "multi_error", "multi_shard", "watch_shards", "blocked_pending", "blocked_shard", "backlog",
@@ -81,7 +81,8 @@ class Client:
         self.name = b""
         self.lib_name = b""
         self.lib_ver = b""
-        self.authed = not router.settings.requirepass
+        self.user = router.acl.default  # shards/acl.py's User: ACL users change in place
+        self.authed = self.user.nopass and self.user.enabled
         peer = sock.getpeername()
         local = sock.getsockname()
         self.addr = f"{peer[0]}:{peer[1]}"
@@ -223,6 +224,13 @@ class Client:
         if not self.authed and not cmd.no_auth:
             self._reject(cmd, ERR_NOAUTH)
             return
+        if not self.user.unrestricted:
+            refused = router.acl.refuse(self, cmd, argv)
+            if refused is not None:
+                if self.multi is not None:
+                    self.multi_error = True
+                self._reject(cmd, encode_error(refused))
+                return
         if self.pubsub is not None and self.proto == 2 and cmd.fullname not in ALLOWED_WHEN_SUBSCRIBED:
             # RESP2 subscribed mode: the connection carries messages; only these may interleave.
             self._reject(cmd, b"-ERR Can't execute '%s': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / "
@@ -344,6 +352,11 @@ class Client:
         if cmd.name == "eval":
             note_script(argv[1])
         kind = SCRIPT_FUNCTION if cmd.name.startswith("fcall") else SCRIPT_EVAL
+        if not self.user.unrestricted:  # its redis.calls obey the user's rules
+            pending = Pending(self, on_fill=router.acl.script_reply)
+            argv = [VERB_AS_USER, self.user.permissions(), *argv]
+            self.replies.append(router.links[shard].submit(self, self.proto, argv, pending, script=kind))
+            return
         self.replies.append(router.links[shard].submit(self, self.proto, argv, script=kind))
 
     # --- transactions -------------------------------------------------------------
@@ -358,6 +371,8 @@ class Client:
                 # Router-answered: runs at EXEC (see run_router_commands); those whose replies
                 # depend on the shards were declared MULTI_REFUSED above.
                 argv = [VERB_ROUTER_IN_MULTI, *argv]
+            elif cmd.name in SCRIPT_COMMANDS and not self.user.unrestricted:
+                argv = [VERB_AS_USER, self.user.permissions(), *argv]
         except ReplyError as e:
             self.multi_error = True
             self.push(encode_error(e.message))

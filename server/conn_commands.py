@@ -3,20 +3,18 @@ SELECT, QUIT, RESET and CLIENT."""
 
 from __future__ import annotations
 
-import hmac
 import time
 
 from durakv.server.client import Client
 from durakv.shards.args import ERR_SYNTAX, int_range_arg
 from durakv.shards.frames import VERB_NO_WRITES_FUNCTIONS
 from durakv.shards.numbers import INT_MAX, INT_MIN, parse_ll
-from durakv.shards.resp import OK, PONG, Map, ReplyError, Simple, Verbatim, fixed_error
+from durakv.shards.resp import OK, PONG, Map, ReplyError, Simple, Verbatim
 from durakv.server.pause import PAUSE_ALL, PAUSE_WRITE
 from durakv.shards.table import MULTI_RUN_NOW, ROUTER, arity_error, command, container, subcommand_syntax_error
 
 REDIS_VERSION = b"7.0.15"
 CLIENT_TYPES = (b"normal", b"master", b"replica", b"slave", b"pubsub")
-ERR_WRONGPASS = fixed_error(b"WRONGPASS invalid username-password pair or user is disabled.")
 
 
 @command("ping", -1, "fast", group="connection", where=ROUTER,
@@ -34,28 +32,18 @@ def echo(client: Client, argv: list[bytes]):
     return argv[1]
 
 
-def check_password(client: Client, username: bytes, password: bytes) -> None:
-    required = client.router.settings.requirepass.encode()
-    if username != b"default" or not hmac.compare_digest(password, required):
-        raise ERR_WRONGPASS
-    client.authed = True
-    client.parser.authed = True
-
-
 @command("auth", -2, "noscript loading stale fast no_auth allow_busy", group="connection", where=ROUTER)
 def auth(client: Client, argv: list[bytes]):
     if len(argv) > 3:
         raise ERR_SYNTAX
+    acl = client.router.acl
     if len(argv) == 2:
-        if not client.router.settings.requirepass:
+        if acl.default.nopass:
             raise ReplyError(b"ERR AUTH <password> called without any password configured for the "
                              b"default user. Are you sure your configuration is correct?")
-        check_password(client, b"default", argv[1])
+        acl.authenticate(client, b"default", argv[1], argv[0])
     else:
-        if not client.router.settings.requirepass and argv[1] == b"default":
-            client.authed = True
-            return OK
-        check_password(client, argv[1], argv[2])
+        acl.authenticate(client, argv[1], argv[2], argv[0])
     return OK
 
 
@@ -86,10 +74,7 @@ def hello(client: Client, argv: list[bytes]):
         else:
             raise ReplyError(b"ERR Syntax error in HELLO option '%s'" % argv[i])
     if credentials is not None:
-        if client.router.settings.requirepass or credentials[0] != b"default":
-            check_password(client, *credentials)
-        else:
-            client.authed = True
+        client.router.acl.authenticate(client, *credentials, argv[0])
     if not client.authed:
         raise ReplyError(b"NOAUTH HELLO must be called with the client already authenticated, otherwise "
                          b"the HELLO AUTH <user> <pass> option can be used to authenticate the "
@@ -134,7 +119,8 @@ def reset(client: Client, argv: list[bytes]):
     client.unwatch_all()
     client.proto = 2
     client.name = b""
-    client.authed = not client.router.settings.requirepass
+    client.user = client.router.acl.default
+    client.authed = client.user.nopass and client.user.enabled
     client.parser.authed = client.authed
     if client.pubsub is not None:
         client.router.pubsub.forget(client)
@@ -212,7 +198,7 @@ def client_info_line(client: Client, now: float, current: list[bytes] | None = N
         f"idle={int(now - client.last_cmd_at)} flags={flags} db=0 sub={sub} psub={psub} ssub={ssub} multi={multi} "
         f"qbuf={qbuf} qbuf-free=0 argv-mem=0 multi-mem=0 rbs=65536 rbp=0 "
         f"obl=0 oll={len(client.replies)} omem={client.outbuf_bytes} tot-mem=0 events=r "
-        f"cmd={client.last_cmd} user=default redir={redir} resp={client.proto} "
+        f"cmd={client.last_cmd} user={client.user.name.decode(errors='replace')} redir={redir} resp={client.proto} "
         f"lib-name={client.lib_name.decode(errors='replace')} "
         f"lib-ver={client.lib_ver.decode(errors='replace')}"
     ).encode()
@@ -267,7 +253,7 @@ def client_kill(client: Client, argv: list[bytes]):
             raise ReplyError(b"ERR No such client")
         _kill(client, victims)
         return OK
-    wanted_id = wanted_addr = wanted_laddr = None
+    wanted_id = wanted_addr = wanted_laddr = wanted_user = None
     normal_only = True
     skipme = True
     for i in range(2, len(argv), 2):
@@ -289,7 +275,8 @@ def client_kill(client: Client, argv: list[bytes]):
         elif opt == b"LADDR":
             wanted_laddr = value.decode(errors="replace")
         elif opt == b"USER":
-            if value != b"default":
+            wanted_user = router.acl.users.get(value)
+            if wanted_user is None:
                 raise ReplyError(b"ERR No such user '%s'" % value)
         elif opt == b"SKIPME":
             if value.lower() not in (b"yes", b"no"):
@@ -303,6 +290,7 @@ def client_kill(client: Client, argv: list[bytes]):
         and (wanted_id is None or c.id == wanted_id)
         and (wanted_addr is None or c.addr == wanted_addr)
         and (wanted_laddr is None or c.laddr == wanted_laddr)
+        and (wanted_user is None or c.user is wanted_user)
         and not (skipme and c is client)
     ]
     _kill(client, victims)

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import trio
 
 from durakv.server import client_limits, protected
+from durakv.server.acl import Users
 from durakv.server.client import Client, ClientPoller
 from durakv.server.links import LOST, Pending
 from durakv.server.monitor import MONITOR_OPS, Monitors
@@ -133,7 +134,7 @@ class Front(ABC):
         self.started_at = time.time()
         self.started_monotonic = time.monotonic()
         self.settings = Settings(config)
-        self.settings.on_apply = self._settings_applied
+        self.settings.on_apply = self.settings_applied
         # The TLS side of this client port (server/tls.py), None without a tls-port.
         self.tls = TlsPort(self.settings.values) if config.tls_port else None
         self.output_backpressure_bytes = client_limits.output_backpressure_bytes(self.settings)
@@ -154,20 +155,23 @@ class Front(ABC):
         self.monitors = Monitors(self)
         for op in MONITOR_OPS:
             self.pubsub.extra_ops[op] = self.monitors.peer_request
+        self.acl = Users(self)  # ACL users (server/acl.py)
 
     @abstractmethod
     def new_client_id(self) -> int: ...
 
-    def configure_slowlog(self) -> None:
-        values = self.settings.values
-        self.slowlog.configure(int(values["slowlog-log-slower-than"]), int(values["slowlog-max-len"]))
-
-    def _settings_applied(self) -> None:
+    def settings_applied(self) -> None:
+        """After every CONFIG SET applied here: what caches a value takes the new one."""
         self.configure_slowlog()
+        self.acl.settings_applied(self.settings.values)
         self.tracking.enforce_limit()
         self.output_backpressure_bytes = client_limits.output_backpressure_bytes(self.settings)
         if self.tls is not None:
             self.tls.reconfigure(self.settings.values)
+
+    def configure_slowlog(self) -> None:
+        values = self.settings.values
+        self.slowlog.configure(int(values["slowlog-log-slower-than"]), int(values["slowlog-max-len"]))
 
     # --- reply flushing -----------------------------------------------------------
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from durakv.server.acl import Users
     from durakv.server.client import Client, ClientPoller
     from durakv.server.links import Pending, ShardLink
     from durakv.server.monitor import Monitors
@@ -58,6 +59,11 @@ class RouterView(Protocol):
 
     @property
     def slowlog(self) -> SlowLog: ...
+
+    @property
+    def acl(self) -> Users:
+        """The ACL users, their log and their file (server/acl.py)."""
+        ...
 
     # --- shards, slots and clients (read) -----------------------------------------
     @property

@@ -23,7 +23,7 @@ from durakv.shards.shard_settings import SHARD_PARAMS
 from durakv.shards.slots import key_slot
 from durakv.shards.table import (
     MULTI_REFUSED, ROUTER, TABLE, Command, KeySpec, command, container, find, find_fullname,
-    keys_from_specs, subcommand_syntax_error,
+    keys_and_flags, subcommand_syntax_error,
 )
 
 logger = logging.getLogger("durakv.router")
@@ -171,43 +171,10 @@ def _resolve_for_getkeys(target: list[bytes]) -> list[tuple[int, str]]:
         raise ReplyError(b"ERR The command has no key arguments")
     if not cmd.arity_ok(len(target)):
         raise ReplyError(b"ERR Invalid number of arguments specified for command")
-    keys = _keys_and_flags(cmd, target)
+    keys = keys_and_flags(cmd, target)
     if not keys and "no_mandatory_keys" not in cmd.flags:
         raise ReplyError(b"ERR Invalid arguments specified for command")
     return keys
-
-
-def _keys_and_flags(cmd: Command, target: list[bytes]) -> list[tuple[int, str]]:
-    """As Redis' getKeysFromCommandWithSpecs: the key specs when they fit argv and
-    have fixed flags, else the command's own key finder (its routing keys)."""
-    specs = cmd.key_specs
-    if specs and not any("variable_flags" in s.flags for s in specs):
-        found = keys_from_specs(specs, target)
-        if found is not None:
-            return found
-        if any(s.keynumidx is not None for s in specs):
-            return []  # Redis' numkeys key finders find nothing when the count does not fit
-    try:
-        indexes = cmd.key_indexes(target)
-    except ReplyError:
-        indexes = []
-    return [(i, _flags_at(cmd, target, i)) for i in indexes]
-
-
-def _flags_at(cmd: Command, target: list[bytes], i: int) -> str:
-    """The flags of the index/range spec covering position i; else of the last unknown
-    spec (the keys the command finds itself, SORT's STORE) or the first spec; variable
-    flags resolved by the command's key_flags_fn."""
-    specs = cmd.key_specs
-    ranges = [s for s in specs if s.begin > 0 and s.keyword is None and s.keynumidx is None]
-    unknown = [s for s in specs if s.begin == 0]
-    spec = next((s for s in ranges if s.begin <= i and (s.lastkey < 0 or i <= s.begin + s.lastkey)),
-                unknown[-1] if unknown else specs[0] if specs else None)
-    flags = spec.flags if spec is not None else ""
-    if "variable_flags" in flags:
-        flags = (cmd.key_flags_fn(target) if cmd.key_flags_fn is not None
-                 else flags.replace("variable_flags", "").strip())
-    return flags
 
 
 @command("command|getkeys", -4, "loading stale", group="server", where=ROUTER,

@@ -102,6 +102,8 @@ def _params(config: Config) -> list[Param]:
         Param("dir", STRING, config.data_dir, mutable=False),
         Param("requirepass", STRING, config.requirepass),
         bool_("protected-mode", "yes" if config.protected_mode else "no"),
+        Param("acl-pubsub-default", ENUM, "resetchannels", choices=("allchannels", "resetchannels")),
+        _int("acllog-max-len", 128, 0, LLONG_MAX),
         Param("masterauth", STRING, ""),
         Param("save", SAVE, ""),
         bool_("appendonly", "yes"),

@@ -201,6 +201,10 @@ class SettingsSync:
 
     async def _settings_notice(self, stream: trio.SocketStream, message: bytes) -> None:
         doc = json.loads(message)
+        if doc.get("users"):  # an ACL change, stored in the users file (server/acl.py)
+            self.router.acl.reload(kill_all=bool(doc.get("kill_all")))
+            await _send_message(stream, ACK)
+            return
         if doc.get("reload"):
             # The file holds every change so far in lock order: never older than the notice.
             changes = load_runtime_changes(self.data_dir)
@@ -218,21 +222,61 @@ class SettingsSync:
         self.router.nursery.start_soon(self._propagate, pending, changes, shard_changes)
         return pending
 
-    async def _propagate(self, pending: Pending, changes: list[tuple[str, str]],
-                         shard_changes: list[tuple[str, str]]) -> None:
+    async def _lock(self) -> int:
+        """The settings lock's fd (-1: waited too long, logged): it orders CONFIG SETs and ACL changes."""
         lock_fd = -1
         with trio.move_on_after(SETTINGS_LOCK_WAIT_MS / 1000):
             while (lock_fd := try_lock_runtime_changes(self.data_dir)) < 0:
                 await trio.sleep(SETTINGS_LOCK_POLL_MS / 1000)
         if lock_fd < 0:
-            logger.error("router %d: CONFIG SET waited %d ms for %s; propagating without it", self.router.index,
+            logger.error("router %d: a change waited %d ms for %s; propagating without it", self.router.index,
                          SETTINGS_LOCK_WAIT_MS, SETTINGS_LOCK_FILE)
+        return lock_fd
+
+    async def _propagate(self, pending: Pending, changes: list[tuple[str, str]],
+                         shard_changes: list[tuple[str, str]]) -> None:
+        lock_fd = await self._lock()
         try:
             await self._propagate_locked(changes, shard_changes)
+            requirepass = [value for name, value in changes if name == "requirepass"]
+            if requirepass:  # the default user's password, in the users file too
+                await self._propagate_users_locked([b"requirepass", requirepass[-1].encode()])
         finally:
             if lock_fd >= 0:
                 os.close(lock_fd)
         pending.fill(b"+OK\r\n")
+
+    def propagate_users(self, client, change: list[bytes], reply: bytes) -> Pending:
+        """An ACL change already applied here: store it in the users file, have every
+        peer reload it, then answer `reply` (-ERR if it could not be stored)."""
+        pending = Pending(client)
+        client.replies.append(pending)
+        self.router.nursery.start_soon(self._propagate_users, pending, change, reply)
+        return pending
+
+    async def _propagate_users(self, pending: Pending, change: list[bytes], reply: bytes) -> None:
+        lock_fd = await self._lock()
+        try:
+            stored = await self._propagate_users_locked(change)
+        finally:
+            if lock_fd >= 0:
+                os.close(lock_fd)
+        pending.fill(reply if stored else b"-ERR cannot store the ACL change durably: see the server log\r\n")
+
+    async def _propagate_users_locked(self, change: list[bytes]) -> bool:
+        acl = self.router.acl
+        try:
+            await trio.to_thread.run_sync(acl.store_change, change, acl.snapshot())
+        except (OSError, ValueError) as e:
+            logger.error("router %d: cannot store an ACL change in %s: %s", self.router.index, acl.path, e)
+            return False
+        kill_all = change[0] == b"load"
+        acl.reload()  # this process already applied it (and killed what ACL LOAD kills)
+        payload = json.dumps({"users": True, "kill_all": kill_all}).encode()
+        async with trio.open_nursery() as nursery:
+            for path in self.peer_paths:
+                nursery.start_soon(self._send_to_peer, path, payload)
+        return True
 
     async def _propagate_locked(self, changes: list[tuple[str, str]], shard_changes: list[tuple[str, str]]) -> None:
         recorded = True

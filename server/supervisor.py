@@ -39,6 +39,7 @@ import time
 from durakv.log import layout
 from durakv.log.lock import lock_data_dir
 from durakv.server.listener import ClientListeners
+from durakv.server.acl import clear_runtime_users
 from durakv.server.settings_sync import clear_runtime_changes
 from durakv.server.topology import ensure_topology
 from durakv.shards import failure, sdnotify
@@ -234,6 +235,7 @@ class Supervisor:
         ensure_topology(config.data_dir, config.shards)
         layout.ensure_run_dir(config.data_dir)
         clear_runtime_changes(config.data_dir)  # CONFIG SET lasts until the server restarts, as in Redis
+        clear_runtime_users(config.data_dir, config.aclfile)  # with an aclfile, users last until ACL SAVE
         for i in range(config.shards):
             failure.clear(config.data_dir, i)
         # Imported once here, so that every forked shard starts with them loaded.

@@ -23,6 +23,7 @@ class Config(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields
     data_dir: str = DEFAULT_DATA_DIR
     requirepass: str = ""
     protected_mode: bool = True  # no requirepass: serve loopback clients only (server/protected.py)
+    aclfile: str = ""  # Redis' ACL file (ACL LOAD/SAVE); none: users kept in DIR/users.acl
     announce_ip: str = ""  # the address CLUSTER SLOTS/NODES/SHARDS and MOVED give (Redis' cluster-announce-ip)
     shard_port_base: int = 0  # shard i serves cluster clients on base + i; 0: the router's port + 1
     cluster_announce: str = "shards"  # "shards": each shard is a cluster node; "router": the router is the one node

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Protocol
 from durakv.shards.keyspace import Keyspace
 
 if TYPE_CHECKING:
+    from durakv.shards.acl import User
     from durakv.shards.t_multi import Watches
 
 
@@ -44,7 +45,7 @@ class Ctx:
     identity. One instance per shard, re-pointed for each request (no per-command
     allocation)."""
 
-    __slots__ = ("db", "client_id", "proto", "shard", "in_multi")
+    __slots__ = ("db", "client_id", "proto", "shard", "in_multi", "acl_user", "acl_denials")
 
     def __init__(self, db: Keyspace, shard: ShardView) -> None:
         self.db = db
@@ -52,3 +53,5 @@ class Ctx:
         self.proto = 2
         self.shard = shard
         self.in_multi = False  # blocking commands do not block inside MULTI/EXEC
+        self.acl_user: User | None = None  # a script's ACL user (shards/acl.py); None: unrestricted
+        self.acl_denials: list[list] = []  # the redis.calls acl_user was refused, for the router's ACL LOG

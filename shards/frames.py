@@ -51,6 +51,8 @@ VERB_NO_WRITES_FUNCTIONS = b"\x00nowritesfns"  # [verb]: the no-writes functions
 VERB_TRACKING = b"\x00tracking"  # [verb, b"1"|b"0"]: report changed keys on this connection (shards/tracking.py)
 VERB_DEBUG = b"\x00debug"  # [verb, b"reload"] | [verb, b"set-active-expire", b"0"|b"1"]: DEBUG
 VERB_EXPIRY_PAUSE = b"\x00expirypause"  # [verb, unix ms]: no key expires before then (CLIENT PAUSE; 0: resume)
+# [verb, rules, *argv]: a script run by an ACL user whose rules (shards/acl.py) its redis.calls obey
+VERB_AS_USER = b"\x00asuser"
 # Never sent: marks a router-answered command queued in MULTI until EXEC (server/client.py),
 # which replaces it with a VERB_LITERAL.
 VERB_ROUTER_IN_MULTI = b"\x00router"

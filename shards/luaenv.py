@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import lupa.lua51 as lua51
 
+from durakv.shards.acl import ACL_OK, script_acl_error
 from durakv.shards.context import Ctx
 from durakv.shards.evict import OOM_MESSAGE
 from durakv.shards.keyspace import Keyspace
@@ -243,9 +244,11 @@ class Scripting:
         argv = [a if type(a) is bytes else b"%.17g" % a for a in args if type(a) in (bytes, int, float)]
         if len(argv) != len(args):
             raise self._fail(ERR_ARGS)
-        if find(argv) is None:
+        cmd = find(argv)
+        if cmd is None:
             raise self._fail(b"Invalid command passed to redis.acl_check_cmd()")
-        return True
+        user = self.run.ctx.acl_user if self.run is not None else None
+        return user is None or user.check(cmd, argv)[0] == ACL_OK
 
     def _register_function(self, name: bytes, callback: Any, flags: Any, description: Any) -> None:
         """redis.register_function, its arguments checked in lua_boot.lua."""
@@ -304,6 +307,11 @@ class Scripting:
             raise ScriptCallError(ERR_ARITY)
         if "noscript" in cmd.flags:
             raise ScriptCallError(ERR_NOSCRIPT_CMD)
+        ctx = run.ctx
+        if ctx.acl_user is not None:
+            denied = script_acl_error(ctx.acl_user, cmd, argv, ctx.acl_denials)
+            if denied is not None:
+                raise ScriptCallError(denied)
         if run.read_only and (cmd.is_write or "may_replicate" in cmd.flags):
             raise ScriptCallError(ERR_WRITE_RO)  # may_replicate too, so CLIENT PAUSE WRITE lets RO scripts run
         if cmd.handler is None or cmd.where == ROUTER:
@@ -312,7 +320,6 @@ class Scripting:
                     self.on_call(argv)
                 return self.to_lua(self.on_publish(argv[1], argv[2]), run.resp)
             raise ScriptCallError(ERR_UNKNOWN)  # a router's command: no shard can run it
-        ctx = run.ctx
         if ctx.db.oom and not run.allow_oom and "denyoom" in cmd.flags and not run.wrote():
             raise ReplyError(OOM_MESSAGE)  # scriptVerifyOOM: only before the script's first write
         first, last = ctx.shard.slot_range

@@ -23,6 +23,7 @@ import durakv.shards.commands  # noqa: F401  (registers every shard command)
 from durakv.log import Log
 from durakv.log.layout import log_dir_of, shard_dir
 from durakv.shards import internal
+from durakv.shards.acl import user_from_rules, with_denials
 from durakv.shards.commit import GroupCommit
 from durakv.shards.config import Config
 from durakv.shards.disk_hooks import HookedDisk, shard_disk
@@ -30,7 +31,7 @@ from durakv.shards.context import Ctx
 from durakv.shards.engine import replay
 from durakv.shards.evict import EXECABORT_OOM, OOM_MESSAGE, MemoryLimit
 from durakv.shards.frames import (
-    INTERNAL_PREFIX, VERB_EXEC, VERB_LITERAL, encode_internal,
+    INTERNAL_PREFIX, VERB_AS_USER, VERB_EXEC, VERB_LITERAL, encode_internal,
 )
 from durakv.shards.hazards import HazardTracker, HeldReplies, ReplySink
 from durakv.shards.blocking import Block, BlockedClients, Waiter
@@ -209,7 +210,9 @@ class Shard(GroupCommit):
         for req in requests:
             argv = req.argv
             if argv[0][:1] == INTERNAL_PREFIX:
-                if argv[0] != VERB_EXEC:
+                if argv[0] == VERB_AS_USER:
+                    data, wait = self._execute_as_user(argv, req.cid, req.proto, next_seq, hold_writes)
+                elif argv[0] != VERB_EXEC:
                     data = internal.run(self, argv, conn)
                     wait = self.hazards.wait_all() if internal.reads_keyspace(argv) else 0
                     if wait > durable_seq:
@@ -217,7 +220,8 @@ class Shard(GroupCommit):
                     else:
                         now_out.append((req.rid, data))
                     continue
-                data, wait = self._exec_transaction(argv, req.cid, req.proto, next_seq, hold_writes)
+                else:
+                    data, wait = self._exec_transaction(argv, req.cid, req.proto, next_seq, hold_writes)
             else:
                 db.frozen_ms = time.time_ns() // 1_000_000
                 data, wait = self._execute(argv, req.cid, req.proto, next_seq, hold_writes)
@@ -427,7 +431,10 @@ class Shard(GroupCommit):
                 if queued[0] == VERB_LITERAL:
                     parts.append(queued[1])
                     continue
-                data, seq = self._execute(queued, cid, proto, next_seq, hold_writes)
+                if queued[0] == VERB_AS_USER:
+                    data, seq = self._execute_as_user(queued, cid, proto, next_seq, hold_writes, report=False)
+                else:
+                    data, seq = self._execute(queued, cid, proto, next_seq, hold_writes)
                 parts.append(data)
                 if seq > wait:
                     wait = seq
@@ -455,6 +462,21 @@ class Shard(GroupCommit):
         maxmemory; the evictions' DEL effects go in the next record."""
         if self.write_error is None:
             self.memory.enforce(self.db)
+    def _execute_as_user(self, argv: list[bytes], cid: int, proto: int, next_seq: int,
+                         hold_writes: bool, report: bool = True) -> tuple[bytes, int]:
+        """A script of an ACL user: its redis.calls are checked against the user's rules,
+        and (report) the denials travel ahead of the reply to the router's ACL LOG."""
+        ctx = self.ctx
+        ctx.acl_user = user_from_rules(argv[1])
+        try:
+            data, wait = self._execute(argv[2:], cid, proto, next_seq, hold_writes)
+        finally:
+            ctx.acl_user = None
+        if ctx.acl_denials:
+            if report:
+                data = with_denials(data, ctx.acl_denials)
+            ctx.acl_denials = []
+        return data, wait
 
     def configure_slowlog(self) -> None:
         settings = self.settings

@@ -147,6 +147,38 @@ def spec_key_indexes(spec: KeySpec, argv: list[bytes]) -> list[int] | None:
     return list(range(first, last + 1, spec.keystep))
 
 
+def keys_and_flags(cmd: Command, target: list[bytes]) -> list[tuple[int, str]]:
+    """As Redis' getKeysFromCommandWithSpecs: the key specs when they fit argv and
+    have fixed flags, else the command's own key finder (its routing keys)."""
+    specs = cmd.key_specs
+    if specs and not any("variable_flags" in s.flags for s in specs):
+        found = keys_from_specs(specs, target)
+        if found is not None:
+            return found
+        if any(s.keynumidx is not None for s in specs):
+            return []  # Redis' numkeys key finders find nothing when the count does not fit
+    try:
+        indexes = cmd.key_indexes(target)
+    except ReplyError:
+        indexes = []
+    return [(i, flags_at(cmd, target, i)) for i in indexes]
+
+
+def flags_at(cmd: Command, target: list[bytes], i: int) -> str:
+    """The flags of the index/range spec covering position i; else of the last unknown
+    spec (the keys the command finds itself, SORT's STORE) or the first spec; variable
+    flags resolved by the command's key_flags_fn."""
+    specs = cmd.key_specs
+    ranges = [s for s in specs if s.begin > 0 and s.keyword is None and s.keynumidx is None]
+    unknown = [s for s in specs if s.begin == 0]
+    spec = next((s for s in ranges if s.begin <= i and (s.lastkey < 0 or i <= s.begin + s.lastkey)),
+                unknown[-1] if unknown else specs[0] if specs else None)
+    flags = spec.flags if spec is not None else ""
+    if "variable_flags" in flags:
+        flags = (cmd.key_flags_fn(target) if cmd.key_flags_fn is not None
+                 else flags.replace("variable_flags", "").strip())
+    return flags
+
 # How the router merges the replies of a command sent to every shard (where=FANOUT):
 # merge(parts, proto) -> the client's reply bytes, `parts` being each shard's value.
 def merge_sum(parts: list, proto: int) -> bytes:
