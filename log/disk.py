@@ -19,13 +19,21 @@ memory of what it promised, and a kill -9 keeps the page cache it is written to.
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import shutil
 import threading
 from dataclasses import dataclass, field
 
+logger = logging.getLogger("durakv.log")
+
 MAX_JOURNAL_LINE_BYTES = 1 << 20
+# pwritev2's per-write O_DSYNC (Linux 4.7); errors meaning "not here", after which
+# the log writes and fdatasyncs in two calls.
+_RWF_DSYNC = getattr(os, "RWF_DSYNC", 0)
+_DSYNC_UNSUPPORTED = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS)
 
 
 class Disk:
@@ -46,6 +54,29 @@ class Disk:
 
     def fdatasync(self, fd: int) -> None:
         os.fdatasync(fd)
+
+    def write_durably(self, fd: int, data: bytes | memoryview, offset: int) -> None:
+        """write_all, then fdatasync: `data` is at `offset` on stable storage when this
+        returns. The plain os Disk does both in one pwritev2(RWF_DSYNC), which makes
+        exactly that write durable as fdatasync would (data, and the size that finds
+        it): one system call and, in a commit thread, one wait for the GIL fewer per
+        group commit. A subclass that changes pwrite, write_all or fdatasync (a test's
+        hooks) gets the two calls, so its hooks see every sync."""
+        if _dsync_usable(type(self)):
+            try:
+                written = os.pwritev(fd, [data], offset, _RWF_DSYNC)
+            except OSError as e:
+                if e.errno not in _DSYNC_UNSUPPORTED:
+                    raise
+                _DSYNC_BROKEN.add(type(self))
+                logger.warning("log: pwritev2(RWF_DSYNC) refused (%s); writing and fdatasyncing in two calls", e)
+            else:
+                if written == len(data):
+                    return
+                data = memoryview(data)[written:]  # a short write: the rest, then a sync
+                offset += written
+        self.write_all(fd, data, offset)
+        self.fdatasync(fd)
 
     def fsync(self, fd: int) -> None:
         os.fsync(fd)
@@ -74,6 +105,12 @@ class Disk:
 
 
 OS_DISK = Disk()
+_DSYNC_BROKEN: set[type[Disk]] = set()  # Disk classes whose pwritev2(RWF_DSYNC) the kernel refused
+
+
+def _dsync_usable(cls: type[Disk]) -> bool:
+    return (bool(_RWF_DSYNC) and cls.pwrite is Disk.pwrite and cls.write_all is Disk.write_all
+            and cls.fdatasync is Disk.fdatasync and cls not in _DSYNC_BROKEN)
 
 
 class JournalingDisk(Disk):

@@ -298,10 +298,10 @@ class Log:
             try:
                 if self._active_size and self._active_size + len(data) > self.segment_size_bytes:
                     self._roll(write_first)
-                self._disk.write_all(self._active_fd, data, self._active_size)
-                self._active_size += len(data)
+                offset = self._active_size
                 started = time.perf_counter_ns()
-                self._disk.fdatasync(self._active_fd)
+                self._disk.write_durably(self._active_fd, data, offset)
+                self._active_size = offset + len(data)
                 self.last_fsync_latency_us = (time.perf_counter_ns() - started) // 1000
             except OSError as exc:
                 self._unsynced = (data, last_seq)

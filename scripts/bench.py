@@ -71,13 +71,21 @@ PROFILE_NOTES = [
     "- Router, GET P1 (py-spy): about 72% of its time is system calls, a quarter each for the "
     "client's send, the send to the shard and epoll; Python is 3-4 µs of the ~20 µs. The hop "
     "itself is the cost: cluster clients skip it on the shard ports.",
-    "- Router, P16: request parsing about 18% (a bulk header is parsed inline now), then the sends.",
-    "- Shard, durable SET P1: the kernel's write + fdatasync on an appended segment costs 67-70 µs "
-    "of CPU per fsync (32 µs over preallocated, zeroed space), about 7-10 µs per SET at ~10 SETs per "
-    "fsync; waking the loop when a sync returns (eventfd) about 33 µs per fsync; the record about "
-    "0.5 µs per SET. Tried: a long-lived commit thread instead of a thread hop per batch (-19% "
-    "shard CPU per SET at P1), held replies per connection, one dict store per dirty key. "
-    "Not tried yet: preallocated, zero-filled segments (a log format change).",
+    "- Router, P16: request parsing was about 18%; a pipeline of plain requests is now parsed by "
+    "hiredis (shards/resp.py's fast path: 2.0 -> 0.8 µs per SET, 1.5 -> 0.5 per GET), which took "
+    "router CPU per command at P16 from 6.8-7.2 to 6.0 µs (GET) and 8.2-8.3 to 6.6-7.0 µs (SET), "
+    "and a shard port's from 14.8-16.2 to 12.6-12.9 µs per SET (scripts/cpu_bench.py, loaded machine).",
+    "- Shard, durable SET P1: the kernel's write + fdatasync on an appended segment costs 61-70 µs "
+    "of CPU per fsync and 3.4-3.6 context switches of the commit thread (a journal commit for the "
+    "size change); over preallocated, zeroed space 46 µs and 2.1-2.3 (log_bench-style micro, "
+    "quiet moment). The write and the sync are one pwritev2(RWF_DSYNC) now. In-process "
+    "(scripts/commit_bench.py) a SET's own bookkeeping (record, hazards, held replies) is ~1.1 µs "
+    "over a GET; the rest of the gap is per fsync: waking the commit thread (a futex wake with the "
+    "GIL held: py-spy puts ~10% of the loop's GIL time in CommitThread.wake), its GIL handoffs and "
+    "the eventfd wakeup back. Tried and dropped: waking the thread through an eventfd written "
+    "without the GIL (no gain measurable on the shared machine, worse in-process). "
+    "Not done: preallocated segments (a log format change; the power-loss test disk journals "
+    "sizes), io_uring for the write + fsync (no commit thread, no GIL handoffs).",
     "- Large values and big replies: see scripts/large_values.py and scripts/big_replies.py; "
     "LRANGE of 5M elements is bounded by encoding on the shard and the copy through the router.",
 ]

@@ -97,7 +97,10 @@ class ShardLink:
         if script:
             self.scripts[rid] = (time.monotonic(), script == SCRIPT_EVAL)
             self.router.scripts_in_flight += 1
-        self._outbox.put((rid, client.id if client is not None else 0, proto, argv))
+        queued = self._outbox.items  # Outbox.put, inlined: once per command
+        queued.append((rid, client.id if client is not None else 0, proto, argv))
+        if len(queued) == 1:
+            self._outbox.wake()
         return pending
 
     async def run(self) -> None:

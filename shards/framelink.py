@@ -71,6 +71,10 @@ class Outbox(Generic[T]):
         if len(items) == 1:
             self._wake.set()
 
+    def wake(self) -> None:
+        """For a caller that appended the first item to `items` itself."""
+        self._wake.set()
+
     def extend(self, items: list[T]) -> None:
         if items:
             if not self.items:

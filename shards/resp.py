@@ -7,6 +7,15 @@ requests: it accepts any reply type inside a request and has no bound on array
 sizes, so `*3000000000` would make it allocate a 3e9-slot list. Redis refuses such
 input with precise errors before allocating, and so does this parser.
 
+One exception, a fast path for the common case: input that is nothing but complete
+requests, each a multibulk of `$` bulks, is parsed by hiredis' reader in C (about
+0.3-0.8 µs per request against 2-4 µs here), but only after cheap scans that rule
+out everything on which hiredis and Redis differ (other reply types, which hiredis
+accepts inside an array, and any array count of five digits or more, for which
+hiredis would allocate before the elements arrive); whatever fails a scan, or is
+not parsed to the end, goes through this parser from the same byte, so every error
+and limit stays Redis' own.
+
 Replies are Python values encoded per the client's protocol version:
 bytes/bytearray -> bulk, int -> integer, None -> null, list/tuple -> array,
 float -> double, bool -> boolean (RESP3) or 1/0, and the wrapper classes below
@@ -17,6 +26,9 @@ from __future__ import annotations
 
 import math
 
+import re
+
+import hiredis
 from hiredis import pack_command
 
 from durakv.shards.numbers import parse_ll
@@ -27,6 +39,15 @@ UNAUTH_MULTIBULK_MAX_COUNT = 10
 UNAUTH_BULK_MAX_BYTES = 16384
 BIG_ARG_BYTES = 32 * 1024
 BULK_HEADER_FAST_BYTES = 21  # `$` and up to 19 digits: parsed inline (bigger sizes are refused anyway)
+# The hiredis fast path (see the module docstring) takes input of at most this many
+# bytes holding at most this many `*`: hiredis allocates an array when it reads its
+# header, so with every count under 10^4 (the scan below) it allocates at most
+# FAST_PARSE_MAX_ARRAYS * 10^4 slots (20 MB of address space, briefly) for any input.
+FAST_PARSE_MAX_BYTES = 64 * 1024
+# Below this, usually one request: the scans and hiredis' calls cost what they save.
+FAST_PARSE_MIN_BYTES = 256
+FAST_PARSE_MAX_ARRAYS = 256
+_FAST_PARSE_BIG_COUNT = re.compile(rb"\*[0-9]{5}")  # an array count of five digits or more
 # From this many items on, an array of bulk strings is formatted in C (below this the
 # type scan and the tuple copy cost more than the per-item Python formatting saves).
 BULK_ARRAY_MIN_ITEMS = 32
@@ -268,7 +289,7 @@ class RequestParser:
     """
 
     __slots__ = ("_buf", "_pos", "_args", "_remaining", "_chunks", "_chunks_bytes", "_need", "max_bulk_bytes",
-                 "authed", "big_args", "in_place_min_bytes", "_fill", "_fill_size", "_skip")
+                 "authed", "big_args", "in_place_min_bytes", "_fill", "_fill_size", "_skip", "fast_requests")
 
     def __init__(self, max_bulk_bytes: int = 512 * 1024 * 1024, in_place_min_bytes: int = 0) -> None:
         self._buf = b""
@@ -291,6 +312,7 @@ class RequestParser:
         self._fill: bytearray | None = None
         self._fill_size = 0
         self._skip = 0  # bytes after a filled argument (its CRLF) still to skip
+        self.fast_requests = 0  # requests the hiredis fast path parsed
 
     def buffered_bytes(self) -> int:
         """Unparsed input held (Redis' query buffer length)."""
@@ -368,6 +390,13 @@ class RequestParser:
         buf = self._buf
         n = len(buf)
         pos = self._pos
+        if self._args is None and self.authed and FAST_PARSE_MIN_BYTES <= n - pos <= FAST_PARSE_MAX_BYTES \
+                and buf[pos] == 42 and n - pos <= self.max_bulk_bytes:
+            fast = _parse_complete(buf if pos == 0 else buf[pos:])
+            if fast is not None:
+                self._pos = n
+                self.fast_requests += len(fast)
+                return fast
         try:
             while pos < n:
                 if self._args is None:
@@ -454,6 +483,53 @@ class RequestParser:
         finally:
             self._pos = pos
         return out
+
+
+_fast_reader = hiredis.Reader()
+
+
+def _parse_complete(data: bytes) -> list[list[bytes]] | None:
+    """The requests in `data` if it holds only complete multibulk requests of `$`
+    bulks that hiredis parses exactly as Redis would; None otherwise (the caller
+    parses it itself). The reader is empty after a success and replaced after
+    anything else, so it never holds a byte between calls."""
+    global _fast_reader
+    # After "\r\n" (the end of the previous header or bulk), a type byte other than `$`
+    # and `*` whose value hiredis hands out as bytes: simple string, verbatim, big number.
+    if b"\r\n+" in data or b"\r\n=" in data or b"\r\n(" in data or _FAST_PARSE_BIG_COUNT.search(data) is not None \
+            or (len(data) > FAST_PARSE_MAX_ARRAYS and data.count(b"*") > FAST_PARSE_MAX_ARRAYS):
+        return None
+    reader = _fast_reader
+    reader.feed(data)
+    out: list[list[bytes]] = []
+    try:
+        while True:
+            request = reader.gets()
+            if request is False:
+                break
+            if type(request) is not list:
+                raise _NotPlain
+            for arg in request:
+                if type(arg) is not bytes:
+                    raise _NotPlain
+            if request:  # `*0`: nothing to run, as Redis skips it
+                out.append(request)
+        # A request not complete yet (the exact parser must keep its partial state):
+        # hiredis may hold some of it as bytes, or as an array it is filling. An empty
+        # array fed now comes back as itself only if it starts a request.
+        reader.feed(b"*0\r\n")
+        if reader.gets() != [] or reader.has_data():
+            raise _NotPlain
+    except Exception:  # noqa: BLE001 - _NotPlain, hiredis.ProtocolError, or hiredis failing to build
+        # a value (a map with an array key): not plain input; the exact parser, which
+        # is the authority, reads it from the same byte and answers Redis' error.
+        _fast_reader = hiredis.Reader()
+        return None
+    return out
+
+
+class _NotPlain(Exception):
+    """Input the hiredis fast path leaves to the exact parser."""
 
 
 def _header_end(buf: bytes, pos: int, n: int, too_big: bytes) -> int:

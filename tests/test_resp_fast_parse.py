@@ -1,0 +1,127 @@
+"""The request parser's hiredis fast path (shards/resp.py): complete pipelines of
+plain multibulk requests are parsed in C, and on every input the parser answers
+exactly what the pure-Python parser answers (the same requests, the same Redis
+errors at the same point), which is checked here on random streams split at
+random points."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+import durakv.shards.resp as resp
+from durakv.shards.resp import ProtocolError, RequestParser
+
+
+def pack(*args: bytes) -> bytes:
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+
+
+def test_a_pipeline_of_plain_requests_takes_the_fast_path():
+    parser = RequestParser()
+    batch = b"".join(pack(b"SET", b"key:%d" % i, b"v" * 100) for i in range(16))
+    parser.feed(batch)
+    requests = parser.requests()
+    assert requests == [[b"SET", b"key:%d" % i, b"v" * 100] for i in range(16)]
+    assert parser.fast_requests == 16
+    parser.feed(pack(b"GET", b"k")[:7])  # a partial request: the exact parser keeps it
+    assert parser.requests() == []
+    parser.feed(pack(b"GET", b"k")[7:] + pack(b"PING"))
+    assert parser.requests() == [[b"GET", b"k"], [b"PING"]]
+    assert parser.fast_requests == 16
+
+
+class RecordingReader:
+    def __init__(self) -> None:
+        self.fed: list[bytes] = []
+
+    def feed(self, data: bytes) -> None:
+        self.fed.append(bytes(data))
+        raise AssertionError("hiredis must not see this input")
+
+
+@pytest.mark.parametrize("data", [b"*2000000000\r\n", b"*99999\r\n$3\r\nSET\r\n", b"*1\r\n*12345\r\n",
+                                  b"*1\r\n+PING\r\n", b"*1\r\n=8\r\ntxt:PING\r\n", b"*1\r\n(12\r\n"])
+def test_input_hiredis_would_read_otherwise_never_reaches_it(data, monkeypatch):
+    """hiredis allocates an array when it reads its count, and hands simple strings,
+    verbatim strings and big numbers inside a request out as bytes: none of that
+    is given to it."""
+    reader = RecordingReader()
+    monkeypatch.setattr(resp, "_fast_reader", reader)
+    parser = RequestParser()
+    data = pack(b"ECHO", b"x" * resp.FAST_PARSE_MIN_BYTES) + data  # big enough for the fast path
+    parser.feed(data)
+    try:
+        parser.requests()
+    except ProtocolError:
+        pass
+    assert reader.fed == []
+
+
+def test_too_many_arrays_in_one_input_go_to_the_exact_parser(monkeypatch):
+    reader = RecordingReader()
+    monkeypatch.setattr(resp, "_fast_reader", reader)
+    parser = RequestParser()
+    parser.feed(pack(b"PING") * (resp.FAST_PARSE_MAX_ARRAYS + 1))
+    assert len(parser.requests()) == resp.FAST_PARSE_MAX_ARRAYS + 1
+    assert reader.fed == [] and parser.fast_requests == 0
+
+
+PIECES = [
+    lambda r: pack(b"SET", b"key:%d" % r.randrange(1000), r.randbytes(r.choice([0, 1, 5, 100, 3000]))),
+    lambda r: pack(b"GET", b"k\r\n+x" if r.random() < 0.2 else b"k"),
+    lambda r: pack(b"MSET", *[b"f%d" % i for i in range(r.randrange(1, 12))]),
+    lambda r: pack(b"ECHO", b"a\x00b*99999\r\n(=+"),
+    lambda r: b"*0\r\n",
+    lambda r: b"*-1\r\n",
+    lambda r: b"PING inline\r\n",
+    lambda r: b"  \r\n",
+    lambda r: b"*1\r\n+PING\r\n",
+    lambda r: b"*2\r\n$3\r\nGET\r\n:12\r\n",
+    lambda r: b"*1\r\n$-1\r\n",
+    lambda r: b"*1\r\n*1\r\n$1\r\na\r\n",
+    lambda r: b"*1\r\n_\r\n",
+    lambda r: b"*1\r\n%1\r\n$1\r\na\r\n$1\r\nb\r\n",
+    lambda r: b"*01\r\n$4\r\nPING\r\n",
+    lambda r: b"*1\r\n$04\r\nPING\r\n",
+    lambda r: b"*1\r\n$4\r\nPINGxx",
+    lambda r: b"*1\rX$4\r\nPING\r\n",
+    lambda r: b"*1\r\n$4\r\nPING\n\n",
+    lambda r: b"*3000000000\r\n",
+    lambda r: b"*2\r\n$3\r\nGET\r\n$999999999999\r\n",
+    lambda r: b"*1\r\n$ 4\r\nPING\r\n",
+    lambda r: b"$4\r\nPING\r\n",
+    lambda r: b"*1\x00\r\n$4\r\nPING\r\n",
+]
+
+
+def parse_stream(stream: bytes, cuts: list[int], fast: bool, authed: bool,
+                 monkeypatch: pytest.MonkeyPatch) -> list:
+    monkeypatch.setattr(resp, "FAST_PARSE_MAX_BYTES", 64 * 1024 if fast else 0)
+    parser = RequestParser(max_bulk_bytes=1024 * 1024)
+    parser.authed = authed
+    out: list = []
+    start = 0
+    for cut in [*cuts, len(stream)]:
+        parser.feed(stream[start:cut])
+        start = cut
+        try:
+            out.append(parser.requests())
+        except ProtocolError as e:
+            out.append(("error", e.args[0], e.requests))
+            break
+    out.append(parser.buffered_bytes())
+    return out
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_the_fast_path_answers_what_the_exact_parser_answers(seed, monkeypatch):
+    r = random.Random(seed)
+    plain = r.random() < 0.5  # half the streams hold only well-formed requests
+    pieces = PIECES[:3] if plain else PIECES
+    stream = b"".join(r.choice(pieces)(r) for _ in range(r.randrange(1, 40)))
+    cuts = sorted(r.sample(range(1, len(stream)), min(len(stream) - 1, r.randrange(0, 6)))) if len(stream) > 1 else []
+    authed = r.random() < 0.9
+    expected = parse_stream(stream, cuts, False, authed, monkeypatch)
+    assert parse_stream(stream, cuts, True, authed, monkeypatch) == expected
