@@ -197,19 +197,23 @@ def simulate_power_loss(*journal_paths: str) -> PowerLossReport:
 
     A name whose inode changed after the directory's last fsync (a rename over it)
     cannot be rolled back, since the replaced file is gone: it is kept and listed in
-    report.replaced_kept."""
+    report.replaced_kept.
+
+    File sizes are looked up in the journals that vouch for the file's directory
+    only: inode numbers are reused, so another process's sync of a since-deleted
+    file with the same number says nothing about this one."""
     assert journal_paths, "simulate_power_loss needs at least one journal"
-    sizes: dict[int, int] = {}
     own_dirs: dict[str, dict[str, bool]] = {}  # journal: {dir: files}
     dirs: dict[str, dict[str, int]] = {}
-    files_vouched: set[str] = set()
+    vouchers: dict[str, list[dict[int, int]]] = {}  # dir: the file sizes of each journal vouching for it
     for journal_path in journal_paths:
+        sizes: dict[int, int] = {}
         journal_dirs = _read_journal(journal_path, sizes)
         own_dirs[journal_path] = {d: bool(rec.get("files", True)) for d, rec in journal_dirs.items()}
         for dir_path, record in journal_dirs.items():
             dirs.setdefault(dir_path, {}).update(record["entries"])
             if record.get("files", True):
-                files_vouched.add(dir_path)
+                vouchers.setdefault(dir_path, []).append(sizes)
     report = PowerLossReport()
     journals = {os.path.abspath(p) for p in journal_paths}
     for dir_path, durable in dirs.items():
@@ -229,9 +233,9 @@ def simulate_power_loss(*journal_paths: str) -> PowerLossReport:
             if ino != entry.inode():
                 report.replaced_kept.append(entry.path)
                 continue
-            if dir_path in files_vouched and entry.is_file(follow_symlinks=False):
+            if dir_path in vouchers and entry.is_file(follow_symlinks=False):
                 before = entry.stat().st_size
-                after = min(before, sizes.get(ino, 0))
+                after = min(before, max(sizes.get(ino, 0) for sizes in vouchers[dir_path]))
                 if after != before:
                     os.truncate(entry.path, after)
                     report.truncated[entry.path] = (before, after)
