@@ -147,13 +147,14 @@ class Keyspace:
         value = self.data.get(key)
         if value is None:
             if self.count_reads:
-                self.stat_keyspace_misses += 1
+                self._miss(key)
             return None
         when = self.expires.get(key)
         if when is not None and when <= self.now() and not self.lazy_expire_disabled:
-            self._expire(key)
+            if not self.expiry_paused():
+                self._expire(key)
             if self.count_reads:
-                self.stat_keyspace_misses += 1
+                self._miss(key)
             return None
         if self.count_reads:
             self.stat_keyspace_hits += 1
