@@ -391,11 +391,12 @@ class Client:
         return out
 
     def time_slowlog(self, cmd, argv: list[bytes], start_ns: int) -> None:
-        """SLOWLOG for a command answered here (a shard logs those it executes)."""
+        """SLOWLOG and LATENCY for a command answered here (a shard logs those it executes)."""
         duration_us = (time.perf_counter_ns() - start_ns) // 1000
         slowlog = self.router.slowlog
         if duration_us >= slowlog.threshold_us and "skip_slowlog" not in cmd.flags:
             slowlog.push(argv, duration_us, self.id, self.addr.encode(), self.name)
+        self.router.latency.observe(cmd, duration_us)
 
     def unwatch_all(self) -> None:
         """Drop this client's WATCHes on every shard that holds some."""

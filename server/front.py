@@ -27,6 +27,7 @@ from durakv.shards.config import Config
 from durakv.shards.frames import PROTO_INTERNAL, VERB_UNBLOCK, VERB_UNWATCH, internal_reply_decoder
 from durakv.shards.resp import ReplyError, encode, encode_error
 from durakv.shards.slots import SLOT_COUNT, key_slot
+from durakv.shards.latency import LatencyMonitor
 from durakv.shards.slowlog import SlowLog
 from durakv.shards.table import SPLIT_MGET, Command, Merge, merge_sum
 
@@ -126,7 +127,8 @@ class Front(ABC):
         self.started_at = time.time()
         self.started_monotonic = time.monotonic()
         self.settings = Settings(config)
-        self.settings.on_apply = self.configure_slowlog
+        self.settings.on_apply = self.settings_applied
+        self.latency = LatencyMonitor()  # LATENCY of the commands answered here (a node's is its shard's)
         self.stats_commands = 0
         self.stats_connections = 0
         self.stats_rejected_connections = 0
@@ -141,6 +143,13 @@ class Front(ABC):
 
     @abstractmethod
     def new_client_id(self) -> int: ...
+
+    def settings_applied(self) -> None:
+        """After every CONFIG SET applied here: what caches a parameter's value."""
+        self.configure_slowlog()
+        values = self.settings.values
+        for name in ("latency-monitor-threshold", "latency-tracking"):
+            self.latency.configure(name, values[name])
 
     def configure_slowlog(self) -> None:
         values = self.settings.values

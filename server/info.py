@@ -10,8 +10,11 @@ import time
 from typing import NamedTuple
 
 from durakv.shards import failure
+from durakv.server.settings import format_percentile
 from durakv.shards.internal import rss_bytes
+from durakv.shards.latency import merge_histograms, percentile_ns
 from durakv.shards.slots import slot_ranges
+from durakv.shards.table import TABLE
 from durakv.snapshotter.runner import pending_request, read_status
 
 # Like Redis' run_id: random, new for every start of this (router) process.
@@ -291,7 +294,19 @@ def _commandstats(router, infos, version):
 
 
 def _latencystats(router, infos, version):
-    return []
+    """Per-command latency percentiles (µs) over this process's and the shards'
+    histograms (shards/latency.py), in command table order, as Redis 7.0 prints them."""
+    merged = merge_histograms([router.latency.export_histograms(), *(i["latency_histograms"] for i in infos)])
+    percentiles = [float(p) for p in router.settings.values["latency-tracking-info-percentiles"].split()]
+    lines = []
+    for cmd in TABLE.values():
+        for each in (cmd, *cmd.subcommands.values()):
+            counts = merged.get(each.fullname)
+            if counts:
+                values = ",".join(f"p{format_percentile(p)}={percentile_ns(counts, p) / 1000:.3f}"
+                                  for p in percentiles)
+                lines.append(f"latency_percentiles_usec_{each.fullname}:{values}")
+    return lines
 
 
 _SECTIONS = {

@@ -151,6 +151,7 @@ class ShardNode(Front):
         self.router_node_id = topology["node_id"]
         self.settings_sync = SettingsSync(self, node=True, on_change=self._shard_settings_changed)
         self.slowlog = shard.slowlog  # one log per process: the shard's commands and the node's
+        self.latency = shard.latency  # likewise LATENCY's events and histograms
         shard.event_sinks.append(self.pubsub.keyspace_events)
         self.port = shard_port(config, shard.index)
 

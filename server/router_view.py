@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from durakv.server.pause import ClientPause
     from durakv.server.stats import ReplyStats
     from durakv.shards.config import Config
+    from durakv.shards.latency import LatencyMonitor
     from durakv.shards.slowlog import SlowLog
     from durakv.shards.table import Command, Merge
 
@@ -55,6 +56,9 @@ class RouterView(Protocol):
 
     @property
     def slowlog(self) -> SlowLog: ...
+
+    @property
+    def latency(self) -> LatencyMonitor: ...
 
     # --- shards, slots and clients (read) -----------------------------------------
     @property

@@ -14,7 +14,7 @@ from durakv.server.settings import set_failed
 from durakv.shards.args import ERR_SYNTAX, int_arg
 from durakv.shards.glob import glob_match
 from durakv.shards.frames import VERB_INFO, VERB_RESETSTAT
-from durakv.shards.internal import INFO_KEYSPACE
+from durakv.shards.internal import INFO_KEYSPACE, INFO_LATENCYSTATS
 from durakv.shards.numbers import strtod
 from durakv.shards.resp import Map, ReplyError, SetReply, Simple, Verbatim, encode, encode_error
 from durakv.shards.shard_settings import SHARD_PARAMS
@@ -278,6 +278,7 @@ def config_resetstat(client: Client, argv: list[bytes]):
     router = client.router
     router.stats_commands = 0
     router.reply_stats.reset()
+    router.latency.reset_histograms()
     router.stats_connections = 0
     router.stats_rejected_connections = 0
     router.stats_protocol_errors = 0
@@ -319,6 +320,8 @@ def info(client: Client, argv: list[bytes]):
     up = [link.index for link in router.links if link.up]
     # Key counts are a keyless read: asking for them makes each shard wait for its pending records.
     request = [VERB_INFO, INFO_KEYSPACE] if "keyspace" in sections else [VERB_INFO]
+    if "latencystats" in sections:
+        request.append(INFO_LATENCYSTATS)
     return router.fanout_internal(client, request, finish, shards=up)
 
 

@@ -18,7 +18,7 @@ from typing import Callable
 
 from durakv.shards.config import Config
 from durakv.shards.glob import glob_match
-from durakv.shards.numbers import INT_MAX, INT_MIN, LLONG_MAX, LLONG_MIN, UINT_MAX, ULLONG_MAX, parse_ll
+from durakv.shards.numbers import INT_MAX, INT_MIN, LLONG_MAX, LLONG_MIN, UINT_MAX, ULLONG_MAX, parse_ll, strtod
 from durakv.shards.resp import ReplyError
 from durakv.shards.notify import flags_text, parse_flags
 from durakv.shards.shard_settings import SHARD_DEFAULTS
@@ -28,7 +28,7 @@ logger = logging.getLogger("durakv.router")
 MIN_HZ, MAX_HZ = 1, 500
 MEMTOULL_MAX_DIGITS = 127
 
-BOOL, ENUM, STRING, NUMBER, SAVE, OUTPUT_LIMITS, KEYSPACE_EVENTS = range(7)
+BOOL, ENUM, STRING, NUMBER, SAVE, OUTPUT_LIMITS, KEYSPACE_EVENTS, PERCENTILES = range(8)
 
 _MEMORY_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2,
                  "g": 1000**3, "gb": 1024**3}
@@ -114,6 +114,7 @@ def _params(config: Config) -> list[Param]:
               "normal 0 0 0 slave 268435456 67108864 60 pubsub 33554432 8388608 60"),
         bool_("latency-tracking", "yes"),
         _int("latency-monitor-threshold", 0, 0, LLONG_MAX),
+        Param("latency-tracking-info-percentiles", PERCENTILES, "50 99 99.9"),
         bool_("lazyfree-lazy-eviction", "no"),
         bool_("lazyfree-lazy-expire", "no"),
         bool_("lazyfree-lazy-server-del", "no"),
@@ -213,6 +214,26 @@ def _parse_output_limits(current: str, value: str) -> tuple[str | None, bytes]:
             return None, b"Error in hard, soft or soft_seconds setting in buffer limit configuration."
         limits[klass] = [str(hard), str(soft), str(seconds)]
     return " ".join(" ".join([k] + limits[k]) for k in _LIMIT_ORDER), b""
+
+
+def _parse_percentiles(value: str) -> tuple[str | None, bytes]:
+    """latency-tracking-info-percentiles: numbers in [0, 100], printed as C's %f
+    with trailing zeros trimmed (Redis' trimDoubleString)."""
+    out = []
+    for word in _split_multi_arg(value):
+        raw = word.encode()
+        number, consumed = strtod(raw)
+        if not raw or consumed != len(raw) or number != number:
+            return None, b"Invalid latency-tracking-info-percentiles parameters"
+        if not 0.0 <= number <= 100.0:
+            return None, b"latency-tracking-info-percentiles parameters should sit between [0.0,100.0]"
+        out.append(format_percentile(number))
+    return " ".join(out), b""
+
+
+def format_percentile(number: float) -> str:
+    text = f"{number:f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def _parse_keyspace_events(value: str) -> str | None:
@@ -328,6 +349,8 @@ class Settings:
             return (saved, b"") if saved is not None else (None, b"Invalid save parameters")
         if kind == OUTPUT_LIMITS:
             return _parse_output_limits(self.values[param.name], value)
+        if kind == PERCENTILES:
+            return _parse_percentiles(value)
         if kind == KEYSPACE_EVENTS:
             events = _parse_keyspace_events(value)
             if events is None:

@@ -22,5 +22,8 @@ SHARD_DEFAULTS: dict[str, int] = {
 # generate (shards/notify.py; "" none).
 SHARD_TEXT_DEFAULTS: dict[str, str] = {
     "notify-keyspace-events": "",
+    # LATENCY (shards/latency.py): event threshold in ms (0: off), per-command histograms.
+    "latency-monitor-threshold": "0",
+    "latency-tracking": "yes",
 }
 SHARD_PARAMS = frozenset(SHARD_DEFAULTS) | frozenset(SHARD_TEXT_DEFAULTS)
