@@ -9,21 +9,27 @@ answers as one Redis would whose events came from all of them.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Callable
 
+from durakv.log.durable_file import replace_file
+from durakv.log.layout import run_dir
 from durakv.server.client import Client
 from durakv.shards.frames import VERB_LATENCY
 from durakv.shards.latency import (
-    EVENT_COMMAND, EVENT_FAST_COMMAND, EVENT_FSYNC, MAX, SAMPLES, cdf, merge_events, merge_histograms,
+    EVENT_COMMAND, EVENT_FAST_COMMAND, EVENT_FSYNC, EVENT_SNAPSHOT_UPLOAD, MAX, SAMPLES, cdf, merge_events,
+    merge_histograms,
 )
 from durakv.shards.resp import Map, ReplyError, Simple, Verbatim, encode, encode_error
 from durakv.shards.table import ROUTER, TABLE, Command, command, container, find_fullname
+from durakv.snapshotter.runner import read_status
 
 GRAPH_COLUMNS = 80
 GRAPH_ROWS = 4
 SPARK_CHARS = b"_o#"  # Redis' sparkline "fill" charset, one step per character per row
 LABEL_MARGIN_TOP = 1
+SNAPSHOT_RESET_FILE = "latency-snapshot-reset"  # in DIR/run: LATENCY RESET's time for snapshot-upload
 
 container("latency", "server", where=ROUTER)
 
@@ -50,8 +56,49 @@ def _gather(client: Client, request: list[bytes], finish: Callable[[list[Any]], 
 
 
 def _events(client: Client, finish: Callable[[dict[str, list]], Any]):
-    own = client.router.latency.export_events()
-    return _gather(client, [VERB_LATENCY, b"events"], lambda values: finish(merge_events([own, *values])))
+    router = client.router
+    own = router.latency.export_events()
+    uploads = snapshot_uploads(router)
+    return _gather(client, [VERB_LATENCY, b"events"],
+                   lambda values: finish(merge_events([own, *values, uploads])))
+
+
+def _reset_path(data_dir: str) -> str:
+    return os.path.join(run_dir(data_dir), SNAPSHOT_RESET_FILE)
+
+
+def snapshot_uploads(router) -> dict[str, list]:
+    """The snapshot-upload event from the snapshotter's status (it times every upload;
+    the threshold applies here): samples at or past latency-monitor-threshold, newer
+    than the last LATENCY RESET of the event (DIR/run/latency-snapshot-reset, shared
+    by every router and node). A node reports its own shard's uploads."""
+    threshold_ms = router.latency.threshold_ms
+    if not threshold_ms:
+        return {}
+    data_dir = router.config.data_dir
+    try:
+        with open(_reset_path(data_dir), "rb") as f:
+            reset_s = int(f.read(32) or 0)
+    except FileNotFoundError:
+        reset_s = 0
+    shards = read_status(data_dir).shards
+    own_shard = router.index if router.cluster_node else None
+    samples = [(second, ms) for shard, status in shards.items() if own_shard in (None, shard)
+               for second, ms in status.upload_samples if ms >= threshold_ms and second > reset_s]
+    if not samples:
+        return {}
+    return {EVENT_SNAPSHOT_UPLOAD: [max(ms for _, ms in samples), sorted(samples)]}
+
+
+def _reset_snapshot_uploads(router, names: list[bytes]) -> bool:
+    """Forget the snapshot-upload samples so far (when RESET names it or all); whether
+    there were any to forget."""
+    if names and EVENT_SNAPSHOT_UPLOAD not in {name.decode(errors="replace").lower() for name in names}:
+        return False
+    had = bool(snapshot_uploads(router))
+    path = _reset_path(router.config.data_dir)
+    replace_file(path, b"%d" % int(time.time()), tmp_path=f"{path}.{os.getpid()}.tmp")
+    return had
 
 
 @command("latency|latest", 2, "admin noscript loading stale", group="server", where=ROUTER, tips=_TIPS)
@@ -77,7 +124,10 @@ def latency_history(client: Client, argv: list[bytes]):
 @command("latency|reset", -2, "admin noscript loading stale", group="server", where=ROUTER,
          tips=("request_policy:all_nodes", "response_policy:all_succeeded"))
 def latency_reset(client: Client, argv: list[bytes]):
-    own = client.router.latency.reset_events([name.decode(errors="replace") for name in argv[2:]])
+    router = client.router
+    own = router.latency.reset_events([name.decode(errors="replace") for name in argv[2:]])
+    if _reset_snapshot_uploads(router, argv[2:]):
+        own.append(EVENT_SNAPSHOT_UPLOAD)
     return _gather(client, [VERB_LATENCY, b"reset", *argv[2:]],
                    lambda values: len({name.lower() for part in [own, *values] for name in part}))
 
