@@ -124,6 +124,7 @@ class Client:
         if not data:
             self.kill()  # EOF: like Redis, replies still queued are dropped
             return
+        self.router.stats_net_input_bytes += len(data)
         parser = self.parser
         big_args = parser.big_args
         parser.feed(data)
@@ -514,6 +515,7 @@ class Client:
         except OSError:
             self.kill()
             return
+        self.router.stats_net_output_bytes += sent
         if sent == size:
             return
         self.outbuf.extend(chunks)
@@ -565,6 +567,7 @@ class Client:
         except OSError:
             self.kill()
             return
+        self.router.stats_net_output_bytes += sent
         self._drop_sent(sent)
         if self.backlog:
             self.flush()  # dispatches more of the backlog if output is now under the bounds

@@ -27,6 +27,7 @@ from durakv.shards.config import Config
 from durakv.shards.frames import PROTO_INTERNAL, VERB_UNBLOCK, VERB_UNWATCH, internal_reply_decoder
 from durakv.shards.resp import ReplyError, encode, encode_error
 from durakv.shards.slots import SLOT_COUNT, key_slot
+from durakv.server.rates import InstantRates
 from durakv.shards.latency import LatencyMonitor
 from durakv.shards.slowlog import SlowLog
 from durakv.shards.table import SPLIT_MGET, Command, Merge, merge_sum
@@ -132,6 +133,9 @@ class Front(ABC):
         self.stats_commands = 0
         self.stats_connections = 0
         self.stats_rejected_connections = 0
+        self.stats_net_input_bytes = 0  # read from client sockets (server/client.py)
+        self.stats_net_output_bytes = 0  # written to client sockets
+        self.rates = InstantRates()  # INFO's instantaneous_* (server/rates.py)
         self.stats_protocol_errors = 0
         self.reply_stats = ReplyStats()  # errorstats and the commandstats of what this process answers
         self.pause = ClientPause()
@@ -313,6 +317,7 @@ class Front(ABC):
                 Pending(None, on_fill=_ignore_reply))
 
     async def _accept_loop(self, listener: socket.socket, nursery: trio.Nursery) -> None:
+        nursery.start_soon(self.rates.run, self)
         spare = SpareFd()
         while True:
             await trio.lowlevel.wait_readable(listener)

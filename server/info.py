@@ -25,6 +25,25 @@ DEFAULT_SECTIONS = ("server", "clients", "memory", "persistence", "stats", "repl
 ALL_SECTIONS = DEFAULT_SECTIONS[:-2] + ("commandstats", "latencystats") + DEFAULT_SECTIONS[-2:]
 
 
+TOTAL_SYSTEM_MEMORY_BYTES = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def bytes_to_human(n: int) -> str:
+    """Redis' bytesToHuman: B below a KiB, else two decimals of K, M, G, T, P."""
+    if n < 1024:
+        return f"{n}B"
+    for power, unit in enumerate("KMGTP", 1):
+        if n < 1024 ** (power + 1) or unit == "P":
+            return f"{n / 1024 ** power:.2f}{unit}"
+    raise AssertionError("unreachable")
+
+
+def _last_build_s(snapshots) -> int:
+    """rdb_last_bgsave_time_sec: the newest snapshot's build time (-1 before any)."""
+    newest = max(snapshots, key=lambda s: s.last_created_at_ms, default=None)
+    return -1 if newest is None or not newest.last_created_at_ms else newest.last_build_ms // 1000
+
+
 class ShardState(NamedTuple):
     shard: int
     up: bool
@@ -118,6 +137,7 @@ def _server(router, infos, version):
         f"hz:{router.settings.values['hz']}",
         f"configured_hz:{router.settings.values['hz']}",
         f"executable:{sys.executable}",
+        f"config_file:{router.config.config_file}",
         f"shards:{len(router.links)}",
         f"routers:{router.config.routers}",
     ]
@@ -143,6 +163,8 @@ def _memory(router, infos, version):
         f"used_memory_router_rss:{rss_bytes()}",
         f"used_memory_shards_rss:{shard_rss}",
         f"number_of_cached_scripts:{_cached_scripts(infos)}",
+        f"total_system_memory:{TOTAL_SYSTEM_MEMORY_BYTES}",
+        f"total_system_memory_human:{bytes_to_human(TOTAL_SYSTEM_MEMORY_BYTES)}",
         f"maxmemory:{router.settings.values['maxmemory']}",
         f"maxmemory_policy:{router.settings.values['maxmemory-policy']}",
         "mem_fragmentation_ratio:1.00",
@@ -175,9 +197,17 @@ def _persistence(router, infos, version):
         f"rdb_bgsave_in_progress:{1 if pending_request(router.config.data_dir, status) else 0}",
         f"rdb_last_save_time:{status.newest_published_ms() // 1000 or int(router.started_at)}",
         f"rdb_last_bgsave_status:{'err' if snapshot_failed else 'ok'}",
+        f"rdb_last_bgsave_time_sec:{_last_build_s(snapshots.values())}",
         "aof_enabled:1",
+        # The log is durakv's AOF; it is never rewritten (snapshots let covered segments go).
         "aof_rewrite_in_progress:0",
+        "aof_rewrite_scheduled:0",
+        "aof_last_rewrite_time_sec:-1",
+        "aof_current_rewrite_time_sec:-1",
+        "aof_last_bgrewrite_status:ok",
+        "aof_rewrites:0",
         f"aof_last_write_status:{'err' if failed else 'ok'}",
+        f"aof_current_size:{sum(p['log_size_bytes'] for p in shards)}",
         f"durability:{shards[0]['durability'] if shards else 'sync'}",
         f"log_durable_seq:{sum(p['durable_seq'] for p in shards)}",
         f"log_pending_records:{sum(p['pending_records'] for p in shards)}",
@@ -223,6 +253,9 @@ def _stats(router, infos, version):
     return [
         f"total_connections_received:{router.stats_connections}",
         f"total_commands_processed:{router.stats_commands}",
+        *router.rates.lines(),
+        f"total_net_input_bytes:{router.stats_net_input_bytes}",
+        f"total_net_output_bytes:{router.stats_net_output_bytes}",
         f"rejected_connections:{router.stats_rejected_connections}",
         f"expired_keys:{sum(i['expired_keys'] for i in infos)}",
         "evicted_keys:0",
@@ -232,6 +265,8 @@ def _stats(router, infos, version):
         f"pubsub_patterns:{len(router.pubsub.patterns)}",
         f"total_error_replies:{router.reply_stats.error_replies}",
         "unexpected_error_replies:0",
+        "latest_fork_usec:0",  # snapshots are built by the snapshotter process, not by forking
+        "total_forks:0",
         f"total_protocol_errors:{router.stats_protocol_errors}",
         f"shard_frames_sent:{sum(link.frames_sent for link in router.links)}",
         f"shard_requests_sent:{sum(link.requests_sent for link in router.links)}",

@@ -93,6 +93,8 @@ class RouterView(Protocol):
     pause: ClientPause  # CLIENT PAUSE (server/pause.py)
     stats_connections: int
     stats_rejected_connections: int
+    stats_net_input_bytes: int
+    stats_net_output_bytes: int
     stats_protocol_errors: int
     # EVAL/FCALL in flight on the shards (a node never counts its own: a script holds its loop).
     scripts_in_flight: int

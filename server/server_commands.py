@@ -281,6 +281,8 @@ def config_resetstat(client: Client, argv: list[bytes]):
     router.latency.reset_histograms()
     router.stats_connections = 0
     router.stats_rejected_connections = 0
+    router.stats_net_input_bytes = 0
+    router.stats_net_output_bytes = 0
     router.stats_protocol_errors = 0
     return router.fanout_internal(client, [VERB_RESETSTAT], lambda values: b"+OK\r\n")
 

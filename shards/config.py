@@ -49,6 +49,7 @@ class Config(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields
     test_fsync_gate_path: str = ""  # test hook: fsyncs wait until this file exists
     test_fsync_fail_path: str = ""  # test hook: fsyncs fail with EIO while this file exists
     test_durability_journal: bool = False  # test hook: journal what each sync made durable
+    config_file: str = ""  # set by load_config: the --config file's absolute path (never a setting of its own)
 
     def resolved(self) -> "Config":
         shards = self.shards or (os.cpu_count() or 1)
@@ -124,6 +125,10 @@ def load_config(path: str | None, overrides: dict) -> Config:
                              "TOML file") from None
         except msgspec.DecodeError as e:
             raise ValueError(f"config file {path}: {e}; fix that setting (names as in README)") from None
+        if config.config_file:
+            raise ValueError(f"config file {path}: config-file is not a setting (durakv records the --config "
+                             "path itself); remove it")
+        config = msgspec.structs.replace(config, config_file=os.path.abspath(path))
     else:
         config = Config()
     changes = {k: v for k, v in overrides.items() if v is not None}
