@@ -27,6 +27,7 @@ from durakv.shards.config import Config
 from durakv.shards.frames import PROTO_INTERNAL, VERB_UNBLOCK, VERB_UNWATCH, internal_reply_decoder
 from durakv.shards.resp import ReplyError, encode, encode_error
 from durakv.shards.slots import SLOT_COUNT, key_slot
+from durakv.server.logsetup import change_level as change_log_level
 from durakv.server.rates import InstantRates
 from durakv.shards.latency import LatencyMonitor
 from durakv.shards.slowlog import SlowLog
@@ -130,6 +131,7 @@ class Front(ABC):
         self.settings = Settings(config)
         self.settings.on_apply = self.settings_applied
         self.latency = LatencyMonitor()  # LATENCY of the commands answered here (a node's is its shard's)
+        self.log_level = self.settings.values["loglevel"]  # this process's, as CONFIG SET loglevel last set it
         self.stats_commands = 0
         self.stats_connections = 0
         self.stats_rejected_connections = 0
@@ -154,6 +156,9 @@ class Front(ABC):
         values = self.settings.values
         for name in ("latency-monitor-threshold", "latency-tracking"):
             self.latency.configure(name, values[name])
+        if values["loglevel"] != self.log_level:
+            self.log_level = values["loglevel"]
+            change_log_level(self.log_level, "CONFIG SET loglevel")
 
     def configure_slowlog(self) -> None:
         values = self.settings.values

@@ -7,6 +7,7 @@ import time
 
 from durakv.server import info as info_mod
 from durakv.server.client import Client
+from durakv.server.config_rewrite import rewrite
 from durakv.server.conn_commands import REDIS_VERSION
 from durakv.server.fdlimit import adjust_open_files_limit
 from durakv.server.links import Pending
@@ -16,7 +17,7 @@ from durakv.shards.glob import glob_match
 from durakv.shards.frames import VERB_INFO, VERB_RESETSTAT
 from durakv.shards.internal import INFO_KEYSPACE, INFO_LATENCYSTATS
 from durakv.shards.numbers import strtod
-from durakv.shards.resp import Map, ReplyError, SetReply, Simple, Verbatim, encode, encode_error
+from durakv.shards.resp import OK, Map, ReplyError, SetReply, Simple, Verbatim, encode, encode_error
 from durakv.shards.shard_settings import SHARD_PARAMS
 from durakv.shards.slots import key_slot
 from durakv.shards.table import (
@@ -289,7 +290,9 @@ def config_resetstat(client: Client, argv: list[bytes]):
 
 @command("config|rewrite", 2, "admin noscript loading stale", group="server", where=ROUTER)
 def config_rewrite(client: Client, argv: list[bytes]):
-    raise ReplyError(b"ERR The server is running without a config file")
+    """The changes since startup into the --config TOML file (server/config_rewrite.py)."""
+    rewrite(client.router.settings, client.router.config.config_file)
+    return OK
 
 
 @command("config|help", 2, "loading stale", group="server", where=ROUTER)

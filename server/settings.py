@@ -16,6 +16,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
+from durakv.server.logsetup import REDIS_NAMES
 from durakv.shards.config import Config
 from durakv.shards.glob import glob_match
 from durakv.shards.numbers import INT_MAX, INT_MIN, LLONG_MAX, LLONG_MIN, UINT_MAX, ULLONG_MAX, parse_ll, strtod
@@ -123,7 +124,8 @@ def _params(config: Config) -> list[Param]:
         bool_("activerehashing", "yes"),
         bool_("activedefrag", "no"),
         Param("notify-keyspace-events", KEYSPACE_EVENTS, ""),
-        Param("loglevel", ENUM, "notice", choices=("debug", "verbose", "notice", "warning")),
+        Param("loglevel", ENUM, REDIS_NAMES[config.log_level], choices=("debug", "verbose", "notice", "warning")),
+        Param("logfile", STRING, config.log_file, mutable=False),
         bool_("replica-read-only", "yes", aliases=("slave-read-only",)),
         Param("enable-debug-command", ENUM, "yes", mutable=False, choices=("no", "yes", "local")),
         _int("cluster-node-timeout", 15000, 0, LLONG_MAX),
@@ -242,6 +244,21 @@ def _parse_keyspace_events(value: str) -> str | None:
     return None if flags is None else flags_text(flags)
 
 
+# CONFIG parameters whose value is a top-level config key (their one home in the file):
+# CONFIG REWRITE writes them there, and [settings] may not repeat them.
+TOP_LEVEL_KEYS = {"bind": "bind", "port": "port", "dir": "data-dir", "requirepass": "requirepass",
+                  "maxclients": "maxclients", "hz": "hz", "proto-max-bulk-len": "proto-max-bulk-len",
+                  "client-query-buffer-limit": "client-query-buffer-limit", "loglevel": "log-level",
+                  "logfile": "log-file"}
+
+
+def setting_text(value: str | int | float | bool) -> str:
+    """A [settings] value as CONFIG SET takes it (TOML booleans are yes/no)."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
 class Settings:
     def __init__(self, config: Config) -> None:
         self.params = {param.name: param for param in _params(config)}
@@ -255,6 +272,24 @@ class Settings:
         self._class_limits: dict[str, tuple[int, int, int]] = {}
         # Called after every change applied, for what caches a value (the SLOWLOG threshold).
         self.on_apply: Callable[[], None] | None = None
+        if config.settings:
+            self._apply_config_file(config.settings)
+
+    def _apply_config_file(self, settings: dict[str, str | int | float | bool]) -> None:
+        """The config file's [settings], checked as one CONFIG SET (ValueError: one line
+        naming the setting and the problem); they become this run's defaults."""
+        for name in settings:
+            home = TOP_LEVEL_KEYS.get(self.lookup[name.lower()].name if name.lower() in self.lookup else name)
+            if home is not None:
+                raise ValueError(f"[settings] {name}: set it as the top-level key {home} instead")
+        try:
+            changes = self.validate([(name.encode(), setting_text(value).encode())
+                                     for name, value in settings.items()])
+        except ReplyError as e:
+            raise ValueError(f"[settings] {e.message.decode(errors='replace').removeprefix('ERR ')}") from None
+        for name, value in changes:
+            self.values[name] = value
+            self.params[name].default = value
 
     @property
     def maxclients(self) -> int:

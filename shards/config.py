@@ -29,7 +29,8 @@ class Config(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields
     client_query_buffer_limit: int = 1024 * 1024 * 1024
     maxclients: int = 10000
     hz: int = 10
-    log_level: str = "info"
+    log_level: str = "info"  # Redis' debug/verbose/notice/warning, or Python's info/error/critical
+    log_file: str = ""  # append log lines here; empty: stderr (journald under systemd)
     shard_restart_backoff_max_ms: int = 10_000
     startup_shard_wait_ms: int = 30_000
     durability: str = "sync"  # "sync": ack after fsync; "async": ack at once, bounded window
@@ -49,6 +50,9 @@ class Config(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields
     test_fsync_gate_path: str = ""  # test hook: fsyncs wait until this file exists
     test_fsync_fail_path: str = ""  # test hook: fsyncs fail with EIO while this file exists
     test_durability_journal: bool = False  # test hook: journal what each sync made durable
+    # [settings]: CONFIG parameters (Redis' names) applied at startup as CONFIG SET would
+    # (server/settings.py checks them); CONFIG REWRITE writes runtime changes here.
+    settings: dict[str, str | int | float | bool] = msgspec.field(default_factory=dict)
     config_file: str = ""  # set by load_config: the --config file's absolute path (never a setting of its own)
 
     def resolved(self) -> "Config":
@@ -85,7 +89,7 @@ LIMITS: dict[str, tuple[float, float]] = {
 CHOICES: dict[str, tuple[str, ...]] = {
     "cluster_announce": ("shards", "router"),
     "durability": ("sync", "async"),
-    "log_level": ("debug", "info", "warning", "error", "critical"),
+    "log_level": ("debug", "verbose", "notice", "info", "warning", "error", "critical"),
 }
 
 

@@ -136,7 +136,7 @@ def test_bad_config_file_values(tmp_path):
     cases = {
         "prot = 6380\n": "Object contains unknown field `prot`",
         'port = "high"\n': "Expected `int`, got `str` - at `$.port`",
-        'log-level = "loud"\n': "log-level must be one of debug, info, warning, error, critical, not 'loud'",
+        'log-level = "loud"\n': "log-level must be one of debug, verbose, notice, info, warning, error, critical, not 'loud'",
         "hz = 0\n": "hz must be between 1 and 500, not 0",
         "maxclients = -5\n": "maxclients must be between 1 and 1048576, not -5",
         'durability = "maybe"\n': "durability must be one of sync, async, not 'maybe'",
