@@ -208,7 +208,9 @@ def _installed_version() -> str:
 
 def _fail(message: str, code: int) -> int:
     """An operator's mistake: one line on stderr, a non-zero exit, no traceback."""
-    print(f"durakv: {message}", file=sys.stderr)
+    from durakv.server.logsetup import print_error
+
+    print_error(f"durakv: {message}")
     return code
 
 

@@ -69,6 +69,12 @@ def stderr_is_journal(environ: dict[str, str] | None = None) -> bool:
     return st.st_dev == int(device) and st.st_ino == int(inode)
 
 
+def print_error(line: str) -> None:
+    """An operator's mistake as one line on stderr, filed at error priority by
+    journald when stderr is its stream (it is printed before logging is set up)."""
+    print(f"<3>{line}" if stderr_is_journal() else line, file=sys.stderr)
+
+
 def setup_logging(level_name: str, log_file: str = "") -> None:
     """Configure the root logger of this process (replacing what was there)."""
     if log_file:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from durakv.server.logsetup import REDIS_NAMES
-from durakv.shards.config import Config
+from durakv.shards.config import TOP_LEVEL_KEYS, Config
 from durakv.shards.glob import glob_match
 from durakv.shards.numbers import INT_MAX, INT_MIN, LLONG_MAX, LLONG_MIN, UINT_MAX, ULLONG_MAX, parse_ll, strtod
 from durakv.shards.resp import ReplyError
@@ -242,14 +242,6 @@ def _parse_keyspace_events(value: str) -> str | None:
     """notify-keyspace-events: class characters, normalised as Redis prints them."""
     flags = parse_flags(value)
     return None if flags is None else flags_text(flags)
-
-
-# CONFIG parameters whose value is a top-level config key (their one home in the file):
-# CONFIG REWRITE writes them there, and [settings] may not repeat them.
-TOP_LEVEL_KEYS = {"bind": "bind", "port": "port", "dir": "data-dir", "requirepass": "requirepass",
-                  "maxclients": "maxclients", "hz": "hz", "proto-max-bulk-len": "proto-max-bulk-len",
-                  "client-query-buffer-limit": "client-query-buffer-limit", "loglevel": "log-level",
-                  "logfile": "log-file"}
 
 
 def setting_text(value: str | int | float | bool) -> str:

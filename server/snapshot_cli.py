@@ -99,7 +99,9 @@ def add_parsers(sub) -> None:
 
 
 def _fail(message: str, code: int = 1) -> int:
-    print(f"durakv: {message}", file=sys.stderr)
+    from durakv.server.logsetup import print_error
+
+    print_error(f"durakv: {message}")
     return code
 
 
