@@ -17,7 +17,7 @@ import os
 import stat
 
 import tomlkit
-from tomlkit.items import Table
+from tomlkit.items import InlineTable, Table
 
 from durakv.log.durable_file import replace_file
 from durakv.server.settings import BOOL, NUMBER, TOP_LEVEL_KEYS, Param, Settings
@@ -69,7 +69,7 @@ def _apply(doc: tomlkit.TOMLDocument, settings: Settings) -> list[str]:
             if table is None:
                 table = tomlkit.table()
                 doc[SETTINGS_TABLE] = table
-            if not isinstance(table, Table):
+            if not isinstance(table, (Table, InlineTable)):
                 raise ValueError(f"{SETTINGS_TABLE} is not a table")
             table[name] = _typed(param, value)
         written.append(name)

@@ -140,3 +140,22 @@ def _serves(srv) -> bool:
         return srv.client().execute_command("CLUSTER", "INFO").find(b"cluster_state:ok") >= 0
     except redis.RedisError:
         return False
+
+
+def test_rewrite_puts_top_level_keys_before_the_tables(tmp_path):
+    import tomllib
+
+    from durakv.server.config_rewrite import rewrite
+    from durakv.server.settings import Settings
+    from durakv.shards.config import load_config
+
+    path = tmp_path / "durakv.toml"
+    path.write_text("port = 7000  # keep me\n\n[settings]\n# a note\nappendonly = false\n")
+    settings = Settings(load_config(str(path), {}))
+    settings.apply(settings.validate([(b"hz", b"30"), (b"loglevel", b"debug"), (b"maxmemory-policy", b"allkeys-lru")]))
+    rewrite(settings, str(path))
+    text = path.read_text()
+    assert text.startswith("port = 7000  # keep me\n") and "# a note\n" in text
+    assert tomllib.loads(text) == {"port": 7000, "hz": 30, "log-level": "debug",
+                                   "settings": {"appendonly": False, "maxmemory-policy": "allkeys-lru"}}
+    assert load_config(str(path), {}).settings == {"appendonly": False, "maxmemory-policy": "allkeys-lru"}
