@@ -15,13 +15,14 @@ from __future__ import annotations
 import logging
 import os
 import stat
-
-import tomlkit
-from tomlkit.items import InlineTable, Table
+from typing import TYPE_CHECKING
 
 from durakv.log.durable_file import replace_file
 from durakv.server.settings import BOOL, NUMBER, TOP_LEVEL_KEYS, Param, Settings
 from durakv.shards.resp import ReplyError
+
+if TYPE_CHECKING:
+    import tomlkit
 
 logger = logging.getLogger("durakv.router")
 
@@ -37,6 +38,11 @@ def rewrite(settings: Settings, path: str) -> None:
     ReplyError with Redis' "Rewriting config file: ..." text when that fails."""
     if not path:
         raise ReplyError(b"ERR The server is running without a config file")
+    try:
+        # Imported here, its one user: a process that never rewrites never loads it.
+        import tomlkit
+    except ImportError:
+        raise ReplyError(b"ERR Rewriting config file: tomlkit is not installed (a dependency of durakv)") from None
     try:
         with open(path, "rb") as f:
             text = f.read(MAX_CONFIG_FILE_BYTES + 1)
@@ -56,6 +62,9 @@ def rewrite(settings: Settings, path: str) -> None:
 
 def _apply(doc: tomlkit.TOMLDocument, settings: Settings) -> list[str]:
     """Edit doc in place; the names of the parameters written."""
+    import tomlkit
+    from tomlkit.items import InlineTable, Table
+
     written = []
     for name, param in settings.params.items():
         value = settings.values[name]
