@@ -37,6 +37,14 @@ def _common_flags(parser: argparse.ArgumentParser) -> None:
 def _config(args: argparse.Namespace) -> Config:
     if args.config_fd is not None:
         return config_from_fd(args.config_fd)
+    config = _load(args)
+    from durakv.server.settings import Settings
+
+    Settings(config)  # ValueError for a bad [settings] entry, before anything starts
+    return config
+
+
+def _load(args: argparse.Namespace) -> Config:
     return load_config(args.config, {
         "bind": args.bind, "port": args.port, "shards": args.shards, "routers": args.routers,
         "data_dir": args.data_dir, "requirepass": args.requirepass,
@@ -45,12 +53,16 @@ def _config(args: argparse.Namespace) -> Config:
     })
 
 
-def _setup_logging(config: Config) -> None:
-    logging.basicConfig(
-        level=getattr(logging, config.log_level.upper(), logging.INFO),
-        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(config: Config) -> str:
+    """Logging as the config says (server/logsetup.py); a problem as one line ("" if none)."""
+    from durakv.server.logsetup import setup_logging
+
+    try:
+        setup_logging(config.log_level, config.log_file)
+    except OSError as e:
+        return (f"cannot open log-file {config.log_file}: {e.strerror}; fix log-file (empty: log to stderr) "
+                "or the file's permissions")
+    return ""
 
 
 async def _run_until_signal(main) -> None:
@@ -137,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     problem = _startup_problem(args, config)
     if problem:
         return _fail(problem, EXIT_USAGE)
-    _setup_logging(config)
+    problem = _setup_logging(config)
+    if problem:
+        return _fail(problem, EXIT_USAGE)
     if args.parent_pid:
         from durakv.server.supervisor import die_with_parent
 
@@ -208,7 +222,9 @@ def _installed_version() -> str:
 
 def _fail(message: str, code: int) -> int:
     """An operator's mistake: one line on stderr, a non-zero exit, no traceback."""
-    print(f"durakv: {message}", file=sys.stderr)
+    from durakv.server.logsetup import print_error
+
+    print_error(f"durakv: {message}")
     return code
 
 

@@ -135,6 +135,7 @@ class Client:
         if not data:
             self.kill()  # EOF: like Redis, replies still queued are dropped
             return
+        self.router.stats_net_input_bytes += len(data)
         parser = self.parser
         big_args = parser.big_args
         parser.feed(data)
@@ -443,11 +444,12 @@ class Client:
         return out
 
     def time_slowlog(self, cmd, argv: list[bytes], start_ns: int) -> None:
-        """SLOWLOG for a command answered here (a shard logs those it executes)."""
+        """SLOWLOG and LATENCY for a command answered here (a shard logs those it executes)."""
         duration_us = (time.perf_counter_ns() - start_ns) // 1000
         slowlog = self.router.slowlog
         if duration_us >= slowlog.threshold_us and "skip_slowlog" not in cmd.flags:
             slowlog.push(argv, duration_us, self.id, self.addr.encode(), self.name)
+        self.router.latency.observe(cmd, duration_us)
 
     def unwatch_all(self) -> None:
         """Drop this client's WATCHes on every shard that holds some."""
@@ -565,6 +567,7 @@ class Client:
         except OSError:
             self.kill()
             return
+        self.router.stats_net_output_bytes += sent
         if sent == size:
             return
         self.outbuf.extend(chunks)
@@ -616,6 +619,7 @@ class Client:
         except OSError:
             self.kill()
             return
+        self.router.stats_net_output_bytes += sent
         self._drop_sent(sent)
         if self.backlog:
             self.flush()  # dispatches more of the backlog if output is now under the bounds

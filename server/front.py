@@ -35,6 +35,9 @@ from durakv.shards.frames import (
 )
 from durakv.shards.resp import ReplyError, encode, encode_error
 from durakv.shards.slots import SLOT_COUNT, key_slot
+from durakv.server.logsetup import change_level as change_log_level
+from durakv.server.rates import InstantRates
+from durakv.shards.latency import LatencyMonitor
 from durakv.shards.slowlog import SlowLog
 from durakv.shards.table import SPLIT_MGET, Command, Merge, merge_sum
 
@@ -138,9 +141,14 @@ class Front(ABC):
         # The TLS side of this client port (server/tls.py), None without a tls-port.
         self.tls = TlsPort(self.settings.values) if config.tls_port else None
         self.output_backpressure_bytes = client_limits.output_backpressure_bytes(self.settings)
+        self.latency = LatencyMonitor()  # LATENCY of the commands answered here (a node's is its shard's)
+        self.log_level = self.settings.values["loglevel"]  # this process's, as CONFIG SET loglevel last set it
         self.stats_commands = 0
         self.stats_connections = 0
         self.stats_rejected_connections = 0
+        self.stats_net_input_bytes = 0  # read from client sockets (server/client.py)
+        self.stats_net_output_bytes = 0  # written to client sockets
+        self.rates = InstantRates()  # INFO's instantaneous_* (server/rates.py)
         self.stats_protocol_errors = 0
         self.reply_stats = ReplyStats()  # errorstats and the commandstats of what this process answers
         self.pause = ClientPause()
@@ -161,13 +169,19 @@ class Front(ABC):
     def new_client_id(self) -> int: ...
 
     def settings_applied(self) -> None:
-        """After every CONFIG SET applied here: what caches a value takes the new one."""
+        """After every CONFIG SET applied here: what caches a parameter's value."""
         self.configure_slowlog()
-        self.acl.settings_applied(self.settings.values)
+        values = self.settings.values
+        self.acl.settings_applied(values)
         self.tracking.enforce_limit()
         self.output_backpressure_bytes = client_limits.output_backpressure_bytes(self.settings)
         if self.tls is not None:
-            self.tls.reconfigure(self.settings.values)
+            self.tls.reconfigure(values)
+        for name in ("latency-monitor-threshold", "latency-tracking"):
+            self.latency.configure(name, values[name])
+        if values["loglevel"] != self.log_level:
+            self.log_level = values["loglevel"]
+            change_log_level(self.log_level, "CONFIG SET loglevel")
 
     def configure_slowlog(self) -> None:
         values = self.settings.values
@@ -345,6 +359,7 @@ class Front(ABC):
     async def serve_ports(self, listeners: ClientListeners, nursery: trio.Nursery) -> None:
         """Accept clients on the plain port and the TLS port, whichever are open."""
         nursery.start_soon(client_limits.cron, self)
+        nursery.start_soon(self.rates.run, self)
         if listeners.tls is not None:
             assert self.tls is not None, "a TLS listener without a tls-port"
             nursery.start_soon(self._accept_loop, listeners.tls, nursery, self.tls)

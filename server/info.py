@@ -10,9 +10,12 @@ import time
 from typing import NamedTuple
 
 from durakv.shards import failure
+from durakv.server.settings import format_percentile
 from durakv.shards.evict import HeapGauge
 from durakv.shards.internal import rss_bytes
+from durakv.shards.latency import merge_histograms, percentile_ns
 from durakv.shards.slots import slot_ranges
+from durakv.shards.table import TABLE
 from durakv.snapshotter.runner import pending_request, read_status
 
 # Like Redis' run_id: random, new for every start of this (router) process.
@@ -21,6 +24,25 @@ RUN_ID = secrets.token_hex(20)
 DEFAULT_SECTIONS = ("server", "clients", "memory", "persistence", "stats", "replication", "cpu",
                     "modules", "errorstats", "cluster", "keyspace")
 ALL_SECTIONS = DEFAULT_SECTIONS[:-2] + ("commandstats", "latencystats") + DEFAULT_SECTIONS[-2:]
+
+
+TOTAL_SYSTEM_MEMORY_BYTES = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def bytes_to_human(n: int) -> str:
+    """Redis' bytesToHuman: B below a KiB, else two decimals of K, M, G, T, P."""
+    if n < 1024:
+        return f"{n}B"
+    for power, unit in enumerate("KMGTP", 1):
+        if n < 1024 ** (power + 1) or unit == "P":
+            return f"{n / 1024 ** power:.2f}{unit}"
+    raise AssertionError("unreachable")
+
+
+def _last_build_s(snapshots) -> int:
+    """rdb_last_bgsave_time_sec: the newest snapshot's build time (-1 before any)."""
+    newest = max(snapshots, key=lambda s: s.last_created_at_ms, default=None)
+    return -1 if newest is None or not newest.last_created_at_ms else newest.last_build_ms // 1000
 
 
 class ShardState(NamedTuple):
@@ -116,6 +138,7 @@ def _server(router, infos, version):
         f"hz:{router.settings.values['hz']}",
         f"configured_hz:{router.settings.values['hz']}",
         f"executable:{sys.executable}",
+        f"config_file:{router.config.config_file}",
         f"shards:{len(router.links)}",
         f"routers:{router.config.routers}",
     ]
@@ -160,6 +183,8 @@ def _memory(router, infos, version):
         f"total_system_memory:{system}",
         f"total_system_memory_human:{_human(system)}",
         f"number_of_cached_scripts:{_cached_scripts(infos)}",
+        f"total_system_memory:{TOTAL_SYSTEM_MEMORY_BYTES}",
+        f"total_system_memory_human:{bytes_to_human(TOTAL_SYSTEM_MEMORY_BYTES)}",
         f"maxmemory:{maxmemory}",
         f"maxmemory_human:{_human(maxmemory)}",
         f"maxmemory_policy:{router.settings.values['maxmemory-policy']}",
@@ -221,9 +246,17 @@ def _persistence(router, infos, version):
         f"rdb_bgsave_in_progress:{1 if pending_request(router.config.data_dir, status) else 0}",
         f"rdb_last_save_time:{status.newest_published_ms() // 1000 or int(router.started_at)}",
         f"rdb_last_bgsave_status:{'err' if snapshot_failed else 'ok'}",
+        f"rdb_last_bgsave_time_sec:{_last_build_s(snapshots.values())}",
         "aof_enabled:1",
+        # The log is durakv's AOF; it is never rewritten (snapshots let covered segments go).
         "aof_rewrite_in_progress:0",
+        "aof_rewrite_scheduled:0",
+        "aof_last_rewrite_time_sec:-1",
+        "aof_current_rewrite_time_sec:-1",
+        "aof_last_bgrewrite_status:ok",
+        "aof_rewrites:0",
         f"aof_last_write_status:{'err' if failed else 'ok'}",
+        f"aof_current_size:{sum(p['log_size_bytes'] for p in shards)}",
         f"durability:{shards[0]['durability'] if shards else 'sync'}",
         f"log_durable_seq:{sum(p['durable_seq'] for p in shards)}",
         f"log_pending_records:{sum(p['pending_records'] for p in shards)}",
@@ -269,6 +302,9 @@ def _stats(router, infos, version):
     return [
         f"total_connections_received:{router.stats_connections}",
         f"total_commands_processed:{router.stats_commands}",
+        *router.rates.lines(),
+        f"total_net_input_bytes:{router.stats_net_input_bytes}",
+        f"total_net_output_bytes:{router.stats_net_output_bytes}",
         f"rejected_connections:{router.stats_rejected_connections}",
         f"expired_keys:{sum(i['expired_keys'] for i in infos)}",
         f"evicted_keys:{sum(i['evicted_keys'] for i in infos)}",
@@ -280,6 +316,8 @@ def _stats(router, infos, version):
         "migrate_cached_sockets:0",  # no MIGRATE, so no cached connections
         f"total_error_replies:{router.reply_stats.error_replies}",
         "unexpected_error_replies:0",
+        "latest_fork_usec:0",  # snapshots are built by the snapshotter process, not by forking
+        "total_forks:0",
         f"total_protocol_errors:{router.stats_protocol_errors}",
         f"shard_frames_sent:{sum(link.frames_sent for link in router.links)}",
         f"shard_requests_sent:{sum(link.requests_sent for link in router.links)}",
@@ -342,7 +380,19 @@ def _commandstats(router, infos, version):
 
 
 def _latencystats(router, infos, version):
-    return []
+    """Per-command latency percentiles (µs) over this process's and the shards'
+    histograms (shards/latency.py), in command table order, as Redis 7.0 prints them."""
+    merged = merge_histograms([router.latency.export_histograms(), *(i["latency_histograms"] for i in infos)])
+    percentiles = [float(p) for p in router.settings.values["latency-tracking-info-percentiles"].split()]
+    lines = []
+    for cmd in TABLE.values():
+        for each in (cmd, *cmd.subcommands.values()):
+            counts = merged.get(each.fullname)
+            if counts:
+                values = ",".join(f"p{format_percentile(p)}={percentile_ns(counts, p) / 1000:.3f}"
+                                  for p in percentiles)
+                lines.append(f"latency_percentiles_usec_{each.fullname}:{values}")
+    return lines
 
 
 _SECTIONS = {

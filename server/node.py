@@ -149,6 +149,7 @@ class ShardNode(Front):
         self.router_node_id = topology["node_id"]
         self.settings_sync = SettingsSync(self, node=True, on_change=self._shard_settings_changed)
         self.slowlog = shard.slowlog  # one log per process: the shard's commands and the node's
+        self.latency = shard.latency  # likewise LATENCY's events and histograms
         shard.event_sinks[self.local] = self.pubsub.keyspace_events
         self.monitors.on_active_change = self._monitor_scripts
         scripting_of(shard.db).on_publish = self.pubsub.publish_here_and_forward

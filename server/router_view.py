@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from durakv.server.stats import ReplyStats
     from durakv.server.tls import TlsPort
     from durakv.shards.config import Config
+    from durakv.shards.latency import LatencyMonitor
     from durakv.shards.slowlog import SlowLog
     from durakv.shards.table import Command, Merge
 
@@ -64,6 +65,9 @@ class RouterView(Protocol):
     def acl(self) -> Users:
         """The ACL users, their log and their file (server/acl.py)."""
         ...
+
+    @property
+    def latency(self) -> LatencyMonitor: ...
 
     # --- shards, slots and clients (read) -----------------------------------------
     @property
@@ -111,6 +115,8 @@ class RouterView(Protocol):
     pause: ClientPause  # CLIENT PAUSE (server/pause.py)
     stats_connections: int
     stats_rejected_connections: int
+    stats_net_input_bytes: int
+    stats_net_output_bytes: int
     stats_protocol_errors: int
     # EVAL/FCALL in flight on the shards (a node never counts its own: a script holds its loop).
     scripts_in_flight: int

@@ -8,6 +8,7 @@ import time
 
 from durakv.server import info as info_mod
 from durakv.server.client import Client
+from durakv.server.config_rewrite import rewrite
 from durakv.server.conn_commands import REDIS_VERSION
 from durakv.server.fdlimit import adjust_open_files_limit
 from durakv.server.links import Pending
@@ -16,7 +17,7 @@ from durakv.server.tls import check_tls_changes
 from durakv.shards.args import ERR_SYNTAX, int_arg
 from durakv.shards.glob import glob_match
 from durakv.shards.frames import VERB_DEBUG, VERB_INFO, VERB_RESETSTAT
-from durakv.shards.internal import INFO_KEYSPACE
+from durakv.shards.internal import INFO_KEYSPACE, INFO_LATENCYSTATS
 from durakv.shards.numbers import parse_ll, strtod
 from durakv.shards.resp import OK, Map, ReplyError, SetReply, Simple, Verbatim, encode, encode_error
 from durakv.shards.shard_settings import SHARD_PARAMS
@@ -250,15 +251,20 @@ def config_resetstat(client: Client, argv: list[bytes]):
     router = client.router
     router.stats_commands = 0
     router.reply_stats.reset()
+    router.latency.reset_histograms()
     router.stats_connections = 0
     router.stats_rejected_connections = 0
+    router.stats_net_input_bytes = 0
+    router.stats_net_output_bytes = 0
     router.stats_protocol_errors = 0
     return router.fanout_internal(client, [VERB_RESETSTAT], lambda values: b"+OK\r\n")
 
 
 @command("config|rewrite", 2, "admin noscript loading stale", group="server", where=ROUTER)
 def config_rewrite(client: Client, argv: list[bytes]):
-    raise ReplyError(b"ERR The server is running without a config file")
+    """The changes since startup into the --config TOML file (server/config_rewrite.py)."""
+    rewrite(client.router.settings, client.router.config.config_file)
+    return OK
 
 
 @command("config|help", 2, "loading stale", group="server", where=ROUTER)
@@ -291,6 +297,8 @@ def info(client: Client, argv: list[bytes]):
     up = [link.index for link in router.links if link.up]
     # Key counts are a keyless read: asking for them makes each shard wait for its pending records.
     request = [VERB_INFO, INFO_KEYSPACE] if "keyspace" in sections else [VERB_INFO]
+    if "latencystats" in sections:
+        request.append(INFO_LATENCYSTATS)
     return router.fanout_internal(client, request, finish, shards=up)
 
 

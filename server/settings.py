@@ -16,10 +16,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
+from durakv.server.logsetup import REDIS_NAMES
 from durakv.server.tls import TLS_SETTINGS, config_values
-from durakv.shards.config import Config
+from durakv.shards.config import TOP_LEVEL_KEYS, Config
 from durakv.shards.glob import glob_match
-from durakv.shards.numbers import INT_MAX, INT_MIN, LLONG_MAX, LLONG_MIN, UINT_MAX, ULLONG_MAX, parse_ll
+from durakv.shards.numbers import INT_MAX, INT_MIN, LLONG_MAX, LLONG_MIN, UINT_MAX, ULLONG_MAX, parse_ll, strtod
 from durakv.shards.resp import ReplyError
 from durakv.shards.notify import flags_text, parse_flags
 from durakv.shards.shard_settings import SHARD_DEFAULTS
@@ -29,7 +30,7 @@ logger = logging.getLogger("durakv.router")
 MIN_HZ, MAX_HZ = 1, 500
 MEMTOULL_MAX_DIGITS = 127
 
-BOOL, ENUM, STRING, NUMBER, SAVE, OUTPUT_LIMITS, KEYSPACE_EVENTS = range(7)
+BOOL, ENUM, STRING, NUMBER, SAVE, OUTPUT_LIMITS, KEYSPACE_EVENTS, PERCENTILES = range(8)
 
 _MEMORY_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2,
                  "g": 1000**3, "gb": 1024**3}
@@ -122,6 +123,7 @@ def _params(config: Config) -> list[Param]:
               "normal 0 0 0 slave 268435456 67108864 60 pubsub 33554432 8388608 60"),
         bool_("latency-tracking", "yes"),
         _int("latency-monitor-threshold", 0, 0, LLONG_MAX),
+        Param("latency-tracking-info-percentiles", PERCENTILES, "50 99 99.9"),
         bool_("lazyfree-lazy-eviction", "no"),
         bool_("lazyfree-lazy-expire", "no"),
         bool_("lazyfree-lazy-server-del", "no"),
@@ -130,7 +132,8 @@ def _params(config: Config) -> list[Param]:
         bool_("activerehashing", "yes"),
         bool_("activedefrag", "no"),
         Param("notify-keyspace-events", KEYSPACE_EVENTS, ""),
-        Param("loglevel", ENUM, "notice", choices=("debug", "verbose", "notice", "warning")),
+        Param("loglevel", ENUM, REDIS_NAMES[config.log_level], choices=("debug", "verbose", "notice", "warning")),
+        Param("logfile", STRING, config.log_file, mutable=False),
         bool_("replica-read-only", "yes", aliases=("slave-read-only",)),
         Param("enable-debug-command", ENUM, "yes", mutable=False, choices=("no", "yes", "local")),
         _int("cluster-node-timeout", 15000, 0, LLONG_MAX),
@@ -239,10 +242,37 @@ def _parse_output_limits(current: str, value: str) -> tuple[str | None, bytes]:
     return " ".join(" ".join([k] + limits[k]) for k in _LIMIT_ORDER), b""
 
 
+def _parse_percentiles(value: str) -> tuple[str | None, bytes]:
+    """latency-tracking-info-percentiles: numbers in [0, 100], printed as C's %f
+    with trailing zeros trimmed (Redis' trimDoubleString)."""
+    out = []
+    for word in _split_multi_arg(value):
+        raw = word.encode()
+        number, consumed = strtod(raw)
+        if not raw or consumed != len(raw) or number != number:
+            return None, b"Invalid latency-tracking-info-percentiles parameters"
+        if not 0.0 <= number <= 100.0:
+            return None, b"latency-tracking-info-percentiles parameters should sit between [0.0,100.0]"
+        out.append(format_percentile(number))
+    return " ".join(out), b""
+
+
+def format_percentile(number: float) -> str:
+    text = f"{number:f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
 def _parse_keyspace_events(value: str) -> str | None:
     """notify-keyspace-events: class characters, normalised as Redis prints them."""
     flags = parse_flags(value)
     return None if flags is None else flags_text(flags)
+
+
+def setting_text(value: str | int | float | bool) -> str:
+    """A [settings] value as CONFIG SET takes it (TOML booleans are yes/no)."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
 
 
 class Settings:
@@ -258,6 +288,24 @@ class Settings:
         self._class_limits: dict[str, tuple[int, int, int]] = {}
         # Called after every change applied, for what caches a value (the SLOWLOG threshold).
         self.on_apply: Callable[[], None] | None = None
+        if config.settings:
+            self._apply_config_file(config.settings)
+
+    def _apply_config_file(self, settings: dict[str, str | int | float | bool]) -> None:
+        """The config file's [settings], checked as one CONFIG SET (ValueError: one line
+        naming the setting and the problem); they become this run's defaults."""
+        for name in settings:
+            home = TOP_LEVEL_KEYS.get(self.lookup[name.lower()].name if name.lower() in self.lookup else name)
+            if home is not None:
+                raise ValueError(f"[settings] {name}: set it as the top-level key {home} instead")
+        try:
+            changes = self.validate([(name.encode(), setting_text(value).encode())
+                                     for name, value in settings.items()])
+        except ReplyError as e:
+            raise ValueError(f"[settings] {e.message.decode(errors='replace').removeprefix('ERR ')}") from None
+        for name, value in changes:
+            self.values[name] = value
+            self.params[name].default = value
 
     @property
     def maxclients(self) -> int:
@@ -358,6 +406,8 @@ class Settings:
             return (saved, b"") if saved is not None else (None, b"Invalid save parameters")
         if kind == OUTPUT_LIMITS:
             return _parse_output_limits(self.values[param.name], value)
+        if kind == PERCENTILES:
+            return _parse_percentiles(value)
         if kind == KEYSPACE_EVENTS:
             events = _parse_keyspace_events(value)
             if events is None:

@@ -5,7 +5,6 @@ with add_parsers() and hands matching commands to run()."""
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import threading
@@ -55,6 +54,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--sched-idle", action=argparse.BooleanOptionalAction, default=True,
                    help="run under SCHED_IDLE (Linux): any shard that wakes preempts the snapshotter; "
                         "on a box whose CPUs are never idle, snapshots then progress only slowly")
+    p.add_argument("--config", help="the servers' TOML config file (durakv.toml): data-dir, snapshot-url, "
+                   "the snapshot-* schedule and logging come from it")
     p.add_argument("--config-fd", type=int, help=argparse.SUPPRESS)
     p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     _store_flags(p)
@@ -98,7 +99,9 @@ def add_parsers(sub) -> None:
 
 
 def _fail(message: str, code: int = 1) -> int:
-    print(f"durakv: {message}", file=sys.stderr)
+    from durakv.server.logsetup import print_error
+
+    print_error(f"durakv: {message}")
     return code
 
 
@@ -147,10 +150,21 @@ def cmd_snapshotter(args: argparse.Namespace) -> int:
         die_with_parent(args.parent_pid)
     data_dir = args.data_dir
     url = args.snapshot_url
-    if args.config_fd is not None:
-        from durakv.shards.config import config_from_fd
+    log_level = "info"
+    if args.config_fd is not None or args.config:
+        from durakv.server.logsetup import setup_logging
+        from durakv.shards.config import config_from_fd, load_config
 
-        config = config_from_fd(args.config_fd)
+        try:
+            config = config_from_fd(args.config_fd) if args.config_fd is not None else load_config(args.config, {})
+        except ValueError as e:
+            return _fail(f"bad configuration: {e}")
+        try:
+            setup_logging(config.log_level, config.log_file)
+        except OSError as e:
+            return _fail(f"cannot open log-file {config.log_file}: {e.strerror}; fix log-file (empty: log to "
+                         "stderr) or the file's permissions")
+        log_level = config.log_level
         data_dir = config.data_dir
         url = url or config.snapshot_url
         args.sse = args.sse or config.snapshot_sse or None
@@ -183,10 +197,19 @@ def cmd_snapshotter(args: argparse.Namespace) -> int:
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
+        _follow_log_level(data_dir, log_level, stop)
         runner.serve(stop)
         return 0
     finally:
         os.close(lock_fd)
+
+
+def _follow_log_level(data_dir: str, configured: str, stop: threading.Event) -> None:
+    """CONFIG SET loglevel on the servers reaches the snapshotter through DIR/run/settings."""
+    from durakv.server.logsetup import LogLevelFollower
+    from durakv.server.settings_sync import load_runtime_changes, settings_path
+
+    LogLevelFollower(settings_path(data_dir), configured, lambda: load_runtime_changes(data_dir)).start_thread(stop)
 
 
 def cmd_snapshot_now(args: argparse.Namespace) -> int:
@@ -295,9 +318,9 @@ def run(args: argparse.Namespace) -> int:
     from durakv.snapshotter.rdb_import import RdbImportError
     from durakv.server.topology import TopologyMismatch
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
-    logging.getLogger("botocore").setLevel(logging.WARNING)  # "Found credentials ...": noise on a refusal
+    from durakv.server.logsetup import setup_logging
+
+    setup_logging("info")  # botocore's "Found credentials ..." and urllib3's INFO lines stay out
     handlers = {
         "snapshotter": cmd_snapshotter, "snapshot": cmd_snapshot_now, "snapshots": cmd_snapshots_list,
         "restore": cmd_restore, "import-rdb": cmd_import_rdb, "export-rdb": cmd_export_rdb,

@@ -40,7 +40,8 @@ from durakv.log import layout
 from durakv.log.lock import lock_data_dir
 from durakv.server.listener import ClientListeners
 from durakv.server.acl import clear_runtime_users
-from durakv.server.settings_sync import clear_runtime_changes
+from durakv.server.logsetup import FOLLOW_INTERVAL_S, LogLevelFollower
+from durakv.server.settings_sync import clear_runtime_changes, load_runtime_changes, settings_path
 from durakv.server.topology import ensure_topology
 from durakv.shards import failure, sdnotify
 from durakv.shards.config import Config, config_pipe
@@ -272,6 +273,9 @@ class Supervisor:
 
     def _loop(self, env: dict[str, str], wake_r: int) -> int:
         all_ready_told = False
+        data_dir = self.config.data_dir
+        log_level = LogLevelFollower(settings_path(data_dir), self.config.log_level,
+                                     lambda: load_runtime_changes(data_dir))
         while not self.stopping:
             poller = select.poll()
             poller.register(wake_r, select.POLLIN)
@@ -282,8 +286,11 @@ class Supervisor:
                     poller.register(child.pidfd, select.POLLIN)
                     by_fd[child.pidfd] = child
             waiting = [c.restart_at for c in self.children if not c.pid and not c.failed]
-            timeout_ms = None if not waiting else max(0, int((min(waiting) - time.monotonic()) * 1000) + 1)
+            # At least once a second: CONFIG SET loglevel reaches this process through DIR/run/settings.
+            timeout_ms = FOLLOW_INTERVAL_S * 1000 if not waiting else \
+                min(max(0, int((min(waiting) - time.monotonic()) * 1000) + 1), FOLLOW_INTERVAL_S * 1000)
             events = poller.poll(timeout_ms)
+            log_level.check()
             now = time.monotonic()
             for fd, _ in events:
                 if fd == wake_r:

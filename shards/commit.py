@@ -34,6 +34,7 @@ from durakv.log import Log, LogWriteFailed
 from durakv.shards.config import Config
 from durakv.shards.hazards import HazardTracker, HeldReplies, ReplySink
 from durakv.shards.keyspace import Keyspace
+from durakv.shards.latency import EVENT_FSYNC, LATENCY_TS_LEN, LatencyMonitor
 from durakv.shards.records import RecordClock, encode_record
 from durakv.shards.tracking import plain_events
 
@@ -60,8 +61,12 @@ class CommitThread:
     where sync runs, never concurrently)."""
 
     def __init__(self, wal: Log, token: trio.lowlevel.TrioToken, name: str,
-                 on_failed: Callable[[BaseException], None]) -> None:
+                 on_failed: Callable[[BaseException], None], latency: LatencyMonitor | None = None) -> None:
         self._wal = wal
+        # LATENCY's aof-fsync-always: the thread notes each sync at or past the threshold
+        # (deque appends are thread-safe); the loop moves them into the monitor.
+        self._latency = latency
+        self.slow_syncs: deque[tuple[int, int]] = deque(maxlen=LATENCY_TS_LEN)  # (unix s, ms)
         self._token = token
         self._on_failed = on_failed
         self.durable_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -108,6 +113,7 @@ class CommitThread:
     def _run(self) -> None:
         wal = self._wal
         durable_fd = self.durable_fd
+        latency = self._latency
         try:
             while True:
                 self._wake.acquire()
@@ -118,6 +124,9 @@ class CommitThread:
                         self._token.run_sync_soon(self._on_failed, e)
                         self._resume.acquire()
                         continue
+                    if latency is not None and latency.threshold_ms \
+                            and wal.last_fsync_latency_us >= latency.threshold_ms * 1000:
+                        self.slow_syncs.append((int(time.time()), wal.last_fsync_latency_us // 1000))
                     os.eventfd_write(durable_fd, 1)
                 if self._stopping:
                     return
@@ -149,6 +158,7 @@ class GroupCommit:
     records_appended: int
     effects_appended: int
     record_clock: RecordClock
+    latency: LatencyMonitor
     _unsynced_since: deque[tuple[int, float]]
     held_events: deque[tuple[int, list[tuple[bytes, bytes]]]]
     event_sinks: dict[ReplySink, Callable[[list[tuple[bytes, bytes]]], None]]
@@ -188,7 +198,7 @@ class GroupCommit:
         self._commit_failed = trio.Event()
         thread = self._commit_thread = CommitThread(
             self.wal, trio.lowlevel.current_trio_token(), f"shard {self.index} commit",
-            self._on_commit_failed)
+            self._on_commit_failed, self.latency)
         thread.start()
         try:
             if self.wal.durable_seq < self.wal.tail_seq:
@@ -204,6 +214,10 @@ class GroupCommit:
                     except BlockingIOError:
                         continue
                     self._on_durable(wal.durable_seq)
+                    slow = thread.slow_syncs
+                    while slow:
+                        at_s, ms = slow.popleft()
+                        self.latency.add_sample(EVENT_FSYNC, ms, at_s)
         finally:
             self._commit_thread = None
             trio.lowlevel.notify_closing(thread.durable_fd)  # stop() closes it

@@ -9,6 +9,7 @@ argv, where `ps` would show requirepass to every user) so that all processes agr
 from __future__ import annotations
 
 import os
+import re
 
 import msgspec
 
@@ -50,7 +51,8 @@ class Config(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields
     hz: int = 10
     maxmemory: int = 0  # bytes for the whole tree's data, split over the shards (shards/evict.py); 0: no limit
     maxmemory_policy: str = "noeviction"
-    log_level: str = "info"
+    log_level: str = "info"  # Redis' debug/verbose/notice/warning, or Python's info/error/critical
+    log_file: str = ""  # append log lines here; empty: stderr (journald under systemd)
     shard_restart_backoff_max_ms: int = 10_000
     startup_shard_wait_ms: int = 30_000
     durability: str = "sync"  # "sync": ack after fsync; "async": ack at once, bounded window
@@ -70,10 +72,53 @@ class Config(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields
     test_fsync_gate_path: str = ""  # test hook: fsyncs wait until this file exists
     test_fsync_fail_path: str = ""  # test hook: fsyncs fail with EIO while this file exists
     test_durability_journal: bool = False  # test hook: journal what each sync made durable
+    # [settings]: CONFIG parameters (Redis' names) applied at startup as CONFIG SET would
+    # (server/settings.py checks them); CONFIG REWRITE writes runtime changes here.
+    settings: dict[str, str | int | float | bool] = msgspec.field(default_factory=dict)
+    config_file: str = ""  # set by load_config: the --config file's absolute path (never a setting of its own)
 
     def resolved(self) -> "Config":
         shards = self.shards or (os.cpu_count() or 1)
         return msgspec.structs.replace(self, shards=shards, data_dir=os.path.abspath(self.data_dir))
+
+
+# CONFIG parameters (Redis' names) whose value is a top-level key of the file (their one
+# home there): CONFIG REWRITE writes them there, and [settings] may not repeat them.
+TOP_LEVEL_KEYS = {"bind": "bind", "port": "port", "dir": "data-dir", "requirepass": "requirepass",
+                  "maxclients": "maxclients", "hz": "hz", "proto-max-bulk-len": "proto-max-bulk-len",
+                  "client-query-buffer-limit": "client-query-buffer-limit", "loglevel": "log-level",
+                  "logfile": "log-file"}
+_TOML_POSITION = re.compile(r"at line (\d+)")
+_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
+_BARE_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
+
+
+def _decode_problem(path: str, text: bytes, error: msgspec.DecodeError) -> str:
+    """One line for a config file msgspec refused: a redis.conf-style line gets a hint
+    that the file is TOML (with the line rewritten), an unknown key where it belongs."""
+    message = str(error)
+    unknown = _UNKNOWN_FIELD.search(message)
+    if unknown:
+        key = unknown.group(1)
+        home = TOP_LEVEL_KEYS.get(key)
+        if home is not None and home != key:
+            return f"config file {path}: unknown key {key}: durakv's config calls it {home}"
+        return (f"config file {path}: unknown key {key}; the keys are listed in README (Redis CONFIG "
+                "parameters go in a [settings] table)")
+    at = _TOML_POSITION.search(message)
+    lines = text.decode(errors="replace").splitlines()
+    if at and 0 < int(at.group(1)) <= len(lines):
+        number = int(at.group(1))
+        line = lines[number - 1].strip()
+        words = line.split(None, 1)
+        if len(words) == 2 and "=" not in line and _BARE_KEY.fullmatch(words[0]):
+            key, value = words
+            toml_value = value if value.lstrip("-").isdigit() else '"' + value.strip('"') + '"'
+            where = (f"{TOP_LEVEL_KEYS[key]} = {toml_value}" if key in TOP_LEVEL_KEYS
+                     else f"[settings] {key} = {toml_value}")
+            return (f"config file {path} is not TOML: line {number} `{line[:80]}` is redis.conf syntax; "
+                    f"durakv's config is TOML (key = value): write {where}")
+    return f"config file {path}: {message}; fix that setting (names as in README)"
 
 
 # Every default, for the flags and classes that take one (argparse, snapshotter.runner.Schedule,
@@ -112,7 +157,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "durability": ("sync", "async"),
     "maxmemory_policy": ("volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl", "allkeys-lru",
                          "allkeys-lfu", "allkeys-random", "noeviction"),
-    "log_level": ("debug", "info", "warning", "error", "critical"),
+    "log_level": ("debug", "verbose", "notice", "info", "warning", "error", "critical"),
     "tls_auth_clients": ("yes", "no", "optional"),
 }
 
@@ -169,12 +214,17 @@ def load_config(path: str | None, overrides: dict) -> Config:
     if path:
         try:
             with open(path, "rb") as f:
-                config = msgspec.toml.decode(f.read(), type=Config)
+                text = f.read()
+            config = msgspec.toml.decode(text, type=Config)
         except OSError as e:
             raise ValueError(f"cannot read config file {path}: {e.strerror}; pass --config a readable "
                              "TOML file") from None
         except msgspec.DecodeError as e:
-            raise ValueError(f"config file {path}: {e}; fix that setting (names as in README)") from None
+            raise ValueError(_decode_problem(path, text, e)) from None
+        if config.config_file:
+            raise ValueError(f"config file {path}: config-file is not a setting (durakv records the --config "
+                             "path itself); remove it")
+        config = msgspec.structs.replace(config, config_file=os.path.abspath(path))
     else:
         config = Config()
     changes = {k: v for k, v in overrides.items() if v is not None}

@@ -45,6 +45,7 @@ VERB_CONFIG = b"\x00config"  # [verb, name, value]: CONFIG SET of a shard parame
 VERB_INFO = b"\x00info"  # [verb]: the shard's INFO fields
 VERB_RESETSTAT = b"\x00resetstat"  # [verb]: CONFIG RESETSTAT
 VERB_SLOWLOG = b"\x00slowlog"  # [verb, b"get", count] | [verb, b"len"] | [verb, b"reset"]: SLOWLOG
+VERB_LATENCY = b"\x00latency"  # [verb, b"events"|b"histograms"] | [verb, b"reset", event...]: LATENCY
 VERB_COUNTKEYSINSLOT = b"\x00countkeysinslot"  # [verb, slot]: CLUSTER COUNTKEYSINSLOT
 VERB_GETKEYSINSLOT = b"\x00getkeysinslot"  # [verb, slot, count]: CLUSTER GETKEYSINSLOT
 VERB_NO_WRITES_FUNCTIONS = b"\x00nowritesfns"  # [verb]: the no-writes functions (CLIENT PAUSE WRITE)

@@ -12,13 +12,15 @@ from durakv.shards.rdb.codec import RDB_VERSION, RdbError, dump_payload, load_pa
 from durakv.shards.t_dump import MAX_DECOMPRESSED_BYTES
 from durakv.shards.frames import (
     VERB_CONFIG, VERB_COUNTKEYSINSLOT, VERB_DEBUG, VERB_EXPIRY_PAUSE, VERB_GETKEYSINSLOT, VERB_INFO,
-    VERB_NO_WRITES_FUNCTIONS, VERB_RESETSTAT, VERB_SLOWLOG, VERB_TRACKING, VERB_UNBLOCK, VERB_UNWATCH,
+    VERB_LATENCY, VERB_NO_WRITES_FUNCTIONS, VERB_RESETSTAT, VERB_SLOWLOG, VERB_TRACKING, VERB_UNBLOCK, VERB_UNWATCH,
     encode_internal,
 )
 
 logger = logging.getLogger("durakv.shard")
 MEMORY_PARAMS = frozenset({"maxmemory", "maxmemory-samples", "lfu-log-factor", "lfu-decay-time"})
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+INFO_LATENCYSTATS = b"latencystats"  # \x00info asks for the command histograms too
+LATENCY_PARAMS = frozenset({"latency-monitor-threshold", "latency-tracking"})
 
 
 def rss_bytes() -> int:
@@ -43,6 +45,7 @@ def info(shard, argv: list[bytes]) -> dict:
         "commandstats": {name: [s.calls, s.usec, s.failed, s.rejected] for name, s in shard.stats.items()},
         "persistence": persistence(shard),
         "cached_scripts": cached_scripts(db),
+        "latency_histograms": shard.latency.export_histograms() if INFO_LATENCYSTATS in argv else {},
     }
 
 
@@ -110,6 +113,7 @@ def reset_stats(shard, argv: list[bytes]) -> bool:
     shard.db.stat_evicted_keys = 0
     shard.db.stat_keyspace_hits = 0
     shard.db.stat_keyspace_misses = 0
+    shard.latency.reset_histograms()
     return True
 
 
@@ -122,6 +126,9 @@ def set_config(shard, argv: list[bytes]) -> bool:
         return True
     if name == "maxmemory-policy":
         shard.configure_memory(argv[2].decode())
+        return True
+    if name in LATENCY_PARAMS:
+        shard.latency.configure(name, argv[2].decode())
         return True
     assert name in shard.settings, f"router forwarded a non-shard parameter {name}"
     shard.settings[name] = int(argv[2])
@@ -142,6 +149,18 @@ def slowlog(shard, argv: list[bytes]) -> list | int | bool:
     assert argv[1] == b"reset", f"unknown slowlog request {argv[1]!r}"
     log.reset()
     return True
+
+
+def latency(shard, argv: list[bytes]) -> dict | list:
+    """LATENCY through a router: this shard's events or histograms, or a reset
+    (the names of the events it dropped)."""
+    monitor = shard.latency
+    if argv[1] == b"events":
+        return monitor.export_events()
+    if argv[1] == b"histograms":
+        return monitor.export_histograms()
+    assert argv[1] == b"reset", f"unknown latency request {argv[1]!r}"
+    return monitor.reset_events([name.decode(errors="replace") for name in argv[2:]])
 
 
 def forget_client(shard, argv: list[bytes]) -> bool:
@@ -203,6 +222,7 @@ HANDLERS = {
     VERB_GETKEYSINSLOT: get_keys_in_slot,
     VERB_RESETSTAT: reset_stats,
     VERB_SLOWLOG: slowlog,
+    VERB_LATENCY: latency,
     VERB_NO_WRITES_FUNCTIONS: no_writes_functions,
     VERB_EXPIRY_PAUSE: pause_expiry,
     VERB_DEBUG: debug,

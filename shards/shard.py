@@ -41,6 +41,7 @@ from durakv.shards.records import RecordClock, decode_record
 from durakv.shards.resp import NULL_ARRAY, ReplyError, encode, encode_error
 from durakv.shards.shard_settings import SHARD_DEFAULTS
 from durakv.shards.slots import slot_ranges
+from durakv.shards.latency import LatencyMonitor
 from durakv.shards.slowlog import SlowLog
 from durakv.shards.t_multi import Watches, unpack_transaction
 from durakv.shards.tracking import flush_event, invalidation, set_front
@@ -103,6 +104,7 @@ class Shard(GroupCommit):
         # Shards take slowlog id slots 0..S-1, routers S..S+R-1 (shards/slowlog.py).
         self.slowlog = SlowLog(index, config.shards + config.routers)
         self.configure_slowlog()
+        self.latency = LatencyMonitor()  # LATENCY events and histograms (shards/latency.py)
         self.stats: dict[str, CommandStats] = {}
         self.started_at = time.time()
         self.total_commands = 0
@@ -302,6 +304,8 @@ class Shard(GroupCommit):
         if duration_us >= self.slowlog.threshold_us and cmd is not None and not refused \
                 and "skip_slowlog" not in cmd.flags:
             self.slowlog.push(argv, duration_us, cid)
+        if cmd is not None:
+            self.latency.observe(cmd, duration_us)
         if len(effects) > effects_before:
             return data, (next_seq if hold_writes else 0)
         if cmd is None or refused:

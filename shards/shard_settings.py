@@ -29,5 +29,8 @@ SHARD_DEFAULTS: dict[str, int] = {
 SHARD_TEXT_DEFAULTS: dict[str, str] = {
     "notify-keyspace-events": "",
     "maxmemory-policy": "noeviction",
+    # LATENCY (shards/latency.py): event threshold in ms (0: off), per-command histograms.
+    "latency-monitor-threshold": "0",
+    "latency-tracking": "yes",
 }
 SHARD_PARAMS = frozenset(SHARD_DEFAULTS) | frozenset(SHARD_TEXT_DEFAULTS)

@@ -42,6 +42,7 @@ from durakv.log.durable_file import replace_file
 from durakv.log.errors import LockHeld
 from durakv.log.manifest import list_segments
 from durakv.shards.config import DEFAULTS
+from durakv.shards.latency import LATENCY_TS_LEN
 from durakv.snapshotter.build import build_snapshot
 from durakv.snapshotter.local import newest_local, shard_dir_of, snapshot_dir
 from durakv.snapshotter.logtail import log_first_seq
@@ -94,6 +95,9 @@ class ShardStatus:
     log_archived_seq: int = 0          # every record through it is in the store (sealed or tail piece)
     log_archive_caught_up_ms: int = 0  # when the archive last held everything the shard had made durable
     log_archive_error: str = ""
+    # LATENCY's snapshot-upload: [[unix s, ms], ...] of the newest uploads (each, whatever
+    # the threshold: the routers apply latency-monitor-threshold when they read them).
+    upload_samples: list = field(default_factory=list)
 
 
 @dataclass
@@ -126,6 +130,16 @@ def acquire_lock(data_dir: str) -> int:
     OS_DISK.makedirs(directory)
     path = os.path.join(directory, LOCK_FILE)
     return dir_lock.acquire(path, "snapshotter", what=f"snapshotter lock {path}", error=SnapshotterBusy)
+
+
+def note_upload(status: ShardStatus, at_s: int, duration_ms: int) -> None:
+    """Keep one upload's time for LATENCY (the newest LATENCY_TS_LEN, one per second)."""
+    samples = status.upload_samples
+    if samples and samples[-1][0] == at_s:
+        samples[-1][1] = max(samples[-1][1], duration_ms)
+    else:
+        samples.append([at_s, duration_ms])
+    del samples[:-LATENCY_TS_LEN]
 
 
 def read_status(data_dir: str) -> Status:
@@ -229,7 +243,9 @@ class Snapshotter:
                 m = newest.manifest
                 status.last_seq, status.last_created_at_ms = m.seq, m.created_at_ms
                 status.last_build_ms, status.last_rdb_bytes, status.last_keys = m.build_ms, m.rdb_bytes, m.keys
-                self.store.publish(newest)
+                started = time.monotonic()
+                if self.store.publish(newest):
+                    note_upload(status, int(time.time()), int((time.monotonic() - started) * 1000))
                 status.published = True
                 self.store.prune_snapshots(shard)
                 release = m.seq
