@@ -85,6 +85,7 @@ def test_exporter_scrape_finds_every_field_with_sane_values(server_factory, tmp_
     while int(scrape(info_text(srv.port))[0]["blocked_clients"]) < 1:
         assert time.monotonic() < deadline, "BLPOP never counted in blocked_clients"
         time.sleep(0.05)
+    time.sleep(0.25)  # the rates are sampled every 100 ms (Redis' serverCron period): let one sample see the PINGs
     fields, nested = scrape(info_text(srv.port))
     missing = [name for name in EXPORTER_FIELDS + DURAKV_PERSISTENCE if name not in fields]
     assert not missing, missing
