@@ -119,8 +119,7 @@ def _fed(cmd: Command | None) -> bool:
 
 def _touches_keyspace(cmd: Command) -> bool:
     """What processCommand refuses a monitor (a replica): reads, writes and may_replicate."""
-    flags = cmd.flags
-    return cmd.is_readonly or cmd.is_write or "may_replicate" in flags
+    return cmd.is_readonly or cmd.is_write or "may_replicate" in cmd.flags
 
 
 class Monitors:
@@ -161,7 +160,8 @@ class Monitors:
         return self.pubsub.ask_all(client, OP_MONITOR_ON, [own, MONITOR_LEASE_MS], lambda _parts: OK_BYTES)
 
     def remove(self, client: Client) -> None:
-        if self.clients.pop(client, 0) is not None:
+        if client in self.clients:
+            del self.clients[client]
             client.monitor = False
             if not self.clients:
                 own = self.front.settings_sync.own_path
