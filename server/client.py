@@ -48,6 +48,7 @@ ALLOWED_WHEN_SUBSCRIBED = frozenset({
 })
 # In `replies`: the reply after it is not sent (CLIENT REPLY OFF|SKIP).
 SILENCED = object()
+CROSS_SHARD = -1  # multi_shard of a transaction whose keys live on several shards
 SCRIPT_COMMANDS = frozenset({"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"})
 
 
@@ -272,8 +273,10 @@ class Client:
                     self.blocked_shard = shard
             elif cmd.split != SPLIT_NONE:
                 router.split(self, argv, cmd, indexes)
-            else:
+            elif cmd.is_blocking:
                 self._reject(cmd, ERR_CROSSSLOT)
+            else:
+                router.cross_shard(self, [argv], False)  # atomic across shards (server/txn.py)
         except ReplyError as e:
             self._reject(cmd, encode_error(e.message))  # CROSSSLOT, MOVED: refused before it ran
 
@@ -333,9 +336,11 @@ class Client:
             return
         if shard is not None:
             if self.multi_shard is not None and shard != self.multi_shard:
-                self.multi_error = True
-                self.push(ERR_CROSSSLOT)
-                return
+                if self.router.cluster_node:
+                    self.multi_error = True
+                    self.push(ERR_CROSSSLOT)
+                    return
+                shard = CROSS_SHARD  # EXEC runs it across shards (server/txn.py)
             self.multi_shard = shard
         queued = self.multi
         assert queued is not None, "queueing a command outside MULTI"
@@ -358,7 +363,11 @@ class Client:
         indexes = cmd.key_indexes(argv)
         if not indexes:
             return None
-        return router.keys_shard(self, argv, indexes)  # on a node, MOVED flags the transaction as in Redis
+        if router.cluster_node:
+            return router.keys_shard(self, argv, indexes)  # on a node, MOVED flags the transaction as in Redis
+        owner = router.slot_owner
+        shards = {owner[key_slot(argv[i])] for i in indexes}
+        return shards.pop() if len(shards) == 1 else CROSS_SHARD
 
     def run_router_commands(self, queued: list[list[bytes]]) -> list[list[bytes]]:
         """At EXEC: run the queued router-answered commands now and hand the shard

@@ -285,6 +285,11 @@ class Front(ABC):
             self.links[shard].submit(None, PROTO_INTERNAL, [VERB_UNWATCH, b"%d" % client_id],
                                      Pending(None, on_fill=_ignore_reply))
 
+    def cross_shard(self, client: Client, commands: list[list[bytes]], multi: bool) -> Pending:
+        """Run commands whose keys live on several shards atomically (the router:
+        server/txn.py); a shard's node answers CROSSSLOT, as Redis Cluster does."""
+        raise ReplyError(b"CROSSSLOT Keys in request don't hash to the same slot")
+
     def shards_up(self) -> bool:
         return all(link.up for link in self.links)
 
@@ -298,7 +303,7 @@ class Front(ABC):
         client.unwatch_all()
         if client.pubsub is not None:
             self.pubsub.forget(client)
-        if client.blocked_pending is not None:
+        if client.blocked_pending is not None and client.blocked_shard >= 0:  # -1: a cross-shard transaction
             self.links[client.blocked_shard].submit(
                 None, PROTO_INTERNAL, [VERB_UNBLOCK, b"%d" % client.id, b"drop"],
                 Pending(None, on_fill=_ignore_reply))

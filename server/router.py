@@ -16,6 +16,7 @@ from durakv.server.fdlimit import adjust_open_files_limit
 from durakv.server.front import Front, _ignore_reply
 from durakv.server.links import Pending, ShardLink
 from durakv.server.settings_sync import SettingsSync
+from durakv.server.txn import Coordinator
 from durakv.server.topology import ensure_topology, shard_node_ids
 from durakv.shards import failure, sdnotify
 from durakv.shards.config import Config
@@ -42,6 +43,9 @@ class Router(Front):
         # Shards take slowlog id slots 0..S-1, routers S..S+R-1 (shards/slowlog.py).
         self.slowlog = SlowLog(config.shards + index, config.shards + config.routers)
         self.configure_slowlog()
+        self.txn = Coordinator(self, os.environ.get("DURAKV_TXN_CRASH", ""))
+        self._resolving = False
+        self._resolve_again = False
 
     # --- long scripts -------------------------------------------------------------
 
@@ -64,7 +68,34 @@ class Router(Front):
         for link in self.links:
             if link.up and link.index not in self._links_up:
                 self._send_shard_settings(link)
+        came_up = any(link.up and link.index not in self._links_up for link in self.links)
         self._links_up = {link.index for link in self.links if link.up}
+        if came_up:
+            self.resolve_soon()
+
+    def cross_shard(self, client, commands: list[list[bytes]], multi: bool) -> Pending:
+        return self.txn.start(client, commands, multi)
+
+    def resolve_soon(self) -> None:
+        """Settle the shards' cross-shard transactions in doubt (server/txn.py), in
+        the background; a request while one pass runs makes it run once more."""
+        if self.nursery is None:
+            return
+        if self._resolving:
+            self._resolve_again = True
+            return
+        self._resolving = True
+        self.nursery.start_soon(self._resolve)
+
+    async def _resolve(self) -> None:
+        try:
+            while True:
+                self._resolve_again = False
+                await self.txn.resolve_in_doubt()
+                if not self._resolve_again:
+                    return
+        finally:
+            self._resolving = False
 
     def _send_shard_settings(self, link: ShardLink) -> None:
         """A shard that (re)started has the defaults: give it the shard parameters

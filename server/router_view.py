@@ -121,6 +121,10 @@ class RouterView(Protocol):
 
     def unwatch(self, client_id: int, shards: set[int]) -> None: ...
 
+    def cross_shard(self, client: Client, commands: list[list[bytes]], multi: bool) -> Pending:
+        """Run commands whose keys live on several shards, atomically (server/txn.py)."""
+        ...
+
     def shards_up(self) -> bool: ...
 
     def busy_error(self, any_shard: bool) -> bytes | None:

@@ -48,6 +48,15 @@ VERB_SLOWLOG = b"\x00slowlog"  # [verb, b"get", count] | [verb, b"len"] | [verb,
 VERB_COUNTKEYSINSLOT = b"\x00countkeysinslot"  # [verb, slot]: CLUSTER COUNTKEYSINSLOT
 VERB_GETKEYSINSLOT = b"\x00getkeysinslot"  # [verb, slot, count]: CLUSTER GETKEYSINSLOT
 VERB_NO_WRITES_FUNCTIONS = b"\x00nowritesfns"  # [verb]: the no-writes functions (CLIENT PAUSE WRITE)
+# Cross-shard transactions (shards/txn.py, coordinated by server/txn.py); replies are internal.
+VERB_TXLOCK = b"\x00txlock"  # [verb, txid, key...]: lock; -> [watch dirty, packed [(key, payload|nil, pexpireat)]]
+VERB_TXRUN = b"\x00txrun"  # [verb, txid, proto, b"multi"|b"one", packed commands, packed values] -> [reply, states]
+VERB_TXPREPARE = b"\x00txprepare"  # [verb, txid, decider, packed participants, packed effects] -> once durable
+VERB_TXDECIDE = b"\x00txdecide"  # [verb, txid, packed effects]: apply + record COMMIT -> once durable
+VERB_TXCOMMIT = b"\x00txcommit"  # [verb, txid]: apply the prepared effects, release
+VERB_TXABORT = b"\x00txabort"  # [verb, txid]: drop the prepared effects (if any), release
+VERB_TXRESOLVE = b"\x00txresolve"  # [verb, txid] (to the decider) -> b"commit" | b"abort" (recorded), durable
+VERB_TXINDOUBT = b"\x00txindoubt"  # [verb] -> [[txid, decider], ...] prepared and waiting for a decision
 # Never sent: marks a router-answered command queued in MULTI until EXEC (server/client.py),
 # which replaces it with a VERB_LITERAL.
 VERB_ROUTER_IN_MULTI = b"\x00router"

@@ -110,6 +110,7 @@ async def serve_router(shard: Shard, sock: socket.socket) -> None:
                 logger.warning("shard %d: router connection error: %s", shard.index, e)
             nursery.cancel_scope.cancel()
     finally:
+        shard.txn.conn_closed(conn)
         shard.event_sinks.remove(send_events)
         ROUTER_CONNS.discard(conn)
         shard.routers -= 1
@@ -139,6 +140,7 @@ async def run_shard(config: Config, index: int, snapshots: SnapshotHooks | None 
             nursery.start_soon(shard.committer)
             nursery.start_soon(shard.active_expire_loop)
             nursery.start_soon(shard.blocked_timeouts)
+            nursery.start_soon(shard.txn.drain_loop)
             if snapshots is not None:
                 nursery.start_soon(shard.release_loop)
             while True:

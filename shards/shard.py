@@ -40,6 +40,7 @@ from durakv.shards.shard_settings import SHARD_DEFAULTS
 from durakv.shards.slots import slot_ranges
 from durakv.shards.slowlog import SlowLog
 from durakv.shards.t_multi import Watches, unpack_transaction
+from durakv.shards.txn import TXN_VERBS, TxnState
 from durakv.shards.table import Command, lookup
 
 logger = logging.getLogger("durakv.shard")
@@ -114,6 +115,8 @@ class Shard(GroupCommit):
         self.watches = Watches()
         self.blocked = BlockedClients()
         self._blocked_wake = trio.Event()
+        self.txn = TxnState(self)
+        self.txn_busy = False  # keys are locked or requests wait for locks (shards/txn.py)
 
     # --- startup ----------------------------------------------------------------
 
@@ -139,6 +142,8 @@ class Shard(GroupCommit):
         for _seq, _epoch, payload in self.wal.read(base_seq + 1):
             record = decode_record(payload)
             replay(self.ctx, record.effects)
+            if record.txns:
+                self.txn.replayed(_seq, record.txns)
             self.record_clock.last_ms = record.written_at_ms
             count += 1
             now = time.monotonic()
@@ -149,6 +154,7 @@ class Shard(GroupCommit):
         elapsed = max(time.monotonic() - started, 1e-9)
         self.replayed_records = count
         self.db.effects.clear()
+        self.txn.lock_in_doubt()
         tail = self.wal.tail_seq
         self.hazards = HazardTracker(tail)
         self.lease = self.wal.take_lease(f"shard-{self.index} pid {os.getpid()}")
@@ -185,9 +191,13 @@ class Shard(GroupCommit):
         now_out = []
         held_out = []  # replies waiting for this batch's own record, held as one list
         for req in requests:
+            if self.txn_busy and self.txn.defer(conn, req):
+                continue
             argv = req.argv
             if argv[0][:1] == INTERNAL_PREFIX:
-                if argv[0] != VERB_EXEC:
+                if argv[0] in TXN_VERBS:
+                    data, wait = self.txn.handle(conn, req, next_seq)
+                elif argv[0] != VERB_EXEC:
                     data = internal.run(self, argv)
                     wait = self.hazards.wait_all() if internal.reads_keyspace(argv) else 0
                     if wait > durable_seq:
@@ -195,7 +205,8 @@ class Shard(GroupCommit):
                     else:
                         now_out.append((req.rid, data))
                     continue
-                data, wait = self._exec_transaction(argv, req.cid, req.proto, next_seq, hold_writes)
+                else:
+                    data, wait = self._exec_transaction(argv, req.cid, req.proto, next_seq, hold_writes)
             else:
                 db.frozen_ms = time.time_ns() // 1_000_000
                 data, wait = self._execute(argv, req.cid, req.proto, next_seq, hold_writes)
