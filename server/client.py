@@ -224,6 +224,9 @@ class Client:
             if self.multi is not None:
                 self.push(b"-ERR WATCH inside MULTI is not allowed\r\n")
                 return
+            if not router.cluster_node:
+                self.watch_shards.update(router.split_watch(self, argv))
+                return
             try:
                 shard = router.keys_shard(self, argv, list(range(1, len(argv))))
             except ReplyError as e:

@@ -242,6 +242,18 @@ class Front(ABC):
             sub = [argv[0]] + [argv[i] for i in by_shard[shard]]
             self.links[shard].submit(client, PROTO_INTERNAL, sub, gather.part(n))
 
+    def split_watch(self, client: Client, argv: list[bytes]) -> set[int]:
+        """WATCH on the router: each shard watches its own keys (EXEC checks them
+        all, server/txn.py); one OK once all have. Returns the shards."""
+        owner = self.slot_owner
+        by_shard: dict[int, list[bytes]] = {}
+        for key in argv[1:]:
+            by_shard.setdefault(owner[key_slot(key)], []).append(key)
+        gather = Gather(client, len(by_shard), lambda parts: b"+OK\r\n")
+        for n, (shard, keys) in enumerate(by_shard.items()):
+            self.links[shard].submit(client, PROTO_INTERNAL, [argv[0], *keys], gather.part(n))
+        return set(by_shard)
+
     def cursor_shard(self, cursor: bytes) -> int:
         """SCAN cursors are hash slots: the shard owning the slot continues the scan."""
         slot = int(cursor) if cursor.isdigit() and len(cursor) < 6 else 0

@@ -43,7 +43,7 @@ class Router(Front):
         # Shards take slowlog id slots 0..S-1, routers S..S+R-1 (shards/slowlog.py).
         self.slowlog = SlowLog(config.shards + index, config.shards + config.routers)
         self.configure_slowlog()
-        self.txn = Coordinator(self, os.environ.get("DURAKV_TXN_CRASH", ""))
+        self.txn = Coordinator(self)
         self._resolving = False
         self._resolve_again = False
 

@@ -20,7 +20,6 @@ records a presumed abort if it never decided).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +35,7 @@ from durakv.shards.resp import NULL_ARRAY, ReplyError, encode, encode_error
 from durakv.shards.slots import key_slot
 from durakv.shards.t_multi import pack_transaction
 from durakv.shards.table import lookup
-from durakv.shards.txn import pack, state_effects, unpack_values
+from durakv.shards.txn import crash_point, pack, state_effects, unpack_values
 
 if TYPE_CHECKING:
     from durakv.server.client import Client
@@ -47,9 +46,8 @@ logger = logging.getLogger("durakv.router")
 MAX_TXNS_IN_FLIGHT = 10_000  # per router; a client has at most one
 RESOLVE_RETRY_S = 0.05
 RESOLVE_ATTEMPTS = 200  # then the next link change tries again
+SETTLE_ATTEMPTS = 12_000  # 10 minutes for a dead decider to serve again
 ERR_ABORTED = b"-ERR cross-shard transaction aborted: a participant failed; nothing was applied\r\n"
-# Test hook: DURAKV_TXN_CRASH=<step> makes the coordinating router exit at that step.
-CRASH_STEPS = ("after-prepare", "after-decision", "after-first-commit")
 
 
 class Lost(Exception):
@@ -59,11 +57,10 @@ class Lost(Exception):
 class Coordinator:
     """The router's cross-shard transactions."""
 
-    def __init__(self, router: Router, crash_at: str = "") -> None:
+    def __init__(self, router: Router) -> None:
         self.router = router
         self.in_flight = 0
         self._last_us = 0
-        self.crash_at = crash_at
         self.committed = 0
         self.aborted = 0
 
@@ -155,7 +152,7 @@ class Coordinator:
             if isinstance(e, Lost):
                 raise
             return ERR_ABORTED
-        self._maybe_crash("after-prepare")
+        crash_point("router-after-prepare")
         try:
             await self._ask(decider, [VERB_TXDECIDE, b"%d" % txid, pack(state_effects(effects[decider]))])
         except ReplyError:
@@ -163,20 +160,15 @@ class Coordinator:
             self.aborted += 1
             return ERR_ABORTED
         except Lost:
-            self.router.resolve_soon()  # the others stay prepared until the decider answers again
+            # The decision may be durable: the others stay prepared until the decider answers again.
+            assert self.router.nursery is not None, "transaction before the router serves"
+            self.router.nursery.start_soon(self._settle, txid, decider, others)
             raise
-        self._maybe_crash("after-decision")
+        crash_point("router-after-decision")
         self.committed += 1
-        for n, shard in enumerate(others):
+        for shard in others:
             self._tell(shard, [VERB_TXCOMMIT, b"%d" % txid])
-            if n == 0 and len(others) > 1:
-                self._maybe_crash("after-first-commit")
         return reply
-
-    def _maybe_crash(self, step: str) -> None:
-        if self.crash_at == step:
-            logger.critical("router: DURAKV_TXN_CRASH=%s: exiting at that step", step)
-            os._exit(1)
 
     # --- talking to shards ---------------------------------------------------------
 
@@ -216,6 +208,26 @@ class Coordinator:
         return [decode_internal(data) for data in replies]
 
     # --- transactions in doubt -------------------------------------------------------
+
+    async def _settle(self, txid: int, decider: int, others: list[int]) -> None:
+        """The decider died with the decision asked: once it serves again, ask it
+        (it recorded the decision, or records a presumed abort) and tell the others."""
+        link = self.router.links[decider]
+        for _attempt in range(SETTLE_ATTEMPTS):
+            await trio.sleep(RESOLVE_RETRY_S)
+            if not link.up:
+                continue
+            try:
+                outcome = await self._ask(decider, [VERB_TXRESOLVE, b"%d" % txid])
+            except (ReplyError, Lost):
+                continue
+            logger.warning("router: transaction %d settled after its decider restarted: %s", txid, outcome.decode())
+            verb = VERB_TXCOMMIT if outcome == b"commit" else VERB_TXABORT
+            for shard in others:
+                self._tell(shard, [verb, b"%d" % txid])
+            return
+        logger.error("router: transaction %d: decider shard %d did not come back in %.0f s; its participants "
+                     "stay locked until a router restarts", txid, decider, SETTLE_ATTEMPTS * RESOLVE_RETRY_S)
 
     async def resolve_in_doubt(self) -> None:
         """Ask every shard for its transactions in doubt and settle each with its decider."""

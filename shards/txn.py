@@ -28,6 +28,7 @@ router resolves it with the decider (TXINDOUBT, TXRESOLVE, TXCOMMIT/TXABORT).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import OrderedDict, deque
 from collections.abc import Mapping
@@ -62,6 +63,8 @@ MARK_ABORT = 3  # [3, txid]: the prepared transaction's effects are dropped (par
 MARK_DECIDE_COMMIT = 4  # [4, txid]: decided (decider); this record holds the decider's effects
 MARK_DECIDE_ABORT = 5  # [5, txid]: presumed abort recorded (decider): a later decision fails
 
+CRASH_ENV = "DURAKV_TXN_CRASH"
+CRASH_EXIT_STATUS = 137  # as if killed by SIGKILL
 MAX_DECISIONS = 100_000  # recent decisions a decider answers from memory
 MAX_DEFERRED_REQUESTS = 1_000_000  # requests waiting for locks (a client's backlog bounds its share)
 MAX_LOCKS = 1_000_000
@@ -338,12 +341,21 @@ class TxnState:
         self.marks.append([MARK_DECIDE_COMMIT, txid])
         self._remember(txid, True, next_seq)
         self._release(txid)
+        if crash_armed("decider-after-decision"):
+            trio.lowlevel.spawn_system_task(self._crash_when_durable, next_seq)
+            return encode_internal(True, True), 1 << 62  # never answered
         return encode_internal(True, True), next_seq
+
+    async def _crash_when_durable(self, seq: int) -> None:
+        while self.shard.hazards.durable_seq < seq:
+            await trio.sleep(0.001)
+        crash_point("decider-after-decision")
 
     def _commit(self, txid: int, next_seq: int) -> tuple[bytes, int]:
         txn = self.txns.get(txid)
         if txn is None or txn.effects is None:
             return encode_internal(True, False), 0  # resolved already
+        crash_point("participant-before-commit")
         self._apply(txn.effects)
         self.marks.append([MARK_COMMIT, txid])
         self._release(txid)
@@ -443,6 +455,27 @@ class TxnState:
             logger.warning("shard %d: %d cross-shard transactions in doubt; their keys wait for the decision",
                            self.shard.index, len(self.txns))
         self.shard.txn_busy = self.busy()
+
+
+def crash_armed(step: str) -> bool:
+    """Fault injection for tests: DURAKV_TXN_CRASH=STEP:PATH arms STEP while PATH exists."""
+    spec = os.environ.get(CRASH_ENV)
+    if not spec:
+        return False
+    name, _, path = spec.partition(":")
+    return name == step and os.path.exists(path)
+
+
+def crash_point(step: str) -> None:
+    """Exit (as kill -9 would leave the process) at STEP if it is armed, disarming it
+    first, so the restarted process runs on."""
+    if not crash_armed(step):
+        return
+    spec = os.environ[CRASH_ENV]
+    os.unlink(spec.partition(":")[2])
+    logger.critical("%s=%s: exiting at this step", CRASH_ENV, spec)
+    logging.shutdown()
+    os._exit(CRASH_EXIT_STATUS)
 
 
 def effect_keys(effects: list[list[bytes]]) -> list[bytes]:
