@@ -8,7 +8,6 @@ from __future__ import annotations
 import random
 
 import pytest
-import redis
 from redis.cluster import RedisCluster
 
 from refserver import RawConn, decode, encode_command

@@ -14,7 +14,7 @@ from durakv.shards.resp import ReplyError
 from durakv.shards.shard import Shard
 from durakv.shards.table import TABLE, keys_from_specs, lookup
 from engine_util import new_ctx
-from refserver import RawConn, decode, keys_on_different_shards
+from refserver import decode, keys_on_different_shards
 
 # (argv, Redis 7.0's error text)
 BAD = [
