@@ -31,7 +31,7 @@ import logging
 import os
 import time
 from collections import OrderedDict, deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -497,3 +497,52 @@ def command_keys(argv: list[bytes]) -> list[bytes] | None:
     if not indexes:
         return None if cmd.is_write else []
     return [argv[i] for i in indexes]
+
+
+# --- where a snapshot may stop ------------------------------------------------------------
+
+# A decider answers in-doubt participants from the decisions in its log after its
+# snapshot: a snapshot keeps this much of the newest decisions' history in the log.
+DECISION_RETENTION_MS = 10 * 60 * 1000
+
+
+class _MarkView(msgspec.Struct, array_like=True):
+    """A record with its effects left undecoded: only time and transaction markers."""
+
+    written_at_ms: int
+    effects: msgspec.Raw
+    txns: list[list[Any]] = msgspec.field(default_factory=list)
+
+
+_mark_view_decoder = msgspec.msgpack.Decoder(_MarkView)
+
+
+def snapshot_cut(records: Iterable[tuple[int, int, bytes]], base_seq: int, tail_seq: int) -> int:
+    """The last seq in (base_seq, tail_seq] a snapshot may cover without losing a
+    transaction: before the first PREPARE not resolved by tail_seq (replay applies
+    only COMMIT records, so a snapshot past an open PREPARE would drop it for the
+    shard that restarts from it) and before the first decision younger than
+    DECISION_RETENTION_MS at tail_seq's time (a restarted decider rebuilds its
+    decisions from the log after its snapshot)."""
+    open_prepares: dict[int, int] = {}
+    decisions: list[tuple[int, int]] = []  # (seq, written_at_ms)
+    last_ms = 0
+    for seq, _epoch, payload in records:
+        view = _mark_view_decoder.decode(payload)
+        last_ms = view.written_at_ms
+        for mark in view.txns:
+            kind, txid = mark[0], mark[1]
+            if kind == MARK_PREPARE:
+                open_prepares[txid] = seq
+            elif kind in (MARK_COMMIT, MARK_ABORT):
+                open_prepares.pop(txid, None)
+            else:
+                decisions.append((seq, view.written_at_ms))
+    cut = tail_seq
+    if open_prepares:
+        cut = min(cut, min(open_prepares.values()) - 1)
+    for seq, written_at_ms in decisions:
+        if last_ms - written_at_ms < DECISION_RETENTION_MS:
+            cut = min(cut, seq - 1)
+            break
+    return max(cut, base_seq)
