@@ -314,7 +314,10 @@ class Client:
         try:
             shard = router.keys_shard(self, argv, indexes) if indexes else router.home_shard
         except ReplyError as e:
-            self._reject(cmd, encode_error(e.message))
+            if router.cluster_node or not e.message.startswith(b"CROSSSLOT"):
+                self._reject(cmd, encode_error(e.message))
+            else:
+                router.cross_shard(self, [argv], False)  # keys on several shards (server/txn.py)
             return
         if cmd.name == "eval":
             note_script(argv[1])
