@@ -48,6 +48,7 @@ ALLOWED_WHEN_SUBSCRIBED = frozenset({
 })
 # In `replies`: the reply after it is not sent (CLIENT REPLY OFF|SKIP).
 SILENCED = object()
+CROSS_SHARD_BLOCKING = frozenset({"blmove", "brpoplpush"})  # the blocking forms run across shards
 CROSS_SHARD = -1  # multi_shard of a transaction whose keys live on several shards
 SCRIPT_COMMANDS = frozenset({"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"})
 
@@ -276,6 +277,8 @@ class Client:
                     self.blocked_shard = shard
             elif cmd.split != SPLIT_NONE:
                 router.split(self, argv, cmd, indexes)
+            elif cmd.name in CROSS_SHARD_BLOCKING:
+                router.blocking_move(self, argv)  # server/txn.py
             elif cmd.is_blocking:
                 self._reject(cmd, ERR_CROSSSLOT)
             else:

@@ -302,6 +302,10 @@ class Front(ABC):
         server/txn.py); a shard's node answers CROSSSLOT, as Redis Cluster does."""
         raise ReplyError(b"CROSSSLOT Keys in request don't hash to the same slot")
 
+    def blocking_move(self, client: Client, argv: list[bytes]) -> Pending:
+        """BLMOVE/BRPOPLPUSH across shards (the router: server/txn.py)."""
+        raise ReplyError(b"CROSSSLOT Keys in request don't hash to the same slot")
+
     def shards_up(self) -> bool:
         return all(link.up for link in self.links)
 

@@ -76,6 +76,9 @@ class Router(Front):
     def cross_shard(self, client, commands: list[list[bytes]], multi: bool) -> Pending:
         return self.txn.start(client, commands, multi)
 
+    def blocking_move(self, client, argv: list[bytes]) -> Pending:
+        return self.txn.start_blocking_move(client, argv)
+
     def resolve_soon(self) -> None:
         """Settle the shards' cross-shard transactions in doubt (server/txn.py), in
         the background; a request while one pass runs makes it run once more."""

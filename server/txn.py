@@ -46,6 +46,7 @@ logger = logging.getLogger("durakv.router")
 MAX_TXNS_IN_FLIGHT = 10_000  # per router; a client has at most one
 RESOLVE_RETRY_S = 0.05
 RESOLVE_ATTEMPTS = 200  # then the next link change tries again
+MAX_BLOCKING_MOVE_ATTEMPTS = 1_000_000  # wakeups of a cross-shard BLMOVE that found the source emptied
 SETTLE_ATTEMPTS = 12_000  # 10 minutes for a dead decider to serve again
 ERR_ABORTED = b"-ERR cross-shard transaction aborted: a participant failed; nothing was applied\r\n"
 
@@ -95,6 +96,91 @@ class Coordinator:
         assert router.nursery is not None, "transaction before the router serves"
         router.nursery.start_soon(self._run, client, pending, commands, multi, keys, participants)
         return pending
+
+    def start_blocking_move(self, client: Client, argv: list[bytes]) -> Pending:
+        """BLMOVE/BRPOPLPUSH with source and destination on different shards: wait
+        on the source shard as a blocked client does (a BLMOVE of the source onto
+        itself, RIGHT to RIGHT, which leaves the list as it was), then move one
+        element as a cross-shard LMOVE; if another client emptied the source
+        meanwhile, wait again."""
+        if argv[0].lower() == b"brpoplpush":
+            source, destination, wherefrom, whereto, timeout = argv[1], argv[2], b"RIGHT", b"LEFT", argv[3]
+        else:
+            source, destination, wherefrom, whereto, timeout = argv[1], argv[2], argv[3], argv[4], argv[5]
+        router = self.router
+        pending = Pending(client)
+        client.replies.append(pending)
+        if wherefrom.upper() not in (b"LEFT", b"RIGHT") or whereto.upper() not in (b"LEFT", b"RIGHT"):
+            pending.fill(b"-ERR syntax error\r\n")
+            return pending
+        owner = router.slot_owner
+        shards = {owner[key_slot(source)], owner[key_slot(destination)]}
+        client.blocked_pending = pending
+        client.blocked_shard = owner[key_slot(source)]
+        self.in_flight += 1
+        assert router.nursery is not None, "transaction before the router serves"
+        router.nursery.start_soon(self._blocking_move, client, pending,
+                                  [b"LMOVE", source, destination, wherefrom, whereto], timeout, sorted(shards))
+        return pending
+
+    async def _blocking_move(self, client: Client, pending: Pending, move: list[bytes], timeout: bytes,
+                             participants: list[int]) -> None:
+        source = move[1]
+        source_shard = self.router.slot_owner[key_slot(source)]
+        keys: dict[int, list[bytes]] = {}
+        for key in move[1:3]:
+            keys.setdefault(self.router.slot_owner[key_slot(key)], []).append(key)
+        deadline = None
+        try:
+            seconds = float(timeout)
+        except ValueError:
+            seconds = -1.0
+        if seconds > 0:
+            deadline = time.monotonic() + seconds
+        try:
+            for _attempt in range(MAX_BLOCKING_MOVE_ATTEMPTS):
+                remaining = timeout
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        pending.fill(encode(None, client.proto))
+                        return
+                    remaining = b"%.3f" % max(left, 0.001)
+                client.blocked_shard = source_shard
+                woke = await self._ask_raw(source_shard, [b"BLMOVE", source, source, b"RIGHT", b"RIGHT", remaining],
+                                           client)
+                client.blocked_shard = -1
+                if woke[:1] in (b"-", b"*", b"_") or woke == b"$-1\r\n":  # an error, a timeout or an unblock
+                    pending.fill(woke)
+                    return
+                reply = await self._transact(client, [move], False, keys, participants)
+                if reply not in (b"$-1\r\n", b"_\r\n"):
+                    pending.fill(reply)
+                    return
+            pending.fill(b"-ERR the source list was emptied by others %d times; giving up\r\n"
+                         % MAX_BLOCKING_MOVE_ATTEMPTS)
+        except Lost:
+            pending.fill(LOST)
+        except Exception:
+            logger.exception("router: cross-shard blocking move failed")
+            pending.fill(encode_error(b"ERR internal error in a cross-shard transaction"))
+        finally:
+            self.in_flight -= 1
+
+    async def _ask_raw(self, shard: int, argv: list[bytes], client: Client) -> bytes:
+        """One request in the client's protocol; its reply as the client would get it."""
+        done = trio.Event()
+        box: list[bytes] = []
+
+        def on_fill(_pending: Pending, data: bytes) -> None:
+            box.append(data)
+            done.set()
+
+        self.router.links[shard].submit(client, client.proto, argv, Pending(client, on_fill=on_fill))
+        await done.wait()
+        if box[0] is LOST:
+            raise Lost()
+        return box[0]
 
     async def _run(self, client: Client, pending: Pending, commands: list[list[bytes]], multi: bool,
                    keys: dict[int, list[bytes]], participants: list[int]) -> None:

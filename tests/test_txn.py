@@ -7,6 +7,7 @@ the two-phase commit."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import redis
@@ -252,3 +253,22 @@ def test_kill9_at_each_step_is_all_or_nothing(server_factory, tmp_path, step, ex
     assert all_or_nothing(srv.client(), keys, b"old", b"new") == expect
     # The keys are usable: nothing stays locked.
     assert srv.client().mset({k: "later" for k in keys}) is True
+
+
+def test_blocking_move_from_one_shards_list_to_anothers(server):
+    r = server.client()
+    r.delete(A, B)
+    assert r.blmove(A, B, 0.2, "LEFT", "RIGHT") is None  # times out
+    got: list[object] = []
+    waiter = threading.Thread(target=lambda: got.append(server.client().blmove(A, B, 20, "LEFT", "RIGHT")))
+    waiter.start()
+    time.sleep(0.3)  # let it block (if it did not, it still must get the element)
+    r.rpush(A, "x", "y")
+    waiter.join()
+    assert got == [b"x"]
+    assert r.lrange(A, 0, -1) == [b"y"] and r.lrange(B, 0, -1) == [b"x"]
+    assert r.brpoplpush(A, B, 1) == b"y"
+    assert r.lrange(B, 0, -1) == [b"y", b"x"] and r.exists(A) == 0
+    r.set(A, "string")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        r.blmove(A, B, 1, "LEFT", "RIGHT")
