@@ -216,6 +216,9 @@ class Coordinator:
                            pack_transaction(commands), pack([list(v) for v in values])])
         except (ReplyError, Lost) as e:
             self._release(txid, locked)
+            never_locked = set(participants) - set(locked)
+            if never_locked:
+                self.router.unwatch(client.id, never_locked)  # EXEC drops every WATCH, as in Redis
             if isinstance(e, Lost):
                 raise
             return encode_error(e.message)
