@@ -88,8 +88,11 @@ class Coordinator:
             cmd = lookup(argv)
             for i in cmd.key_indexes(argv):
                 keys.setdefault(owner[key_slot(argv[i])], []).append(argv[i])
-        participants = sorted(set(keys) | client.watch_shards)
-        client.watch_shards = set()  # TXLOCK clears the watches on each participant
+        if multi:
+            participants = sorted(set(keys) | client.watch_shards)
+            client.watch_shards = set()  # TXLOCK clears the watches on each participant
+        else:
+            participants = sorted(keys)
         client.blocked_pending = pending
         client.blocked_shard = -1
         self.in_flight += 1
@@ -203,7 +206,8 @@ class Coordinator:
         watch_failed = False
         try:
             for shard in participants:  # ascending: no deadlock between coordinators
-                dirty, packed = await self._ask(shard, [VERB_TXLOCK, b"%d" % txid, *keys.get(shard, [])], client)
+                dirty, packed = await self._ask(
+                    shard, [VERB_TXLOCK, b"%d" % txid, b"exec" if multi else b"one", *keys.get(shard, [])], client)
                 locked.append(shard)
                 watch_failed = watch_failed or dirty
                 values.extend(unpack_values(packed))
@@ -217,7 +221,7 @@ class Coordinator:
         except (ReplyError, Lost) as e:
             self._release(txid, locked)
             never_locked = set(participants) - set(locked)
-            if never_locked:
+            if never_locked and multi:
                 self.router.unwatch(client.id, never_locked)  # EXEC drops every WATCH, as in Redis
             if isinstance(e, Lost):
                 raise

@@ -173,7 +173,9 @@ class TxnState:
         """The keys a request touches; None when it may touch any (a keyless write)."""
         argv = req.argv
         if argv[0] == VERB_TXLOCK:
-            return argv[2:] + sorted(self.shard.watches.by_client.get(req.cid, ()))
+            if argv[2] != b"exec":
+                return argv[3:]
+            return argv[3:] + sorted(self.shard.watches.by_client.get(req.cid, ()))
         if argv[0] == VERB_EXEC:
             keys: list[bytes] = []
             for queued in unpack_transaction(argv[1]):
@@ -232,10 +234,13 @@ class TxnState:
     def _lock(self, conn: ReplySink, req: Request, next_seq: int) -> tuple[bytes, int]:
         shard = self.shard
         txid = int(req.argv[1])
-        keys = req.argv[2:]
-        watched = sorted(shard.watches.by_client.get(req.cid, ()))
-        dirty = shard.watches.is_dirty(req.cid, shard.db) if req.cid else False
-        shard.watches.unwatch(req.cid)
+        keys = req.argv[3:]
+        watched: list[bytes] = []
+        dirty = False
+        if req.argv[2] == b"exec" and req.cid:  # EXEC checks and drops the client's WATCHes; a command does not
+            watched = sorted(shard.watches.by_client.get(req.cid, ()))
+            dirty = shard.watches.is_dirty(req.cid, shard.db)
+            shard.watches.unwatch(req.cid)
         txn = Txn(txid, list(dict.fromkeys(keys + watched)), conn)
         assert len(self.locks) + len(txn.keys) <= MAX_LOCKS, "too many locked keys"
         for key in txn.keys:

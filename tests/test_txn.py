@@ -52,7 +52,7 @@ def test_keys_are_on_two_shards():
      ("COPY", A, B, "REPLACE"), ("LMOVE", A, B, "LEFT", "RIGHT"), ("RPOPLPUSH", B, A),
      ("LRANGE", A, "0", "-1"), ("LRANGE", B, "0", "-1")],
     [("SADD", A, "x", "y"), ("SADD", B, "y", "z"), ("SMOVE", A, B, "x"), ("SINTERSTORE", A2, A, B),
-     ("SUNIONSTORE", B2, A, B), ("SDIFFSTORE", A2, B, A), ("SMEMBERS", A2), ("SCARD", B2)],
+     ("SUNIONSTORE", B2, A, B), ("SDIFFSTORE", A2, B, A), ("SORT", A2, "ALPHA"), ("SCARD", B2)],
     [("ZADD", A, "1", "a", "2", "b"), ("ZADD", B, "3", "b", "4", "c"), ("ZUNIONSTORE", A2, "2", A, B),
      ("ZINTERSTORE", B2, "2", A, B, "WEIGHTS", "2", "3"), ("ZDIFFSTORE", A2, "2", B, A),
      ("ZRANGESTORE", B2, A, "0", "-1"), ("ZRANGE", A2, "0", "-1", "WITHSCORES"),
@@ -272,3 +272,16 @@ def test_blocking_move_from_one_shards_list_to_anothers(server):
     r.set(A, "string")
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
         r.blmove(A, B, 1, "LEFT", "RIGHT")
+
+
+def test_a_cross_shard_command_touches_watched_keys_and_keeps_the_watch(server):
+    """Redis' 'EXEC fail on WATCHed key modified by SORT with STORE even if the result
+    is empty', with the sorted list and the destination on different shards."""
+    r = server.client()
+    r.delete(A, B)
+    r.lpush(B, "bar")
+    r.execute_command("WATCH", B)
+    r.execute_command("SORT", A, "STORE", B)  # A is empty: B is deleted
+    r.execute_command("MULTI")
+    r.execute_command("PING")
+    assert r.execute_command("EXEC") is None

@@ -79,7 +79,7 @@ async def test_locks_defer_only_their_keys_and_a_prepare_survives_a_restart_in_d
     async def first(d: Driver) -> None:
         assert await d.call(1, b"SET", b"k1", b"old") == b"+OK\r\n"
         assert await d.call(1, b"SET", b"k2", b"other") == b"+OK\r\n"
-        dirty, packed = await d.call(100, VERB_TXLOCK, b"7", b"k1")
+        dirty, packed = await d.call(100, VERB_TXLOCK, b"7", b"exec", b"k1")
         assert dirty is False
         [(key, payload, when)] = unpack_values(packed)
         assert key == b"k1" and payload is not None and when == 0
@@ -121,7 +121,7 @@ async def test_locks_defer_only_their_keys_and_a_prepare_survives_a_restart_in_d
 async def test_an_abort_drops_the_prepared_effects(tmp_path: Path) -> None:
     async def body(d: Driver) -> None:
         await d.call(1, b"SET", b"k", b"v")
-        await d.call(100, VERB_TXLOCK, b"9", b"k")
+        await d.call(100, VERB_TXLOCK, b"9", b"one", b"k")
         await d.call(0, VERB_TXPREPARE, b"9", b"1", pack([0, 1]), pack(state_effects([(b"k", None, 0)])))
         assert await d.call(0, VERB_TXABORT, b"9") is True
         assert await d.call(1, b"GET", b"k") == b"$1\r\nv\r\n"
@@ -136,13 +136,13 @@ async def test_presumed_abort_outlives_a_restart_and_a_late_decision_fails(tmp_p
     data_dir = tmp_path / "data"
 
     async def first(d: Driver) -> None:
-        await d.call(100, VERB_TXLOCK, b"11", b"k")
+        await d.call(100, VERB_TXLOCK, b"11", b"one", b"k")
         assert await d.call(0, VERB_TXRESOLVE, b"11") == b"abort"  # undecided: presumed abort, recorded
         assert not d.shard.txn.locks  # the resolver's abort released its locks too
         decided = await d.call(0, VERB_TXDECIDE, b"11", pack(state_effects([(b"k", None, 0)])))
         assert isinstance(decided, tuple) and decided[0] == "error"
         # A decision that was made is answered as made.
-        await d.call(100, VERB_TXLOCK, b"12", b"k")
+        await d.call(100, VERB_TXLOCK, b"12", b"one", b"k")
         assert await d.call(0, VERB_TXDECIDE, b"12", pack(state_effects([(b"k", None, 0)]))) is True
         assert await d.call(0, VERB_TXRESOLVE, b"12") == b"commit"
 
