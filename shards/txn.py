@@ -463,12 +463,16 @@ class TxnState:
 
 
 def crash_armed(step: str) -> bool:
-    """Fault injection for tests: DURAKV_TXN_CRASH=STEP:PATH arms STEP while PATH exists."""
-    spec = os.environ.get(CRASH_ENV)
-    if not spec:
+    """Fault injection for tests: with DURAKV_TXN_CRASH=PATH, a process exits at the
+    step named in the file PATH, while it exists."""
+    path = os.environ.get(CRASH_ENV)
+    if not path:
         return False
-    name, _, path = spec.partition(":")
-    return name == step and os.path.exists(path)
+    try:
+        with open(path) as f:
+            return f.read().strip() == step
+    except FileNotFoundError:
+        return False
 
 
 def crash_point(step: str) -> None:
@@ -476,9 +480,8 @@ def crash_point(step: str) -> None:
     first, so the restarted process runs on."""
     if not crash_armed(step):
         return
-    spec = os.environ[CRASH_ENV]
-    os.unlink(spec.partition(":")[2])
-    logger.critical("%s=%s: exiting at this step", CRASH_ENV, spec)
+    os.unlink(os.environ[CRASH_ENV])
+    logger.critical("%s: exiting at step %s", CRASH_ENV, step)
     logging.shutdown()
     os._exit(CRASH_EXIT_STATUS)
 
