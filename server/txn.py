@@ -75,19 +75,19 @@ class Coordinator:
         """Run `commands` (one command, or a MULTI's queue) across shards; the client's
         further requests wait until the reply is in."""
         router = self.router
-        pending = Pending(client)
-        client.replies.append(pending)
-        if self.in_flight >= MAX_TXNS_IN_FLIGHT:
-            pending.fill(b"-ERR too many cross-shard transactions in flight, retry later\r\n")
-            return pending
         keys: dict[int, list[bytes]] = {}
         owner = router.slot_owner
-        for argv in commands:
+        for argv in commands:  # checked when dispatched or queued: lookup and key_indexes succeed
             if argv[0][:1] == b"\x00":
                 continue
             cmd = lookup(argv)
             for i in cmd.key_indexes(argv):
                 keys.setdefault(owner[key_slot(argv[i])], []).append(argv[i])
+        pending = Pending(client)
+        client.replies.append(pending)
+        if self.in_flight >= MAX_TXNS_IN_FLIGHT:
+            pending.fill(b"-ERR too many cross-shard transactions in flight, retry later\r\n")
+            return pending
         if multi:
             participants = sorted(set(keys) | client.watch_shards)
             client.watch_shards = set()  # TXLOCK clears the watches on each participant
