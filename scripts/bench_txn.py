@@ -29,6 +29,7 @@ import hiredis
 SCRIPTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(SCRIPTS))
 from proctools import free_port, start_group, stop_group  # noqa: E402
+from bench_sections import replace_section  # noqa: E402
 
 REPO = SCRIPTS.parent
 READY_TIMEOUT_S = 60.0
@@ -139,6 +140,7 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--workloads", default="mset-cross,mset-one,multi3-cross,multi3-one")
+    p.add_argument("--output", type=Path, help="also write the table as BENCHMARKS.md's cross-shard section")
     opts = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-txn-"))
     procs = []
@@ -165,10 +167,11 @@ def main() -> int:
                         rows.setdefault((name, system, pipeline), []).append(result)
                         print(f"{name} P{pipeline} {system}: {result[0]:,.0f} ops/s, p50 {result[1]:.2f} ms",
                               file=sys.stderr, flush=True)
-        print(f"\n{opts.shards} shards, {opts.clients} client processes, {opts.seconds:.0f} s per run, "
-              f"{os.cpu_count()} cores\n")
-        print("| workload | system | P1 ops/s | P1 p50 ms | P16 ops/s | P16 p50 ms |")
-        print("|---|---|---:|---:|---:|---:|")
+        lines = [f"{opts.shards} shards, {opts.clients} client processes, {opts.seconds:.0f} s per run, "
+                 f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; `python scripts/bench_txn.py "
+                 f"--shards {opts.shards} --clients {opts.clients}`", "",
+                 "| workload | system | P1 ops/s | P1 p50 ms | P16 ops/s | P16 p50 ms |",
+                 "|---|---|---:|---:|---:|---:|"]
         for name in opts.workloads.split(","):
             for system in ("durakv", "redis-aof-always"):
                 r1 = rows.get((name, system, 1))
@@ -177,7 +180,11 @@ def main() -> int:
                     continue
                 m1 = statistics.median(x[0] for x in r1), statistics.median(x[1] for x in r1)
                 m16 = statistics.median(x[0] for x in r16), statistics.median(x[1] for x in r16)
-                print(f"| {name} | {system} | {m1[0]:,.0f} | {m1[1]:.2f} | {m16[0]:,.0f} | {m16[1]:.2f} |")
+                lines.append(f"| {name} | {system} | {m1[0]:,.0f} | {m1[1]:.2f} | {m16[0]:,.0f} | {m16[1]:.2f} |")
+        print("\n" + "\n".join(lines))
+        if opts.output is not None:
+            replace_section(opts.output, "cross-shard-transactions",
+                            "## Cross-shard transactions (issue 16)\n\n" + "\n".join(lines))
     finally:
         for proc in procs:
             stop_group(proc)
