@@ -428,6 +428,13 @@ class TxnState:
                 else:
                     txn.in_doubt = True
                     txn.conn = None
+        if any(waiting is conn for waiting, _req in self.deferred):  # nobody is left to answer
+            self.deferred = deque(item for item in self.deferred if item[0] is not conn)
+            self.deferred_cids.clear()
+            for _conn, req in self.deferred:
+                if req.cid:
+                    self.deferred_cids[req.cid] = self.deferred_cids.get(req.cid, 0) + 1
+            self.wake.set()
         self.shard.txn_busy = self.busy()
 
     # --- replay ---------------------------------------------------------------------

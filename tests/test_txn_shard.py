@@ -176,3 +176,23 @@ def test_replay_applies_committed_transactions_only_and_snapshots_stop_before_op
                (6, 0, encode_record(2000 + 11 * 60 * 1000, [[b"SET", b"c", b"1"]]))]
     assert snapshot_cut(iter(decided[:1]), 4, 5) == 4
     assert snapshot_cut(iter(decided), 4, 6) == 6
+
+
+async def test_a_closed_coordinator_connection_leaves_no_locks(tmp_path: Path) -> None:
+    """Its unprepared transactions are released and its waiting lock requests dropped;
+    its prepared ones stay locked, in doubt, for a resolver."""
+    async def body(d: Driver) -> None:
+        other = Driver(d.shard)
+        other.rid = 1000
+        await d.call(100, VERB_TXLOCK, b"21", b"one", b"k")
+        queued = other.submit(200, VERB_TXLOCK, b"22", b"one", b"k")  # waits for k
+        await other.call(201, VERB_TXLOCK, b"23", b"one", b"j")
+        await other.call(0, VERB_TXPREPARE, b"23", b"1", pack([0, 1]), pack(state_effects([(b"j", None, 0)])))
+        d.shard.txn.conn_closed(other.sink)
+        assert await d.call(0, VERB_TXABORT, b"21") is True
+        await trio.sleep(0.05)  # the drain loop runs
+        assert not other.answered(queued)
+        assert d.shard.txn.locks == {b"j": 23} and list(d.shard.txn.txns) == [23]
+        assert await d.call(0, VERB_TXINDOUBT) == [[23, 1]]
+
+    await serving(open_shard(tmp_path / "data"), body)
