@@ -128,6 +128,8 @@ def test_pipelined_requests_do_not_overtake_a_cross_shard_command(server):
     replies = pipe.execute()
     for i in range(50):
         assert replies[3 * i:3 * i + 3] == [True, str(i).encode(), str(i).encode()]
+    info = r.info("persistence")
+    assert info["xshard_committed"] >= 50 and info["xshard_locked_keys"] == 0 and info["xshard_in_doubt"] == 0
 
 
 def test_acknowledged_cross_shard_writes_survive_kill9(server_factory):
