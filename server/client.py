@@ -279,8 +279,8 @@ class Client:
                 router.split(self, argv, cmd, indexes)
             elif cmd.name in CROSS_SHARD_BLOCKING:
                 router.blocking_move(self, argv)  # server/txn.py
-            elif cmd.is_blocking:
-                self._reject(cmd, ERR_CROSSSLOT)
+            elif cmd.is_blocking or (cmd.reads_undeclared_keys is not None and cmd.reads_undeclared_keys(argv)):
+                self._reject(cmd, ERR_CROSSSLOT)  # SORT BY/GET patterns read keys the transaction cannot lock
             else:
                 router.cross_shard(self, [argv], False)  # atomic across shards (server/txn.py)
         except ReplyError as e:
