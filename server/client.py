@@ -19,6 +19,7 @@ from durakv.shards.frames import LARGE_BYTES, VERB_LITERAL, VERB_ROUTER_IN_MULTI
 from durakv.shards.resp import ProtocolError, RequestParser, ReplyError, encode, encode_error
 from durakv.shards.table import CURSOR, FANOUT, ROUTER, SPLIT_NONE, Command, find, lookup
 from durakv.shards.slots import key_slot
+from durakv.shards.t_sort import reads_pattern_keys
 
 if TYPE_CHECKING:
     from durakv.server.pubsub import Subscriptions
@@ -279,7 +280,7 @@ class Client:
                 router.split(self, argv, cmd, indexes)
             elif cmd.name in CROSS_SHARD_BLOCKING:
                 router.blocking_move(self, argv)  # server/txn.py
-            elif cmd.is_blocking or (cmd.reads_undeclared_keys is not None and cmd.reads_undeclared_keys(argv)):
+            elif cmd.is_blocking or (cmd.reads_undeclared_keys is not None and reads_pattern_keys(argv)):
                 self._reject(cmd, ERR_CROSSSLOT)  # SORT BY/GET patterns read keys the transaction cannot lock
             else:
                 router.cross_shard(self, [argv], False)  # atomic across shards (server/txn.py)

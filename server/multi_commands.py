@@ -9,6 +9,7 @@ from durakv.shards.frames import VERB_EXEC, VERB_LITERAL
 from durakv.shards.numbers import parse_ll
 from durakv.shards.resp import OK, ReplyError, fixed_error
 from durakv.shards.t_multi import pack_transaction
+from durakv.shards.t_sort import reads_pattern_keys
 from durakv.shards.table import MULTI_RUN_NOW, ROUTER, command, lookup
 
 ERR_EXECABORT = fixed_error(b"EXECABORT Transaction discarded because of previous errors.")
@@ -59,7 +60,7 @@ def _exec_across_shards(client: Client, queued: list[list[bytes]]):
         if argv[0] == VERB_LITERAL:
             continue
         cmd = lookup(argv)
-        if cmd.waits_for_all or (cmd.reads_undeclared_keys is not None and cmd.reads_undeclared_keys(argv)):
+        if cmd.waits_for_all or (cmd.reads_undeclared_keys is not None and reads_pattern_keys(argv)):
             client.unwatch_all()
             raise ReplyError(b"CROSSSLOT Keys in request don't hash to the same slot")
     return client.router.cross_shard(client, queued, True)

@@ -49,9 +49,9 @@ VERB_COUNTKEYSINSLOT = b"\x00countkeysinslot"  # [verb, slot]: CLUSTER COUNTKEYS
 VERB_GETKEYSINSLOT = b"\x00getkeysinslot"  # [verb, slot, count]: CLUSTER GETKEYSINSLOT
 VERB_NO_WRITES_FUNCTIONS = b"\x00nowritesfns"  # [verb]: the no-writes functions (CLIENT PAUSE WRITE)
 # Cross-shard transactions (shards/txn.py, coordinated by server/txn.py); replies are internal.
-VERB_TXLOCK = b"\x00txlock"  # [verb, txid, b"exec"|b"one", key...]: lock; -> [watch dirty, packed [(key, payload|nil, pexpireat)]]
+VERB_TXLOCK = b"\x00txlock"  # [verb, txid, b"exec"|b"one", key...] -> [watch dirty, packed values]
 VERB_TXRUN = b"\x00txrun"  # [verb, txid, proto, b"multi"|b"one", packed commands, packed values] -> [reply, states]
-VERB_TXPREPARE = b"\x00txprepare"  # [verb, txid, decider, packed participants, packed effects] -> once durable
+VERB_TXPREPARE = b"\x00txprepare"  # [verb, txid, decider, packed participants, packed effects]: durable
 VERB_TXDECIDE = b"\x00txdecide"  # [verb, txid, packed effects]: apply + record COMMIT -> once durable
 VERB_TXCOMMIT = b"\x00txcommit"  # [verb, txid]: apply the prepared effects, release
 VERB_TXABORT = b"\x00txabort"  # [verb, txid]: drop the prepared effects (if any), release

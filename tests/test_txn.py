@@ -231,7 +231,7 @@ def test_kill9_at_each_step_is_all_or_nothing(server_factory, tmp_path):
             acked = False
         wait_until(lambda: not marker.exists(), f"the {step} hook to fire")  # a commit may follow the reply
 
-        def settled() -> bool:
+        def settled(keys: list[str] = keys, expect: bytes = expect) -> bool:
             try:
                 return set(one_try(srv.port).mget(*keys)) == {expect}
             except redis.RedisError:
