@@ -24,7 +24,7 @@ def client_unblock(client: Client, argv: list[bytes]):
     elif len(argv) > 4:
         raise ReplyError(b"ERR syntax error")
     blocked = client.router.clients.get(target)
-    if blocked is None or blocked.blocked_pending is None:
+    if blocked is None or blocked.blocked_pending is None or blocked.blocked_shard < 0:
         return 0
     return client.router.ask_shard(client, blocked.blocked_shard, [VERB_UNBLOCK, b"%d" % target, mode],
                                    lambda unblocked: b":1\r\n" if unblocked else b":0\r\n")

@@ -19,6 +19,7 @@ from durakv.shards.frames import LARGE_BYTES, VERB_AS_USER, VERB_LITERAL, VERB_R
 from durakv.shards.resp import ProtocolError, RequestParser, ReplyError, encode, encode_error
 from durakv.shards.table import CURSOR, FANOUT, ROUTER, SPLIT_NONE, Command, find, lookup
 from durakv.shards.slots import key_slot
+from durakv.shards.t_sort import reads_pattern_keys
 
 if TYPE_CHECKING:
     from durakv.server.pubsub import Subscriptions
@@ -56,6 +57,8 @@ ALLOWED_WHEN_SUBSCRIBED = frozenset({
 })
 # In `replies`: the reply after it is not sent (CLIENT REPLY OFF|SKIP).
 SILENCED = object()
+CROSS_SHARD_BLOCKING = frozenset({"blmove", "brpoplpush"})  # the blocking forms run across shards
+CROSS_SHARD = -1  # multi_shard of a transaction whose keys live on several shards
 SCRIPT_COMMANDS = frozenset({"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"})
 
 
@@ -263,6 +266,9 @@ class Client:
             if self.multi is not None:
                 self.push(b"-ERR WATCH inside MULTI is not allowed\r\n")
                 return
+            if not router.cluster_node:
+                self.watch_shards.update(router.split_watch(self, argv))
+                return
             try:
                 shard = router.keys_shard(self, argv, list(range(1, len(argv))))
             except ReplyError as e:
@@ -312,8 +318,12 @@ class Client:
                     self.blocked_shard = shard
             elif cmd.split != SPLIT_NONE:
                 router.split(self, argv, cmd, indexes)
+            elif cmd.name in CROSS_SHARD_BLOCKING:
+                router.blocking_move(self, argv)  # server/txn.py
+            elif cmd.is_blocking or (cmd.reads_undeclared_keys is not None and reads_pattern_keys(argv)):
+                self._reject(cmd, ERR_CROSSSLOT)  # SORT BY/GET patterns read keys the transaction cannot lock
             else:
-                self._reject(cmd, ERR_CROSSSLOT)
+                router.cross_shard(self, [argv], False)  # atomic across shards (server/txn.py)
         except ReplyError as e:
             self._reject(cmd, encode_error(e.message))  # CROSSSLOT, MOVED: refused before it ran
 
@@ -348,7 +358,10 @@ class Client:
         try:
             shard = router.keys_shard(self, argv, indexes) if indexes else router.home_shard
         except ReplyError as e:
-            self._reject(cmd, encode_error(e.message))
+            if router.cluster_node or not e.message.startswith(b"CROSSSLOT"):
+                self._reject(cmd, encode_error(e.message))
+            else:
+                router.cross_shard(self, [argv], False)  # keys on several shards (server/txn.py)
             return
         if cmd.name == "eval":
             note_script(argv[1])
@@ -380,9 +393,11 @@ class Client:
             return
         if shard is not None:
             if self.multi_shard is not None and shard != self.multi_shard:
-                self.multi_error = True
-                self.push(ERR_CROSSSLOT)
-                return
+                if self.router.cluster_node:
+                    self.multi_error = True
+                    self.push(ERR_CROSSSLOT)
+                    return
+                shard = CROSS_SHARD  # EXEC runs it across shards (server/txn.py)
             self.multi_shard = shard
         queued = self.multi
         assert queued is not None, "queueing a command outside MULTI"
@@ -405,7 +420,11 @@ class Client:
         indexes = cmd.key_indexes(argv)
         if not indexes:
             return None
-        return router.keys_shard(self, argv, indexes)  # on a node, MOVED flags the transaction as in Redis
+        if router.cluster_node:
+            return router.keys_shard(self, argv, indexes)  # on a node, MOVED flags the transaction as in Redis
+        owner = router.slot_owner
+        shards = {owner[key_slot(argv[i])] for i in indexes}
+        return shards.pop() if len(shards) == 1 else CROSS_SHARD
 
     def run_router_commands(self, queued: list[list[bytes]]) -> list[list[bytes]]:
         """At EXEC: run the queued router-answered commands now and hand the shard

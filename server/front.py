@@ -291,6 +291,18 @@ class Front(ABC):
             sub = [argv[0]] + [argv[i] for i in by_shard[shard]]
             self.links[shard].submit(client, PROTO_INTERNAL, sub, gather.part(n))
 
+    def split_watch(self, client: Client, argv: list[bytes]) -> set[int]:
+        """WATCH on the router: each shard watches its own keys (EXEC checks them
+        all, server/txn.py); one OK once all have. Returns the shards."""
+        owner = self.slot_owner
+        by_shard: dict[int, list[bytes]] = {}
+        for key in argv[1:]:
+            by_shard.setdefault(owner[key_slot(key)], []).append(key)
+        gather = Gather(client, len(by_shard), lambda parts: b"+OK\r\n")
+        for n, (shard, keys) in enumerate(by_shard.items()):
+            self.links[shard].submit(client, PROTO_INTERNAL, [argv[0], *keys], gather.part(n))
+        return set(by_shard)
+
     def cursor_shard(self, cursor: bytes) -> int:
         """SCAN cursors are hash slots: the shard owning the slot continues the scan."""
         slot = int(cursor) if cursor.isdigit() and len(cursor) < 6 else 0
@@ -334,6 +346,15 @@ class Front(ABC):
             self.links[shard].submit(None, PROTO_INTERNAL, [VERB_UNWATCH, b"%d" % client_id],
                                      Pending(None, on_fill=_ignore_reply))
 
+    def cross_shard(self, client: Client, commands: list[list[bytes]], multi: bool) -> Pending:
+        """Run commands whose keys live on several shards atomically (the router:
+        server/txn.py); a shard's node answers CROSSSLOT, as Redis Cluster does."""
+        raise ReplyError(b"CROSSSLOT Keys in request don't hash to the same slot")
+
+    def blocking_move(self, client: Client, argv: list[bytes]) -> Pending:
+        """BLMOVE/BRPOPLPUSH across shards (the router: server/txn.py)."""
+        raise ReplyError(b"CROSSSLOT Keys in request don't hash to the same slot")
+
     def shards_up(self) -> bool:
         return all(link.up for link in self.links)
 
@@ -351,7 +372,7 @@ class Front(ABC):
             self.tracking.disable(client)
         if client.monitor:
             self.monitors.remove(client)
-        if client.blocked_pending is not None:
+        if client.blocked_pending is not None and client.blocked_shard >= 0:  # -1: a cross-shard transaction
             self.links[client.blocked_shard].submit(
                 None, PROTO_INTERNAL, [VERB_UNBLOCK, b"%d" % client.id, b"drop"],
                 Pending(None, on_fill=_ignore_reply))

@@ -271,6 +271,13 @@ def _persistence(router, infos, version):
         f"log_held_replies:{sum(p['held_replies'] for p in shards)}",
         f"log_dirty_keys:{sum(p['dirty_keys'] for p in shards)}",
         f"log_write_error:{failed[0] if failed else ''}",
+        # Cross-shard transactions (server/txn.py, shards/txn.py); committed/aborted: this router's.
+        f"xshard_committed:{getattr(getattr(router, 'txn', None), 'committed', 0)}",
+        f"xshard_aborted:{getattr(getattr(router, 'txn', None), 'aborted', 0)}",
+        f"xshard_locked_keys:{sum(p.get('txn_locked_keys', 0) for p in shards)}",
+        f"xshard_waiting_requests:{sum(p.get('txn_waiting_requests', 0) for p in shards)}",
+        f"xshard_lock_waits:{sum(p.get('txn_lock_waits', 0) for p in shards)}",
+        f"xshard_in_doubt:{sum(p.get('txn_in_doubt', 0) for p in shards)}",
     ]
     lines.append(f"snapshot_url:{router.config.snapshot_url}")
     for p, info in zip(shards, infos):

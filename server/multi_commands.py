@@ -4,12 +4,13 @@ its keys, where it runs atomically (shards/t_multi.py)."""
 
 from __future__ import annotations
 
-from durakv.server.client import Client
-from durakv.shards.frames import VERB_EXEC
+from durakv.server.client import CROSS_SHARD, Client
+from durakv.shards.frames import VERB_EXEC, VERB_LITERAL
 from durakv.shards.numbers import parse_ll
 from durakv.shards.resp import OK, ReplyError, fixed_error
 from durakv.shards.t_multi import pack_transaction
-from durakv.shards.table import MULTI_RUN_NOW, ROUTER, command
+from durakv.shards.t_sort import reads_pattern_keys
+from durakv.shards.table import MULTI_RUN_NOW, ROUTER, command, lookup
 
 ERR_EXECABORT = fixed_error(b"EXECABORT Transaction discarded because of previous errors.")
 
@@ -42,14 +43,27 @@ def exec_(client: Client, argv: list[bytes]):
     watched = client.watch_shards
     if shard is None:
         shard = next(iter(watched)) if watched else client.router.home_shard
-    if watched - {shard}:
-        client.unwatch_all()
-        raise ReplyError(b"CROSSSLOT Keys in request don't hash to the same slot")
+    if shard == CROSS_SHARD or watched - {shard}:
+        return _exec_across_shards(client, client.run_router_commands(queued))
     watched.discard(shard)  # EXEC clears the watches on that shard itself
     link = client.router.links[shard]
     pending = link.submit(client, client.proto, [VERB_EXEC, pack_transaction(client.run_router_commands(queued))])
     client.replies.append(pending)
     return pending
+
+
+def _exec_across_shards(client: Client, queued: list[list[bytes]]):
+    """A transaction whose keys (or WATCHed keys) live on several shards: atomic
+    across them (server/txn.py), except for commands that read the whole keyspace
+    (SCAN, KEYS, DBSIZE, SORT BY ...), which see one shard only: CROSSSLOT."""
+    for argv in queued:
+        if argv[0] == VERB_LITERAL:
+            continue
+        cmd = lookup(argv)
+        if cmd.waits_for_all or (cmd.reads_undeclared_keys is not None and reads_pattern_keys(argv)):
+            client.unwatch_all()
+            raise ReplyError(b"CROSSSLOT Keys in request don't hash to the same slot")
+    return client.router.cross_shard(client, queued, True)
 
 
 @command("discard", 1, "noscript loading stale fast allow_busy", group="transactions", where=ROUTER,

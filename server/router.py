@@ -16,6 +16,7 @@ from durakv.server.front import Front, _ignore_reply
 from durakv.server.links import Pending, ShardLink
 from durakv.server.listener import ClientListeners
 from durakv.server.settings_sync import SettingsSync
+from durakv.server.txn import Coordinator
 from durakv.server.topology import ensure_topology, shard_node_ids
 from durakv.shards import failure, sdnotify
 from durakv.shards.config import Config
@@ -42,6 +43,9 @@ class Router(Front):
         # Shards take slowlog id slots 0..S-1, routers S..S+R-1 (shards/slowlog.py).
         self.slowlog = SlowLog(config.shards + index, config.shards + config.routers)
         self.configure_slowlog()
+        self.txn = Coordinator(self)
+        self._resolving = False
+        self._resolve_again = False
 
     # --- long scripts -------------------------------------------------------------
 
@@ -68,7 +72,37 @@ class Router(Front):
         up = {link.index for link in self.links if link.up}
         if self._links_up - up:
             self.tracking.shard_lost()
+        came_up = bool(up - self._links_up)
         self._links_up = up
+        if came_up:
+            self.resolve_soon()
+
+    def cross_shard(self, client, commands: list[list[bytes]], multi: bool) -> Pending:
+        return self.txn.start(client, commands, multi)
+
+    def blocking_move(self, client, argv: list[bytes]) -> Pending:
+        return self.txn.start_blocking_move(client, argv)
+
+    def resolve_soon(self) -> None:
+        """Settle the shards' cross-shard transactions in doubt (server/txn.py), in
+        the background; a request while one pass runs makes it run once more."""
+        if self.nursery is None:
+            return
+        if self._resolving:
+            self._resolve_again = True
+            return
+        self._resolving = True
+        self.nursery.start_soon(self._resolve)
+
+    async def _resolve(self) -> None:
+        try:
+            while True:
+                self._resolve_again = False
+                await self.txn.resolve_in_doubt()
+                if not self._resolve_again:
+                    return
+        finally:
+            self._resolving = False
 
     def _send_shard_settings(self, link: ShardLink) -> None:
         """A shard that (re)started has the defaults: give it the shard parameters

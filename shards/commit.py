@@ -37,6 +37,7 @@ from durakv.shards.keyspace import Keyspace
 from durakv.shards.latency import EVENT_FSYNC, LATENCY_TS_LEN, LatencyMonitor
 from durakv.shards.records import RecordClock, encode_record
 from durakv.shards.tracking import plain_events
+from durakv.shards.txn import TxnState
 
 logger = logging.getLogger("durakv.shard")
 
@@ -166,15 +167,19 @@ class GroupCommit:
     _commit_thread: CommitThread | None
     _commit_failed: trio.Event | None
     _commit_error: BaseException | None
+    txn: TxnState
 
     def append_effects(self) -> None:
         """Turn the effects recorded since the last call into one log record."""
         effects = self.db.effects
-        if not effects:
+        marks = self.txn.marks
+        if not effects and not marks:
             return
-        payload = encode_record(self.record_clock.now_ms(), effects)
+        payload = encode_record(self.record_clock.now_ms(), effects, marks)
         self.effects_appended += len(effects)
         effects.clear()
+        if marks:
+            self.txn.marks = []
         seq = self.wal.append((payload,), self.wal.tail_seq, self.lease)
         self.records_appended += 1
         if self.async_mode:

@@ -94,6 +94,10 @@ def persistence(shard) -> dict:
         "dirty_keys": shard.hazards.pending_keys(),
         "write_error": (shard.write_error or b"").decode(errors="replace"),
         "replayed_records": shard.replayed_records,
+        "txn_locked_keys": len(shard.txn.locks),
+        "txn_waiting_requests": len(shard.txn.deferred),
+        "txn_lock_waits": shard.txn.lock_waits,
+        "txn_in_doubt": sum(1 for t in shard.txn.txns.values() if t.in_doubt),
     }
 
 

@@ -111,6 +111,7 @@ async def serve_router(shard: Shard, sock: socket.socket) -> None:
                 logger.warning("shard %d: router connection error: %s", shard.index, e)
             nursery.cancel_scope.cancel()
     finally:
+        shard.txn.conn_closed(conn)
         del shard.event_sinks[conn]
         shard.set_tracking(conn, [VERB_TRACKING, b"0"])
         ROUTER_CONNS.discard(conn)
@@ -142,6 +143,7 @@ async def run_shard(config: Config, index: int, snapshots: SnapshotHooks | None 
             nursery.start_soon(shard.active_expire_loop)
             nursery.start_soon(shard.memory_loop)
             nursery.start_soon(shard.blocked_timeouts)
+            nursery.start_soon(shard.txn.drain_loop)
             if snapshots is not None:
                 nursery.start_soon(shard.release_loop)
             while True:

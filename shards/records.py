@@ -10,6 +10,7 @@ effects as an array of argument vectors. The time is what makes restore
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import msgspec
 
@@ -17,14 +18,20 @@ import msgspec
 class Record(msgspec.Struct, array_like=True):
     written_at_ms: int
     effects: list[list[bytes]]
+    # Cross-shard transaction markers (shards/txn.py); absent from ordinary records.
+    txns: list[list[Any]] = msgspec.field(default_factory=list)
 
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Record)
 
 
-def encode_record(written_at_ms: int, effects: list[list[bytes]]) -> bytes:
-    return _encoder.encode(Record(written_at_ms, effects))
+def encode_record(written_at_ms: int, effects: list[list[bytes]], txns: list[list[Any]] | None = None) -> bytes:
+    """An ordinary record is [written_at_ms, effects]; one with transaction markers
+    has them as a third element."""
+    if txns:
+        return _encoder.encode((written_at_ms, effects, txns))
+    return _encoder.encode((written_at_ms, effects))
 
 
 def decode_record(payload: bytes) -> Record:

@@ -45,6 +45,7 @@ from durakv.shards.latency import LatencyMonitor
 from durakv.shards.slowlog import SlowLog
 from durakv.shards.t_multi import Watches, unpack_transaction
 from durakv.shards.tracking import flush_event, invalidation, set_front
+from durakv.shards.txn import TXN_VERBS, TxnState
 from durakv.shards.table import Command, find, lookup
 
 logger = logging.getLogger("durakv.shard")
@@ -127,6 +128,8 @@ class Shard(GroupCommit):
         self.watches = Watches()
         self.blocked = BlockedClients()
         self._blocked_wake = trio.Event()
+        self.txn = TxnState(self)
+        self.txn_busy = False  # keys are locked or requests wait for locks (shards/txn.py)
 
     # --- startup ----------------------------------------------------------------
 
@@ -152,6 +155,8 @@ class Shard(GroupCommit):
         for _seq, _epoch, payload in self.wal.read(base_seq + 1):
             record = decode_record(payload)
             replay(self.ctx, record.effects)
+            if record.txns:
+                self.txn.replayed(_seq, record.txns)
             self.record_clock.last_ms = record.written_at_ms
             count += 1
             now = time.monotonic()
@@ -162,6 +167,7 @@ class Shard(GroupCommit):
         elapsed = max(time.monotonic() - started, 1e-9)
         self.replayed_records = count
         self.db.effects.clear()
+        self.txn.lock_in_doubt()
         tail = self.wal.tail_seq
         self.hazards = HazardTracker(tail)
         self.lease = self.wal.take_lease(f"shard-{self.index} pid {os.getpid()}")
@@ -210,9 +216,13 @@ class Shard(GroupCommit):
         now_out = []
         held_out = []  # replies waiting for this batch's own record, held as one list
         for req in requests:
+            if self.txn_busy and self.txn.defer(conn, req):
+                continue
             argv = req.argv
             if argv[0][:1] == INTERNAL_PREFIX:
-                if argv[0] == VERB_AS_USER:
+                if argv[0] in TXN_VERBS:
+                    data, wait = self.txn.handle(conn, req, next_seq)
+                elif argv[0] == VERB_AS_USER:
                     data, wait = self._execute_as_user(argv, req.cid, req.proto, next_seq, hold_writes)
                 elif argv[0] != VERB_EXEC:
                     data = internal.run(self, argv, conn)

@@ -315,6 +315,27 @@ def _store(ctx: Ctx, dest: bytes, items: list[bytes]) -> None:
         db.notify(notify.GENERIC, b"del", dest)
 
 
+def reads_pattern_keys(argv: list[bytes]) -> bool:
+    """Whether SORT's options name a BY pattern with a '*' or a GET pattern other than
+    '#': exactly the forms that read keys no key position names (a cross-shard SORT
+    cannot lock them, server/client.py)."""
+    i = 2
+    while i < len(argv):
+        option = argv[i].lower()
+        if option in (b"by", b"get") and i + 1 < len(argv):
+            pattern = argv[i + 1]
+            if (option == b"by" and b"*" in pattern) or (option == b"get" and pattern != b"#"):
+                return True
+            i += 2
+        elif option == b"limit":
+            i += 3
+        elif option == b"store":
+            i += 2
+        else:
+            i += 1
+    return False
+
+
 def may_read_patterns(argv: list[bytes]) -> bool:
     """SORT key alone reads only key; any option may be a BY or GET pattern,
     which reads keys no key position names."""

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
+import durakv.log as wal
 from durakv.log import OS_DISK
 from durakv.log.durable_file import rename_durably, replace_file
 from durakv.log.layout import log_dir_of
@@ -27,6 +28,7 @@ from durakv.shards.keyspace import Keyspace
 from durakv.shards.t_function import library_codes
 from durakv.shards.rdb.file import RdbReader, default_aux, keyspace_entries, settle_keyspace, write_keyspace
 from durakv.shards.slots import slot_ranges
+from durakv.shards.txn import snapshot_cut
 from durakv.snapshotter.digest import ordered_digest, state_digest, with_libraries
 from durakv.snapshotter.local import (
     LocalSnapshot,
@@ -154,6 +156,8 @@ def build_snapshot(shard_dir: str, shard: int, shards: int, through_seq: int | N
     tail = durable_tail(log_dir) if through_seq is None else through_seq
     base = newest_local(shard_dir)
     base_seq = base.manifest.seq if base else 0
+    if through_seq is None and tail > base_seq:
+        tail = snapshot_cut(wal.read(log_dir, base_seq + 1, through_seq=tail), base_seq, tail)
     if tail - base_seq < max(min_records, 1):
         return None
     started = time.monotonic()

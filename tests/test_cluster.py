@@ -8,7 +8,6 @@ from __future__ import annotations
 import random
 
 import pytest
-import redis
 from redis.cluster import RedisCluster
 
 from refserver import RawConn, decode, encode_command
@@ -175,20 +174,15 @@ def two_shard_keys() -> tuple[str, str]:
     ("MSET", "{a}", "1", "{b}", "2"), ("MSETNX", "{a}", "1", "{b}", "2"), ("RENAME", "{a}", "{b}"),
     ("RENAMENX", "{a}", "{b}"), ("COPY", "{a}", "{b}"), ("LCS", "{a}", "{b}"),
 ])
-def test_multi_key_commands_across_shards_answer_crossslot(r, args):
+def test_multi_key_commands_across_shards_run_as_on_one_redis(pair, args):
+    """Through the router, keys on two shards run atomically (server/txn.py), with
+    redis-server's replies; on a shard's own port they stay CROSSSLOT
+    (tests/test_shard_ports.py)."""
     low, high = two_shard_keys()
     argv = [a.replace("{a}", low).replace("{b}", high) for a in args]
-    r.set(low, "1")
-    with pytest.raises(redis.ResponseError) as info:
-        r.execute_command(*argv)
-    assert str(info.value) == CROSSSLOT
-    assert r.get(high) is None
-
-
-def test_crossslot_reply_bytes(server):
-    low, high = two_shard_keys()
-    assert RawConn(server.port).call("MSET", low, "1", high, "2") == \
-        b"-CROSSSLOT Keys in request don't hash to the same slot\r\n"
+    pair.same("SET", low, "1")
+    pair.same(*argv)
+    pair.same("MGET", low, high)
 
 
 def test_split_commands_across_shards_match_redis(pair):

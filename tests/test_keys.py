@@ -218,12 +218,15 @@ def test_copy_to_another_db_is_a_cluster_error(r):
         r.execute_command("COPY", "{x}a", "{x}b", "DB", "1", "FOO")
 
 
-def test_rename_across_shards_is_crossslot(r):
+def test_rename_and_copy_across_shards_run_through_the_router(r):
+    """Keys on two shards: one cross-shard transaction (server/txn.py), as on one Redis."""
+    r.delete("a", "b")
     r.set("a", "1")
     assert key_slot(b"a") != key_slot(b"b")
-    for cmd in ("RENAME", "RENAMENX", "COPY"):
-        with pytest.raises(Exception, match="^Keys in request don't hash to the same slot$"):
-            r.execute_command(cmd, "a", "b")
+    assert r.execute_command("COPY", "a", "b") == 1
+    assert r.execute_command("RENAMENX", "a", "b") == 0
+    assert r.execute_command("RENAME", "a", "b") is True
+    assert r.mget("a", "b") == [None, b"1"]
 
 
 GLOB_KEYS = [

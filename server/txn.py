@@ -1,0 +1,361 @@
+"""Cross-shard transactions, the router's side: the coordinator of a two-phase
+commit between the participant shards' logs (the shard's side and the record
+kinds are shards/txn.py; the design is in ARCHITECTURE.md).
+
+A multi-key command whose keys live on several shards (MSET, RENAME, SMOVE,
+SUNIONSTORE, ...) or a MULTI/EXEC over several shards runs here: lock every
+participant in ascending shard order (several routers coordinate at once; one
+order means no deadlock), run the commands on the executor over the values
+the locks returned, prepare every writing participant but the decider, let the
+decider record the decision with its own effects, then commit the others. The
+client's reply leaves once the decision is durable. The client's later
+requests wait meanwhile (as behind a blocking command), so none overtakes it.
+
+A shard that died or lost its coordinator with a transaction prepared asks
+nothing by itself: every router, whenever a shard link comes up, lists the
+shards' transactions in doubt and resolves each with its decider (which
+records a presumed abort if it never decided).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from durakv.server.front import decode_internal
+from durakv.server.links import LOST, Pending
+from durakv.shards.frames import (
+    PROTO_INTERNAL, VERB_TXABORT, VERB_TXCOMMIT, VERB_TXDECIDE, VERB_TXINDOUBT, VERB_TXLOCK, VERB_TXPREPARE,
+    VERB_TXRESOLVE, VERB_TXRUN,
+)
+from durakv.shards.resp import NULL_ARRAY, ReplyError, encode, encode_error
+from durakv.shards.slots import key_slot
+from durakv.shards.t_multi import pack_transaction
+from durakv.shards.table import lookup
+from durakv.shards.txn import crash_point, pack, state_effects, unpack_values
+
+if TYPE_CHECKING:
+    from durakv.server.client import Client
+    from durakv.server.router import Router
+
+logger = logging.getLogger("durakv.router")
+
+MAX_TXNS_IN_FLIGHT = 10_000  # per router; a client has at most one
+RESOLVE_RETRY_S = 0.05
+RESOLVE_ATTEMPTS = 200  # then the next link change tries again
+MAX_BLOCKING_MOVE_ATTEMPTS = 1_000_000  # wakeups of a cross-shard BLMOVE that found the source emptied
+SETTLE_ATTEMPTS = 12_000  # 10 minutes for a dead decider to serve again
+ERR_ABORTED = b"-ERR cross-shard transaction aborted: a participant failed; nothing was applied\r\n"
+
+
+class Lost(Exception):
+    """A shard died with the request in flight: its outcome is unknown."""
+
+
+class Coordinator:
+    """The router's cross-shard transactions."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self.in_flight = 0
+        self._last_us = 0
+        self.committed = 0
+        self.aborted = 0
+
+    def new_txid(self) -> int:
+        """Unique across routers and restarts: microseconds since the epoch, times 64, plus the router index."""
+        now_us = time.time_ns() // 1000
+        self._last_us = max(self._last_us + 1, now_us)
+        return self._last_us * 64 + self.router.index % 64
+
+    def start(self, client: Client, commands: list[list[bytes]], multi: bool) -> Pending:
+        """Run `commands` (one command, or a MULTI's queue) across shards; the client's
+        further requests wait until the reply is in."""
+        router = self.router
+        keys: dict[int, list[bytes]] = {}
+        owner = router.slot_owner
+        for argv in commands:  # checked when dispatched or queued: lookup and key_indexes succeed
+            if argv[0][:1] == b"\x00":
+                continue
+            cmd = lookup(argv)
+            for i in cmd.key_indexes(argv):
+                keys.setdefault(owner[key_slot(argv[i])], []).append(argv[i])
+        pending = Pending(client)
+        client.replies.append(pending)
+        if self.in_flight >= MAX_TXNS_IN_FLIGHT:
+            pending.fill(b"-ERR too many cross-shard transactions in flight, retry later\r\n")
+            return pending
+        if multi:
+            participants = sorted(set(keys) | client.watch_shards)
+            client.watch_shards = set()  # TXLOCK clears the watches on each participant
+        else:
+            participants = sorted(keys)
+        client.blocked_pending = pending
+        client.blocked_shard = -1
+        self.in_flight += 1
+        assert router.nursery is not None, "transaction before the router serves"
+        router.nursery.start_soon(self._run, client, pending, commands, multi, keys, participants)
+        return pending
+
+    def start_blocking_move(self, client: Client, argv: list[bytes]) -> Pending:
+        """BLMOVE/BRPOPLPUSH with source and destination on different shards: wait
+        on the source shard as a blocked client does (a BLMOVE of the source onto
+        itself, RIGHT to RIGHT, which leaves the list as it was), then move one
+        element as a cross-shard LMOVE; if another client emptied the source
+        meanwhile, wait again."""
+        if argv[0].lower() == b"brpoplpush":
+            source, destination, wherefrom, whereto, timeout = argv[1], argv[2], b"RIGHT", b"LEFT", argv[3]
+        else:
+            source, destination, wherefrom, whereto, timeout = argv[1], argv[2], argv[3], argv[4], argv[5]
+        router = self.router
+        pending = Pending(client)
+        client.replies.append(pending)
+        if wherefrom.upper() not in (b"LEFT", b"RIGHT") or whereto.upper() not in (b"LEFT", b"RIGHT"):
+            pending.fill(b"-ERR syntax error\r\n")
+            return pending
+        owner = router.slot_owner
+        shards = {owner[key_slot(source)], owner[key_slot(destination)]}
+        client.blocked_pending = pending
+        client.blocked_shard = owner[key_slot(source)]
+        self.in_flight += 1
+        assert router.nursery is not None, "transaction before the router serves"
+        router.nursery.start_soon(self._blocking_move, client, pending,
+                                  [b"LMOVE", source, destination, wherefrom, whereto], timeout, sorted(shards))
+        return pending
+
+    async def _blocking_move(self, client: Client, pending: Pending, move: list[bytes], timeout: bytes,
+                             participants: list[int]) -> None:
+        source = move[1]
+        source_shard = self.router.slot_owner[key_slot(source)]
+        keys: dict[int, list[bytes]] = {}
+        for key in move[1:3]:
+            keys.setdefault(self.router.slot_owner[key_slot(key)], []).append(key)
+        deadline = None
+        try:
+            seconds = float(timeout)
+        except ValueError:
+            seconds = -1.0
+        if seconds > 0:
+            deadline = time.monotonic() + seconds
+        try:
+            for _attempt in range(MAX_BLOCKING_MOVE_ATTEMPTS):
+                remaining = timeout
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        pending.fill(encode(None, client.proto))
+                        return
+                    remaining = b"%.3f" % max(left, 0.001)
+                client.blocked_shard = source_shard
+                woke = await self._ask_raw(source_shard, [b"BLMOVE", source, source, b"RIGHT", b"RIGHT", remaining],
+                                           client)
+                client.blocked_shard = -1
+                if woke[:1] in (b"-", b"*", b"_") or woke == b"$-1\r\n":  # an error, a timeout or an unblock
+                    pending.fill(woke)
+                    return
+                reply = await self._transact(client, [move], False, keys, participants)
+                if reply not in (b"$-1\r\n", b"_\r\n"):
+                    pending.fill(reply)
+                    return
+            pending.fill(b"-ERR the source list was emptied by others %d times; giving up\r\n"
+                         % MAX_BLOCKING_MOVE_ATTEMPTS)
+        except Lost:
+            pending.fill(LOST)
+        except Exception:
+            logger.exception("router: cross-shard blocking move failed")
+            pending.fill(encode_error(b"ERR internal error in a cross-shard transaction"))
+        finally:
+            self.in_flight -= 1
+
+    async def _ask_raw(self, shard: int, argv: list[bytes], client: Client) -> bytes:
+        """One request in the client's protocol; its reply as the client would get it."""
+        done = trio.Event()
+        box: list[bytes] = []
+
+        def on_fill(_pending: Pending, data: bytes) -> None:
+            box.append(data)
+            done.set()
+
+        self.router.links[shard].submit(client, client.proto, argv, Pending(client, on_fill=on_fill))
+        await done.wait()
+        if box[0] is LOST:
+            raise Lost()
+        return box[0]
+
+    async def _run(self, client: Client, pending: Pending, commands: list[list[bytes]], multi: bool,
+                   keys: dict[int, list[bytes]], participants: list[int]) -> None:
+        try:
+            pending.fill(await self._transact(client, commands, multi, keys, participants))
+        except Lost:
+            pending.fill(LOST)
+        except Exception:
+            logger.exception("router: cross-shard transaction failed")
+            pending.fill(encode_error(b"ERR internal error in a cross-shard transaction"))
+        finally:
+            self.in_flight -= 1
+
+    async def _transact(self, client: Client, commands: list[list[bytes]], multi: bool,
+                        keys: dict[int, list[bytes]], participants: list[int]) -> bytes:
+        txid = self.new_txid()
+        proto = client.proto
+        locked: list[int] = []
+        values: list[Any] = []
+        watch_failed = False
+        try:
+            for shard in participants:  # ascending: no deadlock between coordinators
+                dirty, packed = await self._ask(
+                    shard, [VERB_TXLOCK, b"%d" % txid, b"exec" if multi else b"one", *keys.get(shard, [])], client)
+                locked.append(shard)
+                watch_failed = watch_failed or dirty
+                values.extend(unpack_values(packed))
+            if watch_failed:
+                self._release(txid, locked)
+                return encode(NULL_ARRAY, proto)
+            executor = min(keys) if keys else participants[0]
+            reply, packed_states = await self._ask(
+                executor, [VERB_TXRUN, b"%d" % txid, b"%d" % proto, b"multi" if multi else b"one",
+                           pack_transaction(commands), pack([list(v) for v in values])])
+        except (ReplyError, Lost) as e:
+            self._release(txid, locked)
+            never_locked = set(participants) - set(locked)
+            if never_locked and multi:
+                self.router.unwatch(client.id, never_locked)  # EXEC drops every WATCH, as in Redis
+            if isinstance(e, Lost):
+                raise
+            return encode_error(e.message)
+        effects: dict[int, list] = {}
+        owner = self.router.slot_owner
+        for state in unpack_values(packed_states):
+            effects.setdefault(owner[key_slot(state[0])], []).append(state)
+        writers = sorted(effects)
+        self._release(txid, [s for s in locked if s not in effects])
+        if not writers:
+            return reply
+        decider = writers[0]
+        others = writers[1:]
+        try:
+            await self._ask_all([(s, [VERB_TXPREPARE, b"%d" % txid, b"%d" % decider, pack(writers),
+                                      pack(state_effects(effects[s]))]) for s in others])
+        except (ReplyError, Lost) as e:
+            self._release(txid, writers)  # the decider never decided: presumed abort
+            self.aborted += 1
+            if isinstance(e, Lost):
+                raise
+            return ERR_ABORTED
+        crash_point("router-after-prepare")
+        try:
+            await self._ask(decider, [VERB_TXDECIDE, b"%d" % txid, pack(state_effects(effects[decider]))])
+        except ReplyError:
+            self._release(txid, writers)
+            self.aborted += 1
+            return ERR_ABORTED
+        except Lost:
+            # The decision may be durable: the others stay prepared until the decider answers again.
+            assert self.router.nursery is not None, "transaction before the router serves"
+            self.router.nursery.start_soon(self._settle, txid, decider, others)
+            raise
+        crash_point("router-after-decision")
+        self.committed += 1
+        for shard in others:
+            self._tell(shard, [VERB_TXCOMMIT, b"%d" % txid])
+        return reply
+
+    # --- talking to shards ---------------------------------------------------------
+
+    def _release(self, txid: int, shards: list[int]) -> None:
+        for shard in shards:
+            self._tell(shard, [VERB_TXABORT, b"%d" % txid])
+
+    def _tell(self, shard: int, argv: list[bytes]) -> None:
+        """A request whose reply nobody waits for (a lost one is resolved later)."""
+        self.router.links[shard].submit(None, PROTO_INTERNAL, argv, Pending(None, on_fill=_log_failure))
+
+    async def _ask(self, shard: int, argv: list[bytes], client: Client | None = None) -> Any:
+        return (await self._ask_all([(shard, argv)], client))[0]
+
+    async def _ask_all(self, requests: list[tuple[int, list[bytes]]], client: Client | None = None) -> list:
+        """Send requests to shards at once and wait for every reply (decoded);
+        raises Lost or the first ReplyError once all are in."""
+        done = trio.Event()
+        replies: list[Any] = [None] * len(requests)
+        left = len(requests)
+
+        def filler(n: int):
+            def on_fill(_pending: Pending, data: bytes) -> None:
+                nonlocal left
+                replies[n] = data
+                left -= 1
+                if left == 0:
+                    done.set()
+            return on_fill
+
+        for n, (shard, argv) in enumerate(requests):
+            self.router.links[shard].submit(client, PROTO_INTERNAL, argv, Pending(client, on_fill=filler(n)))
+        if left:
+            await done.wait()
+        if any(data is LOST for data in replies):
+            raise Lost()
+        return [decode_internal(data) for data in replies]
+
+    # --- transactions in doubt -------------------------------------------------------
+
+    async def _settle(self, txid: int, decider: int, others: list[int]) -> None:
+        """The decider died with the decision asked: once it serves again, ask it
+        (it recorded the decision, or records a presumed abort) and tell the others."""
+        link = self.router.links[decider]
+        for _attempt in range(SETTLE_ATTEMPTS):
+            await trio.sleep(RESOLVE_RETRY_S)
+            if not link.up:
+                continue
+            try:
+                outcome = await self._ask(decider, [VERB_TXRESOLVE, b"%d" % txid])
+            except (ReplyError, Lost):
+                continue
+            logger.warning("router: transaction %d settled after its decider restarted: %s", txid, outcome.decode())
+            verb = VERB_TXCOMMIT if outcome == b"commit" else VERB_TXABORT
+            for shard in others:
+                self._tell(shard, [verb, b"%d" % txid])
+            return
+        logger.error("router: transaction %d: decider shard %d did not come back in %.0f s; its participants "
+                     "stay locked until a router restarts", txid, decider, SETTLE_ATTEMPTS * RESOLVE_RETRY_S)
+
+    async def resolve_in_doubt(self) -> None:
+        """Ask every shard for its transactions in doubt and settle each with its decider."""
+        links = self.router.links
+        for _attempt in range(RESOLVE_ATTEMPTS):
+            unresolved = 0
+            for link in links:
+                if not link.up:
+                    continue
+                try:
+                    doubtful = await self._ask(link.index, [VERB_TXINDOUBT])
+                except (ReplyError, Lost):
+                    unresolved += 1
+                    continue
+                for txid, decider in doubtful:
+                    if not links[decider].up:
+                        unresolved += 1
+                        continue
+                    try:
+                        outcome = await self._ask(decider, [VERB_TXRESOLVE, b"%d" % txid])
+                    except (ReplyError, Lost):
+                        unresolved += 1
+                        continue
+                    verb = VERB_TXCOMMIT if outcome == b"commit" else VERB_TXABORT
+                    logger.warning("router: shard %d resolves transaction %d in doubt: %s (decider shard %d)",
+                                   link.index, txid, outcome.decode(), decider)
+                    try:
+                        await self._ask(link.index, [verb, b"%d" % txid])
+                    except (ReplyError, Lost):
+                        unresolved += 1
+            if not unresolved:
+                return
+            await trio.sleep(RESOLVE_RETRY_S)
+
+
+def _log_failure(pending: Pending, data: bytes) -> None:
+    if data[:1] == b"-" and data is not LOST:
+        logger.warning("router: shard refused a transaction request: %r", data[:200])

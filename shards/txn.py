@@ -1,0 +1,563 @@
+"""Cross-shard transactions, the shard's side (ARCHITECTURE.md "Transactions
+across shards"): key locks, the executor's overlay, PREPARE / decision / COMMIT
+/ ABORT records, and the decider's table of recent decisions.
+
+A router coordinates (server/txn.py). Each participant locks the keys it owns
+(TXLOCK; a request touching a locked key waits here, in arrival order, and so
+does every later request of the same client), answers their serialized values
+(DUMP payload + absolute expiry, or absent) once they are durable; one shard,
+the executor, runs the command or the whole MULTI over a scratch keyspace
+holding every key of the transaction (TXRUN) and answers the reply and the
+final state of each key it changed. Each writing participant but the decider
+appends a PREPARE record carrying its effects (RESTORE/DEL of the final
+states) and answers once it is durable; the decider (the lowest writing
+shard) then appends its own effects together with the COMMIT decision, in one
+record, and answers once that is durable: that is the commit point. The
+others then apply their effects in a record marked COMMIT (need not be synced
+before the client's reply: the decision is durable). A decider asked to
+resolve a transaction it has not decided records ABORT first (presumed abort:
+a later decision attempt fails).
+
+Replay: a PREPARE's effects are never applied by itself; a COMMIT record
+carries the effects, so the snapshotter and replicas apply committed
+transactions only, as ordinary records. A shard that restarts with a PREPARE
+not followed by its COMMIT or ABORT keeps its keys locked (in doubt) until a
+router resolves it with the decider (TXINDOUBT, TXRESOLVE, TXCOMMIT/TXABORT).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import trio
+
+from durakv.shards.context import Ctx
+from durakv.shards.frames import (
+    INTERNAL_PREFIX, VERB_EXEC, VERB_LITERAL, VERB_TXABORT, VERB_TXCOMMIT, VERB_TXDECIDE, VERB_TXINDOUBT,
+    VERB_TXLOCK, VERB_TXPREPARE, VERB_TXRESOLVE, VERB_TXRUN, Request, encode_internal,
+)
+from durakv.shards.hazards import ReplySink
+from durakv.shards.engine import run_command
+from durakv.shards.keyspace import Keyspace
+from durakv.shards.rdb.codec import RdbError, dump_payload, load_payload, verify_payload
+from durakv.shards.resp import ReplyError, encode, encode_error
+from durakv.shards.slots import SLOT_COUNT
+from durakv.shards.t_multi import Watches, unpack_transaction
+from durakv.shards.table import lookup
+
+if TYPE_CHECKING:
+    from durakv.shards.shard import Shard
+
+logger = logging.getLogger("durakv.shard")
+
+# Record markers (log/FORMAT.md): the third element of a record's payload.
+MARK_PREPARE = 1  # [1, txid, decider, participants, effects]: effects not applied until COMMIT
+MARK_COMMIT = 2  # [2, txid]: this record's effects include the transaction's (participant)
+MARK_ABORT = 3  # [3, txid]: the prepared transaction's effects are dropped (participant)
+MARK_DECIDE_COMMIT = 4  # [4, txid]: decided (decider); this record holds the decider's effects
+MARK_DECIDE_ABORT = 5  # [5, txid]: presumed abort recorded (decider): a later decision fails
+
+CRASH_ENV = "DURAKV_TXN_CRASH"
+CRASH_EXIT_STATUS = 137  # as if killed by SIGKILL
+MAX_DECISIONS = 100_000  # recent decisions a decider answers from memory
+MAX_DEFERRED_REQUESTS = 1_000_000  # requests waiting for locks (a client's backlog bounds its share)
+MAX_LOCKS = 1_000_000
+MAX_DECOMPRESSED_BYTES = 512 * 1024 * 1024
+TXN_VERBS = frozenset({VERB_TXLOCK, VERB_TXRUN, VERB_TXPREPARE, VERB_TXDECIDE, VERB_TXCOMMIT, VERB_TXABORT,
+                       VERB_TXRESOLVE, VERB_TXINDOUBT})
+
+_pack = msgspec.msgpack.Encoder().encode
+_values_decoder = msgspec.msgpack.Decoder(list[tuple[bytes, Any, int]])
+_effects_decoder = msgspec.msgpack.Decoder(list[list[bytes]])
+_ints_decoder = msgspec.msgpack.Decoder(list[int])
+
+
+def pack(value: object) -> bytes:
+    return _pack(value)
+
+
+def unpack_values(data: bytes) -> list[tuple[bytes, bytes | None, int]]:
+    return _values_decoder.decode(data)
+
+
+def unpack_effects(data: bytes) -> list[list[bytes]]:
+    return _effects_decoder.decode(data)
+
+
+def unpack_ints(data: bytes) -> list[int]:
+    return _ints_decoder.decode(data)
+
+
+def state_effects(states: list[tuple[bytes, bytes | None, int]]) -> list[list[bytes]]:
+    """Final key states as the deterministic commands that set them."""
+    out = []
+    for key, payload, when_ms in states:
+        if payload is None:
+            out.append([b"DEL", key])
+        else:
+            out.append([b"RESTORE", key, b"%d" % when_ms, payload, b"REPLACE", b"ABSTTL"])
+    return out
+
+
+class Txn:
+    """One transaction's state on this shard."""
+
+    __slots__ = ("txid", "keys", "conn", "effects", "decider", "in_doubt")
+
+    def __init__(self, txid: int, keys: list[bytes], conn: ReplySink | None) -> None:
+        self.txid = txid
+        self.keys = keys
+        self.conn = conn  # the coordinator's connection (None: restored from the log)
+        self.effects: list[list[bytes]] | None = None  # prepared effects
+        self.decider = -1
+        self.in_doubt = False
+
+
+class ScratchShard:
+    """The ShardView of the executor's scratch keyspace: the shard's settings,
+    every slot (the keys of all participants are here), its WATCH registry."""
+
+    def __init__(self, settings: Mapping[str, int], watches: Watches) -> None:
+        self.settings = settings
+        self.slot_range = (0, SLOT_COUNT - 1)
+        self.watches = watches
+
+
+class TxnState:
+    """Locks, deferred requests, transactions and recent decisions of one shard."""
+
+    def __init__(self, shard: Shard) -> None:
+        self.shard = shard
+        self.locks: dict[bytes, int] = {}  # key -> txid holding it
+        self.txns: dict[int, Txn] = {}
+        self.deferred: deque[tuple[ReplySink, Request]] = deque()
+        self.deferred_cids: dict[int, int] = {}  # client id -> its requests waiting
+        self.decisions: OrderedDict[int, tuple[bool, int]] = OrderedDict()  # txid -> (commit, seq)
+        self.marks: list[list[Any]] = []  # markers for the next record
+        self.wake = trio.Event()
+        self.lock_waits = 0  # requests that ever waited for a lock (INFO)
+
+    # --- deferral (called for every request while shard.txn_busy) -------------------
+
+    def busy(self) -> bool:
+        return bool(self.locks or self.deferred)
+
+    def defer(self, conn: ReplySink, req: Request) -> bool:
+        """Whether req must wait: it touches a locked key, or an earlier request of
+        its client waits. Then it is queued, in arrival order."""
+        cid = req.cid
+        if not (cid and cid in self.deferred_cids):
+            argv = req.argv
+            if argv[0][:1] == INTERNAL_PREFIX and argv[0] not in (VERB_EXEC, VERB_TXLOCK):
+                return False
+            keys = self.request_keys(req)
+            locks = self.locks
+            if keys is not None and not any(key in locks for key in keys):
+                return False
+            if keys is None and not locks:
+                return False
+        assert len(self.deferred) < MAX_DEFERRED_REQUESTS, "deferred requests unbounded"
+        self.deferred.append((conn, req))
+        if cid:
+            self.deferred_cids[cid] = self.deferred_cids.get(cid, 0) + 1
+        self.lock_waits += 1
+        return True
+
+    def request_keys(self, req: Request) -> list[bytes] | None:
+        """The keys a request touches; None when it may touch any (a keyless write)."""
+        argv = req.argv
+        if argv[0] == VERB_TXLOCK:
+            if argv[2] != b"exec":
+                return argv[3:]
+            return argv[3:] + sorted(self.shard.watches.by_client.get(req.cid, ()))
+        if argv[0] == VERB_EXEC:
+            keys: list[bytes] = []
+            for queued in unpack_transaction(argv[1]):
+                if queued[0] == VERB_LITERAL:
+                    continue
+                some = command_keys(queued)
+                if some is None:
+                    return None
+                keys.extend(some)
+            return keys
+        return command_keys(argv)
+
+    async def drain_loop(self) -> None:
+        """Run the requests that waited for locks, once some were released: outside
+        any batch (each one is a batch of its own, so its record and its held reply
+        agree), in arrival order; those that still conflict wait again."""
+        while True:
+            await self.wake.wait()
+            self.wake = trio.Event()
+            waiting, self.deferred = self.deferred, deque()
+            self.deferred_cids.clear()
+            self.shard.txn_busy = self.busy()
+            execute = self.shard.execute_batch
+            for conn, req in waiting:
+                replies = execute(conn, [req])
+                if replies:
+                    conn.send(replies)
+
+    # --- the verbs ------------------------------------------------------------------
+
+    def handle(self, conn: ReplySink, req: Request, next_seq: int) -> tuple[bytes, int]:
+        """Run one transaction verb: (internal reply, seq it must wait for)."""
+        verb = req.argv[0]
+        try:
+            if verb == VERB_TXLOCK:
+                return self._lock(conn, req, next_seq)
+            if verb == VERB_TXRUN:
+                return encode_internal(True, self._run(req)), 0
+            if verb == VERB_TXPREPARE:
+                return self._prepare(req, next_seq)
+            if verb == VERB_TXDECIDE:
+                return self._decide(req, next_seq)
+            if verb == VERB_TXCOMMIT:
+                return self._commit(int(req.argv[1]), next_seq)
+            if verb == VERB_TXABORT:
+                return self._abort(int(req.argv[1]), next_seq)
+            if verb == VERB_TXRESOLVE:
+                return self._resolve(int(req.argv[1]), next_seq)
+            assert verb == VERB_TXINDOUBT, f"unknown transaction verb {verb!r}"
+            return encode_internal(True, [[t.txid, t.decider] for t in self.txns.values() if t.in_doubt]), 0
+        except ReplyError as e:
+            return encode_internal(False, e.message), 0
+        finally:
+            self.shard.txn_busy = self.busy()
+
+    def _lock(self, conn: ReplySink, req: Request, next_seq: int) -> tuple[bytes, int]:
+        shard = self.shard
+        txid = int(req.argv[1])
+        keys = req.argv[3:]
+        watched: list[bytes] = []
+        dirty = False
+        if req.argv[2] == b"exec" and req.cid:  # EXEC checks and drops the client's WATCHes; a command does not
+            watched = sorted(shard.watches.by_client.get(req.cid, ()))
+            dirty = shard.watches.is_dirty(req.cid, shard.db)
+            shard.watches.unwatch(req.cid)
+        txn = Txn(txid, list(dict.fromkeys(keys + watched)), conn)
+        assert len(self.locks) + len(txn.keys) <= MAX_LOCKS, "too many locked keys"
+        for key in txn.keys:
+            self.locks[key] = txid
+        self.txns[txid] = txn
+        db = shard.db
+        db.frozen_ms = time.time_ns() // 1_000_000
+        effects_before = len(db.effects)
+        values: list[tuple[bytes, bytes | None, int]] = []
+        lps = shard.settings["list-max-listpack-size"]
+        try:
+            for key in dict.fromkeys(keys):
+                value = db.get(key)  # an expired key is deleted (and logged) here
+                if value is None:
+                    values.append((key, None, 0))
+                    continue
+                try:
+                    payload = dump_payload(value, lps)
+                except RdbError as e:
+                    raise ReplyError(b"ERR cannot move key across shards: %s" % str(e).encode()) from None
+                values.append((key, payload, db.expires.get(key, 0)))
+        finally:
+            db.frozen_ms = 0
+        wait = shard.hazards.wait_seq(keys)
+        if len(db.effects) > effects_before:
+            wait = next_seq
+        return encode_internal(True, [dirty, pack(values)]), wait
+
+    def _run(self, req: Request) -> list:
+        """The executor: run the commands over a scratch keyspace holding every key."""
+        argv = req.argv
+        proto = int(argv[2])
+        multi = argv[3] == b"multi"
+        commands = unpack_transaction(argv[4])
+        shard = self.shard
+        scratch = Keyspace()
+        from durakv.shards.luaenv import scripting_of  # the Lua runtime is made on first use
+        scratch.scripting = scripting_of(shard.db)
+        declared = set()
+        for key, payload, when_ms in unpack_values(argv[5]):
+            declared.add(key)
+            if payload is None:
+                continue
+            try:
+                value = load_payload(payload, verify_payload(payload), shard.settings, MAX_DECOMPRESSED_BYTES)
+            except RdbError as e:
+                raise ReplyError(b"ERR bad value in a cross-shard transaction: %s" % str(e).encode()) from None
+            scratch.put(key, value)
+            if when_ms:
+                scratch.set_expire(key, when_ms)
+        changed: dict[bytes, None] = {}
+        scratch.on_modified = lambda key: changed.__setitem__(key, None)
+        scratch.on_flush = None
+        scratch.frozen_ms = time.time_ns() // 1_000_000
+        ctx = Ctx(scratch, ScratchShard(shard.settings, shard.watches))
+        ctx.client_id = req.cid
+        ctx.proto = proto
+        ctx.in_multi = multi
+        parts = [b"*%d\r\n" % len(commands)] if multi else []
+        for queued in commands:
+            if queued[0] == VERB_LITERAL:
+                parts.append(queued[1])
+                continue
+            try:
+                parts.append(encode(run_command(ctx, queued), proto))
+            except ReplyError as e:
+                parts.append(encode_error(e.message))
+            except Exception:
+                logger.exception("shard %d: command %r failed in a cross-shard transaction", shard.index,
+                                 queued[:3])
+                parts.append(encode_error(b"ERR internal error executing '%s'" % queued[0][:64]))
+        undeclared = [key for key in changed if key not in declared]
+        if undeclared:
+            raise ReplyError(b"ERR a cross-shard transaction changed an undeclared key")
+        lps = shard.settings["list-max-listpack-size"]
+        states: list[tuple[bytes, bytes | None, int]] = []
+        for key in changed:
+            value = scratch.data.get(key)
+            if value is None:
+                states.append((key, None, 0))
+            else:
+                states.append((key, dump_payload(value, lps), scratch.expires.get(key, 0)))
+        return [b"".join(parts), pack(states)]
+
+    def _prepare(self, req: Request, next_seq: int) -> tuple[bytes, int]:
+        argv = req.argv
+        txid = int(argv[1])
+        txn = self.txns.get(txid)
+        if txn is None:
+            raise ReplyError(b"ERR unknown transaction (its locks were released)")
+        txn.decider = int(argv[2])
+        txn.effects = unpack_effects(argv[4])
+        self.marks.append([MARK_PREPARE, txid, txn.decider, unpack_ints(argv[3]), txn.effects])
+        return encode_internal(True, True), next_seq
+
+    def _decide(self, req: Request, next_seq: int) -> tuple[bytes, int]:
+        txid = int(req.argv[1])
+        decided = self.decisions.get(txid)
+        txn = self.txns.get(txid)
+        if decided is not None and not decided[0] or txn is None:
+            raise ReplyError(b"ERR transaction aborted")
+        self._apply(unpack_effects(req.argv[2]))
+        self.marks.append([MARK_DECIDE_COMMIT, txid])
+        self._remember(txid, True, next_seq)
+        self._release(txid)
+        if crash_armed("decider-after-decision"):
+            trio.lowlevel.spawn_system_task(self._crash_when_durable, next_seq)
+            return encode_internal(True, True), 1 << 62  # never answered
+        return encode_internal(True, True), next_seq
+
+    async def _crash_when_durable(self, seq: int) -> None:
+        while self.shard.hazards.durable_seq < seq:
+            await trio.sleep(0.001)
+        crash_point("decider-after-decision")
+
+    def _commit(self, txid: int, next_seq: int) -> tuple[bytes, int]:
+        txn = self.txns.get(txid)
+        if txn is None or txn.effects is None:
+            return encode_internal(True, False), 0  # resolved already
+        crash_point("participant-before-commit")
+        self._apply(txn.effects)
+        self.marks.append([MARK_COMMIT, txid])
+        self._release(txid)
+        return encode_internal(True, True), next_seq
+
+    def _abort(self, txid: int, next_seq: int) -> tuple[bytes, int]:
+        txn = self.txns.get(txid)
+        if txn is None:
+            return encode_internal(True, False), 0
+        prepared = txn.effects is not None
+        if prepared:
+            self.marks.append([MARK_ABORT, txid])
+        self._release(txid)
+        return encode_internal(True, True), next_seq if prepared else 0
+
+    def _resolve(self, txid: int, next_seq: int) -> tuple[bytes, int]:
+        """The decider: the decision, or (none yet) a durable presumed abort."""
+        decided = self.decisions.get(txid)
+        if decided is None:
+            self.marks.append([MARK_DECIDE_ABORT, txid])
+            self._remember(txid, False, next_seq)
+            if txid in self.txns:
+                self._release(txid)
+            return encode_internal(True, b"abort"), next_seq
+        commit, seq = decided
+        wait = seq if seq > self.shard.hazards.durable_seq else 0
+        return encode_internal(True, b"commit" if commit else b"abort"), wait
+
+    # --- helpers --------------------------------------------------------------------
+
+    def _apply(self, effects: list[list[bytes]]) -> None:
+        """Apply a transaction's effects to the real keyspace (logged as they run)."""
+        shard = self.shard
+        ctx = shard.ctx
+        db = shard.db
+        db.frozen_ms = time.time_ns() // 1_000_000
+        try:
+            for argv in effects:
+                run_command(ctx, argv)
+        finally:
+            db.frozen_ms = 0
+
+    def _remember(self, txid: int, commit: bool, seq: int) -> None:
+        decisions = self.decisions
+        decisions[txid] = (commit, seq)
+        while len(decisions) > MAX_DECISIONS:
+            decisions.popitem(last=False)
+
+    def _release(self, txid: int) -> None:
+        txn = self.txns.pop(txid)
+        locks = self.locks
+        for key in txn.keys:
+            if locks.get(key) == txid:
+                del locks[key]
+        if self.deferred:
+            self.wake.set()
+
+    def conn_closed(self, conn: ReplySink) -> None:
+        """A coordinator's connection closed: its unprepared transactions are
+        released; its prepared ones are in doubt until a router resolves them."""
+        for txn in list(self.txns.values()):
+            if txn.conn is conn:
+                if txn.effects is None:
+                    self._release(txn.txid)
+                else:
+                    txn.in_doubt = True
+                    txn.conn = None
+        if any(waiting is conn for waiting, _req in self.deferred):  # nobody is left to answer
+            self.deferred = deque(item for item in self.deferred if item[0] is not conn)
+            self.deferred_cids.clear()
+            for _conn, req in self.deferred:
+                if req.cid:
+                    self.deferred_cids[req.cid] = self.deferred_cids.get(req.cid, 0) + 1
+            self.wake.set()
+        self.shard.txn_busy = self.busy()
+
+    # --- replay ---------------------------------------------------------------------
+
+    def replayed(self, seq: int, marks: list[list[Any]]) -> None:
+        """Markers of a record read at start: rebuild prepared transactions and decisions."""
+        for mark in marks:
+            kind, txid = mark[0], mark[1]
+            if kind == MARK_PREPARE:
+                effects = [[bytes(a) for a in argv] for argv in mark[4]]
+                txn = Txn(txid, effect_keys(effects), None)
+                txn.effects = effects
+                txn.decider = mark[2]
+                txn.in_doubt = True
+                self.txns[txid] = txn
+            elif kind in (MARK_COMMIT, MARK_ABORT):
+                self.txns.pop(txid, None)
+            elif kind == MARK_DECIDE_COMMIT:
+                self._remember(txid, True, seq)
+            else:
+                assert kind == MARK_DECIDE_ABORT, f"unknown transaction marker {kind}"
+                self._remember(txid, False, seq)
+
+    def lock_in_doubt(self) -> None:
+        """After replay: the keys of transactions in doubt stay locked until resolved."""
+        for txn in self.txns.values():
+            for key in txn.keys:
+                self.locks[key] = txn.txid
+        if self.txns:
+            logger.warning("shard %d: %d cross-shard transactions in doubt; their keys wait for the decision",
+                           self.shard.index, len(self.txns))
+        self.shard.txn_busy = self.busy()
+
+
+def crash_armed(step: str) -> bool:
+    """Fault injection for tests: with DURAKV_TXN_CRASH=PATH, a process exits at the
+    step named in the file PATH, while it exists."""
+    path = os.environ.get(CRASH_ENV)
+    if not path:
+        return False
+    try:
+        with open(path) as f:
+            return f.read().strip() == step
+    except FileNotFoundError:
+        return False
+
+
+def crash_point(step: str) -> None:
+    """Exit (as kill -9 would leave the process) at STEP if it is armed, disarming it
+    first, so the restarted process runs on."""
+    if not crash_armed(step):
+        return
+    os.unlink(os.environ[CRASH_ENV])
+    logger.critical("%s: exiting at step %s", CRASH_ENV, step)
+    logging.shutdown()
+    os._exit(CRASH_EXIT_STATUS)
+
+
+def effect_keys(effects: list[list[bytes]]) -> list[bytes]:
+    return [argv[1] for argv in effects]
+
+
+def command_keys(argv: list[bytes]) -> list[bytes] | None:
+    """The keys a command touches; None for a keyless write (it may touch any)."""
+    try:
+        cmd = lookup(argv)
+    except ReplyError:
+        return []  # it errors without touching anything
+    if cmd.single_key:
+        return [argv[1]]
+    try:
+        indexes = cmd.key_indexes(argv)
+    except ReplyError:
+        return []
+    if not indexes:
+        return None if cmd.is_write else []
+    return [argv[i] for i in indexes]
+
+
+# --- where a snapshot may stop ------------------------------------------------------------
+
+# A decider answers in-doubt participants from the decisions in its log after its
+# snapshot: a snapshot keeps this much of the newest decisions' history in the log.
+DECISION_RETENTION_MS = 10 * 60 * 1000
+
+
+class _MarkView(msgspec.Struct, array_like=True):
+    """A record with its effects left undecoded: only time and transaction markers."""
+
+    written_at_ms: int
+    effects: msgspec.Raw
+    txns: list[list[Any]] = msgspec.field(default_factory=list)
+
+
+_mark_view_decoder = msgspec.msgpack.Decoder(_MarkView)
+
+
+def snapshot_cut(records: Iterable[tuple[int, int, bytes]], base_seq: int, tail_seq: int) -> int:
+    """The last seq in (base_seq, tail_seq] a snapshot may cover without losing a
+    transaction: before the first PREPARE not resolved by tail_seq (replay applies
+    only COMMIT records, so a snapshot past an open PREPARE would drop it for the
+    shard that restarts from it) and before the first decision younger than
+    DECISION_RETENTION_MS at tail_seq's time (a restarted decider rebuilds its
+    decisions from the log after its snapshot)."""
+    open_prepares: dict[int, int] = {}
+    decisions: list[tuple[int, int]] = []  # (seq, written_at_ms)
+    last_ms = 0
+    for seq, _epoch, payload in records:
+        view = _mark_view_decoder.decode(payload)
+        last_ms = view.written_at_ms
+        for mark in view.txns:
+            kind, txid = mark[0], mark[1]
+            if kind == MARK_PREPARE:
+                open_prepares[txid] = seq
+            elif kind in (MARK_COMMIT, MARK_ABORT):
+                open_prepares.pop(txid, None)
+            else:
+                decisions.append((seq, view.written_at_ms))
+    cut = tail_seq
+    if open_prepares:
+        cut = min(cut, min(open_prepares.values()) - 1)
+    for seq, written_at_ms in decisions:
+        if last_ms - written_at_ms < DECISION_RETENTION_MS:
+            cut = min(cut, seq - 1)
+            break
+    return max(cut, base_seq)
