@@ -35,6 +35,10 @@ BOOL, ENUM, STRING, NUMBER, SAVE, OUTPUT_LIMITS, KEYSPACE_EVENTS, PERCENTILES = 
 _MEMORY_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2,
                  "g": 1000**3, "gb": 1024**3}
 
+# Parameters Redis 7.0 changes at run time (it rebinds, chdirs) that durakv fixes at
+# start: CONFIG SET of the value they have is accepted, as it would be by Redis.
+REDIS_MUTABLE = frozenset({"bind", "port", "tls-port", "dir"})
+
 
 @dataclass
 class Param:
@@ -363,7 +367,7 @@ class Settings:
                     unknown = raw_name
                 continue
             if problem is None and unknown is None:
-                if not param.mutable and not self._unchanged(param, raw_value):
+                if not param.mutable and not (name in REDIS_MUTABLE and self._unchanged(param, raw_value)):
                     problem = (raw_name, b"can't set immutable config")
                 elif name in seen_names:
                     # Redis 7.0 keeps an alias as a separate entry: a name and its
@@ -384,8 +388,8 @@ class Settings:
         return result
 
     def _unchanged(self, param: Param, raw_value: bytes) -> bool:
-        """Setting an immutable parameter (`bind`, `port`: mutable in Redis) to the
-        value it has changes nothing, so it is accepted."""
+        """Setting a parameter immutable here but mutable in Redis (REDIS_MUTABLE) to
+        the value it has changes nothing, so it is accepted."""
         value, _ = self._normalize(param, raw_value.decode(errors="replace"))
         return value is not None and value == self.values[param.name]
 

@@ -49,13 +49,13 @@ from typing import Any
 from durakv.shards import notify
 from durakv.shards.access import LFU_COUNTER_MAX, Lfu, idle_ms, lru_clock
 from durakv.shards.keyspace import Keyspace, now_ms
-from durakv.shards.resp import ReplyError
+from durakv.shards.resp import fixed_error
 from durakv.shards.t_memory import DEFAULT_SAMPLES, estimate_bytes
 
 logger = logging.getLogger("durakv.shard")
 
 OOM_MESSAGE = b"OOM command not allowed when used memory > 'maxmemory'."
-ERR_OOM = ReplyError(OOM_MESSAGE)
+ERR_OOM = fixed_error(OOM_MESSAGE)
 EXECABORT_OOM = b"EXECABORT Transaction discarded because of: " + OOM_MESSAGE
 
 POLICIES = ("volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl", "allkeys-lru",
