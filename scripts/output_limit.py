@@ -17,10 +17,8 @@ tests/test_client_limits.py checks the same mechanism at test size.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -28,7 +26,7 @@ import time
 
 import redis
 from proctools import free_port, stop_group
-from slow_client import BIG_KEY, SAME_SHARD_KEY, VALUE_BYTES, measure, rss_mb, summary, tree_pids
+from slow_client import BIG_KEY, SAME_SHARD_KEY, VALUE_BYTES, measure, rss_mb, start_server, summary, tree_pids
 
 GETS_PER_CLIENT = 1_000_000
 REQUESTS_PER_SEND = 1000
@@ -120,13 +118,7 @@ def main() -> int:
             pids_of = lambda: []  # noqa: E731
         else:
             port = free_port()
-            if args.durakv:
-                argv = [sys.executable, "-m", "durakv.server.cli", "serve", "--port", str(port), "--shards", "2",
-                        "--data-dir", os.path.join(tmp, "data")]
-            else:
-                argv = ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", tmp]
-            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                    start_new_session=True)
+            proc = start_server(args.durakv, port, tmp)
             pids_of = lambda: tree_pids(proc.pid)  # noqa: E731
             deadline = time.monotonic() + 30
             while True:

@@ -48,6 +48,16 @@ def rss_mb(pids: list[int]) -> dict[int, float]:
     return out
 
 
+def start_server(durakv: bool, port: int, tmp: str) -> subprocess.Popen:
+    """durakv (2 shards) or redis-server (no persistence) on port, in its own session."""
+    if durakv:
+        argv = [sys.executable, "-m", "durakv.server.cli", "serve", "--port", str(port), "--shards", "2",
+                "--data-dir", os.path.join(tmp, "data")]
+    else:
+        argv = ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", tmp]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
 def tree_pids(root: int) -> list[int]:
     out = subprocess.run(["pgrep", "-g", str(os.getpgid(root))], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]
@@ -142,13 +152,7 @@ def main() -> int:
             pids_of = lambda: []  # noqa: E731
         else:
             port = free_port()
-            if args.durakv:
-                argv = [sys.executable, "-m", "durakv.server.cli", "serve", "--port", str(port), "--shards", "2",
-                        "--data-dir", os.path.join(tmp, "data")]
-            else:
-                argv = ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", tmp]
-            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                    start_new_session=True)
+            proc = start_server(args.durakv, port, tmp)
             pids_of = lambda: tree_pids(proc.pid)  # noqa: E731
             deadline = time.monotonic() + 30
             while True:
