@@ -118,17 +118,8 @@ def main() -> int:
             pids_of = lambda: []  # noqa: E731
         else:
             port = free_port()
-            proc = start_server(args.durakv, port, tmp)
+            proc = start_server(args.durakv, port, tmp, lambda r: r.ping())
             pids_of = lambda: tree_pids(proc.pid)  # noqa: E731
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    redis.Redis(port=port, socket_timeout=1).ping()
-                    break
-                except redis.RedisError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)
         run(port, pids_of, args.slow_clients, args.limit)
     finally:
         if proc is not None:

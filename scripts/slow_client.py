@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Callable
 
 import redis
 from proctools import free_port, stop_group
@@ -48,14 +49,26 @@ def rss_mb(pids: list[int]) -> dict[int, float]:
     return out
 
 
-def start_server(durakv: bool, port: int, tmp: str) -> subprocess.Popen:
-    """durakv (2 shards) or redis-server (no persistence) on port, in its own session."""
+def start_server(durakv: bool, port: int, tmp: str,
+                 probe: Callable[[redis.Redis], object]) -> subprocess.Popen:
+    """durakv (2 shards) or redis-server (no persistence) on port, in its own session,
+    returned once `probe` of a client succeeds (30 s at most)."""
     if durakv:
         argv = [sys.executable, "-m", "durakv.server.cli", "serve", "--port", str(port), "--shards", "2",
                 "--data-dir", os.path.join(tmp, "data")]
     else:
         argv = ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", tmp]
-    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            probe(redis.Redis(port=port, socket_timeout=1))
+            return proc
+        except redis.RedisError:
+            if time.monotonic() > deadline:
+                stop_group(proc)
+                raise
+            time.sleep(0.1)
 
 
 def tree_pids(root: int) -> list[int]:
@@ -152,17 +165,8 @@ def main() -> int:
             pids_of = lambda: []  # noqa: E731
         else:
             port = free_port()
-            proc = start_server(args.durakv, port, tmp)
+            proc = start_server(args.durakv, port, tmp, lambda r: r.set(OTHER_SHARD_KEY, b"v"))
             pids_of = lambda: tree_pids(proc.pid)  # noqa: E731
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    redis.Redis(port=port, socket_timeout=1).set(OTHER_SHARD_KEY, b"v")
-                    break
-                except redis.RedisError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)
         run(port, pids_of, args.gets, args.seconds)
     finally:
         if proc is not None:
