@@ -31,13 +31,12 @@ import hiredis
 SCRIPTS = Path(__file__).resolve().parent
 REPO = SCRIPTS.parent
 sys.path.insert(0, str(SCRIPTS))
-from memory_per_key import call, command, group_pids, role, rss_bytes, wait_ready  # noqa: E402
+from memory_per_key import call, command, group_pids, read_errors, role, rss_bytes, wait_ready  # noqa: E402
 from proctools import free_port, kill_group, start_group, stop_group  # noqa: E402
 
 POLICIES = ("noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-random", "volatile-lru", "volatile-lfu",
             "volatile-random", "volatile-ttl")
 PIPELINE_COMMANDS = 1000
-RECV_BYTES = 1 << 20
 SETTLE_S = 1.0
 LONG_TTL_S = 1_000_000
 CHECKED_EVICTED_KEYS = 1000  # evicted keys looked up after the restart
@@ -60,20 +59,10 @@ def load(port: int, keys: int, value_bytes: int, volatile: bool) -> tuple[int, f
                     argv += [b"EX", b"%d" % LONG_TTL_S]
                 batch.append(command(argv))
             s.sendall(b"".join(batch))
-            pending = last - first
-            while pending:
-                reply = reader.gets()
-                if reply is False:
-                    data = s.recv(RECV_BYTES)
-                    if not data:
-                        raise ConnectionError("server closed the connection during the load")
-                    reader.feed(data)
-                    continue
-                if isinstance(reply, hiredis.ReplyError):
-                    if not str(reply).startswith("OOM "):
-                        raise SystemExit(f"SET failed: {reply}")
-                    oom += 1
-                pending -= 1
+            for error in read_errors(s, reader, last - first):
+                if not str(error).startswith("OOM "):
+                    raise SystemExit(f"SET failed: {error}")
+                oom += 1
     return oom, time.monotonic() - start
 
 

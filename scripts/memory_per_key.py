@@ -82,19 +82,26 @@ def load(port: int, keys: int) -> float:
         for first in range(0, keys, PIPELINE_COMMANDS):
             last = min(keys, first + PIPELINE_COMMANDS)
             s.sendall(b"".join(command([b"SET", b"key:%012d" % i, value]) for i in range(first, last)))
-            pending = last - first
-            while pending:
-                reply = reader.gets()
-                if reply is False:
-                    data = s.recv(RECV_BYTES)
-                    if not data:
-                        raise ConnectionError("server closed the connection during the load")
-                    reader.feed(data)
-                    continue
-                if isinstance(reply, hiredis.ReplyError):
-                    raise SystemExit(f"SET failed: {reply}")
-                pending -= 1
+            for error in read_errors(s, reader, last - first):
+                raise SystemExit(f"SET failed: {error}")
     return time.monotonic() - start
+
+
+def read_errors(s: socket.socket, reader: hiredis.Reader, count: int) -> list[hiredis.ReplyError]:
+    """Read `count` pipelined replies; the error replies among them."""
+    errors = []
+    while count:
+        reply = reader.gets()
+        if reply is False:
+            data = s.recv(RECV_BYTES)
+            if not data:
+                raise ConnectionError("server closed the connection during the load")
+            reader.feed(data)
+            continue
+        if isinstance(reply, hiredis.ReplyError):
+            errors.append(reply)
+        count -= 1
+    return errors
 
 
 def rss_bytes(pid: int) -> int:
