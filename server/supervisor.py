@@ -25,6 +25,7 @@ supervisor leaves no orphan holding a port or a log open.
 from __future__ import annotations
 
 import collections
+import gc
 import importlib
 import logging
 import os
@@ -229,9 +230,11 @@ class Supervisor:
         clear_runtime_users(config.data_dir, config.aclfile)  # with an aclfile, users last until ACL SAVE
         for i in range(config.shards):
             failure.clear(config.data_dir, i)
-        # Imported once here, so that every forked shard starts with them loaded.
-        importlib.import_module("durakv.shards.process")
-        importlib.import_module("durakv.snapshotter.shard_hooks")
+        # Imported once here, so that every forked shard starts with them loaded,
+        # and frozen, so that no shard's collector writes to (and copies) their pages.
+        for module in ("durakv.shards.process", "durakv.snapshotter.shard_hooks", "durakv.server.node"):
+            importlib.import_module(module)
+        gc.freeze()
         self._make_children()
         self.notify = notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
         notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
