@@ -234,10 +234,16 @@ def main() -> None:
                   f"{sum(p for _, p in tree.values()) / mb:>7.1f} (snapshotter {snap / mb:.1f}"
                   + (f"; build {build / mb:.1f})" if build else ")"))
         d_rss, d_pss = rows[-2][3], rows[-2][4]
-        snap_rss, snap_pss = full.get("snapshotter", (0, 0))
+        snap_rss, snap_pss = (sum(full.get(name, (0, 0))[i] for name in ("snapshotter", "snapshot build"))
+                              for i in (0, 1))
         print(f"ratio durakv/redis: RSS {d_rss / redis_full:.2f}x, PSS {d_pss / redis_full:.2f}x; "
-              f"without the snapshotter: RSS {(d_rss - snap_rss) / redis_full:.2f}x, "
+              f"without the snapshotter (and its build): RSS {(d_rss - snap_rss) / redis_full:.2f}x, "
               f"PSS {(d_pss - snap_pss) / redis_full:.2f}x")
+        quiet = [tree for _, tree in timeline if "snapshot build" not in tree]
+        if quiet:
+            q_rss, q_pss = (sum(v[i] for v in quiet[-1].values()) for i in (0, 1))
+            print(f"ratio with no build running (the last such sample): RSS {q_rss / redis_full:.2f}x, "
+                  f"PSS {q_pss / redis_full:.2f}x")
     finally:
         for proc in procs:
             stop_group(proc)
