@@ -8,7 +8,10 @@ counts a page shared by several processes once in each (shards are forked from
 the supervisor and share its imported code), so the ratio is also given with PSS
 (each shared page split among its sharers), which sums to the tree's real use. It
 also prints each durakv process's RSS before the load (an empty shard must
-stay small), so the per-key figure is net of the empty processes too.
+stay small), so the per-key figure is net of the empty processes too. Then it
+samples the tree every --sample-s for --idle-s: the snapshotter builds each
+shard's snapshot in a forked child ("snapshot build", holding one shard's
+keyspace while it runs) and is back to its empty size between builds.
 
     python scripts/memory_per_key.py --keys 632000
 """
@@ -127,10 +130,17 @@ def group_pids(leader: int) -> list[int]:
     return sorted(int(p) for p in out.stdout.split())
 
 
+def parent_pid(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
 def role(pid: int, leader: int) -> str:
     if pid == leader:
         return "supervisor"
     parts = title(pid).split()
+    if parts[:2] == ["durakv", "snapshotter"] and parent_pid(pid) != leader:
+        return "snapshot build"
     if not parts or parts[0] != "durakv":
         return parts[0] if parts else "?"
     return " ".join(parts[1:3]) if parts[2:3] and parts[2].isdigit() else parts[1]
@@ -146,7 +156,25 @@ def peak_rss_bytes(pid: int) -> int:
 
 def tree_memory(leader: int) -> dict[str, tuple[int, int]]:
     """role -> (RSS, PSS) in bytes for every process of the tree."""
-    return {role(pid, leader): (rss_bytes(pid), pss_bytes(pid)) for pid in group_pids(leader)}
+    memory = {}
+    for pid in group_pids(leader):
+        try:
+            memory[role(pid, leader)] = (rss_bytes(pid), pss_bytes(pid))
+        except (FileNotFoundError, ProcessLookupError):  # a build child that just ended
+            pass
+    return memory
+
+
+def sample_tree(leader: int, idle_s: float, sample_s: float) -> list[tuple[float, dict[str, tuple[int, int]]]]:
+    """(seconds since the first sample, tree_memory) every sample_s for idle_s."""
+    samples = []
+    start = time.monotonic()
+    while True:
+        at = time.monotonic() - start
+        samples.append((at, tree_memory(leader)))
+        if at + sample_s > idle_s:
+            return samples
+        time.sleep(sample_s)
 
 
 def main() -> None:
@@ -154,7 +182,8 @@ def main() -> None:
     p.add_argument("--keys", type=int, default=632_000)
     p.add_argument("--shards", type=int, default=2)
     p.add_argument("--idle-s", type=float, default=30.0,
-                   help="then wait this long and show each process again (the snapshotter's build ends)")
+                   help="then sample the tree this long (the snapshotter's builds end)")
+    p.add_argument("--sample-s", type=float, default=5.0, help="one sample of the tree every this many seconds")
     opts = p.parse_args()
     procs: list[subprocess.Popen] = []
     try:
@@ -178,8 +207,8 @@ def main() -> None:
             time.sleep(SETTLE_S)
             full = tree_memory(durakv.pid)
             peaks = {role(pid, durakv.pid): peak_rss_bytes(pid) for pid in group_pids(durakv.pid)}
-            time.sleep(opts.idle_s)
-            idle = tree_memory(durakv.pid)
+            timeline = sample_tree(durakv.pid, opts.idle_s, opts.sample_s)
+            idle = timeline[-1][1]
             redis_full = rss_bytes(redis.pid)
             assert call(dport, b"DBSIZE") == opts.keys, "durakv lost keys during the load"
             assert call(rport, b"DBSIZE") == opts.keys, "redis lost keys during the load"
@@ -193,15 +222,28 @@ def main() -> None:
         for name, rss0, pss0, rss1, pss1 in rows:
             print(f"{name:<14}{rss0 / mb:>10.1f}{rss1 / mb:>8.1f}{(rss1 - rss0) / opts.keys:>7.0f}"
                   f"{pss0 / mb:>10.1f}{pss1 / mb:>8.1f}{(pss1 - pss0) / opts.keys:>7.0f}")
-        print(f"peak RSS so far (VmHWM), and RSS / PSS {opts.idle_s:.0f} s later:")
+        print(f"peak RSS so far (VmHWM), and RSS / PSS {timeline[-1][0]:.0f} s later:")
         for name in sorted(full):
-            print(f"  {name:<14}peak {peaks.get(name, 0) / mb:>7.1f} MB, then {idle[name][0] / mb:>7.1f} / "
-                  f"{idle[name][1] / mb:>7.1f} MB")
+            rss, pss = idle.get(name, (0, 0))
+            print(f"  {name:<14}peak {peaks.get(name, 0) / mb:>7.1f} MB, then {rss / mb:>7.1f} / {pss / mb:>7.1f} MB")
+        print("after the load, s: tree RSS / PSS MB (snapshotter; snapshot build child, if one runs)")
+        for at, tree in timeline:
+            snap = tree.get("snapshotter", (0, 0))[0]
+            build = tree.get("snapshot build", (0, 0))[0]
+            print(f"  {at:>5.0f}: {sum(r for r, _ in tree.values()) / mb:>7.1f} / "
+                  f"{sum(p for _, p in tree.values()) / mb:>7.1f} (snapshotter {snap / mb:.1f}"
+                  + (f"; build {build / mb:.1f})" if build else ")"))
         d_rss, d_pss = rows[-2][3], rows[-2][4]
-        snap_rss, snap_pss = full.get("snapshotter", (0, 0))
+        snap_rss, snap_pss = (sum(full.get(name, (0, 0))[i] for name in ("snapshotter", "snapshot build"))
+                              for i in (0, 1))
         print(f"ratio durakv/redis: RSS {d_rss / redis_full:.2f}x, PSS {d_pss / redis_full:.2f}x; "
-              f"without the snapshotter: RSS {(d_rss - snap_rss) / redis_full:.2f}x, "
+              f"without the snapshotter (and its build): RSS {(d_rss - snap_rss) / redis_full:.2f}x, "
               f"PSS {(d_pss - snap_pss) / redis_full:.2f}x")
+        quiet = [tree for _, tree in timeline if "snapshot build" not in tree]
+        if quiet:
+            q_rss, q_pss = (sum(v[i] for v in quiet[-1].values()) for i in (0, 1))
+            print(f"ratio with no build running (the last such sample): RSS {q_rss / redis_full:.2f}x, "
+                  f"PSS {q_pss / redis_full:.2f}x")
     finally:
         for proc in procs:
             stop_group(proc)

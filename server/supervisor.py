@@ -25,7 +25,7 @@ supervisor leaves no orphan holding a port or a log open.
 from __future__ import annotations
 
 import collections
-import ctypes
+import gc
 import importlib
 import logging
 import os
@@ -46,6 +46,7 @@ from durakv.server.topology import ensure_topology
 from durakv.shards import failure, sdnotify
 from durakv.shards.config import Config, config_pipe
 from durakv.shards.exit_codes import EXIT_PERMANENT, EXIT_USAGE
+from durakv.shards.lifeline import die_with_parent
 
 logger = logging.getLogger("durakv.supervisor")
 
@@ -57,16 +58,6 @@ CRASH_LOOP_WINDOW_S = 60.0
 NOT_RESTARTED = (EXIT_PERMANENT, EXIT_USAGE)
 NOTIFY_MESSAGE_MAX_BYTES = 4096
 UCRED = struct.Struct("iII")  # pid, uid, gid
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """Called first thing in a supervised child."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    if os.getppid() != parent_pid:
-        os._exit(1)  # the supervisor died before prctl took effect
 
 
 class Child:
@@ -239,9 +230,11 @@ class Supervisor:
         clear_runtime_users(config.data_dir, config.aclfile)  # with an aclfile, users last until ACL SAVE
         for i in range(config.shards):
             failure.clear(config.data_dir, i)
-        # Imported once here, so that every forked shard starts with them loaded.
-        importlib.import_module("durakv.shards.process")
-        importlib.import_module("durakv.snapshotter.shard_hooks")
+        # Imported once here, so that every forked shard starts with them loaded,
+        # and frozen, so that no shard's collector writes to (and copies) their pages.
+        for module in ("durakv.shards.process", "durakv.snapshotter.shard_hooks", "durakv.server.node"):
+            importlib.import_module(module)
+        gc.freeze()
         self._make_children()
         self.notify = notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
         notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)

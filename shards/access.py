@@ -5,24 +5,33 @@ policy is selected, a logarithmic access counter with the minute it last decayed
 reinterprets the stamps already stored ("LRU and LFU data will take some time to
 adjust").
 
-The stamps live in one dict, key -> int, kept by the keyspace (shards/keyspace.py)
-for the keys a client has written or read since the shard started: a key only
-replayed from the log has no entry and counts as last accessed when the shard
-started, so replay and the snapshotter pay nothing. The int objects are shared:
-every key touched within the same clock second holds the same LRU stamp object,
-and LFU stamps come from a table of 256 per minute, so an entry costs only its
-dict slot.
+The stamps live in a table of 32-bit cells kept by the keyspace
+(shards/keyspace.py), a key's cell chosen by its hash (shards/keyspace.py's `stamp_of`): 4 bytes a
+cell and 2 to 4 cells a key, so 8-16 bytes a key where a dict of stamps cost ~33
+(issue 11 section 4). The table doubles by repeating itself (`grow_cells`), which
+keeps every key's cell content, as its key count passes half its cells. A cell
+is stamped when a key is written or read, never on delete or replay: a key only
+replayed from the log reads the stamp its cell had, at first the shard's start,
+so replay and the snapshotter pay nothing. Two live keys may share a cell; the
+cell then holds the newest of their stamps, so a key's idle time is never
+overstated (eviction never takes a key used recently for an idle one), only
+sometimes understated, and LFU counters of such keys are shared, as in a
+count-min sketch.
 """
 
 from __future__ import annotations
 
 import random
+from array import array
 
 LRU_CLOCK_MAX = (1 << 24) - 1  # Redis' LRU_BITS
 LRU_CLOCK_RESOLUTION_MS = 1000
 LFU_INIT_VAL = 5  # a new key's counter, so that it is not evicted before it had a chance
 LFU_COUNTER_MAX = 255
 LFU_MINUTES_MASK = 65535  # the 16 bits of a stamp that hold its decay time (minutes)
+
+STAMP_CELLS_MIN = 1024  # a keyspace with no keys: 4 KiB
+STAMP_CELLS_PER_KEY = 2  # at least this many cells a key; the table doubles past it
 
 ERR_NOT_LFU = (b"ERR An LFU maxmemory policy is not selected, access frequency not tracked. "
                b"Please note that when switching between policies at runtime LRU and LFU data "
@@ -35,6 +44,21 @@ ERR_IS_LFU = (b"ERR An LFU maxmemory policy is selected, idle time not tracked. 
 def lru_clock(now_ms: int) -> int:
     """getLRUClock: seconds, wrapping at 24 bits."""
     return (now_ms // LRU_CLOCK_RESOLUTION_MS) & LRU_CLOCK_MAX
+
+
+def new_cells(stamp: int) -> array:
+    """A stamp table of STAMP_CELLS_MIN cells, each holding stamp."""
+    return array("I", [stamp]) * STAMP_CELLS_MIN
+
+
+def grow_cells(cells: array, keys: int) -> int:
+    """Double cells in place until it has STAMP_CELLS_PER_KEY cells per key: the
+    table repeated after itself, so that cell (hash & new mask) holds what cell
+    (hash & old mask) held, for every key. Returns the new mask. (A key's cell is
+    hash(key) & mask: a bytes object caches its hash.)"""
+    while len(cells) < keys * STAMP_CELLS_PER_KEY:
+        cells.extend(cells)
+    return len(cells) - 1
 
 
 def idle_ms(stamp: int, clock: int) -> int:

@@ -63,7 +63,6 @@ POLICIES = ("volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl", "
 EVICTION_POOL_SIZE = 16  # Redis' EVPOOL_SIZE
 EVICT_KEYS_PER_CALL_MAX = 10_000  # then the batch runs; the next one evicts more
 SAMPLE_TRIES_PER_KEY = 8  # random slots (or expiry heap entries) tried per wanted sample
-ACCESS_ENTRY_BYTES = 40  # a key's access stamp slot (shards/access.py), freed with it
 DEFAULT_BYTES_PER_BLOCK = 96  # before any key was sized (strings of ~100 B: 64 and 144 B blocks)
 MIN_BYTES_PER_BLOCK, MAX_BYTES_PER_BLOCK = 16, 512  # pymalloc's block sizes
 BLOCK_SAMPLE_KEYS = 32  # keys whose objects size the average pymalloc block, per sample
@@ -265,16 +264,14 @@ class MemoryLimit:
         if kind == "lfu" and lfu is None:  # the policy changed and the shard not yet told: as Redis, adjust
             lfu = Lfu(0, 0, now_ms())
         pooled = {key for _, key in pool}
-        access = db.access
         for key in self._sample(db, self.samples, volatile):
             if key in pooled:
                 continue
             if kind == "lru":
-                score = idle_ms(access.get(key, db.access_default), clock)
+                score = idle_ms(db.stamp_of(key), clock)
             elif kind == "lfu":
                 assert lfu is not None
-                stamp = access.get(key)
-                score = LFU_COUNTER_MAX - lfu.counter(lfu.new() if stamp is None else stamp)
+                score = LFU_COUNTER_MAX - lfu.counter(db.stamp_of(key))
             else:  # ttl: the sooner it expires, the better a candidate
                 score = -db.expires[key]
             pool.append((score, key))
@@ -332,7 +329,7 @@ class MemoryLimit:
     @staticmethod
     def _evict(db: Keyspace, key: bytes) -> int:
         """Evict key as an effect; returns the bytes it is estimated to free."""
-        size = estimate_bytes(key, db.data[key], DEFAULT_SAMPLES) + ACCESS_ENTRY_BYTES
+        size = estimate_bytes(key, db.data[key], DEFAULT_SAMPLES)
         db.delete(key)
         db.stat_evicted_keys += 1
         db.expiring = True  # a change no client made: CLIENT TRACKING's NOLOOP never hides it

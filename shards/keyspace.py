@@ -27,7 +27,7 @@ import time
 from typing import Callable
 
 from durakv.shards import notify
-from durakv.shards.access import Lfu, lru_clock
+from durakv.shards.access import STAMP_CELLS_PER_KEY, Lfu, grow_cells, lru_clock, new_cells
 from durakv.shards.notify import event_messages
 from durakv.shards.slots import key_slot
 
@@ -52,7 +52,7 @@ class Keyspace:
         "stat_expired_keys", "stat_keyspace_hits", "stat_keyspace_misses",
         "lazy_expire_disabled", "active_expire_enabled", "expiry_paused_until_ms", "frozen_ms", "count_reads",
         "scripting", "notify_flags", "events", "expiring", "tracking",
-        "access", "access_stamp", "access_default", "lfu", "stat_evicted_keys", "oom",
+        "access_cells", "access_mask", "access_stamp", "access_default", "lfu", "stat_evicted_keys", "oom",
     )
 
     def __init__(self) -> None:
@@ -85,12 +85,13 @@ class Keyspace:
         # CLIENT TRACKING's NOLOOP never hides (shards/tracking.py).
         self.expiring = False
         self.tracking = False  # some front has CLIENT TRACKING clients: scripts report their reads
-        # Access stamps (shards/access.py): key -> LRU clock or LFU stamp, for keys
-        # touched since start; a key without one was last accessed at access_default.
-        # access_stamp is the current LRU clock (one shared int, moved by tick_clock);
+        # Access stamps (shards/access.py): a table of LRU clocks or LFU stamps, key
+        # hash & access_mask -> cell, every cell access_default (the shard's start)
+        # until stamped. access_stamp is the current LRU clock (moved by tick_clock);
         # lfu is set while an LFU policy is selected.
-        self.access: dict[bytes, int] = {}
         self.access_stamp = self.access_default = lru_clock(now_ms())
+        self.access_cells = new_cells(self.access_default)
+        self.access_mask = len(self.access_cells) - 1
         self.lfu: Lfu | None = None
         self.stat_evicted_keys = 0
         # Set by the shard's memory limit (shards/evict.py) while it is over maxmemory
@@ -160,7 +161,7 @@ class Keyspace:
             self.stat_keyspace_hits += 1
         if not self.replaying:
             if self.lfu is None:
-                self.access[key] = self.access_stamp
+                self.access_cells[hash(key) & self.access_mask] = self.access_stamp
             else:
                 self.touch_lfu(key)
         return value
@@ -168,8 +169,15 @@ class Keyspace:
     def touch_lfu(self, key: bytes) -> None:
         lfu = self.lfu
         assert lfu is not None, "an LFU touch without an LFU policy"
-        stamp = self.access.get(key)
-        self.access[key] = lfu.bump(lfu.new() if stamp is None else stamp)
+        cell = hash(key) & self.access_mask
+        self.access_cells[cell] = lfu.bump(self.access_cells[cell])
+
+    def stamp_of(self, key: bytes) -> int:
+        """key's access stamp (shards/access.py): an LRU clock, or an LFU stamp."""
+        return self.access_cells[hash(key) & self.access_mask]
+
+    def set_stamp(self, key: bytes, stamp: int) -> None:
+        self.access_cells[hash(key) & self.access_mask] = stamp
 
     def peek(self, key: bytes) -> object | None:
         """get without stamping the access (Redis' LOOKUP_NOTOUCH)."""
@@ -221,17 +229,19 @@ class Keyspace:
         data = self.data
         if not self.replaying:
             if self.lfu is None:
-                self.access[key] = self.access_stamp
+                self.access_cells[hash(key) & self.access_mask] = self.access_stamp
             elif key in data:
                 self.touch_lfu(key)
             else:
-                self.access[key] = self.lfu.new()
+                self.access_cells[hash(key) & self.access_mask] = self.lfu.new()
         if key in data:
             if not keep_ttl and key in self.expires:
                 del self.expires[key]
             data[key] = value
             return
         data[key] = value
+        if len(data) * STAMP_CELLS_PER_KEY > self.access_mask + 1:
+            self.access_mask = grow_cells(self.access_cells, len(data))
         if self.notify_flags:
             self.notify(notify.NEW, b"new", key)
         slot = key_slot(key)
@@ -257,7 +267,6 @@ class Keyspace:
     def _remove(self, key: bytes) -> None:
         del self.data[key]
         self.expires.pop(key, None)
-        self.access.pop(key, None)
         slot = key_slot(key)
         count = self.slot_counts[slot] - 1
         if count:
@@ -284,7 +293,8 @@ class Keyspace:
             hook()
         self.data.clear()
         self.expires.clear()
-        self.access.clear()
+        self.access_cells = new_cells(self.access_default)
+        self.access_mask = len(self.access_cells) - 1
         self.slot_keys.clear()
         self.slot_counts.clear()
         self._heap.clear()

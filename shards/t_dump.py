@@ -92,9 +92,9 @@ def _set_access(db: Keyspace, key: bytes, idle_s: int, freq: int) -> None:
         return
     if db.lfu is not None:
         if freq >= 0:
-            db.access[key] = db.lfu.stamps[freq]
+            db.set_stamp(key, db.lfu.stamps[freq])
     elif idle_s >= 0:
-        db.access[key] = (db.access_stamp - idle_s) % (LRU_CLOCK_MAX + 1)
+        db.set_stamp(key, (db.access_stamp - idle_s) % (LRU_CLOCK_MAX + 1))
 
 
 @command("restore", -4, "write denyoom", (1, 1, 1), "keyspace",

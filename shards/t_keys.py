@@ -452,7 +452,7 @@ def object_idletime(ctx: Ctx, argv: list[bytes]):
         return None
     if db.lfu is not None:
         raise ReplyError(ERR_IS_LFU)
-    return idle_ms(db.access.get(argv[2], db.access_default), db.access_stamp) // 1000  # the cron's clock, as Redis
+    return idle_ms(db.stamp_of(argv[2]), db.access_stamp) // 1000  # the cron's clock, as Redis
 
 
 @command("object|freq", 3, "readonly", (2, 2, 1), "keyspace", tips=("nondeterministic_output",),
@@ -465,8 +465,7 @@ def object_freq(ctx: Ctx, argv: list[bytes]):
     if lfu is None:
         raise ReplyError(ERR_NOT_LFU)
     lfu.set_clock(now_ms())
-    stamp = db.access.get(argv[2])
-    return lfu.counter(lfu.new() if stamp is None else stamp)
+    return lfu.counter(db.stamp_of(argv[2]))
 
 
 _OBJECT_HELP = [

@@ -28,6 +28,7 @@ record is released once a published snapshot covers it.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -48,6 +49,7 @@ from durakv.snapshotter.local import newest_local, shard_dir_of, snapshot_dir
 from durakv.snapshotter.logtail import log_first_seq
 from durakv.snapshotter.pace import CPU_PERCENT_DEFAULT, Pacer
 from durakv.snapshotter.filestore import open_store
+from durakv.snapshotter.isolate import run_in_child
 from durakv.snapshotter.store import Store, StoreError
 from durakv.snapshotter.tailship import ARCHIVE_BYTES_DEFAULT, ARCHIVE_INTERVAL_MS_DEFAULT, TailArchiver
 from durakv.snapshotter.errors import SnapshotterError
@@ -208,6 +210,9 @@ class Snapshotter:
                          if self.store.archives_log else None)
         # Per shard: segment sizes when its newest snapshot was built (bytes-since estimate).
         self._sizes_at_build: dict[int, dict[int, int]] = {}
+        # Build in a forked child (snapshotter/isolate.py): set by serve(), the
+        # long-lived loop, so that the process holds no keyspace between builds.
+        self.build_in_child = False
 
     # --- one shard ----------------------------------------------------------------
 
@@ -235,8 +240,9 @@ class Snapshotter:
         try:
             self._ensure_base(shard, shard_dir)
             sizes = _segment_bytes(log_dir)
-            result = build_snapshot(shard_dir, shard, self.shards, pace=self.pace)
-            if result is not None or shard not in self._sizes_at_build:
+            build = functools.partial(build_snapshot, shard_dir, shard, self.shards, pace=self.pace)
+            built = run_in_child(build) if self.build_in_child else build() is not None
+            if built or shard not in self._sizes_at_build:
                 self._sizes_at_build[shard] = sizes
             newest = newest_local(shard_dir)
             if newest is not None:
@@ -314,6 +320,7 @@ class Snapshotter:
                     "log or %.0f s, builds at most %d%% of the time", self.data_dir, self.shards, self.store.url,
                     self.schedule.every_bytes, self.schedule.every_percent, self.schedule.max_age_s,
                     self.schedule.cpu_percent)
+        self.build_in_child = True
         shipper = None
         if self.archiver is not None:
             shipper = threading.Thread(target=self.archiver.run, args=(stop,), name="log-archive", daemon=True)

@@ -5,6 +5,7 @@ go (DEL of each key, or FLUSHALL). Asserts on structure sizes, never on RSS."""
 from __future__ import annotations
 
 import sys
+import tracemalloc
 
 from engine_util import call, new_ctx
 
@@ -97,3 +98,30 @@ def test_scan_and_randomkey_skip_stale_index_entries():
     assert sorted(seen) == sorted([tagged[0], tagged[3]])
     for _ in range(50):
         assert call(ctx, "RANDOMKEY") in (tagged[0], tagged[3])
+
+
+# Per key, beyond the key, its value and its entry in `data`: the slot index (~9
+# bytes at this density) and the access stamps, 8-16 bytes in a table of cells.
+# A dict of stamps (~33 bytes a key at best, 52 at this count) does not fit.
+BOOKKEEPING_MAX_BYTES_PER_KEY = 32
+
+
+def test_access_stamps_and_index_cost_few_bytes_per_key():
+    """Every key written through SET is stamped (OBJECT IDLETIME works for it),
+    yet the keyspace's bookkeeping stays a few bytes per key."""
+    ctx = new_ctx()
+    db = ctx.db
+    keys = [b"{%d}:%012d" % (i % TAG_COUNT, i) for i in range(KEY_COUNT)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for key in keys:
+            call(ctx, "SET", key, "v")
+        db.effects.clear()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    per_key = (grown - sys.getsizeof(db.data)) / KEY_COUNT  # keys made before, "v" shared: the rest is bookkeeping
+    print(f"bookkeeping: {per_key:.1f} bytes/key")
+    assert per_key <= BOOKKEEPING_MAX_BYTES_PER_KEY
+    assert call(ctx, "OBJECT", "IDLETIME", keys[0]) == 0
