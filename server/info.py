@@ -18,8 +18,14 @@ from durakv.shards.slots import slot_ranges
 from durakv.shards.table import TABLE
 from durakv.snapshotter.runner import pending_request, read_status
 
-# Like Redis' run_id: random, new for every start of this (router) process.
+# Like Redis' run_id: random, new for every start of this (router or shard) process.
 RUN_ID = secrets.token_hex(20)
+
+
+def renew_run_id() -> None:
+    """A new run_id, for a process forked from one that had imported this module."""
+    global RUN_ID
+    RUN_ID = secrets.token_hex(20)
 
 DEFAULT_SECTIONS = ("server", "clients", "memory", "persistence", "stats", "replication", "cpu",
                     "modules", "errorstats", "cluster", "keyspace")

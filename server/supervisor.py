@@ -2,11 +2,12 @@
 processes, restart any that crash, stop them all on SIGTERM/SIGINT.
 
 - The listening socket is bound here, once, before anything starts, and every
-  router inherits it (pass_fds) and accepts from it: a second server on the
+  router inherits it and accepts from it: a second server on the
   same port fails at once with one line, and a restarted router finds the
   clients that connected meanwhile waiting in the backlog.
-- Children get the config through an inherited pipe, never on argv (`ps` shows
-  argv to every user, and the config holds requirepass).
+- Shards and routers are forked with the config in memory; the snapshotter, executed
+  afresh, reads it from an inherited pipe: never from argv (`ps` shows argv to every
+  user, and the config holds requirepass).
 - A crash after a healthy run (the child had sent READY=1 on the notify socket)
   is restarted at once; only a crash loop (a child that dies before it is
   ready, or too many crashes in a short window) waits, with a doubling backoff.
@@ -72,18 +73,19 @@ def die_with_parent(parent_pid: int) -> None:
 class Child:
     """One supervised process: how to start it, and its crash history.
 
-    A shard is forked from the supervisor, which imported the shard code once
-    at its own start: a restarted shard skips the interpreter's start and the
-    imports (about 0.3 s of CPU, seconds on a busy machine) and serves as soon
-    as its log is replayed. Routers and the snapshotter are executed afresh
-    (`python -m durakv.server.cli ROLE`), their config read from an inherited pipe."""
+    Shards and routers are forked from the supervisor, which imported their code
+    once at its own start: a (re)started shard or router skips the interpreter's
+    start and the imports (about 1 s of CPU for a router, seconds on a busy
+    machine), so `serve` is ready sooner and a restarted shard serves as soon as
+    its log is replayed. The snapshotter is executed afresh (`python -m
+    durakv.server.cli snapshotter`), its config read from an inherited pipe."""
 
     def __init__(self, role: str, index: int | None, config: Config, argv: list[str] | None = None,
                  listeners: ClientListeners | None = None) -> None:
         self.role = role
         self.index = index
         self.name = role if index is None else f"{role} {index}"
-        self.argv = argv  # None: forked (a shard)
+        self.argv = argv  # None: forked (a shard or router)
         self.config = config
         # The client port's sockets it inherits: plain and TLS (a router's are shared by every router).
         self.listeners = listeners
@@ -127,7 +129,7 @@ class Child:
             os.close(config_fd)
 
     def _fork(self, env: dict[str, str], in_child) -> int:
-        from durakv.server.cli import shard_main
+        from durakv.server.cli import router_main, shard_main
 
         sys.stdout.flush()
         sys.stderr.flush()
@@ -137,18 +139,22 @@ class Child:
             return pid
         code = 1
         try:
-            assert self.listeners is not None and self.index is not None, "a shard is forked with its client port"
+            assert self.listeners is not None and self.index is not None, "a forked child has its client port"
             # Its own descriptors: in_child closes every listener object the supervisor holds.
             own_fds = [os.dup(sock.fileno()) if sock is not None else None for sock in self.listeners]
             in_child()
             from durakv.server.listener import listener_from_fd
 
+            from durakv.server.info import renew_run_id
+
+            renew_run_id()  # a new process: INFO's run_id is not the supervisor's, nor a sibling's
             plain_fd, tls_fd = own_fds
-            shard_listeners = ClientListeners(None if plain_fd is None else listener_from_fd(plain_fd),
-                                              None if tls_fd is None else listener_from_fd(tls_fd))
+            own_listeners = ClientListeners(None if plain_fd is None else listener_from_fd(plain_fd),
+                                            None if tls_fd is None else listener_from_fd(tls_fd))
             os.environ["NOTIFY_SOCKET"] = env["NOTIFY_SOCKET"]
             die_with_parent(parent)
-            code = shard_main(self.config, self.index, shard_listeners)
+            main = shard_main if self.role == "shard" else router_main
+            code = main(self.config, self.index, own_listeners)
         except BaseException:
             logger.exception("%s crashed", self.name)
         finally:
@@ -204,15 +210,14 @@ class Supervisor:
         for i in range(config.shards):
             self.children.append(Child("shard", i, config, listeners=self.shard_listeners[i]))
         for i in range(config.routers):
-            self.children.append(Child("router", i, config, entry + ["router", "--index", str(i)] + parent,
-                                       self.listener))
+            self.children.append(Child("router", i, config, listeners=self.listener))
         # Even without a snapshot URL (it then keeps snapshots under the data dir), so the
         # shards drop covered segments and BGSAVE/LASTSAVE work.
         if config.snapshotter:
             self.children.append(Child("snapshotter", None, config, entry + ["snapshotter"] + parent))
 
     def _in_forked_child(self) -> None:
-        """A forked shard keeps nothing of the supervisor's: its signal handling,
+        """A forked shard or router keeps nothing of the supervisor's: its signal handling,
         the client ports (it dup'ed its own first), the notify socket, the other
         children's pidfds."""
         signal.set_wakeup_fd(-1)
@@ -239,9 +244,10 @@ class Supervisor:
         clear_runtime_users(config.data_dir, config.aclfile)  # with an aclfile, users last until ACL SAVE
         for i in range(config.shards):
             failure.clear(config.data_dir, i)
-        # Imported once here, so that every forked shard starts with them loaded.
+        # Imported once here, so that every forked shard and router starts with them loaded.
         importlib.import_module("durakv.shards.process")
         importlib.import_module("durakv.snapshotter.shard_hooks")
+        importlib.import_module("durakv.server.router")
         self._make_children()
         self.notify = notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
         notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
