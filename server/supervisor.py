@@ -5,9 +5,10 @@ processes, restart any that crash, stop them all on SIGTERM/SIGINT.
   router inherits it and accepts from it: a second server on the
   same port fails at once with one line, and a restarted router finds the
   clients that connected meanwhile waiting in the backlog.
-- Shards and routers are forked with the config in memory; the snapshotter, executed
-  afresh, reads it from an inherited pipe: never from argv (`ps` shows argv to every
-  user, and the config holds requirepass).
+- Children are forked: shards and routers get the config in memory, the
+  snapshotter reads it from an inherited pipe (as `durakv snapshotter
+  --config-fd`); never from argv (`ps` shows argv to every user, and the
+  config holds requirepass).
 - A crash after a healthy run (the child had sent READY=1 on the notify socket)
   is restarted at once; only a crash loop (a child that dies before it is
   ready, or too many crashes in a short window) waits, with a doubling backoff.
@@ -73,19 +74,19 @@ def die_with_parent(parent_pid: int) -> None:
 class Child:
     """One supervised process: how to start it, and its crash history.
 
-    Shards and routers are forked from the supervisor, which imported their code
-    once at its own start: a (re)started shard or router skips the interpreter's
-    start and the imports (about 1 s of CPU for a router, seconds on a busy
-    machine), so `serve` is ready sooner and a restarted shard serves as soon as
-    its log is replayed. The snapshotter is executed afresh (`python -m
-    durakv.server.cli snapshotter`), its config read from an inherited pipe."""
+    Every child is forked from the supervisor, which imported the shard and router
+    code once at its own start: a (re)started child skips the interpreter's start
+    and the imports (about 1 s of CPU for a router, seconds on a busy machine), so
+    `serve` is ready sooner and a restarted shard serves as soon as its log is
+    replayed. The snapshotter runs the CLI's `snapshotter` command (cli_argv), its
+    config read from a pipe as when it is started on its own."""
 
-    def __init__(self, role: str, index: int | None, config: Config, argv: list[str] | None = None,
+    def __init__(self, role: str, index: int | None, config: Config, cli_argv: list[str] | None = None,
                  listeners: ClientListeners | None = None) -> None:
         self.role = role
         self.index = index
         self.name = role if index is None else f"{role} {index}"
-        self.argv = argv  # None: forked (a shard or router)
+        self.cli_argv = cli_argv  # None: a shard or router, run by its main function
         self.config = config
         # The client port's sockets it inherits: plain and TLS (a router's are shared by every router).
         self.listeners = listeners
@@ -101,60 +102,48 @@ class Child:
 
     def start(self, env: dict[str, str], in_child) -> None:
         """in_child(): what a forked child must undo of the supervisor first."""
-        if self.argv is None:
-            self.pid = self._fork(env, in_child)
-        else:
-            self.pid = self._spawn(env)
+        self.pid = self._fork(env, in_child)
         self.pidfd = os.pidfd_open(self.pid)
         self.started_at = time.monotonic()
         self.ready = False
 
-    def _spawn(self, env: dict[str, str]) -> int:
-        assert self.argv is not None, "only a forked child has no argv"
-        config_fd = config_pipe(self.config)
-        argv = self.argv + ["--config-fd", str(config_fd)]
-        listen_fds = []
-        if self.listeners is not None:
-            for flag, sock in (("--listen-fd", self.listeners.plain), ("--tls-listen-fd", self.listeners.tls)):
-                if sock is not None:
-                    argv += [flag, str(sock.fileno())]
-                    listen_fds.append(sock.fileno())
-        try:
-            for fd in [config_fd, *listen_fds]:
-                os.set_inheritable(fd, True)
-            return os.posix_spawn(argv[0], argv, env)
-        finally:
-            for fd in listen_fds:
-                os.set_inheritable(fd, False)
-            os.close(config_fd)
-
     def _fork(self, env: dict[str, str], in_child) -> int:
+        from durakv.server.cli import main as cli_main
         from durakv.server.cli import router_main, shard_main
 
+        # The snapshotter runs the CLI's own command, its config read from a pipe
+        # (`durakv snapshotter --config-fd`) as when it was executed afresh.
+        config_fd = config_pipe(self.config) if self.cli_argv is not None else -1
         sys.stdout.flush()
         sys.stderr.flush()
         parent = os.getpid()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        finally:
+            if config_fd >= 0 and os.getpid() == parent:
+                os.close(config_fd)
         if pid:
             return pid
         code = 1
         try:
-            assert self.listeners is not None and self.index is not None, "a forked child has its client port"
             # Its own descriptors: in_child closes every listener object the supervisor holds.
-            own_fds = [os.dup(sock.fileno()) if sock is not None else None for sock in self.listeners]
+            own_fds = [os.dup(sock.fileno()) if sock is not None else None for sock in self.listeners or ()]
             in_child()
+            from durakv.server.info import renew_run_id
             from durakv.server.listener import listener_from_fd
 
-            from durakv.server.info import renew_run_id
-
             renew_run_id()  # a new process: INFO's run_id is not the supervisor's, nor a sibling's
-            plain_fd, tls_fd = own_fds
-            own_listeners = ClientListeners(None if plain_fd is None else listener_from_fd(plain_fd),
-                                            None if tls_fd is None else listener_from_fd(tls_fd))
             os.environ["NOTIFY_SOCKET"] = env["NOTIFY_SOCKET"]
             die_with_parent(parent)
-            main = shard_main if self.role == "shard" else router_main
-            code = main(self.config, self.index, own_listeners)
+            if self.cli_argv is not None:
+                code = cli_main(self.cli_argv + ["--config-fd", str(config_fd)])
+            else:
+                assert len(own_fds) == 2 and self.index is not None, "a shard or router has its client port"
+                plain_fd, tls_fd = own_fds
+                own_listeners = ClientListeners(None if plain_fd is None else listener_from_fd(plain_fd),
+                                                None if tls_fd is None else listener_from_fd(tls_fd))
+                main = shard_main if self.role == "shard" else router_main
+                code = main(self.config, self.index, own_listeners)
         except BaseException:
             logger.exception("%s crashed", self.name)
         finally:
@@ -205,7 +194,6 @@ class Supervisor:
 
     def _make_children(self) -> None:
         config = self.config
-        entry = [sys.executable, "-m", "durakv.server.cli"]
         parent = ["--parent-pid", str(os.getpid())]
         for i in range(config.shards):
             self.children.append(Child("shard", i, config, listeners=self.shard_listeners[i]))
@@ -214,10 +202,10 @@ class Supervisor:
         # Even without a snapshot URL (it then keeps snapshots under the data dir), so the
         # shards drop covered segments and BGSAVE/LASTSAVE work.
         if config.snapshotter:
-            self.children.append(Child("snapshotter", None, config, entry + ["snapshotter"] + parent))
+            self.children.append(Child("snapshotter", None, config, ["snapshotter"] + parent))
 
     def _in_forked_child(self) -> None:
-        """A forked shard or router keeps nothing of the supervisor's: its signal handling,
+        """A forked child keeps nothing of the supervisor's: its signal handling,
         the client ports (it dup'ed its own first), the notify socket, the other
         children's pidfds."""
         signal.set_wakeup_fd(-1)
