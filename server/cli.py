@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             build_context(config_values(config))
         except TlsConfigError as e:
             return _fail(f"bad TLS configuration: {e}", EXIT_USAGE)
-    from durakv.server.listener import ListenError, listener_from_fd, open_listener
+    from durakv.server.listener import ListenError, open_listener
 
     listener = None
     shard_listeners: list[ClientListeners] = []
@@ -175,6 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "shard":
         return shard_main(config, args.index, shard_listeners[0])
     if args.command == "router":
+        set_title("router", args.index, f"{config.bind}:{config.port}", config.data_dir)
+        from durakv.server.fdlimit import FdLimitTooLow
+        from durakv.server.listener import listener_from_fd
+        from durakv.server.router import run_router
+
         # Under the supervisor, the sockets it bound; started on its own, the ports it binds itself.
         own = args.parent_pid is None
         try:
@@ -184,7 +189,24 @@ def main(argv: list[str] | None = None) -> int:
                    else open_listener(config.bind, config.tls_port, tls=True) if own and config.tls_port else None)
         except ListenError as e:
             return _fail(str(e), EXIT_USAGE)
-        return router_main(config, args.index, ClientListeners(plain, tls), supervised=not own)
+        listener = ClientListeners(plain, tls)
+        if not args.parent_pid:
+            # Started on its own (the systemd unit): no supervisor cleared the previous run's CONFIG SETs.
+            from durakv.server.acl import clear_runtime_users
+            from durakv.server.settings_sync import clear_runtime_changes
+
+            clear_runtime_changes(config.data_dir)
+            clear_runtime_users(config.data_dir, config.aclfile)
+        fd_limit_too_low = False
+        try:
+            trio.run(_run_until_signal, lambda: run_router(config, args.index, listener))
+        except* FdLimitTooLow as group:
+            cause: BaseException = group
+            while isinstance(cause, BaseExceptionGroup):
+                cause = cause.exceptions[0]
+            logging.getLogger("durakv.router").critical("%s", cause)
+            fd_limit_too_low = True
+        return EXIT_PERMANENT if fd_limit_too_low else EXIT_OK
     return EXIT_USAGE
 
 
@@ -275,33 +297,6 @@ def _open_listeners(config: Config, shard: int | None) -> ClientListeners:
     plain = open_listener(config.bind, plain_port, shard=shard) if plain_port else None
     tls = open_listener(config.bind, tls_port, shard=shard, tls=True) if tls_port else None
     return ClientListeners(plain, tls)
-
-
-def router_main(config: Config, index: int, listener: ClientListeners, supervised: bool = True) -> int:
-    """Run one router (`durakv router`, or a child the supervisor forked), accepting
-    clients on `listener`. Started on its own (a systemd unit), it clears the previous
-    run's CONFIG SETs and ACL users itself, as the supervisor does before it starts children."""
-    from durakv.server.fdlimit import FdLimitTooLow
-    from durakv.server.proctitle import set_title
-    from durakv.server.router import run_router
-
-    set_title("router", index, f"{config.bind}:{config.port}", config.data_dir)
-    if not supervised:
-        from durakv.server.acl import clear_runtime_users
-        from durakv.server.settings_sync import clear_runtime_changes
-
-        clear_runtime_changes(config.data_dir)
-        clear_runtime_users(config.data_dir, config.aclfile)
-    fd_limit_too_low = False
-    try:
-        trio.run(_run_until_signal, lambda: run_router(config, index, listener))
-    except* FdLimitTooLow as group:
-        cause: BaseException = group
-        while isinstance(cause, BaseExceptionGroup):
-            cause = cause.exceptions[0]
-        logging.getLogger("durakv.router").critical("%s", cause)
-        fd_limit_too_low = True
-    return EXIT_PERMANENT if fd_limit_too_low else EXIT_OK
 
 
 def shard_main(config: Config, index: int, listener: ClientListeners) -> int:

@@ -2,13 +2,11 @@
 processes, restart any that crash, stop them all on SIGTERM/SIGINT.
 
 - The listening socket is bound here, once, before anything starts, and every
-  router inherits it and accepts from it: a second server on the
+  router inherits it (pass_fds) and accepts from it: a second server on the
   same port fails at once with one line, and a restarted router finds the
   clients that connected meanwhile waiting in the backlog.
-- Children are forked: shards and routers get the config in memory, the
-  snapshotter reads it from an inherited pipe (as `durakv snapshotter
-  --config-fd`); never from argv (`ps` shows argv to every user, and the
-  config holds requirepass).
+- Children get the config through an inherited pipe, never on argv (`ps` shows
+  argv to every user, and the config holds requirepass).
 - A crash after a healthy run (the child had sent READY=1 on the notify socket)
   is restarted at once; only a crash loop (a child that dies before it is
   ready, or too many crashes in a short window) waits, with a doubling backoff.
@@ -76,17 +74,18 @@ class Child:
 
     Every child is forked from the supervisor, which imported the shard and router
     code once at its own start: a (re)started child skips the interpreter's start
-    and the imports (about 1 s of CPU for a router, seconds on a busy machine), so
-    `serve` is ready sooner and a restarted shard serves as soon as its log is
-    replayed. The snapshotter runs the CLI's `snapshotter` command (cli_argv), its
-    config read from a pipe as when it is started on its own."""
+    and the imports (about 0.3 s of CPU for a shard, 1 s for a router, seconds on a
+    busy machine), so `serve` is ready sooner and a restarted shard serves as soon
+    as its log is replayed. A shard runs shard_main; a router or the snapshotter
+    (argv) runs the CLI as `python -m durakv.server.cli ROLE` would, its config
+    read from a pipe (_spawn)."""
 
-    def __init__(self, role: str, index: int | None, config: Config, cli_argv: list[str] | None = None,
+    def __init__(self, role: str, index: int | None, config: Config, argv: list[str] | None = None,
                  listeners: ClientListeners | None = None) -> None:
         self.role = role
         self.index = index
         self.name = role if index is None else f"{role} {index}"
-        self.cli_argv = cli_argv  # None: a shard or router, run by its main function
+        self.argv = argv  # None: forked (a shard)
         self.config = config
         # The client port's sockets it inherits: plain and TLS (a router's are shared by every router).
         self.listeners = listeners
@@ -102,48 +101,71 @@ class Child:
 
     def start(self, env: dict[str, str], in_child) -> None:
         """in_child(): what a forked child must undo of the supervisor first."""
-        self.pid = self._fork(env, in_child)
+        if self.argv is None:
+            self.pid = self._fork(env, in_child)
+        else:
+            self.pid = self._spawn(env, in_child)
         self.pidfd = os.pidfd_open(self.pid)
         self.started_at = time.monotonic()
         self.ready = False
 
-    def _fork(self, env: dict[str, str], in_child) -> int:
+    def _spawn(self, env: dict[str, str], in_child) -> int:
+        """Fork, then run the CLI with argv (after `python -m durakv.server.cli`) in the
+        child, as an exec of argv would, in the environment env."""
         from durakv.server.cli import main as cli_main
-        from durakv.server.cli import router_main, shard_main
 
-        # The snapshotter runs the CLI's own command, its config read from a pipe
-        # (`durakv snapshotter --config-fd`) as when it was executed afresh.
-        config_fd = config_pipe(self.config) if self.cli_argv is not None else -1
+        assert self.argv is not None and self.argv[1:3] == ["-m", "durakv.server.cli"], self.argv
+        config_fd = config_pipe(self.config)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            pid = os.fork()
+        except BaseException:
+            os.close(config_fd)
+            raise
+        if pid:
+            os.close(config_fd)
+            return pid
+        code = 1
+        try:
+            argv = self.argv[3:] + ["--config-fd", str(config_fd)]
+            if self.listeners is not None:  # its own descriptors: in_child closes the supervisor's
+                for flag, sock in (("--listen-fd", self.listeners.plain), ("--tls-listen-fd", self.listeners.tls)):
+                    if sock is not None:
+                        argv += [flag, str(os.dup(sock.fileno()))]
+            in_child()
+            os.environ.clear()
+            os.environ.update(env)
+            code = cli_main(argv)
+        except BaseException:
+            logger.exception("%s crashed", self.name)
+        finally:
+            logging.shutdown()
+            os._exit(code)
+
+    def _fork(self, env: dict[str, str], in_child) -> int:
+        from durakv.server.cli import shard_main
+
         sys.stdout.flush()
         sys.stderr.flush()
         parent = os.getpid()
-        try:
-            pid = os.fork()
-        finally:
-            if config_fd >= 0 and os.getpid() == parent:
-                os.close(config_fd)
+        pid = os.fork()
         if pid:
             return pid
         code = 1
         try:
+            assert self.listeners is not None and self.index is not None, "a shard is forked with its client port"
             # Its own descriptors: in_child closes every listener object the supervisor holds.
-            own_fds = [os.dup(sock.fileno()) if sock is not None else None for sock in self.listeners or ()]
+            own_fds = [os.dup(sock.fileno()) if sock is not None else None for sock in self.listeners]
             in_child()
-            from durakv.server.info import renew_run_id
             from durakv.server.listener import listener_from_fd
 
-            renew_run_id()  # a new process: INFO's run_id is not the supervisor's, nor a sibling's
+            plain_fd, tls_fd = own_fds
+            shard_listeners = ClientListeners(None if plain_fd is None else listener_from_fd(plain_fd),
+                                              None if tls_fd is None else listener_from_fd(tls_fd))
             os.environ["NOTIFY_SOCKET"] = env["NOTIFY_SOCKET"]
             die_with_parent(parent)
-            if self.cli_argv is not None:
-                code = cli_main(self.cli_argv + ["--config-fd", str(config_fd)])
-            else:
-                assert len(own_fds) == 2 and self.index is not None, "a shard or router has its client port"
-                plain_fd, tls_fd = own_fds
-                own_listeners = ClientListeners(None if plain_fd is None else listener_from_fd(plain_fd),
-                                                None if tls_fd is None else listener_from_fd(tls_fd))
-                main = shard_main if self.role == "shard" else router_main
-                code = main(self.config, self.index, own_listeners)
+            code = shard_main(self.config, self.index, shard_listeners)
         except BaseException:
             logger.exception("%s crashed", self.name)
         finally:
@@ -194,18 +216,20 @@ class Supervisor:
 
     def _make_children(self) -> None:
         config = self.config
+        entry = [sys.executable, "-m", "durakv.server.cli"]
         parent = ["--parent-pid", str(os.getpid())]
         for i in range(config.shards):
             self.children.append(Child("shard", i, config, listeners=self.shard_listeners[i]))
         for i in range(config.routers):
-            self.children.append(Child("router", i, config, listeners=self.listener))
+            self.children.append(Child("router", i, config, entry + ["router", "--index", str(i)] + parent,
+                                       self.listener))
         # Even without a snapshot URL (it then keeps snapshots under the data dir), so the
         # shards drop covered segments and BGSAVE/LASTSAVE work.
         if config.snapshotter:
-            self.children.append(Child("snapshotter", None, config, ["snapshotter"] + parent))
+            self.children.append(Child("snapshotter", None, config, entry + ["snapshotter"] + parent))
 
     def _in_forked_child(self) -> None:
-        """A forked child keeps nothing of the supervisor's: its signal handling,
+        """A forked shard keeps nothing of the supervisor's: its signal handling,
         the client ports (it dup'ed its own first), the notify socket, the other
         children's pidfds."""
         signal.set_wakeup_fd(-1)
@@ -232,10 +256,10 @@ class Supervisor:
         clear_runtime_users(config.data_dir, config.aclfile)  # with an aclfile, users last until ACL SAVE
         for i in range(config.shards):
             failure.clear(config.data_dir, i)
-        # Imported once here, so that every forked shard and router starts with them loaded.
+        # Imported once here, so that every forked shard starts with them loaded.
         importlib.import_module("durakv.shards.process")
         importlib.import_module("durakv.snapshotter.shard_hooks")
-        importlib.import_module("durakv.server.router")
+        importlib.import_module("durakv.server.router")  # and every router
         self._make_children()
         self.notify = notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
         notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
