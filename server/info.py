@@ -18,8 +18,18 @@ from durakv.shards.slots import slot_ranges
 from durakv.shards.table import TABLE
 from durakv.snapshotter.runner import pending_request, read_status
 
-# Like Redis' run_id: random, new for every start of this (router) process.
-RUN_ID = secrets.token_hex(20)
+RUN_ID = ""
+
+
+def _new_run_id() -> None:
+    """Like Redis' run_id: random, new for every process, forked ones included (the
+    supervisor imports this module once and forks every router and shard)."""
+    global RUN_ID
+    RUN_ID = secrets.token_hex(20)
+
+
+_new_run_id()
+os.register_at_fork(after_in_child=_new_run_id)
 
 DEFAULT_SECTIONS = ("server", "clients", "memory", "persistence", "stats", "replication", "cpu",
                     "modules", "errorstats", "cluster", "keyspace")

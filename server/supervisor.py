@@ -63,11 +63,13 @@ UCRED = struct.Struct("iII")  # pid, uid, gid
 class Child:
     """One supervised process: how to start it, and its crash history.
 
-    A shard is forked from the supervisor, which imported the shard code once
-    at its own start: a restarted shard skips the interpreter's start and the
-    imports (about 0.3 s of CPU, seconds on a busy machine) and serves as soon
-    as its log is replayed. Routers and the snapshotter are executed afresh
-    (`python -m durakv.server.cli ROLE`), their config read from an inherited pipe."""
+    Every child is forked from the supervisor, which imported the shard and router
+    code once at its own start: a (re)started child skips the interpreter's start
+    and the imports (about 0.3 s of CPU for a shard, 1 s for a router, seconds on a
+    busy machine), so `serve` is ready sooner and a restarted shard serves as soon
+    as its log is replayed. A shard runs shard_main; a router or the snapshotter
+    (argv) runs the CLI as `python -m durakv.server.cli ROLE` would, its config
+    read from a pipe (_spawn)."""
 
     def __init__(self, role: str, index: int | None, config: Config, argv: list[str] | None = None,
                  listeners: ClientListeners | None = None) -> None:
@@ -93,29 +95,44 @@ class Child:
         if self.argv is None:
             self.pid = self._fork(env, in_child)
         else:
-            self.pid = self._spawn(env)
+            self.pid = self._spawn(env, in_child)
         self.pidfd = os.pidfd_open(self.pid)
         self.started_at = time.monotonic()
         self.ready = False
 
-    def _spawn(self, env: dict[str, str]) -> int:
-        assert self.argv is not None, "only a forked child has no argv"
+    def _spawn(self, env: dict[str, str], in_child) -> int:
+        """Fork, then run the CLI with argv (after `python -m durakv.server.cli`) in the
+        child, as an exec of argv would, in the environment env."""
+        from durakv.server.cli import main as cli_main
+
+        assert self.argv is not None and self.argv[1:3] == ["-m", "durakv.server.cli"], self.argv
         config_fd = config_pipe(self.config)
-        argv = self.argv + ["--config-fd", str(config_fd)]
-        listen_fds = []
-        if self.listeners is not None:
-            for flag, sock in (("--listen-fd", self.listeners.plain), ("--tls-listen-fd", self.listeners.tls)):
-                if sock is not None:
-                    argv += [flag, str(sock.fileno())]
-                    listen_fds.append(sock.fileno())
+        sys.stdout.flush()
+        sys.stderr.flush()
         try:
-            for fd in [config_fd, *listen_fds]:
-                os.set_inheritable(fd, True)
-            return os.posix_spawn(argv[0], argv, env)
-        finally:
-            for fd in listen_fds:
-                os.set_inheritable(fd, False)
+            pid = os.fork()
+        except BaseException:
             os.close(config_fd)
+            raise
+        if pid:
+            os.close(config_fd)
+            return pid
+        code = 1
+        try:
+            argv = self.argv[3:] + ["--config-fd", str(config_fd)]
+            if self.listeners is not None:  # its own descriptors: in_child closes the supervisor's
+                for flag, sock in (("--listen-fd", self.listeners.plain), ("--tls-listen-fd", self.listeners.tls)):
+                    if sock is not None:
+                        argv += [flag, str(os.dup(sock.fileno()))]
+            in_child()
+            os.environ.clear()
+            os.environ.update(env)
+            code = cli_main(argv)
+        except BaseException:
+            logger.exception("%s crashed", self.name)
+        finally:
+            logging.shutdown()
+            os._exit(code)
 
     def _fork(self, env: dict[str, str], in_child) -> int:
         from durakv.server.cli import shard_main
@@ -230,9 +247,10 @@ class Supervisor:
         clear_runtime_users(config.data_dir, config.aclfile)  # with an aclfile, users last until ACL SAVE
         for i in range(config.shards):
             failure.clear(config.data_dir, i)
-        # Imported once here, so that every forked shard starts with them loaded,
-        # and frozen, so that no shard's collector writes to (and copies) their pages.
-        for module in ("durakv.shards.process", "durakv.snapshotter.shard_hooks", "durakv.server.node"):
+        # Imported once here, so that every forked shard and router starts with them
+        # loaded, and frozen, so that no child's collector writes to (and copies) their pages.
+        for module in ("durakv.shards.process", "durakv.snapshotter.shard_hooks", "durakv.server.node",
+                       "durakv.server.router"):
             importlib.import_module(module)
         gc.freeze()
         self._make_children()

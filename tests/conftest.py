@@ -80,13 +80,32 @@ class DurakvServer:
                 info = client.execute_command("CLUSTER", "INFO")
                 client.close()
                 if b"cluster_state:ok" in info:
-                    return
+                    return self.wait_children_started(deadline)
             except redis.AuthenticationError:
-                return  # up, and asking for the password it was started with
+                # up, and asking for the password it was started with
+                return self.wait_children_started(deadline)
             except (redis.ConnectionError, redis.TimeoutError):
                 pass
             time.sleep(0.05)
         raise RuntimeError(f"durakv not ready after {STARTUP_TIMEOUT_S}s:\n{self.log()}")
+
+    def wait_children_started(self, deadline: float) -> None:
+        """Routers and shards serve before the snapshotter (executed afresh, not forked)
+        has loaded its code: wait until every process of the tree shows its own title
+        (`durakv snapshotter DIR`), as a test reading titles or pids expects."""
+        while time.monotonic() < deadline:
+            titles = []
+            for pid in self.pids():
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        titles.append(f.read())
+                except FileNotFoundError:
+                    pass  # a child that just exited
+            serve = [t for t in titles if t.startswith(b"durakv serve ")]
+            if len(serve) == 1 and all(t.startswith(b"durakv ") for t in titles):
+                return
+            time.sleep(0.02)
+        raise RuntimeError(f"durakv's children did not all start in {STARTUP_TIMEOUT_S}s:\n{self.log()}")
 
     def client(self, **kwargs) -> redis.Redis:
         return redis.Redis(port=self.port, socket_timeout=30, **kwargs)
@@ -137,6 +156,15 @@ class DurakvServer:
         """SIGKILL the whole process group: a crash, not a shutdown."""
         kill_group(self.proc)
 
+    def discard(self) -> None:
+        """The end of a test that is done with the server: SIGKILL, not SIGTERM. A graceful
+        stop (about a second of waiting per tree) is what test_supervisor.py and the tests
+        that call stop() check; every other test only needs the processes gone."""
+        if self.proc is None:
+            return
+        self.kill9()
+        self._log.close()
+
 
 @pytest.fixture
 def server_factory(tmp_path):
@@ -150,14 +178,14 @@ def server_factory(tmp_path):
 
     yield start
     for srv in started:
-        srv.stop()
+        srv.discard()
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     srv = DurakvServer(tmp_path_factory.mktemp("durakv") / "data", shards=2).start()
     yield srv
-    srv.stop()
+    srv.discard()
 
 
 @pytest.fixture

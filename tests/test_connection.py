@@ -238,7 +238,7 @@ def password_pair_servers(tmp_path_factory):
     ours = start_with_password(base / "data", "s3cret")
     theirs = RedisRef(base / "ref", ("--requirepass", "s3cret"))
     yield ours, theirs
-    ours.stop()
+    ours.discard()
     theirs.stop()
 
 

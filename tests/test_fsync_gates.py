@@ -41,7 +41,7 @@ def gated_server(tmp_path_factory):
     srv = DurakvServer(tmp / "data", shards=2, extra_args=("--config", config)).start()
     yield srv, gate
     gate.open()
-    srv.stop()
+    srv.discard()
 
 
 @pytest.fixture

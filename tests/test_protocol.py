@@ -164,7 +164,7 @@ def password_servers(tmp_path_factory):
     ours = start_with_password(base / "data", "s3cret")
     theirs = RedisRef(base / "ref", ("--requirepass", "s3cret"))
     yield ours, theirs
-    ours.stop()
+    ours.discard()
     theirs.stop()
 
 
@@ -200,7 +200,7 @@ def small_buffer_servers(tmp_path_factory):
     ours = DurakvServer(base / "data", shards=2, extra_args=("--config", str(config))).start()
     theirs = RedisRef(base / "ref", ("--client-query-buffer-limit", "1mb"))
     yield ours, theirs
-    ours.stop()
+    ours.discard()
     theirs.stop()
 
 
