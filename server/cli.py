@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         return _fail(problem, EXIT_USAGE)
     if args.parent_pid:
-        from durakv.server.supervisor import die_with_parent
+        from durakv.shards.lifeline import die_with_parent
 
         die_with_parent(args.parent_pid)
 

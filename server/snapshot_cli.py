@@ -145,7 +145,7 @@ def cmd_snapshotter(args: argparse.Namespace) -> int:
     from durakv.snapshotter.runner import Schedule, Snapshotter, SnapshotterBusy, acquire_lock
 
     if args.parent_pid:
-        from durakv.server.supervisor import die_with_parent
+        from durakv.shards.lifeline import die_with_parent
 
         die_with_parent(args.parent_pid)
     data_dir = args.data_dir
