@@ -43,6 +43,7 @@ from durakv.log.durable_file import replace_file
 from durakv.log.errors import LockHeld
 from durakv.log.manifest import list_segments
 from durakv.shards.config import DEFAULTS
+from durakv.shards import sdnotify
 from durakv.shards.latency import LATENCY_TS_LEN
 from durakv.snapshotter.build import build_snapshot
 from durakv.snapshotter.local import newest_local, shard_dir_of, snapshot_dir
@@ -320,6 +321,10 @@ class Snapshotter:
                     "log or %.0f s, builds at most %d%% of the time", self.data_dir, self.shards, self.store.url,
                     self.schedule.every_bytes, self.schedule.every_percent, self.schedule.max_age_s,
                     self.schedule.cpu_percent)
+        # `serve`'s supervisor (and systemd) count a child started once it says so: without
+        # it `serve` never told systemd it was ready, and any snapshotter crash was
+        # treated as a failure to start (the crash-loop backoff).
+        sdnotify.notify(b"READY=1")
         self.build_in_child = True
         shipper = None
         if self.archiver is not None:

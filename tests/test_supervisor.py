@@ -8,6 +8,7 @@ Each test starts its own server."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -314,3 +315,21 @@ def test_killed_shard_serves_again_at_once_each_time(server_factory):
           f"median {times_ms_sorted[2]:.0f}, max {times_ms_sorted[-1]:.0f}")
     assert max(times_ms) < 3000, times_ms
     client.close()
+
+
+def test_serve_tells_its_notify_socket_ready_once_every_child_is(tmp_path):
+    """Under systemd (Type=notify) `serve` says READY=1 once every child did, the
+    snapshotter included (it never did: systemd waited for ever)."""
+    path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(path)
+        listener.settimeout(DEADLINE_S)
+        srv = DurakvServer(tmp_path / "data", env={"NOTIFY_SOCKET": path})
+        srv.start()
+        try:
+            messages = []
+            while b"READY=1" not in messages:
+                messages.append(listener.recv(4096))
+            assert re.search(r"supervisor: snapshotter \(pid \d+\) ready", srv.log())
+        finally:
+            srv.discard()
