@@ -1,0 +1,577 @@
+"""A shard's log on etcd: the writer API of log.Log (append, sync, take_lease, read,
+drop) over an etcd cluster, so an acknowledged write survives the loss of a machine.
+
+Keys, under a shard's prefix P (e.g. "durakv/shard-000"):
+    P/log/<seq, 20 digits>  one record: 8-byte little-endian epoch + payload
+    P/leader                the current writer: JSON {holder, epoch, lease}, bound to its etcd lease
+    P/epoch                 the highest epoch ever taken (never deleted, so epochs only grow)
+    P/first                 the first seq retained (absent: 1); moves when records are dropped
+
+Fencing: take_lease() writes P/leader and bumps P/epoch in one transaction; the
+leader key's mod_revision is the writer's fencing token. Every sync is a transaction
+that compares P/leader's mod_revision with that token and the next sequence key
+absent, so a deposed writer (another took the leader key, or its etcd lease
+expired and etcd deleted the key) is refused, whatever seq it aims at.
+
+Group commit: sync() takes everything pending and writes it in consecutive fenced
+transactions, each under etcd's request limits (max_txn_bytes of values,
+max_txn_ops puts), returning once the last one committed. etcd fdatasyncs on a
+quorum of members before it answers, so whatever sync() returned is durable.
+A reply lost with a member makes the client retry on another: if the retry's
+compare fails while the leader key is still ours and the sequence key exists,
+our earlier attempt committed (only the leader writes log keys), so it counts.
+
+etcd's lease is kept alive by a thread renewing it every ttl/3; etcd answers an
+expired lease's renewal with TTL 0, not an error, so the TTL is checked on every
+renewal (lease_valid() says whether the writer may still believe it leads).
+
+Readers need no lock: every key etcd shows is committed, so read() from any process
+returns durable records; tail() reads and then follows new records by watch."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+from .errors import LeaseLost, LogClosed, LogCorrupt, LogWriteFailed, PendingFull, RecordsDropped, \
+    RecordTooLarge, SequenceMismatch
+from .etcd_client import EtcdClient, EtcdRequestFailed, EtcdUnavailable, WatchStream, b64, unb64
+from .writer import Lease, RecoveryReport
+
+logger = logging.getLogger("durakv.log")
+
+SEQ_DIGITS = 20
+EPOCH = struct.Struct("<Q")
+DEFAULT_LEASE_TTL_S = 10
+MIN_LEASE_TTL_S = 2
+# etcd's defaults: --max-request-bytes 1.5 MiB, --max-txn-ops 128 (puts per transaction).
+DEFAULT_MAX_TXN_BYTES = 1024 * 1024
+DEFAULT_MAX_TXN_OPS = 128
+DEFAULT_MAX_PENDING_BYTES = 256 * 1024 * 1024
+READ_PAGE_RECORDS = 256
+TAKE_LEASE_ATTEMPTS = 20
+
+
+def shard_prefix(prefix: str, shard: int) -> str:
+    """The key prefix of one shard's log under a deployment's prefix."""
+    return f"{prefix.rstrip('/')}/shard-{shard:03d}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Keys:
+    base: bytes
+
+    @property
+    def leader(self) -> bytes:
+        return self.base + b"/leader"
+
+    @property
+    def epoch(self) -> bytes:
+        return self.base + b"/epoch"
+
+    @property
+    def first(self) -> bytes:
+        return self.base + b"/first"
+
+    @property
+    def log_start(self) -> bytes:
+        return self.base + b"/log/"
+
+    @property
+    def log_end(self) -> bytes:
+        return self.base + b"/log0"  # "/" + 1: every key under log/
+
+    def record(self, seq: int) -> bytes:
+        return b"%s/log/%0*d" % (self.base, SEQ_DIGITS, seq)
+
+    def seq_of(self, key: bytes) -> int:
+        return int(key[len(self.base) + 5:])
+
+
+def _kvs(reply: dict[str, Any]) -> list[dict[str, Any]]:
+    return reply.get("kvs", [])
+
+
+def _header_revision(reply: dict[str, Any]) -> int:
+    return int(reply["header"]["revision"])
+
+
+def _cmp_mod(key: bytes, revision: int) -> dict[str, Any]:
+    return {"key": b64(key), "target": "MOD", "mod_revision": str(revision), "result": "EQUAL"}
+
+
+def _cmp_absent(key: bytes) -> dict[str, Any]:
+    return {"key": b64(key), "target": "CREATE", "create_revision": "0", "result": "EQUAL"}
+
+
+def _get(key: bytes) -> dict[str, Any]:
+    return {"request_range": {"key": b64(key)}}
+
+
+def _put(key: bytes, value: bytes, lease_id: int = 0) -> dict[str, Any]:
+    put: dict[str, Any] = {"key": b64(key), "value": b64(value)}
+    if lease_id:
+        put["lease"] = str(lease_id)
+    return {"request_put": put}
+
+
+def _first_seq(client: EtcdClient, keys: _Keys) -> int:
+    kvs = _kvs(client.range(keys.first))
+    return int(unb64(kvs[0]["value"])) if kvs else 1
+
+
+def _last_seq(client: EtcdClient, keys: _Keys) -> int:
+    kvs = _kvs(client.range(keys.log_start, keys.log_end, limit=1, keys_only=True, descend=True))
+    return keys.seq_of(unb64(kvs[0]["key"])) if kvs else 0
+
+
+def _decode(keys: _Keys, kv: dict[str, Any]) -> tuple[int, int, bytes]:
+    value = unb64(kv.get("value", ""))
+    if len(value) < EPOCH.size:
+        raise LogCorrupt(unb64(kv["key"]).decode(), 0, f"record of {len(value)} bytes has no epoch")
+    return keys.seq_of(unb64(kv["key"])), EPOCH.unpack_from(value)[0], value[EPOCH.size:]
+
+
+def read(client: EtcdClient, prefix: str, from_seq: int = 1, *, through_seq: int | None = None
+         ) -> Iterator[tuple[int, int, bytes]]:
+    """(seq, epoch, payload) of the records from from_seq through through_seq (or the
+    last), all from one etcd revision. Every record etcd shows is durable.
+    RecordsDropped if from_seq was dropped; LogCorrupt on a gap."""
+    keys = _Keys(prefix.encode())
+    first = _first_seq(client, keys)
+    if from_seq < first:
+        raise RecordsDropped(f"etcd log {prefix}: records before seq {first} were dropped "
+                             f"(asked from seq {from_seq})")
+    end = keys.log_end if through_seq is None else keys.record(through_seq + 1)
+    start, revision, expected = keys.record(from_seq), 0, from_seq
+    while True:
+        reply = client.range(start, end, limit=READ_PAGE_RECORDS, revision=revision)
+        revision = revision or _header_revision(reply)
+        kvs = _kvs(reply)
+        for kv in kvs:
+            seq, epoch, payload = _decode(keys, kv)
+            if seq != expected:
+                raise LogCorrupt(prefix, 0, f"etcd log jumps from seq {expected - 1} to {seq}")
+            expected += 1
+            yield seq, epoch, payload
+        if not reply.get("more") or not kvs:
+            return
+        start = keys.record(expected)
+
+
+def last_seq(client: EtcdClient, prefix: str) -> int:
+    """The last seq in the etcd log (0 if empty): durable, as everything etcd shows."""
+    return _last_seq(client, _Keys(prefix.encode()))
+
+
+def first_seq(client: EtcdClient, prefix: str) -> int:
+    """The first seq still retained in the etcd log."""
+    return _first_seq(client, _Keys(prefix.encode()))
+
+
+class Tail:
+    """The records from from_seq on, in order, then each new one as it commits
+    (a watch from the revision of the initial read). close() from another thread
+    ends the iteration."""
+
+    def __init__(self, client: EtcdClient, prefix: str, from_seq: int = 1) -> None:
+        self._client = client
+        self._keys = _Keys(prefix.encode())
+        self._prefix = prefix
+        self._next = from_seq
+        self._stream: WatchStream | None = None
+        self._closed = False
+
+    def __iter__(self) -> Iterator[tuple[int, int, bytes]]:
+        keys = self._keys
+        reply = self._client.range(keys.log_start, keys.log_end, limit=1, keys_only=True)
+        revision = _header_revision(reply)
+        for record in read(self._client, self._prefix, self._next):
+            self._next = record[0] + 1
+            yield record
+        # Records committed after the read's revision may repeat what it returned: skipped by seq.
+        while not self._closed:
+            stream = self._stream = self._client.watch(keys.record(self._next), keys.log_end, revision)
+            if self._closed:
+                stream.close()
+                return
+            try:
+                for result in stream.replies():
+                    if result.get("compact_revision"):
+                        raise RecordsDropped(f"etcd log {self._prefix}: history before revision "
+                                             f"{result['compact_revision']} was compacted; read from "
+                                             "a snapshot")
+                    for event in result.get("events", []):
+                        if event.get("type", "PUT") != "PUT":
+                            continue  # records dropped behind us
+                        seq, epoch, payload = _decode(keys, event["kv"])
+                        revision = int(event["kv"]["mod_revision"]) + 1
+                        if seq < self._next:
+                            continue
+                        if seq != self._next:
+                            raise LogCorrupt(self._prefix, 0, f"etcd log tail jumps from seq "
+                                             f"{self._next - 1} to {seq}")
+                        self._next = seq + 1
+                        yield seq, epoch, payload
+            except (EtcdUnavailable, OSError, ValueError) as e:
+                if self._closed:
+                    return
+                logger.warning("etcd log %s: watch ended (%s); resuming from revision %d", self._prefix, e,
+                               revision)
+            finally:
+                stream.close()
+
+    def close(self) -> None:
+        self._closed = True
+        if self._stream is not None:
+            self._stream.close()
+
+
+class EtcdLog:
+    """A shard's log on etcd, with log.Log's writer API. Create with EtcdLog.open()."""
+
+    def __init__(self, client: EtcdClient, prefix: str, lease_ttl_s: int, max_txn_bytes: int,
+                 max_txn_ops: int, max_pending_bytes: int) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.path = f"etcd:{prefix}"  # what messages name, as log.Log's directory path
+        self._keys = _Keys(prefix.encode())
+        self.lease_ttl_s = lease_ttl_s
+        self.max_txn_bytes = max_txn_bytes
+        self.max_txn_ops = max_txn_ops
+        self.max_pending_bytes = max_pending_bytes
+        self._owner = object()
+        self._lock = threading.Lock()              # guards the pending buffer swap
+        self._pending: list[tuple[int, bytes]] = []
+        self._pending_bytes = 0
+        self._inflight: list[tuple[int, bytes]] = []   # taken by sync(), not yet committed
+        self._sync_busy = threading.Lock()
+        self._failed: BaseException | None = None
+        self._deposed: str | None = None
+        self._closed = False
+        self._epoch = 0
+        self._holder = ""
+        self._leader_revision = 0                  # mod_revision of our leader key: the fencing token
+        self._etcd_lease = 0
+        self._lease_valid_until = 0.0              # monotonic
+        self._stop = threading.Event()
+        self._keepalive_thread: threading.Thread | None = None
+        self.first_seq = 1
+        self.tail_seq = 0
+        self.durable_seq = 0
+        self.fsync_count = 0                       # transactions committed (each fsync'd by a quorum)
+        self.last_fsync_latency_us = 0
+        self.bytes_written = 0
+        self.recovery: RecoveryReport | None = None
+
+    @classmethod
+    def open(cls, client: EtcdClient, prefix: str, *, lease_ttl_s: int = DEFAULT_LEASE_TTL_S,
+             max_txn_bytes: int = DEFAULT_MAX_TXN_BYTES, max_txn_ops: int = DEFAULT_MAX_TXN_OPS,
+             max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES) -> "EtcdLog":
+        """Find the log's first and last seq under `prefix` and grant the etcd lease the
+        writer's leader key will be bound to (kept alive from now on). Raises
+        EtcdUnavailable if no endpoint answers."""
+        if lease_ttl_s < MIN_LEASE_TTL_S:
+            raise ValueError(f"lease_ttl_s must be at least {MIN_LEASE_TTL_S}")
+        if not 1 <= max_txn_ops <= 10_000 or max_txn_bytes < 1024:
+            raise ValueError("max_txn_ops must be in 1..10000 and max_txn_bytes at least 1024")
+        started = time.perf_counter()
+        log = cls(client, prefix, lease_ttl_s, max_txn_bytes, max_txn_ops, max_pending_bytes)
+        log.first_seq = _first_seq(client, log._keys)
+        last = _last_seq(client, log._keys)
+        log.tail_seq = log.durable_seq = last
+        log._etcd_lease = client.lease_grant(lease_ttl_s)
+        log._lease_valid_until = time.monotonic() + lease_ttl_s
+        log._keepalive_thread = threading.Thread(target=log._keep_alive, name=f"etcd lease {prefix}",
+                                                 daemon=True)
+        log._keepalive_thread.start()
+        log.recovery = RecoveryReport(
+            records=max(0, last - log.first_seq + 1), first_seq=log.first_seq, last_seq=last, truncated_bytes=0,
+            truncated_segment=None, truncated_offset_bytes=None, truncated_reason=None, removed_segments=(),
+            elapsed_ms=(time.perf_counter() - started) * 1000)
+        return log
+
+    # ---- the etcd lease ----
+
+    def _keep_alive(self) -> None:
+        interval_s = self.lease_ttl_s / 3
+        while not self._stop.wait(interval_s):
+            sent = time.monotonic()
+            try:
+                ttl_s = self.client.lease_keepalive(self._etcd_lease)
+            except (EtcdUnavailable, EtcdRequestFailed) as e:
+                logger.warning("etcd log %s: lease renewal failed (%s); valid for %.1f s more", self.prefix, e,
+                               max(0.0, self._lease_valid_until - time.monotonic()))
+                continue
+            if ttl_s <= 0:
+                logger.error("etcd log %s: etcd lease %x expired (renewal answered TTL %d); the leader key "
+                             "is gone and appends will be refused", self.prefix, self._etcd_lease, ttl_s)
+                self._lease_valid_until = 0.0
+                return
+            self._lease_valid_until = sent + ttl_s
+
+    def lease_valid(self, margin_s: float = 0.0) -> bool:
+        """Whether the etcd lease backing our leader key is known alive for margin_s more
+        (a primary serves reads only while this holds)."""
+        return self._deposed is None and time.monotonic() + margin_s < self._lease_valid_until
+
+    # ---- leases (epochs) ----
+
+    def take_lease(self, holder: str, *, take_over: bool = True, wait_s: float = 0.0) -> Lease:
+        """Campaign: write the leader key (bound to our etcd lease) with an epoch above
+        every earlier one. With take_over (a shard's restart: its supervisor knows the
+        old process is gone) an existing leader is deposed at once; without it, the
+        leader key must be absent (its holder's lease expired), waiting up to wait_s."""
+        self._check_open()
+        keys = self._keys
+        deadline = time.monotonic() + wait_s
+        for _attempt in range(TAKE_LEASE_ATTEMPTS):
+            kvs = _kvs(self.client.range(keys.epoch))
+            epoch_revision = int(kvs[0]["mod_revision"]) if kvs else 0
+            epoch = max(int(unb64(kvs[0]["value"])) if kvs else 0, self._epoch) + 1
+            leader = json.dumps({"holder": holder, "epoch": epoch, "lease": self._etcd_lease,
+                                 "pid": os.getpid()}).encode()
+            compare = [_cmp_mod(keys.epoch, epoch_revision)]
+            if not take_over:
+                compare.append(_cmp_absent(keys.leader))
+            reply = self.client.txn(compare, [_put(keys.epoch, str(epoch).encode()),
+                                              _put(keys.leader, leader, self._etcd_lease)], [])
+            if reply.get("succeeded"):
+                self._leader_revision = _header_revision(reply)
+                break
+            if not take_over and time.monotonic() < deadline:
+                time.sleep(0.1)
+        else:
+            raise LeaseLost(f"etcd log {self.prefix}: could not take the leader key in {TAKE_LEASE_ATTEMPTS} "
+                            "attempts (another writer holds it or campaigns)")
+        tail = _last_seq(self.client, keys)
+        if tail != self.tail_seq:
+            self._deposed = f"the log grew from seq {self.tail_seq} to {tail} while it was opened"
+            raise LeaseLost(f"etcd log {self.prefix}: {self._deposed}; open it again")
+        self._epoch, self._holder, self._deposed = epoch, holder, None
+        logger.info("etcd log %s: %s leads at epoch %d (leader revision %d)", self.prefix, holder, epoch,
+                    self._leader_revision)
+        return Lease(holder, epoch, self._owner)
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def _check_lease(self, lease: Lease) -> None:
+        if not isinstance(lease, Lease) or lease._owner is not self._owner:
+            raise LeaseLost(f"{lease!r} was not issued by this log ({self.path})")
+        if self._deposed is not None:
+            raise LeaseLost(f"etcd log {self.prefix}: {self._holder!r} was deposed: {self._deposed}")
+        if lease.epoch != self._epoch:
+            raise LeaseLost(f"lease epoch {lease.epoch} is not current: epoch {self._epoch} is")
+
+    # ---- writing ----
+
+    def append(self, payloads: Sequence[bytes], after_seq: int, lease: Lease) -> int:
+        """Queue payloads as seqs after_seq+1..; nothing is in etcd until sync()."""
+        self._check_open()
+        self._check_lease(lease)
+        if after_seq != self.tail_seq:
+            raise SequenceMismatch(after_seq, self.tail_seq)
+        head = EPOCH.pack(lease.epoch)
+        records = []
+        size = 0
+        for i, payload in enumerate(payloads):
+            if len(payload) + EPOCH.size > self.max_txn_bytes:
+                raise RecordTooLarge(f"record of {len(payload)} bytes exceeds the etcd log's "
+                                     f"{self.max_txn_bytes - EPOCH.size}-byte limit (max_txn_bytes)")
+            value = head + bytes(payload)
+            records.append((after_seq + 1 + i, value))
+            size += len(value)
+        if not records:
+            return self.tail_seq
+        with self._lock:
+            if self._pending_bytes + size > self.max_pending_bytes:
+                raise PendingFull(f"{self._pending_bytes + size} bytes pending would exceed "
+                                  f"max_pending_bytes={self.max_pending_bytes}; sync first")
+            self._pending.extend(records)
+            self._pending_bytes += size
+        self.tail_seq = after_seq + len(records)
+        return self.tail_seq
+
+    def sync(self) -> int:
+        """Commit everything pending in consecutive fenced transactions; returns durable_seq
+        once the last committed. LeaseLost if deposed (the records are not in etcd),
+        LogWriteFailed if etcd was unavailable (retry_failed() tries again)."""
+        self._check_usable()
+        if not self._sync_busy.acquire(blocking=False):
+            raise RuntimeError(f"EtcdLog.sync() of {self.prefix} called while another sync() runs")
+        try:
+            self._check_usable()
+            with self._lock:
+                self._inflight.extend(self._pending)
+                self._pending, self._pending_bytes = [], 0
+            self._commit_inflight()
+            return self.durable_seq
+        finally:
+            self._sync_busy.release()
+
+    def retry_failed(self) -> int:
+        """After LogWriteFailed: commit the records the failed sync held, again."""
+        self._check_open()
+        if not self._sync_busy.acquire(blocking=False):
+            raise RuntimeError(f"EtcdLog.retry_failed() of {self.prefix} called while a sync runs")
+        try:
+            if self._failed is None:
+                return self.durable_seq
+            if self._deposed is not None:
+                raise LeaseLost(f"etcd log {self.prefix}: deposed: {self._deposed}")
+            self._failed = None
+            self._commit_inflight()
+            logger.warning("etcd log %s: writable again; durable through seq %d", self.prefix, self.durable_seq)
+            return self.durable_seq
+        finally:
+            self._sync_busy.release()
+
+    def _commit_inflight(self) -> None:
+        while self._inflight:
+            count, size = 0, 0
+            for _seq, value in self._inflight:
+                if count and (count >= self.max_txn_ops or size + len(value) > self.max_txn_bytes):
+                    break
+                count += 1
+                size += len(value)
+            chunk = self._inflight[:count]
+            started = time.perf_counter_ns()
+            try:
+                self._commit_chunk(chunk)
+            except (EtcdUnavailable, EtcdRequestFailed) as e:
+                self._failed = e
+                logger.error("etcd log %s: committing seqs %d..%d failed: %s", self.prefix, chunk[0][0],
+                             chunk[-1][0], e)
+                raise LogWriteFailed(f"etcd log {self.prefix}: {e}; writes wait for a successful retry") from e
+            self.last_fsync_latency_us = (time.perf_counter_ns() - started) // 1000
+            del self._inflight[:count]
+            self.fsync_count += 1
+            self.bytes_written += size
+            self.durable_seq = chunk[-1][0]
+
+    def _commit_chunk(self, chunk: list[tuple[int, bytes]]) -> None:
+        keys = self._keys
+        first = chunk[0][0]
+        assert first == self.durable_seq + 1, "records commit in order, with no gap"
+        reply = self.client.txn(
+            [_cmp_mod(keys.leader, self._leader_revision), _cmp_absent(keys.record(first))],
+            [_put(keys.record(seq), value) for seq, value in chunk],
+            [_get(keys.leader), {"request_range": {"key": b64(keys.record(first)), "keys_only": True}}])
+        if reply.get("succeeded"):
+            return
+        leader_kvs = _kvs(reply["responses"][0]["response_range"])
+        if not leader_kvs or int(leader_kvs[0]["mod_revision"]) != self._leader_revision:
+            now = unb64(leader_kvs[0]["value"]).decode(errors="replace") if leader_kvs else "nobody (lease expired)"
+            self._deposed = f"the leader key is now held by {now}"
+            self._failed = LeaseLost(self._deposed)
+            logger.critical("etcd log %s: %r (epoch %d) was deposed: %s; seqs %d..%d refused", self.prefix,
+                            self._holder, self._epoch, self._deposed, first, chunk[-1][0])
+            raise LeaseLost(f"etcd log {self.prefix}: {self._holder!r} (epoch {self._epoch}) was deposed: "
+                            f"{self._deposed}")
+        if _kvs(reply["responses"][1]["response_range"]):
+            # Still the leader, and seq `first` exists: only the leader writes log keys, so an
+            # earlier attempt of this very transaction committed and its reply was lost.
+            logger.warning("etcd log %s: seqs %d..%d were committed by an attempt whose reply was lost",
+                           self.prefix, first, chunk[-1][0])
+            return
+        raise LogCorrupt(self.path, first, "fenced append refused although this writer leads and the seq is free")
+
+    # ---- reading and dropping ----
+
+    def read(self, from_seq: int = 1, *, through_seq: int | None = None) -> Iterator[tuple[int, int, bytes]]:
+        """(seq, epoch, payload) from from_seq through durable_seq (or through_seq if lower)."""
+        limit = self.durable_seq if through_seq is None else min(through_seq, self.durable_seq)
+        if limit < from_seq:
+            return iter(())
+        return read(self.client, self.prefix, from_seq, through_seq=limit)
+
+    def drop_segments_through(self, seq: int) -> list[str]:
+        """Delete the records through `seq` (fenced: only the leader drops), move the
+        first seq on, and compact etcd's history at that revision so the space can be
+        reclaimed (a defragmentation of each member, when quiet, returns it to the disk)."""
+        self._check_usable()
+        seq = min(seq, self.durable_seq)
+        if seq < self.first_seq:
+            return []
+        keys = self._keys
+        reply = self.client.txn([_cmp_mod(keys.leader, self._leader_revision)],
+                                [{"request_delete_range": {"key": b64(keys.record(self.first_seq)),
+                                                           "range_end": b64(keys.record(seq + 1))}},
+                                 _put(keys.first, str(seq + 1).encode())], [])
+        if not reply.get("succeeded"):
+            self._deposed = "the leader key changed (seen while dropping records)"
+            raise LeaseLost(f"etcd log {self.prefix}: {self._deposed}")
+        dropped = [f"{self.path}/log/{self.first_seq}..{seq}"]
+        self.first_seq = seq + 1
+        self.client.compact(_header_revision(reply))
+        return dropped
+
+    def segments(self) -> list:
+        return []
+
+    # ---- state and stats ----
+
+    @property
+    def failed(self) -> bool:
+        return self._failed is not None
+
+    @property
+    def pending_records(self) -> int:
+        return self.tail_seq - self.durable_seq
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes this writer committed since open (etcd's own size is in its status)."""
+        return self.bytes_written
+
+    @property
+    def segment_count(self) -> int:
+        return 0
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LogClosed(f"{self.path} is closed")
+
+    def _check_usable(self) -> None:
+        self._check_open()
+        if self._deposed is not None:
+            raise LeaseLost(f"etcd log {self.prefix}: {self._holder!r} was deposed: {self._deposed}")
+        if self._failed is not None:
+            raise LogWriteFailed(f"etcd log {self.prefix}: {self._failed}; writes wait for a successful "
+                                 "retry") from self._failed
+
+    def close(self) -> None:
+        """Stop renewing and revoke the etcd lease (the leader key goes at once, so a
+        successor need not wait out the TTL). Records not yet committed are discarded."""
+        if self._closed:
+            return
+        with self._sync_busy:
+            if self.tail_seq != self.durable_seq:
+                logger.warning("etcd log %s: closing with %d uncommitted records (discarded)", self.prefix,
+                               self.tail_seq - self.durable_seq)
+            self._closed = True
+        self._stop.set()
+        if self._keepalive_thread is not None:
+            self._keepalive_thread.join(self.client.request_timeout_s * 2)
+        try:
+            self.client.lease_revoke(self._etcd_lease)
+        except (EtcdUnavailable, EtcdRequestFailed) as e:
+            logger.warning("etcd log %s: revoking lease %x failed (%s); it expires in %d s", self.prefix,
+                           self._etcd_lease, e, self.lease_ttl_s)
+
+    def __enter__(self) -> "EtcdLog":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<EtcdLog {self.prefix} tail_seq={self.tail_seq} durable_seq={self.durable_seq} epoch={self._epoch}>"

@@ -1,0 +1,202 @@
+"""The shard log on etcd (log/etcd_log.py) against a real 3-member etcd cluster:
+round trip, fencing of a deposed writer, kill -9 of the etcd leader, tail by watch."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+
+from durakv.log import LeaseLost, LogWriteFailed, RecordsDropped, RecordTooLarge, SequenceMismatch
+from durakv.log.etcd_client import EtcdClient, EtcdUnavailable
+from durakv.log.etcd_log import EtcdLog, Tail, read, shard_prefix
+
+KILL_RUN_S = 3.0
+
+
+def fresh_prefix() -> str:
+    return shard_prefix(f"test-{uuid.uuid4().hex[:8]}", 0)
+
+
+def open_log(cluster, prefix: str, **kwargs) -> EtcdLog:
+    return EtcdLog.open(EtcdClient(cluster.endpoints, request_timeout_s=1.0), prefix, **kwargs)
+
+
+def test_round_trip_split_into_transactions_and_reopen(etcd_cluster):
+    prefix = fresh_prefix()
+    log = open_log(etcd_cluster, prefix, max_txn_bytes=4096, max_txn_ops=5)
+    lease = log.take_lease("writer")
+    payloads = [b"p%03d" % i + bytes([i % 256]) * (i * 37 % 900) for i in range(40)]
+    assert log.append(payloads[:1], 0, lease) == 1
+    assert log.sync() == 1
+    log.append(payloads[1:], 1, lease)
+    assert log.durable_seq == 1 and log.pending_records == 39
+    assert log.sync() == 40
+    assert log.fsync_count >= 1 + 39 // 5  # one sync, split into transactions of at most 5 records
+    assert [(s, e, p) for s, e, p in log.read()] == [(i + 1, 1, p) for i, p in enumerate(payloads)]
+    assert [s for s, _e, _p in log.read(10, through_seq=12)] == [10, 11, 12]
+    with pytest.raises(SequenceMismatch):
+        log.append([b"x"], 39, lease)
+    with pytest.raises(RecordTooLarge):
+        log.append([b"x" * 4096], 40, lease)
+    log.close()
+
+    again = open_log(etcd_cluster, prefix)
+    assert (again.tail_seq, again.durable_seq, again.recovery.first_seq) == (40, 40, 1)
+    lease2 = again.take_lease("writer, restarted")
+    assert lease2.epoch == 2
+    again.append([b"after restart"], 40, lease2)
+    again.sync()
+    # Any process reads the log without a lease: every record etcd shows is durable.
+    other = EtcdClient(etcd_cluster.endpoints)
+    assert [(s, e) for s, e, _p in read(other, prefix, 39)] == [(39, 1), (40, 1), (41, 2)]
+    assert again.drop_segments_through(20) == [f"etcd:{prefix}/log/1..20"]
+    with pytest.raises(RecordsDropped):
+        list(read(other, prefix, 20))
+    assert [s for s, _e, _p in read(other, prefix, 21)] == list(range(21, 42))
+    again.close()
+    assert open_log(etcd_cluster, prefix).recovery.first_seq == 21
+
+
+def test_deposed_writer_is_refused_at_every_seq(etcd_cluster):
+    """Writers deposed without knowing it: one aims at a seq its successor already
+    wrote, the other at a free seq; etcd refuses both (the leader key's revision)."""
+    prefix = fresh_prefix()
+    a = open_log(etcd_cluster, prefix)
+    a_lease = a.take_lease("a")
+    a.append([b"a 1"], 0, a_lease)
+    a.sync()
+    b = open_log(etcd_cluster, prefix)
+    b_lease = b.take_lease("b")
+    assert b_lease.epoch == a_lease.epoch + 1
+    b.append([b"b 2", b"b 3"], 1, b_lease)
+    b.sync()
+    a.append([b"a 2 (taken seq)"], 1, a_lease)
+    with pytest.raises(LeaseLost, match="deposed"):
+        a.sync()
+    with pytest.raises(LeaseLost):
+        a.append([b"a again"], a.tail_seq, a_lease)
+
+    c = open_log(etcd_cluster, prefix)
+    c.take_lease("c")
+    b.append([b"b 4 (free seq)"], 3, b_lease)
+    with pytest.raises(LeaseLost, match="deposed"):
+        b.sync()
+    # A writer that opened before a successor appended cannot take the lease at its stale tail.
+    c.close()
+    stale = open_log(etcd_cluster, prefix)
+    stale.tail_seq = stale.durable_seq = 1
+    with pytest.raises(LeaseLost, match="grew"):
+        stale.take_lease("stale")
+    assert [p for _s, _e, p in read(EtcdClient(etcd_cluster.endpoints), prefix)] == [b"a 1", b"b 2", b"b 3"]
+    for log in (a, b, stale):
+        log.close()
+
+
+def test_expired_lease_loses_the_leader_key(etcd_cluster):
+    """A writer whose etcd lease expires (it stopped renewing: paused, cut off) is
+    refused; a campaigner that waits for the key to go free then leads."""
+    prefix = fresh_prefix()
+    paused = open_log(etcd_cluster, prefix, lease_ttl_s=2)
+    lease = paused.take_lease("paused")
+    assert paused.lease_valid()
+    paused._stop.set()  # no more renewals, as if the process were stopped
+    paused._keepalive_thread.join()
+
+    waiter = open_log(etcd_cluster, prefix)
+    with pytest.raises(LeaseLost):
+        waiter.take_lease("waiter", take_over=False, wait_s=0)
+    waiter_lease = waiter.take_lease("waiter", take_over=False, wait_s=15)
+    assert waiter_lease.epoch == lease.epoch + 1
+    assert not paused.lease_valid()
+    paused.append([b"too late"], 0, lease)
+    with pytest.raises(LeaseLost):
+        paused.sync()
+    assert list(read(EtcdClient(etcd_cluster.endpoints), prefix)) == []
+    paused.close()
+    waiter.close()
+
+
+def test_kill9_of_the_etcd_leader_loses_no_acknowledged_append(etcd_cluster):
+    prefix = fresh_prefix()
+    log = open_log(etcd_cluster, prefix)
+    lease = log.take_lease("writer")
+    acked: list[bytes] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def write() -> None:
+        n = 0
+        while not stop.is_set():
+            batch = [b"record %d" % (n + i) for i in range(1 + n % 3)]
+            log.append(batch, log.tail_seq, lease)
+            try:
+                log.sync()
+            except LogWriteFailed as e:  # all members unreachable for the retry window
+                errors.append(e)
+                log.retry_failed()
+            acked.extend(batch)
+            n += len(batch)
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    try:
+        time.sleep(KILL_RUN_S / 3)
+        leader = etcd_cluster.leader_index()
+        assert leader is not None
+        before = len(acked)
+        etcd_cluster.kill9(leader)
+        time.sleep(KILL_RUN_S)
+    finally:
+        stop.set()
+        thread.join(30)
+    print(f"acknowledged {before} before the kill, {len(acked)} in all; {len(errors)} failed syncs retried")
+    assert len(acked) > before, "appends went on after the leader was killed"
+    assert [p for _s, _e, p in read(EtcdClient(etcd_cluster.endpoints), prefix)] == acked
+    log.close()
+    etcd_cluster.start_member(leader)
+    etcd_cluster.wait_healthy()
+
+
+def test_tail_by_watch_sees_every_record_in_order(etcd_cluster):
+    prefix = fresh_prefix()
+    log = open_log(etcd_cluster, prefix)
+    lease = log.take_lease("writer")
+    log.append([b"before the tail %d" % i for i in range(5)], 0, lease)
+    log.sync()
+    tail = Tail(EtcdClient(etcd_cluster.endpoints), prefix, from_seq=2)
+    seen: list[tuple[int, bytes]] = []
+    done = threading.Event()
+    total = 5 + 60
+
+    def follow() -> None:
+        for seq, _epoch, payload in tail:
+            seen.append((seq, payload))
+            if seq == total:
+                done.set()
+                return
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    expected = [(s, b"before the tail %d" % (s - 1)) for s in range(2, 6)]
+    for i in range(20):
+        batch = [b"live %d" % (3 * i + j) for j in range(3)]
+        first = log.tail_seq + 1
+        log.append(batch, log.tail_seq, lease)
+        log.sync()
+        expected += list(zip(range(first, first + 3), batch))
+    assert done.wait(30), f"the tail saw {len(seen)} of {len(expected)} records"
+    tail.close()
+    follower.join(10)
+    assert seen == expected
+    log.close()
+
+
+def test_open_with_no_reachable_endpoint_fails_fast():
+    client = EtcdClient(["http://127.0.0.1:1"], request_timeout_s=0.2, retry_s=0.5)
+    started = time.monotonic()
+    with pytest.raises(EtcdUnavailable, match="127.0.0.1:1"):
+        EtcdLog.open(client, fresh_prefix())
+    assert time.monotonic() - started < 10
