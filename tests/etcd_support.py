@@ -58,6 +58,7 @@ class EtcdCluster:
         return [f"http://127.0.0.1:{p}" for p in self.client_ports]
 
     def start(self) -> "EtcdCluster":
+        self.base_dir.mkdir(parents=True, exist_ok=True)
         for i in range(len(self.names)):
             self.start_member(i, new=True)
         self.wait_healthy()
