@@ -126,9 +126,18 @@ def _first_seq(client: EtcdClient, keys: _Keys) -> int:
     return int(unb64(kvs[0]["value"])) if kvs else 1
 
 
-def _last_seq(client: EtcdClient, keys: _Keys) -> int:
-    kvs = _kvs(client.range(keys.log_start, keys.log_end, limit=1, keys_only=True, descend=True))
-    return keys.seq_of(unb64(kvs[0]["key"])) if kvs else 0
+def _ends(client: EtcdClient, keys: _Keys) -> tuple[int, int]:
+    """(first seq retained, last seq) read at one revision. Once every record was
+    dropped there is no log key left: the last seq is then the first retained - 1."""
+    reply = client.txn([], [_get(keys.first),
+                            {"request_range": {"key": b64(keys.log_start), "range_end": b64(keys.log_end),
+                                               "limit": 1, "keys_only": True, "sort_order": "DESCEND",
+                                               "sort_target": "KEY"}}], [])
+    first_kvs = _kvs(reply["responses"][0]["response_range"])
+    last_kvs = _kvs(reply["responses"][1]["response_range"])
+    first = int(unb64(first_kvs[0]["value"])) if first_kvs else 1
+    last = keys.seq_of(unb64(last_kvs[0]["key"])) if last_kvs else 0
+    return first, max(last, first - 1)
 
 
 def _decode(keys: _Keys, kv: dict[str, Any]) -> tuple[int, int, bytes]:
@@ -167,7 +176,7 @@ def read(client: EtcdClient, prefix: str, from_seq: int = 1, *, through_seq: int
 
 def last_seq(client: EtcdClient, prefix: str) -> int:
     """The last seq in the etcd log (0 if empty): durable, as everything etcd shows."""
-    return _last_seq(client, _Keys(prefix.encode()))
+    return _ends(client, _Keys(prefix.encode()))[1]
 
 
 def first_seq(client: EtcdClient, prefix: str) -> int:
@@ -283,8 +292,7 @@ class EtcdLog:
             raise ValueError("max_txn_ops must be in 1..10000 and max_txn_bytes at least 1024")
         started = time.perf_counter()
         log = cls(client, prefix, lease_ttl_s, max_txn_bytes, max_txn_ops, max_pending_bytes)
-        log.first_seq = _first_seq(client, log._keys)
-        last = _last_seq(client, log._keys)
+        log.first_seq, last = _ends(client, log._keys)
         log.tail_seq = log.durable_seq = last
         log._etcd_lease = client.lease_grant(lease_ttl_s)
         log._lease_valid_until = time.monotonic() + lease_ttl_s
@@ -350,7 +358,7 @@ class EtcdLog:
         else:
             raise LeaseLost(f"etcd log {self.prefix}: could not take the leader key in {TAKE_LEASE_ATTEMPTS} "
                             "attempts (another writer holds it or campaigns)")
-        tail = _last_seq(self.client, keys)
+        tail = _ends(self.client, keys)[1]
         if tail != self.tail_seq:
             self._deposed = f"the log grew from seq {self.tail_seq} to {tail} while it was opened"
             raise LeaseLost(f"etcd log {self.prefix}: {self._deposed}; open it again")

@@ -14,7 +14,9 @@ import redis
 from proctools import free_port
 
 from durakv.log.etcd_client import EtcdClient
-from durakv.log.etcd_log import last_seq, shard_prefix
+from durakv.log.etcd_log import first_seq, last_seq, shard_prefix
+from test_snapshot import dump
+from test_snapshot_serve import _wait_for
 
 WRITERS = 8
 WRITE_RUN_S = 1.5
@@ -93,3 +95,31 @@ def test_serve_refuses_a_prefix_of_another_shard_count(etcd_cluster, tmp_path):
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "holds the logs of 2 shards, not 3" in lines[0], done.stderr
+
+
+def test_snapshots_read_the_log_on_etcd_and_bound_it(etcd_cluster, server_factory, tmp_path):
+    """The snapshotter builds from the records on etcd; the shards then drop the records
+    a snapshot covers from etcd; a restart loads the snapshot plus the rest from etcd."""
+    prefix = f"snap-{uuid.uuid4().hex[:8]}"
+    config = etcd_config(tmp_path, etcd_cluster.endpoints, prefix,
+                         "snapshot-every-bytes = 8192\nsnapshot-cpu-percent = 100\n")
+    srv = server_factory(shards=2, extra_args=("--config", config))
+    client = srv.client()
+    for round_no in range(40):
+        pipe = client.pipeline(transaction=False)
+        for k in range(20):
+            pipe.set(f"k{k}", f"{round_no}:" + "v" * 200)
+        pipe.incr("counter")
+        pipe.execute()
+    etcd = EtcdClient(etcd_cluster.endpoints)
+    _wait_for(lambda: all(first_seq(etcd, shard_prefix(prefix, i)) > 1 for i in range(2)),
+              "both shards to drop records a snapshot covers from etcd")
+    dropped = [first_seq(etcd, shard_prefix(prefix, i)) - 1 for i in range(2)]
+    tails = [last_seq(etcd, shard_prefix(prefix, i)) for i in range(2)]
+    print(f"records dropped from etcd per shard: {dropped}, log tails {tails}")
+    client.set("last", "one")
+    live = dump(client)
+    srv.kill9()
+    restarted = server_factory(shards=2, extra_args=("--config", config), data_dir=srv.data_dir)
+    assert dump(restarted.client()) == live
+    assert "loaded snapshot seq" in restarted.log()

@@ -58,6 +58,18 @@ def test_round_trip_split_into_transactions_and_reopen(etcd_cluster):
     assert [s for s, _e, _p in read(other, prefix, 21)] == list(range(21, 42))
     again.close()
     assert open_log(etcd_cluster, prefix).recovery.first_seq == 21
+    # Every record dropped (a snapshot covers them all): the log still ends at seq 41.
+    emptied = open_log(etcd_cluster, prefix)
+    emptied.take_lease("writer, third")
+    emptied.drop_segments_through(41)
+    emptied.close()
+    last = open_log(etcd_cluster, prefix)
+    assert (last.recovery.first_seq, last.tail_seq) == (42, 41)
+    last_lease = last.take_lease("writer, fourth")
+    last.append([b"seq 42"], 41, last_lease)
+    assert last.sync() == 42
+    assert [s for s, _e, _p in read(other, prefix, 42)] == [42]
+    last.close()
 
 
 def test_deposed_writer_is_refused_at_every_seq(etcd_cluster):
