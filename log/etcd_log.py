@@ -2,7 +2,9 @@
 drop) over an etcd cluster, so an acknowledged write survives the loss of a machine.
 
 Keys, under a shard's prefix P (e.g. "durakv/shard-000"):
-    P/log/<seq, 20 digits>  one record: 8-byte little-endian epoch + payload
+    P/log/<seq, 20 digits>  one record: header (epoch u64, parts u32, little-endian) + payload,
+                            or, for a payload over max_txn_bytes, the header alone, with
+    P/part/<seq>/<i, 6 digits>  its parts 0..parts-1, written (fenced) before the record key
     P/leader                the current writer: JSON {holder, epoch, lease}, bound to its etcd lease
     P/epoch                 the highest epoch ever taken (never deleted, so epochs only grow)
     P/first                 the first seq retained (absent: 1); moves when records are dropped
@@ -47,14 +49,16 @@ from .writer import Lease, RecoveryReport
 logger = logging.getLogger("durakv.log")
 
 SEQ_DIGITS = 20
-EPOCH = struct.Struct("<Q")
+HEADER = struct.Struct("<QI")  # epoch, parts (0: the payload follows inline)
+MAX_PARTS = 999_999
 DEFAULT_LEASE_TTL_S = 10
 MIN_LEASE_TTL_S = 2
 # etcd's defaults: --max-request-bytes 1.5 MiB, --max-txn-ops 128 (puts per transaction).
 DEFAULT_MAX_TXN_BYTES = 1024 * 1024
 DEFAULT_MAX_TXN_OPS = 128
-DEFAULT_MAX_PENDING_BYTES = 256 * 1024 * 1024
+DEFAULT_MAX_PENDING_BYTES = 2 * 1024 * 1024 * 1024  # as log.Log's: two records of the largest value
 READ_PAGE_RECORDS = 256
+PART_PAGE = 8
 TAKE_LEASE_ATTEMPTS = 20
 
 
@@ -89,6 +93,12 @@ class _Keys:
 
     def record(self, seq: int) -> bytes:
         return b"%s/log/%0*d" % (self.base, SEQ_DIGITS, seq)
+
+    def parts_of(self, seq: int) -> bytes:
+        return b"%s/part/%0*d/" % (self.base, SEQ_DIGITS, seq)
+
+    def part(self, seq: int, index: int) -> bytes:
+        return b"%s%06d" % (self.parts_of(seq), index)
 
     def seq_of(self, key: bytes) -> int:
         return int(key[len(self.base) + 5:])
@@ -140,11 +150,25 @@ def _ends(client: EtcdClient, keys: _Keys) -> tuple[int, int]:
     return first, max(last, first - 1)
 
 
-def _decode(keys: _Keys, kv: dict[str, Any]) -> tuple[int, int, bytes]:
+def _decode(client: EtcdClient, keys: _Keys, kv: dict[str, Any], revision: int = 0) -> tuple[int, int, bytes]:
+    """(seq, epoch, payload) of a record key, reading its parts if it has any."""
     value = unb64(kv.get("value", ""))
-    if len(value) < EPOCH.size:
-        raise LogCorrupt(unb64(kv["key"]).decode(), 0, f"record of {len(value)} bytes has no epoch")
-    return keys.seq_of(unb64(kv["key"])), EPOCH.unpack_from(value)[0], value[EPOCH.size:]
+    seq = keys.seq_of(unb64(kv["key"]))
+    if len(value) < HEADER.size:
+        raise LogCorrupt(unb64(kv["key"]).decode(), 0, f"record of {len(value)} bytes has no header")
+    epoch, parts = HEADER.unpack_from(value)
+    if not parts:
+        return seq, epoch, value[HEADER.size:]
+    chunks: list[bytes] = []
+    start, end = keys.part(seq, 0), keys.part(seq, parts)
+    while len(chunks) < parts:
+        reply = client.range(start, end, limit=PART_PAGE, revision=revision)
+        kvs = _kvs(reply)
+        if not kvs:
+            raise LogCorrupt(unb64(kv["key"]).decode(), 0, f"record has {parts} parts, {len(chunks)} found")
+        chunks += [unb64(part.get("value", "")) for part in kvs]
+        start = keys.part(seq, len(chunks))
+    return seq, epoch, b"".join(chunks)
 
 
 def read(client: EtcdClient, prefix: str, from_seq: int = 1, *, through_seq: int | None = None
@@ -164,7 +188,7 @@ def read(client: EtcdClient, prefix: str, from_seq: int = 1, *, through_seq: int
         revision = revision or _header_revision(reply)
         kvs = _kvs(reply)
         for kv in kvs:
-            seq, epoch, payload = _decode(keys, kv)
+            seq, epoch, payload = _decode(client, keys, kv, revision)
             if seq != expected:
                 raise LogCorrupt(prefix, 0, f"etcd log jumps from seq {expected - 1} to {seq}")
             expected += 1
@@ -219,7 +243,7 @@ class Tail:
                     for event in result.get("events", []):
                         if event.get("type", "PUT") != "PUT":
                             continue  # records dropped behind us
-                        seq, epoch, payload = _decode(keys, event["kv"])
+                        seq, epoch, payload = _decode(self._client, keys, event["kv"])
                         revision = int(event["kv"]["mod_revision"]) + 1
                         if seq < self._next:
                             continue
@@ -257,9 +281,9 @@ class EtcdLog:
         self.max_pending_bytes = max_pending_bytes
         self._owner = object()
         self._lock = threading.Lock()              # guards the pending buffer swap
-        self._pending: list[tuple[int, bytes]] = []
+        self._pending: list[tuple[int, int, bytes]] = []   # (seq, epoch, payload)
         self._pending_bytes = 0
-        self._inflight: list[tuple[int, bytes]] = []   # taken by sync(), not yet committed
+        self._inflight: list[tuple[bytes, bytes, int]] = []  # (key, value, seq of a record key or 0) to commit
         self._sync_busy = threading.Lock()
         self._failed: BaseException | None = None
         self._deposed: str | None = None
@@ -387,16 +411,13 @@ class EtcdLog:
         self._check_lease(lease)
         if after_seq != self.tail_seq:
             raise SequenceMismatch(after_seq, self.tail_seq)
-        head = EPOCH.pack(lease.epoch)
-        records = []
         size = 0
-        for i, payload in enumerate(payloads):
-            if len(payload) + EPOCH.size > self.max_txn_bytes:
+        for payload in payloads:
+            if len(payload) > MAX_PARTS * self.max_txn_bytes:
                 raise RecordTooLarge(f"record of {len(payload)} bytes exceeds the etcd log's "
-                                     f"{self.max_txn_bytes - EPOCH.size}-byte limit (max_txn_bytes)")
-            value = head + bytes(payload)
-            records.append((after_seq + 1 + i, value))
-            size += len(value)
+                                     f"{MAX_PARTS * self.max_txn_bytes}-byte limit")
+            size += len(payload) + HEADER.size
+        records = [(after_seq + 1 + i, lease.epoch, bytes(payload)) for i, payload in enumerate(payloads)]
         if not records:
             return self.tail_seq
         with self._lock:
@@ -418,8 +439,8 @@ class EtcdLog:
         try:
             self._check_usable()
             with self._lock:
-                self._inflight.extend(self._pending)
-                self._pending, self._pending_bytes = [], 0
+                records, self._pending, self._pending_bytes = self._pending, [], 0
+            self._inflight += self._puts(records)
             self._commit_inflight()
             return self.durable_seq
         finally:
@@ -442,55 +463,75 @@ class EtcdLog:
         finally:
             self._sync_busy.release()
 
+    def _puts(self, records: list[tuple[int, int, bytes]]) -> list[tuple[bytes, bytes, int]]:
+        """The key/value puts of records, in commit order: a payload over max_txn_bytes
+        goes in parts first, then its record key, which makes it exist."""
+        keys, limit = self._keys, self.max_txn_bytes
+        puts = []
+        for seq, epoch, payload in records:
+            if len(payload) + HEADER.size <= limit:
+                puts.append((keys.record(seq), HEADER.pack(epoch, 0) + payload, seq))
+                continue
+            parts = (len(payload) + limit - 1) // limit
+            puts += [(keys.part(seq, i), payload[i * limit:(i + 1) * limit], 0) for i in range(parts)]
+            puts.append((keys.record(seq), HEADER.pack(epoch, parts), seq))
+        return puts
+
     def _commit_inflight(self) -> None:
         while self._inflight:
             count, size = 0, 0
-            for _seq, value in self._inflight:
+            for _key, value, _seq in self._inflight:
                 if count and (count >= self.max_txn_ops or size + len(value) > self.max_txn_bytes):
                     break
                 count += 1
                 size += len(value)
             chunk = self._inflight[:count]
+            seqs = [seq for _key, _value, seq in chunk if seq]
             started = time.perf_counter_ns()
             try:
-                self._commit_chunk(chunk)
+                self._commit_chunk(chunk, seqs)
             except (EtcdUnavailable, EtcdRequestFailed) as e:
                 self._failed = e
-                logger.error("etcd log %s: committing seqs %d..%d failed: %s", self.prefix, chunk[0][0],
-                             chunk[-1][0], e)
+                logger.error("etcd log %s: committing seqs %d..%d failed: %s", self.prefix, self.durable_seq + 1,
+                             self.tail_seq, e)
                 raise LogWriteFailed(f"etcd log {self.prefix}: {e}; writes wait for a successful retry") from e
             self.last_fsync_latency_us = (time.perf_counter_ns() - started) // 1000
             del self._inflight[:count]
             self.fsync_count += 1
             self.bytes_written += size
-            self.durable_seq = chunk[-1][0]
+            if seqs:
+                self.durable_seq = seqs[-1]
 
-    def _commit_chunk(self, chunk: list[tuple[int, bytes]]) -> None:
+    def _commit_chunk(self, chunk: list[tuple[bytes, bytes, int]], seqs: list[int]) -> None:
+        """One fenced transaction: the leader key is ours and the first record key in it
+        is absent (a chunk of parts only is fenced by the leader key alone)."""
         keys = self._keys
-        first = chunk[0][0]
-        assert first == self.durable_seq + 1, "records commit in order, with no gap"
-        reply = self.client.txn(
-            [_cmp_mod(keys.leader, self._leader_revision), _cmp_absent(keys.record(first))],
-            [_put(keys.record(seq), value) for seq, value in chunk],
-            [_get(keys.leader), {"request_range": {"key": b64(keys.record(first)), "keys_only": True}}])
+        assert not seqs or seqs[0] == self.durable_seq + 1, "records commit in order, with no gap"
+        compare = [_cmp_mod(keys.leader, self._leader_revision)]
+        failure = [_get(keys.leader)]
+        if seqs:
+            compare.append(_cmp_absent(keys.record(seqs[0])))
+            failure.append({"request_range": {"key": b64(keys.record(seqs[0])), "keys_only": True}})
+        reply = self.client.txn(compare, [_put(key, value) for key, value, _seq in chunk], failure)
         if reply.get("succeeded"):
             return
+        what = f"seqs {seqs[0]}..{seqs[-1]}" if seqs else f"parts of seq {self.durable_seq + 1}"
         leader_kvs = _kvs(reply["responses"][0]["response_range"])
         if not leader_kvs or int(leader_kvs[0]["mod_revision"]) != self._leader_revision:
             now = unb64(leader_kvs[0]["value"]).decode(errors="replace") if leader_kvs else "nobody (lease expired)"
             self._deposed = f"the leader key is now held by {now}"
             self._failed = LeaseLost(self._deposed)
-            logger.critical("etcd log %s: %r (epoch %d) was deposed: %s; seqs %d..%d refused", self.prefix,
-                            self._holder, self._epoch, self._deposed, first, chunk[-1][0])
+            logger.critical("etcd log %s: %r (epoch %d) was deposed: %s; %s refused", self.prefix,
+                            self._holder, self._epoch, self._deposed, what)
             raise LeaseLost(f"etcd log {self.prefix}: {self._holder!r} (epoch {self._epoch}) was deposed: "
                             f"{self._deposed}")
-        if _kvs(reply["responses"][1]["response_range"]):
-            # Still the leader, and seq `first` exists: only the leader writes log keys, so an
+        if seqs and _kvs(reply["responses"][1]["response_range"]):
+            # Still the leader, and the record key exists: only the leader writes log keys, so an
             # earlier attempt of this very transaction committed and its reply was lost.
-            logger.warning("etcd log %s: seqs %d..%d were committed by an attempt whose reply was lost",
-                           self.prefix, first, chunk[-1][0])
+            logger.warning("etcd log %s: %s were committed by an attempt whose reply was lost", self.prefix, what)
             return
-        raise LogCorrupt(self.path, first, "fenced append refused although this writer leads and the seq is free")
+        raise LogCorrupt(self.path, seqs[0] if seqs else 0,
+                         "fenced append refused although this writer leads and the seq is free")
 
     # ---- reading and dropping ----
 
@@ -513,6 +554,8 @@ class EtcdLog:
         reply = self.client.txn([_cmp_mod(keys.leader, self._leader_revision)],
                                 [{"request_delete_range": {"key": b64(keys.record(self.first_seq)),
                                                            "range_end": b64(keys.record(seq + 1))}},
+                                 {"request_delete_range": {"key": b64(keys.parts_of(self.first_seq)),
+                                                           "range_end": b64(keys.parts_of(seq + 1))}},
                                  _put(keys.first, str(seq + 1).encode())], [])
         if not reply.get("succeeded"):
             self._deposed = "the leader key changed (seen while dropping records)"

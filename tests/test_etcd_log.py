@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
-from durakv.log import LeaseLost, LogWriteFailed, RecordsDropped, RecordTooLarge, SequenceMismatch
-from durakv.log.etcd_client import EtcdClient, EtcdUnavailable
+from durakv.log import LeaseLost, LogWriteFailed, RecordsDropped, SequenceMismatch
+from durakv.log.etcd_client import EtcdClient, EtcdUnavailable, unb64
 from durakv.log.etcd_log import EtcdLog, Tail, read, shard_prefix
 
 KILL_RUN_S = 3.0
@@ -39,37 +39,48 @@ def test_round_trip_split_into_transactions_and_reopen(etcd_cluster):
     assert [s for s, _e, _p in log.read(10, through_seq=12)] == [10, 11, 12]
     with pytest.raises(SequenceMismatch):
         log.append([b"x"], 39, lease)
-    with pytest.raises(RecordTooLarge):
-        log.append([b"x" * 4096], 40, lease)
+    # Payloads over a transaction's limit go in parts, written before the record key.
+    big = [bytes(range(256)) * 40, b"small", b"y" * 4096 * 3]
+    log.append(big, 40, lease)
+    assert log.sync() == 43
+    assert [p for _s, _e, p in log.read(41)] == big
     log.close()
 
     again = open_log(etcd_cluster, prefix)
-    assert (again.tail_seq, again.durable_seq, again.recovery.first_seq) == (40, 40, 1)
+    assert (again.tail_seq, again.durable_seq, again.recovery.first_seq) == (43, 43, 1)
     lease2 = again.take_lease("writer, restarted")
     assert lease2.epoch == 2
-    again.append([b"after restart"], 40, lease2)
+    again.append([b"after restart"], 43, lease2)
     again.sync()
     # Any process reads the log without a lease: every record etcd shows is durable.
     other = EtcdClient(etcd_cluster.endpoints)
-    assert [(s, e) for s, e, _p in read(other, prefix, 39)] == [(39, 1), (40, 1), (41, 2)]
-    assert again.drop_segments_through(20) == [f"etcd:{prefix}/log/1..20"]
+    assert [(s, e) for s, e, _p in read(other, prefix, 42)] == [(42, 1), (43, 1), (44, 2)]
+    assert [p for _s, _e, p in read(other, prefix, 41, through_seq=43)] == big
+    assert again.drop_segments_through(41) == [f"etcd:{prefix}/log/1..41"]
     with pytest.raises(RecordsDropped):
-        list(read(other, prefix, 20))
-    assert [s for s, _e, _p in read(other, prefix, 21)] == list(range(21, 42))
+        list(read(other, prefix, 41))
+    assert [s for s, _e, _p in read(other, prefix, 42)] == [42, 43, 44]
+    assert _part_seqs(other, prefix) == [43]  # the parts of seq 41 went with it
     again.close()
-    assert open_log(etcd_cluster, prefix).recovery.first_seq == 21
-    # Every record dropped (a snapshot covers them all): the log still ends at seq 41.
+    assert open_log(etcd_cluster, prefix).recovery.first_seq == 42
+    # Every record dropped (a snapshot covers them all): the log still ends at seq 44.
     emptied = open_log(etcd_cluster, prefix)
     emptied.take_lease("writer, third")
-    emptied.drop_segments_through(41)
+    emptied.drop_segments_through(44)
     emptied.close()
+    assert _part_seqs(other, prefix) == []
     last = open_log(etcd_cluster, prefix)
-    assert (last.recovery.first_seq, last.tail_seq) == (42, 41)
+    assert (last.recovery.first_seq, last.tail_seq) == (45, 44)
     last_lease = last.take_lease("writer, fourth")
-    last.append([b"seq 42"], 41, last_lease)
-    assert last.sync() == 42
-    assert [s for s, _e, _p in read(other, prefix, 42)] == [42]
+    last.append([b"seq 45"], 44, last_lease)
+    assert last.sync() == 45
+    assert [s for s, _e, _p in read(other, prefix, 45)] == [45]
     last.close()
+
+
+def _part_seqs(client: EtcdClient, prefix: str) -> list[int]:
+    reply = client.range(f"{prefix}/part/".encode(), f"{prefix}/part0".encode(), keys_only=True)
+    return sorted({int(unb64(kv["key"]).split(b"/")[-2]) for kv in reply.get("kvs", [])})
 
 
 def test_deposed_writer_is_refused_at_every_seq(etcd_cluster):
@@ -174,7 +185,7 @@ def test_kill9_of_the_etcd_leader_loses_no_acknowledged_append(etcd_cluster):
 
 def test_tail_by_watch_sees_every_record_in_order(etcd_cluster):
     prefix = fresh_prefix()
-    log = open_log(etcd_cluster, prefix)
+    log = open_log(etcd_cluster, prefix, max_txn_bytes=4096)  # every 7th record below comes in parts
     lease = log.take_lease("writer")
     log.append([b"before the tail %d" % i for i in range(5)], 0, lease)
     log.sync()
@@ -194,7 +205,7 @@ def test_tail_by_watch_sees_every_record_in_order(etcd_cluster):
     follower.start()
     expected = [(s, b"before the tail %d" % (s - 1)) for s in range(2, 6)]
     for i in range(20):
-        batch = [b"live %d" % (3 * i + j) for j in range(3)]
+        batch = [b"live %d" % (3 * i + j) * (2000 if (3 * i + j) % 7 == 0 else 1) for j in range(3)]
         first = log.tail_seq + 1
         log.append(batch, log.tail_seq, lease)
         log.sync()
