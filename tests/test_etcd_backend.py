@@ -34,7 +34,9 @@ def test_acknowledged_writes_survive_kill9_of_the_tree(etcd_cluster, server_fact
     config = etcd_config(tmp_path, etcd_cluster.endpoints, prefix)
     data_dir = tmp_path / "data"
     srv = server_factory(shards=2, extra_args=("--config", config), data_dir=data_dir)
-    acked: dict[bytes, bytes] = {}
+    big = bytes(range(256)) * 12_000  # 3 MB: a record over etcd's request limit, written in parts
+    srv.client().set("big", big)
+    acked: dict[bytes, bytes] = {b"big": big}
     stop = threading.Event()
 
     def write(writer: int) -> None:
