@@ -68,9 +68,17 @@ class EtcdClient:
         self.endpoints = list(endpoints)
         self.request_timeout_s = request_timeout_s
         self.retry_s = retry_s
+        self._tls = (ca_file, cert_file, key_file)
         self._clients = [self._member_client(e, ca_file, cert_file, key_file) for e in self.endpoints]
         self._current = 0
         self._lock = threading.Lock()
+
+    def clone(self) -> "EtcdClient":
+        """A client with the same settings and its own HTTP sessions, for another thread
+        (a requests.Session is not documented as thread-safe)."""
+        ca_file, cert_file, key_file = self._tls
+        return EtcdClient(self.endpoints, request_timeout_s=self.request_timeout_s, retry_s=self.retry_s,
+                          ca_file=ca_file, cert_file=cert_file, key_file=key_file)
 
     def _member_client(self, endpoint: str, ca_file: str | None, cert_file: str | None,
                        key_file: str | None) -> etcd3gw.Etcd3Client:

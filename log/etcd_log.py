@@ -333,10 +333,11 @@ class EtcdLog:
 
     def _keep_alive(self) -> None:
         interval_s = self.lease_ttl_s / 3
+        client = self.client.clone()
         while not self._stop.wait(interval_s):
             sent = time.monotonic()
             try:
-                ttl_s = self.client.lease_keepalive(self._etcd_lease)
+                ttl_s = client.lease_keepalive(self._etcd_lease)
             except (EtcdUnavailable, EtcdRequestFailed) as e:
                 logger.warning("etcd log %s: lease renewal failed (%s); valid for %.1f s more", self.prefix, e,
                                max(0.0, self._lease_valid_until - time.monotonic()))
