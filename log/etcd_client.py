@@ -168,8 +168,11 @@ class EtcdClient:
         except (etcd_errors.Etcd3Exception, requests.RequestException) as e:
             raise EtcdUnavailable(f"etcd {self.endpoints[endpoint_index]}: {_detail(e)}") from e
 
-    def watch(self, key: bytes, range_end: bytes, start_revision: int) -> "WatchStream":
-        """Events on [key, range_end) from start_revision, from the current member."""
+    def watch(self, key: bytes, range_end: bytes, start_revision: int,
+              read_timeout_s: float | None = None) -> "WatchStream":
+        """Events on [key, range_end) from start_revision, from the current member. With
+        read_timeout_s, reading the stream raises requests' ConnectionError after that
+        long without a reply."""
         with self._lock:
             index = self._current
         client = self._clients[index]
@@ -177,7 +180,7 @@ class EtcdClient:
                                    "start_revision": start_revision}}
         try:
             resp = client.session.post(client.get_url("watch"), json=body, stream=True,
-                                       timeout=(self.request_timeout_s, None))
+                                       timeout=(self.request_timeout_s, read_timeout_s))
         except requests.RequestException as e:
             with self._lock:
                 if self._current == index:

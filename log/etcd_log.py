@@ -23,9 +23,13 @@ A reply lost with a member makes the client retry on another: if the retry's
 compare fails while the leader key is still ours and the sequence key exists,
 our earlier attempt committed (only the leader writes log keys), so it counts.
 
-etcd's lease is kept alive by a thread renewing it every ttl/3; etcd answers an
-expired lease's renewal with TTL 0, not an error, so the TTL is checked on every
-renewal (lease_valid() says whether the writer may still believe it leads).
+etcd's lease is kept alive by a thread renewing it every ttl/3 (and by renew()); etcd
+answers an expired lease's renewal with TTL 0, not an error, so the TTL is checked on
+every renewal. The lease's valid_until_ns is the local CLOCK_MONOTONIC at which the
+renewal was sent plus the TTL granted (log/interface.py): etcd cannot expire the
+lease before then, so no other writer can lead before then.
+
+EtcdLog implements log/interface.py's ShardLog; log/etcd_follower.py its LogFollower.
 
 Readers need no lock: every key etcd shows is committed, so read() from any process
 returns durable records; tail() reads and then follows new records by watch."""
@@ -38,13 +42,14 @@ import os
 import struct
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 from .errors import LeaseLost, LogClosed, LogCorrupt, LogWriteFailed, PendingFull, RecordsDropped, \
     RecordTooLarge, SequenceMismatch
 from .etcd_client import EtcdClient, EtcdRequestFailed, EtcdUnavailable, WatchStream, b64, unb64
-from .writer import Lease, RecoveryReport
+from .interface import LeaseLike
+from .writer import RecoveryReport
 
 logger = logging.getLogger("durakv.log")
 
@@ -60,6 +65,18 @@ DEFAULT_MAX_PENDING_BYTES = 2 * 1024 * 1024 * 1024  # as log.Log's: two records 
 READ_PAGE_RECORDS = 256
 PART_PAGE = 8
 TAKE_LEASE_ATTEMPTS = 20
+
+
+@dataclass(slots=True)
+class EtcdLease:
+    """The right to append (log/interface.py's LeaseLike): current while its epoch is the
+    log's and the leader key is ours; valid_until_ns as of the renewal that made it.
+    Not frozen only because LeaseLike declares plain (writable) attributes; nothing
+    changes one after it is made."""
+    holder: str
+    epoch: int
+    valid_until_ns: int
+    _owner: object = field(repr=False, compare=False)
 
 
 def shard_prefix(prefix: str, shard: int) -> str:
@@ -292,7 +309,9 @@ class EtcdLog:
         self._holder = ""
         self._leader_revision = 0                  # mod_revision of our leader key: the fencing token
         self._etcd_lease = 0
-        self._lease_valid_until = 0.0              # monotonic
+        self._valid_until_ns = 0                   # CLOCK_MONOTONIC: etcd keeps our lease at least until then
+        self._renew_lock = threading.Lock()
+        self._renew_client = client.clone()        # renewals run beside the commit thread's requests
         self._stop = threading.Event()
         self._keepalive_thread: threading.Thread | None = None
         self.first_seq = 1
@@ -318,8 +337,9 @@ class EtcdLog:
         log = cls(client, prefix, lease_ttl_s, max_txn_bytes, max_txn_ops, max_pending_bytes)
         log.first_seq, last = _ends(client, log._keys)
         log.tail_seq = log.durable_seq = last
+        sent_ns = time.monotonic_ns()
         log._etcd_lease = client.lease_grant(lease_ttl_s)
-        log._lease_valid_until = time.monotonic() + lease_ttl_s
+        log._valid_until_ns = sent_ns + lease_ttl_s * 1_000_000_000
         log._keepalive_thread = threading.Thread(target=log._keep_alive, name=f"etcd lease {prefix}",
                                                  daemon=True)
         log._keepalive_thread.start()
@@ -333,30 +353,50 @@ class EtcdLog:
 
     def _keep_alive(self) -> None:
         interval_s = self.lease_ttl_s / 3
-        client = self.client.clone()
         while not self._stop.wait(interval_s):
-            sent = time.monotonic()
             try:
-                ttl_s = client.lease_keepalive(self._etcd_lease)
+                if not self._renew_etcd_lease():
+                    return
             except (EtcdUnavailable, EtcdRequestFailed) as e:
                 logger.warning("etcd log %s: lease renewal failed (%s); valid for %.1f s more", self.prefix, e,
-                               max(0.0, self._lease_valid_until - time.monotonic()))
-                continue
+                               max(0, self._valid_until_ns - time.monotonic_ns()) / 1e9)
+
+    def _renew_etcd_lease(self) -> bool:
+        """One renewal; False once etcd says the lease expired (its leader key is gone)."""
+        with self._renew_lock:
+            sent_ns = time.monotonic_ns()
+            ttl_s = self._renew_client.lease_keepalive(self._etcd_lease)
             if ttl_s <= 0:
-                logger.error("etcd log %s: etcd lease %x expired (renewal answered TTL %d); the leader key "
-                             "is gone and appends will be refused", self.prefix, self._etcd_lease, ttl_s)
-                self._lease_valid_until = 0.0
-                return
-            self._lease_valid_until = sent + ttl_s
+                if self._valid_until_ns:
+                    logger.error("etcd log %s: etcd lease %x expired (renewal answered TTL %d); the leader key "
+                                 "is gone and appends will be refused", self.prefix, self._etcd_lease, ttl_s)
+                self._valid_until_ns = 0
+                return False
+            self._valid_until_ns = max(self._valid_until_ns, sent_ns + ttl_s * 1_000_000_000)
+            return True
+
+    def renew(self, lease: LeaseLike) -> EtcdLease:
+        """Renew the etcd lease now and check the leader key is still ours; a lease with
+        the new valid_until_ns. LeaseLost if deposed or the etcd lease expired. (A thread
+        renews the etcd lease every ttl/3 as well.)"""
+        self._check_lease(lease)
+        if not self._renew_etcd_lease():
+            raise LeaseLost(f"etcd log {self.prefix}: the etcd lease expired; the leader key is gone")
+        kvs = _kvs(self.client.range(self._keys.leader))
+        if not kvs or int(kvs[0]["mod_revision"]) != self._leader_revision:
+            self._deposed = "another writer took the leader key (seen at a renewal)"
+            raise LeaseLost(f"etcd log {self.prefix}: {self._holder!r} (epoch {self._epoch}) was deposed: "
+                            f"{self._deposed}")
+        return EtcdLease(lease.holder, lease.epoch, self._valid_until_ns, self._owner)
 
     def lease_valid(self, margin_s: float = 0.0) -> bool:
         """Whether the etcd lease backing our leader key is known alive for margin_s more
         (a primary serves reads only while this holds)."""
-        return self._deposed is None and time.monotonic() + margin_s < self._lease_valid_until
+        return self._deposed is None and time.monotonic_ns() + margin_s * 1e9 < self._valid_until_ns
 
     # ---- leases (epochs) ----
 
-    def take_lease(self, holder: str, *, take_over: bool = True, wait_s: float = 0.0) -> Lease:
+    def take_lease(self, holder: str, *, take_over: bool = True, wait_s: float = 0.0) -> EtcdLease:
         """Campaign: write the leader key (bound to our etcd lease) with an epoch above
         every earlier one. With take_over (a shard's restart: its supervisor knows the
         old process is gone) an existing leader is deposed at once; without it, the
@@ -390,14 +430,14 @@ class EtcdLog:
         self._epoch, self._holder, self._deposed = epoch, holder, None
         logger.info("etcd log %s: %s leads at epoch %d (leader revision %d)", self.prefix, holder, epoch,
                     self._leader_revision)
-        return Lease(holder, epoch, self._owner)
+        return EtcdLease(holder, epoch, self._valid_until_ns, self._owner)
 
     @property
     def epoch(self) -> int:
         return self._epoch
 
-    def _check_lease(self, lease: Lease) -> None:
-        if not isinstance(lease, Lease) or lease._owner is not self._owner:
+    def _check_lease(self, lease: LeaseLike) -> None:
+        if not isinstance(lease, EtcdLease) or lease._owner is not self._owner:
             raise LeaseLost(f"{lease!r} was not issued by this log ({self.path})")
         if self._deposed is not None:
             raise LeaseLost(f"etcd log {self.prefix}: {self._holder!r} was deposed: {self._deposed}")
@@ -406,7 +446,7 @@ class EtcdLog:
 
     # ---- writing ----
 
-    def append(self, payloads: Sequence[bytes], after_seq: int, lease: Lease) -> int:
+    def append(self, payloads: Sequence[bytes], after_seq: int, lease: LeaseLike) -> int:
         """Queue payloads as seqs after_seq+1..; nothing is in etcd until sync()."""
         self._check_open()
         self._check_lease(lease)

@@ -10,6 +10,7 @@ from typing import cast
 from durakv.log import Disk, Log, LogError
 from durakv.log.etcd_client import EtcdClient, b64, unb64
 from durakv.log.etcd_log import EtcdLog, shard_prefix
+from durakv.log.interface import ShardLog
 from durakv.log.layout import log_dir_of
 from durakv.shards.config import Config
 
@@ -37,9 +38,11 @@ def open_shard_log(config: Config, index: int, shard_dir: str, disk: Disk) -> Lo
     if not uses_etcd(config):
         return Log.open(log_dir_of(shard_dir), segment_size_bytes=config.segment_size_bytes,
                         holder=f"shard {index}", disk=disk)
-    log = EtcdLog.open(etcd_client(config), etcd_shard_prefix(config, index), lease_ttl_s=config.etcd_lease_ttl_s)
-    # EtcdLog has Log's writer API; the cast stands until the log interface of issue 14
-    # (log/interface.py) names the type both implement.
+    log: ShardLog = EtcdLog.open(etcd_client(config), etcd_shard_prefix(config, index),
+                                 lease_ttl_s=config.etcd_lease_ttl_s)
+    # EtcdLog implements log/interface.py's ShardLog (and the Log attributes the shard reads:
+    # recovery, fsync_count, drop_segments_through...); the cast stands until the shard
+    # holds its log as a ShardLog.
     return cast(Log, log)
 
 

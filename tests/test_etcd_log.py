@@ -3,6 +3,7 @@ round trip, fencing of a deposed writer, kill -9 of the etcd leader, tail by wat
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -11,7 +12,9 @@ import pytest
 
 from durakv.log import LeaseLost, LogWriteFailed, RecordsDropped, SequenceMismatch
 from durakv.log.etcd_client import EtcdClient, EtcdUnavailable, unb64
+from durakv.log.etcd_follower import EtcdFollower
 from durakv.log.etcd_log import EtcdLog, Tail, read, shard_prefix
+from durakv.log.interface import LeaseState, LogFollower, ShardLog
 
 KILL_RUN_S = 3.0
 
@@ -223,3 +226,43 @@ def test_open_with_no_reachable_endpoint_fails_fast():
     with pytest.raises(EtcdUnavailable, match="127.0.0.1:1"):
         EtcdLog.open(client, fresh_prefix())
     assert time.monotonic() - started < 10
+
+
+def test_follower_and_lease_renewal(etcd_cluster):
+    """log/interface.py's LogFollower over etcd (durable tail, lease, read, tail
+    notification) and ShardLog.renew."""
+    prefix = fresh_prefix()
+    log = open_log(etcd_cluster, prefix, lease_ttl_s=5)
+    follower = EtcdFollower(EtcdClient(etcd_cluster.endpoints), prefix)
+    assert isinstance(log, ShardLog) and isinstance(follower, LogFollower)
+    assert follower.lease() == LeaseState(0, "", 0, 0)
+    lease = log.take_lease("primary")
+    state = follower.lease()
+    assert (state.epoch, state.holder, state.holder_pid) == (1, "primary", os.getpid())
+    assert time.monotonic_ns() < state.valid_until_ns <= time.monotonic_ns() + 5_000_000_000
+    renewed = log.renew(lease)
+    assert renewed.epoch == lease.epoch and renewed.valid_until_ns >= lease.valid_until_ns
+    log.append([b"one", b"two"], 0, renewed)  # any lease of the current epoch appends
+    log.sync()
+    assert follower.durable_seq() == 2
+    assert [p for _s, _e, p in follower.read(1, 2)] == [b"one", b"two"]
+    assert follower.wait_durable(2, timeout_ms=200) == 2  # nothing new: returns at the timeout
+
+    def append_later() -> None:
+        time.sleep(0.3)
+        log.append([b"three"], 2, lease)
+        log.sync()
+
+    writer = threading.Thread(target=append_later)
+    writer.start()
+    assert follower.wait_durable(2, timeout_ms=20_000) == 3
+    writer.join()
+    successor = open_log(etcd_cluster, prefix)
+    successor.take_lease("successor")
+    with pytest.raises(LeaseLost, match="deposed"):
+        log.renew(lease)
+    with pytest.raises(LeaseLost):
+        log.append([b"four"], 3, lease)
+    assert follower.lease().holder == "successor"
+    for closing in (log, successor, follower):
+        closing.close()
