@@ -1,5 +1,6 @@
 """A durakv tree whose shard logs live on etcd (`log-backend = "etcd"`), against a
-real 3-member etcd cluster: acknowledged writes survive kill -9 of the tree, and
+real 3-member etcd cluster: acknowledged writes survive kill -9 of the etcd leader
+and then of the tree, snapshots read and bound the log on etcd, and
 `serve` refuses to start on unreachable etcd or a prefix of another shard count."""
 
 from __future__ import annotations
@@ -54,11 +55,20 @@ def test_acknowledged_writes_survive_kill9_of_the_tree(etcd_cluster, server_fact
     threads = [threading.Thread(target=write, args=(i,)) for i in range(WRITERS)]
     for t in threads:
         t.start()
+    time.sleep(WRITE_RUN_S / 2)
+    leader = etcd_cluster.leader_index()
+    assert leader is not None
+    at_etcd_kill = len(acked)
+    etcd_cluster.kill9(leader)  # the shards' clients move to the other members
     time.sleep(WRITE_RUN_S)
+    after_etcd_kill = len(acked) - at_etcd_kill
     srv.kill9()  # while the writers still write
     stop.set()
     for t in threads:
         t.join(30)
+    etcd_cluster.start_member(leader)
+    etcd_cluster.wait_healthy()
+    assert after_etcd_kill > 0, "writes went on after the etcd leader was killed"
     assert len(acked) > WRITERS
     client = EtcdClient(etcd_cluster.endpoints)
     records = sum(last_seq(client, shard_prefix(prefix, i)) for i in range(2))
@@ -68,7 +78,8 @@ def test_acknowledged_writes_survive_kill9_of_the_tree(etcd_cluster, server_fact
     r = again.client()
     values = r.mget(list(acked))
     missing = [k for k, v, got in zip(acked, acked.values(), values) if got != v]
-    print(f"{len(acked)} acknowledged SETs from {WRITERS} writers, {records} records on etcd")
+    print(f"{len(acked)} acknowledged SETs from {WRITERS} writers ({after_etcd_kill} after kill -9 of the etcd "
+          f"leader), {records} records on etcd")
     assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {missing[:5]}"
     assert r.dbsize() >= len(acked)
 
