@@ -85,9 +85,13 @@ class EtcdClient:
         parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
         if parts.scheme not in ("http", "https") or not parts.hostname or not parts.port:
             raise ValueError(f"etcd endpoint {endpoint!r}: expected http(s)://HOST:PORT")
-        return etcd3gw.Etcd3Client(host=parts.hostname, port=parts.port, protocol=parts.scheme,
-                                   ca_cert=ca_file, cert_cert=cert_file, cert_key=key_file,
-                                   timeout=self.request_timeout_s, api_path="/v3/")
+        client = etcd3gw.Etcd3Client(host=parts.hostname, port=parts.port, protocol=parts.scheme,
+                                     ca_cert=ca_file, cert_cert=cert_file, cert_key=key_file,
+                                     timeout=self.request_timeout_s, api_path="/v3/")
+        # Straight to the member, with exactly the CA configured: with trust_env, requests lets
+        # REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE override the session's CA, and *_PROXY reroute.
+        client.session.trust_env = False
+        return client
 
     def call(self, path: str, body: dict[str, Any], retry_s: float | None = None) -> dict[str, Any]:
         """POST body to /v3/<path> on the current member, moving on to the next while

@@ -25,9 +25,13 @@ ELECTION_TIMEOUT_MS = 500
 class EtcdCluster:
     """`members` etcd processes forming one cluster on loopback."""
 
-    def __init__(self, base_dir: Path, members: int = 3, binary: str = "etcd") -> None:
+    def __init__(self, base_dir: Path, members: int = 3, binary: str = "etcd",
+                 tls: tuple[str, str, str] | None = None) -> None:
+        """tls: (cert file, key file, CA file) to serve clients over https and require
+        client certificates signed by that CA (peers stay on plain http)."""
         self.base_dir = base_dir
         self.binary = binary
+        self.tls = tls
         first = free_port(following=2 * members - 1)
         self.client_ports = [first + i for i in range(members)]
         self.peer_ports = [first + members + i for i in range(members)]
@@ -37,7 +41,8 @@ class EtcdCluster:
 
     @property
     def endpoints(self) -> list[str]:
-        return [f"http://127.0.0.1:{p}" for p in self.client_ports]
+        scheme = "https" if self.tls else "http"
+        return [f"{scheme}://127.0.0.1:{p}" for p in self.client_ports]
 
     def start(self) -> "EtcdCluster":
         self.base_dir.mkdir(parents=True, exist_ok=True)
@@ -58,11 +63,15 @@ class EtcdCluster:
                 "--initial-cluster-state", "new" if new else "existing",
                 "--heartbeat-interval", str(HEARTBEAT_MS), "--election-timeout", str(ELECTION_TIMEOUT_MS),
                 "--logger", "zap", "--log-level", "warn"]
+        if self.tls:
+            cert, key, ca = self.tls
+            argv += ["--cert-file", cert, "--key-file", key, "--trusted-ca-file", ca, "--client-cert-auth"]
         self.procs[i] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
 
     def status(self, i: int) -> dict:
-        resp = requests.post(f"{self.endpoints[i]}/v3/maintenance/status", json={}, timeout=1)
+        tls = {} if not self.tls else {"verify": self.tls[2], "cert": (self.tls[0], self.tls[1])}
+        resp = requests.post(f"{self.endpoints[i]}/v3/maintenance/status", json={}, timeout=1, **tls)
         resp.raise_for_status()
         return resp.json()
 

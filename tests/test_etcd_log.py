@@ -266,3 +266,38 @@ def test_follower_and_lease_renewal(etcd_cluster):
     assert follower.lease().holder == "successor"
     for closing in (log, successor, follower):
         closing.close()
+
+
+def test_tls_with_client_certificates(tmp_path):
+    """https endpoints whose members require a client certificate: the CA and the
+    client's certificate and key (etcd-ca-file, etcd-cert-file, etcd-key-file)."""
+    import trustme
+    from etcd_cluster import EtcdCluster
+    from etcd_support import etcd_binary_or_skip
+
+    ca = trustme.CA()
+    files = {name: str(tmp_path / f"{name}.pem") for name in ("ca", "server", "server-key", "client", "client-key")}
+    ca.cert_pem.write_to_path(files["ca"])
+    server_cert, client_cert = ca.issue_cert("127.0.0.1", "localhost"), ca.issue_cert("durakv-client")
+    server_cert.private_key_pem.write_to_path(files["server-key"])
+    client_cert.private_key_pem.write_to_path(files["client-key"])
+    for name, cert in (("server", server_cert), ("client", client_cert)):
+        for i, blob in enumerate(cert.cert_chain_pems):
+            blob.write_to_path(files[name], append=i > 0)
+    cluster = EtcdCluster(tmp_path / "etcd", members=1, binary=etcd_binary_or_skip(),
+                          tls=(files["server"], files["server-key"], files["ca"])).start()
+    try:
+        prefix = fresh_prefix()
+        client = EtcdClient(cluster.endpoints, ca_file=files["ca"], cert_file=files["client"],
+                            key_file=files["client-key"])
+        log = EtcdLog.open(client, prefix)
+        lease = log.take_lease("tls writer")
+        log.append([b"over tls"], 0, lease)
+        assert log.sync() == 1
+        assert [p for _s, _e, p in read(client, prefix)] == [b"over tls"]
+        log.close()
+        without_cert = EtcdClient(cluster.endpoints, ca_file=files["ca"], request_timeout_s=1, retry_s=1)
+        with pytest.raises(EtcdUnavailable):
+            EtcdLog.open(without_cert, prefix)
+    finally:
+        cluster.stop()
