@@ -35,6 +35,7 @@ DEFAULT_REQUEST_TIMEOUT_S = 2.0
 DEFAULT_RETRY_S = 10.0
 RETRY_PAUSE_S = 0.05
 MAX_ENDPOINTS = 16
+_TOKEN_EXPIRED = "invalid auth token"
 # etcd answers these while it elects a leader or cannot reach a quorum: worth another member.
 _TRANSIENT = (etcd_errors.ConnectionFailedError, etcd_errors.ConnectionTimeoutError,
               etcd_errors.InternalServerError)
@@ -62,13 +63,16 @@ class EtcdClient:
 
     def __init__(self, endpoints: Sequence[str], *, request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
                  retry_s: float = DEFAULT_RETRY_S, ca_file: str | None = None, cert_file: str | None = None,
-                 key_file: str | None = None) -> None:
+                 key_file: str | None = None, user: str = "", password: str = "") -> None:
+        """user/password: etcd's authentication (a token per member, fetched when first
+        needed and again when etcd says it is no longer valid)."""
         if not endpoints or len(endpoints) > MAX_ENDPOINTS:
             raise ValueError(f"etcd endpoints: give 1..{MAX_ENDPOINTS}, got {len(endpoints)}")
         self.endpoints = list(endpoints)
         self.request_timeout_s = request_timeout_s
         self.retry_s = retry_s
         self._tls = (ca_file, cert_file, key_file)
+        self._auth = (user, password)
         self._clients = [self._member_client(e, ca_file, cert_file, key_file) for e in self.endpoints]
         self._current = 0
         self._lock = threading.Lock()
@@ -78,7 +82,8 @@ class EtcdClient:
         (a requests.Session is not documented as thread-safe)."""
         ca_file, cert_file, key_file = self._tls
         return EtcdClient(self.endpoints, request_timeout_s=self.request_timeout_s, retry_s=self.retry_s,
-                          ca_file=ca_file, cert_file=cert_file, key_file=key_file)
+                          ca_file=ca_file, cert_file=cert_file, key_file=key_file, user=self._auth[0],
+                          password=self._auth[1])
 
     def _member_client(self, endpoint: str, ca_file: str | None, cert_file: str | None,
                        key_file: str | None) -> etcd3gw.Etcd3Client:
@@ -98,17 +103,24 @@ class EtcdClient:
         members fail, for at most retry_s (the client's retry_s by default)."""
         deadline = time.monotonic() + (self.retry_s if retry_s is None else retry_s)
         tried = 0
+        renewed_token = False
         while True:
             with self._lock:
                 index = self._current
             client = self._clients[index]
             try:
+                if self._auth[0] and "Authorization" not in client.session.headers:
+                    self._authenticate(client)
                 return client.post(client.get_url(path), json=body)
             except _TRANSIENT as e:
                 error: Exception = e
             except etcd_errors.Etcd3Exception as e:
-                raise EtcdRequestFailed(f"etcd {self.endpoints[index]} refused {path}: "
-                                        f"{_detail(e)}") from e
+                detail = _detail(e)
+                if self._auth[0] and _TOKEN_EXPIRED in detail and not renewed_token:
+                    client.session.headers.pop("Authorization", None)  # fetch a new token, then again
+                    renewed_token = True
+                    continue
+                raise EtcdRequestFailed(f"etcd {self.endpoints[index]} refused {path}: {detail}") from e
             except (requests.RequestException, ValueError) as e:  # a reply cut short or not JSON
                 error = e
             tried += 1
@@ -121,6 +133,17 @@ class EtcdClient:
                                       f"{type(error).__name__}: {_detail(error)}") from error
             if tried % len(self._clients) == 0:
                 time.sleep(RETRY_PAUSE_S)
+
+    def _authenticate(self, client: etcd3gw.Etcd3Client) -> None:
+        user, password = self._auth
+        try:
+            reply = client.post(client.get_url("auth/authenticate"), json={"name": user, "password": password})
+        except etcd_errors.Etcd3Exception as e:
+            if isinstance(e, _TRANSIENT):
+                raise
+            raise EtcdRequestFailed(f"etcd refused user {user!r}: {_detail(e)}; check etcd-user and "
+                                    "etcd-password") from e
+        client.session.headers["Authorization"] = reply["token"]
 
     # ---- the operations the log uses ----
 

@@ -603,7 +603,11 @@ class EtcdLog:
             raise LeaseLost(f"etcd log {self.prefix}: {self._deposed}")
         dropped = [f"{self.path}/log/{self.first_seq}..{seq}"]
         self.first_seq = seq + 1
-        self.client.compact(_header_revision(reply))
+        try:
+            self.client.compact(_header_revision(reply))
+        except (EtcdUnavailable, EtcdRequestFailed) as e:  # e.g. a user without etcd's root role
+            logger.warning("etcd log %s: records through seq %d dropped, but compacting etcd's history failed "
+                           "(%s); compact it with etcdctl compact", self.prefix, seq, e)
         return dropped
 
     def segments(self) -> list:

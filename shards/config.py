@@ -67,6 +67,8 @@ class Config(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields
     etcd_ca_file: str = ""  # TLS to etcd (https:// endpoints): the CA, and a client certificate and key
     etcd_cert_file: str = ""
     etcd_key_file: str = ""
+    etcd_user: str = ""  # etcd authentication (the config file only: never on argv)
+    etcd_password: str = ""
     snapshot_url: str = ""  # s3://BUCKET/PREFIX or file:///PATH (none: snapshots in DIR/snapshots only)
     snapshotter: bool = True  # false: the snapshotter runs elsewhere (its own unit, or --once from cron)
     snapshot_sse: str = ""  # S3 server-side encryption for uploads (AES256, aws:kms)

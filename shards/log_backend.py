@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import cast
 
 from durakv.log import Disk, Log, LogError
-from durakv.log.etcd_client import EtcdClient, b64, unb64
+from durakv.log.etcd_client import DEFAULT_REQUEST_TIMEOUT_S, DEFAULT_RETRY_S, EtcdClient, b64, unb64
 from durakv.log.etcd_log import EtcdLog, shard_prefix
 from durakv.log.interface import ShardLog
 from durakv.log.layout import log_dir_of
@@ -23,10 +23,14 @@ def uses_etcd(config: Config) -> bool:
 
 
 def etcd_client(config: Config, request_timeout_s: float | None = None) -> EtcdClient:
-    kwargs = {} if request_timeout_s is None else {"request_timeout_s": request_timeout_s,
-                                                   "retry_s": request_timeout_s}
-    return EtcdClient(config.etcd_endpoints, ca_file=config.etcd_ca_file or None,
-                      cert_file=config.etcd_cert_file or None, key_file=config.etcd_key_file or None, **kwargs)
+    """A client for the configured etcd; with request_timeout_s, one that gives up after
+    that long (serve's start check) instead of retrying for DEFAULT_RETRY_S."""
+    timeout_s = DEFAULT_REQUEST_TIMEOUT_S if request_timeout_s is None else request_timeout_s
+    return EtcdClient(config.etcd_endpoints, request_timeout_s=timeout_s,
+                      retry_s=DEFAULT_RETRY_S if request_timeout_s is None else request_timeout_s,
+                      ca_file=config.etcd_ca_file or None, cert_file=config.etcd_cert_file or None,
+                      key_file=config.etcd_key_file or None, user=config.etcd_user,
+                      password=config.etcd_password)
 
 
 def etcd_shard_prefix(config: Config, shard: int) -> str:

@@ -4,6 +4,7 @@ round trip, fencing of a deposed writer, kill -9 of the etcd leader, tail by wat
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import time
 import uuid
@@ -11,7 +12,7 @@ import uuid
 import pytest
 
 from durakv.log import LeaseLost, LogWriteFailed, RecordsDropped, SequenceMismatch
-from durakv.log.etcd_client import EtcdClient, EtcdUnavailable, unb64
+from durakv.log.etcd_client import EtcdClient, EtcdRequestFailed, EtcdUnavailable, unb64
 from durakv.log.etcd_follower import EtcdFollower
 from durakv.log.etcd_log import EtcdLog, Tail, read, shard_prefix
 from durakv.log.interface import LeaseState, LogFollower, ShardLog
@@ -299,5 +300,37 @@ def test_tls_with_client_certificates(tmp_path):
         without_cert = EtcdClient(cluster.endpoints, ca_file=files["ca"], request_timeout_s=1, retry_s=1)
         with pytest.raises(EtcdUnavailable):
             EtcdLog.open(without_cert, prefix)
+    finally:
+        cluster.stop()
+
+
+def test_authentication_with_a_user_of_the_prefix_only(tmp_path):
+    """etcd with auth enabled: a user whose role may read and write PREFIX only
+    appends, reads and drops (compaction needs root: a warning, not a failure);
+    a wrong password is refused with a message naming the user."""
+    from etcd_cluster import EtcdCluster
+    from etcd_support import etcd_binary_or_skip
+
+    cluster = EtcdCluster(tmp_path / "etcd", members=1, binary=etcd_binary_or_skip()).start()
+    try:
+        prefix = fresh_prefix()
+        etcdctl = ["etcdctl", "--endpoints", cluster.endpoints[0]]
+        for args in (["user", "add", "root", "--new-user-password", "rootpw"], ["role", "add", "root"],
+                     ["user", "grant-role", "root", "root"], ["user", "add", "shard", "--new-user-password", "s3cret"],
+                     ["role", "add", "durakv"], ["role", "grant-permission", "durakv", "readwrite", prefix, "--prefix"],
+                     ["user", "grant-role", "shard", "durakv"], ["auth", "enable"]):
+            subprocess.run(etcdctl + args, check=True, capture_output=True, timeout=30)
+        client = EtcdClient(cluster.endpoints, user="shard", password="s3cret")
+        log = EtcdLog.open(client, prefix)
+        lease = log.take_lease("authenticated writer")
+        log.append([b"one", b"two"], 0, lease)
+        assert log.sync() == 2
+        assert log.drop_segments_through(1) == [f"etcd:{prefix}/log/1..1"]
+        assert [s for s, _e, _p in read(client, prefix, 2)] == [2]
+        log.close()
+        with pytest.raises(EtcdRequestFailed, match="shard"):
+            EtcdLog.open(EtcdClient(cluster.endpoints, user="shard", password="wrong"), prefix)
+        with pytest.raises(EtcdRequestFailed):
+            EtcdLog.open(EtcdClient(cluster.endpoints), prefix)  # no user at all
     finally:
         cluster.stop()
