@@ -134,6 +134,11 @@ class EtcdClient:
             if tried % len(self._clients) == 0:
                 time.sleep(RETRY_PAUSE_S)
 
+    @property
+    def current_endpoint(self) -> str:
+        """The member requests go to now (the last that answered)."""
+        return self.endpoints[self._current]
+
     def _authenticate(self, client: etcd3gw.Etcd3Client) -> None:
         user, password = self._auth
         try:

@@ -81,3 +81,11 @@ def record_shard_count(client: EtcdClient, prefix: str, shards: int) -> int:
     if reply.get("succeeded"):
         return shards
     return int(unb64(reply["responses"][0]["response_range"]["kvs"][0]["value"]))
+
+
+def etcd_state(wal: object) -> dict[str, int | str]:
+    """INFO persistence's view of a shard log on etcd ({} for local segments)."""
+    if not isinstance(wal, EtcdLog):
+        return {}
+    return {"etcd_epoch": wal.epoch, "etcd_first_seq": wal.first_seq, "etcd_lease_valid": int(wal.lease_valid()),
+            "etcd_endpoint": wal.client.current_endpoint}

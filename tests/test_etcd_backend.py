@@ -82,6 +82,9 @@ def test_acknowledged_writes_survive_kill9_of_the_tree(etcd_cluster, server_fact
           f"leader), {records} records on etcd")
     assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {missing[:5]}"
     assert r.dbsize() >= len(acked)
+    persistence = r.info("persistence")
+    assert persistence["log_backend"] == "etcd"
+    assert persistence["etcd_shard0"]["epoch"] == 2 and persistence["etcd_shard1"]["lease_valid"] == 1
 
 
 def serve_once(args: list[str], tmp_path) -> subprocess.CompletedProcess:
