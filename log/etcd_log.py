@@ -63,8 +63,10 @@ DEFAULT_MAX_TXN_BYTES = 1024 * 1024
 DEFAULT_MAX_TXN_OPS = 128
 DEFAULT_MAX_PENDING_BYTES = 2 * 1024 * 1024 * 1024  # as log.Log's: two records of the largest value
 READ_PAGE_RECORDS = 256
+TAIL_RETRY_PAUSE_S = 0.2
 PART_PAGE = 8
 TAKE_LEASE_ATTEMPTS = 20
+CAMPAIGN_POLL_S = 0.1
 
 
 @dataclass(slots=True)
@@ -247,7 +249,12 @@ class Tail:
             yield record
         # Records committed after the read's revision may repeat what it returned: skipped by seq.
         while not self._closed:
-            stream = self._stream = self._client.watch(keys.record(self._next), keys.log_end, revision)
+            try:
+                stream = self._stream = self._client.watch(keys.record(self._next), keys.log_end, revision)
+            except EtcdUnavailable as e:  # that member is down: the client moved on to the next
+                logger.warning("etcd log %s: watch failed (%s); trying again", self._prefix, e)
+                time.sleep(TAIL_RETRY_PAUSE_S)
+                continue
             if self._closed:
                 stream.close()
                 return
@@ -404,7 +411,8 @@ class EtcdLog:
         self._check_open()
         keys = self._keys
         deadline = time.monotonic() + wait_s
-        for _attempt in range(TAKE_LEASE_ATTEMPTS):
+        raced = 0
+        while True:
             kvs = _kvs(self.client.range(keys.epoch))
             epoch_revision = int(kvs[0]["mod_revision"]) if kvs else 0
             epoch = max(int(unb64(kvs[0]["value"])) if kvs else 0, self._epoch) + 1
@@ -414,15 +422,22 @@ class EtcdLog:
             if not take_over:
                 compare.append(_cmp_absent(keys.leader))
             reply = self.client.txn(compare, [_put(keys.epoch, str(epoch).encode()),
-                                              _put(keys.leader, leader, self._etcd_lease)], [])
+                                              _put(keys.leader, leader, self._etcd_lease)],
+                                    [_get(keys.epoch)])
             if reply.get("succeeded"):
                 self._leader_revision = _header_revision(reply)
                 break
-            if not take_over and time.monotonic() < deadline:
-                time.sleep(0.1)
-        else:
-            raise LeaseLost(f"etcd log {self.prefix}: could not take the leader key in {TAKE_LEASE_ATTEMPTS} "
-                            "attempts (another writer holds it or campaigns)")
+            now_kvs = _kvs(reply["responses"][0]["response_range"])
+            if (int(now_kvs[0]["mod_revision"]) if now_kvs else 0) != epoch_revision:
+                raced += 1  # another campaigner bumped the epoch between our read and our write
+                if raced >= TAKE_LEASE_ATTEMPTS:
+                    raise LeaseLost(f"etcd log {self.prefix}: {TAKE_LEASE_ATTEMPTS} campaigns for the leader key "
+                                    "lost to other writers")
+                continue
+            if time.monotonic() >= deadline:  # not take_over: the leader key is still held
+                raise LeaseLost(f"etcd log {self.prefix}: the leader key is held (by another writer whose etcd "
+                                f"lease has not expired) after waiting {wait_s:g} s")
+            time.sleep(CAMPAIGN_POLL_S)
         tail = _ends(self.client, keys)[1]
         if tail != self.tail_seq:
             self._deposed = f"the log grew from seq {self.tail_seq} to {tail} while it was opened"
