@@ -334,3 +334,39 @@ def test_authentication_with_a_user_of_the_prefix_only(tmp_path):
             EtcdLog.open(EtcdClient(cluster.endpoints), prefix)  # no user at all
     finally:
         cluster.stop()
+
+
+def test_quorum_loss_fails_the_sync_and_a_retry_commits_it(etcd_cluster):
+    """With two of three members down no transaction commits: sync() raises
+    LogWriteFailed (the shard answers MISCONF and retries) and nothing counts as
+    durable; once a quorum is back, retry_failed() commits the same records."""
+    prefix = fresh_prefix()
+    log = EtcdLog.open(EtcdClient(etcd_cluster.endpoints, request_timeout_s=0.5, retry_s=1.5), prefix)
+    lease = log.take_lease("writer")
+    log.append([b"before"], 0, lease)
+    log.sync()
+    down = [i for i in range(3) if i != etcd_cluster.leader_index()]
+    for i in down:
+        etcd_cluster.kill9(i)
+    log.append([b"during 1", b"during 2"], 1, lease)
+    with pytest.raises(LogWriteFailed):
+        log.sync()
+    assert log.durable_seq == 1 and log.failed
+    with pytest.raises(LogWriteFailed):
+        log.sync()  # refused until a retry works
+    for i in down:
+        etcd_cluster.start_member(i)
+    etcd_cluster.wait_healthy()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            assert log.retry_failed() == 3
+            break
+        except LogWriteFailed:
+            assert time.monotonic() < deadline, "etcd did not come back"
+    assert not log.failed
+    log.append([b"after"], 3, lease)
+    assert log.sync() == 4
+    assert [p for _s, _e, p in read(EtcdClient(etcd_cluster.endpoints), prefix)] == \
+        [b"before", b"during 1", b"during 2", b"after"]
+    log.close()
