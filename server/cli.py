@@ -305,13 +305,21 @@ def _open_listeners(config: Config, shard: int | None) -> ClientListeners:
     return ClientListeners(plain, tls)
 
 
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    """The exceptions in a group, nested nursery groups opened up."""
+    out: list[BaseException] = []
+    for e in group.exceptions:
+        out += _leaves(e) if isinstance(e, BaseExceptionGroup) else [e]
+    return out
+
+
 def shard_main(config: Config, index: int, listener: ClientListeners) -> int:
     """Run one shard (`durakv shard`, or a child the supervisor forked), serving
     cluster clients on `listener` (its client port, bound by the caller). A permanent
     failure (corrupt log, snapshot cache that does not fit the log) is recorded in
     DIR/shard-NNN/FAILED for the router and ends the process with EXIT_PERMANENT, so
     it is reported rather than restarted in a loop."""
-    from durakv.log import LogCorrupt, LogError, LogLocked
+    from durakv.log import LeaseLost, LogCorrupt, LogError, LogLocked
     from durakv.log.etcd_client import EtcdUnavailable
     from durakv.server.node import node_port
     from durakv.server.proctitle import set_title
@@ -328,9 +336,13 @@ def shard_main(config: Config, index: int, listener: ClientListeners) -> int:
     try:
         ensure_topology(config.data_dir, config.shards)  # else it would serve another shard's slots
         trio.run(_run_until_signal, lambda: run_shard(config, index, shard_hooks, node_port(config, listener)))
+    except* LeaseLost as deposed:
+        for lost in _leaves(deposed):  # another writer took the log: stop; a restart campaigns again
+            shard_log.critical("shard %d stops: %s", index, lost)
+        code = 1
     except* (LogLocked, EtcdUnavailable) as group:
         # Another process still holds the log, or the log on etcd is out of reach: worth a retry.
-        for e in group.exceptions:
+        for e in _leaves(group):
             shard_log.critical("shard %d cannot start: %s", index, e)
         code = 1
     except* LogCorrupt as group:

@@ -139,3 +139,35 @@ def test_snapshots_read_the_log_on_etcd_and_bound_it(etcd_cluster, server_factor
     restarted = server_factory(shards=2, extra_args=("--config", config), data_dir=srv.data_dir)
     assert dump(restarted.client()) == live
     assert "loaded snapshot seq" in restarted.log()
+
+
+def test_a_deposed_shard_acknowledges_nothing(etcd_cluster, server_factory, tmp_path):
+    """Another writer takes shard 0's leader key: the shard's next write is refused by
+    etcd, so its client never sees OK; the shard exits, restarts, takes the key back,
+    and the refused write is nowhere."""
+    from durakv.log.etcd_log import EtcdLog
+
+    prefix = f"deposed-{uuid.uuid4().hex[:8]}"
+    config = etcd_config(tmp_path, etcd_cluster.endpoints, prefix)
+    srv = server_factory(shards=1, extra_args=("--config", config))
+    r = srv.client()
+    assert r.set("before", "1")
+    usurper = EtcdLog.open(EtcdClient(etcd_cluster.endpoints), shard_prefix(prefix, 0))
+    usurper.take_lease("usurper")
+    try:
+        reply = r.set("refused", "1")
+    except redis.RedisError as e:
+        reply = e
+    assert reply is not True, "a deposed shard acknowledged a write"
+    print(f"the deposed shard's client got: {reply!r}")
+    usurper.close()
+    _wait_for(lambda: _get(srv.port, "before") == b"1", "the restarted shard to serve")
+    assert _get(srv.port, "refused") is None
+    assert "deposed" in srv.log()
+
+
+def _get(port: int, key: str) -> bytes | None | Exception:
+    try:
+        return redis.Redis(port=port, socket_timeout=5).get(key)
+    except redis.RedisError as e:
+        return e
