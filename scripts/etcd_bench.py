@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -95,6 +96,40 @@ def bench(opts: argparse.Namespace, groups: ProcessGroups, tmp: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def log_latency(opts: argparse.Namespace, tmp: Path) -> str:
+    """One record of --value-bytes in flight: EtcdLog.sync (one fenced transaction) beside
+    log.Log.sync (one write + fdatasync), in this process: the log's own cost, no server."""
+    import statistics
+
+    from durakv.log import Log
+    from durakv.log.etcd_client import EtcdClient
+    from durakv.log.etcd_log import EtcdLog
+
+    etcd = EtcdCluster(tmp / "etcd-log", binary=shutil.which("etcd") or "etcd").start()
+    try:
+        rows = []
+        for name, log in (("etcd (3 members)", EtcdLog.open(EtcdClient(etcd.endpoints), "bench-log/shard-000")),
+                          ("local segments", Log.open(tmp / "local-log"))):
+            lease = log.take_lease("bench")
+            payload = b"v" * opts.value_bytes
+            latencies_us = []
+            for _ in range(opts.appends):
+                started = time.perf_counter_ns()
+                log.append([payload], log.tail_seq, lease)
+                log.sync()
+                latencies_us.append((time.perf_counter_ns() - started) / 1000)
+            log.close()
+            latencies_us.sort()
+            total_s = sum(latencies_us) / 1e6
+            rows.append(f"| {name} | {opts.appends / total_s:,.0f} | {statistics.median(latencies_us) / 1000:.2f} | "
+                        f"{latencies_us[int(len(latencies_us) * 0.99) - 1] / 1000:.2f} |")
+    finally:
+        etcd.stop()
+    return "\n".join([f"One {opts.value_bytes}-byte record in flight, {opts.appends} appends each "
+                      "(`--log-latency`): append + sync, in-process.", "",
+                      "| log | appends/s | p50 ms | p99 ms |", "|---|---|---|---|", *rows]) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=3)
@@ -104,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shards", type=int, default=os.cpu_count() or 1)
     p.add_argument("--output", type=Path, help="also write the section into this file (BENCHMARKS.md)")
     p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("--log-latency", action="store_true",
+                   help="only the logs themselves: one record in flight, EtcdLog vs local segments")
+    p.add_argument("--appends", type=int, default=500, help="with --log-latency: appends per log")
+    p.add_argument("--value-bytes", type=int, default=1024, help="with --log-latency: bytes per record")
     opts = p.parse_args(argv)
     opts.argv = sys.argv[1:] if argv is None else argv
     if not 1 <= opts.rounds <= 100 or not 100 <= opts.requests <= 100_000_000:
@@ -118,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="durakv-etcd-bench-") as tmp:
             try:
-                markdown = bench(opts, groups, Path(tmp))
+                markdown = log_latency(opts, Path(tmp)) if opts.log_latency else bench(opts, groups, Path(tmp))
             finally:
                 groups.stop_all()
     except RuntimeError as e:
