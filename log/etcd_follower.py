@@ -2,20 +2,26 @@
 replica, the snapshotter, any process. Every key etcd shows is committed on a
 quorum, so every record read is durable; the durable tail is the last record key
 (or the first retained seq - 1 once all were dropped), and a watch from the
-revision of that read is the tail notification."""
+revision of that read is the tail notification. Tail follows every record in order
+(what a replica applies)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Iterator
 
 import requests
 
-from .errors import LogError
-from .etcd_client import EtcdClient, unb64
-from .etcd_log import _ends, _Keys, _header_revision, _kvs, read
+from .errors import LogCorrupt, LogError, RecordsDropped
+from .etcd_client import EtcdClient, EtcdUnavailable, WatchStream, unb64
+from .etcd_records import Keys, decode_record, kvs_of, log_ends, read, revision_of
 from .interface import LeaseState, Record
+
+logger = logging.getLogger("durakv.log")
+
+TAIL_RETRY_PAUSE_S = 0.2
 
 
 class EtcdFollower:
@@ -24,20 +30,20 @@ class EtcdFollower:
     def __init__(self, client: EtcdClient, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
-        self._keys = _Keys(prefix.encode())
+        self._keys = Keys(prefix.encode())
         self._durable = 0
 
     def durable_seq(self) -> int:
         """The last record on etcd; never goes back (a record once there is durable)."""
-        self._durable = max(self._durable, _ends(self.client, self._keys)[1])
+        self._durable = max(self._durable, log_ends(self.client, self._keys)[1])
         return self._durable
 
     def lease(self) -> LeaseState:
         """The leader key's holder and epoch; valid_until_ns from its etcd lease's
         remaining TTL, converted to this machine's CLOCK_MONOTONIC (0: no holder)."""
-        kvs = _kvs(self.client.range(self._keys.leader))
+        kvs = kvs_of(self.client.range(self._keys.leader))
         if not kvs:
-            epoch_kvs = _kvs(self.client.range(self._keys.epoch))
+            epoch_kvs = kvs_of(self.client.range(self._keys.epoch))
             return LeaseState(int(unb64(epoch_kvs[0]["value"])) if epoch_kvs else 0, "", 0, 0)
         leader = json.loads(unb64(kvs[0]["value"]))
         sent_ns = time.monotonic_ns()
@@ -53,7 +59,7 @@ class EtcdFollower:
         from the revision of the last read); returns durable_seq()."""
         deadline = time.monotonic() + timeout_ms / 1000
         keys = self._keys
-        revision = _header_revision(self.client.range(keys.log_start, keys.log_end, limit=1, keys_only=True))
+        revision = revision_of(self.client.range(keys.log_start, keys.log_end, limit=1, keys_only=True))
         if self.durable_seq() > after_seq:
             return self._durable
         remaining_s = deadline - time.monotonic()
@@ -73,3 +79,66 @@ class EtcdFollower:
 
     def close(self) -> None:
         """Nothing held open between calls."""
+
+
+class Tail:
+    """The records from from_seq on, in order, then each new one as it commits
+    (a watch from the revision of the initial read). close() from another thread
+    ends the iteration."""
+
+    def __init__(self, client: EtcdClient, prefix: str, from_seq: int = 1) -> None:
+        self._client = client
+        self._keys = Keys(prefix.encode())
+        self._prefix = prefix
+        self._next = from_seq
+        self._stream: WatchStream | None = None
+        self._closed = False
+
+    def __iter__(self) -> Iterator[tuple[int, int, bytes]]:
+        keys = self._keys
+        reply = self._client.range(keys.log_start, keys.log_end, limit=1, keys_only=True)
+        revision = revision_of(reply)
+        for record in read(self._client, self._prefix, self._next):
+            self._next = record[0] + 1
+            yield record
+        # Records committed after the read's revision may repeat what it returned: skipped by seq.
+        while not self._closed:
+            try:
+                stream = self._stream = self._client.watch(keys.record(self._next), keys.log_end, revision)
+            except EtcdUnavailable as e:  # that member is down: the client moved on to the next
+                logger.warning("etcd log %s: watch failed (%s); trying again", self._prefix, e)
+                time.sleep(TAIL_RETRY_PAUSE_S)
+                continue
+            if self._closed:
+                stream.close()
+                return
+            try:
+                for result in stream.replies():
+                    if result.get("compact_revision"):
+                        raise RecordsDropped(f"etcd log {self._prefix}: history before revision "
+                                             f"{result['compact_revision']} was compacted; read from "
+                                             "a snapshot")
+                    for event in result.get("events", []):
+                        if event.get("type", "PUT") != "PUT":
+                            continue  # records dropped behind us
+                        seq, epoch, payload = decode_record(self._client, keys, event["kv"])
+                        revision = int(event["kv"]["mod_revision"]) + 1
+                        if seq < self._next:
+                            continue
+                        if seq != self._next:
+                            raise LogCorrupt(self._prefix, 0, f"etcd log tail jumps from seq "
+                                             f"{self._next - 1} to {seq}")
+                        self._next = seq + 1
+                        yield seq, epoch, payload
+            except (EtcdUnavailable, OSError, ValueError) as e:
+                if self._closed:
+                    return
+                logger.warning("etcd log %s: watch ended (%s); resuming from revision %d", self._prefix, e,
+                               revision)
+            finally:
+                stream.close()
+
+    def close(self) -> None:
+        self._closed = True
+        if self._stream is not None:
+            self._stream.close()

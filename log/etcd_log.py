@@ -1,13 +1,8 @@
 """A shard's log on etcd: the writer API of log.Log (append, sync, take_lease, read,
 drop) over an etcd cluster, so an acknowledged write survives the loss of a machine.
 
-Keys, under a shard's prefix P (e.g. "durakv/shard-000"):
-    P/log/<seq, 20 digits>  one record: header (epoch u64, parts u32, little-endian) + payload,
-                            or, for a payload over max_txn_bytes, the header alone, with
-    P/part/<seq>/<i, 6 digits>  its parts 0..parts-1, written (fenced) before the record key
-    P/leader                the current writer: JSON {holder, epoch, lease}, bound to its etcd lease
-    P/epoch                 the highest epoch ever taken (never deleted, so epochs only grow)
-    P/first                 the first seq retained (absent: 1); moves when records are dropped
+The keys (P/log/<seq>, P/leader, P/epoch, P/first, parts of large records) and the
+readers are in log/etcd_records.py.
 
 Fencing: take_lease() writes P/leader and bumps P/epoch in one transaction; the
 leader key's mod_revision is the writer's fencing token. Every sync is a transaction
@@ -30,41 +25,34 @@ renewal was sent plus the TTL granted (log/interface.py): etcd cannot expire the
 lease before then, so no other writer can lead before then.
 
 EtcdLog implements log/interface.py's ShardLog; log/etcd_follower.py its LogFollower.
-
-Readers need no lock: every key etcd shows is committed, so read() from any process
-returns durable records; tail() reads and then follows new records by watch."""
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
-from .errors import LeaseLost, LogClosed, LogCorrupt, LogWriteFailed, PendingFull, RecordsDropped, \
-    RecordTooLarge, SequenceMismatch
-from .etcd_client import EtcdClient, EtcdRequestFailed, EtcdUnavailable, WatchStream, b64, unb64
+from .errors import LeaseLost, LogClosed, LogCorrupt, LogWriteFailed, PendingFull, RecordTooLarge, \
+    SequenceMismatch
+from .etcd_client import EtcdClient, EtcdRequestFailed, EtcdUnavailable, b64, unb64
+from .etcd_records import (HEADER, MAX_PARTS, Keys, cmp_absent, cmp_mod, get_op, kvs_of, log_ends, put_op, read,
+                           revision_of)
 from .interface import LeaseLike
 from .writer import RecoveryReport
 
 logger = logging.getLogger("durakv.log")
 
-SEQ_DIGITS = 20
-HEADER = struct.Struct("<QI")  # epoch, parts (0: the payload follows inline)
-MAX_PARTS = 999_999
 DEFAULT_LEASE_TTL_S = 10
 MIN_LEASE_TTL_S = 2
 # etcd's defaults: --max-request-bytes 1.5 MiB, --max-txn-ops 128 (puts per transaction).
 DEFAULT_MAX_TXN_BYTES = 1024 * 1024
 DEFAULT_MAX_TXN_OPS = 128
 DEFAULT_MAX_PENDING_BYTES = 2 * 1024 * 1024 * 1024  # as log.Log's: two records of the largest value
-READ_PAGE_RECORDS = 256
-TAIL_RETRY_PAUSE_S = 0.2
-PART_PAGE = 8
 TAKE_LEASE_ATTEMPTS = 20
 CAMPAIGN_POLL_S = 0.1
 
@@ -81,215 +69,6 @@ class EtcdLease:
     _owner: object = field(repr=False, compare=False)
 
 
-def shard_prefix(prefix: str, shard: int) -> str:
-    """The key prefix of one shard's log under a deployment's prefix."""
-    return f"{prefix.rstrip('/')}/shard-{shard:03d}"
-
-
-@dataclass(frozen=True, slots=True)
-class _Keys:
-    base: bytes
-
-    @property
-    def leader(self) -> bytes:
-        return self.base + b"/leader"
-
-    @property
-    def epoch(self) -> bytes:
-        return self.base + b"/epoch"
-
-    @property
-    def first(self) -> bytes:
-        return self.base + b"/first"
-
-    @property
-    def log_start(self) -> bytes:
-        return self.base + b"/log/"
-
-    @property
-    def log_end(self) -> bytes:
-        return self.base + b"/log0"  # "/" + 1: every key under log/
-
-    def record(self, seq: int) -> bytes:
-        return b"%s/log/%0*d" % (self.base, SEQ_DIGITS, seq)
-
-    def parts_of(self, seq: int) -> bytes:
-        return b"%s/part/%0*d/" % (self.base, SEQ_DIGITS, seq)
-
-    def part(self, seq: int, index: int) -> bytes:
-        return b"%s%06d" % (self.parts_of(seq), index)
-
-    def seq_of(self, key: bytes) -> int:
-        return int(key[len(self.base) + 5:])
-
-
-def _kvs(reply: dict[str, Any]) -> list[dict[str, Any]]:
-    return reply.get("kvs", [])
-
-
-def _header_revision(reply: dict[str, Any]) -> int:
-    return int(reply["header"]["revision"])
-
-
-def _cmp_mod(key: bytes, revision: int) -> dict[str, Any]:
-    return {"key": b64(key), "target": "MOD", "mod_revision": str(revision), "result": "EQUAL"}
-
-
-def _cmp_absent(key: bytes) -> dict[str, Any]:
-    return {"key": b64(key), "target": "CREATE", "create_revision": "0", "result": "EQUAL"}
-
-
-def _get(key: bytes) -> dict[str, Any]:
-    return {"request_range": {"key": b64(key)}}
-
-
-def _put(key: bytes, value: bytes, lease_id: int = 0) -> dict[str, Any]:
-    put: dict[str, Any] = {"key": b64(key), "value": b64(value)}
-    if lease_id:
-        put["lease"] = str(lease_id)
-    return {"request_put": put}
-
-
-def _first_seq(client: EtcdClient, keys: _Keys) -> int:
-    kvs = _kvs(client.range(keys.first))
-    return int(unb64(kvs[0]["value"])) if kvs else 1
-
-
-def _ends(client: EtcdClient, keys: _Keys) -> tuple[int, int]:
-    """(first seq retained, last seq) read at one revision. Once every record was
-    dropped there is no log key left: the last seq is then the first retained - 1."""
-    reply = client.txn([], [_get(keys.first),
-                            {"request_range": {"key": b64(keys.log_start), "range_end": b64(keys.log_end),
-                                               "limit": 1, "keys_only": True, "sort_order": "DESCEND",
-                                               "sort_target": "KEY"}}], [])
-    first_kvs = _kvs(reply["responses"][0]["response_range"])
-    last_kvs = _kvs(reply["responses"][1]["response_range"])
-    first = int(unb64(first_kvs[0]["value"])) if first_kvs else 1
-    last = keys.seq_of(unb64(last_kvs[0]["key"])) if last_kvs else 0
-    return first, max(last, first - 1)
-
-
-def _decode(client: EtcdClient, keys: _Keys, kv: dict[str, Any], revision: int = 0) -> tuple[int, int, bytes]:
-    """(seq, epoch, payload) of a record key, reading its parts if it has any."""
-    value = unb64(kv.get("value", ""))
-    seq = keys.seq_of(unb64(kv["key"]))
-    if len(value) < HEADER.size:
-        raise LogCorrupt(unb64(kv["key"]).decode(), 0, f"record of {len(value)} bytes has no header")
-    epoch, parts = HEADER.unpack_from(value)
-    if not parts:
-        return seq, epoch, value[HEADER.size:]
-    chunks: list[bytes] = []
-    start, end = keys.part(seq, 0), keys.part(seq, parts)
-    while len(chunks) < parts:
-        reply = client.range(start, end, limit=PART_PAGE, revision=revision)
-        kvs = _kvs(reply)
-        if not kvs:
-            raise LogCorrupt(unb64(kv["key"]).decode(), 0, f"record has {parts} parts, {len(chunks)} found")
-        chunks += [unb64(part.get("value", "")) for part in kvs]
-        start = keys.part(seq, len(chunks))
-    return seq, epoch, b"".join(chunks)
-
-
-def read(client: EtcdClient, prefix: str, from_seq: int = 1, *, through_seq: int | None = None
-         ) -> Iterator[tuple[int, int, bytes]]:
-    """(seq, epoch, payload) of the records from from_seq through through_seq (or the
-    last), all from one etcd revision. Every record etcd shows is durable.
-    RecordsDropped if from_seq was dropped; LogCorrupt on a gap."""
-    keys = _Keys(prefix.encode())
-    first = _first_seq(client, keys)
-    if from_seq < first:
-        raise RecordsDropped(f"etcd log {prefix}: records before seq {first} were dropped "
-                             f"(asked from seq {from_seq})")
-    end = keys.log_end if through_seq is None else keys.record(through_seq + 1)
-    start, revision, expected = keys.record(from_seq), 0, from_seq
-    while True:
-        reply = client.range(start, end, limit=READ_PAGE_RECORDS, revision=revision)
-        revision = revision or _header_revision(reply)
-        kvs = _kvs(reply)
-        for kv in kvs:
-            seq, epoch, payload = _decode(client, keys, kv, revision)
-            if seq != expected:
-                raise LogCorrupt(prefix, 0, f"etcd log jumps from seq {expected - 1} to {seq}")
-            expected += 1
-            yield seq, epoch, payload
-        if not reply.get("more") or not kvs:
-            return
-        start = keys.record(expected)
-
-
-def last_seq(client: EtcdClient, prefix: str) -> int:
-    """The last seq in the etcd log (0 if empty): durable, as everything etcd shows."""
-    return _ends(client, _Keys(prefix.encode()))[1]
-
-
-def first_seq(client: EtcdClient, prefix: str) -> int:
-    """The first seq still retained in the etcd log."""
-    return _first_seq(client, _Keys(prefix.encode()))
-
-
-class Tail:
-    """The records from from_seq on, in order, then each new one as it commits
-    (a watch from the revision of the initial read). close() from another thread
-    ends the iteration."""
-
-    def __init__(self, client: EtcdClient, prefix: str, from_seq: int = 1) -> None:
-        self._client = client
-        self._keys = _Keys(prefix.encode())
-        self._prefix = prefix
-        self._next = from_seq
-        self._stream: WatchStream | None = None
-        self._closed = False
-
-    def __iter__(self) -> Iterator[tuple[int, int, bytes]]:
-        keys = self._keys
-        reply = self._client.range(keys.log_start, keys.log_end, limit=1, keys_only=True)
-        revision = _header_revision(reply)
-        for record in read(self._client, self._prefix, self._next):
-            self._next = record[0] + 1
-            yield record
-        # Records committed after the read's revision may repeat what it returned: skipped by seq.
-        while not self._closed:
-            try:
-                stream = self._stream = self._client.watch(keys.record(self._next), keys.log_end, revision)
-            except EtcdUnavailable as e:  # that member is down: the client moved on to the next
-                logger.warning("etcd log %s: watch failed (%s); trying again", self._prefix, e)
-                time.sleep(TAIL_RETRY_PAUSE_S)
-                continue
-            if self._closed:
-                stream.close()
-                return
-            try:
-                for result in stream.replies():
-                    if result.get("compact_revision"):
-                        raise RecordsDropped(f"etcd log {self._prefix}: history before revision "
-                                             f"{result['compact_revision']} was compacted; read from "
-                                             "a snapshot")
-                    for event in result.get("events", []):
-                        if event.get("type", "PUT") != "PUT":
-                            continue  # records dropped behind us
-                        seq, epoch, payload = _decode(self._client, keys, event["kv"])
-                        revision = int(event["kv"]["mod_revision"]) + 1
-                        if seq < self._next:
-                            continue
-                        if seq != self._next:
-                            raise LogCorrupt(self._prefix, 0, f"etcd log tail jumps from seq "
-                                             f"{self._next - 1} to {seq}")
-                        self._next = seq + 1
-                        yield seq, epoch, payload
-            except (EtcdUnavailable, OSError, ValueError) as e:
-                if self._closed:
-                    return
-                logger.warning("etcd log %s: watch ended (%s); resuming from revision %d", self._prefix, e,
-                               revision)
-            finally:
-                stream.close()
-
-    def close(self) -> None:
-        self._closed = True
-        if self._stream is not None:
-            self._stream.close()
-
-
 class EtcdLog:
     """A shard's log on etcd, with log.Log's writer API. Create with EtcdLog.open()."""
 
@@ -298,7 +77,7 @@ class EtcdLog:
         self.client = client
         self.prefix = prefix
         self.path = f"etcd:{prefix}"  # what messages name, as log.Log's directory path
-        self._keys = _Keys(prefix.encode())
+        self._keys = Keys(prefix.encode())
         self.lease_ttl_s = lease_ttl_s
         self.max_txn_bytes = max_txn_bytes
         self.max_txn_ops = max_txn_ops
@@ -342,7 +121,7 @@ class EtcdLog:
             raise ValueError("max_txn_ops must be in 1..10000 and max_txn_bytes at least 1024")
         started = time.perf_counter()
         log = cls(client, prefix, lease_ttl_s, max_txn_bytes, max_txn_ops, max_pending_bytes)
-        log.first_seq, last = _ends(client, log._keys)
+        log.first_seq, last = log_ends(client, log._keys)
         log.tail_seq = log.durable_seq = last
         sent_ns = time.monotonic_ns()
         log._etcd_lease = client.lease_grant(lease_ttl_s)
@@ -389,7 +168,7 @@ class EtcdLog:
         self._check_lease(lease)
         if not self._renew_etcd_lease():
             raise LeaseLost(f"etcd log {self.prefix}: the etcd lease expired; the leader key is gone")
-        kvs = _kvs(self.client.range(self._keys.leader))
+        kvs = kvs_of(self.client.range(self._keys.leader))
         if not kvs or int(kvs[0]["mod_revision"]) != self._leader_revision:
             self._deposed = "another writer took the leader key (seen at a renewal)"
             raise LeaseLost(f"etcd log {self.prefix}: {self._holder!r} (epoch {self._epoch}) was deposed: "
@@ -413,21 +192,21 @@ class EtcdLog:
         deadline = time.monotonic() + wait_s
         raced = 0
         while True:
-            kvs = _kvs(self.client.range(keys.epoch))
+            kvs = kvs_of(self.client.range(keys.epoch))
             epoch_revision = int(kvs[0]["mod_revision"]) if kvs else 0
             epoch = max(int(unb64(kvs[0]["value"])) if kvs else 0, self._epoch) + 1
             leader = json.dumps({"holder": holder, "epoch": epoch, "lease": self._etcd_lease,
                                  "pid": os.getpid()}).encode()
-            compare = [_cmp_mod(keys.epoch, epoch_revision)]
+            compare = [cmp_mod(keys.epoch, epoch_revision)]
             if not take_over:
-                compare.append(_cmp_absent(keys.leader))
-            reply = self.client.txn(compare, [_put(keys.epoch, str(epoch).encode()),
-                                              _put(keys.leader, leader, self._etcd_lease)],
-                                    [_get(keys.epoch)])
+                compare.append(cmp_absent(keys.leader))
+            reply = self.client.txn(compare, [put_op(keys.epoch, str(epoch).encode()),
+                                              put_op(keys.leader, leader, self._etcd_lease)],
+                                    [get_op(keys.epoch)])
             if reply.get("succeeded"):
-                self._leader_revision = _header_revision(reply)
+                self._leader_revision = revision_of(reply)
                 break
-            now_kvs = _kvs(reply["responses"][0]["response_range"])
+            now_kvs = kvs_of(reply["responses"][0]["response_range"])
             if (int(now_kvs[0]["mod_revision"]) if now_kvs else 0) != epoch_revision:
                 raced += 1  # another campaigner bumped the epoch between our read and our write
                 if raced >= TAKE_LEASE_ATTEMPTS:
@@ -438,7 +217,7 @@ class EtcdLog:
                 raise LeaseLost(f"etcd log {self.prefix}: the leader key is held (by another writer whose etcd "
                                 f"lease has not expired) after waiting {wait_s:g} s")
             time.sleep(CAMPAIGN_POLL_S)
-        tail = _ends(self.client, keys)[1]
+        tail = log_ends(self.client, keys)[1]
         if tail != self.tail_seq:
             self._deposed = f"the log grew from seq {self.tail_seq} to {tail} while it was opened"
             raise LeaseLost(f"etcd log {self.prefix}: {self._deposed}; open it again")
@@ -563,16 +342,16 @@ class EtcdLog:
         is absent (a chunk of parts only is fenced by the leader key alone)."""
         keys = self._keys
         assert not seqs or seqs[0] == self.durable_seq + 1, "records commit in order, with no gap"
-        compare = [_cmp_mod(keys.leader, self._leader_revision)]
-        failure = [_get(keys.leader)]
+        compare = [cmp_mod(keys.leader, self._leader_revision)]
+        failure = [get_op(keys.leader)]
         if seqs:
-            compare.append(_cmp_absent(keys.record(seqs[0])))
+            compare.append(cmp_absent(keys.record(seqs[0])))
             failure.append({"request_range": {"key": b64(keys.record(seqs[0])), "keys_only": True}})
-        reply = self.client.txn(compare, [_put(key, value) for key, value, _seq in chunk], failure)
+        reply = self.client.txn(compare, [put_op(key, value) for key, value, _seq in chunk], failure)
         if reply.get("succeeded"):
             return
         what = f"seqs {seqs[0]}..{seqs[-1]}" if seqs else f"parts of seq {self.durable_seq + 1}"
-        leader_kvs = _kvs(reply["responses"][0]["response_range"])
+        leader_kvs = kvs_of(reply["responses"][0]["response_range"])
         if not leader_kvs or int(leader_kvs[0]["mod_revision"]) != self._leader_revision:
             now = unb64(leader_kvs[0]["value"]).decode(errors="replace") if leader_kvs else "nobody (lease expired)"
             self._deposed = f"the leader key is now held by {now}"
@@ -581,7 +360,7 @@ class EtcdLog:
                             self._holder, self._epoch, self._deposed, what)
             raise LeaseLost(f"etcd log {self.prefix}: {self._holder!r} (epoch {self._epoch}) was deposed: "
                             f"{self._deposed}")
-        if seqs and _kvs(reply["responses"][1]["response_range"]):
+        if seqs and kvs_of(reply["responses"][1]["response_range"]):
             # Still the leader, and the record key exists: only the leader writes log keys, so an
             # earlier attempt of this very transaction committed and its reply was lost.
             logger.warning("etcd log %s: %s were committed by an attempt whose reply was lost", self.prefix, what)
@@ -607,19 +386,19 @@ class EtcdLog:
         if seq < self.first_seq:
             return []
         keys = self._keys
-        reply = self.client.txn([_cmp_mod(keys.leader, self._leader_revision)],
+        reply = self.client.txn([cmp_mod(keys.leader, self._leader_revision)],
                                 [{"request_delete_range": {"key": b64(keys.record(self.first_seq)),
                                                            "range_end": b64(keys.record(seq + 1))}},
                                  {"request_delete_range": {"key": b64(keys.parts_of(self.first_seq)),
                                                            "range_end": b64(keys.parts_of(seq + 1))}},
-                                 _put(keys.first, str(seq + 1).encode())], [])
+                                 put_op(keys.first, str(seq + 1).encode())], [])
         if not reply.get("succeeded"):
             self._deposed = "the leader key changed (seen while dropping records)"
             raise LeaseLost(f"etcd log {self.prefix}: {self._deposed}")
         dropped = [f"{self.path}/log/{self.first_seq}..{seq}"]
         self.first_seq = seq + 1
         try:
-            self.client.compact(_header_revision(reply))
+            self.client.compact(revision_of(reply))
         except (EtcdUnavailable, EtcdRequestFailed) as e:  # e.g. a user without etcd's root role
             logger.warning("etcd log %s: records through seq %d dropped, but compacting etcd's history failed "
                            "(%s); compact it with etcdctl compact", self.prefix, seq, e)

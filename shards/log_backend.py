@@ -9,7 +9,8 @@ from typing import cast
 
 from durakv.log import Disk, Log, LogError
 from durakv.log.etcd_client import DEFAULT_REQUEST_TIMEOUT_S, DEFAULT_RETRY_S, EtcdClient, b64, unb64
-from durakv.log.etcd_log import EtcdLog, shard_prefix
+from durakv.log.etcd_log import EtcdLog
+from durakv.log.etcd_records import shard_prefix
 from durakv.log.interface import ShardLog
 from durakv.log.layout import log_dir_of
 from durakv.shards.config import Config

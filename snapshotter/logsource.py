@@ -14,7 +14,7 @@ from typing import Iterator
 
 import durakv.log as wal
 from durakv.log.etcd_client import EtcdClient
-from durakv.log.etcd_log import first_seq, last_seq, read, shard_prefix
+from durakv.log.etcd_records import first_seq, last_seq, read, shard_prefix
 from durakv.log.layout import log_dir_of
 from durakv.log.manifest import list_segments
 from durakv.snapshotter.local import shard_dir_of

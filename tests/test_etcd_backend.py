@@ -15,7 +15,7 @@ import redis
 from proctools import free_port
 
 from durakv.log.etcd_client import EtcdClient
-from durakv.log.etcd_log import first_seq, last_seq, shard_prefix
+from durakv.log.etcd_records import first_seq, last_seq, shard_prefix
 from test_snapshot import dump
 from test_snapshot_serve import _wait_for
 

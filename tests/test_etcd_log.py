@@ -13,8 +13,9 @@ import pytest
 
 from durakv.log import LeaseLost, LogWriteFailed, RecordsDropped, SequenceMismatch
 from durakv.log.etcd_client import EtcdClient, EtcdRequestFailed, EtcdUnavailable, unb64
-from durakv.log.etcd_follower import EtcdFollower
-from durakv.log.etcd_log import EtcdLog, Tail, read, shard_prefix
+from durakv.log.etcd_follower import EtcdFollower, Tail
+from durakv.log.etcd_log import EtcdLog
+from durakv.log.etcd_records import read, shard_prefix
 from durakv.log.interface import LeaseState, LogFollower, ShardLog
 
 KILL_RUN_S = 3.0
