@@ -404,9 +404,6 @@ class EtcdLog:
                            "(%s); compact it with etcdctl compact", self.prefix, seq, e)
         return dropped
 
-    def segments(self) -> list:
-        return []
-
     # ---- state and stats ----
 
     @property

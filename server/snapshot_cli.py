@@ -10,8 +10,12 @@ import sys
 import threading
 import time
 from datetime import datetime, UTC
+from typing import TYPE_CHECKING
 
 from durakv.shards.config import DEFAULTS, Config
+
+if TYPE_CHECKING:
+    from durakv.snapshotter.logsource import EtcdLogSource
 
 COMMANDS = frozenset({"snapshotter", "snapshot", "snapshots", "restore", "import-rdb", "export-rdb"})
 SNAPSHOT_WAIT_POLL_S = 0.2
@@ -206,7 +210,7 @@ def cmd_snapshotter(args: argparse.Namespace) -> int:
         os.close(lock_fd)
 
 
-def _etcd_source(config: Config):
+def _etcd_source(config: Config) -> "EtcdLogSource | None":
     """The shard logs on etcd when the config says log-backend = "etcd" (else None)."""
     from durakv.shards.log_backend import etcd_client, uses_etcd
     from durakv.snapshotter.logsource import EtcdLogSource
