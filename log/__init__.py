@@ -70,6 +70,12 @@ Lock-free functions, usable from any process while a writer runs:
         str(record) is one printable line; decode(payload) renders payloads.
 
 Errors all derive from LogError.
+
+The same writer API on etcd (records replicated on a quorum before sync returns,
+fenced by a leader key): log/etcd_log.py (EtcdLog), its keys and reads
+log/etcd_records.py, its client log/etcd_client.py and its followers (Tail,
+EtcdFollower) log/etcd_follower.py; not imported here, so the local log needs no
+etcd client.
 """
 
 from .disk import OS_DISK, Disk, JournalingDisk, simulate_power_loss

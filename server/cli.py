@@ -152,6 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     problem = _setup_logging(config)
     if problem:
         return _fail(problem, EXIT_USAGE)
+    if args.command == "serve":
+        from durakv.shards.log_backend import etcd_problem
+
+        problem = etcd_problem(config)
+        if problem:
+            return _fail(problem, 1)
     if args.parent_pid:
         from durakv.shards.lifeline import die_with_parent
 
@@ -299,13 +305,22 @@ def _open_listeners(config: Config, shard: int | None) -> ClientListeners:
     return ClientListeners(plain, tls)
 
 
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    """The exceptions in a group, nested nursery groups opened up."""
+    out: list[BaseException] = []
+    for e in group.exceptions:
+        out += _leaves(e) if isinstance(e, BaseExceptionGroup) else [e]
+    return out
+
+
 def shard_main(config: Config, index: int, listener: ClientListeners) -> int:
     """Run one shard (`durakv shard`, or a child the supervisor forked), serving
     cluster clients on `listener` (its client port, bound by the caller). A permanent
     failure (corrupt log, snapshot cache that does not fit the log) is recorded in
     DIR/shard-NNN/FAILED for the router and ends the process with EXIT_PERMANENT, so
     it is reported rather than restarted in a loop."""
-    from durakv.log import LogCorrupt, LogError, LogLocked
+    from durakv.log import LeaseLost, LogCorrupt, LogError, LogLocked
+    from durakv.log.etcd_client import EtcdUnavailable
     from durakv.server.node import node_port
     from durakv.server.proctitle import set_title
     from durakv.shards import failure
@@ -321,8 +336,13 @@ def shard_main(config: Config, index: int, listener: ClientListeners) -> int:
     try:
         ensure_topology(config.data_dir, config.shards)  # else it would serve another shard's slots
         trio.run(_run_until_signal, lambda: run_shard(config, index, shard_hooks, node_port(config, listener)))
-    except* LogLocked as group:
-        for e in group.exceptions:  # another process still holds the log: worth a retry
+    except* LeaseLost as deposed:
+        for lost in _leaves(deposed):  # another writer took the log: stop; a restart campaigns again
+            shard_log.critical("shard %d stops: %s", index, lost)
+        code = 1
+    except* (LogLocked, EtcdUnavailable) as group:
+        # Another process still holds the log, or the log on etcd is out of reach: worth a retry.
+        for e in _leaves(group):
             shard_log.critical("shard %d cannot start: %s", index, e)
         code = 1
     except* LogCorrupt as group:

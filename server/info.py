@@ -281,6 +281,7 @@ def _persistence(router, infos, version):
         f"log_held_replies:{sum(p['held_replies'] for p in shards)}",
         f"log_dirty_keys:{sum(p['dirty_keys'] for p in shards)}",
         f"log_write_error:{failed[0] if failed else ''}",
+        f"log_backend:{shards[0].get('log_backend', 'local') if shards else 'local'}",
         # Cross-shard transactions (server/txn.py, shards/txn.py); committed/aborted: this router's.
         f"xshard_committed:{getattr(getattr(router, 'txn', None), 'committed', 0)}",
         f"xshard_aborted:{getattr(getattr(router, 'txn', None), 'aborted', 0)}",
@@ -312,6 +313,9 @@ def _persistence(router, infos, version):
             f"shard{info['shard']}:durable_seq={p['durable_seq']},tail_seq={p['tail_seq']},"
             f"fsyncs={p['fsyncs']},last_fsync_us={p['last_fsync_latency_us']},"
             f"segments={p['log_segments']},replayed={p['replayed_records']}")
+        if "etcd_epoch" in p:
+            lines.append(f"etcd_shard{info['shard']}:epoch={p['etcd_epoch']},first_seq={p['etcd_first_seq']},"
+                         f"lease_valid={p['etcd_lease_valid']},endpoint={p['etcd_endpoint']}")
     return lines
 
 

@@ -10,8 +10,12 @@ import sys
 import threading
 import time
 from datetime import datetime, UTC
+from typing import TYPE_CHECKING
 
-from durakv.shards.config import DEFAULTS
+from durakv.shards.config import DEFAULTS, Config
+
+if TYPE_CHECKING:
+    from durakv.snapshotter.logsource import EtcdLogSource
 
 COMMANDS = frozenset({"snapshotter", "snapshot", "snapshots", "restore", "import-rdb", "export-rdb"})
 SNAPSHOT_WAIT_POLL_S = 0.2
@@ -151,6 +155,7 @@ def cmd_snapshotter(args: argparse.Namespace) -> int:
     data_dir = args.data_dir
     url = args.snapshot_url
     log_level = "info"
+    etcd = None
     if args.config_fd is not None or args.config:
         from durakv.server.logsetup import setup_logging
         from durakv.shards.config import config_from_fd, load_config
@@ -173,6 +178,7 @@ def cmd_snapshotter(args: argparse.Namespace) -> int:
         args.every_percent = config.snapshot_every_percent
         args.cpu_percent = config.snapshot_cpu_percent
         args.log_archive_interval_ms, args.log_archive_bytes = config.log_archive_interval_ms, config.log_archive_bytes
+        etcd = _etcd_source(config)
     set_title("snapshotter", os.path.abspath(data_dir))
     lower_priority(args.nice, args.sched_idle)
     try:
@@ -185,7 +191,7 @@ def cmd_snapshotter(args: argparse.Namespace) -> int:
                                       max_age_s=args.max_age_s, poll_interval_s=args.poll_interval_s,
                                       cpu_percent=args.cpu_percent,
                                       archive_interval_ms=args.log_archive_interval_ms,
-                                      archive_bytes=args.log_archive_bytes))
+                                      archive_bytes=args.log_archive_bytes), etcd)
         if args.once:
             status = runner.run_once(force=True)
             errors = [s for s in status.shards.values() if s.status == "error"]
@@ -202,6 +208,14 @@ def cmd_snapshotter(args: argparse.Namespace) -> int:
         return 0
     finally:
         os.close(lock_fd)
+
+
+def _etcd_source(config: Config) -> "EtcdLogSource | None":
+    """The shard logs on etcd when the config says log-backend = "etcd" (else None)."""
+    from durakv.shards.log_backend import etcd_client, uses_etcd
+    from durakv.snapshotter.logsource import EtcdLogSource
+
+    return EtcdLogSource(etcd_client(config), config.etcd_prefix) if uses_etcd(config) else None
 
 
 def _follow_log_level(data_dir: str, configured: str, stop: threading.Event) -> None:

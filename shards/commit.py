@@ -30,7 +30,7 @@ from typing import Callable
 
 import trio
 
-from durakv.log import Log, LogWriteFailed
+from durakv.log import LeaseLost, Log, LogWriteFailed
 from durakv.shards.config import Config
 from durakv.shards.hazards import HazardTracker, HeldReplies, ReplySink
 from durakv.shards.keyspace import Keyspace
@@ -233,6 +233,8 @@ class GroupCommit:
             await self._commit_failed.wait()
             self._commit_failed = trio.Event()
             error = self._commit_error
+            if isinstance(error, LeaseLost):
+                raise error  # deposed (the log on etcd): the shard stops; nothing unsynced was acknowledged
             if not isinstance(error, LogWriteFailed):
                 raise RuntimeError(f"shard {self.index}: the commit thread failed") from error
             self._on_durable(await self._recover_writes(error))

@@ -58,6 +58,17 @@ class Config(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields
     durability: str = "sync"  # "sync": ack after fsync; "async": ack at once, bounded window
     max_unsynced_ms: int = 1000
     segment_size_bytes: int = 4 * 1024 * 1024  # the unit in which covered log is dropped
+    # Where the shard logs live (shards/log_backend.py): "local" segment files in the data dir, or
+    # "etcd": records on an etcd cluster (log/etcd_log.py), so a write survives the loss of this machine.
+    log_backend: str = "local"
+    etcd_endpoints: list[str] = msgspec.field(default_factory=list)  # http(s)://HOST:PORT of the members
+    etcd_prefix: str = "durakv"  # keys: PREFIX/shard-NNN/...; one prefix per durakv deployment
+    etcd_lease_ttl_s: int = 10  # a shard that stops renewing loses its leader key after this long
+    etcd_ca_file: str = ""  # TLS to etcd (https:// endpoints): the CA, and a client certificate and key
+    etcd_cert_file: str = ""
+    etcd_key_file: str = ""
+    etcd_user: str = ""  # etcd authentication (the config file only: never on argv)
+    etcd_password: str = ""
     snapshot_url: str = ""  # s3://BUCKET/PREFIX or file:///PATH (none: snapshots in DIR/snapshots only)
     snapshotter: bool = True  # false: the snapshotter runs elsewhere (its own unit, or --once from cron)
     snapshot_sse: str = ""  # S3 server-side encryption for uploads (AES256, aws:kms)
@@ -144,6 +155,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "startup_shard_wait_ms": (0, 3_600_000),
     "max_unsynced_ms": (1, 3_600_000),
     "segment_size_bytes": (4096, 1 << 40),
+    "etcd_lease_ttl_s": (2, 3600),
     "snapshot_every_bytes": (1, 1 << 50),
     "snapshot_every_percent": (0, 1_000_000),
     "snapshot_max_age_s": (0.001, 1e9),
@@ -155,6 +167,7 @@ LIMITS: dict[str, tuple[float, float]] = {
 CHOICES: dict[str, tuple[str, ...]] = {
     "cluster_announce": ("shards", "router"),
     "durability": ("sync", "async"),
+    "log_backend": ("local", "etcd"),
     "maxmemory_policy": ("volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl", "allkeys-lru",
                          "allkeys-lfu", "allkeys-random", "noeviction"),
     "log_level": ("debug", "verbose", "notice", "info", "warning", "error", "critical"),
@@ -174,6 +187,8 @@ def validate(config: Config) -> None:
             raise ValueError(f"{name.replace('_', '-')} must be one of {', '.join(allowed)}, not {value!r}")
     if not config.data_dir:
         raise ValueError("data-dir must not be empty")
+    if config.log_backend == "etcd" and not config.etcd_endpoints:
+        raise ValueError('log-backend = "etcd" needs etcd-endpoints (e.g. ["http://10.0.0.1:2379", ...])')
     if not config.port and not config.tls_port:
         raise ValueError("port is 0 and there is no tls-port: clients could not connect; set port or tls-port")
     shards = config.shards or (os.cpu_count() or 1)

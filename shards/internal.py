@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 
+from durakv.shards.log_backend import etcd_state
 from durakv.shards.notify import parse_flags
 from durakv.shards.rdb.codec import RDB_VERSION, RdbError, dump_payload, load_payload
 from durakv.shards.t_dump import MAX_DECOMPRESSED_BYTES
@@ -98,6 +99,8 @@ def persistence(shard) -> dict:
         "txn_waiting_requests": len(shard.txn.deferred),
         "txn_lock_waits": shard.txn.lock_waits,
         "txn_in_doubt": sum(1 for t in shard.txn.txns.values() if t.in_doubt),
+        "log_backend": shard.config.log_backend,
+        **etcd_state(wal),
     }
 
 

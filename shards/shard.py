@@ -21,7 +21,7 @@ import trio
 
 import durakv.shards.commands  # noqa: F401  (registers every shard command)
 from durakv.log import Log
-from durakv.log.layout import log_dir_of, shard_dir
+from durakv.log.layout import shard_dir
 from durakv.shards import internal
 from durakv.shards.acl import user_from_rules, with_denials
 from durakv.shards.commit import GroupCommit
@@ -37,6 +37,7 @@ from durakv.shards.hazards import HazardTracker, HeldReplies, ReplySink
 from durakv.shards.blocking import Block, BlockedClients, Waiter
 from durakv.shards.access import Lfu
 from durakv.shards.keyspace import Keyspace, now_ms
+from durakv.shards.log_backend import open_shard_log, uses_etcd
 from durakv.shards.records import RecordClock, decode_record
 from durakv.shards.resp import NULL_ARRAY, ReplyError, encode, encode_error
 from durakv.shards.shard_settings import SHARD_DEFAULTS
@@ -137,14 +138,13 @@ class Shard(GroupCommit):
         """Open the log (exclusively), rebuild the keyspace from the newest local
         snapshot plus the log after it, take the lease."""
         snapshots = self.snapshots
-        if snapshots is not None:
+        if snapshots is not None and not uses_etcd(self.config):
             snapshots.prepare_shard_dir(self.dir, self.index, self.config.shards, self.config.snapshot_url)
         disk = shard_disk(self.config, self.index)
         # run_shard made DIR/shard-NNN (the journaling test disk lives in it): it counts only
         # once the data dir is fsync'd; every start does it, in case a crash came between.
         disk.fsync_dir(self.config.data_dir)
-        self.wal = Log.open(log_dir_of(self.dir), segment_size_bytes=self.config.segment_size_bytes,
-                            holder=f"shard {self.index}", disk=disk)
+        self.wal = open_shard_log(self.config, self.index, self.dir, disk)
         truncated = self.wal.recovery.truncated_bytes
         if truncated:
             logger.warning("shard %d: torn log tail: truncated %d bytes", self.index, truncated)

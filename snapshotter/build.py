@@ -44,7 +44,8 @@ from durakv.snapshotter.manifest import (
     snapshot_stem,
 )
 from durakv.snapshotter.pace import unpaced
-from durakv.snapshotter.replay import CHAIN_START, new_context, replay_log
+from durakv.snapshotter.logsource import EtcdLogSource
+from durakv.snapshotter.replay import CHAIN_START, new_context, replay_log, replay_records
 from durakv.snapshotter.errors import SnapshotterError
 
 logger = logging.getLogger("durakv.snapshotter")
@@ -147,17 +148,24 @@ class _HashingReader:
 
 
 def build_snapshot(shard_dir: str, shard: int, shards: int, through_seq: int | None = None,
-                   min_records: int = 1, pace: Callable[[], None] = unpaced) -> BuildResult | None:
+                   min_records: int = 1, pace: Callable[[], None] = unpaced,
+                   source: EtcdLogSource | None = None) -> BuildResult | None:
     """Build the next snapshot of one shard on top of its newest local snapshot.
     Returns None when fewer than min_records (at least 1) records follow it.
-    pace() is called for every key and record handled (snapshotter.pace)."""
+    pace() is called for every key and record handled (snapshotter.pace).
+    The log is the shard's segment files, or `source` (the log on etcd)."""
     log_dir = log_dir_of(shard_dir)
     tail_fixed_at_ms = time.time_ns() // 1_000_000
-    tail = durable_tail(log_dir) if through_seq is None else through_seq
+    if through_seq is not None:
+        tail = through_seq
+    else:
+        tail = durable_tail(log_dir) if source is None else source.durable_tail(shard)
     base = newest_local(shard_dir)
     base_seq = base.manifest.seq if base else 0
     if through_seq is None and tail > base_seq:
-        tail = snapshot_cut(wal.read(log_dir, base_seq + 1, through_seq=tail), base_seq, tail)
+        records = (wal.read(log_dir, base_seq + 1, through_seq=tail) if source is None
+                   else source.read(shard, base_seq + 1, tail))
+        tail = snapshot_cut(records, base_seq, tail)
     if tail - base_seq < max(min_records, 1):
         return None
     started = time.monotonic()
@@ -166,7 +174,12 @@ def build_snapshot(shard_dir: str, shard: int, shards: int, through_seq: int | N
     if base is not None:
         load_snapshot(base, ctx.db, pace=pace)
     parent_chain = base.manifest.chain if base else CHAIN_START
-    result = replay_log(ctx, log_dir, base_seq, tail, parent_chain, pace=pace)
+    if source is None:
+        result = replay_log(ctx, log_dir, base_seq, tail, parent_chain, pace=pace)
+    else:
+        result = replay_records(ctx, source.read(shard, base_seq + 1, tail), base_seq, parent_chain, pace=pace)
+        if result.last_seq != tail:
+            raise wal.LogCorrupt(source.prefix, 0, f"log ends at seq {result.last_seq}, expected {tail}")
     db = ctx.db
     settle_keyspace(db, ctx.shard.settings, pace)  # the state the snapshot loads to
     digest = state_digest(db, pace)

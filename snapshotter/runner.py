@@ -37,17 +37,16 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from durakv.log import OS_DISK
-from durakv.log.layout import LOCK_FILE, log_dir_of, snapshotter_dir, topology_path
+from durakv.log.layout import LOCK_FILE, snapshotter_dir, topology_path
 from durakv.log import lock as dir_lock
 from durakv.log.durable_file import replace_file
 from durakv.log.errors import LockHeld
-from durakv.log.manifest import list_segments
 from durakv.shards.config import DEFAULTS
 from durakv.shards import sdnotify
 from durakv.shards.latency import LATENCY_TS_LEN
 from durakv.snapshotter.build import build_snapshot
 from durakv.snapshotter.local import newest_local, shard_dir_of, snapshot_dir
-from durakv.snapshotter.logtail import log_first_seq
+from durakv.snapshotter.logsource import EtcdLogSource, LocalLogSource, LogSource
 from durakv.snapshotter.pace import CPU_PERCENT_DEFAULT, Pacer
 from durakv.snapshotter.filestore import open_store
 from durakv.snapshotter.isolate import run_in_child
@@ -186,20 +185,14 @@ def read_release(shard_dir: str) -> int:
         return 0
 
 
-def _segment_bytes(log_dir: str) -> dict[int, int]:
-    out = {}
-    for first_seq, path in list_segments(log_dir):
-        try:
-            out[first_seq] = os.path.getsize(path)
-        except FileNotFoundError:
-            pass
-    return out
-
-
 class Snapshotter:
-    def __init__(self, data_dir: str, store: Store | None, schedule: Schedule | None = None) -> None:
-        """store None: the embedded store under the data dir (snapshots only)."""
+    def __init__(self, data_dir: str, store: Store | None, schedule: Schedule | None = None,
+                 etcd: EtcdLogSource | None = None) -> None:
+        """store None: the embedded store under the data dir (snapshots only). etcd: the
+        shard logs are on etcd (log-backend = "etcd"), not in the data dir."""
         self.data_dir = os.path.abspath(data_dir)
+        self.etcd = etcd
+        self.source: LogSource = LocalLogSource(self.data_dir) if etcd is None else etcd
         self.store = store if store is not None else open_store("", self.data_dir)
         self.schedule = schedule or Schedule()
         self.shards = shard_count(self.data_dir)
@@ -208,7 +201,7 @@ class Snapshotter:
         self._status_lock = threading.Lock()
         self.archiver = (TailArchiver(self.data_dir, self.shards, self.store, self.schedule.archive_interval_ms,
                                       self.schedule.archive_bytes, self._archive_progress)
-                         if self.store.archives_log else None)
+                         if self.store.archives_log and self.source.archives else None)
         # Per shard: segment sizes when its newest snapshot was built (bytes-since estimate).
         self._sizes_at_build: dict[int, dict[int, int]] = {}
         # Build in a forked child (snapshotter/isolate.py): set by serve(), the
@@ -220,8 +213,7 @@ class Snapshotter:
     def _ensure_base(self, shard: int, shard_dir: str) -> None:
         """A shard whose log no longer starts at seq 1 needs a snapshot to build on:
         the local cache, else the newest published one."""
-        log_dir = log_dir_of(shard_dir)
-        first = log_first_seq(log_dir)
+        first = self.source.first_seq(shard)
         local = newest_local(shard_dir)
         if first == 1 or (local is not None and local.manifest.seq >= first - 1):
             return
@@ -235,13 +227,13 @@ class Snapshotter:
         """Build (if anything is new), publish, archive, release; errors land in the status."""
         status = self.status.shards.setdefault(shard, ShardStatus(shard))
         shard_dir = shard_dir_of(self.data_dir, shard)
-        log_dir = log_dir_of(shard_dir)
-        if not os.path.isdir(log_dir):
+        if not self.source.present(shard):
             return status
         try:
             self._ensure_base(shard, shard_dir)
-            sizes = _segment_bytes(log_dir)
-            build = functools.partial(build_snapshot, shard_dir, shard, self.shards, pace=self.pace)
+            sizes = self.source.sizes(shard)
+            build = functools.partial(build_snapshot, shard_dir, shard, self.shards, pace=self.pace,
+                                      source=self.etcd)
             built = run_in_child(build) if self.build_in_child else build() is not None
             if built or shard not in self._sizes_at_build:
                 self._sizes_at_build[shard] = sizes
@@ -283,11 +275,10 @@ class Snapshotter:
         """Enough new log bytes (build_threshold_bytes), or an old snapshot with anything
         new after it."""
         shard_dir = shard_dir_of(self.data_dir, shard)
-        log_dir = log_dir_of(shard_dir)
-        if not os.path.isdir(log_dir):
+        if not self.source.present(shard):
             return False
         before = self._sizes_at_build.get(shard)
-        now = _segment_bytes(log_dir)
+        now = self.source.sizes(shard)
         if before is None:
             return True
         grown = sum(size - before.get(first, 0) for first, size in now.items())

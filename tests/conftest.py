@@ -20,7 +20,7 @@ from proctools import free_port, kill_group  # noqa: E402
 # Fixtures shared across test files: redis_ref/pair/pair3 (refserver.py) and the
 # snapshot tests' moto S3 (snapshot_support.py). Test files import helpers from
 # these modules, never fixtures.
-pytest_plugins = ["refserver", "snapshot_support"]
+pytest_plugins = ["refserver", "snapshot_support", "etcd_support"]
 
 STARTUP_TIMEOUT_S = 30
 CHILD_TITLE_WAIT_S = 10

@@ -1,0 +1,464 @@
+"""A shard's log on etcd: the writer API of log.Log (append, sync, take_lease, read,
+drop) over an etcd cluster, so an acknowledged write survives the loss of a machine.
+
+The keys (P/log/<seq>, P/leader, P/epoch, P/first, parts of large records) and the
+readers are in log/etcd_records.py.
+
+Fencing: take_lease() writes P/leader and bumps P/epoch in one transaction; the
+leader key's mod_revision is the writer's fencing token. Every sync is a transaction
+that compares P/leader's mod_revision with that token and the next sequence key
+absent, so a deposed writer (another took the leader key, or its etcd lease
+expired and etcd deleted the key) is refused, whatever seq it aims at.
+
+Group commit: sync() takes everything pending and writes it in consecutive fenced
+transactions, each under etcd's request limits (max_txn_bytes of values,
+max_txn_ops puts), returning once the last one committed. etcd fdatasyncs on a
+quorum of members before it answers, so whatever sync() returned is durable.
+A reply lost with a member makes the client retry on another: if the retry's
+compare fails while the leader key is still ours and the sequence key exists,
+our earlier attempt committed (only the leader writes log keys), so it counts.
+
+etcd's lease is kept alive by a thread renewing it every ttl/3 (and by renew()); etcd
+answers an expired lease's renewal with TTL 0, not an error, so the TTL is checked on
+every renewal. The lease's valid_until_ns is the local CLOCK_MONOTONIC at which the
+renewal was sent plus the TTL granted (log/interface.py): etcd cannot expire the
+lease before then, so no other writer can lead before then.
+
+EtcdLog implements log/interface.py's ShardLog; log/etcd_follower.py its LogFollower.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+from .errors import LeaseLost, LogClosed, LogCorrupt, LogWriteFailed, PendingFull, RecordTooLarge, \
+    SequenceMismatch
+from .etcd_client import EtcdClient, EtcdRequestFailed, EtcdUnavailable, b64, unb64
+from .etcd_records import (HEADER, MAX_PARTS, Keys, cmp_absent, cmp_mod, get_op, kvs_of, log_ends, put_op, read,
+                           revision_of)
+from .interface import LeaseLike
+from .writer import RecoveryReport
+
+logger = logging.getLogger("durakv.log")
+
+DEFAULT_LEASE_TTL_S = 10
+MIN_LEASE_TTL_S = 2
+# etcd's defaults: --max-request-bytes 1.5 MiB, --max-txn-ops 128 (puts per transaction).
+DEFAULT_MAX_TXN_BYTES = 1024 * 1024
+DEFAULT_MAX_TXN_OPS = 128
+DEFAULT_MAX_PENDING_BYTES = 2 * 1024 * 1024 * 1024  # as log.Log's: two records of the largest value
+TAKE_LEASE_ATTEMPTS = 20
+CAMPAIGN_POLL_S = 0.1
+
+
+@dataclass(slots=True)
+class EtcdLease:
+    """The right to append (log/interface.py's LeaseLike): current while its epoch is the
+    log's and the leader key is ours; valid_until_ns as of the renewal that made it.
+    Not frozen only because LeaseLike declares plain (writable) attributes; nothing
+    changes one after it is made."""
+    holder: str
+    epoch: int
+    valid_until_ns: int
+    _owner: object = field(repr=False, compare=False)
+
+
+class EtcdLog:
+    """A shard's log on etcd, with log.Log's writer API. Create with EtcdLog.open()."""
+
+    def __init__(self, client: EtcdClient, prefix: str, lease_ttl_s: int, max_txn_bytes: int,
+                 max_txn_ops: int, max_pending_bytes: int) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.path = f"etcd:{prefix}"  # what messages name, as log.Log's directory path
+        self._keys = Keys(prefix.encode())
+        self.lease_ttl_s = lease_ttl_s
+        self.max_txn_bytes = max_txn_bytes
+        self.max_txn_ops = max_txn_ops
+        self.max_pending_bytes = max_pending_bytes
+        self._owner = object()
+        self._lock = threading.Lock()              # guards the pending buffer swap
+        self._pending: list[tuple[int, int, bytes]] = []   # (seq, epoch, payload)
+        self._pending_bytes = 0
+        self._inflight: list[tuple[bytes, bytes, int]] = []  # (key, value, seq of a record key or 0) to commit
+        self._sync_busy = threading.Lock()
+        self._failed: BaseException | None = None
+        self._deposed: str | None = None
+        self._closed = False
+        self._epoch = 0
+        self._holder = ""
+        self._leader_revision = 0                  # mod_revision of our leader key: the fencing token
+        self._etcd_lease = 0
+        self._valid_until_ns = 0                   # CLOCK_MONOTONIC: etcd keeps our lease at least until then
+        self._renew_lock = threading.Lock()
+        self._renew_client = client.clone()        # renewals run beside the commit thread's requests
+        self._stop = threading.Event()
+        self._keepalive_thread: threading.Thread | None = None
+        self.first_seq = 1
+        self.tail_seq = 0
+        self.durable_seq = 0
+        self.fsync_count = 0                       # transactions committed (each fsync'd by a quorum)
+        self.last_fsync_latency_us = 0
+        self.bytes_written = 0
+        self.recovery: RecoveryReport | None = None
+
+    @classmethod
+    def open(cls, client: EtcdClient, prefix: str, *, lease_ttl_s: int = DEFAULT_LEASE_TTL_S,
+             max_txn_bytes: int = DEFAULT_MAX_TXN_BYTES, max_txn_ops: int = DEFAULT_MAX_TXN_OPS,
+             max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES) -> "EtcdLog":
+        """Find the log's first and last seq under `prefix` and grant the etcd lease the
+        writer's leader key will be bound to (kept alive from now on). Raises
+        EtcdUnavailable if no endpoint answers."""
+        if lease_ttl_s < MIN_LEASE_TTL_S:
+            raise ValueError(f"lease_ttl_s must be at least {MIN_LEASE_TTL_S}")
+        if not 1 <= max_txn_ops <= 10_000 or max_txn_bytes < 1024:
+            raise ValueError("max_txn_ops must be in 1..10000 and max_txn_bytes at least 1024")
+        started = time.perf_counter()
+        log = cls(client, prefix, lease_ttl_s, max_txn_bytes, max_txn_ops, max_pending_bytes)
+        log.first_seq, last = log_ends(client, log._keys)
+        log.tail_seq = log.durable_seq = last
+        sent_ns = time.monotonic_ns()
+        log._etcd_lease = client.lease_grant(lease_ttl_s)
+        log._valid_until_ns = sent_ns + lease_ttl_s * 1_000_000_000
+        log._keepalive_thread = threading.Thread(target=log._keep_alive, name=f"etcd lease {prefix}",
+                                                 daemon=True)
+        log._keepalive_thread.start()
+        log.recovery = RecoveryReport(
+            records=max(0, last - log.first_seq + 1), first_seq=log.first_seq, last_seq=last, truncated_bytes=0,
+            truncated_segment=None, truncated_offset_bytes=None, truncated_reason=None, removed_segments=(),
+            elapsed_ms=(time.perf_counter() - started) * 1000)
+        return log
+
+    # ---- the etcd lease ----
+
+    def _keep_alive(self) -> None:
+        interval_s = self.lease_ttl_s / 3
+        while not self._stop.wait(interval_s):
+            try:
+                if not self._renew_etcd_lease():
+                    return
+            except (EtcdUnavailable, EtcdRequestFailed) as e:
+                logger.warning("etcd log %s: lease renewal failed (%s); valid for %.1f s more", self.prefix, e,
+                               max(0, self._valid_until_ns - time.monotonic_ns()) / 1e9)
+
+    def _renew_etcd_lease(self) -> bool:
+        """One renewal; False once etcd says the lease expired (its leader key is gone)."""
+        with self._renew_lock:
+            sent_ns = time.monotonic_ns()
+            ttl_s = self._renew_client.lease_keepalive(self._etcd_lease)
+            if ttl_s <= 0:
+                if self._valid_until_ns:
+                    logger.error("etcd log %s: etcd lease %x expired (renewal answered TTL %d); the leader key "
+                                 "is gone and appends will be refused", self.prefix, self._etcd_lease, ttl_s)
+                self._valid_until_ns = 0
+                return False
+            self._valid_until_ns = max(self._valid_until_ns, sent_ns + ttl_s * 1_000_000_000)
+            return True
+
+    def renew(self, lease: LeaseLike) -> EtcdLease:
+        """Renew the etcd lease now and check the leader key is still ours; a lease with
+        the new valid_until_ns. LeaseLost if deposed or the etcd lease expired. (A thread
+        renews the etcd lease every ttl/3 as well.)"""
+        self._check_lease(lease)
+        if not self._renew_etcd_lease():
+            raise LeaseLost(f"etcd log {self.prefix}: the etcd lease expired; the leader key is gone")
+        kvs = kvs_of(self.client.range(self._keys.leader))
+        if not kvs or int(kvs[0]["mod_revision"]) != self._leader_revision:
+            self._deposed = "another writer took the leader key (seen at a renewal)"
+            raise LeaseLost(f"etcd log {self.prefix}: {self._holder!r} (epoch {self._epoch}) was deposed: "
+                            f"{self._deposed}")
+        return EtcdLease(lease.holder, lease.epoch, self._valid_until_ns, self._owner)
+
+    def lease_valid(self, margin_s: float = 0.0) -> bool:
+        """Whether the etcd lease backing our leader key is known alive for margin_s more
+        (a primary serves reads only while this holds)."""
+        return self._deposed is None and time.monotonic_ns() + margin_s * 1e9 < self._valid_until_ns
+
+    # ---- leases (epochs) ----
+
+    def take_lease(self, holder: str, *, take_over: bool = True, wait_s: float = 0.0) -> EtcdLease:
+        """Campaign: write the leader key (bound to our etcd lease) with an epoch above
+        every earlier one. With take_over (a shard's restart: its supervisor knows the
+        old process is gone) an existing leader is deposed at once; without it, the
+        leader key must be absent (its holder's lease expired), waiting up to wait_s."""
+        self._check_open()
+        keys = self._keys
+        deadline = time.monotonic() + wait_s
+        raced = 0
+        while True:
+            kvs = kvs_of(self.client.range(keys.epoch))
+            epoch_revision = int(kvs[0]["mod_revision"]) if kvs else 0
+            epoch = max(int(unb64(kvs[0]["value"])) if kvs else 0, self._epoch) + 1
+            leader = json.dumps({"holder": holder, "epoch": epoch, "lease": self._etcd_lease,
+                                 "pid": os.getpid()}).encode()
+            compare = [cmp_mod(keys.epoch, epoch_revision)]
+            if not take_over:
+                compare.append(cmp_absent(keys.leader))
+            reply = self.client.txn(compare, [put_op(keys.epoch, str(epoch).encode()),
+                                              put_op(keys.leader, leader, self._etcd_lease)],
+                                    [get_op(keys.epoch)])
+            if reply.get("succeeded"):
+                self._leader_revision = revision_of(reply)
+                break
+            now_kvs = kvs_of(reply["responses"][0]["response_range"])
+            if (int(now_kvs[0]["mod_revision"]) if now_kvs else 0) != epoch_revision:
+                raced += 1  # another campaigner bumped the epoch between our read and our write
+                if raced >= TAKE_LEASE_ATTEMPTS:
+                    raise LeaseLost(f"etcd log {self.prefix}: {TAKE_LEASE_ATTEMPTS} campaigns for the leader key "
+                                    "lost to other writers")
+                continue
+            if time.monotonic() >= deadline:  # not take_over: the leader key is still held
+                raise LeaseLost(f"etcd log {self.prefix}: the leader key is held (by another writer whose etcd "
+                                f"lease has not expired) after waiting {wait_s:g} s")
+            time.sleep(CAMPAIGN_POLL_S)
+        tail = log_ends(self.client, keys)[1]
+        if tail != self.tail_seq:
+            self._deposed = f"the log grew from seq {self.tail_seq} to {tail} while it was opened"
+            raise LeaseLost(f"etcd log {self.prefix}: {self._deposed}; open it again")
+        self._epoch, self._holder, self._deposed = epoch, holder, None
+        logger.info("etcd log %s: %s leads at epoch %d (leader revision %d)", self.prefix, holder, epoch,
+                    self._leader_revision)
+        return EtcdLease(holder, epoch, self._valid_until_ns, self._owner)
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def _check_lease(self, lease: LeaseLike) -> None:
+        if not isinstance(lease, EtcdLease) or lease._owner is not self._owner:
+            raise LeaseLost(f"{lease!r} was not issued by this log ({self.path})")
+        if self._deposed is not None:
+            raise LeaseLost(f"etcd log {self.prefix}: {self._holder!r} was deposed: {self._deposed}")
+        if lease.epoch != self._epoch:
+            raise LeaseLost(f"lease epoch {lease.epoch} is not current: epoch {self._epoch} is")
+
+    # ---- writing ----
+
+    def append(self, payloads: Sequence[bytes], after_seq: int, lease: LeaseLike) -> int:
+        """Queue payloads as seqs after_seq+1..; nothing is in etcd until sync()."""
+        self._check_open()
+        self._check_lease(lease)
+        if after_seq != self.tail_seq:
+            raise SequenceMismatch(after_seq, self.tail_seq)
+        size = 0
+        for payload in payloads:
+            if len(payload) > MAX_PARTS * self.max_txn_bytes:
+                raise RecordTooLarge(f"record of {len(payload)} bytes exceeds the etcd log's "
+                                     f"{MAX_PARTS * self.max_txn_bytes}-byte limit")
+            size += len(payload) + HEADER.size
+        records = [(after_seq + 1 + i, lease.epoch, bytes(payload)) for i, payload in enumerate(payloads)]
+        if not records:
+            return self.tail_seq
+        with self._lock:
+            if self._pending_bytes + size > self.max_pending_bytes:
+                raise PendingFull(f"{self._pending_bytes + size} bytes pending would exceed "
+                                  f"max_pending_bytes={self.max_pending_bytes}; sync first")
+            self._pending.extend(records)
+            self._pending_bytes += size
+        self.tail_seq = after_seq + len(records)
+        return self.tail_seq
+
+    def sync(self) -> int:
+        """Commit everything pending in consecutive fenced transactions; returns durable_seq
+        once the last committed. LeaseLost if deposed (the records are not in etcd),
+        LogWriteFailed if etcd was unavailable (retry_failed() tries again)."""
+        self._check_usable()
+        if not self._sync_busy.acquire(blocking=False):
+            raise RuntimeError(f"EtcdLog.sync() of {self.prefix} called while another sync() runs")
+        try:
+            self._check_usable()
+            with self._lock:
+                records, self._pending, self._pending_bytes = self._pending, [], 0
+            self._inflight += self._puts(records)
+            self._commit_inflight()
+            return self.durable_seq
+        finally:
+            self._sync_busy.release()
+
+    def retry_failed(self) -> int:
+        """After LogWriteFailed: commit the records the failed sync held, again."""
+        self._check_open()
+        if not self._sync_busy.acquire(blocking=False):
+            raise RuntimeError(f"EtcdLog.retry_failed() of {self.prefix} called while a sync runs")
+        try:
+            if self._failed is None:
+                return self.durable_seq
+            if self._deposed is not None:
+                raise LeaseLost(f"etcd log {self.prefix}: deposed: {self._deposed}")
+            self._failed = None
+            self._commit_inflight()
+            logger.warning("etcd log %s: writable again; durable through seq %d", self.prefix, self.durable_seq)
+            return self.durable_seq
+        finally:
+            self._sync_busy.release()
+
+    def _puts(self, records: list[tuple[int, int, bytes]]) -> list[tuple[bytes, bytes, int]]:
+        """The key/value puts of records, in commit order: a payload over max_txn_bytes
+        goes in parts first, then its record key, which makes it exist."""
+        keys, limit = self._keys, self.max_txn_bytes
+        puts = []
+        for seq, epoch, payload in records:
+            if len(payload) + HEADER.size <= limit:
+                puts.append((keys.record(seq), HEADER.pack(epoch, 0) + payload, seq))
+                continue
+            parts = (len(payload) + limit - 1) // limit
+            puts += [(keys.part(seq, i), payload[i * limit:(i + 1) * limit], 0) for i in range(parts)]
+            puts.append((keys.record(seq), HEADER.pack(epoch, parts), seq))
+        return puts
+
+    def _commit_inflight(self) -> None:
+        while self._inflight:
+            count, size = 0, 0
+            for _key, value, _seq in self._inflight:
+                if count and (count >= self.max_txn_ops or size + len(value) > self.max_txn_bytes):
+                    break
+                count += 1
+                size += len(value)
+            chunk = self._inflight[:count]
+            seqs = [seq for _key, _value, seq in chunk if seq]
+            started = time.perf_counter_ns()
+            try:
+                self._commit_chunk(chunk, seqs)
+            except (EtcdUnavailable, EtcdRequestFailed) as e:
+                self._failed = e
+                logger.error("etcd log %s: committing seqs %d..%d failed: %s", self.prefix, self.durable_seq + 1,
+                             self.tail_seq, e)
+                raise LogWriteFailed(f"etcd log {self.prefix}: {e}; writes wait for a successful retry") from e
+            self.last_fsync_latency_us = (time.perf_counter_ns() - started) // 1000
+            del self._inflight[:count]
+            self.fsync_count += 1
+            self.bytes_written += size
+            if seqs:
+                self.durable_seq = seqs[-1]
+
+    def _commit_chunk(self, chunk: list[tuple[bytes, bytes, int]], seqs: list[int]) -> None:
+        """One fenced transaction: the leader key is ours and the first record key in it
+        is absent (a chunk of parts only is fenced by the leader key alone)."""
+        keys = self._keys
+        assert not seqs or seqs[0] == self.durable_seq + 1, "records commit in order, with no gap"
+        compare = [cmp_mod(keys.leader, self._leader_revision)]
+        failure = [get_op(keys.leader)]
+        if seqs:
+            compare.append(cmp_absent(keys.record(seqs[0])))
+            failure.append({"request_range": {"key": b64(keys.record(seqs[0])), "keys_only": True}})
+        reply = self.client.txn(compare, [put_op(key, value) for key, value, _seq in chunk], failure)
+        if reply.get("succeeded"):
+            return
+        what = f"seqs {seqs[0]}..{seqs[-1]}" if seqs else f"parts of seq {self.durable_seq + 1}"
+        leader_kvs = kvs_of(reply["responses"][0]["response_range"])
+        if not leader_kvs or int(leader_kvs[0]["mod_revision"]) != self._leader_revision:
+            now = unb64(leader_kvs[0]["value"]).decode(errors="replace") if leader_kvs else "nobody (lease expired)"
+            self._deposed = f"the leader key is now held by {now}"
+            self._failed = LeaseLost(self._deposed)
+            logger.critical("etcd log %s: %r (epoch %d) was deposed: %s; %s refused", self.prefix,
+                            self._holder, self._epoch, self._deposed, what)
+            raise LeaseLost(f"etcd log {self.prefix}: {self._holder!r} (epoch {self._epoch}) was deposed: "
+                            f"{self._deposed}")
+        if seqs and kvs_of(reply["responses"][1]["response_range"]):
+            # Still the leader, and the record key exists: only the leader writes log keys, so an
+            # earlier attempt of this very transaction committed and its reply was lost.
+            logger.warning("etcd log %s: %s were committed by an attempt whose reply was lost", self.prefix, what)
+            return
+        raise LogCorrupt(self.path, seqs[0] if seqs else 0,
+                         "fenced append refused although this writer leads and the seq is free")
+
+    # ---- reading and dropping ----
+
+    def read(self, from_seq: int = 1, *, through_seq: int | None = None) -> Iterator[tuple[int, int, bytes]]:
+        """(seq, epoch, payload) from from_seq through durable_seq (or through_seq if lower)."""
+        limit = self.durable_seq if through_seq is None else min(through_seq, self.durable_seq)
+        if limit < from_seq:
+            return iter(())
+        return read(self.client, self.prefix, from_seq, through_seq=limit)
+
+    def drop_segments_through(self, seq: int) -> list[str]:
+        """Delete the records through `seq` (fenced: only the leader drops), move the
+        first seq on, and compact etcd's history at that revision so the space can be
+        reclaimed (a defragmentation of each member, when quiet, returns it to the disk)."""
+        self._check_usable()
+        seq = min(seq, self.durable_seq)
+        if seq < self.first_seq:
+            return []
+        keys = self._keys
+        reply = self.client.txn([cmp_mod(keys.leader, self._leader_revision)],
+                                [{"request_delete_range": {"key": b64(keys.record(self.first_seq)),
+                                                           "range_end": b64(keys.record(seq + 1))}},
+                                 {"request_delete_range": {"key": b64(keys.parts_of(self.first_seq)),
+                                                           "range_end": b64(keys.parts_of(seq + 1))}},
+                                 put_op(keys.first, str(seq + 1).encode())], [])
+        if not reply.get("succeeded"):
+            self._deposed = "the leader key changed (seen while dropping records)"
+            raise LeaseLost(f"etcd log {self.prefix}: {self._deposed}")
+        dropped = [f"{self.path}/log/{self.first_seq}..{seq}"]
+        self.first_seq = seq + 1
+        try:
+            self.client.compact(revision_of(reply))
+        except (EtcdUnavailable, EtcdRequestFailed) as e:  # e.g. a user without etcd's root role
+            logger.warning("etcd log %s: records through seq %d dropped, but compacting etcd's history failed "
+                           "(%s); compact it with etcdctl compact", self.prefix, seq, e)
+        return dropped
+
+    # ---- state and stats ----
+
+    @property
+    def failed(self) -> bool:
+        return self._failed is not None
+
+    @property
+    def pending_records(self) -> int:
+        return self.tail_seq - self.durable_seq
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes this writer committed since open (etcd's own size is in its status)."""
+        return self.bytes_written
+
+    @property
+    def segment_count(self) -> int:
+        return 0
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LogClosed(f"{self.path} is closed")
+
+    def _check_usable(self) -> None:
+        self._check_open()
+        if self._deposed is not None:
+            raise LeaseLost(f"etcd log {self.prefix}: {self._holder!r} was deposed: {self._deposed}")
+        if self._failed is not None:
+            raise LogWriteFailed(f"etcd log {self.prefix}: {self._failed}; writes wait for a successful "
+                                 "retry") from self._failed
+
+    def close(self) -> None:
+        """Stop renewing and revoke the etcd lease (the leader key goes at once, so a
+        successor need not wait out the TTL). Records not yet committed are discarded."""
+        if self._closed:
+            return
+        with self._sync_busy:
+            if self.tail_seq != self.durable_seq:
+                logger.warning("etcd log %s: closing with %d uncommitted records (discarded)", self.prefix,
+                               self.tail_seq - self.durable_seq)
+            self._closed = True
+        self._stop.set()
+        if self._keepalive_thread is not None:
+            self._keepalive_thread.join(self.client.request_timeout_s * 2)
+        try:
+            self.client.lease_revoke(self._etcd_lease)
+        except (EtcdUnavailable, EtcdRequestFailed) as e:
+            logger.warning("etcd log %s: revoking lease %x failed (%s); it expires in %d s", self.prefix,
+                           self._etcd_lease, e, self.lease_ttl_s)
+
+    def __enter__(self) -> "EtcdLog":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<EtcdLog {self.prefix} tail_seq={self.tail_seq} durable_seq={self.durable_seq} epoch={self._epoch}>"
