@@ -48,6 +48,7 @@ RESOLVE_RETRY_S = 0.05
 RESOLVE_ATTEMPTS = 200  # then the next link change tries again
 MAX_BLOCKING_MOVE_ATTEMPTS = 1_000_000  # wakeups of a cross-shard BLMOVE that found the source emptied
 SETTLE_ATTEMPTS = 12_000  # 10 minutes for a dead decider to serve again
+DELETES = frozenset({b"del", b"unlink"})  # their locks report presence only, no values
 ERR_ABORTED = b"-ERR cross-shard transaction aborted: a participant failed; nothing was applied\r\n"
 
 
@@ -64,6 +65,7 @@ class Coordinator:
         self._last_us = 0
         self.committed = 0
         self.aborted = 0
+        self.read_waits = 0  # cross-shard reads that found a key locked and waited (server/txn_read.py)
 
     def new_txid(self) -> int:
         """Unique across routers and restarts: microseconds since the epoch, times 64, plus the router index."""
@@ -204,22 +206,27 @@ class Coordinator:
         locked: list[int] = []
         values: list[Any] = []
         watch_failed = False
+        deletes = not multi and commands[0][0].lower() in DELETES
+        mode = b"exec" if multi else b"keys" if deletes else b"one"
         try:
             for shard in participants:  # ascending: no deadlock between coordinators
-                dirty, packed = await self._ask(
-                    shard, [VERB_TXLOCK, b"%d" % txid, b"exec" if multi else b"one", *keys.get(shard, [])], client)
+                dirty, packed = await self._ask(shard, [VERB_TXLOCK, b"%d" % txid, mode, *keys.get(shard, [])], client)
                 locked.append(shard)
                 watch_failed = watch_failed or dirty
                 values.extend(unpack_values(packed))
             if watch_failed:
-                self._release(txid, locked)
+                self.release(txid, locked)
                 return encode(NULL_ARRAY, proto)
-            executor = min(keys) if keys else participants[0]
-            reply, packed_states = await self._ask(
-                executor, [VERB_TXRUN, b"%d" % txid, b"%d" % proto, b"multi" if multi else b"one",
-                           pack_transaction(commands), pack([list(v) for v in values])])
+            if deletes:  # the reply and the effects follow from which keys are present
+                present = [(key, None, 0) for key, payload, _when_ms in values if payload is not None]
+                reply, packed_states = encode(len(present), proto), pack(present)
+            else:
+                executor = min(keys) if keys else participants[0]
+                reply, packed_states = await self._ask(
+                    executor, [VERB_TXRUN, b"%d" % txid, b"%d" % proto, b"multi" if multi else b"one",
+                               pack_transaction(commands), pack([list(v) for v in values])])
         except (ReplyError, Lost) as e:
-            self._release(txid, locked)
+            self.release(txid, locked)
             never_locked = set(participants) - set(locked)
             if never_locked and multi:
                 self.router.unwatch(client.id, never_locked)  # EXEC drops every WATCH, as in Redis
@@ -231,7 +238,7 @@ class Coordinator:
         for state in unpack_values(packed_states):
             effects.setdefault(owner[key_slot(state[0])], []).append(state)
         writers = sorted(effects)
-        self._release(txid, [s for s in locked if s not in effects])
+        self.release(txid, [s for s in locked if s not in effects])
         if not writers:
             return reply
         decider = writers[0]
@@ -240,7 +247,7 @@ class Coordinator:
             await self._ask_all([(s, [VERB_TXPREPARE, b"%d" % txid, b"%d" % decider, pack(writers),
                                       pack(state_effects(effects[s]))]) for s in others])
         except (ReplyError, Lost) as e:
-            self._release(txid, writers)  # the decider never decided: presumed abort
+            self.release(txid, writers)  # the decider never decided: presumed abort
             self.aborted += 1
             if isinstance(e, Lost):
                 raise
@@ -249,7 +256,7 @@ class Coordinator:
         try:
             await self._ask(decider, [VERB_TXDECIDE, b"%d" % txid, pack(state_effects(effects[decider]))])
         except ReplyError:
-            self._release(txid, writers)
+            self.release(txid, writers)
             self.aborted += 1
             return ERR_ABORTED
         except Lost:
@@ -265,7 +272,8 @@ class Coordinator:
 
     # --- talking to shards ---------------------------------------------------------
 
-    def _release(self, txid: int, shards: list[int]) -> None:
+    def release(self, txid: int, shards: list[int]) -> None:
+        """Drop the transaction's locks (and prepared effects) on those shards, not waiting."""
         for shard in shards:
             self._tell(shard, [VERB_TXABORT, b"%d" % txid])
 
@@ -279,6 +287,13 @@ class Coordinator:
     async def _ask_all(self, requests: list[tuple[int, list[bytes]]], client: Client | None = None) -> list:
         """Send requests to shards at once and wait for every reply (decoded);
         raises Lost or the first ReplyError once all are in."""
+        replies = await self.ask_raw_all(requests, client)
+        if any(data is LOST for data in replies):
+            raise Lost()
+        return [decode_internal(data) for data in replies]
+
+    async def ask_raw_all(self, requests: list[tuple[int, list[bytes]]], client: Client | None = None) -> list:
+        """Send internal requests to shards at once; every reply as the shard sent it (or LOST)."""
         done = trio.Event()
         replies: list[Any] = [None] * len(requests)
         left = len(requests)
@@ -296,9 +311,7 @@ class Coordinator:
             self.router.links[shard].submit(client, PROTO_INTERNAL, argv, Pending(client, on_fill=filler(n)))
         if left:
             await done.wait()
-        if any(data is LOST for data in replies):
-            raise Lost()
-        return [decode_internal(data) for data in replies]
+        return replies
 
     # --- transactions in doubt -------------------------------------------------------
 

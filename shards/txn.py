@@ -40,7 +40,7 @@ import trio
 from durakv.shards.context import Ctx
 from durakv.shards.frames import (
     INTERNAL_PREFIX, VERB_EXEC, VERB_LITERAL, VERB_TXABORT, VERB_TXCOMMIT, VERB_TXDECIDE, VERB_TXINDOUBT,
-    VERB_TXLOCK, VERB_TXPREPARE, VERB_TXRESOLVE, VERB_TXRUN, Request, encode_internal,
+    VERB_TXLOCK, VERB_TXPREPARE, VERB_TXREAD, VERB_TXRESOLVE, VERB_TXRUN, Request, encode_internal,
 )
 from durakv.shards.hazards import ReplySink
 from durakv.shards.engine import run_command
@@ -70,7 +70,9 @@ MAX_DEFERRED_REQUESTS = 1_000_000  # requests waiting for locks (a client's back
 MAX_LOCKS = 1_000_000
 MAX_DECOMPRESSED_BYTES = 512 * 1024 * 1024
 TXN_VERBS = frozenset({VERB_TXLOCK, VERB_TXRUN, VERB_TXPREPARE, VERB_TXDECIDE, VERB_TXCOMMIT, VERB_TXABORT,
-                       VERB_TXRESOLVE, VERB_TXINDOUBT})
+                       VERB_TXRESOLVE, VERB_TXINDOUBT, VERB_TXREAD})
+WAITING_VERBS = (VERB_EXEC, VERB_TXLOCK, VERB_TXREAD)  # internal requests that wait for locks
+TXBUSY = b"TXBUSY a key is locked"  # a b"try" TXREAD's answer: the router retries waiting
 
 _pack = msgspec.msgpack.Encoder().encode
 _values_decoder = msgspec.msgpack.Decoder(list[tuple[bytes, Any, int]])
@@ -152,9 +154,11 @@ class TxnState:
         """Whether req must wait: it touches a locked key, or an earlier request of
         its client waits. Then it is queued, in arrival order."""
         cid = req.cid
+        argv = req.argv
+        if argv[0] == VERB_TXREAD and argv[2] == b"try":
+            return False  # it answers TXBUSY rather than wait while holding locks elsewhere
         if not (cid and cid in self.deferred_cids):
-            argv = req.argv
-            if argv[0][:1] == INTERNAL_PREFIX and argv[0] not in (VERB_EXEC, VERB_TXLOCK):
+            if argv[0][:1] == INTERNAL_PREFIX and argv[0] not in WAITING_VERBS:
                 return False
             keys = self.request_keys(req)
             locks = self.locks
@@ -172,6 +176,8 @@ class TxnState:
     def request_keys(self, req: Request) -> list[bytes] | None:
         """The keys a request touches; None when it may touch any (a keyless write)."""
         argv = req.argv
+        if argv[0] == VERB_TXREAD:
+            return argv[4:]
         if argv[0] == VERB_TXLOCK:
             if argv[2] != b"exec":
                 return argv[3:]
@@ -212,6 +218,8 @@ class TxnState:
         try:
             if verb == VERB_TXLOCK:
                 return self._lock(conn, req, next_seq)
+            if verb == VERB_TXREAD:
+                return self._read(conn, req, next_seq)
             if verb == VERB_TXRUN:
                 return encode_internal(True, self._run(req)), 0
             if verb == VERB_TXPREPARE:
@@ -251,11 +259,15 @@ class TxnState:
         effects_before = len(db.effects)
         values: list[tuple[bytes, bytes | None, int]] = []
         lps = shard.settings["list-max-listpack-size"]
+        presence_only = req.argv[2] == b"keys"  # DEL/UNLINK need not move the values
         try:
             for key in dict.fromkeys(keys):
                 value = db.get(key)  # an expired key is deleted (and logged) here
                 if value is None:
                     values.append((key, None, 0))
+                    continue
+                if presence_only:
+                    values.append((key, b"", 0))
                     continue
                 try:
                     payload = dump_payload(value, lps)
@@ -268,6 +280,36 @@ class TxnState:
         if len(db.effects) > effects_before:
             wait = next_seq
         return encode_internal(True, [dirty, pack(values)]), wait
+
+    def _read(self, conn: ReplySink, req: Request, next_seq: int) -> tuple[bytes, int]:
+        """A cross-shard read (server/txn_read.py): lock its keys here and run it on
+        them; the locks stay until the router's TXABORT, once every shard has read."""
+        argv = req.argv
+        keys = argv[4:]
+        locks = self.locks
+        if argv[2] == b"try" and (any(key in locks for key in keys) or (req.cid and req.cid in self.deferred_cids)):
+            return encode_internal(False, TXBUSY), 0
+        txid = int(argv[1])
+        txn = Txn(txid, list(dict.fromkeys(keys)), conn)
+        assert len(locks) + len(txn.keys) <= MAX_LOCKS, "too many locked keys"
+        for key in txn.keys:
+            locks[key] = txid
+        self.txns[txid] = txn
+        shard = self.shard
+        db = shard.db
+        ctx = shard.ctx
+        ctx.client_id = req.cid
+        effects_before = len(db.effects)
+        db.frozen_ms = time.time_ns() // 1_000_000
+        db.count_reads = True
+        try:
+            reply = encode_internal(True, run_command(ctx, argv[3:]))
+        finally:
+            db.frozen_ms = 0
+            db.count_reads = False
+        if len(db.effects) > effects_before:  # a key expired here: its deletion is logged
+            return reply, next_seq
+        return reply, shard.hazards.wait_seq(keys)
 
     def _run(self, req: Request) -> list:
         """The executor: run the commands over a scratch keyspace holding every key."""

@@ -16,13 +16,13 @@ from durakv.shards.config import Config
 from durakv.shards.engine import state_of
 from durakv.shards.frames import (
     Request, VERB_TXABORT, VERB_TXCOMMIT, VERB_TXDECIDE, VERB_TXINDOUBT, VERB_TXLOCK, VERB_TXPREPARE,
-    VERB_TXRESOLVE, VERB_TXRUN, internal_reply_decoder,
+    VERB_TXREAD, VERB_TXRESOLVE, VERB_TXRUN, internal_reply_decoder,
 )
 from durakv.shards.records import encode_record
 from durakv.shards.shard import Shard
 from durakv.shards.t_multi import pack_transaction
 from durakv.shards.txn import (
-    MARK_COMMIT, MARK_DECIDE_COMMIT, MARK_PREPARE, pack, snapshot_cut, state_effects, unpack_values,
+    MARK_COMMIT, MARK_DECIDE_COMMIT, MARK_PREPARE, TXBUSY, pack, snapshot_cut, state_effects, unpack_values,
 )
 from durakv.snapshotter.replay import new_context, replay_records
 from test_commit_thread import Sink
@@ -195,4 +195,32 @@ async def test_a_closed_coordinator_connection_leaves_no_locks(tmp_path: Path) -
         assert d.shard.txn.locks == {b"j": 23} and list(d.shard.txn.txns) == [23]
         assert await d.call(0, VERB_TXINDOUBT) == [[23, 1]]
 
+    await serving(open_shard(tmp_path / "data"), body)
+
+
+
+async def test_a_read_tries_without_waiting_then_waits_for_the_lock(tmp_path: Path) -> None:
+    """TXREAD try answers TXBUSY at once where a key is locked, locking nothing (a
+    cross-shard read never waits while holding locks); TXREAD wait waits for the lock,
+    and its own locks defer writers until its TXABORT."""
+    async def body(d: Driver) -> None:
+        assert await d.call(1, b"MSET", b"a", b"1", b"b", b"2") == b"+OK\r\n"
+        await d.call(2, VERB_TXLOCK, b"10", b"one", b"a")  # a writer holds a
+        assert await d.call(3, VERB_TXREAD, b"11", b"try", b"MGET", b"a", b"b") == ("error", TXBUSY)
+        assert d.shard.txn.locks == {b"a": 10}
+        waiting = d.submit(3, VERB_TXREAD, b"12", b"wait", b"MGET", b"b", b"a")
+        await trio.sleep(0.05)
+        assert not d.answered(waiting)
+        await d.call(2, VERB_TXDECIDE, b"10", pack([[b"SET", b"a", b"new"]]))
+        ok, value = internal_reply_decoder.decode(await d.sink.wait_for(waiting))
+        assert ok and value == [b"2", b"new"]
+        write = d.submit(4, b"SET", b"b", b"3")  # the read's lock on b defers it
+        await trio.sleep(0.05)
+        assert not d.answered(write)
+        assert await d.call(5, VERB_TXREAD, b"13", b"try", b"EXISTS", b"a", b"c") == ("error", TXBUSY)
+        assert await d.call(5, VERB_TXREAD, b"13", b"try", b"EXISTS", b"c", b"c") == 0
+        await d.call(5, VERB_TXABORT, b"13")
+        await d.call(3, VERB_TXABORT, b"12")
+        assert await d.sink.wait_for(write) == b"+OK\r\n"
+        assert d.shard.txn.locks == {}
     await serving(open_shard(tmp_path / "data"), body)
