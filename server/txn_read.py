@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 
 from durakv.server.front import decode_internal
 from durakv.server.links import LOST, Pending
-from durakv.server.txn import MAX_TXNS_IN_FLIGHT, Lost
-from durakv.shards.frames import VERB_TXREAD
+from durakv.server.txn import MAX_TXNS_IN_FLIGHT
+from durakv.shards.frames import PROTO_INTERNAL, VERB_TXREAD
 from durakv.shards.resp import ReplyError, encode, encode_error
 from durakv.shards.slots import key_slot
 from durakv.shards.table import SPLIT_MGET, Command, merge_sum
@@ -42,9 +42,8 @@ logger = logging.getLogger("durakv.router")
 def start_read(coordinator: Coordinator, client: Client, argv: list[bytes], cmd: Command,
                indexes: list[int]) -> Pending:
     """Run a read whose keys live on several shards; the client's further requests
-    wait until its reply is in."""
-    router = coordinator.router
-    owner = router.slot_owner
+    wait until its reply is in. The first attempt is sent at once, from here."""
+    owner = coordinator.router.slot_owner
     by_shard: dict[int, list[int]] = {}
     for i in indexes:
         by_shard.setdefault(owner[key_slot(argv[i])], []).append(i)
@@ -54,57 +53,100 @@ def start_read(coordinator: Coordinator, client: Client, argv: list[bytes], cmd:
         pending.fill(b"-ERR too many cross-shard transactions in flight, retry later\r\n")
         return pending
     shards = sorted(by_shard)
-    requests = {s: [argv[0], *(argv[i] for i in by_shard[s])] for s in shards}
-    merge = _merger(cmd, indexes, by_shard, shards, client.proto)
+    read = CrossRead(coordinator, client, pending, shards,
+                     {s: [argv[0], *(argv[i] for i in by_shard[s])] for s in shards},
+                     _merger(cmd, indexes, by_shard, shards, client.proto))
     client.blocked_pending = pending
     client.blocked_shard = -1
     coordinator.in_flight += 1
-
-    async def read() -> None:
-        try:
-            pending.fill(merge(await _read(coordinator, client, shards, requests)))
-        except Lost:
-            pending.fill(LOST)
-        except ReplyError as e:
-            pending.fill(encode_error(e.message))
-        except Exception:
-            logger.exception("router: cross-shard read failed")
-            pending.fill(encode_error(b"ERR internal error in a cross-shard read"))
-        finally:
-            coordinator.in_flight -= 1
-
-    assert router.nursery is not None, "a read before the router serves"
-    router.nursery.start_soon(read)
+    read.attempt()
     return pending
 
 
-async def _read(coordinator: Coordinator, client: Client, shards: list[int],
-                requests: dict[int, list[bytes]]) -> list:
-    """Every shard's reply (decoded), read under all the shards' locks at once."""
-    txid = coordinator.new_txid()
-    tag = b"%d" % txid
-    answers = await coordinator.ask_raw_all([(s, [VERB_TXREAD, tag, b"try", *requests[s]]) for s in shards], client)
-    locked = [s for s, data in zip(shards, answers) if data is not LOST and not _busy(data)]
-    coordinator.release(txid, locked)
-    if any(data is LOST for data in answers):
-        raise Lost()
-    if len(locked) == len(shards):
-        return [decode_internal(data) for data in answers]
-    coordinator.read_waits += 1
-    txid = coordinator.new_txid()
-    tag = b"%d" % txid
-    parts = []
-    locked = []
-    try:
-        for shard in shards:  # ascending, as writers lock: no deadlock
-            [data] = await coordinator.ask_raw_all([(shard, [VERB_TXREAD, tag, b"wait", *requests[shard]])], client)
-            if data is LOST:
-                raise Lost()
-            locked.append(shard)
-            parts.append(decode_internal(data))
-    finally:
-        coordinator.release(txid, locked)
-    return parts
+class CrossRead:
+    """One cross-shard read in flight."""
+
+    __slots__ = ("coordinator", "client", "pending", "shards", "requests", "merge", "txid", "answers", "left")
+
+    def __init__(self, coordinator: Coordinator, client: Client, pending: Pending, shards: list[int],
+                 requests: dict[int, list[bytes]], merge) -> None:
+        self.coordinator = coordinator
+        self.client = client
+        self.pending = pending
+        self.shards = shards
+        self.requests = requests
+        self.merge = merge
+        self.txid = coordinator.new_txid()
+        self.answers: list = [None] * len(shards)
+        self.left = len(shards)
+
+    def attempt(self) -> None:
+        """`TXREAD try` on every shard at once."""
+        tag = b"%d" % self.txid
+        links = self.coordinator.router.links
+        for n, shard in enumerate(self.shards):
+            links[shard].submit(self.client, PROTO_INTERNAL, [VERB_TXREAD, tag, b"try", *self.requests[shard]],
+                                Pending(self.client, on_fill=self._answer(n)))
+
+    def _answer(self, n: int):
+        def on_fill(_part: Pending, data: bytes) -> None:
+            self.answers[n] = data
+            self.left -= 1
+            if self.left == 0:
+                self._attempted()
+        return on_fill
+
+    def _attempted(self) -> None:
+        answers = self.answers
+        locked = [s for s, data in zip(self.shards, answers) if data is not LOST and not _busy(data)]
+        coordinator = self.coordinator
+        coordinator.release(self.txid, locked)
+        if any(data is LOST for data in answers):
+            self._finish(LOST)
+        elif len(locked) == len(self.shards):
+            self._finish_parts(answers)
+        else:
+            coordinator.read_waits += 1
+            assert coordinator.router.nursery is not None, "a read before the router serves"
+            coordinator.router.nursery.start_soon(self._wait_in_order)
+
+    async def _wait_in_order(self) -> None:
+        """Some key was locked: lock shard after shard, ascending, as writers do (no deadlock)."""
+        coordinator = self.coordinator
+        txid = coordinator.new_txid()
+        tag = b"%d" % txid
+        answers = []
+        locked: list[int] = []
+        try:
+            for shard in self.shards:
+                [data] = await coordinator.ask_raw_all([(shard, [VERB_TXREAD, tag, b"wait", *self.requests[shard]])],
+                                                       self.client)
+                if data is LOST:
+                    self._finish(LOST)
+                    return
+                locked.append(shard)
+                answers.append(data)
+        except Exception:
+            logger.exception("router: cross-shard read failed")
+            self._finish(encode_error(b"ERR internal error in a cross-shard read"))
+            return
+        finally:
+            coordinator.release(txid, locked)
+        self._finish_parts(answers)
+
+    def _finish_parts(self, answers: list) -> None:
+        try:
+            reply = self.merge([decode_internal(data) for data in answers])
+        except ReplyError as e:
+            reply = encode_error(e.message)
+        except Exception:
+            logger.exception("router: merging a cross-shard read failed")
+            reply = encode_error(b"ERR internal error in a cross-shard read")
+        self._finish(reply)
+
+    def _finish(self, reply: bytes) -> None:
+        self.coordinator.in_flight -= 1
+        self.pending.fill(reply)
 
 
 def _busy(data: bytes) -> bool:
