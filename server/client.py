@@ -20,6 +20,7 @@ from durakv.shards.resp import ProtocolError, RequestParser, ReplyError, encode,
 from durakv.shards.table import CURSOR, FANOUT, ROUTER, SPLIT_NONE, Command, find, lookup
 from durakv.shards.slots import key_slot
 from durakv.shards.t_sort import reads_pattern_keys
+from durakv.shards.txn import WHOLE_KEYSPACE
 
 if TYPE_CHECKING:
     from durakv.server.pubsub import Subscriptions
@@ -414,6 +415,8 @@ class Client:
         if cmd.where == ROUTER:
             return None
         if cmd.where == FANOUT:
+            if cmd.name in WHOLE_KEYSPACE and len(router.links) > 1 and not router.cluster_node:
+                return CROSS_SHARD  # every shard, locked whole at EXEC (server/txn.py)
             return router.single_shard()
         if cmd.where == CURSOR:
             return router.cursor_shard(argv[1])

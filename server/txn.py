@@ -35,7 +35,7 @@ from durakv.shards.resp import NULL_ARRAY, ReplyError, encode, encode_error
 from durakv.shards.slots import key_slot
 from durakv.shards.t_multi import pack_transaction
 from durakv.shards.table import lookup
-from durakv.shards.txn import crash_point, pack, state_effects, unpack_values
+from durakv.shards.txn import FLUSHES, WHOLE_KEYSPACE, crash_point, pack, state_effects, unpack_values
 
 if TYPE_CHECKING:
     from durakv.server.client import Client
@@ -90,7 +90,10 @@ class Coordinator:
         if self.in_flight >= MAX_TXNS_IN_FLIGHT:
             pending.fill(b"-ERR too many cross-shard transactions in flight, retry later\r\n")
             return pending
-        if multi:
+        if multi and any(argv[0][:1] != b"\x00" and lookup(argv).name in WHOLE_KEYSPACE for argv in commands):
+            participants = list(range(len(router.links)))  # KEYS, FLUSHDB...: every shard, locked whole
+            client.watch_shards = set()
+        elif multi:
             participants = sorted(set(keys) | client.watch_shards)
             client.watch_shards = set()  # TXLOCK clears the watches on each participant
         else:
@@ -207,7 +210,7 @@ class Coordinator:
         values: list[Any] = []
         watch_failed = False
         deletes = not multi and commands[0][0].lower() in DELETES
-        mode = b"exec" if multi else b"keys" if deletes else b"one"
+        mode = _lock_mode(commands, multi, deletes)
         try:
             for shard in participants:  # ascending: no deadlock between coordinators
                 dirty, packed = await self._ask(shard, [VERB_TXLOCK, b"%d" % txid, mode, *keys.get(shard, [])], client)
@@ -217,12 +220,13 @@ class Coordinator:
             if watch_failed:
                 self.release(txid, locked)
                 return encode(NULL_ARRAY, proto)
+            flushed = False
             if deletes:  # the reply and the effects follow from which keys are present
                 present = [(key, None, 0) for key, payload, _when_ms in values if payload is not None]
                 reply, packed_states = encode(len(present), proto), pack(present)
             else:
                 executor = min(keys) if keys else participants[0]
-                reply, packed_states = await self._ask(
+                reply, packed_states, flushed = await self._ask(
                     executor, [VERB_TXRUN, b"%d" % txid, b"%d" % proto, b"multi" if multi else b"one",
                                pack_transaction(commands), pack([list(v) for v in values])])
         except (ReplyError, Lost) as e:
@@ -233,10 +237,13 @@ class Coordinator:
             if isinstance(e, Lost):
                 raise
             return encode_error(e.message)
-        effects: dict[int, list] = {}
+        states: dict[int, list] = {}
         owner = self.router.slot_owner
         for state in unpack_values(packed_states):
-            effects.setdefault(owner[key_slot(state[0])], []).append(state)
+            states.setdefault(owner[key_slot(state[0])], []).append(state)
+        # A FLUSHALL/FLUSHDB inside: every shard flushes, then restores the keys written after it.
+        effects = {s: ([[b"FLUSHALL"]] if flushed else []) + state_effects(states.get(s, []))
+                   for s in (participants if flushed else states)}
         writers = sorted(effects)
         self.release(txid, [s for s in locked if s not in effects])
         if not writers:
@@ -245,7 +252,7 @@ class Coordinator:
         others = writers[1:]
         try:
             await self._ask_all([(s, [VERB_TXPREPARE, b"%d" % txid, b"%d" % decider, pack(writers),
-                                      pack(state_effects(effects[s]))]) for s in others])
+                                      pack(effects[s])]) for s in others])
         except (ReplyError, Lost) as e:
             self.release(txid, writers)  # the decider never decided: presumed abort
             self.aborted += 1
@@ -254,7 +261,7 @@ class Coordinator:
             return ERR_ABORTED
         crash_point("router-after-prepare")
         try:
-            await self._ask(decider, [VERB_TXDECIDE, b"%d" % txid, pack(state_effects(effects[decider]))])
+            await self._ask(decider, [VERB_TXDECIDE, b"%d" % txid, pack(effects[decider])])
         except ReplyError:
             self.release(txid, writers)
             self.aborted += 1
@@ -367,6 +374,23 @@ class Coordinator:
             if not unresolved:
                 return
             await trio.sleep(RESOLVE_RETRY_S)
+
+
+def _lock_mode(commands: list[list[bytes]], multi: bool, deletes: bool) -> bytes:
+    """TXLOCK's mode: b"all" for a MULTI reading the whole keyspace (KEYS, DBSIZE,
+    RANDOMKEY, SCAN) before any flush, b"wide" for one that only flushes it first,
+    b"exec" for any other MULTI, b"keys" for DEL/UNLINK, b"one" for a command."""
+    if not multi:
+        return b"keys" if deletes else b"one"
+    for argv in commands:
+        if argv[0][:1] == b"\x00":
+            continue
+        name = argv[0].lower()
+        if name in FLUSHES:
+            return b"wide"
+        if lookup(argv).name in WHOLE_KEYSPACE:
+            return b"all"
+    return b"exec"
 
 
 def _log_failure(pending: Pending, data: bytes) -> None:

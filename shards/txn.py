@@ -72,6 +72,10 @@ MAX_DECOMPRESSED_BYTES = 512 * 1024 * 1024
 TXN_VERBS = frozenset({VERB_TXLOCK, VERB_TXRUN, VERB_TXPREPARE, VERB_TXDECIDE, VERB_TXCOMMIT, VERB_TXABORT,
                        VERB_TXRESOLVE, VERB_TXINDOUBT, VERB_TXREAD})
 WAITING_VERBS = (VERB_EXEC, VERB_TXLOCK, VERB_TXREAD)  # internal requests that wait for locks
+# Commands over the whole keyspace that a cross-shard MULTI runs with every shard locked whole.
+WHOLE_KEYSPACE = frozenset({"keys", "dbsize", "randomkey", "scan", "flushall", "flushdb"})
+FLUSHES = frozenset({b"flushall", b"flushdb"})
+MAX_WHOLE_KEYS = 100_000  # per shard: values a whole-keyspace read inside a cross-shard MULTI moves
 TXBUSY = b"TXBUSY a key is locked"  # a b"try" TXREAD's answer: the router retries waiting
 
 _pack = msgspec.msgpack.Encoder().encode
@@ -110,7 +114,7 @@ def state_effects(states: list[tuple[bytes, bytes | None, int]]) -> list[list[by
 class Txn:
     """One transaction's state on this shard."""
 
-    __slots__ = ("txid", "keys", "conn", "effects", "decider", "in_doubt")
+    __slots__ = ("txid", "keys", "conn", "effects", "decider", "in_doubt", "whole")
 
     def __init__(self, txid: int, keys: list[bytes], conn: ReplySink | None) -> None:
         self.txid = txid
@@ -119,6 +123,7 @@ class Txn:
         self.effects: list[list[bytes]] | None = None  # prepared effects
         self.decider = -1
         self.in_doubt = False
+        self.whole = False  # the whole shard is locked, not only its keys
 
 
 class ScratchShard:
@@ -137,6 +142,7 @@ class TxnState:
     def __init__(self, shard: Shard) -> None:
         self.shard = shard
         self.locks: dict[bytes, int] = {}  # key -> txid holding it
+        self.whole_txid = 0  # a transaction holding the whole shard (every request waits)
         self.txns: dict[int, Txn] = {}
         self.deferred: deque[tuple[ReplySink, Request]] = deque()
         self.deferred_cids: dict[int, int] = {}  # client id -> its requests waiting
@@ -148,7 +154,7 @@ class TxnState:
     # --- deferral (called for every request while shard.txn_busy) -------------------
 
     def busy(self) -> bool:
-        return bool(self.locks or self.deferred)
+        return bool(self.locks or self.deferred or self.whole_txid)
 
     def defer(self, conn: ReplySink, req: Request) -> bool:
         """Whether req must wait: it touches a locked key, or an earlier request of
@@ -160,12 +166,13 @@ class TxnState:
         if not (cid and cid in self.deferred_cids):
             if argv[0][:1] == INTERNAL_PREFIX and argv[0] not in WAITING_VERBS:
                 return False
-            keys = self.request_keys(req)
-            locks = self.locks
-            if keys is not None and not any(key in locks for key in keys):
-                return False
-            if keys is None and not locks:
-                return False
+            if not self.whole_txid:
+                keys = self.request_keys(req)
+                locks = self.locks
+                if keys is not None and not any(key in locks for key in keys):
+                    return False
+                if keys is None and not locks:
+                    return False
         assert len(self.deferred) < MAX_DEFERRED_REQUESTS, "deferred requests unbounded"
         self.deferred.append((conn, req))
         if cid:
@@ -179,6 +186,8 @@ class TxnState:
         if argv[0] == VERB_TXREAD:
             return argv[4:]
         if argv[0] == VERB_TXLOCK:
+            if argv[2] in (b"all", b"wide"):
+                return None  # it waits until no key is locked
             if argv[2] != b"exec":
                 return argv[3:]
             return argv[3:] + sorted(self.shard.watches.by_client.get(req.cid, ()))
@@ -242,19 +251,30 @@ class TxnState:
     def _lock(self, conn: ReplySink, req: Request, next_seq: int) -> tuple[bytes, int]:
         shard = self.shard
         txid = int(req.argv[1])
+        mode = req.argv[2]
         keys = req.argv[3:]
         watched: list[bytes] = []
         dirty = False
-        if req.argv[2] == b"exec" and req.cid:  # EXEC checks and drops the client's WATCHes; a command does not
+        db = shard.db
+        whole = mode in (b"all", b"wide")  # a MULTI with KEYS, DBSIZE, FLUSHDB...: every request waits
+        if mode == b"all":  # ... and it reads the whole keyspace: every value goes to the executor
+            if len(db.data) > MAX_WHOLE_KEYS:
+                raise ReplyError(b"ERR KEYS, DBSIZE, RANDOMKEY or SCAN in a transaction across shards reads at most "
+                                 b"%d keys per shard" % MAX_WHOLE_KEYS)
+            keys = keys + [key for key in db.data if key not in keys]
+        if (mode == b"exec" or whole) and req.cid:  # EXEC checks and drops the client's WATCHes; a command does not
             watched = sorted(shard.watches.by_client.get(req.cid, ()))
             dirty = shard.watches.is_dirty(req.cid, shard.db)
             shard.watches.unwatch(req.cid)
-        txn = Txn(txid, list(dict.fromkeys(keys + watched)), conn)
+        txn = Txn(txid, list(dict.fromkeys(req.argv[3:] + watched)), conn)
         assert len(self.locks) + len(txn.keys) <= MAX_LOCKS, "too many locked keys"
         for key in txn.keys:
             self.locks[key] = txid
+        if whole:
+            assert not self.whole_txid, "two transactions hold a whole shard"
+            txn.whole = True
+            self.whole_txid = txid
         self.txns[txid] = txn
-        db = shard.db
         db.frozen_ms = time.time_ns() // 1_000_000
         effects_before = len(db.effects)
         values: list[tuple[bytes, bytes | None, int]] = []
@@ -287,7 +307,8 @@ class TxnState:
         argv = req.argv
         keys = argv[4:]
         locks = self.locks
-        if argv[2] == b"try" and (any(key in locks for key in keys) or (req.cid and req.cid in self.deferred_cids)):
+        if argv[2] == b"try" and (self.whole_txid or any(key in locks for key in keys)
+                                  or (req.cid and req.cid in self.deferred_cids)):
             return encode_internal(False, TXBUSY), 0
         txid = int(argv[1])
         txn = Txn(txid, list(dict.fromkeys(keys)), conn)
@@ -334,8 +355,13 @@ class TxnState:
             if when_ms:
                 scratch.set_expire(key, when_ms)
         changed: dict[bytes, None] = {}
+        flushed = []
         scratch.on_modified = lambda key: changed.__setitem__(key, None)
-        scratch.on_flush = None
+
+        def on_flush() -> None:  # every participant flushes; the keys written later are restored
+            flushed.append(True)
+            changed.clear()
+        scratch.on_flush = on_flush
         scratch.frozen_ms = time.time_ns() // 1_000_000
         ctx = Ctx(scratch, ScratchShard(shard.settings, shard.watches))
         ctx.client_id = req.cid
@@ -359,13 +385,13 @@ class TxnState:
             raise ReplyError(b"ERR a cross-shard transaction changed an undeclared key")
         lps = shard.settings["list-max-listpack-size"]
         states: list[tuple[bytes, bytes | None, int]] = []
-        for key in changed:
+        for key in (scratch.data if flushed else changed):
             value = scratch.data.get(key)
             if value is None:
                 states.append((key, None, 0))
             else:
                 states.append((key, dump_payload(value, lps), scratch.expires.get(key, 0)))
-        return [b"".join(parts), pack(states)]
+        return [b"".join(parts), pack(states), bool(flushed)]
 
     def _prepare(self, req: Request, next_seq: int) -> tuple[bytes, int]:
         argv = req.argv
@@ -453,6 +479,8 @@ class TxnState:
 
     def _release(self, txid: int) -> None:
         txn = self.txns.pop(txid)
+        if txn.whole:
+            self.whole_txid = 0
         locks = self.locks
         for key in txn.keys:
             if locks.get(key) == txid:
@@ -488,6 +516,7 @@ class TxnState:
             if kind == MARK_PREPARE:
                 effects = [[bytes(a) for a in argv] for argv in mark[4]]
                 txn = Txn(txid, effect_keys(effects), None)
+                txn.whole = any(argv[0] in (b"FLUSHALL", b"FLUSHDB") for argv in effects)
                 txn.effects = effects
                 txn.decider = mark[2]
                 txn.in_doubt = True
@@ -505,6 +534,8 @@ class TxnState:
         for txn in self.txns.values():
             for key in txn.keys:
                 self.locks[key] = txn.txid
+            if txn.whole:
+                self.whole_txid = txn.txid
         if self.txns:
             logger.warning("shard %d: %d cross-shard transactions in doubt; their keys wait for the decision",
                            self.shard.index, len(self.txns))
@@ -536,7 +567,7 @@ def crash_point(step: str) -> None:
 
 
 def effect_keys(effects: list[list[bytes]]) -> list[bytes]:
-    return [argv[1] for argv in effects]
+    return [argv[1] for argv in effects if len(argv) > 1]  # FLUSHALL has none
 
 
 def command_keys(argv: list[bytes]) -> list[bytes] | None:

@@ -1,0 +1,79 @@
+"""Whole-keyspace commands (FLUSHDB, FLUSHALL, DBSIZE, KEYS, RANDOMKEY, SCAN) inside
+a MULTI whose keys live on several shards, through the router: Redis' single-node
+semantics, with every shard locked whole for the transaction (server/txn.py,
+shards/txn.py "all"/"wide" locks)."""
+
+from __future__ import annotations
+
+import threading
+
+from test_txn import A, A2, B, B2, spread
+
+
+def test_keyspace_commands_in_a_cross_shard_multi_match_redis(pair):
+    pair.same("MSET", A, "1", B, "2", A2, "3")
+    pair.same("MULTI")
+    for command in [("SET", B2, "4"), ("DBSIZE",), ("KEYS", "*"), ("DEL", A), ("DBSIZE",), ("FLUSHDB",),
+                    ("DBSIZE",), ("SET", A, "x"), ("KEYS", "*"), ("RANDOMKEY",), ("SCAN", "0", "COUNT", "100"),
+                    ("INCR", B)]:
+        pair.same(*command)
+    ours, theirs = pair.both("EXEC")
+    assert len(ours) == len(theirs)
+    pair.same("DBSIZE")
+    pair.same("MGET", A, B, A2, B2)
+    # Only a flush (nothing read before it): the shards lock whole but move no values.
+    pair.same("MULTI")
+    pair.same("FLUSHALL")
+    pair.same("EXEC")
+    pair.same("DBSIZE")
+    pair.same("MULTI")
+    pair.same("SET", A, "a")
+    pair.same("SET", B, "b")
+    pair.same("FLUSHDB")
+    pair.same("SET", B2, "c")
+    pair.same("DBSIZE")
+    pair.same("EXEC")
+    pair.same("KEYS", "*")
+
+
+def test_flushdb_in_multi_through_the_router(server):
+    """The Redis suite's tracking test: MULTI FLUSHDB EXEC answers [OK], the client
+    leaves MULTI, and every shard is empty."""
+    r = server.client()
+    r.mset({A: "1", B: "2"})
+    p = r.pipeline(transaction=True)
+    p.flushdb()
+    assert p.execute() == [True]
+    assert r.dbsize() == 0
+    assert r.ping() is True
+    info = r.info("persistence")
+    assert info["xshard_locked_keys"] == 0 and info["xshard_waiting_requests"] == 0
+
+
+def test_dbsize_in_a_cross_shard_multi_is_isolated(server):
+    """A MULTI's DBSIZE never sees half of a concurrent cross-shard MSET of two new keys."""
+    r = server.client()
+    r.flushall()
+    keys = spread(40)
+    stop = threading.Event()
+    sizes: list[int] = []
+
+    def reader() -> None:
+        c = server.client()
+        while not stop.is_set():
+            p = c.pipeline(transaction=True)
+            p.dbsize()
+            p.get(A)
+            p.get(B)
+            sizes.append(p.execute()[0])
+
+    t = threading.Thread(target=reader)
+    t.start()
+    w = server.client()
+    for n in range(0, len(keys), 2):
+        w.mset({keys[n]: "v", keys[n + 1]: "v"})
+    stop.set()
+    t.join()
+    print(f"{len(sizes)} DBSIZEs")
+    assert sizes and all(size % 2 == 0 for size in sizes), sizes
+
