@@ -307,6 +307,9 @@ class Client:
                 return
             if router.cluster_node:
                 shards = {router.keys_shard(self, argv, indexes)}  # one slot, this node's (else CROSSSLOT, MOVED)
+            elif cmd.reads_undeclared_keys is not None and len(router.links) > 1 and reads_pattern_keys(argv):
+                router.cross_shard(self, [argv], False)  # SORT BY/GET patterns name keys on any shard
+                return
             else:
                 owner = router.slot_owner
                 shards = {owner[key_slot(argv[i])] for i in indexes}
@@ -321,8 +324,8 @@ class Client:
                 router.split(self, argv, cmd, indexes)
             elif cmd.name in CROSS_SHARD_BLOCKING:
                 router.blocking_move(self, argv)  # server/txn.py
-            elif cmd.is_blocking or (cmd.reads_undeclared_keys is not None and reads_pattern_keys(argv)):
-                self._reject(cmd, ERR_CROSSSLOT)  # SORT BY/GET patterns read keys the transaction cannot lock
+            elif cmd.is_blocking:
+                self._reject(cmd, ERR_CROSSSLOT)
             else:
                 router.cross_shard(self, [argv], False)  # atomic across shards (server/txn.py)
         except ReplyError as e:
@@ -425,6 +428,8 @@ class Client:
             return None
         if router.cluster_node:
             return router.keys_shard(self, argv, indexes)  # on a node, MOVED flags the transaction as in Redis
+        if cmd.reads_undeclared_keys is not None and len(router.links) > 1 and reads_pattern_keys(argv):
+            return CROSS_SHARD  # SORT BY/GET patterns name keys on any shard
         owner = router.slot_owner
         shards = {owner[key_slot(argv[i])] for i in indexes}
         return shards.pop() if len(shards) == 1 else CROSS_SHARD

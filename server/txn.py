@@ -35,7 +35,7 @@ from durakv.shards.resp import NULL_ARRAY, ReplyError, encode, encode_error
 from durakv.shards.slots import key_slot
 from durakv.shards.t_multi import pack_transaction
 from durakv.shards.table import lookup
-from durakv.shards.txn import FLUSHES, WHOLE_KEYSPACE, crash_point, pack, state_effects, unpack_values
+from durakv.shards.txn import FLUSHES, TXBUSY, WHOLE_KEYSPACE, crash_point, pack, state_effects, unpack_values
 
 if TYPE_CHECKING:
     from durakv.server.client import Client
@@ -49,6 +49,10 @@ RESOLVE_ATTEMPTS = 200  # then the next link change tries again
 MAX_BLOCKING_MOVE_ATTEMPTS = 1_000_000  # wakeups of a cross-shard BLMOVE that found the source emptied
 SETTLE_ATTEMPTS = 12_000  # 10 minutes for a dead decider to serve again
 DELETES = frozenset({b"del", b"unlink"})  # their locks report presence only, no values
+# A run that reads keys it did not declare (SORT BY/GET patterns, a script's keys) locks them and runs again.
+MAX_DISCOVERY_ROUNDS = 16
+MAX_DISCOVERY_RESTARTS = 8  # when one was locked by another transaction: start over, waiting in order
+ERR_UNDECLARED = b"-ERR cross-shard transaction aborted: the keys it reads kept changing; nothing was applied\r\n"
 ERR_ABORTED = b"-ERR cross-shard transaction aborted: a participant failed; nothing was applied\r\n"
 
 
@@ -203,7 +207,7 @@ class Coordinator:
             self.in_flight -= 1
 
     async def _transact(self, client: Client, commands: list[list[bytes]], multi: bool,
-                        keys: dict[int, list[bytes]], participants: list[int]) -> bytes:
+                        keys: dict[int, list[bytes]], participants: list[int], attempt: int = 0) -> bytes:
         txid = self.new_txid()
         proto = client.proto
         locked: list[int] = []
@@ -226,9 +230,25 @@ class Coordinator:
                 reply, packed_states = encode(len(present), proto), pack(present)
             else:
                 executor = min(keys) if keys else participants[0]
-                reply, packed_states, flushed = await self._ask(
-                    executor, [VERB_TXRUN, b"%d" % txid, b"%d" % proto, b"multi" if multi else b"one",
-                               pack_transaction(commands), pack([list(v) for v in values])])
+                for _round in range(MAX_DISCOVERY_ROUNDS):
+                    reply, packed_states, flushed, missing = await self._ask(
+                        executor, [VERB_TXRUN, b"%d" % txid, b"%d" % proto, b"multi" if multi else b"one",
+                                   pack_transaction(commands), pack([list(v) for v in values])])
+                    if not missing:
+                        break
+                    more = await self._lock_more(client, txid, missing, locked)
+                    if more is None:  # one is locked by another transaction: again, waiting in order
+                        self.release(txid, locked)
+                        if attempt >= MAX_DISCOVERY_RESTARTS:
+                            return ERR_UNDECLARED
+                        for key in missing:
+                            keys.setdefault(self.router.slot_owner[key_slot(key)], []).append(key)
+                        participants = sorted(set(participants) | set(keys))
+                        return await self._transact(client, commands, multi, keys, participants, attempt + 1)
+                    values.extend(more)
+                else:
+                    self.release(txid, locked)
+                    return ERR_UNDECLARED
         except (ReplyError, Lost) as e:
             self.release(txid, locked)
             never_locked = set(participants) - set(locked)
@@ -276,6 +296,32 @@ class Coordinator:
         for shard in others:
             self._tell(shard, [VERB_TXCOMMIT, b"%d" % txid])
         return reply
+
+    async def _lock_more(self, client: Client, txid: int, missing: list[bytes],
+                         locked: list[int]) -> list[Any] | None:
+        """Lock the keys the executor found the transaction reads beyond those it
+        declared, where they are free (waiting now could deadlock); their values, or
+        None if one is locked (nothing more is then held). Adds the shards to locked."""
+        by_shard: dict[int, list[bytes]] = {}
+        owner = self.router.slot_owner
+        for key in missing:
+            by_shard.setdefault(owner[key_slot(key)], []).append(key)
+        shards = sorted(by_shard)
+        answers = await self.ask_raw_all([(s, [VERB_TXLOCK, b"%d" % txid, b"more", *by_shard[s]]) for s in shards],
+                                         client)
+        locked.extend(s for s in shards if s not in locked)  # a busy or lost one locked nothing: releasing is harmless
+        if any(data is LOST for data in answers):
+            raise Lost()
+        values: list[Any] = []
+        for data in answers:
+            try:
+                _dirty, packed = decode_internal(data)
+            except ReplyError as e:
+                if e.message == TXBUSY:
+                    return None
+                raise
+            values.extend(unpack_values(packed))
+        return values
 
     # --- talking to shards ---------------------------------------------------------
 

@@ -76,7 +76,8 @@ WAITING_VERBS = (VERB_EXEC, VERB_TXLOCK, VERB_TXREAD)  # internal requests that 
 WHOLE_KEYSPACE = frozenset({"keys", "dbsize", "randomkey", "scan", "flushall", "flushdb"})
 FLUSHES = frozenset({b"flushall", b"flushdb"})
 MAX_WHOLE_KEYS = 100_000  # per shard: values a whole-keyspace read inside a cross-shard MULTI moves
-TXBUSY = b"TXBUSY a key is locked"  # a b"try" TXREAD's answer: the router retries waiting
+TXBUSY = b"TXBUSY a key is locked"  # a b"try" TXREAD's or b"more" TXLOCK's answer: the router retries waiting
+NEVER_WAIT = (b"try", b"more")
 
 _pack = msgspec.msgpack.Encoder().encode
 _values_decoder = msgspec.msgpack.Decoder(list[tuple[bytes, Any, int]])
@@ -126,6 +127,31 @@ class Txn:
         self.whole = False  # the whole shard is locked, not only its keys
 
 
+class ScratchKeyspace(Keyspace):
+    """The executor's keyspace: notes the keys a command looks up beyond those the
+    transaction locked (SORT BY/GET patterns, a script's undeclared keys), so the
+    router can lock them too and run it again."""
+
+    __slots__ = ("declared", "undeclared")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.declared: set[bytes] | None = set()  # None after a flush: every other key is gone for real
+        self.undeclared: dict[bytes, None] = {}
+
+    def get(self, key: bytes) -> object | None:
+        declared = self.declared
+        if declared is not None and key not in declared:
+            self.undeclared[key] = None
+        return super().get(key)
+
+    def peek(self, key: bytes) -> object | None:
+        declared = self.declared
+        if declared is not None and key not in declared:
+            self.undeclared[key] = None
+        return super().peek(key)
+
+
 class ScratchShard:
     """The ShardView of the executor's scratch keyspace: the shard's settings,
     every slot (the keys of all participants are here), its WATCH registry."""
@@ -161,7 +187,7 @@ class TxnState:
         its client waits. Then it is queued, in arrival order."""
         cid = req.cid
         argv = req.argv
-        if argv[0] == VERB_TXREAD and argv[2] == b"try":
+        if (argv[0] == VERB_TXREAD or argv[0] == VERB_TXLOCK) and argv[2] in NEVER_WAIT:
             return False  # it answers TXBUSY rather than wait while holding locks elsewhere
         if not (cid and cid in self.deferred_cids):
             if argv[0][:1] == INTERNAL_PREFIX and argv[0] not in WAITING_VERBS:
@@ -253,6 +279,8 @@ class TxnState:
         txid = int(req.argv[1])
         mode = req.argv[2]
         keys = req.argv[3:]
+        if mode == b"more":
+            return self._lock_more(conn, txid, keys, next_seq)
         watched: list[bytes] = []
         dirty = False
         db = shard.db
@@ -275,11 +303,37 @@ class TxnState:
             txn.whole = True
             self.whole_txid = txid
         self.txns[txid] = txn
-        db.frozen_ms = time.time_ns() // 1_000_000
+        values, wait = self._values(keys, mode == b"keys", next_seq)
+        return encode_internal(True, [dirty, pack(values)]), wait
+
+    def _lock_more(self, conn: ReplySink, txid: int, keys: list[bytes], next_seq: int) -> tuple[bytes, int]:
+        """Keys a transaction's run found it reads beyond those it declared (SORT BY/GET
+        patterns, a script's undeclared keys): locked if free, never waited for."""
+        locks = self.locks
+        if (self.whole_txid and self.whole_txid != txid) or any(locks.get(key, txid) != txid for key in keys):
+            return encode_internal(False, TXBUSY), 0
+        txn = self.txns.get(txid)
+        if txn is None:
+            txn = self.txns[txid] = Txn(txid, [], conn)
+        assert len(locks) + len(keys) <= MAX_LOCKS, "too many locked keys"
+        for key in keys:
+            if key not in locks:
+                locks[key] = txid
+                txn.keys.append(key)
+        values, wait = self._values(keys, False, next_seq)
+        return encode_internal(True, [False, pack(values)]), wait
+
+    def _values(self, keys: list[bytes], presence_only: bool,
+                next_seq: int) -> tuple[list[tuple[bytes, bytes | None, int]], int]:
+        """Each key's DUMP payload and absolute expiry (None: absent; b"": present, when
+        only presence is asked: DEL/UNLINK need not move the values), and the seq the
+        answer must wait for (that of the values, or of an expiry logged on the way)."""
+        shard = self.shard
+        db = shard.db
         effects_before = len(db.effects)
+        db.frozen_ms = time.time_ns() // 1_000_000
         values: list[tuple[bytes, bytes | None, int]] = []
         lps = shard.settings["list-max-listpack-size"]
-        presence_only = req.argv[2] == b"keys"  # DEL/UNLINK need not move the values
         try:
             for key in dict.fromkeys(keys):
                 value = db.get(key)  # an expired key is deleted (and logged) here
@@ -296,10 +350,9 @@ class TxnState:
                 values.append((key, payload, db.expires.get(key, 0)))
         finally:
             db.frozen_ms = 0
-        wait = shard.hazards.wait_seq(keys)
         if len(db.effects) > effects_before:
-            wait = next_seq
-        return encode_internal(True, [dirty, pack(values)]), wait
+            return values, next_seq
+        return values, shard.hazards.wait_seq(keys)
 
     def _read(self, conn: ReplySink, req: Request, next_seq: int) -> tuple[bytes, int]:
         """A cross-shard read (server/txn_read.py): lock its keys here and run it on
@@ -339,10 +392,11 @@ class TxnState:
         multi = argv[3] == b"multi"
         commands = unpack_transaction(argv[4])
         shard = self.shard
-        scratch = Keyspace()
+        scratch = ScratchKeyspace()
         from durakv.shards.luaenv import scripting_of  # the Lua runtime is made on first use
         scratch.scripting = scripting_of(shard.db)
-        declared = set()
+        declared = scratch.declared
+        assert declared is not None, "a fresh scratch keyspace"
         for key, payload, when_ms in unpack_values(argv[5]):
             declared.add(key)
             if payload is None:
@@ -361,6 +415,7 @@ class TxnState:
         def on_flush() -> None:  # every participant flushes; the keys written later are restored
             flushed.append(True)
             changed.clear()
+            scratch.declared = None
         scratch.on_flush = on_flush
         scratch.frozen_ms = time.time_ns() // 1_000_000
         ctx = Ctx(scratch, ScratchShard(shard.settings, shard.watches))
@@ -380,9 +435,10 @@ class TxnState:
                 logger.exception("shard %d: command %r failed in a cross-shard transaction", shard.index,
                                  queued[:3])
                 parts.append(encode_error(b"ERR internal error executing '%s'" % queued[0][:64]))
-        undeclared = [key for key in changed if key not in declared]
-        if undeclared:
-            raise ReplyError(b"ERR a cross-shard transaction changed an undeclared key")
+        missing = dict(scratch.undeclared)
+        missing.update((key, None) for key in changed if key not in declared and not flushed)
+        if missing:  # the router locks them too and asks again
+            return [b"", pack([]), False, list(missing)]
         lps = shard.settings["list-max-listpack-size"]
         states: list[tuple[bytes, bytes | None, int]] = []
         for key in (scratch.data if flushed else changed):
@@ -391,7 +447,7 @@ class TxnState:
                 states.append((key, None, 0))
             else:
                 states.append((key, dump_payload(value, lps), scratch.expires.get(key, 0)))
-        return [b"".join(parts), pack(states), bool(flushed)]
+        return [b"".join(parts), pack(states), bool(flushed), []]
 
     def _prepare(self, req: Request, next_seq: int) -> tuple[bytes, int]:
         argv = req.argv

@@ -77,3 +77,35 @@ def test_dbsize_in_a_cross_shard_multi_is_isolated(server):
     print(f"{len(sizes)} DBSIZEs")
     assert sizes and all(size % 2 == 0 for size in sizes), sizes
 
+
+
+def test_sort_by_and_get_patterns_across_shards_match_redis(pair):
+    """The keys BY/GET patterns name live on every shard: the transaction finds
+    them as it runs, locks them and runs again."""
+    pair.same("RPUSH", "ids", "3", "1", "2", "10")
+    for n, (weight, name) in enumerate([("30", "c"), ("10", "a"), ("20", "b"), ("5", "z")]):
+        element = ["3", "1", "2", "10"][n]
+        pair.same("SET", f"weight_{element}", weight)
+        pair.same("HSET", f"obj_{element}", "name", name)
+        pair.same("SET", f"label_{element}", f"L{element}")
+    for command in [("SORT", "ids", "BY", "weight_*"), ("SORT", "ids", "BY", "weight_*", "GET", "#", "GET", "label_*"),
+                    ("SORT", "ids", "BY", "obj_*->name", "ALPHA", "GET", "obj_*->name", "DESC"),
+                    ("SORT_RO", "ids", "BY", "nosort", "GET", "label_*"),
+                    ("SORT", "ids", "BY", "weight_*", "GET", "label_*", "STORE", "sorted"),
+                    ("LRANGE", "sorted", "0", "-1"), ("SORT", "ids", "BY", "missing_*", "GET", "missing_*")]:
+        pair.same(*command)
+    pair.same("MULTI")
+    pair.same("SET", "weight_1", "100")
+    pair.same("SORT", "ids", "BY", "weight_*", "GET", "label_*")
+    pair.same("EXEC")
+
+
+def test_a_script_reads_undeclared_keys_on_other_shards(pair):
+    """A script whose declared keys span shards reads (and writes) keys it did not
+    declare, on any shard: they are found, locked and the script runs again."""
+    pair.same("MSET", A, "1", B, "2", A2, "3", B2, "4")
+    script = ("local s = redis.call('GET', KEYS[1]) .. redis.call('GET', KEYS[2]) .. "
+              "(redis.call('GET', ARGV[1]) or '-') .. (redis.call('GET', ARGV[2]) or '-') "
+              "redis.call('SET', ARGV[3], s) return s")
+    pair.same("EVAL", script, "2", A, B, A2, B2, "undeclared-out")
+    pair.same("MGET", "undeclared-out", A, B)
