@@ -31,6 +31,7 @@ from durakv.shards.frames import (
     PROTO_INTERNAL, VERB_TXABORT, VERB_TXCOMMIT, VERB_TXDECIDE, VERB_TXINDOUBT, VERB_TXLOCK, VERB_TXPREPARE,
     VERB_TXRESOLVE, VERB_TXRUN,
 )
+from durakv.shards.evict import EXECABORT_OOM, OOM_MESSAGE
 from durakv.shards.resp import NULL_ARRAY, ReplyError, encode, encode_error
 from durakv.shards.slots import key_slot
 from durakv.shards.t_multi import pack_transaction
@@ -213,17 +214,23 @@ class Coordinator:
         locked: list[int] = []
         values: list[Any] = []
         watch_failed = False
+        oom = False
         deletes = not multi and commands[0][0].lower() in DELETES
         mode = _lock_mode(commands, multi, deletes)
         try:
             for shard in participants:  # ascending: no deadlock between coordinators
-                dirty, packed = await self._ask(shard, [VERB_TXLOCK, b"%d" % txid, mode, *keys.get(shard, [])], client)
+                dirty, packed, shard_oom = await self._ask(shard, [VERB_TXLOCK, b"%d" % txid, mode,
+                                                                   *keys.get(shard, [])], client)
                 locked.append(shard)
                 watch_failed = watch_failed or dirty
+                oom = oom or shard_oom
                 values.extend(unpack_values(packed))
             if watch_failed:
                 self.release(txid, locked)
                 return encode(NULL_ARRAY, proto)
+            if oom and _denies_oom(commands):  # a participant is over maxmemory (noeviction)
+                self.release(txid, locked)
+                return encode_error(EXECABORT_OOM if multi else OOM_MESSAGE)
             flushed = False
             if deletes:  # the reply and the effects follow from which keys are present
                 present = [(key, None, 0) for key, payload, _when_ms in values if payload is not None]
@@ -315,7 +322,7 @@ class Coordinator:
         values: list[Any] = []
         for data in answers:
             try:
-                _dirty, packed = decode_internal(data)
+                _dirty, packed, _oom = decode_internal(data)
             except ReplyError as e:
                 if e.message == TXBUSY:
                     return None
@@ -420,6 +427,11 @@ class Coordinator:
             if not unresolved:
                 return
             await trio.sleep(RESOLVE_RETRY_S)
+
+
+def _denies_oom(commands: list[list[bytes]]) -> bool:
+    """Whether a command of the transaction is refused over maxmemory (Redis' denyoom)."""
+    return any(argv[0][:1] != b"\x00" and "denyoom" in lookup(argv).flags for argv in commands)
 
 
 def _lock_mode(commands: list[list[bytes]], multi: bool, deletes: bool) -> bytes:

@@ -304,7 +304,7 @@ class TxnState:
             self.whole_txid = txid
         self.txns[txid] = txn
         values, wait = self._values(keys, mode == b"keys", next_seq)
-        return encode_internal(True, [dirty, pack(values)]), wait
+        return encode_internal(True, [dirty, pack(values), db.oom]), wait
 
     def _lock_more(self, conn: ReplySink, txid: int, keys: list[bytes], next_seq: int) -> tuple[bytes, int]:
         """Keys a transaction's run found it reads beyond those it declared (SORT BY/GET
@@ -321,7 +321,7 @@ class TxnState:
                 locks[key] = txid
                 txn.keys.append(key)
         values, wait = self._values(keys, False, next_seq)
-        return encode_internal(True, [False, pack(values)]), wait
+        return encode_internal(True, [False, pack(values), self.shard.db.oom]), wait
 
     def _values(self, keys: list[bytes], presence_only: bool,
                 next_seq: int) -> tuple[list[tuple[bytes, bytes | None, int]], int]:

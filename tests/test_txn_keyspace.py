@@ -109,3 +109,26 @@ def test_a_script_reads_undeclared_keys_on_other_shards(pair):
               "redis.call('SET', ARGV[3], s) return s")
     pair.same("EVAL", script, "2", A, B, A2, B2, "undeclared-out")
     pair.same("MGET", "undeclared-out", A, B)
+
+
+def test_cross_shard_writes_are_refused_over_maxmemory_as_redis(pair, redis_ref, server):
+    """maxmemory 1 (noeviction): a cross-shard MSET answers OOM and a cross-shard MULTI
+    holding a denyoom command EXECABORT ... OOM, as on one Redis; reads and DEL run."""
+    from refserver import Pair
+    from test_maxmemory import set_both
+
+    pair.same("MSET", A, "1", B, "2")
+    admin = Pair(server.port, redis_ref.port)
+    pair.same("MULTI")
+    pair.same("SET", A, "3")
+    pair.same("GET", B)
+    try:
+        set_both(admin, "maxmemory", "1")
+        pair.same("EXEC")
+        pair.same("MSET", A, "5", B, "6")
+        pair.same("RENAME", A, A2)
+        pair.same("MGET", A, B)
+        pair.same("DEL", A, B)
+    finally:
+        set_both(admin, "maxmemory", "0")
+        admin.close()

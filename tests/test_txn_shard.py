@@ -79,7 +79,7 @@ async def test_locks_defer_only_their_keys_and_a_prepare_survives_a_restart_in_d
     async def first(d: Driver) -> None:
         assert await d.call(1, b"SET", b"k1", b"old") == b"+OK\r\n"
         assert await d.call(1, b"SET", b"k2", b"other") == b"+OK\r\n"
-        dirty, packed = await d.call(100, VERB_TXLOCK, b"7", b"exec", b"k1")
+        dirty, packed, _oom = await d.call(100, VERB_TXLOCK, b"7", b"exec", b"k1")
         assert dirty is False
         [(key, payload, when)] = unpack_values(packed)
         assert key == b"k1" and payload is not None and when == 0
