@@ -364,8 +364,9 @@ class Client:
         except ReplyError as e:
             if router.cluster_node or not e.message.startswith(b"CROSSSLOT"):
                 self._reject(cmd, encode_error(e.message))
-            else:
-                router.cross_shard(self, [argv], False)  # keys on several shards (server/txn.py)
+            else:  # keys on several shards (server/txn.py); an ACL user's redis.calls obey its rules
+                run = argv if self.user.unrestricted else [VERB_AS_USER, self.user.permissions(), *argv]
+                router.cross_shard(self, [run], False)
             return
         if cmd.name == "eval":
             note_script(argv[1])

@@ -5,7 +5,7 @@ its keys, where it runs atomically (shards/t_multi.py)."""
 from __future__ import annotations
 
 from durakv.server.client import CROSS_SHARD, Client
-from durakv.shards.frames import VERB_EXEC, VERB_LITERAL
+from durakv.shards.frames import VERB_EXEC
 from durakv.shards.numbers import parse_ll
 from durakv.shards.resp import OK, ReplyError, fixed_error
 from durakv.shards.t_multi import pack_transaction
@@ -57,7 +57,7 @@ def _exec_across_shards(client: Client, queued: list[list[bytes]]):
     across them (server/txn.py); with KEYS, DBSIZE, FLUSHDB... every shard is locked whole;
     the keys SORT BY/GET patterns read are found and locked as the transaction runs."""
     for argv in queued:
-        if argv[0] == VERB_LITERAL:
+        if argv[0][:1] == b"\x00":  # a literal reply, an ACL user's script
             continue
         cmd = lookup(argv)
         if cmd.waits_for_all and cmd.name not in WHOLE_KEYSPACE:

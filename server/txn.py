@@ -28,8 +28,8 @@ import trio
 from durakv.server.front import decode_internal
 from durakv.server.links import LOST, Pending
 from durakv.shards.frames import (
-    PROTO_INTERNAL, VERB_TXABORT, VERB_TXCOMMIT, VERB_TXDECIDE, VERB_TXINDOUBT, VERB_TXLOCK, VERB_TXPREPARE,
-    VERB_TXRESOLVE, VERB_TXRUN,
+    PROTO_INTERNAL, VERB_AS_USER, VERB_TXABORT, VERB_TXCOMMIT, VERB_TXDECIDE, VERB_TXINDOUBT, VERB_TXLOCK,
+    VERB_TXPREPARE, VERB_TXRESOLVE, VERB_TXRUN,
 )
 from durakv.shards.evict import EXECABORT_OOM, OOM_MESSAGE
 from durakv.shards.resp import NULL_ARRAY, ReplyError, encode, encode_error
@@ -85,7 +85,9 @@ class Coordinator:
         keys: dict[int, list[bytes]] = {}
         owner = router.slot_owner
         for argv in commands:  # checked when dispatched or queued: lookup and key_indexes succeed
-            if argv[0][:1] == b"\x00":
+            if argv[0] == VERB_AS_USER:  # an ACL user's script: [verb, rules, *argv]
+                argv = argv[2:]
+            elif argv[0][:1] == b"\x00":
                 continue
             cmd = lookup(argv)
             for i in cmd.key_indexes(argv):

@@ -55,8 +55,9 @@ VERB_EXPIRY_PAUSE = b"\x00expirypause"  # [verb, unix ms]: no key expires before
 # [verb, rules, *argv]: a script run by an ACL user whose rules (shards/acl.py) its redis.calls obey
 VERB_AS_USER = b"\x00asuser"
 # Cross-shard transactions (shards/txn.py, coordinated by server/txn.py); replies are internal.
-# [verb, txid, b"exec"|b"one"|b"keys"|b"all"|b"wide"|b"more", key...] -> [watch dirty, packed values, oom]; b"keys": b"" for a
-# present value; b"all"/b"wide": an EXEC holding the whole shard, b"all" answering every key's value
+# [verb, txid, mode, key...] -> [watch dirty, packed values, oom]; mode b"one" (a command), b"exec" (+ WATCH check),
+# b"keys" (b"" for a present value), b"all"/b"wide" (an EXEC holding the whole shard, b"all" answering every key's
+# value), b"more" (keys a run found it reads: TXBUSY rather than wait)
 VERB_TXLOCK = b"\x00txlock"
 # [verb, txid, proto, b"multi"|b"one", packed commands, packed values] -> [reply, states, flushed]
 VERB_TXRUN = b"\x00txrun"

@@ -37,9 +37,10 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import trio
 
+from durakv.shards.acl import user_from_rules
 from durakv.shards.context import Ctx
 from durakv.shards.frames import (
-    INTERNAL_PREFIX, VERB_EXEC, VERB_LITERAL, VERB_TXABORT, VERB_TXCOMMIT, VERB_TXDECIDE, VERB_TXINDOUBT,
+    INTERNAL_PREFIX, VERB_AS_USER, VERB_EXEC, VERB_LITERAL, VERB_TXABORT, VERB_TXCOMMIT, VERB_TXDECIDE, VERB_TXINDOUBT,
     VERB_TXLOCK, VERB_TXPREPARE, VERB_TXREAD, VERB_TXRESOLVE, VERB_TXRUN, Request, encode_internal,
 )
 from durakv.shards.hazards import ReplySink
@@ -427,6 +428,9 @@ class TxnState:
             if queued[0] == VERB_LITERAL:
                 parts.append(queued[1])
                 continue
+            if queued[0] == VERB_AS_USER:  # an ACL user's script: its redis.calls obey the user's rules
+                ctx.acl_user = user_from_rules(queued[1])
+                queued = queued[2:]
             try:
                 parts.append(encode(run_command(ctx, queued), proto))
             except ReplyError as e:
@@ -435,6 +439,9 @@ class TxnState:
                 logger.exception("shard %d: command %r failed in a cross-shard transaction", shard.index,
                                  queued[:3])
                 parts.append(encode_error(b"ERR internal error executing '%s'" % queued[0][:64]))
+            finally:
+                ctx.acl_user = None
+                ctx.acl_denials = []  # not in ACL LOG, as inside a MULTI on one shard
         missing = dict(scratch.undeclared)
         missing.update((key, None) for key in changed if key not in declared and not flushed)
         if missing:  # the router locks them too and asks again

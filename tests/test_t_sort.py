@@ -14,7 +14,6 @@ from __future__ import annotations
 import random
 
 import pytest
-import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from refserver import Pair, keys_on_different_shards, same_all

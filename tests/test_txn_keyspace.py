@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+import redis
+
 from test_txn import A, A2, B, B2, spread
 
 
@@ -132,3 +135,25 @@ def test_cross_shard_writes_are_refused_over_maxmemory_as_redis(pair, redis_ref,
     finally:
         set_both(admin, "maxmemory", "0")
         admin.close()
+
+
+def test_an_acl_users_cross_shard_script_obeys_its_rules(server):
+    """The user's rules travel with a script whose keys span shards (alone or in MULTI):
+    a refused redis.call fails in the executor as on one shard, nothing is applied."""
+    admin = server.client()
+    admin.execute_command("ACL", "SETUSER", "xscripter", "on", ">pw", "+eval", "+get", "+multi", "+exec",
+                          f"~{A}", f"~{B}")
+    admin.mset({A: "a", B: "b"})
+    user = server.client(username="xscripter", password="pw")
+    both = "return redis.call('get', KEYS[1]) .. redis.call('get', KEYS[2])"
+    assert user.eval(both, 2, A, B) == b"ab"
+    try:
+        with pytest.raises(redis.ResponseError, match="can't run this command or subcommand"):
+            user.eval("redis.call('set', KEYS[2], 'x') return 1", 2, A, B)
+        with pytest.raises(redis.ResponseError, match="can't run this command or subcommand"):
+            pipe = user.pipeline(transaction=True)
+            pipe.eval("redis.call('set', KEYS[1], 'x') return 1", 2, A, B)
+            pipe.execute()
+        assert admin.mget(A, B) == [b"a", b"b"]
+    finally:
+        admin.execute_command("ACL", "DELUSER", "xscripter")
