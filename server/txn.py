@@ -27,9 +27,10 @@ import trio
 
 from durakv.server.front import decode_internal
 from durakv.server.links import LOST, Pending
+from durakv.shards.blocking import parse_timeout_ms
 from durakv.shards.frames import (
     PROTO_INTERNAL, VERB_AS_USER, VERB_TXABORT, VERB_TXCOMMIT, VERB_TXDECIDE, VERB_TXINDOUBT, VERB_TXLOCK,
-    VERB_TXPREPARE, VERB_TXRESOLVE, VERB_TXRUN,
+    VERB_TXPREPARE, VERB_TXRESOLVE, VERB_TXRUN, VERB_TXWAIT, VERB_UNBLOCK,
 )
 from durakv.shards.evict import EXECABORT_OOM, OOM_MESSAGE
 from durakv.shards.resp import NULL_ARRAY, ReplyError, encode, encode_error
@@ -118,6 +119,8 @@ class Coordinator:
         itself, RIGHT to RIGHT, which leaves the list as it was), then move one
         element as a cross-shard LMOVE; if another client emptied the source
         meanwhile, wait again."""
+        if argv[0].lower() in (b"blmpop", b"bzmpop"):
+            return self.start_blocking_pop(client, argv)
         if argv[0].lower() == b"brpoplpush":
             source, destination, wherefrom, whereto, timeout = argv[1], argv[2], b"RIGHT", b"LEFT", argv[3]
         else:
@@ -181,6 +184,87 @@ class Coordinator:
             pending.fill(encode_error(b"ERR internal error in a cross-shard transaction"))
         finally:
             self.in_flight -= 1
+
+    def start_blocking_pop(self, client: Client, argv: list[bytes]) -> Pending:
+        """BLMPOP/BZMPOP with keys on several shards: pop as a cross-shard LMPOP/ZMPOP;
+        if every key is empty, wait on every shard at once (TXWAIT: a blocked client
+        that pops nothing) until one of the keys has something, then pop again."""
+        pending = Pending(client)
+        client.replies.append(pending)
+        pop = [b"LMPOP" if argv[0].lower() == b"blmpop" else b"ZMPOP", *argv[2:]]
+        try:
+            deadline_ms = parse_timeout_ms(argv[1], time.time_ns() // 1_000_000)
+            indexes = lookup(pop).key_indexes(pop)
+        except ReplyError as e:
+            pending.fill(encode_error(e.message))
+            return pending
+        keys: dict[int, list[bytes]] = {}
+        for i in indexes:
+            keys.setdefault(self.router.slot_owner[key_slot(pop[i])], []).append(pop[i])
+        client.blocked_pending = pending
+        client.blocked_shard = -1
+        self.in_flight += 1
+        assert self.router.nursery is not None, "transaction before the router serves"
+        self.router.nursery.start_soon(self._blocking_pop, client, pending, pop, deadline_ms, keys)
+        return pending
+
+    async def _blocking_pop(self, client: Client, pending: Pending, pop: list[bytes], deadline_ms: int,
+                            keys: dict[int, list[bytes]]) -> None:
+        kind = b"list" if pop[0] == b"LMPOP" else b"zset"
+        try:
+            for _attempt in range(MAX_BLOCKING_MOVE_ATTEMPTS):
+                reply = await self._transact(client, [pop], False, keys, sorted(keys))
+                if reply not in (b"*-1\r\n", b"_\r\n") or client.closed:
+                    pending.fill(reply)
+                    return
+                remaining = b"0"
+                if deadline_ms:
+                    left_ms = deadline_ms - time.time_ns() // 1_000_000
+                    if left_ms <= 0:
+                        pending.fill(reply)
+                        return
+                    remaining = b"%.3f" % (left_ms / 1000)
+                woke = await self._wait_any(client, [VERB_TXWAIT, kind, remaining, *pop], sorted(keys))
+                if woke[:1] in (b"-", b"*", b"_"):  # an error, a timeout or an unblock
+                    pending.fill(woke)
+                    return
+            pending.fill(b"-ERR the keys were emptied by others %d times; giving up\r\n" % MAX_BLOCKING_MOVE_ATTEMPTS)
+        except Lost:
+            pending.fill(LOST)
+        except Exception:
+            logger.exception("router: cross-shard blocking pop failed")
+            pending.fill(encode_error(b"ERR internal error in a cross-shard transaction"))
+        finally:
+            self.in_flight -= 1
+
+    async def _wait_any(self, client: Client, argv: list[bytes], shards: list[int]) -> bytes:
+        """TXWAIT on every shard at once; the first answer (in the client's protocol).
+        The others are ended (as if the client went away) and their answers ignored.
+        CLIENT UNBLOCK reaches the lowest shard's wait."""
+        done = trio.Event()
+        first: list[bytes] = []
+        answered: set[int] = set()
+
+        def filler(shard: int):
+            def on_fill(_pending: Pending, data: bytes) -> None:
+                answered.add(shard)
+                if not first:
+                    first.append(data)
+                    done.set()
+            return on_fill
+
+        links = self.router.links
+        client.blocked_shard = shards[0]
+        for shard in shards:
+            links[shard].submit(client, client.proto, argv, Pending(client, on_fill=filler(shard)))
+        await done.wait()
+        client.blocked_shard = -1
+        for shard in shards:
+            if shard not in answered:
+                self._tell(shard, [VERB_UNBLOCK, b"%d" % client.id, b"drop"])
+        if first[0] is LOST:
+            raise Lost()
+        return first[0]
 
     async def _ask_raw(self, shard: int, argv: list[bytes], client: Client) -> bytes:
         """One request in the client's protocol; its reply as the client would get it."""

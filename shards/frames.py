@@ -70,6 +70,9 @@ VERB_TXINDOUBT = b"\x00txindoubt"  # [verb] -> [[txid, decider], ...] prepared a
 # [verb, txid, b"try"|b"wait", command, key...]: lock the keys, run the read command on them -> its reply;
 # b"try" answers TXBUSY at once (locking nothing) where a key is locked, b"wait" waits for the locks
 VERB_TXREAD = b"\x00txread"
+# [verb, b"list"|b"zset", timeout, command argv...]: in the client's protocol, wait (as a blocked client, nothing
+# popped) until one of the command's keys holds a non-empty value of that type -> the key, or the timeout's nil
+VERB_TXWAIT = b"\x00txwait"
 # Never sent: marks a router-answered command queued in MULTI until EXEC (server/client.py),
 # which replaces it with a VERB_LITERAL.
 VERB_ROUTER_IN_MULTI = b"\x00router"

@@ -38,16 +38,19 @@ import msgspec
 import trio
 
 from durakv.shards.acl import user_from_rules
+from durakv.shards.blocking import Block, Waiter, parse_timeout_ms
 from durakv.shards.context import Ctx
 from durakv.shards.frames import (
     INTERNAL_PREFIX, VERB_AS_USER, VERB_EXEC, VERB_LITERAL, VERB_TXABORT, VERB_TXCOMMIT, VERB_TXDECIDE, VERB_TXINDOUBT,
-    VERB_TXLOCK, VERB_TXPREPARE, VERB_TXREAD, VERB_TXRESOLVE, VERB_TXRUN, Request, encode_internal,
+    VERB_TXLOCK, VERB_TXPREPARE, VERB_TXREAD, VERB_TXRESOLVE, VERB_TXRUN, VERB_TXWAIT, Request, encode_internal,
 )
 from durakv.shards.hazards import ReplySink
 from durakv.shards.engine import run_command
 from durakv.shards.keyspace import Keyspace
 from durakv.shards.rdb.codec import RdbError, dump_payload, load_payload, verify_payload
-from durakv.shards.resp import ReplyError, encode, encode_error
+from durakv.shards.resp import NULL_ARRAY, ReplyError, encode, encode_error
+from durakv.shards.t_list import ListValue
+from durakv.shards.t_zset import ZSetValue
 from durakv.shards.slots import SLOT_COUNT
 from durakv.shards.t_multi import Watches, unpack_transaction
 from durakv.shards.table import lookup
@@ -71,7 +74,7 @@ MAX_DEFERRED_REQUESTS = 1_000_000  # requests waiting for locks (a client's back
 MAX_LOCKS = 1_000_000
 MAX_DECOMPRESSED_BYTES = 512 * 1024 * 1024
 TXN_VERBS = frozenset({VERB_TXLOCK, VERB_TXRUN, VERB_TXPREPARE, VERB_TXDECIDE, VERB_TXCOMMIT, VERB_TXABORT,
-                       VERB_TXRESOLVE, VERB_TXINDOUBT, VERB_TXREAD})
+                       VERB_TXRESOLVE, VERB_TXINDOUBT, VERB_TXREAD, VERB_TXWAIT})
 WAITING_VERBS = (VERB_EXEC, VERB_TXLOCK, VERB_TXREAD)  # internal requests that wait for locks
 # Commands over the whole keyspace that a cross-shard MULTI runs with every shard locked whole.
 WHOLE_KEYSPACE = frozenset({"keys", "dbsize", "randomkey", "scan", "flushall", "flushdb"})
@@ -248,9 +251,11 @@ class TxnState:
 
     # --- the verbs ------------------------------------------------------------------
 
-    def handle(self, conn: ReplySink, req: Request, next_seq: int) -> tuple[bytes, int]:
-        """Run one transaction verb: (internal reply, seq it must wait for)."""
+    def handle(self, conn: ReplySink, req: Request, next_seq: int) -> tuple[bytes | None, int]:
+        """Run one transaction verb: (internal reply, seq it must wait for); None: parked (TXWAIT)."""
         verb = req.argv[0]
+        if verb == VERB_TXWAIT:
+            return self._wait(conn, req)
         try:
             if verb == VERB_TXLOCK:
                 return self._lock(conn, req, next_seq)
@@ -385,6 +390,34 @@ class TxnState:
         if len(db.effects) > effects_before:  # a key expired here: its deletion is logged
             return reply, next_seq
         return reply, shard.hazards.wait_seq(keys)
+
+    def _wait(self, conn: ReplySink, req: Request) -> tuple[bytes | None, int]:
+        """BLMPOP/BZMPOP across shards (server/txn.py): wait as a blocked client does
+        until one of this shard's keys holds something to pop, popping nothing; the
+        router then pops as a cross-shard transaction."""
+        argv = req.argv
+        shard = self.shard
+        kind = ListValue if argv[1] == b"list" else ZSetValue
+        command = argv[3:]
+        try:
+            cmd = lookup(command)
+            keys = [command[i] for i in cmd.key_indexes(command)]
+            deadline_ms = parse_timeout_ms(argv[2], shard.db.now())
+            if req.cid in shard.blocked.by_client:
+                raise ReplyError(b"ERR the client is blocked already")
+        except ReplyError as e:
+            return encode_error(e.message), 0
+        db = shard.db
+        for key in keys:
+            if type(db.peek(key)) is kind:
+                return encode(key, req.proto), 0
+
+        def serve(_ctx: object, key: bytes) -> bytes | None:
+            return key if type(db.peek(key)) is kind else None
+
+        shard.park_waiter(Waiter(conn, req.rid, req.cid, req.proto, command,
+                                 Block(keys, deadline_ms, NULL_ARRAY, serve)))
+        return None, 0
 
     def _run(self, req: Request) -> list:
         """The executor: run the commands over a scratch keyspace holding every key."""

@@ -6,6 +6,7 @@ shards/txn.py "all"/"wide" locks)."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import redis
@@ -157,3 +158,44 @@ def test_an_acl_users_cross_shard_script_obeys_its_rules(server):
         assert admin.mget(A, B) == [b"a", b"b"]
     finally:
         admin.execute_command("ACL", "DELUSER", "xscripter")
+
+
+def test_blmpop_and_bzmpop_across_shards_match_redis(pair):
+    pair.same("RPUSH", B, "x", "y")
+    pair.same("BLMPOP", "0.1", "2", A, B, "LEFT", "COUNT", "5")
+    pair.same("BLMPOP", "0.1", "2", A, B, "RIGHT")  # both empty: times out
+    pair.same("ZADD", A2, "1", "a", "2", "b")
+    pair.same("BZMPOP", "0.1", "2", B2, A2, "MAX")
+    pair.same("BZMPOP", "0", "2", B2, A2, "MIN", "COUNT", "3")
+    pair.same("BLMPOP", "-1", "2", A, B, "LEFT")
+    pair.same("BZMPOP", "0.1", "0", A, B, "MIN")
+    pair.same("SET", A, "string")
+    pair.same("BLMPOP", "0.1", "2", A, B, "LEFT")
+
+
+def test_blmpop_across_shards_waits_for_either_shard(server):
+    """A BLMPOP over keys on two shards blocks on both; a push to either serves it,
+    exactly once; CLIENT UNBLOCK ends it."""
+    r = server.client()
+    r.delete(A, B)
+    for key in (B, A):
+        got: list[object] = []
+        waiter = threading.Thread(target=lambda: got.append(server.client().blmpop(20, 2, A, B, direction="LEFT")))
+        waiter.start()
+        time.sleep(0.3)  # let it block (if it did not, it still must get the element)
+        r.rpush(key, "v1", "v2")
+        waiter.join()
+        assert got == [[key.encode(), [b"v1"]]]
+        assert r.lrange(key, 0, -1) == [b"v2"]
+        r.delete(key)
+    blocked = server.client()
+    blocked_id = blocked.client_id()
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(blocked.execute_command("BZMPOP", 20, 2, A, B, "MIN")))
+    waiter.start()
+    time.sleep(0.3)
+    assert r.client_unblock(blocked_id) is True
+    waiter.join()
+    assert got == [None]
+    r.zadd(B, {"m": 1})
+    assert blocked.zrange(B, 0, -1) == [b"m"]  # the ended waits popped nothing
