@@ -223,7 +223,7 @@ class Coordinator:
                     if left_ms <= 0:
                         pending.fill(reply)
                         return
-                    remaining = b"%.3f" % (left_ms / 1000)
+                    remaining = b"%.3f" % (max(left_ms, 1) / 1000)  # "0.000" would wait forever
                 woke = await self._wait_any(client, [VERB_TXWAIT, kind, remaining, *pop], sorted(keys))
                 if woke[:1] in (b"-", b"*", b"_"):  # an error, a timeout or an unblock
                     pending.fill(woke)
