@@ -58,7 +58,7 @@ def test_mget_never_sees_half_a_cross_shard_write(server_factory):
                 p.execute()
 
     readers = [threading.Thread(target=reader) for _ in range(4)]
-    writers = [threading.Thread(target=writer, args=(name, 60)) for name in "wxyz"]
+    writers = [threading.Thread(target=writer, args=(name, 30)) for name in "wxyz"]
     for t in readers + writers:
         t.start()
     for t in writers:
