@@ -224,3 +224,35 @@ async def test_a_read_tries_without_waiting_then_waits_for_the_lock(tmp_path: Pa
         assert await d.sink.wait_for(write) == b"+OK\r\n"
         assert d.shard.txn.locks == {}
     await serving(open_shard(tmp_path / "data"), body)
+
+
+async def test_a_whole_shard_lock_and_a_prepared_flush_survive_a_restart(tmp_path: Path) -> None:
+    """A MULTI with FLUSHDB across shards holds the whole shard (`wide`): every
+    request waits, not only those on its keys; its prepared FLUSHALL survives a
+    restart in doubt, still holding the whole shard, until it is committed."""
+    data_dir = tmp_path / "data"
+
+    async def first(d: Driver) -> None:
+        assert await d.call(1, b"SET", b"k1", b"old") == b"+OK\r\n"
+        await d.call(100, VERB_TXLOCK, b"8", b"wide")
+        other_key = d.submit(6, b"GET", b"elsewhere")
+        await trio.sleep(0.05)
+        assert not d.answered(other_key)
+        effects = [[b"FLUSHALL"], *state_effects([(b"k2", None, 0)])]
+        assert await d.call(0, VERB_TXPREPARE, b"8", b"1", pack([0, 1]), pack(effects)) is True
+
+    await serving(open_shard(data_dir), first)
+    shard = open_shard(data_dir)
+    assert shard.txn.whole_txid == 8 and shard.db.data[b"k1"] == b"old"
+
+    async def second(d: Driver) -> None:
+        waiting = d.submit(5, b"DBSIZE")
+        await trio.sleep(0.05)
+        assert not d.answered(waiting)
+        assert await d.call(0, VERB_TXCOMMIT, b"8") is True
+        assert await d.sink.wait_for(waiting) == b":0\r\n"
+
+    await serving(shard, second)
+    shard = open_shard(data_dir)
+    assert not shard.db.data and not shard.txn.txns and not shard.txn.whole_txid
+    shard.wal.close()
