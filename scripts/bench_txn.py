@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Cross-shard transactions (issue 16) against single-shard ones and redis-server:
 a 2-key MSET and a 3-command MULTI/EXEC, with the keys on two shards or on one
-(hash tag), at pipeline depth 1 and 16, through the router.
+(hash tag), at pipeline depth 1 and 16, through the router; `--workloads
+mget-cross,mget-one`: a 2-key MGET (across shards it reads under both shards' locks).
 
     python scripts/bench_txn.py [--shards 4] [--clients 8] [--seconds 5]
 
@@ -69,6 +70,10 @@ def workload(name: str, a: str, b: str, c: str, rng: random.Random) -> list[byte
     if name == "multi3-one":
         return [encode("MULTI"), encode("SET", f"{{{a}}}:{n}", "v" * 100), encode("INCR", f"{{{a}}}:n{n}"),
                 encode("LPUSH", f"{{{a}}}:l{n % 100}", "x"), encode("EXEC")]
+    if name == "mget-cross":
+        return [encode("MGET", f"{{{a}}}:{n}", f"{{{b}}}:{n}")]
+    if name == "mget-one":
+        return [encode("MGET", f"{{{a}}}:{n}", f"{{{a}}}:x{n}")]
     assert name == "set", name
     return [encode("SET", f"k:{n}", "v" * 100)]
 

@@ -20,6 +20,7 @@ from durakv.shards.resp import ProtocolError, RequestParser, ReplyError, encode,
 from durakv.shards.table import CURSOR, FANOUT, ROUTER, SPLIT_NONE, Command, find, lookup
 from durakv.shards.slots import key_slot
 from durakv.shards.t_sort import reads_pattern_keys
+from durakv.shards.txn import WHOLE_KEYSPACE
 
 if TYPE_CHECKING:
     from durakv.server.pubsub import Subscriptions
@@ -57,7 +58,7 @@ ALLOWED_WHEN_SUBSCRIBED = frozenset({
 })
 # In `replies`: the reply after it is not sent (CLIENT REPLY OFF|SKIP).
 SILENCED = object()
-CROSS_SHARD_BLOCKING = frozenset({"blmove", "brpoplpush"})  # the blocking forms run across shards
+CROSS_SHARD_BLOCKING = frozenset({"blmove", "brpoplpush", "blmpop", "bzmpop"})  # they run across shards
 CROSS_SHARD = -1  # multi_shard of a transaction whose keys live on several shards
 SCRIPT_COMMANDS = frozenset({"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"})
 
@@ -306,6 +307,9 @@ class Client:
                 return
             if router.cluster_node:
                 shards = {router.keys_shard(self, argv, indexes)}  # one slot, this node's (else CROSSSLOT, MOVED)
+            elif cmd.reads_undeclared_keys is not None and len(router.links) > 1 and reads_pattern_keys(argv):
+                router.cross_shard(self, [argv], False)  # SORT BY/GET patterns name keys on any shard
+                return
             else:
                 owner = router.slot_owner
                 shards = {owner[key_slot(argv[i])] for i in indexes}
@@ -320,8 +324,8 @@ class Client:
                 router.split(self, argv, cmd, indexes)
             elif cmd.name in CROSS_SHARD_BLOCKING:
                 router.blocking_move(self, argv)  # server/txn.py
-            elif cmd.is_blocking or (cmd.reads_undeclared_keys is not None and reads_pattern_keys(argv)):
-                self._reject(cmd, ERR_CROSSSLOT)  # SORT BY/GET patterns read keys the transaction cannot lock
+            elif cmd.is_blocking:
+                self._reject(cmd, ERR_CROSSSLOT)
             else:
                 router.cross_shard(self, [argv], False)  # atomic across shards (server/txn.py)
         except ReplyError as e:
@@ -360,8 +364,9 @@ class Client:
         except ReplyError as e:
             if router.cluster_node or not e.message.startswith(b"CROSSSLOT"):
                 self._reject(cmd, encode_error(e.message))
-            else:
-                router.cross_shard(self, [argv], False)  # keys on several shards (server/txn.py)
+            else:  # keys on several shards (server/txn.py); an ACL user's redis.calls obey its rules
+                run = argv if self.user.unrestricted else [VERB_AS_USER, self.user.permissions(), *argv]
+                router.cross_shard(self, [run], False)
             return
         if cmd.name == "eval":
             note_script(argv[1])
@@ -414,6 +419,8 @@ class Client:
         if cmd.where == ROUTER:
             return None
         if cmd.where == FANOUT:
+            if cmd.name in WHOLE_KEYSPACE and len(router.links) > 1 and not router.cluster_node:
+                return CROSS_SHARD  # every shard, locked whole at EXEC (server/txn.py)
             return router.single_shard()
         if cmd.where == CURSOR:
             return router.cursor_shard(argv[1])
@@ -422,6 +429,8 @@ class Client:
             return None
         if router.cluster_node:
             return router.keys_shard(self, argv, indexes)  # on a node, MOVED flags the transaction as in Redis
+        if cmd.reads_undeclared_keys is not None and len(router.links) > 1 and reads_pattern_keys(argv):
+            return CROSS_SHARD  # SORT BY/GET patterns name keys on any shard
         owner = router.slot_owner
         shards = {owner[key_slot(argv[i])] for i in indexes}
         return shards.pop() if len(shards) == 1 else CROSS_SHARD

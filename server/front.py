@@ -39,7 +39,7 @@ from durakv.server.logsetup import change_level as change_log_level
 from durakv.server.rates import InstantRates
 from durakv.shards.latency import LatencyMonitor
 from durakv.shards.slowlog import SlowLog
-from durakv.shards.table import SPLIT_MGET, Command, Merge, merge_sum
+from durakv.shards.table import Command, Merge
 
 logger = logging.getLogger("durakv.router")
 
@@ -267,29 +267,10 @@ class Front(ABC):
         return gather.pending
 
     def split(self, client: Client, argv: list[bytes], cmd: Command, indexes: list[int]) -> None:
-        """A read or delete whose keys live on several shards: one sub-request per
-        shard, replies merged in key order (MGET) or summed (DEL, EXISTS...)."""
-        owner = self.slot_owner
-        by_shard: dict[int, list[int]] = {}
-        for i in indexes:
-            by_shard.setdefault(owner[key_slot(argv[i])], []).append(i)
-        shard_order = list(by_shard)
-        proto = client.proto
-        if cmd.split == SPLIT_MGET:
-            def finish(parts: list) -> bytes:
-                values: list = [None] * len(indexes)
-                position = {i: n for n, i in enumerate(indexes)}
-                for shard, part in zip(shard_order, parts):
-                    for i, value in zip(by_shard[shard], part):
-                        values[position[i]] = value
-                return encode(values, proto)
-        else:
-            def finish(parts: list) -> bytes:
-                return merge_sum(parts, proto)
-        gather = Gather(client, len(shard_order), finish)
-        for n, shard in enumerate(shard_order):
-            sub = [argv[0]] + [argv[i] for i in by_shard[shard]]
-            self.links[shard].submit(client, PROTO_INTERNAL, sub, gather.part(n))
+        """MGET, EXISTS, DEL... whose keys live on several shards, isolated from
+        cross-shard writes (the router: server/txn_read.py); a shard's node answers
+        CROSSSLOT, as Redis Cluster does."""
+        raise ReplyError(b"CROSSSLOT Keys in request don't hash to the same slot")
 
     def split_watch(self, client: Client, argv: list[bytes]) -> set[int]:
         """WATCH on the router: each shard watches its own keys (EXEC checks them

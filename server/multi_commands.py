@@ -5,12 +5,12 @@ its keys, where it runs atomically (shards/t_multi.py)."""
 from __future__ import annotations
 
 from durakv.server.client import CROSS_SHARD, Client
-from durakv.shards.frames import VERB_EXEC, VERB_LITERAL
+from durakv.shards.frames import VERB_EXEC
 from durakv.shards.numbers import parse_ll
 from durakv.shards.resp import OK, ReplyError, fixed_error
 from durakv.shards.t_multi import pack_transaction
-from durakv.shards.t_sort import reads_pattern_keys
 from durakv.shards.table import MULTI_RUN_NOW, ROUTER, command, lookup
+from durakv.shards.txn import WHOLE_KEYSPACE
 
 ERR_EXECABORT = fixed_error(b"EXECABORT Transaction discarded because of previous errors.")
 
@@ -54,13 +54,13 @@ def exec_(client: Client, argv: list[bytes]):
 
 def _exec_across_shards(client: Client, queued: list[list[bytes]]):
     """A transaction whose keys (or WATCHed keys) live on several shards: atomic
-    across them (server/txn.py), except for commands that read the whole keyspace
-    (SCAN, KEYS, DBSIZE, SORT BY ...), which see one shard only: CROSSSLOT."""
+    across them (server/txn.py); with KEYS, DBSIZE, FLUSHDB... every shard is locked whole;
+    the keys SORT BY/GET patterns read are found and locked as the transaction runs."""
     for argv in queued:
-        if argv[0] == VERB_LITERAL:
+        if argv[0][:1] == b"\x00":  # a literal reply, an ACL user's script
             continue
         cmd = lookup(argv)
-        if cmd.waits_for_all or (cmd.reads_undeclared_keys is not None and reads_pattern_keys(argv)):
+        if cmd.waits_for_all and cmd.name not in WHOLE_KEYSPACE:
             client.unwatch_all()
             raise ReplyError(b"CROSSSLOT Keys in request don't hash to the same slot")
     return client.router.cross_shard(client, queued, True)

@@ -38,7 +38,7 @@ from durakv.shards.luaenv import scripting_of
 from durakv.shards.shard import Shard
 from durakv.shards.shard_settings import SHARD_PARAMS
 from durakv.shards.slots import key_slot, slot_owner_table
-from durakv.shards.table import Command, Merge, lookup
+from durakv.shards.table import Merge, lookup
 
 logger = logging.getLogger("durakv.node")
 
@@ -216,9 +216,6 @@ class ShardNode(Front):
         gather = Gather(client, 1, finish)
         self.local.submit(client, PROTO_INTERNAL, argv, gather.part(0))
         return gather.pending
-
-    def split(self, client: Client, argv: list[bytes], cmd: Command, indexes: list[int]) -> None:
-        raise ReplyError(CROSSSLOT_MESSAGE)  # keys_shard refused it before
 
     def cursor_shard(self, cursor: bytes) -> int:
         return self.index

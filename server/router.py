@@ -17,6 +17,7 @@ from durakv.server.links import Pending, ShardLink
 from durakv.server.listener import ClientListeners
 from durakv.server.settings_sync import SettingsSync
 from durakv.server.txn import Coordinator
+from durakv.server.txn_read import start_read
 from durakv.server.topology import ensure_topology, shard_node_ids
 from durakv.shards import failure, sdnotify
 from durakv.shards.config import Config
@@ -24,6 +25,7 @@ from durakv.shards.frames import PROTO_INTERNAL, VERB_CONFIG
 from durakv.shards.shard_settings import SHARD_DEFAULTS, SHARD_TEXT_DEFAULTS
 from durakv.shards.slots import slot_owner_table
 from durakv.shards.slowlog import SlowLog
+from durakv.shards.table import Command
 
 logger = logging.getLogger("durakv.router")
 
@@ -79,6 +81,12 @@ class Router(Front):
 
     def cross_shard(self, client, commands: list[list[bytes]], multi: bool) -> Pending:
         return self.txn.start(client, commands, multi)
+
+    def split(self, client, argv: list[bytes], cmd: Command, indexes: list[int]) -> None:
+        if cmd.is_write:  # DEL, UNLINK
+            self.txn.start(client, [argv], False)
+        else:
+            start_read(self.txn, client, argv, cmd, indexes)
 
     def blocking_move(self, client, argv: list[bytes]) -> Pending:
         return self.txn.start_blocking_move(client, argv)

@@ -27,15 +27,17 @@ import trio
 
 from durakv.server.front import decode_internal
 from durakv.server.links import LOST, Pending
+from durakv.shards.blocking import parse_timeout_ms
 from durakv.shards.frames import (
-    PROTO_INTERNAL, VERB_TXABORT, VERB_TXCOMMIT, VERB_TXDECIDE, VERB_TXINDOUBT, VERB_TXLOCK, VERB_TXPREPARE,
-    VERB_TXRESOLVE, VERB_TXRUN,
+    PROTO_INTERNAL, VERB_AS_USER, VERB_TXABORT, VERB_TXCOMMIT, VERB_TXDECIDE, VERB_TXINDOUBT, VERB_TXLOCK,
+    VERB_TXPREPARE, VERB_TXRESOLVE, VERB_TXRUN, VERB_TXWAIT, VERB_UNBLOCK,
 )
+from durakv.shards.evict import EXECABORT_OOM, OOM_MESSAGE
 from durakv.shards.resp import NULL_ARRAY, ReplyError, encode, encode_error
 from durakv.shards.slots import key_slot
 from durakv.shards.t_multi import pack_transaction
 from durakv.shards.table import lookup
-from durakv.shards.txn import crash_point, pack, state_effects, unpack_values
+from durakv.shards.txn import FLUSHES, TXBUSY, WHOLE_KEYSPACE, crash_point, pack, state_effects, unpack_values
 
 if TYPE_CHECKING:
     from durakv.server.client import Client
@@ -48,6 +50,11 @@ RESOLVE_RETRY_S = 0.05
 RESOLVE_ATTEMPTS = 200  # then the next link change tries again
 MAX_BLOCKING_MOVE_ATTEMPTS = 1_000_000  # wakeups of a cross-shard BLMOVE that found the source emptied
 SETTLE_ATTEMPTS = 12_000  # 10 minutes for a dead decider to serve again
+DELETES = frozenset({b"del", b"unlink"})  # their locks report presence only, no values
+# A run that reads keys it did not declare (SORT BY/GET patterns, a script's keys) locks them and runs again.
+MAX_DISCOVERY_ROUNDS = 16
+MAX_DISCOVERY_RESTARTS = 8  # when one was locked by another transaction: start over, waiting in order
+ERR_UNDECLARED = b"-ERR cross-shard transaction aborted: the keys it reads kept changing; nothing was applied\r\n"
 ERR_ABORTED = b"-ERR cross-shard transaction aborted: a participant failed; nothing was applied\r\n"
 
 
@@ -64,6 +71,7 @@ class Coordinator:
         self._last_us = 0
         self.committed = 0
         self.aborted = 0
+        self.read_waits = 0  # cross-shard reads that found a key locked and waited (server/txn_read.py)
 
     def new_txid(self) -> int:
         """Unique across routers and restarts: microseconds since the epoch, times 64, plus the router index."""
@@ -78,7 +86,9 @@ class Coordinator:
         keys: dict[int, list[bytes]] = {}
         owner = router.slot_owner
         for argv in commands:  # checked when dispatched or queued: lookup and key_indexes succeed
-            if argv[0][:1] == b"\x00":
+            if argv[0] == VERB_AS_USER:  # an ACL user's script: [verb, rules, *argv]
+                argv = argv[2:]
+            elif argv[0][:1] == b"\x00":
                 continue
             cmd = lookup(argv)
             for i in cmd.key_indexes(argv):
@@ -88,7 +98,10 @@ class Coordinator:
         if self.in_flight >= MAX_TXNS_IN_FLIGHT:
             pending.fill(b"-ERR too many cross-shard transactions in flight, retry later\r\n")
             return pending
-        if multi:
+        if multi and any(argv[0][:1] != b"\x00" and lookup(argv).name in WHOLE_KEYSPACE for argv in commands):
+            participants = list(range(len(router.links)))  # KEYS, FLUSHDB...: every shard, locked whole
+            client.watch_shards = set()
+        elif multi:
             participants = sorted(set(keys) | client.watch_shards)
             client.watch_shards = set()  # TXLOCK clears the watches on each participant
         else:
@@ -106,6 +119,8 @@ class Coordinator:
         itself, RIGHT to RIGHT, which leaves the list as it was), then move one
         element as a cross-shard LMOVE; if another client emptied the source
         meanwhile, wait again."""
+        if argv[0].lower() in (b"blmpop", b"bzmpop"):
+            return self.start_blocking_pop(client, argv)
         if argv[0].lower() == b"brpoplpush":
             source, destination, wherefrom, whereto, timeout = argv[1], argv[2], b"RIGHT", b"LEFT", argv[3]
         else:
@@ -170,6 +185,87 @@ class Coordinator:
         finally:
             self.in_flight -= 1
 
+    def start_blocking_pop(self, client: Client, argv: list[bytes]) -> Pending:
+        """BLMPOP/BZMPOP with keys on several shards: pop as a cross-shard LMPOP/ZMPOP;
+        if every key is empty, wait on every shard at once (TXWAIT: a blocked client
+        that pops nothing) until one of the keys has something, then pop again."""
+        pending = Pending(client)
+        client.replies.append(pending)
+        pop = [b"LMPOP" if argv[0].lower() == b"blmpop" else b"ZMPOP", *argv[2:]]
+        try:
+            deadline_ms = parse_timeout_ms(argv[1], time.time_ns() // 1_000_000)
+            indexes = lookup(pop).key_indexes(pop)
+        except ReplyError as e:
+            pending.fill(encode_error(e.message))
+            return pending
+        keys: dict[int, list[bytes]] = {}
+        for i in indexes:
+            keys.setdefault(self.router.slot_owner[key_slot(pop[i])], []).append(pop[i])
+        client.blocked_pending = pending
+        client.blocked_shard = -1
+        self.in_flight += 1
+        assert self.router.nursery is not None, "transaction before the router serves"
+        self.router.nursery.start_soon(self._blocking_pop, client, pending, pop, deadline_ms, keys)
+        return pending
+
+    async def _blocking_pop(self, client: Client, pending: Pending, pop: list[bytes], deadline_ms: int,
+                            keys: dict[int, list[bytes]]) -> None:
+        kind = b"list" if pop[0] == b"LMPOP" else b"zset"
+        try:
+            for _attempt in range(MAX_BLOCKING_MOVE_ATTEMPTS):
+                reply = await self._transact(client, [pop], False, keys, sorted(keys))
+                if reply not in (b"*-1\r\n", b"_\r\n") or client.closed:
+                    pending.fill(reply)
+                    return
+                remaining = b"0"
+                if deadline_ms:
+                    left_ms = deadline_ms - time.time_ns() // 1_000_000
+                    if left_ms <= 0:
+                        pending.fill(reply)
+                        return
+                    remaining = b"%.3f" % (max(left_ms, 1) / 1000)  # "0.000" would wait forever
+                woke = await self._wait_any(client, [VERB_TXWAIT, kind, remaining, *pop], sorted(keys))
+                if woke[:1] in (b"-", b"*", b"_"):  # an error, a timeout or an unblock
+                    pending.fill(woke)
+                    return
+            pending.fill(b"-ERR the keys were emptied by others %d times; giving up\r\n" % MAX_BLOCKING_MOVE_ATTEMPTS)
+        except Lost:
+            pending.fill(LOST)
+        except Exception:
+            logger.exception("router: cross-shard blocking pop failed")
+            pending.fill(encode_error(b"ERR internal error in a cross-shard transaction"))
+        finally:
+            self.in_flight -= 1
+
+    async def _wait_any(self, client: Client, argv: list[bytes], shards: list[int]) -> bytes:
+        """TXWAIT on every shard at once; the first answer (in the client's protocol).
+        The others are ended (as if the client went away) and their answers ignored.
+        CLIENT UNBLOCK reaches the lowest shard's wait."""
+        done = trio.Event()
+        first: list[bytes] = []
+        answered: set[int] = set()
+
+        def filler(shard: int):
+            def on_fill(_pending: Pending, data: bytes) -> None:
+                answered.add(shard)
+                if not first:
+                    first.append(data)
+                    done.set()
+            return on_fill
+
+        links = self.router.links
+        client.blocked_shard = shards[0]
+        for shard in shards:
+            links[shard].submit(client, client.proto, argv, Pending(client, on_fill=filler(shard)))
+        await done.wait()
+        client.blocked_shard = -1
+        for shard in shards:
+            if shard not in answered:
+                self._tell(shard, [VERB_UNBLOCK, b"%d" % client.id, b"drop"])
+        if first[0] is LOST:
+            raise Lost()
+        return first[0]
+
     async def _ask_raw(self, shard: int, argv: list[bytes], client: Client) -> bytes:
         """One request in the client's protocol; its reply as the client would get it."""
         done = trio.Event()
@@ -198,58 +294,89 @@ class Coordinator:
             self.in_flight -= 1
 
     async def _transact(self, client: Client, commands: list[list[bytes]], multi: bool,
-                        keys: dict[int, list[bytes]], participants: list[int]) -> bytes:
+                        keys: dict[int, list[bytes]], participants: list[int], attempt: int = 0) -> bytes:
         txid = self.new_txid()
         proto = client.proto
         locked: list[int] = []
         values: list[Any] = []
         watch_failed = False
+        oom = False
+        deletes = not multi and commands[0][0].lower() in DELETES
+        mode = _lock_mode(commands, multi, deletes)
         try:
             for shard in participants:  # ascending: no deadlock between coordinators
-                dirty, packed = await self._ask(
-                    shard, [VERB_TXLOCK, b"%d" % txid, b"exec" if multi else b"one", *keys.get(shard, [])], client)
+                dirty, packed, shard_oom = await self._ask(shard, [VERB_TXLOCK, b"%d" % txid, mode,
+                                                                   *keys.get(shard, [])], client)
                 locked.append(shard)
                 watch_failed = watch_failed or dirty
+                oom = oom or shard_oom
                 values.extend(unpack_values(packed))
             if watch_failed:
-                self._release(txid, locked)
+                self.release(txid, locked)
                 return encode(NULL_ARRAY, proto)
-            executor = min(keys) if keys else participants[0]
-            reply, packed_states = await self._ask(
-                executor, [VERB_TXRUN, b"%d" % txid, b"%d" % proto, b"multi" if multi else b"one",
-                           pack_transaction(commands), pack([list(v) for v in values])])
+            if oom and _denies_oom(commands):  # a participant is over maxmemory (noeviction)
+                self.release(txid, locked)
+                return encode_error(EXECABORT_OOM if multi else OOM_MESSAGE)
+            flushed = False
+            if deletes:  # the reply and the effects follow from which keys are present
+                present = [(key, None, 0) for key, payload, _when_ms in values if payload is not None]
+                reply, packed_states = encode(len(present), proto), pack(present)
+            else:
+                executor = min(keys) if keys else participants[0]
+                for _round in range(MAX_DISCOVERY_ROUNDS):
+                    reply, packed_states, flushed, missing = await self._ask(
+                        executor, [VERB_TXRUN, b"%d" % txid, b"%d" % proto, b"multi" if multi else b"one",
+                                   pack_transaction(commands), pack([list(v) for v in values])])
+                    if not missing:
+                        break
+                    more = await self._lock_more(client, txid, missing, locked)
+                    if more is None:  # one is locked by another transaction: again, waiting in order
+                        self.release(txid, locked)
+                        if attempt >= MAX_DISCOVERY_RESTARTS:
+                            return ERR_UNDECLARED
+                        for key in missing:
+                            keys.setdefault(self.router.slot_owner[key_slot(key)], []).append(key)
+                        participants = sorted(set(participants) | set(keys))
+                        return await self._transact(client, commands, multi, keys, participants, attempt + 1)
+                    values.extend(more)
+                else:
+                    self.release(txid, locked)
+                    return ERR_UNDECLARED
         except (ReplyError, Lost) as e:
-            self._release(txid, locked)
+            self.release(txid, locked)
             never_locked = set(participants) - set(locked)
             if never_locked and multi:
                 self.router.unwatch(client.id, never_locked)  # EXEC drops every WATCH, as in Redis
             if isinstance(e, Lost):
                 raise
             return encode_error(e.message)
-        effects: dict[int, list] = {}
+        states: dict[int, list] = {}
         owner = self.router.slot_owner
         for state in unpack_values(packed_states):
-            effects.setdefault(owner[key_slot(state[0])], []).append(state)
+            states.setdefault(owner[key_slot(state[0])], []).append(state)
+        # A FLUSHALL/FLUSHDB inside: every shard flushes, then restores the keys written after it.
+        effects = {s: ([[b"FLUSHALL"]] if flushed else []) + state_effects(states.get(s, []))
+                   for s in (participants if flushed else states)}
         writers = sorted(effects)
-        self._release(txid, [s for s in locked if s not in effects])
+        self.release(txid, [s for s in locked if s not in effects])
         if not writers:
             return reply
         decider = writers[0]
         others = writers[1:]
         try:
             await self._ask_all([(s, [VERB_TXPREPARE, b"%d" % txid, b"%d" % decider, pack(writers),
-                                      pack(state_effects(effects[s]))]) for s in others])
+                                      pack(effects[s])]) for s in others])
         except (ReplyError, Lost) as e:
-            self._release(txid, writers)  # the decider never decided: presumed abort
+            self.release(txid, writers)  # the decider never decided: presumed abort
             self.aborted += 1
             if isinstance(e, Lost):
                 raise
             return ERR_ABORTED
         crash_point("router-after-prepare")
         try:
-            await self._ask(decider, [VERB_TXDECIDE, b"%d" % txid, pack(state_effects(effects[decider]))])
+            await self._ask(decider, [VERB_TXDECIDE, b"%d" % txid, pack(effects[decider])])
         except ReplyError:
-            self._release(txid, writers)
+            self.release(txid, writers)
             self.aborted += 1
             return ERR_ABORTED
         except Lost:
@@ -263,9 +390,36 @@ class Coordinator:
             self._tell(shard, [VERB_TXCOMMIT, b"%d" % txid])
         return reply
 
+    async def _lock_more(self, client: Client, txid: int, missing: list[bytes],
+                         locked: list[int]) -> list[Any] | None:
+        """Lock the keys the executor found the transaction reads beyond those it
+        declared, where they are free (waiting now could deadlock); their values, or
+        None if one is locked (nothing more is then held). Adds the shards to locked."""
+        by_shard: dict[int, list[bytes]] = {}
+        owner = self.router.slot_owner
+        for key in missing:
+            by_shard.setdefault(owner[key_slot(key)], []).append(key)
+        shards = sorted(by_shard)
+        answers = await self.ask_raw_all([(s, [VERB_TXLOCK, b"%d" % txid, b"more", *by_shard[s]]) for s in shards],
+                                         client)
+        locked.extend(s for s in shards if s not in locked)  # a busy or lost one locked nothing: releasing is harmless
+        if any(data is LOST for data in answers):
+            raise Lost()
+        values: list[Any] = []
+        for data in answers:
+            try:
+                _dirty, packed, _oom = decode_internal(data)
+            except ReplyError as e:
+                if e.message == TXBUSY:
+                    return None
+                raise
+            values.extend(unpack_values(packed))
+        return values
+
     # --- talking to shards ---------------------------------------------------------
 
-    def _release(self, txid: int, shards: list[int]) -> None:
+    def release(self, txid: int, shards: list[int]) -> None:
+        """Drop the transaction's locks (and prepared effects) on those shards, not waiting."""
         for shard in shards:
             self._tell(shard, [VERB_TXABORT, b"%d" % txid])
 
@@ -279,6 +433,13 @@ class Coordinator:
     async def _ask_all(self, requests: list[tuple[int, list[bytes]]], client: Client | None = None) -> list:
         """Send requests to shards at once and wait for every reply (decoded);
         raises Lost or the first ReplyError once all are in."""
+        replies = await self.ask_raw_all(requests, client)
+        if any(data is LOST for data in replies):
+            raise Lost()
+        return [decode_internal(data) for data in replies]
+
+    async def ask_raw_all(self, requests: list[tuple[int, list[bytes]]], client: Client | None = None) -> list:
+        """Send internal requests to shards at once; every reply as the shard sent it (or LOST)."""
         done = trio.Event()
         replies: list[Any] = [None] * len(requests)
         left = len(requests)
@@ -296,9 +457,7 @@ class Coordinator:
             self.router.links[shard].submit(client, PROTO_INTERNAL, argv, Pending(client, on_fill=filler(n)))
         if left:
             await done.wait()
-        if any(data is LOST for data in replies):
-            raise Lost()
-        return [decode_internal(data) for data in replies]
+        return replies
 
     # --- transactions in doubt -------------------------------------------------------
 
@@ -354,6 +513,28 @@ class Coordinator:
             if not unresolved:
                 return
             await trio.sleep(RESOLVE_RETRY_S)
+
+
+def _denies_oom(commands: list[list[bytes]]) -> bool:
+    """Whether a command of the transaction is refused over maxmemory (Redis' denyoom)."""
+    return any(argv[0][:1] != b"\x00" and "denyoom" in lookup(argv).flags for argv in commands)
+
+
+def _lock_mode(commands: list[list[bytes]], multi: bool, deletes: bool) -> bytes:
+    """TXLOCK's mode: b"all" for a MULTI reading the whole keyspace (KEYS, DBSIZE,
+    RANDOMKEY, SCAN) before any flush, b"wide" for one that only flushes it first,
+    b"exec" for any other MULTI, b"keys" for DEL/UNLINK, b"one" for a command."""
+    if not multi:
+        return b"keys" if deletes else b"one"
+    for argv in commands:
+        if argv[0][:1] == b"\x00":
+            continue
+        name = argv[0].lower()
+        if name in FLUSHES:
+            return b"wide"
+        if lookup(argv).name in WHOLE_KEYSPACE:
+            return b"all"
+    return b"exec"
 
 
 def _log_failure(pending: Pending, data: bytes) -> None:

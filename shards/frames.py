@@ -55,14 +55,24 @@ VERB_EXPIRY_PAUSE = b"\x00expirypause"  # [verb, unix ms]: no key expires before
 # [verb, rules, *argv]: a script run by an ACL user whose rules (shards/acl.py) its redis.calls obey
 VERB_AS_USER = b"\x00asuser"
 # Cross-shard transactions (shards/txn.py, coordinated by server/txn.py); replies are internal.
-VERB_TXLOCK = b"\x00txlock"  # [verb, txid, b"exec"|b"one", key...] -> [watch dirty, packed values]
-VERB_TXRUN = b"\x00txrun"  # [verb, txid, proto, b"multi"|b"one", packed commands, packed values] -> [reply, states]
+# [verb, txid, mode, key...] -> [watch dirty, packed values, oom]; mode b"one" (a command), b"exec" (+ WATCH check),
+# b"keys" (b"" for a present value), b"all"/b"wide" (an EXEC holding the whole shard, b"all" answering every key's
+# value), b"more" (keys a run found it reads: TXBUSY rather than wait)
+VERB_TXLOCK = b"\x00txlock"
+# [verb, txid, proto, b"multi"|b"one", packed commands, packed values] -> [reply, states, flushed]
+VERB_TXRUN = b"\x00txrun"
 VERB_TXPREPARE = b"\x00txprepare"  # [verb, txid, decider, packed participants, packed effects]: durable
 VERB_TXDECIDE = b"\x00txdecide"  # [verb, txid, packed effects]: apply + record COMMIT -> once durable
 VERB_TXCOMMIT = b"\x00txcommit"  # [verb, txid]: apply the prepared effects, release
 VERB_TXABORT = b"\x00txabort"  # [verb, txid]: drop the prepared effects (if any), release
 VERB_TXRESOLVE = b"\x00txresolve"  # [verb, txid] (to the decider) -> b"commit" | b"abort" (recorded), durable
 VERB_TXINDOUBT = b"\x00txindoubt"  # [verb] -> [[txid, decider], ...] prepared and waiting for a decision
+# [verb, txid, b"try"|b"wait", command, key...]: lock the keys, run the read command on them -> its reply;
+# b"try" answers TXBUSY at once (locking nothing) where a key is locked, b"wait" waits for the locks
+VERB_TXREAD = b"\x00txread"
+# [verb, b"list"|b"zset", timeout, command argv...]: in the client's protocol, wait (as a blocked client, nothing
+# popped) until one of the command's keys holds a non-empty value of that type -> the key, or the timeout's nil
+VERB_TXWAIT = b"\x00txwait"
 # Never sent: marks a router-answered command queued in MULTI until EXEC (server/client.py),
 # which replaces it with a VERB_LITERAL.
 VERB_ROUTER_IN_MULTI = b"\x00router"

@@ -222,6 +222,8 @@ class Shard(GroupCommit):
             if argv[0][:1] == INTERNAL_PREFIX:
                 if argv[0] in TXN_VERBS:
                     data, wait = self.txn.handle(conn, req, next_seq)
+                    if data is None:  # parked: a cross-shard BLMPOP's wait (shards/txn.py)
+                        continue
                 elif argv[0] == VERB_AS_USER:
                     data, wait = self._execute_as_user(argv, req.cid, req.proto, next_seq, hold_writes)
                 elif argv[0] != VERB_EXEC:
@@ -331,6 +333,10 @@ class Shard(GroupCommit):
             return data, 0
 
     # --- blocked clients -------------------------------------------------------------
+
+    def park_waiter(self, waiter: Waiter) -> None:
+        """Park a waiter made outside a command handler (a cross-shard BLMPOP's wait, shards/txn.py)."""
+        self._park(waiter)
 
     def _park(self, waiter: Waiter) -> None:
         try:

@@ -37,16 +37,20 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import trio
 
+from durakv.shards.acl import user_from_rules
+from durakv.shards.blocking import Block, Waiter, parse_timeout_ms
 from durakv.shards.context import Ctx
 from durakv.shards.frames import (
-    INTERNAL_PREFIX, VERB_EXEC, VERB_LITERAL, VERB_TXABORT, VERB_TXCOMMIT, VERB_TXDECIDE, VERB_TXINDOUBT,
-    VERB_TXLOCK, VERB_TXPREPARE, VERB_TXRESOLVE, VERB_TXRUN, Request, encode_internal,
+    INTERNAL_PREFIX, VERB_AS_USER, VERB_EXEC, VERB_LITERAL, VERB_TXABORT, VERB_TXCOMMIT, VERB_TXDECIDE, VERB_TXINDOUBT,
+    VERB_TXLOCK, VERB_TXPREPARE, VERB_TXREAD, VERB_TXRESOLVE, VERB_TXRUN, VERB_TXWAIT, Request, encode_internal,
 )
 from durakv.shards.hazards import ReplySink
 from durakv.shards.engine import run_command
 from durakv.shards.keyspace import Keyspace
 from durakv.shards.rdb.codec import RdbError, dump_payload, load_payload, verify_payload
-from durakv.shards.resp import ReplyError, encode, encode_error
+from durakv.shards.resp import NULL_ARRAY, ReplyError, encode, encode_error
+from durakv.shards.t_list import ListValue
+from durakv.shards.t_zset import ZSetValue
 from durakv.shards.slots import SLOT_COUNT
 from durakv.shards.t_multi import Watches, unpack_transaction
 from durakv.shards.table import lookup
@@ -70,7 +74,14 @@ MAX_DEFERRED_REQUESTS = 1_000_000  # requests waiting for locks (a client's back
 MAX_LOCKS = 1_000_000
 MAX_DECOMPRESSED_BYTES = 512 * 1024 * 1024
 TXN_VERBS = frozenset({VERB_TXLOCK, VERB_TXRUN, VERB_TXPREPARE, VERB_TXDECIDE, VERB_TXCOMMIT, VERB_TXABORT,
-                       VERB_TXRESOLVE, VERB_TXINDOUBT})
+                       VERB_TXRESOLVE, VERB_TXINDOUBT, VERB_TXREAD, VERB_TXWAIT})
+WAITING_VERBS = (VERB_EXEC, VERB_TXLOCK, VERB_TXREAD)  # internal requests that wait for locks
+# Commands over the whole keyspace that a cross-shard MULTI runs with every shard locked whole.
+WHOLE_KEYSPACE = frozenset({"keys", "dbsize", "randomkey", "scan", "flushall", "flushdb"})
+FLUSHES = frozenset({b"flushall", b"flushdb"})
+MAX_WHOLE_KEYS = 100_000  # per shard: values a whole-keyspace read inside a cross-shard MULTI moves
+TXBUSY = b"TXBUSY a key is locked"  # a b"try" TXREAD's or b"more" TXLOCK's answer: the router retries waiting
+NEVER_WAIT = (b"try", b"more")
 
 _pack = msgspec.msgpack.Encoder().encode
 _values_decoder = msgspec.msgpack.Decoder(list[tuple[bytes, Any, int]])
@@ -108,7 +119,7 @@ def state_effects(states: list[tuple[bytes, bytes | None, int]]) -> list[list[by
 class Txn:
     """One transaction's state on this shard."""
 
-    __slots__ = ("txid", "keys", "conn", "effects", "decider", "in_doubt")
+    __slots__ = ("txid", "keys", "conn", "effects", "decider", "in_doubt", "whole")
 
     def __init__(self, txid: int, keys: list[bytes], conn: ReplySink | None) -> None:
         self.txid = txid
@@ -117,6 +128,32 @@ class Txn:
         self.effects: list[list[bytes]] | None = None  # prepared effects
         self.decider = -1
         self.in_doubt = False
+        self.whole = False  # the whole shard is locked, not only its keys
+
+
+class ScratchKeyspace(Keyspace):
+    """The executor's keyspace: notes the keys a command looks up beyond those the
+    transaction locked (SORT BY/GET patterns, a script's undeclared keys), so the
+    router can lock them too and run it again."""
+
+    __slots__ = ("declared", "undeclared")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.declared: set[bytes] | None = set()  # None after a flush: every other key is gone for real
+        self.undeclared: dict[bytes, None] = {}
+
+    def get(self, key: bytes) -> object | None:
+        declared = self.declared
+        if declared is not None and key not in declared:
+            self.undeclared[key] = None
+        return super().get(key)
+
+    def peek(self, key: bytes) -> object | None:
+        declared = self.declared
+        if declared is not None and key not in declared:
+            self.undeclared[key] = None
+        return super().peek(key)
 
 
 class ScratchShard:
@@ -135,6 +172,7 @@ class TxnState:
     def __init__(self, shard: Shard) -> None:
         self.shard = shard
         self.locks: dict[bytes, int] = {}  # key -> txid holding it
+        self.whole_txid = 0  # a transaction holding the whole shard (every request waits)
         self.txns: dict[int, Txn] = {}
         self.deferred: deque[tuple[ReplySink, Request]] = deque()
         self.deferred_cids: dict[int, int] = {}  # client id -> its requests waiting
@@ -146,22 +184,25 @@ class TxnState:
     # --- deferral (called for every request while shard.txn_busy) -------------------
 
     def busy(self) -> bool:
-        return bool(self.locks or self.deferred)
+        return bool(self.locks or self.deferred or self.whole_txid)
 
     def defer(self, conn: ReplySink, req: Request) -> bool:
         """Whether req must wait: it touches a locked key, or an earlier request of
         its client waits. Then it is queued, in arrival order."""
         cid = req.cid
+        argv = req.argv
+        if (argv[0] == VERB_TXREAD or argv[0] == VERB_TXLOCK) and argv[2] in NEVER_WAIT:
+            return False  # it answers TXBUSY rather than wait while holding locks elsewhere
         if not (cid and cid in self.deferred_cids):
-            argv = req.argv
-            if argv[0][:1] == INTERNAL_PREFIX and argv[0] not in (VERB_EXEC, VERB_TXLOCK):
+            if argv[0][:1] == INTERNAL_PREFIX and argv[0] not in WAITING_VERBS:
                 return False
-            keys = self.request_keys(req)
-            locks = self.locks
-            if keys is not None and not any(key in locks for key in keys):
-                return False
-            if keys is None and not locks:
-                return False
+            if not self.whole_txid:
+                keys = self.request_keys(req)
+                locks = self.locks
+                if keys is not None and not any(key in locks for key in keys):
+                    return False
+                if keys is None and not locks:
+                    return False
         assert len(self.deferred) < MAX_DEFERRED_REQUESTS, "deferred requests unbounded"
         self.deferred.append((conn, req))
         if cid:
@@ -172,7 +213,11 @@ class TxnState:
     def request_keys(self, req: Request) -> list[bytes] | None:
         """The keys a request touches; None when it may touch any (a keyless write)."""
         argv = req.argv
+        if argv[0] == VERB_TXREAD:
+            return argv[4:]
         if argv[0] == VERB_TXLOCK:
+            if argv[2] in (b"all", b"wide"):
+                return None  # it waits until no key is locked
             if argv[2] != b"exec":
                 return argv[3:]
             return argv[3:] + sorted(self.shard.watches.by_client.get(req.cid, ()))
@@ -206,12 +251,16 @@ class TxnState:
 
     # --- the verbs ------------------------------------------------------------------
 
-    def handle(self, conn: ReplySink, req: Request, next_seq: int) -> tuple[bytes, int]:
-        """Run one transaction verb: (internal reply, seq it must wait for)."""
+    def handle(self, conn: ReplySink, req: Request, next_seq: int) -> tuple[bytes | None, int]:
+        """Run one transaction verb: (internal reply, seq it must wait for); None: parked (TXWAIT)."""
         verb = req.argv[0]
+        if verb == VERB_TXWAIT:
+            return self._wait(conn, req)
         try:
             if verb == VERB_TXLOCK:
                 return self._lock(conn, req, next_seq)
+            if verb == VERB_TXREAD:
+                return self._read(conn, req, next_seq)
             if verb == VERB_TXRUN:
                 return encode_internal(True, self._run(req)), 0
             if verb == VERB_TXPREPARE:
@@ -234,21 +283,61 @@ class TxnState:
     def _lock(self, conn: ReplySink, req: Request, next_seq: int) -> tuple[bytes, int]:
         shard = self.shard
         txid = int(req.argv[1])
+        mode = req.argv[2]
         keys = req.argv[3:]
+        if mode == b"more":
+            return self._lock_more(conn, txid, keys, next_seq)
         watched: list[bytes] = []
         dirty = False
-        if req.argv[2] == b"exec" and req.cid:  # EXEC checks and drops the client's WATCHes; a command does not
+        db = shard.db
+        whole = mode in (b"all", b"wide")  # a MULTI with KEYS, DBSIZE, FLUSHDB...: every request waits
+        if mode == b"all":  # ... and it reads the whole keyspace: every value goes to the executor
+            if len(db.data) > MAX_WHOLE_KEYS:
+                raise ReplyError(b"ERR KEYS, DBSIZE, RANDOMKEY or SCAN in a transaction across shards reads at most "
+                                 b"%d keys per shard" % MAX_WHOLE_KEYS)
+            keys = keys + [key for key in db.data if key not in keys]
+        if (mode == b"exec" or whole) and req.cid:  # EXEC checks and drops the client's WATCHes; a command does not
             watched = sorted(shard.watches.by_client.get(req.cid, ()))
             dirty = shard.watches.is_dirty(req.cid, shard.db)
             shard.watches.unwatch(req.cid)
-        txn = Txn(txid, list(dict.fromkeys(keys + watched)), conn)
+        txn = Txn(txid, list(dict.fromkeys(req.argv[3:] + watched)), conn)
         assert len(self.locks) + len(txn.keys) <= MAX_LOCKS, "too many locked keys"
         for key in txn.keys:
             self.locks[key] = txid
+        if whole:
+            assert not self.whole_txid, "two transactions hold a whole shard"
+            txn.whole = True
+            self.whole_txid = txid
         self.txns[txid] = txn
+        values, wait = self._values(keys, mode == b"keys", next_seq)
+        return encode_internal(True, [dirty, pack(values), db.oom]), wait
+
+    def _lock_more(self, conn: ReplySink, txid: int, keys: list[bytes], next_seq: int) -> tuple[bytes, int]:
+        """Keys a transaction's run found it reads beyond those it declared (SORT BY/GET
+        patterns, a script's undeclared keys): locked if free, never waited for."""
+        locks = self.locks
+        if (self.whole_txid and self.whole_txid != txid) or any(locks.get(key, txid) != txid for key in keys):
+            return encode_internal(False, TXBUSY), 0
+        txn = self.txns.get(txid)
+        if txn is None:
+            txn = self.txns[txid] = Txn(txid, [], conn)
+        assert len(locks) + len(keys) <= MAX_LOCKS, "too many locked keys"
+        for key in keys:
+            if key not in locks:
+                locks[key] = txid
+                txn.keys.append(key)
+        values, wait = self._values(keys, False, next_seq)
+        return encode_internal(True, [False, pack(values), self.shard.db.oom]), wait
+
+    def _values(self, keys: list[bytes], presence_only: bool,
+                next_seq: int) -> tuple[list[tuple[bytes, bytes | None, int]], int]:
+        """Each key's DUMP payload and absolute expiry (None: absent; b"": present, when
+        only presence is asked: DEL/UNLINK need not move the values), and the seq the
+        answer must wait for (that of the values, or of an expiry logged on the way)."""
+        shard = self.shard
         db = shard.db
-        db.frozen_ms = time.time_ns() // 1_000_000
         effects_before = len(db.effects)
+        db.frozen_ms = time.time_ns() // 1_000_000
         values: list[tuple[bytes, bytes | None, int]] = []
         lps = shard.settings["list-max-listpack-size"]
         try:
@@ -257,6 +346,9 @@ class TxnState:
                 if value is None:
                     values.append((key, None, 0))
                     continue
+                if presence_only:
+                    values.append((key, b"", 0))
+                    continue
                 try:
                     payload = dump_payload(value, lps)
                 except RdbError as e:
@@ -264,10 +356,68 @@ class TxnState:
                 values.append((key, payload, db.expires.get(key, 0)))
         finally:
             db.frozen_ms = 0
-        wait = shard.hazards.wait_seq(keys)
         if len(db.effects) > effects_before:
-            wait = next_seq
-        return encode_internal(True, [dirty, pack(values)]), wait
+            return values, next_seq
+        return values, shard.hazards.wait_seq(keys)
+
+    def _read(self, conn: ReplySink, req: Request, next_seq: int) -> tuple[bytes, int]:
+        """A cross-shard read (server/txn_read.py): lock its keys here and run it on
+        them; the locks stay until the router's TXABORT, once every shard has read."""
+        argv = req.argv
+        keys = argv[4:]
+        locks = self.locks
+        if argv[2] == b"try" and (self.whole_txid or any(key in locks for key in keys)
+                                  or (req.cid and req.cid in self.deferred_cids)):
+            return encode_internal(False, TXBUSY), 0
+        txid = int(argv[1])
+        txn = Txn(txid, list(dict.fromkeys(keys)), conn)
+        assert len(locks) + len(txn.keys) <= MAX_LOCKS, "too many locked keys"
+        for key in txn.keys:
+            locks[key] = txid
+        self.txns[txid] = txn
+        shard = self.shard
+        db = shard.db
+        ctx = shard.ctx
+        ctx.client_id = req.cid
+        effects_before = len(db.effects)
+        db.frozen_ms = time.time_ns() // 1_000_000
+        db.count_reads = True
+        try:
+            reply = encode_internal(True, run_command(ctx, argv[3:]))
+        finally:
+            db.frozen_ms = 0
+            db.count_reads = False
+        if len(db.effects) > effects_before:  # a key expired here: its deletion is logged
+            return reply, next_seq
+        return reply, shard.hazards.wait_seq(keys)
+
+    def _wait(self, conn: ReplySink, req: Request) -> tuple[bytes | None, int]:
+        """BLMPOP/BZMPOP across shards (server/txn.py): wait as a blocked client does
+        until one of this shard's keys holds something to pop, popping nothing; the
+        router then pops as a cross-shard transaction."""
+        argv = req.argv
+        shard = self.shard
+        kind = ListValue if argv[1] == b"list" else ZSetValue
+        command = argv[3:]
+        try:
+            cmd = lookup(command)
+            keys = [command[i] for i in cmd.key_indexes(command)]
+            deadline_ms = parse_timeout_ms(argv[2], shard.db.now())
+            if req.cid in shard.blocked.by_client:
+                raise ReplyError(b"ERR the client is blocked already")
+        except ReplyError as e:
+            return encode_error(e.message), 0
+        db = shard.db
+        for key in keys:
+            if type(db.peek(key)) is kind:
+                return encode(key, req.proto), 0
+
+        def serve(_ctx: object, key: bytes) -> bytes | None:
+            return key if type(db.peek(key)) is kind else None
+
+        shard.park_waiter(Waiter(conn, req.rid, req.cid, req.proto, command,
+                                 Block(keys, deadline_ms, NULL_ARRAY, serve)))
+        return None, 0
 
     def _run(self, req: Request) -> list:
         """The executor: run the commands over a scratch keyspace holding every key."""
@@ -276,10 +426,11 @@ class TxnState:
         multi = argv[3] == b"multi"
         commands = unpack_transaction(argv[4])
         shard = self.shard
-        scratch = Keyspace()
+        scratch = ScratchKeyspace()
         from durakv.shards.luaenv import scripting_of  # the Lua runtime is made on first use
         scratch.scripting = scripting_of(shard.db)
-        declared = set()
+        declared = scratch.declared
+        assert declared is not None, "a fresh scratch keyspace"
         for key, payload, when_ms in unpack_values(argv[5]):
             declared.add(key)
             if payload is None:
@@ -292,8 +443,14 @@ class TxnState:
             if when_ms:
                 scratch.set_expire(key, when_ms)
         changed: dict[bytes, None] = {}
+        flushed = []
         scratch.on_modified = lambda key: changed.__setitem__(key, None)
-        scratch.on_flush = None
+
+        def on_flush() -> None:  # every participant flushes; the keys written later are restored
+            flushed.append(True)
+            changed.clear()
+            scratch.declared = None
+        scratch.on_flush = on_flush
         scratch.frozen_ms = time.time_ns() // 1_000_000
         ctx = Ctx(scratch, ScratchShard(shard.settings, shard.watches))
         ctx.client_id = req.cid
@@ -304,6 +461,9 @@ class TxnState:
             if queued[0] == VERB_LITERAL:
                 parts.append(queued[1])
                 continue
+            if queued[0] == VERB_AS_USER:  # an ACL user's script: its redis.calls obey the user's rules
+                ctx.acl_user = user_from_rules(queued[1])
+                queued = queued[2:]
             try:
                 parts.append(encode(run_command(ctx, queued), proto))
             except ReplyError as e:
@@ -312,18 +472,22 @@ class TxnState:
                 logger.exception("shard %d: command %r failed in a cross-shard transaction", shard.index,
                                  queued[:3])
                 parts.append(encode_error(b"ERR internal error executing '%s'" % queued[0][:64]))
-        undeclared = [key for key in changed if key not in declared]
-        if undeclared:
-            raise ReplyError(b"ERR a cross-shard transaction changed an undeclared key")
+            finally:
+                ctx.acl_user = None
+                ctx.acl_denials = []  # not in ACL LOG, as inside a MULTI on one shard
+        missing = dict(scratch.undeclared)
+        missing.update((key, None) for key in changed if key not in declared and not flushed)
+        if missing:  # the router locks them too and asks again
+            return [b"", pack([]), False, list(missing)]
         lps = shard.settings["list-max-listpack-size"]
         states: list[tuple[bytes, bytes | None, int]] = []
-        for key in changed:
+        for key in (scratch.data if flushed else changed):
             value = scratch.data.get(key)
             if value is None:
                 states.append((key, None, 0))
             else:
                 states.append((key, dump_payload(value, lps), scratch.expires.get(key, 0)))
-        return [b"".join(parts), pack(states)]
+        return [b"".join(parts), pack(states), bool(flushed), []]
 
     def _prepare(self, req: Request, next_seq: int) -> tuple[bytes, int]:
         argv = req.argv
@@ -411,6 +575,8 @@ class TxnState:
 
     def _release(self, txid: int) -> None:
         txn = self.txns.pop(txid)
+        if txn.whole:
+            self.whole_txid = 0
         locks = self.locks
         for key in txn.keys:
             if locks.get(key) == txid:
@@ -446,6 +612,7 @@ class TxnState:
             if kind == MARK_PREPARE:
                 effects = [[bytes(a) for a in argv] for argv in mark[4]]
                 txn = Txn(txid, effect_keys(effects), None)
+                txn.whole = any(argv[0] in (b"FLUSHALL", b"FLUSHDB") for argv in effects)
                 txn.effects = effects
                 txn.decider = mark[2]
                 txn.in_doubt = True
@@ -463,6 +630,8 @@ class TxnState:
         for txn in self.txns.values():
             for key in txn.keys:
                 self.locks[key] = txn.txid
+            if txn.whole:
+                self.whole_txid = txn.txid
         if self.txns:
             logger.warning("shard %d: %d cross-shard transactions in doubt; their keys wait for the decision",
                            self.shard.index, len(self.txns))
@@ -494,7 +663,7 @@ def crash_point(step: str) -> None:
 
 
 def effect_keys(effects: list[list[bytes]]) -> list[bytes]:
-    return [argv[1] for argv in effects]
+    return [argv[1] for argv in effects if len(argv) > 1]  # FLUSHALL has none
 
 
 def command_keys(argv: list[bytes]) -> list[bytes] | None:

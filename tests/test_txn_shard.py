@@ -16,13 +16,13 @@ from durakv.shards.config import Config
 from durakv.shards.engine import state_of
 from durakv.shards.frames import (
     Request, VERB_TXABORT, VERB_TXCOMMIT, VERB_TXDECIDE, VERB_TXINDOUBT, VERB_TXLOCK, VERB_TXPREPARE,
-    VERB_TXRESOLVE, VERB_TXRUN, internal_reply_decoder,
+    VERB_TXREAD, VERB_TXRESOLVE, VERB_TXRUN, internal_reply_decoder,
 )
 from durakv.shards.records import encode_record
 from durakv.shards.shard import Shard
 from durakv.shards.t_multi import pack_transaction
 from durakv.shards.txn import (
-    MARK_COMMIT, MARK_DECIDE_COMMIT, MARK_PREPARE, pack, snapshot_cut, state_effects, unpack_values,
+    MARK_COMMIT, MARK_DECIDE_COMMIT, MARK_PREPARE, TXBUSY, pack, snapshot_cut, state_effects, unpack_values,
 )
 from durakv.snapshotter.replay import new_context, replay_records
 from test_commit_thread import Sink
@@ -79,7 +79,7 @@ async def test_locks_defer_only_their_keys_and_a_prepare_survives_a_restart_in_d
     async def first(d: Driver) -> None:
         assert await d.call(1, b"SET", b"k1", b"old") == b"+OK\r\n"
         assert await d.call(1, b"SET", b"k2", b"other") == b"+OK\r\n"
-        dirty, packed = await d.call(100, VERB_TXLOCK, b"7", b"exec", b"k1")
+        dirty, packed, _oom = await d.call(100, VERB_TXLOCK, b"7", b"exec", b"k1")
         assert dirty is False
         [(key, payload, when)] = unpack_values(packed)
         assert key == b"k1" and payload is not None and when == 0
@@ -88,8 +88,8 @@ async def test_locks_defer_only_their_keys_and_a_prepare_survives_a_restart_in_d
         assert await d.call(6, b"GET", b"k2") == b"$5\r\nother\r\n"  # another client's, other key: at once
         assert not d.answered(waiting) and not d.answered(behind)
         # The executor runs over the values the locks returned, not the real keyspace.
-        reply, states = await d.call(0, VERB_TXRUN, b"7", b"2", b"one", pack_transaction([[b"APPEND", b"k1", b"!"]]),
-                                     packed)
+        run = [VERB_TXRUN, b"7", b"2", b"one", pack_transaction([[b"APPEND", b"k1", b"!"]]), packed]
+        reply, states, _flushed, _missing = await d.call(0, *run)
         assert reply == b":4\r\n"
         assert unpack_values(states)[0][0] == b"k1"
         assert d.shard.db.data[b"k1"] == b"old"
@@ -196,3 +196,63 @@ async def test_a_closed_coordinator_connection_leaves_no_locks(tmp_path: Path) -
         assert await d.call(0, VERB_TXINDOUBT) == [[23, 1]]
 
     await serving(open_shard(tmp_path / "data"), body)
+
+
+
+async def test_a_read_tries_without_waiting_then_waits_for_the_lock(tmp_path: Path) -> None:
+    """TXREAD try answers TXBUSY at once where a key is locked, locking nothing (a
+    cross-shard read never waits while holding locks); TXREAD wait waits for the lock,
+    and its own locks defer writers until its TXABORT."""
+    async def body(d: Driver) -> None:
+        assert await d.call(1, b"MSET", b"a", b"1", b"b", b"2") == b"+OK\r\n"
+        await d.call(2, VERB_TXLOCK, b"10", b"one", b"a")  # a writer holds a
+        assert await d.call(3, VERB_TXREAD, b"11", b"try", b"MGET", b"a", b"b") == ("error", TXBUSY)
+        assert d.shard.txn.locks == {b"a": 10}
+        waiting = d.submit(3, VERB_TXREAD, b"12", b"wait", b"MGET", b"b", b"a")
+        await trio.sleep(0.05)
+        assert not d.answered(waiting)
+        await d.call(2, VERB_TXDECIDE, b"10", pack([[b"SET", b"a", b"new"]]))
+        ok, value = internal_reply_decoder.decode(await d.sink.wait_for(waiting))
+        assert ok and value == [b"2", b"new"]
+        write = d.submit(4, b"SET", b"b", b"3")  # the read's lock on b defers it
+        await trio.sleep(0.05)
+        assert not d.answered(write)
+        assert await d.call(5, VERB_TXREAD, b"13", b"try", b"EXISTS", b"a", b"c") == ("error", TXBUSY)
+        assert await d.call(5, VERB_TXREAD, b"13", b"try", b"EXISTS", b"c", b"c") == 0
+        await d.call(5, VERB_TXABORT, b"13")
+        await d.call(3, VERB_TXABORT, b"12")
+        assert await d.sink.wait_for(write) == b"+OK\r\n"
+        assert d.shard.txn.locks == {}
+    await serving(open_shard(tmp_path / "data"), body)
+
+
+async def test_a_whole_shard_lock_and_a_prepared_flush_survive_a_restart(tmp_path: Path) -> None:
+    """A MULTI with FLUSHDB across shards holds the whole shard (`wide`): every
+    request waits, not only those on its keys; its prepared FLUSHALL survives a
+    restart in doubt, still holding the whole shard, until it is committed."""
+    data_dir = tmp_path / "data"
+
+    async def first(d: Driver) -> None:
+        assert await d.call(1, b"SET", b"k1", b"old") == b"+OK\r\n"
+        await d.call(100, VERB_TXLOCK, b"8", b"wide")
+        other_key = d.submit(6, b"GET", b"elsewhere")
+        await trio.sleep(0.05)
+        assert not d.answered(other_key)
+        effects = [[b"FLUSHALL"], *state_effects([(b"k2", None, 0)])]
+        assert await d.call(0, VERB_TXPREPARE, b"8", b"1", pack([0, 1]), pack(effects)) is True
+
+    await serving(open_shard(data_dir), first)
+    shard = open_shard(data_dir)
+    assert shard.txn.whole_txid == 8 and shard.db.data[b"k1"] == b"old"
+
+    async def second(d: Driver) -> None:
+        waiting = d.submit(5, b"DBSIZE")
+        await trio.sleep(0.05)
+        assert not d.answered(waiting)
+        assert await d.call(0, VERB_TXCOMMIT, b"8") is True
+        assert await d.sink.wait_for(waiting) == b":0\r\n"
+
+    await serving(shard, second)
+    shard = open_shard(data_dir)
+    assert not shard.db.data and not shard.txn.txns and not shard.txn.whole_txid
+    shard.wal.close()
