@@ -180,7 +180,8 @@ def test_blmpop_across_shards_waits_for_either_shard(server):
     r.delete(A, B)
     for key in (B, A):
         got: list[object] = []
-        waiter = threading.Thread(target=lambda got=got: got.append(server.client().blmpop(20, 2, A, B, direction="LEFT")))
+        waiter = threading.Thread(
+            target=lambda got=got: got.append(server.client().blmpop(20, 2, A, B, direction="LEFT")))
         waiter.start()
         time.sleep(0.3)  # let it block (if it did not, it still must get the element)
         r.rpush(key, "v1", "v2")
