@@ -216,6 +216,8 @@ class Log:
         self._active_size = self._segments[-1][2]
         self.tail_seq = self.durable_seq = state.last_seq
         self._pending_last_seq = state.last_seq
+        with self._lease_file.locked():   # no other holder lives: what followers may read is ours to say
+            self._lease_file.publish_durable(state.last_seq)
         self.recovery = RecoveryReport(
             records=state.records, first_seq=manifest.first_seq, last_seq=state.last_seq,
             truncated_bytes=torn.dropped_bytes if torn else 0,
@@ -236,6 +238,7 @@ class Log:
         while True:
             with lease_file.locked():
                 if lease_file.expired():
+                    old_pid = lease_file.holder_pid
                     floor = load_manifest(self.path) or Manifest()
                     epoch = max(lease_file.epoch, floor.epoch) + 1
                     lease_file.set_holder(epoch, os.getpid(),
@@ -288,7 +291,7 @@ class Log:
             if lease_file.epoch == epoch:
                 lease_file.set_fence(tail, tail + 1)
         logger.warning("log %s: fenced the previous holder (pid %s): epoch %d, log continues "
-                       "at seq %d in a new segment", self.path, self._lease_file.holder_pid or "?",
+                       "at seq %d in a new segment", self.path, old_pid or "?",
                        epoch, tail + 1)
         self.recovery = RecoveryReport(
             records=state.records, first_seq=manifest.first_seq, last_seq=tail,

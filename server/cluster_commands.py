@@ -195,12 +195,19 @@ def cluster_getkeysinslot(client: Client, argv: list[bytes]):
 @command("readonly", 1, "loading stale fast", group="cluster", where=ROUTER,
          acl="connection")
 def readonly(client: Client, argv: list[bytes]):
+    """On a replica's node, this connection's reads run there (server/node.py ReplicaGate)."""
+    readonly_ids = getattr(client.router, "readonly_ids", None)
+    if readonly_ids is not None:
+        readonly_ids.add(client.id)
     return OK
 
 
 @command("readwrite", 1, "loading stale fast", group="cluster", where=ROUTER,
          acl="connection")
 def readwrite(client: Client, argv: list[bytes]):
+    readonly_ids = getattr(client.router, "readonly_ids", None)
+    if readonly_ids is not None:
+        readonly_ids.discard(client.id)
     return OK
 
 

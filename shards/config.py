@@ -54,6 +54,12 @@ class Config(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields
     log_level: str = "info"  # Redis' debug/verbose/notice/warning, or Python's info/error/critical
     log_file: str = ""  # append log lines here; empty: stderr (journald under systemd)
     shard_restart_backoff_max_ms: int = 10_000
+    # Replicas (shards/replica.py): processes per shard that follow its durable log and
+    # serve READONLY reads on their own ports; one is promoted when the primary dies or
+    # stops renewing its log lease (lease_duration_ms).
+    replicas: int = 0
+    replica_port_base: int = 0  # replica r of shard i on base + i * replicas + r; 0: after the shard ports
+    lease_duration_ms: int = 2000
     startup_shard_wait_ms: int = 30_000
     durability: str = "sync"  # "sync": ack after fsync; "async": ack at once, bounded window
     max_unsynced_ms: int = 1000
@@ -134,6 +140,9 @@ LIMITS: dict[str, tuple[float, float]] = {
     "tls_session_cache_size": (0, 1 << 31),
     "tls_session_cache_timeout": (0, 1 << 31),
     "shards": (0, 1024),  # 0: one per CPU core
+    "replicas": (0, 8),
+    "replica_port_base": (0, 65535),  # 0: after the shard ports
+    "lease_duration_ms": (50, 600_000),
     "routers": (1, 64),
     "proto_max_bulk_len": (1, 1 << 40),
     "client_query_buffer_limit": (1, 1 << 40),
@@ -199,6 +208,14 @@ def shard_port(config: Config, shard: int) -> int:
     if not config.port:
         return 0
     return (config.shard_port_base or config.port + 1) + shard
+
+
+def replica_port(config: Config, shard: int, number: int) -> int:
+    """The TCP port of replica `number` of shard `shard` (0: none, as port is 0)."""
+    if not config.port:
+        return 0
+    base = config.replica_port_base or (config.shard_port_base or config.port + 1) + (config.shards or 1)
+    return base + shard * config.replicas + number
 
 
 def tls_shard_port(config: Config, shard: int) -> int:
