@@ -341,9 +341,14 @@ def shard_main(config: Config, index: int, listener: ClientListeners,
 
             number, replica_listener = replica
             set_title("replica", index, number, config.data_dir)
+            primary_port = node_port(config, listener)
+
+            async def promoted_port(shard, task_status=trio.TASK_STATUS_IGNORED) -> None:
+                set_title("shard", index, config.data_dir)  # promoted: `ps` shows the shard's primary
+                await primary_port(shard, task_status=task_status)
+
             trio.run(_run_until_signal, lambda: run_replica(config, index, number, shard_hooks,
-                                                            node_port(config, replica_listener),
-                                                            node_port(config, listener)))
+                                                            node_port(config, replica_listener), promoted_port))
     except* LogLocked as group:
         for e in group.exceptions:  # another process still holds the log: worth a retry
             shard_log.critical("shard %d cannot start: %s", index, e)

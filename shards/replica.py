@@ -55,11 +55,12 @@ class ReplicaWal:
     """What the executor reads of a log on a replica: the applied seq as tail and
     durable seq (so nothing is ever held), and an append that logs nothing."""
 
-    __slots__ = ("tail_seq", "durable_seq", "fsync_count")
+    __slots__ = ("tail_seq", "durable_seq")
+    # The log's stats INFO persistence shows: a replica writes no log.
+    fsync_count = last_fsync_latency_us = bytes_written = segment_count = size_bytes = 0
 
     def __init__(self, seq: int) -> None:
         self.tail_seq = self.durable_seq = seq
-        self.fsync_count = 0
 
     def append(self, payloads: Any, after_seq: int, lease: Any) -> int:
         return self.tail_seq   # effects a read made here (lazy expiry) are the primary's to log
