@@ -124,7 +124,7 @@ def test_kill9_primary_under_writers_loses_no_acknowledged_write(server_factory,
     stop = threading.Event()
 
     def writer(index: int) -> None:
-        client = redis.Redis(port=srv.port, socket_timeout=10)
+        client = redis.Redis(port=srv.port, socket_timeout=10, retry=None)
         n = 0
         while not stop.is_set():
             n += 1
