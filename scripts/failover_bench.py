@@ -75,13 +75,14 @@ def failover_trial(port: int) -> float:
         n = 0
         while not stop.is_set():
             n += 1
+            sent_at = time.monotonic()
             try:
                 client.set(f"k{n}", n)
             except redis.RedisError:
                 client = redis.Redis(port=port, socket_timeout=5, retry=None)
                 time.sleep(0.001)
                 continue
-            if killed_at[0] and not first_after[0]:
+            if killed_at[0] and sent_at > killed_at[0] and not first_after[0]:  # sent after the kill
                 first_after[0] = time.monotonic()
                 stop.set()
 
@@ -89,8 +90,8 @@ def failover_trial(port: int) -> float:
     thread = threading.Thread(target=writer, daemon=True)
     thread.start()
     time.sleep(0.3)
-    killed_at[0] = time.monotonic()
     os.kill(pid, signal.SIGKILL)
+    killed_at[0] = time.monotonic()
     thread.join(30)
     stop.set()
     if not first_after[0]:
