@@ -12,8 +12,8 @@ the shard's primary.
   (shards/replica_board.py) for WAIT and INFO replication.
 - Serve: its own client port as a Redis Cluster replica node (server/node.py): reads
   of READONLY connections, MOVED for the rest. Writes are refused by the executor with
-  Redis' READONLY error (write_error) should one get through; read-side effects (lazy
-  expiry) are not logged: the log has one writer.
+  Redis' READONLY error (write_error) should one get through; an expired key reads
+  as missing but is not deleted (the primary's DEL comes through the log).
 - Promote: open the log as its writer, fencing the old primary if it still runs once
   its lease expired (log/FORMAT.md), apply the rest of the log, take the lease, then
   serve as a primary (shards/process.py serve_primary) on the shard's own socket and
@@ -49,6 +49,7 @@ READONLY_ERROR = b"READONLY You can't write against a read only replica."
 # How long a promoted replica waits for a live (paused) primary's lease to run out,
 # in lease durations: past it the promotion fails loudly rather than hang.
 TAKEOVER_WAIT_LEASES = 5
+NEVER_MS = 1 << 62
 
 
 class ReplicaWal:
@@ -109,6 +110,9 @@ class Replica:
         shard.wal = self.wal  # type: ignore[assignment]
         shard.hazards = HazardTracker(self.applied_seq)
         shard.write_error = READONLY_ERROR
+        # As a Redis replica: an expired key reads as missing but stays until the
+        # primary's DEL arrives, so the keyspace never runs ahead of the log.
+        shard.db.expiry_paused_until_ms = NEVER_MS
         self.board.publish(self.number, os.getpid(), self.applied_seq, self.port, STATE_ONLINE)
         logger.info("shard %d replica %d: loaded through seq %d (%d records after the snapshot at seq %d) "
                     "in %.3f s, %d keys", shard.index, self.number, self.applied_seq, count, base,
@@ -153,6 +157,7 @@ class Replica:
         started = time.monotonic()
         self.catch_up()
         shard.write_error = None
+        shard.db.expiry_paused_until_ms = 0
         shard.wal = None
         shard.open_log(base_seq=self.applied_seq,
                        takeover_wait_ms=self.config.lease_duration_ms * TAKEOVER_WAIT_LEASES)
