@@ -152,22 +152,18 @@ class Log:
                 raise
             lock_fd = -1
         holder_pid = lease_file.holder_pid
-        if (lock_fd >= 0 and holder_pid != os.getpid() and pid_alive(holder_pid)
-                and lease_file.valid_until_ns > 0):
-            # The lock is free but the lease's holder lives: a holder that fenced its
-            # predecessor and never got the lock. Never truncate under it.
-            if takeover_wait_ms <= 0:
-                os.close(lock_fd)
-                lease_file.close()
-                raise LogLocked(f"log directory {path}", str(holder_pid), "lease holder")
+        # The lock is free but the lease's holder may live: a holder that fenced its
+        # predecessor never got the lock (or its pid was reused). Never truncate under
+        # it: fence it once its lease ran out.
+        holder_may_live = pid_alive(holder_pid) and lease_file.valid_until_ns > 0
         log = cls(path, lock_fd, segment_size_bytes, max_pending_bytes, disk, lease_file,
                   lease_duration_ms)
         try:
-            if lock_fd >= 0 and not (holder_pid != os.getpid() and pid_alive(holder_pid)
-                                     and lease_file.valid_until_ns > 0):
+            if lock_fd >= 0 and not holder_may_live:
                 log._recover()
             else:
-                log._fence(holder, takeover_wait_ms)
+                wait_ms = takeover_wait_ms if lock_fd < 0 else max(takeover_wait_ms, 2 * lease_duration_ms)
+                log._fence(holder, wait_ms)
         except BaseException:
             log._release_fds()
             raise

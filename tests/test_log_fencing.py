@@ -121,3 +121,28 @@ def test_a_closed_holder_releases_its_lease(tmp_path):
     with _open(path, takeover_wait_ms=60_000) as new:   # no wait for a minute-long lease
         assert new.tail_seq == 1
     assert time.monotonic() - started < 30
+
+
+def test_free_lock_but_live_lease_holder_is_fenced_not_truncated(tmp_path):
+    """A holder that fenced its predecessor never got LOCK; a later opener that does
+    get it must not truncate under that holder (still running) but fence it."""
+    path = tmp_path / "log"
+    first = _open(path)
+    _write(first, first.take_lease("first"), [b"1"])
+    second = _open(path, takeover_wait_ms=5000)       # fences `first` (same pid: alive)
+    lease = second.take_lease("second")
+    _write(second, lease, [b"2"])
+    first.close()                                      # frees LOCK; `second` still holds the lease
+    active = sorted(p for p in path.iterdir() if p.name.endswith(".seg"))[-1]
+    with open(active, "ab") as f:
+        f.write(b"DKVR torn")                          # `second`'s write in progress
+    started = time.monotonic()
+    third = _open(path)                                # no takeover asked: still waits, then fences
+    assert time.monotonic() - started >= LEASE_MS / 1000 * 0.5
+    assert third.tail_seq == 2
+    second.append([b"3"], second.tail_seq, lease)
+    with pytest.raises(LeaseLost):
+        second.sync()
+    third.close()
+    second.close()
+    assert [p for _, _, p in read(path)] == [b"1", b"2"]
