@@ -20,8 +20,20 @@ from .interface import LeaseState
 
 LEASE_FILE = "LEASE"
 LEASE_BYTES = 64
-_EPOCH, _PID, _VALID_UNTIL, _DURABLE, _FENCE = 0, 8, 16, 24, 32
+_EPOCH, _PID, _VALID_UNTIL, _DURABLE, _FENCE, _BOOT = 0, 8, 16, 24, 32, 40
 _U64 = struct.Struct("<Q")
+
+
+def _boot_id() -> int:
+    """This boot of the machine: CLOCK_MONOTONIC and pids mean nothing across a reboot."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+            return int(f.read().strip().replace(b"-", b"")[:16], 16)
+    except (OSError, ValueError):
+        return 0
+
+
+BOOT_ID = _boot_id()
 
 
 def pid_alive(pid: int) -> bool:
@@ -88,10 +100,14 @@ class LeaseFile:
     def state(self, holder: str = "") -> LeaseState:
         return LeaseState(self.epoch, holder, self.holder_pid, self.valid_until_ns)
 
+    def holder_alive(self) -> bool:
+        """The holder may still run: it set the lease in this boot and its pid lives."""
+        return self._get(_BOOT) == BOOT_ID and pid_alive(self.holder_pid)
+
     def expired(self, now_ns: int | None = None) -> bool:
         """The lease has no live holder: it ran out, or its holder process is gone."""
         now = time.monotonic_ns() if now_ns is None else now_ns
-        return self.valid_until_ns <= now or not pid_alive(self.holder_pid)
+        return self.valid_until_ns <= now or not self.holder_alive()
 
     @contextlib.contextmanager
     def locked(self) -> Iterator["LeaseFile"]:
@@ -104,6 +120,7 @@ class LeaseFile:
 
     def set_holder(self, epoch: int, pid: int, valid_until_ns: int) -> None:
         """Under locked(): a new (or renewed) holder."""
+        self._put(_BOOT, BOOT_ID)
         self._put(_VALID_UNTIL, valid_until_ns)
         self._put(_PID, pid)
         self._put(_EPOCH, epoch)

@@ -28,7 +28,7 @@ from .errors import (LeaseLost, LogClosed, LogCorrupt, LogLocked, LogWriteFailed
                      RecordTooLarge, SequenceMismatch)
 from .format import MAX_RECORD_BYTES, MAX_WRITE_INDEX, encode_records
 from .disk import OS_DISK, Disk
-from .lease import LeaseFile, pid_alive
+from .lease import LeaseFile
 from .lock import lock_shard_log
 from .manifest import (MANIFEST_NAME, MANIFEST_TMP_NAME, MAX_FENCES, MAX_HOLDER_CHARS, Manifest,
                        list_segments, load_manifest, segment_name, store_manifest)
@@ -151,11 +151,10 @@ class Log:
                 lease_file.close()
                 raise
             lock_fd = -1
-        holder_pid = lease_file.holder_pid
         # The lock is free but the lease's holder may live: a holder that fenced its
         # predecessor never got the lock (or its pid was reused). Never truncate under
         # it: fence it once its lease ran out.
-        holder_may_live = pid_alive(holder_pid) and lease_file.valid_until_ns > 0
+        holder_may_live = lease_file.holder_alive() and lease_file.valid_until_ns > 0
         log = cls(path, lock_fd, segment_size_bytes, max_pending_bytes, disk, lease_file,
                   lease_duration_ms)
         try:

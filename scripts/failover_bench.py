@@ -104,7 +104,8 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
-def throughput(tmp: Path, replicas: int, lease_ms: int, requests: int, clients: int, shards: int) -> tuple[float, float]:
+def throughput(tmp: Path, replicas: int, lease_ms: int, requests: int, clients: int,
+               shards: int) -> tuple[float, float]:
     proc, port = start(tmp, f"tput-r{replicas}", replicas, lease_ms, shards)
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
