@@ -46,7 +46,7 @@ from durakv.server.settings_sync import clear_runtime_changes, load_runtime_chan
 from durakv.server.topology import ensure_topology
 from durakv.shards import failure, sdnotify
 from durakv.shards.config import Config, config_pipe
-from durakv.shards.exit_codes import EXIT_PERMANENT, EXIT_USAGE
+from durakv.shards.exit_codes import EXIT_NOT_PROMOTED, EXIT_PERMANENT, EXIT_USAGE
 from durakv.shards.replica_board import ReplicaBoard
 
 logger = logging.getLogger("durakv.supervisor")
@@ -387,6 +387,9 @@ class Supervisor:
             if child.role == "shard" and not failure.read(self.config.data_dir, child.index):
                 failure.record(self.config.data_dir, child.index, f"exited with status {code}")
             return
+        if self.failover is not None and child.role == "shard" and code == EXIT_NOT_PROMOTED \
+                and self.failover.undo(child, now):
+            return
         if self.failover is not None and child.role == "shard" and self.failover.promote(self.children, child, now):
             logger.error("supervisor: %s (pid %d) exited with %s; a replica took over", child.name, pid, code)
             return
@@ -433,8 +436,12 @@ class Failover:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.watch_interval_ms = max(config.lease_duration_ms // 8, 5)
+        self.margin_ns = config.lease_duration_ms * 1_000_000 // 4
         self._leases: dict[int, LeaseFile] = {}
         self._boards: dict[int, ReplicaBoard] = {}
+        # shard -> the replica place now holding a live primary that was deemed stalled,
+        # until the promoted replica serves (or gives up: undo).
+        self._swapped: dict[int, Child] = {}
 
     def _board(self, shard: int) -> ReplicaBoard:
         board = self._boards.get(shard)
@@ -459,12 +466,23 @@ class Failover:
         logger.warning("supervisor: promoting %s (pid %d) to primary of shard %d", replica.name, replica.pid,
                        primary.index)
         os.kill(replica.pid, signal.SIGUSR1)
-        for attr in ("pid", "pidfd", "ready", "started_at"):
-            mine, theirs = getattr(primary, attr), getattr(replica, attr)
-            setattr(primary, attr, theirs)
-            setattr(replica, attr, mine)
+        _swap(primary, replica)
         if not replica.pid:
             replica.restart_at = now   # the dead primary's place: a replacement replica, now
+        elif primary.index is not None:
+            self._swapped[primary.index] = replica
+        return True
+
+    def undo(self, promoted: Child, now: float) -> bool:
+        """The replica told to take over from a stalled primary found it renewing its
+        lease again and gave up: the primary keeps its place, the replica's is restarted."""
+        holder = self._swapped.pop(promoted.index, None) if promoted.index is not None else None
+        if holder is None or not holder.pid:
+            return False
+        logger.warning("supervisor: shard %d's primary (pid %d) renewed its lease: it stays primary",
+                       promoted.index, holder.pid)
+        _swap(promoted, holder)
+        holder.restart_at = now
         return True
 
     def watch_leases(self, children: list[Child], now: float) -> None:
@@ -477,7 +495,10 @@ class Failover:
             if lease is None:
                 lease = self._leases[child.index] = LeaseFile(layout.shard_log_dir(self.config.data_dir,
                                                                                    child.index))
-            if lease.holder_pid == child.pid and 0 < lease.valid_until_ns < now_ns:
+            if child.index in self._swapped and lease.holder_pid != self._swapped[child.index].pid:
+                del self._swapped[child.index]   # the promoted replica holds the lease now
+            # Past the lease and a margin: a slow renewal is not yet a stalled primary.
+            if lease.holder_pid == child.pid and 0 < lease.valid_until_ns + self.margin_ns < now_ns:
                 logger.error("supervisor: %s (pid %d) stopped renewing its log lease", child.name, child.pid)
                 self.promote(children, child, now)
 
@@ -486,6 +507,14 @@ class Failover:
             lease.close()
         for board in self._boards.values():
             board.close()
+
+
+def _swap(a: Child, b: Child) -> None:
+    """Exchange the processes two children's places hold."""
+    for attr in ("pid", "pidfd", "ready", "started_at"):
+        mine, theirs = getattr(a, attr), getattr(b, attr)
+        setattr(a, attr, theirs)
+        setattr(b, attr, mine)
 
 
 def _drain(fd: int) -> None:

@@ -142,6 +142,8 @@ async def serve_primary(shard: Shard, nursery: trio.Nursery, client_port: Client
     failure.clear(config.data_dir, index)  # serving again: the router stops reporting a failure
     first, last = shard.slot_range
     try:
+        if shard.lease_guard is not None:  # first: starting the client port may take a while
+            nursery.start_soon(shard.lease_guard.renew_loop)
         if client_port is not None:
             await nursery.start(client_port, shard)
         logger.info("shard %d ready: slots %d-%d, %d keys, durability %s, pid %d",
@@ -152,8 +154,6 @@ async def serve_primary(shard: Shard, nursery: trio.Nursery, client_port: Client
         nursery.start_soon(shard.memory_loop)
         nursery.start_soon(shard.blocked_timeouts)
         nursery.start_soon(shard.txn.drain_loop)
-        if shard.lease_guard is not None:
-            nursery.start_soon(shard.lease_guard.renew_loop)
         if shard.snapshots is not None:
             nursery.start_soon(shard.release_loop)
         while True:

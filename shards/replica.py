@@ -30,12 +30,13 @@ from typing import Any, NamedTuple
 
 import trio
 
-from durakv.log import RecordsDropped
+from durakv.log import LogLocked, RecordsDropped
 from durakv.log.follow import Follower
 from durakv.log.layout import log_dir_of
 from durakv.log.manifest import MANIFEST_NAME, load_manifest
 from durakv.shards import sdnotify
 from durakv.shards.config import Config, replica_port
+from durakv.shards.exit_codes import EXIT_NOT_PROMOTED
 from durakv.shards.hazards import HazardTracker
 from durakv.shards.process import ClientPort, serve_primary
 from durakv.shards.replica_board import STATE_LOADING, STATE_ONLINE, ReplicaBoard
@@ -194,6 +195,11 @@ async def run_replica(config: Config, index: int, number: int, snapshots: Snapsh
                 async for _ in promote_signals:
                     break
                 following.cancel_scope.cancel()
-            replica.promote()
+            try:
+                replica.promote()
+            except LogLocked as e:  # the primary was slow, not gone: it renewed its lease meanwhile
+                logger.error("shard %d replica %d: not promoted: %s", index, number, e)
+                logging.shutdown()
+                os._exit(EXIT_NOT_PROMOTED)
             shard.replica = None
             await serve_primary(shard, nursery, primary_client_port)
