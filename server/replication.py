@@ -47,6 +47,8 @@ def _shards(view) -> list[int]:
 
 def info_lines(view) -> list[str]:
     config = view.config
+    if not config.replicas:
+        return ["role:master", "connected_slaves:0", "master_repl_offset:0"]  # as a Redis without replicas
     replica = _own_replica(view)
     if replica is not None:
         applied = replica.applied_seq
@@ -79,6 +81,8 @@ def info_lines(view) -> list[str]:
 
 def role_reply(view, laddr: str) -> list:
     config = view.config
+    if not config.replicas:
+        return [b"master", 0, []]  # as a Redis without replicas
     replica = _own_replica(view)
     if replica is not None:
         return [b"slave", announced_ip(config, laddr), shard_port(config, view.index), b"connected",
