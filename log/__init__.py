@@ -20,8 +20,14 @@ Writer API (one process holds a directory, enforced by flock on DIR/LOCK):
         Afterwards log.tail_seq == log.durable_seq == last valid seq (0 if empty).
 
     log.take_lease(holder: str) -> Lease
-        Durably bumps the manifest epoch; the returned Lease(holder, epoch) is current
-        until the next take_lease() on this Log. Records carry the epoch.
+        Durably bumps the manifest epoch; the returned Lease(holder, epoch, valid_until_ns)
+        is current until another take_lease() (this Log's, or another process's that
+        fenced it). Records carry the epoch.
+    log.renew(lease) -> Lease
+        Extends valid_until_ns by lease_duration_ms (Log.open's, default 2000);
+        LeaseLost once another holder took the log. Log.open(takeover_wait_ms=N) takes
+        the log from a live but expired holder (log/FORMAT.md, "Leases and fencing");
+        its sync() then raises LeaseLost and nothing it writes is ever read.
 
     log.append(payloads: Sequence[bytes], after_seq: int, lease: Lease) -> int
         Main thread. Frames the payloads as seqs after_seq+1.. into the pending buffer
@@ -68,6 +74,9 @@ Lock-free functions, usable from any process while a writer runs:
         .torn_tail_bytes, .torn_tail, .corruption, .segments; str() is a report)
     dump(path, from_seq=1, limit=None, decode=None) -> Iterator[DumpRecord]
         str(record) is one printable line; decode(payload) renders payloads.
+
+Followers (replicas): log/follow.py's Follower(path): durable_seq(), read(from, through),
+wait_durable(after_seq, timeout_ms). The seam for other backends: log/interface.py.
 
 Errors all derive from LogError.
 

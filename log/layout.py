@@ -9,7 +9,8 @@
                               test-durability-journal: what each sync made durable)
     DIR/run/                  runtime files of a running server, mode 0700: the internal
                               Unix sockets (shard-NNN.sock, router-NNN.sock) and state
-                              that only the server's own processes may read
+                              that only the server's own processes may read (shard-NNN.replicas:
+                              what each replica applied)
     DIR/snapshotter/          the snapshotter's lock, requests and status
     DIR/snapshots/            the embedded snapshot store (no snapshot URL): same layout as S3
 
@@ -113,6 +114,11 @@ def shard_socket_path(data_dir: str, shard: int) -> str:
 
 def router_socket_path(data_dir: str, router: int) -> str:
     return os.path.join(run_dir(data_dir), f"router-{router:03d}.sock")
+
+
+def replica_board_path(data_dir: str, shard: int) -> str:
+    """Where shard `shard`'s replicas publish what they applied (shards/replica_board.py)."""
+    return os.path.join(run_dir(data_dir), shard_dir_name(shard) + ".replicas")
 
 
 def node_socket_path(data_dir: str, shard: int) -> str:

@@ -21,6 +21,7 @@ MANIFEST_TMP_NAME = "MANIFEST.json.tmp"
 SEGMENT_SUFFIX = ".seg"
 MAX_MANIFEST_BYTES = 64 * 1024
 MAX_HOLDER_CHARS = 256
+MAX_FENCES = 64   # takeovers remembered (log/FORMAT.md, "Leases and fencing")
 _SEGMENT_RE = re.compile(r"^(\d{20})\.seg$")
 
 
@@ -29,6 +30,9 @@ class Manifest:
     epoch: int = 0
     holder: str = ""
     first_seq: int = 1
+    # First seqs of segments a new lease holder started when it fenced a live one: the
+    # segment before such a segment is valid only up to the seq before it.
+    fences: tuple[int, ...] = ()
 
 
 def segment_name(first_seq: int) -> str:
@@ -64,20 +68,24 @@ def load_manifest(path: str) -> Manifest | None:
         doc = json.loads(raw)
         version, epoch, holder, first_seq = (doc["format_version"], doc["epoch"],
                                              doc["holder"], doc["first_seq"])
+        fences = doc.get("fences", [])
     except (ValueError, KeyError, TypeError) as exc:
         raise LogCorrupt(file_path, 0, f"unreadable manifest: {exc}") from exc
     if version != FORMAT_VERSION:
         raise LogCorrupt(file_path, 0, f"unsupported format_version {version!r}")
     if (type(epoch) is not int or epoch < 0 or type(first_seq) is not int or first_seq < 1
-            or not isinstance(holder, str)):
+            or not isinstance(holder, str) or not isinstance(fences, list) or len(fences) > MAX_FENCES
+            or any(type(f) is not int or f < 1 for f in fences)):
         raise LogCorrupt(file_path, 0, f"invalid manifest fields: {doc!r}")
-    return Manifest(epoch=epoch, holder=holder, first_seq=first_seq)
+    return Manifest(epoch=epoch, holder=holder, first_seq=first_seq, fences=tuple(fences))
 
 
 def store_manifest(path: str, manifest: Manifest, disk: Disk = OS_DISK) -> None:
     """Durably replace the manifest: temp file, fsync, rename, fsync directory."""
-    doc = {"format_version": FORMAT_VERSION, "epoch": manifest.epoch,
+    doc: dict[str, object] = {"format_version": FORMAT_VERSION, "epoch": manifest.epoch,
            "holder": manifest.holder, "first_seq": manifest.first_seq}
+    if manifest.fences:
+        doc["fences"] = list(manifest.fences)
     data = (json.dumps(doc, sort_keys=True) + "\n").encode()
     replace_file(os.path.join(path, MANIFEST_NAME), data, tmp_path=os.path.join(path, MANIFEST_TMP_NAME),
                  disk=disk)

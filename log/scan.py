@@ -4,6 +4,7 @@ what is a torn tail and what is corruption (rules in log/FORMAT.md)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -75,6 +76,14 @@ def walk(path: str, state: WalkState, retained: list[tuple[int, str]], *,
     live=True: another process may be writing; a record epoch newer than the
     manifest read earlier is checked against a fresh manifest, and a missing
     segment means it was dropped meanwhile."""
+    if live and len(retained) > 1:
+        # A new holder stores its fence in the manifest before it creates the fence
+        # segment: the manifest read before the segments were listed may predate it.
+        # Only its fences are taken: the segment list matches the earlier first_seq.
+        fresh = load_manifest(path)
+        if fresh is not None and not set(fresh.fences) <= set(state.manifest.fences):
+            state.manifest = dataclasses.replace(
+                state.manifest, fences=tuple(sorted(set(state.manifest.fences) | set(fresh.fences))))
     expected = state.manifest.first_seq
     state.last_seq = expected - 1
     for i, (first_seq, seg_path) in enumerate(retained):
@@ -95,7 +104,8 @@ def walk(path: str, state: WalkState, retained: list[tuple[int, str]], *,
         try:
             stat = SegmentStat(first_seq, seg_path, os.fstat(fd).st_size)
             state.segments.append(stat)
-            for frame in _walk_segment(path, state, stat, fd, is_last, live):
+            fenced_at = 0 if is_last or retained[i + 1][0] not in state.manifest.fences else retained[i + 1][0]
+            for frame in _walk_segment(path, state, stat, fd, is_last, live, fenced_at):
                 if through_seq is not None and frame.seq > through_seq:
                     return
                 if frame.seq >= from_seq:
@@ -108,9 +118,13 @@ def walk(path: str, state: WalkState, retained: list[tuple[int, str]], *,
 
 
 def _walk_segment(path: str, state: WalkState, stat: SegmentStat, fd: int,
-                  is_last: bool, live: bool) -> Iterator[Frame]:
+                  is_last: bool, live: bool, fenced_at: int = 0) -> Iterator[Frame]:
+    """fenced_at: the next segment is a fence (log/FORMAT.md): this one is valid up
+    to seq fenced_at - 1 and what a deposed writer left after that is not read."""
     reader = FrameReader(fd)
     while True:
+        if fenced_at and state.last_seq == fenced_at - 1:
+            return
         item = reader.next()
         if item is None:
             stat.size_bytes = max(stat.size_bytes, reader.pos)

@@ -24,12 +24,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator, NamedTuple, Sequence
 
-from .errors import (LeaseLost, LogClosed, LogCorrupt, LogWriteFailed, PendingFull,
+from .errors import (LeaseLost, LogClosed, LogCorrupt, LogLocked, LogWriteFailed, PendingFull,
                      RecordTooLarge, SequenceMismatch)
 from .format import MAX_RECORD_BYTES, MAX_WRITE_INDEX, encode_records
 from .disk import OS_DISK, Disk
+from .lease import LeaseFile
 from .lock import lock_shard_log
-from .manifest import (MANIFEST_NAME, MANIFEST_TMP_NAME, MAX_HOLDER_CHARS, Manifest,
+from .manifest import (MANIFEST_NAME, MANIFEST_TMP_NAME, MAX_FENCES, MAX_HOLDER_CHARS, Manifest,
                        list_segments, load_manifest, segment_name, store_manifest)
 from .reader import read as read_path
 from .scan import WalkState, split_leftovers, walk
@@ -40,14 +41,20 @@ DEFAULT_SEGMENT_SIZE_BYTES = 64 * 1024 * 1024
 MAX_SEGMENT_SIZE_BYTES = 1 << 40
 DEFAULT_MAX_PENDING_BYTES = 2 * MAX_RECORD_BYTES
 MAX_PENDING_BYTES_LIMIT = 1 << 36
+DEFAULT_LEASE_DURATION_MS = 2000
+MAX_LEASE_DURATION_MS = 3_600_000
+_FENCE_POLL_S = 0.002   # how often a taker looks at a lease it waits to expire
 
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """The right to append, valid until the next take_lease() on the same Log."""
+    """The right to append while `epoch` is the log's current epoch. valid_until_ns
+    (CLOCK_MONOTONIC) is when another process may take the lease unless renew()
+    extends it: a holder answers reads only before it (log/interface.py)."""
     holder: str
     epoch: int
     _owner: object = field(repr=False, compare=False)
+    valid_until_ns: int = 0
 
 
 class SegmentInfo(NamedTuple):
@@ -78,8 +85,13 @@ class Log:
     """A shard's durable log. Create with Log.open(); see the package docstring."""
 
     def __init__(self, path: str, lock_fd: int, segment_size_bytes: int,
-                 max_pending_bytes: int, disk: Disk) -> None:
+                 max_pending_bytes: int, disk: Disk, lease_file: LeaseFile,
+                 lease_duration_ms: int) -> None:
         self.path = path
+        self._lease_file = lease_file
+        self.lease_duration_ms = lease_duration_ms
+        self._lease_epoch = lease_file.epoch   # the LEASE epoch this Log last saw or set
+        self._deposed = ""                     # why another holder fenced this one, once it did
         self._disk = disk
         self.segment_size_bytes = segment_size_bytes
         self.max_pending_bytes = max_pending_bytes
@@ -114,19 +126,43 @@ class Log:
     def open(cls, path: str | os.PathLike, *,
              segment_size_bytes: int = DEFAULT_SEGMENT_SIZE_BYTES,
              max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES, holder: str = "",
-             disk: Disk = OS_DISK) -> "Log":
+             disk: Disk = OS_DISK, lease_duration_ms: int = DEFAULT_LEASE_DURATION_MS,
+             takeover_wait_ms: int = 0) -> "Log":
         """Open (creating if missing) the log at `path`, lock it, and recover it.
         `holder` says who writes (e.g. "shard 0"): a second opener's LogLocked names it.
-        Every write and sync goes through `disk` (log/disk.py)."""
+        Every write and sync goes through `disk` (log/disk.py).
+
+        If another process still holds the log (alive, maybe paused), this raises
+        LogLocked, unless takeover_wait_ms > 0: then it waits up to that long for the
+        holder's lease to expire and fences it (log/FORMAT.md, "Leases and fencing")."""
         if not 1 <= segment_size_bytes <= MAX_SEGMENT_SIZE_BYTES:
             raise ValueError(f"segment_size_bytes must be in 1..{MAX_SEGMENT_SIZE_BYTES}")
         if not 1 <= max_pending_bytes <= MAX_PENDING_BYTES_LIMIT:
             raise ValueError(f"max_pending_bytes must be in 1..{MAX_PENDING_BYTES_LIMIT}")
+        if not 1 <= lease_duration_ms <= MAX_LEASE_DURATION_MS:
+            raise ValueError(f"lease_duration_ms must be in 1..{MAX_LEASE_DURATION_MS}")
         path = os.path.abspath(os.fspath(path))
         disk.makedirs(path)
-        log = cls(path, _acquire_lock(path, holder), segment_size_bytes, max_pending_bytes, disk)
+        lease_file = LeaseFile(path)
         try:
-            log._recover()
+            lock_fd = _acquire_lock(path, holder)
+        except LogLocked:
+            if takeover_wait_ms <= 0:
+                lease_file.close()
+                raise
+            lock_fd = -1
+        # The lock is free but the lease's holder may live: a holder that fenced its
+        # predecessor never got the lock (or its pid was reused). Never truncate under
+        # it: fence it once its lease ran out.
+        holder_may_live = lease_file.holder_alive() and lease_file.valid_until_ns > 0
+        log = cls(path, lock_fd, segment_size_bytes, max_pending_bytes, disk, lease_file,
+                  lease_duration_ms)
+        try:
+            if lock_fd >= 0 and not holder_may_live:
+                log._recover()
+            else:
+                wait_ms = takeover_wait_ms if lock_fd < 0 else max(takeover_wait_ms, 2 * lease_duration_ms)
+                log._fence(holder, wait_ms)
         except BaseException:
             log._release_fds()
             raise
@@ -175,6 +211,8 @@ class Log:
         self._active_size = self._segments[-1][2]
         self.tail_seq = self.durable_seq = state.last_seq
         self._pending_last_seq = state.last_seq
+        with self._lease_file.locked():   # no other holder lives: what followers may read is ours to say
+            self._lease_file.publish_durable(state.last_seq)
         self.recovery = RecoveryReport(
             records=state.records, first_seq=manifest.first_seq, last_seq=state.last_seq,
             truncated_bytes=torn.dropped_bytes if torn else 0,
@@ -182,6 +220,78 @@ class Log:
             truncated_offset_bytes=torn.offset_bytes if torn else None,
             truncated_reason=torn.reason if torn else None,
             removed_segments=tuple(p for _, p in leftovers),
+            elapsed_ms=(time.perf_counter() - started) * 1000)
+
+    def _fence(self, holder: str, wait_ms: int) -> None:
+        """Take the log from a holder that may still run (log/FORMAT.md, "Leases and
+        fencing"): bump the LEASE epoch once its lease expired, read the log to its
+        last valid record T without repairing anything, store the fence T+1 in the
+        manifest and start segment T+1 in place of any file of that name."""
+        started = time.perf_counter()
+        lease_file = self._lease_file
+        deadline = time.monotonic() + wait_ms / 1000
+        while True:
+            with lease_file.locked():
+                if lease_file.expired():
+                    old_pid = lease_file.holder_pid
+                    floor = load_manifest(self.path) or Manifest()
+                    epoch = max(lease_file.epoch, floor.epoch) + 1
+                    lease_file.set_holder(epoch, os.getpid(),
+                                          time.monotonic_ns() + self.lease_duration_ms * 1_000_000)
+                    break
+                left_s = (lease_file.valid_until_ns - time.monotonic_ns()) / 1e9
+            if time.monotonic() >= deadline:
+                raise LogLocked(f"log directory {self.path}", str(lease_file.holder_pid),
+                                f"lease holder, lease valid for {left_s:.3f} s more")
+            time.sleep(min(max(left_s, 0.0), _FENCE_POLL_S, max(deadline - time.monotonic(), 0.0)))
+        self._lease_epoch = epoch
+        # From here the old holder's sync() refuses, and its manifest writes too, so the
+        # manifest and the records it wrote before this point are what we read.
+        stored = load_manifest(self.path)
+        segs = list_segments(self.path)
+        if stored is None and segs:
+            raise LogCorrupt(os.path.join(self.path, MANIFEST_NAME), 0,
+                             "manifest missing but segments exist")
+        manifest = stored or Manifest()
+        retained, _ = split_leftovers(self.path, manifest, segs)
+        state = WalkState(manifest)
+        for _ in walk(self.path, state, retained, live=True):
+            pass
+        tail = state.last_seq
+        fences = tuple(f for f in manifest.fences if f > manifest.first_seq and f != tail + 1)
+        new = dataclasses.replace(manifest, epoch=epoch, holder=holder,
+                                  fences=(fences + (tail + 1,))[-MAX_FENCES:])
+        with lease_file.locked():
+            if lease_file.epoch != epoch:
+                raise LeaseLost(f"log {self.path}: epoch {lease_file.epoch} was taken while "
+                                f"fencing with epoch {epoch}")
+            store_manifest(self.path, new, self._disk)
+        self._manifest = new
+        seg_path = os.path.join(self.path, segment_name(tail + 1))
+        tmp_path = seg_path + ".fence"
+        fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            self._disk.fsync(fd)
+            os.rename(tmp_path, seg_path)    # the deposed writer's fd, if any, now writes nowhere
+            self._disk.fsync_dir(self.path)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._active_fd = fd
+        self._segments = [[s.first_seq, s.path, s.valid_end_bytes]
+                          for s in state.segments if s.first_seq <= tail] + [[tail + 1, seg_path, 0]]
+        self._active_size = 0
+        self.tail_seq = self.durable_seq = self._pending_last_seq = tail
+        with lease_file.locked():
+            if lease_file.epoch == epoch:
+                lease_file.set_fence(tail, tail + 1)
+        logger.warning("log %s: fenced the previous holder (pid %s): epoch %d, log continues "
+                       "at seq %d in a new segment", self.path, old_pid or "?",
+                       epoch, tail + 1)
+        self.recovery = RecoveryReport(
+            records=state.records, first_seq=manifest.first_seq, last_seq=tail,
+            truncated_bytes=0, truncated_segment=None, truncated_offset_bytes=None,
+            truncated_reason=None, removed_segments=(),
             elapsed_ms=(time.perf_counter() - started) * 1000)
 
     def _truncate(self, seg_path: str, offset_bytes: int) -> None:
@@ -207,25 +317,77 @@ class Log:
     # ---- leases ----
 
     def take_lease(self, holder: str) -> Lease:
-        """Durably bump the epoch and return a lease for it; older leases are lost."""
+        """Durably bump the epoch and return a lease for it; older leases are lost.
+        LeaseLost if another process took the log since this Log opened."""
         self._check_usable()
         if not isinstance(holder, str) or len(holder) > MAX_HOLDER_CHARS:
             raise ValueError(f"holder must be a str of at most {MAX_HOLDER_CHARS} chars")
-        with self._manifest_lock:
-            new = dataclasses.replace(self._manifest, epoch=self._manifest.epoch + 1,
-                                      holder=holder)
+        lease_file = self._lease_file
+        with self._manifest_lock, lease_file.locked():
+            self._check_not_deposed()
+            epoch = max(self._manifest.epoch, lease_file.epoch) + 1
+            new = dataclasses.replace(self._manifest, epoch=epoch, holder=holder)
             try:
                 store_manifest(self.path, new, self._disk)
             except OSError as exc:
                 raise self._fail(exc, "manifest write") from exc
             self._manifest = new
-        return Lease(holder, new.epoch, self._owner)
+            valid_until_ns = time.monotonic_ns() + self.lease_duration_ms * 1_000_000
+            lease_file.set_holder(epoch, os.getpid(), valid_until_ns)
+            self._lease_epoch = epoch
+            if lease_file.durable_seq() < self.durable_seq:
+                lease_file.publish_durable(self.durable_seq)
+        return Lease(holder, new.epoch, self._owner, valid_until_ns)
+
+    def renew(self, lease: Lease) -> Lease:
+        """Extend the lease by lease_duration_ms from now. LeaseLost if another holder
+        took the log (this Log is deposed for good)."""
+        self._check_lease(lease)
+        started_ns = time.monotonic_ns()
+        with self._lease_file.locked():
+            self._check_not_deposed()
+            valid_until_ns = started_ns + self.lease_duration_ms * 1_000_000
+            self._lease_file.set_holder(lease.epoch, os.getpid(), valid_until_ns)
+        if self._lock_fd < 0:
+            self._try_lock()
+        return dataclasses.replace(lease, valid_until_ns=valid_until_ns)
+
+    def _try_lock(self) -> None:
+        """A holder that fenced a paused one takes LOCK once that process is gone."""
+        try:
+            self._lock_fd = _acquire_lock(self.path, self._manifest.holder)
+        except LogLocked:
+            pass
+
+    def _check_not_deposed(self) -> None:
+        """Under the LEASE lock (or where a stale answer only delays): has another
+        holder taken the log? Then this Log is deposed for good."""
+        if not self._deposed and self._lease_file.epoch != self._lease_epoch:
+            self._deposed = (f"log {self.path}: the lease passed to epoch {self._lease_file.epoch} "
+                             f"(pid {self._lease_file.holder_pid}); this writer held epoch "
+                             f"{self._lease_epoch}")
+            logger.error("%s: refusing to acknowledge anything more", self._deposed)
+        if self._deposed:
+            raise LeaseLost(self._deposed)
+
+    @property
+    def deposed(self) -> bool:
+        """Another holder fenced this Log (its sync() and appends raise LeaseLost)."""
+        return bool(self._deposed)
+
+    @property
+    def lease_state(self) -> tuple[int, int, int]:
+        """(epoch, holder pid, valid_until_ns) of the LEASE file: who holds the log now."""
+        lease_file = self._lease_file
+        return lease_file.epoch, lease_file.holder_pid, lease_file.valid_until_ns
 
     @property
     def epoch(self) -> int:
         return self._manifest.epoch
 
     def _check_lease(self, lease: Lease) -> None:
+        if self._deposed:
+            raise LeaseLost(self._deposed)
         if not isinstance(lease, Lease) or lease._owner is not self._owner:
             raise LeaseLost(f"{lease!r} was not issued by this Log of {self.path}")
         if lease.epoch != self._manifest.epoch:
@@ -297,6 +459,7 @@ class Log:
             data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             try:
                 if self._active_size and self._active_size + len(data) > self.segment_size_bytes:
+                    self._check_not_deposed()   # a new holder may own the next segment's name
                     self._roll(write_first)
                 offset = self._active_size
                 started = time.perf_counter_ns()
@@ -306,6 +469,11 @@ class Log:
             except OSError as exc:
                 self._unsynced = (data, last_seq)
                 raise self._fail(exc, "write/fsync") from exc
+            # The fence (log/FORMAT.md): checked after the write, so a holder that took
+            # the log before this point had this write in what it read, and one that
+            # took it after sees an epoch that is not ours here: nothing is released.
+            self._check_not_deposed()
+            self._lease_file.publish_durable(last_seq)
             with self._seg_lock:
                 self._segments[-1][2] = self._active_size
             self.fsync_count += 1
@@ -339,9 +507,11 @@ class Log:
             if self._failed_cause is None:
                 return self.durable_seq
             try:
-                store_manifest(self.path, self._manifest, self._disk)
-                if self._unsynced is not None:
-                    self._rewrite_unsynced()
+                with self._lease_file.locked():
+                    self._check_not_deposed()
+                    store_manifest(self.path, self._manifest, self._disk)
+                    if self._unsynced is not None:
+                        self._rewrite_unsynced()
             except OSError as exc:
                 self._failed_cause = exc
                 raise self._failed_error() from exc
@@ -402,6 +572,8 @@ class Log:
     def _check_usable(self) -> None:
         if self._closed:
             raise LogClosed(f"log {self.path} is closed")
+        if self._deposed:
+            raise LeaseLost(self._deposed)
         if self._failed_cause is not None:
             raise self._failed_error() from self._failed_cause
 
@@ -435,8 +607,11 @@ class Log:
             victims += 1
         if victims == 0:
             return []
-        with self._manifest_lock:
-            new = dataclasses.replace(self._manifest, first_seq=segs[victims][0])
+        with self._manifest_lock, self._lease_file.locked():
+            self._check_not_deposed()
+            first_seq = segs[victims][0]
+            new = dataclasses.replace(self._manifest, first_seq=first_seq,
+                                      fences=tuple(f for f in self._manifest.fences if f > first_seq))
             try:
                 store_manifest(self.path, new, self._disk)
             except OSError as exc:
@@ -482,6 +657,11 @@ class Log:
                 logger.warning("log %s: closing with %d unsynced records (discarded)",
                                self.path, self.tail_seq - self.durable_seq)
             self._closed = True
+            lease_file = self._lease_file
+            with lease_file.locked():
+                if (not self._deposed and lease_file.epoch == self._lease_epoch
+                        and lease_file.holder_pid == os.getpid()):
+                    lease_file.set_holder(self._lease_epoch, 0, 0)   # a successor need not wait
             self._release_fds()
 
     def _release_fds(self) -> None:
@@ -489,6 +669,7 @@ class Log:
             if fd >= 0:
                 os.close(fd)
         self._active_fd = self._lock_fd = -1
+        self._lease_file.close()
 
     def __enter__(self) -> "Log":
         return self

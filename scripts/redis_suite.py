@@ -71,13 +71,13 @@ def wait_ready(port: int) -> None:
 
 
 def run_unit(suite: str, unit: str, verbose: bool, timeout_s: int, shards: int,
-             via: str) -> tuple[int, int, list[str]]:
+             via: str, replicas: int = 0) -> tuple[int, int, list[str]]:
     data_dir = tempfile.mkdtemp(prefix="durakv-suite-")
     port = free_port()
     server_log = open(os.path.join(LOG_DIR, unit.replace("/", "_") + ".server.log"), "wb")
     server = subprocess.Popen(
         [sys.executable, "-m", "durakv.server.cli", "serve", "--port", str(port), "--shards", str(shards),
-         "--data-dir", data_dir],
+         "--data-dir", data_dir, "--replicas", str(replicas)],
         stdin=subprocess.DEVNULL, stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True)
     # Through the router, or straight to shard 0's own port (a Redis Cluster node: port + 1).
     test_port = port if via == "router" else port + 1
@@ -127,6 +127,7 @@ def main() -> int:
     parser.add_argument("--shards", type=int, default=1, help="durakv shard processes")
     parser.add_argument("--via", choices=("router", "shard"), default="router",
                         help="test through the router, or on shard 0's own client port")
+    parser.add_argument("--replicas", type=int, default=0, help="replica processes per shard")
     parser.add_argument("--markdown", help="write a markdown table here")
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--timeout", type=int, default=60, help="runtest's per-test timeout (seconds)")
@@ -136,7 +137,8 @@ def main() -> int:
     rows = []
     for unit in units:
         started = time.monotonic()
-        passed, failed, _ = run_unit(args.suite, unit, args.verbose, args.timeout, args.shards, args.via)
+        passed, failed, _ = run_unit(args.suite, unit, args.verbose, args.timeout, args.shards, args.via,
+                                     args.replicas)
         reference = REFERENCE_PASSES.get(unit)
         rows.append((unit, passed, failed, reference))
         print(f"{unit:24s} passed {passed:4d}  failed {failed:4d}  reference {reference}  "

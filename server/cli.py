@@ -25,6 +25,7 @@ def _common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, help="port to listen on (default 6379)")
     parser.add_argument("--shards", type=int, help="shard processes (default: one per CPU core)")
     parser.add_argument("--routers", type=int, help="router processes sharing the port (default 1)")
+    parser.add_argument("--replicas", type=int, help="replica processes per shard (default 0)")
     parser.add_argument("--data-dir", help=f"data directory (default {DEFAULTS.data_dir})")
     parser.add_argument("--requirepass", help="password for the default user")
     parser.add_argument("--snapshot-url", help="s3://BUCKET/PREFIX for snapshots and the log archive")
@@ -49,7 +50,7 @@ def _load(args: argparse.Namespace) -> Config:
         "bind": args.bind, "port": args.port, "shards": args.shards, "routers": args.routers,
         "data_dir": args.data_dir, "requirepass": args.requirepass,
         "snapshot_url": args.snapshot_url, "shard_port_base": args.shard_port_base,
-        "cluster_announce": args.cluster_announce,
+        "cluster_announce": args.cluster_announce, "replicas": args.replicas,
     })
 
 
@@ -136,10 +137,13 @@ def main(argv: list[str] | None = None) -> int:
 
     listener = None
     shard_listeners: list[ClientListeners] = []
+    replica_listeners: list[list[ClientListeners]] = []
     try:  # first: a port in use ends serve (or shard) before it creates anything
         if args.command == "serve":
             listener = _open_listeners(config, None)
             shard_listeners = [_open_listeners(config, i) for i in range(config.shards)]
+            replica_listeners = [[_open_replica_listener(config, i, r) for r in range(config.replicas)]
+                                 for i in range(config.shards)]
         elif args.command == "shard" and 0 <= args.index < config.shards:
             shard_listeners = [_open_listeners(config, args.index)]
     except ListenError as e:
@@ -173,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         set_title("serve", f"{config.bind}:{config.port}", config.data_dir)
         assert listener is not None, "serve opened its listener first"
         try:
-            return Supervisor(config, listener, shard_listeners).run()
+            return Supervisor(config, listener, shard_listeners, replica_listeners).run()
         except LockHeld as e:
             return _fail(f"{e}, or pass another --data-dir", EXIT_IN_USE)
         except TopologyMismatch as e:
@@ -313,7 +317,17 @@ def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
     return out
 
 
-def shard_main(config: Config, index: int, listener: ClientListeners) -> int:
+def _open_replica_listener(config: Config, shard: int, number: int) -> ClientListeners:
+    """A replica's client port (plain only: replicas have no TLS port yet)."""
+    from durakv.server.listener import open_listener
+    from durakv.shards.config import replica_port
+
+    port = replica_port(config, shard, number)
+    return ClientListeners(open_listener(config.bind, port, shard=shard) if port else None, None)
+
+
+def shard_main(config: Config, index: int, listener: ClientListeners,
+               replica: tuple[int, ClientListeners] | None = None) -> int:
     """Run one shard (`durakv shard`, or a child the supervisor forked), serving
     cluster clients on `listener` (its client port, bound by the caller). A permanent
     failure (corrupt log, snapshot cache that does not fit the log) is recorded in
@@ -335,7 +349,21 @@ def shard_main(config: Config, index: int, listener: ClientListeners) -> int:
     code = EXIT_OK
     try:
         ensure_topology(config.data_dir, config.shards)  # else it would serve another shard's slots
-        trio.run(_run_until_signal, lambda: run_shard(config, index, shard_hooks, node_port(config, listener)))
+        if replica is None:
+            trio.run(_run_until_signal, lambda: run_shard(config, index, shard_hooks, node_port(config, listener)))
+        else:
+            from durakv.shards.replica import run_replica
+
+            number, replica_listener = replica
+            set_title("replica", index, number, config.data_dir)
+            primary_port = node_port(config, listener)
+
+            async def promoted_port(shard, task_status=trio.TASK_STATUS_IGNORED) -> None:
+                set_title("shard", index, config.data_dir)  # promoted: `ps` shows the shard's primary
+                await primary_port(shard, task_status=task_status)
+
+            trio.run(_run_until_signal, lambda: run_replica(config, index, number, shard_hooks,
+                                                            node_port(config, replica_listener), promoted_port))
     except* LeaseLost as deposed:
         for lost in _leaves(deposed):  # another writer took the log: stop; a restart campaigns again
             shard_log.critical("shard %d stops: %s", index, lost)

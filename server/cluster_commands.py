@@ -8,7 +8,7 @@ clients connect to it and never see MOVED (server/cluster_view.py)."""
 from __future__ import annotations
 
 from durakv.server.client import Client
-from durakv.server.cluster_view import Node, announced_ip, cluster_nodes
+from durakv.server.cluster_view import Node, announced_ip, cluster_nodes, replica_nodes, replica_online
 from durakv.server.info import cluster_lines, shard_states
 from durakv.server.tls import is_tls
 from durakv.shards.args import int_arg
@@ -31,13 +31,20 @@ def _client_port(client: Client, node: Node) -> int:
     return node.tls_port if is_tls(client.sock) else node.port
 
 
+def _replicas(client: Client, node: Node) -> list[Node]:
+    view = client.router
+    return replica_nodes(view.config, view.router_node_id, node)
+
+
 def _is_myself(client: Client, node: Node) -> bool:
     view = client.router
-    return node.shard == view.index if view.cluster_node else node.shard < 0
+    return node.node_id == view.node_id if view.cluster_node else node.shard < 0
 
 
 def _node_up(client: Client, node: Node) -> bool:
     view = client.router
+    if node.replica >= 0:
+        return replica_online(view.config, node)
     if node.shard < 0 or view.cluster_node:
         return view.shards_up()
     return bool(view.links[node.shard].up)
@@ -53,7 +60,9 @@ def _holds(client: Client, slot: int) -> bool:
 @command("cluster|slots", 2, "stale", group="cluster", where=ROUTER, tips=("nondeterministic_output",))
 def cluster_slots(client: Client, argv: list[bytes]):
     ip = announced_ip(client.router.config, client.laddr)
-    return [[node.first_slot, node.last_slot, [ip, _client_port(client, node), node.node_id.encode(), Map([])]]
+    return [[node.first_slot, node.last_slot,
+             *([ip, _client_port(client, n), n.node_id.encode(), Map([])]
+               for n in [node, *(r for r in _replicas(client, node) if _node_up(client, r))])]
             for node in _nodes(client)]
 
 
@@ -61,20 +70,22 @@ def cluster_slots(client: Client, argv: list[bytes]):
 def cluster_shards(client: Client, argv: list[bytes]):
     ip = announced_ip(client.router.config, client.laddr)
     out = []
-    for node in _nodes(client):
-        ports = [b"port", node.port] if node.port else []
-        if node.tls_port:
-            ports += [b"tls-port", node.tls_port]
-        entry = Map([
-            b"id", node.node_id.encode(),
-            *ports,
-            b"ip", ip,
-            b"endpoint", ip,
-            b"role", b"master",
-            b"replication-offset", 0,
-            b"health", b"online" if _node_up(client, node) else b"failed",
-        ])
-        out.append(Map([b"slots", [node.first_slot, node.last_slot], b"nodes", [entry]]))
+    for primary in _nodes(client):
+        entries = []
+        for node in [primary, *_replicas(client, primary)]:
+            ports = [b"port", node.port] if node.port else []
+            if node.tls_port:
+                ports += [b"tls-port", node.tls_port]
+            entries.append(Map([
+                b"id", node.node_id.encode(),
+                *ports,
+                b"ip", ip,
+                b"endpoint", ip,
+                b"role", b"master" if node.replica < 0 else b"replica",
+                b"replication-offset", 0,
+                b"health", b"online" if _node_up(client, node) else b"failed",
+            ]))
+        out.append(Map([b"slots", [primary.first_slot, primary.last_slot], b"nodes", entries]))
     return out
 
 
@@ -82,12 +93,16 @@ def cluster_shards(client: Client, argv: list[bytes]):
 def cluster_nodes_(client: Client, argv: list[bytes]):
     ip = announced_ip(client.router.config, client.laddr).decode()
     lines = []
-    for epoch, node in enumerate(_nodes(client), 1):
-        flags = "myself,master" if _is_myself(client, node) else "master"
-        link = "connected" if _node_up(client, node) else "disconnected"
-        port = _client_port(client, node)
-        lines.append(f"{node.node_id} {ip}:{port}@{port + 10000} {flags} - 0 0 {epoch} "
-                     f"{link} {node.first_slot}-{node.last_slot}\n")
+    for epoch, primary in enumerate(_nodes(client), 1):
+        for node in [primary, *_replicas(client, primary)]:
+            role = "master" if node.replica < 0 else "slave"
+            flags = f"myself,{role}" if _is_myself(client, node) else role
+            link = "connected" if _node_up(client, node) else "disconnected"
+            port = _client_port(client, node)
+            master = "-" if node.replica < 0 else primary.node_id
+            slots = f" {node.first_slot}-{node.last_slot}" if node.replica < 0 else ""
+            lines.append(f"{node.node_id} {ip}:{port}@{port + 10000} {flags} {master} 0 0 {epoch} "
+                         f"{link}{slots}\n")
     return Verbatim("".join(lines).encode())
 
 
@@ -195,12 +210,19 @@ def cluster_getkeysinslot(client: Client, argv: list[bytes]):
 @command("readonly", 1, "loading stale fast", group="cluster", where=ROUTER,
          acl="connection")
 def readonly(client: Client, argv: list[bytes]):
+    """On a replica's node, this connection's reads run there (server/node.py ReplicaGate)."""
+    readonly_ids = getattr(client.router, "readonly_ids", None)
+    if readonly_ids is not None:
+        readonly_ids.add(client.id)
     return OK
 
 
 @command("readwrite", 1, "loading stale fast", group="cluster", where=ROUTER,
          acl="connection")
 def readwrite(client: Client, argv: list[bytes]):
+    readonly_ids = getattr(client.router, "readonly_ids", None)
+    if readonly_ids is not None:
+        readonly_ids.discard(client.id)
     return OK
 
 

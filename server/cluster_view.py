@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from durakv.shards.config import Config, shard_port, tls_shard_port
+from durakv.log.lease import pid_alive
+from durakv.server.topology import replica_node_id
+from durakv.shards.config import Config, replica_port, shard_port, tls_shard_port
+from durakv.shards.replica_board import STATE_ONLINE, ReplicaBoard, ReplicaSlot
 from durakv.shards.slots import SLOT_COUNT, slot_ranges
 
 
@@ -19,6 +22,7 @@ class Node(NamedTuple):
     first_slot: int
     last_slot: int
     shard: int  # -1: the router (announce "router")
+    replica: int = -1  # the replica's number; -1: the shard's primary (a master)
 
 
 def announced_ip(config: Config, laddr: str) -> bytes:
@@ -37,3 +41,31 @@ def cluster_nodes(config: Config, router_node_id: str, router_port: int, ids: li
         return [Node(router_node_id, router_port, config.tls_port, 0, SLOT_COUNT - 1, -1)]
     return [Node(ids[i], shard_port(config, i), tls_shard_port(config, i), first, last, i)
             for i, (first, last) in enumerate(slot_ranges(config.shards))]
+
+
+_boards: dict[tuple[str, int], ReplicaBoard] = {}
+
+
+def replica_slots(config: Config, shard: int) -> list[ReplicaSlot]:
+    """What shard `shard`'s replicas published (shards/replica_board.py), of those
+    whose process still runs."""
+    key = (config.data_dir, shard)
+    board = _boards.get(key)
+    if board is None:
+        board = _boards[key] = ReplicaBoard(config.data_dir, shard)
+    return [slot for slot in board.slots(config.replicas) if pid_alive(slot.pid)]
+
+
+def replica_nodes(config: Config, router_node_id: str, primary: Node) -> list[Node]:
+    """The replica nodes of a primary (none with announce "router"), with whether each is online."""
+    if primary.shard < 0 or not config.replicas:
+        return []
+    topology = {"node_id": router_node_id}
+    return [Node(replica_node_id(topology, primary.shard, r), replica_port(config, primary.shard, r), 0,
+                 primary.first_slot, primary.last_slot, primary.shard, r)
+            for r in range(config.replicas)]
+
+
+def replica_online(config: Config, node: Node) -> bool:
+    return any(slot.number == node.replica and slot.state == STATE_ONLINE
+               for slot in replica_slots(config, node.shard))

@@ -10,6 +10,7 @@ import time
 from typing import NamedTuple
 
 from durakv.shards import failure
+from durakv.server import replication
 from durakv.server.settings import format_percentile
 from durakv.shards.evict import HeapGauge
 from durakv.shards.internal import rss_bytes
@@ -347,7 +348,7 @@ def _stats(router, infos, version):
 
 
 def _replication(router, infos, version):
-    return ["role:master", "connected_slaves:0", "master_repl_offset:0"]
+    return replication.info_lines(router)
 
 
 def _cpu(router, infos, version):

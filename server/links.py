@@ -22,12 +22,13 @@ from typing import Callable
 
 import trio
 
-from durakv.log.layout import shard_socket_path
+from durakv.log.layout import shard_log_dir, shard_socket_path
+from durakv.log.lease import LeaseFile
 from durakv.shards.framelink import FrameReceiver, Large, Outbox, send_batch, tune_socket
 from durakv.shards.frames import (
     EVENTS_RID, LARGE_BYTES, RequestTuple, events_decoder, large_reply_decoder, large_request, reply_batch_decoder,
 )
-from durakv.shards.unixsock import connect_unix, peer_allowed
+from durakv.shards.unixsock import connect_unix, peer_allowed, peer_credentials
 
 logger = logging.getLogger("durakv.router")
 
@@ -67,6 +68,9 @@ class ShardLink:
         self.router = router
         self.index = index
         self.address = shard_socket_path(data_dir, index)
+        # With replicas: the shard's log lease, to leave a primary a replica took over from
+        # (paused, its socket still open) for the new one (log/FORMAT.md, "Leases and fencing").
+        self.lease_watch = LeaseWatch(shard_log_dir(data_dir, index)) if router.config.replicas else None
         self.sock: socket.socket | None = None
         self.up = False
         self.ever_up = trio.Event()
@@ -112,6 +116,8 @@ class ShardLink:
                 connect_unix(sock, self.address)
                 if not peer_allowed(sock, f"router link to shard {self.index}"):
                     raise PermissionError(f"{self.address} is served by another user")
+                if self.lease_watch is not None and self.lease_watch.deposed(peer_credentials(sock)[0]):
+                    raise ConnectionRefusedError(f"{self.address} is still the deposed primary's")
             except OSError:
                 sock.close()
                 await trio.sleep(backoff_s)
@@ -128,6 +134,9 @@ class ShardLink:
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._sender, nursery.cancel_scope)
+                    if self.lease_watch is not None:
+                        nursery.start_soon(self.lease_watch.run, self.index, peer_credentials(sock)[0],
+                                           nursery.cancel_scope)
                     await self._receiver()
                     nursery.cancel_scope.cancel()
             finally:
@@ -239,6 +248,34 @@ class ShardLink:
                     router.scripts_in_flight -= 1
                 in_flight.pop(rid).fill(item.blobs[0])
         router.flush_ready_clients()
+
+
+class LeaseWatch:
+    """Whether the process at the other end of a shard link still holds the shard's log
+    lease: once a promoted replica holds it, the link is dropped (what was in flight is
+    LOST: its outcome is unknown) and reconnected, to the new primary's socket."""
+
+    POLL_S = 0.01
+
+    def __init__(self, log_dir: str) -> None:
+        self.log_dir = log_dir
+        self.lease: LeaseFile | None = None
+
+    def deposed(self, peer_pid: int) -> bool:
+        if self.lease is None:
+            try:
+                self.lease = LeaseFile(self.log_dir)
+            except FileNotFoundError:
+                return False   # no log yet: nobody was deposed
+        lease = self.lease
+        return lease.holder_pid not in (0, peer_pid) and lease.valid_until_ns > time.monotonic_ns()
+
+    async def run(self, shard: int, peer_pid: int, cancel_scope: trio.CancelScope) -> None:
+        while not self.deposed(peer_pid):
+            await trio.sleep(self.POLL_S)
+        logger.warning("router: shard %d's primary pid %d lost its log lease to pid %d; leaving it", shard,
+                       peer_pid, self.lease.holder_pid if self.lease is not None else 0)
+        cancel_scope.cancel()
 
 
 def _large_requests(batch: list[RequestTuple]) -> list[int]:

@@ -4,6 +4,7 @@ its keys, where it runs atomically (shards/t_multi.py)."""
 
 from __future__ import annotations
 
+from durakv.server import replication
 from durakv.server.client import CROSS_SHARD, Client
 from durakv.shards.frames import VERB_EXEC
 from durakv.shards.numbers import parse_ll
@@ -96,11 +97,12 @@ def _wait_timeout(text: bytes) -> int:
 @command("wait", 3, "noscript", group="generic", where=ROUTER, acl="connection",
          tips=("request_policy:all_shards", "response_policy:agg_min"))
 def wait(client: Client, argv: list[bytes]):
-    """No replicas exist and every acknowledged write is already durable."""
-    if parse_ll(argv[1]) is None:
+    """Every acknowledged write is already durable; with replicas, how many applied
+    the client's writes (server/replication.py)."""
+    numreplicas = parse_ll(argv[1])
+    if numreplicas is None:
         raise ReplyError(b"ERR value is not an integer or out of range")
-    _wait_timeout(argv[2])
-    return 0
+    return replication.wait(client, numreplicas, _wait_timeout(argv[2]))
 
 
 @command("waitaof", 4, "noscript", group="generic", where=ROUTER)

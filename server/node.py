@@ -28,9 +28,9 @@ from durakv.server.links import SCRIPT_NONE, Pending
 from durakv.server.listener import ClientListeners
 from durakv.server.tls import is_tls
 from durakv.server.settings_sync import SettingsSync
-from durakv.server.topology import ensure_topology, shard_node_ids
+from durakv.server.topology import ensure_topology, replica_node_id, shard_node_ids
 from durakv.shards import internal
-from durakv.shards.config import Config, shard_port, tls_shard_port
+from durakv.shards.config import Config, replica_port, shard_port, tls_shard_port
 from durakv.shards.frames import INTERNAL_PREFIX, PROTO_INTERNAL, VERB_CONFIG, Request
 from durakv.shards.resp import ReplyError, encode_error
 from durakv.shards.process import ClientPort
@@ -129,6 +129,47 @@ class MovedLink:
         return pending
 
 
+class ReplicaGate:
+    """A replica's own shard as its clients see it, as in Redis Cluster: reads of a
+    connection that sent READONLY run here; writes, and reads of other connections,
+    are answered MOVED to the shard's primary. Once the replica is promoted
+    (shard.replica is None) everything runs here."""
+
+    __slots__ = ("node", "local", "index")
+
+    def __init__(self, node: ShardNode, local: LocalLink) -> None:
+        self.node = node
+        self.local = local
+        self.index = local.index
+
+    @property
+    def up(self) -> bool:
+        return self.local.up
+
+    @property
+    def frames_sent(self) -> int:
+        return self.local.frames_sent
+
+    @property
+    def requests_sent(self) -> int:
+        return self.local.requests_sent
+
+    def submit(self, client: Client | None, proto: int, argv: list[bytes], pending: Pending | None = None,
+               script: int = SCRIPT_NONE) -> Pending:
+        node = self.node
+        if node.shard.replica is not None and argv[0][:1] != INTERNAL_PREFIX:
+            try:
+                write = lookup(argv).is_write
+            except ReplyError:
+                write = False
+            if write or client is None or client.id not in node.readonly_ids:
+                if pending is None:
+                    pending = Pending(client)
+                pending.fill(node.moved_error(client, self.index, argv))
+                return pending
+        return self.local.submit(client, proto, argv, pending, script)
+
+
 class ShardNode(Front):
     """The RouterView of clients on a shard's port (see the module docstring)."""
 
@@ -139,13 +180,19 @@ class ShardNode(Front):
         self.shard = shard
         self.local = LocalLink(self, shard)
         self.links = [self.local if i == shard.index else MovedLink(self, i) for i in range(config.shards)]
+        # A replica's node (shard.replica set when it starts): READONLY connections, its own id and port.
+        self.replica_number = shard.replica.number if shard.replica is not None else -1
+        self.readonly_ids: set[int] = set()
+        if shard.replica is not None:
+            self.links[shard.index] = ReplicaGate(self, self.local)
         self.home_shard = shard.index
         self.scan_last_slot = shard.slot_range[1]
         self.slot_owner = slot_owner_table(config.shards)
         self.slot_range = shard.slot_range
         topology = ensure_topology(config.data_dir, config.shards)
         self.shard_node_ids = shard_node_ids(topology)
-        self.node_id = self.shard_node_ids[shard.index]
+        self.node_id = (self.shard_node_ids[shard.index] if shard.replica is None
+                        else replica_node_id(topology, shard.index, self.replica_number))
         self.router_node_id = topology["node_id"]
         self.settings_sync = SettingsSync(self, node=True, on_change=self._shard_settings_changed)
         self.slowlog = shard.slowlog  # one log per process: the shard's commands and the node's
@@ -153,7 +200,12 @@ class ShardNode(Front):
         shard.event_sinks[self.local] = self.pubsub.keyspace_events
         self.monitors.on_active_change = self._monitor_scripts
         scripting_of(shard.db).on_publish = self.pubsub.publish_here_and_forward
-        self.port = shard_port(config, shard.index)
+        self.port = (shard_port(config, shard.index) if shard.replica is None
+                     else replica_port(config, shard.index, self.replica_number))
+
+    def forget(self, client: Client) -> None:
+        self.readonly_ids.discard(client.id)
+        super().forget(client)
 
     def _shard_settings_changed(self, changes: dict[str, str]) -> None:
         for name, value in changes.items():
@@ -231,8 +283,9 @@ class ShardNode(Front):
     async def serve(self, listener: ClientListeners, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
-            await nursery.start(self.settings_sync.serve)
-            self.pubsub.start(nursery, self.settings_sync.peer_paths)
+            if self.replica_number < 0:  # a replica's node takes no part in CONFIG SET and pub/sub meshes
+                await nursery.start(self.settings_sync.serve)
+                self.pubsub.start(nursery, self.settings_sync.peer_paths)
             nursery.start_soon(self._flusher)
             nursery.start_soon(self.poller.run)
             nursery.start_soon(self.local.run)

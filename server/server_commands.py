@@ -7,6 +7,7 @@ import logging
 import time
 
 from durakv.server import info as info_mod
+from durakv.server import replication
 from durakv.server.client import Client
 from durakv.server.config_rewrite import rewrite
 from durakv.server.conn_commands import REDIS_VERSION
@@ -332,8 +333,8 @@ def lolwut(client: Client, argv: list[bytes]):
 @command("role", 1, "noscript loading stale fast sentinel", group="server", where=ROUTER,
          acl="admin dangerous")
 def role(client: Client, argv: list[bytes]):
-    """Always a master with no replicas: durakv's durability is its log, not replication."""
-    return [b"master", 0, []]
+    """A router or a primary's node is a master (its replicas listed); a replica's node a slave."""
+    return replication.role_reply(client.router, client.laddr)
 
 
 # --- DEBUG, FUNCTION --------------------------------------------------------------

@@ -37,6 +37,7 @@ import sys
 import time
 
 from durakv.log import layout
+from durakv.log.lease import LeaseFile
 from durakv.log.lock import lock_data_dir
 from durakv.server.listener import ClientListeners
 from durakv.server.acl import clear_runtime_users
@@ -45,8 +46,9 @@ from durakv.server.settings_sync import clear_runtime_changes, load_runtime_chan
 from durakv.server.topology import ensure_topology
 from durakv.shards import failure, sdnotify
 from durakv.shards.config import Config, config_pipe
-from durakv.shards.exit_codes import EXIT_PERMANENT, EXIT_USAGE
+from durakv.shards.exit_codes import EXIT_NOT_PROMOTED, EXIT_PERMANENT, EXIT_USAGE
 from durakv.shards.lifeline import die_with_parent
+from durakv.shards.replica_board import ReplicaBoard
 
 logger = logging.getLogger("durakv.supervisor")
 
@@ -72,10 +74,15 @@ class Child:
     read from a pipe (_spawn)."""
 
     def __init__(self, role: str, index: int | None, config: Config, argv: list[str] | None = None,
-                 listeners: ClientListeners | None = None) -> None:
+                 listeners: ClientListeners | None = None, replica: tuple[int, ClientListeners] | None = None) -> None:
         self.role = role
         self.index = index
         self.name = role if index is None else f"{role} {index}"
+        # A replica (shards/replica.py): its number and its own port; `listeners` is its
+        # shard's client port, which it serves once promoted.
+        self.replica = replica
+        if replica is not None:
+            self.name = f"shard {index} replica {replica[0]}"
         self.argv = argv  # None: forked (a shard)
         self.config = config
         # The client port's sockets it inherits: plain and TLS (a router's are shared by every router).
@@ -148,6 +155,9 @@ class Child:
             assert self.listeners is not None and self.index is not None, "a shard is forked with its client port"
             # Its own descriptors: in_child closes every listener object the supervisor holds.
             own_fds = [os.dup(sock.fileno()) if sock is not None else None for sock in self.listeners]
+            replica_fd = None
+            if self.replica is not None and self.replica[1].plain is not None:
+                replica_fd = os.dup(self.replica[1].plain.fileno())
             in_child()
             from durakv.server.listener import listener_from_fd
 
@@ -156,7 +166,11 @@ class Child:
                                               None if tls_fd is None else listener_from_fd(tls_fd))
             os.environ["NOTIFY_SOCKET"] = env["NOTIFY_SOCKET"]
             die_with_parent(parent)
-            code = shard_main(self.config, self.index, shard_listeners)
+            replica = None
+            if self.replica is not None:
+                replica = (self.replica[0], ClientListeners(
+                    None if replica_fd is None else listener_from_fd(replica_fd), None))
+            code = shard_main(self.config, self.index, shard_listeners, replica)
         except BaseException:
             logger.exception("%s crashed", self.name)
         finally:
@@ -189,7 +203,8 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, config: Config, listener: ClientListeners, shard_listeners: list[ClientListeners]) -> None:
+    def __init__(self, config: Config, listener: ClientListeners, shard_listeners: list[ClientListeners],
+                 replica_listeners: list[list[ClientListeners]] | None = None) -> None:
         """listener: the client port (plain and TLS), and shard_listeners each shard's client port,
         bound by the caller before anything else, so a port in use ends `serve`
         before it creates or locks anything. A restarted shard inherits its own."""
@@ -199,6 +214,8 @@ class Supervisor:
         self.children: list[Child] = []
         self.listener = listener
         self.shard_listeners = shard_listeners
+        self.replica_listeners = replica_listeners or [[] for _ in range(config.shards)]
+        self.failover = Failover(config) if config.replicas else None
         self.notify: socket.socket | None = None
         self.wake_fds: tuple[int, int] = (-1, -1)
 
@@ -211,6 +228,10 @@ class Supervisor:
         parent = ["--parent-pid", str(os.getpid())]
         for i in range(config.shards):
             self.children.append(Child("shard", i, config, listeners=self.shard_listeners[i]))
+        for i in range(config.shards):
+            for number, replica_listener in enumerate(self.replica_listeners[i]):
+                self.children.append(Child("replica", i, config, listeners=self.shard_listeners[i],
+                                           replica=(number, replica_listener)))
         for i in range(config.routers):
             self.children.append(Child("router", i, config, entry + ["router", "--index", str(i)] + parent,
                                        self.listener))
@@ -229,6 +250,11 @@ class Supervisor:
         self.listener.close()
         for shard_listener in self.shard_listeners:
             shard_listener.close()
+        for replica_listeners in self.replica_listeners:
+            for replica_listener in replica_listeners:
+                replica_listener.close()
+        if self.failover is not None:
+            self.failover.close()
         self.notify.close()
         for fd in self.wake_fds:
             os.close(fd)
@@ -280,6 +306,11 @@ class Supervisor:
             self.listener.close()
             for shard_listener in self.shard_listeners:
                 shard_listener.close()
+            for replica_listeners in self.replica_listeners:
+                for replica_listener in replica_listeners:
+                    replica_listener.close()
+            if self.failover is not None:
+                self.failover.close()
         return code
 
     def _loop(self, env: dict[str, str], wake_r: int) -> int:
@@ -300,6 +331,8 @@ class Supervisor:
             # At least once a second: CONFIG SET loglevel reaches this process through DIR/run/settings.
             timeout_ms = FOLLOW_INTERVAL_S * 1000 if not waiting else \
                 min(max(0, int((min(waiting) - time.monotonic()) * 1000) + 1), FOLLOW_INTERVAL_S * 1000)
+            if self.failover is not None:  # it watches the primaries' leases
+                timeout_ms = min(timeout_ms, self.failover.watch_interval_ms)
             events = poller.poll(timeout_ms)
             log_level.check()
             now = time.monotonic()
@@ -310,6 +343,8 @@ class Supervisor:
                     self._read_notifications()
                 elif fd in by_fd:
                     self._on_exit(by_fd[fd], now)
+            if self.failover is not None and not self.stopping:
+                self.failover.watch_leases(self.children, now)
             if self._every_shard_failed():
                 logger.critical("supervisor: every shard failed permanently (their reasons are logged above); "
                              "not serving. Fix them and start again")
@@ -363,6 +398,12 @@ class Supervisor:
             if child.role == "shard" and not failure.read(self.config.data_dir, child.index):
                 failure.record(self.config.data_dir, child.index, f"exited with status {code}")
             return
+        if self.failover is not None and child.role == "shard" and code == EXIT_NOT_PROMOTED \
+                and self.failover.undo(child, now):
+            return
+        if self.failover is not None and child.role == "shard" and self.failover.promote(self.children, child, now):
+            logger.error("supervisor: %s (pid %d) exited with %s; a replica took over", child.name, pid, code)
+            return
         delay_s, why = child.schedule_restart(now)
         logger.error("supervisor: %s (pid %d) exited with %s; restarting it in %d ms (%s)",
                   child.name, pid, code, delay_s * 1000, why)
@@ -393,6 +434,98 @@ class Supervisor:
             os.kill(child.pid, signal.SIGKILL)
             child.reap()
         logger.info("supervisor: stopped")
+
+
+class Failover:
+    """Promotes a replica when its shard's primary dies (at once: its pidfd says so) or
+    stops renewing its log lease (a paused primary: the promoted replica fences it,
+    log/FORMAT.md). The promoted process takes the primary's place among the children;
+    the replica's place gets the old primary's process (a dead one is restarted as a
+    replica at once; a paused one ends itself when it resumes and learns it is deposed,
+    and is then restarted as a replica)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.watch_interval_ms = max(config.lease_duration_ms // 8, 5)
+        self.margin_ns = config.lease_duration_ms * 1_000_000 // 4
+        self._leases: dict[int, LeaseFile] = {}
+        self._boards: dict[int, ReplicaBoard] = {}
+        # shard -> the replica place now holding a live primary that was deemed stalled,
+        # until the promoted replica serves (or gives up: undo).
+        self._swapped: dict[int, Child] = {}
+
+    def _board(self, shard: int) -> ReplicaBoard:
+        board = self._boards.get(shard)
+        if board is None:
+            board = self._boards[shard] = ReplicaBoard(self.config.data_dir, shard)
+        return board
+
+    def _candidate(self, children: list[Child], shard: int) -> Child | None:
+        """The ready replica of `shard` that applied the most of its log."""
+        ready = {c.replica[0]: c for c in children
+                 if c.role == "replica" and c.index == shard and c.pid and c.ready and c.replica is not None}
+        slots = {slot.number: slot.applied_seq for slot in self._board(shard).slots(self.config.replicas)
+                 if slot.pid == (ready[slot.number].pid if slot.number in ready else -1)}
+        best = max(slots, key=lambda n: slots[n], default=None)
+        return ready[best] if best is not None else None
+
+    def promote(self, children: list[Child], primary: Child, now: float) -> bool:
+        """Hand `primary`'s place to its best replica; False if none is ready."""
+        replica = self._candidate(children, primary.index or 0)
+        if replica is None:
+            return False
+        logger.warning("supervisor: promoting %s (pid %d) to primary of shard %d", replica.name, replica.pid,
+                       primary.index)
+        os.kill(replica.pid, signal.SIGUSR1)
+        _swap(primary, replica)
+        if not replica.pid:
+            replica.restart_at = now   # the dead primary's place: a replacement replica, now
+        elif primary.index is not None:
+            self._swapped[primary.index] = replica
+        return True
+
+    def undo(self, promoted: Child, now: float) -> bool:
+        """The replica told to take over from a stalled primary found it renewing its
+        lease again and gave up: the primary keeps its place, the replica's is restarted."""
+        holder = self._swapped.pop(promoted.index, None) if promoted.index is not None else None
+        if holder is None or not holder.pid:
+            return False
+        logger.warning("supervisor: shard %d's primary (pid %d) renewed its lease: it stays primary",
+                       promoted.index, holder.pid)
+        _swap(promoted, holder)
+        holder.restart_at = now
+        return True
+
+    def watch_leases(self, children: list[Child], now: float) -> None:
+        """A live primary whose lease ran out (paused, stalled): promote a replica."""
+        now_ns = time.monotonic_ns()
+        for child in children:
+            if child.role != "shard" or not child.pid or not child.ready or child.index is None:
+                continue
+            lease = self._leases.get(child.index)
+            if lease is None:
+                lease = self._leases[child.index] = LeaseFile(layout.shard_log_dir(self.config.data_dir,
+                                                                                   child.index))
+            if child.index in self._swapped and lease.holder_pid != self._swapped[child.index].pid:
+                del self._swapped[child.index]   # the promoted replica holds the lease now
+            # Past the lease and a margin: a slow renewal is not yet a stalled primary.
+            if lease.holder_pid == child.pid and 0 < lease.valid_until_ns + self.margin_ns < now_ns:
+                logger.error("supervisor: %s (pid %d) stopped renewing its log lease", child.name, child.pid)
+                self.promote(children, child, now)
+
+    def close(self) -> None:
+        for lease in self._leases.values():
+            lease.close()
+        for board in self._boards.values():
+            board.close()
+
+
+def _swap(a: Child, b: Child) -> None:
+    """Exchange the processes two children's places hold."""
+    for attr in ("pid", "pidfd", "ready", "started_at"):
+        mine, theirs = getattr(a, attr), getattr(b, attr)
+        setattr(a, attr, theirs)
+        setattr(b, attr, mine)
 
 
 def _drain(fd: int) -> None:

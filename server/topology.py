@@ -52,3 +52,8 @@ def shard_node_ids(topology: dict) -> list[str]:
     same one, and a data dir made before shards had ports needs no new field."""
     base = topology["node_id"].encode()
     return [hashlib.sha1(base + b":shard:%d" % i).hexdigest() for i in range(topology["shards"])]
+
+
+def replica_node_id(topology: dict, shard: int, number: int) -> str:
+    """The node id of replica `number` of `shard` (stable, as shard_node_ids)."""
+    return hashlib.sha1(topology["node_id"].encode() + b":shard:%d:replica:%d" % (shard, number)).hexdigest()

@@ -54,6 +54,12 @@ class Config(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields
     log_level: str = "info"  # Redis' debug/verbose/notice/warning, or Python's info/error/critical
     log_file: str = ""  # append log lines here; empty: stderr (journald under systemd)
     shard_restart_backoff_max_ms: int = 10_000
+    # Replicas (shards/replica.py): processes per shard that follow its durable log and
+    # serve READONLY reads on their own ports; one is promoted when the primary dies or
+    # stops renewing its log lease (lease_duration_ms).
+    replicas: int = 0
+    replica_port_base: int = 0  # replica r of shard i on base + i * replicas + r; 0: after the shard ports
+    lease_duration_ms: int = 2000
     startup_shard_wait_ms: int = 30_000
     durability: str = "sync"  # "sync": ack after fsync; "async": ack at once, bounded window
     max_unsynced_ms: int = 1000
@@ -145,6 +151,9 @@ LIMITS: dict[str, tuple[float, float]] = {
     "tls_session_cache_size": (0, 1 << 31),
     "tls_session_cache_timeout": (0, 1 << 31),
     "shards": (0, 1024),  # 0: one per CPU core
+    "replicas": (0, 8),
+    "replica_port_base": (0, 65535),  # 0: after the shard ports
+    "lease_duration_ms": (50, 600_000),
     "routers": (1, 64),
     "proto_max_bulk_len": (1, 1 << 40),
     "client_query_buffer_limit": (1, 1 << 40),
@@ -189,6 +198,8 @@ def validate(config: Config) -> None:
         raise ValueError("data-dir must not be empty")
     if config.log_backend == "etcd" and not config.etcd_endpoints:
         raise ValueError('log-backend = "etcd" needs etcd-endpoints (e.g. ["http://10.0.0.1:2379", ...])')
+    if config.log_backend == "etcd" and config.replicas:
+        raise ValueError('replicas follow local log segments: with log-backend = "etcd" set replicas = 0')
     if not config.port and not config.tls_port:
         raise ValueError("port is 0 and there is no tls-port: clients could not connect; set port or tls-port")
     shards = config.shards or (os.cpu_count() or 1)
@@ -214,6 +225,14 @@ def shard_port(config: Config, shard: int) -> int:
     if not config.port:
         return 0
     return (config.shard_port_base or config.port + 1) + shard
+
+
+def replica_port(config: Config, shard: int, number: int) -> int:
+    """The TCP port of replica `number` of shard `shard` (0: none, as port is 0)."""
+    if not config.port:
+        return 0
+    base = config.replica_port_base or (config.shard_port_base or config.port + 1) + (config.shards or 1)
+    return base + shard * config.replicas + number
 
 
 def tls_shard_port(config: Config, shard: int) -> int:

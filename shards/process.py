@@ -124,6 +124,15 @@ async def run_shard(config: Config, index: int, snapshots: SnapshotHooks | None 
     shard = Shard(config, index, snapshots)
     os.makedirs(shard.dir, exist_ok=True)
     shard.open_log()  # holds the log lock from here: a socket file left at our path is stale
+    async with trio.open_nursery() as nursery:
+        await serve_primary(shard, nursery, client_port)
+
+
+async def serve_primary(shard: Shard, nursery: trio.Nursery, client_port: ClientPort | None = None) -> None:
+    """Serve as the shard's primary once its log is open (at start, or when a replica
+    is promoted, shards/replica.py): the routers' socket, the client port (if given),
+    the background tasks. Returns only by cancellation; closes the log then."""
+    config, index = shard.config, shard.index
     scripting_of(shard.db).on_busy = serve_while_busy
     ensure_run_dir(config.data_dir)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -133,30 +142,31 @@ async def run_shard(config: Config, index: int, snapshots: SnapshotHooks | None 
     failure.clear(config.data_dir, index)  # serving again: the router stops reporting a failure
     first, last = shard.slot_range
     try:
-        async with trio.open_nursery() as nursery:
-            if client_port is not None:
-                await nursery.start(client_port, shard)
-            logger.info("shard %d ready: slots %d-%d, %d keys, durability %s, pid %d",
-                        index, first, last, len(shard.db.data), config.durability, os.getpid())
-            sdnotify.notify(b"READY=1")
-            nursery.start_soon(shard.committer)
-            nursery.start_soon(shard.active_expire_loop)
-            nursery.start_soon(shard.memory_loop)
-            nursery.start_soon(shard.blocked_timeouts)
-            nursery.start_soon(shard.txn.drain_loop)
-            if snapshots is not None:
-                nursery.start_soon(shard.release_loop)
-            while True:
-                await trio.lowlevel.wait_readable(listener)
-                try:
-                    conn, _ = listener.accept()
-                except BlockingIOError:
-                    continue
-                if not peer_allowed(conn, f"shard {index}"):
-                    conn.close()
-                    continue
-                conn.setblocking(False)
-                nursery.start_soon(serve_router, shard, conn)
+        if shard.lease_guard is not None:  # first: starting the client port may take a while
+            nursery.start_soon(shard.lease_guard.renew_loop)
+        if client_port is not None:
+            await nursery.start(client_port, shard)
+        logger.info("shard %d ready: slots %d-%d, %d keys, durability %s, pid %d",
+                    index, first, last, len(shard.db.data), config.durability, os.getpid())
+        sdnotify.notify(b"READY=1")
+        nursery.start_soon(shard.committer)
+        nursery.start_soon(shard.active_expire_loop)
+        nursery.start_soon(shard.memory_loop)
+        nursery.start_soon(shard.blocked_timeouts)
+        nursery.start_soon(shard.txn.drain_loop)
+        if shard.snapshots is not None:
+            nursery.start_soon(shard.release_loop)
+        while True:
+            await trio.lowlevel.wait_readable(listener)
+            try:
+                conn, _ = listener.accept()
+            except BlockingIOError:
+                continue
+            if not peer_allowed(conn, f"shard {index}"):
+                conn.close()
+                continue
+            conn.setblocking(False)
+            nursery.start_soon(serve_router, shard, conn)
     finally:
         listener.close()
         shard.wal.close()

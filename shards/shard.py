@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections import deque
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import trio
 
@@ -43,11 +43,15 @@ from durakv.shards.resp import NULL_ARRAY, ReplyError, encode, encode_error
 from durakv.shards.shard_settings import SHARD_DEFAULTS
 from durakv.shards.slots import slot_ranges
 from durakv.shards.latency import LatencyMonitor
+from durakv.shards.lease_guard import LeaseGuard
 from durakv.shards.slowlog import SlowLog
 from durakv.shards.t_multi import Watches, unpack_transaction
 from durakv.shards.tracking import flush_event, invalidation, set_front
 from durakv.shards.txn import TXN_VERBS, TxnState
 from durakv.shards.table import Command, find, lookup
+
+if TYPE_CHECKING:
+    from durakv.shards.replica import Replica
 
 logger = logging.getLogger("durakv.shard")
 
@@ -113,6 +117,10 @@ class Shard(GroupCommit):
         self.routers = 0
         self.wal: Log | None = None
         self.lease = None
+        # With replicas: the log lease, renewed in the background and checked before a
+        # batch runs, so a primary past its lease answers nothing (shards/lease_guard.py).
+        self.lease_guard: LeaseGuard | None = None
+        self.replica: Replica | None = None  # while this process is a replica (shards/replica.py)
         self.hazards = HazardTracker(0)
         self.held = HeldReplies()
         self.async_mode = config.durability == "async"
@@ -134,30 +142,37 @@ class Shard(GroupCommit):
 
     # --- startup ----------------------------------------------------------------
 
-    def open_log(self) -> None:
+    def replay_record(self, seq: int, payload: bytes) -> None:
+        """Apply one log record's effects (startup replay, and a replica following the log)."""
+        record = decode_record(payload)
+        replay(self.ctx, record.effects)
+        if record.txns:
+            self.txn.replayed(seq, record.txns)
+        self.record_clock.last_ms = record.written_at_ms
+
+    def open_log(self, base_seq: int | None = None, takeover_wait_ms: int = 0) -> None:
         """Open the log (exclusively), rebuild the keyspace from the newest local
-        snapshot plus the log after it, take the lease."""
+        snapshot plus the log after it, take the lease. base_seq: the keyspace already
+        holds the log through it (a replica being promoted); takeover_wait_ms: fence a
+        primary that still runs once its lease expired (log/FORMAT.md)."""
         snapshots = self.snapshots
-        if snapshots is not None and not uses_etcd(self.config):
+        if snapshots is not None and base_seq is None and not uses_etcd(self.config):
             snapshots.prepare_shard_dir(self.dir, self.index, self.config.shards, self.config.snapshot_url)
         disk = shard_disk(self.config, self.index)
         # run_shard made DIR/shard-NNN (the journaling test disk lives in it): it counts only
         # once the data dir is fsync'd; every start does it, in case a crash came between.
         disk.fsync_dir(self.config.data_dir)
-        self.wal = open_shard_log(self.config, self.index, self.dir, disk)
+        self.wal = open_shard_log(self.config, self.index, self.dir, disk, takeover_wait_ms=takeover_wait_ms)
         truncated = self.wal.recovery.truncated_bytes
         if truncated:
             logger.warning("shard %d: torn log tail: truncated %d bytes", self.index, truncated)
         started = time.monotonic()
         last_report = started
         count = 0
-        base_seq = snapshots.load_start_snapshot(self.dir, self.db, self.wal) if snapshots is not None else 0
+        if base_seq is None:
+            base_seq = snapshots.load_start_snapshot(self.dir, self.db, self.wal) if snapshots is not None else 0
         for _seq, _epoch, payload in self.wal.read(base_seq + 1):
-            record = decode_record(payload)
-            replay(self.ctx, record.effects)
-            if record.txns:
-                self.txn.replayed(_seq, record.txns)
-            self.record_clock.last_ms = record.written_at_ms
+            self.replay_record(_seq, payload)
             count += 1
             now = time.monotonic()
             if now - last_report >= REPLAY_PROGRESS_INTERVAL_S:
@@ -171,6 +186,8 @@ class Shard(GroupCommit):
         tail = self.wal.tail_seq
         self.hazards = HazardTracker(tail)
         self.lease = self.wal.take_lease(f"shard-{self.index} pid {os.getpid()}")
+        if self.config.replicas:
+            self.lease_guard = LeaseGuard(self.wal, self.lease, self.config.lease_duration_ms)
         self.db.on_modified = self._mark_dirty
         self.db.on_flush = self._on_flush
         if isinstance(disk, HookedDisk):
@@ -208,6 +225,8 @@ class Shard(GroupCommit):
         """Run a frame's requests in order; returns the replies that may leave now
         and holds the rest until their record is durable."""
         db = self.db
+        if self.lease_guard is not None and time.monotonic_ns() > self.lease_guard.deadline_ns:
+            self.lease_guard.check()   # renews, or ends a deposed primary (shards/lease_guard.py)
         if self.memory_limit is not None:
             self.enforce_memory()
         next_seq = self.wal.tail_seq + 1

@@ -297,7 +297,7 @@ def test_verify_and_dump(tmp_path):
     report = verify(path)
     assert report.ok and report.records == 30
     assert (report.first_seq, report.last_seq, report.torn_tail_bytes) == (1, 30, 0)
-    assert len(report.segments) == len(os.listdir(path)) - 2          # minus LOCK, MANIFEST
+    assert len(report.segments) == len(os.listdir(path)) - 3          # minus LOCK, MANIFEST, LEASE
     assert "records: 30 (seq 1..30)" in str(report) and str(report).endswith("OK")
     lines = [str(r) for r in dump(path, from_seq=28)]
     assert len(lines) == 3 and lines[0].startswith("seq=28 epoch=1 segment=")

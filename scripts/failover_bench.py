@@ -1,0 +1,159 @@
+"""Failover time and the cost of replicas (issue 14).
+
+1. Failover: a tree with `replicas = 1`; in each trial a client writes SETs through
+   the router as fast as it can, the shard's primary gets kill -9, and the time from
+   the kill to the first SET acknowledged after it (by the promoted replica) is
+   recorded. p50/p99/max over --trials (target: p99 <= 1 s). Before the next trial the
+   replacement replica must be online.
+2. Throughput: redis-benchmark SET through the router (durable: each reply after its
+   fsync) with `replicas = 0` and `replicas = 1`: requests/s and p99.
+
+    python scripts/failover_bench.py --trials 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from proctools import free_port, start_group, stop_group  # noqa: E402
+
+READY_TIMEOUT_S = 60
+
+
+def start(tmp: Path, name: str, replicas: int, lease_ms: int, shards: int) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    config = tmp / f"{name}.toml"
+    config.write_text(f"replicas = {replicas}\nlease-duration-ms = {lease_ms}\n")
+    log = open(tmp / f"{name}.log", "ab")
+    proc = start_group([sys.executable, "-m", "durakv.server.cli", "serve", "--port", str(port), "--shards",
+                        str(shards), "--data-dir", str(tmp / name), "--config", str(config)],
+                       stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            if b"cluster_state:ok" in redis.Redis(port=port).execute_command("CLUSTER", "INFO"):
+                return proc, port
+        except redis.RedisError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"durakv did not start; see {tmp / name}.log")
+
+
+def replica_online(port: int) -> bool:
+    try:
+        info = redis.Redis(port=port + 1).info("replication")
+    except redis.RedisError:
+        return False
+    return info.get("connected_slaves", 0) >= 1 and info["slave0"]["state"] == "online"
+
+
+def primary_pid(port: int) -> int:
+    return int(redis.Redis(port=port + 1).info("server")["process_id"])
+
+
+def failover_trial(port: int) -> float:
+    """kill -9 the primary of shard 0 under a writer; seconds to the first SET acked after."""
+    killed_at = [0.0]
+    first_after = [0.0]
+    stop = threading.Event()
+
+    def writer() -> None:
+        client = redis.Redis(port=port, socket_timeout=5, retry=None)
+        n = 0
+        while not stop.is_set():
+            n += 1
+            sent_at = time.monotonic()
+            try:
+                client.set(f"k{n}", n)
+            except redis.RedisError:
+                client = redis.Redis(port=port, socket_timeout=5, retry=None)
+                time.sleep(0.001)
+                continue
+            if killed_at[0] and sent_at > killed_at[0] and not first_after[0]:  # sent after the kill
+                first_after[0] = time.monotonic()
+                stop.set()
+
+    pid = primary_pid(port)
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    time.sleep(0.3)
+    os.kill(pid, signal.SIGKILL)
+    killed_at[0] = time.monotonic()
+    thread.join(30)
+    stop.set()
+    if not first_after[0]:
+        raise RuntimeError("no write was acknowledged within 30 s of the kill")
+    return first_after[0] - killed_at[0]
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def throughput(tmp: Path, replicas: int, lease_ms: int, requests: int, clients: int,
+               shards: int) -> tuple[float, float]:
+    proc, port = start(tmp, f"tput-r{replicas}", replicas, lease_ms, shards)
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while replicas and not replica_online(port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        out = subprocess.run(["redis-benchmark", "-p", str(port), "-t", "set", "-n", str(requests), "-c",
+                              str(clients), "-r", "100000", "--csv"], capture_output=True, text=True, check=True)
+        rows = list(csv.DictReader(io.StringIO(out.stdout)))
+        return float(rows[0]["rps"]), float(rows[0]["p99_latency_ms"])
+    finally:
+        stop_group(proc)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--trials", type=int, default=20)
+    p.add_argument("--lease-ms", type=int, default=2000, help="lease-duration-ms")
+    p.add_argument("--shards", type=int, default=1)
+    p.add_argument("--requests", type=int, default=50_000, help="redis-benchmark -n per throughput run")
+    p.add_argument("--clients", type=int, default=50, help="redis-benchmark -c")
+    p.add_argument("--no-throughput", dest="throughput", action="store_false")
+    opts = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="failover-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        proc, port = start(tmp, "failover", 1, opts.lease_ms, opts.shards)
+        times = []
+        try:
+            for trial in range(opts.trials):
+                deadline = time.monotonic() + READY_TIMEOUT_S
+                while not replica_online(port):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"no replica online; see {tmp}/failover.log")
+                    time.sleep(0.05)
+                seconds = failover_trial(port)
+                times.append(seconds)
+                print(f"trial {trial + 1}: kill -9 to first acknowledged write {seconds * 1000:.0f} ms", flush=True)
+        finally:
+            stop_group(proc)
+        ms = [t * 1000 for t in times]
+        print(f"failover over {len(ms)} trials: p50 {percentile(ms, 50):.0f} ms, p99 {percentile(ms, 99):.0f} ms, "
+              f"max {max(ms):.0f} ms (lease {opts.lease_ms} ms, {opts.shards} shard(s))")
+        if opts.throughput:
+            for replicas in (0, 1):
+                rps, p99 = throughput(tmp, replicas, opts.lease_ms, opts.requests, opts.clients, opts.shards)
+                print(f"durable SET, replicas = {replicas}: {rps:.0f} requests/s, p99 {p99:.2f} ms "
+                      f"(redis-benchmark -n {opts.requests} -c {opts.clients}, {opts.shards} shard(s))")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""A replica of a shard: a process with its own keyspace that follows the shard's
+durable log (log/follow.py) and, when the supervisor promotes it (SIGUSR1), becomes
+the shard's primary.
+
+- Start: the newest local snapshot, then the log after it up to the durable tail the
+  primary published, through the shard's own replay (Shard.replay_record), so a
+  replica is never behind what it showed before a restart: it serves only once it
+  applied everything durable when it started.
+- Follow: every REPLICA_POLL_S it applies the records made durable since; it never
+  sees a record the primary could still lose (the primary publishes durable_seq after
+  its fsync). It publishes its applied seq on the shard's replica board
+  (shards/replica_board.py) for WAIT and INFO replication.
+- Serve: its own client port as a Redis Cluster replica node (server/node.py): reads
+  of READONLY connections, MOVED for the rest. Writes are refused by the executor with
+  Redis' READONLY error (write_error) should one get through; an expired key reads
+  as missing but is not deleted (the primary's DEL comes through the log).
+- Promote: open the log as its writer, fencing the old primary if it still runs once
+  its lease expired (log/FORMAT.md), apply the rest of the log, take the lease, then
+  serve as a primary (shards/process.py serve_primary) on the shard's own socket and
+  client port.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from typing import Any, NamedTuple
+
+import trio
+
+from durakv.log import LogLocked, RecordsDropped
+from durakv.log.follow import Follower
+from durakv.log.layout import log_dir_of
+from durakv.log.manifest import MANIFEST_NAME, load_manifest
+from durakv.shards import sdnotify
+from durakv.shards.config import Config, replica_port
+from durakv.shards.exit_codes import EXIT_NOT_PROMOTED
+from durakv.shards.hazards import HazardTracker
+from durakv.shards.process import ClientPort, serve_primary
+from durakv.shards.replica_board import STATE_LOADING, STATE_ONLINE, ReplicaBoard
+from durakv.shards.shard import Shard, SnapshotHooks
+
+logger = logging.getLogger("durakv.replica")
+
+REPLICA_POLL_S = 0.001
+LOG_WAIT_POLL_S = 0.01
+READONLY_ERROR = b"READONLY You can't write against a read only replica."
+# How long a promoted replica waits for a live (paused) primary's lease to run out,
+# in lease durations: past it the promotion fails loudly rather than hang.
+TAKEOVER_WAIT_LEASES = 5
+NEVER_MS = 1 << 62
+
+
+class ReplicaWal:
+    """What the executor reads of a log on a replica: the applied seq as tail and
+    durable seq (so nothing is ever held), and an append that logs nothing."""
+
+    __slots__ = ("tail_seq", "durable_seq")
+    # The log's stats INFO persistence shows: a replica writes no log.
+    fsync_count = last_fsync_latency_us = bytes_written = segment_count = size_bytes = 0
+
+    def __init__(self, seq: int) -> None:
+        self.tail_seq = self.durable_seq = seq
+
+    def append(self, payloads: Any, after_seq: int, lease: Any) -> int:
+        return self.tail_seq   # effects a read made here (lazy expiry) are the primary's to log
+
+    def close(self) -> None:
+        pass
+
+
+class _Recovery(NamedTuple):
+    first_seq: int
+
+
+class _StartView(NamedTuple):
+    """What load_start_snapshot reads of a Log: where the log starts and ends."""
+    recovery: _Recovery
+    tail_seq: int
+
+
+class Replica:
+    def __init__(self, shard: Shard, number: int) -> None:
+        self.shard = shard
+        self.number = number
+        self.config = shard.config
+        self.port = replica_port(shard.config, shard.index, number)
+        self.log_dir = log_dir_of(shard.dir)
+        self.follower = Follower(self.log_dir)
+        self.board = ReplicaBoard(shard.config.data_dir, shard.index)
+        self.applied_seq = 0
+        self.wal = ReplicaWal(0)
+        self.promoted = False
+
+    def boot(self) -> None:
+        """The newest local snapshot plus the durable log after it."""
+        shard = self.shard
+        self.board.publish(self.number, os.getpid(), 0, self.port, STATE_LOADING)
+        started = time.monotonic()
+        durable = self.follower.durable_seq()
+        base = 0
+        if shard.snapshots is not None:
+            manifest = load_manifest(self.log_dir)
+            view = _StartView(_Recovery(manifest.first_seq if manifest else 1), durable)
+            base = shard.snapshots.load_start_snapshot(shard.dir, shard.db, view)  # type: ignore[arg-type]
+        self.applied_seq = base
+        count = self._apply_through(durable)
+        shard.db.effects.clear()
+        shard.wal = self.wal  # type: ignore[assignment]
+        shard.hazards = HazardTracker(self.applied_seq)
+        shard.write_error = READONLY_ERROR
+        # As a Redis replica: an expired key reads as missing but stays until the
+        # primary's DEL arrives, so the keyspace never runs ahead of the log.
+        shard.db.expiry_paused_until_ms = NEVER_MS
+        self.board.publish(self.number, os.getpid(), self.applied_seq, self.port, STATE_ONLINE)
+        logger.info("shard %d replica %d: loaded through seq %d (%d records after the snapshot at seq %d) "
+                    "in %.3f s, %d keys", shard.index, self.number, self.applied_seq, count, base,
+                    time.monotonic() - started, len(shard.db.data))
+
+    def _apply_through(self, durable: int) -> int:
+        if durable <= self.applied_seq:
+            return 0
+        shard = self.shard
+        count = 0
+        for seq, _epoch, payload in self.follower.read(self.applied_seq + 1, durable):
+            shard.replay_record(seq, payload)
+            self.applied_seq = seq
+            count += 1
+        shard.db.effects.clear()
+        return count
+
+    def catch_up(self) -> None:
+        """Apply what became durable since the last look; publish how far we are."""
+        if self._apply_through(self.follower.durable_seq()):
+            wal = self.wal
+            wal.tail_seq = wal.durable_seq = self.applied_seq
+            self.shard.hazards.advance(self.applied_seq)
+        self.board.publish(self.number, os.getpid(), self.applied_seq, self.port, STATE_ONLINE)
+
+    async def follow(self) -> None:
+        while True:
+            try:
+                self.catch_up()
+            except RecordsDropped as e:
+                # Too far behind: the records were dropped under a newer snapshot.
+                # Start again (the supervisor restarts us) from that snapshot.
+                logger.error("shard %d replica %d fell behind the log (%s); restarting from the newest "
+                             "snapshot", self.shard.index, self.number, e)
+                raise SystemExit(1) from None
+            await trio.sleep(REPLICA_POLL_S)
+
+    def promote(self) -> None:
+        """Become the primary: take the log (fencing a live old primary once its
+        lease ran out), apply the rest of it, take the lease."""
+        shard = self.shard
+        started = time.monotonic()
+        self.catch_up()
+        shard.write_error = None
+        shard.db.expiry_paused_until_ms = 0
+        shard.wal = None
+        shard.open_log(base_seq=self.applied_seq,
+                       takeover_wait_ms=self.config.lease_duration_ms * TAKEOVER_WAIT_LEASES)
+        self.promoted = True
+        self.follower.close()
+        self.board.publish(self.number, 0, 0, 0, 0)   # this slot is free for the replacement replica
+        logger.warning("shard %d replica %d (pid %d) promoted to primary in %.3f s: applied through seq %d "
+                       "before, log tail seq %d", shard.index, self.number, os.getpid(),
+                       time.monotonic() - started, self.applied_seq, self.tail_seq())
+
+
+    def tail_seq(self) -> int:
+        wal = self.shard.wal
+        return wal.tail_seq if wal is not None else self.applied_seq
+
+
+async def run_replica(config: Config, index: int, number: int, snapshots: SnapshotHooks | None,
+                      replica_client_port: ClientPort | None, primary_client_port: ClientPort | None) -> None:
+    """A replica process: follow the log until SIGUSR1, then serve as the primary."""
+    shard = Shard(config, index, snapshots)
+    manifest_path = os.path.join(log_dir_of(shard.dir), MANIFEST_NAME)
+    while not os.path.exists(manifest_path):   # the primary creates the log; a replica only reads it
+        await trio.sleep(LOG_WAIT_POLL_S)
+    replica = Replica(shard, number)
+    shard.replica = replica
+    with trio.open_signal_receiver(signal.SIGUSR1) as promote_signals:
+        replica.boot()
+        async with trio.open_nursery() as nursery:
+            if replica_client_port is not None:
+                await nursery.start(replica_client_port, shard)
+            sdnotify.notify(b"READY=1")
+            async with trio.open_nursery() as following:
+                following.start_soon(replica.follow)
+                async for _ in promote_signals:
+                    break
+                following.cancel_scope.cancel()
+            try:
+                replica.promote()
+            except LogLocked as e:  # the primary was slow, not gone: it renewed its lease meanwhile
+                logger.error("shard %d replica %d: not promoted: %s", index, number, e)
+                logging.shutdown()
+                os._exit(EXIT_NOT_PROMOTED)
+            shard.replica = None
+            await serve_primary(shard, nursery, primary_client_port)
