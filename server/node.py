@@ -80,8 +80,8 @@ class LocalLink:
         self._next_rid = rid + 1
         self._pending[rid] = pending
         self._queue.append(Request(rid, client.id if client is not None else 0, proto, argv))
-        if len(self._queue) == 1:
-            self._wake.set()
+        if len(self._queue) == 1 and not self.node.poller.in_turn:
+            self._wake.set()  # in the poller's turn, ShardNode.end_turn runs the batch
         return pending
 
     def send(self, replies: list[tuple[int, bytes]]) -> None:
@@ -91,19 +91,24 @@ class LocalLink:
             pending.pop(rid).fill(data)
 
     async def run(self) -> None:
+        """Runs what was submitted outside the poller's turn (timers, other tasks)."""
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
-            batch = self._queue
-            if not batch:
-                continue
-            self._queue = []
-            self.frames_sent += 1
-            self.requests_sent += len(batch)
-            replies = self.shard.execute_batch(self, batch)
-            if replies:
-                self.send(replies)
+            self.run_batch()
             self.node.flush_ready_clients()
+
+    def run_batch(self) -> None:
+        """Execute everything queued as one batch."""
+        batch = self._queue
+        if not batch:
+            return
+        self._queue = []
+        self.frames_sent += 1
+        self.requests_sent += len(batch)
+        replies = self.shard.execute_batch(self, batch)
+        if replies:
+            self.send(replies)
 
 
 class MovedLink:
@@ -154,6 +159,11 @@ class ShardNode(Front):
         self.monitors.on_active_change = self._monitor_scripts
         scripting_of(shard.db).on_publish = self.pubsub.publish_here_and_forward
         self.port = shard_port(config, shard.index)
+
+    def end_turn(self) -> None:
+        """The poller's turn is over: its requests run as one batch, then replies go out."""
+        self.local.run_batch()
+        self.flush_ready_clients()
 
     def _shard_settings_changed(self, changes: dict[str, str]) -> None:
         for name, value in changes.items():
