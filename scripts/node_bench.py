@@ -100,7 +100,7 @@ async def workload(node: ShardNode, shard: Shard, peers: list[socket.socket], cl
                     got += len(peer.recv(1 << 20))
                 except BlockingIOError:
                     driver_s += time.thread_time() - t0
-                    await wait_for_replies(node)
+                    await wait_for_replies(peer)
                     t0 = time.thread_time()
         driver_s += time.thread_time() - t0
         done += len(peers) * pipeline
@@ -109,14 +109,10 @@ async def workload(node: ShardNode, shard: Shard, peers: list[socket.socket], cl
     return thread_s * 1e6 / done, other_s * 1e6 / done
 
 
-async def wait_for_replies(node: ShardNode) -> None:
-    """Sleep until the committer released held replies, then flush them as the
-    node's flusher would (Front.client_ready sets _flush_wake on the first)."""
-    if not node.ready_clients:
-        node._flush_wake = trio.Event()
-        with trio.fail_after(WAIT_S):
-            await node._flush_wake.wait()
-    node.flush_ready_clients()
+async def wait_for_replies(peer: socket.socket) -> None:
+    """Sleep until the committer released held replies (LocalLink.send writes them)."""
+    with trio.fail_after(WAIT_S):
+        await trio.lowlevel.wait_readable(peer)
 
 
 def callgrind(opts: argparse.Namespace, order: str) -> None:

@@ -163,6 +163,10 @@ class Client:
             self.last_cmd_at = time.monotonic()
             self.backlog.extend(requests)
             self.run_backlog()
+            replies = self.replies
+            if replies and not self.backlog and not self.closing and type(replies[0]) is Pending \
+                    and replies[0].data is None:
+                return  # nothing can be written yet, and the poller's interest is unchanged
             self.flush()
             if self.backlog and (self.blocked_pending is not None or self.paused):
                 self._check_held_requests()
@@ -675,6 +679,7 @@ class ClientPoller:
         self._interest: dict[int, int] = {}
         # True while a turn's events are handled: what they queue (requests for a local
         # shard, ready clients) is run and flushed by end_turn, without waking a task.
+        # (A node's LocalLink.send sets it too while it fills replies, then flushes.)
         self.in_turn = False
         self._end_turn = end_turn
 

@@ -85,10 +85,24 @@ class LocalLink:
         return pending
 
     def send(self, replies: list[tuple[int, bytes]]) -> None:
-        """ReplySink: the shard's replies (now, or released after an fsync)."""
+        """ReplySink: the shard's replies (now, or released after an fsync). Outside
+        the poller's turn (the committer released them) the clients are written from
+        here, as a turn of their own: no flusher task is woken."""
         pending = self._pending
-        for rid, data in replies:
-            pending.pop(rid).fill(data)
+        poller = self.node.poller
+        if poller.in_turn:
+            for rid, data in replies:
+                pending.pop(rid).fill(data)
+            return
+        poller.in_turn = True
+        try:
+            for rid, data in replies:
+                pending.pop(rid).fill(data)
+        finally:
+            poller.in_turn = False
+        if self._queue:
+            self._wake.set()  # a fill's callback asked this shard more (a SCAN's next step)
+        self.node.flush_ready_clients()
 
     async def run(self) -> None:
         """Runs what was submitted outside the poller's turn (timers, other tasks)."""
