@@ -115,3 +115,37 @@ async def test_a_batch_after_a_finished_sync_releases_its_replies_without_the_co
         trio.lowlevel.notify_closing(thread.durable_fd)
         thread.stop()
         shard.wal.close()
+
+
+async def test_a_shard_writes_replies_at_once_and_its_writer_finishes_a_partial_frame() -> None:
+    from durakv.shards.frames import reply_batch_decoder
+    from durakv.shards.process import RouterConn
+
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    conn = RouterConn(ours, FrameReceiver(ours, lambda items: None))
+    got: list[int] = []
+
+    def handle(items: list) -> None:
+        for item in items:
+            got.extend(rid for rid, _ in reply_batch_decoder.decode(item))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(conn.writer)
+        conn.send([(1, b"+OK\r\n")])  # written from here: nothing queued, nothing left over
+        assert conn._carry is None and not conn.sending and not conn.outbox.items
+        conn.send([(rid, b"$1000\r\n" + VALUE + b"\r\n") for rid in range(2, 202)])
+        assert conn._carry is not None and conn.sending  # the writer owes the rest
+        conn.send([(202, b"+OK\r\n")])
+        assert conn.outbox.items  # queued behind it
+        nursery.start_soon(FrameReceiver(theirs, handle).run)
+        with trio.fail_after(WAIT_S):
+            while len(got) < 202:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert got == list(range(1, 203))
+    assert conn._carry is None and not conn.sending
+    ours.close()
+    theirs.close()
