@@ -67,7 +67,8 @@ class RouterConn:
         except BlockingIOError:
             sent = 0
         except OSError as e:
-            logger.warning("shard: router connection lost while replying: %s", e)
+            if self.sock.fileno() != -1:  # closed: replies released after it went have no reader
+                logger.warning("shard: router connection lost while replying: %s", e)
             return  # the reader sees the end of the connection and closes it
         if sent < len(data):
             self._carry = memoryview(data)[sent:]
