@@ -86,6 +86,28 @@ PROFILE_NOTES = [
     "without the GIL (no gain measurable on the shared machine, worse in-process). "
     "Not done: preallocated segments (a log format change; the power-loss test disk journals "
     "sizes), io_uring for the write + fsync (no commit thread, no GIL handoffs).",
+    "- Session 6 (hot path): what session 5 added per command (ACL, tracking, MONITOR, pause, "
+    "reply modes, counters, the latency histogram, keyspace hit counts) is one attribute test or a "
+    "counter each; making commandstats and the histogram cheaper took ~1% of a shard port's "
+    "instructions per command. No CPU figure reproduced the 0.96x -> 0.76x drop: scripts/cpu_bench.py "
+    "on the commit before those features (4a5816f) measured no lower than on session 5's last "
+    "(the machine was loaded; throughput ratios moved with the load). What was cut: per turn, the "
+    "task wakeups between the poller, the link sender (router), the node's batch task and the "
+    "flusher: a turn's requests are written or executed at the end of the poller's turn "
+    "(Front.end_turn, ShardLink.send_now, ShardNode.end_turn), a shard writes its replies from "
+    "RouterConn.send, a node writes fsync-released replies from LocalLink.send; per command, "
+    "commandstats and the latency histogram inline, no flush of a client whose replies are not in. "
+    "scripts/node_bench.py under callgrind (instructions per command, deterministic): GET P1 "
+    "88.8k -> 84.2k, GET P16 47.4k -> 46.1k (driver included). Before a batch a shard takes "
+    "the news of a sync that ended while it was busy (GroupCommit.catch_up_durable), so held "
+    "replies leave a turn sooner and the committer task is not woken for it.",
+    "- Shard, per fsync (session 6): cProfile of node_bench SET P1 under load puts the loop's "
+    "largest wall-time item in CommitThread.wake (the lock release: the loop loses the GIL to "
+    "the commit thread, which takes it three times per sync: after its wake, after "
+    "pwritev2, after the eventfd write). A Python commit thread cannot do fewer; without a C "
+    "extension the ways out are no thread (the loop syncs when it has nothing else to run, as "
+    "Redis does, at the cost of reads waiting behind an fsync) or Linux AIO through ctypes "
+    "(IOCB_CMD_FDSYNC with an eventfd: no thread, no GIL handoff; not tried).",
     "- Large values and big replies: see scripts/large_values.py and scripts/big_replies.py; "
     "LRANGE of 5M elements is bounded by encoding on the shard and the copy through the router.",
 ]

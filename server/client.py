@@ -9,7 +9,7 @@ import select
 import socket
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import trio
 
@@ -164,6 +164,10 @@ class Client:
             self.last_cmd_at = time.monotonic()
             self.backlog.extend(requests)
             self.run_backlog()
+            replies = self.replies
+            if replies and not self.backlog and not self.closing and type(replies[0]) is Pending \
+                    and replies[0].data is None:
+                return  # nothing can be written yet, and the poller's interest is unchanged
             self.flush()
             if self.backlog and (self.blocked_pending is not None or self.paused):
                 self._check_held_requests()
@@ -202,7 +206,11 @@ class Client:
         backlog = self.backlog
         dispatch = self.dispatch
         pause = self.router.pause
-        while backlog and self.blocked_pending is None and not self.closing and (not bounded or self.can_dispatch()):
+        replies = self.replies
+        while backlog and self.blocked_pending is None and not self.closing:
+            # can_dispatch, asked only past its cheap common case (nothing waits for the socket)
+            if bounded and (self.outbuf_bytes or len(replies) >= MAX_REPLIES_IN_FLIGHT) and not self.can_dispatch():
+                return
             if pause.mode and pause.holds(self, backlog[0]):
                 self.paused = True
                 pause.hold(self)
@@ -674,10 +682,15 @@ class ClientPoller:
 
     MAX_EVENTS_PER_TURN = 512
 
-    def __init__(self) -> None:
+    def __init__(self, end_turn: Callable[[], None] | None = None) -> None:
         self._epoll = select.epoll()
         self._clients: dict[int, Client] = {}
         self._interest: dict[int, int] = {}
+        # True while a turn's events are handled: what they queue (requests for a local
+        # shard, ready clients) is run and flushed by end_turn, without waking a task.
+        # (A node's LocalLink.send sets it too while it fills replies, then flushes.)
+        self.in_turn = False
+        self._end_turn = end_turn
 
     def add(self, client: Client) -> None:
         self._clients[client.fd] = client
@@ -701,19 +714,25 @@ class ClientPoller:
         readable = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR
         while True:
             await trio.lowlevel.wait_readable(epoll.fileno())
-            for fd, events in epoll.poll(0, self.MAX_EVENTS_PER_TURN):
-                client = clients.get(fd)
-                if client is None:
-                    continue
-                try:
-                    if events & select.EPOLLOUT:
-                        client.on_writable()
-                    if events & readable and not client.closed:
-                        client.on_readable()
-                except Exception:
-                    # A bug must cost one connection, never the router.
-                    logger.exception("router: closing client %s after an internal error", client.addr)
-                    client.kill()
+            self.in_turn = True
+            try:
+                for fd, events in epoll.poll(0, self.MAX_EVENTS_PER_TURN):
+                    client = clients.get(fd)
+                    if client is None:
+                        continue
+                    try:
+                        if events & select.EPOLLOUT:
+                            client.on_writable()
+                        if events & readable and not client.closed:
+                            client.on_readable()
+                    except Exception:
+                        # A bug must cost one connection, never the router.
+                        logger.exception("router: closing client %s after an internal error", client.addr)
+                        client.kill()
+            finally:
+                self.in_turn = False
+            if self._end_turn is not None:
+                self._end_turn()
 
     def close(self) -> None:
         for client in list(self._clients.values()):

@@ -156,7 +156,7 @@ class Front(ABC):
         self.large_requests = 0  # bumped by a client that read a large argument (server/links.py)
         self.port = config.port
         self.nursery: trio.Nursery | None = None
-        self.poller = ClientPoller()
+        self.poller = ClientPoller(self.end_turn)
         self.pubsub = PubSub(self)
         self.tracking = Tracking(self)
         self.tracking.enforce_limit()
@@ -199,9 +199,14 @@ class Front(ABC):
             client.flush()
 
     def client_ready(self, client: Client) -> None:
-        if not self.ready_clients:
-            self._flush_wake.set()
+        if not self.ready_clients and not self.poller.in_turn:
+            self._flush_wake.set()  # in the poller's turn, end_turn flushes
         self.ready_clients.append(client)
+
+    def end_turn(self) -> None:
+        """After the poller handled a turn's client events: write the replies that
+        became ready meanwhile (no flusher task woken per turn)."""
+        self.flush_ready_clients()
 
     async def _flusher(self) -> None:
         while True:

@@ -24,9 +24,10 @@ import trio
 
 from durakv.log.layout import shard_log_dir, shard_socket_path
 from durakv.log.lease import LeaseFile
-from durakv.shards.framelink import FrameReceiver, Large, Outbox, send_batch, tune_socket
+from durakv.shards.framelink import FrameReceiver, Large, Outbox, send_all, send_batch, tune_socket
 from durakv.shards.frames import (
-    EVENTS_RID, LARGE_BYTES, RequestTuple, events_decoder, large_reply_decoder, large_request, reply_batch_decoder,
+    EVENTS_RID, LARGE_BYTES, RequestTuple, encode_frame, events_decoder, large_reply_decoder, large_request,
+    reply_batch_decoder,
 )
 from durakv.shards.unixsock import connect_unix, peer_allowed, peer_credentials
 
@@ -80,6 +81,11 @@ class ShardLink:
         self._unsent: list[RequestTuple] = []
         self._next_rid = 1
         self._large_requests_seen = 0
+        # The end of a frame that send_now could not write at once: the sender writes
+        # it before anything else. While it is set or the sender writes, send_now
+        # leaves the turn's batch to the sender (frames never interleave).
+        self._carry: memoryview | None = None
+        self._sending = False
         self.frames_sent = 0
         self.requests_sent = 0
         # Scripts (EVAL*, FCALL*) in flight: rid -> (monotonic start, is EVAL), so the
@@ -103,9 +109,40 @@ class ShardLink:
             self.router.scripts_in_flight += 1
         queued = self._outbox.items  # Outbox.put, inlined: once per command
         queued.append((rid, client.id if client is not None else 0, proto, argv))
-        if len(queued) == 1:
-            self._outbox.wake()
+        if len(queued) == 1 and not self.router.poller.in_turn:
+            self._outbox.wake()  # in the poller's turn, Router.end_turn sends it (send_now)
         return pending
+
+    def send_now(self) -> None:
+        """At the end of the poller's turn: write the turn's requests as one frame from
+        here, without waking the sender task, unless the sender is busy, a large
+        request may be among them, or the socket does not take the whole frame (the
+        sender then writes the rest)."""
+        outbox = self._outbox
+        sock = self.sock
+        if not outbox.items:
+            return
+        if (sock is None or self._sending or self._carry is not None
+                or self._large_requests_seen != self.router.large_requests):
+            outbox.wake()
+            return
+        batch = outbox.clear()
+        self.frames_sent += 1
+        self.requests_sent += len(batch)
+        data = encode_frame(batch)
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as e:
+            # The receiver sees the link end too; until then the batch is unsent.
+            logger.warning("router: shard %d link error while sending: %s", self.index, e)
+            sent = 0
+        if sent == len(data):
+            return
+        self._unsent = batch if sent == 0 else []
+        self._carry = memoryview(data)[sent:]
+        outbox.wake()
 
     async def run(self) -> None:
         """Connect, serve, and on failure fail everything in flight and retry."""
@@ -166,6 +203,8 @@ class ShardLink:
         self.router.scripts_in_flight -= len(self.scripts)
         self.scripts.clear()
         self._unsent = []
+        self._carry = None
+        self._sending = False
         lost = 0
         for rid, pending in in_flight.items():
             if rid in never_sent:
@@ -186,7 +225,24 @@ class ShardLink:
         assert sock is not None, "sender started before the link connected"
         outbox = self._outbox
         while True:
-            batch = await outbox.take()
+            carry = self._carry
+            if carry is not None:  # the rest of a frame send_now began
+                self._sending = True
+                try:
+                    await send_all(sock, carry, self._sent_first_byte if self._unsent else None)
+                except OSError as e:
+                    logger.warning("router: shard %d link error while sending: %s", self.index, e)
+                    cancel_scope.cancel()
+                    return
+                self._carry = None
+                self._unsent = []
+                self._sending = False
+                continue
+            if not outbox.items:
+                await outbox.wait()
+                continue
+            batch = outbox.clear()
+            self._sending = True
             self._unsent = batch
             self.frames_sent += 1
             self.requests_sent += len(batch)
@@ -204,6 +260,7 @@ class ShardLink:
                 logger.warning("router: shard %d link error while sending: %s", self.index, e)
                 cancel_scope.cancel()
                 return
+            self._sending = False
             del batch  # nothing may keep a sent request (possibly 100 MB) while the sender waits
 
     async def _receiver(self) -> None:

@@ -80,30 +80,49 @@ class LocalLink:
         self._next_rid = rid + 1
         self._pending[rid] = pending
         self._queue.append(Request(rid, client.id if client is not None else 0, proto, argv))
-        if len(self._queue) == 1:
-            self._wake.set()
+        if len(self._queue) == 1 and not self.node.poller.in_turn:
+            self._wake.set()  # in the poller's turn, ShardNode.end_turn runs the batch
         return pending
 
     def send(self, replies: list[tuple[int, bytes]]) -> None:
-        """ReplySink: the shard's replies (now, or released after an fsync)."""
+        """ReplySink: the shard's replies (now, or released after an fsync). Outside
+        the poller's turn (the committer released them) the clients are written from
+        here, as a turn of their own: no flusher task is woken."""
         pending = self._pending
-        for rid, data in replies:
-            pending.pop(rid).fill(data)
+        poller = self.node.poller
+        if poller.in_turn:
+            for rid, data in replies:
+                pending.pop(rid).fill(data)
+            return
+        poller.in_turn = True
+        try:
+            for rid, data in replies:
+                pending.pop(rid).fill(data)
+        finally:
+            poller.in_turn = False
+        if self._queue:
+            self._wake.set()  # a fill's callback asked this shard more (a SCAN's next step)
+        self.node.flush_ready_clients()
 
     async def run(self) -> None:
+        """Runs what was submitted outside the poller's turn (timers, other tasks)."""
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
-            batch = self._queue
-            if not batch:
-                continue
-            self._queue = []
-            self.frames_sent += 1
-            self.requests_sent += len(batch)
-            replies = self.shard.execute_batch(self, batch)
-            if replies:
-                self.send(replies)
+            self.run_batch()
             self.node.flush_ready_clients()
+
+    def run_batch(self) -> None:
+        """Execute everything queued as one batch."""
+        batch = self._queue
+        if not batch:
+            return
+        self._queue = []
+        self.frames_sent += 1
+        self.requests_sent += len(batch)
+        replies = self.shard.execute_batch(self, batch)
+        if replies:
+            self.send(replies)
 
 
 class MovedLink:
@@ -206,6 +225,11 @@ class ShardNode(Front):
     def forget(self, client: Client) -> None:
         self.readonly_ids.discard(client.id)
         super().forget(client)
+
+    def end_turn(self) -> None:
+        """The poller's turn is over: its requests run as one batch, then replies go out."""
+        self.local.run_batch()
+        self.flush_ready_clients()
 
     def _shard_settings_changed(self, changes: dict[str, str]) -> None:
         for name, value in changes.items():

@@ -65,6 +65,13 @@ class Router(Front):
                 return b"-BUSY Redis is busy running a script. You can only call %s or SHUTDOWN NOSAVE.\r\n" % what
         return None
 
+    def end_turn(self) -> None:
+        """After the poller's turn: each shard's requests of the turn leave as one frame
+        written from here (ShardLink.send_now), then ready replies are flushed."""
+        for link in self.links:
+            link.send_now()
+        self.flush_ready_clients()
+
     def on_link_change(self) -> None:
         self.flush_ready_clients()
         for link in self.links:

@@ -90,9 +90,13 @@ class Outbox(Generic[T]):
     async def take(self) -> list[T]:
         """Wait until something is queued, then take all of it."""
         while not self.items:
-            await self._wake.wait()
-            self._wake = trio.Event()
+            await self.wait()
         return self.clear()
+
+    async def wait(self) -> None:
+        """Wait for the next wake (a put, or wake() with or without items)."""
+        await self._wake.wait()
+        self._wake = trio.Event()
 
 
 class FrameReceiver:

@@ -15,10 +15,10 @@ from durakv.log.layout import ensure_run_dir, shard_socket_path
 from durakv.shards import failure, sdnotify
 from durakv.shards.config import Config
 from durakv.shards.busy import ROUTER_CONNS, serve_while_busy
-from durakv.shards.framelink import FrameReceiver, Large, Outbox, send_batch, tune_socket
+from durakv.shards.framelink import FrameReceiver, Large, Outbox, send_all, send_batch, tune_socket
 from durakv.shards.frames import (
-    EVENTS_RID, LARGE_BYTES, VERB_TRACKING, Reply, Request, encode_events, large_reply, large_request_decoder,
-    request_batch_decoder,
+    EVENTS_RID, LARGE_BYTES, VERB_TRACKING, Reply, Request, encode_events, encode_frame, large_reply,
+    large_request_decoder, request_batch_decoder,
 )
 from durakv.shards.luaenv import scripting_of
 from durakv.shards.shard import Shard, SnapshotHooks
@@ -39,10 +39,12 @@ class ClientPort(Protocol):
 
 
 class RouterConn:
-    """One router's connection: replies queue in its outbox and leave as one frame
-    per turn (a large reply as a large frame of its own)."""
+    """One router's connection. Replies go out as one frame per send, written at
+    once when nothing else is being written (no writer task woken); otherwise, and
+    for a large reply (a large frame of its own), they queue in the outbox for the
+    writer task, which also finishes a frame the socket did not take whole."""
 
-    __slots__ = ("sock", "outbox", "receiver", "sending", "deferred")
+    __slots__ = ("sock", "outbox", "receiver", "sending", "deferred", "_carry")
 
     def __init__(self, sock: socket.socket, receiver: FrameReceiver) -> None:
         self.sock = sock
@@ -51,14 +53,45 @@ class RouterConn:
         self.sending = False  # a frame is partly written: nothing else may be written now
         # Internal requests that arrived while a script was busy (shards/busy.py): run after it.
         self.deferred: list[Request] = []
+        self._carry: memoryview | None = None  # the unwritten end of a frame send() began
 
     def send(self, replies: list[Reply]) -> None:
-        self.outbox.extend(replies)
+        if not replies:
+            return
+        if self.sending or self.outbox.items or any(len(reply[1]) >= LARGE_BYTES for reply in replies):
+            self.outbox.extend(replies)
+            return
+        data = encode_frame(replies)
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as e:
+            if self.sock.fileno() != -1:  # closed: replies released after it went have no reader
+                logger.warning("shard: router connection lost while replying: %s", e)
+            return  # the reader sees the end of the connection and closes it
+        if sent < len(data):
+            self._carry = memoryview(data)[sent:]
+            self.sending = True
+            self.outbox.wake()
 
     async def writer(self) -> None:
         outbox = self.outbox
         while True:
-            batch = await outbox.take()
+            carry = self._carry
+            if carry is not None:
+                try:
+                    await send_all(self.sock, carry)
+                except OSError as e:
+                    logger.warning("shard: router connection lost while replying: %s", e)
+                    return
+                self._carry = None
+                self.sending = False
+                continue
+            if not outbox.items:
+                await outbox.wait()
+                continue
+            batch = outbox.clear()
             large = [i for i, reply in enumerate(batch) if len(reply[1]) >= LARGE_BYTES]
             self.sending = True
             try:

@@ -229,6 +229,7 @@ class Shard(GroupCommit):
             self.lease_guard.check()   # renews, or ends a deposed primary (shards/lease_guard.py)
         if self.memory_limit is not None:
             self.enforce_memory()
+        self.catch_up_durable()
         next_seq = self.wal.tail_seq + 1
         hold_writes = not self.async_mode or self._async_window_exceeded()
         durable_seq = self.hazards.durable_seq
@@ -328,15 +329,18 @@ class Shard(GroupCommit):
             message = b"ERR internal error executing '%s'" % argv[0][:64]
             data = encode_error(message) if proto else encode_internal(False, message)
         self.db.count_reads = False
-        stat = self._stat(cmd)
-        stat.calls += 1
         duration_us = (time.perf_counter_ns() - start) // 1000
+        stat = self.stats.get(cmd.fullname) if cmd is not None else None  # _stat, inlined: per command
+        if stat is None:
+            stat = self._stat(cmd)
+        stat.calls += 1
         stat.usec += duration_us
         if duration_us >= self.slowlog.threshold_us and cmd is not None and not refused \
                 and "skip_slowlog" not in cmd.flags:
             self.slowlog.push(argv, duration_us, cid)
-        if cmd is not None:
-            self.latency.observe(cmd, duration_us)
+        latency = self.latency
+        if cmd is not None and (latency.tracking or latency.threshold_ms):
+            latency.observe(cmd, duration_us)
         if len(effects) > effects_before:
             return data, (next_seq if hold_writes else 0)
         if cmd is None or refused:
