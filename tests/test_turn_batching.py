@@ -34,7 +34,8 @@ class FakeClient:
 
 
 async def test_send_now_writes_a_turn_as_one_frame_and_the_sender_finishes_a_partial_one(tmp_path: Path) -> None:
-    router = SimpleNamespace(poller=SimpleNamespace(in_turn=True), large_requests=0, scripts_in_flight=0)
+    router = SimpleNamespace(poller=SimpleNamespace(in_turn=True), large_requests=0, scripts_in_flight=0,
+                             config=SimpleNamespace(replicas=0))
     link = ShardLink(router, 0, str(tmp_path))
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
