@@ -34,14 +34,22 @@ RECV_BYTES = 64 * 1024
 # relies on that to look for large requests only when one came).
 assert RECV_BYTES < LARGE_BYTES
 # Backpressure acts on the one client whose output piles up, never on a shard
-# link: while this many of its replies are outstanding, or this many bytes wait
-# for its socket (more if a normal client-output-buffer-limit is higher:
+# link: while this many of its replies are outstanding, or their bytes (estimated
+# from its last replies' size) would pass MAX_IN_FLIGHT_BYTES, or this many bytes
+# wait for its socket (a normal client-output-buffer-limit sets that bound instead:
 # server/client_limits.py), the router dispatches none of its further requests
 # (they wait, parsed, in its backlog) and stops reading it once the backlog is full.
+# The byte cap bounds what a client of big replies puts on a shard link ahead of
+# everyone else's requests.
 MAX_REPLIES_IN_FLIGHT = 256
 BACKED_UP_REPLIES_IN_FLIGHT = 16  # while output waits for the client's socket
+MAX_IN_FLIGHT_BYTES = 256 * 1024
+UNKNOWN_REPLY_BYTES = MAX_IN_FLIGHT_BYTES // BACKED_UP_REPLIES_IN_FLIGHT  # until its first reply was written
 OUTPUT_BACKPRESSURE_BYTES = 4 * 1024 * 1024
 MAX_BACKLOG_REQUESTS = 16 * 1024
+# While output waits for its socket, a client is read only while its backlog is
+# shorter than this: parsing ahead what it cannot run soon costs the loop for nothing.
+BACKED_UP_BACKLOG_REQUESTS = 1024
 JOIN_BELOW_BYTES = 64 * 1024  # smaller replies are joined into one buffer, larger ones sent as they are
 IOV_MAX = 1024  # buffers per sendmsg (Linux UIO_MAXIOV)
 
@@ -74,6 +82,7 @@ class Client:
         "lib_name", "lib_ver", "in_ready_set", "query_limit",
         "multi", "multi_error", "multi_shard", "watch_shards", "blocked_pending", "blocked_shard", "backlog",
         "soft_limit_since", "pubsub", "paused", "reply_off", "reply_skip", "tracking", "monitor",
+        "reply_bytes", "queued_reply_min_bytes",
     )
 
     def __init__(self, router: RouterView, sock: socket.socket | TlsSocket, client_id: int) -> None:
@@ -105,6 +114,8 @@ class Client:
         self.outbuf: deque = deque()
         self.outbuf_bytes = 0
         self.soft_limit_since = 0.0  # when output first went over the soft limit (0: it is not)
+        self.reply_bytes = UNKNOWN_REPLY_BYTES  # the mean size of the replies of its last write: caps its replies in flight
+        self.queued_reply_min_bytes = 0  # the smallest reply its last queued write held (check_output_limits)
         self.closing = False  # close once the queued replies are written
         self.closed = False
         self.reading = True  # false while backpressure pauses reading
@@ -166,6 +177,8 @@ class Client:
             self.flush()
             if self.backlog and (self.blocked_pending is not None or self.paused):
                 self._check_held_requests()
+            elif self.backlog and self.outbuf_bytes:
+                self.check_output_limits()  # what it asked for would pass the hard limit
 
     def _check_held_requests(self) -> None:
         """A blocked or paused client's requests wait parsed in its backlog, where
@@ -189,11 +202,13 @@ class Client:
     def can_dispatch(self) -> bool:
         """False while this client's output is over its backpressure bounds."""
         outbuf_bytes = self.outbuf_bytes
+        in_flight = len(self.replies)
         if not outbuf_bytes:
-            return len(self.replies) < MAX_REPLIES_IN_FLIGHT
+            return in_flight < MAX_REPLIES_IN_FLIGHT and in_flight * self.reply_bytes < MAX_IN_FLIGHT_BYTES
         # Its socket is backed up: a shallow pipeline, so that its replies do not
         # queue long ahead of other clients' on the shard links.
-        return outbuf_bytes <= self.router.output_backpressure_bytes and len(self.replies) < BACKED_UP_REPLIES_IN_FLIGHT
+        return (outbuf_bytes < self.router.output_backpressure_bytes and in_flight < BACKED_UP_REPLIES_IN_FLIGHT
+                and in_flight * self.reply_bytes < MAX_IN_FLIGHT_BYTES)
 
     def run_backlog(self, bounded: bool = True) -> None:
         """Dispatch queued requests until one blocks, the client is closing or
@@ -572,13 +587,17 @@ class Client:
         """Send complete replies, queueing what the kernel does not take."""
         if self.closed:
             return
-        if len(chunks) > 1 and size < JOIN_BELOW_BYTES:
-            chunks = [b"".join(chunks)]
+        self.reply_bytes = size // len(chunks)
         if self.outbuf:
+            self.queued_reply_min_bytes = min(map(len, chunks))
+            if len(chunks) > 1 and size < JOIN_BELOW_BYTES:
+                chunks = [b"".join(chunks)]
             self.outbuf.extend(chunks)
             self.outbuf_bytes += size
             self.check_output_limits()
             return
+        if len(chunks) > 1 and size < JOIN_BELOW_BYTES:
+            chunks = [b"".join(chunks)]
         try:
             sent = self.sock.send(chunks[0]) if len(chunks) == 1 else self.sock.sendmsg(chunks[:IOV_MAX])
         except BlockingIOError:
@@ -589,6 +608,7 @@ class Client:
         self.router.stats_net_output_bytes += sent
         if sent == size:
             return
+        self.queued_reply_min_bytes = min(map(len, chunks))
         self.outbuf.extend(chunks)
         self.outbuf_bytes += size
         self._drop_sent(sent)
@@ -597,10 +617,18 @@ class Client:
     def check_output_limits(self) -> None:
         """Redis' client-output-buffer-limit: for normal clients (default 0 0 0:
         none; backpressure already bounds what a client can pile up), and for a
-        subscriber (default 32mb 8mb 60: messages are not backpressured)."""
+        subscriber (default 32mb 8mb 60: messages are not backpressured).
+
+        A normal client over its soft limit is no longer served (the backpressure
+        bound is the soft limit), so it is closed as soon as the requests it has sent
+        would take it past the hard limit, as they would in Redis, which runs them:
+        their replies counted at the smallest size of its last queued replies."""
         hard, soft, soft_seconds = self.router.settings.output_limits("normal" if self.pubsub is None else "pubsub")
         used = self.outbuf_bytes
         over = bool(hard) and used >= hard
+        if soft and used >= soft and hard and self.pubsub is None:
+            used += len(self.backlog) * self.queued_reply_min_bytes
+            over = used >= hard
         if soft and used >= soft:
             now = time.monotonic()
             if not self.soft_limit_since:
@@ -610,8 +638,8 @@ class Client:
         else:
             self.soft_limit_since = 0.0
         if over:
-            logger.warning("router: client %s closed for overcoming of output buffer limits (%d bytes queued)",
-                        self.addr, used)
+            logger.warning("router: client %s closed for overcoming of output buffer limits (%d bytes queued, "
+                           "%d requests waiting)", self.addr, self.outbuf_bytes, len(self.backlog))
             self.kill()
 
     def _drop_sent(self, sent: int) -> None:
@@ -654,7 +682,13 @@ class Client:
             self.kill()
             return
         backlog = self.backlog
-        reading = not self.closing and len(backlog) < MAX_BACKLOG_REQUESTS and (not backlog or self.can_dispatch())
+        if self.soft_limit_since and self.pubsub is None:
+            # Over its soft limit it is no longer served, but read on, so that what it asks
+            # counts against the hard limit (check_output_limits).
+            reading = not self.closing and len(backlog) < MAX_BACKLOG_REQUESTS
+        else:
+            reading = (not self.closing and (not backlog or self.can_dispatch())
+                       and len(backlog) < (BACKED_UP_BACKLOG_REQUESTS if self.outbuf_bytes else MAX_BACKLOG_REQUESTS))
         self.router.poller.set_interest(self, reading, bool(self.outbuf))
 
 
