@@ -120,6 +120,11 @@ def node_socket_path(data_dir: str, shard: int) -> str:
     return os.path.join(run_dir(data_dir), f"node-{shard:03d}.sock")
 
 
+def clients_count_path(data_dir: str) -> str:
+    """Every router's and shard port's count of connected clients (server/client_count.py)."""
+    return os.path.join(run_dir(data_dir), "clients")
+
+
 def snapshots_dir(data_dir: str) -> str:
     """DIR/snapshots: the embedded snapshot store when no snapshot URL is set."""
     return os.path.join(data_dir, SNAPSHOTS_DIR)

@@ -41,6 +41,7 @@ from durakv.log import layout
 from durakv.log.lock import lock_data_dir
 from durakv.server.listener import ClientListeners
 from durakv.server.acl import clear_runtime_users
+from durakv.server.client_count import clear_slot
 from durakv.server.logsetup import FOLLOW_INTERVAL_S, LogLevelFollower
 from durakv.server.secret_sources import child_env, take_env_credentials
 from durakv.server.settings_sync import clear_runtime_changes, load_runtime_changes, settings_path
@@ -346,6 +347,8 @@ class Supervisor:
     def _on_exit(self, child: Child, now: float) -> None:
         pid = child.pid
         code = child.reap()
+        if child.role in ("router", "shard") and child.index is not None:
+            clear_slot(self.config.data_dir, child.role, child.index)  # its clients died with it
         if self.stopping:
             return
         if code in NOT_RESTARTED:

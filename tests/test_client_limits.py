@@ -94,7 +94,9 @@ def test_pubsub_soft_limit_closes_a_subscriber_that_stopped_reading(server_facto
         assert admin.config_set("client-output-buffer-limit", "pubsub 32mb 8mb 60")
 
 
-def test_maxclients_error_on_router_and_shard_ports(server_factory, redis_ref):
+def test_maxclients_counts_every_client_of_the_server_with_redis_error(server_factory, redis_ref):
+    """maxclients is the server's, as in Redis: clients on the router and on every
+    shard port count together (server/client_count.py)."""
     theirs = redis_ref.client()
     theirs.config_set("maxclients", "1")
     try:
@@ -102,18 +104,34 @@ def test_maxclients_error_on_router_and_shard_ports(server_factory, redis_ref):
     finally:
         theirs.config_set("maxclients", "10000")
     assert expected == b"-ERR max number of clients reached\r\n"
-    srv = server_factory(shards=1)
-    for port in ports(srv):
-        admin = redis.Redis(port=port, socket_timeout=30)
-        assert admin.ping()
-        assert admin.config_set("maxclients", "2")
-        second = RawConn(port)
-        assert second.call("PING") == b"+PONG\r\n"
-        third = RawConn(port)
-        assert third.sock.recv(100) == expected
-        second.close()
+    srv = server_factory(shards=2)
+    admin = redis.Redis(port=srv.port, socket_timeout=30)
+    assert admin.config_set("maxclients", "3")
+    first = RawConn(srv.shard_port(0))
+    second = RawConn(srv.shard_port(1))
+    for conn in (first, second):
+        assert conn.call("PING") == b"+PONG\r\n"
+    for port in (srv.port, srv.shard_port(0), srv.shard_port(1)):
+        refused = RawConn(port)
+        assert refused.sock.recv(100) == expected, f"port {port} let a 4th client in"
+        refused.close()
+    second.close()
+    deadline = time.monotonic() + WAIT_S
+    while True:  # the shard port counts the closed client out once it sees the close
+        third = RawConn(srv.port)
+        third.sock.settimeout(0.2)
+        try:
+            third.sock.sendall(b"PING\r\n")
+            reply = third.sock.recv(100)
+        except TimeoutError:
+            reply = b""
         third.close()
-        assert admin.config_set("maxclients", "10000")
+        if reply == b"+PONG\r\n":
+            break
+        assert reply in (expected, b"") and time.monotonic() < deadline, reply
+        time.sleep(0.05)
+    first.close()
+    assert admin.config_set("maxclients", "10000")
 
 
 def test_timeout_closes_idle_clients_but_not_subscribers_or_blocked_ones(server_factory):
