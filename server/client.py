@@ -114,7 +114,7 @@ class Client:
         self.outbuf: deque = deque()
         self.outbuf_bytes = 0
         self.soft_limit_since = 0.0  # when output first went over the soft limit (0: it is not)
-        self.reply_bytes = UNKNOWN_REPLY_BYTES  # the mean size of the replies of its last write: caps its replies in flight
+        self.reply_bytes = UNKNOWN_REPLY_BYTES  # mean size of its last write's replies: caps replies in flight
         self.queued_reply_min_bytes = 0  # the smallest reply its last queued write held (check_output_limits)
         self.closing = False  # close once the queued replies are written
         self.closed = False
