@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from durakv.server.links import LOST, SCRIPT_EVAL, SCRIPT_FUNCTION, Pending
+from durakv.server.links import LOST, SCRIPT_EVAL, SCRIPT_FUNCTION, Pending, Propagating
 from durakv.server.pause import note_script
 from durakv.shards.frames import LARGE_BYTES, VERB_AS_USER, VERB_LITERAL, VERB_ROUTER_IN_MULTI
 from durakv.shards.resp import ProtocolError, RequestParser, ReplyError, encode, encode_error
@@ -354,7 +354,7 @@ class Client:
             stat.failed += 1
             self.push(encode_error(e.message))
         else:
-            if type(reply) is not Pending:
+            if not isinstance(reply, Pending):  # a Pending (or Propagating) is queued already
                 self.push(encode(reply, self.proto))
         finally:
             self.time_slowlog(cmd, argv, start)
@@ -464,11 +464,11 @@ class Client:
                         # of them take this command's place in EXEC's reply, as in Redis.
                         pushed = [self.replies.pop() for _ in range(len(self.replies) - queued_before)]
                         data = b"".join(reversed(pushed))
-                    elif type(reply) is Pending:
-                        # CONFIG SET: it took effect here; EXEC does not wait for
-                        # its propagation to the other routers and shards.
+                    elif isinstance(reply, Pending):
+                        # CONFIG SET, ACL SETUSER/DELUSER (Propagating): it took effect here;
+                        # EXEC does not wait for its propagation to the other routers and shards.
                         self.replies.remove(reply)
-                        data = b"+OK\r\n"
+                        data = reply.reply if type(reply) is Propagating else b"+OK\r\n"
                     else:
                         data = encode(reply, self.proto)
                 except ReplyError as e:

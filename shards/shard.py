@@ -23,7 +23,7 @@ import durakv.shards.commands  # noqa: F401  (registers every shard command)
 from durakv.log import Log
 from durakv.log.layout import log_dir_of, shard_dir
 from durakv.shards import internal
-from durakv.shards.acl import user_from_rules, with_denials
+from durakv.shards.acl import MAX_SCRIPT_DENIALS, user_from_rules, with_denials
 from durakv.shards.commit import GroupCommit
 from durakv.shards.config import Config
 from durakv.shards.disk_hooks import HookedDisk, shard_disk
@@ -438,6 +438,7 @@ class Shard(GroupCommit):
             return encode_error(EXECABORT_OOM), 0
         parts = [b"*%d\r\n" % len(commands)]
         wait = 0
+        denials: list[list] = []  # its scripts' ACL denials, ahead of EXEC's reply for the router's ACL LOG
         db.frozen_ms = time.time_ns() // 1_000_000
         self.ctx.in_multi = True
         try:
@@ -446,7 +447,7 @@ class Shard(GroupCommit):
                     parts.append(queued[1])
                     continue
                 if queued[0] == VERB_AS_USER:
-                    data, seq = self._execute_as_user(queued, cid, proto, next_seq, hold_writes, report=False)
+                    data, seq = self._execute_as_user(queued, cid, proto, next_seq, hold_writes, denials)
                 else:
                     data, seq = self._execute(queued, cid, proto, next_seq, hold_writes)
                 parts.append(data)
@@ -454,7 +455,8 @@ class Shard(GroupCommit):
                     wait = seq
         finally:
             self.ctx.in_multi = False
-        return b"".join(parts), wait
+        data = b"".join(parts)
+        return (with_denials(data, denials) if denials else data), wait
 
     def configure_memory(self, policy: str | None = None) -> None:
         """Apply maxmemory, maxmemory-policy (when given), maxmemory-samples and the
@@ -477,9 +479,10 @@ class Shard(GroupCommit):
         if self.write_error is None:
             self.memory.enforce(self.db)
     def _execute_as_user(self, argv: list[bytes], cid: int, proto: int, next_seq: int,
-                         hold_writes: bool, report: bool = True) -> tuple[bytes, int]:
+                         hold_writes: bool, denials: list[list] | None = None) -> tuple[bytes, int]:
         """A script of an ACL user: its redis.calls are checked against the user's rules,
-        and (report) the denials travel ahead of the reply to the router's ACL LOG."""
+        and the denials travel ahead of the reply to the router's ACL LOG (or, in EXEC,
+        join `denials`, which go ahead of EXEC's reply)."""
         ctx = self.ctx
         ctx.acl_user = user_from_rules(argv[1])
         try:
@@ -487,8 +490,10 @@ class Shard(GroupCommit):
         finally:
             ctx.acl_user = None
         if ctx.acl_denials:
-            if report:
+            if denials is None:
                 data = with_denials(data, ctx.acl_denials)
+            else:
+                denials.extend(ctx.acl_denials[:MAX_SCRIPT_DENIALS - len(denials)])
             ctx.acl_denials = []
         return data, wait
 
