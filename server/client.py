@@ -15,6 +15,7 @@ import trio
 
 from durakv.server.links import LOST, SCRIPT_EVAL, SCRIPT_FUNCTION, Pending, Propagating
 from durakv.server.pause import note_script
+from durakv.shards.evict import OOM_MESSAGE
 from durakv.shards.frames import LARGE_BYTES, VERB_AS_USER, VERB_LITERAL, VERB_ROUTER_IN_MULTI
 from durakv.shards.resp import ProtocolError, RequestParser, ReplyError, encode, encode_error
 from durakv.shards.table import CURSOR, FANOUT, ROUTER, SPLIT_NONE, Command, find, lookup
@@ -394,6 +395,8 @@ class Client:
         """Check a command issued after MULTI and queue it (or flag the transaction)."""
         try:
             shard = self._transaction_shard(cmd, argv)
+            if self._out_of_memory(shard):
+                raise ReplyError(OOM_MESSAGE)  # Redis refuses every command queued while out of memory
             if cmd.where == ROUTER:
                 if cmd.refused_in_multi:
                     raise ReplyError(b"ERR Command not allowed inside a transaction")
@@ -422,6 +425,14 @@ class Client:
             return
         queued.append(argv)
         self.push(b"+QUEUED\r\n")
+
+    def _out_of_memory(self, shard: int | None) -> bool:
+        """Whether the shard a queued command runs on (any, for one that runs on any or
+        on several) is out of memory, as its last batch found it."""
+        flags = self.router.oom_flags
+        if shard is None or shard == CROSS_SHARD:
+            return flags.any_oom(len(self.router.links))
+        return flags.oom(shard)
 
     def _transaction_shard(self, cmd, argv: list[bytes]) -> int | None:
         """The shard a queued command must run on (None: any)."""

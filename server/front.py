@@ -31,6 +31,7 @@ from durakv.server.pause import ClientPause
 from durakv.server.stats import ReplyStats
 from durakv.server.tls import TlsPort, TlsSocket
 from durakv.shards.config import Config
+from durakv.shards.oom_flags import OomFlags
 from durakv.shards.frames import (
     PROTO_INTERNAL, VERB_EXPIRY_PAUSE, VERB_UNBLOCK, VERB_UNWATCH, internal_reply_decoder,
 )
@@ -166,6 +167,7 @@ class Front(ABC):
             self.pubsub.extra_ops[op] = self.monitors.peer_request
         self.acl = Users(self)  # ACL users (server/acl.py)
         # maxclients counts the clients of every router and shard port (server/client_count.py).
+        self.oom_flags = OomFlags(config.data_dir)
         self.client_count = ClientCount(config.data_dir, "shard" if self.cluster_node else "router", index,
                                         config.routers, config.shards)
 

@@ -131,6 +131,7 @@ async def run_shard(config: Config, index: int, snapshots: SnapshotHooks | None 
     listener.listen(ROUTER_CONNECTIONS_MAX)
     listener.setblocking(False)
     failure.clear(config.data_dir, index)  # serving again: the router stops reporting a failure
+    shard.oom_flags.set(index, False)  # the flag of this shard's previous process no longer holds
     first, last = shard.slot_range
     try:
         async with trio.open_nursery() as nursery:

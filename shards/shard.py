@@ -30,6 +30,7 @@ from durakv.shards.disk_hooks import HookedDisk, shard_disk
 from durakv.shards.context import Ctx
 from durakv.shards.engine import replay
 from durakv.shards.evict import EXECABORT_OOM, OOM_MESSAGE, MemoryLimit
+from durakv.shards.oom_flags import OomFlags
 from durakv.shards.frames import (
     INTERNAL_PREFIX, VERB_AS_USER, VERB_EXEC, VERB_LITERAL, encode_internal,
 )
@@ -95,6 +96,8 @@ class Shard(GroupCommit):
         # (memory_limit set) only while maxmemory is configured: the routers give a
         # shard the config file's maxmemory and policy with CONFIG SET's changes.
         self.memory = MemoryLimit(config.shards, self.slot_range)
+        self.oom_flags = OomFlags(config.data_dir)
+        self.published_oom = False
         self.memory_limit: MemoryLimit | None = None
         # Who hears this shard's keyspace notifications: each router connection, its node
         # (by the connection its requests come on).
@@ -472,12 +475,18 @@ class Shard(GroupCommit):
             db.lfu = None
         if self.memory_limit is None:
             db.oom = False
+        self.published_oom = db.oom
+        self.oom_flags.set(self.index, db.oom)
 
     def enforce_memory(self) -> None:
         """Evict (or refuse denyoom commands) while over this shard's share of
-        maxmemory; the evictions' DEL effects go in the next record."""
+        maxmemory; the evictions' DEL effects go in the next record. A change of
+        the OOM state is published for the routers' MULTI (shards/oom_flags.py)."""
         if self.write_error is None:
             self.memory.enforce(self.db)
+        if self.db.oom != self.published_oom:
+            self.published_oom = self.db.oom
+            self.oom_flags.set(self.index, self.published_oom)
     def _execute_as_user(self, argv: list[bytes], cid: int, proto: int, next_seq: int,
                          hold_writes: bool, denials: list[list] | None = None) -> tuple[bytes, int]:
         """A script of an ACL user: its redis.calls are checked against the user's rules,

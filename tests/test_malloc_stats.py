@@ -28,7 +28,8 @@ def test_malloc_stats_reports_every_process_and_moves_with_the_data(server_facto
     conn = RawConn(srv.port, proto=3)
     ours = conn.call("MEMORY", "MALLOC-STATS")
     # Both a verbatim text in RESP3 (a bulk string in RESP2), as Redis built with jemalloc answers.
-    assert theirs[:1] == ours[:1] == b"=" and theirs.split(b"\r\n", 1)[1][:4] == ours.split(b"\r\n", 1)[1][:4] == b"txt:"
+    assert theirs[:1] == ours[:1] == b"="
+    assert theirs.split(b"\r\n", 1)[1][:4] == ours.split(b"\r\n", 1)[1][:4] == b"txt:"
     text = ours.split(b"\r\n", 1)[1][4:].decode()
     pids = {"router 0": srv.child_pid("router", 0), "shard 0": srv.child_pid("shard", 0),
             "shard 1": srv.child_pid("shard", 1)}
