@@ -679,6 +679,8 @@ class Client:
             return
         self.router.stats_net_output_bytes += sent
         self._drop_sent(sent)
+        if not self.outbuf_bytes:
+            self.soft_limit_since = 0.0  # all written: no longer over a soft limit
         if self.backlog:
             self.flush()  # dispatches more of the backlog if output is now under the bounds
         else:

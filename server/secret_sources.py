@@ -3,7 +3,7 @@
 argv is readable by every user (`ps`), and a child's environment by every process
 of the same uid for as long as the child runs, so no secret is put on a command
 line or in a child's environment: the password comes from the config file (warned
-about when other users may read it), `--requirepass-file FILE` or stdin
+about when every user may read it), `--requirepass-file FILE` or stdin
 (`--requirepass-file -`); S3 credentials from the config file or, when the operator
 exports them, from the supervisor's environment, which it empties of them and hands
 on through the config pipe (shards/config.py) to the snapshotter, whose boto3 reads
@@ -22,6 +22,7 @@ import msgspec
 from durakv.shards.config import Config
 
 PASSWORD_FILE_MAX_BYTES = 4096
+WORLD_READABLE = stat.S_IROTH
 # Environment variables that hold a secret: kept out of every child's environment.
 S3_ENV = {"AWS_ACCESS_KEY_ID": "s3_access_key_id", "AWS_SECRET_ACCESS_KEY": "s3_secret_access_key",
           "AWS_SESSION_TOKEN": "s3_session_token"}
@@ -67,7 +68,7 @@ def exposed_secrets(config: Config) -> list[str]:
 
 
 def config_file_warning(config: Config) -> str:
-    """A line warning that the config file holds a secret other users may read ("" if not)."""
+    """A line warning that the config file holds a secret every user may read ("" if not)."""
     if not config.config_file:
         return ""
     secrets = exposed_secrets(config)
@@ -75,10 +76,10 @@ def config_file_warning(config: Config) -> str:
         mode = stat.S_IMODE(os.stat(config.config_file).st_mode)
     except OSError:
         return ""  # it was read a moment ago; a file gone since is not this warning's business
-    if not secrets or not mode & 0o077:
+    if not secrets or not mode & WORLD_READABLE:  # group-readable is the systemd install's: group durakv
         return ""
-    return (f"warning: config file {config.config_file} holds {', '.join(secrets)} and other users may read "
-            f"it (mode {mode:04o}); chmod 600 {config.config_file}")
+    return (f"warning: config file {config.config_file} holds {', '.join(secrets)} and every user may read "
+            f"it (mode {mode:04o}); chmod o-r {config.config_file} (0600, or 0640 for the service's group)")
 
 
 def take_env_credentials(config: Config, environ: MutableMapping[str, str] = os.environ) -> Config:
