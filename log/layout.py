@@ -126,6 +126,16 @@ def node_socket_path(data_dir: str, shard: int) -> str:
     return os.path.join(run_dir(data_dir), f"node-{shard:03d}.sock")
 
 
+def clients_count_path(data_dir: str) -> str:
+    """Every router's and shard port's count of connected clients (server/client_count.py)."""
+    return os.path.join(run_dir(data_dir), "clients")
+
+
+def oom_flags_path(data_dir: str) -> str:
+    """Each shard's out-of-memory flag, read by routers queueing MULTI (shards/oom_flags.py)."""
+    return os.path.join(run_dir(data_dir), "oom")
+
+
 def snapshots_dir(data_dir: str) -> str:
     """DIR/snapshots: the embedded snapshot store when no snapshot URL is set."""
     return os.path.join(data_dir, SNAPSHOTS_DIR)

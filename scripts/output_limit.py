@@ -6,6 +6,8 @@ client GETs a small key on the same shard. Prints that client's GET latency idle
 and during (from the slow client's start to its disconnection), how long the slow
 client lasted and what it had sent, and the peak RSS of the server's processes.
 `--slow-clients N` sends N such clients one after another (a harsher load).
+The slow client runs in a process of its own: in this one, its sending loop would
+hold the GIL against the measuring thread and show as GET latency.
 
     python scripts/output_limit.py --durakv       # starts durakv serve (2 shards)
     python scripts/output_limit.py --redis        # starts redis-server for comparison
@@ -17,6 +19,7 @@ tests/test_client_limits.py checks the same mechanism at test size.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import shutil
 import socket
 import sys
@@ -85,12 +88,14 @@ def run(port: int, pids_of, slow_clients: int, limit: str) -> None:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     other.start()
+    pool = multiprocessing.get_context("fork").Pool(1)
     for slow in range(1, slow_clients + 1):
-        elapsed, sent, how = slow_client(port, GETS_PER_CLIENT)
+        elapsed, sent, how = pool.apply(slow_client, (port, GETS_PER_CLIENT))
         print(f"slow client {slow}: {how} after {elapsed:.2f} s, {sent} GETs sent "
               f"({sent * VALUE_BYTES / 1e6:.0f} MB of replies asked)")
         if not how.startswith("closed"):
             break
+    pool.close()
     stop.set()
     other.join()
     sampling.set()

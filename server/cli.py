@@ -27,7 +27,10 @@ def _common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--routers", type=int, help="router processes sharing the port (default 1)")
     parser.add_argument("--replicas", type=int, help="replica processes per shard (default 0)")
     parser.add_argument("--data-dir", help=f"data directory (default {DEFAULTS.data_dir})")
-    parser.add_argument("--requirepass", help="password for the default user")
+    parser.add_argument("--requirepass-file", metavar="FILE",
+                        help="read the default user's password from FILE's first line (-: stdin)")
+    # Refused with a hint (_config): a password on argv shows in ps to every user.
+    parser.add_argument("--requirepass", help=argparse.SUPPRESS)
     parser.add_argument("--snapshot-url", help="s3://BUCKET/PREFIX for snapshots and the log archive")
     parser.add_argument("--shard-port-base", type=int,
                         help="shard i serves cluster clients on this port + i (default: --port + 1)")
@@ -38,7 +41,18 @@ def _common_flags(parser: argparse.ArgumentParser) -> None:
 def _config(args: argparse.Namespace) -> Config:
     if args.config_fd is not None:
         return config_from_fd(args.config_fd)
+    if args.requirepass is not None:
+        raise ValueError("--requirepass puts the password on the command line, where ps shows it to every "
+                         "user; use --requirepass-file FILE (- reads stdin) or requirepass in the --config "
+                         "file (mode 0600)")
     config = _load(args)
+    from durakv.server.secret_sources import config_file_warning
+
+    warning = config_file_warning(config)
+    if warning:
+        from durakv.server.logsetup import print_error
+
+        print_error(f"durakv: {warning}")
     from durakv.server.settings import Settings
 
     Settings(config)  # ValueError for a bad [settings] entry, before anything starts
@@ -46,9 +60,12 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _load(args: argparse.Namespace) -> Config:
+    from durakv.server.secret_sources import read_password_file
+
+    requirepass = read_password_file(args.requirepass_file) if args.requirepass_file else None
     return load_config(args.config, {
         "bind": args.bind, "port": args.port, "shards": args.shards, "routers": args.routers,
-        "data_dir": args.data_dir, "requirepass": args.requirepass,
+        "data_dir": args.data_dir, "requirepass": requirepass,
         "snapshot_url": args.snapshot_url, "shard_port_base": args.shard_port_base,
         "cluster_announce": args.cluster_announce, "replicas": args.replicas,
     })
@@ -343,7 +360,10 @@ def shard_main(config: Config, index: int, listener: ClientListeners,
 
     from durakv.server.topology import TopologyMismatch, ensure_topology
 
+    from durakv.server.secret_sources import export_s3_credentials
+
     set_title("shard", index, config.data_dir)
+    export_s3_credentials(config)  # a shard starts from the snapshot store's newest snapshot
     shard_log = logging.getLogger("durakv.shard")
     reasons: list[str] = []
     code = EXIT_OK

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Callable
 
 import trio
 
-from durakv.server.links import LOST, SCRIPT_EVAL, SCRIPT_FUNCTION, Pending
+from durakv.server.links import LOST, SCRIPT_EVAL, SCRIPT_FUNCTION, Pending, Propagating
 from durakv.server.pause import note_script
+from durakv.shards.evict import OOM_MESSAGE
 from durakv.shards.frames import LARGE_BYTES, VERB_AS_USER, VERB_LITERAL, VERB_ROUTER_IN_MULTI
 from durakv.shards.resp import ProtocolError, RequestParser, ReplyError, encode, encode_error
 from durakv.shards.table import CURSOR, FANOUT, ROUTER, SPLIT_NONE, Command, find, lookup
@@ -35,14 +36,22 @@ RECV_BYTES = 64 * 1024
 # relies on that to look for large requests only when one came).
 assert RECV_BYTES < LARGE_BYTES
 # Backpressure acts on the one client whose output piles up, never on a shard
-# link: while this many of its replies are outstanding, or this many bytes wait
-# for its socket (more if a normal client-output-buffer-limit is higher:
+# link: while this many of its replies are outstanding, or their bytes (estimated
+# from its last replies' size) would pass MAX_IN_FLIGHT_BYTES, or this many bytes
+# wait for its socket (a normal client-output-buffer-limit sets that bound instead:
 # server/client_limits.py), the router dispatches none of its further requests
 # (they wait, parsed, in its backlog) and stops reading it once the backlog is full.
+# The byte cap bounds what a client of big replies puts on a shard link ahead of
+# everyone else's requests.
 MAX_REPLIES_IN_FLIGHT = 256
 BACKED_UP_REPLIES_IN_FLIGHT = 16  # while output waits for the client's socket
+MAX_IN_FLIGHT_BYTES = 256 * 1024
+UNKNOWN_REPLY_BYTES = MAX_IN_FLIGHT_BYTES // BACKED_UP_REPLIES_IN_FLIGHT  # until its first reply was written
 OUTPUT_BACKPRESSURE_BYTES = 4 * 1024 * 1024
 MAX_BACKLOG_REQUESTS = 16 * 1024
+# While output waits for its socket, a client is read only while its backlog is
+# shorter than this: parsing ahead what it cannot run soon costs the loop for nothing.
+BACKED_UP_BACKLOG_REQUESTS = 1024
 JOIN_BELOW_BYTES = 64 * 1024  # smaller replies are joined into one buffer, larger ones sent as they are
 IOV_MAX = 1024  # buffers per sendmsg (Linux UIO_MAXIOV)
 
@@ -75,6 +84,7 @@ class Client:
         "lib_name", "lib_ver", "in_ready_set", "query_limit",
         "multi", "multi_error", "multi_shard", "watch_shards", "blocked_pending", "blocked_shard", "backlog",
         "soft_limit_since", "pubsub", "paused", "reply_off", "reply_skip", "tracking", "monitor",
+        "reply_bytes", "queued_reply_min_bytes",
     )
 
     def __init__(self, router: RouterView, sock: socket.socket | TlsSocket, client_id: int) -> None:
@@ -106,6 +116,8 @@ class Client:
         self.outbuf: deque = deque()
         self.outbuf_bytes = 0
         self.soft_limit_since = 0.0  # when output first went over the soft limit (0: it is not)
+        self.reply_bytes = UNKNOWN_REPLY_BYTES  # mean size of its last write's replies: caps replies in flight
+        self.queued_reply_min_bytes = 0  # the smallest reply its last queued write held (check_output_limits)
         self.closing = False  # close once the queued replies are written
         self.closed = False
         self.reading = True  # false while backpressure pauses reading
@@ -171,6 +183,8 @@ class Client:
             self.flush()
             if self.backlog and (self.blocked_pending is not None or self.paused):
                 self._check_held_requests()
+            elif self.backlog and self.outbuf_bytes:
+                self.check_output_limits()  # what it asked for would pass the hard limit
 
     def _check_held_requests(self) -> None:
         """A blocked or paused client's requests wait parsed in its backlog, where
@@ -194,11 +208,13 @@ class Client:
     def can_dispatch(self) -> bool:
         """False while this client's output is over its backpressure bounds."""
         outbuf_bytes = self.outbuf_bytes
+        in_flight = len(self.replies)
         if not outbuf_bytes:
-            return len(self.replies) < MAX_REPLIES_IN_FLIGHT
+            return in_flight < MAX_REPLIES_IN_FLIGHT and in_flight * self.reply_bytes < MAX_IN_FLIGHT_BYTES
         # Its socket is backed up: a shallow pipeline, so that its replies do not
         # queue long ahead of other clients' on the shard links.
-        return outbuf_bytes <= self.router.output_backpressure_bytes and len(self.replies) < BACKED_UP_REPLIES_IN_FLIGHT
+        return (outbuf_bytes < self.router.output_backpressure_bytes and in_flight < BACKED_UP_REPLIES_IN_FLIGHT
+                and in_flight * self.reply_bytes < MAX_IN_FLIGHT_BYTES)
 
     def run_backlog(self, bounded: bool = True) -> None:
         """Dispatch queued requests until one blocks, the client is closing or
@@ -351,7 +367,7 @@ class Client:
             stat.failed += 1
             self.push(encode_error(e.message))
         else:
-            if type(reply) is not Pending:
+            if not isinstance(reply, Pending):  # a Pending (or Propagating) is queued already
                 self.push(encode(reply, self.proto))
         finally:
             self.time_slowlog(cmd, argv, start)
@@ -392,6 +408,8 @@ class Client:
         """Check a command issued after MULTI and queue it (or flag the transaction)."""
         try:
             shard = self._transaction_shard(cmd, argv)
+            if self._out_of_memory(shard):
+                raise ReplyError(OOM_MESSAGE)  # Redis refuses every command queued while out of memory
             if cmd.where == ROUTER:
                 if cmd.refused_in_multi:
                     raise ReplyError(b"ERR Command not allowed inside a transaction")
@@ -420,6 +438,14 @@ class Client:
             return
         queued.append(argv)
         self.push(b"+QUEUED\r\n")
+
+    def _out_of_memory(self, shard: int | None) -> bool:
+        """Whether the shard a queued command runs on (any, for one that runs on any or
+        on several) is out of memory, as its last batch found it."""
+        flags = self.router.oom_flags
+        if shard is None or shard == CROSS_SHARD:
+            return flags.any_oom(len(self.router.links))
+        return flags.oom(shard)
 
     def _transaction_shard(self, cmd, argv: list[bytes]) -> int | None:
         """The shard a queued command must run on (None: any)."""
@@ -466,11 +492,11 @@ class Client:
                         # of them take this command's place in EXEC's reply, as in Redis.
                         pushed = [self.replies.pop() for _ in range(len(self.replies) - queued_before)]
                         data = b"".join(reversed(pushed))
-                    elif type(reply) is Pending:
-                        # CONFIG SET: it took effect here; EXEC does not wait for
-                        # its propagation to the other routers and shards.
+                    elif isinstance(reply, Pending):
+                        # CONFIG SET, ACL SETUSER/DELUSER (Propagating): it took effect here;
+                        # EXEC does not wait for its propagation to the other routers and shards.
                         self.replies.remove(reply)
-                        data = b"+OK\r\n"
+                        data = reply.reply if type(reply) is Propagating else b"+OK\r\n"
                     else:
                         data = encode(reply, self.proto)
                 except ReplyError as e:
@@ -589,13 +615,17 @@ class Client:
         """Send complete replies, queueing what the kernel does not take."""
         if self.closed:
             return
-        if len(chunks) > 1 and size < JOIN_BELOW_BYTES:
-            chunks = [b"".join(chunks)]
+        self.reply_bytes = size // len(chunks)
         if self.outbuf:
+            self.queued_reply_min_bytes = min(map(len, chunks))
+            if len(chunks) > 1 and size < JOIN_BELOW_BYTES:
+                chunks = [b"".join(chunks)]
             self.outbuf.extend(chunks)
             self.outbuf_bytes += size
             self.check_output_limits()
             return
+        if len(chunks) > 1 and size < JOIN_BELOW_BYTES:
+            chunks = [b"".join(chunks)]
         try:
             sent = self.sock.send(chunks[0]) if len(chunks) == 1 else self.sock.sendmsg(chunks[:IOV_MAX])
         except BlockingIOError:
@@ -606,6 +636,7 @@ class Client:
         self.router.stats_net_output_bytes += sent
         if sent == size:
             return
+        self.queued_reply_min_bytes = min(map(len, chunks))
         self.outbuf.extend(chunks)
         self.outbuf_bytes += size
         self._drop_sent(sent)
@@ -614,10 +645,18 @@ class Client:
     def check_output_limits(self) -> None:
         """Redis' client-output-buffer-limit: for normal clients (default 0 0 0:
         none; backpressure already bounds what a client can pile up), and for a
-        subscriber (default 32mb 8mb 60: messages are not backpressured)."""
+        subscriber (default 32mb 8mb 60: messages are not backpressured).
+
+        A normal client over its soft limit is no longer served (the backpressure
+        bound is the soft limit), so it is closed as soon as the requests it has sent
+        would take it past the hard limit, as they would in Redis, which runs them:
+        their replies counted at the smallest size of its last queued replies."""
         hard, soft, soft_seconds = self.router.settings.output_limits("normal" if self.pubsub is None else "pubsub")
         used = self.outbuf_bytes
         over = bool(hard) and used >= hard
+        if soft and used >= soft and hard and self.pubsub is None:
+            used += len(self.backlog) * self.queued_reply_min_bytes
+            over = used >= hard
         if soft and used >= soft:
             now = time.monotonic()
             if not self.soft_limit_since:
@@ -627,8 +666,8 @@ class Client:
         else:
             self.soft_limit_since = 0.0
         if over:
-            logger.warning("router: client %s closed for overcoming of output buffer limits (%d bytes queued)",
-                        self.addr, used)
+            logger.warning("router: client %s closed for overcoming of output buffer limits (%d bytes queued, "
+                           "%d requests waiting)", self.addr, self.outbuf_bytes, len(self.backlog))
             self.kill()
 
     def _drop_sent(self, sent: int) -> None:
@@ -657,6 +696,8 @@ class Client:
             return
         self.router.stats_net_output_bytes += sent
         self._drop_sent(sent)
+        if not self.outbuf_bytes:
+            self.soft_limit_since = 0.0  # all written: no longer over a soft limit
         if self.backlog:
             self.flush()  # dispatches more of the backlog if output is now under the bounds
         else:
@@ -671,7 +712,13 @@ class Client:
             self.kill()
             return
         backlog = self.backlog
-        reading = not self.closing and len(backlog) < MAX_BACKLOG_REQUESTS and (not backlog or self.can_dispatch())
+        if self.soft_limit_since and self.pubsub is None:
+            # Over its soft limit it is no longer served, but read on, so that what it asks
+            # counts against the hard limit (check_output_limits).
+            reading = not self.closing and len(backlog) < MAX_BACKLOG_REQUESTS
+        else:
+            reading = (not self.closing and (not backlog or self.can_dispatch())
+                       and len(backlog) < (BACKED_UP_BACKLOG_REQUESTS if self.outbuf_bytes else MAX_BACKLOG_REQUESTS))
         self.router.poller.set_interest(self, reading, bool(self.outbuf))
 
 

@@ -12,8 +12,10 @@ alike (server/front.py starts them):
   limits itself whenever output is queued).
 - `output_backpressure_bytes`: the output a normal client may have queued before
   the router stops running its requests. 4 MiB without a limit; with a normal
-  client-output-buffer-limit above that, the limit, so that a client that never
-  reads reaches its limit and is closed there, as in Redis.
+  client-output-buffer-limit, its soft limit (else its hard one): a client that
+  never reads stops being served there, and is closed at once if the requests it
+  sent would take it past the hard limit (Client.check_output_limits), as Redis,
+  which runs them, would close it.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def set_keepalive(sock: socket.socket, seconds: int) -> None:
 
 def output_backpressure_bytes(settings: Settings) -> int:
     hard, soft, _ = settings.output_limits("normal")
-    return max(OUTPUT_BACKPRESSURE_BYTES, hard, soft)
+    return soft or hard or OUTPUT_BACKPRESSURE_BYTES
 
 
 async def cron(front: Front) -> None:

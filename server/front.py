@@ -20,6 +20,7 @@ import trio
 from durakv.server import client_limits, protected
 from durakv.server.acl import Users
 from durakv.server.client import Client, ClientPoller
+from durakv.server.client_count import ClientCount
 from durakv.server.links import LOST, Pending
 from durakv.server.monitor import MONITOR_OPS, Monitors
 from durakv.server.listener import ClientListeners
@@ -30,6 +31,7 @@ from durakv.server.pause import ClientPause
 from durakv.server.stats import ReplyStats
 from durakv.server.tls import TlsPort, TlsSocket
 from durakv.shards.config import Config
+from durakv.shards.oom_flags import OomFlags
 from durakv.shards.frames import (
     PROTO_INTERNAL, VERB_EXPIRY_PAUSE, VERB_UNBLOCK, VERB_UNWATCH, internal_reply_decoder,
 )
@@ -164,6 +166,10 @@ class Front(ABC):
         for op in MONITOR_OPS:
             self.pubsub.extra_ops[op] = self.monitors.peer_request
         self.acl = Users(self)  # ACL users (server/acl.py)
+        # maxclients counts the clients of every router and shard port (server/client_count.py).
+        self.oom_flags = OomFlags(config.data_dir)
+        self.client_count = ClientCount(config.data_dir, "shard" if self.cluster_node else "router", index,
+                                        config.routers, config.shards)
 
     @abstractmethod
     def new_client_id(self) -> int: ...
@@ -351,6 +357,7 @@ class Front(ABC):
 
     def forget(self, client: Client) -> None:
         self.clients.pop(client.id, None)
+        self.client_count.publish(len(self.clients))
         client.unwatch_all()
         if client.pubsub is not None:
             self.pubsub.forget(client)
@@ -405,7 +412,7 @@ class Front(ABC):
                 client_limits.set_keepalive(sock, int(self.settings.values["tcp-keepalive"]))
                 nursery.start_soon(tls.accept, self, sock)
                 continue
-            if len(self.clients) >= self.settings.maxclients:
+            if self.client_count.total() >= self.settings.maxclients:
                 self.stats_rejected_connections += 1
                 refuse(sock)
                 continue
@@ -417,11 +424,12 @@ class Front(ABC):
                 client_limits.set_keepalive(sock, int(self.settings.values["tcp-keepalive"]))
             client = Client(self, sock, self.new_client_id())
             self.clients[client.id] = client
+            self.client_count.publish(len(self.clients))
             self.poller.add(client)
 
     def add_tls_client(self, conn: TlsSocket) -> None:
         """A client whose TLS handshake is done (server/tls.py)."""
-        if len(self.clients) >= self.settings.maxclients:
+        if self.client_count.total() >= self.settings.maxclients:
             self.stats_rejected_connections += 1
             refuse(conn)
             return
@@ -429,6 +437,7 @@ class Front(ABC):
             return
         client = Client(self, conn, self.new_client_id())
         self.clients[client.id] = client
+        self.client_count.publish(len(self.clients))
         self.poller.add(client)
         client.on_readable()  # requests sent with the handshake's end wait in the TlsSocket, unseen by epoll
 

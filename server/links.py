@@ -64,6 +64,18 @@ class Pending:
             self.client.reply_ready()
 
 
+class Propagating(Pending):
+    """The reply of a change made here that is acknowledged once every process has it
+    (CONFIG SET, an ACL change: server/settings_sync.py): `reply` is what it will
+    answer, which EXEC, not waiting for the propagation, gives at once."""
+
+    __slots__ = ("reply",)
+
+    def __init__(self, client, reply: bytes) -> None:
+        super().__init__(client)
+        self.reply = reply
+
+
 class ShardLink:
     def __init__(self, router, index: int, data_dir: str) -> None:
         self.router = router

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from durakv.server import replication
 from durakv.server.client import CROSS_SHARD, Client
-from durakv.shards.frames import VERB_EXEC
+from durakv.server.links import Pending
+from durakv.shards.frames import VERB_AS_USER, VERB_EXEC
 from durakv.shards.numbers import parse_ll
 from durakv.shards.resp import OK, ReplyError, fixed_error
 from durakv.shards.t_multi import pack_transaction
@@ -48,7 +49,11 @@ def exec_(client: Client, argv: list[bytes]):
         return _exec_across_shards(client, client.run_router_commands(queued))
     watched.discard(shard)  # EXEC clears the watches on that shard itself
     link = client.router.links[shard]
-    pending = link.submit(client, client.proto, [VERB_EXEC, pack_transaction(client.run_router_commands(queued))])
+    # A restricted user's scripts were queued with its rules: their denials come ahead of the reply.
+    scripts = not client.user.unrestricted and any(argv[0] == VERB_AS_USER for argv in queued)
+    pending = Pending(client, on_fill=client.router.acl.script_reply) if scripts else None
+    pending = link.submit(client, client.proto, [VERB_EXEC, pack_transaction(client.run_router_commands(queued))],
+                          pending)
     client.replies.append(pending)
     return pending
 

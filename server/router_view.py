@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from durakv.server.acl import Users
+    from durakv.shards.oom_flags import OomFlags
     from durakv.server.client import Client, ClientPoller
     from durakv.server.links import Pending, ShardLink
     from durakv.server.monitor import Monitors
@@ -111,6 +112,7 @@ class RouterView(Protocol):
     reply_stats: ReplyStats
     # Queued output that stops a normal client's dispatch (server/client_limits.py).
     output_backpressure_bytes: int
+    oom_flags: OomFlags  # each shard's out-of-memory state, for commands queued in MULTI (shards/oom_flags.py)
     tls: TlsPort | None  # the TLS side of this port (server/tls.py), None without a tls-port
     pause: ClientPause  # CLIENT PAUSE (server/pause.py)
     stats_connections: int

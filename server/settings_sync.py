@@ -40,7 +40,7 @@ from collections.abc import Callable
 from durakv.log.layout import ensure_run_dir, node_socket_path, router_socket_path, run_dir
 from durakv.log.disk import OS_DISK
 from durakv.log.durable_file import replace_file
-from durakv.server.links import Pending
+from durakv.server.links import Pending, Propagating
 from durakv.server.pubsub import MAX_STREAM_MESSAGE_BYTES, STREAM_HELLO, MessageReader
 from durakv.shards.frames import PROTO_INTERNAL, VERB_CONFIG
 from durakv.shards.unixsock import bind_unix, peer_allowed, reachable_path
@@ -217,7 +217,7 @@ class SettingsSync:
         """Make changes already applied here take effect everywhere, one CONFIG SET
         at a time across routers; the returned pending (queued as the client's reply)
         is filled with +OK when that is done."""
-        pending = Pending(client)
+        pending = Propagating(client, b"+OK\r\n")
         client.replies.append(pending)
         self.router.nursery.start_soon(self._propagate, pending, changes, shard_changes)
         return pending
@@ -249,7 +249,7 @@ class SettingsSync:
     def propagate_users(self, client, change: list[bytes], reply: bytes) -> Pending:
         """An ACL change already applied here: store it in the users file, have every
         peer reload it, then answer `reply` (-ERR if it could not be stored)."""
-        pending = Pending(client)
+        pending = Propagating(client, reply)
         client.replies.append(pending)
         self.router.nursery.start_soon(self._propagate_users, pending, change, reply)
         return pending

@@ -169,6 +169,9 @@ def cmd_snapshotter(args: argparse.Namespace) -> int:
         except OSError as e:
             return _fail(f"cannot open log-file {config.log_file}: {e.strerror}; fix log-file (empty: log to "
                          "stderr) or the file's permissions")
+        from durakv.server.secret_sources import export_s3_credentials
+
+        export_s3_credentials(config)
         log_level = config.log_level
         data_dir = config.data_dir
         url = url or config.snapshot_url

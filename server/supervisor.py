@@ -6,7 +6,8 @@ processes, restart any that crash, stop them all on SIGTERM/SIGINT.
   same port fails at once with one line, and a restarted router finds the
   clients that connected meanwhile waiting in the backlog.
 - Children get the config through an inherited pipe, never on argv (`ps` shows
-  argv to every user, and the config holds requirepass).
+  argv to every user, and the config holds requirepass), and an environment
+  without secrets (server/secret_sources.py).
 - A crash after a healthy run (the child had sent READY=1 on the notify socket)
   is restarted at once; only a crash loop (a child that dies before it is
   ready, or too many crashes in a short window) waits, with a doubling backoff.
@@ -41,7 +42,9 @@ from durakv.log.lease import LeaseFile
 from durakv.log.lock import lock_data_dir
 from durakv.server.listener import ClientListeners
 from durakv.server.acl import clear_runtime_users
+from durakv.server.client_count import clear_slot
 from durakv.server.logsetup import FOLLOW_INTERVAL_S, LogLevelFollower
+from durakv.server.secret_sources import child_env, take_env_credentials
 from durakv.server.settings_sync import clear_runtime_changes, load_runtime_changes, settings_path
 from durakv.server.topology import ensure_topology
 from durakv.shards import failure, sdnotify
@@ -209,7 +212,8 @@ class Supervisor:
         bound by the caller before anything else, so a port in use ends `serve`
         before it creates or locks anything. A restarted shard inherits its own."""
         assert len(shard_listeners) == config.shards, "one client port per shard"
-        self.config = config
+        # Exported S3 credentials leave this environment for the config pipe (no child's environ).
+        self.config = config = take_env_credentials(config)
         self.stopping = False
         self.children: list[Child] = []
         self.listener = listener
@@ -285,7 +289,7 @@ class Supervisor:
         # Abstract, so no path to clean up; a datagram from anyone but our own
         # children is ignored (the kernel vouches for the sender's pid).
         notify.bind(f"\0{sdnotify.SUPERVISOR_SOCKET_PREFIX[1:]}{os.getpid()}-{os.urandom(8).hex()}")
-        env = dict(os.environ, NOTIFY_SOCKET="@" + notify.getsockname()[1:].decode())
+        env = dict(child_env(os.environ), NOTIFY_SOCKET="@" + notify.getsockname()[1:].decode())
         self.wake_fds = wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGTERM, self._on_signal)
@@ -389,6 +393,8 @@ class Supervisor:
     def _on_exit(self, child: Child, now: float) -> None:
         pid = child.pid
         code = child.reap()
+        if child.role in ("router", "shard") and child.index is not None:
+            clear_slot(self.config.data_dir, child.role, child.index)  # its clients died with it
         if self.stopping:
             return
         if code in NOT_RESTARTED:

@@ -79,6 +79,11 @@ class Config(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields
     snapshotter: bool = True  # false: the snapshotter runs elsewhere (its own unit, or --once from cron)
     snapshot_sse: str = ""  # S3 server-side encryption for uploads (AES256, aws:kms)
     snapshot_storage_class: str = ""  # S3 storage class for uploads (STANDARD_IA, ...)
+    # S3 credentials (else boto3's chain: ~/.aws, the instance role); `serve` moves exported
+    # AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN here (server/secret_sources.py).
+    s3_access_key_id: str = ""
+    s3_secret_access_key: str = ""
+    s3_session_token: str = ""
     snapshot_every_bytes: int = 4 * 1024 * 1024  # build when at least this many log bytes follow a snapshot
     snapshot_every_percent: int = 100  # and this percentage of the snapshot's size (Redis' AOF rewrite rule)
     snapshot_max_age_s: float = 3600.0  # and at least this often while there are new records

@@ -8,6 +8,7 @@ import logging
 import os
 
 from durakv.shards.log_backend import etcd_state
+from durakv.shards.malloc_stats import malloc_stats
 from durakv.shards.notify import parse_flags
 from durakv.shards.rdb.codec import RDB_VERSION, RdbError, dump_payload, load_payload
 from durakv.shards.t_dump import MAX_DECOMPRESSED_BYTES
@@ -21,6 +22,7 @@ logger = logging.getLogger("durakv.shard")
 MEMORY_PARAMS = frozenset({"maxmemory", "maxmemory-samples", "lfu-log-factor", "lfu-decay-time"})
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 INFO_LATENCYSTATS = b"latencystats"  # \x00info asks for the command histograms too
+INFO_MALLOC = b"malloc"  # MEMORY MALLOC-STATS: the allocators' figures (shards/malloc_stats.py)
 LATENCY_PARAMS = frozenset({"latency-monitor-threshold", "latency-tracking"})
 
 
@@ -47,6 +49,7 @@ def info(shard, argv: list[bytes]) -> dict:
         "persistence": persistence(shard),
         "cached_scripts": cached_scripts(db),
         "latency_histograms": shard.latency.export_histograms() if INFO_LATENCYSTATS in argv else {},
+        "malloc": malloc_stats() if INFO_MALLOC in argv else {},
     }
 
 

@@ -173,6 +173,7 @@ async def serve_primary(shard: Shard, nursery: trio.Nursery, client_port: Client
     listener.listen(ROUTER_CONNECTIONS_MAX)
     listener.setblocking(False)
     failure.clear(config.data_dir, index)  # serving again: the router stops reporting a failure
+    shard.oom_flags.set(index, False)  # the flag of this shard's previous process no longer holds
     first, last = shard.slot_range
     try:
         if shard.lease_guard is not None:  # first: starting the client port may take a while

@@ -23,13 +23,14 @@ import durakv.shards.commands  # noqa: F401  (registers every shard command)
 from durakv.log import Log
 from durakv.log.layout import shard_dir
 from durakv.shards import internal
-from durakv.shards.acl import user_from_rules, with_denials
+from durakv.shards.acl import MAX_SCRIPT_DENIALS, user_from_rules, with_denials
 from durakv.shards.commit import GroupCommit
 from durakv.shards.config import Config
 from durakv.shards.disk_hooks import HookedDisk, shard_disk
 from durakv.shards.context import Ctx
 from durakv.shards.engine import replay
 from durakv.shards.evict import EXECABORT_OOM, OOM_MESSAGE, MemoryLimit
+from durakv.shards.oom_flags import OomFlags
 from durakv.shards.frames import (
     INTERNAL_PREFIX, VERB_AS_USER, VERB_EXEC, VERB_LITERAL, encode_internal,
 )
@@ -100,6 +101,8 @@ class Shard(GroupCommit):
         # (memory_limit set) only while maxmemory is configured: the routers give a
         # shard the config file's maxmemory and policy with CONFIG SET's changes.
         self.memory = MemoryLimit(config.shards, self.slot_range)
+        self.oom_flags = OomFlags(config.data_dir)
+        self.published_oom = False
         self.memory_limit: MemoryLimit | None = None
         # Who hears this shard's keyspace notifications: each router connection, its node
         # (by the connection its requests come on).
@@ -467,6 +470,7 @@ class Shard(GroupCommit):
             return encode_error(EXECABORT_OOM), 0
         parts = [b"*%d\r\n" % len(commands)]
         wait = 0
+        denials: list[list] = []  # its scripts' ACL denials, ahead of EXEC's reply for the router's ACL LOG
         db.frozen_ms = time.time_ns() // 1_000_000
         self.ctx.in_multi = True
         try:
@@ -475,7 +479,7 @@ class Shard(GroupCommit):
                     parts.append(queued[1])
                     continue
                 if queued[0] == VERB_AS_USER:
-                    data, seq = self._execute_as_user(queued, cid, proto, next_seq, hold_writes, report=False)
+                    data, seq = self._execute_as_user(queued, cid, proto, next_seq, hold_writes, denials)
                 else:
                     data, seq = self._execute(queued, cid, proto, next_seq, hold_writes)
                 parts.append(data)
@@ -483,7 +487,8 @@ class Shard(GroupCommit):
                     wait = seq
         finally:
             self.ctx.in_multi = False
-        return b"".join(parts), wait
+        data = b"".join(parts)
+        return (with_denials(data, denials) if denials else data), wait
 
     def configure_memory(self, policy: str | None = None) -> None:
         """Apply maxmemory, maxmemory-policy (when given), maxmemory-samples and the
@@ -499,16 +504,23 @@ class Shard(GroupCommit):
             db.lfu = None
         if self.memory_limit is None:
             db.oom = False
+        self.published_oom = db.oom
+        self.oom_flags.set(self.index, db.oom)
 
     def enforce_memory(self) -> None:
         """Evict (or refuse denyoom commands) while over this shard's share of
-        maxmemory; the evictions' DEL effects go in the next record."""
+        maxmemory; the evictions' DEL effects go in the next record. A change of
+        the OOM state is published for the routers' MULTI (shards/oom_flags.py)."""
         if self.write_error is None:
             self.memory.enforce(self.db)
+        if self.db.oom != self.published_oom:
+            self.published_oom = self.db.oom
+            self.oom_flags.set(self.index, self.published_oom)
     def _execute_as_user(self, argv: list[bytes], cid: int, proto: int, next_seq: int,
-                         hold_writes: bool, report: bool = True) -> tuple[bytes, int]:
+                         hold_writes: bool, denials: list[list] | None = None) -> tuple[bytes, int]:
         """A script of an ACL user: its redis.calls are checked against the user's rules,
-        and (report) the denials travel ahead of the reply to the router's ACL LOG."""
+        and the denials travel ahead of the reply to the router's ACL LOG (or, in EXEC,
+        join `denials`, which go ahead of EXEC's reply)."""
         ctx = self.ctx
         ctx.acl_user = user_from_rules(argv[1])
         try:
@@ -516,8 +528,10 @@ class Shard(GroupCommit):
         finally:
             ctx.acl_user = None
         if ctx.acl_denials:
-            if report:
+            if denials is None:
                 data = with_denials(data, ctx.acl_denials)
+            else:
+                denials.extend(ctx.acl_denials[:MAX_SCRIPT_DENIALS - len(denials)])
             ctx.acl_denials = []
         return data, wait
 

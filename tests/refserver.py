@@ -289,7 +289,9 @@ def start_with_password(data_dir, password: str) -> DurakvServer:
                 time.sleep(0.05)
             raise RuntimeError(f"durakv not ready:\n{self.log()}")
 
-    return PasswordServer(data_dir, shards=2, extra_args=("--requirepass", password)).start()
+    password_file = data_dir.parent / f"{data_dir.name}.password"
+    password_file.write_text(password)
+    return PasswordServer(data_dir, shards=2, extra_args=("--requirepass-file", str(password_file))).start()
 
 
 def flushall(*ports: int) -> None:

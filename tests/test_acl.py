@@ -300,3 +300,38 @@ def test_default_user_set_by_acl_survives_restart_requirepass_does_not(server_fa
         assert conn.call("AUTH", "kept") == b"+OK\r\n"
         assert decode(conn.call("ACL", "USERS"))[0] == [b"default", b"other"]
         conn.close()
+
+
+def test_acl_changes_queued_in_multi_answer_as_redis(acl_pair):
+    p = acl_pair
+    p.same("MULTI")
+    p.same("ACL", "SETUSER", "queued", "on", ">pw")
+    p.same("ACL", "DELUSER", "queued", "nosuch")
+    p.same("ACL", "SETUSER", "other", "on")
+    p.same("CONFIG", "SET", "acllog-max-len", "128")
+    p.same("EXEC")  # OK, 1, OK, OK
+    p.same("ACL", "GETUSER", "queued")
+    p.same("ACL", "GETUSER", "other")
+
+
+def test_script_denial_inside_multi_reaches_acl_log_as_in_redis(acl_pair, server, redis_ref):  # noqa: F811
+    p = acl_pair
+    p.same("ACL", "SETUSER", "scr", "on", ">pw", "~k*", "+eval", "+get", "+multi", "+exec")
+    p.same("ACL", "LOG", "RESET")
+    user = Pair(server.port, redis_ref.port)
+    try:
+        user.same("AUTH", "scr", "pw")
+        user.same("MULTI")
+        user.same("EVAL", "return redis.call('set','k1','v')", "0")  # a command it may not run
+        user.same("EVAL", "return redis.call('get','x')", "0")  # a key outside ~k*
+        user.same("GET", "k1")
+        user.same("EXEC")
+    finally:
+        user.close()
+    fields = (b"count", b"reason", b"context", b"object", b"username")
+
+    def entries(conn: RawConn) -> list:
+        return [[v for k, v in zip(e[::2], e[1::2]) if k in fields] for e in decode(conn.call("ACL", "LOG"))[0]]
+
+    assert entries(p.ours) == entries(p.theirs)
+    assert len(entries(p.ours)) == 2

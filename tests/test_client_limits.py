@@ -94,7 +94,9 @@ def test_pubsub_soft_limit_closes_a_subscriber_that_stopped_reading(server_facto
         assert admin.config_set("client-output-buffer-limit", "pubsub 32mb 8mb 60")
 
 
-def test_maxclients_error_on_router_and_shard_ports(server_factory, redis_ref):
+def test_maxclients_counts_every_client_of_the_server_with_redis_error(server_factory, redis_ref):
+    """maxclients is the server's, as in Redis: clients on the router and on every
+    shard port count together (server/client_count.py)."""
     theirs = redis_ref.client()
     theirs.config_set("maxclients", "1")
     try:
@@ -102,18 +104,34 @@ def test_maxclients_error_on_router_and_shard_ports(server_factory, redis_ref):
     finally:
         theirs.config_set("maxclients", "10000")
     assert expected == b"-ERR max number of clients reached\r\n"
-    srv = server_factory(shards=1)
-    for port in ports(srv):
-        admin = redis.Redis(port=port, socket_timeout=30)
-        assert admin.ping()
-        assert admin.config_set("maxclients", "2")
-        second = RawConn(port)
-        assert second.call("PING") == b"+PONG\r\n"
-        third = RawConn(port)
-        assert third.sock.recv(100) == expected
-        second.close()
+    srv = server_factory(shards=2)
+    admin = redis.Redis(port=srv.port, socket_timeout=30)
+    assert admin.config_set("maxclients", "3")
+    first = RawConn(srv.shard_port(0))
+    second = RawConn(srv.shard_port(1))
+    for conn in (first, second):
+        assert conn.call("PING") == b"+PONG\r\n"
+    for port in (srv.port, srv.shard_port(0), srv.shard_port(1)):
+        refused = RawConn(port)
+        assert refused.sock.recv(100) == expected, f"port {port} let a 4th client in"
+        refused.close()
+    second.close()
+    deadline = time.monotonic() + WAIT_S
+    while True:  # the shard port counts the closed client out once it sees the close
+        third = RawConn(srv.port)
+        third.sock.settimeout(0.2)
+        try:
+            third.sock.sendall(b"PING\r\n")
+            reply = third.sock.recv(100)
+        except TimeoutError:
+            reply = b""
         third.close()
-        assert admin.config_set("maxclients", "10000")
+        if reply == b"+PONG\r\n":
+            break
+        assert reply in (expected, b"") and time.monotonic() < deadline, reply
+        time.sleep(0.05)
+    first.close()
+    assert admin.config_set("maxclients", "10000")
 
 
 def test_timeout_closes_idle_clients_but_not_subscribers_or_blocked_ones(server_factory):
@@ -214,3 +232,34 @@ def test_requests_held_while_blocked_count_against_the_query_buffer_limit(server
         conn.close()
         assert admin.config_set("client-query-buffer-limit", "1gb")
     assert outcomes == [0, 0, 0]  # closed with its SETs unrun, everywhere
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def test_a_client_over_its_soft_limit_is_not_served_further_and_closed_before_its_hard_limit(server_factory):
+    """A non-reader that asked for more than the hard limit is served up to its soft limit
+    and then closed, as Redis (which runs what it sent) closes it at the hard limit,
+    without the server holding that much output for it."""
+    srv = server_factory(shards=1)
+    hard_bytes, soft_bytes, value_bytes = 256 << 20, 4 << 20, 100_000
+    for port, pid in ((srv.port, srv.child_pid("router", 0)), (srv.shard_port(0), srv.child_pid("shard", 0))):
+        admin = redis.Redis(port=port, socket_timeout=30)
+        admin.set("big", b"x" * value_bytes)
+        assert admin.config_set("client-output-buffer-limit", f"normal {hard_bytes} {soft_bytes} 60")
+        before = peak = rss_bytes(pid)
+        sock, cid = non_reader(port)
+        start = time.monotonic()
+        sock.sendall(b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n" * (2 * hard_bytes // value_bytes))
+        while cid in client_ids(admin):
+            peak = max(peak, rss_bytes(pid))
+            assert time.monotonic() - start < WAIT_S, f"client {cid} was not closed"
+            time.sleep(0.02)
+        print(f"port {port}: closed after {time.monotonic() - start:.2f} s; RSS grew {(peak - before) >> 20} MB "
+              f"(soft limit {soft_bytes >> 20} MB, hard {hard_bytes >> 20} MB)")
+        assert peak - before < hard_bytes // 4
+        sock.close()
+        assert admin.config_set("client-output-buffer-limit", "normal 0 0 0")
+    assert srv.log().count("closed for overcoming of output buffer limits") == 2

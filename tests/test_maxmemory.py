@@ -236,3 +236,32 @@ def test_maxmemory_from_the_config_file_reaches_every_shard(server_factory, tmp_
         client.set("{b}k", "v")  # the other shard
     assert client.info("memory")["maxmemory_per_shard"] == 1
     client.close()
+
+
+def test_commands_queued_in_multi_while_out_of_memory_are_refused_as_redis(pair, redis_ref, server):
+    """Redis refuses every command queued in MULTI while out of memory (not only
+    denyoom ones) and EXEC then aborts; the router knows a shard's state from its
+    published flag (shards/oom_flags.py)."""
+    admin = Pair(server.port, redis_ref.port)
+    try:
+        set_both(admin, "maxmemory", "1")
+        for key in ("{a}k", "{b}k"):  # one on each shard: each finds itself out of memory
+            ours, theirs = pair.both("SET", key, "1")
+            assert ours == theirs == OOM
+        pair.same("MULTI")
+        pair.same("GET", "{a}k")
+        pair.same("SET", "{b}k", "1")
+        pair.same("PING")
+        pair.same("EXEC")  # EXECABORT: previous errors
+        pair.same("MULTI")
+        pair.same("INCR", "{b}k")
+        pair.same("DISCARD")
+    finally:
+        set_both(admin, "maxmemory", "0")
+        admin.close()
+    pair.same("SET", "{a}k", "1")  # a batch on each shard clears its flag
+    pair.same("SET", "{b}k", "1")
+    pair.same("MULTI")
+    pair.same("GET", "{a}k")
+    pair.same("INCR", "{b}k")
+    pair.same("EXEC")

@@ -167,7 +167,8 @@ def test_connection_features_on_a_shard_port(server_factory, tmp_path):
 
 
 def test_requirepass_and_config_set_on_a_shard_port(server_factory, tmp_path):
-    srv = server_factory(shards=SHARDS, extra_args=("--requirepass", "sekret"))
+    (tmp_path / "password").write_text("sekret")
+    srv = server_factory(shards=SHARDS, extra_args=("--requirepass-file", str(tmp_path / "password")))
     node = RawConn(srv.shard_port(0))
     assert node.call("GET", "x") == b"-NOAUTH Authentication required.\r\n"
     assert node.call("AUTH", "sekret") == b"+OK\r\n"

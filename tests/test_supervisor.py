@@ -198,9 +198,10 @@ def test_foreign_listener_on_the_port_ends_serve_with_one_line(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_no_secret_on_any_command_line_and_titles_show_roles(server_factory):
+def test_no_secret_on_any_command_line_and_titles_show_roles(server_factory, tmp_path):
     secret = "pw-" + os.urandom(8).hex()
-    srv = server_factory(extra_args=("--requirepass", secret))
+    (tmp_path / "password").write_text(secret)
+    srv = server_factory(extra_args=("--requirepass-file", str(tmp_path / "password")))
     with srv.client(password=secret) as c:
         assert c.ping()
     pids = srv.pids()
