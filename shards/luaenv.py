@@ -23,6 +23,7 @@ from durakv.shards.acl import ACL_OK, script_acl_error
 from durakv.shards.context import Ctx
 from durakv.shards.evict import OOM_MESSAGE
 from durakv.shards.keyspace import Keyspace
+from durakv.shards.luabytecode import without_tail_calls
 from durakv.shards.lualibs import CJson, CMsgpack, LibError, Struct, bit_library
 from durakv.shards.resp import (
     Map, NullArray, Push, Raw, ReplyError, SetReply, Simple, Verbatim, format_double,
@@ -148,7 +149,8 @@ class Scripting:
         rt = self.runtime
         source = resources.files("durakv.shards").joinpath("lua_boot.lua").read_bytes()
         py = rt.table_from({
-            b"call": self._call, b"pcall": self._pcall, b"unwrap": _unwrap, b"sha1hex": self._sha1hex,
+            b"call": self._call, b"pcall": self._pcall, b"call_packed": self._call_packed,
+            b"without_tail_calls": without_tail_calls, b"unwrap": _unwrap, b"sha1hex": self._sha1hex,
             b"log": self._log, b"setresp": self._setresp, b"set_repl": self._set_repl,
             b"acl_check_cmd": self._acl_check_cmd, b"tick": self._tick, b"load_expired": self._load_expired,
             b"register_function": self._register_function,
@@ -267,6 +269,12 @@ class Scripting:
     def _pcall(self, *args: Any) -> Any:
         """redis.pcall: the reply, an error as Redis' error table."""
         return self._pcall_reply(args)[0]
+
+    def _call_packed(self, raising: bool, count: int, table: Any) -> Any:
+        """redis.call (raising) or redis.pcall with more arguments than lupa passes
+        to a Python callable (lua_boot.lua): they come as a table of `count` items."""
+        args = tuple(table[i] for i in range(1, count + 1))
+        return self._call(*args) if raising else self._pcall(*args)
 
     def _pcall_reply(self, args: tuple) -> tuple[Any, bool]:
         run = self.run

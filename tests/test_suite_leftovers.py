@@ -178,3 +178,34 @@ def test_config_set_of_an_immutable_parameter_to_its_value_is_accepted(server):
         assert conn.call("CONFIG", "SET", "bind", "0.0.0.0").startswith(b"-ERR CONFIG SET failed")
     finally:
         conn.close()
+
+
+MASSIVE_UNPACK = """local a = {}
+for i = 1, 7999 do a[i] = 1 end
+return redis.%s('rpush', KEYS[1], unpack(a))"""
+
+
+def test_scripts_pass_8001_arguments_to_redis_call_like_redis(pair):
+    """Redis' 'Script check unpack with massive arguments': more arguments than lupa
+    hands a Python callable reach redis.call and redis.pcall."""
+    pair.same("DEL", "massive{u}")
+    assert pair.same("EVAL", MASSIVE_UNPACK % "call", 1, "massive{u}") == 7999
+    assert pair.same("EVAL", MASSIVE_UNPACK % "pcall", 1, "massive{u}") == 7999 * 2
+    pair.same("EVAL", "local a = {} for i = 1, 7999 do a[i] = 1 end a[5000] = {}\n"
+              "return redis.pcall('rpush', KEYS[1], unpack(a))", 1, "massive{u}")
+    pair.same("FUNCTION", "LOAD", "REPLACE", "#!lua name=massive\nredis.register_function('massive', "
+              "function(keys) local a = {} for i = 1, 7999 do a[i] = 1 end\n"
+              "return redis.call('rpush', keys[1], unpack(a)) end)")
+    assert pair.same("FCALL", "massive", 1, "massive{u}") == 7999 * 3
+    pair.same("FUNCTION", "DELETE", "massive")
+
+
+def test_errors_of_a_returned_redis_call_name_the_script_line_like_redis(pair):
+    """redis.call is a Lua function in the sandbox; scripts compile without tail calls,
+    so `return redis.call(...)` failing still names the script's line, as in Redis."""
+    pair.same("SET", "str{u}", "x")
+    pair.same("EVAL", "local x = 1\n\nreturn redis.call('lpush', KEYS[1], 'a')", 1, "str{u}")
+    pair.same("EVAL", "local function f() return redis.call('nosuchcommand') end\nreturn f()", 0)
+    pair.same("EVAL", "return redis.pcall('lpush', KEYS[1], 'a')", 1, "str{u}")
+    pair.same("EVAL", "local function sum(n, acc) if n == 0 then return acc end return sum(n - 1, acc + n) end\n"
+              "return sum(100, 0)", 0)
