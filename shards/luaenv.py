@@ -15,7 +15,7 @@ import hashlib
 import logging
 import time
 from importlib import resources
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import lupa.lua51 as lua51
 
@@ -602,3 +602,9 @@ def scripting_of(db: Keyspace) -> Scripting:
         state = db.scripting = Scripting()
     assert isinstance(state, Scripting)
     return state
+
+
+def in_script(db: Keyspace) -> bool:
+    """Whether a command runs from a script or function (Redis' CLIENT_SCRIPT flag)."""
+    state = db.scripting
+    return state is not None and cast(Scripting, state).run is not None

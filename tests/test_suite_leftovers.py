@@ -209,3 +209,19 @@ def test_errors_of_a_returned_redis_call_name_the_script_line_like_redis(pair):
     pair.same("EVAL", "return redis.pcall('lpush', KEYS[1], 'a')", 1, "str{u}")
     pair.same("EVAL", "local function sum(n, acc) if n == 0 then return acc end return sum(n - 1, acc + n) end\n"
               "return sum(100, 0)", 0)
+
+
+def test_sort_by_constant_of_a_set_is_ordered_inside_scripts_like_redis(pair):
+    """sort.c forces ALPHA when a script sorts a set BY a constant, so the reply does
+    not depend on the set's internal order (outside scripts it still does)."""
+    members = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "l", "m", "n", "o", "p", "q", "r", "s",
+               "t", "u", "v", "z", "aa", "aaa", "azz", "10", "9", "-1"]
+    pair.same("DEL", "sortset{u}")
+    pair.same("SADD", "sortset{u}", *members)
+    pair.same("EVAL", "return redis.call('sort', KEYS[1], 'by', '_')", 1, "sortset{u}")
+    pair.same("EVAL", "return redis.call('sort', KEYS[1], 'by', '_', 'desc', 'limit', 2, 5)", 1, "sortset{u}")
+    pair.same("EVAL", "return redis.call('sort', KEYS[1], 'by', '_', 'get', '#', 'get', '_:*')", 1, "sortset{u}")
+    pair.same("EVAL", "return redis.call('sort_ro', KEYS[1], 'by', '_')", 1, "sortset{u}")
+    pair.same("DEL", "sortlist{u}")
+    pair.same("RPUSH", "sortlist{u}", "c", "a", "b")
+    pair.same("EVAL", "return redis.call('sort', KEYS[1], 'by', '_')", 1, "sortlist{u}")
