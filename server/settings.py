@@ -43,6 +43,7 @@ REDIS_MUTABLE = {"bind": b"Failed to bind to specified addresses: durakv binds t
                  "tls-port": b"Unable to listen on this port: durakv listens on the port it started with",
                  "dir": b"No such file or directory: durakv's data directory is fixed at start"}
 MAX_PERCENT = 100
+REPL_BACKLOG_MIN_BYTES = 16 * 1024  # Redis' CONFIG_REPL_BACKLOG_MIN_SIZE: smaller sizes are raised to it
 
 
 @dataclass
@@ -155,7 +156,8 @@ def _params(config: Config) -> list[Param]:
         _int("io-threads", 1, 1, 128, mutable=False),
         _size("tracking-table-max-keys", 1000000, 0, LLONG_MAX),
         # Redis' replication backlog: durakv's replicas read the log, which is the backlog.
-        _int("repl-backlog-size", 1024 * 1024, 1, LLONG_MAX, memory=True),
+        _int("repl-backlog-size", 1024 * 1024, 1, LLONG_MAX, memory=True,
+             on_set=lambda size: max(size, REPL_BACKLOG_MIN_BYTES)),
         Param("maxmemory-clients", NUMBER, "0", lo=-MAX_PERCENT, hi=LLONG_MAX, memory=True, percent=True,
               unsupported=b"durakv does not evict clients by their memory: only 0 (off) is accepted"),
         Param("replicaof", STRING, "", mutable=False, aliases=("slaveof",)),
@@ -373,7 +375,7 @@ class Settings:
         problem: tuple[bytes, bytes] | None = None
         seen: list[Param] = []
         seen_names: set[str] = set()
-        for raw_name, raw_value in pairs:
+        for raw_name, _ in pairs:
             name = raw_name.decode(errors="replace").lower()
             param = self.lookup.get(name)
             if param is None:
