@@ -316,34 +316,52 @@ class Scripting:
         if "noscript" in cmd.flags:
             raise ScriptCallError(ERR_NOSCRIPT_CMD)
         ctx = run.ctx
-        if ctx.acl_user is not None:
-            denied = script_acl_error(ctx.acl_user, cmd, argv, ctx.acl_denials)
-            if denied is not None:
-                raise ScriptCallError(denied)
-        if run.read_only and (cmd.is_write or "may_replicate" in cmd.flags):
-            raise ScriptCallError(ERR_WRITE_RO)  # may_replicate too, so CLIENT PAUSE WRITE lets RO scripts run
+        counter = getattr(ctx.shard, "script_call_stat", None)  # a serving shard's; a replay counts nothing
+        stat = counter(cmd) if counter is not None else None
+        try:
+            if ctx.acl_user is not None:
+                denied = script_acl_error(ctx.acl_user, cmd, argv, ctx.acl_denials)
+                if denied is not None:
+                    raise ScriptCallError(denied)
+            if run.read_only and (cmd.is_write or "may_replicate" in cmd.flags):
+                raise ScriptCallError(ERR_WRITE_RO)  # may_replicate too, so CLIENT PAUSE WRITE lets RO scripts run
+            if cmd.handler is not None and cmd.where != ROUTER:
+                if ctx.db.oom and not run.allow_oom and "denyoom" in cmd.flags and not run.wrote():
+                    raise ReplyError(OOM_MESSAGE)  # scriptVerifyOOM: only before the script's first write
+                first, last = ctx.shard.slot_range
+                for i in cmd.key_indexes(argv):
+                    if not first <= key_slot(argv[i]) <= last:
+                        raise ScriptCallError(ERR_NON_LOCAL)
+        except ReplyError:
+            if stat is not None:
+                stat.rejected += 1  # Redis' scriptCall: refused before call(), a rejected call
+            raise
         if cmd.handler is None or cmd.where == ROUTER:
             if cmd.name == "publish" and self.on_publish is not None:
                 if self.on_call is not None:
                     self.on_call(argv)
+                if stat is not None:
+                    stat.calls += 1
                 return self.to_lua(self.on_publish(argv[1], argv[2]), run.resp)
             raise ScriptCallError(ERR_UNKNOWN)  # a router's command: no shard can run it
-        if ctx.db.oom and not run.allow_oom and "denyoom" in cmd.flags and not run.wrote():
-            raise ReplyError(OOM_MESSAGE)  # scriptVerifyOOM: only before the script's first write
-        first, last = ctx.shard.slot_range
-        for i in cmd.key_indexes(argv):
-            if not first <= key_slot(argv[i]) <= last:
-                raise ScriptCallError(ERR_NON_LOCAL)
-        if cmd.name in ("xread", "xreadgroup"):
-            _refuse_block(cmd.name, argv)
         if self.on_call is not None:
             self.on_call(argv)
         proto = ctx.proto
         ctx.proto = run.resp
+        start_ns = time.perf_counter_ns()
         try:
+            if cmd.name in ("xread", "xreadgroup"):
+                _refuse_block(cmd.name, argv)
             result = cmd.handler(ctx, argv)
+        except ReplyError:
+            if stat is not None:
+                stat.failed += 1
+            raise
         finally:
             ctx.proto = proto
+            if stat is not None:  # counted as Redis' call() counts a script's commands
+                stat.calls += 1
+                stat.usec += (time.perf_counter_ns() - start_ns) // 1000
         if cmd.is_readonly and ctx.db.tracking and not run.reads_reported:
             run.reads_reported = True
             ctx.db.events.extend(script_reads(run.command, ctx.client_id))

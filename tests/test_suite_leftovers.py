@@ -3,6 +3,7 @@ PUBLISH and may-replicate commands from scripts, compared with redis-server."""
 
 from __future__ import annotations
 
+import re
 import time
 
 from refserver import RawConn, decode
@@ -267,3 +268,25 @@ def test_config_set_of_a_port_fails_at_apply_after_every_check(pair):
     assert ours.startswith(b"-ERR CONFIG SET failed (possibly related to argument 'port') - "
                            b"Unable to listen on this port"), ours
     assert pair.ours.value("CONFIG", "GET", "maxmemory") == [b"maxmemory", b"0"]
+
+
+def _counts_of(conn: RawConn, name: str) -> str:
+    info = conn.call("INFO", "commandstats").decode()
+    line = next((line for line in info.split("\r\n") if line.startswith(f"cmdstat_{name}:")), "")
+    return re.sub(r"usec=\d+,usec_per_call=[\d.]+,", "", line)
+
+
+def test_commands_a_script_runs_count_in_commandstats_like_redis(pair):
+    """Redis' call() counts a script's commands: calls, failed_calls when they answer
+    an error, rejected_calls when the script layer refuses them (a write from a
+    read-only script), so INFO commandstats shows what scripts do."""
+    pair.same("SET", "str{u}", "x")
+    for conn in (pair.ours, pair.theirs):
+        conn.call("CONFIG", "RESETSTAT")
+    pair.same("EVAL", "redis.call('incr', KEYS[1] .. 'n') return redis.call('get', KEYS[1])", 1, "str{u}")
+    pair.same("EVAL", "return redis.pcall('lpush', KEYS[1], 'a')", 1, "str{u}")
+    pair.same("EVAL_RO", "return redis.pcall('set', KEYS[1], 'y')", 1, "str{u}")
+    pair.same("FCALL_RO", "nosuchfunction", 0)
+    for name in ("incr", "get", "lpush", "set", "eval", "eval_ro"):
+        ours, theirs = _counts_of(pair.ours, name), _counts_of(pair.theirs, name)
+        assert ours == theirs and ours, (name, ours, theirs)
