@@ -9,7 +9,7 @@ script's line. A Lua callee is tail-called instead and the frame is gone. Lua 5.
 compiles `return f(...)` to TAILCALL A B 0 followed by RETURN A 0; CALL A B 0 with
 that same RETURN returns the same values, so rewriting the opcode keeps the
 semantics and the frame. The one difference: tail recursion now uses a call level
-per step (Lua's limit, 20,000 levels, answers "stack overflow").
+per step, and Lua's limit on them answers "stack overflow" (after about 16,700).
 
 The format is lundump.c's for the header lupa's Lua 5.1 writes (checked below).
 """
