@@ -20,6 +20,7 @@ from typing import Any, Callable, cast
 import lupa.lua51 as lua51
 
 from durakv.shards.acl import ACL_OK, script_acl_error
+from durakv.shards.args import select_db
 from durakv.shards.context import Ctx
 from durakv.shards.evict import OOM_MESSAGE
 from durakv.shards.keyspace import Keyspace
@@ -308,6 +309,13 @@ class Scripting:
             if self.on_call is not None:
                 self.on_call(argv)
             return self.to_lua(Simple(b"PONG") if len(argv) == 1 else argv[1], run.resp)
+        if argv[0].lower() == b"select":  # a router command too: database 0 only, as in Redis Cluster
+            if len(argv) != 2:
+                raise ScriptCallError(ERR_ARITY)
+            if self.on_call is not None:
+                self.on_call(argv)
+            select_db(argv[1])
+            return self.to_lua(Simple(b"OK"), run.resp)
         cmd = find(argv)
         if cmd is None:
             raise ScriptCallError(ERR_UNKNOWN)

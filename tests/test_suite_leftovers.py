@@ -290,3 +290,13 @@ def test_commands_a_script_runs_count_in_commandstats_like_redis(pair):
     for name in ("incr", "get", "lpush", "set", "eval", "eval_ro"):
         ours, theirs = _counts_of(pair.ours, name), _counts_of(pair.theirs, name)
         assert ours == theirs and ours, (name, ours, theirs)
+
+
+def test_select_from_a_script_follows_redis_cluster(pair):
+    """redis.call('select', 0) is accepted (scripts written for several databases do
+    it), another database is refused as durakv's SELECT refuses it: Redis Cluster's text."""
+    pair.same("EVAL", "redis.call('select', 0) return redis.call('set', KEYS[1], 'v')", 1, "sel{u}")
+    pair.same("EVAL", "return redis.pcall('select', 'x')", 1, "sel{u}")
+    pair.same("EVAL", "return redis.pcall('select', 0, 1)", 1, "sel{u}")
+    refused = pair.ours.call("EVAL", "return redis.pcall('select', 5)", 1, "sel{u}")
+    assert refused == pair.ours.call("SELECT", "5") == b"-ERR SELECT is not allowed in cluster mode\r\n"

@@ -336,7 +336,8 @@ def test_redirect_to_a_client_of_another_front_matches_redis(server, redis_ref):
         r = fresh(tracker_port)
         sg = RawConn(writer_port)
         red, red_id = redirect_target(target_port)
-        out = [r.call("CLIENT", "TRACKING", "on", "REDIRECT", red_id), r.call("CLIENT", "GETREDIR") == b":%d\r\n" % red_id]
+        out = [r.call("CLIENT", "TRACKING", "on", "REDIRECT", red_id),
+               r.call("CLIENT", "GETREDIR") == b":%d\r\n" % red_id]
         sg.call("SET", "k", "1")
         out.append(r.call("GET", "k"))
         sg.call("INCR", "k")
