@@ -40,6 +40,9 @@ REDIS_VERSION = b"7.0.15"
 REDIS_VERSION_NUM = 0x07000F
 FUNCTION_LOAD_TIMEOUT_S = 0.5
 MAX_REPLY_DEPTH = 512  # nested tables in a script's reply (Redis: the Lua stack limit)
+MAX_ERROR_CODES = 128  # distinct codes in Scripting.error_counts (server/stats.py's bound)
+MAX_ERROR_CODE_BYTES = 64
+COUNTED = b"counted"  # marks an error table whose error INFO errorstats has (see count_error)
 _LOG_LEVELS = (logging.DEBUG, logging.INFO, logging.INFO, logging.WARNING)
 
 ERR_UNKNOWN = b"Unknown Redis command called from script"
@@ -145,6 +148,10 @@ class Scripting:
         self.on_publish: Callable[[bytes, bytes], int] | None = None
         self.lua_table = lua51.lua_type
         self.boot = self._boot()
+        # Errors of the commands scripts ran, by code, for INFO errorstats (the router
+        # counts the replies it sends): as Redis counts them when the command fails,
+        # also when the script catches them, and not again in the script's reply.
+        self.error_counts: dict[bytes, int] = {}
 
     def _boot(self) -> Any:
         rt = self.runtime
@@ -284,9 +291,9 @@ class Scripting:
                 raise ScriptCallError(b"redis.call/pcall can only be called inside a script invocation")
             return self._execute(run, args), False
         except ScriptCallError as e:
-            return self.error_table(b"ERR " + e.message), True
+            return self.count_error(self.error_table(b"ERR " + e.message)), True
         except ReplyError as e:
-            return self.error_table(error_message(e.message)), True
+            return self.count_error(self.error_table(error_message(e.message))), True
         except Exception:
             logger.exception("script %s: redis.call%r failed", run.name if run else b"?", args[:3])
             return self.error_table(b"ERR internal error in redis.call"), True
@@ -374,6 +381,24 @@ class Scripting:
             run.reads_reported = True
             ctx.db.events.extend(script_reads(run.command, ctx.client_id))
         return self.to_lua(result, run.resp)
+
+    def count_error(self, table: Any) -> Any:
+        """Count a redis.call/pcall error (an error table) by its code and mark the table."""
+        code = table[b"err"][:MAX_ERROR_CODE_BYTES].split(b" ", 1)[0]
+        counts = self.error_counts
+        if code in counts or len(counts) < MAX_ERROR_CODES:
+            counts[code] = counts.get(code, 0) + 1
+            table[COUNTED] = code
+        return table
+
+    def uncount_reply(self, value: Any) -> None:
+        """The script replies with an error counted when its command failed: the
+        router counts that reply, so it is taken back here (counted once, as in Redis)."""
+        if self.lua_table(value) != "table":
+            return
+        code = self.boot["rawget"](value, COUNTED)
+        if type(code) is bytes and self.error_counts.get(code, 0) > 0:
+            self.error_counts[code] -= 1
 
     # --- conversions ---------------------------------------------------------------
 

@@ -300,3 +300,31 @@ def test_select_from_a_script_follows_redis_cluster(pair):
     pair.same("EVAL", "return redis.pcall('select', 0, 1)", 1, "sel{u}")
     refused = pair.ours.call("EVAL", "return redis.pcall('select', 5)", 1, "sel{u}")
     assert refused == pair.ours.call("SELECT", "5") == b"-ERR SELECT is not allowed in cluster mode\r\n"
+
+
+def _error_counts(conn: RawConn) -> list[str]:
+    stats = conn.call("INFO", "stats").decode()
+    total = next(line for line in stats.split("\r\n") if line.startswith("total_error_replies:"))
+    errors = conn.call("INFO", "errorstats").decode()
+    return [total] + [line for line in errors.split("\r\n") if line.startswith("errorstat_")]
+
+
+def test_errors_inside_scripts_count_once_in_errorstats_like_redis(pair):
+    """Redis counts a failed command's error when it fails inside a script, also when
+    the script catches it (redis.pcall, Lua's pcall), and not again when the script's
+    reply is that error; other script errors count as the reply they are."""
+    pair.same("SET", "str{u}", "x")
+    scripts = [("EVAL", "return redis.call('lpush', KEYS[1], 'a')"),
+               ("EVAL", "local t = redis.pcall('lpush', KEYS[1], 'a') return 1"),
+               ("EVAL", "return redis.pcall('lpush', KEYS[1], 'a')"),
+               ("EVAL", "local ok = pcall(redis.call, 'lpush', KEYS[1], 'a') return 1"),
+               ("EVAL_RO", "return redis.call('set', KEYS[1], 'y')"),
+               ("EVAL_RO", "local t = redis.pcall('set', KEYS[1], 'y') return t['err']"),
+               ("EVAL", "return redis.error_reply('MY_ERR custom')"),
+               ("EVAL", "return nosuchglobal")]
+    for command, script in scripts:
+        for conn in (pair.ours, pair.theirs):
+            conn.call("CONFIG", "RESETSTAT")
+        pair.same(command, script, 1, "str{u}")
+        ours, theirs = _error_counts(pair.ours), _error_counts(pair.theirs)
+        assert ours == theirs, (script, ours, theirs)
