@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 
 from durakv.server.client import Client
-from durakv.shards.args import ERR_SYNTAX, int_range_arg
+from durakv.shards.args import ERR_SYNTAX, select_db
 from durakv.shards.frames import VERB_NO_WRITES_FUNCTIONS
-from durakv.shards.numbers import INT_MAX, INT_MIN, parse_ll
+from durakv.shards.numbers import parse_ll
 from durakv.shards.resp import OK, PONG, Map, ReplyError, Simple, Verbatim
 from durakv.server.pause import PAUSE_ALL, PAUSE_WRITE
 from durakv.shards.table import MULTI_RUN_NOW, ROUTER, arity_error, command, container, subcommand_syntax_error
@@ -95,9 +95,7 @@ def hello(client: Client, argv: list[bytes]):
 
 @command("select", 2, "loading stale fast", group="connection", where=ROUTER)
 def select(client: Client, argv: list[bytes]):
-    db = int_range_arg(argv[1], INT_MIN, INT_MAX)
-    if db != 0:
-        raise ReplyError(b"ERR SELECT is not allowed in cluster mode")
+    select_db(argv[1])
     return OK
 
 

@@ -337,7 +337,7 @@ def _stats(router, infos, version):
         f"pubsub_patterns:{len(router.pubsub.patterns)}",
         *router.tracking.stats_lines(),
         "migrate_cached_sockets:0",  # no MIGRATE, so no cached connections
-        f"total_error_replies:{router.reply_stats.error_replies}",
+        f"total_error_replies:{router.reply_stats.error_replies + sum(_script_errors(infos).values())}",
         "unexpected_error_replies:0",
         "latest_fork_usec:0",  # snapshots are built by the snapshotter process, not by forking
         "total_forks:0",
@@ -367,7 +367,16 @@ def _modules(router, infos, version):
 
 
 def _errorstats(router, infos, version):
-    return router.reply_stats.error_lines()
+    return router.reply_stats.error_lines(_script_errors(infos))
+
+
+def _script_errors(infos) -> dict[bytes, int]:
+    """The errors of the commands scripts ran, counted by the shards (shards/luaenv.py)."""
+    merged: dict[bytes, int] = {}
+    for info in infos:
+        for code, count in info.get("script_errors", {}).items():
+            merged[code] = merged.get(code, 0) + count
+    return merged
 
 
 def _cluster(router, infos, version):

@@ -265,6 +265,19 @@ class PubSub:
         local = self.local(op, args)  # first: a message to the publisher itself precedes the reply, as in Redis
         pending = Pending(client)
         client.replies.append(pending)
+        self._ask(pending, local, op, args, finish)
+        return pending
+
+    def ask_peers(self, op: str, args: list[Any], done: Callable[[list[Any]], None]) -> None:
+        """ask_all for no client's reply: `done` gets the peers' parts that came back
+        within PEER_REPLY_TIMEOUT_MS (server/tracking.py's redirects to other fronts)."""
+        def finish(parts: list[Any]) -> bytes:
+            done(parts[1:])
+            return b""
+        self._ask(Pending(None, on_fill=_drop_fill), None, op, args, finish)
+
+    def _ask(self, pending: Pending, local: Any, op: str, args: list[Any],
+             finish: Callable[[list[Any]], bytes]) -> None:
         self._seq += 1
         seq = self._seq
         ask = Ask(pending, local, 0, finish)
@@ -278,7 +291,6 @@ class PubSub:
             if not self.asks:
                 self._asks_waiting.set()
             self.asks[seq] = ask
-        return pending
 
     def answered(self, seq: int, value: Any) -> None:
         """A peer's part (None: that peer had none to give)."""
@@ -327,6 +339,10 @@ class PubSub:
                     logger.error("router %d: bad pub/sub request from a peer: %s", self.front.index, e)
                     answers.append([seq, None])
             await send_message(stream, _encoder.encode(answers))
+
+
+def _drop_fill(pending: Pending, data: bytes) -> None:
+    """The fill of an ask no client waits for (ask_peers: its `done` had the parts)."""
 
 
 class MessageReader:

@@ -36,8 +36,14 @@ _MEMORY_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024*
                  "g": 1000**3, "gb": 1024**3}
 
 # Parameters Redis 7.0 changes at run time (it rebinds, chdirs) that durakv fixes at
-# start: CONFIG SET of the value they have is accepted, as it would be by Redis.
-REDIS_MUTABLE = frozenset({"bind", "port", "tls-port", "dir"})
+# start: CONFIG SET of the value they have is accepted, as it would be by Redis;
+# another value fails where Redis' apply step can fail, with its error text.
+REDIS_MUTABLE = {"bind": b"Failed to bind to specified addresses: durakv binds them once, at start",
+                 "port": b"Unable to listen on this port: durakv listens on the port it started with",
+                 "tls-port": b"Unable to listen on this port: durakv listens on the port it started with",
+                 "dir": b"No such file or directory: durakv's data directory is fixed at start"}
+MAX_PERCENT = 100
+REPL_BACKLOG_MIN_BYTES = 16 * 1024  # Redis' CONFIG_REPL_BACKLOG_MIN_SIZE: smaller sizes are raised to it
 
 
 @dataclass
@@ -52,6 +58,10 @@ class Param:
     hi: int = LLONG_MAX
     unsigned: bool = False  # a C unsigned type: bounds checked and printed as unsigned
     memory: bool = False  # MEMORY_CONFIG: "1gb" syntax
+    percent: bool = False  # PERCENT_CONFIG: "10%" too (of maxmemory), shown as given
+    # Accepted for configurations written for Redis, but durakv lacks the feature:
+    # any value other than the default is refused with this reason.
+    unsupported: bytes = b""
     on_set: Callable[[int], int] | None = field(default=None, repr=False)
 
 
@@ -145,6 +155,12 @@ def _params(config: Config) -> list[Param]:
         _int("active-expire-effort", 1, 1, 10),
         _int("io-threads", 1, 1, 128, mutable=False),
         _size("tracking-table-max-keys", 1000000, 0, LLONG_MAX),
+        # Redis' replication backlog: durakv's replicas read the log, which is the backlog.
+        _int("repl-backlog-size", 1024 * 1024, 1, LLONG_MAX, memory=True,
+             on_set=lambda size: max(size, REPL_BACKLOG_MIN_BYTES)),
+        Param("maxmemory-clients", NUMBER, "0", lo=-MAX_PERCENT, hi=LLONG_MAX, memory=True, percent=True,
+              unsupported=b"durakv does not evict clients by their memory: only 0 (off) is accepted"),
+        Param("replicaof", STRING, "", mutable=False, aliases=("slaveof",)),
         *_tls_params(config),
     ]
 
@@ -359,7 +375,7 @@ class Settings:
         problem: tuple[bytes, bytes] | None = None
         seen: list[Param] = []
         seen_names: set[str] = set()
-        for raw_name, raw_value in pairs:
+        for raw_name, _ in pairs:
             name = raw_name.decode(errors="replace").lower()
             param = self.lookup.get(name)
             if param is None:
@@ -367,7 +383,7 @@ class Settings:
                     unknown = raw_name
                 continue
             if problem is None and unknown is None:
-                if not param.mutable and not (name in REDIS_MUTABLE and self._unchanged(param, raw_value)):
+                if not param.mutable and param.name not in REDIS_MUTABLE:
                     problem = (raw_name, b"can't set immutable config")
                 elif name in seen_names:
                     # Redis 7.0 keeps an alias as a separate entry: a name and its
@@ -385,13 +401,10 @@ class Settings:
             if value is None:
                 raise set_failed(raw_name, why)
             result.append((param.name, value))
+        for (raw_name, _), (name, value) in zip(pairs, result):
+            if name in REDIS_MUTABLE and value != self.values[name]:  # Redis' apply step, after every check
+                raise set_failed(raw_name, REDIS_MUTABLE[name])
         return result
-
-    def _unchanged(self, param: Param, raw_value: bytes) -> bool:
-        """Setting a parameter immutable here but mutable in Redis (REDIS_MUTABLE) to
-        the value it has changes nothing, so it is accepted."""
-        value, _ = self._normalize(param, raw_value.decode(errors="replace"))
-        return value is not None and value == self.values[param.name]
 
     def _normalize(self, param: Param, value: str) -> tuple[str | None, bytes]:
         kind = param.kind
@@ -421,10 +434,24 @@ class Settings:
 
     @staticmethod
     def _number(param: Param, value: str) -> tuple[str | None, bytes]:
+        text, why = Settings._parse_number(param, value)
+        if text is not None and param.unsupported and text != param.default:
+            return None, param.unsupported
+        return text, why
+
+    @staticmethod
+    def _parse_number(param: Param, value: str) -> tuple[str | None, bytes]:
+        if param.percent and len(value) > 1 and value.endswith("%"):
+            percent = parse_ll(value[:-1].encode()) if value.isascii() else None
+            if percent is not None and percent >= 0:
+                if percent > MAX_PERCENT:
+                    return None, b"percentage argument must be less or equal to %d" % MAX_PERCENT
+                return (f"{percent}%" if percent else "0"), b""
         if param.memory:
             number = memtoull(value)
             if number is None:
-                return None, b"argument must be a memory value"
+                return None, (b"argument must be a memory or percent value" if param.percent
+                              else b"argument must be a memory value")
             number = _as_signed(number)
         else:
             number = parse_ll(value.encode()) if value.isascii() else None

@@ -61,6 +61,11 @@ class ReplyStats:
         self.commands.clear()
         self.codes_full = False
 
-    def error_lines(self) -> list[str]:
+    def error_lines(self, elsewhere: dict[bytes, int]) -> list[str]:
+        """INFO errorstats: these replies' errors plus those counted `elsewhere` (the
+        errors of commands scripts ran on the shards, shards/luaenv.py)."""
+        merged = dict(self.errors)
+        for code, count in elsewhere.items():
+            merged[code] = merged.get(code, 0) + count
         return [f"errorstat_{code.decode(errors='replace')}:count={count}"
-                for code, count in sorted(self.errors.items())]
+                for code, count in sorted(merged.items()) if count]

@@ -8,9 +8,11 @@ Redis would but never misses a write), and the prefixes of BCAST clients. The
 shards report the keys they change (shards/tracking.py) once a front has a
 tracking client, after the write is durable and before its reply, so a client
 whose write invalidates a key it read gets the push after that write's reply, as
-in Redis 7.0. A REDIRECT target must be connected to the same front: ids of
-clients elsewhere are refused as Redis refuses unknown ones, and a target that
-goes away makes the client's invalidations `tracking-redir-broken` pushes."""
+in Redis 7.0. A REDIRECT target may be a client of any router or shard port
+(client ids are unique across them): one of another front is asked for over the
+pub/sub peer mesh (server/pubsub.py), both whether it exists (CLIENT TRACKING) and,
+with each invalidation, to take it. A target that is gone (or whose process does
+not answer) makes the client's invalidations `tracking-redir-broken` pushes."""
 
 from __future__ import annotations
 
@@ -41,6 +43,9 @@ MAX_QUEUED_PUSHES = 64 * 1024  # a client's pushes waiting behind a pending repl
 SCRIPT_COMMANDS = frozenset({"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"})
 MAX_FLUSH_ECHOES = 1024  # FLUSHALLs whose other shards' reports are awaited (more: some shard is down)
 NULL_BY_PROTO = {2: b"$-1\r\n", 3: b"_\r\n"}
+# Requests to the other fronts over the peer mesh (server/pubsub.py's extra_ops).
+OP_HAS_CLIENT = "th"  # client id -> whether it is connected here
+OP_INVALIDATE = "ti"  # target id, keys (None: all), the tracking client's protocol -> delivered here
 
 
 class ClientTracking:
@@ -114,6 +119,8 @@ class Tracking:
         # A FLUSHALL sent to every shard is reported by each: writer id -> reports still to come,
         # skipped, so a client gets one null invalidation per FLUSHALL as in Redis.
         self._flush_echoes: dict[int, int] = {}
+        front.pubsub.extra_ops[OP_HAS_CLIENT] = self.peer_request
+        front.pubsub.extra_ops[OP_INVALIDATE] = self.peer_request
 
     # --- clients ---------------------------------------------------------------------
 
@@ -132,6 +139,20 @@ class Tracking:
                 if prefix not in state.prefixes:
                     state.prefixes.append(prefix)
                 self.prefixes.setdefault(prefix, {})[client.id] = None
+
+    def restore(self, client: Client, old: ClientTracking, prefixes_before: int) -> None:
+        """Put back the state `enable` replaced (a REDIRECT found invalid afterwards):
+        the prefixes it added go (enable appends them to the list the states share)."""
+        state = client.tracking
+        assert state is not None and state.prefixes is old.prefixes, "restoring a state enable did not replace"
+        for prefix in state.prefixes[prefixes_before:]:
+            clients = self.prefixes.get(prefix)
+            if clients is not None:
+                clients.pop(client.id, None)
+                if not clients:
+                    del self.prefixes[prefix]
+        del state.prefixes[prefixes_before:]
+        client.tracking = old
 
     def disable(self, client: Client) -> None:
         state = client.tracking
@@ -291,19 +312,55 @@ class Tracking:
         __redis__:invalidate to a subscribed redirect target; nothing otherwise."""
         state = client.tracking
         assert state is not None, "an invalidation for a client not tracking"
-        target = client
-        if state.redirect:
-            target = self.front.clients.get(state.redirect)
-            if target is None:
-                state.broken = True
-                if client.proto == 3:
-                    self._push(client, encode(Push([b"tracking-redir-broken", state.redirect]), 3))
-                return
-        payload = NULL_BY_PROTO[client.proto] if keys is None else encode(keys, target.proto)
+        if not state.redirect:
+            self._deliver(client, keys, client.proto, False)
+            return
+        target = self.front.clients.get(state.redirect)
+        if target is not None:
+            self._deliver(target, keys, client.proto, True)
+        elif state.broken:
+            self._redirect_broken(client)
+        else:
+            self._send_elsewhere(client, state.redirect, keys)
+
+    def _deliver(self, target: Client, keys: list[bytes] | None, null_proto: int, redirected: bool) -> None:
+        payload = NULL_BY_PROTO[null_proto] if keys is None else encode(keys, target.proto)
         if target.proto == 3:
             self._push(target, PUSH_HEAD + payload)
-        elif state.redirect and target.pubsub is not None:
+        elif redirected and target.pubsub is not None:
             self._push(target, MESSAGE_HEAD + payload)
+
+    def _redirect_broken(self, client: Client) -> None:
+        state = client.tracking
+        assert state is not None, "a broken redirect of a client not tracking"
+        state.broken = True
+        if client.proto == 3:
+            self._push(client, encode(Push([b"tracking-redir-broken", state.redirect]), 3))
+
+    def _send_elsewhere(self, client: Client, target_id: int, keys: list[bytes] | None) -> None:
+        """The target is a client of another front: that front delivers it; none
+        taking it breaks the redirect (client ids are never reused)."""
+        def done(parts: list[Any]) -> None:
+            if True in parts:
+                return
+            if client.tracking is not None and client.tracking.redirect == target_id and not client.closed:
+                logger.info("router %d: tracking client %d: redirect target %d is gone",
+                            self.front.index, client.id, target_id)
+                self._redirect_broken(client)
+                self._close_overflowed()
+        self.front.pubsub.ask_peers(OP_INVALIDATE, [target_id, keys, client.proto], done)
+
+    def peer_request(self, op: str, args: list[Any]) -> bool:
+        """Another front's request (server/pubsub.py): does a client live here / take
+        this invalidation for a client of mine you track for."""
+        target = self.front.clients.get(args[0])
+        if target is None:
+            return False
+        if op == OP_INVALIDATE:
+            keys = args[1]
+            self._deliver(target, None if keys is None else [bytes(k) for k in keys], args[2], True)
+            self._close_overflowed()
+        return True
 
     def _push(self, client: Client, data: bytes) -> None:
         """Queue a push behind the client's replies (as pub/sub messages); a client
@@ -371,8 +428,6 @@ def client_tracking(client: Client, argv: list[bytes]):
             value = parse_ll(argv[j])
             if value is None:
                 raise ReplyError(b"ERR value is not an integer or out of range")
-            if value not in client.router.clients:
-                raise ReplyError(b"ERR The client ID you want redirect to does not exist")
             redirect = value
         elif opt == b"bcast":
             bcast = True
@@ -406,12 +461,35 @@ def client_tracking(client: Client, argv: list[bytes]):
                              b"and then re-enabling it with a different mode.")
         if bcast:
             _check_prefixes(old.prefixes if old is not None else [], prefixes)
+        if redirect and redirect not in client.router.clients:
+            return _redirect_elsewhere(client, ClientTracking(redirect, bcast, optin, optout, noloop), prefixes)
         tracking.enable(client, ClientTracking(redirect, bcast, optin, optout, noloop), prefixes)
     elif mode == b"off":
         tracking.disable(client)
     else:
         raise ERR_SYNTAX
     return OK
+
+
+def _redirect_elsewhere(client: Client, state: ClientTracking, prefixes: list[bytes]) -> Pending:
+    """REDIRECT to a client of another front (or of none): tracking is on at once, so
+    reads pipelined behind this command are tracked, and is put back as it was if no
+    front has that client (Redis' error for an unknown id)."""
+    tracking = client.router.tracking
+    old = client.tracking
+    prefixes_before = len(old.prefixes) if old is not None else 0
+    tracking.enable(client, state, prefixes)
+
+    def finish(parts: list[Any]) -> bytes:
+        if True in parts:
+            return b"+OK\r\n"
+        if client.tracking is state:
+            if old is None:
+                tracking.disable(client)
+            else:
+                tracking.restore(client, old, prefixes_before)
+        return b"-ERR The client ID you want redirect to does not exist\r\n"
+    return client.router.pubsub.ask_all(client, OP_HAS_CLIENT, [state.redirect], finish)
 
 
 @command("client|caching", 3, "noscript loading stale", group="connection", where=ROUTER)

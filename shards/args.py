@@ -3,7 +3,7 @@ modules (the equivalents of Redis' getLongLongFromObjectOrReply and friends)."""
 
 from __future__ import annotations
 
-from durakv.shards.numbers import parse_float, parse_ll
+from durakv.shards.numbers import INT_MAX, INT_MIN, parse_float, parse_ll
 from durakv.shards.resp import ReplyError, fixed_error
 
 ERR_NOT_INT = fixed_error(b"ERR value is not an integer or out of range")
@@ -39,6 +39,13 @@ def int_range_arg(text: bytes, lo: int, hi: int) -> int:
     if not lo <= value <= hi:
         raise ReplyError(b"ERR value is out of range, value must between %d and %d" % (lo, hi))
     return value
+
+
+def select_db(text: bytes) -> None:
+    """SELECT's argument in cluster mode, as Redis Cluster checks it: database 0 only
+    (for the router's SELECT and a script's redis.call('select', ...))."""
+    if int_range_arg(text, INT_MIN, INT_MAX) != 0:
+        raise ReplyError(b"ERR SELECT is not allowed in cluster mode")
 
 
 def is_string(value: object) -> bool:

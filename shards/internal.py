@@ -48,6 +48,7 @@ def info(shard, argv: list[bytes]) -> dict:
         "commandstats": {name: [s.calls, s.usec, s.failed, s.rejected] for name, s in shard.stats.items()},
         "persistence": persistence(shard),
         "cached_scripts": cached_scripts(db),
+        "script_errors": db.scripting.error_counts if db.scripting is not None else {},
         "latency_histograms": shard.latency.export_histograms() if INFO_LATENCYSTATS in argv else {},
         "malloc": malloc_stats() if INFO_MALLOC in argv else {},
     }
@@ -124,6 +125,8 @@ def reset_stats(shard, argv: list[bytes]) -> bool:
     shard.db.stat_keyspace_hits = 0
     shard.db.stat_keyspace_misses = 0
     shard.latency.reset_histograms()
+    if shard.db.scripting is not None:
+        shard.db.scripting.error_counts.clear()
     return True
 
 

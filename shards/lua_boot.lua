@@ -11,6 +11,7 @@ local getinfo, sethook = debug.getinfo, debug.sethook
 local raw_setmetatable, raw_rawset, raw_pcall = setmetatable, rawset, pcall
 local raw_loadstring, raw_setfenv, raw_getfenv = loadstring, setfenv, getfenv
 local tostring, type, error, select, unpack = tostring, type, error, select, unpack
+local string_dump = string.dump
 
 local readonly_tables = raw_setmetatable({}, {__mode = 'k'})
 
@@ -85,9 +86,24 @@ local function error_table(message)
   return {err = code .. ' ' .. rest}
 end
 
+-- lupa hands a Python callable at most about 7,997 arguments (its checks of the C
+-- stack meet Lua's 8,000-slot limit), and Redis' scripts may pass more
+-- (`redis.call('lpush', 'l', unpack(a))` with 7,999 values): past DIRECT_ARGS_MAX
+-- the arguments travel in one table. Scripts are compiled without tail calls
+-- (boot.compile), so `return redis.call(...)` keeps the script's frame and line.
+local DIRECT_ARGS_MAX = 7000
+local py_call, py_pcall, py_call_packed = py.call, py.pcall, py.call_packed
 local api = {}
-api.call = py.call
-api.pcall = py.pcall
+api.call = function(...)
+  local n = select('#', ...)
+  if n <= DIRECT_ARGS_MAX then return py_call(...) end
+  return py_call_packed(true, n, {...})
+end
+api.pcall = function(...)
+  local n = select('#', ...)
+  if n <= DIRECT_ARGS_MAX then return py_pcall(...) end
+  return py_call_packed(false, n, {...})
+end
 api.sha1hex = py.sha1hex
 api.error_reply = function(...)
   local e = ...
@@ -287,6 +303,7 @@ local boot = {}
 function boot.compile(body, chunkname, for_function)
   local f, err = raw_loadstring(body, chunkname)
   if not f then return nil, err end
+  f = raw_loadstring(py.without_tail_calls(string_dump(f)), chunkname)
   raw_setfenv(f, for_function and function_env or eval_env)
   return f
 end

@@ -15,14 +15,16 @@ import hashlib
 import logging
 import time
 from importlib import resources
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import lupa.lua51 as lua51
 
 from durakv.shards.acl import ACL_OK, script_acl_error
+from durakv.shards.args import select_db
 from durakv.shards.context import Ctx
 from durakv.shards.evict import OOM_MESSAGE
 from durakv.shards.keyspace import Keyspace
+from durakv.shards.luabytecode import without_tail_calls
 from durakv.shards.lualibs import CJson, CMsgpack, LibError, Struct, bit_library
 from durakv.shards.resp import (
     Map, NullArray, Push, Raw, ReplyError, SetReply, Simple, Verbatim, format_double,
@@ -38,6 +40,9 @@ REDIS_VERSION = b"7.0.15"
 REDIS_VERSION_NUM = 0x07000F
 FUNCTION_LOAD_TIMEOUT_S = 0.5
 MAX_REPLY_DEPTH = 512  # nested tables in a script's reply (Redis: the Lua stack limit)
+MAX_ERROR_CODES = 128  # distinct codes in Scripting.error_counts (server/stats.py's bound)
+MAX_ERROR_CODE_BYTES = 64
+COUNTED = b"counted"  # marks an error table whose error INFO errorstats has (see count_error)
 _LOG_LEVELS = (logging.DEBUG, logging.INFO, logging.INFO, logging.WARNING)
 
 ERR_UNKNOWN = b"Unknown Redis command called from script"
@@ -143,12 +148,17 @@ class Scripting:
         self.on_publish: Callable[[bytes, bytes], int] | None = None
         self.lua_table = lua51.lua_type
         self.boot = self._boot()
+        # Errors of the commands scripts ran, by code, for INFO errorstats (the router
+        # counts the replies it sends): as Redis counts them when the command fails,
+        # also when the script catches them, and not again in the script's reply.
+        self.error_counts: dict[bytes, int] = {}
 
     def _boot(self) -> Any:
         rt = self.runtime
         source = resources.files("durakv.shards").joinpath("lua_boot.lua").read_bytes()
         py = rt.table_from({
-            b"call": self._call, b"pcall": self._pcall, b"unwrap": _unwrap, b"sha1hex": self._sha1hex,
+            b"call": self._call, b"pcall": self._pcall, b"call_packed": self._call_packed,
+            b"without_tail_calls": without_tail_calls, b"unwrap": _unwrap, b"sha1hex": self._sha1hex,
             b"log": self._log, b"setresp": self._setresp, b"set_repl": self._set_repl,
             b"acl_check_cmd": self._acl_check_cmd, b"tick": self._tick, b"load_expired": self._load_expired,
             b"register_function": self._register_function,
@@ -268,6 +278,12 @@ class Scripting:
         """redis.pcall: the reply, an error as Redis' error table."""
         return self._pcall_reply(args)[0]
 
+    def _call_packed(self, raising: bool, count: int, table: Any) -> Any:
+        """redis.call (raising) or redis.pcall with more arguments than lupa passes
+        to a Python callable (lua_boot.lua): they come as a table of `count` items."""
+        args = tuple(table[i] for i in range(1, count + 1))
+        return self._call(*args) if raising else self._pcall(*args)
+
     def _pcall_reply(self, args: tuple) -> tuple[Any, bool]:
         run = self.run
         try:
@@ -275,9 +291,9 @@ class Scripting:
                 raise ScriptCallError(b"redis.call/pcall can only be called inside a script invocation")
             return self._execute(run, args), False
         except ScriptCallError as e:
-            return self.error_table(b"ERR " + e.message), True
+            return self.count_error(self.error_table(b"ERR " + e.message)), True
         except ReplyError as e:
-            return self.error_table(error_message(e.message)), True
+            return self.count_error(self.error_table(error_message(e.message))), True
         except Exception:
             logger.exception("script %s: redis.call%r failed", run.name if run else b"?", args[:3])
             return self.error_table(b"ERR internal error in redis.call"), True
@@ -300,6 +316,13 @@ class Scripting:
             if self.on_call is not None:
                 self.on_call(argv)
             return self.to_lua(Simple(b"PONG") if len(argv) == 1 else argv[1], run.resp)
+        if argv[0].lower() == b"select":  # a router command too: database 0 only, as in Redis Cluster
+            if len(argv) != 2:
+                raise ScriptCallError(ERR_ARITY)
+            if self.on_call is not None:
+                self.on_call(argv)
+            select_db(argv[1])
+            return self.to_lua(Simple(b"OK"), run.resp)
         cmd = find(argv)
         if cmd is None:
             raise ScriptCallError(ERR_UNKNOWN)
@@ -308,38 +331,74 @@ class Scripting:
         if "noscript" in cmd.flags:
             raise ScriptCallError(ERR_NOSCRIPT_CMD)
         ctx = run.ctx
-        if ctx.acl_user is not None:
-            denied = script_acl_error(ctx.acl_user, cmd, argv, ctx.acl_denials)
-            if denied is not None:
-                raise ScriptCallError(denied)
-        if run.read_only and (cmd.is_write or "may_replicate" in cmd.flags):
-            raise ScriptCallError(ERR_WRITE_RO)  # may_replicate too, so CLIENT PAUSE WRITE lets RO scripts run
+        counter = getattr(ctx.shard, "script_call_stat", None)  # a serving shard's; a replay counts nothing
+        stat = counter(cmd) if counter is not None else None
+        try:
+            if ctx.acl_user is not None:
+                denied = script_acl_error(ctx.acl_user, cmd, argv, ctx.acl_denials)
+                if denied is not None:
+                    raise ScriptCallError(denied)
+            if run.read_only and (cmd.is_write or "may_replicate" in cmd.flags):
+                raise ScriptCallError(ERR_WRITE_RO)  # may_replicate too, so CLIENT PAUSE WRITE lets RO scripts run
+            if cmd.handler is not None and cmd.where != ROUTER:
+                if ctx.db.oom and not run.allow_oom and "denyoom" in cmd.flags and not run.wrote():
+                    raise ReplyError(OOM_MESSAGE)  # scriptVerifyOOM: only before the script's first write
+                first, last = ctx.shard.slot_range
+                for i in cmd.key_indexes(argv):
+                    if not first <= key_slot(argv[i]) <= last:
+                        raise ScriptCallError(ERR_NON_LOCAL)
+        except ReplyError:
+            if stat is not None:
+                stat.rejected += 1  # Redis' scriptCall: refused before call(), a rejected call
+            raise
         if cmd.handler is None or cmd.where == ROUTER:
             if cmd.name == "publish" and self.on_publish is not None:
                 if self.on_call is not None:
                     self.on_call(argv)
+                if stat is not None:
+                    stat.calls += 1
                 return self.to_lua(self.on_publish(argv[1], argv[2]), run.resp)
             raise ScriptCallError(ERR_UNKNOWN)  # a router's command: no shard can run it
-        if ctx.db.oom and not run.allow_oom and "denyoom" in cmd.flags and not run.wrote():
-            raise ReplyError(OOM_MESSAGE)  # scriptVerifyOOM: only before the script's first write
-        first, last = ctx.shard.slot_range
-        for i in cmd.key_indexes(argv):
-            if not first <= key_slot(argv[i]) <= last:
-                raise ScriptCallError(ERR_NON_LOCAL)
-        if cmd.name in ("xread", "xreadgroup"):
-            _refuse_block(cmd.name, argv)
         if self.on_call is not None:
             self.on_call(argv)
         proto = ctx.proto
         ctx.proto = run.resp
+        start_ns = time.perf_counter_ns()
         try:
+            if cmd.name in ("xread", "xreadgroup"):
+                _refuse_block(cmd.name, argv)
             result = cmd.handler(ctx, argv)
+        except ReplyError:
+            if stat is not None:
+                stat.failed += 1
+            raise
         finally:
             ctx.proto = proto
+            if stat is not None:  # counted as Redis' call() counts a script's commands
+                stat.calls += 1
+                stat.usec += (time.perf_counter_ns() - start_ns) // 1000
         if cmd.is_readonly and ctx.db.tracking and not run.reads_reported:
             run.reads_reported = True
             ctx.db.events.extend(script_reads(run.command, ctx.client_id))
         return self.to_lua(result, run.resp)
+
+    def count_error(self, table: Any) -> Any:
+        """Count a redis.call/pcall error (an error table) by its code and mark the table."""
+        code = table[b"err"][:MAX_ERROR_CODE_BYTES].split(b" ", 1)[0]
+        counts = self.error_counts
+        if code in counts or len(counts) < MAX_ERROR_CODES:
+            counts[code] = counts.get(code, 0) + 1
+            table[COUNTED] = code
+        return table
+
+    def uncount_reply(self, value: Any) -> None:
+        """The script replies with an error counted when its command failed: the
+        router counts that reply, so it is taken back here (counted once, as in Redis)."""
+        if self.lua_table(value) != "table":
+            return
+        code = self.boot["rawget"](value, COUNTED)
+        if type(code) is bytes and self.error_counts.get(code, 0) > 0:
+            self.error_counts[code] -= 1
 
     # --- conversions ---------------------------------------------------------------
 
@@ -594,3 +653,9 @@ def scripting_of(db: Keyspace) -> Scripting:
         state = db.scripting = Scripting()
     assert isinstance(state, Scripting)
     return state
+
+
+def in_script(db: Keyspace) -> bool:
+    """Whether a command runs from a script or function (Redis' CLIENT_SCRIPT flag)."""
+    state = db.scripting
+    return state is not None and cast(Scripting, state).run is not None

@@ -548,6 +548,10 @@ class Shard(GroupCommit):
         if failed:
             stat.failed += 1
 
+    def script_call_stat(self, cmd: Command) -> CommandStats:
+        """The commandstats of a command a script runs (shards/luaenv.py counts it)."""
+        return self._stat(cmd)
+
     def _stat(self, cmd: Command | None) -> CommandStats:
         name = cmd.fullname if cmd is not None else "unknown"
         stat = self.stats.get(name)

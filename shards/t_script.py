@@ -101,8 +101,13 @@ def run_script(ctx: Ctx, state: Scripting, function: Any, name: bytes, argv: lis
         runner = state.boot["run_function" if for_function else "run_eval"]
         ok, result = runner(function, rt.table_from(keys), rt.table_from(args))
         if not ok:
+            state.uncount_reply(result)
             raise state.failure(result, name)
-        return Raw(state.reply(result, ctx.proto, run.resp))
+        data = state.reply(result, ctx.proto, run.resp)
+        if data[:1] == b"-":  # an error table returned: a failed call in commandstats, as in Redis
+            state.uncount_reply(result)
+            raise ReplyError(data[1:-2])
+        return Raw(data)
     finally:
         ctx.in_multi = in_multi
         state.run = None

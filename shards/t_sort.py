@@ -24,6 +24,7 @@ from fractions import Fraction
 from durakv.shards import notify
 from durakv.shards.args import ERR_SYNTAX, ERR_WRONGTYPE, int_arg
 from durakv.shards.context import Ctx
+from durakv.shards.luaenv import in_script
 from durakv.shards.resp import fixed_error
 from durakv.shards.t_hash import HashValue
 from durakv.shards.t_list import ListValue
@@ -268,8 +269,9 @@ def _sort(ctx: Ctx, argv: list[bytes], readonly: bool):
         value = ListValue()
     elif t is not ListValue and t is not SetValue and t is not ZSetValue:
         raise ERR_WRONGTYPE
-    if opts.dontsort and type(value) is SetValue and opts.store is not None:
-        # A set has no natural order to keep: sort it so the stored list is stable.
+    if opts.dontsort and type(value) is SetValue and (opts.store is not None or in_script(db)):
+        # A set has no natural order to keep: sort it so a stored list or a script's
+        # reply is the same everywhere (sort.c forces ALPHA for STORE and scripts).
         opts.dontsort = False
         opts.alpha = True
         opts.by = None

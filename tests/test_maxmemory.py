@@ -229,7 +229,7 @@ def test_maxmemory_from_the_config_file_reaches_every_shard(server_factory, tmp_
     srv = server_factory(shards=2, extra_args=("--config", str(config)))
     client = srv.client()
     assert client.config_get("maxmemory*") == {"maxmemory": "1", "maxmemory-policy": "volatile-ttl",
-                                               "maxmemory-samples": "5"}
+                                               "maxmemory-samples": "5", "maxmemory-clients": "0"}
     with pytest.raises(redis.exceptions.OutOfMemoryError):
         client.set("{a}k", "v")  # nothing has a TTL: nothing to evict
     with pytest.raises(redis.exceptions.OutOfMemoryError):

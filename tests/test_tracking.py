@@ -324,3 +324,63 @@ def test_a_shard_crash_tells_tracking_clients_to_drop_their_caches(server_factor
     while (reply := reader.read_reply()) == NULL_INVALIDATION:
         pass
     assert decode(reply)[0] == [b"invalidate", [b"k"]]
+
+
+def test_redirect_to_a_client_of_another_front_matches_redis(server, redis_ref):
+    """CLIENT TRACKING REDIRECT to a client of a shard port from the router, and the
+    reverse: the invalidations, FLUSHALL's null and the broken redirect as Redis sends
+    them to a target on its one node."""
+    owner = slot_owner_table(2)[key_slot(b"k")]
+
+    def scenario(tracker_port: int, target_port: int, writer_port: int) -> Transcript:
+        r = fresh(tracker_port)
+        sg = RawConn(writer_port)
+        red, red_id = redirect_target(target_port)
+        out = [r.call("CLIENT", "TRACKING", "on", "REDIRECT", red_id),
+               r.call("CLIENT", "GETREDIR") == b":%d\r\n" % red_id]
+        sg.call("SET", "k", "1")
+        out.append(r.call("GET", "k"))
+        sg.call("INCR", "k")
+        out.append(red.read_reply())  # message __redis__:invalidate [k]
+        r.call("GET", "k")
+        out.append(sg.call("FLUSHALL"))
+        out.append(red.read_reply())
+        out.append(red.call("PING"))
+        out.append(r.call("HELLO", "3")[:2])
+        r.call("GET", "k")
+        red.call("QUIT")
+        red.close()
+        sg.call("SET", "k", "2")
+        out.append(r.read_reply().replace(b":%d\r\n" % red_id, b":<id>\r\n"))
+        out.append(r.call("CLIENT", "TRACKINGINFO").replace(b":%d\r\n" % red_id, b":<id>\r\n"))
+        # An id no process has is refused, and the tracking state stays what it was.
+        out.append(r.call("CLIENT", "TRACKING", "on", "REDIRECT", str(red_id + 10**9)))
+        out.append(r.call("CLIENT", "TRACKINGINFO").replace(b":%d\r\n" % red_id, b":<id>\r\n"))
+        out.append(r.call("CLIENT", "TRACKING", "off"))
+        closing(r, sg)
+        return out
+
+    theirs = scenario(redis_ref.port, redis_ref.port, redis_ref.port)
+    assert b"*3\r\n$7\r\nmessage\r\n$20\r\n__redis__:invalidate\r\n*1\r\n$1\r\nk\r\n" in theirs
+    for ports in [(server.port, server.shard_port(owner), server.port),
+                  (server.shard_port(owner), server.port, server.shard_port(owner))]:
+        ours = scenario(*ports)
+        assert ours == theirs, "\n".join(f"{o!r}\n  vs redis {t!r}" for o, t in zip(ours, theirs) if o != t)
+
+
+def test_redirect_elsewhere_tracks_reads_pipelined_behind_it(server):
+    """Tracking is on before the other front confirms the target: a GET sent in the
+    same write as CLIENT TRACKING is tracked; an unknown id leaves tracking off."""
+    owner = slot_owner_table(2)[key_slot(b"k")]
+    red, red_id = redirect_target(server.shard_port(owner), proto=3)
+    r = fresh(server.port)
+    r.call("SET", "k", "v")
+    r.send_raw(encode_command(("CLIENT", "TRACKING", "on", "REDIRECT", str(red_id))) + encode_command(("GET", "k")))
+    assert (r.read_reply(), r.read_reply()) == (b"+OK\r\n", b"$1\r\nv\r\n")
+    RawConn(server.port).call("SET", "k", "w")
+    assert red.read_reply() == b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n"
+    r.call("CLIENT", "TRACKING", "off")
+    assert r.call("CLIENT", "TRACKING", "on", "REDIRECT", str(red_id + 10**9)) == \
+        b"-ERR The client ID you want redirect to does not exist\r\n"
+    assert decode(r.call("CLIENT", "TRACKINGINFO"))[0][:2] == [b"flags", [b"off"]]
+    closing(r, red)
