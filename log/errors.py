@@ -23,6 +23,9 @@ class LockHeld(LogError):
             who = "a process that has not yet written its pid"
         super().__init__(f"{what} is locked by {who}; stop that process first")
 
+    def __reduce__(self):  # pickled as itself (a snapshot build child reports its error so)
+        return type(self), (self.what, self.holder_pid, self.holder_role)
+
 
 class LogLocked(LockHeld):
     """Another writer holds a shard log directory's lock."""
@@ -42,6 +45,9 @@ class LogCorrupt(LogError):
         self.reason = reason
         super().__init__(f"log corrupt: {segment} at offset {offset_bytes}: {reason}")
 
+    def __reduce__(self):
+        return type(self), (self.segment, self.offset_bytes, self.reason)
+
 
 class LeaseLost(LogError):
     """The lease passed to append() is not the log's current lease."""
@@ -54,6 +60,9 @@ class SequenceMismatch(LogError):
         self.after_seq = after_seq
         self.tail_seq = tail_seq
         super().__init__(f"append after seq {after_seq} but the log tail is seq {tail_seq}")
+
+    def __reduce__(self):
+        return type(self), (self.after_seq, self.tail_seq)
 
 
 class LogWriteFailed(LogError):

@@ -17,7 +17,6 @@ parent raises again."""
 
 from __future__ import annotations
 
-import logging
 import os
 import pickle
 import signal
@@ -27,7 +26,6 @@ from typing import Callable
 from durakv.shards.lifeline import die_with_parent
 from durakv.snapshotter.errors import SnapshotterError
 
-logger = logging.getLogger("durakv.snapshotter")
 
 REPORT_MAX_BYTES = 1 << 20  # a pickled exception; more is a broken child
 BUILT, NOTHING = b"+", b"-"
@@ -55,8 +53,7 @@ def run_in_child(build: Callable[[], object]) -> bool:
                 signal.signal(signum, signal.SIG_DFL)
             report = BUILT if build() is not None else NOTHING
             code = 0
-        except BaseException as e:  # noqa: BLE001 - handed to the parent, which raises it
-            logger.exception("build child %d: the build failed", os.getpid())
+        except BaseException as e:  # noqa: BLE001 - handed to the parent, which raises and logs it
             report = _pickled(e)
         finally:
             try:

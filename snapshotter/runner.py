@@ -40,7 +40,7 @@ from durakv.log import OS_DISK
 from durakv.log.layout import LOCK_FILE, snapshotter_dir, topology_path
 from durakv.log import lock as dir_lock
 from durakv.log.durable_file import replace_file
-from durakv.log.errors import LockHeld
+from durakv.log.errors import LockHeld, LogError
 from durakv.shards.config import DEFAULTS
 from durakv.shards import sdnotify
 from durakv.shards.latency import LATENCY_TS_LEN
@@ -256,6 +256,10 @@ class Snapshotter:
                                   json.dumps({"drop_through_seq": release, "snapshot_seq": m.seq}).encode())
                     status.release_through_seq = release
             status.status, status.error = "ok", ""
+        except (LogError, SnapshotterError, StoreError) as e:
+            # Expected failures (a corrupt or missing log, the store out of reach): one line, retried next round.
+            logger.error("shard %d: snapshot failed: %s: %s", shard, type(e).__name__, e)
+            status.status, status.error = "error", f"{type(e).__name__}: {e}"
         except Exception as e:  # noqa: BLE001 - reported in status and the log, retried next round
             logger.exception("shard %d: snapshot failed", shard)
             status.status, status.error = "error", f"{type(e).__name__}: {e}"

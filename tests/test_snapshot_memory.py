@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from durakv.log.errors import LogCorrupt
 from durakv.snapshotter.build import SnapshotVerifyFailed
 from durakv.snapshotter.isolate import BuildChildFailed, run_in_child
 
@@ -76,3 +77,14 @@ def test_snapshotter_holds_no_keyspace_after_a_build(server_factory):
     grown = _rss_bytes(pid) - empty
     print(f"snapshotter RSS: {empty / 2**20:.1f} MB empty, grown {grown / 2**20:.1f} MB by a build of {KEYS} keys")
     assert grown < RETAINED_MAX_BYTES
+
+
+def test_a_build_childs_log_error_reaches_the_parent_as_itself():
+    """A corrupt log is an operator's problem the snapshotter reports in one line: the
+    child's LogCorrupt must arrive as LogCorrupt (not a RuntimeError with a traceback)."""
+    def corrupt():
+        raise LogCorrupt("shard-000/log/1.seg", 1613, "length exceeds the limit")
+
+    with pytest.raises(LogCorrupt) as caught:
+        run_in_child(corrupt)
+    assert (caught.value.segment, caught.value.offset_bytes) == ("shard-000/log/1.seg", 1613)
