@@ -178,26 +178,23 @@ def _memory(router, infos, version):
     shard_rss = sum(i["rss_bytes"] for i in infos)
     rss = shard_rss + rss_bytes()
     maxmemory = int(router.settings.values["maxmemory"])
-    system = _total_system_memory()
     return [
         f"used_memory:{used}",
-        f"used_memory_human:{_human(used)}",
+        f"used_memory_human:{bytes_to_human(used)}",
         f"used_memory_rss:{rss}",
-        f"used_memory_rss_human:{_human(rss)}",
+        f"used_memory_rss_human:{bytes_to_human(rss)}",
         f"used_memory_peak:{peak}",
-        f"used_memory_peak_human:{_human(peak)}",
+        f"used_memory_peak_human:{bytes_to_human(peak)}",
         f"used_memory_peak_perc:{used * 100 / peak if peak else 100:.2f}%",
         f"used_memory_startup:{startup}",
         f"used_memory_dataset:{used - startup}",
         f"used_memory_router_rss:{rss_bytes()}",
         f"used_memory_shards_rss:{shard_rss}",
-        f"total_system_memory:{system}",
-        f"total_system_memory_human:{_human(system)}",
         f"number_of_cached_scripts:{_cached_scripts(infos)}",
         f"total_system_memory:{TOTAL_SYSTEM_MEMORY_BYTES}",
         f"total_system_memory_human:{bytes_to_human(TOTAL_SYSTEM_MEMORY_BYTES)}",
         f"maxmemory:{maxmemory}",
-        f"maxmemory_human:{_human(maxmemory)}",
+        f"maxmemory_human:{bytes_to_human(maxmemory)}",
         f"maxmemory_policy:{router.settings.values['maxmemory-policy']}",
         f"maxmemory_per_shard:{shards[0]['maxmemory_share'] if shards else 0}",
         f"mem_fragmentation_ratio:{rss / used if used else 1:.2f}",
@@ -218,18 +215,6 @@ def _router_gauge() -> HeapGauge:
     if not _ROUTER_GAUGE:
         _ROUTER_GAUGE.append(HeapGauge())
     return _ROUTER_GAUGE[0]
-
-
-def _total_system_memory() -> int:
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def _human(n: int) -> str:
-    """Redis' bytesToHuman."""
-    for unit, size in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-        if n >= size:
-            return f"{n / size:.2f}{unit}"
-    return f"{n}B"
 
 
 def _cached_scripts(infos) -> int:

@@ -41,6 +41,7 @@ def scrape(text: str) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
         if re.match(r"^(db\d+|cmdstat_|errorstat_)", name):
             nested[name] = dict(part.split("=", 1) for part in value.split(","))
         else:
+            assert name not in fields, f"INFO reports {name} twice"  # an exporter keeps one, silently
             fields[name] = value
     return fields, nested
 
