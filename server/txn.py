@@ -19,9 +19,10 @@ records a presumed abort if it never decided).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import trio
 
@@ -155,7 +156,7 @@ class Coordinator:
             seconds = -1.0
         if seconds > 0:
             deadline = time.monotonic() + seconds
-        try:
+        with self._settling(pending, "blocking move"):
             for _attempt in range(MAX_BLOCKING_MOVE_ATTEMPTS):
                 remaining = timeout
                 if deadline is not None:
@@ -177,13 +178,6 @@ class Coordinator:
                     return
             pending.fill(b"-ERR the source list was emptied by others %d times; giving up\r\n"
                          % MAX_BLOCKING_MOVE_ATTEMPTS)
-        except Lost:
-            pending.fill(LOST)
-        except Exception:
-            logger.exception("router: cross-shard blocking move failed")
-            pending.fill(encode_error(b"ERR internal error in a cross-shard transaction"))
-        finally:
-            self.in_flight -= 1
 
     def start_blocking_pop(self, client: Client, argv: list[bytes]) -> Pending:
         """BLMPOP/BZMPOP with keys on several shards: pop as a cross-shard LMPOP/ZMPOP;
@@ -211,7 +205,7 @@ class Coordinator:
     async def _blocking_pop(self, client: Client, pending: Pending, pop: list[bytes], deadline_ms: int,
                             keys: dict[int, list[bytes]]) -> None:
         kind = b"list" if pop[0] == b"LMPOP" else b"zset"
-        try:
+        with self._settling(pending, "blocking pop"):
             for _attempt in range(MAX_BLOCKING_MOVE_ATTEMPTS):
                 reply = await self._transact(client, [pop], False, keys, sorted(keys))
                 if reply not in (b"*-1\r\n", b"_\r\n") or client.closed:
@@ -229,13 +223,6 @@ class Coordinator:
                     pending.fill(woke)
                     return
             pending.fill(b"-ERR the keys were emptied by others %d times; giving up\r\n" % MAX_BLOCKING_MOVE_ATTEMPTS)
-        except Lost:
-            pending.fill(LOST)
-        except Exception:
-            logger.exception("router: cross-shard blocking pop failed")
-            pending.fill(encode_error(b"ERR internal error in a cross-shard transaction"))
-        finally:
-            self.in_flight -= 1
 
     async def _wait_any(self, client: Client, argv: list[bytes], shards: list[int]) -> bytes:
         """TXWAIT on every shard at once; the first answer (in the client's protocol).
@@ -281,17 +268,23 @@ class Coordinator:
             raise Lost()
         return box[0]
 
-    async def _run(self, client: Client, pending: Pending, commands: list[list[bytes]], multi: bool,
-                   keys: dict[int, list[bytes]], participants: list[int]) -> None:
+    @contextlib.contextmanager
+    def _settling(self, pending: Pending, what: str) -> Iterator[None]:
+        """Whatever ends a cross-shard run, its client gets a reply and it stops counting as in flight."""
         try:
-            pending.fill(await self._transact(client, commands, multi, keys, participants))
+            yield
         except Lost:
             pending.fill(LOST)
         except Exception:
-            logger.exception("router: cross-shard transaction failed")
+            logger.exception("router: cross-shard %s failed", what)
             pending.fill(encode_error(b"ERR internal error in a cross-shard transaction"))
         finally:
             self.in_flight -= 1
+
+    async def _run(self, client: Client, pending: Pending, commands: list[list[bytes]], multi: bool,
+                   keys: dict[int, list[bytes]], participants: list[int]) -> None:
+        with self._settling(pending, "transaction"):
+            pending.fill(await self._transact(client, commands, multi, keys, participants))
 
     async def _transact(self, client: Client, commands: list[list[bytes]], multi: bool,
                         keys: dict[int, list[bytes]], participants: list[int], attempt: int = 0) -> bytes:
