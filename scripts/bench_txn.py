@@ -29,7 +29,7 @@ import hiredis
 
 SCRIPTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(SCRIPTS))
-from proctools import free_port, start_group, stop_group  # noqa: E402
+from proctools import free_port, start_durakv_serve, start_group, stop_group  # noqa: E402
 from bench_sections import replace_section  # noqa: E402
 
 REPO = SCRIPTS.parent
@@ -150,10 +150,8 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-txn-"))
     procs = []
     try:
-        dport = free_port()
-        procs.append(start_group([sys.executable, "-m", "durakv.server.cli", "serve", "--port", str(dport),
-                                  "--shards", str(opts.shards), "--data-dir", str(tmp / "durakv")],
-                                 stdout=subprocess.DEVNULL, stderr=open(tmp / "durakv.log", "wb")))
+        durakv, dport = start_durakv_serve(tmp / "durakv", opts.shards)
+        procs.append(durakv)
         rport = free_port()
         procs.append(start_group(["redis-server", "--port", str(rport), "--save", "", "--appendonly", "yes",
                                   "--appendfsync", "always", "--dir", str(tmp)],

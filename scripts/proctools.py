@@ -13,6 +13,8 @@ import random
 import signal
 import socket
 import subprocess
+import sys
+from pathlib import Path
 
 STOP_GRACE_S = 15.0
 # durakv serve listens on its port and, by default, one port per shard after it
@@ -59,6 +61,15 @@ def _bindable(port: int) -> bool:
 def start_group(argv: list[str], **kwargs) -> subprocess.Popen:
     """Popen argv as the leader of a new session (and so of a new process group)."""
     return subprocess.Popen(argv, start_new_session=True, **kwargs)
+
+
+def start_durakv_serve(data_dir: Path, shards: int) -> tuple[subprocess.Popen, int]:
+    """`durakv serve` on a free port in its own process group, its log beside data_dir."""
+    port = free_port()
+    proc = start_group([sys.executable, "-m", "durakv.server.cli", "serve", "--port", str(port),
+                        "--shards", str(shards), "--data-dir", str(data_dir)],
+                       stdout=subprocess.DEVNULL, stderr=open(data_dir.parent / "durakv.log", "wb"))
+    return proc, port
 
 
 def signal_group(proc: subprocess.Popen, sig: int) -> None:

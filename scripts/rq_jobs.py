@@ -18,7 +18,7 @@ from pathlib import Path
 
 SCRIPTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(SCRIPTS))
-from proctools import free_port, start_group, stop_group  # noqa: E402
+from proctools import free_port, start_durakv_serve, start_group, stop_group  # noqa: E402
 
 READY_TIMEOUT_S = 60.0
 
@@ -70,10 +70,8 @@ def main() -> int:
     procs = []
     failed = False
     try:
-        dport = free_port()
-        procs.append(start_group([sys.executable, "-m", "durakv.server.cli", "serve", "--port", str(dport),
-                                  "--shards", str(opts.shards), "--data-dir", str(tmp / "durakv")],
-                                 stdout=subprocess.DEVNULL, stderr=open(tmp / "durakv.log", "wb")))
+        durakv, dport = start_durakv_serve(tmp / "durakv", opts.shards)
+        procs.append(durakv)
         rport = free_port()
         procs.append(start_group(["redis-server", "--port", str(rport), "--save", "", "--appendonly", "no",
                                   "--dir", str(tmp)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
