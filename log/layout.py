@@ -126,6 +126,12 @@ def node_socket_path(data_dir: str, shard: int) -> str:
     return os.path.join(run_dir(data_dir), f"node-{shard:03d}.sock")
 
 
+def replica_socket_path(data_dir: str, shard: int, number: int) -> str:
+    """Replica `number` of shard `shard`: its client port's control socket (CONFIG SET
+    and the pub/sub mesh, server/settings_sync.py), as node_socket_path is the primary's."""
+    return os.path.join(run_dir(data_dir), f"replica-{shard:03d}-{number}.sock")
+
+
 def clients_count_path(data_dir: str) -> str:
     """Every router's and shard port's count of connected clients (server/client_count.py)."""
     return os.path.join(run_dir(data_dir), "clients")
