@@ -30,7 +30,7 @@ from durakv.server.tls import is_tls
 from durakv.server.settings_sync import SettingsSync
 from durakv.server.topology import ensure_topology, replica_node_id, shard_node_ids
 from durakv.shards import internal
-from durakv.shards.config import Config, replica_port, shard_port, tls_shard_port
+from durakv.shards.config import Config, replica_port, shard_port, tls_replica_port, tls_shard_port
 from durakv.shards.frames import INTERNAL_PREFIX, PROTO_INTERNAL, VERB_CONFIG, Request
 from durakv.shards.resp import ReplyError, encode_error
 from durakv.shards.process import ClientPort
@@ -316,9 +316,10 @@ class ShardNode(Front):
                 nursery.start_soon(self.poller.run)
                 nursery.start_soon(self.local.run)
                 self.port = listener.plain.getsockname()[1] if listener.plain is not None else 0
+                tls_port = (tls_shard_port(self.config, self.index) if self.replica_number < 0
+                            else tls_replica_port(self.config, self.index, self.replica_number))
                 logger.info("shard %d: serving cluster clients on %s port %d tls-port %d, pid %d",
-                            self.index, self.config.bind, self.port, tls_shard_port(self.config, self.index),
-                            os.getpid())
+                            self.index, self.config.bind, self.port, tls_port, os.getpid())
                 task_status.started(self.port)
                 await self.serve_ports(listener, nursery)
         finally:

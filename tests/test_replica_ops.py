@@ -11,7 +11,9 @@ import time
 import pytest
 import redis
 
+from proctools import free_port
 from refserver import RedisRef
+from test_durability import write_config
 from test_replicas import WAIT_S, _start, _wait_replicas_online, replica_port
 
 PUBSUB_WAIT_S = 10
@@ -197,3 +199,55 @@ def test_replica_notifies_what_it_applies_as_redis_replica(server_factory, tmp_p
     assert replica.get("gone") is None
     assert replica.exists("gone") == 0
     assert replica_sub.get_message(timeout=0.3) is None
+
+
+def test_replicas_listen_with_tls_and_cluster_commands_announce_their_tls_ports(server_factory, tmp_path):
+    from redis.cluster import LoadBalancingStrategy, RedisCluster
+    from test_tls import Certs, tls_client
+
+    certs = Certs(tmp_path / "certs")
+    tls_port = free_port()
+    srv = _start(server_factory, tmp_path, shards=2, tls_port=tls_port, **{
+        name.replace("-", "_"): value for name, value in certs.settings().items()})
+    tls_shard_ports = [tls_port + 1 + i for i in range(2)]
+    tls_replica_ports = [tls_port + 1 + 2 + i for i in range(2)]   # after the TLS shard ports, as for plain ones
+    primary = tls_client(tls_shard_ports[0], certs)
+    primary.set("{b}k", "v")
+    assert primary.execute_command("WAIT", 1, 5000) == 1
+    replica = tls_client(tls_replica_ports[0], certs)
+    replica.execute_command("READONLY")
+    assert replica.get("{b}k") == b"v"
+    # A TLS client is told TLS ports, replicas included (Redis with tls-cluster yes); a plain one plain ports.
+    assert [[entry[1] for entry in shard[2:]] for shard in replica.execute_command("CLUSTER", "SLOTS")] == [
+        [tls_shard_ports[i], tls_replica_ports[i]] for i in range(2)]
+    assert [[entry[1] for entry in shard[2:]] for shard in srv.shard_client(0).execute_command("CLUSTER", "SLOTS")] \
+        == [[srv.shard_port(i), replica_port(srv, i)] for i in range(2)]
+    shards = srv.shard_client(1).execute_command("CLUSTER", "SHARDS")
+    assert [[(node[b"port"], node[b"tls-port"], node[b"role"]) for node in shard[b"nodes"]] for shard in shards] == [
+        [(srv.shard_port(i), tls_shard_ports[i], b"master"), (replica_port(srv, i), tls_replica_ports[i], b"replica")]
+        for i in range(2)]
+    nodes = replica.execute_command("CLUSTER", "NODES")
+    nodes = nodes.decode() if isinstance(nodes, bytes) else nodes
+    assert f"127.0.0.1:{tls_replica_ports[0]}@{tls_replica_ports[0] + 10000} myself,slave" in nodes
+    # A write on the replica's TLS port is sent to the primary's TLS port.
+    with pytest.raises(redis.ResponseError, match=rf"^(MOVED )?\d+ 127.0.0.1:{tls_shard_ports[0]}$"):
+        replica.set("{b}k", "w")
+    # A cluster client over TLS reading from replicas.
+    cluster = RedisCluster(host="127.0.0.1", port=tls_shard_ports[1], ssl=True, ssl_ca_certs=certs.ca_file,
+                           ssl_certfile=certs.client_cert, ssl_keyfile=certs.client_key, socket_timeout=30,
+                           load_balancing_strategy=LoadBalancingStrategy.RANDOM_REPLICA)
+    assert {n.port for n in cluster.get_replicas()} == set(tls_replica_ports)
+    assert cluster.get("{b}k") == b"v"
+    cluster.close()
+
+
+def test_overlapping_replica_tls_port_is_refused_with_one_line(tmp_path):
+    from test_operator_mistakes import durakv, one_line
+
+    port = free_port()
+    out = durakv("serve", "--data-dir", str(tmp_path / "data"), "--port", str(port), "--shards", "1",
+                 "--replicas", "1", "--config", write_config(tmp_path, tls_port=port + 10,
+                                                             tls_replica_port_base=port + 11,
+                                                             tls_shard_port_base=port + 11))
+    assert out.returncode != 0
+    assert "shard 0 replica 0's tls-port" in one_line(out) and "do not overlap" in one_line(out)
