@@ -61,6 +61,12 @@ def snapshot_dir_of(shard_dir_path: str) -> str:
     return os.path.join(shard_dir_path, SNAPSHOT_DIR)
 
 
+def replica_bootstrap_dir(shard_dir_path: str, number: int) -> str:
+    """Where replica `number` rebuilds its start from the snapshot store when the log
+    no longer reaches its local snapshot (snapshotter/shard_hooks.py); removed after."""
+    return os.path.join(shard_dir_path, f"replica-{number}.bootstrap")
+
+
 def shard_log_dir(data_dir: str, shard: int) -> str:
     return log_dir_of(shard_dir(data_dir, shard))
 

@@ -405,8 +405,11 @@ def shard_main(config: Config, index: int, listener: ClientListeners,
     except* (LogError, shard_hooks.StartError) as group:
         reasons += [str(e) for e in group.exceptions]
     for reason in reasons:
-        shard_log.critical("shard %d cannot start: %s", index, reason)
-        failure.record(config.data_dir, index, reason)
+        if replica is not None:   # the shard's primary may serve: the shard has not failed
+            shard_log.critical("shard %d replica %d cannot start: %s", index, replica[0], reason)
+        else:
+            shard_log.critical("shard %d cannot start: %s", index, reason)
+            failure.record(config.data_dir, index, reason)
         code = EXIT_PERMANENT
     return code
 

@@ -59,7 +59,8 @@ class Config(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields
     # stops renewing its log lease (lease_duration_ms).
     replicas: int = 0
     replica_port_base: int = 0  # replica r of shard i on base + i * replicas + r; 0: after the shard ports
-    tls_replica_port_base: int = 0  # its TLS port (with a tls-port): base + i * replicas + r; 0: after the TLS shard ports
+    # A replica's TLS port (with a tls-port): base + i * replicas + r; 0: after the TLS shard ports.
+    tls_replica_port_base: int = 0
     lease_duration_ms: int = 2000
     startup_shard_wait_ms: int = 30_000
     durability: str = "sync"  # "sync": ack after fsync; "async": ack at once, bounded window

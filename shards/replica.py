@@ -5,7 +5,10 @@ the shard's primary.
 - Start: the newest local snapshot, then the log after it up to the durable tail the
   primary published, through the shard's own replay (Shard.replay_record), so a
   replica is never behind what it showed before a restart: it serves only once it
-  applied everything durable when it started.
+  applied everything durable when it started. When the log no longer reaches back to
+  the newest local snapshot (segments dropped while it was behind, or the local
+  cache gone), it starts from the snapshot store's newest snapshot and archived log
+  instead (snapshotter/shard_hooks.py load_replica_start).
 - Follow: every REPLICA_POLL_S it applies the records made durable since; it never
   sees a record the primary could still lose (the primary publishes durable_seq after
   its fsync). It publishes its applied seq on the shard's replica board
@@ -34,7 +37,7 @@ import trio
 
 from durakv.log import LogLocked, RecordsDropped
 from durakv.log.follow import Follower
-from durakv.log.layout import log_dir_of
+from durakv.log.layout import log_dir_of, replica_bootstrap_dir
 from durakv.log.manifest import MANIFEST_NAME, load_manifest
 from durakv.shards import sdnotify
 from durakv.shards.config import Config, replica_port
@@ -78,9 +81,10 @@ class _Recovery(NamedTuple):
 
 
 class _StartView(NamedTuple):
-    """What load_start_snapshot reads of a Log: where the log starts and ends."""
+    """What load_replica_start reads of a Log: where the log starts and ends."""
     recovery: _Recovery
     tail_seq: int
+    path: str
 
 
 class Replica:
@@ -105,8 +109,11 @@ class Replica:
         base = 0
         if shard.snapshots is not None:
             manifest = load_manifest(self.log_dir)
-            view = _StartView(_Recovery(manifest.first_seq if manifest else 1), durable)
-            base = shard.snapshots.load_start_snapshot(shard.dir, shard.db, view)  # type: ignore[arg-type]
+            view = _StartView(_Recovery(manifest.first_seq if manifest else 1), durable, self.log_dir)
+            config = self.config
+            base = shard.snapshots.load_replica_start(
+                shard.dir, shard.db, view, shard.index, config.shards, config.snapshot_url,  # type: ignore[arg-type]
+                config.data_dir, replica_bootstrap_dir(shard.dir, self.number))
         self.applied_seq = base
         count = self._apply_through(durable)
         shard.db.effects.clear()
@@ -155,7 +162,8 @@ class Replica:
                 self.catch_up()
             except RecordsDropped as e:
                 # Too far behind: the records were dropped under a newer snapshot.
-                # Start again (the supervisor restarts us) from that snapshot.
+                # Start again (the supervisor restarts us) from that snapshot, local
+                # or in the store.
                 logger.error("shard %d replica %d fell behind the log (%s); restarting from the newest "
                              "snapshot", self.shard.index, self.number, e)
                 raise SystemExit(1) from None

@@ -85,6 +85,9 @@ class SnapshotHooks(Protocol):
 
     def load_start_snapshot(self, shard_dir: str, db: Keyspace, wal: Log) -> int: ...
 
+    def load_replica_start(self, shard_dir: str, db: Keyspace, wal: Log, shard: int, shards: int,
+                           snapshot_url: str, data_dir: str, scratch_dir: str) -> int: ...
+
     def release_segments(self, shard_dir: str, wal: Log) -> list[str]: ...
 
 

@@ -251,3 +251,67 @@ def test_overlapping_replica_tls_port_is_refused_with_one_line(tmp_path):
                                                              tls_shard_port_base=port + 11))
     assert out.returncode != 0
     assert "shard 0 replica 0's tls-port" in one_line(out) and "do not overlap" in one_line(out)
+
+
+def _kill_and_wait_gone(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + WAIT_S
+    while os.path.exists(f"/proc/{pid}") and _state(pid) not in ("Z", "X", ""):
+        assert time.monotonic() < deadline, f"pid {pid} still runs"
+        time.sleep(0.02)
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
+def test_lagging_replica_starts_from_s3_when_the_log_no_longer_reaches_its_snapshot(server_factory, s3, tmp_path):
+    """The replica stops (SIGSTOP) while writes go on, a snapshot goes to S3, the
+    primary drops the segments it covers, and the local snapshot cache is lost: the
+    replica that starts then loads S3's snapshot plus the local log after it."""
+    from snapshot_support import cli
+
+    from durakv.log import layout
+    from durakv.log.manifest import load_manifest
+    from durakv.snapshotter.local import list_local
+
+    _, _, url = s3
+    srv = _start(server_factory, tmp_path, snapshot_url=url, segment_size_bytes=4096, snapshotter=False)
+    router = srv.client()
+    for i in range(200):
+        router.set(f"early{i}", f"v{i}" * 10)
+    assert router.execute_command("WAIT", 1, 5000) == 1
+    lagging = srv.child_pid("replica", "0 0")
+    os.kill(lagging, signal.SIGSTOP)
+    try:
+        for i in range(300):
+            router.set(f"late{i}", f"w{i}" * 10)
+        cli("snapshotter", "--data-dir", str(srv.data_dir), "--snapshot-url", url, "--once")
+        shard_dir = layout.shard_dir(srv.data_dir, 0)
+        log_dir = layout.log_dir_of(shard_dir)
+        _wait_for(lambda: load_manifest(log_dir).first_seq > 1, "the primary drops the segments S3 covers")
+        for snapshot in list_local(shard_dir):   # the local cache is lost
+            os.unlink(snapshot.manifest_path)
+            os.unlink(snapshot.rdb_path)
+        for i in range(50):   # records after S3's snapshot, only in the local log
+            router.set(f"after{i}", f"x{i}")
+    finally:
+        _kill_and_wait_gone(lagging)
+    _wait_replicas_online(srv, 1)
+    replica = _retry(lambda: _replica(srv), "the restarted replica")
+    assert router.execute_command("WAIT", 1, 5000) == 1
+    expected = {**{f"early{i}": f"v{i}" * 10 for i in range(200)}, **{f"late{i}": f"w{i}" * 10 for i in range(300)},
+                **{f"after{i}": f"x{i}" for i in range(50)}}
+    keys = list(expected)
+    pipe = replica.pipeline(transaction=False)
+    for key in keys:
+        pipe.get(key)
+    assert pipe.execute() == [expected[k].encode() for k in keys]
+    assert replica.dbsize() == len(expected)
+    assert "a replica starts from s3://" in srv.log()
+    assert "cannot start" not in srv.log()
+    assert not os.path.exists(layout.replica_bootstrap_dir(shard_dir, 0))
