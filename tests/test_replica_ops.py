@@ -5,6 +5,7 @@ and notify of what they apply as a Redis replica does."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 
@@ -315,3 +316,35 @@ def test_lagging_replica_starts_from_s3_when_the_log_no_longer_reaches_its_snaps
     assert "a replica starts from s3://" in srv.log()
     assert "cannot start" not in srv.log()
     assert not os.path.exists(layout.replica_bootstrap_dir(shard_dir, 0))
+
+
+def test_replica_without_a_store_snapshot_to_start_from_says_why_and_leaves_its_shard_serving(server_factory,
+                                                                                              tmp_path):
+    from snapshot_support import cli
+
+    from durakv.log import layout
+    from durakv.log.manifest import load_manifest
+    from durakv.snapshotter.local import list_local
+
+    store = tmp_path / "store"
+    url = f"file://{store}"
+    srv = _start(server_factory, tmp_path, snapshot_url=url, segment_size_bytes=4096, snapshotter=False)
+    router = srv.client()
+    for i in range(300):
+        router.set(f"k{i}", f"v{i}" * 10)
+    cli("snapshotter", "--data-dir", str(srv.data_dir), "--snapshot-url", url, "--once")
+    shard_dir = layout.shard_dir(srv.data_dir, 0)
+    _wait_for(lambda: load_manifest(layout.log_dir_of(shard_dir)).first_seq > 1, "the primary drops segments")
+    for snapshot in list_local(shard_dir):
+        os.unlink(snapshot.manifest_path)
+        os.unlink(snapshot.rdb_path)
+    shutil.rmtree(store)   # and the store is gone too
+    _kill_and_wait_gone(srv.child_pid("replica", "0 0"))
+    _wait_for(lambda: "shard 0 replica 0 cannot start" in srv.log(), "the replica's reason")
+    line = next(line for line in srv.log().splitlines() if "shard 0 replica 0 cannot start" in line)
+    assert url in line
+    _wait_for(lambda: "not restarting it" in srv.log(), "the supervisor gives the replica up")
+    # The shard has not failed: its primary serves, the routers say nothing is wrong.
+    assert router.set("still", "served") and router.get("still") == b"served"
+    assert not os.path.exists(layout.shard_failed_path(srv.data_dir, 0))
+    assert router.cluster("info")["cluster_state"] == "ok"
