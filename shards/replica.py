@@ -230,5 +230,6 @@ async def run_replica(config: Config, index: int, number: int, snapshots: Snapsh
                 logging.shutdown()
                 os._exit(EXIT_NOT_PROMOTED)
             shard.replica = None
+            shard.configure_memory()   # maxmemory holds from here (a replica ignores it)
             replica_port_scope.cancel()
             await serve_primary(shard, nursery, primary_client_port)

@@ -348,3 +348,25 @@ def test_replica_without_a_store_snapshot_to_start_from_says_why_and_leaves_its_
     assert router.set("still", "served") and router.get("still") == b"served"
     assert not os.path.exists(layout.shard_failed_path(srv.data_dir, 0))
     assert router.cluster("info")["cluster_state"] == "ok"
+
+
+
+def test_a_replica_shard_ignores_maxmemory_until_promoted(tmp_path):
+    """CONFIG SET maxmemory reaches replicas like every setting, but a replica evicts
+    nothing itself (Redis' replica-ignore-maxmemory: its keyspace changes only by the
+    log) and leaves the shard's OOM flag, which is its primary's, alone."""
+    from durakv.shards.config import Config
+    from durakv.shards.oom_flags import OomFlags
+    from durakv.shards.shard import Shard
+
+    config = Config(data_dir=str(tmp_path / "data"), shards=1).resolved()
+    OomFlags(config.data_dir).set(0, True)   # the primary is over maxmemory
+    shard = Shard(config, 0)
+    shard.replica = object()  # type: ignore[assignment]
+    shard.settings["maxmemory"] = 1
+    shard.configure_memory("allkeys-random")
+    assert shard.memory_limit is None
+    assert OomFlags(config.data_dir).oom(0)
+    shard.replica = None   # promoted
+    shard.configure_memory()
+    assert shard.memory_limit is not None
