@@ -61,6 +61,12 @@ def snapshot_dir_of(shard_dir_path: str) -> str:
     return os.path.join(shard_dir_path, SNAPSHOT_DIR)
 
 
+def replica_bootstrap_dir(shard_dir_path: str, number: int) -> str:
+    """Where replica `number` rebuilds its start from the snapshot store when the log
+    no longer reaches its local snapshot (snapshotter/shard_hooks.py); removed after."""
+    return os.path.join(shard_dir_path, f"replica-{number}.bootstrap")
+
+
 def shard_log_dir(data_dir: str, shard: int) -> str:
     return log_dir_of(shard_dir(data_dir, shard))
 
@@ -124,6 +130,12 @@ def replica_board_path(data_dir: str, shard: int) -> str:
 def node_socket_path(data_dir: str, shard: int) -> str:
     """A shard's client port's CONFIG SET control socket (server/settings_sync.py)."""
     return os.path.join(run_dir(data_dir), f"node-{shard:03d}.sock")
+
+
+def replica_socket_path(data_dir: str, shard: int, number: int) -> str:
+    """Replica `number` of shard `shard`: its client port's control socket (CONFIG SET
+    and the pub/sub mesh, server/settings_sync.py), as node_socket_path is the primary's."""
+    return os.path.join(run_dir(data_dir), f"replica-{shard:03d}-{number}.sock")
 
 
 def clients_count_path(data_dir: str) -> str:

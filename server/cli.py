@@ -335,12 +335,13 @@ def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
 
 
 def _open_replica_listener(config: Config, shard: int, number: int) -> ClientListeners:
-    """A replica's client port (plain only: replicas have no TLS port yet)."""
+    """A replica's client port: plain, and TLS with a tls-port (as a shard's)."""
     from durakv.server.listener import open_listener
-    from durakv.shards.config import replica_port
+    from durakv.shards.config import replica_port, tls_replica_port
 
-    port = replica_port(config, shard, number)
-    return ClientListeners(open_listener(config.bind, port, shard=shard) if port else None, None)
+    port, tls_port = replica_port(config, shard, number), tls_replica_port(config, shard, number)
+    return ClientListeners(open_listener(config.bind, port, shard=shard) if port else None,
+                           open_listener(config.bind, tls_port, shard=shard, tls=True) if tls_port else None)
 
 
 def shard_main(config: Config, index: int, listener: ClientListeners,
@@ -404,8 +405,11 @@ def shard_main(config: Config, index: int, listener: ClientListeners,
     except* (LogError, shard_hooks.StartError) as group:
         reasons += [str(e) for e in group.exceptions]
     for reason in reasons:
-        shard_log.critical("shard %d cannot start: %s", index, reason)
-        failure.record(config.data_dir, index, reason)
+        if replica is not None:   # the shard's primary may serve: the shard has not failed
+            shard_log.critical("shard %d replica %d cannot start: %s", index, replica[0], reason)
+        else:
+            shard_log.critical("shard %d cannot start: %s", index, reason)
+            failure.record(config.data_dir, index, reason)
         code = EXIT_PERMANENT
     return code
 

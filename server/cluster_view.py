@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 from durakv.log.lease import pid_alive
 from durakv.server.topology import replica_node_id
-from durakv.shards.config import Config, replica_port, shard_port, tls_shard_port
+from durakv.shards.config import Config, replica_port, shard_port, tls_replica_port, tls_shard_port
 from durakv.shards.replica_board import STATE_ONLINE, ReplicaBoard, ReplicaSlot
 from durakv.shards.slots import SLOT_COUNT, slot_ranges
 
@@ -61,8 +61,8 @@ def replica_nodes(config: Config, router_node_id: str, primary: Node) -> list[No
     if primary.shard < 0 or not config.replicas:
         return []
     topology = {"node_id": router_node_id}
-    return [Node(replica_node_id(topology, primary.shard, r), replica_port(config, primary.shard, r), 0,
-                 primary.first_slot, primary.last_slot, primary.shard, r)
+    return [Node(replica_node_id(topology, primary.shard, r), replica_port(config, primary.shard, r),
+                 tls_replica_port(config, primary.shard, r), primary.first_slot, primary.last_slot, primary.shard, r)
             for r in range(config.replicas)]
 
 

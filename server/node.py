@@ -30,7 +30,7 @@ from durakv.server.tls import is_tls
 from durakv.server.settings_sync import SettingsSync
 from durakv.server.topology import ensure_topology, replica_node_id, shard_node_ids
 from durakv.shards import internal
-from durakv.shards.config import Config, replica_port, shard_port, tls_shard_port
+from durakv.shards.config import Config, replica_port, shard_port, tls_replica_port, tls_shard_port
 from durakv.shards.frames import INTERNAL_PREFIX, PROTO_INTERNAL, VERB_CONFIG, Request
 from durakv.shards.resp import ReplyError, encode_error
 from durakv.shards.process import ClientPort
@@ -213,7 +213,8 @@ class ShardNode(Front):
         self.node_id = (self.shard_node_ids[shard.index] if shard.replica is None
                         else replica_node_id(topology, shard.index, self.replica_number))
         self.router_node_id = topology["node_id"]
-        self.settings_sync = SettingsSync(self, node=True, on_change=self._shard_settings_changed)
+        self.settings_sync = SettingsSync(self, node=True, on_change=self._shard_settings_changed,
+                                          replica=self.replica_number)
         self.slowlog = shard.slowlog  # one log per process: the shard's commands and the node's
         self.latency = shard.latency  # likewise LATENCY's events and histograms
         shard.event_sinks[self.local] = self.pubsub.keyspace_events
@@ -305,20 +306,36 @@ class ShardNode(Front):
     # --- serving ----------------------------------------------------------------------
 
     async def serve(self, listener: ClientListeners, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            self.nursery = nursery
-            if self.replica_number < 0:  # a replica's node takes no part in CONFIG SET and pub/sub meshes
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                # Replicas too: CONFIG SET, ACL changes and PUBLISH reach every port.
                 await nursery.start(self.settings_sync.serve)
                 self.pubsub.start(nursery, self.settings_sync.peer_paths)
-            nursery.start_soon(self._flusher)
-            nursery.start_soon(self.poller.run)
-            nursery.start_soon(self.local.run)
-            self.port = listener.plain.getsockname()[1] if listener.plain is not None else 0
-            logger.info("shard %d: serving cluster clients on %s port %d tls-port %d, pid %d",
-                        self.index, self.config.bind, self.port, tls_shard_port(self.config, self.index),
-                        os.getpid())
-            task_status.started(self.port)
-            await self.serve_ports(listener, nursery)
+                nursery.start_soon(self._flusher)
+                nursery.start_soon(self.poller.run)
+                nursery.start_soon(self.local.run)
+                self.port = listener.plain.getsockname()[1] if listener.plain is not None else 0
+                tls_port = (tls_shard_port(self.config, self.index) if self.replica_number < 0
+                            else tls_replica_port(self.config, self.index, self.replica_number))
+                logger.info("shard %d: serving cluster clients on %s port %d tls-port %d, pid %d",
+                            self.index, self.config.bind, self.port, tls_port, os.getpid())
+                task_status.started(self.port)
+                await self.serve_ports(listener, nursery)
+        finally:
+            if self.replica_number >= 0 and self.shard.replica is None:
+                self._leave(listener)
+
+    def _leave(self, listener: ClientListeners) -> None:
+        """A promoted replica's node, stopped (shards/replica.py run_replica): its port,
+        node id and control socket pass to the replacement replica the supervisor
+        starts, so its listener and its clients close (they reconnect there, as to a
+        restarted node); the process serves on as the primary's node."""
+        logger.info("shard %d: promoted replica %d closes its replica port %d and %d clients",
+                    self.index, self.replica_number, self.port, len(self.clients))
+        self.shard.event_sinks.pop(self.local, None)
+        self.poller.close()
+        listener.close()
 
 
 def node_port(config: Config, listener: ClientListeners) -> ClientPort:

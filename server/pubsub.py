@@ -3,8 +3,8 @@ router (or a shard's client port) the client is connected to.
 
 Subscriptions live in the process that holds the connection. A PUBLISH is
 delivered to the local subscribers at once and forwarded to every other router
-and shard node over the peer mesh of server/settings_sync.py (their control
-sockets DIR/run/router-NNN.sock and node-NNN.sock): one long-lived stream per
+and shard or replica node over the peer mesh of server/settings_sync.py (their control
+sockets DIR/run/router-NNN.sock, node-NNN.sock, replica-NNN-M.sock): one long-lived stream per
 peer, opened on first use, every request of a turn sent as one message. Each
 peer answers every request in order (its receiver count, or its part of a PUBSUB
 query), and the publisher's reply waits for those answers, bounded by

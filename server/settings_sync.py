@@ -5,6 +5,9 @@ Every shard's client port (server/node.py) takes part as one more peer, with its
 control socket DIR/run/node-NNN.sock: a CONFIG SET there propagates the same way
 (its own shard gets the shard parameters; every other node applies them to its own
 shard when told), and a router's CONFIG SET tells every node as well as every router.
+So does every replica's port (DIR/run/replica-NNN-M.sock): it applies the shard
+parameters to the replica's own keyspace, and one started later (a replacement after
+a promotion) reads DIR/run/settings when it starts, as a restarted router does.
 
 The router that receives CONFIG SET applies the change at once (so the client's next
 command sees it), then, holding DIR/run/settings.lock (flock) for the whole
@@ -37,7 +40,7 @@ import trio
 
 from collections.abc import Callable
 
-from durakv.log.layout import ensure_run_dir, node_socket_path, router_socket_path, run_dir
+from durakv.log.layout import ensure_run_dir, node_socket_path, replica_socket_path, router_socket_path, run_dir
 from durakv.log.disk import OS_DISK
 from durakv.log.durable_file import replace_file
 from durakv.server.links import Pending, Propagating
@@ -147,15 +150,21 @@ class SettingsSync:
     every change applied (a node hands the shard parameters to its shard)."""
 
     def __init__(self, router, node: bool = False,
-                 on_change: Callable[[dict[str, str]], None] | None = None) -> None:
+                 on_change: Callable[[dict[str, str]], None] | None = None, replica: int = -1) -> None:
+        """replica >= 0: the node is that replica of its shard (shards/replica.py)."""
         self.router = router
         self.data_dir = router.config.data_dir
         self.on_change = on_change
         self.node = node
         data_dir, config = self.data_dir, router.config
-        self.own_path = (node_socket_path if node else router_socket_path)(data_dir, router.index)
+        if replica >= 0:
+            self.own_path = replica_socket_path(data_dir, router.index, replica)
+        else:
+            self.own_path = (node_socket_path if node else router_socket_path)(data_dir, router.index)
         peers = [router_socket_path(data_dir, i) for i in range(config.routers)]
         peers += [node_socket_path(data_dir, i) for i in range(config.shards)]
+        peers += [replica_socket_path(data_dir, i, number) for i in range(config.shards)
+                  for number in range(config.replicas)]
         self.peer_paths = [path for path in peers if path != self.own_path]
 
     def _apply(self, changes: dict[str, str]) -> None:
@@ -178,7 +187,10 @@ class SettingsSync:
             logger.info("router %d: loaded %d runtime settings from %s", self.router.index, len(changes),
                      settings_path(self.data_dir))
         task_status.started()
-        await trio.serve_listeners(self._serve_peer, [listener])
+        try:
+            await trio.serve_listeners(self._serve_peer, [listener])
+        finally:  # cancelled: a promoted replica's node leaves the mesh to its replacement
+            listener.socket.close()
 
     async def _serve_peer(self, stream: trio.SocketStream) -> None:
         async with stream:

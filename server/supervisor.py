@@ -158,9 +158,8 @@ class Child:
             assert self.listeners is not None and self.index is not None, "a shard is forked with its client port"
             # Its own descriptors: in_child closes every listener object the supervisor holds.
             own_fds = [os.dup(sock.fileno()) if sock is not None else None for sock in self.listeners]
-            replica_fd = None
-            if self.replica is not None and self.replica[1].plain is not None:
-                replica_fd = os.dup(self.replica[1].plain.fileno())
+            replica_fds = [os.dup(sock.fileno()) if sock is not None else None
+                           for sock in (self.replica[1] if self.replica is not None else ())]
             in_child()
             from durakv.server.listener import listener_from_fd
 
@@ -172,7 +171,7 @@ class Child:
             replica = None
             if self.replica is not None:
                 replica = (self.replica[0], ClientListeners(
-                    None if replica_fd is None else listener_from_fd(replica_fd), None))
+                    *(None if fd is None else listener_from_fd(fd) for fd in replica_fds)))
             code = shard_main(self.config, self.index, shard_listeners, replica)
         except BaseException:
             logger.exception("%s crashed", self.name)

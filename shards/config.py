@@ -59,6 +59,8 @@ class Config(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields
     # stops renewing its log lease (lease_duration_ms).
     replicas: int = 0
     replica_port_base: int = 0  # replica r of shard i on base + i * replicas + r; 0: after the shard ports
+    # A replica's TLS port (with a tls-port): base + i * replicas + r; 0: after the TLS shard ports.
+    tls_replica_port_base: int = 0
     lease_duration_ms: int = 2000
     startup_shard_wait_ms: int = 30_000
     durability: str = "sync"  # "sync": ack after fsync; "async": ack at once, bounded window
@@ -158,6 +160,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "shards": (0, 1024),  # 0: one per CPU core
     "replicas": (0, 8),
     "replica_port_base": (0, 65535),  # 0: after the shard ports
+    "tls_replica_port_base": (0, 65535),  # 0: after the TLS shard ports
     "lease_duration_ms": (50, 600_000),
     "routers": (1, 64),
     "proto_max_bulk_len": (1, 1 << 40),
@@ -209,16 +212,22 @@ def validate(config: Config) -> None:
         raise ValueError("port is 0 and there is no tls-port: clients could not connect; set port or tls-port")
     shards = config.shards or (os.cpu_count() or 1)
     taken: dict[int, str] = {}
-    for kind, base_name, router_port, port_of in (("", "shard-port-base", config.port, shard_port),
-                                                  ("tls-", "tls-shard-port-base", config.tls_port, tls_shard_port)):
+    for kind, base_name, router_port, port_of, replica_port_of in (
+            ("", "shard-port-base", config.port, shard_port, replica_port),
+            ("tls-", "tls-shard-port-base", config.tls_port, tls_shard_port, tls_replica_port)):
         if not router_port:
             continue
         last_port = port_of(config, shards - 1)
         if last_port > LIMITS["port"][1]:
             raise ValueError(f"shard {kind}ports run up to {last_port} ({base_name}, or {kind}port + 1, plus "
                              f"{shards - 1}), past {int(LIMITS['port'][1])}; lower {kind}port or {base_name}")
+        if config.replicas and replica_port_of(config, shards - 1, config.replicas - 1) > LIMITS["port"][1]:
+            raise ValueError(f"replica {kind}ports run past {int(LIMITS['port'][1])}; lower {kind}port or "
+                             f"{kind}replica-port-base")
         for port, what in [(router_port, f"{kind}port"),
-                           *((port_of(config, i), f"shard {i}'s {kind}port") for i in range(shards))]:
+                           *((port_of(config, i), f"shard {i}'s {kind}port") for i in range(shards)),
+                           *((replica_port_of(config, i, r), f"shard {i} replica {r}'s {kind}port")
+                             for i in range(shards) for r in range(config.replicas))]:
             if port in taken:
                 raise ValueError(f"{what} {port} is also {taken[port]}; choose ports that do not overlap "
                                  f"(the shards take the {shards} ports after port and after tls-port)")
@@ -245,6 +254,14 @@ def tls_shard_port(config: Config, shard: int) -> int:
     if not config.tls_port:
         return 0
     return (config.tls_shard_port_base or config.tls_port + 1) + shard
+
+
+def tls_replica_port(config: Config, shard: int, number: int) -> int:
+    """The TLS port of replica `number` of shard `shard` (0: none, as tls-port is 0)."""
+    if not config.tls_port:
+        return 0
+    base = config.tls_replica_port_base or (config.tls_shard_port_base or config.tls_port + 1) + (config.shards or 1)
+    return base + shard * config.replicas + number
 
 
 def load_config(path: str | None, overrides: dict) -> Config:

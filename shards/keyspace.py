@@ -51,7 +51,7 @@ class Keyspace:
         "data", "expires", "slot_keys", "slot_counts", "_heap", "effects", "on_modified", "on_flush", "replaying",
         "stat_expired_keys", "stat_keyspace_hits", "stat_keyspace_misses",
         "lazy_expire_disabled", "active_expire_enabled", "expiry_paused_until_ms", "frozen_ms", "count_reads",
-        "scripting", "notify_flags", "events", "expiring", "tracking",
+        "scripting", "notify_flags", "events", "replay_notifies", "expiring", "tracking",
         "access_cells", "access_mask", "access_stamp", "access_default", "lfu", "stat_evicted_keys", "oom",
     )
 
@@ -81,6 +81,9 @@ class Keyspace:
         # generated since the shard last handed them out.
         self.notify_flags = 0
         self.events: list[tuple[bytes, bytes]] = []
+        # A replica following the log notifies of what it applies, as a Redis replica
+        # does of the commands its primary sends (shards/replica.py).
+        self.replay_notifies = False
         # While an expired (or evicted) key is deleted: a change no client made, which
         # CLIENT TRACKING's NOLOOP never hides (shards/tracking.py).
         self.expiring = False
@@ -119,9 +122,9 @@ class Keyspace:
 
     def notify(self, event_class: int, event: bytes, key: bytes) -> None:
         """Redis' notifyKeyspaceEvent: queue the event's messages if its class is
-        enabled (never while replaying: the log's effects are not events)."""
+        enabled (never while replaying, but on a replica: the log's effects are not events)."""
         flags = self.notify_flags
-        if flags & event_class and flags & NOTIFY_TARGETS and not self.replaying:
+        if flags & event_class and flags & NOTIFY_TARGETS and (not self.replaying or self.replay_notifies):
             self.events.extend(event_messages(flags, event, key))
 
     def modified(self, *keys: bytes) -> None:

@@ -5,11 +5,16 @@ the shard's primary.
 - Start: the newest local snapshot, then the log after it up to the durable tail the
   primary published, through the shard's own replay (Shard.replay_record), so a
   replica is never behind what it showed before a restart: it serves only once it
-  applied everything durable when it started.
+  applied everything durable when it started. When the log no longer reaches back to
+  the newest local snapshot (segments dropped while it was behind, or the local
+  cache gone), it starts from the snapshot store's newest snapshot and archived log
+  instead (snapshotter/shard_hooks.py load_replica_start).
 - Follow: every REPLICA_POLL_S it applies the records made durable since; it never
   sees a record the primary could still lose (the primary publishes durable_seq after
   its fsync). It publishes its applied seq on the shard's replica board
-  (shards/replica_board.py) for WAIT and INFO replication.
+  (shards/replica_board.py) for WAIT and INFO replication. What it applies is
+  notified to its own port's keyspace subscribers (as a Redis replica notifies of the
+  commands its primary sends it): a replica generates no event of its own.
 - Serve: its own client port as a Redis Cluster replica node (server/node.py): reads
   of READONLY connections, MOVED for the rest. Writes are refused by the executor with
   Redis' READONLY error (write_error) should one get through; an expired key reads
@@ -32,7 +37,7 @@ import trio
 
 from durakv.log import LogLocked, RecordsDropped
 from durakv.log.follow import Follower
-from durakv.log.layout import log_dir_of
+from durakv.log.layout import log_dir_of, replica_bootstrap_dir
 from durakv.log.manifest import MANIFEST_NAME, load_manifest
 from durakv.shards import sdnotify
 from durakv.shards.config import Config, replica_port
@@ -76,9 +81,10 @@ class _Recovery(NamedTuple):
 
 
 class _StartView(NamedTuple):
-    """What load_start_snapshot reads of a Log: where the log starts and ends."""
+    """What load_replica_start reads of a Log: where the log starts and ends."""
     recovery: _Recovery
     tail_seq: int
+    path: str
 
 
 class Replica:
@@ -103,8 +109,11 @@ class Replica:
         base = 0
         if shard.snapshots is not None:
             manifest = load_manifest(self.log_dir)
-            view = _StartView(_Recovery(manifest.first_seq if manifest else 1), durable)
-            base = shard.snapshots.load_start_snapshot(shard.dir, shard.db, view)  # type: ignore[arg-type]
+            view = _StartView(_Recovery(manifest.first_seq if manifest else 1), durable, self.log_dir)
+            config = self.config
+            base = shard.snapshots.load_replica_start(
+                shard.dir, shard.db, view, shard.index, config.shards, config.snapshot_url,  # type: ignore[arg-type]
+                config.data_dir, replica_bootstrap_dir(shard.dir, self.number))
         self.applied_seq = base
         count = self._apply_through(durable)
         shard.db.effects.clear()
@@ -114,6 +123,10 @@ class Replica:
         # As a Redis replica: an expired key reads as missing but stays until the
         # primary's DEL arrives, so the keyspace never runs ahead of the log.
         shard.db.expiry_paused_until_ms = NEVER_MS
+        # From here on, what it applies is notified to its own port's subscribers (as a
+        # Redis replica's are of the commands it receives; it generates none itself).
+        shard.db.events.clear()
+        shard.db.replay_notifies = True
         self.board.publish(self.number, os.getpid(), self.applied_seq, self.port, STATE_ONLINE)
         logger.info("shard %d replica %d: loaded through seq %d (%d records after the snapshot at seq %d) "
                     "in %.3f s, %d keys", shard.index, self.number, self.applied_seq, count, base,
@@ -137,6 +150,10 @@ class Replica:
             wal = self.wal
             wal.tail_seq = wal.durable_seq = self.applied_seq
             self.shard.hazards.advance(self.applied_seq)
+            db = self.shard.db
+            if db.events:   # durable already: no wait
+                events, db.events = db.events, []
+                self.shard.publish_events(events)
         self.board.publish(self.number, os.getpid(), self.applied_seq, self.port, STATE_ONLINE)
 
     async def follow(self) -> None:
@@ -145,7 +162,8 @@ class Replica:
                 self.catch_up()
             except RecordsDropped as e:
                 # Too far behind: the records were dropped under a newer snapshot.
-                # Start again (the supervisor restarts us) from that snapshot.
+                # Start again (the supervisor restarts us) from that snapshot, local
+                # or in the store.
                 logger.error("shard %d replica %d fell behind the log (%s); restarting from the newest "
                              "snapshot", self.shard.index, self.number, e)
                 raise SystemExit(1) from None
@@ -159,6 +177,7 @@ class Replica:
         self.catch_up()
         shard.write_error = None
         shard.db.expiry_paused_until_ms = 0
+        shard.db.replay_notifies = False
         shard.wal = None
         shard.open_log(base_seq=self.applied_seq,
                        takeover_wait_ms=self.config.lease_duration_ms * TAKEOVER_WAIT_LEASES)
@@ -184,11 +203,20 @@ async def run_replica(config: Config, index: int, number: int, snapshots: Snapsh
         await trio.sleep(LOG_WAIT_POLL_S)
     replica = Replica(shard, number)
     shard.replica = replica
+    # The replica's port is this replica number's until a promotion: then the supervisor
+    # starts a replacement with the same number, port and control socket.
+    replica_port_scope = trio.CancelScope()
+
+    async def serve_replica_port(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        assert replica_client_port is not None
+        with replica_port_scope:
+            await replica_client_port(shard, task_status=task_status)
+
     with trio.open_signal_receiver(signal.SIGUSR1) as promote_signals:
         replica.boot()
         async with trio.open_nursery() as nursery:
             if replica_client_port is not None:
-                await nursery.start(replica_client_port, shard)
+                await nursery.start(serve_replica_port)
             sdnotify.notify(b"READY=1")
             async with trio.open_nursery() as following:
                 following.start_soon(replica.follow)
@@ -202,4 +230,6 @@ async def run_replica(config: Config, index: int, number: int, snapshots: Snapsh
                 logging.shutdown()
                 os._exit(EXIT_NOT_PROMOTED)
             shard.replica = None
+            shard.configure_memory()   # maxmemory holds from here (a replica ignores it)
+            replica_port_scope.cancel()
             await serve_primary(shard, nursery, primary_client_port)

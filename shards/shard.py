@@ -85,6 +85,9 @@ class SnapshotHooks(Protocol):
 
     def load_start_snapshot(self, shard_dir: str, db: Keyspace, wal: Log) -> int: ...
 
+    def load_replica_start(self, shard_dir: str, db: Keyspace, wal: Log, shard: int, shards: int,
+                           snapshot_url: str, data_dir: str, scratch_dir: str) -> int: ...
+
     def release_segments(self, shard_dir: str, wal: Log) -> list[str]: ...
 
 
@@ -496,7 +499,9 @@ class Shard(GroupCommit):
         settings = self.settings
         memory = self.memory
         memory.configure(settings["maxmemory"], policy or memory.policy, settings["maxmemory-samples"])
-        self.memory_limit = memory if memory.share_bytes else None
+        # A replica evicts nothing and publishes no OOM flag (Redis' replica-ignore-maxmemory):
+        # its keyspace changes only by the log; promote() configures it again.
+        self.memory_limit = memory if memory.share_bytes and self.replica is None else None
         db = self.db
         if memory.policy.endswith("-lfu"):
             db.lfu = Lfu(settings["lfu-log-factor"], settings["lfu-decay-time"], now_ms())
@@ -505,7 +510,8 @@ class Shard(GroupCommit):
         if self.memory_limit is None:
             db.oom = False
         self.published_oom = db.oom
-        self.oom_flags.set(self.index, db.oom)
+        if self.replica is None:
+            self.oom_flags.set(self.index, db.oom)
 
     def enforce_memory(self) -> None:
         """Evict (or refuse denyoom commands) while over this shard's share of

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 
 from durakv.log.layout import log_dir_of
 from durakv.log import Log
 from durakv.shards.keyspace import Keyspace
-from durakv.snapshotter.local import SnapshotInvalid, list_local, load_snapshot
+from durakv.snapshotter.local import SnapshotInvalid, list_local, load_snapshot, newest_local
 from durakv.snapshotter.runner import read_release
 from durakv.snapshotter.errors import SnapshotterError
 
@@ -83,6 +84,50 @@ def load_start_snapshot(shard_dir: str, db: Keyspace, wal: Log) -> int:
         raise StartError(f"the log at {wal.path} starts at seq {first_retained} and no local snapshot "
                          "covers the records before it")
     return 0
+
+
+def load_replica_start(shard_dir: str, db: Keyspace, wal: Log, shard: int, shards: int, snapshot_url: str,
+                       data_dir: str, scratch_dir: str) -> int:
+    """A replica's start (shards/replica.py): load_start_snapshot, unless the log's
+    first retained record is past the newest local snapshot (the replica fell behind
+    while the primary dropped segments, or the local cache is gone). Then it starts
+    from the store (snapshot-url, or the embedded DIR/snapshots): its newest snapshot
+    plus the archived log after it, rebuilt in `scratch_dir` as `durakv restore` does
+    (sha256, state digest and log chain checked), which must reach the local log's
+    first record. Returns the seq the keyspace holds; the log after it is local."""
+    first_retained = wal.recovery.first_seq
+    newest = newest_local(shard_dir)
+    if first_retained <= 1 or (newest is not None and newest.manifest.seq + 1 >= first_retained):
+        return load_start_snapshot(shard_dir, db, wal)
+    from durakv.snapshotter.filestore import open_store
+    from durakv.snapshotter.progress import Progress
+    from durakv.snapshotter.restore import RestoreError, restore_shard
+
+    store = open_store(snapshot_url, data_dir)
+    logger.warning("shard %d: the log starts at seq %d and %s: a replica starts from %s", shard, first_retained,
+                   f"the newest local snapshot is at seq {newest.manifest.seq}" if newest else "no local snapshot",
+                   store.url)
+    shutil.rmtree(scratch_dir, ignore_errors=True)   # a crashed earlier attempt's
+    os.makedirs(scratch_dir)
+    try:
+        try:
+            restored = restore_shard(store, shard, shards, scratch_dir,
+                                     progress=Progress(lambda m: logger.info("%s", m), bars=False))
+        except RestoreError as e:
+            raise StartError(f"a replica cannot start from {store.url}: {e}") from None
+        if restored.seq + 1 < first_retained:
+            raise StartError(f"{store.url} reaches seq {restored.seq} but the log at {wal.path} starts at seq "
+                             f"{first_retained}: records in between are gone")
+        snapshot = newest_local(scratch_dir)
+        assert snapshot is not None and snapshot.manifest.seq == restored.seq, "restore_shard leaves its snapshot"
+        try:
+            load_snapshot(snapshot, db)
+        except SnapshotInvalid as e:
+            raise StartError(f"a replica cannot load the snapshot it rebuilt: {e}") from None
+    finally:
+        shutil.rmtree(scratch_dir, ignore_errors=True)
+    logger.info("shard %d: a replica loaded seq %d (%d keys) from %s", shard, restored.seq, len(db.data), store.url)
+    return restored.seq
 
 
 def release_segments(shard_dir: str, wal: Log) -> list[str]:
