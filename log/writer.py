@@ -512,6 +512,7 @@ class Log:
                     store_manifest(self.path, self._manifest, self._disk)
                     if self._unsynced is not None:
                         self._rewrite_unsynced()
+                        self._lease_file.publish_durable(self.durable_seq)
             except OSError as exc:
                 self._failed_cause = exc
                 raise self._failed_error() from exc
