@@ -77,6 +77,15 @@ class RecoveryReport:
     elapsed_ms: float
 
 
+def _skipped_rows(retained: list[tuple[int, str]], state: WalkState) -> list[list]:
+    """[first_seq, path, size_bytes] of the sealed segments a walk from a later seq skipped
+    (walk never skips the last one)."""
+    if not state.segments:
+        return []
+    visited_first = state.segments[0].first_seq
+    return [[first, seg_path, os.path.getsize(seg_path)] for first, seg_path in retained if first < visited_first]
+
+
 def _acquire_lock(path: str, holder: str) -> int:
     return lock_shard_log(path, holder or "log writer")
 
@@ -127,10 +136,15 @@ class Log:
              segment_size_bytes: int = DEFAULT_SEGMENT_SIZE_BYTES,
              max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES, holder: str = "",
              disk: Disk = OS_DISK, lease_duration_ms: int = DEFAULT_LEASE_DURATION_MS,
-             takeover_wait_ms: int = 0) -> "Log":
+             takeover_wait_ms: int = 0, read_through_seq: int = 0) -> "Log":
         """Open (creating if missing) the log at `path`, lock it, and recover it.
         `holder` says who writes (e.g. "shard 0"): a second opener's LogLocked names it.
         Every write and sync goes through `disk` (log/disk.py).
+
+        read_through_seq: the opener already read (and so checked) the records through
+        this seq, as a replica being promoted has: recovery walks only the segments from
+        the one holding the next seq, so opening costs at most a segment or two, not
+        the whole retained log. LogCorrupt if the log ends before it.
 
         If another process still holds the log (alive, maybe paused), this raises
         LogLocked, unless takeover_wait_ms > 0: then it waits up to that long for the
@@ -141,6 +155,8 @@ class Log:
             raise ValueError(f"max_pending_bytes must be in 1..{MAX_PENDING_BYTES_LIMIT}")
         if not 1 <= lease_duration_ms <= MAX_LEASE_DURATION_MS:
             raise ValueError(f"lease_duration_ms must be in 1..{MAX_LEASE_DURATION_MS}")
+        if read_through_seq < 0:
+            raise ValueError(f"read_through_seq must be >= 0, got {read_through_seq}")
         path = os.path.abspath(os.fspath(path))
         disk.makedirs(path)
         lease_file = LeaseFile(path)
@@ -159,16 +175,16 @@ class Log:
                   lease_duration_ms)
         try:
             if lock_fd >= 0 and not holder_may_live:
-                log._recover()
+                log._recover(read_through_seq)
             else:
                 wait_ms = takeover_wait_ms if lock_fd < 0 else max(takeover_wait_ms, 2 * lease_duration_ms)
-                log._fence(holder, wait_ms)
+                log._fence(holder, wait_ms, read_through_seq)
         except BaseException:
             log._release_fds()
             raise
         return log
 
-    def _recover(self) -> None:
+    def _recover(self, read_through_seq: int) -> None:
         started = time.perf_counter()
         manifest = load_manifest(self.path)
         segs = list_segments(self.path)
@@ -184,8 +200,9 @@ class Log:
         self._manifest = manifest
         retained, leftovers = split_leftovers(self.path, manifest, segs)
         state = WalkState(manifest)
-        for _ in walk(self.path, state, retained):
+        for _ in walk(self.path, state, retained, from_seq=read_through_seq + 1):
             pass
+        self._check_read_through(state, read_through_seq)
         for _, seg_path in leftovers:
             logger.warning("log %s: removing %s, wholly below first seq %d (interrupted drop)",
                            self.path, seg_path, manifest.first_seq)
@@ -198,7 +215,8 @@ class Log:
             logger.warning("log %s: torn tail in %s at offset %d (%s): truncated %d bytes; "
                            "log ends at seq %d", self.path, torn.segment, torn.offset_bytes,
                            torn.reason, torn.dropped_bytes, state.last_seq)
-        self._segments = [[s.first_seq, s.path, s.size_bytes] for s in state.segments]
+        self._segments = _skipped_rows(retained, state) + [[s.first_seq, s.path, s.size_bytes]
+                                                           for s in state.segments]
         if torn is not None:
             self._segments[-1][2] = torn.offset_bytes
         if not self._segments:
@@ -222,7 +240,7 @@ class Log:
             removed_segments=tuple(p for _, p in leftovers),
             elapsed_ms=(time.perf_counter() - started) * 1000)
 
-    def _fence(self, holder: str, wait_ms: int) -> None:
+    def _fence(self, holder: str, wait_ms: int, read_through_seq: int) -> None:
         """Take the log from a holder that may still run (log/FORMAT.md, "Leases and
         fencing"): bump the LEASE epoch once its lease expired, read the log to its
         last valid record T without repairing anything, store the fence T+1 in the
@@ -255,8 +273,9 @@ class Log:
         manifest = stored or Manifest()
         retained, _ = split_leftovers(self.path, manifest, segs)
         state = WalkState(manifest)
-        for _ in walk(self.path, state, retained, live=True):
+        for _ in walk(self.path, state, retained, from_seq=read_through_seq + 1, live=True):
             pass
+        self._check_read_through(state, read_through_seq)
         tail = state.last_seq
         fences = tuple(f for f in manifest.fences if f > manifest.first_seq and f != tail + 1)
         new = dataclasses.replace(manifest, epoch=epoch, holder=holder,
@@ -278,8 +297,9 @@ class Log:
             os.close(fd)
             raise
         self._active_fd = fd
-        self._segments = [[s.first_seq, s.path, s.valid_end_bytes]
-                          for s in state.segments if s.first_seq <= tail] + [[tail + 1, seg_path, 0]]
+        self._segments = (_skipped_rows(retained, state) + [[s.first_seq, s.path, s.valid_end_bytes]
+                                                            for s in state.segments if s.first_seq <= tail]
+                          + [[tail + 1, seg_path, 0]])
         self._active_size = 0
         self.tail_seq = self.durable_seq = self._pending_last_seq = tail
         with lease_file.locked():
@@ -293,6 +313,11 @@ class Log:
             truncated_bytes=0, truncated_segment=None, truncated_offset_bytes=None,
             truncated_reason=None, removed_segments=(),
             elapsed_ms=(time.perf_counter() - started) * 1000)
+
+    def _check_read_through(self, state: WalkState, read_through_seq: int) -> None:
+        if state.last_seq < read_through_seq:
+            raise LogCorrupt(self.path, 0, f"the log ends at seq {state.last_seq}, but its opener had "
+                             f"already read it through seq {read_through_seq}")
 
     def _truncate(self, seg_path: str, offset_bytes: int) -> None:
         fd = os.open(seg_path, os.O_WRONLY)

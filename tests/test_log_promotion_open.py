@@ -1,0 +1,79 @@
+"""Opening a log for promotion reads only from the promoted replica's applied seq
+(Log.open read_through_seq): the time to take over does not grow with the retained
+log. Shown by damaging a sealed segment the replica had already read: a full
+recovery reports it, a promotion's open never reads it."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from durakv.log import Log, LogCorrupt, read
+from durakv.log.manifest import list_segments
+
+LEASE_MS = 150
+SEGMENT_BYTES = 256
+
+
+def _filled(path, records: int) -> list[tuple[int, str]]:
+    with Log.open(path, holder="old", segment_size_bytes=SEGMENT_BYTES, lease_duration_ms=LEASE_MS) as log:
+        lease = log.take_lease("old")
+        for n in range(1, records + 1):
+            log.append([b"record %04d" % n], log.tail_seq, lease)
+            log.sync()
+    segments = list_segments(str(path))
+    assert len(segments) >= 4
+    return segments
+
+
+def _damage(seg_path: str) -> None:
+    with open(seg_path, "r+b") as f:
+        f.seek(os.path.getsize(seg_path) // 2)
+        f.write(b"\xff\xff\xff\xff")
+
+
+def _check_opened(log: Log, segments: list[tuple[int, str]], records: int) -> None:
+    assert log.tail_seq == log.durable_seq == records
+    assert [s.first_seq for s in log.segments()][:len(segments)] == [first for first, _ in segments]
+    assert log.size_bytes >= sum(os.path.getsize(p) for _, p in segments[:-1])
+    lease = log.take_lease("new")
+    log.append([b"after"], log.tail_seq, lease)
+    assert log.sync() == records + 1
+    assert [p for _, _, p in log.read(records)] == [b"record %04d" % records, b"after"]
+
+
+def test_promotion_open_reads_from_the_applied_seq_only(tmp_path):
+    path = tmp_path / "log"
+    segments = _filled(path, 60)
+    _damage(segments[0][1])
+    with pytest.raises(LogCorrupt):
+        Log.open(path, holder="full recovery", segment_size_bytes=SEGMENT_BYTES).close()
+    applied = segments[-2][0]   # the replica applied into the second-to-last segment
+    with Log.open(path, holder="promoted", segment_size_bytes=SEGMENT_BYTES, lease_duration_ms=LEASE_MS,
+                  read_through_seq=applied) as log:
+        assert log.recovery.records < 60
+        _check_opened(log, segments, 60)
+
+
+def test_promotion_open_that_fences_a_live_holder_reads_from_the_applied_seq_only(tmp_path):
+    path = tmp_path / "log"
+    segments = _filled(path, 60)
+    old = Log.open(path, holder="paused", segment_size_bytes=SEGMENT_BYTES, lease_duration_ms=LEASE_MS)
+    try:
+        old.take_lease("paused")
+        _damage(segments[0][1])
+        with Log.open(path, holder="promoted", segment_size_bytes=SEGMENT_BYTES, lease_duration_ms=LEASE_MS,
+                      takeover_wait_ms=5000, read_through_seq=segments[-2][0]) as log:
+            assert log.recovery.records < 60
+            _check_opened(log, segments, 60)
+        assert [p for _, _, p in read(path, segments[-1][0])][-1] == b"after"
+    finally:
+        old.close()
+
+
+def test_promotion_open_refuses_a_log_that_ends_before_the_applied_seq(tmp_path):
+    path = tmp_path / "log"
+    _filled(path, 60)
+    with pytest.raises(LogCorrupt, match="ends at seq 60, but its opener had already read it through seq 61"):
+        Log.open(path, holder="promoted", segment_size_bytes=SEGMENT_BYTES, read_through_seq=61)
