@@ -128,6 +128,8 @@ class Log:
         self.last_fsync_latency_us = 0
         self.bytes_written = 0
         self.recovery: RecoveryReport | None = None
+        # (seq, (segment first seq, offset)): where open() started reading, for read() from there.
+        self._opened_at: tuple[int, tuple[int, int]] | None = None
 
     # ---- opening and recovery ----
 
@@ -136,7 +138,8 @@ class Log:
              segment_size_bytes: int = DEFAULT_SEGMENT_SIZE_BYTES,
              max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES, holder: str = "",
              disk: Disk = OS_DISK, lease_duration_ms: int = DEFAULT_LEASE_DURATION_MS,
-             takeover_wait_ms: int = 0, read_through_seq: int = 0) -> "Log":
+             takeover_wait_ms: int = 0, read_through_seq: int = 0,
+             next_record_at: tuple[int, int] | None = None) -> "Log":
         """Open (creating if missing) the log at `path`, lock it, and recover it.
         `holder` says who writes (e.g. "shard 0"): a second opener's LogLocked names it.
         Every write and sync goes through `disk` (log/disk.py).
@@ -144,7 +147,10 @@ class Log:
         read_through_seq: the opener already read (and so checked) the records through
         this seq, as a replica being promoted has: recovery walks only the segments from
         the one holding the next seq, so opening costs at most a segment or two, not
-        the whole retained log. LogCorrupt if the log ends before it.
+        the whole retained log. LogCorrupt if the log ends before it. next_record_at:
+        (first seq of its segment, byte offset) where record read_through_seq + 1
+        starts, if the opener knows (its follower stands there): that segment is read
+        from there, so opening costs what was written since, not a whole segment.
 
         If another process still holds the log (alive, maybe paused), this raises
         LogLocked, unless takeover_wait_ms > 0: then it waits up to that long for the
@@ -175,16 +181,16 @@ class Log:
                   lease_duration_ms)
         try:
             if lock_fd >= 0 and not holder_may_live:
-                log._recover(read_through_seq)
+                log._recover(read_through_seq, next_record_at)
             else:
                 wait_ms = takeover_wait_ms if lock_fd < 0 else max(takeover_wait_ms, 2 * lease_duration_ms)
-                log._fence(holder, wait_ms, read_through_seq)
+                log._fence(holder, wait_ms, read_through_seq, next_record_at)
         except BaseException:
             log._release_fds()
             raise
         return log
 
-    def _recover(self, read_through_seq: int) -> None:
+    def _recover(self, read_through_seq: int, next_record_at: tuple[int, int] | None) -> None:
         started = time.perf_counter()
         manifest = load_manifest(self.path)
         segs = list_segments(self.path)
@@ -199,10 +205,7 @@ class Log:
             os.unlink(tmp_path)
         self._manifest = manifest
         retained, leftovers = split_leftovers(self.path, manifest, segs)
-        state = WalkState(manifest)
-        for _ in walk(self.path, state, retained, from_seq=read_through_seq + 1):
-            pass
-        self._check_read_through(state, read_through_seq)
+        state = self._walk_after(manifest, retained, read_through_seq, next_record_at, live=False)
         for _, seg_path in leftovers:
             logger.warning("log %s: removing %s, wholly below first seq %d (interrupted drop)",
                            self.path, seg_path, manifest.first_seq)
@@ -240,7 +243,8 @@ class Log:
             removed_segments=tuple(p for _, p in leftovers),
             elapsed_ms=(time.perf_counter() - started) * 1000)
 
-    def _fence(self, holder: str, wait_ms: int, read_through_seq: int) -> None:
+    def _fence(self, holder: str, wait_ms: int, read_through_seq: int,
+               next_record_at: tuple[int, int] | None) -> None:
         """Take the log from a holder that may still run (log/FORMAT.md, "Leases and
         fencing"): bump the LEASE epoch once its lease expired, read the log to its
         last valid record T without repairing anything, store the fence T+1 in the
@@ -272,10 +276,7 @@ class Log:
                              "manifest missing but segments exist")
         manifest = stored or Manifest()
         retained, _ = split_leftovers(self.path, manifest, segs)
-        state = WalkState(manifest)
-        for _ in walk(self.path, state, retained, from_seq=read_through_seq + 1, live=True):
-            pass
-        self._check_read_through(state, read_through_seq)
+        state = self._walk_after(manifest, retained, read_through_seq, next_record_at, live=True)
         tail = state.last_seq
         fences = tuple(f for f in manifest.fences if f > manifest.first_seq and f != tail + 1)
         new = dataclasses.replace(manifest, epoch=epoch, holder=holder,
@@ -313,6 +314,29 @@ class Log:
             truncated_bytes=0, truncated_segment=None, truncated_offset_bytes=None,
             truncated_reason=None, removed_segments=(),
             elapsed_ms=(time.perf_counter() - started) * 1000)
+
+    def _walk_after(self, manifest: Manifest, retained: list[tuple[int, str]], read_through_seq: int,
+                    next_record_at: tuple[int, int] | None, live: bool) -> WalkState:
+        """Validate the log from record read_through_seq + 1 on (all of it if 0); a
+        next_record_at that does not lead to that record is reported and not used."""
+        state = WalkState(manifest)
+        try:
+            for _ in walk(self.path, state, retained, from_seq=read_through_seq + 1, live=live,
+                          start=next_record_at):
+                pass
+            if next_record_at is not None:
+                self._opened_at = (read_through_seq + 1, next_record_at)
+        except LogCorrupt as exc:
+            if next_record_at is None:
+                raise
+            logger.warning("log %s: seq %d is not where its opener read it (segment %d, offset %d: %s); "
+                           "reading that segment from its start", self.path, read_through_seq + 1,
+                           next_record_at[0], next_record_at[1], exc)
+            state = WalkState(manifest)
+            for _ in walk(self.path, state, retained, from_seq=read_through_seq + 1, live=live):
+                pass
+        self._check_read_through(state, read_through_seq)
+        return state
 
     def _check_read_through(self, state: WalkState, read_through_seq: int) -> None:
         if state.last_seq < read_through_seq:
@@ -613,7 +637,9 @@ class Log:
              ) -> Iterator[tuple[int, int, bytes]]:
         """(seq, epoch, payload) from from_seq through durable_seq (or through_seq if lower)."""
         limit = self.durable_seq if through_seq is None else min(through_seq, self.durable_seq)
-        return read_path(self.path, from_seq, through_seq=limit)
+        opened_at = self._opened_at
+        start = opened_at[1] if opened_at is not None and opened_at[0] == from_seq else None
+        return read_path(self.path, from_seq, through_seq=limit, start=start)
 
     def segments(self) -> list[SegmentInfo]:
         with self._seg_lock:

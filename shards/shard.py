@@ -157,7 +157,8 @@ class Shard(GroupCommit):
             self.txn.replayed(seq, record.txns)
         self.record_clock.last_ms = record.written_at_ms
 
-    def open_log(self, base_seq: int | None = None, takeover_wait_ms: int = 0) -> None:
+    def open_log(self, base_seq: int | None = None, takeover_wait_ms: int = 0,
+                 next_record_at: tuple[int, int] | None = None) -> None:
         """Open the log (exclusively), rebuild the keyspace from the newest local
         snapshot plus the log after it, take the lease. base_seq: the keyspace already
         holds the log through it (a replica being promoted); takeover_wait_ms: fence a
@@ -170,7 +171,7 @@ class Shard(GroupCommit):
         # once the data dir is fsync'd; every start does it, in case a crash came between.
         disk.fsync_dir(self.config.data_dir)
         self.wal = open_shard_log(self.config, self.index, self.dir, disk, takeover_wait_ms=takeover_wait_ms,
-                                  read_through_seq=base_seq or 0)
+                                  read_through_seq=base_seq or 0, next_record_at=next_record_at)
         truncated = self.wal.recovery.truncated_bytes
         if truncated:
             logger.warning("shard %d: torn log tail: truncated %d bytes", self.index, truncated)

@@ -10,6 +10,7 @@ import os
 import pytest
 
 from durakv.log import Log, LogCorrupt, read
+from durakv.log.follow import Follower
 from durakv.log.manifest import list_segments
 
 LEASE_MS = 150
@@ -33,14 +34,18 @@ def _damage(seg_path: str) -> None:
         f.write(b"\xff\xff\xff\xff")
 
 
-def _check_opened(log: Log, segments: list[tuple[int, str]], records: int) -> None:
+def _check_opened(log: Log, segments: list[tuple[int, str]], records: int, applied: int | None = None) -> None:
+    """The opened log's tail, segments and size; it takes a write; what follows the
+    replica's applied seq reads back (from it, as the promoted shard replays the rest)."""
     assert log.tail_seq == log.durable_seq == records
     assert [s.first_seq for s in log.segments()][:len(segments)] == [first for first, _ in segments]
     assert log.size_bytes >= sum(os.path.getsize(p) for _, p in segments[:-1])
     lease = log.take_lease("new")
     log.append([b"after"], log.tail_seq, lease)
     assert log.sync() == records + 1
-    assert [p for _, _, p in log.read(records)] == [b"record %04d" % records, b"after"]
+    applied = records - 1 if applied is None else applied
+    assert [p for _, _, p in log.read(applied + 1)] == [b"record %04d" % n for n in range(applied + 1, records + 1)] \
+        + [b"after"]
 
 
 def test_promotion_open_reads_from_the_applied_seq_only(tmp_path):
@@ -77,3 +82,48 @@ def test_promotion_open_refuses_a_log_that_ends_before_the_applied_seq(tmp_path)
     _filled(path, 60)
     with pytest.raises(LogCorrupt, match="ends at seq 60, but its opener had already read it through seq 61"):
         Log.open(path, holder="promoted", segment_size_bytes=SEGMENT_BYTES, read_through_seq=61)
+
+
+def _follower_position(path, through: int) -> tuple[int, int]:
+    follower = Follower(str(path))
+    try:
+        for _ in follower.read(list_segments(str(path))[-1][0], through):
+            pass
+        position = follower.next_record_at(through + 1)
+    finally:
+        follower.close()
+    assert position is not None
+    return position
+
+
+def test_promotion_open_starts_where_the_replicas_follower_stands(tmp_path):
+    """With the byte offset its follower stands at, not even the active segment is
+    read from its start: opening costs what was written after the replica's seq."""
+    path = tmp_path / "log"
+    segments = _filled(path, 60)
+    applied = 58
+    position = _follower_position(path, applied)
+    assert position[0] == segments[-1][0] and position[1] > 0
+    _damage_at(segments[-1][1], 0)   # the first record of the active segment, read by the replica already
+    with pytest.raises(LogCorrupt):
+        Log.open(path, holder="promoted", segment_size_bytes=SEGMENT_BYTES, read_through_seq=applied).close()
+    with Log.open(path, holder="promoted", segment_size_bytes=SEGMENT_BYTES, lease_duration_ms=LEASE_MS,
+                  read_through_seq=applied, next_record_at=position) as log:
+        assert log.recovery.records == 2
+        _check_opened(log, segments, 60, applied)
+
+
+def test_a_wrong_offset_is_noticed_and_the_segment_read_from_its_start(tmp_path, caplog):
+    path = tmp_path / "log"
+    segments = _filled(path, 60)
+    first, offset = _follower_position(path, 58)
+    with Log.open(path, holder="promoted", segment_size_bytes=SEGMENT_BYTES, lease_duration_ms=LEASE_MS,
+                  read_through_seq=58, next_record_at=(first, offset + 3)) as log:
+        _check_opened(log, segments, 60)
+    assert "seq 59 is not where its opener read it" in caplog.text
+
+
+def _damage_at(seg_path: str, offset: int) -> None:
+    with open(seg_path, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\xff\xff\xff\xff")
