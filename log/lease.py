@@ -93,7 +93,9 @@ class LeaseFile:
         return _U64.unpack_from(self._map, offset)[0]
 
     def _put(self, offset: int, value: int) -> None:
-        _U64.pack_into(self._map, offset, value)
+        # One 8-byte copy: struct.pack_into zeroes the field before it writes it, and a
+        # process reading it in between (the writer preempted there) would see 0.
+        self._map[offset:offset + 8] = _U64.pack(value)
 
     @property
     def epoch(self) -> int:
