@@ -10,6 +10,8 @@
    the retained log is large: the promotion must not grow with it.
 2. Throughput: redis-benchmark SET through the router (durable: each reply after its
    fsync) with `replicas = 0` and `replicas = 1`: requests/s and p99.
+3. --min-replicas: `replicas = 1` with min-replicas-to-write 0 and 1 (each reply also
+   waits for the replica to apply the write), pipelines of 1 and 16.
 
     python scripts/failover_bench.py --trials 20 [--prefill-records 300000]
 """
@@ -110,14 +112,16 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def throughput(tmp: Path, replicas: int, lease_ms: int, requests: int, clients: int,
-               shards: int) -> tuple[float, float]:
-    proc, port = start(tmp, f"tput-r{replicas}", replicas, lease_ms, shards)
+               shards: int, min_replicas: int = 0, pipeline: int = 1) -> tuple[float, float]:
+    proc, port = start(tmp, f"tput-r{replicas}-m{min_replicas}-p{pipeline}", replicas, lease_ms, shards)
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while replicas and not replica_online(port) and time.monotonic() < deadline:
             time.sleep(0.05)
+        redis.Redis(port=port).config_set("min-replicas-to-write", min_replicas)
         out = subprocess.run(["redis-benchmark", "-p", str(port), "-t", "set", "-n", str(requests), "-c",
-                              str(clients), "-r", "100000", "--csv"], capture_output=True, text=True, check=True)
+                              str(clients), "-r", "100000", "-P", str(pipeline), "--csv"],
+                             capture_output=True, text=True, check=True)
         rows = list(csv.DictReader(io.StringIO(out.stdout)))
         return float(rows[0]["rps"]), float(rows[0]["p99_latency_ms"])
     finally:
@@ -133,7 +137,19 @@ def main() -> int:
     p.add_argument("--clients", type=int, default=50, help="redis-benchmark -c")
     p.add_argument("--prefill-records", type=int, default=0, help="SETs written before the first trial")
     p.add_argument("--no-throughput", dest="throughput", action="store_false")
+    p.add_argument("--min-replicas", action="store_true",
+                   help="only durable SET with replicas = 1, min-replicas-to-write 0 vs 1, -P 1 and 16")
     opts = p.parse_args()
+    if opts.min_replicas:
+        with tempfile.TemporaryDirectory(prefix="failover-bench-") as tmp_name:
+            for pipeline in (1, 16):
+                for min_replicas in (0, 1):
+                    rps, p99 = throughput(Path(tmp_name), 1, opts.lease_ms, opts.requests, opts.clients,
+                                          opts.shards, min_replicas, pipeline)
+                    print(f"durable SET, replicas = 1, min-replicas-to-write {min_replicas}, -P {pipeline}: "
+                          f"{rps:.0f} requests/s, p99 {p99:.2f} ms (redis-benchmark -n {opts.requests} "
+                          f"-c {opts.clients}, {opts.shards} shard(s))", flush=True)
+        return 0
     with tempfile.TemporaryDirectory(prefix="failover-bench-") as tmp_name:
         tmp = Path(tmp_name)
         proc, port = start(tmp, "failover", 1, opts.lease_ms, opts.shards)
