@@ -127,3 +127,20 @@ def _damage_at(seg_path: str, offset: int) -> None:
     with open(seg_path, "r+b") as f:
         f.seek(offset)
         f.write(b"\xff\xff\xff\xff")
+
+
+def test_promotion_open_from_inside_a_write(tmp_path, caplog):
+    """A fence can leave a follower inside a write (the deposed writer's last one, cut
+    at its last valid record): the walk from its offset accepts a first record that
+    continues a write."""
+    path = tmp_path / "log"
+    with Log.open(path, holder="old", lease_duration_ms=LEASE_MS) as log:
+        lease = log.take_lease("old")
+        log.append([b"record %04d" % n for n in range(1, 11)], 0, lease)   # one write, write_index 0..9
+        log.sync()
+    position = _follower_position(path, 6)
+    with Log.open(path, holder="promoted", lease_duration_ms=LEASE_MS, read_through_seq=6,
+                  next_record_at=position) as log:
+        assert log.recovery.records == 4 and log.tail_seq == 10
+        assert [p for _, _, p in log.read(7)] == [b"record %04d" % n for n in range(7, 11)]
+    assert "is not where its opener read it" not in caplog.text
