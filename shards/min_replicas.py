@@ -108,6 +108,3 @@ class MinReplicas:
             if shard.held.count:
                 shard.release_held(shard.hazards.durable_seq)
             await trio.sleep(POLL_IDLE_S if self._through is None else POLL_HOLDING_S)
-
-    def close(self) -> None:
-        self.board.close()
