@@ -77,6 +77,13 @@ class Follower:
             yield item.seq, item.epoch, item.payload
             seq += 1
 
+    def next_record_at(self, seq: int) -> tuple[int, int] | None:
+        """(first seq of the segment, byte offset) where record `seq` starts, if this
+        follower stands just before it (it read seq - 1 last); else None."""
+        if self._reader is None or seq != self._next_seq:
+            return None
+        return self._seg_first, self._reader.pos
+
     def _segment_path(self) -> str:
         return os.path.join(self.path, f"{self._seg_first:020d}.seg")
 

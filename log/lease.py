@@ -50,6 +50,30 @@ def pid_alive(pid: int) -> bool:
     return state not in (b"Z", b"X")
 
 
+def published_durable_seq(log_dir: str) -> int | None:
+    """The durable seq a holder of this boot published in `log_dir`'s LEASE, read
+    without creating, locking or mapping anything (for readers such as the
+    snapshotter). None when no holder of this boot took the lease: LEASE missing,
+    never taken, or left from before a reboot (it is never fsync'd, so its value is
+    no floor then; every writer of that boot is gone)."""
+    try:
+        fd = os.open(os.path.join(log_dir, LEASE_FILE), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        while True:
+            first = os.pread(fd, LEASE_BYTES, 0)
+            if len(first) < LEASE_BYTES:
+                return None
+            if os.pread(fd, LEASE_BYTES, 0)[_DURABLE:_DURABLE + 8] == first[_DURABLE:_DURABLE + 8]:
+                break
+    finally:
+        os.close(fd)
+    if _U64.unpack_from(first, _BOOT)[0] != BOOT_ID or _U64.unpack_from(first, _EPOCH)[0] == 0:
+        return None
+    return int(_U64.unpack_from(first, _DURABLE)[0])
+
+
 class LeaseFile:
     """An open, mmap'd LEASE file (created zeroed if missing)."""
 
@@ -69,7 +93,9 @@ class LeaseFile:
         return _U64.unpack_from(self._map, offset)[0]
 
     def _put(self, offset: int, value: int) -> None:
-        _U64.pack_into(self._map, offset, value)
+        # One 8-byte copy: struct.pack_into zeroes the field before it writes it, and a
+        # process reading it in between (the writer preempted there) would see 0.
+        self._map[offset:offset + 8] = _U64.pack(value)
 
     @property
     def epoch(self) -> int:

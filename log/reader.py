@@ -38,8 +38,8 @@ def _snapshot(path: str) -> tuple[Manifest, list[tuple[int, str]], list[tuple[in
     raise AssertionError("unreachable")
 
 
-def read(path: str | os.PathLike, from_seq: int = 1, *, through_seq: int | None = None
-         ) -> Iterator[tuple[int, int, bytes]]:
+def read(path: str | os.PathLike, from_seq: int = 1, *, through_seq: int | None = None,
+         start: tuple[int, int] | None = None) -> Iterator[tuple[int, int, bytes]]:
     """Yield (seq, epoch, payload) for every record with from_seq <= seq (<= through_seq),
     in order, across segments. Safe on a live log from another process: opens files
     read-only, takes no lock, and stops cleanly at the last complete valid record.
@@ -47,7 +47,8 @@ def read(path: str | os.PathLike, from_seq: int = 1, *, through_seq: int | None 
     Without through_seq it may yield records a live writer has written but not yet
     fsync'd; a consumer that must only see durable records (the snapshotter) passes
     the durable seq it learned from the writer. Raises RecordsDropped if from_seq
-    is below the first retained record, LogCorrupt on damage before the tail."""
+    is below the first retained record, LogCorrupt on damage before the tail.
+    start: where record from_seq begins (scan.walk), if the caller knows."""
     if from_seq < 1:
         raise ValueError(f"from_seq must be >= 1, got {from_seq}")
     path = os.fspath(path)
@@ -55,14 +56,14 @@ def read(path: str | os.PathLike, from_seq: int = 1, *, through_seq: int | None 
     if from_seq < manifest.first_seq:
         raise RecordsDropped(f"records of {path} before seq {manifest.first_seq} were dropped; "
                              f"cannot read from seq {from_seq}")
-    return _read(path, manifest, retained, from_seq, through_seq)
+    return _read(path, manifest, retained, from_seq, through_seq, start)
 
 
 def _read(path: str, manifest: Manifest, retained: list[tuple[int, str]], from_seq: int,
-          through_seq: int | None) -> Iterator[tuple[int, int, bytes]]:
+          through_seq: int | None, start: tuple[int, int] | None) -> Iterator[tuple[int, int, bytes]]:
     state = WalkState(manifest)
     for _, frame in walk(path, state, retained, from_seq=from_seq, through_seq=through_seq,
-                         live=True):
+                         live=True, start=start):
         yield frame.seq, frame.epoch, frame.payload
 
 

@@ -66,12 +66,16 @@ def split_leftovers(path: str, manifest: Manifest, segs: list[tuple[int, str]]
 
 
 def walk(path: str, state: WalkState, retained: list[tuple[int, str]], *,
-         from_seq: int = 1, through_seq: int | None = None, live: bool = False
-         ) -> Iterator[tuple[str, Frame]]:
+         from_seq: int = 1, through_seq: int | None = None, live: bool = False,
+         start: tuple[int, int] | None = None) -> Iterator[tuple[str, Frame]]:
     """Validate the retained segments in order, yielding (segment path, frame) for
     records with from_seq <= seq <= through_seq. Segments wholly before from_seq
     are skipped unread. Raises LogCorrupt on damage before the tail; a torn tail
     ends the walk and is recorded in state.torn.
+
+    start: (first seq of a segment, byte offset) where record from_seq begins in it,
+    as a follower that read up to there knows: that segment is read from the offset,
+    not validated from its start (the seq check still refuses a wrong offset).
 
     live=True: another process may be writing; a record epoch newer than the
     manifest read earlier is checked against a fresh manifest, and a missing
@@ -105,23 +109,28 @@ def walk(path: str, state: WalkState, retained: list[tuple[int, str]], *,
             stat = SegmentStat(first_seq, seg_path, os.fstat(fd).st_size)
             state.segments.append(stat)
             fenced_at = 0 if is_last or retained[i + 1][0] not in state.manifest.fences else retained[i + 1][0]
-            for frame in _walk_segment(path, state, stat, fd, is_last, live, fenced_at):
+            offset = 0
+            if start is not None and start[0] == first_seq and start[1] > 0:
+                offset = stat.valid_end_bytes = start[1]
+                state.last_seq = from_seq - 1
+            for frame in _walk_segment(path, state, stat, fd, is_last, live, fenced_at, offset):
                 if through_seq is not None and frame.seq > through_seq:
                     return
                 if frame.seq >= from_seq:
                     yield seg_path, frame
         finally:
             os.close(fd)
-        if stat.records == 0 and not is_last:
+        if stat.records == 0 and not is_last and not offset:
             raise LogCorrupt(seg_path, 0, "empty sealed segment")
         expected = state.last_seq + 1
 
 
 def _walk_segment(path: str, state: WalkState, stat: SegmentStat, fd: int,
-                  is_last: bool, live: bool, fenced_at: int = 0) -> Iterator[Frame]:
+                  is_last: bool, live: bool, fenced_at: int = 0, offset: int = 0) -> Iterator[Frame]:
     """fenced_at: the next segment is a fence (log/FORMAT.md): this one is valid up
-    to seq fenced_at - 1 and what a deposed writer left after that is not read."""
-    reader = FrameReader(fd)
+    to seq fenced_at - 1 and what a deposed writer left after that is not read.
+    offset: where to start (a record boundary; 0: the segment's start)."""
+    reader = FrameReader(fd, offset)
     while True:
         if fenced_at and state.last_seq == fenced_at - 1:
             return
@@ -160,8 +169,11 @@ def _walk_segment(path: str, state: WalkState, stat: SegmentStat, fd: int,
 
 def _check_frame(path: str, state: WalkState, stat: SegmentStat, frame: Frame,
                  expected: int, live: bool) -> None:
-    if frame.write_index != 0 and (stat.records == 0 or
-                                   frame.write_index != state.last_write_index + 1):
+    # A walk started at an offset (walk's start) may begin inside a write: its first
+    # record continues records read before, which the caller validated.
+    started_inside = stat.records == 0 and stat.valid_end_bytes > 0
+    if frame.write_index != 0 and not started_inside and (stat.records == 0 or
+                                                          frame.write_index != state.last_write_index + 1):
         raise LogCorrupt(stat.path, frame.offset, f"seq {frame.seq} has write_index "
                          f"{frame.write_index}, which does not continue a write")
     if frame.seq != expected:

@@ -77,6 +77,15 @@ class RecoveryReport:
     elapsed_ms: float
 
 
+def _skipped_rows(retained: list[tuple[int, str]], state: WalkState) -> list[list]:
+    """[first_seq, path, size_bytes] of the sealed segments a walk from a later seq skipped
+    (walk never skips the last one)."""
+    if not state.segments:
+        return []
+    visited_first = state.segments[0].first_seq
+    return [[first, seg_path, os.path.getsize(seg_path)] for first, seg_path in retained if first < visited_first]
+
+
 def _acquire_lock(path: str, holder: str) -> int:
     return lock_shard_log(path, holder or "log writer")
 
@@ -119,6 +128,8 @@ class Log:
         self.last_fsync_latency_us = 0
         self.bytes_written = 0
         self.recovery: RecoveryReport | None = None
+        # (seq, (segment first seq, offset)): where open() started reading, for read() from there.
+        self._opened_at: tuple[int, tuple[int, int]] | None = None
 
     # ---- opening and recovery ----
 
@@ -127,10 +138,19 @@ class Log:
              segment_size_bytes: int = DEFAULT_SEGMENT_SIZE_BYTES,
              max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES, holder: str = "",
              disk: Disk = OS_DISK, lease_duration_ms: int = DEFAULT_LEASE_DURATION_MS,
-             takeover_wait_ms: int = 0) -> "Log":
+             takeover_wait_ms: int = 0, read_through_seq: int = 0,
+             next_record_at: tuple[int, int] | None = None) -> "Log":
         """Open (creating if missing) the log at `path`, lock it, and recover it.
         `holder` says who writes (e.g. "shard 0"): a second opener's LogLocked names it.
         Every write and sync goes through `disk` (log/disk.py).
+
+        read_through_seq: the opener already read (and so checked) the records through
+        this seq, as a replica being promoted has: recovery walks only the segments from
+        the one holding the next seq, so opening costs at most a segment or two, not
+        the whole retained log. LogCorrupt if the log ends before it. next_record_at:
+        (first seq of its segment, byte offset) where record read_through_seq + 1
+        starts, if the opener knows (its follower stands there): that segment is read
+        from there, so opening costs what was written since, not a whole segment.
 
         If another process still holds the log (alive, maybe paused), this raises
         LogLocked, unless takeover_wait_ms > 0: then it waits up to that long for the
@@ -141,6 +161,8 @@ class Log:
             raise ValueError(f"max_pending_bytes must be in 1..{MAX_PENDING_BYTES_LIMIT}")
         if not 1 <= lease_duration_ms <= MAX_LEASE_DURATION_MS:
             raise ValueError(f"lease_duration_ms must be in 1..{MAX_LEASE_DURATION_MS}")
+        if read_through_seq < 0:
+            raise ValueError(f"read_through_seq must be >= 0, got {read_through_seq}")
         path = os.path.abspath(os.fspath(path))
         disk.makedirs(path)
         lease_file = LeaseFile(path)
@@ -159,16 +181,16 @@ class Log:
                   lease_duration_ms)
         try:
             if lock_fd >= 0 and not holder_may_live:
-                log._recover()
+                log._recover(read_through_seq, next_record_at)
             else:
                 wait_ms = takeover_wait_ms if lock_fd < 0 else max(takeover_wait_ms, 2 * lease_duration_ms)
-                log._fence(holder, wait_ms)
+                log._fence(holder, wait_ms, read_through_seq, next_record_at)
         except BaseException:
             log._release_fds()
             raise
         return log
 
-    def _recover(self) -> None:
+    def _recover(self, read_through_seq: int, next_record_at: tuple[int, int] | None) -> None:
         started = time.perf_counter()
         manifest = load_manifest(self.path)
         segs = list_segments(self.path)
@@ -183,9 +205,7 @@ class Log:
             os.unlink(tmp_path)
         self._manifest = manifest
         retained, leftovers = split_leftovers(self.path, manifest, segs)
-        state = WalkState(manifest)
-        for _ in walk(self.path, state, retained):
-            pass
+        state = self._walk_after(manifest, retained, read_through_seq, next_record_at, live=False)
         for _, seg_path in leftovers:
             logger.warning("log %s: removing %s, wholly below first seq %d (interrupted drop)",
                            self.path, seg_path, manifest.first_seq)
@@ -198,7 +218,8 @@ class Log:
             logger.warning("log %s: torn tail in %s at offset %d (%s): truncated %d bytes; "
                            "log ends at seq %d", self.path, torn.segment, torn.offset_bytes,
                            torn.reason, torn.dropped_bytes, state.last_seq)
-        self._segments = [[s.first_seq, s.path, s.size_bytes] for s in state.segments]
+        self._segments = _skipped_rows(retained, state) + [[s.first_seq, s.path, s.size_bytes]
+                                                           for s in state.segments]
         if torn is not None:
             self._segments[-1][2] = torn.offset_bytes
         if not self._segments:
@@ -222,7 +243,8 @@ class Log:
             removed_segments=tuple(p for _, p in leftovers),
             elapsed_ms=(time.perf_counter() - started) * 1000)
 
-    def _fence(self, holder: str, wait_ms: int) -> None:
+    def _fence(self, holder: str, wait_ms: int, read_through_seq: int,
+               next_record_at: tuple[int, int] | None) -> None:
         """Take the log from a holder that may still run (log/FORMAT.md, "Leases and
         fencing"): bump the LEASE epoch once its lease expired, read the log to its
         last valid record T without repairing anything, store the fence T+1 in the
@@ -254,9 +276,7 @@ class Log:
                              "manifest missing but segments exist")
         manifest = stored or Manifest()
         retained, _ = split_leftovers(self.path, manifest, segs)
-        state = WalkState(manifest)
-        for _ in walk(self.path, state, retained, live=True):
-            pass
+        state = self._walk_after(manifest, retained, read_through_seq, next_record_at, live=True)
         tail = state.last_seq
         fences = tuple(f for f in manifest.fences if f > manifest.first_seq and f != tail + 1)
         new = dataclasses.replace(manifest, epoch=epoch, holder=holder,
@@ -278,8 +298,9 @@ class Log:
             os.close(fd)
             raise
         self._active_fd = fd
-        self._segments = [[s.first_seq, s.path, s.valid_end_bytes]
-                          for s in state.segments if s.first_seq <= tail] + [[tail + 1, seg_path, 0]]
+        self._segments = (_skipped_rows(retained, state) + [[s.first_seq, s.path, s.valid_end_bytes]
+                                                            for s in state.segments if s.first_seq <= tail]
+                          + [[tail + 1, seg_path, 0]])
         self._active_size = 0
         self.tail_seq = self.durable_seq = self._pending_last_seq = tail
         with lease_file.locked():
@@ -293,6 +314,34 @@ class Log:
             truncated_bytes=0, truncated_segment=None, truncated_offset_bytes=None,
             truncated_reason=None, removed_segments=(),
             elapsed_ms=(time.perf_counter() - started) * 1000)
+
+    def _walk_after(self, manifest: Manifest, retained: list[tuple[int, str]], read_through_seq: int,
+                    next_record_at: tuple[int, int] | None, live: bool) -> WalkState:
+        """Validate the log from record read_through_seq + 1 on (all of it if 0); a
+        next_record_at that does not lead to that record is reported and not used."""
+        state = WalkState(manifest)
+        try:
+            for _ in walk(self.path, state, retained, from_seq=read_through_seq + 1, live=live,
+                          start=next_record_at):
+                pass
+            if next_record_at is not None:
+                self._opened_at = (read_through_seq + 1, next_record_at)
+        except LogCorrupt as exc:
+            if next_record_at is None:
+                raise
+            logger.warning("log %s: seq %d is not where its opener read it (segment %d, offset %d: %s); "
+                           "reading that segment from its start", self.path, read_through_seq + 1,
+                           next_record_at[0], next_record_at[1], exc)
+            state = WalkState(manifest)
+            for _ in walk(self.path, state, retained, from_seq=read_through_seq + 1, live=live):
+                pass
+        self._check_read_through(state, read_through_seq)
+        return state
+
+    def _check_read_through(self, state: WalkState, read_through_seq: int) -> None:
+        if state.last_seq < read_through_seq:
+            raise LogCorrupt(self.path, 0, f"the log ends at seq {state.last_seq}, but its opener had "
+                             f"already read it through seq {read_through_seq}")
 
     def _truncate(self, seg_path: str, offset_bytes: int) -> None:
         fd = os.open(seg_path, os.O_WRONLY)
@@ -512,6 +561,7 @@ class Log:
                     store_manifest(self.path, self._manifest, self._disk)
                     if self._unsynced is not None:
                         self._rewrite_unsynced()
+                        self._lease_file.publish_durable(self.durable_seq)
             except OSError as exc:
                 self._failed_cause = exc
                 raise self._failed_error() from exc
@@ -587,7 +637,9 @@ class Log:
              ) -> Iterator[tuple[int, int, bytes]]:
         """(seq, epoch, payload) from from_seq through durable_seq (or through_seq if lower)."""
         limit = self.durable_seq if through_seq is None else min(through_seq, self.durable_seq)
-        return read_path(self.path, from_seq, through_seq=limit)
+        opened_at = self._opened_at
+        start = opened_at[1] if opened_at is not None and opened_at[0] == from_seq else None
+        return read_path(self.path, from_seq, through_seq=limit, start=start)
 
     def segments(self) -> list[SegmentInfo]:
         with self._seg_lock:

@@ -4,11 +4,16 @@
    the router as fast as it can, the shard's primary gets kill -9, and the time from
    the kill to the first SET acknowledged after it (by the promoted replica) is
    recorded. p50/p99/max over --trials (target: p99 <= 1 s). Before the next trial the
-   replacement replica must be online.
+   replacement replica must be online. Each trial also prints the promotion itself (the
+   promoted replica's "promoted to primary in" line: open and fence the log, apply the
+   rest). --prefill-records writes that many SETs first (redis-benchmark, pipelined), so
+   the retained log is large: the promotion must not grow with it.
 2. Throughput: redis-benchmark SET through the router (durable: each reply after its
    fsync) with `replicas = 0` and `replicas = 1`: requests/s and p99.
+3. --min-replicas: `replicas = 1` with min-replicas-to-write 0 and 1 (each reply also
+   waits for the replica to apply the write), pipelines of 1 and 16.
 
-    python scripts/failover_bench.py --trials 20
+    python scripts/failover_bench.py --trials 20 [--prefill-records 300000]
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import argparse
 import csv
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -31,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from proctools import free_port, start_group, stop_group  # noqa: E402
 
 READY_TIMEOUT_S = 60
+PROMOTED = re.compile(rb"promoted to primary in ([0-9.]+) s")
 
 
 def start(tmp: Path, name: str, replicas: int, lease_ms: int, shards: int) -> tuple[subprocess.Popen, int]:
@@ -105,14 +112,16 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def throughput(tmp: Path, replicas: int, lease_ms: int, requests: int, clients: int,
-               shards: int) -> tuple[float, float]:
-    proc, port = start(tmp, f"tput-r{replicas}", replicas, lease_ms, shards)
+               shards: int, min_replicas: int = 0, pipeline: int = 1) -> tuple[float, float]:
+    proc, port = start(tmp, f"tput-r{replicas}-m{min_replicas}-p{pipeline}", replicas, lease_ms, shards)
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while replicas and not replica_online(port) and time.monotonic() < deadline:
             time.sleep(0.05)
+        redis.Redis(port=port).config_set("min-replicas-to-write", min_replicas)
         out = subprocess.run(["redis-benchmark", "-p", str(port), "-t", "set", "-n", str(requests), "-c",
-                              str(clients), "-r", "100000", "--csv"], capture_output=True, text=True, check=True)
+                              str(clients), "-r", "100000", "-P", str(pipeline), "--csv"],
+                             capture_output=True, text=True, check=True)
         rows = list(csv.DictReader(io.StringIO(out.stdout)))
         return float(rows[0]["rps"]), float(rows[0]["p99_latency_ms"])
     finally:
@@ -126,13 +135,33 @@ def main() -> int:
     p.add_argument("--shards", type=int, default=1)
     p.add_argument("--requests", type=int, default=50_000, help="redis-benchmark -n per throughput run")
     p.add_argument("--clients", type=int, default=50, help="redis-benchmark -c")
+    p.add_argument("--prefill-records", type=int, default=0, help="SETs written before the first trial")
     p.add_argument("--no-throughput", dest="throughput", action="store_false")
+    p.add_argument("--min-replicas", action="store_true",
+                   help="only durable SET with replicas = 1, min-replicas-to-write 0 vs 1, -P 1 and 16")
     opts = p.parse_args()
+    if opts.min_replicas:
+        with tempfile.TemporaryDirectory(prefix="failover-bench-") as tmp_name:
+            for pipeline in (1, 16):
+                for min_replicas in (0, 1):
+                    rps, p99 = throughput(Path(tmp_name), 1, opts.lease_ms, opts.requests, opts.clients,
+                                          opts.shards, min_replicas, pipeline)
+                    print(f"durable SET, replicas = 1, min-replicas-to-write {min_replicas}, -P {pipeline}: "
+                          f"{rps:.0f} requests/s, p99 {p99:.2f} ms (redis-benchmark -n {opts.requests} "
+                          f"-c {opts.clients}, {opts.shards} shard(s))", flush=True)
+        return 0
     with tempfile.TemporaryDirectory(prefix="failover-bench-") as tmp_name:
         tmp = Path(tmp_name)
         proc, port = start(tmp, "failover", 1, opts.lease_ms, opts.shards)
         times = []
         try:
+            if opts.prefill_records:
+                subprocess.run(["redis-benchmark", "-p", str(port), "-t", "set", "-n", str(opts.prefill_records),
+                                "-r", str(opts.prefill_records), "-d", "100", "-P", "16", "-q"],
+                               capture_output=True, check=True)
+                log_bytes = sum(f.stat().st_size for f in (tmp / "failover" / "shard-000" / "log").glob("*.seg"))
+                print(f"prefilled {opts.prefill_records} SETs: {log_bytes / 1e6:.1f} MB of shard 0's log retained",
+                      flush=True)
             for trial in range(opts.trials):
                 deadline = time.monotonic() + READY_TIMEOUT_S
                 while not replica_online(port):
@@ -141,7 +170,10 @@ def main() -> int:
                     time.sleep(0.05)
                 seconds = failover_trial(port)
                 times.append(seconds)
-                print(f"trial {trial + 1}: kill -9 to first acknowledged write {seconds * 1000:.0f} ms", flush=True)
+                promoted = PROMOTED.findall((tmp / "failover.log").read_bytes())
+                promotion = f", promotion {float(promoted[-1]) * 1000:.0f} ms" if promoted else ""
+                print(f"trial {trial + 1}: kill -9 to first acknowledged write {seconds * 1000:.0f} ms{promotion}",
+                      flush=True)
         finally:
             stop_group(proc)
         ms = [t * 1000 for t in times]

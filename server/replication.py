@@ -15,6 +15,7 @@ from durakv.log.lease import LeaseFile
 from durakv.server.cluster_view import announced_ip, replica_slots
 from durakv.server.links import Pending
 from durakv.shards.config import Config, shard_port
+from durakv.shards.min_replicas import good_replicas
 
 WAIT_POLL_S = 0.001
 # Redis' replid is 40 hex digits; durakv's log has no replication id: a constant one.
@@ -45,10 +46,25 @@ def _shards(view) -> list[int]:
     return [view.index] if view.cluster_node else list(range(view.config.shards))
 
 
+def _good_replicas_lines(view) -> list[str]:
+    """min_slaves_good_slaves, as Redis shows it while min-replicas-to-write and
+    min-replicas-max-lag are both set: the least over the shards this front serves
+    (each shard's writes need that many of its own)."""
+    values = view.settings.values
+    to_write, max_lag_s = int(values["min-replicas-to-write"]), int(values["min-replicas-max-lag"])
+    if not to_write or not max_lag_s:
+        return []
+    config = view.config
+    now_ms = time.time_ns() // 1_000_000
+    counts = [len(good_replicas(replica_slots(config, shard), now_ms, max_lag_s)) if config.replicas else 0
+              for shard in _shards(view)]
+    return [f"min_slaves_good_slaves:{min(counts, default=0)}"]
+
+
 def info_lines(view) -> list[str]:
     config = view.config
-    if not config.replicas:
-        return ["role:master", "connected_slaves:0", "master_repl_offset:0"]  # as a Redis without replicas
+    if not config.replicas:  # as a Redis without replicas
+        return ["role:master", "connected_slaves:0", *_good_replicas_lines(view), "master_repl_offset:0"]
     replica = _own_replica(view)
     if replica is not None:
         applied = replica.applied_seq
@@ -74,7 +90,7 @@ def info_lines(view) -> list[str]:
             lag_s = max(now_ms - slot.heard_at_ms, 0) // 1000
             slaves.append(f"ip={ip},port={slot.port},state={state},offset={slot.applied_seq},lag={lag_s},"
                           f"lag_records={max(durable - slot.applied_seq, 0)}")
-    return ["role:master", f"connected_slaves:{len(slaves)}",
+    return ["role:master", f"connected_slaves:{len(slaves)}", *_good_replicas_lines(view),
             *(f"slave{i}:{line}" for i, line in enumerate(slaves)),
             "master_failover_state:no-failover", f"master_replid:{REPLID}", f"master_repl_offset:{offset}"]
 

@@ -95,6 +95,8 @@ _SHARD_PARAM_TYPES = {
     "maxmemory-samples": dict(lo=1, hi=INT_MAX),
     "lfu-log-factor": dict(lo=0, hi=INT_MAX),
     "lfu-decay-time": dict(lo=0, hi=INT_MAX),
+    "min-replicas-to-write": dict(lo=0, hi=INT_MAX, aliases=("min-slaves-to-write",)),
+    "min-replicas-max-lag": dict(lo=0, hi=INT_MAX, aliases=("min-slaves-max-lag",)),
 }
 
 
@@ -151,7 +153,6 @@ def _params(config: Config) -> list[Param]:
         bool_("replica-read-only", "yes", aliases=("slave-read-only",)),
         Param("enable-debug-command", ENUM, "yes", mutable=False, choices=("no", "yes", "local")),
         _int("cluster-node-timeout", 15000, 0, LLONG_MAX),
-        _int("min-replicas-to-write", 0, 0, INT_MAX, aliases=("min-slaves-to-write",)),
         _int("active-expire-effort", 1, 1, 10),
         _int("io-threads", 1, 1, 128, mutable=False),
         _size("tracking-table-max-keys", 1000000, 0, LLONG_MAX),

@@ -446,8 +446,9 @@ class Failover:
     stops renewing its log lease (a paused primary: the promoted replica fences it,
     log/FORMAT.md). The promoted process takes the primary's place among the children;
     the replica's place gets the old primary's process (a dead one is restarted as a
-    replica at once; a paused one ends itself when it resumes and learns it is deposed,
-    and is then restarted as a replica)."""
+    replica at once; a paused one is SIGKILLed once the promoted replica holds the
+    lease, since it might never resume to learn it is deposed and meanwhile keeps its
+    memory, sockets and log lock, and is then restarted as a replica)."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -512,7 +513,9 @@ class Failover:
                 lease = self._leases[child.index] = LeaseFile(layout.shard_log_dir(self.config.data_dir,
                                                                                    child.index))
             if child.index in self._swapped and lease.holder_pid != self._swapped[child.index].pid:
-                del self._swapped[child.index]   # the promoted replica holds the lease now
+                # The lease moved on (the promoted replica fenced the log): the stalled
+                # primary can acknowledge nothing more, so nothing is lost by ending it.
+                _end_deposed(self._swapped.pop(child.index), child.index)
             # Past the lease and a margin: a slow renewal is not yet a stalled primary.
             if lease.holder_pid == child.pid and 0 < lease.valid_until_ns + self.margin_ns < now_ns:
                 logger.error("supervisor: %s (pid %d) stopped renewing its log lease", child.name, child.pid)
@@ -523,6 +526,19 @@ class Failover:
             lease.close()
         for board in self._boards.values():
             board.close()
+
+
+def _end_deposed(deposed: Child, shard: int) -> None:
+    """SIGKILL a deposed primary (paused, stalled) through its pidfd, so no reused pid is
+    hit; its exit then restarts its place as a replica."""
+    if not deposed.pid:
+        return
+    logger.warning("supervisor: ending shard %d's deposed primary (pid %d): its lease passed to the promoted "
+                   "replica", shard, deposed.pid)
+    try:
+        signal.pidfd_send_signal(deposed.pidfd, signal.SIGKILL)
+    except ProcessLookupError:
+        pass   # it ended by itself meanwhile (it resumed and found its lease gone)
 
 
 def _swap(a: Child, b: Child) -> None:

@@ -35,6 +35,7 @@ from durakv.shards.config import Config
 from durakv.shards.hazards import HazardTracker, HeldReplies, ReplySink
 from durakv.shards.keyspace import Keyspace
 from durakv.shards.latency import EVENT_FSYNC, LATENCY_TS_LEN, LatencyMonitor
+from durakv.shards.min_replicas import MinReplicas
 from durakv.shards.records import RecordClock, encode_record
 from durakv.shards.tracking import plain_events
 from durakv.shards.txn import TxnState
@@ -165,6 +166,7 @@ class GroupCommit:
     event_sinks: dict[ReplySink, Callable[[list[tuple[bytes, bytes]]], None]]
     tracking_fronts: set[ReplySink]
     _commit_thread: CommitThread | None
+    min_replicas: MinReplicas | None
     _commit_failed: trio.Event | None
     _commit_error: BaseException | None
     txn: TxnState
@@ -327,5 +329,13 @@ class GroupCommit:
         while held_events and held_events[0][0] <= durable_seq:  # before the replies, as Redis does
             self.publish_events(held_events.popleft()[1])
         if self.held.count:
-            for conn, replies in self.held.release_through(durable_seq):
-                conn.send(replies)
+            self.release_held(durable_seq)
+
+    def release_held(self, durable_seq: int) -> None:
+        """Send the replies held for records through durable_seq (durable, and the
+        loop has handed out their events), or only as far as min-replicas-to-write
+        lets them go (shards/min_replicas.py)."""
+        if self.min_replicas is not None:
+            durable_seq = self.min_replicas.release_seq(durable_seq)
+        for conn, replies in self.held.release_through(durable_seq):
+            conn.send(replies)

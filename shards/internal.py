@@ -9,6 +9,7 @@ import os
 
 from durakv.shards.log_backend import etcd_state
 from durakv.shards.malloc_stats import malloc_stats
+from durakv.shards.min_replicas import MIN_REPLICAS_PARAMS
 from durakv.shards.notify import parse_flags
 from durakv.shards.rdb.codec import RDB_VERSION, RdbError, dump_payload, load_payload
 from durakv.shards.t_dump import MAX_DECOMPRESSED_BYTES
@@ -149,6 +150,8 @@ def set_config(shard, argv: list[bytes]) -> bool:
         shard.configure_slowlog()
     if name in MEMORY_PARAMS:
         shard.configure_memory()
+    if name in MIN_REPLICAS_PARAMS and shard.min_replicas is not None:
+        shard.min_replicas.refresh()   # in force when CONFIG SET answers, as in Redis
     return True
 
 

@@ -38,14 +38,18 @@ def etcd_shard_prefix(config: Config, shard: int) -> str:
     return shard_prefix(config.etcd_prefix, shard)
 
 
-def open_shard_log(config: Config, index: int, shard_dir: str, disk: Disk, *, takeover_wait_ms: int = 0) -> Log:
+def open_shard_log(config: Config, index: int, shard_dir: str, disk: Disk, *, takeover_wait_ms: int = 0,
+                   read_through_seq: int = 0, next_record_at: tuple[int, int] | None = None) -> Log:
     """The shard's log, opened for writing (the caller takes the lease). takeover_wait_ms:
-    a replica being promoted fences a primary that still runs once its lease expired
-    (local segments only: replicas follow local logs, log/FORMAT.md)."""
+    a replica being promoted fences a primary that still runs once its lease expired;
+    read_through_seq: it applied the log through that seq, so recovery starts there, at
+    next_record_at (segment, byte offset) if known (local segments only: replicas follow
+    local logs, log/FORMAT.md)."""
     if not uses_etcd(config):
         return Log.open(log_dir_of(shard_dir), segment_size_bytes=config.segment_size_bytes,
                         holder=f"shard {index}", disk=disk, lease_duration_ms=config.lease_duration_ms,
-                        takeover_wait_ms=takeover_wait_ms)
+                        takeover_wait_ms=takeover_wait_ms, read_through_seq=read_through_seq,
+                        next_record_at=next_record_at)
     log: ShardLog = EtcdLog.open(etcd_client(config), etcd_shard_prefix(config, index),
                                  lease_ttl_s=config.etcd_lease_ttl_s)
     # EtcdLog implements log/interface.py's ShardLog (and the Log attributes the shard reads:

@@ -184,6 +184,8 @@ async def serve_primary(shard: Shard, nursery: trio.Nursery, client_port: Client
                     index, first, last, len(shard.db.data), config.durability, os.getpid())
         sdnotify.notify(b"READY=1")
         nursery.start_soon(shard.committer)
+        if shard.min_replicas is not None:
+            nursery.start_soon(shard.min_replicas.run)
         nursery.start_soon(shard.active_expire_loop)
         nursery.start_soon(shard.memory_loop)
         nursery.start_soon(shard.blocked_timeouts)

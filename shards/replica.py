@@ -180,7 +180,8 @@ class Replica:
         shard.db.replay_notifies = False
         shard.wal = None
         shard.open_log(base_seq=self.applied_seq,
-                       takeover_wait_ms=self.config.lease_duration_ms * TAKEOVER_WAIT_LEASES)
+                       takeover_wait_ms=self.config.lease_duration_ms * TAKEOVER_WAIT_LEASES,
+                       next_record_at=self.follower.next_record_at(self.applied_seq + 1))
         self.promoted = True
         self.follower.close()
         self.board.publish(self.number, 0, 0, 0, 0)   # this slot is free for the replacement replica

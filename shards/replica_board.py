@@ -48,9 +48,13 @@ class ReplicaBoard:
         self._map = _open(data_dir, shard)
 
     def publish(self, number: int, pid: int, applied_seq: int, port: int, state: int) -> None:
+        """One copy of the 32 bytes: struct.pack_into would zero the slot first, and a
+        reader meeting the zeroed slot (the writer preempted in between, under load)
+        would see no replica at all."""
         assert 0 <= number < MAX_REPLICAS, "replica number within the board"
-        _SLOT.pack_into(self._map, number * SLOT_BYTES, pid, applied_seq, time.time_ns() // 1_000_000,
-                        port, state)
+        offset = number * SLOT_BYTES
+        self._map[offset:offset + SLOT_BYTES] = _SLOT.pack(pid, applied_seq, time.time_ns() // 1_000_000,
+                                                           port, state)
 
     def slots(self, replicas: int) -> list[ReplicaSlot]:
         """The first `replicas` slots whose replica has published (state != none)."""

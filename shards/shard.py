@@ -45,6 +45,7 @@ from durakv.shards.shard_settings import SHARD_DEFAULTS
 from durakv.shards.slots import slot_ranges
 from durakv.shards.latency import LatencyMonitor
 from durakv.shards.lease_guard import LeaseGuard
+from durakv.shards.min_replicas import EXECABORT_NOREPLICAS, MinReplicas, transaction_writes
 from durakv.shards.slowlog import SlowLog
 from durakv.shards.t_multi import Watches, unpack_transaction
 from durakv.shards.tracking import flush_event, invalidation, set_front
@@ -135,6 +136,9 @@ class Shard(GroupCommit):
         self._commit_failed = None
         self._commit_error = None
         self.write_error: bytes | None = None
+        # min-replicas-to-write (shards/min_replicas.py): NOREPLICAS while writes are refused.
+        self.noreplicas: bytes | None = None
+        self.min_replicas: MinReplicas | None = None
         self.fsyncs = 0
         self.records_appended = 0
         self.record_clock = RecordClock()
@@ -156,7 +160,8 @@ class Shard(GroupCommit):
             self.txn.replayed(seq, record.txns)
         self.record_clock.last_ms = record.written_at_ms
 
-    def open_log(self, base_seq: int | None = None, takeover_wait_ms: int = 0) -> None:
+    def open_log(self, base_seq: int | None = None, takeover_wait_ms: int = 0,
+                 next_record_at: tuple[int, int] | None = None) -> None:
         """Open the log (exclusively), rebuild the keyspace from the newest local
         snapshot plus the log after it, take the lease. base_seq: the keyspace already
         holds the log through it (a replica being promoted); takeover_wait_ms: fence a
@@ -168,7 +173,8 @@ class Shard(GroupCommit):
         # run_shard made DIR/shard-NNN (the journaling test disk lives in it): it counts only
         # once the data dir is fsync'd; every start does it, in case a crash came between.
         disk.fsync_dir(self.config.data_dir)
-        self.wal = open_shard_log(self.config, self.index, self.dir, disk, takeover_wait_ms=takeover_wait_ms)
+        self.wal = open_shard_log(self.config, self.index, self.dir, disk, takeover_wait_ms=takeover_wait_ms,
+                                  read_through_seq=base_seq or 0, next_record_at=next_record_at)
         truncated = self.wal.recovery.truncated_bytes
         if truncated:
             logger.warning("shard %d: torn log tail: truncated %d bytes", self.index, truncated)
@@ -194,6 +200,7 @@ class Shard(GroupCommit):
         self.lease = self.wal.take_lease(f"shard-{self.index} pid {os.getpid()}")
         if self.config.replicas:
             self.lease_guard = LeaseGuard(self.wal, self.lease, self.config.lease_duration_ms)
+        self.min_replicas = MinReplicas(self)
         self.db.on_modified = self._mark_dirty
         self.db.on_flush = self._on_flush
         if isinstance(disk, HookedDisk):
@@ -316,6 +323,9 @@ class Shard(GroupCommit):
             if self.write_error is not None and cmd.is_write:
                 refused = True
                 raise ReplyError(self.write_error)
+            if self.noreplicas is not None and cmd.is_write:
+                refused = True
+                raise ReplyError(self.noreplicas)
             if self.db.oom and "denyoom" in cmd.flags:
                 refused = True
                 raise ReplyError(OOM_MESSAGE)
@@ -471,6 +481,8 @@ class Shard(GroupCommit):
         commands = unpack_transaction(argv[1])
         if db.oom and any(queued[0] != VERB_LITERAL and "denyoom" in lookup(queued).flags for queued in commands):
             return encode_error(EXECABORT_OOM), 0
+        if self.noreplicas is not None and transaction_writes(commands):
+            return encode_error(EXECABORT_NOREPLICAS), 0
         parts = [b"*%d\r\n" % len(commands)]
         wait = 0
         denials: list[list] = []  # its scripts' ACL denials, ahead of EXEC's reply for the router's ACL LOG

@@ -23,6 +23,10 @@ SHARD_DEFAULTS: dict[str, int] = {
     "maxmemory-samples": 5,
     "lfu-log-factor": 10,
     "lfu-decay-time": 1,
+    # Writes refused (NOREPLICAS) while fewer good replicas, and acknowledged once that
+    # many applied them (shards/min_replicas.py); 0 (either): off.
+    "min-replicas-to-write": 0,
+    "min-replicas-max-lag": 10,
 }
 # Text parameters the shard needs too: which keyspace notifications its commands
 # generate (shards/notify.py; "" none), and what maxmemory evicts (shards/evict.py).

@@ -8,16 +8,16 @@ snapshot builds that need the sealed segments archived before a release):
 1. every sealed local segment not in the store is uploaded whole, and the
    tail pieces it supersedes are deleted (snapshotter.store's layout);
 2. the records of the active segment after the last piece are read up to the
-   last complete valid record (at most MAX_PIECE_BYTES per piece), made durable
-   with fdatasync through a read-only descriptor (as logtail.durable_tail does:
-   the shard's recovery keeps every valid record before a torn tail, so these
-   can never be lost or renumbered), and uploaded as one piece;
+   tail snapshotter.logtail allows (the durable seq the holder published, or with
+   no holder of this boot the last complete valid record, then made durable with
+   fdatasync through a read-only descriptor), at most MAX_PIECE_BYTES per piece,
+   and uploaded as one piece;
 3. the shard's ARCHIVED.json marker records "at at_ms, everything durable was
    archived through seq S" (after new pieces, or every MARKER_IDLE_MS when idle),
    which restore --at uses to tell an idle shard from one whose archive is behind.
 
-The time is taken before the segments are listed, so any record fsync'd before
-it is in a segment the pass sees and is read.
+The time is taken before the segments are listed and the tail limit read, so any
+record made durable (published) before it is in a segment the pass sees and is read.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from durakv.log.manifest import list_segments, segment_name
 from durakv.log.layout import shard_log_dir
 from durakv.log.disk import OS_DISK
 from durakv.shards.config import DEFAULTS
+from durakv.snapshotter.logtail import tail_limit
 from durakv.snapshotter.store import ArchiveMarker, Store, StoreError, TailPiece
 
 logger = logging.getLogger("durakv.snapshotter")
@@ -132,13 +133,15 @@ class TailArchiver:
             tail.offset = sum(p.size for p in pieces)
             if pieces:
                 tail.archived_seq = max(tail.archived_seq, pieces[-1].last_seq)
-        shipped = self._ship_active(shard, tail, log_dir, active_path, sample_ms)
+        limit = tail_limit(log_dir)   # read after sample_ms: covers what was durable then
+        shipped = self._ship_active(shard, tail, log_dir, active_path, sample_ms, limit)
         tail.caught_up_at_ms = sample_ms
         if shipped or sample_ms - tail.marker_ms >= MARKER_IDLE_MS:
             self.store.write_marker(shard, ArchiveMarker(tail.archived_seq, sample_ms))
             tail.marker_ms = sample_ms
 
-    def _ship_active(self, shard: int, tail: _ShardTail, log_dir: str, path: str, sample_ms: int) -> bool:
+    def _ship_active(self, shard: int, tail: _ShardTail, log_dir: str, path: str, sample_ms: int,
+                     limit: int | None) -> bool:
         """Upload the active segment's new durable records as pieces; True if any."""
         try:
             fd = os.open(path, os.O_RDONLY)
@@ -155,6 +158,8 @@ class TailArchiver:
                     frame = reader.next()
                     if frame is None or isinstance(frame, BadFrame):
                         break  # the end of what the shard has written so far (or a torn tail)
+                    if limit is not None and frame.seq > limit:
+                        break  # not durable yet, or a deposed writer's bytes at a fence
                     expected = (last if last is not None else tail.segment_first - 1 if tail.offset == 0
                                 else tail.archived_seq) + 1
                     if frame.seq != expected:
@@ -165,8 +170,9 @@ class TailArchiver:
                     full = end - tail.offset >= MAX_PIECE_BYTES
                 if last is None:
                     return shipped
-                os.fdatasync(fd)
-                OS_DISK.fsync_dir(log_dir)
+                if limit is None:
+                    os.fdatasync(fd)
+                    OS_DISK.fsync_dir(log_dir)
                 data = os.pread(fd, end - tail.offset, tail.offset)
                 piece = self.store.archive_piece(shard, tail.segment_first, first, last, data, sample_ms)
                 tail.pieces.setdefault(tail.segment_first, []).append(piece)

@@ -60,7 +60,8 @@ def _retry(fn, what: str):
         try:
             return fn()
         except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as e:
-            if isinstance(e, redis.ResponseError) and "CLUSTERDOWN" not in str(e) and "outcome" not in str(e):
+            if isinstance(e, redis.ResponseError) and not isinstance(e, redis.exceptions.ClusterDownError) \
+                    and "outcome" not in str(e):
                 raise
             assert time.monotonic() < deadline, f"{what}: still failing: {e}"
             time.sleep(0.02)
@@ -179,16 +180,19 @@ def test_paused_primary_acknowledges_nothing_and_serves_no_stale_read(server_fac
     assert stale.recv(100) == b"+PONG\r\n"
     os.kill(old_pid, signal.SIGSTOP)
     try:
+        # Sent to the paused process while it cannot run: a read and a write.
+        _send(stale, b"GET", b"k")
+        _send(stale, b"SET", b"k", b"stale-write")
         time.sleep(LEASE_MS * 2 / 1000)   # past its lease: the supervisor promotes the replica
         _retry(lambda: srv.client().set("k", "new"), "a write through the new primary")
         # The shard's port is served by the promoted replica (the paused process accepts nothing).
         assert _retry(lambda: srv.shard_client(0).info("server")["process_id"], "the shard port") != old_pid
-        # Sent to the paused process while it cannot run: a read and a write.
-        _send(stale, b"GET", b"k")
-        _send(stale, b"SET", b"k", b"stale-write")
     finally:
-        os.kill(old_pid, signal.SIGCONT)
-    # It answers neither: its lease is gone, so it ends (the connection closes).
+        try:
+            os.kill(old_pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass   # the supervisor ended it already (the next test)
+    # It answers neither: its lease is gone, so it ends or was ended (the connection closes).
     received = b""
     while True:
         try:
@@ -204,6 +208,29 @@ def test_paused_primary_acknowledges_nothing_and_serves_no_stale_read(server_fac
         time.sleep(0.02)
     assert not _alive(old_pid), "the deposed primary still runs"
     assert "lost its log lease" in srv.log()
+    assert _retry(lambda: srv.client().get("k"), "a read after the failover") == b"new"
+    _wait_replicas_online(srv, 1)   # the old primary's place: a new replica
+
+
+def test_primary_paused_for_ever_is_ended_once_a_replica_took_over(server_factory, tmp_path):
+    """A primary that never resumes (SIGSTOP with no SIGCONT) must not keep its memory,
+    sockets and log lock: the supervisor SIGKILLs it once the promoted replica holds
+    the lease, and its place starts a replacement replica."""
+    srv = _start(server_factory, tmp_path)
+    srv.shard_client(0).set("k", "old")
+    old_pid = srv.child_pid("shard", 0)
+    os.kill(old_pid, signal.SIGSTOP)
+    try:
+        _retry(lambda: srv.client().set("k", "new"), "a write through the new primary")
+        deadline = time.monotonic() + WAIT_S
+        while _alive(old_pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not _alive(old_pid), f"the paused, deposed primary still runs:\n{srv.log()}"
+    finally:
+        if _alive(old_pid):
+            os.kill(old_pid, signal.SIGCONT)
+    assert f"ending shard 0's deposed primary (pid {old_pid})" in srv.log()
+    assert _retry(lambda: srv.shard_client(0).info("server")["process_id"], "the shard port") != old_pid
     assert _retry(lambda: srv.client().get("k"), "a read after the failover") == b"new"
     _wait_replicas_online(srv, 1)   # the old primary's place: a new replica
 
