@@ -631,6 +631,17 @@ class Log:
     # ---- stats ----
 
     @property
+    def pending_bytes(self) -> int:
+        """Bytes appended and not yet taken by a sync: what the next sync writes."""
+        return self._pending_bytes
+
+    @property
+    def durable_write_in_one_call(self) -> bool:
+        """A sync is one pwritev2(RWF_DSYNC) system call (log/disk.py): no test hook
+        or journal between, so the shard may run it in its loop (shards/idle_sync.py)."""
+        return self._disk.durable_write_in_one_call
+
+    @property
     def pending_records(self) -> int:
         """Records appended but not yet durable (pending plus any sync in flight)."""
         return self.tail_seq - self.durable_seq
