@@ -224,8 +224,10 @@ class Client:
         pause = self.router.pause
         replies = self.replies
         while backlog and self.blocked_pending is None and not self.closing:
-            # can_dispatch, asked only past its cheap common case (nothing waits for the socket)
-            if bounded and (self.outbuf_bytes or len(replies) >= MAX_REPLIES_IN_FLIGHT) and not self.can_dispatch():
+            # can_dispatch, asked only past its cheap common case (nothing waits for the socket
+            # and the replies in flight are few and small: big ones queue ahead of other clients')
+            if bounded and (self.outbuf_bytes or len(replies) >= MAX_REPLIES_IN_FLIGHT
+                            or len(replies) * self.reply_bytes >= MAX_IN_FLIGHT_BYTES) and not self.can_dispatch():
                 return
             if pause.mode and pause.holds(self, backlog[0]):
                 self.paused = True
