@@ -1,6 +1,7 @@
 """A client that pipelines requests for big replies (issue 13's output-limit load)
 keeps few bytes of replies in flight, so other clients' replies on the same shard
-link do not queue behind tens of megabytes (server/client.py run_backlog)."""
+link do not queue behind tens of megabytes (server/client.py run_backlog), and the
+router reads those replies without copying each frame (FrameReceiver views)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import trio
 from durakv.server.client import MAX_IN_FLIGHT_BYTES, Client
 from durakv.server.node import ShardNode
 from durakv.shards.config import Config
+from durakv.shards.framelink import FrameReceiver
+from durakv.shards.frames import encode_frame, reply_batch_decoder
 from durakv.shards.shard import Shard
 
 VALUE_BYTES = 100_000
@@ -59,3 +62,43 @@ async def test_a_pipeline_of_big_gets_keeps_its_replies_in_flight_under_the_byte
     peer.close()
     client.kill()
     shard.wal.close()
+
+
+async def test_a_receiver_in_view_mode_hands_frames_over_without_copies_and_drops_them_after() -> None:
+    """The router's shard link (server/links.py) decodes replies straight out of the
+    receive buffer: each frame is a memoryview, valid during the handler only."""
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    replies = [[(rid, b"r" * VALUE_BYTES)] for rid in range(1, 4)]
+    seen: list[tuple[type, list]] = []
+    kept: list[memoryview] = []
+
+    def handle(items: list) -> None:
+        for item in items:
+            seen.append((type(item), reply_batch_decoder.decode(item)))
+            kept.append(item)
+
+    receiver = FrameReceiver(ours, handle, views=True)
+    data = b"".join(encode_frame(batch) for batch in replies)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(receiver.run)
+        theirs.sendall(data[:VALUE_BYTES // 2])  # part of the first frame: nothing handed over yet
+        await trio.testing.wait_all_tasks_blocked()
+        assert seen == []
+        await trio.to_thread.run_sync(theirs.sendall, data[VALUE_BYTES // 2:])  # more than the socket holds
+        with trio.fail_after(10):
+            while len(seen) < 3:
+                await trio.sleep(0.001)
+        theirs.close()
+    assert [kind for kind, _ in seen] == [memoryview] * 3
+    assert [[tuple(r) for r in decoded] for _, decoded in seen] == replies
+    assert all(_released(view) for view in kept)
+    assert receiver._buf == bytearray()  # consumed: the views were released before the buffer moved
+
+
+def _released(view: memoryview) -> bool:
+    try:
+        view.tobytes()
+    except ValueError:
+        return True
+    raise AssertionError("a frame view outlived its handler")
