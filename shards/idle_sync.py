@@ -5,17 +5,18 @@ sync it runs costs the loop a futex wake with the GIL held and the thread three
 GIL acquisitions (after its wake, after pwritev2, after the eventfd write), and the
 loop an eventfd wakeup back: more CPU than the sync itself at a few SETs per batch.
 When every client of the shard waits for its reply (a durable write at low
-pipelining, the common case) there is no next batch to overlap with: the loop would
-sleep in epoll during the sync anyway. Then the loop syncs itself, as redis-server
-does with `appendfsync always`: one pwritev2(RWF_DSYNC) with the GIL released, and
-the held replies leave from the same turn.
+pipelining, the common case) and the disk is fast, there is little to overlap: the
+loop would sleep in epoll during the sync anyway. Then the loop syncs itself, as
+redis-server does with `appendfsync always`: one pwritev2(RWF_DSYNC) with the GIL
+released, and the held replies leave from the same turn.
 
 "Nothing else to run" is trio's own notion (wait_all_tasks_blocked: no task is
 runnable and a zero-timeout epoll found no ready socket). A sync still goes to the
 commit thread when the loop is busy (records are still pending when the next batch
 starts: IdleSync.before_batch), when the pending bytes are many (a large value must
-not hold the loop), when the last sync was slow (a stalled disk must not hold the
-loop twice), and always when the log is not one pwritev2 call (test hooks, the
+not hold the loop), when the last sync was slow (INLINE_SYNC_SLOW_US: then the
+overlap is worth more than the handoffs, and a stalled disk must not hold the loop
+twice), and always when the log is not one pwritev2 call (test hooks, the
 journaling disk, etcd) or durability is async. Reads that arrive during a sync in
 the loop wait for it, as they would in redis-server: that is at most one fast sync.
 """
@@ -30,7 +31,13 @@ from trio.testing import wait_all_tasks_blocked
 from durakv.log import Log
 
 INLINE_SYNC_MAX_BYTES = 256 * 1024  # more pending than this: the commit thread writes it
-INLINE_SYNC_SLOW_US = 10_000  # after a sync this slow, the next goes to the commit thread
+# After a sync slower than this, the next goes to the commit thread. Syncing in the
+# loop saves the thread handoffs (tens of µs of CPU) but holds the loop for the sync
+# and gives up overlapping it with the next batch: worth it on a disk that syncs in
+# well under a millisecond, not on a slow or contended one (measured: under load 15-20
+# with the shared disk at several ms per fsync, syncing in the loop cost 15-30% of
+# durable SET P1 throughput at the same CPU per command).
+INLINE_SYNC_SLOW_US = 500
 
 
 class SyncThread(Protocol):
