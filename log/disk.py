@@ -78,6 +78,12 @@ class Disk:
         self.write_all(fd, data, offset)
         self.fdatasync(fd)
 
+    @property
+    def durable_write_in_one_call(self) -> bool:
+        """write_durably is one pwritev2(RWF_DSYNC) that the kernel takes: short and
+        unhooked, so a caller may run it where a blocked call would stall others."""
+        return _dsync_usable(type(self))
+
     def fsync(self, fd: int) -> None:
         os.fsync(fd)
 

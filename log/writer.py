@@ -492,7 +492,8 @@ class Log:
 
     def sync(self) -> int:
         """Write everything pending with one write and one fdatasync, then advance
-        and return durable_seq. Called from one thread at a time, never the appender's."""
+        and return durable_seq. One caller at a time: the commit thread, or the shard's
+        loop while it has nothing else to run (shards/idle_sync.py)."""
         self._check_usable()
         if not self._sync_busy.acquire(blocking=False):
             raise RuntimeError(f"Log.sync() of {self.path} called while another sync() runs")
@@ -681,6 +682,17 @@ class Log:
         return dropped
 
     # ---- stats ----
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes appended and not yet taken by a sync: what the next sync writes."""
+        return self._pending_bytes
+
+    @property
+    def durable_write_in_one_call(self) -> bool:
+        """A sync is one pwritev2(RWF_DSYNC) system call (log/disk.py): no test hook
+        or journal between, so the shard may run it in its loop (shards/idle_sync.py)."""
+        return self._disk.durable_write_in_one_call
 
     @property
     def pending_records(self) -> int:

@@ -108,6 +108,28 @@ PROFILE_NOTES = [
     "extension the ways out are no thread (the loop syncs when it has nothing else to run, as "
     "Redis does, at the cost of reads waiting behind an fsync) or Linux AIO through ctypes "
     "(IOCB_CMD_FDSYNC with an eventfd: no thread, no GIL handoff; not tried).",
+    "- Shard, per fsync (session 7): a shard whose loop is idle syncs its log itself "
+    "(shards/idle_sync.py: trio's wait_all_tasks_blocked, then one pwritev2(RWF_DSYNC) with the GIL "
+    "released, replies released in the same turn), while the disk syncs in under 500 µs; otherwise, "
+    "or when the loop is busy, the commit thread as before. A/B against the previous commit, both "
+    "trees at once, redis-benchmark -c 50 -n 20000, 3 alternating rounds, load 25-27: with the data "
+    "dir on tmpfs shard CPU per durable SET P1 fell 66.5/46.5 -> 59.5/44.0 µs (shard ports) and 48.0 "
+    "-> 40.0 µs (router path), 3x as many SETs per fsync (6 -> 19); on the shared disk under load "
+    "15-20 (several ms per fsync) syncing in the loop lost 15-30% of SET P1 throughput at the same "
+    "CPU per command (no overlap with the next batch), hence the 500 µs rule, which keeps that case "
+    "on the thread. callgrind (node_bench set1, 10 clients, driver included): 121.1k -> 128.7k "
+    "instructions per SET; GET 85.7k -> 85.4k: the handoffs saved are kernel and scheduler time, "
+    "which callgrind does not count, and the idle wait costs a task switch and trio's idle "
+    "bookkeeping per sync. node_bench (loop + commit thread CPU) at load 2.8: SET1 30.0 -> 20.1 µs, "
+    "GET1 16.8 -> 13.7 µs (1.79x -> 1.47x); at load 10-13 the same comparison was within noise.",
+    "- Output limit (session 7, issue 13): a client pipelining GETs of a 100 KB value had up to 256 "
+    "replies (25 MB) in flight on the shard link before its output backed up (the in-flight byte "
+    "bound was only checked once output was queued), and every other client's reply on that link "
+    "waited behind them; now the bound holds from the first request. The router's shard link decodes "
+    "replies straight from its receive buffer (no copy of each frame). scripts/output_limit.py "
+    "--durakv --slow-clients 10, old and new alternating, load 11-14: other client's GET during p99 "
+    "518/404 ms -> 49/39 ms, max 737/453 -> 79/53 ms (idle p99 at that load 0.7-35 ms); not yet "
+    "within 2x idle on this loaded machine.",
     "- Large values and big replies: see scripts/large_values.py and scripts/big_replies.py; "
     "LRANGE of 5M elements is bounded by encoding on the shard and the copy through the router.",
 ]

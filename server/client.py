@@ -84,7 +84,7 @@ class Client:
         "lib_name", "lib_ver", "in_ready_set", "query_limit",
         "multi", "multi_error", "multi_shard", "watch_shards", "blocked_pending", "blocked_shard", "backlog",
         "soft_limit_since", "pubsub", "paused", "reply_off", "reply_skip", "tracking", "monitor",
-        "reply_bytes", "queued_reply_min_bytes",
+        "reply_bytes", "in_flight_cap", "queued_reply_min_bytes",
     )
 
     def __init__(self, router: RouterView, sock: socket.socket | TlsSocket, client_id: int) -> None:
@@ -117,6 +117,7 @@ class Client:
         self.outbuf_bytes = 0
         self.soft_limit_since = 0.0  # when output first went over the soft limit (0: it is not)
         self.reply_bytes = UNKNOWN_REPLY_BYTES  # mean size of its last write's replies: caps replies in flight
+        self.in_flight_cap = in_flight_cap(UNKNOWN_REPLY_BYTES)  # replies in flight can_dispatch allows, unbacked
         self.queued_reply_min_bytes = 0  # the smallest reply its last queued write held (check_output_limits)
         self.closing = False  # close once the queued replies are written
         self.closed = False
@@ -224,8 +225,9 @@ class Client:
         pause = self.router.pause
         replies = self.replies
         while backlog and self.blocked_pending is None and not self.closing:
-            # can_dispatch, asked only past its cheap common case (nothing waits for the socket)
-            if bounded and (self.outbuf_bytes or len(replies) >= MAX_REPLIES_IN_FLIGHT) and not self.can_dispatch():
+            # can_dispatch, asked only past its cheap common case (nothing waits for the socket
+            # and fewer replies in flight than fit its bounds: big ones queue ahead of other clients')
+            if bounded and (self.outbuf_bytes or len(replies) >= self.in_flight_cap) and not self.can_dispatch():
                 return
             if pause.mode and pause.holds(self, backlog[0]):
                 self.paused = True
@@ -615,7 +617,8 @@ class Client:
         """Send complete replies, queueing what the kernel does not take."""
         if self.closed:
             return
-        self.reply_bytes = size // len(chunks)
+        self.reply_bytes = reply_bytes = size // len(chunks)
+        self.in_flight_cap = in_flight_cap(reply_bytes)
         if self.outbuf:
             self.queued_reply_min_bytes = min(map(len, chunks))
             if len(chunks) > 1 and size < JOIN_BELOW_BYTES:
@@ -720,6 +723,12 @@ class Client:
             reading = (not self.closing and (not backlog or self.can_dispatch())
                        and len(backlog) < (BACKED_UP_BACKLOG_REQUESTS if self.outbuf_bytes else MAX_BACKLOG_REQUESTS))
         self.router.poller.set_interest(self, reading, bool(self.outbuf))
+
+
+def in_flight_cap(reply_bytes: int) -> int:
+    """How many replies of reply_bytes each can_dispatch lets a client have in flight
+    while its output is not backed up: MAX_REPLIES_IN_FLIGHT, fewer for big replies."""
+    return min(MAX_REPLIES_IN_FLIGHT, -(-MAX_IN_FLIGHT_BYTES // max(reply_bytes, 1)))
 
 
 class ClientPoller:

@@ -279,7 +279,7 @@ class ShardLink:
         sock = self.sock
         assert sock is not None, "receiver started before the link connected"
         try:
-            await FrameReceiver(sock, self._on_frames).run()
+            await FrameReceiver(sock, self._on_frames, views=True).run()
         except (OSError, ValueError) as e:
             logger.warning("router: shard %d link error: %s", self.index, e)
 
@@ -291,7 +291,7 @@ class ShardLink:
         ready = router.ready_clients
         scripts = self.scripts
         for item in items:
-            if type(item) is bytes:
+            if not isinstance(item, Large):  # a frame: bytes, or a view into the receive buffer
                 for rid, reply in reply_batch_decoder.decode(item):
                     if rid == EVENTS_RID:
                         router.pubsub.keyspace_events(events_decoder.decode(reply))
@@ -308,7 +308,6 @@ class ShardLink:
                     else:
                         pending.fill(reply)
             else:
-                assert type(item) is Large, f"frame receiver handed over a {type(item).__name__}"
                 rid = large_reply_decoder.decode(item.head)
                 if rid == EVENTS_RID:
                     router.pubsub.keyspace_events(events_decoder.decode(item.blobs[0]))

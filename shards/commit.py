@@ -4,7 +4,9 @@ and a failed log write is retried.
 The executor (shards/shard.py) turns each batch's effects into one log record
 (append_effects) and wakes the commit thread, a long-lived thread that writes and
 fsyncs everything pending (Log.sync) while the loop executes the next batch, and
-reports each durable sequence number back to the loop (run_sync_soon). Why a
+reports each durable sequence number back to the loop (an eventfd). When the
+loop has nothing else to run it syncs itself instead (shards/idle_sync.py): no
+thread handoff at all for the common low-pipelining case. Why a
 thread of its own: trio.to_thread.run_sync per batch cost a thread handoff, an
 Event, a task switch and trio's bookkeeping on every fsync, a large part of a
 durable write's CPU at a few writes per batch. Replies that depend on a record
@@ -33,6 +35,7 @@ import trio
 from durakv.log import LeaseLost, Log, LogWriteFailed
 from durakv.shards.config import Config
 from durakv.shards.hazards import HazardTracker, HeldReplies, ReplySink
+from durakv.shards.idle_sync import IdleSync
 from durakv.shards.keyspace import Keyspace
 from durakv.shards.latency import EVENT_FSYNC, LATENCY_TS_LEN, LatencyMonitor
 from durakv.shards.min_replicas import MinReplicas
@@ -79,6 +82,13 @@ class CommitThread:
         self._wake.acquire()
         self._resume = threading.Lock()
         self._resume.acquire()
+        # Held by whoever runs Log.sync: this thread, or the loop when it syncs while
+        # idle (sync_in_loop; shards/idle_sync.py). Log.sync must never run twice at once.
+        self._syncing = threading.Lock()
+        # After a LogWriteFailed (here or in the loop) nobody syncs until resume().
+        self.parked = False
+        self._thread_parked = False  # the thread waits on _resume (set before on_failed runs)
+        self.syncs_in_loop = 0
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -92,8 +102,36 @@ class CommitThread:
 
     def resume(self) -> None:
         """The log was retried successfully: sync again."""
-        if self._resume.locked():
+        self.parked = False
+        if self._thread_parked:
+            self._thread_parked = False
             self._resume.release()
+
+    def sync_in_loop(self) -> bool:
+        """From the loop, when it has nothing else to run: sync here, without waking
+        the thread (no GIL handoffs). Returns whether it synced; False when the thread
+        is woken or syncing (it covers these records too) or the log failed (the
+        committer retries it). A failure goes to on_failed as the thread's does: a
+        LogWriteFailed is retried, anything else (a bug) ends the committer."""
+        if self.parked or not self._wake.locked() or not self._syncing.acquire(blocking=False):
+            return False
+        try:
+            self._wal.sync()
+        except Exception as e:
+            self.parked = True
+            self._on_failed(e)
+            return False
+        finally:
+            self._syncing.release()
+        self.syncs_in_loop += 1
+        self._note_latency()
+        return True
+
+    def _note_latency(self) -> None:
+        latency = self._latency
+        if latency is not None and latency.threshold_ms \
+                and self._wal.last_fsync_latency_us >= latency.threshold_ms * 1000:
+            self.slow_syncs.append((int(time.time()), self._wal.last_fsync_latency_us // 1000))
 
     def stop(self) -> None:
         """Let a sync under way finish, then end the thread. The loop must no longer
@@ -115,20 +153,27 @@ class CommitThread:
     def _run(self) -> None:
         wal = self._wal
         durable_fd = self.durable_fd
-        latency = self._latency
+        syncing = self._syncing
         try:
             while True:
                 self._wake.acquire()
-                while not self._stopping and wal.durable_seq < wal.tail_seq:
-                    try:
-                        wal.sync()
-                    except LogWriteFailed as e:
-                        self._token.run_sync_soon(self._on_failed, e)
+                while not self._stopping and not self.parked and wal.durable_seq < wal.tail_seq:
+                    with syncing:
+                        before = wal.durable_seq
+                        try:
+                            wal.sync()
+                        except LogWriteFailed as e:
+                            self.parked = self._thread_parked = True  # before the loop can resume()
+                            self._token.run_sync_soon(self._on_failed, e)
+                            failed = True
+                        else:
+                            failed = False
+                    if failed:
                         self._resume.acquire()
                         continue
-                    if latency is not None and latency.threshold_ms \
-                            and wal.last_fsync_latency_us >= latency.threshold_ms * 1000:
-                        self.slow_syncs.append((int(time.time()), wal.last_fsync_latency_us // 1000))
+                    if wal.durable_seq == before:
+                        continue  # the loop synced these meanwhile (sync_in_loop) and took the news
+                    self._note_latency()
                     os.eventfd_write(durable_fd, 1)
                 if self._stopping:
                     return
@@ -167,6 +212,7 @@ class GroupCommit:
     tracking_fronts: set[ReplySink]
     _commit_thread: CommitThread | None
     min_replicas: MinReplicas | None
+    _idle_sync: IdleSync | None
     _commit_failed: trio.Event | None
     _commit_error: BaseException | None
     txn: TxnState
@@ -188,7 +234,11 @@ class GroupCommit:
             self._unsynced_since.append((seq, time.monotonic()))
         thread = self._commit_thread
         if thread is not None:
-            thread.wake()
+            idle = self._idle_sync
+            if idle is not None:
+                idle.appended()
+            else:
+                thread.wake()
 
     def _async_window_exceeded(self) -> bool:
         pending = self._unsynced_since
@@ -212,6 +262,9 @@ class GroupCommit:
                 thread.wake()  # appended before the thread existed
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._retry_failed_writes, thread)
+                if not self.async_mode and isinstance(self.wal, Log) and self.wal.durable_write_in_one_call:
+                    self._idle_sync = IdleSync(self.wal, thread, lambda: self._durable(thread))
+                    nursery.start_soon(self._idle_sync.run)
                 durable_fd = thread.durable_fd
                 while True:
                     await trio.lowlevel.wait_readable(durable_fd)
@@ -221,7 +274,7 @@ class GroupCommit:
                         continue  # catch_up_durable took it
                     self._durable(thread)
         finally:
-            self._commit_thread = None
+            self._commit_thread = self._idle_sync = None
             trio.lowlevel.notify_closing(thread.durable_fd)  # stop() closes it
             thread.stop()
 
@@ -236,9 +289,15 @@ class GroupCommit:
         """Before a batch: if a sync finished while the loop was busy, take its news
         now (the eventfd too, so the committer task is not woken for it): held
         replies leave a turn sooner and this batch's reads of those keys need not
-        wait. Costs one attribute comparison when nothing new is durable."""
+        wait. Records of an earlier batch still pending mean the loop was not idle
+        since: the commit thread syncs them now (shards/idle_sync.py). Costs two
+        attribute comparisons when nothing is pending."""
         thread = self._commit_thread
-        if thread is None or self.wal.durable_seq <= self.hazards.durable_seq:
+        if thread is None:
+            return
+        if self.wal.tail_seq > self.wal.durable_seq and self._idle_sync is not None:
+            self._idle_sync.before_batch()
+        if self.wal.durable_seq <= self.hazards.durable_seq:
             return
         try:
             os.eventfd_read(thread.durable_fd)

@@ -103,11 +103,17 @@ class FrameReceiver:
     """Reads frames from a link socket until it ends. `handle(items)` gets, for each
     read, the frames it completed in order: a frame body (bytes) or a Large."""
 
-    __slots__ = ("sock", "handle", "_buf", "_chunk", "_view", "_in_large")
+    __slots__ = ("sock", "handle", "views", "_buf", "_chunk", "_view", "_in_large")
 
-    def __init__(self, sock: socket.socket, handle: Callable[[list[bytes | Large]], None]) -> None:
+    def __init__(self, sock: socket.socket, handle: Callable[[list[bytes | Large]], None],
+                 views: bool = False) -> None:
+        """views: hand ordinary frames over as memoryviews into the receive buffer, valid
+        only during handle() (no copy of each frame body: a router's shard link carries
+        every reply). Only for a handle that decodes them at once and never reads the
+        socket itself (read_ready, which a busy script on a shard calls, changes the buffer)."""
         self.sock = sock
         self.handle = handle
+        self.views = views
         self._buf = bytearray()
         self._chunk = bytearray(RECV_BYTES)  # reused: a fresh 1 MiB bytes per recv costs an mmap
         self._view = memoryview(self._chunk)
@@ -141,7 +147,10 @@ class FrameReceiver:
             # The buffer first: read_ready may have filled it while a script held the loop.
             items: list[bytes | Large] = []
             while True:
-                items.extend(_split_frames(buf))
+                if self.views:
+                    self._handle_views(buf)
+                else:
+                    items.extend(_split_frames(buf))
                 if len(buf) < FRAME_HEADER_BYTES or not buf[0] & 0x80:
                     break
                 head_size = int.from_bytes(buf[:FRAME_HEADER_BYTES], "big") & ~LARGE_FLAG
@@ -168,6 +177,29 @@ class FrameReceiver:
             if not size:
                 return
             buf += view[:size]
+
+    def _handle_views(self, buf: bytearray) -> None:
+        """Hand the complete ordinary frames at the front of buf to handle() as views,
+        then drop them from buf (no view may outlive the call: buf changes after it)."""
+        view = memoryview(buf)
+        frames: list = []
+        pos = 0
+        n = len(buf)
+        try:
+            while n - pos >= FRAME_HEADER_BYTES and not buf[pos] & 0x80:
+                end = pos + FRAME_HEADER_BYTES + int.from_bytes(view[pos : pos + FRAME_HEADER_BYTES], "big")
+                if end > n:
+                    break
+                frames.append(view[pos + FRAME_HEADER_BYTES : end])
+                pos = end
+            if frames:
+                self.handle(frames)
+        finally:
+            for frame in frames:
+                frame.release()
+            view.release()
+        if pos:
+            del buf[:pos]
 
     async def _receive_large(self, head_size: int) -> Large:
         """The head is in the buffer; read the blobs into their own buffers, taking

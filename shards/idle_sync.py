@@ -1,0 +1,103 @@
+"""Sync the log from the shard's loop when the loop has nothing else to run.
+
+The commit thread (shards/commit.py) overlaps a sync with the next batch, but each
+sync it runs costs the loop a futex wake with the GIL held and the thread three
+GIL acquisitions (after its wake, after pwritev2, after the eventfd write), and the
+loop an eventfd wakeup back: more CPU than the sync itself at a few SETs per batch.
+When every client of the shard waits for its reply (a durable write at low
+pipelining, the common case) and the disk is fast, there is little to overlap: the
+loop would sleep in epoll during the sync anyway. Then the loop syncs itself, as
+redis-server does with `appendfsync always`: one pwritev2(RWF_DSYNC) with the GIL
+released, and the held replies leave from the same turn.
+
+"Nothing else to run" is trio's own notion (wait_all_tasks_blocked: no task is
+runnable and a zero-timeout epoll found no ready socket). A sync still goes to the
+commit thread when the loop is busy (records are still pending when the next batch
+starts: IdleSync.before_batch), when the pending bytes are many (a large value must
+not hold the loop), when the last sync was slow (INLINE_SYNC_SLOW_US: then the
+overlap is worth more than the handoffs, and a stalled disk must not hold the loop
+twice), and always when the log is not one pwritev2 call (test hooks, the
+journaling disk, etcd) or durability is async. Reads that arrive during a sync in
+the loop wait for it, as they would in redis-server: that is at most one fast sync.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import trio
+from trio.testing import wait_all_tasks_blocked
+
+from durakv.log import Log
+
+INLINE_SYNC_MAX_BYTES = 256 * 1024  # more pending than this: the commit thread writes it
+# After a sync slower than this, the next goes to the commit thread. Syncing in the
+# loop saves the thread handoffs (tens of µs of CPU) but holds the loop for the sync
+# and gives up overlapping it with the next batch: worth it on a disk that syncs in
+# well under a millisecond, not on a slow or contended one (measured: under load 15-20
+# with the shared disk at several ms per fsync, syncing in the loop cost 15-30% of
+# durable SET P1 throughput at the same CPU per command).
+INLINE_SYNC_SLOW_US = 500
+
+
+class SyncThread(Protocol):
+    """What IdleSync uses of the commit thread (shards/commit.py CommitThread)."""
+
+    def wake(self) -> None: ...
+
+    def sync_in_loop(self) -> bool: ...
+
+
+class IdleSync:
+    """The loop's side of group commit when it syncs while idle. The executor calls
+    appended() after each append and before_batch() before each batch; run() is a
+    task of the committer's nursery."""
+
+    def __init__(self, wal: Log, thread: SyncThread, on_durable: Callable[[], None]) -> None:
+        self._wal = wal
+        self._thread = thread
+        self._on_durable = on_durable
+        self._appended = False  # records appended since this task last looked
+        self._parked: trio.lowlevel.Task | None = None  # run() waiting for an append
+        self.handed_to_thread = 0  # syncs the loop left to the thread (busy, big, slow)
+
+    def appended(self) -> None:
+        """Records were appended: sync them at the loop's next idle moment."""
+        self._appended = True
+        task = self._parked
+        if task is not None:
+            self._parked = None
+            trio.lowlevel.reschedule(task)
+
+    def before_batch(self) -> None:
+        """A batch starts while records of an earlier one are not yet durable: the loop
+        has not been idle since, so the thread syncs them, overlapped with this batch.
+        The caller checked that records are pending."""
+        self.handed_to_thread += 1
+        self._thread.wake()
+
+    async def run(self) -> None:
+        wal = self._wal
+        thread = self._thread
+        while True:
+            if not self._appended:
+                await self._wait_for_append()
+            await wait_all_tasks_blocked()
+            self._appended = False
+            if wal.tail_seq <= wal.durable_seq:
+                continue  # the thread synced them meanwhile
+            if wal.pending_bytes > INLINE_SYNC_MAX_BYTES or wal.last_fsync_latency_us > INLINE_SYNC_SLOW_US:
+                self.handed_to_thread += 1
+                thread.wake()
+            elif thread.sync_in_loop():
+                self._on_durable()
+
+    async def _wait_for_append(self) -> None:
+        assert self._parked is None, "one IdleSync.run per shard"
+        self._parked = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._parked = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)

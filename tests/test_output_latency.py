@@ -1,0 +1,104 @@
+"""A client that pipelines requests for big replies (issue 13's output-limit load)
+keeps few bytes of replies in flight, so other clients' replies on the same shard
+link do not queue behind tens of megabytes (server/client.py run_backlog), and the
+router reads those replies without copying each frame (FrameReceiver views)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import trio
+
+from durakv.server.client import MAX_IN_FLIGHT_BYTES, Client
+from durakv.server.node import ShardNode
+from durakv.shards.config import Config
+from durakv.shards.framelink import FrameReceiver
+from durakv.shards.frames import encode_frame, reply_batch_decoder
+from durakv.shards.shard import Shard
+
+VALUE_BYTES = 100_000
+PIPELINE = 200
+
+
+def connected_pair() -> tuple[socket.socket, socket.socket]:
+    listener = socket.create_server(("127.0.0.1", 0))
+    peer = socket.create_connection(listener.getsockname())
+    conn, _ = listener.accept()
+    listener.close()
+    conn.setblocking(False)
+    peer.setblocking(False)
+    return peer, conn
+
+
+async def test_a_pipeline_of_big_gets_keeps_its_replies_in_flight_under_the_byte_bound(tmp_path: Path) -> None:
+    config = Config(data_dir=str(tmp_path / "data"), shards=1).resolved()
+    shard = Shard(config, 0)
+    (tmp_path / "data").mkdir()
+    Path(shard.dir).mkdir()
+    shard.open_log()
+    shard.db.data[b"big"] = b"x" * VALUE_BYTES
+    node = ShardNode(config, shard)
+    peer, conn = connected_pair()
+    client = Client(node, conn, node.new_client_id())
+    node.clients[client.id] = client
+    node.poller.add(client)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # it never reads
+    request = b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n"
+    peer.send(request * PIPELINE)
+    in_flight = []
+    for _ in range(20):  # turns, as the poller runs them
+        node.poller.in_turn = True
+        client.on_readable()
+        node.poller.in_turn = False
+        in_flight.append(len(client.replies))
+        node.end_turn()
+        await trio.lowlevel.checkpoint()
+    # Before its first reply's size is known a client may have MAX_IN_FLIGHT_BYTES /
+    # 16 KiB replies in flight, then as many as fit MAX_IN_FLIGHT_BYTES at their size.
+    assert max(in_flight) <= MAX_IN_FLIGHT_BYTES // (16 * 1024), in_flight
+    assert max(in_flight[1:]) <= MAX_IN_FLIGHT_BYTES // VALUE_BYTES + 1, in_flight
+    assert client.outbuf_bytes > VALUE_BYTES  # it was served meanwhile, into its output buffer
+    peer.close()
+    client.kill()
+    shard.wal.close()
+
+
+async def test_a_receiver_in_view_mode_hands_frames_over_without_copies_and_drops_them_after() -> None:
+    """The router's shard link (server/links.py) decodes replies straight out of the
+    receive buffer: each frame is a memoryview, valid during the handler only."""
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    replies = [[(rid, b"r" * VALUE_BYTES)] for rid in range(1, 4)]
+    seen: list[tuple[type, list]] = []
+    kept: list[memoryview] = []
+
+    def handle(items: list) -> None:
+        for item in items:
+            seen.append((type(item), reply_batch_decoder.decode(item)))
+            kept.append(item)
+
+    receiver = FrameReceiver(ours, handle, views=True)
+    data = b"".join(encode_frame(batch) for batch in replies)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(receiver.run)
+        theirs.sendall(data[:VALUE_BYTES // 2])  # part of the first frame: nothing handed over yet
+        await trio.testing.wait_all_tasks_blocked()
+        assert seen == []
+        await trio.to_thread.run_sync(theirs.sendall, data[VALUE_BYTES // 2:])  # more than the socket holds
+        with trio.fail_after(10):
+            while len(seen) < 3:
+                await trio.sleep(0.001)
+        theirs.close()
+    assert [kind for kind, _ in seen] == [memoryview] * 3
+    assert [[tuple(r) for r in decoded] for _, decoded in seen] == replies
+    assert all(_released(view) for view in kept)
+    assert receiver._buf == bytearray()  # consumed: the views were released before the buffer moved
+
+
+def _released(view: memoryview) -> bool:
+    try:
+        view.tobytes()
+    except ValueError:
+        return True
+    raise AssertionError("a frame view outlived its handler")
