@@ -70,6 +70,9 @@ class Config(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields
     etcd_endpoints: list[str] = msgspec.field(default_factory=list)  # http(s)://HOST:PORT of the members
     etcd_prefix: str = "durakv"  # keys: PREFIX/shard-NNN/...; one prefix per durakv deployment
     etcd_lease_ttl_s: int = 10  # a shard that stops renewing loses its leader key after this long
+    # A primary on etcd serves reads and writes only while its etcd lease is known valid for this
+    # much more (shards/lease_guard.py): the clock-drift margin between this machine and etcd's.
+    etcd_lease_margin_ms: int = 500
     etcd_ca_file: str = ""  # TLS to etcd (https:// endpoints): the CA, and a client certificate and key
     etcd_cert_file: str = ""
     etcd_key_file: str = ""
@@ -170,6 +173,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "max_unsynced_ms": (1, 3_600_000),
     "segment_size_bytes": (4096, 1 << 40),
     "etcd_lease_ttl_s": (2, 3600),
+    "etcd_lease_margin_ms": (0, 1_800_000),
     "snapshot_every_bytes": (1, 1 << 50),
     "snapshot_every_percent": (0, 1_000_000),
     "snapshot_max_age_s": (0.001, 1e9),
@@ -205,6 +209,9 @@ def validate(config: Config) -> None:
         raise ValueError('log-backend = "etcd" needs etcd-endpoints (e.g. ["http://10.0.0.1:2379", ...])')
     if config.log_backend == "etcd" and config.replicas:
         raise ValueError('replicas follow local log segments: with log-backend = "etcd" set replicas = 0')
+    if config.etcd_lease_margin_ms * 2 > config.etcd_lease_ttl_s * 1000:
+        raise ValueError(f"etcd-lease-margin-ms ({config.etcd_lease_margin_ms}) must be at most half of "
+                         f"etcd-lease-ttl-s ({config.etcd_lease_ttl_s} s); lower it or raise the TTL")
     if not config.port and not config.tls_port:
         raise ValueError("port is 0 and there is no tls-port: clients could not connect; set port or tls-port")
     shards = config.shards or (os.cpu_count() or 1)

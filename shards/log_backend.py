@@ -9,10 +9,11 @@ from typing import cast
 
 from durakv.log import Disk, Log, LogError
 from durakv.log.etcd_client import DEFAULT_REQUEST_TIMEOUT_S, DEFAULT_RETRY_S, EtcdClient, b64, unb64
-from durakv.log.etcd_log import EtcdLog
+from durakv.log.etcd_log import EtcdLease, EtcdLog
 from durakv.log.etcd_records import shard_prefix
 from durakv.log.interface import ShardLog
 from durakv.log.layout import log_dir_of
+from durakv.log.writer import Lease
 from durakv.shards.config import Config
 
 # serve's start check: how long etcd may take to answer before the start fails.
@@ -52,6 +53,21 @@ def open_shard_log(config: Config, index: int, shard_dir: str, disk: Disk, *, ta
     # recovery, fsync_count, drop_segments_through...); the cast stands until the shard
     # holds its log as a ShardLog.
     return cast(Log, log)
+
+
+# How long a shard on etcd campaigning for its leader key waits for a live holder's
+# lease to expire, in TTLs: past it the start fails loudly (and is retried) rather than hang.
+CAMPAIGN_WAIT_TTLS = 3
+
+
+def take_shard_lease(config: Config, wal: Log, holder: str) -> Lease | EtcdLease:
+    """Lead the shard's log. On etcd, campaign: take the leader key once it is free (its
+    holder's lease expired) or its holder was a process of this machine that is gone,
+    never from a live holder, so a deposed primary's reads stay fenced by its lease."""
+    if not isinstance(wal, EtcdLog):
+        return wal.take_lease(holder)
+    return wal.take_lease(holder, take_over=False, depose_dead=True,
+                          wait_s=config.etcd_lease_ttl_s * CAMPAIGN_WAIT_TTLS)
 
 
 def etcd_problem(config: Config) -> str:

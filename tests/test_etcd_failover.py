@@ -1,0 +1,146 @@
+"""Primaries and replicas on the etcd log backend (issue 15): a primary answers reads
+and writes only while its etcd lease is known valid (lease-fenced reads), replicas
+follow the log on etcd, and a replica takes over when its primary dies.
+
+Every test runs a real durakv tree against a real 3-member etcd cluster on loopback
+(tests/etcd_support.py), with the shortest etcd lease (2 s) so lapses come quickly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+import uuid
+
+import redis
+from redis.exceptions import ClusterDownError
+
+from durakv.log.etcd_client import EtcdClient
+from durakv.log.etcd_log import EtcdLog
+from durakv.log.etcd_records import shard_prefix
+from test_etcd_backend import etcd_config
+from test_replicas import _alive, _send
+
+TTL_S = 2
+WAIT_S = 30
+
+
+def _start(server_factory, tmp_path, etcd_cluster, shards: int = 1, extra: str = ""):
+    prefix = f"fo-{uuid.uuid4().hex[:8]}"
+    config = etcd_config(tmp_path, etcd_cluster.endpoints, prefix,
+                         f"etcd-lease-ttl-s = {TTL_S}\netcd-lease-margin-ms = 500\n{extra}")
+    return server_factory(shards=shards, extra_args=("--config", config)), prefix
+
+
+def _until(fn, what: str, timeout_s: float = WAIT_S):
+    """fn() until it returns something true; that value."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = fn()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _reply(client: redis.Redis, *argv):
+    try:
+        return client.execute_command(*argv)
+    except redis.RedisError as e:
+        return e
+
+
+def _down(reply) -> bool:
+    """CLUSTERDOWN The cluster is down (redis-py names it ClusterDownError)."""
+    return isinstance(reply, ClusterDownError)
+
+
+def test_primary_without_quorum_answers_neither_reads_nor_writes(etcd_cluster, server_factory, tmp_path):
+    """Two of the three etcd members die: the shard cannot renew its lease, and once
+    the lease (minus the margin) ran out it answers CLUSTERDOWN to reads and writes,
+    through the router and on its own port; with the members back it serves again."""
+    srv, _prefix = _start(server_factory, tmp_path, etcd_cluster)
+    r = srv.client()
+    node = srv.shard_client(0)
+    assert r.set("k", "before")
+    leader = etcd_cluster.leader_index()
+    killed = [leader, (leader + 1) % 3]
+    for i in killed:
+        etcd_cluster.kill9(i)
+    try:
+        cut_at = time.monotonic()
+        _until(lambda: _down(_reply(r, "GET", "k")), "reads to be refused without an etcd quorum")
+        print(f"reads refused {time.monotonic() - cut_at:.2f} s after etcd lost its quorum (lease TTL {TTL_S} s)")
+        assert _down(_reply(node, "GET", "k"))
+        assert _down(_reply(r, "SET", "k", "during"))
+        # An operator still sees why: INFO's persistence section is about the server.
+        assert node.info("persistence")["log_backend"] == "etcd"
+    finally:
+        for i in killed:
+            etcd_cluster.start_member(i)
+        etcd_cluster.wait_healthy()
+    assert _until(lambda: _reply(r, "GET", "k") == b"before" and b"before", "the shard to serve again") == b"before"
+    assert r.set("k", "after")
+    assert r.get("k") == b"after"
+    assert "answering CLUSTERDOWN until it is renewed" in srv.log()
+
+
+def test_paused_primary_on_etcd_answers_nothing_after_another_leads(etcd_cluster, server_factory, tmp_path):
+    """SIGSTOP the shard past its etcd lease; another writer campaigns (it may lead only
+    once the lease expired) and appends; the shard resumes with a read and a write
+    already sent to it: it answers neither with data nor OK, and ends."""
+    srv, prefix = _start(server_factory, tmp_path, etcd_cluster)
+    node = srv.shard_client(0)
+    assert node.set("k", "old")
+    pid = srv.child_pid("shard", 0)
+    stale = socket.create_connection(("127.0.0.1", srv.shard_port(0)))
+    stale.settimeout(WAIT_S)
+    _send(stale, b"PING")
+    assert stale.recv(100) == b"+PONG\r\n"
+    os.kill(pid, signal.SIGSTOP)
+    usurper = None
+    try:
+        usurper = EtcdLog.open(EtcdClient(etcd_cluster.endpoints), shard_prefix(prefix, 0), lease_ttl_s=TTL_S)
+        started = time.monotonic()
+        usurper.take_lease("usurper", take_over=False, wait_s=WAIT_S)  # waits for the lease to expire
+        print(f"the usurper led {time.monotonic() - started:.2f} s after it started campaigning")
+        _send(stale, b"GET", b"k")
+        _send(stale, b"SET", b"k", b"stale-write")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    received = b""
+    while True:
+        try:
+            chunk = stale.recv(1000)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        received += chunk
+    print(f"the paused primary answered {received!r}")
+    assert b"old" not in received and b"+OK" not in received, received
+    assert received in (b"", b"-CLUSTERDOWN The cluster is down\r\n" * 2), received
+    _until(lambda: not _alive(pid), "the deposed primary to end")
+    assert "lost its log lease" in srv.log()
+    assert usurper is not None
+    usurper.close()
+
+
+def test_restarted_primary_waits_for_a_live_leader(etcd_cluster, server_factory, tmp_path):
+    """A shard restarting while another live process leads does not depose it: it waits
+    for the leader key to be free (the holder closes), then serves everything logged."""
+    srv, prefix = _start(server_factory, tmp_path, etcd_cluster)
+    r = srv.client()
+    assert r.set("k", "v")
+    pid = srv.child_pid("shard", 0)
+    holder = EtcdLog.open(EtcdClient(etcd_cluster.endpoints), shard_prefix(prefix, 0), lease_ttl_s=TTL_S)
+    try:
+        os.kill(pid, signal.SIGSTOP)   # its lease expires: the holder may lead
+        holder.take_lease("holder", take_over=False, depose_dead=True, wait_s=WAIT_S)
+        os.kill(pid, signal.SIGKILL)   # the supervisor restarts the shard, which campaigns
+        _until(lambda: "waiting up to" in srv.log(), "the restarted shard to wait for the leader key")
+        assert holder.lease_valid()
+    finally:
+        holder.close()
+    assert _until(lambda: _reply(r, "GET", "k") == b"v" and b"v", "the restarted shard to serve") == b"v"
