@@ -35,7 +35,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from .errors import LeaseLost, LogClosed, LogCorrupt, LogWriteFailed, PendingFull, RecordTooLarge, \
     SequenceMismatch
@@ -120,6 +120,9 @@ class EtcdLog:
         self.last_fsync_latency_us = 0
         self.bytes_written = 0
         self.recovery: RecoveryReport | None = None
+        # Told each new durable_seq before sync() returns (a shard with replicas publishes it
+        # in its local LEASE file for WAIT and INFO replication, shards/log_backend.py).
+        self.durable_sink: Callable[[int], None] | None = None
 
     @classmethod
     def open(cls, client: EtcdClient, prefix: str, *, lease_ttl_s: int = DEFAULT_LEASE_TTL_S,
@@ -397,6 +400,8 @@ class EtcdLog:
             self.bytes_written += size
             if seqs:
                 self.durable_seq = seqs[-1]
+                if self.durable_sink is not None:
+                    self.durable_sink(self.durable_seq)
 
     def _commit_chunk(self, chunk: list[tuple[bytes, bytes, int]], seqs: list[int]) -> None:
         """One fenced transaction: the leader key is ours and the first record key in it

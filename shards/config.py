@@ -207,8 +207,6 @@ def validate(config: Config) -> None:
         raise ValueError("data-dir must not be empty")
     if config.log_backend == "etcd" and not config.etcd_endpoints:
         raise ValueError('log-backend = "etcd" needs etcd-endpoints (e.g. ["http://10.0.0.1:2379", ...])')
-    if config.log_backend == "etcd" and config.replicas:
-        raise ValueError('replicas follow local log segments: with log-backend = "etcd" set replicas = 0')
     if config.etcd_lease_margin_ms * 2 > config.etcd_lease_ttl_s * 1000:
         raise ValueError(f"etcd-lease-margin-ms ({config.etcd_lease_margin_ms}) must be at most half of "
                          f"etcd-lease-ttl-s ({config.etcd_lease_ttl_s} s); lower it or raise the TTL")

@@ -5,6 +5,7 @@ start check."""
 
 from __future__ import annotations
 
+import os
 from typing import cast
 
 from durakv.log import Disk, Log, LogError
@@ -13,6 +14,7 @@ from durakv.log.etcd_log import EtcdLease, EtcdLog
 from durakv.log.etcd_records import shard_prefix
 from durakv.log.interface import ShardLog
 from durakv.log.layout import log_dir_of
+from durakv.log.lease import LeaseFile
 from durakv.log.writer import Lease
 from durakv.shards.config import Config
 
@@ -47,8 +49,17 @@ def open_shard_log(config: Config, index: int, shard_dir: str, disk: Disk, *, ta
         return Log.open(log_dir_of(shard_dir), segment_size_bytes=config.segment_size_bytes,
                         holder=f"shard {index}", disk=disk, lease_duration_ms=config.lease_duration_ms,
                         takeover_wait_ms=takeover_wait_ms)
-    log: ShardLog = EtcdLog.open(etcd_client(config), etcd_shard_prefix(config, index),
-                                 lease_ttl_s=config.etcd_lease_ttl_s)
+    etcd_log = EtcdLog.open(etcd_client(config), etcd_shard_prefix(config, index),
+                            lease_ttl_s=config.etcd_lease_ttl_s)
+    if config.replicas:
+        # WAIT and INFO replication compare the replicas' applied seqs with the durable seq the
+        # primary publishes in the LEASE file, as on local segments (server/replication.py).
+        log_dir = log_dir_of(shard_dir)
+        os.makedirs(log_dir, mode=0o700, exist_ok=True)
+        published = LeaseFile(log_dir)
+        published.publish_durable(etcd_log.durable_seq)
+        etcd_log.durable_sink = published.publish_durable
+    log: ShardLog = etcd_log
     # EtcdLog implements log/interface.py's ShardLog (and the Log attributes the shard reads:
     # recovery, fsync_count, drop_segments_through...); the cast stands until the shard
     # holds its log as a ShardLog.

@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import threading
 import time
 import uuid
 
+import pytest
 import redis
 from redis.exceptions import ClusterDownError
 
@@ -20,10 +22,11 @@ from durakv.log.etcd_client import EtcdClient
 from durakv.log.etcd_log import EtcdLog
 from durakv.log.etcd_records import shard_prefix
 from test_etcd_backend import etcd_config
-from test_replicas import _alive, _send
+from test_replicas import _alive, _send, _wait_replicas_online, replica_port
 
 TTL_S = 2
 WAIT_S = 30
+WRITERS = 8
 
 
 def _start(server_factory, tmp_path, etcd_cluster, shards: int = 1, extra: str = ""):
@@ -49,6 +52,18 @@ def _reply(client: redis.Redis, *argv):
         return client.execute_command(*argv)
     except redis.RedisError as e:
         return e
+
+
+def _retry(fn, what: str):
+    """fn() until it answers without a connection error or CLUSTERDOWN (a shard between
+    primaries); redis-py names CLUSTERDOWN ClusterDownError."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        try:
+            return fn()
+        except (redis.ConnectionError, redis.TimeoutError, ClusterDownError) as e:
+            assert time.monotonic() < deadline, f"{what}: still failing: {e}"
+            time.sleep(0.02)
 
 
 def _down(reply) -> bool:
@@ -144,3 +159,75 @@ def test_restarted_primary_waits_for_a_live_leader(etcd_cluster, server_factory,
     finally:
         holder.close()
     assert _until(lambda: _reply(r, "GET", "k") == b"v" and b"v", "the restarted shard to serve") == b"v"
+
+
+def _start_with_replica(server_factory, tmp_path, etcd_cluster, shards: int = 1):
+    srv, prefix = _start(server_factory, tmp_path, etcd_cluster, shards, "replicas = 1\n")
+    _wait_replicas_online(srv, shards)
+    return srv, prefix
+
+
+def test_replica_on_etcd_follows_the_log_and_serves_readonly_reads(etcd_cluster, server_factory, tmp_path):
+    srv, _prefix = _start_with_replica(server_factory, tmp_path, etcd_cluster)
+    primary = srv.shard_client(0)
+    for i in range(20):
+        primary.set(f"k{i}", f"v{i}")
+    assert primary.execute_command("WAIT", 1, 10_000) == 1
+    replica = redis.Redis(port=replica_port(srv, 0), socket_timeout=10)
+    assert replica.execute_command("READONLY") is True
+    assert [replica.get(f"k{i}") for i in range(20)] == [f"v{i}".encode() for i in range(20)]
+    with pytest.raises(redis.ResponseError, match=rf"^(MOVED )?\d+ 127.0.0.1:{srv.shard_port(0)}$"):
+        replica.set("k0", "refused")
+    # It follows by watch: a later write shows up without a restart.
+    primary.set("later", "yes")
+    assert primary.execute_command("WAIT", 1, 10_000) == 1
+    assert replica.get("later") == b"yes"
+    assert replica.info("replication")["role"] == "slave"
+
+
+def test_kill9_primary_on_etcd_under_writers_loses_no_acknowledged_write(etcd_cluster, server_factory, tmp_path):
+    """8 writers through the router; kill -9 of shard 1's primary: its replica campaigns
+    (the dead holder's key is taken at once), reads the log on etcd to its end and
+    serves; every acknowledged write is there."""
+    srv, _prefix = _start_with_replica(server_factory, tmp_path, etcd_cluster, shards=2)
+    acked: dict[bytes, bytes] = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def writer(index: int) -> None:
+        client = redis.Redis(port=srv.port, socket_timeout=20, retry=None)
+        n = 0
+        while not stop.is_set():
+            n += 1
+            key, value = f"w{index}:{n}".encode(), f"v{n}".encode()
+            try:
+                client.set(key, value)
+            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+                continue   # outcome unknown or refused: not acknowledged
+            with lock:
+                acked[key] = value
+
+    threads = [threading.Thread(target=writer, args=(i,), daemon=True) for i in range(WRITERS)]
+    for thread in threads:
+        thread.start()
+    _until(lambda: len(acked) > 50, "writes to be acknowledged")
+    old_pid = srv.child_pid("shard", 1)
+    acked_before = len(acked)
+    os.kill(old_pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    probe = next(f"probe{i}" for i in range(1000) if srv.client().cluster("keyslot", f"probe{i}") >= 8192)
+    _retry(lambda: srv.client().set(probe, "1"), "a write to shard 1 after the failover")
+    print(f"kill -9 to the first write acknowledged after it on etcd: {(time.monotonic() - killed_at) * 1000:.0f} ms")
+    time.sleep(0.5)
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+    assert len(acked) > acked_before
+    assert "promoted to primary" in srv.log(), srv.log()[-5000:]
+    assert srv.child_pid("shard", 1) != old_pid
+    client = srv.client()
+    keys = list(acked)
+    for i in range(0, len(keys), 500):
+        chunk = keys[i:i + 500]
+        assert client.mget(chunk) == [acked[k] for k in chunk], "an acknowledged write was lost"
+    _wait_replicas_online(srv, 2)   # the dead primary's place: a new replica
