@@ -123,6 +123,10 @@ class EtcdLog:
         # Told each new durable_seq before sync() returns (a shard with replicas publishes it
         # in its local LEASE file for WAIT and INFO replication, shards/log_backend.py).
         self.durable_sink: Callable[[int], None] | None = None
+        # Told (epoch, valid_until_ns) when this writer leads and at each renewal while it does
+        # (a shard with replicas mirrors its lease in the local LEASE file for the supervisor's
+        # failover and the routers, shards/log_backend.py).
+        self.lease_sink: Callable[[int, int], None] | None = None
 
     @classmethod
     def open(cls, client: EtcdClient, prefix: str, *, lease_ttl_s: int = DEFAULT_LEASE_TTL_S,
@@ -176,6 +180,8 @@ class EtcdLog:
                 self._lease_expired = True
                 return False
             self._valid_until_ns = max(self._valid_until_ns, sent_ns + ttl_s * 1_000_000_000)
+            if self.lease_sink is not None and self._epoch and not self.lease_lost:
+                self.lease_sink(self._epoch, self._valid_until_ns)
             return True
 
     def _still_leader(self) -> bool:
@@ -286,6 +292,8 @@ class EtcdLog:
             self._deposed = f"the log grew from seq {self.tail_seq} to {tail} while it was opened"
             raise LeaseLost(f"etcd log {self.prefix}: {self._deposed}; open it again")
         self._epoch, self._holder, self._deposed = epoch, holder, None
+        if self.lease_sink is not None:
+            self.lease_sink(epoch, self._valid_until_ns)
         logger.info("etcd log %s: %s leads at epoch %d (leader revision %d)", self.prefix, holder, epoch,
                     self._leader_revision)
         return EtcdLease(holder, epoch, self._valid_until_ns, self._owner)

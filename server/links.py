@@ -83,8 +83,7 @@ class ShardLink:
         self.address = shard_socket_path(data_dir, index)
         # With replicas: the shard's log lease, to leave a primary a replica took over from
         # (paused, its socket still open) for the new one (log/FORMAT.md, "Leases and fencing").
-        self.lease_watch = LeaseWatch(shard_log_dir(data_dir, index)) \
-            if router.config.replicas and router.config.log_backend == "local" else None
+        self.lease_watch = LeaseWatch(shard_log_dir(data_dir, index)) if router.config.replicas else None
         self.sock: socket.socket | None = None
         self.up = False
         self.ever_up = trio.Event()

@@ -504,10 +504,7 @@ class Failover:
 
     def watch_leases(self, children: list[Child], now: float) -> None:
         """A live primary whose lease ran out (paused, stalled): promote a replica. (On
-        etcd the lease is etcd's: a stalled primary ends itself once it learns it expired,
-        shards/lease_guard.py, and its exit promotes a replica.)"""
-        if self.config.log_backend == "etcd":
-            return
+        etcd the primary mirrors its etcd lease in the LEASE file, shards/log_backend.py.)"""
         now_ns = time.monotonic_ns()
         for child in children:
             if child.role != "shard" or not child.pid or not child.ready or child.index is None:

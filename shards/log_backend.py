@@ -52,18 +52,32 @@ def open_shard_log(config: Config, index: int, shard_dir: str, disk: Disk, *, ta
     etcd_log = EtcdLog.open(etcd_client(config), etcd_shard_prefix(config, index),
                             lease_ttl_s=config.etcd_lease_ttl_s)
     if config.replicas:
-        # WAIT and INFO replication compare the replicas' applied seqs with the durable seq the
-        # primary publishes in the LEASE file, as on local segments (server/replication.py).
-        log_dir = log_dir_of(shard_dir)
-        os.makedirs(log_dir, mode=0o700, exist_ok=True)
-        published = LeaseFile(log_dir)
-        published.publish_durable(etcd_log.durable_seq)
-        etcd_log.durable_sink = published.publish_durable
+        mirror_lease(etcd_log, log_dir_of(shard_dir))
     log: ShardLog = etcd_log
     # EtcdLog implements log/interface.py's ShardLog (and the Log attributes the shard reads:
     # recovery, fsync_count, drop_segments_through...); the cast stands until the shard
     # holds its log as a ShardLog.
     return cast(Log, log)
+
+
+def mirror_lease(etcd_log: EtcdLog, log_dir: str) -> None:
+    """With replicas, a primary on etcd mirrors its lease and durable seq in the local
+    LEASE file (log/lease.py), so what reads it on local segments works the same:
+    WAIT and INFO replication (the durable seq, server/replication.py), the supervisor's
+    failover of a stalled primary (its pid and valid_until_ns, server/supervisor.py) and
+    the routers leaving a deposed primary (server/links.py LeaseWatch). etcd stays the
+    truth: a promoted replica still campaigns for the leader key."""
+    os.makedirs(log_dir, mode=0o700, exist_ok=True)
+    mirror = LeaseFile(log_dir)
+    mirror.publish_durable(etcd_log.durable_seq)
+    etcd_log.durable_sink = mirror.publish_durable
+    pid = os.getpid()
+
+    def leads(epoch: int, valid_until_ns: int) -> None:
+        with mirror.locked():
+            mirror.set_holder(epoch, pid, valid_until_ns)
+
+    etcd_log.lease_sink = leads
 
 
 # How long a shard on etcd campaigning for its leader key waits for a live holder's
