@@ -127,6 +127,9 @@ class EtcdLog:
         # (a shard with replicas mirrors its lease in the local LEASE file for the supervisor's
         # failover and the routers, shards/log_backend.py).
         self.lease_sink: Callable[[int, int], None] | None = None
+        # More about the writer for the leader key's readers (a node's id and advertised
+        # address, when durakv runs on several machines).
+        self.leader_info: dict[str, str] = {}
 
     @classmethod
     def open(cls, client: EtcdClient, prefix: str, *, lease_ttl_s: int = DEFAULT_LEASE_TTL_S,
@@ -253,7 +256,7 @@ class EtcdLog:
             kvs = kvs_of(self.client.range(keys.epoch))
             epoch_revision = int(kvs[0]["mod_revision"]) if kvs else 0
             epoch = max(int(unb64(kvs[0]["value"])) if kvs else 0, self._epoch) + 1
-            leader = json.dumps({"holder": holder, "epoch": epoch, "lease": self._etcd_lease,
+            leader = json.dumps({**self.leader_info, "holder": holder, "epoch": epoch, "lease": self._etcd_lease,
                                  "pid": os.getpid(), "boot": BOOT_ID}).encode()
             compare = [cmp_mod(keys.epoch, epoch_revision)]
             if not take_over:

@@ -230,7 +230,8 @@ class Supervisor:
         config = self.config
         entry = [sys.executable, "-m", "durakv.server.cli"]
         parent = ["--parent-pid", str(os.getpid())]
-        for i in range(config.shards):
+        # A replica node (node-role = "replica") runs no primaries: its replicas campaign.
+        for i in range(config.shards if config.node_role == "primary" else 0):
             self.children.append(Child("shard", i, config, listeners=self.shard_listeners[i]))
         for i in range(config.shards):
             for number, replica_listener in enumerate(self.replica_listeners[i]):
@@ -415,7 +416,8 @@ class Supervisor:
                   child.name, pid, code, delay_s * 1000, why)
 
     def _every_shard_failed(self) -> bool:
-        return all(c.failed for c in self.children if c.role == "shard")
+        shards = [c for c in self.children if c.role == "shard"]
+        return bool(shards) and all(c.failed for c in shards)
 
     def stop(self) -> None:
         sdnotify.notify(b"STOPPING=1")  # to systemd, when it runs `serve`

@@ -14,12 +14,17 @@ from typing import Callable
 
 import trio
 
+from durakv.log import LogError
 from durakv.log.etcd_follower import EtcdFollower, Tail
-from durakv.log.etcd_records import first_seq
+from durakv.log.etcd_log import holder_is_dead
+from durakv.log.etcd_records import Keys, first_seq, kvs_of
 from durakv.shards.config import Config
 from durakv.shards.log_backend import etcd_client, etcd_shard_prefix
 
 logger = logging.getLogger("durakv.replica")
+
+# How often a replica node's replica looks at its shard's leader key, in parts of the TTL.
+LEADER_POLLS_PER_TTL = 4
 
 
 class EtcdFollow:
@@ -28,6 +33,7 @@ class EtcdFollow:
     def __init__(self, config: Config, index: int) -> None:
         self.prefix = etcd_shard_prefix(config, index)
         self.follower = EtcdFollower(etcd_client(config), self.prefix)
+        self.poll_s = config.etcd_lease_ttl_s / LEADER_POLLS_PER_TTL
         self._stopped = False
 
     def first_seq(self) -> int:
@@ -58,3 +64,22 @@ class EtcdFollow:
         """Let the tail thread end (promotion: the replica reads the rest itself); what
         it may still deliver is ignored (Replica.apply_followed)."""
         self._stopped = True
+
+    async def wait_leader_free(self) -> None:
+        """Return once the shard has no live leader: its leader key is gone (the holder's
+        etcd lease expired: its node died or was cut off) or names a process of this
+        machine that is gone. The campaign itself (take_lease) decides who leads."""
+        client = self.follower.client.clone()
+        leader_key = Keys(self.prefix.encode()).leader
+
+        def free() -> bool:
+            kvs = kvs_of(client.range(leader_key))
+            return not kvs or holder_is_dead(kvs[0]["value"])
+
+        while True:
+            try:
+                if await trio.to_thread.run_sync(free, abandon_on_cancel=True):
+                    return
+            except LogError as e:   # etcd out of reach: nobody can campaign now
+                logger.warning("etcd log %s: reading the leader key failed (%s); trying again", self.prefix, e)
+            await trio.sleep(self.poll_s)

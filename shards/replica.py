@@ -32,7 +32,7 @@ import logging
 import os
 import signal
 import time
-from typing import Any, NamedTuple
+from typing import Any, Awaitable, NamedTuple
 
 import trio
 
@@ -84,9 +84,11 @@ class _Recovery(NamedTuple):
 
 
 class _StartView(NamedTuple):
-    """What load_start_snapshot reads of a Log: where the log starts and ends."""
+    """What load_start_snapshot reads of a Log: where the log starts and ends (and its
+    path, for the message when no snapshot covers its start)."""
     recovery: _Recovery
     tail_seq: int
+    path: str
 
 
 class Replica:
@@ -117,7 +119,8 @@ class Replica:
             else:
                 manifest = load_manifest(self.log_dir)
                 first = manifest.first_seq if manifest else 1
-            view = _StartView(_Recovery(first), durable)
+            view = _StartView(_Recovery(first), durable,
+                              self.etcd.prefix if self.etcd is not None else self.log_dir)
             base = shard.snapshots.load_start_snapshot(shard.dir, shard.db, view)  # type: ignore[arg-type]
         self.applied_seq = base
         count = self._apply_through(durable)
@@ -213,6 +216,12 @@ class Replica:
         return wal.tail_seq if wal is not None else self.applied_seq
 
 
+async def _then_cancel(awaitable: Awaitable[None], scope: trio.CancelScope) -> None:
+    await awaitable
+    logger.warning("replica pid %d: its shard's leader key is free; campaigning to lead the shard", os.getpid())
+    scope.cancel()
+
+
 async def run_replica(config: Config, index: int, number: int, snapshots: SnapshotHooks | None,
                       replica_client_port: ClientPort | None, primary_client_port: ClientPort | None) -> None:
     """A replica process: follow the log until SIGUSR1, then serve as the primary."""
@@ -230,6 +239,9 @@ async def run_replica(config: Config, index: int, number: int, snapshots: Snapsh
             sdnotify.notify(b"READY=1")
             async with trio.open_nursery() as following:
                 following.start_soon(replica.follow)
+                if replica.etcd is not None and config.node_role == "replica":
+                    # A replica node's replicas campaign on their own: no primary runs beside them.
+                    following.start_soon(_then_cancel, replica.etcd.wait_leader_free(), following.cancel_scope)
                 async for _ in promote_signals:
                     break
                 following.cancel_scope.cancel()
