@@ -22,7 +22,7 @@ from conftest import DurakvServer
 from durakv.log.etcd_client import EtcdClient
 from durakv.log.etcd_log import EtcdLog
 from durakv.log.etcd_records import shard_prefix
-from test_etcd_backend import etcd_config
+from test_etcd_backend import etcd_config, serve_once
 from test_replicas import _alive, _send, _wait_replicas_online, replica_port
 
 TTL_S = 2
@@ -343,3 +343,23 @@ def test_replica_node_takes_over_when_the_primary_node_is_killed(etcd_cluster, s
         assert node_b.log().count("leader key is free; campaigning") >= 2
     finally:
         node_b.discard()
+
+
+def test_node_settings_are_checked_at_start(tmp_path):
+    """Nodes share their logs on etcd: node-role/node-id without it, a replica node
+    without replicas, a malformed --advertise and a read margin that would leave a
+    primary little of its lease are each refused in one line."""
+    cases = [
+        (["--node-role", "replica", "--replicas", "1"], 'node-id and node-role need log-backend = "etcd"'),
+        (["--config", etcd_config(tmp_path, ["http://127.0.0.1:1"], "x"), "--node-role", "replica"],
+         'node-role = "replica" runs only replicas: set replicas to 1 or more'),
+        (["--config", etcd_config(tmp_path, ["http://127.0.0.1:1"], "x"), "--advertise", "nohost"],
+         "advertise must be HOST:PORT"),
+        (["--config", etcd_config(tmp_path, ["http://127.0.0.1:1"], "x",
+                                  "etcd-lease-ttl-s = 2\netcd-lease-margin-ms = 1500\n")],
+         "etcd-lease-margin-ms (1500) must be at most half of etcd-lease-ttl-s (2 s)"),
+    ]
+    for args, message in cases:
+        done = serve_once(args, tmp_path)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode != 0 and len(lines) == 1 and message in lines[0], (args, done.stderr)
