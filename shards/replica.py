@@ -37,6 +37,7 @@ from typing import Any, Awaitable, NamedTuple
 import trio
 
 from durakv.log import LeaseLost, LogLocked, RecordsDropped
+from durakv.log.etcd_client import EtcdUnavailable
 from durakv.log.follow import Follower
 from durakv.log.layout import log_dir_of
 from durakv.log.manifest import MANIFEST_NAME, load_manifest
@@ -247,7 +248,9 @@ async def run_replica(config: Config, index: int, number: int, snapshots: Snapsh
                 following.cancel_scope.cancel()
             try:
                 replica.promote()
-            except (LogLocked, LeaseLost) as e:  # the primary was slow, not gone: it renewed its lease meanwhile
+            except (LogLocked, LeaseLost, EtcdUnavailable) as e:
+                # The primary was slow, not gone (it renewed its lease meanwhile), or etcd is out of
+                # reach (nobody can lead now): the supervisor gives the primary its place back.
                 logger.error("shard %d replica %d: not promoted: %s", index, number, e)
                 logging.shutdown()
                 os._exit(EXIT_NOT_PROMOTED)
