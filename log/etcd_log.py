@@ -29,6 +29,7 @@ EtcdLog implements log/interface.py's ShardLog; log/etcd_follower.py its LogFoll
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -238,18 +239,20 @@ class EtcdLog:
 
     # ---- leases (epochs) ----
 
-    def take_lease(self, holder: str, *, take_over: bool = True, wait_s: float = 0.0,
-                   depose_dead: bool = False) -> EtcdLease:
+    def take_lease(self, holder: str, *, take_over: bool = True, wait_s: float | None = 0.0,
+                   depose_dead: bool = False, reread: bool = False) -> EtcdLease:
         """Campaign: write the leader key (bound to our etcd lease) with an epoch above
         every earlier one. With take_over an existing leader is deposed at once (only for
         tools and tests: a live deposed leader could still answer reads until its next
         renewal); without it, the leader key must be absent (its holder's lease expired),
         waiting up to wait_s. depose_dead: a holder that ran on this machine in this boot
         and whose process is gone is deposed at once (a restart or a failover on the same
-        machine need not wait out its TTL: a dead process serves nothing)."""
+        machine need not wait out its TTL: a dead process serves nothing). wait_s None:
+        wait as long as another writer leads (a standby). reread: the caller has read
+        nothing yet, so a log that grew while we waited is read again rather than refused."""
         self._check_open()
         keys = self._keys
-        deadline = time.monotonic() + wait_s
+        deadline = None if wait_s is None else time.monotonic() + wait_s
         raced = 0
         waiting_logged = False
         while True:
@@ -270,9 +273,9 @@ class EtcdLog:
                     compare.append(cmp_absent(keys.leader))
                     if held and not waiting_logged:
                         waiting_logged = True
-                        logger.warning("etcd log %s: the leader key is held by %s; waiting up to %g s for its "
-                                       "lease to expire", self.prefix,
-                                       unb64(held[0]["value"]).decode(errors="replace"), wait_s)
+                        logger.warning("etcd log %s: the leader key is held by %s; waiting %s for it to be "
+                                       "free", self.prefix, unb64(held[0]["value"]).decode(errors="replace"),
+                                       "as a standby" if wait_s is None else f"up to {wait_s:g} s")
             reply = self.client.txn(compare, [put_op(keys.epoch, str(epoch).encode()),
                                               put_op(keys.leader, leader, self._etcd_lease)],
                                     [get_op(keys.epoch)])
@@ -286,12 +289,21 @@ class EtcdLog:
                     raise LeaseLost(f"etcd log {self.prefix}: {TAKE_LEASE_ATTEMPTS} campaigns for the leader key "
                                     "lost to other writers")
                 continue
-            if time.monotonic() >= deadline:  # not take_over: the leader key is still held
+            if deadline is not None and time.monotonic() >= deadline:  # not take_over: the key is still held
                 raise LeaseLost(f"etcd log {self.prefix}: the leader key is held (by another writer whose etcd "
-                                f"lease has not expired) after waiting {wait_s:g} s")
+                                f"lease has not expired) after waiting {wait_s} s")
             time.sleep(CAMPAIGN_POLL_S)
-        tail = log_ends(self.client, keys)[1]
-        if tail != self.tail_seq:
+        first, tail = log_ends(self.client, keys)
+        if reread and tail != self.tail_seq:
+            logger.info("etcd log %s: the log grew from seq %d to %d while %s campaigned", self.prefix,
+                        self.tail_seq, tail, holder)
+            self.first_seq, self.tail_seq, self.durable_seq = first, tail, tail
+            if self.recovery is not None:
+                self.recovery = dataclasses.replace(self.recovery, records=max(0, tail - first + 1),
+                                                    first_seq=first, last_seq=tail)
+            if self.durable_sink is not None:
+                self.durable_sink(tail)
+        elif tail != self.tail_seq:
             self._deposed = f"the log grew from seq {self.tail_seq} to {tail} while it was opened"
             raise LeaseLost(f"etcd log {self.prefix}: {self._deposed}; open it again")
         self._epoch, self._holder, self._deposed = epoch, holder, None

@@ -90,11 +90,14 @@ CAMPAIGN_WAIT_TTLS = 3
 def take_shard_lease(config: Config, wal: Log, holder: str) -> Lease | EtcdLease:
     """Lead the shard's log. On etcd, campaign: take the leader key once it is free (its
     holder's lease expired) or its holder was a process of this machine that is gone,
-    never from a live holder, so a deposed primary's reads stay fenced by its lease."""
+    never from a live holder, so a deposed primary's reads stay fenced by its lease.
+    The shard campaigns before it reads the log (Shard.open_log), so what another writer
+    appended meanwhile is read too. On a node (node-id set) a shard whose leader key
+    another node holds stands by until it is free: that node serves the shard meanwhile."""
     if not isinstance(wal, EtcdLog):
         return wal.take_lease(holder)
-    return wal.take_lease(holder, take_over=False, depose_dead=True,
-                          wait_s=config.etcd_lease_ttl_s * CAMPAIGN_WAIT_TTLS)
+    return wal.take_lease(holder, take_over=False, depose_dead=True, reread=True,
+                          wait_s=None if config.node_id else config.etcd_lease_ttl_s * CAMPAIGN_WAIT_TTLS)
 
 
 def etcd_problem(config: Config) -> str:

@@ -167,6 +167,9 @@ class Shard(GroupCommit):
         # once the data dir is fsync'd; every start does it, in case a crash came between.
         disk.fsync_dir(self.config.data_dir)
         self.wal = open_shard_log(self.config, self.index, self.dir, disk, takeover_wait_ms=takeover_wait_ms)
+        holder = f"shard-{self.index} pid {os.getpid()}"
+        if isinstance(self.wal, EtcdLog):   # campaign first: then the log read below is all of it
+            self.lease = take_shard_lease(self.config, self.wal, holder)
         truncated = self.wal.recovery.truncated_bytes
         if truncated:
             logger.warning("shard %d: torn log tail: truncated %d bytes", self.index, truncated)
@@ -189,11 +192,12 @@ class Shard(GroupCommit):
         self.txn.lock_in_doubt()
         tail = self.wal.tail_seq
         self.hazards = HazardTracker(tail)
-        self.lease = take_shard_lease(self.config, self.wal, f"shard-{self.index} pid {os.getpid()}")
         if isinstance(self.wal, EtcdLog):
             self.lease_guard = EtcdLeaseGuard(self.wal, self.config.etcd_lease_margin_ms)
-        elif self.config.replicas:
-            self.lease_guard = LeaseGuard(self.wal, self.lease, self.config.lease_duration_ms)
+        else:
+            self.lease = take_shard_lease(self.config, self.wal, holder)
+            if self.config.replicas:
+                self.lease_guard = LeaseGuard(self.wal, self.lease, self.config.lease_duration_ms)
         self.db.on_modified = self._mark_dirty
         self.db.on_flush = self._on_flush
         if isinstance(disk, HookedDisk):

@@ -282,7 +282,8 @@ def test_replica_node_takes_over_when_the_primary_node_is_killed(etcd_cluster, s
     which follow the logs by watch and serve READONLY reads. kill -9 of node a's whole
     tree under 8 writers: node b's replicas campaign, take the leader keys, read the
     logs to their end and serve through node b's router; every write node a
-    acknowledged is there."""
+    acknowledged is there. Node a, started again, stands by while node b leads and
+    takes every shard back when node b is killed in turn."""
     prefix = f"nodes-{uuid.uuid4().hex[:8]}"
     # No snapshotter: node a would drop records from etcd once a snapshot of its own covers
     # them, and a replica on node b starting after that has no snapshot to start from (the
@@ -341,6 +342,25 @@ def test_replica_node_takes_over_when_the_primary_node_is_killed(etcd_cluster, s
             chunk = keys[i:i + 500]
             assert b.mget(chunk) == [acked[k] for k in chunk], "a write node a acknowledged was lost"
         assert node_b.log().count("leader key is free; campaigning") >= 2
+        for i in range(50):
+            assert b.set(f"on-b:{i}", i)
+            acked[f"on-b:{i}".encode()] = str(i).encode()
+        # Node a comes back: its shards stand by while node b leads, and take over when it dies.
+        node_a_again = DurakvServer(node_a.data_dir, shards=2, extra_args=node_a.extra_args)
+        try:
+            node_a_again.start(wait=False)
+            _until(lambda: node_a_again.log().count("waiting as a standby") >= 2, "node a's shards to stand by")
+            assert b.get("on-b:0") == b"0"   # node b still serves
+            node_b.kill9()
+            a = node_a_again.client()
+            _retry(lambda: a.set("back-on-a", "1"), "a write on node a after node b died")
+            keys = list(acked)
+            for i in range(0, len(keys), 500):
+                chunk = keys[i:i + 500]
+                assert _retry(lambda: a.mget(chunk), "node a's shards") == [acked[k] for k in chunk], \
+                    "a write acknowledged by node a or b was lost"
+        finally:
+            node_a_again.discard()
     finally:
         node_b.discard()
 
