@@ -59,15 +59,18 @@ TAKE_LEASE_ATTEMPTS = 20
 CAMPAIGN_POLL_S = 0.1
 
 
-def holder_is_dead(leader_value_b64: str) -> bool:
+def holder_is_dead(leader_value_b64: str, node: str = "") -> bool:
     """Whether a leader key's holder ran on this machine in this boot and its process
-    is gone (not merely unknown: another machine's holder is never deemed dead)."""
+    is gone (not merely unknown: another machine's holder is never deemed dead). A
+    holder that names another node than `node` counts as another machine's, even when
+    both nodes run on one host (as in tests)."""
     try:
         leader = json.loads(unb64(leader_value_b64))
         boot, pid = int(leader.get("boot", 0)), int(leader.get("pid", 0))
+        holder_node = str(leader.get("node", ""))
     except (ValueError, TypeError, AttributeError):
         return False
-    return boot != 0 and boot == BOOT_ID and not pid_alive(pid)
+    return boot != 0 and boot == BOOT_ID and holder_node == node and not pid_alive(pid)
 
 
 @dataclass(slots=True)
@@ -264,7 +267,7 @@ class EtcdLog:
             compare = [cmp_mod(keys.epoch, epoch_revision)]
             if not take_over:
                 held = kvs_of(self.client.range(keys.leader))
-                if held and depose_dead and holder_is_dead(held[0]["value"]):
+                if held and depose_dead and holder_is_dead(held[0]["value"], self.leader_info.get("node", "")):
                     logger.warning("etcd log %s: the leader key's holder (%s) is a process of this machine that "
                                    "is gone; taking over", self.prefix,
                                    unb64(held[0]["value"]).decode(errors="replace"))

@@ -34,6 +34,7 @@ class EtcdFollow:
         self.prefix = etcd_shard_prefix(config, index)
         self.follower = EtcdFollower(etcd_client(config), self.prefix)
         self.poll_s = config.etcd_lease_ttl_s / LEADER_POLLS_PER_TTL
+        self.node_id = config.node_id
         self._stopped = False
 
     def first_seq(self) -> int:
@@ -74,7 +75,7 @@ class EtcdFollow:
 
         def free() -> bool:
             kvs = kvs_of(client.range(leader_key))
-            return not kvs or holder_is_dead(kvs[0]["value"])
+            return not kvs or holder_is_dead(kvs[0]["value"], self.node_id)
 
         while True:
             try:

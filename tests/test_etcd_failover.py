@@ -331,7 +331,7 @@ def test_replica_node_takes_over_when_the_primary_node_is_killed(etcd_cluster, s
         b = node_b.client()
         for shard in range(2):
             probe = next(f"p{i}" for i in range(1000) if _shard_of(b, f"p{i}") == shard)
-            _retry(lambda: b.set(probe, "1"), f"a write to shard {shard} on node b")
+            _retry(lambda probe=probe: b.set(probe, "1"), f"a write to shard {shard} on node b")
         print(f"kill -9 of node a to writes acknowledged by node b on both shards: "
               f"{(time.monotonic() - killed_at) * 1000:.0f} ms ({len(acked)} writes acknowledged by node a)")
         stop.set()
@@ -357,7 +357,7 @@ def test_replica_node_takes_over_when_the_primary_node_is_killed(etcd_cluster, s
             keys = list(acked)
             for i in range(0, len(keys), 500):
                 chunk = keys[i:i + 500]
-                assert _retry(lambda: a.mget(chunk), "node a's shards") == [acked[k] for k in chunk], \
+                assert _retry(lambda chunk=chunk: a.mget(chunk), "node a's shards") == [acked[k] for k in chunk], \
                     "a write acknowledged by node a or b was lost"
         finally:
             node_a_again.discard()
