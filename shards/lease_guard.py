@@ -1,9 +1,10 @@
 """A primary's log lease: the local LEASE while the shard has replicas (LeaseGuard), or
 the etcd lease of a log on etcd (EtcdLeaseGuard, below).
 
-LeaseGuard (log/FORMAT.md, "Leases and fencing"): It is renewed in the background every quarter of its duration, and the
-executor checks it before each batch (one clock read, shards/shard.py): past
-`deadline_ns` (the lease's end minus a margin) a batch first renews it. A renewal
+LeaseGuard (log/FORMAT.md, "Leases and fencing"): it is renewed in the background
+every quarter of its duration, and the executor checks it before each batch (one
+clock read, shards/shard.py): past `deadline_ns` (the lease's end minus a margin) a
+batch first renews it. A renewal
 refused because a replica took the log means this process was paused or stalled
 past its lease and is deposed: it ends at once, answering nothing more, so no client
 gets a stale read or the acknowledgement of a write the new primary never saw (its
