@@ -383,3 +383,26 @@ def test_node_settings_are_checked_at_start(tmp_path):
         done = serve_once(args, tmp_path)
         lines = done.stderr.strip().splitlines()
         assert done.returncode != 0 and len(lines) == 1 and message in lines[0], (args, done.stderr)
+
+
+def test_replica_on_etcd_follows_on_after_its_etcd_member_is_killed(etcd_cluster, server_factory, tmp_path):
+    """kill -9 of the etcd member the replica's watch is on (the first endpoint: a client
+    moves on only when its member fails): the watch resumes on another member from its
+    revision, so the replica misses nothing."""
+    srv, _prefix = _start_with_replica(server_factory, tmp_path, etcd_cluster)
+    primary = srv.shard_client(0)
+    primary.set("before", "1")
+    assert primary.execute_command("WAIT", 1, 10_000) == 1
+    member = 0
+    etcd_cluster.kill9(member)
+    try:
+        for i in range(30):
+            _retry(lambda i=i: primary.set(f"after:{i}", i), "a write after the etcd member died")
+        assert _retry(lambda: primary.execute_command("WAIT", 1, 20_000), "WAIT") == 1
+        replica = redis.Redis(port=replica_port(srv, 0), socket_timeout=10)
+        replica.execute_command("READONLY")
+        assert [replica.get(f"after:{i}") for i in range(30)] == [str(i).encode() for i in range(30)]
+        assert replica.get("before") == b"1"
+    finally:
+        etcd_cluster.start_member(member)
+        etcd_cluster.wait_healthy()
