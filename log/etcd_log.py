@@ -29,13 +29,14 @@ EtcdLog implements log/interface.py's ShardLog; log/etcd_follower.py its LogFoll
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from .errors import LeaseLost, LogClosed, LogCorrupt, LogWriteFailed, PendingFull, RecordTooLarge, \
     SequenceMismatch
@@ -43,6 +44,7 @@ from .etcd_client import EtcdClient, EtcdRequestFailed, EtcdUnavailable, b64, un
 from .etcd_records import (HEADER, MAX_PARTS, Keys, cmp_absent, cmp_mod, get_op, kvs_of, log_ends, put_op, read,
                            revision_of)
 from .interface import LeaseLike
+from .lease import BOOT_ID, pid_alive
 from .writer import RecoveryReport
 
 logger = logging.getLogger("durakv.log")
@@ -55,6 +57,20 @@ DEFAULT_MAX_TXN_OPS = 128
 DEFAULT_MAX_PENDING_BYTES = 2 * 1024 * 1024 * 1024  # as log.Log's: two records of the largest value
 TAKE_LEASE_ATTEMPTS = 20
 CAMPAIGN_POLL_S = 0.1
+
+
+def holder_is_dead(leader_value_b64: str, node: str = "") -> bool:
+    """Whether a leader key's holder ran on this machine in this boot and its process
+    is gone (not merely unknown: another machine's holder is never deemed dead). A
+    holder that names another node than `node` counts as another machine's, even when
+    both nodes run on one host (as in tests)."""
+    try:
+        leader = json.loads(unb64(leader_value_b64))
+        boot, pid = int(leader.get("boot", 0)), int(leader.get("pid", 0))
+        holder_node = str(leader.get("node", ""))
+    except (ValueError, TypeError, AttributeError):
+        return False
+    return boot != 0 and boot == BOOT_ID and holder_node == node and not pid_alive(pid)
 
 
 @dataclass(slots=True)
@@ -90,6 +106,7 @@ class EtcdLog:
         self._sync_busy = threading.Lock()
         self._failed: BaseException | None = None
         self._deposed: str | None = None
+        self._lease_expired = False                # etcd answered a renewal with TTL 0: our leader key is gone
         self._closed = False
         self._epoch = 0
         self._holder = ""
@@ -107,6 +124,16 @@ class EtcdLog:
         self.last_fsync_latency_us = 0
         self.bytes_written = 0
         self.recovery: RecoveryReport | None = None
+        # Told each new durable_seq before sync() returns (a shard with replicas publishes it
+        # in its local LEASE file for WAIT and INFO replication, shards/log_backend.py).
+        self.durable_sink: Callable[[int], None] | None = None
+        # Told (epoch, valid_until_ns) when this writer leads and at each renewal while it does
+        # (a shard with replicas mirrors its lease in the local LEASE file for the supervisor's
+        # failover and the routers, shards/log_backend.py).
+        self.lease_sink: Callable[[int, int], None] | None = None
+        # More about the writer for the leader key's readers (a node's id and advertised
+        # address, when durakv runs on several machines).
+        self.leader_info: dict[str, str] = {}
 
     @classmethod
     def open(cls, client: EtcdClient, prefix: str, *, lease_ttl_s: int = DEFAULT_LEASE_TTL_S,
@@ -141,7 +168,7 @@ class EtcdLog:
         interval_s = self.lease_ttl_s / 3
         while not self._stop.wait(interval_s):
             try:
-                if not self._renew_etcd_lease():
+                if not self._renew_etcd_lease() or not self._still_leader():
                     return
             except (EtcdUnavailable, EtcdRequestFailed) as e:
                 logger.warning("etcd log %s: lease renewal failed (%s); valid for %.1f s more", self.prefix, e,
@@ -157,9 +184,42 @@ class EtcdLog:
                     logger.error("etcd log %s: etcd lease %x expired (renewal answered TTL %d); the leader key "
                                  "is gone and appends will be refused", self.prefix, self._etcd_lease, ttl_s)
                 self._valid_until_ns = 0
+                self._lease_expired = True
                 return False
             self._valid_until_ns = max(self._valid_until_ns, sent_ns + ttl_s * 1_000_000_000)
+            if self.lease_sink is not None and self._epoch and not self.lease_lost:
+                self.lease_sink(self._epoch, self._valid_until_ns)
             return True
+
+    def _still_leader(self) -> bool:
+        """After a renewal (keepalive thread): whether the leader key still holds our
+        fencing token. Another writer may take it over (take_lease with take_over) while
+        our etcd lease lives; the primary then stops serving reads at its next batch."""
+        if not self._leader_revision or self._deposed is not None:
+            return self._deposed is None
+        kvs = kvs_of(self._renew_client.range(self._keys.leader))
+        if kvs and int(kvs[0]["mod_revision"]) == self._leader_revision:
+            return True
+        now = unb64(kvs[0]["value"]).decode(errors="replace") if kvs else "nobody"
+        self._deposed = f"the leader key is now held by {now} (seen at a lease renewal)"
+        logger.critical("etcd log %s: %r (epoch %d) was deposed: %s", self.prefix, self._holder, self._epoch,
+                        self._deposed)
+        return False
+
+    @property
+    def valid_until_ns(self) -> int:
+        """CLOCK_MONOTONIC until which no other writer can lead (0 once lost)."""
+        return 0 if self.lease_lost else self._valid_until_ns
+
+    @property
+    def lease_lost(self) -> bool:
+        """Deposed, or etcd expired our lease (the leader key is gone): this writer can
+        neither append nor serve again; open the log anew to lead."""
+        return self._deposed is not None or self._lease_expired
+
+    @property
+    def lost_reason(self) -> str:
+        return self._deposed or f"etcd lease {self._etcd_lease:x} expired; the leader key is gone"
 
     def renew(self, lease: LeaseLike) -> EtcdLease:
         """Renew the etcd lease now and check the leader key is still ours; a lease with
@@ -178,28 +238,47 @@ class EtcdLog:
     def lease_valid(self, margin_s: float = 0.0) -> bool:
         """Whether the etcd lease backing our leader key is known alive for margin_s more
         (a primary serves reads only while this holds)."""
-        return self._deposed is None and time.monotonic_ns() + margin_s * 1e9 < self._valid_until_ns
+        return not self.lease_lost and time.monotonic_ns() + margin_s * 1e9 < self._valid_until_ns
 
     # ---- leases (epochs) ----
 
-    def take_lease(self, holder: str, *, take_over: bool = True, wait_s: float = 0.0) -> EtcdLease:
+    def take_lease(self, holder: str, *, take_over: bool = True, wait_s: float | None = 0.0,
+                   depose_dead: bool = False, reread: bool = False) -> EtcdLease:
         """Campaign: write the leader key (bound to our etcd lease) with an epoch above
-        every earlier one. With take_over (a shard's restart: its supervisor knows the
-        old process is gone) an existing leader is deposed at once; without it, the
-        leader key must be absent (its holder's lease expired), waiting up to wait_s."""
+        every earlier one. With take_over an existing leader is deposed at once (only for
+        tools and tests: a live deposed leader could still answer reads until its next
+        renewal); without it, the leader key must be absent (its holder's lease expired),
+        waiting up to wait_s. depose_dead: a holder that ran on this machine in this boot
+        and whose process is gone is deposed at once (a restart or a failover on the same
+        machine need not wait out its TTL: a dead process serves nothing). wait_s None:
+        wait as long as another writer leads (a standby). reread: the caller has read
+        nothing yet, so a log that grew while we waited is read again rather than refused."""
         self._check_open()
         keys = self._keys
-        deadline = time.monotonic() + wait_s
+        deadline = None if wait_s is None else time.monotonic() + wait_s
         raced = 0
+        waiting_logged = False
         while True:
             kvs = kvs_of(self.client.range(keys.epoch))
             epoch_revision = int(kvs[0]["mod_revision"]) if kvs else 0
             epoch = max(int(unb64(kvs[0]["value"])) if kvs else 0, self._epoch) + 1
-            leader = json.dumps({"holder": holder, "epoch": epoch, "lease": self._etcd_lease,
-                                 "pid": os.getpid()}).encode()
+            leader = json.dumps({**self.leader_info, "holder": holder, "epoch": epoch, "lease": self._etcd_lease,
+                                 "pid": os.getpid(), "boot": BOOT_ID}).encode()
             compare = [cmp_mod(keys.epoch, epoch_revision)]
             if not take_over:
-                compare.append(cmp_absent(keys.leader))
+                held = kvs_of(self.client.range(keys.leader))
+                if held and depose_dead and holder_is_dead(held[0]["value"], self.leader_info.get("node", "")):
+                    logger.warning("etcd log %s: the leader key's holder (%s) is a process of this machine that "
+                                   "is gone; taking over", self.prefix,
+                                   unb64(held[0]["value"]).decode(errors="replace"))
+                    compare.append(cmp_mod(keys.leader, int(held[0]["mod_revision"])))
+                else:
+                    compare.append(cmp_absent(keys.leader))
+                    if held and not waiting_logged:
+                        waiting_logged = True
+                        logger.warning("etcd log %s: the leader key is held by %s; waiting %s for it to be "
+                                       "free", self.prefix, unb64(held[0]["value"]).decode(errors="replace"),
+                                       "as a standby" if wait_s is None else f"up to {wait_s:g} s")
             reply = self.client.txn(compare, [put_op(keys.epoch, str(epoch).encode()),
                                               put_op(keys.leader, leader, self._etcd_lease)],
                                     [get_op(keys.epoch)])
@@ -213,15 +292,26 @@ class EtcdLog:
                     raise LeaseLost(f"etcd log {self.prefix}: {TAKE_LEASE_ATTEMPTS} campaigns for the leader key "
                                     "lost to other writers")
                 continue
-            if time.monotonic() >= deadline:  # not take_over: the leader key is still held
+            if deadline is not None and time.monotonic() >= deadline:  # not take_over: the key is still held
                 raise LeaseLost(f"etcd log {self.prefix}: the leader key is held (by another writer whose etcd "
-                                f"lease has not expired) after waiting {wait_s:g} s")
+                                f"lease has not expired) after waiting {wait_s} s")
             time.sleep(CAMPAIGN_POLL_S)
-        tail = log_ends(self.client, keys)[1]
-        if tail != self.tail_seq:
+        first, tail = log_ends(self.client, keys)
+        if reread and tail != self.tail_seq:
+            logger.info("etcd log %s: the log grew from seq %d to %d while %s campaigned", self.prefix,
+                        self.tail_seq, tail, holder)
+            self.first_seq, self.tail_seq, self.durable_seq = first, tail, tail
+            if self.recovery is not None:
+                self.recovery = dataclasses.replace(self.recovery, records=max(0, tail - first + 1),
+                                                    first_seq=first, last_seq=tail)
+            if self.durable_sink is not None:
+                self.durable_sink(tail)
+        elif tail != self.tail_seq:
             self._deposed = f"the log grew from seq {self.tail_seq} to {tail} while it was opened"
             raise LeaseLost(f"etcd log {self.prefix}: {self._deposed}; open it again")
         self._epoch, self._holder, self._deposed = epoch, holder, None
+        if self.lease_sink is not None:
+            self.lease_sink(epoch, self._valid_until_ns)
         logger.info("etcd log %s: %s leads at epoch %d (leader revision %d)", self.prefix, holder, epoch,
                     self._leader_revision)
         return EtcdLease(holder, epoch, self._valid_until_ns, self._owner)
@@ -336,6 +426,8 @@ class EtcdLog:
             self.bytes_written += size
             if seqs:
                 self.durable_seq = seqs[-1]
+                if self.durable_sink is not None:
+                    self.durable_sink(self.durable_seq)
 
     def _commit_chunk(self, chunk: list[tuple[bytes, bytes, int]], seqs: list[int]) -> None:
         """One fenced transaction: the leader key is ours and the first record key in it

@@ -14,11 +14,17 @@
    waits for the replica to apply the write), pipelines of 1 and 16.
 
     python scripts/failover_bench.py --trials 20 [--prefill-records 300000]
+    python scripts/failover_bench.py --etcd --trials 10 --writers 8 --no-throughput
+
+With --etcd the shard logs live on a 3-member etcd cluster the script starts on loopback
+(issue 15: the promoted replica campaigns for the shard's leader key); --writers adds
+that many writers of their own through the router during each trial (load).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import os
@@ -40,10 +46,11 @@ READY_TIMEOUT_S = 60
 PROMOTED = re.compile(rb"promoted to primary in ([0-9.]+) s")
 
 
-def start(tmp: Path, name: str, replicas: int, lease_ms: int, shards: int) -> tuple[subprocess.Popen, int]:
+def start(tmp: Path, name: str, replicas: int, lease_ms: int, shards: int,
+          extra_config: str = "") -> tuple[subprocess.Popen, int]:
     port = free_port()
     config = tmp / f"{name}.toml"
-    config.write_text(f"replicas = {replicas}\nlease-duration-ms = {lease_ms}\n")
+    config.write_text(f"replicas = {replicas}\nlease-duration-ms = {lease_ms}\n{extra_config}")
     log = open(tmp / f"{name}.log", "ab")
     proc = start_group([sys.executable, "-m", "durakv.server.cli", "serve", "--port", str(port), "--shards",
                         str(shards), "--data-dir", str(tmp / name), "--config", str(config)],
@@ -71,11 +78,27 @@ def primary_pid(port: int) -> int:
     return int(redis.Redis(port=port + 1).info("server")["process_id"])
 
 
-def failover_trial(port: int) -> float:
-    """kill -9 the primary of shard 0 under a writer; seconds to the first SET acked after."""
+def failover_trial(port: int, writers: int = 0) -> float:
+    """kill -9 the primary of shard 0 under a writer (and `writers` more, for load);
+    seconds to the first SET acked after."""
     killed_at = [0.0]
     first_after = [0.0]
     stop = threading.Event()
+
+    def load(index: int) -> None:
+        client = redis.Redis(port=port, socket_timeout=5, retry=None)
+        n = 0
+        while not stop.is_set():
+            n += 1
+            try:
+                client.set(f"load{index}:{n}", n)
+            except redis.RedisError:
+                client = redis.Redis(port=port, socket_timeout=5, retry=None)
+                time.sleep(0.001)
+
+    loaders = [threading.Thread(target=load, args=(i,), daemon=True) for i in range(writers)]
+    for loader in loaders:
+        loader.start()
 
     def writer() -> None:
         client = redis.Redis(port=port, socket_timeout=5, retry=None)
@@ -101,6 +124,8 @@ def failover_trial(port: int) -> float:
     killed_at[0] = time.monotonic()
     thread.join(30)
     stop.set()
+    for loader in loaders:
+        loader.join(10)
     if not first_after[0]:
         raise RuntimeError("no write was acknowledged within 30 s of the kill")
     return first_after[0] - killed_at[0]
@@ -112,8 +137,8 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def throughput(tmp: Path, replicas: int, lease_ms: int, requests: int, clients: int,
-               shards: int, min_replicas: int = 0, pipeline: int = 1) -> tuple[float, float]:
-    proc, port = start(tmp, f"tput-r{replicas}-m{min_replicas}-p{pipeline}", replicas, lease_ms, shards)
+               shards: int, extra_config: str = "", min_replicas: int = 0, pipeline: int = 1) -> tuple[float, float]:
+    proc, port = start(tmp, f"tput-r{replicas}-m{min_replicas}-p{pipeline}", replicas, lease_ms, shards, extra_config)
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while replicas and not replica_online(port) and time.monotonic() < deadline:
@@ -139,20 +164,32 @@ def main() -> int:
     p.add_argument("--no-throughput", dest="throughput", action="store_false")
     p.add_argument("--min-replicas", action="store_true",
                    help="only durable SET with replicas = 1, min-replicas-to-write 0 vs 1, -P 1 and 16")
+    p.add_argument("--etcd", action="store_true", help='log-backend = "etcd" on a 3-member etcd cluster')
+    p.add_argument("--etcd-lease-ttl-s", type=int, default=2)
+    p.add_argument("--writers", type=int, default=0, help="more writers during each trial (load)")
     opts = p.parse_args()
     if opts.min_replicas:
         with tempfile.TemporaryDirectory(prefix="failover-bench-") as tmp_name:
             for pipeline in (1, 16):
                 for min_replicas in (0, 1):
                     rps, p99 = throughput(Path(tmp_name), 1, opts.lease_ms, opts.requests, opts.clients,
-                                          opts.shards, min_replicas, pipeline)
+                                          opts.shards, "", min_replicas, pipeline)
                     print(f"durable SET, replicas = 1, min-replicas-to-write {min_replicas}, -P {pipeline}: "
                           f"{rps:.0f} requests/s, p99 {p99:.2f} ms (redis-benchmark -n {opts.requests} "
                           f"-c {opts.clients}, {opts.shards} shard(s))", flush=True)
         return 0
-    with tempfile.TemporaryDirectory(prefix="failover-bench-") as tmp_name:
+    with tempfile.TemporaryDirectory(prefix="failover-bench-") as tmp_name, contextlib.ExitStack() as stack:
         tmp = Path(tmp_name)
-        proc, port = start(tmp, "failover", 1, opts.lease_ms, opts.shards)
+        extra = ""
+        if opts.etcd:
+            from etcd_cluster import EtcdCluster
+
+            cluster = EtcdCluster(tmp / "etcd").start()
+            stack.callback(cluster.stop)
+            endpoints = ", ".join(f'"{e}"' for e in cluster.endpoints)
+            extra = (f'log-backend = "etcd"\netcd-endpoints = [{endpoints}]\n'
+                     f"etcd-lease-ttl-s = {opts.etcd_lease_ttl_s}\n")
+        proc, port = start(tmp, "failover", 1, opts.lease_ms, opts.shards, extra)
         times = []
         try:
             if opts.prefill_records:
@@ -168,7 +205,7 @@ def main() -> int:
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"no replica online; see {tmp}/failover.log")
                     time.sleep(0.05)
-                seconds = failover_trial(port)
+                seconds = failover_trial(port, opts.writers)
                 times.append(seconds)
                 promoted = PROMOTED.findall((tmp / "failover.log").read_bytes())
                 promotion = f", promotion {float(promoted[-1]) * 1000:.0f} ms" if promoted else ""
@@ -178,10 +215,13 @@ def main() -> int:
             stop_group(proc)
         ms = [t * 1000 for t in times]
         print(f"failover over {len(ms)} trials: p50 {percentile(ms, 50):.0f} ms, p99 {percentile(ms, 99):.0f} ms, "
-              f"max {max(ms):.0f} ms (lease {opts.lease_ms} ms, {opts.shards} shard(s))")
+              f"max {max(ms):.0f} ms (lease {opts.lease_ms} ms, {opts.shards} shard(s), "
+              f"{'etcd' if opts.etcd else 'local'} log, {opts.writers} more writers, "
+              f"load average {os.getloadavg()[0]:.1f})")
         if opts.throughput:
             for replicas in (0, 1):
-                rps, p99 = throughput(tmp, replicas, opts.lease_ms, opts.requests, opts.clients, opts.shards)
+                rps, p99 = throughput(tmp, replicas, opts.lease_ms, opts.requests, opts.clients, opts.shards,
+                                      extra)
                 print(f"durable SET, replicas = {replicas}: {rps:.0f} requests/s, p99 {p99:.2f} ms "
                       f"(redis-benchmark -n {opts.requests} -c {opts.clients}, {opts.shards} shard(s))")
     return 0

@@ -36,6 +36,10 @@ def _common_flags(parser: argparse.ArgumentParser) -> None:
                         help="shard i serves cluster clients on this port + i (default: --port + 1)")
     parser.add_argument("--cluster-announce", choices=("shards", "router"),
                         help="CLUSTER SLOTS names the shards (default) or the router as the nodes")
+    parser.add_argument("--node-id", help='this node\'s name, with log-backend = "etcd" on several machines')
+    parser.add_argument("--advertise", metavar="HOST:PORT", help="where clients reach this node's router")
+    parser.add_argument("--node-role", choices=("primary", "replica"),
+                        help="replica: run only replicas, which take over a shard whose primary is gone")
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -68,6 +72,7 @@ def _load(args: argparse.Namespace) -> Config:
         "data_dir": args.data_dir, "requirepass": requirepass,
         "snapshot_url": args.snapshot_url, "shard_port_base": args.shard_port_base,
         "cluster_announce": args.cluster_announce, "replicas": args.replicas,
+        "node_id": args.node_id, "advertise": args.advertise, "node_role": args.node_role,
     })
 
 

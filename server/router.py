@@ -156,8 +156,10 @@ class Router(Front):
     async def _wait_for_shards(self) -> None:
         """Before accepting, wait (at most startup-shard-wait-ms) until every shard
         is up or has failed permanently (shards.failure: waiting for it would only
-        delay the shards that serve)."""
-        with trio.move_on_after(self.config.startup_shard_wait_ms / 1000):
+        delay the shards that serve). A replica node's router does not wait: its shards
+        serve only once one of its replicas leads (node-role = "replica")."""
+        wait_ms = self.config.startup_shard_wait_ms if self.config.node_role == "primary" else 0
+        with trio.move_on_after(wait_ms / 1000):
             while not all(link.ever_up.is_set() or self._failed(link.index) for link in self.links):
                 await trio.sleep(SHARD_WAIT_POLL_S)
         down = [link.index for link in self.links if not link.up]

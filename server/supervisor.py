@@ -229,7 +229,8 @@ class Supervisor:
         config = self.config
         entry = [sys.executable, "-m", "durakv.server.cli"]
         parent = ["--parent-pid", str(os.getpid())]
-        for i in range(config.shards):
+        # A replica node (node-role = "replica") runs no primaries: its replicas campaign.
+        for i in range(config.shards if config.node_role == "primary" else 0):
             self.children.append(Child("shard", i, config, listeners=self.shard_listeners[i]))
         for i in range(config.shards):
             for number, replica_listener in enumerate(self.replica_listeners[i]):
@@ -414,7 +415,8 @@ class Supervisor:
                   child.name, pid, code, delay_s * 1000, why)
 
     def _every_shard_failed(self) -> bool:
-        return all(c.failed for c in self.children if c.role == "shard")
+        shards = [c for c in self.children if c.role == "shard"]
+        return bool(shards) and all(c.failed for c in shards)
 
     def stop(self) -> None:
         sdnotify.notify(b"STOPPING=1")  # to systemd, when it runs `serve`
@@ -503,7 +505,8 @@ class Failover:
         return True
 
     def watch_leases(self, children: list[Child], now: float) -> None:
-        """A live primary whose lease ran out (paused, stalled): promote a replica."""
+        """A live primary whose lease ran out (paused, stalled): promote a replica. (On
+        etcd the primary mirrors its etcd lease in the LEASE file, shards/log_backend.py.)"""
         now_ns = time.monotonic_ns()
         for child in children:
             if child.role != "shard" or not child.pid or not child.ready or child.index is None:

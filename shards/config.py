@@ -72,6 +72,16 @@ class Config(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields
     etcd_endpoints: list[str] = msgspec.field(default_factory=list)  # http(s)://HOST:PORT of the members
     etcd_prefix: str = "durakv"  # keys: PREFIX/shard-NNN/...; one prefix per durakv deployment
     etcd_lease_ttl_s: int = 10  # a shard that stops renewing loses its leader key after this long
+    # Nodes (log-backend = "etcd"): durakv trees on several machines sharing the etcd prefix.
+    # node_id names this one in the leader keys; advertise is HOST:PORT clients reach its router at;
+    # node_role "replica": it runs no primaries, only `replicas` replicas per shard, which campaign
+    # for their shard's leader key whenever it is free (the primary's node died or was cut off).
+    node_id: str = ""
+    advertise: str = ""
+    node_role: str = "primary"
+    # A primary on etcd serves reads and writes only while its etcd lease is known valid for this
+    # much more (shards/lease_guard.py): the clock-drift margin between this machine and etcd's.
+    etcd_lease_margin_ms: int = 500
     etcd_ca_file: str = ""  # TLS to etcd (https:// endpoints): the CA, and a client certificate and key
     etcd_cert_file: str = ""
     etcd_key_file: str = ""
@@ -173,6 +183,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "max_unsynced_ms": (1, 3_600_000),
     "segment_size_bytes": (4096, 1 << 40),
     "etcd_lease_ttl_s": (2, 3600),
+    "etcd_lease_margin_ms": (0, 1_800_000),
     "snapshot_every_bytes": (1, 1 << 50),
     "snapshot_every_percent": (0, 1_000_000),
     "snapshot_max_age_s": (0.001, 1e9),
@@ -185,11 +196,17 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "cluster_announce": ("shards", "router"),
     "durability": ("sync", "async"),
     "log_backend": ("local", "etcd"),
+    "node_role": ("primary", "replica"),
     "maxmemory_policy": ("volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl", "allkeys-lru",
                          "allkeys-lfu", "allkeys-random", "noeviction"),
     "log_level": ("debug", "verbose", "notice", "info", "warning", "error", "critical"),
     "tls_auth_clients": ("yes", "no", "optional"),
 }
+
+
+def _host_port(text: str) -> bool:
+    host, _, port = text.rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536
 
 
 def validate(config: Config) -> None:
@@ -206,8 +223,15 @@ def validate(config: Config) -> None:
         raise ValueError("data-dir must not be empty")
     if config.log_backend == "etcd" and not config.etcd_endpoints:
         raise ValueError('log-backend = "etcd" needs etcd-endpoints (e.g. ["http://10.0.0.1:2379", ...])')
-    if config.log_backend == "etcd" and config.replicas:
-        raise ValueError('replicas follow local log segments: with log-backend = "etcd" set replicas = 0')
+    if (config.node_id or config.node_role != "primary") and config.log_backend != "etcd":
+        raise ValueError('node-id and node-role need log-backend = "etcd": nodes share the shard logs there')
+    if config.node_role == "replica" and not config.replicas:
+        raise ValueError('node-role = "replica" runs only replicas: set replicas to 1 or more')
+    if config.advertise and not _host_port(config.advertise):
+        raise ValueError(f"advertise must be HOST:PORT (where clients reach this node), not {config.advertise!r}")
+    if config.etcd_lease_margin_ms * 2 > config.etcd_lease_ttl_s * 1000:
+        raise ValueError(f"etcd-lease-margin-ms ({config.etcd_lease_margin_ms}) must be at most half of "
+                         f"etcd-lease-ttl-s ({config.etcd_lease_ttl_s} s); lower it or raise the TTL")
     if not config.port and not config.tls_port:
         raise ValueError("port is 0 and there is no tls-port: clients could not connect; set port or tls-port")
     shards = config.shards or (os.cpu_count() or 1)

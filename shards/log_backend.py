@@ -5,14 +5,17 @@ start check."""
 
 from __future__ import annotations
 
+import os
 from typing import cast
 
 from durakv.log import Disk, Log, LogError
 from durakv.log.etcd_client import DEFAULT_REQUEST_TIMEOUT_S, DEFAULT_RETRY_S, EtcdClient, b64, unb64
-from durakv.log.etcd_log import EtcdLog
+from durakv.log.etcd_log import EtcdLease, EtcdLog
 from durakv.log.etcd_records import shard_prefix
 from durakv.log.interface import ShardLog
 from durakv.log.layout import log_dir_of
+from durakv.log.lease import LeaseFile
+from durakv.log.writer import Lease
 from durakv.shards.config import Config
 
 # serve's start check: how long etcd may take to answer before the start fails.
@@ -43,19 +46,61 @@ def open_shard_log(config: Config, index: int, shard_dir: str, disk: Disk, *, ta
     """The shard's log, opened for writing (the caller takes the lease). takeover_wait_ms:
     a replica being promoted fences a primary that still runs once its lease expired;
     read_through_seq: it applied the log through that seq, so recovery starts there, at
-    next_record_at (segment, byte offset) if known (local segments only: replicas follow
-    local logs, log/FORMAT.md)."""
+    next_record_at (segment, byte offset) if known (local segments only)."""
     if not uses_etcd(config):
         return Log.open(log_dir_of(shard_dir), segment_size_bytes=config.segment_size_bytes,
                         holder=f"shard {index}", disk=disk, lease_duration_ms=config.lease_duration_ms,
                         takeover_wait_ms=takeover_wait_ms, read_through_seq=read_through_seq,
                         next_record_at=next_record_at)
-    log: ShardLog = EtcdLog.open(etcd_client(config), etcd_shard_prefix(config, index),
-                                 lease_ttl_s=config.etcd_lease_ttl_s)
+    etcd_log = EtcdLog.open(etcd_client(config), etcd_shard_prefix(config, index),
+                            lease_ttl_s=config.etcd_lease_ttl_s)
+    if config.replicas:
+        mirror_lease(etcd_log, log_dir_of(shard_dir))
+    if config.node_id:
+        etcd_log.leader_info = {"node": config.node_id, "advertise": config.advertise}
+    log: ShardLog = etcd_log
     # EtcdLog implements log/interface.py's ShardLog (and the Log attributes the shard reads:
     # recovery, fsync_count, drop_segments_through...); the cast stands until the shard
     # holds its log as a ShardLog.
     return cast(Log, log)
+
+
+def mirror_lease(etcd_log: EtcdLog, log_dir: str) -> None:
+    """With replicas, a primary on etcd mirrors its lease and durable seq in the local
+    LEASE file (log/lease.py), so what reads it on local segments works the same:
+    WAIT and INFO replication (the durable seq, server/replication.py), the supervisor's
+    failover of a stalled primary (its pid and valid_until_ns, server/supervisor.py) and
+    the routers leaving a deposed primary (server/links.py LeaseWatch). etcd stays the
+    truth: a promoted replica still campaigns for the leader key."""
+    os.makedirs(log_dir, mode=0o700, exist_ok=True)
+    mirror = LeaseFile(log_dir)
+    mirror.publish_durable(etcd_log.durable_seq)
+    etcd_log.durable_sink = mirror.publish_durable
+    pid = os.getpid()
+
+    def leads(epoch: int, valid_until_ns: int) -> None:
+        with mirror.locked():
+            mirror.set_holder(epoch, pid, valid_until_ns)
+
+    etcd_log.lease_sink = leads
+
+
+# How long a shard on etcd campaigning for its leader key waits for a live holder's
+# lease to expire, in TTLs: past it the start fails loudly (and is retried) rather than hang.
+CAMPAIGN_WAIT_TTLS = 3
+
+
+def take_shard_lease(config: Config, wal: Log, holder: str) -> Lease | EtcdLease:
+    """Lead the shard's log. On etcd, campaign: take the leader key once it is free (its
+    holder's lease expired) or its holder was a process of this machine that is gone,
+    never from a live holder, so a deposed primary's reads stay fenced by its lease.
+    The shard campaigns before it reads the log (Shard.open_log), so what another writer
+    appended meanwhile is read too. On a node (node-id set) a shard whose leader key
+    another node holds stands by until it is free: that node serves the shard meanwhile."""
+    if not isinstance(wal, EtcdLog):
+        return wal.take_lease(holder)
+    return wal.take_lease(holder, take_over=False, depose_dead=True, reread=True,
+                          wait_s=None if config.node_id else config.etcd_lease_ttl_s * CAMPAIGN_WAIT_TTLS)
 
 
 def etcd_problem(config: Config) -> str:

@@ -23,6 +23,12 @@ the shard's primary.
   its lease expired (log/FORMAT.md), apply the rest of the log, take the lease, then
   serve as a primary (shards/process.py serve_primary) on the shard's own socket and
   client port.
+
+With `log-backend = "etcd"` the same steps read the log on etcd (shards/etcd_replica.py):
+the start and the promotion read records through log/etcd_follower.py's EtcdFollower,
+and following is a watch from the last applied seq (a thread), whose records are only
+ever what etcd committed; promotion campaigns for the shard's leader key (at once if
+its holder was a process of this machine that is gone, else once its lease expired).
 """
 
 from __future__ import annotations
@@ -31,18 +37,21 @@ import logging
 import os
 import signal
 import time
-from typing import Any, NamedTuple
+from typing import Any, Awaitable, NamedTuple
 
 import trio
 
-from durakv.log import LogLocked, RecordsDropped
+from durakv.log import LeaseLost, LogLocked, RecordsDropped
+from durakv.log.etcd_client import EtcdUnavailable
 from durakv.log.follow import Follower
 from durakv.log.layout import log_dir_of, replica_bootstrap_dir
 from durakv.log.manifest import MANIFEST_NAME, load_manifest
 from durakv.shards import sdnotify
 from durakv.shards.config import Config, replica_port
 from durakv.shards.exit_codes import EXIT_NOT_PROMOTED
+from durakv.shards.etcd_replica import EtcdFollow
 from durakv.shards.hazards import HazardTracker
+from durakv.shards.log_backend import uses_etcd
 from durakv.shards.process import ClientPort, serve_primary
 from durakv.shards.replica_board import STATE_LOADING, STATE_ONLINE, ReplicaBoard
 from durakv.shards.shard import Shard, SnapshotHooks
@@ -81,7 +90,8 @@ class _Recovery(NamedTuple):
 
 
 class _StartView(NamedTuple):
-    """What load_replica_start reads of a Log: where the log starts and ends."""
+    """What load_replica_start reads of a Log: where the log starts and ends (and its
+    path, for the message when no snapshot covers its start)."""
     recovery: _Recovery
     tail_seq: int
     path: str
@@ -94,7 +104,9 @@ class Replica:
         self.config = shard.config
         self.port = replica_port(shard.config, shard.index, number)
         self.log_dir = log_dir_of(shard.dir)
-        self.follower = Follower(self.log_dir)
+        # On etcd: the follower and the watch that feeds this replica (shards/etcd_replica.py).
+        self.etcd = EtcdFollow(shard.config, shard.index) if uses_etcd(shard.config) else None
+        self.follower = self.etcd.follower if self.etcd is not None else Follower(self.log_dir)
         self.board = ReplicaBoard(shard.config.data_dir, shard.index)
         self.applied_seq = 0
         self.wal = ReplicaWal(0)
@@ -108,8 +120,13 @@ class Replica:
         durable = self.follower.durable_seq()
         base = 0
         if shard.snapshots is not None:
-            manifest = load_manifest(self.log_dir)
-            view = _StartView(_Recovery(manifest.first_seq if manifest else 1), durable, self.log_dir)
+            if self.etcd is not None:
+                first = self.etcd.first_seq()
+            else:
+                manifest = load_manifest(self.log_dir)
+                first = manifest.first_seq if manifest else 1
+            view = _StartView(_Recovery(first), durable,
+                              self.etcd.prefix if self.etcd is not None else self.log_dir)
             config = self.config
             base = shard.snapshots.load_replica_start(
                 shard.dir, shard.db, view, shard.index, config.shards, config.snapshot_url,  # type: ignore[arg-type]
@@ -156,7 +173,29 @@ class Replica:
                 self.shard.publish_events(events)
         self.board.publish(self.number, os.getpid(), self.applied_seq, self.port, STATE_ONLINE)
 
+    def apply_followed(self, seq: int, payload: bytes) -> None:
+        """One record the etcd watch delivered (in the trio loop): applied if it is the
+        next one; a repeat is skipped; nothing is applied once promotion began."""
+        if self.promoted or seq != self.applied_seq + 1:
+            assert self.promoted or seq <= self.applied_seq, "the etcd tail delivers records in order"
+            return
+        self.shard.replay_record(seq, payload)
+        self.shard.db.effects.clear()
+        self.applied_seq = seq
+        wal = self.wal
+        wal.tail_seq = wal.durable_seq = seq
+        self.shard.hazards.advance(seq)
+        self.board.publish(self.number, os.getpid(), seq, self.port, STATE_ONLINE)
+
     async def follow(self) -> None:
+        if self.etcd is not None:
+            try:
+                await self.etcd.follow(self.applied_seq + 1, self.apply_followed)
+            except RecordsDropped as e:
+                logger.error("shard %d replica %d fell behind the log on etcd (%s); restarting from the newest "
+                             "snapshot", self.shard.index, self.number, e)
+                raise SystemExit(1) from None
+            return
         while True:
             try:
                 self.catch_up()
@@ -174,14 +213,18 @@ class Replica:
         lease ran out), apply the rest of it, take the lease."""
         shard = self.shard
         started = time.monotonic()
+        if self.etcd is not None:
+            self.etcd.stop()
         self.catch_up()
         shard.write_error = None
         shard.db.expiry_paused_until_ms = 0
         shard.db.replay_notifies = False
         shard.wal = None
+        follower = self.follower
         shard.open_log(base_seq=self.applied_seq,
                        takeover_wait_ms=self.config.lease_duration_ms * TAKEOVER_WAIT_LEASES,
-                       next_record_at=self.follower.next_record_at(self.applied_seq + 1))
+                       next_record_at=(follower.next_record_at(self.applied_seq + 1)
+                                       if isinstance(follower, Follower) else None))
         self.promoted = True
         self.follower.close()
         self.board.publish(self.number, 0, 0, 0, 0)   # this slot is free for the replacement replica
@@ -189,10 +232,15 @@ class Replica:
                        "before, log tail seq %d", shard.index, self.number, os.getpid(),
                        time.monotonic() - started, self.applied_seq, self.tail_seq())
 
-
     def tail_seq(self) -> int:
         wal = self.shard.wal
         return wal.tail_seq if wal is not None else self.applied_seq
+
+
+async def _then_cancel(awaitable: Awaitable[None], scope: trio.CancelScope) -> None:
+    await awaitable
+    logger.warning("replica pid %d: its shard's leader key is free; campaigning to lead the shard", os.getpid())
+    scope.cancel()
 
 
 async def run_replica(config: Config, index: int, number: int, snapshots: SnapshotHooks | None,
@@ -200,8 +248,8 @@ async def run_replica(config: Config, index: int, number: int, snapshots: Snapsh
     """A replica process: follow the log until SIGUSR1, then serve as the primary."""
     shard = Shard(config, index, snapshots)
     manifest_path = os.path.join(log_dir_of(shard.dir), MANIFEST_NAME)
-    while not os.path.exists(manifest_path):   # the primary creates the log; a replica only reads it
-        await trio.sleep(LOG_WAIT_POLL_S)
+    while not uses_etcd(config) and not os.path.exists(manifest_path):
+        await trio.sleep(LOG_WAIT_POLL_S)   # the primary creates the log; a replica only reads it
     replica = Replica(shard, number)
     shard.replica = replica
     # The replica's port is this replica number's until a promotion: then the supervisor
@@ -221,12 +269,17 @@ async def run_replica(config: Config, index: int, number: int, snapshots: Snapsh
             sdnotify.notify(b"READY=1")
             async with trio.open_nursery() as following:
                 following.start_soon(replica.follow)
+                if replica.etcd is not None and config.node_role == "replica":
+                    # A replica node's replicas campaign on their own: no primary runs beside them.
+                    following.start_soon(_then_cancel, replica.etcd.wait_leader_free(), following.cancel_scope)
                 async for _ in promote_signals:
                     break
                 following.cancel_scope.cancel()
             try:
                 replica.promote()
-            except LogLocked as e:  # the primary was slow, not gone: it renewed its lease meanwhile
+            except (LogLocked, LeaseLost, EtcdUnavailable) as e:
+                # The primary was slow, not gone (it renewed its lease meanwhile), or etcd is out of
+                # reach (nobody can lead now): the supervisor gives the primary its place back.
                 logger.error("shard %d replica %d: not promoted: %s", index, number, e)
                 logging.shutdown()
                 os._exit(EXIT_NOT_PROMOTED)

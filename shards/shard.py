@@ -21,6 +21,7 @@ import trio
 
 import durakv.shards.commands  # noqa: F401  (registers every shard command)
 from durakv.log import Log
+from durakv.log.etcd_log import EtcdLog
 from durakv.log.layout import shard_dir
 from durakv.shards import internal
 from durakv.shards.acl import MAX_SCRIPT_DENIALS, user_from_rules, with_denials
@@ -38,13 +39,13 @@ from durakv.shards.hazards import HazardTracker, HeldReplies, ReplySink
 from durakv.shards.blocking import Block, BlockedClients, Waiter
 from durakv.shards.access import Lfu
 from durakv.shards.keyspace import Keyspace, now_ms
-from durakv.shards.log_backend import open_shard_log, uses_etcd
+from durakv.shards.log_backend import open_shard_log, take_shard_lease, uses_etcd
 from durakv.shards.records import RecordClock, decode_record
 from durakv.shards.resp import NULL_ARRAY, ReplyError, encode, encode_error
 from durakv.shards.shard_settings import SHARD_DEFAULTS
 from durakv.shards.slots import slot_ranges
 from durakv.shards.latency import LatencyMonitor
-from durakv.shards.lease_guard import LeaseGuard
+from durakv.shards.lease_guard import EtcdLeaseGuard, LeaseGuard, refuse_batch
 from durakv.shards.min_replicas import EXECABORT_NOREPLICAS, MinReplicas, transaction_writes
 from durakv.shards.slowlog import SlowLog
 from durakv.shards.t_multi import Watches, unpack_transaction
@@ -124,9 +125,9 @@ class Shard(GroupCommit):
         self.routers = 0
         self.wal: Log | None = None
         self.lease = None
-        # With replicas: the log lease, renewed in the background and checked before a
-        # batch runs, so a primary past its lease answers nothing (shards/lease_guard.py).
-        self.lease_guard: LeaseGuard | None = None
+        # With replicas or on etcd: the log lease, renewed in the background and checked before
+        # a batch runs, so a primary past its lease answers nothing (shards/lease_guard.py).
+        self.lease_guard: LeaseGuard | EtcdLeaseGuard | None = None
         self.replica: Replica | None = None  # while this process is a replica (shards/replica.py)
         self.hazards = HazardTracker(0)
         self.held = HeldReplies()
@@ -176,6 +177,9 @@ class Shard(GroupCommit):
         disk.fsync_dir(self.config.data_dir)
         self.wal = open_shard_log(self.config, self.index, self.dir, disk, takeover_wait_ms=takeover_wait_ms,
                                   read_through_seq=base_seq or 0, next_record_at=next_record_at)
+        holder = f"shard-{self.index} pid {os.getpid()}"
+        if isinstance(self.wal, EtcdLog):   # campaign first: then the log read below is all of it
+            self.lease = take_shard_lease(self.config, self.wal, holder)
         truncated = self.wal.recovery.truncated_bytes
         if truncated:
             logger.warning("shard %d: torn log tail: truncated %d bytes", self.index, truncated)
@@ -198,9 +202,12 @@ class Shard(GroupCommit):
         self.txn.lock_in_doubt()
         tail = self.wal.tail_seq
         self.hazards = HazardTracker(tail)
-        self.lease = self.wal.take_lease(f"shard-{self.index} pid {os.getpid()}")
-        if self.config.replicas:
-            self.lease_guard = LeaseGuard(self.wal, self.lease, self.config.lease_duration_ms)
+        if isinstance(self.wal, EtcdLog):
+            self.lease_guard = EtcdLeaseGuard(self.wal, self.config.etcd_lease_margin_ms)
+        else:
+            self.lease = take_shard_lease(self.config, self.wal, holder)
+            if self.config.replicas:
+                self.lease_guard = LeaseGuard(self.wal, self.lease, self.config.lease_duration_ms)
         self.min_replicas = MinReplicas(self)
         self.db.on_modified = self._mark_dirty
         self.db.on_flush = self._on_flush
@@ -239,8 +246,9 @@ class Shard(GroupCommit):
         """Run a frame's requests in order; returns the replies that may leave now
         and holds the rest until their record is durable."""
         db = self.db
-        if self.lease_guard is not None and time.monotonic_ns() > self.lease_guard.deadline_ns:
-            self.lease_guard.check()   # renews, or ends a deposed primary (shards/lease_guard.py)
+        if self.lease_guard is not None and time.monotonic_ns() > self.lease_guard.deadline_ns \
+                and not self.lease_guard.check():   # renews, or ends a deposed primary (shards/lease_guard.py)
+            return refuse_batch(self, conn, requests)
         if self.memory_limit is not None:
             self.enforce_memory()
         self.catch_up_durable()

@@ -1,0 +1,86 @@
+"""A replica's view of a shard log on etcd (shards/replica.py with log-backend = "etcd").
+
+The replica reads the log through log/etcd_follower.py: EtcdFollower for its start
+and its promotion (records up to the last one etcd holds), and a Tail (a watch from
+the revision of its first read) to follow, in a thread, since the etcd client blocks.
+Every record the watch shows was committed by a quorum under the leader key's fence,
+so a replica never applies a write a crash or a deposed primary could take back.
+The thread hands each record to the trio loop, which applies it in order."""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import trio
+
+from durakv.log import LogError
+from durakv.log.etcd_follower import EtcdFollower, Tail
+from durakv.log.etcd_log import holder_is_dead
+from durakv.log.etcd_records import Keys, first_seq, kvs_of
+from durakv.shards.config import Config
+from durakv.shards.log_backend import etcd_client, etcd_shard_prefix
+
+logger = logging.getLogger("durakv.replica")
+
+# How often a replica node's replica looks at its shard's leader key, in parts of the TTL.
+LEADER_POLLS_PER_TTL = 4
+
+
+class EtcdFollow:
+    """One replica's follower of shard `index`'s log on etcd, and its tail thread."""
+
+    def __init__(self, config: Config, index: int) -> None:
+        self.prefix = etcd_shard_prefix(config, index)
+        self.follower = EtcdFollower(etcd_client(config), self.prefix)
+        self.poll_s = config.etcd_lease_ttl_s / LEADER_POLLS_PER_TTL
+        self.node_id = config.node_id
+        self._stopped = False
+
+    def first_seq(self) -> int:
+        """The first seq etcd still holds (a replica starting behind it needs a snapshot)."""
+        return first_seq(self.follower.client, self.prefix)
+
+    async def follow(self, from_seq: int, apply: Callable[[int, bytes], None]) -> None:
+        """Apply (in this trio loop) every record from from_seq on as etcd commits it,
+        until stop() or cancellation. RecordsDropped if etcd compacted past our place."""
+        token = trio.lowlevel.current_trio_token()
+        tail = Tail(self.follower.client.clone(), self.prefix, from_seq)
+
+        def run() -> None:
+            # The thread alone closes its watch: closing the response from another thread
+            # can block on the lock of the read in progress, so stop() only sets a flag
+            # that the thread sees at its next record (the watch stays open until then).
+            try:
+                for seq, _epoch, payload in tail:
+                    if self._stopped:
+                        return
+                    trio.from_thread.run_sync(apply, seq, payload, trio_token=token)
+            finally:
+                tail.close()
+
+        await trio.to_thread.run_sync(run, abandon_on_cancel=True)
+
+    def stop(self) -> None:
+        """Let the tail thread end (promotion: the replica reads the rest itself); what
+        it may still deliver is ignored (Replica.apply_followed)."""
+        self._stopped = True
+
+    async def wait_leader_free(self) -> None:
+        """Return once the shard has no live leader: its leader key is gone (the holder's
+        etcd lease expired: its node died or was cut off) or names a process of this
+        machine that is gone. The campaign itself (take_lease) decides who leads."""
+        client = self.follower.client.clone()
+        leader_key = Keys(self.prefix.encode()).leader
+
+        def free() -> bool:
+            kvs = kvs_of(client.range(leader_key))
+            return not kvs or holder_is_dead(kvs[0]["value"], self.node_id)
+
+        while True:
+            try:
+                if await trio.to_thread.run_sync(free, abandon_on_cancel=True):
+                    return
+            except LogError as e:   # etcd out of reach: nobody can campaign now
+                logger.warning("etcd log %s: reading the leader key failed (%s); trying again", self.prefix, e)
+            await trio.sleep(self.poll_s)
