@@ -128,6 +128,48 @@ def test_mget_waits_for_a_dirty_key_after_the_first(gated):
     assert writer2.read_reply() == b"+OK\r\n"
 
 
+def test_pipelined_cross_shard_reads_are_in_flight_together_and_held_until_durable(gated):
+    """A pipeline's consecutive cross-shard reads go to the shards as one batch
+    (server/txn_read.py): each one's part on the dirty key is held there, none
+    reaches the client before the write it shows is durable, and all arrive in order."""
+    srv, gate, client = gated
+    first, other_shard = keys_on_different_shards(2)
+    client.mset({first: "f", other_shard: "o"})
+    writer = dirty_write(srv, client, gate, "SET", other_shard, "new")
+    reads = 8
+    reader = RawConn(srv.port)
+    reader.send_raw(b"".join(_encode(("MGET", first, other_shard)) for _ in range(reads))
+                    + _encode(("EXISTS", other_shard, first, "{g}absent")))
+    wait_held(client, 1 + reads + 1)   # one at a time, only the first read's part would be held
+    assert_nothing_sent(writer, reader)
+    gate.open()
+    assert writer.read_reply() == b"+OK\r\n"
+    assert [decode(reader.read_reply())[0] for _ in range(reads + 1)] == [[b"f", b"new"]] * reads + [2]
+
+
+def test_pipelined_cross_shard_reads_wait_for_a_cross_shard_write_they_find_locked(gated):
+    """A batch of reads that finds a key locked by a cross-shard MSET (its records wait
+    for the gate) locks shard after shard instead; every read then sees the whole MSET,
+    once it is durable, never half of it."""
+    srv, gate, client = gated
+    first, other_shard = keys_on_different_shards(2)
+    client.mset({first: "f", other_shard: "o"})
+    waits = client.info("persistence")["xshard_read_waits"]
+    gate.close()
+    writer = send(srv, "MSET", first, "f2", other_shard, "o2")
+    wait_held(client, 1)   # its PREPARE (or decision) record waits for the gate, its keys locked
+    reader = RawConn(srv.port)
+    reader.send_raw(b"".join(_encode(("MGET", other_shard, first)) for _ in range(4)))
+    deadline = time.monotonic() + HELD_TIMEOUT_S
+    while client.info("persistence")["xshard_read_waits"] == waits:
+        assert time.monotonic() < deadline, "the reads never found the MSET's locks"
+        time.sleep(0.01)
+    assert_nothing_sent(writer, reader)
+    gate.open()
+    assert writer.read_reply() == b"+OK\r\n"
+    assert [decode(reader.read_reply())[0] for _ in range(4)] == [[b"o2", b"f2"]] * 4
+
+
 def test_exists_and_sunion_wait_for_a_dirty_key(gated):
     srv, gate, client = gated
     client.sadd("{s}a", "x")

@@ -57,7 +57,24 @@ def test_mget_never_sees_half_a_cross_shard_write(server_factory):
                 p.set(y, value)
                 p.execute()
 
-    readers = [threading.Thread(target=reader) for _ in range(4)]
+    def pipelined_reader() -> None:
+        """A pipeline's consecutive cross-shard reads go as one batch (server/txn_read.py)."""
+        r = srv.client()
+        while not stop.is_set():
+            p = r.pipeline(transaction=False)
+            for x, y in pairs:
+                p.mget(x, y)
+                p.exists(x, y)
+            results = p.execute()
+            reads[0] += len(pairs)
+            for (x, y), (a, b), present in zip(pairs, results[::2], results[1::2]):
+                if a != b:
+                    errors.append(f"pipelined MGET {x}={a!r} {y}={b!r}")
+                if present == 1:
+                    errors.append(f"pipelined EXISTS {x} {y} = 1")
+
+    readers = [threading.Thread(target=reader) for _ in range(3)]
+    readers += [threading.Thread(target=pipelined_reader) for _ in range(2)]
     writers = [threading.Thread(target=writer, args=(name, 30)) for name in "wxyz"]
     for t in readers + writers:
         t.start()
@@ -81,6 +98,18 @@ def test_mget_never_sees_half_a_cross_shard_write(server_factory):
 def test_reads_and_deletes_across_shards_match_redis(pair, commands):
     for command in commands:
         pair.same(*command)
+
+
+PIPELINE = [("SET", A, "1"), ("MGET", A, B), ("SET", B, "2"), ("MGET", A, B), ("MGET", B, A, A2),
+            ("EXISTS", A, B, B2), ("TOUCH", A, B), ("MSET", A, "3", B, "4"), ("MGET", A, B), ("MGET", A, B, B2),
+            ("DEL", A, B2), ("MGET", A, B), ("EXISTS", A, B), ("INCR", B), ("MGET", A, B), ("MGET", A2, B),
+            ("MULTI",), ("MGET", A, B), ("SET", A, "9"), ("EXEC",), ("MGET", B, A), ("GET", A), ("EXISTS", B, A)]
+
+
+def test_pipelined_reads_among_writes_reply_in_order_as_redis(pair):
+    """Consecutive cross-shard reads of a pipeline run as one batch; the writes between
+    them are not overtaken: every reply is the one redis-server gives, in order."""
+    assert pair.ours.pipeline(PIPELINE) == pair.theirs.pipeline(PIPELINE)
 
 
 def test_a_cross_shard_delete_is_one_transaction(server):
