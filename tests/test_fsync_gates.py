@@ -213,10 +213,13 @@ def test_sort_by_and_get_patterns_wait_for_dirty_keys(gated):
     client.mset({"{o}w_1": "2", "{o}w_2": "1", "{o}v_1": "a", "{o}v_2": "b"})
     writer = dirty_write(srv, client, gate, "SET", "{o}w_1", "0")
     by = send(srv, "SORT", "{o}ids", "BY", "{o}w_*")
-    get = send(srv, "SORT_RO", "{o}ids", "GET", "{o}v_*")
     # SORT with patterns runs as a cross-shard transaction through the router (its pattern
-    # keys may live anywhere): the second waits for the first's key locks, so the writer's
-    # and the first SORT's replies are the ones held.
+    # keys may live anywhere): once the first holds its keys' locks (its lock on the dirty
+    # key answers once that is durable: held), the second waits for them, so the writer's
+    # and the first SORT's replies are the ones held. (Sent before the first is in, the
+    # second could run first, on clean keys only, and answer at once.)
+    wait_held(client, 2)
+    get = send(srv, "SORT_RO", "{o}ids", "GET", "{o}v_*")
     check_held_then_released(client, gate, writer, [by, get], [[b"1", b"2"], [b"a", b"b"]], held=2)
 
 
