@@ -170,11 +170,21 @@ class ReadBatch:
 
     def _attempted(self) -> None:
         coordinator = self.coordinator
-        answers = [data for read in self.reads for data in read.answers.values()]
-        coordinator.release(self.txid, self.shards)  # a shard that locked nothing ignores it
-        if any(data is LOST for data in answers):
+        locked: set[int] = set()
+        lost: set[int] = set()  # a lost link's shard released the locks itself
+        busy = False
+        for read in self.reads:
+            for shard, data in read.answers.items():
+                if data is LOST:
+                    lost.add(shard)
+                elif _busy(data):
+                    busy = True
+                else:
+                    locked.add(shard)
+        coordinator.release(self.txid, sorted(locked - lost))
+        if lost:
             self._finish_lost()
-        elif not any(_busy(data) for data in answers):
+        elif not busy:
             self._finish()
         else:
             coordinator.read_waits += 1
