@@ -126,3 +126,24 @@ def test_a_cross_shard_delete_is_one_transaction(server):
     assert r.exists(A, B) == 0
     info = r.info("persistence")
     assert info["xshard_locked_keys"] == 0 and info["xshard_waiting_requests"] == 0
+
+
+def test_a_refused_read_inside_a_batch_of_pipelined_reads_answers_in_its_place(pair):
+    """Each read a batch pulls from the pipeline goes through the full dispatch: an ACL
+    refusal in the middle of cross-shard reads is answered in its place, as by redis-server."""
+    from refserver import RawConn
+    pair.same("MSET", A, "1", B, "2", B2, "3")
+    pair.same("ACL", "SETUSER", "batchreader", "on", ">pw", f"~{A}", f"~{B}", "+mget", "+exists", "+get")
+    commands = [("MGET", A, B), ("MGET", A, B2), ("EXISTS", B, A), ("SET", A, "x"), ("MGET", B, A),
+                ("GET", B2), ("MGET", A, B)]
+    try:
+        replies = []
+        for port in (pair.ours.sock.getpeername()[1], pair.theirs.sock.getpeername()[1]):
+            conn = RawConn(port)
+            assert conn.call("AUTH", "batchreader", "pw") == b"+OK\r\n"
+            replies.append(conn.pipeline(commands))
+            conn.close()
+        assert replies[0] == replies[1]
+        assert replies[0][1].startswith(b"-NOPERM")
+    finally:
+        pair.same("ACL", "DELUSER", "batchreader")
