@@ -21,7 +21,8 @@ and they share one txid, one `TXREAD try` round and one release. Each read runs
 under all its keys' locks, and the batch holds every lock until every shard has
 answered (two-phase locking over the batch), so each read is isolated and the
 batch is serializable in pipeline order; 16 pipelined reads cost the round trips
-of one. A request that is not such a read ends the batch and waits for it.
+of one. A plain one-shard command between them that touches none of the batch's
+keys goes at once too (`_goes_with`); anything else ends the batch and waits for it.
 
 DEL and UNLINK across shards are writes: they run as a cross-shard transaction
 (server/txn.py), whose locks only report whether each key is present.
@@ -32,6 +33,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from durakv.server.client import SCRIPT_COMMANDS
 from durakv.server.front import decode_internal
 from durakv.server.links import LOST, Pending
 from durakv.server.txn import MAX_TXNS_IN_FLIGHT
@@ -48,7 +50,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("durakv.router")
 
 
-MAX_BATCHED_READS = 64  # a pipeline's consecutive cross-shard reads sent as one round
+MAX_BATCHED_READS = 64  # requests a batch pulls from a pipeline (reads and the commands between them)
 TXBUSY_ANSWER = encode_internal(False, TXBUSY)  # shards/txn.py's refusal of a `try`, as it travels
 
 
@@ -78,8 +80,10 @@ def start_read(coordinator: Coordinator, client: Client, argv: list[bytes], cmd:
     coordinator.forming_read = batch
     try:
         backlog = client.backlog
-        while backlog and len(batch.reads) < MAX_BATCHED_READS and _joins(coordinator, client, backlog[0]):
+        pulled = 1
+        while backlog and pulled < MAX_BATCHED_READS and _goes_with(coordinator, client, backlog[0], batch):
             client.dispatch(backlog.popleft())
+            pulled += 1
     finally:
         coordinator.forming_read = None
     client.blocked_pending = batch.reads[-1].pending  # filled last: the batch's reads are filled in order
@@ -89,9 +93,14 @@ def start_read(coordinator: Coordinator, client: Client, argv: list[bytes], cmd:
     return pending
 
 
-def _joins(coordinator: Coordinator, client: Client, argv: list[bytes]) -> bool:
-    """Whether the client's next request is a cross-shard read that Client.dispatch
-    hands to start_read (anything else ends the batch: it must not overtake it)."""
+def _goes_with(coordinator: Coordinator, client: Client, argv: list[bytes], batch: ReadBatch) -> bool:
+    """Whether the client's next request may be dispatched before the batch's replies
+    are in: a cross-shard read (Client.dispatch hands it to start_read, and it joins
+    the batch), or a plain command on one shard that touches none of the batch's keys
+    (it runs on its shard after the batch's earlier reads there and before the later
+    ones, as the link keeps their order; it commutes with the earlier ones, so even
+    when the batch reads again in order, after a TXBUSY, its place is kept). Anything
+    else ends the batch and waits for it."""
     router = coordinator.router
     if client.multi is not None or client.pubsub is not None or router.pause.mode or not client.can_dispatch():
         return False
@@ -99,14 +108,18 @@ def _joins(coordinator: Coordinator, client: Client, argv: list[bytes]) -> bool:
         cmd = lookup(argv)
     except ReplyError:
         return False
-    if cmd.split == SPLIT_NONE or cmd.is_write or cmd.where != SHARD or cmd.single_key:
+    if (cmd.where != SHARD or cmd.is_blocking or cmd.name in SCRIPT_COMMANDS or cmd.name == "watch"
+            or cmd.reads_undeclared_keys is not None):
         return False
     indexes = cmd.key_indexes(argv)
     if not indexes:
-        return False
+        return False  # keyless: it may read or flush the batch's keys
     owner = router.slot_owner
     first = owner[key_slot(argv[indexes[0]])]
-    return any(owner[key_slot(argv[i])] != first for i in indexes)
+    if any(owner[key_slot(argv[i])] != first for i in indexes):
+        return cmd.split != SPLIT_NONE and not cmd.is_write
+    keys = batch.keys
+    return not any(argv[i] in keys for i in indexes)
 
 
 class CrossRead:
@@ -135,13 +148,14 @@ class CrossRead:
 class ReadBatch:
     """A client's consecutive cross-shard reads in flight together, under one txid."""
 
-    __slots__ = ("coordinator", "client", "reads", "shards", "txid", "left")
+    __slots__ = ("coordinator", "client", "reads", "shards", "keys", "txid", "left")
 
     def __init__(self, coordinator: Coordinator, client: Client) -> None:
         self.coordinator = coordinator
         self.client = client
         self.reads: list[CrossRead] = []
         self.shards: list[int] = []  # every shard a read of the batch asks, ascending
+        self.keys: set[bytes] = set()  # every key the batch reads (locks)
         self.txid = coordinator.new_txid()
         self.left = 0
 
@@ -149,6 +163,8 @@ class ReadBatch:
         assert len(self.reads) < MAX_BATCHED_READS, "a read batch past its bound"
         self.reads.append(read)
         self.shards = sorted(set(self.shards).union(read.requests))
+        for request in read.requests.values():
+            self.keys.update(request[1:])
 
     def attempt(self) -> None:
         """`TXREAD try` of every read on each of its shards, all at once."""

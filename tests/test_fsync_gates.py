@@ -147,6 +147,29 @@ def test_pipelined_cross_shard_reads_are_in_flight_together_and_held_until_durab
     assert [decode(reader.read_reply())[0] for _ in range(reads + 1)] == [[b"f", b"new"]] * reads + [2]
 
 
+def test_writes_between_pipelined_cross_shard_reads_go_with_them_when_their_keys_differ(gated):
+    """A one-shard command between a pipeline's cross-shard reads that touches none of
+    their keys is sent with them (server/txn_read.py): every reply is held until the
+    records it shows are durable, and later reads see the writes before them."""
+    srv, gate, client = gated
+    first, other_shard = keys_on_different_shards(2)
+    client.mset({first: "f", other_shard: "o"})
+    writer = dirty_write(srv, client, gate, "SET", other_shard, "new")
+    reader = RawConn(srv.port)
+    pipeline = [("MGET", first, other_shard), ("SET", "{g}x", "1"), ("MGET", other_shard, first),
+                ("INCR", "{h}n"), ("MGET", first, other_shard, "{g}x"), ("SET", "{h}n", "7"),
+                ("MGET", "{h}n", first, other_shard)]
+    reader.send_raw(b"".join(_encode(command) for command in pipeline))
+    # The writer, four reads' parts on the dirty key's shard, three writes: all sent at once.
+    # (Waiting behind each read, the writes and later reads would not be in yet.)
+    wait_held(client, 1 + 4 + 3)
+    assert_nothing_sent(writer, reader)
+    gate.open()
+    assert writer.read_reply() == b"+OK\r\n"
+    assert [decode(reader.read_reply())[0] for _ in pipeline] == [
+        [b"f", b"new"], b"OK", [b"new", b"f"], 1, [b"f", b"new", b"1"], b"OK", [b"7", b"f", b"new"]]
+
+
 def test_pipelined_cross_shard_reads_wait_for_a_cross_shard_write_they_find_locked(gated):
     """A batch of reads that finds a key locked by a cross-shard MSET (its records wait
     for the gate) locks shard after shard instead; every read then sees the whole MSET,

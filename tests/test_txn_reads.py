@@ -101,10 +101,13 @@ def test_reads_and_deletes_across_shards_match_redis(pair, commands):
         pair.same(*command)
 
 
-PIPELINE = [("SET", A, "1"), ("MGET", A, B), ("SET", B, "2"), ("MGET", A, B), ("MGET", B, A, A2),
+PIPELINE = [("SET", A, "1"), ("MGET", A, B), ("SET", A2, "x"), ("MGET", A, B), ("GET", A2), ("MGET", A2, B),
+            ("INCR", B2), ("DEL", A2), ("MGET", A2, B2, A), ("LPUSH", A2, "l"), ("MGET", A2, B),
+            ("SET", B, "2"), ("MGET", A, B), ("MGET", B, A, A2),
             ("EXISTS", A, B, B2), ("TOUCH", A, B), ("MSET", A, "3", B, "4"), ("MGET", A, B), ("MGET", A, B, B2),
             ("DEL", A, B2), ("MGET", A, B), ("EXISTS", A, B), ("INCR", B), ("MGET", A, B), ("MGET", A2, B),
-            ("MULTI",), ("MGET", A, B), ("SET", A, "9"), ("EXEC",), ("MGET", B, A), ("GET", A), ("EXISTS", B, A)]
+            ("MULTI",), ("MGET", A, B), ("SET", A, "9"), ("EXEC",), ("MGET", B, A), ("GET", A), ("EXISTS", B, A),
+            ("UNLINK", A2, B2)]
 
 
 def test_pipelined_reads_among_writes_reply_in_order_as_redis(pair):
