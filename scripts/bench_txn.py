@@ -9,7 +9,9 @@ mget-cross,mget-one`: a 2-key MGET (across shards it reads under both shards' lo
 Clients are processes (hiredis over raw sockets), so the client is not the
 bottleneck of a transaction that costs the server two fsyncs. Systems take turns
 on every workload; the table shows ops/s (transactions per second) and the
-median latency of one request (P1) or one pipeline (P16)."""
+median latency of one request (P1) or one pipeline (P16); each durakv run also prints
+the CPU time of the whole durakv tree per operation (stderr), steadier than ops/s
+on a loaded machine."""
 
 from __future__ import annotations
 
@@ -138,6 +140,22 @@ def wait_port(port: int) -> None:
     raise RuntimeError(f"nothing answers on port {port}")
 
 
+def tree_cpu_s(pgid: int) -> float:
+    """User + system CPU seconds of every live process in the process group."""
+    tick_hz = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / tick_hz
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shards", type=int, default=4)
@@ -166,9 +184,14 @@ def main() -> int:
                     for system, port in (("durakv", dport), ("redis-aof-always", rport)):
                         if system != "durakv" and name.endswith("-one"):
                             continue  # one redis-server: the same as the cross rows
+                        cpu_before_s = tree_cpu_s(durakv.pid)
                         result = run(port, name, pipeline, opts.clients, opts.seconds, tagset)
                         rows.setdefault((name, system, pipeline), []).append(result)
-                        print(f"{name} P{pipeline} {system}: {result[0]:,.0f} ops/s, p50 {result[1]:.2f} ms",
+                        cpu = ""
+                        if system == "durakv":  # the whole tree's CPU: less noisy than ops/s on a loaded machine
+                            ops = max(result[0] * opts.seconds, 1.0)
+                            cpu = f", server CPU {(tree_cpu_s(durakv.pid) - cpu_before_s) / ops * 1e6:.0f} us/op"
+                        print(f"{name} P{pipeline} {system}: {result[0]:,.0f} ops/s, p50 {result[1]:.2f} ms{cpu}",
                               file=sys.stderr, flush=True)
         lines = [f"{opts.shards} shards, {opts.clients} client processes, {opts.seconds:.0f} s per run, "
                  f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; `python scripts/bench_txn.py "

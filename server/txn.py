@@ -73,6 +73,7 @@ class Coordinator:
         self.committed = 0
         self.aborted = 0
         self.read_waits = 0  # cross-shard reads that found a key locked and waited (server/txn_read.py)
+        self.forming_read: Any = None  # the ReadBatch a client's pipelined reads join (server/txn_read.py)
 
     def new_txid(self) -> int:
         """Unique across routers and restarts: microseconds since the epoch, times 64, plus the router index."""

@@ -199,7 +199,7 @@ class TxnState:
             if not self.whole_txid:
                 keys = self.request_keys(req)
                 locks = self.locks
-                if keys is not None and not any(key in locks for key in keys):
+                if keys is not None and not self._held_back(argv, keys):
                     return False
                 if keys is None and not locks:
                     return False
@@ -209,6 +209,15 @@ class TxnState:
             self.deferred_cids[cid] = self.deferred_cids.get(cid, 0) + 1
         self.lock_waits += 1
         return True
+
+    def _held_back(self, argv: list[bytes], keys: list[bytes]) -> bool:
+        """Whether a key of the request is locked; a batch of cross-shard reads shares
+        one txid (server/txn_read.py): a read is not held back by its batch's own locks."""
+        locks = self.locks
+        if argv[0] == VERB_TXREAD:
+            txid = int(argv[1])
+            return any(locks.get(key, txid) != txid for key in keys)
+        return any(key in locks for key in keys)
 
     def request_keys(self, req: Request) -> list[bytes] | None:
         """The keys a request touches; None when it may touch any (a keyless write)."""
@@ -366,15 +375,18 @@ class TxnState:
         argv = req.argv
         keys = argv[4:]
         locks = self.locks
-        if argv[2] == b"try" and (self.whole_txid or any(key in locks for key in keys)
+        txid = int(argv[1])
+        if argv[2] == b"try" and (self.whole_txid or self._held_back(argv, keys)
                                   or (req.cid and req.cid in self.deferred_cids)):
             return encode_internal(False, TXBUSY), 0
-        txid = int(argv[1])
-        txn = Txn(txid, list(dict.fromkeys(keys)), conn)
-        assert len(locks) + len(txn.keys) <= MAX_LOCKS, "too many locked keys"
-        for key in txn.keys:
+        txn = self.txns.get(txid)  # the reads of one batch share a txid and its locks
+        if txn is None:
+            txn = self.txns[txid] = Txn(txid, [], conn)
+        new = [key for key in dict.fromkeys(keys) if key not in locks]
+        assert len(locks) + len(new) <= MAX_LOCKS, "too many locked keys"
+        for key in new:
             locks[key] = txid
-        self.txns[txid] = txn
+        txn.keys.extend(new)
         shard = self.shard
         db = shard.db
         ctx = shard.ctx

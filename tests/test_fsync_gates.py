@@ -116,11 +116,81 @@ def test_mget_waits_for_a_dirty_key_after_the_first(gated):
     same_shard = send(srv, "MGET", "{m}a", "{m}b")
     writer2 = send(srv, "SET", other_shard, "o")
     wait_held(client, 3)
-    split = send(srv, "MGET", first, "{m}a", other_shard)   # the router splits it by shard
-    assert client.mget(["{m}a", first]) == [b"1", b"f"]     # clean keys: answered now
+    # Clean keys are answered at once. Asked before the split MGET below: that read holds
+    # its keys' locks on both shards until its part on the dirty key is durable (it is a
+    # cross-shard read, server/txn_read.py), so a read of the same keys sent after it
+    # waits for the gate, and which of two connections the router reads first is a race.
+    assert client.mget(["{m}a", first]) == [b"1", b"f"]
+    split = send(srv, "MGET", first, "{m}a", other_shard)   # one part per shard, under their key locks
+    # Held: the writers, the same-shard MGET, and the split MGET's part on the dirty key's shard.
     check_held_then_released(client, gate, writer, [same_shard, split],
-                             [[b"1", b"new"], [b"f", b"1", b"o"]])
+                             [[b"1", b"new"], [b"f", b"1", b"o"]], held=4)
     assert writer2.read_reply() == b"+OK\r\n"
+
+
+def test_pipelined_cross_shard_reads_are_in_flight_together_and_held_until_durable(gated):
+    """A pipeline's consecutive cross-shard reads go to the shards as one batch
+    (server/txn_read.py): each one's part on the dirty key is held there, none
+    reaches the client before the write it shows is durable, and all arrive in order."""
+    srv, gate, client = gated
+    first, other_shard = keys_on_different_shards(2)
+    client.mset({first: "f", other_shard: "o"})
+    writer = dirty_write(srv, client, gate, "SET", other_shard, "new")
+    reads = 8
+    reader = RawConn(srv.port)
+    reader.send_raw(b"".join(_encode(("MGET", first, other_shard)) for _ in range(reads))
+                    + _encode(("EXISTS", other_shard, first, "{g}absent")))
+    wait_held(client, 1 + reads + 1)   # one at a time, only the first read's part would be held
+    assert_nothing_sent(writer, reader)
+    gate.open()
+    assert writer.read_reply() == b"+OK\r\n"
+    assert [decode(reader.read_reply())[0] for _ in range(reads + 1)] == [[b"f", b"new"]] * reads + [2]
+
+
+def test_writes_between_pipelined_cross_shard_reads_go_with_them_when_their_keys_differ(gated):
+    """A one-shard command between a pipeline's cross-shard reads that touches none of
+    their keys is sent with them (server/txn_read.py): every reply is held until the
+    records it shows are durable, and later reads see the writes before them."""
+    srv, gate, client = gated
+    first, other_shard = keys_on_different_shards(2)
+    client.mset({first: "f", other_shard: "o"})
+    writer = dirty_write(srv, client, gate, "SET", other_shard, "new")
+    reader = RawConn(srv.port)
+    pipeline = [("MGET", first, other_shard), ("SET", "{g}x", "1"), ("MGET", other_shard, first),
+                ("INCR", "{h}n"), ("MGET", first, other_shard, "{g}x"), ("SET", "{h}n", "7"),
+                ("MGET", "{h}n", first, other_shard)]
+    reader.send_raw(b"".join(_encode(command) for command in pipeline))
+    # The writer, four reads' parts on the dirty key's shard, three writes: all sent at once.
+    # (Waiting behind each read, the writes and later reads would not be in yet.)
+    wait_held(client, 1 + 4 + 3)
+    assert_nothing_sent(writer, reader)
+    gate.open()
+    assert writer.read_reply() == b"+OK\r\n"
+    assert [decode(reader.read_reply())[0] for _ in pipeline] == [
+        [b"f", b"new"], b"OK", [b"new", b"f"], 1, [b"f", b"new", b"1"], b"OK", [b"7", b"f", b"new"]]
+
+
+def test_pipelined_cross_shard_reads_wait_for_a_cross_shard_write_they_find_locked(gated):
+    """A batch of reads that finds a key locked by a cross-shard MSET (its records wait
+    for the gate) locks shard after shard instead; every read then sees the whole MSET,
+    once it is durable, never half of it."""
+    srv, gate, client = gated
+    first, other_shard = keys_on_different_shards(2)
+    client.mset({first: "f", other_shard: "o"})
+    waits = client.info("persistence")["xshard_read_waits"]
+    gate.close()
+    writer = send(srv, "MSET", first, "f2", other_shard, "o2")
+    wait_held(client, 1)   # its PREPARE (or decision) record waits for the gate, its keys locked
+    reader = RawConn(srv.port)
+    reader.send_raw(b"".join(_encode(("MGET", other_shard, first)) for _ in range(4)))
+    deadline = time.monotonic() + HELD_TIMEOUT_S
+    while client.info("persistence")["xshard_read_waits"] == waits:
+        assert time.monotonic() < deadline, "the reads never found the MSET's locks"
+        time.sleep(0.01)
+    assert_nothing_sent(writer, reader)
+    gate.open()
+    assert writer.read_reply() == b"+OK\r\n"
+    assert [decode(reader.read_reply())[0] for _ in range(4)] == [[b"o2", b"f2"]] * 4
 
 
 def test_exists_and_sunion_wait_for_a_dirty_key(gated):
@@ -166,10 +236,13 @@ def test_sort_by_and_get_patterns_wait_for_dirty_keys(gated):
     client.mset({"{o}w_1": "2", "{o}w_2": "1", "{o}v_1": "a", "{o}v_2": "b"})
     writer = dirty_write(srv, client, gate, "SET", "{o}w_1", "0")
     by = send(srv, "SORT", "{o}ids", "BY", "{o}w_*")
-    get = send(srv, "SORT_RO", "{o}ids", "GET", "{o}v_*")
     # SORT with patterns runs as a cross-shard transaction through the router (its pattern
-    # keys may live anywhere): the second waits for the first's key locks, so the writer's
-    # and the first SORT's replies are the ones held.
+    # keys may live anywhere): once the first holds its keys' locks (its lock on the dirty
+    # key answers once that is durable: held), the second waits for them, so the writer's
+    # and the first SORT's replies are the ones held. (Sent before the first is in, the
+    # second could run first, on clean keys only, and answer at once.)
+    wait_held(client, 2)
+    get = send(srv, "SORT_RO", "{o}ids", "GET", "{o}v_*")
     check_held_then_released(client, gate, writer, [by, get], [[b"1", b"2"], [b"a", b"b"]], held=2)
 
 

@@ -226,6 +226,26 @@ async def test_a_read_tries_without_waiting_then_waits_for_the_lock(tmp_path: Pa
     await serving(open_shard(tmp_path / "data"), body)
 
 
+async def test_the_reads_of_a_batch_share_one_txid_and_its_locks(tmp_path: Path) -> None:
+    """A client's pipelined cross-shard reads go as one batch under one txid
+    (server/txn_read.py): a read is neither refused (try) nor held back (wait) by its
+    batch's own locks, a writer waits for all of them, and one TXABORT releases them."""
+    async def body(d: Driver) -> None:
+        assert await d.call(1, b"MSET", b"a", b"1", b"b", b"2", b"c", b"3") == b"+OK\r\n"
+        assert await d.call(3, VERB_TXREAD, b"20", b"try", b"MGET", b"a", b"b") == [b"1", b"2"]
+        assert await d.call(3, VERB_TXREAD, b"20", b"try", b"MGET", b"b", b"c") == [b"2", b"3"]
+        assert await d.call(3, VERB_TXREAD, b"21", b"try", b"MGET", b"c") == ("error", TXBUSY)  # another batch
+        write = d.submit(4, b"SET", b"c", b"new")  # waits for the batch's lock on c
+        assert await d.call(3, VERB_TXREAD, b"20", b"wait", b"EXISTS", b"a", b"c", b"z") == 2
+        await trio.sleep(0.05)
+        assert not d.answered(write)
+        assert d.shard.txn.locks == {b"a": 20, b"b": 20, b"c": 20, b"z": 20}
+        assert await d.call(3, VERB_TXABORT, b"20") is True
+        assert await d.sink.wait_for(write) == b"+OK\r\n"
+        assert d.shard.txn.locks == {} and not d.shard.txn.txns
+    await serving(open_shard(tmp_path / "data"), body)
+
+
 async def test_a_whole_shard_lock_and_a_prepared_flush_survive_a_restart(tmp_path: Path) -> None:
     """A MULTI with FLUSHDB across shards holds the whole shard (`wide`): every
     request waits, not only those on its keys; its prepared FLUSHALL survives a
