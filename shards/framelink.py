@@ -15,6 +15,7 @@ neither holds the loop nor passes through msgpack.
 from __future__ import annotations
 
 import logging
+import mmap
 import socket
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -109,7 +110,10 @@ class FrameReceiver:
         self.sock = sock
         self.handle = handle
         self._buf = bytearray()
-        self._chunk = bytearray(RECV_BYTES)  # reused: a fresh 1 MiB bytes per recv costs an mmap
+        # Reused: a fresh 1 MiB bytes per recv costs an mmap. An anonymous mapping, not a
+        # bytearray (which zeroes, so holds, all its pages): a link that only ever carries
+        # small frames keeps the few pages its reads touched, not 1 MiB per link and process.
+        self._chunk = mmap.mmap(-1, RECV_BYTES)
         self._view = memoryview(self._chunk)
         self._in_large = False  # reading a large message's blobs: its bytes are theirs
 

@@ -1,19 +1,24 @@
 """Which log a shard writes: local segment files (log.Log, the embedded default) or
 records on etcd (log.etcd_log.EtcdLog) with `log-backend = "etcd"`. One home for
 turning the config into a log, used by the shard, the snapshotter and `serve`'s
-start check."""
+start check.
+
+The etcd modules are imported only when a log on etcd is used: they bring etcd3gw and
+requests (~10 MB of code and data), which a tree on local segments never needs, and the
+supervisor, which every process is forked from, would otherwise hold them for all."""
 
 from __future__ import annotations
 
-from typing import cast
+import sys
+from typing import TYPE_CHECKING, cast
 
 from durakv.log import Disk, Log, LogError
-from durakv.log.etcd_client import DEFAULT_REQUEST_TIMEOUT_S, DEFAULT_RETRY_S, EtcdClient, b64, unb64
-from durakv.log.etcd_log import EtcdLog
-from durakv.log.etcd_records import shard_prefix
 from durakv.log.interface import ShardLog
 from durakv.log.layout import log_dir_of
 from durakv.shards.config import Config
+
+if TYPE_CHECKING:
+    from durakv.log.etcd_client import EtcdClient
 
 # serve's start check: how long etcd may take to answer before the start fails.
 ETCD_CHECK_TIMEOUT_S = 3.0
@@ -26,6 +31,8 @@ def uses_etcd(config: Config) -> bool:
 def etcd_client(config: Config, request_timeout_s: float | None = None) -> EtcdClient:
     """A client for the configured etcd; with request_timeout_s, one that gives up after
     that long (serve's start check) instead of retrying for DEFAULT_RETRY_S."""
+    from durakv.log.etcd_client import DEFAULT_REQUEST_TIMEOUT_S, DEFAULT_RETRY_S, EtcdClient
+
     timeout_s = DEFAULT_REQUEST_TIMEOUT_S if request_timeout_s is None else request_timeout_s
     return EtcdClient(config.etcd_endpoints, request_timeout_s=timeout_s,
                       retry_s=DEFAULT_RETRY_S if request_timeout_s is None else request_timeout_s,
@@ -35,6 +42,8 @@ def etcd_client(config: Config, request_timeout_s: float | None = None) -> EtcdC
 
 
 def etcd_shard_prefix(config: Config, shard: int) -> str:
+    from durakv.log.etcd_records import shard_prefix
+
     return shard_prefix(config.etcd_prefix, shard)
 
 
@@ -46,6 +55,8 @@ def open_shard_log(config: Config, index: int, shard_dir: str, disk: Disk, *, ta
         return Log.open(log_dir_of(shard_dir), segment_size_bytes=config.segment_size_bytes,
                         holder=f"shard {index}", disk=disk, lease_duration_ms=config.lease_duration_ms,
                         takeover_wait_ms=takeover_wait_ms)
+    from durakv.log.etcd_log import EtcdLog
+
     log: ShardLog = EtcdLog.open(etcd_client(config), etcd_shard_prefix(config, index),
                                  lease_ttl_s=config.etcd_lease_ttl_s)
     # EtcdLog implements log/interface.py's ShardLog (and the Log attributes the shard reads:
@@ -78,6 +89,8 @@ def etcd_problem(config: Config) -> str:
 
 def record_shard_count(client: EtcdClient, prefix: str, shards: int) -> int:
     """PREFIX/shards: set to `shards` unless present; returns what it holds."""
+    from durakv.log.etcd_client import b64, unb64
+
     key = f"{prefix.rstrip('/')}/shards".encode()
     reply = client.txn([{"key": b64(key), "target": "CREATE", "create_revision": "0", "result": "EQUAL"}],
                        [{"request_put": {"key": b64(key), "value": b64(str(shards).encode())}}],
@@ -89,7 +102,8 @@ def record_shard_count(client: EtcdClient, prefix: str, shards: int) -> int:
 
 def etcd_state(wal: object) -> dict[str, int | str]:
     """INFO persistence's view of a shard log on etcd ({} for local segments)."""
-    if not isinstance(wal, EtcdLog):
+    etcd_log = sys.modules.get("durakv.log.etcd_log")  # not loaded: no log is on etcd
+    if etcd_log is None or not isinstance(wal, etcd_log.EtcdLog):
         return {}
     return {"etcd_epoch": wal.epoch, "etcd_first_seq": wal.first_seq, "etcd_lease_valid": int(wal.lease_valid()),
             "etcd_endpoint": wal.client.current_endpoint}
