@@ -25,7 +25,9 @@ import trio
 
 from durakv.log.layout import shard_log_dir, shard_socket_path
 from durakv.log.lease import LeaseFile
-from durakv.shards.framelink import FrameReceiver, Large, Outbox, Sink, send_all, send_batch, tune_socket
+from durakv.shards.framelink import (
+    SOCKET_BUFFER_BYTES, FrameReceiver, Large, Outbox, Sink, send_all, send_batch, tune_socket,
+)
 from durakv.shards.frames import (
     EVENTS_RID, LARGE_BYTES, RequestTuple, encode_frame, events_decoder, large_reply_decoder, large_request,
     reply_batch_decoder,
@@ -42,6 +44,10 @@ SCRIPT_NONE, SCRIPT_EVAL, SCRIPT_FUNCTION = 0, 1, 2
 # The outcome of a request is unknown: it was handed to a shard that died before
 # replying. Compared by identity; the text only matters if a callback forgets to
 # check, and then it still reads as an error rather than a value.
+# A large reply this big or bigger is streamed to its client (ShardLink._stream_reply);
+# a smaller one is about what the link's socket buffer holds, so it comes in a read or
+# two anyway, and collecting it first measured faster (GET of 1 MiB).
+STREAM_MIN_BYTES = SOCKET_BUFFER_BYTES
 LOST = b"-ERR the shard died with this command in flight; its outcome is unknown\r\n"
 
 
@@ -327,9 +333,11 @@ class ShardLink:
         """FrameReceiver's stream: a large reply whose client waits for nothing before
         it is written to that client piece by piece as the shard sends it, so the
         router neither holds it whole (512 MiB for a GET of a 512 MiB string) nor
-        starts writing only once the shard has finished (issue 11 §4). A reply that
-        something else completes (a merge, an EXEC) or that waits behind earlier
-        replies is collected as before."""
+        starts writing only once the shard has finished (issue 11 §4). A reply below
+        STREAM_MIN_BYTES, one that something else completes (a merge, an EXEC) and one
+        that waits behind earlier replies are collected as before."""
+        if sizes[0] < STREAM_MIN_BYTES:
+            return None
         rid = large_reply_decoder.decode(head)
         if rid == EVENTS_RID:
             return None
