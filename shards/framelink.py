@@ -24,7 +24,7 @@ import msgspec
 import trio
 
 from durakv.shards.frames import (
-    FRAME_HEADER_BYTES, LARGE_FLAG, MAX_FRAME_BYTES, MAX_LARGE_BLOBS, MAX_LARGE_HEAD_BYTES, encode_frame,
+    FRAME_HEADER_BYTES, LARGE_FLAG, MAX_FRAME_BYTES, MAX_LARGE_BLOBS, MAX_LARGE_HEAD_BYTES, Pieces, encode_frame,
     encode_large_head, large_head_decoder,
 )
 
@@ -291,7 +291,11 @@ async def send_batch(sock: socket.socket, batch: list[T], large: list[int],
         await send_all(sock, encode_large_head(head, [len(blob) for blob in blobs]), on_first_byte)
         on_first_byte = None
         for blob in blobs:
-            await send_all(sock, blob)
+            if type(blob) is Pieces:  # one blob from several buffers, none copied
+                for part in blob.parts:
+                    await send_all(sock, part)
+            else:
+                await send_all(sock, blob)
         start = index + 1
     if start < len(batch):
         await send_all(sock, encode_frame(batch[start:]))

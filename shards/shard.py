@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol, cast
 
 import trio
 
@@ -32,7 +32,7 @@ from durakv.shards.engine import replay
 from durakv.shards.evict import EXECABORT_OOM, OOM_MESSAGE, MemoryLimit
 from durakv.shards.oom_flags import OomFlags
 from durakv.shards.frames import (
-    INTERNAL_PREFIX, VERB_AS_USER, VERB_EXEC, VERB_LITERAL, encode_internal,
+    INTERNAL_PREFIX, LARGE_BYTES, VERB_AS_USER, VERB_EXEC, VERB_LITERAL, Pieces, encode_internal,
 )
 from durakv.shards.hazards import HazardTracker, HeldReplies, ReplySink
 from durakv.shards.blocking import Block, BlockedClients, Waiter
@@ -236,6 +236,7 @@ class Shard(GroupCommit):
         next_seq = self.wal.tail_seq + 1
         hold_writes = not self.async_mode or self._async_window_exceeded()
         durable_seq = self.hazards.durable_seq
+        pieces = getattr(conn, "takes_pieces", False)  # a router link: big bulk replies uncopied (frames.Pieces)
         now_out = []
         held_out = []  # replies waiting for this batch's own record, held as one list
         for req in requests:
@@ -261,7 +262,7 @@ class Shard(GroupCommit):
                     data, wait = self._exec_transaction(argv, req.cid, req.proto, next_seq, hold_writes)
             else:
                 db.frozen_ms = time.time_ns() // 1_000_000
-                data, wait = self._execute(argv, req.cid, req.proto, next_seq, hold_writes)
+                data, wait = self._execute(argv, req.cid, req.proto, next_seq, hold_writes, pieces)
                 if type(data) is Block:
                     self._park(Waiter(conn, req.rid, req.cid, req.proto, argv, data))
                     continue
@@ -298,7 +299,7 @@ class Shard(GroupCommit):
                 self.publish_events(events)
 
     def _execute(self, argv: list[bytes], cid: int, proto: int, next_seq: int,
-                 hold_writes: bool) -> tuple[bytes, int]:
+                 hold_writes: bool, pieces: bool = False) -> tuple[bytes, int]:
         """Run one command: its encoded reply and the seq the reply must wait for."""
         ctx = self.ctx
         effects = self.db.effects
@@ -320,7 +321,10 @@ class Shard(GroupCommit):
             result = cmd.handler(ctx, argv)
             if type(result) is Block:
                 return result, 0
-            data = encode(result, proto) if proto else encode_internal(True, result)
+            if pieces and type(result) is bytes and len(result) >= LARGE_BYTES and proto:
+                data = cast(bytes, Pieces(result))  # goes where replies go, to a router link only
+            else:
+                data = encode(result, proto) if proto else encode_internal(True, result)
         except ReplyError as e:
             data = encode_error(e.message) if proto else encode_internal(False, e.message)
             if refused:

@@ -303,3 +303,29 @@ def test_router_streams_a_large_reply_to_a_reading_client(server_factory):
     thread.join(timeout=60)
     assert popped == [(b"{a}list", value)]
     assert waiter.get("{b}small") == b"s"  # the blocked client goes on after its large reply
+
+
+def test_shard_sends_a_big_bulk_reply_without_copying_it(server_factory):
+    """A GET of a big string through the router leaves the shard as the value's own
+    buffer behind a header (frames.Pieces), not as an encoded copy: the shard's peak
+    memory grows by well under the value's size (a copy is one size)."""
+    srv = server_factory(shards=2)
+    r = redis.Redis(port=srv.port)
+    size_bytes = 32 * MIB
+    value = os.urandom(size_bytes)
+    assert r.set("{a}big", value)  # bytes (an APPENDed value is a bytearray, copied as a reply: it may change)
+    pids = [srv.child_pid("shard", i) for i in range(2)]
+    for pid in pids:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+    before = {pid: vm_hwm_bytes(pid) for pid in pids}
+    for _ in range(3):
+        assert r.get("{a}big") == value
+    growth = max(vm_hwm_bytes(pid) - before[pid] for pid in pids)
+    print(f"shard peak memory growth for GETs of a {size_bytes} byte value: {growth} bytes")
+    assert growth < 0.5 * size_bytes, f"shard peak grew {growth} bytes for a {size_bytes} byte reply"
+    r3 = redis.Redis(port=srv.port, protocol=3)
+    assert r3.get("{a}big") == value
+    tx = r.pipeline(transaction=True)
+    tx.get("{a}big").strlen("{a}big")
+    assert tx.execute() == [value, size_bytes]  # EXEC's reply is encoded whole, as before
