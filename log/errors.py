@@ -85,3 +85,13 @@ class LogClosed(LogError):
 
 class RecordsDropped(LogError):
     """The requested records were dropped (covered by a snapshot) and are gone."""
+
+
+class EtcdUnavailable(LogError):
+    """No etcd endpoint answered within the retry window (log/etcd_client.py). Here, not
+    there, so that catching it does not import the etcd client: a tree on local segments
+    never loads etcd3gw and requests (~10 MB in every process)."""
+
+
+class EtcdRequestFailed(LogError):
+    """etcd refused a request (too large, too many operations, bad argument): retrying cannot help."""

@@ -27,7 +27,7 @@ import etcd3gw
 import requests
 from etcd3gw import exceptions as etcd_errors
 
-from .errors import LogError
+from .errors import EtcdRequestFailed, EtcdUnavailable
 
 logger = logging.getLogger("durakv.log")
 
@@ -39,14 +39,6 @@ _TOKEN_EXPIRED = "invalid auth token"
 # etcd answers these while it elects a leader or cannot reach a quorum: worth another member.
 _TRANSIENT = (etcd_errors.ConnectionFailedError, etcd_errors.ConnectionTimeoutError,
               etcd_errors.InternalServerError)
-
-
-class EtcdUnavailable(LogError):
-    """No endpoint answered within the retry window."""
-
-
-class EtcdRequestFailed(LogError):
-    """etcd refused a request (too large, too many operations, bad argument): retrying cannot help."""
 
 
 def b64(data: bytes) -> str:

@@ -357,7 +357,7 @@ def shard_main(config: Config, index: int, listener: ClientListeners,
     DIR/shard-NNN/FAILED for the router and ends the process with EXIT_PERMANENT, so
     it is reported rather than restarted in a loop."""
     from durakv.log import LeaseLost, LogCorrupt, LogError, LogLocked
-    from durakv.log.etcd_client import EtcdUnavailable
+    from durakv.log.errors import EtcdUnavailable
     from durakv.server.node import node_port
     from durakv.server.proctitle import set_title
     from durakv.shards import failure

@@ -645,6 +645,42 @@ class Client:
         self._drop_sent(sent)
         self.check_output_limits()
 
+    def write_piece(self, piece: memoryview) -> None:
+        """A piece of the large reply at the head of the queue, as its shard sends it
+        (server/links.py `_stream_reply`): written at once; what the socket does not
+        take is copied into outbuf, as piece is the link's reused read buffer."""
+        if self.closed:
+            return
+        size = len(piece)
+        if self.outbuf:
+            self.outbuf.append(bytes(piece))
+            self.outbuf_bytes += size
+        else:
+            try:
+                sent = self.sock.send(piece)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self.kill()
+                return
+            self.router.stats_net_output_bytes += sent
+            if sent == size:
+                return
+            self.outbuf.append(bytes(piece[sent:]))
+            self.outbuf_bytes += size - sent
+        self.check_output_limits()
+        self._update_interest()
+
+    def end_stream(self, pending) -> None:
+        """The large reply write_piece wrote is complete: the replies after it may go."""
+        pending.data = b""  # complete (a blocked command's reply is looked at so)
+        if self.closed:
+            return
+        replies = self.replies
+        assert replies and replies[0] is pending, "a streamed reply left the head of its client's queue"
+        replies.popleft()
+        self.flush()
+
     def check_output_limits(self) -> None:
         """Redis' client-output-buffer-limit: for normal clients (default 0 0 0:
         none; backpressure already bounds what a client can pile up), and for a

@@ -20,11 +20,14 @@ import socket
 import time
 from typing import Callable
 
+import msgspec
 import trio
 
 from durakv.log.layout import shard_log_dir, shard_socket_path
 from durakv.log.lease import LeaseFile
-from durakv.shards.framelink import FrameReceiver, Large, Outbox, send_all, send_batch, tune_socket
+from durakv.shards.framelink import (
+    SOCKET_BUFFER_BYTES, FrameReceiver, Large, Outbox, Sink, send_all, send_batch, tune_socket,
+)
 from durakv.shards.frames import (
     EVENTS_RID, LARGE_BYTES, RequestTuple, encode_frame, events_decoder, large_reply_decoder, large_request,
     reply_batch_decoder,
@@ -41,6 +44,10 @@ SCRIPT_NONE, SCRIPT_EVAL, SCRIPT_FUNCTION = 0, 1, 2
 # The outcome of a request is unknown: it was handed to a shard that died before
 # replying. Compared by identity; the text only matters if a callback forgets to
 # check, and then it still reads as an error rather than a value.
+# A large reply this big or bigger is streamed to its client (ShardLink._stream_reply);
+# a smaller one is about what the link's socket buffer holds, so it comes in a read or
+# two anyway, and collecting it first measured faster (GET of 1 MiB).
+STREAM_MIN_BYTES = SOCKET_BUFFER_BYTES
 LOST = b"-ERR the shard died with this command in flight; its outcome is unknown\r\n"
 
 
@@ -279,7 +286,7 @@ class ShardLink:
         sock = self.sock
         assert sock is not None, "receiver started before the link connected"
         try:
-            await FrameReceiver(sock, self._on_frames, views=True).run()
+            await FrameReceiver(sock, self._on_frames, self._stream_reply, views=True).run()
         except (OSError, ValueError) as e:
             logger.warning("router: shard %d link error: %s", self.index, e)
 
@@ -314,8 +321,32 @@ class ShardLink:
                     continue
                 if scripts and scripts.pop(rid, None) is not None:
                     router.scripts_in_flight -= 1
-                in_flight.pop(rid).fill(item.blobs[0])
+                pending = in_flight.pop(rid)
+                if item.blobs:
+                    pending.fill(item.blobs[0])
+                else:  # streamed to its client as it came (_stream_reply)
+                    pending.client.end_stream(pending)
         router.flush_ready_clients()
+
+    def _stream_reply(self, head: msgspec.Raw, sizes: list[int]) -> Sink | None:
+        """FrameReceiver's stream: a large reply whose client waits for nothing before
+        it is written to that client piece by piece as the shard sends it, so the
+        router neither holds it whole (512 MiB for a GET of a 512 MiB string) nor
+        starts writing only once the shard has finished (issue 11 §4). A reply below
+        STREAM_MIN_BYTES, one that something else completes (a merge, an EXEC) and one
+        that waits behind earlier replies are collected as before."""
+        if sizes[0] < STREAM_MIN_BYTES:
+            return None
+        rid = large_reply_decoder.decode(head)
+        if rid == EVENTS_RID:
+            return None
+        pending = self._pending.get(rid)
+        if pending is None or type(pending) is not Pending or pending.on_fill is not None:
+            return None
+        client = pending.client
+        if client.closed or not client.replies or client.replies[0] is not pending:
+            return None
+        return client.write_piece
 
 
 class LeaseWatch:

@@ -63,6 +63,11 @@ CRASH_LOOP_WINDOW_S = 60.0
 NOT_RESTARTED = (EXIT_PERMANENT, EXIT_USAGE)
 NOTIFY_MESSAGE_MAX_BYTES = 4096
 UCRED = struct.Struct("iII")  # pid, uid, gid
+# What the supervisor imports before it forks its children. Every page of it counts in
+# the RSS of each process of the tree, so what only some configurations need (the etcd
+# client, boto3) is imported where it is used (tests/test_process_memory.py).
+PRELOADED_MODULES = ("durakv.shards.process", "durakv.snapshotter.shard_hooks", "durakv.server.node",
+                     "durakv.server.router")
 
 
 class Child:
@@ -279,8 +284,7 @@ class Supervisor:
             failure.clear(config.data_dir, i)
         # Imported once here, so that every forked shard and router starts with them
         # loaded, and frozen, so that no child's collector writes to (and copies) their pages.
-        for module in ("durakv.shards.process", "durakv.snapshotter.shard_hooks", "durakv.server.node",
-                       "durakv.server.router"):
+        for module in PRELOADED_MODULES:
             importlib.import_module(module)
         gc.freeze()
         self._make_children()

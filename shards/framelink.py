@@ -15,6 +15,7 @@ neither holds the loop nor passes through msgpack.
 from __future__ import annotations
 
 import logging
+import mmap
 import socket
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -23,7 +24,7 @@ import msgspec
 import trio
 
 from durakv.shards.frames import (
-    FRAME_HEADER_BYTES, LARGE_FLAG, MAX_FRAME_BYTES, MAX_LARGE_BLOBS, MAX_LARGE_HEAD_BYTES, encode_frame,
+    FRAME_HEADER_BYTES, LARGE_FLAG, MAX_FRAME_BYTES, MAX_LARGE_BLOBS, MAX_LARGE_HEAD_BYTES, Pieces, encode_frame,
     encode_large_head, large_head_decoder,
 )
 
@@ -37,7 +38,8 @@ T = TypeVar("T")
 
 class Large:
     """A large message as received: its msgpack head (what the sender put in
-    place of the blobs) and the blobs, each in its own buffer."""
+    place of the blobs) and the blobs, each in its own buffer (none: its one blob
+    went to a stream's sink, FrameReceiver)."""
 
     __slots__ = ("head", "blobs")
 
@@ -99,23 +101,39 @@ class Outbox(Generic[T]):
         self._wake = trio.Event()
 
 
+# stream(head, blob sizes) when a large message of one blob begins: a sink that takes its
+# bytes piece by piece as they arrive, or None to collect the blob as usual.
+Sink = Callable[[memoryview], None]
+Stream = Callable[[msgspec.Raw, list[int]], "Sink | None"]
+
+
 class FrameReceiver:
     """Reads frames from a link socket until it ends. `handle(items)` gets, for each
-    read, the frames it completed in order: a frame body (bytes) or a Large."""
+    read, the frames it completed in order: a frame body (bytes) or a Large.
 
-    __slots__ = ("sock", "handle", "views", "_buf", "_chunk", "_view", "_in_large")
+    With `stream`, a large message of one blob may instead be passed on as it arrives
+    (the router writes a big reply to its client while the shard is still sending it,
+    rather than after holding all of it): its pieces go to the sink `stream` returned,
+    each a view of the reused read buffer, valid only during the call, and the Large
+    handed to `handle` once it is complete has no blobs."""
+
+    __slots__ = ("sock", "handle", "stream", "views", "_buf", "_chunk", "_view", "_in_large")
 
     def __init__(self, sock: socket.socket, handle: Callable[[list[bytes | Large]], None],
-                 views: bool = False) -> None:
+                 stream: Stream | None = None, views: bool = False) -> None:
         """views: hand ordinary frames over as memoryviews into the receive buffer, valid
         only during handle() (no copy of each frame body: a router's shard link carries
         every reply). Only for a handle that decodes them at once and never reads the
         socket itself (read_ready, which a busy script on a shard calls, changes the buffer)."""
         self.sock = sock
         self.handle = handle
+        self.stream = stream
         self.views = views
         self._buf = bytearray()
-        self._chunk = bytearray(RECV_BYTES)  # reused: a fresh 1 MiB bytes per recv costs an mmap
+        # Reused: a fresh 1 MiB bytes per recv costs an mmap. An anonymous mapping, not a
+        # bytearray (which zeroes, so holds, all its pages): a link that only ever carries
+        # small frames keeps the few pages its reads touched, not 1 MiB per link and process.
+        self._chunk = mmap.mmap(-1, RECV_BYTES)
         self._view = memoryview(self._chunk)
         self._in_large = False  # reading a large message's blobs: its bytes are theirs
 
@@ -210,9 +228,28 @@ class FrameReceiver:
         if not 0 < len(sizes) <= MAX_LARGE_BLOBS or not all(0 <= s <= MAX_FRAME_BYTES for s in sizes):
             raise ValueError(f"large frame with blob sizes {sizes[:8]}")
         del buf[:head_end]
-        blobs = []
         chunk = self._chunk
         view = self._view
+        sink = self.stream(head, sizes) if self.stream is not None and len(sizes) == 1 else None
+        if sink is not None:
+            remaining = sizes[0]
+            if buf:
+                taken = bytes(buf[:remaining])  # a copy of what one read brought: the buffer must stay resizable
+                del buf[:len(taken)]
+                remaining -= len(taken)
+                sink(memoryview(taken))
+            while remaining:
+                await trio.lowlevel.wait_readable(self.sock)
+                try:
+                    got = self.sock.recv_into(chunk, min(len(chunk), remaining))
+                except BlockingIOError:
+                    continue
+                if not got:
+                    raise ValueError(f"link closed {remaining} bytes before the end of a large message")
+                remaining -= got
+                sink(view[:got])
+            return Large(head, [])
+        blobs = []
         for size in sizes:
             # Grown piece by piece, not preallocated: bytearray(size) would zero
             # every page of it at once, holding the loop.
@@ -285,7 +322,11 @@ async def send_batch(sock: socket.socket, batch: list[T], large: list[int],
         await send_all(sock, encode_large_head(head, [len(blob) for blob in blobs]), on_first_byte)
         on_first_byte = None
         for blob in blobs:
-            await send_all(sock, blob)
+            if type(blob) is Pieces:  # one blob from several buffers, none copied
+                for part in blob.parts:
+                    await send_all(sock, part)
+            else:
+                await send_all(sock, blob)
         start = index + 1
     if start < len(batch):
         await send_all(sock, encode_frame(batch[start:]))

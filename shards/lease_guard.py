@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 import trio
 
 from durakv.log import LeaseLost, Log
-from durakv.log.etcd_log import EtcdLog
 from durakv.log.writer import Lease
 from durakv.shards import internal
 from durakv.shards.exit_codes import EXIT_DEPOSED
@@ -29,6 +28,7 @@ from durakv.shards.resp import encode_error
 from durakv.shards.txn import TXN_VERBS
 
 if TYPE_CHECKING:
+    from durakv.log.etcd_log import EtcdLog
     from durakv.shards.shard import Shard
 
 logger = logging.getLogger("durakv.shard")

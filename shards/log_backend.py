@@ -1,22 +1,28 @@
 """Which log a shard writes: local segment files (log.Log, the embedded default) or
 records on etcd (log.etcd_log.EtcdLog) with `log-backend = "etcd"`. One home for
 turning the config into a log, used by the shard, the snapshotter and `serve`'s
-start check."""
+start check.
+
+The etcd modules are imported only when a log on etcd is used: they bring etcd3gw and
+requests (~10 MB of code and data), which a tree on local segments never needs, and the
+supervisor, which every process is forked from, would otherwise hold them for all."""
 
 from __future__ import annotations
 
 import os
-from typing import cast
+import sys
+from typing import TYPE_CHECKING, TypeGuard, cast
 
 from durakv.log import Disk, Log, LogError
-from durakv.log.etcd_client import DEFAULT_REQUEST_TIMEOUT_S, DEFAULT_RETRY_S, EtcdClient, b64, unb64
-from durakv.log.etcd_log import EtcdLease, EtcdLog
-from durakv.log.etcd_records import shard_prefix
 from durakv.log.interface import ShardLog
 from durakv.log.layout import log_dir_of
 from durakv.log.lease import LeaseFile
 from durakv.log.writer import Lease
 from durakv.shards.config import Config
+
+if TYPE_CHECKING:
+    from durakv.log.etcd_client import EtcdClient
+    from durakv.log.etcd_log import EtcdLease, EtcdLog
 
 # serve's start check: how long etcd may take to answer before the start fails.
 ETCD_CHECK_TIMEOUT_S = 3.0
@@ -29,6 +35,8 @@ def uses_etcd(config: Config) -> bool:
 def etcd_client(config: Config, request_timeout_s: float | None = None) -> EtcdClient:
     """A client for the configured etcd; with request_timeout_s, one that gives up after
     that long (serve's start check) instead of retrying for DEFAULT_RETRY_S."""
+    from durakv.log.etcd_client import DEFAULT_REQUEST_TIMEOUT_S, DEFAULT_RETRY_S, EtcdClient
+
     timeout_s = DEFAULT_REQUEST_TIMEOUT_S if request_timeout_s is None else request_timeout_s
     return EtcdClient(config.etcd_endpoints, request_timeout_s=timeout_s,
                       retry_s=DEFAULT_RETRY_S if request_timeout_s is None else request_timeout_s,
@@ -38,6 +46,8 @@ def etcd_client(config: Config, request_timeout_s: float | None = None) -> EtcdC
 
 
 def etcd_shard_prefix(config: Config, shard: int) -> str:
+    from durakv.log.etcd_records import shard_prefix
+
     return shard_prefix(config.etcd_prefix, shard)
 
 
@@ -52,6 +62,8 @@ def open_shard_log(config: Config, index: int, shard_dir: str, disk: Disk, *, ta
                         holder=f"shard {index}", disk=disk, lease_duration_ms=config.lease_duration_ms,
                         takeover_wait_ms=takeover_wait_ms, read_through_seq=read_through_seq,
                         next_record_at=next_record_at)
+    from durakv.log.etcd_log import EtcdLog
+
     etcd_log = EtcdLog.open(etcd_client(config), etcd_shard_prefix(config, index),
                             lease_ttl_s=config.etcd_lease_ttl_s)
     if config.replicas:
@@ -97,7 +109,7 @@ def take_shard_lease(config: Config, wal: Log, holder: str) -> Lease | EtcdLease
     The shard campaigns before it reads the log (Shard.open_log), so what another writer
     appended meanwhile is read too. On a node (node-id set) a shard whose leader key
     another node holds stands by until it is free: that node serves the shard meanwhile."""
-    if not isinstance(wal, EtcdLog):
+    if not is_etcd_log(wal):
         return wal.take_lease(holder)
     return wal.take_lease(holder, take_over=False, depose_dead=True, reread=True,
                           wait_s=None if config.node_id else config.etcd_lease_ttl_s * CAMPAIGN_WAIT_TTLS)
@@ -127,6 +139,8 @@ def etcd_problem(config: Config) -> str:
 
 def record_shard_count(client: EtcdClient, prefix: str, shards: int) -> int:
     """PREFIX/shards: set to `shards` unless present; returns what it holds."""
+    from durakv.log.etcd_client import b64, unb64
+
     key = f"{prefix.rstrip('/')}/shards".encode()
     reply = client.txn([{"key": b64(key), "target": "CREATE", "create_revision": "0", "result": "EQUAL"}],
                        [{"request_put": {"key": b64(key), "value": b64(str(shards).encode())}}],
@@ -136,9 +150,16 @@ def record_shard_count(client: EtcdClient, prefix: str, shards: int) -> int:
     return int(unb64(reply["responses"][0]["response_range"]["kvs"][0]["value"]))
 
 
+def is_etcd_log(wal: object) -> TypeGuard[EtcdLog]:
+    """Whether wal is a log on etcd, without importing the etcd modules (not loaded:
+    no log is on etcd)."""
+    etcd_log = sys.modules.get("durakv.log.etcd_log")
+    return etcd_log is not None and isinstance(wal, etcd_log.EtcdLog)
+
+
 def etcd_state(wal: object) -> dict[str, int | str]:
     """INFO persistence's view of a shard log on etcd ({} for local segments)."""
-    if not isinstance(wal, EtcdLog):
+    if not is_etcd_log(wal):
         return {}
     return {"etcd_epoch": wal.epoch, "etcd_first_seq": wal.first_seq, "etcd_lease_valid": int(wal.lease_valid()),
             "etcd_endpoint": wal.client.current_endpoint}

@@ -45,6 +45,7 @@ class RouterConn:
     writer task, which also finishes a frame the socket did not take whole."""
 
     __slots__ = ("sock", "outbox", "receiver", "sending", "deferred", "_carry")
+    takes_pieces = True  # a big bulk reply may come as frames.Pieces: send_batch writes its parts
 
     def __init__(self, sock: socket.socket, receiver: FrameReceiver) -> None:
         self.sock = sock

@@ -37,24 +37,26 @@ import logging
 import os
 import signal
 import time
-from typing import Any, Awaitable, NamedTuple
+from typing import TYPE_CHECKING, Any, Awaitable, NamedTuple
 
 import trio
 
 from durakv.log import LeaseLost, LogLocked, RecordsDropped
-from durakv.log.etcd_client import EtcdUnavailable
+from durakv.log.errors import EtcdUnavailable
 from durakv.log.follow import Follower
 from durakv.log.layout import log_dir_of, replica_bootstrap_dir
 from durakv.log.manifest import MANIFEST_NAME, load_manifest
 from durakv.shards import sdnotify
 from durakv.shards.config import Config, replica_port
 from durakv.shards.exit_codes import EXIT_NOT_PROMOTED
-from durakv.shards.etcd_replica import EtcdFollow
 from durakv.shards.hazards import HazardTracker
 from durakv.shards.log_backend import uses_etcd
 from durakv.shards.process import ClientPort, serve_primary
 from durakv.shards.replica_board import STATE_LOADING, STATE_ONLINE, ReplicaBoard
 from durakv.shards.shard import Shard, SnapshotHooks
+
+if TYPE_CHECKING:
+    from durakv.shards.etcd_replica import EtcdFollow
 
 logger = logging.getLogger("durakv.replica")
 
@@ -105,7 +107,11 @@ class Replica:
         self.port = replica_port(shard.config, shard.index, number)
         self.log_dir = log_dir_of(shard.dir)
         # On etcd: the follower and the watch that feeds this replica (shards/etcd_replica.py).
-        self.etcd = EtcdFollow(shard.config, shard.index) if uses_etcd(shard.config) else None
+        self.etcd: EtcdFollow | None = None
+        if uses_etcd(shard.config):
+            from durakv.shards.etcd_replica import EtcdFollow
+
+            self.etcd = EtcdFollow(shard.config, shard.index)
         self.follower = self.etcd.follower if self.etcd is not None else Follower(self.log_dir)
         self.board = ReplicaBoard(shard.config.data_dir, shard.index)
         self.applied_seq = 0

@@ -15,13 +15,12 @@ import logging
 import os
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol, cast
 
 import trio
 
 import durakv.shards.commands  # noqa: F401  (registers every shard command)
 from durakv.log import Log
-from durakv.log.etcd_log import EtcdLog
 from durakv.log.layout import shard_dir
 from durakv.shards import internal
 from durakv.shards.acl import MAX_SCRIPT_DENIALS, user_from_rules, with_denials
@@ -33,13 +32,13 @@ from durakv.shards.engine import replay
 from durakv.shards.evict import EXECABORT_OOM, OOM_MESSAGE, MemoryLimit
 from durakv.shards.oom_flags import OomFlags
 from durakv.shards.frames import (
-    INTERNAL_PREFIX, VERB_AS_USER, VERB_EXEC, VERB_LITERAL, encode_internal,
+    INTERNAL_PREFIX, LARGE_BYTES, VERB_AS_USER, VERB_EXEC, VERB_LITERAL, Pieces, encode_internal,
 )
 from durakv.shards.hazards import HazardTracker, HeldReplies, ReplySink
 from durakv.shards.blocking import Block, BlockedClients, Waiter
 from durakv.shards.access import Lfu
 from durakv.shards.keyspace import Keyspace, now_ms
-from durakv.shards.log_backend import open_shard_log, take_shard_lease, uses_etcd
+from durakv.shards.log_backend import is_etcd_log, open_shard_log, take_shard_lease, uses_etcd
 from durakv.shards.records import RecordClock, decode_record
 from durakv.shards.resp import NULL_ARRAY, ReplyError, encode, encode_error
 from durakv.shards.shard_settings import SHARD_DEFAULTS
@@ -178,7 +177,7 @@ class Shard(GroupCommit):
         self.wal = open_shard_log(self.config, self.index, self.dir, disk, takeover_wait_ms=takeover_wait_ms,
                                   read_through_seq=base_seq or 0, next_record_at=next_record_at)
         holder = f"shard-{self.index} pid {os.getpid()}"
-        if isinstance(self.wal, EtcdLog):   # campaign first: then the log read below is all of it
+        if is_etcd_log(self.wal):   # campaign first: then the log read below is all of it
             self.lease = take_shard_lease(self.config, self.wal, holder)
         truncated = self.wal.recovery.truncated_bytes
         if truncated:
@@ -202,7 +201,7 @@ class Shard(GroupCommit):
         self.txn.lock_in_doubt()
         tail = self.wal.tail_seq
         self.hazards = HazardTracker(tail)
-        if isinstance(self.wal, EtcdLog):
+        if is_etcd_log(self.wal):
             self.lease_guard = EtcdLeaseGuard(self.wal, self.config.etcd_lease_margin_ms)
         else:
             self.lease = take_shard_lease(self.config, self.wal, holder)
@@ -255,6 +254,7 @@ class Shard(GroupCommit):
         next_seq = self.wal.tail_seq + 1
         hold_writes = not self.async_mode or self._async_window_exceeded()
         durable_seq = self.hazards.durable_seq
+        pieces = getattr(conn, "takes_pieces", False)  # a router link: big bulk replies uncopied (frames.Pieces)
         now_out = []
         held_out = []  # replies waiting for this batch's own record, held as one list
         for req in requests:
@@ -280,7 +280,7 @@ class Shard(GroupCommit):
                     data, wait = self._exec_transaction(argv, req.cid, req.proto, next_seq, hold_writes)
             else:
                 db.frozen_ms = time.time_ns() // 1_000_000
-                data, wait = self._execute(argv, req.cid, req.proto, next_seq, hold_writes)
+                data, wait = self._execute(argv, req.cid, req.proto, next_seq, hold_writes, pieces)
                 if type(data) is Block:
                     self._park(Waiter(conn, req.rid, req.cid, req.proto, argv, data))
                     continue
@@ -317,7 +317,7 @@ class Shard(GroupCommit):
                 self.publish_events(events)
 
     def _execute(self, argv: list[bytes], cid: int, proto: int, next_seq: int,
-                 hold_writes: bool) -> tuple[bytes, int]:
+                 hold_writes: bool, pieces: bool = False) -> tuple[bytes, int]:
         """Run one command: its encoded reply and the seq the reply must wait for."""
         ctx = self.ctx
         effects = self.db.effects
@@ -342,7 +342,10 @@ class Shard(GroupCommit):
             result = cmd.handler(ctx, argv)
             if type(result) is Block:
                 return result, 0
-            data = encode(result, proto) if proto else encode_internal(True, result)
+            if pieces and type(result) is bytes and len(result) >= LARGE_BYTES and proto:
+                data = cast(bytes, Pieces(result))  # goes where replies go, to a router link only
+            else:
+                data = encode(result, proto) if proto else encode_internal(True, result)
         except ReplyError as e:
             data = encode_error(e.message) if proto else encode_internal(False, e.message)
             if refused:

@@ -10,15 +10,16 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import durakv.log as wal
-from durakv.log.etcd_client import EtcdClient
-from durakv.log.etcd_records import first_seq, last_seq, read, shard_prefix
 from durakv.log.layout import log_dir_of
 from durakv.log.manifest import list_segments
 from durakv.snapshotter.local import shard_dir_of
 from durakv.snapshotter.logtail import durable_tail, log_first_seq
+
+if TYPE_CHECKING:
+    from durakv.log.etcd_client import EtcdClient
 
 logger = logging.getLogger("durakv.snapshotter")
 
@@ -61,30 +62,34 @@ class LocalLogSource:
 
 class EtcdLogSource:
     """The records under PREFIX/shard-NNN/log/ on etcd. Every record etcd shows is
-    durable, so the tail is simply the last key."""
+    durable, so the tail is simply the last key. (The etcd modules load with the first
+    EtcdLogSource: a tree on local segments never imports them.)"""
 
     archives = False  # etcd holds the log, replicated; the store gets snapshots only
 
     def __init__(self, client: EtcdClient, prefix: str) -> None:
+        from durakv.log import etcd_records
+
+        self.records = etcd_records
         self.client = client
         self.prefix = prefix
         self._lock = threading.Lock()
         self._counted: dict[int, tuple[int, int]] = {}  # shard -> (last seq counted, bytes counted)
 
     def _prefix(self, shard: int) -> str:
-        return shard_prefix(self.prefix, shard)
+        return self.records.shard_prefix(self.prefix, shard)
 
     def present(self, shard: int) -> bool:
         return True
 
     def durable_tail(self, shard: int) -> int:
-        return last_seq(self.client, self._prefix(shard))
+        return self.records.last_seq(self.client, self._prefix(shard))
 
     def first_seq(self, shard: int) -> int:
-        return first_seq(self.client, self._prefix(shard))
+        return self.records.first_seq(self.client, self._prefix(shard))
 
     def read(self, shard: int, from_seq: int, through_seq: int) -> Iterator[tuple[int, int, bytes]]:
-        return read(self.client, self._prefix(shard), from_seq, through_seq=through_seq)
+        return self.records.read(self.client, self._prefix(shard), from_seq, through_seq=through_seq)
 
     def sizes(self, shard: int) -> dict[int, int]:
         """{0: payload bytes of every record counted so far}: a count that only grows
@@ -95,7 +100,7 @@ class EtcdLogSource:
             for _attempt in range(SIZE_READ_ATTEMPTS):
                 start = max(counted_seq + 1, self.first_seq(shard))
                 try:
-                    for seq, _epoch, payload in read(self.client, self._prefix(shard), start):
+                    for seq, _epoch, payload in self.records.read(self.client, self._prefix(shard), start):
                         counted_seq, counted_bytes = seq, counted_bytes + len(payload)
                     break
                 except wal.RecordsDropped:  # the shard dropped records meanwhile: start after them

@@ -125,3 +125,37 @@ def test_access_stamps_and_index_cost_few_bytes_per_key():
     print(f"bookkeeping: {per_key:.1f} bytes/key")
     assert per_key <= BOOKKEEPING_MAX_BYTES_PER_KEY
     assert call(ctx, "OBJECT", "IDLETIME", keys[0]) == 0
+
+
+VOLATILE_KEYS = 20_000
+TUPLE_BLOCK_BYTES = 64  # a (deadline, key) tuple's pymalloc block
+
+
+def test_expiry_heap_compaction_makes_no_new_entries():
+    """The expiry heap drops the entries of keys no longer volatile when it passes
+    twice their number, in place: the live entries are kept, not made afresh, so
+    compaction needs a list of pointers, not a tuple per volatile key on top of
+    the old ones (a peak that stayed in the RSS under volatile-* eviction, issue 13)."""
+    db = Keyspace()
+    keys = [b"v:%d" % i for i in range(3 * VOLATILE_KEYS)]  # two in three deleted: past the slack
+    for i, key in enumerate(keys):
+        db.put(key, b"v")
+        db.set_expire(key, 10**13 + i)
+    live = keys[:VOLATILE_KEYS]
+    for key in keys[VOLATILE_KEYS:]:
+        db.delete(key)  # their heap entries stay until a compaction
+    entries = {entry[1]: entry for entry in db.expiry_entries()}
+    extra = b"v:extra"
+    db.put(extra, b"v")
+    tracemalloc.start()
+    try:
+        db.set_expire(extra, 10**13)  # the heap passes twice the volatile keys: compacted
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    heap = db.expiry_entries()
+    assert len(heap) == VOLATILE_KEYS + 1
+    assert all(entries[key] is entry for entry in heap if (key := entry[1]) != extra), "entries made afresh"
+    assert sorted(key for _, key in heap) == sorted(live + [extra])
+    print(f"compaction of {len(keys)} entries to {len(heap)}: peak {peak} bytes")
+    assert peak < VOLATILE_KEYS * TUPLE_BLOCK_BYTES / 2

@@ -201,3 +201,131 @@ def test_request_parser_fills_big_arguments_in_place():
         assert [[bytes(a) for a in argv] for argv in got] == requests
         assert all(type(a) is bytearray for argv in got for a in argv[1:] if len(a) >= max(min_bytes, 1000))
         assert parser.buffered_bytes() == 0
+
+
+def test_frame_receiver_streams_a_large_blob_to_a_sink_as_it_arrives():
+    """Unit level: with a stream hook, a large message's blob goes to the sink in
+    pieces while the sender is still halfway through it; the frames around it keep
+    their order and the Large handed on afterwards carries no blob."""
+
+    async def main() -> None:
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.setblocking(False)
+        blob = os.urandom(3 * LARGE_BYTES)
+        got: list = []
+        streamed = bytearray()
+        heads: list = []
+
+        def handle(items: list) -> None:
+            for item in items:
+                if type(item) is Large:
+                    got.append((large_reply_decoder.decode(item.head), item.blobs))
+                else:
+                    got.extend(reply_batch_decoder.decode(item))
+
+        def stream(head, sizes: list[int]):
+            heads.append((large_reply_decoder.decode(head), sizes))
+            return streamed.extend  # copies the piece: it is the receiver's reused buffer
+
+        gate = threading.Event()
+
+        class Halting:
+            def __init__(self, sock: socket.socket) -> None:
+                self.sock = sock
+                self.sent = 0
+
+            def send(self, data) -> int:
+                if self.sent > 2 * LARGE_BYTES and not gate.is_set():
+                    raise BlockingIOError
+                n = self.sock.send(data)
+                self.sent += n
+                return n
+
+            def fileno(self) -> int:
+                return self.sock.fileno()
+
+        async def sender() -> None:
+            batch = [(1, b"+first\r\n"), (2, blob), (3, b"+last\r\n")]
+            halting = Halting(a)
+            async with trio.open_nursery() as inner:
+                inner.start_soon(send_batch, halting, batch, [1], large_reply)
+                with trio.fail_after(10):
+                    while len(streamed) < LARGE_BYTES:  # pieces of an unfinished blob arrive
+                        await trio.sleep(0.01)
+                assert heads == [(2, [len(blob)])]
+                assert got == [(1, b"+first\r\n")], "the large reply is not complete yet"
+                gate.set()
+            a.shutdown(socket.SHUT_WR)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sender)
+            await FrameReceiver(b, handle, stream).run()
+        assert got == [(1, b"+first\r\n"), (2, []), (3, b"+last\r\n")]
+        assert streamed == blob
+        a.close()
+        b.close()
+
+    trio.run(main)
+
+
+def test_router_streams_a_large_reply_to_a_reading_client(server_factory):
+    """Through the router, a large reply goes to a client that reads as it comes from
+    its shard: the router's peak memory grows by well under the reply's size (it held
+    all of it before writing any). Replies around it, RESP3, a blocked pop answered
+    with a large value, and merged replies (MGET over both shards) stay exact."""
+    srv = server_factory(shards=2)
+    r = redis.Redis(port=srv.port)
+    size_bytes = 32 * MIB
+    value = build_value(r, "{a}big", size_bytes)
+    router_pid = srv.child_pid("router", 0)
+    with open(f"/proc/{router_pid}/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    hwm_before = vm_hwm_bytes(router_pid)
+    assert r.get("{a}big") == value
+    growth = vm_hwm_bytes(router_pid) - hwm_before
+    print(f"router peak memory growth for a {size_bytes} byte reply read as it comes: {growth} bytes")
+    assert growth < 0.75 * size_bytes, f"router peak grew {growth} bytes for a {size_bytes} byte reply"
+
+    pipe = r.pipeline(transaction=False)
+    pipe.ping().get("{a}big").set("{b}small", b"s").get("{b}small").mget("{a}big", "{b}small").strlen("{a}big")
+    assert pipe.execute() == [True, value, True, b"s", [value, b"s"], size_bytes]
+    r3 = redis.Redis(port=srv.port, protocol=3)
+    assert r3.get("{a}big") == value and r3.ping()
+
+    waiter = redis.Redis(port=srv.port)
+    popped: list = []
+    thread = threading.Thread(target=lambda: popped.append(waiter.blpop(["{a}list"], timeout=30)))
+    thread.start()
+    while not any(c.get("cmd") == "blpop" for c in r.client_list()):
+        pass
+    assert r.rpush("{a}list", value) == 1
+    thread.join(timeout=60)
+    assert popped == [(b"{a}list", value)]
+    assert waiter.get("{b}small") == b"s"  # the blocked client goes on after its large reply
+
+
+def test_shard_sends_a_big_bulk_reply_without_copying_it(server_factory):
+    """A GET of a big string through the router leaves the shard as the value's own
+    buffer behind a header (frames.Pieces), not as an encoded copy: the shard's peak
+    memory grows by well under the value's size (a copy is one size)."""
+    srv = server_factory(shards=2)
+    r = redis.Redis(port=srv.port)
+    size_bytes = 32 * MIB
+    value = os.urandom(size_bytes)
+    assert r.set("{a}big", value)  # bytes (an APPENDed value is a bytearray, copied as a reply: it may change)
+    pids = [srv.child_pid("shard", i) for i in range(2)]
+    for pid in pids:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+    before = {pid: vm_hwm_bytes(pid) for pid in pids}
+    for _ in range(3):
+        assert r.get("{a}big") == value
+    growth = max(vm_hwm_bytes(pid) - before[pid] for pid in pids)
+    print(f"shard peak memory growth for GETs of a {size_bytes} byte value: {growth} bytes")
+    assert growth < 0.5 * size_bytes, f"shard peak grew {growth} bytes for a {size_bytes} byte reply"
+    r3 = redis.Redis(port=srv.port, protocol=3)
+    assert r3.get("{a}big") == value
+    tx = r.pipeline(transaction=True)
+    tx.get("{a}big").strlen("{a}big")
+    assert tx.execute() == [value, size_bytes]  # EXEC's reply is encoded whole, as before
