@@ -83,6 +83,8 @@ class SnapshotHooks(Protocol):
 
     def prepare_shard_dir(self, shard_dir: str, shard: int, shards: int, snapshot_url: str) -> bool: ...
 
+    def fetch_start_snapshot(self, shard_dir: str, shard: int, wal: Log, snapshot_url: str, data_dir: str) -> None: ...
+
     def load_start_snapshot(self, shard_dir: str, db: Keyspace, wal: Log) -> int: ...
 
     def release_segments(self, shard_dir: str, wal: Log) -> list[str]: ...
@@ -172,6 +174,9 @@ class Shard(GroupCommit):
         started = time.monotonic()
         last_report = started
         count = 0
+        if base_seq is None and snapshots is not None and uses_etcd(self.config):
+            snapshots.fetch_start_snapshot(self.dir, self.index, self.wal, self.config.snapshot_url,
+                                           self.config.data_dir)
         if base_seq is None:
             base_seq = snapshots.load_start_snapshot(self.dir, self.db, self.wal) if snapshots is not None else 0
         for _seq, _epoch, payload in self.wal.read(base_seq + 1):

@@ -39,6 +39,10 @@ class LocalLogSource:
     def present(self, shard: int) -> bool:
         return os.path.isdir(self._dir(shard))
 
+    def name(self, shard: int) -> str:
+        """Where the shard's log is, for messages."""
+        return self._dir(shard)
+
     def durable_tail(self, shard: int) -> int:
         return durable_tail(self._dir(shard))
 
@@ -76,6 +80,9 @@ class EtcdLogSource:
 
     def present(self, shard: int) -> bool:
         return True
+
+    def name(self, shard: int) -> str:
+        return f"etcd:{self._prefix(shard)}"
 
     def durable_tail(self, shard: int) -> int:
         return last_seq(self.client, self._prefix(shard))

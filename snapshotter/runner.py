@@ -44,6 +44,7 @@ from durakv.log.errors import LockHeld, LogError
 from durakv.shards.config import DEFAULTS
 from durakv.shards import sdnotify
 from durakv.shards.latency import LATENCY_TS_LEN
+from durakv.snapshotter.base import ensure_base
 from durakv.snapshotter.build import build_snapshot
 from durakv.snapshotter.local import newest_local, shard_dir_of, snapshot_dir
 from durakv.snapshotter.logsource import EtcdLogSource, LocalLogSource, LogSource
@@ -212,16 +213,11 @@ class Snapshotter:
 
     def _ensure_base(self, shard: int, shard_dir: str) -> None:
         """A shard whose log no longer starts at seq 1 needs a snapshot to build on:
-        the local cache, else the newest published one."""
+        the local cache, else the newest published one (snapshotter/base.py)."""
         first = self.source.first_seq(shard)
-        local = newest_local(shard_dir)
-        if first == 1 or (local is not None and local.manifest.seq >= first - 1):
-            return
-        remote = [s for s in self.store.list_snapshots(shard) if s.complete and s.manifest.seq >= first - 1]
-        if not remote:
-            raise RuntimeError(f"shard {shard}: log starts at seq {first} and no published snapshot covers "
-                               "the records before it")
-        self.store.download_snapshot(remote[-1], shard_dir)
+        if first > 1:
+            ensure_base(self.store, shard, shard_dir, first, self.source.durable_tail(shard),
+                        self.source.name(shard))
 
     def run_shard(self, shard: int) -> ShardStatus:
         """Build (if anything is new), publish, archive, release; errors land in the status."""

@@ -1,0 +1,51 @@
+"""The snapshot a shard's state starts from when its log no longer starts at seq 1.
+
+A log whose records before seq F were dropped (they are in a snapshot) can only
+be replayed on top of a snapshot through seq F-1 or later. The shard's local
+cache holds one unless the data dir is new (another machine, a wiped disk) or
+was away while the log moved on (the log on etcd is shared by every machine);
+then the newest such snapshot published to the store is fetched into the cache.
+One home for that rule: the shard at start (snapshotter/shard_hooks.py) and the
+snapshotter before a build (snapshotter/runner.py) both call ensure_base()."""
+
+from __future__ import annotations
+
+import logging
+
+from durakv.snapshotter.errors import SnapshotterError
+from durakv.snapshotter.local import LocalSnapshot, list_local
+from durakv.snapshotter.store import Store
+
+logger = logging.getLogger("durakv.snapshotter")
+
+
+class NoCoveringSnapshot(SnapshotterError):
+    """Neither the local cache nor the store holds a snapshot through first_seq - 1."""
+
+
+def ensure_base(store: Store, shard: int, shard_dir: str, first_seq: int, last_seq: int,
+                log_name: str) -> LocalSnapshot | None:
+    """Make sure the local cache holds a snapshot through first_seq - 1 that the log
+    (ending at last_seq) can continue: the cache's newest usable one, else the newest
+    complete one in the store, downloaded (sha256-checked). None when the log starts
+    at seq 1 (no snapshot is needed). NoCoveringSnapshot, one line naming the fix,
+    when there is none."""
+    needed = first_seq - 1
+    if needed <= 0:
+        return None
+    local = [s for s in list_local(shard_dir) if needed <= s.manifest.seq <= last_seq]
+    if local:
+        return local[-1]
+    published = [s for s in store.list_snapshots(shard) if s.complete and s.manifest.seq <= last_seq]
+    covering = [s for s in published if s.manifest.seq >= needed]
+    if not covering:
+        newest = f"the newest is seq {published[-1].manifest.seq}" if published else "it holds none"
+        raise NoCoveringSnapshot(
+            f"the log at {log_name} starts at seq {first_seq} (the records before it were "
+            f"dropped after a snapshot) and {store.url} holds no snapshot of shard {shard} through seq {needed} "
+            f"({newest}); set snapshot-url to the store the snapshotter published to (`durakv snapshots list "
+            "--from URL` shows what a store holds)")
+    chosen = covering[-1]
+    logger.info("shard %d: the log at %s starts at seq %d; fetching snapshot seq %d from %s", shard, log_name,
+                first_seq, chosen.manifest.seq, store.url)
+    return store.download_snapshot(chosen, shard_dir)
