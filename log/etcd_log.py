@@ -404,6 +404,33 @@ class EtcdLog:
                            "(%s); compact it with etcdctl compact", self.prefix, seq, e)
         return dropped
 
+    def rewrite_bounds(self, first_seq: int, last_seq: int) -> None:
+        """Keep only the records first_seq..last_seq and make the log continue at
+        last_seq + 1 (`durakv restore`: the restored state is a snapshot through
+        last_seq; last_seq = first_seq - 1 keeps none). One transaction fenced by our
+        leader key, so it is refused once another writer leads. Nothing may be pending."""
+        self._check_usable()
+        if self.tail_seq != self.durable_seq:
+            raise RuntimeError(f"etcd log {self.prefix}: rewrite_bounds with {self.pending_records} records pending")
+        if first_seq < 1 or last_seq < first_seq - 1:
+            raise ValueError(f"bounds {first_seq}..{last_seq}: need 1 <= first_seq <= last_seq + 1")
+        keys = self._keys
+        ops: list[dict] = []
+        for start, end in ((keys.record(0), keys.record(first_seq)), (keys.record(last_seq + 1), keys.log_end)):
+            ops.append({"request_delete_range": {"key": b64(start), "range_end": b64(end)}})
+        for start, end in ((keys.parts_of(0), keys.parts_of(first_seq)),
+                           (keys.parts_of(last_seq + 1), keys.base + b"/part0")):
+            ops.append({"request_delete_range": {"key": b64(start), "range_end": b64(end)}})
+        ops.append(put_op(keys.first, str(first_seq).encode()))
+        reply = self.client.txn([cmp_mod(keys.leader, self._leader_revision)], ops, [])
+        if not reply.get("succeeded"):
+            self._deposed = "the leader key changed (seen while rewriting the log's bounds)"
+            raise LeaseLost(f"etcd log {self.prefix}: {self._deposed}")
+        self.first_seq = first_seq
+        self.tail_seq = self.durable_seq = last_seq
+        logger.warning("etcd log %s: rewritten to hold seqs %d..%d only (by %s, epoch %d)", self.prefix, first_seq,
+                       last_seq, self._holder, self._epoch)
+
     # ---- state and stats ----
 
     @property

@@ -7,6 +7,7 @@ Keys, under a shard's prefix P (e.g. "durakv/shard-000"):
     P/leader                the current writer: JSON {holder, epoch, lease, pid}, bound to its etcd lease
     P/epoch                 the highest epoch ever taken (never deleted, so epochs only grow)
     P/first                 the first seq retained (absent: 1); moves when records are dropped
+and, per deployment prefix D (P is D/shard-NNN), D/shards: its shard count.
 
 A record exists once its record key does. Every key etcd shows is committed on a
 quorum, so whatever a reader finds is durable. The writer is log/etcd_log.py, the
@@ -31,6 +32,22 @@ PART_PAGE = 8
 def shard_prefix(prefix: str, shard: int) -> str:
     """The key prefix of one shard's log under a deployment's prefix."""
     return f"{prefix.rstrip('/')}/shard-{shard:03d}"
+
+
+def shard_count_key(prefix: str) -> bytes:
+    """PREFIX/shards: the shard count the first tree on a deployment's prefix recorded."""
+    return f"{prefix.rstrip('/')}/shards".encode()
+
+
+def recorded_shard_count(client: EtcdClient, prefix: str) -> int:
+    """The shard count recorded under a deployment's prefix (0: none yet)."""
+    kvs = kvs_of(client.range(shard_count_key(prefix)))
+    return int(unb64(kvs[0]["value"])) if kvs else 0
+
+
+def no_logs_message(prefix: str) -> str:
+    return (f"etcd-prefix {prefix!r} holds no durakv logs (no {shard_count_key(prefix).decode()} key); check "
+            "etcd-prefix and etcd-endpoints")
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from typing import cast
 from durakv.log import Disk, Log, LogError
 from durakv.log.etcd_client import DEFAULT_REQUEST_TIMEOUT_S, DEFAULT_RETRY_S, EtcdClient, b64, unb64
 from durakv.log.etcd_log import EtcdLog
-from durakv.log.etcd_records import shard_prefix
+from durakv.log.etcd_records import shard_count_key, shard_prefix
 from durakv.log.interface import ShardLog
 from durakv.log.layout import log_dir_of
 from durakv.shards.config import Config
@@ -78,7 +78,7 @@ def etcd_problem(config: Config) -> str:
 
 def record_shard_count(client: EtcdClient, prefix: str, shards: int) -> int:
     """PREFIX/shards: set to `shards` unless present; returns what it holds."""
-    key = f"{prefix.rstrip('/')}/shards".encode()
+    key = shard_count_key(prefix)
     reply = client.txn([{"key": b64(key), "target": "CREATE", "create_revision": "0", "result": "EQUAL"}],
                        [{"request_put": {"key": b64(key), "value": b64(str(shards).encode())}}],
                        [{"request_range": {"key": b64(key)}}])

@@ -24,12 +24,13 @@ class NoCoveringSnapshot(SnapshotterError):
 
 
 def ensure_base(store: Store, shard: int, shard_dir: str, first_seq: int, last_seq: int,
-                log_name: str) -> LocalSnapshot | None:
+                log_name: str, download_dir: str | None = None) -> LocalSnapshot | None:
     """Make sure the local cache holds a snapshot through first_seq - 1 that the log
     (ending at last_seq) can continue: the cache's newest usable one, else the newest
-    complete one in the store, downloaded (sha256-checked). None when the log starts
-    at seq 1 (no snapshot is needed). NoCoveringSnapshot, one line naming the fix,
-    when there is none."""
+    complete one in the store, downloaded (sha256-checked) into shard_dir's cache, or
+    download_dir's (a reader that must not change the data dir). None when the log
+    starts at seq 1 (no snapshot is needed). NoCoveringSnapshot, one line naming the
+    fix, when there is none."""
     needed = first_seq - 1
     if needed <= 0:
         return None
@@ -48,4 +49,4 @@ def ensure_base(store: Store, shard: int, shard_dir: str, first_seq: int, last_s
     chosen = covering[-1]
     logger.info("shard %d: the log at %s starts at seq %d; fetching snapshot seq %d from %s", shard, log_name,
                 first_seq, chosen.manifest.seq, store.url)
-    return store.download_snapshot(chosen, shard_dir)
+    return store.download_snapshot(chosen, download_dir or shard_dir)

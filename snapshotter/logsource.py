@@ -14,10 +14,11 @@ from typing import Iterator
 
 import durakv.log as wal
 from durakv.log.etcd_client import EtcdClient
-from durakv.log.etcd_records import first_seq, last_seq, read, shard_prefix
+from durakv.log.etcd_records import first_seq, last_seq, no_logs_message, read, recorded_shard_count, shard_prefix
 from durakv.log.layout import log_dir_of
 from durakv.log.manifest import list_segments
 from durakv.snapshotter.local import shard_dir_of
+from durakv.snapshotter.errors import SnapshotterError
 from durakv.snapshotter.logtail import durable_tail, log_first_seq
 
 logger = logging.getLogger("durakv.snapshotter")
@@ -77,6 +78,13 @@ class EtcdLogSource:
 
     def _prefix(self, shard: int) -> str:
         return shard_prefix(self.prefix, shard)
+
+    def shards(self) -> int:
+        """The shard count the first tree on the prefix recorded; SnapshotterError if none."""
+        count = recorded_shard_count(self.client, self.prefix)
+        if not count:
+            raise SnapshotterError(no_logs_message(self.prefix))
+        return count
 
     def present(self, shard: int) -> bool:
         return True

@@ -7,12 +7,13 @@ from __future__ import annotations
 import uuid
 
 from conftest import DurakvServer
+from snapshot_support import cli, write_every_type
 from test_etcd_backend import etcd_config
-from test_snapshot import dump
+from test_snapshot import dump, redis_dump_of_rdb
 from test_snapshot_serve import _wait_for
 
-from durakv.log.etcd_client import EtcdClient
-from durakv.log.etcd_records import first_seq, last_seq, shard_prefix
+from durakv.log.etcd_client import EtcdClient, b64
+from durakv.log.etcd_records import Keys, first_seq, last_seq, shard_prefix
 from durakv.shards.exit_codes import EXIT_PERMANENT
 
 SNAPSHOT_OFTEN = "snapshot-every-bytes = 8192\nsnapshot-cpu-percent = 100\n"
@@ -85,3 +86,109 @@ def test_a_new_data_dir_without_a_covering_snapshot_fails_with_one_line(etcd_clu
         assert "Traceback" not in other.log()
     finally:
         other.discard()
+
+
+def config_with_data_dir(tmp_path, endpoints: list[str], prefix: str, url: str, data_dir, extra: str = "") -> str:
+    """A config file as an operator's tools read it: the data dir and store named in it."""
+    return etcd_config(tmp_path, endpoints, prefix, f'snapshot-url = "{url}"\ndata-dir = "{data_dir}"\n{extra}')
+
+
+def test_log_verify_dump_and_export_rdb_read_the_log_on_etcd(etcd_cluster, s3, server_factory, tmp_path):
+    """`durakv log verify|dump` and `export-rdb` with --config read the shard logs on etcd:
+    verify checks every record from the first retained one, dump prints them, export-rdb
+    writes the whole dataset (from a data dir without a snapshot: the store's newest, plus
+    etcd's records after it) as redis-server loads it; a gap on etcd fails verify."""
+    _, _, url = s3
+    prefix = f"tools-{uuid.uuid4().hex[:8]}"
+    config = etcd_config(tmp_path, etcd_cluster.endpoints, prefix, f'snapshot-url = "{url}"\n' + SNAPSHOT_OFTEN)
+    srv = server_factory(shards=2, extra_args=("--config", config))
+    client = srv.client()
+    write_every_type(client, "t")
+    write_rounds(client, 40)
+    etcd = EtcdClient(etcd_cluster.endpoints)
+    _wait_for(lambda: dropped_on_etcd(etcd, prefix, 2), "both shards to drop records a snapshot covers from etcd")
+    write_rounds(client, 3, "after:")
+    live = dump(client)
+    srv.kill9()
+    tools = config_with_data_dir(tmp_path, etcd_cluster.endpoints, prefix, url, tmp_path / "elsewhere")
+    firsts = [first_seq(etcd, shard_prefix(prefix, i)) for i in range(2)]
+    lasts = [last_seq(etcd, shard_prefix(prefix, i)) for i in range(2)]
+
+    out = cli("log", "verify", "--config", tools)
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2, out.stdout
+    for i, line in enumerate(lines):
+        assert line.startswith(f"etcd:{shard_prefix(prefix, i)}: {lasts[i] - firsts[i] + 1} records, "
+                               f"seq {firsts[i]}..{lasts[i]}") and line.endswith(": ok"), line
+    out = cli("log", "dump", "--config", tools, "--shard", "1", "--limit", "2")
+    shown = out.stdout.splitlines()
+    assert len(shown) == 2 and shown[0].startswith(f"seq={firsts[1]} epoch="), shown
+    assert f"key={shard_prefix(prefix, 1)}/log/" in shown[0]
+
+    cli("export-rdb", "--config", tools, "-o", str(tmp_path / "all.rdb"))
+    assert redis_dump_of_rdb(tmp_path, tmp_path / "all.rdb") == live
+
+    middle = (firsts[0] + lasts[0]) // 2
+    etcd.txn([], [{"request_delete_range": {"key": b64(Keys(shard_prefix(prefix, 0).encode()).record(middle))}}], [])
+    out = cli("log", "verify", "--config", tools, check=False)
+    assert out.returncode == 1
+    assert "CORRUPT" in out.stdout, out.stdout
+    assert f"jumps from seq {middle - 1} to {middle + 1}" in out.stdout, out.stdout
+
+
+def test_restore_on_etcd_is_fenced_point_in_time_and_rebuilds_a_lost_etcd(etcd_cluster, s3, server_factory,
+                                                                          tmp_path):
+    """restore --config with the logs on etcd: refused while a primary holds the shard's
+    leader key; to a seq before etcd's end only with --force (the later records are
+    deleted from etcd, fenced); the restored tree serves exactly the state at that seq.
+    Into a new etcd prefix (etcd lost), the store's newest snapshot becomes the start."""
+    _, _, url = s3
+    prefix = f"restore-{uuid.uuid4().hex[:8]}"
+    short_lease = "etcd-lease-ttl-s = 2\n"
+    config = etcd_config(tmp_path, etcd_cluster.endpoints, prefix,
+                         f'snapshot-url = "{url}"\nsnapshotter = false\n' + short_lease)
+    srv = server_factory(shards=1, extra_args=("--config", config))
+    client = srv.client()
+    write_rounds(client, 40)
+    etcd = EtcdClient(etcd_cluster.endpoints)
+    cli("snapshotter", "--once", "--config",
+        config_with_data_dir(tmp_path, etcd_cluster.endpoints, prefix, url, srv.data_dir))
+    _wait_for(lambda: dropped_on_etcd(etcd, prefix, 1), "the shard to drop records a snapshot covers from etcd")
+    write_rounds(client, 2, "kept:")
+    target = last_seq(etcd, shard_prefix(prefix, 0))
+    at_target = dump(client)
+    write_rounds(client, 2, "discarded:")
+    end = last_seq(etcd, shard_prefix(prefix, 0))
+    restored = tmp_path / "restored"
+    tools = config_with_data_dir(tmp_path, etcd_cluster.endpoints, prefix, url, restored, short_lease)
+
+    out = cli("restore", "--from", url, "--data-dir", str(restored), "--config", tools, check=False)
+    assert out.returncode == 1 and "is led by" in out.stderr and "stop the tree" in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    srv.kill9()
+    leader = Keys(shard_prefix(prefix, 0).encode()).leader
+    _wait_for(lambda: not etcd.range(leader).get("kvs"), "the killed shard's etcd lease to expire")
+
+    out = cli("restore", "--from", url, "--data-dir", str(restored), "--config", tools, "--seq", str(target),
+              check=False)
+    assert out.returncode == 1 and f"etcd holds seqs {target + 1}..{end}" in out.stderr, out.stderr
+    assert last_seq(etcd, shard_prefix(prefix, 0)) == end and not restored.exists()
+    out = cli("restore", "--from", url, "--data-dir", str(restored), "--config", tools, "--seq", str(target),
+              "--force")
+    assert f"shard 0: seq {target} " in out.stdout
+    assert last_seq(etcd, shard_prefix(prefix, 0)) == target
+    again = server_factory(shards=1, extra_args=("--config", config), data_dir=restored)
+    assert dump(again.client()) == at_target
+    again.client().set("after-restore", "1")
+    again.discard()
+
+    # etcd lost: a new prefix, the same store: the newest published snapshot is the start.
+    fresh = f"fresh-{uuid.uuid4().hex[:8]}"
+    rebuilt = tmp_path / "rebuilt"
+    new_tools = config_with_data_dir(tmp_path, etcd_cluster.endpoints, fresh, url, rebuilt, short_lease)
+    cli("export-rdb", "--from", url, "-o", str(tmp_path / "published.rdb"))
+    published = redis_dump_of_rdb(tmp_path, tmp_path / "published.rdb")
+    cli("restore", "--from", url, "--data-dir", str(rebuilt), "--config", new_tools)
+    assert first_seq(etcd, shard_prefix(fresh, 0)) > 1
+    serving = server_factory(shards=1, extra_args=("--config", new_tools), data_dir=rebuilt)
+    assert dump(serving.client()) == published
