@@ -239,10 +239,16 @@ class ConfigError(Exception):
 
 def _etcd_source(config: Config) -> "EtcdLogSource | None":
     """The shard logs on etcd when the config says log-backend = "etcd" (else None)."""
+    from durakv.log.etcd_upkeep import Defragmenter
     from durakv.shards.log_backend import etcd_client, uses_etcd
     from durakv.snapshotter.logsource import EtcdLogSource
 
-    return EtcdLogSource(etcd_client(config), config.etcd_prefix) if uses_etcd(config) else None
+    if not uses_etcd(config):
+        return None
+    client = etcd_client(config)
+    defragmenter = Defragmenter(client.clone(), config.etcd_prefix, config.etcd_defrag_free_bytes,
+                                config.etcd_defrag_interval_s)
+    return EtcdLogSource(client, config.etcd_prefix, defragmenter)
 
 
 def _follow_log_level(data_dir: str, configured: str, stop: threading.Event) -> None:

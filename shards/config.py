@@ -70,6 +70,10 @@ class Config(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields
     etcd_endpoints: list[str] = msgspec.field(default_factory=list)  # http(s)://HOST:PORT of the members
     etcd_prefix: str = "durakv"  # keys: PREFIX/shard-NNN/...; one prefix per durakv deployment
     etcd_lease_ttl_s: int = 10  # a shard that stops renewing loses its leader key after this long
+    # The snapshotter defragments a member (one at a time, when etcd is quiet) once this much of its
+    # database file is free pages (0: never), at most once per interval for the whole deployment.
+    etcd_defrag_free_bytes: int = 64 * 1024 * 1024
+    etcd_defrag_interval_s: int = 600
     etcd_ca_file: str = ""  # TLS to etcd (https:// endpoints): the CA, and a client certificate and key
     etcd_cert_file: str = ""
     etcd_key_file: str = ""
@@ -170,6 +174,8 @@ LIMITS: dict[str, tuple[float, float]] = {
     "max_unsynced_ms": (1, 3_600_000),
     "segment_size_bytes": (4096, 1 << 40),
     "etcd_lease_ttl_s": (2, 3600),
+    "etcd_defrag_free_bytes": (0, 1 << 50),
+    "etcd_defrag_interval_s": (1, 30 * 24 * 3600),
     "snapshot_every_bytes": (1, 1 << 50),
     "snapshot_every_percent": (0, 1_000_000),
     "snapshot_max_age_s": (0.001, 1e9),

@@ -5,11 +5,12 @@ start check."""
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Callable, cast
 
 from durakv.log import Disk, Log, LogError
 from durakv.log.etcd_client import DEFAULT_REQUEST_TIMEOUT_S, DEFAULT_RETRY_S, EtcdClient, b64, unb64
 from durakv.log.etcd_log import EtcdLog
+from durakv.log.etcd_upkeep import size_fields
 from durakv.log.etcd_records import shard_count_key, shard_prefix
 from durakv.log.interface import ShardLog
 from durakv.log.layout import log_dir_of
@@ -87,9 +88,18 @@ def record_shard_count(client: EtcdClient, prefix: str, shards: int) -> int:
     return int(unb64(reply["responses"][0]["response_range"]["kvs"][0]["value"]))
 
 
+def etcd_upkeep(shard_dir: str, wal: Log, release: Callable[[str, Log], list[str]]) -> None:
+    """One round of a shard's upkeep of its log on etcd, in a worker thread (each is
+    a request to etcd, which must not stall the shard's loop): drop the records the
+    snapshotter released (and compact, log/etcd_upkeep.py), then read etcd's size."""
+    release(shard_dir, wal)
+    cast(EtcdLog, wal).refresh_size()
+
+
 def etcd_state(wal: object) -> dict[str, int | str]:
-    """INFO persistence's view of a shard log on etcd ({} for local segments)."""
+    """INFO persistence's view of a shard log on etcd ({} for local segments); the
+    size is the upkeep thread's last reading of the member the shard talks to."""
     if not isinstance(wal, EtcdLog):
         return {}
     return {"etcd_epoch": wal.epoch, "etcd_first_seq": wal.first_seq, "etcd_lease_valid": int(wal.lease_valid()),
-            "etcd_endpoint": wal.client.current_endpoint}
+            "etcd_endpoint": wal.client.current_endpoint, **size_fields(wal.member_size)}

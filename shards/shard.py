@@ -38,7 +38,7 @@ from durakv.shards.hazards import HazardTracker, HeldReplies, ReplySink
 from durakv.shards.blocking import Block, BlockedClients, Waiter
 from durakv.shards.access import Lfu
 from durakv.shards.keyspace import Keyspace, now_ms
-from durakv.shards.log_backend import open_shard_log, uses_etcd
+from durakv.shards.log_backend import etcd_upkeep, open_shard_log, uses_etcd
 from durakv.shards.records import RecordClock, decode_record
 from durakv.shards.resp import NULL_ARRAY, ReplyError, encode, encode_error
 from durakv.shards.shard_settings import SHARD_DEFAULTS
@@ -565,10 +565,13 @@ class Shard(GroupCommit):
         return stat
 
     async def release_loop(self) -> None:
-        """Drop the log segments the snapshotter archived and a snapshot covers."""
+        """Drop the log segments the snapshotter archived and a snapshot covers (on
+        etcd: in a worker thread, with its reading of etcd's size, off the loop)."""
         while True:
             await trio.sleep(RELEASE_POLL_S)
-            if self.write_error is None:
+            if self.write_error is None and uses_etcd(self.config):
+                await trio.to_thread.run_sync(etcd_upkeep, self.dir, self.wal, self.snapshots.release_segments)
+            elif self.write_error is None:
                 self.snapshots.release_segments(self.dir, self.wal)
 
     async def memory_loop(self) -> None:

@@ -14,6 +14,7 @@ from typing import Iterator
 
 import durakv.log as wal
 from durakv.log.etcd_client import EtcdClient
+from durakv.log.etcd_upkeep import Defragmenter
 from durakv.log.etcd_records import first_seq, last_seq, no_logs_message, read, recorded_shard_count, shard_prefix
 from durakv.log.layout import log_dir_of
 from durakv.log.manifest import list_segments
@@ -70,9 +71,11 @@ class EtcdLogSource:
 
     archives = False  # etcd holds the log, replicated; the store gets snapshots only
 
-    def __init__(self, client: EtcdClient, prefix: str) -> None:
+    def __init__(self, client: EtcdClient, prefix: str, defragmenter: Defragmenter | None = None) -> None:
+        """defragmenter: the snapshotter's rounds of etcd defragmentation (log/etcd_upkeep.py)."""
         self.client = client
         self.prefix = prefix
+        self.defragmenter = defragmenter
         self._lock = threading.Lock()
         self._counted: dict[int, tuple[int, int]] = {}  # shard -> (last seq counted, bytes counted)
 

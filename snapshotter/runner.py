@@ -41,6 +41,7 @@ from durakv.log.layout import LOCK_FILE, snapshotter_dir, topology_path
 from durakv.log import lock as dir_lock
 from durakv.log.durable_file import replace_file
 from durakv.log.errors import LockHeld, LogError
+from durakv.log.etcd_upkeep import Defragmenter
 from durakv.shards.config import DEFAULTS
 from durakv.shards import sdnotify
 from durakv.shards.latency import LATENCY_TS_LEN
@@ -296,6 +297,14 @@ class Snapshotter:
         self._save_status()
         return self.status
 
+    def _etcd_upkeep(self, defragmenter: Defragmenter) -> None:
+        """A round of etcd defragmentation when one is due (log/etcd_upkeep.py); a failure
+        is logged and retried at the next poll, never the end of the snapshotter."""
+        try:
+            defragmenter.maybe_run()
+        except LogError as e:
+            logger.warning("snapshotter: etcd upkeep: %s", e)
+
     def _save_status(self) -> None:
         with self._status_lock:
             self.status.updated_at_ms = time.time_ns() // 1_000_000
@@ -327,6 +336,8 @@ class Snapshotter:
                 self.run_once(force=bool(request))
             except StoreError as e:
                 logger.error("snapshotter: %s", e)
+            if self.etcd is not None and self.etcd.defragmenter is not None:
+                self._etcd_upkeep(self.etcd.defragmenter)
             if request:
                 self.status.request_served = request
                 shards = self.status.shards.values()

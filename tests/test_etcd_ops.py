@@ -12,12 +12,18 @@ from test_etcd_backend import etcd_config
 from test_snapshot import dump, redis_dump_of_rdb
 from test_snapshot_serve import _wait_for
 
-from durakv.log.etcd_client import EtcdClient, b64
+from durakv.log.etcd_client import EtcdClient, b64, unb64
+from durakv.log.etcd_log import EtcdLog
 from durakv.log.etcd_records import Keys, first_seq, last_seq, shard_prefix
+from durakv.log.etcd_upkeep import member_sizes
+from durakv.shards.log_backend import record_shard_count
 from durakv.shards.exit_codes import EXIT_PERMANENT
 
-SNAPSHOT_OFTEN = "snapshot-every-bytes = 8192\nsnapshot-cpu-percent = 100\n"
+SNAPSHOT_OFTEN = "snapshot-every-bytes = 8192\nsnapshot-every-percent = 0\nsnapshot-cpu-percent = 100\n"
 EXIT_WAIT_S = 60
+CYCLES = 5
+BURST_KEYS = 200
+BURST_VALUE_BYTES = 20_000
 
 
 def write_rounds(client, rounds: int, tag: str = "") -> None:
@@ -192,3 +198,76 @@ def test_restore_on_etcd_is_fenced_point_in_time_and_rebuilds_a_lost_etcd(etcd_c
     assert first_seq(etcd, shard_prefix(fresh, 0)) > 1
     serving = server_factory(shards=1, extra_args=("--config", new_tools), data_dir=rebuilt)
     assert dump(serving.client()) == published
+
+
+def test_a_shards_drop_does_not_compact_away_another_shards_history(etcd_cluster):
+    """etcd's compaction is global: shard 0 dropping all its records must not compact
+    the revisions a follower of shard 1 still needs, so a watch of shard 1 from its
+    first retained record's revision still sees that record (not 'compacted')."""
+    deployment = f"floor-{uuid.uuid4().hex[:8]}"
+    client = EtcdClient(etcd_cluster.endpoints)
+    record_shard_count(client, deployment, 2)
+    logs = [EtcdLog.open(client, shard_prefix(deployment, i)) for i in range(2)]
+    try:
+        leases = [log.take_lease(f"shard {i}") for i, log in enumerate(logs)]
+        logs[1].append([b"shard 1's first"], 0, leases[1])
+        logs[1].sync()
+        keys1 = Keys(shard_prefix(deployment, 1).encode())
+        needed = int(client.range(keys1.record(1))["kvs"][0]["mod_revision"])
+        for n in range(5):
+            logs[0].append([b"shard 0's %d" % n], logs[0].tail_seq, leases[0])
+            logs[0].sync()
+        logs[0].drop_segments_through(logs[0].durable_seq)
+        print(f"shard 0 compacted at revision {logs[0].compacted_revision}; shard 1's follower needs {needed}")
+        assert 0 < logs[0].compacted_revision <= needed
+        stream = client.watch(keys1.record(1), keys1.log_end, needed, read_timeout_s=10)
+        try:
+            for reply in stream.replies():
+                assert not reply.get("compact_revision"), reply
+                if reply.get("events"):
+                    assert unb64(reply["events"][0]["kv"]["key"]) == keys1.record(1)
+                    break
+        finally:
+            stream.close()
+        logs[1].drop_segments_through(1)  # no shard holds the floor back any more: compacted at the drop
+        assert logs[1].compacted_revision > needed
+    finally:
+        for log in logs:
+            log.close()
+
+
+def test_etcd_size_stays_bounded_over_snapshot_cycles(etcd_cluster, server_factory, tmp_path):
+    """Write, snapshot, drop, compact, again and again: every member's database file
+    stays within its in-use size plus the defragmentation threshold (the snapshotter
+    defragments one member at a time once etcd is quiet), and INFO persistence shows
+    the sizes the shards read."""
+    prefix = f"size-{uuid.uuid4().hex[:8]}"
+    threshold = 512 * 1024
+    config = etcd_config(tmp_path, etcd_cluster.endpoints, prefix,
+                         SNAPSHOT_OFTEN + f"etcd-defrag-free-bytes = {threshold}\netcd-defrag-interval-s = 1\n")
+    srv = server_factory(shards=2, extra_args=("--config", config))
+    client = srv.client()
+    etcd = EtcdClient(etcd_cluster.endpoints)
+    sizes = []
+    for cycle in range(CYCLES):
+        pipe = client.pipeline(transaction=False)
+        for k in range(BURST_KEYS if cycle == 0 else 50):  # a burst, then a small steady load
+            pipe.set(f"k{k}", f"{cycle}:" + "v" * (BURST_VALUE_BYTES if cycle == 0 else 2_000))
+        pipe.execute()
+        tails = [last_seq(etcd, shard_prefix(prefix, i)) for i in range(2)]
+        _wait_for(lambda: all(first_seq(etcd, shard_prefix(prefix, i)) > tails[i] for i in range(2)),
+                  f"cycle {cycle}'s records to be dropped from etcd")
+        sizes.append([(s.db_size_bytes, s.db_in_use_bytes) for s in member_sizes(etcd) if s is not None])
+    print("per cycle, each member's (db size, in use) bytes:", sizes)
+
+    def bounded() -> bool:
+        now = member_sizes(etcd)
+        return all(s is not None and s.free_bytes < threshold for s in now)
+
+    _wait_for(bounded, "every member's free space to fall under the threshold (defragmentation)")
+    print("after the quiet defragmentation:", [(s.db_size_bytes, s.db_in_use_bytes) for s in member_sizes(etcd)
+                                                if s is not None])
+    print("\n".join(line for line in srv.log().splitlines() if "etcd upkeep" in line))
+    _wait_for(lambda: client.info("persistence")["etcd_shard1"]["db_size"] > 0, "INFO to show etcd's size")
+    line = client.info("persistence")["etcd_shard0"]
+    assert line["db_size"] >= line["db_size_in_use"] > 0, line
