@@ -42,7 +42,7 @@ from .errors import LeaseLost, LogClosed, LogCorrupt, LogWriteFailed, PendingFul
 from .etcd_client import EtcdClient, EtcdRequestFailed, EtcdUnavailable, b64, unb64
 from .etcd_records import (HEADER, MAX_PARTS, Keys, cmp_absent, cmp_mod, get_op, kvs_of, log_ends, put_op, read,
                            revision_of)
-from .etcd_upkeep import MemberSize, compact_to_floor, member_size
+from .etcd_upkeep import MemberSize, compact_to_floor, floor_prefixes, member_size
 from .interface import LeaseLike
 from .writer import RecoveryReport
 
@@ -101,6 +101,7 @@ class EtcdLog:
         self._renew_client = client.clone()        # renewals run beside the commit thread's requests
         self._upkeep_client = client.clone()       # and the drops and size reads of the upkeep thread
         self.compacted_revision = 0                # the highest revision this log compacted etcd at
+        self._floor_prefixes: list[str] | None = None  # the shard logs compaction waits for (first drop reads)
         self.member_size: MemberSize | None = None  # refresh_size()'s last reading
         self._stop = threading.Event()
         self._keepalive_thread: threading.Thread | None = None
@@ -406,8 +407,10 @@ class EtcdLog:
         dropped = [f"{self.path}/log/{self.first_seq}..{seq}"]
         self.first_seq = seq + 1
         try:
+            if self._floor_prefixes is None:
+                self._floor_prefixes = floor_prefixes(client, self.prefix)
             self.compacted_revision = max(self.compacted_revision,
-                                          compact_to_floor(client, self.prefix, revision_of(reply)))
+                                          compact_to_floor(client, self._floor_prefixes, revision_of(reply)))
         except (EtcdUnavailable, EtcdRequestFailed) as e:  # e.g. a user without etcd's root role
             logger.warning("etcd log %s: records through seq %d dropped, but compacting etcd's history failed "
                            "(%s); compact it with etcdctl compact", self.prefix, seq, e)

@@ -48,14 +48,19 @@ def deployment_of(shard_log_prefix: str) -> str:
     return head if tail.startswith("shard-") else ""
 
 
-def compaction_floor(client: EtcdClient, shard_log_prefix: str, at_revision: int) -> int:
-    """The highest revision etcd may compact at without forgetting what any shard of
-    the deployment still needs: min over the shards of their first retained record's
-    mod_revision, and at most at_revision. A prefix outside a deployment (no shard
-    count recorded) counts alone."""
+def floor_prefixes(client: EtcdClient, shard_log_prefix: str) -> list[str]:
+    """The shard log prefixes whose first records make the compaction floor: every
+    shard of the deployment (its recorded count never changes), or a prefix outside
+    a deployment (no shard count recorded) alone."""
     deployment = deployment_of(shard_log_prefix)
     shards = recorded_shard_count(client, deployment) if deployment else 0
-    prefixes = [shard_prefix(deployment, i) for i in range(shards)] or [shard_log_prefix]
+    return [shard_prefix(deployment, i) for i in range(shards)] or [shard_log_prefix]
+
+
+def compaction_floor(client: EtcdClient, prefixes: list[str], at_revision: int) -> int:
+    """The highest revision etcd may compact at without forgetting what any of these
+    shard logs still needs: min over them of their first retained record's
+    mod_revision, and at most at_revision."""
     floor = at_revision
     for start in range(0, len(prefixes), FLOOR_SHARDS_PER_TXN):
         ops = []
@@ -71,10 +76,10 @@ def compaction_floor(client: EtcdClient, shard_log_prefix: str, at_revision: int
     return floor
 
 
-def compact_to_floor(client: EtcdClient, shard_log_prefix: str, at_revision: int) -> int:
-    """Compact etcd's history up to the deployment's compaction floor (not past
-    at_revision); returns the revision compacted at (0: nothing to do)."""
-    floor = compaction_floor(client, shard_log_prefix, at_revision)
+def compact_to_floor(client: EtcdClient, prefixes: list[str], at_revision: int) -> int:
+    """Compact etcd's history up to the compaction floor of these shard logs (not
+    past at_revision); returns the revision compacted at (0: nothing to do)."""
+    floor = compaction_floor(client, prefixes, at_revision)
     if floor <= 1:
         return 0
     client.compact(floor)
