@@ -103,6 +103,7 @@ class EtcdLog:
         self.compacted_revision = 0                # the highest revision this log compacted etcd at
         self._floor_prefixes: list[str] | None = None  # the shard logs compaction waits for (first drop reads)
         self.member_size: MemberSize | None = None  # refresh_size()'s last reading
+        self._size_read_at = 0.0                   # CLOCK_MONOTONIC s of that reading
         self._stop = threading.Event()
         self._keepalive_thread: threading.Thread | None = None
         self.first_seq = 1
@@ -416,10 +417,15 @@ class EtcdLog:
                            "(%s); compact it with etcdctl compact", self.prefix, seq, e)
         return dropped
 
-    def refresh_size(self) -> MemberSize | None:
-        """Read the size of the member requests go to (INFO shows the last one read);
-        from the upkeep thread, never the shard's loop: it is a request to etcd."""
+    def refresh_size(self, max_age_s: float = 0.0) -> MemberSize | None:
+        """Read the size of the member requests go to (INFO shows the last one read),
+        unless the last reading is younger than max_age_s; from the upkeep thread,
+        never the shard's loop: it is a request to etcd."""
+        now = time.monotonic()
+        if self.member_size is not None and now - self._size_read_at < max_age_s:
+            return self.member_size
         client = self._upkeep_client
+        self._size_read_at = now
         try:
             self.member_size = member_size(client, client.endpoints.index(self.client.current_endpoint))
         except EtcdUnavailable as e:

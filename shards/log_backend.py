@@ -18,6 +18,8 @@ from durakv.shards.config import Config
 
 # serve's start check: how long etcd may take to answer before the start fails.
 ETCD_CHECK_TIMEOUT_S = 3.0
+# How often a shard reads etcd's size for INFO (one status request).
+ETCD_SIZE_REFRESH_S = 10.0
 
 
 def uses_etcd(config: Config) -> bool:
@@ -93,7 +95,7 @@ def etcd_upkeep(shard_dir: str, wal: Log, release: Callable[[str, Log], list[str
     a request to etcd, which must not stall the shard's loop): drop the records the
     snapshotter released (and compact, log/etcd_upkeep.py), then read etcd's size."""
     release(shard_dir, wal)
-    cast(EtcdLog, wal).refresh_size()
+    cast(EtcdLog, wal).refresh_size(ETCD_SIZE_REFRESH_S)
 
 
 def etcd_state(wal: object) -> dict[str, int | str]:

@@ -5,12 +5,12 @@ snapshot URL is configured bootstraps from S3):
 
     base_seq = shard_hooks.prepare_shard_dir(shard_dir, index, shards, snapshot_url)
     log = Log.open(shard_dir/log)
-
-or, with the log on etcd (nothing of it in the data dir), once it is open:
-
-    shard_hooks.fetch_start_snapshot(shard_dir, index, log, snapshot_url, data_dir)
     base_seq = shard_hooks.load_start_snapshot(shard_dir, db, log)
     for seq, epoch, payload in log.read(base_seq + 1): replay(...)
+
+With the log on etcd (nothing of it in the data dir) the shard opens the log first, then
+fetch_start_snapshot(shard_dir, index, log, snapshot_url, data_dir) makes sure the
+local cache holds a snapshot the log can continue, before load_start_snapshot.
 
 Periodically (every few seconds) while serving:
 
