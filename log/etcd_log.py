@@ -435,8 +435,10 @@ class EtcdLog:
     def rewrite_bounds(self, first_seq: int, last_seq: int) -> None:
         """Keep only the records first_seq..last_seq and make the log continue at
         last_seq + 1 (`durakv restore`: the restored state is a snapshot through
-        last_seq; last_seq = first_seq - 1 keeps none). One transaction fenced by our
-        leader key, so it is refused once another writer leads. Nothing may be pending."""
+        last_seq; last_seq = first_seq - 1 keeps none), and mark the cut (P/restored:
+        snapshots past last_seq from before our epoch are of the discarded history).
+        One transaction fenced by our leader key, so it is refused once another
+        writer leads. Nothing may be pending."""
         self._check_usable()
         if self.tail_seq != self.durable_seq:
             raise RuntimeError(f"etcd log {self.prefix}: rewrite_bounds with {self.pending_records} records pending")
@@ -450,6 +452,7 @@ class EtcdLog:
                            (keys.parts_of(last_seq + 1), keys.base + b"/part0")):
             ops.append({"request_delete_range": {"key": b64(start), "range_end": b64(end)}})
         ops.append(put_op(keys.first, str(first_seq).encode()))
+        ops.append(put_op(keys.restored, json.dumps({"seq": last_seq, "epoch": self._epoch}).encode()))
         reply = self.client.txn([cmp_mod(keys.leader, self._leader_revision)], ops, [])
         if not reply.get("succeeded"):
             self._deposed = "the leader key changed (seen while rewriting the log's bounds)"

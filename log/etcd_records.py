@@ -7,6 +7,8 @@ Keys, under a shard's prefix P (e.g. "durakv/shard-000"):
     P/leader                the current writer: JSON {holder, epoch, lease, pid}, bound to its etcd lease
     P/epoch                 the highest epoch ever taken (never deleted, so epochs only grow)
     P/first                 the first seq retained (absent: 1); moves when records are dropped
+    P/restored              JSON {seq, epoch}: `durakv restore` cut the log after seq at epoch;
+                            a snapshot past seq with an older epoch belongs to the discarded history
 and, per deployment prefix D (P is D/shard-NNN), D/shards: its shard count.
 
 A record exists once its record key does. Every key etcd shows is committed on a
@@ -15,6 +17,7 @@ follower (tail, LogFollower) log/etcd_follower.py."""
 
 from __future__ import annotations
 
+import json
 import struct
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -68,6 +71,10 @@ class Keys:
         return self.base + b"/first"
 
     @property
+    def restored(self) -> bytes:
+        return self.base + b"/restored"
+
+    @property
     def log_start(self) -> bytes:
         return self.base + b"/log/"
 
@@ -114,6 +121,27 @@ def put_op(key: bytes, value: bytes, lease_id: int = 0) -> dict[str, Any]:
     if lease_id:
         put["lease"] = str(lease_id)
     return {"request_put": put}
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreMark:
+    """Where `durakv restore` cut a log: records after `seq` were discarded, and every
+    record written since has an epoch of at least `epoch`."""
+    seq: int
+    epoch: int
+
+    def discarded(self, snapshot_seq: int, snapshot_epoch: int) -> bool:
+        """Whether a snapshot through snapshot_seq, whose last record has snapshot_epoch,
+        holds records of the discarded history."""
+        return snapshot_seq > self.seq and snapshot_epoch < self.epoch
+
+
+def restore_mark(client: EtcdClient, prefix: str) -> RestoreMark | None:
+    kvs = kvs_of(client.range(Keys(prefix.encode()).restored))
+    if not kvs:
+        return None
+    mark = json.loads(unb64(kvs[0]["value"]))
+    return RestoreMark(int(mark["seq"]), int(mark["epoch"]))
 
 
 def first_seq_at(client: EtcdClient, keys: Keys) -> int:

@@ -8,7 +8,9 @@ local snapshot at the target; etcd's log is then made to continue at target + 1:
 
 - target = etcd's last seq: nothing changes on etcd;
 - target < etcd's last seq (a point in time): the records after the target are
-  deleted from etcd (acknowledged writes: refused without --force);
+  deleted from etcd (acknowledged writes: refused without --force), and so are the
+  store's snapshots past the target; etcd's P/restored marks the cut, so a machine
+  whose snapshot cache still holds that discarded history deletes it at its start;
 - etcd holds less than the target (a new or wiped etcd, disaster recovery):
   etcd's log is set to start at target + 1.
 
@@ -18,6 +20,7 @@ restore refuses with one line and changes nothing, on etcd or in the data dir.""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -42,6 +45,8 @@ from durakv.snapshotter.restore import RestoreError, ShardRestore, choose_snapsh
 from durakv.snapshotter.store import Store
 
 RESTORE_HOLDER = "durakv restore"
+
+logger = logging.getLogger("durakv.snapshotter")
 
 
 @dataclass
@@ -104,6 +109,8 @@ def _restore_locked(store: Store, source: EtcdLogSource, target_dir: str, seq: i
         for plan in plans:
             if plan.changes_etcd:
                 _rewrite(source, plan, shards)
+            if plan.discards:
+                _forget_discarded(store, plan)
         for name in os.listdir(target_dir):
             if name != LOCK_FILE:
                 path = os.path.join(target_dir, name)
@@ -172,6 +179,16 @@ def _restore_shard(store: Store, source: EtcdLogSource, shard: int, shards: int,
     keep_first = target + 1 if etcd_lost else first
     restored = ShardRestore(shard, base_seq, target, replayed, len(ctx.db.data), digest, last_at_ms)
     return restored, EtcdPlan(shard, first, last, target, keep_first)
+
+
+def _forget_discarded(store: Store, plan: EtcdPlan) -> None:
+    """Delete the store's snapshots past the target: they hold the writes the restore
+    discarded, and the snapshotter will publish the new history under the same names."""
+    for snapshot in store.list_snapshots(plan.shard):
+        if snapshot.manifest.seq > plan.target:
+            logger.warning("shard %d: deleting snapshot seq %d from %s: it holds records the restore discarded",
+                           plan.shard, snapshot.manifest.seq, store.url)
+            store.delete_snapshot(snapshot)
 
 
 def _rewrite(source: EtcdLogSource, plan: EtcdPlan, shards: int) -> None:

@@ -67,11 +67,13 @@ def shard_state_from_etcd(source: EtcdLogSource, store: Store, data_dir: str, sh
         ctx = new_context(slot_range=slot_ranges(shards)[shard])
         first, tail = source.first_seq(shard), source.durable_tail(shard)
         with tempfile.TemporaryDirectory() as scratch:
+            mark = source.restore_mark(shard)
             base = ensure_base(store, shard, shard_dir_of(data_dir, shard), first, tail, source.name(shard),
-                               download_dir=scratch)
+                               download_dir=scratch, mark=mark)
             if base is None:
                 cached = newest_local(shard_dir_of(data_dir, shard))
-                base = cached if cached is not None and cached.manifest.seq <= tail else None
+                base = cached if cached is not None and cached.manifest.seq <= tail and not (
+                    mark is not None and mark.discarded(cached.manifest.seq, cached.manifest.epoch)) else None
             if base is not None:
                 load_snapshot(base, ctx.db, check_digest=True)
         base_seq = base.manifest.seq if base else 0

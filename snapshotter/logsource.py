@@ -15,7 +15,8 @@ from typing import Iterator
 import durakv.log as wal
 from durakv.log.etcd_client import EtcdClient
 from durakv.log.etcd_upkeep import Defragmenter
-from durakv.log.etcd_records import first_seq, last_seq, no_logs_message, read, recorded_shard_count, shard_prefix
+from durakv.log.etcd_records import (RestoreMark, first_seq, last_seq, no_logs_message, read, recorded_shard_count,
+                                     restore_mark, shard_prefix)
 from durakv.log.layout import log_dir_of
 from durakv.log.manifest import list_segments
 from durakv.snapshotter.local import shard_dir_of
@@ -97,6 +98,9 @@ class EtcdLogSource:
 
     def durable_tail(self, shard: int) -> int:
         return last_seq(self.client, self._prefix(shard))
+
+    def restore_mark(self, shard: int) -> RestoreMark | None:
+        return restore_mark(self.client, self._prefix(shard))
 
     def first_seq(self, shard: int) -> int:
         return first_seq(self.client, self._prefix(shard))

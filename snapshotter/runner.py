@@ -45,7 +45,7 @@ from durakv.log.etcd_upkeep import Defragmenter
 from durakv.shards.config import DEFAULTS
 from durakv.shards import sdnotify
 from durakv.shards.latency import LATENCY_TS_LEN
-from durakv.snapshotter.base import ensure_base
+from durakv.snapshotter.base import drop_discarded, ensure_base
 from durakv.snapshotter.build import build_snapshot
 from durakv.snapshotter.local import newest_local, shard_dir_of, snapshot_dir
 from durakv.snapshotter.logsource import EtcdLogSource, LocalLogSource, LogSource
@@ -216,9 +216,12 @@ class Snapshotter:
         """A shard whose log no longer starts at seq 1 needs a snapshot to build on:
         the local cache, else the newest published one (snapshotter/base.py)."""
         first = self.source.first_seq(shard)
+        mark = self.etcd.restore_mark(shard) if self.etcd is not None else None
         if first > 1:
             ensure_base(self.store, shard, shard_dir, first, self.source.durable_tail(shard),
-                        self.source.name(shard))
+                        self.source.name(shard), mark=mark)
+        elif mark is not None:
+            drop_discarded(shard_dir, mark)
 
     def run_shard(self, shard: int) -> ShardStatus:
         """Build (if anything is new), publish, archive, release; errors land in the status."""

@@ -66,15 +66,21 @@ def fetch_start_snapshot(shard_dir: str, shard: int, wal: Log, snapshot_url: str
     snapshot it can continue (a new machine, or a data dir that was away while the
     records were dropped), fetch the newest one through its first seq - 1 from the
     snapshot store (S3, file://, or the embedded one under the data dir). StartError
-    naming the fix when the store has none."""
-    from durakv.snapshotter.base import NoCoveringSnapshot, ensure_base
+    naming the fix when the store has none. Local snapshots of a history `durakv
+    restore` discarded (P/restored) are deleted first."""
+    from durakv.log.etcd_log import EtcdLog
+    from durakv.log.etcd_records import restore_mark
+    from durakv.snapshotter.base import NoCoveringSnapshot, drop_discarded, ensure_base
     from durakv.snapshotter.filestore import open_store
 
+    mark = restore_mark(wal.client, wal.prefix) if isinstance(wal, EtcdLog) else None
     first = wal.recovery.first_seq if wal.recovery is not None else 1
     if first <= 1:
+        if mark is not None:
+            drop_discarded(shard_dir, mark)
         return
     try:
-        ensure_base(open_store(snapshot_url, data_dir), shard, shard_dir, first, wal.tail_seq, wal.path)
+        ensure_base(open_store(snapshot_url, data_dir), shard, shard_dir, first, wal.tail_seq, wal.path, mark=mark)
     except (NoCoveringSnapshot, StoreError) as e:
         raise StartError(str(e)) from None
 

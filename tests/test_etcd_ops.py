@@ -4,6 +4,7 @@ keeps etcd's size bounded."""
 
 from __future__ import annotations
 
+import shutil
 import uuid
 
 from conftest import DurakvServer
@@ -12,11 +13,14 @@ from test_etcd_backend import etcd_config
 from test_snapshot import dump, redis_dump_of_rdb
 from test_snapshot_serve import _wait_for
 
+from durakv.log import layout
 from durakv.log.etcd_client import EtcdClient, b64, unb64
 from durakv.log.etcd_log import EtcdLog
 from durakv.log.etcd_records import Keys, first_seq, last_seq, shard_prefix
 from durakv.log.etcd_upkeep import member_sizes
 from durakv.shards.log_backend import record_shard_count
+from durakv.snapshotter.filestore import open_store
+from durakv.snapshotter.local import newest_local
 from durakv.shards.exit_codes import EXIT_PERMANENT
 
 SNAPSHOT_OFTEN = "snapshot-every-bytes = 8192\nsnapshot-every-percent = 0\nsnapshot-cpu-percent = 100\n"
@@ -165,6 +169,14 @@ def test_restore_on_etcd_is_fenced_point_in_time_and_rebuilds_a_lost_etcd(etcd_c
     at_target = dump(client)
     write_rounds(client, 2, "discarded:")
     end = last_seq(etcd, shard_prefix(prefix, 0))
+    # Another machine's data dir snapshots the history the restore will discard (its release
+    # notice stays there: etcd keeps the records).
+    away_dir = tmp_path / "away"
+    shutil.copytree(srv.data_dir, away_dir, ignore=shutil.ignore_patterns("run"))
+    cli("snapshotter", "--once", "--config",
+        config_with_data_dir(tmp_path, etcd_cluster.endpoints, prefix, url, away_dir))
+    stale = newest_local(layout.shard_dir(away_dir, 0)).manifest.seq
+    assert stale > target
     restored = tmp_path / "restored"
     tools = config_with_data_dir(tmp_path, etcd_cluster.endpoints, prefix, url, restored, short_lease)
 
@@ -183,10 +195,20 @@ def test_restore_on_etcd_is_fenced_point_in_time_and_rebuilds_a_lost_etcd(etcd_c
               "--force")
     assert f"shard 0: seq {target} " in out.stdout
     assert last_seq(etcd, shard_prefix(prefix, 0)) == target
+    assert all(s.manifest.seq <= target for s in open_store(url).list_snapshots(0))
     again = server_factory(shards=1, extra_args=("--config", config), data_dir=restored)
-    assert dump(again.client()) == at_target
-    again.client().set("after-restore", "1")
-    again.discard()
+    r = again.client()
+    assert dump(r) == at_target
+    for i in range(stale - target + 2):  # the new history passes the discarded snapshot's seq
+        r.set(f"new:{i}", i)
+    live = dump(r)
+    again.kill9()
+    _wait_for(lambda: not etcd.range(leader).get("kvs"), "the killed shard's etcd lease to expire")
+    # The other machine, whose cache still holds the discarded history's snapshot, starts again.
+    away = server_factory(shards=1, extra_args=("--config", config), data_dir=away_dir)
+    assert dump(away.client()) == live
+    assert "of the history restore discarded" in away.log()
+    away.discard()
 
     # etcd lost: a new prefix, the same store: the newest published snapshot is the start.
     fresh = f"fresh-{uuid.uuid4().hex[:8]}"
@@ -255,7 +277,7 @@ def test_etcd_size_stays_bounded_over_snapshot_cycles(etcd_cluster, server_facto
             pipe.set(f"k{k}", f"{cycle}:" + "v" * (BURST_VALUE_BYTES if cycle == 0 else 2_000))
         pipe.execute()
         tails = [last_seq(etcd, shard_prefix(prefix, i)) for i in range(2)]
-        _wait_for(lambda: all(first_seq(etcd, shard_prefix(prefix, i)) > tails[i] for i in range(2)),
+        _wait_for(lambda tails=tails: all(first_seq(etcd, shard_prefix(prefix, i)) > tails[i] for i in range(2)),
                   f"cycle {cycle}'s records to be dropped from etcd")
         sizes.append([(s.db_size_bytes, s.db_in_use_bytes) for s in member_sizes(etcd) if s is not None])
     print("per cycle, each member's (db size, in use) bytes:", sizes)
