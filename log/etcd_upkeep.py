@@ -40,6 +40,8 @@ FLOOR_SHARDS_PER_TXN = 100
 QUIET_REVISIONS_PER_S = 50.0
 # A member's defragmentation may take this long (it copies the whole database).
 DEFRAG_TIMEOUT_S = 60.0
+# Looks at the members' sizes (a status request to each) at most this often.
+CHECK_INTERVAL_S = 5.0
 
 
 def deployment_of(shard_log_prefix: str) -> str:
@@ -128,8 +130,6 @@ class Defragmenter:
         self.free_bytes_threshold = free_bytes_threshold
         self.interval_s = interval_s
         self._last: tuple[float, int] | None = None   # (monotonic s, revision) of the previous check
-        self.rounds = 0
-        self.defragmented = 0
 
     @property
     def lock_key(self) -> bytes:
@@ -139,6 +139,8 @@ class Defragmenter:
         """One check: defragment, one at a time, the members over the threshold if etcd
         is quiet and no round ran within the interval. Returns the endpoints done."""
         if self.free_bytes_threshold <= 0:
+            return []
+        if self._last is not None and time.monotonic() - self._last[0] < min(CHECK_INTERVAL_S, self.interval_s):
             return []
         sizes = member_sizes(self.client)
         known = [s for s in sizes if s is not None]
@@ -153,7 +155,6 @@ class Defragmenter:
         due = [i for i, s in enumerate(sizes) if s is not None and s.free_bytes >= self.free_bytes_threshold]
         if not due or not self._take_round():
             return []
-        self.rounds += 1
         done = []
         for index in due:
             before = sizes[index]
@@ -165,7 +166,6 @@ class Defragmenter:
                 logger.warning("etcd upkeep: defragmenting %s failed (%s); the next round tries again",
                                self.client.endpoints[index], e)
                 break  # one at a time: a member that did not come back ends the round
-            self.defragmented += 1
             done.append(after.endpoint)
             logger.info("etcd upkeep: defragmented %s: %d -> %d bytes (%d in use)", after.endpoint,
                         before.db_size_bytes, after.db_size_bytes, after.db_in_use_bytes)
