@@ -192,6 +192,20 @@ class EtcdClient:
         except (etcd_errors.Etcd3Exception, requests.RequestException) as e:
             raise EtcdUnavailable(f"etcd {self.endpoints[endpoint_index]}: {_detail(e)}") from e
 
+    def defragment(self, endpoint_index: int, timeout_s: float) -> None:
+        """Defragment one member's database file (no failover: it is that member's
+        file); it answers nothing else until done, which may take timeout_s."""
+        client = self._clients[endpoint_index]
+        endpoint = self.endpoints[endpoint_index]
+        try:
+            if self._auth[0] and "Authorization" not in client.session.headers:
+                self._authenticate(client)
+            resp = client.session.post(client.get_url("maintenance/defragment"), json={}, timeout=timeout_s)
+        except (etcd_errors.Etcd3Exception, requests.RequestException) as e:
+            raise EtcdUnavailable(f"etcd {endpoint}: defragment: {_detail(e)}") from e
+        if resp.status_code != 200:
+            raise EtcdRequestFailed(f"etcd {endpoint} refused defragment: {resp.status_code} {resp.text[:200]}")
+
     def watch(self, key: bytes, range_end: bytes, start_revision: int,
               read_timeout_s: float | None = None) -> "WatchStream":
         """Events on [key, range_end) from start_revision, from the current member. With

@@ -43,6 +43,7 @@ from .errors import LeaseLost, LogClosed, LogCorrupt, LogWriteFailed, PendingFul
 from .etcd_client import EtcdClient, EtcdRequestFailed, EtcdUnavailable, b64, unb64
 from .etcd_records import (HEADER, MAX_PARTS, Keys, cmp_absent, cmp_mod, get_op, kvs_of, log_ends, put_op, read,
                            revision_of)
+from .etcd_upkeep import MemberSize, compact_to_floor, floor_prefixes, member_size
 from .interface import LeaseLike
 from .lease import BOOT_ID, pid_alive
 from .writer import RecoveryReport
@@ -115,6 +116,11 @@ class EtcdLog:
         self._valid_until_ns = 0                   # CLOCK_MONOTONIC: etcd keeps our lease at least until then
         self._renew_lock = threading.Lock()
         self._renew_client = client.clone()        # renewals run beside the commit thread's requests
+        self._upkeep_client = client.clone()       # and the drops and size reads of the upkeep thread
+        self.compacted_revision = 0                # the highest revision this log compacted etcd at
+        self._floor_prefixes: list[str] | None = None  # the shard logs compaction waits for (first drop reads)
+        self.member_size: MemberSize | None = None  # refresh_size()'s last reading
+        self._size_read_at = 0.0                   # CLOCK_MONOTONIC s of that reading
         self._stop = threading.Event()
         self._keepalive_thread: threading.Thread | None = None
         self.first_seq = 1
@@ -471,30 +477,82 @@ class EtcdLog:
 
     def drop_segments_through(self, seq: int) -> list[str]:
         """Delete the records through `seq` (fenced: only the leader drops), move the
-        first seq on, and compact etcd's history at that revision so the space can be
-        reclaimed (a defragmentation of each member, when quiet, returns it to the disk)."""
+        first seq on, and compact etcd's history up to the deployment's compaction
+        floor (log/etcd_upkeep.py: never past a revision another shard's followers
+        still need), so the space can be reused; defragmentation returns it to the
+        disk. Called from one upkeep thread at a time, beside the commit thread: it
+        has its own etcd client."""
         self._check_usable()
         seq = min(seq, self.durable_seq)
         if seq < self.first_seq:
             return []
         keys = self._keys
-        reply = self.client.txn([cmp_mod(keys.leader, self._leader_revision)],
-                                [{"request_delete_range": {"key": b64(keys.record(self.first_seq)),
-                                                           "range_end": b64(keys.record(seq + 1))}},
-                                 {"request_delete_range": {"key": b64(keys.parts_of(self.first_seq)),
-                                                           "range_end": b64(keys.parts_of(seq + 1))}},
-                                 put_op(keys.first, str(seq + 1).encode())], [])
+        client = self._upkeep_client
+        reply = client.txn([cmp_mod(keys.leader, self._leader_revision)],
+                           [{"request_delete_range": {"key": b64(keys.record(self.first_seq)),
+                                                      "range_end": b64(keys.record(seq + 1))}},
+                            {"request_delete_range": {"key": b64(keys.parts_of(self.first_seq)),
+                                                      "range_end": b64(keys.parts_of(seq + 1))}},
+                            put_op(keys.first, str(seq + 1).encode())], [])
         if not reply.get("succeeded"):
             self._deposed = "the leader key changed (seen while dropping records)"
             raise LeaseLost(f"etcd log {self.prefix}: {self._deposed}")
         dropped = [f"{self.path}/log/{self.first_seq}..{seq}"]
         self.first_seq = seq + 1
         try:
-            self.client.compact(revision_of(reply))
+            if self._floor_prefixes is None:
+                self._floor_prefixes = floor_prefixes(client, self.prefix)
+            self.compacted_revision = max(self.compacted_revision,
+                                          compact_to_floor(client, self._floor_prefixes, revision_of(reply)))
         except (EtcdUnavailable, EtcdRequestFailed) as e:  # e.g. a user without etcd's root role
             logger.warning("etcd log %s: records through seq %d dropped, but compacting etcd's history failed "
                            "(%s); compact it with etcdctl compact", self.prefix, seq, e)
         return dropped
+
+    def refresh_size(self, max_age_s: float = 0.0) -> MemberSize | None:
+        """Read the size of the member requests go to (INFO shows the last one read),
+        unless the last reading is younger than max_age_s; from the upkeep thread,
+        never the shard's loop: it is a request to etcd."""
+        now = time.monotonic()
+        if self.member_size is not None and now - self._size_read_at < max_age_s:
+            return self.member_size
+        client = self._upkeep_client
+        self._size_read_at = now
+        try:
+            self.member_size = member_size(client, client.endpoints.index(self.client.current_endpoint))
+        except EtcdUnavailable as e:
+            logger.warning("etcd log %s: reading etcd's size failed: %s", self.prefix, e)
+        return self.member_size
+
+    def rewrite_bounds(self, first_seq: int, last_seq: int) -> None:
+        """Keep only the records first_seq..last_seq and make the log continue at
+        last_seq + 1 (`durakv restore`: the restored state is a snapshot through
+        last_seq; last_seq = first_seq - 1 keeps none), and mark the cut (P/restored:
+        snapshots past last_seq from before our epoch are of the discarded history).
+        One transaction fenced by our leader key, so it is refused once another
+        writer leads. Nothing may be pending."""
+        self._check_usable()
+        if self.tail_seq != self.durable_seq:
+            raise RuntimeError(f"etcd log {self.prefix}: rewrite_bounds with {self.pending_records} records pending")
+        if first_seq < 1 or last_seq < first_seq - 1:
+            raise ValueError(f"bounds {first_seq}..{last_seq}: need 1 <= first_seq <= last_seq + 1")
+        keys = self._keys
+        ops: list[dict] = []
+        for start, end in ((keys.record(0), keys.record(first_seq)), (keys.record(last_seq + 1), keys.log_end)):
+            ops.append({"request_delete_range": {"key": b64(start), "range_end": b64(end)}})
+        for start, end in ((keys.parts_of(0), keys.parts_of(first_seq)),
+                           (keys.parts_of(last_seq + 1), keys.base + b"/part0")):
+            ops.append({"request_delete_range": {"key": b64(start), "range_end": b64(end)}})
+        ops.append(put_op(keys.first, str(first_seq).encode()))
+        ops.append(put_op(keys.restored, json.dumps({"seq": last_seq, "epoch": self._epoch}).encode()))
+        reply = self.client.txn([cmp_mod(keys.leader, self._leader_revision)], ops, [])
+        if not reply.get("succeeded"):
+            self._deposed = "the leader key changed (seen while rewriting the log's bounds)"
+            raise LeaseLost(f"etcd log {self.prefix}: {self._deposed}")
+        self.first_seq = first_seq
+        self.tail_seq = self.durable_seq = last_seq
+        logger.warning("etcd log %s: rewritten to hold seqs %d..%d only (by %s, epoch %d)", self.prefix, first_seq,
+                       last_seq, self._holder, self._epoch)
 
     # ---- state and stats ----
 

@@ -8,6 +8,9 @@ Keys, under a shard's prefix P (e.g. "durakv/shard-000"):
                             bound to its etcd lease
     P/epoch                 the highest epoch ever taken (never deleted, so epochs only grow)
     P/first                 the first seq retained (absent: 1); moves when records are dropped
+    P/restored              JSON {seq, epoch}: `durakv restore` cut the log after seq at epoch;
+                            a snapshot past seq with an older epoch belongs to the discarded history
+and, per deployment prefix D (P is D/shard-NNN), D/shards: its shard count.
 
 A record exists once its record key does. Every key etcd shows is committed on a
 quorum, so whatever a reader finds is durable. The writer is log/etcd_log.py, the
@@ -15,6 +18,7 @@ follower (tail, LogFollower) log/etcd_follower.py."""
 
 from __future__ import annotations
 
+import json
 import struct
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -34,6 +38,22 @@ def shard_prefix(prefix: str, shard: int) -> str:
     return f"{prefix.rstrip('/')}/shard-{shard:03d}"
 
 
+def shard_count_key(prefix: str) -> bytes:
+    """PREFIX/shards: the shard count the first tree on a deployment's prefix recorded."""
+    return f"{prefix.rstrip('/')}/shards".encode()
+
+
+def recorded_shard_count(client: EtcdClient, prefix: str) -> int:
+    """The shard count recorded under a deployment's prefix (0: none yet)."""
+    kvs = kvs_of(client.range(shard_count_key(prefix)))
+    return int(unb64(kvs[0]["value"])) if kvs else 0
+
+
+def no_logs_message(prefix: str) -> str:
+    return (f"etcd-prefix {prefix!r} holds no durakv logs (no {shard_count_key(prefix).decode()} key); check "
+            "etcd-prefix and etcd-endpoints")
+
+
 @dataclass(frozen=True, slots=True)
 class Keys:
     """The keys of one shard's log under its prefix."""
@@ -50,6 +70,10 @@ class Keys:
     @property
     def first(self) -> bytes:
         return self.base + b"/first"
+
+    @property
+    def restored(self) -> bytes:
+        return self.base + b"/restored"
 
     @property
     def log_start(self) -> bytes:
@@ -98,6 +122,27 @@ def put_op(key: bytes, value: bytes, lease_id: int = 0) -> dict[str, Any]:
     if lease_id:
         put["lease"] = str(lease_id)
     return {"request_put": put}
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreMark:
+    """Where `durakv restore` cut a log: records after `seq` were discarded, and every
+    record written since has an epoch of at least `epoch`."""
+    seq: int
+    epoch: int
+
+    def discarded(self, snapshot_seq: int, snapshot_epoch: int) -> bool:
+        """Whether a snapshot through snapshot_seq, whose last record has snapshot_epoch,
+        holds records of the discarded history."""
+        return snapshot_seq > self.seq and snapshot_epoch < self.epoch
+
+
+def restore_mark(client: EtcdClient, prefix: str) -> RestoreMark | None:
+    kvs = kvs_of(client.range(Keys(prefix.encode()).restored))
+    if not kvs:
+        return None
+    mark = json.loads(unb64(kvs[0]["value"]))
+    return RestoreMark(int(mark["seq"]), int(mark["epoch"]))
 
 
 def first_seq_at(client: EtcdClient, keys: Keys) -> int:

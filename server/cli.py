@@ -15,6 +15,8 @@ from durakv.shards.config import DEFAULTS, Config, config_from_fd, load_config, 
 from durakv.shards.exit_codes import EXIT_OK, EXIT_PERMANENT, EXIT_USAGE
 
 EXIT_IN_USE = 1  # the port or data dir is taken by another process
+ETCD_CONFIG_HELP = ("the servers' TOML config file: with log-backend = \"etcd\" the shard logs are read from "
+                    "etcd, else from its data-dir")
 
 
 def _common_flags(parser: argparse.ArgumentParser) -> None:
@@ -119,8 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     log_sub = log_cmd.add_subparsers(dest="log_command", required=True)
     verify = log_sub.add_parser("verify", help="check every record of every shard log")
     verify.add_argument("--data-dir", default=DEFAULTS.data_dir)
+    verify.add_argument("--config", help=ETCD_CONFIG_HELP)
     dump = log_sub.add_parser("dump", help="print log records (effects) for debugging")
     dump.add_argument("--data-dir", default=DEFAULTS.data_dir)
+    dump.add_argument("--config", help=ETCD_CONFIG_HELP)
     dump.add_argument("--shard", type=int, default=0)
     dump.add_argument("--from-seq", type=int, default=1)
     dump.add_argument("--limit", type=int)
@@ -138,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "log":
         from durakv.server.logtool import dump_log, truncate_log, verify_logs
 
+        if getattr(args, "config", None):
+            return _log_tool_with_config(args)
         if args.log_command == "verify":
             return verify_logs(args.data_dir)
         if args.log_command == "truncate":
@@ -240,6 +246,28 @@ def main(argv: list[str] | None = None) -> int:
             fd_limit_too_low = True
         return EXIT_PERMANENT if fd_limit_too_low else EXIT_OK
     return EXIT_USAGE
+
+
+def _log_tool_with_config(args: argparse.Namespace) -> int:
+    """`durakv log verify|dump --config FILE`: the logs the config names (on etcd with
+    log-backend = "etcd", else in its data dir)."""
+    from durakv.log.errors import LogError
+    from durakv.server.etcd_logtool import dump_etcd_log, verify_etcd_logs
+    from durakv.server.logtool import dump_log, render_record, verify_logs
+    from durakv.shards.log_backend import uses_etcd
+
+    try:
+        config = load_config(args.config, {})
+    except ValueError as e:
+        return _fail(f"bad configuration: {e}", EXIT_USAGE)
+    try:
+        if args.log_command == "verify":
+            return verify_etcd_logs(config) if uses_etcd(config) else verify_logs(config.data_dir)
+        if uses_etcd(config):
+            return dump_etcd_log(config, args.shard, args.from_seq, args.limit, render_record)
+        return dump_log(config.data_dir, args.shard, args.from_seq, args.limit)
+    except LogError as e:  # etcd out of reach
+        return _fail(str(e), 1)
 
 
 def _installed_version() -> str:

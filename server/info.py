@@ -302,7 +302,8 @@ def _persistence(router, infos, version):
             f"segments={p['log_segments']},replayed={p['replayed_records']}")
         if "etcd_epoch" in p:
             lines.append(f"etcd_shard{info['shard']}:epoch={p['etcd_epoch']},first_seq={p['etcd_first_seq']},"
-                         f"lease_valid={p['etcd_lease_valid']},endpoint={p['etcd_endpoint']}")
+                         f"lease_valid={p['etcd_lease_valid']},endpoint={p['etcd_endpoint']},"
+                         f"db_size={p.get('etcd_db_size', 0)},db_size_in_use={p.get('etcd_db_size_in_use', 0)}")
     return lines
 
 

@@ -32,7 +32,7 @@ def verify_logs(data_dir: str) -> int:
     return status
 
 
-def _render(payload: bytes) -> str:
+def render_record(payload: bytes) -> str:
     record = decode_record(payload)
     return f"@{record.written_at_ms} " + " | ".join(" ".join(repr(arg)[2:-1] for arg in argv)
                                                     for argv in record.effects)
@@ -44,7 +44,7 @@ def dump_log(data_dir: str, shard: int, from_seq: int, limit: int | None) -> int
         print(f"no log at {path}", file=sys.stderr)
         return 1
     try:
-        for record in wal.dump(path, from_seq=from_seq, limit=limit, decode=_render):
+        for record in wal.dump(path, from_seq=from_seq, limit=limit, decode=render_record):
             print(record)
     except wal.LogCorrupt as e:
         print(str(e), file=sys.stderr)

@@ -84,6 +84,9 @@ def add_parsers(sub) -> None:
                         help="N (every shard) or SHARD=N; repeatable. Default: newest")
     target.add_argument("--at", help="point in time: unix seconds or ISO 8601 (UTC unless it says otherwise)")
     p.add_argument("--force", action="store_true", help="replace a non-empty data directory")
+    p.add_argument("--config", help="the servers' TOML config file: with log-backend = \"etcd\" the shards "
+                   "are restored from the store's snapshots plus the records on etcd, and etcd's logs are made "
+                   "to continue from the restored state")
     p.add_argument("--allow-partial", action="store_true",
                    help="with --at: restore shards whose archive ends before that time to their end "
                         "instead of failing (the shards are then not at one consistent time)")
@@ -99,6 +102,9 @@ def add_parsers(sub) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--data-dir")
     source.add_argument("--from", dest="url", help="s3://BUCKET/PREFIX: newest published snapshots")
+    source.add_argument("--config", help="the servers' TOML config file: its data dir, or with log-backend = "
+                        "\"etcd\" the records on etcd after each shard's snapshot (the data dir's, else the "
+                        "snapshot-url store's)")
     p.add_argument("-o", "--output", required=True)
 
 
@@ -213,12 +219,36 @@ def cmd_snapshotter(args: argparse.Namespace) -> int:
         os.close(lock_fd)
 
 
+def _load_config(path: str) -> Config:
+    """A command's --config (the servers' file), with the S3 credentials it names exported.
+    ConfigError (one line) when it does not load."""
+    from durakv.server.secret_sources import export_s3_credentials
+    from durakv.shards.config import load_config
+
+    try:
+        config = load_config(path, {})
+    except ValueError as e:
+        raise ConfigError(f"bad configuration: {e}") from None
+    export_s3_credentials(config)
+    return config
+
+
+class ConfigError(Exception):
+    """--config did not load; str() is the operator's line."""
+
+
 def _etcd_source(config: Config) -> "EtcdLogSource | None":
     """The shard logs on etcd when the config says log-backend = "etcd" (else None)."""
+    from durakv.log.etcd_upkeep import Defragmenter
     from durakv.shards.log_backend import etcd_client, uses_etcd
     from durakv.snapshotter.logsource import EtcdLogSource
 
-    return EtcdLogSource(etcd_client(config), config.etcd_prefix) if uses_etcd(config) else None
+    if not uses_etcd(config):
+        return None
+    client = etcd_client(config)
+    defragmenter = Defragmenter(client.clone(), config.etcd_prefix, config.etcd_defrag_free_bytes,
+                                config.etcd_defrag_interval_s)
+    return EtcdLogSource(client, config.etcd_prefix, defragmenter)
 
 
 def _follow_log_level(data_dir: str, configured: str, stop: threading.Event) -> None:
@@ -286,8 +316,14 @@ def cmd_restore(args: argparse.Namespace) -> int:
         at_ms = parse_at(args.at) if args.at else None
     except ValueError as e:
         return _fail(str(e), 2)
-    results = restore(_store(args.url, args), args.data_dir, seq=seq, at_ms=at_ms, force=args.force,
-                      allow_partial=args.allow_partial)
+    etcd = _etcd_source(_load_config(args.config)) if args.config else None
+    if etcd is not None:
+        from durakv.snapshotter.etcd_restore import restore_etcd
+
+        results = restore_etcd(_store(args.url, args), etcd, args.data_dir, seq=seq, at_ms=at_ms, force=args.force)
+    else:
+        results = restore(_store(args.url, args), args.data_dir, seq=seq, at_ms=at_ms, force=args.force,
+                          allow_partial=args.allow_partial)
     from durakv.server.topology import ensure_topology
 
     ensure_topology(args.data_dir, len(results))
@@ -320,6 +356,14 @@ def cmd_export_rdb(args: argparse.Namespace) -> int:
 
     if args.url:
         keys = export_rdb(args.output, store=_store(args.url, args))
+    elif args.config:
+        config = _load_config(args.config)
+        etcd = _etcd_source(config)
+        if etcd is None:
+            keys = export_rdb(args.output, data_dir=config.data_dir)
+        else:
+            keys = export_rdb(args.output, data_dir=config.data_dir, store=_store(config.snapshot_url, args,
+                                                                                   config.data_dir), etcd=etcd)
     else:
         keys = export_rdb(args.output, data_dir=args.data_dir)
     print(f"wrote {keys} keys to {args.output}")
@@ -344,6 +388,6 @@ def run(args: argparse.Namespace) -> int:
     }
     try:
         return handlers[args.command](args)
-    except (SnapshotterError, RdbError, RdbImportError, LogError, TopologyMismatch, OSError) as e:
+    except (SnapshotterError, RdbError, RdbImportError, LogError, TopologyMismatch, OSError, ConfigError) as e:
         return _fail(str(e))
 

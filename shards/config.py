@@ -82,6 +82,10 @@ class Config(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields
     # A primary on etcd serves reads and writes only while its etcd lease is known valid for this
     # much more (shards/lease_guard.py): the clock-drift margin between this machine and etcd's.
     etcd_lease_margin_ms: int = 500
+    # The snapshotter defragments a member (one at a time, when etcd is quiet) once this much of its
+    # database file is free pages (0: never), at most once per interval for the whole deployment.
+    etcd_defrag_free_bytes: int = 64 * 1024 * 1024
+    etcd_defrag_interval_s: int = 600
     etcd_ca_file: str = ""  # TLS to etcd (https:// endpoints): the CA, and a client certificate and key
     etcd_cert_file: str = ""
     etcd_key_file: str = ""
@@ -184,6 +188,8 @@ LIMITS: dict[str, tuple[float, float]] = {
     "segment_size_bytes": (4096, 1 << 40),
     "etcd_lease_ttl_s": (2, 3600),
     "etcd_lease_margin_ms": (0, 1_800_000),
+    "etcd_defrag_free_bytes": (0, 1 << 50),
+    "etcd_defrag_interval_s": (1, 30 * 24 * 3600),
     "snapshot_every_bytes": (1, 1 << 50),
     "snapshot_every_percent": (0, 1_000_000),
     "snapshot_max_age_s": (0.001, 1e9),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, TypeGuard, cast
+from typing import TYPE_CHECKING, Callable, TypeGuard, cast
 
 from durakv.log import Disk, Log, LogError
 from durakv.log.interface import ShardLog
@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 # serve's start check: how long etcd may take to answer before the start fails.
 ETCD_CHECK_TIMEOUT_S = 3.0
+# How often a shard reads etcd's size for INFO (one status request).
+ETCD_SIZE_REFRESH_S = 10.0
 
 
 def uses_etcd(config: Config) -> bool:
@@ -140,8 +142,9 @@ def etcd_problem(config: Config) -> str:
 def record_shard_count(client: EtcdClient, prefix: str, shards: int) -> int:
     """PREFIX/shards: set to `shards` unless present; returns what it holds."""
     from durakv.log.etcd_client import b64, unb64
+    from durakv.log.etcd_records import shard_count_key
 
-    key = f"{prefix.rstrip('/')}/shards".encode()
+    key = shard_count_key(prefix)
     reply = client.txn([{"key": b64(key), "target": "CREATE", "create_revision": "0", "result": "EQUAL"}],
                        [{"request_put": {"key": b64(key), "value": b64(str(shards).encode())}}],
                        [{"request_range": {"key": b64(key)}}])
@@ -157,9 +160,20 @@ def is_etcd_log(wal: object) -> TypeGuard[EtcdLog]:
     return etcd_log is not None and isinstance(wal, etcd_log.EtcdLog)
 
 
+def etcd_upkeep(shard_dir: str, wal: Log, release: Callable[[str, Log], list[str]]) -> None:
+    """One round of a shard's upkeep of its log on etcd, in a worker thread (each is
+    a request to etcd, which must not stall the shard's loop): drop the records the
+    snapshotter released (and compact, log/etcd_upkeep.py), then read etcd's size."""
+    release(shard_dir, wal)
+    cast("EtcdLog", wal).refresh_size(ETCD_SIZE_REFRESH_S)
+
+
 def etcd_state(wal: object) -> dict[str, int | str]:
-    """INFO persistence's view of a shard log on etcd ({} for local segments)."""
+    """INFO persistence's view of a shard log on etcd ({} for local segments); the
+    size is the upkeep thread's last reading of the member the shard talks to."""
     if not is_etcd_log(wal):
         return {}
+    from durakv.log.etcd_upkeep import size_fields
+
     return {"etcd_epoch": wal.epoch, "etcd_first_seq": wal.first_seq, "etcd_lease_valid": int(wal.lease_valid()),
-            "etcd_endpoint": wal.client.current_endpoint}
+            "etcd_endpoint": wal.client.current_endpoint, **size_fields(wal.member_size)}

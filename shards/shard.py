@@ -38,7 +38,7 @@ from durakv.shards.hazards import HazardTracker, HeldReplies, ReplySink
 from durakv.shards.blocking import Block, BlockedClients, Waiter
 from durakv.shards.access import Lfu
 from durakv.shards.keyspace import Keyspace, now_ms
-from durakv.shards.log_backend import is_etcd_log, open_shard_log, take_shard_lease, uses_etcd
+from durakv.shards.log_backend import etcd_upkeep, is_etcd_log, open_shard_log, take_shard_lease, uses_etcd
 from durakv.shards.records import RecordClock, decode_record
 from durakv.shards.resp import NULL_ARRAY, ReplyError, encode, encode_error
 from durakv.shards.shard_settings import SHARD_DEFAULTS
@@ -83,6 +83,8 @@ class SnapshotHooks(Protocol):
     (which builds on shards/)."""
 
     def prepare_shard_dir(self, shard_dir: str, shard: int, shards: int, snapshot_url: str) -> bool: ...
+
+    def fetch_start_snapshot(self, shard_dir: str, shard: int, wal: Log, snapshot_url: str, data_dir: str) -> None: ...
 
     def load_start_snapshot(self, shard_dir: str, db: Keyspace, wal: Log) -> int: ...
 
@@ -185,6 +187,9 @@ class Shard(GroupCommit):
         started = time.monotonic()
         last_report = started
         count = 0
+        if base_seq is None and snapshots is not None and uses_etcd(self.config):
+            snapshots.fetch_start_snapshot(self.dir, self.index, self.wal, self.config.snapshot_url,
+                                           self.config.data_dir)
         if base_seq is None:
             base_seq = snapshots.load_start_snapshot(self.dir, self.db, self.wal) if snapshots is not None else 0
         for _seq, _epoch, payload in self.wal.read(base_seq + 1):
@@ -590,10 +595,13 @@ class Shard(GroupCommit):
         return stat
 
     async def release_loop(self) -> None:
-        """Drop the log segments the snapshotter archived and a snapshot covers."""
+        """Drop the log segments the snapshotter archived and a snapshot covers (on
+        etcd: in a worker thread, with its reading of etcd's size, off the loop)."""
         while True:
             await trio.sleep(RELEASE_POLL_S)
-            if self.write_error is None:
+            if self.write_error is None and uses_etcd(self.config):
+                await trio.to_thread.run_sync(etcd_upkeep, self.dir, self.wal, self.snapshots.release_segments)
+            elif self.write_error is None:
                 self.snapshots.release_segments(self.dir, self.wal)
 
     async def memory_loop(self) -> None:

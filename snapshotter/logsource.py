@@ -16,10 +16,13 @@ import durakv.log as wal
 from durakv.log.layout import log_dir_of
 from durakv.log.manifest import list_segments
 from durakv.snapshotter.local import shard_dir_of
+from durakv.snapshotter.errors import SnapshotterError
 from durakv.snapshotter.logtail import durable_tail, log_first_seq
 
 if TYPE_CHECKING:
     from durakv.log.etcd_client import EtcdClient
+    from durakv.log.etcd_records import RestoreMark
+    from durakv.log.etcd_upkeep import Defragmenter
 
 logger = logging.getLogger("durakv.snapshotter")
 
@@ -39,6 +42,10 @@ class LocalLogSource:
 
     def present(self, shard: int) -> bool:
         return os.path.isdir(self._dir(shard))
+
+    def name(self, shard: int) -> str:
+        """Where the shard's log is, for messages."""
+        return self._dir(shard)
 
     def durable_tail(self, shard: int) -> int:
         return durable_tail(self._dir(shard))
@@ -67,23 +74,38 @@ class EtcdLogSource:
 
     archives = False  # etcd holds the log, replicated; the store gets snapshots only
 
-    def __init__(self, client: EtcdClient, prefix: str) -> None:
+    def __init__(self, client: EtcdClient, prefix: str, defragmenter: Defragmenter | None = None) -> None:
+        """defragmenter: the snapshotter's rounds of etcd defragmentation (log/etcd_upkeep.py)."""
         from durakv.log import etcd_records
 
         self.records = etcd_records
         self.client = client
         self.prefix = prefix
+        self.defragmenter = defragmenter
         self._lock = threading.Lock()
         self._counted: dict[int, tuple[int, int]] = {}  # shard -> (last seq counted, bytes counted)
 
     def _prefix(self, shard: int) -> str:
         return self.records.shard_prefix(self.prefix, shard)
 
+    def shards(self) -> int:
+        """The shard count the first tree on the prefix recorded; SnapshotterError if none."""
+        count = self.records.recorded_shard_count(self.client, self.prefix)
+        if not count:
+            raise SnapshotterError(self.records.no_logs_message(self.prefix))
+        return count
+
     def present(self, shard: int) -> bool:
         return True
 
+    def name(self, shard: int) -> str:
+        return f"etcd:{self._prefix(shard)}"
+
     def durable_tail(self, shard: int) -> int:
         return self.records.last_seq(self.client, self._prefix(shard))
+
+    def restore_mark(self, shard: int) -> RestoreMark | None:
+        return self.records.restore_mark(self.client, self._prefix(shard))
 
     def first_seq(self, shard: int) -> int:
         return self.records.first_seq(self.client, self._prefix(shard))

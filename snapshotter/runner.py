@@ -41,9 +41,11 @@ from durakv.log.layout import LOCK_FILE, snapshotter_dir, topology_path
 from durakv.log import lock as dir_lock
 from durakv.log.durable_file import replace_file
 from durakv.log.errors import LockHeld, LogError
+from durakv.log.etcd_upkeep import Defragmenter
 from durakv.shards.config import DEFAULTS
 from durakv.shards import sdnotify
 from durakv.shards.latency import LATENCY_TS_LEN
+from durakv.snapshotter.base import drop_discarded, ensure_base
 from durakv.snapshotter.build import build_snapshot
 from durakv.snapshotter.local import newest_local, shard_dir_of, snapshot_dir
 from durakv.snapshotter.logsource import EtcdLogSource, LocalLogSource, LogSource
@@ -212,16 +214,14 @@ class Snapshotter:
 
     def _ensure_base(self, shard: int, shard_dir: str) -> None:
         """A shard whose log no longer starts at seq 1 needs a snapshot to build on:
-        the local cache, else the newest published one."""
+        the local cache, else the newest published one (snapshotter/base.py)."""
         first = self.source.first_seq(shard)
-        local = newest_local(shard_dir)
-        if first == 1 or (local is not None and local.manifest.seq >= first - 1):
-            return
-        remote = [s for s in self.store.list_snapshots(shard) if s.complete and s.manifest.seq >= first - 1]
-        if not remote:
-            raise RuntimeError(f"shard {shard}: log starts at seq {first} and no published snapshot covers "
-                               "the records before it")
-        self.store.download_snapshot(remote[-1], shard_dir)
+        mark = self.etcd.restore_mark(shard) if self.etcd is not None else None
+        if first > 1:
+            ensure_base(self.store, shard, shard_dir, first, self.source.durable_tail(shard),
+                        self.source.name(shard), mark=mark)
+        elif mark is not None:
+            drop_discarded(shard_dir, mark)
 
     def run_shard(self, shard: int) -> ShardStatus:
         """Build (if anything is new), publish, archive, release; errors land in the status."""
@@ -300,6 +300,14 @@ class Snapshotter:
         self._save_status()
         return self.status
 
+    def _etcd_upkeep(self, defragmenter: Defragmenter) -> None:
+        """A round of etcd defragmentation when one is due (log/etcd_upkeep.py); a failure
+        is logged and retried at the next poll, never the end of the snapshotter."""
+        try:
+            defragmenter.maybe_run()
+        except LogError as e:
+            logger.warning("snapshotter: etcd upkeep: %s", e)
+
     def _save_status(self) -> None:
         with self._status_lock:
             self.status.updated_at_ms = time.time_ns() // 1_000_000
@@ -331,6 +339,8 @@ class Snapshotter:
                 self.run_once(force=bool(request))
             except StoreError as e:
                 logger.error("snapshotter: %s", e)
+            if self.etcd is not None and self.etcd.defragmenter is not None:
+                self._etcd_upkeep(self.etcd.defragmenter)
             if request:
                 self.status.request_served = request
                 shards = self.status.shards.values()

@@ -8,6 +8,10 @@ snapshot URL is configured bootstraps from S3):
     base_seq = shard_hooks.load_start_snapshot(shard_dir, db, log)
     for seq, epoch, payload in log.read(base_seq + 1): replay(...)
 
+With the log on etcd (nothing of it in the data dir) the shard opens the log first, then
+fetch_start_snapshot(shard_dir, index, log, snapshot_url, data_dir) makes sure the
+local cache holds a snapshot the log can continue, before load_start_snapshot.
+
 Periodically (every few seconds) while serving:
 
     dropped = shard_hooks.release_segments(shard_dir, log)
@@ -25,6 +29,7 @@ from durakv.shards.keyspace import Keyspace
 from durakv.snapshotter.local import SnapshotInvalid, list_local, load_snapshot, newest_local
 from durakv.snapshotter.runner import read_release
 from durakv.snapshotter.errors import SnapshotterError
+from durakv.snapshotter.store import StoreError
 
 logger = logging.getLogger("durakv.shard")
 
@@ -55,6 +60,30 @@ def prepare_shard_dir(shard_dir: str, shard: int, shards: int, snapshot_url: str
         raise StartError(str(e)) from None
     logger.info("shard %d: bootstrapped from %s at seq %d", shard, snapshot_url, restored.seq)
     return True
+
+
+def fetch_start_snapshot(shard_dir: str, shard: int, wal: Log, snapshot_url: str, data_dir: str) -> None:
+    """The log on etcd: when it no longer starts at seq 1 and the local cache has no
+    snapshot it can continue (a new machine, or a data dir that was away while the
+    records were dropped), fetch the newest one through its first seq - 1 from the
+    snapshot store (S3, file://, or the embedded one under the data dir). StartError
+    naming the fix when the store has none. Local snapshots of a history `durakv
+    restore` discarded (P/restored) are deleted first."""
+    from durakv.log.etcd_log import EtcdLog
+    from durakv.log.etcd_records import restore_mark
+    from durakv.snapshotter.base import NoCoveringSnapshot, drop_discarded, ensure_base
+    from durakv.snapshotter.filestore import open_store
+
+    mark = restore_mark(wal.client, wal.prefix) if isinstance(wal, EtcdLog) else None
+    first = wal.recovery.first_seq if wal.recovery is not None else 1
+    if first <= 1:
+        if mark is not None:
+            drop_discarded(shard_dir, mark)
+        return
+    try:
+        ensure_base(open_store(snapshot_url, data_dir), shard, shard_dir, first, wal.tail_seq, wal.path, mark=mark)
+    except (NoCoveringSnapshot, StoreError) as e:
+        raise StartError(str(e)) from None
 
 
 def load_start_snapshot(shard_dir: str, db: Keyspace, wal: Log) -> int:

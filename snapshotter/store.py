@@ -329,9 +329,13 @@ class Store(ABC):
             return 0
         old = self.list_snapshots(shard)[:-self.keep_snapshots]
         for snapshot in old:
-            self._delete(snapshot.manifest_key)
-            self._delete(snapshot.rdb_key)
+            self.delete_snapshot(snapshot)
         return len(old)
+
+    def delete_snapshot(self, snapshot: RemoteSnapshot) -> None:
+        """Remove a published snapshot, manifest first (no half snapshot is ever listed)."""
+        self._delete(snapshot.manifest_key)
+        self._delete(snapshot.rdb_key)
 
     def download_snapshot(self, remote: RemoteSnapshot, shard_dir: str,
                           on_bytes: Callable[[int], object] | None = None) -> LocalSnapshot:
