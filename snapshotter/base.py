@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
-from durakv.log.etcd_records import RestoreMark
 from durakv.snapshotter.errors import SnapshotterError
 from durakv.snapshotter.local import LocalSnapshot, list_local
 from durakv.snapshotter.store import Store
+
+if TYPE_CHECKING:
+    from durakv.log.etcd_records import RestoreMark
 
 logger = logging.getLogger("durakv.snapshotter")
 

@@ -35,13 +35,13 @@ import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from durakv.log import OS_DISK
 from durakv.log.layout import LOCK_FILE, snapshotter_dir, topology_path
 from durakv.log import lock as dir_lock
 from durakv.log.durable_file import replace_file
 from durakv.log.errors import LockHeld, LogError
-from durakv.log.etcd_upkeep import Defragmenter
 from durakv.shards.config import DEFAULTS
 from durakv.shards import sdnotify
 from durakv.shards.latency import LATENCY_TS_LEN
@@ -55,6 +55,9 @@ from durakv.snapshotter.isolate import run_in_child
 from durakv.snapshotter.store import Store, StoreError
 from durakv.snapshotter.tailship import ARCHIVE_BYTES_DEFAULT, ARCHIVE_INTERVAL_MS_DEFAULT, TailArchiver
 from durakv.snapshotter.errors import SnapshotterError
+
+if TYPE_CHECKING:
+    from durakv.log.etcd_upkeep import Defragmenter
 
 logger = logging.getLogger("durakv.snapshotter")
 
