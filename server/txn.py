@@ -38,7 +38,9 @@ from durakv.shards.resp import NULL_ARRAY, ReplyError, encode, encode_error
 from durakv.shards.slots import key_slot
 from durakv.shards.t_multi import pack_transaction
 from durakv.shards.table import lookup
-from durakv.shards.txn import FLUSHES, TXBUSY, WHOLE_KEYSPACE, crash_point, pack, state_effects, unpack_values
+from durakv.shards.txn import (
+    FLUSHES, RETRY, TXBUSY, WHOLE_KEYSPACE, crash_point, hold_point, pack, state_effects, unpack_values,
+)
 
 if TYPE_CHECKING:
     from durakv.server.client import Client
@@ -316,6 +318,7 @@ class Coordinator:
                 reply, packed_states = encode(len(present), proto), pack(present)
             else:
                 executor = min(keys) if keys else participants[0]
+                await hold_point("router-before-run")
                 for _round in range(MAX_DISCOVERY_ROUNDS):
                     reply, packed_states, flushed, missing = await self._ask(
                         executor, [VERB_TXRUN, b"%d" % txid, b"%d" % proto, b"multi" if multi else b"one",
@@ -324,9 +327,10 @@ class Coordinator:
                         break
                     more = await self._lock_more(client, txid, missing, locked)
                     if more is None:  # one is locked by another transaction: again, waiting in order
-                        self.release(txid, locked)
                         if attempt >= MAX_DISCOVERY_RESTARTS:
+                            self.release(txid, locked)
                             return ERR_UNDECLARED
+                        self.release(txid, locked, retry=True)  # the next attempt checks the WATCHes again
                         for key in missing:
                             keys.setdefault(self.router.slot_owner[key_slot(key)], []).append(key)
                         participants = sorted(set(participants) | set(keys))
@@ -411,10 +415,11 @@ class Coordinator:
 
     # --- talking to shards ---------------------------------------------------------
 
-    def release(self, txid: int, shards: list[int]) -> None:
-        """Drop the transaction's locks (and prepared effects) on those shards, not waiting."""
+    def release(self, txid: int, shards: list[int], retry: bool = False) -> None:
+        """Drop the transaction's locks (and prepared effects) on those shards, not
+        waiting; with the client's WATCHes there, unless it is to lock again (retry)."""
         for shard in shards:
-            self._tell(shard, [VERB_TXABORT, b"%d" % txid])
+            self._tell(shard, [VERB_TXABORT, b"%d" % txid, RETRY] if retry else [VERB_TXABORT, b"%d" % txid])
 
     def _tell(self, shard: int, argv: list[bytes]) -> None:
         """A request whose reply nobody waits for (a lost one is resolved later)."""

@@ -68,6 +68,9 @@ MARK_DECIDE_COMMIT = 4  # [4, txid]: decided (decider); this record holds the de
 MARK_DECIDE_ABORT = 5  # [5, txid]: presumed abort recorded (decider): a later decision fails
 
 CRASH_ENV = "DURAKV_TXN_CRASH"
+HOLD_ENV = "DURAKV_TXN_HOLD"
+HOLD_POLL_S = 0.01
+MAX_HOLD_POLLS = 6_000  # a held step goes on by itself after a minute
 CRASH_EXIT_STATUS = 137  # as if killed by SIGKILL
 MAX_DECISIONS = 100_000  # recent decisions a decider answers from memory
 MAX_DEFERRED_REQUESTS = 1_000_000  # requests waiting for locks (a client's backlog bounds its share)
@@ -82,6 +85,7 @@ FLUSHES = frozenset({b"flushall", b"flushdb"})
 MAX_WHOLE_KEYS = 100_000  # per shard: values a whole-keyspace read inside a cross-shard MULTI moves
 TXBUSY = b"TXBUSY a key is locked"  # a b"try" TXREAD's or b"more" TXLOCK's answer: the router retries waiting
 NEVER_WAIT = (b"try", b"more")
+RETRY = b"retry"  # TXABORT of a transaction that locks again at once: the client's WATCHes stay
 
 _pack = msgspec.msgpack.Encoder().encode
 _values_decoder = msgspec.msgpack.Decoder(list[tuple[bytes, Any, int]])
@@ -119,7 +123,7 @@ def state_effects(states: list[tuple[bytes, bytes | None, int]]) -> list[list[by
 class Txn:
     """One transaction's state on this shard."""
 
-    __slots__ = ("txid", "keys", "conn", "effects", "decider", "in_doubt", "whole")
+    __slots__ = ("txid", "keys", "conn", "effects", "decider", "in_doubt", "whole", "watcher")
 
     def __init__(self, txid: int, keys: list[bytes], conn: ReplySink | None) -> None:
         self.txid = txid
@@ -129,6 +133,7 @@ class Txn:
         self.decider = -1
         self.in_doubt = False
         self.whole = False  # the whole shard is locked, not only its keys
+        self.watcher = 0  # an EXEC's client: its WATCHes here go when the transaction ends, not before
 
 
 class ScratchKeyspace(Keyspace):
@@ -269,8 +274,8 @@ class TxnState:
                 return self._decide(req, next_seq)
             if verb == VERB_TXCOMMIT:
                 return self._commit(int(req.argv[1]), next_seq)
-            if verb == VERB_TXABORT:
-                return self._abort(int(req.argv[1]), next_seq)
+            if verb == VERB_TXABORT:  # b"retry": the router locks again; the WATCHes stay
+                return self._abort(int(req.argv[1]), next_seq, req.argv[2:] == [RETRY])
             if verb == VERB_TXRESOLVE:
                 return self._resolve(int(req.argv[1]), next_seq)
             assert verb == VERB_TXINDOUBT, f"unknown transaction verb {verb!r}"
@@ -296,11 +301,13 @@ class TxnState:
                 raise ReplyError(b"ERR KEYS, DBSIZE, RANDOMKEY or SCAN in a transaction across shards reads at most "
                                  b"%d keys per shard" % MAX_WHOLE_KEYS)
             keys = keys + [key for key in db.data if key not in keys]
-        if (mode == b"exec" or whole) and req.cid:  # EXEC checks and drops the client's WATCHes; a command does not
+        txn = Txn(txid, [], conn)
+        if (mode == b"exec" or whole) and req.cid:  # EXEC checks the client's WATCHes; a command does not
+            # They stay (locked) until the transaction ends: one that restarts checks them again.
             watched = sorted(shard.watches.by_client.get(req.cid, ()))
             dirty = shard.watches.is_dirty(req.cid, shard.db)
-            shard.watches.unwatch(req.cid)
-        txn = Txn(txid, list(dict.fromkeys(req.argv[3:] + watched)), conn)
+            txn.watcher = req.cid
+        txn.keys = list(dict.fromkeys(req.argv[3:] + watched))
         assert len(self.locks) + len(txn.keys) <= MAX_LOCKS, "too many locked keys"
         for key in txn.keys:
             self.locks[key] = txid
@@ -530,14 +537,14 @@ class TxnState:
         self._release(txid)
         return encode_internal(True, True), next_seq
 
-    def _abort(self, txid: int, next_seq: int) -> tuple[bytes, int]:
+    def _abort(self, txid: int, next_seq: int, retry: bool = False) -> tuple[bytes, int]:
         txn = self.txns.get(txid)
         if txn is None:
             return encode_internal(True, False), 0
         prepared = txn.effects is not None
         if prepared:
             self.marks.append([MARK_ABORT, txid])
-        self._release(txid)
+        self._release(txid, keep_watches=retry)
         return encode_internal(True, True), next_seq if prepared else 0
 
     def _resolve(self, txid: int, next_seq: int) -> tuple[bytes, int]:
@@ -573,8 +580,10 @@ class TxnState:
         while len(decisions) > MAX_DECISIONS:
             decisions.popitem(last=False)
 
-    def _release(self, txid: int) -> None:
+    def _release(self, txid: int, keep_watches: bool = False) -> None:
         txn = self.txns.pop(txid)
+        if txn.watcher and not keep_watches:  # EXEC ends: its client's WATCHes go, as in Redis
+            self.shard.watches.unwatch(txn.watcher)
         if txn.whole:
             self.whole_txid = 0
         locks = self.locks
@@ -638,10 +647,10 @@ class TxnState:
         self.shard.txn_busy = self.busy()
 
 
-def crash_armed(step: str) -> bool:
+def crash_armed(step: str, env: str = CRASH_ENV) -> bool:
     """Fault injection for tests: with DURAKV_TXN_CRASH=PATH, a process exits at the
-    step named in the file PATH, while it exists."""
-    path = os.environ.get(CRASH_ENV)
+    step named in the file PATH, while it exists (DURAKV_TXN_HOLD: it waits there)."""
+    path = os.environ.get(env)
     if not path:
         return False
     try:
@@ -660,6 +669,17 @@ def crash_point(step: str) -> None:
     logger.critical("%s: exiting at step %s", CRASH_ENV, step)
     logging.shutdown()
     os._exit(CRASH_EXIT_STATUS)
+
+
+async def hold_point(step: str) -> None:
+    """Fault injection for tests: with DURAKV_TXN_HOLD=PATH, a coordinator waits at
+    STEP while the file PATH names it (at most a minute), so a test can order another
+    client's requests around that moment."""
+    for _poll in range(MAX_HOLD_POLLS):
+        if not crash_armed(step, HOLD_ENV):
+            return
+        await trio.sleep(HOLD_POLL_S)
+    logger.warning("%s: step %s held for %.0f s; going on", HOLD_ENV, step, MAX_HOLD_POLLS * HOLD_POLL_S)
 
 
 def effect_keys(effects: list[list[bytes]]) -> list[bytes]:
