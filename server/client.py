@@ -383,6 +383,13 @@ class Client:
         """EVAL*/FCALL*: routed by their keys like any command, and timed (busy-reply-threshold)."""
         router = self.router
         indexes = cmd.key_indexes(argv)
+        if not indexes and len(router.links) > 1 and not router.cluster_node:
+            # No declared keys: it may touch any shard's (found and locked as it runs, server/txn.py).
+            if cmd.name == "eval":
+                note_script(argv[1])
+            router.cross_shard(self, [argv if self.user.unrestricted else
+                                      [VERB_AS_USER, self.user.permissions(), *argv]], False)
+            return
         try:
             shard = router.keys_shard(self, argv, indexes) if indexes else router.home_shard
         except ReplyError as e:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import trio
 
 from durakv.server.front import decode_internal
-from durakv.server.links import LOST, Pending
+from durakv.server.links import LOST, SCRIPT_EVAL, SCRIPT_FUNCTION, SCRIPT_NONE, Pending
 from durakv.shards.blocking import parse_timeout_ms
 from durakv.shards.frames import (
     PROTO_INTERNAL, VERB_AS_USER, VERB_TXABORT, VERB_TXCOMMIT, VERB_TXDECIDE, VERB_TXINDOUBT, VERB_TXLOCK,
@@ -39,7 +39,7 @@ from durakv.shards.slots import key_slot
 from durakv.shards.t_multi import pack_transaction
 from durakv.shards.table import lookup
 from durakv.shards.txn import (
-    FLUSHES, RETRY, TXBUSY, WHOLE_KEYSPACE, crash_point, hold_point, pack, state_effects, unpack_values,
+    FLUSHES, RETRY, TXBUSY, WHOLE_KEYSPACE, WHOLE_RUN, crash_point, hold_point, pack, state_effects, unpack_values,
 )
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ class Coordinator:
             participants = sorted(set(keys) | client.watch_shards)
             client.watch_shards = set()  # TXLOCK clears the watches on each participant
         else:
-            participants = sorted(keys)
+            participants = sorted(keys) or [router.home_shard]  # a script without declared keys runs there
         client.blocked_pending = pending
         client.blocked_shard = -1
         self.in_flight += 1
@@ -289,7 +289,10 @@ class Coordinator:
             pending.fill(await self._transact(client, commands, multi, keys, participants))
 
     async def _transact(self, client: Client, commands: list[list[bytes]], multi: bool,
-                        keys: dict[int, list[bytes]], participants: list[int], attempt: int = 0) -> bytes:
+                        keys: dict[int, list[bytes]], participants: list[int], attempt: int = 0,
+                        whole: bool = False) -> bytes:
+        """One attempt (see the module's docstring); `whole`: a script in it reads or
+        flushes the whole keyspace, so every shard is locked whole with every value moved."""
         txid = self.new_txid()
         proto = client.proto
         locked: list[int] = []
@@ -297,7 +300,7 @@ class Coordinator:
         watch_failed = False
         oom = False
         deletes = not multi and commands[0][0].lower() in DELETES
-        mode = _lock_mode(commands, multi, deletes)
+        mode = (b"all" if multi else b"every") if whole else _lock_mode(commands, multi, deletes)
         try:
             for shard in participants:  # ascending: no deadlock between coordinators
                 dirty, packed, shard_oom = await self._ask(shard, [VERB_TXLOCK, b"%d" % txid, mode,
@@ -319,10 +322,17 @@ class Coordinator:
             else:
                 executor = min(keys) if keys else participants[0]
                 await hold_point("router-before-run")
+                script = _script_kind(commands)  # timed by the router, as a script on one shard (BUSY)
+                run = [VERB_TXRUN, b"%d" % txid, b"%d" % proto, b"multi" if multi else b"one",
+                       pack_transaction(commands)]
                 for _round in range(MAX_DISCOVERY_ROUNDS):
-                    reply, packed_states, flushed, missing = await self._ask(
-                        executor, [VERB_TXRUN, b"%d" % txid, b"%d" % proto, b"multi" if multi else b"one",
-                                   pack_transaction(commands), pack([list(v) for v in values])])
+                    reply, packed_states, flushed, missing, wants_all = await self._ask(
+                        executor, [*run, pack([list(v) for v in values]), *([WHOLE_RUN] if whole else [])],
+                        script=script)
+                    if wants_all:  # a script's KEYS, DBSIZE...: again, with every shard locked whole
+                        self.release(txid, locked, retry=True)
+                        every = list(range(len(self.router.links)))
+                        return await self._transact(client, commands, multi, keys, every, attempt, True)
                     if not missing:
                         break
                     more = await self._lock_more(client, txid, missing, locked)
@@ -334,7 +344,7 @@ class Coordinator:
                         for key in missing:
                             keys.setdefault(self.router.slot_owner[key_slot(key)], []).append(key)
                         participants = sorted(set(participants) | set(keys))
-                        return await self._transact(client, commands, multi, keys, participants, attempt + 1)
+                        return await self._transact(client, commands, multi, keys, participants, attempt + 1, whole)
                     values.extend(more)
                 else:
                     self.release(txid, locked)
@@ -425,19 +435,23 @@ class Coordinator:
         """A request whose reply nobody waits for (a lost one is resolved later)."""
         self.router.links[shard].submit(None, PROTO_INTERNAL, argv, Pending(None, on_fill=_log_failure))
 
-    async def _ask(self, shard: int, argv: list[bytes], client: Client | None = None) -> Any:
-        return (await self._ask_all([(shard, argv)], client))[0]
+    async def _ask(self, shard: int, argv: list[bytes], client: Client | None = None,
+                   script: int = SCRIPT_NONE) -> Any:
+        return (await self._ask_all([(shard, argv)], client, script))[0]
 
-    async def _ask_all(self, requests: list[tuple[int, list[bytes]]], client: Client | None = None) -> list:
+    async def _ask_all(self, requests: list[tuple[int, list[bytes]]], client: Client | None = None,
+                       script: int = SCRIPT_NONE) -> list:
         """Send requests to shards at once and wait for every reply (decoded);
         raises Lost or the first ReplyError once all are in."""
-        replies = await self.ask_raw_all(requests, client)
+        replies = await self.ask_raw_all(requests, client, script)
         if any(data is LOST for data in replies):
             raise Lost()
         return [decode_internal(data) for data in replies]
 
-    async def ask_raw_all(self, requests: list[tuple[int, list[bytes]]], client: Client | None = None) -> list:
-        """Send internal requests to shards at once; every reply as the shard sent it (or LOST)."""
+    async def ask_raw_all(self, requests: list[tuple[int, list[bytes]]], client: Client | None = None,
+                          script: int = SCRIPT_NONE) -> list:
+        """Send internal requests to shards at once; every reply as the shard sent it (or LOST);
+        `script` marks a run of a script the router times (server/links.py)."""
         done = trio.Event()
         replies: list[Any] = [None] * len(requests)
         left = len(requests)
@@ -452,7 +466,7 @@ class Coordinator:
             return on_fill
 
         for n, (shard, argv) in enumerate(requests):
-            self.router.links[shard].submit(client, PROTO_INTERNAL, argv, Pending(client, on_fill=filler(n)))
+            self.router.links[shard].submit(client, PROTO_INTERNAL, argv, Pending(client, on_fill=filler(n)), script)
         if left:
             await done.wait()
         return replies
@@ -511,6 +525,19 @@ class Coordinator:
             if not unresolved:
                 return
             await trio.sleep(RESOLVE_RETRY_S)
+
+
+def _script_kind(commands: list[list[bytes]]) -> int:
+    """SCRIPT_EVAL or SCRIPT_FUNCTION when a command of the run is a script, else SCRIPT_NONE."""
+    for argv in commands:
+        if argv[0] == VERB_AS_USER:
+            argv = argv[2:]
+        name = argv[0].lower()
+        if name.startswith(b"eval"):
+            return SCRIPT_EVAL
+        if name.startswith(b"fcall"):
+            return SCRIPT_FUNCTION
+    return SCRIPT_NONE
 
 
 def _denies_oom(commands: list[list[bytes]]) -> bool:

@@ -82,6 +82,12 @@ WAITING_VERBS = (VERB_EXEC, VERB_TXLOCK, VERB_TXREAD)  # internal requests that 
 # Commands over the whole keyspace that a cross-shard MULTI runs with every shard locked whole.
 WHOLE_KEYSPACE = frozenset({"keys", "dbsize", "randomkey", "scan", "flushall", "flushdb"})
 FLUSHES = frozenset({b"flushall", b"flushdb"})
+WHOLE_KEYSPACE_VERBS = frozenset(name.encode() for name in WHOLE_KEYSPACE)
+# TXLOCK modes that lock the shard whole: a MULTI reading the whole keyspace ("all"),
+# one that flushes it first ("wide"), a command (a script) reading it ("every": no WATCHes).
+WHOLE_MODES = (b"all", b"wide", b"every")
+WITH_ALL_VALUES = (b"all", b"every")  # the executor gets every key's value
+WHOLE_RUN = b"whole"  # TXRUN's flag: every key's value is in the scratch keyspace
 MAX_WHOLE_KEYS = 100_000  # per shard: values a whole-keyspace read inside a cross-shard MULTI moves
 TXBUSY = b"TXBUSY a key is locked"  # a b"try" TXREAD's or b"more" TXLOCK's answer: the router retries waiting
 NEVER_WAIT = (b"try", b"more")
@@ -221,7 +227,7 @@ class TxnState:
         if argv[0] == VERB_TXREAD:
             return argv[4:]
         if argv[0] == VERB_TXLOCK:
-            if argv[2] in (b"all", b"wide"):
+            if argv[2] in WHOLE_MODES:
                 return None  # it waits until no key is locked
             if argv[2] != b"exec":
                 return argv[3:]
@@ -295,14 +301,14 @@ class TxnState:
         watched: list[bytes] = []
         dirty = False
         db = shard.db
-        whole = mode in (b"all", b"wide")  # a MULTI with KEYS, DBSIZE, FLUSHDB...: every request waits
-        if mode == b"all":  # ... and it reads the whole keyspace: every value goes to the executor
+        whole = mode in WHOLE_MODES  # a MULTI with KEYS, DBSIZE, FLUSHDB...: every request waits
+        if mode in WITH_ALL_VALUES:  # ... and it reads the whole keyspace: every value goes to the executor
             if len(db.data) > MAX_WHOLE_KEYS:
                 raise ReplyError(b"ERR KEYS, DBSIZE, RANDOMKEY or SCAN in a transaction across shards reads at most "
                                  b"%d keys per shard" % MAX_WHOLE_KEYS)
             keys = keys + [key for key in db.data if key not in keys]
         txn = Txn(txid, [], conn)
-        if (mode == b"exec" or whole) and req.cid:  # EXEC checks the client's WATCHes; a command does not
+        if (mode == b"exec" or mode == b"all" or mode == b"wide") and req.cid:  # EXEC checks the WATCHes
             # They stay (locked) until the transaction ends: one that restarts checks them again.
             watched = sorted(shard.watches.by_client.get(req.cid, ()))
             dirty = shard.watches.is_dirty(req.cid, shard.db)
@@ -431,11 +437,12 @@ class TxnState:
         argv = req.argv
         proto = int(argv[2])
         multi = argv[3] == b"multi"
+        every_value = argv[6:] == [WHOLE_RUN]
         commands = unpack_transaction(argv[4])
         shard = self.shard
         scratch = ScratchKeyspace()
         from durakv.shards.luaenv import scripting_of  # the Lua runtime is made on first use
-        scratch.scripting = scripting_of(shard.db)
+        scripting = scratch.scripting = scripting_of(shard.db)
         declared = scratch.declared
         assert declared is not None, "a fresh scratch keyspace"
         for key, payload, when_ms in unpack_values(argv[5]):
@@ -463,29 +470,27 @@ class TxnState:
         ctx.client_id = req.cid
         ctx.proto = proto
         ctx.in_multi = multi
-        parts = [b"*%d\r\n" % len(commands)] if multi else []
-        for queued in commands:
-            if queued[0] == VERB_LITERAL:
-                parts.append(queued[1])
-                continue
-            if queued[0] == VERB_AS_USER:  # an ACL user's script: its redis.calls obey the user's rules
-                ctx.acl_user = user_from_rules(queued[1])
-                queued = queued[2:]
-            try:
-                parts.append(encode(run_command(ctx, queued), proto))
-            except ReplyError as e:
-                parts.append(encode_error(e.message))
-            except Exception:
-                logger.exception("shard %d: command %r failed in a cross-shard transaction", shard.index,
-                                 queued[:3])
-                parts.append(encode_error(b"ERR internal error executing '%s'" % queued[0][:64]))
-            finally:
-                ctx.acl_user = None
-                ctx.acl_denials = []  # not in ACL LOG, as inside a MULTI on one shard
+        # A script's KEYS, DBSIZE, SCAN, RANDOMKEY or FLUSHALL needs every shard's keys:
+        # without them here, the router runs it again with every shard locked whole.
+        wants_all: list[bytes] = []
+        outer_on_call = scripting.on_call
+
+        def on_call(call: list[bytes]) -> None:
+            if not every_value and scratch.declared is not None and call[0].lower() in WHOLE_KEYSPACE_VERBS:
+                wants_all.append(call[0])
+            if outer_on_call is not None:
+                outer_on_call(call)
+        scripting.on_call = on_call
+        try:
+            reply = _run_queue(ctx, commands, multi, proto, shard.index)
+        finally:
+            scripting.on_call = outer_on_call
+        if wants_all:
+            return [b"", pack([]), False, [], True]
         missing = dict(scratch.undeclared)
         missing.update((key, None) for key in changed if key not in declared and not flushed)
         if missing:  # the router locks them too and asks again
-            return [b"", pack([]), False, list(missing)]
+            return [b"", pack([]), False, list(missing), False]
         lps = shard.settings["list-max-listpack-size"]
         states: list[tuple[bytes, bytes | None, int]] = []
         for key in (scratch.data if flushed else changed):
@@ -494,7 +499,7 @@ class TxnState:
                 states.append((key, None, 0))
             else:
                 states.append((key, dump_payload(value, lps), scratch.expires.get(key, 0)))
-        return [b"".join(parts), pack(states), bool(flushed), []]
+        return [reply, pack(states), bool(flushed), [], False]
 
     def _prepare(self, req: Request, next_seq: int) -> tuple[bytes, int]:
         argv = req.argv
@@ -645,6 +650,29 @@ class TxnState:
             logger.warning("shard %d: %d cross-shard transactions in doubt; their keys wait for the decision",
                            self.shard.index, len(self.txns))
         self.shard.txn_busy = self.busy()
+
+
+def _run_queue(ctx: Ctx, commands: list[list[bytes]], multi: bool, proto: int, shard_index: int) -> bytes:
+    """The executor's run of a command or a MULTI's queue: the reply as the client gets it."""
+    parts = [b"*%d\r\n" % len(commands)] if multi else []
+    for queued in commands:
+        if queued[0] == VERB_LITERAL:
+            parts.append(queued[1])
+            continue
+        if queued[0] == VERB_AS_USER:  # an ACL user's script: its redis.calls obey the user's rules
+            ctx.acl_user = user_from_rules(queued[1])
+            queued = queued[2:]
+        try:
+            parts.append(encode(run_command(ctx, queued), proto))
+        except ReplyError as e:
+            parts.append(encode_error(e.message))
+        except Exception:
+            logger.exception("shard %d: command %r failed in a cross-shard transaction", shard_index, queued[:3])
+            parts.append(encode_error(b"ERR internal error executing '%s'" % queued[0][:64]))
+        finally:
+            ctx.acl_user = None
+            ctx.acl_denials = []  # not in ACL LOG, as inside a MULTI on one shard
+    return b"".join(parts)
 
 
 def crash_armed(step: str, env: str = CRASH_ENV) -> bool:
