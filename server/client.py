@@ -67,7 +67,8 @@ ALLOWED_WHEN_SUBSCRIBED = frozenset({
 })
 # In `replies`: the reply after it is not sent (CLIENT REPLY OFF|SKIP).
 SILENCED = object()
-CROSS_SHARD_BLOCKING = frozenset({"blmove", "brpoplpush", "blmpop", "bzmpop"})  # they run across shards
+CROSS_SHARD_BLOCKING = frozenset({"blmove", "brpoplpush", "blmpop", "bzmpop",  # they run across shards
+                                  "blpop", "brpop", "bzpopmin", "bzpopmax"})
 CROSS_SHARD = -1  # multi_shard of a transaction whose keys live on several shards
 SCRIPT_COMMANDS = frozenset({"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"})
 

@@ -24,6 +24,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Iterator
 
+import hiredis
 import trio
 
 from durakv.server.front import decode_internal
@@ -39,7 +40,7 @@ from durakv.shards.slots import key_slot
 from durakv.shards.t_multi import pack_transaction
 from durakv.shards.table import lookup
 from durakv.shards.txn import (
-    FLUSHES, RETRY, TXBUSY, WHOLE_KEYSPACE, WHOLE_RUN, crash_point, hold_point, pack, state_effects, unpack_values,
+    FLUSHES, OOM_RUN, RETRY, TXBUSY, WHOLE_KEYSPACE, WHOLE_RUN, crash_point, hold_point, pack, state_effects, unpack_values,
 )
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ DELETES = frozenset({b"del", b"unlink"})  # their locks report presence only, no
 # A run that reads keys it did not declare (SORT BY/GET patterns, a script's keys) locks them and runs again.
 MAX_DISCOVERY_ROUNDS = 16
 MAX_DISCOVERY_RESTARTS = 8  # when one was locked by another transaction: start over, waiting in order
+KEY_POPS = frozenset({b"blpop", b"brpop", b"bzpopmin", b"bzpopmax"})  # across shards: start_key_pop
 ERR_UNDECLARED = b"-ERR cross-shard transaction aborted: the keys it reads kept changing; nothing was applied\r\n"
 ERR_ABORTED = b"-ERR cross-shard transaction aborted: a participant failed; nothing was applied\r\n"
 
@@ -124,6 +126,8 @@ class Coordinator:
         meanwhile, wait again."""
         if argv[0].lower() in (b"blmpop", b"bzmpop"):
             return self.start_blocking_pop(client, argv)
+        if argv[0].lower() in KEY_POPS:
+            return self.start_key_pop(client, argv)
         if argv[0].lower() == b"brpoplpush":
             source, destination, wherefrom, whereto, timeout = argv[1], argv[2], b"RIGHT", b"LEFT", argv[3]
         else:
@@ -220,16 +224,59 @@ class Coordinator:
                         pending.fill(reply)
                         return
                     remaining = b"%.3f" % (max(left_ms, 1) / 1000)  # "0.000" would wait forever
-                woke = await self._wait_any(client, [VERB_TXWAIT, kind, remaining, *pop], sorted(keys))
+                woke = await self._wait_any(client, [(s, [VERB_TXWAIT, kind, remaining, *pop]) for s in sorted(keys)])
                 if woke[:1] in (b"-", b"*", b"_"):  # an error, a timeout or an unblock
                     pending.fill(woke)
                     return
             pending.fill(b"-ERR the keys were emptied by others %d times; giving up\r\n" % MAX_BLOCKING_MOVE_ATTEMPTS)
 
-    async def _wait_any(self, client: Client, argv: list[bytes], shards: list[int]) -> bytes:
-        """TXWAIT on every shard at once; the first answer (in the client's protocol).
-        The others are ended (as if the client went away) and their answers ignored.
-        CLIENT UNBLOCK reaches the lowest shard's wait."""
+    def start_key_pop(self, client: Client, argv: list[bytes]) -> Pending:
+        """BLPOP/BRPOP/BZPOPMIN/BZPOPMAX with keys on several shards: pop from the first
+        key in argument order that has something (a cross-shard transaction, whose
+        executor answers nil at once when every key is empty); else block on every
+        shard at once with the same command over that shard's keys, so each shard
+        serves its waiters in arrival order per key, as Redis does, and the first
+        answer (an element, a timeout, CLIENT UNBLOCK) is the reply."""
+        pending = Pending(client)
+        client.replies.append(pending)
+        try:
+            deadline_ms = parse_timeout_ms(argv[-1], time.time_ns() // 1_000_000)
+        except ReplyError as e:
+            pending.fill(encode_error(e.message))
+            return pending
+        keys: dict[int, list[bytes]] = {}
+        for key in argv[1:-1]:
+            keys.setdefault(self.router.slot_owner[key_slot(key)], []).append(key)
+        client.blocked_pending = pending
+        client.blocked_shard = -1
+        self.in_flight += 1
+        assert self.router.nursery is not None, "transaction before the router serves"
+        self.router.nursery.start_soon(self._key_pop, client, pending, argv, deadline_ms, keys)
+        return pending
+
+    async def _key_pop(self, client: Client, pending: Pending, argv: list[bytes], deadline_ms: int,
+                       keys: dict[int, list[bytes]]) -> None:
+        with self._settling(pending, "blocking pop"):
+            reply = await self._transact(client, [argv], False, keys, sorted(keys))
+            if reply not in (b"*-1\r\n", b"_\r\n") or client.closed:
+                pending.fill(reply)
+                return
+            remaining = b"0"
+            if deadline_ms:
+                left_ms = deadline_ms - time.time_ns() // 1_000_000
+                if left_ms <= 0:
+                    pending.fill(reply)
+                    return
+                remaining = b"%.3f" % (max(left_ms, 1) / 1000)  # "0.000" would wait forever
+            waits = [(shard, [argv[0], *shard_keys, remaining]) for shard, shard_keys in sorted(keys.items())]
+            pending.fill(await self._wait_any(client, waits, give_back=_give_back_verb(argv[0])))
+
+    async def _wait_any(self, client: Client, waits: list[tuple[int, list[bytes]]],
+                        give_back: bytes | None = None) -> bytes:
+        """Wait on several shards at once (TXWAIT, or a blocking pop over each shard's
+        keys); the first answer (in the client's protocol). The others are ended (as if
+        the client went away); a pop one of them made meanwhile goes back (give_back:
+        the command that returns it). CLIENT UNBLOCK reaches the lowest shard's wait."""
         done = trio.Event()
         first: list[bytes] = []
         answered: set[int] = set()
@@ -240,11 +287,14 @@ class Coordinator:
                 if not first:
                     first.append(data)
                     done.set()
+                elif give_back is not None and data is not LOST and data[:1] == b"*" and data[:3] != b"*-1":
+                    self._give_back(shard, give_back, data)
             return on_fill
 
         links = self.router.links
+        shards = [shard for shard, _argv in waits]
         client.blocked_shard = shards[0]
-        for shard in shards:
+        for shard, argv in waits:
             links[shard].submit(client, client.proto, argv, Pending(client, on_fill=filler(shard)))
         await done.wait()
         client.blocked_shard = -1
@@ -254,6 +304,25 @@ class Coordinator:
         if first[0] is LOST:
             raise Lost()
         return first[0]
+
+    def _give_back(self, shard: int, verb: bytes, data: bytes) -> None:
+        """A pop another shard made for a client already served elsewhere: put the
+        element back where it was taken from (LPUSH, RPUSH, ZADD)."""
+        reader = hiredis.Reader()
+        reader.feed(data)
+        popped = reader.gets()
+        if not isinstance(popped, list) or len(popped) < 2:
+            logger.error("router: cannot give back a cross-shard blocking pop's reply %r", data[:200])
+            return
+        key, member = popped[0], popped[1]
+        if verb == b"ZADD":
+            score = popped[2] if isinstance(popped[2], bytes) else b"%.17g" % popped[2]
+            argv = [verb, key, score, member]
+        else:
+            argv = [verb, key, member]
+        logger.info("router: a cross-shard %s waiter was served twice; %r goes back to shard %d",
+                    verb.decode(), key[:64], shard)
+        self._tell(shard, argv)
 
     async def _ask_raw(self, shard: int, argv: list[bytes], client: Client) -> bytes:
         """One request in the client's protocol; its reply as the client would get it."""
@@ -325,9 +394,10 @@ class Coordinator:
                 script = _script_kind(commands)  # timed by the router, as a script on one shard (BUSY)
                 run = [VERB_TXRUN, b"%d" % txid, b"%d" % proto, b"multi" if multi else b"one",
                        pack_transaction(commands)]
+                flags = [WHOLE_RUN] * whole + [OOM_RUN] * oom
                 for _round in range(MAX_DISCOVERY_ROUNDS):
                     reply, packed_states, flushed, missing, wants_all = await self._ask(
-                        executor, [*run, pack([list(v) for v in values]), *([WHOLE_RUN] if whole else [])],
+                        executor, [*run, pack([list(v) for v in values]), *flags],
                         script=script)
                     if wants_all:  # a script's KEYS, DBSIZE...: again, with every shard locked whole
                         self.release(txid, locked, retry=True)
@@ -525,6 +595,11 @@ class Coordinator:
             if not unresolved:
                 return
             await trio.sleep(RESOLVE_RETRY_S)
+
+
+def _give_back_verb(verb: bytes) -> bytes:
+    """The command that returns what a blocking pop took."""
+    return {b"blpop": b"LPUSH", b"brpop": b"RPUSH"}.get(verb.lower(), b"ZADD")
 
 
 def _script_kind(commands: list[list[bytes]]) -> int:

@@ -53,7 +53,7 @@ from durakv.shards.t_list import ListValue
 from durakv.shards.t_zset import ZSetValue
 from durakv.shards.slots import SLOT_COUNT
 from durakv.shards.t_multi import Watches, unpack_transaction
-from durakv.shards.table import lookup
+from durakv.shards.table import find, lookup
 
 if TYPE_CHECKING:
     from durakv.shards.shard import Shard
@@ -88,6 +88,7 @@ WHOLE_KEYSPACE_VERBS = frozenset(name.encode() for name in WHOLE_KEYSPACE)
 WHOLE_MODES = (b"all", b"wide", b"every")
 WITH_ALL_VALUES = (b"all", b"every")  # the executor gets every key's value
 WHOLE_RUN = b"whole"  # TXRUN's flag: every key's value is in the scratch keyspace
+OOM_RUN = b"oom"  # TXRUN's flag: a participant is over maxmemory (a script's denyoom calls answer OOM)
 MAX_WHOLE_KEYS = 100_000  # per shard: values a whole-keyspace read inside a cross-shard MULTI moves
 TXBUSY = b"TXBUSY a key is locked"  # a b"try" TXREAD's or b"more" TXLOCK's answer: the router retries waiting
 NEVER_WAIT = (b"try", b"more")
@@ -437,7 +438,7 @@ class TxnState:
         argv = req.argv
         proto = int(argv[2])
         multi = argv[3] == b"multi"
-        every_value = argv[6:] == [WHOLE_RUN]
+        every_value = WHOLE_RUN in argv[6:]
         commands = unpack_transaction(argv[4])
         shard = self.shard
         scratch = ScratchKeyspace()
@@ -466,6 +467,7 @@ class TxnState:
             scratch.declared = None
         scratch.on_flush = on_flush
         scratch.frozen_ms = time.time_ns() // 1_000_000
+        scratch.oom = OOM_RUN in argv[6:]
         ctx = Ctx(scratch, ScratchShard(shard.settings, shard.watches))
         ctx.client_id = req.cid
         ctx.proto = proto
@@ -473,6 +475,7 @@ class TxnState:
         # A script's KEYS, DBSIZE, SCAN, RANDOMKEY or FLUSHALL needs every shard's keys:
         # without them here, the router runs it again with every shard locked whole.
         wants_all: list[bytes] = []
+        calls: list[tuple[list[bytes], bool, int]] = []
         outer_on_call = scripting.on_call
 
         def on_call(call: list[bytes]) -> None:
@@ -482,7 +485,7 @@ class TxnState:
                 outer_on_call(call)
         scripting.on_call = on_call
         try:
-            reply = _run_queue(ctx, commands, multi, proto, shard.index)
+            reply = _run_queue(ctx, commands, multi, proto, shard.index, calls)
         finally:
             scripting.on_call = outer_on_call
         if wants_all:
@@ -491,6 +494,14 @@ class TxnState:
         missing.update((key, None) for key in changed if key not in declared and not flushed)
         if missing:  # the router locks them too and asks again
             return [b"", pack([]), False, list(missing), False]
+        for argv_run, failed, usec in calls:  # the final run: counted as on one shard
+            cmd = find(argv_run)
+            if cmd is None:
+                continue
+            stat = shard.script_call_stat(cmd)
+            stat.calls += 1
+            stat.usec += usec
+            stat.failed += failed
         lps = shard.settings["list-max-listpack-size"]
         states: list[tuple[bytes, bytes | None, int]] = []
         for key in (scratch.data if flushed else changed):
@@ -652,8 +663,10 @@ class TxnState:
         self.shard.txn_busy = self.busy()
 
 
-def _run_queue(ctx: Ctx, commands: list[list[bytes]], multi: bool, proto: int, shard_index: int) -> bytes:
-    """The executor's run of a command or a MULTI's queue: the reply as the client gets it."""
+def _run_queue(ctx: Ctx, commands: list[list[bytes]], multi: bool, proto: int, shard_index: int,
+               calls: list[tuple[list[bytes], bool, int]]) -> bytes:
+    """The executor's run of a command or a MULTI's queue: the reply as the client gets
+    it; each command run goes to `calls` (argv, whether it failed, µs) for commandstats."""
     parts = [b"*%d\r\n" % len(commands)] if multi else []
     for queued in commands:
         if queued[0] == VERB_LITERAL:
@@ -662,8 +675,12 @@ def _run_queue(ctx: Ctx, commands: list[list[bytes]], multi: bool, proto: int, s
         if queued[0] == VERB_AS_USER:  # an ACL user's script: its redis.calls obey the user's rules
             ctx.acl_user = user_from_rules(queued[1])
             queued = queued[2:]
+        start_ns = time.perf_counter_ns()
         try:
-            parts.append(encode(run_command(ctx, queued), proto))
+            result = run_command(ctx, queued)
+            if type(result) is Block:  # a blocking pop with nothing to take answers at once (the router waits)
+                result = result.timeout_reply
+            parts.append(encode(result, proto))
         except ReplyError as e:
             parts.append(encode_error(e.message))
         except Exception:
@@ -672,6 +689,7 @@ def _run_queue(ctx: Ctx, commands: list[list[bytes]], multi: bool, proto: int, s
         finally:
             ctx.acl_user = None
             ctx.acl_denials = []  # not in ACL LOG, as inside a MULTI on one shard
+        calls.append((queued, parts[-1][:1] == b"-", (time.perf_counter_ns() - start_ns) // 1000))
     return b"".join(parts)
 
 

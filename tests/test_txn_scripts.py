@@ -128,3 +128,21 @@ def test_a_long_keyless_script_answers_busy_and_is_killed(server):
         assert got and "killed" in got[0]
     finally:
         r.config_set("busy-reply-threshold", 5000)
+
+
+def test_a_keyless_script_over_maxmemory_is_refused_as_in_redis(pair, server, redis_ref):
+    """Redis' 'reject script do not cause a Lua stack leak': a shebang script without
+    flags is refused with OOM over maxmemory; a no-writes one runs."""
+    from refserver import Pair
+    from test_maxmemory import set_both
+
+    admin = Pair(server.port, redis_ref.port)
+    try:
+        set_both(admin, "maxmemory", "1")
+        pair.same("EVAL", "#!lua\nreturn 1", "0")
+        pair.same("EVAL", "#!lua flags=no-writes\nreturn redis.call('GET', ARGV[1])", "0", A)
+        pair.same("EVAL", "return redis.call('SET', ARGV[1], 'x')", "0", B)
+    finally:
+        set_both(admin, "maxmemory", "0")
+        admin.close()
+    pair.same("EVAL", "#!lua\nreturn 1", "0")
