@@ -5,6 +5,7 @@ the client, blocked clients being served in arrival order per key, as Redis."""
 
 from __future__ import annotations
 
+import socket
 import threading
 
 from test_supervisor import wait_until
@@ -126,3 +127,42 @@ def test_client_unblock_ends_a_cross_shard_blpop(server):
     # Nothing is left waiting: a push stays in the list.
     r.rpush(A, "kept")
     assert r.lrange(A, 0, -1) == [b"kept"]
+
+
+def test_a_client_that_goes_away_takes_nothing(server):
+    """A client blocked in a cross-shard BLPOP closes its connection: every shard's
+    wait ends, so later pushes stay in the lists."""
+    r = server.client()
+    r.delete(A, B)
+    wait_until(lambda: waiters(server) == 0, "earlier waits to end")
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.sendall(b"*4\r\n$5\r\nBLPOP\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$1\r\n0\r\n"
+                 % (len(A), A.encode(), len(B), B.encode()))
+    wait_until(lambda: waiters(server) == 2, "BLPOP to block")
+    sock.close()
+    wait_until(lambda: waiters(server) == 0, "the waits to end")
+    r.rpush(A, "a")
+    r.rpush(B, "b")
+    assert r.lrange(A, 0, -1) == [b"a"] and r.lrange(B, 0, -1) == [b"b"]
+
+
+def test_pushes_to_both_shards_at_once_serve_one_element(server):
+    """A cross-shard MULTI pushes to both keys a blocked BLPOP waits on: both shards
+    may serve it before the router ends the other wait; the client gets one element
+    and the other stays (given back where it was taken when served twice)."""
+    r = server.client()
+    for n in range(5):
+        r.delete(A, B)
+        wait_until(lambda: waiters(server) == 0, "earlier waits to end")
+        got: list = []
+        t = blocked(server, ("BLPOP", A, B, 20), got, 2)
+        pipe = r.pipeline(transaction=True)
+        pipe.rpush(A, f"a{n}", "a-next")
+        pipe.rpush(B, f"b{n}", "b-next")
+        pipe.execute()
+        t.join()
+        assert got in ([(A.encode(), f"a{n}".encode())], [(B.encode(), f"b{n}".encode())])
+        expect = sorted({f"a{n}".encode(), f"b{n}".encode(), b"a-next", b"b-next"} - {got[0][1]})
+        wait_until(lambda expect=expect: sorted(r.lrange(A, 0, -1) + r.lrange(B, 0, -1)) == expect,
+                   "the other element to be back (or never taken)")
+        assert r.lrange(A, -1, -1) == [b"a-next"] and r.lrange(B, -1, -1) == [b"b-next"]
