@@ -98,7 +98,9 @@ class Coordinator:
             cmd = lookup(argv)
             for i in cmd.key_indexes(argv):
                 keys.setdefault(owner[key_slot(argv[i])], []).append(argv[i])
-        pending = Pending(client)
+        # An ACL user's scripts: the redis.calls they were refused come ahead of the reply, for ACL LOG.
+        scripts = any(argv[0] == VERB_AS_USER for argv in commands)
+        pending = Pending(client, on_fill=router.acl.script_reply) if scripts else Pending(client)
         client.replies.append(pending)
         if self.in_flight >= MAX_TXNS_IN_FLIGHT:
             pending.fill(b"-ERR too many cross-shard transactions in flight, retry later\r\n")

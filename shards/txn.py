@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import trio
 
-from durakv.shards.acl import user_from_rules
+from durakv.shards.acl import MAX_SCRIPT_DENIALS, user_from_rules, with_denials
 from durakv.shards.blocking import Block, Waiter, parse_timeout_ms
 from durakv.shards.context import Ctx
 from durakv.shards.frames import (
@@ -476,6 +476,7 @@ class TxnState:
         # without them here, the router runs it again with every shard locked whole.
         wants_all: list[bytes] = []
         calls: list[tuple[list[bytes], bool, int]] = []
+        denials: list[list] = []
         outer_on_call = scripting.on_call
 
         def on_call(call: list[bytes]) -> None:
@@ -485,7 +486,7 @@ class TxnState:
                 outer_on_call(call)
         scripting.on_call = on_call
         try:
-            reply = _run_queue(ctx, commands, multi, proto, shard.index, calls)
+            reply = _run_queue(ctx, commands, multi, proto, shard.index, calls, denials)
         finally:
             scripting.on_call = outer_on_call
         if wants_all:
@@ -510,6 +511,8 @@ class TxnState:
                 states.append((key, None, 0))
             else:
                 states.append((key, dump_payload(value, lps), scratch.expires.get(key, 0)))
+        if denials:  # ahead of the reply, for the router's ACL LOG (as a script's on one shard)
+            reply = with_denials(reply, denials)
         return [reply, pack(states), bool(flushed), [], False]
 
     def _prepare(self, req: Request, next_seq: int) -> tuple[bytes, int]:
@@ -664,9 +667,10 @@ class TxnState:
 
 
 def _run_queue(ctx: Ctx, commands: list[list[bytes]], multi: bool, proto: int, shard_index: int,
-               calls: list[tuple[list[bytes], bool, int]]) -> bytes:
+               calls: list[tuple[list[bytes], bool, int]], denials: list[list]) -> bytes:
     """The executor's run of a command or a MULTI's queue: the reply as the client gets
-    it; each command run goes to `calls` (argv, whether it failed, µs) for commandstats."""
+    it; each command run goes to `calls` (argv, whether it failed, µs) for commandstats,
+    the redis.calls an ACL user's scripts were refused to `denials` (for ACL LOG)."""
     parts = [b"*%d\r\n" % len(commands)] if multi else []
     for queued in commands:
         if queued[0] == VERB_LITERAL:
@@ -688,7 +692,8 @@ def _run_queue(ctx: Ctx, commands: list[list[bytes]], multi: bool, proto: int, s
             parts.append(encode_error(b"ERR internal error executing '%s'" % queued[0][:64]))
         finally:
             ctx.acl_user = None
-            ctx.acl_denials = []  # not in ACL LOG, as inside a MULTI on one shard
+            denials.extend(ctx.acl_denials[:MAX_SCRIPT_DENIALS - len(denials)])
+            ctx.acl_denials = []
         calls.append((queued, parts[-1][:1] == b"-", (time.perf_counter_ns() - start_ns) // 1000))
     return b"".join(parts)
 

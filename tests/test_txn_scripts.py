@@ -146,3 +146,21 @@ def test_a_keyless_script_over_maxmemory_is_refused_as_in_redis(pair, server, re
         set_both(admin, "maxmemory", "0")
         admin.close()
     pair.same("EVAL", "#!lua\nreturn 1", "0")
+
+
+def test_a_cross_shard_scripts_acl_denials_are_in_acl_log(server):
+    """The redis.calls an ACL user's script is refused, run across shards (keys on two
+    shards, or none declared), are in ACL LOG with context lua, as on one shard."""
+    admin = server.client()
+    admin.execute_command("ACL", "SETUSER", "xlogger", "on", ">pw", "+eval", "+get", f"~{A}", f"~{B}")
+    admin.execute_command("ACL", "LOG", "RESET")
+    user = server.client(username="xlogger", password="pw")
+    try:
+        for numkeys, keys in ((2, [A, B]), (0, [])):
+            with pytest.raises(redis.ResponseError, match="can't run this command or subcommand"):
+                user.eval(f"redis.call('get', '{A}') return redis.call('set', '{B}', 'x')", numkeys, *keys)
+        entries = [e for e in admin.acl_log() if e["context"] != "toplevel"]  # redis-py's CLIENT SETINFO
+        assert [(e["context"], e["object"], e["username"]) for e in entries] == [("lua", "set", "xlogger")]
+        assert entries[0]["count"] == 2
+    finally:
+        admin.execute_command("ACL", "DELUSER", "xlogger")
