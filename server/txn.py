@@ -372,8 +372,10 @@ class Coordinator:
         oom = False
         deletes = not multi and commands[0][0].lower() in DELETES
         mode = (b"all" if multi else b"every") if whole else _lock_mode(commands, multi, deletes)
+        # A script that declares no keys locks nothing first: only the keys it is found to touch.
+        lock_first = participants if keys or multi or whole else []
         try:
-            for shard in participants:  # ascending: no deadlock between coordinators
+            for shard in lock_first:  # ascending: no deadlock between coordinators
                 dirty, packed, shard_oom = await self._ask(shard, [VERB_TXLOCK, b"%d" % txid, mode,
                                                                    *keys.get(shard, [])], client)
                 locked.append(shard)

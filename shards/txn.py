@@ -467,7 +467,7 @@ class TxnState:
             scratch.declared = None
         scratch.on_flush = on_flush
         scratch.frozen_ms = time.time_ns() // 1_000_000
-        scratch.oom = OOM_RUN in argv[6:]
+        scratch.oom = OOM_RUN in argv[6:] or shard.db.oom
         ctx = Ctx(scratch, ScratchShard(shard.settings, shard.watches))
         ctx.client_id = req.cid
         ctx.proto = proto
