@@ -67,7 +67,8 @@ ALLOWED_WHEN_SUBSCRIBED = frozenset({
 })
 # In `replies`: the reply after it is not sent (CLIENT REPLY OFF|SKIP).
 SILENCED = object()
-CROSS_SHARD_BLOCKING = frozenset({"blmove", "brpoplpush", "blmpop", "bzmpop"})  # they run across shards
+CROSS_SHARD_BLOCKING = frozenset({"blmove", "brpoplpush", "blmpop", "bzmpop",  # they run across shards
+                                  "blpop", "brpop", "bzpopmin", "bzpopmax"})
 CROSS_SHARD = -1  # multi_shard of a transaction whose keys live on several shards
 SCRIPT_COMMANDS = frozenset({"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"})
 
@@ -385,6 +386,13 @@ class Client:
         """EVAL*/FCALL*: routed by their keys like any command, and timed (busy-reply-threshold)."""
         router = self.router
         indexes = cmd.key_indexes(argv)
+        if not indexes and len(router.links) > 1 and not router.cluster_node:
+            # No declared keys: it may touch any shard's (found and locked as it runs, server/txn.py).
+            if cmd.name == "eval":
+                note_script(argv[1])
+            router.cross_shard(self, [argv if self.user.unrestricted else
+                                      [VERB_AS_USER, self.user.permissions(), *argv]], False)
+            return
         try:
             shard = router.keys_shard(self, argv, indexes) if indexes else router.home_shard
         except ReplyError as e:

@@ -276,6 +276,8 @@ def _persistence(router, infos, version):
         f"xshard_waiting_requests:{sum(p.get('txn_waiting_requests', 0) for p in shards)}",
         f"xshard_lock_waits:{sum(p.get('txn_lock_waits', 0) for p in shards)}",
         f"xshard_in_doubt:{sum(p.get('txn_in_doubt', 0) for p in shards)}",
+        # Blocked commands parked at the shards (a cross-shard BLPOP waits on each of its shards).
+        f"shard_blocked_waiters:{sum(p.get('blocked_waiters', 0) for p in shards)}",
     ]
     lines.append(f"snapshot_url:{router.config.snapshot_url}")
     for p, info in zip(shards, infos):

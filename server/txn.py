@@ -24,10 +24,11 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Iterator
 
+import hiredis
 import trio
 
 from durakv.server.front import decode_internal
-from durakv.server.links import LOST, Pending
+from durakv.server.links import LOST, SCRIPT_EVAL, SCRIPT_FUNCTION, SCRIPT_NONE, Pending
 from durakv.shards.blocking import parse_timeout_ms
 from durakv.shards.frames import (
     PROTO_INTERNAL, VERB_AS_USER, VERB_TXABORT, VERB_TXCOMMIT, VERB_TXDECIDE, VERB_TXINDOUBT, VERB_TXLOCK,
@@ -38,7 +39,9 @@ from durakv.shards.resp import NULL_ARRAY, ReplyError, encode, encode_error
 from durakv.shards.slots import key_slot
 from durakv.shards.t_multi import pack_transaction
 from durakv.shards.table import lookup
-from durakv.shards.txn import FLUSHES, TXBUSY, WHOLE_KEYSPACE, crash_point, pack, state_effects, unpack_values
+from durakv.shards.txn import (
+    FLUSHES, OOM_RUN, RETRY, TXBUSY, WHOLE_KEYSPACE, WHOLE_RUN, crash_point, hold_point, pack, state_effects, unpack_values,
+)
 
 if TYPE_CHECKING:
     from durakv.server.client import Client
@@ -55,6 +58,7 @@ DELETES = frozenset({b"del", b"unlink"})  # their locks report presence only, no
 # A run that reads keys it did not declare (SORT BY/GET patterns, a script's keys) locks them and runs again.
 MAX_DISCOVERY_ROUNDS = 16
 MAX_DISCOVERY_RESTARTS = 8  # when one was locked by another transaction: start over, waiting in order
+KEY_POPS = frozenset({b"blpop", b"brpop", b"bzpopmin", b"bzpopmax"})  # across shards: start_key_pop
 ERR_UNDECLARED = b"-ERR cross-shard transaction aborted: the keys it reads kept changing; nothing was applied\r\n"
 ERR_ABORTED = b"-ERR cross-shard transaction aborted: a participant failed; nothing was applied\r\n"
 
@@ -95,7 +99,9 @@ class Coordinator:
             cmd = lookup(argv)
             for i in cmd.key_indexes(argv):
                 keys.setdefault(owner[key_slot(argv[i])], []).append(argv[i])
-        pending = Pending(client)
+        # An ACL user's scripts: the redis.calls they were refused come ahead of the reply, for ACL LOG.
+        scripts = any(argv[0] == VERB_AS_USER for argv in commands)
+        pending = Pending(client, on_fill=router.acl.script_reply) if scripts else Pending(client)
         client.replies.append(pending)
         if self.in_flight >= MAX_TXNS_IN_FLIGHT:
             pending.fill(b"-ERR too many cross-shard transactions in flight, retry later\r\n")
@@ -107,7 +113,7 @@ class Coordinator:
             participants = sorted(set(keys) | client.watch_shards)
             client.watch_shards = set()  # TXLOCK clears the watches on each participant
         else:
-            participants = sorted(keys)
+            participants = sorted(keys) or [router.home_shard]  # a script without declared keys runs there
         client.blocked_pending = pending
         client.blocked_shard = -1
         self.in_flight += 1
@@ -123,6 +129,8 @@ class Coordinator:
         meanwhile, wait again."""
         if argv[0].lower() in (b"blmpop", b"bzmpop"):
             return self.start_blocking_pop(client, argv)
+        if argv[0].lower() in KEY_POPS:
+            return self.start_key_pop(client, argv)
         if argv[0].lower() == b"brpoplpush":
             source, destination, wherefrom, whereto, timeout = argv[1], argv[2], b"RIGHT", b"LEFT", argv[3]
         else:
@@ -219,16 +227,59 @@ class Coordinator:
                         pending.fill(reply)
                         return
                     remaining = b"%.3f" % (max(left_ms, 1) / 1000)  # "0.000" would wait forever
-                woke = await self._wait_any(client, [VERB_TXWAIT, kind, remaining, *pop], sorted(keys))
+                woke = await self._wait_any(client, [(s, [VERB_TXWAIT, kind, remaining, *pop]) for s in sorted(keys)])
                 if woke[:1] in (b"-", b"*", b"_"):  # an error, a timeout or an unblock
                     pending.fill(woke)
                     return
             pending.fill(b"-ERR the keys were emptied by others %d times; giving up\r\n" % MAX_BLOCKING_MOVE_ATTEMPTS)
 
-    async def _wait_any(self, client: Client, argv: list[bytes], shards: list[int]) -> bytes:
-        """TXWAIT on every shard at once; the first answer (in the client's protocol).
-        The others are ended (as if the client went away) and their answers ignored.
-        CLIENT UNBLOCK reaches the lowest shard's wait."""
+    def start_key_pop(self, client: Client, argv: list[bytes]) -> Pending:
+        """BLPOP/BRPOP/BZPOPMIN/BZPOPMAX with keys on several shards: pop from the first
+        key in argument order that has something (a cross-shard transaction, whose
+        executor answers nil at once when every key is empty); else block on every
+        shard at once with the same command over that shard's keys, so each shard
+        serves its waiters in arrival order per key, as Redis does, and the first
+        answer (an element, a timeout, CLIENT UNBLOCK) is the reply."""
+        pending = Pending(client)
+        client.replies.append(pending)
+        try:
+            deadline_ms = parse_timeout_ms(argv[-1], time.time_ns() // 1_000_000)
+        except ReplyError as e:
+            pending.fill(encode_error(e.message))
+            return pending
+        keys: dict[int, list[bytes]] = {}
+        for key in argv[1:-1]:
+            keys.setdefault(self.router.slot_owner[key_slot(key)], []).append(key)
+        client.blocked_pending = pending
+        client.blocked_shard = -1
+        self.in_flight += 1
+        assert self.router.nursery is not None, "transaction before the router serves"
+        self.router.nursery.start_soon(self._key_pop, client, pending, argv, deadline_ms, keys)
+        return pending
+
+    async def _key_pop(self, client: Client, pending: Pending, argv: list[bytes], deadline_ms: int,
+                       keys: dict[int, list[bytes]]) -> None:
+        with self._settling(pending, "blocking pop"):
+            reply = await self._transact(client, [argv], False, keys, sorted(keys))
+            if reply not in (b"*-1\r\n", b"_\r\n") or client.closed:
+                pending.fill(reply)
+                return
+            remaining = b"0"
+            if deadline_ms:
+                left_ms = deadline_ms - time.time_ns() // 1_000_000
+                if left_ms <= 0:
+                    pending.fill(reply)
+                    return
+                remaining = b"%.3f" % (max(left_ms, 1) / 1000)  # "0.000" would wait forever
+            waits = [(shard, [argv[0], *shard_keys, remaining]) for shard, shard_keys in sorted(keys.items())]
+            pending.fill(await self._wait_any(client, waits, give_back=_give_back_verb(argv[0])))
+
+    async def _wait_any(self, client: Client, waits: list[tuple[int, list[bytes]]],
+                        give_back: bytes | None = None) -> bytes:
+        """Wait on several shards at once (TXWAIT, or a blocking pop over each shard's
+        keys); the first answer (in the client's protocol). The others are ended (as if
+        the client went away); a pop one of them made meanwhile goes back (give_back:
+        the command that returns it). CLIENT UNBLOCK reaches the lowest shard's wait."""
         done = trio.Event()
         first: list[bytes] = []
         answered: set[int] = set()
@@ -239,11 +290,14 @@ class Coordinator:
                 if not first:
                     first.append(data)
                     done.set()
+                elif give_back is not None and data is not LOST and data[:1] == b"*" and data[:3] != b"*-1":
+                    self._give_back(shard, give_back, data)
             return on_fill
 
         links = self.router.links
+        shards = [shard for shard, _argv in waits]
         client.blocked_shard = shards[0]
-        for shard in shards:
+        for shard, argv in waits:
             links[shard].submit(client, client.proto, argv, Pending(client, on_fill=filler(shard)))
         await done.wait()
         client.blocked_shard = -1
@@ -253,6 +307,25 @@ class Coordinator:
         if first[0] is LOST:
             raise Lost()
         return first[0]
+
+    def _give_back(self, shard: int, verb: bytes, data: bytes) -> None:
+        """A pop another shard made for a client already served elsewhere: put the
+        element back where it was taken from (LPUSH, RPUSH, ZADD)."""
+        reader = hiredis.Reader()
+        reader.feed(data)
+        popped = reader.gets()
+        if not isinstance(popped, list) or len(popped) < 2:
+            logger.error("router: cannot give back a cross-shard blocking pop's reply %r", data[:200])
+            return
+        key, member = popped[0], popped[1]
+        if verb == b"ZADD":
+            score = popped[2] if isinstance(popped[2], bytes) else b"%.17g" % popped[2]
+            argv = [verb, key, score, member]
+        else:
+            argv = [verb, key, member]
+        logger.info("router: a cross-shard %s waiter was served twice; %r goes back to shard %d",
+                    verb.decode(), key[:64], shard)
+        self._tell(shard, argv)
 
     async def _ask_raw(self, shard: int, argv: list[bytes], client: Client) -> bytes:
         """One request in the client's protocol; its reply as the client would get it."""
@@ -288,7 +361,10 @@ class Coordinator:
             pending.fill(await self._transact(client, commands, multi, keys, participants))
 
     async def _transact(self, client: Client, commands: list[list[bytes]], multi: bool,
-                        keys: dict[int, list[bytes]], participants: list[int], attempt: int = 0) -> bytes:
+                        keys: dict[int, list[bytes]], participants: list[int], attempt: int = 0,
+                        whole: bool = False) -> bytes:
+        """One attempt (see the module's docstring); `whole`: a script in it reads or
+        flushes the whole keyspace, so every shard is locked whole with every value moved."""
         txid = self.new_txid()
         proto = client.proto
         locked: list[int] = []
@@ -296,9 +372,11 @@ class Coordinator:
         watch_failed = False
         oom = False
         deletes = not multi and commands[0][0].lower() in DELETES
-        mode = _lock_mode(commands, multi, deletes)
+        mode = (b"all" if multi else b"every") if whole else _lock_mode(commands, multi, deletes)
+        # A script that declares no keys locks nothing first: only the keys it is found to touch.
+        lock_first = participants if keys or multi or whole else []
         try:
-            for shard in participants:  # ascending: no deadlock between coordinators
+            for shard in lock_first:  # ascending: no deadlock between coordinators
                 dirty, packed, shard_oom = await self._ask(shard, [VERB_TXLOCK, b"%d" % txid, mode,
                                                                    *keys.get(shard, [])], client)
                 locked.append(shard)
@@ -317,21 +395,31 @@ class Coordinator:
                 reply, packed_states = encode(len(present), proto), pack(present)
             else:
                 executor = min(keys) if keys else participants[0]
+                await hold_point("router-before-run")
+                script = _script_kind(commands)  # timed by the router, as a script on one shard (BUSY)
+                run = [VERB_TXRUN, b"%d" % txid, b"%d" % proto, b"multi" if multi else b"one",
+                       pack_transaction(commands)]
+                flags = [WHOLE_RUN] * whole + [OOM_RUN] * oom
                 for _round in range(MAX_DISCOVERY_ROUNDS):
-                    reply, packed_states, flushed, missing = await self._ask(
-                        executor, [VERB_TXRUN, b"%d" % txid, b"%d" % proto, b"multi" if multi else b"one",
-                                   pack_transaction(commands), pack([list(v) for v in values])])
+                    reply, packed_states, flushed, missing, wants_all = await self._ask(
+                        executor, [*run, pack([list(v) for v in values]), *flags],
+                        script=script)
+                    if wants_all:  # a script's KEYS, DBSIZE...: again, with every shard locked whole
+                        self.release(txid, locked, retry=True)
+                        every = list(range(len(self.router.links)))
+                        return await self._transact(client, commands, multi, keys, every, attempt, True)
                     if not missing:
                         break
                     more = await self._lock_more(client, txid, missing, locked)
                     if more is None:  # one is locked by another transaction: again, waiting in order
-                        self.release(txid, locked)
                         if attempt >= MAX_DISCOVERY_RESTARTS:
+                            self.release(txid, locked)
                             return ERR_UNDECLARED
+                        self.release(txid, locked, retry=True)  # the next attempt checks the WATCHes again
                         for key in missing:
                             keys.setdefault(self.router.slot_owner[key_slot(key)], []).append(key)
                         participants = sorted(set(participants) | set(keys))
-                        return await self._transact(client, commands, multi, keys, participants, attempt + 1)
+                        return await self._transact(client, commands, multi, keys, participants, attempt + 1, whole)
                     values.extend(more)
                 else:
                     self.release(txid, locked)
@@ -412,28 +500,33 @@ class Coordinator:
 
     # --- talking to shards ---------------------------------------------------------
 
-    def release(self, txid: int, shards: list[int]) -> None:
-        """Drop the transaction's locks (and prepared effects) on those shards, not waiting."""
+    def release(self, txid: int, shards: list[int], retry: bool = False) -> None:
+        """Drop the transaction's locks (and prepared effects) on those shards, not
+        waiting; with the client's WATCHes there, unless it is to lock again (retry)."""
         for shard in shards:
-            self._tell(shard, [VERB_TXABORT, b"%d" % txid])
+            self._tell(shard, [VERB_TXABORT, b"%d" % txid, RETRY] if retry else [VERB_TXABORT, b"%d" % txid])
 
     def _tell(self, shard: int, argv: list[bytes]) -> None:
         """A request whose reply nobody waits for (a lost one is resolved later)."""
         self.router.links[shard].submit(None, PROTO_INTERNAL, argv, Pending(None, on_fill=_log_failure))
 
-    async def _ask(self, shard: int, argv: list[bytes], client: Client | None = None) -> Any:
-        return (await self._ask_all([(shard, argv)], client))[0]
+    async def _ask(self, shard: int, argv: list[bytes], client: Client | None = None,
+                   script: int = SCRIPT_NONE) -> Any:
+        return (await self._ask_all([(shard, argv)], client, script))[0]
 
-    async def _ask_all(self, requests: list[tuple[int, list[bytes]]], client: Client | None = None) -> list:
+    async def _ask_all(self, requests: list[tuple[int, list[bytes]]], client: Client | None = None,
+                       script: int = SCRIPT_NONE) -> list:
         """Send requests to shards at once and wait for every reply (decoded);
         raises Lost or the first ReplyError once all are in."""
-        replies = await self.ask_raw_all(requests, client)
+        replies = await self.ask_raw_all(requests, client, script)
         if any(data is LOST for data in replies):
             raise Lost()
         return [decode_internal(data) for data in replies]
 
-    async def ask_raw_all(self, requests: list[tuple[int, list[bytes]]], client: Client | None = None) -> list:
-        """Send internal requests to shards at once; every reply as the shard sent it (or LOST)."""
+    async def ask_raw_all(self, requests: list[tuple[int, list[bytes]]], client: Client | None = None,
+                          script: int = SCRIPT_NONE) -> list:
+        """Send internal requests to shards at once; every reply as the shard sent it (or LOST);
+        `script` marks a run of a script the router times (server/links.py)."""
         done = trio.Event()
         replies: list[Any] = [None] * len(requests)
         left = len(requests)
@@ -448,7 +541,7 @@ class Coordinator:
             return on_fill
 
         for n, (shard, argv) in enumerate(requests):
-            self.router.links[shard].submit(client, PROTO_INTERNAL, argv, Pending(client, on_fill=filler(n)))
+            self.router.links[shard].submit(client, PROTO_INTERNAL, argv, Pending(client, on_fill=filler(n)), script)
         if left:
             await done.wait()
         return replies
@@ -507,6 +600,24 @@ class Coordinator:
             if not unresolved:
                 return
             await trio.sleep(RESOLVE_RETRY_S)
+
+
+def _give_back_verb(verb: bytes) -> bytes:
+    """The command that returns what a blocking pop took."""
+    return {b"blpop": b"LPUSH", b"brpop": b"RPUSH"}.get(verb.lower(), b"ZADD")
+
+
+def _script_kind(commands: list[list[bytes]]) -> int:
+    """SCRIPT_EVAL or SCRIPT_FUNCTION when a command of the run is a script, else SCRIPT_NONE."""
+    for argv in commands:
+        if argv[0] == VERB_AS_USER:
+            argv = argv[2:]
+        name = argv[0].lower()
+        if name.startswith(b"eval"):
+            return SCRIPT_EVAL
+        if name.startswith(b"fcall"):
+            return SCRIPT_FUNCTION
+    return SCRIPT_NONE
 
 
 def _denies_oom(commands: list[list[bytes]]) -> bool:

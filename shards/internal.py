@@ -104,6 +104,7 @@ def persistence(shard) -> dict:
         "txn_waiting_requests": len(shard.txn.deferred),
         "txn_lock_waits": shard.txn.lock_waits,
         "txn_in_doubt": sum(1 for t in shard.txn.txns.values() if t.in_doubt),
+        "blocked_waiters": len(shard.blocked),
         "log_backend": shard.config.log_backend,
         **etcd_state(wal),
     }

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import trio
 
-from durakv.shards.acl import user_from_rules
+from durakv.shards.acl import MAX_SCRIPT_DENIALS, user_from_rules, with_denials
 from durakv.shards.blocking import Block, Waiter, parse_timeout_ms
 from durakv.shards.context import Ctx
 from durakv.shards.frames import (
@@ -53,7 +53,7 @@ from durakv.shards.t_list import ListValue
 from durakv.shards.t_zset import ZSetValue
 from durakv.shards.slots import SLOT_COUNT
 from durakv.shards.t_multi import Watches, unpack_transaction
-from durakv.shards.table import lookup
+from durakv.shards.table import find, lookup
 
 if TYPE_CHECKING:
     from durakv.shards.shard import Shard
@@ -68,6 +68,9 @@ MARK_DECIDE_COMMIT = 4  # [4, txid]: decided (decider); this record holds the de
 MARK_DECIDE_ABORT = 5  # [5, txid]: presumed abort recorded (decider): a later decision fails
 
 CRASH_ENV = "DURAKV_TXN_CRASH"
+HOLD_ENV = "DURAKV_TXN_HOLD"
+HOLD_POLL_S = 0.01
+MAX_HOLD_POLLS = 6_000  # a held step goes on by itself after a minute
 CRASH_EXIT_STATUS = 137  # as if killed by SIGKILL
 MAX_DECISIONS = 100_000  # recent decisions a decider answers from memory
 MAX_DEFERRED_REQUESTS = 1_000_000  # requests waiting for locks (a client's backlog bounds its share)
@@ -79,9 +82,17 @@ WAITING_VERBS = (VERB_EXEC, VERB_TXLOCK, VERB_TXREAD)  # internal requests that 
 # Commands over the whole keyspace that a cross-shard MULTI runs with every shard locked whole.
 WHOLE_KEYSPACE = frozenset({"keys", "dbsize", "randomkey", "scan", "flushall", "flushdb"})
 FLUSHES = frozenset({b"flushall", b"flushdb"})
+WHOLE_KEYSPACE_VERBS = frozenset(name.encode() for name in WHOLE_KEYSPACE)
+# TXLOCK modes that lock the shard whole: a MULTI reading the whole keyspace ("all"),
+# one that flushes it first ("wide"), a command (a script) reading it ("every": no WATCHes).
+WHOLE_MODES = (b"all", b"wide", b"every")
+WITH_ALL_VALUES = (b"all", b"every")  # the executor gets every key's value
+WHOLE_RUN = b"whole"  # TXRUN's flag: every key's value is in the scratch keyspace
+OOM_RUN = b"oom"  # TXRUN's flag: a participant is over maxmemory (a script's denyoom calls answer OOM)
 MAX_WHOLE_KEYS = 100_000  # per shard: values a whole-keyspace read inside a cross-shard MULTI moves
 TXBUSY = b"TXBUSY a key is locked"  # a b"try" TXREAD's or b"more" TXLOCK's answer: the router retries waiting
 NEVER_WAIT = (b"try", b"more")
+RETRY = b"retry"  # TXABORT of a transaction that locks again at once: the client's WATCHes stay
 
 _pack = msgspec.msgpack.Encoder().encode
 _values_decoder = msgspec.msgpack.Decoder(list[tuple[bytes, Any, int]])
@@ -119,7 +130,7 @@ def state_effects(states: list[tuple[bytes, bytes | None, int]]) -> list[list[by
 class Txn:
     """One transaction's state on this shard."""
 
-    __slots__ = ("txid", "keys", "conn", "effects", "decider", "in_doubt", "whole")
+    __slots__ = ("txid", "keys", "conn", "effects", "decider", "in_doubt", "whole", "watcher")
 
     def __init__(self, txid: int, keys: list[bytes], conn: ReplySink | None) -> None:
         self.txid = txid
@@ -129,6 +140,7 @@ class Txn:
         self.decider = -1
         self.in_doubt = False
         self.whole = False  # the whole shard is locked, not only its keys
+        self.watcher = 0  # an EXEC's client: its WATCHes here go when the transaction ends, not before
 
 
 class ScratchKeyspace(Keyspace):
@@ -225,7 +237,7 @@ class TxnState:
         if argv[0] == VERB_TXREAD:
             return argv[4:]
         if argv[0] == VERB_TXLOCK:
-            if argv[2] in (b"all", b"wide"):
+            if argv[2] in WHOLE_MODES:
                 return None  # it waits until no key is locked
             if argv[2] != b"exec":
                 return argv[3:]
@@ -278,8 +290,8 @@ class TxnState:
                 return self._decide(req, next_seq)
             if verb == VERB_TXCOMMIT:
                 return self._commit(int(req.argv[1]), next_seq)
-            if verb == VERB_TXABORT:
-                return self._abort(int(req.argv[1]), next_seq)
+            if verb == VERB_TXABORT:  # b"retry": the router locks again; the WATCHes stay
+                return self._abort(int(req.argv[1]), next_seq, req.argv[2:] == [RETRY])
             if verb == VERB_TXRESOLVE:
                 return self._resolve(int(req.argv[1]), next_seq)
             assert verb == VERB_TXINDOUBT, f"unknown transaction verb {verb!r}"
@@ -299,17 +311,19 @@ class TxnState:
         watched: list[bytes] = []
         dirty = False
         db = shard.db
-        whole = mode in (b"all", b"wide")  # a MULTI with KEYS, DBSIZE, FLUSHDB...: every request waits
-        if mode == b"all":  # ... and it reads the whole keyspace: every value goes to the executor
+        whole = mode in WHOLE_MODES  # a MULTI with KEYS, DBSIZE, FLUSHDB...: every request waits
+        if mode in WITH_ALL_VALUES:  # ... and it reads the whole keyspace: every value goes to the executor
             if len(db.data) > MAX_WHOLE_KEYS:
                 raise ReplyError(b"ERR KEYS, DBSIZE, RANDOMKEY or SCAN in a transaction across shards reads at most "
                                  b"%d keys per shard" % MAX_WHOLE_KEYS)
             keys = keys + [key for key in db.data if key not in keys]
-        if (mode == b"exec" or whole) and req.cid:  # EXEC checks and drops the client's WATCHes; a command does not
+        txn = Txn(txid, [], conn)
+        if (mode == b"exec" or mode == b"all" or mode == b"wide") and req.cid:  # EXEC checks the WATCHes
+            # They stay (locked) until the transaction ends: one that restarts checks them again.
             watched = sorted(shard.watches.by_client.get(req.cid, ()))
             dirty = shard.watches.is_dirty(req.cid, shard.db)
-            shard.watches.unwatch(req.cid)
-        txn = Txn(txid, list(dict.fromkeys(req.argv[3:] + watched)), conn)
+            txn.watcher = req.cid
+        txn.keys = list(dict.fromkeys(req.argv[3:] + watched))
         assert len(self.locks) + len(txn.keys) <= MAX_LOCKS, "too many locked keys"
         for key in txn.keys:
             self.locks[key] = txid
@@ -436,11 +450,12 @@ class TxnState:
         argv = req.argv
         proto = int(argv[2])
         multi = argv[3] == b"multi"
+        every_value = WHOLE_RUN in argv[6:]
         commands = unpack_transaction(argv[4])
         shard = self.shard
         scratch = ScratchKeyspace()
         from durakv.shards.luaenv import scripting_of  # the Lua runtime is made on first use
-        scratch.scripting = scripting_of(shard.db)
+        scripting = scratch.scripting = scripting_of(shard.db)
         declared = scratch.declared
         assert declared is not None, "a fresh scratch keyspace"
         for key, payload, when_ms in unpack_values(argv[5]):
@@ -464,33 +479,42 @@ class TxnState:
             scratch.declared = None
         scratch.on_flush = on_flush
         scratch.frozen_ms = time.time_ns() // 1_000_000
+        scratch.oom = OOM_RUN in argv[6:] or shard.db.oom
         ctx = Ctx(scratch, ScratchShard(shard.settings, shard.watches))
         ctx.client_id = req.cid
         ctx.proto = proto
         ctx.in_multi = multi
-        parts = [b"*%d\r\n" % len(commands)] if multi else []
-        for queued in commands:
-            if queued[0] == VERB_LITERAL:
-                parts.append(queued[1])
-                continue
-            if queued[0] == VERB_AS_USER:  # an ACL user's script: its redis.calls obey the user's rules
-                ctx.acl_user = user_from_rules(queued[1])
-                queued = queued[2:]
-            try:
-                parts.append(encode(run_command(ctx, queued), proto))
-            except ReplyError as e:
-                parts.append(encode_error(e.message))
-            except Exception:
-                logger.exception("shard %d: command %r failed in a cross-shard transaction", shard.index,
-                                 queued[:3])
-                parts.append(encode_error(b"ERR internal error executing '%s'" % queued[0][:64]))
-            finally:
-                ctx.acl_user = None
-                ctx.acl_denials = []  # not in ACL LOG, as inside a MULTI on one shard
+        # A script's KEYS, DBSIZE, SCAN, RANDOMKEY or FLUSHALL needs every shard's keys:
+        # without them here, the router runs it again with every shard locked whole.
+        wants_all: list[bytes] = []
+        calls: list[tuple[list[bytes], bool, int]] = []
+        denials: list[list] = []
+        outer_on_call = scripting.on_call
+
+        def on_call(call: list[bytes]) -> None:
+            if not every_value and scratch.declared is not None and call[0].lower() in WHOLE_KEYSPACE_VERBS:
+                wants_all.append(call[0])
+            if outer_on_call is not None:
+                outer_on_call(call)
+        scripting.on_call = on_call
+        try:
+            reply = _run_queue(ctx, commands, multi, proto, shard.index, calls, denials)
+        finally:
+            scripting.on_call = outer_on_call
+        if wants_all:
+            return [b"", pack([]), False, [], True]
         missing = dict(scratch.undeclared)
         missing.update((key, None) for key in changed if key not in declared and not flushed)
         if missing:  # the router locks them too and asks again
-            return [b"", pack([]), False, list(missing)]
+            return [b"", pack([]), False, list(missing), False]
+        for argv_run, failed, usec in calls:  # the final run: counted as on one shard
+            cmd = find(argv_run)
+            if cmd is None:
+                continue
+            stat = shard.script_call_stat(cmd)
+            stat.calls += 1
+            stat.usec += usec
+            stat.failed += failed
         lps = shard.settings["list-max-listpack-size"]
         states: list[tuple[bytes, bytes | None, int]] = []
         for key in (scratch.data if flushed else changed):
@@ -499,7 +523,9 @@ class TxnState:
                 states.append((key, None, 0))
             else:
                 states.append((key, dump_payload(value, lps), scratch.expires.get(key, 0)))
-        return [b"".join(parts), pack(states), bool(flushed), []]
+        if denials:  # ahead of the reply, for the router's ACL LOG (as a script's on one shard)
+            reply = with_denials(reply, denials)
+        return [reply, pack(states), bool(flushed), [], False]
 
     def _prepare(self, req: Request, next_seq: int) -> tuple[bytes, int]:
         argv = req.argv
@@ -542,14 +568,14 @@ class TxnState:
         self._release(txid)
         return encode_internal(True, True), next_seq
 
-    def _abort(self, txid: int, next_seq: int) -> tuple[bytes, int]:
+    def _abort(self, txid: int, next_seq: int, retry: bool = False) -> tuple[bytes, int]:
         txn = self.txns.get(txid)
         if txn is None:
             return encode_internal(True, False), 0
         prepared = txn.effects is not None
         if prepared:
             self.marks.append([MARK_ABORT, txid])
-        self._release(txid)
+        self._release(txid, keep_watches=retry)
         return encode_internal(True, True), next_seq if prepared else 0
 
     def _resolve(self, txid: int, next_seq: int) -> tuple[bytes, int]:
@@ -585,8 +611,10 @@ class TxnState:
         while len(decisions) > MAX_DECISIONS:
             decisions.popitem(last=False)
 
-    def _release(self, txid: int) -> None:
+    def _release(self, txid: int, keep_watches: bool = False) -> None:
         txn = self.txns.pop(txid)
+        if txn.watcher and not keep_watches:  # EXEC ends: its client's WATCHes go, as in Redis
+            self.shard.watches.unwatch(txn.watcher)
         if txn.whole:
             self.whole_txid = 0
         locks = self.locks
@@ -650,10 +678,42 @@ class TxnState:
         self.shard.txn_busy = self.busy()
 
 
-def crash_armed(step: str) -> bool:
+def _run_queue(ctx: Ctx, commands: list[list[bytes]], multi: bool, proto: int, shard_index: int,
+               calls: list[tuple[list[bytes], bool, int]], denials: list[list]) -> bytes:
+    """The executor's run of a command or a MULTI's queue: the reply as the client gets
+    it; each command run goes to `calls` (argv, whether it failed, µs) for commandstats,
+    the redis.calls an ACL user's scripts were refused to `denials` (for ACL LOG)."""
+    parts = [b"*%d\r\n" % len(commands)] if multi else []
+    for queued in commands:
+        if queued[0] == VERB_LITERAL:
+            parts.append(queued[1])
+            continue
+        if queued[0] == VERB_AS_USER:  # an ACL user's script: its redis.calls obey the user's rules
+            ctx.acl_user = user_from_rules(queued[1])
+            queued = queued[2:]
+        start_ns = time.perf_counter_ns()
+        try:
+            result = run_command(ctx, queued)
+            if type(result) is Block:  # a blocking pop with nothing to take answers at once (the router waits)
+                result = result.timeout_reply
+            parts.append(encode(result, proto))
+        except ReplyError as e:
+            parts.append(encode_error(e.message))
+        except Exception:
+            logger.exception("shard %d: command %r failed in a cross-shard transaction", shard_index, queued[:3])
+            parts.append(encode_error(b"ERR internal error executing '%s'" % queued[0][:64]))
+        finally:
+            ctx.acl_user = None
+            denials.extend(ctx.acl_denials[:MAX_SCRIPT_DENIALS - len(denials)])
+            ctx.acl_denials = []
+        calls.append((queued, parts[-1][:1] == b"-", (time.perf_counter_ns() - start_ns) // 1000))
+    return b"".join(parts)
+
+
+def crash_armed(step: str, env: str = CRASH_ENV) -> bool:
     """Fault injection for tests: with DURAKV_TXN_CRASH=PATH, a process exits at the
-    step named in the file PATH, while it exists."""
-    path = os.environ.get(CRASH_ENV)
+    step named in the file PATH, while it exists (DURAKV_TXN_HOLD: it waits there)."""
+    path = os.environ.get(env)
     if not path:
         return False
     try:
@@ -672,6 +732,17 @@ def crash_point(step: str) -> None:
     logger.critical("%s: exiting at step %s", CRASH_ENV, step)
     logging.shutdown()
     os._exit(CRASH_EXIT_STATUS)
+
+
+async def hold_point(step: str) -> None:
+    """Fault injection for tests: with DURAKV_TXN_HOLD=PATH, a coordinator waits at
+    STEP while the file PATH names it (at most a minute), so a test can order another
+    client's requests around that moment."""
+    for _poll in range(MAX_HOLD_POLLS):
+        if not crash_armed(step, HOLD_ENV):
+            return
+        await trio.sleep(HOLD_POLL_S)
+    logger.warning("%s: step %s held for %.0f s; going on", HOLD_ENV, step, MAX_HOLD_POLLS * HOLD_POLL_S)
 
 
 def effect_keys(effects: list[list[bytes]]) -> list[bytes]:
