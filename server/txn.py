@@ -40,7 +40,8 @@ from durakv.shards.slots import key_slot
 from durakv.shards.t_multi import pack_transaction
 from durakv.shards.table import lookup
 from durakv.shards.txn import (
-    FLUSHES, OOM_RUN, RETRY, TXBUSY, WHOLE_KEYSPACE, WHOLE_RUN, crash_point, hold_point, pack, state_effects, unpack_values,
+    FLUSHES, OOM_RUN, RETRY, TXBUSY, WHOLE_KEYSPACE, WHOLE_RUN, crash_point, hold_point, pack, state_effects,
+    unpack_values,
 )
 
 if TYPE_CHECKING:
