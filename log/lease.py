@@ -44,7 +44,7 @@ def pid_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read(512)
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):   # gone, or ending between the open and the read
         return False
     state = stat[stat.rfind(b")") + 2:][:1]
     return state not in (b"Z", b"X")

@@ -146,3 +146,23 @@ def test_free_lock_but_live_lease_holder_is_fenced_not_truncated(tmp_path):
     third.close()
     second.close()
     assert [p for _, _, p in read(path)] == [b"1", b"2"]
+
+
+def test_pid_alive_is_false_for_a_process_ending_during_the_read(monkeypatch):
+    """A process that exits between open() and read() of /proc/PID/stat makes the read
+    raise ESRCH; INFO replication and CLUSTER SLOTS read the replica board through
+    pid_alive while replicas restart, so that must read as gone, not fail the command."""
+    from durakv.log import lease
+
+    class Ending:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read(self, size):
+            raise ProcessLookupError(3, "No such process")
+
+    monkeypatch.setattr(lease, "open", lambda *args, **kwargs: Ending(), raising=False)
+    assert lease.pid_alive(os.getpid()) is False
