@@ -221,13 +221,10 @@ class Coordinator:
                 if reply not in (b"*-1\r\n", b"_\r\n") or client.closed:
                     pending.fill(reply)
                     return
-                remaining = b"0"
-                if deadline_ms:
-                    left_ms = deadline_ms - time.time_ns() // 1_000_000
-                    if left_ms <= 0:
-                        pending.fill(reply)
-                        return
-                    remaining = b"%.3f" % (max(left_ms, 1) / 1000)  # "0.000" would wait forever
+                remaining = _remaining_timeout(deadline_ms)
+                if remaining is None:
+                    pending.fill(reply)
+                    return
                 woke = await self._wait_any(client, [(s, [VERB_TXWAIT, kind, remaining, *pop]) for s in sorted(keys)])
                 if woke[:1] in (b"-", b"*", b"_"):  # an error, a timeout or an unblock
                     pending.fill(woke)
@@ -265,13 +262,10 @@ class Coordinator:
             if reply not in (b"*-1\r\n", b"_\r\n") or client.closed:
                 pending.fill(reply)
                 return
-            remaining = b"0"
-            if deadline_ms:
-                left_ms = deadline_ms - time.time_ns() // 1_000_000
-                if left_ms <= 0:
-                    pending.fill(reply)
-                    return
-                remaining = b"%.3f" % (max(left_ms, 1) / 1000)  # "0.000" would wait forever
+            remaining = _remaining_timeout(deadline_ms)
+            if remaining is None:
+                pending.fill(reply)
+                return
             waits = [(shard, [argv[0], *shard_keys, remaining]) for shard, shard_keys in sorted(keys.items())]
             pending.fill(await self._wait_any(client, waits, give_back=_give_back_verb(argv[0])))
 
@@ -601,6 +595,17 @@ class Coordinator:
             if not unresolved:
                 return
             await trio.sleep(RESOLVE_RETRY_S)
+
+
+def _remaining_timeout(deadline_ms: int) -> bytes | None:
+    """A blocking command's timeout argument for the time left until deadline_ms (b"0":
+    none), or None once it passed."""
+    if not deadline_ms:
+        return b"0"
+    left_ms = deadline_ms - time.time_ns() // 1_000_000
+    if left_ms <= 0:
+        return None
+    return b"%.3f" % (max(left_ms, 1) / 1000)  # "0.000" would wait forever
 
 
 def _give_back_verb(verb: bytes) -> bytes:
