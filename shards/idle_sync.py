@@ -26,7 +26,10 @@ from __future__ import annotations
 from typing import Callable, Protocol
 
 import trio
-from trio.testing import wait_all_tasks_blocked
+
+# trio.testing.wait_all_tasks_blocked is this function; importing trio.testing itself
+# imports pytest where it is installed (~9 MB in every process of a tree).
+from trio._core import wait_all_tasks_blocked
 
 from durakv.log import Log
 

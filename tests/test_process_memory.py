@@ -12,9 +12,11 @@ import sys
 from durakv.shards.framelink import RECV_BYTES, FrameReceiver
 
 # etcd3gw and requests (with urllib3, charset_normalizer, futurist, asyncio) cost ~10 MB
-# of RSS in each process of a tree that does not keep its log on etcd; boto3 more.
+# of RSS in each process of a tree that does not keep its log on etcd, boto3 more, and
+# trio.testing ~9 MB (it imports pytest where pytest is installed).
 CONFIG_ONLY_MODULES = ("etcd3gw", "requests", "urllib3", "futurist", "boto3", "botocore",
-                       "durakv.log.etcd_client", "durakv.log.etcd_log", "durakv.log.etcd_records")
+                       "durakv.log.etcd_client", "durakv.log.etcd_log", "durakv.log.etcd_records",
+                       "trio.testing", "pytest")
 RECEIVERS = 16
 
 
