@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Iterator
 
 import hiredis
 import trio
@@ -144,21 +144,15 @@ class Coordinator:
             return pending
         owner = router.slot_owner
         shards = {owner[key_slot(source)], owner[key_slot(destination)]}
-        client.blocked_pending = pending
-        client.blocked_shard = owner[key_slot(source)]
-        self.in_flight += 1
-        assert router.nursery is not None, "transaction before the router serves"
-        router.nursery.start_soon(self._blocking_move, client, pending,
-                                  [b"LMOVE", source, destination, wherefrom, whereto], timeout, sorted(shards))
+        self._start_blocked(client, pending, owner[key_slot(source)], self._blocking_move,
+                            [b"LMOVE", source, destination, wherefrom, whereto], timeout, sorted(shards))
         return pending
 
     async def _blocking_move(self, client: Client, pending: Pending, move: list[bytes], timeout: bytes,
                              participants: list[int]) -> None:
         source = move[1]
         source_shard = self.router.slot_owner[key_slot(source)]
-        keys: dict[int, list[bytes]] = {}
-        for key in move[1:3]:
-            keys.setdefault(self.router.slot_owner[key_slot(key)], []).append(key)
+        keys = self._by_shard(move[1:3])
         deadline = None
         try:
             seconds = float(timeout)
@@ -202,14 +196,8 @@ class Coordinator:
         except ReplyError as e:
             pending.fill(encode_error(e.message))
             return pending
-        keys: dict[int, list[bytes]] = {}
-        for i in indexes:
-            keys.setdefault(self.router.slot_owner[key_slot(pop[i])], []).append(pop[i])
-        client.blocked_pending = pending
-        client.blocked_shard = -1
-        self.in_flight += 1
-        assert self.router.nursery is not None, "transaction before the router serves"
-        self.router.nursery.start_soon(self._blocking_pop, client, pending, pop, deadline_ms, keys)
+        self._start_blocked(client, pending, -1, self._blocking_pop, pop, deadline_ms,
+                            self._by_shard(pop[i] for i in indexes))
         return pending
 
     async def _blocking_pop(self, client: Client, pending: Pending, pop: list[bytes], deadline_ms: int,
@@ -245,15 +233,27 @@ class Coordinator:
         except ReplyError as e:
             pending.fill(encode_error(e.message))
             return pending
-        keys: dict[int, list[bytes]] = {}
-        for key in argv[1:-1]:
-            keys.setdefault(self.router.slot_owner[key_slot(key)], []).append(key)
+        self._start_blocked(client, pending, -1, self._key_pop, argv, deadline_ms, self._by_shard(argv[1:-1]))
+        return pending
+
+    def _start_blocked(self, client: Client, pending: Pending, blocked_shard: int,
+                       run: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run a cross-shard blocking command as a task of the router; the client is
+        blocked on `pending` (CLIENT UNBLOCK reaches blocked_shard, -1: every shard waited on)."""
         client.blocked_pending = pending
-        client.blocked_shard = -1
+        client.blocked_shard = blocked_shard
         self.in_flight += 1
         assert self.router.nursery is not None, "transaction before the router serves"
-        self.router.nursery.start_soon(self._key_pop, client, pending, argv, deadline_ms, keys)
-        return pending
+        self.router.nursery.start_soon(run, client, pending, *args)
+
+    def _by_shard(self, keys: Iterable[bytes],
+                  grouped: dict[int, list[bytes]] | None = None) -> dict[int, list[bytes]]:
+        """keys grouped by the shard that owns them, in their order (added to `grouped` if given)."""
+        grouped = {} if grouped is None else grouped
+        owner = self.router.slot_owner
+        for key in keys:
+            grouped.setdefault(owner[key_slot(key)], []).append(key)
+        return grouped
 
     async def _key_pop(self, client: Client, pending: Pending, argv: list[bytes], deadline_ms: int,
                        keys: dict[int, list[bytes]]) -> None:
@@ -411,8 +411,7 @@ class Coordinator:
                             self.release(txid, locked)
                             return ERR_UNDECLARED
                         self.release(txid, locked, retry=True)  # the next attempt checks the WATCHes again
-                        for key in missing:
-                            keys.setdefault(self.router.slot_owner[key_slot(key)], []).append(key)
+                        self._by_shard(missing, keys)
                         participants = sorted(set(participants) | set(keys))
                         return await self._transact(client, commands, multi, keys, participants, attempt + 1, whole)
                     values.extend(more)

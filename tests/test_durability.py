@@ -85,6 +85,59 @@ class Writer(threading.Thread):
             return
 
 
+
+class AckedSets:
+    """SET writers on threads through one port, for failover tests: a SET whose call
+    raised (refused, or its outcome unknown) is not acknowledged; `acked` holds those
+    that were. A writer goes on after an error (the shard fails over), or with
+    end_on_error stops at its first error (its server is gone)."""
+
+    def __init__(self, port: int, writers: int, socket_timeout_s: float, end_on_error: bool = False) -> None:
+        self.acked: dict[bytes, bytes] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._port = port
+        self._socket_timeout_s = socket_timeout_s
+        self._end_on_error = end_on_error
+        self._threads = [threading.Thread(target=self._write, args=(i,), daemon=True) for i in range(writers)]
+        for thread in self._threads:
+            thread.start()
+
+    def _write(self, index: int) -> None:
+        # No retry: redis-py would resend a write whose connection closed (outcome unknown).
+        client = redis.Redis(port=self._port, socket_timeout=self._socket_timeout_s, retry=None)
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            key, value = f"w{index}:{n}".encode(), f"v{n}".encode()
+            try:
+                client.set(key, value)
+            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+                if self._end_on_error:
+                    return
+                continue
+            except redis.RedisError:
+                if self._end_on_error:
+                    return
+                raise
+            with self._lock:
+                self.acked[key] = value
+
+    def stop(self, join_timeout_s: float) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(join_timeout_s)
+
+    def missing(self, mget) -> list[bytes]:
+        """The acknowledged keys whose value `mget` (a client's MGET) does not answer."""
+        keys = list(self.acked)
+        lost = []
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            lost += [k for k, got in zip(chunk, mget(chunk)) if got != self.acked[k]]
+        return lost
+
+
 def wait_for_progress(writers: list[Writer]) -> None:
     """Every writer has had writes acknowledged: a kill now tests something."""
     deadline = time.monotonic() + PROGRESS_TIMEOUT_S

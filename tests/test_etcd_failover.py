@@ -11,7 +11,6 @@ import contextlib
 import os
 import signal
 import socket
-import threading
 import time
 import uuid
 
@@ -23,6 +22,7 @@ from conftest import DurakvServer
 from durakv.log.etcd_client import EtcdClient
 from durakv.log.etcd_log import EtcdLog
 from durakv.log.etcd_records import shard_prefix
+from test_durability import AckedSets
 from test_etcd_backend import etcd_config, serve_once
 from test_replicas import _alive, _send, _wait_replicas_online, replica_port
 
@@ -199,46 +199,22 @@ def test_kill9_primary_on_etcd_under_writers_loses_no_acknowledged_write(etcd_cl
     (the dead holder's key is taken at once), reads the log on etcd to its end and
     serves; every acknowledged write is there."""
     srv, _prefix = _start_with_replica(server_factory, tmp_path, etcd_cluster, shards=2)
-    acked: dict[bytes, bytes] = {}
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def writer(index: int) -> None:
-        client = redis.Redis(port=srv.port, socket_timeout=20, retry=None)
-        n = 0
-        while not stop.is_set():
-            n += 1
-            key, value = f"w{index}:{n}".encode(), f"v{n}".encode()
-            try:
-                client.set(key, value)
-            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
-                continue   # outcome unknown or refused: not acknowledged
-            with lock:
-                acked[key] = value
-
-    threads = [threading.Thread(target=writer, args=(i,), daemon=True) for i in range(WRITERS)]
-    for thread in threads:
-        thread.start()
-    _until(lambda: len(acked) > 50, "writes to be acknowledged")
+    sets = AckedSets(srv.port, WRITERS, socket_timeout_s=20)
+    _until(lambda: len(sets.acked) > 50, "writes to be acknowledged")
     old_pid = srv.child_pid("shard", 1)
-    acked_before = len(acked)
+    acked_before = len(sets.acked)
     os.kill(old_pid, signal.SIGKILL)
     killed_at = time.monotonic()
     probe = next(f"probe{i}" for i in range(1000) if _shard_of(srv.client(), f"probe{i}") == 1)
     _retry(lambda: srv.client().set(probe, "1"), "a write to shard 1 after the failover")
     print(f"kill -9 to the first write acknowledged after it on etcd: {(time.monotonic() - killed_at) * 1000:.0f} ms")
     time.sleep(0.5)
-    stop.set()
-    for thread in threads:
-        thread.join(30)
-    assert len(acked) > acked_before
+    sets.stop(join_timeout_s=30)
+    assert len(sets.acked) > acked_before
     assert "promoted to primary" in srv.log(), srv.log()[-5000:]
     assert srv.child_pid("shard", 1) != old_pid
     client = srv.client()
-    keys = list(acked)
-    for i in range(0, len(keys), 500):
-        chunk = keys[i:i + 500]
-        assert client.mget(chunk) == [acked[k] for k in chunk], "an acknowledged write was lost"
+    assert not sets.missing(client.mget), "an acknowledged write was lost"
     _wait_replicas_online(srv, 2)   # the dead primary's place: a new replica
 
 
@@ -313,26 +289,8 @@ def test_replica_node_takes_over_when_the_primary_node_is_killed(etcd_cluster, s
                f"node b's replica to show a write made on node a: {_reply(early, 'GET', 'early')!r} "
                f"{node_b.log()[-3000:]}")
         assert _down(_reply(node_b.client(), "GET", "early"))   # no primary on node b yet
-        acked: dict[bytes, bytes] = {}
-        lock = threading.Lock()
-        stop = threading.Event()
-
-        def writer(index: int) -> None:
-            client = redis.Redis(port=node_a.port, socket_timeout=20, retry=None)
-            n = 0
-            while not stop.is_set():
-                n += 1
-                key, value = f"w{index}:{n}".encode(), f"v{n}".encode()
-                try:
-                    client.set(key, value)
-                except redis.RedisError:
-                    return   # node a is gone: this write's outcome is unknown
-                with lock:
-                    acked[key] = value
-
-        threads = [threading.Thread(target=writer, args=(i,), daemon=True) for i in range(WRITERS)]
-        for thread in threads:
-            thread.start()
+        sets = AckedSets(node_a.port, WRITERS, socket_timeout_s=20, end_on_error=True)
+        acked = sets.acked
         _until(lambda: len(acked) > 100, "writes to be acknowledged on node a")
         node_a.kill9()
         killed_at = time.monotonic()
@@ -342,13 +300,8 @@ def test_replica_node_takes_over_when_the_primary_node_is_killed(etcd_cluster, s
             _retry(lambda probe=probe: b.set(probe, "1"), f"a write to shard {shard} on node b")
         print(f"kill -9 of node a to writes acknowledged by node b on both shards: "
               f"{(time.monotonic() - killed_at) * 1000:.0f} ms ({len(acked)} writes acknowledged by node a)")
-        stop.set()
-        for thread in threads:
-            thread.join(30)
-        keys = list(acked)
-        for i in range(0, len(keys), 500):
-            chunk = keys[i:i + 500]
-            assert b.mget(chunk) == [acked[k] for k in chunk], "a write node a acknowledged was lost"
+        sets.stop(join_timeout_s=30)
+        assert not sets.missing(b.mget), "a write node a acknowledged was lost"
         assert node_b.log().count("leader key is free; campaigning") >= 2
         for i in range(50):
             assert b.set(f"on-b:{i}", i)
@@ -362,11 +315,8 @@ def test_replica_node_takes_over_when_the_primary_node_is_killed(etcd_cluster, s
             node_b.kill9()
             a = node_a_again.client()
             _retry(lambda: a.set("back-on-a", "1"), "a write on node a after node b died")
-            keys = list(acked)
-            for i in range(0, len(keys), 500):
-                chunk = keys[i:i + 500]
-                assert _retry(lambda chunk=chunk: a.mget(chunk), "node a's shards") == [acked[k] for k in chunk], \
-                    "a write acknowledged by node a or b was lost"
+            assert not sets.missing(lambda chunk: _retry(lambda: a.mget(chunk), "node a's shards")), \
+                "a write acknowledged by node a or b was lost"
         finally:
             node_a_again.discard()
     finally:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import threading
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 import redis
 from redis.cluster import LoadBalancingStrategy
 
-from test_durability import write_config
+from test_durability import AckedSets, write_config
 
 LEASE_MS = 1000
 WAIT_S = 20
@@ -120,46 +119,22 @@ def test_wait_times_out_without_replicas_that_applied(server_factory, tmp_path):
 
 def test_kill9_primary_under_writers_loses_no_acknowledged_write(server_factory, tmp_path):
     srv = _start(server_factory, tmp_path, shards=2)
-    acked: dict[bytes, bytes] = {}
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def writer(index: int) -> None:
-        client = redis.Redis(port=srv.port, socket_timeout=10, retry=None)
-        n = 0
-        while not stop.is_set():
-            n += 1
-            key, value = f"w{index}:{n}".encode(), f"v{n}".encode()
-            try:
-                client.set(key, value)
-            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
-                continue   # outcome unknown or refused: not acknowledged
-            with lock:
-                acked[key] = value
-
-    threads = [threading.Thread(target=writer, args=(i,), daemon=True) for i in range(4)]
-    for thread in threads:
-        thread.start()
+    sets = AckedSets(srv.port, 4, socket_timeout_s=10)
     time.sleep(0.5)
     old_pid = srv.child_pid("shard", 1)
-    acked_before = len(acked)
+    acked_before = len(sets.acked)
     os.kill(old_pid, signal.SIGKILL)
     killed_at = time.monotonic()
     # Writes to the shard resume on the promoted replica.
     _retry(lambda: srv.client().set("{probe}after", "1"), "a write after the failover")
     print(f"kill -9 to the first write acknowledged after it: {(time.monotonic() - killed_at) * 1000:.0f} ms")
     time.sleep(0.5)
-    stop.set()
-    for thread in threads:
-        thread.join(10)
-    assert len(acked) > acked_before
+    sets.stop(join_timeout_s=10)
+    assert len(sets.acked) > acked_before
     new_pid = srv.child_pid("shard", 1)
     assert new_pid != old_pid
     client = srv.client()
-    keys = list(acked)
-    for i in range(0, len(keys), 500):
-        chunk = keys[i:i + 500]
-        assert client.mget(chunk) == [acked[k] for k in chunk], "an acknowledged write was lost"
+    assert not sets.missing(client.mget), "an acknowledged write was lost"
     # The supervisor keeps one replica per shard: a replacement comes online.
     _wait_replicas_online(srv, 2)
 
