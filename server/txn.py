@@ -79,6 +79,8 @@ class Coordinator:
         self.aborted = 0
         self.read_waits = 0  # cross-shard reads that found a key locked and waited (server/txn_read.py)
         self.forming_read: Any = None  # the ReadBatch a client's pipelined reads join (server/txn_read.py)
+        self.forming_write: Any = None  # the WriteBatch a client's pipelined writes join (server/txn_batch.py)
+        self.batched = 0  # cross-shard writes committed in a batch of a client's pipelined ones (txn_batch.py)
 
     def new_txid(self) -> int:
         """Unique across routers and restarts: microseconds since the epoch, times 64, plus the router index."""
@@ -426,6 +428,14 @@ class Coordinator:
             if isinstance(e, Lost):
                 raise
             return encode_error(e.message)
+        failed = await self.commit_states(txid, locked, participants, packed_states, flushed)
+        return reply if failed is None else failed
+
+    async def commit_states(self, txid: int, locked: list[int], participants: list[int], packed_states: bytes,
+                            flushed: bool) -> bytes | None:
+        """Steps 3 to 5 for the executor's final key states: prepare the writing participants
+        but the decider, decide, commit the others; the other locked shards are released.
+        None once the decision is durable (or nothing was written), else the error to answer."""
         states: dict[int, list] = {}
         owner = self.router.slot_owner
         for state in unpack_values(packed_states):
@@ -436,7 +446,7 @@ class Coordinator:
         writers = sorted(effects)
         self.release(txid, [s for s in locked if s not in effects])
         if not writers:
-            return reply
+            return None
         decider = writers[0]
         others = writers[1:]
         try:
@@ -464,7 +474,7 @@ class Coordinator:
         self.committed += 1
         for shard in others:
             self._tell(shard, [VERB_TXCOMMIT, b"%d" % txid])
-        return reply
+        return None
 
     async def _lock_more(self, client: Client, txid: int, missing: list[bytes],
                          locked: list[int]) -> list[Any] | None:

@@ -31,7 +31,7 @@ import logging
 import os
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -92,12 +92,14 @@ OOM_RUN = b"oom"  # TXRUN's flag: a participant is over maxmemory (a script's de
 MAX_WHOLE_KEYS = 100_000  # per shard: values a whole-keyspace read inside a cross-shard MULTI moves
 TXBUSY = b"TXBUSY a key is locked"  # a b"try" TXREAD's or b"more" TXLOCK's answer: the router retries waiting
 NEVER_WAIT = (b"try", b"more")
+BATCH_RUN = b"batch"  # TXRUN of a client's pipelined cross-shard writes: [[in_multi, packed queue], ...]
 RETRY = b"retry"  # TXABORT of a transaction that locks again at once: the client's WATCHes stay
 
 _pack = msgspec.msgpack.Encoder().encode
 _values_decoder = msgspec.msgpack.Decoder(list[tuple[bytes, Any, int]])
 _effects_decoder = msgspec.msgpack.Decoder(list[list[bytes]])
 _ints_decoder = msgspec.msgpack.Decoder(list[int])
+_batch_decoder = msgspec.msgpack.Decoder(list[tuple[bool, bytes]])
 
 
 def pack(value: object) -> bytes:
@@ -451,7 +453,8 @@ class TxnState:
         proto = int(argv[2])
         multi = argv[3] == b"multi"
         every_value = WHOLE_RUN in argv[6:]
-        commands = unpack_transaction(argv[4])
+        batch = argv[3] == BATCH_RUN
+        commands = [] if batch else unpack_transaction(argv[4])
         shard = self.shard
         scratch = ScratchKeyspace()
         from durakv.shards.luaenv import scripting_of  # the Lua runtime is made on first use
@@ -498,7 +501,12 @@ class TxnState:
                 outer_on_call(call)
         scripting.on_call = on_call
         try:
-            reply = _run_queue(ctx, commands, multi, proto, shard.index, calls, denials)
+            reply: bytes | list[bytes]
+            if batch:  # a client's pipelined cross-shard writes (server/txn_batch.py): a reply each
+                reply = [_run_queue(ctx, unit, in_multi, proto, shard.index, calls, denials)
+                         for in_multi, unit in _batch_units(ctx, argv[4])]
+            else:
+                reply = _run_queue(ctx, commands, multi, proto, shard.index, calls, denials)
         finally:
             scripting.on_call = outer_on_call
         if wants_all:
@@ -523,7 +531,7 @@ class TxnState:
                 states.append((key, None, 0))
             else:
                 states.append((key, dump_payload(value, lps), scratch.expires.get(key, 0)))
-        if denials:  # ahead of the reply, for the router's ACL LOG (as a script's on one shard)
+        if denials and isinstance(reply, bytes):  # ahead of the reply, for the router's ACL LOG (as on one shard)
             reply = with_denials(reply, denials)
         return [reply, pack(states), bool(flushed), [], False]
 
@@ -708,6 +716,13 @@ def _run_queue(ctx: Ctx, commands: list[list[bytes]], multi: bool, proto: int, s
             ctx.acl_denials = []
         calls.append((queued, parts[-1][:1] == b"-", (time.perf_counter_ns() - start_ns) // 1000))
     return b"".join(parts)
+
+
+def _batch_units(ctx: Ctx, packed: bytes) -> Iterator[tuple[bool, list[list[bytes]]]]:
+    """A batch's units in order, each a command or a MULTI's queue; ctx.in_multi set for each."""
+    for in_multi, unit in _batch_decoder.decode(packed):
+        ctx.in_multi = in_multi
+        yield in_multi, unpack_transaction(unit)
 
 
 def crash_armed(step: str, env: str = CRASH_ENV) -> bool:
