@@ -93,6 +93,7 @@ MAX_WHOLE_KEYS = 100_000  # per shard: values a whole-keyspace read inside a cro
 TXBUSY = b"TXBUSY a key is locked"  # a b"try" TXREAD's or b"more" TXLOCK's answer: the router retries waiting
 NEVER_WAIT = (b"try", b"more")
 BATCH_RUN = b"batch"  # TXRUN of a client's pipelined cross-shard writes: [[in_multi, packed queue], ...]
+SHARED = -1  # TxnState.locks' holder of a key that cross-shard reads hold together (txids are positive)
 RETRY = b"retry"  # TXABORT of a transaction that locks again at once: the client's WATCHes stay
 
 _pack = msgspec.msgpack.Encoder().encode
@@ -132,7 +133,7 @@ def state_effects(states: list[tuple[bytes, bytes | None, int]]) -> list[list[by
 class Txn:
     """One transaction's state on this shard."""
 
-    __slots__ = ("txid", "keys", "conn", "effects", "decider", "in_doubt", "whole", "watcher")
+    __slots__ = ("txid", "keys", "conn", "effects", "decider", "in_doubt", "whole", "watcher", "shared")
 
     def __init__(self, txid: int, keys: list[bytes], conn: ReplySink | None) -> None:
         self.txid = txid
@@ -143,6 +144,7 @@ class Txn:
         self.in_doubt = False
         self.whole = False  # the whole shard is locked, not only its keys
         self.watcher = 0  # an EXEC's client: its WATCHes here go when the transaction ends, not before
+        self.shared = False  # a cross-shard read: its keys are locked SHARED (TxnState.readers counts them)
 
 
 class ScratchKeyspace(Keyspace):
@@ -185,7 +187,8 @@ class TxnState:
 
     def __init__(self, shard: Shard) -> None:
         self.shard = shard
-        self.locks: dict[bytes, int] = {}  # key -> txid holding it
+        self.locks: dict[bytes, int] = {}  # key -> txid holding it, or SHARED (cross-shard reads)
+        self.readers: dict[bytes, int] = {}  # key locked SHARED -> how many reads hold it
         self.whole_txid = 0  # a transaction holding the whole shard (every request waits)
         self.txns: dict[int, Txn] = {}
         self.deferred: deque[tuple[ReplySink, Request]] = deque()
@@ -225,12 +228,20 @@ class TxnState:
         return True
 
     def _held_back(self, argv: list[bytes], keys: list[bytes]) -> bool:
-        """Whether a key of the request is locked; a batch of cross-shard reads shares
-        one txid (server/txn_read.py): a read is not held back by its batch's own locks."""
+        """Whether a key of the request is locked. A cross-shard read (TXREAD) shares a
+        key other reads hold (SHARED), unless a request waits here: it may be a writer
+        waiting for that key, which later readers must not starve; a batch of reads
+        shares one txid (server/txn_read.py) and is not held back by its own locks."""
         locks = self.locks
         if argv[0] == VERB_TXREAD:
             txid = int(argv[1])
-            return any(locks.get(key, txid) != txid for key in keys)
+            # A batch holding locks here already does not queue behind a waiter: it may wait for them.
+            deferred = bool(self.deferred) and txid not in self.txns
+            for key in keys:
+                holder = locks.get(key, txid)
+                if holder != txid and (holder != SHARED or deferred):
+                    return True
+            return False
         return any(key in locks for key in keys)
 
     def request_keys(self, req: Request) -> list[bytes] | None:
@@ -390,7 +401,6 @@ class TxnState:
         them; the locks stay until the router's TXABORT, once every shard has read."""
         argv = req.argv
         keys = argv[4:]
-        locks = self.locks
         txid = int(argv[1])
         if argv[2] == b"try" and (self.whole_txid or self._held_back(argv, keys)
                                   or (req.cid and req.cid in self.deferred_cids)):
@@ -398,11 +408,9 @@ class TxnState:
         txn = self.txns.get(txid)  # the reads of one batch share a txid and its locks
         if txn is None:
             txn = self.txns[txid] = Txn(txid, [], conn)
-        new = [key for key in dict.fromkeys(keys) if key not in locks]
-        assert len(locks) + len(new) <= MAX_LOCKS, "too many locked keys"
-        for key in new:
-            locks[key] = txid
-        txn.keys.extend(new)
+            txn.shared = True
+        assert txn.shared, "a read under a writer's txid"
+        self._share(txn, keys)
         shard = self.shard
         db = shard.db
         ctx = shard.ctx
@@ -418,6 +426,26 @@ class TxnState:
         if len(db.effects) > effects_before:  # a key expired here: its deletion is logged
             return reply, next_seq
         return reply, shard.hazards.wait_seq(keys)
+
+    def _share(self, txn: Txn, keys: list[bytes]) -> None:
+        """Lock keys SHARED for a read transaction: other reads may hold them too,
+        writers wait until the last reader goes (counted in self.readers)."""
+        locks = self.locks
+        readers = self.readers
+        held = txn.keys
+        mine = set(held)  # a batch's earlier reads' keys
+        assert len(locks) + len(keys) <= MAX_LOCKS, "too many locked keys"
+        for key in dict.fromkeys(keys):
+            if key in mine:
+                continue
+            holder = locks.get(key)
+            if holder is None:
+                locks[key] = SHARED
+                readers[key] = 1
+            else:
+                assert holder == SHARED, "a read sharing a key a writer holds"  # _held_back let it in
+                readers[key] += 1
+            held.append(key)
 
     def _wait(self, conn: ReplySink, req: Request) -> tuple[bytes | None, int]:
         """BLMPOP/BZMPOP across shards (server/txn.py): wait as a blocked client does
@@ -626,9 +654,19 @@ class TxnState:
         if txn.whole:
             self.whole_txid = 0
         locks = self.locks
-        for key in txn.keys:
-            if locks.get(key) == txid:
-                del locks[key]
+        if txn.shared:
+            readers = self.readers
+            for key in txn.keys:
+                left = readers[key] - 1
+                if left:
+                    readers[key] = left
+                else:
+                    del readers[key]
+                    del locks[key]
+        else:
+            for key in txn.keys:
+                if locks.get(key) == txid:
+                    del locks[key]
         if self.deferred:
             self.wake.set()
 
