@@ -102,7 +102,10 @@ def client(port: int, name: str, pipeline: int, seconds: float, tagset: tuple[st
         while want:
             reply = reader.gets()
             if reply is False:
-                reader.feed(sock.recv(1 << 16))
+                data = sock.recv(1 << 16)
+                if not data:
+                    raise ConnectionError(f"{name}: the server closed the connection")
+                reader.feed(data)
                 continue
             if isinstance(reply, hiredis.ReplyError):
                 raise RuntimeError(f"{name}: {reply}")

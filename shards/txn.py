@@ -193,6 +193,7 @@ class TxnState:
         self.txns: dict[int, Txn] = {}
         self.deferred: deque[tuple[ReplySink, Request]] = deque()
         self.deferred_cids: dict[int, int] = {}  # client id -> its requests waiting
+        self.deferred_others = 0  # deferred requests that are not cross-shard reads (writers, mostly)
         self.decisions: OrderedDict[int, tuple[bool, int]] = OrderedDict()  # txid -> (commit, seq)
         self.marks: list[list[Any]] = []  # markers for the next record
         self.wake = trio.Event()
@@ -224,19 +225,22 @@ class TxnState:
         self.deferred.append((conn, req))
         if cid:
             self.deferred_cids[cid] = self.deferred_cids.get(cid, 0) + 1
+        if argv[0] != VERB_TXREAD:
+            self.deferred_others += 1
         self.lock_waits += 1
         return True
 
     def _held_back(self, argv: list[bytes], keys: list[bytes]) -> bool:
         """Whether a key of the request is locked. A cross-shard read (TXREAD) shares a
-        key other reads hold (SHARED), unless a request waits here: it may be a writer
-        waiting for that key, which later readers must not starve; a batch of reads
-        shares one txid (server/txn_read.py) and is not held back by its own locks."""
+        key other reads hold (SHARED), unless a request other than a read waits here:
+        it may be a writer waiting for that key, which later readers must not starve; a
+        batch of reads shares one txid (server/txn_read.py) and is not held back by its
+        own locks."""
         locks = self.locks
         if argv[0] == VERB_TXREAD:
             txid = int(argv[1])
             # A batch holding locks here already does not queue behind a waiter: it may wait for them.
-            deferred = bool(self.deferred) and txid not in self.txns
+            deferred = self.deferred_others > 0 and txid not in self.txns
             for key in keys:
                 holder = locks.get(key, txid)
                 if holder != txid and (holder != SHARED or deferred):
@@ -276,6 +280,7 @@ class TxnState:
             self.wake = trio.Event()
             waiting, self.deferred = self.deferred, deque()
             self.deferred_cids.clear()
+            self.deferred_others = 0
             self.shard.txn_busy = self.busy()
             execute = self.shard.execute_batch
             for conn, req in waiting:
@@ -683,6 +688,7 @@ class TxnState:
         if any(waiting is conn for waiting, _req in self.deferred):  # nobody is left to answer
             self.deferred = deque(item for item in self.deferred if item[0] is not conn)
             self.deferred_cids.clear()
+            self.deferred_others = sum(1 for _conn, req in self.deferred if req.argv[0] != VERB_TXREAD)
             for _conn, req in self.deferred:
                 if req.cid:
                     self.deferred_cids[req.cid] = self.deferred_cids.get(req.cid, 0) + 1
