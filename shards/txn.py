@@ -93,6 +93,7 @@ MAX_WHOLE_KEYS = 100_000  # per shard: values a whole-keyspace read inside a cro
 TXBUSY = b"TXBUSY a key is locked"  # a b"try" TXREAD's or b"more" TXLOCK's answer: the router retries waiting
 NEVER_WAIT = (b"try", b"more")
 BATCH_RUN = b"batch"  # TXRUN of a client's pipelined cross-shard writes: [[in_multi, packed queue], ...]
+READ_LOCK = b"read"  # TXLOCK's mode for a participant whose keys a command only reads: locked SHARED
 SHARED = -1  # TxnState.locks' holder of a key that cross-shard reads hold together (txids are positive)
 RETRY = b"retry"  # TXABORT of a transaction that locks again at once: the client's WATCHes stay
 
@@ -237,7 +238,7 @@ class TxnState:
         batch of reads shares one txid (server/txn_read.py) and is not held back by its
         own locks."""
         locks = self.locks
-        if argv[0] == VERB_TXREAD:
+        if argv[0] == VERB_TXREAD or (argv[0] == VERB_TXLOCK and argv[2] == READ_LOCK):
             txid = int(argv[1])
             # A batch holding locks here already does not queue behind a waiter: it may wait for them.
             deferred = self.deferred_others > 0 and txid not in self.txns
@@ -326,6 +327,12 @@ class TxnState:
         keys = req.argv[3:]
         if mode == b"more":
             return self._lock_more(conn, txid, keys, next_seq)
+        if mode == READ_LOCK:  # keys the command only reads (server/txn.py): shared, as a cross-shard read's
+            txn = self.txns[txid] = Txn(txid, [], conn)
+            txn.shared = True
+            self._share(txn, keys)
+            values, wait = self._values(keys, False, next_seq)
+            return encode_internal(True, [False, pack(values), shard.db.oom]), wait
         watched: list[bytes] = []
         dirty = False
         db = shard.db

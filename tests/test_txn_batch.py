@@ -1,7 +1,9 @@
 """A client's pipelined cross-shard writes commit together (server/txn_batch.py):
 replies in order and as redis-server gives them, with single-shard commands and
 cross-shard reads between them; readers never see half of one; kill -9 at each
-step of a batched commit leaves every command all or nothing."""
+step of a batched commit leaves every command all or nothing. Read locks are
+shared: pipelined readers of the same keys, and the keys a cross-shard command
+only reads."""
 
 from __future__ import annotations
 
@@ -216,3 +218,35 @@ def test_pipelined_readers_of_the_same_keys_share_their_locks(server):
     assert not errors, errors[:5]
     assert done[0] == HOT_READERS * HOT_ROUNDS * 16
     assert info["xshard_locked_keys"] == 0
+
+
+def test_a_cross_shard_command_locks_the_keys_it_only_reads_shared(server_factory, tmp_path):
+    """SUNIONSTORE dest src across shards, held before its run (DURAKV_TXN_HOLD) with its
+    locks taken: src's shard locked it shared (TXLOCK read), so a cross-shard MGET of src
+    answers meanwhile (it waited for the whole transaction when every lock was
+    exclusive), while a write of src waits, and the union is the one of before."""
+    from test_txn_restart import key_on_shard
+    hold = tmp_path / "hold"
+    srv = server_factory(env={"DURAKV_TXN_HOLD": str(hold)})
+    dest, src, other = key_on_shard(0, 2, "dest"), key_on_shard(1, 2, "src"), key_on_shard(0, 2, "other")
+    r = srv.client()
+    r.sadd(src, "a", "b")
+    r.set(other, "o")
+    hold.write_text("router-before-run")
+    outcome: list[object] = []
+    union = threading.Thread(target=lambda: outcome.append(srv.client().sunionstore(dest, src)))
+    union.start()
+    wait_until(lambda: r.info("persistence")["xshard_locked_keys"] == 2, "SUNIONSTORE holding dest and src")
+    # A cross-shard read of src (and a key of dest's shard) is answered under the held transaction.
+    assert r.execute_command("EXISTS", src, other) == 2
+    waits_before = r.info("persistence")["xshard_lock_waits"]
+    written: list[object] = []
+    writer = threading.Thread(target=lambda: written.append(srv.client().sadd(src, "c")))
+    writer.start()
+    wait_until(lambda: r.info("persistence")["xshard_lock_waits"] > waits_before, "the write of src waiting")
+    assert not written
+    hold.unlink()
+    union.join()
+    writer.join()
+    assert outcome == [2] and written == [1]
+    assert r.smembers(dest) == {b"a", b"b"} and r.smembers(src) == {b"a", b"b", b"c"}
