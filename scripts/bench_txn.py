@@ -2,7 +2,8 @@
 """Cross-shard transactions (issue 16) against single-shard ones and redis-server:
 a 2-key MSET and a 3-command MULTI/EXEC, with the keys on two shards or on one
 (hash tag), at pipeline depth 1 and 16, through the router; `--workloads
-mget-cross,mget-one`: a 2-key MGET (across shards it reads under both shards' locks).
+mget-cross,mget-one`: a 2-key MGET (across shards it reads under both shards' locks); `mget-hot`: the same across
+shards, every client over the same 4 key pairs.
 
     python scripts/bench_txn.py [--shards 4] [--clients 8] [--seconds 5]
 
@@ -74,6 +75,8 @@ def workload(name: str, a: str, b: str, c: str, rng: random.Random) -> list[byte
                 encode("LPUSH", f"{{{a}}}:l{n % 100}", "x"), encode("EXEC")]
     if name == "mget-cross":
         return [encode("MGET", f"{{{a}}}:{n}", f"{{{b}}}:{n}")]
+    if name == "mget-hot":  # every client reads the same 4 key pairs: readers of one key must not queue
+        return [encode("MGET", f"{{{a}}}:hot{n % 4}", f"{{{b}}}:hot{n % 4}")]
     if name == "mget-one":
         return [encode("MGET", f"{{{a}}}:{n}", f"{{{a}}}:x{n}")]
     assert name == "set", name
@@ -99,7 +102,10 @@ def client(port: int, name: str, pipeline: int, seconds: float, tagset: tuple[st
         while want:
             reply = reader.gets()
             if reply is False:
-                reader.feed(sock.recv(1 << 16))
+                data = sock.recv(1 << 16)
+                if not data:
+                    raise ConnectionError(f"{name}: the server closed the connection")
+                reader.feed(data)
                 continue
             if isinstance(reply, hiredis.ReplyError):
                 raise RuntimeError(f"{name}: {reply}")

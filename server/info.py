@@ -272,6 +272,7 @@ def _persistence(router, infos, version):
         f"xshard_committed:{getattr(getattr(router, 'txn', None), 'committed', 0)}",
         f"xshard_aborted:{getattr(getattr(router, 'txn', None), 'aborted', 0)}",
         f"xshard_read_waits:{getattr(getattr(router, 'txn', None), 'read_waits', 0)}",
+        f"xshard_batched:{getattr(getattr(router, 'txn', None), 'batched', 0)}",
         f"xshard_locked_keys:{sum(p.get('txn_locked_keys', 0) for p in shards)}",
         f"xshard_waiting_requests:{sum(p.get('txn_waiting_requests', 0) for p in shards)}",
         f"xshard_lock_waits:{sum(p.get('txn_lock_waits', 0) for p in shards)}",

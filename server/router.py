@@ -17,6 +17,7 @@ from durakv.server.links import Pending, ShardLink
 from durakv.server.listener import ClientListeners
 from durakv.server.settings_sync import SettingsSync
 from durakv.server.txn import Coordinator
+from durakv.server.txn_batch import start_write
 from durakv.server.txn_read import start_read
 from durakv.server.topology import ensure_topology, shard_node_ids
 from durakv.shards import failure, sdnotify
@@ -87,7 +88,7 @@ class Router(Front):
             self.resolve_soon()
 
     def cross_shard(self, client, commands: list[list[bytes]], multi: bool) -> Pending:
-        return self.txn.start(client, commands, multi)
+        return start_write(self.txn, client, commands, multi)
 
     def split(self, client, argv: list[bytes], cmd: Command, indexes: list[int]) -> None:
         if cmd.is_write:  # DEL, UNLINK

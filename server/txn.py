@@ -38,9 +38,9 @@ from durakv.shards.evict import EXECABORT_OOM, OOM_MESSAGE
 from durakv.shards.resp import NULL_ARRAY, ReplyError, encode, encode_error
 from durakv.shards.slots import key_slot
 from durakv.shards.t_multi import pack_transaction
-from durakv.shards.table import lookup
+from durakv.shards.table import keys_and_flags, lookup
 from durakv.shards.txn import (
-    FLUSHES, OOM_RUN, RETRY, TXBUSY, WHOLE_KEYSPACE, WHOLE_RUN, crash_point, hold_point, pack, state_effects,
+    FLUSHES, OOM_RUN, READ_LOCK, RETRY, TXBUSY, WHOLE_KEYSPACE, WHOLE_RUN, crash_point, hold_point, pack, state_effects,
     unpack_values,
 )
 
@@ -79,6 +79,8 @@ class Coordinator:
         self.aborted = 0
         self.read_waits = 0  # cross-shard reads that found a key locked and waited (server/txn_read.py)
         self.forming_read: Any = None  # the ReadBatch a client's pipelined reads join (server/txn_read.py)
+        self.forming_write: Any = None  # the WriteBatch a client's pipelined writes join (server/txn_batch.py)
+        self.batched = 0  # cross-shard writes committed in a batch of a client's pipelined ones (txn_batch.py)
 
     def new_txid(self) -> int:
         """Unique across routers and restarts: microseconds since the epoch, times 64, plus the router index."""
@@ -370,9 +372,11 @@ class Coordinator:
         mode = (b"all" if multi else b"every") if whole else _lock_mode(commands, multi, deletes)
         # A script that declares no keys locks nothing first: only the keys it is found to touch.
         lock_first = participants if keys or multi or whole else []
+        read_only = _read_only_shards(commands[0], keys) if mode == b"one" else ()
         try:
             for shard in lock_first:  # ascending: no deadlock between coordinators
-                dirty, packed, shard_oom = await self._ask(shard, [VERB_TXLOCK, b"%d" % txid, mode,
+                dirty, packed, shard_oom = await self._ask(shard, [VERB_TXLOCK, b"%d" % txid,
+                                                                   READ_LOCK if shard in read_only else mode,
                                                                    *keys.get(shard, [])], client)
                 locked.append(shard)
                 watch_failed = watch_failed or dirty
@@ -426,6 +430,14 @@ class Coordinator:
             if isinstance(e, Lost):
                 raise
             return encode_error(e.message)
+        failed = await self.commit_states(txid, locked, participants, packed_states, flushed)
+        return reply if failed is None else failed
+
+    async def commit_states(self, txid: int, locked: list[int], participants: list[int], packed_states: bytes,
+                            flushed: bool) -> bytes | None:
+        """Steps 3 to 5 for the executor's final key states: prepare the writing participants
+        but the decider, decide, commit the others; the other locked shards are released.
+        None once the decision is durable (or nothing was written), else the error to answer."""
         states: dict[int, list] = {}
         owner = self.router.slot_owner
         for state in unpack_values(packed_states):
@@ -436,7 +448,7 @@ class Coordinator:
         writers = sorted(effects)
         self.release(txid, [s for s in locked if s not in effects])
         if not writers:
-            return reply
+            return None
         decider = writers[0]
         others = writers[1:]
         try:
@@ -464,7 +476,7 @@ class Coordinator:
         self.committed += 1
         for shard in others:
             self._tell(shard, [VERB_TXCOMMIT, b"%d" % txid])
-        return reply
+        return None
 
     async def _lock_more(self, client: Client, txid: int, missing: list[bytes],
                          locked: list[int]) -> list[Any] | None:
@@ -623,6 +635,23 @@ def _script_kind(commands: list[list[bytes]]) -> int:
         if name.startswith(b"fcall"):
             return SCRIPT_FUNCTION
     return SCRIPT_NONE
+
+
+def _read_only_shards(argv: list[bytes], keys: dict[int, list[bytes]]) -> frozenset[int]:
+    """The participants of a command (not a script, no keys found as it runs) whose keys
+    it only reads (Redis' key specs: RO), e.g. SUNIONSTORE's sources: they lock their keys
+    shared (TXLOCK read), so cross-shard reads of them go on meanwhile."""
+    if argv[0][:1] == b"\x00":
+        return frozenset()
+    cmd = lookup(argv)
+    if cmd.reads_undeclared_keys is not None or _script_kind([argv]) != SCRIPT_NONE:
+        return frozenset()
+    found = keys_and_flags(cmd, argv)
+    if not found:
+        return frozenset()
+    read = {argv[i] for i, flags in found if "RO" in flags.split()}
+    read.difference_update(argv[i] for i, flags in found if "RO" not in flags.split())
+    return frozenset(shard for shard, shard_keys in keys.items() if all(key in read for key in shard_keys))
 
 
 def _denies_oom(commands: list[list[bytes]]) -> bool:

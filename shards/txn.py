@@ -31,7 +31,7 @@ import logging
 import os
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -92,12 +92,16 @@ OOM_RUN = b"oom"  # TXRUN's flag: a participant is over maxmemory (a script's de
 MAX_WHOLE_KEYS = 100_000  # per shard: values a whole-keyspace read inside a cross-shard MULTI moves
 TXBUSY = b"TXBUSY a key is locked"  # a b"try" TXREAD's or b"more" TXLOCK's answer: the router retries waiting
 NEVER_WAIT = (b"try", b"more")
+BATCH_RUN = b"batch"  # TXRUN of a client's pipelined cross-shard writes: [[in_multi, packed queue], ...]
+READ_LOCK = b"read"  # TXLOCK's mode for a participant whose keys a command only reads: locked SHARED
+SHARED = -1  # TxnState.locks' holder of a key that cross-shard reads hold together (txids are positive)
 RETRY = b"retry"  # TXABORT of a transaction that locks again at once: the client's WATCHes stay
 
 _pack = msgspec.msgpack.Encoder().encode
 _values_decoder = msgspec.msgpack.Decoder(list[tuple[bytes, Any, int]])
 _effects_decoder = msgspec.msgpack.Decoder(list[list[bytes]])
 _ints_decoder = msgspec.msgpack.Decoder(list[int])
+_batch_decoder = msgspec.msgpack.Decoder(list[tuple[bool, bytes]])
 
 
 def pack(value: object) -> bytes:
@@ -130,7 +134,7 @@ def state_effects(states: list[tuple[bytes, bytes | None, int]]) -> list[list[by
 class Txn:
     """One transaction's state on this shard."""
 
-    __slots__ = ("txid", "keys", "conn", "effects", "decider", "in_doubt", "whole", "watcher")
+    __slots__ = ("txid", "keys", "conn", "effects", "decider", "in_doubt", "whole", "watcher", "shared")
 
     def __init__(self, txid: int, keys: list[bytes], conn: ReplySink | None) -> None:
         self.txid = txid
@@ -141,6 +145,7 @@ class Txn:
         self.in_doubt = False
         self.whole = False  # the whole shard is locked, not only its keys
         self.watcher = 0  # an EXEC's client: its WATCHes here go when the transaction ends, not before
+        self.shared = False  # a cross-shard read: its keys are locked SHARED (TxnState.readers counts them)
 
 
 class ScratchKeyspace(Keyspace):
@@ -183,11 +188,13 @@ class TxnState:
 
     def __init__(self, shard: Shard) -> None:
         self.shard = shard
-        self.locks: dict[bytes, int] = {}  # key -> txid holding it
+        self.locks: dict[bytes, int] = {}  # key -> txid holding it, or SHARED (cross-shard reads)
+        self.readers: dict[bytes, int] = {}  # key locked SHARED -> how many reads hold it
         self.whole_txid = 0  # a transaction holding the whole shard (every request waits)
         self.txns: dict[int, Txn] = {}
         self.deferred: deque[tuple[ReplySink, Request]] = deque()
         self.deferred_cids: dict[int, int] = {}  # client id -> its requests waiting
+        self.deferred_others = 0  # deferred requests that are not cross-shard reads (writers, mostly)
         self.decisions: OrderedDict[int, tuple[bool, int]] = OrderedDict()  # txid -> (commit, seq)
         self.marks: list[list[Any]] = []  # markers for the next record
         self.wake = trio.Event()
@@ -219,16 +226,27 @@ class TxnState:
         self.deferred.append((conn, req))
         if cid:
             self.deferred_cids[cid] = self.deferred_cids.get(cid, 0) + 1
+        if argv[0] != VERB_TXREAD:
+            self.deferred_others += 1
         self.lock_waits += 1
         return True
 
     def _held_back(self, argv: list[bytes], keys: list[bytes]) -> bool:
-        """Whether a key of the request is locked; a batch of cross-shard reads shares
-        one txid (server/txn_read.py): a read is not held back by its batch's own locks."""
+        """Whether a key of the request is locked. A cross-shard read (TXREAD) shares a
+        key other reads hold (SHARED), unless a request other than a read waits here:
+        it may be a writer waiting for that key, which later readers must not starve; a
+        batch of reads shares one txid (server/txn_read.py) and is not held back by its
+        own locks."""
         locks = self.locks
-        if argv[0] == VERB_TXREAD:
+        if argv[0] == VERB_TXREAD or (argv[0] == VERB_TXLOCK and argv[2] == READ_LOCK):
             txid = int(argv[1])
-            return any(locks.get(key, txid) != txid for key in keys)
+            # A batch holding locks here already does not queue behind a waiter: it may wait for them.
+            deferred = self.deferred_others > 0 and txid not in self.txns
+            for key in keys:
+                holder = locks.get(key, txid)
+                if holder != txid and (holder != SHARED or deferred):
+                    return True
+            return False
         return any(key in locks for key in keys)
 
     def request_keys(self, req: Request) -> list[bytes] | None:
@@ -263,6 +281,7 @@ class TxnState:
             self.wake = trio.Event()
             waiting, self.deferred = self.deferred, deque()
             self.deferred_cids.clear()
+            self.deferred_others = 0
             self.shard.txn_busy = self.busy()
             execute = self.shard.execute_batch
             for conn, req in waiting:
@@ -308,6 +327,12 @@ class TxnState:
         keys = req.argv[3:]
         if mode == b"more":
             return self._lock_more(conn, txid, keys, next_seq)
+        if mode == READ_LOCK:  # keys the command only reads (server/txn.py): shared, as a cross-shard read's
+            txn = self.txns[txid] = Txn(txid, [], conn)
+            txn.shared = True
+            self._share(txn, keys)
+            values, wait = self._values(keys, False, next_seq)
+            return encode_internal(True, [False, pack(values), shard.db.oom]), wait
         watched: list[bytes] = []
         dirty = False
         db = shard.db
@@ -388,7 +413,6 @@ class TxnState:
         them; the locks stay until the router's TXABORT, once every shard has read."""
         argv = req.argv
         keys = argv[4:]
-        locks = self.locks
         txid = int(argv[1])
         if argv[2] == b"try" and (self.whole_txid or self._held_back(argv, keys)
                                   or (req.cid and req.cid in self.deferred_cids)):
@@ -396,11 +420,9 @@ class TxnState:
         txn = self.txns.get(txid)  # the reads of one batch share a txid and its locks
         if txn is None:
             txn = self.txns[txid] = Txn(txid, [], conn)
-        new = [key for key in dict.fromkeys(keys) if key not in locks]
-        assert len(locks) + len(new) <= MAX_LOCKS, "too many locked keys"
-        for key in new:
-            locks[key] = txid
-        txn.keys.extend(new)
+            txn.shared = True
+        assert txn.shared, "a read under a writer's txid"
+        self._share(txn, keys)
         shard = self.shard
         db = shard.db
         ctx = shard.ctx
@@ -416,6 +438,26 @@ class TxnState:
         if len(db.effects) > effects_before:  # a key expired here: its deletion is logged
             return reply, next_seq
         return reply, shard.hazards.wait_seq(keys)
+
+    def _share(self, txn: Txn, keys: list[bytes]) -> None:
+        """Lock keys SHARED for a read transaction: other reads may hold them too,
+        writers wait until the last reader goes (counted in self.readers)."""
+        locks = self.locks
+        readers = self.readers
+        held = txn.keys
+        mine = set(held)  # a batch's earlier reads' keys
+        assert len(locks) + len(keys) <= MAX_LOCKS, "too many locked keys"
+        for key in dict.fromkeys(keys):
+            if key in mine:
+                continue
+            holder = locks.get(key)
+            if holder is None:
+                locks[key] = SHARED
+                readers[key] = 1
+            else:
+                assert holder == SHARED, "a read sharing a key a writer holds"  # _held_back let it in
+                readers[key] += 1
+            held.append(key)
 
     def _wait(self, conn: ReplySink, req: Request) -> tuple[bytes | None, int]:
         """BLMPOP/BZMPOP across shards (server/txn.py): wait as a blocked client does
@@ -451,7 +493,8 @@ class TxnState:
         proto = int(argv[2])
         multi = argv[3] == b"multi"
         every_value = WHOLE_RUN in argv[6:]
-        commands = unpack_transaction(argv[4])
+        batch = argv[3] == BATCH_RUN
+        commands = [] if batch else unpack_transaction(argv[4])
         shard = self.shard
         scratch = ScratchKeyspace()
         from durakv.shards.luaenv import scripting_of  # the Lua runtime is made on first use
@@ -498,7 +541,12 @@ class TxnState:
                 outer_on_call(call)
         scripting.on_call = on_call
         try:
-            reply = _run_queue(ctx, commands, multi, proto, shard.index, calls, denials)
+            reply: bytes | list[bytes]
+            if batch:  # a client's pipelined cross-shard writes (server/txn_batch.py): a reply each
+                reply = [_run_queue(ctx, unit, in_multi, proto, shard.index, calls, denials)
+                         for in_multi, unit in _batch_units(ctx, argv[4])]
+            else:
+                reply = _run_queue(ctx, commands, multi, proto, shard.index, calls, denials)
         finally:
             scripting.on_call = outer_on_call
         if wants_all:
@@ -523,7 +571,7 @@ class TxnState:
                 states.append((key, None, 0))
             else:
                 states.append((key, dump_payload(value, lps), scratch.expires.get(key, 0)))
-        if denials:  # ahead of the reply, for the router's ACL LOG (as a script's on one shard)
+        if denials and isinstance(reply, bytes):  # ahead of the reply, for the router's ACL LOG (as on one shard)
             reply = with_denials(reply, denials)
         return [reply, pack(states), bool(flushed), [], False]
 
@@ -618,9 +666,19 @@ class TxnState:
         if txn.whole:
             self.whole_txid = 0
         locks = self.locks
-        for key in txn.keys:
-            if locks.get(key) == txid:
-                del locks[key]
+        if txn.shared:
+            readers = self.readers
+            for key in txn.keys:
+                left = readers[key] - 1
+                if left:
+                    readers[key] = left
+                else:
+                    del readers[key]
+                    del locks[key]
+        else:
+            for key in txn.keys:
+                if locks.get(key) == txid:
+                    del locks[key]
         if self.deferred:
             self.wake.set()
 
@@ -637,6 +695,7 @@ class TxnState:
         if any(waiting is conn for waiting, _req in self.deferred):  # nobody is left to answer
             self.deferred = deque(item for item in self.deferred if item[0] is not conn)
             self.deferred_cids.clear()
+            self.deferred_others = sum(1 for _conn, req in self.deferred if req.argv[0] != VERB_TXREAD)
             for _conn, req in self.deferred:
                 if req.cid:
                     self.deferred_cids[req.cid] = self.deferred_cids.get(req.cid, 0) + 1
@@ -708,6 +767,13 @@ def _run_queue(ctx: Ctx, commands: list[list[bytes]], multi: bool, proto: int, s
             ctx.acl_denials = []
         calls.append((queued, parts[-1][:1] == b"-", (time.perf_counter_ns() - start_ns) // 1000))
     return b"".join(parts)
+
+
+def _batch_units(ctx: Ctx, packed: bytes) -> Iterator[tuple[bool, list[list[bytes]]]]:
+    """A batch's units in order, each a command or a MULTI's queue; ctx.in_multi set for each."""
+    for in_multi, unit in _batch_decoder.decode(packed):
+        ctx.in_multi = in_multi
+        yield in_multi, unpack_transaction(unit)
 
 
 def crash_armed(step: str, env: str = CRASH_ENV) -> bool:

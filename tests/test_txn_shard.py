@@ -22,7 +22,7 @@ from durakv.shards.records import encode_record
 from durakv.shards.shard import Shard
 from durakv.shards.t_multi import pack_transaction
 from durakv.shards.txn import (
-    MARK_COMMIT, MARK_DECIDE_COMMIT, MARK_PREPARE, TXBUSY, pack, snapshot_cut, state_effects, unpack_values,
+    MARK_COMMIT, MARK_DECIDE_COMMIT, MARK_PREPARE, SHARED, TXBUSY, pack, snapshot_cut, state_effects, unpack_values,
 )
 from durakv.snapshotter.replay import new_context, replay_records
 from test_commit_thread import Sink
@@ -234,15 +234,51 @@ async def test_the_reads_of_a_batch_share_one_txid_and_its_locks(tmp_path: Path)
         assert await d.call(1, b"MSET", b"a", b"1", b"b", b"2", b"c", b"3") == b"+OK\r\n"
         assert await d.call(3, VERB_TXREAD, b"20", b"try", b"MGET", b"a", b"b") == [b"1", b"2"]
         assert await d.call(3, VERB_TXREAD, b"20", b"try", b"MGET", b"b", b"c") == [b"2", b"3"]
-        assert await d.call(3, VERB_TXREAD, b"21", b"try", b"MGET", b"c") == ("error", TXBUSY)  # another batch
-        write = d.submit(4, b"SET", b"c", b"new")  # waits for the batch's lock on c
+        assert await d.call(6, VERB_TXREAD, b"21", b"try", b"MGET", b"c") == [b"3"]  # another batch shares c
+        write = d.submit(4, b"SET", b"c", b"new")  # waits for both reads' locks on c
+        # The batch's own next read is not queued behind the waiting writer (it waits for the batch).
         assert await d.call(3, VERB_TXREAD, b"20", b"wait", b"EXISTS", b"a", b"c", b"z") == 2
         await trio.sleep(0.05)
         assert not d.answered(write)
-        assert d.shard.txn.locks == {b"a": 20, b"b": 20, b"c": 20, b"z": 20}
+        assert d.shard.txn.locks == {b"a": SHARED, b"b": SHARED, b"c": SHARED, b"z": SHARED}
+        assert d.shard.txn.readers == {b"a": 1, b"b": 1, b"c": 2, b"z": 1}
         assert await d.call(3, VERB_TXABORT, b"20") is True
+        await trio.sleep(0.05)
+        assert not d.answered(write)  # the other batch still reads c
+        assert d.shard.txn.locks == {b"c": SHARED}
+        assert await d.call(6, VERB_TXABORT, b"21") is True
         assert await d.sink.wait_for(write) == b"+OK\r\n"
-        assert d.shard.txn.locks == {} and not d.shard.txn.txns
+        assert d.shard.txn.locks == {} and not d.shard.txn.txns and not d.shard.txn.readers
+    await serving(open_shard(tmp_path / "data"), body)
+
+
+async def test_reads_share_their_locks_and_queue_behind_a_waiting_writer(tmp_path: Path) -> None:
+    """Cross-shard reads of different clients hold the same keys at once (SHARED);
+    a writer waits until the last reader goes; a read that comes after a waiting
+    writer waits behind it (try: TXBUSY), so a stream of readers cannot starve it;
+    a writer's lock still refuses a read."""
+    async def body(d: Driver) -> None:
+        assert await d.call(1, b"MSET", b"a", b"1", b"b", b"2") == b"+OK\r\n"
+        assert await d.call(3, VERB_TXREAD, b"30", b"try", b"MGET", b"a", b"b") == [b"1", b"2"]
+        assert await d.call(4, VERB_TXREAD, b"31", b"try", b"MGET", b"b", b"a") == [b"2", b"1"]
+        assert d.shard.txn.readers == {b"a": 2, b"b": 2}
+        lock = d.submit(2, VERB_TXLOCK, b"32", b"one", b"a")  # a writer: waits for both readers
+        await trio.sleep(0.05)
+        assert not d.answered(lock)
+        assert await d.call(5, VERB_TXREAD, b"33", b"try", b"GET", b"a") == ("error", TXBUSY)
+        late = d.submit(5, VERB_TXREAD, b"34", b"wait", b"MGET", b"a", b"b")
+        assert await d.call(3, VERB_TXABORT, b"30") is True
+        await trio.sleep(0.05)
+        assert not d.answered(lock)
+        assert await d.call(4, VERB_TXABORT, b"31") is True
+        await d.sink.wait_for(lock)  # the writer goes first, then the late reader waits for it
+        await trio.sleep(0.05)
+        assert not d.answered(late) and d.shard.txn.locks == {b"a": 32}
+        await d.call(2, VERB_TXDECIDE, b"32", pack([[b"SET", b"a", b"new"]]))
+        ok, value = internal_reply_decoder.decode(await d.sink.wait_for(late))
+        assert ok and value == [b"new", b"2"]
+        assert await d.call(5, VERB_TXABORT, b"34") is True
+        assert d.shard.txn.locks == {} and not d.shard.txn.readers
     await serving(open_shard(tmp_path / "data"), body)
 
 
