@@ -8,16 +8,28 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
 
 from durakv.shards.framelink import RECV_BYTES, FrameReceiver
+from durakv.snapshotter.runner import read_status
 
 # etcd3gw and requests (with urllib3, charset_normalizer, futurist, asyncio) cost ~10 MB
 # of RSS in each process of a tree that does not keep its log on etcd, boto3 more, and
-# trio.testing ~9 MB (it imports pytest where pytest is installed).
+# trio.testing ~9 MB (it imports pytest where pytest is installed). importlib.metadata
+# (with email, zipfile, csv) came with the crc32c package's __init__ (log/format.py loads
+# its extension alone) and with `durakv --version` (read only when asked).
 CONFIG_ONLY_MODULES = ("etcd3gw", "requests", "urllib3", "futurist", "boto3", "botocore",
                        "durakv.log.etcd_client", "durakv.log.etcd_log", "durakv.log.etcd_records",
-                       "trio.testing", "pytest")
+                       "trio.testing", "pytest", "importlib.metadata", "email", "zipfile")
+# What the idle snapshotter (executed afresh, snapshotter/runner.py) leaves to its build
+# children: the engine with Lua, the RDB codec, trio (and ssl with it), the router's world.
+SNAPSHOTTER_FREE_OF = ("trio", "lupa", "ssl", "hiredis", "durakv.shards.engine", "durakv.shards.keyspace",
+                       "durakv.shards.rdb.codec", "durakv.server.settings_sync", "durakv.server.client")
+# Shared objects that only the modules above map: none of them may be in the idle
+# snapshotter's address space, even after it has built a snapshot.
+SNAPSHOTTER_UNMAPPED = ("lupa", "hiredis", "_ssl")
 RECEIVERS = 16
+WAIT_S = 60.0
 
 
 def test_supervisor_preloads_no_etcd_or_s3_client():
@@ -30,6 +42,50 @@ def test_supervisor_preloads_no_etcd_or_s3_client():
             f"print(','.join(m for m in {CONFIG_ONLY_MODULES!r} if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_snapshotter_command_imports_no_engine_or_etcd_client():
+    """What `durakv snapshotter` imports to run its loop (a config without etcd):
+    neither the engine and trio, which only its build children need, nor the etcd
+    client, nor the router's CONFIG SET propagation to follow loglevel."""
+    code = ("import sys\n"
+            "import durakv.server.cli, durakv.snapshotter.runner, durakv.server.runtime_changes\n"
+            "from durakv.server import snapshot_cli\n"
+            "from durakv.shards.config import DEFAULTS\n"
+            "assert snapshot_cli._etcd_source(DEFAULTS) is None\n"
+            f"print(','.join(m for m in {SNAPSHOTTER_FREE_OF + CONFIG_ONLY_MODULES!r} if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == ""
+
+
+def _snapshotter_pid(srv) -> int:
+    out = subprocess.run(["pgrep", "-P", str(srv.proc.pid), "-f", "^durakv snapshotter "],
+                         capture_output=True, text=True)
+    pids = [int(p) for p in out.stdout.split()]
+    assert len(pids) == 1, f"expected one snapshotter, found {pids}"
+    return pids[0]
+
+
+def test_idle_snapshotter_maps_no_engine_after_a_build(server_factory):
+    """The snapshotter is executed afresh, not forked from the supervisor's imports, and
+    a build's engine lives and dies in its forked child: after BGSAVE built a snapshot,
+    the snapshotter maps none of the engine's extension modules and stays small."""
+    srv = server_factory(shards=1)
+    client = srv.client()
+    client.set("k", "v")
+    client.bgsave()
+    deadline = time.monotonic() + WAIT_S
+    while read_status(str(srv.data_dir)).shards.get(0) is None or read_status(str(srv.data_dir)).shards[0].last_seq < 1:
+        assert time.monotonic() < deadline, f"no snapshot built:\n{srv.log()}"
+        time.sleep(0.05)
+    pid = _snapshotter_pid(srv)
+    with open(f"/proc/{pid}/maps") as f:
+        paths = {line.split()[-1] for line in f if "/" in line}
+    mapped = [p for p in paths if any(f"/{name}" in p for name in SNAPSHOTTER_UNMAPPED)]
+    with open(f"/proc/{pid}/status") as f:
+        rss = next(line for line in f if line.startswith("VmRSS:"))
+    print(f"idle snapshotter after a build: {rss.strip()}")
+    assert mapped == [], f"the idle snapshotter maps {mapped}"
 
 
 def anon_rss_bytes() -> int:
