@@ -51,6 +51,7 @@ from durakv.shards import failure, sdnotify
 from durakv.shards.config import Config, config_pipe
 from durakv.shards.exit_codes import EXIT_NOT_PROMOTED, EXIT_PERMANENT, EXIT_USAGE
 from durakv.shards.lifeline import die_with_parent
+from durakv.shards.malloc_stats import release_free_heap
 from durakv.shards.replica_board import ReplicaBoard
 
 logger = logging.getLogger("durakv.supervisor")
@@ -297,6 +298,7 @@ class Supervisor:
         for module in PRELOADED_MODULES:
             importlib.import_module(module)
         gc.freeze()
+        release_free_heap()  # what the imports freed: else resident in every child too
         self._make_children()
         self.notify = notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
         notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)

@@ -45,6 +45,7 @@ from durakv.log.errors import LockHeld, LogError
 from durakv.shards.config import DEFAULTS
 from durakv.shards import sdnotify
 from durakv.shards.latency import LATENCY_TS_LEN
+from durakv.shards.malloc_stats import release_free_heap
 from durakv.snapshotter.base import drop_discarded, ensure_base
 from durakv.snapshotter.local import newest_local, shard_dir_of, snapshot_dir
 from durakv.snapshotter.logsource import EtcdLogSource, LocalLogSource, LogSource
@@ -342,6 +343,7 @@ class Snapshotter:
         # it `serve` never told systemd it was ready, and any snapshotter crash was
         # treated as a failure to start (the crash-loop backoff).
         sdnotify.notify(b"READY=1")
+        release_free_heap()
         self.build_in_child = True
         shipper = None
         if self.archiver is not None:
