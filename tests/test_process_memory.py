@@ -131,3 +131,31 @@ def test_release_free_heap_returns_fragmented_free_memory():
     released_kb, kept = (int(x) for x in out.stdout.split())
     print(f"released {released_kb} kB of ~{40000 * 2 * 15 // 16} kB freed")
     assert released_kb > 40000 * 2 // 2, "malloc kept the freed chunks resident"
+
+
+# A module-level table is in the supervisor's preload, so in the RSS of every process
+# forked from it: a table this big is built where it is used, or packed (geo's unzip
+# table was 65536 int objects, ~3 MB; an array of 64-bit cells is 512 KiB).
+MODULE_TABLE_MAX_BYTES = 1 << 20
+
+
+def test_preload_holds_no_big_module_tables():
+    code = ("import importlib, sys\n"
+            "from durakv.server.supervisor import PRELOADED_MODULES\n"
+            "for m in PRELOADED_MODULES: importlib.import_module(m)\n"
+            "def size(o, seen, depth=0):\n"
+            "    if id(o) in seen or depth > 4: return 0\n"
+            "    seen.add(id(o))\n"
+            "    n = sys.getsizeof(o)\n"
+            "    if isinstance(o, dict): n += sum(size(k, seen, depth + 1) + size(v, seen, depth + 1)"
+            " for k, v in list(o.items()))\n"
+            "    elif isinstance(o, (list, tuple, set, frozenset)): n += sum(size(v, seen, depth + 1) for v in list(o))\n"
+            "    return n\n"
+            "seen = set()\n"
+            "for name, module in sorted(sys.modules.items()):\n"
+            "    if name.startswith('durakv.') and module is not None:\n"
+            "        for attr, value in list(vars(module).items()):\n"
+            "            if isinstance(value, (dict, list, tuple, set, frozenset)) or type(value).__name__ == 'array':\n"
+            f"                if size(value, seen) > {MODULE_TABLE_MAX_BYTES}: print(f'{{name}}.{{attr}}')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == ""
