@@ -25,7 +25,7 @@ from pathlib import Path
 SCRIPTS = Path(__file__).resolve().parent
 REPO = SCRIPTS.parent
 sys.path.insert(0, str(SCRIPTS))
-from memory_per_key import group_pids, role, wait_ready  # noqa: E402
+from memory_per_key import group_pids, role, wait_ready, wait_titles  # noqa: E402
 from proctools import free_port, start_group, stop_group  # noqa: E402
 
 FIELDS = ("Rss", "Pss", "Private_Dirty", "Shared_Clean", "Shared_Dirty")
@@ -96,6 +96,7 @@ def main() -> None:
                            cwd=REPO, stdout=open(f"{tmp}/durakv.log", "wb"), stderr=subprocess.STDOUT)
         try:
             wait_ready(port, proc, (b"CLUSTER", b"INFO"), b"cluster_state:ok")
+            wait_titles(proc.pid)
             time.sleep(SETTLE_S)
             report(proc.pid)
         finally:
