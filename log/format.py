@@ -8,12 +8,35 @@ The CRC covers bytes 8..end of payload, so every header field except the magic
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import os
 import struct
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
-from crc32c import crc32c
+
+def _load_crc32c() -> Callable[..., int]:
+    """crc32c.crc32c, from the package's C extension alone. The package's __init__
+    imports importlib.metadata (with email, zipfile, csv, tempfile) and argparse to
+    state its version: ~2 MB in every process of a tree, as the log is imported by all
+    (tests/test_process_memory.py). A layout without the extension loads the package."""
+    package = importlib.util.find_spec("crc32c")
+    for directory in (package.submodule_search_locations or []) if package else []:
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            path = os.path.join(directory, "_crc32c" + suffix)
+            if os.path.exists(path):
+                spec = importlib.util.spec_from_file_location("crc32c._crc32c", path)
+                assert spec is not None and spec.loader is not None, path
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+                return module.crc32c
+    from crc32c import crc32c as packaged
+
+    return packaged
+
+
+crc32c = _load_crc32c()
 
 MAGIC = b"DKVR"
 HEADER_BYTES = 32

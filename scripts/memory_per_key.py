@@ -107,6 +107,16 @@ def read_errors(s: socket.socket, reader: hiredis.Reader, count: int) -> list[hi
     return errors
 
 
+def wait_titles(leader: int) -> None:
+    """Until every process of the tree shows its durakv title: the snapshotter, executed
+    afresh after the fork, takes a moment longer than the forked shards and routers."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while not all(title(pid).startswith("durakv ") for pid in group_pids(leader) if os.path.exists(f"/proc/{pid}")):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"durakv's processes did not all start in {READY_TIMEOUT_S}s")
+        time.sleep(0.05)
+
+
 def rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/statm") as f:
         return int(f.read().split()[1]) * PAGE_BYTES
@@ -199,6 +209,7 @@ def main() -> None:
             procs.append(redis)
             wait_ready(dport, durakv, (b"CLUSTER", b"INFO"), b"cluster_state:ok")
             wait_ready(rport, redis, (b"PING",), b"PONG")
+            wait_titles(durakv.pid)
             time.sleep(SETTLE_S)
             empty = tree_memory(durakv.pid)
             redis_empty = rss_bytes(redis.pid)
@@ -233,6 +244,12 @@ def main() -> None:
             print(f"  {at:>5.0f}: {sum(r for r, _ in tree.values()) / mb:>7.1f} / "
                   f"{sum(p for _, p in tree.values()) / mb:>7.1f} (snapshotter {snap / mb:.1f}"
                   + (f"; build {build / mb:.1f})" if build else ")"))
+        # Each row's B/key divides its growth by every key of the tree (a shard holds
+        # only its share): the tree's figure is their sum, here without a build child.
+        served = [(name, *empty.get(name, (0, 0)), *full[name]) for name in full if name != "snapshot build"]
+        print(f"bytes per key of the tree without a build child: RSS "
+              f"{sum(r[3] - r[1] for r in served) / opts.keys:.0f}, PSS {sum(r[4] - r[2] for r in served) / opts.keys:.0f}"
+              f" (redis-server {(redis_full - redis_empty) / opts.keys:.0f})")
         d_rss, d_pss = rows[-2][3], rows[-2][4]
         snap_rss, snap_pss = (sum(full.get(name, (0, 0))[i] for name in ("snapshotter", "snapshot build"))
                               for i in (0, 1))

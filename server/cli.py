@@ -8,8 +8,6 @@ import os
 import signal
 import sys
 
-import trio
-
 from durakv.server.listener import ClientListeners
 from durakv.shards.config import DEFAULTS, Config, config_from_fd, load_config, shard_port, tls_shard_port
 from durakv.shards.exit_codes import EXIT_OK, EXIT_PERMANENT, EXIT_USAGE
@@ -91,6 +89,8 @@ def _setup_logging(config: Config) -> str:
 
 
 async def _run_until_signal(main) -> None:
+    import trio
+
     async with trio.open_nursery() as nursery:
         async def stop_on_signal() -> None:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -105,7 +105,7 @@ async def _run_until_signal(main) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="durakv", description="Redis-compatible, log-durable database")
-    parser.add_argument("--version", action="version", version=f"durakv {_installed_version()}")
+    parser.add_argument("--version", action=_VersionAction, nargs=0, help="show program's version number and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run routers and shards under a supervisor")
     _common_flags(serve)
@@ -231,11 +231,13 @@ def main(argv: list[str] | None = None) -> int:
         if not args.parent_pid:
             # Started on its own (the systemd unit): no supervisor cleared the previous run's CONFIG SETs.
             from durakv.server.acl import clear_runtime_users
-            from durakv.server.settings_sync import clear_runtime_changes
+            from durakv.server.runtime_changes import clear_runtime_changes
 
             clear_runtime_changes(config.data_dir)
             clear_runtime_users(config.data_dir, config.aclfile)
         fd_limit_too_low = False
+        import trio
+
         try:
             trio.run(_run_until_signal, lambda: run_router(config, args.index, listener))
         except* FdLimitTooLow as group:
@@ -268,6 +270,16 @@ def _log_tool_with_config(args: argparse.Namespace) -> int:
         return dump_log(config.data_dir, args.shard, args.from_seq, args.limit)
     except LogError as e:  # etcd out of reach
         return _fail(str(e), 1)
+
+
+class _VersionAction(argparse.Action):
+    """--version, reading the package metadata only when asked: importlib.metadata and
+    its scan of the installed distributions would otherwise cost every process that
+    runs the CLI (the snapshotter, tests/test_process_memory.py) a few MB."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"durakv {_installed_version()}")
+        parser.exit()
 
 
 def _installed_version() -> str:
@@ -395,6 +407,7 @@ def shard_main(config: Config, index: int, listener: ClientListeners,
     from durakv.server.topology import TopologyMismatch, ensure_topology
 
     from durakv.server.secret_sources import export_s3_credentials
+    import trio
 
     set_title("shard", index, config.data_dir)
     export_s3_credentials(config)  # a shard starts from the snapshot store's newest snapshot

@@ -111,7 +111,7 @@ class LogLevelFollower:
     def __init__(self, settings_path: str, configured_level: str, load) -> None:
         self.path = settings_path
         self.configured = configured_level
-        self.load = load  # () -> {name: value}: the runtime changes (settings_sync.load_runtime_changes)
+        self.load = load  # () -> {name: value}: the runtime changes (runtime_changes.load_runtime_changes)
         self.seen: tuple[int, int] | None = None
         self.applied = configured_level
 

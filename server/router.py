@@ -22,6 +22,7 @@ from durakv.server.txn_read import start_read
 from durakv.server.topology import ensure_topology, shard_node_ids
 from durakv.shards import failure, sdnotify
 from durakv.shards.config import Config
+from durakv.shards.malloc_stats import release_free_heap
 from durakv.shards.frames import PROTO_INTERNAL, VERB_CONFIG
 from durakv.shards.shard_settings import SHARD_DEFAULTS, SHARD_TEXT_DEFAULTS
 from durakv.shards.slots import slot_owner_table
@@ -151,6 +152,7 @@ class Router(Front):
             logger.info("router %d ready: listening on %s port %d tls-port %d, %d shards, pid %d",
                         self.index, self.config.bind, self.port, self.config.tls_port, len(self.links), os.getpid())
             sdnotify.notify(b"READY=1")
+            release_free_heap()
             task_status.started(self.port)
             await self.serve_ports(listener, nursery)
 

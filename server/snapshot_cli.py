@@ -239,12 +239,13 @@ class ConfigError(Exception):
 
 def _etcd_source(config: Config) -> "EtcdLogSource | None":
     """The shard logs on etcd when the config says log-backend = "etcd" (else None)."""
-    from durakv.log.etcd_upkeep import Defragmenter
     from durakv.shards.log_backend import etcd_client, uses_etcd
-    from durakv.snapshotter.logsource import EtcdLogSource
 
     if not uses_etcd(config):
-        return None
+        return None  # the etcd client stays out of this process (tests/test_process_memory.py)
+    from durakv.log.etcd_upkeep import Defragmenter
+    from durakv.snapshotter.logsource import EtcdLogSource
+
     client = etcd_client(config)
     defragmenter = Defragmenter(client.clone(), config.etcd_prefix, config.etcd_defrag_free_bytes,
                                 config.etcd_defrag_interval_s)
@@ -254,7 +255,7 @@ def _etcd_source(config: Config) -> "EtcdLogSource | None":
 def _follow_log_level(data_dir: str, configured: str, stop: threading.Event) -> None:
     """CONFIG SET loglevel on the servers reaches the snapshotter through DIR/run/settings."""
     from durakv.server.logsetup import LogLevelFollower
-    from durakv.server.settings_sync import load_runtime_changes, settings_path
+    from durakv.server.runtime_changes import load_runtime_changes, settings_path
 
     LogLevelFollower(settings_path(data_dir), configured, lambda: load_runtime_changes(data_dir)).start_thread(stop)
 
@@ -374,12 +375,20 @@ def run(args: argparse.Namespace) -> int:
     """Run a snapshot command; operator-facing failures become one line on
     stderr and exit status 1."""
     from durakv.log import LogError
-    from durakv.shards.rdb.codec import RdbError
     from durakv.snapshotter.errors import SnapshotterError
-    from durakv.snapshotter.rdb_import import RdbImportError
     from durakv.server.topology import TopologyMismatch
 
     from durakv.server.logsetup import setup_logging
+
+    errors: tuple[type[BaseException], ...] = (SnapshotterError, LogError, TopologyMismatch, OSError, ConfigError)
+    if args.command != "snapshotter":
+        # The long-running snapshotter reads no RDB itself (its builds run in a forked
+        # child, loads turn RdbError into SnapshotInvalid), so it does not import the
+        # RDB codec and the engine behind it just to name these.
+        from durakv.shards.rdb.codec import RdbError
+        from durakv.snapshotter.rdb_import import RdbImportError
+
+        errors += (RdbError, RdbImportError)
 
     setup_logging("info")  # botocore's "Found credentials ..." and urllib3's INFO lines stay out
     handlers = {
@@ -388,6 +397,6 @@ def run(args: argparse.Namespace) -> int:
     }
     try:
         return handlers[args.command](args)
-    except (SnapshotterError, RdbError, RdbImportError, LogError, TopologyMismatch, OSError, ConfigError) as e:
+    except errors as e:
         return _fail(str(e))
 

@@ -45,12 +45,13 @@ from durakv.server.acl import clear_runtime_users
 from durakv.server.client_count import clear_slot
 from durakv.server.logsetup import FOLLOW_INTERVAL_S, LogLevelFollower
 from durakv.server.secret_sources import child_env, take_env_credentials
-from durakv.server.settings_sync import clear_runtime_changes, load_runtime_changes, settings_path
+from durakv.server.runtime_changes import clear_runtime_changes, load_runtime_changes, settings_path
 from durakv.server.topology import ensure_topology
 from durakv.shards import failure, sdnotify
 from durakv.shards.config import Config, config_pipe
 from durakv.shards.exit_codes import EXIT_NOT_PROMOTED, EXIT_PERMANENT, EXIT_USAGE
 from durakv.shards.lifeline import die_with_parent
+from durakv.shards.malloc_stats import release_free_heap
 from durakv.shards.replica_board import ReplicaBoard
 
 logger = logging.getLogger("durakv.supervisor")
@@ -77,9 +78,10 @@ class Child:
     code once at its own start: a (re)started child skips the interpreter's start
     and the imports (about 0.3 s of CPU for a shard, 1 s for a router, seconds on a
     busy machine), so `serve` is ready sooner and a restarted shard serves as soon
-    as its log is replayed. A shard runs shard_main; a router or the snapshotter
-    (argv) runs the CLI as `python -m durakv.server.cli ROLE` would, its config
-    read from a pipe (_spawn)."""
+    as its log is replayed. A shard runs shard_main; a router (argv) runs the CLI
+    as `python -m durakv.server.cli ROLE` would, its config read from a pipe
+    (_spawn); the snapshotter, which needs little of those imports and is not in a
+    hurry, execs that command line after the fork (`fresh`), so it idles small."""
 
     def __init__(self, role: str, index: int | None, config: Config, argv: list[str] | None = None,
                  listeners: ClientListeners | None = None, replica: tuple[int, ClientListeners] | None = None) -> None:
@@ -92,6 +94,11 @@ class Child:
         if replica is not None:
             self.name = f"shard {index} replica {replica[0]}"
         self.argv = argv  # None: forked (a shard)
+        # Exec'd afresh after the fork rather than run on the supervisor's imports: the
+        # snapshotter uses little of them (no trio, no engine until a build, whose forked
+        # child imports it), and a forked child would keep all of their pages resident
+        # (in its RSS, and in its PSS the pages its refcounts copy) while it idles.
+        self.fresh = role == "snapshotter"
         self.config = config
         # The client port's sockets it inherits: plain and TLS (a router's are shared by every router).
         self.listeners = listeners
@@ -117,7 +124,8 @@ class Child:
 
     def _spawn(self, env: dict[str, str], in_child) -> int:
         """Fork, then run the CLI with argv (after `python -m durakv.server.cli`) in the
-        child, as an exec of argv would, in the environment env."""
+        child, as an exec of argv would (a `fresh` child does exec it), in the
+        environment env."""
         from durakv.server.cli import main as cli_main
 
         assert self.argv is not None and self.argv[1:3] == ["-m", "durakv.server.cli"], self.argv
@@ -140,6 +148,9 @@ class Child:
                     if sock is not None:
                         argv += [flag, str(os.dup(sock.fileno()))]
             in_child()
+            if self.fresh:
+                os.set_inheritable(config_fd, True)
+                os.execve(sys.executable, self.argv[:3] + argv, env)
             os.environ.clear()
             os.environ.update(env)
             code = cli_main(argv)
@@ -287,6 +298,7 @@ class Supervisor:
         for module in PRELOADED_MODULES:
             importlib.import_module(module)
         gc.freeze()
+        release_free_heap()  # what the imports freed: else resident in every child too
         self._make_children()
         self.notify = notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
         notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)

@@ -21,6 +21,7 @@ from durakv.shards.frames import (
     large_request_decoder, request_batch_decoder,
 )
 from durakv.shards.luaenv import scripting_of
+from durakv.shards.malloc_stats import release_free_heap
 from durakv.shards.shard import Shard, SnapshotHooks
 from durakv.shards.unixsock import bind_unix, peer_allowed
 
@@ -184,6 +185,7 @@ async def serve_primary(shard: Shard, nursery: trio.Nursery, client_port: Client
         logger.info("shard %d ready: slots %d-%d, %d keys, durability %s, pid %d",
                     index, first, last, len(shard.db.data), config.durability, os.getpid())
         sdnotify.notify(b"READY=1")
+        release_free_heap()  # what the start (snapshot load, log replay) freed
         nursery.start_soon(shard.committer)
         if shard.min_replicas is not None:
             nursery.start_soon(shard.min_replicas.run)

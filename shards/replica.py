@@ -49,6 +49,7 @@ from durakv.log.manifest import MANIFEST_NAME, load_manifest
 from durakv.shards import sdnotify
 from durakv.shards.config import Config, replica_port
 from durakv.shards.exit_codes import EXIT_NOT_PROMOTED
+from durakv.shards.malloc_stats import release_free_heap
 from durakv.shards.hazards import HazardTracker
 from durakv.shards.log_backend import uses_etcd
 from durakv.shards.process import ClientPort, serve_primary
@@ -273,6 +274,7 @@ async def run_replica(config: Config, index: int, number: int, snapshots: Snapsh
             if replica_client_port is not None:
                 await nursery.start(serve_replica_port)
             sdnotify.notify(b"READY=1")
+            release_free_heap()  # what the start (snapshot load, log replay) freed
             async with trio.open_nursery() as following:
                 following.start_soon(replica.follow)
                 if replica.etcd is not None and config.node_role == "replica":

@@ -8,18 +8,17 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from durakv.log.disk import OS_DISK
 from durakv.log.layout import shard_dir as shard_dir_of  # noqa: F401  (the snapshotter's name for it)
 from durakv.log.layout import snapshot_dir_of as snapshot_dir
-from durakv.shards.keyspace import Keyspace
-from durakv.snapshotter.digest import state_digest
 from durakv.snapshotter.manifest import SnapshotManifest, decode_manifest
 from durakv.snapshotter.pace import unpaced
-from durakv.shards.rdb.codec import RdbError
-from durakv.shards.rdb.file import load_rdb
 from durakv.snapshotter.errors import SnapshotterError
+
+if TYPE_CHECKING:
+    from durakv.shards.keyspace import Keyspace
 
 HASH_CHUNK_BYTES = 1 << 20
 _MANIFEST_RE = re.compile(r"^(\d{20})\.json$")
@@ -73,7 +72,15 @@ def newest_local(shard_dir: str) -> LocalSnapshot | None:
 def load_snapshot(snapshot: LocalSnapshot, db: Keyspace, check_digest: bool = False,
                   pace: Callable[[], None] = unpaced) -> None:
     """Load a local snapshot into an empty keyspace after checking the RDB's
-    sha256 against the manifest (and, when asked, the resulting state digest)."""
+    sha256 against the manifest (and, when asked, the resulting state digest).
+
+    The RDB codec and the engine are imported here, not at the top: the idle
+    snapshotter lists and publishes snapshots without them (its builds and loads run
+    in a forked child, snapshotter/isolate.py), and stays that much smaller."""
+    from durakv.shards.rdb.codec import RdbError
+    from durakv.shards.rdb.file import load_rdb
+    from durakv.snapshotter.digest import state_digest
+
     manifest = snapshot.manifest
     if not os.path.exists(snapshot.rdb_path):
         raise SnapshotInvalid(f"{snapshot.manifest_path}: its RDB {snapshot.rdb_path} is missing")

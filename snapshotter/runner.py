@@ -45,8 +45,8 @@ from durakv.log.errors import LockHeld, LogError
 from durakv.shards.config import DEFAULTS
 from durakv.shards import sdnotify
 from durakv.shards.latency import LATENCY_TS_LEN
+from durakv.shards.malloc_stats import release_free_heap
 from durakv.snapshotter.base import drop_discarded, ensure_base
-from durakv.snapshotter.build import build_snapshot
 from durakv.snapshotter.local import newest_local, shard_dir_of, snapshot_dir
 from durakv.snapshotter.logsource import EtcdLogSource, LocalLogSource, LogSource
 from durakv.snapshotter.pace import CPU_PERCENT_DEFAULT, Pacer
@@ -190,6 +190,15 @@ def read_release(shard_dir: str) -> int:
         return 0
 
 
+def _build(shard_dir: str, shard: int, shards: int, pace: Pacer, source: EtcdLogSource | None) -> object:
+    """build_snapshot, imported where it runs: in the build child (snapshotter/isolate.py)
+    the engine, Lua and trio load for the build and leave with the child, so the idle
+    snapshotter never holds them (tests/test_process_memory.py)."""
+    from durakv.snapshotter.build import build_snapshot
+
+    return build_snapshot(shard_dir, shard, shards, pace=pace, source=source)
+
+
 class Snapshotter:
     def __init__(self, data_dir: str, store: Store | None, schedule: Schedule | None = None,
                  etcd: EtcdLogSource | None = None) -> None:
@@ -235,9 +244,12 @@ class Snapshotter:
         try:
             self._ensure_base(shard, shard_dir)
             sizes = self.source.sizes(shard)
-            build = functools.partial(build_snapshot, shard_dir, shard, self.shards, pace=self.pace,
-                                      source=self.etcd)
-            built = run_in_child(build) if self.build_in_child else build() is not None
+            build = functools.partial(_build, shard_dir, shard, self.shards, self.pace, self.etcd)
+            if not self.build_in_child:
+                built = build() is not None
+            else:  # a build child imports the engine: none where build_snapshot would find nothing new
+                base = newest_local(shard_dir)
+                built = self.source.durable_tail(shard) > (base.manifest.seq if base else 0) and run_in_child(build)
             if built or shard not in self._sizes_at_build:
                 self._sizes_at_build[shard] = sizes
             newest = newest_local(shard_dir)
@@ -331,6 +343,7 @@ class Snapshotter:
         # it `serve` never told systemd it was ready, and any snapshotter crash was
         # treated as a failure to start (the crash-loop backoff).
         sdnotify.notify(b"READY=1")
+        release_free_heap()
         self.build_in_child = True
         shipper = None
         if self.archiver is not None:
