@@ -625,8 +625,10 @@ class Client:
         """Send complete replies, queueing what the kernel does not take."""
         if self.closed:
             return
-        self.reply_bytes = reply_bytes = size // len(chunks)
-        self.in_flight_cap = in_flight_cap(reply_bytes)
+        reply_bytes = size // len(chunks)
+        if reply_bytes != self.reply_bytes:
+            self.reply_bytes = reply_bytes
+            self.in_flight_cap = in_flight_cap(reply_bytes)
         if self.outbuf:
             self.queued_reply_min_bytes = min(map(len, chunks))
             if len(chunks) > 1 and size < JOIN_BELOW_BYTES:
@@ -755,10 +757,13 @@ class Client:
         queued, and finish a QUIT or protocol error once everything is written."""
         if self.closed:
             return
+        backlog = self.backlog
+        if not (backlog or self.outbuf or self.closing or self.soft_limit_since):
+            self.router.poller.set_interest(self, True, False)  # the common case: read, nothing to write
+            return
         if self.closing and not self.replies and not self.outbuf:
             self.kill()
             return
-        backlog = self.backlog
         if self.soft_limit_since and self.pubsub is None:
             # Over its soft limit it is no longer served, but read on, so that what it asks
             # counts against the hard limit (check_output_limits).
