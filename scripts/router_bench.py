@@ -159,8 +159,11 @@ def callgrind(opts: argparse.Namespace, order: str) -> None:
                        stdout=subprocess.DEVNULL, timeout=600)
 
 
-async def run(opts: argparse.Namespace, data_dir: str) -> None:
-    config = Config(data_dir=data_dir, shards=opts.shards).resolved()
+def open_router(data_dir: str, shard_count: int, client_count: int) -> tuple[
+        Router, list[StandInShard], list[LinkPump], list[socket.socket], list[Client]]:
+    """A Router whose links lead to stand-in shards, and clients connected to it:
+    (router, stand-in shards, link pumps, the clients' driver ends, the clients)."""
+    config = Config(data_dir=data_dir, shards=shard_count).resolved()
     router = Router(config, 0)
     shards = []
     pumps = []
@@ -172,14 +175,18 @@ async def run(opts: argparse.Namespace, data_dir: str) -> None:
         link.up = True
         shards.append(StandInShard(shard_end))
         pumps.append(LinkPump(link, router_end))
-    pairs = socket_pairs(opts.clients)
+    pairs = socket_pairs(client_count)
     clients = []
     for _peer, conn in pairs:
         client = Client(router, conn, router.new_client_id())
         router.clients[client.id] = client
         router.poller.add(client)
         clients.append(client)
-    peers = [peer for peer, _ in pairs]
+    return router, shards, pumps, [peer for peer, _ in pairs], clients
+
+
+async def run(opts: argparse.Namespace, data_dir: str) -> None:
+    router, shards, pumps, peers, clients = open_router(data_dir, opts.shards, opts.clients)
     await workload(router, shards, pumps, peers, clients, "get", 1, 1000, opts.keys, dict.fromkeys(PHASES, 0.0))
     results: dict[str, list[float]] = {}
     phases: dict[str, dict[str, float]] = {}

@@ -18,7 +18,7 @@ from durakv.server.pause import note_script
 from durakv.shards.evict import OOM_MESSAGE
 from durakv.shards.frames import LARGE_BYTES, VERB_AS_USER, VERB_LITERAL, VERB_ROUTER_IN_MULTI
 from durakv.shards.resp import ProtocolError, RequestParser, ReplyError, encode, encode_error
-from durakv.shards.table import CURSOR, FANOUT, ROUTER, SPLIT_NONE, Command, find, lookup
+from durakv.shards.table import CURSOR, FANOUT, ROUTER, SHARD, SPLIT_NONE, Command, find, lookup
 from durakv.shards.slots import key_slot
 from durakv.shards.t_sort import reads_pattern_keys
 from durakv.shards.txn import WHOLE_KEYSPACE
@@ -305,6 +305,14 @@ class Client:
             self.watch_shards.add(shard)
         where = cmd.where
         try:
+            if cmd.single_key and where == SHARD:  # most commands: no script or WATCH is single-key
+                shard = router.slot_owner[key_slot(argv[1])]
+                pending = router.links[shard].submit(self, self.proto, argv)
+                self.replies.append(pending)
+                if cmd.is_blocking and pending.data is None:
+                    self.blocked_pending = pending
+                    self.blocked_shard = shard
+                return
             if where == ROUTER:
                 self._run_router_command(cmd, argv)
                 return
@@ -319,14 +327,6 @@ class Client:
                 return
             if cmd.name in SCRIPT_COMMANDS:
                 self._submit_script(cmd, argv)
-                return
-            if cmd.single_key:
-                shard = router.slot_owner[key_slot(argv[1])]
-                pending = router.links[shard].submit(self, self.proto, argv)
-                self.replies.append(pending)
-                if cmd.is_blocking and pending.data is None:
-                    self.blocked_pending = pending
-                    self.blocked_shard = shard
                 return
             indexes = cmd.key_indexes(argv)
             if not indexes:
