@@ -18,7 +18,7 @@ from durakv.server.pause import note_script
 from durakv.shards.evict import OOM_MESSAGE
 from durakv.shards.frames import LARGE_BYTES, VERB_AS_USER, VERB_LITERAL, VERB_ROUTER_IN_MULTI
 from durakv.shards.resp import ProtocolError, RequestParser, ReplyError, encode, encode_error
-from durakv.shards.table import CURSOR, FANOUT, ROUTER, SPLIT_NONE, Command, find, lookup
+from durakv.shards.table import CURSOR, FANOUT, ROUTER, SHARD, SPLIT_NONE, Command, find, lookup
 from durakv.shards.slots import key_slot
 from durakv.shards.t_sort import reads_pattern_keys
 from durakv.shards.txn import WHOLE_KEYSPACE
@@ -305,6 +305,14 @@ class Client:
             self.watch_shards.add(shard)
         where = cmd.where
         try:
+            if cmd.single_key and where == SHARD:  # most commands: no script or WATCH is single-key
+                shard = router.slot_owner[key_slot(argv[1])]
+                pending = router.links[shard].submit(self, self.proto, argv)
+                self.replies.append(pending)
+                if cmd.is_blocking and pending.data is None:
+                    self.blocked_pending = pending
+                    self.blocked_shard = shard
+                return
             if where == ROUTER:
                 self._run_router_command(cmd, argv)
                 return
@@ -319,14 +327,6 @@ class Client:
                 return
             if cmd.name in SCRIPT_COMMANDS:
                 self._submit_script(cmd, argv)
-                return
-            if cmd.single_key:
-                shard = router.slot_owner[key_slot(argv[1])]
-                pending = router.links[shard].submit(self, self.proto, argv)
-                self.replies.append(pending)
-                if cmd.is_blocking and pending.data is None:
-                    self.blocked_pending = pending
-                    self.blocked_shard = shard
                 return
             indexes = cmd.key_indexes(argv)
             if not indexes:
@@ -625,8 +625,10 @@ class Client:
         """Send complete replies, queueing what the kernel does not take."""
         if self.closed:
             return
-        self.reply_bytes = reply_bytes = size // len(chunks)
-        self.in_flight_cap = in_flight_cap(reply_bytes)
+        reply_bytes = size // len(chunks)
+        if reply_bytes != self.reply_bytes:
+            self.reply_bytes = reply_bytes
+            self.in_flight_cap = in_flight_cap(reply_bytes)
         if self.outbuf:
             self.queued_reply_min_bytes = min(map(len, chunks))
             if len(chunks) > 1 and size < JOIN_BELOW_BYTES:
@@ -755,10 +757,13 @@ class Client:
         queued, and finish a QUIT or protocol error once everything is written."""
         if self.closed:
             return
+        backlog = self.backlog
+        if not (backlog or self.outbuf or self.closing or self.soft_limit_since):
+            self.router.poller.set_interest(self, True, False)  # the common case: read, nothing to write
+            return
         if self.closing and not self.replies and not self.outbuf:
             self.kill()
             return
-        backlog = self.backlog
         if self.soft_limit_since and self.pubsub is None:
             # Over its soft limit it is no longer served, but read on, so that what it asks
             # counts against the hard limit (check_output_limits).

@@ -47,6 +47,9 @@ FAST_PARSE_MAX_BYTES = 64 * 1024
 # Below this, usually one request: the scans and hiredis' calls cost what they save.
 FAST_PARSE_MIN_BYTES = 256
 FAST_PARSE_MAX_ARRAYS = 256
+# Input shorter than FAST_PARSE_MIN_BYTES (at P1, one request a read) is first tried
+# by _parse_small: one split at CRLF and a check that every header is canonical.
+SMALL_PARSE_MAX_BYTES = FAST_PARSE_MIN_BYTES - 1
 _FAST_PARSE_BIG_COUNT = re.compile(rb"\*[0-9]{5}")  # an array count of five digits or more
 # From this many items on, an array of bulk strings is formatted in C (below this the
 # type scan and the tuple copy cost more than the per-item Python formatting saves).
@@ -390,9 +393,13 @@ class RequestParser:
         buf = self._buf
         n = len(buf)
         pos = self._pos
-        if self._args is None and self.authed and FAST_PARSE_MIN_BYTES <= n - pos <= FAST_PARSE_MAX_BYTES \
-                and buf[pos] == 42 and n - pos <= self.max_bulk_bytes:
-            fast = _parse_complete(buf if pos == 0 else buf[pos:])
+        if self._args is None and self.authed and pos < n and buf[pos] == 42 and n - pos <= self.max_bulk_bytes:
+            if n - pos <= SMALL_PARSE_MAX_BYTES:
+                fast = _parse_small(buf if pos == 0 else buf[pos:])
+            elif FAST_PARSE_MIN_BYTES <= n - pos <= FAST_PARSE_MAX_BYTES:
+                fast = _parse_complete(buf if pos == 0 else buf[pos:])
+            else:
+                fast = None
             if fast is not None:
                 self._pos = n
                 self.fast_requests += len(fast)
@@ -483,6 +490,37 @@ class RequestParser:
         finally:
             self._pos = pos
         return out
+
+
+def _parse_small(data: bytes) -> list[list[bytes]] | None:
+    """The requests in a short `data` if it holds only complete multibulk requests in
+    canonical form (`*count` and `$size` headers of plain digits without leading
+    zeros, every line ended by CRLF); None otherwise, and the exact parser reads it.
+    A split at CRLF finds each argument: one holding CRLF, or anything not canonical,
+    makes a size disagree with its line, so exactness needs no other check."""
+    parts = data.split(b"\r\n")
+    last = len(parts) - 1
+    if parts[last]:
+        return None  # not ended by CRLF: a request still arriving, or not canonical
+    out = []
+    i = 0
+    while i < last:
+        header = parts[i]
+        digits = header[1:]
+        if header[:1] != b"*" or not digits.isdigit() or digits[0] == 48 or len(digits) > 3:
+            return None  # *0, *-1, leading zeros, a count this short input cannot hold
+        end = i + 1 + 2 * int(digits)
+        if end > last:
+            return None
+        for j in range(i + 1, end, 2):
+            header = parts[j]
+            digits = header[1:]
+            if header[:1] != b"$" or not digits.isdigit() or len(parts[j + 1]) != int(digits) \
+                    or (digits[0] == 48 and len(digits) > 1):
+                return None
+        out.append(parts[i + 2 : end : 2])
+        i = end
+    return out
 
 
 _fast_reader = hiredis.Reader()

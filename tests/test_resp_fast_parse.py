@@ -99,6 +99,7 @@ PIECES = [
 def parse_stream(stream: bytes, cuts: list[int], fast: bool, authed: bool,
                  monkeypatch: pytest.MonkeyPatch) -> list:
     monkeypatch.setattr(resp, "FAST_PARSE_MAX_BYTES", 64 * 1024 if fast else 0)
+    monkeypatch.setattr(resp, "SMALL_PARSE_MAX_BYTES", resp.FAST_PARSE_MIN_BYTES - 1 if fast else 0)
     parser = RequestParser(max_bulk_bytes=1024 * 1024)
     parser.authed = authed
     out: list = []
@@ -122,6 +123,30 @@ def test_the_fast_path_answers_what_the_exact_parser_answers(seed, monkeypatch):
     pieces = PIECES[:3] if plain else PIECES
     stream = b"".join(r.choice(pieces)(r) for _ in range(r.randrange(1, 40)))
     cuts = sorted(r.sample(range(1, len(stream)), min(len(stream) - 1, r.randrange(0, 6)))) if len(stream) > 1 else []
+    authed = r.random() < 0.9
+    expected = parse_stream(stream, cuts, False, authed, monkeypatch)
+    assert parse_stream(stream, cuts, True, authed, monkeypatch) == expected
+
+
+def test_a_short_request_takes_the_small_path():
+    """At P1 a read holds one short request: split at CRLF, not parsed byte by byte."""
+    parser = RequestParser()
+    parser.feed(pack(b"GET", b"key:1") + pack(b"SET", b"k", b""))
+    assert parser.requests() == [[b"GET", b"key:1"], [b"SET", b"k", b""]]
+    assert parser.fast_requests == 2
+    parser.feed(pack(b"SET", b"k\r\nx", b"\r"))  # CRLF inside: the split disagrees, the exact parser reads it
+    assert parser.requests() == [[b"SET", b"k\r\nx", b"\r"]]
+    assert parser.fast_requests == 2
+    parser.feed(b"*1\r\n$4\r\nPINGxx")  # not canonical (Redis skips the two bytes unread): the exact parser
+    assert parser.requests() == [[b"PING"]]
+    assert parser.fast_requests == 2
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_the_small_path_answers_what_the_exact_parser_answers(seed, monkeypatch):
+    r = random.Random(seed)
+    stream = b"".join(r.choice(PIECES)(r) for _ in range(r.randrange(1, 4)))[:resp.SMALL_PARSE_MAX_BYTES]
+    cuts = sorted(r.sample(range(1, len(stream)), min(len(stream) - 1, r.randrange(0, 2)))) if len(stream) > 1 else []
     authed = r.random() < 0.9
     expected = parse_stream(stream, cuts, False, authed, monkeypatch)
     assert parse_stream(stream, cuts, True, authed, monkeypatch) == expected

@@ -1,0 +1,80 @@
+"""The router's per-turn batching (issue 11 §3), in-process with scripts/router_bench.py's
+harness (a real Router and Clients, stand-in shards at the other end of its links):
+a turn's requests leave as one frame per shard, and a client's replies, once in, as
+one send. Also the table fact the router's single-key fast path relies on."""
+
+from __future__ import annotations
+
+from router_bench import open_router  # scripts/, on sys.path through conftest.py
+
+from durakv.server import client as client_module
+from durakv.server.client import SCRIPT_COMMANDS
+from durakv.shards.slots import key_slot
+from durakv.shards.table import SHARD, TABLE
+
+VALUE_REPLY = b"$100\r\n" + b"x" * 100 + b"\r\n"
+
+
+def keys_on_each_shard(router, count: int) -> list[bytes]:
+    """count keys, alternating between shard 0 and shard 1."""
+    found: dict[int, list[bytes]] = {0: [], 1: []}
+    n = 0
+    while min(len(keys) for keys in found.values()) < count:
+        key = b"key:%d" % n
+        found[router.slot_owner[key_slot(key)]].append(key)
+        n += 1
+    return [found[i % 2][i // 2] for i in range(count)]
+
+
+def get(key: bytes) -> bytes:
+    return b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key), key)
+
+
+async def test_one_frame_per_shard_and_one_send_per_client_per_turn(tmp_path, monkeypatch):
+    router, shards, pumps, peers, clients = open_router(str(tmp_path), 2, 10)
+    writes: list[int] = []
+    write = client_module.Client.write
+
+    def counting_write(self, chunks, size):
+        writes.append(self.id)
+        return write(self, chunks, size)
+
+    monkeypatch.setattr(client_module.Client, "write", counting_write)
+    keys = keys_on_each_shard(router, 40)
+    for turn in range(2):
+        for n, peer in enumerate(peers):  # P1: one GET per client, both shards in every turn
+            peer.send(get(keys[turn * 10 + n]))
+        frames_before = [link.frames_sent for link in router.links]
+        router.poller.in_turn = True
+        for client in clients:
+            client.on_readable()
+        router.poller.in_turn = False
+        router.end_turn()
+        assert [link.frames_sent - before for link, before in zip(router.links, frames_before)] == [1, 1]
+        assert sum(shard.answer() for shard in shards) == 10
+        writes.clear()
+        for pump in pumps:
+            assert pump.pump()
+        assert sorted(writes) == sorted(client.id for client in clients)
+        for peer in peers:
+            assert peer.recv(4096) == VALUE_REPLY
+    # A pipeline of one client's keys on one shard: one frame, one send of all its replies.
+    peers[0].send(b"".join(get(key) for key in keys[20:40:2]))
+    router.poller.in_turn = True
+    clients[0].on_readable()
+    router.poller.in_turn = False
+    router.end_turn()
+    assert sum(shard.answer() for shard in shards) == 10
+    writes.clear()
+    for pump in pumps:
+        pump.pump()
+    assert writes == [clients[0].id]
+    assert peers[0].recv(65536) == VALUE_REPLY * 10
+
+
+def test_no_script_or_watch_is_a_single_key_shard_command():
+    """Client.dispatch sends a single-key command of `where` SHARD to its shard before
+    looking at scripts (timed, ACL-wrapped) and WATCH: none may be one."""
+    commands = [*TABLE.values(), *(sub for cmd in TABLE.values() for sub in cmd.subcommands.values())]
+    assert not [cmd.fullname for cmd in commands
+                if cmd.single_key and cmd.where == SHARD and (cmd.name in SCRIPT_COMMANDS or cmd.name == "watch")]
