@@ -4,7 +4,8 @@ Keys, under a shard's prefix P (e.g. "durakv/shard-000"):
     P/log/<seq, 20 digits>  one record: header (epoch u64, parts u32, little-endian) + payload,
                             or, for a payload over max_txn_bytes, the header alone, with
     P/part/<seq>/<i, 6 digits>  its parts 0..parts-1, written (fenced) before the record key
-    P/leader                the current writer: JSON {holder, epoch, lease, pid, boot[, node, advertise]},
+    P/leader                the current writer: JSON {holder, epoch, lease, pid, boot[, node, advertise,
+                            client, tls_client]} (client: its shard port, shards/standby.py),
                             bound to its etcd lease
     P/epoch                 the highest epoch ever taken (never deleted, so epochs only grow)
     P/first                 the first seq retained (absent: 1); moves when records are dropped

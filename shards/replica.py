@@ -277,7 +277,9 @@ async def run_replica(config: Config, index: int, number: int, snapshots: Snapsh
                 following.start_soon(replica.follow)
                 if replica.etcd is not None and config.node_role == "replica":
                     # A replica node's replicas campaign on their own: no primary runs beside them.
-                    following.start_soon(_then_cancel, replica.etcd.wait_leader_free(), following.cancel_scope)
+                    following.start_soon(_then_cancel, replica.etcd.watch_leader(True), following.cancel_scope)
+                elif replica.etcd is not None:
+                    following.start_soon(replica.etcd.watch_leader, False)   # where MOVED sends clients
                 async for _ in promote_signals:
                     break
                 following.cancel_scope.cancel()
