@@ -40,6 +40,7 @@ from typing import Callable, Iterator, Sequence
 
 from .errors import LeaseLost, LogClosed, LogCorrupt, LogWriteFailed, PendingFull, RecordTooLarge, \
     SequenceMismatch
+from .etcd_positions import droppable_through
 from .etcd_client import EtcdClient, EtcdRequestFailed, EtcdUnavailable, b64, unb64
 from .etcd_records import (HEADER, MAX_PARTS, Keys, cmp_absent, cmp_mod, get_op, kvs_of, log_ends, put_op, read,
                            revision_of)
@@ -476,10 +477,11 @@ class EtcdLog:
         return read(self.client, self.prefix, from_seq, through_seq=limit)
 
     def drop_segments_through(self, seq: int) -> list[str]:
-        """Delete the records through `seq` (fenced: only the leader drops), move the
-        first seq on, and compact etcd's history up to the deployment's compaction
-        floor (log/etcd_upkeep.py: never past a revision another shard's followers
-        still need), so the space can be reused; defragmentation returns it to the
+        """Delete the records through `seq` (fenced: only the leader drops) that every
+        live replica on any node has applied (log/etcd_positions.py), move the first
+        seq on, and compact etcd's history up to the deployment's compaction floor
+        (log/etcd_upkeep.py: never past a revision another shard's followers still
+        need), so the space can be reused; defragmentation returns it to the
         disk. Called from one upkeep thread at a time, beside the commit thread: it
         has its own etcd client."""
         self._check_usable()
@@ -488,6 +490,13 @@ class EtcdLog:
             return []
         keys = self._keys
         client = self._upkeep_client
+        allowed, positions = droppable_through(client, keys, seq)
+        if allowed < seq:
+            logger.info("etcd log %s: dropping through seq %d, not %d: a replica still needs the rest (%s)",
+                        self.prefix, allowed, seq, ", ".join(f"{n} at {p}" for n, p in sorted(positions.items())))
+            seq = allowed
+            if seq < self.first_seq:
+                return []
         reply = client.txn([cmp_mod(keys.leader, self._leader_revision)],
                            [{"request_delete_range": {"key": b64(keys.record(self.first_seq)),
                                                       "range_end": b64(keys.record(seq + 1))}},

@@ -9,6 +9,9 @@ Keys, under a shard's prefix P (e.g. "durakv/shard-000"):
                             bound to its etcd lease
     P/epoch                 the highest epoch ever taken (never deleted, so epochs only grow)
     P/first                 the first seq retained (absent: 1); moves when records are dropped
+    P/replica/<name>        JSON {seq, node, pid}: a replica applied the log through seq (bound to
+                            the replica's etcd lease; records it still needs are not dropped,
+                            log/etcd_positions.py)
     P/restored              JSON {seq, epoch}: `durakv restore` cut the log after seq at epoch;
                             a snapshot past seq with an older epoch belongs to the discarded history
 and, per deployment prefix D (P is D/shard-NNN), D/shards: its shard count.
@@ -75,6 +78,17 @@ class Keys:
     @property
     def restored(self) -> bytes:
         return self.base + b"/restored"
+
+    @property
+    def replicas_start(self) -> bytes:
+        return self.base + b"/replica/"
+
+    @property
+    def replicas_end(self) -> bytes:
+        return self.base + b"/replica0"  # "/" + 1: every key under replica/
+
+    def replica(self, name: str) -> bytes:
+        return self.replicas_start + name.encode()
 
     @property
     def log_start(self) -> bytes:

@@ -221,6 +221,7 @@ class Replica:
         started = time.monotonic()
         if self.etcd is not None:
             self.etcd.stop()
+            self.etcd.withdraw_position()
         self.catch_up()
         shard.write_error = None
         shard.db.expiry_paused_until_ms = 0
@@ -275,6 +276,8 @@ async def run_replica(config: Config, index: int, number: int, snapshots: Snapsh
             sdnotify.notify(b"READY=1")
             async with trio.open_nursery() as following:
                 following.start_soon(replica.follow)
+                if replica.etcd is not None:   # what it still needs, for drops on any node
+                    following.start_soon(replica.etcd.publish_position, number, lambda: replica.applied_seq)
                 if replica.etcd is not None and config.node_role == "replica":
                     # A replica node's replicas campaign on their own: no primary runs beside them.
                     following.start_soon(_then_cancel, replica.etcd.watch_leader(True), following.cancel_scope)

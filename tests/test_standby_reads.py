@@ -39,21 +39,22 @@ def _until(fn, what: str, timeout_s: float = WAIT_S):
         time.sleep(0.05)
 
 
-def _two_nodes(server_factory, tmp_path, etcd_cluster) -> tuple[DurakvServer, DurakvServer]:
-    """Node a runs shard 0's primary; node b (node-role replica) its standby."""
-    prefix = f"standby-{uuid.uuid4().hex[:8]}"
-    common = f"etcd-lease-ttl-s = {TTL_S}\nsnapshotter = false\n"
+def two_nodes(server_factory, tmp_path, etcd_cluster, common: str = f"etcd-lease-ttl-s = {TTL_S}\n"
+              "snapshotter = false\n", prefix: str = "", node_b_extra: str = "") -> tuple[DurakvServer, DurakvServer]:
+    """Node a runs shard 0's primary; node b (node-role replica) its standby; both with
+    the settings `common`, sharing the etcd prefix `prefix` (a new one if "")."""
+    prefix = prefix or f"standby-{uuid.uuid4().hex[:8]}"
     node_a = server_factory(shards=1, extra_args=(
         "--config", etcd_config(tmp_path, etcd_cluster.endpoints, prefix, common),
         "--node-id", "a", "--advertise", f"{ADVERTISED_HOST}:7000"))
     node_b = DurakvServer(tmp_path / "node-b", shards=1, extra_args=(
-        "--config", etcd_config(tmp_path, etcd_cluster.endpoints, prefix, common + "replicas = 1\n"),
+        "--config", etcd_config(tmp_path, etcd_cluster.endpoints, prefix, common + "replicas = 1\n" + node_b_extra),
         "--node-id", "b", "--node-role", "replica", "--advertise", f"{ADVERTISED_HOST}:7001"))
     node_b.start(wait=False)
     return node_a, node_b
 
 
-def _readonly_get(port: int, key: str) -> bytes:
+def readonly_get(port: int, key: str) -> bytes:
     """GET on a fresh READONLY connection ("" while the standby is not up yet)."""
     try:
         conn = RawConn(port)
@@ -123,27 +124,27 @@ def _with_address(replies: list[bytes], address: str) -> list[bytes]:
 
 def test_standby_on_another_node_serves_readonly_reads_and_moves_the_rest_like_redis(
         etcd_cluster, server_factory, tmp_path):
-    node_a, node_b = _two_nodes(server_factory, tmp_path, etcd_cluster)
+    node_a, node_b = two_nodes(server_factory, tmp_path, etcd_cluster)
     reference = RedisClusterPair(tmp_path)
     try:
         primary = node_a.shard_client(0)
         primary.set("k", "v1")
         standby_port = replica_port(node_b, 0)
-        _until(lambda: _readonly_get(standby_port, "k") == b"$2\r\nv1\r\n",
+        _until(lambda: readonly_get(standby_port, "k") == b"$2\r\nv1\r\n",
                f"node b's standby to show the write made on node a\n{node_b.log()[-3000:]}")
         ours = _standby_session(standby_port, "k")
         # MOVED names node a's shard port (published in the leader key), not node b's own.
         primary_address = f"{ADVERTISED_HOST}:{node_a.shard_port(0)}"
         assert ours[0] == b"-MOVED %d %s\r\n" % (key_slot(b"k"), primary_address.encode()), ours
         reference.master.client().set("k", "v1")
-        _until(lambda: _readonly_get(reference.replica.port, "k") == b"$2\r\nv1\r\n",
+        _until(lambda: readonly_get(reference.replica.port, "k") == b"$2\r\nv1\r\n",
                "redis' replica to show the write")
         theirs = _standby_session(reference.replica.port, "k")
         assert _with_address(ours, primary_address) == \
             _with_address(theirs, f"127.0.0.1:{reference.master.port}"), (ours, theirs)
         # It follows on: a later write on node a shows up on node b.
         primary.set("k", "v2")
-        _until(lambda: _readonly_get(standby_port, "k") == b"$2\r\nv2\r\n", "the later write on node b")
+        _until(lambda: readonly_get(standby_port, "k") == b"$2\r\nv2\r\n", "the later write on node b")
         assert primary.get("k") == b"v2"   # the MOVED went nowhere: the refused SET changed nothing
     finally:
         reference.stop()
@@ -155,12 +156,12 @@ def test_standby_never_shows_a_write_etcd_has_not_committed(etcd_cluster, server
     it in memory (memory-first) and holds its reply; node b's standby, which applies only
     what etcd's watch delivers, does not show it. Once the quorum is back the write
     commits (or is refused) and the standby shows exactly what etcd holds."""
-    node_a, node_b = _two_nodes(server_factory, tmp_path, etcd_cluster)
+    node_a, node_b = two_nodes(server_factory, tmp_path, etcd_cluster)
     try:
         primary = redis.Redis(port=node_a.shard_port(0), socket_timeout=60)
         primary.set("before", "1")
         standby_port = replica_port(node_b, 0)
-        _until(lambda: _readonly_get(standby_port, "before") == b"$1\r\n1\r\n",
+        _until(lambda: readonly_get(standby_port, "before") == b"$1\r\n1\r\n",
                f"node b's standby to come up\n{node_b.log()[-3000:]}")
         lost = [i for i in range(3) if i != etcd_cluster.leader_index()][:2]
         outcome: list[object] = []
@@ -171,7 +172,7 @@ def test_standby_never_shows_a_write_etcd_has_not_committed(etcd_cluster, server
             writer.start()
             time.sleep(1.0)   # the SET is in node a's keyspace, its commit is refused by the lost quorum
             assert not outcome, f"node a acknowledged a write without an etcd quorum: {outcome}"
-            assert _readonly_get(standby_port, "pending") == b"$-1\r\n", "the standby showed an uncommitted write"
+            assert readonly_get(standby_port, "pending") == b"$-1\r\n", "the standby showed an uncommitted write"
         finally:
             for member in lost:
                 etcd_cluster.start_member(member)
@@ -180,11 +181,11 @@ def test_standby_never_shows_a_write_etcd_has_not_committed(etcd_cluster, server
         assert outcome, "node a's SET never answered once the quorum was back"
         print(f"node a's SET after the quorum came back: {outcome[0]!r}")
         if outcome[0] is True:
-            _until(lambda: _readonly_get(standby_port, "pending") == b"$1\r\nx\r\n",
+            _until(lambda: readonly_get(standby_port, "pending") == b"$1\r\nx\r\n",
                    "the committed write on the standby")
         else:
             time.sleep(1.0)
-            assert _readonly_get(standby_port, "pending") == b"$-1\r\n", "the standby showed a refused write"
+            assert readonly_get(standby_port, "pending") == b"$-1\r\n", "the standby showed a refused write"
     finally:
         node_b.discard()
 

@@ -1,0 +1,96 @@
+"""Dropping covered records from a shard log on etcd shared by several nodes (issue
+15): no drop removes a record a live replica on any node has not applied (each
+replica publishes its applied seq in etcd, log/etcd_positions.py), and the drop runs
+off the shard's trio loop.
+
+Real 3-member etcd clusters (tests/etcd_support.py) and real `durakv serve` trees."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+
+import redis
+
+from durakv.log.etcd_client import EtcdClient
+from durakv.log.etcd_positions import replica_positions
+from durakv.log.etcd_records import Keys, first_seq, last_seq, shard_prefix
+from test_etcd_ops import SNAPSHOT_OFTEN
+from test_replicas import replica_port
+from test_standby_reads import readonly_get, two_nodes
+
+WAIT_S = 60
+# A replica position outlives a pause of its replica shorter than this (its etcd lease).
+TTL_S = 8
+PAUSE_S = 5
+
+
+def _until(fn, what: str, timeout_s: float = WAIT_S):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = fn()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _burst(client: redis.Redis, tag: str, keys: int = 40) -> None:
+    pipe = client.pipeline(transaction=False)
+    for k in range(keys):
+        pipe.set(f"{tag}:{k}", "v" * 500)
+    pipe.execute()
+
+
+def test_a_paused_replica_on_another_node_keeps_the_records_it_still_needs(etcd_cluster, server_factory,
+                                                                           tmp_path):
+    """Node b's standby is paused (SIGSTOP, shorter than its position's lease) while node a
+    writes, snapshots and drops covered records: the drop stops at the standby's
+    published position, so once resumed the standby follows on from where it was (no
+    restart from a snapshot) and shows every write; then the drop goes on past it."""
+    prefix = f"trunc-{uuid.uuid4().hex[:8]}"
+    # One snapshot store for both nodes (S3 in a deployment): node b's standby starts from
+    # node a's snapshots; node b runs no snapshotter of its own.
+    store = f'snapshot-url = "file://{tmp_path / "store"}"\n'
+    node_a, node_b = two_nodes(server_factory, tmp_path, etcd_cluster,
+                               f"etcd-lease-ttl-s = {TTL_S}\n{SNAPSHOT_OFTEN}{store}", prefix,
+                               node_b_extra="snapshotter = false\n")
+    etcd = EtcdClient(etcd_cluster.endpoints)
+    shard = shard_prefix(prefix, 0)
+    keys = Keys(shard.encode())
+    try:
+        primary = node_a.shard_client(0)
+        _burst(primary, "before")
+        standby_port = replica_port(node_b, 0)
+        _until(lambda: readonly_get(standby_port, "before:39") == b"$500\r\n" + b"v" * 500 + b"\r\n",
+               f"node b's standby to come up\n{node_b.log()[-3000:]}")
+        positions = _until(lambda: replica_positions(etcd, keys), "node b's standby to publish its position")
+        assert list(positions) == ["b-0"], positions
+        standby_pid = node_b.child_pid("replica", "0 0")
+        os.kill(standby_pid, signal.SIGSTOP)
+        try:
+            held = replica_positions(etcd, keys)["b-0"]
+            paused_at = time.monotonic()
+            for round_no in range(20):
+                _burst(primary, f"paused{round_no}")
+            tail = last_seq(etcd, shard)
+            # A snapshot covers the writes and the release loop tries to drop them: it stops at the standby.
+            _until(lambda: "a replica still needs the rest (b-0 at" in node_a.log() or
+                   time.monotonic() - paused_at > PAUSE_S, "node a to try a drop")
+            assert "a replica still needs the rest (b-0 at" in node_a.log(), node_a.log()[-3000:]
+            assert first_seq(etcd, shard) <= held + 1 < tail, (first_seq(etcd, shard), held, tail)
+        finally:
+            os.kill(standby_pid, signal.SIGCONT)
+        print(f"paused {time.monotonic() - paused_at:.1f} s at seq {held}; the log reached seq {tail}; "
+              f"first retained seq during the pause: {first_seq(etcd, shard)}")
+        _until(lambda: readonly_get(standby_port, "paused19:39") == b"$500\r\n" + b"v" * 500 + b"\r\n",
+               f"the resumed standby to catch up\n{node_b.log()[-3000:]}")
+        assert node_b.child_pid("replica", "0 0") == standby_pid
+        assert "fell behind the log on etcd" not in node_b.log()
+        # Caught up, it holds nothing back: the next drop goes past where it was paused.
+        _burst(primary, "after")
+        _until(lambda: first_seq(etcd, shard) > tail, "a drop past the standby's old position")
+    finally:
+        node_b.discard()
