@@ -9,15 +9,26 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 import uuid
+from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import redis
+import trio
+
+from durakv.log import Log
+from durakv.shards.config import Config
+from durakv.shards.frames import Request
+from durakv.shards.shard import Shard, SnapshotHooks
 
 from durakv.log.etcd_client import EtcdClient
 from durakv.log.etcd_positions import replica_positions
 from durakv.log.etcd_records import Keys, first_seq, last_seq, shard_prefix
 from test_etcd_ops import SNAPSHOT_OFTEN
+from test_commit_thread import WAIT_S as COMMIT_WAIT_S, Sink
 from test_replicas import replica_port
 from test_standby_reads import readonly_get, two_nodes
 
@@ -94,3 +105,76 @@ def test_a_paused_replica_on_another_node_keeps_the_records_it_still_needs(etcd_
         _until(lambda: first_seq(etcd, shard) > tail, "a drop past the standby's old position")
     finally:
         node_b.discard()
+
+
+RECORDS = 3000
+# What the shard's loop answers while the drop runs (PING is the router's own; a read of a
+# clean key is answered at once by the shard).
+READ = [b"STRLEN", b"k1"]
+READ_REPLY = b":100\r\n"
+
+
+async def test_a_big_drop_runs_off_the_shards_loop(etcd_cluster, tmp_path):
+    """A shard on etcd with RECORDS records; its release loop (Shard.release_loop) drops
+    them all. The release step (a hook standing for the snapshotter's release) waits,
+    before the drop, for a read the shard's loop answers meanwhile, and the loop keeps
+    answering reads while the drop's etcd requests run: on the loop, the first wait
+    would time out and no read would be answered during the drop."""
+    prefix = f"offloop-{uuid.uuid4().hex[:8]}"
+    config = Config(data_dir=str(tmp_path / "data"), shards=1, log_backend="etcd",
+                    etcd_endpoints=etcd_cluster.endpoints, etcd_prefix=prefix).resolved()
+    shard = Shard(config, 0)
+    Path(shard.dir).mkdir(parents=True)
+    shard.open_log()
+    sink = Sink()
+    release_started = threading.Event()
+    read_in_release = threading.Event()
+    dropping = threading.Event()
+    drop_done = threading.Event()
+    dropped: list[str] = []
+
+    def release(shard_dir: str, wal: Log) -> list[str]:
+        """The hook: runs wherever release_loop runs it (a worker thread, or the loop)."""
+        if drop_done.is_set():
+            return []
+        release_started.set()
+        assert read_in_release.wait(WAIT_S), "the shard's loop answered no read while the release step ran"
+        dropping.set()
+        try:
+            dropped.extend(wal.drop_segments_through(wal.durable_seq))
+        finally:
+            dropping.clear()
+            drop_done.set()
+        return dropped
+
+    shard.snapshots = cast(SnapshotHooks, SimpleNamespace(release_segments=release))
+    reads_during_drop = 0
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(shard.committer)
+        for batch in range(RECORDS // 100):
+            shard.execute_batch(sink, [Request(rid, rid, 2, [b"SET", b"k%d" % rid, b"v" * 100])
+                                       for rid in range(batch * 100 + 1, batch * 100 + 101)])
+            await sink.wait_for(batch * 100 + 100)
+        for seq in range(shard.wal.durable_seq + 1, RECORDS + 1):
+            shard.execute_batch(sink, [Request(RECORDS + seq, 0, 2, [b"SET", b"one%d" % seq, b"v"])])
+        await sink.wait_for(2 * RECORDS)
+        assert shard.wal.durable_seq >= RECORDS
+        nursery.start_soon(shard.release_loop)
+        with trio.fail_after(WAIT_S):
+            while not release_started.is_set():
+                await trio.sleep(0.01)
+        rid = 10 * RECORDS
+        assert shard.execute_batch(sink, [Request(rid, 0, 2, READ)]) == [(rid, READ_REPLY)]
+        read_in_release.set()
+        with trio.fail_after(WAIT_S):
+            while not drop_done.is_set():
+                rid += 1
+                if shard.execute_batch(sink, [Request(rid, 0, 2, READ)]) == [(rid, READ_REPLY)] \
+                        and dropping.is_set():
+                    reads_during_drop += 1
+                await trio.sleep(0.001)
+        nursery.cancel_scope.cancel()
+    print(f"{shard.wal.durable_seq} records dropped ({dropped}); reads answered during the drop: "
+          f"{reads_during_drop}")
+    assert dropped and first_seq(EtcdClient(etcd_cluster.endpoints), shard_prefix(prefix, 0)) > RECORDS
+    shard.wal.close()
