@@ -28,7 +28,7 @@ from durakv.log.etcd_client import EtcdClient
 from durakv.log.etcd_positions import replica_positions
 from durakv.log.etcd_records import Keys, first_seq, last_seq, shard_prefix
 from test_etcd_ops import SNAPSHOT_OFTEN
-from test_commit_thread import WAIT_S as COMMIT_WAIT_S, Sink
+from test_commit_thread import Sink
 from test_replicas import replica_port
 from test_standby_reads import readonly_get, two_nodes
 
