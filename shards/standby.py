@@ -52,6 +52,12 @@ class PrimaryAddress:
     def for_client(self, tls: bool) -> str:
         return self.tls_client if tls else self.client
 
+    def host_port(self) -> tuple[str, int] | None:
+        """The plain client address as (host, port), for INFO replication's master_host
+        and master_port (None if the primary published only a TLS port)."""
+        host, _, port = self.client.rpartition(":")
+        return (host, int(port)) if host and port.isdigit() else None
+
 
 def primary_address(leader_value: bytes) -> PrimaryAddress | None:
     """The addresses a leader key's value (JSON) publishes; None if it names none

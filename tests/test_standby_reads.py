@@ -142,6 +142,9 @@ def test_standby_on_another_node_serves_readonly_reads_and_moves_the_rest_like_r
         theirs = _standby_session(reference.replica.port, "k")
         assert _with_address(ours, primary_address) == \
             _with_address(theirs, f"127.0.0.1:{reference.master.port}"), (ours, theirs)
+        info = redis.Redis(port=standby_port).info("replication")
+        assert (info["role"], info["master_host"], info["master_port"]) == \
+            ("slave", ADVERTISED_HOST, node_a.shard_port(0)), info
         # It follows on: a later write on node a shows up on node b.
         primary.set("k", "v2")
         _until(lambda: readonly_get(standby_port, "k") == b"$2\r\nv2\r\n", "the later write on node b")
