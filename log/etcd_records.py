@@ -165,6 +165,25 @@ def first_seq_at(client: EtcdClient, keys: Keys) -> int:
     return int(unb64(kvs[0]["value"])) if kvs else 1
 
 
+def first_and_guard(client: EtcdClient, keys: Keys) -> tuple[int, dict[str, Any]]:
+    """The first seq retained and a compare that holds while nobody moved it since
+    (whoever drops records: the primary, or `durakv log truncate` beside it)."""
+    kvs = kvs_of(client.range(keys.first))
+    if not kvs:
+        return 1, cmp_absent(keys.first)
+    return int(unb64(kvs[0]["value"])), cmp_mod(keys.first, int(kvs[0]["mod_revision"]))
+
+
+def drop_ops(keys: Keys, first: int, through: int) -> list[dict[str, Any]]:
+    """The operations that drop records first..through (and their parts) and move the
+    first seq on: one transaction, so a reader sees the records gone and P/first moved
+    together."""
+    assert 1 <= first <= through, "a drop removes at least one record"
+    return [{"request_delete_range": {"key": b64(keys.record(first)), "range_end": b64(keys.record(through + 1))}},
+            {"request_delete_range": {"key": b64(keys.parts_of(first)), "range_end": b64(keys.parts_of(through + 1))}},
+            put_op(keys.first, str(through + 1).encode())]
+
+
 def log_ends(client: EtcdClient, keys: Keys) -> tuple[int, int]:
     """(first seq retained, last seq) read at one revision. Once every record was
     dropped there is no log key left: the last seq is then the first retained - 1."""

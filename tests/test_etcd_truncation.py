@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -246,3 +247,70 @@ def test_defragmentation_with_etcd_auth_across_token_expiry(tmp_path):
             plain.defragment(0, DEFRAG_TIMEOUT_S)
     finally:
         cluster.stop()
+
+
+TOOL_TTL_S = 60
+
+
+def _durakv(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "durakv.server.cli", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_log_truncate_on_etcd_drops_what_a_snapshot_covers_but_not_what_a_replica_needs(
+        etcd_cluster, server_factory, tmp_path):
+    """Two nodes share the log on etcd; node a runs no snapshotter (nothing drops records
+    on its own). A snapshot is built into the shared store (`durakv snapshotter --once`);
+    node b's standby is paused behind it. `durakv log truncate --config` (a dry run,
+    then --yes) drops through the standby's position only; once the standby caught up
+    (no restart), it drops through the snapshot, beside the running primary."""
+    prefix = f"tool-{uuid.uuid4().hex[:8]}"
+    store = f'snapshot-url = "file://{tmp_path / "store"}"\n'
+    # A long lease: the standby's position outlives its pause while the snapshot is built.
+    node_a, node_b = two_nodes(server_factory, tmp_path, etcd_cluster,
+                               f"etcd-lease-ttl-s = {TOOL_TTL_S}\nsnapshotter = false\n{store}", prefix)
+    etcd = EtcdClient(etcd_cluster.endpoints)
+    shard = shard_prefix(prefix, 0)
+    tool_config = tmp_path / "tool.toml"
+    # The tools run on node b (a data dir holding no primary: the snapshot's release there drops nothing).
+    tool_config.write_text(Path(node_a.extra_args[1]).read_text() + f'data-dir = "{node_b.data_dir}"\n')
+    try:
+        primary = node_a.shard_client(0)
+        _burst(primary, "before")
+        standby_port = replica_port(node_b, 0)
+        _until(lambda: readonly_get(standby_port, "before:39") == b"$500\r\n" + b"v" * 500 + b"\r\n",
+               f"node b's standby to come up\n{node_b.log()[-3000:]}")
+        keys = Keys(shard.encode())
+        _until(lambda: replica_positions(etcd, keys).get("b-0", 0) >= last_seq(etcd, shard),
+               "node b's standby to publish its position")
+        standby_pid = node_b.child_pid("replica", "0 0")
+        os.kill(standby_pid, signal.SIGSTOP)
+        try:
+            held = replica_positions(etcd, keys)["b-0"]
+            for round_no in range(5):
+                _burst(primary, f"paused{round_no}")
+            built = _durakv("snapshotter", "--once", "--config", str(tool_config))
+            assert built.returncode == 0, built.stderr
+            tail = last_seq(etcd, shard)
+            dry = _durakv("log", "truncate", "--config", str(tool_config), "--shard", "0")
+            assert dry.returncode == 0, dry.stderr
+            print(dry.stdout)
+            assert f"replicas: b-0 at seq {held}" in dry.stdout and f"drop: seqs 1..{held} " in dry.stdout
+            assert "dry run" in dry.stdout and first_seq(etcd, shard) == 1
+            done = _durakv("log", "truncate", "--config", str(tool_config), "--shard", "0", "--yes")
+            assert done.returncode == 0, done.stderr
+            assert first_seq(etcd, shard) == held + 1 and last_seq(etcd, shard) == tail
+        finally:
+            os.kill(standby_pid, signal.SIGCONT)
+        _until(lambda: readonly_get(standby_port, "paused4:39") == b"$500\r\n" + b"v" * 500 + b"\r\n",
+               f"the resumed standby to catch up\n{node_b.log()[-3000:]}")
+        assert node_b.child_pid("replica", "0 0") == standby_pid
+        assert "fell behind the log on etcd" not in node_b.log()
+        _until(lambda: replica_positions(etcd, keys)["b-0"] >= tail, "the standby's position to move on")
+        again = _durakv("log", "truncate", "--config", str(tool_config), "--shard", "0", "--yes")
+        assert again.returncode == 0, again.stderr
+        print(again.stdout)
+        assert first_seq(etcd, shard) == tail + 1, again.stdout   # the snapshot covers every record
+        assert primary.set("after", "1") and primary.get("before:0") == b"v" * 500
+    finally:
+        node_b.discard()
