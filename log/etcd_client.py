@@ -36,6 +36,7 @@ DEFAULT_RETRY_S = 10.0
 RETRY_PAUSE_S = 0.05
 MAX_ENDPOINTS = 16
 _TOKEN_EXPIRED = "invalid auth token"
+_PERMISSION_DENIED = "permission denied"
 # etcd answers these while it elects a leader or cannot reach a quorum: worth another member.
 _TRANSIENT = (etcd_errors.ConnectionFailedError, etcd_errors.ConnectionTimeoutError,
               etcd_errors.InternalServerError)
@@ -197,14 +198,25 @@ class EtcdClient:
         file); it answers nothing else until done, which may take timeout_s."""
         client = self._clients[endpoint_index]
         endpoint = self.endpoints[endpoint_index]
-        try:
-            if self._auth[0] and "Authorization" not in client.session.headers:
-                self._authenticate(client)
-            resp = client.session.post(client.get_url("maintenance/defragment"), json={}, timeout=timeout_s)
-        except (etcd_errors.Etcd3Exception, requests.RequestException) as e:
-            raise EtcdUnavailable(f"etcd {endpoint}: defragment: {_detail(e)}") from e
-        if resp.status_code != 200:
-            raise EtcdRequestFailed(f"etcd {endpoint} refused defragment: {resp.status_code} {resp.text[:200]}")
+        for attempt in range(2):
+            try:
+                if self._auth[0] and "Authorization" not in client.session.headers:
+                    self._authenticate(client)
+                resp = client.session.post(client.get_url("maintenance/defragment"), json={}, timeout=timeout_s)
+            except (etcd_errors.Etcd3Exception, requests.RequestException) as e:
+                raise EtcdUnavailable(f"etcd {endpoint}: defragment: {_detail(e)}") from e
+            if resp.status_code == 200:
+                return
+            if self._auth[0] and _TOKEN_EXPIRED in resp.text and attempt == 0:
+                # This member's token (from the round before, maybe hours ago) expired.
+                client.session.headers.pop("Authorization", None)
+                continue
+            if _PERMISSION_DENIED in resp.text:
+                raise EtcdRequestFailed(f"etcd {endpoint} refused defragment to user {self._auth[0]!r}: it needs "
+                                        "etcd's root role (etcdctl user grant-role USER root), or defragment "
+                                        "with etcdctl defrag")
+            break
+        raise EtcdRequestFailed(f"etcd {endpoint} refused defragment: {resp.status_code} {resp.text[:200]}")
 
     def watch(self, key: bytes, range_end: bytes, start_revision: int,
               read_timeout_s: float | None = None) -> "WatchStream":

@@ -40,9 +40,10 @@ from typing import Callable, Iterator, Sequence
 
 from .errors import LeaseLost, LogClosed, LogCorrupt, LogWriteFailed, PendingFull, RecordTooLarge, \
     SequenceMismatch
+from .etcd_positions import droppable_through
 from .etcd_client import EtcdClient, EtcdRequestFailed, EtcdUnavailable, b64, unb64
-from .etcd_records import (HEADER, MAX_PARTS, Keys, cmp_absent, cmp_mod, get_op, kvs_of, log_ends, put_op, read,
-                           revision_of)
+from .etcd_records import (HEADER, MAX_PARTS, Keys, cmp_absent, cmp_mod, drop_ops, first_and_guard, get_op, kvs_of,
+                           log_ends, put_op, read, revision_of)
 from .etcd_upkeep import MemberSize, compact_to_floor, floor_prefixes, member_size
 from .interface import LeaseLike
 from .lease import BOOT_ID, pid_alive
@@ -476,10 +477,11 @@ class EtcdLog:
         return read(self.client, self.prefix, from_seq, through_seq=limit)
 
     def drop_segments_through(self, seq: int) -> list[str]:
-        """Delete the records through `seq` (fenced: only the leader drops), move the
-        first seq on, and compact etcd's history up to the deployment's compaction
-        floor (log/etcd_upkeep.py: never past a revision another shard's followers
-        still need), so the space can be reused; defragmentation returns it to the
+        """Delete the records through `seq` (fenced: only the leader drops) that every
+        live replica on any node has applied (log/etcd_positions.py), move the first
+        seq on, and compact etcd's history up to the deployment's compaction floor
+        (log/etcd_upkeep.py: never past a revision another shard's followers still
+        need), so the space can be reused; defragmentation returns it to the
         disk. Called from one upkeep thread at a time, beside the commit thread: it
         has its own etcd client."""
         self._check_usable()
@@ -488,13 +490,24 @@ class EtcdLog:
             return []
         keys = self._keys
         client = self._upkeep_client
-        reply = client.txn([cmp_mod(keys.leader, self._leader_revision)],
-                           [{"request_delete_range": {"key": b64(keys.record(self.first_seq)),
-                                                      "range_end": b64(keys.record(seq + 1))}},
-                            {"request_delete_range": {"key": b64(keys.parts_of(self.first_seq)),
-                                                      "range_end": b64(keys.parts_of(seq + 1))}},
-                            put_op(keys.first, str(seq + 1).encode())], [])
+        allowed, positions = droppable_through(client, keys, seq)
+        if allowed < seq:
+            logger.info("etcd log %s: dropping through seq %d, not %d: a replica still needs the rest (%s)",
+                        self.prefix, allowed, seq, ", ".join(f"{n} at {p}" for n, p in sorted(positions.items())))
+            seq = allowed
+        # `durakv log truncate` may have moved the first seq on beside us: start from etcd's.
+        first, first_unmoved = first_and_guard(client, keys)
+        self.first_seq = max(self.first_seq, first)
+        if seq < self.first_seq:
+            return []
+        reply = client.txn([cmp_mod(keys.leader, self._leader_revision), first_unmoved],
+                           drop_ops(keys, self.first_seq, seq), [get_op(keys.leader)])
         if not reply.get("succeeded"):
+            leader_kvs = kvs_of(reply["responses"][0]["response_range"])
+            if leader_kvs and int(leader_kvs[0]["mod_revision"]) == self._leader_revision:
+                logger.info("etcd log %s: the first seq moved while dropping (durakv log truncate); the next "
+                            "round drops from there", self.prefix)
+                return []
             self._deposed = "the leader key changed (seen while dropping records)"
             raise LeaseLost(f"etcd log {self.prefix}: {self._deposed}")
         dropped = [f"{self.path}/log/{self.first_seq}..{seq}"]

@@ -4,10 +4,14 @@ Keys, under a shard's prefix P (e.g. "durakv/shard-000"):
     P/log/<seq, 20 digits>  one record: header (epoch u64, parts u32, little-endian) + payload,
                             or, for a payload over max_txn_bytes, the header alone, with
     P/part/<seq>/<i, 6 digits>  its parts 0..parts-1, written (fenced) before the record key
-    P/leader                the current writer: JSON {holder, epoch, lease, pid, boot[, node, advertise]},
+    P/leader                the current writer: JSON {holder, epoch, lease, pid, boot[, node, advertise,
+                            client, tls_client]} (client: its shard port, shards/standby.py),
                             bound to its etcd lease
     P/epoch                 the highest epoch ever taken (never deleted, so epochs only grow)
     P/first                 the first seq retained (absent: 1); moves when records are dropped
+    P/replica/<name>        JSON {seq, node, pid}: a replica applied the log through seq (bound to
+                            the replica's etcd lease; records it still needs are not dropped,
+                            log/etcd_positions.py)
     P/restored              JSON {seq, epoch}: `durakv restore` cut the log after seq at epoch;
                             a snapshot past seq with an older epoch belongs to the discarded history
 and, per deployment prefix D (P is D/shard-NNN), D/shards: its shard count.
@@ -74,6 +78,17 @@ class Keys:
     @property
     def restored(self) -> bytes:
         return self.base + b"/restored"
+
+    @property
+    def replicas_start(self) -> bytes:
+        return self.base + b"/replica/"
+
+    @property
+    def replicas_end(self) -> bytes:
+        return self.base + b"/replica0"  # "/" + 1: every key under replica/
+
+    def replica(self, name: str) -> bytes:
+        return self.replicas_start + name.encode()
 
     @property
     def log_start(self) -> bytes:
@@ -148,6 +163,25 @@ def restore_mark(client: EtcdClient, prefix: str) -> RestoreMark | None:
 def first_seq_at(client: EtcdClient, keys: Keys) -> int:
     kvs = kvs_of(client.range(keys.first))
     return int(unb64(kvs[0]["value"])) if kvs else 1
+
+
+def first_and_guard(client: EtcdClient, keys: Keys) -> tuple[int, dict[str, Any]]:
+    """The first seq retained and a compare that holds while nobody moved it since
+    (whoever drops records: the primary, or `durakv log truncate` beside it)."""
+    kvs = kvs_of(client.range(keys.first))
+    if not kvs:
+        return 1, cmp_absent(keys.first)
+    return int(unb64(kvs[0]["value"])), cmp_mod(keys.first, int(kvs[0]["mod_revision"]))
+
+
+def drop_ops(keys: Keys, first: int, through: int) -> list[dict[str, Any]]:
+    """The operations that drop records first..through (and their parts) and move the
+    first seq on: one transaction, so a reader sees the records gone and P/first moved
+    together."""
+    assert 1 <= first <= through, "a drop removes at least one record"
+    return [{"request_delete_range": {"key": b64(keys.record(first)), "range_end": b64(keys.record(through + 1))}},
+            {"request_delete_range": {"key": b64(keys.parts_of(first)), "range_end": b64(keys.parts_of(through + 1))}},
+            put_op(keys.first, str(through + 1).encode())]
 
 
 def log_ends(client: EtcdClient, keys: Keys) -> tuple[int, int]:

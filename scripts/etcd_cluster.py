@@ -26,10 +26,12 @@ class EtcdCluster:
     """`members` etcd processes forming one cluster on loopback."""
 
     def __init__(self, base_dir: Path, members: int = 3, binary: str = "etcd",
-                 tls: tuple[str, str, str] | None = None) -> None:
+                 tls: tuple[str, str, str] | None = None, extra_args: tuple[str, ...] = ()) -> None:
         """tls: (cert file, key file, CA file) to serve clients over https and require
-        client certificates signed by that CA (peers stay on plain http)."""
+        client certificates signed by that CA (peers stay on plain http). extra_args:
+        more etcd flags for every member (e.g. --auth-token-ttl)."""
         self.base_dir = base_dir
+        self.extra_args = extra_args
         self.binary = binary
         self.tls = tls
         first = free_port(following=2 * members - 1)
@@ -62,7 +64,7 @@ class EtcdCluster:
                 "--initial-cluster", cluster, "--initial-cluster-token", self.token,
                 "--initial-cluster-state", "new" if new else "existing",
                 "--heartbeat-interval", str(HEARTBEAT_MS), "--election-timeout", str(ELECTION_TIMEOUT_MS),
-                "--logger", "zap", "--log-level", "warn"]
+                "--logger", "zap", "--log-level", "warn", *self.extra_args]
         if self.tls:
             cert, key, ca = self.tls
             argv += ["--cert-file", cert, "--key-file", key, "--trusted-ca-file", ca, "--client-cert-auth"]

@@ -129,8 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     dump.add_argument("--from-seq", type=int, default=1)
     dump.add_argument("--limit", type=int)
     truncate = log_sub.add_parser("truncate", help="repair a corrupt shard log: drop the damaged "
-                                  "record and everything after it (dry run without --yes)")
+                                  "record and everything after it (dry run without --yes); on etcd "
+                                  "(--config): drop the records a snapshot covers and every replica applied")
     truncate.add_argument("--data-dir", default=DEFAULTS.data_dir)
+    truncate.add_argument("--config", help=ETCD_CONFIG_HELP)
     truncate.add_argument("--shard", type=int, required=True)
     truncate.add_argument("--yes", action="store_true", help="really drop them")
     from durakv.server import snapshot_cli
@@ -251,11 +253,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _log_tool_with_config(args: argparse.Namespace) -> int:
-    """`durakv log verify|dump --config FILE`: the logs the config names (on etcd with
+    """`durakv log verify|dump|truncate --config FILE`: the logs the config names (on etcd with
     log-backend = "etcd", else in its data dir)."""
     from durakv.log.errors import LogError
-    from durakv.server.etcd_logtool import dump_etcd_log, verify_etcd_logs
-    from durakv.server.logtool import dump_log, render_record, verify_logs
+    from durakv.server.etcd_logtool import dump_etcd_log, truncate_etcd_log, verify_etcd_logs
+    from durakv.server.logtool import dump_log, render_record, truncate_log, verify_logs
     from durakv.shards.log_backend import uses_etcd
 
     try:
@@ -265,6 +267,10 @@ def _log_tool_with_config(args: argparse.Namespace) -> int:
     try:
         if args.log_command == "verify":
             return verify_etcd_logs(config) if uses_etcd(config) else verify_logs(config.data_dir)
+        if args.log_command == "truncate":
+            if uses_etcd(config):
+                return truncate_etcd_log(config, args.shard, args.yes)
+            return truncate_log(config.data_dir, args.shard, args.yes)
         if uses_etcd(config):
             return dump_etcd_log(config, args.shard, args.from_seq, args.limit, render_record)
         return dump_log(config.data_dir, args.shard, args.from_seq, args.limit)

@@ -1,8 +1,10 @@
-"""`durakv log verify|dump --config FILE` when the config says log-backend = "etcd":
-the shard logs read from etcd (nothing is written, no lease taken). Every record
-etcd shows is committed on a quorum, so what is checked here is the log's shape:
-no gap between the first retained seq and the last, each record's header and
-parts, epochs that never go back, and a payload that decodes as a record."""
+"""`durakv log verify|dump|truncate --config FILE` when the config says log-backend =
+"etcd": the shard logs on etcd. verify and dump only read (nothing is written, no
+lease taken). Every record etcd shows is committed on a quorum, so what verify
+checks is the log's shape: no gap between the first retained seq and the last, each
+record's header and parts, epochs that never go back, and a payload that decodes as
+a record. truncate drops the records a snapshot in the store covers, as a primary
+does after each snapshot, but never one a live replica on any node still needs."""
 
 from __future__ import annotations
 
@@ -14,7 +16,10 @@ import msgspec
 from durakv.log.errors import LogError
 from durakv.log.etcd_client import EtcdClient
 from durakv.log.etcd_client import unb64
-from durakv.log.etcd_records import Keys, kvs_of, log_ends, no_logs_message, read, recorded_shard_count, shard_prefix
+from durakv.log.etcd_positions import droppable_through
+from durakv.log.etcd_records import (Keys, drop_ops, first_and_guard, kvs_of, log_ends, no_logs_message, read,
+                                     recorded_shard_count, restore_mark, revision_of, shard_prefix)
+from durakv.log.etcd_upkeep import compact_to_floor, floor_prefixes
 from durakv.log.reader import MAX_DUMP_PAYLOAD_CHARS
 from durakv.shards.config import Config
 from durakv.shards.log_backend import etcd_client
@@ -97,3 +102,60 @@ def dump_etcd_log(config: Config, shard: int, from_seq: int, limit: int | None,
         return 1
     return 0
 
+
+
+def truncate_etcd_log(config: Config, shard: int, yes: bool) -> int:
+    """Drop shard `shard`'s records on etcd through the newest snapshot in the store
+    (snapshot-url, else the embedded store under data-dir), but not past the lowest
+    applied seq any live replica published (log/etcd_positions.py). Prints what goes
+    and what holds the rest back; without `yes` a dry run. Safe beside a running
+    primary: the drop is one transaction that holds only while nobody else moved the
+    log's first seq. Exit status 0 done (or nothing to drop), 1 refused."""
+    from durakv.snapshotter.errors import SnapshotterError
+    from durakv.snapshotter.filestore import open_store
+
+    client = etcd_client(config)
+    shards = _shard_count(client, config)
+    if not shards:
+        return 1
+    if not 0 <= shard < shards:
+        print(f"durakv: --shard {shard} is out of range: etcd-prefix {config.etcd_prefix!r} holds {shards} "
+              "shard logs", file=sys.stderr)
+        return 1
+    prefix = shard_prefix(config.etcd_prefix, shard)
+    keys = Keys(prefix.encode())
+    mark = restore_mark(client, prefix)
+    try:
+        store = open_store(config.snapshot_url, config.data_dir)
+        covered = max((s.manifest.seq for s in store.list_snapshots(shard)
+                       if s.complete and (mark is None or not mark.discarded(s.manifest.seq, s.manifest.epoch))),
+                      default=0)
+    except SnapshotterError as e:
+        print(f"durakv: cannot list the snapshots that would cover the records: {e}", file=sys.stderr)
+        return 1
+    first, unmoved = first_and_guard(client, keys)
+    last = log_ends(client, keys)[1]
+    through, positions = droppable_through(client, keys, min(covered, last))
+    held = ", ".join(f"{name} at seq {seq}" for name, seq in sorted(positions.items())) or "none"
+    print(f"etcd:{prefix}: records {first}..{last}; newest snapshot in {store.url}: seq {covered}; "
+          f"replicas: {held}")
+    if through < first:
+        print("nothing to drop: no record before the first retained one is both covered by a snapshot and "
+              "applied by every live replica")
+        return 0
+    print(f"drop: seqs {first}..{through} ({through - first + 1} records)")
+    if not yes:
+        print("dry run: nothing changed; run again with --yes to drop them")
+        return 0
+    reply = client.txn([unmoved], drop_ops(keys, first, through), [])
+    if not reply.get("succeeded"):
+        print(f"durakv: etcd:{prefix}: the log's first seq moved meanwhile (its primary dropped records); "
+              "run the command again", file=sys.stderr)
+        return 1
+    try:
+        compact_to_floor(client, floor_prefixes(client, prefix), revision_of(reply))
+    except LogError as e:
+        print(f"durakv: records dropped, but compacting etcd's history failed ({e}): the etcd user needs "
+              "etcd's root role, or run etcdctl compact", file=sys.stderr)
+    print(f"dropped: etcd:{prefix} now starts at seq {through + 1}")
+    return 0

@@ -204,6 +204,8 @@ class ShardNode(Front):
         self.readonly_ids: set[int] = set()
         if shard.replica is not None:
             self.links[shard.index] = ReplicaGate(self, self.local)
+        # A standby on etcd: where its shard's primary is, as the leader key says.
+        self.standby = shard.replica.etcd if shard.replica is not None else None
         self.home_shard = shard.index
         self.scan_last_slot = shard.slot_range[1]
         self.slot_owner = slot_owner_table(config.shards)
@@ -250,8 +252,15 @@ class ShardNode(Front):
     def moved_message(self, client: Client | None, slot: int, shard: int) -> bytes:
         """MOVED to `shard`'s port of the client's kind: a TLS client is sent to its
         TLS port (as Redis with tls-cluster yes), a plain client to its plain port."""
-        ip = announced_ip(self.config, client.laddr if client is not None else "")
         tls = client is not None and is_tls(client.sock)
+        standby = self.standby
+        if (shard == self.index and standby is not None and standby.primary is not None
+                and self.shard.replica is not None):
+            # A standby on etcd: its primary may be on another node (shards/standby.py).
+            where = standby.primary.for_client(tls)
+            if where:
+                return b"MOVED %d %s" % (slot, where.encode())
+        ip = announced_ip(self.config, client.laddr if client is not None else "")
         port = tls_shard_port(self.config, shard) if tls else shard_port(self.config, shard)
         return b"MOVED %d %s:%d" % (slot, ip, port)
 

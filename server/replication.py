@@ -69,9 +69,13 @@ def info_lines(view) -> list[str]:
     if replica is not None:
         applied = replica.applied_seq
         durable = replica.follower.durable_seq()
+        # On etcd the primary may be on another node: where its leader key says (shards/standby.py).
+        primary = replica.etcd.primary if replica.etcd is not None else None
+        host, port = ((primary.host_port() if primary is not None else None)
+                      or (config.announce_ip or config.bind, shard_port(config, view.index)))
         return [
-            "role:slave", f"master_host:{config.announce_ip or config.bind}",
-            f"master_port:{shard_port(config, view.index)}", "master_link_status:up",
+            "role:slave", f"master_host:{host}",
+            f"master_port:{port}", "master_link_status:up",
             "master_last_io_seconds_ago:0", "master_sync_in_progress:0",
             f"slave_read_repl_offset:{applied}", f"slave_repl_offset:{applied}",
             "slave_priority:100", "slave_read_only:1", "replica_announced:1", "connected_slaves:0",

@@ -17,9 +17,12 @@ import trio
 from durakv.log import LogError
 from durakv.log.etcd_follower import EtcdFollower, Tail
 from durakv.log.etcd_log import holder_is_dead
+from durakv.log.etcd_client import unb64
+from durakv.log.etcd_positions import PositionPublisher
 from durakv.log.etcd_records import Keys, first_seq, kvs_of
 from durakv.shards.config import Config
 from durakv.shards.log_backend import etcd_client, etcd_shard_prefix
+from durakv.shards.standby import PrimaryAddress, primary_address
 
 logger = logging.getLogger("durakv.replica")
 
@@ -34,8 +37,34 @@ class EtcdFollow:
         self.prefix = etcd_shard_prefix(config, index)
         self.follower = EtcdFollower(etcd_client(config), self.prefix)
         self.poll_s = config.etcd_lease_ttl_s / LEADER_POLLS_PER_TTL
+        self.lease_ttl_s = config.etcd_lease_ttl_s
+        self.position: PositionPublisher | None = None   # this replica's applied seq in etcd
         self.node_id = config.node_id
         self._stopped = False
+        self.primary: PrimaryAddress | None = None   # as the leader key said at the last look
+
+    async def publish_position(self, number: int, applied: Callable[[], int]) -> None:
+        """Publish this replica's applied seq in etcd every poll_s (log/etcd_positions.py),
+        so a primary on any node drops no record it still needs; withdrawn on promotion."""
+        name = f"{self.node_id or 'local'}-{number}"
+        self.position = PositionPublisher(self.follower.client.clone(), Keys(self.prefix.encode()), name,
+                                          self.node_id, self.lease_ttl_s)
+        while not self._stopped:
+            try:
+                await trio.to_thread.run_sync(self.position.publish, applied(), abandon_on_cancel=True)
+            except LogError as e:   # out of reach: the position expires, the primary then drops freely
+                logger.warning("etcd log %s: publishing replica %s's position failed (%s); trying again",
+                               self.prefix, name, e)
+            await trio.sleep(self.poll_s)
+
+    def withdraw_position(self) -> None:
+        """A promoted replica holds back no drop (a blocking request, as the promotion's)."""
+        if self.position is not None:
+            try:
+                self.position.withdraw()
+            except LogError as e:
+                logger.warning("etcd log %s: withdrawing a replica position failed (%s); it expires with its "
+                               "lease", self.prefix, e)
 
     def first_seq(self) -> int:
         """The first seq etcd still holds (a replica starting behind it needs a snapshot)."""
@@ -66,20 +95,24 @@ class EtcdFollow:
         it may still deliver is ignored (Replica.apply_followed)."""
         self._stopped = True
 
-    async def wait_leader_free(self) -> None:
-        """Return once the shard has no live leader: its leader key is gone (the holder's
-        etcd lease expired: its node died or was cut off) or names a process of this
-        machine that is gone. The campaign itself (take_lease) decides who leads."""
+    async def watch_leader(self, until_free: bool) -> None:
+        """Read the shard's leader key every poll_s: keep `primary` (where the current
+        primary serves clients, for this standby's MOVED replies, shards/standby.py) up to
+        date and, with until_free, return once the shard has no live leader: its leader
+        key is gone (the holder's etcd lease expired: its node died or was cut off) or
+        names a process of this machine that is gone. The campaign itself (take_lease)
+        decides who leads."""
         client = self.follower.client.clone()
         leader_key = Keys(self.prefix.encode()).leader
 
         def free() -> bool:
             kvs = kvs_of(client.range(leader_key))
+            self.primary = primary_address(unb64(kvs[0]["value"])) if kvs else None
             return not kvs or holder_is_dead(kvs[0]["value"], self.node_id)
 
         while True:
             try:
-                if await trio.to_thread.run_sync(free, abandon_on_cancel=True):
+                if await trio.to_thread.run_sync(free, abandon_on_cancel=True) and until_free:
                     return
             except LogError as e:   # etcd out of reach: nobody can campaign now
                 logger.warning("etcd log %s: reading the leader key failed (%s); trying again", self.prefix, e)

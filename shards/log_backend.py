@@ -71,7 +71,10 @@ def open_shard_log(config: Config, index: int, shard_dir: str, disk: Disk, *, ta
     if config.replicas:
         mirror_lease(etcd_log, log_dir_of(shard_dir))
     if config.node_id:
-        etcd_log.leader_info = {"node": config.node_id, "advertise": config.advertise}
+        from durakv.shards.standby import leader_addresses
+
+        etcd_log.leader_info = {"node": config.node_id, "advertise": config.advertise,
+                                **leader_addresses(config, index)}
     log: ShardLog = etcd_log
     # EtcdLog implements log/interface.py's ShardLog (and the Log attributes the shard reads:
     # recovery, fsync_count, drop_segments_through...); the cast stands until the shard

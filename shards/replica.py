@@ -222,6 +222,7 @@ class Replica:
         started = time.monotonic()
         if self.etcd is not None:
             self.etcd.stop()
+            self.etcd.withdraw_position()
         self.catch_up()
         shard.write_error = None
         shard.db.expiry_paused_until_ms = 0
@@ -277,9 +278,13 @@ async def run_replica(config: Config, index: int, number: int, snapshots: Snapsh
             release_free_heap()  # what the start (snapshot load, log replay) freed
             async with trio.open_nursery() as following:
                 following.start_soon(replica.follow)
+                if replica.etcd is not None:   # what it still needs, for drops on any node
+                    following.start_soon(replica.etcd.publish_position, number, lambda: replica.applied_seq)
                 if replica.etcd is not None and config.node_role == "replica":
                     # A replica node's replicas campaign on their own: no primary runs beside them.
-                    following.start_soon(_then_cancel, replica.etcd.wait_leader_free(), following.cancel_scope)
+                    following.start_soon(_then_cancel, replica.etcd.watch_leader(True), following.cancel_scope)
+                elif replica.etcd is not None:
+                    following.start_soon(replica.etcd.watch_leader, False)   # where MOVED sends clients
                 async for _ in promote_signals:
                     break
                 following.cancel_scope.cancel()
