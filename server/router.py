@@ -15,6 +15,7 @@ from durakv.server.fdlimit import adjust_open_files_limit
 from durakv.server.front import Front, _ignore_reply
 from durakv.server.links import Pending, ShardLink
 from durakv.server.listener import ClientListeners
+from durakv.server.node_links import NodeDirectory
 from durakv.server.settings_sync import SettingsSync
 from durakv.server.txn import Coordinator
 from durakv.server.txn_read import start_read
@@ -36,6 +37,9 @@ class Router(Front):
     def __init__(self, config: Config, index: int = 0) -> None:
         super().__init__(config, index)
         self.links = [ShardLink(self, i, config.data_dir) for i in range(config.shards)]
+        self.directory = NodeDirectory(config) if config.node_id else None
+        for link in self.links:
+            link.directory = self.directory
         self.slot_owner = slot_owner_table(config.shards)
         topology = ensure_topology(config.data_dir, config.shards)
         self.node_id = self.router_node_id = topology["node_id"]
@@ -143,6 +147,8 @@ class Router(Front):
             self.settings.values["maxclients"] = str(maxclients)
             nursery.start_soon(self._flusher)
             nursery.start_soon(self.poller.run)
+            if self.directory is not None:
+                await self.directory.start()
             for link in self.links:
                 nursery.start_soon(link.run)
             await self._wait_for_shards()

@@ -79,6 +79,9 @@ class Config(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields
     node_id: str = ""
     advertise: str = ""
     node_role: str = "primary"
+    # A primary on a node accepts other nodes' routers on link-port-base + shard (0: any free
+    # port); either way the address is published with its leader key (shards/link_auth.py).
+    link_port_base: int = 0
     # A primary on etcd serves reads and writes only while its etcd lease is known valid for this
     # much more (shards/lease_guard.py): the clock-drift margin between this machine and etcd's.
     etcd_lease_margin_ms: int = 500
@@ -174,6 +177,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "shards": (0, 1024),  # 0: one per CPU core
     "replicas": (0, 8),
     "replica_port_base": (0, 65535),  # 0: after the shard ports
+    "link_port_base": (0, 65535),  # 0: any free port, published in etcd
     "tls_replica_port_base": (0, 65535),  # 0: after the TLS shard ports
     "lease_duration_ms": (50, 600_000),
     "routers": (1, 64),

@@ -1,0 +1,136 @@
+"""Routing across nodes (issue 15): a router forwards a shard's commands to its current
+primary on whichever node holds it, over an authenticated TCP link.
+
+Two `durakv serve` trees on one host stand for two machines sharing their shard logs on
+a real 3-member etcd cluster (tests/etcd_support.py): node a runs the primaries, node b
+(node-role replica) only replicas."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import socket
+import time
+import uuid
+
+import redis
+
+from conftest import DurakvServer
+from durakv.log.etcd_client import EtcdClient, unb64
+from durakv.log.etcd_nodes import read_leaders
+from durakv.shards.frames import encode_frame
+from test_durability import AckedSets
+from test_etcd_backend import etcd_config
+from test_etcd_failover import _retry, _shard_of, _until
+
+TTL_S = 2
+WRITERS = 8
+SHARDS = 2
+
+
+def _nodes(server_factory, tmp_path, etcd_cluster, replicas_on_b: int = 1):
+    prefix = f"xnode-{uuid.uuid4().hex[:8]}"
+    common = f"etcd-lease-ttl-s = {TTL_S}\nsnapshotter = false\n"
+    node_a = server_factory(shards=SHARDS, extra_args=(
+        "--config", etcd_config(tmp_path, etcd_cluster.endpoints, prefix, common), "--node-id", "a",
+        "--advertise", "127.0.0.1:7000"))
+    node_b = DurakvServer(tmp_path / "node-b", shards=SHARDS, extra_args=(
+        "--config", etcd_config(tmp_path, etcd_cluster.endpoints, prefix, common + f"replicas = {replicas_on_b}\n"),
+        "--node-id", "b", "--node-role", "replica", "--advertise", "127.0.0.1:7001"))
+    node_b.start(wait=False)
+    return prefix, node_a, node_b
+
+
+def _key_on(client: redis.Redis, shard: int, stem: str) -> str:
+    return next(f"{stem}{i}" for i in range(1000) if _shard_of(client, f"{stem}{i}", SHARDS) == shard)
+
+
+def test_router_forwards_to_primaries_on_another_node_and_follows_a_failover(etcd_cluster, server_factory,
+                                                                             tmp_path):
+    """A client of node b's router reads and writes keys of both shards, whose primaries
+    are on node a; kill -9 of node a under 8 writers through node b: node b's replicas
+    take over and the same writers go on through node b, and every write node b
+    acknowledged, before and after, is there."""
+    _prefix, node_a, node_b = _nodes(server_factory, tmp_path, etcd_cluster)
+    try:
+        a, b = node_a.client(), node_b.client()
+        for shard in range(SHARDS):
+            key = _key_on(b, shard, "k")
+            assert _retry(lambda key=key: b.set(key, f"via-b-{shard}"), f"a write via node b to shard {shard}")
+            assert a.get(key) == f"via-b-{shard}".encode()
+            a.set(key, f"via-a-{shard}")
+            assert b.get(key) == f"via-a-{shard}".encode()
+        keys = [_key_on(b, shard, "m") for shard in range(SHARDS)]
+        assert b.mset({keys[0]: "x", keys[1]: "y"})   # a cross-shard transaction through node b
+        assert a.mget(keys) == [b"x", b"y"]
+        assert "on node 'a'" in node_b.log()
+        sets = AckedSets(node_b.port, WRITERS, socket_timeout_s=20)
+        acked = sets.acked
+        _until(lambda: len(acked) > 100, "writes through node b to node a's primaries")
+        through_a = len(acked)
+        node_a.kill9()
+        killed_at = time.monotonic()
+        _until(lambda: len(acked) > through_a + 200, "writes through node b after node a died")
+        print(f"kill -9 of node a: {len(acked) - through_a} more writes acknowledged through node b within "
+              f"{time.monotonic() - killed_at:.2f} s ({through_a} before)")
+        sets.stop(join_timeout_s=30)
+        assert not sets.missing(lambda chunk: _retry(lambda: b.mget(chunk), "node b's shards")), \
+            "a write acknowledged through node b was lost"
+        assert node_b.log().count("leader key is free; campaigning") >= SHARDS
+    finally:
+        node_b.discard()
+
+
+def _link_address(etcd_cluster, prefix: str) -> tuple[str, int]:
+    def entry():
+        return read_leaders(EtcdClient(etcd_cluster.endpoints), prefix)[1].get(0)
+    link = _until(entry, "shard 0's leader entry")["link"]
+    host, _, port = link.rpartition(":")
+    return host, int(port)
+
+
+def _closed_without_reply(sock: socket.socket) -> bool:
+    """Whether the peer closes the connection, having sent nothing but its challenge."""
+    sock.settimeout(10)
+    received = b""
+    while True:
+        try:
+            chunk = sock.recv(4096)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        received += chunk
+    return len(received) <= 8 + 32   # MAGIC + nonce, nothing after
+
+
+def test_a_link_without_the_secret_is_refused(etcd_cluster, server_factory, tmp_path):
+    """A shard's link port answers no frame of a peer that skips the handshake, or
+    answers it without the link secret; the secret's holder gets replies."""
+    prefix, node_a, node_b = _nodes(server_factory, tmp_path, etcd_cluster, replicas_on_b=1)
+    try:
+        node_a.client().set("k", "v")
+        host, port = _link_address(etcd_cluster, prefix)
+        request = encode_frame([(1, 1, 2, [b"SET", b"k", b"stolen"])])
+        skipper = socket.create_connection((host, port))
+        skipper.sendall(request)
+        assert _closed_without_reply(skipper)
+        liar = socket.create_connection((host, port))
+        hello = liar.recv(40)
+        liar.sendall(b"n" * 32 + hmac.new(b"guess", b"router" + hello[8:] + b"n" * 32, hashlib.sha256).digest())
+        liar.sendall(request)
+        assert _closed_without_reply(liar)
+        assert node_a.client().get("k") == b"v"
+        _until(lambda: node_a.log().count("refused an internal link") >= 2, "the refusals in node a's log")
+        secret = unb64(EtcdClient(etcd_cluster.endpoints).range(f"{prefix}/link-secret".encode())["kvs"][0]["value"])
+        holder = socket.create_connection((host, port))
+        hello = holder.recv(40)
+        nonce = b"c" * 32
+        holder.sendall(nonce + hmac.new(secret, b"router" + hello[8:] + nonce, hashlib.sha256).digest())
+        assert holder.recv(32) == hmac.new(secret, b"shard" + hello[8:] + nonce, hashlib.sha256).digest()
+        holder.sendall(encode_frame([(1, 1, 2, [b"GET", b"k"])]))
+        holder.settimeout(10)
+        assert b"v" in holder.recv(4096)
+        assert host == "127.0.0.1"   # --advertise's host
+    finally:
+        node_b.discard()
