@@ -1,18 +1,21 @@
-"""Where each shard's primary accepts internal links, for routers on every node
-(durakv on several machines, issue 15), and the secret those links authenticate with.
+"""Where each shard's primary accepts internal links and which nodes exist, for
+routers and shard ports on every node (durakv on several machines, issue 15), and
+the secret internal links authenticate with.
 
 Keys, under a deployment's prefix D (a shard's log is under D/shard-NNN):
-    D/leaders/shard-NNN  a copy of the shard's leader key (JSON {holder, epoch, node,
-                         advertise, link, ...}), written in the same transaction and
-                         bound to the same etcd lease (log/etcd_log.py take_lease), so
-                         it names the current primary and vanishes with it; one watch on
-                         D/leaders/ follows every shard (a watch on D/ would carry every
-                         log record too)
+    D/cluster/leader/shard-NNN  a copy of the shard's leader key (JSON {holder, epoch,
+                         node, advertise, link, ...}), written in the same transaction
+                         and bound to the same etcd lease (log/etcd_log.py take_lease), so
+                         it names the current primary and vanishes with it
+    D/cluster/node/<id>  what a node serves (JSON: its address, each shard's primary and
+                         replica ports and node ids; server/cluster_view.py), bound to a
+                         lease its router 0 keeps alive, so it vanishes with the node
     D/link-secret        32 random bytes (hex), created once by the first process that
                          needs it: what a router proves it knows before a shard on another
                          node runs its requests (shards/link_auth.py). Whoever can read the
                          deployment's keys can read every value anyway, so etcd's own
-                         access control (etcd-user, TLS) guards it."""
+                         access control (etcd-user, TLS) guards it.
+One watch on D/cluster/ follows both (a watch on D/ would carry every log record too)."""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import logging
 import secrets
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .etcd_client import EtcdClient, EtcdRequestFailed, EtcdUnavailable, unb64
@@ -30,7 +34,8 @@ logger = logging.getLogger("durakv.log")
 
 LINK_SECRET_BYTES = 32
 WATCH_RETRY_PAUSE_S = 0.2
-SHARD_DIGITS = 3
+LEADER_DIR = b"leader/"
+NODE_DIR = b"node/"
 
 
 def deployment_of(shard_prefix: str) -> str:
@@ -41,22 +46,49 @@ def deployment_of(shard_prefix: str) -> str:
     return deployment
 
 
-def leaders_start(deployment: str) -> bytes:
-    return f"{deployment.rstrip('/')}/leaders/".encode()
+def cluster_start(deployment: str) -> bytes:
+    return f"{deployment.rstrip('/')}/cluster/".encode()
 
 
-def leaders_end(deployment: str) -> bytes:
-    return f"{deployment.rstrip('/')}/leaders0".encode()  # "/" + 1: every key under leaders/
+def cluster_end(deployment: str) -> bytes:
+    return f"{deployment.rstrip('/')}/cluster0".encode()  # "/" + 1: every key under cluster/
 
 
 def leader_entry_key(shard_prefix: str) -> bytes:
-    """D/leaders/shard-NNN for the shard whose log is under shard_prefix."""
+    """D/cluster/leader/shard-NNN for the shard whose log is under shard_prefix."""
     name = shard_prefix.rstrip("/").rpartition("/")[2]
-    return leaders_start(deployment_of(shard_prefix)) + name.encode()
+    return cluster_start(deployment_of(shard_prefix)) + LEADER_DIR + name.encode()
 
 
-def shard_of_entry(key: bytes) -> int:
-    return int(key[-SHARD_DIGITS:])
+def node_entry_key(deployment: str, node_id: str) -> bytes:
+    return cluster_start(deployment) + NODE_DIR + node_id.encode()
+
+
+@dataclass(slots=True)
+class ClusterState:
+    """What D/cluster/ holds: each shard's leader entry (a shard without a leader is
+    absent) and each live node's entry, by node id."""
+    leaders: dict[int, dict[str, Any]] = field(default_factory=dict)
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def apply(self, deployment: str, kv: dict[str, Any], deleted: bool) -> None:
+        key = unb64(kv["key"])[len(cluster_start(deployment)):]
+        entry = None if deleted else _entry(kv)
+        if key.startswith(LEADER_DIR) and key[len(LEADER_DIR) + 6:].isdigit():
+            shard = int(key[len(LEADER_DIR) + 6:])
+            if entry is None:
+                self.leaders.pop(shard, None)
+            else:
+                self.leaders[shard] = entry
+        elif key.startswith(NODE_DIR):
+            node = key[len(NODE_DIR):].decode(errors="replace")
+            if entry is None:
+                self.nodes.pop(node, None)
+            else:
+                self.nodes[node] = entry
+
+    def copy(self) -> "ClusterState":
+        return ClusterState(dict(self.leaders), dict(self.nodes))
 
 
 def link_secret(client: EtcdClient, deployment: str) -> bytes:
@@ -69,15 +101,13 @@ def link_secret(client: EtcdClient, deployment: str) -> bytes:
     return unb64(client.range(key)["kvs"][0]["value"])
 
 
-def read_leaders(client: EtcdClient, deployment: str) -> tuple[int, dict[int, dict[str, Any]]]:
-    """(revision, {shard: its leader entry}) at one revision."""
-    reply = client.range(leaders_start(deployment), leaders_end(deployment))
-    leaders = {}
+def read_cluster(client: EtcdClient, deployment: str) -> tuple[int, ClusterState]:
+    """(revision, every leader and node entry) at one revision."""
+    reply = client.range(cluster_start(deployment), cluster_end(deployment))
+    state = ClusterState()
     for kv in kvs_of(reply):
-        entry = _entry(kv)
-        if entry is not None:
-            leaders[shard_of_entry(unb64(kv["key"]))] = entry
-    return revision_of(reply), leaders
+        state.apply(deployment, kv, deleted=False)
+    return revision_of(reply), state
 
 
 def _entry(kv: dict[str, Any]) -> dict[str, Any] | None:
@@ -89,48 +119,41 @@ def _entry(kv: dict[str, Any]) -> dict[str, Any] | None:
     return entry if isinstance(entry, dict) else None
 
 
-class LeaderWatch:
-    """Follows D/leaders/ in a thread: calls on_change({shard: entry}) with every
-    shard's current leader entry (a shard without a leader is absent) after the first
-    read and after every change; reads again from scratch when a watch fails."""
+class ClusterWatch:
+    """Follows D/cluster/ in a thread: calls on_change(state) after the first read and
+    after every change; reads it all again when a watch fails."""
 
-    def __init__(self, client: EtcdClient, deployment: str,
-                 on_change: Callable[[dict[int, dict[str, Any]]], None]) -> None:
+    def __init__(self, client: EtcdClient, deployment: str, on_change: Callable[[ClusterState], None]) -> None:
         self._client = client
         self._deployment = deployment
         self._on_change = on_change
         self._stream: Any = None
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name=f"etcd leaders {deployment}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"etcd cluster {deployment}", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def _run(self) -> None:
-        start, end = leaders_start(self._deployment), leaders_end(self._deployment)
+        deployment = self._deployment
         while not self._closed:
             try:
-                revision, leaders = read_leaders(self._client, self._deployment)
-                self._on_change(dict(leaders))
-                stream = self._stream = self._client.watch(start, end, revision + 1)
+                revision, state = read_cluster(self._client, deployment)
+                self._on_change(state.copy())
+                stream = self._stream = self._client.watch(cluster_start(deployment), cluster_end(deployment),
+                                                           revision + 1)
                 try:
                     for result in stream.replies():
                         for event in result.get("events", []):
-                            shard = shard_of_entry(unb64(event["kv"]["key"]))
-                            entry = _entry(event["kv"]) if event.get("type", "PUT") == "PUT" else None
-                            if entry is None:
-                                leaders.pop(shard, None)
-                            else:
-                                leaders[shard] = entry
+                            state.apply(deployment, event["kv"], deleted=event.get("type", "PUT") != "PUT")
                         if result.get("events"):
-                            self._on_change(dict(leaders))
+                            self._on_change(state.copy())
                 finally:
                     stream.close()
             except (EtcdUnavailable, EtcdRequestFailed, OSError, ValueError) as e:
                 if self._closed:
                     return
-                logger.warning("etcd: following the leader keys under %s failed (%s); reading them again",
-                               self._deployment, e)
+                logger.warning("etcd: following %s failed (%s); reading it again", cluster_start(deployment), e)
             if not self._closed:
                 time.sleep(WATCH_RETRY_PAUSE_S)
 
@@ -138,6 +161,42 @@ class LeaderWatch:
         self._closed = True
         if self._stream is not None:
             self._stream.close()
+
+
+class NodeEntry:
+    """This node's entry, D/cluster/node/<id>, bound to a lease kept alive by a thread
+    (renewed every ttl/3; put again under a new lease if etcd expired it)."""
+
+    def __init__(self, client: EtcdClient, deployment: str, node_id: str, entry: dict[str, Any],
+                 ttl_s: int) -> None:
+        self._client = client
+        self._key = node_entry_key(deployment, node_id)
+        self._value = json.dumps(entry).encode()
+        self._ttl_s = ttl_s
+        self._lease = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"etcd node entry {node_id}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _put(self) -> None:
+        self._lease = self._client.lease_grant(self._ttl_s)
+        self._client.txn([], [put_op(self._key, self._value, self._lease)], [])
+
+    def _run(self) -> None:
+        while True:
+            try:
+                if not self._lease or self._client.lease_keepalive(self._lease) <= 0:
+                    self._put()
+            except (EtcdUnavailable, EtcdRequestFailed, OSError, ValueError) as e:
+                logger.warning("etcd: keeping %s failed (%s); trying again", self._key.decode(), e)
+                self._lease = 0
+            if self._stop.wait(self._ttl_s / 3):
+                return
+
+    def close(self) -> None:
+        self._stop.set()
 
 
 def entry_link(entry: dict[str, Any]) -> tuple[str, int] | None:

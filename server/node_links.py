@@ -33,54 +33,70 @@ Address = tuple[str, int]
 
 
 class NodeDirectory:
-    """Each shard's primary, as this node's router sees it: None (here, or nobody)
-    or the (host, port) of another node's link port."""
+    """Each shard's primary and every live node, as this process sees them in etcd
+    (log/etcd_nodes.py): on a router, where each link goes; on routers and shard ports,
+    what CLUSTER SLOTS/SHARDS/NODES and MOVED tell clients (server/cluster_view.py)."""
 
     def __init__(self, config: Config) -> None:
+        from durakv.log.etcd_nodes import ClusterState
+
         self.config = config
         self.node_id = config.node_id
-        self.leaders: dict[int, dict[str, Any]] = {}
+        self.state = ClusterState()
         self.secret: bytes | None = None
-        self._changed = trio.Event()  # set (and replaced) at every change of the leader entries
+        self._changed = trio.Event()  # set (and replaced) at every change of the entries
         self._watch: Any = None
+        self._entry: Any = None
         self._token: trio.lowlevel.TrioToken | None = None
 
-    async def start(self) -> None:
-        """Read the link secret and start following the leader entries."""
-        from durakv.log.etcd_nodes import LeaderWatch
+    async def start(self, links: bool, entry: dict[str, Any] | None = None) -> None:
+        """Start following the cluster's entries; links: read the link secret first (a
+        router); entry: publish it as this node's (router 0)."""
+        from durakv.log.etcd_nodes import ClusterWatch, NodeEntry
 
-        self.secret = await trio.to_thread.run_sync(link_secret, self.config)
+        if links:
+            self.secret = await trio.to_thread.run_sync(link_secret, self.config)
         self._token = trio.lowlevel.current_trio_token()
-        self._watch = LeaderWatch(etcd_client(self.config), self.config.etcd_prefix, self._from_thread)
+        if entry is not None:
+            self._entry = NodeEntry(etcd_client(self.config), self.config.etcd_prefix, self.node_id, entry,
+                                    self.config.etcd_lease_ttl_s)
+            self._entry.start()
+        self._watch = ClusterWatch(etcd_client(self.config), self.config.etcd_prefix, self._from_thread)
         self._watch.start()
 
     def close(self) -> None:
-        if self._watch is not None:
-            self._watch.close()
+        for thread in (self._watch, self._entry):
+            if thread is not None:
+                thread.close()
 
-    def _from_thread(self, leaders: dict[int, dict[str, Any]]) -> None:
-        assert self._token is not None, "leader entries arrived before start()"
+    def _from_thread(self, state: Any) -> None:
+        assert self._token is not None, "entries arrived before start()"
         try:
-            self._token.run_sync_soon(self._update, leaders)
+            self._token.run_sync_soon(self._update, state)
         except trio.RunFinishedError:
             self.close()
 
-    def _update(self, leaders: dict[int, dict[str, Any]]) -> None:
-        self.leaders = leaders
+    def _update(self, state: Any) -> None:
+        self.state = state
         changed, self._changed = self._changed, trio.Event()
         changed.set()
+
+    def leader_node(self, shard: int) -> str | None:
+        """The node id whose process leads the shard (None: nobody, as far as etcd says)."""
+        entry = self.state.leaders.get(shard)
+        return str(entry.get("node", "")) if entry is not None else None
 
     def remote(self, shard: int) -> Address | None:
         """The other node's link port the shard's primary is on (None: connect locally)."""
         from durakv.log.etcd_nodes import entry_link
 
-        entry = self.leaders.get(shard)
+        entry = self.state.leaders.get(shard)
         if entry is None or entry.get("node") == self.node_id:
             return None
         return entry_link(entry)
 
     def holder(self, shard: int) -> str:
-        entry = self.leaders.get(shard)
+        entry = self.state.leaders.get(shard)
         return f"node {entry.get('node')!r} ({entry.get('holder')})" if entry else "nobody"
 
     async def wait_moved(self, shard: int, address: Address | None, cancel_scope: trio.CancelScope) -> None:

@@ -14,6 +14,7 @@ import durakv.shards.commands  # noqa: F401  (registers the shard commands: rout
 from durakv.server.fdlimit import adjust_open_files_limit
 from durakv.server.front import Front, _ignore_reply
 from durakv.server.links import Pending, ShardLink
+from durakv.server.cluster_view import node_entry
 from durakv.server.listener import ClientListeners
 from durakv.server.node_links import NodeDirectory
 from durakv.server.settings_sync import SettingsSync
@@ -148,7 +149,8 @@ class Router(Front):
             nursery.start_soon(self._flusher)
             nursery.start_soon(self.poller.run)
             if self.directory is not None:
-                await self.directory.start()
+                entry = node_entry(self.config, self.router_node_id, self.shard_node_ids) if self.index == 0 else None
+                await self.directory.start(links=True, entry=entry)
             for link in self.links:
                 nursery.start_soon(link.run)
             await self._wait_for_shards()

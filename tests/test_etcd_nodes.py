@@ -17,7 +17,7 @@ import redis
 
 from conftest import DurakvServer
 from durakv.log.etcd_client import EtcdClient, unb64
-from durakv.log.etcd_nodes import read_leaders
+from durakv.log.etcd_nodes import read_cluster
 from durakv.shards.frames import encode_frame
 from test_durability import AckedSets
 from test_etcd_backend import etcd_config
@@ -56,7 +56,8 @@ def test_router_forwards_to_primaries_on_another_node_and_follows_a_failover(etc
         a, b = node_a.client(), node_b.client()
         for shard in range(SHARDS):
             key = _key_on(b, shard, "k")
-            assert _retry(lambda key=key: b.set(key, f"via-b-{shard}"), f"a write via node b to shard {shard}")
+            value = f"via-b-{shard}"
+            assert _retry(lambda key=key, value=value: b.set(key, value), f"a write via node b to shard {shard}")
             assert a.get(key) == f"via-b-{shard}".encode()
             a.set(key, f"via-a-{shard}")
             assert b.get(key) == f"via-a-{shard}".encode()
@@ -83,7 +84,7 @@ def test_router_forwards_to_primaries_on_another_node_and_follows_a_failover(etc
 
 def _link_address(etcd_cluster, prefix: str) -> tuple[str, int]:
     def entry():
-        return read_leaders(EtcdClient(etcd_cluster.endpoints), prefix)[1].get(0)
+        return read_cluster(EtcdClient(etcd_cluster.endpoints), prefix)[1].leaders.get(0)
     link = _until(entry, "shard 0's leader entry")["link"]
     host, _, port = link.rpartition(":")
     return host, int(port)
