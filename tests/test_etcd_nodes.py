@@ -21,7 +21,9 @@ from durakv.log.etcd_nodes import read_cluster
 from durakv.shards.frames import encode_frame
 from test_durability import AckedSets
 from test_etcd_backend import etcd_config
-from test_etcd_failover import _retry, _shard_of, _until
+from redis.cluster import RedisCluster
+from test_etcd_failover import _reply, _retry, _shard_of, _until
+from test_replicas import replica_port
 
 TTL_S = 2
 WRITERS = 8
@@ -133,5 +135,56 @@ def test_a_link_without_the_secret_is_refused(etcd_cluster, server_factory, tmp_
         holder.settimeout(10)
         assert b"v" in holder.recv(4096)
         assert host == "127.0.0.1"   # --advertise's host
+    finally:
+        node_b.discard()
+
+
+def _slots_view(client: redis.Redis) -> list:
+    """CLUSTER SLOTS as (first, last, [(port, id) of each node]), ordered."""
+    return sorted((first, last, [(n[1], n[2]) for n in nodes])
+                  for first, last, *nodes in client.execute_command("CLUSTER", "SLOTS"))
+
+
+def test_cluster_answers_name_every_nodes_primaries_and_replicas(etcd_cluster, server_factory, tmp_path):
+    """CLUSTER SLOTS/SHARDS/NODES on every router and shard port of both nodes name node
+    a's primaries (its shard ports and ids) with node b's replicas; a RedisCluster client
+    given only node b's router finds node a's primaries and reads and writes through them;
+    once node a is killed, node b's answers name its own promoted shards."""
+    _prefix, node_a, node_b = _nodes(server_factory, tmp_path, etcd_cluster)
+    try:
+        a = node_a.client()
+        a_ids = [node_a.shard_client(shard).execute_command("CLUSTER", "MYID").decode() for shard in range(SHARDS)]
+        b_replica_ids = [redis.Redis(port=replica_port(node_b, shard), socket_timeout=10)
+                         for shard in range(SHARDS)]
+        b_replica_ids = [_retry(lambda r=r: r.execute_command("CLUSTER", "MYID"), "node b's replica").decode()
+                         for r in b_replica_ids]
+        expected = sorted((first, last, [(node_a.shard_port(shard), a_ids[shard].encode()),
+                                         (replica_port(node_b, shard), b_replica_ids[shard].encode())])
+                          for shard, (first, last) in enumerate([(0, 8191), (8192, 16383)]))
+        ports = [node_a.client(), node_b.client(), *(node_a.shard_client(s) for s in range(SHARDS)),
+                 *(redis.Redis(port=replica_port(node_b, s), socket_timeout=10) for s in range(SHARDS))]
+        for port in ports:
+            _until(lambda port=port: _slots_view(port) == expected,
+                   f"CLUSTER SLOTS naming both nodes: {_slots_view(port)} != {expected}")
+            nodes_text = port.execute_command("CLUSTER", "NODES")
+            nodes_text = nodes_text.decode() if isinstance(nodes_text, bytes) else str(nodes_text)
+            for shard in range(SHARDS):
+                assert f"{a_ids[shard]} 127.0.0.1:{node_a.shard_port(shard)}@" in nodes_text, nodes_text
+                assert f"{b_replica_ids[shard]} 127.0.0.1:{replica_port(node_b, shard)}@" in nodes_text, nodes_text
+            shards = port.execute_command("CLUSTER", "SHARDS")
+            assert len(shards) == SHARDS and all(len(s[b"nodes"]) == 2 for s in shards), shards
+        cluster = RedisCluster(host="127.0.0.1", port=node_b.port)
+        for i in range(20):
+            cluster.set(f"rc{i}", i)
+        assert [a.get(f"rc{i}") for i in range(20)] == [str(i).encode() for i in range(20)]
+        assert {n.port for n in cluster.get_primaries()} == {node_a.shard_port(s) for s in range(SHARDS)}
+        moved = _reply(redis.Redis(port=replica_port(node_b, 0), socket_timeout=10), "SET", _key_on(a, 0, "x"), 1)
+        assert f"127.0.0.1:{node_a.shard_port(0)}" in str(moved), moved   # a replica's MOVED: to node a
+        node_a.kill9()
+        b = node_b.client()
+        for shard in range(SHARDS):
+            _retry(lambda shard=shard: b.set(_key_on(b, shard, "after"), 1), f"shard {shard} on node b")
+        _until(lambda: {nodes[0][0] for _first, _last, nodes in _slots_view(b)}
+               == {node_b.shard_port(s) for s in range(SHARDS)}, f"node b's primaries in {_slots_view(b)}")
     finally:
         node_b.discard()
