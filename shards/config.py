@@ -239,6 +239,9 @@ def validate(config: Config) -> None:
         raise ValueError('node-role = "replica" runs only replicas: set replicas to 1 or more')
     if config.advertise and not _host_port(config.advertise):
         raise ValueError(f"advertise must be HOST:PORT (where clients reach this node), not {config.advertise!r}")
+    if config.node_id and not config.advertise and config.bind.split()[0] in ("0.0.0.0", "::", "*"):
+        raise ValueError(f"node-id with bind {config.bind!r}: set --advertise HOST:PORT, the address other "
+                         "nodes and clients reach this node at")
     if config.etcd_lease_margin_ms * 2 > config.etcd_lease_ttl_s * 1000:
         raise ValueError(f"etcd-lease-margin-ms ({config.etcd_lease_margin_ms}) must be at most half of "
                          f"etcd-lease-ttl-s ({config.etcd_lease_ttl_s} s); lower it or raise the TTL")

@@ -334,6 +334,8 @@ def test_node_settings_are_checked_at_start(tmp_path):
          'node-role = "replica" runs only replicas: set replicas to 1 or more'),
         (["--config", etcd_config(tmp_path, ["http://127.0.0.1:1"], "x"), "--advertise", "nohost"],
          "advertise must be HOST:PORT"),
+        (["--config", etcd_config(tmp_path, ["http://127.0.0.1:1"], "x"), "--node-id", "a", "--bind", "0.0.0.0"],
+         "node-id with bind '0.0.0.0': set --advertise HOST:PORT"),
         (["--config", etcd_config(tmp_path, ["http://127.0.0.1:1"], "x",
                                   "etcd-lease-ttl-s = 2\netcd-lease-margin-ms = 1500\n")],
          "etcd-lease-margin-ms (1500) must be at most half of etcd-lease-ttl-s (2 s)"),
