@@ -221,19 +221,27 @@ async def serve_link_port(shard: Shard, nursery: trio.Nursery) -> None:
     secret = await trio.to_thread.run_sync(link_secret, shard.config)
     port.sock.listen(ROUTER_CONNECTIONS_MAX)
     logger.info("shard %d: accepting other nodes' routers on %s", shard.index, port.address)
+    handshakes = trio.CapacityLimiter(ROUTER_CONNECTIONS_MAX)  # unauthenticated peers waiting at once
     while True:
         await trio.lowlevel.wait_readable(port.sock)
         try:
             conn, peer = port.sock.accept()
         except BlockingIOError:
             continue
+        if handshakes.available_tokens == 0:
+            logger.warning("shard %d: refused an internal link from %s: %d handshakes already under way",
+                           shard.index, peer, ROUTER_CONNECTIONS_MAX)
+            conn.close()
+            continue
         tune_tcp_link(conn)
-        nursery.start_soon(_serve_remote_router, shard, conn, peer, secret)
+        nursery.start_soon(_serve_remote_router, shard, conn, peer, secret, handshakes)
 
 
-async def _serve_remote_router(shard: Shard, conn: socket.socket, peer: object, secret: bytes) -> None:
+async def _serve_remote_router(shard: Shard, conn: socket.socket, peer: object, secret: bytes,
+                               handshakes: trio.CapacityLimiter) -> None:
     try:
-        await accept_link(conn, secret)
+        async with handshakes:
+            await accept_link(conn, secret)
     except (LinkRefused, OSError) as e:
         logger.warning("shard %d: refused an internal link from %s: %s", shard.index, peer, e)
         conn.close()
