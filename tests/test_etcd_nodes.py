@@ -92,6 +92,16 @@ def _link_address(etcd_cluster, prefix: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    sock.settimeout(10)
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, f"closed after {len(data)} of {size} bytes"
+        data += chunk
+    return data
+
+
 def _closed_without_reply(sock: socket.socket) -> bool:
     """Whether the peer closes the connection, having sent nothing but its challenge."""
     sock.settimeout(10)
@@ -119,7 +129,7 @@ def test_a_link_without_the_secret_is_refused(etcd_cluster, server_factory, tmp_
         skipper.sendall(request)
         assert _closed_without_reply(skipper)
         liar = socket.create_connection((host, port))
-        hello = liar.recv(40)
+        hello = _recv_exactly(liar, 40)
         liar.sendall(b"n" * 32 + hmac.new(b"guess", b"router" + hello[8:] + b"n" * 32, hashlib.sha256).digest())
         liar.sendall(request)
         assert _closed_without_reply(liar)
@@ -127,10 +137,10 @@ def test_a_link_without_the_secret_is_refused(etcd_cluster, server_factory, tmp_
         _until(lambda: node_a.log().count("refused an internal link") >= 2, "the refusals in node a's log")
         secret = unb64(EtcdClient(etcd_cluster.endpoints).range(f"{prefix}/link-secret".encode())["kvs"][0]["value"])
         holder = socket.create_connection((host, port))
-        hello = holder.recv(40)
+        hello = _recv_exactly(holder, 40)
         nonce = b"c" * 32
         holder.sendall(nonce + hmac.new(secret, b"router" + hello[8:] + nonce, hashlib.sha256).digest())
-        assert holder.recv(32) == hmac.new(secret, b"shard" + hello[8:] + nonce, hashlib.sha256).digest()
+        assert _recv_exactly(holder, 32) == hmac.new(secret, b"shard" + hello[8:] + nonce, hashlib.sha256).digest()
         holder.sendall(encode_frame([(1, 1, 2, [b"GET", b"k"])]))
         holder.settimeout(10)
         assert b"v" in holder.recv(4096)
