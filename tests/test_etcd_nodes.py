@@ -92,6 +92,13 @@ def _link_address(etcd_cluster, prefix: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _connect_or_none(host: str, port: int) -> socket.socket | None:
+    try:
+        return socket.create_connection((host, port))
+    except ConnectionRefusedError:
+        return None
+
+
 def _recv_exactly(sock: socket.socket, size: int) -> bytes:
     sock.settimeout(10)
     data = b""
@@ -125,7 +132,8 @@ def test_a_link_without_the_secret_is_refused(etcd_cluster, server_factory, tmp_
         node_a.client().set("k", "v")
         host, port = _link_address(etcd_cluster, prefix)
         request = encode_frame([(1, 1, 2, [b"SET", b"k", b"stolen"])])
-        skipper = socket.create_connection((host, port))
+        # The port listens once the shard has read the link secret, just after it serves.
+        skipper = _until(lambda: _connect_or_none(host, port), "the link port to listen")
         skipper.sendall(request)
         assert _closed_without_reply(skipper)
         liar = socket.create_connection((host, port))
