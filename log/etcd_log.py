@@ -44,6 +44,7 @@ from .etcd_positions import droppable_through
 from .etcd_client import EtcdClient, EtcdRequestFailed, EtcdUnavailable, b64, unb64
 from .etcd_records import (HEADER, MAX_PARTS, Keys, cmp_absent, cmp_mod, drop_ops, first_and_guard, get_op, kvs_of,
                            log_ends, put_op, read, revision_of)
+from .etcd_nodes import leader_entry_key
 from .etcd_upkeep import MemberSize, compact_to_floor, floor_prefixes, member_size
 from .interface import LeaseLike
 from .lease import BOOT_ID, pid_alive
@@ -286,9 +287,10 @@ class EtcdLog:
                         logger.warning("etcd log %s: the leader key is held by %s; waiting %s for it to be "
                                        "free", self.prefix, unb64(held[0]["value"]).decode(errors="replace"),
                                        "as a standby" if wait_s is None else f"up to {wait_s:g} s")
-            reply = self.client.txn(compare, [put_op(keys.epoch, str(epoch).encode()),
-                                              put_op(keys.leader, leader, self._etcd_lease)],
-                                    [get_op(keys.epoch)])
+            puts = [put_op(keys.epoch, str(epoch).encode()), put_op(keys.leader, leader, self._etcd_lease)]
+            if self.leader_info.get("node"):  # a node of several: routers everywhere follow the copy
+                puts.append(put_op(leader_entry_key(self.prefix), leader, self._etcd_lease))
+            reply = self.client.txn(compare, puts, [get_op(keys.epoch)])
             if reply.get("succeeded"):
                 self._leader_revision = revision_of(reply)
                 break

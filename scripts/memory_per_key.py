@@ -247,8 +247,9 @@ def main() -> None:
         # Each row's B/key divides its growth by every key of the tree (a shard holds
         # only its share): the tree's figure is their sum, here without a build child.
         served = [(name, *empty.get(name, (0, 0)), *full[name]) for name in full if name != "snapshot build"]
-        print(f"bytes per key of the tree without a build child: RSS "
-              f"{sum(r[3] - r[1] for r in served) / opts.keys:.0f}, PSS {sum(r[4] - r[2] for r in served) / opts.keys:.0f}"
+        rss_per_key = sum(r[3] - r[1] for r in served) / opts.keys
+        pss_per_key = sum(r[4] - r[2] for r in served) / opts.keys
+        print(f"bytes per key of the tree without a build child: RSS {rss_per_key:.0f}, PSS {pss_per_key:.0f}"
               f" (redis-server {(redis_full - redis_empty) / opts.keys:.0f})")
         d_rss, d_pss = rows[-2][3], rows[-2][4]
         snap_rss, snap_pss = (sum(full.get(name, (0, 0))[i] for name in ("snapshotter", "snapshot build"))

@@ -8,7 +8,9 @@ clients connect to it and never see MOVED (server/cluster_view.py)."""
 from __future__ import annotations
 
 from durakv.server.client import Client
-from durakv.server.cluster_view import Node, announced_ip, cluster_nodes, replica_nodes, replica_online
+from durakv.server.cluster_view import (
+    Node, announced_ip, cluster_nodes, other_replicas, primary_node, replica_nodes, replica_online,
+)
 from durakv.server.info import cluster_lines, shard_states
 from durakv.server.tls import is_tls
 from durakv.shards.args import int_arg
@@ -21,9 +23,11 @@ container("cluster", "cluster", where=ROUTER)
 
 
 def _nodes(client: Client) -> list[Node]:
+    """The primaries, in slot order: on several nodes, each where it leads now."""
     view = client.router
     router_port = view.config.port if view.cluster_node else view.port
-    return cluster_nodes(view.config, view.router_node_id, router_port, view.shard_node_ids)
+    return [primary_node(view.directory, node)
+            for node in cluster_nodes(view.config, view.router_node_id, router_port, view.shard_node_ids)]
 
 
 def _client_port(client: Client, node: Node) -> int:
@@ -32,8 +36,10 @@ def _client_port(client: Client, node: Node) -> int:
 
 
 def _replicas(client: Client, node: Node) -> list[Node]:
+    """This node's replicas of the primary's shard, then the other live nodes' (several nodes)."""
     view = client.router
-    return replica_nodes(view.config, view.router_node_id, node)
+    local = node if not node.ip else node._replace(ip=b"")
+    return [*replica_nodes(view.config, view.router_node_id, local), *other_replicas(view.directory, node)]
 
 
 def _is_myself(client: Client, node: Node) -> bool:
@@ -44,7 +50,7 @@ def _is_myself(client: Client, node: Node) -> bool:
 def _node_up(client: Client, node: Node) -> bool:
     view = client.router
     if node.replica >= 0:
-        return replica_online(view.config, node)
+        return bool(node.ip) or replica_online(view.config, node)  # another node's: listed while it lives
     if node.shard < 0 or view.cluster_node:
         return view.shards_up()
     return bool(view.links[node.shard].up)
@@ -61,7 +67,7 @@ def _holds(client: Client, slot: int) -> bool:
 def cluster_slots(client: Client, argv: list[bytes]):
     ip = announced_ip(client.router.config, client.laddr)
     return [[node.first_slot, node.last_slot,
-             *([ip, _client_port(client, n), n.node_id.encode(), Map([])]
+             *([n.ip or ip, _client_port(client, n), n.node_id.encode(), Map([])]
                for n in [node, *(r for r in _replicas(client, node) if _node_up(client, r))])]
             for node in _nodes(client)]
 
@@ -79,8 +85,8 @@ def cluster_shards(client: Client, argv: list[bytes]):
             entries.append(Map([
                 b"id", node.node_id.encode(),
                 *ports,
-                b"ip", ip,
-                b"endpoint", ip,
+                b"ip", node.ip or ip,
+                b"endpoint", node.ip or ip,
                 b"role", b"master" if node.replica < 0 else b"replica",
                 b"replication-offset", 0,
                 b"health", b"online" if _node_up(client, node) else b"failed",
@@ -101,7 +107,7 @@ def cluster_nodes_(client: Client, argv: list[bytes]):
             port = _client_port(client, node)
             master = "-" if node.replica < 0 else primary.node_id
             slots = f" {node.first_slot}-{node.last_slot}" if node.replica < 0 else ""
-            lines.append(f"{node.node_id} {ip}:{port}@{port + 10000} {flags} {master} 0 0 {epoch} "
+            lines.append(f"{node.node_id} {node.ip.decode() or ip}:{port}@{port + 10000} {flags} {master} 0 0 {epoch} "
                          f"{link}{slots}\n")
     return Verbatim("".join(lines).encode())
 

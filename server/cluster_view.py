@@ -6,13 +6,16 @@ ports, plain clients the plain ones (Redis with tls-cluster yes)."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from durakv.log.lease import pid_alive
 from durakv.server.topology import replica_node_id
 from durakv.shards.config import Config, replica_port, shard_port, tls_replica_port, tls_shard_port
 from durakv.shards.replica_board import STATE_ONLINE, ReplicaBoard, ReplicaSlot
 from durakv.shards.slots import SLOT_COUNT, slot_ranges
+
+if TYPE_CHECKING:
+    from durakv.server.node_links import NodeDirectory
 
 
 class Node(NamedTuple):
@@ -23,6 +26,7 @@ class Node(NamedTuple):
     last_slot: int
     shard: int  # -1: the router (announce "router")
     replica: int = -1  # the replica's number; -1: the shard's primary (a master)
+    ip: bytes = b""  # another node's address (server/node_links.py); b"": this node's, announced_ip
 
 
 def announced_ip(config: Config, laddr: str) -> bytes:
@@ -69,3 +73,56 @@ def replica_nodes(config: Config, router_node_id: str, primary: Node) -> list[No
 def replica_online(config: Config, node: Node) -> bool:
     return any(slot.number == node.replica and slot.state == STATE_ONLINE
                for slot in replica_slots(config, node.shard))
+
+
+# --- nodes on several machines (node-id set; server/node_links.py) -----------------------
+
+def node_ip(config: Config) -> str:
+    """The address other nodes' clients are told for this node's ports: announce-ip,
+    else --advertise's host, else the bind address."""
+    return config.announce_ip or config.advertise.rpartition(":")[0] or config.bind.split()[0]
+
+
+def node_entry(config: Config, router_node_id: str, ids: list[str]) -> dict[str, Any]:
+    """What this node serves (its etcd entry, log/etcd_nodes.py): each shard's primary
+    port and its replicas' ports, with their node ids."""
+    primaries = cluster_nodes(config, router_node_id, config.port, ids)
+    return {"node": config.node_id, "ip": node_ip(config), "role": config.node_role,
+            "shards": [[list(primary[:6]), [list(r[:7]) for r in replica_nodes(config, router_node_id, primary)]]
+                       for primary in primaries]}
+
+
+def _remote(entry: dict[str, Any], shard: int) -> tuple[Node, list[Node]] | None:
+    """Shard `shard`'s primary and replica nodes in another node's entry."""
+    try:
+        primary, replicas = entry["shards"][shard]
+        ip = str(entry["ip"]).encode()
+        return Node._make([*primary[:6], -1, ip]), [Node._make([*replica[:7], ip]) for replica in replicas]
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+
+
+def primary_node(directory: NodeDirectory | None, local: Node) -> Node:
+    """The shard's primary as clients are told it: another node's when that node leads
+    the shard (and has published its entry), else this node's."""
+    if directory is None or local.shard < 0:
+        return local
+    leader = directory.leader_node(local.shard)
+    if leader is None or leader == directory.node_id:
+        return local
+    remote = _remote(directory.state.nodes.get(leader, {}), local.shard)
+    return remote[0] if remote is not None else local
+
+
+def other_replicas(directory: NodeDirectory | None, primary: Node) -> list[Node]:
+    """The shard's replicas on the other live nodes (not the leading one)."""
+    if directory is None or primary.shard < 0:
+        return []
+    leader = directory.leader_node(primary.shard)
+    out: list[Node] = []
+    for node_id, entry in sorted(directory.state.nodes.items()):
+        if node_id not in (directory.node_id, leader):
+            remote = _remote(entry, primary.shard)
+            if remote is not None:
+                out += remote[1]
+    return out

@@ -127,6 +127,7 @@ class Front(ABC):
     scan_last_slot = SLOT_COUNT - 1  # SCAN hands on to the next shard until past this slot
     scripts_in_flight = 0  # EVAL/FCALL sent to shards and not answered yet (server/links.py counts)
     settings_sync: Any  # SettingsSync (imported by the subclasses)
+    directory: Any = None  # NodeDirectory on a node of several (server/node_links.py)
     slowlog: SlowLog  # the commands answered here (a node shares its shard's)
 
     def __init__(self, config: Config, index: int) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import msgspec
 import trio
@@ -32,7 +32,11 @@ from durakv.shards.frames import (
     EVENTS_RID, LARGE_BYTES, RequestTuple, encode_frame, events_decoder, large_reply_decoder, large_request,
     reply_batch_decoder,
 )
+from durakv.shards.link_auth import LinkRefused
 from durakv.shards.unixsock import connect_unix, peer_allowed, peer_credentials
+
+if TYPE_CHECKING:
+    from durakv.server.node_links import NodeDirectory
 
 logger = logging.getLogger("durakv.router")
 
@@ -91,6 +95,8 @@ class ShardLink:
         # With replicas: the shard's log lease, to leave a primary a replica took over from
         # (paused, its socket still open) for the new one (log/FORMAT.md, "Leases and fencing").
         self.lease_watch = LeaseWatch(shard_log_dir(data_dir, index)) if router.config.replicas else None
+        # On a node (node-id set): where the shard's primary is, on this node or another one.
+        self.directory: NodeDirectory | None = None
         self.sock: socket.socket | None = None
         self.up = False
         self.ever_up = trio.Event()
@@ -166,31 +172,35 @@ class ShardLink:
     async def run(self) -> None:
         """Connect, serve, and on failure fail everything in flight and retry."""
         backoff_s = RECONNECT_BACKOFF_MIN_S
+        directory = self.directory
+        refused = ""
         while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            remote = directory.remote(self.index) if directory is not None else None
+            where = f" on {directory.holder(self.index)} at {remote[0]}:{remote[1]}" if directory and remote else ""
             try:
-                connect_unix(sock, self.address)
-                if not peer_allowed(sock, f"router link to shard {self.index}"):
-                    raise PermissionError(f"{self.address} is served by another user")
-                if self.lease_watch is not None and self.lease_watch.deposed(peer_credentials(sock)[0]):
-                    raise ConnectionRefusedError(f"{self.address} is still the deposed primary's")
-            except OSError:
-                sock.close()
+                if directory is not None and remote is not None:
+                    sock = await directory.connect(remote)
+                else:
+                    sock = self._connect_local()
+            except (OSError, LinkRefused) as e:
+                if where and str(e) != refused:
+                    refused = str(e)
+                    logger.warning("router: no link to shard %d's primary%s: %s", self.index, where, e)
                 await trio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, RECONNECT_BACKOFF_MAX_S)
                 continue
-            backoff_s = RECONNECT_BACKOFF_MIN_S
-            sock.setblocking(False)
-            tune_socket(sock)
+            backoff_s, refused = RECONNECT_BACKOFF_MIN_S, ""
             self.sock = sock
             self.up = True
             self.ever_up.set()
-            logger.info("router: connected to shard %d", self.index)
+            logger.info("router: connected to shard %d%s", self.index, where)
             self.router.on_link_change()
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._sender, nursery.cancel_scope)
-                    if self.lease_watch is not None:
+                    if directory is not None:
+                        nursery.start_soon(directory.wait_moved, self.index, remote, nursery.cancel_scope)
+                    if self.lease_watch is not None and remote is None:
                         nursery.start_soon(self.lease_watch.run, self.index, peer_credentials(sock)[0],
                                            nursery.cancel_scope)
                     await self._receiver()
@@ -202,6 +212,22 @@ class ShardLink:
                 self._fail_in_flight()
                 self.router.on_link_change()
             logger.warning("router: lost shard %d; answering its slots with CLUSTERDOWN", self.index)
+
+    def _connect_local(self) -> socket.socket:
+        """The link to the shard's primary on this machine, over its Unix socket."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            connect_unix(sock, self.address)
+            if not peer_allowed(sock, f"router link to shard {self.index}"):
+                raise PermissionError(f"{self.address} is served by another user")
+            if self.lease_watch is not None and self.lease_watch.deposed(peer_credentials(sock)[0]):
+                raise ConnectionRefusedError(f"{self.address} is still the deposed primary's")
+        except OSError:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        tune_socket(sock)
+        return sock
 
     def busy_script(self, threshold_ms: int) -> bool | None:
         """None, or whether the script running past threshold_ms is an EVAL (not a function)."""

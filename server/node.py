@@ -22,10 +22,11 @@ import trio
 
 import durakv.server.commands  # noqa: F401  (registers the router's own commands)
 from durakv.server.client import ERR_CROSSSLOT, NODE_CLIENT_ID_BASE, Client
-from durakv.server.cluster_view import announced_ip
+from durakv.server.cluster_view import Node, announced_ip, primary_node
 from durakv.server.front import Front, Gather
 from durakv.server.links import SCRIPT_NONE, Pending
 from durakv.server.listener import ClientListeners
+from durakv.server.node_links import NodeDirectory
 from durakv.server.tls import is_tls
 from durakv.server.settings_sync import SettingsSync
 from durakv.server.topology import ensure_topology, replica_node_id, shard_node_ids
@@ -37,7 +38,7 @@ from durakv.shards.process import ClientPort
 from durakv.shards.luaenv import scripting_of
 from durakv.shards.shard import Shard
 from durakv.shards.shard_settings import SHARD_PARAMS
-from durakv.shards.slots import key_slot, slot_owner_table
+from durakv.shards.slots import key_slot, slot_owner_table, slot_ranges
 from durakv.shards.table import Merge, lookup
 
 logger = logging.getLogger("durakv.node")
@@ -224,6 +225,8 @@ class ShardNode(Front):
         scripting_of(shard.db).on_publish = self.pubsub.publish_here_and_forward
         self.port = (shard_port(config, shard.index) if shard.replica is None
                      else replica_port(config, shard.index, self.replica_number))
+        self.directory = NodeDirectory(config) if config.node_id else None
+        self.slot_ranges = slot_ranges(config.shards)
 
     def forget(self, client: Client) -> None:
         self.readonly_ids.discard(client.id)
@@ -262,6 +265,10 @@ class ShardNode(Front):
                 return b"MOVED %d %s" % (slot, where.encode())
         ip = announced_ip(self.config, client.laddr if client is not None else "")
         port = tls_shard_port(self.config, shard) if tls else shard_port(self.config, shard)
+        if self.directory is not None:  # the shard's primary may be on another node
+            first, last = self.slot_ranges[shard]
+            primary = primary_node(self.directory, Node(self.shard_node_ids[shard], port, port, first, last, shard))
+            ip, port = primary.ip or ip, primary.tls_port if tls else primary.port
         return b"MOVED %d %s:%d" % (slot, ip, port)
 
     def moved_error(self, client: Client | None, shard: int, argv: list[bytes]) -> bytes:
@@ -321,6 +328,8 @@ class ShardNode(Front):
                 # Replicas too: CONFIG SET, ACL changes and PUBLISH reach every port.
                 await nursery.start(self.settings_sync.serve)
                 self.pubsub.start(nursery, self.settings_sync.peer_paths)
+                if self.directory is not None:
+                    await self.directory.start(links=False)
                 nursery.start_soon(self._flusher)
                 nursery.start_soon(self.poller.run)
                 nursery.start_soon(self.local.run)

@@ -14,7 +14,9 @@ import durakv.shards.commands  # noqa: F401  (registers the shard commands: rout
 from durakv.server.fdlimit import adjust_open_files_limit
 from durakv.server.front import Front, _ignore_reply
 from durakv.server.links import Pending, ShardLink
+from durakv.server.cluster_view import node_entry
 from durakv.server.listener import ClientListeners
+from durakv.server.node_links import NodeDirectory
 from durakv.server.settings_sync import SettingsSync
 from durakv.server.txn import Coordinator
 from durakv.server.txn_batch import start_write
@@ -38,6 +40,9 @@ class Router(Front):
     def __init__(self, config: Config, index: int = 0) -> None:
         super().__init__(config, index)
         self.links = [ShardLink(self, i, config.data_dir) for i in range(config.shards)]
+        self.directory = NodeDirectory(config) if config.node_id else None
+        for link in self.links:
+            link.directory = self.directory
         self.slot_owner = slot_owner_table(config.shards)
         topology = ensure_topology(config.data_dir, config.shards)
         self.node_id = self.router_node_id = topology["node_id"]
@@ -145,6 +150,9 @@ class Router(Front):
             self.settings.values["maxclients"] = str(maxclients)
             nursery.start_soon(self._flusher)
             nursery.start_soon(self.poller.run)
+            if self.directory is not None:
+                entry = node_entry(self.config, self.router_node_id, self.shard_node_ids) if self.index == 0 else None
+                await self.directory.start(links=True, entry=entry)
             for link in self.links:
                 nursery.start_soon(link.run)
             await self._wait_for_shards()

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from durakv.server.client import Client, ClientPoller
     from durakv.server.links import Pending, ShardLink
     from durakv.server.monitor import Monitors
+    from durakv.server.node_links import NodeDirectory
     from durakv.server.pubsub import PubSub
     from durakv.server.tracking import Tracking
     from durakv.server.settings import Settings
@@ -88,6 +89,8 @@ class RouterView(Protocol):
     """The shard keyless, not fanned-out commands run on."""
     shard_node_ids: list[str]
     router_node_id: str
+    directory: NodeDirectory | None
+    """On a node of several (node-id set): each shard's primary and the live nodes (server/node_links.py)."""
 
     @property
     def poller(self) -> ClientPoller: ...

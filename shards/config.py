@@ -79,6 +79,9 @@ class Config(msgspec.Struct, kw_only=True, rename="kebab", forbid_unknown_fields
     node_id: str = ""
     advertise: str = ""
     node_role: str = "primary"
+    # A primary on a node accepts other nodes' routers on link-port-base + shard (0: any free
+    # port); either way the address is published with its leader key (shards/link_auth.py).
+    link_port_base: int = 0
     # A primary on etcd serves reads and writes only while its etcd lease is known valid for this
     # much more (shards/lease_guard.py): the clock-drift margin between this machine and etcd's.
     etcd_lease_margin_ms: int = 500
@@ -174,6 +177,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "shards": (0, 1024),  # 0: one per CPU core
     "replicas": (0, 8),
     "replica_port_base": (0, 65535),  # 0: after the shard ports
+    "link_port_base": (0, 65535),  # 0: any free port, published in etcd
     "tls_replica_port_base": (0, 65535),  # 0: after the TLS shard ports
     "lease_duration_ms": (50, 600_000),
     "routers": (1, 64),
@@ -235,6 +239,9 @@ def validate(config: Config) -> None:
         raise ValueError('node-role = "replica" runs only replicas: set replicas to 1 or more')
     if config.advertise and not _host_port(config.advertise):
         raise ValueError(f"advertise must be HOST:PORT (where clients reach this node), not {config.advertise!r}")
+    if config.node_id and not config.advertise and config.bind.split()[0] in ("0.0.0.0", "::", "*"):
+        raise ValueError(f"node-id with bind {config.bind!r}: set --advertise HOST:PORT, the address other "
+                         "nodes and clients reach this node at")
     if config.etcd_lease_margin_ms * 2 > config.etcd_lease_ttl_s * 1000:
         raise ValueError(f"etcd-lease-margin-ms ({config.etcd_lease_margin_ms}) must be at most half of "
                          f"etcd-lease-ttl-s ({config.etcd_lease_ttl_s} s); lower it or raise the TTL")

@@ -71,15 +71,25 @@ def open_shard_log(config: Config, index: int, shard_dir: str, disk: Disk, *, ta
     if config.replicas:
         mirror_lease(etcd_log, log_dir_of(shard_dir))
     if config.node_id:
+        from durakv.shards.link_auth import LinkPort
         from durakv.shards.standby import leader_addresses
 
         etcd_log.leader_info = {"node": config.node_id, "advertise": config.advertise,
+                                "link": LinkPort.of_process(config, index).address,
                                 **leader_addresses(config, index)}
     log: ShardLog = etcd_log
     # EtcdLog implements log/interface.py's ShardLog (and the Log attributes the shard reads:
     # recovery, fsync_count, drop_segments_through...); the cast stands until the shard
     # holds its log as a ShardLog.
     return cast(Log, log)
+
+
+def link_secret(config: Config) -> bytes:
+    """The deployment's secret for internal links between nodes (log/etcd_nodes.py);
+    a request to etcd: call it from a thread."""
+    from durakv.log.etcd_nodes import link_secret as read_or_create
+
+    return read_or_create(etcd_client(config), config.etcd_prefix)
 
 
 def mirror_lease(etcd_log: EtcdLog, log_dir: str) -> None:

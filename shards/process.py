@@ -20,6 +20,8 @@ from durakv.shards.frames import (
     EVENTS_RID, LARGE_BYTES, VERB_TRACKING, Reply, Request, encode_events, encode_frame, large_reply,
     large_request_decoder, request_batch_decoder,
 )
+from durakv.shards.link_auth import LinkPort, LinkRefused, accept_link, tune_tcp_link
+from durakv.shards.log_backend import link_secret
 from durakv.shards.luaenv import scripting_of
 from durakv.shards.malloc_stats import release_free_heap
 from durakv.shards.shard import Shard, SnapshotHooks
@@ -195,6 +197,8 @@ async def serve_primary(shard: Shard, nursery: trio.Nursery, client_port: Client
         nursery.start_soon(shard.txn.drain_loop)
         if shard.snapshots is not None:
             nursery.start_soon(shard.release_loop)
+        if config.node_id:
+            nursery.start_soon(serve_link_port, shard, nursery)
         while True:
             await trio.lowlevel.wait_readable(listener)
             try:
@@ -209,3 +213,39 @@ async def serve_primary(shard: Shard, nursery: trio.Nursery, client_port: Client
     finally:
         listener.close()
         shard.wal.close()
+
+
+async def serve_link_port(shard: Shard, nursery: trio.Nursery) -> None:
+    """On a node (node-id set): routers of other nodes over TCP, once each proved it
+    knows the deployment's link secret (shards/link_auth.py)."""
+    port = LinkPort.bound()
+    assert port is not None, "a shard on a node serves with its link port bound (shards/log_backend.py)"
+    secret = await trio.to_thread.run_sync(link_secret, shard.config)
+    port.sock.listen(ROUTER_CONNECTIONS_MAX)
+    logger.info("shard %d: accepting other nodes' routers on %s", shard.index, port.address)
+    handshakes = trio.CapacityLimiter(ROUTER_CONNECTIONS_MAX)  # unauthenticated peers waiting at once
+    while True:
+        await trio.lowlevel.wait_readable(port.sock)
+        try:
+            conn, peer = port.sock.accept()
+        except BlockingIOError:
+            continue
+        if handshakes.available_tokens == 0:
+            logger.warning("shard %d: refused an internal link from %s: %d handshakes already under way",
+                           shard.index, peer, ROUTER_CONNECTIONS_MAX)
+            conn.close()
+            continue
+        tune_tcp_link(conn)
+        nursery.start_soon(_serve_remote_router, shard, conn, peer, secret, handshakes)
+
+
+async def _serve_remote_router(shard: Shard, conn: socket.socket, peer: object, secret: bytes,
+                               handshakes: trio.CapacityLimiter) -> None:
+    try:
+        async with handshakes:
+            await accept_link(conn, secret)
+    except (LinkRefused, OSError) as e:
+        logger.warning("shard %d: refused an internal link from %s: %s", shard.index, peer, e)
+        conn.close()
+        return
+    await serve_router(shard, conn)

@@ -157,13 +157,15 @@ def test_preload_holds_no_big_module_tables():
             "    n = sys.getsizeof(o)\n"
             "    if isinstance(o, dict): n += sum(size(k, seen, depth + 1) + size(v, seen, depth + 1)"
             " for k, v in list(o.items()))\n"
-            "    elif isinstance(o, (list, tuple, set, frozenset)): n += sum(size(v, seen, depth + 1) for v in list(o))\n"
+            "    elif isinstance(o, (list, tuple, set, frozenset)):\n"
+            "        n += sum(size(v, seen, depth + 1) for v in list(o))\n"
             "    return n\n"
             "seen = set()\n"
             "for name, module in sorted(sys.modules.items()):\n"
             "    if name.startswith('durakv.') and module is not None:\n"
             "        for attr, value in list(vars(module).items()):\n"
-            "            if isinstance(value, (dict, list, tuple, set, frozenset)) or type(value).__name__ == 'array':\n"
+            "            if (isinstance(value, (dict, list, tuple, set, frozenset))\n"
+            "                    or type(value).__name__ == 'array'):\n"
             f"                if size(value, seen) > {MODULE_TABLE_MAX_BYTES}: print(f'{{name}}.{{attr}}')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == ""
