@@ -15,6 +15,7 @@ import trio
 
 from durakv.server.links import LOST, SCRIPT_EVAL, SCRIPT_FUNCTION, Pending, Propagating
 from durakv.server.pause import note_script
+from durakv.server.script_retry import ScriptRetry
 from durakv.shards.evict import OOM_MESSAGE
 from durakv.shards.frames import LARGE_BYTES, VERB_AS_USER, VERB_LITERAL, VERB_ROUTER_IN_MULTI
 from durakv.shards.resp import ProtocolError, RequestParser, ReplyError, encode, encode_error
@@ -406,11 +407,13 @@ class Client:
             note_script(argv[1])
         kind = SCRIPT_FUNCTION if cmd.name.startswith("fcall") else SCRIPT_EVAL
         if not self.user.unrestricted:  # its redis.calls obey the user's rules
-            pending = Pending(self, on_fill=router.acl.script_reply)
             argv = [VERB_AS_USER, self.user.permissions(), *argv]
+            on_fill = router.acl.script_reply
+            pending = ScriptRetry(self, argv, on_fill) if router.scripts_retry else Pending(self, on_fill)
             self.replies.append(router.links[shard].submit(self, self.proto, argv, pending, script=kind))
             return
-        self.replies.append(router.links[shard].submit(self, self.proto, argv, script=kind))
+        retry = ScriptRetry(self, argv) if router.scripts_retry else None  # reaches another shard: runs again
+        self.replies.append(router.links[shard].submit(self, self.proto, argv, retry, script=kind))
 
     # --- transactions -------------------------------------------------------------
 

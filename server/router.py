@@ -37,6 +37,7 @@ class Router(Front):
         super().__init__(config, index)
         self.links = [ShardLink(self, i, config.data_dir) for i in range(config.shards)]
         self.slot_owner = slot_owner_table(config.shards)
+        self.scripts_retry = config.shards > 1
         topology = ensure_topology(config.data_dir, config.shards)
         self.node_id = self.router_node_id = topology["node_id"]
         self.shard_node_ids = shard_node_ids(topology)
@@ -88,6 +89,9 @@ class Router(Front):
 
     def cross_shard(self, client, commands: list[list[bytes]], multi: bool) -> Pending:
         return self.txn.start(client, commands, multi)
+
+    def retry_script(self, client, pending: Pending, run: list[bytes], keys: list[bytes]) -> None:
+        self.txn.start_in(client, pending, [run], keys)
 
     def split(self, client, argv: list[bytes], cmd: Command, indexes: list[int]) -> None:
         if cmd.is_write:  # DEL, UNLINK

@@ -29,6 +29,7 @@ from durakv.shards.lualibs import CJson, CMsgpack, LibError, Struct, bit_library
 from durakv.shards.resp import (
     Map, NullArray, Push, Raw, ReplyError, SetReply, Simple, Verbatim, format_double,
 )
+from durakv.shards.script_undo import Undo
 from durakv.shards.slots import key_slot
 from durakv.shards.table import ROUTER, find
 from durakv.shards.tracking import script_reads
@@ -99,7 +100,7 @@ class Run:
     """One script or function invocation: what redis.call may do and how it converts."""
 
     __slots__ = ("ctx", "read_only", "resp", "name", "effects_before", "is_eval", "started", "killed", "busy",
-                 "command", "reads_reported", "allow_oom")
+                 "command", "reads_reported", "allow_oom", "undo", "non_local")
 
     def __init__(self, ctx: Ctx, read_only: bool, name: bytes, is_eval: bool, command: list[bytes],
                  allow_oom: bool = False) -> None:
@@ -115,6 +116,10 @@ class Run:
         self.killed = False  # SCRIPT KILL / FUNCTION KILL asked for it
         self.busy = False  # past busy-reply-threshold: other requests are answered BUSY
         self.reads_reported = False  # its declared keys went to CLIENT TRACKING (shards/tracking.py)
+        # Through the router, on a shard that does not own every slot: what to put back if
+        # the script reaches another shard's key (shards/script_undo.py), and whether it did.
+        self.undo: Undo | None = None
+        self.non_local = False
 
     def wrote(self) -> bool:
         return len(self.ctx.db.effects) > self.effects_before
@@ -299,6 +304,8 @@ class Scripting:
             return self.error_table(b"ERR internal error in redis.call"), True
 
     def _execute(self, run: Run, args: tuple) -> Any:
+        if run.non_local:  # it reached another shard's key: it runs again across shards, nothing more here
+            raise ScriptCallError(ERR_NON_LOCAL)
         if not args:
             raise ScriptCallError(ERR_NO_ARGS)
         argv = []
@@ -344,9 +351,14 @@ class Scripting:
                 if ctx.db.oom and not run.allow_oom and "denyoom" in cmd.flags and not run.wrote():
                     raise ReplyError(OOM_MESSAGE)  # scriptVerifyOOM: only before the script's first write
                 first, last = ctx.shard.slot_range
-                for i in cmd.key_indexes(argv):
+                indexes = cmd.key_indexes(argv)
+                for i in indexes:
                     if not first <= key_slot(argv[i]) <= last:
+                        if run.undo is not None and run.undo.usable:
+                            run.non_local = run.killed = True  # killed: a pcall cannot go on past it
                         raise ScriptCallError(ERR_NON_LOCAL)
+                if run.undo is not None and cmd.is_write:
+                    run.undo.note_write(ctx, cmd, argv, indexes)
         except ReplyError:
             if stat is not None:
                 stat.rejected += 1  # Redis' scriptCall: refused before call(), a rejected call

@@ -152,6 +152,7 @@ class Shard(GroupCommit):
         self._blocked_wake = trio.Event()
         self.txn = TxnState(self)
         self.txn_busy = False  # keys are locked or requests wait for locks (shards/txn.py)
+        self.batch_from_router = False  # the batch running is a router's (shards/script_undo.py)
 
     # --- startup ----------------------------------------------------------------
 
@@ -260,6 +261,7 @@ class Shard(GroupCommit):
         hold_writes = not self.async_mode or self._async_window_exceeded()
         durable_seq = self.hazards.durable_seq
         pieces = getattr(conn, "takes_pieces", False)  # a router link: big bulk replies uncopied (frames.Pieces)
+        self.batch_from_router = pieces  # a script that reaches another shard's key runs again (script_undo.py)
         now_out = []
         held_out = []  # replies waiting for this batch's own record, held as one list
         for req in requests:

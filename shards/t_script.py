@@ -19,6 +19,7 @@ from durakv.shards.evict import ERR_OOM
 from durakv.shards.luaenv import Run, Scripting, scripting_of, sha1hex
 from durakv.shards.numbers import parse_ll
 from durakv.shards.resp import OK, Raw, ReplyError, Simple, encode, fixed_error
+from durakv.shards.script_undo import NONLOCAL_RETRY, Undo, undo_wanted
 from durakv.shards.table import FANOUT, command, container, keynum_spec, merge_ok, numkeys_keys
 
 MAX_CACHED_SCRIPTS = 100_000  # past this, the oldest cached script is forgotten (EVALSHA: NOSCRIPT)
@@ -94,12 +95,20 @@ def run_script(ctx: Ctx, state: Scripting, function: Any, name: bytes, argv: lis
     if ctx.db.oom and flags is not None and not allow_oom and b"no-writes" not in flags:
         raise ERR_OOM  # a flagged script that may write is denyoom as a whole
     run = state.run = Run(ctx, read_only, name, not for_function, argv, allow_oom)
+    if undo_wanted(ctx):
+        run.undo = Undo(len(ctx.db.events))
     in_multi = ctx.in_multi
     ctx.in_multi = True  # blocking commands inside a script never block
     rt = state.runtime
     try:
         runner = state.boot["run_function" if for_function else "run_eval"]
         ok, result = runner(function, rt.table_from(keys), rt.table_from(args))
+        if run.non_local:  # it reached another shard's key: put everything back, the router runs it again
+            assert run.undo is not None, "non_local is set only with an undo record"
+            state.run = None
+            ctx.in_multi = in_multi
+            run.undo.put_back(ctx)
+            raise ReplyError(NONLOCAL_RETRY)
         if not ok:
             state.uncount_reply(result)
             raise state.failure(result, name)

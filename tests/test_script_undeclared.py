@@ -1,0 +1,129 @@
+"""Scripts whose declared keys are all on one shard but that touch a key of another
+shard, through the router on two shards: they run as on one Redis (the shard puts
+back what the script did, shards/script_undo.py, and the router runs it again across
+shards, server/script_retry.py); on a shard port Redis Cluster's error stays."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import redis
+
+from durakv.shards.slots import key_slot, slot_owner_table
+from test_txn import A, B, B2
+
+# Declares KEYS[1] (shard of A), writes it and a list there, then reaches ARGV[1] (another shard).
+REACH = ("redis.call('SET', KEYS[1], 'v1') redis.call('INCR', KEYS[2]) redis.call('RPUSH', KEYS[3], 'a', 'b') "
+         "local other = redis.call('GET', ARGV[1]) redis.call('SET', ARGV[1], 'from-script') "
+         "return {other, redis.call('GET', KEYS[1]), redis.call('LLEN', KEYS[3])}")
+
+
+def same_shard_keys(like: str, count: int) -> list[str]:
+    """`count` key names on the shard that owns `like` (2-shard server)."""
+    owner = slot_owner_table(2)
+    shard = owner[key_slot(like.encode())]
+    names = [like]
+    i = 0
+    while len(names) < count:
+        name = f"{like}-same-{i}"
+        if owner[key_slot(name.encode())] == shard:
+            names.append(name)
+        i += 1
+    return names
+
+
+def test_keys_used_here_are_where_the_test_needs_them():
+    owner = slot_owner_table(2)
+    k1, k2, k3 = same_shard_keys(A, 3)
+    assert {owner[key_slot(k.encode())] for k in (k1, k2, k3)} == {owner[key_slot(A.encode())]}
+    assert owner[key_slot(A.encode())] != owner[key_slot(B.encode())]
+
+
+def test_a_one_shard_script_that_reaches_another_shard_runs_as_on_one_redis(pair):
+    k1, k2, k3 = same_shard_keys(A, 3)
+    pair.same("SET", k2, "41")
+    pair.same("RPUSH", k3, "old")
+    pair.same("SET", B, "other-shard")
+    pair.same("EVAL", REACH, "3", k1, k2, k3, B)
+    pair.same("MGET", k1, k2, B)
+    pair.same("LRANGE", k3, "0", "-1")
+    # Again by sha, a read-only one, and a function: the same.
+    sha = pair.same("SCRIPT", "LOAD", REACH)
+    pair.same("EVALSHA", sha, "3", k1, k2, k3, B2)
+    pair.same("MGET", k1, k2, B2)
+    pair.same("EVAL_RO", "return {redis.call('GET', KEYS[1]), redis.call('GET', ARGV[1])}", "1", k1, B)
+    # A pcall of the other shard's key goes on as in Redis (the key is there on one node).
+    pair.same("SET", B, "not-a-number")
+    pair.same("EVAL", "redis.call('SET', KEYS[1], 'p') local r = redis.pcall('INCR', ARGV[1]) "
+              "redis.call('SET', KEYS[1], 'q') return r", "1", k1, B)
+    pair.same("MGET", k1, B)
+    # An error after reaching the other shard: the writes before it stay, as in Redis.
+    pair.same("EVAL", "redis.call('SET', KEYS[1], 'before') redis.call('SET', ARGV[1], 'b2') "
+              "redis.call('INCR', KEYS[2]) return 1", "2", k1, k3, B)
+    pair.same("MGET", k1, B)
+
+
+def test_a_one_shard_function_that_reaches_another_shard_runs_as_on_one_redis(pair):
+    k1, _k2, _k3 = same_shard_keys(A, 3)
+    library = ("#!lua name=reachlib\n"
+               "redis.register_function('reach', function(keys, args) "
+               "redis.call('RPUSH', keys[1], 'x') redis.call('RPUSH', args[1], 'y') "
+               "return redis.call('LLEN', keys[1]) + redis.call('LLEN', args[1]) end)")
+    pair.same("FUNCTION", "LOAD", "REPLACE", library)
+    try:
+        pair.same("FCALL", "reach", "1", k1, B)
+        pair.same("FCALL", "reach", "1", k1, B)
+        pair.same("LRANGE", k1, "0", "-1")
+        pair.same("LRANGE", B, "0", "-1")
+    finally:
+        pair.same("FUNCTION", "DELETE", "reachlib")
+
+
+def test_nothing_of_the_thrown_away_attempt_is_seen(server):
+    """A reader of the declared key and the other shard's key never sees the declared
+    key written alone, and no keyspace notification of the attempt put back is sent."""
+    writer = server.client()
+    reader = server.client()
+    writer.flushall()
+    writer.mset({A: "0", B: "0"})
+    writer.config_set("notify-keyspace-events", "KA")
+    sub = server.client().pubsub()
+    sub.subscribe(f"__keyspace@0__:{A}")
+    assert sub.get_message(timeout=5)["type"] == "subscribe"
+    stop = threading.Event()
+    seen: list[list] = []
+
+    def read() -> None:
+        while not stop.is_set():
+            seen.append(reader.mget(A, B))
+
+    t = threading.Thread(target=read)
+    t.start()
+    rounds = 40
+    try:
+        for i in range(1, rounds + 1):
+            assert writer.eval("redis.call('SET', KEYS[1], ARGV[2]) redis.call('SET', ARGV[1], ARGV[2]) return 1",
+                               1, A, B, i) == 1
+    finally:
+        stop.set()
+        t.join()
+        writer.config_set("notify-keyspace-events", "")
+    assert seen and all(a == b for a, b in seen), [s for s in seen if s[0] != s[1]][:5]
+    assert writer.mget(A, B) == [str(rounds).encode()] * 2
+    events = []
+    while (message := sub.get_message(timeout=0.5)) is not None:
+        events.append(message["data"])
+    sub.close()
+    # One notification per committed run (a cross-shard write notifies its RESTORE, ARCHITECTURE.md),
+    # none of the attempt put back (that one would be a `set`).
+    assert b"set" not in events and len(events) == rounds, events
+
+
+def test_on_a_shard_port_a_non_local_key_keeps_redis_clusters_error(server):
+    owner = slot_owner_table(2)
+    node = server.shard_client(owner[key_slot(A.encode())])
+    server.client().delete(A, B)
+    with pytest.raises(redis.ResponseError, match="non local key"):
+        node.eval("redis.call('SET', KEYS[1], 'x') return redis.call('GET', ARGV[1])", 1, A, B)
+    assert node.get(A) == b"x"  # as in Redis Cluster, the write before the error stays
