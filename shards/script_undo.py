@@ -8,8 +8,8 @@ notifications it made, and answers the router NONLOCAL_RETRY, an internal error 
 never reaches a client; the router then runs the script again as a cross-shard
 transaction (server/script_retry.py), whose executor finds the undeclared keys.
 
-The undo record is kept only for such runs (a router's request on a shard that does
-not own every slot, outside MULTI): before a script's write command runs, the state
+The undo record is kept only for such runs (a router's request on a server of several
+shards, outside MULTI: Shard.scripts_undo): before a script's write command runs, the state
 of each key it names is noted once (absent, the value itself when it is an immutable
 string, else its DUMP payload). Putting back is RESTORE/DEL effects, logged in the
 same record as the script's writes, so the log replays to the state memory holds
@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING
 from durakv.shards.engine import run_command
 from durakv.shards.rdb.codec import dump_payload
 from durakv.shards.resp import ReplyError
-from durakv.shards.slots import SLOT_COUNT
 
 if TYPE_CHECKING:
     from durakv.shards.context import Ctx
@@ -93,13 +92,3 @@ class Undo:
                 logger.error("script undo: cannot put %r back: %s", key[:64], e.message.decode(errors="replace"))
         del db.events[self.events_before:]
         ctx.acl_denials.clear()  # the run that commits reports its own
-
-
-def undo_wanted(ctx: Ctx) -> bool:
-    """Whether a script about to run keeps an undo record: a router's request on a
-    shard that does not own every slot, outside MULTI (EXEC's queue runs whole or not
-    at all elsewhere)."""
-    if ctx.in_multi or not getattr(ctx.shard, "batch_from_router", False):
-        return False
-    first, last = ctx.shard.slot_range
-    return not (first == 0 and last == SLOT_COUNT - 1)

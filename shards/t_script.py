@@ -19,7 +19,7 @@ from durakv.shards.evict import ERR_OOM
 from durakv.shards.luaenv import Run, Scripting, scripting_of, sha1hex
 from durakv.shards.numbers import parse_ll
 from durakv.shards.resp import OK, Raw, ReplyError, Simple, encode, fixed_error
-from durakv.shards.script_undo import NONLOCAL_RETRY, Undo, undo_wanted
+from durakv.shards.script_undo import NONLOCAL_RETRY, Undo
 from durakv.shards.table import FANOUT, command, container, keynum_spec, merge_ok, numkeys_keys
 
 MAX_CACHED_SCRIPTS = 100_000  # past this, the oldest cached script is forgotten (EVALSHA: NOSCRIPT)
@@ -95,7 +95,7 @@ def run_script(ctx: Ctx, state: Scripting, function: Any, name: bytes, argv: lis
     if ctx.db.oom and flags is not None and not allow_oom and b"no-writes" not in flags:
         raise ERR_OOM  # a flagged script that may write is denyoom as a whole
     run = state.run = Run(ctx, read_only, name, not for_function, argv, allow_oom)
-    if undo_wanted(ctx):
+    if not ctx.in_multi and getattr(ctx.shard, "scripts_undo", False):  # shards/script_undo.py
         run.undo = Undo(len(ctx.db.events))
     in_multi = ctx.in_multi
     ctx.in_multi = True  # blocking commands inside a script never block

@@ -127,3 +127,40 @@ def test_on_a_shard_port_a_non_local_key_keeps_redis_clusters_error(server):
     with pytest.raises(redis.ResponseError, match="non local key"):
         node.eval("redis.call('SET', KEYS[1], 'x') return redis.call('GET', ARGV[1])", 1, A, B)
     assert node.get(A) == b"x"  # as in Redis Cluster, the write before the error stays
+
+
+def test_the_shard_puts_back_what_the_script_did_and_the_log_replays_to_it():
+    """In process: a router's script on a shard owning half the slots writes three keys
+    (one new, one string with a TTL, one hash) and then reaches a key of the other
+    half: the shard answers TXNONLOCAL, the keyspace is as before, no notification
+    is left, and the logged effects (the script's writes, then their undo) replay
+    to the same state."""
+    import durakv.shards.commands  # noqa: F401  (registers EVAL)
+    from durakv.shards.engine import state_of
+    from durakv.shards.resp import ReplyError
+    from durakv.shards.script_undo import NONLOCAL_RETRY
+    from engine_util import assert_replay_equals_live, call, new_ctx
+
+    ctx = new_ctx()
+    ctx.shard.slot_range = (0, 8191)
+    ctx.shard.scripts_undo = True
+    local = [k for k in (f"u{i}" for i in range(100)) if key_slot(k.encode()) <= 8191][:3]
+    other = next(k for k in (f"o{i}" for i in range(100)) if key_slot(k.encode()) > 8191)
+    s, h, new = local
+    call(ctx, "SET", s, "old")
+    call(ctx, "PEXPIREAT", s, "99999999999999")
+    call(ctx, "HSET", h, "f", "1")
+    ctx.db.notify_flags = 0xFFFF
+    before = state_of(ctx.db)
+    script = ("redis.call('SET', KEYS[1], 'new') redis.call('HSET', KEYS[2], 'g', '2') "
+              "redis.call('RPUSH', KEYS[3], 'x') redis.call('PERSIST', KEYS[1]) "
+              "local ok = redis.pcall('GET', ARGV[1]) redis.call('DEL', KEYS[2]) return 1")
+    reply = call(ctx, "EVAL", script, "3", s, h, new, other)
+    assert isinstance(reply, ReplyError) and reply.message == NONLOCAL_RETRY, reply
+    assert state_of(ctx.db) == before
+    assert ctx.db.expires[s.encode()] == 99999999999999
+    assert ctx.db.events == []
+    assert_replay_equals_live(ctx)
+    ctx.shard.scripts_undo = False  # a shard port: Redis Cluster's error, the writes before it stay
+    call(ctx, "EVAL", script, "3", s, h, new, other)
+    assert call(ctx, "GET", s) == b"new" and call(ctx, "EXISTS", h) == 0
