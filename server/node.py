@@ -220,6 +220,7 @@ class ShardNode(Front):
         shard.event_sinks[self.local] = self.pubsub.keyspace_events
         self.monitors.on_active_change = self._monitor_scripts
         scripting_of(shard.db).on_publish = self.pubsub.publish_here_and_forward
+        scripting_of(shard.db).count_receivers = self.pubsub.receivers_here
         self.port = (shard_port(config, shard.index) if shard.replica is None
                      else replica_port(config, shard.index, self.replica_number))
 

@@ -29,6 +29,7 @@ from durakv.shards.lualibs import CJson, CMsgpack, LibError, Struct, bit_library
 from durakv.shards.resp import (
     Map, NullArray, Push, Raw, ReplyError, SetReply, Simple, Verbatim, format_double,
 )
+from durakv.shards.script_effects import HeldLogs, hold_publish
 from durakv.shards.script_undo import Undo
 from durakv.shards.slots import key_slot
 from durakv.shards.table import ROUTER, find
@@ -151,6 +152,11 @@ class Scripting:
         # PUBLISH from a script, set by the shard's port (server/node.py): delivers
         # through its pub/sub and answers the receivers in that process.
         self.on_publish: Callable[[bytes, bytes], int] | None = None
+        # Set with on_publish: a script's PUBLISH answers these receivers at once and its
+        # message waits in the keyspace's events until durable (shards/script_effects.py).
+        self.count_receivers: Callable[[bytes], int] | None = None
+        self.publishes_held = False  # a held PUBLISH was ever queued: Shard.publish_events looks for them
+        self.held_logs: HeldLogs | None = None  # redis.log lines of an attempt that may be thrown away
         self.lua_table = lua51.lua_type
         self.boot = self._boot()
         # Errors of the commands scripts ran, by code, for INFO errorstats (the router
@@ -232,6 +238,9 @@ class Scripting:
             raise self._fail(b"Invalid debug level.")
         text = b" ".join(a if type(a) is bytes else b"%.14g" % a
                          for a in args[1:] if type(a) in (bytes, int, float))
+        if self.held_logs is not None:
+            self.held_logs.add(_LOG_LEVELS[int(level)], text.decode(errors="replace"))
+            return
         logger.log(_LOG_LEVELS[int(level)], "script: %s", text.decode(errors="replace"))
 
     def _setresp(self, *args: Any) -> None:
@@ -369,7 +378,11 @@ class Scripting:
                     self.on_call(argv)
                 if stat is not None:
                     stat.calls += 1
-                return self.to_lua(self.on_publish(argv[1], argv[2]), run.resp)
+                if self.count_receivers is None:
+                    return self.to_lua(self.on_publish(argv[1], argv[2]), run.resp)
+                hold_publish(ctx.db.events, argv[1], argv[2])  # sent once durable, if this attempt counts
+                self.publishes_held = True
+                return self.to_lua(self.count_receivers(argv[1]), run.resp)
             raise ScriptCallError(ERR_UNKNOWN)  # a router's command: no shard can run it
         if self.on_call is not None:
             self.on_call(argv)

@@ -19,6 +19,7 @@ from durakv.shards.evict import ERR_OOM
 from durakv.shards.luaenv import Run, Scripting, scripting_of, sha1hex
 from durakv.shards.numbers import parse_ll
 from durakv.shards.resp import OK, Raw, ReplyError, Simple, encode, fixed_error
+from durakv.shards.script_effects import HeldLogs
 from durakv.shards.script_undo import NONLOCAL_RETRY, Undo
 from durakv.shards.table import FANOUT, command, container, keynum_spec, merge_ok, numkeys_keys
 
@@ -95,8 +96,11 @@ def run_script(ctx: Ctx, state: Scripting, function: Any, name: bytes, argv: lis
     if ctx.db.oom and flags is not None and not allow_oom and b"no-writes" not in flags:
         raise ERR_OOM  # a flagged script that may write is denyoom as a whole
     run = state.run = Run(ctx, read_only, name, not for_function, argv, allow_oom)
+    held_logs = None
     if not ctx.in_multi and getattr(ctx.shard, "scripts_undo", False):  # shards/script_undo.py
         run.undo = Undo(len(ctx.db.events))
+        if state.held_logs is None:  # its redis.log lines wait until it counts (shards/script_effects.py)
+            held_logs = state.held_logs = HeldLogs()
     in_multi = ctx.in_multi
     ctx.in_multi = True  # blocking commands inside a script never block
     rt = state.runtime
@@ -120,6 +124,10 @@ def run_script(ctx: Ctx, state: Scripting, function: Any, name: bytes, argv: lis
     finally:
         ctx.in_multi = in_multi
         state.run = None
+        if held_logs is not None:
+            state.held_logs = None
+            if not run.non_local:  # an attempt put back says nothing: the one across shards will
+                held_logs.write()
 
 
 def _eval(ctx: Ctx, argv: list[bytes], by_sha: bool, read_only: bool):

@@ -6,6 +6,7 @@ shards, server/script_retry.py); on a shard port Redis Cluster's error stays."""
 from __future__ import annotations
 
 import threading
+from time import time_ns
 
 import pytest
 import redis
@@ -164,3 +165,36 @@ def test_the_shard_puts_back_what_the_script_did_and_the_log_replays_to_it():
     ctx.shard.scripts_undo = False  # a shard port: Redis Cluster's error, the writes before it stay
     call(ctx, "EVAL", script, "3", s, h, new, other)
     assert call(ctx, "GET", s) == b"new" and call(ctx, "EXISTS", h) == 0
+
+
+def _messages(sub, wait_s: float) -> list:
+    got = []
+    while (message := sub.get_message(timeout=wait_s)) is not None:
+        if message["type"] == "message":
+            got.append(message["data"])
+    return got
+
+
+@pytest.mark.parametrize("numkeys", [0, 1])
+def test_a_script_run_again_publishes_and_logs_once(server, redis_ref, numkeys):
+    """A keyless script that finds keys on both shards (run several times by the
+    executor), and a one-shard script that reaches the other shard (put back and run
+    again): their PUBLISH reaches a subscriber once, as on redis-server, and their
+    redis.log line is written once."""
+    marker = f"logged-once-{numkeys}-{time_ns()}"
+    script = (f"redis.log(redis.LOG_WARNING, '{marker}') redis.call('PUBLISH', 'xchan', 'hello') "
+              "redis.call('SET', ARGV[1], 'a') redis.call('SET', ARGV[2], 'b') return 1")
+    keys = [A] if numkeys else []
+    counts = []
+    for port in (server.port, redis_ref.port):
+        client = redis.Redis(port=port, socket_timeout=30)
+        client.delete(A, B)
+        sub = client.pubsub()
+        sub.subscribe("xchan")
+        assert sub.get_message(timeout=5)["type"] == "subscribe"
+        assert client.eval(script, numkeys, *keys, A, B) == 1
+        assert client.mget(A, B) == [b"a", b"b"]
+        counts.append(_messages(sub, 0.5))
+        sub.close()
+    assert counts[0] == counts[1] == [b"hello"]
+    assert server.log().count(marker) == 1, server.log()[-2000:]
