@@ -406,14 +406,15 @@ class Client:
         if cmd.name == "eval":
             note_script(argv[1])
         kind = SCRIPT_FUNCTION if cmd.name.startswith("fcall") else SCRIPT_EVAL
+        # Reaches another shard's key, or its script is cached elsewhere: server/script_retry.py.
+        retries = router.scripts_retry or (router.cluster_node and cmd.name.startswith("evalsha"))
         if not self.user.unrestricted:  # its redis.calls obey the user's rules
             argv = [VERB_AS_USER, self.user.permissions(), *argv]
             on_fill = router.acl.script_reply
-            pending = ScriptRetry(self, argv, shard, kind, on_fill) if router.scripts_retry else Pending(self, on_fill)
+            pending = ScriptRetry(self, argv, shard, kind, on_fill) if retries else Pending(self, on_fill)
             self.replies.append(router.links[shard].submit(self, self.proto, argv, pending, script=kind))
             return
-        # Reaches another shard's key, or its script is cached elsewhere: server/script_retry.py.
-        retry = ScriptRetry(self, argv, shard, kind) if router.scripts_retry else None
+        retry = ScriptRetry(self, argv, shard, kind) if retries else None
         self.replies.append(router.links[shard].submit(self, self.proto, argv, retry, script=kind))
 
     def _script_across_shards(self, cmd, run: list[bytes]) -> None:

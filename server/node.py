@@ -21,6 +21,7 @@ from typing import Any
 import trio
 
 import durakv.server.commands  # noqa: F401  (registers the router's own commands)
+from durakv.server import script_cache
 from durakv.server.client import ERR_CROSSSLOT, NODE_CLIENT_ID_BASE, Client
 from durakv.server.cluster_view import announced_ip
 from durakv.server.front import Front, Gather
@@ -284,6 +285,8 @@ class ShardNode(Front):
         return self.index
 
     def fanout(self, client: Client, argv: list[bytes], merge: Merge) -> None:
+        if argv[0].lower() == b"script" and script_cache.node_command(self, client, argv):
+            return  # SCRIPT EXISTS over every shard (FLUSH tells the others, then runs here)
         gather = Gather(client, 1, lambda parts: merge(parts, client.proto))
         self.local.submit(client, PROTO_INTERNAL, argv, gather.part(0))
 

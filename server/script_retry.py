@@ -91,7 +91,8 @@ def _found(pending: ScriptRetry, body: bytes | None, noscript: bytes | bytearray
         _filled(pending, noscript)
         return
     router = pending.client.router
-    for link in router.links:  # ahead of the retry on each link: every cache has it again
+    # Ahead of the retry on each link: every cache has it again (a shard port: its own shard's).
+    for link in [router.links[pending.shard]] if router.cluster_node else router.links:
         link.submit(None, PROTO_INTERNAL, [b"SCRIPT", b"LOAD", body], Pending(None, on_fill=_log_refusal))
     if pending.shard == ACROSS_SHARDS:
         _start_across_shards(pending)

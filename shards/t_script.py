@@ -214,10 +214,15 @@ def script_exists(ctx: Ctx, argv: list[bytes]):
     return [int(sha.lower() in scripts) for sha in argv[2:]]
 
 
+def flush_option_ok(argv: list[bytes]) -> bool:
+    """SCRIPT FLUSH [ASYNC|SYNC]."""
+    return len(argv) <= 3 and (len(argv) < 3 or argv[2].upper() in (b"ASYNC", b"SYNC"))
+
+
 @command("script|flush", -2, "noscript", group="scripting", where=FANOUT, merge=merge_ok,
          tips=("request_policy:all_nodes", "response_policy:all_succeeded"))
 def script_flush(ctx: Ctx, argv: list[bytes]):
-    if len(argv) > 3 or (len(argv) == 3 and argv[2].upper() not in (b"ASYNC", b"SYNC")):
+    if not flush_option_ok(argv):
         raise ReplyError(b"ERR SCRIPT FLUSH only support SYNC|ASYNC option")
     scripting_of(ctx.db).scripts.clear()
     return OK
