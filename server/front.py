@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import trio
 
-from durakv.server import client_limits, protected, script_cache
+from durakv.server import client_limits, protected
 from durakv.server.acl import Users
 from durakv.server.client import Client, ClientPoller
 from durakv.server.client_count import ClientCount
@@ -166,7 +166,6 @@ class Front(ABC):
         self.monitors = Monitors(self)
         for op in MONITOR_OPS:
             self.pubsub.extra_ops[op] = self.monitors.peer_request
-        script_cache.install(self)  # the script cache is one for the server (server/script_cache.py)
         self.acl = Users(self)  # ACL users (server/acl.py)
         # maxclients counts the clients of every router and shard port (server/client_count.py).
         self.oom_flags = OomFlags(config.data_dir)

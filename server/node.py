@@ -200,6 +200,7 @@ class ShardNode(Front):
         self.shard = shard
         self.local = LocalLink(self, shard)
         self.links = [self.local if i == shard.index else MovedLink(self, i) for i in range(config.shards)]
+        script_cache.install(self)  # one script cache for the server (server/script_cache.py)
         # A replica's node (shard.replica set when it starts): READONLY connections, its own id and port.
         self.replica_number = shard.replica.number if shard.replica is not None else -1
         self.readonly_ids: set[int] = set()
@@ -285,8 +286,8 @@ class ShardNode(Front):
         return self.index
 
     def fanout(self, client: Client, argv: list[bytes], merge: Merge) -> None:
-        if argv[0].lower() == b"script" and script_cache.node_command(self, client, argv):
-            return  # SCRIPT EXISTS over every shard (FLUSH tells the others, then runs here)
+        if argv[0].lower() in (b"script", b"function") and script_cache.node_command(self, client, argv, merge):
+            return  # SCRIPT EXISTS, FUNCTION changes: over every shard (server/script_cache.py)
         gather = Gather(client, 1, lambda parts: merge(parts, client.proto))
         self.local.submit(client, PROTO_INTERNAL, argv, gather.part(0))
 

@@ -73,3 +73,35 @@ def test_the_cache_outlives_a_shard_restart(server_factory):
     assert other.eval(BODY, 1, B)[1] == b"2"
     assert node.script_exists(SHA) == [True]
     assert node.evalsha(SHA, 1, A)[1] == b"3"
+
+
+def test_a_function_loaded_on_a_shard_port_is_on_every_shard(server):
+    """FUNCTION LOAD/DELETE on one shard's port reach every shard (through the router
+    they always did), so an FCALL through the router finds it wherever its keys route."""
+    r = server.client()
+    node = server.shard_client(shard_of(A))
+    library = ("#!lua name=nodelib\nredis.register_function('bump', function(keys) "
+               "return redis.call('INCR', keys[1]) end)")
+    r.delete(A, B)
+    assert node.function_load(library) in ("nodelib", b"nodelib")  # loaded on A's shard
+    deadline = time.monotonic() + 10
+    while True:  # the other shards take it once its shard has it (not waited for by the reply)
+        try:
+            assert r.fcall("bump", 1, B) == 1
+            break
+        except redis.ResponseError as e:
+            assert "Function not found" in str(e), e
+            assert time.monotonic() < deadline, "the function never reached B's shard"
+            time.sleep(0.05)
+    assert r.fcall("bump", 1, A) == 1
+    assert node.function_delete("nodelib")
+    for key in (A, B):  # gone from every shard once the others took the change
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                r.fcall("bump", 1, key)
+            except redis.ResponseError as e:
+                assert "Function not found" in str(e)
+                break
+            assert time.monotonic() < deadline, f"the delete never reached {key}'s shard"
+            time.sleep(0.05)
