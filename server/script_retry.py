@@ -40,35 +40,40 @@ ACROSS_SHARDS = -1  # ScriptRetry.shard of a script run as a cross-shard transac
 class ScriptRetry(Pending):
     """The reply place of a script: runs it across shards when its shard answers
     NONLOCAL_RETRY, and finds an EVALSHA's script elsewhere on NOSCRIPT (each once).
-    The link calls on_fill (it sets `data` itself only when there is none)."""
+    The link calls on_fill (it sets `data` itself only when there is none). Made for
+    every script through a router over several shards: its __init__ is kept minimal."""
 
-    __slots__ = ("run", "then", "shard", "kind", "sha", "moved")
+    __slots__ = ("run", "then", "shard", "kind", "moved", "healed")
 
     def __init__(self, client: Client, run: list[bytes], shard: int, kind: int,
                  then: Callable | None = None) -> None:
-        super().__init__(client, _filled)
+        self.data = None  # Pending's, set here rather than by a super() call (per script)
+        self.client = client
+        self.on_fill = _filled
         self.run = run  # the request as sent (VERB_AS_USER's form for an ACL user)
         self.then = then  # what fills it otherwise (an ACL user's: server/acl.py script_reply)
         self.shard = shard  # where it runs, or ACROSS_SHARDS
         self.kind = kind  # SCRIPT_EVAL or SCRIPT_FUNCTION (server/links.py times it)
-        argv = run[2:] if run[0] == VERB_AS_USER else run
-        self.sha: bytes | None = argv[1] if argv[0].lower().startswith(b"evalsha") else None
         self.moved = False  # it already runs across shards
+        self.healed = False  # its NOSCRIPT was already looked into
 
 
 def _filled(pending: Pending, data: bytes | bytearray) -> None:
-    assert isinstance(pending, ScriptRetry), "on_fill of a ScriptRetry"
-    if data[:12] == _MARK and not pending.moved:
-        pending.moved = True
-        pending.shard = ACROSS_SHARDS
-        _start_across_shards(pending)
-        return
-    sha = pending.sha
-    if sha is not None and data[:9] == NOSCRIPT_PREFIX:
-        pending.sha = None
-        _hold(pending)
-        find_body(pending.client.router, sha, lambda body: _found(pending, body, data))
-        return
+    assert type(pending) is ScriptRetry, "on_fill of a ScriptRetry"
+    if data[:1] == b"-":
+        if data[:12] == _MARK and not pending.moved:
+            pending.moved = True
+            pending.shard = ACROSS_SHARDS
+            _start_across_shards(pending)
+            return
+        if data[:9] == NOSCRIPT_PREFIX and not pending.healed:
+            run = pending.run
+            argv = run[2:] if run[0] == VERB_AS_USER else run
+            if argv[0].lower().startswith(b"evalsha"):
+                pending.healed = True
+                _hold(pending)
+                find_body(pending.client.router, argv[1], lambda body: _found(pending, body, data))
+                return
     then = pending.then
     if then is not None:
         then(pending, data)
