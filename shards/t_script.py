@@ -4,10 +4,10 @@ A script runs on the shard that owns its keys (the router sends it there by
 the numkeys key positions; no keys: shard 0) and everything it does goes
 through redis.call, so its writes are ordinary effects, all in the batch's one
 log record: the log never holds a script (DESIGN invariant 3). A script that
-fails half way keeps the effects it made, as in Redis. The script cache is per
-shard: SCRIPT LOAD fans out to every shard so EVALSHA finds it wherever its
-keys route; EVAL caches on the shard that ran it, and SCRIPT EXISTS answers 1
-when any shard has the script.
+fails half way keeps the effects it made, as in Redis. Each shard caches the
+scripts it compiled: SCRIPT LOAD fans out to every shard, EVAL caches on the
+shard that ran it, and an EVALSHA answered NOSCRIPT is looked for on the other
+shards (server/script_cache.py), so the cache is one for the server.
 """
 
 from __future__ import annotations
