@@ -198,3 +198,25 @@ def test_a_script_run_again_publishes_and_logs_once(server, redis_ref, numkeys):
         sub.close()
     assert counts[0] == counts[1] == [b"hello"]
     assert server.log().count(marker) == 1, server.log()[-2000:]
+
+
+def test_an_acl_users_script_that_reaches_another_shard_runs_again_under_its_rules(server):
+    """A restricted user's one-shard script reaching another shard's key runs again
+    across shards with the user's rules: a refused redis.call is in ACL LOG once."""
+    admin = server.client()
+    admin.delete(A, B)
+    admin.execute_command("ACL", "SETUSER", "reacher", "on", ">pw", "+eval", "+set", "+get", "~*")
+    admin.execute_command("ACL", "LOG", "RESET")
+    user = server.client(username="reacher", password="pw")
+    try:
+        assert user.eval("redis.call('SET', KEYS[1], 'a') redis.call('SET', ARGV[1], 'b') "
+                         "return redis.call('GET', ARGV[1])", 1, A, B) == b"b"
+        assert admin.mget(A, B) == [b"a", b"b"]
+        with pytest.raises(redis.ResponseError, match="can't run this command"):
+            user.eval("redis.call('SET', KEYS[1], 'c') redis.call('GET', ARGV[1]) "
+                      "return redis.call('DEL', KEYS[1])", 1, A, B)
+        assert admin.mget(A, B) == [b"c", b"b"]  # the write before the refused call stays, as in Redis
+        entries = [e for e in admin.acl_log() if e["context"] == "lua"]
+        assert [(e["object"], e["count"]) for e in entries] == [("del", 1)], entries
+    finally:
+        admin.execute_command("ACL", "DELUSER", "reacher")
