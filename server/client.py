@@ -15,6 +15,7 @@ import trio
 
 from durakv.server.links import LOST, SCRIPT_EVAL, SCRIPT_FUNCTION, Pending, Propagating
 from durakv.server.pause import note_script
+from durakv.server.script_retry import ScriptRetry, start_across_shards
 from durakv.shards.evict import OOM_MESSAGE
 from durakv.shards.frames import LARGE_BYTES, VERB_AS_USER, VERB_LITERAL, VERB_ROUTER_IN_MULTI
 from durakv.shards.resp import ProtocolError, RequestParser, ReplyError, encode, encode_error
@@ -390,8 +391,8 @@ class Client:
             # No declared keys: it may touch any shard's (found and locked as it runs, server/txn.py).
             if cmd.name == "eval":
                 note_script(argv[1])
-            router.cross_shard(self, [argv if self.user.unrestricted else
-                                      [VERB_AS_USER, self.user.permissions(), *argv]], False)
+            self._script_across_shards(cmd, argv if self.user.unrestricted else
+                                       [VERB_AS_USER, self.user.permissions(), *argv])
             return
         try:
             shard = router.keys_shard(self, argv, indexes) if indexes else router.home_shard
@@ -400,17 +401,30 @@ class Client:
                 self._reject(cmd, encode_error(e.message))
             else:  # keys on several shards (server/txn.py); an ACL user's redis.calls obey its rules
                 run = argv if self.user.unrestricted else [VERB_AS_USER, self.user.permissions(), *argv]
-                router.cross_shard(self, [run], False)
+                self._script_across_shards(cmd, run)
             return
         if cmd.name == "eval":
             note_script(argv[1])
         kind = SCRIPT_FUNCTION if cmd.name.startswith("fcall") else SCRIPT_EVAL
+        # Reaches another shard's key, or its script is cached elsewhere: server/script_retry.py.
+        retries = router.scripts_retry or (router.cluster_node and cmd.name.startswith("evalsha"))
         if not self.user.unrestricted:  # its redis.calls obey the user's rules
-            pending = Pending(self, on_fill=router.acl.script_reply)
             argv = [VERB_AS_USER, self.user.permissions(), *argv]
+            on_fill = router.acl.script_reply
+            pending = ScriptRetry(self, argv, shard, kind, on_fill) if retries else Pending(self, on_fill)
             self.replies.append(router.links[shard].submit(self, self.proto, argv, pending, script=kind))
             return
-        self.replies.append(router.links[shard].submit(self, self.proto, argv, script=kind))
+        retry = ScriptRetry(self, argv, shard, kind) if retries else None
+        self.replies.append(router.links[shard].submit(self, self.proto, argv, retry, script=kind))
+
+    def _script_across_shards(self, cmd, run: list[bytes]) -> None:
+        """A script whose keys span shards, or that declares none (server/txn.py); an
+        EVALSHA's script is found on any shard (server/script_retry.py)."""
+        if cmd.name.startswith("evalsha"):
+            then = None if self.user.unrestricted else self.router.acl.script_reply
+            start_across_shards(self, run, SCRIPT_EVAL, then)
+            return
+        self.router.cross_shard(self, [run], False)
 
     # --- transactions -------------------------------------------------------------
 

@@ -124,6 +124,7 @@ class Front(ABC):
     router_node_id: str  # the router's node id (the one node with cluster-announce "router")
     cluster_node = False  # a shard's node: Redis Cluster's per-slot rules (Client.dispatch)
     home_shard = 0  # where keyless commands that are not fanned out run
+    scripts_retry = False  # a script reaching another shard's key runs again across shards (server/script_retry.py)
     scan_last_slot = SLOT_COUNT - 1  # SCAN hands on to the next shard until past this slot
     scripts_in_flight = 0  # EVAL/FCALL sent to shards and not answered yet (server/links.py counts)
     settings_sync: Any  # SettingsSync (imported by the subclasses)
@@ -343,6 +344,10 @@ class Front(ABC):
         """Run commands whose keys live on several shards atomically (the router:
         server/txn.py); a shard's node answers CROSSSLOT, as Redis Cluster does."""
         raise ReplyError(b"CROSSSLOT Keys in request don't hash to the same slot")
+
+    def retry_script(self, client: Client, pending: Pending, run: list[bytes], keys: list[bytes]) -> None:
+        """Never on a shard's node (scripts_retry is False): its scripts keep Redis Cluster's error."""
+        raise AssertionError("a shard's node does not run scripts again across shards")
 
     def blocking_move(self, client: Client, argv: list[bytes]) -> Pending:
         """BLMOVE/BRPOPLPUSH across shards (the router: server/txn.py)."""

@@ -21,6 +21,7 @@ from typing import Any
 import trio
 
 import durakv.server.commands  # noqa: F401  (registers the router's own commands)
+from durakv.server import script_cache
 from durakv.server.client import ERR_CROSSSLOT, NODE_CLIENT_ID_BASE, Client
 from durakv.server.cluster_view import Node, announced_ip, primary_node
 from durakv.server.front import Front, Gather
@@ -200,6 +201,7 @@ class ShardNode(Front):
         self.shard = shard
         self.local = LocalLink(self, shard)
         self.links = [self.local if i == shard.index else MovedLink(self, i) for i in range(config.shards)]
+        script_cache.install(self)  # one script cache for the server (server/script_cache.py)
         # A replica's node (shard.replica set when it starts): READONLY connections, its own id and port.
         self.replica_number = shard.replica.number if shard.replica is not None else -1
         self.readonly_ids: set[int] = set()
@@ -223,6 +225,7 @@ class ShardNode(Front):
         shard.event_sinks[self.local] = self.pubsub.keyspace_events
         self.monitors.on_active_change = self._monitor_scripts
         scripting_of(shard.db).on_publish = self.pubsub.publish_here_and_forward
+        scripting_of(shard.db).count_receivers = self.pubsub.receivers_here
         self.port = (shard_port(config, shard.index) if shard.replica is None
                      else replica_port(config, shard.index, self.replica_number))
         self.directory = NodeDirectory(config) if config.node_id else None
@@ -299,6 +302,8 @@ class ShardNode(Front):
         return self.index
 
     def fanout(self, client: Client, argv: list[bytes], merge: Merge) -> None:
+        if argv[0].lower() in (b"script", b"function") and script_cache.node_command(self, client, argv, merge):
+            return  # SCRIPT EXISTS, FUNCTION changes: over every shard (server/script_cache.py)
         gather = Gather(client, 1, lambda parts: merge(parts, client.proto))
         self.local.submit(client, PROTO_INTERNAL, argv, gather.part(0))
 

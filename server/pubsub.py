@@ -248,6 +248,15 @@ class PubSub:
         for client in overflowed:
             client.kill()  # forgets its subscriptions: never while a delivery walks them
 
+    def receivers_here(self, channel: bytes) -> int:
+        """The subscribers in this process a PUBLISH on channel reaches (a script's
+        PUBLISH answers this at once and is delivered once durable, shards/script_effects.py)."""
+        receivers = len(self.channels.get(channel, ()))
+        for pattern, clients in self.patterns.items():
+            if glob_match(pattern, channel):
+                receivers += len(clients)
+        return receivers
+
     def publish_here_and_forward(self, channel: bytes, message: bytes) -> int:
         """PUBLISH from a script (the shard cannot wait for its peers' counts while
         the script runs): delivered everywhere, the receivers here counted."""

@@ -11,6 +11,7 @@ import trio
 
 import durakv.server.commands  # noqa: F401  (registers the router's own commands)
 import durakv.shards.commands  # noqa: F401  (registers the shard commands: routing needs keys)
+from durakv.server import script_cache
 from durakv.server.fdlimit import adjust_open_files_limit
 from durakv.server.front import Front, _ignore_reply
 from durakv.server.links import Pending, ShardLink
@@ -44,6 +45,8 @@ class Router(Front):
         for link in self.links:
             link.directory = self.directory
         self.slot_owner = slot_owner_table(config.shards)
+        self.scripts_retry = config.shards > 1
+        script_cache.install(self)  # one script cache for the server (server/script_cache.py)
         topology = ensure_topology(config.data_dir, config.shards)
         self.node_id = self.router_node_id = topology["node_id"]
         self.shard_node_ids = shard_node_ids(topology)
@@ -95,6 +98,9 @@ class Router(Front):
 
     def cross_shard(self, client, commands: list[list[bytes]], multi: bool) -> Pending:
         return start_write(self.txn, client, commands, multi)
+
+    def retry_script(self, client, pending: Pending, run: list[bytes], keys: list[bytes]) -> None:
+        self.txn.start_in(client, pending, [run], keys)
 
     def split(self, client, argv: list[bytes], cmd: Command, indexes: list[int]) -> None:
         if cmd.is_write:  # DEL, UNLINK

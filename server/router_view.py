@@ -87,6 +87,8 @@ class RouterView(Protocol):
     """A shard's client port: Redis Cluster's per-slot rules apply (server/node.py)."""
     home_shard: int
     """The shard keyless, not fanned-out commands run on."""
+    scripts_retry: bool
+    """A script sent to one shard that reaches another's key runs again across shards."""
     shard_node_ids: list[str]
     router_node_id: str
     directory: NodeDirectory | None
@@ -160,6 +162,10 @@ class RouterView(Protocol):
 
     def cross_shard(self, client: Client, commands: list[list[bytes]], multi: bool) -> Pending:
         """Run commands whose keys live on several shards, atomically (server/txn.py)."""
+        ...
+
+    def retry_script(self, client: Client, pending: Pending, run: list[bytes], keys: list[bytes]) -> None:
+        """Run again across shards a script that reached another shard's key (server/script_retry.py)."""
         ...
 
     def shards_up(self) -> bool: ...

@@ -124,6 +124,21 @@ class Coordinator:
         router.nursery.start_soon(self._run, client, pending, commands, multi, keys, participants)
         return pending
 
+    def start_in(self, client: Client, pending: Pending, commands: list[list[bytes]], keys: list[bytes]) -> None:
+        """Run a script again across shards, its reply filling `pending`, a place already
+        in the client's queue (server/script_retry.py: it reached another shard's key)."""
+        if self.in_flight >= MAX_TXNS_IN_FLIGHT:
+            pending.fill(b"-ERR too many cross-shard transactions in flight, retry later\r\n")
+            return
+        by_shard = self._by_shard(keys)
+        if client.blocked_pending is None:  # its requests not yet sent wait for this reply
+            client.blocked_pending = pending
+            client.blocked_shard = -1
+        self.in_flight += 1
+        assert self.router.nursery is not None, "transaction before the router serves"
+        self.router.nursery.start_soon(self._run, client, pending, commands, False, by_shard,
+                                       sorted(by_shard) or [self.router.home_shard])
+
     def start_blocking_move(self, client: Client, argv: list[bytes]) -> Pending:
         """BLMOVE/BRPOPLPUSH with source and destination on different shards: wait
         on the source shard as a blocked client does (a BLMOVE of the source onto

@@ -40,6 +40,7 @@ from durakv.shards.keyspace import Keyspace
 from durakv.shards.latency import EVENT_FSYNC, LATENCY_TS_LEN, LatencyMonitor
 from durakv.shards.min_replicas import MinReplicas
 from durakv.shards.records import RecordClock, encode_record
+from durakv.shards.script_effects import release_publishes
 from durakv.shards.tracking import plain_events
 from durakv.shards.txn import TxnState
 
@@ -361,6 +362,10 @@ class GroupCommit:
     def publish_events(self, events: list[tuple[bytes, bytes]]) -> None:
         """Keyspace notifications whose writes are durable, to every router and the node;
         the changed keys for CLIENT TRACKING only to those that asked (shards/tracking.py)."""
+        if self.db.scripting is not None:  # scripts' PUBLISHes wait here until durable (shards/script_effects.py)
+            events = release_publishes(self.db.scripting, events)
+            if not events:
+                return
         tracking = self.tracking_fronts
         if not tracking:
             for sink in self.event_sinks.values():

@@ -29,6 +29,8 @@ from durakv.shards.lualibs import CJson, CMsgpack, LibError, Struct, bit_library
 from durakv.shards.resp import (
     Map, NullArray, Push, Raw, ReplyError, SetReply, Simple, Verbatim, format_double,
 )
+from durakv.shards.script_effects import HeldLogs, hold_publish
+from durakv.shards.script_undo import Undo
 from durakv.shards.slots import key_slot
 from durakv.shards.table import ROUTER, find
 from durakv.shards.tracking import script_reads
@@ -99,7 +101,7 @@ class Run:
     """One script or function invocation: what redis.call may do and how it converts."""
 
     __slots__ = ("ctx", "read_only", "resp", "name", "effects_before", "is_eval", "started", "killed", "busy",
-                 "command", "reads_reported", "allow_oom")
+                 "command", "reads_reported", "allow_oom", "undo", "non_local")
 
     def __init__(self, ctx: Ctx, read_only: bool, name: bytes, is_eval: bool, command: list[bytes],
                  allow_oom: bool = False) -> None:
@@ -115,6 +117,10 @@ class Run:
         self.killed = False  # SCRIPT KILL / FUNCTION KILL asked for it
         self.busy = False  # past busy-reply-threshold: other requests are answered BUSY
         self.reads_reported = False  # its declared keys went to CLIENT TRACKING (shards/tracking.py)
+        # Through the router, on a shard that does not own every slot: what to put back if
+        # the script reaches another shard's key (shards/script_undo.py), and whether it did.
+        self.undo: Undo | None = None
+        self.non_local = False
 
     def wrote(self) -> bool:
         return len(self.ctx.db.effects) > self.effects_before
@@ -146,6 +152,11 @@ class Scripting:
         # PUBLISH from a script, set by the shard's port (server/node.py): delivers
         # through its pub/sub and answers the receivers in that process.
         self.on_publish: Callable[[bytes, bytes], int] | None = None
+        # Set with on_publish: a script's PUBLISH answers these receivers at once and its
+        # message waits in the keyspace's events until durable (shards/script_effects.py).
+        self.count_receivers: Callable[[bytes], int] | None = None
+        self.publishes_held = False  # a held PUBLISH was ever queued: Shard.publish_events looks for them
+        self.held_logs: HeldLogs | None = None  # redis.log lines of an attempt that may be thrown away
         self.lua_table = lua51.lua_type
         self.boot = self._boot()
         # Errors of the commands scripts ran, by code, for INFO errorstats (the router
@@ -227,6 +238,9 @@ class Scripting:
             raise self._fail(b"Invalid debug level.")
         text = b" ".join(a if type(a) is bytes else b"%.14g" % a
                          for a in args[1:] if type(a) in (bytes, int, float))
+        if self.held_logs is not None:
+            self.held_logs.add(_LOG_LEVELS[int(level)], text.decode(errors="replace"))
+            return
         logger.log(_LOG_LEVELS[int(level)], "script: %s", text.decode(errors="replace"))
 
     def _setresp(self, *args: Any) -> None:
@@ -299,6 +313,8 @@ class Scripting:
             return self.error_table(b"ERR internal error in redis.call"), True
 
     def _execute(self, run: Run, args: tuple) -> Any:
+        if run.non_local:  # it reached another shard's key: it runs again across shards, nothing more here
+            raise ScriptCallError(ERR_NON_LOCAL)
         if not args:
             raise ScriptCallError(ERR_NO_ARGS)
         argv = []
@@ -344,9 +360,14 @@ class Scripting:
                 if ctx.db.oom and not run.allow_oom and "denyoom" in cmd.flags and not run.wrote():
                     raise ReplyError(OOM_MESSAGE)  # scriptVerifyOOM: only before the script's first write
                 first, last = ctx.shard.slot_range
-                for i in cmd.key_indexes(argv):
+                indexes = cmd.key_indexes(argv)
+                for i in indexes:
                     if not first <= key_slot(argv[i]) <= last:
+                        if run.undo is not None and run.undo.usable:
+                            run.non_local = run.killed = True  # killed: a pcall cannot go on past it
                         raise ScriptCallError(ERR_NON_LOCAL)
+                if run.undo is not None and cmd.is_write:
+                    run.undo.note_write(ctx, cmd, argv, indexes)
         except ReplyError:
             if stat is not None:
                 stat.rejected += 1  # Redis' scriptCall: refused before call(), a rejected call
@@ -357,7 +378,11 @@ class Scripting:
                     self.on_call(argv)
                 if stat is not None:
                     stat.calls += 1
-                return self.to_lua(self.on_publish(argv[1], argv[2]), run.resp)
+                if self.count_receivers is None:
+                    return self.to_lua(self.on_publish(argv[1], argv[2]), run.resp)
+                hold_publish(ctx.db.events, argv[1], argv[2])  # sent once durable, if this attempt counts
+                self.publishes_held = True
+                return self.to_lua(self.count_receivers(argv[1]), run.resp)
             raise ScriptCallError(ERR_UNKNOWN)  # a router's command: no shard can run it
         if self.on_call is not None:
             self.on_call(argv)

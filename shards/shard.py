@@ -152,6 +152,9 @@ class Shard(GroupCommit):
         self._blocked_wake = trio.Event()
         self.txn = TxnState(self)
         self.txn_busy = False  # keys are locked or requests wait for locks (shards/txn.py)
+        # The batch running is a router's and this shard does not own every slot: its scripts
+        # keep an undo record, to run again across shards if they reach another shard's key.
+        self.scripts_undo = False
 
     # --- startup ----------------------------------------------------------------
 
@@ -260,6 +263,7 @@ class Shard(GroupCommit):
         hold_writes = not self.async_mode or self._async_window_exceeded()
         durable_seq = self.hazards.durable_seq
         pieces = getattr(conn, "takes_pieces", False)  # a router link: big bulk replies uncopied (frames.Pieces)
+        self.scripts_undo = pieces and self.config.shards > 1  # shards/script_undo.py
         now_out = []
         held_out = []  # replies waiting for this batch's own record, held as one list
         for req in requests:

@@ -4,10 +4,10 @@ A script runs on the shard that owns its keys (the router sends it there by
 the numkeys key positions; no keys: shard 0) and everything it does goes
 through redis.call, so its writes are ordinary effects, all in the batch's one
 log record: the log never holds a script (DESIGN invariant 3). A script that
-fails half way keeps the effects it made, as in Redis. The script cache is per
-shard: SCRIPT LOAD fans out to every shard so EVALSHA finds it wherever its
-keys route; EVAL caches on the shard that ran it, and SCRIPT EXISTS answers 1
-when any shard has the script.
+fails half way keeps the effects it made, as in Redis. Each shard caches the
+scripts it compiled: SCRIPT LOAD fans out to every shard, EVAL caches on the
+shard that ran it, and an EVALSHA answered NOSCRIPT is looked for on the other
+shards (server/script_cache.py), so the cache is one for the server.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from durakv.shards.evict import ERR_OOM
 from durakv.shards.luaenv import Run, Scripting, scripting_of, sha1hex
 from durakv.shards.numbers import parse_ll
 from durakv.shards.resp import OK, Raw, ReplyError, Simple, encode, fixed_error
+from durakv.shards.script_effects import HeldLogs
+from durakv.shards.script_undo import NONLOCAL_RETRY, Undo
 from durakv.shards.table import FANOUT, command, container, keynum_spec, merge_ok, numkeys_keys
 
 MAX_CACHED_SCRIPTS = 100_000  # past this, the oldest cached script is forgotten (EVALSHA: NOSCRIPT)
@@ -94,12 +96,23 @@ def run_script(ctx: Ctx, state: Scripting, function: Any, name: bytes, argv: lis
     if ctx.db.oom and flags is not None and not allow_oom and b"no-writes" not in flags:
         raise ERR_OOM  # a flagged script that may write is denyoom as a whole
     run = state.run = Run(ctx, read_only, name, not for_function, argv, allow_oom)
+    held_logs = None
+    if not ctx.in_multi and getattr(ctx.shard, "scripts_undo", False):  # shards/script_undo.py
+        run.undo = Undo(len(ctx.db.events))
+        if state.held_logs is None:  # its redis.log lines wait until it counts (shards/script_effects.py)
+            held_logs = state.held_logs = HeldLogs()
     in_multi = ctx.in_multi
     ctx.in_multi = True  # blocking commands inside a script never block
     rt = state.runtime
     try:
         runner = state.boot["run_function" if for_function else "run_eval"]
         ok, result = runner(function, rt.table_from(keys), rt.table_from(args))
+        if run.non_local:  # it reached another shard's key: put everything back, the router runs it again
+            assert run.undo is not None, "non_local is set only with an undo record"
+            state.run = None
+            ctx.in_multi = in_multi
+            run.undo.put_back(ctx)
+            raise ReplyError(NONLOCAL_RETRY)
         if not ok:
             state.uncount_reply(result)
             raise state.failure(result, name)
@@ -111,6 +124,10 @@ def run_script(ctx: Ctx, state: Scripting, function: Any, name: bytes, argv: lis
     finally:
         ctx.in_multi = in_multi
         state.run = None
+        if held_logs is not None:
+            state.held_logs = None
+            if not run.non_local:  # an attempt put back says nothing: the one across shards will
+                held_logs.write()
 
 
 def _eval(ctx: Ctx, argv: list[bytes], by_sha: bool, read_only: bool):
@@ -197,10 +214,15 @@ def script_exists(ctx: Ctx, argv: list[bytes]):
     return [int(sha.lower() in scripts) for sha in argv[2:]]
 
 
+def flush_option_ok(argv: list[bytes]) -> bool:
+    """SCRIPT FLUSH [ASYNC|SYNC]."""
+    return len(argv) <= 3 and (len(argv) < 3 or argv[2].upper() in (b"ASYNC", b"SYNC"))
+
+
 @command("script|flush", -2, "noscript", group="scripting", where=FANOUT, merge=merge_ok,
          tips=("request_policy:all_nodes", "response_policy:all_succeeded"))
 def script_flush(ctx: Ctx, argv: list[bytes]):
-    if len(argv) > 3 or (len(argv) == 3 and argv[2].upper() not in (b"ASYNC", b"SYNC")):
+    if not flush_option_ok(argv):
         raise ReplyError(b"ERR SCRIPT FLUSH only support SYNC|ASYNC option")
     scripting_of(ctx.db).scripts.clear()
     return OK

@@ -49,6 +49,7 @@ from durakv.shards.engine import run_command
 from durakv.shards.keyspace import Keyspace
 from durakv.shards.rdb.codec import RdbError, dump_payload, load_payload, verify_payload
 from durakv.shards.resp import NULL_ARRAY, ReplyError, encode, encode_error
+from durakv.shards.script_effects import HeldLogs, held_publishes
 from durakv.shards.t_list import ListValue
 from durakv.shards.t_zset import ZSetValue
 from durakv.shards.slots import SLOT_COUNT
@@ -540,6 +541,7 @@ class TxnState:
             if outer_on_call is not None:
                 outer_on_call(call)
         scripting.on_call = on_call
+        held_logs = scripting.held_logs = HeldLogs()  # only the final run's redis.log lines are written
         try:
             reply: bytes | list[bytes]
             if batch:  # a client's pipelined cross-shard writes (server/txn_batch.py): a reply each
@@ -549,12 +551,15 @@ class TxnState:
                 reply = _run_queue(ctx, commands, multi, proto, shard.index, calls, denials)
         finally:
             scripting.on_call = outer_on_call
+            scripting.held_logs = None
         if wants_all:
             return [b"", pack([]), False, [], True]
         missing = dict(scratch.undeclared)
         missing.update((key, None) for key in changed if key not in declared and not flushed)
         if missing:  # the router locks them too and asks again
             return [b"", pack([]), False, list(missing), False]
+        held_logs.write()
+        shard.db.events.extend(held_publishes(scratch.events))  # a script's PUBLISHes, sent once durable
         for argv_run, failed, usec in calls:  # the final run: counted as on one shard
             cmd = find(argv_run)
             if cmd is None:

@@ -1,0 +1,167 @@
+"""One script cache for the whole server, as Redis has (issue 16).
+
+Each shard keeps the scripts it compiled (shards/luaenv.py Scripting.scripts): SCRIPT
+LOAD goes to every shard, but EVAL caches where it ran, and a shard that restarted has
+none. So an EVALSHA answered NOSCRIPT by one shard asks every process of the server
+over the peer mesh (server/pubsub.py, OP_SCRIPT_BODY) whether its shard has the body
+(a shard port answers from its shard's cache, a router has none); if one has, the body
+is loaded on every shard (SCRIPT LOAD, ahead of the retry on each shard's link, so the
+caches agree again) and the EVALSHA runs again into the same reply place. Only when no
+shard has the script does the client get NOSCRIPT, as from one Redis. A shard port
+does the same for its cluster clients, loading the body into its own shard.
+
+SCRIPT EXISTS through the router answers 1 when any shard has the script, and SCRIPT
+FLUSH flushes every shard; on a shard port they ask (EXISTS) or tell (FLUSH) every
+process the same way (`node_command`). Functions are durable and every FUNCTION change
+through the router goes to every shard; one made on a shard port is followed by that
+shard's FUNCTION DUMP, which every other primary restores (FLUSH policy), so an FCALL
+finds the function wherever its keys route.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Callable
+
+import hiredis
+
+from durakv.server.links import Pending
+from durakv.shards.frames import PROTO_INTERNAL, encode_internal
+from durakv.shards.luaenv import scripting_of, sha1hex
+from durakv.shards.resp import ReplyError, encode
+from durakv.shards.t_script import flush_option_ok
+
+if TYPE_CHECKING:
+    from durakv.server.client import Client
+    from durakv.server.front import Front
+    from durakv.shards.table import Merge
+
+logger = logging.getLogger("durakv.router")
+
+OP_SCRIPT_BODY = "sb"  # sha -> this process's shard's body of the script, or None
+OP_SCRIPT_EXISTS = "se"  # shas -> whether this process's shard has each (a router: None)
+OP_SCRIPT_FLUSH = "sf"  # this process's shard forgets every script
+OP_FUNCTION_SET = "fs"  # a FUNCTION DUMP payload: this process's shard (a primary) restores it, FLUSH policy
+NOSCRIPT_PREFIX = b"-NOSCRIPT"
+FUNCTION_CHANGES = (b"load", b"delete", b"flush", b"restore")
+
+
+def install(front: Front) -> None:
+    """Answer the mesh's script requests in this process (a router has no scripts)."""
+    ops = front.pubsub.extra_ops
+    ops[OP_SCRIPT_BODY] = lambda _op, args: body_here(front, args[0])
+    ops[OP_SCRIPT_EXISTS] = lambda _op, args: _exists_here(front, args[0])
+    ops[OP_SCRIPT_FLUSH] = lambda _op, _args: _flush_here(front)
+    ops[OP_FUNCTION_SET] = lambda _op, args: _take_library_set(front, args[0])
+
+
+def _scripts_here(front: Front) -> dict[bytes, Any] | None:
+    shard = getattr(front, "shard", None)  # a shard port's process holds its shard
+    return None if shard is None else scripting_of(shard.db).scripts
+
+
+def _exists_here(front: Front, shas: list[bytes]) -> list[int] | None:
+    scripts = _scripts_here(front)
+    return None if scripts is None else [int(sha.lower() in scripts) for sha in shas]
+
+
+def _send_library_set(front: Front) -> Callable[[Pending, bytes], None]:
+    """The fill of this shard's FUNCTION DUMP after a change: every other shard restores it."""
+    def send(_pending: Pending, data: bytes) -> None:
+        reader = hiredis.Reader()
+        reader.feed(bytes(data))
+        payload = reader.gets()
+        if not isinstance(payload, bytes):
+            logger.error("node: FUNCTION DUMP after a change answered %r: other shards keep theirs", bytes(data[:200]))
+            return
+        front.pubsub.ask_peers(OP_FUNCTION_SET, [payload], lambda _parts: None)
+    return send
+
+
+def _take_library_set(front: Front, payload: bytes) -> None:
+    """Another shard's libraries after a FUNCTION change on its port: this primary takes them."""
+    shard = getattr(front, "shard", None)
+    if shard is None or shard.replica is not None:
+        return  # a router holds none; a replica takes its primary's from the log
+    getattr(front, "local").submit(None, PROTO_INTERNAL, [b"FUNCTION", b"RESTORE", payload, b"FLUSH"],  # noqa: B009
+                                   Pending(None, on_fill=_log_refusal))
+
+
+def _log_refusal(_pending: Pending, data: bytes) -> None:
+    from durakv.server.front import decode_internal  # here: front imports client, which imports this module
+    try:
+        decode_internal(data)
+    except ReplyError as e:
+        logger.warning("node: a shard refused another shard's libraries: %s", e.message[:200].decode(errors="replace"))
+
+
+def _flush_here(front: Front) -> None:
+    scripts = _scripts_here(front)
+    if scripts is not None:
+        scripts.clear()
+
+
+def node_command(front: Front, client: Client, argv: list[bytes], merge: Merge) -> bool:
+    """SCRIPT EXISTS and SCRIPT FLUSH on a shard port: over every process's shard, as
+    through the router; a FUNCTION change runs here, then every other shard takes this
+    shard's library set (True: answered here)."""
+    sub = argv[1].lower() if len(argv) > 1 else b""
+    if argv[0].lower() == b"function":
+        if sub not in FUNCTION_CHANGES:
+            return False
+        from durakv.server.front import Gather  # here: front imports client, which imports this module
+        local = getattr(front, "local")  # noqa: B009  (a shard port's LocalLink)
+
+        def finish(parts: list[Any]) -> bytes:
+            reply = merge(parts, client.proto)
+            if reply[:1] != b"-":
+                local.submit(None, 2, [b"FUNCTION", b"DUMP"], Pending(None, on_fill=_send_library_set(front)))
+            return reply
+
+        gather = Gather(client, 1, finish)
+        local.submit(client, PROTO_INTERNAL, argv, gather.part(0))
+        return True
+    if sub == b"exists":
+        shas = argv[2:]
+
+        def any_shard(parts: list[Any]) -> bytes:
+            found = [0] * len(shas)
+            for part in parts:
+                if isinstance(part, list) and len(part) == len(shas):
+                    found = [a | b for a, b in zip(found, part)]
+            return encode(found, client.proto)
+
+        front.pubsub.ask_all(client, OP_SCRIPT_EXISTS, [shas], any_shard)
+        return True
+    if sub == b"flush" and flush_option_ok(argv):  # this shard flushes in its turn; the reply waits for every peer
+        from durakv.server.front import Gather  # here: front imports client, which imports this module
+        gather = Gather(client, 2, lambda parts: merge(parts[:1], client.proto))
+        getattr(front, "local").submit(client, PROTO_INTERNAL, argv, gather.part(0))  # noqa: B009
+        peers = gather.part(1)
+        front.pubsub.ask_peers(OP_SCRIPT_FLUSH, [], lambda _parts: peers.fill(encode_internal(True, None)))
+        return True
+    return False
+
+
+def body_here(front: Front, sha: bytes) -> bytes | None:
+    scripts = _scripts_here(front)
+    cached = None if scripts is None else scripts.get(sha.lower())
+    return None if cached is None else cached[0]
+
+
+def find_body(front: Front, sha: bytes, done: Callable[[bytes | None], None]) -> None:
+    """Ask every process for the script's body; `done` gets it (checked against the sha) or None."""
+    sha = sha.lower()
+    local = body_here(front, sha)
+    if local is not None:
+        done(local)
+        return
+
+    def answered(parts: list[Any]) -> None:
+        for part in parts:
+            if isinstance(part, bytes) and sha1hex(part) == sha:
+                done(part)
+                return
+        done(None)
+
+    front.pubsub.ask_peers(OP_SCRIPT_BODY, [sha], answered)

@@ -1,0 +1,222 @@
+"""Scripts whose declared keys are all on one shard but that touch a key of another
+shard, through the router on two shards: they run as on one Redis (the shard puts
+back what the script did, shards/script_undo.py, and the router runs it again across
+shards, server/script_retry.py); on a shard port Redis Cluster's error stays."""
+
+from __future__ import annotations
+
+import threading
+from time import time_ns
+
+import pytest
+import redis
+
+from durakv.shards.slots import key_slot, slot_owner_table
+from test_txn import A, B, B2
+
+# Declares KEYS[1] (shard of A), writes it and a list there, then reaches ARGV[1] (another shard).
+REACH = ("redis.call('SET', KEYS[1], 'v1') redis.call('INCR', KEYS[2]) redis.call('RPUSH', KEYS[3], 'a', 'b') "
+         "local other = redis.call('GET', ARGV[1]) redis.call('SET', ARGV[1], 'from-script') "
+         "return {other, redis.call('GET', KEYS[1]), redis.call('LLEN', KEYS[3])}")
+
+
+def same_shard_keys(like: str, count: int) -> list[str]:
+    """`count` key names on the shard that owns `like` (2-shard server)."""
+    owner = slot_owner_table(2)
+    shard = owner[key_slot(like.encode())]
+    names = [like]
+    i = 0
+    while len(names) < count:
+        name = f"{like}-same-{i}"
+        if owner[key_slot(name.encode())] == shard:
+            names.append(name)
+        i += 1
+    return names
+
+
+def test_keys_used_here_are_where_the_test_needs_them():
+    owner = slot_owner_table(2)
+    k1, k2, k3 = same_shard_keys(A, 3)
+    assert {owner[key_slot(k.encode())] for k in (k1, k2, k3)} == {owner[key_slot(A.encode())]}
+    assert owner[key_slot(A.encode())] != owner[key_slot(B.encode())]
+
+
+def test_a_one_shard_script_that_reaches_another_shard_runs_as_on_one_redis(pair):
+    k1, k2, k3 = same_shard_keys(A, 3)
+    pair.same("SET", k2, "41")
+    pair.same("RPUSH", k3, "old")
+    pair.same("SET", B, "other-shard")
+    pair.same("EVAL", REACH, "3", k1, k2, k3, B)
+    pair.same("MGET", k1, k2, B)
+    pair.same("LRANGE", k3, "0", "-1")
+    # Again by sha, a read-only one, and a function: the same.
+    sha = pair.same("SCRIPT", "LOAD", REACH)
+    pair.same("EVALSHA", sha, "3", k1, k2, k3, B2)
+    pair.same("MGET", k1, k2, B2)
+    pair.same("EVAL_RO", "return {redis.call('GET', KEYS[1]), redis.call('GET', ARGV[1])}", "1", k1, B)
+    # A pcall of the other shard's key goes on as in Redis (the key is there on one node).
+    pair.same("SET", B, "not-a-number")
+    pair.same("EVAL", "redis.call('SET', KEYS[1], 'p') local r = redis.pcall('INCR', ARGV[1]) "
+              "redis.call('SET', KEYS[1], 'q') return r", "1", k1, B)
+    pair.same("MGET", k1, B)
+    # An error after reaching the other shard: the writes before it stay, as in Redis.
+    pair.same("EVAL", "redis.call('SET', KEYS[1], 'before') redis.call('SET', ARGV[1], 'b2') "
+              "redis.call('INCR', KEYS[2]) return 1", "2", k1, k3, B)
+    pair.same("MGET", k1, B)
+
+
+def test_a_one_shard_function_that_reaches_another_shard_runs_as_on_one_redis(pair):
+    k1, _k2, _k3 = same_shard_keys(A, 3)
+    library = ("#!lua name=reachlib\n"
+               "redis.register_function('reach', function(keys, args) "
+               "redis.call('RPUSH', keys[1], 'x') redis.call('RPUSH', args[1], 'y') "
+               "return redis.call('LLEN', keys[1]) + redis.call('LLEN', args[1]) end)")
+    pair.same("FUNCTION", "LOAD", "REPLACE", library)
+    try:
+        pair.same("FCALL", "reach", "1", k1, B)
+        pair.same("FCALL", "reach", "1", k1, B)
+        pair.same("LRANGE", k1, "0", "-1")
+        pair.same("LRANGE", B, "0", "-1")
+    finally:
+        pair.same("FUNCTION", "DELETE", "reachlib")
+
+
+def test_nothing_of_the_thrown_away_attempt_is_seen(server):
+    """A reader of the declared key and the other shard's key never sees the declared
+    key written alone, and no keyspace notification of the attempt put back is sent."""
+    writer = server.client()
+    reader = server.client()
+    writer.flushall()
+    writer.mset({A: "0", B: "0"})
+    writer.config_set("notify-keyspace-events", "KA")
+    sub = server.client().pubsub()
+    sub.subscribe(f"__keyspace@0__:{A}")
+    assert sub.get_message(timeout=5)["type"] == "subscribe"
+    stop = threading.Event()
+    seen: list[list] = []
+
+    def read() -> None:
+        while not stop.is_set():
+            seen.append(reader.mget(A, B))
+
+    t = threading.Thread(target=read)
+    t.start()
+    rounds = 40
+    try:
+        for i in range(1, rounds + 1):
+            assert writer.eval("redis.call('SET', KEYS[1], ARGV[2]) redis.call('SET', ARGV[1], ARGV[2]) return 1",
+                               1, A, B, i) == 1
+    finally:
+        stop.set()
+        t.join()
+        writer.config_set("notify-keyspace-events", "")
+    assert seen and all(a == b for a, b in seen), [s for s in seen if s[0] != s[1]][:5]
+    assert writer.mget(A, B) == [str(rounds).encode()] * 2
+    events = []
+    while (message := sub.get_message(timeout=0.5)) is not None:
+        events.append(message["data"])
+    sub.close()
+    # One notification per committed run (a cross-shard write notifies its RESTORE, ARCHITECTURE.md),
+    # none of the attempt put back (that one would be a `set`).
+    assert b"set" not in events and len(events) == rounds, events
+
+
+def test_on_a_shard_port_a_non_local_key_keeps_redis_clusters_error(server):
+    owner = slot_owner_table(2)
+    node = server.shard_client(owner[key_slot(A.encode())])
+    server.client().delete(A, B)
+    with pytest.raises(redis.ResponseError, match="non local key"):
+        node.eval("redis.call('SET', KEYS[1], 'x') return redis.call('GET', ARGV[1])", 1, A, B)
+    assert node.get(A) == b"x"  # as in Redis Cluster, the write before the error stays
+
+
+def test_the_shard_puts_back_what_the_script_did_and_the_log_replays_to_it():
+    """In process: a router's script on a shard owning half the slots writes three keys
+    (one new, one string with a TTL, one hash) and then reaches a key of the other
+    half: the shard answers TXNONLOCAL, the keyspace is as before, no notification
+    is left, and the logged effects (the script's writes, then their undo) replay
+    to the same state."""
+    import durakv.shards.commands  # noqa: F401  (registers EVAL)
+    from durakv.shards.engine import state_of
+    from durakv.shards.resp import ReplyError
+    from durakv.shards.script_undo import NONLOCAL_RETRY
+    from engine_util import assert_replay_equals_live, call, new_ctx
+
+    ctx = new_ctx()
+    ctx.shard.slot_range = (0, 8191)
+    ctx.shard.scripts_undo = True
+    local = [k for k in (f"u{i}" for i in range(100)) if key_slot(k.encode()) <= 8191][:3]
+    other = next(k for k in (f"o{i}" for i in range(100)) if key_slot(k.encode()) > 8191)
+    s, h, new = local
+    call(ctx, "SET", s, "old")
+    call(ctx, "PEXPIREAT", s, "99999999999999")
+    call(ctx, "HSET", h, "f", "1")
+    ctx.db.notify_flags = 0xFFFF
+    before = state_of(ctx.db)
+    script = ("redis.call('SET', KEYS[1], 'new') redis.call('HSET', KEYS[2], 'g', '2') "
+              "redis.call('RPUSH', KEYS[3], 'x') redis.call('PERSIST', KEYS[1]) "
+              "local ok = redis.pcall('GET', ARGV[1]) redis.call('DEL', KEYS[2]) return 1")
+    reply = call(ctx, "EVAL", script, "3", s, h, new, other)
+    assert isinstance(reply, ReplyError) and reply.message == NONLOCAL_RETRY, reply
+    assert state_of(ctx.db) == before
+    assert ctx.db.expires[s.encode()] == 99999999999999
+    assert ctx.db.events == []
+    assert_replay_equals_live(ctx)
+    ctx.shard.scripts_undo = False  # a shard port: Redis Cluster's error, the writes before it stay
+    call(ctx, "EVAL", script, "3", s, h, new, other)
+    assert call(ctx, "GET", s) == b"new" and call(ctx, "EXISTS", h) == 0
+
+
+def _messages(sub, wait_s: float) -> list:
+    got = []
+    while (message := sub.get_message(timeout=wait_s)) is not None:
+        if message["type"] == "message":
+            got.append(message["data"])
+    return got
+
+
+@pytest.mark.parametrize("numkeys", [0, 1])
+def test_a_script_run_again_publishes_and_logs_once(server, redis_ref, numkeys):
+    """A keyless script that finds keys on both shards (run several times by the
+    executor), and a one-shard script that reaches the other shard (put back and run
+    again): their PUBLISH reaches a subscriber once, as on redis-server, and their
+    redis.log line is written once."""
+    marker = f"logged-once-{numkeys}-{time_ns()}"
+    script = (f"redis.log(redis.LOG_WARNING, '{marker}') redis.call('PUBLISH', 'xchan', 'hello') "
+              "redis.call('SET', ARGV[1], 'a') redis.call('SET', ARGV[2], 'b') return 1")
+    keys = [A] if numkeys else []
+    counts = []
+    for port in (server.port, redis_ref.port):
+        client = redis.Redis(port=port, socket_timeout=30)
+        client.delete(A, B)
+        sub = client.pubsub()
+        sub.subscribe("xchan")
+        assert sub.get_message(timeout=5)["type"] == "subscribe"
+        assert client.eval(script, numkeys, *keys, A, B) == 1
+        assert client.mget(A, B) == [b"a", b"b"]
+        counts.append(_messages(sub, 0.5))
+        sub.close()
+    assert counts[0] == counts[1] == [b"hello"]
+    assert server.log().count(marker) == 1, server.log()[-2000:]
+
+
+def test_an_acl_users_script_that_reaches_another_shard_runs_again_under_its_rules(server):
+    """A restricted user's one-shard script reaching another shard's key runs again
+    across shards with the user's rules: a refused redis.call is in ACL LOG once."""
+    admin = server.client()
+    admin.delete(A, B)
+    admin.execute_command("ACL", "SETUSER", "reacher", "on", ">pw", "+eval", "+set", "+get", "~*")
+    admin.execute_command("ACL", "LOG", "RESET")
+    user = server.client(username="reacher", password="pw")
+    try:
+        assert user.eval("redis.call('SET', KEYS[1], 'a') redis.call('SET', ARGV[1], 'b') "
+                         "return redis.call('GET', ARGV[1])", 1, A, B) == b"b"
+        assert admin.mget(A, B) == [b"a", b"b"]
+        with pytest.raises(redis.ResponseError, match="can't run this command"):
+            user.eval("redis.call('SET', KEYS[1], 'c') redis.call('GET', ARGV[1]) "
+                      "return redis.call('DEL', KEYS[1])", 1, A, B)
+        assert admin.mget(A, B) == [b"c", b"b"]  # the write before the refused call stays, as in Redis
+        entries = [e for e in admin.acl_log() if e["context"] == "lua"]
+        assert [(e["object"], e["count"]) for e in entries] == [("del", 1)], entries
+    finally:
+        admin.execute_command("ACL", "DELUSER", "reacher")
