@@ -357,6 +357,9 @@ class Scripting:
             if run.read_only and (cmd.is_write or "may_replicate" in cmd.flags):
                 raise ScriptCallError(ERR_WRITE_RO)  # may_replicate too, so CLIENT PAUSE WRITE lets RO scripts run
             if cmd.handler is not None and cmd.where != ROUTER:
+                noreplicas = getattr(ctx.shard, "noreplicas", None) if cmd.is_write else None
+                if noreplicas is not None:
+                    raise ReplyError(noreplicas)  # scriptVerifyWriteCommandAllow (min-replicas-to-write)
                 if ctx.db.oom and not run.allow_oom and "denyoom" in cmd.flags and not run.wrote():
                     raise ReplyError(OOM_MESSAGE)  # scriptVerifyOOM: only before the script's first write
                 first, last = ctx.shard.slot_range

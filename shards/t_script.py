@@ -93,6 +93,10 @@ def run_script(ctx: Ctx, state: Scripting, function: Any, name: bytes, argv: lis
     """Run a compiled script or a registered function (for the command argv) and encode its reply.
     `flags` are its shebang's or the function's (None: an EVAL script without a shebang)."""
     allow_oom = flags is not None and b"allow-oom" in flags
+    if flags is not None and not read_only and b"no-writes" not in flags:
+        noreplicas = getattr(ctx.shard, "noreplicas", None)  # shards/min_replicas.py; a replay has none
+        if noreplicas is not None:
+            raise ReplyError(noreplicas)  # a flagged script that may write, refused as a whole (as Redis)
     if ctx.db.oom and flags is not None and not allow_oom and b"no-writes" not in flags:
         raise ERR_OOM  # a flagged script that may write is denyoom as a whole
     run = state.run = Run(ctx, read_only, name, not for_function, argv, allow_oom)

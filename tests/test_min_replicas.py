@@ -36,6 +36,18 @@ def test_without_good_replicas_writes_are_refused_as_redis_refuses_them(server_f
         pair.same("INCR", "n")
         pair.same("GET", "k")
         pair.same("EVAL", "return 1", "0")
+        # Scripts as Redis' scriptPrepareForRun/scriptCall: a flagged script that may write is
+        # refused as a whole, an unflagged one at its first write; reads and no-writes run.
+        pair.same("EVAL", "#!lua flags=no-writes\nreturn redis.call('get', KEYS[1])", "1", "k")
+        pair.same("EVAL", "return redis.call('get', KEYS[1])", "1", "k")
+        assert pair.same("EVAL", "#!lua\nreturn redis.call('get', KEYS[1])", "1", "k").message == NOREPLICAS.encode()
+        assert pair.same("EVAL", "return redis.call('set', KEYS[1], 1)", "1", "k").message.startswith(b"NOREPLICAS ")
+        pair.same("EVAL", "return redis.pcall('set', KEYS[1], 1)['err']", "1", "k")
+        pair.same("FUNCTION", "LOAD", "#!lua name=lib\nredis.register_function('w', function(k) "
+                  "return redis.call('set', k[1], 1) end)")
+        pair.same("FCALL", "w", "1", "k")
+        pair.same("GET", "k")
+        pair.same("FUNCTION", "FLUSH")
         assert _good(srv.client()) == _good(ref.client()) == 0
         # The shard's own port refuses too, and so does a shard restarted since the CONFIG SET.
         with pytest.raises(redis.ResponseError, match=f"^{NOREPLICAS}$"):
