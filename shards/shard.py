@@ -536,6 +536,8 @@ class Shard(GroupCommit):
         # its keyspace changes only by the log; promote() configures it again.
         self.memory_limit = memory if memory.share_bytes and self.replica is None else None
         db = self.db
+        if self.memory_limit is not None:
+            memory.sample(db)  # measured now, not at the next cron tick: the next batch enforces it
         if memory.policy.endswith("-lfu"):
             db.lfu = Lfu(settings["lfu-log-factor"], settings["lfu-decay-time"], now_ms())
         else:
