@@ -73,9 +73,6 @@ class LocalLink:
         this very loop, so nothing here could answer meanwhile."""
         if pending is None:
             pending = Pending(client)
-        if client is not None and client.parser.big_args:
-            # The parser fills big arguments in place (bytearray); the keyspace holds bytes.
-            argv = [bytes(arg) if type(arg) is bytearray else arg for arg in argv]
         rid = self._next_rid
         self._next_rid = rid + 1
         self._pending[rid] = pending
