@@ -27,6 +27,47 @@ _HEADER = struct.Struct("<4sIIIQQ")  # the whole 32-byte header
 _CRC = struct.Struct("<I")
 
 
+class PayloadPieces:
+    """A record payload given as consecutive buffers, a big value among them (a
+    512 MiB SET), so that framing and writing it copies none of them: the CRC runs
+    over the parts in turn and the log writes them with one pwritev
+    (encode_records_scattered, Log.sync). Where a log needs one buffer (etcd),
+    bytes(payload) joins them."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self, parts: list[bytes]) -> None:
+        self.parts = parts
+        self.size = sum(map(len, parts))
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.parts)
+
+
+def encode_records_scattered(payloads: Sequence[bytes | PayloadPieces], first_seq: int, epoch: int,
+                             first_write_index: int) -> list[bytes]:
+    """encode_records, as the list of buffers whose concatenation it would return:
+    each record's header, then its payload's buffers as they are."""
+    parts: list[bytes] = []
+    append = parts.append
+    seq = first_seq
+    write_index = first_write_index
+    for payload in payloads:
+        tail = _TAIL.pack(len(payload), write_index, seq, epoch)
+        pieces = payload.parts if isinstance(payload, PayloadPieces) else [payload]
+        crc = crc32c(tail)
+        for piece in pieces:
+            crc = crc32c(piece, crc)
+        append(MAGIC + _CRC.pack(crc) + tail)
+        parts.extend(pieces)
+        seq += 1
+        write_index += 1
+    return parts
+
+
 def encode_records(payloads: Sequence[bytes], first_seq: int, epoch: int,
                    first_write_index: int) -> bytes:
     """Frame `payloads` as consecutive records seq first_seq.. (all with `epoch`);

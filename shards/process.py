@@ -119,6 +119,7 @@ async def serve_router(shard: Shard, sock: socket.socket) -> None:
                 rid, cid, proto, argv, positions = large_request_decoder.decode(item.head)
                 for position, blob in zip(positions, item.blobs, strict=True):
                     argv[position] = blob
+                shard.big_values_pending = True  # its record keeps the blobs in their own buffers
                 requests = [Request(rid, cid, proto, argv)]
             replies.extend(shard.execute_batch(conn, requests))
         conn.send(replies)
