@@ -22,8 +22,9 @@ from typing import Callable
 
 import trio
 
-from durakv.shards.frames import LARGE_BYTES, Pieces
-from durakv.shards.resp import bulk_array, encode, encode_error
+from durakv.shards.frames import LARGE_BYTES, Pieces, encode_internal
+from durakv.shards.records import bin_header
+from durakv.shards.resp import Raw, bulk_array, encode, encode_error
 
 logger = logging.getLogger("durakv.shard")
 
@@ -65,7 +66,8 @@ def encode_piece(items: list, proto: int) -> bytes | memoryview:
 def encode_all(chunked: ChunkedArray) -> bytes:
     """At once, where nothing may wait (no trio loop)."""
     items = chunked.items
-    return b"*%d\r\n" % len(items) + bytes(encode_piece(items, chunked.proto))
+    data = b"*%d\r\n" % len(items) + bytes(encode_piece(items, chunked.proto or 2))
+    return data if chunked.proto else encode_internal(True, Raw(data))
 
 
 def send_chunked(chunked: ChunkedArray, stats: ChunkStats, takes_pieces: bool,
@@ -87,21 +89,26 @@ def send_chunked(chunked: ChunkedArray, stats: ChunkStats, takes_pieces: bool,
 async def _encode_and_deliver(chunked: ChunkedArray, stats: ChunkStats, takes_pieces: bool,
                               deliver: Callable[[bytes], None]) -> None:
     items = chunked.items
+    proto = chunked.proto or 2
     data: bytes | Pieces
     try:
         parts: list[bytes | memoryview] = [b"*%d\r\n" % len(items)]
         for start in range(0, len(items), CHUNK_ITEMS):
-            parts.append(encode_piece(items[start : start + CHUNK_ITEMS], chunked.proto))
+            parts.append(encode_piece(items[start : start + CHUNK_ITEMS], proto))
             stats.turns += 1
             await trio.sleep(0)  # the shard's other clients are served between pieces
         size = sum(map(len, parts))
+        if not chunked.proto:  # an internal reply (ok, Raw array): frames.encode_internal's bytes
+            parts[0] = b"\x92\xc3" + bin_header(size) + parts[0]
+            size = sum(map(len, parts))
         if takes_pieces and size >= LARGE_BYTES:
             data = Pieces.of(parts)
         else:
             data = b"".join(parts)
     except Exception:
         logger.exception("shard: encoding a reply of %d items failed", len(items))
-        data = encode_error(b"ERR internal error encoding a big reply")
+        message = b"ERR internal error encoding a big reply"
+        data = encode_error(message) if chunked.proto else encode_internal(False, message)
     finally:
         stats.in_progress -= 1
     deliver(data)  # type: ignore[arg-type]  # a Pieces goes where bytes go, to a router link only

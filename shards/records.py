@@ -58,7 +58,7 @@ def encode_record_pieces(written_at_ms: int, effects: list[list[bytes]],
             if len(arg) < BIG_EFFECT_ARG_BYTES:
                 small.append(_encoder.encode(arg))
                 continue
-            small.append(_bin_header(len(arg)))
+            small.append(bin_header(len(arg)))
             parts.append(b"".join(small))
             small = []
             parts.append(arg)
@@ -79,7 +79,8 @@ def _array_header(count: int) -> bytes:
     return b"\xdd" + count.to_bytes(4, "big")
 
 
-def _bin_header(size: int) -> bytes:
+def bin_header(size: int) -> bytes:
+    """msgpack's header of a bin of `size` bytes."""
     if size < 1 << 8:
         return b"\xc4" + size.to_bytes(1, "big")
     if size < 1 << 16:

@@ -51,7 +51,7 @@ from durakv.shards.slowlog import SlowLog
 from durakv.shards.t_multi import Watches, unpack_transaction
 from durakv.shards.tracking import flush_event, invalidation, set_front
 from durakv.shards.txn import TXN_VERBS, TxnState
-from durakv.shards.table import Command, find, lookup
+from durakv.shards.table import Command, find, lookup, merge_arrays
 
 if TYPE_CHECKING:
     from durakv.shards.replica import Replica
@@ -252,6 +252,8 @@ class Shard(GroupCommit):
         """Run a frame's requests in order; returns the replies that may leave now
         and holds the rest until their record is durable."""
         db = self.db
+        if self.chunk_stats.in_progress:  # a big reply is being encoded: these run between its pieces
+            self.chunk_stats.commands_between += len(requests)
         if self.lease_guard is not None and time.monotonic_ns() > self.lease_guard.deadline_ns \
                 and not self.lease_guard.check():   # renews, or ends a deposed primary (shards/lease_guard.py)
             return refuse_batch(self, conn, requests)
@@ -304,8 +306,6 @@ class Shard(GroupCommit):
                 self._serve_ready(next_seq, hold_writes)
         db.frozen_ms = 0
         self.total_commands += len(requests)
-        if self.chunk_stats.in_progress:
-            self.chunk_stats.commands_between += len(requests)
         self.append_effects()
         self.hand_out_events()
         if held_out:
@@ -349,6 +349,7 @@ class Shard(GroupCommit):
         effects = self.db.effects
         ctx.client_id = cid
         ctx.proto = proto
+        ctx.chunks = chunks
         cmd: Command | None = None
         effects_before = len(effects)
         start = time.perf_counter_ns()
@@ -370,7 +371,8 @@ class Shard(GroupCommit):
                 return result, 0
             if pieces and type(result) is bytes and len(result) >= LARGE_BYTES and proto:
                 data = cast(bytes, Pieces(result))  # goes where replies go, to a router link only
-            elif chunks and type(result) is list and len(result) >= CHUNKED_MIN_ITEMS and proto:
+            elif chunks and type(result) is list and len(result) >= CHUNKED_MIN_ITEMS \
+                    and (proto or cmd.merge is merge_arrays):  # internal: KEYS' RESP array, as Raw
                 data = cast(bytes, ChunkedArray(result, proto))
             else:
                 data = encode(result, proto) if proto else encode_internal(True, result)

@@ -312,7 +312,7 @@ def keys(ctx: Ctx, argv: list[bytes]):
         found = list(filter(compile_glob(pattern).match, found))
         if pattern and b"" in db.data and b"" in found:
             found.remove(b"")  # as glob_match: only the empty pattern matches an empty key
-    if len(found) >= CHUNKED_MIN_ITEMS and ctx.proto:
+    if len(found) >= CHUNKED_MIN_ITEMS and ctx.chunks:
         return found  # a fixed list: the shard encodes it across loop turns (shards/chunked.py)
     return Raw(encode(found, 2))
 
