@@ -47,24 +47,38 @@ class PayloadPieces:
         return b"".join(self.parts)
 
 
+Unsealed = list[tuple[bytes, list[bytes]]]  # records framed but for their CRC: (header tail, payload buffers)
+
+
 def encode_records_scattered(payloads: Sequence[bytes | PayloadPieces], first_seq: int, epoch: int,
-                             first_write_index: int) -> list[bytes]:
-    """encode_records, as the list of buffers whose concatenation it would return:
-    each record's header, then its payload's buffers as they are."""
-    parts: list[bytes] = []
-    append = parts.append
+                             first_write_index: int) -> Unsealed:
+    """encode_records, but each record as its header's tail and its payload's buffers
+    as they are, its CRC left to seal_records: a CRC over 512 MiB takes a while,
+    which the log computes where it writes (the commit thread), not in append."""
+    records: Unsealed = []
     seq = first_seq
     write_index = first_write_index
     for payload in payloads:
         tail = _TAIL.pack(len(payload), write_index, seq, epoch)
-        pieces = payload.parts if isinstance(payload, PayloadPieces) else [payload]
+        records.append((tail, payload.parts if isinstance(payload, PayloadPieces) else [payload]))
+        seq += 1
+        write_index += 1
+    return records
+
+
+def unsealed_bytes(records: Unsealed) -> int:
+    return sum(HEADER_BYTES + sum(map(len, pieces)) for _, pieces in records)
+
+
+def seal_records(records: Unsealed) -> list[bytes]:
+    """The buffers whose concatenation encode_records would return for these records."""
+    parts: list[bytes] = []
+    for tail, pieces in records:
         crc = crc32c(tail)
         for piece in pieces:
             crc = crc32c(piece, crc)
-        append(MAGIC + _CRC.pack(crc) + tail)
+        parts.append(MAGIC + _CRC.pack(crc) + tail)
         parts.extend(pieces)
-        seq += 1
-        write_index += 1
     return parts
 
 

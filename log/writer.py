@@ -26,7 +26,8 @@ from typing import Iterator, NamedTuple, Sequence, cast
 
 from .errors import (LeaseLost, LogClosed, LogCorrupt, LogLocked, LogWriteFailed, PendingFull,
                      RecordTooLarge, SequenceMismatch)
-from .format import MAX_RECORD_BYTES, MAX_WRITE_INDEX, PayloadPieces, encode_records, encode_records_scattered
+from .format import (MAX_RECORD_BYTES, MAX_WRITE_INDEX, PayloadPieces, Unsealed, encode_records,
+                     encode_records_scattered, seal_records, unsealed_bytes)
 from .disk import OS_DISK, Disk
 from .lease import LeaseFile
 from .lock import lock_shard_log
@@ -113,7 +114,7 @@ class Log:
         self._active_fd = -1
         self._active_size = 0
         self._lock = threading.Lock()            # guards the pending buffer swap
-        self._pending: list[bytes | list[bytes]] = []   # a list: a record's buffers, not joined
+        self._pending: list[bytes | Unsealed] = []   # Unsealed: records of buffers, not joined
         self._pending_bytes = 0
         self._pending_scattered = False          # a chunk of _pending is a list of buffers
         self._pending_last_seq = 0
@@ -478,10 +479,10 @@ class Log:
             write_first = view[1] or first_seq
             if first_seq - write_first + count - 1 > MAX_WRITE_INDEX:
                 raise PendingFull(f"more than {MAX_WRITE_INDEX + 1} records pending; sync first")
-            chunk: bytes | list[bytes]
+            chunk: bytes | Unsealed
             if scattered:
                 chunk = encode_records_scattered(payloads, first_seq, lease.epoch, first_seq - write_first)
-                chunk_bytes = sum(map(len, chunk))
+                chunk_bytes = unsealed_bytes(chunk)
             else:
                 chunk = encode_records(cast("Sequence[bytes]", payloads), first_seq, lease.epoch,
                                        first_seq - write_first)
@@ -523,7 +524,7 @@ class Log:
             if scattered:  # a big value among them: written from its own buffer, never joined
                 for chunk in chunks:
                     if isinstance(chunk, list):
-                        buffers.extend(chunk)
+                        buffers.extend(seal_records(chunk))  # their CRCs: here, in the commit thread
                     else:
                         buffers.append(chunk)
                 size = sum(map(len, buffers))

@@ -12,6 +12,7 @@ import random
 import redis
 
 from durakv.log import Log
+from durakv.log import format as format_module
 from durakv.log.format import PayloadPieces
 from durakv.shards.bigbuf import Filling
 from durakv.shards.records import BIG_EFFECT_ARG_BYTES, decode_record, encode_record, encode_record_pieces
@@ -52,12 +53,22 @@ def test_log_writes_a_scattered_record_from_its_buffers(tmp_path, monkeypatch):
         return real_pwritev(fd, buffers, offset, *flags)
 
     monkeypatch.setattr(os, "pwritev", pwritev)
+    checksummed: list[int] = []
+    real_crc32c = format_module.crc32c
+
+    def crc32c(data, value=0):
+        checksummed.append(len(data))
+        return real_crc32c(data, value)
+
+    monkeypatch.setattr(format_module, "crc32c", crc32c)
     path = tmp_path / "log"
     with Log.open(path) as lg:
         lease = lg.take_lease("shard-0")
         lg.append([b"before"], 0, lease)
         lg.append([payload, b"after"], 1, lease)
+        assert len(big) not in checksummed, "append checksummed the big value: in the loop, not the commit thread"
         assert lg.sync() == 3
+        assert len(big) in checksummed
         assert lg.bytes_written == lg.size_bytes
     assert any(any(buffer is big for buffer in buffers) for buffers in written), "the value was copied"
     with Log.open(path) as lg:
