@@ -7,8 +7,9 @@ Redis answers such a command atomically, and so does this: the handler takes the
 list of items at once (a C-speed copy of the keys or the list slice: cheap), and
 only the encoding of that fixed list is spread over turns. The items are bytes,
 which nothing changes in place, so writes run between the pieces change the
-keyspace but not the reply. `Shard._execute` turns a handler's list of
-CHUNKED_MIN_ITEMS or more into a ChunkedArray (top-level commands only; inside
+keyspace but not the reply. `Shard._execute` turns a handler's list, SetReply
+(SMEMBERS) or Map (HGETALL) of CHUNKED_MIN_ITEMS items or more into a ChunkedArray
+(top-level commands only; inside
 MULTI/EXEC, scripts or replay the list is encoded at once as before), and
 `Shard.execute_batch` hands it to `send_chunked`, which encodes it in a system
 task and delivers it as any reply: now, or held until the record it waits for is
@@ -24,7 +25,7 @@ import trio
 
 from durakv.shards.frames import LARGE_BYTES, Pieces, encode_internal
 from durakv.shards.records import bin_header
-from durakv.shards.resp import Raw, bulk_array, encode, encode_error
+from durakv.shards.resp import Map, Raw, SetReply, bulk_array, encode, encode_error
 
 logger = logging.getLogger("durakv.shard")
 
@@ -32,14 +33,37 @@ CHUNKED_MIN_ITEMS = 50_000  # smaller arrays are encoded at once (a few ms)
 CHUNK_ITEMS = 20_000  # items encoded per loop turn (~2 ms in C)
 
 
+CHUNKABLE = frozenset({list, SetReply, Map})  # the reply types a ChunkedArray stands for
+
+
 class ChunkedArray:
-    """A handler's array reply, its items fixed, to be encoded across turns."""
+    """A handler's array reply (a list, SetReply or Map, whose items the handler
+    made at once), to be encoded across turns."""
 
-    __slots__ = ("items", "proto")
+    __slots__ = ("items", "proto", "header")
 
-    def __init__(self, items: list, proto: int) -> None:
+    def __init__(self, items: list, proto: int, header: bytes) -> None:
         self.items = items
         self.proto = proto
+        self.header = header
+
+
+def as_chunked(result: list | SetReply | Map, proto: int) -> ChunkedArray | None:
+    """A ChunkedArray for a reply of CHUNKED_MIN_ITEMS items or more, else None."""
+    if isinstance(result, list):
+        items = result
+        header = b"*%d\r\n" % len(items)
+    else:
+        items = result.items
+        if proto != 3:
+            header = b"*%d\r\n" % len(items)
+        elif type(result) is SetReply:
+            header = b"~%d\r\n" % len(items)
+        else:
+            header = b"%%%d\r\n" % (len(items) // 2)
+    if len(items) < CHUNKED_MIN_ITEMS:
+        return None
+    return ChunkedArray(items, proto, header)
 
 
 class ChunkStats:
@@ -65,8 +89,7 @@ def encode_piece(items: list, proto: int) -> bytes | memoryview:
 
 def encode_all(chunked: ChunkedArray) -> bytes:
     """At once, where nothing may wait (no trio loop)."""
-    items = chunked.items
-    data = b"*%d\r\n" % len(items) + bytes(encode_piece(items, chunked.proto or 2))
+    data = chunked.header + bytes(encode_piece(chunked.items, chunked.proto or 2))
     return data if chunked.proto else encode_internal(True, Raw(data))
 
 
@@ -92,7 +115,7 @@ async def _encode_and_deliver(chunked: ChunkedArray, stats: ChunkStats, takes_pi
     proto = chunked.proto or 2
     data: bytes | Pieces
     try:
-        parts: list[bytes | memoryview] = [b"*%d\r\n" % len(items)]
+        parts: list[bytes | memoryview] = [chunked.header]
         for start in range(0, len(items), CHUNK_ITEMS):
             parts.append(encode_piece(items[start : start + CHUNK_ITEMS], proto))
             stats.turns += 1

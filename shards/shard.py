@@ -36,7 +36,7 @@ from durakv.shards.frames import (
 )
 from durakv.shards.hazards import HazardTracker, HeldReplies, ReplySink
 from durakv.shards.blocking import Block, BlockedClients, Waiter
-from durakv.shards.chunked import CHUNKED_MIN_ITEMS, ChunkedArray, ChunkStats, send_chunked
+from durakv.shards.chunked import CHUNKABLE, ChunkedArray, ChunkStats, as_chunked, send_chunked
 from durakv.shards.access import Lfu
 from durakv.shards.keyspace import Keyspace, now_ms
 from durakv.shards.log_backend import etcd_upkeep, is_etcd_log, open_shard_log, take_shard_lease, uses_etcd
@@ -371,9 +371,9 @@ class Shard(GroupCommit):
                 return result, 0
             if pieces and type(result) is bytes and len(result) >= LARGE_BYTES and proto:
                 data = cast(bytes, Pieces(result))  # goes where replies go, to a router link only
-            elif chunks and type(result) is list and len(result) >= CHUNKED_MIN_ITEMS \
-                    and (proto or cmd.merge is merge_arrays):  # internal: KEYS' RESP array, as Raw
-                data = cast(bytes, ChunkedArray(result, proto))
+            elif chunks and type(result) in CHUNKABLE and (proto or cmd.merge is merge_arrays) \
+                    and (big := as_chunked(result, proto)) is not None:  # internal: KEYS' RESP array, as Raw
+                data = cast(bytes, big)
             else:
                 data = encode(result, proto) if proto else encode_internal(True, result)
         except ReplyError as e:

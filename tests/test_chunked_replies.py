@@ -42,6 +42,8 @@ def test_keys_and_lrange_of_many_items_equal_redis(server_factory, redis_ref):  
         load(client, KEYS)
         for first in range(0, len(elements), LOAD_BATCH):
             client.rpush("list", *elements[first : first + LOAD_BATCH])
+            client.sadd("set", *elements[first : first + LOAD_BATCH])
+            client.hset("hash", mapping={e: b"v" + e for e in elements[first : first + LOAD_BATCH // 2]})
     for proto in (2, 3):
         ours_p = srv.client(protocol=proto)
         ref_p = redis_ref.client(protocol=proto)
@@ -49,6 +51,10 @@ def test_keys_and_lrange_of_many_items_equal_redis(server_factory, redis_ref):  
         assert sorted(ours_p.keys("key:00001*")) == sorted(ref_p.keys("key:00001*"))
         assert ours_p.lrange("list", 0, -1) == ref_p.lrange("list", 0, -1) == elements
         assert ours_p.lrange("list", 5, -7) == ref_p.lrange("list", 5, -7)
+        assert ours_p.smembers("set") == ref_p.smembers("set")
+        assert ours_p.hgetall("hash") == ref_p.hgetall("hash")
+        if proto == 3:  # the RESP3 types: a set and a map
+            assert ours_p.execute_command("SMEMBERS", "set").__class__ is set
         ours_p.close()
         ref_p.close()
     # inside MULTI and a script the list is encoded at once, as before
@@ -57,8 +63,9 @@ def test_keys_and_lrange_of_many_items_equal_redis(server_factory, redis_ref):  
     assert tx.execute() == [elements]
     assert ours.eval("return #redis.call('lrange', KEYS[1], 0, -1)", 1, "list") == len(elements)
     after = info_stats(ours)
-    # per proto: KEYS * on each shard and the two LRANGEs (KEYS key:00001* is too small)
-    assert after["chunked_replies"] - before["chunked_replies"] == 2 * (2 + 2)
+    # per proto: KEYS * on each shard, the two LRANGEs, SMEMBERS, HGETALL (KEYS key:00001* is too
+    # small), and RESP3's second SMEMBERS
+    assert after["chunked_replies"] - before["chunked_replies"] == 2 * (2 + 2 + 2) + 1
     assert after["chunked_reply_turns"] > after["chunked_replies"]
     ref.flushall()
 
