@@ -103,14 +103,16 @@ class System:
                 time.sleep(0.1)
         self.client = redis.Redis(port=port, socket_timeout=SOCKET_TIMEOUT_S)
         self.measuring = multiprocessing.Event()
-        self.ask = multiprocessing.Event()
+        self.asks = []  # one per probe: the first to see a shared one would clear it for both
         self.done = multiprocessing.Event()
         self.results: list[Connection] = []
         self.probers = []
         for key in (PROBE_KEY, SAME_SHARD_PROBE_KEY):
             results, sender = multiprocessing.Pipe(duplex=False)
+            ask = multiprocessing.Event()
             prober = multiprocessing.Process(
-                target=probe, args=(port, key, self.measuring, self.ask, self.done, sender), daemon=True)
+                target=probe, args=(port, key, self.measuring, ask, self.done, sender), daemon=True)
+            self.asks.append(ask)
             prober.start()
             self.results.append(results)
             self.probers.append(prober)
@@ -134,7 +136,8 @@ class System:
         result = fn(self.client)
         seconds = time.perf_counter() - t0
         self.measuring.clear()
-        self.ask.set()
+        for ask in self.asks:
+            ask.set()
         worst_ms, same_ms = (results.recv() for results in self.results)
         stop.set()
         sampler.join()
