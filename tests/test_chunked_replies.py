@@ -11,9 +11,12 @@ import threading
 
 import hiredis
 import redis
+import trio
 from refserver import redis_ref  # noqa: F401  (fixture)
 
-from durakv.shards.chunked import CHUNK_ITEMS, CHUNKED_MIN_ITEMS
+from durakv.shards.chunked import CHUNK_ITEMS, CHUNKED_MIN_ITEMS, ChunkStats, as_chunked, send_chunked
+from durakv.shards.frames import Pieces, encode_internal
+from durakv.shards.resp import Map, Raw, SetReply, Simple, encode
 
 KEYS = 2 * CHUNKED_MIN_ITEMS + 20_000  # two shards: each holds more than CHUNKED_MIN_ITEMS
 LOAD_BATCH = 10_000
@@ -29,6 +32,39 @@ def load(client: redis.Redis, count: int, prefix: bytes = b"key:") -> None:
 def info_stats(client: redis.Redis) -> dict:
     info = client.info("stats")
     return {name: info[name] for name in ("chunked_replies", "chunked_reply_turns", "commands_during_chunked_replies")}
+
+
+def test_pieces_encoded_across_turns_are_the_reply_encoded_at_once():
+    """Unit level: what send_chunked delivers after yielding between pieces is byte for
+    byte what encode gives at once (RESP2, RESP3, and the internal (ok, Raw) of a
+    fan-out), as one bytes or as Pieces for a router link."""
+    mixed = [b"a", 1, None, [b"x", 2, None, [3]], Simple(b"OK"), 2.5, True, Map([b"k", 1]), SetReply([b"s"])]
+    replies = [mixed * (CHUNKED_MIN_ITEMS // len(mixed) + 1), [b"k%d" % i for i in range(CHUNKED_MIN_ITEMS + 7)],
+               SetReply([b"m%d" % i for i in range(CHUNKED_MIN_ITEMS)]),
+               Map([b"f%d" % (i // 2) for i in range(CHUNKED_MIN_ITEMS + 2)])]
+    assert as_chunked([b"few"] * (CHUNKED_MIN_ITEMS - 1), 2) is None
+
+    async def main() -> None:
+        for reply in replies:
+            for proto in (0, 2, 3):
+                if proto == 0 and type(reply) is not list:
+                    continue  # only KEYS' array is chunked for an internal request
+                expected = encode(reply, proto) if proto else encode_internal(True, Raw(encode(reply, 2)))
+                for takes_pieces in (False, True):
+                    got: list = []
+                    stats = ChunkStats()
+                    send_chunked(as_chunked(reply, proto), stats, takes_pieces, got.append)
+                    assert stats.in_progress == 1 and not got  # nothing encoded yet: the loop runs first
+                    while not got:
+                        await trio.sleep(0)
+                    data = got[0]
+                    if takes_pieces:
+                        assert type(data) is Pieces and len(data) == len(expected)
+                        data = b"".join(data.parts)
+                    assert data == expected
+                    assert stats.turns > 1 and stats.in_progress == 0
+
+    trio.run(main)
 
 
 def test_keys_and_lrange_of_many_items_equal_redis(server_factory, redis_ref):  # noqa: F811
