@@ -143,24 +143,21 @@ class Client:
     # --- reading and dispatch -------------------------------------------------
 
     def on_readable(self) -> None:
+        if self.parser.fill is not None and type(self.sock) is socket.socket and self._read_into_fill():
+            return
+        try:
+            data = self.sock.recv(RECV_BYTES)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.kill()
+            return
+        if not data:
+            self.kill()  # EOF: like Redis, replies still queued are dropped
+            return
+        self.router.stats_net_input_bytes += len(data)
         parser = self.parser
         big_args = parser.big_args
-        if parser.fill is not None and type(self.sock) is socket.socket:
-            if not self._read_into_fill():
-                return
-            data = b""  # the argument is complete: run its request now
-        else:
-            try:
-                data = self.sock.recv(RECV_BYTES)
-            except BlockingIOError:
-                return
-            except OSError:
-                self.kill()
-                return
-            if not data:
-                self.kill()  # EOF: like Redis, replies still queued are dropped
-                return
-            self.router.stats_net_input_bytes += len(data)
         parser.feed(data)
         if parser.big_args != big_args:
             self.router.large_requests += 1  # RECV_BYTES <= frames.LARGE_BYTES: no large argument comes otherwise
@@ -196,29 +193,34 @@ class Client:
     def _read_into_fill(self) -> bool:
         """A big argument is arriving: receive straight into the value it will be
         (shards/resp.py RequestParser.fill), as much as the socket holds, rather than
-        RECV_BYTES a turn copied through the parser's buffer. True once the argument
-        is complete (on_readable then runs its request; its CRLF is read as usual)."""
+        RECV_BYTES a turn copied through the parser's buffer. Its last byte is left
+        to on_readable's ordinary read (False: do that now), which completes it and
+        runs its request as for any argument."""
         parser = self.parser
         fill = parser.fill
         sock = self.sock
         assert fill is not None and type(sock) is socket.socket
-        try:
-            got = sock.recv_into(fill.space())
-        except BlockingIOError:
+        space = fill.space()
+        if len(space) <= 1:
             return False
+        try:
+            got = sock.recv_into(space, len(space) - 1)
+        except BlockingIOError:
+            return True
         except OSError:
             self.kill()
-            return False
+            return True
+        finally:
+            space.release()
         if not got:
             self.kill()  # EOF in the middle of an argument
-            return False
+            return True
         self.router.stats_net_input_bytes += got
         parser.filled(got)
         if parser.buffered_bytes() > self.query_limit:
             logger.warning("router: client %s closed: query buffer over %d bytes", self.addr, self.query_limit)
             self.kill()
-            return False
-        return parser.fill is None
+        return True
 
     def _check_held_requests(self) -> None:
         """A blocked or paused client's requests wait parsed in its backlog, where
