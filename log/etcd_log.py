@@ -46,6 +46,7 @@ from .etcd_records import (HEADER, MAX_PARTS, Keys, cmp_absent, cmp_mod, drop_op
                            log_ends, put_op, read, revision_of)
 from .etcd_nodes import leader_entry_key
 from .etcd_upkeep import MemberSize, compact_to_floor, floor_prefixes, member_size
+from .format import PayloadPieces
 from .interface import LeaseLike
 from .lease import BOOT_ID, pid_alive
 from .writer import RecoveryReport
@@ -339,7 +340,7 @@ class EtcdLog:
 
     # ---- writing ----
 
-    def append(self, payloads: Sequence[bytes], after_seq: int, lease: LeaseLike) -> int:
+    def append(self, payloads: Sequence[bytes | PayloadPieces], after_seq: int, lease: LeaseLike) -> int:
         """Queue payloads as seqs after_seq+1..; nothing is in etcd until sync()."""
         self._check_open()
         self._check_lease(lease)

@@ -50,6 +50,61 @@ _HEADER = struct.Struct("<4sIIIQQ")  # the whole 32-byte header
 _CRC = struct.Struct("<I")
 
 
+class PayloadPieces:
+    """A record payload given as consecutive buffers, a big value among them (a
+    512 MiB SET), so that framing and writing it copies none of them: the CRC runs
+    over the parts in turn and the log writes them with one pwritev
+    (encode_records_scattered, Log.sync). Where a log needs one buffer (etcd),
+    bytes(payload) joins them."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self, parts: list[bytes]) -> None:
+        self.parts = parts
+        self.size = sum(map(len, parts))
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.parts)
+
+
+Unsealed = list[tuple[bytes, list[bytes]]]  # records framed but for their CRC: (header tail, payload buffers)
+
+
+def encode_records_scattered(payloads: Sequence[bytes | PayloadPieces], first_seq: int, epoch: int,
+                             first_write_index: int) -> Unsealed:
+    """encode_records, but each record as its header's tail and its payload's buffers
+    as they are, its CRC left to seal_records: a CRC over 512 MiB takes a while,
+    which the log computes where it writes (the commit thread), not in append."""
+    records: Unsealed = []
+    seq = first_seq
+    write_index = first_write_index
+    for payload in payloads:
+        tail = _TAIL.pack(len(payload), write_index, seq, epoch)
+        records.append((tail, payload.parts if isinstance(payload, PayloadPieces) else [payload]))
+        seq += 1
+        write_index += 1
+    return records
+
+
+def unsealed_bytes(records: Unsealed) -> int:
+    return sum(HEADER_BYTES + sum(map(len, pieces)) for _, pieces in records)
+
+
+def seal_records(records: Unsealed) -> list[bytes]:
+    """The buffers whose concatenation encode_records would return for these records."""
+    parts: list[bytes] = []
+    for tail, pieces in records:
+        crc = crc32c(tail)
+        for piece in pieces:
+            crc = crc32c(piece, crc)
+        parts.append(MAGIC + _CRC.pack(crc) + tail)
+        parts.extend(pieces)
+    return parts
+
+
 def encode_records(payloads: Sequence[bytes], first_seq: int, epoch: int,
                    first_write_index: int) -> bytes:
     """Frame `payloads` as consecutive records seq first_seq.. (all with `epoch`);

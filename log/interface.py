@@ -31,6 +31,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator, Protocol, Sequence, runtime_checkable
 
+from .format import PayloadPieces
+
 # (seq, epoch, payload): one record as every read yields it.
 Record = tuple[int, int, bytes]
 
@@ -76,9 +78,10 @@ class ShardLog(Protocol):
         """Extend the lease by its duration from now; LeaseLost if another holder took it."""
         ...
 
-    def append(self, payloads: Sequence[bytes], after_seq: int, lease: LeaseLike) -> int:
+    def append(self, payloads: Sequence[bytes | PayloadPieces], after_seq: int, lease: LeaseLike) -> int:
         """Queue records seq after_seq+1..; SequenceMismatch unless after_seq is the tail,
-        LeaseLost unless `lease` is current. Returns the new tail_seq."""
+        LeaseLost unless `lease` is current. Returns the new tail_seq. A PayloadPieces
+        is one payload in several buffers (bytes() joins it)."""
         ...
 
     def sync(self) -> int:

@@ -22,11 +22,12 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, NamedTuple, Sequence
+from typing import Iterator, NamedTuple, Sequence, cast
 
 from .errors import (LeaseLost, LogClosed, LogCorrupt, LogLocked, LogWriteFailed, PendingFull,
                      RecordTooLarge, SequenceMismatch)
-from .format import MAX_RECORD_BYTES, MAX_WRITE_INDEX, encode_records
+from .format import (MAX_RECORD_BYTES, MAX_WRITE_INDEX, PayloadPieces, Unsealed, encode_records,
+                     encode_records_scattered, seal_records, unsealed_bytes)
 from .disk import OS_DISK, Disk
 from .lease import LeaseFile
 from .lock import lock_shard_log
@@ -113,8 +114,9 @@ class Log:
         self._active_fd = -1
         self._active_size = 0
         self._lock = threading.Lock()            # guards the pending buffer swap
-        self._pending: list[bytes] = []
+        self._pending: list[bytes | Unsealed] = []   # Unsealed: records of buffers, not joined
         self._pending_bytes = 0
+        self._pending_scattered = False          # a chunk of _pending is a list of buffers
         self._pending_last_seq = 0
         self._pending_view: tuple[int, int] = (0, 0)   # (generation, first pending seq or 0)
         self._sync_busy = threading.Lock()
@@ -445,7 +447,7 @@ class Log:
 
     # ---- writing ----
 
-    def append(self, payloads: Sequence[bytes], after_seq: int, lease: Lease) -> int:
+    def append(self, payloads: Sequence[bytes | PayloadPieces], after_seq: int, lease: Lease) -> int:
         """Frame `payloads` as seqs after_seq+1.. into the pending buffer and return
         the new tail_seq. Nothing is written or durable until sync(). Accepted while
         the log is failed: the records wait for retry_failed() and the next sync()."""
@@ -458,8 +460,11 @@ class Log:
         if count == 0:
             return self.tail_seq
         batch_bytes = 0
+        scattered = False
         for payload in payloads:
-            if not isinstance(payload, (bytes, bytearray, memoryview)):
+            if type(payload) is PayloadPieces:
+                scattered = True
+            elif not isinstance(payload, (bytes, bytearray, memoryview)):
                 raise TypeError(f"payloads must be bytes, got {type(payload).__name__}")
             if isinstance(payload, memoryview) and (payload.itemsize != 1
                                                     or not payload.c_contiguous):
@@ -474,16 +479,24 @@ class Log:
             write_first = view[1] or first_seq
             if first_seq - write_first + count - 1 > MAX_WRITE_INDEX:
                 raise PendingFull(f"more than {MAX_WRITE_INDEX + 1} records pending; sync first")
-            chunk = encode_records(payloads, first_seq, lease.epoch, first_seq - write_first)
+            chunk: bytes | Unsealed
+            if scattered:
+                chunk = encode_records_scattered(payloads, first_seq, lease.epoch, first_seq - write_first)
+                chunk_bytes = unsealed_bytes(chunk)
+            else:
+                chunk = encode_records(cast("Sequence[bytes]", payloads), first_seq, lease.epoch,
+                                       first_seq - write_first)
+                chunk_bytes = len(chunk)
             with self._lock:
                 if self._pending_view != view:    # sync() took the buffer meanwhile
                     continue
-                if self._pending_bytes + len(chunk) > self.max_pending_bytes:
-                    raise PendingFull(f"{self._pending_bytes + len(chunk)} bytes pending would "
+                if self._pending_bytes + chunk_bytes > self.max_pending_bytes:
+                    raise PendingFull(f"{self._pending_bytes + chunk_bytes} bytes pending would "
                                       f"exceed max_pending_bytes={self.max_pending_bytes}; "
                                       "sync first")
                 self._pending.append(chunk)
-                self._pending_bytes += len(chunk)
+                self._pending_scattered = self._pending_scattered or scattered
+                self._pending_bytes += chunk_bytes
                 self._pending_last_seq = after_seq + count
                 self._pending_view = (view[0], write_first)
                 break
@@ -504,20 +517,36 @@ class Log:
                 generation, write_first = self._pending_view
                 if not chunks:
                     return self.durable_seq
-                self._pending, self._pending_bytes = [], 0
+                scattered = self._pending_scattered
+                self._pending, self._pending_bytes, self._pending_scattered = [], 0, False
                 self._pending_view = (generation + 1, 0)
-            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            buffers: list[bytes] = []
+            if scattered:  # a big value among them: written from its own buffer, never joined
+                for chunk in chunks:
+                    if isinstance(chunk, list):
+                        buffers.extend(seal_records(chunk))  # their CRCs: here, in the commit thread
+                    else:
+                        buffers.append(chunk)
+                size = sum(map(len, buffers))
+                data = b""
+            else:
+                joined = cast("list[bytes]", chunks)  # no chunk is a list of buffers
+                data = joined[0] if len(joined) == 1 else b"".join(joined)
+                size = len(data)
             try:
-                if self._active_size and self._active_size + len(data) > self.segment_size_bytes:
+                if self._active_size and self._active_size + size > self.segment_size_bytes:
                     self._check_not_deposed()   # a new holder may own the next segment's name
                     self._roll(write_first)
                 offset = self._active_size
                 started = time.perf_counter_ns()
-                self._disk.write_durably(self._active_fd, data, offset)
-                self._active_size = offset + len(data)
+                if scattered:
+                    self._disk.write_durably_buffers(self._active_fd, buffers, offset)
+                else:
+                    self._disk.write_durably(self._active_fd, data, offset)
+                self._active_size = offset + size
                 self.last_fsync_latency_us = (time.perf_counter_ns() - started) // 1000
             except OSError as exc:
-                self._unsynced = (data, last_seq)
+                self._unsynced = (b"".join(buffers) if scattered else data, last_seq)
                 raise self._fail(exc, "write/fsync") from exc
             # The fence (log/FORMAT.md): checked after the write, so a holder that took
             # the log before this point had this write in what it read, and one that
@@ -527,7 +556,7 @@ class Log:
             with self._seg_lock:
                 self._segments[-1][2] = self._active_size
             self.fsync_count += 1
-            self.bytes_written += len(data)
+            self.bytes_written += size
             self.durable_seq = last_seq
             return last_seq
         finally:

@@ -144,6 +144,8 @@ class Client:
     # --- reading and dispatch -------------------------------------------------
 
     def on_readable(self) -> None:
+        if self.parser.fill is not None and type(self.sock) is socket.socket and self._read_into_fill():
+            return
         try:
             data = self.sock.recv(RECV_BYTES)
         except BlockingIOError:
@@ -188,6 +190,38 @@ class Client:
                 self._check_held_requests()
             elif self.backlog and self.outbuf_bytes:
                 self.check_output_limits()  # what it asked for would pass the hard limit
+
+    def _read_into_fill(self) -> bool:
+        """A big argument is arriving: receive straight into the value it will be
+        (shards/resp.py RequestParser.fill), as much as the socket holds, rather than
+        RECV_BYTES a turn copied through the parser's buffer. Its last byte is left
+        to on_readable's ordinary read (False: do that now), which completes it and
+        runs its request as for any argument."""
+        parser = self.parser
+        fill = parser.fill
+        sock = self.sock
+        assert fill is not None and type(sock) is socket.socket
+        space = fill.space()
+        if len(space) <= 1:
+            return False
+        try:
+            got = sock.recv_into(space, len(space) - 1)
+        except BlockingIOError:
+            return True
+        except OSError:
+            self.kill()
+            return True
+        finally:
+            space.release()
+        if not got:
+            self.kill()  # EOF in the middle of an argument
+            return True
+        self.router.stats_net_input_bytes += got
+        parser.filled(got)
+        if parser.buffered_bytes() > self.query_limit:
+            logger.warning("router: client %s closed: query buffer over %d bytes", self.addr, self.query_limit)
+            self.kill()
+        return True
 
     def _check_held_requests(self) -> None:
         """A blocked or paused client's requests wait parsed in its backlog, where

@@ -333,6 +333,10 @@ def _stats(router, infos, version):
         f"total_protocol_errors:{router.stats_protocol_errors}",
         f"shard_frames_sent:{sum(link.frames_sent for link in router.links)}",
         f"shard_requests_sent:{sum(link.requests_sent for link in router.links)}",
+        # big array replies encoded across loop turns (shards/chunked.py): how many, the
+        # turns they took, and the commands shards ran meanwhile
+        *(f"{name}:{sum(i['chunked_replies'][k] for i in infos)}" for k, name in
+          enumerate(("chunked_replies", "chunked_reply_turns", "commands_during_chunked_replies"))),
     ]
 
 

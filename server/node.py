@@ -34,6 +34,7 @@ from durakv.server.topology import ensure_topology, replica_node_id, shard_node_
 from durakv.shards import internal
 from durakv.shards.config import Config, replica_port, shard_port, tls_replica_port, tls_shard_port
 from durakv.shards.frames import INTERNAL_PREFIX, PROTO_INTERNAL, VERB_CONFIG, Request
+from durakv.shards.records import BIG_EFFECT_ARG_BYTES
 from durakv.shards.resp import ReplyError, encode_error
 from durakv.shards.process import ClientPort
 from durakv.shards.luaenv import scripting_of
@@ -75,9 +76,8 @@ class LocalLink:
         this very loop, so nothing here could answer meanwhile."""
         if pending is None:
             pending = Pending(client)
-        if client is not None and client.parser.big_args:
-            # The parser fills big arguments in place (bytearray); the keyspace holds bytes.
-            argv = [bytes(arg) if type(arg) is bytearray else arg for arg in argv]
+        if client is not None and client.parser.big_args and max(map(len, argv)) >= BIG_EFFECT_ARG_BYTES:
+            self.shard.big_values_pending = True  # its record keeps the value in its own buffer
         rid = self._next_rid
         self._next_rid = rid + 1
         self._pending[rid] = pending

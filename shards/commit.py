@@ -33,13 +33,14 @@ from typing import Callable
 import trio
 
 from durakv.log import LeaseLost, Log, LogWriteFailed
+from durakv.log.format import PayloadPieces
 from durakv.shards.config import Config
 from durakv.shards.hazards import HazardTracker, HeldReplies, ReplySink
 from durakv.shards.idle_sync import IdleSync
 from durakv.shards.keyspace import Keyspace
 from durakv.shards.latency import EVENT_FSYNC, LATENCY_TS_LEN, LatencyMonitor
 from durakv.shards.min_replicas import MinReplicas
-from durakv.shards.records import RecordClock, encode_record
+from durakv.shards.records import RecordClock, encode_record, encode_record_pieces
 from durakv.shards.script_effects import release_publishes
 from durakv.shards.tracking import plain_events
 from durakv.shards.txn import TxnState
@@ -218,13 +219,22 @@ class GroupCommit:
     _commit_error: BaseException | None
     txn: TxnState
 
+    # Set by whoever passes execute_batch a big argument (shards/process.py, server/node.py):
+    # the next record is built with big values left in their own buffers.
+    big_values_pending = False
+
     def append_effects(self) -> None:
         """Turn the effects recorded since the last call into one log record."""
         effects = self.db.effects
         marks = self.txn.marks
         if not effects and not marks:
             return
-        payload = encode_record(self.record_clock.now_ms(), effects, marks)
+        payload: bytes | PayloadPieces
+        if self.big_values_pending:
+            self.big_values_pending = False
+            payload = encode_record_pieces(self.record_clock.now_ms(), effects, marks)
+        else:
+            payload = encode_record(self.record_clock.now_ms(), effects, marks)
         self.effects_appended += len(effects)
         effects.clear()
         if marks:

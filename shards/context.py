@@ -45,7 +45,7 @@ class Ctx:
     identity. One instance per shard, re-pointed for each request (no per-command
     allocation)."""
 
-    __slots__ = ("db", "client_id", "proto", "shard", "in_multi", "acl_user", "acl_denials")
+    __slots__ = ("db", "client_id", "proto", "shard", "in_multi", "acl_user", "acl_denials", "chunks")
 
     def __init__(self, db: Keyspace, shard: ShardView) -> None:
         self.db = db
@@ -55,3 +55,4 @@ class Ctx:
         self.in_multi = False  # blocking commands do not block inside MULTI/EXEC
         self.acl_user: User | None = None  # a script's ACL user (shards/acl.py); None: unrestricted
         self.acl_denials: list[list] = []  # the redis.calls acl_user was refused, for the router's ACL LOG
+        self.chunks = False  # a big array reply may be encoded across loop turns (shards/chunked.py)

@@ -8,7 +8,7 @@ the drainer swaps the list").
 A message too big to be copied through msgpack and held in one frame (a large
 reply or request argument, frames.LARGE_BYTES and up) travels as a large frame:
 a small head, then its blobs as raw bytes, which the receiver appends to their
-own buffers, one bounded recv (RECV_BYTES) per scheduling turn, so one big value
+own buffers, one bounded recv (LARGE_RECV_BYTES) per scheduling turn, so one big value
 neither holds the loop nor passes through msgpack.
 """
 
@@ -23,6 +23,7 @@ from typing import Generic, TypeVar
 import msgspec
 import trio
 
+from durakv.shards.bigbuf import Filling
 from durakv.shards.frames import (
     FRAME_HEADER_BYTES, LARGE_FLAG, MAX_FRAME_BYTES, MAX_LARGE_BLOBS, MAX_LARGE_HEAD_BYTES, Pieces, encode_frame,
     encode_large_head, large_head_decoder,
@@ -32,6 +33,9 @@ logger = logging.getLogger("durakv.framelink")
 
 RECV_BYTES = 1024 * 1024
 SOCKET_BUFFER_BYTES = 4 * 1024 * 1024  # fewer wakeups per large value on the Unix socket
+# A large message's blob is received into its own buffer, at most this much a turn
+# (a socket holds no more than its buffer anyway).
+LARGE_RECV_BYTES = 2 * SOCKET_BUFFER_BYTES
 
 T = TypeVar("T")
 
@@ -43,7 +47,7 @@ class Large:
 
     __slots__ = ("head", "blobs")
 
-    def __init__(self, head: msgspec.Raw, blobs: list[bytearray]) -> None:
+    def __init__(self, head: msgspec.Raw, blobs: list[bytes]) -> None:
         self.head = head
         self.blobs = blobs
 
@@ -249,22 +253,25 @@ class FrameReceiver:
                 remaining -= got
                 sink(view[:got])
             return Large(head, [])
-        blobs = []
+        blobs: list[bytes] = []
         for size in sizes:
-            # Grown piece by piece, not preallocated: bytearray(size) would zero
-            # every page of it at once, holding the loop.
-            blob = buf[:size]
-            del buf[:size]
-            while len(blob) < size:
+            if not size:
+                blobs.append(b"")
+                continue
+            # Received straight into the bytes it will be (shards/bigbuf.py): no
+            # buffer grown piece by piece, no copy of the whole at the end.
+            fill = Filling(size)
+            del buf[: fill.write(buf)]
+            while not fill.complete:
                 await trio.lowlevel.wait_readable(self.sock)
                 try:
-                    got = self.sock.recv_into(chunk, min(len(chunk), size - len(blob)))
+                    got = self.sock.recv_into(fill.space(), min(LARGE_RECV_BYTES, fill.size - fill.have))
                 except BlockingIOError:
                     continue
                 if not got:
-                    raise ValueError(f"link closed {size - len(blob)} bytes before the end of a large message")
-                blob += view[:got]
-            blobs.append(blob)
+                    raise ValueError(f"link closed {fill.size - fill.have} bytes before the end of a large message")
+                fill.wrote(got)
+            blobs.append(fill.take())
         return Large(head, blobs)
 
 

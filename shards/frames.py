@@ -167,6 +167,14 @@ class Pieces:
     def __len__(self) -> int:
         return self.size
 
+    @classmethod
+    def of(cls, parts: list) -> Pieces:
+        """A reply already encoded as consecutive buffers (shards/chunked.py)."""
+        pieces = cls.__new__(cls)
+        pieces.parts = tuple(parts)
+        pieces.size = sum(map(len, parts))
+        return pieces
+
 
 def large_reply(reply: Reply) -> tuple[object, list[bytes]]:
     """A large reply's head (its rid) and blob (the reply)."""

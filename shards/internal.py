@@ -42,6 +42,7 @@ def info(shard, argv: list[bytes]) -> dict:
         "rss_bytes": rss_bytes(),
         "memory": memory(shard),
         "total_commands": shard.total_commands,
+        "chunked_replies": [shard.chunk_stats.replies, shard.chunk_stats.turns, shard.chunk_stats.commands_between],
         "expired_keys": db.stat_expired_keys,
         "evicted_keys": db.stat_evicted_keys,
         "keyspace_hits": db.stat_keyspace_hits,

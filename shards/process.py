@@ -121,7 +121,8 @@ async def serve_router(shard: Shard, sock: socket.socket) -> None:
                 assert type(item) is Large, f"frame receiver handed over a {type(item).__name__}"
                 rid, cid, proto, argv, positions = large_request_decoder.decode(item.head)
                 for position, blob in zip(positions, item.blobs, strict=True):
-                    argv[position] = bytes(blob)  # keys and values are bytes in the keyspace
+                    argv[position] = blob
+                shard.big_values_pending = True  # its record keeps the blobs in their own buffers
                 requests = [Request(rid, cid, proto, argv)]
             replies.extend(shard.execute_batch(conn, requests))
         conn.send(replies)

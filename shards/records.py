@@ -14,6 +14,8 @@ from typing import Any
 
 import msgspec
 
+from durakv.log.format import PayloadPieces
+
 
 class Record(msgspec.Struct, array_like=True):
     written_at_ms: int
@@ -32,6 +34,58 @@ def encode_record(written_at_ms: int, effects: list[list[bytes]], txns: list[lis
     if txns:
         return _encoder.encode((written_at_ms, effects, txns))
     return _encoder.encode((written_at_ms, effects))
+
+
+# An effect's argument this big stays in its own buffer in a record built by
+# encode_record_pieces: framed, checksummed and written without a copy.
+BIG_EFFECT_ARG_BYTES = 64 * 1024
+
+
+def encode_record_pieces(written_at_ms: int, effects: list[list[bytes]],
+                         txns: list[list[Any]] | None = None) -> bytes | PayloadPieces:
+    """encode_record's bytes, as pieces: msgpack written here around each argument of
+    BIG_EFFECT_ARG_BYTES or more, which stays the buffer it is (the keyspace's value),
+    so a 512 MiB SET is not copied into its record (msgspec would, growing its
+    buffer as it goes). Plain bytes when no argument is that big."""
+    parts: list[bytes] = []
+    small = [_array_header(3 if txns else 2), _encoder.encode(written_at_ms), _array_header(len(effects))]
+    for effect in effects:
+        if max(map(len, effect), default=0) < BIG_EFFECT_ARG_BYTES:
+            small.append(_encoder.encode(effect))
+            continue
+        small.append(_array_header(len(effect)))
+        for arg in effect:
+            if len(arg) < BIG_EFFECT_ARG_BYTES:
+                small.append(_encoder.encode(arg))
+                continue
+            small.append(bin_header(len(arg)))
+            parts.append(b"".join(small))
+            small = []
+            parts.append(arg)
+    if txns:
+        small.append(_encoder.encode(txns))
+    if not parts:
+        return b"".join(small)
+    if small:
+        parts.append(b"".join(small))
+    return PayloadPieces(parts)
+
+
+def _array_header(count: int) -> bytes:
+    if count < 16:
+        return bytes((0x90 | count,))
+    if count < 1 << 16:
+        return b"\xdc" + count.to_bytes(2, "big")
+    return b"\xdd" + count.to_bytes(4, "big")
+
+
+def bin_header(size: int) -> bytes:
+    """msgpack's header of a bin of `size` bytes."""
+    if size < 1 << 8:
+        return b"\xc4" + size.to_bytes(1, "big")
+    if size < 1 << 16:
+        return b"\xc5" + size.to_bytes(2, "big")
+    return b"\xc6" + size.to_bytes(4, "big")
 
 
 def decode_record(payload: bytes) -> Record:

@@ -31,6 +31,7 @@ import re
 import hiredis
 from hiredis import pack_command
 
+from durakv.shards.bigbuf import Filling
 from durakv.shards.numbers import parse_ll
 
 INLINE_MAX_SIZE_BYTES = 64 * 1024
@@ -292,7 +293,7 @@ class RequestParser:
     """
 
     __slots__ = ("_buf", "_pos", "_args", "_remaining", "_chunks", "_chunks_bytes", "_need", "max_bulk_bytes",
-                 "authed", "big_args", "in_place_min_bytes", "_fill", "_fill_size", "_skip", "fast_requests")
+                 "authed", "big_args", "in_place_min_bytes", "fill", "_skip", "fast_requests")
 
     def __init__(self, max_bulk_bytes: int = 512 * 1024 * 1024, in_place_min_bytes: int = 0) -> None:
         self._buf = b""
@@ -308,21 +309,21 @@ class RequestParser:
         # argument bigger than a feed does): a caller can tell a big request came.
         self.big_args = 0
         # With in_place_min_bytes (0: off), an argument after the command name that
-        # big is appended piece by piece to a bytearray as the input comes, and
-        # handed out as that bytearray: no joining copy that would hold the loop.
-        # (Grown, not preallocated: bytearray(size) zeroes every page at once.)
+        # big is written into the bytes object it will be (shards/bigbuf.py) as the
+        # input comes: no joining copy that would hold the loop. While one is being
+        # filled, `fill` is it: a caller may recv_into fill.space() and call
+        # filled() instead of feeding the same bytes through a buffer of its own.
         self.in_place_min_bytes = in_place_min_bytes
-        self._fill: bytearray | None = None
-        self._fill_size = 0
+        self.fill: Filling | None = None
         self._skip = 0  # bytes after a filled argument (its CRLF) still to skip
         self.fast_requests = 0  # requests the hiredis fast path parsed
 
     def buffered_bytes(self) -> int:
         """Unparsed input held (Redis' query buffer length)."""
-        return len(self._buf) - self._pos + self._chunks_bytes + (len(self._fill) if self._fill is not None else 0)
+        return len(self._buf) - self._pos + self._chunks_bytes + (self.fill.have if self.fill is not None else 0)
 
     def feed(self, data: bytes) -> None:
-        if self._fill is not None or self._skip:
+        if self.fill is not None or self._skip:
             data = self._fill_from(data)
             if not data:
                 return
@@ -346,38 +347,46 @@ class RequestParser:
 
     def _fill_from(self, data: bytes) -> bytes:
         """Put data into the argument being filled; return what follows it."""
-        fill = self._fill
+        fill = self.fill
         if fill is not None:
-            take = min(len(data), self._fill_size - len(fill))
-            with memoryview(data) as view:
-                fill += view[:take]
-            if len(fill) < self._fill_size:
+            take = fill.write(data)
+            if not fill.complete:
                 return b""
-            args = self._args
-            assert args is not None, "an argument filled outside a request"
-            args.append(fill)
-            self._remaining -= 1
-            self._fill = None
-            self.big_args += 1
+            self._end_fill(fill)
             data = data[take:]
         skip = min(self._skip, len(data))
         self._skip -= skip
         return data[skip:]
 
+    def filled(self, count: int) -> None:
+        """`count` bytes were received straight into fill.space()."""
+        fill = self.fill
+        assert fill is not None, "filled() while no argument is being filled"
+        fill.wrote(count)
+        if fill.complete:
+            self._end_fill(fill)
+
+    def _end_fill(self, fill: Filling) -> None:
+        args = self._args
+        assert args is not None, "an argument filled outside a request"
+        args.append(fill.take())
+        self._remaining -= 1
+        self.fill = None
+        self.big_args += 1
+
     def _start_fill(self, buf: bytes, start: int, n: int, size: int) -> int:
         """Begin reading a big argument in place from buf[start:n]; returns 1 if it
         is already complete (only its CRLF missing), else 0."""
-        take = min(n - start, size)
+        fill = Filling(size)
         with memoryview(buf) as view:
-            fill = bytearray(view[start : start + take])
+            take = fill.write(view[start:n])
         self._skip = 2 - (n - start - take)
-        if take < size:
-            self._fill = fill
-            self._fill_size = size
+        if not fill.complete:
+            self.fill = fill
             return 0
         args = self._args
         assert args is not None, "an argument filled outside a request"
-        args.append(fill)
+        args.append(fill.take())
         self.big_args += 1
         return 1
 
@@ -385,7 +394,7 @@ class RequestParser:
         """All complete requests buffered so far. On bad input raises
         ProtocolError carrying the complete requests parsed before it."""
         out: list[list[bytes]] = []
-        if self._need or self._fill is not None:
+        if self._need or self.fill is not None:
             return out
         if self._args is not None and not self._remaining:  # its last argument was filled in place
             out.append(self._args)

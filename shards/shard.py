@@ -36,6 +36,7 @@ from durakv.shards.frames import (
 )
 from durakv.shards.hazards import HazardTracker, HeldReplies, ReplySink
 from durakv.shards.blocking import Block, BlockedClients, Waiter
+from durakv.shards.chunked import CHUNKABLE, ChunkedArray, ChunkStats, as_chunked, send_chunked
 from durakv.shards.access import Lfu
 from durakv.shards.keyspace import Keyspace, now_ms
 from durakv.shards.log_backend import etcd_upkeep, is_etcd_log, open_shard_log, take_shard_lease, uses_etcd
@@ -50,7 +51,7 @@ from durakv.shards.slowlog import SlowLog
 from durakv.shards.t_multi import Watches, unpack_transaction
 from durakv.shards.tracking import flush_event, invalidation, set_front
 from durakv.shards.txn import TXN_VERBS, TxnState
-from durakv.shards.table import Command, find, lookup
+from durakv.shards.table import Command, find, lookup, merge_arrays
 
 if TYPE_CHECKING:
     from durakv.shards.replica import Replica
@@ -123,6 +124,7 @@ class Shard(GroupCommit):
         self.stats: dict[str, CommandStats] = {}
         self.started_at = time.time()
         self.total_commands = 0
+        self.chunk_stats = ChunkStats()  # big array replies encoded across turns (shards/chunked.py)
         self.routers = 0
         self.wal: Log | None = None
         self.lease = None
@@ -253,6 +255,8 @@ class Shard(GroupCommit):
         """Run a frame's requests in order; returns the replies that may leave now
         and holds the rest until their record is durable."""
         db = self.db
+        if self.chunk_stats.in_progress:  # a big reply is being encoded: these run between its pieces
+            self.chunk_stats.commands_between += len(requests)
         if self.lease_guard is not None and time.monotonic_ns() > self.lease_guard.deadline_ns \
                 and not self.lease_guard.check():   # renews, or ends a deposed primary (shards/lease_guard.py)
             return refuse_batch(self, conn, requests)
@@ -289,9 +293,12 @@ class Shard(GroupCommit):
                     data, wait = self._exec_transaction(argv, req.cid, req.proto, next_seq, hold_writes)
             else:
                 db.frozen_ms = time.time_ns() // 1_000_000
-                data, wait = self._execute(argv, req.cid, req.proto, next_seq, hold_writes, pieces)
+                data, wait = self._execute(argv, req.cid, req.proto, next_seq, hold_writes, pieces, True)
                 if type(data) is Block:
                     self._park(Waiter(conn, req.rid, req.cid, req.proto, argv, data))
+                    continue
+                if type(data) is ChunkedArray:
+                    self._reply_chunked(conn, req.rid, data, wait, pieces)
                     continue
             if wait <= durable_seq:
                 now_out.append((req.rid, data))
@@ -325,13 +332,28 @@ class Shard(GroupCommit):
             else:
                 self.publish_events(events)
 
+    def _reply_chunked(self, conn: ReplySink, rid: int, chunked: ChunkedArray, wait: int, pieces: bool) -> None:
+        """A big array reply, encoded across loop turns (shards/chunked.py), then sent
+        as any reply: at once if what it waits for is durable by then, else held."""
+
+        def deliver(data: bytes) -> None:
+            if wait <= self.hazards.durable_seq:
+                conn.send([(rid, data)])
+            else:
+                self.held.hold(wait, conn, rid, data)
+
+        send_chunked(chunked, self.chunk_stats, pieces, deliver)
+
     def _execute(self, argv: list[bytes], cid: int, proto: int, next_seq: int,
-                 hold_writes: bool, pieces: bool = False) -> tuple[bytes, int]:
-        """Run one command: its encoded reply and the seq the reply must wait for."""
+                 hold_writes: bool, pieces: bool = False, chunks: bool = False) -> tuple[bytes, int]:
+        """Run one command: its encoded reply and the seq the reply must wait for.
+        With `chunks` (a command of a batch, not of a transaction), a big array reply
+        is returned as a ChunkedArray for execute_batch to encode across turns."""
         ctx = self.ctx
         effects = self.db.effects
         ctx.client_id = cid
         ctx.proto = proto
+        ctx.chunks = chunks
         cmd: Command | None = None
         effects_before = len(effects)
         start = time.perf_counter_ns()
@@ -353,6 +375,9 @@ class Shard(GroupCommit):
                 return result, 0
             if pieces and type(result) is bytes and len(result) >= LARGE_BYTES and proto:
                 data = cast(bytes, Pieces(result))  # goes where replies go, to a router link only
+            elif chunks and type(result) in CHUNKABLE and (proto or cmd.merge is merge_arrays) \
+                    and (big := as_chunked(result, proto)) is not None:  # internal: KEYS' RESP array, as Raw
+                data = cast(bytes, big)
             else:
                 data = encode(result, proto) if proto else encode_internal(True, result)
         except ReplyError as e:

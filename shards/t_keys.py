@@ -6,6 +6,7 @@ import copy
 import re
 
 from durakv.shards import notify
+from durakv.shards.chunked import CHUNKED_MIN_ITEMS
 from durakv.shards.args import ERR_NO_SUCH_KEY, ERR_SYNTAX, int_arg, int_range_arg
 from durakv.shards.numbers import INT_MAX, INT_MIN, LLONG_MAX, parse_ll
 from durakv.shards.context import Ctx
@@ -311,6 +312,8 @@ def keys(ctx: Ctx, argv: list[bytes]):
         found = list(filter(compile_glob(pattern).match, found))
         if pattern and b"" in db.data and b"" in found:
             found.remove(b"")  # as glob_match: only the empty pattern matches an empty key
+    if len(found) >= CHUNKED_MIN_ITEMS and ctx.chunks:
+        return found  # a fixed list: the shard encodes it across loop turns (shards/chunked.py)
     return Raw(encode(found, 2))
 
 
