@@ -412,6 +412,9 @@ class RequestParser:
             if fast is not None:
                 self._pos = n
                 self.fast_requests += len(fast)
+                if out:  # the request whose last argument was filled in place comes first
+                    out.extend(fast)
+                    return out
                 return fast
         try:
             while pos < n:
