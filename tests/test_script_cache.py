@@ -40,16 +40,20 @@ def test_a_script_evald_on_one_shard_runs_by_sha_on_every_shard(pair):
     pair.same("SCRIPT", "EXISTS", SHA)
 
 
-def _restart_shard(srv, shard: int) -> None:
+def _restart_shard(srv, shard: int, key: str) -> None:
+    """kill -9 a shard; return once it serves again, on its port and through the
+    router (whose link to it reconnects a moment after the port answers)."""
     old = srv.child_pid("shard", shard)
     os.kill(old, signal.SIGKILL)
     deadline = time.monotonic() + 60
     probe = redis.Redis(port=srv.shard_port(shard), socket_timeout=5)
+    router = srv.client()
     while time.monotonic() < deadline:
         try:
             if srv.child_pid("shard", shard) != old and probe.ping():
+                router.exists(key)
                 return
-        except (redis.ConnectionError, redis.TimeoutError, AssertionError):
+        except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterDownError, AssertionError):
             pass
         time.sleep(0.1)
     raise AssertionError(f"shard {shard} did not serve again within 60 s")
@@ -60,9 +64,9 @@ def test_the_cache_outlives_a_shard_restart(server_factory):
     r = srv.client()
     a_shard = shard_of(A)
     assert r.eval(BODY, 1, A)[1] == b"1"  # cached on A's shard only
-    _restart_shard(srv, 1 - a_shard)  # B's shard restarts (it never had it)
+    _restart_shard(srv, 1 - a_shard, B)  # B's shard restarts (it never had it)
     assert r.evalsha(SHA, 1, B)[1] == b"1"  # found on A's shard, loaded on every shard
-    _restart_shard(srv, a_shard)  # A's shard restarts with an empty cache
+    _restart_shard(srv, a_shard, A)  # A's shard restarts with an empty cache
     assert r.evalsha(SHA, 1, A)[1] == b"2"  # found on B's shard
     assert r.script_exists(SHA) == [True]
     # On a shard port (cluster clients): the script is found on the other shard too.
