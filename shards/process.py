@@ -47,7 +47,7 @@ class RouterConn:
     for a large reply (a large frame of its own), they queue in the outbox for the
     writer task, which also finishes a frame the socket did not take whole."""
 
-    __slots__ = ("sock", "outbox", "receiver", "sending", "deferred", "_carry")
+    __slots__ = ("sock", "outbox", "receiver", "sending", "deferred", "_carry", "frames_passed_large")
     takes_pieces = True  # a big bulk reply may come as frames.Pieces: send_batch writes its parts
 
     def __init__(self, sock: socket.socket, receiver: FrameReceiver) -> None:
@@ -58,6 +58,7 @@ class RouterConn:
         # Internal requests that arrived while a script was busy (shards/busy.py): run after it.
         self.deferred: list[Request] = []
         self._carry: memoryview | None = None  # the unwritten end of a frame send() began
+        self.frames_passed_large = 0  # frames of replies written between a large reply's pieces
 
     def send(self, replies: list[Reply]) -> None:
         if not replies:
@@ -99,13 +100,29 @@ class RouterConn:
             large = [i for i, reply in enumerate(batch) if len(reply[1]) >= LARGE_BYTES]
             self.sending = True
             try:
-                await send_batch(self.sock, batch, large, large_reply)
+                await send_batch(self.sock, batch, large, large_reply, between=self._between)
             except OSError as e:
                 logger.warning("shard: router connection lost while replying: %s", e)
                 return  # the reader sees the end of the connection and closes it
             finally:
                 self.sending = False
             del batch  # nothing may keep a sent reply (possibly 100 MB) while the writer waits
+
+
+    def _between(self) -> bytearray | None:
+        """Between the pieces of a large reply: the ordinary replies queued meanwhile,
+        as a frame that passes it (the router puts each client's replies in order).
+        A large one waits for the next batch: one large message at a time."""
+        outbox = self.outbox
+        items = outbox.items
+        if not items:
+            return None
+        small = [reply for reply in items if len(reply[1]) < LARGE_BYTES]
+        if not small:
+            return None
+        outbox.items = [reply for reply in items if len(reply[1]) >= LARGE_BYTES] if len(small) < len(items) else []
+        self.frames_passed_large += 1
+        return encode_frame(small)
 
 
 async def serve_router(shard: Shard, sock: socket.socket) -> None:
