@@ -113,7 +113,6 @@ class ShardLink:
         self._sending = False
         self.frames_sent = 0
         self.requests_sent = 0
-        self.frames_passed_large = 0  # frames of requests written between a large request's pieces
         self._held_cids: set[int] = set()  # clients whose requests may not pass the large one in transit
         # Scripts (EVAL*, FCALL*) in flight: rid -> (monotonic start, is EVAL), so the
         # router can answer its own commands BUSY while a shard runs a long script.
@@ -337,7 +336,6 @@ class ShardLink:
         outbox.items = keep
         self.frames_sent += 1
         self.requests_sent += len(take)
-        self.frames_passed_large += 1
         return encode_frame(take)
 
     async def _receiver(self) -> None:

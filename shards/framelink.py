@@ -39,6 +39,19 @@ SOCKET_BUFFER_BYTES = 4 * 1024 * 1024  # fewer wakeups per large value on the Un
 T = TypeVar("T")
 
 
+class LinkStats:
+    """This process's count of ordinary frames written between a large message's
+    pieces (INFO link_frames_passed_large: router and shards summed)."""
+
+    __slots__ = ("frames_passed_large",)
+
+    def __init__(self) -> None:
+        self.frames_passed_large = 0
+
+
+link_stats = LinkStats()
+
+
 class Large:
     """A large message as received: its msgpack head (what the sender put in
     place of the blobs) and the blobs, each in its own buffer (none: its one blob
@@ -410,6 +423,7 @@ async def send_batch(sock: socket.socket, batch: list[T], large: list[int],
                         piece.release()
                         frame = between() if between is not None else None
                         if frame:
+                            link_stats.frames_passed_large += 1
                             await send_all(sock, frame)
         start = index + 1
     if start < len(batch):

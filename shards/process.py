@@ -47,7 +47,7 @@ class RouterConn:
     for a large reply (a large frame of its own), they queue in the outbox for the
     writer task, which also finishes a frame the socket did not take whole."""
 
-    __slots__ = ("sock", "outbox", "receiver", "sending", "deferred", "_carry", "frames_passed_large")
+    __slots__ = ("sock", "outbox", "receiver", "sending", "deferred", "_carry")
     takes_pieces = True  # a big bulk reply may come as frames.Pieces: send_batch writes its parts
 
     def __init__(self, sock: socket.socket, receiver: FrameReceiver) -> None:
@@ -58,7 +58,6 @@ class RouterConn:
         # Internal requests that arrived while a script was busy (shards/busy.py): run after it.
         self.deferred: list[Request] = []
         self._carry: memoryview | None = None  # the unwritten end of a frame send() began
-        self.frames_passed_large = 0  # frames of replies written between a large reply's pieces
 
     def send(self, replies: list[Reply]) -> None:
         if not replies:
@@ -121,7 +120,6 @@ class RouterConn:
         if not small:
             return None
         outbox.items = [reply for reply in items if len(reply[1]) >= LARGE_BYTES] if len(small) < len(items) else []
-        self.frames_passed_large += 1
         return encode_frame(small)
 
 
