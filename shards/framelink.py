@@ -183,6 +183,9 @@ class FrameReceiver:
             items: list[bytes | Large] = []
             while True:
                 if self.views:
+                    if items:  # a large message completed: handed on before the frames after it
+                        self.handle(items)
+                        items = []
                     self._handle_views(buf)
                 else:
                     items.extend(_split_frames(buf))
@@ -214,15 +217,17 @@ class FrameReceiver:
                 self.handle(items)
                 continue
             await trio.lowlevel.wait_readable(sock)
+            # Inside a large message, a header alone first: most likely a piece's,
+            # whose bytes are then read straight into the value, not through buf.
+            limit = PIECE_HEADER_BYTES if self._incoming is not None and not buf else 0
             try:
-                size = sock.recv_into(chunk)
+                size = sock.recv_into(chunk, limit)
             except BlockingIOError:
                 continue
             if not size:
                 if self._incoming is not None:
                     raise ValueError("link closed before the end of a large message")
                 return
-
             buf += view[:size]
 
     def _handle_views(self, buf: bytearray) -> None:
