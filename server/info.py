@@ -9,6 +9,7 @@ import sys
 import time
 from typing import NamedTuple
 
+from durakv.shards.framelink import link_stats
 from durakv.shards import failure
 from durakv.server import replication
 from durakv.server.settings import format_percentile
@@ -333,6 +334,9 @@ def _stats(router, infos, version):
         f"total_protocol_errors:{router.stats_protocol_errors}",
         f"shard_frames_sent:{sum(link.frames_sent for link in router.links)}",
         f"shard_requests_sent:{sum(link.requests_sent for link in router.links)}",
+        # small frames that passed a big value on a router <-> shard link (shards/framelink.py)
+        "link_frames_passed_large:%d" % (link_stats.frames_passed_large
+                                         + sum(i["link_frames_passed_large"] for i in infos)),
         # big array replies encoded across loop turns (shards/chunked.py): how many, the
         # turns they took, and the commands shards ran meanwhile
         *(f"{name}:{sum(i['chunked_replies'][k] for i in infos)}" for k, name in

@@ -113,6 +113,7 @@ class ShardLink:
         self._sending = False
         self.frames_sent = 0
         self.requests_sent = 0
+        self._held_cids: set[int] = set()  # clients whose requests may not pass the large one in transit
         # Scripts (EVAL*, FCALL*) in flight: rid -> (monotonic start, is EVAL), so the
         # router can answer its own commands BUSY while a shard runs a long script.
         self.scripts: dict[int, tuple[float, bool]] = {}
@@ -300,13 +301,42 @@ class ShardLink:
                 self._large_requests_seen = self.router.large_requests
                 large = _large_requests(batch)
             try:
-                await send_batch(sock, batch, large, large_request, self._sent_first_byte)
+                if large:
+                    self._held_cids = {request[1] for request in batch}
+                await send_batch(sock, batch, large, large_request, self._sent_first_byte,
+                                 self._between if large else None)
             except OSError as e:
                 logger.warning("router: shard %d link error while sending: %s", self.index, e)
                 cancel_scope.cancel()
                 return
             self._sending = False
             del batch  # nothing may keep a sent request (possibly 100 MB) while the sender waits
+
+    def _between(self) -> bytearray | None:
+        """Between the pieces of a large request: the requests queued meanwhile that
+        may pass it, as one frame. A client with a request in the batch being sent
+        (or one held here) waits, so that each client's requests run in order; a
+        large request waits too (one at a time), and its client's later ones."""
+        outbox = self._outbox
+        items = outbox.items
+        if not items:
+            return None
+        held = self._held_cids
+        scan = self._large_requests_seen != self.router.large_requests
+        take: list[RequestTuple] = []
+        keep: list[RequestTuple] = []
+        for request in items:
+            if request[1] in held or (scan and max(map(len, request[3])) >= LARGE_BYTES):
+                held.add(request[1])
+                keep.append(request)
+            else:
+                take.append(request)
+        if not take:
+            return None
+        outbox.items = keep
+        self.frames_sent += 1
+        self.requests_sent += len(take)
+        return encode_frame(take)
 
     async def _receiver(self) -> None:
         sock = self.sock

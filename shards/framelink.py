@@ -7,9 +7,11 @@ the drainer swaps the list").
 
 A message too big to be copied through msgpack and held in one frame (a large
 reply or request argument, frames.LARGE_BYTES and up) travels as a large frame:
-a small head, then its blobs as raw bytes, which the receiver appends to their
-own buffers, one bounded recv (LARGE_RECV_BYTES) per scheduling turn, so one big value
-neither holds the loop nor passes through msgpack.
+a small head, then its blobs in pieces (frames.PIECE_BYTES) that the receiver
+reads straight into their own buffers, one piece per scheduling turn, so one big
+value neither holds the loop nor passes through msgpack; the sender writes the
+ordinary frames queued meanwhile between the pieces (send_batch's `between`), so
+other clients' small requests and replies do not wait behind the value.
 """
 
 from __future__ import annotations
@@ -25,19 +27,29 @@ import trio
 
 from durakv.shards.bigbuf import Filling
 from durakv.shards.frames import (
-    FRAME_HEADER_BYTES, LARGE_FLAG, MAX_FRAME_BYTES, MAX_LARGE_BLOBS, MAX_LARGE_HEAD_BYTES, Pieces, encode_frame,
-    encode_large_head, large_head_decoder,
+    FRAME_HEADER_BYTES, LARGE_FLAG, MAX_FRAME_BYTES, MAX_LARGE_BLOBS, MAX_LARGE_HEAD_BYTES, PIECE_BYTES, PIECE_HEADER,
+    PIECE_HEADER_BYTES, Pieces, encode_frame, encode_large_head, large_head_decoder,
 )
 
 logger = logging.getLogger("durakv.framelink")
 
 RECV_BYTES = 1024 * 1024
 SOCKET_BUFFER_BYTES = 4 * 1024 * 1024  # fewer wakeups per large value on the Unix socket
-# A large message's blob is received into its own buffer, at most this much a turn
-# (a socket holds no more than its buffer anyway).
-LARGE_RECV_BYTES = 2 * SOCKET_BUFFER_BYTES
 
 T = TypeVar("T")
+
+
+class LinkStats:
+    """This process's count of ordinary frames written between a large message's
+    pieces (INFO link_frames_passed_large: router and shards summed)."""
+
+    __slots__ = ("frames_passed_large",)
+
+    def __init__(self) -> None:
+        self.frames_passed_large = 0
+
+
+link_stats = LinkStats()
 
 
 class Large:
@@ -121,7 +133,7 @@ class FrameReceiver:
     each a view of the reused read buffer, valid only during the call, and the Large
     handed to `handle` once it is complete has no blobs."""
 
-    __slots__ = ("sock", "handle", "stream", "views", "_buf", "_chunk", "_view", "_in_large")
+    __slots__ = ("sock", "handle", "stream", "views", "_buf", "_chunk", "_view", "_in_large", "_incoming")
 
     def __init__(self, sock: socket.socket, handle: Callable[[list[bytes | Large]], None],
                  stream: Stream | None = None, views: bool = False) -> None:
@@ -139,7 +151,8 @@ class FrameReceiver:
         # small frames keeps the few pages its reads touched, not 1 MiB per link and process.
         self._chunk = mmap.mmap(-1, RECV_BYTES)
         self._view = memoryview(self._chunk)
-        self._in_large = False  # reading a large message's blobs: its bytes are theirs
+        self._in_large = False  # reading a large message's piece: its bytes are the piece's
+        self._incoming: _Incoming | None = None  # the large message whose pieces are arriving
 
     def read_ready(self) -> list[bytes]:
         """For synchronous code while the loop is held (a busy script, shards/busy.py):
@@ -170,33 +183,50 @@ class FrameReceiver:
             items: list[bytes | Large] = []
             while True:
                 if self.views:
+                    if items:  # a large message completed: handed on before the frames after it
+                        self.handle(items)
+                        items = []
                     self._handle_views(buf)
                 else:
                     items.extend(_split_frames(buf))
                 if len(buf) < FRAME_HEADER_BYTES or not buf[0] & 0x80:
                     break
+                if buf[:FRAME_HEADER_BYTES] == PIECE_HEADER:
+                    if len(buf) < PIECE_HEADER_BYTES:
+                        break
+                    if items:  # handed on before a read that may wait
+                        self.handle(items)
+                        items = []
+                    self._in_large = True
+                    try:
+                        done = await self._receive_piece()
+                    finally:
+                        self._in_large = False
+                    if done is not None:
+                        items.append(done)
+                    continue
                 head_size = int.from_bytes(buf[:FRAME_HEADER_BYTES], "big") & ~LARGE_FLAG
                 if head_size > MAX_LARGE_HEAD_BYTES:
                     raise ValueError(f"large frame head of {head_size} bytes exceeds {MAX_LARGE_HEAD_BYTES}")
                 if len(buf) < FRAME_HEADER_BYTES + head_size:
                     break
-                if items:  # what came before the large message is handled before it
-                    self.handle(items)
-                    items = []
-                self._in_large = True
-                try:
-                    items.append(await self._receive_large(head_size))
-                finally:
-                    self._in_large = False
+                done = self._begin_large(head_size)
+                if done is not None:
+                    items.append(done)
             if items:
                 self.handle(items)
                 continue
             await trio.lowlevel.wait_readable(sock)
+            # Inside a large message, a header alone first: most likely a piece's,
+            # whose bytes are then read straight into the value, not through buf.
+            limit = PIECE_HEADER_BYTES if self._incoming is not None and not buf else 0
             try:
-                size = sock.recv_into(chunk)
+                size = sock.recv_into(chunk, limit)
             except BlockingIOError:
                 continue
             if not size:
+                if self._incoming is not None:
+                    raise ValueError("link closed before the end of a large message")
                 return
             buf += view[:size]
 
@@ -223,56 +253,112 @@ class FrameReceiver:
         if pos:
             del buf[:pos]
 
-    async def _receive_large(self, head_size: int) -> Large:
-        """The head is in the buffer; read the blobs into their own buffers, taking
-        what the buffer already holds first."""
+    def _begin_large(self, head_size: int) -> Large | None:
+        """A large message's head is at the front of the buffer: take it, and set up
+        where its blobs' pieces go. The message itself if it has no blob bytes."""
+        if self._incoming is not None:
+            raise ValueError("a large frame began inside another one")
         buf = self._buf
         head_end = FRAME_HEADER_BYTES + head_size
         sizes, head = large_head_decoder.decode(buf[FRAME_HEADER_BYTES:head_end])
         if not 0 < len(sizes) <= MAX_LARGE_BLOBS or not all(0 <= s <= MAX_FRAME_BYTES for s in sizes):
             raise ValueError(f"large frame with blob sizes {sizes[:8]}")
         del buf[:head_end]
-        chunk = self._chunk
-        view = self._view
         sink = self.stream(head, sizes) if self.stream is not None and len(sizes) == 1 else None
-        if sink is not None:
-            remaining = sizes[0]
-            if buf:
-                taken = bytes(buf[:remaining])  # a copy of what one read brought: the buffer must stay resizable
-                del buf[:len(taken)]
-                remaining -= len(taken)
+        incoming = _Incoming(head, sizes, sink)
+        if incoming.next_blob():
+            return Large(head, incoming.blobs)
+        self._incoming = incoming
+        return None
+
+    async def _receive_piece(self) -> Large | None:
+        """A piece's header is at the front of the buffer: put its bytes where they
+        belong, taking what the buffer holds first, then reading the rest straight
+        into the value (shards/bigbuf.py: no buffer grown piece by piece, no copy of
+        the whole at the end). The large message once this piece completes it."""
+        incoming = self._incoming
+        if incoming is None:
+            raise ValueError("a piece outside a large message")
+        buf = self._buf
+        size = int.from_bytes(buf[FRAME_HEADER_BYTES:PIECE_HEADER_BYTES], "big")
+        if not 0 < size <= incoming.remaining:
+            raise ValueError(f"a piece of {size} bytes where {incoming.remaining} remain of a blob")
+        del buf[:PIECE_HEADER_BYTES]
+        sink = incoming.sink
+        fill = incoming.fill
+        if buf:
+            n = min(len(buf), size)
+            if sink is not None:
+                taken = bytes(buf[:n])  # a copy of what one read brought: the buffer must stay resizable
                 sink(memoryview(taken))
-            while remaining:
-                await trio.lowlevel.wait_readable(self.sock)
-                try:
-                    got = self.sock.recv_into(chunk, min(len(chunk), remaining))
-                except BlockingIOError:
-                    continue
-                if not got:
-                    raise ValueError(f"link closed {remaining} bytes before the end of a large message")
-                remaining -= got
-                sink(view[:got])
-            return Large(head, [])
-        blobs: list[bytes] = []
-        for size in sizes:
-            if not size:
-                blobs.append(b"")
+            else:
+                assert fill is not None, "a blob without a sink is filled"
+                with memoryview(buf) as whole:
+                    part = whole[:n]
+                    fill.write(part)
+                    part.release()
+            del buf[:n]
+            size -= n
+            incoming.remaining -= n
+        while size:
+            await trio.lowlevel.wait_readable(self.sock)
+            try:
+                if sink is not None:
+                    got = self.sock.recv_into(self._chunk, min(len(self._chunk), size))
+                else:
+                    assert fill is not None, "a blob without a sink is filled"
+                    got = self.sock.recv_into(fill.space(), size)
+            except BlockingIOError:
                 continue
-            # Received straight into the bytes it will be (shards/bigbuf.py): no
-            # buffer grown piece by piece, no copy of the whole at the end.
-            fill = Filling(size)
-            del buf[: fill.write(buf)]
-            while not fill.complete:
-                await trio.lowlevel.wait_readable(self.sock)
-                try:
-                    got = self.sock.recv_into(fill.space(), min(LARGE_RECV_BYTES, fill.size - fill.have))
-                except BlockingIOError:
-                    continue
-                if not got:
-                    raise ValueError(f"link closed {fill.size - fill.have} bytes before the end of a large message")
+            if not got:
+                raise ValueError(f"link closed {incoming.remaining} bytes before the end of a large message's blob")
+            if sink is not None:
+                sink(self._view[:got])
+            else:
+                assert fill is not None, "a blob without a sink is filled"
                 fill.wrote(got)
-            blobs.append(fill.take())
-        return Large(head, blobs)
+            size -= got
+            incoming.remaining -= got
+        if incoming.remaining or not incoming.next_blob():
+            return None
+        self._incoming = None
+        return Large(incoming.head, incoming.blobs)
+
+
+class _Incoming:
+    """A large message whose blobs are arriving: the blob being filled (or streamed
+    to a sink: then `blobs` stays empty), and the bytes it still lacks."""
+
+    __slots__ = ("head", "sizes", "sink", "blobs", "fill", "remaining", "index")
+
+    def __init__(self, head: msgspec.Raw, sizes: list[int], sink: Sink | None) -> None:
+        self.head = head
+        self.sizes = sizes
+        self.sink = sink
+        self.blobs: list[bytes] = []
+        self.fill: Filling | None = None
+        self.remaining = 0
+        self.index = 0  # of the next blob to start
+
+    def next_blob(self) -> bool:
+        """Done with the current blob (if any): start the next non-empty one. True
+        when every blob is in."""
+        if self.fill is not None:
+            self.blobs.append(self.fill.take())
+            self.fill = None
+        while self.index < len(self.sizes):
+            size = self.sizes[self.index]
+            self.index += 1
+            if not size:
+                if self.sink is None:
+                    self.blobs.append(b"")
+                continue
+            self.remaining = size
+            if self.sink is None:
+                # Received straight into the bytes it will be (shards/bigbuf.py).
+                self.fill = Filling(size)
+            return False
+        return True
 
 
 def _split_frames(buf: bytearray) -> list[bytes]:
@@ -313,10 +399,13 @@ async def send_all(sock: socket.socket, data: bytes | bytearray | memoryview,
 
 async def send_batch(sock: socket.socket, batch: list[T], large: list[int],
                      split: Callable[[T], tuple[object, list[bytes]]],
-                     on_first_byte: Callable[[], None] | None = None) -> None:
+                     on_first_byte: Callable[[], None] | None = None,
+                     between: Callable[[], bytes | bytearray | None] | None = None) -> None:
     """Send a drained batch in order: ordinary messages as one frame, each message
     listed in `large` (indexes, ascending) as a large frame, `split(message)`
-    giving its head and blobs. A blob is written from its own buffer, not copied."""
+    giving its head and blobs. A blob is written from its own buffer, not copied,
+    in pieces of PIECE_BYTES; after each piece, the ordinary frame `between()`
+    gives (what queued meanwhile and may pass the large message) is written."""
     if not large:
         await send_all(sock, encode_frame(batch), on_first_byte)
         return
@@ -329,11 +418,18 @@ async def send_batch(sock: socket.socket, batch: list[T], large: list[int],
         await send_all(sock, encode_large_head(head, [len(blob) for blob in blobs]), on_first_byte)
         on_first_byte = None
         for blob in blobs:
-            if type(blob) is Pieces:  # one blob from several buffers, none copied
-                for part in blob.parts:
-                    await send_all(sock, part)
-            else:
-                await send_all(sock, blob)
+            # One blob may come as several buffers (Pieces), none copied.
+            for part in (blob.parts if type(blob) is Pieces else (blob,)):
+                with memoryview(part) as whole:
+                    for offset in range(0, len(whole), PIECE_BYTES):
+                        piece = whole[offset : offset + PIECE_BYTES]
+                        await send_all(sock, PIECE_HEADER + len(piece).to_bytes(FRAME_HEADER_BYTES, "big"))
+                        await send_all(sock, piece)
+                        piece.release()
+                        frame = between() if between is not None else None
+                        if frame:
+                            link_stats.frames_passed_large += 1
+                            await send_all(sock, frame)
         start = index + 1
     if start < len(batch):
         await send_all(sock, encode_frame(batch[start:]))

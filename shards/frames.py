@@ -4,8 +4,12 @@
 A frame is a 4-byte big-endian length followed by that many bytes of msgpack.
 A large frame (a message carrying LARGE_BYTES or more) sets the length's top bit:
 the 31 bits left give the size of a msgpack head `[sizes, message]`, and after it
-come len(sizes) raw blobs of those sizes, which the message's placeholders stand
-for. A large reply's message is its rid (the blob is the reply); a large request's
+come len(sizes) blobs of those sizes, which the message's placeholders stand
+for. The blobs' bytes come in pieces of at most PIECE_BYTES, each a PIECE_HEADER,
+its 4-byte size and its bytes, and ordinary frames may pass between the pieces
+(a small request or reply does not wait for a 512 MiB value on the same link);
+one large message is in transit at a time in each direction, and it is complete,
+so handed on, with its last piece. A large reply's message is its rid (the blob is the reply); a large request's
 is `[rid, client_id, proto, argv, positions]`, argv[positions[i]] being blob i.
 shards/framelink.py reads and writes both kinds.
 Router -> shard: a list of requests `[rid, client_id, proto, argv]`; one frame
@@ -29,6 +33,11 @@ import msgspec
 FRAME_HEADER_BYTES = 4
 MAX_FRAME_BYTES = 2 * 1024 * 1024 * 1024 - 1
 LARGE_FLAG = 0x80000000  # in a frame header: a large frame (its length is that of the head)
+# A large frame's header with a length of 0 (no head is empty) opens a piece: the next
+# 4 bytes give its size, then come that many bytes of the large message's blobs.
+PIECE_HEADER = LARGE_FLAG.to_bytes(FRAME_HEADER_BYTES, "big")
+PIECE_HEADER_BYTES = 2 * FRAME_HEADER_BYTES
+PIECE_BYTES = 2 * 1024 * 1024  # a large message's blobs travel in pieces this big; other frames pass between
 LARGE_BYTES = 256 * 1024  # a reply this big, or a request with an argument this big, travels as a large frame
 MAX_LARGE_HEAD_BYTES = 64 * 1024 * 1024  # a large request's head holds its small arguments
 MAX_LARGE_BLOBS = 1024 * 1024

@@ -99,13 +99,28 @@ class RouterConn:
             large = [i for i, reply in enumerate(batch) if len(reply[1]) >= LARGE_BYTES]
             self.sending = True
             try:
-                await send_batch(self.sock, batch, large, large_reply)
+                await send_batch(self.sock, batch, large, large_reply, between=self._between)
             except OSError as e:
                 logger.warning("shard: router connection lost while replying: %s", e)
                 return  # the reader sees the end of the connection and closes it
             finally:
                 self.sending = False
             del batch  # nothing may keep a sent reply (possibly 100 MB) while the writer waits
+
+
+    def _between(self) -> bytearray | None:
+        """Between the pieces of a large reply: the ordinary replies queued meanwhile,
+        as a frame that passes it (the router puts each client's replies in order).
+        A large one waits for the next batch: one large message at a time."""
+        outbox = self.outbox
+        items = outbox.items
+        if not items:
+            return None
+        small = [reply for reply in items if len(reply[1]) < LARGE_BYTES]
+        if not small:
+            return None
+        outbox.items = [reply for reply in items if len(reply[1]) >= LARGE_BYTES] if len(small) < len(items) else []
+        return encode_frame(small)
 
 
 async def serve_router(shard: Shard, sock: socket.socket) -> None:
