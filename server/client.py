@@ -439,6 +439,10 @@ class Client:
             return
         if cmd.name == "eval":
             note_script(argv[1])
+        if router.reaching and argv in router.reaching:  # it reached another shard's key before
+            self._script_across_shards(cmd, argv if self.user.unrestricted else
+                                       [VERB_AS_USER, self.user.permissions(), *argv])
+            return
         kind = SCRIPT_FUNCTION if cmd.name.startswith("fcall") else SCRIPT_EVAL
         # Reaches another shard's key, or its script is cached elsewhere: server/script_retry.py.
         retries = router.scripts_retry or (router.cluster_node and cmd.name.startswith("evalsha"))

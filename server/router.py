@@ -19,6 +19,7 @@ from durakv.server.cluster_view import node_entry
 from durakv.server.listener import ClientListeners
 from durakv.server.node_links import NodeDirectory
 from durakv.server.settings_sync import SettingsSync
+from durakv.server.script_retry import Reaching
 from durakv.server.txn import Coordinator
 from durakv.server.txn_batch import start_write
 from durakv.server.txn_read import start_read
@@ -46,6 +47,7 @@ class Router(Front):
             link.directory = self.directory
         self.slot_owner = slot_owner_table(config.shards)
         self.scripts_retry = config.shards > 1
+        self.reaching = Reaching()
         script_cache.install(self)  # one script cache for the server (server/script_cache.py)
         topology = ensure_topology(config.data_dir, config.shards)
         self.node_id = self.router_node_id = topology["node_id"]

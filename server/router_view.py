@@ -89,6 +89,8 @@ class RouterView(Protocol):
     """The shard keyless, not fanned-out commands run on."""
     scripts_retry: bool
     """A script sent to one shard that reaches another's key runs again across shards."""
+    reaching: Any
+    """The scripts that did: they go across shards at once (server/script_retry.py Reaching)."""
     shard_node_ids: list[str]
     router_node_id: str
     directory: NodeDirectory | None

@@ -220,3 +220,25 @@ def test_an_acl_users_script_that_reaches_another_shard_runs_again_under_its_rul
         assert [(e["object"], e["count"]) for e in entries] == [("del", 1)], entries
     finally:
         admin.execute_command("ACL", "DELUSER", "reacher")
+
+
+def _same_pipeline(pair, commands: list[tuple]) -> None:
+    """The commands pipelined in one write to each server: the same reply bytes, in order."""
+    ours, theirs = pair.ours.pipeline(commands), pair.theirs.pipeline(commands)
+    assert ours == theirs, f"durakv {ours!r} != redis {theirs!r}"
+
+
+def test_a_script_that_reached_another_shard_keeps_a_pipeline_in_order(pair, server):
+    """Once a script has reached another shard's key, the router sends it across shards
+    at once (server/script_retry.py Reaching), so the requests pipelined after it wait
+    for it and see what it did, as on one Redis (sent to the script's shard first, they
+    would run before its retry)."""
+    k1, k2, k3 = same_shard_keys(A, 3)
+    pair.same("SET", k2, "41")
+    pair.same("SET", B, "other-shard")
+    before = server.client().info("persistence")["xshard_committed"]
+    pair.same("EVAL", REACH, "3", k1, k2, k3, B)  # reaches B: put back, run again, remembered
+    _same_pipeline(pair, [("EVAL", REACH, "3", k1, k2, k3, B), ("GET", B), ("MGET", k1, k2),
+                          ("LRANGE", k3, "0", "-1"), ("SET", B, "after"), ("INCR", k2),
+                          ("EVAL", REACH, "3", k1, k2, k3, B2), ("GET", B2), ("GET", B)])
+    assert server.client().info("persistence")["xshard_committed"] >= before + 3
