@@ -16,7 +16,10 @@ import redis
 from refserver import RawConn, decode, keys_on_different_shards
 from test_durability import write_config
 
+from durakv.shards.slots import key_slot, slot_owner_table
+
 HELD_TIMEOUT_S = 20
+BARRIER_KEYS = ("barrier-0", "barrier-2")  # one on each of the 2 shards (test_barrier_keys_are_on_both_shards)
 NOTHING_SENT_S = 0.2
 
 
@@ -90,6 +93,18 @@ def assert_nothing_sent(*conns: RawConn) -> None:
         raise AssertionError(f"a reply left before the record it depends on was durable: {data!r}")
 
 
+def mset_across_shards(client: redis.Redis, values: dict[str, str]) -> None:
+    """A cross-shard MSET, then a write on each shard: the MSET's reply leaves once its
+    decision is durable, but the other participant's COMMIT record may still wait for
+    its fsync (shards/txn.py); closed, the gate would hold that record's reply, and
+    wait_held would count it as the held reply of the test's next write. Each shard's
+    SET is sent behind the COMMIT on the router's link and answered once durable, so
+    once both replied nothing of the MSET is left in flight."""
+    client.mset(values)
+    for key in BARRIER_KEYS:
+        client.set(key, "barrier")
+
+
 def dirty_write(srv, client, gate, *args, held_before: int = 0) -> RawConn:
     """Close the gate and send a write; return its connection once its reply is held."""
     gate.close()
@@ -105,6 +120,11 @@ def check_held_then_released(client, gate, writer: RawConn, readers: list[RawCon
     gate.open()
     writer.read_reply()
     assert [decode(r.read_reply())[0] for r in readers] == expected
+
+
+def test_barrier_keys_are_on_both_shards():
+    owner = slot_owner_table(2)
+    assert sorted(owner[key_slot(key.encode())] for key in BARRIER_KEYS) == [0, 1]
 
 
 def test_mget_waits_for_a_dirty_key_after_the_first(gated):
@@ -134,7 +154,7 @@ def test_pipelined_cross_shard_reads_are_in_flight_together_and_held_until_durab
     reaches the client before the write it shows is durable, and all arrive in order."""
     srv, gate, client = gated
     first, other_shard = keys_on_different_shards(2)
-    client.mset({first: "f", other_shard: "o"})
+    mset_across_shards(client, {first: "f", other_shard: "o"})
     writer = dirty_write(srv, client, gate, "SET", other_shard, "new")
     reads = 8
     reader = RawConn(srv.port)
@@ -153,7 +173,7 @@ def test_writes_between_pipelined_cross_shard_reads_go_with_them_when_their_keys
     records it shows are durable, and later reads see the writes before them."""
     srv, gate, client = gated
     first, other_shard = keys_on_different_shards(2)
-    client.mset({first: "f", other_shard: "o"})
+    mset_across_shards(client, {first: "f", other_shard: "o"})
     writer = dirty_write(srv, client, gate, "SET", other_shard, "new")
     reader = RawConn(srv.port)
     pipeline = [("MGET", first, other_shard), ("SET", "{g}x", "1"), ("MGET", other_shard, first),
@@ -176,11 +196,12 @@ def test_pipelined_cross_shard_reads_wait_for_a_cross_shard_write_they_find_lock
     once it is durable, never half of it."""
     srv, gate, client = gated
     first, other_shard = keys_on_different_shards(2)
-    client.mset({first: "f", other_shard: "o"})
+    mset_across_shards(client, {first: "f", other_shard: "o"})
     waits = client.info("persistence")["xshard_read_waits"]
     gate.close()
     writer = send(srv, "MSET", first, "f2", other_shard, "o2")
-    wait_held(client, 1)   # its PREPARE (or decision) record waits for the gate, its keys locked
+    wait_held(client, 1)   # its PREPARE (or decision) record waits for the gate
+    assert client.info("persistence")["xshard_locked_keys"] == 2  # its keys locked on both shards
     reader = RawConn(srv.port)
     reader.send_raw(b"".join(_encode(("MGET", other_shard, first)) for _ in range(4)))
     deadline = time.monotonic() + HELD_TIMEOUT_S
