@@ -748,16 +748,20 @@ class Client:
         none; backpressure already bounds what a client can pile up), and for a
         subscriber (default 32mb 8mb 60: messages are not backpressured).
 
-        A normal client over its soft limit is no longer served (the backpressure
-        bound is the soft limit), so it is closed as soon as the requests it has sent
-        would take it past the hard limit, as they would in Redis, which runs them:
-        their replies counted at the smallest size of its last queued replies."""
+        A normal client whose output is backed up (some of it waits for its socket:
+        it is called only then) is closed as soon as the requests it has sent would
+        take it past the hard limit, as they would in Redis, which runs what it read
+        at once: their replies counted at the smallest size of its last queued
+        replies. So a client that pipelines big GETs and never reads is closed after
+        its socket's buffer filled, not after the router pulled its soft limit's
+        worth of replies over the shard link, on the loop the other clients share
+        (issue 13: their latency). Over its soft limit it is no longer served (the
+        backpressure bound is the soft limit)."""
         hard, soft, soft_seconds = self.router.settings.output_limits("normal" if self.pubsub is None else "pubsub")
         used = self.outbuf_bytes
         over = bool(hard) and used >= hard
-        if soft and used >= soft and hard and self.pubsub is None:
-            used += len(self.backlog) * self.queued_reply_min_bytes
-            over = used >= hard
+        if hard and self.pubsub is None and self.backlog:
+            over = over or used + len(self.backlog) * self.queued_reply_min_bytes >= hard
         if soft and used >= soft:
             now = time.monotonic()
             if not self.soft_limit_since:
