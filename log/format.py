@@ -48,6 +48,8 @@ _MAX_PREAD_BYTES = 1 << 30          # one pread never asks for more than this
 _TAIL = struct.Struct("<IIQQ")      # length, write_index, seq, epoch (bytes 8..32)
 _HEADER = struct.Struct("<4sIIIQQ")  # the whole 32-byte header
 _CRC = struct.Struct("<I")
+ZERO_HEADER = bytes(HEADER_BYTES)
+ZERO_HEADER_REASON = "zero header"  # preallocated space not yet written: the end of the log
 
 
 class PayloadPieces:
@@ -197,6 +199,8 @@ class FrameReader:
         start = pos - self._base
         magic, crc, length, write_index, seq, epoch = _HEADER.unpack_from(self._buf, start)
         if magic != MAGIC:
+            if self._buf[start:start + HEADER_BYTES] == ZERO_HEADER:
+                return BadFrame(pos, ZERO_HEADER_REASON)
             return BadFrame(pos, "bad magic")
         if length > MAX_RECORD_BYTES:
             return BadFrame(pos, f"length {length} exceeds the {MAX_RECORD_BYTES}-byte limit")
@@ -232,4 +236,19 @@ def find_later_write(fd: int, bad_offset: int, expected_seq: int) -> Frame | Non
                 return frame
             hit = data.find(MAGIC, hit + 1)
         carry = data[-(len(MAGIC) - 1):]
+        offset += len(chunk)
+
+
+def nonzero_end(fd: int, offset: int) -> int:
+    """The offset just past the file's last non-zero byte at or after `offset` (`offset`
+    if there is none): what a preallocated segment (log/FORMAT.md, "Preallocation")
+    holds beyond `offset` besides its unwritten zeros."""
+    end = offset
+    while True:
+        chunk = _pread_full(fd, READ_CHUNK_BYTES, offset)
+        if not chunk:
+            return end
+        kept = len(chunk.rstrip(b"\0"))
+        if kept:
+            end = offset + kept
         offset += len(chunk)

@@ -8,11 +8,41 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from .errors import LogCorrupt, RecordsDropped
+from .format import Frame, FrameReader
 from .manifest import Manifest, list_segments, load_manifest
 from .scan import SegmentStat, TornTail, WalkState, split_leftovers, walk
 
 MAX_DUMP_PAYLOAD_CHARS = 400
+MAX_DATA_ENDS = 64   # segments a DataEnds remembers; past it, it starts over
 _SNAPSHOT_ATTEMPTS = 3
+
+
+class DataEnds:
+    """Where a segment's records end: its size, less the zeros of a preallocated
+    active segment (log/FORMAT.md, "Preallocation"), which the file size counts. It
+    remembers where each file's records ended last time and reads on from there, so
+    a caller polling the active segment reads what was written since, not the file."""
+
+    def __init__(self) -> None:
+        self._ends: dict[str, tuple[int, int]] = {}   # path: (inode, end offset)
+
+    def of(self, path: str) -> int:
+        """Byte offset just past the last complete record (FileNotFoundError if gone)."""
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            stat = os.fstat(fd)
+            inode, offset = self._ends.get(path, (stat.st_ino, 0))
+            if inode != stat.st_ino or offset > stat.st_size:
+                offset = 0
+            reader = FrameReader(fd, offset)
+            while isinstance(reader.next(), Frame):
+                pass
+        finally:
+            os.close(fd)
+        if len(self._ends) >= MAX_DATA_ENDS and path not in self._ends:
+            self._ends.clear()
+        self._ends[path] = (stat.st_ino, reader.pos)
+        return reader.pos
 
 
 def _snapshot(path: str) -> tuple[Manifest, list[tuple[int, str]], list[tuple[int, str]]]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from .errors import LogCorrupt, RecordsDropped
-from .format import BadFrame, Frame, FrameReader, find_later_write
+from .format import ZERO_HEADER_REASON, BadFrame, Frame, FrameReader, find_later_write, nonzero_end
 from .manifest import MANIFEST_NAME, Manifest, load_manifest
 
 
@@ -143,6 +143,12 @@ def _walk_segment(path: str, state: WalkState, stat: SegmentStat, fd: int,
             if not is_last:
                 raise LogCorrupt(stat.path, item.offset, f"{item.reason} (expected seq "
                                  f"{expected}) in a sealed segment")
+            if item.reason == ZERO_HEADER_REASON and (live or nonzero_end(fd, item.offset) == item.offset):
+                # The preallocated rest of the active segment: the end, not a torn tail. A
+                # live reader does not scan it (it is the usual state of a live log's end);
+                # recovery checked it is all zeros.
+                stat.size_bytes = item.offset
+                return
             later = find_later_write(fd, item.offset, expected)
             if later is not None:
                 # A live writer may have completed the record after we read it: read

@@ -45,6 +45,7 @@ MAX_PENDING_BYTES_LIMIT = 1 << 36
 DEFAULT_LEASE_DURATION_MS = 2000
 MAX_LEASE_DURATION_MS = 3_600_000
 _FENCE_POLL_S = 0.002   # how often a taker looks at a lease it waits to expire
+ZERO_AHEAD_BYTES = 1 << 20   # a preallocating log zeroes this far past its write offset at a time
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +97,10 @@ class Log:
 
     def __init__(self, path: str, lock_fd: int, segment_size_bytes: int,
                  max_pending_bytes: int, disk: Disk, lease_file: LeaseFile,
-                 lease_duration_ms: int) -> None:
+                 lease_duration_ms: int, preallocate: bool = False) -> None:
         self.path = path
+        self.preallocate = preallocate
+        self._zeroed_to = 0   # the active segment's file size: bytes past _active_size are zeros
         self._lease_file = lease_file
         self.lease_duration_ms = lease_duration_ms
         self._lease_epoch = lease_file.epoch   # the LEASE epoch this Log last saw or set
@@ -141,7 +144,7 @@ class Log:
              max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES, holder: str = "",
              disk: Disk = OS_DISK, lease_duration_ms: int = DEFAULT_LEASE_DURATION_MS,
              takeover_wait_ms: int = 0, read_through_seq: int = 0,
-             next_record_at: tuple[int, int] | None = None) -> "Log":
+             next_record_at: tuple[int, int] | None = None, preallocate: bool = False) -> "Log":
         """Open (creating if missing) the log at `path`, lock it, and recover it.
         `holder` says who writes (e.g. "shard 0"): a second opener's LogLocked names it.
         Every write and sync goes through `disk` (log/disk.py).
@@ -156,7 +159,12 @@ class Log:
 
         If another process still holds the log (alive, maybe paused), this raises
         LogLocked, unless takeover_wait_ms > 0: then it waits up to that long for the
-        holder's lease to expire and fences it (log/FORMAT.md, "Leases and fencing")."""
+        holder's lease to expire and fences it (log/FORMAT.md, "Leases and fencing").
+
+        preallocate: the active segment is written with zeros and fsync'd ahead of the
+        records (ZERO_AHEAD_BYTES at a time, up to segment_size_bytes, by the syncing
+        thread), so that a sync overwrites space the file already has and commits no
+        file-size change (log/FORMAT.md, "Preallocation")."""
         if not 1 <= segment_size_bytes <= MAX_SEGMENT_SIZE_BYTES:
             raise ValueError(f"segment_size_bytes must be in 1..{MAX_SEGMENT_SIZE_BYTES}")
         if not 1 <= max_pending_bytes <= MAX_PENDING_BYTES_LIMIT:
@@ -180,7 +188,7 @@ class Log:
         # it: fence it once its lease ran out.
         holder_may_live = lease_file.holder_alive() and lease_file.valid_until_ns > 0
         log = cls(path, lock_fd, segment_size_bytes, max_pending_bytes, disk, lease_file,
-                  lease_duration_ms)
+                  lease_duration_ms, preallocate)
         try:
             if lock_fd >= 0 and not holder_may_live:
                 log._recover(read_through_seq, next_record_at)
@@ -232,6 +240,7 @@ class Log:
             self._active_fd = os.open(self._segments[-1][1], os.O_WRONLY)
             self._disk.fdatasync(self._active_fd)   # what survived in the page cache is durable now
         self._active_size = self._segments[-1][2]
+        self._zeroed_to = os.fstat(self._active_fd).st_size
         self.tail_seq = self.durable_seq = state.last_seq
         self._pending_last_seq = state.last_seq
         with self._lease_file.locked():   # no other holder lives: what followers may read is ours to say
@@ -303,7 +312,7 @@ class Log:
         self._segments = (_skipped_rows(retained, state) + [[s.first_seq, s.path, s.valid_end_bytes]
                                                             for s in state.segments if s.first_seq <= tail]
                           + [[tail + 1, seg_path, 0]])
-        self._active_size = 0
+        self._active_size = self._zeroed_to = 0
         self.tail_seq = self.durable_seq = self._pending_last_seq = tail
         with lease_file.locked():
             if lease_file.epoch == epoch:
@@ -538,6 +547,8 @@ class Log:
                     self._check_not_deposed()   # a new holder may own the next segment's name
                     self._roll(write_first)
                 offset = self._active_size
+                if self.preallocate:
+                    self._zero_ahead(offset, size)
                 started = time.perf_counter_ns()
                 if scattered:
                     self._disk.write_durably_buffers(self._active_fd, buffers, offset)
@@ -563,12 +574,33 @@ class Log:
             self._sync_busy.release()
 
     def _roll(self, first_seq: int) -> None:
+        # The segment being sealed loses its unwritten zeros first (a sealed segment is
+        # all records), durably, before the next one can exist.
+        if os.fstat(self._active_fd).st_size > self._active_size:
+            os.ftruncate(self._active_fd, self._active_size)
+            self._disk.fsync(self._active_fd)
         fd = self._create_segment(first_seq)
         old_fd = self._active_fd
         with self._seg_lock:
             self._segments.append([first_seq, os.path.join(self.path, segment_name(first_seq)), 0])
             self._active_fd, self._active_size = fd, 0
+        self._zeroed_to = 0
         os.close(old_fd)
+
+    def _zero_ahead(self, offset: int, size: int) -> None:
+        """Before a write of `size` bytes at `offset`: make sure the file already holds
+        that space, as zeros written and fsync'd (unwritten extents of fallocate would
+        still commit metadata on their first write), so the write changes no file size.
+        A write larger than ZERO_AHEAD_BYTES appends as it is: zeroing it first would
+        write it twice."""
+        end = offset + size
+        if end <= self._zeroed_to or size > ZERO_AHEAD_BYTES:
+            return
+        target = max(end, min(offset + ZERO_AHEAD_BYTES, self.segment_size_bytes))
+        start = max(self._zeroed_to, offset)
+        self._disk.write_all(self._active_fd, bytes(target - start), start)
+        self._disk.fdatasync(self._active_fd)
+        self._zeroed_to = target
 
     def retry_failed(self) -> int:
         """After a failed write, fsync or manifest write: store the manifest again and,
@@ -626,7 +658,7 @@ class Log:
             self._segments.append([first_seq, fresh_path, 0])
             self._active_fd, self._active_size = fd, 0
         self._disk.write_all(fd, data, 0)
-        self._active_size = len(data)
+        self._active_size = self._zeroed_to = len(data)
         self._disk.fdatasync(fd)
         with self._seg_lock:
             self._segments[-1][2] = len(data)

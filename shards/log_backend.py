@@ -63,7 +63,7 @@ def open_shard_log(config: Config, index: int, shard_dir: str, disk: Disk, *, ta
         return Log.open(log_dir_of(shard_dir), segment_size_bytes=config.segment_size_bytes,
                         holder=f"shard {index}", disk=disk, lease_duration_ms=config.lease_duration_ms,
                         takeover_wait_ms=takeover_wait_ms, read_through_seq=read_through_seq,
-                        next_record_at=next_record_at)
+                        next_record_at=next_record_at, preallocate=True)
     from durakv.log.etcd_log import EtcdLog
 
     etcd_log = EtcdLog.open(etcd_client(config), etcd_shard_prefix(config, index),

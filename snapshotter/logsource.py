@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Iterator
 import durakv.log as wal
 from durakv.log.layout import log_dir_of
 from durakv.log.manifest import list_segments
+from durakv.log.reader import DataEnds
 from durakv.snapshotter.local import shard_dir_of
 from durakv.snapshotter.errors import SnapshotterError
 from durakv.snapshotter.logtail import durable_tail, log_first_seq
@@ -36,6 +37,7 @@ class LocalLogSource:
 
     def __init__(self, data_dir: str) -> None:
         self.data_dir = data_dir
+        self._data_ends = DataEnds()
 
     def _dir(self, shard: int) -> str:
         return log_dir_of(shard_dir_of(self.data_dir, shard))
@@ -59,9 +61,10 @@ class LocalLogSource:
     def sizes(self, shard: int) -> dict[int, int]:
         """Bytes per segment (first seq -> size): the growth since a build is the sum of differences."""
         out = {}
-        for first, path in list_segments(self._dir(shard)):
-            try:
-                out[first] = os.path.getsize(path)
+        segments = list_segments(self._dir(shard))
+        for i, (first, path) in enumerate(segments):
+            try:   # the active segment's file may be preallocated: its records end sooner
+                out[first] = self._data_ends.of(path) if i == len(segments) - 1 else os.path.getsize(path)
             except FileNotFoundError:
                 pass
         return out

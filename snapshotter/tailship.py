@@ -31,6 +31,7 @@ from typing import Callable
 
 from durakv.log.format import BadFrame, FrameReader
 from durakv.log.manifest import list_segments, segment_name
+from durakv.log.reader import DataEnds
 from durakv.log.layout import shard_log_dir
 from durakv.log.disk import OS_DISK
 from durakv.shards.config import DEFAULTS
@@ -75,6 +76,7 @@ class TailArchiver:
         self.store = store
         self.interval_ms = interval_ms
         self.bytes_threshold = bytes_threshold
+        self._data_ends = DataEnds()
         self.on_progress = on_progress
         self._tails = [_ShardTail() for _ in range(shards)]
         self._locks = [threading.Lock() for _ in range(shards)]
@@ -192,7 +194,9 @@ class TailArchiver:
         if not tail.segment_first:
             return False
         try:
-            size = os.path.getsize(os.path.join(shard_log_dir(self.data_dir, shard), segment_name(tail.segment_first)))
+            # the active segment's file may be preallocated: where its records end
+            size = self._data_ends.of(os.path.join(shard_log_dir(self.data_dir, shard),
+                                                   segment_name(tail.segment_first)))
         except FileNotFoundError:
             return True  # rolled or dropped: a pass sees the new segment
         return size - tail.offset >= self.bytes_threshold

@@ -22,6 +22,8 @@ from refserver import dump_keyspace
 from durakv.log import simulate_power_loss
 from durakv.log.layout import durability_journal_path
 from durakv.log.layout import shard_log_dir
+from durakv.log.reader import DataEnds
+from durakv.log.writer import ZERO_AHEAD_BYTES
 
 CRASH_TRIALS = int(os.environ.get("DURAKV_CRASH_TRIALS", "3"))
 WRITERS = 6
@@ -392,7 +394,7 @@ def test_torn_tail_is_truncated_and_reported(server_factory, tmp_path):
         client.set(f"k{i}", f"v{i}")
     srv.kill9()
     segment = _segments(data_dir)[-1]
-    size = segment.stat().st_size
+    size = DataEnds().of(str(segment))   # the active segment is preallocated: its records end sooner
     with open(segment, "r+b") as f:
         f.truncate(size - 5)
     srv2 = server_factory(shards=1, data_dir=data_dir)
@@ -425,7 +427,7 @@ def test_mid_log_corruption_refuses_to_start_and_is_reported(server_factory, tmp
     srv.kill9()
     segment = _segments(data_dir)[-1]
     raw = bytearray(segment.read_bytes())
-    raw[len(raw) // 3] ^= 0xFF
+    raw[DataEnds().of(str(segment)) // 3] ^= 0xFF   # inside the records, not the preallocated zeros
     segment.write_bytes(bytes(raw))
     verify = subprocess.run([sys.executable, "-m", "durakv.server.cli", "log", "verify", "--data-dir", str(data_dir)],
                             capture_output=True, text=True)
@@ -532,7 +534,7 @@ def test_full_disk_refuses_writes_then_recovers_when_space_is_freed(small_tmpfs,
         client.mset(acked)
         filler = small_tmpfs / "filler"
         filled = _fill(filler)
-        big = "x" * (256 * 1024)
+        big = "x" * (2 * ZERO_AHEAD_BYTES)   # more than the log zeroes ahead: it must grow the file
         writer = _raw(srv.port)
         writer.sendall(b"*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$%d\r\n%s\r\n" % (len(big), big.encode()))
         info = _wait_info(client, "aof_last_write_status", "err")

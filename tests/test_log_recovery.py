@@ -121,14 +121,25 @@ def test_damage_anywhere_in_the_last_write_is_a_torn_tail(tmp_path):
         assert lg.recovery.truncated_bytes == end - offset
 
 
-def test_garbage_and_zeros_after_the_tail_are_torn(tmp_path):
+def test_garbage_after_the_tail_is_torn_and_zeros_are_the_end(tmp_path):
+    """Zeros after the last record are a preallocated segment's unwritten space
+    (FORMAT.md, "Preallocation"): the end, kept; anything else there is a torn tail."""
     records = build(tmp_path / "src", batches=5, batch_size=2, segment_size_bytes=10_000)
     segment = records[10][0]
-    for name, junk in (("zeros", bytes(4096)), ("garbage", os.urandom(777)),
-                       ("header", b"DKVR" + bytes(20))):
+    for name, junk in (("garbage", os.urandom(777)), ("header", b"DKVR" + bytes(20)),
+                       ("zeros then garbage", bytes(4096) + b"x")):
         damaged_copy(tmp_path / "src", tmp_path / name, segment, lambda d, junk=junk: d + junk)
         with Log.open(tmp_path / name) as lg:
             assert lg.tail_seq == 10 and lg.recovery.truncated_bytes == len(junk)
+    damaged_copy(tmp_path / "src", tmp_path / "zeros", segment, lambda d: d + bytes(4096))
+    end = os.path.getsize(segment)
+    with Log.open(tmp_path / "zeros") as lg:
+        assert lg.tail_seq == 10 and lg.recovery.truncated_bytes == 0
+        lg.append([b"after the zeros"], 10, lg.take_lease("t"))
+        lg.sync()
+    copied = os.path.join(tmp_path / "zeros", os.path.basename(segment))
+    assert os.path.getsize(copied) == end + 4096      # written in place, at the first zero
+    assert [p for s, _, p in read(tmp_path / "zeros") if s == 11] == [b"after the zeros"]
 
 
 def test_corruption_in_a_sealed_segment(tmp_path):
@@ -253,7 +264,10 @@ def test_reopen_keeps_at_least_the_synced_prefix(batches, segment_size_bytes, te
             got = [p for _, _, p in lg.read()]
             assert synced <= len(got) <= len(appended)
             if tear[0] == "append":             # garbage after the tail: truncated, all kept
-                assert lg.recovery.truncated_bytes == tear[2] and len(got) == len(appended)
+                # a whole header of zeros or more is preallocation's end, kept (FORMAT.md)
+                zero_tail = tear[1] % 256 == 0 and tear[2] >= HEADER_BYTES
+                assert lg.recovery.truncated_bytes == (0 if zero_tail else tear[2])
+                assert len(got) == len(appended)
             else:                               # the torn record and any after it are gone
                 assert len(got) < len(appended)
             assert got == appended[:len(got)]

@@ -24,6 +24,7 @@ from refserver import RawConn
 from durakv.shards.exit_codes import EXIT_PERMANENT
 from durakv.shards.slots import key_slot
 from durakv.log.layout import shard_log_dir
+from durakv.log.reader import DataEnds
 
 DEADLINE_S = 30
 DOWN = b"-CLUSTERDOWN The cluster is down\r\n"
@@ -237,7 +238,7 @@ def corrupt_shard_logs(srv, shards: list[int]) -> None:
     srv.stop()
     for shard in shards:
         segments = sorted(Path(shard_log_dir(srv.data_dir, shard)).glob("*.seg"))
-        size = segments[0].stat().st_size
+        size = DataEnds().of(str(segments[0]))   # its records' end: a shard's segment is preallocated
         with open(segments[0], "r+b") as f:
             f.seek(size // 2)
             f.write(b"\xff" * 16)
