@@ -121,7 +121,7 @@ class FrameReceiver:
     each a view of the reused read buffer, valid only during the call, and the Large
     handed to `handle` once it is complete has no blobs."""
 
-    __slots__ = ("sock", "handle", "stream", "views", "_buf", "_chunk", "_view", "_in_large")
+    __slots__ = ("sock", "handle", "stream", "views", "_buf", "_chunk", "_view", "_in_large", "_wait")
 
     def __init__(self, sock: socket.socket, handle: Callable[[list[bytes | Large]], None],
                  stream: Stream | None = None, views: bool = False) -> None:
@@ -140,6 +140,8 @@ class FrameReceiver:
         self._chunk = mmap.mmap(-1, RECV_BYTES)
         self._view = memoryview(self._chunk)
         self._in_large = False  # reading a large message's blobs: its bytes are theirs
+        # A TLS link (shards/link_tls.py) may hold decrypted bytes the socket no longer shows.
+        self._wait = getattr(sock, "wait_readable", trio.lowlevel.wait_readable)
 
     def read_ready(self) -> list[bytes]:
         """For synchronous code while the loop is held (a busy script, shards/busy.py):
@@ -162,6 +164,7 @@ class FrameReceiver:
         """Return at the end of the stream; raise OSError on a socket error and
         ValueError on a malformed frame (the caller closes the link)."""
         sock = self.sock
+        wait = self._wait
         chunk = self._chunk
         view = self._view
         buf = self._buf
@@ -191,7 +194,7 @@ class FrameReceiver:
             if items:
                 self.handle(items)
                 continue
-            await trio.lowlevel.wait_readable(sock)
+            await wait(sock)
             try:
                 size = sock.recv_into(chunk)
             except BlockingIOError:
@@ -243,7 +246,7 @@ class FrameReceiver:
                 remaining -= len(taken)
                 sink(memoryview(taken))
             while remaining:
-                await trio.lowlevel.wait_readable(self.sock)
+                await self._wait(self.sock)
                 try:
                     got = self.sock.recv_into(chunk, min(len(chunk), remaining))
                 except BlockingIOError:
@@ -263,7 +266,7 @@ class FrameReceiver:
             fill = Filling(size)
             del buf[: fill.write(buf)]
             while not fill.complete:
-                await trio.lowlevel.wait_readable(self.sock)
+                await self._wait(self.sock)
                 try:
                     got = self.sock.recv_into(fill.space(), min(LARGE_RECV_BYTES, fill.size - fill.have))
                 except BlockingIOError:
