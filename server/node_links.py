@@ -17,12 +17,14 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import ssl
 from typing import Any
 
 import trio
 
 from durakv.shards.config import Config
 from durakv.shards.link_auth import LinkRefused, open_link, tune_tcp_link
+from durakv.shards.link_tls import LinkTls, LinkTlsError, link_context, links_use_tls
 from durakv.shards.log_backend import etcd_client, link_secret
 
 logger = logging.getLogger("durakv.router")
@@ -48,6 +50,7 @@ class NodeDirectory:
         self._watch: Any = None
         self._entry: Any = None
         self._token: trio.lowlevel.TrioToken | None = None
+        self._tls: ssl.SSLContext | None = None  # the links' client context, made at the first TLS link
 
     async def start(self, links: bool, entry: dict[str, Any] | None = None) -> None:
         """Start following the cluster's entries; links: read the link secret first (a
@@ -107,13 +110,15 @@ class NodeDirectory:
         logger.warning("router: shard %d's primary is now %s; reconnecting", shard, self.holder(shard))
         cancel_scope.cancel()
 
-    async def connect(self, address: Address) -> socket.socket:
+    async def connect(self, address: Address) -> Any:
         """A TCP link to another node's shard primary, authenticated (OSError or
-        LinkRefused if not)."""
+        LinkRefused if not), over TLS when the node has its certificate and CA
+        (shards/link_tls.py: a LinkTls, else the socket)."""
         if self.secret is None:
             raise LinkRefused("the link secret is not read yet")
         host, port = address
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        link: Any = sock
         try:
             tune_tcp_link(sock)
             with trio.fail_after(CONNECT_TIMEOUT_S):
@@ -124,10 +129,18 @@ class NodeDirectory:
                 error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if error:
                     raise OSError(error, f"connect to {host}:{port} failed")
-            await open_link(sock, self.secret)
+            if links_use_tls(self.config):
+                if self._tls is None:
+                    self._tls = link_context(self.config, server_side=False)
+                link = LinkTls(sock, self._tls, server_hostname=host)
+                try:
+                    await link.handshake()
+                except LinkTlsError as e:
+                    raise LinkRefused(str(e)) from None
+            await open_link(link, self.secret)
         except (OSError, LinkRefused, trio.TooSlowError) as e:
             sock.close()
             if isinstance(e, trio.TooSlowError):
                 raise OSError(f"connect to {host}:{port} timed out after {CONNECT_TIMEOUT_S:g} s") from None
             raise
-        return sock
+        return link

@@ -133,7 +133,7 @@ class FrameReceiver:
     each a view of the reused read buffer, valid only during the call, and the Large
     handed to `handle` once it is complete has no blobs."""
 
-    __slots__ = ("sock", "handle", "stream", "views", "_buf", "_chunk", "_view", "_in_large", "_incoming")
+    __slots__ = ("sock", "handle", "stream", "views", "_buf", "_chunk", "_view", "_in_large", "_incoming", "_wait")
 
     def __init__(self, sock: socket.socket, handle: Callable[[list[bytes | Large]], None],
                  stream: Stream | None = None, views: bool = False) -> None:
@@ -153,6 +153,8 @@ class FrameReceiver:
         self._view = memoryview(self._chunk)
         self._in_large = False  # reading a large message's piece: its bytes are the piece's
         self._incoming: _Incoming | None = None  # the large message whose pieces are arriving
+        # A TLS link (shards/link_tls.py) may hold decrypted bytes the socket no longer shows.
+        self._wait = getattr(sock, "wait_readable", trio.lowlevel.wait_readable)
 
     def read_ready(self) -> list[bytes]:
         """For synchronous code while the loop is held (a busy script, shards/busy.py):
@@ -175,6 +177,7 @@ class FrameReceiver:
         """Return at the end of the stream; raise OSError on a socket error and
         ValueError on a malformed frame (the caller closes the link)."""
         sock = self.sock
+        wait = self._wait
         chunk = self._chunk
         view = self._view
         buf = self._buf
@@ -216,7 +219,7 @@ class FrameReceiver:
             if items:
                 self.handle(items)
                 continue
-            await trio.lowlevel.wait_readable(sock)
+            await wait(sock)
             # Inside a large message, a header alone first: most likely a piece's,
             # whose bytes are then read straight into the value, not through buf.
             limit = PIECE_HEADER_BYTES if self._incoming is not None and not buf else 0
@@ -301,7 +304,7 @@ class FrameReceiver:
             size -= n
             incoming.remaining -= n
         while size:
-            await trio.lowlevel.wait_readable(self.sock)
+            await self._wait(self.sock)
             try:
                 if sink is not None:
                     got = self.sock.recv_into(self._chunk, min(len(self._chunk), size))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import ssl
 from typing import Any, Protocol
 
 import trio
@@ -21,6 +22,7 @@ from durakv.shards.frames import (
     large_request_decoder, request_batch_decoder,
 )
 from durakv.shards.link_auth import LinkPort, LinkRefused, accept_link, tune_tcp_link
+from durakv.shards.link_tls import LinkTls, LinkTlsError, link_context, links_use_tls
 from durakv.shards.log_backend import link_secret
 from durakv.shards.luaenv import scripting_of
 from durakv.shards.malloc_stats import release_free_heap
@@ -237,8 +239,10 @@ async def serve_link_port(shard: Shard, nursery: trio.Nursery) -> None:
     port = LinkPort.bound()
     assert port is not None, "a shard on a node serves with its link port bound (shards/log_backend.py)"
     secret = await trio.to_thread.run_sync(link_secret, shard.config)
+    tls = link_context(shard.config, server_side=True) if links_use_tls(shard.config) else None
     port.sock.listen(ROUTER_CONNECTIONS_MAX)
-    logger.info("shard %d: accepting other nodes' routers on %s", shard.index, port.address)
+    logger.info("shard %d: accepting other nodes' routers on %s%s", shard.index, port.address,
+                " over TLS" if tls is not None else "")
     handshakes = trio.CapacityLimiter(ROUTER_CONNECTIONS_MAX)  # unauthenticated peers waiting at once
     while True:
         await trio.lowlevel.wait_readable(port.sock)
@@ -252,15 +256,18 @@ async def serve_link_port(shard: Shard, nursery: trio.Nursery) -> None:
             conn.close()
             continue
         tune_tcp_link(conn)
-        nursery.start_soon(_serve_remote_router, shard, conn, peer, secret, handshakes)
+        nursery.start_soon(_serve_remote_router, shard, conn, peer, secret, handshakes, tls)
 
 
-async def _serve_remote_router(shard: Shard, conn: socket.socket, peer: object, secret: bytes,
-                               handshakes: trio.CapacityLimiter) -> None:
+async def _serve_remote_router(shard: Shard, conn: Any, peer: object, secret: bytes,
+                               handshakes: trio.CapacityLimiter, tls: ssl.SSLContext | None) -> None:
     try:
         async with handshakes:
+            if tls is not None:
+                conn = LinkTls(conn, tls)
+                await conn.handshake()
             await accept_link(conn, secret)
-    except (LinkRefused, OSError) as e:
+    except (LinkRefused, LinkTlsError, OSError) as e:
         logger.warning("shard %d: refused an internal link from %s: %s", shard.index, peer, e)
         conn.close()
         return

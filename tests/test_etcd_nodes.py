@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import socket
+import ssl
 import time
 import uuid
 
 import redis
+import trustme
 
 from conftest import DurakvServer
 from durakv.log.etcd_client import EtcdClient, unb64
@@ -30,9 +32,9 @@ WRITERS = 8
 SHARDS = 2
 
 
-def _nodes(server_factory, tmp_path, etcd_cluster, replicas_on_b: int = 1):
+def _nodes(server_factory, tmp_path, etcd_cluster, replicas_on_b: int = 1, extra: str = ""):
     prefix = f"xnode-{uuid.uuid4().hex[:8]}"
-    common = f"etcd-lease-ttl-s = {TTL_S}\nsnapshotter = false\n"
+    common = f"etcd-lease-ttl-s = {TTL_S}\nsnapshotter = false\n{extra}"
     node_a = server_factory(shards=SHARDS, extra_args=(
         "--config", etcd_config(tmp_path, etcd_cluster.endpoints, prefix, common), "--node-id", "a",
         "--advertise", "127.0.0.1:7000"))
@@ -204,5 +206,64 @@ def test_cluster_answers_name_every_nodes_primaries_and_replicas(etcd_cluster, s
             _retry(lambda shard=shard: b.set(_key_on(b, shard, "after"), 1), f"shard {shard} on node b")
         _until(lambda: {nodes[0][0] for _first, _last, nodes in _slots_view(b)}
                == {node_b.shard_port(s) for s in range(SHARDS)}, f"node b's primaries in {_slots_view(b)}")
+    finally:
+        node_b.discard()
+
+
+def test_links_between_nodes_run_over_tls_and_refuse_plaintext(etcd_cluster, server_factory, tmp_path):
+    """With a certificate, its key and a CA, a router's links to another node's primaries
+    run over TLS (mutual, verified against the CA): node b's router reads and writes both
+    shards on node a, a 3 MB value too (large frames, decrypted bytes held between
+    reads); a plaintext peer of the link port gets no challenge and no reply, and a
+    peer whose certificate another CA signed fails the TLS handshake."""
+    ca = trustme.CA()
+    tmp_path.joinpath("certs").mkdir()
+    ca_file = str(tmp_path / "certs" / "ca.pem")
+    ca.cert_pem.write_to_path(ca_file)
+    node_cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert_file, key_file = str(tmp_path / "certs" / "node.pem"), str(tmp_path / "certs" / "node.key")
+    node_cert.cert_chain_pems[0].write_to_path(cert_file)
+    node_cert.private_key_pem.write_to_path(key_file)
+    tls = f'tls-cert-file = "{cert_file}"\ntls-key-file = "{key_file}"\ntls-ca-cert-file = "{ca_file}"\n'
+    prefix, node_a, node_b = _nodes(server_factory, tmp_path, etcd_cluster, extra=tls)
+    try:
+        a, b = node_a.client(), node_b.client()
+        big = bytes(range(256)) * 12_000
+        for shard in range(SHARDS):
+            key = _key_on(b, shard, "t")
+            assert _retry(lambda key=key, shard=shard: b.set(key, f"via-b-{shard}"),
+                          f"a write via node b to shard {shard}")
+            assert a.get(key) == f"via-b-{shard}".encode()
+            a.set(key, f"via-a-{shard}")
+            assert b.get(key) == f"via-a-{shard}".encode()
+            b.set(f"{key}-big", big)
+            assert b.get(f"{key}-big") == big and a.get(f"{key}-big") == big
+        keys = [_key_on(b, shard, "m") for shard in range(SHARDS)]
+        assert b.mset({keys[0]: "x", keys[1]: "y"}) and b.mget(keys) == [b"x", b"y"]
+        assert "on node 'a'" in node_b.log()
+        _until(lambda: "over TLS" in node_a.log(), "node a's link ports over TLS")
+        host, port = _link_address(etcd_cluster, prefix)
+        plain = socket.create_connection((host, port))
+        plain.sendall(encode_frame([(1, 1, 2, [b"SET", keys[0], b"stolen"])]))
+        plain.settimeout(10)
+        received = b""
+        try:
+            while chunk := plain.recv(4096):
+                received += chunk
+        except ConnectionResetError:
+            pass
+        assert not received.startswith(b"DKVLINK1"), "a plaintext peer got the link challenge"
+        stranger = trustme.CA().issue_cert("127.0.0.1")
+        context = ssl.create_default_context(cafile=ca_file)
+        stranger.configure_cert(context)
+        with socket.create_connection((host, port)) as raw:
+            try:   # TLS 1.3: the client's handshake ends before the server checks its certificate
+                with context.wrap_socket(raw, server_hostname=host) as conn:
+                    conn.settimeout(10)
+                    assert not conn.recv(4096), "a peer with a stranger's certificate was answered"
+            except (ssl.SSLError, ConnectionError):
+                pass
+        _until(lambda: "TLS handshake failed" in node_a.log(), "the stranger's refusal in node a's log")
+        assert a.get(keys[0]) == b"x"
     finally:
         node_b.discard()
