@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 
 import pytest
 from etcd_cluster import EtcdCluster
@@ -34,3 +35,14 @@ def etcd_cluster(tmp_path_factory):
         yield cluster
     finally:
         cluster.stop()
+
+
+def until(fn, what: str, timeout_s: float):
+    """fn() until it returns something true; that value (AssertionError naming `what` past timeout_s)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = fn()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)

@@ -22,6 +22,7 @@ from conftest import DurakvServer
 from durakv.log.etcd_client import EtcdClient
 from durakv.log.etcd_log import EtcdLog
 from durakv.log.etcd_records import shard_prefix
+from etcd_support import until
 from test_durability import AckedSets
 from test_etcd_backend import etcd_config, serve_once
 from test_replicas import _alive, _send, _wait_replicas_online, replica_port
@@ -39,14 +40,7 @@ def _start(server_factory, tmp_path, etcd_cluster, shards: int = 1, extra: str =
 
 
 def _until(fn, what: str, timeout_s: float = WAIT_S):
-    """fn() until it returns something true; that value."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = fn()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+    return until(fn, what, timeout_s)
 
 
 def _reply(client: redis.Redis, *argv):

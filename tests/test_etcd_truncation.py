@@ -32,7 +32,7 @@ from durakv.log.etcd_client import EtcdClient, EtcdRequestFailed, b64
 from durakv.log.etcd_positions import replica_positions
 from durakv.log.etcd_records import Keys, first_seq, last_seq, put_op, revision_of, shard_prefix
 from durakv.log.etcd_upkeep import DEFRAG_TIMEOUT_S, Defragmenter, member_sizes
-from etcd_support import etcd_binary_or_skip
+from etcd_support import etcd_binary_or_skip, until
 from test_etcd_ops import SNAPSHOT_OFTEN
 from test_commit_thread import Sink
 from test_replicas import replica_port
@@ -45,13 +45,7 @@ PAUSE_S = 5
 
 
 def _until(fn, what: str, timeout_s: float = WAIT_S):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = fn()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+    return until(fn, what, timeout_s)
 
 
 def _burst(client: redis.Redis, tag: str, keys: int = 40) -> None:

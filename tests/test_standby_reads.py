@@ -20,6 +20,7 @@ import redis
 from conftest import DurakvServer
 from durakv.shards.slots import key_slot
 from proctools import free_port
+from etcd_support import until
 from refserver import REDIS_SERVER, RawConn, RedisRef
 from test_etcd_backend import etcd_config
 from test_replicas import replica_port
@@ -30,13 +31,7 @@ ADVERTISED_HOST = "127.0.0.1"
 
 
 def _until(fn, what: str, timeout_s: float = WAIT_S):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = fn()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+    return until(fn, what, timeout_s)
 
 
 def two_nodes(server_factory, tmp_path, etcd_cluster, common: str = f"etcd-lease-ttl-s = {TTL_S}\n"
