@@ -419,6 +419,7 @@ class Supervisor:
                       "above); not restarting it", child.name, pid, code)
             if child.role == "shard" and not failure.read(self.config.data_dir, child.index):
                 failure.record(self.config.data_dir, child.index, f"exited with status {code}")
+            self._close_port_of_failed(child)
             return
         if self.failover is not None and child.role == "shard" and code == EXIT_NOT_PROMOTED \
                 and self.failover.undo(child, now):
@@ -429,6 +430,15 @@ class Supervisor:
         delay_s, why = child.schedule_restart(now)
         logger.error("supervisor: %s (pid %d) exited with %s; restarting it in %d ms (%s)",
                   child.name, pid, code, delay_s * 1000, why)
+
+    def _close_port_of_failed(self, child: Child) -> None:
+        """A child that will not run again leaves no listening port behind that nobody
+        accepts on (clients would hang in its backlog): a failed replica's own port, and a
+        failed primary's shard port unless a replica could still take it over."""
+        if child.role == "replica" and child.replica is not None:
+            child.replica[1].close()
+        elif child.role == "shard" and child.listeners is not None and self.failover is None:
+            child.listeners.close()
 
     def _every_shard_failed(self) -> bool:
         shards = [c for c in self.children if c.role == "shard"]

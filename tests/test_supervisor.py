@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import redis
 
 from conftest import DurakvServer
@@ -277,6 +278,10 @@ def test_shard_failing_permanently_is_not_restarted_and_the_others_serve(server_
         # supervisor)
         assert len(direct_children(again.proc.pid)) == 3
         assert again.proc.poll() is None
+        # Its client port refuses connections instead of leaving them unanswered (the
+        # supervisor closed the listener the failed shard inherited).
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", again.shard_port(1)), timeout=5).close()
         client.close()
     finally:
         again.stop()
