@@ -40,6 +40,7 @@ import trio
 
 from durakv.shards.config import Config
 from durakv.shards.resp import ReplyError
+from durakv.shards.tls_bio import WRITE_CHUNK_BYTES, BioTls
 
 if TYPE_CHECKING:
     from durakv.server.front import Front
@@ -48,8 +49,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("durakv.tls")
 
 HANDSHAKE_TIMEOUT_S = 10.0
-RAW_RECV_BYTES = 64 * 1024
-WRITE_CHUNK_BYTES = 128 * 1024  # plaintext encrypted per step of a send
 
 # The settings, as redis.conf and CONFIG GET name them; Config holds them as tls_*.
 TLS_SETTINGS = (
@@ -213,63 +212,22 @@ class _OpenSSL:
 _openssl = _OpenSSL()
 
 
-class TlsSocket:
+class TlsSocket(BioTls):
     """A handshaken TLS connection with the socket methods a Client uses (see the
     module docstring for how send keeps the output accounting exact)."""
 
-    __slots__ = ("sock", "_obj", "_incoming", "_outgoing", "_raw_out", "_ahead")
+    __slots__ = ()
 
     def __init__(self, sock: socket.socket, ctx: ssl.SSLContext) -> None:
-        self.sock = sock
-        self._incoming = ssl.MemoryBIO()
-        self._outgoing = ssl.MemoryBIO()
-        self._obj = ctx.wrap_bio(self._incoming, self._outgoing, server_side=True)
-        self._raw_out = b""  # encrypted bytes the kernel has not taken yet
-        self._ahead = 0  # plaintext at the head of the next send already in _raw_out
-
-    # --- the socket methods Client calls ---------------------------------------------
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def getpeername(self) -> Any:
-        return self.sock.getpeername()
+        super().__init__(sock, ctx)
 
     def getsockname(self) -> Any:
         return self.sock.getsockname()
 
-    def close(self) -> None:
-        self.sock.close()
-
     def recv(self, size: int) -> bytes:
         """Plaintext (possibly more than `size`: everything that one raw read
         completed); b"" at the end of the stream; BlockingIOError if none yet."""
-        self._flush_raw()
-        eof = False
-        try:
-            raw = self.sock.recv(RAW_RECV_BYTES)
-        except BlockingIOError:
-            raw = None
-        if raw == b"":
-            eof = True
-        elif raw:
-            self._incoming.write(raw)
-        plain = []
-        obj = self._obj
-        while True:
-            try:
-                data = obj.read(size)
-            except ssl.SSLWantReadError:
-                break
-            except ssl.SSLZeroReturnError:  # the peer's close_notify
-                eof = True
-                break
-            if not data:
-                break
-            plain.append(data)
-        if self._outgoing.pending:  # alerts, key updates, session tickets
-            self._raw_out += self._outgoing.read()
-            self._flush_raw()
+        plain, eof = self._pull(True)
         if plain:
             return b"".join(plain)
         if eof:
@@ -290,64 +248,6 @@ class TlsSocket:
             if size >= WRITE_CHUNK_BYTES:
                 break
         return self._send(memoryview(b"".join(joined)))
-
-    def _send(self, view: memoryview) -> int:
-        accepted = 0
-        if self._raw_out:
-            if not self._flush_raw():
-                raise BlockingIOError
-            accepted, self._ahead = self._ahead, 0
-            assert accepted <= len(view), "a TLS send resumed with less than it had encrypted"
-        while accepted < len(view):
-            chunk = view[accepted:accepted + WRITE_CHUNK_BYTES]
-            self._obj.write(chunk)
-            self._raw_out = self._outgoing.read()
-            if not self._flush_raw():
-                self._ahead = len(chunk)
-                break
-            accepted += len(chunk)
-        return accepted
-
-    def _flush_raw(self) -> bool:
-        """Write pending encrypted bytes; True once none are left. OSError (the
-        peer is gone) goes to the caller, as a socket's would."""
-        raw = self._raw_out
-        while raw:
-            try:
-                sent = self.sock.send(raw)
-            except BlockingIOError:
-                self._raw_out = raw
-                return False
-            raw = raw[sent:]
-        self._raw_out = b""
-        return True
-
-    # --- the handshake ------------------------------------------------------------------
-
-    async def handshake(self) -> None:
-        """Complete the server side of the handshake; ssl.SSLError or OSError if
-        it fails, EOFError if the peer hangs up first."""
-        sock = self.sock
-        while True:
-            try:
-                self._obj.do_handshake()
-                done = True
-            except ssl.SSLWantReadError:
-                done = False
-            if self._outgoing.pending:
-                self._raw_out += self._outgoing.read()
-            while not self._flush_raw():
-                await trio.lowlevel.wait_writable(sock)
-            if done:
-                return
-            await trio.lowlevel.wait_readable(sock)
-            try:
-                raw = sock.recv(RAW_RECV_BYTES)
-            except BlockingIOError:
-                continue
-            if not raw:
-                raise EOFError("the client closed the connection during the TLS handshake")
-            self._incoming.write(raw)
 
 
 def is_tls(sock: object) -> bool:
