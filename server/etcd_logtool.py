@@ -72,19 +72,27 @@ def verify_etcd_logs(config: Config) -> int:
     return status
 
 
+def _shard_log_prefix(client: EtcdClient, config: Config, shard: int) -> str | None:
+    """Shard `shard`'s log prefix on etcd; None (the reason printed) when etcd holds no
+    shard logs there or the shard is out of their range."""
+    shards = _shard_count(client, config)
+    if not shards:
+        return None
+    if not 0 <= shard < shards:
+        print(f"durakv: --shard {shard} is out of range: etcd-prefix {config.etcd_prefix!r} holds {shards} "
+              "shard logs", file=sys.stderr)
+        return None
+    return shard_prefix(config.etcd_prefix, shard)
+
+
 def dump_etcd_log(config: Config, shard: int, from_seq: int, limit: int | None,
                   render: Callable[[bytes], str]) -> int:
     """Print records from from_seq (or the first retained) on, as `durakv log dump`
     prints a local log's, the etcd key in place of segment and offset."""
     client = etcd_client(config)
-    shards = _shard_count(client, config)
-    if not shards:
+    prefix = _shard_log_prefix(client, config, shard)
+    if prefix is None:
         return 1
-    if not 0 <= shard < shards:
-        print(f"durakv: --shard {shard} is out of range: etcd-prefix {config.etcd_prefix!r} holds {shards} "
-              "shard logs", file=sys.stderr)
-        return 1
-    prefix = shard_prefix(config.etcd_prefix, shard)
     keys = Keys(prefix.encode())
     printed = 0
     try:
@@ -103,7 +111,6 @@ def dump_etcd_log(config: Config, shard: int, from_seq: int, limit: int | None,
     return 0
 
 
-
 def truncate_etcd_log(config: Config, shard: int, yes: bool) -> int:
     """Drop shard `shard`'s records on etcd through the newest snapshot in the store
     (snapshot-url, else the embedded store under data-dir), but not past the lowest
@@ -115,14 +122,9 @@ def truncate_etcd_log(config: Config, shard: int, yes: bool) -> int:
     from durakv.snapshotter.filestore import open_store
 
     client = etcd_client(config)
-    shards = _shard_count(client, config)
-    if not shards:
+    prefix = _shard_log_prefix(client, config, shard)
+    if prefix is None:
         return 1
-    if not 0 <= shard < shards:
-        print(f"durakv: --shard {shard} is out of range: etcd-prefix {config.etcd_prefix!r} holds {shards} "
-              "shard logs", file=sys.stderr)
-        return 1
-    prefix = shard_prefix(config.etcd_prefix, shard)
     keys = Keys(prefix.encode())
     mark = restore_mark(client, prefix)
     try:
