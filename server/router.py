@@ -16,6 +16,7 @@ from durakv.server.fdlimit import adjust_open_files_limit
 from durakv.server.front import Front, _ignore_reply
 from durakv.server.links import Pending, ShardLink
 from durakv.server.cluster_view import node_entry
+from durakv.server.config_sync import NodeSettingsFollower
 from durakv.server.listener import ClientListeners
 from durakv.server.node_links import NodeDirectory
 from durakv.server.settings_sync import SettingsSync
@@ -161,6 +162,8 @@ class Router(Front):
             if self.directory is not None:
                 entry = node_entry(self.config, self.router_node_id, self.shard_node_ids) if self.index == 0 else None
                 await self.directory.start(links=True, entry=entry)
+                if self.index == 0:  # CONFIG SETs of the other nodes (server/config_sync.py)
+                    nursery.start_soon(NodeSettingsFollower(self.settings_sync).run)
             for link in self.links:
                 nursery.start_soon(link.run)
             await self._wait_for_shards()

@@ -63,6 +63,14 @@ class Param:
     # any value other than the default is refused with this reason.
     unsupported: bytes = b""
     on_set: Callable[[int], int] | None = field(default=None, repr=False)
+    # Per machine by nature (a file path on this machine): a CONFIG SET of it stays on
+    # the node it was made on instead of reaching every node (server/config_sync.py).
+    per_node: bool = False
+
+    @property
+    def travels(self) -> bool:
+        """Whether a CONFIG SET of it reaches the other nodes of the deployment."""
+        return self.mutable and not self.per_node
 
 
 def _int(name: str, default: int, lo: int, hi: int, **kw) -> Param:
@@ -177,7 +185,9 @@ def _tls_params(config: Config) -> list[Param]:
     for name in ("tls-prefer-server-ciphers", "tls-session-caching"):
         params.append(Param(name, BOOL, values[name]))
     for name in ("tls-cert-file", "tls-key-file", "tls-key-file-pass", "tls-ca-cert-file", "tls-ca-cert-dir",
-                 "tls-dh-params-file", "tls-protocols", "tls-ciphers", "tls-ciphersuites"):
+                 "tls-dh-params-file"):
+        params.append(Param(name, STRING, values[name], per_node=True))  # files of this machine
+    for name in ("tls-protocols", "tls-ciphers", "tls-ciphersuites"):
         params.append(Param(name, STRING, values[name]))
     assert {p.name for p in params} == set(TLS_SETTINGS), "every TLS setting is a CONFIG parameter"
     return params

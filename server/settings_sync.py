@@ -39,6 +39,7 @@ import trio
 
 from collections.abc import Callable
 
+from durakv.server.config_sync import NodeSettingsRecord, travelling
 from durakv.log.layout import ensure_run_dir, node_socket_path, replica_socket_path, router_socket_path
 from durakv.server.links import Pending, Propagating
 from durakv.server.runtime_changes import (MAX_MESSAGE_BYTES, SETTINGS_LOCK_FILE, load_runtime_changes, settings_path,
@@ -100,6 +101,8 @@ class SettingsSync:
         peers += [replica_socket_path(data_dir, i, number) for i in range(config.shards)
                   for number in range(config.replicas)]
         self.peer_paths = [path for path in peers if path != self.own_path]
+        # On a node of several (node-id set), CONFIG SETs are recorded in etcd for the others.
+        self.node_record = NodeSettingsRecord(config) if config.node_id else None
 
     def _apply(self, changes: dict[str, str]) -> None:
         self.router.settings.apply_known(changes)
@@ -168,7 +171,7 @@ class SettingsSync:
         self.router.nursery.start_soon(self._propagate, pending, changes, shard_changes)
         return pending
 
-    async def _lock(self) -> int:
+    async def lock(self) -> int:
         """The settings lock's fd (-1: waited too long, logged): it orders CONFIG SETs and ACL changes."""
         lock_fd = -1
         with trio.move_on_after(SETTINGS_LOCK_WAIT_MS / 1000):
@@ -179,18 +182,37 @@ class SettingsSync:
                          SETTINGS_LOCK_WAIT_MS, SETTINGS_LOCK_FILE)
         return lock_fd
 
+    @staticmethod
+    def unlock(lock_fd: int) -> None:
+        if lock_fd >= 0:
+            os.close(lock_fd)
+
     async def _propagate(self, pending: Pending, changes: list[tuple[str, str]],
                          shard_changes: list[tuple[str, str]]) -> None:
-        lock_fd = await self._lock()
+        lock_fd = await self.lock()
         try:
-            await self._propagate_locked(changes, shard_changes)
-            requirepass = [value for name, value in changes if name == "requirepass"]
-            if requirepass:  # the default user's password, in the users file too
-                await self._propagate_users_locked([b"requirepass", requirepass[-1].encode()])
+            unrecorded = await self.propagate_locked(changes, shard_changes, record=True)
         finally:
-            if lock_fd >= 0:
-                os.close(lock_fd)
-        pending.fill(b"+OK\r\n")
+            self.unlock(lock_fd)
+        if unrecorded:  # it holds here, but the other nodes do not know of it
+            pending.fill(b"-ERR CONFIG SET took effect on this node only: the other nodes could not be told "
+                         b"through etcd (%s); set it again\r\n" % unrecorded.encode(errors="replace")[:200])
+        else:
+            pending.fill(b"+OK\r\n")
+
+    async def propagate_locked(self, changes: list[tuple[str, str]], shard_changes: list[tuple[str, str]],
+                               record: bool) -> str:
+        """Under the settings lock: make changes applied here take effect on every
+        router, shard and replica of this node, then (record, on a node of several)
+        record the ones that travel in etcd for the other nodes (server/config_sync.py).
+        Returns why they could not be recorded ("" if they were)."""
+        await self._propagate_locked(changes, shard_changes)
+        requirepass = [value for name, value in changes if name == "requirepass"]
+        if requirepass:  # the default user's password, in the users file too
+            await self._propagate_users_locked([b"requirepass", requirepass[-1].encode()])
+        if not (record and self.node_record is not None):
+            return ""
+        return await trio.to_thread.run_sync(self.node_record.record, travelling(self.router.settings, changes))
 
     def propagate_users(self, client, change: list[bytes], reply: bytes) -> Pending:
         """An ACL change already applied here: store it in the users file, have every
@@ -201,12 +223,11 @@ class SettingsSync:
         return pending
 
     async def _propagate_users(self, pending: Pending, change: list[bytes], reply: bytes) -> None:
-        lock_fd = await self._lock()
+        lock_fd = await self.lock()
         try:
             stored = await self._propagate_users_locked(change)
         finally:
-            if lock_fd >= 0:
-                os.close(lock_fd)
+            self.unlock(lock_fd)
         pending.fill(reply if stored else b"-ERR cannot store the ACL change durably: see the server log\r\n")
 
     async def _propagate_users_locked(self, change: list[bytes]) -> bool:

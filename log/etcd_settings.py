@@ -1,0 +1,124 @@
+"""CONFIG SET across the nodes of a deployment (issue 15): every runtime change made on
+any node's router or shard port is recorded in etcd, and every node applies what is
+recorded there, so all nodes agree (server/config_sync.py does the applying).
+
+Keys, under a deployment's prefix D:
+    D/config/<name>  JSON {"value": normalised value, "node": the node that set it},
+                     one key per setting (two nodes setting different settings at once
+                     do not overwrite each other), written by one transaction per
+                     CONFIG SET, never bound to a lease: a node started later applies
+                     them too. etcd's revision order decides between two nodes setting
+                     the same one: every node ends on the value etcd holds last.
+Settings that are per node by nature (the TLS files, server/settings.py `per_node`) and
+those fixed at start never travel."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+from .etcd_client import EtcdClient, EtcdRequestFailed, EtcdUnavailable, unb64
+from .etcd_records import kvs_of, put_op, revision_of
+
+logger = logging.getLogger("durakv.log")
+
+WATCH_RETRY_PAUSE_S = 0.2
+# Settings read in one range request: Redis has about 200 parameters.
+MAX_SETTINGS_READ = 1000
+
+
+def settings_start(deployment: str) -> bytes:
+    return f"{deployment.rstrip('/')}/config/".encode()
+
+
+def settings_end(deployment: str) -> bytes:
+    return f"{deployment.rstrip('/')}/config0".encode()  # "/" + 1: every key under config/
+
+
+def record_settings(client: EtcdClient, deployment: str, node_id: str, changes: list[tuple[str, str]]) -> None:
+    """Write one CONFIG SET's changes (name, normalised value) in one transaction;
+    EtcdUnavailable/EtcdRequestFailed if etcd did not take them."""
+    start = settings_start(deployment)
+    ops = [put_op(start + name.encode(), json.dumps({"value": value, "node": node_id}).encode())
+           for name, value in changes]
+    reply = client.txn([], ops, [])
+    if not reply.get("succeeded", True):
+        raise EtcdRequestFailed(f"etcd refused the settings {[name for name, _ in changes]}: {reply}")
+
+
+def _parse(deployment: str, kv: dict[str, Any]) -> tuple[str, str] | None:
+    name = unb64(kv["key"])[len(settings_start(deployment)):].decode(errors="replace")
+    try:
+        value = json.loads(unb64(kv.get("value", "")))["value"]
+        if not isinstance(value, str):
+            raise TypeError("the value is not a string")
+    except (ValueError, KeyError, TypeError) as e:
+        logger.error("etcd: setting %r under %s is not one (%s); ignored", name,
+                     settings_start(deployment).decode(), e)
+        return None
+    return name, value
+
+
+def read_settings(client: EtcdClient, deployment: str) -> tuple[int, dict[str, str]]:
+    """(revision, every recorded setting) at one revision."""
+    reply = client.range(settings_start(deployment), settings_end(deployment), limit=MAX_SETTINGS_READ)
+    settings = {}
+    for kv in kvs_of(reply):
+        parsed = _parse(deployment, kv)
+        if parsed is not None:
+            settings[parsed[0]] = parsed[1]
+    return revision_of(reply), settings
+
+
+class SettingsWatch:
+    """Follows D/config/ in a thread: calls on_change(every recorded setting) after the
+    first read and after every change; reads it all again when a watch fails."""
+
+    def __init__(self, client: EtcdClient, deployment: str, on_change: Callable[[dict[str, str]], None]) -> None:
+        self._client = client
+        self._deployment = deployment
+        self._on_change = on_change
+        self._stream: Any = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=f"etcd settings {deployment}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        deployment = self._deployment
+        while not self._closed:
+            try:
+                revision, settings = read_settings(self._client, deployment)
+                self._on_change(dict(settings))
+                stream = self._stream = self._client.watch(settings_start(deployment), settings_end(deployment),
+                                                           revision + 1)
+                try:
+                    for result in stream.replies():
+                        for event in result.get("events", []):
+                            if event.get("type", "PUT") != "PUT":
+                                name = unb64(event["kv"]["key"])[len(settings_start(deployment)):]
+                                settings.pop(name.decode(errors="replace"), None)
+                                continue
+                            parsed = _parse(deployment, event["kv"])
+                            if parsed is not None:
+                                settings[parsed[0]] = parsed[1]
+                        if result.get("events"):
+                            self._on_change(dict(settings))
+                finally:
+                    stream.close()
+            except (EtcdUnavailable, EtcdRequestFailed, OSError, ValueError) as e:
+                if self._closed:
+                    return
+                logger.warning("etcd: following %s failed (%s); reading it again",
+                               settings_start(deployment).decode(), e)
+            if not self._closed:
+                time.sleep(WATCH_RETRY_PAUSE_S)
+
+    def close(self) -> None:
+        self._closed = True
+        if self._stream is not None:
+            self._stream.close()

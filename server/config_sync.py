@@ -1,0 +1,158 @@
+"""CONFIG SET across the nodes of a deployment (issue 15; a node: node-id set).
+
+Within one node, server/settings_sync.py makes a CONFIG SET take effect on every
+router, shard and replica before it answers. Across nodes, etcd carries it
+(log/etcd_settings.py): the process that took the CONFIG SET, still holding the node's
+settings lock, records the settings that travel (`Param.travels`: not the TLS files of
+this machine, nothing fixed at start) under D/config/ before it answers OK (an error if
+etcd did not take them: the change then holds on this node only). Router 0 of every
+node follows D/config/ and, for every recorded value that differs from its own, runs
+the same propagation as a CONFIG SET made on that node (without recording it again):
+its routers, shards and replicas, DIR/run/settings, the default user's password. It
+applies the latest state etcd holds, so every node ends on the value etcd wrote last,
+whatever order the notices came in; a node started later (or whose router 0 restarted)
+reads D/config/ first and applies it too.
+
+Unlike a single server's CONFIG SET, which lasts until the server restarts, a recorded
+setting lasts as long as the deployment's keys: a node restarted with another value in
+its config file takes the recorded one again. CONFIG REWRITE stays per node."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from durakv.shards.config import Config
+from durakv.shards.log_backend import etcd_client
+from durakv.shards.resp import ReplyError
+from durakv.shards.shard_settings import SHARD_PARAMS
+
+if TYPE_CHECKING:
+    from durakv.server.settings import Settings
+    from durakv.server.settings_sync import SettingsSync
+
+logger = logging.getLogger("durakv.router")
+
+SECRET_SETTINGS = frozenset({"requirepass", "masterauth", "tls-key-file-pass"})
+
+
+def _shown(name: str, value: str) -> str:
+    """A setting's value as a log line may show it (never a secret)."""
+    return "(hidden)" if name in SECRET_SETTINGS else repr(value)
+
+
+def travelling(settings: Settings, changes: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The changes of a CONFIG SET that reach the other nodes."""
+    return [(name, value) for name, value in changes if settings.params[name].travels]
+
+
+class NodeSettingsRecord:
+    """Records a node's CONFIG SETs in etcd (any router or shard port of a node)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._client: Any = None  # made at the first change: most processes never record one
+
+    def record(self, changes: list[tuple[str, str]]) -> str:
+        """Write the changes in etcd (blocking: call from a thread under the settings
+        lock); "" once recorded, else why not (logged)."""
+        from durakv.log.etcd_client import EtcdRequestFailed, EtcdUnavailable
+        from durakv.log.etcd_settings import record_settings
+
+        if not changes:
+            return ""
+        if self._client is None:
+            self._client = etcd_client(self.config)
+        try:
+            record_settings(self._client, self.config.etcd_prefix, self.config.node_id, changes)
+        except (EtcdUnavailable, EtcdRequestFailed) as e:
+            logger.error("node %s: CONFIG SET of %s took effect on this node but could not be recorded in etcd "
+                         "for the other nodes: %s", self.config.node_id, [name for name, _ in changes], e)
+            return str(e)
+        return ""
+
+
+class NodeSettingsFollower:
+    """Router 0's side: applies on this node what D/config/ records."""
+
+    def __init__(self, sync: SettingsSync) -> None:
+        self.sync = sync
+        self._latest: dict[str, str] | None = None
+        self._arrived = trio.Event()
+        self._watch: Any = None
+        self._refused: dict[str, str] = {}  # name -> value refused here, reported once
+
+    async def run(self) -> None:
+        """Follow D/config/ until cancelled, applying the newest state each time."""
+        from durakv.log.etcd_settings import SettingsWatch
+
+        config = self.sync.router.config
+        token = trio.lowlevel.current_trio_token()
+
+        def from_thread(recorded: dict[str, str]) -> None:
+            try:
+                token.run_sync_soon(self._arrive, recorded)
+            except trio.RunFinishedError:
+                self.close()
+
+        self._watch = SettingsWatch(etcd_client(config), config.etcd_prefix, from_thread)
+        self._watch.start()
+        try:
+            while True:
+                await self._arrived.wait()
+                self._arrived = trio.Event()
+                recorded, self._latest = self._latest, None
+                if recorded is not None:
+                    await self._apply(recorded)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+
+    def _arrive(self, recorded: dict[str, str]) -> None:
+        self._latest = recorded  # each notice holds every setting: only the newest matters
+        self._arrived.set()
+
+    def _changes(self, recorded: dict[str, str]) -> list[tuple[str, str]]:
+        """The recorded settings whose value here differs, checked as a CONFIG SET here."""
+        from durakv.server.tls import check_tls_changes
+
+        router = self.sync.router
+        settings = router.settings
+        changes = []
+        for name, value in sorted(recorded.items()):
+            param = settings.params.get(name)
+            if param is None or settings.values[name] == value:
+                continue
+            try:
+                if not param.travels:
+                    raise ReplyError(b"ERR a setting of one node")
+                checked = settings.validate([(name.encode(), value.encode())])
+                check_tls_changes(router, checked)
+            except ReplyError as e:
+                if self._refused.get(name) != value:
+                    logger.error("node %s: not applying %s = %s recorded in etcd by another node: %s",
+                                 router.config.node_id, name, _shown(name, value), e.message.decode(errors="replace"))
+                    self._refused[name] = value
+                continue
+            changes += checked
+        return changes
+
+    async def _apply(self, recorded: dict[str, str]) -> None:
+        sync = self.sync
+        lock_fd = await sync.lock()
+        try:
+            # Compared under the lock: a CONFIG SET of this node may have just changed them.
+            changes = self._changes(recorded)
+            if not changes:
+                return
+            logger.info("node %s: applying %s recorded in etcd", sync.router.config.node_id,
+                        ", ".join(f"{name} = {_shown(name, value)}" for name, value in changes))
+            sync.router.settings.apply(changes)
+            await sync.propagate_locked(changes, [(n, v) for n, v in changes if n in SHARD_PARAMS], record=False)
+        finally:
+            sync.unlock(lock_fd)

@@ -1,0 +1,91 @@
+"""Operating several nodes (issue 15): CONFIG SET reaches every node through etcd.
+
+Each node is a `durakv serve` tree on one host standing for a machine, sharing its
+shard logs on a real 3-member etcd cluster (tests/etcd_support.py): node a runs the
+primaries, nodes b and c (node-role replica) only replicas."""
+
+from __future__ import annotations
+
+import uuid
+
+import redis
+
+from conftest import DurakvServer
+from durakv.log.etcd_client import EtcdClient
+from durakv.log.etcd_settings import read_settings
+from test_etcd_backend import etcd_config
+from test_etcd_failover import _retry, _until
+from test_replicas import replica_port
+
+TTL_S = 2
+SHARDS = 1
+
+
+def _node(tmp_path, etcd_cluster, prefix: str, node_id: str, replicas: int = 0, extra: str = "",
+          wait: bool = True) -> DurakvServer:
+    common = f"etcd-lease-ttl-s = {TTL_S}\nsnapshotter = false\n{extra}"
+    role = ("--node-role", "replica") if replicas else ()
+    port = 7000 + ord(node_id[0]) - ord("a")
+    node = DurakvServer(tmp_path / f"node-{node_id}", shards=SHARDS, extra_args=(
+        "--config", etcd_config(tmp_path, etcd_cluster.endpoints, prefix, common + f"replicas = {replicas}\n"),
+        "--node-id", node_id, *role, "--advertise", f"127.0.0.1:{port}"))
+    return node.start(wait=wait)
+
+
+def _config_get(client: redis.Redis, name: str) -> str:
+    reply = _retry(lambda: client.config_get(name), f"CONFIG GET {name} on port {client.connection_pool}")
+    return reply.get(name, "")
+
+
+def test_config_set_on_one_node_reaches_every_node(etcd_cluster, tmp_path):
+    """CONFIG SET on node b's router and on its replica's port is applied on node a's
+    router and shard port (and node a's shard: its SLOWLOG follows the threshold set on
+    b); a node started afterwards applies what was set; a per-machine setting (a TLS
+    file path) stays on the node it was set on."""
+    prefix = f"cfg-{uuid.uuid4().hex[:8]}"
+    nodes = []
+    try:
+        node_a = _node(tmp_path, etcd_cluster, prefix, "a")
+        nodes.append(node_a)
+        node_b = _node(tmp_path, etcd_cluster, prefix, "b", replicas=1, wait=False)
+        nodes.append(node_b)
+        a_router, a_shard = node_a.client(decode_responses=True), node_a.shard_client(0, decode_responses=True)
+        b_router = redis.Redis(port=node_b.port, socket_timeout=30, decode_responses=True)
+        b_replica = redis.Redis(port=replica_port(node_b, 0), socket_timeout=30, decode_responses=True)
+        assert _config_get(a_router, "maxmemory-policy") == "noeviction"
+        assert _retry(lambda: b_router.config_set("maxmemory-policy", "allkeys-lru"), "CONFIG SET on node b")
+        for client in (a_router, a_shard):
+            _until(lambda client=client: _config_get(client, "maxmemory-policy") == "allkeys-lru",
+                   "node b's maxmemory-policy on node a")
+        # A path on node b's machine: not node a's business.
+        assert _retry(lambda: b_replica.config_set("tls-ca-cert-dir", str(tmp_path)), "CONFIG SET on b's replica")
+        assert _retry(lambda: b_replica.config_set("slowlog-log-slower-than", "0"), "CONFIG SET on b's replica")
+        for client in (a_router, a_shard, b_router):
+            _until(lambda client=client: _config_get(client, "slowlog-log-slower-than") == "0",
+                   "the slowlog threshold set on b's replica port")
+        assert _config_get(a_router, "tls-ca-cert-dir") == "" and _config_get(a_shard, "tls-ca-cert-dir") == ""
+        assert _config_get(b_router, "tls-ca-cert-dir") == str(tmp_path)
+        a_shard.slowlog_reset()
+        a_router.set("slow", "1")   # executed on node a's shard: logged with a threshold of 0 us
+        _until(lambda: any("slow" in str(entry["command"]) for entry in a_shard.slowlog_get(10)),
+               "node a's shard logging every command")
+        node_c = _node(tmp_path, etcd_cluster, prefix, "c", replicas=1, wait=False)
+        nodes.append(node_c)
+        c_router = redis.Redis(port=node_c.port, socket_timeout=30, decode_responses=True)
+        _until(lambda: _config_get(c_router, "maxmemory-policy") == "allkeys-lru"
+               and _config_get(c_router, "slowlog-log-slower-than") == "0", "node c applying what was set before")
+        assert _config_get(c_router, "tls-ca-cert-dir") == ""
+        # Set on two nodes at once: every node ends on the same value.
+        a_router.config_set("maxmemory-policy", "volatile-ttl")
+        c_router.config_set("maxmemory-policy", "allkeys-lfu")
+        def views() -> set[str]:
+            return {_config_get(c, "maxmemory-policy") for c in (a_router, a_shard, b_router, b_replica, c_router)}
+
+        def recorded() -> str:
+            return read_settings(EtcdClient(etcd_cluster.endpoints), prefix)[1]["maxmemory-policy"]
+
+        _until(lambda: views() == {recorded()}, "every node on the maxmemory-policy etcd holds last")
+        print(f"after CONFIG SETs on a and c, every node has {views()}")
+    finally:
+        for node in nodes:
+            node.discard()
