@@ -165,7 +165,9 @@ class ClusterWatch:
 
 class NodeEntry:
     """This node's entry, D/cluster/node/<id>, bound to a lease kept alive by a thread
-    (renewed every ttl/3; put again under a new lease if etcd expired it)."""
+    (renewed every ttl/3; put again under a new lease if etcd expired it). A clean stop
+    revokes the lease (close), so the other nodes drop the entry at once instead of a
+    TTL later; a crash leaves it to expire."""
 
     def __init__(self, client: EtcdClient, deployment: str, node_id: str, entry: dict[str, Any],
                  ttl_s: int) -> None:
@@ -174,6 +176,7 @@ class NodeEntry:
         self._value = json.dumps(entry).encode()
         self._ttl_s = ttl_s
         self._lease = 0
+        self._lock = threading.Lock()  # the lease changes under it: close() revokes the current one
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"etcd node entry {node_id}", daemon=True)
 
@@ -181,8 +184,13 @@ class NodeEntry:
         self._thread.start()
 
     def _put(self) -> None:
-        self._lease = self._client.lease_grant(self._ttl_s)
-        self._client.txn([], [put_op(self._key, self._value, self._lease)], [])
+        lease = self._client.lease_grant(self._ttl_s)
+        with self._lock:
+            if self._stop.is_set():  # closed meanwhile: the entry must not come back
+                self._client.lease_revoke(lease)
+                return
+            self._lease = lease
+            self._client.txn([], [put_op(self._key, self._value, self._lease)], [])
 
     def _run(self) -> None:
         while True:
@@ -196,7 +204,20 @@ class NodeEntry:
                 return
 
     def close(self) -> None:
-        self._stop.set()
+        """Stop renewing and remove the entry now (a blocking request, bounded by the
+        client's retry time; if etcd does not answer, the entry expires with its lease)."""
+        with self._lock:
+            self._stop.set()
+            lease, self._lease = self._lease, 0
+            if not lease:
+                return
+            try:  # a client of its own: the renewing thread may be in a request on the other
+                self._client.clone().lease_revoke(lease)
+            except (EtcdUnavailable, EtcdRequestFailed, OSError) as e:
+                logger.warning("etcd: removing %s failed (%s); it expires in %d s", self._key.decode(), e,
+                               self._ttl_s)
+                return
+        logger.info("etcd: removed %s (a clean stop)", self._key.decode())
 
 
 def entry_link(entry: dict[str, Any]) -> tuple[str, int] | None:

@@ -81,7 +81,6 @@ class SettingsWatch:
         self._client = client
         self._deployment = deployment
         self._on_change = on_change
-        self._stream: Any = None
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"etcd settings {deployment}", daemon=True)
 
@@ -94,7 +93,7 @@ class SettingsWatch:
             try:
                 revision, settings = read_settings(self._client, deployment)
                 self._on_change(dict(settings))
-                stream = self._stream = self._client.watch(settings_start(deployment), settings_end(deployment),
+                stream = self._client.watch(settings_start(deployment), settings_end(deployment),
                                                            revision + 1)
                 try:
                     for result in stream.replies():
@@ -106,6 +105,8 @@ class SettingsWatch:
                             parsed = _parse(deployment, event["kv"])
                             if parsed is not None:
                                 settings[parsed[0]] = parsed[1]
+                        if self._closed:
+                            return
                         if result.get("events"):
                             self._on_change(dict(settings))
                 finally:
@@ -119,6 +120,6 @@ class SettingsWatch:
                 time.sleep(WATCH_RETRY_PAUSE_S)
 
     def close(self) -> None:
+        """Let the thread end at its next notice (closing the stream from another thread
+        can block on the read in progress, log/etcd_client.py; the thread is a daemon)."""
         self._closed = True
-        if self._stream is not None:
-            self._stream.close()

@@ -72,6 +72,12 @@ class NodeDirectory:
             if thread is not None:
                 thread.close()
 
+    def leave(self) -> None:
+        """A clean stop: remove this node's entry now (a blocking etcd request; the watch
+        thread, a daemon, is left alone: closing its stream could block on its read)."""
+        if self._entry is not None:
+            self._entry.close()
+
     def _from_thread(self, state: Any) -> None:
         assert self._token is not None, "entries arrived before start()"
         try:

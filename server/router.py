@@ -159,21 +159,26 @@ class Router(Front):
             self.settings.values["maxclients"] = str(maxclients)
             nursery.start_soon(self._flusher)
             nursery.start_soon(self.poller.run)
-            if self.directory is not None:
-                entry = node_entry(self.config, self.router_node_id, self.shard_node_ids) if self.index == 0 else None
-                await self.directory.start(links=True, entry=entry)
-                if self.index == 0:  # CONFIG SETs of the other nodes (server/config_sync.py)
-                    nursery.start_soon(NodeSettingsFollower(self.settings_sync).run)
-            for link in self.links:
-                nursery.start_soon(link.run)
-            await self._wait_for_shards()
-            self.port = listener.plain.getsockname()[1] if listener.plain is not None else 0
-            logger.info("router %d ready: listening on %s port %d tls-port %d, %d shards, pid %d",
-                        self.index, self.config.bind, self.port, self.config.tls_port, len(self.links), os.getpid())
-            sdnotify.notify(b"READY=1")
-            release_free_heap()
-            task_status.started(self.port)
-            await self.serve_ports(listener, nursery)
+            try:
+                if self.directory is not None:
+                    entry = (node_entry(self.config, self.router_node_id, self.shard_node_ids) if self.index == 0
+                             else None)
+                    await self.directory.start(links=True, entry=entry)
+                    if self.index == 0:  # CONFIG SETs of the other nodes (server/config_sync.py)
+                        nursery.start_soon(NodeSettingsFollower(self.settings_sync).run)
+                for link in self.links:
+                    nursery.start_soon(link.run)
+                await self._wait_for_shards()
+                self.port = listener.plain.getsockname()[1] if listener.plain is not None else 0
+                logger.info("router %d ready: listening on %s port %d tls-port %d, %d shards, pid %d", self.index,
+                            self.config.bind, self.port, self.config.tls_port, len(self.links), os.getpid())
+                sdnotify.notify(b"READY=1")
+                release_free_heap()
+                task_status.started(self.port)
+                await self.serve_ports(listener, nursery)
+            finally:
+                if self.directory is not None:  # a clean stop: the node's entry goes now, not a TTL later
+                    self.directory.leave()
 
     async def _wait_for_shards(self) -> None:
         """Before accepting, wait (at most startup-shard-wait-ms) until every shard

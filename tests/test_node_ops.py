@@ -12,6 +12,7 @@ import redis
 
 from conftest import DurakvServer
 from durakv.log.etcd_client import EtcdClient
+from durakv.log.etcd_nodes import read_cluster
 from durakv.log.etcd_settings import read_settings
 from test_etcd_backend import etcd_config
 from test_etcd_failover import _retry, _until
@@ -22,8 +23,8 @@ SHARDS = 1
 
 
 def _node(tmp_path, etcd_cluster, prefix: str, node_id: str, replicas: int = 0, extra: str = "",
-          wait: bool = True) -> DurakvServer:
-    common = f"etcd-lease-ttl-s = {TTL_S}\nsnapshotter = false\n{extra}"
+          wait: bool = True, ttl_s: int = TTL_S) -> DurakvServer:
+    common = f"etcd-lease-ttl-s = {ttl_s}\nsnapshotter = false\n{extra}"
     role = ("--node-role", "replica") if replicas else ()
     port = 7000 + ord(node_id[0]) - ord("a")
     node = DurakvServer(tmp_path / f"node-{node_id}", shards=SHARDS, extra_args=(
@@ -86,6 +87,45 @@ def test_config_set_on_one_node_reaches_every_node(etcd_cluster, tmp_path):
 
         _until(lambda: views() == {recorded()}, "every node on the maxmemory-policy etcd holds last")
         print(f"after CONFIG SETs on a and c, every node has {views()}")
+    finally:
+        for node in nodes:
+            node.discard()
+
+
+def _node_ids(etcd_cluster, prefix: str) -> set[str]:
+    return set(read_cluster(EtcdClient(etcd_cluster.endpoints), prefix)[1].nodes)
+
+
+def _cluster_nodes(client: redis.Redis) -> str:
+    reply = _retry(lambda: client.execute_command("CLUSTER", "NODES"), "CLUSTER NODES")
+    return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+
+def test_a_clean_stop_removes_the_node_entry_at_once(etcd_cluster, tmp_path):
+    """With a lease TTL of 60 s: a node stopped cleanly (SIGTERM) has no entry left in
+    etcd once its process exited, and node a's CLUSTER NODES drops its replica; a node
+    killed with kill -9 keeps its entry (it expires with the lease)."""
+    prefix = f"stop-{uuid.uuid4().hex[:8]}"
+    ttl_s = 60
+    nodes = []
+    try:
+        node_a = _node(tmp_path, etcd_cluster, prefix, "a", ttl_s=ttl_s)
+        nodes.append(node_a)
+        node_b = _node(tmp_path, etcd_cluster, prefix, "b", replicas=1, ttl_s=ttl_s, wait=False)
+        node_c = _node(tmp_path, etcd_cluster, prefix, "c", replicas=1, ttl_s=ttl_s, wait=False)
+        nodes += [node_b, node_c]
+        a = node_a.client()
+        for node in (node_b, node_c):
+            _until(lambda node=node: f"127.0.0.1:{replica_port(node, 0)}@" in _cluster_nodes(a),
+                   f"node a listing {node.data_dir.name}'s replica")
+        assert _node_ids(etcd_cluster, prefix) == {"a", "b", "c"}
+        node_c.kill9()
+        node_b.stop()
+        assert _node_ids(etcd_cluster, prefix) == {"a", "c"}, "a clean stop left the node's entry behind"
+        _until(lambda: f"127.0.0.1:{replica_port(node_b, 0)}@" not in _cluster_nodes(a),
+               "node a dropping node b's replica", timeout_s=30)
+        assert f"127.0.0.1:{replica_port(node_c, 0)}@" in _cluster_nodes(a)   # killed: listed until its TTL
+        assert "removed " in node_b.log() and "(a clean stop)" in node_b.log()
     finally:
         for node in nodes:
             node.discard()
