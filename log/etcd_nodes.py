@@ -10,6 +10,13 @@ Keys, under a deployment's prefix D (a shard's log is under D/shard-NNN):
     D/cluster/node/<id>  what a node serves (JSON: its address, each shard's primary and
                          replica ports and node ids; server/cluster_view.py), bound to a
                          lease its router 0 keeps alive, so it vanishes with the node
+    D/cluster/replica/shard-NNN/<node>-<number>  a live replica of the shard (JSON {node,
+                         number}): a copy of its position key (log/etcd_positions.py) put
+                         with the same etcd lease, which the replica renews while its loop
+                         runs and it reaches etcd, so it vanishes a TTL after the replica
+                         stops following (killed, paused, cut off) or at once when it stops
+                         cleanly or is promoted; CLUSTER SHARDS/NODES on every node show
+                         another node's replica as online only while it is there
     D/link-secret        32 random bytes (hex), created once by the first process that
                          needs it: what a router proves it knows before a shard on another
                          node runs its requests (shards/link_auth.py). Whoever can read the
@@ -36,6 +43,7 @@ LINK_SECRET_BYTES = 32
 WATCH_RETRY_PAUSE_S = 0.2
 LEADER_DIR = b"leader/"
 NODE_DIR = b"node/"
+REPLICA_DIR = b"replica/"
 
 
 def deployment_of(shard_prefix: str) -> str:
@@ -64,12 +72,21 @@ def node_entry_key(deployment: str, node_id: str) -> bytes:
     return cluster_start(deployment) + NODE_DIR + node_id.encode()
 
 
+def live_replica_key(shard_prefix: str, name: str) -> bytes:
+    """D/cluster/replica/shard-NNN/<name> for replica `name` (<node>-<number>) of the
+    shard whose log is under shard_prefix."""
+    shard = shard_prefix.rstrip("/").rpartition("/")[2]
+    return cluster_start(deployment_of(shard_prefix)) + REPLICA_DIR + shard.encode() + b"/" + name.encode()
+
+
 @dataclass(slots=True)
 class ClusterState:
     """What D/cluster/ holds: each shard's leader entry (a shard without a leader is
-    absent) and each live node's entry, by node id."""
+    absent), each live node's entry, by node id, and the live replicas, as (shard,
+    "<node>-<number>")."""
     leaders: dict[int, dict[str, Any]] = field(default_factory=dict)
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    replicas: set[tuple[int, str]] = field(default_factory=set)
 
     def apply(self, deployment: str, kv: dict[str, Any], deleted: bool) -> None:
         key = unb64(kv["key"])[len(cluster_start(deployment)):]
@@ -86,9 +103,17 @@ class ClusterState:
                 self.nodes.pop(node, None)
             else:
                 self.nodes[node] = entry
+        elif key.startswith(REPLICA_DIR + b"shard-"):
+            shard_text, _, name = key[len(REPLICA_DIR) + 6:].partition(b"/")
+            if shard_text.isdigit() and name:
+                replica = (int(shard_text), name.decode(errors="replace"))
+                if deleted:
+                    self.replicas.discard(replica)
+                else:
+                    self.replicas.add(replica)
 
     def copy(self) -> "ClusterState":
-        return ClusterState(dict(self.leaders), dict(self.nodes))
+        return ClusterState(dict(self.leaders), dict(self.nodes), set(self.replicas))
 
 
 def link_secret(client: EtcdClient, deployment: str) -> bytes:

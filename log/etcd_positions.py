@@ -15,9 +15,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 
 from .errors import LogError
 from .etcd_client import EtcdClient, unb64
+from .etcd_nodes import live_replica_key
 from .etcd_records import Keys, kvs_of, put_op
 
 logger = logging.getLogger("durakv.log")
@@ -48,37 +50,53 @@ def droppable_through(client: EtcdClient, keys: Keys, seq: int) -> tuple[int, di
 
 
 class PositionPublisher:
-    """One replica's published position (a blocking etcd client: call from a thread)."""
+    """One replica's published position (a blocking etcd client: call from a thread),
+    and with it, under the same lease, the replica's live entry in D/cluster/
+    (log/etcd_nodes.py), which every node's CLUSTER answers follow."""
 
-    def __init__(self, client: EtcdClient, keys: Keys, name: str, node: str, ttl_s: int) -> None:
+    def __init__(self, client: EtcdClient, keys: Keys, name: str, node: str, ttl_s: int, number: int = 0) -> None:
         self.client = client
         self.key = keys.replica(name)
+        self.live_key = live_replica_key(keys.base.decode(), name)
+        self.live_value = json.dumps({"node": node, "number": number}).encode()
         self.node = node
         self.ttl_s = ttl_s
         self._lease = 0
         self._published = -1
+        self._withdrawn = False
+        self._lock = threading.Lock()  # a publish abandoned by its caller cannot outlive a withdraw
 
     def publish(self, seq: int) -> None:
         """Keep the position's lease alive and write `seq` if it changed (or the lease
         expired and took the key with it). Raises LogError if etcd cannot be reached."""
         assert seq >= 0, "an applied seq is never negative"
+        with self._lock:
+            if not self._withdrawn:
+                self._publish(seq)
+
+    def _publish(self, seq: int) -> None:
         if self._lease and self.client.lease_keepalive(self._lease) <= 0:
             logger.warning("etcd log: replica position %s lost its lease; publishing it again",
                            self.key.decode())
             self._lease = 0
+        live = []
         if not self._lease:
             self._lease = self.client.lease_grant(self.ttl_s)
             self._published = -1
+            live = [put_op(self.live_key, self.live_value, self._lease)]
         if seq == self._published:
             return
         value = json.dumps({"seq": seq, "node": self.node, "pid": os.getpid()}).encode()
-        reply = self.client.txn([], [put_op(self.key, value, self._lease)], [])
+        reply = self.client.txn([], [put_op(self.key, value, self._lease), *live], [])
         if not reply.get("succeeded", True):
             raise LogError(f"etcd log: publishing replica position {self.key.decode()} failed: {reply}")
         self._published = seq
 
     def withdraw(self) -> None:
-        """Remove the position at once (promotion: a primary holds nothing back)."""
-        if self._lease:
-            self.client.lease_revoke(self._lease)
-            self._lease = 0
+        """Remove the position and the live entry at once, for good (promotion: a primary
+        holds nothing back; a clean stop: other nodes stop showing the replica)."""
+        with self._lock:
+            self._withdrawn = True
+            if self._lease:
+                lease, self._lease = self._lease, 0
+                self.client.lease_revoke(lease)

@@ -50,7 +50,8 @@ def _is_myself(client: Client, node: Node) -> bool:
 def _node_up(client: Client, node: Node) -> bool:
     view = client.router
     if node.replica >= 0:
-        return bool(node.ip) or replica_online(view.config, node)  # another node's: listed while it lives
+        # Another node's: online while it follows (its live entry in etcd), as Redis flags a failed replica.
+        return node.live if node.ip else replica_online(view.config, node)
     if node.shard < 0 or view.cluster_node:
         return view.shards_up()
     return bool(view.links[node.shard].up)

@@ -27,6 +27,7 @@ class Node(NamedTuple):
     shard: int  # -1: the router (announce "router")
     replica: int = -1  # the replica's number; -1: the shard's primary (a master)
     ip: bytes = b""  # another node's address (server/node_links.py); b"": this node's, announced_ip
+    live: bool = False  # another node's replica: following now (its live entry in etcd, log/etcd_nodes.py)
 
 
 def announced_ip(config: Config, laddr: str) -> bytes:
@@ -92,12 +93,15 @@ def node_entry(config: Config, router_node_id: str, ids: list[str]) -> dict[str,
                        for primary in primaries]}
 
 
-def _remote(entry: dict[str, Any], shard: int) -> tuple[Node, list[Node]] | None:
-    """Shard `shard`'s primary and replica nodes in another node's entry."""
+def _remote(entry: dict[str, Any], shard: int, live: set[tuple[int, str]]) -> tuple[Node, list[Node]] | None:
+    """Shard `shard`'s primary and replica nodes in another node's entry; live: the
+    replicas following now, as (shard, "<node>-<number>")."""
     try:
         primary, replicas = entry["shards"][shard]
         ip = str(entry["ip"]).encode()
-        return Node._make([*primary[:6], -1, ip]), [Node._make([*replica[:7], ip]) for replica in replicas]
+        node_id = str(entry["node"])
+        return Node._make([*primary[:6], -1, ip, True]), [
+            Node._make([*replica[:7], ip, (shard, f"{node_id}-{replica[6]}") in live]) for replica in replicas]
     except (KeyError, IndexError, TypeError, ValueError):
         return None
 
@@ -110,19 +114,21 @@ def primary_node(directory: NodeDirectory | None, local: Node) -> Node:
     leader = directory.leader_node(local.shard)
     if leader is None or leader == directory.node_id:
         return local
-    remote = _remote(directory.state.nodes.get(leader, {}), local.shard)
+    remote = _remote(directory.state.nodes.get(leader, {}), local.shard, directory.state.replicas)
     return remote[0] if remote is not None else local
 
 
 def other_replicas(directory: NodeDirectory | None, primary: Node) -> list[Node]:
-    """The shard's replicas on the other live nodes (not the leading one)."""
+    """The shard's replicas on the other live nodes (not the leading one), each `live`
+    while it follows the log."""
     if directory is None or primary.shard < 0:
         return []
     leader = directory.leader_node(primary.shard)
+    state = directory.state
     out: list[Node] = []
-    for node_id, entry in sorted(directory.state.nodes.items()):
+    for node_id, entry in sorted(state.nodes.items()):
         if node_id not in (directory.node_id, leader):
-            remote = _remote(entry, primary.shard)
+            remote = _remote(entry, primary.shard, state.replicas)
             if remote is not None:
                 out += remote[1]
     return out

@@ -48,14 +48,17 @@ class EtcdFollow:
         so a primary on any node drops no record it still needs; withdrawn on promotion."""
         name = f"{self.node_id or 'local'}-{number}"
         self.position = PositionPublisher(self.follower.client.clone(), Keys(self.prefix.encode()), name,
-                                          self.node_id, self.lease_ttl_s)
-        while not self._stopped:
-            try:
-                await trio.to_thread.run_sync(self.position.publish, applied(), abandon_on_cancel=True)
-            except LogError as e:   # out of reach: the position expires, the primary then drops freely
-                logger.warning("etcd log %s: publishing replica %s's position failed (%s); trying again",
-                               self.prefix, name, e)
-            await trio.sleep(self.poll_s)
+                                          self.node_id, self.lease_ttl_s, number)
+        try:
+            while not self._stopped:
+                try:
+                    await trio.to_thread.run_sync(self.position.publish, applied(), abandon_on_cancel=True)
+                except LogError as e:   # out of reach: the position expires, the primary then drops freely
+                    logger.warning("etcd log %s: publishing replica %s's position failed (%s); trying again",
+                                   self.prefix, name, e)
+                await trio.sleep(self.poll_s)
+        finally:   # a clean stop (or a promotion): other nodes stop showing this replica at once
+            self.withdraw_position()
 
     def withdraw_position(self) -> None:
         """A promoted replica holds back no drop (a blocking request, as the promotion's)."""

@@ -6,6 +6,9 @@ primaries, nodes b and c (node-role replica) only replicas."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 import uuid
 
 import redis
@@ -126,6 +129,56 @@ def test_a_clean_stop_removes_the_node_entry_at_once(etcd_cluster, tmp_path):
                "node a dropping node b's replica", timeout_s=30)
         assert f"127.0.0.1:{replica_port(node_c, 0)}@" in _cluster_nodes(a)   # killed: listed until its TTL
         assert "removed " in node_b.log() and "(a clean stop)" in node_b.log()
+    finally:
+        for node in nodes:
+            node.discard()
+
+
+def _health(client: redis.Redis, port: int) -> str:
+    """CLUSTER SHARDS' health of the node on `port` ("" if not listed)."""
+    shards = _retry(lambda: client.execute_command("CLUSTER", "SHARDS"), "CLUSTER SHARDS")
+    for shard in shards:
+        for node in shard[b"nodes"] if isinstance(shard, dict) else dict(zip(shard[::2], shard[1::2]))[b"nodes"]:
+            node = node if isinstance(node, dict) else dict(zip(node[::2], node[1::2]))
+            if node[b"port"] == port:
+                return node[b"health"].decode()
+    return ""
+
+
+def test_another_nodes_replica_is_online_only_while_it_follows(etcd_cluster, tmp_path):
+    """Node b's replica, paused (SIGSTOP: alive, its node's entry still there, but it no
+    longer follows the log), is shown failed by node a's CLUSTER SHARDS and NODES (and
+    left out of CLUSTER SLOTS) once its live entry's lease ran out; resumed, it is online
+    again."""
+    prefix = f"live-{uuid.uuid4().hex[:8]}"
+    nodes = []
+    try:
+        node_a = _node(tmp_path, etcd_cluster, prefix, "a")
+        nodes.append(node_a)
+        node_b = _node(tmp_path, etcd_cluster, prefix, "b", replicas=1, wait=False)
+        nodes.append(node_b)
+        port = replica_port(node_b, 0)
+        views = [node_a.client(), node_a.shard_client(0)]
+        for view in views:
+            _until(lambda view=view: _health(view, port) == "online", "node b's replica online on node a")
+        assert f"127.0.0.1:{port}@{port + 10000} slave " in _cluster_nodes(views[0])
+        pid = node_b.child_pid("replica", "0 0")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            stopped_at = time.monotonic()
+            for view in views:
+                _until(lambda view=view: _health(view, port) == "failed", "node b's paused replica failed on a")
+            print(f"a paused replica shown failed on the other node after {time.monotonic() - stopped_at:.2f} s "
+                  f"(lease TTL {TTL_S} s)")
+            line = next(line for line in _cluster_nodes(views[0]).splitlines() if f":{port}@" in line)
+            assert line.endswith(" disconnected"), line
+            slots = views[0].execute_command("CLUSTER", "SLOTS")
+            assert all(node[1] != port for entry in slots for node in entry[2:]), slots
+            assert {"a", "b"} <= _node_ids(etcd_cluster, prefix)   # its node is alive all along
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        for view in views:
+            _until(lambda view=view: _health(view, port) == "online", "node b's resumed replica online again")
     finally:
         for node in nodes:
             node.discard()
