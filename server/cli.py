@@ -163,6 +163,11 @@ def main(argv: list[str] | None = None) -> int:
             build_context(config_values(config))
         except TlsConfigError as e:
             return _fail(f"bad TLS configuration: {e}", EXIT_USAGE)
+    from durakv.shards.link_tls import link_tls_problem
+
+    problem = link_tls_problem(config)
+    if problem:  # every shard's link port would fail on it, again at each restart
+        return _fail(f"bad TLS configuration for links between nodes: {problem}", EXIT_USAGE)
     from durakv.server.listener import ListenError, open_listener
 
     listener = None

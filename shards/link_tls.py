@@ -18,6 +18,7 @@ A plain link never meets any of this."""
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import ssl
 from typing import Any
@@ -55,6 +56,41 @@ def link_context(config: Config, server_side: bool) -> ssl.SSLContext:
                       f": {e}") from None
     ctx.verify_mode = ssl.CERT_REQUIRED  # the client context also checks the host name
     return ctx
+
+
+def link_tls_problem(config: Config) -> str:
+    """One line naming the file and the fix when this node's links would run over TLS
+    but one of their files cannot be read or parsed ("" otherwise), checked when a
+    node starts (server/cli.py): else each shard would fail at its link port and be
+    restarted in a loop."""
+    if not (config.node_id and links_use_tls(config)):
+        return ""
+    fix = "fix the path or the file, or remove the tls-* files to run the node's links without TLS"
+    files = [("tls-cert-file", config.tls_cert_file), ("tls-key-file", config.tls_key_file),
+             ("tls-ca-cert-file", config.tls_ca_cert_file)]
+    for setting, path in files:
+        if path:
+            try:
+                with open(path, "rb") as f:
+                    f.read(1)
+            except OSError as e:
+                return f"{setting} {path}: cannot read it ({e.strerror or e}); {fix}"
+    if config.tls_ca_cert_dir and not os.path.isdir(config.tls_ca_cert_dir):
+        return f"tls-ca-cert-dir {config.tls_ca_cert_dir}: not a readable directory; {fix}"
+    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    for setting, path in (files[0], files[2]):
+        if path:
+            try:
+                probe.load_verify_locations(cafile=path)
+            except ssl.SSLError as e:
+                return f"{setting} {path}: not a PEM certificate ({e.reason or e}); {fix}"
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(config.tls_cert_file, config.tls_key_file,
+                                                                 password=config.tls_key_file_pass or None)
+    except ssl.SSLError as e:
+        return (f"tls-key-file {config.tls_key_file}: not the private key of tls-cert-file {config.tls_cert_file}, "
+                f"or tls-key-file-pass does not open it ({(e.reason or str(e)).lower().replace('_', ' ')}); {fix}")
+    return ""
 
 
 class LinkTls(BioTls):

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 
 import redis
+import trustme
 
 from conftest import DurakvServer
+from proctools import free_port, kill_group
 from durakv.log.etcd_client import EtcdClient
 from durakv.log.etcd_nodes import read_cluster
 from durakv.log.etcd_settings import read_settings
@@ -182,3 +186,44 @@ def test_another_nodes_replica_is_online_only_while_it_follows(etcd_cluster, tmp
     finally:
         for node in nodes:
             node.discard()
+
+
+def test_bad_tls_files_for_links_stop_the_node_at_start(etcd_cluster, tmp_path):
+    """A node whose links would run over TLS (certificate, key and CA set) but one of
+    whose files is missing or unreadable as PEM exits at once with 2 and one line on
+    stderr naming the setting, the file and the fix; nothing is restarted in a loop."""
+    ca = trustme.CA()
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    good = {"tls-cert-file": certs / "node.pem", "tls-key-file": certs / "node.key", "tls-ca-cert-file": certs / "ca.pem"}
+    issued = ca.issue_cert("127.0.0.1")
+    issued.cert_chain_pems[0].write_to_path(str(good["tls-cert-file"]))
+    issued.private_key_pem.write_to_path(str(good["tls-key-file"]))
+    ca.cert_pem.write_to_path(str(good["tls-ca-cert-file"]))
+    garbage = certs / "garbage.pem"
+    garbage.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+    other_key = certs / "other.key"
+    trustme.CA().issue_cert("127.0.0.1").private_key_pem.write_to_path(str(other_key))
+    cases = [("tls-cert-file", certs / "missing.pem", "cannot read it"),
+             ("tls-cert-file", garbage, "not a PEM certificate"),
+             ("tls-ca-cert-file", garbage, "not a PEM certificate"),
+             ("tls-key-file", garbage, "not the private key"),
+             ("tls-key-file", other_key, "not the private key")]
+    prefix = f"badtls-{uuid.uuid4().hex[:8]}"
+    for setting, path, why in cases:
+        files = {**good, setting: path}
+        tls = "".join(f'{name} = "{value}"\n' for name, value in files.items())
+        config = etcd_config(tmp_path, etcd_cluster.endpoints, prefix, f"snapshotter = false\n{tls}")
+        proc = subprocess.Popen([sys.executable, "-m", "durakv.server.cli", "serve", "--port", str(free_port()),
+                                 "--shards", "1", "--data-dir", str(tmp_path / "data"), "--config", config,
+                                 "--node-id", "a"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        try:
+            _out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            kill_group(proc)
+            raise AssertionError(f"{setting} = {path}: the node kept running instead of refusing to start")
+        lines = err.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, (setting, path, proc.returncode, err)
+        assert f"{setting} {path}" in lines[0] and why in lines[0] and "fix" in lines[0], lines[0]
+    print(lines[0])
