@@ -25,6 +25,10 @@ As in Redis, CONFIG SET lasts until the server restarts: whoever starts the rout
 removes DIR/run/settings first (clear_runtime_changes): `durakv serve` when it starts,
 and a router started on its own (the systemd unit, a single router) when it starts, so
 a CONFIG SET there lasts until that router restarts.
+
+On a node of several (node-id set), the settings that travel are also recorded in etcd
+before the OK, and router 0 of every node applies what etcd records through this same
+propagation (server/config_sync.py).
 """
 
 from __future__ import annotations
