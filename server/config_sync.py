@@ -119,6 +119,7 @@ class NodeSettingsFollower:
 
     def _changes(self, recorded: dict[str, str]) -> list[tuple[str, str]]:
         """The recorded settings whose value here differs, checked as a CONFIG SET here."""
+        from durakv.server.server_commands import check_maxclients
         from durakv.server.tls import check_tls_changes
 
         router = self.sync.router
@@ -132,6 +133,7 @@ class NodeSettingsFollower:
                 if not param.travels:
                     raise ReplyError(b"ERR a setting of one node")
                 checked = settings.validate([(name.encode(), value.encode())])
+                check_maxclients(router, checked)
                 check_tls_changes(router, checked)
             except ReplyError as e:
                 if self._refused.get(name) != value:

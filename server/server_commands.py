@@ -225,6 +225,17 @@ def config_get(client: Client, argv: list[bytes]):
     return Map(client.router.settings.get(argv[2:]))
 
 
+def check_maxclients(router, changes: list[tuple[str, str]]) -> None:
+    """As Redis' updateMaxclients: a higher maxclients raises the descriptor limit
+    first, or is refused (also for a value another node recorded, server/config_sync.py)."""
+    for name, value in changes:
+        if name == "maxclients" and int(value) > router.settings.maxclients:
+            fits = adjust_open_files_limit(int(value), len(router.links))
+            if fits < int(value):
+                raise set_failed(b"maxclients", b"The operating system is not able to handle the specified "
+                                               b"number of clients, try with %d" % fits)
+
+
 @command("config|set", -4, "admin noscript loading stale", group="server", where=ROUTER,
          tips=("request_policy:all_nodes", "response_policy:all_succeeded"))
 def config_set(client: Client, argv: list[bytes]):
@@ -232,13 +243,7 @@ def config_set(client: Client, argv: list[bytes]):
         raise ERR_SYNTAX
     router = client.router
     changes = router.settings.validate([(argv[i], argv[i + 1]) for i in range(2, len(argv), 2)])
-    for name, value in changes:
-        if name == "maxclients" and int(value) > router.settings.maxclients:
-            # As Redis' updateMaxclients: raise the descriptor limit first, or refuse.
-            fits = adjust_open_files_limit(int(value), len(router.links))
-            if fits < int(value):
-                raise set_failed(b"maxclients", b"The operating system is not able to handle the specified "
-                                               b"number of clients, try with %d" % fits)
+    check_maxclients(router, changes)
     check_tls_changes(router, changes)
     router.settings.apply(changes)
     # The reply waits until every router and shard has the change (server/settings_sync.py).
