@@ -195,7 +195,8 @@ def test_bad_tls_files_for_links_stop_the_node_at_start(etcd_cluster, tmp_path):
     ca = trustme.CA()
     certs = tmp_path / "certs"
     certs.mkdir()
-    good = {"tls-cert-file": certs / "node.pem", "tls-key-file": certs / "node.key", "tls-ca-cert-file": certs / "ca.pem"}
+    good = {"tls-cert-file": certs / "node.pem", "tls-key-file": certs / "node.key",
+            "tls-ca-cert-file": certs / "ca.pem"}
     issued = ca.issue_cert("127.0.0.1")
     issued.cert_chain_pems[0].write_to_path(str(good["tls-cert-file"]))
     issued.private_key_pem.write_to_path(str(good["tls-key-file"]))
@@ -222,7 +223,7 @@ def test_bad_tls_files_for_links_stop_the_node_at_start(etcd_cluster, tmp_path):
             _out, err = proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             kill_group(proc)
-            raise AssertionError(f"{setting} = {path}: the node kept running instead of refusing to start")
+            raise AssertionError(f"{setting} = {path}: the node kept running instead of refusing to start") from None
         lines = err.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1, (setting, path, proc.returncode, err)
         assert f"{setting} {path}" in lines[0] and why in lines[0] and "fix" in lines[0], lines[0]
