@@ -74,10 +74,11 @@ def read_settings(client: EtcdClient, deployment: str) -> tuple[int, dict[str, s
 
 
 class SettingsWatch:
-    """Follows D/config/ in a thread: calls on_change(every recorded setting) after the
-    first read and after every change; reads it all again when a watch fails."""
+    """Follows D/config/ in a thread: calls on_change(revision, every recorded setting)
+    after the first read and after every change; reads it all again when a watch fails."""
 
-    def __init__(self, client: EtcdClient, deployment: str, on_change: Callable[[dict[str, str]], None]) -> None:
+    def __init__(self, client: EtcdClient, deployment: str,
+                 on_change: Callable[[int, dict[str, str]], None]) -> None:
         self._client = client
         self._deployment = deployment
         self._on_change = on_change
@@ -92,7 +93,7 @@ class SettingsWatch:
         while not self._closed:
             try:
                 revision, settings = read_settings(self._client, deployment)
-                self._on_change(dict(settings))
+                self._on_change(revision, dict(settings))
                 stream = self._client.watch(settings_start(deployment), settings_end(deployment),
                                                            revision + 1)
                 try:
@@ -108,7 +109,8 @@ class SettingsWatch:
                         if self._closed:
                             return
                         if result.get("events"):
-                            self._on_change(dict(settings))
+                            revision = max(int(event["kv"].get("mod_revision", 0)) for event in result["events"])
+                            self._on_change(revision, dict(settings))
                 finally:
                     stream.close()
             except (EtcdUnavailable, EtcdRequestFailed, OSError, ValueError) as e:

@@ -5,13 +5,16 @@ router, shard and replica before it answers. Across nodes, etcd carries it
 (log/etcd_settings.py): the process that took the CONFIG SET, still holding the node's
 settings lock, records the settings that travel (`Param.travels`: not the TLS files of
 this machine, nothing fixed at start) under D/config/ before it answers OK (an error if
-etcd did not take them: the change then holds on this node only). Router 0 of every
+etcd did not take them: the change then holds on this node only, until its router 0
+reads D/config/ again and, etcd being the truth, puts back the value recorded there). Router 0 of every
 node follows D/config/ and, for every recorded value that differs from its own, runs
 the same propagation as a CONFIG SET made on that node (without recording it again):
 its routers, shards and replicas, DIR/run/settings, the default user's password. It
-applies the latest state etcd holds, so every node ends on the value etcd wrote last,
-whatever order the notices came in; a node started later (or whose router 0 restarted)
-reads D/config/ first and applies it too.
+applies the latest state etcd holds (a notice older than one applied is ignored), so
+every node ends on the value etcd wrote last, whatever order the notices came in; a node
+started later (or whose router 0 restarted) reads D/config/ first and applies it too, and
+router 0 reads it again every etcd-lease-ttl-s, so a node whose own change etcd did not
+take (or whose watch missed one) comes back to etcd's values within that.
 
 Unlike a single server's CONFIG SET, which lasts until the server restarts, a recorded
 setting lasts as long as the deployment's keys: a node restarted with another value in
@@ -80,7 +83,9 @@ class NodeSettingsFollower:
     def __init__(self, sync: SettingsSync) -> None:
         self.sync = sync
         self._latest: dict[str, str] | None = None
+        self._revision = 0  # of the newest state that arrived
         self._arrived = trio.Event()
+        self._resync_failed = False
         self._watch: Any = None
         self._refused: dict[str, str] = {}  # name -> value refused here, reported once
 
@@ -91,29 +96,56 @@ class NodeSettingsFollower:
         config = self.sync.router.config
         token = trio.lowlevel.current_trio_token()
 
-        def from_thread(recorded: dict[str, str]) -> None:
+        def from_thread(revision: int, recorded: dict[str, str]) -> None:
             try:
-                token.run_sync_soon(self._arrive, recorded)
+                token.run_sync_soon(self._arrive, revision, recorded)
             except trio.RunFinishedError:
                 self.close()
 
         self._watch = SettingsWatch(etcd_client(config), config.etcd_prefix, from_thread)
         self._watch.start()
         try:
-            while True:
-                await self._arrived.wait()
-                self._arrived = trio.Event()
-                recorded, self._latest = self._latest, None
-                if recorded is not None:
-                    await self._apply(recorded)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._resync)
+                while True:
+                    await self._arrived.wait()
+                    self._arrived = trio.Event()
+                    recorded, self._latest = self._latest, None
+                    if recorded is not None:
+                        await self._apply(recorded)
         finally:
             self.close()
+
+    async def _resync(self) -> None:
+        """Read D/config/ again every etcd-lease-ttl-s: the watch tells only of changes,
+        and this node may hold a value etcd never took (its CONFIG SET got an error)."""
+        from durakv.log.errors import LogError
+        from durakv.log.etcd_settings import read_settings
+
+        config = self.sync.router.config
+        client = etcd_client(config)
+        while True:
+            await trio.sleep(config.etcd_lease_ttl_s)
+            try:
+                revision, recorded = await trio.to_thread.run_sync(read_settings, client, config.etcd_prefix,
+                                                                   abandon_on_cancel=True)
+            except (LogError, OSError) as e:
+                if not self._resync_failed:
+                    logger.warning("node %s: reading the settings recorded in etcd failed (%s); trying again "
+                                   "every %d s", config.node_id, e, config.etcd_lease_ttl_s)
+                self._resync_failed = True
+                continue
+            self._resync_failed = False
+            self._arrive(revision, recorded)
 
     def close(self) -> None:
         if self._watch is not None:
             self._watch.close()
 
-    def _arrive(self, recorded: dict[str, str]) -> None:
+    def _arrive(self, revision: int, recorded: dict[str, str]) -> None:
+        if revision < self._revision:  # read before a change the watch already told of
+            return
+        self._revision = revision
         self._latest = recorded  # each notice holds every setting: only the newest matters
         self._arrived.set()
 

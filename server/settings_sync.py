@@ -43,8 +43,8 @@ import trio
 
 from collections.abc import Callable
 
-from durakv.server.config_sync import NodeSettingsRecord, travelling
 from durakv.log.layout import ensure_run_dir, node_socket_path, replica_socket_path, router_socket_path
+from durakv.server.config_sync import NodeSettingsRecord, travelling
 from durakv.server.links import Pending, Propagating
 from durakv.server.runtime_changes import (MAX_MESSAGE_BYTES, SETTINGS_LOCK_FILE, load_runtime_changes, settings_path,
                                            store_runtime_changes, try_lock_runtime_changes)
@@ -199,8 +199,9 @@ class SettingsSync:
         finally:
             self.unlock(lock_fd)
         if unrecorded:  # it holds here, but the other nodes do not know of it
-            pending.fill(b"-ERR CONFIG SET took effect on this node only: the other nodes could not be told "
-                         b"through etcd (%s); set it again\r\n" % unrecorded.encode(errors="replace")[:200])
+            why = " ".join(unrecorded.split()).encode(errors="replace")[:200]  # one line
+            pending.fill(b"-ERR CONFIG SET could not be recorded in etcd for the other nodes (%s): it holds on "
+                         b"this node only, until the node reads etcd's settings again; set it again\r\n" % why)
         else:
             pending.fill(b"+OK\r\n")
 

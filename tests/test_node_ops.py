@@ -22,7 +22,7 @@ from durakv.log.etcd_client import EtcdClient
 from durakv.log.etcd_nodes import read_cluster
 from durakv.log.etcd_settings import read_settings
 from test_etcd_backend import etcd_config
-from test_etcd_failover import _retry, _until
+from test_etcd_failover import _reply, _retry, _until
 from test_replicas import replica_port
 
 TTL_S = 2
@@ -228,3 +228,35 @@ def test_bad_tls_files_for_links_stop_the_node_at_start(etcd_cluster, tmp_path):
         assert proc.returncode == 2 and len(lines) == 1, (setting, path, proc.returncode, err)
         assert f"{setting} {path}" in lines[0] and why in lines[0] and "fix" in lines[0], lines[0]
     print(lines[0])
+
+
+def test_config_set_etcd_cannot_record_is_an_error(etcd_cluster, tmp_path):
+    """Without an etcd quorum a node's CONFIG SET still takes effect on the node (as on
+    one server), but the reply is an error saying the other nodes were not told, rather
+    than an OK the other nodes would contradict; once etcd is back the node returns to
+    the value etcd recorded, as every node does."""
+    prefix = f"noq-{uuid.uuid4().hex[:8]}"
+    node_a = _node(tmp_path, etcd_cluster, prefix, "a")
+    try:
+        router = node_a.client(decode_responses=True)
+        assert router.config_set("maxmemory-policy", "allkeys-lru")
+        etcd_cluster.kill9(1)
+        etcd_cluster.kill9(2)
+        try:
+            started = time.monotonic()
+            reply = _reply(router, "CONFIG", "SET", "maxmemory-policy", "volatile-lru")
+            print(f"CONFIG SET without an etcd quorum answered in {time.monotonic() - started:.1f} s: {reply}")
+            assert isinstance(reply, redis.ResponseError), reply
+            assert str(reply).startswith("CONFIG SET could not be recorded in etcd for the other nodes"), reply
+            assert router.config_get("maxmemory-policy") == {"maxmemory-policy": "volatile-lru"}
+        finally:
+            etcd_cluster.start_member(1)
+            etcd_cluster.start_member(2)
+            etcd_cluster.wait_healthy()
+        recorded = read_settings(EtcdClient(etcd_cluster.endpoints), prefix)[1]
+        assert recorded["maxmemory-policy"] == "allkeys-lru", recorded
+        # etcd is the truth: once the node reads it again, it goes back to what etcd recorded.
+        _until(lambda: router.config_get("maxmemory-policy") == {"maxmemory-policy": "allkeys-lru"},
+               "the node back on etcd's value")
+    finally:
+        node_a.discard()
