@@ -62,9 +62,12 @@ def test_config_set_on_one_node_reaches_every_node(etcd_cluster, tmp_path):
         b_replica = redis.Redis(port=replica_port(node_b, 0), socket_timeout=30, decode_responses=True)
         assert _config_get(a_router, "maxmemory-policy") == "noeviction"
         assert _retry(lambda: b_router.config_set("maxmemory-policy", "allkeys-lru"), "CONFIG SET on node b")
+        set_at = time.monotonic()
         for client in (a_router, a_shard):
             _until(lambda client=client: _config_get(client, "maxmemory-policy") == "allkeys-lru",
                    "node b's maxmemory-policy on node a")
+        print(f"CONFIG SET on node b seen on node a's router and shard port {time.monotonic() - set_at:.3f} s "
+              "after its OK")
         # A path on node b's machine: not node a's business.
         assert _retry(lambda: b_replica.config_set("tls-ca-cert-dir", str(tmp_path)), "CONFIG SET on b's replica")
         assert _retry(lambda: b_replica.config_set("slowlog-log-slower-than", "0"), "CONFIG SET on b's replica")
