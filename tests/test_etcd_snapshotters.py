@@ -23,7 +23,6 @@ from durakv.log.etcd_records import first_seq, last_seq, shard_prefix
 from durakv.snapshotter.filestore import open_store
 from etcd_support import until
 from test_etcd_ops import SNAPSHOT_OFTEN
-from test_replicas import replica_port
 from test_standby_reads import two_nodes
 
 WAIT_S = 60
@@ -130,7 +129,7 @@ def test_after_a_failover_the_new_primarys_node_builds_and_drops(etcd_cluster, s
         _burst(node_a.shard_client(0), "before")
         until(lambda: _published(url), f"node a's first snapshot\n{node_a.log()[-3000:]}", WAIT_S)
         node_a.kill9()
-        new_primary = redis.Redis(port=replica_port(node_b, 0), socket_timeout=10)
+        new_primary = node_b.client()
 
         def write_after() -> bool:
             try:
