@@ -106,9 +106,11 @@ def test_a_stopped_snapshotter_hands_its_shards_to_another_node(etcd_cluster, se
             os.kill(paused, signal.SIGCONT)
         built_b = len(BUILT.findall(node_b.log()))
         built_a_before = len(BUILT.findall(node_a.log()))
-        _burst(primary, "after")
-        until(lambda: len(BUILT.findall(node_a.log())) > built_a_before,
-              f"node a to build shard 0 again\n{node_a.log()[-3000:]}", WAIT_S)
+
+        def a_builds_again() -> bool:  # writes until node a's snapshotter took the shard back and built it
+            _burst(primary, "after")
+            return len(BUILT.findall(node_a.log())) > built_a_before
+        until(a_builds_again, f"node a to build shard 0 again\n{node_a.log()[-3000:]}", WAIT_S)
         print(f"node b built {built_b} while node a's snapshotter was stopped; published {_published(url)}")
         assert not _errors(node_a.log()) and not _errors(node_b.log()), \
             _errors(node_a.log()) + _errors(node_b.log())
