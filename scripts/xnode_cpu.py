@@ -4,19 +4,29 @@ the primaries on node a over TCP links; node a's router reaches them over Unix s
 
 Starts a 3-member etcd cluster on loopback and two `durakv serve` trees (scripts/xnode_bench.py's
 start_pair), then per round runs `redis-benchmark -t get -c C -P P` against node a's router and
-node b's, and reads each process's CPU seconds (utime + stime, /proc/PID/stat) before and after:
+node b's, and reads each process's CPU seconds (utime, stime: /proc/PID/stat) before and after:
 CPU µs per GET of the router the client talks to and of node a's shards. CPU seconds are far less
-noisy than wall time on a loaded machine (the load average is printed beside them)."""
+noisy than wall time on a loaded machine (the load average is printed beside them).
+
+CPU per GET at P1 depends on the rate: a process that sleeps between requests pays the wakeup
+and a cold cache each time (node a's router: ~70 µs per GET at 3,800/s, ~170 µs at 370/s, load
+10). A forwarded GET waits longer (a TCP hop, whose wakeups suffer most on a loaded machine), so
+redis-benchmark's rate through node b is lower and its CPU per GET higher for that reason alone:
+--pace-per-s sends GETs from one Python connection at a fixed rate instead, the same for both
+paths, so their CPU per GET compares at equal rates. --syscalls counts the routers' system calls
+per GET (strace -c; deterministic, unlike time)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 SCRIPTS = Path(__file__).resolve().parent
@@ -27,10 +37,14 @@ from xnode_bench import start_pair  # noqa: E402
 TICKS_S = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_s(pid: int) -> float:
+def user_sys_s(pid: int) -> tuple[float, float]:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS_S
+    return int(fields[11]) / TICKS_S, int(fields[12]) / TICKS_S
+
+
+def cpu_s(pid: int) -> float:
+    return sum(user_sys_s(pid))
 
 
 def pids(group: int, title: str) -> list[int]:
@@ -45,6 +59,44 @@ def run_get(port: int, requests: int, clients: int, pipeline: int) -> float:
     return float(out.stdout.splitlines()[1].split(",")[1].strip('"'))
 
 
+def run_paced(port: int, requests: int, per_s: float) -> float:
+    """GETs from one connection, one every 1/per_s s (P1); returns the rate achieved."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    started = time.monotonic()
+    try:
+        for i in range(requests):
+            key = b"key:%012d" % (i % 100_000)
+            sock.sendall(b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key), key))
+            if not sock.recv(4096).endswith(b"\r\n"):
+                raise RuntimeError("a reply did not come in one read")
+            delay = started + (i + 1) / per_s - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+    finally:
+        sock.close()
+    return requests / (time.monotonic() - started)
+
+
+def syscalls_per_get(router: int, port: int, requests: int) -> float:
+    """The router's system calls per GET (strace -c -f while redis-benchmark runs)."""
+    out = Path(tempfile.mkstemp(prefix="xnode-strace-")[1])
+    tracer = subprocess.Popen(["strace", "-c", "-f", "-p", str(router), "-o", str(out)], stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # attached
+    run_get(port, requests, 1, 1)
+    tracer.terminate()
+    tracer.wait()
+    calls = 0
+    for line in out.read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 5 and fields[-1] not in ("syscall", "total") and fields[3].isdigit():
+            name = fields[-1]
+            if name not in ("futex", "poll", "ioctl", "read", "write", "openat", "close", "newfstatat"):
+                calls += int(fields[3])
+    out.unlink()
+    return calls / requests
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shards", type=int, default=2)
@@ -52,33 +104,46 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, default=1)
     parser.add_argument("--pipeline", type=int, default=1)
+    parser.add_argument("--pace-per-s", type=float, default=0.0,
+                        help="GETs per second from one Python connection instead of redis-benchmark")
+    parser.add_argument("--syscalls", action="store_true", help="count the routers' system calls per GET")
     opts = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="xnode-cpu-"))
     etcd = EtcdCluster(tmp / "etcd", binary=shutil.which("etcd") or "etcd").start()
-    rows: dict[str, list[tuple[float, float, float]]] = {}
+    rows: dict[str, list[tuple[float, float, float, float]]] = {}
+    calls: dict[str, float] = {}
     try:
         a, b = start_pair(tmp, etcd, opts.shards, 2)
         shard_pids = pids(a.proc.pid, "shard")
         for _ in range(opts.rounds):
             for where, node in (("local (node a's router)", a), ("forwarded (node b's router)", b)):
-                router = pids(node.proc.pid, "router")
-                before = [cpu_s(p) for p in router], [cpu_s(p) for p in shard_pids]
-                rate = run_get(node.port, opts.requests, opts.clients, opts.pipeline)
-                after = [cpu_s(p) for p in router], [cpu_s(p) for p in shard_pids]
-                per = [1e6 * (sum(x) - sum(y)) / opts.requests for x, y in zip(after, before)]
-                rows.setdefault(where, []).append((per[0], per[1], rate))
+                router = pids(node.proc.pid, "router")[0]
+                before = user_sys_s(router), sum(cpu_s(p) for p in shard_pids)
+                rate = (run_paced(node.port, opts.requests, opts.pace_per_s) if opts.pace_per_s else
+                        run_get(node.port, opts.requests, opts.clients, opts.pipeline))
+                after = user_sys_s(router), sum(cpu_s(p) for p in shard_pids)
+                rows.setdefault(where, []).append((1e6 * (after[0][0] - before[0][0]) / opts.requests,
+                                                   1e6 * (after[0][1] - before[0][1]) / opts.requests,
+                                                   1e6 * (after[1] - before[1]) / opts.requests, rate))
+        if opts.syscalls:
+            for where, node in (("local (node a's router)", a), ("forwarded (node b's router)", b)):
+                calls[where] = syscalls_per_get(pids(node.proc.pid, "router")[0], node.port, opts.requests)
         a.kill9()
         b.kill9()
     finally:
         etcd.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     load = os.getloadavg()
-    print(f"GET -c {opts.clients} -P {opts.pipeline}, {opts.requests} requests x {opts.rounds} rounds, "
-          f"{opts.shards} shards (load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}); medians:")
-    print("| through | router CPU µs/GET | node a shards CPU µs/GET | GET/s |\n|---|---|---|---|")
+    how = (f"paced at {opts.pace_per_s:g}/s from one connection" if opts.pace_per_s else
+           f"redis-benchmark -c {opts.clients} -P {opts.pipeline}")
+    print(f"GET {how}, {opts.requests} requests x {opts.rounds} rounds, {opts.shards} shards (load average "
+          f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f}); medians (shards: with their idle CPU over the run):")
+    print("| through | router user µs/GET | router sys µs/GET | node a shards CPU µs/GET | GET/s "
+          "| router syscalls/GET |\n|---|---|---|---|---|---|")
     for where, results in rows.items():
-        print(f"| {where} | {statistics.median(r[0] for r in results):.1f} | "
-              f"{statistics.median(r[1] for r in results):.1f} | {statistics.median(r[2] for r in results):,.0f} |")
+        medians = [statistics.median(r[i] for r in results) for i in range(4)]
+        print(f"| {where} | {medians[0]:.1f} | {medians[1]:.1f} | {medians[2]:.1f} | {medians[3]:,.0f} | "
+              f"{calls.get(where, float('nan')):.2f} |")
 
 
 if __name__ == "__main__":
