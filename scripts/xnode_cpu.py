@@ -13,8 +13,15 @@ and a cold cache each time (node a's router: ~70 µs per GET at 3,800/s, ~170 µ
 10). A forwarded GET waits longer (a TCP hop, whose wakeups suffer most on a loaded machine), so
 redis-benchmark's rate through node b is lower and its CPU per GET higher for that reason alone:
 --pace-per-s sends GETs from one Python connection at a fixed rate instead, the same for both
-paths, so their CPU per GET compares at equal rates. --syscalls counts the routers' system calls
-per GET (strace -c; deterministic, unlike time)."""
+paths, so their CPU per GET compares at equal rates; with several clients (-c 20) a router's turn
+serves several GETs and the difference goes (load 14-19: 34.2 µs local, 33.7 forwarded). --syscalls
+counts the routers' system calls per GET (strace -c; deterministic, unlike time): 9.0 on both paths
+at P1 (recvfrom, sendto and epoll_ctl twice, epoll_wait three times), the same calls in the same
+order (one frame per turn each way, no TLS, no extra wakeup). --one-cpu runs both trees and the
+client on CPU 0: a P1 ping-pong then no longer depends on where the kernel wakes each process
+(a Unix socket's wakeup is a synchronous hand-off to the waiting peer, a loopback TCP segment's
+comes from softirq), and local and forwarded GETs cost about the same (load 18: 148/131 µs vs
+189/130 µs per GET, 507/643 vs 376/848 GET/s over two rounds)."""
 
 from __future__ import annotations
 
@@ -48,7 +55,9 @@ def cpu_s(pid: int) -> float:
 
 
 def pids(group: int, title: str) -> list[int]:
-    out = subprocess.run(["pgrep", "-g", str(group), "-f", f"^durakv {title} "], capture_output=True, text=True)
+    """The processes of a tree (process group) whose title starts `durakv TITLE ` (every one for "")."""
+    pattern = f"^durakv {title} " if title else "^durakv "
+    out = subprocess.run(["pgrep", "-g", str(group), "-f", pattern], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]
 
 
@@ -78,12 +87,12 @@ def run_paced(port: int, requests: int, per_s: float) -> float:
     return requests / (time.monotonic() - started)
 
 
-def syscalls_per_get(router: int, port: int, requests: int) -> float:
+def syscalls_per_get(router: int, port: int, requests: int, clients: int, pipeline: int) -> float:
     """The router's system calls per GET (strace -c -f while redis-benchmark runs)."""
     out = Path(tempfile.mkstemp(prefix="xnode-strace-")[1])
     tracer = subprocess.Popen(["strace", "-c", "-f", "-p", str(router), "-o", str(out)], stderr=subprocess.DEVNULL)
     time.sleep(1.0)  # attached
-    run_get(port, requests, 1, 1)
+    run_get(port, requests, clients, pipeline)
     tracer.terminate()
     tracer.wait()
     calls = 0
@@ -107,6 +116,7 @@ def main() -> None:
     parser.add_argument("--pace-per-s", type=float, default=0.0,
                         help="GETs per second from one Python connection instead of redis-benchmark")
     parser.add_argument("--syscalls", action="store_true", help="count the routers' system calls per GET")
+    parser.add_argument("--one-cpu", action="store_true", help="run both trees and the client on CPU 0")
     opts = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="xnode-cpu-"))
     etcd = EtcdCluster(tmp / "etcd", binary=shutil.which("etcd") or "etcd").start()
@@ -115,6 +125,12 @@ def main() -> None:
     try:
         a, b = start_pair(tmp, etcd, opts.shards, 2)
         shard_pids = pids(a.proc.pid, "shard")
+        if opts.one_cpu:
+            os.sched_setaffinity(0, {0})  # redis-benchmark inherits it
+            for node in (a, b):
+                for pid in pids(node.proc.pid, ""):
+                    for thread in os.listdir(f"/proc/{pid}/task"):
+                        os.sched_setaffinity(int(thread), {0})
         for _ in range(opts.rounds):
             for where, node in (("local (node a's router)", a), ("forwarded (node b's router)", b)):
                 router = pids(node.proc.pid, "router")[0]
@@ -127,7 +143,8 @@ def main() -> None:
                                                    1e6 * (after[1] - before[1]) / opts.requests, rate))
         if opts.syscalls:
             for where, node in (("local (node a's router)", a), ("forwarded (node b's router)", b)):
-                calls[where] = syscalls_per_get(pids(node.proc.pid, "router")[0], node.port, opts.requests)
+                calls[where] = syscalls_per_get(pids(node.proc.pid, "router")[0], node.port, opts.requests,
+                                                opts.clients, opts.pipeline)
         a.kill9()
         b.kill9()
     finally:
@@ -135,7 +152,7 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     load = os.getloadavg()
     how = (f"paced at {opts.pace_per_s:g}/s from one connection" if opts.pace_per_s else
-           f"redis-benchmark -c {opts.clients} -P {opts.pipeline}")
+           f"redis-benchmark -c {opts.clients} -P {opts.pipeline}") + (", everything on CPU 0" if opts.one_cpu else "")
     print(f"GET {how}, {opts.requests} requests x {opts.rounds} rounds, {opts.shards} shards (load average "
           f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f}); medians (shards: with their idle CPU over the run):")
     print("| through | router user µs/GET | router sys µs/GET | node a shards CPU µs/GET | GET/s "
