@@ -42,7 +42,8 @@ def _published(url: str) -> list[int]:
 
 
 def _snapshotter_pid(node) -> int:
-    out = subprocess.run(["pgrep", "-g", str(node.proc.pid), "-f", "^durakv snapshotter "],
+    """The snapshotter process (the supervisor's child; not a build child it forked, which has its title)."""
+    out = subprocess.run(["pgrep", "-P", str(node.proc.pid), "-f", "^durakv snapshotter "],
                          capture_output=True, text=True)
     pids = [int(p) for p in out.stdout.split()]
     assert len(pids) == 1, f"expected one snapshotter, found {pids}"
