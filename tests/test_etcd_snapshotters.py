@@ -149,3 +149,41 @@ def test_after_a_failover_the_new_primarys_node_builds_and_drops(etcd_cluster, s
         assert not _errors(node_b.log()), _errors(node_b.log())
     finally:
         node_b.discard()
+
+
+def _local_snapshot(shard_dir, seq: int, value: bytes):
+    from durakv.shards.keyspace import Keyspace
+    from durakv.shards.slots import SLOT_COUNT
+    from durakv.snapshotter.build import write_snapshot
+    from durakv.snapshotter.digest import state_digest
+    from durakv.snapshotter.replay import CHAIN_START
+
+    db = Keyspace()
+    db.data[b"k"] = value
+    fields = dict(shard=0, shards=1, slot_ranges=[(0, SLOT_COUNT - 1)], seq=seq, epoch=1, chain=CHAIN_START,
+                  parent_seq=0, parent_chain=CHAIN_START, records_replayed=seq, tail_fixed_at_ms=0,
+                  last_record_at_ms=0)
+    return write_snapshot(db, str(shard_dir), fields, state_digest(db))
+
+
+def test_a_shard_taken_over_starts_from_the_stores_newest_snapshot(tmp_path):
+    """adopt_published (a snapshotter taking a shard over): the local snapshots through the
+    store's newest seq that the store does not hold (built while another node's snapshotter
+    held the shard) are deleted, and the store's newest is fetched, so nothing local is
+    published over a snapshot already in the store; a newer local one is kept."""
+    from durakv.snapshotter.base import adopt_published
+    from durakv.snapshotter.local import list_local
+
+    store = open_store(f"file://{tmp_path / 'store'}")
+    assert store.publish(_local_snapshot(tmp_path / "other", 5, b"theirs"))
+    _local_snapshot(tmp_path / "mine", 3, b"old")
+    _local_snapshot(tmp_path / "mine", 5, b"mine")
+    fetched = adopt_published(store, 0, str(tmp_path / "mine"), last_seq=9)
+    assert fetched is not None and fetched.manifest.seq == 5
+    local = list_local(str(tmp_path / "mine"))
+    assert [s.manifest.seq for s in local] == [5]
+    assert local[0].manifest.rdb_sha256 == store.list_snapshots(0)[0].manifest.rdb_sha256
+    assert not store.publish(local[-1]), "the store's own snapshot is already there"
+    _local_snapshot(tmp_path / "mine", 7, b"newer")
+    assert adopt_published(store, 0, str(tmp_path / "mine"), last_seq=9) is None
+    assert [s.manifest.seq for s in list_local(str(tmp_path / "mine"))] == [5, 7]
