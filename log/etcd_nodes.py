@@ -22,6 +22,7 @@ Keys, under a deployment's prefix D (a shard's log is under D/shard-NNN):
                          node runs its requests (shards/link_auth.py). Whoever can read the
                          deployment's keys can read every value anyway, so etcd's own
                          access control (etcd-user, TLS) guards it.
+(D/snapshotter/ holds the snapshotters' build locks: snapshotter/build_lock.py.)
 One watch on D/cluster/ follows both (a watch on D/ would carry every log record too)."""
 
 from __future__ import annotations

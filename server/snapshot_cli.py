@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from durakv.shards.config import DEFAULTS, Config
 
 if TYPE_CHECKING:
+    from durakv.snapshotter.build_lock import BuildLocks
     from durakv.snapshotter.logsource import EtcdLogSource
 
 COMMANDS = frozenset({"snapshotter", "snapshot", "snapshots", "restore", "import-rdb", "export-rdb"})
@@ -162,6 +163,7 @@ def cmd_snapshotter(args: argparse.Namespace) -> int:
     url = args.snapshot_url
     log_level = "info"
     etcd = None
+    locks = None
     if args.config_fd is not None or args.config:
         from durakv.server.logsetup import setup_logging
         from durakv.shards.config import config_from_fd, load_config
@@ -188,6 +190,7 @@ def cmd_snapshotter(args: argparse.Namespace) -> int:
         args.cpu_percent = config.snapshot_cpu_percent
         args.log_archive_interval_ms, args.log_archive_bytes = config.log_archive_interval_ms, config.log_archive_bytes
         etcd = _etcd_source(config)
+        locks = _build_locks(config, etcd)
     set_title("snapshotter", os.path.abspath(data_dir))
     lower_priority(args.nice, args.sched_idle)
     try:
@@ -200,9 +203,17 @@ def cmd_snapshotter(args: argparse.Namespace) -> int:
                                       max_age_s=args.max_age_s, poll_interval_s=args.poll_interval_s,
                                       cpu_percent=args.cpu_percent,
                                       archive_interval_ms=args.log_archive_interval_ms,
-                                      archive_bytes=args.log_archive_bytes), etcd)
+                                      archive_bytes=args.log_archive_bytes), etcd, locks)
         if args.once:
-            status = runner.run_once(force=True)
+            stop_renewing = threading.Event()
+            if locks is not None:
+                locks.start(stop_renewing)
+            try:
+                status = runner.run_once(force=True)
+            finally:
+                stop_renewing.set()
+                if locks is not None:
+                    locks.close()
             errors = [s for s in status.shards.values() if s.status == "error"]
             for s in errors:
                 print(f"shard {s.shard}: {s.error}", file=sys.stderr)
@@ -250,6 +261,17 @@ def _etcd_source(config: Config) -> "EtcdLogSource | None":
     defragmenter = Defragmenter(client.clone(), config.etcd_prefix, config.etcd_defrag_free_bytes,
                                 config.etcd_defrag_interval_s)
     return EtcdLogSource(client, config.etcd_prefix, defragmenter)
+
+
+def _build_locks(config: Config, etcd: "EtcdLogSource | None") -> "BuildLocks | None":
+    """With the logs on etcd, the build locks shared by every node's snapshotter
+    (snapshotter/build_lock.py), on a client of their own (their lease is renewed from a
+    thread while a build runs)."""
+    if etcd is None:
+        return None
+    from durakv.snapshotter.build_lock import BuildLocks
+
+    return BuildLocks(etcd.client.clone(), config.etcd_prefix, config.node_id, config.etcd_lease_ttl_s)
 
 
 def _follow_log_level(data_dir: str, configured: str, stop: threading.Event) -> None:

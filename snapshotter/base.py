@@ -28,6 +28,12 @@ class NoCoveringSnapshot(SnapshotterError):
     """Neither the local cache nor the store holds a snapshot through first_seq - 1."""
 
 
+def _delete_local(snapshot: LocalSnapshot) -> None:
+    os.unlink(snapshot.manifest_path)  # first: without a manifest there is no snapshot
+    if os.path.exists(snapshot.rdb_path):
+        os.unlink(snapshot.rdb_path)
+
+
 def drop_discarded(shard_dir: str, mark: RestoreMark) -> list[str]:
     """Delete the local snapshots of a history `durakv restore` discarded (on another
     machine): loading one would bring back writes the restore removed. Returns them."""
@@ -37,9 +43,7 @@ def drop_discarded(shard_dir: str, mark: RestoreMark) -> list[str]:
         if mark.discarded(m.seq, m.epoch):
             logger.warning("%s: seq %d at epoch %d is of the history restore discarded after seq %d; deleting it",
                            snapshot.manifest_path, m.seq, m.epoch, mark.seq)
-            os.unlink(snapshot.manifest_path)  # first: without a manifest there is no snapshot
-            if os.path.exists(snapshot.rdb_path):
-                os.unlink(snapshot.rdb_path)
+            _delete_local(snapshot)
             gone.append(snapshot.manifest_path)
     return gone
 
@@ -75,3 +79,31 @@ def ensure_base(store: Store, shard: int, shard_dir: str, first_seq: int, last_s
     logger.info("shard %d: the log at %s starts at seq %d; fetching snapshot seq %d from %s", shard, log_name,
                 first_seq, chosen.manifest.seq, store.url)
     return store.download_snapshot(chosen, download_dir or shard_dir)
+
+
+def adopt_published(store: Store, shard: int, shard_dir: str, last_seq: int,
+                    mark: RestoreMark | None = None) -> LocalSnapshot | None:
+    """Bring the local cache level with the store when this snapshotter takes a shard's
+    builds over from another node's (snapshotter/build_lock.py): that one published
+    snapshots this cache lacks, and this cache may hold builds of its own the store never
+    got. Local snapshots through the store's newest seq that the store does not hold (by
+    sha256) are deleted, so none is published over one already there; the store's newest
+    is fetched when it is newer than the cache's. Returns what was fetched (None: nothing)."""
+    published = {s.manifest.seq: s for s in store.list_snapshots(shard) if s.complete and s.manifest.seq <= last_seq
+                 and (mark is None or not mark.discarded(s.manifest.seq, s.manifest.epoch))}
+    if not published:
+        return None
+    newest = max(published)
+    for snapshot in list_local(shard_dir):
+        m = snapshot.manifest
+        there = published.get(m.seq)
+        if m.seq <= newest and (there is None or there.manifest.rdb_sha256 != m.rdb_sha256):
+            logger.info("shard %d: %s is not the store's snapshot of seq %d (built while another node's snapshotter "
+                        "held the shard); deleting it", shard, snapshot.manifest_path, m.seq)
+            _delete_local(snapshot)
+    local = list_local(shard_dir)
+    if local and local[-1].manifest.seq >= newest:
+        return None
+    logger.info("shard %d: fetching snapshot seq %d from %s (published by another node's snapshotter)", shard,
+                newest, store.url)
+    return store.download_snapshot(published[newest], shard_dir)

@@ -35,7 +35,7 @@ import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 from durakv.log import OS_DISK
 from durakv.log.layout import LOCK_FILE, snapshotter_dir, topology_path
@@ -46,7 +46,7 @@ from durakv.shards.config import DEFAULTS
 from durakv.shards import sdnotify
 from durakv.shards.latency import LATENCY_TS_LEN
 from durakv.shards.malloc_stats import release_free_heap
-from durakv.snapshotter.base import drop_discarded, ensure_base
+from durakv.snapshotter.base import adopt_published, drop_discarded, ensure_base
 from durakv.snapshotter.local import newest_local, shard_dir_of, snapshot_dir
 from durakv.snapshotter.logsource import EtcdLogSource, LocalLogSource, LogSource
 from durakv.snapshotter.pace import CPU_PERCENT_DEFAULT, Pacer
@@ -58,6 +58,7 @@ from durakv.snapshotter.errors import SnapshotterError
 
 if TYPE_CHECKING:
     from durakv.log.etcd_upkeep import Defragmenter
+    from durakv.snapshotter.build_lock import BuildLocks
 
 logger = logging.getLogger("durakv.snapshotter")
 
@@ -201,11 +202,15 @@ def _build(shard_dir: str, shard: int, shards: int, pace: Pacer, source: EtcdLog
 
 class Snapshotter:
     def __init__(self, data_dir: str, store: Store | None, schedule: Schedule | None = None,
-                 etcd: EtcdLogSource | None = None) -> None:
+                 etcd: EtcdLogSource | None = None, locks: BuildLocks | None = None) -> None:
         """store None: the embedded store under the data dir (snapshots only). etcd: the
-        shard logs are on etcd (log-backend = "etcd"), not in the data dir."""
+        shard logs are on etcd (log-backend = "etcd"), not in the data dir. locks: the
+        build locks shared with other nodes' snapshotters (snapshotter/build_lock.py):
+        only the shards it holds are built here."""
         self.data_dir = os.path.abspath(data_dir)
         self.etcd = etcd
+        self.locks = locks
+        self._adopted: set[int] = set()  # held shards whose local cache was brought level with the store
         self.source: LogSource = LocalLogSource(self.data_dir) if etcd is None else etcd
         self.store = store if store is not None else open_store("", self.data_dir)
         self.schedule = schedule or Schedule()
@@ -257,6 +262,10 @@ class Snapshotter:
                 m = newest.manifest
                 status.last_seq, status.last_created_at_ms = m.seq, m.created_at_ms
                 status.last_build_ms, status.last_rdb_bytes, status.last_keys = m.build_ms, m.rdb_bytes, m.keys
+                if self.locks is not None and not self.locks.still_held(shard):
+                    logger.warning("shard %d: built seq %d, but its build lock went to another node's snapshotter "
+                                   "meanwhile; not publishing it", shard, m.seq)
+                    return status
                 started = time.monotonic()
                 if self.store.publish(newest):
                     note_upload(status, int(time.time()), int((time.monotonic() - started) * 1000))
@@ -308,8 +317,32 @@ class Snapshotter:
         age_s = time.time() - (newest.manifest.created_at_ms / 1000 if newest else 0)
         return grown > 0 and age_s >= self.schedule.max_age_s
 
+    def _claim(self) -> Iterable[int]:
+        """The shards this snapshotter builds now (every one without build locks). A shard
+        it just took over starts from the store's newest snapshot (snapshotter/base.py
+        adopt_published) and is due at once."""
+        if self.locks is None:
+            return range(self.shards)
+        try:
+            held = self.locks.claim(self.shards)
+        except LogError as e:
+            logger.warning("snapshotter: reading the build locks on etcd: %s; building nothing this round", e)
+            return ()
+        self._adopted &= held
+        for shard in sorted(held - self._adopted):
+            self._sizes_at_build.pop(shard, None)
+            try:
+                mark = self.etcd.restore_mark(shard) if self.etcd is not None else None
+                adopt_published(self.store, shard, shard_dir_of(self.data_dir, shard),
+                                self.source.durable_tail(shard), mark)
+            except (LogError, SnapshotterError, StoreError) as e:  # retried next round, the lock kept
+                logger.error("shard %d: taking over its snapshots: %s: %s", shard, type(e).__name__, e)
+                continue
+            self._adopted.add(shard)
+        return sorted(self._adopted)
+
     def run_once(self, force: bool = True) -> Status:
-        for shard in range(self.shards):
+        for shard in self._claim():
             if force or self.due(shard):
                 self.run_shard(shard)
         self._save_status()
@@ -346,6 +379,8 @@ class Snapshotter:
         release_free_heap()
         self.build_in_child = True
         shipper = None
+        if self.locks is not None:
+            self.locks.start(stop)
         if self.archiver is not None:
             shipper = threading.Thread(target=self.archiver.run, args=(stop,), name="log-archive", daemon=True)
             shipper.start()
@@ -366,3 +401,5 @@ class Snapshotter:
             stop.wait(self.schedule.poll_interval_s)
         if shipper is not None:
             shipper.join()
+        if self.locks is not None:
+            self.locks.close()
