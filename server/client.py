@@ -43,11 +43,17 @@ assert RECV_BYTES < LARGE_BYTES
 # server/client_limits.py), the router dispatches none of its further requests
 # (they wait, parsed, in its backlog) and stops reading it once the backlog is full.
 # The byte cap bounds what a client of big replies puts on a shard link ahead of
-# everyone else's requests.
+# everyone else's requests. The router cannot know a reply's size before it comes,
+# so the count grows as a window does: a client may have twice as many replies in
+# flight as its last write proved small (START_REPLIES_IN_FLIGHT at least), so one
+# small reply (a PING, an OK) does not open MAX_REPLIES_IN_FLIGHT requests for big
+# values at once (issue 13); only a client whose last write held 128 small replies
+# may have 256 in flight, whatever they turn out to be.
 MAX_REPLIES_IN_FLIGHT = 256
 BACKED_UP_REPLIES_IN_FLIGHT = 16  # while output waits for the client's socket
 MAX_IN_FLIGHT_BYTES = 256 * 1024
 UNKNOWN_REPLY_BYTES = MAX_IN_FLIGHT_BYTES // BACKED_UP_REPLIES_IN_FLIGHT  # until its first reply was written
+START_REPLIES_IN_FLIGHT = MAX_IN_FLIGHT_BYTES // UNKNOWN_REPLY_BYTES  # the window before any write proved more
 OUTPUT_BACKPRESSURE_BYTES = 4 * 1024 * 1024
 MAX_BACKLOG_REQUESTS = 16 * 1024
 # While output waits for its socket, a client is read only while its backlog is
@@ -86,7 +92,7 @@ class Client:
         "lib_name", "lib_ver", "in_ready_set", "query_limit",
         "multi", "multi_error", "multi_shard", "watch_shards", "blocked_pending", "blocked_shard", "backlog",
         "soft_limit_since", "pubsub", "paused", "reply_off", "reply_skip", "tracking", "monitor",
-        "reply_bytes", "in_flight_cap", "queued_reply_min_bytes",
+        "reply_bytes", "replies_written", "in_flight_cap", "queued_reply_min_bytes",
     )
 
     def __init__(self, router: RouterView, sock: socket.socket | TlsSocket, client_id: int) -> None:
@@ -119,7 +125,8 @@ class Client:
         self.outbuf_bytes = 0
         self.soft_limit_since = 0.0  # when output first went over the soft limit (0: it is not)
         self.reply_bytes = UNKNOWN_REPLY_BYTES  # mean size of its last write's replies: caps replies in flight
-        self.in_flight_cap = in_flight_cap(UNKNOWN_REPLY_BYTES)  # replies in flight can_dispatch allows, unbacked
+        self.replies_written = 0  # how many replies its last write held: the window (in_flight_cap)
+        self.in_flight_cap = START_REPLIES_IN_FLIGHT  # replies in flight can_dispatch allows, unbacked
         self.queued_reply_min_bytes = 0  # the smallest reply its last queued write held (check_output_limits)
         self.closing = False  # close once the queued replies are written
         self.closed = False
@@ -247,7 +254,7 @@ class Client:
         outbuf_bytes = self.outbuf_bytes
         in_flight = len(self.replies)
         if not outbuf_bytes:
-            return in_flight < MAX_REPLIES_IN_FLIGHT and in_flight * self.reply_bytes < MAX_IN_FLIGHT_BYTES
+            return in_flight < self.in_flight_cap
         # Its socket is backed up: a shallow pipeline, so that its replies do not
         # queue long ahead of other clients' on the shard links.
         return (outbuf_bytes < self.router.output_backpressure_bytes and in_flight < BACKED_UP_REPLIES_IN_FLIGHT
@@ -677,10 +684,12 @@ class Client:
         """Send complete replies, queueing what the kernel does not take."""
         if self.closed:
             return
-        reply_bytes = size // len(chunks)
-        if reply_bytes != self.reply_bytes:
+        written = len(chunks)
+        reply_bytes = size // written
+        if reply_bytes != self.reply_bytes or written != self.replies_written:
             self.reply_bytes = reply_bytes
-            self.in_flight_cap = in_flight_cap(reply_bytes)
+            self.replies_written = written
+            self.in_flight_cap = in_flight_cap(reply_bytes, written)
         if self.outbuf:
             self.queued_reply_min_bytes = min(map(len, chunks))
             if len(chunks) > 1 and size < JOIN_BELOW_BYTES:
@@ -830,10 +839,13 @@ class Client:
         self.router.poller.set_interest(self, reading, bool(self.outbuf))
 
 
-def in_flight_cap(reply_bytes: int) -> int:
-    """How many replies of reply_bytes each can_dispatch lets a client have in flight
-    while its output is not backed up: MAX_REPLIES_IN_FLIGHT, fewer for big replies."""
-    return min(MAX_REPLIES_IN_FLIGHT, -(-MAX_IN_FLIGHT_BYTES // max(reply_bytes, 1)))
+def in_flight_cap(reply_bytes: int, written: int) -> int:
+    """How many replies can_dispatch lets a client have in flight while its output is
+    not backed up, after a write of `written` replies of reply_bytes each (their mean):
+    as many as fit MAX_IN_FLIGHT_BYTES at that size, and no more than twice what the
+    write proved (a window, see MAX_REPLIES_IN_FLIGHT)."""
+    window = max(START_REPLIES_IN_FLIGHT, written << 1)
+    return min(MAX_REPLIES_IN_FLIGHT, window, -(-MAX_IN_FLIGHT_BYTES // max(reply_bytes, 1)))
 
 
 class ClientPoller:
