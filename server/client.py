@@ -45,10 +45,10 @@ assert RECV_BYTES < LARGE_BYTES
 # The byte cap bounds what a client of big replies puts on a shard link ahead of
 # everyone else's requests. The router cannot know a reply's size before it comes,
 # so the count grows as a window does: a client may have twice as many replies in
-# flight as its last write proved small (START_REPLIES_IN_FLIGHT at least), so one
+# flight as a write of its proved small (START_REPLIES_IN_FLIGHT at least), so one
 # small reply (a PING, an OK) does not open MAX_REPLIES_IN_FLIGHT requests for big
-# values at once (issue 13); only a client whose last write held 128 small replies
-# may have 256 in flight, whatever they turn out to be.
+# values at once (issue 13); only a client that had a write of 128 small replies
+# (since their size last changed) may have 256 in flight, whatever they turn out to be.
 MAX_REPLIES_IN_FLIGHT = 256
 BACKED_UP_REPLIES_IN_FLIGHT = 16  # while output waits for the client's socket
 MAX_IN_FLIGHT_BYTES = 256 * 1024
@@ -92,7 +92,7 @@ class Client:
         "lib_name", "lib_ver", "in_ready_set", "query_limit",
         "multi", "multi_error", "multi_shard", "watch_shards", "blocked_pending", "blocked_shard", "backlog",
         "soft_limit_since", "pubsub", "paused", "reply_off", "reply_skip", "tracking", "monitor",
-        "reply_bytes", "replies_written", "in_flight_cap", "queued_reply_min_bytes",
+        "reply_bytes", "in_flight_cap", "queued_reply_min_bytes",
     )
 
     def __init__(self, router: RouterView, sock: socket.socket | TlsSocket, client_id: int) -> None:
@@ -125,7 +125,6 @@ class Client:
         self.outbuf_bytes = 0
         self.soft_limit_since = 0.0  # when output first went over the soft limit (0: it is not)
         self.reply_bytes = UNKNOWN_REPLY_BYTES  # mean size of its last write's replies: caps replies in flight
-        self.replies_written = 0  # how many replies its last write held: the window (in_flight_cap)
         self.in_flight_cap = START_REPLIES_IN_FLIGHT  # replies in flight can_dispatch allows, unbacked
         self.queued_reply_min_bytes = 0  # the smallest reply its last queued write held (check_output_limits)
         self.closing = False  # close once the queued replies are written
@@ -686,9 +685,11 @@ class Client:
             return
         written = len(chunks)
         reply_bytes = size // written
-        if reply_bytes != self.reply_bytes or written != self.replies_written:
+        # The window grows as writes prove more small replies; it shrinks back to what
+        # the last write proved when the replies' size changes (cheap while neither does).
+        if reply_bytes != self.reply_bytes or (written << 1 > self.in_flight_cap
+                                               and self.in_flight_cap < MAX_REPLIES_IN_FLIGHT):
             self.reply_bytes = reply_bytes
-            self.replies_written = written
             self.in_flight_cap = in_flight_cap(reply_bytes, written)
         if self.outbuf:
             self.queued_reply_min_bytes = min(map(len, chunks))
