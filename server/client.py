@@ -32,7 +32,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("durakv.router")
 
-RECV_BYTES = 64 * 1024
+# What one read takes from a client, as Redis' PROTO_IOBUF_LEN: the requests in it
+# are parsed in the turn that reads them, which every other client waits for (a
+# non-reader's 64 KiB of pipelined GETs held the loop 5-8 ms; issue 13). A big
+# argument is read into its own buffer (_read_into_fill), not RECV_BYTES at a time.
+RECV_BYTES = 16 * 1024
 # A large argument always spans reads, so the parser sees it arrive (server/links.py
 # relies on that to look for large requests only when one came).
 assert RECV_BYTES < LARGE_BYTES
@@ -834,9 +838,13 @@ class Client:
             # Over its soft limit it is no longer served, but read on, so that what it asks
             # counts against the hard limit (check_output_limits).
             reading = not self.closing and len(backlog) < MAX_BACKLOG_REQUESTS
+        elif self.outbuf_bytes:
+            # Backed up: read on (RECV_BYTES a turn) until BACKED_UP_BACKLOG_REQUESTS wait, even
+            # if none can run now, so that what it asked counts against the hard limit
+            # (check_output_limits) and a non-reader is closed soon, not served 2 replies at a time.
+            reading = not self.closing and len(backlog) < BACKED_UP_BACKLOG_REQUESTS
         else:
-            reading = (not self.closing and (not backlog or self.can_dispatch())
-                       and len(backlog) < (BACKED_UP_BACKLOG_REQUESTS if self.outbuf_bytes else MAX_BACKLOG_REQUESTS))
+            reading = not self.closing and (not backlog or self.can_dispatch()) and len(backlog) < MAX_BACKLOG_REQUESTS
         self.router.poller.set_interest(self, reading, bool(self.outbuf))
 
 
