@@ -410,30 +410,31 @@ class RequestParser:
         n = len(buf)
         pos = self._pos
         if self._args is None and self.authed and pos < n and buf[pos] == 42 and n - pos <= self.max_bulk_bytes:
-            fast_end = n
             if n - pos <= SMALL_PARSE_MAX_BYTES:
                 fast = _parse_small(buf if pos == 0 else buf[pos:])
             elif FAST_PARSE_MIN_BYTES <= n - pos <= FAST_PARSE_MAX_BYTES:
                 if buf.endswith(b"\r\n"):
                     fast = _parse_complete(buf if pos == 0 else buf[pos:])
                 else:
+                    fast = None
                     # A read that ended inside a request (a deep pipeline, read RECV_BYTES at
                     # a time): the fast path takes the requests before the last `*` that
                     # follows a CRLF if they parse completely; the exact parser the rest.
-                    fast_end = buf.rfind(b"\r\n*", pos) + 2
-                    fast = _parse_complete(buf[pos:fast_end]) if fast_end - pos >= FAST_PARSE_MIN_BYTES else None
+                    cut = buf.rfind(b"\r\n*", pos) + 2
+                    head = _parse_complete(buf[pos:cut]) if cut - pos >= FAST_PARSE_MIN_BYTES else None
+                    if head is not None:
+                        self.fast_requests += len(head)
+                        out.extend(head)
+                        pos = cut
             else:
                 fast = None
             if fast is not None:
+                self._pos = n
                 self.fast_requests += len(fast)
                 if out:  # the request whose last argument was filled in place comes first
                     out.extend(fast)
-                else:
-                    out = fast
-                if fast_end == n:
-                    self._pos = n
                     return out
-                pos = fast_end
+                return fast
         try:
             while pos < n:
                 if self._args is None:
