@@ -10,7 +10,9 @@ from pathlib import Path
 
 import trio
 
-from durakv.server.client import MAX_IN_FLIGHT_BYTES, MAX_REPLIES_IN_FLIGHT, START_REPLIES_IN_FLIGHT, Client
+from durakv.server.client import (
+    MAX_IN_FLIGHT_BYTES, MAX_REPLIES_IN_FLIGHT, RECV_BYTES, START_REPLIES_IN_FLIGHT, Client,
+)
 from durakv.server.node import ShardNode
 from durakv.shards.config import Config
 from durakv.shards.framelink import FrameReceiver
@@ -163,6 +165,24 @@ async def test_the_window_grows_with_small_replies_written(tmp_path: Path) -> No
     print(f"in-flight caps turn by turn: {caps}")
     assert caps[0] == 2 * START_REPLIES_IN_FLIGHT
     assert max(caps) == MAX_REPLIES_IN_FLIGHT
+    peer.close()
+    client.kill()
+    shard.wal.close()
+
+
+async def test_one_turn_parses_at_most_one_read_of_a_deep_pipeline(tmp_path: Path) -> None:
+    """A client that pipelines many small requests has one read (RECV_BYTES, as Redis'
+    16 KiB) parsed per turn, not 64 KiB (~2600 GETs, 5-8 ms of the loop every other
+    client waited for; issue 13)."""
+    shard, node = node_with_big_value(tmp_path)
+    peer, client = connect(node)
+    request = b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n"
+    peer.send(request * (256 * 1024 // len(request)))
+    await run_turns(node, client, 1)
+    parsed = len(client.backlog) + node.stats_commands  # waiting, and dispatched
+    print(f"requests parsed in one turn: {parsed}; the fast path took {client.parser.fast_requests}")
+    assert parsed <= RECV_BYTES // len(request) + 1
+    assert client.parser.fast_requests >= parsed - 1  # hiredis, up to the request the read ended in
     peer.close()
     client.kill()
     shard.wal.close()
