@@ -60,8 +60,10 @@ UNKNOWN_REPLY_BYTES = MAX_IN_FLIGHT_BYTES // BACKED_UP_REPLIES_IN_FLIGHT  # unti
 START_REPLIES_IN_FLIGHT = MAX_IN_FLIGHT_BYTES // UNKNOWN_REPLY_BYTES  # the window before any write proved more
 OUTPUT_BACKPRESSURE_BYTES = 4 * 1024 * 1024
 MAX_BACKLOG_REQUESTS = 16 * 1024
-# While output waits for its socket, a client is read only while its backlog is
-# shorter than this: parsing ahead what it cannot run soon costs the loop for nothing.
+# While output waits for its socket, a client is read (RECV_BYTES a turn) while its
+# backlog is shorter than this, even if none of it can run now: enough parsed ahead to
+# tell whether what it asked would pass its hard output limit (check_output_limits),
+# no more, as parsing what it cannot run soon costs the loop for nothing.
 BACKED_UP_BACKLOG_REQUESTS = 1024
 JOIN_BELOW_BYTES = 64 * 1024  # smaller replies are joined into one buffer, larger ones sent as they are
 IOV_MAX = 1024  # buffers per sendmsg (Linux UIO_MAXIOV)
