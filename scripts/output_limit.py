@@ -5,7 +5,11 @@ normal 64mb 32mb 10`; it must be disconnected at the limit. Meanwhile another
 client GETs a small key on the same shard. Prints that client's GET latency idle
 and during (from the slow client's start to its disconnection), how long the slow
 client lasted and what it had sent, and the peak RSS of the server's processes.
-`--slow-clients N` sends N such clients one after another (a harsher load).
+`--slow-clients N` sends N such clients one after another (a harsher load);
+`--seconds S` keeps sending them for S seconds at least, so that the "during"
+figures rest on enough samples (each slow client lasts only tens of ms). The CPU
+seconds each server process spent while the slow clients ran are printed too (a
+measure the machine's load moves less than latency).
 The slow client runs in a process of its own: in this one, its sending loop would
 hold the GIL against the measuring thread and show as GET latency.
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import shutil
 import socket
 import sys
@@ -64,7 +69,21 @@ def slow_client(port: int, gets: int) -> tuple[float, int, str]:
     return elapsed, sent, how
 
 
-def run(port: int, pids_of, slow_clients: int, limit: str) -> None:
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """User + system CPU seconds of each process so far (/proc/PID/stat)."""
+    out = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[pid] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def run(port: int, pids_of, slow_clients: int, limit: str, seconds: float = 0.0) -> None:
     setup = redis.Redis(port=port, socket_timeout=30)
     setup.config_set("client-output-buffer-limit", limit)
     setup.set(BIG_KEY, b"x" * VALUE_BYTES)
@@ -89,13 +108,22 @@ def run(port: int, pids_of, slow_clients: int, limit: str) -> None:
     sampler.start()
     other.start()
     pool = multiprocessing.get_context("fork").Pool(1)
-    for slow in range(1, slow_clients + 1):
+    cpu_before = cpu_seconds(pids_of())
+    started = time.monotonic()
+    slow = 0
+    while slow < slow_clients or time.monotonic() - started < seconds:
+        slow += 1
         elapsed, sent, how = pool.apply(slow_client, (port, GETS_PER_CLIENT))
-        print(f"slow client {slow}: {how} after {elapsed:.2f} s, {sent} GETs sent "
-              f"({sent * VALUE_BYTES / 1e6:.0f} MB of replies asked)")
+        if slow <= slow_clients or not how.startswith("closed"):
+            print(f"slow client {slow}: {how} after {elapsed:.2f} s, {sent} GETs sent "
+                  f"({sent * VALUE_BYTES / 1e6:.0f} MB of replies asked)")
         if not how.startswith("closed"):
             break
+    window_s = time.monotonic() - started
+    cpu_after = cpu_seconds(pids_of())
     pool.close()
+    print(f"{slow} slow clients in {window_s:.1f} s; CPU seconds per process meanwhile: "
+          f"{ {pid: round(cpu_after[pid] - cpu_before.get(pid, 0.0), 2) for pid in cpu_after} }")
     stop.set()
     other.join()
     sampling.set()
@@ -113,6 +141,7 @@ def main() -> int:
     what.add_argument("--redis", action="store_true")
     what.add_argument("--port", type=int)
     parser.add_argument("--slow-clients", type=int, default=1, help="slow clients, one after another")
+    parser.add_argument("--seconds", type=float, default=0.0, help="keep sending slow clients this long at least")
     parser.add_argument("--limit", default="normal 64mb 32mb 10", help="client-output-buffer-limit to set")
     args = parser.parse_args()
     proc = None
@@ -125,7 +154,7 @@ def main() -> int:
             port = free_port()
             proc = start_server(args.durakv, port, tmp, lambda r: r.ping())
             pids_of = lambda: tree_pids(proc.pid)  # noqa: E731
-        run(port, pids_of, args.slow_clients, args.limit)
+        run(port, pids_of, args.slow_clients, args.limit, args.seconds)
     finally:
         if proc is not None:
             stop_group(proc)

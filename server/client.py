@@ -32,7 +32,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("durakv.router")
 
-RECV_BYTES = 64 * 1024
+# What one read takes from a client, as Redis' PROTO_IOBUF_LEN: the requests in it
+# are parsed in the turn that reads them, which every other client waits for (a
+# non-reader's 64 KiB of pipelined GETs held the loop 5-8 ms; issue 13). A big
+# argument is read into its own buffer (_read_into_fill), not RECV_BYTES at a time.
+RECV_BYTES = 16 * 1024
 # A large argument always spans reads, so the parser sees it arrive (server/links.py
 # relies on that to look for large requests only when one came).
 assert RECV_BYTES < LARGE_BYTES
@@ -43,15 +47,23 @@ assert RECV_BYTES < LARGE_BYTES
 # server/client_limits.py), the router dispatches none of its further requests
 # (they wait, parsed, in its backlog) and stops reading it once the backlog is full.
 # The byte cap bounds what a client of big replies puts on a shard link ahead of
-# everyone else's requests.
+# everyone else's requests. The router cannot know a reply's size before it comes,
+# so the count grows as a window does: a client may have twice as many replies in
+# flight as a write of its proved small (START_REPLIES_IN_FLIGHT at least), so one
+# small reply (a PING, an OK) does not open MAX_REPLIES_IN_FLIGHT requests for big
+# values at once (issue 13); only a client that had a write of 128 small replies
+# (since their size last changed) may have 256 in flight, whatever they turn out to be.
 MAX_REPLIES_IN_FLIGHT = 256
 BACKED_UP_REPLIES_IN_FLIGHT = 16  # while output waits for the client's socket
 MAX_IN_FLIGHT_BYTES = 256 * 1024
 UNKNOWN_REPLY_BYTES = MAX_IN_FLIGHT_BYTES // BACKED_UP_REPLIES_IN_FLIGHT  # until its first reply was written
+START_REPLIES_IN_FLIGHT = MAX_IN_FLIGHT_BYTES // UNKNOWN_REPLY_BYTES  # the window before any write proved more
 OUTPUT_BACKPRESSURE_BYTES = 4 * 1024 * 1024
 MAX_BACKLOG_REQUESTS = 16 * 1024
-# While output waits for its socket, a client is read only while its backlog is
-# shorter than this: parsing ahead what it cannot run soon costs the loop for nothing.
+# While output waits for its socket, a client is read (RECV_BYTES a turn) while its
+# backlog is shorter than this, even if none of it can run now: enough parsed ahead to
+# tell whether what it asked would pass its hard output limit (check_output_limits),
+# no more, as parsing what it cannot run soon costs the loop for nothing.
 BACKED_UP_BACKLOG_REQUESTS = 1024
 JOIN_BELOW_BYTES = 64 * 1024  # smaller replies are joined into one buffer, larger ones sent as they are
 IOV_MAX = 1024  # buffers per sendmsg (Linux UIO_MAXIOV)
@@ -119,7 +131,7 @@ class Client:
         self.outbuf_bytes = 0
         self.soft_limit_since = 0.0  # when output first went over the soft limit (0: it is not)
         self.reply_bytes = UNKNOWN_REPLY_BYTES  # mean size of its last write's replies: caps replies in flight
-        self.in_flight_cap = in_flight_cap(UNKNOWN_REPLY_BYTES)  # replies in flight can_dispatch allows, unbacked
+        self.in_flight_cap = START_REPLIES_IN_FLIGHT  # replies in flight can_dispatch allows, unbacked
         self.queued_reply_min_bytes = 0  # the smallest reply its last queued write held (check_output_limits)
         self.closing = False  # close once the queued replies are written
         self.closed = False
@@ -247,7 +259,7 @@ class Client:
         outbuf_bytes = self.outbuf_bytes
         in_flight = len(self.replies)
         if not outbuf_bytes:
-            return in_flight < MAX_REPLIES_IN_FLIGHT and in_flight * self.reply_bytes < MAX_IN_FLIGHT_BYTES
+            return in_flight < self.in_flight_cap
         # Its socket is backed up: a shallow pipeline, so that its replies do not
         # queue long ahead of other clients' on the shard links.
         return (outbuf_bytes < self.router.output_backpressure_bytes and in_flight < BACKED_UP_REPLIES_IN_FLIGHT
@@ -677,10 +689,14 @@ class Client:
         """Send complete replies, queueing what the kernel does not take."""
         if self.closed:
             return
-        reply_bytes = size // len(chunks)
-        if reply_bytes != self.reply_bytes:
+        written = len(chunks)
+        reply_bytes = size // written
+        # The window grows as writes prove more small replies; it shrinks back to what
+        # the last write proved when the replies' size changes (cheap while neither does).
+        if reply_bytes != self.reply_bytes or (written << 1 > self.in_flight_cap
+                                               and self.in_flight_cap < MAX_REPLIES_IN_FLIGHT):
             self.reply_bytes = reply_bytes
-            self.in_flight_cap = in_flight_cap(reply_bytes)
+            self.in_flight_cap = in_flight_cap(reply_bytes, written)
         if self.outbuf:
             self.queued_reply_min_bytes = min(map(len, chunks))
             if len(chunks) > 1 and size < JOIN_BELOW_BYTES:
@@ -824,16 +840,23 @@ class Client:
             # Over its soft limit it is no longer served, but read on, so that what it asks
             # counts against the hard limit (check_output_limits).
             reading = not self.closing and len(backlog) < MAX_BACKLOG_REQUESTS
+        elif self.outbuf_bytes:
+            # Backed up: read on (RECV_BYTES a turn) until BACKED_UP_BACKLOG_REQUESTS wait, even
+            # if none can run now, so that what it asked counts against the hard limit
+            # (check_output_limits) and a non-reader is closed soon, not served 2 replies at a time.
+            reading = not self.closing and len(backlog) < BACKED_UP_BACKLOG_REQUESTS
         else:
-            reading = (not self.closing and (not backlog or self.can_dispatch())
-                       and len(backlog) < (BACKED_UP_BACKLOG_REQUESTS if self.outbuf_bytes else MAX_BACKLOG_REQUESTS))
+            reading = not self.closing and (not backlog or self.can_dispatch()) and len(backlog) < MAX_BACKLOG_REQUESTS
         self.router.poller.set_interest(self, reading, bool(self.outbuf))
 
 
-def in_flight_cap(reply_bytes: int) -> int:
-    """How many replies of reply_bytes each can_dispatch lets a client have in flight
-    while its output is not backed up: MAX_REPLIES_IN_FLIGHT, fewer for big replies."""
-    return min(MAX_REPLIES_IN_FLIGHT, -(-MAX_IN_FLIGHT_BYTES // max(reply_bytes, 1)))
+def in_flight_cap(reply_bytes: int, written: int) -> int:
+    """How many replies can_dispatch lets a client have in flight while its output is
+    not backed up, after a write of `written` replies of reply_bytes each (their mean):
+    as many as fit MAX_IN_FLIGHT_BYTES at that size, and no more than twice what the
+    write proved (a window, see MAX_REPLIES_IN_FLIGHT)."""
+    window = max(START_REPLIES_IN_FLIGHT, written << 1)
+    return min(MAX_REPLIES_IN_FLIGHT, window, -(-MAX_IN_FLIGHT_BYTES // max(reply_bytes, 1)))
 
 
 class ClientPoller:

@@ -59,13 +59,27 @@ def test_input_hiredis_would_read_otherwise_never_reaches_it(data, monkeypatch):
     assert reader.fed == []
 
 
-def test_too_many_arrays_in_one_input_go_to_the_exact_parser(monkeypatch):
+@pytest.mark.parametrize("data", [
+    pack(b"PING") * (resp.FAST_PARSE_MAX_SMALL_ARRAYS + 1),  # too many arrays
+    pack(b"PING") * resp.FAST_PARSE_MAX_ARRAYS + pack(*[b"x"] * 1000),  # more than 256, one with 1000 items
+])
+def test_too_many_arrays_in_one_input_go_to_the_exact_parser(data, monkeypatch):
     reader = RecordingReader()
     monkeypatch.setattr(resp, "_fast_reader", reader)
     parser = RequestParser()
-    parser.feed(pack(b"PING") * (resp.FAST_PARSE_MAX_ARRAYS + 1))
-    assert len(parser.requests()) == resp.FAST_PARSE_MAX_ARRAYS + 1
+    parser.feed(data)
+    assert len(parser.requests()) == data.count(b"*")
     assert reader.fed == [] and parser.fast_requests == 0
+
+
+def test_a_deep_pipeline_of_small_commands_takes_the_fast_path():
+    """A 16 KiB read of GETs (~650 of them, more than FAST_PARSE_MAX_ARRAYS) is parsed
+    by hiredis: the turn that parses it is what other clients wait for (issue 13)."""
+    parser = RequestParser()
+    data = pack(b"GET", b"{a}big") * 650
+    parser.feed(data)
+    assert parser.requests() == [[b"GET", b"{a}big"]] * 650
+    assert parser.fast_requests == 650
 
 
 PIECES = [
@@ -150,3 +164,18 @@ def test_the_small_path_answers_what_the_exact_parser_answers(seed, monkeypatch)
     authed = r.random() < 0.9
     expected = parse_stream(stream, cuts, False, authed, monkeypatch)
     assert parse_stream(stream, cuts, True, authed, monkeypatch) == expected
+
+
+def test_a_read_that_ends_inside_a_request_takes_the_fast_path_up_to_it():
+    """A deep pipeline read 16 KiB at a time ends inside a request: the complete
+    requests before it are parsed by hiredis, the partial one by the exact parser,
+    which completes it with the next read."""
+    data = pack(b"GET", b"{a}big") * 1000
+    parser = RequestParser()
+    first = 16 * 1024 + 7  # inside a request
+    parser.feed(data[:first])
+    got = parser.requests()
+    assert parser.fast_requests == len(got) > 600
+    parser.feed(data[first:])
+    got += parser.requests()
+    assert got == [[b"GET", b"{a}big"]] * 1000
