@@ -54,7 +54,7 @@ class LocalLink:
     ReplySink, so held replies come back through `send` once durable."""
 
     __slots__ = ("node", "shard", "index", "up", "ever_up", "_queue", "_pending", "_next_rid", "_wake",
-                 "frames_sent", "requests_sent")
+                 "frames_sent", "requests_sent", "busy_run")
 
     def __init__(self, node: ShardNode, shard: Shard) -> None:
         self.node = node
@@ -69,6 +69,7 @@ class LocalLink:
         self._wake = trio.Event()
         self.frames_sent = 0  # batches run (INFO reads these as it reads a ShardLink's)
         self.requests_sent = 0
+        self.busy_run: Run | None = None  # the shard's script past busy-reply-threshold (ShardNode.serve_while_busy)
 
     def submit(self, client: Client | None, proto: int, argv: list[bytes], pending: Pending | None = None,
                script: int = SCRIPT_NONE) -> Pending:
@@ -76,7 +77,7 @@ class LocalLink:
         this very loop, so nothing here could answer meanwhile."""
         if pending is None:
             pending = Pending(client)
-        run = self.node.busy_run
+        run = self.busy_run
         if run is not None:  # the shard holds the loop in a long script: answered as its hook answers
             pending.fill(busy.busy_reply(run, argv, proto))
             return pending
@@ -339,14 +340,14 @@ class ShardNode(Front):
         answer this port's clients as a Redis Cluster node does meanwhile (BUSY, SCRIPT KILL,
         FUNCTION KILL and STATS), not only the routers' (before, a cluster client of this
         port waited for the script's end and could not kill it here)."""
-        self.busy_run = run
+        self.busy_run = self.local.busy_run = run
         self.scripts_in_flight += 1  # Client.dispatch asks busy_error only while this is set
         try:
             self.poller.serve_idle_clients()
             self.flush_ready_clients()
         finally:
             self.scripts_in_flight -= 1
-            self.busy_run = None
+            self.busy_run = self.local.busy_run = None
 
     # --- serving ----------------------------------------------------------------------
 
