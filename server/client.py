@@ -918,6 +918,30 @@ class ClientPoller:
             if self._end_turn is not None:
                 self._end_turn()
 
+    def serve_idle_clients(self) -> None:
+        """While the shard of this process holds the loop in a long script (server/node.py's
+        ShardNode.serve_while_busy): handle what the sockets hold now, without ending the
+        turn (no batch may run), for the clients that wait for no reply, as Redis'
+        processEventsWhileBlocked leaves the script's caller (and blocked clients) unread."""
+        readable = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR
+        was_in_turn = self.in_turn
+        self.in_turn = True
+        try:
+            for fd, events in self._epoll.poll(0, self.MAX_EVENTS_PER_TURN):
+                client = self._clients.get(fd)
+                if client is None:
+                    continue
+                try:
+                    if events & select.EPOLLOUT:
+                        client.on_writable()
+                    if events & readable and not client.closed and not client.replies:
+                        client.on_readable()
+                except Exception:
+                    logger.exception("router: closing client %s after an internal error", client.addr)
+                    client.kill()
+        finally:
+            self.in_turn = was_in_turn
+
     def close(self) -> None:
         for client in list(self._clients.values()):
             client.kill()

@@ -31,13 +31,13 @@ from durakv.server.node_links import NodeDirectory
 from durakv.server.tls import is_tls
 from durakv.server.settings_sync import SettingsSync
 from durakv.server.topology import ensure_topology, replica_node_id, shard_node_ids
-from durakv.shards import internal
+from durakv.shards import busy, internal
 from durakv.shards.config import Config, replica_port, shard_port, tls_replica_port, tls_shard_port
 from durakv.shards.frames import INTERNAL_PREFIX, PROTO_INTERNAL, VERB_CONFIG, Request
 from durakv.shards.records import BIG_EFFECT_ARG_BYTES
 from durakv.shards.resp import ReplyError, encode_error
 from durakv.shards.process import ClientPort
-from durakv.shards.luaenv import scripting_of
+from durakv.shards.luaenv import Run, scripting_of
 from durakv.shards.shard import Shard
 from durakv.shards.shard_settings import SHARD_PARAMS
 from durakv.shards.slots import key_slot, slot_owner_table, slot_ranges
@@ -54,7 +54,7 @@ class LocalLink:
     ReplySink, so held replies come back through `send` once durable."""
 
     __slots__ = ("node", "shard", "index", "up", "ever_up", "_queue", "_pending", "_next_rid", "_wake",
-                 "frames_sent", "requests_sent")
+                 "frames_sent", "requests_sent", "busy_run")
 
     def __init__(self, node: ShardNode, shard: Shard) -> None:
         self.node = node
@@ -69,6 +69,7 @@ class LocalLink:
         self._wake = trio.Event()
         self.frames_sent = 0  # batches run (INFO reads these as it reads a ShardLink's)
         self.requests_sent = 0
+        self.busy_run: Run | None = None  # the shard's script past busy-reply-threshold (ShardNode.serve_while_busy)
 
     def submit(self, client: Client | None, proto: int, argv: list[bytes], pending: Pending | None = None,
                script: int = SCRIPT_NONE) -> Pending:
@@ -76,6 +77,10 @@ class LocalLink:
         this very loop, so nothing here could answer meanwhile."""
         if pending is None:
             pending = Pending(client)
+        run = self.busy_run
+        if run is not None:  # the shard holds the loop in a long script: answered as its hook answers
+            pending.fill(busy.busy_reply(run, argv, proto))
+            return pending
         if client is not None and client.parser.big_args and max(map(len, argv)) >= BIG_EFFECT_ARG_BYTES:
             self.shard.big_values_pending = True  # its record keeps the value in its own buffer
         rid = self._next_rid
@@ -199,6 +204,7 @@ class ShardNode(Front):
     def __init__(self, config: Config, shard: Shard) -> None:
         super().__init__(config, shard.index)
         self.shard = shard
+        self.busy_run: Run | None = None  # the shard's script past busy-reply-threshold, while it runs
         self.local = LocalLink(self, shard)
         self.links = [self.local if i == shard.index else MovedLink(self, i) for i in range(config.shards)]
         script_cache.install(self)  # one script cache for the server (server/script_cache.py)
@@ -322,11 +328,31 @@ class ShardNode(Front):
         return True
 
     def busy_error(self, any_shard: bool) -> bytes | None:
-        return None
+        """BUSY for the commands this node answers itself while its shard runs a long script
+        (a keyed one gets BUSY from LocalLink.submit, or MOVED first, as in Redis Cluster)."""
+        run = self.busy_run
+        if run is None or not any_shard:
+            return None
+        return b"-" + run.busy_error() + b"\r\n"
+
+    def serve_while_busy(self, run: Run) -> None:
+        """Called from the script's Lua hook (shards/busy.py PORT_HOOKS), the trio loop held:
+        answer this port's clients as a Redis Cluster node does meanwhile (BUSY, SCRIPT KILL,
+        FUNCTION KILL and STATS), not only the routers' (before, a cluster client of this
+        port waited for the script's end and could not kill it here)."""
+        self.busy_run = self.local.busy_run = run
+        self.scripts_in_flight += 1  # Client.dispatch asks busy_error only while this is set
+        try:
+            self.poller.serve_idle_clients()
+            self.flush_ready_clients()
+        finally:
+            self.scripts_in_flight -= 1
+            self.busy_run = self.local.busy_run = None
 
     # --- serving ----------------------------------------------------------------------
 
     async def serve(self, listener: ClientListeners, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        busy.PORT_HOOKS.append(self.serve_while_busy)
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
@@ -346,6 +372,7 @@ class ShardNode(Front):
                 task_status.started(self.port)
                 await self.serve_ports(listener, nursery)
         finally:
+            busy.PORT_HOOKS.remove(self.serve_while_busy)
             if self.replica_number >= 0 and self.shard.replica is None:
                 self._leave(listener)
 

@@ -1,14 +1,16 @@
 """A script past busy-reply-threshold holds the shard's loop (a script is atomic);
 its Lua hook calls serve_while_busy, Redis' processEventsWhileBlocked: what the
 routers sent since is read and answered BUSY (SCRIPT KILL / FUNCTION KILL act,
-FUNCTION STATS answers), internal requests wait for the script's end."""
+FUNCTION STATS answers), internal requests wait for the script's end. The shard's
+own client port (server/node.py) registers in PORT_HOOKS to answer its cluster
+clients the same way, as a Redis Cluster node does."""
 
 from __future__ import annotations
 
 import logging
 import select
 import socket
-from typing import Protocol
+from typing import Callable, Protocol
 
 from durakv.shards.framelink import FrameReceiver
 from durakv.shards.frames import (
@@ -37,6 +39,9 @@ class BusyConn(Protocol):
 # The open router connections of this shard process, for serve_while_busy.
 ROUTER_CONNS: set[BusyConn] = set()
 _BUSY_KILLS = {b"script": True, b"function": False}
+# The client ports of this shard process (server/node.py), each called with the busy run to
+# read its clients and answer them meanwhile (a higher layer: it passes itself in).
+PORT_HOOKS: list[Callable[[Run], None]] = []
 
 
 def serve_while_busy(run: Run) -> None:
@@ -53,15 +58,17 @@ def serve_while_busy(run: Run) -> None:
                 if argv[0][:1] == INTERNAL_PREFIX:
                     conn.deferred.append(req)
                     continue
-                replies.append((req.rid, _busy_reply(run, argv, req.proto)))
+                replies.append((req.rid, busy_reply(run, argv, req.proto)))
         if replies:
             if conn.sending:
                 conn.send(replies)
             else:
                 _send_now(conn.sock, bytes(encode_frame(replies)))
+    for hook in PORT_HOOKS:
+        hook(run)
 
 
-def _busy_reply(run: Run, argv: list[bytes], proto: int) -> bytes:
+def busy_reply(run: Run, argv: list[bytes], proto: int) -> bytes:
     """A request's reply while `run` is busy: KILL acts, FUNCTION STATS answers, the rest is BUSY."""
     if len(argv) == 2 and argv[0].lower() == b"function" and argv[1].lower() == b"stats":
         value = stats(scripting_of(run.ctx.db))
