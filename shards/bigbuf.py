@@ -22,6 +22,10 @@ _from_string_and_size.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
 # ob_sval, the first byte of a bytes object's storage, is its last header field;
 # __basicsize__ counts the one byte CPython keeps for the terminating NUL.
 _DATA_OFFSET_BYTES = bytes.__basicsize__ - 1
+# At most this much is received into a Filling per loop turn (recv_into's limit): a
+# read into a large space goes on copying while the sender keeps up, holding the
+# loop for as long; 4 MiB costs ~1 ms (copy and page faults).
+FILL_READ_BYTES = 4 * 1024 * 1024
 
 
 class Filling:
