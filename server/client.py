@@ -16,7 +16,6 @@ import trio
 from durakv.server.links import LOST, SCRIPT_EVAL, SCRIPT_FUNCTION, Pending, Propagating
 from durakv.server.pause import note_script
 from durakv.server.script_retry import ScriptRetry, start_across_shards
-from durakv.shards.bigbuf import FILL_READ_BYTES
 from durakv.shards.evict import OOM_MESSAGE
 from durakv.shards.frames import LARGE_BYTES, VERB_AS_USER, VERB_LITERAL, VERB_ROUTER_IN_MULTI
 from durakv.shards.resp import ProtocolError, RequestParser, ReplyError, encode, encode_error
@@ -194,7 +193,7 @@ class Client:
 
     def _read_into_fill(self) -> bool:
         """A big argument is arriving: receive straight into the value it will be
-        (shards/resp.py RequestParser.fill), up to FILL_READ_BYTES a turn, rather than
+        (shards/resp.py RequestParser.fill), up to bigbuf.FILL_READ_BYTES a turn, rather than
         RECV_BYTES a turn copied through the parser's buffer. (Not "as much as the
         socket holds": while the client keeps sending, one recv of a 512 MiB space
         went on copying for 35-70 ms of the loop.) Its last byte is left
@@ -204,18 +203,15 @@ class Client:
         fill = parser.fill
         sock = self.sock
         assert fill is not None and type(sock) is socket.socket
-        space = fill.space()
-        if len(space) <= 1:
+        if fill.size - fill.have <= 1:
             return False
         try:
-            got = sock.recv_into(space, min(len(space) - 1, FILL_READ_BYTES))
+            got = fill.recv(sock, 1)
         except BlockingIOError:
             return True
         except OSError:
             self.kill()
             return True
-        finally:
-            space.release()
         if not got:
             self.kill()  # EOF in the middle of an argument
             return True

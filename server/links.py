@@ -312,8 +312,7 @@ class ShardLink:
                 return
             self._sending = False
             for index in large:  # their big values are freed off the loop (shards/lazyfree.py)
-                for arg in batch[index][3]:
-                    lazyfree.drop(arg)
+                lazyfree.drop_each(batch[index][3])
             del batch  # nothing may keep a sent request (possibly 100 MB) while the sender waits
 
     def _between(self) -> bytearray | None:

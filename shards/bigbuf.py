@@ -15,6 +15,7 @@ reachable only through its Filling: nobody hashes, compares or shares it.
 from __future__ import annotations
 
 import ctypes
+import socket
 
 _from_string_and_size = ctypes.pythonapi.PyBytes_FromStringAndSize
 _from_string_and_size.restype = ctypes.py_object
@@ -47,6 +48,13 @@ class Filling:
         """The part not written yet, for recv_into; valid until the next write or take."""
         assert self._view is not None, "a taken Filling has no space"
         return self._view[self.have :]
+
+    def recv(self, sock: socket.socket, leave_bytes: int = 0) -> int:
+        """One read from sock into the space, of at most FILL_READ_BYTES, leaving the
+        last `leave_bytes` unwritten; what it got (0: the end of the stream). The
+        caller calls wrote(). BlockingIOError and OSError propagate."""
+        with self.space() as space:
+            return sock.recv_into(space, min(len(space) - leave_bytes, FILL_READ_BYTES))
 
     def wrote(self, count: int) -> None:
         """`count` more bytes were written into space()."""

@@ -207,6 +207,9 @@ class FrameReceiver:
                         self._in_large = False
                     if done is not None:
                         items.append(done)
+                        # This frame must not keep the message (its 512 MiB value, maybe
+                        # deleted since) until the next large one (shards/lazyfree.py).
+                        done = None
                     continue
                 head_size = int.from_bytes(buf[:FRAME_HEADER_BYTES], "big") & ~LARGE_FLAG
                 if head_size > MAX_LARGE_HEAD_BYTES:
@@ -216,6 +219,7 @@ class FrameReceiver:
                 done = self._begin_large(head_size)
                 if done is not None:
                     items.append(done)
+                    done = None
             if items:
                 self.handle(items)
                 continue

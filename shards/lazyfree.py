@@ -109,6 +109,13 @@ def drop(value: object) -> None:
     reaper.inbox.put(value)
 
 
+def drop_each(values: list) -> None:
+    """drop() for each of values (here, so that no loop variable of the caller's
+    frame keeps the last one)."""
+    for value in values:
+        drop(value)
+
+
 def _release_pages(value: bytes) -> None:
     """Give the value's whole pages back to the kernel (their bytes read as zeros
     after: only for a value nobody can read any more)."""
