@@ -150,14 +150,22 @@ class System:
         stop_group(self.proc)
 
 
+# The last raw_set's seconds: until the server had read all but its socket buffer, then until +OK.
+SET_PHASES: list[float] = []
+
+
 def raw_set(port: int, key: bytes, value: bytes) -> bytes:
     """SET over a plain socket, the value written from its own buffer: the client
     costs no copy, so the time is the server's."""
     with socket.create_connection(("127.0.0.1", port)) as sock:
+        start = time.perf_counter()
         sock.sendall(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n" % (len(key), key, len(value)))
         sock.sendall(value)
         sock.sendall(b"\r\n")
-        return read_line(sock)
+        sent = time.perf_counter()
+        reply = read_line(sock)
+        SET_PHASES[:] = [sent - start, time.perf_counter() - sent]
+        return reply
 
 
 def raw_get(port: int, key: bytes, into: bytearray) -> int:
@@ -176,6 +184,13 @@ def raw_get(port: int, key: bytes, into: bytearray) -> int:
                 raise RuntimeError(f"connection closed after {have} of {size} bytes")
             have += got
         return size
+
+
+def last_sync_ms(client: redis.Redis) -> str:
+    """Each shard's last write+fsync (INFO persistence shardN:...last_fsync_us=)."""
+    info = client.info("persistence")
+    return ", ".join(f"{name} {value['last_fsync_us'] / 1000:.0f} ms" for name, value in info.items()
+                     if isinstance(value, dict) and "last_fsync_us" in value)
 
 
 def read_line(sock: socket.socket) -> bytes:
@@ -235,6 +250,9 @@ def main() -> int:
     parser.add_argument("--sizes-mb", type=int, nargs="+", default=[64, 512])
     parser.add_argument("--list-elements", type=int, default=1_000_000)
     parser.add_argument("--keys", type=int, default=1_000_000, help="then KEYS * over this many keys (0: skip)")
+    parser.add_argument("--redis-appendfsync", choices=("no-aof", "always"), default="no-aof",
+                        help="redis-server without an AOF (default), or with appendonly yes, appendfsync always: "
+                             "durakv's durability")
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="durakv-large-")
     systems: list[System] = []
@@ -243,9 +261,11 @@ def main() -> int:
         systems.append(System("durakv", [sys.executable, "-m", "durakv.server.cli", "serve", "--port", str(port),
                                          "--shards", "2", "--data-dir", os.path.join(tmp, "data")], port))
         port = free_port()
-        systems.append(System("redis", ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
-                                        "--dir", tmp], port))
+        aof = (["--appendonly", "yes", "--appendfsync", "always"] if args.redis_appendfsync == "always"
+               else ["--appendonly", "no"])
+        systems.append(System("redis", ["redis-server", "--port", str(port), "--save", "", *aof, "--dir", tmp], port))
         rows = []
+        phases: list[str] = []
         # The probe's worst latency while nothing else runs: on a loaded machine the
         # stalls below are only the operations' to the extent they exceed this.
         rows.append((f"idle, {IDLE_WINDOW_S:.0f} s (probe baseline)",
@@ -260,6 +280,9 @@ def main() -> int:
                         seconds, worst_ms, same_ms, reply = system.timed(
                             lambda c, port=system.port, v=value: raw_set(port, BIG_KEY.encode(), v))
                         assert reply == b"+OK", f"{system.name}: SET answered {reply!r}"
+                        phases.append(f"{system.name} {SET_PHASES[0]:.3f} s sending + {SET_PHASES[1]:.3f} s to +OK"
+                                      + (f" (the shards' last write+fsync: {last_sync_ms(system.client)})"
+                                         if system.name == "durakv" else ""))
                     else:
                         into[:] = bytes(len(into))
                         seconds, worst_ms, same_ms, size = system.timed(
@@ -292,6 +315,9 @@ def main() -> int:
         print("|---|---:|---:|---:|---:|---:|---:|")
         for name, ((d_s, d_ms, d_same_ms), (r_s, r_ms, _)) in rows:
             print(f"| {name} | {d_s:.3f} | {r_s:.3f} | {d_s / r_s:.1f}x | {d_ms:.1f} | {d_same_ms:.1f} | {r_ms:.1f} |")
+        for line in phases:
+            print(f"SET phases: {line}")
+        print(f"redis-server: {args.redis_appendfsync}; load average {os.getloadavg()[0]:.1f}")
         print(f"peak RSS: durakv {systems[0].peak_rss / MIB:.0f} MiB (all processes), "
               f"redis {systems[1].peak_rss / MIB:.0f} MiB")
     finally:

@@ -10,7 +10,7 @@ import time
 from typing import NamedTuple
 
 from durakv.shards.framelink import link_stats
-from durakv.shards import failure
+from durakv.shards import failure, lazyfree
 from durakv.server import replication
 from durakv.server.settings import format_percentile
 from durakv.shards.evict import HeapGauge
@@ -200,7 +200,7 @@ def _memory(router, infos, version):
         f"maxmemory_per_shard:{shards[0]['maxmemory_share'] if shards else 0}",
         f"mem_fragmentation_ratio:{rss / used if used else 1:.2f}",
         "mem_allocator:libc",  # CPython's pymalloc sits on the C library's malloc
-        "lazyfree_pending_objects:0",  # FLUSHALL/UNLINK ASYNC free at once: nothing is pending
+        f"lazyfree_pending_objects:{_lazyfree(infos, 1)}",  # big values waiting for the reaper (shards/lazyfree.py)
         *(f"shard{i['shard']}_memory:used={m['used_memory']},startup={m['used_memory_startup']},"
           f"share={m['maxmemory_share']},oom={int(m['oom'])},pymalloc_block_bytes={m['bytes_per_block']}"
           for i, m in zip(infos, shards)),
@@ -337,11 +337,20 @@ def _stats(router, infos, version):
         # small frames that passed a big value on a router <-> shard link (shards/framelink.py)
         "link_frames_passed_large:%d" % (link_stats.frames_passed_large
                                          + sum(i["link_frames_passed_large"] for i in infos)),
+        f"lazyfreed_objects:{_lazyfree(infos, 0)}",  # big values freed off the loop (shards/lazyfree.py)
         # big array replies encoded across loop turns (shards/chunked.py): how many, the
         # turns they took, and the commands shards ran meanwhile
         *(f"{name}:{sum(i['chunked_replies'][k] for i in infos)}" for k, name in
           enumerate(("chunked_replies", "chunked_reply_turns", "commands_during_chunked_replies"))),
     ]
+
+
+def _lazyfree(infos, field: int) -> int:
+    """The shards' count (0: freed, 1: held) plus this process's, unless this is a
+    shard's node (its shard's figure is this process's)."""
+    own = (lazyfree.stats.freed, lazyfree.stats.held)[field]
+    pid = os.getpid()
+    return sum(i["lazyfree"][field] for i in infos) + (0 if any(i["pid"] == pid for i in infos) else own)
 
 
 def _replication(router, infos, version):

@@ -25,6 +25,7 @@ import trio
 
 from durakv.log.layout import shard_log_dir, shard_socket_path
 from durakv.log.lease import LeaseFile
+from durakv.shards import lazyfree
 from durakv.shards.framelink import (
     SOCKET_BUFFER_BYTES, FrameReceiver, Large, Outbox, Sink, send_all, send_batch, tune_socket,
 )
@@ -310,6 +311,8 @@ class ShardLink:
                 cancel_scope.cancel()
                 return
             self._sending = False
+            for index in large:  # their big values are freed off the loop (shards/lazyfree.py)
+                lazyfree.drop_each(batch[index][3])
             del batch  # nothing may keep a sent request (possibly 100 MB) while the sender waits
 
     def _between(self) -> bytearray | None:

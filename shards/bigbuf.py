@@ -15,6 +15,7 @@ reachable only through its Filling: nobody hashes, compares or shares it.
 from __future__ import annotations
 
 import ctypes
+import socket
 
 _from_string_and_size = ctypes.pythonapi.PyBytes_FromStringAndSize
 _from_string_and_size.restype = ctypes.py_object
@@ -22,6 +23,10 @@ _from_string_and_size.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
 # ob_sval, the first byte of a bytes object's storage, is its last header field;
 # __basicsize__ counts the one byte CPython keeps for the terminating NUL.
 _DATA_OFFSET_BYTES = bytes.__basicsize__ - 1
+# At most this much is received into a Filling per loop turn (recv_into's limit): a
+# read into a large space goes on copying while the sender keeps up, holding the
+# loop for as long; 4 MiB costs ~1 ms (copy and page faults).
+FILL_READ_BYTES = 4 * 1024 * 1024
 
 
 class Filling:
@@ -43,6 +48,13 @@ class Filling:
         """The part not written yet, for recv_into; valid until the next write or take."""
         assert self._view is not None, "a taken Filling has no space"
         return self._view[self.have :]
+
+    def recv(self, sock: socket.socket, leave_bytes: int = 0) -> int:
+        """One read from sock into the space, of at most FILL_READ_BYTES, leaving the
+        last `leave_bytes` unwritten; what it got (0: the end of the stream). The
+        caller calls wrote(). BlockingIOError and OSError propagate."""
+        with self.space() as space:
+            return sock.recv_into(space, min(len(space) - leave_bytes, FILL_READ_BYTES))
 
     def wrote(self, count: int) -> None:
         """`count` more bytes were written into space()."""

@@ -19,10 +19,14 @@ durable.
 from __future__ import annotations
 
 import logging
+from collections import deque
+from collections.abc import Iterator
+from itertools import islice
 from typing import Callable
 
 import trio
 
+from durakv.shards.bigbuf import Filling
 from durakv.shards.frames import LARGE_BYTES, Pieces, encode_internal
 from durakv.shards.records import bin_header
 from durakv.shards.resp import Map, Raw, SetReply, bulk_array, encode, encode_error
@@ -33,7 +37,81 @@ CHUNKED_MIN_ITEMS = 50_000  # smaller arrays are encoded at once (a few ms)
 CHUNK_ITEMS = 20_000  # items encoded per loop turn (~2 ms in C)
 
 
-CHUNKABLE = frozenset({list, SetReply, Map})  # the reply types a ChunkedArray stands for
+JOIN_BYTES_PER_TURN = 4 * 1024 * 1024  # a big reply for one buffer is copied together this much per turn (~1 ms)
+SKIP_ITEMS = 1_000_000  # items a DequeRange steps over per loop turn to reach its start (~3 ms)
+
+# id of a deque -> the DequeRanges reading it: a write to such a list changes a copy
+# (shards/t_list.py writable_list), never the deque a reply is being read from.
+being_read: dict[int, int] = {}
+
+
+class DequeRange:
+    """Items [start, start + count) of a deque (a list's value), read a chunk per
+    loop turn by the reply's encoder, where LRANGE copied them all at once (5M
+    items: 55-130 ms of the loop, and as long again to free the copy). The reply is
+    still the list as the command saw it: while the range lives, its deque is in
+    `being_read`, and a command that changes that list first puts a copy of it in
+    the keyspace and changes the copy (copy-on-write: only while a big reply of
+    that very list is in progress). A change that bypassed this would end the
+    deque's iterator with RuntimeError: an error reply, logged, not a torn one."""
+
+    __slots__ = ("deque", "start", "count", "backwards", "_open")
+
+    def __init__(self, items: deque, start: int, count: int) -> None:
+        assert 0 <= start and 0 < count and start + count <= len(items), (start, count, len(items))
+        self.deque = items
+        self.start = start
+        self.count = count
+        # From the nearer end: a range near the tail is walked backwards.
+        self.backwards = start > len(items) - (start + count)
+        self._open = True
+        key = id(items)
+        being_read[key] = being_read.get(key, 0) + 1
+
+    def __len__(self) -> int:
+        return self.count
+
+    def chunks(self, size: int) -> Iterator[list]:
+        """The items in lists of up to `size` (in reverse order of chunks when
+        `backwards`, each chunk in list order); [] for a turn spent skipping to the start."""
+        items = self.deque
+        if self.backwards:
+            it = reversed(items)
+            skip = len(items) - (self.start + self.count)
+        else:
+            it = iter(items)
+            skip = self.start
+        while skip:
+            step = min(skip, SKIP_ITEMS)
+            next(islice(it, step, step), None)
+            skip -= step
+            yield []
+        left = self.count
+        while left:
+            chunk = list(islice(it, min(size, left)))
+            if len(chunk) != min(size, left):
+                raise RuntimeError("a list changed under the reply reading it")
+            left -= len(chunk)
+            if self.backwards:
+                chunk.reverse()
+            yield chunk
+
+    def close(self) -> None:
+        """Done reading: writes to the list change it in place again."""
+        if self._open:
+            self._open = False
+            key = id(self.deque)
+            left = being_read[key] - 1
+            if left:
+                being_read[key] = left
+            else:
+                del being_read[key]
+
+    def __del__(self) -> None:  # a range dropped unread must not leave its list copy-on-write
+        self.close()
+
+
+CHUNKABLE = frozenset({list, SetReply, Map, DequeRange})  # the reply types a ChunkedArray stands for
 
 
 class ChunkedArray:
@@ -42,15 +120,15 @@ class ChunkedArray:
 
     __slots__ = ("items", "proto", "header")
 
-    def __init__(self, items: list, proto: int, header: bytes) -> None:
+    def __init__(self, items: list | DequeRange, proto: int, header: bytes) -> None:
         self.items = items
         self.proto = proto
         self.header = header
 
 
-def as_chunked(result: list | SetReply | Map, proto: int) -> ChunkedArray | None:
+def as_chunked(result: list | SetReply | Map | DequeRange, proto: int) -> ChunkedArray | None:
     """A ChunkedArray for a reply of CHUNKED_MIN_ITEMS items or more, else None."""
-    if isinstance(result, list):
+    if isinstance(result, (list, DequeRange)):
         items = result
         header = b"*%d\r\n" % len(items)
     else:
@@ -87,9 +165,43 @@ def encode_piece(items: list, proto: int) -> bytes | memoryview:
     return memoryview(packed)[packed.index(b"\r\n") + 2 :]
 
 
+def _pieces(items: list | DequeRange) -> Iterator[list]:
+    if isinstance(items, DequeRange):
+        return items.chunks(CHUNK_ITEMS)
+    return (items[start : start + CHUNK_ITEMS] for start in range(0, len(items), CHUNK_ITEMS))
+
+
+def _close(items: list | DequeRange) -> None:
+    if type(items) is DequeRange:
+        items.close()
+
+
+async def _join_across_turns(parts: list[bytes | memoryview], size: int) -> bytes:
+    """b"".join(parts), copying JOIN_BYTES_PER_TURN a loop turn into the bytes object
+    it returns (shards/bigbuf.py): a node's client takes one buffer, and joining
+    the 108 MB of a 5M-item reply at once held the loop ~70 ms."""
+    filling = Filling(size)
+    copied = 0
+    for part in parts:
+        with memoryview(part) as view:
+            for offset in range(0, len(view), JOIN_BYTES_PER_TURN):
+                copied += filling.write(view[offset : offset + JOIN_BYTES_PER_TURN])
+                if copied >= JOIN_BYTES_PER_TURN:
+                    copied = 0
+                    await trio.sleep(0)
+    return filling.take()
+
+
 def encode_all(chunked: ChunkedArray) -> bytes:
     """At once, where nothing may wait (no trio loop)."""
-    data = chunked.header + bytes(encode_piece(chunked.items, chunked.proto or 2))
+    items = chunked.items
+    try:
+        body = [encode_piece(piece, chunked.proto or 2) for piece in _pieces(items)]
+    finally:
+        _close(items)
+    if type(items) is DequeRange and items.backwards:
+        body.reverse()
+    data = chunked.header + b"".join(body)
     return data if chunked.proto else encode_internal(True, Raw(data))
 
 
@@ -116,16 +228,23 @@ async def _encode_and_deliver(chunked: ChunkedArray, stats: ChunkStats, takes_pi
     data: bytes | Pieces
     try:
         parts: list[bytes | memoryview] = [chunked.header]
-        for start in range(0, len(items), CHUNK_ITEMS):
-            parts.append(encode_piece(items[start : start + CHUNK_ITEMS], proto))
-            stats.turns += 1
-            await trio.sleep(0)  # the shard's other clients are served between pieces
+        try:
+            for piece in _pieces(items):
+                parts.append(encode_piece(piece, proto))
+                stats.turns += 1
+                await trio.sleep(0)  # the shard's other clients are served between pieces
+        finally:
+            _close(items)
+        if type(items) is DequeRange and items.backwards:
+            parts[1:] = parts[:0:-1]
         size = sum(map(len, parts))
         if not chunked.proto:  # an internal reply (ok, Raw array): frames.encode_internal's bytes
             parts[0] = b"\x92\xc3" + bin_header(size) + parts[0]
             size = sum(map(len, parts))
         if takes_pieces and size >= LARGE_BYTES:
             data = Pieces.of(parts)
+        elif size >= JOIN_BYTES_PER_TURN:
+            data = await _join_across_turns(parts, size)
         else:
             data = b"".join(parts)
     except Exception:

@@ -207,6 +207,9 @@ class FrameReceiver:
                         self._in_large = False
                     if done is not None:
                         items.append(done)
+                        # This frame must not keep the message (its 512 MiB value, maybe
+                        # deleted since) until the next large one (shards/lazyfree.py).
+                        done = None
                     continue
                 head_size = int.from_bytes(buf[:FRAME_HEADER_BYTES], "big") & ~LARGE_FLAG
                 if head_size > MAX_LARGE_HEAD_BYTES:
@@ -216,6 +219,7 @@ class FrameReceiver:
                 done = self._begin_large(head_size)
                 if done is not None:
                     items.append(done)
+                    done = None
             if items:
                 self.handle(items)
                 continue
@@ -429,6 +433,9 @@ async def send_batch(sock: socket.socket, batch: list[T], large: list[int],
                         await send_all(sock, PIECE_HEADER + len(piece).to_bytes(FRAME_HEADER_BYTES, "big"))
                         await send_all(sock, piece)
                         piece.release()
+                        # send_all waits only for a full socket: while the reader keeps up,
+                        # the pieces of a 512 MiB value went out in one turn (~60 ms).
+                        await trio.lowlevel.checkpoint()
                         frame = between() if between is not None else None
                         if frame:
                             link_stats.frames_passed_large += 1

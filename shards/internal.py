@@ -8,6 +8,7 @@ import logging
 import os
 
 from durakv.shards.framelink import link_stats
+from durakv.shards import lazyfree
 from durakv.shards.log_backend import etcd_state
 from durakv.shards.malloc_stats import malloc_stats
 from durakv.shards.min_replicas import MIN_REPLICAS_PARAMS
@@ -45,6 +46,7 @@ def info(shard, argv: list[bytes]) -> dict:
         "total_commands": shard.total_commands,
         "chunked_replies": [shard.chunk_stats.replies, shard.chunk_stats.turns, shard.chunk_stats.commands_between],
         "link_frames_passed_large": link_stats.frames_passed_large,
+        "lazyfree": [lazyfree.stats.freed, lazyfree.stats.held],
         "expired_keys": db.stat_expired_keys,
         "evicted_keys": db.stat_evicted_keys,
         "keyspace_hits": db.stat_keyspace_hits,

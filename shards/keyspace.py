@@ -26,8 +26,9 @@ import random
 import time
 from typing import Callable
 
-from durakv.shards import notify
+from durakv.shards import lazyfree, notify
 from durakv.shards.access import STAMP_CELLS_PER_KEY, Lfu, grow_cells, lru_clock, new_cells
+from durakv.shards.lazyfree import LAZY_FREE_MIN_BYTES
 from durakv.shards.notify import event_messages
 from durakv.shards.slots import key_slot
 
@@ -240,7 +241,10 @@ class Keyspace:
         if key in data:
             if not keep_ttl and key in self.expires:
                 del self.expires[key]
+            old = data[key]
             data[key] = value
+            if type(old) is bytes and len(old) >= LAZY_FREE_MIN_BYTES:
+                lazyfree.drop(old)  # freed off the loop (shards/lazyfree.py)
             return
         data[key] = value
         if len(data) * STAMP_CELLS_PER_KEY > self.access_mask + 1:
@@ -268,7 +272,9 @@ class Keyspace:
         return True
 
     def _remove(self, key: bytes) -> None:
-        del self.data[key]
+        value = self.data.pop(key)
+        if type(value) is bytes and len(value) >= LAZY_FREE_MIN_BYTES:
+            lazyfree.drop(value)  # freed off the loop (shards/lazyfree.py)
         self.expires.pop(key, None)
         slot = key_slot(key)
         count = self.slot_counts[slot] - 1

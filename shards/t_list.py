@@ -23,6 +23,7 @@ from durakv.shards.args import (
     ERR_INDEX, ERR_NOT_INT, ERR_NO_SUCH_KEY, ERR_SYNTAX, ERR_WRONGTYPE, parse_numkeys_side_count,
 )
 from durakv.shards.numbers import LLONG_MIN, parse_ll
+from durakv.shards.chunked import CHUNKED_MIN_ITEMS, DequeRange, being_read
 from durakv.shards.context import Ctx
 from durakv.shards.keyspace import TYPE_NAMES, Keyspace
 from durakv.shards.resp import NULL_ARRAY, OK, ReplyError, fixed_error
@@ -69,6 +70,17 @@ def get_list(db: Keyspace, key: bytes) -> ListValue | None:
     raise ERR_WRONGTYPE
 
 
+def writable_list(db: Keyspace, key: bytes) -> ListValue | None:
+    """get_list, for a command about to change the list: while a big LRANGE reply is
+    read from it across turns (shards/chunked.py DequeRange), the key gets a copy,
+    which the command changes; the reply keeps the list as it was."""
+    lst = get_list(db, key)
+    if being_read and lst is not None and id(lst) in being_read:
+        lst = ListValue(lst)
+        db.put(key, lst, keep_ttl=True)
+    return lst
+
+
 def parse_where(arg: bytes) -> int:
     """LEFT/RIGHT (any case) as LIST_HEAD/LIST_TAIL."""
     side = arg.upper()
@@ -102,7 +114,7 @@ def list_pop(ctx: Ctx, key: bytes, where: int, count: int) -> list[bytes] | None
     order. None when there is no such key; WRONGTYPE for another type. Logs
     LPOP/RPOP key n and deletes the key when it becomes empty."""
     db = ctx.db
-    lst = get_list(db, key)
+    lst = writable_list(db, key)
     if lst is None:
         return None
     n = min(count, len(lst))
@@ -132,10 +144,10 @@ def list_move(ctx: Ctx, src: bytes, dst: bytes, wherefrom: int, whereto: int) ->
     None when src does not exist. Both types are checked before anything moves.
     Logs LMOVE src dst LEFT|RIGHT LEFT|RIGHT."""
     db = ctx.db
-    source = get_list(db, src)
+    source = writable_list(db, src)
     if source is None:
         return None
-    dest = source if dst == src else get_list(db, dst)
+    dest = source if dst == src else writable_list(db, dst)
     value = source.popleft() if wherefrom == LIST_HEAD else source.pop()
     if dest is None:
         dest = ListValue()
@@ -166,7 +178,7 @@ def parse_mpop_args(argv: list[bytes], numkeys_index: int) -> tuple[list[bytes],
 def _push(ctx: Ctx, argv: list[bytes], where: int, only_existing: bool) -> int:
     key = argv[1]
     db = ctx.db
-    lst = get_list(db, key)
+    lst = writable_list(db, key)
     if lst is None:
         if only_existing:
             return 0
@@ -219,7 +231,7 @@ def _pop_command(ctx: Ctx, argv: list[bytes], where: int):
         popped = list_pop(ctx, key, where, 1)
         return None if popped is None else popped[0]
     count = _positive_arg(argv[2], ERR_POSITIVE)
-    lst = get_list(ctx.db, key)
+    lst = writable_list(ctx.db, key)
     if lst is None:
         return NULL_ARRAY
     if count == 0:
@@ -282,10 +294,9 @@ def lindex(ctx: Ctx, argv: list[bytes]):
     return lst[index]
 
 
-def list_range(lst: ListValue, start: int, end: int) -> list[bytes]:
-    """Elements start..end inclusive with Redis' index rules (negative from the
-    tail, clamped), walking from the nearer end of the deque."""
-    size = len(lst)
+def range_bounds(size: int, start: int, end: int) -> tuple[int, int]:
+    """The first index and the count of elements start..end inclusive of a list of
+    `size` with Redis' index rules (negative from the tail, clamped)."""
     if start < 0:
         start += size
     if end < 0:
@@ -293,9 +304,20 @@ def list_range(lst: ListValue, start: int, end: int) -> list[bytes]:
     if start < 0:
         start = 0
     if start > end or start >= size:
-        return []
+        return 0, 0
     if end >= size:
         end = size - 1
+    return start, end - start + 1
+
+
+def list_range(lst: ListValue, start: int, end: int) -> list[bytes]:
+    """Elements start..end inclusive with Redis' index rules (negative from the
+    tail, clamped), walking from the nearer end of the deque."""
+    size = len(lst)
+    start, count = range_bounds(size, start, end)
+    if not count:
+        return []
+    end = start + count - 1
     if start <= size - 1 - end:
         return list(islice(lst, start, end + 1))
     out = list(islice(reversed(lst), size - 1 - end, size - start))
@@ -310,6 +332,10 @@ def lrange(ctx: Ctx, argv: list[bytes]):
     lst = get_list(ctx.db, argv[1])
     if lst is None:
         return []
+    if ctx.chunks and ctx.proto and not ctx.in_multi and len(lst) >= CHUNKED_MIN_ITEMS:  # not in a script
+        first, count = range_bounds(len(lst), start, end)
+        if count >= CHUNKED_MIN_ITEMS:
+            return DequeRange(lst, first, count)  # read across turns (shards/chunked.py)
     return list_range(lst, start, end)
 
 
@@ -376,7 +402,7 @@ def _positions(lst: ListValue, element: bytes, from_tail: bool, rank: int, count
 def lset(ctx: Ctx, argv: list[bytes]):
     key = argv[1]
     db = ctx.db
-    lst = get_list(db, key)
+    lst = writable_list(db, key)
     if lst is None:
         raise ERR_NO_SUCH_KEY
     index = _index_arg(argv[2])
@@ -395,7 +421,7 @@ def ltrim(ctx: Ctx, argv: list[bytes]):
     end = _index_arg(argv[3])
     key = argv[1]
     db = ctx.db
-    lst = get_list(db, key)
+    lst = writable_list(db, key)
     if lst is None:
         return OK
     size = len(lst)
@@ -435,7 +461,7 @@ def lrem(ctx: Ctx, argv: list[bytes]):
     to_remove = _index_arg(argv[2])
     key, element = argv[1], argv[3]
     db = ctx.db
-    lst = get_list(db, key)
+    lst = writable_list(db, key)
     if lst is None:
         return 0
     limit = abs(to_remove) or len(lst)
@@ -474,7 +500,7 @@ def linsert(ctx: Ctx, argv: list[bytes]):
         raise ERR_SYNTAX
     key, pivot, element = argv[1], argv[3], argv[4]
     db = ctx.db
-    lst = get_list(db, key)
+    lst = writable_list(db, key)
     if lst is None:
         return 0
     try:
