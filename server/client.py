@@ -15,7 +15,7 @@ import trio
 
 from durakv.server.links import LOST, SCRIPT_EVAL, SCRIPT_FUNCTION, Pending, Propagating
 from durakv.server.pause import note_script
-from durakv.server.script_retry import ScriptRetry, start_across_shards
+from durakv.server.script_retry import ScriptRetry, holds, start_across_shards
 from durakv.shards.evict import OOM_MESSAGE
 from durakv.shards.frames import LARGE_BYTES, VERB_AS_USER, VERB_LITERAL, VERB_ROUTER_IN_MULTI
 from durakv.shards.resp import ProtocolError, RequestParser, ReplyError, encode, encode_error
@@ -86,7 +86,7 @@ class Client:
         "lib_name", "lib_ver", "in_ready_set", "query_limit",
         "multi", "multi_error", "multi_shard", "watch_shards", "blocked_pending", "blocked_shard", "backlog",
         "soft_limit_since", "pubsub", "paused", "reply_off", "reply_skip", "tracking", "monitor",
-        "reply_bytes", "in_flight_cap", "queued_reply_min_bytes",
+        "reply_bytes", "in_flight_cap", "queued_reply_min_bytes", "script_out",
     )
 
     def __init__(self, router: RouterView, sock: socket.socket | TlsSocket, client_id: int) -> None:
@@ -140,6 +140,8 @@ class Client:
         self.reply_skip = False  # CLIENT REPLY SKIP: the next command's reply is dropped
         self.tracking: ClientTracking | None = None  # CLIENT TRACKING (server/tracking.py); None while off
         self.monitor = False  # MONITOR (server/monitor.py)
+        # Its script out on one shard, which may reach another: requests for other shards wait (server/script_retry.py)
+        self.script_out: ScriptRetry | None = None
 
     # --- reading and dispatch -------------------------------------------------
 
@@ -264,6 +266,8 @@ class Client:
             # can_dispatch, asked only past its cheap common case (nothing waits for the socket
             # and fewer replies in flight than fit its bounds: big ones queue ahead of other clients')
             if bounded and (self.outbuf_bytes or len(replies) >= self.in_flight_cap) and not self.can_dispatch():
+                return
+            if self.script_out is not None and holds(self, backlog[0]):
                 return
             if pause.mode and pause.holds(self, backlog[0]):
                 self.paused = True
@@ -451,9 +455,13 @@ class Client:
             on_fill = router.acl.script_reply
             pending = ScriptRetry(self, argv, shard, kind, on_fill) if retries else Pending(self, on_fill)
             self.replies.append(router.links[shard].submit(self, self.proto, argv, pending, script=kind))
+            if router.scripts_retry and isinstance(pending, ScriptRetry) and pending.data is None:
+                self.script_out = pending  # its followers for other shards wait for it (server/script_retry.py)
             return
         retry = ScriptRetry(self, argv, shard, kind) if retries else None
         self.replies.append(router.links[shard].submit(self, self.proto, argv, retry, script=kind))
+        if router.scripts_retry and retry is not None and retry.data is None:
+            self.script_out = retry  # its followers for other shards wait for it (server/script_retry.py)
 
     def _script_across_shards(self, cmd, run: list[bytes]) -> None:
         """A script whose keys span shards, or that declares none (server/txn.py); an
@@ -624,7 +632,7 @@ class Client:
                 self.blocked_pending = None
                 self.blocked_shard = -1
             if not (self.backlog and self.blocked_pending is None and not self.closing and self.can_dispatch()
-                    and not self.paused):
+                    and not self.paused and (self.script_out is None or self.script_out.data is not None)):
                 break
             self.run_backlog()
         self._update_interest()

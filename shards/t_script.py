@@ -116,6 +116,9 @@ def run_script(ctx: Ctx, state: Scripting, function: Any, name: bytes, argv: lis
             state.run = None
             ctx.in_multi = in_multi
             run.undo.put_back(ctx)
+            fence = getattr(ctx.shard, "fence_client", None)  # a serving shard's (a test's stand-in has none)
+            if fence is not None:  # its client's later requests wait for the retry (shards/script_fence.py)
+                fence(ctx.client_id)
             raise ReplyError(NONLOCAL_RETRY)
         if not ok:
             state.uncount_reply(result)

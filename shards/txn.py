@@ -50,6 +50,7 @@ from durakv.shards.keyspace import Keyspace
 from durakv.shards.rdb.codec import RdbError, dump_payload, load_payload, verify_payload
 from durakv.shards.resp import NULL_ARRAY, ReplyError, encode, encode_error
 from durakv.shards.script_effects import HeldLogs, held_publishes
+from durakv.shards.script_fence import ScriptFence
 from durakv.shards.t_list import ListValue
 from durakv.shards.t_zset import ZSetValue
 from durakv.shards.slots import SLOT_COUNT
@@ -200,15 +201,19 @@ class TxnState:
         self.marks: list[list[Any]] = []  # markers for the next record
         self.wake = trio.Event()
         self.lock_waits = 0  # requests that ever waited for a lock (INFO)
+        self.fence = ScriptFence()  # clients whose script went back to the router (shards/script_fence.py)
 
     # --- deferral (called for every request while shard.txn_busy) -------------------
 
     def busy(self) -> bool:
-        return bool(self.locks or self.deferred or self.whole_txid)
+        return bool(self.locks or self.deferred or self.whole_txid or self.fence.fenced)
 
     def defer(self, conn: ReplySink, req: Request) -> bool:
         """Whether req must wait: it touches a locked key, or an earlier request of
-        its client waits. Then it is queued, in arrival order."""
+        its client waits. Then it is queued, in arrival order. A client fenced behind
+        its script's retry waits apart (shards/script_fence.py)."""
+        if self.fence.fenced and self.fence.hold(conn, req):
+            return True
         cid = req.cid
         argv = req.argv
         if (argv[0] == VERB_TXREAD or argv[0] == VERB_TXLOCK) and argv[2] in NEVER_WAIT:
@@ -687,9 +692,28 @@ class TxnState:
         if self.deferred:
             self.wake.set()
 
+    def fence_client(self, cid: int, conn: ReplySink | None) -> None:
+        """The client's script went back to the router: its later requests wait (shards/script_fence.py)."""
+        self.fence.fence(cid, conn)
+        self.shard.txn_busy = True
+
+    def unfence_client(self, cid: int) -> int:
+        """The router's retry of the client's script is done: what the client sent since
+        runs now, in order, as requests that waited for a lock do; how many."""
+        held = self.fence.unfence(cid)
+        if held:
+            assert len(self.deferred) + len(held) <= MAX_DEFERRED_REQUESTS, "deferred requests unbounded"
+            self.deferred.extend(held)
+            self.deferred_cids[cid] = self.deferred_cids.get(cid, 0) + len(held)
+            self.deferred_others += len(held)
+            self.wake.set()
+        self.shard.txn_busy = self.busy()
+        return len(held)
+
     def conn_closed(self, conn: ReplySink) -> None:
         """A coordinator's connection closed: its unprepared transactions are
         released; its prepared ones are in doubt until a router resolves them."""
+        self.fence.conn_closed(conn)
         for txn in list(self.txns.values()):
             if txn.conn is conn:
                 if txn.effects is None:
