@@ -564,7 +564,7 @@ class TxnState:
         if missing:  # the router locks them too and asks again
             return [b"", pack([]), False, list(missing), False]
         held_logs.write()
-        shard.db.events.extend(held_publishes(scratch.events))  # a script's PUBLISHes, sent once durable
+        publishes = held_publishes(scratch.events)  # a script's PUBLISHes: sent once its decision is durable
         for argv_run, failed, usec in calls:  # the final run: counted as on one shard
             cmd = find(argv_run)
             if cmd is None:
@@ -583,7 +583,11 @@ class TxnState:
                 states.append((key, dump_payload(value, lps), scratch.expires.get(key, 0)))
         if denials and isinstance(reply, bytes):  # ahead of the reply, for the router's ACL LOG (as on one shard)
             reply = with_denials(reply, denials)
-        return [reply, pack(states), bool(flushed), [], False]
+        if publishes and not (states or flushed):  # nothing to decide: they go once this batch is durable
+            shard.db.events.extend(publishes)
+            publishes = []
+        # Else the router hands them to the decider (TXDECIDE), which sends them once its decision is durable.
+        return [reply, pack(states), bool(flushed), [], False, [list(p) for p in publishes]]
 
     def _prepare(self, req: Request, next_seq: int) -> tuple[bytes, int]:
         argv = req.argv
@@ -604,6 +608,8 @@ class TxnState:
             raise ReplyError(b"ERR transaction aborted")
         self._apply(unpack_effects(req.argv[2]))
         self.marks.append([MARK_DECIDE_COMMIT, txid])
+        if len(req.argv) > 3:  # the script's PUBLISHes (shards/script_effects.py): out once this record is durable
+            self._hold_publishes(unpack_effects(req.argv[3]))
         self._remember(txid, True, next_seq)
         self._release(txid)
         if crash_armed("decider-after-decision"):
@@ -662,6 +668,13 @@ class TxnState:
                 run_command(ctx, argv)
         finally:
             db.frozen_ms = 0
+
+    def _hold_publishes(self, publishes: list[list[bytes]]) -> None:
+        """A cross-shard script's PUBLISHes, as its executor held them: with this batch's
+        events, released once the decision record is durable (Shard.publish_events)."""
+        from durakv.shards.luaenv import scripting_of  # the Lua runtime is made on first use
+        scripting_of(self.shard.db).publishes_held = True
+        self.shard.db.events.extend((channel, message) for channel, message in publishes)
 
     def _remember(self, txid: int, commit: bool, seq: int) -> None:
         decisions = self.decisions
