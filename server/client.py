@@ -15,7 +15,7 @@ import trio
 
 from durakv.server.links import LOST, SCRIPT_EVAL, SCRIPT_FUNCTION, Pending, Propagating
 from durakv.server.pause import note_script
-from durakv.server.script_retry import ScriptRetry, holds, start_across_shards
+from durakv.server.script_retry import ScriptRetry, holds, queue_evalsha, start_across_shards
 from durakv.shards.evict import OOM_MESSAGE
 from durakv.shards.frames import LARGE_BYTES, VERB_AS_USER, VERB_LITERAL, VERB_ROUTER_IN_MULTI
 from durakv.shards.resp import ProtocolError, RequestParser, ReplyError, encode, encode_error
@@ -511,6 +511,9 @@ class Client:
             self.push(b"-ERR transaction too long (more than %d queued commands)\r\n" % MAX_QUEUED_IN_MULTI)
             return
         queued.append(argv)
+        if self.router.scripts_retry and cmd.name.startswith("evalsha"):
+            queue_evalsha(self, argv[3] if argv[0] == VERB_AS_USER else argv[1])  # found on every shard first
+            return
         self.push(b"+QUEUED\r\n")
 
     def _out_of_memory(self, shard: int | None) -> bool:

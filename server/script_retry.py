@@ -139,6 +139,25 @@ def _hold(pending: ScriptRetry) -> None:
         client.blocked_shard = -1
 
 
+def queue_evalsha(client: Client, sha: bytes) -> None:
+    """EVALSHA queued in MULTI (router over several shards): its QUEUED waits, and the
+    client's EXEC with it, until every shard has the script when any shard has it (one
+    cache for the server, as one Redis: server/script_cache.py); an unknown one still
+    fails inside EXEC with NOSCRIPT, as in Redis."""
+    pending = Pending(client)
+    client.replies.append(pending)
+    _hold(pending)
+    router = client.router
+
+    def found(body: bytes | None) -> None:
+        if body is not None:  # ahead of the EXEC on every link
+            for link in router.links:
+                link.submit(None, PROTO_INTERNAL, [b"SCRIPT", b"LOAD", body], Pending(None, on_fill=_log_refusal))
+        pending.fill(b"+QUEUED\r\n")
+
+    find_body(router, sha, found)
+
+
 def _found(pending: ScriptRetry, body: bytes | None, noscript: bytes | bytearray) -> None:
     """The script's body from another shard (None: no shard has it: NOSCRIPT, as from one Redis)."""
     if body is None:

@@ -5,6 +5,7 @@ shards, server/script_retry.py); on a shard port Redis Cluster's error stays."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from time import time_ns
 
@@ -302,3 +303,14 @@ def test_an_observer_never_sees_a_pipeline_run_out_of_order_around_a_first_run(s
     states = [(a.decode() if a else None, b.decode() if b else None) for a, b in seen]
     assert seen and all(state in legal for state in states), [s for s in states if s not in legal][:5]
     assert writer.mget(A, B) == [f"after-{rounds}".encode()] * 2
+
+
+def test_evalsha_queued_in_multi_finds_a_script_cached_on_another_shard(pair):
+    """EVAL caches its script on the shard it ran on; EVALSHA queued in MULTI for a key of
+    the other shard (alone, and with a key of the first) runs as on one Redis, whose
+    cache has it; an unknown sha still fails inside EXEC with NOSCRIPT."""
+    body = f"return {{KEYS[1], '{time_ns()}'}}"
+    sha = hashlib.sha1(body.encode()).hexdigest()
+    _same_pipeline(pair, [("EVAL", body, "1", A), ("MULTI",), ("EVALSHA", sha, "1", B), ("GET", B), ("EXEC",),
+                          ("MULTI",), ("SET", A, "a"), ("EVALSHA", sha, "1", B2), ("EXEC",),
+                          ("MULTI",), ("EVALSHA", "f" * 40, "0"), ("SET", B, "b"), ("EXEC",), ("GET", B)])
