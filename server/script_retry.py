@@ -131,7 +131,7 @@ def holds(client: Client, argv: list[bytes]) -> bool:
     return False
 
 
-def _hold(pending: ScriptRetry) -> None:
+def _hold(pending: Pending) -> None:
     """The client's requests not yet sent wait for this reply."""
     client = pending.client
     if client.blocked_pending is None:
@@ -155,7 +155,7 @@ def queue_evalsha(client: Client, sha: bytes) -> None:
                 link.submit(None, PROTO_INTERNAL, [b"SCRIPT", b"LOAD", body], Pending(None, on_fill=_log_refusal))
         pending.fill(b"+QUEUED\r\n")
 
-    find_body(router, sha, found)
+    find_body(pending.client.router, sha, found)
 
 
 def _found(pending: ScriptRetry, body: bytes | None, noscript: bytes | bytearray) -> None:

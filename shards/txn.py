@@ -558,11 +558,11 @@ class TxnState:
             scripting.on_call = outer_on_call
             scripting.held_logs = None
         if wants_all:
-            return [b"", pack([]), False, [], True]
+            return [b"", pack([]), False, [], True, []]
         missing = dict(scratch.undeclared)
         missing.update((key, None) for key in changed if key not in declared and not flushed)
         if missing:  # the router locks them too and asks again
-            return [b"", pack([]), False, list(missing), False]
+            return [b"", pack([]), False, list(missing), False, []]
         held_logs.write()
         publishes = held_publishes(scratch.events)  # a script's PUBLISHes: sent once its decision is durable
         for argv_run, failed, usec in calls:  # the final run: counted as on one shard
