@@ -183,6 +183,25 @@ class ScratchShard:
         self.settings = settings
         self.slot_range = (0, SLOT_COUNT - 1)
         self.watches = watches
+        self.call_stats: dict[Any, CallStats] = {}  # a script's redis.calls: the shard's once the run counts
+
+    def script_call_stat(self, cmd: Any) -> CallStats:
+        stat = self.call_stats.get(cmd)
+        if stat is None:
+            stat = self.call_stats[cmd] = CallStats()
+        return stat
+
+
+class CallStats:
+    """A run's counts of one command its scripts called (shards/shard.py CommandStats' fields)."""
+
+    __slots__ = ("calls", "usec", "failed", "rejected")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.usec = 0
+        self.failed = 0
+        self.rejected = 0
 
 
 class TxnState:
@@ -529,7 +548,8 @@ class TxnState:
         scratch.on_flush = on_flush
         scratch.frozen_ms = time.time_ns() // 1_000_000
         scratch.oom = OOM_RUN in argv[6:] or shard.db.oom
-        ctx = Ctx(scratch, ScratchShard(shard.settings, shard.watches))
+        scratch_shard = ScratchShard(shard.settings, shard.watches)
+        ctx = Ctx(scratch, scratch_shard)
         ctx.client_id = req.cid
         ctx.proto = proto
         ctx.in_multi = multi
@@ -573,6 +593,12 @@ class TxnState:
             stat.calls += 1
             stat.usec += usec
             stat.failed += failed
+        for cmd, counted in scratch_shard.call_stats.items():  # its scripts' redis.calls, as on one shard
+            stat = shard.script_call_stat(cmd)
+            stat.calls += counted.calls
+            stat.usec += counted.usec
+            stat.failed += counted.failed
+            stat.rejected += counted.rejected
         lps = shard.settings["list-max-listpack-size"]
         states: list[tuple[bytes, bytes | None, int]] = []
         for key in (scratch.data if flushed else changed):
@@ -668,6 +694,11 @@ class TxnState:
                 run_command(ctx, argv)
         finally:
             db.frozen_ms = 0
+        watches = shard.watches
+        if watches.by_key:  # each key the transaction wrote, as Redis signals it, even one DEL finds absent
+            for key in effect_keys(effects):
+                if key in watches.by_key:
+                    watches.touched(key)
 
     def _hold_publishes(self, publishes: list[list[bytes]]) -> None:
         """A cross-shard script's PUBLISHes, as its executor held them: with this batch's

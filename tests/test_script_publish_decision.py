@@ -27,8 +27,8 @@ def _messages(sub, wait_s: float) -> list:
 
 def test_a_cross_shard_scripts_publish_waits_for_the_decision(server_factory, tmp_path):
     """The script writes a key on each shard and publishes. Held after its executor's
-    run (DURAKV_TXN_HOLD; its redis.log line is written then), the other participant is killed -9: the transaction aborts
-    (it was never prepared there), nothing is written, and the subscriber hears
+    run (DURAKV_TXN_HOLD; its redis.log line is written then), the other participant is
+    killed -9: the transaction aborts (it was never prepared there), nothing is written, and the subscriber hears
     nothing. A run that commits is heard once."""
     hold = tmp_path / "hold"
     srv = server_factory(env={"DURAKV_TXN_HOLD": str(hold)})

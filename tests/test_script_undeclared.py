@@ -314,3 +314,37 @@ def test_evalsha_queued_in_multi_finds_a_script_cached_on_another_shard(pair):
     _same_pipeline(pair, [("EVAL", body, "1", A), ("MULTI",), ("EVALSHA", sha, "1", B), ("GET", B), ("EXEC",),
                           ("MULTI",), ("SET", A, "a"), ("EVALSHA", sha, "1", B2), ("EXEC",),
                           ("MULTI",), ("EVALSHA", "f" * 40, "0"), ("SET", B, "b"), ("EXEC",), ("GET", B)])
+
+
+def _stats(client) -> tuple[dict, dict]:
+    commands = {name: {k: v for k, v in stat.items() if k != "usec" and k != "usec_per_call"}
+                for name, stat in client.info("commandstats").items() if name not in ("cmdstat_info", "cmdstat_config|resetstat")}
+    return commands, client.info("errorstats")
+
+
+def test_the_run_put_back_counts_nothing_and_the_run_across_shards_counts_once(pair, server, redis_ref):
+    """INFO commandstats and errorstats after a script's first run that reaches another
+    shard's key (put back, run again across shards) are those of one run on redis-server:
+    the put-back EVAL, its redis.calls and its refused call are not counted. A WATCHer of
+    a key the script wrote and deleted again sees its EXEC fail, as in Redis."""
+    k1, k2, k3 = same_shard_keys(A, 3)
+    pair.same("SET", k2, "41")
+    ours = server.client()
+    theirs = redis.Redis(port=redis_ref.port)
+    for client in (ours, theirs):
+        client.config_resetstat()
+    pair.same("EVAL", f"-- counted {time_ns()}\n" + REACH, "3", k1, k2, k3, B)
+    assert _stats(ours) == _stats(theirs)
+    fresh = f"-- watched {time_ns()}\n"
+    for client in (ours, theirs):
+        client.delete(A, B)
+        watcher = client.pipeline()
+        watcher.watch(A)
+        assert client.eval(fresh + "redis.call('SET', KEYS[1], 't') redis.call('DEL', KEYS[1]) "
+                           "return redis.call('GET', ARGV[1])", 1, A, B) is None
+        watcher.multi()
+        watcher.set(A, "w")
+        with pytest.raises(redis.WatchError):
+            watcher.execute()
+    ours.close()
+    theirs.close()
