@@ -15,7 +15,7 @@ import trio
 
 from durakv.server.links import LOST, SCRIPT_EVAL, SCRIPT_FUNCTION, Pending, Propagating
 from durakv.server.pause import note_script
-from durakv.server.script_retry import ScriptRetry, start_across_shards
+from durakv.server.script_retry import ScriptRetry, holds, queue_evalsha, start_across_shards
 from durakv.shards.evict import OOM_MESSAGE
 from durakv.shards.frames import LARGE_BYTES, VERB_AS_USER, VERB_LITERAL, VERB_ROUTER_IN_MULTI
 from durakv.shards.resp import ProtocolError, RequestParser, ReplyError, encode, encode_error
@@ -98,7 +98,7 @@ class Client:
         "lib_name", "lib_ver", "in_ready_set", "query_limit",
         "multi", "multi_error", "multi_shard", "watch_shards", "blocked_pending", "blocked_shard", "backlog",
         "soft_limit_since", "pubsub", "paused", "reply_off", "reply_skip", "tracking", "monitor",
-        "reply_bytes", "in_flight_cap", "queued_reply_min_bytes",
+        "reply_bytes", "in_flight_cap", "queued_reply_min_bytes", "script_out",
     )
 
     def __init__(self, router: RouterView, sock: socket.socket | TlsSocket, client_id: int) -> None:
@@ -152,6 +152,8 @@ class Client:
         self.reply_skip = False  # CLIENT REPLY SKIP: the next command's reply is dropped
         self.tracking: ClientTracking | None = None  # CLIENT TRACKING (server/tracking.py); None while off
         self.monitor = False  # MONITOR (server/monitor.py)
+        # Its script out on one shard, which may reach another: requests for other shards wait (server/script_retry.py)
+        self.script_out: ScriptRetry | None = None
 
     # --- reading and dispatch -------------------------------------------------
 
@@ -276,6 +278,8 @@ class Client:
             # and fewer replies in flight than fit its bounds: big ones queue ahead of other clients')
             if bounded and (self.outbuf_bytes or len(replies) >= self.in_flight_cap) and not self.can_dispatch():
                 return
+            if self.script_out is not None and holds(self, backlog[0]):
+                return
             if pause.mode and pause.holds(self, backlog[0]):
                 self.paused = True
                 pause.hold(self)
@@ -366,6 +370,8 @@ class Client:
                 assert cmd.merge is not None, "the table refuses a fan-out command without merge"
                 if cmd.fullname == "script|load":
                     note_script(argv[2])
+                    if router.scripts_retry:
+                        router.script_scopes.body_keeps(argv[2])  # its EVALSHAs' followers (server/script_scope.py)
                 router.fanout(self, argv, cmd.merge)
                 return
             if where == CURSOR:
@@ -457,14 +463,20 @@ class Client:
         kind = SCRIPT_FUNCTION if cmd.name.startswith("fcall") else SCRIPT_EVAL
         # Reaches another shard's key, or its script is cached elsewhere: server/script_retry.py.
         retries = router.scripts_retry or (router.cluster_node and cmd.name.startswith("evalsha"))
+        # May it reach another shard? Then its followers for other shards wait for it.
+        out = router.scripts_retry and not router.script_scopes.keeps(argv)
         if not self.user.unrestricted:  # its redis.calls obey the user's rules
             argv = [VERB_AS_USER, self.user.permissions(), *argv]
             on_fill = router.acl.script_reply
             pending = ScriptRetry(self, argv, shard, kind, on_fill) if retries else Pending(self, on_fill)
             self.replies.append(router.links[shard].submit(self, self.proto, argv, pending, script=kind))
+            if out and isinstance(pending, ScriptRetry) and pending.data is None:
+                self.script_out = pending  # its followers for other shards wait for it (server/script_retry.py)
             return
         retry = ScriptRetry(self, argv, shard, kind) if retries else None
         self.replies.append(router.links[shard].submit(self, self.proto, argv, retry, script=kind))
+        if out and retry is not None and retry.data is None:
+            self.script_out = retry  # its followers for other shards wait for it (server/script_retry.py)
 
     def _script_across_shards(self, cmd, run: list[bytes]) -> None:
         """A script whose keys span shards, or that declares none (server/txn.py); an
@@ -510,6 +522,9 @@ class Client:
             self.push(b"-ERR transaction too long (more than %d queued commands)\r\n" % MAX_QUEUED_IN_MULTI)
             return
         queued.append(argv)
+        if self.router.scripts_retry and cmd.name.startswith("evalsha"):
+            queue_evalsha(self, argv[3] if argv[0] == VERB_AS_USER else argv[1])  # found on every shard first
+            return
         self.push(b"+QUEUED\r\n")
 
     def _out_of_memory(self, shard: int | None) -> bool:
@@ -635,7 +650,7 @@ class Client:
                 self.blocked_pending = None
                 self.blocked_shard = -1
             if not (self.backlog and self.blocked_pending is None and not self.closing and self.can_dispatch()
-                    and not self.paused):
+                    and not self.paused and (self.script_out is None or self.script_out.data is not None)):
                 break
             self.run_backlog()
         self._update_interest()

@@ -126,6 +126,7 @@ class Front(ABC):
     home_shard = 0  # where keyless commands that are not fanned out run
     scripts_retry = False  # a script reaching another shard's key runs again across shards (server/script_retry.py)
     reaching: Any = ()  # the scripts that did (script_retry.Reaching, where scripts_retry)
+    script_scopes: Any = None  # script_scope.ScriptScopes, where scripts_retry
     scan_last_slot = SLOT_COUNT - 1  # SCAN hands on to the next shard until past this slot
     scripts_in_flight = 0  # EVAL/FCALL sent to shards and not answered yet (server/links.py counts)
     settings_sync: Any  # SettingsSync (imported by the subclasses)

@@ -21,6 +21,7 @@ from durakv.server.listener import ClientListeners
 from durakv.server.node_links import NodeDirectory
 from durakv.server.settings_sync import SettingsSync
 from durakv.server.script_retry import Reaching
+from durakv.server.script_scope import ScriptScopes
 from durakv.server.txn import Coordinator
 from durakv.server.txn_batch import start_write
 from durakv.server.txn_read import start_read
@@ -49,6 +50,7 @@ class Router(Front):
         self.slot_owner = slot_owner_table(config.shards)
         self.scripts_retry = config.shards > 1
         self.reaching = Reaching()
+        self.script_scopes = ScriptScopes()  # scripts whose followers need not wait (server/script_scope.py)
         script_cache.install(self)  # one script cache for the server (server/script_cache.py)
         topology = ensure_topology(config.data_dir, config.shards)
         self.node_id = self.router_node_id = topology["node_id"]

@@ -90,6 +90,7 @@ class RouterView(Protocol):
     scripts_retry: bool
     """A script sent to one shard that reaches another's key runs again across shards."""
     reaching: Any
+    script_scopes: Any
     """The scripts that did: they go across shards at once (server/script_retry.py Reaching)."""
     shard_node_ids: list[str]
     router_node_id: str

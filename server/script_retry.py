@@ -15,11 +15,19 @@ a router over several shards: a shard port keeps Redis Cluster's "non local key"
 
 A script that once reached another shard's key is remembered (`Reaching`, by its body,
 sha or function name) and from then on goes straight to the cross-shard path, which
-holds the client's later requests until it is done. Limit: the first time, the client's
-requests sent after the script, before the shard's answer came back, have already gone
-to their shards and may run before its retry; those after it wait for the retry.
-Holding every script's followers instead costs a pipeline of scripts one round trip
-per script (measured: EVAL P16 through 2 shards 11-22k/s -> 2.2-2.6k/s).
+holds the client's later requests until it is done.
+
+The first time, the client's requests pipelined after the script must not run before
+its retry either (one Redis runs them after it). Those sent to the script's own shard
+came behind it on the same link: the shard fences the client when it sends the script
+back (shards/script_fence.py) and runs them once this module tells it the retry is done
+(VERB_SCRIPT_UNFENCE, after the retry's COMMIT on the same link). Those for any other
+shard, or for no shard, are not sent while the script is out (`holds`: the client's
+`script_out`), since it may reach that shard: only a script's followers for another
+shard wait for its reply, a pipeline of scripts on one shard does not, and neither does
+one of scripts whose text shows they keep to their declared keys (server/script_scope.py).
+A pipeline of other scripts spread over shards costs a round trip per change of shard
+(scripts/eval_bench.py, load ~20: 2.4-3.9k -> 1.1-1.6k EVAL/s; router CPU 15-18 -> 54-59 µs).
 """
 
 from __future__ import annotations
@@ -29,9 +37,11 @@ from typing import TYPE_CHECKING, Callable
 
 from durakv.server.links import Pending
 from durakv.server.script_cache import NOSCRIPT_PREFIX, find_body
-from durakv.shards.frames import PROTO_INTERNAL, VERB_AS_USER
+from durakv.shards.frames import PROTO_INTERNAL, VERB_AS_USER, VERB_SCRIPT_UNFENCE
+from durakv.shards.resp import ReplyError
 from durakv.shards.script_undo import NONLOCAL_RETRY_REPLY
-from durakv.shards.table import lookup
+from durakv.shards.slots import key_slot
+from durakv.shards.table import SHARD, lookup
 
 if TYPE_CHECKING:
     from durakv.server.client import Client
@@ -49,7 +59,7 @@ class ScriptRetry(Pending):
     The link calls on_fill (it sets `data` itself only when there is none). Made for
     every script through a router over several shards: its __init__ is kept minimal."""
 
-    __slots__ = ("run", "then", "shard", "kind", "moved", "healed")
+    __slots__ = ("run", "then", "shard", "kind", "moved", "healed", "fenced")
 
     def __init__(self, client: Client, run: list[bytes], shard: int, kind: int,
                  then: Callable | None = None) -> None:
@@ -62,6 +72,7 @@ class ScriptRetry(Pending):
         self.kind = kind  # SCRIPT_EVAL or SCRIPT_FUNCTION (server/links.py times it)
         self.moved = False  # it already runs across shards
         self.healed = False  # its NOSCRIPT was already looked into
+        self.fenced = -1  # the shard that sent it back and holds its client's later requests
 
 
 def _filled(pending: Pending, data: bytes | bytearray) -> None:
@@ -71,6 +82,7 @@ def _filled(pending: Pending, data: bytes | bytearray) -> None:
             run = pending.run
             pending.client.router.reaching.add(run[2:] if run[0] == VERB_AS_USER else run)
             pending.moved = True
+            pending.fenced = pending.shard  # shards/script_fence.py
             pending.shard = ACROSS_SHARDS
             _start_across_shards(pending)
             return
@@ -82,6 +94,11 @@ def _filled(pending: Pending, data: bytes | bytearray) -> None:
                 _hold(pending)
                 find_body(pending.client.router, argv[1], lambda body: _found(pending, body, data))
                 return
+    if pending.fenced >= 0:  # after the retry's COMMIT on that link: what the client sent since runs
+        link = pending.client.router.links[pending.fenced]
+        pending.fenced = -1
+        link.submit(None, PROTO_INTERNAL, [VERB_SCRIPT_UNFENCE, b"%d" % pending.client.id],
+                    Pending(None, on_fill=_log_refusal))
     then = pending.then
     if then is not None:
         then(pending, data)
@@ -90,12 +107,58 @@ def _filled(pending: Pending, data: bytes | bytearray) -> None:
         pending.client.reply_ready()
 
 
-def _hold(pending: ScriptRetry) -> None:
+def holds(client: Client, argv: list[bytes]) -> bool:
+    """Whether the client's next request waits for its script out on one shard
+    (`Client.script_out`): any request but a keyed one for that same shard (those
+    wait there if the script is sent back, shards/script_fence.py). Called only while
+    a script is out."""
+    out = client.script_out
+    assert out is not None, "holds is asked only while a script is out"
+    if out.data is not None:
+        client.script_out = None
+        return False
+    try:
+        cmd = lookup(argv)
+        if cmd.where != SHARD or client.multi is not None:
+            return True
+        indexes = cmd.key_indexes(argv)
+    except ReplyError:
+        return False  # answered with its error, in its place
+    if not indexes:
+        return True
+    owner = client.router.slot_owner
+    shard = out.shard
+    for i in indexes:
+        if owner[key_slot(argv[i])] != shard:
+            return True
+    return False
+
+
+def _hold(pending: Pending) -> None:
     """The client's requests not yet sent wait for this reply."""
     client = pending.client
     if client.blocked_pending is None:
         client.blocked_pending = pending
         client.blocked_shard = -1
+
+
+def queue_evalsha(client: Client, sha: bytes) -> None:
+    """EVALSHA queued in MULTI (router over several shards): its QUEUED waits, and the
+    client's EXEC with it, until every shard has the script when any shard has it (one
+    cache for the server, as one Redis: server/script_cache.py); an unknown one still
+    fails inside EXEC with NOSCRIPT, as in Redis."""
+    pending = Pending(client)
+    client.replies.append(pending)
+    _hold(pending)
+    router = client.router
+
+    def found(body: bytes | None) -> None:
+        if body is not None:  # ahead of the EXEC on every link
+            for link in router.links:
+                link.submit(None, PROTO_INTERNAL, [b"SCRIPT", b"LOAD", body], Pending(None, on_fill=_log_refusal))
+        pending.fill(b"+QUEUED\r\n")
+
+    find_body(pending.client.router, sha, found)
 
 
 def _found(pending: ScriptRetry, body: bytes | None, noscript: bytes | bytearray) -> None:

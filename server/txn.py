@@ -383,6 +383,7 @@ class Coordinator:
         values: list[Any] = []
         watch_failed = False
         oom = False
+        publishes: list = []  # a script's PUBLISHes, held by the executor for the decision
         deletes = not multi and commands[0][0].lower() in DELETES
         mode = (b"all" if multi else b"every") if whole else _lock_mode(commands, multi, deletes)
         # A script that declares no keys locks nothing first: only the keys it is found to touch.
@@ -415,7 +416,7 @@ class Coordinator:
                        pack_transaction(commands)]
                 flags = [WHOLE_RUN] * whole + [OOM_RUN] * oom
                 for _round in range(MAX_DISCOVERY_ROUNDS):
-                    reply, packed_states, flushed, missing, wants_all = await self._ask(
+                    reply, packed_states, flushed, missing, wants_all, publishes = await self._ask(
                         executor, [*run, pack([list(v) for v in values]), *flags],
                         script=script)
                     if wants_all:  # a script's KEYS, DBSIZE...: again, with every shard locked whole
@@ -445,11 +446,12 @@ class Coordinator:
             if isinstance(e, Lost):
                 raise
             return encode_error(e.message)
-        failed = await self.commit_states(txid, locked, participants, packed_states, flushed)
+        await hold_point("router-after-run")
+        failed = await self.commit_states(txid, locked, participants, packed_states, flushed, publishes)
         return reply if failed is None else failed
 
     async def commit_states(self, txid: int, locked: list[int], participants: list[int], packed_states: bytes,
-                            flushed: bool) -> bytes | None:
+                            flushed: bool, publishes: list | None = None) -> bytes | None:
         """Steps 3 to 5 for the executor's final key states: prepare the writing participants
         but the decider, decide, commit the others; the other locked shards are released.
         None once the decision is durable (or nothing was written), else the error to answer."""
@@ -477,7 +479,9 @@ class Coordinator:
             return ERR_ABORTED
         crash_point("router-after-prepare")
         try:
-            await self._ask(decider, [VERB_TXDECIDE, b"%d" % txid, pack(effects[decider])])
+            # A script's PUBLISHes go with the decision: sent once it is durable, never on an abort.
+            await self._ask(decider, [VERB_TXDECIDE, b"%d" % txid, pack(effects[decider])]
+                            + ([pack(publishes)] if publishes else []))
         except ReplyError:
             self.release(txid, writers)
             self.aborted += 1

@@ -230,7 +230,8 @@ class WriteBatch:
             run = [VERB_TXRUN, tag, b"%d" % client.proto, BATCH_RUN,
                    pack([[unit.multi, pack_transaction(unit.commands)] for unit in units]),
                    pack([list(v) for v in values])]
-            replies, packed_states, flushed, missing, _wants_all = await coordinator._ask(participants[0], run)
+            replies, packed_states, flushed, missing, _wants_all, _publishes = await coordinator._ask(participants[0],
+                                                                                                       run)
             if missing:
                 coordinator.release(txid, locked)
                 return None

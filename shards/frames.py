@@ -63,6 +63,9 @@ VERB_DEBUG = b"\x00debug"  # [verb, b"reload"] | [verb, b"set-active-expire", b"
 VERB_EXPIRY_PAUSE = b"\x00expirypause"  # [verb, unix ms]: no key expires before then (CLIENT PAUSE; 0: resume)
 # [verb, rules, *argv]: a script run by an ACL user whose rules (shards/acl.py) its redis.calls obey
 VERB_AS_USER = b"\x00asuser"
+# [verb, client id]: the router's retry of the client's script is done; its requests held
+# since then run (shards/script_fence.py)
+VERB_SCRIPT_UNFENCE = b"\x00unfence"
 # Cross-shard transactions (shards/txn.py, coordinated by server/txn.py); replies are internal.
 # [verb, txid, mode, key...] -> [watch dirty, packed values, oom]; mode b"one" (a command), b"exec" (+ WATCH check),
 # b"keys" (b"" for a present value), b"all"/b"wide" (an EXEC holding the whole shard, b"all" answering every key's

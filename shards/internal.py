@@ -17,7 +17,8 @@ from durakv.shards.rdb.codec import RDB_VERSION, RdbError, dump_payload, load_pa
 from durakv.shards.t_dump import MAX_DECOMPRESSED_BYTES
 from durakv.shards.frames import (
     VERB_CONFIG, VERB_COUNTKEYSINSLOT, VERB_DEBUG, VERB_EXPIRY_PAUSE, VERB_GETKEYSINSLOT, VERB_INFO,
-    VERB_LATENCY, VERB_NO_WRITES_FUNCTIONS, VERB_RESETSTAT, VERB_SLOWLOG, VERB_TRACKING, VERB_UNBLOCK, VERB_UNWATCH,
+    VERB_LATENCY, VERB_NO_WRITES_FUNCTIONS, VERB_RESETSTAT, VERB_SCRIPT_UNFENCE, VERB_SLOWLOG, VERB_TRACKING,
+    VERB_UNBLOCK, VERB_UNWATCH,
     encode_internal,
 )
 
@@ -191,6 +192,12 @@ def forget_client(shard, argv: list[bytes]) -> bool:
     return True
 
 
+def unfence(shard, argv: list[bytes]) -> int:
+    """The router's retry of a client's script is done (shards/script_fence.py): its
+    requests held since run; how many."""
+    return shard.txn.unfence_client(int(argv[1]))
+
+
 def no_writes_functions(shard, argv: list[bytes]) -> list[bytes]:
     """The (lowercased) names of the functions flagged no-writes: FCALL of one is not
     held by CLIENT PAUSE WRITE (every shard has the same libraries)."""
@@ -238,6 +245,7 @@ def unblock(shard, argv: list[bytes]) -> bool:
 HANDLERS = {
     VERB_UNBLOCK: unblock,
     VERB_UNWATCH: forget_client,
+    VERB_SCRIPT_UNFENCE: unfence,
     VERB_CONFIG: set_config,
     VERB_INFO: info,
     VERB_COUNTKEYSINSLOT: count_keys_in_slot,

@@ -349,6 +349,8 @@ class Scripting:
         ctx = run.ctx
         counter = getattr(ctx.shard, "script_call_stat", None)  # a serving shard's; a replay counts nothing
         stat = counter(cmd) if counter is not None else None
+        if run.undo is not None and stat is not None:
+            run.undo.note_stat(stat)  # a run put back counts nothing (shards/script_undo.py)
         try:
             if ctx.acl_user is not None:
                 denied = script_acl_error(ctx.acl_user, cmd, argv, ctx.acl_denials)
@@ -414,6 +416,9 @@ class Scripting:
         """Count a redis.call/pcall error (an error table) by its code and mark the table."""
         code = table[b"err"][:MAX_ERROR_CODE_BYTES].split(b" ", 1)[0]
         counts = self.error_counts
+        run = self.run
+        if run is not None and run.undo is not None:
+            run.undo.note_error(counts, code)  # a run put back counts nothing (shards/script_undo.py)
         if code in counts or len(counts) < MAX_ERROR_CODES:
             counts[code] = counts.get(code, 0) + 1
             table[COUNTED] = code

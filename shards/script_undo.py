@@ -20,14 +20,14 @@ whole). On a shard port Redis Cluster's "non local key" error stays.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from durakv.shards.engine import run_command
 from durakv.shards.rdb.codec import dump_payload
 from durakv.shards.resp import ReplyError
 
 if TYPE_CHECKING:
-    from durakv.shards.context import Ctx
+    from durakv.shards.context import Ctx, ServingShardView
     from durakv.shards.table import Command
 
 logger = logging.getLogger("durakv.shards.script_undo")
@@ -44,15 +44,29 @@ _PAYLOAD = 2
 
 
 class Undo:
-    """The keys one script run wrote, as they were before it, and where its
-    notifications started."""
+    """The keys one script run wrote, as they were before it, where its
+    notifications started, and what it counted (a run put back counts nothing:
+    commandstats, errorstats and WATCH see only the run across shards)."""
 
-    __slots__ = ("before", "events_before", "usable")
+    __slots__ = ("before", "events_before", "usable", "stats_before", "errors_before", "dirty_before")
 
-    def __init__(self, events_before: int) -> None:
+    def __init__(self, events_before: int, dirty_before: set[int] | None = None) -> None:
         self.before: dict[bytes, tuple[int, object, int]] = {}  # key -> (kind, value or payload, expiry ms)
         self.events_before = events_before
         self.usable = True  # False after a write it cannot undo (FLUSHALL...): Redis Cluster's error stays
+        self.stats_before: dict[int, tuple[Any, int, int, int, int]] = {}  # id -> (CommandStats, its four counts)
+        self.errors_before: dict[bytes, int] = {}  # errorstats code -> its count before the run
+        self.dirty_before = dirty_before  # the WATCHers already dirty (None: nobody watched anything)
+
+    def note_stat(self, stat: Any) -> None:
+        """Before the run counts a call in `stat` (shards/shard.py CommandStats): its counts, once."""
+        if id(stat) not in self.stats_before:
+            self.stats_before[id(stat)] = (stat, stat.calls, stat.usec, stat.failed, stat.rejected)
+
+    def note_error(self, counts: dict[bytes, int], code: bytes) -> None:
+        """Before the run counts an error code (Scripting.error_counts): its count, once."""
+        if code not in self.errors_before:
+            self.errors_before[code] = counts.get(code, 0)
 
     def note_write(self, ctx: Ctx, cmd: Command, argv: list[bytes], indexes: list[int]) -> None:
         """Before a write command of the script runs: note each key's state the first time."""
@@ -92,3 +106,19 @@ class Undo:
                 logger.error("script undo: cannot put %r back: %s", key[:64], e.message.decode(errors="replace"))
         del db.events[self.events_before:]
         ctx.acl_denials.clear()  # the run that commits reports its own
+        self._uncount(ctx)
+
+    def _uncount(self, ctx: Ctx) -> None:
+        """Take back what the run counted and the WATCHers its writes (and their undo) made dirty."""
+        for stat, calls, usec, failed, rejected in self.stats_before.values():
+            stat.calls, stat.usec, stat.failed, stat.rejected = calls, usec, failed, rejected
+        if self.errors_before:
+            counts = cast(Any, ctx.db.scripting).error_counts
+            for code, count in self.errors_before.items():
+                if count:
+                    counts[code] = count
+                else:
+                    counts.pop(code, None)
+        if self.dirty_before is not None:
+            watches = cast("ServingShardView", ctx.shard).watches
+            watches.dirty_clients.intersection_update(self.dirty_before)

@@ -157,6 +157,7 @@ class Shard(GroupCommit):
         # The batch running is a router's and this shard does not own every slot: its scripts
         # keep an undo record, to run again across shards if they reach another shard's key.
         self.scripts_undo = False
+        self.batch_conn: ReplySink | None = None
 
     # --- startup ----------------------------------------------------------------
 
@@ -268,6 +269,7 @@ class Shard(GroupCommit):
         durable_seq = self.hazards.durable_seq
         pieces = getattr(conn, "takes_pieces", False)  # a router link: big bulk replies uncopied (frames.Pieces)
         self.scripts_undo = pieces and self.config.shards > 1  # shards/script_undo.py
+        self.batch_conn = conn  # a script sent back fences its client on it (shards/script_fence.py)
         now_out = []
         held_out = []  # replies waiting for this batch's own record, held as one list
         for req in requests:
@@ -315,6 +317,11 @@ class Shard(GroupCommit):
         if held_out:
             self.held.hold_many(next_seq, conn, held_out)
         return now_out
+
+    def fence_client(self, cid: int) -> None:
+        """A script of the batch running went back to the router: the client's later
+        requests wait for its retry (shards/script_fence.py)."""
+        self.txn.fence_client(cid, self.batch_conn)
 
     def hand_out_events(self) -> None:
         """Give the keyspace notifications generated since the last call to every

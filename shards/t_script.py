@@ -12,7 +12,7 @@ shards (server/script_cache.py), so the cache is one for the server.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from durakv.shards.context import Ctx
 from durakv.shards.evict import ERR_OOM
@@ -21,7 +21,7 @@ from durakv.shards.numbers import parse_ll
 from durakv.shards.resp import OK, Raw, ReplyError, Simple, encode, fixed_error
 from durakv.shards.script_effects import HeldLogs
 from durakv.shards.script_undo import NONLOCAL_RETRY, Undo
-from durakv.shards.table import FANOUT, command, container, keynum_spec, merge_ok, numkeys_keys
+from durakv.shards.table import FANOUT, command, container, keynum_spec, lookup, merge_ok, numkeys_keys
 
 MAX_CACHED_SCRIPTS = 100_000  # past this, the oldest cached script is forgotten (EVALSHA: NOSCRIPT)
 SCRIPT_FLAGS = {b"no-writes", b"allow-oom", b"allow-stale", b"no-cluster", b"allow-cross-slot-keys"}
@@ -102,7 +102,8 @@ def run_script(ctx: Ctx, state: Scripting, function: Any, name: bytes, argv: lis
     run = state.run = Run(ctx, read_only, name, not for_function, argv, allow_oom)
     held_logs = None
     if not ctx.in_multi and getattr(ctx.shard, "scripts_undo", False):  # shards/script_undo.py
-        run.undo = Undo(len(ctx.db.events))
+        watches = getattr(ctx.shard, "watches", None)  # dirtied by the run only if it counts
+        run.undo = Undo(len(ctx.db.events), set(watches.dirty_clients) if watches and watches.by_key else None)
         if state.held_logs is None:  # its redis.log lines wait until it counts (shards/script_effects.py)
             held_logs = state.held_logs = HeldLogs()
     in_multi = ctx.in_multi
@@ -116,6 +117,14 @@ def run_script(ctx: Ctx, state: Scripting, function: Any, name: bytes, argv: lis
             state.run = None
             ctx.in_multi = in_multi
             run.undo.put_back(ctx)
+            fence = getattr(ctx.shard, "fence_client", None)  # a serving shard's (a test's stand-in has none)
+            if fence is not None:  # its client's later requests wait for the retry (shards/script_fence.py)
+                fence(ctx.client_id)
+                # The shard counts this EVAL/FCALL's call and failure once it raises: taken back
+                # ahead, so that only the run across shards counts (shards/script_undo.py).
+                stat = cast(Any, ctx.shard).script_call_stat(lookup(argv))
+                stat.calls -= 1
+                stat.failed -= 1
             raise ReplyError(NONLOCAL_RETRY)
         if not ok:
             state.uncount_reply(result)

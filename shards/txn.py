@@ -50,6 +50,7 @@ from durakv.shards.keyspace import Keyspace
 from durakv.shards.rdb.codec import RdbError, dump_payload, load_payload, verify_payload
 from durakv.shards.resp import NULL_ARRAY, ReplyError, encode, encode_error
 from durakv.shards.script_effects import HeldLogs, held_publishes
+from durakv.shards.script_fence import ScriptFence
 from durakv.shards.t_list import ListValue
 from durakv.shards.t_zset import ZSetValue
 from durakv.shards.slots import SLOT_COUNT
@@ -182,6 +183,25 @@ class ScratchShard:
         self.settings = settings
         self.slot_range = (0, SLOT_COUNT - 1)
         self.watches = watches
+        self.call_stats: dict[Any, CallStats] = {}  # a script's redis.calls: the shard's once the run counts
+
+    def script_call_stat(self, cmd: Any) -> CallStats:
+        stat = self.call_stats.get(cmd)
+        if stat is None:
+            stat = self.call_stats[cmd] = CallStats()
+        return stat
+
+
+class CallStats:
+    """A run's counts of one command its scripts called (shards/shard.py CommandStats' fields)."""
+
+    __slots__ = ("calls", "usec", "failed", "rejected")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.usec = 0
+        self.failed = 0
+        self.rejected = 0
 
 
 class TxnState:
@@ -200,15 +220,19 @@ class TxnState:
         self.marks: list[list[Any]] = []  # markers for the next record
         self.wake = trio.Event()
         self.lock_waits = 0  # requests that ever waited for a lock (INFO)
+        self.fence = ScriptFence()  # clients whose script went back to the router (shards/script_fence.py)
 
     # --- deferral (called for every request while shard.txn_busy) -------------------
 
     def busy(self) -> bool:
-        return bool(self.locks or self.deferred or self.whole_txid)
+        return bool(self.locks or self.deferred or self.whole_txid or self.fence.fenced)
 
     def defer(self, conn: ReplySink, req: Request) -> bool:
         """Whether req must wait: it touches a locked key, or an earlier request of
-        its client waits. Then it is queued, in arrival order."""
+        its client waits. Then it is queued, in arrival order. A client fenced behind
+        its script's retry waits apart (shards/script_fence.py)."""
+        if self.fence.fenced and self.fence.hold(conn, req):
+            return True
         cid = req.cid
         argv = req.argv
         if (argv[0] == VERB_TXREAD or argv[0] == VERB_TXLOCK) and argv[2] in NEVER_WAIT:
@@ -524,7 +548,8 @@ class TxnState:
         scratch.on_flush = on_flush
         scratch.frozen_ms = time.time_ns() // 1_000_000
         scratch.oom = OOM_RUN in argv[6:] or shard.db.oom
-        ctx = Ctx(scratch, ScratchShard(shard.settings, shard.watches))
+        scratch_shard = ScratchShard(shard.settings, shard.watches)
+        ctx = Ctx(scratch, scratch_shard)
         ctx.client_id = req.cid
         ctx.proto = proto
         ctx.in_multi = multi
@@ -553,13 +578,13 @@ class TxnState:
             scripting.on_call = outer_on_call
             scripting.held_logs = None
         if wants_all:
-            return [b"", pack([]), False, [], True]
+            return [b"", pack([]), False, [], True, []]
         missing = dict(scratch.undeclared)
         missing.update((key, None) for key in changed if key not in declared and not flushed)
         if missing:  # the router locks them too and asks again
-            return [b"", pack([]), False, list(missing), False]
+            return [b"", pack([]), False, list(missing), False, []]
         held_logs.write()
-        shard.db.events.extend(held_publishes(scratch.events))  # a script's PUBLISHes, sent once durable
+        publishes = held_publishes(scratch.events)  # a script's PUBLISHes: sent once its decision is durable
         for argv_run, failed, usec in calls:  # the final run: counted as on one shard
             cmd = find(argv_run)
             if cmd is None:
@@ -568,6 +593,12 @@ class TxnState:
             stat.calls += 1
             stat.usec += usec
             stat.failed += failed
+        for cmd, counted in scratch_shard.call_stats.items():  # its scripts' redis.calls, as on one shard
+            stat = shard.script_call_stat(cmd)
+            stat.calls += counted.calls
+            stat.usec += counted.usec
+            stat.failed += counted.failed
+            stat.rejected += counted.rejected
         lps = shard.settings["list-max-listpack-size"]
         states: list[tuple[bytes, bytes | None, int]] = []
         for key in (scratch.data if flushed else changed):
@@ -578,7 +609,11 @@ class TxnState:
                 states.append((key, dump_payload(value, lps), scratch.expires.get(key, 0)))
         if denials and isinstance(reply, bytes):  # ahead of the reply, for the router's ACL LOG (as on one shard)
             reply = with_denials(reply, denials)
-        return [reply, pack(states), bool(flushed), [], False]
+        if publishes and not (states or flushed):  # nothing to decide: they go once this batch is durable
+            shard.db.events.extend(publishes)
+            publishes = []
+        # Else the router hands them to the decider (TXDECIDE), which sends them once its decision is durable.
+        return [reply, pack(states), bool(flushed), [], False, [list(p) for p in publishes]]
 
     def _prepare(self, req: Request, next_seq: int) -> tuple[bytes, int]:
         argv = req.argv
@@ -599,6 +634,8 @@ class TxnState:
             raise ReplyError(b"ERR transaction aborted")
         self._apply(unpack_effects(req.argv[2]))
         self.marks.append([MARK_DECIDE_COMMIT, txid])
+        if len(req.argv) > 3:  # the script's PUBLISHes (shards/script_effects.py): out once this record is durable
+            self._hold_publishes(unpack_effects(req.argv[3]))
         self._remember(txid, True, next_seq)
         self._release(txid)
         if crash_armed("decider-after-decision"):
@@ -657,6 +694,18 @@ class TxnState:
                 run_command(ctx, argv)
         finally:
             db.frozen_ms = 0
+        watches = shard.watches
+        if watches.by_key:  # each key the transaction wrote, as Redis signals it, even one DEL finds absent
+            for key in effect_keys(effects):
+                if key in watches.by_key:
+                    watches.touched(key)
+
+    def _hold_publishes(self, publishes: list[list[bytes]]) -> None:
+        """A cross-shard script's PUBLISHes, as its executor held them: with this batch's
+        events, released once the decision record is durable (Shard.publish_events)."""
+        from durakv.shards.luaenv import scripting_of  # the Lua runtime is made on first use
+        scripting_of(self.shard.db).publishes_held = True
+        self.shard.db.events.extend((channel, message) for channel, message in publishes)
 
     def _remember(self, txid: int, commit: bool, seq: int) -> None:
         decisions = self.decisions
@@ -687,9 +736,28 @@ class TxnState:
         if self.deferred:
             self.wake.set()
 
+    def fence_client(self, cid: int, conn: ReplySink | None) -> None:
+        """The client's script went back to the router: its later requests wait (shards/script_fence.py)."""
+        self.fence.fence(cid, conn)
+        self.shard.txn_busy = True
+
+    def unfence_client(self, cid: int) -> int:
+        """The router's retry of the client's script is done: what the client sent since
+        runs now, in order, as requests that waited for a lock do; how many."""
+        held = self.fence.unfence(cid)
+        if held:
+            assert len(self.deferred) + len(held) <= MAX_DEFERRED_REQUESTS, "deferred requests unbounded"
+            self.deferred.extend(held)
+            self.deferred_cids[cid] = self.deferred_cids.get(cid, 0) + len(held)
+            self.deferred_others += len(held)
+            self.wake.set()
+        self.shard.txn_busy = self.busy()
+        return len(held)
+
     def conn_closed(self, conn: ReplySink) -> None:
         """A coordinator's connection closed: its unprepared transactions are
         released; its prepared ones are in doubt until a router resolves them."""
+        self.fence.conn_closed(conn)
         for txn in list(self.txns.values()):
             if txn.conn is conn:
                 if txn.effects is None:

@@ -5,6 +5,7 @@ shards, server/script_retry.py); on a shard port Redis Cluster's error stays."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from time import time_ns
 
@@ -242,3 +243,108 @@ def test_a_script_that_reached_another_shard_keeps_a_pipeline_in_order(pair, ser
                           ("LRANGE", k3, "0", "-1"), ("SET", B, "after"), ("INCR", k2),
                           ("EVAL", REACH, "3", k1, k2, k3, B2), ("GET", B2), ("GET", B)])
     assert server.client().info("persistence")["xshard_committed"] >= before + 3
+
+
+def test_the_first_run_of_a_script_that_reaches_another_shard_keeps_a_pipeline_in_order(pair, server):
+    """The first run of a script that reaches another shard's key (not yet remembered):
+    requests pipelined after it, for its own shard (fenced there until its retry is done,
+    shards/script_fence.py) and for the other shard (not sent while it is out), run after
+    its retry, as on one Redis: the same reply bytes."""
+    k1, k2, k3 = same_shard_keys(A, 3)
+    b1, b2, b3 = same_shard_keys(B, 3)
+    pair.same("SET", k2, "41")
+    pair.same("SET", B, "other-shard")
+    fresh = f"-- first run {time_ns()}\n"
+    before = server.client().info("persistence")["xshard_committed"]
+    _same_pipeline(pair, [("EVAL", fresh + REACH, "3", k1, k2, k3, B), ("GET", B), ("MGET", k1, k2),
+                          ("LRANGE", k3, "0", "-1"), ("SET", B, "after"), ("INCR", k2), ("GET", B),
+                          # one declared on B's shard that reaches A's: followers on both shards again
+                          ("EVAL", fresh + "-- b\n" + REACH, "3", b1, b2, b3, k1), ("GET", k1), ("GET", b1),
+                          ("EVAL", fresh + "-- ok\nreturn redis.call('INCR', KEYS[1])", "1", k2), ("GET", k2),
+                          ("SET", k1, "last"), ("MGET", k1, B, b1)])
+    assert server.client().info("persistence")["xshard_committed"] >= before + 2
+
+
+def test_an_observer_never_sees_a_pipeline_run_out_of_order_around_a_first_run(server):
+    """Each round pipelines a never-seen script declaring A that writes A and B (so it is
+    sent back and run again across shards), then SET A and SET B. A reader of both keys
+    (one cross-shard read) never sees a SET that ran before the script's retry: only
+    (i, i), then either SET first (two pipelined commands for different shards run
+    side by side, as without a script), then (after-i, after-i), which each round ends in."""
+    writer = server.client()
+    reader = server.client()
+    writer.delete(A, B)
+    stop = threading.Event()
+    seen: list[list] = []
+
+    def read() -> None:
+        while not stop.is_set():
+            seen.append(reader.mget(A, B))
+
+    t = threading.Thread(target=read)
+    t.start()
+    rounds = 20
+    tag = time_ns()
+    try:
+        for i in range(1, rounds + 1):
+            pipe = writer.pipeline(transaction=False)
+            pipe.eval(f"-- round {tag} {i}\nredis.call('SET', KEYS[1], ARGV[2]) redis.call('SET', ARGV[1], ARGV[2]) "
+                      "return 1", 1, A, B, i)
+            pipe.set(A, f"after-{i}")
+            pipe.set(B, f"after-{i}")
+            assert pipe.execute() == [1, True, True]
+            assert writer.mget(A, B) == [f"after-{i}".encode()] * 2
+    finally:
+        stop.set()
+        t.join()
+    legal = {(None, None)}
+    for i in range(1, rounds + 1):
+        legal |= {(str(i), str(i)), (f"after-{i}", str(i)), (str(i), f"after-{i}"), (f"after-{i}", f"after-{i}")}
+    states = [(a.decode() if a else None, b.decode() if b else None) for a, b in seen]
+    assert seen and all(state in legal for state in states), [s for s in states if s not in legal][:5]
+    assert writer.mget(A, B) == [f"after-{rounds}".encode()] * 2
+
+
+def test_evalsha_queued_in_multi_finds_a_script_cached_on_another_shard(pair):
+    """EVAL caches its script on the shard it ran on; EVALSHA queued in MULTI for a key of
+    the other shard (alone, and with a key of the first) runs as on one Redis, whose
+    cache has it; an unknown sha still fails inside EXEC with NOSCRIPT."""
+    body = f"return {{KEYS[1], '{time_ns()}'}}"
+    sha = hashlib.sha1(body.encode()).hexdigest()
+    _same_pipeline(pair, [("EVAL", body, "1", A), ("MULTI",), ("EVALSHA", sha, "1", B), ("GET", B), ("EXEC",),
+                          ("MULTI",), ("SET", A, "a"), ("EVALSHA", sha, "1", B2), ("EXEC",),
+                          ("MULTI",), ("EVALSHA", "f" * 40, "0"), ("SET", B, "b"), ("EXEC",), ("GET", B)])
+
+
+def _stats(client) -> tuple[dict, dict]:
+    commands = {name: {k: v for k, v in stat.items() if k != "usec" and k != "usec_per_call"}
+                for name, stat in client.info("commandstats").items() if name not in ("cmdstat_info", "cmdstat_config|resetstat")}
+    return commands, client.info("errorstats")
+
+
+def test_the_run_put_back_counts_nothing_and_the_run_across_shards_counts_once(pair, server, redis_ref):
+    """INFO commandstats and errorstats after a script's first run that reaches another
+    shard's key (put back, run again across shards) are those of one run on redis-server:
+    the put-back EVAL, its redis.calls and its refused call are not counted. A WATCHer of
+    a key the script wrote and deleted again sees its EXEC fail, as in Redis."""
+    k1, k2, k3 = same_shard_keys(A, 3)
+    pair.same("SET", k2, "41")
+    ours = server.client()
+    theirs = redis.Redis(port=redis_ref.port)
+    for client in (ours, theirs):
+        client.config_resetstat()
+    pair.same("EVAL", f"-- counted {time_ns()}\n" + REACH, "3", k1, k2, k3, B)
+    assert _stats(ours) == _stats(theirs)
+    fresh = f"-- watched {time_ns()}\n"
+    for client in (ours, theirs):
+        client.delete(A, B)
+        watcher = client.pipeline()
+        watcher.watch(A)
+        assert client.eval(fresh + "redis.call('SET', KEYS[1], 't') redis.call('DEL', KEYS[1]) "
+                           "return redis.call('GET', ARGV[1])", 1, A, B) is None
+        watcher.multi()
+        watcher.set(A, "w")
+        with pytest.raises(redis.WatchError):
+            watcher.execute()
+    ours.close()
+    theirs.close()

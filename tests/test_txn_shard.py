@@ -89,7 +89,7 @@ async def test_locks_defer_only_their_keys_and_a_prepare_survives_a_restart_in_d
         assert not d.answered(waiting) and not d.answered(behind)
         # The executor runs over the values the locks returned, not the real keyspace.
         run = [VERB_TXRUN, b"7", b"2", b"one", pack_transaction([[b"APPEND", b"k1", b"!"]]), packed]
-        reply, states, _flushed, _missing, _wants_all = await d.call(0, *run)
+        reply, states, _flushed, _missing, _wants_all, _publishes = await d.call(0, *run)
         assert reply == b":4\r\n"
         assert unpack_values(states)[0][0] == b"k1"
         assert d.shard.db.data[b"k1"] == b"old"

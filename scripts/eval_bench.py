@@ -1,0 +1,90 @@
+"""Pipelined EVAL through the router of a 2-shard tree (issue 16's script fence):
+redis-benchmark -P 16 over random keys (so over both shards), two script shapes:
+
+- keeps: `return redis.call('SET', KEYS[1], ARGV[1])`, which server/script_scope.py
+  reads as keeping to its declared keys: its followers for other shards are sent at once;
+- may-reach: the same through a local variable, which it cannot read so: while one is
+  out, its client's requests for the other shard wait for its reply.
+
+Reports requests/s and the CPU µs per EVAL of the routers and of the shards (from
+/proc, whatever the load: compare those, with the load average printed beside).
+
+    python scripts/eval_bench.py [--requests 60000] [--clients 4] [--pipeline 16] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from proctools import kill_group, start_durakv_serve
+
+SCRIPTS = {
+    "keeps": "return redis.call('SET', KEYS[1], ARGV[1])",
+    "may-reach": "local k = KEYS[1] return redis.call('SET', k, ARGV[1])",
+}
+READY_WAIT_S = 30.0
+
+
+def cpu_seconds(group: int, role: str) -> float:
+    """utime + stime of the group's processes titled `durakv ROLE ...`."""
+    out = subprocess.run(["pgrep", "-g", str(group), "-f", f"^durakv {role}"], capture_output=True, text=True)
+    ticks = 0
+    for pid in out.stdout.split():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def wait_ready(port: int) -> None:
+    deadline = time.monotonic() + READY_WAIT_S
+    while time.monotonic() < deadline:
+        probe = subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True)
+        if probe.stdout.strip() == b"PONG":
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"durakv did not answer on port {port} within {READY_WAIT_S:.0f} s")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--requests", type=int, default=60_000)
+    p.add_argument("--clients", type=int, default=4)
+    p.add_argument("--pipeline", type=int, default=16)
+    p.add_argument("--rounds", type=int, default=2)
+    opts = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp) / "data"
+        data_dir.mkdir()
+        proc, port = start_durakv_serve(data_dir, 2)
+        try:
+            wait_ready(port)
+            for name, body in SCRIPTS.items():
+                for _ in range(opts.rounds):
+                    router0, shards0 = cpu_seconds(proc.pid, "router"), cpu_seconds(proc.pid, "shard")
+                    out = subprocess.run(["redis-benchmark", "-p", str(port), "-c", str(opts.clients),
+                                          "-P", str(opts.pipeline), "-n", str(opts.requests), "-r", "100000", "-q",
+                                          "EVAL", body, "1", "key:__rand_int__", "v"],
+                                         capture_output=True, text=True).stdout
+                    router_us = 1e6 * (cpu_seconds(proc.pid, "router") - router0) / opts.requests
+                    shards_us = 1e6 * (cpu_seconds(proc.pid, "shard") - shards0) / opts.requests
+                    rates = re.findall(r"([0-9.]+) requests per second", out)
+                    load = os.getloadavg()[0]
+                    print(f"{name:9} P{opts.pipeline}: {rates[-1] if rates else '?'} req/s, router CPU "
+                          f"{router_us:.1f} us/op, shards CPU {shards_us:.1f} us/op (load {load:.1f})")
+        finally:
+            kill_group(proc)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
