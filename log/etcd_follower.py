@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Iterator
+from typing import Generator, Iterator
 
 import requests
 
-from .errors import LogCorrupt, LogError, RecordsDropped
+from .errors import LogCorrupt, LogError
 from .etcd_client import EtcdClient, EtcdUnavailable, WatchStream, unb64
 from .etcd_records import Keys, decode_record, kvs_of, log_ends, read, revision_of
 from .interface import LeaseState, Record
@@ -94,14 +94,21 @@ class Tail:
         self._stream: WatchStream | None = None
         self._closed = False
 
-    def __iter__(self) -> Iterator[tuple[int, int, bytes]]:
+    def _read_on(self) -> Generator[tuple[int, int, bytes], None, int]:
+        """The records from self._next that etcd holds now, read by range (RecordsDropped
+        if they were dropped); returns the revision a watch goes on from. Records
+        committed after that revision may repeat what it returned: skipped by seq."""
         keys = self._keys
         reply = self._client.range(keys.log_start, keys.log_end, limit=1, keys_only=True)
         revision = revision_of(reply)
         for record in read(self._client, self._prefix, self._next):
             self._next = record[0] + 1
             yield record
-        # Records committed after the read's revision may repeat what it returned: skipped by seq.
+        return revision
+
+    def __iter__(self) -> Iterator[tuple[int, int, bytes]]:
+        keys = self._keys
+        revision = yield from self._read_on()
         while not self._closed:
             try:
                 stream = self._stream = self._client.watch(keys.record(self._next), keys.log_end, revision)
@@ -115,9 +122,14 @@ class Tail:
             try:
                 for result in stream.replies():
                     if result.get("compact_revision"):
-                        raise RecordsDropped(f"etcd log {self._prefix}: history before revision "
-                                             f"{result['compact_revision']} was compacted; read from "
-                                             "a snapshot")
+                        # The watch's history is gone (a compaction after a drop, or while this
+                        # process was paused), not necessarily the records: those a replica's
+                        # position still holds are read by range; RecordsDropped if they went too.
+                        logger.warning("etcd log %s: history before revision %s was compacted; reading on "
+                                       "from seq %d by range", self._prefix, result["compact_revision"],
+                                       self._next)
+                        revision = yield from self._read_on()
+                        break
                     for event in result.get("events", []):
                         if event.get("type", "PUT") != "PUT":
                             continue  # records dropped behind us

@@ -15,7 +15,7 @@ from durakv.log import LeaseLost, LogWriteFailed, RecordsDropped, SequenceMismat
 from durakv.log.etcd_client import EtcdClient, EtcdRequestFailed, EtcdUnavailable, unb64
 from durakv.log.etcd_follower import EtcdFollower, Tail
 from durakv.log.etcd_log import EtcdLog
-from durakv.log.etcd_records import read, shard_prefix
+from durakv.log.etcd_records import put_op, read, shard_prefix
 from durakv.log.interface import LeaseState, LogFollower, ShardLog
 
 KILL_RUN_S = 1.0  # appends before the etcd leader is killed
@@ -228,6 +228,37 @@ def test_tail_by_watch_sees_every_record_in_order(etcd_cluster):
     tail.close()
     follower.join(10)
     assert seen == expected
+    log.close()
+
+
+def test_tail_reads_on_by_range_when_its_watch_history_was_compacted(etcd_cluster):
+    """A replica's tail whose watch revision was compacted away (other keys changed
+    between its last record and the first one a drop kept, and the drop compacted at
+    that record) reads the records still there by range and watches on; only records
+    dropped for good end it with RecordsDropped."""
+    prefix = fresh_prefix()
+    log = open_log(etcd_cluster, prefix)
+    lease = log.take_lease("writer")
+    log.append([b"r%d" % i for i in range(1, 4)], 0, lease)
+    log.sync()
+    client = EtcdClient(etcd_cluster.endpoints)
+    tail = Tail(client, prefix, from_seq=1)
+    records = iter(tail)
+    assert [next(records)[2] for _ in range(3)] == [b"r1", b"r2", b"r3"]  # read by range; the watch is next
+    for n in range(5):  # revisions that are not this log's records (leases, other shards, node entries)
+        client.txn([], [put_op(b"unrelated-" + prefix.encode(), b"%d" % n)], [])
+    log.append([b"r4", b"r5"], 3, lease)
+    log.sync()
+    log.drop_segments_through(3)
+    assert log.compacted_revision > 0
+    assert [next(records)[:3:2] for _ in range(2)] == [(4, b"r4"), (5, b"r5")]
+    log.append([b"r6"], 5, lease)
+    log.sync()
+    assert next(records)[:3:2] == (6, b"r6")  # watching again
+    tail.close()
+    gone = Tail(client, prefix, from_seq=2)
+    with pytest.raises(RecordsDropped):
+        next(iter(gone))
     log.close()
 
 
