@@ -142,6 +142,18 @@ PROFILE_NOTES = [
     "syncing thread, records written in place; log/FORMAT.md): shard-port durable SET P1 0.59/0.58x "
     "-> 0.70/0.75x, P16 0.37/0.44x -> 0.60/0.61x of redis always (two bench.py rounds each, quiet). "
     "Not done: AIO fsync in place of the commit thread (no GIL handoffs).",
+    "- Shard, durable SET via Linux AIO (session 9, tried, not merged): the loop wrote the pending records "
+    "with one buffered pwrite into the preallocated zeros and submitted IOCB_CMD_FDSYNC (caio's linux_aio), "
+    "its completion on an eventfd trio waited on: no commit-thread handoff. Per sync (3 KB records, load "
+    "24): 32-40 us of process CPU against 93-111 through the thread (the fdatasync's kernel CPU moves to a "
+    "kernel worker that no process is charged for), wall 1.0-1.6 against 1.9-2.5 ms; io_uring (caio's "
+    "linux_uring) runs its fsync on an in-process io-wq thread: 92-111 us, no gain. callgrind (node_bench "
+    "set1, 10 clients) 127.9k -> 118.5k instructions per SET. But in a tree on this disk (both trees and "
+    "redis always at once, load 15-27) it gathered 13-15 SETs per fsync against 17-22 and made shard-port "
+    "durable SET P1 0.43-0.58x of redis always against 0.63-0.90x through the thread and idle loop: the "
+    "idle loop's inline fast syncs hold the loop and so gather more requests per fsync, and the fsync rate "
+    "bounds P1 here. The loop's own CPU per SET (commit_phases.py: 18.5-19.7 us against 8.7-9.1 per GET) "
+    "is the same with or without AIO, so the handoff is not where the SET/GET gap is.",
     "- Output limit (session 7, issue 13): a client pipelining GETs of a 100 KB value had up to 256 "
     "replies (25 MB) in flight on the shard link before its output backed up (the in-flight byte "
     "bound was only checked once output was queued), and every other client's reply on that link "
