@@ -4,13 +4,13 @@ commands it answers itself or refuses before they run (rejected_calls).
 
 Errors are counted where every reply passes, Client.flush: one byte compared per
 reply. The shards count the calls and failures of the commands they run
-(shards/shard.py CommandStats); INFO merges both."""
+(shards/command_stats.py); INFO merges both."""
 
 from __future__ import annotations
 
 import logging
 
-from durakv.shards.shard import CommandStats
+from durakv.shards.command_stats import CommandStats
 
 logger = logging.getLogger("durakv.router")
 

@@ -24,6 +24,7 @@ from durakv.log import Log
 from durakv.log.layout import shard_dir
 from durakv.shards import internal
 from durakv.shards.acl import MAX_SCRIPT_DENIALS, user_from_rules, with_denials
+from durakv.shards.command_stats import CommandStats
 from durakv.shards.commit import GroupCommit
 from durakv.shards.config import Config
 from durakv.shards.disk_hooks import HookedDisk, shard_disk
@@ -63,19 +64,6 @@ RELEASE_POLL_S = 1.0
 # Batches of keyspace notifications waiting for their record's fsync: one per batch
 # executed meanwhile, so far more than a loop runs between two fsyncs.
 MAX_HELD_EVENT_BATCHES = 1_000_000
-
-
-class CommandStats:
-    """INFO commandstats, as Redis 7.0: failed = ran and replied an error;
-    rejected = refused before running (counted in neither calls nor usec)."""
-
-    __slots__ = ("calls", "usec", "failed", "rejected")
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.usec = 0
-        self.failed = 0
-        self.rejected = 0
 
 
 class SnapshotHooks(Protocol):

@@ -39,6 +39,7 @@ import trio
 
 from durakv.shards.acl import MAX_SCRIPT_DENIALS, user_from_rules, with_denials
 from durakv.shards.blocking import Block, Waiter, parse_timeout_ms
+from durakv.shards.command_stats import CommandStats
 from durakv.shards.context import Ctx
 from durakv.shards.frames import (
     INTERNAL_PREFIX, VERB_AS_USER, VERB_EXEC, VERB_LITERAL, VERB_TXABORT, VERB_TXCOMMIT, VERB_TXDECIDE, VERB_TXINDOUBT,
@@ -183,25 +184,15 @@ class ScratchShard:
         self.settings = settings
         self.slot_range = (0, SLOT_COUNT - 1)
         self.watches = watches
-        self.call_stats: dict[Any, CallStats] = {}  # a script's redis.calls: the shard's once the run counts
+        self.call_stats: dict[Any, CommandStats] = {}  # a script's redis.calls: the shard's once the run counts
 
-    def script_call_stat(self, cmd: Any) -> CallStats:
+    def script_call_stat(self, cmd: Any) -> CommandStats:
         stat = self.call_stats.get(cmd)
         if stat is None:
-            stat = self.call_stats[cmd] = CallStats()
+            stat = self.call_stats[cmd] = CommandStats()
         return stat
 
 
-class CallStats:
-    """A run's counts of one command its scripts called (shards/shard.py CommandStats' fields)."""
-
-    __slots__ = ("calls", "usec", "failed", "rejected")
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.usec = 0
-        self.failed = 0
-        self.rejected = 0
 
 
 class TxnState:

@@ -318,7 +318,8 @@ def test_evalsha_queued_in_multi_finds_a_script_cached_on_another_shard(pair):
 
 def _stats(client) -> tuple[dict, dict]:
     commands = {name: {k: v for k, v in stat.items() if k != "usec" and k != "usec_per_call"}
-                for name, stat in client.info("commandstats").items() if name not in ("cmdstat_info", "cmdstat_config|resetstat")}
+                for name, stat in client.info("commandstats").items()
+                if name not in ("cmdstat_info", "cmdstat_config|resetstat")}
     return commands, client.info("errorstats")
 
 
