@@ -31,17 +31,16 @@ import json
 import logging
 import secrets
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .etcd_client import EtcdClient, EtcdRequestFailed, EtcdUnavailable, unb64
 from .etcd_records import cmp_absent, get_op, kvs_of, put_op, revision_of
+from .etcd_watch import PrefixWatch
 
 logger = logging.getLogger("durakv.log")
 
 LINK_SECRET_BYTES = 32
-WATCH_RETRY_PAUSE_S = 0.2
 LEADER_DIR = b"leader/"
 NODE_DIR = b"node/"
 REPLICA_DIR = b"replica/"
@@ -145,48 +144,18 @@ def _entry(kv: dict[str, Any]) -> dict[str, Any] | None:
     return entry if isinstance(entry, dict) else None
 
 
-class ClusterWatch:
-    """Follows D/cluster/ in a thread: calls on_change(state) after the first read and
-    after every change; reads it all again when a watch fails."""
+def _apply_cluster_event(deployment: str, state: ClusterState, event: dict[str, Any]) -> None:
+    state.apply(deployment, event["kv"], deleted=event.get("type", "PUT") != "PUT")
 
-    def __init__(self, client: EtcdClient, deployment: str, on_change: Callable[[ClusterState], None]) -> None:
-        self._client = client
-        self._deployment = deployment
-        self._on_change = on_change
-        self._stream: Any = None
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name=f"etcd cluster {deployment}", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def _run(self) -> None:
-        deployment = self._deployment
-        while not self._closed:
-            try:
-                revision, state = read_cluster(self._client, deployment)
-                self._on_change(state.copy())
-                stream = self._stream = self._client.watch(cluster_start(deployment), cluster_end(deployment),
-                                                           revision + 1)
-                try:
-                    for result in stream.replies():
-                        for event in result.get("events", []):
-                            state.apply(deployment, event["kv"], deleted=event.get("type", "PUT") != "PUT")
-                        if result.get("events"):
-                            self._on_change(state.copy())
-                finally:
-                    stream.close()
-            except (EtcdUnavailable, EtcdRequestFailed, OSError, ValueError) as e:
-                if self._closed:
-                    return
-                logger.warning("etcd: following %s failed (%s); reading it again", cluster_start(deployment), e)
-            if not self._closed:
-                time.sleep(WATCH_RETRY_PAUSE_S)
-
-    def close(self) -> None:
-        self._closed = True
-        if self._stream is not None:
-            self._stream.close()
+def cluster_watch(client: EtcdClient, deployment: str,
+                  on_change: Callable[[ClusterState], None]) -> PrefixWatch[ClusterState]:
+    """Follows D/cluster/ in a thread: on_change(state) after the first read and after
+    every change (log/etcd_watch.py)."""
+    return PrefixWatch(client, cluster_start(deployment), cluster_end(deployment), f"etcd cluster {deployment}",
+                       lambda c: read_cluster(c, deployment),
+                       lambda state, event: _apply_cluster_event(deployment, state, event),
+                       lambda _revision, state: on_change(state.copy()))
 
 
 class NodeEntry:

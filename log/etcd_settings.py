@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-import time
 from typing import Any, Callable
 
-from .etcd_client import EtcdClient, EtcdRequestFailed, EtcdUnavailable, unb64
+from .etcd_client import EtcdClient, EtcdRequestFailed, unb64
 from .etcd_records import kvs_of, put_op, revision_of
+from .etcd_watch import PrefixWatch
 
 logger = logging.getLogger("durakv.log")
 
-WATCH_RETRY_PAUSE_S = 0.2
 # Settings read in one range request: Redis has about 200 parameters.
 MAX_SETTINGS_READ = 1000
 
@@ -73,55 +71,22 @@ def read_settings(client: EtcdClient, deployment: str) -> tuple[int, dict[str, s
     return revision_of(reply), settings
 
 
-class SettingsWatch:
-    """Follows D/config/ in a thread: calls on_change(revision, every recorded setting)
-    after the first read and after every change; reads it all again when a watch fails."""
+def _apply_setting(deployment: str, settings: dict[str, str], event: dict[str, Any]) -> None:
+    """One watch event of D/config/ folded into settings."""
+    if event.get("type", "PUT") != "PUT":
+        name = unb64(event["kv"]["key"])[len(settings_start(deployment)):]
+        settings.pop(name.decode(errors="replace"), None)
+        return
+    parsed = _parse(deployment, event["kv"])
+    if parsed is not None:
+        settings[parsed[0]] = parsed[1]
 
-    def __init__(self, client: EtcdClient, deployment: str,
-                 on_change: Callable[[int, dict[str, str]], None]) -> None:
-        self._client = client
-        self._deployment = deployment
-        self._on_change = on_change
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name=f"etcd settings {deployment}", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def _run(self) -> None:
-        deployment = self._deployment
-        while not self._closed:
-            try:
-                revision, settings = read_settings(self._client, deployment)
-                self._on_change(revision, dict(settings))
-                stream = self._client.watch(settings_start(deployment), settings_end(deployment),
-                                                           revision + 1)
-                try:
-                    for result in stream.replies():
-                        for event in result.get("events", []):
-                            if event.get("type", "PUT") != "PUT":
-                                name = unb64(event["kv"]["key"])[len(settings_start(deployment)):]
-                                settings.pop(name.decode(errors="replace"), None)
-                                continue
-                            parsed = _parse(deployment, event["kv"])
-                            if parsed is not None:
-                                settings[parsed[0]] = parsed[1]
-                        if self._closed:
-                            return
-                        if result.get("events"):
-                            revision = max(int(event["kv"].get("mod_revision", 0)) for event in result["events"])
-                            self._on_change(revision, dict(settings))
-                finally:
-                    stream.close()
-            except (EtcdUnavailable, EtcdRequestFailed, OSError, ValueError) as e:
-                if self._closed:
-                    return
-                logger.warning("etcd: following %s failed (%s); reading it again",
-                               settings_start(deployment).decode(), e)
-            if not self._closed:
-                time.sleep(WATCH_RETRY_PAUSE_S)
-
-    def close(self) -> None:
-        """Let the thread end at its next notice (closing the stream from another thread
-        can block on the read in progress, log/etcd_client.py; the thread is a daemon)."""
-        self._closed = True
+def settings_watch(client: EtcdClient, deployment: str,
+                   on_change: Callable[[int, dict[str, str]], None]) -> PrefixWatch[dict[str, str]]:
+    """Follows D/config/ in a thread: on_change(revision, every recorded setting) after
+    the first read and after every change (log/etcd_watch.py)."""
+    return PrefixWatch(client, settings_start(deployment), settings_end(deployment), f"etcd settings {deployment}",
+                       lambda c: read_settings(c, deployment),
+                       lambda settings, event: _apply_setting(deployment, settings, event),
+                       lambda revision, settings: on_change(revision, dict(settings)))

@@ -91,7 +91,7 @@ class NodeSettingsFollower:
 
     async def run(self) -> None:
         """Follow D/config/ until cancelled, applying the newest state each time."""
-        from durakv.log.etcd_settings import SettingsWatch
+        from durakv.log.etcd_settings import settings_watch
 
         config = self.sync.router.config
         token = trio.lowlevel.current_trio_token()
@@ -102,7 +102,7 @@ class NodeSettingsFollower:
             except trio.RunFinishedError:
                 self.close()
 
-        self._watch = SettingsWatch(etcd_client(config), config.etcd_prefix, from_thread)
+        self._watch = settings_watch(etcd_client(config), config.etcd_prefix, from_thread)
         self._watch.start()
         try:
             async with trio.open_nursery() as nursery:

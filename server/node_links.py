@@ -55,7 +55,7 @@ class NodeDirectory:
     async def start(self, links: bool, entry: dict[str, Any] | None = None) -> None:
         """Start following the cluster's entries; links: read the link secret first (a
         router); entry: publish it as this node's (router 0)."""
-        from durakv.log.etcd_nodes import ClusterWatch, NodeEntry
+        from durakv.log.etcd_nodes import NodeEntry, cluster_watch
 
         if links:
             self.secret = await trio.to_thread.run_sync(link_secret, self.config)
@@ -64,7 +64,7 @@ class NodeDirectory:
             self._entry = NodeEntry(etcd_client(self.config), self.config.etcd_prefix, self.node_id, entry,
                                     self.config.etcd_lease_ttl_s)
             self._entry.start()
-        self._watch = ClusterWatch(etcd_client(self.config), self.config.etcd_prefix, self._from_thread)
+        self._watch = cluster_watch(etcd_client(self.config), self.config.etcd_prefix, self._from_thread)
         self._watch.start()
 
     def close(self) -> None:
