@@ -6,11 +6,13 @@ ports, plain clients the plain ones (Redis with tls-cluster yes)."""
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from durakv.log.lease import pid_alive
 from durakv.server.topology import replica_node_id
 from durakv.shards.config import Config, replica_port, shard_port, tls_replica_port, tls_shard_port
+from durakv.shards.log_backend import uses_etcd
 from durakv.shards.replica_board import STATE_ONLINE, ReplicaBoard, ReplicaSlot
 from durakv.shards.slots import SLOT_COUNT, slot_ranges
 
@@ -71,8 +73,23 @@ def replica_nodes(config: Config, router_node_id: str, primary: Node) -> list[No
             for r in range(config.replicas)]
 
 
-def replica_online(config: Config, node: Node) -> bool:
-    return any(slot.number == node.replica and slot.state == STATE_ONLINE
+def replica_silence_limit_ms(config: Config) -> int:
+    """How long a replica may go without a look at the log (its replica board slot's
+    heard_at_ms) before it is shown failed: as long as a silent primary keeps its lease
+    (the etcd lease TTL, as another node's replica's live entry; else lease-duration-ms).
+    A replica looks every millisecond on a local log, every quarter TTL on etcd."""
+    return config.etcd_lease_ttl_s * 1000 if uses_etcd(config) else config.lease_duration_ms
+
+
+def replica_online(config: Config, node: Node, directory: NodeDirectory | None = None) -> bool:
+    """This node's replica is online while its process runs, it finished loading and it
+    looked at the log lately (a paused replica is alive but follows nothing); with
+    several nodes, also while its live entry is in etcd, as the other nodes judge it."""
+    if directory is not None and (node.shard, f"{directory.node_id}-{node.replica}") not in directory.state.replicas:
+        return False
+    now_ms = time.time_ns() // 1_000_000
+    limit_ms = replica_silence_limit_ms(config)
+    return any(slot.number == node.replica and slot.state == STATE_ONLINE and now_ms - slot.heard_at_ms <= limit_ms
                for slot in replica_slots(config, node.shard))
 
 
