@@ -7,7 +7,7 @@ ports, plain clients the plain ones (Redis with tls-cluster yes)."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Container, NamedTuple
 
 from durakv.log.lease import pid_alive
 from durakv.server.topology import replica_node_id
@@ -110,7 +110,7 @@ def node_entry(config: Config, router_node_id: str, ids: list[str]) -> dict[str,
                        for primary in primaries]}
 
 
-def _remote(entry: dict[str, Any], shard: int, live: set[tuple[int, str]]) -> tuple[Node, list[Node]] | None:
+def _remote(entry: dict[str, Any], shard: int, live: Container[tuple[int, str]]) -> tuple[Node, list[Node]] | None:
     """Shard `shard`'s primary and replica nodes in another node's entry; live: the
     replicas following now, as (shard, "<node>-<number>")."""
     try:
@@ -148,4 +148,32 @@ def other_replicas(directory: NodeDirectory | None, primary: Node) -> list[Node]
             remote = _remote(entry, primary.shard, state.replicas)
             if remote is not None:
                 out += remote[1]
+    return out
+
+
+class RemoteReplica(NamedTuple):
+    ip: str
+    port: int
+    applied_seq: int
+
+
+def other_nodes_replicas(directory: NodeDirectory | None, shard: int) -> list[RemoteReplica]:
+    """Shard `shard`'s replicas following on the other nodes (their live entries in etcd,
+    with how far each applied), where their node's entry says they listen; for INFO
+    replication on this node. A live entry whose node has no entry (yet) is left out."""
+    if directory is None:
+        return []
+    state = directory.state
+    out = []
+    for (live_shard, _name), live in sorted(state.replicas.items()):
+        node_id = str(live.get("node", ""))
+        if live_shard != shard or node_id == directory.node_id:
+            continue
+        remote = _remote(state.nodes.get(node_id, {}), shard, ())
+        port = next((r.port for r in remote[1] if r.replica == live.get("number")), 0) if remote else 0
+        if remote is not None and port:
+            try:
+                out.append(RemoteReplica(remote[0].ip.decode(), port, int(live.get("seq", 0))))
+            except (TypeError, ValueError):
+                continue   # not a position: it cannot say how far the replica is
     return out
