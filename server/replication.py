@@ -106,7 +106,7 @@ def info_lines(view) -> list[str]:
 
 def role_reply(view, laddr: str) -> list:
     config = view.config
-    if not config.replicas:
+    if not config.replicas and view.directory is None:
         return [b"master", 0, []]  # as a Redis without replicas
     replica = _own_replica(view)
     if replica is not None:
@@ -118,6 +118,8 @@ def role_reply(view, laddr: str) -> list:
         offset += durable_seq(config, shard)
         slaves += [[announced_ip(config, laddr), b"%d" % slot.port, b"%d" % slot.applied_seq]
                    for slot in replica_slots(config, shard)]
+        slaves += [[remote.ip.encode(), b"%d" % remote.port, b"%d" % remote.applied_seq]
+                   for remote in other_nodes_replicas(view.directory, shard)]
     return [b"master", offset, slaves]
 
 

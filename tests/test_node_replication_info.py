@@ -23,7 +23,7 @@ def _slaves(client: redis.Redis) -> list[dict]:
 
 def test_info_replication_on_the_primarys_node_lists_another_nodes_replica(etcd_cluster, tmp_path):
     """Node a's router and shard port list node b's replica (ip, port, online) with the
-    offset it applied, which follows the writes made on a; once node b is gone (its
+    offset it applied (in INFO replication and ROLE), which follows the writes made on a; once node b is gone (its
     live entry withdrawn at its clean stop, or lapsed) it is no longer listed."""
     prefix = f"info-{uuid.uuid4().hex[:8]}"
     nodes = []
@@ -48,6 +48,8 @@ def test_info_replication_on_the_primarys_node_lists_another_nodes_replica(etcd_
             slave = _slaves(view)[0]
             print(f"node a's {'router' if view is views[0] else 'shard port'}: slave0:{slave}")
             assert slave["ip"] == "127.0.0.1" and slave["state"] == "online" and slave["lag"] == 0, slave
+            role = view.execute_command("ROLE")
+            assert role[0] == "master" and role[2] == [["127.0.0.1", str(port), str(applied)]], role
         node_b.discard()
         nodes.remove(node_b)
         for view in views:
