@@ -11,7 +11,7 @@ Keys, under a deployment's prefix D (a shard's log is under D/shard-NNN):
                          replica ports and node ids; server/cluster_view.py), bound to a
                          lease its router 0 keeps alive, so it vanishes with the node
     D/cluster/replica/shard-NNN/<node>-<number>  a live replica of the shard (JSON {node,
-                         number}): a copy of its position key (log/etcd_positions.py) put
+                         number, seq}: seq, how far it applied): a copy of its position key (log/etcd_positions.py) put
                          with the same etcd lease, which the replica renews while its loop
                          runs and it reaches etcd, so it vanishes a TTL after the replica
                          stops following (killed, paused, cut off) or at once when it stops
@@ -82,11 +82,11 @@ def live_replica_key(shard_prefix: str, name: str) -> bytes:
 @dataclass(slots=True)
 class ClusterState:
     """What D/cluster/ holds: each shard's leader entry (a shard without a leader is
-    absent), each live node's entry, by node id, and the live replicas, as (shard,
+    absent), each live node's entry, by node id, and the live replicas' entries, by (shard,
     "<node>-<number>")."""
     leaders: dict[int, dict[str, Any]] = field(default_factory=dict)
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
-    replicas: set[tuple[int, str]] = field(default_factory=set)
+    replicas: dict[tuple[int, str], dict[str, Any]] = field(default_factory=dict)
 
     def apply(self, deployment: str, kv: dict[str, Any], deleted: bool) -> None:
         key = unb64(kv["key"])[len(cluster_start(deployment)):]
@@ -107,13 +107,13 @@ class ClusterState:
             shard_text, _, name = key[len(REPLICA_DIR) + 6:].partition(b"/")
             if shard_text.isdigit() and name:
                 replica = (int(shard_text), name.decode(errors="replace"))
-                if deleted:
-                    self.replicas.discard(replica)
+                if entry is None:
+                    self.replicas.pop(replica, None)
                 else:
-                    self.replicas.add(replica)
+                    self.replicas[replica] = entry
 
     def copy(self) -> "ClusterState":
-        return ClusterState(dict(self.leaders), dict(self.nodes), set(self.replicas))
+        return ClusterState(dict(self.leaders), dict(self.nodes), dict(self.replicas))
 
 
 def link_secret(client: EtcdClient, deployment: str) -> bytes:

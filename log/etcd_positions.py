@@ -58,7 +58,7 @@ class PositionPublisher:
         self.client = client
         self.key = keys.replica(name)
         self.live_key = live_replica_key(keys.base.decode(), name)
-        self.live_value = json.dumps({"node": node, "number": number}).encode()
+        self.number = number
         self.node = node
         self.ttl_s = ttl_s
         self._lease = 0
@@ -79,15 +79,16 @@ class PositionPublisher:
             logger.warning("etcd log: replica position %s lost its lease; publishing it again",
                            self.key.decode())
             self._lease = 0
-        live = []
         if not self._lease:
             self._lease = self.client.lease_grant(self.ttl_s)
             self._published = -1
-            live = [put_op(self.live_key, self.live_value, self._lease)]
         if seq == self._published:
             return
         value = json.dumps({"seq": seq, "node": self.node, "pid": os.getpid()}).encode()
-        reply = self.client.txn([], [put_op(self.key, value, self._lease), *live], [])
+        # The live entry carries the seq too: other nodes' INFO replication shows the offset.
+        live = json.dumps({"node": self.node, "number": self.number, "seq": seq}).encode()
+        reply = self.client.txn([], [put_op(self.key, value, self._lease), put_op(self.live_key, live, self._lease)],
+                                [])
         if not reply.get("succeeded", True):
             raise LogError(f"etcd log: publishing replica position {self.key.decode()} failed: {reply}")
         self._published = seq

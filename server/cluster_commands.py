@@ -51,10 +51,21 @@ def _node_up(client: Client, node: Node) -> bool:
     view = client.router
     if node.replica >= 0:
         # Another node's: online while it follows (its live entry in etcd), as Redis flags a failed replica.
-        return node.live if node.ip else replica_online(view.config, node)
+        return node.live if node.ip else replica_online(view.config, node, view.directory)
     if node.shard < 0 or view.cluster_node:
         return view.shards_up()
     return bool(view.links[node.shard].up)
+
+
+def _flags(client: Client, node: Node, up: bool) -> list[str]:
+    """CLUSTER NODES flags in Redis' order (myself, master/slave, fail): a replica that
+    stopped following is `fail` (not `fail?`: the lapse of its live entry or position is
+    one fact every node reads alike, as Redis' FAIL once a majority agreed)."""
+    flags = ["myself"] if _is_myself(client, node) else []
+    flags.append("master" if node.replica < 0 else "slave")
+    if node.replica >= 0 and not up:
+        flags.append("fail")
+    return flags
 
 
 def _holds(client: Client, slot: int) -> bool:
@@ -102,9 +113,9 @@ def cluster_nodes_(client: Client, argv: list[bytes]):
     lines = []
     for epoch, primary in enumerate(_nodes(client), 1):
         for node in [primary, *_replicas(client, primary)]:
-            role = "master" if node.replica < 0 else "slave"
-            flags = f"myself,{role}" if _is_myself(client, node) else role
-            link = "connected" if _node_up(client, node) else "disconnected"
+            up = _node_up(client, node)
+            flags = ",".join(_flags(client, node, up))
+            link = "connected" if up else "disconnected"
             port = _client_port(client, node)
             master = "-" if node.replica < 0 else primary.node_id
             slots = f" {node.first_slot}-{node.last_slot}" if node.replica < 0 else ""

@@ -6,11 +6,13 @@ ports, plain clients the plain ones (Redis with tls-cluster yes)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple
+import time
+from typing import TYPE_CHECKING, Any, Container, NamedTuple
 
 from durakv.log.lease import pid_alive
 from durakv.server.topology import replica_node_id
 from durakv.shards.config import Config, replica_port, shard_port, tls_replica_port, tls_shard_port
+from durakv.shards.log_backend import uses_etcd
 from durakv.shards.replica_board import STATE_ONLINE, ReplicaBoard, ReplicaSlot
 from durakv.shards.slots import SLOT_COUNT, slot_ranges
 
@@ -71,8 +73,23 @@ def replica_nodes(config: Config, router_node_id: str, primary: Node) -> list[No
             for r in range(config.replicas)]
 
 
-def replica_online(config: Config, node: Node) -> bool:
-    return any(slot.number == node.replica and slot.state == STATE_ONLINE
+def replica_silence_limit_ms(config: Config) -> int:
+    """How long a replica may go without a look at the log (its replica board slot's
+    heard_at_ms) before it is shown failed: as long as a silent primary keeps its lease
+    (the etcd lease TTL, as another node's replica's live entry; else lease-duration-ms).
+    A replica looks every millisecond on a local log, every quarter TTL on etcd."""
+    return config.etcd_lease_ttl_s * 1000 if uses_etcd(config) else config.lease_duration_ms
+
+
+def replica_online(config: Config, node: Node, directory: NodeDirectory | None = None) -> bool:
+    """This node's replica is online while its process runs, it finished loading and it
+    looked at the log lately (a paused replica is alive but follows nothing); with
+    several nodes, also while its live entry is in etcd, as the other nodes judge it."""
+    if directory is not None and (node.shard, f"{directory.node_id}-{node.replica}") not in directory.state.replicas:
+        return False
+    now_ms = time.time_ns() // 1_000_000
+    limit_ms = replica_silence_limit_ms(config)
+    return any(slot.number == node.replica and slot.state == STATE_ONLINE and now_ms - slot.heard_at_ms <= limit_ms
                for slot in replica_slots(config, node.shard))
 
 
@@ -93,7 +110,7 @@ def node_entry(config: Config, router_node_id: str, ids: list[str]) -> dict[str,
                        for primary in primaries]}
 
 
-def _remote(entry: dict[str, Any], shard: int, live: set[tuple[int, str]]) -> tuple[Node, list[Node]] | None:
+def _remote(entry: dict[str, Any], shard: int, live: Container[tuple[int, str]]) -> tuple[Node, list[Node]] | None:
     """Shard `shard`'s primary and replica nodes in another node's entry; live: the
     replicas following now, as (shard, "<node>-<number>")."""
     try:
@@ -131,4 +148,32 @@ def other_replicas(directory: NodeDirectory | None, primary: Node) -> list[Node]
             remote = _remote(entry, primary.shard, state.replicas)
             if remote is not None:
                 out += remote[1]
+    return out
+
+
+class RemoteReplica(NamedTuple):
+    ip: str
+    port: int
+    applied_seq: int
+
+
+def other_nodes_replicas(directory: NodeDirectory | None, shard: int) -> list[RemoteReplica]:
+    """Shard `shard`'s replicas following on the other nodes (their live entries in etcd,
+    with how far each applied), where their node's entry says they listen; for INFO
+    replication on this node. A live entry whose node has no entry (yet) is left out."""
+    if directory is None:
+        return []
+    state = directory.state
+    out = []
+    for (live_shard, _name), live in sorted(state.replicas.items()):
+        node_id = str(live.get("node", ""))
+        if live_shard != shard or node_id == directory.node_id:
+            continue
+        remote = _remote(state.nodes.get(node_id, {}), shard, ())
+        port = next((r.port for r in remote[1] if r.replica == live.get("number")), 0) if remote else 0
+        if remote is not None and port:
+            try:
+                out.append(RemoteReplica(remote[0].ip.decode(), port, int(live.get("seq", 0))))
+            except (TypeError, ValueError):
+                continue   # not a position: it cannot say how far the replica is
     return out

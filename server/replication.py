@@ -12,7 +12,7 @@ import trio
 
 from durakv.log.layout import shard_log_dir
 from durakv.log.lease import LeaseFile
-from durakv.server.cluster_view import announced_ip, replica_slots
+from durakv.server.cluster_view import announced_ip, other_nodes_replicas, replica_slots
 from durakv.server.links import Pending
 from durakv.shards.config import Config, shard_port
 from durakv.shards.min_replicas import good_replicas
@@ -63,7 +63,7 @@ def _good_replicas_lines(view) -> list[str]:
 
 def info_lines(view) -> list[str]:
     config = view.config
-    if not config.replicas:  # as a Redis without replicas
+    if not config.replicas and view.directory is None:  # as a Redis without replicas
         return ["role:master", "connected_slaves:0", *_good_replicas_lines(view), "master_repl_offset:0"]
     replica = _own_replica(view)
     if replica is not None:
@@ -94,6 +94,11 @@ def info_lines(view) -> list[str]:
             lag_s = max(now_ms - slot.heard_at_ms, 0) // 1000
             slaves.append(f"ip={ip},port={slot.port},state={state},offset={slot.applied_seq},lag={lag_s},"
                           f"lag_records={max(durable - slot.applied_seq, 0)}")
+        # The other nodes' replicas: following while their live entry lasts (renewed every quarter
+        # TTL), so their lag is not known closer than that: shown 0, as a replica heard from lately.
+        for remote in other_nodes_replicas(view.directory, shard):
+            slaves.append(f"ip={remote.ip},port={remote.port},state=online,offset={remote.applied_seq},lag=0,"
+                          f"lag_records={max(durable - remote.applied_seq, 0)}")
     return ["role:master", f"connected_slaves:{len(slaves)}", *_good_replicas_lines(view),
             *(f"slave{i}:{line}" for i, line in enumerate(slaves)),
             "master_failover_state:no-failover", f"master_replid:{REPLID}", f"master_repl_offset:{offset}"]
@@ -101,7 +106,7 @@ def info_lines(view) -> list[str]:
 
 def role_reply(view, laddr: str) -> list:
     config = view.config
-    if not config.replicas:
+    if not config.replicas and view.directory is None:
         return [b"master", 0, []]  # as a Redis without replicas
     replica = _own_replica(view)
     if replica is not None:
@@ -113,6 +118,8 @@ def role_reply(view, laddr: str) -> list:
         offset += durable_seq(config, shard)
         slaves += [[announced_ip(config, laddr), b"%d" % slot.port, b"%d" % slot.applied_seq]
                    for slot in replica_slots(config, shard)]
+        slaves += [[remote.ip.encode(), b"%d" % remote.port, b"%d" % remote.applied_seq]
+                   for remote in other_nodes_replicas(view.directory, shard)]
     return [b"master", offset, slaves]
 
 

@@ -180,6 +180,14 @@ class Replica:
                 self.shard.publish_events(events)
         self.board.publish(self.number, os.getpid(), self.applied_seq, self.port, STATE_ONLINE)
 
+    def heard(self) -> int:
+        """The applied seq, for the position in etcd, published on the board again with
+        the time: an idle replica on etcd applies nothing, yet looks at the log (CLUSTER
+        NODES and min-replicas-max-lag judge a replica by how lately it did)."""
+        if not self.promoted:
+            self.board.publish(self.number, os.getpid(), self.applied_seq, self.port, STATE_ONLINE)
+        return self.applied_seq
+
     def apply_followed(self, seq: int, payload: bytes) -> None:
         """One record the etcd watch delivered (in the trio loop): applied if it is the
         next one; a repeat is skipped; nothing is applied once promotion began."""
@@ -279,7 +287,7 @@ async def run_replica(config: Config, index: int, number: int, snapshots: Snapsh
             async with trio.open_nursery() as following:
                 following.start_soon(replica.follow)
                 if replica.etcd is not None:   # what it still needs, for drops on any node
-                    following.start_soon(replica.etcd.publish_position, number, lambda: replica.applied_seq)
+                    following.start_soon(replica.etcd.publish_position, number, replica.heard)
                 if replica.etcd is not None and config.node_role == "replica":
                     # A replica node's replicas campaign on their own: no primary runs beside them.
                     following.start_soon(_then_cancel, replica.etcd.watch_leader(True), following.cancel_scope)

@@ -178,7 +178,10 @@ def test_another_nodes_replica_is_online_only_while_it_follows(etcd_cluster, tmp
             print(f"a paused replica shown failed on the other node after {time.monotonic() - stopped_at:.2f} s "
                   f"(lease TTL {TTL_S} s)")
             line = next(line for line in _cluster_nodes(views[0]).splitlines() if f":{port}@" in line)
-            assert line.endswith(" disconnected"), line
+            assert line.split(" ")[2] == "slave,fail" and line.endswith(" disconnected"), line
+            # Its own node judges it alike: by its live entry and how lately it looked at the log.
+            own = next(line for line in _cluster_nodes(node_b.client()).splitlines() if f":{port}@" in line)
+            assert own.split(" ")[2] == "slave,fail" and own.endswith(" disconnected"), own
             slots = views[0].execute_command("CLUSTER", "SLOTS")
             assert all(node[1] != port for entry in slots for node in entry[2:]), slots
             assert {"a", "b"} <= _node_ids(etcd_cluster, prefix)   # its node is alive all along
