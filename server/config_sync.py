@@ -23,10 +23,13 @@ its config file takes the recorded one again. CONFIG REWRITE stays per node."""
 from __future__ import annotations
 
 import logging
+import os
+import time
 from typing import TYPE_CHECKING, Any
 
 import trio
 
+from durakv.server.runtime_changes import settings_path
 from durakv.shards.config import Config
 from durakv.shards.log_backend import etcd_client
 from durakv.shards.resp import ReplyError
@@ -83,6 +86,7 @@ class NodeSettingsFollower:
     def __init__(self, sync: SettingsSync) -> None:
         self.sync = sync
         self._latest: dict[str, str] | None = None
+        self._latest_read_ns = 0  # wall clock when the newest state was read from etcd
         self._revision = 0  # of the newest state that arrived
         self._arrived = trio.Event()
         self._resync_failed = False
@@ -98,7 +102,7 @@ class NodeSettingsFollower:
 
         def from_thread(revision: int, recorded: dict[str, str]) -> None:
             try:
-                token.run_sync_soon(self._arrive, revision, recorded)
+                token.run_sync_soon(self._arrive, revision, recorded, time.time_ns())
             except trio.RunFinishedError:
                 self.close()
 
@@ -112,7 +116,7 @@ class NodeSettingsFollower:
                     self._arrived = trio.Event()
                     recorded, self._latest = self._latest, None
                     if recorded is not None:
-                        await self._apply(recorded)
+                        await self._apply(recorded, self._latest_read_ns)
         finally:
             self.close()
 
@@ -126,6 +130,7 @@ class NodeSettingsFollower:
         client = etcd_client(config)
         while True:
             await trio.sleep(config.etcd_lease_ttl_s)
+            read_ns = time.time_ns()
             try:
                 revision, recorded = await trio.to_thread.run_sync(read_settings, client, config.etcd_prefix,
                                                                    abandon_on_cancel=True)
@@ -136,17 +141,18 @@ class NodeSettingsFollower:
                 self._resync_failed = True
                 continue
             self._resync_failed = False
-            self._arrive(revision, recorded)
+            self._arrive(revision, recorded, read_ns)
 
     def close(self) -> None:
         if self._watch is not None:
             self._watch.close()
 
-    def _arrive(self, revision: int, recorded: dict[str, str]) -> None:
+    def _arrive(self, revision: int, recorded: dict[str, str], read_ns: int) -> None:
         if revision < self._revision:  # read before a change the watch already told of
             return
         self._revision = revision
         self._latest = recorded  # each notice holds every setting: only the newest matters
+        self._latest_read_ns = read_ns
         self._arrived.set()
 
     def _changes(self, recorded: dict[str, str]) -> list[tuple[str, str]]:
@@ -176,11 +182,15 @@ class NodeSettingsFollower:
             changes += checked
         return changes
 
-    async def _apply(self, recorded: dict[str, str]) -> None:
+    async def _apply(self, recorded: dict[str, str], read_ns: int) -> None:
         sync = self.sync
         lock_fd = await sync.lock()
         try:
             # Compared under the lock: a CONFIG SET of this node may have just changed them.
+            # One made after this state was read (say, one etcd could not record) stands until
+            # a read after it: the next resync.
+            if _changed_since(sync.data_dir, read_ns):
+                return
             changes = self._changes(recorded)
             if not changes:
                 return
@@ -190,3 +200,12 @@ class NodeSettingsFollower:
             await sync.propagate_locked(changes, [(n, v) for n, v in changes if n in SHARD_PARAMS], record=False)
         finally:
             sync.unlock(lock_fd)
+
+
+def _changed_since(data_dir: str, read_ns: int) -> bool:
+    """Whether this node's settings changed (DIR/run/settings replaced, under the
+    settings lock) after read_ns."""
+    try:
+        return os.stat(settings_path(data_dir)).st_mtime_ns > read_ns
+    except FileNotFoundError:
+        return False
