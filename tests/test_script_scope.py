@@ -141,3 +141,15 @@ def test_evalsha_is_judged_by_a_body_this_router_saw_and_fcall_never():
     assert scopes.keeps([b"EVAL", body, b"1", b"k", b"v"])
     assert scopes.keeps([b"evalsha_ro", sha.upper(), b"1", b"k", b"v"])
     assert not scopes.keeps([b"FCALL", b"f", b"1", b"k"])
+
+
+def test_reading_is_bounded():
+    """A body past MAX_BODY_BYTES is not read, and a list of assignment targets past
+    MAX_TARGET_TOKENS is taken for one: both only cost a wait."""
+    from durakv.server.script_scope import MAX_BODY_BYTES, MAX_TARGET_TOKENS
+    keeps = b"local k = KEYS[1] return redis.call('GET', k)"
+    assert keeps_to_its_keys(keeps)
+    assert not keeps_to_its_keys(keeps + b" " * (MAX_BODY_BYTES + 1 - len(keeps)))
+    targets = b", ".join(b"t%d" % i for i in range(MAX_TARGET_TOKENS))
+    assert not keeps_to_its_keys(b"local k = KEYS[1] local " + targets + b" k, " + targets + b" = ARGV[1] "
+                                 b"return redis.call('GET', k)")
