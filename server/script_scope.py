@@ -382,13 +382,34 @@ def _in_scope(scope: tuple[int, int] | None, i: int) -> bool:
 
 
 class ScriptScopes:
-    """The verdicts of keeps_to_its_keys, by body and by sha (bounded)."""
+    """The verdicts of keeps_to_its_keys, by body and by sha (bounded), and the shards
+    known to have a sha's script cached (`homes`): an EVALSHA sent to a shard not known
+    to have it may be answered NOSCRIPT and sent again once found elsewhere
+    (server/script_retry.py), so its client's later requests, for any shard, wait for it.
+    Learnt from this router's SCRIPT LOADs, EVALSHA replies and loads after a NOSCRIPT;
+    forgotten on its SCRIPT FLUSH (one through another process or a shard's restart is
+    not seen: such an EVALSHA's followers may then run before it)."""
 
-    __slots__ = ("by_body", "by_sha")
+    __slots__ = ("by_body", "by_sha", "homes")
 
     def __init__(self) -> None:
         self.by_body: dict[bytes, bool] = {}
         self.by_sha: dict[bytes, bool] = {}
+        self.homes: dict[bytes, int] = {}  # sha (lower case) -> bit mask of the shards that have it
+
+    def cached_on(self, sha: bytes, shard: int) -> bool:
+        return bool(self.homes.get(sha.lower(), 0) >> shard & 1)
+
+    def note_loaded(self, body: bytes, shards: int) -> None:
+        """SCRIPT LOAD through this router: every shard has it."""
+        self.note_cached(sha1hex(body), (1 << shards) - 1)
+
+    def note_cached(self, sha: bytes, shards_mask: int) -> None:
+        homes = self.homes
+        if len(homes) >= MAX_VERDICTS:
+            homes.clear()
+        sha = sha.lower()
+        homes[sha] = homes.get(sha, 0) | shards_mask
 
     def body_keeps(self, body: bytes) -> bool:
         verdict = self.by_body.get(body)
