@@ -28,6 +28,9 @@ shard wait for its reply, a pipeline of scripts on one shard does not, and neith
 one of scripts whose text shows they keep to their declared keys (server/script_scope.py).
 A pipeline of other scripts spread over shards costs a round trip per change of shard
 (scripts/eval_bench.py, load ~20: 2.4-3.9k -> 1.1-1.6k EVAL/s; router CPU 15-18 -> 54-59 µs).
+An EVALSHA sent to a shard not known to have its script (script_scope.py `homes`) may be
+answered NOSCRIPT and sent again: while it is out, every later request of its client
+waits (`holds_all`), those for its own shard too, which would run there before the re-send.
 """
 
 from __future__ import annotations

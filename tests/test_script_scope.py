@@ -153,3 +153,19 @@ def test_reading_is_bounded():
     targets = b", ".join(b"t%d" % i for i in range(MAX_TARGET_TOKENS))
     assert not keeps_to_its_keys(b"local k = KEYS[1] local " + targets + b" k, " + targets + b" = ARGV[1] "
                                  b"return redis.call('GET', k)")
+
+
+def test_the_shards_known_to_have_a_script_are_bounded_and_forgotten_on_flush():
+    """`homes`: an EVALSHA sent to a shard not known to have its script holds every later
+    request of its client (it may be sent again), so a forgotten home only costs a wait."""
+    from durakv.server.script_scope import MAX_VERDICTS
+    scopes = ScriptScopes()
+    sha = sha1hex(b"return 1")
+    assert not scopes.cached_on(sha, 0)
+    scopes.note_cached(sha.upper(), 1 << 1)
+    assert scopes.cached_on(sha, 1) and not scopes.cached_on(sha, 0)
+    scopes.note_loaded(b"return 1", 2)
+    assert scopes.cached_on(sha.upper(), 0) and scopes.cached_on(sha, 1)
+    for i in range(MAX_VERDICTS):
+        scopes.note_cached(b"%040d" % i, 1)
+    assert len(scopes.homes) <= MAX_VERDICTS and not scopes.cached_on(sha, 0)
