@@ -27,6 +27,7 @@ KEEPS = [
     "local key = KEYS[1]\nlocal function bump(by) return redis.call('INCRBY', key, by) end\nreturn bump(ARGV[1])",
     "local key = KEYS[1] -- key = ARGV[1] in a comment is no assignment\nreturn redis.call('GET', key)",
     "local k = KEYS[1] if redis.call('GET', k) == ARGV[1] then return redis.call('DEL', k) end return 0",
+    "local k = KEYS[1] local x = {} x[k] = ARGV[1] while true do redis.call('DEL', k) break end return x[k]",
     # loops over KEYS
     "for i, k in ipairs(KEYS) do redis.call('DEL', k) end return #KEYS",
     "for _, k in ipairs(KEYS) do redis.call('SET', k, ARGV[1]) end",
@@ -98,6 +99,11 @@ REACHES = [
     "local k = ARGV[1] return redis.call('GET', k)",
     "local k1, k2 = KEYS[1] return redis.call('RENAME', k1, k2)",
     "local k = KEYS[1] .. '' local j = k return redis.call('GET', j)",
+    "local k = KEYS[1]\n(print)('x') return redis.call('GET', k)",  # Lua reads KEYS[1](print)('x')
+    "local k = KEYS[1] local v = 'x' v, k = k, v return redis.call('GET', k)",  # swapped
+    "local k = KEYS[1] return redis.call('SET', k, redis.call('GET', ARGV[1]))",
+    "for i, k in ipairs(KEYS) do redis.call('GET', i) end",  # the index, not the key
+    "for _, k in ipairs(KEYS) do redis.call('GET', KEYS[k]) end",
     "return redis.call('GET', k) local k = KEYS[1]",  # used before its binding: a global
     "if ARGV[1] then local k = KEYS[1] end return redis.call('GET', k)",  # used out of its block
     "local k = KEYS k = ARGV return redis.call('GET', k[1])",
