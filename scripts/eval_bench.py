@@ -1,10 +1,10 @@
 """Pipelined EVAL through the router of a 2-shard tree (issue 16's script fence):
-redis-benchmark -P 16 over random keys (so over both shards), two script shapes:
-
-- keeps: `return redis.call('SET', KEYS[1], ARGV[1])`, which server/script_scope.py
-  reads as keeping to its declared keys: its followers for other shards are sent at once;
-- may-reach: the same through a local variable, which it cannot read so: while one is
-  out, its client's requests for the other shard wait for its reply.
+redis-benchmark -P 16 over random keys (so over both shards), script shapes met in
+real use (RQ's lock release, a fixed-window rate limiter, a key through a local or a loop
+over KEYS). Each line says whether server/script_scope.py reads the script as keeping to
+its declared keys ("keeps": its followers for other shards are sent at once) or not
+("held": while one is out, its client's requests for the other shard wait for its reply);
+`computed` writes the same key through a computed name, which it cannot read so.
 
 Reports requests/s and the CPU µs per EVAL of the routers and of the shards (from
 /proc, whatever the load: compare those, with the load average printed beside).
@@ -25,9 +25,17 @@ from pathlib import Path
 
 from proctools import kill_group, start_durakv_serve
 
+import durakv.shards.commands  # noqa: F401  (registers the commands script_scope looks up)
+from durakv.server.script_scope import keeps_to_its_keys
+
 SCRIPTS = {
-    "keeps": "return redis.call('SET', KEYS[1], ARGV[1])",
-    "may-reach": "local k = KEYS[1] return redis.call('SET', k, ARGV[1])",
+    "literal": "return redis.call('SET', KEYS[1], ARGV[1])",
+    "release": "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+    "local": "local k = KEYS[1] return redis.call('SET', k, ARGV[1])",
+    "limiter": ("local key = KEYS[1] local n = redis.call('INCR', key) "
+                "if n == 1 then redis.call('EXPIRE', key, 60) end return n <= (tonumber(ARGV[1]) or 100) and 1 or 0"),
+    "loop": "for _, k in ipairs(KEYS) do redis.call('SET', k, ARGV[1]) end return #KEYS",
+    "computed": "return redis.call('SET', KEYS[1] .. '', ARGV[1])",
 }
 READY_WAIT_S = 30.0
 
@@ -61,6 +69,7 @@ def main() -> int:
     p.add_argument("--clients", type=int, default=4)
     p.add_argument("--pipeline", type=int, default=16)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--scripts", default=",".join(SCRIPTS), help="which shapes, comma-separated")
     opts = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"
@@ -68,7 +77,9 @@ def main() -> int:
         proc, port = start_durakv_serve(data_dir, 2)
         try:
             wait_ready(port)
-            for name, body in SCRIPTS.items():
+            for name in opts.scripts.split(","):
+                body = SCRIPTS[name]
+                verdict = "keeps" if keeps_to_its_keys(body.encode()) else "held"
                 for _ in range(opts.rounds):
                     router0, shards0 = cpu_seconds(proc.pid, "router"), cpu_seconds(proc.pid, "shard")
                     out = subprocess.run(["redis-benchmark", "-p", str(port), "-c", str(opts.clients),
@@ -79,7 +90,7 @@ def main() -> int:
                     shards_us = 1e6 * (cpu_seconds(proc.pid, "shard") - shards0) / opts.requests
                     rates = re.findall(r"([0-9.]+) requests per second", out)
                     load = os.getloadavg()[0]
-                    print(f"{name:9} P{opts.pipeline}: {rates[-1] if rates else '?'} req/s, router CPU "
+                    print(f"{name:8} {verdict:5} P{opts.pipeline}: {rates[-1] if rates else '?'} req/s, router CPU "
                           f"{router_us:.1f} us/op, shards CPU {shards_us:.1f} us/op (load {load:.1f})")
         finally:
             kill_group(proc)

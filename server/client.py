@@ -372,6 +372,9 @@ class Client:
                     note_script(argv[2])
                     if router.scripts_retry:
                         router.script_scopes.body_keeps(argv[2])  # its EVALSHAs' followers (server/script_scope.py)
+                        router.script_scopes.note_loaded(argv[2], len(router.links))
+                elif cmd.fullname == "script|flush" and router.scripts_retry:
+                    router.script_scopes.homes.clear()
                 router.fanout(self, argv, cmd.merge)
                 return
             if where == CURSOR:
@@ -463,19 +466,24 @@ class Client:
         kind = SCRIPT_FUNCTION if cmd.name.startswith("fcall") else SCRIPT_EVAL
         # Reaches another shard's key, or its script is cached elsewhere: server/script_retry.py.
         retries = router.scripts_retry or (router.cluster_node and cmd.name.startswith("evalsha"))
-        # May it reach another shard? Then its followers for other shards wait for it.
-        out = router.scripts_retry and not router.script_scopes.keeps(argv)
+        # May it reach another shard? Then its followers for other shards wait for it; all of
+        # them, if it is an EVALSHA that may be found elsewhere and sent again (script_scope.py).
+        holds_all = (router.scripts_retry and cmd.name.startswith("evalsha")
+                     and not router.script_scopes.cached_on(argv[1], shard))
+        out = holds_all or (router.scripts_retry and not router.script_scopes.keeps(argv))
         if not self.user.unrestricted:  # its redis.calls obey the user's rules
             argv = [VERB_AS_USER, self.user.permissions(), *argv]
             on_fill = router.acl.script_reply
             pending = ScriptRetry(self, argv, shard, kind, on_fill) if retries else Pending(self, on_fill)
             self.replies.append(router.links[shard].submit(self, self.proto, argv, pending, script=kind))
             if out and isinstance(pending, ScriptRetry) and pending.data is None:
+                pending.holds_all = holds_all
                 self.script_out = pending  # its followers for other shards wait for it (server/script_retry.py)
             return
         retry = ScriptRetry(self, argv, shard, kind) if retries else None
         self.replies.append(router.links[shard].submit(self, self.proto, argv, retry, script=kind))
         if out and retry is not None and retry.data is None:
+            retry.holds_all = holds_all
             self.script_out = retry  # its followers for other shards wait for it (server/script_retry.py)
 
     def _script_across_shards(self, cmd, run: list[bytes]) -> None:

@@ -28,6 +28,9 @@ shard wait for its reply, a pipeline of scripts on one shard does not, and neith
 one of scripts whose text shows they keep to their declared keys (server/script_scope.py).
 A pipeline of other scripts spread over shards costs a round trip per change of shard
 (scripts/eval_bench.py, load ~20: 2.4-3.9k -> 1.1-1.6k EVAL/s; router CPU 15-18 -> 54-59 µs).
+An EVALSHA sent to a shard not known to have its script (script_scope.py `homes`) may be
+answered NOSCRIPT and sent again: while it is out, every later request of its client
+waits (`holds_all`), those for its own shard too, which would run there before the re-send.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from typing import TYPE_CHECKING, Callable
 from durakv.server.links import Pending
 from durakv.server.script_cache import NOSCRIPT_PREFIX, find_body
 from durakv.shards.frames import PROTO_INTERNAL, VERB_AS_USER, VERB_SCRIPT_UNFENCE
+from durakv.shards.luaenv import sha1hex
 from durakv.shards.resp import ReplyError
 from durakv.shards.script_undo import NONLOCAL_RETRY_REPLY
 from durakv.shards.slots import key_slot
@@ -59,7 +63,7 @@ class ScriptRetry(Pending):
     The link calls on_fill (it sets `data` itself only when there is none). Made for
     every script through a router over several shards: its __init__ is kept minimal."""
 
-    __slots__ = ("run", "then", "shard", "kind", "moved", "healed", "fenced")
+    __slots__ = ("run", "then", "shard", "kind", "moved", "healed", "fenced", "holds_all")
 
     def __init__(self, client: Client, run: list[bytes], shard: int, kind: int,
                  then: Callable | None = None) -> None:
@@ -73,6 +77,7 @@ class ScriptRetry(Pending):
         self.moved = False  # it already runs across shards
         self.healed = False  # its NOSCRIPT was already looked into
         self.fenced = -1  # the shard that sent it back and holds its client's later requests
+        self.holds_all = False  # an EVALSHA that may be sent again: every later request waits (`holds`)
 
 
 def _filled(pending: Pending, data: bytes | bytearray) -> None:
@@ -94,6 +99,9 @@ def _filled(pending: Pending, data: bytes | bytearray) -> None:
                 _hold(pending)
                 find_body(pending.client.router, argv[1], lambda body: _found(pending, body, data))
                 return
+    if pending.holds_all and pending.shard >= 0 and data[:1] != b"-":  # the shard has it: its next
+        run = pending.run                                                # EVALSHAs there need not hold
+        pending.client.router.script_scopes.note_cached(run[3 if run[0] == VERB_AS_USER else 1], 1 << pending.shard)
     if pending.fenced >= 0:  # after the retry's COMMIT on that link: what the client sent since runs
         link = pending.client.router.links[pending.fenced]
         pending.fenced = -1
@@ -117,6 +125,8 @@ def holds(client: Client, argv: list[bytes]) -> bool:
     if out.data is not None:
         client.script_out = None
         return False
+    if out.holds_all:
+        return True
     try:
         cmd = lookup(argv)
         if cmd.where != SHARD or client.multi is not None:
@@ -168,8 +178,11 @@ def _found(pending: ScriptRetry, body: bytes | None, noscript: bytes | bytearray
         return
     router = pending.client.router
     # Ahead of the retry on each link: every cache has it again (a shard port: its own shard's).
-    for link in [router.links[pending.shard]] if router.cluster_node else router.links:
+    links = [router.links[pending.shard]] if router.cluster_node else router.links
+    for link in links:
         link.submit(None, PROTO_INTERNAL, [b"SCRIPT", b"LOAD", body], Pending(None, on_fill=_log_refusal))
+    if not router.cluster_node:
+        router.script_scopes.note_cached(sha1hex(body), (1 << len(links)) - 1)
     if pending.shard == ACROSS_SHARDS:
         _start_across_shards(pending)
     else:

@@ -5,17 +5,25 @@ key; until its reply is in, the router does not send its client's requests for o
 shards (server/script_retry.py `holds`), since one Redis would run them after it.
 That wait costs a pipeline of scripts spread over shards one round trip per change of
 shard, so it is skipped for a script whose text shows it cannot reach an undeclared key:
-a conservative reading of the source, not of what it computes. It keeps to its keys when
+a conservative reading of its tokens (not a Lua parser, not what it computes). It keeps
+to its keys when
 
 - every `redis.call(` / `redis.pcall(` names its command as a string literal, and the
-  command is one whose only key is its first argument (or touches no key: PUBLISH...),
-  with `KEYS[<n>]` as that argument (followed by `,` or `)`);
-- `redis` appears only as `redis.<member>` of the members that touch no key, and
-  `KEYS` only as `KEYS[<n>]`, never assigned;
-- none of the names through which Lua reaches a global by another name appears
-  (`_G`, `getfenv`, `rawget`, `load`...).
+  command touches no key (PUBLISH...) or has fixed key positions (shards/table.py: no
+  subcommands, no movable keys, no keys read by pattern) each of whose arguments is a
+  *key name*: `KEYS[<n>]`, `KEYS[i]` with `i` the index of a loop over KEYS
+  (`for i, k in ipairs(KEYS) do`, `for i = 1, #KEYS do`), a loop's value over KEYS (`k`
+  there), or a local bound once at the chunk's top level to KEYS entries
+  (`local a, b = KEYS[1], KEYS[2]`), used after it; a call's last argument that may give
+  several values (`unpack(ARGV)`) must lie past the last key position, unless it is
+  `unpack(KEYS)`;
+- such a name is declared nowhere else (no local, loop variable, parameter or function
+  of the same name) and never assigned (nor `ipairs`/`unpack`, nor KEYS' entries);
+- `redis` appears only as `redis.<member>` of the members that touch no key, and `KEYS`
+  only in the forms above or `#KEYS`;
+- none of the names through which Lua reaches a global by another name appears, even
+  inside a string or comment (`_G`, `getfenv`, `rawget`, `load`...).
 
-Words inside strings and comments count too, which only makes it more conservative.
 Anything else (a call through a variable, a computed key, FCALL, whose body the router
 does not see) is treated as possibly reaching. The verdicts are kept by body and by sha
 (an EVALSHA is judged by the body an EVAL or SCRIPT LOAD showed this router), bounded.
@@ -29,7 +37,8 @@ from durakv.shards.luaenv import sha1hex
 from durakv.shards.table import find
 
 MAX_VERDICTS = 4096  # bodies and shas remembered; all forgotten past it (only costs a wait)
-MAX_BODY_BYTES = 64 * 1024  # longer scripts are not read: treated as possibly reaching
+MAX_BODY_BYTES = 8 * 1024  # longer scripts are not read (reading 8 KiB: ~6 ms of router CPU, load 7)
+MAX_TARGET_TOKENS = 64  # a list of assignment targets longer than this is taken for one (conservative)
 
 # Commands a script may call with any arguments: they touch no key.
 KEYLESS = frozenset({b"publish", b"ping", b"echo", b"time"})
@@ -41,48 +50,366 @@ SAFE_MEMBERS = frozenset({
 })
 _BANNED = re.compile(rb"\b(?:_G|_ENV|getfenv|setfenv|rawget|rawset|rawequal|load|loadstring|dofile|require|"
                      rb"setmetatable|getmetatable|module|package)\b")
-_REDIS = re.compile(rb"\bredis\b\s*(?:\.\s*([A-Za-z_][A-Za-z0-9_]*))?")
-_CALL = re.compile(rb"""\bredis\s*\.\s*p?call\s*\(\s*(?:'([A-Za-z_|]+)'|"([A-Za-z_|]+)")\s*"""
-                   rb"""(,\s*KEYS\s*\[\s*\d+\s*\]\s*[,)]|[,)])""")
-_KEYS = re.compile(rb"\bKEYS\b")
-_KEYS_READ = re.compile(rb"\bKEYS\s*\[\s*\d+\s*\](?!\s*=[^=])")
+_TOKEN = re.compile(rb"""
+    (?P<space>\s+)
+  | (?P<comment>--(?:\[(?P<ceq>=*)\[.*?\](?P=ceq)\]|[^\n]*))
+  | (?P<long>\[(?P<leq>=*)\[.*?\](?P=leq)\])
+  | (?P<str>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
+  | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
+  | (?P<num>0[xX][0-9A-Fa-f]+|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
+  | (?P<op>\.\.\.|\.\.|==|~=|<=|>=|[-+*/%^\#<>=(){}\[\];:,.])
+""", re.X | re.S)
+_COMMAND_NAME = re.compile(rb"[A-Za-z_]+")
+_KEYWORDS = frozenset(b"and break do else elseif end false for function if in local nil not or repeat "
+                      b"return then true until while".split())
+_OPENERS = frozenset({b"do", b"then", b"function", b"repeat"})
+_CLOSERS = frozenset({b"end", b"until", b"elseif"})
+# What may follow a complete expression and starts the next statement (or ends the chunk).
+_STATEMENT_STARTS = frozenset({b";", b"local", b"if", b"for", b"while", b"do", b"return", b"repeat",
+                               b"function", b"end", b"break", b"else", b"elseif", b"until"})
+_PAIRS = {b"(": b")", b"[": b"]", b"{": b"}"}
+NAME, KEYWORD, STRING, NUMBER, OP = range(5)
+
+Token = tuple[int, bytes]
+
+
+def tokens(body: bytes) -> list[Token] | None:
+    """Lua's tokens (strings by their content), or None for text Lua would not read."""
+    out: list[Token] = []
+    pos, end = 0, len(body)
+    while pos < end:
+        m = _TOKEN.match(body, pos)
+        if m is None:
+            return None
+        pos = m.end()
+        kind = m.lastgroup
+        text = m.group()
+        if kind == "name":
+            out.append((KEYWORD if text in _KEYWORDS else NAME, text))
+        elif kind == "str":
+            out.append((STRING, text[1:-1]))
+        elif kind == "long":
+            out.append((STRING, text[len(m.group("leq")) + 2:-len(m.group("leq")) - 2]))
+        elif kind == "num":
+            out.append((NUMBER, text))
+        elif kind == "op":
+            out.append((OP, text))
+    return out
 
 
 def keeps_to_its_keys(body: bytes) -> bool:
     """Whether the script's text shows every key it touches is one of its KEYS."""
     if len(body) > MAX_BODY_BYTES or _BANNED.search(body):
         return False
-    calls = 0
-    for member in _REDIS.finditer(body):
-        name = member.group(1)
-        if name is None:
-            return False  # `redis` passed around or indexed: any call may hide behind it
-        if name in (b"call", b"pcall"):
-            calls += 1
-        elif name not in SAFE_MEMBERS:
-            return False
-    if calls != sum(1 for call in _CALL.finditer(body) if _call_keeps_to_keys(call)):
+    toks = tokens(body)
+    if toks is None:
         return False
-    return len(_KEYS.findall(body)) == len(_KEYS_READ.findall(body))
+    reading = _Reading(toks)
+    return reading.matched() and reading.keeps()
 
 
-def _call_keeps_to_keys(call: re.Match) -> bool:
-    name = (call.group(1) or call.group(2)).lower()
-    if name in KEYLESS:
+class _Reading:
+    """One script's tokens and what is found in them (see the module's docstring)."""
+
+    def __init__(self, toks: list[Token]) -> None:
+        self.toks = toks
+        self.partner: dict[int, int] = {}  # bracket or block opener <-> its closer, by token index
+        self.declared: dict[bytes, int] = {}  # name -> how many times declared (local, loop, parameter...)
+        self.bindings: set[int] = set()  # token indexes of the key names' own declarations
+        self.key_names: dict[bytes, tuple[int, int]] = {}  # local or loop value -> its scope [from, to)
+        self.indexes: dict[bytes, tuple[int, int]] = {}  # loop index over KEYS -> its scope
+        self.keys_ok: set[int] = set()  # indexes of KEYS tokens read in a known form
+
+    def tok(self, i: int) -> Token:
+        return self.toks[i] if 0 <= i < len(self.toks) else (OP, b"")
+
+    def is_(self, i: int, kind: int, text: bytes | None = None) -> bool:
+        k, t = self.tok(i)
+        return k == kind and (text is None or t == text)
+
+    def matched(self) -> bool:
+        """Pairs brackets and blocks (`partner`); False when they do not pair up."""
+        brackets: list[int] = []
+        blocks: list[int] = []
+        for i, (kind, text) in enumerate(self.toks):
+            if kind == OP and text in _PAIRS:
+                brackets.append(i)
+            elif kind == OP and text in (b")", b"]", b"}"):
+                if not brackets or _PAIRS[self.toks[brackets[-1]][1]] != text:
+                    return False
+                self.partner[brackets.pop()] = i
+            elif kind == KEYWORD and text in _CLOSERS:
+                if not blocks:
+                    return False
+                self.partner[blocks.pop()] = i
+            if kind == KEYWORD and text in _OPENERS:
+                blocks.append(i)
+        return not brackets and not blocks
+
+    def keeps(self) -> bool:
+        self._declarations()
+        for name in (b"ipairs", b"unpack"):
+            if self.declared.get(name):
+                return False
+        for names in (self.key_names, self.indexes):
+            for name in list(names):
+                if self.declared.get(name, 0) != 1:
+                    del names[name]
+        toks = self.toks
+        for i, (kind, text) in enumerate(toks):
+            if kind != NAME or self._field(i):
+                continue
+            if text in self.key_names or text in self.indexes or text in (b"ipairs", b"unpack"):
+                if i not in self.bindings and self._assigned(i + 1):
+                    self.key_names.pop(text, None)
+                    self.indexes.pop(text, None)
+                    if text in (b"ipairs", b"unpack"):
+                        return False
+        for i, (kind, text) in enumerate(toks):
+            if kind != NAME or self._field(i):
+                continue
+            if text == b"redis" and not self._redis_member(i):
+                return False
+        for i, (kind, text) in enumerate(toks):
+            if kind == NAME and text == b"KEYS" and not self._field(i) and not self._keys_read(i):
+                return False
         return True
-    cmd = find([name])
-    return (cmd is not None and not cmd.subcommands and cmd.single_key and cmd.reads_undeclared_keys is None
-            and b"KEYS" in call.group(3))
+
+    def _field(self, i: int) -> bool:
+        """The name at i follows `.` or `:`: a field's, not a variable's."""
+        return self.is_(i - 1, OP, b".") or self.is_(i - 1, OP, b":")
+
+    def _declarations(self) -> None:
+        """Counts every declared name; finds the key names and loop indexes over KEYS."""
+        toks = self.toks
+        depth = 0
+        for i, (kind, text) in enumerate(toks):
+            if kind != KEYWORD:
+                continue
+            if text == b"local":
+                if self.is_(i + 1, KEYWORD, b"function"):
+                    self._declare(i + 2)
+                else:
+                    names = self._name_list(i + 1)
+                    if depth == 0:
+                        self._local_binding(i + 1, names)
+            elif text == b"for":
+                names = self._name_list(i + 1)
+                self._loop_binding(i + 1, names)
+            elif text == b"function":
+                j = i + 1
+                if self.is_(j, NAME) and not self.is_(j + 1, OP, b".") and not self.is_(j + 1, OP, b":"):
+                    self._declare(j)  # `function f()` assigns f
+                while self.is_(j, NAME) or self.is_(j, OP, b".") or self.is_(j, OP, b":"):
+                    j += 1  # the function's name: a.b.c:d
+                if self.is_(j, OP, b"("):
+                    self._name_list(j + 1)
+            if text in _OPENERS:
+                depth += 1
+            elif text in _CLOSERS:
+                depth -= 1
+
+    def _declare(self, i: int) -> None:
+        if self.is_(i, NAME):
+            name = self.toks[i][1]
+            self.declared[name] = self.declared.get(name, 0) + 1
+
+    def _name_list(self, i: int) -> list[int]:
+        """Declares NAME {, NAME} from i; their token indexes."""
+        found = []
+        while self.is_(i, NAME):
+            self._declare(i)
+            found.append(i)
+            if not self.is_(i + 1, OP, b","):
+                break
+            i += 2
+        return found
+
+    def _keys_entry(self, i: int) -> bool:
+        """KEYS [ <number> ] at i."""
+        return (self.is_(i, NAME, b"KEYS") and self.is_(i + 1, OP, b"[") and self.is_(i + 2, NUMBER)
+                and self.is_(i + 3, OP, b"]"))
+
+    def _local_binding(self, first: int, names: list[int]) -> None:
+        """`local a, b = KEYS[1], KEYS[2]` (a whole statement) at the chunk's top level."""
+        j = names[-1] + 1 if names else first
+        if not names or not self.is_(j, OP, b"="):
+            return
+        j += 1
+        for n, _ in enumerate(names):
+            if not self._keys_entry(j):
+                return
+            j += 4
+            if n < len(names) - 1:
+                if not self.is_(j, OP, b","):
+                    return
+                j += 1
+        kind, text = self.tok(j)
+        if not (j >= len(self.toks) or kind == NAME or text in _STATEMENT_STARTS):
+            return
+        for i in names:
+            self.key_names[self.toks[i][1]] = (j, len(self.toks))
+            self.bindings.add(i)
+
+    def _loop_binding(self, first: int, names: list[int]) -> None:
+        """`for i, k in ipairs(KEYS) do` or `for i = <n>, #KEYS do`: their scope is the body."""
+        if not names:
+            return
+        j = names[-1] + 1
+        if (len(names) <= 2 and self.is_(j, KEYWORD, b"in") and self.is_(j + 1, NAME, b"ipairs")
+                and self.is_(j + 2, OP, b"(") and self.is_(j + 3, NAME, b"KEYS") and self.is_(j + 4, OP, b")")
+                and self.is_(j + 5, KEYWORD, b"do")):
+            scope = (j + 6, self.partner[j + 5])
+            self.keys_ok.add(j + 3)
+            self.indexes[self.toks[names[0]][1]] = scope
+            if len(names) == 2:
+                self.key_names[self.toks[names[1]][1]] = scope
+            self.bindings.update(names)
+        elif (len(names) == 1 and self.is_(j, OP, b"=") and self.is_(j + 1, NUMBER) and self.is_(j + 2, OP, b",")
+              and self.is_(j + 3, OP, b"#") and self.is_(j + 4, NAME, b"KEYS") and self.is_(j + 5, KEYWORD, b"do")):
+            self.keys_ok.add(j + 4)
+            self.indexes[self.toks[names[0]][1]] = (j + 6, self.partner[j + 5])
+            self.bindings.add(names[0])
+
+    def _assigned(self, i: int) -> bool:
+        """Whether the variable ending before i may be an assignment's target: the tokens
+        from i, as far as a list of variables goes (`, a.b[c], d`), reach `=`."""
+        toks = self.toks
+        after_separator = False  # a name continues the list only after `.`, `:` or `,`
+        for _ in range(MAX_TARGET_TOKENS):
+            if i >= len(toks):
+                return False
+            kind, text = toks[i]
+            if kind == OP and text == b"=":
+                return True
+            if kind == NAME and after_separator:
+                after_separator = False
+            elif kind == OP and text in (b".", b":", b","):
+                after_separator = True
+            elif kind == OP and text in _PAIRS:
+                i = self.partner[i]
+                after_separator = False
+            elif kind == STRING:
+                after_separator = False
+            else:
+                return False
+            i += 1
+        return True
+
+    def _redis_member(self, i: int) -> bool:
+        """`redis.<safe member>`, or `redis.call(` / `redis.pcall(` whose keys are key names."""
+        if not self.is_(i + 1, OP, b".") or not self.is_(i + 2, NAME):
+            return False
+        member = self.toks[i + 2][1]
+        if member not in (b"call", b"pcall"):
+            return member in SAFE_MEMBERS
+        if not self.is_(i + 3, OP, b"("):
+            return False
+        return self._call_keeps_to_keys(i + 3, self.partner[i + 3])
+
+    def _call_keeps_to_keys(self, open_: int, close: int) -> bool:
+        args: list[tuple[int, int]] = []  # each argument's tokens [from, to)
+        j = start = open_ + 1
+        while j < close:
+            kind, text = self.toks[j]
+            if kind == OP and text in _PAIRS:
+                j = self.partner[j]
+            elif kind == OP and text == b",":
+                args.append((start, j))
+                start = j + 1
+            j += 1
+        args.append((start, close))
+        first, end = args[0]
+        if end != first + 1 or not self.is_(first, STRING) or not _COMMAND_NAME.fullmatch(self.toks[first][1]):
+            return False
+        name = self.toks[first][1].lower()
+        if name in KEYLESS:
+            return True
+        cmd = find([name])
+        if (cmd is None or cmd.subcommands or cmd.keys_fn is not None or cmd.reads_undeclared_keys is not None
+                or cmd.first_key <= 0):
+            return False
+        args = args[1:]  # args[p - 1] is argv[p]
+        n = len(args)
+        tail = False  # the last argument may give any number of values (a call, `...`)
+        unpack_keys = False  # it is `unpack(KEYS)`: every value a declared key
+        if args:
+            last_from, last_to = args[-1]
+            end_kind, end_text = self.tok(last_to - 1)
+            tail = end_text == b"..." or (last_to - last_from > 1 and (
+                end_kind == STRING or (end_kind == OP and end_text in (b")", b"}"))))
+            unpack_keys = (last_to - last_from == 4 and self.is_(last_from, NAME, b"unpack")
+                           and self.is_(last_from + 1, OP, b"(") and self.is_(last_from + 2, NAME, b"KEYS")
+                           and self.is_(last_from + 3, OP, b")"))
+            if unpack_keys:
+                self.keys_ok.add(last_from + 2)
+        if tail:  # positions from n on come from the tail
+            if (cmd.last_key < 0 or cmd.last_key >= n) and not unpack_keys:
+                return False
+            last = n - 1 if cmd.last_key < 0 else min(cmd.last_key, n - 1)
+        else:
+            last = cmd.last_key if cmd.last_key >= 0 else n + 1 + cmd.last_key
+        for p in range(cmd.first_key, min(last, n) + 1, cmd.key_step):
+            if not self._key_name(*args[p - 1]):
+                return False
+        return True
+
+    def _key_name(self, start: int, end: int) -> bool:
+        """Whether tokens [start, end) are a key name (see the module's docstring)."""
+        kind, text = self.tok(start)
+        if end == start + 1 and kind == NAME:
+            return _in_scope(self.key_names.get(text), start)
+        if end == start + 4 and self.is_(start, NAME, b"KEYS") and self.is_(start + 1, OP, b"[") \
+                and self.is_(start + 3, OP, b"]"):
+            index = self.tok(start + 2)
+            return index[0] == NUMBER or (index[0] == NAME and _in_scope(self.indexes.get(index[1]), start))
+        return False
+
+    def _keys_read(self, i: int) -> bool:
+        """A KEYS token in a known form, read and not assigned."""
+        if i in self.keys_ok or (self.is_(i - 1, OP, b"#") and not self.is_(i + 1, OP, b"[")):
+            return True
+        if not (self.is_(i + 1, OP, b"[") and self.is_(i + 3, OP, b"]")):
+            return False
+        index = self.tok(i + 2)
+        if index[0] != NUMBER and not (index[0] == NAME and _in_scope(self.indexes.get(index[1]), i)):
+            return False
+        return not self._assigned(i + 4)
+
+
+def _in_scope(scope: tuple[int, int] | None, i: int) -> bool:
+    return scope is not None and scope[0] <= i < scope[1]
 
 
 class ScriptScopes:
-    """The verdicts of keeps_to_its_keys, by body and by sha (bounded)."""
+    """The verdicts of keeps_to_its_keys, by body and by sha (bounded), and the shards
+    known to have a sha's script cached (`homes`): an EVALSHA sent to a shard not known
+    to have it may be answered NOSCRIPT and sent again once found elsewhere
+    (server/script_retry.py), so its client's later requests, for any shard, wait for it.
+    Learnt from this router's SCRIPT LOADs, EVALSHA replies and loads after a NOSCRIPT;
+    forgotten on its SCRIPT FLUSH (one through another process or a shard's restart is
+    not seen: such an EVALSHA's followers may then run before it)."""
 
-    __slots__ = ("by_body", "by_sha")
+    __slots__ = ("by_body", "by_sha", "homes")
 
     def __init__(self) -> None:
         self.by_body: dict[bytes, bool] = {}
         self.by_sha: dict[bytes, bool] = {}
+        self.homes: dict[bytes, int] = {}  # sha (lower case) -> bit mask of the shards that have it
+
+    def cached_on(self, sha: bytes, shard: int) -> bool:
+        return bool(self.homes.get(sha.lower(), 0) >> shard & 1)
+
+    def note_loaded(self, body: bytes, shards: int) -> None:
+        """SCRIPT LOAD through this router: every shard has it."""
+        self.note_cached(sha1hex(body), (1 << shards) - 1)
+
+    def note_cached(self, sha: bytes, shards_mask: int) -> None:
+        homes = self.homes
+        if len(homes) >= MAX_VERDICTS:
+            homes.clear()
+        sha = sha.lower()
+        homes[sha] = homes.get(sha, 0) | shards_mask
 
     def body_keeps(self, body: bytes) -> bool:
         verdict = self.by_body.get(body)

@@ -316,6 +316,19 @@ def test_evalsha_queued_in_multi_finds_a_script_cached_on_another_shard(pair):
                           ("MULTI",), ("EVALSHA", "f" * 40, "0"), ("SET", B, "b"), ("EXEC",), ("GET", B)])
 
 
+def test_requests_pipelined_after_an_evalsha_found_on_another_shard_run_after_it(pair):
+    """An EVALSHA whose script only the other shard has cached is answered NOSCRIPT by its
+    shard, found, loaded and sent again (server/script_retry.py): the requests pipelined
+    after it, for its own shard and for the other, run after it, as on one Redis."""
+    k1, k2 = same_shard_keys(B, 2)
+    body = f"-- {time_ns()}\nlocal v = redis.call('GET', KEYS[1]) redis.call('SET', KEYS[1], 'script') return v"
+    sha = hashlib.sha1(body.encode()).hexdigest()
+    pair.same("SET", k1, "before")
+    pair.same("EVAL", body, "1", A)  # cached on A's shard only (on redis-server: cached)
+    _same_pipeline(pair, [("EVALSHA", sha, "1", k1), ("GET", k1), ("SET", k1, "after"), ("APPEND", k2, "x"),
+                          ("GET", A), ("EVALSHA", sha, "1", k1), ("GET", k1)])
+
+
 def _stats(client) -> tuple[dict, dict]:
     commands = {name: {k: v for k, v in stat.items() if k != "usec" and k != "usec_per_call"}
                 for name, stat in client.info("commandstats").items()
