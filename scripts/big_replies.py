@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Big replies built by a shard: LRANGE of a long list and KEYS * over many keys,
-durakv (`serve --shards 2`, through the router) against redis-server in one run.
+"""Big replies built by a shard: LRANGE of a long list, SMEMBERS of a big set,
+HGETALL of a big hash and KEYS * over many keys, durakv (`serve --shards 2`,
+through the router) against redis-server in one run (a size of 0 skips a case).
 
 For each command it reports the time from sending it to the reply's last byte
 (the expected reply is computed here, so the client does no parsing that would
@@ -9,6 +10,11 @@ a probe doing GET in a loop on a key of the *other* shard than the list's (for
 KEYS, which touches every shard, the same probe). Redis runs the same probe.
 
     python scripts/big_replies.py --list-elements 5000000 --keys 1000000
+    python scripts/big_replies.py --list-elements 0 --keys 0 --set-members 2000000 --hash-fields 1000000
+
+The set's and hash's replies are checked by size (their order is the server's).
+With DURAKV_LOOPWATCH_MS=30 PYTHONPATH=scripts/loopwatch the shards log their long
+loop turns with CPU time (scripts/loopwatch/sitecustomize.py).
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ IDLE_CPU_FRACTION = 0.05  # the tree counts as idle below this much of one core
 IDLE_WAIT_MAX_S = 180.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 LIST_KEY = b"biglist"  # slot 2568: shard 0 of 2
+SET_KEY = b"set:big"  # slot 2240: shard 0 of 2
+HASH_KEY = b"hash:big"  # slot 5166: shard 0 of 2
 PROBE_KEY = b"probe:0"  # slot 11956: shard 1 of 2
 
 
@@ -52,14 +60,18 @@ def resp_array_bytes(items) -> int:
     return len(b"*%d\r\n" % len(items)) + sum(len(b"$%d\r\n" % len(x)) + len(x) + 2 for x in items)
 
 
-def push_list(port: int, count: int) -> None:
+def push_list(port: int, count: int, verb: bytes = b"RPUSH", key: bytes = LIST_KEY, pairs: bool = False) -> None:
+    """`verb key element...` PUSH_CHUNK elements a command (HSET: element element, when pairs)."""
     with socket.create_connection(("127.0.0.1", port), timeout=600) as s:
         for first in range(0, count, PUSH_CHUNK):
             last = min(count, first + PUSH_CHUNK)
-            s.sendall(command([b"RPUSH", LIST_KEY, *(element(i) for i in range(first, last))]))
+            items = [element(i) for i in range(first, last)]
+            if pairs:
+                items = [x for item in items for x in (item, item)]
+            s.sendall(command([verb, key, *items]))
             reply = s.recv(1024)
             if not reply.startswith(b":"):
-                raise SystemExit(f"RPUSH failed: {reply[:200]!r}")
+                raise SystemExit(f"{verb.decode()} failed: {reply[:200]!r}")
 
 
 def timed_reply(port: int, argv: list[bytes], size_bytes: int) -> tuple[float, bytes]:
@@ -148,12 +160,17 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--list-elements", type=int, default=5_000_000)
     p.add_argument("--keys", type=int, default=1_000_000)
+    p.add_argument("--set-members", type=int, default=0)
+    p.add_argument("--hash-fields", type=int, default=0)
     p.add_argument("--rounds", type=int, default=3)
     opts = p.parse_args()
-    assert key_slot(LIST_KEY) < 8192 <= key_slot(PROBE_KEY), "the probe must live on the other shard"
+    for key in (LIST_KEY, SET_KEY, HASH_KEY):
+        assert key_slot(key) < 8192 <= key_slot(PROBE_KEY), "the probe must live on the other shard"
     elements = [element(i) for i in range(opts.list_elements)]
     lrange_expected = b"*%d\r\n" % len(elements) + b"".join(b"$%d\r\n%b\r\n" % (len(x), x) for x in elements)
-    keys = [b"key:%012d" % i for i in range(opts.keys)] + [LIST_KEY, PROBE_KEY]
+    keys = [b"key:%012d" % i for i in range(opts.keys)] + [PROBE_KEY]
+    keys += [key for key, count in ((LIST_KEY, opts.list_elements), (SET_KEY, opts.set_members),
+                                    (HASH_KEY, opts.hash_fields)) if count]
     keys_size = resp_array_bytes(keys)
     procs: list[subprocess.Popen] = []
     try:
@@ -172,27 +189,44 @@ def main() -> None:
                 push_list(port, opts.list_elements)
                 call(port, b"SET", PROBE_KEY, b"p")
             rows: dict[tuple[str, str], list[dict]] = {}
-            print(f"durakv idle after the list's load: {wait_idle(procs[0].pid):.0f} s")
-            for _ in range(opts.rounds):
+            if opts.list_elements:
+                print(f"durakv idle after the list's load: {wait_idle(procs[0].pid):.0f} s")
+            for _ in range(opts.rounds if opts.list_elements else 0):
                 for name, port in servers.items():
                     rows.setdefault(("LRANGE", name), []).append(measure(
                         name, port, [b"LRANGE", LIST_KEY, b"0", b"-1"], len(lrange_expected),
                         lambda reply: reply == lrange_expected))
-            for port in servers.values():
-                load(port, opts.keys)
-            print(f"durakv idle after the keys' load: {wait_idle(procs[0].pid):.0f} s")
-            for _ in range(opts.rounds):
+            for cmd, verb, key, count in ((b"SMEMBERS", b"SADD", SET_KEY, opts.set_members),
+                                          (b"HGETALL", b"HSET", HASH_KEY, opts.hash_fields)):
+                if not count:
+                    continue
+                pairs = cmd == b"HGETALL"
+                items = [element(i) for i in range(count)]
+                size = resp_array_bytes(items * 2 if pairs else items)
+                for port in servers.values():
+                    push_list(port, count, verb, key, pairs)
+                print(f"durakv idle after the {verb.decode()}s: {wait_idle(procs[0].pid):.0f} s")
+                for _ in range(opts.rounds):
+                    for name, port in servers.items():
+                        rows.setdefault((cmd.decode(), name), []).append(measure(
+                            name, port, [cmd, key], size, lambda reply, size=size: len(reply) == size))
+            if opts.keys:
+                for port in servers.values():
+                    load(port, opts.keys)
+                print(f"durakv idle after the keys' load: {wait_idle(procs[0].pid):.0f} s")
+            for _ in range(opts.rounds if opts.keys else 0):
                 for name, port in servers.items():
                     rows.setdefault(("KEYS", name), []).append(measure(
                         name, port, [b"KEYS", b"*"], keys_size,
                         lambda reply: len(reply) == keys_size and reply.startswith(b"*%d\r\n" % len(keys))))
-        print(f"\nLRANGE biglist 0 -1 over {opts.list_elements} elements; KEYS * over {len(keys)} keys; "
+        print(f"\nLRANGE biglist 0 -1 over {opts.list_elements} elements; SMEMBERS of {opts.set_members}; "
+              f"HGETALL of {opts.hash_fields}; KEYS * over {len(keys)} keys; "
               f"best of {opts.rounds}; probe = worst GET latency of another client meanwhile")
         print(f"{'command':<8}{'server':<8}{'s':>8}{'probe ms':>10}")
         for (cmd, name), runs in rows.items():
             best = min(runs, key=lambda r: r["s"])
             print(f"{cmd:<8}{name:<8}{best['s']:>8.3f}{max(r['probe_worst_ms'] for r in runs):>10.1f}")
-        for cmd in ("LRANGE", "KEYS"):
+        for cmd in sorted({cmd for cmd, _ in rows}):
             d = min(r["s"] for r in rows[(cmd, "durakv")])
             r = min(r["s"] for r in rows[(cmd, "redis")])
             print(f"{cmd}: durakv/redis time {d / r:.2f}x")

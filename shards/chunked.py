@@ -3,11 +3,12 @@ encoded in pieces across loop turns, so that the shard's other clients are serve
 meanwhile instead of waiting for one encode of the whole array (~0.1 s per million
 elements in C, longer in Python for mixed items).
 
-Redis answers such a command atomically, and so does this: the handler takes the
-list of items at once (a C-speed copy of the keys or the list slice: cheap), and
-only the encoding of that fixed list is spread over turns. The items are bytes,
-which nothing changes in place, so writes run between the pieces change the
-keyspace but not the reply. `Shard._execute` turns a handler's list, SetReply
+Redis answers such a command atomically, and so does this: KEYS takes the list of
+keys at once (a C-speed copy), and only the encoding of that fixed list is spread
+over turns; LRANGE, SMEMBERS and HGETALL/HKEYS/HVALS of a big collection read the
+collection itself a chunk per turn (a LiveRead), a write to it meanwhile changing a
+copy (`writable`). The items are bytes, which nothing changes in place, so writes
+run between the pieces change the keyspace but not the reply. `Shard._execute` turns a handler's list, SetReply
 (SMEMBERS) or Map (HGETALL) of CHUNKED_MIN_ITEMS items or more into a ChunkedArray
 (top-level commands only; inside
 MULTI/EXEC, scripts or replay the list is encoded at once as before), and
@@ -21,8 +22,9 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Iterator
+from copy import copy
 from itertools import islice
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 import trio
 
@@ -30,6 +32,10 @@ from durakv.shards.bigbuf import Filling
 from durakv.shards.frames import LARGE_BYTES, Pieces, encode_internal
 from durakv.shards.records import bin_header
 from durakv.shards.resp import Map, Raw, SetReply, bulk_array, encode, encode_error
+
+if TYPE_CHECKING:
+    from durakv.shards.context import Ctx
+    from durakv.shards.keyspace import Keyspace
 
 logger = logging.getLogger("durakv.shard")
 
@@ -40,36 +46,107 @@ CHUNK_ITEMS = 20_000  # items encoded per loop turn (~2 ms in C)
 JOIN_BYTES_PER_TURN = 4 * 1024 * 1024  # a big reply for one buffer is copied together this much per turn (~1 ms)
 SKIP_ITEMS = 1_000_000  # items a DequeRange steps over per loop turn to reach its start (~3 ms)
 
-# id of a deque -> the DequeRanges reading it: a write to such a list changes a copy
-# (shards/t_list.py writable_list), never the deque a reply is being read from.
+# id of a collection (a list's deque, a set, a hash) -> the LiveReads reading it: a
+# write to such a value changes a copy (`writable`), never the value a reply is read from.
 being_read: dict[int, int] = {}
 
+V = TypeVar("V")
 
-class DequeRange:
-    """Items [start, start + count) of a deque (a list's value), read a chunk per
-    loop turn by the reply's encoder, where LRANGE copied them all at once (5M
-    items: 55-130 ms of the loop, and as long again to free the copy). The reply is
-    still the list as the command saw it: while the range lives, its deque is in
-    `being_read`, and a command that changes that list first puts a copy of it in
-    the keyspace and changes the copy (copy-on-write: only while a big reply of
-    that very list is in progress). A change that bypassed this would end the
-    deque's iterator with RuntimeError: an error reply, logged, not a torn one."""
 
-    __slots__ = ("deque", "start", "count", "backwards", "_open")
+def writable(db: Keyspace, key: bytes, value: V) -> V:
+    """The value at key, for a command about to change it in place: while a big
+    reply reads it across turns (a LiveRead), the key gets a copy (the type's
+    __copy__, TTL kept), which the command changes; the reply keeps the value as it was."""
+    if being_read and id(value) in being_read:
+        value = copy(value)
+        db.put(key, value, keep_ttl=True)
+    return value
 
-    def __init__(self, items: deque, start: int, count: int) -> None:
-        assert 0 <= start and 0 < count and start + count <= len(items), (start, count, len(items))
-        self.deque = items
-        self.start = start
+
+def reads_lazily(ctx: Ctx, size: int) -> bool:
+    """Whether a handler may answer with a LiveRead of a collection of `size` items:
+    a top-level command of a batch (not MULTI, a script or replay) to a client."""
+    return size >= CHUNKED_MIN_ITEMS and ctx.chunks and bool(ctx.proto) and not ctx.in_multi
+
+
+class LiveRead:
+    """A big reply read from a collection in the keyspace a chunk per loop turn by
+    the reply's encoder, where the handler copied all its items at once (2M set
+    members: tens of ms of the loop, and as long again to free the copy). The reply
+    is still the collection as the command saw it: while the read lives, the value
+    is in `being_read`, and a command that changes it first puts a copy in the
+    keyspace (`writable`) and changes the copy (copy-on-write: only while a big
+    reply of that very value is in progress). A change that bypassed this would end
+    the iterator with RuntimeError (or a short chunk): an error reply, logged, not a torn one."""
+
+    __slots__ = ("source", "count", "_open")
+    backwards = False  # chunks come in reply order
+
+    def __init__(self, source: object, count: int) -> None:
+        self.source = source
         self.count = count
-        # From the nearer end: a range near the tail is walked backwards.
-        self.backwards = start > len(items) - (start + count)
         self._open = True
-        key = id(items)
+        key = id(source)
         being_read[key] = being_read.get(key, 0) + 1
 
     def __len__(self) -> int:
         return self.count
+
+    def chunks(self, size: int) -> Iterator[list]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Done reading: writes to the value change it in place again."""
+        if self._open:
+            self._open = False
+            key = id(self.source)
+            left = being_read[key] - 1
+            if left:
+                being_read[key] = left
+            else:
+                del being_read[key]
+
+    def __del__(self) -> None:  # a read dropped unread must not leave its value copy-on-write
+        self.close()
+
+
+class LiveItems(LiveRead):
+    """All items of a set or hash in its iteration order (SMEMBERS, HKEYS, HVALS,
+    HGETALL's flat field, value pairs): `items` makes the iterator over `source`,
+    which yields exactly `count` items."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, source: object, count: int, items: Callable[[], Iterator]) -> None:
+        super().__init__(source, count)
+        self.items = items
+
+    def chunks(self, size: int) -> Iterator[list]:
+        """The items in lists of up to `size`."""
+        it = self.items()
+        left = self.count
+        while left:
+            chunk = list(islice(it, min(size, left)))
+            if len(chunk) != min(size, left):
+                raise RuntimeError("a collection changed under the reply reading it")
+            left -= len(chunk)
+            yield chunk
+
+
+class DequeRange(LiveRead):
+    """Items [start, start + count) of a deque (a list's value) for LRANGE, where it
+    copied them all at once (5M items: 55-130 ms of the loop, and as long again to
+    free the copy); a write to the list while the range lives changes a copy (LiveRead)."""
+
+    __slots__ = ("deque", "start", "backwards")
+
+    def __init__(self, items: deque, start: int, count: int) -> None:
+        assert 0 <= start and 0 < count and start + count <= len(items), (start, count, len(items))
+        super().__init__(items, count)
+        self.deque = items
+        self.start = start
+        # From the nearer end: a range near the tail is walked backwards.
+        self.backwards = start > len(items) - (start + count)
 
     def chunks(self, size: int) -> Iterator[list]:
         """The items in lists of up to `size` (in reverse order of chunks when
@@ -96,22 +173,9 @@ class DequeRange:
                 chunk.reverse()
             yield chunk
 
-    def close(self) -> None:
-        """Done reading: writes to the list change it in place again."""
-        if self._open:
-            self._open = False
-            key = id(self.deque)
-            left = being_read[key] - 1
-            if left:
-                being_read[key] = left
-            else:
-                del being_read[key]
 
-    def __del__(self) -> None:  # a range dropped unread must not leave its list copy-on-write
-        self.close()
-
-
-CHUNKABLE = frozenset({list, SetReply, Map, DequeRange})  # the reply types a ChunkedArray stands for
+# The reply types a ChunkedArray stands for (a LiveItems may also come in a SetReply or Map).
+CHUNKABLE = frozenset({list, SetReply, Map, DequeRange, LiveItems})
 
 
 class ChunkedArray:
@@ -120,15 +184,15 @@ class ChunkedArray:
 
     __slots__ = ("items", "proto", "header")
 
-    def __init__(self, items: list | DequeRange, proto: int, header: bytes) -> None:
+    def __init__(self, items: list | LiveRead, proto: int, header: bytes) -> None:
         self.items = items
         self.proto = proto
         self.header = header
 
 
-def as_chunked(result: list | SetReply | Map | DequeRange, proto: int) -> ChunkedArray | None:
+def as_chunked(result: list | SetReply | Map | LiveRead, proto: int) -> ChunkedArray | None:
     """A ChunkedArray for a reply of CHUNKED_MIN_ITEMS items or more, else None."""
-    if isinstance(result, (list, DequeRange)):
+    if isinstance(result, (list, LiveRead)):
         items = result
         header = b"*%d\r\n" % len(items)
     else:
@@ -165,14 +229,14 @@ def encode_piece(items: list, proto: int) -> bytes | memoryview:
     return memoryview(packed)[packed.index(b"\r\n") + 2 :]
 
 
-def _pieces(items: list | DequeRange) -> Iterator[list]:
-    if isinstance(items, DequeRange):
+def _pieces(items: list | LiveRead) -> Iterator[list]:
+    if isinstance(items, LiveRead):
         return items.chunks(CHUNK_ITEMS)
     return (items[start : start + CHUNK_ITEMS] for start in range(0, len(items), CHUNK_ITEMS))
 
 
-def _close(items: list | DequeRange) -> None:
-    if type(items) is DequeRange:
+def _close(items: list | LiveRead) -> None:
+    if isinstance(items, LiveRead):
         items.close()
 
 
@@ -199,7 +263,7 @@ def encode_all(chunked: ChunkedArray) -> bytes:
         body = [encode_piece(piece, chunked.proto or 2) for piece in _pieces(items)]
     finally:
         _close(items)
-    if type(items) is DequeRange and items.backwards:
+    if isinstance(items, LiveRead) and items.backwards:
         body.reverse()
     data = chunked.header + b"".join(body)
     return data if chunked.proto else encode_internal(True, Raw(data))
@@ -235,7 +299,7 @@ async def _encode_and_deliver(chunked: ChunkedArray, stats: ChunkStats, takes_pi
                 await trio.sleep(0)  # the shard's other clients are served between pieces
         finally:
             _close(items)
-        if type(items) is DequeRange and items.backwards:
+        if isinstance(items, LiveRead) and items.backwards:
             parts[1:] = parts[:0:-1]
         size = sum(map(len, parts))
         if not chunked.proto:  # an internal reply (ok, Raw array): frames.encode_internal's bytes

@@ -30,6 +30,7 @@ from durakv.shards.args import ERR_NOT_FLOAT, ERR_NOT_INT, ERR_OVERFLOW, ERR_SYN
 from durakv.shards.numbers import (
     LLONG_MAX, LLONG_MIN, format_long_double, parse_ll, parse_long_double, round_long_double,
 )
+from durakv.shards.chunked import LiveItems, reads_lazily, writable
 from durakv.shards.context import Ctx
 from durakv.shards.glob import glob_match
 from durakv.shards.keyspace import TYPE_NAMES, Keyspace
@@ -124,9 +125,10 @@ def get_hash(db: Keyspace, key: bytes) -> HashValue | None:
 def _hash_for_write(ctx: Ctx, key: bytes) -> HashValue:
     """The hash at key, created (empty, not yet stored) when missing. Callers
     store it with db.put only once a field is set, so no empty hash is left
-    behind by an error."""
+    behind by an error. A copy while a big reply reads the hash across turns
+    (shards/chunked.py writable)."""
     value = get_hash(ctx.db, key)
-    return HashValue() if value is None else value
+    return HashValue() if value is None else writable(ctx.db, key, value)
 
 
 def _limits(ctx: Ctx) -> tuple[int, int]:
@@ -191,6 +193,7 @@ def hdel(ctx: Ctx, argv: list[bytes]):
     h = get_hash(db, key)
     if h is None:
         return 0
+    h = writable(db, key, h)
     deleted = [field for field in argv[2:] if h.del_field(field)]
     if not deleted:
         return 0
@@ -296,18 +299,24 @@ def hstrlen(ctx: Ctx, argv: list[bytes]):
 @command("hkeys", 2, "readonly", (1, 1, 1), "hash", tips=("nondeterministic_output_order",))
 def hkeys(ctx: Ctx, argv: list[bytes]):
     h = get_hash(ctx.db, argv[1])
+    if h is not None and reads_lazily(ctx, len(h)):
+        return LiveItems(h, len(h), h.__iter__)  # read across turns (shards/chunked.py)
     return [] if h is None else list(h)
 
 
 @command("hvals", 2, "readonly", (1, 1, 1), "hash", tips=("nondeterministic_output_order",))
 def hvals(ctx: Ctx, argv: list[bytes]):
     h = get_hash(ctx.db, argv[1])
+    if h is not None and reads_lazily(ctx, len(h)):
+        return LiveItems(h, len(h), lambda: iter(h.values()))
     return [] if h is None else list(h.values())
 
 
 @command("hgetall", 2, "readonly", (1, 1, 1), "hash", tips=("nondeterministic_output_order",))
 def hgetall(ctx: Ctx, argv: list[bytes]):
     h = get_hash(ctx.db, argv[1])
+    if h is not None and reads_lazily(ctx, len(h)):
+        return Map(LiveItems(h, 2 * len(h), lambda: chain.from_iterable(h.items())))
     return Map([] if h is None else list(chain.from_iterable(h.items())))
 
 

@@ -23,7 +23,7 @@ from durakv.shards.args import (
     ERR_INDEX, ERR_NOT_INT, ERR_NO_SUCH_KEY, ERR_SYNTAX, ERR_WRONGTYPE, parse_numkeys_side_count,
 )
 from durakv.shards.numbers import LLONG_MIN, parse_ll
-from durakv.shards.chunked import CHUNKED_MIN_ITEMS, DequeRange, being_read
+from durakv.shards.chunked import DequeRange, reads_lazily, writable
 from durakv.shards.context import Ctx
 from durakv.shards.keyspace import TYPE_NAMES, Keyspace
 from durakv.shards.resp import NULL_ARRAY, OK, ReplyError, fixed_error
@@ -75,10 +75,7 @@ def writable_list(db: Keyspace, key: bytes) -> ListValue | None:
     read from it across turns (shards/chunked.py DequeRange), the key gets a copy,
     which the command changes; the reply keeps the list as it was."""
     lst = get_list(db, key)
-    if being_read and lst is not None and id(lst) in being_read:
-        lst = ListValue(lst)
-        db.put(key, lst, keep_ttl=True)
-    return lst
+    return lst if lst is None else writable(db, key, lst)
 
 
 def parse_where(arg: bytes) -> int:
@@ -332,9 +329,9 @@ def lrange(ctx: Ctx, argv: list[bytes]):
     lst = get_list(ctx.db, argv[1])
     if lst is None:
         return []
-    if ctx.chunks and ctx.proto and not ctx.in_multi and len(lst) >= CHUNKED_MIN_ITEMS:  # not in a script
+    if reads_lazily(ctx, len(lst)):
         first, count = range_bounds(len(lst), start, end)
-        if count >= CHUNKED_MIN_ITEMS:
+        if reads_lazily(ctx, count):
             return DequeRange(lst, first, count)  # read across turns (shards/chunked.py)
     return list_range(lst, start, end)
 

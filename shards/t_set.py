@@ -21,6 +21,7 @@ from sortedcontainers import SortedList
 from durakv.shards import notify
 from durakv.shards.args import ERR_NUMKEYS, ERR_SYNTAX, ERR_WRONGTYPE, int_arg, int_range_arg
 from durakv.shards.numbers import LONG_MAX, parse_ll
+from durakv.shards.chunked import LiveItems, reads_lazily, writable
 from durakv.shards.context import Ctx
 from durakv.shards.glob import glob_match
 from durakv.shards.keyspace import TYPE_NAMES, Keyspace
@@ -91,6 +92,13 @@ def get_set(db: Keyspace, key: bytes) -> SetValue | None:
     if value is None or type(value) is SetValue:
         return value
     raise ERR_WRONGTYPE
+
+
+def writable_set(db: Keyspace, key: bytes) -> SetValue | None:
+    """get_set, for a command about to change the set: a copy while a big SMEMBERS
+    reads it across turns (shards/chunked.py writable)."""
+    s = get_set(db, key)
+    return s if s is None else writable(db, key, s)
 
 
 def members_in_order(s: SetValue) -> list[bytes]:
@@ -234,7 +242,7 @@ def build_scan_index(members: Iterable[bytes]) -> SortedList:
 def sadd(ctx: Ctx, argv: list[bytes]):
     key = argv[1]
     db = ctx.db
-    s = get_set(ctx.db, key)
+    s = writable_set(db, key)
     if s is None:
         s = SetValue(intset=is_int(argv[2]))
         db.put(key, s)
@@ -249,7 +257,7 @@ def sadd(ctx: Ctx, argv: list[bytes]):
          key_specs=(KeySpec("RW delete", 1, 0, 1),))
 def srem(ctx: Ctx, argv: list[bytes]):
     key = argv[1]
-    s = get_set(ctx.db, key)
+    s = writable_set(ctx.db, key)
     if s is None:
         return 0
     removed = 0
@@ -282,8 +290,10 @@ def smove(ctx: Ctx, argv: list[bytes]):
         raise ERR_WRONGTYPE
     if src is dst:
         return 1 if member in src else 0
-    if not remove_member(src, member):
+    if member not in src:
         return 0
+    src = writable(db, src_key, src)
+    remove_member(src, member)
     db.notify(notify.SET, b"srem", src_key)
     if not src:
         db.delete(src_key)
@@ -291,6 +301,8 @@ def smove(ctx: Ctx, argv: list[bytes]):
     if dst is None:
         dst = SetValue(intset=is_int(member))
         db.put(dst_key, dst)
+    else:
+        dst = writable(db, dst_key, dst)
     if add_members(dst, (member,), intset_max(ctx)):
         db.effect(argv, src_key, dst_key)
         db.notify(notify.SET, b"sadd", dst_key)
@@ -324,7 +336,11 @@ def scard(ctx: Ctx, argv: list[bytes]):
 @command("smembers", 2, "readonly", (1, 1, 1), "set", tips=("nondeterministic_output_order",))
 def smembers(ctx: Ctx, argv: list[bytes]):
     s = get_set(ctx.db, argv[1])
-    return SetReply([] if s is None else members_in_order(s))
+    if s is None:
+        return SetReply([])
+    if not s.intset and reads_lazily(ctx, len(s)):  # an intset's order is sorted: at once
+        return SetReply(LiveItems(s, len(s), s.__iter__))  # read across turns (shards/chunked.py)
+    return SetReply(members_in_order(s))
 
 
 # --- random members -----------------------------------------------------------------
@@ -339,7 +355,7 @@ def spop(ctx: Ctx, argv: list[bytes]):
     db = ctx.db
     if len(argv) == 3:
         return _spop_count(ctx, key, positive_arg(argv[2]))
-    s = get_set(ctx.db, key)
+    s = writable_set(db, key)
     if s is None:
         return None
     member = random_member(s)
@@ -354,7 +370,7 @@ def spop(ctx: Ctx, argv: list[bytes]):
 
 def _spop_count(ctx: Ctx, key: bytes, count: int) -> SetReply:
     db = ctx.db
-    s = get_set(ctx.db, key)
+    s = writable_set(db, key)
     if s is None or count == 0:
         return SetReply([])
     size = len(s)

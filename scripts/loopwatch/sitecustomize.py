@@ -10,13 +10,16 @@ of the threshold in CPU time of the loop's thread (thread_time: what the process
 itself spent, which a loaded machine does not inflate), `TURN` lines for turns
 longer than the threshold in wall time with their three longest steps, and `LAG`
 lines when a callback posted from a watchdog thread waited longer than the
-threshold, with the loop thread's stack sampled meanwhile (sampling needs the
+threshold, with the loop thread's stack sampled meanwhile, and `GC` lines for cyclic
+garbage collections that took more than a third of the threshold in CPU time (a
+collection runs wherever an allocation triggers it, maybe between task steps) (sampling needs the
 GIL: a stack taken late shows where the loop was once it let go). Diagnosis only:
 it costs a few microseconds per task step. Session 9 found the big SET's stalls with it.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import threading
@@ -64,7 +67,16 @@ if os.environ.get("DURAKV_LOOPWATCH_MS"):
                     for at, stack in samples:
                         self.out.write(f"  at {at * 1000:.1f} ms:\n{stack}\n")
 
+        def _gc(self, phase: str, info: dict) -> None:
+            if phase == "start":
+                self.gc_cpu = time.thread_time()
+            elif (cpu := time.thread_time() - self.gc_cpu) > THRESHOLD_S / 3:
+                self.out.write(f"{time.time():.3f} GC gen {info['generation']} cpu {cpu * 1000:.1f} ms "
+                               f"collected {info['collected']}\n")
+
         def before_run(self) -> None:
+            self.gc_cpu = 0.0
+            gc.callbacks.append(self._gc)
             self.token = trio.lowlevel.current_trio_token()
             threading.Thread(target=self._watchdog, name="loopwatch", daemon=True).start()
 
