@@ -154,6 +154,17 @@ PROFILE_NOTES = [
     "idle loop's inline fast syncs hold the loop and so gather more requests per fsync, and the fsync rate "
     "bounds P1 here. The loop's own CPU per SET (commit_phases.py: 18.5-19.7 us against 8.7-9.1 per GET) "
     "is the same with or without AIO, so the handoff is not where the SET/GET gap is.",
+    "- Session 9 A/B (quiet, alternating trees of session 8's end and session 9's, `bench.py --rounds 1` "
+    "twice each): router GET P1 49.4k/45.0k (before) vs 37.2k/48.7k (after), router SET P1 27.8k/28.1k vs"
+    " 28.3k/26.8k, router SET P16 136.8k/122.1k vs 116.7k/124.2k; shard ports identical (GET P1 53.3k, "
+    "SET P1 31.9k, SET P16 177k both). The router path's rounds spread 20-25% on this 2-core machine "
+    "(three processes share two cores: where the kernel places them decides), the shard ports' under 1%. "
+    "Instructions per command (callgrind, 10 clients): router get1 +0.7%, set1 +0.8%, get16 +0.1%; shard "
+    "port get1 +1.0%, set1 +1.1%, set16 +1.8%, get16 +0.4% (the script fence's and output window's "
+    "checks, lazy free of big values on overwrite). Tried and not merged: a level-triggered wait that "
+    "kept trio from re-arming a socket with epoll_ctl at every wakeup (router GET P1 9 -> 7 system calls,"
+    " shard SET P1 8.1 -> 7.4) showed no CPU difference within this noise and relied on trio's private "
+    "epoll internals.",
     "- Output limit (session 7, issue 13): a client pipelining GETs of a 100 KB value had up to 256 "
     "replies (25 MB) in flight on the shard link before its output backed up (the in-flight byte "
     "bound was only checked once output was queued), and every other client's reply on that link "
