@@ -445,8 +445,7 @@ class Client:
             # No declared keys: it may touch any shard's (found and locked as it runs, server/txn.py).
             if cmd.name == "eval":
                 note_script(argv[1])
-            self._script_across_shards(cmd, argv if self.user.unrestricted else
-                                       [VERB_AS_USER, self.user.permissions(), *argv])
+            self._script_across_shards(cmd, self._as_user(argv))
             return
         try:
             shard = router.keys_shard(self, argv, indexes) if indexes else router.home_shard
@@ -454,14 +453,12 @@ class Client:
             if router.cluster_node or not e.message.startswith(b"CROSSSLOT"):
                 self._reject(cmd, encode_error(e.message))
             else:  # keys on several shards (server/txn.py); an ACL user's redis.calls obey its rules
-                run = argv if self.user.unrestricted else [VERB_AS_USER, self.user.permissions(), *argv]
-                self._script_across_shards(cmd, run)
+                self._script_across_shards(cmd, self._as_user(argv))
             return
         if cmd.name == "eval":
             note_script(argv[1])
         if router.reaching and argv in router.reaching:  # it reached another shard's key before
-            self._script_across_shards(cmd, argv if self.user.unrestricted else
-                                       [VERB_AS_USER, self.user.permissions(), *argv])
+            self._script_across_shards(cmd, self._as_user(argv))
             return
         kind = SCRIPT_FUNCTION if cmd.name.startswith("fcall") else SCRIPT_EVAL
         # Reaches another shard's key, or its script is cached elsewhere: server/script_retry.py.
@@ -471,20 +468,19 @@ class Client:
         holds_all = (router.scripts_retry and cmd.name.startswith("evalsha")
                      and not router.script_scopes.cached_on(argv[1], shard))
         out = holds_all or (router.scripts_retry and not router.script_scopes.keeps(argv))
-        if not self.user.unrestricted:  # its redis.calls obey the user's rules
-            argv = [VERB_AS_USER, self.user.permissions(), *argv]
-            on_fill = router.acl.script_reply
-            pending = ScriptRetry(self, argv, shard, kind, on_fill) if retries else Pending(self, on_fill)
-            self.replies.append(router.links[shard].submit(self, self.proto, argv, pending, script=kind))
-            if out and isinstance(pending, ScriptRetry) and pending.data is None:
-                pending.holds_all = holds_all
-                self.script_out = pending  # its followers for other shards wait for it (server/script_retry.py)
-            return
-        retry = ScriptRetry(self, argv, shard, kind) if retries else None
-        self.replies.append(router.links[shard].submit(self, self.proto, argv, retry, script=kind))
+        on_fill = None if self.user.unrestricted else router.acl.script_reply  # its redis.calls obey its rules
+        argv = self._as_user(argv)
+        retry = ScriptRetry(self, argv, shard, kind, on_fill) if retries else None
+        pending = retry if retry is not None or on_fill is None else Pending(self, on_fill)
+        self.replies.append(router.links[shard].submit(self, self.proto, argv, pending, script=kind))
         if out and retry is not None and retry.data is None:
             retry.holds_all = holds_all
             self.script_out = retry  # its followers for other shards wait for it (server/script_retry.py)
+
+    def _as_user(self, argv: list[bytes]) -> list[bytes]:
+        """A script's request as the shard runs it: an ACL user's carries its rules, which
+        its redis.calls obey."""
+        return argv if self.user.unrestricted else [VERB_AS_USER, self.user.permissions(), *argv]
 
     def _script_across_shards(self, cmd, run: list[bytes]) -> None:
         """A script whose keys span shards, or that declares none (server/txn.py); an
@@ -509,8 +505,8 @@ class Client:
                 # Router-answered: runs at EXEC (see run_router_commands); those whose replies
                 # depend on the shards were declared MULTI_REFUSED above.
                 argv = [VERB_ROUTER_IN_MULTI, *argv]
-            elif cmd.name in SCRIPT_COMMANDS and not self.user.unrestricted:
-                argv = [VERB_AS_USER, self.user.permissions(), *argv]
+            elif cmd.name in SCRIPT_COMMANDS:
+                argv = self._as_user(argv)
         except ReplyError as e:
             self.multi_error = True
             self.push(encode_error(e.message))

@@ -123,14 +123,7 @@ class LiveItems(LiveRead):
 
     def chunks(self, size: int) -> Iterator[list]:
         """The items in lists of up to `size`."""
-        it = self.items()
-        left = self.count
-        while left:
-            chunk = list(islice(it, min(size, left)))
-            if len(chunk) != min(size, left):
-                raise RuntimeError("a collection changed under the reply reading it")
-            left -= len(chunk)
-            yield chunk
+        yield from _take(self.items(), self.count, size, "a collection")
 
 
 class DequeRange(LiveRead):
@@ -163,15 +156,21 @@ class DequeRange(LiveRead):
             next(islice(it, step, step), None)
             skip -= step
             yield []
-        left = self.count
-        while left:
-            chunk = list(islice(it, min(size, left)))
-            if len(chunk) != min(size, left):
-                raise RuntimeError("a list changed under the reply reading it")
-            left -= len(chunk)
+        for chunk in _take(it, self.count, size, "a list"):
             if self.backwards:
                 chunk.reverse()
             yield chunk
+
+
+def _take(it: Iterator, count: int, size: int, what: str) -> Iterator[list]:
+    """The next `count` items of `it` in lists of up to `size`; RuntimeError if it ends
+    early (the value changed behind LiveRead's copy-on-write)."""
+    while count:
+        chunk = list(islice(it, min(size, count)))
+        if len(chunk) != min(size, count):
+            raise RuntimeError(f"{what} changed under the reply reading it")
+        count -= len(chunk)
+        yield chunk
 
 
 # The reply types a ChunkedArray stands for (a LiveItems may also come in a SetReply or Map).
