@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 
+import pytest
 import redis
 import trustme
 
@@ -236,6 +237,9 @@ def test_bad_tls_files_for_links_stop_the_node_at_start(etcd_cluster, tmp_path):
     print(lines[0])
 
 
+@pytest.mark.xfail(strict=False, reason="known race, issue 15: router 0's periodic re-read of etcd's settings can "
+                   "succeed on the one live member during the 10 s CONFIG SET and turn the node back before the "
+                   "assertion (reads are not required to reach a quorum)")
 def test_config_set_etcd_cannot_record_is_an_error(etcd_cluster, tmp_path):
     """Without an etcd quorum a node's CONFIG SET still takes effect on the node (as on
     one server), but the reply is an error saying the other nodes were not told, rather
