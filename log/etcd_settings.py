@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any, Callable
 
 from .etcd_client import EtcdClient, EtcdRequestFailed, unb64
@@ -71,22 +72,40 @@ def read_settings(client: EtcdClient, deployment: str) -> tuple[int, dict[str, s
     return revision_of(reply), settings
 
 
-def _apply_setting(deployment: str, settings: dict[str, str], event: dict[str, Any]) -> None:
-    """One watch event of D/config/ folded into settings."""
+def _apply_setting(deployment: str, settings: dict[str, str], event: dict[str, Any]) -> str:
+    """One watch event of D/config/ folded into settings; the setting's name."""
+    name = unb64(event["kv"]["key"])[len(settings_start(deployment)):].decode(errors="replace")
     if event.get("type", "PUT") != "PUT":
-        name = unb64(event["kv"]["key"])[len(settings_start(deployment)):]
-        settings.pop(name.decode(errors="replace"), None)
-        return
+        settings.pop(name, None)
+        return name
     parsed = _parse(deployment, event["kv"])
     if parsed is not None:
         settings[parsed[0]] = parsed[1]
+    return name
 
 
-def settings_watch(client: EtcdClient, deployment: str,
-                   on_change: Callable[[int, dict[str, str]], None]) -> PrefixWatch[dict[str, str]]:
-    """Follows D/config/ in a thread: on_change(revision, every recorded setting) after
-    the first read and after every change (log/etcd_watch.py)."""
+SettingsNotice = Callable[[int, dict[str, str], int, dict[str, int]], None]
+
+
+def settings_watch(client: EtcdClient, deployment: str, on_change: SettingsNotice) -> PrefixWatch[dict[str, str]]:
+    """Follows D/config/ in a thread: on_change(revision, every recorded setting, read_ns,
+    fresh_ns) after the first read and after every change (log/etcd_watch.py). read_ns:
+    wall clock when the read the state started from was sent (etcd answers a range
+    linearizably: what it held at some point after read_ns); fresh_ns: the settings a
+    watch event wrote since, with when the event arrived."""
+    read_ns = 0
+    fresh_ns: dict[str, int] = {}
+
+    def read(c: EtcdClient) -> tuple[int, dict[str, str]]:
+        nonlocal read_ns
+        read_ns = time.time_ns()
+        fresh_ns.clear()
+        return read_settings(c, deployment)
+
+    def apply(settings: dict[str, str], event: dict[str, Any]) -> None:
+        name = _apply_setting(deployment, settings, event)
+        fresh_ns[name] = time.time_ns()
+
     return PrefixWatch(client, settings_start(deployment), settings_end(deployment), f"etcd settings {deployment}",
-                       lambda c: read_settings(c, deployment),
-                       lambda settings, event: _apply_setting(deployment, settings, event),
-                       lambda revision, settings: on_change(revision, dict(settings)))
+                       read, apply,
+                       lambda revision, settings: on_change(revision, dict(settings), read_ns, dict(fresh_ns)))

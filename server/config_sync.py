@@ -6,7 +6,12 @@ router, shard and replica before it answers. Across nodes, etcd carries it
 settings lock, records the settings that travel (`Param.travels`: not the TLS files of
 this machine, nothing fixed at start) under D/config/ before it answers OK (an error if
 etcd did not take them: the change then holds on this node only, until its router 0
-reads D/config/ again and, etcd being the truth, puts back the value recorded there). Router 0 of every
+reads D/config/ again and, etcd being the truth, puts back the value recorded there; a
+write that timed out may still be taken late, when etcd's quorum returns, and then every
+node applies it). A value etcd holds replaces one this node changed only if it was read
+by a request sent after the change (SettingsSync.changed_ns; etcd's range is
+linearizable, so no member cut off from its quorum answers it): a node whose change etcd
+could not record keeps it while etcd has no quorum. Router 0 of every
 node follows D/config/ and, for every recorded value that differs from its own, runs
 the same propagation as a CONFIG SET made on that node (without recording it again):
 its routers, shards and replicas, DIR/run/settings, the default user's password. It
@@ -23,13 +28,11 @@ its config file takes the recorded one again. CONFIG REWRITE stays per node."""
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from durakv.server.runtime_changes import settings_path
 from durakv.shards.config import Config
 from durakv.shards.log_backend import etcd_client
 from durakv.shards.resp import ReplyError
@@ -86,12 +89,14 @@ class NodeSettingsFollower:
     def __init__(self, sync: SettingsSync) -> None:
         self.sync = sync
         self._latest: dict[str, str] | None = None
-        self._latest_read_ns = 0  # wall clock when the newest state was read from etcd
+        self._latest_read_ns = 0  # wall clock when the read the newest state came from was sent
+        self._latest_fresh_ns: dict[str, int] = {}  # settings a watch event wrote since, when it arrived
         self._revision = 0  # of the newest state that arrived
         self._arrived = trio.Event()
         self._resync_failed = False
         self._watch: Any = None
         self._refused: dict[str, str] = {}  # name -> value refused here, reported once
+        self._kept_logged: dict[str, int] = {}  # name -> the local change whose keeping was logged
 
     async def run(self) -> None:
         """Follow D/config/ until cancelled, applying the newest state each time."""
@@ -100,9 +105,9 @@ class NodeSettingsFollower:
         config = self.sync.router.config
         token = trio.lowlevel.current_trio_token()
 
-        def from_thread(revision: int, recorded: dict[str, str]) -> None:
+        def from_thread(revision: int, recorded: dict[str, str], read_ns: int, fresh_ns: dict[str, int]) -> None:
             try:
-                token.run_sync_soon(self._arrive, revision, recorded, time.time_ns())
+                token.run_sync_soon(self._arrive, revision, recorded, read_ns, fresh_ns)
             except trio.RunFinishedError:
                 self.close()
 
@@ -116,7 +121,7 @@ class NodeSettingsFollower:
                     self._arrived = trio.Event()
                     recorded, self._latest = self._latest, None
                     if recorded is not None:
-                        await self._apply(recorded, self._latest_read_ns)
+                        await self._apply(recorded, self._latest_read_ns, self._latest_fresh_ns)
         finally:
             self.close()
 
@@ -130,7 +135,7 @@ class NodeSettingsFollower:
         client = etcd_client(config)
         while True:
             await trio.sleep(config.etcd_lease_ttl_s)
-            read_ns = time.time_ns()
+            read_ns = time.time_ns()  # etcd's range is linearizable: it answers what etcd held after this
             try:
                 revision, recorded = await trio.to_thread.run_sync(read_settings, client, config.etcd_prefix,
                                                                    abandon_on_cancel=True)
@@ -141,22 +146,24 @@ class NodeSettingsFollower:
                 self._resync_failed = True
                 continue
             self._resync_failed = False
-            self._arrive(revision, recorded, read_ns)
+            self._arrive(revision, recorded, read_ns, {})
 
     def close(self) -> None:
         if self._watch is not None:
             self._watch.close()
 
-    def _arrive(self, revision: int, recorded: dict[str, str], read_ns: int) -> None:
+    def _arrive(self, revision: int, recorded: dict[str, str], read_ns: int, fresh_ns: dict[str, int]) -> None:
         if revision < self._revision:  # read before a change the watch already told of
             return
         self._revision = revision
         self._latest = recorded  # each notice holds every setting: only the newest matters
-        self._latest_read_ns = read_ns
+        self._latest_read_ns, self._latest_fresh_ns = read_ns, fresh_ns
         self._arrived.set()
 
-    def _changes(self, recorded: dict[str, str]) -> list[tuple[str, str]]:
-        """The recorded settings whose value here differs, checked as a CONFIG SET here."""
+    def _changes(self, recorded: dict[str, str], read_ns: int, fresh_ns: dict[str, int]) -> list[tuple[str, str]]:
+        """The recorded settings whose value here differs, checked as a CONFIG SET here,
+        except those this node changed after etcd's value was known (kept until a read of
+        etcd sent after the change: the change may be one etcd could not record)."""
         from durakv.server.server_commands import check_maxclients
         from durakv.server.tls import check_tls_changes
 
@@ -166,6 +173,9 @@ class NodeSettingsFollower:
         for name, value in sorted(recorded.items()):
             param = settings.params.get(name)
             if param is None or settings.values[name] == value:
+                continue
+            if self.sync.changed_ns.get(name, 0) >= max(read_ns, fresh_ns.get(name, 0)):
+                self._kept(name, value)
                 continue
             try:
                 if not param.travels:
@@ -182,16 +192,19 @@ class NodeSettingsFollower:
             changes += checked
         return changes
 
-    async def _apply(self, recorded: dict[str, str], read_ns: int) -> None:
+    def _kept(self, name: str, value: str) -> None:
+        changed_ns = self.sync.changed_ns[name]
+        if self._kept_logged.get(name) != changed_ns:
+            logger.info("node %s: keeping this node's %s, changed after etcd's %s was read, until a read of etcd "
+                        "after the change", self.sync.router.config.node_id, name, _shown(name, value))
+            self._kept_logged[name] = changed_ns
+
+    async def _apply(self, recorded: dict[str, str], read_ns: int, fresh_ns: dict[str, int]) -> None:
         sync = self.sync
         lock_fd = await sync.lock()
         try:
             # Compared under the lock: a CONFIG SET of this node may have just changed them.
-            # One made after this state was read (say, one etcd could not record) stands until
-            # a read after it: the next resync.
-            if _changed_since(sync.data_dir, read_ns):
-                return
-            changes = self._changes(recorded)
+            changes = self._changes(recorded, read_ns, fresh_ns)
             if not changes:
                 return
             logger.info("node %s: applying %s recorded in etcd", sync.router.config.node_id,
@@ -201,11 +214,3 @@ class NodeSettingsFollower:
         finally:
             sync.unlock(lock_fd)
 
-
-def _changed_since(data_dir: str, read_ns: int) -> bool:
-    """Whether this node's settings changed (DIR/run/settings replaced, under the
-    settings lock) after read_ns."""
-    try:
-        return os.stat(settings_path(data_dir)).st_mtime_ns > read_ns
-    except FileNotFoundError:
-        return False

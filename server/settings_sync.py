@@ -38,6 +38,7 @@ import logging
 import os
 import socket
 import struct
+import time
 
 import trio
 
@@ -107,6 +108,9 @@ class SettingsSync:
         self.peer_paths = [path for path in peers if path != self.own_path]
         # On a node of several (node-id set), CONFIG SETs are recorded in etcd for the others.
         self.node_record = NodeSettingsRecord(config) if config.node_id else None
+        # Wall clock when this process learnt of each setting's latest CONFIG SET on this node
+        # (its own or a peer's): router 0 reverts one to etcd's value only from a read after it.
+        self.changed_ns: dict[str, int] = {}
 
     def _apply(self, changes: dict[str, str]) -> None:
         self.router.settings.apply_known(changes)
@@ -163,6 +167,7 @@ class SettingsSync:
             changes = load_runtime_changes(self.data_dir)
         else:  # the sender could not record it: the notice is all there is
             changes = {str(name): str(value) for name, value in doc["changes"]}
+        self._note_changed(doc["changes"])
         self._apply(changes)
         await _send_message(stream, ACK)
 
@@ -172,8 +177,14 @@ class SettingsSync:
         is filled with +OK when that is done."""
         pending = Propagating(client, b"+OK\r\n")
         client.replies.append(pending)
+        self._note_changed(changes)
         self.router.nursery.start_soon(self._propagate, pending, changes, shard_changes)
         return pending
+
+    def _note_changed(self, changes: list[tuple[str, str]]) -> None:
+        now_ns = time.time_ns()
+        for name, _value in changes:
+            self.changed_ns[str(name)] = now_ns
 
     async def lock(self) -> int:
         """The settings lock's fd (-1: waited too long, logged): it orders CONFIG SETs and ACL changes."""
@@ -201,7 +212,8 @@ class SettingsSync:
         if unrecorded:  # it holds here, but the other nodes do not know of it
             why = " ".join(unrecorded.split()).encode(errors="replace")[:200]  # one line
             pending.fill(b"-ERR CONFIG SET could not be recorded in etcd for the other nodes (%s): it holds on "
-                         b"this node only, until the node reads etcd's settings again; set it again\r\n" % why)
+                         b"this node only, until the node reads etcd's settings again (etcd may still take it late: "
+                         b"then every node gets it); set it again\r\n" % why)
         else:
             pending.fill(b"+OK\r\n")
 

@@ -50,6 +50,7 @@ from durakv.snapshotter.base import adopt_published, drop_discarded, ensure_base
 from durakv.snapshotter.local import newest_local, shard_dir_of, snapshot_dir
 from durakv.snapshotter.logsource import EtcdLogSource, LocalLogSource, LogSource
 from durakv.snapshotter.pace import CPU_PERCENT_DEFAULT, Pacer
+from durakv.snapshotter.published import OthersPublished
 from durakv.snapshotter.filestore import open_store
 from durakv.snapshotter.isolate import run_in_child
 from durakv.snapshotter.store import Store, StoreError
@@ -103,6 +104,7 @@ class ShardStatus:
     log_archived_seq: int = 0          # every record through it is in the store (sealed or tail piece)
     log_archive_caught_up_ms: int = 0  # when the archive last held everything the shard had made durable
     log_archive_error: str = ""
+    built_elsewhere: bool = False  # the last_* fields: another node's snapshotter built and published it
     # LATENCY's snapshot-upload: [[unix s, ms], ...] of the newest uploads (each, whatever
     # the threshold: the routers apply latency-monitor-threshold when they read them).
     upload_samples: list = field(default_factory=list)
@@ -213,6 +215,7 @@ class Snapshotter:
         self._adopted: set[int] = set()  # held shards whose local cache was brought level with the store
         self.source: LogSource = LocalLogSource(self.data_dir) if etcd is None else etcd
         self.store = store if store is not None else open_store("", self.data_dir)
+        self.others = OthersPublished(self.store)  # what the shards other nodes build have published
         self.schedule = schedule or Schedule()
         self.shards = shard_count(self.data_dir)
         self.pace = Pacer(self.schedule.cpu_percent)
@@ -262,6 +265,7 @@ class Snapshotter:
                 m = newest.manifest
                 status.last_seq, status.last_created_at_ms = m.seq, m.created_at_ms
                 status.last_build_ms, status.last_rdb_bytes, status.last_keys = m.build_ms, m.rdb_bytes, m.keys
+                status.built_elsewhere = False
                 if self.locks is not None and not self.locks.still_held(shard):
                     logger.warning("shard %d: built seq %d, but its build lock went to another node's snapshotter "
                                    "meanwhile; not publishing it", shard, m.seq)
@@ -342,11 +346,28 @@ class Snapshotter:
         return sorted(self._adopted)
 
     def run_once(self, force: bool = True) -> Status:
-        for shard in self._claim():
+        held = self._claim()
+        for shard in held:
             if force or self.due(shard):
                 self.run_shard(shard)
+        if self.locks is not None:
+            for shard in sorted(set(range(self.shards)) - set(held)):
+                self._show_published(shard)
         self._save_status()
         return self.status
+
+    def _show_published(self, shard: int) -> None:
+        """A shard another node's snapshotter builds: its newest published snapshot in
+        this node's status (LASTSAVE, INFO persistence), as if built here."""
+        status = self.status.shards.setdefault(shard, ShardStatus(shard))
+        remote = self.others.newer(shard, status.last_seq if status.published else 0)
+        if remote is None or remote.manifest.seq < status.last_seq:
+            return
+        m = remote.manifest
+        status.last_seq, status.last_created_at_ms = m.seq, m.created_at_ms
+        status.last_build_ms, status.last_rdb_bytes, status.last_keys = m.build_ms, m.rdb_bytes, m.keys
+        status.published, status.built_elsewhere = True, True
+        status.status, status.error = "ok", ""
 
     def _etcd_upkeep(self, defragmenter: Defragmenter) -> None:
         """A round of etcd defragmentation when one is due (log/etcd_upkeep.py); a failure

@@ -294,8 +294,9 @@ class Store(ABC):
         except ManifestError as e:
             raise StoreError(str(e)) from None
 
-    def list_snapshots(self, shard: int | None = None) -> list[RemoteSnapshot]:
-        """Published snapshots (those with a manifest), by shard then seq."""
+    def _snapshot_keys(self, shard: int | None) -> tuple[dict[tuple[int, int], int], list[tuple[int, int, str]]]:
+        """Without reading a manifest: RDB sizes by (shard, seq), and the manifests' keys
+        as (shard, seq, key) by shard then seq."""
         where = self._key("snapshots", f"shard-{shard:03d}/" if shard is not None else "")
         if shard is None:
             where += "/"
@@ -310,17 +311,34 @@ class Store(ABC):
                 sizes[ident] = size
             else:
                 manifests.append((*ident, key))
-        out = []
-        for shard_no, seq, key in sorted(manifests):
-            manifest = self._get_manifest(key)
-            if manifest is None:
-                continue
-            if manifest.shard != shard_no or manifest.seq != seq:
-                raise StoreError(f"{self.where(key)} describes shard {manifest.shard} seq "
-                                 f"{manifest.seq}, not what its name says")
-            out.append(RemoteSnapshot(manifest, self.snapshot_key(shard_no, seq, "rdb"), key,
-                                      sizes.get((shard_no, seq))))
-        return out
+        return sizes, sorted(manifests)
+
+    def _remote(self, shard_no: int, seq: int, key: str, sizes: dict[tuple[int, int], int]) -> RemoteSnapshot | None:
+        manifest = self._get_manifest(key)
+        if manifest is None:
+            return None
+        if manifest.shard != shard_no or manifest.seq != seq:
+            raise StoreError(f"{self.where(key)} describes shard {manifest.shard} seq "
+                             f"{manifest.seq}, not what its name says")
+        return RemoteSnapshot(manifest, self.snapshot_key(shard_no, seq, "rdb"), key, sizes.get((shard_no, seq)))
+
+    def list_snapshots(self, shard: int | None = None) -> list[RemoteSnapshot]:
+        """Published snapshots (those with a manifest), by shard then seq."""
+        sizes, manifests = self._snapshot_keys(shard)
+        return [remote for shard_no, seq, key in manifests
+                if (remote := self._remote(shard_no, seq, key, sizes)) is not None]
+
+    def newest_snapshot(self, shard: int, known_seq: int = 0) -> RemoteSnapshot | None:
+        """A shard's newest published snapshot with its RDB there, read with one listing
+        and one manifest; None when there is none, or when it is known_seq (not read again)."""
+        sizes, manifests = self._snapshot_keys(shard)
+        for shard_no, seq, key in reversed(manifests):
+            if seq == known_seq:
+                return None
+            remote = self._remote(shard_no, seq, key, sizes)
+            if remote is not None and remote.complete:
+                return remote
+        return None
 
     def prune_snapshots(self, shard: int) -> int:
         """Keep the newest keep_snapshots snapshots of a shard (manifest deleted
