@@ -187,3 +187,48 @@ def test_a_shard_taken_over_starts_from_the_stores_newest_snapshot(tmp_path):
     _local_snapshot(tmp_path / "mine", 7, b"newer")
     assert adopt_published(store, 0, str(tmp_path / "mine"), last_seq=9) is None
     assert [s.manifest.seq for s in list_local(str(tmp_path / "mine"))] == [5, 7]
+
+
+def test_lastsave_on_a_node_that_does_not_build_the_shard(etcd_cluster, server_factory, tmp_path):
+    """Node b's snapshotter does not build shard 0 (node a's holds its build lock), yet
+    node b's status.json, LASTSAVE and INFO persistence show the newest snapshot node a
+    published, and move with node a's next build (before, node b showed none: LASTSAVE
+    stayed at its start time)."""
+    from durakv.snapshotter.runner import read_status
+
+    url, node_a, node_b, _prefix = _nodes(server_factory, tmp_path, etcd_cluster)
+    store = open_store(url)
+    try:
+        b_router = redis.Redis(port=node_b.port, socket_timeout=30)
+        primary = node_a.shard_client(0)
+        shown = []
+        for tag in ("first", "second"):
+            published = _published(url)
+            _burst(primary, tag)
+            until(lambda: len(_published(url)) > len(published), f"node a's {tag} snapshot\n"
+                  f"{node_a.log()[-3000:]}", WAIT_S)
+            newest = store.list_snapshots(0)[-1].manifest
+
+            def b_shows_it() -> bool:
+                status = read_status(str(node_b.data_dir)).shards.get(0)
+                return status is not None and status.last_seq >= newest.seq
+
+            until(b_shows_it, f"node b's status.json to show seq {newest.seq}\n{node_b.log()[-3000:]}", WAIT_S)
+            newest = store.list_snapshots(0)[-1].manifest  # node a may have built once more meanwhile
+
+            def shown_alike() -> tuple | None:  # status.json, LASTSAVE and INFO read at one refresh
+                status = read_status(str(node_b.data_dir)).shards[0]
+                lastsave = int(b_router.lastsave().timestamp())
+                info = b_router.info("persistence")
+                alike = lastsave == status.last_created_at_ms // 1000 == info["rdb_last_save_time"]
+                return (status, lastsave) if alike else None
+
+            status, lastsave = until(shown_alike, "node b's LASTSAVE and INFO to agree with its status.json", WAIT_S)
+            assert status.published and status.built_elsewhere and status.status == "ok", status
+            assert status.last_created_at_ms <= newest.created_at_ms
+            shown.append((status.last_seq, lastsave))
+        print(f"node b showed node a's snapshots (seq, LASTSAVE): {shown}")
+        assert shown[1][0] > shown[0][0], shown
+        assert not BUILT.findall(node_b.log()), "node b built shard 0"
+    finally:
+        node_b.discard()
