@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import threading
+import time
 
 from .errors import LogError
 from .etcd_client import EtcdClient, unb64
@@ -52,7 +53,10 @@ def droppable_through(client: EtcdClient, keys: Keys, seq: int) -> tuple[int, di
 class PositionPublisher:
     """One replica's published position (a blocking etcd client: call from a thread),
     and with it, under the same lease, the replica's live entry in D/cluster/
-    (log/etcd_nodes.py), which every node's CLUSTER answers follow."""
+    (log/etcd_nodes.py), which every node's CLUSTER answers follow. The live entry is
+    written at every publish with its wall clock time (`at_ms`): other nodes' INFO
+    replication shows the seconds since as the replica's lag, as Redis shows the seconds
+    since a replica's last ack."""
 
     def __init__(self, client: EtcdClient, keys: Keys, name: str, node: str, ttl_s: int, number: int = 0) -> None:
         self.client = client
@@ -82,13 +86,14 @@ class PositionPublisher:
         if not self._lease:
             self._lease = self.client.lease_grant(self.ttl_s)
             self._published = -1
-        if seq == self._published:
-            return
-        value = json.dumps({"seq": seq, "node": self.node, "pid": os.getpid()}).encode()
         # The live entry carries the seq too: other nodes' INFO replication shows the offset.
-        live = json.dumps({"node": self.node, "number": self.number, "seq": seq}).encode()
-        reply = self.client.txn([], [put_op(self.key, value, self._lease), put_op(self.live_key, live, self._lease)],
-                                [])
+        live = json.dumps({"node": self.node, "number": self.number, "seq": seq,
+                           "at_ms": time.time_ns() // 1_000_000}).encode()
+        puts = [put_op(self.live_key, live, self._lease)]
+        if seq != self._published:
+            value = json.dumps({"seq": seq, "node": self.node, "pid": os.getpid()}).encode()
+            puts.append(put_op(self.key, value, self._lease))
+        reply = self.client.txn([], puts, [])
         if not reply.get("succeeded", True):
             raise LogError(f"etcd log: publishing replica position {self.key.decode()} failed: {reply}")
         self._published = seq

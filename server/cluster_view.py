@@ -155,6 +155,7 @@ class RemoteReplica(NamedTuple):
     ip: str
     port: int
     applied_seq: int
+    heard_at_ms: int  # wall clock of its last publish (log/etcd_positions.py); 0: not said
 
 
 def other_nodes_replicas(directory: NodeDirectory | None, shard: int) -> list[RemoteReplica]:
@@ -173,7 +174,8 @@ def other_nodes_replicas(directory: NodeDirectory | None, shard: int) -> list[Re
         port = next((r.port for r in remote[1] if r.replica == live.get("number")), 0) if remote else 0
         if remote is not None and port:
             try:
-                out.append(RemoteReplica(remote[0].ip.decode(), port, int(live.get("seq", 0))))
+                out.append(RemoteReplica(remote[0].ip.decode(), port, int(live.get("seq", 0)),
+                                         int(live.get("at_ms", 0))))
             except (TypeError, ValueError):
                 continue   # not a position: it cannot say how far the replica is
     return out

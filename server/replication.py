@@ -94,11 +94,12 @@ def info_lines(view) -> list[str]:
             lag_s = max(now_ms - slot.heard_at_ms, 0) // 1000
             slaves.append(f"ip={ip},port={slot.port},state={state},offset={slot.applied_seq},lag={lag_s},"
                           f"lag_records={max(durable - slot.applied_seq, 0)}")
-        # The other nodes' replicas: following while their live entry lasts (renewed every quarter
-        # TTL), so their lag is not known closer than that: shown 0, as a replica heard from lately.
+        # The other nodes' replicas: following while their live entry lasts; lag counts from its
+        # last rewrite (every quarter TTL; across machines, so give or take their clocks' skew).
         for remote in other_nodes_replicas(view.directory, shard):
-            slaves.append(f"ip={remote.ip},port={remote.port},state=online,offset={remote.applied_seq},lag=0,"
-                          f"lag_records={max(durable - remote.applied_seq, 0)}")
+            lag_s = max(now_ms - remote.heard_at_ms, 0) // 1000 if remote.heard_at_ms else 0
+            slaves.append(f"ip={remote.ip},port={remote.port},state=online,offset={remote.applied_seq},"
+                          f"lag={lag_s},lag_records={max(durable - remote.applied_seq, 0)}")
     return ["role:master", f"connected_slaves:{len(slaves)}", *_good_replicas_lines(view),
             *(f"slave{i}:{line}" for i, line in enumerate(slaves)),
             "master_failover_state:no-failover", f"master_replid:{REPLID}", f"master_repl_offset:{offset}"]
