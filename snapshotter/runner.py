@@ -416,7 +416,8 @@ class Snapshotter:
             if request:
                 self.status.request_served = request
                 shards = self.status.shards.values()
-                if len(shards) == self.shards and all(s.status == "ok" for s in shards):
+                # A shard another node builds was not saved for this request: LASTSAVE moves with its builds.
+                if len(shards) == self.shards and all(s.status == "ok" and not s.built_elsewhere for s in shards):
                     self.status.request_served_at_ms = time.time_ns() // 1_000_000
                 self._save_status()
             stop.wait(self.schedule.poll_interval_s)
