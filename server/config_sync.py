@@ -204,6 +204,8 @@ class NodeSettingsFollower:
         lock_fd = await sync.lock()
         try:
             # Compared under the lock: a CONFIG SET of this node may have just changed them.
+            if self._latest is not None:  # a newer state arrived while this one waited: that one is applied next
+                return
             changes = self._changes(recorded, read_ns, fresh_ns)
             if not changes:
                 return
