@@ -349,10 +349,14 @@ class Snapshotter:
         return self.status
 
     def _etcd_upkeep(self, defragmenter: Defragmenter) -> None:
-        """A round of etcd defragmentation when one is due (log/etcd_upkeep.py); a failure
-        is logged and retried at the next poll, never the end of the snapshotter."""
+        """A round of etcd defragmentation when one is due (log/etcd_upkeep.py), by the
+        one snapshotter holding the defragmenter lock (snapshotter/build_lock.py); a
+        failure is logged and retried at the next poll, never the end of the snapshotter."""
         try:
-            defragmenter.maybe_run()
+            if self.locks is None or defragmenter.free_bytes_threshold <= 0:
+                defragmenter.maybe_run()
+            elif self.locks.claim_defrag():
+                defragmenter.maybe_run(self.locks.holds_defrag)
         except LogError as e:
             logger.warning("snapshotter: etcd upkeep: %s", e)
 

@@ -12,6 +12,7 @@ replica each; all three run a snapshotter. Node a's builds can be held mid-build
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -22,11 +23,11 @@ from pathlib import Path
 import redis
 
 from conftest import DurakvServer
-from durakv.log.etcd_client import EtcdClient
-from durakv.log.etcd_records import last_seq, shard_prefix
+from durakv.log.etcd_client import EtcdClient, unb64
+from durakv.log.etcd_records import kvs_of, last_seq, shard_prefix
 from durakv.shards.keyspace import Keyspace
 from durakv.snapshotter.build import BUILD_HOLD_STEP
-from durakv.snapshotter.build_lock import read_builders
+from durakv.snapshotter.build_lock import defrag_key, read_builders
 from durakv.snapshotter.filestore import open_store
 from durakv.snapshotter.local import load_snapshot
 from etcd_support import until
@@ -38,6 +39,9 @@ from test_standby_reads import ADVERTISED_HOST
 HOLD_ENV = "DURAKV_TXN_HOLD"
 HELD = "build held at step " + BUILD_HOLD_STEP
 STALE = "not publishing it"
+DEFRAGMENTED = "etcd upkeep: defragmented "
+# Every member is due for defragmentation whatever its free pages, at most once a second.
+DEFRAG_OFTEN = "etcd-defrag-free-bytes = 1\netcd-defrag-interval-s = 1\n"
 
 
 class Nodes:
@@ -76,6 +80,14 @@ class Nodes:
         """The node holding shard 0's build lock ("" when free)."""
         holder, _revision = read_builders(self.etcd, self.prefix).holders.get(0, ({}, 0))
         return str(holder.get("node", ""))
+
+    def defrag_holder(self) -> str:
+        kvs = kvs_of(self.etcd.range(defrag_key(self.prefix)))
+        return str(json.loads(unb64(kvs[0]["value"])).get("node", "")) if kvs else ""
+
+    def defrags(self) -> dict[str, int]:
+        """Members each node's snapshotter defragmented (its log)."""
+        return {name: node.log().count(DEFRAGMENTED) for name, node in self.all.items()}
 
     def errors(self) -> list[str]:
         return [line for node in self.all.values() for line in _errors(node.log())]
@@ -220,3 +232,44 @@ def _snapshotter_pid_or_0(node: DurakvServer) -> int:
         return _snapshotter_pid(node)
     except AssertionError:
         return 0
+
+
+def test_one_node_defragments_etcd_and_another_takes_over(etcd_cluster, server_factory, tmp_path):
+    """Every member is due for defragmentation each second (etcd-defrag-free-bytes = 1):
+    of the three nodes' snapshotters only the holder of the defragmenter lock runs
+    rounds (before, each node's ran one whenever the round key had expired, so rounds
+    from several nodes could overlap); SIGSTOP of the holder's snapshotter: one of the
+    others takes the lock over after the TTL and defragments; resumed, the stopped one
+    defragments nothing more."""
+    nodes = Nodes(server_factory, tmp_path, etcd_cluster, DEFRAG_OFTEN)
+    try:
+        primary = nodes.a.shard_client(0)
+
+        def rounds(n: int, among: tuple[str, ...]) -> bool:
+            _burst(primary, "d", keys=5)
+            time.sleep(0.2)
+            return sum(nodes.defrags()[name] for name in among) >= n
+        until(lambda: rounds(6, ("a", "b", "c")), f"six defragmentations\n{nodes.a.log()[-2000:]}", WAIT_S)
+        first = nodes.defrags()
+        holder = nodes.defrag_holder()
+        print(f"members defragmented per node: {first}; lock holder {holder}")
+        assert len([n for n in first.values() if n]) == 1, f"several nodes defragmented: {first}"
+        assert first[holder], f"the lock holder {holder!r} did not defragment: {first}"
+        paused = _snapshotter_pid(nodes.all[holder])
+        os.kill(paused, signal.SIGSTOP)
+        others = tuple(name for name in "abc" if name != holder)
+        try:
+            until(lambda: rounds(sum(first.values()) + 3, others) and nodes.defrag_holder() in others,
+                  "another node to defragment", WAIT_S)
+        finally:
+            os.kill(paused, signal.SIGCONT)
+        taker = nodes.defrag_holder()
+        during = nodes.defrags()
+        until(lambda: rounds(sum(during.values()) + 3, ("a", "b", "c")), "more defragmentations", WAIT_S)
+        after = nodes.defrags()
+        print(f"taken over by node {taker}: {during} while paused, {after} after resuming")
+        assert [name for name in others if during[name] > first[name]] == [taker], (first, during)
+        assert after[holder] == during[holder], f"node {holder} defragmented after losing the lock: {after}"
+        assert not nodes.errors(), nodes.errors()
+    finally:
+        nodes.discard()
