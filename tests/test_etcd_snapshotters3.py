@@ -29,7 +29,7 @@ from durakv.shards.keyspace import Keyspace
 from durakv.snapshotter.build import BUILD_HOLD_STEP
 from durakv.snapshotter.build_lock import defrag_key, read_builders
 from durakv.snapshotter.filestore import open_store
-from durakv.snapshotter.local import load_snapshot
+from durakv.snapshotter.local import list_local, load_snapshot, shard_dir_of
 from etcd_support import until
 from test_etcd_backend import etcd_config
 from test_etcd_ops import SNAPSHOT_OFTEN
@@ -218,6 +218,8 @@ def test_kill9_of_a_snapshotter_mid_build(etcd_cluster, server_factory, tmp_path
         print(f"acknowledged {len(acked)} writes; snapshots {[s.manifest.seq for s in snapshots]} through "
               f"{tail}; builds {nodes.built()}; missing {len(missing)}")
         assert not missing, missing[:10]
+        for local in list_local(shard_dir_of(str(nodes.a.data_dir), 0)):  # the held build's .tmp is in none
+            load_snapshot(local, Keyspace(), check_digest=True)
         restarted = f"snapshotter (pid {killed}) exited with -9; restarting it"
         assert restarted in nodes.a.log()
         others = [line for line in nodes.errors() if restarted not in line]
@@ -259,7 +261,7 @@ def test_one_node_defragments_etcd_and_another_takes_over(etcd_cluster, server_f
         os.kill(paused, signal.SIGSTOP)
         others = tuple(name for name in "abc" if name != holder)
         try:
-            until(lambda: rounds(sum(first.values()) + 3, others) and nodes.defrag_holder() in others,
+            until(lambda: rounds(3, others) and nodes.defrag_holder() in others,
                   "another node to defragment", WAIT_S)
         finally:
             os.kill(paused, signal.SIGCONT)
@@ -269,7 +271,9 @@ def test_one_node_defragments_etcd_and_another_takes_over(etcd_cluster, server_f
         after = nodes.defrags()
         print(f"taken over by node {taker}: {during} while paused, {after} after resuming")
         assert [name for name in others if during[name] > first[name]] == [taker], (first, during)
-        assert after[holder] == during[holder], f"node {holder} defragmented after losing the lock: {after}"
+        # A member whose defragmentation was under way when the holder stopped is logged on
+        # resuming; the lock is checked before the next one, so at most that one.
+        assert after[holder] - during[holder] <= 1, f"node {holder} defragmented after losing the lock: {after}"
         assert not nodes.errors(), nodes.errors()
     finally:
         nodes.discard()
