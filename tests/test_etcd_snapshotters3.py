@@ -120,7 +120,7 @@ def test_three_nodes_one_builder_per_shard(etcd_cluster, server_factory, tmp_pat
     nodes = Nodes(server_factory, tmp_path, etcd_cluster)
     try:
         primary = nodes.a.shard_client(0)
-        for round_no in range(4):
+        for round_no in range(3):
             _snapshot_until_published(nodes, primary, f"r{round_no}")
         built = nodes.built()
         print(f"builds of shard 0 per node: { {k: len(v) for k, v in built.items()} }; "
