@@ -18,15 +18,18 @@ a time (the others keep the quorum), only on members whose free space passed a
 threshold, only while etcd is quiet (few new revisions per second), and at most
 once per interval for the whole deployment: the right to defragment is the key
 D/upkeep/defrag, created if absent and bound to an etcd lease of that interval,
-so whichever process (snapshotter on any machine) creates it runs the round and
-every other waits for the key to expire."""
+so whichever process creates it runs the round and every other waits for the key to
+expire. With several nodes, only one snapshotter runs rounds at all (the defragmenter
+lock, snapshotter/build_lock.py): a round longer than the interval, or a snapshotter
+paused mid-round, would otherwise let a second one defragment another member at the
+same time; maybe_run asks `may_go_on` before each member."""
 
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from .etcd_client import EtcdClient, EtcdUnavailable, b64
 from .etcd_records import Keys, kvs_of, put_op, recorded_shard_count, revision_of, shard_prefix
@@ -135,9 +138,11 @@ class Defragmenter:
     def lock_key(self) -> bytes:
         return f"{self.deployment.rstrip('/')}/upkeep/defrag".encode()
 
-    def maybe_run(self) -> list[str]:
+    def maybe_run(self, may_go_on: Callable[[], bool] = lambda: True) -> list[str]:
         """One check: defragment, one at a time, the members over the threshold if etcd
-        is quiet and no round ran within the interval. Returns the endpoints done."""
+        is quiet and no round ran within the interval. may_go_on() before each member:
+        False ends the round (the caller lost the right to defragment). Returns the
+        endpoints done."""
         if self.free_bytes_threshold <= 0:
             return []
         if self._last is not None and time.monotonic() - self._last[0] < min(CHECK_INTERVAL_S, self.interval_s):
@@ -159,6 +164,10 @@ class Defragmenter:
         for index in due:
             before = sizes[index]
             assert before is not None
+            if not may_go_on():
+                logger.warning("etcd upkeep: no longer the deployment's defragmenter; %s left for the next round",
+                               before.endpoint)
+                break
             try:
                 self.client.defragment(index, DEFRAG_TIMEOUT_S)
                 after = member_size(self.client, index)

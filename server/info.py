@@ -308,6 +308,8 @@ def _persistence(router, infos, version):
             lines.append(f"etcd_shard{info['shard']}:epoch={p['etcd_epoch']},first_seq={p['etcd_first_seq']},"
                          f"lease_valid={p['etcd_lease_valid']},endpoint={p['etcd_endpoint']},"
                          f"db_size={p.get('etcd_db_size', 0)},db_size_in_use={p.get('etcd_db_size_in_use', 0)}")
+    if any("etcd_epoch" in p for p in shards):  # this node's snapshotter and etcd's defragmentation
+        lines += [f"etcd_defragmenter:{int(status.etcd_defragmenter)}", f"etcd_defragmented:{status.etcd_defragmented}"]
     return lines
 
 

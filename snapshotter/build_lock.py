@@ -16,6 +16,12 @@ taken at once by the preferred node's snapshotter, or by anyone when the primary
 runs none (or the shard has no primary); a holder on another node hands the lock back
 after its build once the primary's node runs a snapshotter.
 
+The same mechanism picks the one snapshotter that defragments etcd's members
+(log/etcd_upkeep.py): a member being defragmented answers nothing, so rounds from
+several nodes at once could take several members, and the quorum, away together. The
+defragmenter lock is taken by whichever snapshotter finds it free, kept while that one
+lives, and checked again before each member.
+
 Keys, under a deployment's prefix D (log/etcd_nodes.py holds D/cluster/):
     D/snapshotter/node/<node id>  JSON {node, pid, host}: a live snapshotter runs on that
                                   node (bound to its lease)
@@ -41,6 +47,7 @@ logger = logging.getLogger("durakv.snapshotter")
 
 NODE_DIR = b"node/"
 SHARD_PREFIX = b"shard-"
+DEFRAG_NAME = b"defrag"
 NO_NODE_ID = "-"  # a tree without --node-id (one node on etcd): its presence key's name
 # Keys read in one range of D/snapshotter/: one presence key per node and one lock per shard.
 MAX_KEYS_READ = 10_000
@@ -56,6 +63,10 @@ def snapshotter_end(deployment: str) -> bytes:
 
 def lock_key(deployment: str, shard: int) -> bytes:
     return snapshotter_start(deployment) + b"%s%03d" % (SHARD_PREFIX, shard)
+
+
+def defrag_key(deployment: str) -> bytes:
+    return snapshotter_start(deployment) + DEFRAG_NAME
 
 
 def presence_key(deployment: str, node: str) -> bytes:
@@ -173,11 +184,43 @@ class BuildLocks:
         return self.held
 
     def _take(self, shard: int) -> None:
-        key = lock_key(self.deployment, shard)
-        value = json.dumps({**self._me, "lease": self._lease}).encode()
-        if self.client.txn([cmp_absent(key)], [put_op(key, value, self._lease)], []).get("succeeded"):
+        if self._take_key(lock_key(self.deployment, shard)):
             logger.info("snapshotter: builds shard %d's snapshots (node %s)", shard, self.node)
             self._held.add(shard)
+
+    def _take_key(self, key: bytes) -> bool:
+        """Create key, bound to this snapshotter's lease, unless it exists."""
+        value = json.dumps({**self._me, "lease": self._lease}).encode()
+        return bool(self.client.txn([cmp_absent(key)], [put_op(key, value, self._lease)], []).get("succeeded"))
+
+    def _holds_key(self, key: bytes) -> bool:
+        kvs = kvs_of(self.client.range(key))
+        return bool(kvs) and _holder(kvs[0]).get("lease") == self._lease
+
+    def claim_defrag(self) -> bool:
+        """Whether this snapshotter is the one that defragments etcd now: it holds
+        D/snapshotter/defrag, or takes it when free. Raises LogError when etcd is out
+        of reach."""
+        self._ensure_lease()
+        key = defrag_key(self.deployment)
+        if self._holds_key(key):
+            return True
+        if self._take_key(key):
+            logger.info("snapshotter: defragments etcd's members for the deployment (node %s)", self.node)
+            return True
+        return False
+
+    def holds_defrag(self) -> bool:
+        """Before each member's defragmentation: the lock is still this snapshotter's (a
+        lease lost meanwhile may have let another node's snapshotter start a round).
+        False, not an exception, when etcd does not answer: the round stops either way."""
+        if self._lease_lost.is_set():
+            return False
+        try:
+            return self._holds_key(defrag_key(self.deployment))
+        except LogError as e:
+            logger.warning("snapshotter: checking the defragmenter lock: %s; stopping the round", e)
+            return False
 
     def _hand_back(self, shard: int, revision: int, to_node: str) -> None:
         key = lock_key(self.deployment, shard)
@@ -192,8 +235,7 @@ class BuildLocks:
         a lease lost meanwhile may have let another node's snapshotter build it)."""
         if self._lease_lost.is_set() or shard not in self._held:
             return False
-        kvs = kvs_of(self.client.range(lock_key(self.deployment, shard)))
-        return bool(kvs) and _holder(kvs[0]).get("lease") == self._lease
+        return self._holds_key(lock_key(self.deployment, shard))
 
     def close(self) -> None:
         """Give every lock up at once (a clean stop: another node need not wait for the TTL)."""

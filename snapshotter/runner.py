@@ -116,6 +116,8 @@ class Status:
     request_served: str = ""
     updated_at_ms: int = 0
     request_served_at_ms: int = 0  # when a request found every shard saved (even if nothing was new)
+    etcd_defragmenter: bool = False  # this snapshotter runs etcd's defragmentation (snapshotter/build_lock.py)
+    etcd_defragmented: int = 0       # members it defragmented, over the data dir's life
 
     def newest_published_ms(self) -> int:
         """LASTSAVE: when the newest snapshot was created, or when a BGSAVE found every
@@ -159,7 +161,8 @@ def read_status(data_dir: str) -> Status:
     except FileNotFoundError:
         return Status()
     return Status({int(k): ShardStatus(**v) for k, v in doc["shards"].items()},
-                  doc.get("request_served", ""), doc.get("updated_at_ms", 0), doc.get("request_served_at_ms", 0))
+                  doc.get("request_served", ""), doc.get("updated_at_ms", 0), doc.get("request_served_at_ms", 0),
+                  doc.get("etcd_defragmenter", False), doc.get("etcd_defragmented", 0))
 
 
 def request_snapshot(data_dir: str) -> str:
@@ -220,6 +223,7 @@ class Snapshotter:
         self.shards = shard_count(self.data_dir)
         self.pace = Pacer(self.schedule.cpu_percent)
         self.status = read_status(self.data_dir)
+        self.status.etcd_defragmenter = False  # until this process holds the lock
         self._status_lock = threading.Lock()
         self.archiver = (TailArchiver(self.data_dir, self.shards, self.store, self.schedule.archive_interval_ms,
                                       self.schedule.archive_bytes, self._archive_progress)
@@ -370,10 +374,19 @@ class Snapshotter:
         status.status, status.error = "ok", ""
 
     def _etcd_upkeep(self, defragmenter: Defragmenter) -> None:
-        """A round of etcd defragmentation when one is due (log/etcd_upkeep.py); a failure
-        is logged and retried at the next poll, never the end of the snapshotter."""
+        """A round of etcd defragmentation when one is due (log/etcd_upkeep.py), by the
+        one snapshotter holding the defragmenter lock (snapshotter/build_lock.py); a
+        failure is logged and retried at the next poll, never the end of the snapshotter."""
         try:
-            defragmenter.maybe_run()
+            if self.locks is None or defragmenter.free_bytes_threshold <= 0:
+                done = defragmenter.maybe_run()
+                self.status.etcd_defragmenter = self.locks is None and defragmenter.free_bytes_threshold > 0
+            else:
+                self.status.etcd_defragmenter = self.locks.claim_defrag()
+                done = defragmenter.maybe_run(self.locks.holds_defrag) if self.status.etcd_defragmenter else []
+            self.status.etcd_defragmented += len(done)
+            if done:
+                self._save_status()
         except LogError as e:
             logger.warning("snapshotter: etcd upkeep: %s", e)
 
@@ -382,7 +395,9 @@ class Snapshotter:
             self.status.updated_at_ms = time.time_ns() // 1_000_000
             doc = {"shards": {str(k): asdict(v) for k, v in list(self.status.shards.items())},
                    "request_served": self.status.request_served, "updated_at_ms": self.status.updated_at_ms,
-                   "request_served_at_ms": self.status.request_served_at_ms}
+                   "request_served_at_ms": self.status.request_served_at_ms,
+                   "etcd_defragmenter": self.status.etcd_defragmenter,
+                   "etcd_defragmented": self.status.etcd_defragmented}
             os.makedirs(snapshotter_dir(self.data_dir), exist_ok=True)
             replace_file(os.path.join(snapshotter_dir(self.data_dir), STATUS_NAME),
                           json.dumps(doc, indent=2).encode())
