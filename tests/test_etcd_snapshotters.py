@@ -203,15 +203,15 @@ def test_lastsave_on_a_node_that_does_not_build_the_shard(etcd_cluster, server_f
         primary = node_a.shard_client(0)
         shown = []
         for tag in ("first", "second"):
-            published = _published(url)
+            count = len(_published(url))
             _burst(primary, tag)
-            until(lambda: len(_published(url)) > len(published), f"node a's {tag} snapshot\n"
+            until(lambda n=count: len(_published(url)) > n, f"node a's {tag} snapshot\n"
                   f"{node_a.log()[-3000:]}", WAIT_S)
             newest = store.list_snapshots(0)[-1].manifest
 
-            def b_shows_it() -> bool:
+            def b_shows_it(seq: int = newest.seq) -> bool:
                 status = read_status(str(node_b.data_dir)).shards.get(0)
-                return status is not None and status.last_seq >= newest.seq
+                return status is not None and status.last_seq >= seq
 
             until(b_shows_it, f"node b's status.json to show seq {newest.seq}\n{node_b.log()[-3000:]}", WAIT_S)
             newest = store.list_snapshots(0)[-1].manifest  # node a may have built once more meanwhile
