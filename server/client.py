@@ -16,6 +16,8 @@ import trio
 from durakv.server.links import LOST, SCRIPT_EVAL, SCRIPT_FUNCTION, Pending, Propagating
 from durakv.server.pause import note_script
 from durakv.server.script_retry import ScriptRetry, holds, queue_evalsha, start_across_shards
+from durakv.server.script_cache import router_flush
+from durakv.shards.t_script import flush_option_ok
 from durakv.shards.evict import OOM_MESSAGE
 from durakv.shards.frames import LARGE_BYTES, VERB_AS_USER, VERB_LITERAL, VERB_ROUTER_IN_MULTI
 from durakv.shards.resp import ProtocolError, RequestParser, ReplyError, encode, encode_error
@@ -373,8 +375,10 @@ class Client:
                     if router.scripts_retry:
                         router.script_scopes.body_keeps(argv[2])  # its EVALSHAs' followers (server/script_scope.py)
                         router.script_scopes.note_loaded(argv[2], len(router.links))
-                elif cmd.fullname == "script|flush" and router.scripts_retry:
+                elif cmd.fullname == "script|flush" and router.scripts_retry and flush_option_ok(argv):
                     router.script_scopes.homes.clear()
+                    router_flush(router, self, argv, cmd.merge)  # other routers forget too
+                    return
                 router.fanout(self, argv, cmd.merge)
                 return
             if where == CURSOR:

@@ -11,8 +11,9 @@ shard has the script does the client get NOSCRIPT, as from one Redis. A shard po
 does the same for its cluster clients, loading the body into its own shard.
 
 SCRIPT EXISTS through the router answers 1 when any shard has the script, and SCRIPT
-FLUSH flushes every shard; on a shard port they ask (EXISTS) or tell (FLUSH) every
-process the same way (`node_command`). Functions are durable and every FUNCTION change
+FLUSH flushes every shard and tells every other process (`router_flush`: routers forget
+which shards they knew to have a script); on a shard port they ask (EXISTS) or tell
+(FLUSH) every process the same way (`node_command`). Functions are durable and every FUNCTION change
 through the router goes to every shard; one made on a shard port is followed by that
 shard's FUNCTION DUMP, which every other primary restores (FLUSH policy), so an FCALL
 finds the function wherever its keys route.
@@ -34,6 +35,7 @@ from durakv.shards.t_script import flush_option_ok
 if TYPE_CHECKING:
     from durakv.server.client import Client
     from durakv.server.front import Front
+    from durakv.server.router_view import RouterView
     from durakv.shards.table import Merge
 
 logger = logging.getLogger("durakv.router")
@@ -96,9 +98,27 @@ def _log_refusal(_pending: Pending, data: bytes) -> None:
 
 
 def _flush_here(front: Front) -> None:
+    """A SCRIPT FLUSH through another process: a shard port's shard forgets its scripts,
+    a router which shards it knew to have each (script_scope.py `homes`)."""
     scripts = _scripts_here(front)
     if scripts is not None:
         scripts.clear()
+    scopes = front.script_scopes
+    if scopes is not None:
+        scopes.homes.clear()
+
+
+def router_flush(front: RouterView, client: Client, argv: list[bytes], merge: Merge) -> None:
+    """SCRIPT FLUSH through a router: every shard flushes, and every other process
+    forgets what it knew cached (other routers' `homes`), before the reply, so an
+    EVALSHA through any router after it holds its followers (server/script_retry.py)."""
+    from durakv.server.front import Gather  # here: front imports client, which imports this module
+    links = front.links
+    gather = Gather(client, len(links) + 1, lambda parts: merge(parts[:-1], client.proto))
+    for i, link in enumerate(links):
+        link.submit(client, PROTO_INTERNAL, argv, gather.part(i))
+    peers = gather.part(len(links))
+    front.pubsub.ask_peers(OP_SCRIPT_FLUSH, [], lambda _parts: peers.fill(encode_internal(True, None)))
 
 
 def node_command(front: Front, client: Client, argv: list[bytes], merge: Merge) -> bool:

@@ -387,8 +387,10 @@ class ScriptScopes:
     to have it may be answered NOSCRIPT and sent again once found elsewhere
     (server/script_retry.py), so its client's later requests, for any shard, wait for it.
     Learnt from this router's SCRIPT LOADs, EVALSHA replies and loads after a NOSCRIPT;
-    forgotten on its SCRIPT FLUSH (one through another process or a shard's restart is
-    not seen: such an EVALSHA's followers may then run before it)."""
+    forgotten on a SCRIPT FLUSH through any process (server/script_cache.py tells every
+    router before its reply) and, for one shard, whenever the link to it (re)connects
+    (a restarted shard's cache is empty). A script a shard dropped past its cache's bound
+    (shards/t_script.py MAX_CACHED_SCRIPTS) is not seen."""
 
     __slots__ = ("by_body", "by_sha", "homes")
 
@@ -410,6 +412,14 @@ class ScriptScopes:
             homes.clear()
         sha = sha.lower()
         homes[sha] = homes.get(sha, 0) | shards_mask
+
+    def forget_shard(self, shard: int) -> None:
+        """The link to a shard (re)connected: a new process, or one after a failover, whose
+        cache may have lost any script (a kill -9 empties it)."""
+        keep = ~(1 << shard)
+        homes = self.homes
+        for sha, mask in homes.items():
+            homes[sha] = mask & keep
 
     def body_keeps(self, body: bytes) -> bool:
         verdict = self.by_body.get(body)
