@@ -530,8 +530,8 @@ class Client:
             self.push(b"-ERR transaction too long (more than %d queued commands)\r\n" % MAX_QUEUED_IN_MULTI)
             return
         queued.append(argv)
-        if self.router.scripts_retry and cmd.name.startswith("evalsha"):
-            queue_evalsha(self, argv[3] if argv[0] == VERB_AS_USER else argv[1])  # found on every shard first
+        if (self.router.scripts_retry or self.router.cluster_node) and cmd.name.startswith("evalsha"):
+            queue_evalsha(self, argv[3] if argv[0] == VERB_AS_USER else argv[1])  # found on any shard first
             return
         self.push(b"+QUEUED\r\n")
 

@@ -8,7 +8,8 @@ over the peer mesh (server/pubsub.py, OP_SCRIPT_BODY) whether its shard has the 
 is loaded on every shard (SCRIPT LOAD, ahead of the retry on each shard's link, so the
 caches agree again) and the EVALSHA runs again into the same reply place. Only when no
 shard has the script does the client get NOSCRIPT, as from one Redis. A shard port
-does the same for its cluster clients, loading the body into its own shard.
+does the same for its cluster clients, loading the body into its own shard; an EVALSHA
+queued in MULTI is found before its QUEUED (server/script_retry.py queue_evalsha).
 
 SCRIPT EXISTS through the router answers 1 when any shard has the script, and SCRIPT
 FLUSH flushes every shard and tells every other process (`router_flush`: routers forget
@@ -57,7 +58,7 @@ def install(front: Front) -> None:
     ops[OP_FUNCTION_SET] = lambda _op, args: _take_library_set(front, args[0])
 
 
-def _scripts_here(front: Front) -> dict[bytes, Any] | None:
+def _scripts_here(front: Front | RouterView) -> dict[bytes, Any] | None:
     shard = getattr(front, "shard", None)  # a shard port's process holds its shard
     return None if shard is None else scripting_of(shard.db).scripts
 
@@ -163,7 +164,7 @@ def node_command(front: Front, client: Client, argv: list[bytes], merge: Merge) 
     return False
 
 
-def body_here(front: Front, sha: bytes) -> bytes | None:
+def body_here(front: Front | RouterView, sha: bytes) -> bytes | None:
     scripts = _scripts_here(front)
     cached = None if scripts is None else scripts.get(sha.lower())
     return None if cached is None else cached[0]
