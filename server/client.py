@@ -16,7 +16,7 @@ import trio
 from durakv.server.links import LOST, SCRIPT_EVAL, SCRIPT_FUNCTION, Pending, Propagating
 from durakv.server.pause import note_script
 from durakv.server.script_retry import ScriptRetry, holds, queue_evalsha, start_across_shards
-from durakv.server.script_cache import router_flush
+from durakv.server.script_cache import FUNCTION_CHANGE_COMMANDS, router_flush, router_function_change
 from durakv.shards.t_script import flush_option_ok
 from durakv.shards.evict import OOM_MESSAGE
 from durakv.shards.frames import LARGE_BYTES, VERB_AS_USER, VERB_LITERAL, VERB_ROUTER_IN_MULTI
@@ -378,6 +378,9 @@ class Client:
                 elif cmd.fullname == "script|flush" and router.scripts_retry and flush_option_ok(argv):
                     router.script_scopes.homes.clear()
                     router_flush(router, self, argv, cmd.merge)  # other routers forget too
+                    return
+                elif cmd.fullname in FUNCTION_CHANGE_COMMANDS and router.scripts_retry:
+                    router_function_change(router, self, argv, cmd.merge)  # judged, other routers forget
                     return
                 router.fanout(self, argv, cmd.merge)
                 return

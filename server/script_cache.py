@@ -45,8 +45,10 @@ OP_SCRIPT_BODY = "sb"  # sha -> this process's shard's body of the script, or No
 OP_SCRIPT_EXISTS = "se"  # shas -> whether this process's shard has each (a router: None)
 OP_SCRIPT_FLUSH = "sf"  # this process's shard forgets every script
 OP_FUNCTION_SET = "fs"  # a FUNCTION DUMP payload: this process's shard (a primary) restores it, FLUSH policy
+OP_FUNCTIONS_CHANGED = "fc"  # a FUNCTION change through a router: other routers forget their verdicts
 NOSCRIPT_PREFIX = b"-NOSCRIPT"
 FUNCTION_CHANGES = (b"load", b"delete", b"flush", b"restore")
+FUNCTION_CHANGE_COMMANDS = frozenset(f"function|{sub.decode()}" for sub in FUNCTION_CHANGES)  # table names
 
 
 def install(front: Front) -> None:
@@ -56,6 +58,7 @@ def install(front: Front) -> None:
     ops[OP_SCRIPT_EXISTS] = lambda _op, args: _exists_here(front, args[0])
     ops[OP_SCRIPT_FLUSH] = lambda _op, _args: _flush_here(front)
     ops[OP_FUNCTION_SET] = lambda _op, args: _take_library_set(front, args[0])
+    ops[OP_FUNCTIONS_CHANGED] = lambda _op, _args: _forget_functions(front)
 
 
 def _scripts_here(front: Front | RouterView) -> dict[bytes, Any] | None:
@@ -83,6 +86,7 @@ def _send_library_set(front: Front) -> Callable[[Pending, bytes], None]:
 
 def _take_library_set(front: Front, payload: bytes) -> None:
     """Another shard's libraries after a FUNCTION change on its port: this primary takes them."""
+    _forget_functions(front)
     shard = getattr(front, "shard", None)
     if shard is None or shard.replica is not None:
         return  # a router holds none; a replica takes its primary's from the log
@@ -113,13 +117,45 @@ def router_flush(front: RouterView, client: Client, argv: list[bytes], merge: Me
     """SCRIPT FLUSH through a router: every shard flushes, and every other process
     forgets what it knew cached (other routers' `homes`), before the reply, so an
     EVALSHA through any router after it holds its followers (server/script_retry.py)."""
+    _fanout_telling_peers(front, client, argv, lambda parts: merge(parts, client.proto), OP_SCRIPT_FLUSH)
+
+
+def router_function_change(front: RouterView, client: Client, argv: list[bytes], merge: Merge) -> None:
+    """FUNCTION LOAD/DELETE/FLUSH/RESTORE through a router: every shard makes the change,
+    and every other router forgets what it judged of functions before the reply (so an
+    FCALL of a function replaced elsewhere holds its followers, server/script_scope.py);
+    this router judges a loaded library's functions once every shard has it."""
+    scopes = front.script_scopes
+    loads = argv[1].lower() == b"load"
+    scopes.forget_library(argv[-1] if loads else None)  # its functions may be replaced meanwhile
+
+    def finish(parts: list[Any]) -> bytes:
+        reply = merge(parts, client.proto)
+        if loads and reply[:1] != b"-":
+            scopes.note_library(argv[-1])
+        return reply
+
+    _fanout_telling_peers(front, client, argv, finish, OP_FUNCTIONS_CHANGED)
+
+
+def _fanout_telling_peers(front: RouterView, client: Client, argv: list[bytes],
+                          finish: Callable[[list[Any]], bytes], op: str) -> None:
+    """argv to every shard and `op` to every other process; the reply, `finish` of the
+    shards' parts, once all have answered (a silent peer: after the mesh's timeout)."""
     from durakv.server.front import Gather  # here: front imports client, which imports this module
     links = front.links
-    gather = Gather(client, len(links) + 1, lambda parts: merge(parts[:-1], client.proto))
+    gather = Gather(client, len(links) + 1, lambda parts: finish(parts[:-1]))
     for i, link in enumerate(links):
         link.submit(client, PROTO_INTERNAL, argv, gather.part(i))
     peers = gather.part(len(links))
-    front.pubsub.ask_peers(OP_SCRIPT_FLUSH, [], lambda _parts: peers.fill(encode_internal(True, None)))
+    front.pubsub.ask_peers(op, [], lambda _parts: peers.fill(encode_internal(True, None)))
+
+
+def _forget_functions(front: Front) -> None:
+    """A FUNCTION change through another process: a router's verdicts on functions go."""
+    scopes = front.script_scopes
+    if scopes is not None:
+        scopes.forget_functions()
 
 
 def node_command(front: Front, client: Client, argv: list[bytes], merge: Merge) -> bool:
