@@ -6,10 +6,17 @@ its declared keys ("keeps": its followers for other shards are sent at once) or 
 ("held": while one is out, its client's requests for the other shard wait for its reply);
 `computed` writes the same key through a computed name, which it cannot read so.
 
+With `--commands fcall` (or `eval,fcall`) each shape also runs as a function (FCALL
+f_<shape>, its callback's parameters `keys`/`args` for KEYS/ARGV), judged by
+server/script_scope.py function_verdicts, and as the same function in a library with one
+more top-level statement (`fcall-unjudged`: never judged, always held, as every FCALL was
+before functions were judged).
+
 Reports requests/s and the CPU µs per EVAL of the routers and of the shards (from
 /proc, whatever the load: compare those, with the load average printed beside).
 
     python scripts/eval_bench.py [--requests 60000] [--clients 4] [--pipeline 16] [--rounds 2]
+                                 [--commands eval,fcall]
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from pathlib import Path
 from proctools import kill_group, start_durakv_serve
 
 import durakv.shards.commands  # noqa: F401  (registers the commands script_scope looks up)
-from durakv.server.script_scope import keeps_to_its_keys
+from durakv.server.script_scope import function_verdicts, keeps_to_its_keys
 
 SCRIPTS = {
     "literal": "return redis.call('SET', KEYS[1], ARGV[1])",
@@ -38,6 +45,26 @@ SCRIPTS = {
     "computed": "return redis.call('SET', KEYS[1] .. '', ARGV[1])",
 }
 READY_WAIT_S = 30.0
+
+
+def library(name: str, body: str, judged: bool) -> str:
+    """The shape as function f_<name> (an unjudged library has a top-level statement more)."""
+    callback = body.replace("KEYS", "keys").replace("ARGV", "args")
+    extra = "" if judged else "local unjudged = true\n"
+    return (f"#!lua name={'lib' if judged else 'unjudged'}_{name}\n{extra}"
+            f"redis.register_function('{'f' if judged else 'u'}_{name}', function(keys, args) {callback} end)")
+
+
+def runs(name: str, body: str, commands: list[str]) -> list[tuple[str, str, list[str]]]:
+    """(label, verdict, the command after redis-benchmark's options) of each way to run the shape."""
+    out = []
+    if "eval" in commands:
+        out.append(("eval", "keeps" if keeps_to_its_keys(body.encode()) else "held", ["EVAL", body]))
+    if "fcall" in commands:
+        judged = function_verdicts(library(name, body, True).encode()).get(f"f_{name}".encode(), False)
+        out.append(("fcall", "keeps" if judged else "held", ["FCALL", f"f_{name}"]))
+        out.append(("fcall-unjudged", "held", ["FCALL", f"u_{name}"]))
+    return out
 
 
 def cpu_seconds(group: int, role: str) -> float:
@@ -70,7 +97,9 @@ def main() -> int:
     p.add_argument("--pipeline", type=int, default=16)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--scripts", default=",".join(SCRIPTS), help="which shapes, comma-separated")
+    p.add_argument("--commands", default="eval", help="eval, fcall, or both, comma-separated")
     opts = p.parse_args()
+    commands = opts.commands.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"
         data_dir.mkdir()
@@ -79,19 +108,26 @@ def main() -> int:
             wait_ready(port)
             for name in opts.scripts.split(","):
                 body = SCRIPTS[name]
-                verdict = "keeps" if keeps_to_its_keys(body.encode()) else "held"
-                for _ in range(opts.rounds):
-                    router0, shards0 = cpu_seconds(proc.pid, "router"), cpu_seconds(proc.pid, "shard")
-                    out = subprocess.run(["redis-benchmark", "-p", str(port), "-c", str(opts.clients),
-                                          "-P", str(opts.pipeline), "-n", str(opts.requests), "-r", "100000", "-q",
-                                          "EVAL", body, "1", "key:__rand_int__", "v"],
-                                         capture_output=True, text=True).stdout
-                    router_us = 1e6 * (cpu_seconds(proc.pid, "router") - router0) / opts.requests
-                    shards_us = 1e6 * (cpu_seconds(proc.pid, "shard") - shards0) / opts.requests
-                    rates = re.findall(r"([0-9.]+) requests per second", out)
-                    load = os.getloadavg()[0]
-                    print(f"{name:8} {verdict:5} P{opts.pipeline}: {rates[-1] if rates else '?'} req/s, router CPU "
-                          f"{router_us:.1f} us/op, shards CPU {shards_us:.1f} us/op (load {load:.1f})")
+                # Another shape's values would fail this one's commands (INCR of "v"): redis-benchmark stops.
+                subprocess.run(["redis-cli", "-p", str(port), "FLUSHALL"], check=True, capture_output=True)
+                if "fcall" in commands:
+                    for judged in (True, False):
+                        subprocess.run(["redis-cli", "-p", str(port), "FUNCTION", "LOAD", "REPLACE",
+                                        library(name, body, judged)], check=True, capture_output=True)
+                for label, verdict, command in runs(name, body, commands):
+                    for _ in range(opts.rounds):
+                        router0, shards0 = cpu_seconds(proc.pid, "router"), cpu_seconds(proc.pid, "shard")
+                        out = subprocess.run(["redis-benchmark", "-p", str(port), "-c", str(opts.clients),
+                                              "-P", str(opts.pipeline), "-n", str(opts.requests), "-r", "100000",
+                                              "-q", *command, "1", "key:__rand_int__", "v"],
+                                             capture_output=True, text=True).stdout
+                        router_us = 1e6 * (cpu_seconds(proc.pid, "router") - router0) / opts.requests
+                        shards_us = 1e6 * (cpu_seconds(proc.pid, "shard") - shards0) / opts.requests
+                        rates = re.findall(r"([0-9.]+) requests per second", out)
+                        load = os.getloadavg()[0]
+                        print(f"{name:8} {label:14} {verdict:5} P{opts.pipeline}: {rates[-1] if rates else '?'} "
+                              f"req/s, router CPU {router_us:.1f} us/op, shards CPU {shards_us:.1f} us/op "
+                              f"(load {load:.1f})")
         finally:
             kill_group(proc)
     return 0

@@ -16,6 +16,8 @@ import trio
 from durakv.server.links import LOST, SCRIPT_EVAL, SCRIPT_FUNCTION, Pending, Propagating
 from durakv.server.pause import note_script
 from durakv.server.script_retry import ScriptRetry, holds, queue_evalsha, start_across_shards
+from durakv.server.script_cache import FUNCTION_CHANGE_COMMANDS, router_flush, router_function_change
+from durakv.shards.t_script import flush_option_ok
 from durakv.shards.evict import OOM_MESSAGE
 from durakv.shards.frames import LARGE_BYTES, VERB_AS_USER, VERB_LITERAL, VERB_ROUTER_IN_MULTI
 from durakv.shards.resp import ProtocolError, RequestParser, ReplyError, encode, encode_error
@@ -373,8 +375,13 @@ class Client:
                     if router.scripts_retry:
                         router.script_scopes.body_keeps(argv[2])  # its EVALSHAs' followers (server/script_scope.py)
                         router.script_scopes.note_loaded(argv[2], len(router.links))
-                elif cmd.fullname == "script|flush" and router.scripts_retry:
+                elif cmd.fullname == "script|flush" and router.scripts_retry and flush_option_ok(argv):
                     router.script_scopes.homes.clear()
+                    router_flush(router, self, argv, cmd.merge)  # other routers forget too
+                    return
+                elif cmd.fullname in FUNCTION_CHANGE_COMMANDS and router.scripts_retry:
+                    router_function_change(router, self, argv, cmd.merge)  # judged, other routers forget
+                    return
                 router.fanout(self, argv, cmd.merge)
                 return
             if where == CURSOR:
@@ -526,8 +533,8 @@ class Client:
             self.push(b"-ERR transaction too long (more than %d queued commands)\r\n" % MAX_QUEUED_IN_MULTI)
             return
         queued.append(argv)
-        if self.router.scripts_retry and cmd.name.startswith("evalsha"):
-            queue_evalsha(self, argv[3] if argv[0] == VERB_AS_USER else argv[1])  # found on every shard first
+        if (self.router.scripts_retry or self.router.cluster_node) and cmd.name.startswith("evalsha"):
+            queue_evalsha(self, argv[3] if argv[0] == VERB_AS_USER else argv[1])  # found on any shard first
             return
         self.push(b"+QUEUED\r\n")
 

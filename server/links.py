@@ -195,6 +195,7 @@ class ShardLink:
             self.sock = sock
             self.up = True
             self.ever_up.set()
+            self.router.script_scopes.forget_shard(self.index)  # its script cache may be empty (script_scope.py)
             logger.info("router: connected to shard %d%s", self.index, where)
             self.router.on_link_change()
             try:

@@ -8,11 +8,13 @@ over the peer mesh (server/pubsub.py, OP_SCRIPT_BODY) whether its shard has the 
 is loaded on every shard (SCRIPT LOAD, ahead of the retry on each shard's link, so the
 caches agree again) and the EVALSHA runs again into the same reply place. Only when no
 shard has the script does the client get NOSCRIPT, as from one Redis. A shard port
-does the same for its cluster clients, loading the body into its own shard.
+does the same for its cluster clients, loading the body into its own shard; an EVALSHA
+queued in MULTI is found before its QUEUED (server/script_retry.py queue_evalsha).
 
 SCRIPT EXISTS through the router answers 1 when any shard has the script, and SCRIPT
-FLUSH flushes every shard; on a shard port they ask (EXISTS) or tell (FLUSH) every
-process the same way (`node_command`). Functions are durable and every FUNCTION change
+FLUSH flushes every shard and tells every other process (`router_flush`: routers forget
+which shards they knew to have a script); on a shard port they ask (EXISTS) or tell
+(FLUSH) every process the same way (`node_command`). Functions are durable and every FUNCTION change
 through the router goes to every shard; one made on a shard port is followed by that
 shard's FUNCTION DUMP, which every other primary restores (FLUSH policy), so an FCALL
 finds the function wherever its keys route.
@@ -34,6 +36,7 @@ from durakv.shards.t_script import flush_option_ok
 if TYPE_CHECKING:
     from durakv.server.client import Client
     from durakv.server.front import Front
+    from durakv.server.router_view import RouterView
     from durakv.shards.table import Merge
 
 logger = logging.getLogger("durakv.router")
@@ -42,8 +45,10 @@ OP_SCRIPT_BODY = "sb"  # sha -> this process's shard's body of the script, or No
 OP_SCRIPT_EXISTS = "se"  # shas -> whether this process's shard has each (a router: None)
 OP_SCRIPT_FLUSH = "sf"  # this process's shard forgets every script
 OP_FUNCTION_SET = "fs"  # a FUNCTION DUMP payload: this process's shard (a primary) restores it, FLUSH policy
+OP_FUNCTIONS_CHANGED = "fc"  # a FUNCTION change through a router: other routers forget their verdicts
 NOSCRIPT_PREFIX = b"-NOSCRIPT"
 FUNCTION_CHANGES = (b"load", b"delete", b"flush", b"restore")
+FUNCTION_CHANGE_COMMANDS = frozenset(f"function|{sub.decode()}" for sub in FUNCTION_CHANGES)  # table names
 
 
 def install(front: Front) -> None:
@@ -53,9 +58,10 @@ def install(front: Front) -> None:
     ops[OP_SCRIPT_EXISTS] = lambda _op, args: _exists_here(front, args[0])
     ops[OP_SCRIPT_FLUSH] = lambda _op, _args: _flush_here(front)
     ops[OP_FUNCTION_SET] = lambda _op, args: _take_library_set(front, args[0])
+    ops[OP_FUNCTIONS_CHANGED] = lambda _op, _args: _forget_functions(front)
 
 
-def _scripts_here(front: Front) -> dict[bytes, Any] | None:
+def _scripts_here(front: Front | RouterView) -> dict[bytes, Any] | None:
     shard = getattr(front, "shard", None)  # a shard port's process holds its shard
     return None if shard is None else scripting_of(shard.db).scripts
 
@@ -80,6 +86,7 @@ def _send_library_set(front: Front) -> Callable[[Pending, bytes], None]:
 
 def _take_library_set(front: Front, payload: bytes) -> None:
     """Another shard's libraries after a FUNCTION change on its port: this primary takes them."""
+    _forget_functions(front)
     shard = getattr(front, "shard", None)
     if shard is None or shard.replica is not None:
         return  # a router holds none; a replica takes its primary's from the log
@@ -96,9 +103,59 @@ def _log_refusal(_pending: Pending, data: bytes) -> None:
 
 
 def _flush_here(front: Front) -> None:
+    """A SCRIPT FLUSH through another process: a shard port's shard forgets its scripts,
+    a router which shards it knew to have each (script_scope.py `homes`)."""
     scripts = _scripts_here(front)
     if scripts is not None:
         scripts.clear()
+    scopes = front.script_scopes
+    if scopes is not None:
+        scopes.homes.clear()
+
+
+def router_flush(front: RouterView, client: Client, argv: list[bytes], merge: Merge) -> None:
+    """SCRIPT FLUSH through a router: every shard flushes, and every other process
+    forgets what it knew cached (other routers' `homes`), before the reply, so an
+    EVALSHA through any router after it holds its followers (server/script_retry.py)."""
+    _fanout_telling_peers(front, client, argv, lambda parts: merge(parts, client.proto), OP_SCRIPT_FLUSH)
+
+
+def router_function_change(front: RouterView, client: Client, argv: list[bytes], merge: Merge) -> None:
+    """FUNCTION LOAD/DELETE/FLUSH/RESTORE through a router: every shard makes the change,
+    and every other router forgets what it judged of functions before the reply (so an
+    FCALL of a function replaced elsewhere holds its followers, server/script_scope.py);
+    this router judges a loaded library's functions once every shard has it."""
+    scopes = front.script_scopes
+    loads = argv[1].lower() == b"load"
+    scopes.forget_library(argv[-1] if loads else None)  # its functions may be replaced meanwhile
+
+    def finish(parts: list[Any]) -> bytes:
+        reply = merge(parts, client.proto)
+        if loads and reply[:1] != b"-":
+            scopes.note_library(argv[-1])
+        return reply
+
+    _fanout_telling_peers(front, client, argv, finish, OP_FUNCTIONS_CHANGED)
+
+
+def _fanout_telling_peers(front: RouterView, client: Client, argv: list[bytes],
+                          finish: Callable[[list[Any]], bytes], op: str) -> None:
+    """argv to every shard and `op` to every other process; the reply, `finish` of the
+    shards' parts, once all have answered (a silent peer: after the mesh's timeout)."""
+    from durakv.server.front import Gather  # here: front imports client, which imports this module
+    links = front.links
+    gather = Gather(client, len(links) + 1, lambda parts: finish(parts[:-1]))
+    for i, link in enumerate(links):
+        link.submit(client, PROTO_INTERNAL, argv, gather.part(i))
+    peers = gather.part(len(links))
+    front.pubsub.ask_peers(op, [], lambda _parts: peers.fill(encode_internal(True, None)))
+
+
+def _forget_functions(front: Front) -> None:
+    """A FUNCTION change through another process: a router's verdicts on functions go."""
+    scopes = front.script_scopes
+    if scopes is not None:
+        scopes.forget_functions()
 
 
 def node_command(front: Front, client: Client, argv: list[bytes], merge: Merge) -> bool:
@@ -143,7 +200,7 @@ def node_command(front: Front, client: Client, argv: list[bytes], merge: Merge) 
     return False
 
 
-def body_here(front: Front, sha: bytes) -> bytes | None:
+def body_here(front: Front | RouterView, sha: bytes) -> bytes | None:
     scripts = _scripts_here(front)
     cached = None if scripts is None else scripts.get(sha.lower())
     return None if cached is None else cached[0]

@@ -39,7 +39,7 @@ import logging
 from typing import TYPE_CHECKING, Callable
 
 from durakv.server.links import Pending
-from durakv.server.script_cache import NOSCRIPT_PREFIX, find_body
+from durakv.server.script_cache import NOSCRIPT_PREFIX, body_here, find_body
 from durakv.shards.frames import PROTO_INTERNAL, VERB_AS_USER, VERB_SCRIPT_UNFENCE
 from durakv.shards.luaenv import sha1hex
 from durakv.shards.resp import ReplyError
@@ -153,18 +153,22 @@ def _hold(pending: Pending) -> None:
 
 
 def queue_evalsha(client: Client, sha: bytes) -> None:
-    """EVALSHA queued in MULTI (router over several shards): its QUEUED waits, and the
-    client's EXEC with it, until every shard has the script when any shard has it (one
-    cache for the server, as one Redis: server/script_cache.py); an unknown one still
-    fails inside EXEC with NOSCRIPT, as in Redis."""
+    """EVALSHA queued in MULTI (router over several shards, or a shard port): its QUEUED
+    waits, and the client's EXEC with it, until every shard (a shard port: its own) has
+    the script when any shard has it (one cache for the server, as one Redis:
+    server/script_cache.py); an unknown one still fails inside EXEC with NOSCRIPT, as in
+    Redis."""
+    router = client.router
+    if router.cluster_node and body_here(router, sha) is not None:
+        client.push(b"+QUEUED\r\n")  # its own shard has it
+        return
     pending = Pending(client)
     client.replies.append(pending)
     _hold(pending)
-    router = client.router
 
     def found(body: bytes | None) -> None:
-        if body is not None:  # ahead of the EXEC on every link
-            for link in router.links:
+        if body is not None:  # ahead of the EXEC on every link (a shard port: its own shard's)
+            for link in [router.links[router.home_shard]] if router.cluster_node else router.links:
                 link.submit(None, PROTO_INTERNAL, [b"SCRIPT", b"LOAD", body], Pending(None, on_fill=_log_refusal))
         pending.fill(b"+QUEUED\r\n")
 

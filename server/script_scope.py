@@ -24,9 +24,13 @@ to its keys when
 - none of the names through which Lua reaches a global by another name appears, even
   inside a string or comment (`_G`, `getfenv`, `rawget`, `load`...).
 
-Anything else (a call through a variable, a computed key, FCALL, whose body the router
-does not see) is treated as possibly reaching. The verdicts are kept by body and by sha
-(an EVALSHA is judged by the body an EVAL or SCRIPT LOAD showed this router), bounded.
+Anything else (a call through a variable, a computed key) is treated as possibly
+reaching. The verdicts are kept by body and by sha (an EVALSHA is judged by the body an
+EVAL or SCRIPT LOAD showed this router), bounded. A function (FCALL) is judged by its
+callback's body in the library text a FUNCTION LOAD through this router showed
+(`function_verdicts`: the callback's parameters read as KEYS and ARGV; a library with
+anything but `redis.register_function` calls at its top level is not judged), until
+any FUNCTION change through any process.
 """
 
 from __future__ import annotations
@@ -34,10 +38,13 @@ from __future__ import annotations
 import re
 
 from durakv.shards.luaenv import sha1hex
+from durakv.shards.resp import ReplyError
+from durakv.shards.t_function import parse_metadata
 from durakv.shards.table import find
 
 MAX_VERDICTS = 4096  # bodies and shas remembered; all forgotten past it (only costs a wait)
 MAX_BODY_BYTES = 8 * 1024  # longer scripts are not read (reading 8 KiB: ~6 ms of router CPU, load 7)
+MAX_LIBRARY_BYTES = 32 * 1024  # FUNCTION LOAD's text read for its functions' verdicts (a rare command)
 MAX_TARGET_TOKENS = 64  # a list of assignment targets longer than this is taken for one (conservative)
 
 # Commands a script may call with any arguments: they touch no key.
@@ -105,6 +112,109 @@ def keeps_to_its_keys(body: bytes) -> bool:
     if toks is None:
         return False
     reading = _Reading(toks)
+    return reading.matched() and reading.keeps()
+
+
+def function_verdicts(code: bytes) -> dict[bytes, bool]:
+    """For a library's text (FUNCTION LOAD): each function it registers -> whether its
+    body keeps to its keys, read as a script's whose KEYS and ARGV are the callback's
+    parameters. Known only for a library that is nothing but `redis.register_function`
+    calls of an inline `function(keys, args) ... end`, positional or as a table
+    (`{function_name=..., callback=..., flags=..., description=...}`): anything else
+    at its top level (a helper, a local) may be called from a body, so then none is
+    known (empty: every FCALL of its functions might reach)."""
+    try:
+        shebang_bytes = parse_metadata(code)[2]
+    except ReplyError:
+        return {}
+    text = code[shebang_bytes:]
+    if len(text) > MAX_LIBRARY_BYTES or _BANNED.search(text):
+        return {}
+    toks = tokens(text)
+    if toks is None:
+        return {}
+    library = _Reading(toks)
+    if not library.matched():
+        return {}
+    verdicts: dict[bytes, bool] = {}
+    i = 0
+    while i < len(toks):
+        if library.is_(i, OP, b";"):
+            i += 1
+            continue
+        if not (library.is_(i, NAME, b"redis") and library.is_(i + 1, OP, b".")
+                and library.is_(i + 2, NAME, b"register_function")):
+            return {}
+        opener = i + 3
+        close = library.partner.get(opener)
+        if close is None:
+            return {}
+        found = (_positional(library, opener + 1, close) if library.is_(opener, OP, b"(")
+                 else _table_form(library, opener + 1, close))
+        if found is None:
+            return {}
+        name, callback = found
+        verdicts[name] = _callback_keeps(library, callback)
+        i = close + 1
+    return verdicts
+
+
+def _positional(library: _Reading, i: int, close: int) -> tuple[bytes, int] | None:
+    """`('name', function(...) ... end)`: the name and the callback's `function` token."""
+    if not (library.is_(i, STRING) and library.is_(i + 1, OP, b",") and library.is_(i + 2, KEYWORD, b"function")):
+        return None
+    if library.partner.get(i + 2) != close - 1:
+        return None
+    return library.toks[i][1], i + 2
+
+
+def _table_form(library: _Reading, i: int, close: int) -> tuple[bytes, int] | None:
+    """`{function_name='name', callback=function(...) ... end, flags={...}, description='...'}`."""
+    name: bytes | None = None
+    callback = -1
+    while i < close:
+        if not (library.is_(i, NAME) and library.is_(i + 1, OP, b"=")):
+            return None
+        field = library.toks[i][1]
+        value = i + 2
+        if field == b"function_name" and library.is_(value, STRING):
+            name, end = library.toks[value][1], value + 1
+        elif field == b"description" and library.is_(value, STRING):
+            end = value + 1
+        elif field == b"flags" and library.is_(value, OP, b"{"):
+            end = library.partner[value] + 1
+        elif field == b"callback" and library.is_(value, KEYWORD, b"function"):
+            callback, end = value, library.partner[value] + 1
+        else:
+            return None
+        if end < close and not (library.is_(end, OP, b",") or library.is_(end, OP, b";")):
+            return None
+        i = end + 1
+    return None if name is None or callback < 0 else (name, callback)
+
+
+def _callback_keeps(library: _Reading, function: int) -> bool:
+    """The callback `function(keys, args) BODY end` at `function`: BODY with its
+    parameters read as KEYS and ARGV (a body naming KEYS or ARGV itself: unknown)."""
+    if not library.is_(function + 1, OP, b"("):
+        return False
+    params_end = library.partner[function + 1]
+    params = library.toks[function + 2:params_end]
+    names = [text for kind, text in params[::2] if kind == NAME]
+    if (len(params) > 3 or len(names) != (len(params) + 1) // 2
+            or any(params[j] != (OP, b",") for j in range(1, len(params), 2))
+            or len(set(names)) != len(names) or {b"redis", b"KEYS", b"ARGV"} & set(names)):
+        return False
+    as_script = dict(zip(names, (b"KEYS", b"ARGV")))
+    body: list[Token] = []
+    for j in range(params_end + 1, library.partner[function]):
+        kind, text = library.toks[j]
+        if kind == NAME and not library._field(j):
+            if text in (b"KEYS", b"ARGV"):
+                return False
+            text = as_script.get(text, text)
+        body.append((kind, text))
+    reading = _Reading(body)
     return reading.matched() and reading.keeps()
 
 
@@ -387,14 +497,21 @@ class ScriptScopes:
     to have it may be answered NOSCRIPT and sent again once found elsewhere
     (server/script_retry.py), so its client's later requests, for any shard, wait for it.
     Learnt from this router's SCRIPT LOADs, EVALSHA replies and loads after a NOSCRIPT;
-    forgotten on its SCRIPT FLUSH (one through another process or a shard's restart is
-    not seen: such an EVALSHA's followers may then run before it)."""
+    forgotten on a SCRIPT FLUSH through any process (server/script_cache.py tells every
+    router before its reply) and, for one shard, whenever the link to it (re)connects
+    (a restarted shard's cache is empty). A script a shard dropped past its cache's bound
+    (shards/t_script.py MAX_CACHED_SCRIPTS) is not seen."""
 
-    __slots__ = ("by_body", "by_sha", "homes")
+    __slots__ = ("by_body", "by_sha", "homes", "by_function", "libraries")
 
     def __init__(self) -> None:
         self.by_body: dict[bytes, bool] = {}
         self.by_sha: dict[bytes, bool] = {}
+        # Function name -> verdict, from FUNCTION LOADs through this router that succeeded
+        # (another router's are not judged here); all forgotten on a FUNCTION change through
+        # any other process, a reloaded library's own on a LOAD through this router (server/script_cache.py).
+        self.by_function: dict[bytes, bool] = {}
+        self.libraries: dict[bytes, list[bytes]] = {}  # library name -> its judged functions
         self.homes: dict[bytes, int] = {}  # sha (lower case) -> bit mask of the shards that have it
 
     def cached_on(self, sha: bytes, shard: int) -> bool:
@@ -411,6 +528,40 @@ class ScriptScopes:
         sha = sha.lower()
         homes[sha] = homes.get(sha, 0) | shards_mask
 
+    def forget_shard(self, shard: int) -> None:
+        """The link to a shard (re)connected: a new process, or one after a failover, whose
+        cache may have lost any script (a kill -9 empties it)."""
+        keep = ~(1 << shard)
+        homes = self.homes
+        for sha, mask in homes.items():
+            homes[sha] = mask & keep
+
+    def forget_library(self, code: bytes | None) -> None:
+        """A FUNCTION change through this router is under way: the verdicts on the
+        functions of the library a LOAD names (which REPLACE replaces) go; on any other
+        change (`code` None) all of them."""
+        try:
+            name = None if code is None else parse_metadata(code)[1]
+        except ReplyError:
+            return  # the shards refuse it too: nothing changes
+        if name is None:
+            self.forget_functions()
+            return
+        for function in self.libraries.pop(name, ()):
+            self.by_function.pop(function, None)
+
+    def forget_functions(self) -> None:
+        self.by_function.clear()
+        self.libraries.clear()
+
+    def note_library(self, code: bytes) -> None:
+        """A FUNCTION LOAD through this router succeeded: its functions' verdicts."""
+        verdicts = function_verdicts(code)
+        if len(self.by_function) + len(verdicts) > MAX_VERDICTS:
+            self.forget_functions()
+        self.by_function.update(verdicts)
+        self.libraries[parse_metadata(code)[1]] = list(verdicts)
+
     def body_keeps(self, body: bytes) -> bool:
         verdict = self.by_body.get(body)
         if verdict is None:
@@ -426,10 +577,10 @@ class ScriptScopes:
         return self.by_sha.get(sha.lower(), False)
 
     def keeps(self, argv: list[bytes]) -> bool:
-        """For EVAL*/EVALSHA* argv (FCALL: False, the router does not see a function's body)."""
+        """For EVAL*/EVALSHA*/FCALL* argv (a function: as its library's text showed it)."""
         name = argv[0].lower()
         if name.startswith(b"evalsha"):
             return self.sha_keeps(argv[1])
         if name.startswith(b"eval"):
             return self.body_keeps(argv[1])
-        return False
+        return self.by_function.get(argv[1], False)

@@ -46,7 +46,8 @@ _PAYLOAD = 2
 class Undo:
     """The keys one script run wrote, as they were before it, where its
     notifications started, and what it counted (a run put back counts nothing:
-    commandstats, errorstats and WATCH see only the run across shards)."""
+    commandstats, errorstats, WATCH, SLOWLOG and LATENCY see only the run across
+    shards; its own call Shard._execute leaves out)."""
 
     __slots__ = ("before", "events_before", "usable", "stats_before", "errors_before", "dirty_before")
 

@@ -43,6 +43,7 @@ from durakv.shards.keyspace import Keyspace, now_ms
 from durakv.shards.log_backend import etcd_upkeep, is_etcd_log, open_shard_log, take_shard_lease, uses_etcd
 from durakv.shards.records import RecordClock, decode_record
 from durakv.shards.resp import NULL_ARRAY, ReplyError, encode, encode_error
+from durakv.shards.script_undo import NONLOCAL_RETRY
 from durakv.shards.shard_settings import SHARD_DEFAULTS
 from durakv.shards.slots import slot_ranges
 from durakv.shards.latency import LatencyMonitor
@@ -380,6 +381,9 @@ class Shard(GroupCommit):
             if refused:
                 self._stat(cmd).rejected += 1
                 return data, 0
+            if e.message is NONLOCAL_RETRY:  # a run put back: no stats, SLOWLOG or LATENCY (shards/script_undo.py)
+                self.db.count_reads = False
+                return data, self.hazards.wait_all()
             self._stat(cmd).failed += 1
         except Exception:
             logger.exception("shard %d: command %r failed", self.index, argv[:3])
@@ -608,6 +612,15 @@ class Shard(GroupCommit):
         stat.usec += duration_us
         if failed:
             stat.failed += 1
+
+    def log_slow(self, cmd: Command, argv: list[bytes], duration_us: int, cid: int) -> None:
+        """SLOWLOG and LATENCY of a command run outside `_execute` (which inlines this,
+        per command): a cross-shard run's, once its run is final (shards/txn.py)."""
+        if duration_us >= self.slowlog.threshold_us and "skip_slowlog" not in cmd.flags:
+            self.slowlog.push(argv, duration_us, cid)
+        latency = self.latency
+        if latency.tracking or latency.threshold_ms:
+            latency.observe(cmd, duration_us)
 
     def script_call_stat(self, cmd: Command) -> CommandStats:
         """The commandstats of a command a script runs (shards/luaenv.py counts it)."""

@@ -12,7 +12,7 @@ shards (server/script_cache.py), so the cache is one for the server.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 from durakv.shards.context import Ctx
 from durakv.shards.evict import ERR_OOM
@@ -21,7 +21,7 @@ from durakv.shards.numbers import parse_ll
 from durakv.shards.resp import OK, Raw, ReplyError, Simple, encode, fixed_error
 from durakv.shards.script_effects import HeldLogs
 from durakv.shards.script_undo import NONLOCAL_RETRY, Undo
-from durakv.shards.table import FANOUT, command, container, keynum_spec, lookup, merge_ok, numkeys_keys
+from durakv.shards.table import FANOUT, command, container, keynum_spec, merge_ok, numkeys_keys
 
 MAX_CACHED_SCRIPTS = 100_000  # past this, the oldest cached script is forgotten (EVALSHA: NOSCRIPT)
 SCRIPT_FLAGS = {b"no-writes", b"allow-oom", b"allow-stale", b"no-cluster", b"allow-cross-slot-keys"}
@@ -120,12 +120,7 @@ def run_script(ctx: Ctx, state: Scripting, function: Any, name: bytes, argv: lis
             fence = getattr(ctx.shard, "fence_client", None)  # a serving shard's (a test's stand-in has none)
             if fence is not None:  # its client's later requests wait for the retry (shards/script_fence.py)
                 fence(ctx.client_id)
-                # The shard counts this EVAL/FCALL's call and failure once it raises: taken back
-                # ahead, so that only the run across shards counts (shards/script_undo.py).
-                stat = cast(Any, ctx.shard).script_call_stat(lookup(argv))
-                stat.calls -= 1
-                stat.failed -= 1
-            raise ReplyError(NONLOCAL_RETRY)
+            raise ReplyError(NONLOCAL_RETRY)  # the shard counts and logs it nowhere (Shard._execute)
         if not ok:
             state.uncount_reply(result)
             raise state.failure(result, name)

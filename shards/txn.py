@@ -558,6 +558,7 @@ class TxnState:
                 outer_on_call(call)
         scripting.on_call = on_call
         held_logs = scripting.held_logs = HeldLogs()  # only the final run's redis.log lines are written
+        errors_before = dict(scripting.error_counts)  # a run thrown away counts no errorstats
         try:
             reply: bytes | list[bytes]
             if batch:  # a client's pipelined cross-shard writes (server/txn_batch.py): a reply each
@@ -568,15 +569,15 @@ class TxnState:
         finally:
             scripting.on_call = outer_on_call
             scripting.held_logs = None
-        if wants_all:
-            return [b"", pack([]), False, [], True, []]
         missing = dict(scratch.undeclared)
         missing.update((key, None) for key in changed if key not in declared and not flushed)
-        if missing:  # the router locks them too and asks again
-            return [b"", pack([]), False, list(missing), False, []]
+        if wants_all or missing:  # thrown away: the router locks more and asks again
+            scripting.error_counts.clear()
+            scripting.error_counts.update(errors_before)
+            return [b"", pack([]), False, [] if wants_all else list(missing), bool(wants_all), []]
         held_logs.write()
         publishes = held_publishes(scratch.events)  # a script's PUBLISHes: sent once its decision is durable
-        for argv_run, failed, usec in calls:  # the final run: counted as on one shard
+        for argv_run, failed, usec in calls:  # the final run: counted and logged as on one shard
             cmd = find(argv_run)
             if cmd is None:
                 continue
@@ -584,6 +585,7 @@ class TxnState:
             stat.calls += 1
             stat.usec += usec
             stat.failed += failed
+            shard.log_slow(cmd, argv_run, usec, req.cid)
         for cmd, counted in scratch_shard.call_stats.items():  # its scripts' redis.calls, as on one shard
             stat = shard.script_call_stat(cmd)
             stat.calls += counted.calls

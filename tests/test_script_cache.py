@@ -12,6 +12,7 @@ import time
 import redis
 
 from durakv.shards.luaenv import sha1hex
+from refserver import RawConn
 from durakv.shards.slots import key_slot, slot_owner_table
 from test_txn import A, B
 
@@ -109,3 +110,30 @@ def test_a_function_loaded_on_a_shard_port_is_on_every_shard(server):
                 break
             assert time.monotonic() < deadline, f"the delete never reached {key}'s shard"
             time.sleep(0.05)
+
+
+def test_evalsha_queued_in_multi_on_a_shard_port_finds_the_script(server, redis_ref):
+    """On a shard port, EVALSHA queued in MULTI runs a script loaded on that node (as on
+    a Redis Cluster node) and one cached on another shard only (one cache for the server,
+    as outside MULTI); an unknown sha fails inside EXEC with NOSCRIPT: as on one
+    redis-server with the scripts loaded."""
+    stamp = time.time_ns()
+    here = f"-- here {stamp}\nreturn redis.call('INCR', KEYS[1])"
+    elsewhere = f"-- elsewhere {stamp}\nreturn {{KEYS[1], redis.call('GET', KEYS[1])}}"
+    key, tagged = A, "{" + A + "}x"
+    node = RawConn(server.shard_port(shard_of(A)))
+    other = RawConn(server.shard_port(1 - shard_of(A)))
+    theirs = RawConn(redis_ref.port)
+    try:
+        for conn in (node, theirs):
+            conn.pipeline([("DEL", key, tagged), ("SCRIPT", "LOAD", here)])
+        other.call("EVAL", elsewhere, "1", B)  # cached on B's shard only
+        theirs.call("EVAL", elsewhere, "1", B)
+        commands = [("MULTI",), ("EVALSHA", sha1hex(here.encode()).decode(), "1", key), ("SET", tagged, "t"),
+                    ("EVALSHA", sha1hex(elsewhere.encode()).decode(), "1", tagged), ("EXEC",),
+                    ("MULTI",), ("EVALSHA", "f" * 40, "1", key), ("INCR", key), ("EXEC",), ("GET", key)]
+        got, expected = node.pipeline(commands), theirs.pipeline(commands)
+        assert got == expected, f"durakv {got!r} != redis {expected!r}"
+    finally:
+        for conn in (node, other, theirs):
+            conn.close()

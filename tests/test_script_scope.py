@@ -6,8 +6,11 @@ from __future__ import annotations
 import pytest
 
 import durakv.shards.commands  # noqa: F401  (registers the commands the verdicts look up)
-from durakv.server.script_scope import ScriptScopes, keeps_to_its_keys
+from durakv.server.script_scope import MAX_LIBRARY_BYTES, ScriptScopes, function_verdicts, keeps_to_its_keys
 from durakv.shards.luaenv import sha1hex
+from refserver import RawConn
+from test_pubsub import _one_per_router
+from test_txn import A, B
 
 KEEPS = [
     "return redis.call('SET', KEYS[1], ARGV[1])",
@@ -139,7 +142,7 @@ def test_scripts_that_may_reach_other_keys(body):
     assert not keeps_to_its_keys(body.encode())
 
 
-def test_evalsha_is_judged_by_a_body_this_router_saw_and_fcall_never():
+def test_evalsha_is_judged_by_a_body_this_router_saw_and_fcall_by_a_library_it_loaded():
     scopes = ScriptScopes()
     body = KEEPS[0].encode()
     sha = sha1hex(body)
@@ -147,6 +150,101 @@ def test_evalsha_is_judged_by_a_body_this_router_saw_and_fcall_never():
     assert scopes.keeps([b"EVAL", body, b"1", b"k", b"v"])
     assert scopes.keeps([b"evalsha_ro", sha.upper(), b"1", b"k", b"v"])
     assert not scopes.keeps([b"FCALL", b"f", b"1", b"k"])
+    scopes.note_library(_library(KEEPS[0], "f") + b"\n" + _library(REACHES[0], "g", table=True).split(b"\n", 1)[1])
+    assert scopes.keeps([b"FCALL", b"f", b"1", b"k"]) and scopes.keeps([b"fcall_ro", b"f", b"1", b"k"])
+    assert not scopes.keeps([b"FCALL", b"F", b"1", b"k"])  # function names are case-sensitive
+    assert not scopes.keeps([b"FCALL", b"g", b"1", b"k"])
+
+
+def test_a_function_change_through_this_router_forgets_what_it_may_change():
+    """A LOAD forgets the verdicts on the functions of the library it names (REPLACE
+    replaces them all), before its shards answer; another library's stay; any other
+    change forgets every verdict."""
+    scopes = ScriptScopes()
+    first, other = _library(KEEPS[0], "f"), _library(KEEPS[1], "g")
+    scopes.note_library(first)
+    scopes.note_library(other)
+    scopes.forget_library(_library(REACHES[0], "h").replace(b"lib_h", b"lib_f"))  # REPLACE of lib_f
+    assert not scopes.keeps([b"FCALL", b"f", b"1", b"k"]) and scopes.keeps([b"FCALL", b"g", b"1", b"k"])
+    scopes.forget_library(b"no metadata")  # refused by every shard: nothing changes
+    assert scopes.keeps([b"FCALL", b"g", b"1", b"k"])
+    scopes.note_library(first)
+    scopes.forget_library(None)  # FUNCTION DELETE, FLUSH, RESTORE
+    assert not scopes.keeps([b"FCALL", b"f", b"1", b"k"]) and not scopes.keeps([b"FCALL", b"g", b"1", b"k"])
+
+
+def _library(body: str, name: str = "f", table: bool = False, keys: str = "keys", args: str = "args") -> bytes:
+    """A library registering one function whose callback is the script `body` with
+    KEYS and ARGV as its parameters `keys` and `args`."""
+    callback = f"function({keys}, {args})\n{body.replace('KEYS', keys).replace('ARGV', args)}\nend"
+    if table:
+        call = (f"redis.register_function{{function_name='{name}', callback={callback}, "
+                "flags={'no-writes'}, description='d'}")
+    else:
+        call = f"redis.register_function('{name}', {callback})"
+    return f"#!lua name=lib_{name}\n{call}\n".encode()
+
+
+@pytest.mark.parametrize("table", [False, True])
+@pytest.mark.parametrize("body", KEEPS)
+def test_functions_that_keep_to_their_keys(body, table):
+    assert function_verdicts(_library(body, table=table)) == {b"f": True}
+    assert function_verdicts(_library(body, table=table, keys="kk", args="aa")) == {b"f": True}
+
+
+@pytest.mark.parametrize("body", REACHES)
+def test_functions_that_may_reach_other_keys(body):
+    assert not function_verdicts(_library(body)).get(b"f")
+
+
+LIBRARIES_NOT_JUDGED = [
+    # a helper, a local or any other statement at the top level: a body may call or read it
+    "local function get(k) return redis.call('GET', ARGV[1]) end\n"
+    "redis.register_function('f', function(keys, args) return get(keys[1]) end)",
+    "local x = 1\nredis.register_function('f', function(keys) return redis.call('GET', keys[1]) end)",
+    "redis.register_function('f', function(keys) return redis.call('GET', keys[1]) end)\nprint('x')",
+    "local function f(keys) return redis.call('GET', keys[1]) end\nredis.register_function('f', f)",
+    "redis.register_function{function_name='f', callback=function(keys) return redis.call('GET', keys[1]) end, "
+    "other=1}",
+    "redis.register_function{['function_name']='f', callback=function(keys) return 1 end}",
+    "_G.redis.register_function('f', function(keys) return redis.call('GET', keys[1]) end)",
+    "redis.register_function('f', function(keys) return redis.call('GET', keys[1]) end",  # does not compile
+]
+FUNCTIONS_THAT_MAY_REACH = [
+    "redis.register_function('f', function(keys, args) return redis.call('GET', KEYS[1]) end)",  # a global KEYS
+    "redis.register_function('f', function(keys, args) return redis.call('GET', ARGV[1]) end)",
+    "redis.register_function('f', function(redis, keys) return redis.call('GET', keys[1]) end)",
+    "redis.register_function('f', function(keys, keys) return redis.call('GET', keys[1]) end)",
+    "redis.register_function('f', function(a, keys) return redis.call('GET', keys[1]) end)",  # keys is ARGV
+    "redis.register_function('f', function(keys, args, c) return redis.call('GET', keys[1]) end)",
+    "redis.register_function('f', function(...) return redis.call('GET', ...) end)",
+    "redis.register_function('f', function() return redis.call('GET', 'k') end)",
+    "redis.register_function('f', function(keys) keys = {'x'} return redis.call('GET', keys[1]) end)",
+    "redis.register_function('f', function(keys) local keys = {'x'} return redis.call('GET', keys[1]) end)",
+    "redis.register_function('f', function(keys) return redis.call('GET', keys[1] .. 'x') end)",
+    "redis.register_function('f', function(keys) redis.register_function('g', print) end)",
+    "redis.register_function('f', function(keys) return redis.call('FCALL', 'g', 1, keys[1]) end)",
+]
+
+
+@pytest.mark.parametrize("text", LIBRARIES_NOT_JUDGED)
+def test_libraries_of_another_shape_are_not_judged(text):
+    assert function_verdicts(b"#!lua name=lib\n" + text.encode()) == {}
+
+
+@pytest.mark.parametrize("text", FUNCTIONS_THAT_MAY_REACH)
+def test_functions_whose_parameters_are_not_read_as_keys_may_reach(text):
+    assert function_verdicts(b"#!lua name=lib\n" + text.encode()) in ({}, {b"f": False})
+
+
+def test_every_function_of_a_library_is_judged_and_metadata_is_required():
+    text = ("redis.register_function('a', function(keys) return redis.call('GET', keys[1]) end);\n"
+            "redis.register_function{callback=function(keys, args) return redis.call('GET', args[1]) end, "
+            "function_name='b'}\n"
+            "redis.register_function('c', function(k, a) for _, key in ipairs(k) do redis.call('DEL', key) end end)")
+    assert function_verdicts(b"#!lua name=lib\n" + text.encode()) == {b"a": True, b"b": False, b"c": True}
+    assert function_verdicts(text.encode()) == {}  # no shebang: FUNCTION LOAD refuses it
+    assert function_verdicts(b"#!lua name=lib\n" + b" " * MAX_LIBRARY_BYTES + text.encode()) == {}
 
 
 def test_reading_is_bounded():
@@ -175,3 +273,33 @@ def test_the_shards_known_to_have_a_script_are_bounded_and_forgotten_on_flush():
     for i in range(MAX_VERDICTS):
         scopes.note_cached(b"%040d" % i, 1)
     assert len(scopes.homes) <= MAX_VERDICTS and not scopes.cached_on(sha, 0)
+
+
+KEEPING_LIBRARY = ("#!lua name=scoped\nredis.register_function('bump', function(keys, args) "
+                   "return redis.call('INCR', keys[1]) end)")
+REACHING_LIBRARY = ("#!lua name=scoped\nredis.register_function('bump', function(keys, args) "
+                    "redis.call('INCR', keys[1]) redis.call('SET', args[1], 'reached') return 0 end)")
+
+
+def test_a_function_replaced_through_another_router_is_judged_again(server_factory, redis_ref):
+    """Router 0 judged `bump` to keep to its keys (its FUNCTION LOAD); router 1 replaces
+    it with one reaching another shard's key: router 0 has forgotten its verdict by the
+    time router 1 replies, so a GET pipelined after the FCALL for that other shard waits
+    for it and sees what it wrote, as on redis-server (sent at once, it would not)."""
+    srv = server_factory(shards=2, extra_args=("--routers", "2"))
+    by_router, spare = _one_per_router(srv.port)
+    theirs = RawConn(redis_ref.port)
+    pipeline = [("FCALL", "bump", "1", A, B), ("GET", B), ("GET", A)]
+    try:
+        theirs.pipeline([("FLUSHALL",), ("FUNCTION", "FLUSH"), ("FUNCTION", "LOAD", REACHING_LIBRARY)])
+        expected = theirs.pipeline(pipeline)
+        assert by_router[0].call("FUNCTION", "LOAD", KEEPING_LIBRARY) == b"$6\r\nscoped\r\n"
+        assert by_router[0].call("FCALL", "bump", "1", A) == b":1\r\n"
+        assert by_router[1].call("FUNCTION", "LOAD", "REPLACE", REACHING_LIBRARY) == b"$6\r\nscoped\r\n"
+        by_router[0].call("DEL", A)
+        got = by_router[0].pipeline(pipeline)
+        assert got == expected, f"durakv {got!r} != redis {expected!r}"
+    finally:
+        theirs.call("FUNCTION", "FLUSH")
+        for conn in [*by_router.values(), *spare, theirs]:
+            conn.close()

@@ -362,3 +362,40 @@ def test_the_run_put_back_counts_nothing_and_the_run_across_shards_counts_once(p
             watcher.execute()
     ours.close()
     theirs.close()
+
+
+def _logged_runs(client, verb: bytes) -> tuple[list[bytes], int, dict]:
+    """The SLOWLOG entries of `verb`, its LATENCY HISTOGRAM calls, INFO errorstats."""
+    entries = [e["command"] for e in client.slowlog_get(128) if e["command"].upper().startswith(verb)]
+    histogram = client.execute_command("LATENCY", "HISTOGRAM", verb.decode())
+    calls = histogram[verb.lower()][b"calls"] if histogram else 0
+    return entries, calls, client.info("errorstats")
+
+
+def test_only_the_real_run_of_a_script_is_logged_and_counts_its_errors(server, redis_ref):
+    """SLOWLOG, LATENCY HISTOGRAM and INFO errorstats after a script that reaches another
+    shard's key, run twice (first put back on its shard and run across shards, then
+    straight across shards, whose executor also throws away the runs that found an
+    undeclared key): one entry per EVAL and each redis.pcall error once, as redis-server
+    (which also logs a script's own commands: left out of the comparison)."""
+    k1, k2, k3 = same_shard_keys(A, 3)
+    body = f"-- logged {time_ns()}\nredis.pcall('LPUSH', KEYS[2], 'x') " + REACH
+    ours = server.client()
+    theirs = redis.Redis(port=redis_ref.port)
+    seen = []
+    try:
+        for client in (ours, theirs):
+            client.delete(k1, k3, B)
+            client.set(k2, "41")
+            client.config_set("slowlog-log-slower-than", 0)
+            client.slowlog_reset()
+            client.config_resetstat()
+            client.execute_command("LATENCY", "RESET")
+            for _ in range(2):
+                client.eval(body, 3, k1, k2, k3, B)
+            seen.append(_logged_runs(client, b"EVAL"))
+    finally:
+        for client in (ours, theirs):
+            client.config_set("slowlog-log-slower-than", 10000)
+            client.close()
+    assert seen[0] == seen[1], f"durakv {seen[0]!r} != redis {seen[1]!r}"
