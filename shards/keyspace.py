@@ -54,6 +54,7 @@ class Keyspace:
         "lazy_expire_disabled", "active_expire_enabled", "expiry_paused_until_ms", "frozen_ms", "count_reads",
         "scripting", "notify_flags", "events", "replay_notifies", "expiring", "tracking",
         "access_cells", "access_mask", "access_stamp", "access_default", "lfu", "stat_evicted_keys", "oom",
+        "big_keys",
     )
 
     def __init__(self) -> None:
@@ -101,6 +102,11 @@ class Keyspace:
         # Set by the shard's memory limit (shards/evict.py) while it is over maxmemory
         # and could not evict: commands flagged denyoom answer OOM.
         self.oom = False
+        # The keys whose value is a bytes object of LAZY_FREE_MIN_BYTES or more, kept
+        # by put and _remove: FLUSHALL hands those values to the reaper
+        # (shards/lazyfree.py) without a scan of the keyspace in the loop. A key
+        # may stay after its value changed otherwise (DEBUG RELOAD): flush checks.
+        self.big_keys: set[bytes] = set()
 
     # --- time ---------------------------------------------------------------
 
@@ -245,8 +251,13 @@ class Keyspace:
             data[key] = value
             if type(old) is bytes and len(old) >= LAZY_FREE_MIN_BYTES:
                 lazyfree.drop(old)  # freed off the loop (shards/lazyfree.py)
+                self.big_keys.discard(key)
+            if type(value) is bytes and len(value) >= LAZY_FREE_MIN_BYTES:
+                self.big_keys.add(key)
             return
         data[key] = value
+        if type(value) is bytes and len(value) >= LAZY_FREE_MIN_BYTES:
+            self.big_keys.add(key)
         if len(data) * STAMP_CELLS_PER_KEY > self.access_mask + 1:
             self.access_mask = grow_cells(self.access_cells, len(data))
         if self.notify_flags:
@@ -275,6 +286,7 @@ class Keyspace:
         value = self.data.pop(key)
         if type(value) is bytes and len(value) >= LAZY_FREE_MIN_BYTES:
             lazyfree.drop(value)  # freed off the loop (shards/lazyfree.py)
+            self.big_keys.discard(key)
         self.expires.pop(key, None)
         slot = key_slot(key)
         count = self.slot_counts[slot] - 1
@@ -310,6 +322,12 @@ class Keyspace:
         hook = self.on_flush
         if hook is not None:
             hook()
+        big_keys = self.big_keys
+        if big_keys:  # their values are freed off the loop, once the clear below lets go of them
+            data = self.data
+            for key in big_keys:
+                lazyfree.drop(data.get(key))
+            big_keys.clear()
         self.data.clear()
         self.expires.clear()
         self.access_cells = new_cells(self.access_default)
