@@ -172,7 +172,19 @@ def queue_evalsha(client: Client, sha: bytes) -> None:
                 link.submit(None, PROTO_INTERNAL, [b"SCRIPT", b"LOAD", body], Pending(None, on_fill=_log_refusal))
         pending.fill(b"+QUEUED\r\n")
 
-    find_body(pending.client.router, sha, found)
+    links = [router.links[router.home_shard]] if router.cluster_node else router.links
+    left = [len(links)]
+
+    def passed(_barrier: Pending, _data: bytes) -> None:
+        left[0] -= 1
+        if left[0] == 0:
+            find_body(pending.client.router, sha, found)
+
+    # The body is asked of the processes over their peer sockets, which may overtake the
+    # links: a PING on every link first lets the client's earlier requests there (an EVAL
+    # of this very script, pipelined before the MULTI) run and cache it, as in one Redis.
+    for link in links:
+        link.submit(None, PROTO_INTERNAL, [b"PING"], Pending(None, on_fill=passed))
 
 
 def _found(pending: ScriptRetry, body: bytes | None, noscript: bytes | bytearray) -> None:
