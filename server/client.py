@@ -17,7 +17,7 @@ from durakv.server.links import LOST, SCRIPT_EVAL, SCRIPT_FUNCTION, Pending, Pro
 from durakv.server.pause import note_script
 from durakv.server.script_retry import ScriptRetry, holds, queue_evalsha, start_across_shards
 from durakv.shards.evict import OOM_MESSAGE
-from durakv.shards.frames import LARGE_BYTES, UNCOPIED_REPLY_BYTES, VERB_AS_USER, VERB_LITERAL, VERB_ROUTER_IN_MULTI
+from durakv.shards.frames import LARGE_BYTES, VERB_AS_USER, VERB_LITERAL, VERB_ROUTER_IN_MULTI
 from durakv.shards.resp import ProtocolError, RequestParser, ReplyError, encode, encode_error
 from durakv.shards.table import CURSOR, FANOUT, ROUTER, SHARD, SPLIT_NONE, Command, find, lookup
 from durakv.shards.slots import key_slot
@@ -56,10 +56,7 @@ assert RECV_BYTES < LARGE_BYTES
 MAX_REPLIES_IN_FLIGHT = 256
 BACKED_UP_REPLIES_IN_FLIGHT = 16  # while output waits for the client's socket
 MAX_IN_FLIGHT_BYTES = 256 * 1024
-# Until its first reply was written, a reply is assumed as big as a big value's
-# (frames.UNCOPIED_REPLY_BYTES): a new client's first pipeline of 100 KB GETs puts 4
-# of them (not 16: 1.6 MB through the router in one turn) on the shard link (issue 13).
-UNKNOWN_REPLY_BYTES = UNCOPIED_REPLY_BYTES
+UNKNOWN_REPLY_BYTES = MAX_IN_FLIGHT_BYTES // BACKED_UP_REPLIES_IN_FLIGHT  # until its first reply was written
 START_REPLIES_IN_FLIGHT = MAX_IN_FLIGHT_BYTES // UNKNOWN_REPLY_BYTES  # the window before any write proved more
 OUTPUT_BACKPRESSURE_BYTES = 4 * 1024 * 1024
 MAX_BACKLOG_REQUESTS = 16 * 1024
