@@ -10,6 +10,7 @@ import time
 from typing import NamedTuple
 
 from durakv.shards.framelink import link_stats
+from durakv.shards.frames import frame_stats
 from durakv.shards import failure, lazyfree
 from durakv.server import replication
 from durakv.server.settings import format_percentile
@@ -339,6 +340,8 @@ def _stats(router, infos, version):
         # small frames that passed a big value on a router <-> shard link (shards/framelink.py)
         "link_frames_passed_large:%d" % (link_stats.frames_passed_large
                                          + sum(i["link_frames_passed_large"] for i in infos)),
+        # bytes copied into ordinary frames' msgpack on those links (a big value is written uncopied)
+        "link_frame_bytes_encoded:%d" % (frame_stats.bytes_encoded + sum(i["link_frame_bytes_encoded"] for i in infos)),
         f"lazyfreed_objects:{_lazyfree(infos, 0)}",  # big values freed off the loop (shards/lazyfree.py)
         # big array replies encoded across loop turns (shards/chunked.py): how many, the
         # turns they took, and the commands shards ran meanwhile

@@ -34,6 +34,7 @@ from durakv.shards.frames import (
 logger = logging.getLogger("durakv.framelink")
 
 RECV_BYTES = 1024 * 1024
+IOV_MAX = 1024  # buffers per sendmsg (Linux UIO_MAXIOV)
 SOCKET_BUFFER_BYTES = 4 * 1024 * 1024  # fewer wakeups per large value on the Unix socket
 
 T = TypeVar("T")
@@ -404,42 +405,114 @@ async def send_all(sock: socket.socket, data: bytes | bytearray | memoryview,
             await trio.lowlevel.wait_writable(sock)
 
 
+async def send_parts(sock: socket.socket, parts: list[bytes | bytearray | memoryview]) -> None:
+    """Write the buffers in order, as one sendmsg where the socket has it (a plain
+    one; a TLS link writes them one by one), yielding while the socket is full."""
+    if type(sock) is not socket.socket:
+        for part in parts:
+            await send_all(sock, part)
+        return
+    views = [memoryview(part) for part in parts if len(part)]
+    try:
+        while views:
+            try:
+                sent = sock.sendmsg(views[:IOV_MAX])
+            except BlockingIOError:
+                sent = 0
+            while sent:
+                head = views[0]
+                if len(head) <= sent:
+                    sent -= len(head)
+                    views.pop(0).release()
+                else:
+                    views[0] = head[sent:]
+                    head.release()
+                    sent = 0
+            if views:
+                await trio.lowlevel.wait_writable(sock)
+    finally:
+        for view in views:
+            view.release()
+
+
+def _pieces(blob: bytes | Pieces) -> list[list[memoryview]]:
+    """A blob's bytes as pieces of at most PIECE_BYTES, each the views of the blob's
+    buffers it spans (a Pieces' header, value and CRLF go as one piece, not three)."""
+    pieces: list[list[memoryview]] = []
+    piece: list[memoryview] = []
+    room = PIECE_BYTES
+    parts = blob.parts if isinstance(blob, Pieces) else (blob,)
+    for part in parts:
+        whole = memoryview(part)
+        offset = 0
+        while offset < len(whole):
+            take = whole[offset : offset + room]
+            piece.append(take)
+            offset += len(take)
+            room -= len(take)
+            if not room:
+                pieces.append(piece)
+                piece, room = [], PIECE_BYTES
+    if piece:
+        pieces.append(piece)
+    return pieces
+
+
 async def send_batch(sock: socket.socket, batch: list[T], large: list[int],
                      split: Callable[[T], tuple[object, list[bytes]]],
                      on_first_byte: Callable[[], None] | None = None,
-                     between: Callable[[], bytes | bytearray | None] | None = None) -> None:
+                     between: Callable[[], bytes | bytearray | list | None] | None = None,
+                     frame_parts: Callable[[list[T]], list] | None = None) -> None:
     """Send a drained batch in order: ordinary messages as one frame, each message
     listed in `large` (indexes, ascending) as a large frame, `split(message)`
-    giving its head and blobs. A blob is written from its own buffer, not copied,
-    in pieces of PIECE_BYTES; after each piece, the ordinary frame `between()`
-    gives (what queued meanwhile and may pass the large message) is written."""
+    giving its head and blobs. A blob is written from its own buffers, not copied,
+    in pieces of PIECE_BYTES, each with its header in one write (the head too,
+    with the first: a reply of 100 KB is one write, not seven); after each piece,
+    the ordinary frame `between()` gives (what queued meanwhile and may pass the
+    large message) is written. With `frame_parts` (frames.encode_frame_parts), an
+    ordinary frame is written as the buffers it gives, not encoded into one (replies
+    that hold big values)."""
     if not large:
-        await send_all(sock, encode_frame(batch), on_first_byte)
+        await _send_frame(sock, batch, frame_parts, on_first_byte)
         return
     start = 0
     for index in large:
         if index > start:
-            await send_all(sock, encode_frame(batch[start:index]), on_first_byte)
+            await _send_frame(sock, batch[start:index], frame_parts, on_first_byte)
             on_first_byte = None
         head, blobs = split(batch[index])
-        await send_all(sock, encode_large_head(head, [len(blob) for blob in blobs]), on_first_byte)
-        on_first_byte = None
+        first: list[bytes | bytearray | memoryview] = [encode_large_head(head, [len(blob) for blob in blobs])]
+        if on_first_byte is not None:  # the head alone first: its caller learns when it began
+            await send_all(sock, first.pop(), on_first_byte)
+            on_first_byte = None
         for blob in blobs:
-            # One blob may come as several buffers (Pieces), none copied.
-            for part in (blob.parts if type(blob) is Pieces else (blob,)):
-                with memoryview(part) as whole:
-                    for offset in range(0, len(whole), PIECE_BYTES):
-                        piece = whole[offset : offset + PIECE_BYTES]
-                        await send_all(sock, PIECE_HEADER + len(piece).to_bytes(FRAME_HEADER_BYTES, "big"))
-                        await send_all(sock, piece)
-                        piece.release()
-                        # send_all waits only for a full socket: while the reader keeps up,
-                        # the pieces of a 512 MiB value went out in one turn (~60 ms).
-                        await trio.lowlevel.checkpoint()
-                        frame = between() if between is not None else None
-                        if frame:
-                            link_stats.frames_passed_large += 1
-                            await send_all(sock, frame)
+            for piece in _pieces(blob):
+                size = sum(map(len, piece))
+                await send_parts(sock, [*first, PIECE_HEADER + size.to_bytes(FRAME_HEADER_BYTES, "big"), *piece])
+                first = []
+                for view in piece:
+                    view.release()
+                # send_parts waits only for a full socket: while the reader keeps up,
+                # the pieces of a 512 MiB value went out in one turn (~60 ms).
+                await trio.lowlevel.checkpoint()
+                frame = between() if between is not None else None
+                if frame:
+                    link_stats.frames_passed_large += 1
+                    if isinstance(frame, list):
+                        await send_parts(sock, frame)
+                    else:
+                        await send_all(sock, frame)
+        if first:  # a message whose blobs are all empty: its head alone
+            await send_all(sock, first.pop())
         start = index + 1
     if start < len(batch):
-        await send_all(sock, encode_frame(batch[start:]))
+        await _send_frame(sock, batch[start:], frame_parts)
+
+
+async def _send_frame(sock: socket.socket, batch: list[T], frame_parts: Callable[[list[T]], list] | None,
+                      on_first_byte: Callable[[], None] | None = None) -> None:
+    if frame_parts is None:
+        await send_all(sock, encode_frame(batch), on_first_byte)
+        return
+    assert on_first_byte is None, "a frame sent as parts tells nobody when it began"
+    await send_parts(sock, frame_parts(batch))

@@ -19,7 +19,7 @@ from durakv.shards.frames import (
     VERB_CONFIG, VERB_COUNTKEYSINSLOT, VERB_DEBUG, VERB_EXPIRY_PAUSE, VERB_GETKEYSINSLOT, VERB_INFO,
     VERB_LATENCY, VERB_NO_WRITES_FUNCTIONS, VERB_RESETSTAT, VERB_SCRIPT_UNFENCE, VERB_SLOWLOG, VERB_TRACKING,
     VERB_UNBLOCK, VERB_UNWATCH,
-    encode_internal,
+    encode_internal, frame_stats,
 )
 
 logger = logging.getLogger("durakv.shard")
@@ -47,6 +47,7 @@ def info(shard, argv: list[bytes]) -> dict:
         "total_commands": shard.total_commands,
         "chunked_replies": [shard.chunk_stats.replies, shard.chunk_stats.turns, shard.chunk_stats.commands_between],
         "link_frames_passed_large": link_stats.frames_passed_large,
+        "link_frame_bytes_encoded": frame_stats.bytes_encoded,
         "lazyfree": [lazyfree.stats.freed, lazyfree.stats.held],
         "expired_keys": db.stat_expired_keys,
         "evicted_keys": db.stat_evicted_keys,

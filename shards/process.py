@@ -18,7 +18,8 @@ from durakv.shards.config import Config
 from durakv.shards.busy import ROUTER_CONNS, serve_while_busy
 from durakv.shards.framelink import FrameReceiver, Large, Outbox, send_all, send_batch, tune_socket
 from durakv.shards.frames import (
-    EVENTS_RID, LARGE_BYTES, VERB_TRACKING, Reply, Request, encode_events, encode_frame, large_reply,
+    EVENTS_RID, LARGE_BYTES, UNCOPIED_REPLY_BYTES, VERB_TRACKING, Reply, Request, encode_events, encode_frame,
+    encode_frame_parts, large_reply,
     large_request_decoder, request_batch_decoder,
 )
 from durakv.shards.link_auth import LinkPort, LinkRefused, accept_link, tune_tcp_link
@@ -64,7 +65,8 @@ class RouterConn:
     def send(self, replies: list[Reply]) -> None:
         if not replies:
             return
-        if self.sending or self.outbox.items or any(len(reply[1]) >= LARGE_BYTES for reply in replies):
+        # A big value's reply (a Pieces) goes through the writer, which writes its buffers as they are.
+        if self.sending or self.outbox.items or any(len(reply[1]) >= UNCOPIED_REPLY_BYTES for reply in replies):
             self.outbox.extend(replies)
             return
         data = encode_frame(replies)
@@ -101,7 +103,8 @@ class RouterConn:
             large = [i for i, reply in enumerate(batch) if len(reply[1]) >= LARGE_BYTES]
             self.sending = True
             try:
-                await send_batch(self.sock, batch, large, large_reply, between=self._between)
+                await send_batch(self.sock, batch, large, large_reply, between=self._between,
+                                 frame_parts=encode_frame_parts)
             except OSError as e:
                 logger.warning("shard: router connection lost while replying: %s", e)
                 return  # the reader sees the end of the connection and closes it
@@ -110,7 +113,7 @@ class RouterConn:
             del batch  # nothing may keep a sent reply (possibly 100 MB) while the writer waits
 
 
-    def _between(self) -> bytearray | None:
+    def _between(self) -> list | None:
         """Between the pieces of a large reply: the ordinary replies queued meanwhile,
         as a frame that passes it (the router puts each client's replies in order).
         A large one waits for the next batch: one large message at a time."""
@@ -121,8 +124,9 @@ class RouterConn:
         small = [reply for reply in items if len(reply[1]) < LARGE_BYTES]
         if not small:
             return None
-        outbox.items = [reply for reply in items if len(reply[1]) >= LARGE_BYTES] if len(small) < len(items) else []
-        return encode_frame(small)
+        large = [reply for reply in items if len(reply[1]) >= LARGE_BYTES] if len(small) < len(items) else []
+        outbox.items = large
+        return encode_frame_parts(small)
 
 
 async def serve_router(shard: Shard, sock: socket.socket) -> None:

@@ -33,7 +33,7 @@ from durakv.shards.engine import replay
 from durakv.shards.evict import EXECABORT_OOM, OOM_MESSAGE, MemoryLimit
 from durakv.shards.oom_flags import OomFlags
 from durakv.shards.frames import (
-    INTERNAL_PREFIX, LARGE_BYTES, VERB_AS_USER, VERB_EXEC, VERB_LITERAL, Pieces, encode_internal,
+    INTERNAL_PREFIX, UNCOPIED_REPLY_BYTES, VERB_AS_USER, VERB_EXEC, VERB_LITERAL, Pieces, encode_internal,
 )
 from durakv.shards.hazards import HazardTracker, HeldReplies, ReplySink
 from durakv.shards.blocking import Block, BlockedClients, Waiter
@@ -369,7 +369,7 @@ class Shard(GroupCommit):
             result = cmd.handler(ctx, argv)
             if type(result) is Block:
                 return result, 0
-            if pieces and type(result) is bytes and len(result) >= LARGE_BYTES and proto:
+            if pieces and type(result) is bytes and len(result) >= UNCOPIED_REPLY_BYTES and proto:
                 data = cast(bytes, Pieces(result))  # goes where replies go, to a router link only
             elif chunks and type(result) in CHUNKABLE and (proto or cmd.merge is merge_arrays) \
                     and (big := as_chunked(result, proto)) is not None:  # internal: KEYS' RESP array, as Raw
