@@ -228,8 +228,7 @@ class System:
                 if self.py_spy and not dumps and any(
                         v.value and (time.monotonic() - v.value) * 1000 > PYSPY_AFTER_MS for v in self.in_flight):
                     dumps.append("")  # one per phase, in its own thread: sampling goes on meanwhile
-                    spies.append(threading.Thread(target=lambda: dumps.__setitem__(0, spy_dump(pids, self.py_spy)),
-                                                  daemon=True))
+                    spies.append(threading.Thread(target=spy_into, args=(dumps, pids, self.py_spy), daemon=True))
                     spies[0].start()
                 stop.wait(RSS_SAMPLE_S)
 
@@ -266,6 +265,10 @@ class System:
         for prober in self.probers:
             prober.join(timeout=5)
         stop_group(self.proc)
+
+
+def spy_into(dumps: list[str], pids: list[int], mode: str) -> None:
+    dumps[0] = spy_dump(pids, mode)
 
 
 def spy_dump(pids: list[int], mode: str) -> str:
