@@ -157,17 +157,21 @@ def cpu_between(samples: list[tuple[float, dict[str, float]]], start: float, end
     return sorted((u for u in used if u[0] > 0), reverse=True)
 
 
-def settle(pids_of, what: str) -> float:
-    """Wait until the tree used under SETTLE_CPU_MS of CPU in SETTLE_WINDOW_S; returns
-    the seconds waited (a build child or archive of the last phase finishing)."""
+def tree_cpu_ms(pids_of, window_s: float) -> float:
+    """CPU ms the tree used in the next window_s."""
+    before = sum(thread_cpu(pids_of()).values())
+    time.sleep(window_s)
+    return (sum(thread_cpu(pids_of()).values()) - before) * 1000
+
+
+def settle(pids_of, what: str, idle_ms: float) -> float:
+    """Wait until the tree used under idle_ms + SETTLE_CPU_MS of CPU in SETTLE_WINDOW_S
+    (idle_ms: what the fresh tree used, its timers and --loopwatch's watchdogs);
+    returns the seconds waited (a build child or archive of the last phase finishing)."""
     started = time.monotonic()
-    last = sum(thread_cpu(pids_of()).values())
     while True:
-        time.sleep(SETTLE_WINDOW_S)
-        now = sum(thread_cpu(pids_of()).values())
-        if (now - last) * 1000 < SETTLE_CPU_MS:
+        if tree_cpu_ms(pids_of, SETTLE_WINDOW_S) < idle_ms + SETTLE_CPU_MS:
             return time.monotonic() - started
-        last = now
         if time.monotonic() - started > SETTLE_TIMEOUT_S:
             print(f"{what}: not settled after {SETTLE_TIMEOUT_S:.0f} s; measuring anyway", file=sys.stderr)
             return time.monotonic() - started
@@ -206,13 +210,17 @@ class System:
             self.in_flight.append(in_flight)
             self.probers.append(prober)
         self.peak_rss = 0
+        self.idle_ms = min(tree_cpu_ms(self.pids, SETTLE_WINDOW_S) for _ in range(3))  # probes not running yet
         self.py_spy = ""  # "", "python" or "native" (--py-spy)
         self.notes: list[str] = []  # per phase: settling, the worst stalls' CPU, py-spy dumps
+
+    def pids(self) -> list[int]:
+        return tree_pids(self.proc.pid)
 
     def timed(self, fn, name: str) -> tuple[float, tuple[float, ...], object]:
         """Run fn(client) on a settled tree: its seconds; max and p99 (ms) meanwhile of
         the probe of another shard and of the one of the same shard; its result."""
-        settled_s = settle(lambda: tree_pids(self.proc.pid), f"{self.name} before {name}")
+        settled_s = settle(self.pids, f"{self.name} before {name}", self.idle_ms)
         self.running.set()
         time.sleep(PROBE_RESUME_S)
         stop = threading.Event()
@@ -236,6 +244,7 @@ class System:
         sampler.start()
         time.sleep(2 * RSS_SAMPLE_S)  # a CPU sample before the phase
         start = time.monotonic()
+        start_unix = time.time()  # loopwatch's lines carry unix times
         t0 = time.perf_counter()
         result = fn(self.client)
         seconds = time.perf_counter() - t0
@@ -250,7 +259,8 @@ class System:
         for spy in spies:
             spy.join(4 * PYSPY_TIMEOUT_S)
         stats: list[float] = []
-        notes = [f"{self.name} {name}: settled in {settled_s:.1f} s"]
+        notes = [f"{self.name} {name}: settled in {settled_s:.1f} s; ran from unix time {start_unix:.3f} "
+                 f"for {end - start:.3f} s"]
         for probe_name, probe_times in zip(("other-shard", "same-shard"), times):
             worst_ms, p99_ms, (w0, w1) = phase_stats(probe_times, start, end)
             stats += [worst_ms, p99_ms]
