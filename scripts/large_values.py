@@ -15,22 +15,24 @@ shard doing the operation, shows what its other clients wait. The first row is t
 latency while nothing runs: on a loaded machine, the baseline to read the others by. The same mechanism at test size
 is tests/test_large_values.py.
 
-Each phase starts on a settled tree: the probes pause and the script waits until
-the tree's processes (a snapshot build child of the last phase, the log archive)
-used under SETTLE_CPU_MS of CPU in SETTLE_WINDOW_S, so that one phase's aftermath
-is not counted in the next. A probe request counts in a phase when it overlaps it
-(it began or ended inside it; the probes record each request's start and end on the
-machine's monotonic clock). For each phase's worst stall of each probe the script
-prints the CPU each thread of the tree used during it (/proc, 10 ms ticks) and,
-with --py-spy, a `py-spy dump` of the shards and routers taken while a probe
-request was past PYSPY_AFTER_MS. With --loopwatch MS the tree runs with
-scripts/loopwatch (per-turn loop monitor; its lines in /tmp/loopwatch.<pid>).
+Each phase starts on a settled tree: the probes pause and the script waits until no
+snapshot build child, log archive lag, BGSAVE or AOF rewrite is left and the tree's
+processes used under SETTLE_CPU_MS more CPU in SETTLE_WINDOW_S than the fresh tree
+did, so that one phase's aftermath is not counted in the next. A probe request
+counts in a phase when it overlaps it (it began or ended inside it; the probes
+record each request's start and end on the machine's monotonic clock). For each
+phase's worst stall of each probe the script prints the CPU each thread of the tree
+used during it (/proc, 10 ms ticks) and, with --py-spy, a `py-spy dump` of the
+shards and routers taken while a probe request was past PYSPY_AFTER_MS. With
+--loopwatch MS the tree runs with scripts/loopwatch (per-turn loop monitor),
+summarised per phase and process.
 """
 
 from __future__ import annotations
 
 import argparse
 import array
+import glob
 import multiprocessing
 import os
 import shutil
@@ -164,16 +166,47 @@ def tree_cpu_ms(pids_of, window_s: float) -> float:
     return (sum(thread_cpu(pids_of()).values()) - before) * 1000
 
 
-def settle(pids_of, what: str, idle_ms: float) -> float:
-    """Wait until the tree used under idle_ms + SETTLE_CPU_MS of CPU in SETTLE_WINDOW_S
-    (idle_ms: what the fresh tree used, its timers and --loopwatch's watchdogs);
-    returns the seconds waited (a build child or archive of the last phase finishing)."""
+def background_work(pids: list[int], client: redis.Redis) -> str:
+    """What the tree still does after a phase, or "": a snapshot build child (a child
+    of durakv's snapshotter, which paces itself and so may sit idle for a while), a
+    log archive behind (durakv with an S3 store), a redis-server BGSAVE or AOF rewrite."""
+    titles = {}
+    parents = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                titles[pid] = f.read().split(b"\0")[0].decode(errors="replace")
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                parents[pid] = int(f.read().rsplit(b")", 1)[1].split()[1])
+        except OSError:
+            continue  # exited meanwhile
+    for pid, parent in parents.items():
+        if titles.get(parent, "").startswith("durakv snapshotter"):
+            return f"a snapshot build child ({pid})"
+    info = client.info("persistence")
+    for field in ("rdb_bgsave_in_progress", "aof_rewrite_in_progress"):
+        if info.get(field):
+            return field
+    for name, value in info.items():
+        if name.startswith("log_archive_shard") and isinstance(value, dict) and value.get("lag_records"):
+            return f"{name} lag_records={value['lag_records']}"
+    return ""
+
+
+def settle(pids_of, client: redis.Redis, what: str, idle_ms: float) -> float:
+    """Wait until no background work is left (background_work) and the tree used under
+    idle_ms + SETTLE_CPU_MS of CPU in SETTLE_WINDOW_S (idle_ms: what the fresh tree
+    used, its timers and --loopwatch's watchdogs); returns the seconds waited."""
     started = time.monotonic()
     while True:
-        if tree_cpu_ms(pids_of, SETTLE_WINDOW_S) < idle_ms + SETTLE_CPU_MS:
+        busy = background_work(pids_of(), client)
+        if not busy and tree_cpu_ms(pids_of, SETTLE_WINDOW_S) < idle_ms + SETTLE_CPU_MS:
             return time.monotonic() - started
+        if busy:
+            time.sleep(SETTLE_WINDOW_S)
         if time.monotonic() - started > SETTLE_TIMEOUT_S:
-            print(f"{what}: not settled after {SETTLE_TIMEOUT_S:.0f} s; measuring anyway", file=sys.stderr)
+            print(f"{what}: not settled after {SETTLE_TIMEOUT_S:.0f} s ({busy or 'CPU'}); measuring anyway",
+                  file=sys.stderr)
             return time.monotonic() - started
 
 
@@ -211,6 +244,7 @@ class System:
             self.probers.append(prober)
         self.peak_rss = 0
         self.idle_ms = min(tree_cpu_ms(self.pids, SETTLE_WINDOW_S) for _ in range(3))  # probes not running yet
+        self.loopwatch_out = ""  # DURAKV_LOOPWATCH_OUT of the tree (--loopwatch)
         self.py_spy = ""  # "", "python" or "native" (--py-spy)
         self.notes: list[str] = []  # per phase: settling, the worst stalls' CPU, py-spy dumps
 
@@ -220,7 +254,7 @@ class System:
     def timed(self, fn, name: str) -> tuple[float, tuple[float, ...], object]:
         """Run fn(client) on a settled tree: its seconds; max and p99 (ms) meanwhile of
         the probe of another shard and of the one of the same shard; its result."""
-        settled_s = settle(self.pids, f"{self.name} before {name}", self.idle_ms)
+        settled_s = settle(self.pids, self.client, f"{self.name} before {name}", self.idle_ms)
         self.running.set()
         time.sleep(PROBE_RESUME_S)
         stop = threading.Event()
@@ -266,6 +300,8 @@ class System:
             stats += [worst_ms, p99_ms]
             busy = ", ".join(f"{title} {ms:.0f}" for ms, title in cpu_between(samples, w0, w1)[:4])
             notes.append(f"  {probe_name} worst {worst_ms:.0f} ms at {w0 - start:+.2f} s; CPU ms meanwhile: {busy}")
+        if self.loopwatch_out:
+            notes += loopwatch_summary(self.loopwatch_out, start_unix, start_unix + (end - start))
         notes += dumps
         self.notes.append("\n".join(notes))
         return seconds, tuple(stats), result
@@ -275,6 +311,34 @@ class System:
         for prober in self.probers:
             prober.join(timeout=5)
         stop_group(self.proc)
+
+
+def loopwatch_summary(prefix: str, start_unix: float, end_unix: float) -> list[str]:
+    """Per process of the tree, from its loopwatch lines stamped within the phase: the
+    most CPU one loop turn or task step used (CPUTURN/CPUSTEP, logged above a third of
+    the threshold) and the loop's lags (LAG: a callback waited past the threshold),
+    which, when every process shows them at once, are the machine's, not a loop's."""
+    out = []
+    for path in sorted(glob.glob(f"{prefix}.*")):
+        pid = path.rsplit(".", 1)[1]
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                title = " ".join(f.read().split(b"\0")[0].decode(errors="replace").split()[:3])
+        except OSError:
+            title = f"pid {pid}"
+        cpu_ms, lags_ms = 0.0, []
+        with open(path) as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) < 4 or line.startswith(" ") or not start_unix <= float(fields[0]) <= end_unix:
+                    continue
+                if fields[1] in ("CPUTURN", "CPUSTEP"):
+                    cpu_ms = max(cpu_ms, float(fields[3]))
+                elif fields[1] == "LAG":
+                    lags_ms.append(float(fields[2]))
+        out.append(f"  loopwatch {title}: longest turn/step CPU {cpu_ms:.1f} ms (0: none logged); "
+                   f"{len(lags_ms)} lags, longest {max(lags_ms, default=0):.0f} ms")
+    return out
 
 
 def spy_into(dumps: list[str], pids: list[int], mode: str) -> None:
@@ -407,21 +471,23 @@ def main() -> int:
                              f"{PYSPY_AFTER_MS:.0f} ms: python (--nonblocking: Python stacks, no pause) or "
                              "native (--native: C frames too, but py-spy pauses each process while it reads)")
     parser.add_argument("--loopwatch", type=float, metavar="MS",
-                        help="run the tree with scripts/loopwatch at this threshold (lines in /tmp/loopwatch.<pid>)")
+                        help="run the tree with scripts/loopwatch at this threshold (a summary per phase)")
     args = parser.parse_args()
+    tmp = tempfile.mkdtemp(prefix="durakv-large-")
     env = None
     if args.loopwatch:
         here = os.path.dirname(os.path.abspath(__file__))
         env = {**os.environ, "DURAKV_LOOPWATCH_MS": str(args.loopwatch),
+               "DURAKV_LOOPWATCH_OUT": os.path.join(tmp, "loopwatch"),
                "PYTHONPATH": os.pathsep.join(filter(None, [os.path.join(here, "loopwatch"),
                                                            os.environ.get("PYTHONPATH")]))}
-    tmp = tempfile.mkdtemp(prefix="durakv-large-")
     systems: list[System] = []
     try:
         port = free_port()
         systems.append(System("durakv", [sys.executable, "-m", "durakv.server.cli", "serve", "--port", str(port),
                                          "--shards", "2", "--data-dir", os.path.join(tmp, "data")], port, env))
         systems[0].py_spy = args.py_spy
+        systems[0].loopwatch_out = env["DURAKV_LOOPWATCH_OUT"] if env else ""
         port = free_port()
         aof = (["--appendonly", "yes", "--appendfsync", "always"] if args.redis_appendfsync == "always"
                else ["--appendonly", "no"])
