@@ -172,8 +172,9 @@ class SortedRange(LiveRead):
     WITHSCORES) or [member, score] pairs (PAIRS: RESP3). The handler built two
     lists of a million pairs at once; here a chunk of pairs is read and formatted
     per turn, its items bytes (or, for PAIRS, one Raw of the chunk encoded) so that
-    encode_piece writes them in C, not item by item (20k pairs with float scores:
-    ~40 ms in Python)."""
+    encode_piece writes them in C, not item by item. Measured over 1M members (CPU of
+    the loop's longest step): the handler's step 30-47 ms (579 ms for RESP3 WITHSCORES)
+    -> 0.1 ms, the longest chunk 11-25 ms with scores -> under 7 ms."""
 
     __slots__ = ("order", "start", "end", "reverse", "shape")
     MEMBERS, FLAT, PAIRS = 0, 1, 2

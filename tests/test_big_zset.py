@@ -181,7 +181,7 @@ def _stream(port: int, proto: int, commands: list[tuple]) -> bytes:
 def test_same_shard_latency_during_a_big_zrange_is_printed(server):
     """A client of the shard doing a ZRANGE of a big set: its GETs during the reply
     (measured and printed: the loop turns of one chunk each, not the whole range)."""
-    size = 4 * CHUNKED_MIN_ITEMS
+    size = 2 * CHUNKED_MIN_ITEMS
     client = redis.Redis(port=server.port)
     client.flushall()
     _load(client, "{z}big", {b"member-%09d" % i: float(i) for i in range(size)})
