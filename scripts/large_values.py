@@ -327,18 +327,18 @@ def loopwatch_summary(prefix: str, start_unix: float, end_unix: float) -> list[s
                 title = " ".join(f.read().split(b"\0")[0].decode(errors="replace").split()[:3])
         except OSError:
             title = f"pid {pid}"
-        cpu_ms, lags_ms = 0.0, []
+        cpu_ms, busiest, lags_ms = 0.0, "", []
         with open(path) as f:
             for line in f:
                 fields = line.split()
                 if len(fields) < 4 or line.startswith(" ") or not start_unix <= float(fields[0]) <= end_unix:
                     continue
-                if fields[1] in ("CPUTURN", "CPUSTEP"):
-                    cpu_ms = max(cpu_ms, float(fields[3]))
+                if fields[1] in ("CPUTURN", "CPUSTEP") and float(fields[3]) > cpu_ms:
+                    cpu_ms, busiest = float(fields[3]), line.strip()
                 elif fields[1] == "LAG":
                     lags_ms.append(float(fields[2]))
         out.append(f"  loopwatch {title}: longest turn/step CPU {cpu_ms:.1f} ms (0: none logged); "
-                   f"{len(lags_ms)} lags, longest {max(lags_ms, default=0):.0f} ms")
+                   f"{len(lags_ms)} lags, longest {max(lags_ms, default=0):.0f} ms" + (f"; {busiest}" if busiest else ""))
     return out
 
 
