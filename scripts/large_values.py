@@ -338,7 +338,8 @@ def loopwatch_summary(prefix: str, start_unix: float, end_unix: float) -> list[s
                 elif fields[1] == "LAG":
                     lags_ms.append(float(fields[2]))
         out.append(f"  loopwatch {title}: longest turn/step CPU {cpu_ms:.1f} ms (0: none logged); "
-                   f"{len(lags_ms)} lags, longest {max(lags_ms, default=0):.0f} ms" + (f"; {busiest}" if busiest else ""))
+                   f"{len(lags_ms)} lags, longest {max(lags_ms, default=0):.0f} ms"
+                   + (f"; {busiest}" if busiest else ""))
     return out
 
 
