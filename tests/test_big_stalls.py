@@ -9,7 +9,10 @@ checked by counts and bytes, not times (scripts/large_values.py measures the sta
   else holds them (INFO lazyfreed_objects), where a 512 MiB free held the GIL 40-60 ms;
 - LRANGE of a big list reads the list a chunk per turn (chunked.DequeRange) where it
   copied it whole first (5M items: 55-130 ms), and a write to that list meanwhile
-  changes a copy (copy-on-write), so the reply is still the list as the command saw it.
+  changes a copy (copy-on-write), so the reply is still the list as the command saw it;
+- (session 10) the log segments a snapshot released (a 512 MiB record's among them)
+  are dropped in a worker thread, where the manifest's and directory's fsyncs and the
+  unlink ran in the loop.
 """
 
 from __future__ import annotations
