@@ -1,8 +1,9 @@
 """The single writer of a log directory: recovery on open, leases, group commit.
 
-Threading model: one thread (the shard's trio thread) calls append(), take_lease(),
-drop_segments_through() and close(); one other thread at a time (a shard's commit
-thread) calls sync().
+Threading model: one thread (the shard's trio thread) calls append(), take_lease()
+and close(); one other thread at a time (a shard's commit thread) calls sync(); one
+more (the shard's release worker) may call drop_segments_through() meanwhile: the
+segment list and the manifest it changes are under their own locks.
 They share only the pending buffer, swapped under a lock held for a few
 assignments, so appending never waits for a write or an fsync.
 
@@ -618,7 +619,7 @@ class Log:
             if self._failed_cause is None:
                 return self.durable_seq
             try:
-                with self._lease_file.locked():
+                with self._manifest_lock, self._lease_file.locked():  # not beside a drop_segments_through
                     self._check_not_deposed()
                     store_manifest(self.path, self._manifest, self._disk)
                     if self._unsynced is not None:

@@ -11,6 +11,11 @@ KEYS, which touches every shard, the same probe). Redis runs the same probe.
 
     python scripts/big_replies.py --list-elements 5000000 --keys 1000000
     python scripts/big_replies.py --list-elements 0 --keys 0 --set-members 2000000 --hash-fields 1000000
+    python scripts/big_replies.py --list-elements 0 --keys 0 --zset-members 1000000
+
+ZRANGE 0 -1 WITHSCORES of a big sorted set also runs a second probe, a client of
+the same shard (GET of a key beside the set), whose worst latency is what a chunk's
+loop turn costs the shard's other clients (shards/chunked.py SortedRange).
 
 The set's and hash's replies are checked by size (their order is the server's).
 With DURAKV_LOOPWATCH_MS=30 PYTHONPATH=scripts/loopwatch the shards log their long
@@ -44,11 +49,17 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 LIST_KEY = b"biglist"  # slot 2568: shard 0 of 2
 SET_KEY = b"set:big"  # slot 2240: shard 0 of 2
 HASH_KEY = b"hash:big"  # slot 5166: shard 0 of 2
+ZSET_KEY = b"{sorted}big"  # slot 1137: shard 0 of 2
+SAME_SHARD_PROBE_KEY = b"{sorted}probe"  # beside ZSET_KEY
 PROBE_KEY = b"probe:0"  # slot 11956: shard 1 of 2
 
 
 def key_slot(key: bytes) -> int:
     from binascii import crc_hqx
+    start = key.find(b"{")
+    end = key.find(b"}", start + 1) if start >= 0 else -1
+    if end > start + 1:  # a hash tag: only it is hashed
+        key = key[start + 1 : end]
     return crc_hqx(key, 0) & 16383
 
 
@@ -91,10 +102,11 @@ def timed_reply(port: int, argv: list[bytes], size_bytes: int) -> tuple[float, b
 
 
 class Probe:
-    """GET PROBE_KEY in a loop on its own connection; the worst latency seen."""
+    """GET `key` in a loop on its own connection; the worst latency seen."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, key: bytes = PROBE_KEY) -> None:
         self.port = port
+        self.key = key
         self.worst_s = 0.0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -108,7 +120,7 @@ class Probe:
         self.thread.join()
 
     def _run(self) -> None:
-        request = command([b"GET", PROBE_KEY])
+        request = command([b"GET", self.key])
         with socket.create_connection(("127.0.0.1", self.port), timeout=600) as s:
             while not self.stop.is_set():
                 start = time.monotonic()
@@ -148,12 +160,23 @@ def wait_idle(leader: int) -> float:
 
 
 def measure(name: str, port: int, argv: list[bytes], size_bytes: int, check) -> dict:
-    with Probe(port) as probe:
+    with Probe(port) as probe, Probe(port, SAME_SHARD_PROBE_KEY) as same:
         time.sleep(0.05)
         elapsed, reply = timed_reply(port, argv, size_bytes)
     if not check(reply):
         raise SystemExit(f"{name}: wrong reply to {argv[0]!r} ({len(reply)} bytes)")
-    return {"s": elapsed, "probe_worst_ms": probe.worst_s * 1000}
+    return {"s": elapsed, "probe_worst_ms": probe.worst_s * 1000, "same_worst_ms": same.worst_s * 1000}
+
+
+def load_zset(port: int, count: int) -> None:
+    """ZADD ZSET_KEY i element-i for i < count, PUSH_CHUNK members a command."""
+    with socket.create_connection(("127.0.0.1", port), timeout=600) as s:
+        for first in range(0, count, PUSH_CHUNK):
+            args = [x for i in range(first, min(count, first + PUSH_CHUNK)) for x in (b"%d" % i, element(i))]
+            s.sendall(command([b"ZADD", ZSET_KEY, *args]))
+            reply = s.recv(1024)
+            if not reply.startswith(b":"):
+                raise SystemExit(f"ZADD failed: {reply[:200]!r}")
 
 
 def main() -> None:
@@ -162,15 +185,18 @@ def main() -> None:
     p.add_argument("--keys", type=int, default=1_000_000)
     p.add_argument("--set-members", type=int, default=0)
     p.add_argument("--hash-fields", type=int, default=0)
+    p.add_argument("--zset-members", type=int, default=0)
     p.add_argument("--rounds", type=int, default=3)
     opts = p.parse_args()
     for key in (LIST_KEY, SET_KEY, HASH_KEY):
         assert key_slot(key) < 8192 <= key_slot(PROBE_KEY), "the probe must live on the other shard"
+    assert key_slot(ZSET_KEY) < 8192 and key_slot(SAME_SHARD_PROBE_KEY) == key_slot(ZSET_KEY)
     elements = [element(i) for i in range(opts.list_elements)]
     lrange_expected = b"*%d\r\n" % len(elements) + b"".join(b"$%d\r\n%b\r\n" % (len(x), x) for x in elements)
     keys = [b"key:%012d" % i for i in range(opts.keys)] + [PROBE_KEY]
     keys += [key for key, count in ((LIST_KEY, opts.list_elements), (SET_KEY, opts.set_members),
-                                    (HASH_KEY, opts.hash_fields)) if count]
+                                    (HASH_KEY, opts.hash_fields), (ZSET_KEY, opts.zset_members)) if count]
+    keys += [SAME_SHARD_PROBE_KEY]
     keys_size = resp_array_bytes(keys)
     procs: list[subprocess.Popen] = []
     try:
@@ -188,6 +214,7 @@ def main() -> None:
             for port in servers.values():
                 push_list(port, opts.list_elements)
                 call(port, b"SET", PROBE_KEY, b"p")
+                call(port, b"SET", SAME_SHARD_PROBE_KEY, b"p")
             rows: dict[tuple[str, str], list[dict]] = {}
             if opts.list_elements:
                 print(f"durakv idle after the list's load: {wait_idle(procs[0].pid):.0f} s")
@@ -210,6 +237,19 @@ def main() -> None:
                     for name, port in servers.items():
                         rows.setdefault((cmd.decode(), name), []).append(measure(
                             name, port, [cmd, key], size, lambda reply, size=size: len(reply) == size))
+            if opts.zset_members:
+                pairs = [x for i in range(opts.zset_members) for x in (element(i), b"%d" % i)]
+                size = resp_array_bytes(pairs)
+                expected = b"*%d\r\n" % len(pairs) + b"".join(b"$%d\r\n%b\r\n" % (len(x), x) for x in pairs)
+                del pairs
+                for port in servers.values():
+                    load_zset(port, opts.zset_members)
+                print(f"durakv idle after the ZADDs: {wait_idle(procs[0].pid):.0f} s")
+                for _ in range(opts.rounds):
+                    for name, port in servers.items():
+                        rows.setdefault(("ZRANGE", name), []).append(measure(
+                            name, port, [b"ZRANGE", ZSET_KEY, b"0", b"-1", b"WITHSCORES"], size,
+                            lambda reply, expected=expected: reply == expected))
             if opts.keys:
                 for port in servers.values():
                     load(port, opts.keys)
@@ -222,10 +262,11 @@ def main() -> None:
         print(f"\nLRANGE biglist 0 -1 over {opts.list_elements} elements; SMEMBERS of {opts.set_members}; "
               f"HGETALL of {opts.hash_fields}; KEYS * over {len(keys)} keys; "
               f"best of {opts.rounds}; probe = worst GET latency of another client meanwhile")
-        print(f"{'command':<8}{'server':<8}{'s':>8}{'probe ms':>10}")
+        print(f"{'command':<8}{'server':<8}{'s':>8}{'probe ms':>10}{'same-shard probe ms':>21}")
         for (cmd, name), runs in rows.items():
             best = min(runs, key=lambda r: r["s"])
-            print(f"{cmd:<8}{name:<8}{best['s']:>8.3f}{max(r['probe_worst_ms'] for r in runs):>10.1f}")
+            print(f"{cmd:<8}{name:<8}{best['s']:>8.3f}{max(r['probe_worst_ms'] for r in runs):>10.1f}"
+                  f"{max(r['same_worst_ms'] for r in runs):>21.1f}")
         for cmd in sorted({cmd for cmd, _ in rows}):
             d = min(r["s"] for r in rows[(cmd, "durakv")])
             r = min(r["s"] for r in rows[(cmd, "redis")])

@@ -101,6 +101,8 @@ class RouterConn:
                 continue
             batch = outbox.clear()
             large = [i for i, reply in enumerate(batch) if len(reply[1]) >= LARGE_BYTES]
+            if large and len(batch) - large[0] > len(large):  # an ordinary reply after a large one
+                batch, large = _small_first(batch, len(large))
             self.sending = True
             try:
                 await send_batch(self.sock, batch, large, large_reply, between=self._between,
@@ -276,3 +278,13 @@ async def _serve_remote_router(shard: Shard, conn: Any, peer: object, secret: by
         conn.close()
         return
     await serve_router(shard, conn)
+
+
+def _small_first(batch: list[Reply], large_count: int) -> tuple[list[Reply], list[int]]:
+    """The batch with its ordinary replies before its large ones, and the large ones'
+    indexes: a reply queued in the same turn as a 512 MiB GET's, after it, waited for
+    all its pieces (~0.7 s on the link) where one queued a turn later passes them
+    (_between); the router puts each client's replies in order."""
+    small = [reply for reply in batch if len(reply[1]) < LARGE_BYTES]
+    return small + [reply for reply in batch if len(reply[1]) >= LARGE_BYTES], \
+        list(range(len(small), len(small) + large_count))

@@ -634,14 +634,16 @@ class Shard(GroupCommit):
         return stat
 
     async def release_loop(self) -> None:
-        """Drop the log segments the snapshotter archived and a snapshot covers (on
-        etcd: in a worker thread, with its reading of etcd's size, off the loop)."""
+        """Drop the log segments the snapshotter archived and a snapshot covers, in a
+        worker thread (on etcd with its reading of etcd's size): reading the release
+        notice, the manifest's fsync, unlinking a segment of a 512 MiB record and the
+        directory's fsync held the loop for as long as a loaded disk took."""
         while True:
             await trio.sleep(RELEASE_POLL_S)
             if self.write_error is None and uses_etcd(self.config):
                 await trio.to_thread.run_sync(etcd_upkeep, self.dir, self.wal, self.snapshots.release_segments)
             elif self.write_error is None:
-                self.snapshots.release_segments(self.dir, self.wal)
+                await trio.to_thread.run_sync(self.snapshots.release_segments, self.dir, self.wal)
 
     async def memory_loop(self) -> None:
         """At hz, as Redis' cron: move the access clocks on and, under maxmemory,

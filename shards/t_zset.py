@@ -24,6 +24,7 @@ import random
 from sortedcontainers import SortedList
 
 from durakv.shards import notify
+from durakv.shards.chunked import SortedRange, reads_lazily, writable
 from durakv.shards.args import ERR_SYNTAX, ERR_WRONGTYPE, float_arg, int_arg, parse_numkeys_side_count
 from durakv.shards.numbers import LONG_MAX, strtod
 from durakv.shards.context import Ctx
@@ -123,6 +124,13 @@ def get_zset(db: Keyspace, key: bytes) -> ZSetValue | None:
     if value is None or type(value) is ZSetValue:
         return value
     raise ERR_WRONGTYPE
+
+
+def writable_zset(db: Keyspace, key: bytes) -> ZSetValue | None:
+    """get_zset, for a command about to change the sorted set: a copy while a big
+    ZRANGE reads it across turns (shards/chunked.py writable)."""
+    zs = get_zset(db, key)
+    return zs if zs is None else writable(db, key, zs)
 
 
 def _limits(ctx: Ctx) -> tuple[int, int]:
@@ -381,7 +389,7 @@ def zadd_generic(ctx: Ctx, argv: list[bytes], incr: bool):
         raise ReplyError(b"ERR INCR option supports a single increment-element pair")
     scores = [float_arg(argv[j]) for j in range(i, n, 2)]
     db = ctx.db
-    zs = get_zset(ctx.db, key)
+    zs = writable_zset(ctx.db, key)
     if zs is None:
         if xx:
             return None if incr else 0
@@ -465,7 +473,7 @@ def _drop_if_empty(ctx: Ctx, key: bytes, zs: ZSetValue) -> None:
          key_specs=(KeySpec("RW delete", 1, 0, 1),))
 def zrem(ctx: Ctx, argv: list[bytes]):
     key = argv[1]
-    zs = get_zset(ctx.db, key)
+    zs = writable_zset(ctx.db, key)
     if zs is None:
         return 0
     removed = 0
@@ -501,7 +509,7 @@ def _remove_span(ctx: Ctx, argv: list[bytes], zs: ZSetValue, start: int, end: in
          key_specs=(KeySpec("RW delete", 1, 0, 1),))
 def zremrangebyrank(ctx: Ctx, argv: list[bytes]):
     start, end = int_arg(argv[2]), int_arg(argv[3])
-    zs = get_zset(ctx.db, argv[1])
+    zs = writable_zset(ctx.db, argv[1])
     if zs is None:
         return 0
     return _remove_span(ctx, argv, zs, *rank_span(len(zs), start, end))
@@ -511,7 +519,7 @@ def zremrangebyrank(ctx: Ctx, argv: list[bytes]):
          key_specs=(KeySpec("RW delete", 1, 0, 1),))
 def zremrangebyscore(ctx: Ctx, argv: list[bytes]):
     bounds = parse_score_range(argv[2], argv[3])
-    zs = get_zset(ctx.db, argv[1])
+    zs = writable_zset(ctx.db, argv[1])
     if zs is None:
         return 0
     return _remove_span(ctx, argv, zs, *score_span(zs, *bounds))
@@ -521,7 +529,7 @@ def zremrangebyscore(ctx: Ctx, argv: list[bytes]):
          key_specs=(KeySpec("RW delete", 1, 0, 1),))
 def zremrangebylex(ctx: Ctx, argv: list[bytes]):
     lo, hi = parse_lex_range(argv[2], argv[3])
-    zs = get_zset(ctx.db, argv[1])
+    zs = writable_zset(ctx.db, argv[1])
     if zs is None:
         return 0
     return _remove_span(ctx, argv, zs, *lex_window(zs, lo, hi))
@@ -645,20 +653,28 @@ def zrange_generic(ctx: Ctx, argv: list[bytes], src_index: int, store: bool, ran
         lex = parse_lex_range(lo_arg, hi_arg)
     zs = get_zset(ctx.db, key)
     if zs is None:
-        pairs = []
+        a = b = 0
     elif rangetype == _RANK:
         a, b = rank_span(len(zs), start, end)
         if reverse:
             a, b = len(zs) - b, len(zs) - a
-        pairs = _pairs(zs, a, b, reverse)
     elif rangetype == _SCORE:
-        a, b = score_span(zs, *bounds)
-        pairs = _pairs(zs, *_window(a, b, offset, limit, reverse), reverse)
+        a, b = _window(*score_span(zs, *bounds), offset, limit, reverse)
     else:
-        pairs = _pairs(zs, *lex_window(zs, *lex, reverse, offset, limit), reverse)
+        a, b = lex_window(zs, *lex, reverse, offset, limit)
+    if zs is not None and not store and reads_lazily(ctx, b - a):
+        return _live_pairs(ctx, zs, a, b, reverse, withscores)
+    pairs = [] if zs is None else _pairs(zs, a, b, reverse)
     if store:
         return _store_pairs(ctx, argv, argv[1], pairs)
     return format_pairs(ctx, pairs, withscores)
+
+
+def _live_pairs(ctx: Ctx, zs: ZSetValue, start: int, end: int, reverse: bool, withscores: bool) -> SortedRange:
+    """format_pairs of ranks [start, end), read and formatted a chunk per loop turn
+    (shards/chunked.py SortedRange)."""
+    shape = SortedRange.MEMBERS if not withscores else SortedRange.PAIRS if ctx.proto >= 3 else SortedRange.FLAT
+    return SortedRange(zs, zs.order, start, end, reverse, shape)
 
 
 def _store_pairs(ctx: Ctx, argv: list[bytes], dst_key: bytes, pairs) -> int:
@@ -728,6 +744,7 @@ def zset_pop(ctx: Ctx, key: bytes, zs: ZSetValue, at_max: bool, count: int) -> l
     """Pop up to `count` (>= 1) members of the non-empty zset `zs` stored at `key`,
     lowest scores first (or highest with at_max); deletes the key when it empties
     and logs the effect `ZPOPMIN|ZPOPMAX key n`. Returns (member, score) pairs."""
+    zs = writable(ctx.db, key, zs)
     n = min(count, len(zs))
     popped = [zs.pop(at_max) for _ in range(n)]
     _drop_if_empty(ctx, key, zs)

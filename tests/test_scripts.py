@@ -254,9 +254,11 @@ def test_large_values_quick_run_reports_both_systems(tmp_path):
             or line.startswith(("| LRANGE", "| KEYS", "| idle"))]
     assert [row[0].strip() for row in rows] == ["idle, 3 s (probe baseline)", "SET 1 MiB", "GET 1 MiB",
                                                "LRANGE 0 -1 of 1000 elements", "KEYS * over 2000 keys"]
-    for row in rows:
-        assert all(float(cell.strip().rstrip("x")) >= 0 for cell in row[1:])
+    for row in rows:  # seconds, ratio, then max and p99 of each probe (durakv other/same shard, redis)
+        assert len(row) == 10 and all(float(cell.strip().rstrip("x")) >= 0 for cell in row[1:])
     assert "peak RSS: durakv" in out.stdout
+    # Each phase starts on a settled tree and names what ran during each probe's worst stall.
+    assert out.stdout.count(": settled in ") == 5 and out.stdout.count("  same-shard worst ") == 5
     assert processes_under(tmp_path) == []
 
 
