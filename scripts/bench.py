@@ -50,6 +50,13 @@ CLIENTS = 50
 VALUE_BYTES = 100
 PIPELINES = (1, 16)
 PIPELINED_REQUESTS_FACTOR = 10
+# redis-benchmark --cluster runs threaded, and a threaded run notices its end only at
+# its 250 ms throughput tick: the elapsed time it divides by is rounded up to 250 ms
+# (a 40,000-request SET at ~38k/s read 31.9k/s; a 500-request run against a real
+# 3-node Redis Cluster read 1,960/s). So a cluster run is sized from the last round's
+# rate to last CLUSTER_RUN_S at least (understated by at most 250 ms of it: ~6%).
+CLUSTER_RUN_S = 4.0
+CLUSTER_FIRST_RUN_FACTOR = 5  # the first round has no rate yet
 READY_TIMEOUT_S = 60.0
 STOP_GRACE_S = 10.0
 BENCHMARK_TIMEOUT_S = 1800.0
@@ -369,6 +376,14 @@ class Run:
     cmds_per_fsync: float | None = None
 
 
+def cluster_requests(earlier: list[Run] | None, requests: int) -> int:
+    """-n for a redis-benchmark --cluster run: enough to last CLUSTER_RUN_S at the
+    rate of the earlier rounds (see CLUSTER_RUN_S), never fewer than `requests`."""
+    if not earlier:
+        return requests * CLUSTER_FIRST_RUN_FACTOR
+    return max(requests, int(max(r.rps for r in earlier) * CLUSTER_RUN_S))
+
+
 def benchmark_argv(port: int, test: str, pipeline: int, requests: int, key_space: int,
                    cluster: bool = False) -> list[str]:
     return ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), *(["--cluster"] if cluster else []),
@@ -519,7 +534,10 @@ def render(opts: argparse.Namespace, command: str, facts: dict[str, str], server
         out += ["", "## durakv's shard ports (`redis-benchmark --cluster`) vs redis-server", "",
                 "The same durakv, reached as a cluster client reaches it: CLUSTER SLOTS names the shards and "
                 "each command goes straight to its shard's port, skipping the router. GET against redis-server "
-                "without persistence, durable SET against redis-server with appendfsync always.", "",
+                "without persistence, durable SET against redis-server with appendfsync always. "
+                "`redis-benchmark --cluster` runs threaded and rounds its elapsed time up to its 250 ms tick, so "
+                f"these runs are sized to last {CLUSTER_RUN_S:.0f} s or more (at most ~6% understated; until "
+                "session 10 they ran as many requests as the others and read up to 20% low at P1).", "",
                 "| workload | durakv shard ports ops/s | redis ops/s | ratio | durakv p50 / p99 ms "
                 "| redis p50 / p99 ms | p99 ratio | router path ops/s |",
                 "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -600,7 +618,8 @@ def bench(opts: argparse.Namespace, groups: ProcessGroups, tmp: Path) -> str:
                 for server in servers:
                     if test not in server.tests:
                         continue
-                    run = run_benchmark(groups, server, test, p, requests, key_space)
+                    n = cluster_requests(runs.get((server.name, test, p)), requests) if server.cluster else requests
+                    run = run_benchmark(groups, server, test, p, n, key_space)
                     runs.setdefault((server.name, test, p), []).append(run)
                     if not opts.quiet:
                         print(f"round {round_no}/{opts.rounds} {test.upper()} P{p} {server.name}: "
