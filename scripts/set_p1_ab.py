@@ -80,6 +80,8 @@ def one_run(server: Server, requests: int, key_space: int, tmp: Path) -> dict[st
     """redis-benchmark SET P1 c=50 under `perf stat` of the server's syncing processes."""
     pids = pids_of(server)
     cpu_before = server.cpu_by_role()
+    durakv = server.name.startswith("durakv")
+    stats_before = server.info_stats() if durakv else {}
     perf_out = tmp / "perf.txt"
     perf = subprocess.Popen(["perf", "stat", "-x", ",", "-o", str(perf_out), "-e", ",".join(FSYNC_EVENTS),
                              "-p", ",".join(map(str, pids))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -99,8 +101,17 @@ def one_run(server: Server, requests: int, key_space: int, tmp: Path) -> dict[st
             counts[fields[2].rsplit("_", 1)[1]] = int(fields[0]) if fields[0].isdigit() else 0
     syncs = counts.get("fdatasync", 0) + counts.get("fsync", 0) + counts.get("pwritev2", 0)
     cpu = sum(cpu_after.values()) - sum(cpu_before.values())
-    return {"rps": float(row[1]), "p50": float(row[4]), "p99": float(row[6]),
-            "per_fsync": requests / syncs if syncs else 0.0, "cpu_us": cpu * 1e6 / requests}
+    run = {"rps": float(row[1]), "p50": float(row[4]), "p99": float(row[6]),
+           "per_fsync": requests / syncs if syncs else 0.0, "cpu_us": cpu * 1e6 / requests,
+           "in_loop": 0.0, "turn_end": 0.0}
+    if durakv:  # where the syncs ran: INFO persistence (a tree without these counters shows 0)
+        stats_after = server.info_stats()
+        delta = {k: stats_after.get(k, 0) - stats_before.get(k, 0)
+                 for k in ("log_fsyncs", "log_fsyncs_in_loop", "log_fsyncs_at_turn_end")}
+        if delta["log_fsyncs"] > 0:
+            run["in_loop"] = delta["log_fsyncs_in_loop"] / delta["log_fsyncs"]
+            run["turn_end"] = delta["log_fsyncs_at_turn_end"] / delta["log_fsyncs"]
+    return run
 
 
 def main() -> int:
@@ -129,7 +140,8 @@ def main() -> int:
                     run = one_run(server, opts.requests, opts.key_space, tmp)
                     results.setdefault(server.name, []).append(run)
                     print(f"round {round_no} {server.name}: {run['rps']:,.0f} SET/s p99 {run['p99']:.3f} ms, "
-                          f"{run['per_fsync']:.1f} SETs per fsync, {run['cpu_us']:.1f} CPU µs/SET",
+                          f"{run['per_fsync']:.1f} SETs per fsync, {run['cpu_us']:.1f} CPU µs/SET, syncs in the loop "
+                          f"{run['in_loop']:.0%} (at a turn's end {run['turn_end']:.0%})",
                           file=sys.stderr, flush=True)
     finally:
         groups.stop_all()
@@ -138,11 +150,11 @@ def main() -> int:
     redis = statistics.median(r["rps"] for r in results["redis-aof"])
     print(f"load average {load_start} -> {load_end}; medians of {opts.rounds} rounds, SET P1 c={CLIENTS}")
     print(f"{'server':<12} {'SET/s':>9} {'vs redis':>9} {'p50 ms':>7} {'p99 ms':>7} {'SETs/fsync':>11} "
-          f"{'CPU µs/SET':>11}  every round SET/s")
+          f"{'CPU µs/SET':>11} {'in loop':>8}  every round SET/s")
     for name, runs in results.items():
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         print(f"{name:<12} {med['rps']:>9,.0f} {med['rps'] / redis:>8.2f}× {med['p50']:>7.3f} {med['p99']:>7.3f} "
-              f"{med['per_fsync']:>11.1f} {med['cpu_us']:>11.1f}  " + " ".join(f"{r['rps']:,.0f}" for r in runs))
+              f"{med['per_fsync']:>11.1f} {med['cpu_us']:>11.1f} {med['in_loop']:>8.0%}  " + " ".join(f"{r['rps']:,.0f}" for r in runs))
     return 0
 
 

@@ -82,6 +82,7 @@ async def test_a_set_is_synced_and_answered_in_its_own_turn(tmp_path: Path) -> N
             assert received(peer) == b"+OK\r\n"  # loopback: a reply sent is here at once
         assert shard._idle_sync.synced_at_turn_end == 3
         assert shard._commit_thread.syncs_in_loop == shard.wal.fsync_count == 3
+        assert shard.sync_places() == {"fsyncs_in_loop": 3, "fsyncs_at_turn_end": 3}  # INFO persistence
         nursery.cancel_scope.cancel()
     node.poller.close()
     shard.wal.close()
