@@ -7,8 +7,9 @@ Why apart from scripts/bench.py: issue 11's last gap is this one workload, and
 its throughput is bounded by how many SETs each fsync carries as much as by CPU.
 This runs only that workload, A/B against another checkout (alternating rounds,
 all servers up at once, as bench.py does), and counts every server's fsyncs from
-the kernel's syscall tracepoints (`perf stat`; redis-server reports none itself),
-so a change in grouping shows next to the change in throughput.
+the kernel's syscall tracepoints (redis-server reports none itself),
+and times them (`perf trace`), so a change in grouping shows next to the change in
+throughput.
 
     python scripts/set_p1_ab.py --base /path/to/other/checkout [--rounds 3] [--requests 40000]
 
@@ -22,6 +23,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -36,8 +39,10 @@ from bench import (CLIENTS, VALUE_BYTES, ProcessGroups, Server, durakv_shard_por
 from proctools import free_port  # noqa: E402
 
 PACKAGES = ("server", "shards", "log", "snapshotter")
+FSYNC_CALLS = "fdatasync,fsync,pwritev2"
 FSYNC_EVENTS = ("syscalls:sys_enter_fdatasync", "syscalls:sys_enter_fsync", "syscalls:sys_enter_pwritev2")
-PERF_TIMEOUT_S = 1800.0
+SYNC_LINE = re.compile(r"\(\s*([0-9.]+) ms\): .*")
+BENCH_TIMEOUT_S = 1800.0
 
 
 def base_package(base: Path, tmp: Path) -> Path:
@@ -82,20 +87,29 @@ def one_run(server: Server, requests: int, key_space: int, tmp: Path) -> dict[st
     cpu_before = server.cpu_by_role()
     durakv = server.name.startswith("durakv")
     stats_before = server.info_stats() if durakv else {}
-    perf_out = tmp / "perf.txt"
-    perf = subprocess.Popen(["perf", "stat", "-x", ",", "-o", str(perf_out), "-e", ",".join(FSYNC_EVENTS),
-                             "-p", ",".join(map(str, pids))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.3)  # perf attaches
+    perf_out, stat_out = tmp / "perf.txt", tmp / "perf-stat.txt"
+    pid_list = ",".join(map(str, pids))
+    perf = [subprocess.Popen(["perf", "trace", "-o", str(perf_out), "-e", FSYNC_CALLS, "-p", pid_list],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+            subprocess.Popen(["perf", "stat", "-x", ",", "-o", str(stat_out), "-e", ",".join(FSYNC_EVENTS),
+                              "-p", pid_list], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    time.sleep(1.0)  # perf attaches
     argv = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(server.bench_port or server.port),
             *(["--cluster"] if server.cluster else []), "-t", "set", "-c", str(CLIENTS), "-P", "1",
             "-d", str(VALUE_BYTES), "-r", str(key_space), "-n", str(requests), "--csv"]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=PERF_TIMEOUT_S, check=True).stdout
-    perf.send_signal(2)
-    perf.wait(timeout=30)
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=BENCH_TIMEOUT_S, check=True).stdout
+    for proc in perf:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
     cpu_after = server.cpu_by_role()
     row = out[out.find('"test"'):].splitlines()[1].replace('"', "").split(",")
+    # Latency: one line per sync, "  T ( D ms): comm/tid pwritev2(...flags: 2) = N" (durakv: the
+    # write and the sync are one call; flags 2 = RWF_DSYNC) or "... fdatasync(fd: N) = 0" (redis).
+    # perf trace may drop events under load: the count comes from perf stat's tracepoints.
+    sync_ms = sorted(float(m.group(1)) for m in SYNC_LINE.finditer(perf_out.read_text())
+                     if "fdatasync(" in m.group(0) or "fsync(" in m.group(0) or "flags: 2)" in m.group(0))
     counts = {}
-    for line in perf_out.read_text().splitlines():
+    for line in stat_out.read_text().splitlines():
         fields = line.split(",")
         if len(fields) > 2 and fields[2] in FSYNC_EVENTS:
             counts[fields[2].rsplit("_", 1)[1]] = int(fields[0]) if fields[0].isdigit() else 0
@@ -103,7 +117,9 @@ def one_run(server: Server, requests: int, key_space: int, tmp: Path) -> dict[st
     cpu = sum(cpu_after.values()) - sum(cpu_before.values())
     run = {"rps": float(row[1]), "p50": float(row[4]), "p99": float(row[6]),
            "per_fsync": requests / syncs if syncs else 0.0, "cpu_us": cpu * 1e6 / requests,
-           "in_loop": 0.0, "turn_end": 0.0}
+           "in_loop": 0.0, "turn_end": 0.0,
+           "sync_p50": percentile(sync_ms, 0.5), "sync_p90": percentile(sync_ms, 0.9),
+           "sync_p99": percentile(sync_ms, 0.99)}
     if durakv:  # where the syncs ran: INFO persistence (a tree without these counters shows 0)
         stats_after = server.info_stats()
         delta = {k: stats_after.get(k, 0) - stats_before.get(k, 0)
@@ -112,6 +128,12 @@ def one_run(server: Server, requests: int, key_space: int, tmp: Path) -> dict[st
             run["in_loop"] = delta["log_fsyncs_in_loop"] / delta["log_fsyncs"]
             run["turn_end"] = delta["log_fsyncs_at_turn_end"] / delta["log_fsyncs"]
     return run
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float:
+    if not sorted_values:
+        return 0.0
+    return sorted_values[min(len(sorted_values) - 1, int(fraction * len(sorted_values)))]
 
 
 def main() -> int:
@@ -141,7 +163,8 @@ def main() -> int:
                     results.setdefault(server.name, []).append(run)
                     print(f"round {round_no} {server.name}: {run['rps']:,.0f} SET/s p99 {run['p99']:.3f} ms, "
                           f"{run['per_fsync']:.1f} SETs per fsync, {run['cpu_us']:.1f} CPU µs/SET, syncs in the loop "
-                          f"{run['in_loop']:.0%} (at a turn's end {run['turn_end']:.0%})",
+                          f"{run['in_loop']:.0%} (at a turn's end {run['turn_end']:.0%}), sync ms p50/p90/p99 "
+                          f"{run['sync_p50']:.2f}/{run['sync_p90']:.2f}/{run['sync_p99']:.2f}",
                           file=sys.stderr, flush=True)
     finally:
         groups.stop_all()
@@ -150,11 +173,13 @@ def main() -> int:
     redis = statistics.median(r["rps"] for r in results["redis-aof"])
     print(f"load average {load_start} -> {load_end}; medians of {opts.rounds} rounds, SET P1 c={CLIENTS}")
     print(f"{'server':<12} {'SET/s':>9} {'vs redis':>9} {'p50 ms':>7} {'p99 ms':>7} {'SETs/fsync':>11} "
-          f"{'CPU µs/SET':>11} {'in loop':>8}  every round SET/s")
+          f"{'CPU µs/SET':>11} {'in loop':>8} {'sync ms p50/p90/p99':>20}  every round SET/s")
     for name, runs in results.items():
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         print(f"{name:<12} {med['rps']:>9,.0f} {med['rps'] / redis:>8.2f}× {med['p50']:>7.3f} {med['p99']:>7.3f} "
-              f"{med['per_fsync']:>11.1f} {med['cpu_us']:>11.1f} {med['in_loop']:>8.0%}  " + " ".join(f"{r['rps']:,.0f}" for r in runs))
+              f"{med['per_fsync']:>11.1f} {med['cpu_us']:>11.1f} {med['in_loop']:>8.0%} "
+              f"{med['sync_p50']:>6.2f}/{med['sync_p90']:.2f}/{med['sync_p99']:.2f}  "
+              + " ".join(f"{r['rps']:,.0f}" for r in runs))
     return 0
 
 

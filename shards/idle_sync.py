@@ -19,6 +19,13 @@ overlap is worth more than the handoffs, and a stalled disk must not hold the lo
 twice), and always when the log is not one pwritev2 call (test hooks, the
 journaling disk, etcd) or durability is async. Reads that arrive during a sync in
 the loop wait for it, as they would in redis-server: that is at most one fast sync.
+
+On a shard port the client poller's turn tells sooner (IdleSync.end_of_turn, called
+by server/node.py's end_turn): when the turn that appended finds no client socket
+ready, it syncs right there, as redis-server syncs in beforeSleep, and trio's idle
+detection is not waited for. That detection cost a task wakeup, trio's idle
+bookkeeping and two more scheduler passes (one a zero-timeout epoll) per sync:
+callgrind's node_bench set1 (data on tmpfs) 124.1k -> 101.1k instructions per SET.
 """
 
 from __future__ import annotations
