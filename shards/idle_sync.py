@@ -58,6 +58,12 @@ class SyncThread(Protocol):
     def sync_in_loop(self) -> bool: ...
 
 
+class TurnSource(Protocol):
+    """What end_of_turn asks of the client poller (server/client.py ClientPoller)."""
+
+    def nothing_ready(self) -> bool: ...
+
+
 class IdleSync:
     """The loop's side of group commit when it syncs while idle. The executor calls
     appended() after each append and before_batch() before each batch; run() is a
@@ -87,7 +93,7 @@ class IdleSync:
             self._parked = None
             trio.lowlevel.reschedule(task)
 
-    def end_of_turn(self, nothing_ready: Callable[[], bool]) -> None:
+    def end_of_turn(self, poller: TurnSource) -> None:
         """The client poller's turn ran its batch and wrote its replies. If the turn
         appended and no client socket is ready, sync now, as redis-server syncs in
         beforeSleep: the same sync run() would make once trio found the loop idle,
@@ -100,7 +106,7 @@ class IdleSync:
         if not self._appended:
             return
         wal = self._wal
-        if wal.tail_seq > wal.durable_seq and self._inline(wal) and nothing_ready() \
+        if wal.tail_seq > wal.durable_seq and self._inline(wal) and poller.nothing_ready() \
                 and self._thread.sync_in_loop():
             self._appended = False
             self.synced_at_turn_end += 1
