@@ -109,3 +109,15 @@ async def test_with_another_client_ready_the_sync_waits_for_the_idle_loop(tmp_pa
         nursery.cancel_scope.cancel()
     node.poller.close()
     shard.wal.close()
+
+
+def test_info_persistence_says_where_the_syncs_ran(server_factory) -> None:
+    srv = server_factory(shards=1)
+    port = srv.shard_client(0)
+    for n in range(20):
+        assert port.set(f"k{n}", "v")
+    info = srv.client().info("persistence")
+    # On a loaded disk the syncs may all go to the commit thread (INLINE_SYNC_SLOW_US): no
+    # count is certain but their order.
+    assert 0 <= info["log_fsyncs_at_turn_end"] <= info["log_fsyncs_in_loop"] <= info["log_fsyncs"]
+    assert info["log_fsyncs"] >= 1
