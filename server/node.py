@@ -254,7 +254,9 @@ class ShardNode(Front):
             self.local.run_batch()
             self.flush_ready_clients()
         finally:
-            idle.end_of_turn(self.poller)
+            idle.in_turn = False
+            if idle.appended_since:
+                idle.end_of_turn(self.poller)
 
     def _shard_settings_changed(self, changes: dict[str, str]) -> None:
         for name, value in changes.items():

@@ -73,7 +73,7 @@ class IdleSync:
         self._wal = wal
         self._thread = thread
         self._on_durable = on_durable
-        self._appended = False  # records appended since this task last looked
+        self.appended_since = False  # records appended since run() or end_of_turn last looked
         self._parked: trio.lowlevel.Task | None = None  # run() waiting for an append
         self.handed_to_thread = 0  # syncs the loop left to the thread (busy, big, slow)
         # Set by the node around a turn of its client poller (end_turn): an append then
@@ -83,7 +83,7 @@ class IdleSync:
 
     def appended(self) -> None:
         """Records were appended: sync them at the loop's next idle moment."""
-        self._appended = True
+        self.appended_since = True
         if not self.in_turn:
             self._wake_run()
 
@@ -101,14 +101,12 @@ class IdleSync:
         scheduler passes per fsync, most of a durable SET's extra instructions at
         P1). A ready client, or any reason run() would not sync in the loop: run()
         decides, as before. Other tasks' sockets (router links) are not looked at:
-        what they bring waits for this one sync, which is fast (INLINE_SYNC_SLOW_US)."""
-        self.in_turn = False
-        if not self._appended:
-            return
+        what they bring waits for this one sync, which is fast (INLINE_SYNC_SLOW_US).
+        The caller ended the turn (in_turn False) and saw appended_since set."""
         wal = self._wal
         if wal.tail_seq > wal.durable_seq and self._inline(wal) and poller.nothing_ready() \
                 and self._thread.sync_in_loop():
-            self._appended = False
+            self.appended_since = False
             self.synced_at_turn_end += 1
             self._on_durable()
             return
@@ -130,10 +128,10 @@ class IdleSync:
         wal = self._wal
         thread = self._thread
         while True:
-            if not self._appended:
+            if not self.appended_since:
                 await self._wait_for_append()
             await wait_all_tasks_blocked()
-            self._appended = False
+            self.appended_since = False
             if wal.tail_seq <= wal.durable_seq:
                 continue  # the thread synced them meanwhile
             if not self._inline(wal):
