@@ -198,7 +198,9 @@ PROFILE_NOTES = [
     "switch, trio's idle bookkeeping, two more scheduler passes with a zero-timeout epoll_wait per "
     "sync: epoll_wait calls per SET 0.31 -> 0.11 at 10 SETs per sync). callgrind (node_bench, 10 "
     "clients, data on tmpfs so every sync stays in the loop): set1 124.1-124.2k -> 101.1-103.2k "
-    "instructions per SET (SET/GET 1.48x -> 1.21-1.23x), get1 83.6-83.7k -> 83.8-84.0k. node_bench CPU (25 clients, "
+    "instructions per SET (SET/GET 1.48x -> 1.21-1.23x), get1 83.6-83.7k -> 83.8-84.0k; with 3 clients "
+    "(3 SETs per sync, so per-sync costs weigh more) set1 202.4k -> 128.1k, get1 87.65k -> 87.74k "
+    "(SET/GET 2.31x -> 1.46x). node_bench CPU (25 clients, "
     "tmpfs, load 14-22, best of 3 rounds, three alternations): SET1 24.6-26.9 -> 21.5-23.3 µs; GET1 "
     "alone (5 rounds, three alternations, load 16-20) 14.6-15.8 -> 14.6-14.7 µs. What a SET still adds over a "
     "GET, in bytecodes per command (sys.settrace opcode counts of node_bench, 10 SETs per batch): "
@@ -212,8 +214,11 @@ PROFILE_NOTES = [
     "redis' fsyncs, but each is cheaper (written in place over preallocated zeros: perf trace p50 / "
     "p90 / p99 0.8 / 5.8 / 17 ms against redis' appending 3.1 / 11 / 26 ms). With syncs over 500 µs "
     "(INLINE_SYNC_SLOW_US) the commit thread syncs as before: 26-27% of syncs ran at a turn's end "
-    "in that run, 79-96% with the data on tmpfs. Throughput A/B was noise at that load (rounds "
-    "spread 30%): re-measure on a quiet machine with scripts/set_p1_ab.py --base OTHER_CHECKOUT.",
+    "in that run, 79-96% with the data on tmpfs. A/B on the disk (3 rounds, load 15-18, medians): "
+    "shard-port SET P1 0.91x of redis always against 0.83x before, 17.7 against 19.7 SETs per fsync "
+    "(a turn's end comes sooner than trio's idle), 22% against 15% of syncs in the loop; rounds "
+    "spread 30%, so that is noise until re-measured on a quiet machine (scripts/set_p1_ab.py "
+    "--base OTHER_CHECKOUT; session 8's unconditional turn-end sync lost throughput there).",
     "- Large values and big replies: see scripts/large_values.py and scripts/big_replies.py; "
     "LRANGE of 5M elements is bounded by encoding on the shard and the copy through the router.",
 ]
