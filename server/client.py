@@ -943,6 +943,10 @@ class ClientPoller:
             if self._end_turn is not None:
                 self._end_turn()
 
+    def nothing_ready(self) -> bool:
+        """No client socket has an event waiting (a zero-timeout epoll_wait)."""
+        return not self._epoll.poll(0, 1)
+
     def serve_idle_clients(self) -> None:
         """While the shard of this process holds the loop in a long script (server/node.py's
         ShardNode.serve_while_busy): handle what the sockets hold now, without ending the

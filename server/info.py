@@ -260,6 +260,8 @@ def _persistence(router, infos, version):
         f"log_pending_records:{sum(p['pending_records'] for p in shards)}",
         f"log_fsyncs:{fsyncs}",
         f"log_fsyncs_per_sec:{fsyncs / uptime_s:.2f}",
+        f"log_fsyncs_in_loop:{sum(p.get('fsyncs_in_loop', 0) for p in shards)}",
+        f"log_fsyncs_at_turn_end:{sum(p.get('fsyncs_at_turn_end', 0) for p in shards)}",
         f"log_last_fsync_latency_us:{max((p['last_fsync_latency_us'] for p in shards), default=0)}",
         f"log_records_appended:{records}",
         f"log_avg_effects_per_record:{effects / records if records else 0:.2f}",

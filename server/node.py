@@ -242,9 +242,21 @@ class ShardNode(Front):
         super().forget(client)
 
     def end_turn(self) -> None:
-        """The poller's turn is over: its requests run as one batch, then replies go out."""
-        self.local.run_batch()
-        self.flush_ready_clients()
+        """The poller's turn is over: its requests run as one batch, then replies go out;
+        then the batch's record is synced if no client is ready (shards/idle_sync.py)."""
+        idle = self.shard._idle_sync
+        if idle is None:
+            self.local.run_batch()
+            self.flush_ready_clients()
+            return
+        idle.in_turn = True
+        try:
+            self.local.run_batch()
+            self.flush_ready_clients()
+        finally:
+            idle.in_turn = False
+            if idle.appended_since:
+                idle.end_of_turn(self.poller)
 
     def _shard_settings_changed(self, changes: dict[str, str]) -> None:
         for name, value in changes.items():

@@ -289,6 +289,13 @@ class GroupCommit:
             trio.lowlevel.notify_closing(thread.durable_fd)  # stop() closes it
             thread.stop()
 
+    def sync_places(self) -> dict[str, int]:
+        """Where this shard's syncs ran (INFO persistence): in the loop (at the end of a
+        client poller's turn, or once trio found it idle), the rest in the commit thread."""
+        thread, idle = self._commit_thread, self._idle_sync
+        return {"fsyncs_in_loop": thread.syncs_in_loop if thread is not None else 0,
+                "fsyncs_at_turn_end": idle.synced_at_turn_end if idle is not None else 0}
+
     def _durable(self, thread: CommitThread) -> None:
         self._on_durable(self.wal.durable_seq)
         slow = thread.slow_syncs

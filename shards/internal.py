@@ -97,6 +97,7 @@ def persistence(shard) -> dict:
         "tail_seq": wal.tail_seq,
         "pending_records": wal.tail_seq - wal.durable_seq,
         "fsyncs": shard.fsyncs,
+        **shard.sync_places(),
         "last_fsync_latency_us": wal.last_fsync_latency_us,
         "log_bytes_written": wal.bytes_written,
         "log_segments": wal.segment_count,
