@@ -244,7 +244,7 @@ class ShardNode(Front):
     def end_turn(self) -> None:
         """The poller's turn is over: its requests run as one batch, then replies go out;
         then the batch's record is synced if no client is ready (shards/idle_sync.py)."""
-        idle = self.shard._idle_sync
+        idle = self.shard.idle_sync
         if idle is None:
             self.local.run_batch()
             self.flush_ready_clients()

@@ -214,7 +214,7 @@ class GroupCommit:
     tracking_fronts: set[ReplySink]
     _commit_thread: CommitThread | None
     min_replicas: MinReplicas | None
-    _idle_sync: IdleSync | None
+    idle_sync: IdleSync | None
     _commit_failed: trio.Event | None
     _commit_error: BaseException | None
     txn: TxnState
@@ -245,7 +245,7 @@ class GroupCommit:
             self._unsynced_since.append((seq, time.monotonic()))
         thread = self._commit_thread
         if thread is not None:
-            idle = self._idle_sync
+            idle = self.idle_sync
             if idle is not None:
                 idle.appended()
             else:
@@ -274,8 +274,8 @@ class GroupCommit:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._retry_failed_writes, thread)
                 if not self.async_mode and isinstance(self.wal, Log) and self.wal.durable_write_in_one_call:
-                    self._idle_sync = IdleSync(self.wal, thread, lambda: self._durable(thread))
-                    nursery.start_soon(self._idle_sync.run)
+                    self.idle_sync = IdleSync(self.wal, thread, lambda: self._durable(thread))
+                    nursery.start_soon(self.idle_sync.run)
                 durable_fd = thread.durable_fd
                 while True:
                     await trio.lowlevel.wait_readable(durable_fd)
@@ -285,14 +285,14 @@ class GroupCommit:
                         continue  # catch_up_durable took it
                     self._durable(thread)
         finally:
-            self._commit_thread = self._idle_sync = None
+            self._commit_thread = self.idle_sync = None
             trio.lowlevel.notify_closing(thread.durable_fd)  # stop() closes it
             thread.stop()
 
     def sync_places(self) -> dict[str, int]:
         """Where this shard's syncs ran (INFO persistence): in the loop (at the end of a
         client poller's turn, or once trio found it idle), the rest in the commit thread."""
-        thread, idle = self._commit_thread, self._idle_sync
+        thread, idle = self._commit_thread, self.idle_sync
         return {"fsyncs_in_loop": thread.syncs_in_loop if thread is not None else 0,
                 "fsyncs_at_turn_end": idle.synced_at_turn_end if idle is not None else 0}
 
@@ -313,8 +313,8 @@ class GroupCommit:
         thread = self._commit_thread
         if thread is None:
             return
-        if self.wal.tail_seq > self.wal.durable_seq and self._idle_sync is not None:
-            self._idle_sync.before_batch()
+        if self.wal.tail_seq > self.wal.durable_seq and self.idle_sync is not None:
+            self.idle_sync.before_batch()
         if self.wal.durable_seq <= self.hazards.durable_seq:
             return
         try:

@@ -126,7 +126,7 @@ class Shard(GroupCommit):
         self.async_mode = config.durability == "async"
         self._unsynced_since: deque[tuple[int, float]] = deque()  # (seq, monotonic time appended)
         self._commit_thread = None
-        self._idle_sync = None
+        self.idle_sync = None
         self._commit_failed = None
         self._commit_error = None
         self.write_error: bytes | None = None

@@ -49,7 +49,7 @@ def no_slow_syncs(monkeypatch: pytest.MonkeyPatch) -> None:
 async def started(shard: Shard, nursery: trio.Nursery) -> None:
     nursery.start_soon(shard.committer)
     await trio.testing.wait_all_tasks_blocked()
-    assert shard._idle_sync is not None and shard._commit_thread is not None
+    assert shard.idle_sync is not None and shard._commit_thread is not None
 
 
 async def test_an_idle_loop_syncs_itself_and_replies_leave_after_the_sync(tmp_path: Path) -> None:
@@ -64,7 +64,7 @@ async def test_an_idle_loop_syncs_itself_and_replies_leave_after_the_sync(tmp_pa
             assert all(sink.durable_at_send[rid] >= batch + 1 for rid in range(batch * 3 + 1, batch * 3 + 4))
         thread = shard._commit_thread
         assert thread.syncs_in_loop == shard.wal.fsync_count == 5  # the thread never synced
-        assert shard._idle_sync.handed_to_thread == 0
+        assert shard.idle_sync.handed_to_thread == 0
         assert shard.fsyncs == 5 and shard.held.count == 0 and shard.hazards.pending_keys() == 0
         nursery.cancel_scope.cancel()
     shard.wal.close()
@@ -78,7 +78,7 @@ async def test_a_busy_loop_hands_the_sync_to_the_thread(tmp_path: Path) -> None:
         # Two batches in one turn: the second starts before the loop was ever idle.
         assert shard.execute_batch(sink, sets(1, 2)) == []
         assert shard.execute_batch(sink, sets(3, 2)) == []
-        assert shard._idle_sync.handed_to_thread == 1
+        assert shard.idle_sync.handed_to_thread == 1
         await sink.wait_for(4)
         assert sink.durable_at_send[1] >= 1 and sink.durable_at_send[3] >= 2
         # The thread, woken, synced them (unless the loop went idle first and took them:
@@ -97,7 +97,7 @@ async def test_a_large_pending_write_goes_to_the_thread(tmp_path: Path) -> None:
         assert shard.execute_batch(sink, [Request(1, 1, 2, [b"SET", b"big", big])]) == []
         await sink.wait_for(1)
         assert sink.durable_at_send[1] >= 1
-        assert shard._commit_thread.syncs_in_loop == 0 and shard._idle_sync.handed_to_thread == 1
+        assert shard._commit_thread.syncs_in_loop == 0 and shard.idle_sync.handed_to_thread == 1
         nursery.cancel_scope.cancel()
     shard.wal.close()
 
@@ -157,7 +157,7 @@ async def test_after_a_slow_sync_the_next_goes_to_the_thread(tmp_path: Path,
         assert shard.execute_batch(sink, sets(2, 1)) == []
         await sink.wait_for(2)
         assert sink.durable_at_send[2] == 2
-        assert shard._commit_thread.syncs_in_loop == 1 and shard._idle_sync.handed_to_thread == 1
+        assert shard._commit_thread.syncs_in_loop == 1 and shard.idle_sync.handed_to_thread == 1
         nursery.cancel_scope.cancel()
     shard.wal.close()
 
@@ -169,7 +169,7 @@ async def test_a_hooked_disk_syncs_only_in_the_thread(tmp_path: Path) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(shard.committer)
         await trio.testing.wait_all_tasks_blocked()
-        assert shard._idle_sync is None
+        assert shard.idle_sync is None
         assert shard.execute_batch(sink, sets(1, 1)) == []
         await sink.wait_for(1)
         assert shard._commit_thread.syncs_in_loop == 0

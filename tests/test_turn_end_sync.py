@@ -64,7 +64,7 @@ def received(peer: socket.socket) -> bytes:
 async def started_node(shard: Shard, nursery: trio.Nursery) -> ShardNode:
     nursery.start_soon(shard.committer)
     await trio.testing.wait_all_tasks_blocked()
-    assert shard._idle_sync is not None
+    assert shard.idle_sync is not None
     return ShardNode(shard.config, shard)
 
 
@@ -80,7 +80,7 @@ async def test_a_set_is_synced_and_answered_in_its_own_turn(tmp_path: Path) -> N
             # The sync ran inside the turn: the reply is out, and its record was durable first.
             assert shard.wal.durable_seq == shard.wal.tail_seq == round_no
             assert received(peer) == b"+OK\r\n"  # loopback: a reply sent is here at once
-        assert shard._idle_sync.synced_at_turn_end == 3
+        assert shard.idle_sync.synced_at_turn_end == 3
         assert shard._commit_thread.syncs_in_loop == shard.wal.fsync_count == 3
         assert shard.sync_places() == {"fsyncs_in_loop": 3, "fsyncs_at_turn_end": 3}  # INFO persistence
         nursery.cancel_scope.cancel()
@@ -105,7 +105,7 @@ async def test_with_another_client_ready_the_sync_waits_for_the_idle_loop(tmp_pa
                 await trio.sleep(0.01)
         await trio.sleep(0.01)
         assert received(writer) == b"+OK\r\n"
-        assert shard._idle_sync.synced_at_turn_end == 0
+        assert shard.idle_sync.synced_at_turn_end == 0
         nursery.cancel_scope.cancel()
     node.poller.close()
     shard.wal.close()
