@@ -111,6 +111,11 @@ class SettingsSync:
         # Wall clock when this process learnt of each setting's latest CONFIG SET on this node
         # (its own or a peer's): router 0 reverts one to etcd's value only from a read after it.
         self.changed_ns: dict[str, int] = {}
+        # ACL changes applied here whose store in the users file is still to come: this
+        # process reloads the file only once none is, or the reload would take back the
+        # later ones for a moment (three ACL SETUSERs in one EXEC: GETUSER of the third
+        # answered nil after EXEC's reply).
+        self.users_unstored = 0
 
     def _apply(self, changes: dict[str, str]) -> None:
         self.router.settings.apply_known(changes)
@@ -236,26 +241,31 @@ class SettingsSync:
         peer reload it, then answer `reply` (-ERR if it could not be stored)."""
         pending = Propagating(client, reply)
         client.replies.append(pending)
+        self.users_unstored += 1
         self.router.nursery.start_soon(self._propagate_users, pending, change, reply)
         return pending
 
     async def _propagate_users(self, pending: Pending, change: list[bytes], reply: bytes) -> None:
         lock_fd = await self.lock()
         try:
-            stored = await self._propagate_users_locked(change)
+            stored = await self._propagate_users_locked(change, own=True)
         finally:
             self.unlock(lock_fd)
         pending.fill(reply if stored else b"-ERR cannot store the ACL change durably: see the server log\r\n")
 
-    async def _propagate_users_locked(self, change: list[bytes]) -> bool:
+    async def _propagate_users_locked(self, change: list[bytes], own: bool = False) -> bool:
         acl = self.router.acl
         try:
             await trio.to_thread.run_sync(acl.store_change, change, acl.snapshot())
         except (OSError, ValueError) as e:
             logger.error("router %d: cannot store an ACL change in %s: %s", self.router.index, acl.path, e)
             return False
+        finally:
+            if own:
+                self.users_unstored -= 1
         kill_all = change[0] == b"load"
-        acl.reload()  # this process already applied it (and killed what ACL LOAD kills)
+        if self.users_unstored == 0:
+            acl.reload()  # this process already applied it (and killed what ACL LOAD kills)
         payload = json.dumps({"users": True, "kill_all": kill_all}).encode()
         async with trio.open_nursery() as nursery:
             for path in self.peer_paths:
