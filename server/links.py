@@ -302,9 +302,9 @@ class ShardLink:
             if self._large_requests_seen != self.router.large_requests:
                 self._large_requests_seen = self.router.large_requests
                 large = _large_requests(batch)
+            if large:
+                batch, large, self._held_cids = _passing_first(batch, large)
             try:
-                if large:
-                    self._held_cids = {request[1] for request in batch}
                 await send_batch(sock, batch, large, large_request, self._sent_first_byte,
                                  self._between if large else None)
             except OSError as e:
@@ -440,3 +440,34 @@ class LeaseWatch:
 def _large_requests(batch: list[RequestTuple]) -> list[int]:
     """Indexes of the requests to send as large frames."""
     return [i for i, request in enumerate(batch) if max(map(len, request[3])) >= LARGE_BYTES]
+
+
+def _passing_first(batch: list[RequestTuple], large: list[int]) -> tuple[list[RequestTuple], list[int], set[int]]:
+    """The batch reordered so that the ordinary requests queued after a large one
+    go before it, in one frame, rather than after all its pieces (a same-shard GET
+    waited 146-379 ms at the end of a 512 MiB SET's upload). Each client's order
+    stays: a request whose client has a large request ahead of it in the batch
+    waits behind it, and so do the router's own requests (client id 0: CONFIG,
+    UNWATCH, a script's UNFENCE, a 2PC's decision), which may stand for a client's
+    later command. Requests of different clients carry no order the shard relies
+    on: each is concurrent with the large one, which has no reply yet (the same
+    rule ShardLink._between applies to those queued meanwhile). Returns the new
+    batch, its large requests' indexes and the clients held until it is sent."""
+    first = large[0]
+    passing = batch[:first]
+    behind: list[RequestTuple] = []
+    behind_large: list[int] = []
+    held: set[int] = set()
+    large_at = set(large)
+    for index in range(first, len(batch)):
+        request = batch[index]
+        cid = request[1]
+        if index in large_at:
+            behind_large.append(len(behind))
+        elif cid != 0 and cid not in held:
+            passing.append(request)
+            continue
+        held.add(cid)
+        behind.append(request)
+    start = len(passing)
+    return passing + behind, [start + i for i in behind_large], held

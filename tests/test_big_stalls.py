@@ -291,3 +291,50 @@ def test_a_small_reply_queued_with_a_large_one_passes_it_on_the_link():
     reader.join(WAIT_S)
     assert received.find(marker) >= 0
     assert received.find(marker) < len(received) - PIECE_BYTES, "the small reply waited for the large one's pieces"
+
+
+def test_a_small_request_queued_with_a_large_one_passes_it_on_the_link():
+    """The router's link to a shard: requests of other clients in the same batch as
+    a large request, after it, are written before the large one's last piece (they
+    waited for all of them: a same-shard GET stalled 146-379 ms at the end of a 512 MiB
+    SET's upload), while the large one's own client and the router's own requests
+    (client id 0) keep their place behind it."""
+    from durakv.server.links import ShardLink
+
+    router = SimpleNamespace(config=SimpleNamespace(replicas=0), large_requests=1,
+                             poller=SimpleNamespace(in_turn=True), scripts_in_flight=0)
+    link = ShardLink(router, 0, "/nonexistent")
+    a, b = socket.socketpair()
+    received = bytearray()
+
+    def drain() -> None:
+        while data := b.recv(1 << 20):
+            received.extend(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    big = b"x" * (3 * PIECE_BYTES)
+    link.up = True
+    for cid, argv in ((1, [b"SET", b"big", big]), (2, [b"GET", b"other-client-passes"]),
+                      (1, [b"GET", b"own-client-waits"]), (0, [b"UNWATCH-internal-waits"]),
+                      (3, [b"GET", b"third-client-passes"])):
+        link.submit(SimpleNamespace(id=cid) if cid else None, 2, argv)
+
+    async def main() -> None:
+        a.setblocking(False)
+        link.sock = a
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(link._sender, nursery.cancel_scope)
+            while link._outbox.items or link._sending:
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    a.close()
+    reader.join(WAIT_S)
+    big_end = received.rfind(b"x" * 64) + 64
+    for passes in (b"other-client-passes", b"third-client-passes"):
+        assert 0 <= received.find(passes) < big_end - PIECE_BYTES, f"{passes!r} waited for the large one's pieces"
+    for waits in (b"own-client-waits", b"UNWATCH-internal-waits"):
+        assert received.find(waits) > big_end, f"{waits!r} overtook the large request"
+    assert received.find(b"own-client-waits") < received.find(b"UNWATCH-internal-waits")
