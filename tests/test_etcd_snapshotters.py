@@ -268,3 +268,17 @@ def test_save_on_a_node_that_does_not_build_the_shard_asks_the_builder(etcd_clus
         assert len(BUILT.findall(node_a.log())) >= 3, node_a.log()[-3000:]
     finally:
         node_b.discard()
+
+
+def test_a_request_asked_elsewhere_is_served_when_covered_or_fails_late():
+    """AskedElsewhere: a shard is done once a published snapshot reaches the seq asked
+    for; one still short at the deadline is handed back as late (a SAVE then fails)."""
+    from durakv.snapshotter.asked import AskedElsewhere
+
+    asked = AskedElsewhere(timeout_s=0.2)
+    asked.start("1", {0: 10, 1: 7})
+    asked.covered(0, 9)
+    asked.covered(1, 7)
+    assert asked.targets == {0: 10} and asked.late() == {}
+    until(lambda: asked.late() == {0: 10}, "shard 0 late", WAIT_S)
+    assert asked.targets == {}
