@@ -475,10 +475,10 @@ class Snapshotter:
             fresh = bool(request) and request != self.asked.request
             try:
                 self.run_once(force=fresh)
-                if fresh:
-                    self._ask_elsewhere(request, set(self._adopted) if self.locks is not None else set())
             except StoreError as e:
                 logger.error("snapshotter: %s", e)
+            if fresh:
+                self._ask_elsewhere(request, set(self._adopted) if self.locks is not None else set())
             if self.etcd is not None and self.etcd.defragmenter is not None:
                 self._etcd_upkeep(self.etcd.defragmenter)
             if request and self._asked_done():
