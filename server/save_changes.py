@@ -8,7 +8,7 @@ covers; a node that does not build the shard learns of the snapshot only from th
 newer published snapshot, or a served SAVE/BGSAVE, in status.json: the changes since
 then. Not exact: changes made between the snapshot's seq and that moment (up to a
 snapshotter poll, or REFRESH_S for a shard another node builds) are left out. An exact
-count needs the cumulative effect count carried in each record's snapshot manifest and
+count needs a cumulative effect count carried in each snapshot's manifest and
 kept by every shard and replica from it (not done)."""
 
 from __future__ import annotations
