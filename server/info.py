@@ -13,6 +13,7 @@ from durakv.shards.framelink import link_stats
 from durakv.shards.frames import frame_stats
 from durakv.shards import failure, lazyfree
 from durakv.server import replication
+from durakv.server.save_changes import ChangesSinceSave
 from durakv.server.settings import format_percentile
 from durakv.shards.evict import HeapGauge
 from durakv.shards.internal import rss_bytes
@@ -209,6 +210,7 @@ def _memory(router, infos, version):
 
 
 _ROUTER_GAUGE: list[HeapGauge] = []
+_CHANGES = ChangesSinceSave()  # this router's rdb_changes_since_last_save bases
 
 
 def _router_gauge() -> HeapGauge:
@@ -236,11 +238,14 @@ def _persistence(router, infos, version):
     failed = [p["write_error"] for p in shards if p["write_error"]]
     status = read_status(router.config.data_dir)
     snapshots = status.shards
+    saved_seqs = {n: s.last_seq for n, s in snapshots.items() if s.published}
+    changes = sum(_CHANGES.count(i["shard"], i["persistence"]["effects_appended"],
+                                 (saved_seqs.get(i["shard"], 0), status.request_served_at_ms)) for i in infos)
     snapshot_failed = any(s.status == "error" for s in snapshots.values())
     lines = [
         "loading:0",
         "async_loading:0",
-        f"rdb_changes_since_last_save:{effects}",
+        f"rdb_changes_since_last_save:{changes}",
         f"rdb_bgsave_in_progress:{1 if pending_request(router.config.data_dir, status) else 0}",
         f"rdb_last_save_time:{status.newest_published_ms() // 1000 or int(router.started_at)}",
         f"rdb_last_bgsave_status:{'err' if snapshot_failed else 'ok'}",

@@ -26,7 +26,11 @@ Keys, under a deployment's prefix D (log/etcd_nodes.py holds D/cluster/):
     D/snapshotter/node/<node id>  JSON {node, pid, host}: a live snapshotter runs on that
                                   node (bound to its lease)
     D/snapshotter/shard-NNN       JSON {node, pid, host, lease}: the build lock (bound to
-                                  the holder's lease)"""
+                                  the holder's lease)
+    D/snapshotter/request-NNN     JSON {node, request, seq}: a SAVE/BGSAVE on a node that
+                                  does not build the shard asks the holder for a snapshot
+                                  through seq (bound to the asker's lease; the holder
+                                  deletes it, at the revision it read, once published)"""
 
 from __future__ import annotations
 
@@ -47,6 +51,7 @@ logger = logging.getLogger("durakv.snapshotter")
 
 NODE_DIR = b"node/"
 SHARD_PREFIX = b"shard-"
+REQUEST_PREFIX = b"request-"
 DEFRAG_NAME = b"defrag"
 NO_NODE_ID = "-"  # a tree without --node-id (one node on etcd): its presence key's name
 # Keys read in one range of D/snapshotter/: one presence key per node and one lock per shard.
@@ -65,6 +70,10 @@ def lock_key(deployment: str, shard: int) -> bytes:
     return snapshotter_start(deployment) + b"%s%03d" % (SHARD_PREFIX, shard)
 
 
+def request_key(deployment: str, shard: int) -> bytes:
+    return snapshotter_start(deployment) + b"%s%03d" % (REQUEST_PREFIX, shard)
+
+
 def defrag_key(deployment: str) -> bytes:
     return snapshotter_start(deployment) + DEFRAG_NAME
 
@@ -79,6 +88,7 @@ class BuilderState:
     shard's holder ({node, pid, host, lease} and the key's mod_revision)."""
     nodes: set[str] = field(default_factory=set)
     holders: dict[int, tuple[dict[str, Any], int]] = field(default_factory=dict)
+    requests: dict[int, tuple[int, int]] = field(default_factory=dict)  # shard -> (seq asked for, mod_revision)
 
 
 def _holder(kv: dict[str, Any]) -> dict[str, Any]:
@@ -101,6 +111,10 @@ def read_builders(client: EtcdClient, deployment: str) -> BuilderState:
             state.nodes.add(name[len(NODE_DIR):].decode(errors="replace"))
         elif name.startswith(SHARD_PREFIX) and name[len(SHARD_PREFIX):].isdigit():
             state.holders[int(name[len(SHARD_PREFIX):])] = (_holder(kv), int(kv["mod_revision"]))
+        elif name.startswith(REQUEST_PREFIX) and name[len(REQUEST_PREFIX):].isdigit():
+            asked = _holder(kv).get("seq", 0)
+            state.requests[int(name[len(REQUEST_PREFIX):])] = (asked if isinstance(asked, int) else 0,
+                                                                int(kv["mod_revision"]))
     return state
 
 
@@ -117,6 +131,8 @@ class BuildLocks:
         self._lease = 0
         self._lease_lost = threading.Event()
         self._held: set[int] = set()
+        # Held shards another node asked a snapshot of (read by claim): shard -> (seq, mod_revision).
+        self.requested: dict[int, tuple[int, int]] = {}
         self._me = {"node": self.node, "pid": os.getpid(), "host": socket.gethostname()}
 
     @property
@@ -181,7 +197,24 @@ class BuildLocks:
                 self._held.add(shard)
             elif not holder and preferred in (None, self.node):
                 self._take(shard)
+        self.requested = {shard: asked for shard, asked in builders.requests.items() if shard in self._held}
         return self.held
+
+    def ask(self, shard: int, request: str, seq: int) -> None:
+        """Ask the holder of shard's build lock for a snapshot through seq (a SAVE or
+        BGSAVE here). Bound to this snapshotter's lease: it lapses with the asker.
+        Raises LogError when etcd is out of reach."""
+        self._ensure_lease()
+        value = json.dumps({"node": self.node, "request": request, "seq": seq}).encode()
+        self.client.txn([], [put_op(request_key(self.deployment, shard), value, self._lease)], [])
+
+    def answered(self, shard: int, revision: int) -> None:
+        """A snapshot covering the request read at revision is published: drop the request
+        unless it was asked again since (then the next round builds once more)."""
+        key = request_key(self.deployment, shard)
+        delete = {"request_delete_range": {"key": b64(key)}}
+        self.client.txn([cmp_mod(key, revision)], [delete], [])
+        self.requested.pop(shard, None)
 
     def _take(self, shard: int) -> None:
         if self._take_key(lock_key(self.deployment, shard)):

@@ -28,6 +28,10 @@ class OthersPublished:
         self._read_at: dict[int, float] = {}  # shard -> monotonic time of its last listing
         self._failing: set[int] = set()  # shards whose last listing failed (logged once)
 
+    def forget(self, shard: int) -> None:
+        """List shard again at the next newer() (a request waits for its snapshot)."""
+        self._read_at.pop(shard, None)
+
     def newer(self, shard: int, known_seq: int) -> RemoteSnapshot | None:
         """The shard's newest published snapshot if it is not known_seq and refresh_s
         passed since the last look; else None."""

@@ -46,6 +46,7 @@ from durakv.shards.config import DEFAULTS
 from durakv.shards import sdnotify
 from durakv.shards.latency import LATENCY_TS_LEN
 from durakv.shards.malloc_stats import release_free_heap
+from durakv.snapshotter.asked import AskedElsewhere
 from durakv.snapshotter.base import adopt_published, drop_discarded, ensure_base
 from durakv.snapshotter.local import newest_local, shard_dir_of, snapshot_dir
 from durakv.snapshotter.logsource import EtcdLogSource, LocalLogSource, LogSource
@@ -219,6 +220,7 @@ class Snapshotter:
         self.source: LogSource = LocalLogSource(self.data_dir) if etcd is None else etcd
         self.store = store if store is not None else open_store("", self.data_dir)
         self.others = OthersPublished(self.store)  # what the shards other nodes build have published
+        self.asked = AskedElsewhere()  # a request's shards other nodes build, until their snapshots cover it
         self.schedule = schedule or Schedule()
         self.shards = shard_count(self.data_dir)
         self.pace = Pacer(self.schedule.cpu_percent)
@@ -352,13 +354,61 @@ class Snapshotter:
     def run_once(self, force: bool = True) -> Status:
         held = self._claim()
         for shard in held:
-            if force or self.due(shard):
-                self.run_shard(shard)
+            requested = self.locks.requested.get(shard) if self.locks is not None else None
+            if force or requested is not None or self.due(shard):
+                status = self.run_shard(shard)
+                if requested is not None and status.status == "ok" and status.last_seq >= requested[0]:
+                    self._answer(shard, requested[1])
         if self.locks is not None:
             for shard in sorted(set(range(self.shards)) - set(held)):
                 self._show_published(shard)
         self._save_status()
         return self.status
+
+    def _answer(self, shard: int, revision: int) -> None:
+        """Another node's SAVE/BGSAVE asked for this snapshot: tell it (build_lock.py)."""
+        assert self.locks is not None
+        try:
+            self.locks.answered(shard, revision)
+        except LogError as e:  # the request stays: answered again after the next build
+            logger.warning("shard %d: clearing another node's snapshot request on etcd: %s", shard, e)
+
+    def _ask_elsewhere(self, request: str, held: set[int]) -> None:
+        """A new request: ask the builders of the shards this snapshotter does not build
+        for a snapshot through each one's durable tail (none when published already)."""
+        targets: dict[int, int] = {}
+        others = sorted(set(range(self.shards)) - held) if self.locks is not None else []
+        for shard in others:
+            assert self.locks is not None
+            status = self.status.shards.setdefault(shard, ShardStatus(shard))
+            try:
+                tail = self.source.durable_tail(shard)
+                if tail > (status.last_seq if status.published else 0):
+                    self.locks.ask(shard, request, tail)
+                    targets[shard] = tail
+            except LogError as e:
+                logger.error("shard %d: asking its builder on another node for a snapshot: %s", shard, e)
+                status.status, status.error = "error", f"asking its builder for a snapshot: {e}"
+        if targets:
+            logger.info("snapshot request %s: asked other nodes' snapshotters for shards %s", request, targets)
+        self.asked.start(request, targets)
+        for shard in targets:
+            self.others.forget(shard)
+
+    def _asked_done(self) -> bool:
+        """Whether every shard asked of another node shows a published snapshot that covers
+        the request; shards still short at the deadline are marked failed."""
+        for shard, status in self.status.shards.items():
+            if status.published:
+                self.asked.covered(shard, status.last_seq)
+        for shard in self.asked.targets:
+            self.others.forget(shard)  # listed again at the next round, not refresh_s later
+        for shard, seq in self.asked.late().items():
+            error = (f"no snapshot through seq {seq} published by the node building it within "
+                     f"{self.asked.timeout_s:.0f} s")
+            logger.error("shard %d: snapshot request %s: %s", shard, self.asked.request, error)
+            self.status.shards[shard].status, self.status.shards[shard].error = "error", error
+        return not self.asked.targets
 
     def _show_published(self, shard: int) -> None:
         """A shard another node's snapshotter builds: its newest published snapshot in
@@ -422,17 +472,20 @@ class Snapshotter:
             shipper.start()
         while not stop.is_set():
             request = pending_request(self.data_dir, self.status)
+            fresh = bool(request) and request != self.asked.request
             try:
-                self.run_once(force=bool(request))
+                self.run_once(force=fresh)
             except StoreError as e:
                 logger.error("snapshotter: %s", e)
+            if fresh:
+                self._ask_elsewhere(request, set(self._adopted) if self.locks is not None else set())
             if self.etcd is not None and self.etcd.defragmenter is not None:
                 self._etcd_upkeep(self.etcd.defragmenter)
-            if request:
+            if request and self._asked_done():
                 self.status.request_served = request
                 shards = self.status.shards.values()
-                # A shard another node builds was not saved for this request: LASTSAVE moves with its builds.
-                if len(shards) == self.shards and all(s.status == "ok" and not s.built_elsewhere for s in shards):
+                # Every shard saved for this request, here or (asked) by the node building it.
+                if len(shards) == self.shards and all(s.status == "ok" for s in shards):
                     self.status.request_served_at_ms = time.time_ns() // 1_000_000
                 self._save_status()
             stop.wait(self.schedule.poll_interval_s)

@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 import uuid
 
 import redis
@@ -232,3 +233,52 @@ def test_lastsave_on_a_node_that_does_not_build_the_shard(etcd_cluster, server_f
         assert not BUILT.findall(node_b.log()), "node b built shard 0"
     finally:
         node_b.discard()
+
+
+def test_save_on_a_node_that_does_not_build_the_shard_asks_the_builder(etcd_cluster, server_factory, tmp_path):
+    """Node a's snapshotter builds shard 0 and, by its schedule, would not build again
+    for an hour; a SAVE on node b asks it for a snapshot through the log's tail (an
+    etcd request key) and answers once one is published: the store's newest snapshot
+    then holds every key written. A BGSAVE on node b likewise makes node a publish,
+    and node b's LASTSAVE moves. Before, node b answered at once with no snapshot."""
+    url = f"file://{tmp_path / 'store'}"
+    rarely = (f"etcd-lease-ttl-s = {TTL_S}\nsnapshot-every-bytes = 1000000000\nsnapshot-every-percent = 0\n"
+              f'snapshot-max-age-s = 3600\nsnapshot-url = "{url}"\nlog-level = "info"\n')
+    node_a, node_b = two_nodes(server_factory, tmp_path, etcd_cluster, rarely, f"asked-{uuid.uuid4().hex[:8]}")
+    node_b.wait_ready()
+    store = open_store(url)
+    try:
+        b_router = redis.Redis(port=node_b.port, socket_timeout=WAIT_S)
+        primary = node_a.shard_client(0)
+        for round_no in range(2):  # node a's first round may find the first burst by itself; not the second
+            _burst(primary, f"save{round_no}")
+            assert b_router.save() is True
+            newest = store.list_snapshots(0)[-1].manifest
+            print(f"SAVE on node b: node a published seq {newest.seq} with {newest.keys} keys")
+            assert newest.keys == 40 * (round_no + 1), newest
+        lastsave = b_router.lastsave()
+        until(lambda: int(time.time()) > int(lastsave.timestamp()), "a new second", WAIT_S)
+        _burst(primary, "second")
+        assert b_router.bgsave()
+        until(lambda: b_router.lastsave() > lastsave, f"node b's LASTSAVE to move\n{node_b.log()[-3000:]}", WAIT_S)
+        newest = store.list_snapshots(0)[-1].manifest
+        print(f"BGSAVE on node b: node a published seq {newest.seq} with {newest.keys} keys")
+        assert newest.keys == 120, newest
+        assert not BUILT.findall(node_b.log()), "node b built shard 0"
+        assert len(BUILT.findall(node_a.log())) >= 3, node_a.log()[-3000:]
+    finally:
+        node_b.discard()
+
+
+def test_a_request_asked_elsewhere_is_served_when_covered_or_fails_late():
+    """AskedElsewhere: a shard is done once a published snapshot reaches the seq asked
+    for; one still short at the deadline is handed back as late (a SAVE then fails)."""
+    from durakv.snapshotter.asked import AskedElsewhere
+
+    asked = AskedElsewhere(timeout_s=0.2)
+    asked.start("1", {0: 10, 1: 7})
+    asked.covered(0, 9)
+    asked.covered(1, 7)
+    assert asked.targets == {0: 10} and asked.late() == {}
+    until(lambda: asked.late() == {0: 10}, "shard 0 late", WAIT_S)
+    assert asked.targets == {}
