@@ -45,6 +45,7 @@ from durakv.shards.table import find
 MAX_VERDICTS = 4096  # bodies and shas remembered; all forgotten past it (only costs a wait)
 MAX_BODY_BYTES = 8 * 1024  # longer scripts are not read (reading 8 KiB: ~6 ms of router CPU, load 7)
 MAX_LIBRARY_BYTES = 32 * 1024  # FUNCTION LOAD's text read for its functions' verdicts (a rare command)
+MAX_JUDGED_LIBRARIES = 256  # a router judges the shards' libraries up to this many (each: MAX_LIBRARY_BYTES)
 MAX_TARGET_TOKENS = 64  # a list of assignment targets longer than this is taken for one (conservative)
 
 # Commands a script may call with any arguments: they touch no key.
@@ -502,7 +503,8 @@ class ScriptScopes:
     (a restarted shard's cache is empty). A script a shard dropped past its cache's bound
     (shards/t_script.py MAX_CACHED_SCRIPTS) is not seen."""
 
-    __slots__ = ("by_body", "by_sha", "homes", "by_function", "libraries")
+    __slots__ = ("by_body", "by_sha", "homes", "by_function", "libraries", "functions_generation",
+                 "functions_asked")
 
     def __init__(self) -> None:
         self.by_body: dict[bytes, bool] = {}
@@ -512,6 +514,10 @@ class ScriptScopes:
         # any other process, a reloaded library's own on a LOAD through this router (server/script_cache.py).
         self.by_function: dict[bytes, bool] = {}
         self.libraries: dict[bytes, list[bytes]] = {}  # library name -> its judged functions
+        # Bumped on every FUNCTION change seen: the shards' libraries asked for before it
+        # (server/script_cache.py refresh_functions) are not judged when they come back.
+        self.functions_generation = 0
+        self.functions_asked = -1  # the generation whose libraries are being asked for
         self.homes: dict[bytes, int] = {}  # sha (lower case) -> bit mask of the shards that have it
 
     def cached_on(self, sha: bytes, shard: int) -> bool:
@@ -547,15 +553,36 @@ class ScriptScopes:
         if name is None:
             self.forget_functions()
             return
+        self.functions_generation += 1
         for function in self.libraries.pop(name, ()):
             self.by_function.pop(function, None)
 
     def forget_functions(self) -> None:
         self.by_function.clear()
         self.libraries.clear()
+        self.functions_generation += 1
+
+    def judge_shards_libraries(self, generation: int, per_shard: list[list[bytes]]) -> bool:
+        """Every shard's library texts (FUNCTION LIST WITHCODE, asked for at `generation`):
+        their functions' verdicts replace this router's, unless a FUNCTION change was seen
+        since (then they may be older than it) or the shards differ (a change under way:
+        a function might run either text); past MAX_JUDGED_LIBRARIES none is judged
+        (every FCALL holds its followers). True when judged."""
+        if generation != self.functions_generation:
+            return False
+        first = sorted(per_shard[0]) if per_shard else []
+        if any(sorted(codes) != first for codes in per_shard[1:]):
+            return False
+        self.by_function.clear()
+        self.libraries.clear()
+        if len(first) <= MAX_JUDGED_LIBRARIES:
+            for code in first:
+                self.note_library(code)
+        return True
 
     def note_library(self, code: bytes) -> None:
-        """A FUNCTION LOAD through this router succeeded: its functions' verdicts."""
+        """A library the shards have (a FUNCTION LOAD through this router succeeded, or
+        their FUNCTION LIST): its functions' verdicts."""
         verdicts = function_verdicts(code)
         if len(self.by_function) + len(verdicts) > MAX_VERDICTS:
             self.forget_functions()

@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import pytest
 
 import durakv.shards.commands  # noqa: F401  (registers the commands the verdicts look up)
 from durakv.server.script_scope import MAX_LIBRARY_BYTES, ScriptScopes, function_verdicts, keeps_to_its_keys
 from durakv.shards.luaenv import sha1hex
-from refserver import RawConn
-from test_pubsub import _one_per_router
+from refserver import RawConn, encode_command
+from test_pubsub import WAIT_S, _one_per_router
 from test_txn import A, B
 
 KEEPS = [
@@ -302,4 +306,38 @@ def test_a_function_replaced_through_another_router_is_judged_again(server_facto
     finally:
         theirs.call("FUNCTION", "FLUSH")
         for conn in [*by_router.values(), *spare, theirs]:
+            conn.close()
+
+
+def _shard_of(key: str) -> int:
+    from durakv.shards.slots import key_slot, slot_owner_table
+    return slot_owner_table(2)[key_slot(key.encode())]
+
+
+def test_every_router_judges_the_libraries_the_shards_have(server_factory):
+    """Router 0 loads a library whose function keeps to its keys; router 1 judges it too
+    (it asks the shards for their libraries once the change is done on every shard, ahead
+    of its clients' later requests). So with the FCALL's shard stopped, a SET pipelined
+    after the FCALL through router 1 for the other shard is not held behind it: another
+    client reads it. (Before, only router 0 judged its library: router 1 held the SET.)"""
+    srv = server_factory(shards=2, extra_args=("--routers", "2"))
+    by_router, spare = _one_per_router(srv.port)
+    assert _shard_of(A) != _shard_of(B)
+    stopped = srv.child_pid("shard", _shard_of(A))
+    try:
+        assert by_router[0].call("FUNCTION", "LOAD", KEEPING_LIBRARY) == b"$6\r\nscoped\r\n"
+        ours = by_router[1]
+        assert ours.pipeline([("GET", A), ("GET", B)]) == [b"$-1\r\n", b"$-1\r\n"]  # after its FUNCTION LIST
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            ours.send_raw(encode_command(("FCALL", "bump", "1", A)) + encode_command(("SET", B, "follower")))
+            deadline = time.monotonic() + WAIT_S
+            while by_router[0].call("GET", B) != b"$8\r\nfollower\r\n":
+                assert time.monotonic() < deadline, "the SET waited for the FCALL on the stopped shard"
+                time.sleep(0.05)
+        finally:
+            os.kill(stopped, signal.SIGCONT)
+        assert [ours.read_reply(), ours.read_reply()] == [b":1\r\n", b"+OK\r\n"]
+    finally:
+        for conn in [*by_router.values(), *spare]:
             conn.close()
