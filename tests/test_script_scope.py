@@ -314,6 +314,23 @@ def _shard_of(key: str) -> int:
     return slot_owner_table(2)[key_slot(key.encode())]
 
 
+def _follower_not_held(srv, ours: RawConn, reader: RawConn) -> None:
+    """With the shard of A stopped, `ours` pipelines FCALL bump (on A) and a SET of B:
+    the SET is not held behind the FCALL (its function was judged to keep to its keys),
+    so `reader` sees it before the FCALL's reply."""
+    stopped = srv.child_pid("shard", _shard_of(A))
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        ours.send_raw(encode_command(("FCALL", "bump", "1", A)) + encode_command(("SET", B, "follower")))
+        deadline = time.monotonic() + WAIT_S
+        while reader.call("GET", B) != b"$8\r\nfollower\r\n":
+            assert time.monotonic() < deadline, "the SET waited for the FCALL on the stopped shard"
+            time.sleep(0.05)
+    finally:
+        os.kill(stopped, signal.SIGCONT)
+    assert [ours.read_reply(), ours.read_reply()] == [b":1\r\n", b"+OK\r\n"]
+
+
 def test_every_router_judges_the_libraries_the_shards_have(server_factory):
     """Router 0 loads a library whose function keeps to its keys; router 1 judges it too
     (it asks the shards for their libraries once the change is done on every shard, ahead
@@ -323,21 +340,64 @@ def test_every_router_judges_the_libraries_the_shards_have(server_factory):
     srv = server_factory(shards=2, extra_args=("--routers", "2"))
     by_router, spare = _one_per_router(srv.port)
     assert _shard_of(A) != _shard_of(B)
-    stopped = srv.child_pid("shard", _shard_of(A))
     try:
         assert by_router[0].call("FUNCTION", "LOAD", KEEPING_LIBRARY) == b"$6\r\nscoped\r\n"
-        ours = by_router[1]
-        assert ours.pipeline([("GET", A), ("GET", B)]) == [b"$-1\r\n", b"$-1\r\n"]  # after its FUNCTION LIST
-        os.kill(stopped, signal.SIGSTOP)
-        try:
-            ours.send_raw(encode_command(("FCALL", "bump", "1", A)) + encode_command(("SET", B, "follower")))
-            deadline = time.monotonic() + WAIT_S
-            while by_router[0].call("GET", B) != b"$8\r\nfollower\r\n":
-                assert time.monotonic() < deadline, "the SET waited for the FCALL on the stopped shard"
-                time.sleep(0.05)
-        finally:
-            os.kill(stopped, signal.SIGCONT)
-        assert [ours.read_reply(), ours.read_reply()] == [b":1\r\n", b"+OK\r\n"]
+        assert by_router[1].pipeline([("GET", A), ("GET", B)]) == [b"$-1\r\n", b"$-1\r\n"]
+        _follower_not_held(srv, by_router[1], by_router[0])
     finally:
         for conn in [*by_router.values(), *spare]:
             conn.close()
+
+
+def test_a_restarted_router_judges_the_libraries_the_shards_have(server_factory):
+    """A router killed after its FUNCTION LOAD comes back without its verdicts; it asks
+    the shards for their libraries once its links are all up, so its FCALLs of a function
+    that keeps to its keys do not hold their client's other requests."""
+    srv = server_factory(shards=2, extra_args=("--routers", "2"))
+    by_router, spare = _one_per_router(srv.port)
+    old = srv.child_pid("router", 0)
+    try:
+        assert by_router[0].call("FUNCTION", "LOAD", KEEPING_LIBRARY) == b"$6\r\nscoped\r\n"
+    finally:
+        for conn in [*by_router.values(), *spare]:
+            conn.close()
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + WAIT_S
+    while srv.child_pid("router", 0) == old:
+        assert time.monotonic() < deadline, "router 0 was not started again"
+        time.sleep(0.05)
+    while True:
+        by_router, spare = _one_per_router(srv.port)
+        # A pair answered after a pair answered goes out once every link is up: after its FUNCTION LIST.
+        answers = [by_router[0].pipeline([("GET", A), ("GET", B)]) for _ in range(2)]
+        if answers == [[b"$-1\r\n", b"$-1\r\n"]] * 2:
+            break
+        for conn in [*by_router.values(), *spare]:
+            conn.close()
+        assert time.monotonic() < deadline, f"router 0 did not answer after its restart: {answers!r}"
+        time.sleep(0.1)
+    try:
+        _follower_not_held(srv, by_router[0], by_router[1])
+    finally:
+        for conn in [*by_router.values(), *spare]:
+            conn.close()
+
+
+def test_the_shards_libraries_are_judged_only_when_current_and_alike():
+    """judge_shards_libraries: libraries asked for before a FUNCTION change seen since are
+    not judged (they may be older than it), nor libraries that differ between shards (a
+    change under way), nor more than MAX_JUDGED_LIBRARIES (every FCALL then waits)."""
+    from durakv.server.script_scope import MAX_JUDGED_LIBRARIES
+    scopes = ScriptScopes()
+    keeping, reaching = KEEPING_LIBRARY.encode(), REACHING_LIBRARY.encode()
+    fcall = [b"FCALL", b"bump", b"1", b"k"]
+    asked = scopes.functions_generation
+    scopes.forget_library(None)  # a change seen after asking
+    assert not scopes.judge_shards_libraries(asked, [[keeping], [keeping]]) and not scopes.keeps(fcall)
+    asked = scopes.functions_generation
+    assert not scopes.judge_shards_libraries(asked, [[keeping], [reaching]]) and not scopes.keeps(fcall)
+    assert scopes.judge_shards_libraries(asked, [[keeping], [keeping]]) and scopes.keeps(fcall)
+    assert scopes.judge_shards_libraries(asked, [[reaching], [reaching]]) and not scopes.keeps(fcall)
+    many = [keeping] + [b"#!lua name=l%d\nredis.register_function('f%d', function(k) return 1 end)" % (i, i)
+                        for i in range(MAX_JUDGED_LIBRARIES)]
+    assert scopes.judge_shards_libraries(asked, [many, many]) and not scopes.keeps(fcall)
