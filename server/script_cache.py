@@ -46,6 +46,7 @@ OP_SCRIPT_EXISTS = "se"  # shas -> whether this process's shard has each (a rout
 OP_SCRIPT_FLUSH = "sf"  # this process's shard forgets every script
 OP_FUNCTION_SET = "fs"  # a FUNCTION DUMP payload: this process's shard (a primary) restores it, FLUSH policy
 OP_FUNCTIONS_CHANGED = "fc"  # a FUNCTION change through a router: other routers forget their verdicts
+OP_SCRIPTS_EVICTED = "sx"  # shard index, shas a shard dropped past its cache's bound
 OP_FUNCTIONS_SETTLED = "fd"  # that change is done on every shard: other routers judge the shards' libraries
 NOSCRIPT_PREFIX = b"-NOSCRIPT"
 FUNCTION_CHANGES = (b"load", b"delete", b"flush", b"restore")
@@ -61,6 +62,7 @@ def install(front: Front) -> None:
     ops[OP_FUNCTION_SET] = lambda _op, args: _take_library_set(front, args[0])
     ops[OP_FUNCTIONS_CHANGED] = lambda _op, _args: _forget_functions(front)
     ops[OP_FUNCTIONS_SETTLED] = lambda _op, _args: refresh_functions(front)
+    ops[OP_SCRIPTS_EVICTED] = lambda _op, args: _forget_evicted(front, args[0], args[1])
 
 
 def _scripts_here(front: Front | RouterView) -> dict[bytes, Any] | None:
@@ -233,6 +235,22 @@ def _library_codes(shard: int, data: bytes) -> list[bytes] | None:
             return None
         codes.append(code)
     return codes
+
+
+def report_evicted(front: Front, sha: bytes) -> None:
+    """A shard port's shard dropped a script past its cache's bound (shards/t_script.py
+    MAX_CACHED_SCRIPTS): every router is told (OP_SCRIPTS_EVICTED; the peer streams send
+    a turn's requests together, at most MAX_PEER_QUEUE_REQUESTS queued), so its `homes`
+    forgets it (an EVALSHA taken for cached is not held; one the shard no longer has is
+    answered NOSCRIPT and run again after its followers). A router may send such an
+    EVALSHA before this report reaches it."""
+    front.pubsub.ask_peers(OP_SCRIPTS_EVICTED, [front.home_shard, [sha]], lambda _parts: None)
+
+
+def _forget_evicted(front: Front, shard: int, shas: list[bytes]) -> None:
+    scopes = front.script_scopes
+    if scopes is not None and not front.cluster_node:
+        scopes.forget_evicted(shard, shas)
 
 
 def node_command(front: Front, client: Client, argv: list[bytes], merge: Merge) -> bool:

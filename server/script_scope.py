@@ -27,10 +27,12 @@ to its keys when
 Anything else (a call through a variable, a computed key) is treated as possibly
 reaching. The verdicts are kept by body and by sha (an EVALSHA is judged by the body an
 EVAL or SCRIPT LOAD showed this router), bounded. A function (FCALL) is judged by its
-callback's body in the library text a FUNCTION LOAD through this router showed
-(`function_verdicts`: the callback's parameters read as KEYS and ARGV; a library with
-anything but `redis.register_function` calls at its top level is not judged), until
-any FUNCTION change through any process.
+callback's body in its library's text (`function_verdicts`: the callback's parameters
+read as KEYS and ARGV; a library with anything but `redis.register_function` calls at
+its top level is not judged): a FUNCTION LOAD through this router shows it, and every
+router asks the shards for their libraries once its links are up and after a FUNCTION
+change through another process (server/script_cache.py refresh_functions); verdicts
+last until any FUNCTION change through any process.
 """
 
 from __future__ import annotations
@@ -500,8 +502,8 @@ class ScriptScopes:
     Learnt from this router's SCRIPT LOADs, EVALSHA replies and loads after a NOSCRIPT;
     forgotten on a SCRIPT FLUSH through any process (server/script_cache.py tells every
     router before its reply) and, for one shard, whenever the link to it (re)connects
-    (a restarted shard's cache is empty). A script a shard dropped past its cache's bound
-    (shards/t_script.py MAX_CACHED_SCRIPTS) is not seen."""
+    (a restarted shard's cache is empty), and for the scripts a shard dropped past its
+    cache's bound (shards/t_script.py MAX_CACHED_SCRIPTS) once its report arrives."""
 
     __slots__ = ("by_body", "by_sha", "homes", "by_function", "libraries", "functions_generation",
                  "functions_asked")
@@ -510,8 +512,8 @@ class ScriptScopes:
         self.by_body: dict[bytes, bool] = {}
         self.by_sha: dict[bytes, bool] = {}
         # Function name -> verdict, from FUNCTION LOADs through this router that succeeded
-        # (another router's are not judged here); all forgotten on a FUNCTION change through
-        # any other process, a reloaded library's own on a LOAD through this router (server/script_cache.py).
+        # and the shards' libraries (judge_shards_libraries); all forgotten on a FUNCTION change
+        # through any other process, a reloaded library's own on a LOAD through this router (server/script_cache.py).
         self.by_function: dict[bytes, bool] = {}
         self.libraries: dict[bytes, list[bytes]] = {}  # library name -> its judged functions
         # Bumped on every FUNCTION change seen: the shards' libraries asked for before it
@@ -541,6 +543,16 @@ class ScriptScopes:
         homes = self.homes
         for sha, mask in homes.items():
             homes[sha] = mask & keep
+
+    def forget_evicted(self, shard: int, shas: list[bytes]) -> None:
+        """A shard dropped these scripts past its cache's bound: this router no longer
+        takes them for cached there."""
+        keep = ~(1 << shard)
+        homes = self.homes
+        for sha in shas:
+            mask = homes.get(sha)
+            if mask is not None:
+                homes[sha] = mask & keep
 
     def forget_library(self, code: bytes | None) -> None:
         """A FUNCTION change through this router is under way: the verdicts on the

@@ -401,3 +401,47 @@ def test_the_shards_libraries_are_judged_only_when_current_and_alike():
     many = [keeping] + [b"#!lua name=l%d\nredis.register_function('f%d', function(k) return 1 end)" % (i, i)
                         for i in range(MAX_JUDGED_LIBRARIES)]
     assert scopes.judge_shards_libraries(asked, [many, many]) and not scopes.keeps(fcall)
+
+
+def test_a_script_a_shard_drops_is_no_longer_taken_for_cached_there(server_factory):
+    """SCRIPT LOAD puts a script on every shard; EVALs of other scripts on the shard of A
+    push it out of that shard's cache (a bound of 4 here). The shard tells the routers,
+    so an EVALSHA of it on A holds the SET of B pipelined after it: with a third shard
+    stopped, the EVALSHA's retry (NOSCRIPT, its body asked of every process) waits for the
+    mesh's timeout, and a reader never sees B set before A is incremented, as on Redis.
+    (Before, the router took it for cached on A's shard and sent the SET at once.)"""
+    from durakv.shards.slots import key_slot, slot_owner_table
+    owner = slot_owner_table(3)
+    keys: dict[int, str] = {}
+    for i in range(1000):
+        keys.setdefault(owner[key_slot(f"key-{i}".encode())], f"key-{i}")
+    a, b, stopped_shard = keys[0], keys[1], 2
+    srv = server_factory(shards=3, env={"DURAKV_TEST_MAX_CACHED_SCRIPTS": "4"})
+    ours, reader = RawConn(srv.port), RawConn(srv.port)
+    stopped = srv.child_pid("shard", stopped_shard)
+    try:
+        for attempt in range(3):  # the shard's report may come after the next EVALSHA: try again
+            body = f"return redis.call('INCR', KEYS[1]) -- {attempt}"
+            sha = ours.value("SCRIPT", "LOAD", body)
+            for filler in range(4):
+                assert ours.call("EVAL", f"return {filler} -- {attempt}", "1", a) == b":%d\r\n" % filler
+            assert ours.pipeline([("GET", a), ("GET", b)])[1] == b"$-1\r\n"
+            before = int(ours.value("GET", a) or 0)
+            os.kill(stopped, signal.SIGSTOP)
+            try:
+                ours.send_raw(encode_command(("EVALSHA", sha, "1", a)) + encode_command(("SET", b, "v")))
+                deadline = time.monotonic() + WAIT_S
+                while reader.call("GET", b) != b"$1\r\nv\r\n":
+                    assert time.monotonic() < deadline, "the SET never ran"
+                    time.sleep(0.01)
+                seen = int(reader.value("GET", a) or 0)
+            finally:
+                os.kill(stopped, signal.SIGCONT)
+            assert [ours.read_reply(), ours.read_reply()] == [b":%d\r\n" % (before + 1), b"+OK\r\n"]
+            ours.call("DEL", b)
+            if seen == before + 1:
+                return
+        raise AssertionError("B was set before A's EVALSHA ran, on every attempt")
+    finally:
+        ours.close()
+        reader.close()
