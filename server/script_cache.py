@@ -143,6 +143,7 @@ def router_function_change(front: RouterView, client: Client, argv: list[bytes],
         reply = merge(parts[:len(links)], client.proto)
         if loads and reply[:1] != b"-":
             scopes.note_library(argv[-1])
+        refresh_functions(front)  # the other libraries' verdicts too (a DELETE or FLUSH forgot them all)
         return reply
 
     gather = Gather(client, len(links) + 2, finish)

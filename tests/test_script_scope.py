@@ -445,3 +445,21 @@ def test_a_script_a_shard_drops_is_no_longer_taken_for_cached_there(server_facto
     finally:
         ours.close()
         reader.close()
+
+
+def test_a_router_judges_the_libraries_left_after_a_delete_through_it(server_factory):
+    """A FUNCTION DELETE of another library through a router forgets every verdict there;
+    once every shard has deleted it, the router judges the libraries left, so an FCALL of
+    `bump` (kept to its keys) does not hold the SET of another shard's key after it."""
+    srv = server_factory(shards=2)
+    ours, reader = RawConn(srv.port), RawConn(srv.port)
+    other = "#!lua name=other\nredis.register_function('noop', function(keys, args) return 0 end)"
+    try:
+        assert ours.call("FUNCTION", "LOAD", KEEPING_LIBRARY) == b"$6\r\nscoped\r\n"
+        assert ours.call("FUNCTION", "LOAD", other) == b"$5\r\nother\r\n"
+        assert ours.call("FUNCTION", "DELETE", "other") == b"+OK\r\n"
+        assert ours.pipeline([("GET", A), ("GET", B)]) == [b"$-1\r\n", b"$-1\r\n"]  # after its FUNCTION LIST
+        _follower_not_held(srv, ours, reader)
+    finally:
+        ours.close()
+        reader.close()
