@@ -100,6 +100,8 @@ class Router(Front):
         self._links_up = up
         if came_up:
             self.resolve_soon()
+            if self.scripts_retry:
+                script_cache.refresh_functions(self)  # functions loaded before this link came up
 
     def cross_shard(self, client, commands: list[list[bytes]], multi: bool) -> Pending:
         return start_write(self.txn, client, commands, multi)

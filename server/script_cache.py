@@ -46,6 +46,8 @@ OP_SCRIPT_EXISTS = "se"  # shas -> whether this process's shard has each (a rout
 OP_SCRIPT_FLUSH = "sf"  # this process's shard forgets every script
 OP_FUNCTION_SET = "fs"  # a FUNCTION DUMP payload: this process's shard (a primary) restores it, FLUSH policy
 OP_FUNCTIONS_CHANGED = "fc"  # a FUNCTION change through a router: other routers forget their verdicts
+OP_SCRIPTS_EVICTED = "sx"  # shard index, shas a shard dropped past its cache's bound
+OP_FUNCTIONS_SETTLED = "fd"  # that change is done on every shard: other routers judge the shards' libraries
 NOSCRIPT_PREFIX = b"-NOSCRIPT"
 FUNCTION_CHANGES = (b"load", b"delete", b"flush", b"restore")
 FUNCTION_CHANGE_COMMANDS = frozenset(f"function|{sub.decode()}" for sub in FUNCTION_CHANGES)  # table names
@@ -59,6 +61,8 @@ def install(front: Front) -> None:
     ops[OP_SCRIPT_FLUSH] = lambda _op, _args: _flush_here(front)
     ops[OP_FUNCTION_SET] = lambda _op, args: _take_library_set(front, args[0])
     ops[OP_FUNCTIONS_CHANGED] = lambda _op, _args: _forget_functions(front)
+    ops[OP_FUNCTIONS_SETTLED] = lambda _op, _args: refresh_functions(front)
+    ops[OP_SCRIPTS_EVICTED] = lambda _op, args: _forget_evicted(front, args[0], args[1])
 
 
 def _scripts_here(front: Front | RouterView) -> dict[bytes, Any] | None:
@@ -85,8 +89,10 @@ def _send_library_set(front: Front) -> Callable[[Pending, bytes], None]:
 
 
 def _take_library_set(front: Front, payload: bytes) -> None:
-    """Another shard's libraries after a FUNCTION change on its port: this primary takes them."""
+    """Another shard's libraries after a FUNCTION change on its port: this primary takes
+    them; a router judges the shards' libraries again (that shard has the change)."""
     _forget_functions(front)
+    refresh_functions(front)
     shard = getattr(front, "shard", None)
     if shard is None or shard.replica is not None:
         return  # a router holds none; a replica takes its primary's from the log
@@ -124,18 +130,39 @@ def router_function_change(front: RouterView, client: Client, argv: list[bytes],
     """FUNCTION LOAD/DELETE/FLUSH/RESTORE through a router: every shard makes the change,
     and every other router forgets what it judged of functions before the reply (so an
     FCALL of a function replaced elsewhere holds its followers, server/script_scope.py);
-    this router judges a loaded library's functions once every shard has it."""
+    this router judges a loaded library's functions once every shard has it, and tells
+    every other router so (OP_FUNCTIONS_SETTLED) before the reply: each asks the shards
+    for their libraries on its links ahead of any request its clients send after it."""
+    from durakv.server.front import Gather  # here: front imports client, which imports this module
     scopes = front.script_scopes
     loads = argv[1].lower() == b"load"
     scopes.forget_library(argv[-1] if loads else None)  # its functions may be replaced meanwhile
+    links = front.links
 
     def finish(parts: list[Any]) -> bytes:
-        reply = merge(parts, client.proto)
+        reply = merge(parts[:len(links)], client.proto)
         if loads and reply[:1] != b"-":
             scopes.note_library(argv[-1])
+        refresh_functions(front)  # the other libraries' verdicts too (a DELETE or FLUSH forgot them all)
         return reply
 
-    _fanout_telling_peers(front, client, argv, finish, OP_FUNCTIONS_CHANGED)
+    gather = Gather(client, len(links) + 2, finish)
+    settled = gather.part(len(links) + 1)
+    left = [len(links)]
+
+    def on_shard(part: Pending) -> Pending:
+        def fill(_pending: Pending, data: bytes) -> None:
+            part.fill(data)
+            left[0] -= 1
+            if left[0] == 0:  # every shard answered: the change is done (or refused) everywhere
+                front.pubsub.ask_peers(OP_FUNCTIONS_SETTLED, [],
+                                       lambda _parts: settled.fill(encode_internal(True, None)))
+        return Pending(client, on_fill=fill)
+
+    for i, link in enumerate(links):
+        link.submit(client, PROTO_INTERNAL, argv, on_shard(gather.part(i)))
+    told = gather.part(len(links))
+    front.pubsub.ask_peers(OP_FUNCTIONS_CHANGED, [], lambda _parts: told.fill(encode_internal(True, None)))
 
 
 def _fanout_telling_peers(front: RouterView, client: Client, argv: list[bytes],
@@ -156,6 +183,75 @@ def _forget_functions(front: Front) -> None:
     scopes = front.script_scopes
     if scopes is not None:
         scopes.forget_functions()
+
+
+def refresh_functions(front: Front | RouterView) -> None:
+    """A router asks every shard for its libraries (FUNCTION LIST WITHCODE) and judges
+    their functions (server/script_scope.py judge_shards_libraries), so an FCALL of a
+    function loaded through another process, or before this router started, need not
+    hold its client's other requests. Asked when the links come up, when another router's
+    FUNCTION change is done on every shard (OP_FUNCTIONS_SETTLED; its OP_FUNCTIONS_CHANGED
+    came before: what was asked for earlier is not judged) and when a shard port's change
+    reaches this router (OP_FUNCTION_SET). Once per generation of changes seen."""
+    scopes = front.script_scopes
+    if scopes is None or front.cluster_node or not all(link.up for link in front.links):
+        return  # a router whose links are not all up asks once the last comes up
+    generation = scopes.functions_generation
+    if scopes.functions_asked == generation:
+        return
+    scopes.functions_asked = generation
+    links = front.links
+    per_shard: list[list[bytes] | None] = [None] * len(links)
+    left = [len(links)]
+
+    def got(index: int, data: bytes) -> None:
+        per_shard[index] = _library_codes(index, data)
+        left[0] -= 1
+        if left[0] == 0:
+            if scopes.functions_asked == generation:
+                scopes.functions_asked = -1  # asked again at this generation only if not judged below
+            answered = [codes for codes in per_shard if codes is not None]
+            if len(answered) == len(links) and scopes.judge_shards_libraries(generation, answered):
+                scopes.functions_asked = generation
+
+    for i, link in enumerate(links):
+        link.submit(None, 2, [b"FUNCTION", b"LIST", b"WITHCODE"],
+                    Pending(None, on_fill=lambda _pending, data, i=i: got(i, data)))
+
+
+def _library_codes(shard: int, data: bytes) -> list[bytes] | None:
+    """The library texts in a RESP2 FUNCTION LIST WITHCODE reply (None: not one)."""
+    reader = hiredis.Reader()
+    reader.feed(bytes(data))
+    reply = reader.gets()
+    if not isinstance(reply, list):
+        logger.warning("router: shard %d's FUNCTION LIST answered %r: its functions are not judged",
+                       shard, bytes(data[:200]))
+        return None
+    codes = []
+    for library in reply:
+        fields = dict(zip(library[::2], library[1::2])) if isinstance(library, list) else {}
+        code = fields.get(b"library_code")
+        if not isinstance(code, bytes):
+            return None
+        codes.append(code)
+    return codes
+
+
+def report_evicted(front: Front, sha: bytes) -> None:
+    """A shard port's shard dropped a script past its cache's bound (shards/t_script.py
+    MAX_CACHED_SCRIPTS): every router is told (OP_SCRIPTS_EVICTED; the peer streams send
+    a turn's requests together, at most MAX_PEER_QUEUE_REQUESTS queued), so its `homes`
+    forgets it (an EVALSHA taken for cached is not held; one the shard no longer has is
+    answered NOSCRIPT and run again after its followers). A router may send such an
+    EVALSHA before this report reaches it."""
+    front.pubsub.ask_peers(OP_SCRIPTS_EVICTED, [front.home_shard, [sha]], lambda _parts: None)
+
+
+def _forget_evicted(front: Front, shard: int, shas: list[bytes]) -> None:
+    scopes = front.script_scopes
+    if scopes is not None and not front.cluster_node:
+        scopes.forget_evicted(shard, shas)
 
 
 def node_command(front: Front, client: Client, argv: list[bytes], merge: Merge) -> bool:

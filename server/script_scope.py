@@ -27,10 +27,12 @@ to its keys when
 Anything else (a call through a variable, a computed key) is treated as possibly
 reaching. The verdicts are kept by body and by sha (an EVALSHA is judged by the body an
 EVAL or SCRIPT LOAD showed this router), bounded. A function (FCALL) is judged by its
-callback's body in the library text a FUNCTION LOAD through this router showed
-(`function_verdicts`: the callback's parameters read as KEYS and ARGV; a library with
-anything but `redis.register_function` calls at its top level is not judged), until
-any FUNCTION change through any process.
+callback's body in its library's text (`function_verdicts`: the callback's parameters
+read as KEYS and ARGV; a library with anything but `redis.register_function` calls at
+its top level is not judged): a FUNCTION LOAD through this router shows it, and every
+router asks the shards for their libraries once its links are up and after a FUNCTION
+change through another process (server/script_cache.py refresh_functions); verdicts
+last until any FUNCTION change through any process.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from durakv.shards.table import find
 MAX_VERDICTS = 4096  # bodies and shas remembered; all forgotten past it (only costs a wait)
 MAX_BODY_BYTES = 8 * 1024  # longer scripts are not read (reading 8 KiB: ~6 ms of router CPU, load 7)
 MAX_LIBRARY_BYTES = 32 * 1024  # FUNCTION LOAD's text read for its functions' verdicts (a rare command)
+MAX_JUDGED_LIBRARIES = 256  # a router judges the shards' libraries up to this many (each: MAX_LIBRARY_BYTES)
 MAX_TARGET_TOKENS = 64  # a list of assignment targets longer than this is taken for one (conservative)
 
 # Commands a script may call with any arguments: they touch no key.
@@ -499,19 +502,24 @@ class ScriptScopes:
     Learnt from this router's SCRIPT LOADs, EVALSHA replies and loads after a NOSCRIPT;
     forgotten on a SCRIPT FLUSH through any process (server/script_cache.py tells every
     router before its reply) and, for one shard, whenever the link to it (re)connects
-    (a restarted shard's cache is empty). A script a shard dropped past its cache's bound
-    (shards/t_script.py MAX_CACHED_SCRIPTS) is not seen."""
+    (a restarted shard's cache is empty), and for the scripts a shard dropped past its
+    cache's bound (shards/t_script.py MAX_CACHED_SCRIPTS) once its report arrives."""
 
-    __slots__ = ("by_body", "by_sha", "homes", "by_function", "libraries")
+    __slots__ = ("by_body", "by_sha", "homes", "by_function", "libraries", "functions_generation",
+                 "functions_asked")
 
     def __init__(self) -> None:
         self.by_body: dict[bytes, bool] = {}
         self.by_sha: dict[bytes, bool] = {}
         # Function name -> verdict, from FUNCTION LOADs through this router that succeeded
-        # (another router's are not judged here); all forgotten on a FUNCTION change through
-        # any other process, a reloaded library's own on a LOAD through this router (server/script_cache.py).
+        # and the shards' libraries (judge_shards_libraries); all forgotten on a FUNCTION change
+        # through any other process, a reloaded library's own on a LOAD through this router (server/script_cache.py).
         self.by_function: dict[bytes, bool] = {}
         self.libraries: dict[bytes, list[bytes]] = {}  # library name -> its judged functions
+        # Bumped on every FUNCTION change seen: the shards' libraries asked for before it
+        # (server/script_cache.py refresh_functions) are not judged when they come back.
+        self.functions_generation = 0
+        self.functions_asked = -1  # the generation whose libraries are being asked for
         self.homes: dict[bytes, int] = {}  # sha (lower case) -> bit mask of the shards that have it
 
     def cached_on(self, sha: bytes, shard: int) -> bool:
@@ -536,6 +544,16 @@ class ScriptScopes:
         for sha, mask in homes.items():
             homes[sha] = mask & keep
 
+    def forget_evicted(self, shard: int, shas: list[bytes]) -> None:
+        """A shard dropped these scripts past its cache's bound: this router no longer
+        takes them for cached there."""
+        keep = ~(1 << shard)
+        homes = self.homes
+        for sha in shas:
+            mask = homes.get(sha)
+            if mask is not None:
+                homes[sha] = mask & keep
+
     def forget_library(self, code: bytes | None) -> None:
         """A FUNCTION change through this router is under way: the verdicts on the
         functions of the library a LOAD names (which REPLACE replaces) go; on any other
@@ -547,15 +565,36 @@ class ScriptScopes:
         if name is None:
             self.forget_functions()
             return
+        self.functions_generation += 1
         for function in self.libraries.pop(name, ()):
             self.by_function.pop(function, None)
 
     def forget_functions(self) -> None:
         self.by_function.clear()
         self.libraries.clear()
+        self.functions_generation += 1
+
+    def judge_shards_libraries(self, generation: int, per_shard: list[list[bytes]]) -> bool:
+        """Every shard's library texts (FUNCTION LIST WITHCODE, asked for at `generation`):
+        their functions' verdicts replace this router's, unless a FUNCTION change was seen
+        since (then they may be older than it) or the shards differ (a change under way:
+        a function might run either text); past MAX_JUDGED_LIBRARIES none is judged
+        (every FCALL holds its followers). True when judged."""
+        if generation != self.functions_generation:
+            return False
+        first = sorted(per_shard[0]) if per_shard else []
+        if any(sorted(codes) != first for codes in per_shard[1:]):
+            return False
+        self.by_function.clear()
+        self.libraries.clear()
+        if len(first) <= MAX_JUDGED_LIBRARIES:
+            for code in first:
+                self.note_library(code)
+        return True
 
     def note_library(self, code: bytes) -> None:
-        """A FUNCTION LOAD through this router succeeded: its functions' verdicts."""
+        """A library the shards have (a FUNCTION LOAD through this router succeeded, or
+        their FUNCTION LIST): its functions' verdicts."""
         verdicts = function_verdicts(code)
         if len(self.by_function) + len(verdicts) > MAX_VERDICTS:
             self.forget_functions()

@@ -149,6 +149,9 @@ class Scripting:
         # Set by the shard's port while a MONITOR exists anywhere (server/monitor.py):
         # called with each command a script runs, as Redis feeds monitors `[0 lua]`.
         self.on_call: Callable[[list[bytes]], None] | None = None
+        # Set by the shard's port (server/node.py): told each script dropped past
+        # t_script.MAX_CACHED_SCRIPTS, so routers forget this shard has it (server/script_cache.py).
+        self.on_evict: Callable[[bytes], None] | None = None
         # PUBLISH from a script, set by the shard's port (server/node.py): delivers
         # through its pub/sub and answers the receivers in that process.
         self.on_publish: Callable[[bytes, bytes], int] | None = None

@@ -12,6 +12,7 @@ shards (server/script_cache.py), so the cache is one for the server.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from durakv.shards.context import Ctx
@@ -23,7 +24,8 @@ from durakv.shards.script_effects import HeldLogs
 from durakv.shards.script_undo import NONLOCAL_RETRY, Undo
 from durakv.shards.table import FANOUT, command, container, keynum_spec, merge_ok, numkeys_keys
 
-MAX_CACHED_SCRIPTS = 100_000  # past this, the oldest cached script is forgotten (EVALSHA: NOSCRIPT)
+# Past this, the oldest cached script is forgotten (EVALSHA: NOSCRIPT); tests set a small one by env.
+MAX_CACHED_SCRIPTS = int(os.environ.get("DURAKV_TEST_MAX_CACHED_SCRIPTS", "100000"))
 SCRIPT_FLAGS = {b"no-writes", b"allow-oom", b"allow-stale", b"no-cluster", b"allow-cross-slot-keys"}
 
 ERR_NOSCRIPT = fixed_error(b"NOSCRIPT No matching script. Please use EVAL.")
@@ -83,7 +85,10 @@ def compile_script(state: Scripting, body: bytes) -> tuple[bytes, Any]:
         raise ReplyError(b"ERR Error compiling script (new function): %s" % compiled[1])
     scripts = state.scripts
     if len(scripts) >= MAX_CACHED_SCRIPTS:
-        del scripts[next(iter(scripts))]
+        evicted = next(iter(scripts))
+        del scripts[evicted]
+        if state.on_evict is not None:
+            state.on_evict(evicted)
     scripts[sha] = (body, function)
     return sha, function
 

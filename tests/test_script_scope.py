@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import pytest
 
 import durakv.shards.commands  # noqa: F401  (registers the commands the verdicts look up)
 from durakv.server.script_scope import MAX_LIBRARY_BYTES, ScriptScopes, function_verdicts, keeps_to_its_keys
 from durakv.shards.luaenv import sha1hex
-from refserver import RawConn
-from test_pubsub import _one_per_router
+from refserver import RawConn, encode_command
+from test_pubsub import WAIT_S, _one_per_router
 from test_txn import A, B
 
 KEEPS = [
@@ -303,3 +307,159 @@ def test_a_function_replaced_through_another_router_is_judged_again(server_facto
         theirs.call("FUNCTION", "FLUSH")
         for conn in [*by_router.values(), *spare, theirs]:
             conn.close()
+
+
+def _shard_of(key: str) -> int:
+    from durakv.shards.slots import key_slot, slot_owner_table
+    return slot_owner_table(2)[key_slot(key.encode())]
+
+
+def _follower_not_held(srv, ours: RawConn, reader: RawConn) -> None:
+    """With the shard of A stopped, `ours` pipelines FCALL bump (on A) and a SET of B:
+    the SET is not held behind the FCALL (its function was judged to keep to its keys),
+    so `reader` sees it before the FCALL's reply."""
+    stopped = srv.child_pid("shard", _shard_of(A))
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        ours.send_raw(encode_command(("FCALL", "bump", "1", A)) + encode_command(("SET", B, "follower")))
+        deadline = time.monotonic() + WAIT_S
+        while reader.call("GET", B) != b"$8\r\nfollower\r\n":
+            assert time.monotonic() < deadline, "the SET waited for the FCALL on the stopped shard"
+            time.sleep(0.05)
+    finally:
+        os.kill(stopped, signal.SIGCONT)
+    assert [ours.read_reply(), ours.read_reply()] == [b":1\r\n", b"+OK\r\n"]
+
+
+def test_every_router_judges_the_libraries_the_shards_have(server_factory):
+    """Router 0 loads a library whose function keeps to its keys; router 1 judges it too
+    (it asks the shards for their libraries once the change is done on every shard, ahead
+    of its clients' later requests). So with the FCALL's shard stopped, a SET pipelined
+    after the FCALL through router 1 for the other shard is not held behind it: another
+    client reads it. (Before, only router 0 judged its library: router 1 held the SET.)"""
+    srv = server_factory(shards=2, extra_args=("--routers", "2"))
+    by_router, spare = _one_per_router(srv.port)
+    assert _shard_of(A) != _shard_of(B)
+    try:
+        assert by_router[0].call("FUNCTION", "LOAD", KEEPING_LIBRARY) == b"$6\r\nscoped\r\n"
+        assert by_router[1].pipeline([("GET", A), ("GET", B)]) == [b"$-1\r\n", b"$-1\r\n"]
+        _follower_not_held(srv, by_router[1], by_router[0])
+    finally:
+        for conn in [*by_router.values(), *spare]:
+            conn.close()
+
+
+def test_a_restarted_router_judges_the_libraries_the_shards_have(server_factory):
+    """A router killed after its FUNCTION LOAD comes back without its verdicts; it asks
+    the shards for their libraries once its links are all up, so its FCALLs of a function
+    that keeps to its keys do not hold their client's other requests."""
+    srv = server_factory(shards=2, extra_args=("--routers", "2"))
+    by_router, spare = _one_per_router(srv.port)
+    old = srv.child_pid("router", 0)
+    try:
+        assert by_router[0].call("FUNCTION", "LOAD", KEEPING_LIBRARY) == b"$6\r\nscoped\r\n"
+    finally:
+        for conn in [*by_router.values(), *spare]:
+            conn.close()
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + WAIT_S
+    while srv.child_pid("router", 0) == old:
+        assert time.monotonic() < deadline, "router 0 was not started again"
+        time.sleep(0.05)
+    while True:
+        by_router, spare = _one_per_router(srv.port)
+        # A pair answered after a pair answered goes out once every link is up: after its FUNCTION LIST.
+        answers = [by_router[0].pipeline([("GET", A), ("GET", B)]) for _ in range(2)]
+        if answers == [[b"$-1\r\n", b"$-1\r\n"]] * 2:
+            break
+        for conn in [*by_router.values(), *spare]:
+            conn.close()
+        assert time.monotonic() < deadline, f"router 0 did not answer after its restart: {answers!r}"
+        time.sleep(0.1)
+    try:
+        _follower_not_held(srv, by_router[0], by_router[1])
+    finally:
+        for conn in [*by_router.values(), *spare]:
+            conn.close()
+
+
+def test_the_shards_libraries_are_judged_only_when_current_and_alike():
+    """judge_shards_libraries: libraries asked for before a FUNCTION change seen since are
+    not judged (they may be older than it), nor libraries that differ between shards (a
+    change under way), nor more than MAX_JUDGED_LIBRARIES (every FCALL then waits)."""
+    from durakv.server.script_scope import MAX_JUDGED_LIBRARIES
+    scopes = ScriptScopes()
+    keeping, reaching = KEEPING_LIBRARY.encode(), REACHING_LIBRARY.encode()
+    fcall = [b"FCALL", b"bump", b"1", b"k"]
+    asked = scopes.functions_generation
+    scopes.forget_library(None)  # a change seen after asking
+    assert not scopes.judge_shards_libraries(asked, [[keeping], [keeping]]) and not scopes.keeps(fcall)
+    asked = scopes.functions_generation
+    assert not scopes.judge_shards_libraries(asked, [[keeping], [reaching]]) and not scopes.keeps(fcall)
+    assert scopes.judge_shards_libraries(asked, [[keeping], [keeping]]) and scopes.keeps(fcall)
+    assert scopes.judge_shards_libraries(asked, [[reaching], [reaching]]) and not scopes.keeps(fcall)
+    many = [keeping] + [b"#!lua name=l%d\nredis.register_function('f%d', function(k) return 1 end)" % (i, i)
+                        for i in range(MAX_JUDGED_LIBRARIES)]
+    assert scopes.judge_shards_libraries(asked, [many, many]) and not scopes.keeps(fcall)
+
+
+def test_a_script_a_shard_drops_is_no_longer_taken_for_cached_there(server_factory):
+    """SCRIPT LOAD puts a script on every shard; EVALs of other scripts on the shard of A
+    push it out of that shard's cache (a bound of 4 here). The shard tells the routers,
+    so an EVALSHA of it on A holds the SET of B pipelined after it: with a third shard
+    stopped, the EVALSHA's retry (NOSCRIPT, its body asked of every process) waits for the
+    mesh's timeout, and a reader never sees B set before A is incremented, as on Redis.
+    (Before, the router took it for cached on A's shard and sent the SET at once.)"""
+    from durakv.shards.slots import key_slot, slot_owner_table
+    owner = slot_owner_table(3)
+    keys: dict[int, str] = {}
+    for i in range(1000):
+        keys.setdefault(owner[key_slot(f"key-{i}".encode())], f"key-{i}")
+    a, b, stopped_shard = keys[0], keys[1], 2
+    srv = server_factory(shards=3, env={"DURAKV_TEST_MAX_CACHED_SCRIPTS": "4"})
+    ours, reader = RawConn(srv.port), RawConn(srv.port)
+    stopped = srv.child_pid("shard", stopped_shard)
+    try:
+        for attempt in range(3):  # the shard's report may come after the next EVALSHA: try again
+            body = f"return redis.call('INCR', KEYS[1]) -- {attempt}"
+            sha = ours.value("SCRIPT", "LOAD", body)
+            for filler in range(4):
+                assert ours.call("EVAL", f"return {filler} -- {attempt}", "1", a) == b":%d\r\n" % filler
+            assert ours.pipeline([("GET", a), ("GET", b)])[1] == b"$-1\r\n"
+            before = int(ours.value("GET", a) or 0)
+            os.kill(stopped, signal.SIGSTOP)
+            try:
+                ours.send_raw(encode_command(("EVALSHA", sha, "1", a)) + encode_command(("SET", b, "v")))
+                deadline = time.monotonic() + WAIT_S
+                while reader.call("GET", b) != b"$1\r\nv\r\n":
+                    assert time.monotonic() < deadline, "the SET never ran"
+                    time.sleep(0.01)
+                seen = int(reader.value("GET", a) or 0)
+            finally:
+                os.kill(stopped, signal.SIGCONT)
+            assert [ours.read_reply(), ours.read_reply()] == [b":%d\r\n" % (before + 1), b"+OK\r\n"]
+            ours.call("DEL", b)
+            if seen == before + 1:
+                return
+        raise AssertionError("B was set before A's EVALSHA ran, on every attempt")
+    finally:
+        ours.close()
+        reader.close()
+
+
+def test_a_router_judges_the_libraries_left_after_a_delete_through_it(server_factory):
+    """A FUNCTION DELETE of another library through a router forgets every verdict there;
+    once every shard has deleted it, the router judges the libraries left, so an FCALL of
+    `bump` (kept to its keys) does not hold the SET of another shard's key after it."""
+    srv = server_factory(shards=2)
+    ours, reader = RawConn(srv.port), RawConn(srv.port)
+    other = "#!lua name=other\nredis.register_function('noop', function(keys, args) return 0 end)"
+    try:
+        assert ours.call("FUNCTION", "LOAD", KEEPING_LIBRARY) == b"$6\r\nscoped\r\n"
+        assert ours.call("FUNCTION", "LOAD", other) == b"$5\r\nother\r\n"
+        assert ours.call("FUNCTION", "DELETE", "other") == b"+OK\r\n"
+        assert ours.pipeline([("GET", A), ("GET", B)]) == [b"$-1\r\n", b"$-1\r\n"]  # after its FUNCTION LIST
+        _follower_not_held(srv, ours, reader)
+    finally:
+        ours.close()
+        reader.close()
