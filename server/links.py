@@ -88,6 +88,24 @@ class Propagating(Pending):
         self.reply = reply
 
 
+class Countdown:
+    """Runs `then` once `tick` has been called `count` times (count >= 1): the replies
+    of one request sent to every shard, awaited together. `tick` fits a Pending's
+    on_fill."""
+
+    __slots__ = ("left", "then")
+
+    def __init__(self, count: int, then: Callable[[], None]) -> None:
+        assert count >= 1, "a countdown of nothing never runs"
+        self.left = count
+        self.then = then
+
+    def tick(self, *_filled: object) -> None:
+        self.left -= 1
+        if self.left == 0:
+            self.then()
+
+
 class ShardLink:
     def __init__(self, router, index: int, data_dir: str) -> None:
         self.router = router

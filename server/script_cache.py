@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import hiredis
 
-from durakv.server.links import Pending
+from durakv.server.links import Countdown, Pending
 from durakv.shards.frames import PROTO_INTERNAL, encode_internal
 from durakv.shards.luaenv import scripting_of, sha1hex
 from durakv.shards.resp import ReplyError, encode
@@ -148,15 +148,14 @@ def router_function_change(front: RouterView, client: Client, argv: list[bytes],
 
     gather = Gather(client, len(links) + 2, finish)
     settled = gather.part(len(links) + 1)
-    left = [len(links)]
+    # Every shard answered: the change is done (or refused) everywhere.
+    answered = Countdown(len(links), lambda: front.pubsub.ask_peers(
+        OP_FUNCTIONS_SETTLED, [], lambda _parts: settled.fill(encode_internal(True, None))))
 
     def on_shard(part: Pending) -> Pending:
         def fill(_pending: Pending, data: bytes) -> None:
             part.fill(data)
-            left[0] -= 1
-            if left[0] == 0:  # every shard answered: the change is done (or refused) everywhere
-                front.pubsub.ask_peers(OP_FUNCTIONS_SETTLED, [],
-                                       lambda _parts: settled.fill(encode_internal(True, None)))
+            answered.tick()
         return Pending(client, on_fill=fill)
 
     for i, link in enumerate(links):
@@ -202,17 +201,19 @@ def refresh_functions(front: Front | RouterView) -> None:
     scopes.functions_asked = generation
     links = front.links
     per_shard: list[list[bytes] | None] = [None] * len(links)
-    left = [len(links)]
+
+    def judge() -> None:
+        if scopes.functions_asked == generation:
+            scopes.functions_asked = -1  # asked again at this generation only if not judged below
+        answered = [codes for codes in per_shard if codes is not None]
+        if len(answered) == len(links) and scopes.judge_shards_libraries(generation, answered):
+            scopes.functions_asked = generation
+
+    all_in = Countdown(len(links), judge)
 
     def got(index: int, data: bytes) -> None:
         per_shard[index] = _library_codes(index, data)
-        left[0] -= 1
-        if left[0] == 0:
-            if scopes.functions_asked == generation:
-                scopes.functions_asked = -1  # asked again at this generation only if not judged below
-            answered = [codes for codes in per_shard if codes is not None]
-            if len(answered) == len(links) and scopes.judge_shards_libraries(generation, answered):
-                scopes.functions_asked = generation
+        all_in.tick()
 
     for i, link in enumerate(links):
         link.submit(None, 2, [b"FUNCTION", b"LIST", b"WITHCODE"],

@@ -38,7 +38,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Callable
 
-from durakv.server.links import Pending
+from durakv.server.links import Countdown, Pending
 from durakv.server.script_cache import NOSCRIPT_PREFIX, body_here, find_body
 from durakv.shards.frames import PROTO_INTERNAL, VERB_AS_USER, VERB_SCRIPT_UNFENCE
 from durakv.shards.luaenv import sha1hex
@@ -166,25 +166,20 @@ def queue_evalsha(client: Client, sha: bytes) -> None:
     client.replies.append(pending)
     _hold(pending)
 
+    links = [router.links[router.home_shard]] if router.cluster_node else router.links
+
     def found(body: bytes | None) -> None:
         if body is not None:  # ahead of the EXEC on every link (a shard port: its own shard's)
-            for link in [router.links[router.home_shard]] if router.cluster_node else router.links:
+            for link in links:
                 link.submit(None, PROTO_INTERNAL, [b"SCRIPT", b"LOAD", body], Pending(None, on_fill=_log_refusal))
         pending.fill(b"+QUEUED\r\n")
-
-    links = [router.links[router.home_shard]] if router.cluster_node else router.links
-    left = [len(links)]
-
-    def passed(_barrier: Pending, _data: bytes) -> None:
-        left[0] -= 1
-        if left[0] == 0:
-            find_body(pending.client.router, sha, found)
 
     # The body is asked of the processes over their peer sockets, which may overtake the
     # links: a PING on every link first lets the client's earlier requests there (an EVAL
     # of this very script, pipelined before the MULTI) run and cache it, as in one Redis.
+    passed = Countdown(len(links), lambda: find_body(pending.client.router, sha, found))
     for link in links:
-        link.submit(None, PROTO_INTERNAL, [b"PING"], Pending(None, on_fill=passed))
+        link.submit(None, PROTO_INTERNAL, [b"PING"], Pending(None, on_fill=passed.tick))
 
 
 def _found(pending: ScriptRetry, body: bytes | None, noscript: bytes | bytearray) -> None:

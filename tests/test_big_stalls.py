@@ -260,12 +260,8 @@ def test_released_log_segments_are_dropped_off_the_loop(monkeypatch):
     assert called_from and called_from[0] != loop_thread
 
 
-def test_a_small_reply_queued_with_a_large_one_passes_it_on_the_link():
-    """A shard's router link: a small reply queued in the same turn as a large reply,
-    after it, is written before the large reply's last piece (it waited for all of
-    them: a GET of the shard's other client stalled ~0.7 s behind a 512 MiB GET)."""
-    marker = b"+passes-the-large-one\r\n"
-    big = b"$%d\r\n" % (3 * PIECE_BYTES) + b"x" * (3 * PIECE_BYTES) + b"\r\n"
+def _drained_socketpair() -> tuple[socket.socket, bytearray, threading.Thread]:
+    """A socket whose peer a thread reads into `received` until the socket is closed."""
     a, b = socket.socketpair()
     received = bytearray()
 
@@ -275,6 +271,16 @@ def test_a_small_reply_queued_with_a_large_one_passes_it_on_the_link():
 
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
+    return a, received, reader
+
+
+def test_a_small_reply_queued_with_a_large_one_passes_it_on_the_link():
+    """A shard's router link: a small reply queued in the same turn as a large reply,
+    after it, is written before the large reply's last piece (it waited for all of
+    them: a GET of the shard's other client stalled ~0.7 s behind a 512 MiB GET)."""
+    marker = b"+passes-the-large-one\r\n"
+    big = b"$%d\r\n" % (3 * PIECE_BYTES) + b"x" * (3 * PIECE_BYTES) + b"\r\n"
+    a, received, reader = _drained_socketpair()
 
     async def main() -> None:
         a.setblocking(False)
@@ -304,15 +310,7 @@ def test_a_small_request_queued_with_a_large_one_passes_it_on_the_link():
     router = SimpleNamespace(config=SimpleNamespace(replicas=0), large_requests=1,
                              poller=SimpleNamespace(in_turn=True), scripts_in_flight=0)
     link = ShardLink(router, 0, "/nonexistent")
-    a, b = socket.socketpair()
-    received = bytearray()
-
-    def drain() -> None:
-        while data := b.recv(1 << 20):
-            received.extend(data)
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
+    a, received, reader = _drained_socketpair()
     big = b"x" * (3 * PIECE_BYTES)
     link.up = True
     for cid, argv in ((1, [b"SET", b"big", big]), (2, [b"GET", b"other-client-passes"]),
