@@ -30,8 +30,8 @@ from durakv.shards.framelink import (
     SOCKET_BUFFER_BYTES, FrameReceiver, Large, Outbox, Sink, send_all, send_batch, tune_socket,
 )
 from durakv.shards.frames import (
-    EVENTS_RID, LARGE_BYTES, RequestTuple, encode_frame, events_decoder, large_reply_decoder, large_request,
-    reply_batch_decoder,
+    EVENTS_RID, LARGE_BYTES, PROTO_INTERNAL, SCRIPTS_EVICTED_CHANNEL, VERB_SCRIPTS_EVICTED_SEEN, RequestTuple,
+    encode_frame, events_decoder, large_reply_decoder, large_request, reply_batch_decoder,
 )
 from durakv.shards.link_auth import LinkRefused
 from durakv.shards.unixsock import connect_unix, peer_allowed, peer_credentials
@@ -379,7 +379,7 @@ class ShardLink:
             if not isinstance(item, Large):  # a frame: bytes, or a view into the receive buffer
                 for rid, reply in reply_batch_decoder.decode(item):
                     if rid == EVENTS_RID:
-                        router.pubsub.keyspace_events(events_decoder.decode(reply))
+                        self._events(events_decoder.decode(reply))
                         continue
                     pending = in_flight.pop(rid)
                     if scripts and scripts.pop(rid, None) is not None:
@@ -395,7 +395,7 @@ class ShardLink:
             else:
                 rid = large_reply_decoder.decode(item.head)
                 if rid == EVENTS_RID:
-                    router.pubsub.keyspace_events(events_decoder.decode(item.blobs[0]))
+                    self._events(events_decoder.decode(item.blobs[0]))
                     continue
                 if scripts and scripts.pop(rid, None) is not None:
                     router.scripts_in_flight -= 1
@@ -405,6 +405,20 @@ class ShardLink:
                 else:  # streamed to its client as it came (_stream_reply)
                     pending.client.end_stream(pending)
         router.flush_ready_clients()
+
+    def _events(self, events: list[tuple[bytes, bytes]]) -> None:
+        """Keyspace notifications, or the shard's drop of a script from its cache
+        (shards/script_evict.py): this router no longer takes it for cached there, and
+        answers behind every request it sent the shard so far (its EVALSHAs of it under
+        the old belief run first, from the body the shard keeps until every router answered)."""
+        if events[0][0] != SCRIPTS_EVICTED_CHANNEL:
+            self.router.pubsub.keyspace_events(events)
+            return
+        shas = [sha for _channel, sha in events]
+        scopes = self.router.script_scopes
+        if scopes is not None and not self.router.cluster_node:
+            scopes.forget_evicted(self.index, shas)
+        self.submit(None, PROTO_INTERNAL, [VERB_SCRIPTS_EVICTED_SEEN, *shas], Pending(None, on_fill=_log_refusal))
 
     def _stream_reply(self, head: msgspec.Raw, sizes: list[int]) -> Sink | None:
         """FrameReceiver's stream: a large reply whose client waits for nothing before
@@ -460,6 +474,11 @@ def _large_requests(batch: list[RequestTuple]) -> list[int]:
     return [i for i, request in enumerate(batch) if max(map(len, request[3])) >= LARGE_BYTES]
 
 
+def _log_refusal(_pending: Pending, data: bytes) -> None:
+    if data[:1] == b"-":
+        logger.warning("router: a shard refused a request of the router's own: %r", bytes(data[:200]))
+
+
 def _passing_first(batch: list[RequestTuple], large: list[int]) -> tuple[list[RequestTuple], list[int], set[int]]:
     """The batch reordered so that the ordinary requests queued after a large one
     go before it, in one frame, rather than after all its pieces (a same-shard GET
@@ -475,7 +494,7 @@ def _passing_first(batch: list[RequestTuple], large: list[int]) -> tuple[list[Re
     passing = batch[:first]
     behind: list[RequestTuple] = []
     behind_large: list[int] = []
-    held: set[int] = set()
+    held: set[int] = {0}  # the router's own requests queued while it is sent wait too (ShardLink._between)
     large_at = set(large)
     for index in range(first, len(batch)):
         request = batch[index]

@@ -232,7 +232,6 @@ class ShardNode(Front):
         self.monitors.on_active_change = self._monitor_scripts
         scripting_of(shard.db).on_publish = self.pubsub.publish_here_and_forward
         scripting_of(shard.db).count_receivers = self.pubsub.receivers_here
-        scripting_of(shard.db).on_evict = lambda sha: script_cache.report_evicted(self, sha)
         self.port = (shard_port(config, shard.index) if shard.replica is None
                      else replica_port(config, shard.index, self.replica_number))
         self.directory = NodeDirectory(config) if config.node_id else None

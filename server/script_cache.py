@@ -14,10 +14,12 @@ queued in MULTI is found before its QUEUED (server/script_retry.py queue_evalsha
 SCRIPT EXISTS through the router answers 1 when any shard has the script, and SCRIPT
 FLUSH flushes every shard and tells every other process (`router_flush`: routers forget
 which shards they knew to have a script); on a shard port they ask (EXISTS) or tell
-(FLUSH) every process the same way (`node_command`). Functions are durable and every FUNCTION change
-through the router goes to every shard; one made on a shard port is followed by that
-shard's FUNCTION DUMP, which every other primary restores (FLUSH policy), so an FCALL
-finds the function wherever its keys route.
+(FLUSH) every process the same way (`node_command`). A script a shard drops from its
+full cache stays runnable there until every router knows (shards/script_evict.py).
+Functions are durable and every FUNCTION change through the router goes to every
+shard; one made on a shard port is followed by that shard's FUNCTION DUMP, which every
+other primary restores (FLUSH policy), so an FCALL finds the function wherever its
+keys route.
 """
 
 from __future__ import annotations
@@ -46,7 +48,6 @@ OP_SCRIPT_EXISTS = "se"  # shas -> whether this process's shard has each (a rout
 OP_SCRIPT_FLUSH = "sf"  # this process's shard forgets every script
 OP_FUNCTION_SET = "fs"  # a FUNCTION DUMP payload: this process's shard (a primary) restores it, FLUSH policy
 OP_FUNCTIONS_CHANGED = "fc"  # a FUNCTION change through a router: other routers forget their verdicts
-OP_SCRIPTS_EVICTED = "sx"  # shard index, shas a shard dropped past its cache's bound
 OP_FUNCTIONS_SETTLED = "fd"  # that change is done on every shard: other routers judge the shards' libraries
 NOSCRIPT_PREFIX = b"-NOSCRIPT"
 FUNCTION_CHANGES = (b"load", b"delete", b"flush", b"restore")
@@ -62,7 +63,6 @@ def install(front: Front) -> None:
     ops[OP_FUNCTION_SET] = lambda _op, args: _take_library_set(front, args[0])
     ops[OP_FUNCTIONS_CHANGED] = lambda _op, _args: _forget_functions(front)
     ops[OP_FUNCTIONS_SETTLED] = lambda _op, _args: refresh_functions(front)
-    ops[OP_SCRIPTS_EVICTED] = lambda _op, args: _forget_evicted(front, args[0], args[1])
 
 
 def _scripts_here(front: Front | RouterView) -> dict[bytes, Any] | None:
@@ -111,9 +111,11 @@ def _log_refusal(_pending: Pending, data: bytes) -> None:
 def _flush_here(front: Front) -> None:
     """A SCRIPT FLUSH through another process: a shard port's shard forgets its scripts,
     a router which shards it knew to have each (script_scope.py `homes`)."""
-    scripts = _scripts_here(front)
-    if scripts is not None:
-        scripts.clear()
+    shard = getattr(front, "shard", None)
+    if shard is not None:
+        state = scripting_of(shard.db)
+        state.scripts.clear()
+        state.evicting.clear()
     scopes = front.script_scopes
     if scopes is not None:
         scopes.homes.clear()
@@ -237,22 +239,6 @@ def _library_codes(shard: int, data: bytes) -> list[bytes] | None:
             return None
         codes.append(code)
     return codes
-
-
-def report_evicted(front: Front, sha: bytes) -> None:
-    """A shard port's shard dropped a script past its cache's bound (shards/t_script.py
-    MAX_CACHED_SCRIPTS): every router is told (OP_SCRIPTS_EVICTED; the peer streams send
-    a turn's requests together, at most MAX_PEER_QUEUE_REQUESTS queued), so its `homes`
-    forgets it (an EVALSHA taken for cached is not held; one the shard no longer has is
-    answered NOSCRIPT and run again after its followers). A router may send such an
-    EVALSHA before this report reaches it."""
-    front.pubsub.ask_peers(OP_SCRIPTS_EVICTED, [front.home_shard, [sha]], lambda _parts: None)
-
-
-def _forget_evicted(front: Front, shard: int, shas: list[bytes]) -> None:
-    scopes = front.script_scopes
-    if scopes is not None and not front.cluster_node:
-        scopes.forget_evicted(shard, shas)
 
 
 def node_command(front: Front, client: Client, argv: list[bytes], merge: Merge) -> bool:

@@ -503,7 +503,8 @@ class ScriptScopes:
     forgotten on a SCRIPT FLUSH through any process (server/script_cache.py tells every
     router before its reply) and, for one shard, whenever the link to it (re)connects
     (a restarted shard's cache is empty), and for the scripts a shard dropped past its
-    cache's bound (shards/t_script.py MAX_CACHED_SCRIPTS) once its report arrives."""
+    cache's bound (shards/t_script.py MAX_CACHED_SCRIPTS) once told on its link
+    (shards/script_evict.py: what was sent before runs from the body the shard keeps)."""
 
     __slots__ = ("by_body", "by_sha", "homes", "by_function", "libraries", "functions_generation",
                  "functions_asked")

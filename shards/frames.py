@@ -72,6 +72,9 @@ VERB_AS_USER = b"\x00asuser"
 # [verb, client id]: the router's retry of the client's script is done; its requests held
 # since then run (shards/script_fence.py)
 VERB_SCRIPT_UNFENCE = b"\x00unfence"
+# [verb, sha...]: the router forgot these scripts for this shard after their drop
+# (SCRIPTS_EVICTED_CHANNEL); what it sent before has run (shards/script_evict.py)
+VERB_SCRIPTS_EVICTED_SEEN = b"\x00evictseen"
 # Cross-shard transactions (shards/txn.py, coordinated by server/txn.py); replies are internal.
 # [verb, txid, mode, key...] -> [watch dirty, packed values, oom]; mode b"one" (a command), b"exec" (+ WATCH check),
 # b"keys" (b"" for a present value), b"all"/b"wide" (an EXEC holding the whole shard, b"all" answering every key's
@@ -114,6 +117,10 @@ Reply: TypeAlias = tuple[int, bytes]
 # A "reply" with this rid carries keyspace notifications (shards/notify.py), not
 # the answer to a request: msgpack of [[channel, message], ...]. Requests start at 1.
 EVENTS_RID = 0
+# An event on this channel, alone in its message, says the shard dropped the script whose
+# sha is the message from its cache (shards/script_evict.py); the router answers
+# VERB_SCRIPTS_EVICTED_SEEN on the same link.
+SCRIPTS_EVICTED_CHANNEL = b"\x00\x00scripts-evicted"
 events_decoder = msgspec.msgpack.Decoder(list[tuple[bytes, bytes]])
 
 

@@ -10,6 +10,7 @@ import os
 from durakv.shards.framelink import link_stats
 from durakv.shards import lazyfree
 from durakv.shards.log_backend import etcd_state
+from durakv.shards.luaenv import scripting_of
 from durakv.shards.malloc_stats import malloc_stats
 from durakv.shards.min_replicas import MIN_REPLICAS_PARAMS
 from durakv.shards.notify import parse_flags
@@ -17,8 +18,8 @@ from durakv.shards.rdb.codec import RDB_VERSION, RdbError, dump_payload, load_pa
 from durakv.shards.t_dump import MAX_DECOMPRESSED_BYTES
 from durakv.shards.frames import (
     VERB_CONFIG, VERB_COUNTKEYSINSLOT, VERB_DEBUG, VERB_EXPIRY_PAUSE, VERB_GETKEYSINSLOT, VERB_INFO,
-    VERB_LATENCY, VERB_NO_WRITES_FUNCTIONS, VERB_RESETSTAT, VERB_SCRIPT_UNFENCE, VERB_SLOWLOG, VERB_TRACKING,
-    VERB_UNBLOCK, VERB_UNWATCH,
+    VERB_LATENCY, VERB_NO_WRITES_FUNCTIONS, VERB_RESETSTAT, VERB_SCRIPT_UNFENCE, VERB_SCRIPTS_EVICTED_SEEN,
+    VERB_SLOWLOG, VERB_TRACKING, VERB_UNBLOCK, VERB_UNWATCH,
     encode_internal, frame_stats,
 )
 
@@ -280,6 +281,8 @@ def run(shard, argv: list[bytes], conn) -> bytes:
     """`conn` is the connection the request came on (the reply sink)."""
     if argv[0] == VERB_TRACKING:
         return encode_internal(True, shard.set_tracking(conn, argv))
+    if argv[0] == VERB_SCRIPTS_EVICTED_SEEN:
+        return encode_internal(True, scripting_of(shard.db).evicting.answered(conn, argv[1:]))
     handler = HANDLERS.get(argv[0])
     if handler is None:
         return encode_internal(False, b"unknown internal request %r" % argv[0][1:])

@@ -30,6 +30,7 @@ from durakv.shards.resp import (
     Map, NullArray, Push, Raw, ReplyError, SetReply, Simple, Verbatim, format_double,
 )
 from durakv.shards.script_effects import HeldLogs, hold_publish
+from durakv.shards.script_evict import Evicting
 from durakv.shards.script_undo import Undo
 from durakv.shards.slots import key_slot
 from durakv.shards.table import ROUTER, find
@@ -149,9 +150,9 @@ class Scripting:
         # Set by the shard's port while a MONITOR exists anywhere (server/monitor.py):
         # called with each command a script runs, as Redis feeds monitors `[0 lua]`.
         self.on_call: Callable[[list[bytes]], None] | None = None
-        # Set by the shard's port (server/node.py): told each script dropped past
-        # t_script.MAX_CACHED_SCRIPTS, so routers forget this shard has it (server/script_cache.py).
-        self.on_evict: Callable[[bytes], None] | None = None
+        # Scripts dropped past t_script.MAX_CACHED_SCRIPTS, kept until every router knows
+        # (shards/script_evict.py).
+        self.evicting = Evicting()
         # PUBLISH from a script, set by the shard's port (server/node.py): delivers
         # through its pub/sub and answers the receivers in that process.
         self.on_publish: Callable[[bytes, bytes], int] | None = None

@@ -18,7 +18,8 @@ from durakv.shards.config import Config
 from durakv.shards.busy import ROUTER_CONNS, serve_while_busy
 from durakv.shards.framelink import FrameReceiver, Large, Outbox, send_all, send_batch, tune_socket
 from durakv.shards.frames import (
-    EVENTS_RID, LARGE_BYTES, UNCOPIED_REPLY_BYTES, VERB_TRACKING, Reply, Request, encode_events, encode_frame,
+    EVENTS_RID, LARGE_BYTES, SCRIPTS_EVICTED_CHANNEL, UNCOPIED_REPLY_BYTES, VERB_TRACKING, Reply, Request,
+    encode_events, encode_frame,
     encode_frame_parts, large_reply,
     large_request_decoder, request_batch_decoder,
 )
@@ -173,11 +174,30 @@ async def serve_router(shard: Shard, sock: socket.socket) -> None:
             nursery.cancel_scope.cancel()
     finally:
         shard.txn.conn_closed(conn)
+        scripting_of(shard.db).evicting.conn_closed(conn)
         del shard.event_sinks[conn]
         shard.set_tracking(conn, [VERB_TRACKING, b"0"])
         ROUTER_CONNS.discard(conn)
         shard.routers -= 1
         sock.close()
+
+
+def _tell_routers_of_drops(shard: Shard) -> None:
+    """A script the cache drops is told to every router connection, each of which answers
+    on its link; the body stays runnable until then (shards/script_evict.py)."""
+    evicting = scripting_of(shard.db).evicting
+    evicting.shard_index = shard.index
+    txn = shard.txn
+    evicting.busy = lambda: bool(txn.deferred or txn.fence.fenced)  # an EVALSHA may wait there
+
+    def tell(sha: bytes) -> list[RouterConn]:
+        event = [(EVENTS_RID, encode_events([(SCRIPTS_EVICTED_CHANNEL, sha)]))]
+        conns = list(ROUTER_CONNS)
+        for conn in conns:
+            conn.send(event)
+        return conns
+
+    evicting.tell = tell
 
 
 async def run_shard(config: Config, index: int, snapshots: SnapshotHooks | None = None,
@@ -195,6 +215,7 @@ async def serve_primary(shard: Shard, nursery: trio.Nursery, client_port: Client
     the background tasks. Returns only by cancellation; closes the log then."""
     config, index = shard.config, shard.index
     scripting_of(shard.db).on_busy = serve_while_busy
+    _tell_routers_of_drops(shard)
     ensure_run_dir(config.data_dir)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     bind_unix(listener, shard_socket_path(config.data_dir, index))

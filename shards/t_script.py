@@ -83,14 +83,18 @@ def compile_script(state: Scripting, body: bytes) -> tuple[bytes, Any]:
     function = compiled[0] if isinstance(compiled, tuple) else compiled
     if function is None:
         raise ReplyError(b"ERR Error compiling script (new function): %s" % compiled[1])
+    cache_script(state, sha, body, function)
+    return sha, function
+
+
+def cache_script(state: Scripting, sha: bytes, body: bytes, function: Any) -> None:
+    """Into the cache; past its bound the oldest script is dropped, kept runnable until
+    every router knows (shards/script_evict.py)."""
     scripts = state.scripts
     if len(scripts) >= MAX_CACHED_SCRIPTS:
         evicted = next(iter(scripts))
-        del scripts[evicted]
-        if state.on_evict is not None:
-            state.on_evict(evicted)
+        state.evicting.dropped(evicted, *scripts.pop(evicted))
     scripts[sha] = (body, function)
-    return sha, function
 
 
 def run_script(ctx: Ctx, state: Scripting, function: Any, name: bytes, argv: list[bytes], keys: list[bytes],
@@ -150,7 +154,10 @@ def _eval(ctx: Ctx, argv: list[bytes], by_sha: bool, read_only: bool):
         sha = argv[1].lower()
         cached = state.scripts.get(sha)
         if cached is None:
-            raise ERR_NOSCRIPT
+            cached = state.evicting.take(sha)  # dropped, but a router may not know yet
+            if cached is None:
+                raise ERR_NOSCRIPT
+            cache_script(state, sha, *cached)  # wanted again: cached again
         body, function = cached
     else:
         body = argv[1]
@@ -237,7 +244,9 @@ def flush_option_ok(argv: list[bytes]) -> bool:
 def script_flush(ctx: Ctx, argv: list[bytes]):
     if not flush_option_ok(argv):
         raise ReplyError(b"ERR SCRIPT FLUSH only support SYNC|ASYNC option")
-    scripting_of(ctx.db).scripts.clear()
+    state = scripting_of(ctx.db)
+    state.scripts.clear()
+    state.evicting.clear()
     return OK
 
 

@@ -1,0 +1,108 @@
+"""shards/script_evict.py: a script a shard drops from its full cache stays runnable
+there until every router knows, so an EVALSHA a router sent under the old belief never
+meets NOSCRIPT behind its followers (issue 16)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from durakv.shards.script_evict import ANSWER_TIMEOUT_MS, MAX_EVICTING_SCRIPTS, Evicting
+from durakv.shards.slots import key_slot, slot_owner_table
+from refserver import RawConn, encode_command
+from test_pubsub import WAIT_S
+
+CACHE_BOUND = 4  # DURAKV_TEST_MAX_CACHED_SCRIPTS of these servers
+
+
+def _key_per_shard(shards: int) -> list[str]:
+    owner = slot_owner_table(shards)
+    keys: dict[int, str] = {}
+    for i in range(1000):
+        keys.setdefault(owner[key_slot(f"key-{i}".encode())], f"key-{i}")
+    return [keys[shard] for shard in range(shards)]
+
+
+def test_an_evalsha_pipelined_behind_the_eval_that_drops_its_script_runs_before_its_follower(
+        server_factory, redis_ref):
+    """SCRIPT LOAD puts X on every shard; EVALs of other scripts on A's shard fill its
+    cache (a bound of 4 here), and the next one, pipelined with EVALSHA X on A and a SET
+    of B (another shard), drops X there. The router sent all three in one turn, still
+    taking X for cached on A's shard, so it did not hold the SET. Before, that shard
+    answered the EVALSHA NOSCRIPT; X was found on another shard (its lookup waiting for
+    a stopped third shard's answer) and run again after the SET: a reader saw B set and A
+    not incremented. Now the dropped X still runs there, ahead of the SET as on Redis
+    (whose replies are compared)."""
+    a, b, _ = _key_per_shard(3)
+    srv = server_factory(shards=3, env={"DURAKV_TEST_MAX_CACHED_SCRIPTS": str(CACHE_BOUND)})
+    ours, reader, theirs = RawConn(srv.port), RawConn(srv.port), RawConn(redis_ref.port)
+    stopped = srv.child_pid("shard", 2)
+    body = "return redis.call('INCR', KEYS[1])"
+    try:
+        for conn in (ours, theirs):
+            conn.call("FLUSHALL")
+            conn.call("SCRIPT", "FLUSH")
+        expected = []
+        for conn in (ours, theirs):
+            sha = conn.value("SCRIPT", "LOAD", body)
+            for filler in range(CACHE_BOUND - 1):  # X and these fill A's shard's cache
+                assert conn.call("EVAL", f"return {filler}", "1", a) == b":%d\r\n" % filler
+            assert conn.pipeline([("GET", a), ("GET", b)]) == [b"$-1\r\n", b"$-1\r\n"]
+            if conn is ours:
+                os.kill(stopped, signal.SIGSTOP)
+            try:
+                conn.send_raw(encode_command(("EVAL", "return 'drops X'", "1", a))
+                              + encode_command(("EVALSHA", sha, "1", a)) + encode_command(("SET", b, "v")))
+                if conn is ours:
+                    deadline = time.monotonic() + WAIT_S
+                    while reader.call("GET", b) != b"$1\r\nv\r\n":
+                        assert time.monotonic() < deadline, "the SET never ran"
+                        time.sleep(0.005)
+                    assert reader.call("GET", a) == b"$1\r\n1\r\n", "B was set before the EVALSHA of A ran"
+            finally:
+                if conn is ours:
+                    os.kill(stopped, signal.SIGCONT)
+            expected.append([conn.read_reply() for _ in range(3)])
+        assert expected[0] == expected[1] == [b"$7\r\ndrops X\r\n", b":1\r\n", b"+OK\r\n"]
+        # The shard kept X because it was wanted again; the routers learn when it goes again.
+        assert ours.call("EVALSHA", sha, "1", a) == b":2\r\n"
+    finally:
+        for conn in (ours, reader, theirs):
+            conn.close()
+
+
+def test_a_dropped_body_waits_for_every_connection_told():
+    """Evicting: a body stays until each connection told has answered or closed, not while
+    requests wait (one may be an EVALSHA of it), and goes past its deadline or the table's
+    bound; an EVALSHA takes it back; SCRIPT FLUSH forgets it."""
+    evicting = Evicting()
+    conns = ["router-0", "router-1"]
+    told: list[bytes] = []
+    evicting.tell = lambda sha: told.append(sha) or conns
+    busy = [False]
+    evicting.busy = lambda: busy[0]
+    evicting.dropped(b"x", b"return 1", "fx")
+    assert told == [b"x"] and evicting.answered("router-0", [b"x"]) == 1
+    assert evicting.answered("router-0", [b"x"]) == 0 and b"x" in evicting.entries  # router-1 has not answered
+    busy[0] = True
+    evicting.conn_closed("router-1")
+    evicting.sweep()
+    assert b"x" in evicting.entries  # a request waits: it may be an EVALSHA the answers passed
+    busy[0] = False
+    evicting.sweep()
+    assert not evicting.entries
+    evicting.dropped(b"y", b"return 2", "fy")
+    assert evicting.take(b"y") == (b"return 2", "fy") and evicting.take(b"y") is None
+    evicting.dropped(b"z", b"return 3", "fz")
+    evicting.entries[b"z"].deadline = time.monotonic() - ANSWER_TIMEOUT_MS / 1000
+    evicting.sweep()
+    assert not evicting.entries  # nobody answered in time: forgotten anyway
+    for i in range(MAX_EVICTING_SCRIPTS + 1):
+        evicting.dropped(b"%d" % i, b"", None)
+    assert len(evicting.entries) == MAX_EVICTING_SCRIPTS and b"0" not in evicting.entries
+    evicting.clear()
+    assert not evicting.entries
+    evicting.tell = lambda sha: []
+    evicting.dropped(b"w", b"return 4", "fw")
+    assert not evicting.entries  # nobody to wait for
