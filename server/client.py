@@ -482,6 +482,7 @@ class Client:
         self.replies.append(router.links[shard].submit(self, self.proto, argv, pending, script=kind))
         if out and retry is not None and retry.data is None:
             retry.holds_all = holds_all
+            retry.drops_seen = router.links[shard].scripts_dropped  # server/script_retry.py _filled
             self.script_out = retry  # its followers for other shards wait for it (server/script_retry.py)
 
     def _as_user(self, argv: list[bytes]) -> list[bytes]:

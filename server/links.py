@@ -136,6 +136,9 @@ class ShardLink:
         # Scripts (EVAL*, FCALL*) in flight: rid -> (monotonic start, is EVAL), so the
         # router can answer its own commands BUSY while a shard runs a long script.
         self.scripts: dict[int, tuple[float, bool]] = {}
+        # Drops of scripts from the shard's cache told on this link (_events): an EVALSHA's reply
+        # does not teach that the shard has its script if one came since it was sent (script_retry.py).
+        self.scripts_dropped = 0
 
     def submit(self, client, proto: int, argv: list[bytes], pending: Pending | None = None,
                script: int = SCRIPT_NONE) -> Pending:
@@ -415,6 +418,7 @@ class ShardLink:
             self.router.pubsub.keyspace_events(events)
             return
         shas = [sha for _channel, sha in events]
+        self.scripts_dropped += 1
         scopes = self.router.script_scopes
         if scopes is not None and not self.router.cluster_node:
             scopes.forget_evicted(self.index, shas)

@@ -63,7 +63,7 @@ class ScriptRetry(Pending):
     The link calls on_fill (it sets `data` itself only when there is none). Made for
     every script through a router over several shards: its __init__ is kept minimal."""
 
-    __slots__ = ("run", "then", "shard", "kind", "moved", "healed", "fenced", "holds_all")
+    __slots__ = ("run", "then", "shard", "kind", "moved", "healed", "fenced", "holds_all", "drops_seen")
 
     def __init__(self, client: Client, run: list[bytes], shard: int, kind: int,
                  then: Callable | None = None) -> None:
@@ -78,6 +78,8 @@ class ScriptRetry(Pending):
         self.healed = False  # its NOSCRIPT was already looked into
         self.fenced = -1  # the shard that sent it back and holds its client's later requests
         self.holds_all = False  # an EVALSHA that may be sent again: every later request waits (`holds`)
+        # With holds_all: its link's ShardLink.scripts_dropped when sent (set by the client, not here).
+        self.drops_seen: int
 
 
 def _filled(pending: Pending, data: bytes | bytearray) -> None:
@@ -100,8 +102,10 @@ def _filled(pending: Pending, data: bytes | bytearray) -> None:
                 find_body(pending.client.router, argv[1], lambda body: _found(pending, body, data))
                 return
     if pending.holds_all and pending.shard >= 0 and data[:1] != b"-":  # the shard has it: its next
-        run = pending.run                                                # EVALSHAs there need not hold
-        pending.client.router.script_scopes.note_cached(run[3 if run[0] == VERB_AS_USER else 1], 1 << pending.shard)
+        router = pending.client.router                                   # EVALSHAs there need not hold,
+        if router.links[pending.shard].scripts_dropped == pending.drops_seen:  # unless a drop came since
+            run = pending.run  # (told at once, it may overtake this reply, held for its write's sync)
+            router.script_scopes.note_cached(run[3 if run[0] == VERB_AS_USER else 1], 1 << pending.shard)
     if pending.fenced >= 0:  # after the retry's COMMIT on that link: what the client sent since runs
         link = pending.client.router.links[pending.fenced]
         pending.fenced = -1

@@ -8,6 +8,7 @@ import os
 import signal
 import time
 
+from durakv.shards.luaenv import sha1hex
 from durakv.shards.script_evict import ANSWER_TIMEOUT_MS, MAX_EVICTING_SCRIPTS, Evicting
 from durakv.shards.slots import key_slot, slot_owner_table
 from refserver import RawConn, encode_command
@@ -106,3 +107,47 @@ def test_a_dropped_body_waits_for_every_connection_told():
     evicting.tell = lambda sha: []
     evicting.dropped(b"w", b"return 4", "fw")
     assert not evicting.entries  # nobody to wait for
+
+
+def test_a_drop_told_before_an_evalsha_reply_is_not_undone_by_that_reply(server_factory):
+    """An EVALSHA the router does not take for cached (X was EVALed on two shards, not
+    loaded) runs on A's shard, whose reply waits for its write's sync; another client's
+    EVAL in the same turn drops X, and the shard tells the router at once, ahead of that
+    reply. The reply must not teach the router that the shard has X: before, it did, so
+    the next EVALSHA X went unheld, met NOSCRIPT once the shard forgot X, was found on B's
+    shard (the lookup waiting for a stopped third shard) and ran after the SET of B
+    pipelined behind it. Three rounds, each must hold."""
+    a, b, _ = _key_per_shard(3)
+    srv = server_factory(shards=3, env={"DURAKV_TEST_MAX_CACHED_SCRIPTS": str(CACHE_BOUND)})
+    ours, other, reader = RawConn(srv.port), RawConn(srv.port), RawConn(srv.port)
+    stopped = srv.child_pid("shard", 2)
+    try:
+        for round_ in range(3):
+            body = f"return redis.call('INCR', KEYS[1]) -- {round_}"
+            sha = sha1hex(body.encode()).decode()
+            assert ours.call("EVAL", body, "1", b) == b":1\r\n"  # B's shard has X too
+            assert ours.call("DEL", b) == b":1\r\n"
+            assert ours.call("EVAL", body, "1", a) == b":1\r\n"
+            for filler in range(CACHE_BOUND - 1):
+                assert ours.call("EVAL", f"return {filler} -- {round_}", "1", a) == b":%d\r\n" % filler
+            ours.send_raw(encode_command(("EVALSHA", sha, "1", a)))  # held: not known cached
+            other.send_raw(encode_command(("EVAL", f"return 'drops X' -- {round_}", "1", a)))
+            assert ours.read_reply() == b":2\r\n"
+            assert other.read_reply() == b"$7\r\ndrops X\r\n"
+            assert ours.call("PING") == b"+PONG\r\n"
+            os.kill(stopped, signal.SIGSTOP)
+            try:
+                ours.send_raw(encode_command(("EVALSHA", sha, "1", a)) + encode_command(("SET", b, "v")))
+                deadline = time.monotonic() + WAIT_S
+                while reader.call("GET", b) != b"$1\r\nv\r\n":
+                    assert time.monotonic() < deadline, "the SET never ran"
+                    time.sleep(0.005)
+                seen = reader.call("GET", a)
+            finally:
+                os.kill(stopped, signal.SIGCONT)
+            assert [ours.read_reply(), ours.read_reply()] == [b":3\r\n", b"+OK\r\n"]
+            assert seen == b"$1\r\n3\r\n", f"round {round_}: B was set before the EVALSHA of A ran"
+            assert ours.call("DEL", a, b) == b":2\r\n"
+    finally:
+        for conn in (ours, other, reader):
+            conn.close()
