@@ -190,14 +190,15 @@ def _tell_routers_of_drops(shard: Shard) -> None:
     txn = shard.txn
     evicting.busy = lambda: bool(txn.deferred or txn.fence.fenced)  # an EVALSHA may wait there
 
-    def tell(sha: bytes) -> list[RouterConn]:
-        event = [(EVENTS_RID, encode_events([(SCRIPTS_EVICTED_CHANNEL, sha)]))]
+    def tell(shas: list[bytes]) -> list[RouterConn]:
+        event = [(EVENTS_RID, encode_events([(SCRIPTS_EVICTED_CHANNEL, sha) for sha in shas]))]
         conns = list(ROUTER_CONNS)
         for conn in conns:
             conn.send(event)
         return conns
 
     evicting.tell = tell
+    evicting.soon = trio.lowlevel.current_trio_token().run_sync_soon
 
 
 async def run_shard(config: Config, index: int, snapshots: SnapshotHooks | None = None,

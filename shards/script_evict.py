@@ -6,8 +6,9 @@ lets its client's later requests for other shards go at once (server/script_scop
 an EVALSHA X a router sent before it learnt of the drop would be answered NOSCRIPT,
 found on another shard and run again after those followers: an order one Redis never
 shows. So the dropped body moves to `Evicting`, where EVALSHA still finds it (and puts
-it back in the cache: it is wanted), and every router's connection is told at once
-(an event on the link, SCRIPTS_EVICTED_CHANNEL). A router forgets X for this shard, then
+it back in the cache: it is wanted), and every router's connection is told once the
+batch that dropped it is over (an event on the link, SCRIPTS_EVICTED_CHANNEL, one for
+the batch's drops). A router forgets X for this shard, then
 answers on the same link (VERB_SCRIPTS_EVICTED_SEEN): every EVALSHA it sent under the old
 belief came before that answer, on the same ordered link, and has run. The body is
 forgotten once every connection told has answered or closed, and no request waits for
@@ -19,9 +20,9 @@ then an EVALSHA sent under the old belief may still meet NOSCRIPT and run after 
 followers, as before this module.
 
 Routers of other nodes reach the shard over the link port (shards/process.py
-serve_router, as local ones): they are told and answer alike. What it costs a drop: one
-event per router connection and one small request back on each link, no round trip
-waited for by any client.
+serve_router, as local ones): they are told and answer alike. What it costs a batch of
+drops: one event per router connection and one small request back on each link, no
+round trip waited for by any client.
 """
 
 from __future__ import annotations
@@ -40,42 +41,74 @@ ANSWER_TIMEOUT_MS = 5000  # a router connection that has not answered by then is
 class _Entry:
     __slots__ = ("body", "function", "waiting", "deadline")
 
-    def __init__(self, body: bytes, function: Any, waiting: set[Any], deadline: float) -> None:
+    def __init__(self, body: bytes, function: Any) -> None:
         self.body = body
         self.function = function
-        self.waiting = waiting  # the connections told that have not answered yet
-        self.deadline = deadline  # time.monotonic() past which they are not waited for
+        self.waiting: set[Any] | None = None  # the connections told that have not answered (None: not told yet)
+        self.deadline = 0.0  # time.monotonic() past which they are not waited for
 
 
 class Evicting:
     """Bodies dropped from the cache, by sha, oldest first, until every router knows."""
 
-    __slots__ = ("entries", "tell", "busy", "shard_index")
+    __slots__ = ("entries", "tell", "soon", "untold", "busy", "shard_index")
 
     def __init__(self) -> None:
         self.entries: dict[bytes, _Entry] = {}
-        # Set by a serving shard (shards/process.py install): tells every router connection
-        # of the drop, returns those told. None (a test's keyspace): nobody to wait for.
-        self.tell: Callable[[bytes], Collection[Any]] | None = None
+        # Set by a serving shard (shards/process.py): tells every router connection of
+        # these drops, returns those told. None (a test's keyspace): nobody to wait for.
+        self.tell: Callable[[list[bytes]], Collection[Any]] | None = None
+        # Runs a callback once the batch under way is over (trio's run_sync_soon): the drops
+        # of a batch are told together. None: at once.
+        self.soon: Callable[[Callable[[], None]], object] | None = None
+        self.untold: list[bytes] = []
         # Whether requests wait for locks or behind a fence (shards/txn.py), which an answer passes.
         self.busy: Callable[[], bool] = lambda: False
         self.shard_index = -1
 
     def dropped(self, sha: bytes, body: bytes, function: Any) -> None:
-        """The cache dropped this script: routers are told; the body waits for their answers."""
-        waiting = set(self.tell(sha)) if self.tell is not None else set()
+        """The cache dropped this script: the body waits for the routers' answers to its telling."""
+        if self.tell is None:
+            return
         entries = self.entries
         entries.pop(sha, None)
-        if waiting:
-            entries[sha] = _Entry(body, function, waiting, time.monotonic() + ANSWER_TIMEOUT_MS / 1000)
-        self.sweep()
+        entries[sha] = _Entry(body, function)
+        self.untold.append(sha)
+        if len(self.untold) == 1:
+            if self.soon is None:
+                self.tell_untold()
+            else:
+                self.soon(self.tell_untold)
         while len(entries) > MAX_EVICTING_SCRIPTS:
             oldest = next(iter(entries))
-            logger.warning("shard %d: more than %d dropped scripts wait for the routers' answers: script %s "
-                           "is forgotten before %d of them answered (an EVALSHA of it sent meanwhile is "
-                           "answered NOSCRIPT and run again after its followers)", self.shard_index,
-                           MAX_EVICTING_SCRIPTS, oldest.decode(), len(entries[oldest].waiting))
-            del entries[oldest]
+            waiting = entries.pop(oldest).waiting
+            if waiting is None or waiting:
+                logger.warning("shard %d: more than %d dropped scripts wait for the routers' answers: script "
+                               "%s is forgotten before they all answered (an EVALSHA of it sent meanwhile is "
+                               "answered NOSCRIPT and run again after its followers)", self.shard_index,
+                               MAX_EVICTING_SCRIPTS, oldest.decode())
+
+    def tell_untold(self) -> None:
+        """Tell the routers of the drops not told yet (those taken back meanwhile are cached:
+        a router that takes them for cached is right)."""
+        untold, self.untold = self.untold, []
+        entries = self.entries
+        shas = [sha for sha in dict.fromkeys(untold) if sha in entries and entries[sha].waiting is None]
+        if not shas:
+            return
+        assert self.tell is not None, "drops are kept only where routers are told"
+        try:
+            conns = self.tell(shas)
+        except Exception:  # a callback of trio's loop must not raise: the bodies go, loudly
+            logger.exception("shard %d: telling the routers of %d dropped scripts failed", self.shard_index,
+                             len(shas))
+            conns = ()
+        deadline = time.monotonic() + ANSWER_TIMEOUT_MS / 1000
+        for sha in shas:
+            entry = entries[sha]
+            entry.waiting = set(conns)
+            entry.deadline = deadline
+        self.sweep()
 
     def take(self, sha: bytes) -> tuple[bytes, Any] | None:
         """An EVALSHA of a dropped script: its (body, function), which the caller caches again."""
@@ -88,7 +121,7 @@ class Evicting:
         seen = 0
         for sha in shas:
             entry = self.entries.get(sha)
-            if entry is not None and conn in entry.waiting:
+            if entry is not None and entry.waiting is not None and conn in entry.waiting:
                 entry.waiting.discard(conn)
                 seen += 1
         self.sweep()
@@ -98,7 +131,8 @@ class Evicting:
         """A router connection is gone: nothing more comes on it (its router forgets every
         script it knew here when it reconnects, server/script_scope.py forget_shard)."""
         for entry in self.entries.values():
-            entry.waiting.discard(conn)
+            if entry.waiting is not None:
+                entry.waiting.discard(conn)
 
     def sweep(self) -> None:
         """Forget the bodies every router has answered for (none while requests wait:
@@ -106,7 +140,8 @@ class Evicting:
         if not self.entries or self.busy():
             return
         now = time.monotonic()
-        for sha in [sha for sha, entry in self.entries.items() if not entry.waiting or entry.deadline <= now]:
+        for sha in [sha for sha, entry in self.entries.items()
+                    if entry.waiting is not None and (not entry.waiting or entry.deadline <= now)]:
             entry = self.entries.pop(sha)
             if entry.waiting:
                 logger.warning("shard %d: %d router connections did not answer the drop of script %s within "
@@ -114,5 +149,6 @@ class Evicting:
                                ANSWER_TIMEOUT_MS)
 
     def clear(self) -> None:
-        """SCRIPT FLUSH: no script is kept, dropped or not."""
+        """SCRIPT FLUSH: no script is kept, dropped or not (the routers forget them all)."""
         self.entries.clear()
+        self.untold.clear()

@@ -80,7 +80,7 @@ def test_a_dropped_body_waits_for_every_connection_told():
     evicting = Evicting()
     conns = ["router-0", "router-1"]
     told: list[bytes] = []
-    evicting.tell = lambda sha: told.append(sha) or conns
+    evicting.tell = lambda shas: told.extend(shas) or conns
     busy = [False]
     evicting.busy = lambda: busy[0]
     evicting.dropped(b"x", b"return 1", "fx")
@@ -104,9 +104,20 @@ def test_a_dropped_body_waits_for_every_connection_told():
     assert len(evicting.entries) == MAX_EVICTING_SCRIPTS and b"0" not in evicting.entries
     evicting.clear()
     assert not evicting.entries
-    evicting.tell = lambda sha: []
+    evicting.tell = lambda shas: []
     evicting.dropped(b"w", b"return 4", "fw")
     assert not evicting.entries  # nobody to wait for
+    evicting.tell = lambda shas: told.extend(shas) or conns
+    later: list = []
+    evicting.soon = later.append  # told once the batch is over, together
+    told.clear()
+    for sha in (b"p", b"q", b"r"):
+        evicting.dropped(sha, b"", None)
+    assert evicting.take(b"q") is not None  # cached again before the telling: nothing to tell
+    evicting.sweep()
+    assert len(later) == 1 and set(evicting.entries) == {b"p", b"r"} and not told  # untold: kept
+    later.pop()()
+    assert told == [b"p", b"r"] and all(entry.waiting == set(conns) for entry in evicting.entries.values())
 
 
 def test_a_drop_told_before_an_evalsha_reply_is_not_undone_by_that_reply(server_factory):
