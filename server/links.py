@@ -31,7 +31,7 @@ from durakv.shards.framelink import (
 )
 from durakv.shards.frames import (
     EVENTS_RID, LARGE_BYTES, PROTO_INTERNAL, SCRIPTS_EVICTED_CHANNEL, VERB_SCRIPTS_EVICTED_SEEN, RequestTuple,
-    encode_frame, events_decoder, large_reply_decoder, large_request, reply_batch_decoder,
+    encode_frame, events_decoder, internal_reply_decoder, large_reply_decoder, large_request, reply_batch_decoder,
 )
 from durakv.shards.link_auth import LinkRefused
 from durakv.shards.unixsock import connect_unix, peer_allowed, peer_credentials
@@ -422,7 +422,7 @@ class ShardLink:
         scopes = self.router.script_scopes
         if scopes is not None and not self.router.cluster_node:
             scopes.forget_evicted(self.index, shas)
-        self.submit(None, PROTO_INTERNAL, [VERB_SCRIPTS_EVICTED_SEEN, *shas], Pending(None, on_fill=_log_refusal))
+        self.submit(None, PROTO_INTERNAL, [VERB_SCRIPTS_EVICTED_SEEN, *shas], Pending(None, on_fill=_answer_refused))
 
     def _stream_reply(self, head: msgspec.Raw, sizes: list[int]) -> Sink | None:
         """FrameReceiver's stream: a large reply whose client waits for nothing before
@@ -478,9 +478,14 @@ def _large_requests(batch: list[RequestTuple]) -> list[int]:
     return [i for i, request in enumerate(batch) if max(map(len, request[3])) >= LARGE_BYTES]
 
 
-def _log_refusal(_pending: Pending, data: bytes) -> None:
+def _answer_refused(_pending: Pending, data: bytes) -> None:
+    """The shard's reply to VERB_SCRIPTS_EVICTED_SEEN (a link that went down: the shard
+    stops waiting for this connection, or its drops went with it)."""
     if data[:1] == b"-":
-        logger.warning("router: a shard refused a request of the router's own: %r", bytes(data[:200]))
+        return
+    ok, value = internal_reply_decoder.decode(data)
+    if not ok:
+        logger.warning("router: a shard refused the answer to its scripts' drop: %r", value)
 
 
 def _passing_first(batch: list[RequestTuple], large: list[int]) -> tuple[list[RequestTuple], list[int], set[int]]:
