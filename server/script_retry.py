@@ -104,7 +104,7 @@ def _filled(pending: Pending, data: bytes | bytearray) -> None:
     if pending.holds_all and pending.shard >= 0 and data[:1] != b"-":  # the shard has it: its next
         router = pending.client.router                                   # EVALSHAs there need not hold,
         if router.links[pending.shard].scripts_dropped == pending.drops_seen:  # unless a drop came since
-            run = pending.run  # (told at once, it may overtake this reply, held for its write's sync)
+            run = pending.run  # (told once its batch is over, it may pass this reply, held for a sync)
             router.script_scopes.note_cached(run[3 if run[0] == VERB_AS_USER else 1], 1 << pending.shard)
     if pending.fenced >= 0:  # after the retry's COMMIT on that link: what the client sent since runs
         link = pending.client.router.links[pending.fenced]
