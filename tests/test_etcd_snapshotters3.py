@@ -42,7 +42,8 @@ STALE = "not publishing it"
 DEFRAGMENTED = "etcd upkeep: defragmented "
 DEFRAG_HELD = "defragmentation held at step " + DEFRAG_HOLD_STEP
 TOO_LATE = "defragment not sent"
-# Every member is due for defragmentation whatever its free pages, at most once a second.
+# Every member is due for defragmentation once it has a free page, at most once a second (free
+# pages come from compaction after the primary drops records: see _take_over).
 DEFRAG_OFTEN = "etcd-defrag-free-bytes = 1\netcd-defrag-interval-s = 1\n"
 
 
