@@ -93,5 +93,10 @@ class EtcdUnavailable(LogError):
     never loads etcd3gw and requests (~10 MB in every process)."""
 
 
+class DefragmentTooLate(LogError):
+    """A defragmentation request was not sent: the caller's right to defragment (the
+    defragmenter lock's lease) was no longer sure to last until etcd received it."""
+
+
 class EtcdRequestFailed(LogError):
     """etcd refused a request (too large, too many operations, bad argument): retrying cannot help."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import threading
 import time
 from typing import Any, Iterator, Sequence
@@ -27,7 +28,7 @@ import etcd3gw
 import requests
 from etcd3gw import exceptions as etcd_errors
 
-from .errors import EtcdRequestFailed, EtcdUnavailable
+from .errors import DefragmentTooLate, EtcdRequestFailed, EtcdUnavailable, LogError
 
 logger = logging.getLogger("durakv.log")
 
@@ -193,15 +194,22 @@ class EtcdClient:
         except (etcd_errors.Etcd3Exception, requests.RequestException) as e:
             raise EtcdUnavailable(f"etcd {self.endpoints[endpoint_index]}: {_detail(e)}") from e
 
-    def defragment(self, endpoint_index: int, timeout_s: float) -> None:
+    def defragment(self, endpoint_index: int, timeout_s: float, not_after: float = math.inf) -> None:
         """Defragment one member's database file (no failover: it is that member's
-        file); it answers nothing else until done, which may take timeout_s."""
+        file); it answers nothing else until done, which may take timeout_s. not_after:
+        the monotonic time past which the request must not leave (the caller's right to
+        defragment may have lapsed): checked immediately before it is sent, as etcd
+        cannot fence a defragmentation. Raises DefragmentTooLate then."""
         client = self._clients[endpoint_index]
         endpoint = self.endpoints[endpoint_index]
         for attempt in range(2):
             try:
                 if self._auth[0] and "Authorization" not in client.session.headers:
                     self._authenticate(client)
+                late_s = time.monotonic() - not_after
+                if late_s >= 0:
+                    raise DefragmentTooLate(f"etcd {endpoint}: defragment not sent: {late_s:.3f} s past the "
+                                            "moment the right to defragment was sure to last")
                 resp = client.session.post(client.get_url("maintenance/defragment"), json={}, timeout=timeout_s)
             except (etcd_errors.Etcd3Exception, requests.RequestException) as e:
                 raise EtcdUnavailable(f"etcd {endpoint}: defragment: {_detail(e)}") from e
@@ -217,6 +225,32 @@ class EtcdClient:
                                         "with etcdctl defrag")
             break
         raise EtcdRequestFailed(f"etcd {endpoint} refused defragment: {resp.status_code} {resp.text[:200]}")
+
+    def member_reads(self, endpoint_index: int, timeout_s: float) -> bool:
+        """Whether one member serves a read from its own database within timeout_s (a
+        serializable count of nothing: no quorum involved). A member being defragmented
+        holds its database and serves no read until done, although its status answers;
+        so does one that is down or stuck."""
+        client = self._clients[endpoint_index]
+        body: dict[str, Any] = {"key": b64(b"\0"), "serializable": True, "count_only": True}
+        for attempt in range(2):
+            try:
+                if self._auth[0] and "Authorization" not in client.session.headers:
+                    self._authenticate(client)
+                resp = client.session.post(client.get_url("kv/range"), json=body, timeout=timeout_s)
+            except (etcd_errors.Etcd3Exception, requests.RequestException, LogError) as e:
+                logger.info("etcd %s: no read within %.1f s: %s", self.endpoints[endpoint_index], timeout_s,
+                            _detail(e))
+                return False
+            if resp.status_code == 200:
+                return True
+            if self._auth[0] and _TOKEN_EXPIRED in resp.text and attempt == 0:
+                client.session.headers.pop("Authorization", None)
+                continue
+            logger.warning("etcd %s: refused a read: %s %s", self.endpoints[endpoint_index], resp.status_code,
+                           resp.text[:200])
+            break
+        return False
 
     def watch(self, key: bytes, range_end: bytes, start_revision: int,
               read_timeout_s: float | None = None) -> "WatchStream":

@@ -22,18 +22,29 @@ so whichever process creates it runs the round and every other waits for the key
 expire. With several nodes, only one snapshotter runs rounds at all (the defragmenter
 lock, snapshotter/build_lock.py): a round longer than the interval, or a snapshotter
 paused mid-round, would otherwise let a second one defragment another member at the
-same time; maybe_run asks `may_go_on` before each member."""
+same time; maybe_run asks `may_go_on` before each member.
+
+What a lock cannot do: etcd cannot fence a defragmentation (it is no transaction), so
+a holder paused between its lock check and its request could defragment a member
+after another node took the lock over. Bounded here: the request leaves only while the
+holder's lease is sure to last (its last renewal's time plus the TTL, minus
+etcd-lease-margin-ms), checked immediately before it is sent; and no member is
+defragmented while any member serves no read, so a request from a paused holder
+still under way makes the next holder wait instead of taking a second member. Left:
+a process paused inside the HTTP call itself (after the check, before etcd received
+the request) longer than that margin, or a request delayed as long in the network."""
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from .etcd_client import EtcdClient, EtcdUnavailable, b64
 from .etcd_records import Keys, kvs_of, put_op, recorded_shard_count, revision_of, shard_prefix
-from .errors import LogError
+from .errors import DefragmentTooLate, LogError
 
 logger = logging.getLogger("durakv.log")
 
@@ -43,6 +54,8 @@ FLOOR_SHARDS_PER_TXN = 100
 QUIET_REVISIONS_PER_S = 50.0
 # A member's defragmentation may take this long (it copies the whole database).
 DEFRAG_TIMEOUT_S = 60.0
+# A member that serves no read within this long is taken as down or being defragmented.
+READ_PROBE_TIMEOUT_S = 5.0
 # Looks at the members' sizes (a status request to each) at most this often.
 CHECK_INTERVAL_S = 5.0
 
@@ -138,11 +151,13 @@ class Defragmenter:
     def lock_key(self) -> bytes:
         return f"{self.deployment.rstrip('/')}/upkeep/defrag".encode()
 
-    def maybe_run(self, may_go_on: Callable[[], bool] = lambda: True) -> list[str]:
+    def maybe_run(self, may_go_on: Callable[[], float] = lambda: math.inf) -> list[str]:
         """One check: defragment, one at a time, the members over the threshold if etcd
-        is quiet and no round ran within the interval. may_go_on() before each member:
-        False ends the round (the caller lost the right to defragment). Returns the
-        endpoints done."""
+        is quiet and no round ran within the interval. Before each member: every member
+        serves a read (none is down or being defragmented by anyone, so the quorum stays
+        whole but for this one), then may_go_on() gives the monotonic time until which
+        the right to defragment surely lasts (0: the caller lost it), and the request
+        leaves only before then (EtcdClient.defragment). Returns the endpoints done."""
         if self.free_bytes_threshold <= 0:
             return []
         if self._last is not None and time.monotonic() - self._last[0] < min(CHECK_INTERVAL_S, self.interval_s):
@@ -164,13 +179,24 @@ class Defragmenter:
         for index in due:
             before = sizes[index]
             assert before is not None
-            if not may_go_on():
+            silent = [self.client.endpoints[i] for i in range(len(sizes))
+                      if not self.client.member_reads(i, READ_PROBE_TIMEOUT_S)]
+            if silent:
+                logger.warning("etcd upkeep: %s serve no read (down, or being defragmented by a process that "
+                               "lost the right to); %s left for the next round", ", ".join(silent), before.endpoint)
+                break
+            not_after = may_go_on()
+            if not not_after:
                 logger.warning("etcd upkeep: no longer the deployment's defragmenter; %s left for the next round",
                                before.endpoint)
                 break
             try:
-                self.client.defragment(index, DEFRAG_TIMEOUT_S)
+                self.client.defragment(index, DEFRAG_TIMEOUT_S, not_after)
                 after = member_size(self.client, index)
+            except DefragmentTooLate as e:
+                logger.warning("etcd upkeep: %s (this process was paused or slowed); %s left for the next round",
+                               e, before.endpoint)
+                break
             except LogError as e:
                 logger.warning("etcd upkeep: defragmenting %s failed (%s); the next round tries again",
                                self.client.endpoints[index], e)

@@ -271,7 +271,8 @@ def _build_locks(config: Config, etcd: "EtcdLogSource | None") -> "BuildLocks | 
         return None
     from durakv.snapshotter.build_lock import BuildLocks
 
-    return BuildLocks(etcd.client.clone(), config.etcd_prefix, config.node_id, config.etcd_lease_ttl_s)
+    return BuildLocks(etcd.client.clone(), config.etcd_prefix, config.node_id, config.etcd_lease_ttl_s,
+                      config.etcd_lease_margin_ms)
 
 
 def _follow_log_level(data_dir: str, configured: str, stop: threading.Event) -> None:

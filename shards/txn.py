@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import trio
 
+from durakv.shards.faults import CRASH_ENV, HOLD_ENV, HOLD_POLL_S, MAX_HOLD_POLLS, crash_armed
 from durakv.shards.acl import MAX_SCRIPT_DENIALS, user_from_rules, with_denials
 from durakv.shards.blocking import Block, Waiter, parse_timeout_ms
 from durakv.shards.command_stats import CommandStats
@@ -70,10 +71,6 @@ MARK_ABORT = 3  # [3, txid]: the prepared transaction's effects are dropped (par
 MARK_DECIDE_COMMIT = 4  # [4, txid]: decided (decider); this record holds the decider's effects
 MARK_DECIDE_ABORT = 5  # [5, txid]: presumed abort recorded (decider): a later decision fails
 
-CRASH_ENV = "DURAKV_TXN_CRASH"
-HOLD_ENV = "DURAKV_TXN_HOLD"
-HOLD_POLL_S = 0.01
-MAX_HOLD_POLLS = 6_000  # a held step goes on by itself after a minute
 CRASH_EXIT_STATUS = 137  # as if killed by SIGKILL
 MAX_DECISIONS = 100_000  # recent decisions a decider answers from memory
 MAX_DEFERRED_REQUESTS = 1_000_000  # requests waiting for locks (a client's backlog bounds its share)
@@ -840,19 +837,6 @@ def _batch_units(ctx: Ctx, packed: bytes) -> Iterator[tuple[bool, list[list[byte
     for in_multi, unit in _batch_decoder.decode(packed):
         ctx.in_multi = in_multi
         yield in_multi, unpack_transaction(unit)
-
-
-def crash_armed(step: str, env: str = CRASH_ENV) -> bool:
-    """Fault injection for tests: with DURAKV_TXN_CRASH=PATH, a process exits at the
-    step named in the file PATH, while it exists (DURAKV_TXN_HOLD: it waits there)."""
-    path = os.environ.get(env)
-    if not path:
-        return False
-    try:
-        with open(path) as f:
-            return f.read().strip() == step
-    except FileNotFoundError:
-        return False
 
 
 def crash_point(step: str) -> None:

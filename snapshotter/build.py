@@ -28,7 +28,8 @@ from durakv.shards.keyspace import Keyspace
 from durakv.shards.t_function import library_codes
 from durakv.shards.rdb.file import RdbReader, default_aux, keyspace_entries, settle_keyspace, write_keyspace
 from durakv.shards.slots import slot_ranges
-from durakv.shards.txn import HOLD_ENV, HOLD_POLL_S, MAX_HOLD_POLLS, crash_armed, snapshot_cut
+from durakv.shards.faults import hold_here
+from durakv.shards.txn import snapshot_cut
 from durakv.snapshotter.digest import ordered_digest, state_digest, with_libraries
 from durakv.snapshotter.local import (
     LocalSnapshot,
@@ -79,18 +80,6 @@ class BuildResult:
 BUILD_HOLD_STEP = "snapshot-mid-build"
 
 
-def hold_build(step: str) -> None:
-    """Wait at STEP while the hold file names it (shards/txn.py crash_armed; at most a
-    minute), saying so once in the log so that a test knows the build got there."""
-    for poll in range(MAX_HOLD_POLLS):
-        if not crash_armed(step, HOLD_ENV):
-            return
-        if poll == 0:
-            logger.warning("%s: build held at step %s (pid %d)", HOLD_ENV, step, os.getpid())
-        time.sleep(HOLD_POLL_S)
-    logger.warning("%s: step %s held for %.0f s; going on", HOLD_ENV, step, MAX_HOLD_POLLS * HOLD_POLL_S)
-
-
 def write_snapshot(db: Keyspace, shard_dir: str, fields: dict, digest: str,
                    started: float | None = None, pace: Callable[[], None] = unpaced) -> LocalSnapshot:
     """Write db as a verified local snapshot (RDB, then manifest). `fields` holds
@@ -114,7 +103,7 @@ def write_snapshot(db: Keyspace, shard_dir: str, fields: dict, digest: str,
         writer = write_keyspace(hashing, db.data, db.expires, aux, pace, sorted(db.data), library_codes(db))
         f.flush()
         os.fsync(f.fileno())
-    hold_build(BUILD_HOLD_STEP)
+    hold_here(BUILD_HOLD_STEP, "build")
     rdb_sha256 = hashing.sha256.hexdigest()
     verify_rdb_file(tmp_path, rdb_sha256, digest, pace)
     rename_durably(tmp_path, rdb_path)

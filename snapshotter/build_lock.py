@@ -39,6 +39,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,7 @@ from durakv.log.errors import LogError
 from durakv.log.etcd_client import EtcdClient, b64, unb64
 from durakv.log.etcd_nodes import read_cluster
 from durakv.log.etcd_records import cmp_absent, cmp_mod, kvs_of, put_op
+from durakv.shards.faults import hold_here
 
 logger = logging.getLogger("durakv.snapshotter")
 
@@ -53,6 +55,9 @@ NODE_DIR = b"node/"
 SHARD_PREFIX = b"shard-"
 REQUEST_PREFIX = b"request-"
 DEFRAG_NAME = b"defrag"
+# Fault injection for tests (DURAKV_TXN_HOLD naming this step): the defragmenter waits
+# between its lock check and its request, so a test can pause it there.
+DEFRAG_HOLD_STEP = "etcd-defrag-before-request"
 NO_NODE_ID = "-"  # a tree without --node-id (one node on etcd): its presence key's name
 # Keys read in one range of D/snapshotter/: one presence key per node and one lock per shard.
 MAX_KEYS_READ = 10_000
@@ -122,13 +127,19 @@ class BuildLocks:
     """This snapshotter's build locks (a blocking etcd client: call from the snapshotter's
     loop; the lease is renewed by a thread of its own, started by start())."""
 
-    def __init__(self, client: EtcdClient, deployment: str, node_id: str, ttl_s: int) -> None:
-        assert ttl_s > 0, "a lease needs a TTL"
+    def __init__(self, client: EtcdClient, deployment: str, node_id: str, ttl_s: int, margin_ms: int = 500) -> None:
+        """margin_ms: etcd-lease-margin-ms, the clock drift allowed between this machine and
+        etcd (at most half the TTL): the lease is taken as lapsed that much early."""
+        assert ttl_s > 0 and 0 <= margin_ms * 2 <= ttl_s * 1000, "a lease needs a TTL, the margin at most half"
         self.client = client
         self.deployment = deployment
         self.node = node_id or NO_NODE_ID
         self.ttl_s = ttl_s
+        self.margin_s = margin_ms / 1000
         self._lease = 0
+        # Monotonic time until which the lease surely lives: its last grant or renewal was
+        # sent at t and answered with TTL s, so etcd keeps it at least until t + s.
+        self._valid_until = 0.0
         self._lease_lost = threading.Event()
         self._held: set[int] = set()
         # Held shards another node asked a snapshot of (read by claim): shard -> (seq, mod_revision).
@@ -151,19 +162,27 @@ class BuildLocks:
             if not lease:
                 continue
             try:
-                alive = self.client.lease_keepalive(lease) > 0
+                self._renew(lease)
             except LogError as e:
                 logger.warning("snapshotter: renewing its etcd lease: %s", e)
-                continue
-            if not alive and lease == self._lease:
-                self._lease_lost.set()
+
+    def _renew(self, lease: int) -> None:
+        """Renew the lease (from either thread); a lapsed one sets _lease_lost."""
+        sent = time.monotonic()
+        ttl_s = self.client.lease_keepalive(lease)
+        if lease != self._lease:
+            return  # replaced meanwhile
+        if ttl_s > 0:
+            self._valid_until = max(self._valid_until, sent + ttl_s)
+        else:
+            self._lease_lost.set()
 
     def _ensure_lease(self) -> None:
         """A live lease and presence key before the locks are read: checked here too, not
         only by the renewing thread, so that a snapshotter resumed after a pause (SIGSTOP,
         a VM frozen) never acts on a lease that expired meanwhile."""
-        if self._lease and self.client.lease_keepalive(self._lease) <= 0:
-            self._lease_lost.set()
+        if self._lease:
+            self._renew(self._lease)
         if self._lease_lost.is_set():
             self._lease_lost.clear()
             if self._held:
@@ -172,7 +191,8 @@ class BuildLocks:
             self._held.clear()
             self._lease = 0
         if not self._lease:
-            self._lease = self.client.lease_grant(self.ttl_s)
+            sent = time.monotonic()
+            self._lease, self._valid_until = self.client.lease_grant(self.ttl_s), sent + self.ttl_s
             self.client.txn([], [put_op(presence_key(self.deployment, self.node), json.dumps(self._me).encode(),
                                         self._lease)], [])
 
@@ -243,17 +263,22 @@ class BuildLocks:
             return True
         return False
 
-    def holds_defrag(self) -> bool:
-        """Before each member's defragmentation: the lock is still this snapshotter's (a
-        lease lost meanwhile may have let another node's snapshotter start a round).
-        False, not an exception, when etcd does not answer: the round stops either way."""
+    def defrag_deadline(self) -> float:
+        """Before each member's defragmentation (log/etcd_upkeep.py): the monotonic time
+        until which this snapshotter surely keeps the defragmenter lock (its lease's end
+        minus the margin), 0.0 when it no longer holds it (a lease lost meanwhile may
+        have let another node's snapshotter start a round) or etcd does not answer: the
+        round stops either way."""
         if self._lease_lost.is_set():
-            return False
+            return 0.0
+        valid_until = self._valid_until  # read before the check: a renewal during it only adds
         try:
-            return self._holds_key(defrag_key(self.deployment))
+            holds = self._holds_key(defrag_key(self.deployment))
         except LogError as e:
             logger.warning("snapshotter: checking the defragmenter lock: %s; stopping the round", e)
-            return False
+            return 0.0
+        hold_here(DEFRAG_HOLD_STEP, "defragmentation")
+        return valid_until - self.margin_s if holds else 0.0
 
     def _hand_back(self, shard: int, revision: int, to_node: str) -> None:
         key = lock_key(self.deployment, shard)

@@ -433,7 +433,7 @@ class Snapshotter:
                 self.status.etcd_defragmenter = self.locks is None and defragmenter.free_bytes_threshold > 0
             else:
                 self.status.etcd_defragmenter = self.locks.claim_defrag()
-                done = defragmenter.maybe_run(self.locks.holds_defrag) if self.status.etcd_defragmenter else []
+                done = defragmenter.maybe_run(self.locks.defrag_deadline) if self.status.etcd_defragmenter else []
             self.status.etcd_defragmented += len(done)
             if done:
                 self._save_status()
