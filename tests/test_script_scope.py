@@ -463,3 +463,22 @@ def test_a_router_judges_the_libraries_left_after_a_delete_through_it(server_fac
     finally:
         ours.close()
         reader.close()
+
+
+def test_a_function_loaded_on_a_shard_port_is_judged_by_the_router(server_factory):
+    """A FUNCTION LOAD on a shard port runs on its shard, then every other primary
+    restores its libraries; its reply waits until they have, and every router was told
+    (OP_FUNCTIONS_SETTLED), so an FCALL through the router finds the function on any shard
+    and is judged: with the FCALL's shard stopped, a SET pipelined after it for the other
+    shard is not held. (Before, the routers asked the shards while they still differed and
+    judged nothing: the SET waited for the FCALL.)"""
+    srv = server_factory(shards=2)
+    node = RawConn(srv.shard_port(1 - _shard_of(A)))
+    ours, reader = RawConn(srv.port), RawConn(srv.port)
+    try:
+        assert node.call("FUNCTION", "LOAD", KEEPING_LIBRARY) == b"$6\r\nscoped\r\n"
+        assert ours.pipeline([("GET", A), ("GET", B)]) == [b"$-1\r\n", b"$-1\r\n"]  # after its FUNCTION LIST
+        _follower_not_held(srv, ours, reader)
+    finally:
+        for conn in (node, ours, reader):
+            conn.close()
