@@ -456,8 +456,10 @@ class PeerStream:
                     await send_message(stream, STREAM_HELLO)
                     nursery.start_soon(self._read_answers, stream, nursery.cancel_scope)
                     await self._write_requests(stream)
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ValueError) as e:
-                logger.warning("router %d: pub/sub stream to %s broke: %s", self.pubsub.front.index, self.path, e)
+            except* (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ValueError) as broke:
+                # except*: the stream's nursery raises a group (a peer killed by -9 crashed this process)
+                logger.warning("router %d: pub/sub stream to %s broke: %s", self.pubsub.front.index, self.path,
+                               broke.exceptions[0])
             self._fail_all()
             self.wake = trio.Event()
 

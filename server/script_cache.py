@@ -53,9 +53,10 @@ NOSCRIPT_PREFIX = b"-NOSCRIPT"
 FUNCTION_CHANGES = (b"load", b"delete", b"flush", b"restore")
 FUNCTION_CHANGE_COMMANDS = frozenset(f"function|{sub.decode()}" for sub in FUNCTION_CHANGES)  # table names
 # A peer that did not take a settled notice (restarting, or its stream in pubsub's PEER_RETRY_PAUSE_MS of
-# 500 ms after a failed connect) is told again, after 0.6, 1.2, 2.4... s: at most this many tells in all (~19 s).
+# 500 ms after a failed connect) is told again once that pause is over, then after twice as long each
+# time (0.6, 1.2, 2.4... s): at most this many tells in all (~19 s).
 MAX_SETTLED_TELLS = 6
-SETTLED_RETRY_FIRST_MS = 600
+SETTLED_RETRY_PAST_PAUSE_MS = 100
 # Test only: a FUNCTION change through a router reaches shard 0 at once, the other shards once this file
 # exists (looked for every HOLD_POLL_MS, at most HOLD_MAX_MS): a router can start while the shards differ.
 TEST_HOLD_PATH = os.environ.get("DURAKV_TEST_FUNCTION_CHANGE_HOLD")
@@ -144,6 +145,7 @@ def tell_settled(front: Front | RouterView, done: Callable[[], None]) -> None:
     a peer that did not answer (it was restarting, or its stream was paused after a failed
     connect: it may have missed the change's other notices while asking the shards for
     their libraries mid-change) is told again, up to MAX_SETTLED_TELLS times in all."""
+    from durakv.server.pubsub import PEER_RETRY_PAUSE_MS  # here: pubsub imports client, which imports this module
     change = os.urandom(8)
     pubsub = front.pubsub
 
@@ -159,7 +161,7 @@ def tell_settled(front: Front | RouterView, done: Callable[[], None]) -> None:
                                " they judge libraries when their links next come up", missing, tells)
         pubsub.ask_peers(OP_FUNCTIONS_SETTLED, [change], answered)
 
-    tell(1, SETTLED_RETRY_FIRST_MS, done)
+    tell(1, PEER_RETRY_PAUSE_MS + SETTLED_RETRY_PAST_PAUSE_MS, done)
 
 
 def _settled_here(front: Front, change: bytes) -> bool:
