@@ -403,6 +403,17 @@ def test_the_shards_libraries_are_judged_only_when_current_and_alike():
     assert scopes.judge_shards_libraries(asked, [many, many]) and not scopes.keeps(fcall)
 
 
+def test_a_settled_notice_told_again_is_judged_once_and_the_ids_are_bounded():
+    """first_settled: a change's settled notice, told again to whoever did not answer, makes
+    a router judge the shards' libraries the first time only; the ids kept are bounded."""
+    from durakv.server.script_scope import MAX_SETTLED_SEEN
+    scopes = ScriptScopes()
+    assert scopes.first_settled(b"change-1") and not scopes.first_settled(b"change-1")
+    for i in range(MAX_SETTLED_SEEN):
+        assert scopes.first_settled(b"other-%d" % i)
+    assert len(scopes.settled) == MAX_SETTLED_SEEN and scopes.first_settled(b"change-1")
+
+
 def test_a_script_a_shard_drops_is_no_longer_taken_for_cached_there(server_factory):
     """SCRIPT LOAD puts a script on every shard; EVALs of other scripts on the shard of A
     push it out of that shard's cache (a bound of 4 here). The shard tells the routers,
