@@ -18,6 +18,7 @@ output buffer after those replies."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import OrderedDict, deque
 from typing import Any, Callable
@@ -38,7 +39,8 @@ logger = logging.getLogger("durakv.router")
 
 STREAM_HELLO = b"pubsub-stream"  # the first message of a peer's pub/sub stream (a settings notice is JSON)
 PEER_REPLY_TIMEOUT_MS = 1000  # a peer that does not answer by then counts as no receivers
-PEER_RETRY_PAUSE_MS = 500  # after a failed connect, requests to that peer are answered "absent" this long
+# After a failed connect, requests to that peer are answered "absent" this long (longer in a test, to miss one).
+PEER_RETRY_PAUSE_MS = int(os.environ.get("DURAKV_TEST_PEER_RETRY_PAUSE_MS", "500"))
 MAX_PEER_QUEUE_REQUESTS = 64 * 1024  # requests waiting to go to one peer; beyond, they are not forwarded
 MAX_STREAM_MESSAGE_BYTES = 1024 * 1024 * 1024  # one batch; a message is at most proto-max-bulk-len (512 MB)
 MAX_BATCH_BYTES = 1024 * 1024  # a batch is cut once its payloads reach this
@@ -343,11 +345,32 @@ class PubSub:
             for request in _decoder.decode(message):
                 seq, op, *args = request
                 try:
-                    answers.append([seq, self.local(op, args)])
+                    value = self.local(op, args)
                 except (ValueError, TypeError, IndexError) as e:
                     logger.error("router %d: bad pub/sub request from a peer: %s", self.front.index, e)
-                    answers.append([seq, None])
+                    value = None
+                if isinstance(value, Later):  # its answer, and the requests after it, wait for it
+                    with trio.move_on_after(PEER_REPLY_TIMEOUT_MS / 1000):
+                        await value.ready.wait()
+                    value = value.value
+                answers.append([seq, value])
             await send_message(stream, _encoder.encode(answers))
+
+
+class Later:
+    """A peer's request answered once something this process started is done (a shard
+    restoring another shard's libraries, durable, server/script_cache.py): that peer's
+    later requests wait behind it, at most PEER_REPLY_TIMEOUT_MS (then it answers None)."""
+
+    __slots__ = ("value", "ready")
+
+    def __init__(self) -> None:
+        self.value: Any = None
+        self.ready = trio.Event()
+
+    def set(self, value: Any) -> None:
+        self.value = value
+        self.ready.set()
 
 
 def _drop_fill(pending: Pending, data: bytes) -> None:
@@ -433,8 +456,10 @@ class PeerStream:
                     await send_message(stream, STREAM_HELLO)
                     nursery.start_soon(self._read_answers, stream, nursery.cancel_scope)
                     await self._write_requests(stream)
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ValueError) as e:
-                logger.warning("router %d: pub/sub stream to %s broke: %s", self.pubsub.front.index, self.path, e)
+            except* (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ValueError) as broke:
+                # except*: the stream's nursery raises a group (a peer killed by -9 crashed this process)
+                logger.warning("router %d: pub/sub stream to %s broke: %s", self.pubsub.front.index, self.path,
+                               broke.exceptions[0])
             self._fail_all()
             self.wake = trio.Event()
 

@@ -25,11 +25,12 @@ keys route.
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Any, Callable
 
 import hiredis
 
-from durakv.server.links import Countdown, Pending
+from durakv.server.links import LOST, Countdown, Pending
 from durakv.shards.frames import PROTO_INTERNAL, encode_internal
 from durakv.shards.luaenv import scripting_of, sha1hex
 from durakv.shards.resp import ReplyError, encode
@@ -48,10 +49,20 @@ OP_SCRIPT_EXISTS = "se"  # shas -> whether this process's shard has each (a rout
 OP_SCRIPT_FLUSH = "sf"  # this process's shard forgets every script
 OP_FUNCTION_SET = "fs"  # a FUNCTION DUMP payload: this process's shard (a primary) restores it, FLUSH policy
 OP_FUNCTIONS_CHANGED = "fc"  # a FUNCTION change through a router: other routers forget their verdicts
-OP_FUNCTIONS_SETTLED = "fd"  # that change is done on every shard: other routers judge the shards' libraries
+OP_FUNCTIONS_SETTLED = "fd"  # change id: a change is done on every shard: routers judge the shards' libraries
 NOSCRIPT_PREFIX = b"-NOSCRIPT"
 FUNCTION_CHANGES = (b"load", b"delete", b"flush", b"restore")
 FUNCTION_CHANGE_COMMANDS = frozenset(f"function|{sub.decode()}" for sub in FUNCTION_CHANGES)  # table names
+# A peer that did not take a settled notice (restarting, or its stream in pubsub's PEER_RETRY_PAUSE_MS of
+# 500 ms after a failed connect) is told again once that pause is over, then after twice as long each
+# time (0.6, 1.2, 2.4... s): at most this many tells in all (~19 s).
+MAX_SETTLED_TELLS = 6
+SETTLED_RETRY_PAST_PAUSE_MS = 100
+# Test only: a FUNCTION change through a router reaches shard 0 at once, the other shards once this file
+# exists (looked for every HOLD_POLL_MS, at most HOLD_MAX_MS): a router can start while the shards differ.
+TEST_HOLD_PATH = os.environ.get("DURAKV_TEST_FUNCTION_CHANGE_HOLD")
+HOLD_POLL_MS = 20
+HOLD_MAX_MS = 30_000
 
 
 def install(front: Front) -> None:
@@ -62,7 +73,7 @@ def install(front: Front) -> None:
     ops[OP_SCRIPT_FLUSH] = lambda _op, _args: _flush_here(front)
     ops[OP_FUNCTION_SET] = lambda _op, args: _take_library_set(front, args[0])
     ops[OP_FUNCTIONS_CHANGED] = lambda _op, _args: _forget_functions(front)
-    ops[OP_FUNCTIONS_SETTLED] = lambda _op, _args: refresh_functions(front)
+    ops[OP_FUNCTIONS_SETTLED] = lambda _op, args: _settled_here(front, args[0])
 
 
 def _scripts_here(front: Front | RouterView) -> dict[bytes, Any] | None:
@@ -75,37 +86,93 @@ def _exists_here(front: Front, shas: list[bytes]) -> list[int] | None:
     return None if scripts is None else [int(sha.lower() in scripts) for sha in shas]
 
 
-def _send_library_set(front: Front) -> Callable[[Pending, bytes], None]:
-    """The fill of this shard's FUNCTION DUMP after a change: every other shard restores it."""
+def _send_library_set(front: Front, then: Callable[[], None]) -> Callable[[Pending, bytes], None]:
+    """The fill of this shard's FUNCTION DUMP after a change: every other primary restores
+    it (each answers once its restore is durable, at most the mesh's timeout), then every
+    router is told the change is settled (tell_settled), then `then`."""
     def send(_pending: Pending, data: bytes) -> None:
         reader = hiredis.Reader()
         reader.feed(bytes(data))
         payload = reader.gets()
         if not isinstance(payload, bytes):
             logger.error("node: FUNCTION DUMP after a change answered %r: other shards keep theirs", bytes(data[:200]))
+            then()
             return
-        front.pubsub.ask_peers(OP_FUNCTION_SET, [payload], lambda _parts: None)
+        front.pubsub.ask_peers(OP_FUNCTION_SET, [payload], lambda _parts: tell_settled(front, then))
     return send
 
 
-def _take_library_set(front: Front, payload: bytes) -> None:
+def _take_library_set(front: Front, payload: bytes) -> Any:
     """Another shard's libraries after a FUNCTION change on its port: this primary takes
-    them; a router judges the shards' libraries again (that shard has the change)."""
+    them, answering once they are durable (a pubsub Later); a router forgets its verdicts
+    on functions (it judges again on the settled notice that follows)."""
+    from durakv.server.pubsub import Later  # here: pubsub imports client, which imports this module
     _forget_functions(front)
-    refresh_functions(front)
     shard = getattr(front, "shard", None)
     if shard is None or shard.replica is not None:
-        return  # a router holds none; a replica takes its primary's from the log
+        return True  # a router holds none; a replica takes its primary's from the log
+    later = Later()
+
+    def restored(_pending: Pending, data: bytes) -> None:
+        _log_refusal(data)
+        later.set(True)
+
     getattr(front, "local").submit(None, PROTO_INTERNAL, [b"FUNCTION", b"RESTORE", payload, b"FLUSH"],  # noqa: B009
-                                   Pending(None, on_fill=_log_refusal))
+                                   Pending(None, on_fill=restored))
+    return later
 
 
-def _log_refusal(_pending: Pending, data: bytes) -> None:
+def _refused(data: bytes) -> bytes | None:
+    """A shard's internal reply's error text (None: it succeeded)."""
     from durakv.server.front import decode_internal  # here: front imports client, which imports this module
     try:
         decode_internal(data)
     except ReplyError as e:
-        logger.warning("node: a shard refused another shard's libraries: %s", e.message[:200].decode(errors="replace"))
+        return bytes(e.message)
+    return None
+
+
+def _log_refusal(data: bytes) -> None:
+    error = _refused(data)
+    if error is not None:
+        logger.warning("node: a shard refused another shard's libraries: %s", error[:200].decode(errors="replace"))
+
+
+def tell_settled(front: Front | RouterView, done: Callable[[], None]) -> None:
+    """A FUNCTION change made here is done on every shard: every other process is told
+    (OP_FUNCTIONS_SETTLED, with an id of this change), and `done` runs once the first
+    telling is answered. A router judges the shards' libraries on a change id new to it;
+    a peer that did not answer (it was restarting, or its stream was paused after a failed
+    connect: it may have missed the change's other notices while asking the shards for
+    their libraries mid-change) is told again, up to MAX_SETTLED_TELLS times in all."""
+    from durakv.server.pubsub import PEER_RETRY_PAUSE_MS  # here: pubsub imports client, which imports this module
+    change = os.urandom(8)
+    pubsub = front.pubsub
+
+    def tell(tells: int, delay_ms: int, then: Callable[[], None] | None) -> None:
+        def answered(parts: list[Any]) -> None:
+            if then is not None:
+                then()
+            missing = len(pubsub.peers) - sum(1 for part in parts if part is True)
+            if missing and tells < MAX_SETTLED_TELLS:
+                front.after(delay_ms / 1000, lambda: tell(tells + 1, delay_ms * 2, None))
+            elif missing:
+                logger.warning("router: %d processes did not take a FUNCTION change's settled notice in %d tries;"
+                               " they judge libraries when their links next come up", missing, tells)
+        pubsub.ask_peers(OP_FUNCTIONS_SETTLED, [change], answered)
+
+    tell(1, PEER_RETRY_PAUSE_MS + SETTLED_RETRY_PAST_PAUSE_MS, done)
+
+
+def _settled_here(front: Front, change: bytes) -> bool:
+    """A FUNCTION change elsewhere is done on every shard: a router that had not heard of
+    this one forgets its verdicts on functions (it may have missed the change's first
+    notice and judged the libraries before it) and judges the shards' libraries."""
+    scopes = front.script_scopes
+    if scopes is not None and not front.cluster_node and scopes.first_settled(change):
+        scopes.forget_functions()
+        refresh_functions(front)
+    return True
 
 
 def _flush_here(front: Front) -> None:
@@ -151,8 +218,7 @@ def router_function_change(front: RouterView, client: Client, argv: list[bytes],
     gather = Gather(client, len(links) + 2, finish)
     settled = gather.part(len(links) + 1)
     # Every shard answered: the change is done (or refused) everywhere.
-    answered = Countdown(len(links), lambda: front.pubsub.ask_peers(
-        OP_FUNCTIONS_SETTLED, [], lambda _parts: settled.fill(encode_internal(True, None))))
+    answered = Countdown(len(links), lambda: tell_settled(front, lambda: settled.fill(encode_internal(True, None))))
 
     def on_shard(part: Pending) -> Pending:
         def fill(_pending: Pending, data: bytes) -> None:
@@ -160,10 +226,26 @@ def router_function_change(front: RouterView, client: Client, argv: list[bytes],
             answered.tick()
         return Pending(client, on_fill=fill)
 
-    for i, link in enumerate(links):
-        link.submit(client, PROTO_INTERNAL, argv, on_shard(gather.part(i)))
+    def send(shards: range) -> None:
+        for i in shards:
+            links[i].submit(client, PROTO_INTERNAL, argv, on_shard(gather.part(i)))
+
+    hold = TEST_HOLD_PATH
+    if hold is None:
+        send(range(len(links)))
+    else:
+        send(range(1))
+        _when_file(front, hold, HOLD_MAX_MS // HOLD_POLL_MS, lambda: send(range(1, len(links))))
     told = gather.part(len(links))
     front.pubsub.ask_peers(OP_FUNCTIONS_CHANGED, [], lambda _parts: told.fill(encode_internal(True, None)))
+
+
+def _when_file(front: RouterView, path: str, polls: int, then: Callable[[], None]) -> None:
+    """Test only (TEST_HOLD_PATH): `then` once `path` exists, or after `polls` looks."""
+    if os.path.exists(path) or polls <= 0:
+        then()
+    else:
+        front.after(HOLD_POLL_MS / 1000, lambda: _when_file(front, path, polls - 1, then))
 
 
 def _fanout_telling_peers(front: RouterView, client: Client, argv: list[bytes],
@@ -190,10 +272,10 @@ def refresh_functions(front: Front | RouterView) -> None:
     """A router asks every shard for its libraries (FUNCTION LIST WITHCODE) and judges
     their functions (server/script_scope.py judge_shards_libraries), so an FCALL of a
     function loaded through another process, or before this router started, need not
-    hold its client's other requests. Asked when the links come up, when another router's
-    FUNCTION change is done on every shard (OP_FUNCTIONS_SETTLED; its OP_FUNCTIONS_CHANGED
-    came before: what was asked for earlier is not judged) and when a shard port's change
-    reaches this router (OP_FUNCTION_SET). Once per generation of changes seen."""
+    hold its client's other requests. Asked when the links come up and when another
+    process's FUNCTION change is done on every shard (OP_FUNCTIONS_SETTLED; its
+    OP_FUNCTIONS_CHANGED or OP_FUNCTION_SET came before: what was asked for earlier is not
+    judged). Once per generation of changes seen."""
     scopes = front.script_scopes
     if scopes is None or front.cluster_node or not all(link.up for link in front.links):
         return  # a router whose links are not all up asks once the last comes up
@@ -252,14 +334,22 @@ def node_command(front: Front, client: Client, argv: list[bytes], merge: Merge) 
         from durakv.server.front import Gather  # here: front imports client, which imports this module
         local = getattr(front, "local")  # noqa: B009  (a shard port's LocalLink)
 
-        def finish(parts: list[Any]) -> bytes:
-            reply = merge(parts, client.proto)
-            if reply[:1] != b"-":
-                local.submit(None, 2, [b"FUNCTION", b"DUMP"], Pending(None, on_fill=_send_library_set(front)))
-            return reply
+        # The reply waits until every other primary has the change and every router was told.
+        gather = Gather(client, 2, lambda parts: merge(parts[:1], client.proto))
+        here, spread = gather.part(0), gather.part(1)
 
-        gather = Gather(client, 1, finish)
-        local.submit(client, PROTO_INTERNAL, argv, gather.part(0))
+        def spread_done() -> None:
+            spread.fill(encode_internal(True, None))
+
+        def changed(_pending: Pending, data: bytes) -> None:
+            here.fill(data)
+            if data is LOST or _refused(data) is not None:
+                spread_done()
+            else:
+                dumped = Pending(None, on_fill=_send_library_set(front, spread_done))
+                local.submit(None, 2, [b"FUNCTION", b"DUMP"], dumped)
+
+        local.submit(client, PROTO_INTERNAL, argv, Pending(client, on_fill=changed))
         return True
     if sub == b"exists":
         shas = argv[2:]

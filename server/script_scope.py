@@ -48,6 +48,7 @@ MAX_VERDICTS = 4096  # bodies and shas remembered; all forgotten past it (only c
 MAX_BODY_BYTES = 8 * 1024  # longer scripts are not read (reading 8 KiB: ~6 ms of router CPU, load 7)
 MAX_LIBRARY_BYTES = 32 * 1024  # FUNCTION LOAD's text read for its functions' verdicts (a rare command)
 MAX_JUDGED_LIBRARIES = 256  # a router judges the shards' libraries up to this many (each: MAX_LIBRARY_BYTES)
+MAX_SETTLED_SEEN = 64  # FUNCTION changes' settled notices remembered (a notice told again is judged once)
 MAX_TARGET_TOKENS = 64  # a list of assignment targets longer than this is taken for one (conservative)
 
 # Commands a script may call with any arguments: they touch no key.
@@ -507,7 +508,7 @@ class ScriptScopes:
     (shards/script_evict.py: what was sent before runs from the body the shard keeps)."""
 
     __slots__ = ("by_body", "by_sha", "homes", "by_function", "libraries", "functions_generation",
-                 "functions_asked")
+                 "functions_asked", "settled")
 
     def __init__(self) -> None:
         self.by_body: dict[bytes, bool] = {}
@@ -521,6 +522,7 @@ class ScriptScopes:
         # (server/script_cache.py refresh_functions) are not judged when they come back.
         self.functions_generation = 0
         self.functions_asked = -1  # the generation whose libraries are being asked for
+        self.settled: dict[bytes, None] = {}  # ids of the latest changes settled elsewhere (server/script_cache.py)
         self.homes: dict[bytes, int] = {}  # sha (lower case) -> bit mask of the shards that have it
 
     def cached_on(self, sha: bytes, shard: int) -> bool:
@@ -574,6 +576,16 @@ class ScriptScopes:
         self.by_function.clear()
         self.libraries.clear()
         self.functions_generation += 1
+
+    def first_settled(self, change: bytes) -> bool:
+        """A change's settled notice (told again to whoever did not answer): True the first
+        time this router hears of it; the latest MAX_SETTLED_SEEN ids are remembered."""
+        if change in self.settled:
+            return False
+        if len(self.settled) >= MAX_SETTLED_SEEN:
+            del self.settled[next(iter(self.settled))]
+        self.settled[change] = None
+        return True
 
     def judge_shards_libraries(self, generation: int, per_shard: list[list[bytes]]) -> bool:
         """Every shard's library texts (FUNCTION LIST WITHCODE, asked for at `generation`):

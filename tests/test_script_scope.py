@@ -403,6 +403,17 @@ def test_the_shards_libraries_are_judged_only_when_current_and_alike():
     assert scopes.judge_shards_libraries(asked, [many, many]) and not scopes.keeps(fcall)
 
 
+def test_a_settled_notice_told_again_is_judged_once_and_the_ids_are_bounded():
+    """first_settled: a change's settled notice, told again to whoever did not answer, makes
+    a router judge the shards' libraries the first time only; the ids kept are bounded."""
+    from durakv.server.script_scope import MAX_SETTLED_SEEN
+    scopes = ScriptScopes()
+    assert scopes.first_settled(b"change-1") and not scopes.first_settled(b"change-1")
+    for i in range(MAX_SETTLED_SEEN):
+        assert scopes.first_settled(b"other-%d" % i)
+    assert len(scopes.settled) == MAX_SETTLED_SEEN and scopes.first_settled(b"change-1")
+
+
 def test_a_script_a_shard_drops_is_no_longer_taken_for_cached_there(server_factory):
     """SCRIPT LOAD puts a script on every shard; EVALs of other scripts on the shard of A
     push it out of that shard's cache (a bound of 4 here). The shard tells the routers,
@@ -460,3 +471,99 @@ def test_a_router_judges_the_libraries_left_after_a_delete_through_it(server_fac
     finally:
         ours.close()
         reader.close()
+
+
+def test_a_function_loaded_on_a_shard_port_is_judged_by_the_router(server_factory):
+    """A FUNCTION LOAD on a shard port runs on its shard, then every other primary
+    restores its libraries; its reply waits until they have, and every router was told
+    (OP_FUNCTIONS_SETTLED), so an FCALL through the router finds the function on any shard
+    and is judged: with the FCALL's shard stopped, a SET pipelined after it for the other
+    shard is not held. (Before, the routers asked the shards while they still differed and
+    judged nothing: the SET waited for the FCALL.)"""
+    srv = server_factory(shards=2)
+    node = RawConn(srv.shard_port(1 - _shard_of(A)))
+    ours, reader = RawConn(srv.port), RawConn(srv.port)
+    try:
+        assert node.call("FUNCTION", "LOAD", KEEPING_LIBRARY) == b"$6\r\nscoped\r\n"
+        assert ours.pipeline([("GET", A), ("GET", B)]) == [b"$-1\r\n", b"$-1\r\n"]  # after its FUNCTION LIST
+        _follower_not_held(srv, ours, reader)
+    finally:
+        for conn in (node, ours, reader):
+            conn.close()
+
+
+def _held(srv, ours: RawConn, reader: RawConn) -> bool:
+    """_follower_not_held as a question: with the shard of A stopped, is the SET of B
+    pipelined after FCALL bump through `ours` still unseen by `reader` after a moment?"""
+    stopped = srv.child_pid("shard", _shard_of(A))
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        ours.send_raw(encode_command(("FCALL", "bump", "1", A)) + encode_command(("SET", B, "follower")))
+        deadline = time.monotonic() + 0.5
+        while reader.call("GET", B) != b"$8\r\nfollower\r\n":
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        else:
+            return False
+    finally:
+        os.kill(stopped, signal.SIGCONT)
+        assert ours.read_reply()[:1] == b":" and ours.read_reply() == b"+OK\r\n"
+        reader.call("DEL", B)
+    return True
+
+
+def test_a_router_restarted_during_another_routers_change_judges_once_it_is_done(server_factory, tmp_path):
+    """Router 1 is killed (kill -9, its supervisor stopped so it stays down) while router 0
+    loads a library: the change reaches shard 0 only, held by a test-only hold point, and
+    router 0's notices to router 1 fail (its stream to router 1 pauses after a failed
+    connect, 2 s here). Router 1 comes back and asks the shards for their libraries: they differ, it
+    judges nothing. Once the hold is released the change is done everywhere, and the
+    settled notice goes out while router 0's stream to router 1 still pauses: router 0
+    tells it again after the pause, so router 1 judges `bump` and a SET of another shard
+    pipelined after an FCALL bump through it is no longer held. (Before, it was told once,
+    missed it, and held every such SET until the next FUNCTION change.)"""
+    hold = tmp_path / "release"
+    srv = server_factory(shards=2, extra_args=("--routers", "2"),
+                         env={"DURAKV_TEST_FUNCTION_CHANGE_HOLD": str(hold),
+                              "DURAKV_TEST_PEER_RETRY_PAUSE_MS": "2000"})
+    assert _shard_of(A) != _shard_of(B)
+    by_router, spare = _one_per_router(srv.port)
+    changer = by_router[0]
+    for conn in [by_router[1], *spare]:
+        conn.close()
+    old = srv.child_pid("router", 1)
+    shard0 = RawConn(srv.shard_port(0))
+    os.kill(srv.proc.pid, signal.SIGSTOP)
+    try:
+        os.kill(old, signal.SIGKILL)
+        # The first PUBLISH finds router 0's stream to router 1 broken, the second fails to connect:
+        # router 0 sends nothing to router 1 for the next 2 s.
+        assert [changer.call("PUBLISH", "c", "m") for _ in range(2)] == [b":0\r\n"] * 2
+        changer.send_raw(encode_command(("FUNCTION", "LOAD", KEEPING_LIBRARY)))
+        deadline = time.monotonic() + WAIT_S
+        while b"scoped" not in shard0.call("FUNCTION", "LIST"):  # shard 0 has it; router 1 was not told
+            assert time.monotonic() < deadline, "the change did not reach shard 0"
+            time.sleep(0.02)
+    finally:
+        os.kill(srv.proc.pid, signal.SIGCONT)
+    while True:  # router 1 again, its links up and its FUNCTION LIST answered (the shards differ)
+        by_router, spare = _one_per_router(srv.port)
+        answers = [by_router[1].pipeline([("GET", A), ("GET", B)]) for _ in range(2)]
+        if srv.child_pid("router", 1) != old and answers == [[b"$-1\r\n", b"$-1\r\n"]] * 2:
+            break
+        for conn in [*by_router.values(), *spare]:
+            conn.close()
+        assert time.monotonic() < deadline, f"router 1 did not answer after its restart: {answers!r}"
+        time.sleep(0.1)
+    ours, reader = by_router[1], by_router[0]
+    try:
+        hold.touch()
+        assert changer.read_reply() == b"$6\r\nscoped\r\n"
+        assert _held(srv, ours, reader), "router 1 took the first settled notice: the test missed its case"
+        deadline = time.monotonic() + WAIT_S
+        while _held(srv, ours, reader):
+            assert time.monotonic() < deadline, "router 1 never judged the library: it holds the SET"
+    finally:
+        for conn in [changer, shard0, *by_router.values(), *spare]:
+            conn.close()
