@@ -153,6 +153,33 @@ def test_bench_ctrl_c_stops_every_server(tmp_path):
     assert not (tmp_path / "never.md").exists()
 
 
+CTRL_C_DURING_FORK = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[1])
+import bench
+signal.signal(signal.SIGINT, signal.default_int_handler)
+os.register_at_fork(after_in_parent=lambda: os.kill(os.getpid(), signal.SIGINT))
+groups = bench.ProcessGroups()
+try:
+    groups.start(["sleep", "30"])
+    print("not interrupted")
+except KeyboardInterrupt:
+    print("interrupted with", len(groups.procs), "started")
+finally:
+    groups.stop_all()
+"""
+
+
+def test_bench_ctrl_c_while_it_forks_a_server_is_not_lost():
+    """A Ctrl-C while bench.py forks (Python runs its at-fork callbacks: a handler's
+    KeyboardInterrupt there is printed and ignored) stops it, with the child stopped too:
+    the lost Ctrl-C left test_bench_ctrl_c_stops_every_server benchmarking for minutes."""
+    out = subprocess.run([sys.executable, "-c", CTRL_C_DURING_FORK, str(SCRIPTS)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout == "interrupted with 1 started\n", out.stdout + out.stderr
+    assert "Exception ignored" not in out.stderr, out.stderr
+
+
 @pytest.fixture
 def unit_copies(tmp_path) -> Path:
     """The unit files, with ExecStart pointed at the installed durakv if it is
