@@ -581,6 +581,12 @@ class EtcdLog:
         return self.tail_seq - self.durable_seq
 
     @property
+    def buffered_bytes(self) -> int:
+        """Memory held for records appended and not yet taken by a sync (log/writer.py's
+        Log.buffered_bytes says why it is asked; the puts of a sync in flight are not counted)."""
+        return self._pending_bytes
+
+    @property
     def size_bytes(self) -> int:
         """Bytes this writer committed since open (etcd's own size is in its status)."""
         return self.bytes_written

@@ -93,6 +93,12 @@ class ShardLog(Protocol):
         """Durable records from from_seq on."""
         ...
 
+    @property
+    def buffered_bytes(self) -> int:
+        """Memory held for records not yet durable: not the dataset's, so maxmemory
+        leaves it out (as Redis its AOF buffer)."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -120,6 +120,8 @@ class Log:
         self._lock = threading.Lock()            # guards the pending buffer swap
         self._pending: list[bytes | Unsealed] = []   # Unsealed: records of buffers, not joined
         self._pending_bytes = 0
+        self._pending_copied_bytes = 0               # of _pending's joined chunks (buffered_bytes)
+        self._syncing_bytes = 0                      # copies the sync in flight holds (buffered_bytes)
         self._pending_scattered = False          # a chunk of _pending is a list of buffers
         self._pending_last_seq = 0
         self._pending_view: tuple[int, int] = (0, 0)   # (generation, first pending seq or 0)
@@ -507,6 +509,8 @@ class Log:
                 self._pending.append(chunk)
                 self._pending_scattered = self._pending_scattered or scattered
                 self._pending_bytes += chunk_bytes
+                if not scattered:  # an Unsealed chunk's big values are the keyspace's own buffers
+                    self._pending_copied_bytes += chunk_bytes
                 self._pending_last_seq = after_seq + count
                 self._pending_view = (view[0], write_first)
                 break
@@ -528,7 +532,9 @@ class Log:
                 if not chunks:
                     return self.durable_seq
                 scattered = self._pending_scattered
+                self._syncing_bytes = self._pending_copied_bytes
                 self._pending, self._pending_bytes, self._pending_scattered = [], 0, False
+                self._pending_copied_bytes = 0
                 self._pending_view = (generation + 1, 0)
             buffers: list[bytes] = []
             if scattered:  # a big value among them: written from its own buffer, never joined
@@ -543,6 +549,8 @@ class Log:
                 joined = cast("list[bytes]", chunks)  # no chunk is a list of buffers
                 data = joined[0] if len(joined) == 1 else b"".join(joined)
                 size = len(data)
+                if len(joined) > 1:
+                    self._syncing_bytes += size  # the joined copy, next to its chunks
             try:
                 if self._active_size and self._active_size + size > self.segment_size_bytes:
                     self._check_not_deposed()   # a new holder may own the next segment's name
@@ -572,6 +580,7 @@ class Log:
             self.durable_seq = last_seq
             return last_seq
         finally:
+            self._syncing_bytes = 0
             self._sync_busy.release()
 
     def _roll(self, first_seq: int) -> None:
@@ -749,6 +758,15 @@ class Log:
     def pending_bytes(self) -> int:
         """Bytes appended and not yet taken by a sync: what the next sync writes."""
         return self._pending_bytes
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Memory this log holds for records not yet durable: joined pending chunks, the
+        copies of the sync in flight and a failed write kept for its retry. Like Redis'
+        AOF buffer it is not dataset memory (maxmemory leaves it out, shards/evict.py).
+        Read from the loop while the commit thread syncs: a moment's figure."""
+        unsynced = self._unsynced
+        return self._pending_copied_bytes + self._syncing_bytes + (len(unsynced[0]) if unsynced else 0)
 
     @property
     def durable_write_in_one_call(self) -> bool:

@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import csv
 import ctypes
+import functools
 import io
 import os
 import platform
@@ -242,10 +243,16 @@ def _on_signal(signum: int, frame: object) -> None:
     raise Interrupted(128 + signum)
 
 
-def _die_with_us() -> None:
-    """preexec_fn: the child gets SIGTERM if this script dies, even by SIGKILL."""
+# The signals that stop the benchmark (main() installs their handlers).
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+
+
+def _die_with_us(mask: set[signal.Signals]) -> None:
+    """preexec_fn: the child gets SIGTERM if this script dies, even by SIGKILL, and the
+    signal mask ProcessGroups.start had before it held the stop signals (exec keeps it)."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 class ProcessGroups:
@@ -256,8 +263,17 @@ class ProcessGroups:
         self.procs: list[subprocess.Popen] = []
 
     def start(self, argv: list[str], **kwargs) -> subprocess.Popen:
-        proc = start_group(argv, preexec_fn=_die_with_us, **kwargs)
-        self.procs.append(proc)
+        """Start argv with the stop signals held back until it is in self.procs: with a
+        preexec_fn, Popen forks running Python's at-fork callbacks (logging's lock
+        release), and the KeyboardInterrupt a Ctrl-C raises inside one is printed as
+        "Exception ignored" and lost: the benchmark went on as if never interrupted.
+        Held, the signal arrives once the mask is restored, outside any callback."""
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            proc = start_group(argv, preexec_fn=functools.partial(_die_with_us, mask), **kwargs)
+            self.procs.append(proc)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         return proc
 
     def stop(self, proc: subprocess.Popen) -> None:

@@ -200,6 +200,7 @@ def _memory(router, infos, version):
         f"maxmemory_human:{bytes_to_human(maxmemory)}",
         f"maxmemory_policy:{router.settings.values['maxmemory-policy']}",
         f"maxmemory_per_shard:{shards[0]['maxmemory_share'] if shards else 0}",
+        f"mem_not_counted_for_evict:{sum(m['not_counted_bytes'] for m in shards)}",
         f"mem_fragmentation_ratio:{rss / used if used else 1:.2f}",
         "mem_allocator:libc",  # CPython's pymalloc sits on the C library's malloc
         f"lazyfree_pending_objects:{_lazyfree(infos, 1)}",  # big values waiting for the reaper (shards/lazyfree.py)

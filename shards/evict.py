@@ -14,7 +14,12 @@ keys (their keys, string values and some container elements, rounded up to
 pymalloc's size classes), as most blocks of a shard are these. (Calibrating it
 from RSS growth was tried: after frees, RSS growth has little to do with blocks.)
 Unlike RSS, this estimate falls when keys are evicted or deleted, and the memory
-they freed is reused before RSS grows again. Counting
+they freed is reused before RSS grows again. As Redis leaves its AOF buffer and
+replicas' output buffers out (freeMemoryGetNotCountedMemory), the comparison with
+the share leaves out what the log holds for records not yet durable
+(`ShardLog.buffered_bytes`, INFO `mem_not_counted_for_evict`): up to a pipeline's
+records, twice while a sync joins them, which a slow fsync keeps alive and which
+evicting keys cannot free. Counting
 blocks walks pymalloc's pools (about 0.1 ms per GB of heap), so the full figure is
 taken at the shard's `hz`; in between, a batch adds any RSS growth since that
 sample (one pread of /proc/self/statm, about 1 us) and subtracts the estimated
@@ -44,7 +49,8 @@ import logging
 import os
 import random
 import sys
-from typing import Any
+import time
+from typing import Any, Callable
 
 from durakv.shards import notify
 from durakv.shards.access import LFU_COUNTER_MAX, Lfu, idle_ms, lru_clock
@@ -70,6 +76,7 @@ BLOCK_SAMPLE_ELEMENTS = 8  # elements looked at per container value
 PYMALLOC_MAX_BYTES = 512  # larger objects come from malloc (and mallinfo2 counts them)
 PYMALLOC_ALIGNMENT = 16
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+OOM_LOG_INTERVAL_S = 10.0  # at most one "over the share, nothing to evict" line per this
 
 
 class _MallInfo2(ctypes.Structure):
@@ -113,6 +120,7 @@ class HeapGauge:
         self.bytes_per_block = DEFAULT_BYTES_PER_BLOCK
         self.sampled_rss = self.startup_bytes
         self.growth_bytes = 0  # heap growth since start, as of the last sample
+        self.not_counted_bytes = 0  # of growth_bytes, what maxmemory leaves out (the log's buffers)
         self.freed_bytes = 0  # estimated size of what was evicted since the last sample
         self.peak_bytes = self.startup_bytes
 
@@ -122,9 +130,10 @@ class HeapGauge:
         fields = os.pread(self._statm, 128, 0).split()
         return (int(fields[1]) - int(fields[2])) * PAGE_BYTES
 
-    def sample(self, block_bytes: int = 0) -> int:
+    def sample(self, block_bytes: int = 0, not_counted_bytes: int = 0) -> int:
         """Measure afresh (about 0.1 ms per GB of heap), with the average pymalloc
-        block size if known (block_bytes); returns used memory."""
+        block size if known (block_bytes) and what of the heap maxmemory leaves out,
+        taken at the same moment; returns used memory."""
         if block_bytes:
             self.bytes_per_block = min(max(block_bytes, MIN_BYTES_PER_BLOCK), MAX_BYTES_PER_BLOCK)
         rss = self.rss()
@@ -132,6 +141,7 @@ class HeapGauge:
         malloc = malloc_bytes() - self._base_malloc
         self.sampled_rss = rss
         self.growth_bytes = max(malloc + blocks * self.bytes_per_block, 0)
+        self.not_counted_bytes = min(not_counted_bytes, self.growth_bytes)
         self.freed_bytes = 0
         return self.used_bytes()
 
@@ -192,11 +202,15 @@ def average_block_bytes(db: Keyspace, keys: list[bytes]) -> int:
 class MemoryLimit:
     """One shard's maxmemory: its share, policy and eviction pool."""
 
-    def __init__(self, shard_count: int, slot_range: tuple[int, int]) -> None:
+    def __init__(self, shard_count: int, slot_range: tuple[int, int],
+                 not_counted_bytes: Callable[[], int] = lambda: 0) -> None:
+        """not_counted_bytes: what of the heap the limit leaves out right now (the log's buffers)."""
         assert shard_count >= 1, "a shard count below one"
         self.shard_count = shard_count
         self.slot_range = slot_range
+        self.not_counted_bytes = not_counted_bytes
         self.gauge = HeapGauge()
+        self.oom_logged_at = 0.0  # time.monotonic() of the last "nothing to evict" line
         self.maxmemory_bytes = 0
         self.share_bytes = 0
         self.policy = "noeviction"
@@ -215,18 +229,20 @@ class MemoryLimit:
 
     def sample(self, db: Keyspace) -> int:
         """Measure afresh, the average block sized from a sample of the keys."""
-        return self.gauge.sample(average_block_bytes(db, self._sample(db, BLOCK_SAMPLE_KEYS, False)))
+        block_bytes = average_block_bytes(db, self._sample(db, BLOCK_SAMPLE_KEYS, False))
+        return self.gauge.sample(block_bytes, self.not_counted_bytes())
 
     def enforce(self, db: Keyspace) -> int:
         """Evict while over the share; set db.oom when over and nothing could be
         evicted. Returns the number of keys evicted (their DEL effects are in
         db.effects, for the caller's next record)."""
-        over = self.gauge.growth_now() - self.share_bytes
+        gauge = self.gauge
+        over = gauge.growth_now() - gauge.not_counted_bytes - self.share_bytes
         if over <= 0:
             db.oom = False
             return 0
         if self.policy == "noeviction":
-            db.oom = True
+            self._refuse(db, over)
             return 0
         evicted = 0
         freed = 0
@@ -236,9 +252,27 @@ class MemoryLimit:
                 break
             freed += self._evict(db, key)
             evicted += 1
-        self.gauge.freed(freed)
-        db.oom = freed < over and evicted < EVICT_KEYS_PER_CALL_MAX
+        gauge.freed(freed)
+        if freed < over and evicted < EVICT_KEYS_PER_CALL_MAX:
+            self._refuse(db, over - freed)
+        else:
+            db.oom = False
         return evicted
+
+    def _refuse(self, db: Keyspace, over_bytes: int) -> None:
+        """Over the share with nothing (more) to evict: denyoom commands get OOM. Logged
+        with the gauge's parts on entering that state (at most every OOM_LOG_INTERVAL_S)."""
+        now = time.monotonic()
+        if not db.oom and now - self.oom_logged_at >= OOM_LOG_INTERVAL_S:
+            self.oom_logged_at = now
+            gauge = self.gauge
+            logger.info("over its maxmemory share of %d bytes by %d with nothing to evict (policy %s, "
+                        "%d keys, %d with a TTL): denyoom commands answer OOM; heap growth %d bytes as "
+                        "sampled (%d of it the log's buffers, left out), %d since by RSS, %d evicted since",
+                        self.share_bytes, over_bytes, self.policy, len(db.data), len(db.expires),
+                        gauge.growth_bytes, gauge.not_counted_bytes, max(gauge.rss() - gauge.sampled_rss, 0),
+                        gauge.freed_bytes)
+        db.oom = True
 
     # --- choosing a key -------------------------------------------------------------
 

@@ -74,6 +74,7 @@ def memory(shard) -> dict:
         "used_memory_peak": gauge.peak_bytes,
         "bytes_per_block": gauge.bytes_per_block,
         "maxmemory_share": limit.share_bytes,
+        "not_counted_bytes": gauge.not_counted_bytes,
         "oom": shard.db.oom,
     }
 

@@ -76,7 +76,7 @@ class ReplicaWal:
 
     __slots__ = ("tail_seq", "durable_seq")
     # The log's stats INFO persistence shows: a replica writes no log.
-    fsync_count = last_fsync_latency_us = bytes_written = segment_count = size_bytes = 0
+    fsync_count = last_fsync_latency_us = bytes_written = segment_count = size_bytes = buffered_bytes = 0
 
     def __init__(self, seq: int) -> None:
         self.tail_seq = self.durable_seq = seq

@@ -96,7 +96,7 @@ class Shard(GroupCommit):
         # maxmemory (shards/evict.py): measured from here, an empty shard; enforced
         # (memory_limit set) only while maxmemory is configured: the routers give a
         # shard the config file's maxmemory and policy with CONFIG SET's changes.
-        self.memory = MemoryLimit(config.shards, self.slot_range)
+        self.memory = MemoryLimit(config.shards, self.slot_range, self._log_buffered_bytes)
         self.oom_flags = OomFlags(config.data_dir)
         self.published_oom = False
         self.memory_limit: MemoryLimit | None = None
@@ -571,6 +571,11 @@ class Shard(GroupCommit):
         self.published_oom = db.oom
         if self.replica is None:
             self.oom_flags.set(self.index, db.oom)
+
+    def _log_buffered_bytes(self) -> int:
+        """What maxmemory leaves out of this shard's heap: the log's buffers (shards/evict.py)."""
+        wal = self.wal
+        return wal.buffered_bytes if wal is not None else 0
 
     def enforce_memory(self) -> None:
         """Evict (or refuse denyoom commands) while over this shard's share of

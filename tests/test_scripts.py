@@ -39,8 +39,12 @@ def test_load_spreads_keys_and_server_holds_them(server, r):
     assert result["ops_per_s"] > 0 and result["ops"] > 0
     assert result["errors"] == 0
     assert result["latency_ms"]["p50"] <= result["latency_ms"]["p99"] <= result["latency_ms"]["max"]
-    keys = [f"key:{n}".encode() for n in range(100)]
-    assert r.dbsize() == 100
+    # Keys are drawn at random: a loaded machine may SET only ~150 times in 2 s, too few to
+    # draw all 100 (75 were held in one loaded run), so the test checks what was written.
+    keys = sorted(r.keys("*"))
+    print(f"{result['ops']} SETs wrote {len(keys)} of the 100 keys")
+    assert 0 < len(keys) <= min(result["ops"], 100)
+    assert set(keys) <= {f"key:{n}".encode() for n in range(100)}
     for key, value in zip(keys, r.mget(keys)):
         assert value == (key + b"=").ljust(32, b"x")
     slots = {r.cluster("keyslot", key) for key in keys}
@@ -147,6 +151,33 @@ def test_bench_ctrl_c_stops_every_server(tmp_path):
         time.sleep(0.05)
     assert processes_under(tmp_path) == []
     assert not (tmp_path / "never.md").exists()
+
+
+CTRL_C_DURING_FORK = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[1])
+import bench
+signal.signal(signal.SIGINT, signal.default_int_handler)
+os.register_at_fork(after_in_parent=lambda: os.kill(os.getpid(), signal.SIGINT))
+groups = bench.ProcessGroups()
+try:
+    groups.start(["sleep", "30"])
+    print("not interrupted")
+except KeyboardInterrupt:
+    print("interrupted with", len(groups.procs), "started")
+finally:
+    groups.stop_all()
+"""
+
+
+def test_bench_ctrl_c_while_it_forks_a_server_is_not_lost():
+    """A Ctrl-C while bench.py forks (Python runs its at-fork callbacks: a handler's
+    KeyboardInterrupt there is printed and ignored) stops it, with the child stopped too:
+    the lost Ctrl-C left test_bench_ctrl_c_stops_every_server benchmarking for minutes."""
+    out = subprocess.run([sys.executable, "-c", CTRL_C_DURING_FORK, str(SCRIPTS)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout == "interrupted with 1 started\n", out.stdout + out.stderr
+    assert "Exception ignored" not in out.stderr, out.stderr
 
 
 @pytest.fixture
