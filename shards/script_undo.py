@@ -49,7 +49,8 @@ class Undo:
     commandstats, errorstats, WATCH, SLOWLOG and LATENCY see only the run across
     shards; its own call Shard._execute leaves out)."""
 
-    __slots__ = ("before", "events_before", "usable", "stats_before", "errors_before", "dirty_before")
+    __slots__ = ("before", "events_before", "usable", "stats_before", "errors_before", "dirty_before",
+                 "held_calls")
 
     def __init__(self, events_before: int, dirty_before: set[int] | None = None) -> None:
         self.before: dict[bytes, tuple[int, object, int]] = {}  # key -> (kind, value or payload, expiry ms)
@@ -58,6 +59,8 @@ class Undo:
         self.stats_before: dict[int, tuple[Any, int, int, int, int]] = {}  # id -> (CommandStats, its four counts)
         self.errors_before: dict[bytes, int] = {}  # errorstats code -> its count before the run
         self.dirty_before = dirty_before  # the WATCHers already dirty (None: nobody watched anything)
+        # The redis.calls run (command, argv, µs): SLOWLOG and LATENCY get them once the run counts.
+        self.held_calls: list[tuple[Command, list[bytes], int]] = []
 
     def note_stat(self, stat: Any) -> None:
         """Before the run counts a call in `stat` (shards/shard.py CommandStats): its counts, once."""

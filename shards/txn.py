@@ -79,6 +79,9 @@ MAX_DECISIONS = 100_000  # recent decisions a decider answers from memory
 MAX_DEFERRED_REQUESTS = 1_000_000  # requests waiting for locks (a client's backlog bounds its share)
 MAX_LOCKS = 1_000_000
 MAX_DECOMPRESSED_BYTES = 512 * 1024 * 1024
+# A command an executor's run ran: (argv, whether it failed, µs); failed None: a script's
+# redis.call, whose commandstats are counted apart (ScratchShard.call_stats).
+RunCall = tuple[list[bytes], bool | None, int]
 TXN_VERBS = frozenset({VERB_TXLOCK, VERB_TXRUN, VERB_TXPREPARE, VERB_TXDECIDE, VERB_TXCOMMIT, VERB_TXABORT,
                        VERB_TXRESOLVE, VERB_TXINDOUBT, VERB_TXREAD, VERB_TXWAIT})
 WAITING_VERBS = (VERB_EXEC, VERB_TXLOCK, VERB_TXREAD)  # internal requests that wait for locks
@@ -180,17 +183,23 @@ class ScratchShard:
     """The ShardView of the executor's scratch keyspace: the shard's settings,
     every slot (the keys of all participants are here), its WATCH registry."""
 
-    def __init__(self, settings: Mapping[str, int], watches: Watches) -> None:
+    def __init__(self, settings: Mapping[str, int], watches: Watches, calls: list[RunCall]) -> None:
         self.settings = settings
         self.slot_range = (0, SLOT_COUNT - 1)
         self.watches = watches
         self.call_stats: dict[Any, CommandStats] = {}  # a script's redis.calls: the shard's once the run counts
+        self.calls = calls  # the run's commands in order (_run_queue): its scripts' redis.calls go in too
 
     def script_call_stat(self, cmd: Any) -> CommandStats:
         stat = self.call_stats.get(cmd)
         if stat is None:
             stat = self.call_stats[cmd] = CommandStats()
         return stat
+
+    def log_script_call(self, cmd: Any, argv: list[bytes], duration_us: int) -> None:
+        """A script's redis.call, for SLOWLOG and LATENCY once the run counts (before its
+        script's own entry, as on one shard); its commandstats are in call_stats."""
+        self.calls.append((argv, None, duration_us))
 
 
 
@@ -539,7 +548,8 @@ class TxnState:
         scratch.on_flush = on_flush
         scratch.frozen_ms = time.time_ns() // 1_000_000
         scratch.oom = OOM_RUN in argv[6:] or shard.db.oom
-        scratch_shard = ScratchShard(shard.settings, shard.watches)
+        calls: list[RunCall] = []
+        scratch_shard = ScratchShard(shard.settings, shard.watches, calls)
         ctx = Ctx(scratch, scratch_shard)
         ctx.client_id = req.cid
         ctx.proto = proto
@@ -547,7 +557,6 @@ class TxnState:
         # A script's KEYS, DBSIZE, SCAN, RANDOMKEY or FLUSHALL needs every shard's keys:
         # without them here, the router runs it again with every shard locked whole.
         wants_all: list[bytes] = []
-        calls: list[tuple[list[bytes], bool, int]] = []
         denials: list[list] = []
         outer_on_call = scripting.on_call
 
@@ -580,6 +589,9 @@ class TxnState:
         for argv_run, failed, usec in calls:  # the final run: counted and logged as on one shard
             cmd = find(argv_run)
             if cmd is None:
+                continue
+            if failed is None:  # a script's redis.call (counted with call_stats below)
+                shard.log_script_call(cmd, argv_run, usec)
                 continue
             stat = shard.script_call_stat(cmd)
             stat.calls += 1
@@ -804,7 +816,7 @@ class TxnState:
 
 
 def _run_queue(ctx: Ctx, commands: list[list[bytes]], multi: bool, proto: int, shard_index: int,
-               calls: list[tuple[list[bytes], bool, int]], denials: list[list]) -> bytes:
+               calls: list[RunCall], denials: list[list]) -> bytes:
     """The executor's run of a command or a MULTI's queue: the reply as the client gets
     it; each command run goes to `calls` (argv, whether it failed, µs) for commandstats,
     the redis.calls an ACL user's scripts were refused to `denials` (for ACL LOG)."""
