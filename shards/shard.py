@@ -629,8 +629,13 @@ class Shard(GroupCommit):
 
     def log_script_call(self, cmd: Command, argv: list[bytes], duration_us: int) -> None:
         """SLOWLOG and LATENCY of a command a script ran, as Redis' scriptCall runs it
-        through call() with CMD_CALL_SLOWLOG: logged as its Lua client (`?:0`, no name)."""
-        self.log_slow(cmd, argv, duration_us, 0, SCRIPT_CLIENT_ADDR)
+        through call() with CMD_CALL_SLOWLOG: logged as its Lua client (`?:0`, no name).
+        log_slow inlined: once per redis.call."""
+        if duration_us >= self.slowlog.threshold_us and "skip_slowlog" not in cmd.flags:
+            self.slowlog.push(argv, duration_us, 0, SCRIPT_CLIENT_ADDR)
+        latency = self.latency
+        if latency.tracking or latency.threshold_ms:
+            latency.observe(cmd, duration_us)
 
     def _stat(self, cmd: Command | None) -> CommandStats:
         name = cmd.fullname if cmd is not None else "unknown"
