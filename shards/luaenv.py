@@ -400,7 +400,7 @@ class Scripting:
                 if run.undo is None:
                     shard.log_script_call(cmd, argv, duration_us)
                 else:
-                    run.undo.held_calls.append((cmd, argv, duration_us))  # logged if the run counts
+                    run.undo.hold_call(shard, cmd, argv, duration_us)  # logged if the run counts
         if cmd.is_readonly and ctx.db.tracking and not run.reads_reported:
             run.reads_reported = True
             ctx.db.events.extend(script_reads(run.command, ctx.client_id))

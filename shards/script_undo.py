@@ -37,6 +37,7 @@ logger = logging.getLogger("durakv.shards.script_undo")
 NONLOCAL_RETRY = b"TXNONLOCAL script touches a key of another shard: run it across shards"
 NONLOCAL_RETRY_REPLY = b"-" + NONLOCAL_RETRY + b"\r\n"
 MAX_UNDO_KEYS = 100_000  # keys one script's undo record holds; past it the script gives up its retry
+MAX_HELD_CALLS = 100_000  # redis.calls held for SLOWLOG/LATENCY; past it they are logged at once
 
 _ABSENT = 0
 _STRING = 1  # an immutable bytes value, kept as is (dumped only if it must be put back)
@@ -71,6 +72,14 @@ class Undo:
         """Before the run counts an error code (Scripting.error_counts): its count, once."""
         if code not in self.errors_before:
             self.errors_before[code] = counts.get(code, 0)
+
+    def hold_call(self, shard: Any, cmd: Command, argv: list[bytes], duration_us: int) -> None:
+        """A redis.call the run made, logged (Shard.log_script_call) only if the run counts;
+        past MAX_HELD_CALLS at once (then a run put back leaves its later calls logged)."""
+        if len(self.held_calls) >= MAX_HELD_CALLS:
+            shard.log_script_call(cmd, argv, duration_us)
+            return
+        self.held_calls.append((cmd, argv, duration_us))
 
     def note_write(self, ctx: Ctx, cmd: Command, argv: list[bytes], indexes: list[int]) -> None:
         """Before a write command of the script runs: note each key's state the first time."""

@@ -31,7 +31,7 @@ import logging
 import os
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -52,6 +52,7 @@ from durakv.shards.rdb.codec import RdbError, dump_payload, load_payload, verify
 from durakv.shards.resp import NULL_ARRAY, ReplyError, encode, encode_error
 from durakv.shards.script_effects import HeldLogs, held_publishes
 from durakv.shards.script_fence import ScriptFence
+from durakv.shards.script_undo import MAX_HELD_CALLS
 from durakv.shards.t_list import ListValue
 from durakv.shards.t_zset import ZSetValue
 from durakv.shards.slots import SLOT_COUNT
@@ -183,12 +184,14 @@ class ScratchShard:
     """The ShardView of the executor's scratch keyspace: the shard's settings,
     every slot (the keys of all participants are here), its WATCH registry."""
 
-    def __init__(self, settings: Mapping[str, int], watches: Watches, calls: list[RunCall]) -> None:
+    def __init__(self, settings: Mapping[str, int], watches: Watches, calls: list[RunCall],
+                 log_at_once: Callable[[Any, list[bytes], int], None]) -> None:
         self.settings = settings
         self.slot_range = (0, SLOT_COUNT - 1)
         self.watches = watches
         self.call_stats: dict[Any, CommandStats] = {}  # a script's redis.calls: the shard's once the run counts
         self.calls = calls  # the run's commands in order (_run_queue): its scripts' redis.calls go in too
+        self.log_at_once = log_at_once  # the shard's log_script_call, past MAX_HELD_CALLS
 
     def script_call_stat(self, cmd: Any) -> CommandStats:
         stat = self.call_stats.get(cmd)
@@ -198,7 +201,11 @@ class ScratchShard:
 
     def log_script_call(self, cmd: Any, argv: list[bytes], duration_us: int) -> None:
         """A script's redis.call, for SLOWLOG and LATENCY once the run counts (before its
-        script's own entry, as on one shard); its commandstats are in call_stats."""
+        script's own entry, as on one shard); its commandstats are in call_stats. Past
+        MAX_HELD_CALLS logged at once (then a run thrown away leaves its later calls logged)."""
+        if len(self.calls) >= MAX_HELD_CALLS:
+            self.log_at_once(cmd, argv, duration_us)
+            return
         self.calls.append((argv, None, duration_us))
 
 
@@ -549,7 +556,7 @@ class TxnState:
         scratch.frozen_ms = time.time_ns() // 1_000_000
         scratch.oom = OOM_RUN in argv[6:] or shard.db.oom
         calls: list[RunCall] = []
-        scratch_shard = ScratchShard(shard.settings, shard.watches, calls)
+        scratch_shard = ScratchShard(shard.settings, shard.watches, calls, shard.log_script_call)
         ctx = Ctx(scratch, scratch_shard)
         ctx.client_id = req.cid
         ctx.proto = proto

@@ -14,6 +14,7 @@ from typing import Callable
 import pytest
 import redis
 
+from durakv.shards import script_undo
 from durakv.shards.slots import key_slot, slot_owner_table
 from test_script_undeclared import REACH, same_shard_keys
 from test_txn import A, B
@@ -132,3 +133,20 @@ def test_a_run_put_back_logs_nothing_and_the_run_across_shards_logs_its_commands
 
     with server.client() as ours:
         _both(ours, redis_ref, "eval", run)
+
+
+def test_the_redis_calls_a_run_holds_are_bounded(monkeypatch):
+    """A run that may be put back holds its redis.calls until it counts, at most
+    MAX_HELD_CALLS of them: later ones are logged at once."""
+    monkeypatch.setattr(script_undo, "MAX_HELD_CALLS", 2)
+    logged = []
+
+    class Shard:
+        def log_script_call(self, cmd, argv, duration_us):
+            logged.append((cmd, argv, duration_us))
+
+    undo = script_undo.Undo(0)
+    for i in range(3):
+        undo.hold_call(Shard(), "get", [b"GET", b"k%d" % i], i)
+    assert [argv for _cmd, argv, _us in undo.held_calls] == [[b"GET", b"k0"], [b"GET", b"k1"]]
+    assert logged == [("get", [b"GET", b"k2"], 2)]
