@@ -20,16 +20,16 @@ from test_script_undeclared import REACH, same_shard_keys
 from test_txn import A, B
 
 # Inner commands of every kind: a write with a long argument (trimmed at 128 bytes), one
-# with more than 32 arguments (trimmed), a failing one (WRONGTYPE, caught), a refused one
-# (arity), the router's PING/SELECT/PUBLISH, a read.
+# with more than 32 arguments (trimmed), a failing one (WRONGTYPE, caught), refused ones
+# (arity, noscript), the router's PING/SELECT/PUBLISH (one failing), a read.
 BODY = ("redis.call('SET', KEYS[1], ARGV[1]) "
         "redis.pcall('LPUSH', KEYS[1], 'x') "
         "redis.call('RPUSH', KEYS[2], 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, "
         "21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35) "
-        "redis.pcall('GET') "
+        "redis.pcall('GET') redis.pcall('CONFIG', 'GET', 'maxmemory') redis.pcall('PING', 'a', 'b') "
         "redis.call('PING') redis.call('SELECT', 0) redis.call('PUBLISH', 'logged-ch', 'm') "
         "return redis.call('GET', KEYS[1])")
-INNER = ("set", "lpush", "rpush", "get", "ping", "select", "publish")
+INNER = ("set", "lpush", "rpush", "get", "ping", "select", "publish", "config|get")
 LONG_VALUE = "v" * 200
 ONE_SLOT = ("{logged}str", "{logged}list")
 LIBRARY = ("#!lua name=logged_lib_{tag}\n"
