@@ -13,7 +13,7 @@ and subtracted. Durable SETs wait for their fsync (the commit thread's CPU is
 reported apart). Best of --rounds rounds.
 
     python scripts/node_bench.py [--clients 50] [--requests 50000] [--rounds 5]
-        [--workloads get1,get16,set1,set16]
+        [--workloads get1,get16,set1,set16]   (also eval1, eval16: an EVAL of five redis.calls)
 
 Instructions per command, deterministic (one workload per run; Ir / commands):
 
@@ -43,6 +43,11 @@ from durakv.shards.shard import Shard  # noqa: E402
 VALUE = b"x" * 100
 GET_REPLY_BYTES = len(b"$100\r\n") + len(VALUE) + 2
 SET_REPLY_BYTES = len(b"+OK\r\n")
+# A script-heavy request: five redis.calls (reads: no fsync to wait for), a fixed reply.
+SCRIPT = b"redis.call('GET', KEYS[1]) redis.call('GET', KEYS[1]) redis.call('EXISTS', KEYS[1]) " \
+         b"redis.call('STRLEN', KEYS[1]) redis.call('TYPE', KEYS[1]) return 1"
+EVAL_REPLY_BYTES = len(b":1\r\n")
+REPLY_BYTES = {"get": GET_REPLY_BYTES, "set": SET_REPLY_BYTES, "eval": EVAL_REPLY_BYTES}
 WAIT_S = 10.0  # for an fsync, before giving up
 
 
@@ -50,6 +55,8 @@ def request(command: str, n: int) -> bytes:
     key = b"key:%06d" % n
     if command == "get":
         return b"*2\r\n$3\r\nGET\r\n$10\r\n" + key + b"\r\n"
+    if command == "eval":
+        return b"*4\r\n$4\r\nEVAL\r\n$%d\r\n%b\r\n$1\r\n1\r\n$10\r\n%b\r\n" % (len(SCRIPT), SCRIPT, key)
     return b"*3\r\n$3\r\nSET\r\n$10\r\n" + key + b"\r\n$100\r\n" + VALUE + b"\r\n"
 
 
@@ -72,7 +79,7 @@ def socket_pairs(count: int) -> list[tuple[socket.socket, socket.socket]]:
 async def workload(node: ShardNode, shard: Shard, peers: list[socket.socket], clients: list[Client],
                    command: str, pipeline: int, requests: int, keys: int) -> tuple[float, float]:
     """(loop thread CPU µs per command without the driver, other threads' CPU µs per command)."""
-    reply_bytes = (GET_REPLY_BYTES if command == "get" else SET_REPLY_BYTES) * pipeline
+    reply_bytes = REPLY_BYTES[command] * pipeline
     poller = node.poller
     driver_s = 0.0
     done = 0
@@ -145,7 +152,8 @@ async def run(opts: argparse.Namespace, data_dir: str) -> None:
         results: dict[str, list[tuple[float, float]]] = {}
         for _ in range(opts.rounds):
             for name in opts.workloads.split(","):
-                command, pipeline = name[:3], int(name[3:])
+                command = name.rstrip("0123456789")
+                pipeline = int(name[len(command):])
                 requests = opts.requests * (10 if pipeline > 1 else 1)
                 callgrind(opts, "--instr=on")
                 results.setdefault(name, []).append(await workload(

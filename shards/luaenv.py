@@ -55,6 +55,8 @@ ERR_WRITE_RO = b"Write commands are not allowed from read-only scripts."
 ERR_NON_LOCAL = b"Script attempted to access a non local key in a cluster node"
 ERR_ARGS = b"Lua redis lib command arguments must be strings or integers"
 ERR_NO_ARGS = b"Please specify at least one argument for this redis lib call"
+# The router's commands a script may call: the shard answers them itself (Scripting._router_command).
+SCRIPT_ROUTER_COMMANDS = frozenset({"ping", "select", "publish"})
 
 
 def sha1hex(body: bytes) -> bytes:
@@ -330,39 +332,32 @@ class Scripting:
                 argv.append(b"%.17g" % a)
             else:
                 raise ScriptCallError(ERR_ARGS)
-        if argv[0].lower() == b"ping":  # the one connection command scripts use (a router command)
-            if len(argv) > 2:
-                raise ScriptCallError(ERR_ARITY)
-            if self.on_call is not None:
-                self.on_call(argv)
-            return self.to_lua(Simple(b"PONG") if len(argv) == 1 else argv[1], run.resp)
-        if argv[0].lower() == b"select":  # a router command too: database 0 only, as in Redis Cluster
-            if len(argv) != 2:
-                raise ScriptCallError(ERR_ARITY)
-            if self.on_call is not None:
-                self.on_call(argv)
-            select_db(argv[1])
-            return self.to_lua(Simple(b"OK"), run.resp)
         cmd = find(argv)
         if cmd is None:
             raise ScriptCallError(ERR_UNKNOWN)
-        if not cmd.arity_ok(len(argv)):
-            raise ScriptCallError(ERR_ARITY)
-        if "noscript" in cmd.flags:
-            raise ScriptCallError(ERR_NOSCRIPT_CMD)
         ctx = run.ctx
-        counter = getattr(ctx.shard, "script_call_stat", None)  # a serving shard's; a replay counts nothing
+        shard: Any = ctx.shard  # a serving shard (Shard or ScratchShard) has the two methods used below
+        counter = getattr(shard, "script_call_stat", None)  # a serving shard's; a replay counts nothing
         stat = counter(cmd) if counter is not None else None
         if run.undo is not None and stat is not None:
             run.undo.note_stat(stat)  # a run put back counts nothing (shards/script_undo.py)
+        handler = cmd.handler if cmd.where != ROUTER else None
+        on_shard = handler is not None
         try:
+            if not cmd.arity_ok(len(argv)):
+                raise ScriptCallError(ERR_ARITY)
+            if "noscript" in cmd.flags:
+                raise ScriptCallError(ERR_NOSCRIPT_CMD)
+            if not on_shard and cmd.name not in SCRIPT_ROUTER_COMMANDS:
+                stat = None  # a router's command no shard can run: unknown, counted nowhere
+                raise ScriptCallError(ERR_UNKNOWN)
             if ctx.acl_user is not None:
                 denied = script_acl_error(ctx.acl_user, cmd, argv, ctx.acl_denials)
                 if denied is not None:
                     raise ScriptCallError(denied)
             if run.read_only and (cmd.is_write or "may_replicate" in cmd.flags):
                 raise ScriptCallError(ERR_WRITE_RO)  # may_replicate too, so CLIENT PAUSE WRITE lets RO scripts run
-            if cmd.handler is not None and cmd.where != ROUTER:
+            if on_shard:
                 noreplicas = getattr(ctx.shard, "noreplicas", None) if cmd.is_write else None
                 if noreplicas is not None:
                     raise ReplyError(noreplicas)  # scriptVerifyWriteCommandAllow (min-replicas-to-write)
@@ -381,40 +376,54 @@ class Scripting:
             if stat is not None:
                 stat.rejected += 1  # Redis' scriptCall: refused before call(), a rejected call
             raise
-        if cmd.handler is None or cmd.where == ROUTER:
-            if cmd.name == "publish" and self.on_publish is not None:
-                if self.on_call is not None:
-                    self.on_call(argv)
-                if stat is not None:
-                    stat.calls += 1
-                if self.count_receivers is None:
-                    return self.to_lua(self.on_publish(argv[1], argv[2]), run.resp)
-                hold_publish(ctx.db.events, argv[1], argv[2])  # sent once durable, if this attempt counts
-                self.publishes_held = True
-                return self.to_lua(self.count_receivers(argv[1]), run.resp)
-            raise ScriptCallError(ERR_UNKNOWN)  # a router's command: no shard can run it
         if self.on_call is not None:
             self.on_call(argv)
         proto = ctx.proto
         ctx.proto = run.resp
         start_ns = time.perf_counter_ns()
         try:
-            if cmd.name in ("xread", "xreadgroup"):
-                _refuse_block(cmd.name, argv)
-            result = cmd.handler(ctx, argv)
+            if handler is not None:
+                if cmd.name in ("xread", "xreadgroup"):
+                    _refuse_block(cmd.name, argv)
+                result = handler(ctx, argv)
+            else:
+                result = self._router_command(ctx, cmd.name, argv)
         except ReplyError:
             if stat is not None:
                 stat.failed += 1
             raise
         finally:
             ctx.proto = proto
-            if stat is not None:  # counted as Redis' call() counts a script's commands
+            if stat is not None:  # counted and logged as Redis' call() does a script's commands
+                duration_us = (time.perf_counter_ns() - start_ns) // 1000
                 stat.calls += 1
-                stat.usec += (time.perf_counter_ns() - start_ns) // 1000
+                stat.usec += duration_us
+                if run.undo is None:
+                    shard.log_script_call(cmd, argv, duration_us)
+                else:
+                    run.undo.hold_call(shard, cmd, argv, duration_us)  # logged if the run counts
         if cmd.is_readonly and ctx.db.tracking and not run.reads_reported:
             run.reads_reported = True
             ctx.db.events.extend(script_reads(run.command, ctx.client_id))
         return self.to_lua(result, run.resp)
+
+    def _router_command(self, ctx: Ctx, name: str, argv: list[bytes]) -> Any:
+        """PING, SELECT and PUBLISH, the router's commands a script may run, answered here."""
+        if name == "ping":
+            if len(argv) > 2:
+                raise ReplyError(b"ERR wrong number of arguments for 'ping' command")
+            return Simple(b"PONG") if len(argv) == 1 else argv[1]
+        if name == "select":  # database 0 only, as in Redis Cluster
+            select_db(argv[1])
+            return Simple(b"OK")
+        assert name == "publish", f"{name} is not one of SCRIPT_ROUTER_COMMANDS"
+        if self.on_publish is None:
+            raise ScriptCallError(ERR_UNKNOWN)  # no pub/sub here (a replay, a test's keyspace)
+        if self.count_receivers is None:
+            return self.on_publish(argv[1], argv[2])
+        hold_publish(ctx.db.events, argv[1], argv[2])  # sent once durable, if this attempt counts
+        self.publishes_held = True
+        return self.count_receivers(argv[1])
 
     def count_error(self, table: Any) -> Any:
         """Count a redis.call/pcall error (an error table) by its code and mark the table."""

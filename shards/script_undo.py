@@ -37,6 +37,7 @@ logger = logging.getLogger("durakv.shards.script_undo")
 NONLOCAL_RETRY = b"TXNONLOCAL script touches a key of another shard: run it across shards"
 NONLOCAL_RETRY_REPLY = b"-" + NONLOCAL_RETRY + b"\r\n"
 MAX_UNDO_KEYS = 100_000  # keys one script's undo record holds; past it the script gives up its retry
+MAX_HELD_CALLS = 100_000  # redis.calls held for SLOWLOG/LATENCY; past it they are logged at once
 
 _ABSENT = 0
 _STRING = 1  # an immutable bytes value, kept as is (dumped only if it must be put back)
@@ -49,7 +50,8 @@ class Undo:
     commandstats, errorstats, WATCH, SLOWLOG and LATENCY see only the run across
     shards; its own call Shard._execute leaves out)."""
 
-    __slots__ = ("before", "events_before", "usable", "stats_before", "errors_before", "dirty_before")
+    __slots__ = ("before", "events_before", "usable", "stats_before", "errors_before", "dirty_before",
+                 "held_calls")
 
     def __init__(self, events_before: int, dirty_before: set[int] | None = None) -> None:
         self.before: dict[bytes, tuple[int, object, int]] = {}  # key -> (kind, value or payload, expiry ms)
@@ -58,6 +60,8 @@ class Undo:
         self.stats_before: dict[int, tuple[Any, int, int, int, int]] = {}  # id -> (CommandStats, its four counts)
         self.errors_before: dict[bytes, int] = {}  # errorstats code -> its count before the run
         self.dirty_before = dirty_before  # the WATCHers already dirty (None: nobody watched anything)
+        # The redis.calls run (command, argv, µs): SLOWLOG and LATENCY get them once the run counts.
+        self.held_calls: list[tuple[Command, list[bytes], int]] = []
 
     def note_stat(self, stat: Any) -> None:
         """Before the run counts a call in `stat` (shards/shard.py CommandStats): its counts, once."""
@@ -68,6 +72,14 @@ class Undo:
         """Before the run counts an error code (Scripting.error_counts): its count, once."""
         if code not in self.errors_before:
             self.errors_before[code] = counts.get(code, 0)
+
+    def hold_call(self, shard: Any, cmd: Command, argv: list[bytes], duration_us: int) -> None:
+        """A redis.call the run made, logged (Shard.log_script_call) only if the run counts;
+        past MAX_HELD_CALLS at once (then a run put back leaves its later calls logged)."""
+        if len(self.held_calls) >= MAX_HELD_CALLS:
+            shard.log_script_call(cmd, argv, duration_us)
+            return
+        self.held_calls.append((cmd, argv, duration_us))
 
     def note_write(self, ctx: Ctx, cmd: Command, argv: list[bytes], indexes: list[int]) -> None:
         """Before a write command of the script runs: note each key's state the first time."""

@@ -49,7 +49,7 @@ from durakv.shards.slots import slot_ranges
 from durakv.shards.latency import LatencyMonitor
 from durakv.shards.lease_guard import EtcdLeaseGuard, LeaseGuard, refuse_batch
 from durakv.shards.min_replicas import EXECABORT_NOREPLICAS, MinReplicas, transaction_writes
-from durakv.shards.slowlog import SlowLog
+from durakv.shards.slowlog import SCRIPT_CLIENT_ADDR, SlowLog
 from durakv.shards.t_multi import Watches, unpack_transaction
 from durakv.shards.tracking import flush_event, invalidation, set_front
 from durakv.shards.txn import TXN_VERBS, TxnState
@@ -630,6 +630,16 @@ class Shard(GroupCommit):
     def script_call_stat(self, cmd: Command) -> CommandStats:
         """The commandstats of a command a script runs (shards/luaenv.py counts it)."""
         return self._stat(cmd)
+
+    def log_script_call(self, cmd: Command, argv: list[bytes], duration_us: int) -> None:
+        """SLOWLOG and LATENCY of a command a script ran, as Redis' scriptCall runs it
+        through call() with CMD_CALL_SLOWLOG: logged as its Lua client (`?:0`, no name:
+        the router fills in no client). log_slow inlined: once per redis.call."""
+        if duration_us >= self.slowlog.threshold_us and "skip_slowlog" not in cmd.flags:
+            self.slowlog.push(argv, duration_us, 0, SCRIPT_CLIENT_ADDR)
+        latency = self.latency
+        if latency.tracking or latency.threshold_ms:
+            latency.observe(cmd, duration_us)
 
     def _stat(self, cmd: Command | None) -> CommandStats:
         name = cmd.fullname if cmd is not None else "unknown"

@@ -24,6 +24,9 @@ ENTRY_MAX_STRING_BYTES = 128
 # `slowlog-log-slower-than -1`: no duration reaches this.
 DISABLED_THRESHOLD_US = 1 << 63
 REDACTED = b"(redacted)"
+# The client a script's own commands are logged with: Redis' Lua client has no
+# connection and no name, so its entries show this address and an empty name.
+SCRIPT_CLIENT_ADDR = b"?:0"
 # CONFIG SET parameters Redis flags SENSITIVE_CONFIG: their values are redacted.
 SENSITIVE_CONFIGS = frozenset({b"requirepass", b"masterauth"})
 

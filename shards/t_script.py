@@ -13,7 +13,7 @@ shards (server/script_cache.py), so the cache is one for the server.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, cast
 
 from durakv.shards.context import Ctx
 from durakv.shards.evict import ERR_OOM
@@ -145,6 +145,10 @@ def run_script(ctx: Ctx, state: Scripting, function: Any, name: bytes, argv: lis
             state.held_logs = None
             if not run.non_local:  # an attempt put back says nothing: the one across shards will
                 held_logs.write()
+        if run.undo is not None and not run.non_local:  # its redis.calls, logged before its own entry
+            log_script_call = cast(Any, ctx.shard).log_script_call  # a serving shard's (it keeps undo records)
+            for cmd, call_argv, duration_us in run.undo.held_calls:
+                log_script_call(cmd, call_argv, duration_us)
 
 
 def _eval(ctx: Ctx, argv: list[bytes], by_sha: bool, read_only: bool):

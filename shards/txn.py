@@ -31,7 +31,7 @@ import logging
 import os
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -53,6 +53,7 @@ from durakv.shards.rdb.codec import RdbError, dump_payload, load_payload, verify
 from durakv.shards.resp import NULL_ARRAY, ReplyError, encode, encode_error
 from durakv.shards.script_effects import HeldLogs, held_publishes
 from durakv.shards.script_fence import ScriptFence
+from durakv.shards.script_undo import MAX_HELD_CALLS
 from durakv.shards.t_list import ListValue
 from durakv.shards.t_zset import ZSetValue
 from durakv.shards.slots import SLOT_COUNT
@@ -76,6 +77,9 @@ MAX_DECISIONS = 100_000  # recent decisions a decider answers from memory
 MAX_DEFERRED_REQUESTS = 1_000_000  # requests waiting for locks (a client's backlog bounds its share)
 MAX_LOCKS = 1_000_000
 MAX_DECOMPRESSED_BYTES = 512 * 1024 * 1024
+# A command an executor's run ran: (argv, whether it failed, µs); failed None: a script's
+# redis.call, whose commandstats are counted apart (ScratchShard.call_stats).
+RunCall = tuple[list[bytes], bool | None, int]
 TXN_VERBS = frozenset({VERB_TXLOCK, VERB_TXRUN, VERB_TXPREPARE, VERB_TXDECIDE, VERB_TXCOMMIT, VERB_TXABORT,
                        VERB_TXRESOLVE, VERB_TXINDOUBT, VERB_TXREAD, VERB_TXWAIT})
 WAITING_VERBS = (VERB_EXEC, VERB_TXLOCK, VERB_TXREAD)  # internal requests that wait for locks
@@ -177,17 +181,29 @@ class ScratchShard:
     """The ShardView of the executor's scratch keyspace: the shard's settings,
     every slot (the keys of all participants are here), its WATCH registry."""
 
-    def __init__(self, settings: Mapping[str, int], watches: Watches) -> None:
+    def __init__(self, settings: Mapping[str, int], watches: Watches, calls: list[RunCall],
+                 log_at_once: Callable[[Any, list[bytes], int], None]) -> None:
         self.settings = settings
         self.slot_range = (0, SLOT_COUNT - 1)
         self.watches = watches
         self.call_stats: dict[Any, CommandStats] = {}  # a script's redis.calls: the shard's once the run counts
+        self.calls = calls  # the run's commands in order (_run_queue): its scripts' redis.calls go in too
+        self.log_at_once = log_at_once  # the shard's log_script_call, past MAX_HELD_CALLS
 
     def script_call_stat(self, cmd: Any) -> CommandStats:
         stat = self.call_stats.get(cmd)
         if stat is None:
             stat = self.call_stats[cmd] = CommandStats()
         return stat
+
+    def log_script_call(self, cmd: Any, argv: list[bytes], duration_us: int) -> None:
+        """A script's redis.call, for SLOWLOG and LATENCY once the run counts (before its
+        script's own entry, as on one shard); its commandstats are in call_stats. Past
+        MAX_HELD_CALLS logged at once (then a run thrown away leaves its later calls logged)."""
+        if len(self.calls) >= MAX_HELD_CALLS:
+            self.log_at_once(cmd, argv, duration_us)
+            return
+        self.calls.append((argv, None, duration_us))
 
 
 
@@ -536,7 +552,8 @@ class TxnState:
         scratch.on_flush = on_flush
         scratch.frozen_ms = time.time_ns() // 1_000_000
         scratch.oom = OOM_RUN in argv[6:] or shard.db.oom
-        scratch_shard = ScratchShard(shard.settings, shard.watches)
+        calls: list[RunCall] = []
+        scratch_shard = ScratchShard(shard.settings, shard.watches, calls, shard.log_script_call)
         ctx = Ctx(scratch, scratch_shard)
         ctx.client_id = req.cid
         ctx.proto = proto
@@ -544,7 +561,6 @@ class TxnState:
         # A script's KEYS, DBSIZE, SCAN, RANDOMKEY or FLUSHALL needs every shard's keys:
         # without them here, the router runs it again with every shard locked whole.
         wants_all: list[bytes] = []
-        calls: list[tuple[list[bytes], bool, int]] = []
         denials: list[list] = []
         outer_on_call = scripting.on_call
 
@@ -577,6 +593,9 @@ class TxnState:
         for argv_run, failed, usec in calls:  # the final run: counted and logged as on one shard
             cmd = find(argv_run)
             if cmd is None:
+                continue
+            if failed is None:  # a script's redis.call (counted with call_stats below)
+                shard.log_script_call(cmd, argv_run, usec)
                 continue
             stat = shard.script_call_stat(cmd)
             stat.calls += 1
@@ -801,7 +820,7 @@ class TxnState:
 
 
 def _run_queue(ctx: Ctx, commands: list[list[bytes]], multi: bool, proto: int, shard_index: int,
-               calls: list[tuple[list[bytes], bool, int]], denials: list[list]) -> bytes:
+               calls: list[RunCall], denials: list[list]) -> bytes:
     """The executor's run of a command or a MULTI's queue: the reply as the client gets
     it; each command run goes to `calls` (argv, whether it failed, µs) for commandstats,
     the redis.calls an ACL user's scripts were refused to `denials` (for ACL LOG)."""
