@@ -56,7 +56,7 @@ ERR_NON_LOCAL = b"Script attempted to access a non local key in a cluster node"
 ERR_ARGS = b"Lua redis lib command arguments must be strings or integers"
 ERR_NO_ARGS = b"Please specify at least one argument for this redis lib call"
 # The router's commands a script may call: the shard answers them itself (Scripting._router_command).
-SCRIPT_ROUTER_COMMANDS = frozenset({"ping", "select", "publish"})
+SCRIPT_ROUTER_COMMANDS = frozenset({"ping", "select", "publish", "time", "echo"})
 
 
 def sha1hex(body: bytes) -> bytes:
@@ -408,7 +408,13 @@ class Scripting:
         return self.to_lua(result, run.resp)
 
     def _router_command(self, ctx: Ctx, name: str, argv: list[bytes]) -> Any:
-        """PING, SELECT and PUBLISH, the router's commands a script may run, answered here."""
+        """PING, SELECT, PUBLISH, TIME and ECHO, the router's commands a script may run,
+        answered here (TIME from this shard's clock: the host's, as the router's)."""
+        if name == "time":
+            now_us = time.time_ns() // 1000
+            return [b"%d" % (now_us // 1_000_000), b"%d" % (now_us % 1_000_000)]
+        if name == "echo":
+            return argv[1]
         if name == "ping":
             if len(argv) > 2:
                 raise ReplyError(b"ERR wrong number of arguments for 'ping' command")

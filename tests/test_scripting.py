@@ -5,9 +5,11 @@ their effects (replay equals live) and durable across kill -9."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import redis
-from refserver import RawConn, keys_on_different_shards, same_all
+from refserver import RawConn, decode, keys_on_different_shards, same_all
 from engine_util import call, new_ctx, run_and_replay
 
 import durakv.shards.commands  # noqa: F401
@@ -134,6 +136,24 @@ def test_redis_call_replies_converted_like_redis(pair, pair3):
         for script in calls:
             p.same("EVAL", script, 1, "{t}")
             p.same("EVAL", "redis.setresp(3) " + script, 1, "{t}")
+
+
+def test_time_and_echo_from_a_script_answer_as_redis(pair, pair3):
+    """TIME and ECHO are the router's commands, yet a script may call them (a rate
+    limiter reads the clock with redis.call('TIME')): the shard answers them itself."""
+    shapes = [
+        "return redis.call('echo', 'hello')",
+        "return redis.pcall('echo')",
+        "return redis.pcall('time', 'x')",
+        "local t = redis.call('time') return {type(t), #t, type(t[1]), type(t[2])}",
+        "local t = redis.call('time') return tonumber(t[2]) < 1000000 and tonumber(t[1]) > 1700000000",
+    ]
+    for p in (pair, pair3):
+        for script in shapes:
+            p.same("EVAL", script, 0)
+            p.same("EVAL", "redis.setresp(3) " + script, 0)
+    seconds = decode(pair.ours.call("EVAL", "return redis.call('time')[1]", 0))[0]
+    assert abs(int(seconds) - time.time()) < 60, seconds
 
 
 def test_keys_argv_and_numkeys_errors(pair):
