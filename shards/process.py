@@ -23,6 +23,7 @@ from durakv.shards.frames import (
     large_request_decoder, request_batch_decoder,
 )
 from durakv.shards.link_auth import LinkPort, LinkRefused, accept_link, tune_tcp_link
+from durakv.shards.link_turn import READY, link_turn
 from durakv.shards.link_tls import LinkTls, LinkTlsError, link_context, links_use_tls
 from durakv.shards.log_backend import link_secret
 from durakv.shards.luaenv import scripting_of
@@ -135,7 +136,11 @@ async def serve_router(shard: Shard, sock: socket.socket) -> None:
     tune_socket(sock)
 
     def on_frames(items: list[bytes | Large]) -> None:
-        """Execute what one read completed; its replies leave as one frame."""
+        """Execute what one read completed; its replies leave as one frame. Then sync
+        if nothing else is ready (shards/link_turn.py)."""
+        link_turn(shard.idle_sync, run_frames, items)
+
+    def run_frames(items: list[bytes | Large]) -> None:
         replies: list[Reply] = []
         for item in items:
             if type(item) is bytes:
@@ -162,6 +167,8 @@ async def serve_router(shard: Shard, sock: socket.socket) -> None:
 
     shard.routers += 1
     ROUTER_CONNS.add(conn)
+    link_fd = sock.fileno()
+    READY.watch(link_fd)
     shard.event_sinks[conn] = send_events
     try:
         async with trio.open_nursery() as nursery:
@@ -176,6 +183,7 @@ async def serve_router(shard: Shard, sock: socket.socket) -> None:
         del shard.event_sinks[conn]
         shard.set_tracking(conn, [VERB_TRACKING, b"0"])
         ROUTER_CONNS.discard(conn)
+        READY.forget(link_fd)
         shard.routers -= 1
         sock.close()
 

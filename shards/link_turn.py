@@ -1,0 +1,73 @@
+"""A router link's turn on a shard ends as a client poller's does: with the sync.
+
+Requests through the router (every plain client's) reach the shard as frames on a
+router link, each read handed to the link's on_frames (shards/process.py). Before,
+a durable write appended there waited for trio's idle detection to be synced in the
+loop (shards/idle_sync.py run): a task wakeup, trio's idle bookkeeping and two more
+scheduler passes per sync, the cost the shard port's turn end (IdleSync.end_of_turn)
+already saved its own clients. Now the link's turn ends the same way: when it
+appended and nothing else waits to be read (no router link and no client of the
+shard's port readable: one zero-timeout poll(2) over them all), it syncs right there,
+within the same rules (IdleSync._inline); otherwise run() decides, as before.
+
+READY is the shard process's set of those sockets: one shard per process, as
+shards/busy.py's ROUTER_CONNS. A poll(2) object, not an epoll: it holds no
+descriptor, so nothing to close or to inherit across the supervisor's forks.
+"""
+
+from __future__ import annotations
+
+import select
+from typing import Callable, TypeVar
+
+from durakv.shards.idle_sync import IdleSync
+
+MAX_WATCHED_FDS = 1024  # router links (shards/process.py ROUTER_CONNECTIONS_MAX per port) and client ports
+
+
+class ReadyWatch:
+    """The descriptors whose input the shard's loop serves: router links' sockets and
+    the client port's poller (an epoll descriptor: readable while a client is)."""
+
+    def __init__(self) -> None:
+        self._poll = select.poll()
+        self._fds: set[int] = set()
+
+    def watch(self, fd: int) -> None:
+        assert fd >= 0 and fd not in self._fds, f"fd {fd} watched twice or closed"
+        assert len(self._fds) < MAX_WATCHED_FDS, "more sockets watched than a shard process serves"
+        self._fds.add(fd)
+        self._poll.register(fd, select.POLLIN)
+
+    def forget(self, fd: int) -> None:
+        """Before the descriptor closes (a closed one would read as always ready)."""
+        if fd in self._fds:
+            self._fds.remove(fd)
+            self._poll.unregister(fd)
+
+    def nothing_ready(self) -> bool:
+        """No watched descriptor has input (or an error) waiting: a zero-timeout poll(2)."""
+        return not self._poll.poll(0)
+
+
+READY = ReadyWatch()
+
+T = TypeVar("T")
+
+
+def link_turn(idle: IdleSync | None, handle: Callable[[T], None], items: T) -> None:
+    """Run one read's worth of a router link's frames (`handle(items)`: execute, send
+    the replies); then, if it appended and nothing else is ready, sync as a client
+    poller's turn end does (IdleSync.end_of_turn), else wake the idle task as an
+    append outside a turn would have."""
+    if idle is None:  # no committer (starting, async durability, a log not synced in one call)
+        handle(items)
+        return
+    assert not idle.in_turn, "a link's turn inside another turn"
+    idle.in_turn = True
+    try:
+        handle(items)
+    finally:
+        idle.in_turn = False
+        if idle.appended_since:
+            idle.end_of_turn(READY)
