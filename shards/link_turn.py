@@ -10,6 +10,10 @@ appended and nothing else waits to be read (no router link and no client of the
 shard's port readable: one zero-timeout poll(2) over them all), it syncs right there,
 within the same rules (IdleSync._inline); otherwise run() decides, as before.
 
+Not looked at: a TLS link's decrypted bytes not yet read (shards/link_tls.py) and
+other tasks' sockets (replicas' log followers): what they bring waits for this one
+sync, which is fast (INLINE_SYNC_SLOW_US), as on a shard port.
+
 READY is the shard process's set of those sockets: one shard per process, as
 shards/busy.py's ROUTER_CONNS. A poll(2) object, not an epoll: it holds no
 descriptor, so nothing to close or to inherit across the supervisor's forks.

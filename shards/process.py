@@ -179,11 +179,11 @@ async def serve_router(shard: Shard, sock: socket.socket) -> None:
                 logger.warning("shard %d: router connection error: %s", shard.index, e)
             nursery.cancel_scope.cancel()
     finally:
+        READY.forget(link_fd)  # first: its descriptor may be reused once closed
         shard.txn.conn_closed(conn)
         del shard.event_sinks[conn]
         shard.set_tracking(conn, [VERB_TRACKING, b"0"])
         ROUTER_CONNS.discard(conn)
-        READY.forget(link_fd)
         shard.routers -= 1
         sock.close()
 

@@ -1,8 +1,8 @@
 """A durable write through the router is synced at the end of its router link's turn
 on the shard when nothing else is ready (shards/link_turn.py), as a shard port's is
 at the end of its poller's turn (tests/test_turn_end_sync.py): its reply leaves in
-the same turn, never before its record is durable. With another link ready the
-sync waits, as before, for the idle loop or the commit thread."""
+the same turn, never before its record is durable. With another link or a client
+of the shard port ready the sync waits, as before, for the idle loop or the thread."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ import msgspec
 import pytest
 import trio
 from test_commit_thread import WAIT_S, open_shard
+from test_turn_end_sync import GET, connect
+
+from durakv.server.node import ShardNode
 
 from durakv.shards import idle_sync
 from durakv.shards.frames import FRAME_HEADER_BYTES, Request, encode_frame
@@ -94,4 +97,25 @@ async def test_with_another_link_ready_the_turn_does_not_sync(tmp_path: Path) ->
         assert shard.idle_sync.synced_at_turn_end <= 1
         assert shard.idle_sync.handed_to_thread >= 1
         nursery.cancel_scope.cancel()
+    shard.wal.close()
+
+
+async def test_with_a_client_of_the_shard_port_ready_the_turn_does_not_sync(tmp_path: Path) -> None:
+    shard = open_shard(tmp_path)
+    async with trio.open_nursery() as nursery:
+        [link] = await links(shard, nursery, 1)
+        node = ShardNode(shard.config, shard)
+        READY.watch(node.poller.fileno())  # as ShardNode.serve does
+        try:
+            [(peer, _client)] = connect(node, 1)
+            peer.send(GET)  # ready on the node's poller, not read (its task is not running)
+            await trio.sleep(0.01)
+            link.send(set_frame(1))
+            assert await reply_frame(link) == [(1, b"+OK\r\n")]
+            assert shard.wal.durable_seq == shard.wal.tail_seq == 1
+            assert shard.idle_sync.synced_at_turn_end == 0  # synced once the loop went idle instead
+        finally:
+            READY.forget(node.poller.fileno())
+        nursery.cancel_scope.cancel()
+    node.poller.close()
     shard.wal.close()
