@@ -367,7 +367,7 @@ class ShardNode(Front):
     async def serve(self, listener: ClientListeners, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         busy.PORT_HOOKS.append(self.serve_while_busy)
         poller_fd = self.poller.fileno()
-        link_turn.READY.watch(poller_fd)  # a router link's turn end syncs only if no client is ready
+        link_turn.READY.watch(poller_fd, self)  # a router link's turn end syncs only if no client is ready
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
@@ -388,7 +388,7 @@ class ShardNode(Front):
                 await self.serve_ports(listener, nursery)
         finally:
             busy.PORT_HOOKS.remove(self.serve_while_busy)
-            link_turn.READY.forget(poller_fd)
+            link_turn.READY.forget(poller_fd, self)
             if self.replica_number >= 0 and self.shard.replica is None:
                 self._leave(listener)
 

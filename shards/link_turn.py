@@ -21,37 +21,55 @@ descriptor, so nothing to close or to inherit across the supervisor's forks.
 
 from __future__ import annotations
 
+import logging
 import select
 from typing import Callable, TypeVar
 
 from durakv.shards.idle_sync import IdleSync
 
-MAX_WATCHED_FDS = 1024  # router links (shards/process.py ROUTER_CONNECTIONS_MAX per port) and client ports
+logger = logging.getLogger("durakv.shard")
+
+# Router links (shards/process.py: up to ROUTER_CONNECTIONS_MAX per listener, on a node
+# also the link port's) and client ports. Past this, a link's turn never syncs (run() does).
+MAX_WATCHED_FDS = 1024
 
 
 class ReadyWatch:
     """The descriptors whose input the shard's loop serves: router links' sockets and
-    the client port's poller (an epoll descriptor: readable while a client is)."""
+    the client port's poller (an epoll descriptor: readable while a client is). Each
+    is watched by its owner (a link's task, a node) until the owner forgets it."""
 
     def __init__(self) -> None:
         self._poll = select.poll()
-        self._fds: set[int] = set()
+        self._owners: dict[int, object] = {}
+        self._unwatched = 0  # owners past MAX_WATCHED_FDS: their input is not seen here
 
-    def watch(self, fd: int) -> None:
-        assert fd >= 0 and fd not in self._fds, f"fd {fd} watched twice or closed"
-        assert len(self._fds) < MAX_WATCHED_FDS, "more sockets watched than a shard process serves"
-        self._fds.add(fd)
-        self._poll.register(fd, select.POLLIN)
+    def watch(self, fd: int, owner: object) -> None:
+        """A descriptor left by an owner that closed it without forget() (a bug) goes
+        to the new owner; the old one's forget() then leaves it alone."""
+        assert fd >= 0, "a closed descriptor watched"
+        if fd not in self._owners and len(self._owners) >= MAX_WATCHED_FDS:
+            self._unwatched += 1
+            return
+        if fd in self._owners:
+            logger.warning("shard: descriptor %d watched again without being forgotten", fd)
+            self._poll.modify(fd, select.POLLIN)
+        else:
+            self._poll.register(fd, select.POLLIN)
+        self._owners[fd] = owner
 
-    def forget(self, fd: int) -> None:
+    def forget(self, fd: int, owner: object) -> None:
         """Before the descriptor closes (a closed one would read as always ready)."""
-        if fd in self._fds:
-            self._fds.remove(fd)
+        if self._owners.get(fd) is owner:
+            del self._owners[fd]
             self._poll.unregister(fd)
+        elif self._unwatched:
+            self._unwatched -= 1
 
     def nothing_ready(self) -> bool:
-        """No watched descriptor has input (or an error) waiting: a zero-timeout poll(2)."""
-        return not self._poll.poll(0)
+        """No watched descriptor has input (or an error) waiting: a zero-timeout poll(2).
+        False while some are not watched (too many): their input could be waiting."""
+        return not self._unwatched and not self._poll.poll(0)
 
 
 READY = ReadyWatch()

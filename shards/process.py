@@ -168,7 +168,7 @@ async def serve_router(shard: Shard, sock: socket.socket) -> None:
     shard.routers += 1
     ROUTER_CONNS.add(conn)
     link_fd = sock.fileno()
-    READY.watch(link_fd)
+    READY.watch(link_fd, conn)
     shard.event_sinks[conn] = send_events
     try:
         async with trio.open_nursery() as nursery:
@@ -179,7 +179,7 @@ async def serve_router(shard: Shard, sock: socket.socket) -> None:
                 logger.warning("shard %d: router connection error: %s", shard.index, e)
             nursery.cancel_scope.cancel()
     finally:
-        READY.forget(link_fd)  # first: its descriptor may be reused once closed
+        READY.forget(link_fd, conn)  # first: its descriptor may be reused once closed
         shard.txn.conn_closed(conn)
         del shard.event_sinks[conn]
         shard.set_tracking(conn, [VERB_TRACKING, b"0"])

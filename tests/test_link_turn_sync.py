@@ -17,9 +17,9 @@ from test_turn_end_sync import GET, connect
 
 from durakv.server.node import ShardNode
 
-from durakv.shards import idle_sync
+from durakv.shards import idle_sync, link_turn
 from durakv.shards.frames import FRAME_HEADER_BYTES, Request, encode_frame
-from durakv.shards.link_turn import READY
+from durakv.shards.link_turn import READY, ReadyWatch
 from durakv.shards.process import serve_router
 from durakv.shards.shard import Shard
 
@@ -79,7 +79,7 @@ async def test_a_set_through_a_link_is_synced_at_the_end_of_its_turn(tmp_path: P
         assert shard._commit_thread.syncs_in_loop == shard.wal.fsync_count == 3
         assert shard.sync_places() == {"fsyncs_in_loop": 3, "fsyncs_at_turn_end": 3}  # INFO persistence
         nursery.cancel_scope.cancel()
-    assert READY.nothing_ready() and not READY._fds  # the closed link was forgotten
+    assert READY.nothing_ready() and not READY._owners  # the closed link was forgotten
     shard.wal.close()
 
 
@@ -105,7 +105,7 @@ async def test_with_a_client_of_the_shard_port_ready_the_turn_does_not_sync(tmp_
     async with trio.open_nursery() as nursery:
         [link] = await links(shard, nursery, 1)
         node = ShardNode(shard.config, shard)
-        READY.watch(node.poller.fileno())  # as ShardNode.serve does
+        READY.watch(node.poller.fileno(), node)  # as ShardNode.serve does
         try:
             [(peer, _client)] = connect(node, 1)
             peer.send(GET)  # ready on the node's poller, not read (its task is not running)
@@ -115,7 +115,35 @@ async def test_with_a_client_of_the_shard_port_ready_the_turn_does_not_sync(tmp_
             assert shard.wal.durable_seq == shard.wal.tail_seq == 1
             assert shard.idle_sync.synced_at_turn_end == 0  # synced once the loop went idle instead
         finally:
-            READY.forget(node.poller.fileno())
+            READY.forget(node.poller.fileno(), node)
         nursery.cancel_scope.cancel()
     node.poller.close()
     shard.wal.close()
+
+
+def test_ready_watch_sees_input_and_owners(monkeypatch: pytest.MonkeyPatch) -> None:
+    watch = ReadyWatch()
+    (a, a_end), (b, b_end) = socket.socketpair(), socket.socketpair()
+    try:
+        watch.watch(a_end.fileno(), "link a")
+        assert watch.nothing_ready()
+        a.send(b"x")
+        assert not watch.nothing_ready()
+        # A descriptor never forgotten goes to its new owner; the old owner's forget leaves it.
+        watch.watch(a_end.fileno(), "link a2")
+        watch.forget(a_end.fileno(), "link a")
+        assert not watch.nothing_ready()
+        watch.forget(a_end.fileno(), "link a2")
+        assert watch.nothing_ready()
+        assert a_end.recv(1) == b"x"
+        # Past the limit a descriptor is not watched, and no turn may then sync.
+        monkeypatch.setattr(link_turn, "MAX_WATCHED_FDS", 1)
+        watch.watch(a_end.fileno(), "link a")
+        watch.watch(b_end.fileno(), "link b")
+        assert not watch.nothing_ready()
+        watch.forget(b_end.fileno(), "link b")
+        assert watch.nothing_ready()
+        watch.forget(a_end.fileno(), "link a")
+    finally:
+        for sock in (a, a_end, b, b_end):
+            sock.close()
