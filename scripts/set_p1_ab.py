@@ -11,7 +11,7 @@ the kernel's syscall tracepoints (redis-server reports none itself),
 and times them (`perf trace`), so a change in grouping shows next to the change in
 throughput.
 
-    python scripts/set_p1_ab.py --base /path/to/other/checkout [--rounds 3] [--requests 40000]
+    python scripts/set_p1_ab.py --base /path/to/other/checkout [--rounds 3] [--requests 40000] [--via router]
 
 --base is a checkout of durakv (the folders server/, shards/, log/, snapshotter/):
 its tree runs with those modules in place of this venv's install. Needs
@@ -58,7 +58,8 @@ def base_package(base: Path, tmp: Path) -> Path:
     return root
 
 
-def start_tree(groups: ProcessGroups, name: str, tmp: Path, shards: int, pythonpath: Path | None) -> Server:
+def start_tree(groups: ProcessGroups, name: str, tmp: Path, shards: int, pythonpath: Path | None,
+               via: str = "shard") -> Server:
     port = free_port()
     argv = [sys.executable, "-m", "durakv.server.cli", "serve", "--port", str(port), "--shards", str(shards),
             "--data-dir", str(tmp / f"{name}-data")]
@@ -70,7 +71,7 @@ def start_tree(groups: ProcessGroups, name: str, tmp: Path, shards: int, pythonp
         proc = groups.start(argv, cwd=tmp, stdout=log, stderr=subprocess.STDOUT, env=env)
     server = Server(name, argv, name, port, proc, log_path, ("set",))
     wait_ready(server, (b"CLUSTER", b"INFO"), b"cluster_state:ok")
-    return dataclasses.replace(durakv_shard_ports(server), name=name)
+    return server if via == "router" else dataclasses.replace(durakv_shard_ports(server), name=name)
 
 
 def pids_of(server: Server) -> list[int]:
@@ -143,6 +144,8 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=40_000)
     p.add_argument("--key-space", type=int, default=100_000)
     p.add_argument("--shards", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--via", choices=("shard", "router"), default="shard",
+                   help="durakv's shard ports (redis-benchmark --cluster) or its router port")
     opts = p.parse_args()
     if not (1 <= opts.rounds <= 50 and 1000 <= opts.requests <= 10_000_000 and 1 <= opts.shards <= 64):
         p.error("an argument is out of range")
@@ -153,8 +156,9 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="durakv-set-ab-") as tmp_name:
             tmp = Path(tmp_name)
-            servers = [start_tree(groups, "durakv-this", tmp, opts.shards, None),
-                       start_tree(groups, "durakv-base", tmp, opts.shards, base_package(opts.base.resolve(), tmp)),
+            servers = [start_tree(groups, "durakv-this", tmp, opts.shards, None, opts.via),
+                       start_tree(groups, "durakv-base", tmp, opts.shards, base_package(opts.base.resolve(), tmp),
+                                  opts.via),
                        start_redis(groups, tmp, "redis-aof", ["--appendonly", "yes", "--appendfsync", "always"],
                                    ("set",))]
             for round_no in range(1, opts.rounds + 1):
@@ -171,7 +175,8 @@ def main() -> int:
     with open("/proc/loadavg") as f:
         load_end = " ".join(f.read().split()[:3])
     redis = statistics.median(r["rps"] for r in results["redis-aof"])
-    print(f"load average {load_start} -> {load_end}; medians of {opts.rounds} rounds, SET P1 c={CLIENTS}")
+    print(f"load average {load_start} -> {load_end}; medians of {opts.rounds} rounds, SET P1 c={CLIENTS}"
+          f" via durakv's {opts.via} port{'s' if opts.via == 'shard' else ''}")
     print(f"{'server':<12} {'SET/s':>9} {'vs redis':>9} {'p50 ms':>7} {'p99 ms':>7} {'SETs/fsync':>11} "
           f"{'CPU µs/SET':>11} {'in loop':>8} {'sync ms p50/p90/p99':>20}  every round SET/s")
     for name, runs in results.items():

@@ -944,6 +944,10 @@ class ClientPoller:
             if self._end_turn is not None:
                 self._end_turn()
 
+    def fileno(self) -> int:
+        """The epoll set's descriptor: readable while a client socket has an event."""
+        return self._epoll.fileno()
+
     def nothing_ready(self) -> bool:
         """No client socket has an event waiting (a zero-timeout epoll_wait)."""
         return not self._epoll.poll(0, 1)

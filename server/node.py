@@ -31,7 +31,7 @@ from durakv.server.node_links import NodeDirectory
 from durakv.server.tls import is_tls
 from durakv.server.settings_sync import SettingsSync
 from durakv.server.topology import ensure_topology, replica_node_id, shard_node_ids
-from durakv.shards import busy, internal
+from durakv.shards import busy, internal, link_turn
 from durakv.shards.config import Config, replica_port, shard_port, tls_replica_port, tls_shard_port
 from durakv.shards.frames import INTERNAL_PREFIX, PROTO_INTERNAL, VERB_CONFIG, Request
 from durakv.shards.records import BIG_EFFECT_ARG_BYTES
@@ -365,6 +365,8 @@ class ShardNode(Front):
 
     async def serve(self, listener: ClientListeners, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         busy.PORT_HOOKS.append(self.serve_while_busy)
+        poller_fd = self.poller.fileno()
+        link_turn.READY.watch(poller_fd, self)  # a router link's turn end syncs only if no client is ready
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
@@ -385,6 +387,7 @@ class ShardNode(Front):
                 await self.serve_ports(listener, nursery)
         finally:
             busy.PORT_HOOKS.remove(self.serve_while_busy)
+            link_turn.READY.forget(poller_fd, self)
             if self.replica_number >= 0 and self.shard.replica is None:
                 self._leave(listener)
 

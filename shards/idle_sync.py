@@ -26,6 +26,8 @@ ready, it syncs right there, as redis-server syncs in beforeSleep, and trio's id
 detection is not waited for. That detection cost a task wakeup, trio's idle
 bookkeeping and two more scheduler passes (one a zero-timeout epoll) per sync:
 callgrind's node_bench set1 (data on tmpfs) 124.1k -> 101.1k instructions per SET.
+A router link's turn ends the same way (shards/link_turn.py), its TurnSource a poll
+of every router link and the client port.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ class SyncThread(Protocol):
 
 
 class TurnSource(Protocol):
-    """What end_of_turn asks of the client poller (server/client.py ClientPoller)."""
+    """What end_of_turn asks of the turn's source: the client poller (server/client.py
+    ClientPoller) or, for a router link's turn, shards/link_turn.py's ReadyWatch."""
 
     def nothing_ready(self) -> bool: ...
 

@@ -24,6 +24,7 @@ from durakv.shards.frames import (
     large_request_decoder, request_batch_decoder,
 )
 from durakv.shards.link_auth import LinkPort, LinkRefused, accept_link, tune_tcp_link
+from durakv.shards.link_turn import READY, link_turn
 from durakv.shards.link_tls import LinkTls, LinkTlsError, link_context, links_use_tls
 from durakv.shards.log_backend import link_secret
 from durakv.shards.luaenv import scripting_of
@@ -136,7 +137,11 @@ async def serve_router(shard: Shard, sock: socket.socket) -> None:
     tune_socket(sock)
 
     def on_frames(items: list[bytes | Large]) -> None:
-        """Execute what one read completed; its replies leave as one frame."""
+        """Execute what one read completed; its replies leave as one frame. Then sync
+        if nothing else is ready (shards/link_turn.py)."""
+        link_turn(shard.idle_sync, run_frames, items)
+
+    def run_frames(items: list[bytes | Large]) -> None:
         replies: list[Reply] = []
         for item in items:
             if type(item) is bytes:
@@ -163,6 +168,8 @@ async def serve_router(shard: Shard, sock: socket.socket) -> None:
 
     shard.routers += 1
     ROUTER_CONNS.add(conn)
+    link_fd = sock.fileno()
+    READY.watch(link_fd, conn)
     shard.event_sinks[conn] = send_events
     try:
         async with trio.open_nursery() as nursery:
@@ -173,6 +180,7 @@ async def serve_router(shard: Shard, sock: socket.socket) -> None:
                 logger.warning("shard %d: router connection error: %s", shard.index, e)
             nursery.cancel_scope.cancel()
     finally:
+        READY.forget(link_fd, conn)  # first: its descriptor may be reused once closed
         shard.txn.conn_closed(conn)
         scripting_of(shard.db).evicting.conn_closed(conn)
         del shard.event_sinks[conn]
