@@ -49,7 +49,8 @@ class Undo:
     commandstats, errorstats, WATCH, SLOWLOG and LATENCY see only the run across
     shards; its own call Shard._execute leaves out)."""
 
-    __slots__ = ("before", "events_before", "usable", "stats_before", "errors_before", "dirty_before")
+    __slots__ = ("before", "events_before", "usable", "stats_before", "errors_before", "dirty_before",
+                 "changes_before")
 
     def __init__(self, events_before: int, dirty_before: set[int] | None = None) -> None:
         self.before: dict[bytes, tuple[int, object, int]] = {}  # key -> (kind, value or payload, expiry ms)
@@ -58,6 +59,7 @@ class Undo:
         self.stats_before: dict[int, tuple[Any, int, int, int, int]] = {}  # id -> (CommandStats, its four counts)
         self.errors_before: dict[bytes, int] = {}  # errorstats code -> its count before the run
         self.dirty_before = dirty_before  # the WATCHers already dirty (None: nobody watched anything)
+        self.changes_before = -1  # Keyspace.changes before the run's first write (shards/changes.py)
 
     def note_stat(self, stat: Any) -> None:
         """Before the run counts a call in `stat` (shards/shard.py CommandStats): its counts, once."""
@@ -71,6 +73,8 @@ class Undo:
 
     def note_write(self, ctx: Ctx, cmd: Command, argv: list[bytes], indexes: list[int]) -> None:
         """Before a write command of the script runs: note each key's state the first time."""
+        if self.changes_before < 0:
+            self.changes_before = ctx.db.changes
         if not indexes or len(self.before) + len(indexes) > MAX_UNDO_KEYS:
             self.usable = False  # a keyless write (FLUSHALL, FLUSHDB): nothing to put back by key
             return
@@ -106,6 +110,8 @@ class Undo:
             except ReplyError as e:  # cannot happen for a payload this shard dumped: loud if it does
                 logger.error("script undo: cannot put %r back: %s", key[:64], e.message.decode(errors="replace"))
         del db.events[self.events_before:]
+        if self.changes_before >= 0:  # neither the run's writes nor their undo are a client's changes
+            db.changes = self.changes_before
         ctx.acl_denials.clear()  # the run that commits reports its own
         self._uncount(ctx)
 

@@ -154,6 +154,7 @@ class Shard(GroupCommit):
         """Apply one log record's effects (startup replay, and a replica following the log)."""
         record = decode_record(payload)
         replay(self.ctx, record.effects)
+        self.db.changes += record.change_count()
         if record.txns:
             self.txn.replayed(seq, record.txns)
         self.record_clock.last_ms = record.written_at_ms
@@ -198,6 +199,7 @@ class Shard(GroupCommit):
         elapsed = max(time.monotonic() - started, 1e-9)
         self.replayed_records = count
         self.db.effects.clear()
+        self.changes_logged = self.db.changes
         self.txn.lock_in_doubt()
         tail = self.wal.tail_seq
         self.hazards = HazardTracker(tail)

@@ -248,7 +248,7 @@ def sadd(ctx: Ctx, argv: list[bytes]):
         db.put(key, s)
     added = add_members(s, argv[2:], intset_max(ctx))
     if added:
-        db.effect(argv, key)
+        db.effect(argv, key, changes=added)
         db.notify(notify.SET, b"sadd", key)
     return added
 
@@ -270,7 +270,7 @@ def srem(ctx: Ctx, argv: list[bytes]):
         db = ctx.db
         if not s:
             db.delete(key)
-        db.effect(argv, key)
+        db.effect(argv, key, changes=removed)
         db.notify(notify.SET, b"srem", key)
         if not s:
             db.notify(notify.GENERIC, b"del", key)

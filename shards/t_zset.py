@@ -484,7 +484,7 @@ def zrem(ctx: Ctx, argv: list[bytes]):
             break
     if removed:
         _drop_if_empty(ctx, key, zs)
-        ctx.db.effect(argv, key)
+        ctx.db.effect(argv, key, changes=removed)
         ctx.db.notify(notify.ZSET, b"zrem", key)
         if not zs:
             ctx.db.notify(notify.GENERIC, b"del", key)

@@ -82,6 +82,7 @@ def replay_records(ctx: Ctx, records: Iterator[tuple[int, int, bytes]], after_se
             break
         effects = record.effects
         replay(ctx, effects)
+        ctx.db.changes += record.change_count()
         result.chain = chain_step(result.chain, seq, payload)
         if checkpoints and seq in checkpoints and checkpoints[seq] != result.chain:
             raise ChainMismatch(f"log-chain checksum at seq {seq} is {result.chain}, the snapshot at "
