@@ -10,10 +10,11 @@ cumulative in `Keyspace.changes`, and logs each record's share of it
 reaches the same count with no clock or state of its own; a snapshot's manifest holds it
 at its seq (snapshotter/manifest.py `changes`), and INFO subtracts that.
 
-SADD, SREM and ZREM give their count (Keyspace.effect's `changes`: their effect is the
-client's command, with members that may not have counted). Other commands count one per
-key they change where Redis may count elements (SINTERSTORE & co., LPOP with a count,
-XADD/XDEL, ...), and FUNCTION LOAD/DELETE/FLUSH count nothing (Redis: one)."""
+SADD, SREM, ZREM, PFADD, SPOP of a whole set and ZREMRANGEBY* give their count (Keyspace.effect's
+`changes`: their effect is the client's command, with members that may not have counted).
+Compared with redis-server 7.0 (tests/test_save_changes.py): XADD with a trim counts 2
+(Redis: 1), FUNCTION LOAD/DELETE/FLUSH nothing (Redis: one); other commands count one
+per key they change, which is Redis' count for those compared."""
 
 from __future__ import annotations
 
@@ -26,11 +27,22 @@ def _field_pairs(argv: list[bytes]) -> int:
     return (len(argv) - 2) // 2
 
 
+def _popped(argv: list[bytes]) -> int:
+    return int(argv[2])  # LPOP/ZPOPMIN & co. log the number they popped
+
+
+def _one(argv: list[bytes]) -> int:
+    return 1
+
+
 # Effects whose Redis dirty count is a number of elements, not of keys: their effect
 # argv holds exactly the elements Redis counts (t_list.py push, t_hash.py hset/hdel).
 _ELEMENT_COUNTS = {
     b"LPUSH": _elements, b"RPUSH": _elements, b"LPUSHX": _elements, b"RPUSHX": _elements,
     b"HDEL": _elements, b"HSET": _field_pairs, b"ZADD": _field_pairs,  # t_zset.py zadd: only what changed
+    b"SREM": _elements,  # SPOP's effect (t_set.py): the members it took
+    b"LPOP": _popped, b"RPOP": _popped, b"ZPOPMIN": _popped, b"ZPOPMAX": _popped,
+    b"RENAME": _one, b"LMOVE": _one,  # two keys changed, one change for Redis
 }
 _ELEMENT_COUNTS.update({verb.lower(): count for verb, count in _ELEMENT_COUNTS.items()})  # a script's redis.call
 

@@ -379,7 +379,7 @@ def _spop_count(ctx: Ctx, key: bytes, count: int) -> SetReply:
         members = members_in_order(s)
         db.delete(key)
         db.notify(notify.GENERIC, b"del", key)
-        db.effect([b"DEL", key], key)
+        db.effect([b"DEL", key], key, changes=len(members))
         return SetReply(members)
     chosen = random.sample(random_population(s), count)
     for member in chosen:

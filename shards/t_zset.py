@@ -498,7 +498,7 @@ def _remove_span(ctx: Ctx, argv: list[bytes], zs: ZSetValue, start: int, end: in
     for _, member in list(zs.order.islice(start, end)):
         zs.delete(member)
     _drop_if_empty(ctx, key, zs)
-    ctx.db.effect(argv, key)
+    ctx.db.effect(argv, key, changes=end - start)
     ctx.db.notify(notify.ZSET, argv[0].lower(), key)  # zremrangebyrank, zremrangebyscore, zremrangebylex
     if not zs:
         ctx.db.notify(notify.GENERIC, b"del", key)
