@@ -27,7 +27,6 @@ import time
 from typing import Callable
 
 from durakv.shards import lazyfree, notify
-from durakv.shards.changes import effect_changes
 from durakv.shards.access import STAMP_CELLS_PER_KEY, Lfu, grow_cells, lru_clock, new_cells
 from durakv.shards.lazyfree import LAZY_FREE_MIN_BYTES
 from durakv.shards.notify import event_messages
@@ -124,11 +123,11 @@ class Keyspace:
     def effect(self, argv: list[bytes], *keys: bytes, changes: int = -1) -> None:
         """Record the deterministic effect of a mutation; `keys` are the keys it
         changes (they drive WATCH invalidation and read hazards); `changes`, Redis'
-        dirty count of it when not shards/changes.py's (members SADD added)."""
+        dirty count of it when not the number of keys (shards/changes.py)."""
         if not self.replaying:
             self.effects.append(argv)
             if not self.expiring:  # an expiry or eviction is no client's change: Redis counts neither
-                self.changes += effect_changes(argv, keys) if changes < 0 else changes
+                self.changes += len(keys) if changes < 0 else changes
         hook = self.on_modified
         if hook is not None:
             for key in keys:

@@ -24,6 +24,7 @@ from durakv.log import Log
 from durakv.log.layout import shard_dir
 from durakv.shards import internal
 from durakv.shards.acl import MAX_SCRIPT_DENIALS, user_from_rules, with_denials
+from durakv.shards.changes import replayed
 from durakv.shards.command_stats import CommandStats
 from durakv.shards.commit import GroupCommit
 from durakv.shards.config import Config
@@ -154,7 +155,7 @@ class Shard(GroupCommit):
         """Apply one log record's effects (startup replay, and a replica following the log)."""
         record = decode_record(payload)
         replay(self.ctx, record.effects)
-        self.db.changes += record.change_count()
+        replayed(self.db, record)
         if record.txns:
             self.txn.replayed(seq, record.txns)
         self.record_clock.last_ms = record.written_at_ms

@@ -387,7 +387,7 @@ def _spop_count(ctx: Ctx, key: bytes, count: int) -> SetReply:
     if (size - count) * SPOP_MOVE_STRATEGY_MUL <= count:
         # Redis builds a fresh set from the survivors here, re-choosing its encoding.
         s.intset = fits_intset(s, len(s), intset_max(ctx))
-    db.effect([b"SREM", key, *chosen], key)
+    db.effect([b"SREM", key, *chosen], key, changes=len(chosen))
     return SetReply(chosen)
 
 
