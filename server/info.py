@@ -239,9 +239,12 @@ def _persistence(router, infos, version):
     failed = [p["write_error"] for p in shards if p["write_error"]]
     status = read_status(router.config.data_dir)
     snapshots = status.shards
-    saved_seqs = {n: s.last_seq for n, s in snapshots.items() if s.published}
-    changes = sum(_CHANGES.count(i["shard"], i["persistence"]["effects_appended"],
-                                 (saved_seqs.get(i["shard"], 0), status.request_served_at_ms)) for i in infos)
+    saved = {n: s for n, s in snapshots.items() if s.published}
+    changes = sum(_CHANGES.count(i["shard"], i["persistence"].get("changes", 0),
+                                 saved[i["shard"]].last_changes if i["shard"] in saved else 0,
+                                 i["persistence"]["effects_appended"],
+                                 (saved[i["shard"]].last_seq if i["shard"] in saved else 0,
+                                  status.request_served_at_ms)) for i in infos)
     snapshot_failed = any(s.status == "error" for s in snapshots.values())
     lines = [
         "loading:0",

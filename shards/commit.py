@@ -222,6 +222,8 @@ class GroupCommit:
     # Set by whoever passes execute_batch a big argument (shards/process.py, server/node.py):
     # the next record is built with big values left in their own buffers.
     big_values_pending = False
+    # db.changes (shards/changes.py) through the last record appended: the next one logs the rest.
+    changes_logged = 0
 
     def append_effects(self) -> None:
         """Turn the effects recorded since the last call into one log record."""
@@ -230,11 +232,14 @@ class GroupCommit:
         if not effects and not marks:
             return
         payload: bytes | PayloadPieces
+        changes = self.db.changes
+        record_changes = changes - self.changes_logged
+        self.changes_logged = changes
         if self.big_values_pending:
             self.big_values_pending = False
-            payload = encode_record_pieces(self.record_clock.now_ms(), effects, marks)
+            payload = encode_record_pieces(self.record_clock.now_ms(), effects, marks, record_changes)
         else:
-            payload = encode_record(self.record_clock.now_ms(), effects, marks)
+            payload = encode_record(self.record_clock.now_ms(), effects, marks, record_changes)
         self.effects_appended += len(effects)
         effects.clear()
         if marks:

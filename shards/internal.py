@@ -106,6 +106,7 @@ def persistence(shard) -> dict:
         "log_size_bytes": wal.size_bytes,
         "records_appended": shard.records_appended,
         "effects_appended": shard.effects_appended,
+        "changes": shard.db.changes,  # shards/changes.py: INFO rdb_changes_since_last_save
         "held_replies": shard.held.count,
         "dirty_keys": shard.hazards.pending_keys(),
         "write_error": (shard.write_error or b"").decode(errors="replace"),

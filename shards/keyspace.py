@@ -54,7 +54,7 @@ class Keyspace:
         "lazy_expire_disabled", "active_expire_enabled", "expiry_paused_until_ms", "frozen_ms", "count_reads",
         "scripting", "notify_flags", "events", "replay_notifies", "expiring", "tracking",
         "access_cells", "access_mask", "access_stamp", "access_default", "lfu", "stat_evicted_keys", "oom",
-        "big_keys",
+        "big_keys", "changes",
     )
 
     def __init__(self) -> None:
@@ -90,6 +90,9 @@ class Keyspace:
         # CLIENT TRACKING's NOLOOP never hides (shards/tracking.py).
         self.expiring = False
         self.tracking = False  # some front has CLIENT TRACKING clients: scripts report their reads
+        # Redis' dirty counter, cumulative over the keyspace's history (shards/changes.py): keys
+        # changed by clients; a snapshot's load sets it, a replayed record adds what it logged.
+        self.changes = 0
         # Access stamps (shards/access.py): a table of LRU clocks or LFU stamps, key
         # hash & access_mask -> cell, every cell access_default (the shard's start)
         # until stamped. access_stamp is the current LRU clock (moved by tick_clock);
@@ -117,11 +120,14 @@ class Keyspace:
 
     # --- effects ------------------------------------------------------------
 
-    def effect(self, argv: list[bytes], *keys: bytes) -> None:
+    def effect(self, argv: list[bytes], *keys: bytes, changes: int = -1) -> None:
         """Record the deterministic effect of a mutation; `keys` are the keys it
-        changes (they drive WATCH invalidation and read hazards)."""
+        changes (they drive WATCH invalidation and read hazards); `changes`, Redis'
+        dirty count of it when not the number of keys (shards/changes.py)."""
         if not self.replaying:
             self.effects.append(argv)
+            if not self.expiring:  # an expiry or eviction is no client's change: Redis counts neither
+                self.changes += len(keys) if changes < 0 else changes
         hook = self.on_modified
         if hook is not None:
             for key in keys:
@@ -319,6 +325,8 @@ class Keyspace:
         return self.expires.pop(key, None) is not None
 
     def flush(self) -> None:
+        if not self.replaying:
+            self.changes += len(self.data)  # FLUSHALL/FLUSHDB count the keys removed, as Redis' emptyData
         hook = self.on_flush
         if hook is not None:
             hook()

@@ -5,7 +5,9 @@ A payload is a msgpack array [written_at_ms, effects]: the shard's wall clock
 when it appended the record (never lower than the previous record's, so a
 log's times do not decrease even if the clock steps back), and the batch's
 effects as an array of argument vectors. The time is what makes restore
---at exact to the record."""
+--at exact to the record. A record whose Redis change count (shards/changes.py)
+is not one per effect carries it as a fourth element, after its (maybe empty)
+transaction markers."""
 
 from __future__ import annotations
 
@@ -22,15 +24,25 @@ class Record(msgspec.Struct, array_like=True):
     effects: list[list[bytes]]
     # Cross-shard transaction markers (shards/txn.py); absent from ordinary records.
     txns: list[list[Any]] = msgspec.field(default_factory=list)
+    # Redis' dirty count of the record (shards/changes.py); -1, absent: one per effect.
+    changes: int = -1
+
+    def change_count(self) -> int:
+        """What the record adds to its keyspace's Keyspace.changes."""
+        return len(self.effects) if self.changes < 0 else self.changes
 
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Record)
 
 
-def encode_record(written_at_ms: int, effects: list[list[bytes]], txns: list[list[Any]] | None = None) -> bytes:
+def encode_record(written_at_ms: int, effects: list[list[bytes]], txns: list[list[Any]] | None = None,
+                  changes: int = -1) -> bytes:
     """An ordinary record is [written_at_ms, effects]; one with transaction markers
-    has them as a third element."""
+    has them as a third element; one whose change count is not len(effects) has it
+    as a fourth (after its markers, maybe none)."""
+    if changes >= 0 and changes != len(effects):
+        return _encoder.encode((written_at_ms, effects, txns or [], changes))
     if txns:
         return _encoder.encode((written_at_ms, effects, txns))
     return _encoder.encode((written_at_ms, effects))
@@ -42,13 +54,15 @@ BIG_EFFECT_ARG_BYTES = 64 * 1024
 
 
 def encode_record_pieces(written_at_ms: int, effects: list[list[bytes]],
-                         txns: list[list[Any]] | None = None) -> bytes | PayloadPieces:
+                         txns: list[list[Any]] | None = None, changes: int = -1) -> bytes | PayloadPieces:
     """encode_record's bytes, as pieces: msgpack written here around each argument of
     BIG_EFFECT_ARG_BYTES or more, which stays the buffer it is (the keyspace's value),
     so a 512 MiB SET is not copied into its record (msgspec would, growing its
     buffer as it goes). Plain bytes when no argument is that big."""
     parts: list[bytes] = []
-    small = [_array_header(3 if txns else 2), _encoder.encode(written_at_ms), _array_header(len(effects))]
+    with_changes = changes >= 0 and changes != len(effects)
+    small = [_array_header(4 if with_changes else 3 if txns else 2), _encoder.encode(written_at_ms),
+             _array_header(len(effects))]
     for effect in effects:
         if max(map(len, effect), default=0) < BIG_EFFECT_ARG_BYTES:
             small.append(_encoder.encode(effect))
@@ -62,8 +76,10 @@ def encode_record_pieces(written_at_ms: int, effects: list[list[bytes]],
             parts.append(b"".join(small))
             small = []
             parts.append(arg)
-    if txns:
-        small.append(_encoder.encode(txns))
+    if txns or with_changes:
+        small.append(_encoder.encode(txns or []))
+    if with_changes:
+        small.append(_encoder.encode(changes))
     if not parts:
         return b"".join(small)
     if small:

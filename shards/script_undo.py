@@ -51,7 +51,7 @@ class Undo:
     shards; its own call Shard._execute leaves out)."""
 
     __slots__ = ("before", "events_before", "usable", "stats_before", "errors_before", "dirty_before",
-                 "held_calls")
+                 "held_calls", "changes_before")
 
     def __init__(self, events_before: int, dirty_before: set[int] | None = None) -> None:
         self.before: dict[bytes, tuple[int, object, int]] = {}  # key -> (kind, value or payload, expiry ms)
@@ -62,6 +62,7 @@ class Undo:
         self.dirty_before = dirty_before  # the WATCHers already dirty (None: nobody watched anything)
         # The redis.calls run (command, argv, µs): SLOWLOG and LATENCY get them once the run counts.
         self.held_calls: list[tuple[Command, list[bytes], int]] = []
+        self.changes_before = -1  # Keyspace.changes before the run's first write (shards/changes.py)
 
     def note_stat(self, stat: Any) -> None:
         """Before the run counts a call in `stat` (shards/shard.py CommandStats): its counts, once."""
@@ -83,6 +84,8 @@ class Undo:
 
     def note_write(self, ctx: Ctx, cmd: Command, argv: list[bytes], indexes: list[int]) -> None:
         """Before a write command of the script runs: note each key's state the first time."""
+        if self.changes_before < 0:
+            self.changes_before = ctx.db.changes
         if not indexes or len(self.before) + len(indexes) > MAX_UNDO_KEYS:
             self.usable = False  # a keyless write (FLUSHALL, FLUSHDB): nothing to put back by key
             return
@@ -118,6 +121,8 @@ class Undo:
             except ReplyError as e:  # cannot happen for a payload this shard dumped: loud if it does
                 logger.error("script undo: cannot put %r back: %s", key[:64], e.message.decode(errors="replace"))
         del db.events[self.events_before:]
+        if self.changes_before >= 0:  # neither the run's writes nor their undo are a client's changes
+            db.changes = self.changes_before
         ctx.acl_denials.clear()  # the run that commits reports its own
         self._uncount(ctx)
 

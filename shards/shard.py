@@ -24,6 +24,7 @@ from durakv.log import Log
 from durakv.log.layout import shard_dir
 from durakv.shards import internal
 from durakv.shards.acl import MAX_SCRIPT_DENIALS, user_from_rules, with_denials
+from durakv.shards.changes import replayed
 from durakv.shards.command_stats import CommandStats
 from durakv.shards.commit import GroupCommit
 from durakv.shards.config import Config
@@ -154,6 +155,7 @@ class Shard(GroupCommit):
         """Apply one log record's effects (startup replay, and a replica following the log)."""
         record = decode_record(payload)
         replay(self.ctx, record.effects)
+        replayed(self.db, record)
         if record.txns:
             self.txn.replayed(seq, record.txns)
         self.record_clock.last_ms = record.written_at_ms
@@ -198,6 +200,7 @@ class Shard(GroupCommit):
         elapsed = max(time.monotonic() - started, 1e-9)
         self.replayed_records = count
         self.db.effects.clear()
+        self.changes_logged = self.db.changes
         self.txn.lock_in_doubt()
         tail = self.wal.tail_seq
         self.hazards = HazardTracker(tail)

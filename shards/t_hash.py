@@ -155,7 +155,7 @@ def _hset(ctx: Ctx, argv: list[bytes], name: bytes) -> int:
     for i in range(2, len(argv), 2):
         created += set_field(argv[i], argv[i + 1], max_entries, max_value)
     _store_if_new(ctx, key, h)
-    ctx.db.effect(argv if name == b"hset" else [b"HSET", *argv[1:]], key)
+    ctx.db.effect(argv if name == b"hset" else [b"HSET", *argv[1:]], key, changes=(len(argv) - 2) // 2)
     ctx.db.notify(notify.HASH, b"hset", key)
     return created
 
@@ -199,7 +199,7 @@ def hdel(ctx: Ctx, argv: list[bytes]):
         return 0
     if not h:
         db.delete(key)
-    db.effect([b"HDEL", key, *deleted], key)
+    db.effect([b"HDEL", key, *deleted], key, changes=len(deleted))
     db.notify(notify.HASH, b"hdel", key)
     if not h:
         db.notify(notify.GENERIC, b"del", key)

@@ -536,10 +536,10 @@ def pfadd(ctx: Ctx, argv: list[bytes]):
         new = dense if dense is not None else sparse.to_bytes()
         _invalidate(new)
         db.put(key, new, keep_ttl=True)
-        if started_dense:
-            db.effect(argv, key)
+        if started_dense:  # Redis' dirty count: the registers changed, one more for a new key
+            db.effect(argv, key, changes=updated)
         else:
-            db.effect([b"SET", key, bytes(new), b"KEEPTTL"], key)
+            db.effect([b"SET", key, bytes(new), b"KEEPTTL"], key, changes=updated)
         db.notify(notify.STRING, b"pfadd", key)
     else:
         new = value

@@ -233,7 +233,7 @@ def _rename(ctx: Ctx, argv: list[bytes], nx: bool):
     db.put(dst, value)
     if when is not None:
         db.set_expire(dst, when)
-    db.effect([b"RENAME", src, dst], src, dst)
+    db.effect([b"RENAME", src, dst], src, dst, changes=1)
     db.notify(notify.GENERIC, b"rename_from", src)
     db.notify(notify.GENERIC, b"rename_to", dst)
     return 1 if nx else OK

@@ -119,7 +119,7 @@ def list_pop(ctx: Ctx, key: bytes, where: int, count: int) -> list[bytes] | None
     popped = [pop() for _ in range(n)]
     if not lst:
         db.delete(key)
-    db.effect([_POP_NAMES[where], key, b"%d" % n], key)
+    db.effect([_POP_NAMES[where], key, b"%d" % n], key, changes=n)
     db.notify(notify.LIST, _POP_NAMES[where].lower(), key)
     if not lst:
         db.notify(notify.GENERIC, b"del", key)
@@ -155,7 +155,7 @@ def list_move(ctx: Ctx, src: bytes, dst: bytes, wherefrom: int, whereto: int) ->
         dest.append(value)
     if not source:
         db.delete(src)
-    db.effect([b"LMOVE", src, dst, _SIDE_NAMES[wherefrom], _SIDE_NAMES[whereto]], src, dst)
+    db.effect([b"LMOVE", src, dst, _SIDE_NAMES[wherefrom], _SIDE_NAMES[whereto]], src, dst, changes=1)
     db.notify(notify.LIST, _PUSH_NAMES[whereto].lower(), dst)
     db.notify(notify.LIST, _POP_NAMES[wherefrom].lower(), src)
     if not source:
@@ -186,7 +186,7 @@ def _push(ctx: Ctx, argv: list[bytes], where: int, only_existing: bool) -> int:
         lst.extendleft(elements)
     else:
         lst.extend(elements)
-    db.effect(argv if not only_existing else [_PUSH_NAMES[where], key, *elements], key)
+    db.effect(argv if not only_existing else [_PUSH_NAMES[where], key, *elements], key, changes=len(elements))
     db.notify(notify.LIST, _PUSH_NAMES[where].lower(), key)
     return len(lst)
 

@@ -248,7 +248,7 @@ def sadd(ctx: Ctx, argv: list[bytes]):
         db.put(key, s)
     added = add_members(s, argv[2:], intset_max(ctx))
     if added:
-        db.effect(argv, key)
+        db.effect(argv, key, changes=added)
         db.notify(notify.SET, b"sadd", key)
     return added
 
@@ -270,7 +270,7 @@ def srem(ctx: Ctx, argv: list[bytes]):
         db = ctx.db
         if not s:
             db.delete(key)
-        db.effect(argv, key)
+        db.effect(argv, key, changes=removed)
         db.notify(notify.SET, b"srem", key)
         if not s:
             db.notify(notify.GENERIC, b"del", key)
@@ -379,7 +379,7 @@ def _spop_count(ctx: Ctx, key: bytes, count: int) -> SetReply:
         members = members_in_order(s)
         db.delete(key)
         db.notify(notify.GENERIC, b"del", key)
-        db.effect([b"DEL", key], key)
+        db.effect([b"DEL", key], key, changes=len(members))
         return SetReply(members)
     chosen = random.sample(random_population(s), count)
     for member in chosen:
@@ -387,7 +387,7 @@ def _spop_count(ctx: Ctx, key: bytes, count: int) -> SetReply:
     if (size - count) * SPOP_MOVE_STRATEGY_MUL <= count:
         # Redis builds a fresh set from the survivors here, re-choosing its encoding.
         s.intset = fits_intset(s, len(s), intset_max(ctx))
-    db.effect([b"SREM", key, *chosen], key)
+    db.effect([b"SREM", key, *chosen], key, changes=len(chosen))
     return SetReply(chosen)
 
 

@@ -415,7 +415,7 @@ def zadd_generic(ctx: Ctx, argv: list[bytes], incr: bool):
                 effect.append(member)
     finally:
         if len(effect) > 2:
-            db.effect(effect, key)
+            db.effect(effect, key, changes=(len(effect) - 2) // 2)  # Redis: added + updated
             db.notify(notify.ZSET, b"zincr" if incr else b"zadd", key)
     if incr:
         return score if processed else None
@@ -484,7 +484,7 @@ def zrem(ctx: Ctx, argv: list[bytes]):
             break
     if removed:
         _drop_if_empty(ctx, key, zs)
-        ctx.db.effect(argv, key)
+        ctx.db.effect(argv, key, changes=removed)
         ctx.db.notify(notify.ZSET, b"zrem", key)
         if not zs:
             ctx.db.notify(notify.GENERIC, b"del", key)
@@ -498,7 +498,7 @@ def _remove_span(ctx: Ctx, argv: list[bytes], zs: ZSetValue, start: int, end: in
     for _, member in list(zs.order.islice(start, end)):
         zs.delete(member)
     _drop_if_empty(ctx, key, zs)
-    ctx.db.effect(argv, key)
+    ctx.db.effect(argv, key, changes=end - start)
     ctx.db.notify(notify.ZSET, argv[0].lower(), key)  # zremrangebyrank, zremrangebyscore, zremrangebylex
     if not zs:
         ctx.db.notify(notify.GENERIC, b"del", key)
@@ -748,7 +748,7 @@ def zset_pop(ctx: Ctx, key: bytes, zs: ZSetValue, at_max: bool, count: int) -> l
     n = min(count, len(zs))
     popped = [zs.pop(at_max) for _ in range(n)]
     _drop_if_empty(ctx, key, zs)
-    ctx.db.effect([b"ZPOPMAX" if at_max else b"ZPOPMIN", key, b"%d" % n], key)
+    ctx.db.effect([b"ZPOPMAX" if at_max else b"ZPOPMIN", key, b"%d" % n], key, changes=n)
     ctx.db.notify(notify.ZSET, b"zpopmax" if at_max else b"zpopmin", key)
     if not zs:
         ctx.db.notify(notify.GENERIC, b"del", key)

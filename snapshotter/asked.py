@@ -10,12 +10,14 @@ every shard at or past its tail, or fails the shards still short after timeout_s
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 logger = logging.getLogger("durakv.snapshotter")
 
-# How long a request waits for other nodes' snapshots (SAVE itself gives up at 10 min).
-ASKED_TIMEOUT_S = 300.0
+# How long a request waits for other nodes' snapshots (SAVE itself gives up at 10 min);
+# tests shorten it (tests/test_etcd_save_changes.py).
+ASKED_TIMEOUT_S = float(os.environ.get("DURAKV_TEST_ASKED_TIMEOUT_S", "300"))
 
 
 class AskedElsewhere:

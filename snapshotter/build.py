@@ -110,7 +110,7 @@ def write_snapshot(db: Keyspace, shard_dir: str, fields: dict, digest: str,
     manifest = SnapshotManifest(
         **fields, rdb_name=stem + ".rdb", rdb_bytes=writer.bytes_written, rdb_sha256=rdb_sha256,
         state_digest=digest, keys=keys, expires=expires, created_at_ms=time.time_ns() // 1_000_000,
-        build_ms=int((time.monotonic() - started) * 1000))
+        build_ms=int((time.monotonic() - started) * 1000), changes=db.changes)
     manifest_path = os.path.join(directory, stem + ".json")
     replace_file(manifest_path, encode_manifest(manifest))
     return LocalSnapshot(manifest, rdb_path, manifest_path)

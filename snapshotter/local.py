@@ -93,6 +93,7 @@ def load_snapshot(snapshot: LocalSnapshot, db: Keyspace, check_digest: bool = Fa
             load_rdb(f, db, pace)
     except RdbError as e:
         raise SnapshotInvalid(f"{snapshot.rdb_path}: {e}") from None
+    db.changes = max(manifest.changes, 0)  # the log after it adds to this (shards/changes.py)
     if check_digest:
         digest = state_digest(db, pace)
         if digest != manifest.state_digest:

@@ -39,6 +39,10 @@ class SnapshotManifest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     last_record_at_ms: int      # written_at_ms of record seq (shards.records; 0 when seq is 0)
     created_at_ms: int
     build_ms: int
+    # Redis' dirty count through seq, cumulative over the shard's history (shards/changes.py):
+    # INFO's rdb_changes_since_last_save is a shard's count now minus its newest snapshot's.
+    # -1: written before the count existed (read as 0 by whoever loads the snapshot).
+    changes: int = -1
 
 
 _encoder = msgspec.json.Encoder()

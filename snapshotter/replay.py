@@ -10,6 +10,7 @@ from typing import Callable, Iterator
 
 import durakv.log as wal
 import durakv.shards.commands  # noqa: F401  (registers every command the effects may name)
+from durakv.shards.changes import replayed
 from durakv.shards.context import Ctx
 from durakv.shards.engine import replay
 from durakv.shards.keyspace import Keyspace
@@ -82,6 +83,7 @@ def replay_records(ctx: Ctx, records: Iterator[tuple[int, int, bytes]], after_se
             break
         effects = record.effects
         replay(ctx, effects)
+        replayed(ctx.db, record)
         result.chain = chain_step(result.chain, seq, payload)
         if checkpoints and seq in checkpoints and checkpoints[seq] != result.chain:
             raise ChainMismatch(f"log-chain checksum at seq {seq} is {result.chain}, the snapshot at "

@@ -106,6 +106,7 @@ class ShardStatus:
     log_archive_caught_up_ms: int = 0  # when the archive last held everything the shard had made durable
     log_archive_error: str = ""
     built_elsewhere: bool = False  # the last_* fields: another node's snapshotter built and published it
+    last_changes: int = -1  # its manifest's `changes` (shards/changes.py; -1: built before the count)
     # LATENCY's snapshot-upload: [[unix s, ms], ...] of the newest uploads (each, whatever
     # the threshold: the routers apply latency-monitor-threshold when they read them).
     upload_samples: list = field(default_factory=list)
@@ -271,7 +272,7 @@ class Snapshotter:
                 m = newest.manifest
                 status.last_seq, status.last_created_at_ms = m.seq, m.created_at_ms
                 status.last_build_ms, status.last_rdb_bytes, status.last_keys = m.build_ms, m.rdb_bytes, m.keys
-                status.built_elsewhere = False
+                status.last_changes, status.built_elsewhere = m.changes, False
                 if self.locks is not None and not self.locks.still_held(shard):
                     logger.warning("shard %d: built seq %d, but its build lock went to another node's snapshotter "
                                    "meanwhile; not publishing it", shard, m.seq)
@@ -420,7 +421,7 @@ class Snapshotter:
         m = remote.manifest
         status.last_seq, status.last_created_at_ms = m.seq, m.created_at_ms
         status.last_build_ms, status.last_rdb_bytes, status.last_keys = m.build_ms, m.rdb_bytes, m.keys
-        status.published, status.built_elsewhere = True, True
+        status.last_changes, status.published, status.built_elsewhere = m.changes, True, True
         status.status, status.error = "ok", ""
 
     def _etcd_upkeep(self, defragmenter: Defragmenter) -> None:
