@@ -11,9 +11,9 @@ replica, the snapshotter) reaches the same count with no state of its own: `repl
 below. A snapshot's manifest holds the count at its seq (snapshotter/manifest.py
 `changes`), and INFO subtracts that (server/save_changes.py).
 
-Compared with redis-server 7.0 (tests/test_save_changes.py): XADD with a trim counts 2
-(Redis: 1), FUNCTION LOAD/DELETE/FLUSH nothing (Redis: one); commands not compared count
-one per key they change."""
+Compared with redis-server 7.0 (tests/test_save_changes.py), XTRIM and an XADD that
+trims and FUNCTION changes included (every shard takes a FUNCTION change: shard 0 counts
+it); commands not compared count one per key they change."""
 
 from __future__ import annotations
 

@@ -252,6 +252,13 @@ def fcall_ro(ctx: Ctx, argv: list[bytes]):
 container("function", "scripting")
 
 
+def _one_change(ctx: Ctx) -> int:
+    """Redis counts a FUNCTION change as one change (rdb_changes_since_last_save). Every
+    shard takes it (through the router, or restored from the shard port that took it):
+    shard 0 counts it, so the server's sum is one (shards/changes.py)."""
+    return 1 if getattr(ctx.shard, "index", 0) == 0 else 0
+
+
 @command("function|load", -3, "write denyoom noscript", group="scripting", where=FANOUT, merge=merge_first,
          tips=("request_policy:all_shards", "response_policy:all_succeeded"))
 def function_load(ctx: Ctx, argv: list[bytes]):
@@ -266,7 +273,7 @@ def function_load(ctx: Ctx, argv: list[bytes]):
     state = scripting_of(ctx.db)
     library = build_library(state, code)
     install(state, library, replace)
-    ctx.db.effect([b"FUNCTION", b"LOAD", b"REPLACE", code])
+    ctx.db.effect([b"FUNCTION", b"LOAD", b"REPLACE", code], changes=_one_change(ctx))
     return library.name
 
 
@@ -276,7 +283,7 @@ def function_delete(ctx: Ctx, argv: list[bytes]):
     state = scripting_of(ctx.db)
     if state.libraries.pop(argv[2], None) is None:
         raise ERR_LIBRARY_NOT_FOUND
-    ctx.db.effect([b"FUNCTION", b"DELETE", argv[2]])
+    ctx.db.effect([b"FUNCTION", b"DELETE", argv[2]], changes=_one_change(ctx))
     return OK
 
 
@@ -288,7 +295,7 @@ def function_flush(ctx: Ctx, argv: list[bytes]):
     if len(argv) == 3 and argv[2].upper() not in (b"ASYNC", b"SYNC"):
         raise ReplyError(b"ERR FUNCTION FLUSH only supports SYNC|ASYNC option")
     scripting_of(ctx.db).libraries.clear()
-    ctx.db.effect([b"FUNCTION", b"FLUSH"])
+    ctx.db.effect([b"FUNCTION", b"FLUSH"], changes=_one_change(ctx))
     return OK
 
 
@@ -367,9 +374,9 @@ def function_restore(ctx: Ctx, argv: list[bytes]):
         merged[name] = library
     check_function_names(merged)
     state.libraries = merged
-    ctx.db.effect([b"FUNCTION", b"FLUSH"])
+    ctx.db.effect([b"FUNCTION", b"FLUSH"], changes=_one_change(ctx))
     for library in merged.values():
-        ctx.db.effect([b"FUNCTION", b"LOAD", b"REPLACE", library.code])
+        ctx.db.effect([b"FUNCTION", b"LOAD", b"REPLACE", library.code], changes=0)
     return OK
 
 

@@ -511,15 +511,17 @@ def _parse_add_or_trim(ctx: Ctx, argv: list[bytes], xadd: bool) -> tuple[TrimArg
     return args, i
 
 
-def _trim(ctx: Ctx, key: bytes, s: StreamValue, args: TrimArgs) -> int:
-    """Trim and log the resulting state change as an exact trim."""
+def _trim(ctx: Ctx, key: bytes, s: StreamValue, args: TrimArgs, counted: bool = True) -> int:
+    """Trim and log the resulting state change as an exact trim. Redis' dirty count:
+    XTRIM adds the entries deleted, XADD's own trim nothing (its XADD counted one)."""
     minid = args.minid if args.strategy == b"MINID" else None
     deleted = s.trim(args.maxlen, minid, args.approx, args.limit)
     if deleted:
+        changes = deleted if counted else 0
         if s.entries:
-            ctx.db.effect([b"XTRIM", key, b"MINID", b"=", format_id(s.first_id())], key)
+            ctx.db.effect([b"XTRIM", key, b"MINID", b"=", format_id(s.first_id())], key, changes=changes)
         else:
-            ctx.db.effect([b"XTRIM", key, b"MAXLEN", b"=", b"0"], key)
+            ctx.db.effect([b"XTRIM", key, b"MAXLEN", b"=", b"0"], key, changes=changes)
         ctx.db.notify(notify.STREAM, b"xtrim", key)
     return deleted
 
@@ -572,7 +574,7 @@ def xadd(ctx: Ctx, argv: list[bytes]):
     db.effect([b"XADD", key, reply, *fields], key)
     db.notify(notify.STREAM, b"xadd", key)
     if args.strategy is not None:
-        _trim(ctx, key, s, args)
+        _trim(ctx, key, s, args, counted=False)
     return reply
 
 

@@ -69,6 +69,12 @@ DIRTY_COMMANDS = [
     ("GETDEL", "m2"),
     ("SETNX", "n", "1"),
     ("SETNX", "n", "1"),
+    *[("XADD", "st", "*", "f", "v")] * 4,
+    ("XTRIM", "st", "MAXLEN", "1"),
+    ("XADD", "st", "MAXLEN", "1", "*", "f", "v"),
+    ("FUNCTION", "LOAD", "#!lua name=dirtylib\nredis.register_function('dirtyf', function() return 1 end)"),
+    ("FUNCTION", "DELETE", "dirtylib"),
+    ("FUNCTION", "FLUSH"),
     ("FLUSHALL",),
 ]
 
