@@ -17,7 +17,11 @@ class ManifestError(SnapshotterError, ValueError):
     pass
 
 
-class SnapshotManifest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class SnapshotManifest(msgspec.Struct, kw_only=True):
+    """Fields a later durakv adds are ignored (a node being upgraded shares the store
+    with nodes not yet upgraded: `changes` was such a field); a change that older
+    readers must not misread takes a new format_version, which they refuse."""
+
     format_version: int = FORMAT_VERSION
     engine: str = ENGINE
     shard: int

@@ -5,13 +5,14 @@ a record logs its count only when it is not one per effect, old records and mani
 from __future__ import annotations
 
 import msgspec
+import pytest
 
 from durakv.log.format import PayloadPieces
 from durakv.server.save_changes import ChangesSinceSave
 from durakv.shards.engine import replay, run_command
 from durakv.shards.keyspace import Keyspace
 from durakv.shards.records import BIG_EFFECT_ARG_BYTES, decode_record, encode_record, encode_record_pieces
-from durakv.snapshotter.manifest import decode_manifest, encode_manifest
+from durakv.snapshotter.manifest import ManifestError, decode_manifest, encode_manifest
 from durakv.snapshotter.replay import new_context
 
 
@@ -74,3 +75,15 @@ def test_an_old_manifest_reads_without_a_count_and_falls_back():
     assert counts.count(0, 20, 12, 5, (9, 0)) == 8          # exact: the count since the snapshot
     assert counts.count(1, 20, -1, 5, (9, 0)) == 5          # an old snapshot: effects since first seen
     assert counts.count(1, 20, -1, 7, (10, 0)) == 0         # a newer one seen: counted from here
+
+
+def test_a_manifest_from_a_later_version_reads_but_not_a_new_format():
+    """A node not yet upgraded shares the store with upgraded ones: a field it does not
+    know is left aside, while a new format_version is refused rather than misread."""
+    fields = dict(shard=0, shards=1, slot_ranges=[(0, 16383)], seq=9, epoch=1, chain="0" * 64, parent_seq=0,
+                  parent_chain="0" * 64, rdb_name="x.rdb", rdb_bytes=1, rdb_sha256="0", state_digest="0", keys=1,
+                  expires=0, records_replayed=9, tail_fixed_at_ms=1, last_record_at_ms=1, created_at_ms=1,
+                  build_ms=1, changes=3, a_later_field={"x": 1})
+    assert decode_manifest(msgspec.json.encode(fields), "later").changes == 3
+    with pytest.raises(ManifestError, match="unsupported snapshot format_version 2"):
+        decode_manifest(msgspec.json.encode({**fields, "format_version": 2}), "newer format")
