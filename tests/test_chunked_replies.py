@@ -138,6 +138,7 @@ def test_shard_serves_other_clients_while_a_big_reply_is_encoded(server_factory)
     before = info_stats(r)
     answered_during = 0
     done = threading.Event()
+    probing = threading.Event()
 
     def prober() -> None:
         nonlocal answered_during
@@ -145,12 +146,16 @@ def test_shard_serves_other_clients_while_a_big_reply_is_encoded(server_factory)
         while not done.is_set():
             assert client.get("probe") == b"p"
             answered_during += 1
+            probing.set()
         client.close()
 
     with socket.create_connection(("127.0.0.1", srv.port)) as sock:
         thread = threading.Thread(target=prober)
         thread.start()
         try:
+            # The KEYS goes once the prober is in its loop: on a loaded machine a thread
+            # still connecting could miss the whole encoding (a CI run saw 0 during).
+            assert probing.wait(30), "the prober never got its first GET answered"
             sock.sendall(b"*2\r\n$4\r\nKEYS\r\n$1\r\n*\r\n")
             reader = hiredis.Reader()
             while (reply := reader.gets()) is False:
