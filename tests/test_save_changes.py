@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import redis
+from etcd_support import until
 
 
 def _changes(client) -> int:
@@ -27,6 +27,7 @@ def test_rdb_changes_since_last_save_restarts_at_save(server_factory):
     assert _changes(client) == 2
 
 
+SNAPSHOT_WAIT_S = 120.0  # the snapshotter runs at idle priority: tens of seconds on a loaded machine
 # Snapshots only when asked: a scheduled one would restart the count mid-test.
 RARELY = "snapshot-every-bytes = 1000000000\nsnapshot-every-percent = 0\nsnapshot-max-age-s = 3600\n"
 
@@ -116,7 +117,7 @@ def test_changes_since_save_survive_a_crash(server_factory, tmp_path):
     for k in range(5):
         client.set(f"key:{k}", "v")
     assert client.bgsave()
-    assert until(lambda: _changes_or_none(client) == 0, "the BGSAVE's snapshots") is True
+    assert until(lambda: _changes_or_none(client) == 0, "the BGSAVE's snapshots", SNAPSHOT_WAIT_S) is True
     client.mset({"{m}1": "1", "{m}2": "2", "{m}3": "3"})
     # One shard's keys: a cross-shard write stays out of snapshots for 10 minutes
     # (log/FORMAT.md snapshot_cut), so it would still count as unsaved after the SAVE below.
@@ -126,7 +127,7 @@ def test_changes_since_save_survive_a_crash(server_factory, tmp_path):
     assert _changes(client) == expected
     os.kill(srv.child_pid("shard", 0), signal.SIGKILL)
     os.kill(srv.child_pid("shard", 1), signal.SIGKILL)
-    assert until(lambda: _changes_or_none(client) == expected, "the shards to come back") is True
+    assert until(lambda: _changes_or_none(client) == expected, "the shards to come back", SNAPSHOT_WAIT_S) is True
     srv.kill9()
     again = server_factory(shards=2, extra_args=_config(tmp_path), data_dir=srv.data_dir)
     client = again.client()
@@ -144,11 +145,3 @@ def _changes_or_none(client) -> int | None:
         return None
 
 
-def until(check, what: str, timeout_s: float = 120.0):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)

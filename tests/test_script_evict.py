@@ -13,6 +13,7 @@ from durakv.shards.script_evict import ANSWER_TIMEOUT_MS, MAX_EVICTING_SCRIPTS, 
 from durakv.shards.slots import key_slot, slot_owner_table
 from refserver import RawConn, encode_command
 from test_pubsub import WAIT_S
+from test_script_scope import evalsha_then_set_with_a_shard_stopped
 
 CACHE_BOUND = 4  # DURAKV_TEST_MAX_CACHED_SCRIPTS of these servers
 
@@ -146,17 +147,8 @@ def test_a_drop_told_before_an_evalsha_reply_is_not_undone_by_that_reply(server_
             assert ours.read_reply() == b":2\r\n"
             assert other.read_reply() == b"$7\r\ndrops X\r\n"
             assert ours.call("PING") == b"+PONG\r\n"
-            os.kill(stopped, signal.SIGSTOP)
-            try:
-                ours.send_raw(encode_command(("EVALSHA", sha, "1", a)) + encode_command(("SET", b, "v")))
-                deadline = time.monotonic() + WAIT_S
-                while reader.call("GET", b) != b"$1\r\nv\r\n":
-                    assert time.monotonic() < deadline, "the SET never ran"
-                    time.sleep(0.005)
-                seen = reader.call("GET", a)
-            finally:
-                os.kill(stopped, signal.SIGCONT)
-            assert [ours.read_reply(), ours.read_reply()] == [b":3\r\n", b"+OK\r\n"]
+            replies, seen = evalsha_then_set_with_a_shard_stopped(ours, reader, stopped, sha, a, b)
+            assert replies == [b":3\r\n", b"+OK\r\n"]
             assert seen == b"$1\r\n3\r\n", f"round {round_}: B was set before the EVALSHA of A ran"
             assert ours.call("DEL", a, b) == b":2\r\n"
     finally:
