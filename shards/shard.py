@@ -621,11 +621,12 @@ class Shard(GroupCommit):
         if failed:
             stat.failed += 1
 
-    def log_slow(self, cmd: Command, argv: list[bytes], duration_us: int, cid: int) -> None:
+    def log_slow(self, cmd: Command, argv: list[bytes], duration_us: int, cid: int, addr: bytes = b"") -> None:
         """SLOWLOG and LATENCY of a command run outside `_execute` (which inlines this,
-        per command): a cross-shard run's, once its run is final (shards/txn.py)."""
+        per command): a cross-shard run's, once its run is final (shards/txn.py), and
+        a script's redis.calls (log_script_call)."""
         if duration_us >= self.slowlog.threshold_us and "skip_slowlog" not in cmd.flags:
-            self.slowlog.push(argv, duration_us, cid)
+            self.slowlog.push(argv, duration_us, cid, addr)
         latency = self.latency
         if latency.tracking or latency.threshold_ms:
             latency.observe(cmd, duration_us)
@@ -637,12 +638,8 @@ class Shard(GroupCommit):
     def log_script_call(self, cmd: Command, argv: list[bytes], duration_us: int) -> None:
         """SLOWLOG and LATENCY of a command a script ran, as Redis' scriptCall runs it
         through call() with CMD_CALL_SLOWLOG: logged as its Lua client (`?:0`, no name:
-        the router fills in no client). log_slow inlined: once per redis.call."""
-        if duration_us >= self.slowlog.threshold_us and "skip_slowlog" not in cmd.flags:
-            self.slowlog.push(argv, duration_us, 0, SCRIPT_CLIENT_ADDR)
-        latency = self.latency
-        if latency.tracking or latency.threshold_ms:
-            latency.observe(cmd, duration_us)
+        the router fills in no client)."""
+        self.log_slow(cmd, argv, duration_us, 0, SCRIPT_CLIENT_ADDR)
 
     def _stat(self, cmd: Command | None) -> CommandStats:
         name = cmd.fullname if cmd is not None else "unknown"

@@ -274,6 +274,22 @@ def _drained_socketpair() -> tuple[socket.socket, bytearray, threading.Thread]:
     return a, received, reader
 
 
+def _write_until_drained(a: socket.socket, reader: threading.Thread, start_writer, busy) -> None:
+    """Run the writer task `start_writer(nursery)` starts over `a` until `busy()` is
+    false, then close `a` and wait for the drained peer to read everything."""
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            start_writer(nursery)
+            while busy():
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+
+    a.setblocking(False)
+    trio.run(main)
+    a.close()
+    reader.join(WAIT_S)
+
+
 def test_a_small_reply_queued_with_a_large_one_passes_it_on_the_link():
     """A shard's router link: a small reply queued in the same turn as a large reply,
     after it, is written before the large reply's last piece (it waited for all of
@@ -281,20 +297,10 @@ def test_a_small_reply_queued_with_a_large_one_passes_it_on_the_link():
     marker = b"+passes-the-large-one\r\n"
     big = b"$%d\r\n" % (3 * PIECE_BYTES) + b"x" * (3 * PIECE_BYTES) + b"\r\n"
     a, received, reader = _drained_socketpair()
-
-    async def main() -> None:
-        a.setblocking(False)
-        conn = RouterConn(a, None)  # type: ignore[arg-type]  # the receiver is not used by the writer
-        conn.send([(1, big), (2, marker)])
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(conn.writer)
-            while conn.outbox.items or conn.sending:
-                await trio.sleep(0.01)
-            nursery.cancel_scope.cancel()
-
-    trio.run(main)
-    a.close()
-    reader.join(WAIT_S)
+    conn = RouterConn(a, None)  # type: ignore[arg-type]  # the receiver is not used by the writer
+    conn.send([(1, big), (2, marker)])
+    _write_until_drained(a, reader, lambda nursery: nursery.start_soon(conn.writer),
+                         lambda: conn.outbox.items or conn.sending)
     assert received.find(marker) >= 0
     assert received.find(marker) < len(received) - PIECE_BYTES, "the small reply waited for the large one's pieces"
 
@@ -318,18 +324,9 @@ def test_a_small_request_queued_with_a_large_one_passes_it_on_the_link():
                       (3, [b"GET", b"third-client-passes"])):
         link.submit(SimpleNamespace(id=cid) if cid else None, 2, argv)
 
-    async def main() -> None:
-        a.setblocking(False)
-        link.sock = a
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(link._sender, nursery.cancel_scope)
-            while link._outbox.items or link._sending:
-                await trio.sleep(0.01)
-            nursery.cancel_scope.cancel()
-
-    trio.run(main)
-    a.close()
-    reader.join(WAIT_S)
+    link.sock = a
+    _write_until_drained(a, reader, lambda nursery: nursery.start_soon(link._sender, nursery.cancel_scope),
+                         lambda: link._outbox.items or link._sending)
     big_end = received.rfind(b"x" * 64) + 64
     for passes in (b"other-client-passes", b"third-client-passes"):
         assert 0 <= received.find(passes) < big_end - PIECE_BYTES, f"{passes!r} waited for the large one's pieces"
