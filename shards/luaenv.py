@@ -336,7 +336,7 @@ class Scripting:
         if cmd is None:
             raise ScriptCallError(ERR_UNKNOWN)
         ctx = run.ctx
-        shard: Any = ctx.shard  # a serving shard (Shard or ScratchShard) has the two methods used below
+        shard: Any = ctx.shard  # read once per call; a serving one (Shard, ScratchShard) logs and counts
         counter = getattr(shard, "script_call_stat", None)  # a serving shard's; a replay counts nothing
         stat = counter(cmd) if counter is not None else None
         if run.undo is not None and stat is not None:
@@ -358,12 +358,12 @@ class Scripting:
             if run.read_only and (cmd.is_write or "may_replicate" in cmd.flags):
                 raise ScriptCallError(ERR_WRITE_RO)  # may_replicate too, so CLIENT PAUSE WRITE lets RO scripts run
             if on_shard:
-                noreplicas = getattr(ctx.shard, "noreplicas", None) if cmd.is_write else None
+                noreplicas = getattr(shard, "noreplicas", None) if cmd.is_write else None
                 if noreplicas is not None:
                     raise ReplyError(noreplicas)  # scriptVerifyWriteCommandAllow (min-replicas-to-write)
                 if ctx.db.oom and not run.allow_oom and "denyoom" in cmd.flags and not run.wrote():
                     raise ReplyError(OOM_MESSAGE)  # scriptVerifyOOM: only before the script's first write
-                first, last = ctx.shard.slot_range
+                first, last = shard.slot_range
                 indexes = cmd.key_indexes(argv)
                 for i in indexes:
                     if not first <= key_slot(argv[i]) <= last:
