@@ -148,10 +148,12 @@ def test_a_keyless_script_over_maxmemory_is_refused_as_in_redis(pair, server, re
     pair.same("EVAL", "#!lua\nreturn 1", "0")
 
 
-def test_a_cross_shard_scripts_acl_denials_are_in_acl_log(server):
+def test_a_cross_shard_scripts_acl_denials_are_in_acl_log(server, r):
     """The redis.calls an ACL user's script is refused, run across shards (keys on two
-    shards, or none declared), are in ACL LOG with context lua, as on one shard."""
-    admin = server.client()
+    shards, or none declared), are in ACL LOG with context lua, as on one shard. (`r`
+    empties the shared server: a key another test left as a list would answer WRONGTYPE
+    to the GET before the SET is refused.)"""
+    admin = r
     admin.execute_command("ACL", "SETUSER", "xlogger", "on", ">pw", "+eval", "+get", f"~{A}", f"~{B}")
     admin.execute_command("ACL", "LOG", "RESET")
     user = server.client(username="xlogger", password="pw")
