@@ -479,6 +479,11 @@ class EtcdLog:
             return iter(())
         return read(self.client, self.prefix, from_seq, through_seq=limit)
 
+    @property
+    def upkeep_client(self) -> EtcdClient:
+        """The upkeep thread's own client (drops, size reads, the release notice on etcd)."""
+        return self._upkeep_client
+
     def drop_segments_through(self, seq: int) -> list[str]:
         """Delete the records through `seq` (fenced: only the leader drops) that every
         live replica on any node has applied (log/etcd_positions.py), move the first

@@ -14,6 +14,10 @@ Keys, under a shard's prefix P (e.g. "durakv/shard-000"):
                             log/etcd_positions.py)
     P/restored              JSON {seq, epoch}: `durakv restore` cut the log after seq at epoch;
                             a snapshot past seq with an older epoch belongs to the discarded history
+    P/published             JSON {seq, epoch, store}: the newest snapshot of the shard published to the
+                            shared store `store` (s3://, file://) by whichever node's snapshotter built
+                            it; the primary drops records through it (snapshotter/shard_hooks.py), so
+                            drops go on while its own node's snapshotter is stopped
 and, per deployment prefix D (P is D/shard-NNN), D/shards: its shard count.
 
 A record exists once its record key does. Every key etcd shows is committed on a
@@ -78,6 +82,10 @@ class Keys:
     @property
     def restored(self) -> bytes:
         return self.base + b"/restored"
+
+    @property
+    def published(self) -> bytes:
+        return self.base + b"/published"
 
     @property
     def replicas_start(self) -> bytes:
@@ -158,6 +166,34 @@ def restore_mark(client: EtcdClient, prefix: str) -> RestoreMark | None:
         return None
     mark = json.loads(unb64(kvs[0]["value"]))
     return RestoreMark(int(mark["seq"]), int(mark["epoch"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """A snapshot through `seq` (its last record of `epoch`) is in the shared store `store`."""
+    seq: int
+    epoch: int
+    store: str
+
+
+def note_published(client: EtcdClient, prefix: str, published: Published) -> None:
+    """Tell the shard's primary, on whichever node, that a snapshot is published (P/published).
+    Not fenced: only the build lock's holder publishes, and a stale, lower seq written by a
+    holder that lost its lock mid-publish only delays the next drop."""
+    value = json.dumps({"seq": published.seq, "epoch": published.epoch, "store": published.store}).encode()
+    client.txn([], [put_op(Keys(prefix.encode()).published, value)], [])
+
+
+def read_published(client: EtcdClient, prefix: str) -> Published | None:
+    """P/published (None when absent or unreadable: nothing is dropped by it)."""
+    kvs = kvs_of(client.range(Keys(prefix.encode()).published))
+    if not kvs:
+        return None
+    try:
+        doc = json.loads(unb64(kvs[0]["value"]))
+        return Published(int(doc["seq"]), int(doc["epoch"]), str(doc["store"]))
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def first_seq_at(client: EtcdClient, keys: Keys) -> int:

@@ -11,6 +11,7 @@ process around it (sockets, background tasks) is shards/process.py.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -82,7 +83,7 @@ class SnapshotHooks(Protocol):
     def load_replica_start(self, shard_dir: str, db: Keyspace, wal: Log, shard: int, shards: int,
                            snapshot_url: str, data_dir: str, scratch_dir: str) -> int: ...
 
-    def release_segments(self, shard_dir: str, wal: Log) -> list[str]: ...
+    def release_segments(self, shard_dir: str, wal: Log, snapshot_url: str = "") -> list[str]: ...
 
 
 class Shard(GroupCommit):
@@ -656,7 +657,8 @@ class Shard(GroupCommit):
         while True:
             await trio.sleep(RELEASE_POLL_S)
             if self.write_error is None and uses_etcd(self.config):
-                await trio.to_thread.run_sync(etcd_upkeep, self.dir, self.wal, self.snapshots.release_segments)
+                release = functools.partial(self.snapshots.release_segments, snapshot_url=self.config.snapshot_url)
+                await trio.to_thread.run_sync(etcd_upkeep, self.dir, self.wal, release)
             elif self.write_error is None:
                 await trio.to_thread.run_sync(self.snapshots.release_segments, self.dir, self.wal)
 

@@ -36,11 +36,12 @@ def parse_file_url(url: str) -> str:
 
 
 class LocalStore(Store):
-    def __init__(self, root: str, *, archives_log: bool = True, keep_snapshots: int = 0) -> None:
+    def __init__(self, root: str, *, archives_log: bool = True, keep_snapshots: int = 0, shared: bool = True) -> None:
         self.root = os.path.abspath(root)
         self.url = "file://" + self.root
         self.prefix = ""
         self.archives_log = archives_log
+        self.shared = shared
         self.keep_snapshots = keep_snapshots
 
     def _path(self, key: str) -> str:
@@ -130,6 +131,14 @@ class LocalStore(Store):
         OS_DISK.fsync_dir(os.path.dirname(dest))
 
 
+def shared_store_url(url: str) -> str:
+    """The url a store opened from a configured snapshot URL has (Store.url), without
+    opening it; "" for the embedded store (no URL), which no other node shares."""
+    if not url:
+        return ""
+    return "file://" + os.path.abspath(parse_file_url(url)) if url.startswith("file:") else url
+
+
 def open_store(url: str, data_dir: str | None = None, *, server_side_encryption: str | None = None,
                storage_class: str | None = None) -> Store:
     """The store a URL names: s3://BUCKET/PREFIX, file:///PATH, or (no URL) the
@@ -141,7 +150,7 @@ def open_store(url: str, data_dir: str | None = None, *, server_side_encryption:
 
         root = snapshots_dir(data_dir)
         OS_DISK.makedirs(root)
-        return LocalStore(root, archives_log=False, keep_snapshots=EMBEDDED_KEEP_SNAPSHOTS)
+        return LocalStore(root, archives_log=False, keep_snapshots=EMBEDDED_KEEP_SNAPSHOTS, shared=False)
     if url.startswith("file:"):
         return LocalStore(parse_file_url(url))
     from durakv.snapshotter.s3 import SnapshotStore

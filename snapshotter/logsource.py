@@ -116,6 +116,11 @@ class EtcdLogSource:
     def read(self, shard: int, from_seq: int, through_seq: int) -> Iterator[tuple[int, int, bytes]]:
         return self.records.read(self.client, self._prefix(shard), from_seq, through_seq=through_seq)
 
+    def note_published(self, shard: int, seq: int, epoch: int, store_url: str) -> None:
+        """A snapshot through seq is in the shared store: the shard's primary, on any node,
+        may drop the records it covers (log/etcd_records.py P/published)."""
+        self.records.note_published(self.client, self._prefix(shard), self.records.Published(seq, epoch, store_url))
+
     def sizes(self, shard: int) -> dict[int, int]:
         """{0: payload bytes of every record counted so far}: a count that only grows
         (records dropped stay counted). Each call reads only the records written since

@@ -218,6 +218,7 @@ class Snapshotter:
         self.etcd = etcd
         self.locks = locks
         self._adopted: set[int] = set()  # held shards whose local cache was brought level with the store
+        self._noted: dict[int, int] = {}  # shard -> the seq its P/published on etcd names (_note_published)
         self.source: LogSource = LocalLogSource(self.data_dir) if etcd is None else etcd
         self.store = store if store is not None else open_store("", self.data_dir)
         self.others = OthersPublished(self.store)  # what the shards other nodes build have published
@@ -281,6 +282,7 @@ class Snapshotter:
                 if self.store.publish(newest):
                     note_upload(status, int(time.time()), int((time.monotonic() - started) * 1000))
                 status.published = True
+                self._note_published(shard, m.seq, m.epoch)
                 self.store.prune_snapshots(shard)
                 release = m.seq
                 if self.archiver is not None:
@@ -299,6 +301,21 @@ class Snapshotter:
             logger.exception("shard %d: snapshot failed", shard)
             status.status, status.error = "error", f"{type(e).__name__}: {e}"
         return status
+
+    def _note_published(self, shard: int, seq: int, epoch: int) -> None:
+        """With the log on etcd and a shared store: the release notice on etcd, read by
+        the shard's primary on whichever node (snapshotter/shard_hooks.py), so that
+        records covered by a snapshot another node built are dropped while the snapshotter
+        of the primary's node is stopped or hung (the notice in its data dir is written by
+        that snapshotter only). A failure is logged and tried again after the next build."""
+        if self.etcd is None or not self.store.shared or self._noted.get(shard, 0) >= seq:
+            return
+        try:
+            self.etcd.note_published(shard, seq, epoch, self.store.url)
+        except LogError as e:
+            logger.warning("shard %d: telling its primary on etcd that seq %d is published: %s", shard, seq, e)
+            return
+        self._noted[shard] = seq
 
     def _archive_progress(self, shard: int, archived_seq: int, caught_up_ms: int, error: str) -> None:
         """After each log archive pass (TailArchiver): the status INFO reads."""

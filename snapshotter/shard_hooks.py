@@ -159,16 +159,42 @@ def load_replica_start(shard_dir: str, db: Keyspace, wal: Log, shard: int, shard
     return restored.seq
 
 
-def release_segments(shard_dir: str, wal: Log) -> list[str]:
+def release_segments(shard_dir: str, wal: Log, snapshot_url: str = "") -> list[str]:
     """Delete the sealed log segments the snapshotter released (archived to S3
-    and covered by a published snapshot that is in the local cache)."""
+    and covered by a published snapshot that is in the local cache). With the log on
+    etcd and a shared store (snapshot_url), also the records covered by the snapshot
+    any node's snapshotter last published there (P/published, log/etcd_records.py): a
+    restart fetches it from the store (fetch_start_snapshot), so the local cache need
+    not hold it, and drops go on while this node's snapshotter is stopped or hung."""
     through = read_release(shard_dir)
+    if through > 0:
+        local = list_local(shard_dir)
+        if not local or local[-1].manifest.seq < through:
+            through = 0
+    through = max(through, _published_elsewhere(wal, snapshot_url))
     if through <= 0:
-        return []
-    local = list_local(shard_dir)
-    if not local or local[-1].manifest.seq < through:
         return []
     dropped = wal.drop_segments_through(through)
     if dropped:
         logger.info("dropped %d archived log segments through seq %d", len(dropped), through)
     return dropped
+
+
+def _published_elsewhere(wal: Log, snapshot_url: str) -> int:
+    """The seq through which the shared store holds a snapshot, per P/published on etcd
+    (0: none, the log not on etcd, no shared store, another store named, or a snapshot
+    of a history `durakv restore` discarded)."""
+    from durakv.log.etcd_log import EtcdLog
+    from durakv.snapshotter.filestore import shared_store_url
+
+    url = shared_store_url(snapshot_url)
+    if not url or not isinstance(wal, EtcdLog):
+        return 0
+    from durakv.log.etcd_records import read_published, restore_mark
+
+    client = wal.upkeep_client
+    published = read_published(client, wal.prefix)
+    if published is None or published.store != url or published.seq < wal.first_seq:
+        return 0
+    mark = restore_mark(client, wal.prefix)
+    return 0 if mark is not None and mark.discarded(published.seq, published.epoch) else published.seq

@@ -132,6 +132,7 @@ class Store(ABC):
 
     url: str
     archives_log: bool = True     # False: the embedded local store keeps snapshots only
+    shared: bool = True           # False: the embedded store, under one node's data dir (no other node reads it)
     keep_snapshots: int = 0       # > 0: prune each shard to its newest N snapshots
 
     # --- backend primitives ----------------------------------------------------------

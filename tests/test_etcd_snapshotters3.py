@@ -25,7 +25,7 @@ import redis
 
 from conftest import DurakvServer
 from durakv.log.etcd_client import EtcdClient, unb64
-from durakv.log.etcd_records import kvs_of, last_seq, shard_prefix
+from durakv.log.etcd_records import Keys, first_seq_at, kvs_of, last_seq, shard_prefix
 from durakv.shards.keyspace import Keyspace
 from durakv.snapshotter.build import BUILD_HOLD_STEP
 from durakv.snapshotter.build_lock import DEFRAG_HOLD_STEP, defrag_key, read_builders
@@ -144,7 +144,8 @@ def test_a_paused_builder_mid_build_loses_the_shard_to_exactly_one_node(etcd_clu
     """Node a's snapshotter is held mid-build and then stopped (SIGSTOP: its lease runs
     out): exactly one of b and c takes the lock after the TTL and publishes past it;
     resumed, node a finishes its build, sees the lock gone and publishes nothing (the
-    store only ever gains seqs above its newest), then takes the shard back."""
+    store only ever gains seqs above its newest), then takes the shard back. While node a's
+    snapshotter is stopped, its primary drops the records the taker's snapshots cover."""
     nodes = Nodes(server_factory, tmp_path, etcd_cluster)
     try:
         primary = nodes.a.shard_client(0)
@@ -155,12 +156,19 @@ def test_a_paused_builder_mid_build_loses_the_shard_to_exactly_one_node(etcd_clu
         paused = _snapshotter_pid(nodes.a)
         os.kill(paused, signal.SIGSTOP)
         try:
+            released_before = max(_published(nodes.url))  # node a's release notice names at most this
             nodes.hold_file.unlink()  # the build child finishes; its stopped parent cannot publish yet
             taker = until(lambda: nodes.holder() not in ("", "a") and nodes.holder(), "b or c to take the lock",
                           WAIT_S)
             _snapshot_until_published(nodes, primary, "paused")
             during = nodes.built()
             published_while_paused = _published(nodes.url)
+            # The primary drops what the taker's snapshot covers (before, only node a's stopped
+            # snapshotter told it to: etcd kept every record while it was stopped).
+            keys = Keys(shard_prefix(nodes.prefix, 0).encode())
+            until(lambda: (_burst(primary, "drop"), first_seq_at(nodes.etcd, keys) > released_before + 1)[1],
+                  f"node a's primary to drop records past seq {released_before} while its snapshotter is "
+                  f"stopped\n{nodes.a.log()[-2000:]}", WAIT_S)
         finally:
             os.kill(paused, signal.SIGCONT)
         until(lambda: STALE in nodes.a.log(), f"node a to refuse publishing its stale build\n"

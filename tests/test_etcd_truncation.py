@@ -133,7 +133,7 @@ async def test_a_big_drop_runs_off_the_shards_loop(etcd_cluster, tmp_path):
     drop_done = threading.Event()
     dropped: list[str] = []
 
-    def release(shard_dir: str, wal: Log) -> list[str]:
+    def release(shard_dir: str, wal: Log, snapshot_url: str = "") -> list[str]:
         """The hook: runs wherever release_loop runs it (a worker thread, or the loop)."""
         if drop_done.is_set():
             return []
