@@ -174,7 +174,11 @@ class BuildLocks:
             return  # replaced meanwhile
         if ttl_s > 0:
             self._valid_until = max(self._valid_until, sent + ttl_s)
-        else:
+        elif not self._lease_lost.is_set():
+            # Loud: its locks are gone (a stop, a starved or hung process, etcd out of reach
+            # for longer than the TTL), and another node's snapshotter may hold them now.
+            logger.warning("snapshotter: its etcd lease %x lapsed (%.1f s since its last renewal, TTL %d s); its "
+                           "locks are lost", lease, sent - (self._valid_until - self.ttl_s), self.ttl_s)
             self._lease_lost.set()
 
     def _ensure_lease(self) -> None:
@@ -238,7 +242,7 @@ class BuildLocks:
 
     def _take(self, shard: int) -> None:
         if self._take_key(lock_key(self.deployment, shard)):
-            logger.info("snapshotter: builds shard %d's snapshots (node %s)", shard, self.node)
+            logger.info("snapshotter: builds shard %d's snapshots (node %s, lease %x)", shard, self.node, self._lease)
             self._held.add(shard)
 
     def _take_key(self, key: bytes) -> bool:
@@ -259,7 +263,8 @@ class BuildLocks:
         if self._holds_key(key):
             return True
         if self._take_key(key):
-            logger.info("snapshotter: defragments etcd's members for the deployment (node %s)", self.node)
+            logger.info("snapshotter: defragments etcd's members for the deployment (node %s, lease %x)", self.node,
+                        self._lease)
             return True
         return False
 

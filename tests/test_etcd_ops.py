@@ -169,14 +169,6 @@ def test_restore_on_etcd_is_fenced_point_in_time_and_rebuilds_a_lost_etcd(etcd_c
     at_target = dump(client)
     write_rounds(client, 2, "discarded:")
     end = last_seq(etcd, shard_prefix(prefix, 0))
-    # Another machine's data dir snapshots the history the restore will discard (its release
-    # notice stays there: etcd keeps the records).
-    away_dir = tmp_path / "away"
-    shutil.copytree(srv.data_dir, away_dir, ignore=shutil.ignore_patterns("run"))
-    cli("snapshotter", "--once", "--config",
-        config_with_data_dir(tmp_path, etcd_cluster.endpoints, prefix, url, away_dir))
-    stale = newest_local(layout.shard_dir(away_dir, 0)).manifest.seq
-    assert stale > target
     restored = tmp_path / "restored"
     tools = config_with_data_dir(tmp_path, etcd_cluster.endpoints, prefix, url, restored, short_lease)
 
@@ -186,6 +178,15 @@ def test_restore_on_etcd_is_fenced_point_in_time_and_rebuilds_a_lost_etcd(etcd_c
     srv.kill9()
     leader = Keys(shard_prefix(prefix, 0).encode()).leader
     _wait_for(lambda: not etcd.range(leader).get("kvs"), "the killed shard's etcd lease to expire")
+    # Another machine's data dir snapshots the history the restore will discard, with no primary
+    # running (a running one would drop the records that snapshot covers: P/published). Its
+    # P/published names a snapshot of the discarded history, which the new primary ignores.
+    away_dir = tmp_path / "away"
+    shutil.copytree(srv.data_dir, away_dir, ignore=shutil.ignore_patterns("run"))
+    cli("snapshotter", "--once", "--config",
+        config_with_data_dir(tmp_path, etcd_cluster.endpoints, prefix, url, away_dir))
+    stale = newest_local(layout.shard_dir(away_dir, 0)).manifest.seq
+    assert stale > target
 
     out = cli("restore", "--from", url, "--data-dir", str(restored), "--config", tools, "--seq", str(target),
               check=False)
