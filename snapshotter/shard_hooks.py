@@ -182,19 +182,24 @@ def release_segments(shard_dir: str, wal: Log, snapshot_url: str = "") -> list[s
 
 def _published_elsewhere(wal: Log, snapshot_url: str) -> int:
     """The seq through which the shared store holds a snapshot, per P/published on etcd
-    (0: none, the log not on etcd, no shared store, another store named, or a snapshot
-    of a history `durakv restore` discarded)."""
+    (0: none, the log not on etcd, no shared store, another store named, a snapshot of a
+    history `durakv restore` discarded, or etcd out of reach: logged, tried next round)."""
+    if not snapshot_url:
+        return 0
+    from durakv.log.errors import LogError
     from durakv.log.etcd_log import EtcdLog
+    from durakv.log.etcd_records import read_published, restore_mark
     from durakv.snapshotter.filestore import shared_store_url
 
-    url = shared_store_url(snapshot_url)
-    if not url or not isinstance(wal, EtcdLog):
+    if not isinstance(wal, EtcdLog):
         return 0
-    from durakv.log.etcd_records import read_published, restore_mark
-
-    client = wal.upkeep_client
-    published = read_published(client, wal.prefix)
-    if published is None or published.store != url or published.seq < wal.first_seq:
+    try:
+        url = shared_store_url(snapshot_url)
+        published = read_published(wal.upkeep_client, wal.prefix)
+        if published is None or published.store != url or published.seq < wal.first_seq:
+            return 0
+        mark = restore_mark(wal.upkeep_client, wal.prefix)
+    except (LogError, StoreError) as e:
+        logger.warning("etcd log %s: reading the snapshot other nodes published (P/published): %s", wal.prefix, e)
         return 0
-    mark = restore_mark(client, wal.prefix)
     return 0 if mark is not None and mark.discarded(published.seq, published.epoch) else published.seq
