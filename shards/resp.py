@@ -543,6 +543,7 @@ class RequestParser:
         finally:
             self._pos = pos
 
+
 def _parse_small(data: bytes) -> list[list[bytes]] | None:
     """The requests in a short `data` if it holds only complete multibulk requests in
     canonical form (`*count` and `$size` headers of plain digits without leading
