@@ -7,9 +7,12 @@ and during (from the slow client's start to its disconnection), how long the slo
 client lasted and what it had sent, and the peak RSS of the server's processes.
 `--slow-clients N` sends N such clients one after another (a harsher load);
 `--seconds S` keeps sending them for S seconds at least, so that the "during"
-figures rest on enough samples (each slow client lasts only tens of ms). The CPU
-seconds each server process spent while the slow clients ran are printed too (a
-measure the machine's load moves less than latency).
+figures rest on enough samples (each slow client lasts only tens of ms);
+`--rate R` starts at most R of them a second (an offered load that does not grow
+as the server closes them faster). The CPU
+seconds each server process spent while the slow clients ran are printed too, and
+the GETs the server ran per slow client (measures the machine's load moves less
+than latency).
 The slow client runs in a process of its own: in this one, its sending loop would
 hold the GIL against the measuring thread and show as GET latency.
 
@@ -83,7 +86,7 @@ def cpu_seconds(pids: list[int]) -> dict[int, float]:
     return out
 
 
-def run(port: int, pids_of, slow_clients: int, limit: str, seconds: float = 0.0) -> None:
+def run(port: int, pids_of, slow_clients: int, limit: str, seconds: float = 0.0, rate: float = 0.0) -> None:
     setup = redis.Redis(port=port, socket_timeout=30)
     setup.config_set("client-output-buffer-limit", limit)
     setup.set(BIG_KEY, b"x" * VALUE_BYTES)
@@ -108,10 +111,13 @@ def run(port: int, pids_of, slow_clients: int, limit: str, seconds: float = 0.0)
     sampler.start()
     other.start()
     pool = multiprocessing.get_context("fork").Pool(1)
+    setup.config_resetstat()
     cpu_before = cpu_seconds(pids_of())
     started = time.monotonic()
     slow = 0
     while slow < slow_clients or time.monotonic() - started < seconds:
+        if rate:
+            time.sleep(max(0.0, started + slow / rate - time.monotonic()))
         slow += 1
         elapsed, sent, how = pool.apply(slow_client, (port, GETS_PER_CLIENT))
         if slow <= slow_clients or not how.startswith("closed"):
@@ -121,12 +127,15 @@ def run(port: int, pids_of, slow_clients: int, limit: str, seconds: float = 0.0)
             break
     window_s = time.monotonic() - started
     cpu_after = cpu_seconds(pids_of())
+    gets_run = setup.info("commandstats").get("cmdstat_get", {}).get("calls", 0)
     pool.close()
     print(f"{slow} slow clients in {window_s:.1f} s; CPU seconds per process meanwhile: "
           f"{ {pid: round(cpu_after[pid] - cpu_before.get(pid, 0.0), 2) for pid in cpu_after} }")
     stop.set()
     other.join()
     sampling.set()
+    print(f"GETs run per slow client: {(gets_run - len(during)) / slow:.0f} (the server's count less the other "
+          f"client's)")
     print(f"during GET: {summary(during)}")
     print(f"peak RSS during (MB): {peak}")
     time.sleep(1.0)
@@ -142,6 +151,8 @@ def main() -> int:
     what.add_argument("--port", type=int)
     parser.add_argument("--slow-clients", type=int, default=1, help="slow clients, one after another")
     parser.add_argument("--seconds", type=float, default=0.0, help="keep sending slow clients this long at least")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="slow clients started per second at most (0: each as the last is closed)")
     parser.add_argument("--limit", default="normal 64mb 32mb 10", help="client-output-buffer-limit to set")
     args = parser.parse_args()
     proc = None
@@ -154,7 +165,7 @@ def main() -> int:
             port = free_port()
             proc = start_server(args.durakv, port, tmp, lambda r: r.ping())
             pids_of = lambda: tree_pids(proc.pid)  # noqa: E731
-        run(port, pids_of, args.slow_clients, args.limit, args.seconds)
+        run(port, pids_of, args.slow_clients, args.limit, args.seconds, args.rate)
     finally:
         if proc is not None:
             stop_group(proc)

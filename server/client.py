@@ -100,7 +100,7 @@ class Client:
         "lib_name", "lib_ver", "in_ready_set", "query_limit",
         "multi", "multi_error", "multi_shard", "watch_shards", "blocked_pending", "blocked_shard", "backlog",
         "soft_limit_since", "pubsub", "paused", "reply_off", "reply_skip", "tracking", "monitor",
-        "reply_bytes", "in_flight_cap", "queued_reply_min_bytes", "script_out",
+        "reply_bytes", "in_flight_cap", "ahead_reply_min_bytes", "script_out",
     )
 
     def __init__(self, router: RouterView, sock: socket.socket | TlsSocket, client_id: int) -> None:
@@ -134,7 +134,9 @@ class Client:
         self.soft_limit_since = 0.0  # when output first went over the soft limit (0: it is not)
         self.reply_bytes = UNKNOWN_REPLY_BYTES  # mean size of its last write's replies: caps replies in flight
         self.in_flight_cap = START_REPLIES_IN_FLIGHT  # replies in flight can_dispatch allows, unbacked
-        self.queued_reply_min_bytes = 0  # the smallest reply its last queued write held (check_output_limits)
+        # The smallest reply of its last write that left requests waiting or output queued
+        # (0 once a write leaves neither): what _asked_past_hard_limit counts each at.
+        self.ahead_reply_min_bytes = 0
         self.closing = False  # close once the queued replies are written
         self.closed = False
         self.reading = True  # false while backpressure pauses reading
@@ -204,8 +206,11 @@ class Client:
             self.flush()
             if self.backlog and (self.blocked_pending is not None or self.paused):
                 self._check_held_requests()
-            elif self.backlog and self.outbuf_bytes:
-                self.check_output_limits()  # what it asked for would pass the hard limit
+            elif self.backlog:
+                if self.outbuf_bytes:
+                    self.check_output_limits()  # what it asked for would pass the hard limit
+                elif self._asked_past_hard_limit(0):
+                    self._close_over_limit()
 
     def _read_into_fill(self) -> bool:
         """A big argument is arriving: receive straight into the value it will be
@@ -249,10 +254,12 @@ class Client:
             self.kill()
 
     def kill(self) -> None:
-        """Close now, dropping whatever is queued."""
+        """Close now, dropping whatever is queued: its requests not run yet too (before,
+        a flush that closed it at its output limit went on to run some of them)."""
         if self.closed:
             return
         self.closed = True
+        self.backlog.clear()
         self.router.poller.remove(self)
         self.sock.close()
         self.router.forget(self)
@@ -723,14 +730,21 @@ class Client:
                                                and self.in_flight_cap < MAX_REPLIES_IN_FLIGHT):
             self.reply_bytes = reply_bytes
             self.in_flight_cap = in_flight_cap(reply_bytes, written)
+        if self.backlog or self.outbuf:
+            self.ahead_reply_min_bytes = min(map(len, chunks))
+            if self.backlog and self._asked_past_hard_limit(size):
+                self._close_over_limit()
+                return
+        elif self.ahead_reply_min_bytes:
+            self.ahead_reply_min_bytes = 0  # it keeps up: no estimate from older, maybe bigger, replies
         if self.outbuf:
-            self.queued_reply_min_bytes = min(map(len, chunks))
             if len(chunks) > 1 and size < JOIN_BELOW_BYTES:
                 chunks = [b"".join(chunks)]
             self.outbuf.extend(chunks)
             self.outbuf_bytes += size
             self.check_output_limits()
             return
+        replies = chunks
         if len(chunks) > 1 and size < JOIN_BELOW_BYTES:
             chunks = [b"".join(chunks)]
         try:
@@ -743,11 +757,34 @@ class Client:
         self.router.stats_net_output_bytes += sent
         if sent == size:
             return
-        self.queued_reply_min_bytes = min(map(len, chunks))
+        self.ahead_reply_min_bytes = min(map(len, replies))  # each reply's size, not the joined buffer's
         self.outbuf.extend(chunks)
         self.outbuf_bytes += size
         self._drop_sent(sent)
         self.check_output_limits()
+
+    def _asked_past_hard_limit(self, size: int) -> bool:
+        """Whether a normal client's output (with `size` bytes about to be written), and
+        the replies of the requests it sent that are not answered yet counted at the
+        size of the smallest reply of its last write that left some waiting
+        (ahead_reply_min_bytes), would pass its hard limit. Redis runs every request
+        it read before it writes a reply, and reads a pipelining client again as soon
+        as it wrote some: so it closes such a client within its next reads, having
+        sent it little (redis-server 7.0: 700 pipelined GETs of 100 KB under a 64 MB
+        limit get no reply, read or not). Here it is closed when a write or a read
+        shows it, whether or not its output waits for its socket: a client that
+        pipelines big GETs and never reads costs the router and its shard a window
+        or two of replies, not the ~4 MB its socket buffers would have taken first
+        (issue 13: the other clients' latency on the cores they share)."""
+        hard = self.router.output_hard_bytes
+        return (bool(hard) and self.pubsub is None and self.outbuf_bytes + size
+                + (len(self.backlog) + len(self.replies)) * self.ahead_reply_min_bytes >= hard)
+
+    def _close_over_limit(self) -> None:
+        """Close a client over its output limit, with Redis' words in the log."""
+        logger.warning("router: client %s closed for overcoming of output buffer limits (%d bytes queued, "
+                       "%d requests waiting)", self.addr, self.outbuf_bytes, len(self.backlog))
+        self.kill()
 
     def write_piece(self, piece: memoryview) -> None:
         """A piece of the large reply at the head of the queue, as its shard sends it
@@ -790,20 +827,14 @@ class Client:
         none; backpressure already bounds what a client can pile up), and for a
         subscriber (default 32mb 8mb 60: messages are not backpressured).
 
-        A normal client whose output is backed up (some of it waits for its socket:
-        it is called only then) is closed as soon as the requests it has sent would
-        take it past the hard limit, as they would in Redis, which runs what it read
-        at once: their replies counted at the smallest size of its last queued
-        replies. So a client that pipelines big GETs and never reads is closed after
-        its socket's buffer filled, not after the router pulled its soft limit's
-        worth of replies over the shard link, on the loop the other clients share
-        (issue 13: their latency). Over its soft limit it is no longer served (the
+        A normal client is closed as soon as the requests it has sent would take it
+        past the hard limit, as they would in Redis, which runs what it read at once
+        (_asked_past_hard_limit, also asked by write and on_readable before any of its
+        output waits for its socket). Over its soft limit it is no longer served (the
         backpressure bound is the soft limit)."""
         hard, soft, soft_seconds = self.router.settings.output_limits("normal" if self.pubsub is None else "pubsub")
         used = self.outbuf_bytes
-        over = bool(hard) and used >= hard
-        if hard and self.pubsub is None and self.backlog:
-            over = over or used + len(self.backlog) * self.queued_reply_min_bytes >= hard
+        over = (bool(hard) and used >= hard) or (bool(self.backlog) and self._asked_past_hard_limit(0))
         if soft and used >= soft:
             now = time.monotonic()
             if not self.soft_limit_since:
@@ -813,9 +844,7 @@ class Client:
         else:
             self.soft_limit_since = 0.0
         if over:
-            logger.warning("router: client %s closed for overcoming of output buffer limits (%d bytes queued, "
-                           "%d requests waiting)", self.addr, self.outbuf_bytes, len(self.backlog))
-            self.kill()
+            self._close_over_limit()
 
     def _drop_sent(self, sent: int) -> None:
         outbuf = self.outbuf
@@ -871,6 +900,12 @@ class Client:
             # if none can run now, so that what it asked counts against the hard limit
             # (check_output_limits) and a non-reader is closed soon, not served 2 replies at a time.
             reading = not self.closing and len(backlog) < BACKED_UP_BACKLOG_REQUESTS
+        elif self.router.output_hard_bytes and self.pubsub is None:
+            # Under a hard limit, read ahead as while backed up, also while its window is
+            # full: as Redis runs what it reads at once, what it asked counts against the
+            # limit (_asked_past_hard_limit), and a non-reader is closed at its first write.
+            reading = not self.closing and (len(backlog) < BACKED_UP_BACKLOG_REQUESTS or self.can_dispatch()) \
+                and len(backlog) < MAX_BACKLOG_REQUESTS
         else:
             reading = not self.closing and (not backlog or self.can_dispatch()) and len(backlog) < MAX_BACKLOG_REQUESTS
         self.router.poller.set_interest(self, reading, bool(self.outbuf))

@@ -16,6 +16,10 @@ alike (server/front.py starts them):
   never reads stops being served there, and is closed at once if the requests it
   sent would take it past the hard limit (Client.check_output_limits), as Redis,
   which runs them, would close it.
+- `output_hard_bytes`: a normal client's hard limit (0: none), cached, as Client.write
+  compares the replies a pipelining client asked for with it before writing any
+  (Client._asked_past_hard_limit): Redis runs every request of a read at once and
+  closes the client whose replies pass the limit before it sent it any of them.
 """
 
 from __future__ import annotations
@@ -54,6 +58,10 @@ def set_keepalive(sock: socket.socket, seconds: int) -> None:
 def output_backpressure_bytes(settings: Settings) -> int:
     hard, soft, _ = settings.output_limits("normal")
     return soft or hard or OUTPUT_BACKPRESSURE_BYTES
+
+
+def output_hard_bytes(settings: Settings) -> int:
+    return settings.output_limits("normal")[0]
 
 
 async def cron(front: Front) -> None:

@@ -147,6 +147,7 @@ class Front(ABC):
         # The TLS side of this client port (server/tls.py), None without a tls-port.
         self.tls = TlsPort(self.settings.values) if config.tls_port else None
         self.output_backpressure_bytes = client_limits.output_backpressure_bytes(self.settings)
+        self.output_hard_bytes = client_limits.output_hard_bytes(self.settings)
         self.latency = LatencyMonitor()  # LATENCY of the commands answered here (a node's is its shard's)
         self.log_level = self.settings.values["loglevel"]  # this process's, as CONFIG SET loglevel last set it
         self.stats_commands = 0
@@ -185,6 +186,7 @@ class Front(ABC):
         self.acl.settings_applied(values)
         self.tracking.enforce_limit()
         self.output_backpressure_bytes = client_limits.output_backpressure_bytes(self.settings)
+        self.output_hard_bytes = client_limits.output_hard_bytes(self.settings)
         if self.tls is not None:
             self.tls.reconfigure(values)
         for name in ("latency-monitor-threshold", "latency-tracking"):

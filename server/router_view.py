@@ -120,6 +120,7 @@ class RouterView(Protocol):
     reply_stats: ReplyStats
     # Queued output that stops a normal client's dispatch (server/client_limits.py).
     output_backpressure_bytes: int
+    output_hard_bytes: int  # a normal client's hard output limit, 0: none (server/client_limits.py)
     oom_flags: OomFlags  # each shard's out-of-memory state, for commands queued in MULTI (shards/oom_flags.py)
     tls: TlsPort | None  # the TLS side of this port (server/tls.py), None without a tls-port
     pause: ClientPause  # CLIENT PAUSE (server/pause.py)

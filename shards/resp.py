@@ -406,6 +406,14 @@ class RequestParser:
         if self._args is not None and not self._remaining:  # its last argument was filled in place
             out.append(self._args)
             self._args = None
+        if self._args is not None and len(self._buf) - self._pos > FAST_PARSE_MIN_BYTES:
+            # A request an earlier read began (a deep pipeline read RECV_BYTES at a time ends
+            # inside one): the exact parser completes it, and the rest may take the fast path
+            # (before, the exact parser parsed the whole read: 1.5 against 0.3 µs a GET, in
+            # the turn other clients wait for; issue 13).
+            self._parse_exact(out, one=True)
+            if self._args is not None or self._need or self.fill is not None:
+                return out
         buf = self._buf
         n = len(buf)
         pos = self._pos
@@ -413,16 +421,17 @@ class RequestParser:
             if n - pos <= SMALL_PARSE_MAX_BYTES:
                 fast = _parse_small(buf if pos == 0 else buf[pos:])
             elif FAST_PARSE_MIN_BYTES <= n - pos <= FAST_PARSE_MAX_BYTES:
-                if buf.endswith(b"\r\n"):
-                    fast = _parse_complete(buf if pos == 0 else buf[pos:])
-                else:
+                fast = _parse_complete(buf if pos == 0 else buf[pos:]) if buf.endswith(b"\r\n") \
+                    else ENDS_INSIDE_A_REQUEST
+                if fast is ENDS_INSIDE_A_REQUEST:
                     fast = None
                     # A read that ended inside a request (a deep pipeline, read RECV_BYTES at
-                    # a time): the fast path takes the requests before the last `*` that
-                    # follows a CRLF if they parse completely; the exact parser the rest.
+                    # a time; maybe just after one of its CRLFs): the fast path takes the
+                    # requests before the last `*` that follows a CRLF if they parse
+                    # completely; the exact parser the rest.
                     cut = buf.rfind(b"\r\n*", pos) + 2
                     head = _parse_complete(buf[pos:cut]) if cut - pos >= FAST_PARSE_MIN_BYTES else None
-                    if head is not None:
+                    if head is not None and head is not ENDS_INSIDE_A_REQUEST:
                         self.fast_requests += len(head)
                         out.extend(head)
                         pos = cut
@@ -435,6 +444,17 @@ class RequestParser:
                     out.extend(fast)
                     return out
                 return fast
+        self._pos = pos
+        self._parse_exact(out)
+        return out
+
+    def _parse_exact(self, out: list[list[bytes]], one: bool = False) -> None:
+        """The exact parser: append to out the complete requests from the buffer's
+        position on (only the one in progress, with `one`), keeping a partial one's
+        state. ProtocolError carries out."""
+        buf = self._buf
+        n = len(buf)
+        pos = self._pos
         try:
             while pos < n:
                 if self._args is None:
@@ -513,6 +533,8 @@ class RequestParser:
                     break
                 out.append(args)
                 self._args = None
+                if one:
+                    break
         except _Incomplete:
             pass
         except ProtocolError as e:
@@ -520,7 +542,6 @@ class RequestParser:
             raise
         finally:
             self._pos = pos
-        return out
 
 
 def _parse_small(data: bytes) -> list[list[bytes]] | None:
@@ -555,6 +576,11 @@ def _parse_small(data: bytes) -> list[list[bytes]] | None:
 
 
 _fast_reader = hiredis.Reader()
+
+
+# What _parse_complete answers (compared by identity) for plain complete requests and then
+# one still arriving: the caller may take the complete ones up to its start.
+ENDS_INSIDE_A_REQUEST: list[list[bytes]] = []
 
 
 def _parse_complete(data: bytes) -> list[list[bytes]] | None:
@@ -592,7 +618,10 @@ def _parse_complete(data: bytes) -> list[list[bytes]] | None:
         # array fed now comes back as itself only if it starts a request.
         reader.feed(b"*0\r\n")
         if reader.gets() != [] or reader.has_data():
-            raise _NotPlain
+            raise _Partial
+    except _Partial:
+        _fast_reader = hiredis.Reader()
+        return ENDS_INSIDE_A_REQUEST
     except Exception:  # noqa: BLE001 - _NotPlain, hiredis.ProtocolError, or hiredis failing to build
         # a value (a map with an array key): not plain input; the exact parser, which
         # is the authority, reads it from the same byte and answers Redis' error.
@@ -603,6 +632,10 @@ def _parse_complete(data: bytes) -> list[list[bytes]] | None:
 
 class _NotPlain(Exception):
     """Input the hiredis fast path leaves to the exact parser."""
+
+
+class _Partial(Exception):
+    """Plain input whose last request is not complete."""
 
 
 def _header_end(buf: bytes, pos: int, n: int, too_big: bytes) -> int:

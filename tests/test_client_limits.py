@@ -14,6 +14,7 @@ import time
 import pytest
 import redis
 
+from durakv.server.client import START_REPLIES_IN_FLIGHT
 from refserver import RawConn
 
 VALUE_BYTES = 10_000
@@ -270,19 +271,22 @@ def test_a_client_over_its_soft_limit_is_not_served_further_and_closed_before_it
 
 
 @pytest.mark.parametrize("first", [b"", b"PING\r\n"], ids=["at-once", "after-a-small-reply"])
-def test_a_non_reader_that_asked_past_the_hard_limit_is_closed_once_its_socket_backs_up(server_factory, first):
+def test_a_non_reader_that_asked_past_the_hard_limit_is_closed_before_a_reply_is_sent(server_factory, first):
     """Its requests, run as Redis runs what it read, would pass the hard limit: it is
-    closed once its output waits for its socket, before the server pulls its soft
-    limit's worth of big replies (from the shard, over the link other clients share).
-    Also when its last reply was small (a PING): that opens no deeper pipeline of
-    replies of unknown size than a new client's (server/client.py in_flight_cap;
-    before, 256 GETs of 100 KB, 25 MB, came over the link at once)."""
+    closed once the first window of its replies (START_REPLIES_IN_FLIGHT GETs) shows
+    their size, before any is written, so the shard runs no more of them (before, it
+    was closed once its socket's buffers had taken ~4 MB, 40 GETs of 100 KB pulled over
+    the link other clients share: issue 13). Also when its last reply was small (a
+    PING): that opens no deeper pipeline of replies of unknown size than a new
+    client's (server/client.py in_flight_cap; before, 256 GETs of 100 KB, 25 MB, came
+    over the link at once)."""
     srv = server_factory(shards=1)
     hard_bytes, soft_bytes, value_bytes = 16 << 20, 8 << 20, 100_000
     for closes, port in enumerate(ports(srv), 1):
         admin = redis.Redis(port=port, socket_timeout=30)
         admin.set("big", b"x" * value_bytes)
         assert admin.config_set("client-output-buffer-limit", f"normal {hard_bytes} {soft_bytes} 60")
+        admin.config_resetstat()
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_RCVBUF_BYTES)
         sock.connect(("127.0.0.1", port))
@@ -295,9 +299,58 @@ def test_a_non_reader_that_asked_past_the_hard_limit_is_closed_once_its_socket_b
             assert time.monotonic() - start < WAIT_S, "the non-reader was not closed"
             time.sleep(0.05)
         sock.close()
+        gets_run = admin.info("commandstats")["cmdstat_get"]["calls"]
         assert admin.config_set("client-output-buffer-limit", "normal 0 0 0")
+        print(f"port {port}: {gets_run} GETs run for the non-reader")
+        assert gets_run <= START_REPLIES_IN_FLIGHT
     queued = [int(n) for n in re.findall(r"closed for overcoming of output buffer limits \((\d+) bytes queued",
                                          srv.log())]
-    print(f"bytes queued at the close, router and shard port: {queued} (soft limit {soft_bytes})")
-    assert len(queued) == 2
-    assert max(queued) < soft_bytes // 2
+    print(f"bytes queued at the close, router and shard port: {queued}")
+    assert queued == [0, 0]
+
+
+def pipeline_reading_all(port: int, request: bytes, count: int, reply_bytes: int) -> int:
+    """Send `count` requests at once and read their replies: the bytes received before
+    the server closed the connection (or all of them)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
+    sock.sendall(request * count)
+    got = 0
+    try:
+        while got < count * reply_bytes:
+            data = sock.recv(1 << 20)
+            if not data:
+                break
+            got += len(data)
+    except ConnectionResetError:
+        pass
+    sock.close()
+    return got
+
+
+def test_a_pipeline_whose_replies_pass_the_hard_limit_gets_none_of_them_as_from_redis(server_factory, redis_ref):
+    """Redis runs every request of a read before it writes a reply: a client that
+    pipelines GETs whose replies would pass its hard limit is closed with none of them,
+    even though it reads (redis-server 7.0); one whose replies stay under the limit gets
+    them all. The same on the router and on a shard port (before, the reader was sent
+    replies as fast as it read them, and was closed, if at all, only once its socket
+    backed up)."""
+    hard_bytes, value_bytes, under, over = 4 << 20, 100_000, 30, 400
+    request = b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n"
+    reply_bytes = len(b"$100000\r\n\r\n") + value_bytes
+
+    def received(port: int) -> list[int]:
+        admin = redis.Redis(port=port, socket_timeout=30)
+        admin.set("big", b"x" * value_bytes)
+        assert admin.config_set("client-output-buffer-limit", f"normal {hard_bytes} 0 0")
+        try:
+            return [pipeline_reading_all(port, request, count, reply_bytes) for count in (over, under)]
+        finally:
+            assert admin.config_set("client-output-buffer-limit", "normal 0 0 0")
+            admin.delete("big")
+
+    expected = received(redis_ref.port)
+    assert expected == [0, under * reply_bytes]
+    srv = server_factory(shards=1)
+    for port in ports(srv):
+        assert received(port) == expected, f"port {port}"
+    assert srv.log().count("closed for overcoming of output buffer limits") == 2
