@@ -339,3 +339,26 @@ def test_script_denial_inside_multi_reaches_acl_log_as_in_redis(acl_pair, server
 
     assert entries(p.ours) == entries(p.theirs)
     assert len(entries(p.ours)) == 2
+
+
+def test_acl_and_config_changes_are_stored_in_the_order_they_were_made(acl_pair):
+    """A user made in an EXEC (whose reply does not wait for the change to be stored and
+    propagated) and deleted right after stays deleted, and a CONFIG SET in an EXEC does
+    not win over the one after it, as on redis-server. Before, each change raced for
+    the settings lock: the later one could be stored first, and the file (which every
+    process reloads) ended with the earlier state: the user came back."""
+    p = acl_pair
+    try:
+        for n in range(5):
+            p.same("MULTI")
+            p.same("ACL", "SETUSER", "flip", "on")
+            p.same("CONFIG", "SET", "maxmemory-samples", str(10 + n))
+            p.same("EXEC")
+            p.same("ACL", "DELUSER", "flip")
+            p.same("CONFIG", "SET", "maxmemory-samples", str(20 + n))
+            # Answered once its own change is stored and everywhere (after the earlier ones now).
+            p.same("ACL", "SETUSER", "marker", "on")
+            p.same("ACL", "USERS")
+            p.same("CONFIG", "GET", "maxmemory-samples")
+    finally:
+        p.same("CONFIG", "SET", "maxmemory-samples", "5")
