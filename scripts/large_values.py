@@ -465,6 +465,8 @@ def main() -> int:
     parser.add_argument("--sizes-mb", type=int, nargs="+", default=[64, 512])
     parser.add_argument("--list-elements", type=int, default=1_000_000)
     parser.add_argument("--keys", type=int, default=1_000_000, help="then KEYS * over this many keys (0: skip)")
+    parser.add_argument("--idle-s", type=float, default=IDLE_WINDOW_S,
+                        help="the idle phase's length (the probes' baseline; the tests' quick run shortens it)")
     parser.add_argument("--redis-appendfsync", choices=("no-aof", "always"), default="no-aof",
                         help="redis-server without an AOF (default), or with appendonly yes, appendfsync always: "
                              "durakv's durability")
@@ -498,8 +500,8 @@ def main() -> int:
         phases: list[str] = []
         # The probe's worst latency while nothing else runs: on a loaded machine the
         # stalls below are only the operations' to the extent they exceed this.
-        idle = f"idle, {IDLE_WINDOW_S:.0f} s (probe baseline)"
-        rows.append((idle, [system.timed(lambda c: time.sleep(IDLE_WINDOW_S), idle)[:2] for system in systems]))
+        idle = f"idle, {args.idle_s:g} s (probe baseline)"
+        rows.append((idle, [system.timed(lambda c: time.sleep(args.idle_s), idle)[:2] for system in systems]))
         for size_mb in args.sizes_mb:
             value = os.urandom(MIB) * size_mb
             into = bytearray(len(value) + 2)  # allocated (and zeroed) before the clock starts

@@ -180,8 +180,16 @@ class Client:
         parser.feed(data)
         if parser.big_args != big_args:
             self.router.large_requests += 1  # RECV_BYTES <= frames.LARGE_BYTES: no large argument comes otherwise
+        ran_auth = False
         try:
             requests = parser.requests()
+            while parser.stopped_at_auth and not self.closing and not self.closed:
+                # Unauthenticated: the parser stopped after an AUTH or HELLO; run it (and what
+                # came before it) so that what follows is parsed with the limits it leaves.
+                ran_auth = True
+                self.backlog.extend(requests)
+                self.run_backlog()
+                requests = parser.requests()
         except ProtocolError as e:
             self.router.stats_protocol_errors += 1
             self.backlog.extend(e.requests)
@@ -195,7 +203,7 @@ class Client:
             logger.warning("router: client %s closed: query buffer over %d bytes", self.addr, self.query_limit)
             self.kill()
             return
-        if requests:
+        if requests or ran_auth:
             self.last_cmd_at = time.monotonic()
             self.backlog.extend(requests)
             self.run_backlog()

@@ -15,7 +15,9 @@ propagation: merges it into DIR/run/settings (0600, in the 0700 run dir, replace
 durably), applies the file's merged state, tells every other router over its control
 socket (DIR/run/router-NNN.sock) to apply the file's state, and sends the shard
 parameters to every shard; each wait is bounded by PEER_ACK_TIMEOUT_MS. Then it
-replies OK. The lock orders concurrent CONFIG SETs, and since everyone applies the
+replies OK. Within one process, changes propagate one at a time in the order they
+were applied (an EXEC does not wait for its changes' propagation, and a client may
+pipeline them). The lock orders concurrent CONFIG SETs, and since everyone applies the
 file (the merged state of every change so far, in lock order) rather than a message,
 a late or repeated notice cannot bring back an older value. A router that is down
 misses the notice but reads DIR/run/settings when it starts; a shard that is down
@@ -42,7 +44,8 @@ import time
 
 import trio
 
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Awaitable, Callable
 
 from durakv.log.layout import ensure_run_dir, node_socket_path, replica_socket_path, router_socket_path
 from durakv.server.config_sync import NodeSettingsRecord, travelling
@@ -116,6 +119,12 @@ class SettingsSync:
         # later ones for a moment (three ACL SETUSERs in one EXEC: GETUSER of the third
         # answered nil after EXEC's reply).
         self.users_unstored = 0
+        # Changes applied here propagate one at a time in the order they were applied
+        # (the settings lock alone, polled by each, let a later change be stored first:
+        # ACL DELUSER after an EXEC that created the user was stored before the EXEC's
+        # SETUSER, and the reload brought the user back).
+        self._in_order: deque[Callable[[], Awaitable[None]]] = deque()
+        self._draining = False
 
     def _apply(self, changes: dict[str, str]) -> None:
         self.router.settings.apply_known(changes)
@@ -183,8 +192,22 @@ class SettingsSync:
         pending = Propagating(client, b"+OK\r\n")
         client.replies.append(pending)
         self._note_changed(changes)
-        self.router.nursery.start_soon(self._propagate, pending, changes, shard_changes)
+        self._propagate_in_order(lambda: self._propagate(pending, changes, shard_changes))
         return pending
+
+    def _propagate_in_order(self, job: Callable[[], Awaitable[None]]) -> None:
+        """Run job after every propagation queued before it (one task drains them)."""
+        self._in_order.append(job)
+        if not self._draining:
+            self._draining = True
+            self.router.nursery.start_soon(self._drain)
+
+    async def _drain(self) -> None:
+        try:
+            while self._in_order:
+                await self._in_order.popleft()()
+        finally:
+            self._draining = False
 
     def _note_changed(self, changes: list[tuple[str, str]]) -> None:
         now_ns = time.time_ns()
@@ -242,7 +265,7 @@ class SettingsSync:
         pending = Propagating(client, reply)
         client.replies.append(pending)
         self.users_unstored += 1
-        self.router.nursery.start_soon(self._propagate_users, pending, change, reply)
+        self._propagate_in_order(lambda: self._propagate_users(pending, change, reply))
         return pending
 
     async def _propagate_users(self, pending: Pending, change: list[bytes], reply: bytes) -> None:

@@ -223,19 +223,21 @@ def test_requests_held_while_blocked_count_against_the_query_buffer_limit(server
     for port, admin in [(redis_ref.port, redis_ref.client()),
                         *((p, redis.Redis(port=p, socket_timeout=30)) for p in ports(srv))]:
         assert admin.config_set("client-query-buffer-limit", "1mb")
-        conn, cid = non_reader(port)
-        conn.sendall(b"BLPOP held-list 0\r\n")
-        while not any(int(c["id"]) == cid and c["cmd"] == "blpop" for c in admin.client_list()):
-            time.sleep(0.01)
-        try:
-            for _ in range(5):
-                conn.sendall(setter)
-        except OSError:
-            pass
-        wait_closed(admin, cid)
-        outcomes.append(admin.exists("k"))
-        conn.close()
-        assert admin.config_set("client-query-buffer-limit", "1gb")
+        try:  # the reference server is the module's: its limit is put back whatever happens
+            conn, cid = non_reader(port)
+            conn.sendall(b"BLPOP held-list 0\r\n")
+            while not any(int(c["id"]) == cid and c["cmd"] == "blpop" for c in admin.client_list()):
+                time.sleep(0.01)
+            try:
+                for _ in range(5):
+                    conn.sendall(setter)
+            except OSError:
+                pass
+            wait_closed(admin, cid)
+            outcomes.append(admin.exists("k"))
+            conn.close()
+        finally:
+            assert admin.config_set("client-query-buffer-limit", "1gb")
     assert outcomes == [0, 0, 0]  # closed with its SETs unrun, everywhere
 
 

@@ -7,6 +7,7 @@ Real 3-member etcd clusters (tests/etcd_support.py) and real `durakv serve` tree
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -28,9 +29,10 @@ from durakv.shards.config import Config
 from durakv.shards.frames import Request
 from durakv.shards.shard import Shard, SnapshotHooks
 
-from durakv.log.etcd_client import EtcdClient, EtcdRequestFailed, b64
+from durakv.log.errors import LogError
+from durakv.log.etcd_client import EtcdClient, EtcdRequestFailed, b64, unb64
 from durakv.log.etcd_positions import replica_positions
-from durakv.log.etcd_records import Keys, first_seq, last_seq, put_op, revision_of, shard_prefix
+from durakv.log.etcd_records import Keys, first_seq, kvs_of, last_seq, put_op, revision_of, shard_prefix
 from durakv.log.etcd_upkeep import DEFRAG_TIMEOUT_S, Defragmenter, member_sizes
 from etcd_support import etcd_binary_or_skip, until
 from test_etcd_ops import SNAPSHOT_OFTEN
@@ -39,9 +41,47 @@ from test_replicas import replica_port
 from test_standby_reads import readonly_get, two_nodes
 
 WAIT_S = 60
-# A replica position outlives a pause of its replica shorter than this (its etcd lease).
+# The etcd leases' TTL (a replica position's among them): its positions are published every TTL_S / 4.
 TTL_S = 8
-PAUSE_S = 5
+KEEP_ALIVE_S = 1.0  # how often PausedReplica renews the paused replica's position lease
+
+
+class PausedReplica:
+    """A replica stopped by SIGSTOP whose position's etcd lease the test keeps alive
+    meanwhile, as a pause shorter than the lease would: the pause then lasts as long as
+    the snapshots and drops it waits for take on a loaded machine. (Before, the pause
+    was bounded by wall clock to stay under the lease, and at load 13-30 the snapshot
+    and the drop attempt came after the window: the drop was not tried, or the
+    position's lease expired and the drop went past the replica.)"""
+
+    def __init__(self, etcd: EtcdClient, keys: Keys, name: str, pid: int) -> None:
+        self.pid = pid
+        os.kill(pid, signal.SIGSTOP)
+        kvs = kvs_of(etcd.range(keys.replica(name)))
+        assert kvs and int(kvs[0].get("lease", 0)), f"replica {name} has no position bound to a lease"
+        self.lease = int(kvs[0]["lease"])
+        self.position = int(json.loads(unb64(kvs[0]["value"]))["seq"])
+        self.client = etcd.clone()
+        self.stop = threading.Event()
+        self.renewals_failed: list[str] = []
+        self.expired = False  # a renewal found the lease gone: the pause outlived it after all
+        self.thread = threading.Thread(target=self._renew, daemon=True)
+        self.thread.start()
+
+    def _renew(self) -> None:
+        while not self.stop.wait(KEEP_ALIVE_S):
+            try:
+                if self.client.lease_keepalive(self.lease) <= 0:
+                    self.expired = True
+                    return
+            except LogError as e:  # one renewal that failed: the next may still come in time
+                self.renewals_failed.append(repr(e))
+
+    def resume(self) -> None:
+        """SIGCONT, then stop renewing (the replica renews its lease itself again)."""
+        os.kill(self.pid, signal.SIGCONT)
+        self.stop.set()
+        self.thread.join()
 
 
 def _until(fn, what: str, timeout_s: float = WAIT_S):
@@ -57,7 +97,7 @@ def _burst(client: redis.Redis, tag: str, keys: int = 40) -> None:
 
 def test_a_paused_replica_on_another_node_keeps_the_records_it_still_needs(etcd_cluster, server_factory,
                                                                            tmp_path):
-    """Node b's standby is paused (SIGSTOP, shorter than its position's lease) while node a
+    """Node b's standby is paused (SIGSTOP, its position's lease kept alive) while node a
     writes, snapshots and drops covered records: the drop stops at the standby's
     published position, so once resumed the standby follows on from where it was (no
     restart from a snapshot) and shows every write; then the drop goes on past it."""
@@ -80,20 +120,20 @@ def test_a_paused_replica_on_another_node_keeps_the_records_it_still_needs(etcd_
         positions = _until(lambda: replica_positions(etcd, keys), "node b's standby to publish its position")
         assert list(positions) == ["b-0"], positions
         standby_pid = node_b.child_pid("replica", "0 0")
-        os.kill(standby_pid, signal.SIGSTOP)
+        paused = PausedReplica(etcd, keys, "b-0", standby_pid)
         try:
-            held = replica_positions(etcd, keys)["b-0"]
+            held = paused.position
             paused_at = time.monotonic()
             for round_no in range(20):
                 _burst(primary, f"paused{round_no}")
             tail = last_seq(etcd, shard)
             # A snapshot covers the writes and the release loop tries to drop them: it stops at the standby.
-            _until(lambda: "a replica still needs the rest (b-0 at" in node_a.log() or
-                   time.monotonic() - paused_at > PAUSE_S, "node a to try a drop")
-            assert "a replica still needs the rest (b-0 at" in node_a.log(), node_a.log()[-3000:]
+            _until(lambda: "a replica still needs the rest (b-0 at" in node_a.log(),
+                   f"node a to try a drop\n{node_a.log()[-3000:]}")
             assert first_seq(etcd, shard) <= held + 1 < tail, (first_seq(etcd, shard), held, tail)
         finally:
-            os.kill(standby_pid, signal.SIGCONT)
+            paused.resume()
+        assert not paused.expired, f"the paused replica's position lease expired: {paused.renewals_failed}"
         print(f"paused {time.monotonic() - paused_at:.1f} s at seq {held}; the log reached seq {tail}; "
               f"first retained seq during the pause: {first_seq(etcd, shard)}")
         _until(lambda: readonly_get(standby_port, "paused19:39") == b"$500\r\n" + b"v" * 500 + b"\r\n",
@@ -243,7 +283,6 @@ def test_defragmentation_with_etcd_auth_across_token_expiry(tmp_path):
         cluster.stop()
 
 
-TOOL_TTL_S = 60
 
 
 def _durakv(*args: str) -> subprocess.CompletedProcess:
@@ -260,9 +299,8 @@ def test_log_truncate_on_etcd_drops_what_a_snapshot_covers_but_not_what_a_replic
     (no restart), it drops through the snapshot, beside the running primary."""
     prefix = f"tool-{uuid.uuid4().hex[:8]}"
     store = f'snapshot-url = "file://{tmp_path / "store"}"\n'
-    # A long lease: the standby's position outlives its pause while the snapshot is built.
     node_a, node_b = two_nodes(server_factory, tmp_path, etcd_cluster,
-                               f"etcd-lease-ttl-s = {TOOL_TTL_S}\nsnapshotter = false\n{store}", prefix)
+                               f"etcd-lease-ttl-s = {TTL_S}\nsnapshotter = false\n{store}", prefix)
     etcd = EtcdClient(etcd_cluster.endpoints)
     shard = shard_prefix(prefix, 0)
     tool_config = tmp_path / "tool.toml"
@@ -285,9 +323,9 @@ def test_log_truncate_on_etcd_drops_what_a_snapshot_covers_but_not_what_a_replic
         _until(lambda: replica_positions(etcd, keys).get("b-0", 0) >= last_seq(etcd, shard),
                "node b's standby to publish its position")
         standby_pid = node_b.child_pid("replica", "0 0")
-        os.kill(standby_pid, signal.SIGSTOP)
+        paused = PausedReplica(etcd, keys, "b-0", standby_pid)  # its position outlives the snapshot's build
         try:
-            held = replica_positions(etcd, keys)["b-0"]
+            held = paused.position
             for round_no in range(5):
                 _burst(primary, f"paused{round_no}")
             built = _durakv("snapshotter", "--once", "--config", str(tool_config))
@@ -302,7 +340,8 @@ def test_log_truncate_on_etcd_drops_what_a_snapshot_covers_but_not_what_a_replic
             assert done.returncode == 0, done.stderr
             assert first_seq(etcd, shard) == held + 1 and last_seq(etcd, shard) == tail
         finally:
-            os.kill(standby_pid, signal.SIGCONT)
+            paused.resume()
+        assert not paused.expired, f"the paused replica's position lease expired: {paused.renewals_failed}"
         _until(lambda: readonly_get(standby_port, "paused4:39") == b"$500\r\n" + b"v" * 500 + b"\r\n",
                f"the resumed standby to catch up\n{node_b.log()[-3000:]}")
         assert node_b.child_pid("replica", "0 0") == standby_pid

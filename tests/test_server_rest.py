@@ -143,6 +143,7 @@ def test_client_pause_write_holds_writes_until_unpause(server, port_kind):
         assert reader.call("GET", key) == b"$3\r\nnew\r\n"
         assert _blocked_clients(admin) == 0
     finally:
+        admin.call("CLIENT", "UNPAUSE")  # a failure above must not leave the module's server paused
         for conn in (admin, writer, reader):
             conn.close()
 

@@ -30,6 +30,12 @@ def start_logging_everything(pair: Pair) -> None:
         conn.call("SLOWLOG", "RESET")
 
 
+def put_back_defaults(client) -> None:
+    """The module's server is shared: a test's slowlog settings must not reach the next test."""
+    client.config_set("slowlog-max-len", 128)
+    client.config_set("slowlog-log-slower-than", 10000)
+
+
 def argvs(conn, *count) -> list:
     return [entry[3] for entry in entries(conn, *count)]
 
@@ -82,28 +88,31 @@ def test_threshold_max_len_and_reset_across_shards(server):
     client = server.client()
     client.config_set("slowlog-max-len", 3)
     client.config_set("slowlog-log-slower-than", 0)
-    client.slowlog_reset()
-    owners = slot_owner_table(2)
-    keys = [k for k in (f"key{i}" for i in range(100)) if owners[key_slot(k.encode())] == 0][:2]
-    keys += [k for k in (f"key{i}" for i in range(100)) if owners[key_slot(k.encode())] == 1][:2]
-    for key in keys:  # two on each shard
-        client.set(key, "v")
-    assert client.slowlog_len() == 3
-    newest = client.execute_command("SLOWLOG", "GET", "-1")
-    assert [e[3] for e in newest] == [[b"SLOWLOG", b"LEN"], [b"SET", keys[3].encode(), b"v"],
-                                      [b"SET", keys[2].encode(), b"v"]]
-    assert len(client.execute_command("SLOWLOG", "GET", "0")) == 0
-    assert len(client.execute_command("SLOWLOG", "GET", "1")) == 1
-    client.config_set("slowlog-max-len", 128)
-    client.config_set("slowlog-log-slower-than", -1)
-    client.slowlog_reset()
-    for key in keys:
-        client.get(key)
-    assert client.slowlog_len() == 0
-    client.config_set("slowlog-log-slower-than", 0)
-    client.get(keys[0])
-    client.slowlog_reset()
-    assert client.slowlog_len() == 1  # SLOWLOG RESET itself, logged after it ran
+    try:
+        client.slowlog_reset()
+        owners = slot_owner_table(2)
+        keys = [k for k in (f"key{i}" for i in range(100)) if owners[key_slot(k.encode())] == 0][:2]
+        keys += [k for k in (f"key{i}" for i in range(100)) if owners[key_slot(k.encode())] == 1][:2]
+        for key in keys:  # two on each shard
+            client.set(key, "v")
+        assert client.slowlog_len() == 3
+        newest = client.execute_command("SLOWLOG", "GET", "-1")
+        assert [e[3] for e in newest] == [[b"SLOWLOG", b"LEN"], [b"SET", keys[3].encode(), b"v"],
+                                          [b"SET", keys[2].encode(), b"v"]]
+        assert len(client.execute_command("SLOWLOG", "GET", "0")) == 0
+        assert len(client.execute_command("SLOWLOG", "GET", "1")) == 1
+        client.config_set("slowlog-max-len", 128)
+        client.config_set("slowlog-log-slower-than", -1)
+        client.slowlog_reset()
+        for key in keys:
+            client.get(key)
+        assert client.slowlog_len() == 0
+        client.config_set("slowlog-log-slower-than", 0)
+        client.get(keys[0])
+        client.slowlog_reset()
+        assert client.slowlog_len() == 1  # SLOWLOG RESET itself, logged after it ran
+    finally:
+        put_back_defaults(client)
 
 
 def test_config_set_reaches_the_shards(server):
@@ -113,39 +122,45 @@ def test_config_set_reaches_the_shards(server):
     owners = slot_owner_table(2)
     key = next(k for k in (f"cfg{i}" for i in range(100)) if owners[key_slot(k.encode())] == 1)
     node = server.shard_client(1)
-    router.config_set("slowlog-log-slower-than", 0)
-    node.slowlog_reset()
-    router.set(key, "v")  # through the router: executed and logged on shard 1
-    logged = [e[3] for e in node.execute_command("SLOWLOG", "GET", "-1")]
-    assert [b"SET", key.encode(), b"v"] in logged
-    router.config_set("slowlog-log-slower-than", -1)
-    node.slowlog_reset()
-    router.set(key, "w")
-    assert node.slowlog_len() == 0
-    router.config_set("slowlog-max-len", 1)
-    router.config_set("slowlog-log-slower-than", 0)
-    for _ in range(3):
-        router.get(key)
-    assert node.slowlog_len() == 1
-    router.config_set("slowlog-max-len", 128)
+    try:
+        router.config_set("slowlog-log-slower-than", 0)
+        node.slowlog_reset()
+        router.set(key, "v")  # through the router: executed and logged on shard 1
+        logged = [e[3] for e in node.execute_command("SLOWLOG", "GET", "-1")]
+        assert [b"SET", key.encode(), b"v"] in logged
+        router.config_set("slowlog-log-slower-than", -1)
+        node.slowlog_reset()
+        router.set(key, "w")
+        assert node.slowlog_len() == 0
+        router.config_set("slowlog-max-len", 1)
+        router.config_set("slowlog-log-slower-than", 0)
+        for _ in range(3):
+            router.get(key)
+        assert node.slowlog_len() == 1
+        router.config_set("slowlog-max-len", 128)
+    finally:
+        put_back_defaults(router)
 
 
 def test_served_blocked_command_is_logged_as_itself(server):
     client = server.client()
     client.config_set("slowlog-log-slower-than", 0)
-    client.delete("blocked-list")
-    waiter = server.client()
-    result: list = []
-    thread = threading.Thread(target=lambda: result.append(waiter.blpop(["blocked-list"], 0)))
-    thread.start()
-    deadline = time.monotonic() + BLOCK_WAIT_S
-    while client.info("clients")["blocked_clients"] < 1:
-        assert time.monotonic() < deadline, "BLPOP never blocked"
-        time.sleep(0.01)
-    client.slowlog_reset()
-    client.lpush("blocked-list", "foo")
-    thread.join(10)
-    assert result == [(b"blocked-list", b"foo")]
-    logged = [e[3] for e in client.execute_command("SLOWLOG", "GET")]
-    assert logged[0] == [b"BLPOP", b"blocked-list", b"0"]
-    assert [b"LPUSH", b"blocked-list", b"foo"] in logged
+    try:
+        client.delete("blocked-list")
+        waiter = server.client()
+        result: list = []
+        thread = threading.Thread(target=lambda: result.append(waiter.blpop(["blocked-list"], 0)))
+        thread.start()
+        deadline = time.monotonic() + BLOCK_WAIT_S
+        while client.info("clients")["blocked_clients"] < 1:
+            assert time.monotonic() < deadline, "BLPOP never blocked"
+            time.sleep(0.01)
+        client.slowlog_reset()
+        client.lpush("blocked-list", "foo")
+        thread.join(10)
+        assert result == [(b"blocked-list", b"foo")]
+        logged = [e[3] for e in client.execute_command("SLOWLOG", "GET")]
+        assert logged[0] == [b"BLPOP", b"blocked-list", b"0"]
+        assert [b"LPUSH", b"blocked-list", b"foo"] in logged
+    finally:
+        put_back_defaults(client)

@@ -324,17 +324,19 @@ def test_multi_key_list_commands_across_shards_run_through_the_router(r):
 
 
 def test_object_encoding_is_always_quicklist_like_redis_7_0(pair):
-    same_all(pair, [
-        ("RPUSH", "small", "a"),
-        ("OBJECT", "ENCODING", "small"),
-        ("RPUSH", "big", "x" * 10000),
-        ("OBJECT", "ENCODING", "big"),
-        ("CONFIG", "SET", "list-max-listpack-size", "2"),
-        ("RPUSH", "other", "a", "b", "c"),
-        ("OBJECT", "ENCODING", "other"),
-        ("CONFIG", "SET", "list-max-listpack-size", "-2"),
-        ("TYPE", "small"),
-    ])
+    try:
+        same_all(pair, [
+            ("RPUSH", "small", "a"),
+            ("OBJECT", "ENCODING", "small"),
+            ("RPUSH", "big", "x" * 10000),
+            ("OBJECT", "ENCODING", "big"),
+            ("CONFIG", "SET", "list-max-listpack-size", "2"),
+            ("RPUSH", "other", "a", "b", "c"),
+            ("OBJECT", "ENCODING", "other"),
+            ("TYPE", "small"),
+        ])
+    finally:  # the servers are the module's
+        pair.same("CONFIG", "SET", "list-max-listpack-size", "-2")
 
 
 def test_redis_py_roundtrip(r, r3):

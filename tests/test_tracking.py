@@ -242,14 +242,16 @@ def test_expiry_scripts_and_table_limit_match_redis(server, redis_ref):
         # tracking-table-max-keys: going over it invalidates keys until it holds.
         r.call("MGET", "m1{t}", "m2{t}", "m3{t}")
         out.append(sg.call("CONFIG", "SET", "tracking-table-max-keys", "1"))
-        out.append(decode(red.read_reply())[0][2][0][:1])  # Redis picks which keys at random
-        out.append(decode(red.read_reply())[0][2][0][:1])
-        out.append(red.call("PING"))
-        info = sg.call("INFO", "stats").decode()
-        out.extend(line.encode() for line in info.split("\r\n") if line.startswith("tracking_total"))
-        clients = sg.call("INFO", "clients").decode()
-        out.extend(line.encode() for line in clients.split("\r\n") if line.startswith("tracking_clients"))
-        sg.call("CONFIG", "SET", "tracking-table-max-keys", "1000000")
+        try:  # the servers are the module's: the limit is put back whatever happens
+            out.append(decode(red.read_reply())[0][2][0][:1])  # Redis picks which keys at random
+            out.append(decode(red.read_reply())[0][2][0][:1])
+            out.append(red.call("PING"))
+            info = sg.call("INFO", "stats").decode()
+            out.extend(line.encode() for line in info.split("\r\n") if line.startswith("tracking_total"))
+            clients = sg.call("INFO", "clients").decode()
+            out.extend(line.encode() for line in clients.split("\r\n") if line.startswith("tracking_clients"))
+        finally:
+            sg.call("CONFIG", "SET", "tracking-table-max-keys", "1000000")
         closing(r, sg, red)
         return out
 
