@@ -21,7 +21,7 @@ from durakv.shards.t_script import flush_option_ok
 from durakv.shards.evict import OOM_MESSAGE
 from durakv.shards.frames import LARGE_BYTES, VERB_AS_USER, VERB_LITERAL, VERB_ROUTER_IN_MULTI
 from durakv.shards.resp import ProtocolError, RequestParser, ReplyError, encode, encode_error
-from durakv.shards.table import CURSOR, FANOUT, ROUTER, SHARD, SPLIT_NONE, Command, find, lookup
+from durakv.shards.table import BY_NAME, CURSOR, FANOUT, ROUTER, SHARD, SPLIT_NONE, Command, find, lookup
 from durakv.shards.slots import key_slot
 from durakv.shards.t_sort import reads_pattern_keys
 from durakv.shards.txn import WHOLE_KEYSPACE
@@ -288,7 +288,8 @@ class Client:
         (bounded) its output is over the backpressure bounds."""
         backlog = self.backlog
         dispatch = self.dispatch
-        pause = self.router.pause
+        router = self.router
+        pause = router.pause
         replies = self.replies
         while backlog and self.blocked_pending is None and not self.closing:
             # can_dispatch, asked only past its cheap common case (nothing waits for the socket
@@ -301,7 +302,46 @@ class Client:
                 self.paused = True
                 pause.hold(self)
                 return
+            # A plain client (none of the states dispatch checks for) in the common case:
+            # its run of plain-routed commands is routed without the rest of dispatch.
+            if (self.authed and self.multi is None and self.pubsub is None and self.tracking is None
+                    and self.script_out is None and not (self.reply_off or self.reply_skip or pause.mode
+                                                         or router.scripts_in_flight or router.monitors.active)
+                    and self.user.unrestricted and not self.outbuf_bytes
+                    and self._dispatch_plain(self.in_flight_cap - len(replies) if bounded else len(backlog))):
+                continue
             dispatch(backlog.popleft())
+
+    def _dispatch_plain(self, limit: int) -> int:
+        """Route up to `limit` requests at the backlog's head while they are plain-routed
+        commands of the right arity (table.Command.routes_plain: GET, SET, INCR...) to their
+        key's shard, as dispatch's single-key path does, in one loop: the parse, the lookup
+        and the slot once per command and no other check (run_backlog checked the client's
+        and router's state once for the run, and routing one changes neither). Returns how
+        many it routed; 0: the head needs dispatch."""
+        backlog = self.backlog
+        replies = self.replies
+        router = self.router
+        owner = router.slot_owner
+        links = router.links
+        proto = self.proto
+        by_name = BY_NAME
+        routed = 0
+        last = None
+        while routed < limit and backlog:
+            argv = backlog[0]
+            cmd = by_name.get(argv[0])
+            if cmd is None or not cmd.routes_plain or len(argv) != cmd.arity and (
+                    cmd.arity >= 0 or len(argv) < -cmd.arity):
+                break
+            backlog.popleft()
+            replies.append(links[owner[key_slot(argv[1])]].submit(self, proto, argv))
+            routed += 1
+            last = cmd
+        if last is not None:
+            router.stats_commands += routed
+            self.last_cmd = last.fullname
+        return routed
 
     def dispatch(self, argv: list[bytes]) -> None:
         router = self.router

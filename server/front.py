@@ -210,6 +210,34 @@ class Front(ABC):
             client.in_ready_set = False
             client.flush()
 
+    def flush_complete_clients(self) -> None:
+        """After a shard link's frames filled replies: write each ready client whose
+        replies are all in. One whose later replies wait for another shard is left to
+        the flusher task, which runs after the other links' receives woken with this
+        one, so a pipeline across shards is usually written in one send, not one per
+        shard (issue 11 §3); what is in by then goes out even if the rest is not."""
+        ready = self.ready_clients
+        if not ready:
+            return
+        self.ready_clients = []
+        waiting = []
+        for client in ready:
+            replies = client.replies
+            if len(replies) > 1:  # one reply (P1): nothing to wait for
+                for reply in replies:
+                    if type(reply) is not bytes and getattr(reply, "data", None) is None:  # not in (or SILENCED)
+                        break
+                else:
+                    reply = None
+                if reply is not None:
+                    waiting.append(client)
+                    continue
+            client.in_ready_set = False
+            client.flush()
+        if waiting:
+            self.ready_clients.extend(waiting)  # still in_ready_set
+            self._flush_wake.set()
+
     def client_ready(self, client: Client) -> None:
         if not self.ready_clients and not self.poller.in_turn:
             self._flush_wake.set()  # in the poller's turn, end_turn flushes

@@ -373,7 +373,8 @@ class ShardLink:
 
     def _on_frames(self, items: list[bytes | Large]) -> None:
         """Fill the pending replies a read completed, then write the clients whose
-        next replies are in (at once: waiting for the flusher's turn costs latency)."""
+        replies are all in (at once: waiting for the flusher's turn costs latency);
+        the flusher writes those still waiting for another shard's reply."""
         in_flight = self._pending
         router = self.router
         ready = router.ready_clients
@@ -407,7 +408,7 @@ class ShardLink:
                     pending.fill(item.blobs[0])
                 else:  # streamed to its client as it came (_stream_reply)
                     pending.client.end_stream(pending)
-        router.flush_ready_clients()
+        router.flush_complete_clients()
 
     def _events(self, events: list[tuple[bytes, bytes]]) -> None:
         """Keyspace notifications, or the shard's drop of a script from its cache

@@ -15,7 +15,7 @@ Per-command tests on the hot path are attributes computed at declaration.
 from __future__ import annotations
 
 import random
-from typing import Callable, NamedTuple
+from typing import Callable, Mapping, NamedTuple
 
 from durakv.shards.numbers import parse_ll
 from durakv.shards.resp import ReplyError, encode
@@ -222,7 +222,7 @@ class Command:
     __slots__ = (
         "name", "arity", "flags", "first_key", "last_key", "key_step", "group",
         "handler", "where", "keys_fn", "split", "subcommands", "parent", "fullname",
-        "is_write", "is_readonly", "is_blocking", "tips", "no_auth", "single_key", "waits_for_all",
+        "is_write", "is_readonly", "is_blocking", "tips", "no_auth", "single_key", "routes_plain", "waits_for_all",
         "reads_undeclared_keys", "merge", "multi", "runs_in_multi", "refused_in_multi",
         "acl_categories", "key_specs", "key_flags_fn", "reported_flags", "doc_group",
     )
@@ -270,6 +270,9 @@ class Command:
         self.no_auth = "no_auth" in self.flags
         # The one key is argv[1]: routing and hazards need no key_indexes call.
         self.single_key = keys_fn is None and first_key == 1 and last_key == 1
+        # Routed by its key and nothing else (no wait, no subcommand): a plain client's run of
+        # these skips the rest of the router's dispatch (server/client.py `_dispatch_plain`).
+        self.routes_plain = self.single_key and where == SHARD and not self.is_blocking and parent is None
         # Reads the whole keyspace (fanned out, or a cursor walk): waits for every pending write.
         self.waits_for_all = where == FANOUT or where == CURSOR
         # Given argv, whether it may read keys no key position names (SORT BY/GET
@@ -348,8 +351,10 @@ class Command:
 
 TABLE: dict[bytes, Command] = {}
 # Every top-level command by its lower- and upper-case name, so `lookup` finds
-# the usual spellings with one dict lookup and no allocation.
+# the usual spellings with one dict lookup and no allocation (and the router's
+# plain-run dispatch with it: read it, never change it).
 _BY_NAME: dict[bytes, Command] = {}
+BY_NAME: Mapping[bytes, Command] = _BY_NAME
 
 
 def _register(cmd: Command) -> None:
@@ -394,6 +399,7 @@ def command(
                       reads_undeclared_keys=reads_undeclared_keys, merge=merge, multi=multi)
         if parent is not None:
             assert sub_name.encode() not in parent.subcommands, name
+            assert not parent.routes_plain, f"{parent.name}: a plain-routed command has no subcommands"
             parent.subcommands[sub_name.encode()] = cmd
         else:
             _register(cmd)

@@ -72,6 +72,57 @@ async def test_one_frame_per_shard_and_one_send_per_client_per_turn(tmp_path, mo
     assert peers[0].recv(65536) == VALUE_REPLY * 10
 
 
+async def test_a_pipeline_over_both_shards_is_one_send(tmp_path, monkeypatch):
+    """A client's replies from two shards' frames go out in one send: the first link's
+    receive leaves the client, whose later replies wait for the other shard, to the
+    flusher; the second's completes it and writes everything. (Before: one send per
+    link frame, 1.5 per pipeline at P16.) The flusher still writes what is in when the
+    rest is not."""
+    router, shards, pumps, peers, clients = open_router(str(tmp_path), 2, 3)
+    writes: list[int] = []
+    write = client_module.Client.write
+
+    def counting_write(self, chunks, size):
+        writes.append(self.id)
+        return write(self, chunks, size)
+
+    monkeypatch.setattr(client_module.Client, "write", counting_write)
+    keys = keys_on_each_shard(router, 48)  # alternating shard 0, shard 1
+    router.poller.in_turn = True
+    for n, peer in enumerate(peers):
+        peer.send(b"".join(get(key) for key in keys[n * 16:(n + 1) * 16]))
+        clients[n].on_readable()
+    router.poller.in_turn = False
+    router.end_turn()
+    assert sum(shard.answer() for shard in shards) == 48
+    for pump in pumps:
+        assert pump.pump()
+    router.flush_ready_clients()  # the flusher: nothing left for it
+    assert sorted(writes) == sorted(client.id for client in clients)
+    for peer in peers:
+        got = b""
+        while len(got) < len(VALUE_REPLY) * 16:
+            got += peer.recv(65536)
+        assert got == VALUE_REPLY * 16
+    # Only shard 0 answers: its replies before the first of shard 1 go out, from the flusher.
+    writes.clear()
+    peers[0].send(get(keys[0]) + get(keys[1]))
+    router.poller.in_turn = True
+    clients[0].on_readable()
+    router.poller.in_turn = False
+    router.end_turn()
+    assert shards[0].answer() == 1
+    assert pumps[0].pump()
+    assert writes == []
+    router.flush_ready_clients()
+    assert writes == [clients[0].id]
+    assert peers[0].recv(65536) == VALUE_REPLY
+    assert shards[1].answer() == 1
+    assert pumps[1].pump()
+    assert writes == [clients[0].id] * 2
+    assert peers[0].recv(65536) == VALUE_REPLY
+
+
 def test_no_script_or_watch_is_a_single_key_shard_command():
     """Client.dispatch sends a single-key command of `where` SHARD to its shard before
     looking at scripts (timed, ACL-wrapped) and WATCH: none may be one."""
