@@ -30,8 +30,8 @@ def get(key: bytes) -> bytes:
     return b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key), key)
 
 
-async def test_one_frame_per_shard_and_one_send_per_client_per_turn(tmp_path, monkeypatch):
-    router, shards, pumps, peers, clients = open_router(str(tmp_path), 2, 10)
+def count_writes(monkeypatch) -> list[int]:
+    """The ids of the clients Client.write is called for, in order (a send each)."""
     writes: list[int] = []
     write = client_module.Client.write
 
@@ -40,6 +40,12 @@ async def test_one_frame_per_shard_and_one_send_per_client_per_turn(tmp_path, mo
         return write(self, chunks, size)
 
     monkeypatch.setattr(client_module.Client, "write", counting_write)
+    return writes
+
+
+async def test_one_frame_per_shard_and_one_send_per_client_per_turn(tmp_path, monkeypatch):
+    router, shards, pumps, peers, clients = open_router(str(tmp_path), 2, 10)
+    writes = count_writes(monkeypatch)
     keys = keys_on_each_shard(router, 40)
     for turn in range(2):
         for n, peer in enumerate(peers):  # P1: one GET per client, both shards in every turn
@@ -79,14 +85,7 @@ async def test_a_pipeline_over_both_shards_is_one_send(tmp_path, monkeypatch):
     link frame, 1.5 per pipeline at P16.) The flusher still writes what is in when the
     rest is not."""
     router, shards, pumps, peers, clients = open_router(str(tmp_path), 2, 3)
-    writes: list[int] = []
-    write = client_module.Client.write
-
-    def counting_write(self, chunks, size):
-        writes.append(self.id)
-        return write(self, chunks, size)
-
-    monkeypatch.setattr(client_module.Client, "write", counting_write)
+    writes = count_writes(monkeypatch)
     keys = keys_on_each_shard(router, 48)  # alternating shard 0, shard 1
     router.poller.in_turn = True
     for n, peer in enumerate(peers):
