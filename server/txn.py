@@ -408,6 +408,7 @@ class Coordinator:
             if deletes:  # the reply and the effects follow from which keys are present
                 present = [(key, None, 0) for key, payload, _when_ms in values if payload is not None]
                 reply, packed_states = encode(len(present), proto), pack(present)
+                changes = len(present)  # Redis' dirty count: a key each DEL/UNLINK removes
             else:
                 executor = min(keys) if keys else participants[0]
                 await hold_point("router-before-run")
@@ -416,7 +417,7 @@ class Coordinator:
                        pack_transaction(commands)]
                 flags = [WHOLE_RUN] * whole + [OOM_RUN] * oom
                 for _round in range(MAX_DISCOVERY_ROUNDS):
-                    reply, packed_states, flushed, missing, wants_all, publishes = await self._ask(
+                    reply, packed_states, flushed, missing, wants_all, publishes, changes = await self._ask(
                         executor, [*run, pack([list(v) for v in values]), *flags],
                         script=script)
                     if wants_all:  # a script's KEYS, DBSIZE...: again, with every shard locked whole
@@ -447,13 +448,14 @@ class Coordinator:
                 raise
             return encode_error(e.message)
         await hold_point("router-after-run")
-        failed = await self.commit_states(txid, locked, participants, packed_states, flushed, publishes)
+        failed = await self.commit_states(txid, locked, participants, packed_states, flushed, changes, publishes)
         return reply if failed is None else failed
 
     async def commit_states(self, txid: int, locked: list[int], participants: list[int], packed_states: bytes,
-                            flushed: bool, publishes: list | None = None) -> bytes | None:
+                            flushed: bool, changes: int, publishes: list | None = None) -> bytes | None:
         """Steps 3 to 5 for the executor's final key states: prepare the writing participants
         but the decider, decide, commit the others; the other locked shards are released.
+        `changes`: the commands' Redis dirty count (shards/changes.py), the decider's to log.
         None once the decision is durable (or nothing was written), else the error to answer."""
         states: dict[int, list] = {}
         owner = self.router.slot_owner
@@ -480,7 +482,7 @@ class Coordinator:
         crash_point("router-after-prepare")
         try:
             # A script's PUBLISHes go with the decision: sent once it is durable, never on an abort.
-            await self._ask(decider, [VERB_TXDECIDE, b"%d" % txid, pack(effects[decider])]
+            await self._ask(decider, [VERB_TXDECIDE, b"%d" % txid, pack(effects[decider]), b"%d" % changes]
                             + ([pack(publishes)] if publishes else []))
         except ReplyError:
             self.release(txid, writers)

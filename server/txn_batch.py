@@ -230,8 +230,8 @@ class WriteBatch:
             run = [VERB_TXRUN, tag, b"%d" % client.proto, BATCH_RUN,
                    pack([[unit.multi, pack_transaction(unit.commands)] for unit in units]),
                    pack([list(v) for v in values])]
-            replies, packed_states, flushed, missing, _wants_all, _publishes = await coordinator._ask(participants[0],
-                                                                                                       run)
+            replies, packed_states, flushed, missing, _wants_all, _publishes, changes = await coordinator._ask(
+                participants[0], run)
             if missing:
                 coordinator.release(txid, locked)
                 return None
@@ -242,7 +242,7 @@ class WriteBatch:
             return [encode_error(e.message)] * len(units)
         assert len(replies) == len(units), "the executor answered a batch with the wrong number of replies"
         committed = coordinator.committed
-        failed = await coordinator.commit_states(txid, locked, participants, packed_states, flushed)
+        failed = await coordinator.commit_states(txid, locked, participants, packed_states, flushed, changes)
         if failed is not None:
             return [failed] * len(units)
         if coordinator.committed > committed:

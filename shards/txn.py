@@ -176,6 +176,13 @@ class ScratchKeyspace(Keyspace):
             self.undeclared[key] = None
         return super().peek(key)
 
+    def flush(self) -> None:
+        """A FLUSHALL/FLUSHDB inside the transaction: every participant counts the keys it
+        drops itself (TxnState._apply), as the scratch keyspace may hold only the transaction's."""
+        changes = self.changes
+        super().flush()
+        self.changes = changes
+
 
 class ScratchShard:
     """The ShardView of the executor's scratch keyspace: the shard's settings,
@@ -587,7 +594,7 @@ class TxnState:
         if wants_all or missing:  # thrown away: the router locks more and asks again
             scripting.error_counts.clear()
             scripting.error_counts.update(errors_before)
-            return [b"", pack([]), False, [] if wants_all else list(missing), bool(wants_all), []]
+            return [b"", pack([]), False, [] if wants_all else list(missing), bool(wants_all), [], 0]
         held_logs.write()
         publishes = held_publishes(scratch.events)  # a script's PUBLISHes: sent once its decision is durable
         for argv_run, failed, usec in calls:  # the final run: counted and logged as on one shard
@@ -622,7 +629,8 @@ class TxnState:
             shard.db.events.extend(publishes)
             publishes = []
         # Else the router hands them to the decider (TXDECIDE), which sends them once its decision is durable.
-        return [reply, pack(states), bool(flushed), [], False, [list(p) for p in publishes]]
+        # scratch.changes: Redis' dirty count of the commands run (shards/changes.py), which the decider logs.
+        return [reply, pack(states), bool(flushed), [], False, [list(p) for p in publishes], scratch.changes]
 
     def _prepare(self, req: Request, next_seq: int) -> tuple[bytes, int]:
         argv = req.argv
@@ -641,10 +649,11 @@ class TxnState:
         txn = self.txns.get(txid)
         if decided is not None and not decided[0] or txn is None:
             raise ReplyError(b"ERR transaction aborted")
-        self._apply(unpack_effects(req.argv[2]))
+        # argv[3]: the transaction's Redis dirty count (all of it the decider's); argv[4]: a script's PUBLISHes.
+        self._apply(unpack_effects(req.argv[2]), int(req.argv[3]))
         self.marks.append([MARK_DECIDE_COMMIT, txid])
-        if len(req.argv) > 3:  # the script's PUBLISHes (shards/script_effects.py): out once this record is durable
-            self._hold_publishes(unpack_effects(req.argv[3]))
+        if len(req.argv) > 4:  # the script's PUBLISHes (shards/script_effects.py): out once this record is durable
+            self._hold_publishes(unpack_effects(req.argv[4]))
         self._remember(txid, True, next_seq)
         self._release(txid)
         if crash_armed("decider-after-decision"):
@@ -662,7 +671,7 @@ class TxnState:
         if txn is None or txn.effects is None:
             return encode_internal(True, False), 0  # resolved already
         crash_point("participant-before-commit")
-        self._apply(txn.effects)
+        self._apply(txn.effects, 0)  # the decider counted the transaction's changes
         self.marks.append([MARK_COMMIT, txid])
         self._release(txid)
         return encode_internal(True, True), next_seq
@@ -692,17 +701,21 @@ class TxnState:
 
     # --- helpers --------------------------------------------------------------------
 
-    def _apply(self, effects: list[list[bytes]]) -> None:
-        """Apply a transaction's effects to the real keyspace (logged as they run)."""
+    def _apply(self, effects: list[list[bytes]], changes: int) -> None:
+        """Apply a transaction's effects to the real keyspace (logged as they run). They
+        add `changes` to Redis' dirty count (the commands', not the RESTOREs' and DELs'
+        of their final states: shards/changes.py), and the keys a FLUSHALL drops here."""
         shard = self.shard
         ctx = shard.ctx
         db = shard.db
+        changes += db.changes + (len(db.data) if effects and effects[0] == [b"FLUSHALL"] else 0)
         db.frozen_ms = time.time_ns() // 1_000_000
         try:
             for argv in effects:
                 run_command(ctx, argv)
         finally:
             db.frozen_ms = 0
+            db.changes = changes
         watches = shard.watches
         if watches.by_key:  # each key the transaction wrote, as Redis signals it, even one DEL finds absent
             for key in effect_keys(effects):

@@ -89,7 +89,8 @@ async def test_locks_defer_only_their_keys_and_a_prepare_survives_a_restart_in_d
         assert not d.answered(waiting) and not d.answered(behind)
         # The executor runs over the values the locks returned, not the real keyspace.
         run = [VERB_TXRUN, b"7", b"2", b"one", pack_transaction([[b"APPEND", b"k1", b"!"]]), packed]
-        reply, states, _flushed, _missing, _wants_all, _publishes = await d.call(0, *run)
+        reply, states, _flushed, _missing, _wants_all, _publishes, changes = await d.call(0, *run)
+        assert changes == 1  # APPEND: one change, which the decider logs
         assert reply == b":4\r\n"
         assert unpack_values(states)[0][0] == b"k1"
         assert d.shard.db.data[b"k1"] == b"old"
@@ -139,11 +140,11 @@ async def test_presumed_abort_outlives_a_restart_and_a_late_decision_fails(tmp_p
         await d.call(100, VERB_TXLOCK, b"11", b"one", b"k")
         assert await d.call(0, VERB_TXRESOLVE, b"11") == b"abort"  # undecided: presumed abort, recorded
         assert not d.shard.txn.locks  # the resolver's abort released its locks too
-        decided = await d.call(0, VERB_TXDECIDE, b"11", pack(state_effects([(b"k", None, 0)])))
+        decided = await d.call(0, VERB_TXDECIDE, b"11", pack(state_effects([(b"k", None, 0)])), b"1")
         assert isinstance(decided, tuple) and decided[0] == "error"
         # A decision that was made is answered as made.
         await d.call(100, VERB_TXLOCK, b"12", b"one", b"k")
-        assert await d.call(0, VERB_TXDECIDE, b"12", pack(state_effects([(b"k", None, 0)]))) is True
+        assert await d.call(0, VERB_TXDECIDE, b"12", pack(state_effects([(b"k", None, 0)])), b"1") is True
         assert await d.call(0, VERB_TXRESOLVE, b"12") == b"commit"
 
     await serving(open_shard(data_dir), first)
@@ -211,7 +212,7 @@ async def test_a_read_tries_without_waiting_then_waits_for_the_lock(tmp_path: Pa
         waiting = d.submit(3, VERB_TXREAD, b"12", b"wait", b"MGET", b"b", b"a")
         await trio.sleep(0.05)
         assert not d.answered(waiting)
-        await d.call(2, VERB_TXDECIDE, b"10", pack([[b"SET", b"a", b"new"]]))
+        await d.call(2, VERB_TXDECIDE, b"10", pack([[b"SET", b"a", b"new"]]), b"1")
         ok, value = internal_reply_decoder.decode(await d.sink.wait_for(waiting))
         assert ok and value == [b"2", b"new"]
         write = d.submit(4, b"SET", b"b", b"3")  # the read's lock on b defers it
@@ -274,7 +275,7 @@ async def test_reads_share_their_locks_and_queue_behind_a_waiting_writer(tmp_pat
         await d.sink.wait_for(lock)  # the writer goes first, then the late reader waits for it
         await trio.sleep(0.05)
         assert not d.answered(late) and d.shard.txn.locks == {b"a": 32}
-        await d.call(2, VERB_TXDECIDE, b"32", pack([[b"SET", b"a", b"new"]]))
+        await d.call(2, VERB_TXDECIDE, b"32", pack([[b"SET", b"a", b"new"]]), b"1")
         ok, value = internal_reply_decoder.decode(await d.sink.wait_for(late))
         assert ok and value == [b"new", b"2"]
         assert await d.call(5, VERB_TXABORT, b"34") is True
