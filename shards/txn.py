@@ -157,12 +157,13 @@ class ScratchKeyspace(Keyspace):
     transaction locked (SORT BY/GET patterns, a script's undeclared keys), so the
     router can lock them too and run it again."""
 
-    __slots__ = ("declared", "undeclared")
+    __slots__ = ("declared", "undeclared", "loaded")
 
     def __init__(self) -> None:
         super().__init__()
         self.declared: set[bytes] | None = set()  # None after a flush: every other key is gone for real
         self.undeclared: dict[bytes, None] = {}
+        self.loaded: set[bytes] = set()  # the keys the participants had (a value when locked)
 
     def get(self, key: bytes) -> object | None:
         declared = self.declared
@@ -177,11 +178,18 @@ class ScratchKeyspace(Keyspace):
         return super().peek(key)
 
     def flush(self) -> None:
-        """A FLUSHALL/FLUSHDB inside the transaction: every participant counts the keys it
-        drops itself (TxnState._apply), as the scratch keyspace may hold only the transaction's."""
+        """A FLUSHALL/FLUSHDB inside the transaction. Redis counts the keys present then;
+        the scratch keyspace may hold only the transaction's, so every participant counts
+        the keys it drops itself (TxnState._apply: those it had when locked) and the first
+        flush here counts what the commands before it changed of that: the keys they
+        created, less those they removed. A later flush finds every key here."""
+        first = self.declared is not None
         changes = self.changes
+        data, loaded = self.data, self.loaded
+        created = sum(1 for key in data if key not in loaded) - sum(1 for key in loaded if key not in data)
         super().flush()
-        self.changes = changes
+        if first:
+            self.changes = changes + created
 
 
 class ScratchShard:
@@ -546,6 +554,7 @@ class TxnState:
             except RdbError as e:
                 raise ReplyError(b"ERR bad value in a cross-shard transaction: %s" % str(e).encode()) from None
             scratch.put(key, value)
+            scratch.loaded.add(key)
             if when_ms:
                 scratch.set_expire(key, when_ms)
         changed: dict[bytes, None] = {}
@@ -708,14 +717,17 @@ class TxnState:
         shard = self.shard
         ctx = shard.ctx
         db = shard.db
-        changes += db.changes + (len(db.data) if effects and effects[0] == [b"FLUSHALL"] else 0)
+        before = db.changes
+        changes += before + (len(db.data) if effects and effects[0] == [b"FLUSHALL"] else 0)
         db.frozen_ms = time.time_ns() // 1_000_000
         try:
             for argv in effects:
                 run_command(ctx, argv)
         finally:
             db.frozen_ms = 0
-            db.changes = changes
+            # Never less than before: a record's count is not negative (a transaction that
+            # removes keys of other shards before a FLUSHALL can leave the decider's share so).
+            db.changes = max(changes, before)
         watches = shard.watches
         if watches.by_key:  # each key the transaction wrote, as Redis signals it, even one DEL finds absent
             for key in effect_keys(effects):

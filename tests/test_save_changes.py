@@ -161,6 +161,7 @@ CROSS_SHARD_STEPS = [
     [("RPUSH", A, "a", "b", "c"), ("SADD", B, "a", "b", "c"), ("SADD", B, "a")],
     [("EVAL", _KEYLESS_SCRIPT, "0", A, B)],
     [("SET", A, "1"), ("FLUSHALL",), ("SET", B, "1"), ("SET", A, "1")],
+    [("DEL", B), ("SET", "fresh1", "1"), ("SET", "fresh2", "1"), ("FLUSHALL",), ("SET", A, "1")],
 ]
 
 
