@@ -150,44 +150,46 @@ def _changes_or_none(client) -> int | None:
 
 
 A, B = keys_on_different_shards()
-# Cross-shard writes (keys on both shards: A and B), each a list of commands
-# run in one MULTI (more than one) or alone, on both servers in this order.
+# Cross-shard writes (keys on both shards: A and B), each a list of commands run in one
+# MULTI ("multi"), alone ("one") or pipelined (server/txn_batch.py may run them as one
+# batch), on both servers in this order.
 _KEYLESS_SCRIPT = "redis.call('set', ARGV[1], '1'); redis.call('incr', ARGV[1]); redis.call('set', ARGV[2], '2')"
 CROSS_SHARD_STEPS = [
-    [("SET", A, "1"), ("INCR", A)],
-    [("SET", A, "1"), ("INCR", A), ("SET", B, "1"), ("DEL", B), ("DEL", "nokey")],
-    [("MSET", A, "1", B, "2", A, "3")],
-    [("DEL", A, B, "nokey")],
-    [("RPUSH", A, "a", "b", "c"), ("SADD", B, "a", "b", "c"), ("SADD", B, "a")],
-    [("EVAL", _KEYLESS_SCRIPT, "0", A, B)],
-    [("SET", A, "1"), ("FLUSHALL",), ("SET", B, "1"), ("SET", A, "1")],
-    [("DEL", B), ("SET", "fresh1", "1"), ("SET", "fresh2", "1"), ("FLUSHALL",), ("SET", A, "1")],
+    ("multi", [("SET", A, "1"), ("INCR", A)]),
+    ("multi", [("SET", A, "1"), ("INCR", A), ("SET", B, "1"), ("DEL", B), ("DEL", "nokey")]),
+    ("one", [("MSET", A, "1", B, "2", A, "3")]),
+    ("one", [("DEL", A, B, "nokey")]),
+    ("multi", [("RPUSH", A, "a", "b", "c"), ("SADD", B, "a", "b", "c"), ("SADD", B, "a")]),
+    ("one", [("EVAL", _KEYLESS_SCRIPT, "0", A, B)]),
+    ("pipe", [("MSET", A, "1", B, "2", A, "3"), ("MSET", A, "4", B, "5"), ("DEL", A, B, A)]),
+    ("multi", [("SET", A, "1"), ("FLUSHALL",), ("SET", B, "1"), ("SET", A, "1")]),
+    ("multi", [("DEL", B), ("SET", "fresh1", "1"), ("SET", "fresh2", "1"), ("FLUSHALL",), ("SET", A, "1")]),
 ]
 
 
 def test_cross_shard_writes_count_as_redis_dirty(server_factory, redis_ref, tmp_path):
-    """A cross-shard MULTI/EXEC, MSET, DEL or keyless script adds what redis-server 7.0
-    adds: each command's changes (MULTI; SET x 1; INCR x; EXEC counts 2), as a restarted
-    shard reads from the log. Before, each shard counted the keys it wrote (1 there), and
-    an import-rdb's keys counted until the first snapshot."""
+    """A cross-shard MULTI/EXEC, MSET, DEL, pipeline or keyless script adds what
+    redis-server 7.0 adds: each command's changes (MULTI; SET A 1; INCR A; SET B 1; DEL B;
+    EXEC counts 4), and a restarted shard reads the same from the log. Before, each shard
+    counted the keys it wrote (1 there), and a FLUSHALL the keys it found."""
     srv = server_factory(shards=2, extra_args=_config(tmp_path))
     ours, theirs = srv.client(), redis_ref.client()
     theirs.flushall()
     seen = []
     before = (_changes(ours), _changes(theirs))
-    for step in CROSS_SHARD_STEPS:
+    for how, step in CROSS_SHARD_STEPS:
         for client in (ours, theirs):
-            if len(step) == 1:
+            if how == "one":
                 client.execute_command(*step[0])
             else:
-                pipe = client.pipeline(transaction=True)
+                pipe = client.pipeline(transaction=how == "multi")
                 for command in step:
                     pipe.execute_command(*command)
                 pipe.execute()
         after = (_changes(ours), _changes(theirs))
-        seen.append((step[0][0], len(step), after[0] - before[0], after[1] - before[1]))
+        seen.append((how, step[0][0], after[0] - before[0], after[1] - before[1]))
         before = after
-    print("first command, commands, durakv's change, redis-server's:", seen)
+    print("how, first command, durakv's change, redis-server's:", seen)
     assert [s[2] for s in seen] == [s[3] for s in seen], seen
     total = _changes(ours)
     srv.kill9()  # replay reaches the same count from the log
