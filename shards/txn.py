@@ -183,13 +183,14 @@ class ScratchKeyspace(Keyspace):
         the keys it drops itself (TxnState._apply: those it had when locked) and the first
         flush here counts what the commands before it changed of that: the keys they
         created, less those they removed. A later flush finds every key here."""
-        first = self.declared is not None
-        changes = self.changes
+        if self.declared is None:
+            super().flush()
+            return
         data, loaded = self.data, self.loaded
         created = sum(1 for key in data if key not in loaded) - sum(1 for key in loaded if key not in data)
+        changes = self.changes + created
         super().flush()
-        if first:
-            self.changes = changes + created
+        self.changes = changes
 
 
 class ScratchShard:
