@@ -22,7 +22,8 @@ from durakv.shards.records import encode_record
 from durakv.shards.shard import Shard
 from durakv.shards.t_multi import pack_transaction
 from durakv.shards.txn import (
-    MARK_COMMIT, MARK_DECIDE_COMMIT, MARK_PREPARE, SHARED, TXBUSY, pack, snapshot_cut, state_effects, unpack_values,
+    COUNT_RUN, COUNTED, MARK_COMMIT, MARK_DECIDE_COMMIT, MARK_PREPARE, SHARED, TXBUSY, pack, snapshot_cut,
+    state_effects, unpack_values,
 )
 from durakv.snapshotter.replay import new_context, replay_records
 from test_commit_thread import Sink
@@ -89,8 +90,7 @@ async def test_locks_defer_only_their_keys_and_a_prepare_survives_a_restart_in_d
         assert not d.answered(waiting) and not d.answered(behind)
         # The executor runs over the values the locks returned, not the real keyspace.
         run = [VERB_TXRUN, b"7", b"2", b"one", pack_transaction([[b"APPEND", b"k1", b"!"]]), packed]
-        reply, states, _flushed, _missing, _wants_all, _publishes, changes = await d.call(0, *run)
-        assert changes == 1  # APPEND: one change, which the decider logs
+        reply, states, _flushed, _missing, _wants_all, _publishes = await d.call(0, *run)
         assert reply == b":4\r\n"
         assert unpack_values(states)[0][0] == b"k1"
         assert d.shard.db.data[b"k1"] == b"old"
@@ -119,6 +119,45 @@ async def test_locks_defer_only_their_keys_and_a_prepare_survives_a_restart_in_d
     shard.wal.close()
 
 
+async def test_the_decider_logs_a_transactions_dirty_count_and_older_routers_still_commit(tmp_path: Path) -> None:
+    """Redis' dirty count of a cross-shard transaction (shards/changes.py): TXRUN asked with
+    COUNT_RUN answers the commands' count (asked without, as an older router does, the six
+    elements of before); the decider adds that count, not its RESTORE/DEL effects'; a COMMIT
+    prepared with COUNTED adds none; from an older router (no count, no flag) the effects
+    count as they apply. A restart replays the same count."""
+    data_dir = tmp_path / "data"
+    counts: list[int] = []
+
+    async def body(d: Driver) -> None:
+        await d.call(1, b"SET", b"a", b"1")
+        _dirty, packed, _oom = await d.call(100, VERB_TXLOCK, b"7", b"one", b"a", b"l")
+        run = [VERB_TXRUN, b"7", b"2", b"multi", pack_transaction([[b"INCR", b"a"], [b"INCR", b"a"],
+                                                                    [b"RPUSH", b"l", b"x", b"y", b"z"]]), packed]
+        assert len(await d.call(0, *run)) == 6
+        answer = await d.call(0, *run, COUNT_RUN)
+        assert answer[6] == 2 + 3
+        effects = state_effects(unpack_values(answer[1]))
+        assert len(effects) == 2  # a RESTORE each of a and l: 2 changes as they apply, the commands made 5
+        before = d.shard.db.changes
+        assert await d.call(0, VERB_TXDECIDE, b"7", pack(effects), pack([]), b"5") is True
+        assert d.shard.db.changes == before + 5
+        for txid, flags in ((b"8", [COUNTED]), (b"9", [])):  # a participant: with the flag, then an older router's
+            await d.call(1, b"MSET", b"a", b"1", b"l", b"2")
+            before = d.shard.db.changes
+            await d.call(100, VERB_TXLOCK, txid, b"one", b"a", b"l")
+            prepared = pack(state_effects([(b"a", None, 0), (b"l", None, 0)]))
+            assert await d.call(0, VERB_TXPREPARE, txid, b"1", pack([0, 1]), prepared, *flags) is True
+            assert await d.call(0, VERB_TXCOMMIT, txid) is True
+            counts.append(d.shard.db.changes - before)
+        counts.append(d.shard.db.changes)
+
+    await serving(open_shard(data_dir), body)
+    assert counts[:2] == [0, 2]  # the DELs of a and l: none with COUNTED, 2 as they apply without
+    shard = open_shard(data_dir)
+    assert shard.db.changes == counts[2]  # the log's records replayed, from the start
+    shard.wal.close()
+
+
 async def test_an_abort_drops_the_prepared_effects(tmp_path: Path) -> None:
     async def body(d: Driver) -> None:
         await d.call(1, b"SET", b"k", b"v")
@@ -140,11 +179,11 @@ async def test_presumed_abort_outlives_a_restart_and_a_late_decision_fails(tmp_p
         await d.call(100, VERB_TXLOCK, b"11", b"one", b"k")
         assert await d.call(0, VERB_TXRESOLVE, b"11") == b"abort"  # undecided: presumed abort, recorded
         assert not d.shard.txn.locks  # the resolver's abort released its locks too
-        decided = await d.call(0, VERB_TXDECIDE, b"11", pack(state_effects([(b"k", None, 0)])), b"1")
+        decided = await d.call(0, VERB_TXDECIDE, b"11", pack(state_effects([(b"k", None, 0)])))
         assert isinstance(decided, tuple) and decided[0] == "error"
         # A decision that was made is answered as made.
         await d.call(100, VERB_TXLOCK, b"12", b"one", b"k")
-        assert await d.call(0, VERB_TXDECIDE, b"12", pack(state_effects([(b"k", None, 0)])), b"1") is True
+        assert await d.call(0, VERB_TXDECIDE, b"12", pack(state_effects([(b"k", None, 0)]))) is True
         assert await d.call(0, VERB_TXRESOLVE, b"12") == b"commit"
 
     await serving(open_shard(data_dir), first)
@@ -212,7 +251,7 @@ async def test_a_read_tries_without_waiting_then_waits_for_the_lock(tmp_path: Pa
         waiting = d.submit(3, VERB_TXREAD, b"12", b"wait", b"MGET", b"b", b"a")
         await trio.sleep(0.05)
         assert not d.answered(waiting)
-        await d.call(2, VERB_TXDECIDE, b"10", pack([[b"SET", b"a", b"new"]]), b"1")
+        await d.call(2, VERB_TXDECIDE, b"10", pack([[b"SET", b"a", b"new"]]))
         ok, value = internal_reply_decoder.decode(await d.sink.wait_for(waiting))
         assert ok and value == [b"2", b"new"]
         write = d.submit(4, b"SET", b"b", b"3")  # the read's lock on b defers it
@@ -275,7 +314,7 @@ async def test_reads_share_their_locks_and_queue_behind_a_waiting_writer(tmp_pat
         await d.sink.wait_for(lock)  # the writer goes first, then the late reader waits for it
         await trio.sleep(0.05)
         assert not d.answered(late) and d.shard.txn.locks == {b"a": 32}
-        await d.call(2, VERB_TXDECIDE, b"32", pack([[b"SET", b"a", b"new"]]), b"1")
+        await d.call(2, VERB_TXDECIDE, b"32", pack([[b"SET", b"a", b"new"]]))
         ok, value = internal_reply_decoder.decode(await d.sink.wait_for(late))
         assert ok and value == [b"new", b"2"]
         assert await d.call(5, VERB_TXABORT, b"34") is True
