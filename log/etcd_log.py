@@ -550,6 +550,8 @@ class EtcdLog:
         last_seq + 1 (`durakv restore`: the restored state is a snapshot through
         last_seq; last_seq = first_seq - 1 keeps none), and mark the cut (P/restored:
         snapshots past last_seq from before our epoch are of the discarded history).
+        P/published goes too: it names a snapshot of the old history (harmless, as its
+        epoch is older than the mark's, but no stale notice should stay).
         One transaction fenced by our leader key, so it is refused once another
         writer leads. Nothing may be pending."""
         self._check_usable()
@@ -566,6 +568,7 @@ class EtcdLog:
             ops.append({"request_delete_range": {"key": b64(start), "range_end": b64(end)}})
         ops.append(put_op(keys.first, str(first_seq).encode()))
         ops.append(put_op(keys.restored, json.dumps({"seq": last_seq, "epoch": self._epoch}).encode()))
+        ops.append({"request_delete_range": {"key": b64(keys.published)}})  # a notice of the history cut here
         reply = self.client.txn([cmp_mod(keys.leader, self._leader_revision)], ops, [])
         if not reply.get("succeeded"):
             self._deposed = "the leader key changed (seen while rewriting the log's bounds)"

@@ -17,7 +17,8 @@ Keys, under a shard's prefix P (e.g. "durakv/shard-000"):
     P/published             JSON {seq, epoch, store}: the newest snapshot of the shard published to the
                             shared store `store` (s3://, file://) by whichever node's snapshotter built
                             it; the primary drops records through it (snapshotter/shard_hooks.py), so
-                            drops go on while its own node's snapshotter is stopped
+                            drops go on while its own node's snapshotter is stopped; a restore that
+                            rewrites the log deletes it (a notice of the discarded history)
 and, per deployment prefix D (P is D/shard-NNN), D/shards: its shard count.
 
 A record exists once its record key does. Every key etcd shows is committed on a

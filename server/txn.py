@@ -40,8 +40,8 @@ from durakv.shards.slots import key_slot
 from durakv.shards.t_multi import pack_transaction
 from durakv.shards.table import keys_and_flags, lookup
 from durakv.shards.txn import (
-    FLUSHES, OOM_RUN, READ_LOCK, RETRY, TXBUSY, WHOLE_KEYSPACE, WHOLE_RUN, crash_point, hold_point, pack, state_effects,
-    unpack_values,
+    COUNT_RUN, COUNTED, FLUSHES, OOM_RUN, READ_LOCK, RETRY, TXBUSY, WHOLE_KEYSPACE, WHOLE_RUN, crash_point, hold_point,
+    pack, run_changes, state_effects, unpack_values,
 )
 
 if TYPE_CHECKING:
@@ -408,17 +408,19 @@ class Coordinator:
             if deletes:  # the reply and the effects follow from which keys are present
                 present = [(key, None, 0) for key, payload, _when_ms in values if payload is not None]
                 reply, packed_states = encode(len(present), proto), pack(present)
+                changes = len(present)  # Redis' dirty count: a key each DEL/UNLINK removes
             else:
                 executor = min(keys) if keys else participants[0]
                 await hold_point("router-before-run")
                 script = _script_kind(commands)  # timed by the router, as a script on one shard (BUSY)
                 run = [VERB_TXRUN, b"%d" % txid, b"%d" % proto, b"multi" if multi else b"one",
                        pack_transaction(commands)]
-                flags = [WHOLE_RUN] * whole + [OOM_RUN] * oom
+                flags = [COUNT_RUN] + [WHOLE_RUN] * whole + [OOM_RUN] * oom
                 for _round in range(MAX_DISCOVERY_ROUNDS):
-                    reply, packed_states, flushed, missing, wants_all, publishes = await self._ask(
-                        executor, [*run, pack([list(v) for v in values]), *flags],
-                        script=script)
+                    answer = await self._ask(executor, [*run, pack([list(v) for v in values]), *flags],
+                                             script=script)
+                    reply, packed_states, flushed, missing, wants_all, publishes = answer[:6]
+                    changes = run_changes(answer)
                     if wants_all:  # a script's KEYS, DBSIZE...: again, with every shard locked whole
                         self.release(txid, locked, retry=True)
                         every = list(range(len(self.router.links)))
@@ -447,13 +449,15 @@ class Coordinator:
                 raise
             return encode_error(e.message)
         await hold_point("router-after-run")
-        failed = await self.commit_states(txid, locked, participants, packed_states, flushed, publishes)
+        failed = await self.commit_states(txid, locked, participants, packed_states, flushed, changes, publishes)
         return reply if failed is None else failed
 
     async def commit_states(self, txid: int, locked: list[int], participants: list[int], packed_states: bytes,
-                            flushed: bool, publishes: list | None = None) -> bytes | None:
+                            flushed: bool, changes: int, publishes: list | None = None) -> bytes | None:
         """Steps 3 to 5 for the executor's final key states: prepare the writing participants
         but the decider, decide, commit the others; the other locked shards are released.
+        `changes`: the commands' Redis dirty count (shards/changes.py), the decider's to log
+        (-1, from an executor of an older version: each shard counts the effects it applies).
         None once the decision is durable (or nothing was written), else the error to answer."""
         states: dict[int, list] = {}
         owner = self.router.slot_owner
@@ -469,8 +473,9 @@ class Coordinator:
         decider = writers[0]
         others = writers[1:]
         try:
+            counted = [COUNTED] if changes >= 0 else []
             await self._ask_all([(s, [VERB_TXPREPARE, b"%d" % txid, b"%d" % decider, pack(writers),
-                                      pack(effects[s])]) for s in others])
+                                      pack(effects[s]), *counted]) for s in others])
         except (ReplyError, Lost) as e:
             self.release(txid, writers)  # the decider never decided: presumed abort
             self.aborted += 1
@@ -480,8 +485,12 @@ class Coordinator:
         crash_point("router-after-prepare")
         try:
             # A script's PUBLISHes go with the decision: sent once it is durable, never on an abort.
-            await self._ask(decider, [VERB_TXDECIDE, b"%d" % txid, pack(effects[decider])]
-                            + ([pack(publishes)] if publishes else []))
+            decide = [VERB_TXDECIDE, b"%d" % txid, pack(effects[decider])]
+            if changes >= 0:
+                decide += [pack(publishes or []), b"%d" % changes]
+            elif publishes:
+                decide.append(pack(publishes))
+            await self._ask(decider, decide)
         except ReplyError:
             self.release(txid, writers)
             self.aborted += 1

@@ -37,7 +37,7 @@ from durakv.shards.resp import ReplyError, encode_error
 from durakv.shards.slots import key_slot
 from durakv.shards.t_multi import pack_transaction
 from durakv.shards.table import SHARD, SPLIT_NONE, lookup
-from durakv.shards.txn import BATCH_RUN, WHOLE_KEYSPACE, pack, unpack_values
+from durakv.shards.txn import BATCH_RUN, COUNT_RUN, WHOLE_KEYSPACE, pack, run_changes, unpack_values
 
 if TYPE_CHECKING:
     from durakv.server.client import Client
@@ -229,9 +229,10 @@ class WriteBatch:
                 return None
             run = [VERB_TXRUN, tag, b"%d" % client.proto, BATCH_RUN,
                    pack([[unit.multi, pack_transaction(unit.commands)] for unit in units]),
-                   pack([list(v) for v in values])]
-            replies, packed_states, flushed, missing, _wants_all, _publishes = await coordinator._ask(participants[0],
-                                                                                                       run)
+                   pack([list(v) for v in values]), COUNT_RUN]
+            answer = await coordinator._ask(participants[0], run)
+            replies, packed_states, flushed, missing = answer[:4]
+            changes = run_changes(answer)
             if missing:
                 coordinator.release(txid, locked)
                 return None
@@ -242,7 +243,7 @@ class WriteBatch:
             return [encode_error(e.message)] * len(units)
         assert len(replies) == len(units), "the executor answered a batch with the wrong number of replies"
         committed = coordinator.committed
-        failed = await coordinator.commit_states(txid, locked, participants, packed_states, flushed)
+        failed = await coordinator.commit_states(txid, locked, participants, packed_states, flushed, changes)
         if failed is not None:
             return [failed] * len(units)
         if coordinator.committed > committed:

@@ -11,9 +11,17 @@ replica, the snapshotter) reaches the same count with no state of its own: `repl
 below. A snapshot's manifest holds the count at its seq (snapshotter/manifest.py
 `changes`), and INFO subtracts that (server/save_changes.py).
 
+A cross-shard transaction (MULTI/EXEC, MSET or DEL over several shards, a keyless script
+run across shards: shards/txn.py) is counted by the executor's scratch keyspace as its
+commands run, not by the RESTORE/DEL effects of the final states each shard applies: the
+decider logs the whole count with its decision record, the other participants' COMMIT
+records add 0, and a FLUSHALL inside adds on each participant the keys it drops there
+(plus, at the executor, the keys the commands before it created, less those they removed).
+An `import-rdb` logs its records with a count of 0: loading an RDB leaves Redis' dirty at 0.
+
 Compared with redis-server 7.0 (tests/test_save_changes.py), XTRIM and an XADD that
 trims and FUNCTION changes included (every shard takes a FUNCTION change: shard 0 counts
-it); commands not compared count one per key they change."""
+it), cross-shard transactions too; commands not compared count one per key they change."""
 
 from __future__ import annotations
 

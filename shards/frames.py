@@ -80,10 +80,13 @@ VERB_SCRIPTS_EVICTED_SEEN = b"\x00evictseen"
 # b"keys" (b"" for a present value), b"all"/b"wide" (an EXEC holding the whole shard, b"all" answering every key's
 # value), b"more" (keys a run found it reads: TXBUSY rather than wait)
 VERB_TXLOCK = b"\x00txlock"
-# [verb, txid, proto, b"multi"|b"one", packed commands, packed values] -> [reply, states, flushed]
+# [verb, txid, proto, b"multi"|b"one", packed commands, packed values, flags...] -> [reply, states, flushed,
+# missing, wants_all, publishes(, changes: Redis' dirty count of the commands run, with the flag b"count")]
 VERB_TXRUN = b"\x00txrun"
-VERB_TXPREPARE = b"\x00txprepare"  # [verb, txid, decider, packed participants, packed effects]: durable
-VERB_TXDECIDE = b"\x00txdecide"  # [verb, txid, packed effects]: apply + record COMMIT -> once durable
+# [verb, txid, decider, packed participants, packed effects(, b"counted": the COMMIT adds no dirty count)]: durable
+VERB_TXPREPARE = b"\x00txprepare"
+# [verb, txid, packed effects(, packed publishes(, changes))]: apply + record COMMIT -> once durable
+VERB_TXDECIDE = b"\x00txdecide"
 VERB_TXCOMMIT = b"\x00txcommit"  # [verb, txid]: apply the prepared effects, release
 VERB_TXABORT = b"\x00txabort"  # [verb, txid]: drop the prepared effects (if any), release
 VERB_TXRESOLVE = b"\x00txresolve"  # [verb, txid] (to the decider) -> b"commit" | b"abort" (recorded), durable

@@ -93,6 +93,12 @@ WHOLE_MODES = (b"all", b"wide", b"every")
 WITH_ALL_VALUES = (b"all", b"every")  # the executor gets every key's value
 WHOLE_RUN = b"whole"  # TXRUN's flag: every key's value is in the scratch keyspace
 OOM_RUN = b"oom"  # TXRUN's flag: a participant is over maxmemory (a script's denyoom calls answer OOM)
+# TXRUN's flag: answer the commands' Redis dirty count (shards/changes.py) too, a seventh element
+# (a router of an older version neither sends it nor expects one).
+COUNT_RUN = b"count"
+# TXPREPARE's flag: the decider logs the transaction's dirty count, this participant's COMMIT adds
+# none (without it, from an older router, the effects count as they apply, as they did there).
+COUNTED = b"counted"
 MAX_WHOLE_KEYS = 100_000  # per shard: values a whole-keyspace read inside a cross-shard MULTI moves
 TXBUSY = b"TXBUSY a key is locked"  # a b"try" TXREAD's or b"more" TXLOCK's answer: the router retries waiting
 NEVER_WAIT = (b"try", b"more")
@@ -120,6 +126,12 @@ def unpack_effects(data: bytes) -> list[list[bytes]]:
     return _effects_decoder.decode(data)
 
 
+def run_changes(answer: list) -> int:
+    """A TXRUN answer's Redis dirty count (COUNT_RUN); -1 from an executor of an older
+    version, which answers none (the shards then count the effects they apply)."""
+    return int(answer[6]) if len(answer) > 6 else -1
+
+
 def unpack_ints(data: bytes) -> list[int]:
     return _ints_decoder.decode(data)
 
@@ -138,7 +150,7 @@ def state_effects(states: list[tuple[bytes, bytes | None, int]]) -> list[list[by
 class Txn:
     """One transaction's state on this shard."""
 
-    __slots__ = ("txid", "keys", "conn", "effects", "decider", "in_doubt", "whole", "watcher", "shared")
+    __slots__ = ("txid", "keys", "conn", "effects", "decider", "in_doubt", "whole", "watcher", "shared", "counted")
 
     def __init__(self, txid: int, keys: list[bytes], conn: ReplySink | None) -> None:
         self.txid = txid
@@ -150,6 +162,8 @@ class Txn:
         self.whole = False  # the whole shard is locked, not only its keys
         self.watcher = 0  # an EXEC's client: its WATCHes here go when the transaction ends, not before
         self.shared = False  # a cross-shard read: its keys are locked SHARED (TxnState.readers counts them)
+        # The decider counts the transaction's changes (COUNTED; assumed of one in doubt in the log).
+        self.counted = True
 
 
 class ScratchKeyspace(Keyspace):
@@ -157,12 +171,13 @@ class ScratchKeyspace(Keyspace):
     transaction locked (SORT BY/GET patterns, a script's undeclared keys), so the
     router can lock them too and run it again."""
 
-    __slots__ = ("declared", "undeclared")
+    __slots__ = ("declared", "undeclared", "loaded")
 
     def __init__(self) -> None:
         super().__init__()
         self.declared: set[bytes] | None = set()  # None after a flush: every other key is gone for real
         self.undeclared: dict[bytes, None] = {}
+        self.loaded: set[bytes] = set()  # the keys the participants had (a value when locked)
 
     def get(self, key: bytes) -> object | None:
         declared = self.declared
@@ -175,6 +190,21 @@ class ScratchKeyspace(Keyspace):
         if declared is not None and key not in declared:
             self.undeclared[key] = None
         return super().peek(key)
+
+    def flush(self) -> None:
+        """A FLUSHALL/FLUSHDB inside the transaction. Redis counts the keys present then;
+        the scratch keyspace may hold only the transaction's, so every participant counts
+        the keys it drops itself (TxnState._apply: those it had when locked) and the first
+        flush here counts what the commands before it changed of that: the keys they
+        created, less those they removed. A later flush finds every key here."""
+        if self.declared is None:
+            super().flush()
+            return
+        data, loaded = self.data, self.loaded
+        created = sum(1 for key in data if key not in loaded) - sum(1 for key in loaded if key not in data)
+        changes = self.changes + created
+        super().flush()
+        self.changes = changes
 
 
 class ScratchShard:
@@ -522,6 +552,7 @@ class TxnState:
         proto = int(argv[2])
         multi = argv[3] == b"multi"
         every_value = WHOLE_RUN in argv[6:]
+        counting = COUNT_RUN in argv[6:]
         batch = argv[3] == BATCH_RUN
         commands = [] if batch else unpack_transaction(argv[4])
         shard = self.shard
@@ -539,6 +570,7 @@ class TxnState:
             except RdbError as e:
                 raise ReplyError(b"ERR bad value in a cross-shard transaction: %s" % str(e).encode()) from None
             scratch.put(key, value)
+            scratch.loaded.add(key)
             if when_ms:
                 scratch.set_expire(key, when_ms)
         changed: dict[bytes, None] = {}
@@ -587,7 +619,7 @@ class TxnState:
         if wants_all or missing:  # thrown away: the router locks more and asks again
             scripting.error_counts.clear()
             scripting.error_counts.update(errors_before)
-            return [b"", pack([]), False, [] if wants_all else list(missing), bool(wants_all), []]
+            return [b"", pack([]), False, [] if wants_all else list(missing), bool(wants_all), []] + [0] * counting
         held_logs.write()
         publishes = held_publishes(scratch.events)  # a script's PUBLISHes: sent once its decision is durable
         for argv_run, failed, usec in calls:  # the final run: counted and logged as on one shard
@@ -622,7 +654,9 @@ class TxnState:
             shard.db.events.extend(publishes)
             publishes = []
         # Else the router hands them to the decider (TXDECIDE), which sends them once its decision is durable.
-        return [reply, pack(states), bool(flushed), [], False, [list(p) for p in publishes]]
+        answer = [reply, pack(states), bool(flushed), [], False, [list(p) for p in publishes]]
+        # scratch.changes: Redis' dirty count of the commands run (shards/changes.py), which the decider logs.
+        return answer + [scratch.changes] * counting
 
     def _prepare(self, req: Request, next_seq: int) -> tuple[bytes, int]:
         argv = req.argv
@@ -632,6 +666,7 @@ class TxnState:
             raise ReplyError(b"ERR unknown transaction (its locks were released)")
         txn.decider = int(argv[2])
         txn.effects = unpack_effects(argv[4])
+        txn.counted = COUNTED in argv[5:]
         self.marks.append([MARK_PREPARE, txid, txn.decider, unpack_ints(argv[3]), txn.effects])
         return encode_internal(True, True), next_seq
 
@@ -641,10 +676,14 @@ class TxnState:
         txn = self.txns.get(txid)
         if decided is not None and not decided[0] or txn is None:
             raise ReplyError(b"ERR transaction aborted")
-        self._apply(unpack_effects(req.argv[2]))
+        # [verb, txid, effects, publishes, changes]: the transaction's Redis dirty count, all of it the
+        # decider's; an older router's [verb, txid, effects(, publishes)]: the effects count as they apply.
+        argv = req.argv
+        self._apply(unpack_effects(argv[2]), int(argv[4]) if len(argv) > 4 else -1)
         self.marks.append([MARK_DECIDE_COMMIT, txid])
-        if len(req.argv) > 3:  # the script's PUBLISHes (shards/script_effects.py): out once this record is durable
-            self._hold_publishes(unpack_effects(req.argv[3]))
+        publishes = unpack_effects(argv[3]) if len(argv) > 3 else []
+        if publishes:  # the script's PUBLISHes (shards/script_effects.py): out once this record is durable
+            self._hold_publishes(publishes)
         self._remember(txid, True, next_seq)
         self._release(txid)
         if crash_armed("decider-after-decision"):
@@ -662,7 +701,7 @@ class TxnState:
         if txn is None or txn.effects is None:
             return encode_internal(True, False), 0  # resolved already
         crash_point("participant-before-commit")
-        self._apply(txn.effects)
+        self._apply(txn.effects, 0 if txn.counted else -1)  # the decider counted the transaction's changes
         self.marks.append([MARK_COMMIT, txid])
         self._release(txid)
         return encode_internal(True, True), next_seq
@@ -692,17 +731,25 @@ class TxnState:
 
     # --- helpers --------------------------------------------------------------------
 
-    def _apply(self, effects: list[list[bytes]]) -> None:
-        """Apply a transaction's effects to the real keyspace (logged as they run)."""
+    def _apply(self, effects: list[list[bytes]], changes: int) -> None:
+        """Apply a transaction's effects to the real keyspace (logged as they run). They
+        add `changes` to Redis' dirty count (the commands', not the RESTOREs' and DELs'
+        of their final states: shards/changes.py), and the keys a FLUSHALL drops here;
+        `changes` -1 (an older router's transaction): what the effects count as they run."""
         shard = self.shard
         ctx = shard.ctx
         db = shard.db
+        before = db.changes
+        counted = changes >= 0
+        changes += before + (len(db.data) if effects and effects[0] == [b"FLUSHALL"] else 0)
         db.frozen_ms = time.time_ns() // 1_000_000
         try:
             for argv in effects:
                 run_command(ctx, argv)
         finally:
             db.frozen_ms = 0
+        if counted:  # never less than before: a transaction that removes keys of other shards
+            db.changes = max(changes, before)  # before a FLUSHALL can leave the decider's share so
         watches = shard.watches
         if watches.by_key:  # each key the transaction wrote, as Redis signals it, even one DEL finds absent
             for key in effect_keys(effects):

@@ -10,7 +10,8 @@ local snapshot at the target; etcd's log is then made to continue at target + 1:
 - target < etcd's last seq (a point in time): the records after the target are
   deleted from etcd (acknowledged writes: refused without --force), and so are the
   store's snapshots past the target; etcd's P/restored marks the cut, so a machine
-  whose snapshot cache still holds that discarded history deletes it at its start;
+  whose snapshot cache still holds that discarded history deletes it at its start,
+  and P/published (which may name a snapshot of that history) is deleted with it;
 - etcd holds less than the target (a new or wiped etcd, disaster recovery):
   etcd's log is set to start at target + 1.
 

@@ -118,7 +118,8 @@ class _ShardWriter:
 
     def flush(self) -> None:
         if self.effects:
-            payload = encode_record(self.clock.now_ms(), self.effects)
+            # changes=0: loading an RDB leaves Redis' dirty counter at 0 (shards/changes.py)
+            payload = encode_record(self.clock.now_ms(), self.effects, changes=0)
             self.log.append([payload], self.log.tail_seq, self.lease)
             self.records += 1
             self.unsynced_bytes += len(payload)

@@ -16,7 +16,7 @@ from test_snapshot_serve import _wait_for
 from durakv.log import layout
 from durakv.log.etcd_client import EtcdClient, b64, unb64
 from durakv.log.etcd_log import EtcdLog
-from durakv.log.etcd_records import Keys, first_seq, last_seq, shard_prefix
+from durakv.log.etcd_records import Keys, first_seq, last_seq, read_published, shard_prefix
 from durakv.log.etcd_upkeep import member_sizes
 from durakv.shards.log_backend import record_shard_count
 from durakv.snapshotter.filestore import open_store
@@ -150,7 +150,8 @@ def test_restore_on_etcd_is_fenced_point_in_time_and_rebuilds_a_lost_etcd(etcd_c
                                                                           tmp_path):
     """restore --config with the logs on etcd: refused while a primary holds the shard's
     leader key; to a seq before etcd's end only with --force (the later records are
-    deleted from etcd, fenced); the restored tree serves exactly the state at that seq.
+    deleted from etcd, fenced, with P/published, which named a discarded snapshot); the
+    restored tree serves exactly the state at that seq.
     Into a new etcd prefix (etcd lost), the store's newest snapshot becomes the start."""
     _, _, url = s3
     prefix = f"restore-{uuid.uuid4().hex[:8]}"
@@ -180,13 +181,15 @@ def test_restore_on_etcd_is_fenced_point_in_time_and_rebuilds_a_lost_etcd(etcd_c
     _wait_for(lambda: not etcd.range(leader).get("kvs"), "the killed shard's etcd lease to expire")
     # Another machine's data dir snapshots the history the restore will discard, with no primary
     # running (a running one would drop the records that snapshot covers: P/published). Its
-    # P/published names a snapshot of the discarded history, which the new primary ignores.
+    # P/published names a snapshot of the discarded history: the restore deletes it.
     away_dir = tmp_path / "away"
     shutil.copytree(srv.data_dir, away_dir, ignore=shutil.ignore_patterns("run"))
     cli("snapshotter", "--once", "--config",
         config_with_data_dir(tmp_path, etcd_cluster.endpoints, prefix, url, away_dir))
     stale = newest_local(layout.shard_dir(away_dir, 0)).manifest.seq
     assert stale > target
+    notice = read_published(etcd, shard_prefix(prefix, 0))
+    assert notice is not None and notice.seq == stale
 
     out = cli("restore", "--from", url, "--data-dir", str(restored), "--config", tools, "--seq", str(target),
               check=False)
@@ -197,6 +200,7 @@ def test_restore_on_etcd_is_fenced_point_in_time_and_rebuilds_a_lost_etcd(etcd_c
     assert f"shard 0: seq {target} " in out.stdout
     assert last_seq(etcd, shard_prefix(prefix, 0)) == target
     assert all(s.manifest.seq <= target for s in open_store(url).list_snapshots(0))
+    assert read_published(etcd, shard_prefix(prefix, 0)) is None  # the stale notice went with the cut
     again = server_factory(shards=1, extra_args=("--config", config), data_dir=restored)
     r = again.client()
     assert dump(r) == at_target

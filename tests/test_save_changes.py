@@ -8,6 +8,8 @@ import signal
 
 import redis
 from etcd_support import until
+from refserver import RedisRef, keys_on_different_shards
+from snapshot_support import cli
 
 
 def _changes(client) -> int:
@@ -145,3 +147,71 @@ def _changes_or_none(client) -> int | None:
         return None
 
 
+
+
+A, B = keys_on_different_shards()
+# Cross-shard writes (keys on both shards: A and B), each a list of commands run in one
+# MULTI ("multi"), alone ("one") or pipelined (server/txn_batch.py may run them as one
+# batch), on both servers in this order.
+_KEYLESS_SCRIPT = "redis.call('set', ARGV[1], '1'); redis.call('incr', ARGV[1]); redis.call('set', ARGV[2], '2')"
+CROSS_SHARD_STEPS = [
+    ("multi", [("SET", A, "1"), ("INCR", A)]),
+    ("multi", [("SET", A, "1"), ("INCR", A), ("SET", B, "1"), ("DEL", B), ("DEL", "nokey")]),
+    ("one", [("MSET", A, "1", B, "2", A, "3")]),
+    ("one", [("DEL", A, B, "nokey")]),
+    ("multi", [("RPUSH", A, "a", "b", "c"), ("SADD", B, "a", "b", "c"), ("SADD", B, "a")]),
+    ("one", [("EVAL", _KEYLESS_SCRIPT, "0", A, B)]),
+    ("pipe", [("MSET", A, "1", B, "2", A, "3"), ("MSET", A, "4", B, "5"), ("DEL", A, B, A)]),
+    ("multi", [("SET", A, "1"), ("FLUSHALL",), ("SET", B, "1"), ("SET", A, "1")]),
+    ("multi", [("DEL", B), ("SET", "fresh1", "1"), ("SET", "fresh2", "1"), ("FLUSHALL",), ("SET", A, "1")]),
+]
+
+
+def test_cross_shard_writes_count_as_redis_dirty(server_factory, redis_ref, tmp_path):
+    """A cross-shard MULTI/EXEC, MSET, DEL, pipeline or keyless script adds what
+    redis-server 7.0 adds: each command's changes (MULTI; SET A 1; INCR A; SET B 1; DEL B;
+    EXEC counts 4), and a restarted shard reads the same from the log. Before, each shard
+    counted the keys it wrote (1 there), and a FLUSHALL the keys it found."""
+    srv = server_factory(shards=2, extra_args=_config(tmp_path))
+    ours, theirs = srv.client(), redis_ref.client()
+    theirs.flushall()
+    seen = []
+    before = (_changes(ours), _changes(theirs))
+    for how, step in CROSS_SHARD_STEPS:
+        for client in (ours, theirs):
+            if how == "one":
+                client.execute_command(*step[0])
+            else:
+                pipe = client.pipeline(transaction=how == "multi")
+                for command in step:
+                    pipe.execute_command(*command)
+                pipe.execute()
+        after = (_changes(ours), _changes(theirs))
+        seen.append((how, step[0][0], after[0] - before[0], after[1] - before[1]))
+        before = after
+    print("how, first command, durakv's change, redis-server's:", seen)
+    assert [s[2] for s in seen] == [s[3] for s in seen], seen
+    total = _changes(ours)
+    srv.kill9()  # replay reaches the same count from the log
+    assert _changes(server_factory(shards=2, extra_args=_config(tmp_path), data_dir=srv.data_dir).client()) == total
+
+
+def test_import_rdb_leaves_no_changes(server_factory, tmp_path):
+    """Loading an RDB leaves Redis' dirty counter at 0: so do import-rdb's keys (before:
+    one change per imported key and expiry until the first snapshot)."""
+    workdir = tmp_path / "redis"
+    ref = RedisRef(workdir, ("--dbfilename", "dump.rdb"))
+    try:
+        rc = ref.client()
+        rc.mset({f"key:{k}": "v" for k in range(20)})
+        rc.set("expiring", "v", ex=1000)
+        rc.save()
+    finally:
+        ref.stop()
+    data_dir = tmp_path / "imported"
+    cli("import-rdb", str(workdir / "dump.rdb"), "--data-dir", str(data_dir), "--shards", "2")
+    client = server_factory(shards=2, extra_args=_config(tmp_path), data_dir=data_dir).client()
+    assert client.dbsize() == 21
+    assert _changes(client) == 0
+    client.set("key:0", "w")
+    assert _changes(client) == 1

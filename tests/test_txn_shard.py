@@ -22,7 +22,8 @@ from durakv.shards.records import encode_record
 from durakv.shards.shard import Shard
 from durakv.shards.t_multi import pack_transaction
 from durakv.shards.txn import (
-    MARK_COMMIT, MARK_DECIDE_COMMIT, MARK_PREPARE, SHARED, TXBUSY, pack, snapshot_cut, state_effects, unpack_values,
+    COUNT_RUN, COUNTED, MARK_COMMIT, MARK_DECIDE_COMMIT, MARK_PREPARE, SHARED, TXBUSY, pack, snapshot_cut,
+    state_effects, unpack_values,
 )
 from durakv.snapshotter.replay import new_context, replay_records
 from test_commit_thread import Sink
@@ -115,6 +116,45 @@ async def test_locks_defer_only_their_keys_and_a_prepare_survives_a_restart_in_d
     await serving(shard, second)
     shard = open_shard(data_dir)
     assert b"k1" not in shard.db.data and not shard.txn.txns and not shard.txn_busy
+    shard.wal.close()
+
+
+async def test_the_decider_logs_a_transactions_dirty_count_and_older_routers_still_commit(tmp_path: Path) -> None:
+    """Redis' dirty count of a cross-shard transaction (shards/changes.py): TXRUN asked with
+    COUNT_RUN answers the commands' count (asked without, as an older router does, the six
+    elements of before); the decider adds that count, not its RESTORE/DEL effects'; a COMMIT
+    prepared with COUNTED adds none; from an older router (no count, no flag) the effects
+    count as they apply. A restart replays the same count."""
+    data_dir = tmp_path / "data"
+    counts: list[int] = []
+
+    async def body(d: Driver) -> None:
+        await d.call(1, b"SET", b"a", b"1")
+        _dirty, packed, _oom = await d.call(100, VERB_TXLOCK, b"7", b"one", b"a", b"l")
+        run = [VERB_TXRUN, b"7", b"2", b"multi", pack_transaction([[b"INCR", b"a"], [b"INCR", b"a"],
+                                                                    [b"RPUSH", b"l", b"x", b"y", b"z"]]), packed]
+        assert len(await d.call(0, *run)) == 6
+        answer = await d.call(0, *run, COUNT_RUN)
+        assert answer[6] == 2 + 3
+        effects = state_effects(unpack_values(answer[1]))
+        assert len(effects) == 2  # a RESTORE each of a and l: 2 changes as they apply, the commands made 5
+        before = d.shard.db.changes
+        assert await d.call(0, VERB_TXDECIDE, b"7", pack(effects), pack([]), b"5") is True
+        assert d.shard.db.changes == before + 5
+        for txid, flags in ((b"8", [COUNTED]), (b"9", [])):  # a participant: with the flag, then an older router's
+            await d.call(1, b"MSET", b"a", b"1", b"l", b"2")
+            before = d.shard.db.changes
+            await d.call(100, VERB_TXLOCK, txid, b"one", b"a", b"l")
+            prepared = pack(state_effects([(b"a", None, 0), (b"l", None, 0)]))
+            assert await d.call(0, VERB_TXPREPARE, txid, b"1", pack([0, 1]), prepared, *flags) is True
+            assert await d.call(0, VERB_TXCOMMIT, txid) is True
+            counts.append(d.shard.db.changes - before)
+        counts.append(d.shard.db.changes)
+
+    await serving(open_shard(data_dir), body)
+    assert counts[:2] == [0, 2]  # the DELs of a and l: none with COUNTED, 2 as they apply without
+    shard = open_shard(data_dir)
+    assert shard.db.changes == counts[2]  # the log's records replayed, from the start
     shard.wal.close()
 
 
