@@ -14,7 +14,9 @@ requests wait meanwhile (as behind a blocking command), so none overtakes it.
 A shard that died or lost its coordinator with a transaction prepared asks
 nothing by itself: every router, whenever a shard link comes up, lists the
 shards' transactions in doubt and resolves each with its decider (which
-records a presumed abort if it never decided).
+records a presumed abort if it never decided). So a shard lost before the decision
+is a known abort, answered as one; only a lost TXDECIDE leaves the outcome unknown
+(the client's connection then closes, as for any request a dying shard took).
 """
 
 from __future__ import annotations
@@ -66,6 +68,11 @@ ERR_ABORTED = b"-ERR cross-shard transaction aborted: a participant failed; noth
 
 class Lost(Exception):
     """A shard died with the request in flight: its outcome is unknown."""
+
+
+class LostDecision(Lost):
+    """The decider died with TXDECIDE in flight: the transaction may have committed, so
+    its client cannot be told either way (a Lost before it means a known abort)."""
 
 
 class Coordinator:
@@ -440,13 +447,18 @@ class Coordinator:
                 else:
                     self.release(txid, locked)
                     return ERR_UNDECLARED
+        except LostDecision:
+            raise  # from an attempt made again above: its outcome is unknown
         except (ReplyError, Lost) as e:
             self.release(txid, locked)
             never_locked = set(participants) - set(locked)
             if never_locked and multi:
                 self.router.unwatch(client.id, never_locked)  # EXEC drops every WATCH, as in Redis
             if isinstance(e, Lost):
-                raise
+                # A shard died with a lock or the run in flight: no decision was asked, so
+                # nothing can commit (the outcome is known, unlike a lost TXDECIDE).
+                self.aborted += 1
+                return ERR_ABORTED
             return encode_error(e.message)
         await hold_point("router-after-run")
         failed = await self.commit_states(txid, locked, participants, packed_states, flushed, changes, publishes)
@@ -476,11 +488,11 @@ class Coordinator:
             counted = [COUNTED] if changes >= 0 else []
             await self._ask_all([(s, [VERB_TXPREPARE, b"%d" % txid, b"%d" % decider, pack(writers),
                                       pack(effects[s]), *counted]) for s in others])
-        except (ReplyError, Lost) as e:
-            self.release(txid, writers)  # the decider never decided: presumed abort
+        except (ReplyError, Lost):
+            # The decider was never asked to decide: presumed abort, even where a participant
+            # died with its prepare in flight (it restarts in doubt and asks the decider).
+            self.release(txid, writers)
             self.aborted += 1
-            if isinstance(e, Lost):
-                raise
             return ERR_ABORTED
         crash_point("router-after-prepare")
         try:
@@ -499,7 +511,7 @@ class Coordinator:
             # The decision may be durable: the others stay prepared until the decider answers again.
             assert self.router.nursery is not None, "transaction before the router serves"
             self.router.nursery.start_soon(self._settle, txid, decider, others)
-            raise
+            raise LostDecision() from None
         crash_point("router-after-decision")
         self.committed += 1
         for shard in others:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from durakv.server.client import CROSS_SHARD, SCRIPT_COMMANDS
 from durakv.server.links import LOST, Pending
-from durakv.server.txn import DELETES, MAX_TXNS_IN_FLIGHT, Lost, _denies_oom
+from durakv.server.txn import DELETES, ERR_ABORTED, MAX_TXNS_IN_FLIGHT, Lost, _denies_oom
 from durakv.shards.frames import VERB_LITERAL, VERB_ROUTER_IN_MULTI, VERB_TXLOCK, VERB_TXRUN
 from durakv.shards.resp import ReplyError, encode_error
 from durakv.shards.slots import key_slot
@@ -238,8 +238,9 @@ class WriteBatch:
                 return None
         except (ReplyError, Lost) as e:
             coordinator.release(txid, locked)
-            if isinstance(e, Lost):
-                raise
+            if isinstance(e, Lost):  # no decision was asked: nothing of the batch can commit
+                coordinator.aborted += 1
+                return [ERR_ABORTED] * len(units)
             return [encode_error(e.message)] * len(units)
         assert len(replies) == len(units), "the executor answered a batch with the wrong number of replies"
         committed = coordinator.committed

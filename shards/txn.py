@@ -664,10 +664,14 @@ class TxnState:
         txn = self.txns.get(txid)
         if txn is None:
             raise ReplyError(b"ERR unknown transaction (its locks were released)")
+        crash_point("participant-at-prepare")
         txn.decider = int(argv[2])
         txn.effects = unpack_effects(argv[4])
         txn.counted = COUNTED in argv[5:]
         self.marks.append([MARK_PREPARE, txid, txn.decider, unpack_ints(argv[3]), txn.effects])
+        if crash_armed("participant-after-prepare"):  # prepared durably, never answered
+            trio.lowlevel.spawn_system_task(self._crash_when_durable, next_seq, "participant-after-prepare")
+            return encode_internal(True, True), 1 << 62
         return encode_internal(True, True), next_seq
 
     def _decide(self, req: Request, next_seq: int) -> tuple[bytes, int]:
@@ -687,14 +691,14 @@ class TxnState:
         self._remember(txid, True, next_seq)
         self._release(txid)
         if crash_armed("decider-after-decision"):
-            trio.lowlevel.spawn_system_task(self._crash_when_durable, next_seq)
+            trio.lowlevel.spawn_system_task(self._crash_when_durable, next_seq, "decider-after-decision")
             return encode_internal(True, True), 1 << 62  # never answered
         return encode_internal(True, True), next_seq
 
-    async def _crash_when_durable(self, seq: int) -> None:
+    async def _crash_when_durable(self, seq: int, step: str) -> None:
         while self.shard.hazards.durable_seq < seq:
             await trio.sleep(0.001)
-        crash_point("decider-after-decision")
+        crash_point(step)
 
     def _commit(self, txid: int, next_seq: int) -> tuple[bytes, int]:
         txn = self.txns.get(txid)

@@ -251,6 +251,38 @@ def test_kill9_at_each_step_is_all_or_nothing(server_factory, tmp_path):
     assert r.mset({k: "later" for keys in outcomes for k in keys}) is True
 
 
+@pytest.mark.parametrize("step", ["participant-at-prepare", "participant-after-prepare"])
+def test_a_participant_dying_with_its_prepare_in_flight_answers_aborted(server_factory, tmp_path, step):
+    """The decider was never asked to decide, so the outcome is known (presumed abort):
+    the client gets the aborted error on a connection that stays open, rather than the
+    "outcome unknown" disconnect of a lost decision, and nothing was written, also
+    once the participant is back (prepared durably or not) and after a kill -9."""
+    marker = tmp_path / "crash-step"
+    srv = server_factory(env={"DURAKV_TXN_CRASH": str(marker)})
+    keys = spread(1)
+    r = one_try(srv.port)
+    r.mset({k: "old" for k in keys})
+    assert r.mget(*keys) == [b"old", b"old"]
+    marker.write_text(step)
+    with pytest.raises(redis.ResponseError, match="cross-shard transaction aborted"):
+        r.mset({k: "new" for k in keys})
+    assert not marker.exists(), "the participant did not exit at the step"
+    assert r.ping() is True  # the same connection
+
+    def settled() -> bool:
+        try:
+            return one_try(srv.port).mget(*keys) == [b"old", b"old"]
+        except redis.RedisError:
+            return False
+
+    wait_until(settled, "the participant back, the keys as they were")
+    srv.kill9()
+    srv.start()
+    r = srv.client()
+    assert r.mget(*keys) == [b"old", b"old"]
+    assert r.mset({k: "later" for k in keys}) is True  # nothing stays locked or prepared
+
+
 def test_blocking_move_from_one_shards_list_to_anothers(server):
     r = server.client()
     r.delete(A, B)
