@@ -10,11 +10,11 @@ client lasted and what it had sent, and the peak RSS of the server's processes.
 figures rest on enough samples (each slow client lasts only tens of ms);
 `--rate R` starts at most R of them a second (an offered load that does not grow
 as the server closes them faster). The CPU
-milliseconds per slow client are printed too, of each server process (less what
-its GETs for the other client cost it, measured idle), of the process that sends
-the slow clients and of the measuring thread, and the GETs the server ran per slow
-client (measures the machine's load moves less than latency); `--alone` runs the
-slow clients without the other client, for their CPU cost alone.
+milliseconds per slow client are printed too, of each server process, of the
+process that sends the slow clients and of the measuring thread, and the GETs the
+server ran per slow client (measures the machine's load moves less than latency);
+`--alone` runs the slow clients without the other client, whose GETs the server
+processes' figures include otherwise: their CPU cost alone.
 The slow client runs in a process of its own: in this one, its sending loop would
 hold the GIL against the measuring thread and show as GET latency.
 
@@ -124,12 +124,7 @@ def run(port: int, pids_of, slow_clients: int, limit: str, seconds: float = 0.0,
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    idle_cpu_before = cpu_seconds(pids)
     idle = measure(port, SAME_SHARD_KEY, 2.0)
-    idle_cpu_after = cpu_seconds(pids)
-    # What serving the other client costs each process a GET (idle), taken off the figures per slow client.
-    per_get_s = {pid: (idle_cpu_after[pid] - idle_cpu_before.get(pid, 0.0)) / max(len(idle), 1)
-                 for pid in idle_cpu_after}
     print(f"limit: client-output-buffer-limit {limit}")
     print(f"idle GET:   {summary(idle)}")
     print(f"RSS before (MB): {rss_mb(pids)}")
@@ -175,10 +170,9 @@ def run(port: int, pids_of, slow_clients: int, limit: str, seconds: float = 0.0,
     other.join()
     sampling.set()
     names = {pid: role(pid) for pid in pids} | {pid: name for name, pid in harness.items()}
-    per_slow_ms = {names[pid]: round((cpu_after[pid] - cpu_before.get(pid, 0.0) - per_get_s.get(pid, 0.0) * len(during))
-                                     * 1000 / slow, 2) for pid in cpu_after}
-    print(f"{slow} slow clients in {window_s:.1f} s; CPU ms per slow client meanwhile (a server process's less "
-          f"what the other client's GETs cost it idle): {per_slow_ms}")
+    per_slow_ms = {names[pid]: round((cpu_after[pid] - cpu_before.get(pid, 0.0)) * 1000 / slow, 2) for pid in cpu_after}
+    print(f"{slow} slow clients in {window_s:.1f} s; CPU ms per slow client meanwhile "
+          f"({'theirs alone' if alone else 'with serving the other client'}): {per_slow_ms}")
     print(f"GETs run per slow client: {(gets_run - len(during)) / slow:.0f} (the server's count less the other "
           f"client's)")
     print(f"during GET: {summary(during)}")
