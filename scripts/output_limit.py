@@ -9,12 +9,12 @@ client lasted and what it had sent, and the peak RSS of the server's processes.
 `--seconds S` keeps sending them for S seconds at least, so that the "during"
 figures rest on enough samples (each slow client lasts only tens of ms);
 `--rate R` starts at most R of them a second (an offered load that does not grow
-as the server closes them faster). The CPU
-milliseconds per slow client are printed too, of each server process, of the
-process that sends the slow clients and of the measuring thread, and the GETs the
-server ran per slow client (measures the machine's load moves less than latency);
-`--alone` runs the slow clients without the other client, whose GETs the server
-processes' figures include otherwise: their CPU cost alone.
+as the server closes them faster). The CPU milliseconds per slow client are
+printed too, of each server process, of the process that sends the slow clients
+and of the measuring thread, and the GETs the server ran per slow client (measures
+the machine's load moves less than latency); `--alone` runs the slow clients
+without the other client, whose GETs the server processes' figures include
+otherwise: their CPU cost alone.
 The slow client runs in a process of its own: in this one, its sending loop would
 hold the GIL against the measuring thread and show as GET latency.
 
