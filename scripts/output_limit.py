@@ -75,6 +75,23 @@ def slow_client(port: int, gets: int) -> tuple[float, int, str]:
     return elapsed, sent, how
 
 
+def slow_clients_in_turn(port: int, count: int, seconds: float, rate: float) -> list[tuple[float, int, str]]:
+    """slow_client after slow_client (`count` at least, for `seconds` at least, at most
+    `rate` a second, 0: each as the last is closed) up to the first the server does not
+    close: their results. The loop runs in the senders' process too, so that the
+    measuring thread's process does nothing per slow client (a pool call each would
+    run its pool's handler threads there, on the measuring thread's GIL)."""
+    out: list[tuple[float, int, str]] = []
+    started = time.monotonic()
+    while len(out) < count or time.monotonic() - started < seconds:
+        if rate:
+            time.sleep(max(0.0, started + len(out) / rate - time.monotonic()))
+        out.append(slow_client(port, GETS_PER_CLIENT))
+        if not out[-1][2].startswith("closed"):
+            break
+    return out
+
+
 def cpu_seconds(pids: list[int], task_of: int = 0) -> dict[int, float]:
     """User + system CPU seconds of each process so far (/proc/PID/stat), or of each
     thread of process `task_of` (/proc/PID/task/TID/stat)."""
@@ -149,21 +166,19 @@ def run(port: int, pids_of, slow_clients: int, limit: str, seconds: float = 0.0,
     def cpu_now() -> dict[int, float]:
         return cpu_seconds(pids) | cpu_seconds([sender]) | cpu_seconds([measuring_tid[0]], os.getpid())
 
+    harness_before = cpu_seconds([os.getpid()])[os.getpid()]
+
     cpu_before = cpu_now()
     started = time.monotonic()
-    slow = 0
-    while slow < slow_clients or time.monotonic() - started < seconds:
-        if rate:
-            time.sleep(max(0.0, started + slow / rate - time.monotonic()))
-        slow += 1
-        elapsed, sent, how = pool.apply(slow_client, (port, GETS_PER_CLIENT))
-        if slow <= slow_clients or not how.startswith("closed"):
-            print(f"slow client {slow}: {how} after {elapsed:.2f} s, {sent} GETs sent "
-                  f"({sent * VALUE_BYTES / 1e6:.0f} MB of replies asked)")
-        if not how.startswith("closed"):
-            break
+    results = pool.apply(slow_clients_in_turn, (port, slow_clients, seconds, rate))
     window_s = time.monotonic() - started
     cpu_after = cpu_now()
+    harness_s = cpu_seconds([os.getpid()])[os.getpid()] - harness_before
+    slow = len(results)
+    for i, (elapsed, sent, how) in enumerate(results, 1):
+        if i <= slow_clients or not how.startswith("closed"):
+            print(f"slow client {i}: {how} after {elapsed:.2f} s, {sent} GETs sent "
+                  f"({sent * VALUE_BYTES / 1e6:.0f} MB of replies asked)")
     gets_run = setup.info("commandstats").get("cmdstat_get", {}).get("calls", 0)
     pool.close()
     stop.set()
@@ -171,6 +186,8 @@ def run(port: int, pids_of, slow_clients: int, limit: str, seconds: float = 0.0,
     sampling.set()
     names = {pid: role(pid) for pid in pids} | {pid: name for name, pid in harness.items()}
     per_slow_ms = {names[pid]: round((cpu_after[pid] - cpu_before.get(pid, 0.0)) * 1000 / slow, 2) for pid in cpu_after}
+    measuring_s = cpu_after[measuring_tid[0]] - cpu_before.get(measuring_tid[0], 0.0)
+    per_slow_ms["measuring process's other threads"] = round((harness_s - measuring_s) * 1000 / slow, 2)
     print(f"{slow} slow clients in {window_s:.1f} s; CPU ms per slow client meanwhile "
           f"({'theirs alone' if alone else 'with serving the other client'}): {per_slow_ms}")
     print(f"GETs run per slow client: {(gets_run - len(during)) / slow:.0f} (the server's count less the other "
