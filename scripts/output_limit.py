@@ -152,6 +152,7 @@ def run(port: int, pids_of, slow_clients: int, limit: str, seconds: float = 0.0,
     def measure_during() -> None:
         measuring_tid.append(threading.get_native_id())
         during.extend(measure(port, SAME_SHARD_KEY, 0.0 if alone else 3600.0, stop))
+        stop.wait()  # alive to the end, alone too: its CPU is read then
 
     other = threading.Thread(target=measure_during)
     pool = multiprocessing.get_context("fork").Pool(1)
