@@ -168,7 +168,6 @@ def run(port: int, pids_of, slow_clients: int, limit: str, seconds: float = 0.0,
         return cpu_seconds(pids) | cpu_seconds([sender]) | cpu_seconds([measuring_tid[0]], os.getpid())
 
     harness_before = cpu_seconds([os.getpid()])[os.getpid()]
-
     cpu_before = cpu_now()
     started = time.monotonic()
     results = pool.apply(slow_clients_in_turn, (port, slow_clients, seconds, rate))
