@@ -9,10 +9,12 @@ client lasted and what it had sent, and the peak RSS of the server's processes.
 `--seconds S` keeps sending them for S seconds at least, so that the "during"
 figures rest on enough samples (each slow client lasts only tens of ms);
 `--rate R` starts at most R of them a second (an offered load that does not grow
-as the server closes them faster). The CPU
-seconds each server process spent while the slow clients ran are printed too, and
-the GETs the server ran per slow client (measures the machine's load moves less
-than latency).
+as the server closes them faster). The CPU milliseconds per slow client are
+printed too, of each server process, of the process that sends the slow clients
+and of the measuring thread, and the GETs the server ran per slow client (measures
+the machine's load moves less than latency); `--alone` runs the slow clients
+without the other client, whose GETs the server processes' figures include
+otherwise: their CPU cost alone.
 The slow client runs in a process of its own: in this one, its sending loop would
 hold the GIL against the measuring thread and show as GET latency.
 
@@ -53,12 +55,13 @@ def slow_client(port: int, gets: int) -> tuple[float, int, str]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
     sock.settimeout(DISCONNECT_WAIT_S)
     request = b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(BIG_KEY), BIG_KEY.encode())
+    requests = request * REQUESTS_PER_SEND  # built once: what it sends costs the server, building it does not
     sent = 0
     start = time.monotonic()
     how = f"all {gets} GETs sent and still connected"
     try:
         while sent < gets:
-            sock.sendall(request * REQUESTS_PER_SEND)
+            sock.sendall(requests)
             sent += REQUESTS_PER_SEND
         while time.monotonic() - start < DISCONNECT_WAIT_S:  # everything sent: is it closed?
             sock.sendall(b"PING\r\n")
@@ -72,13 +75,31 @@ def slow_client(port: int, gets: int) -> tuple[float, int, str]:
     return elapsed, sent, how
 
 
-def cpu_seconds(pids: list[int]) -> dict[int, float]:
-    """User + system CPU seconds of each process so far (/proc/PID/stat)."""
+def slow_clients_in_turn(port: int, count: int, seconds: float, rate: float) -> list[tuple[float, int, str]]:
+    """slow_client after slow_client (`count` at least, for `seconds` at least, at most
+    `rate` a second, 0: each as the last is closed) up to the first the server does not
+    close: their results. The loop runs in the senders' process too, so that the
+    measuring thread's process does nothing per slow client (a pool call each would
+    run its pool's handler threads there, on the measuring thread's GIL)."""
+    out: list[tuple[float, int, str]] = []
+    started = time.monotonic()
+    while len(out) < count or time.monotonic() - started < seconds:
+        if rate:
+            time.sleep(max(0.0, started + len(out) / rate - time.monotonic()))
+        out.append(slow_client(port, GETS_PER_CLIENT))
+        if not out[-1][2].startswith("closed"):
+            break
+    return out
+
+
+def cpu_seconds(pids: list[int], task_of: int = 0) -> dict[int, float]:
+    """User + system CPU seconds of each process so far (/proc/PID/stat), or of each
+    thread of process `task_of` (/proc/PID/task/TID/stat)."""
     out = {}
     tick = os.sysconf("SC_CLK_TCK")
     for pid in pids:
         try:
-            with open(f"/proc/{pid}/stat") as f:
+            with open(f"/proc/{task_of}/task/{pid}/stat" if task_of else f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
@@ -86,60 +107,95 @@ def cpu_seconds(pids: list[int]) -> dict[int, float]:
     return out
 
 
-def run(port: int, pids_of, slow_clients: int, limit: str, seconds: float = 0.0, rate: float = 0.0) -> None:
+def role(pid: int) -> str:
+    """A server process's role from its title ("durakv router 0 ..."), else its pid."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            words = f.read().replace(b"\0", b" ").split()
+    except OSError:
+        return str(pid)
+    if words[:1] == [b"durakv"] and len(words) > 2:
+        return " ".join(w.decode() for w in words[1:3]) if words[1] in (b"shard", b"router") else words[1].decode()
+    return str(pid)
+
+
+def run(port: int, pids_of, slow_clients: int, limit: str, seconds: float = 0.0, rate: float = 0.0,
+        alone: bool = False) -> None:
     setup = redis.Redis(port=port, socket_timeout=30)
     setup.config_set("client-output-buffer-limit", limit)
     setup.set(BIG_KEY, b"x" * VALUE_BYTES)
     setup.set(SAME_SHARD_KEY, b"v")
-    idle = measure(port, SAME_SHARD_KEY, 2.0)
-    print(f"limit: client-output-buffer-limit {limit}")
-    print(f"idle GET:   {summary(idle)}")
-    print(f"RSS before (MB): {rss_mb(pids_of())}")
-    stop = threading.Event()
-    during: list[float] = []
-    other = threading.Thread(target=lambda: during.extend(measure(port, SAME_SHARD_KEY, 3600, stop)))
+    # The server's processes, found once: the sampler reads only their /proc files (a pgrep
+    # every 50 ms from this process competed with the measuring thread during the slow
+    # clients only), and it samples while idle too, so that idle and during differ by the
+    # slow clients alone.
+    pids = pids_of()
     peak: dict[int, float] = {}
     sampling = threading.Event()
 
     def sample() -> None:
         while not sampling.is_set():
-            for pid, mb in rss_mb(pids_of()).items():
+            for pid, mb in rss_mb(pids).items():
                 peak[pid] = max(peak.get(pid, 0), mb)
             time.sleep(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    other.start()
+    idle = measure(port, SAME_SHARD_KEY, 2.0)
+    print(f"limit: client-output-buffer-limit {limit}")
+    print(f"idle GET:   {summary(idle)}")
+    print(f"RSS before (MB): {rss_mb(pids)}")
+    stop = threading.Event()
+    during: list[float] = []
+    measuring_tid: list[int] = []
+
+    def measure_during() -> None:
+        measuring_tid.append(threading.get_native_id())
+        during.extend(measure(port, SAME_SHARD_KEY, 0.0 if alone else 3600.0, stop))
+        stop.wait()  # alive to the end, alone too: its CPU is read then
+
+    other = threading.Thread(target=measure_during)
     pool = multiprocessing.get_context("fork").Pool(1)
+    sender = pool.apply(os.getpid)
+    other.start()
+    while not measuring_tid:
+        time.sleep(0.001)
+    peak.clear()
     setup.config_resetstat()
-    cpu_before = cpu_seconds(pids_of())
+    harness = {"slow clients' process": sender, "measuring thread": measuring_tid[0]}
+
+    def cpu_now() -> dict[int, float]:
+        return cpu_seconds(pids) | cpu_seconds([sender]) | cpu_seconds([measuring_tid[0]], os.getpid())
+
+    harness_before = cpu_seconds([os.getpid()])[os.getpid()]
+    cpu_before = cpu_now()
     started = time.monotonic()
-    slow = 0
-    while slow < slow_clients or time.monotonic() - started < seconds:
-        if rate:
-            time.sleep(max(0.0, started + slow / rate - time.monotonic()))
-        slow += 1
-        elapsed, sent, how = pool.apply(slow_client, (port, GETS_PER_CLIENT))
-        if slow <= slow_clients or not how.startswith("closed"):
-            print(f"slow client {slow}: {how} after {elapsed:.2f} s, {sent} GETs sent "
-                  f"({sent * VALUE_BYTES / 1e6:.0f} MB of replies asked)")
-        if not how.startswith("closed"):
-            break
+    results = pool.apply(slow_clients_in_turn, (port, slow_clients, seconds, rate))
     window_s = time.monotonic() - started
-    cpu_after = cpu_seconds(pids_of())
+    cpu_after = cpu_now()
+    harness_s = cpu_seconds([os.getpid()])[os.getpid()] - harness_before
+    slow = len(results)
+    for i, (elapsed, sent, how) in enumerate(results, 1):
+        if i <= slow_clients or not how.startswith("closed"):
+            print(f"slow client {i}: {how} after {elapsed:.2f} s, {sent} GETs sent "
+                  f"({sent * VALUE_BYTES / 1e6:.0f} MB of replies asked)")
     gets_run = setup.info("commandstats").get("cmdstat_get", {}).get("calls", 0)
     pool.close()
-    print(f"{slow} slow clients in {window_s:.1f} s; CPU seconds per process meanwhile: "
-          f"{ {pid: round(cpu_after[pid] - cpu_before.get(pid, 0.0), 2) for pid in cpu_after} }")
     stop.set()
     other.join()
     sampling.set()
+    names = {pid: role(pid) for pid in pids} | {pid: name for name, pid in harness.items()}
+    per_slow_ms = {names[pid]: round((cpu_after[pid] - cpu_before.get(pid, 0.0)) * 1000 / slow, 2) for pid in cpu_after}
+    measuring_s = cpu_after[measuring_tid[0]] - cpu_before.get(measuring_tid[0], 0.0)
+    per_slow_ms["measuring process's other threads"] = round((harness_s - measuring_s) * 1000 / slow, 2)
+    print(f"{slow} slow clients in {window_s:.1f} s; CPU ms per slow client meanwhile "
+          f"({'theirs alone' if alone else 'with serving the other client'}): {per_slow_ms}")
     print(f"GETs run per slow client: {(gets_run - len(during)) / slow:.0f} (the server's count less the other "
           f"client's)")
     print(f"during GET: {summary(during)}")
     print(f"peak RSS during (MB): {peak}")
     time.sleep(1.0)
-    print(f"RSS 1 s after (MB): {rss_mb(pids_of())}")
+    print(f"RSS 1 s after (MB): {rss_mb(pids)}")
     setup.close()
 
 
@@ -153,6 +209,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=0.0, help="keep sending slow clients this long at least")
     parser.add_argument("--rate", type=float, default=0.0,
                         help="slow clients started per second at most (0: each as the last is closed)")
+    parser.add_argument("--alone", action="store_true",
+                        help="no other client while the slow clients run: their CPU cost alone")
     parser.add_argument("--limit", default="normal 64mb 32mb 10", help="client-output-buffer-limit to set")
     args = parser.parse_args()
     proc = None
@@ -165,7 +223,7 @@ def main() -> int:
             port = free_port()
             proc = start_server(args.durakv, port, tmp, lambda r: r.ping())
             pids_of = lambda: tree_pids(proc.pid)  # noqa: E731
-        run(port, pids_of, args.slow_clients, args.limit, args.seconds, args.rate)
+        run(port, pids_of, args.slow_clients, args.limit, args.seconds, args.rate, args.alone)
     finally:
         if proc is not None:
             stop_group(proc)

@@ -60,6 +60,14 @@ BACKED_UP_REPLIES_IN_FLIGHT = 16  # while output waits for the client's socket
 MAX_IN_FLIGHT_BYTES = 256 * 1024
 UNKNOWN_REPLY_BYTES = MAX_IN_FLIGHT_BYTES // BACKED_UP_REPLIES_IN_FLIGHT  # until its first reply was written
 START_REPLIES_IN_FLIGHT = MAX_IN_FLIGHT_BYTES // UNKNOWN_REPLY_BYTES  # the window before any write proved more
+# Under a normal hard output limit the window starts at one request and only doubles with
+# what each write proved (no START_REPLIES_IN_FLIGHT floor): the first reply's size, times
+# the requests waiting behind it, is what closes a client that asked past the limit
+# (_asked_past_hard_limit), so a non-reader pipelining GETs of 100 KB costs its shard one
+# GET and the link 100 KB, not 16 and 1.6 MB, and is closed sooner, with less of its
+# pipeline in the router's socket buffer to drop (issue 13). A client that reads pays a
+# few round trips more while its window opens, under such a limit only.
+HARD_LIMIT_START_REPLIES_IN_FLIGHT = 1
 OUTPUT_BACKPRESSURE_BYTES = 4 * 1024 * 1024
 MAX_BACKLOG_REQUESTS = 16 * 1024
 # While output waits for its socket, a client is read (RECV_BYTES a turn) while its
@@ -133,7 +141,9 @@ class Client:
         self.outbuf_bytes = 0
         self.soft_limit_since = 0.0  # when output first went over the soft limit (0: it is not)
         self.reply_bytes = UNKNOWN_REPLY_BYTES  # mean size of its last write's replies: caps replies in flight
-        self.in_flight_cap = START_REPLIES_IN_FLIGHT  # replies in flight can_dispatch allows, unbacked
+        # Replies in flight can_dispatch allows, unbacked.
+        self.in_flight_cap = HARD_LIMIT_START_REPLIES_IN_FLIGHT if router.output_hard_bytes \
+            else START_REPLIES_IN_FLIGHT
         # The smallest reply of its last write that left requests waiting or output queued
         # (0 once a write leaves neither): what _asked_past_hard_limit counts each at.
         self.ahead_reply_min_bytes = 0
@@ -777,7 +787,9 @@ class Client:
         if reply_bytes != self.reply_bytes or (written << 1 > self.in_flight_cap
                                                and self.in_flight_cap < MAX_REPLIES_IN_FLIGHT):
             self.reply_bytes = reply_bytes
-            self.in_flight_cap = in_flight_cap(reply_bytes, written)
+            self.in_flight_cap = in_flight_cap(reply_bytes, written, HARD_LIMIT_START_REPLIES_IN_FLIGHT
+                                               if self.router.output_hard_bytes and self.pubsub is None
+                                               else START_REPLIES_IN_FLIGHT)
         if self.backlog or self.outbuf:
             self.ahead_reply_min_bytes = min(map(len, chunks))
             if self.backlog and self._asked_past_hard_limit(size):
@@ -959,12 +971,13 @@ class Client:
         self.router.poller.set_interest(self, reading, bool(self.outbuf))
 
 
-def in_flight_cap(reply_bytes: int, written: int) -> int:
+def in_flight_cap(reply_bytes: int, written: int, least: int = START_REPLIES_IN_FLIGHT) -> int:
     """How many replies can_dispatch lets a client have in flight while its output is
     not backed up, after a write of `written` replies of reply_bytes each (their mean):
     as many as fit MAX_IN_FLIGHT_BYTES at that size, and no more than twice what the
-    write proved (a window, see MAX_REPLIES_IN_FLIGHT)."""
-    window = max(START_REPLIES_IN_FLIGHT, written << 1)
+    write proved, or `least` (a window, see MAX_REPLIES_IN_FLIGHT and
+    HARD_LIMIT_START_REPLIES_IN_FLIGHT)."""
+    window = max(least, written << 1)
     return min(MAX_REPLIES_IN_FLIGHT, window, -(-MAX_IN_FLIGHT_BYTES // max(reply_bytes, 1)))
 
 

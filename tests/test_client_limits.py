@@ -14,7 +14,7 @@ import time
 import pytest
 import redis
 
-from durakv.server.client import START_REPLIES_IN_FLIGHT
+from durakv.server.client import HARD_LIMIT_START_REPLIES_IN_FLIGHT
 from refserver import RawConn
 
 VALUE_BYTES = 10_000
@@ -275,13 +275,15 @@ def test_a_client_over_its_soft_limit_is_not_served_further_and_closed_before_it
 @pytest.mark.parametrize("first", [b"", b"PING\r\n"], ids=["at-once", "after-a-small-reply"])
 def test_a_non_reader_that_asked_past_the_hard_limit_is_closed_before_a_reply_is_sent(server_factory, first):
     """Its requests, run as Redis runs what it read, would pass the hard limit: it is
-    closed once the first window of its replies (START_REPLIES_IN_FLIGHT GETs) shows
-    their size, before any is written, so the shard runs no more of them (before, it
-    was closed once its socket's buffers had taken ~4 MB, 40 GETs of 100 KB pulled over
-    the link other clients share: issue 13). Also when its last reply was small (a
-    PING): that opens no deeper pipeline of replies of unknown size than a new
-    client's (server/client.py in_flight_cap; before, 256 GETs of 100 KB, 25 MB, came
-    over the link at once)."""
+    closed once the first window of its replies shows their size, before any is
+    written, so the shard runs no more of them (before, it was closed once its socket's
+    buffers had taken ~4 MB, 40 GETs of 100 KB pulled over the link other clients share:
+    issue 13). Under a hard limit that window is one request, then twice what each
+    write proved (server/client.py HARD_LIMIT_START_REPLIES_IN_FLIGHT; before, 16 GETs of
+    100 KB ran and crossed the link for a client closed without any). Also when its last reply was
+    small (a PING): that opens a window of two, no deeper pipeline of replies of
+    unknown size (before, 16, and before that 256 GETs of 100 KB, 25 MB, came over the
+    link at once)."""
     srv = server_factory(shards=1)
     hard_bytes, soft_bytes, value_bytes = 16 << 20, 8 << 20, 100_000
     for closes, port in enumerate(ports(srv), 1):
@@ -304,7 +306,7 @@ def test_a_non_reader_that_asked_past_the_hard_limit_is_closed_before_a_reply_is
         gets_run = admin.info("commandstats")["cmdstat_get"]["calls"]
         assert admin.config_set("client-output-buffer-limit", "normal 0 0 0")
         print(f"port {port}: {gets_run} GETs run for the non-reader")
-        assert gets_run <= START_REPLIES_IN_FLIGHT
+        assert gets_run <= 2 * HARD_LIMIT_START_REPLIES_IN_FLIGHT
     queued = [int(n) for n in re.findall(r"closed for overcoming of output buffer limits \((\d+) bytes queued",
                                          srv.log())]
     print(f"bytes queued at the close, router and shard port: {queued}")
