@@ -162,6 +162,36 @@ async def test_after_a_slow_sync_the_next_goes_to_the_thread(tmp_path: Path,
     shard.wal.close()
 
 
+class NothingReady:
+    """A turn's source (idle_sync.TurnSource) with no client ready."""
+
+    def nothing_ready(self) -> bool:
+        return True
+
+
+async def test_after_a_slow_sync_a_turn_end_hands_the_next_to_the_thread_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sync that may not run in the loop starts from the turn's end, not after trio
+    found the loop idle (the clients wait for that fsync; before, the idle task's
+    wakeup and trio's idle detection came first)."""
+    shard = open_shard(tmp_path)
+    sink = DurableSink(shard)
+    async with trio.open_nursery() as nursery:
+        await started(shard, nursery)
+        monkeypatch.setattr(idle_sync, "INLINE_SYNC_SLOW_US", -1)  # every sync counts as slow
+        idle = shard.idle_sync
+        idle.in_turn = True  # as a shard port's poller turn (server/node.py ShardNode.end_turn)
+        assert shard.execute_batch(sink, sets(1, 2)) == []
+        idle.in_turn = False
+        idle.end_of_turn(NothingReady())
+        assert idle.handed_to_thread == 1 and not idle.appended_since  # no await between: the thread has it
+        await sink.wait_for(2)
+        assert sink.durable_at_send[1] >= 1 and sink.durable_at_send[2] >= 1
+        assert shard._commit_thread.syncs_in_loop == 0 and idle.handed_to_thread == 1
+        nursery.cancel_scope.cancel()
+    shard.wal.close()
+
+
 async def test_a_hooked_disk_syncs_only_in_the_thread(tmp_path: Path) -> None:
     """Test hooks (a gated or delayed fsync) block: the loop must never wait on them."""
     shard = open_shard(tmp_path, test_fsync_delay_ms=1)
