@@ -66,7 +66,7 @@ def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
 
 PHASES: list[tuple[str, Any, str]] = [
     ("execute (per command: handler, effect, hazards, stats)", shard.Shard, "_execute"),
-    ("  Shard._mark_dirty (per changed key: hazards, WATCH, waiters)", shard.Shard, "_mark_dirty"),
+    ("  Shard._mark_dirty (per changed key)", shard.Shard, "_mark_dirty"),
     ("append_effects (encode + Log.append + hand-off)", commit.GroupCommit, "append_effects"),
     ("  encode_record", commit, "encode_record"),
     ("  Log.append", Log, "append"),
