@@ -162,18 +162,22 @@ async def test_after_a_slow_sync_the_next_goes_to_the_thread(tmp_path: Path,
     shard.wal.close()
 
 
-class NothingReady:
-    """A turn's source (idle_sync.TurnSource) with no client ready."""
+class TurnSource:
+    """A turn's source (idle_sync.TurnSource) with a client ready, or none."""
+
+    def __init__(self, ready: bool) -> None:
+        self.ready = ready
 
     def nothing_ready(self) -> bool:
-        return True
+        return not self.ready
 
 
 async def test_after_a_slow_sync_a_turn_end_hands_the_next_to_the_thread_at_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A sync that may not run in the loop starts from the turn's end, not after trio
-    found the loop idle (the clients wait for that fsync; before, the idle task's
-    wakeup and trio's idle detection came first)."""
+    """With no client ready, a sync that may not run in the loop starts from the turn's
+    end, not after trio found the loop idle (the clients wait for that fsync; before,
+    the idle task's wakeup and trio's idle detection came first). With a client ready,
+    the next batch's start hands it over, that batch's records along."""
     shard = open_shard(tmp_path)
     sink = DurableSink(shard)
     async with trio.open_nursery() as nursery:
@@ -183,11 +187,23 @@ async def test_after_a_slow_sync_a_turn_end_hands_the_next_to_the_thread_at_once
         idle.in_turn = True  # as a shard port's poller turn (server/node.py ShardNode.end_turn)
         assert shard.execute_batch(sink, sets(1, 2)) == []
         idle.in_turn = False
-        idle.end_of_turn(NothingReady())
-        assert idle.handed_to_thread == 1 and not idle.appended_since  # no await between: the thread has it
-        await sink.wait_for(2)
-        assert sink.durable_at_send[1] >= 1 and sink.durable_at_send[2] >= 1
-        assert shard._commit_thread.syncs_in_loop == 0 and idle.handed_to_thread == 1
+        idle.end_of_turn(TurnSource(ready=True))
+        assert idle.handed_to_thread == 0  # left for the next batch (or the idle task)
+        idle.in_turn = True
+        assert shard.execute_batch(sink, sets(3, 2)) == []  # its start wakes the thread
+        idle.in_turn = False
+        assert idle.handed_to_thread == 1
+        await sink.wait_for(4)  # (the idle task, woken by the first turn's end, may hand over too)
+        await trio.testing.wait_all_tasks_blocked()
+        handed = idle.handed_to_thread
+        idle.in_turn = True
+        assert shard.execute_batch(sink, sets(5, 2)) == []
+        idle.in_turn = False
+        idle.end_of_turn(TurnSource(ready=False))
+        assert idle.handed_to_thread == handed + 1 and not idle.appended_since  # no await between
+        await sink.wait_for(6)
+        assert all(sink.durable_at_send[rid] >= (rid + 1) // 2 for rid in range(1, 7))
+        assert shard._commit_thread.syncs_in_loop == 0
         nursery.cancel_scope.cancel()
     shard.wal.close()
 
