@@ -103,8 +103,9 @@ class IdleSync:
         without the task switches and the zero-timeout poll that cost (a few trio
         scheduler passes per fsync, most of a durable SET's extra instructions at
         P1). A ready client, or a sync the thread has in hand or the log refuses
-        (sync_in_loop False): run() decides, as before. Other tasks' sockets (router links) are not looked at:
-        what they bring waits for this one sync, which is fast (INLINE_SYNC_SLOW_US).
+        (sync_in_loop False): run() decides, as before. Other tasks' sockets (router
+        links) are not looked at: what they bring waits for this one sync, which is
+        fast (INLINE_SYNC_SLOW_US).
         With no client ready, a sync that may not run in the loop (large, or the last
         one was slow) goes to the thread from here: run() would hand it over too, only
         later, after trio's idle detection (a task switch and scheduler passes per sync,
