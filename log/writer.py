@@ -471,7 +471,6 @@ class Log:
         count = len(payloads)
         if count == 0:
             return self.tail_seq
-        batch_bytes = 0
         scattered = False
         for payload in payloads:
             if type(payload) is PayloadPieces:
@@ -484,7 +483,6 @@ class Log:
             if len(payload) > MAX_RECORD_BYTES:
                 raise RecordTooLarge(f"record of {len(payload)} bytes exceeds the "
                                      f"{MAX_RECORD_BYTES}-byte limit")
-            batch_bytes += len(payload)
         first_seq = after_seq + 1
         while True:
             view = self._pending_view

@@ -66,7 +66,7 @@ def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
 
 PHASES: list[tuple[str, Any, str]] = [
     ("execute (per command: handler, effect, hazards, stats)", shard.Shard, "_execute"),
-    ("  hazards.mark (per changed key)", HazardTracker, "mark"),
+    ("  Shard._mark_dirty (per changed key)", shard.Shard, "_mark_dirty"),
     ("append_effects (encode + Log.append + hand-off)", commit.GroupCommit, "append_effects"),
     ("  encode_record", commit, "encode_record"),
     ("  Log.append", Log, "append"),

@@ -946,7 +946,10 @@ class Client:
             return
         backlog = self.backlog
         if not (backlog or self.outbuf or self.closing or self.soft_limit_since):
-            self.router.poller.set_interest(self, True, False)  # the common case: read, nothing to write
+            # The common case: read, nothing to write, as it already was (no call per flush).
+            poller = self.router.poller
+            if poller._interest.get(self.fd) != select.EPOLLIN:
+                poller.set_interest(self, True, False)
             return
         if self.closing and not self.replies and not self.outbuf:
             self.kill()

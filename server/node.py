@@ -95,21 +95,35 @@ class LocalLink:
         """ReplySink: the shard's replies (now, or released after an fsync). Outside
         the poller's turn (the committer released them) the clients are written from
         here, as a turn of their own: no flusher task is woken."""
-        pending = self._pending
         poller = self.node.poller
         if poller.in_turn:
-            for rid, data in replies:
-                pending.pop(rid).fill(data)
+            self._fill(replies)
             return
         poller.in_turn = True
         try:
-            for rid, data in replies:
-                pending.pop(rid).fill(data)
+            self._fill(replies)
         finally:
             poller.in_turn = False
         if self._queue:
             self._wake.set()  # a fill's callback asked this shard more (a SCAN's next step)
         self.node.flush_ready_clients()
+
+    def _fill(self, replies: list[tuple[int, bytes]]) -> None:
+        """Pending.fill, Client.reply_ready and Front.client_ready inlined for a plain
+        reply (three calls per command fewer): in the poller's turn, a ready client
+        only joins the list end_turn or send flushes."""
+        pending = self._pending
+        node = self.node
+        for rid, data in replies:
+            place = pending.pop(rid)
+            if place.on_fill is not None:
+                place.fill(data)
+                continue
+            place.data = data
+            client = place.client
+            if not client.in_ready_set:
+                client.in_ready_set = True
+                node.ready_clients.append(client)  # not held across fills: a callback may flush
 
     async def run(self) -> None:
         """Runs what was submitted outside the poller's turn (timers, other tasks)."""

@@ -102,17 +102,29 @@ class IdleSync:
         beforeSleep: the same sync run() would make once trio found the loop idle,
         without the task switches and the zero-timeout poll that cost (a few trio
         scheduler passes per fsync, most of a durable SET's extra instructions at
-        P1). A ready client, or any reason run() would not sync in the loop: run()
-        decides, as before. Other tasks' sockets (router links) are not looked at:
-        what they bring waits for this one sync, which is fast (INLINE_SYNC_SLOW_US).
+        P1). A ready client, or a sync the thread has in hand or the log refuses
+        (sync_in_loop False): run() decides, as before. Other tasks' sockets (router
+        links) are not looked at: what they bring waits for this one sync, which is
+        fast (INLINE_SYNC_SLOW_US).
+        With no client ready, a sync that may not run in the loop (large, or the last
+        one was slow) goes to the thread from here: run() would hand it over too, only
+        later, after trio's idle detection (a task switch and scheduler passes per sync,
+        and that much later an fsync start that every client of the batch waits for).
+        With a client ready it is left as before: the next batch's start wakes the
+        thread (before_batch), which then takes that batch's records along in its fsync.
         The caller ended the turn (in_turn False) and saw appended_since set."""
         wal = self._wal
-        if wal.tail_seq > wal.durable_seq and self._inline(wal) and poller.nothing_ready() \
-                and self._thread.sync_in_loop():
-            self.appended_since = False
-            self.synced_at_turn_end += 1
-            self._on_durable()
-            return
+        if wal.tail_seq > wal.durable_seq and poller.nothing_ready():
+            if not self._inline(wal):
+                self.appended_since = False
+                self.handed_to_thread += 1
+                self._thread.wake()
+                return
+            if self._thread.sync_in_loop():
+                self.appended_since = False
+                self.synced_at_turn_end += 1
+                self._on_durable()
+                return
         self._wake_run()
 
     @staticmethod

@@ -44,18 +44,18 @@ from durakv.shards.access import Lfu
 from durakv.shards.keyspace import Keyspace, now_ms
 from durakv.shards.log_backend import etcd_upkeep, is_etcd_log, open_shard_log, take_shard_lease, uses_etcd
 from durakv.shards.records import RecordClock, decode_record
-from durakv.shards.resp import NULL_ARRAY, ReplyError, encode, encode_error
+from durakv.shards.resp import NULL_ARRAY, Raw, ReplyError, encode, encode_error
 from durakv.shards.script_undo import NONLOCAL_RETRY
 from durakv.shards.shard_settings import SHARD_DEFAULTS
 from durakv.shards.slots import slot_ranges
-from durakv.shards.latency import LatencyMonitor
+from durakv.shards.latency import FAST_INDEX_US, INDEX_BY_US, LatencyMonitor
 from durakv.shards.lease_guard import EtcdLeaseGuard, LeaseGuard, refuse_batch
 from durakv.shards.min_replicas import EXECABORT_NOREPLICAS, MinReplicas, transaction_writes
 from durakv.shards.slowlog import SCRIPT_CLIENT_ADDR, SlowLog
 from durakv.shards.t_multi import Watches, unpack_transaction
 from durakv.shards.tracking import flush_event, invalidation, set_front
 from durakv.shards.txn import TXN_VERBS, TxnState
-from durakv.shards.table import Command, find, lookup, merge_arrays
+from durakv.shards.table import BY_NAME, Command, find, lookup, merge_arrays
 
 if TYPE_CHECKING:
     from durakv.shards.replica import Replica
@@ -220,7 +220,12 @@ class Shard(GroupCommit):
                  self.index, count, elapsed, count / elapsed, len(self.db.data), tail)
 
     def _mark_dirty(self, key: bytes) -> None:
-        self.hazards.mark(key, self.wal.tail_seq + 1)
+        # HazardTracker.mark, inlined (per written key)
+        hazards = self.hazards
+        seq = self.wal.tail_seq + 1
+        hazards.dirty[key] = seq
+        if seq > hazards.newest_seq:
+            hazards.newest_seq = seq
         if key in self.watches.by_key:
             self.watches.touched(key)
         if key in self.blocked.by_key:
@@ -359,7 +364,10 @@ class Shard(GroupCommit):
         start = time.perf_counter_ns()
         refused = False
         try:
-            cmd = lookup(argv)
+            cmd = BY_NAME.get(argv[0])  # lookup's exact-name case inlined (per command)
+            if cmd is None or cmd.subcommands or (len(argv) != cmd.arity if cmd.arity >= 0
+                                                  else len(argv) < -cmd.arity):
+                cmd = lookup(argv)
             if self.write_error is not None and cmd.is_write:
                 refused = True
                 raise ReplyError(self.write_error)
@@ -371,9 +379,14 @@ class Shard(GroupCommit):
                 raise ReplyError(OOM_MESSAGE)
             self.db.count_reads = cmd.is_readonly
             result = cmd.handler(ctx, argv)
-            if type(result) is Block:
+            kind = type(result)
+            if kind is Raw and proto:  # encode's commonest cases inlined (per command): +OK and the like
+                data = result.data
+            elif kind is bytes and proto and not (pieces and len(result) >= UNCOPIED_REPLY_BYTES):
+                data = b"$%d\r\n%b\r\n" % (len(result), result)
+            elif kind is Block:
                 return result, 0
-            if pieces and type(result) is bytes and len(result) >= UNCOPIED_REPLY_BYTES and proto:
+            elif pieces and type(result) is bytes and len(result) >= UNCOPIED_REPLY_BYTES and proto:
                 data = cast(bytes, Pieces(result))  # goes where replies go, to a router link only
             elif chunks and type(result) in CHUNKABLE and (proto or cmd.merge is merge_arrays) \
                     and (big := as_chunked(result, proto)) is not None:  # internal: KEYS' RESP array, as Raw
@@ -404,8 +417,15 @@ class Shard(GroupCommit):
                 and "skip_slowlog" not in cmd.flags:
             self.slowlog.push(argv, duration_us, cid)
         latency = self.latency
-        if cmd is not None and (latency.tracking or latency.threshold_ms):
-            latency.observe(cmd, duration_us)
+        if cmd is not None:
+            # LatencyMonitor.observe's common case inlined (per command): a histogram that
+            # exists, a fast command, no event threshold.
+            counts = latency.histograms.get(cmd.fullname) if latency.tracking else None
+            if counts is not None and duration_us < FAST_INDEX_US and not latency.threshold_ms:
+                index = INDEX_BY_US[duration_us]
+                counts[index] = counts.get(index, 0) + 1
+            elif latency.tracking or latency.threshold_ms:
+                latency.observe(cmd, duration_us)
         if len(effects) > effects_before:
             return data, (next_seq if hold_writes else 0)
         if cmd is None or refused:
@@ -414,7 +434,11 @@ class Shard(GroupCommit):
         if cmd.waits_for_all or (cmd.reads_undeclared_keys is not None and cmd.reads_undeclared_keys(argv)):
             return data, hazards.wait_all()
         if cmd.single_key:
-            return data, hazards.wait_seq((argv[1],))
+            # HazardTracker.wait_seq of one key, inlined (per read): nothing dirty is the common case.
+            dirty = hazards.dirty
+            seq = dirty.get(argv[1], 0) if dirty else 0
+            everything = hazards.all_dirty_seq
+            return data, (everything if everything > seq and everything > hazards.durable_seq else seq)
         try:
             return data, hazards.wait_seq([argv[i] for i in cmd.key_indexes(argv)])
         except ReplyError:

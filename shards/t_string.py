@@ -118,7 +118,8 @@ def set_(ctx: Ctx, argv: list[bytes]):
         db = ctx.db
         db.put(key, value)
         db.effect(argv, key)
-        db.notify(notify.STRING, b"set", key)
+        if db.notify_flags:  # off by default: no call per SET
+            db.notify(notify.STRING, b"set", key)
         return OK
     flags, unit, expire_arg = parse_string_options(argv, True)
     when = expire_at_ms(ctx, expire_arg, unit, b"set") if expire_arg is not None else None

@@ -162,6 +162,52 @@ async def test_after_a_slow_sync_the_next_goes_to_the_thread(tmp_path: Path,
     shard.wal.close()
 
 
+class TurnSource:
+    """A turn's source (idle_sync.TurnSource) with a client ready, or none."""
+
+    def __init__(self, ready: bool) -> None:
+        self.ready = ready
+
+    def nothing_ready(self) -> bool:
+        return not self.ready
+
+
+async def test_after_a_slow_sync_a_turn_end_hands_the_next_to_the_thread_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no client ready, a sync that may not run in the loop starts from the turn's
+    end, not after trio found the loop idle (the clients wait for that fsync; before,
+    the idle task's wakeup and trio's idle detection came first). With a client ready,
+    the next batch's start hands it over, that batch's records along."""
+    shard = open_shard(tmp_path)
+    sink = DurableSink(shard)
+    async with trio.open_nursery() as nursery:
+        await started(shard, nursery)
+        monkeypatch.setattr(idle_sync, "INLINE_SYNC_SLOW_US", -1)  # every sync counts as slow
+        idle = shard.idle_sync
+        idle.in_turn = True  # as a shard port's poller turn (server/node.py ShardNode.end_turn)
+        assert shard.execute_batch(sink, sets(1, 2)) == []
+        idle.in_turn = False
+        idle.end_of_turn(TurnSource(ready=True))
+        assert idle.handed_to_thread == 0  # left for the next batch (or the idle task)
+        idle.in_turn = True
+        assert shard.execute_batch(sink, sets(3, 2)) == []  # its start wakes the thread
+        idle.in_turn = False
+        assert idle.handed_to_thread == 1
+        await sink.wait_for(4)  # (the idle task, woken by the first turn's end, may hand over too)
+        await trio.testing.wait_all_tasks_blocked()
+        handed = idle.handed_to_thread
+        idle.in_turn = True
+        assert shard.execute_batch(sink, sets(5, 2)) == []
+        idle.in_turn = False
+        idle.end_of_turn(TurnSource(ready=False))
+        assert idle.handed_to_thread == handed + 1 and not idle.appended_since  # no await between
+        await sink.wait_for(6)
+        assert all(sink.durable_at_send[rid] >= (rid + 1) // 2 for rid in range(1, 7))
+        assert shard._commit_thread.syncs_in_loop == 0
+        nursery.cancel_scope.cancel()
+    shard.wal.close()
+
+
 async def test_a_hooked_disk_syncs_only_in_the_thread(tmp_path: Path) -> None:
     """Test hooks (a gated or delayed fsync) block: the loop must never wait on them."""
     shard = open_shard(tmp_path, test_fsync_delay_ms=1)
