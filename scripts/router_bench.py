@@ -10,9 +10,9 @@ does the same for a shard port).
 
 Each turn sends every client its next pipeline (P commands in one send), runs each
 client's `on_readable` and the router's `end_turn` (one frame per shard) as the poller
-would, lets the stand-in shards answer, runs the poller's next turn (each link's read:
-one recv, the frames handed over as views, complete clients' replies written; then
-the turn's end writes what is left), then reads every reply. Best of --rounds rounds.
+would, lets the stand-in shards answer, runs each link's receive as its receiver task
+would (one recv, the frames handed over as views, complete clients' replies flushed),
+then the flusher's flush of what is left, then reads every reply. Best of --rounds rounds.
 
     python scripts/router_bench.py [--clients 50] [--requests 50000] [--rounds 5]
         [--shards 2] [--workloads get1,get16,set1,set16]
@@ -39,7 +39,6 @@ import trio
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from durakv.server.client import Client  # noqa: E402
-from durakv.server.links import PolledReads  # noqa: E402
 from durakv.server.router import Router  # noqa: E402
 from durakv.shards.config import Config  # noqa: E402
 from durakv.shards.framelink import FrameReceiver, RECV_BYTES  # noqa: E402
@@ -83,7 +82,26 @@ class StandInShard:
         return answered
 
 
-async def workload(router: Router, shards: list[StandInShard], peers: list[socket.socket],
+class LinkPump:
+    """The receive half of a ShardLink run synchronously: what its receiver task does
+    after each wake (one recv into the reused buffer, the frames handed over as views)."""
+
+    def __init__(self, link, sock: socket.socket) -> None:
+        self.sock = sock
+        self.receiver = FrameReceiver(sock, link._on_frames, link._stream_reply, views=True)
+
+    def pump(self) -> bool:
+        receiver = self.receiver
+        try:
+            size = self.sock.recv_into(receiver._chunk)
+        except BlockingIOError:
+            return False
+        receiver._buf += receiver._view[:size]
+        receiver._handle_views(receiver._buf)
+        return True
+
+
+async def workload(router: Router, shards: list[StandInShard], pumps: list[LinkPump], peers: list[socket.socket],
                    clients: list[Client], command: str, pipeline: int, requests: int, keys: int,
                    phases_s: dict[str, float]) -> float:
     """Router CPU µs per command (thread time without the driver's); adds each
@@ -117,7 +135,9 @@ async def workload(router: Router, shards: list[StandInShard], peers: list[socke
             shard.answer()
         t0 = time.thread_time()
         driver_s += t0 - t2
-        router.poller.turn()  # the links' reads, the replies to clients, the turn's end
+        for pump in pumps:
+            pump.pump()
+        router.flush_ready_clients()  # as the flusher task would: replies a receive left for it
         t1 = time.thread_time()
         phases_s["receive, replies to clients"] += t1 - t0
         t0 = t1
@@ -141,13 +161,13 @@ def callgrind(opts: argparse.Namespace, order: str) -> None:
 
 
 def open_router(data_dir: str, shard_count: int, client_count: int) -> tuple[
-        Router, list[StandInShard], list[socket.socket], list[Client]]:
-    """A Router whose links lead to stand-in shards, read by its poller as a link's
-    task has them read (PolledReads), and clients connected to it: (router, stand-in
-    shards, the clients' driver ends, the clients)."""
+        Router, list[StandInShard], list[LinkPump], list[socket.socket], list[Client]]:
+    """A Router whose links lead to stand-in shards, and clients connected to it:
+    (router, stand-in shards, link pumps, the clients' driver ends, the clients)."""
     config = Config(data_dir=data_dir, shards=shard_count).resolved()
     router = Router(config, 0)
     shards = []
+    pumps = []
     for link in router.links:
         router_end, shard_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         router_end.setblocking(False)
@@ -155,9 +175,7 @@ def open_router(data_dir: str, shard_count: int, client_count: int) -> tuple[
         link.sock = router_end
         link.up = True
         shards.append(StandInShard(shard_end))
-        receiver = FrameReceiver(router_end, link._on_frames, link._stream_reply, views=True)
-        polled = PolledReads(router.poller, router_end.fileno(), receiver)
-        router.poller.add_link(polled.fd, polled.on_readable)
+        pumps.append(LinkPump(link, router_end))
     pairs = socket_pairs(client_count)
     clients = []
     for _peer, conn in pairs:
@@ -165,12 +183,12 @@ def open_router(data_dir: str, shard_count: int, client_count: int) -> tuple[
         router.clients[client.id] = client
         router.poller.add(client)
         clients.append(client)
-    return router, shards, [peer for peer, _ in pairs], clients
+    return router, shards, pumps, [peer for peer, _ in pairs], clients
 
 
 async def run(opts: argparse.Namespace, data_dir: str) -> None:
-    router, shards, peers, clients = open_router(data_dir, opts.shards, opts.clients)
-    await workload(router, shards, peers, clients, "get", 1, 1000, opts.keys, dict.fromkeys(PHASES, 0.0))
+    router, shards, pumps, peers, clients = open_router(data_dir, opts.shards, opts.clients)
+    await workload(router, shards, pumps, peers, clients, "get", 1, 1000, opts.keys, dict.fromkeys(PHASES, 0.0))
     results: dict[str, list[float]] = {}
     phases: dict[str, dict[str, float]] = {}
     for _ in range(opts.rounds):
@@ -180,7 +198,7 @@ async def run(opts: argparse.Namespace, data_dir: str) -> None:
             callgrind(opts, "--instr=on")
             phases_s = phases.setdefault(name, dict.fromkeys(PHASES, 0.0))
             results.setdefault(name, []).append(await workload(
-                router, shards, peers, clients, command, pipeline, requests, opts.keys, phases_s))
+                router, shards, pumps, peers, clients, command, pipeline, requests, opts.keys, phases_s))
             phases_s["commands"] += requests
             callgrind(opts, "--instr=off")
             callgrind(opts, "--dump=" + name)

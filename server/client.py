@@ -971,12 +971,7 @@ def in_flight_cap(reply_bytes: int, written: int) -> int:
 class ClientPoller:
     """Reads and writes every client socket from one task: a level-triggered epoll
     set of its own, watched through trio. A task per client would cost a task
-    switch and an epoll_ctl per request; this costs one epoll_wait per turn.
-
-    A router's shard links are read from the same set (add_link: server/links.py),
-    for the same reason: a link read in a task of its own cost a task switch and
-    trio's epoll_ctl re-arm per read, and the replies it completed waited for the
-    next turn's end to leave with the requests they let through."""
+    switch and an epoll_ctl per request; this costs one epoll_wait per turn."""
 
     MAX_EVENTS_PER_TURN = 512
 
@@ -989,18 +984,6 @@ class ClientPoller:
         # (A node's LocalLink.send sets it too while it fills replies, then flushes.)
         self.in_turn = False
         self._end_turn = end_turn
-        self._links: dict[int, Callable[[], None]] = {}  # fd -> its read, in the turn (add_link)
-
-    def add_link(self, fd: int, on_readable: Callable[[], None]) -> None:
-        """Call on_readable in the turn while fd has input, until remove_link(fd).
-        on_readable handles its own errors: it runs among the clients' events."""
-        self._links[fd] = on_readable
-        self._epoll.register(fd, select.EPOLLIN)
-
-    def remove_link(self, fd: int) -> None:
-        """Before the link's socket closes; nothing if it is not added."""
-        if self._links.pop(fd, None) is not None:
-            self._epoll.unregister(fd)
 
     def add(self, client: Client) -> None:
         self._clients[client.fd] = client
@@ -1019,38 +1002,30 @@ class ClientPoller:
             self._epoll.modify(client.fd, mask)
 
     async def run(self) -> None:
-        epoll_fd = self._epoll.fileno()
-        while True:
-            await trio.lowlevel.wait_readable(epoll_fd)
-            self.turn()
-
-    def turn(self) -> None:
-        """Handle the events waiting now (none: nothing), then end the turn (end_turn)."""
+        epoll = self._epoll
         clients = self._clients
-        links = self._links
         readable = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR
-        self.in_turn = True
-        try:
-            for fd, events in self._epoll.poll(0, self.MAX_EVENTS_PER_TURN):
-                client = clients.get(fd)
-                if client is None:
-                    link_read = links.get(fd)
-                    if link_read is not None:
-                        link_read()
-                    continue
-                try:
-                    if events & select.EPOLLOUT:
-                        client.on_writable()
-                    if events & readable and not client.closed:
-                        client.on_readable()
-                except Exception:
-                    # A bug must cost one connection, never the router.
-                    logger.exception("router: closing client %s after an internal error", client.addr)
-                    client.kill()
-        finally:
-            self.in_turn = False
-        if self._end_turn is not None:
-            self._end_turn()
+        while True:
+            await trio.lowlevel.wait_readable(epoll.fileno())
+            self.in_turn = True
+            try:
+                for fd, events in epoll.poll(0, self.MAX_EVENTS_PER_TURN):
+                    client = clients.get(fd)
+                    if client is None:
+                        continue
+                    try:
+                        if events & select.EPOLLOUT:
+                            client.on_writable()
+                        if events & readable and not client.closed:
+                            client.on_readable()
+                    except Exception:
+                        # A bug must cost one connection, never the router.
+                        logger.exception("router: closing client %s after an internal error", client.addr)
+                        client.kill()
+            finally:
+                self.in_turn = False
+            if self._end_turn is not None:
+                self._end_turn()
 
     def fileno(self) -> int:
         """The epoll set's descriptor: readable while a client socket has an event."""

@@ -213,12 +213,9 @@ class Front(ABC):
     def flush_complete_clients(self) -> None:
         """After a shard link's frames filled replies: write each ready client whose
         replies are all in. One whose later replies wait for another shard is left to
-        the end of the poller's turn that read this link (end_turn), or, for a link
-        read by its task, to the flusher task, which runs after the other links'
-        receives woken with this one: either way after the other links' reads that
-        came with this one, so a pipeline across shards is usually written in one
-        send, not one per shard (issue 11 §3); what is in by then goes out even if
-        the rest is not."""
+        the flusher task, which runs after the other links' receives woken with this
+        one, so a pipeline across shards is usually written in one send, not one per
+        shard (issue 11 §3); what is in by then goes out even if the rest is not."""
         ready = self.ready_clients
         if not ready:
             return
@@ -239,8 +236,7 @@ class Front(ABC):
             client.flush()
         if waiting:
             self.ready_clients.extend(waiting)  # still in_ready_set
-            if not self.poller.in_turn:
-                self._flush_wake.set()
+            self._flush_wake.set()
 
     def client_ready(self, client: Client) -> None:
         if not self.ready_clients and not self.poller.in_turn:

@@ -37,7 +37,6 @@ from durakv.shards.link_auth import LinkRefused
 from durakv.shards.unixsock import connect_unix, peer_allowed, peer_credentials
 
 if TYPE_CHECKING:
-    from durakv.server.client import ClientPoller
     from durakv.server.node_links import NodeDirectory
 
 logger = logging.getLogger("durakv.router")
@@ -365,20 +364,10 @@ class ShardLink:
         return encode_frame(take)
 
     async def _receiver(self) -> None:
-        """Read the link until it ends: its ordinary frames in the client poller's
-        turn (PolledReads), a large message's pieces here, as they wait for the
-        socket within the message. A TLS link (shards/link_tls.py) is read here
-        throughout: its decrypted bytes may be waiting while its socket shows none."""
         sock = self.sock
         assert sock is not None, "receiver started before the link connected"
-        receiver = FrameReceiver(sock, self._on_frames, self._stream_reply, views=True)
         try:
-            if type(sock) is not socket.socket:
-                await receiver.run()
-                return
-            polled = PolledReads(self.router.poller, sock.fileno(), receiver)
-            while await polled.until_large() and await receiver.run(until_plain=True):
-                pass
+            await FrameReceiver(sock, self._on_frames, self._stream_reply, views=True).run()
         except (OSError, ValueError) as e:
             logger.warning("router: shard %d link error: %s", self.index, e)
 
@@ -455,52 +444,6 @@ class ShardLink:
         if client.closed or not client.replies or client.replies[0] is not pending:
             return None
         return client.write_piece
-
-
-class PolledReads:
-    """A shard link's socket read by the router's client poller (ClientPoller.add_link)
-    rather than by a task woken per read, while only ordinary frames come: each read's
-    replies are filled, and written to their clients, within the poller's turn, and
-    what they let through leaves at its end (Router.end_turn). A large message is
-    left to the link's task (FrameReceiver.run), which gives it back once it is in."""
-
-    __slots__ = ("poller", "fd", "receiver", "_done", "_outcome")
-
-    def __init__(self, poller: ClientPoller, fd: int, receiver: FrameReceiver) -> None:
-        self.poller = poller
-        self.fd = fd
-        self.receiver = receiver
-        self._done = trio.Event()
-        self._outcome: bool | BaseException = False
-
-    async def until_large(self) -> bool:
-        """Read in the poller's turns until a large message begins (True) or the link
-        ends (False); raises what a read raised."""
-        self._done = trio.Event()
-        self.poller.add_link(self.fd, self.on_readable)
-        try:
-            await self._done.wait()
-        finally:
-            self.poller.remove_link(self.fd)  # before the socket closes, also when cancelled
-        outcome = self._outcome
-        if isinstance(outcome, BaseException):
-            self._outcome = False
-            raise outcome
-        return outcome
-
-    def on_readable(self) -> None:
-        try:
-            more = self.receiver.read_now()
-        except Exception as e:  # noqa: BLE001 - the link's task raises it (a bug as from run())
-            self._stop(e)
-            return
-        if not more:
-            self._stop(more is False)
-
-    def _stop(self, outcome: bool | BaseException) -> None:
-        self.poller.remove_link(self.fd)  # no read in a later turn before the task wakes
-        self._outcome = outcome
-        self._done.set()
 
 
 class LeaseWatch:

@@ -174,30 +174,9 @@ class FrameReceiver:
             self._buf += self._view[:size]
         return _split_frames(self._buf)
 
-    def read_now(self) -> bool | None:
-        """One read for an owner that polls the socket itself (the router's client
-        poller, server/links.py): what the socket holds, its ordinary frames handed
-        on at once as run() would. True: only ordinary frames so far, poll on; False:
-        a large message begins, whose pieces run(until_plain=True) reads (they wait
-        for the socket within the message); None: the end of the stream. Raises as
-        run() does. Only with views, and not while run() reads."""
-        assert self.views and self._incoming is None, "a polled read without views or inside a large message"
-        try:
-            size = self.sock.recv_into(self._chunk)
-        except (BlockingIOError, InterruptedError):
-            return True
-        if not size:
-            return None
-        buf = self._buf
-        buf += self._view[:size]
-        self._handle_views(buf)
-        return not (buf and buf[0] & 0x80)
-
-    async def run(self, until_plain: bool = False) -> bool:
-        """Return False at the end of the stream; raise OSError on a socket error and
-        ValueError on a malformed frame (the caller closes the link). With until_plain
-        (after read_now met a large message), return True as soon as no large message
-        is in progress or next in the buffer: the owner polls the socket again."""
+    async def run(self) -> None:
+        """Return at the end of the stream; raise OSError on a socket error and
+        ValueError on a malformed frame (the caller closes the link)."""
         sock = self.sock
         wait = self._wait
         chunk = self._chunk
@@ -245,8 +224,6 @@ class FrameReceiver:
             if items:
                 self.handle(items)
                 continue
-            if until_plain and self._incoming is None and not (buf and buf[0] & 0x80):
-                return True
             await wait(sock)
             # Inside a large message, a header alone first: most likely a piece's,
             # whose bytes are then read straight into the value, not through buf.
@@ -258,7 +235,7 @@ class FrameReceiver:
             if not size:
                 if self._incoming is not None:
                     raise ValueError("link closed before the end of a large message")
-                return False
+                return
             buf += view[:size]
 
     def _handle_views(self, buf: bytearray) -> None:

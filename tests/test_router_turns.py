@@ -44,7 +44,7 @@ def count_writes(monkeypatch) -> list[int]:
 
 
 async def test_one_frame_per_shard_and_one_send_per_client_per_turn(tmp_path, monkeypatch):
-    router, shards, peers, clients = open_router(str(tmp_path), 2, 10)
+    router, shards, pumps, peers, clients = open_router(str(tmp_path), 2, 10)
     writes = count_writes(monkeypatch)
     keys = keys_on_each_shard(router, 40)
     for turn in range(2):
@@ -59,7 +59,8 @@ async def test_one_frame_per_shard_and_one_send_per_client_per_turn(tmp_path, mo
         assert [link.frames_sent - before for link, before in zip(router.links, frames_before)] == [1, 1]
         assert sum(shard.answer() for shard in shards) == 10
         writes.clear()
-        router.poller.turn()  # both links' reads
+        for pump in pumps:
+            assert pump.pump()
         assert sorted(writes) == sorted(client.id for client in clients)
         for peer in peers:
             assert peer.recv(4096) == VALUE_REPLY
@@ -71,18 +72,19 @@ async def test_one_frame_per_shard_and_one_send_per_client_per_turn(tmp_path, mo
     router.end_turn()
     assert sum(shard.answer() for shard in shards) == 10
     writes.clear()
-    router.poller.turn()
+    for pump in pumps:
+        pump.pump()
     assert writes == [clients[0].id]
     assert peers[0].recv(65536) == VALUE_REPLY * 10
 
 
 async def test_a_pipeline_over_both_shards_is_one_send(tmp_path, monkeypatch):
     """A client's replies from two shards' frames go out in one send: the first link's
-    read leaves the client, whose later replies wait for the other shard, to the end
-    of the poller's turn; the second's, in the same turn, completes it and writes
-    everything. (Before: one send per link frame, 1.5 per pipeline at P16.) The turn's
-    end still writes what is in when the rest is not."""
-    router, shards, peers, clients = open_router(str(tmp_path), 2, 3)
+    receive leaves the client, whose later replies wait for the other shard, to the
+    flusher; the second's completes it and writes everything. (Before: one send per
+    link frame, 1.5 per pipeline at P16.) The flusher still writes what is in when the
+    rest is not."""
+    router, shards, pumps, peers, clients = open_router(str(tmp_path), 2, 3)
     writes = count_writes(monkeypatch)
     keys = keys_on_each_shard(router, 48)  # alternating shard 0, shard 1
     router.poller.in_turn = True
@@ -92,14 +94,16 @@ async def test_a_pipeline_over_both_shards_is_one_send(tmp_path, monkeypatch):
     router.poller.in_turn = False
     router.end_turn()
     assert sum(shard.answer() for shard in shards) == 48
-    router.poller.turn()
+    for pump in pumps:
+        assert pump.pump()
+    router.flush_ready_clients()  # the flusher: nothing left for it
     assert sorted(writes) == sorted(client.id for client in clients)
     for peer in peers:
         got = b""
         while len(got) < len(VALUE_REPLY) * 16:
             got += peer.recv(65536)
         assert got == VALUE_REPLY * 16
-    # Only shard 0 answers: its replies before the first of shard 1 go out, at the turn's end.
+    # Only shard 0 answers: its replies before the first of shard 1 go out, from the flusher.
     writes.clear()
     peers[0].send(get(keys[0]) + get(keys[1]))
     router.poller.in_turn = True
@@ -107,11 +111,13 @@ async def test_a_pipeline_over_both_shards_is_one_send(tmp_path, monkeypatch):
     router.poller.in_turn = False
     router.end_turn()
     assert shards[0].answer() == 1
-    router.poller.turn()
+    assert pumps[0].pump()
+    assert writes == []
+    router.flush_ready_clients()
     assert writes == [clients[0].id]
     assert peers[0].recv(65536) == VALUE_REPLY
     assert shards[1].answer() == 1
-    router.poller.turn()
+    assert pumps[1].pump()
     assert writes == [clients[0].id] * 2
     assert peers[0].recv(65536) == VALUE_REPLY
 
