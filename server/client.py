@@ -365,12 +365,12 @@ class Client:
         routed = 0
         last = None
         while routed < limit and backlog:
-            argv = backlog[0]
+            argv = backlog.popleft()
             cmd = by_name.get(argv[0])
             if cmd is None or not cmd.routes_plain or len(argv) != cmd.arity and (
                     cmd.arity >= 0 or len(argv) < -cmd.arity):
+                backlog.appendleft(argv)  # for dispatch
                 break
-            backlog.popleft()
             key = argv[1]
             # key_slot inlined (per command) for a key without a hash tag's `{`
             link = links[owner[key_slot(key) if b"{" in key else crc_hqx(key, 0) & 16383]]
