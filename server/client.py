@@ -1095,6 +1095,7 @@ class ClientPoller:
         epoll = self._epoll
         clients = self._clients
         readable = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR
+        writable = select.EPOLLOUT
         while True:
             await trio.lowlevel.wait_readable(epoll.fileno())
             self.in_turn = True
@@ -1104,7 +1105,7 @@ class ClientPoller:
                     if client is None:
                         continue
                     try:
-                        if events & select.EPOLLOUT:
+                        if events & writable:
                             client.on_writable()
                         if events & readable and not client.closed:
                             client.on_readable()
