@@ -847,7 +847,8 @@ class Client:
         self._update_interest()
 
     def write(self, chunks: list[bytes], size: int) -> None:
-        """Send complete replies, queueing what the kernel does not take."""
+        """Send complete replies, queueing what the kernel does not take. (flush has a
+        copy of its common case, in line.)"""
         if self.closed:
             return
         written = len(chunks)
@@ -1015,7 +1016,8 @@ class Client:
 
     def _update_interest(self) -> None:
         """Pause reading under backpressure, ask for writability while output is
-        queued, and finish a QUIT or protocol error once everything is written."""
+        queued, and finish a QUIT or protocol error once everything is written.
+        (flush has a copy of its common case, in line.)"""
         if self.closed:
             return
         backlog = self.backlog
