@@ -8,19 +8,22 @@ import logging
 import select
 import socket
 import time
+from binascii import crc_hqx
 from collections import deque
 from typing import TYPE_CHECKING, Callable
 
 import trio
 
-from durakv.server.links import LOST, SCRIPT_EVAL, SCRIPT_FUNCTION, Pending, Propagating
+from durakv.server.links import LOST, SCRIPT_EVAL, SCRIPT_FUNCTION, Pending, Propagating, ShardLink
 from durakv.server.pause import note_script
 from durakv.server.script_retry import ScriptRetry, holds, queue_evalsha, start_across_shards
 from durakv.server.script_cache import FUNCTION_CHANGE_COMMANDS, router_flush, router_function_change
 from durakv.shards.t_script import flush_option_ok
 from durakv.shards.evict import OOM_MESSAGE
 from durakv.shards.frames import LARGE_BYTES, VERB_AS_USER, VERB_LITERAL, VERB_ROUTER_IN_MULTI
-from durakv.shards.resp import ProtocolError, RequestParser, ReplyError, encode, encode_error
+from durakv.shards.resp import (
+    SMALL_PARSE_MAX_BYTES, ProtocolError, ReplyError, RequestParser, _parse_small, encode, encode_error,
+)
 from durakv.shards.table import BY_NAME, CURSOR, FANOUT, ROUTER, SHARD, SPLIT_NONE, Command, find, lookup
 from durakv.shards.slots import key_slot
 from durakv.shards.t_sort import reads_pattern_keys
@@ -33,6 +36,8 @@ if TYPE_CHECKING:
     from durakv.server.tls import TlsSocket
 
 logger = logging.getLogger("durakv.router")
+# A Pending made without its __init__ call, in _dispatch_plain: one Python frame fewer per command.
+new_object = object.__new__
 
 # What one read takes from a client, as Redis' PROTO_IOBUF_LEN: the requests in it
 # are parsed in the turn that reads them, which every other client waits for (a
@@ -184,15 +189,31 @@ class Client:
         if not data:
             self.kill()  # EOF: like Redis, replies still queued are dropped
             return
-        self.router.stats_net_input_bytes += len(data)
+        size = len(data)
+        self.router.stats_net_input_bytes += size
         parser = self.parser
-        big_args = parser.big_args
-        parser.feed(data)
-        if parser.big_args != big_args:
-            self.router.large_requests += 1  # RECV_BYTES <= frames.LARGE_BYTES: no large argument comes otherwise
+        requests: list[list[bytes]] | None = None
+        if parser.fill is None and not (parser._skip or parser._need) and parser._pos >= len(parser._buf):
+            # RequestParser.feed's common case inlined (per read): nothing was left buffered
+            parser._buf = data
+            parser._pos = 0
+            if parser._args is None and parser.authed and data[0] == 42 and size <= SMALL_PARSE_MAX_BYTES \
+                    and size <= parser.max_bulk_bytes:
+                # RequestParser.requests' commonest case inlined (per read): short whole requests
+                requests = _parse_small(data)
+                if requests is not None:
+                    parser.stopped_at_auth = False
+                    parser._pos = size
+                    parser.fast_requests += len(requests)
+        else:
+            big_args = parser.big_args
+            parser.feed(data)
+            if parser.big_args != big_args:
+                self.router.large_requests += 1  # RECV_BYTES <= frames.LARGE_BYTES: no large argument comes otherwise
         ran_auth = False
         try:
-            requests = parser.requests()
+            if requests is None:
+                requests = parser.requests()
             while parser.stopped_at_auth and not self.closing and not self.closed:
                 # Unauthenticated: the parser stopped after an AUTH or HELLO; run it (and what
                 # came before it) so that what follows is parsed with the limits it leaves.
@@ -209,7 +230,10 @@ class Client:
             self.closing = True
             self.flush()
             return
-        if parser.buffered_bytes() > self.query_limit:
+        # RequestParser.buffered_bytes inlined (per read)
+        fill = parser.fill
+        if len(parser._buf) - parser._pos + parser._chunks_bytes + (fill.have if fill is not None else 0) \
+                > self.query_limit:
             logger.warning("router: client %s closed: query buffer over %d bytes", self.addr, self.query_limit)
             self.kill()
             return
@@ -335,17 +359,37 @@ class Client:
         owner = router.slot_owner
         links = router.links
         proto = self.proto
+        cid = self.id
+        in_turn = router.poller.in_turn  # routing changes no state of the turn
         by_name = BY_NAME
         routed = 0
         last = None
         while routed < limit and backlog:
-            argv = backlog[0]
+            argv = backlog.popleft()
             cmd = by_name.get(argv[0])
             if cmd is None or not cmd.routes_plain or len(argv) != cmd.arity and (
                     cmd.arity >= 0 or len(argv) < -cmd.arity):
+                backlog.appendleft(argv)  # for dispatch
                 break
-            backlog.popleft()
-            replies.append(links[owner[key_slot(argv[1])]].submit(self, proto, argv))
+            key = argv[1]
+            # key_slot inlined (per command) for a key without a hash tag's `{`
+            link = links[owner[key_slot(key) if b"{" in key else crc_hqx(key, 0) & 16383]]
+            if type(link) is not ShardLink or not link.up:  # a node's LocalLink, or a link down
+                replies.append(link.submit(self, proto, argv))
+            else:
+                # ShardLink.submit (of an unscripted request) and Pending(self) inlined (per command)
+                pending = new_object(Pending)
+                pending.data = None
+                pending.client = self
+                pending.on_fill = None
+                rid = link._next_rid
+                link._next_rid = rid + 1
+                link._pending[rid] = pending
+                queued = link._outbox.items
+                queued.append((rid, cid, proto, argv))
+                if not in_turn and len(queued) == 1:
+                    link._outbox.wake()  # in the poller's turn, Router.end_turn sends it (send_now)
+                replies.append(pending)
             routed += 1
             last = cmd
         if last is not None:
@@ -721,7 +765,27 @@ class Client:
                 size += len(head)
                 replies.popleft()
             if chunks:
-                self.write(chunks, size)
+                written = len(chunks)
+                cap = self.in_flight_cap
+                if size < JOIN_BELOW_BYTES and size // written == self.reply_bytes \
+                        and (written << 1 <= cap or cap >= MAX_REPLIES_IN_FLIGHT) \
+                        and not (self.backlog or self.outbuf or self.ahead_reply_min_bytes):
+                    # write's common case inlined (per flush): small replies of the size the last
+                    # write proved, in a window that does not grow, nothing queued or waiting
+                    data = chunks[0] if written == 1 else b"".join(chunks)
+                    try:
+                        sent = self.sock.send(data)
+                    except BlockingIOError:
+                        sent = 0
+                    except OSError:
+                        sent = -1
+                        self.kill()
+                    if sent >= 0:
+                        self.router.stats_net_output_bytes += sent
+                        if sent != size:
+                            self._queue_unsent(chunks, [data], size, sent)
+                else:
+                    self.write(chunks, size)
             blocked = self.blocked_pending
             if blocked is not None and blocked.data is not None:
                 self.blocked_pending = None
@@ -730,7 +794,13 @@ class Client:
                     and not self.paused and (self.script_out is None or self.script_out.data is not None)):
                 break
             self.run_backlog()
-        self._update_interest()
+        if self.closed or self.backlog or self.outbuf or self.closing or self.soft_limit_since:
+            self._update_interest()
+            return
+        # _update_interest's common case inlined (per flush): read, nothing to write, as it already was
+        poller = self.router.poller
+        if poller._interest.get(self.fd) != select.EPOLLIN:
+            poller.set_interest(self, True, False)
 
     def silence_current(self) -> None:
         """Drop the reply of the command running now (CLIENT REPLY OFF|SKIP)."""
@@ -777,7 +847,8 @@ class Client:
         self._update_interest()
 
     def write(self, chunks: list[bytes], size: int) -> None:
-        """Send complete replies, queueing what the kernel does not take."""
+        """Send complete replies, queueing what the kernel does not take. (flush has a
+        copy of its common case, in line.)"""
         if self.closed:
             return
         written = len(chunks)
@@ -815,8 +886,12 @@ class Client:
             self.kill()
             return
         self.router.stats_net_output_bytes += sent
-        if sent == size:
-            return
+        if sent != size:
+            self._queue_unsent(replies, chunks, size, sent)
+
+    def _queue_unsent(self, replies: list[bytes], chunks: list[bytes], size: int, sent: int) -> None:
+        """The socket took `sent` of a write's `size` bytes: queue the rest of `chunks`
+        (the `replies`, maybe joined) for on_writable."""
         self.ahead_reply_min_bytes = min(map(len, replies))  # each reply's size, not the joined buffer's
         self.outbuf.extend(chunks)
         self.outbuf_bytes += size
@@ -941,7 +1016,8 @@ class Client:
 
     def _update_interest(self) -> None:
         """Pause reading under backpressure, ask for writability while output is
-        queued, and finish a QUIT or protocol error once everything is written."""
+        queued, and finish a QUIT or protocol error once everything is written.
+        (flush has a copy of its common case, in line.)"""
         if self.closed:
             return
         backlog = self.backlog
@@ -1021,6 +1097,7 @@ class ClientPoller:
         epoll = self._epoll
         clients = self._clients
         readable = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR
+        writable = select.EPOLLOUT
         while True:
             await trio.lowlevel.wait_readable(epoll.fileno())
             self.in_turn = True
@@ -1030,7 +1107,7 @@ class ClientPoller:
                     if client is None:
                         continue
                     try:
-                        if events & select.EPOLLOUT:
+                        if events & writable:
                             client.on_writable()
                         if events & readable and not client.closed:
                             client.on_readable()

@@ -225,7 +225,11 @@ class Front(ABC):
             replies = client.replies
             if len(replies) > 1:  # one reply (P1): nothing to wait for
                 for reply in replies:
-                    if type(reply) is not bytes and getattr(reply, "data", None) is None:  # not in (or SILENCED)
+                    kind = type(reply)
+                    if kind is Pending:  # the commonest kind, without a getattr call (per command)
+                        if reply.data is None:
+                            break
+                    elif kind is not bytes and getattr(reply, "data", None) is None:  # not in (or SILENCED)
                         break
                 else:
                     reply = None

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from router_bench import open_router  # scripts/, on sys.path through conftest.py
 
-from durakv.server import client as client_module
 from durakv.server.client import SCRIPT_COMMANDS
 from durakv.shards.slots import key_slot
 from durakv.shards.table import SHARD, TABLE
@@ -30,22 +29,38 @@ def get(key: bytes) -> bytes:
     return b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key), key)
 
 
-def count_writes(monkeypatch) -> list[int]:
-    """The ids of the clients Client.write is called for, in order (a send each)."""
+class CountingSocket:
+    """A client's socket whose sends (send, sendmsg) are counted by client id, in order:
+    Client.flush writes its common case without calling Client.write."""
+
+    def __init__(self, sock, client_id: int, sends: list[int]) -> None:
+        self._sock = sock
+        self._client_id = client_id
+        self._sends = sends
+
+    def send(self, data) -> int:
+        self._sends.append(self._client_id)
+        return self._sock.send(data)
+
+    def sendmsg(self, buffers) -> int:
+        self._sends.append(self._client_id)
+        return self._sock.sendmsg(buffers)
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)
+
+
+def count_writes(clients) -> list[int]:
+    """The ids of the clients whose sockets are sent to, in order."""
     writes: list[int] = []
-    write = client_module.Client.write
-
-    def counting_write(self, chunks, size):
-        writes.append(self.id)
-        return write(self, chunks, size)
-
-    monkeypatch.setattr(client_module.Client, "write", counting_write)
+    for client in clients:
+        client.sock = CountingSocket(client.sock, client.id, writes)
     return writes
 
 
-async def test_one_frame_per_shard_and_one_send_per_client_per_turn(tmp_path, monkeypatch):
+async def test_one_frame_per_shard_and_one_send_per_client_per_turn(tmp_path):
     router, shards, pumps, peers, clients = open_router(str(tmp_path), 2, 10)
-    writes = count_writes(monkeypatch)
+    writes = count_writes(clients)
     keys = keys_on_each_shard(router, 40)
     for turn in range(2):
         for n, peer in enumerate(peers):  # P1: one GET per client, both shards in every turn
@@ -78,14 +93,14 @@ async def test_one_frame_per_shard_and_one_send_per_client_per_turn(tmp_path, mo
     assert peers[0].recv(65536) == VALUE_REPLY * 10
 
 
-async def test_a_pipeline_over_both_shards_is_one_send(tmp_path, monkeypatch):
+async def test_a_pipeline_over_both_shards_is_one_send(tmp_path):
     """A client's replies from two shards' frames go out in one send: the first link's
     receive leaves the client, whose later replies wait for the other shard, to the
     flusher; the second's completes it and writes everything. (Before: one send per
     link frame, 1.5 per pipeline at P16.) The flusher still writes what is in when the
     rest is not."""
     router, shards, pumps, peers, clients = open_router(str(tmp_path), 2, 3)
-    writes = count_writes(monkeypatch)
+    writes = count_writes(clients)
     keys = keys_on_each_shard(router, 48)  # alternating shard 0, shard 1
     router.poller.in_turn = True
     for n, peer in enumerate(peers):
