@@ -204,9 +204,7 @@ async def run(opts: argparse.Namespace, data_dir: str) -> None:
             callgrind(opts, "--dump=" + name)
     frames = sum(link.frames_sent for link in router.links)
     sent = sum(link.requests_sent for link in router.links)
-    print(f"{'workload':<9} {'router µs/cmd':>14}   every round")
-    for name, rounds in results.items():
-        print(f"{name.upper():<9} {min(rounds):>14.2f}   " + " ".join(f"{r:.2f}" for r in rounds))
+    print_rounds(results)
     print("phases, µs/cmd (all rounds): " + ", ".join(PHASES[:-1]))
     for name, phases_s in phases.items():
         print(f"{name.upper():<9} " + " ".join(f"{phases_s[p] * 1e6 / phases_s['commands']:>8.2f}"
@@ -214,8 +212,9 @@ async def run(opts: argparse.Namespace, data_dir: str) -> None:
     print(f"requests per shard frame (all workloads): {sent / max(frames, 1):.1f}")
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def options(description: str) -> argparse.Namespace:
+    """The options of this script and of scripts/router_loop_bench.py."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--clients", type=int, default=50)
     p.add_argument("--requests", type=int, default=50_000, help="per P1 run; pipelined runs 10x as many")
     p.add_argument("--rounds", type=int, default=5)
@@ -227,6 +226,17 @@ def main() -> int:
     if not (1 <= opts.clients <= 1000 and 100 <= opts.requests <= 10_000_000 and 1 <= opts.rounds <= 100
             and 1 <= opts.keys <= 1_000_000 and 1 <= opts.shards <= 64):
         p.error("an argument is out of range")
+    return opts
+
+
+def print_rounds(results: dict[str, list[float]]) -> None:
+    print(f"{'workload':<9} {'router µs/cmd':>14}   every round")
+    for name, rounds in results.items():
+        print(f"{name.upper():<9} {min(rounds):>14.2f}   " + " ".join(f"{r:.2f}" for r in rounds))
+
+
+def main() -> int:
+    opts = options(__doc__.split("\n\n")[0])
     with tempfile.TemporaryDirectory(prefix="durakv-router-bench-") as data_dir:
         trio.run(run, opts, data_dir)
     return 0

@@ -38,6 +38,7 @@ import trio
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from node_bench import GET_REPLY_BYTES, SET_REPLY_BYTES, VALUE, request, socket_pairs  # noqa: E402
+from router_bench import options, print_rounds  # noqa: E402
 
 from durakv.server.client import Client  # noqa: E402
 from durakv.server.router import Router  # noqa: E402
@@ -166,25 +167,12 @@ async def run(opts: argparse.Namespace, data_dir: str) -> None:
         nursery.cancel_scope.cancel()
     frames = sum(link.frames_sent for link in router.links)
     sent = sum(link.requests_sent for link in router.links)
-    print(f"{'workload':<9} {'router µs/cmd':>14}   every round")
-    for name, rounds in results.items():
-        print(f"{name.upper():<9} {min(rounds):>14.2f}   " + " ".join(f"{r:.2f}" for r in rounds))
+    print_rounds(results)
     print(f"requests per shard frame (all workloads): {sent / max(frames, 1):.1f}")
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--clients", type=int, default=50)
-    p.add_argument("--requests", type=int, default=50_000, help="per P1 run; pipelined runs 10x as many")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--shards", type=int, default=2)
-    p.add_argument("--keys", type=int, default=20_000)
-    p.add_argument("--workloads", default="get1,get16,set1,set16")
-    p.add_argument("--callgrind", action="store_true", help="toggle callgrind's collection around the workloads")
-    opts = p.parse_args()
-    if not (1 <= opts.clients <= 1000 and 100 <= opts.requests <= 10_000_000 and 1 <= opts.rounds <= 100
-            and 1 <= opts.keys <= 1_000_000 and 1 <= opts.shards <= 64):
-        p.error("an argument is out of range")
+    opts = options(__doc__.split("\n\n")[0])
     with tempfile.TemporaryDirectory(prefix="durakv-router-loop-bench-") as data_dir:
         trio.run(run, opts, data_dir)
     return 0

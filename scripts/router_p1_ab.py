@@ -23,7 +23,6 @@ PYTHONPATH as set_p1_ab.py does. Two shards, one router per tree; redis-benchmar
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import statistics
 import subprocess
@@ -33,28 +32,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import CLIENTS, ProcessGroups, Server, children, cpu_seconds, start_redis, wait_ready  # noqa: E402
-from proctools import free_port  # noqa: E402
-from set_p1_ab import base_package  # noqa: E402
+from bench import CLIENTS, ProcessGroups, Server, children, cpu_seconds, start_redis  # noqa: E402
+from set_p1_ab import base_package, start_tree  # noqa: E402
 
 EVENTS = ("raw_syscalls:sys_enter", "context-switches")
 KEY_SPACE = 100_000
 BENCH_TIMEOUT_S = 1800.0
-
-
-def start_tree(groups: ProcessGroups, name: str, tmp: Path, pythonpath: Path | None) -> Server:
-    port = free_port()
-    argv = [sys.executable, "-m", "durakv.server.cli", "serve", "--port", str(port), "--shards", "2",
-            "--data-dir", str(tmp / f"{name}-data")]
-    env = dict(os.environ)
-    if pythonpath is not None:
-        env["PYTHONPATH"] = str(pythonpath)
-    log_path = tmp / f"{name}.log"
-    with open(log_path, "wb") as log:
-        proc = groups.start(argv, cwd=tmp, stdout=log, stderr=subprocess.STDOUT, env=env)
-    server = Server(name, argv, name, port, proc, log_path, ("get", "set"))
-    wait_ready(server, (b"CLUSTER", b"INFO"), b"cluster_state:ok")
-    return server
 
 
 def router_pid(server: Server) -> int:
@@ -131,8 +114,8 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="durakv-router-ab-") as tmp_name:
             tmp = Path(tmp_name)
-            servers = [start_tree(groups, "durakv-this", tmp, None),
-                       start_tree(groups, "durakv-base", tmp, base_package(opts.base.resolve(), tmp)),
+            servers = [start_tree(groups, "durakv-this", tmp, 2, None, "router"),
+                       start_tree(groups, "durakv-base", tmp, 2, base_package(opts.base.resolve(), tmp), "router"),
                        start_redis(groups, tmp, "redis-aof", ["--appendonly", "yes", "--appendfsync", "always"],
                                    ("get", "set"))]
             for server in servers:  # every key GET asks for exists
