@@ -8,22 +8,19 @@ import logging
 import select
 import socket
 import time
-from binascii import crc_hqx
 from collections import deque
 from typing import TYPE_CHECKING, Callable
 
 import trio
 
-from durakv.server.links import LOST, SCRIPT_EVAL, SCRIPT_FUNCTION, Pending, Propagating, ShardLink
+from durakv.server.links import LOST, SCRIPT_EVAL, SCRIPT_FUNCTION, Pending, Propagating
 from durakv.server.pause import note_script
 from durakv.server.script_retry import ScriptRetry, holds, queue_evalsha, start_across_shards
 from durakv.server.script_cache import FUNCTION_CHANGE_COMMANDS, router_flush, router_function_change
 from durakv.shards.t_script import flush_option_ok
 from durakv.shards.evict import OOM_MESSAGE
 from durakv.shards.frames import LARGE_BYTES, VERB_AS_USER, VERB_LITERAL, VERB_ROUTER_IN_MULTI
-from durakv.shards.resp import (
-    SMALL_PARSE_MAX_BYTES, ProtocolError, ReplyError, RequestParser, _parse_small, encode, encode_error,
-)
+from durakv.shards.resp import ProtocolError, ReplyError, RequestParser, encode, encode_error
 from durakv.shards.table import BY_NAME, CURSOR, FANOUT, ROUTER, SHARD, SPLIT_NONE, Command, find, lookup
 from durakv.shards.slots import key_slot
 from durakv.shards.t_sort import reads_pattern_keys
@@ -36,8 +33,6 @@ if TYPE_CHECKING:
     from durakv.server.tls import TlsSocket
 
 logger = logging.getLogger("durakv.router")
-# A Pending made without its __init__ call, in _dispatch_plain: one Python frame fewer per command.
-new_object = object.__new__
 
 # What one read takes from a client, as Redis' PROTO_IOBUF_LEN: the requests in it
 # are parsed in the turn that reads them, which every other client waits for (a
@@ -146,9 +141,6 @@ class Client:
         self.outbuf_bytes = 0
         self.soft_limit_since = 0.0  # when output first went over the soft limit (0: it is not)
         self.reply_bytes = UNKNOWN_REPLY_BYTES  # mean size of its last write's replies: caps replies in flight
-        # Replies in flight can_dispatch allows, unbacked.
-        self.in_flight_cap = HARD_LIMIT_START_REPLIES_IN_FLIGHT if router.output_hard_bytes \
-            else START_REPLIES_IN_FLIGHT
         # The smallest reply of its last write that left requests waiting or output queued
         # (0 once a write leaves neither): what _asked_past_hard_limit counts each at.
         self.ahead_reply_min_bytes = 0
@@ -166,6 +158,7 @@ class Client:
         self.blocked_shard = -1
         self.backlog: deque[list[bytes]] = deque()
         self.pubsub: Subscriptions | None = None  # server/pubsub.py; None while subscribed to nothing
+        self.in_flight_cap = self._least_window()  # replies in flight can_dispatch allows, unbacked
         self.paused = False  # CLIENT PAUSE holds its next command (server/pause.py)
         self.reply_off = False  # CLIENT REPLY OFF
         self.reply_skip = False  # CLIENT REPLY SKIP: the next command's reply is dropped
@@ -192,20 +185,8 @@ class Client:
         size = len(data)
         self.router.stats_net_input_bytes += size
         parser = self.parser
-        requests: list[list[bytes]] | None = None
-        if parser.fill is None and not (parser._skip or parser._need) and parser._pos >= len(parser._buf):
-            # RequestParser.feed's common case inlined (per read): nothing was left buffered
-            parser._buf = data
-            parser._pos = 0
-            if parser._args is None and parser.authed and data[0] == 42 and size <= SMALL_PARSE_MAX_BYTES \
-                    and size <= parser.max_bulk_bytes:
-                # RequestParser.requests' commonest case inlined (per read): short whole requests
-                requests = _parse_small(data)
-                if requests is not None:
-                    parser.stopped_at_auth = False
-                    parser._pos = size
-                    parser.fast_requests += len(requests)
-        else:
+        requests = parser.whole_small_read(data)  # the commonest read, in one call
+        if requests is None:
             big_args = parser.big_args
             parser.feed(data)
             if parser.big_args != big_args:
@@ -230,10 +211,7 @@ class Client:
             self.closing = True
             self.flush()
             return
-        # RequestParser.buffered_bytes inlined (per read)
-        fill = parser.fill
-        if len(parser._buf) - parser._pos + parser._chunks_bytes + (fill.have if fill is not None else 0) \
-                > self.query_limit:
+        if parser.buffered_bytes() > self.query_limit:
             logger.warning("router: client %s closed: query buffer over %d bytes", self.addr, self.query_limit)
             self.kill()
             return
@@ -359,8 +337,6 @@ class Client:
         owner = router.slot_owner
         links = router.links
         proto = self.proto
-        cid = self.id
-        in_turn = router.poller.in_turn  # routing changes no state of the turn
         by_name = BY_NAME
         routed = 0
         last = None
@@ -371,25 +347,7 @@ class Client:
                     cmd.arity >= 0 or len(argv) < -cmd.arity):
                 backlog.appendleft(argv)  # for dispatch
                 break
-            key = argv[1]
-            # key_slot inlined (per command) for a key without a hash tag's `{`
-            link = links[owner[key_slot(key) if b"{" in key else crc_hqx(key, 0) & 16383]]
-            if type(link) is not ShardLink or not link.up:  # a node's LocalLink, or a link down
-                replies.append(link.submit(self, proto, argv))
-            else:
-                # ShardLink.submit (of an unscripted request) and Pending(self) inlined (per command)
-                pending = new_object(Pending)
-                pending.data = None
-                pending.client = self
-                pending.on_fill = None
-                rid = link._next_rid
-                link._next_rid = rid + 1
-                link._pending[rid] = pending
-                queued = link._outbox.items
-                queued.append((rid, cid, proto, argv))
-                if not in_turn and len(queued) == 1:
-                    link._outbox.wake()  # in the poller's turn, Router.end_turn sends it (send_now)
-                replies.append(pending)
+            replies.append(links[owner[key_slot(argv[1])]].submit(self, proto, argv))
             routed += 1
             last = cmd
         if last is not None:
@@ -765,27 +723,7 @@ class Client:
                 size += len(head)
                 replies.popleft()
             if chunks:
-                written = len(chunks)
-                cap = self.in_flight_cap
-                if size < JOIN_BELOW_BYTES and size // written == self.reply_bytes \
-                        and (written << 1 <= cap or cap >= MAX_REPLIES_IN_FLIGHT) \
-                        and not (self.backlog or self.outbuf or self.ahead_reply_min_bytes):
-                    # write's common case inlined (per flush): small replies of the size the last
-                    # write proved, in a window that does not grow, nothing queued or waiting
-                    data = chunks[0] if written == 1 else b"".join(chunks)
-                    try:
-                        sent = self.sock.send(data)
-                    except BlockingIOError:
-                        sent = 0
-                    except OSError:
-                        sent = -1
-                        self.kill()
-                    if sent >= 0:
-                        self.router.stats_net_output_bytes += sent
-                        if sent != size:
-                            self._queue_unsent(chunks, [data], size, sent)
-                else:
-                    self.write(chunks, size)
+                self.write(chunks, size)
             blocked = self.blocked_pending
             if blocked is not None and blocked.data is not None:
                 self.blocked_pending = None
@@ -794,13 +732,7 @@ class Client:
                     and not self.paused and (self.script_out is None or self.script_out.data is not None)):
                 break
             self.run_backlog()
-        if self.closed or self.backlog or self.outbuf or self.closing or self.soft_limit_since:
-            self._update_interest()
-            return
-        # _update_interest's common case inlined (per flush): read, nothing to write, as it already was
-        poller = self.router.poller
-        if poller._interest.get(self.fd) != select.EPOLLIN:
-            poller.set_interest(self, True, False)
+        self._update_interest()
 
     def silence_current(self) -> None:
         """Drop the reply of the command running now (CLIENT REPLY OFF|SKIP)."""
@@ -847,8 +779,7 @@ class Client:
         self._update_interest()
 
     def write(self, chunks: list[bytes], size: int) -> None:
-        """Send complete replies, queueing what the kernel does not take. (flush has a
-        copy of its common case, in line.)"""
+        """Send complete replies, queueing what the kernel does not take."""
         if self.closed:
             return
         written = len(chunks)
@@ -858,9 +789,7 @@ class Client:
         if reply_bytes != self.reply_bytes or (written << 1 > self.in_flight_cap
                                                and self.in_flight_cap < MAX_REPLIES_IN_FLIGHT):
             self.reply_bytes = reply_bytes
-            self.in_flight_cap = in_flight_cap(reply_bytes, written, HARD_LIMIT_START_REPLIES_IN_FLIGHT
-                                               if self.router.output_hard_bytes and self.pubsub is None
-                                               else START_REPLIES_IN_FLIGHT)
+            self.in_flight_cap = in_flight_cap(reply_bytes, written, self._least_window())
         if self.backlog or self.outbuf:
             self.ahead_reply_min_bytes = min(map(len, chunks))
             if self.backlog and self._asked_past_hard_limit(size):
@@ -886,12 +815,8 @@ class Client:
             self.kill()
             return
         self.router.stats_net_output_bytes += sent
-        if sent != size:
-            self._queue_unsent(replies, chunks, size, sent)
-
-    def _queue_unsent(self, replies: list[bytes], chunks: list[bytes], size: int, sent: int) -> None:
-        """The socket took `sent` of a write's `size` bytes: queue the rest of `chunks`
-        (the `replies`, maybe joined) for on_writable."""
+        if sent == size:
+            return
         self.ahead_reply_min_bytes = min(map(len, replies))  # each reply's size, not the joined buffer's
         self.outbuf.extend(chunks)
         self.outbuf_bytes += size
@@ -911,9 +836,17 @@ class Client:
         pipelines big GETs and never reads costs the router and its shard a window
         or two of replies, not the ~4 MB its socket buffers would have taken first
         (issue 13: the other clients' latency on the cores they share)."""
-        hard = self.router.output_hard_bytes
-        return (bool(hard) and self.pubsub is None and self.outbuf_bytes + size
-                + (len(self.backlog) + len(self.replies)) * self.ahead_reply_min_bytes >= hard)
+        return self._hard_limited() and self.outbuf_bytes + size + (
+            len(self.backlog) + len(self.replies)) * self.ahead_reply_min_bytes >= self.router.output_hard_bytes
+
+    def _hard_limited(self) -> bool:
+        """A normal client (not a subscriber, whose limit is the pubsub class's) under a hard
+        output limit: its window opens at one request and it is read ahead."""
+        return bool(self.router.output_hard_bytes) and self.pubsub is None
+
+    def _least_window(self) -> int:
+        """The window a client's replies in flight start from (in_flight_cap's `least`)."""
+        return HARD_LIMIT_START_REPLIES_IN_FLIGHT if self._hard_limited() else START_REPLIES_IN_FLIGHT
 
     def _close_over_limit(self) -> None:
         """Close a client over its output limit, with Redis' words in the log."""
@@ -1016,16 +949,12 @@ class Client:
 
     def _update_interest(self) -> None:
         """Pause reading under backpressure, ask for writability while output is
-        queued, and finish a QUIT or protocol error once everything is written.
-        (flush has a copy of its common case, in line.)"""
+        queued, and finish a QUIT or protocol error once everything is written."""
         if self.closed:
             return
         backlog = self.backlog
         if not (backlog or self.outbuf or self.closing or self.soft_limit_since):
-            # The common case: read, nothing to write, as it already was (no call per flush).
-            poller = self.router.poller
-            if poller._interest.get(self.fd) != select.EPOLLIN:
-                poller.set_interest(self, True, False)
+            self.router.poller.set_interest(self, True, False)  # the common case: read, nothing to write
             return
         if self.closing and not self.replies and not self.outbuf:
             self.kill()
@@ -1039,7 +968,7 @@ class Client:
             # if none can run now, so that what it asked counts against the hard limit
             # (check_output_limits) and a non-reader is closed soon, not served 2 replies at a time.
             reading = not self.closing and len(backlog) < BACKED_UP_BACKLOG_REQUESTS
-        elif self.router.output_hard_bytes and self.pubsub is None:
+        elif self._hard_limited():
             # Under a hard limit, read ahead as while backed up, also while its window is
             # full: as Redis runs what it reads at once, what it asked counts against the
             # limit (_asked_past_hard_limit), and a non-reader is closed at its first write.

@@ -143,8 +143,7 @@ class ShardLink:
     def submit(self, client, proto: int, argv: list[bytes], pending: Pending | None = None,
                script: int = SCRIPT_NONE) -> Pending:
         """Queue a request for this shard; returns the pending reply it will fill.
-        `script` (SCRIPT_EVAL, SCRIPT_FUNCTION) marks a script the router times.
-        (Client._dispatch_plain has a copy of its unscripted case, in line.)"""
+        `script` (SCRIPT_EVAL, SCRIPT_FUNCTION) marks a script the router times."""
         if pending is None:
             pending = Pending(client)
         if not self.up:

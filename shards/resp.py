@@ -331,9 +331,26 @@ class RequestParser:
         self.stopped_at_auth = False
 
     def buffered_bytes(self) -> int:
-        """Unparsed input held (Redis' query buffer length). (Copied in line in the
-        router's Client.on_readable, as is feed's and requests' commonest case.)"""
+        """Unparsed input held (Redis' query buffer length)."""
         return len(self._buf) - self._pos + self._chunks_bytes + (self.fill.have if self.fill is not None else 0)
+
+    def whole_small_read(self, data: bytes) -> list[list[bytes]] | None:
+        """feed(data) then requests(), in one call, for the commonest read: nothing was left
+        buffered and `data` is short whole canonical requests (_parse_small), which
+        requests() would take the same way after feed's checks. None, with nothing
+        consumed: any other read; feed and requests take it."""
+        if (self.fill is not None or self._skip or self._need or self._args is not None
+                or self._pos < len(self._buf) or not self.authed or data[:1] != b"*"
+                or len(data) > SMALL_PARSE_MAX_BYTES or len(data) > self.max_bulk_bytes):
+            return None
+        fast = _parse_small(data)
+        if fast is None:
+            return None
+        self._buf = data
+        self._pos = len(data)
+        self.stopped_at_auth = False
+        self.fast_requests += len(fast)
+        return fast
 
     def feed(self, data: bytes) -> None:
         if self.fill is not None or self._skip:
