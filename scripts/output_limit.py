@@ -9,7 +9,10 @@ client lasted and what it had sent, and the peak RSS of the server's processes.
 `--seconds S` keeps sending them for S seconds at least, so that the "during"
 figures rest on enough samples (each slow client lasts only tens of ms);
 `--rate R` starts at most R of them a second (an offered load that does not grow
-as the server closes them faster). The CPU milliseconds per slow client are
+as the server closes them faster). `--alternate K` splits the slow clients' time
+into K phases, each after an idle phase as long, and compares the GETs of the idle
+phases with those of the slow clients' (the same background for both: a single 2 s
+idle sample's p99 moved 0.55-1.9 ms between runs on the shared 2-core machine). The CPU milliseconds per slow client are
 printed too, of each server process, of the process that sends the slow clients
 and of the measuring thread, and the GETs the server ran per slow client (measures
 the machine's load moves less than latency); `--alone` runs the slow clients
@@ -39,7 +42,8 @@ import time
 
 import redis
 from proctools import free_port, stop_group
-from slow_client import BIG_KEY, SAME_SHARD_KEY, VALUE_BYTES, measure, rss_mb, start_server, summary, tree_pids
+from slow_client import (BIG_KEY, SAME_SHARD_KEY, VALUE_BYTES, measure, measure_stamped, rss_mb, start_server,
+                         summary, tree_pids)
 
 GETS_PER_CLIENT = 1_000_000
 REQUESTS_PER_SEND = 1000
@@ -120,7 +124,7 @@ def role(pid: int) -> str:
 
 
 def run(port: int, pids_of, slow_clients: int, limit: str, seconds: float = 0.0, rate: float = 0.0,
-        alone: bool = False) -> None:
+        alone: bool = False, alternate: int = 0) -> None:
     setup = redis.Redis(port=port, socket_timeout=30)
     setup.config_set("client-output-buffer-limit", limit)
     setup.set(BIG_KEY, b"x" * VALUE_BYTES)
@@ -146,12 +150,12 @@ def run(port: int, pids_of, slow_clients: int, limit: str, seconds: float = 0.0,
     print(f"idle GET:   {summary(idle)}")
     print(f"RSS before (MB): {rss_mb(pids)}")
     stop = threading.Event()
-    during: list[float] = []
+    samples: list[tuple[float, float]] = []  # (start, latency) of the other client's GETs
     measuring_tid: list[int] = []
 
     def measure_during() -> None:
         measuring_tid.append(threading.get_native_id())
-        during.extend(measure(port, SAME_SHARD_KEY, 0.0 if alone else 3600.0, stop))
+        samples.extend(measure_stamped(port, SAME_SHARD_KEY, 0.0 if alone else 3600.0, stop))
         stop.wait()  # alive to the end, alone too: its CPU is read then
 
     other = threading.Thread(target=measure_during)
@@ -167,13 +171,33 @@ def run(port: int, pids_of, slow_clients: int, limit: str, seconds: float = 0.0,
     def cpu_now() -> dict[int, float]:
         return cpu_seconds(pids) | cpu_seconds([sender]) | cpu_seconds([measuring_tid[0]], os.getpid())
 
-    harness_before = cpu_seconds([os.getpid()])[os.getpid()]
-    cpu_before = cpu_now()
-    started = time.monotonic()
-    results = pool.apply(slow_clients_in_turn, (port, slow_clients, seconds, rate))
-    window_s = time.monotonic() - started
-    cpu_after = cpu_now()
-    harness_s = cpu_seconds([os.getpid()])[os.getpid()] - harness_before
+    # Idle and during alternate (`alternate` rounds; none: one during phase after the idle
+    # one): both then see the same background, which on a shared 2-core machine moves a
+    # p99 of a 2 s sample by 2-5x between runs.
+    rounds = max(alternate, 1)
+    phase_s = seconds / rounds if alternate else seconds
+    idle_windows: list[tuple[float, float]] = []
+    during_windows: list[tuple[float, float]] = []
+    results: list[tuple[float, int, str]] = []
+    cpu_spent: dict[int, float] = {}
+    harness_s = window_s = 0.0
+    for _ in range(rounds):
+        if alternate:
+            begin = time.perf_counter()
+            time.sleep(phase_s)
+            idle_windows.append((begin, time.perf_counter()))
+        harness_before = cpu_seconds([os.getpid()])[os.getpid()]
+        cpu_before = cpu_now()
+        begin = time.perf_counter()
+        results += pool.apply(slow_clients_in_turn, (port, slow_clients if not results else 1, phase_s, rate))
+        during_windows.append((begin, time.perf_counter()))
+        window_s += during_windows[-1][1] - begin
+        cpu_after = cpu_now()
+        for pid, spent in cpu_after.items():
+            cpu_spent[pid] = cpu_spent.get(pid, 0.0) + spent - cpu_before.get(pid, 0.0)
+        harness_s += cpu_seconds([os.getpid()])[os.getpid()] - harness_before
+        if not results[-1][2].startswith("closed"):
+            break
     slow = len(results)
     for i, (elapsed, sent, how) in enumerate(results, 1):
         if i <= slow_clients or not how.startswith("closed"):
@@ -183,14 +207,18 @@ def run(port: int, pids_of, slow_clients: int, limit: str, seconds: float = 0.0,
     pool.close()
     stop.set()
     other.join()
+    during = [latency for start, latency in samples if any(a <= start < b for a, b in during_windows)]
+    if alternate:
+        between = [latency for start, latency in samples if any(a <= start < b for a, b in idle_windows)]
+        print(f"idle GET, {rounds} phases of {phase_s:.1f} s between the slow clients': {summary(between)}")
     sampling.set()
     names = {pid: role(pid) for pid in pids} | {pid: name for name, pid in harness.items()}
-    per_slow_ms = {names[pid]: round((cpu_after[pid] - cpu_before.get(pid, 0.0)) * 1000 / slow, 2) for pid in cpu_after}
-    measuring_s = cpu_after[measuring_tid[0]] - cpu_before.get(measuring_tid[0], 0.0)
+    per_slow_ms = {names[pid]: round(spent * 1000 / slow, 2) for pid, spent in cpu_spent.items()}
+    measuring_s = cpu_spent[measuring_tid[0]]
     per_slow_ms["measuring process's other threads"] = round((harness_s - measuring_s) * 1000 / slow, 2)
     print(f"{slow} slow clients in {window_s:.1f} s; CPU ms per slow client meanwhile "
           f"({'theirs alone' if alone else 'with serving the other client'}): {per_slow_ms}")
-    print(f"GETs run per slow client: {(gets_run - len(during)) / slow:.0f} (the server's count less the other "
+    print(f"GETs run per slow client: {(gets_run - len(samples)) / slow:.0f} (the server's count less the other "
           f"client's)")
     print(f"during GET: {summary(during)}")
     print(f"peak RSS during (MB): {peak}")
@@ -209,6 +237,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=0.0, help="keep sending slow clients this long at least")
     parser.add_argument("--rate", type=float, default=0.0,
                         help="slow clients started per second at most (0: each as the last is closed)")
+    parser.add_argument("--alternate", type=int, default=0,
+                        help="split --seconds into this many during phases, each after an idle phase as long")
     parser.add_argument("--alone", action="store_true",
                         help="no other client while the slow clients run: their CPU cost alone")
     parser.add_argument("--limit", default="normal 64mb 32mb 10", help="client-output-buffer-limit to set")
@@ -223,7 +253,7 @@ def main() -> int:
             port = free_port()
             proc = start_server(args.durakv, port, tmp, lambda r: r.ping())
             pids_of = lambda: tree_pids(proc.pid)  # noqa: E731
-        run(port, pids_of, args.slow_clients, args.limit, args.seconds, args.rate, args.alone)
+        run(port, pids_of, args.slow_clients, args.limit, args.seconds, args.rate, args.alone, args.alternate)
     finally:
         if proc is not None:
             stop_group(proc)

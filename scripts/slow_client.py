@@ -79,6 +79,13 @@ def tree_pids(root: int) -> list[int]:
 def measure(port: int, key: str, seconds: float, stop: threading.Event | None = None) -> list[float]:
     """Latencies (s) of back-to-back GETs of `key` for `seconds` (after one untimed
     GET: the connection's setup is not a GET's latency)."""
+    return [latency for _, latency in measure_stamped(port, key, seconds, stop)]
+
+
+def measure_stamped(port: int, key: str, seconds: float,
+                    stop: threading.Event | None = None) -> list[tuple[float, float]]:
+    """measure's GETs as (perf_counter at the start, latency s): a caller can tell which
+    phase of a run each belongs to."""
     client = redis.Redis(port=port, socket_timeout=60)
     client.get(key)
     out = []
@@ -86,7 +93,7 @@ def measure(port: int, key: str, seconds: float, stop: threading.Event | None = 
     while time.monotonic() < end and not (stop and stop.is_set()):
         t0 = time.perf_counter()
         client.get(key)
-        out.append(time.perf_counter() - t0)
+        out.append((t0, time.perf_counter() - t0))
     client.close()
     return out
 
