@@ -31,6 +31,7 @@ tests/test_client_limits.py checks the same mechanism at test size.
 from __future__ import annotations
 
 import argparse
+import bisect
 import multiprocessing
 import os
 import shutil
@@ -50,11 +51,17 @@ REQUESTS_PER_SEND = 1000
 DISCONNECT_WAIT_S = 60.0
 
 
-def slow_client(port: int, gets: int) -> tuple[float, int, str]:
+SlowClient = tuple[float, int, str, float, float]
+
+
+def slow_client(port: int, gets: int) -> SlowClient:
     """Pipeline `gets` GETs of the big key without reading; returns (seconds until
-    the server closed the connection, GETs sent, how it ended). A server that
-    closes a connection with unread input resets it, so the close shows as a
-    failed send; a server that stops reading instead shows as a send timeout."""
+    the server closed the connection, GETs sent, how it ended, and perf_counter at
+    its connect and at its end: the machine's monotonic clock, which the measuring
+    process reads too). A server that closes a connection with unread input resets
+    it, so the close shows as a failed send; a server that stops reading instead
+    shows as a send timeout."""
+    began = time.perf_counter()
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
     sock.settimeout(DISCONNECT_WAIT_S)
@@ -75,17 +82,18 @@ def slow_client(port: int, gets: int) -> tuple[float, int, str]:
     except OSError as e:
         how = f"closed by the server ({e.strerror})"
     elapsed = time.monotonic() - start
+    ended = time.perf_counter()
     sock.close()
-    return elapsed, sent, how
+    return elapsed, sent, how, began, ended
 
 
-def slow_clients_in_turn(port: int, count: int, seconds: float, rate: float) -> list[tuple[float, int, str]]:
+def slow_clients_in_turn(port: int, count: int, seconds: float, rate: float) -> list[SlowClient]:
     """slow_client after slow_client (`count` at least, for `seconds` at least, at most
     `rate` a second, 0: each as the last is closed) up to the first the server does not
     close: their results. The loop runs in the senders' process too, so that the
     measuring thread's process does nothing per slow client (a pool call each would
     run its pool's handler threads there, on the measuring thread's GIL)."""
-    out: list[tuple[float, int, str]] = []
+    out: list[SlowClient] = []
     started = time.monotonic()
     while len(out) < count or time.monotonic() - started < seconds:
         if rate:
@@ -93,6 +101,20 @@ def slow_clients_in_turn(port: int, count: int, seconds: float, rate: float) -> 
         out.append(slow_client(port, GETS_PER_CLIENT))
         if not out[-1][2].startswith("closed"):
             break
+    return out
+
+
+def while_connected(samples: list[tuple[float, float]], clients: list[SlowClient]) -> list[float]:
+    """The latencies of the GETs that overlapped a slow client's connection (from its
+    connect to its close): what a client waits while a non-reader is being served,
+    undiluted by the time between slow clients that a phase also holds."""
+    lives = sorted((began, ended) for _, _, _, began, ended in clients)
+    starts = [began for began, _ in lives]
+    out = []
+    for start, latency in samples:
+        i = bisect.bisect_right(starts, start + latency) - 1  # the last connect before the GET ended
+        if i >= 0 and lives[i][1] > start:
+            out.append(latency)
     return out
 
 
@@ -178,7 +200,7 @@ def run(port: int, pids_of, slow_clients: int, limit: str, seconds: float = 0.0,
     phase_s = seconds / rounds if alternate else seconds
     idle_windows: list[tuple[float, float]] = []
     during_windows: list[tuple[float, float]] = []
-    results: list[tuple[float, int, str]] = []
+    results: list[SlowClient] = []
     cpu_spent: dict[int, float] = {}
     harness_s = window_s = 0.0
     for _ in range(rounds):
@@ -199,7 +221,7 @@ def run(port: int, pids_of, slow_clients: int, limit: str, seconds: float = 0.0,
         if not results[-1][2].startswith("closed"):
             break
     slow = len(results)
-    for i, (elapsed, sent, how) in enumerate(results, 1):
+    for i, (elapsed, sent, how, _, _) in enumerate(results, 1):
         if i <= slow_clients or not how.startswith("closed"):
             print(f"slow client {i}: {how} after {elapsed:.2f} s, {sent} GETs sent "
                   f"({sent * VALUE_BYTES / 1e6:.0f} MB of replies asked)")
@@ -221,6 +243,7 @@ def run(port: int, pids_of, slow_clients: int, limit: str, seconds: float = 0.0,
     print(f"GETs run per slow client: {(gets_run - len(samples)) / slow:.0f} (the server's count less the other "
           f"client's)")
     print(f"during GET: {summary(during)}")
+    print(f"GETs in flight while a slow client was connected: {summary(while_connected(samples, results))}")
     print(f"peak RSS during (MB): {peak}")
     time.sleep(1.0)
     print(f"RSS 1 s after (MB): {rss_mb(pids)}")
