@@ -46,6 +46,7 @@ from durakv.shards.table import Command, Merge
 logger = logging.getLogger("durakv.router")
 
 ACCEPT_ERROR_PAUSE_S = 0.1
+MAX_ACCEPTS_PER_WAKEUP = 64
 FD_SHORTAGE_LOG_INTERVAL_S = 10.0
 ERR_MAX_CLIENTS = b"-ERR max number of clients reached\r\n"
 SCAN_DEFAULT_COUNT = 10
@@ -426,48 +427,57 @@ class Front(ABC):
         spare = SpareFd()
         while True:
             await trio.lowlevel.wait_readable(listener)
-            try:
-                sock, _ = listener.accept()
-            except BlockingIOError:
-                continue
-            except OSError as e:
-                if e.errno not in (errno.EMFILE, errno.ENFILE):
-                    logger.error("router: accept failed: %s", e)
-                    await trio.sleep(ACCEPT_ERROR_PAUSE_S)
-                    continue
-                # Out of descriptors: answer with the spare one rather than leave
-                # the connection mute in the backlog.
-                self.stats_connections += 1
-                self.stats_rejected_connections += 1
-                if not spare.refuse(listener, e):
-                    await trio.sleep(ACCEPT_ERROR_PAUSE_S)
-                continue
-            self.stats_connections += 1
-            if tls is not None:
-                # maxclients is checked once the handshake is done, so the error reaches the client.
-                if tls.handshakes >= self.settings.maxclients:
+            # Every connection waiting, up to a bound, per wakeup (as Redis' acceptTcpHandler):
+            # one wakeup each cost a trio task switch and an epoll_ctl re-arm per connection.
+            for _ in range(MAX_ACCEPTS_PER_WAKEUP):
+                try:
+                    sock, _ = listener.accept()
+                except BlockingIOError:
+                    break
+                except OSError as e:
+                    if e.errno not in (errno.EMFILE, errno.ENFILE):
+                        logger.error("router: accept failed: %s", e)
+                        await trio.sleep(ACCEPT_ERROR_PAUSE_S)
+                        break
+                    # Out of descriptors: answer with the spare one rather than leave
+                    # the connection mute in the backlog.
+                    self.stats_connections += 1
                     self.stats_rejected_connections += 1
-                    sock.close()
+                    if not spare.refuse(listener, e):
+                        await trio.sleep(ACCEPT_ERROR_PAUSE_S)
+                        break
                     continue
-                sock.setblocking(False)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                client_limits.set_keepalive(sock, int(self.settings.values["tcp-keepalive"]))
-                nursery.start_soon(tls.accept, self, sock)
-                continue
-            if self.client_count.total() >= self.settings.maxclients:
+                self._admit(sock, nursery, tls)
+
+    def _admit(self, sock: socket.socket, nursery: trio.Nursery, tls: TlsPort | None) -> None:
+        """A connection just accepted: refused (maxclients, protected mode), handed to
+        its TLS handshake, or made a client of the poller."""
+        self.stats_connections += 1
+        if tls is not None:
+            # maxclients is checked once the handshake is done, so the error reaches the client.
+            if tls.handshakes >= self.settings.maxclients:
                 self.stats_rejected_connections += 1
-                refuse(sock)
-                continue
-            if protected.refused(self, sock):
-                continue
+                sock.close()
+                return
             sock.setblocking(False)
-            if sock.family in (socket.AF_INET, socket.AF_INET6):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                client_limits.set_keepalive(sock, int(self.settings.values["tcp-keepalive"]))
-            client = Client(self, sock, self.new_client_id())
-            self.clients[client.id] = client
-            self.client_count.publish(len(self.clients))
-            self.poller.add(client)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            client_limits.set_keepalive(sock, int(self.settings.values["tcp-keepalive"]))
+            nursery.start_soon(tls.accept, self, sock)
+            return
+        if self.client_count.total() >= self.settings.maxclients:
+            self.stats_rejected_connections += 1
+            refuse(sock)
+            return
+        if protected.refused(self, sock):
+            return
+        sock.setblocking(False)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            client_limits.set_keepalive(sock, int(self.settings.values["tcp-keepalive"]))
+        client = Client(self, sock, self.new_client_id())
+        self.clients[client.id] = client
+        self.client_count.publish(len(self.clients))
+        self.poller.add(client)
 
     def add_tls_client(self, conn: TlsSocket) -> None:
         """A client whose TLS handshake is done (server/tls.py)."""
