@@ -13,7 +13,10 @@ SETs; this one looks at the router (issue 11 §3: at P1 the router is the bottle
 of a plain client's GET), for GET too.
 
     python scripts/router_p1_ab.py --base /path/to/other/checkout [--rounds 3] [--requests 100000]
-        [--tests get,set] [--count]
+        [--tests get,set,connect] [--count]
+
+`connect` is a new connection per request (`redis-benchmark -t ping_mbulk -k 0`): the
+router's cost of accepting, serving one PING and closing, per connection.
 
 --base is a checkout of durakv (server/, shards/, log/, snapshotter/), run with
 PYTHONPATH as set_p1_ab.py does. Two shards, one router per tree; redis-benchmark -c 50
@@ -49,7 +52,8 @@ def router_pid(server: Server) -> int:
 
 
 def benchmark_argv(port: int, test: str, pipeline: int, requests: int) -> list[str]:
-    return ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", test, "-c", str(CLIENTS),
+    what = ["-t", "ping_mbulk", "-k", "0"] if test == "connect" else ["-t", test]
+    return ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), *what, "-c", str(CLIENTS),
             "-P", str(pipeline), "-d", "100", "-r", str(KEY_SPACE), "-n", str(requests), "--csv"]
 
 
@@ -105,7 +109,7 @@ def main() -> int:
                    "(perf stat: it slows them)")
     opts = p.parse_args()
     tests = opts.tests.split(",")
-    if not (1 <= opts.rounds <= 50 and 1000 <= opts.requests <= 10_000_000 and set(tests) <= {"get", "set"}):
+    if not (1 <= opts.rounds <= 50 and 1000 <= opts.requests <= 10_000_000 and set(tests) <= {"get", "set", "connect"}):
         p.error("an argument is out of range")
     groups = ProcessGroups()
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
