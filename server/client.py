@@ -103,7 +103,7 @@ class Client:
     cannot take at once waits in `outbuf` for `on_writable`."""
 
     __slots__ = (
-        "router", "sock", "id", "proto", "name", "authed", "user", "addr", "laddr", "fd", "created",
+        "router", "sock", "id", "proto", "name", "authed", "user", "addr", "_laddr", "fd", "created",
         "last_cmd_at", "last_cmd", "parser", "replies", "outbuf", "outbuf_bytes", "closing", "closed", "reading",
         "lib_name", "lib_ver", "in_ready_set", "query_limit",
         "multi", "multi_error", "multi_shard", "watch_shards", "blocked_pending", "blocked_shard", "backlog",
@@ -111,7 +111,8 @@ class Client:
         "reply_bytes", "in_flight_cap", "ahead_reply_min_bytes", "script_out",
     )
 
-    def __init__(self, router: RouterView, sock: socket.socket | TlsSocket, client_id: int) -> None:
+    def __init__(self, router: RouterView, sock: socket.socket | TlsSocket, client_id: int,
+                 peer: tuple | None = None) -> None:
         self.router = router
         self.sock = sock
         self.id = client_id
@@ -121,10 +122,10 @@ class Client:
         self.lib_ver = b""
         self.user = router.acl.default  # shards/acl.py's User: ACL users change in place
         self.authed = self.user.nopass and self.user.enabled
-        peer = sock.getpeername()
-        local = sock.getsockname()
+        if peer is None:  # (accept gave it, when the router accepted it)
+            peer = sock.getpeername()
         self.addr = f"{peer[0]}:{peer[1]}"
-        self.laddr = f"{local[0]}:{local[1]}"
+        self._laddr = ""  # its local address, asked of the socket when first needed (as Redis does)
         self.fd = sock.fileno()
         self.created = time.monotonic()
         self.last_cmd_at = self.created
@@ -166,6 +167,17 @@ class Client:
         self.monitor = False  # MONITOR (server/monitor.py)
         # Its script out on one shard, which may reach another: requests for other shards wait (server/script_retry.py)
         self.script_out: ScriptRetry | None = None
+
+    @property
+    def laddr(self) -> str:
+        """Its local address (CLIENT LIST's laddr, the address CLUSTER and ROLE announce)."""
+        if not self._laddr:
+            try:
+                local = self.sock.getsockname()
+            except OSError:  # closed meanwhile
+                return "?:0"
+            self._laddr = f"{local[0]}:{local[1]}"
+        return self._laddr
 
     # --- reading and dispatch -------------------------------------------------
 

@@ -431,7 +431,7 @@ class Front(ABC):
             # one wakeup each cost a trio task switch and an epoll_ctl re-arm per connection.
             for _ in range(MAX_ACCEPTS_PER_WAKEUP):
                 try:
-                    sock, _ = listener.accept()
+                    sock, peer = listener.accept()
                 except BlockingIOError:
                     break
                 except OSError as e:
@@ -447,9 +447,9 @@ class Front(ABC):
                         await trio.sleep(ACCEPT_ERROR_PAUSE_S)
                         break
                     continue
-                self._admit(sock, nursery, tls)
+                self._admit(sock, peer, nursery, tls)
 
-    def _admit(self, sock: socket.socket, nursery: trio.Nursery, tls: TlsPort | None) -> None:
+    def _admit(self, sock: socket.socket, peer: tuple, nursery: trio.Nursery, tls: TlsPort | None) -> None:
         """A connection just accepted: refused (maxclients, protected mode), handed to
         its TLS handshake, or made a client of the poller."""
         self.stats_connections += 1
@@ -468,13 +468,13 @@ class Front(ABC):
             self.stats_rejected_connections += 1
             refuse(sock)
             return
-        if protected.refused(self, sock):
+        if protected.refused(self, sock, peer):
             return
         sock.setblocking(False)
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             client_limits.set_keepalive(sock, int(self.settings.values["tcp-keepalive"]))
-        client = Client(self, sock, self.new_client_id())
+        client = Client(self, sock, self.new_client_id(), peer)
         self.clients[client.id] = client
         self.client_count.publish(len(self.clients))
         self.poller.add(client)

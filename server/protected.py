@@ -32,17 +32,20 @@ ERR_DENIED = (
 )
 
 
-def refused(front: Front, sock: socket.socket | TlsSocket) -> bool:
-    """Whether protected mode refuses this new connection; if so the error is
-    sent (best effort, as Redis) and the socket closed."""
+def refused(front: Front, sock: socket.socket | TlsSocket, peer: tuple | None = None) -> bool:
+    """Whether protected mode refuses this new connection (`peer`: its address as
+    accept gave it, if it did); if so the error is sent (best effort, as Redis) and
+    the socket closed."""
     values = front.settings.values
     if values["protected-mode"] != "yes" or values["requirepass"]:
         return False
-    try:
-        host = sock.getpeername()[0]
-    except OSError:  # the peer is gone already
-        sock.close()
-        return True
+    if peer is None:
+        try:
+            peer = sock.getpeername()
+        except OSError:  # the peer is gone already
+            sock.close()
+            return True
+    host = peer[0]
     if _loopback(host):
         return False
     front.stats_rejected_connections += 1
