@@ -59,6 +59,8 @@ def refused(front: Front, sock: socket.socket | TlsSocket, peer: tuple | None = 
 
 
 def _loopback(host: str) -> bool:
+    if host == "127.0.0.1" or host == "::1":  # the commonest, without parsing (per connection)
+        return True
     address = ipaddress.ip_address(host.split("%", 1)[0])
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
