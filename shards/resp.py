@@ -59,6 +59,10 @@ FAST_PARSE_MAX_SMALL_ARRAYS = 2048
 # by _parse_small: one split at CRLF and a check that every header is canonical.
 SMALL_PARSE_MAX_BYTES = FAST_PARSE_MIN_BYTES - 1
 _FAST_PARSE_BIG_COUNT = re.compile(rb"\*[0-9]{5}")  # an array count of five digits or more
+# After "\r\n" (the end of the previous header or bulk), a type byte other than `$` and
+# `*` whose value hiredis hands out as bytes (simple string, verbatim, big number) or as a
+# list (set, attribute, push: a request in its eyes, where Redis reads an inline command).
+_FAST_PARSE_NOT_PLAIN = re.compile(rb"\r\n[+=(~|>]")
 _FAST_PARSE_FOUR_DIGIT_COUNT = re.compile(rb"\*[0-9]{4}")
 # From this many items on, an array of bulk strings is formatted in C (below this the
 # type scan and the tuple copy cost more than the per-item Python formatting saves).
@@ -619,9 +623,7 @@ def _parse_complete(data: bytes) -> list[list[bytes]] | None:
     parses it itself). The reader is empty after a success and replaced after
     anything else, so it never holds a byte between calls."""
     global _fast_reader
-    # After "\r\n" (the end of the previous header or bulk), a type byte other than `$`
-    # and `*` whose value hiredis hands out as bytes: simple string, verbatim, big number.
-    if b"\r\n+" in data or b"\r\n=" in data or b"\r\n(" in data or _FAST_PARSE_BIG_COUNT.search(data) is not None:
+    if _FAST_PARSE_NOT_PLAIN.search(data) is not None or _FAST_PARSE_BIG_COUNT.search(data) is not None:
         return None
     if len(data) > FAST_PARSE_MAX_ARRAYS:
         arrays = data.count(b"*")

@@ -102,6 +102,12 @@ INLINE_SESSIONS = [
     b"*1\r\n$0\r\n\r\n",
     b"NOSUCH a b\r\n",
     b"GET\r\n",
+    # After a pipeline deep enough for the parser's hiredis path, lines that start with a
+    # RESP3 type Redis does not read in a request (set, attribute, push, map): each is an
+    # inline command to Redis, never an array.
+    b"*1\r\n$4\r\nPING\r\n" * 20 + b"~1\r\n$4\r\nPING\r\n",
+    b"*1\r\n$4\r\nPING\r\n" * 20 + b"|1\r\n$1\r\na\r\n$1\r\nb\r\n*1\r\n$4\r\nPING\r\n",
+    b"*1\r\n$4\r\nPING\r\n" * 20 + b">1\r\n$4\r\nPING\r\n%1\r\n$1\r\na\r\n$1\r\nb\r\n",
 ]
 
 

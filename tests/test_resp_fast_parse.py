@@ -42,11 +42,14 @@ class RecordingReader:
 
 
 @pytest.mark.parametrize("data", [b"*2000000000\r\n", b"*99999\r\n$3\r\nSET\r\n", b"*1\r\n*12345\r\n",
-                                  b"*1\r\n+PING\r\n", b"*1\r\n=8\r\ntxt:PING\r\n", b"*1\r\n(12\r\n"])
+                                  b"*1\r\n+PING\r\n", b"*1\r\n=8\r\ntxt:PING\r\n", b"*1\r\n(12\r\n",
+                                  b"~1\r\n$4\r\nPING\r\n", b"|1\r\n$1\r\na\r\n$1\r\nb\r\n",
+                                  b">1\r\n$4\r\nPING\r\n"])
 def test_input_hiredis_would_read_otherwise_never_reaches_it(data, monkeypatch):
-    """hiredis allocates an array when it reads its count, and hands simple strings,
-    verbatim strings and big numbers inside a request out as bytes: none of that
-    is given to it."""
+    """hiredis allocates an array when it reads its count, hands simple strings,
+    verbatim strings and big numbers inside a request out as bytes, and sets,
+    attributes and pushes as lists (requests, in its eyes, where Redis reads an
+    inline command): none of that is given to it."""
     reader = RecordingReader()
     monkeypatch.setattr(resp, "_fast_reader", reader)
     parser = RequestParser()
@@ -107,6 +110,12 @@ PIECES = [
     lambda r: b"*1\r\n$ 4\r\nPING\r\n",
     lambda r: b"$4\r\nPING\r\n",
     lambda r: b"*1\x00\r\n$4\r\nPING\r\n",
+    # A request's first line of another RESP3 type: an inline command to Redis.
+    lambda r: b"~1\r\n$4\r\nPING\r\n",
+    lambda r: b"|1\r\n$1\r\na\r\n$1\r\nb\r\n",
+    lambda r: b">1\r\n$4\r\nPING\r\n",
+    lambda r: b"%1\r\n$1\r\na\r\n$1\r\nb\r\n",
+    lambda r: b":5\r\n#t\r\n,1.5\r\n",
 ]
 
 
