@@ -235,11 +235,17 @@ def print_rounds(results: dict[str, list[float]]) -> None:
         print(f"{name.upper():<9} {min(rounds):>14.2f}   " + " ".join(f"{r:.2f}" for r in rounds))
 
 
-def main() -> int:
-    opts = options(__doc__.split("\n\n")[0])
-    with tempfile.TemporaryDirectory(prefix="durakv-router-bench-") as data_dir:
-        trio.run(run, opts, data_dir)
+def run_main(doc: str, bench, prefix: str) -> int:
+    """The main() of this script and of scripts/router_loop_bench.py: their options,
+    then `bench(opts, data_dir)` under trio in a data directory of its own."""
+    opts = options(doc.split("\n\n")[0])
+    with tempfile.TemporaryDirectory(prefix=prefix) as data_dir:
+        trio.run(bench, opts, data_dir)
     return 0
+
+
+def main() -> int:
+    return run_main(__doc__, run, "durakv-router-bench-")
 
 
 if __name__ == "__main__":

@@ -31,14 +31,13 @@ import select
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 import trio
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from node_bench import GET_REPLY_BYTES, SET_REPLY_BYTES, VALUE, request, socket_pairs  # noqa: E402
-from router_bench import options, print_rounds  # noqa: E402
+from router_bench import print_rounds, run_main  # noqa: E402
 
 from durakv.server.client import Client  # noqa: E402
 from durakv.server.router import Router  # noqa: E402
@@ -172,10 +171,7 @@ async def run(opts: argparse.Namespace, data_dir: str) -> None:
 
 
 def main() -> int:
-    opts = options(__doc__.split("\n\n")[0])
-    with tempfile.TemporaryDirectory(prefix="durakv-router-loop-bench-") as data_dir:
-        trio.run(run, opts, data_dir)
-    return 0
+    return run_main(__doc__, run, "durakv-router-loop-bench-")
 
 
 if __name__ == "__main__":
