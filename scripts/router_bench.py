@@ -160,6 +160,17 @@ def callgrind(opts: argparse.Namespace, order: str) -> None:
                        stdout=subprocess.DEVNULL, timeout=600)
 
 
+def connect_link(link) -> socket.socket:
+    """Give a router's shard link one end of a socket pair, up; returns the other end,
+    for a stand-in shard (this script and scripts/router_loop_bench.py)."""
+    router_end, shard_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    router_end.setblocking(False)
+    shard_end.setblocking(False)
+    link.sock = router_end
+    link.up = True
+    return shard_end
+
+
 def open_router(data_dir: str, shard_count: int, client_count: int) -> tuple[
         Router, list[StandInShard], list[LinkPump], list[socket.socket], list[Client]]:
     """A Router whose links lead to stand-in shards, and clients connected to it:
@@ -169,13 +180,9 @@ def open_router(data_dir: str, shard_count: int, client_count: int) -> tuple[
     shards = []
     pumps = []
     for link in router.links:
-        router_end, shard_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        router_end.setblocking(False)
-        shard_end.setblocking(False)
-        link.sock = router_end
-        link.up = True
+        shard_end = connect_link(link)
         shards.append(StandInShard(shard_end))
-        pumps.append(LinkPump(link, router_end))
+        pumps.append(LinkPump(link, link.sock))
     pairs = socket_pairs(client_count)
     clients = []
     for _peer, conn in pairs:

@@ -37,7 +37,7 @@ import trio
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from node_bench import GET_REPLY_BYTES, SET_REPLY_BYTES, VALUE, request, socket_pairs  # noqa: E402
-from router_bench import print_rounds, run_main  # noqa: E402
+from router_bench import connect_link, print_rounds, run_main  # noqa: E402
 
 from durakv.server.client import Client  # noqa: E402
 from durakv.server.router import Router  # noqa: E402
@@ -135,12 +135,7 @@ async def run(opts: argparse.Namespace, data_dir: str) -> None:
     results: dict[str, list[float]] = {}
     async with trio.open_nursery() as nursery:
         for link in router.links:
-            router_end, shard_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            router_end.setblocking(False)
-            shard_end.setblocking(False)
-            link.sock = router_end
-            link.up = True
-            nursery.start_soon(stand_in_shard, shard_end, driver)
+            nursery.start_soon(stand_in_shard, connect_link(link), driver)
             nursery.start_soon(link._receiver)
         pairs = socket_pairs(opts.clients)
         for _peer, conn in pairs:
