@@ -12,7 +12,7 @@ import signal
 import time
 
 import redis
-
+from proctools import free_port
 from refserver import RedisRef
 from test_replicas import _start, replica_port
 
@@ -46,16 +46,22 @@ def _shape(line: str) -> str:
 
 def _redis_failed_replica_line(tmp_path) -> str:
     """A real Redis cluster's line for its replica, killed, once the master marked it failed."""
-    args = ("--cluster-enabled", "yes", "--cluster-node-timeout", str(NODE_TIMEOUT_MS))
-    master = RedisRef(tmp_path / "ref-master", args)
-    replica = RedisRef(tmp_path / "ref-replica", args)
-    witness = RedisRef(tmp_path / "ref-witness", args)   # a second master: its report turns fail? into fail
+    def node(name: str, bus_port: int) -> RedisRef:
+        # The bus port is chosen, not Redis' default (port + 10000): that one may be
+        # outside this worker's port slice, taken, or an ephemeral port in use.
+        return RedisRef(tmp_path / name, ("--cluster-enabled", "yes", "--cluster-port", str(bus_port),
+                                          "--cluster-node-timeout", str(NODE_TIMEOUT_MS)))
+
+    master_bus = free_port(0)
+    master = node("ref-master", master_bus)
+    replica = node("ref-replica", free_port(0))
+    witness = node("ref-witness", free_port(0))   # a second master: its report turns fail? into fail
     try:
         m, r = master.client(decode_responses=True), replica.client(decode_responses=True)
         m.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
         master_id = m.execute_command("CLUSTER", "MYID")
         for other in (r, witness.client()):
-            other.execute_command("CLUSTER", "MEET", "127.0.0.1", master.port)
+            other.execute_command("CLUSTER", "MEET", "127.0.0.1", master.port, master_bus)
         _until(lambda: master_id in r.execute_command("CLUSTER", "NODES"), "the reference nodes to meet")
         r.execute_command("CLUSTER", "REPLICATE", master_id)
         _until(lambda: f" slave {master_id} " in _line(m, replica.port), "the reference replica on the master")
