@@ -61,10 +61,11 @@ FAST_PARSE_MAX_SMALL_ARRAYS = 2048
 SMALL_PARSE_MAX_BYTES = FAST_PARSE_MIN_BYTES - 1
 _FAST_PARSE_BIG_COUNT = re.compile(rb"\*[0-9]{5}")  # an array count of five digits or more
 # After "\r\n" (the end of the previous header or bulk), a type byte other than `$` and
-# `*` whose value hiredis hands out as bytes (simple string, verbatim, big number) or as a
-# list (set, attribute, push: a request in its eyes, where Redis reads an inline command).
-_FAST_PARSE_NOT_PLAIN = re.compile(rb"\r\n[+=(~|>]")
-_NOT_PLAIN_TYPE_BYTES = b"+=(~|>"  # the bytes of that class: input without any needs no search
+# `*` whose value hiredis hands out as bytes (simple string, verbatim, big number), as a
+# list (set, attribute, push: a request in its eyes, where Redis reads an inline command)
+# or as False (a boolean `#f`, which reads as "no more input": the line would be lost).
+_FAST_PARSE_NOT_PLAIN = re.compile(rb"\r\n[+=(~|>#]")
+_NOT_PLAIN_TYPE_BYTES = b"+=(~|>#"  # the bytes of that class: input without any needs no search
 _FAST_PARSE_FOUR_DIGIT_COUNT = re.compile(rb"\*[0-9]{4}")
 # From this many items on, an array of bulk strings is formatted in C (below this the
 # type scan and the tuple copy cost more than the per-item Python formatting saves).

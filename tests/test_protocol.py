@@ -108,6 +108,9 @@ INLINE_SESSIONS = [
     b"*1\r\n$4\r\nPING\r\n" * 20 + b"~1\r\n$4\r\nPING\r\n",
     b"*1\r\n$4\r\nPING\r\n" * 20 + b"|1\r\n$1\r\na\r\n$1\r\nb\r\n*1\r\n$4\r\nPING\r\n",
     b"*1\r\n$4\r\nPING\r\n" * 20 + b">1\r\n$4\r\nPING\r\n%1\r\n$1\r\na\r\n$1\r\nb\r\n",
+    # Scalars of other types as lines: hiredis reads `#f` as False, its "nothing more".
+    b"*1\r\n$4\r\nPING\r\n" * 20 + b"#f\r\n*1\r\n$4\r\nPING\r\n",
+    b"*1\r\n$4\r\nPING\r\n" * 20 + b"#f\r\n#t\r\n_\r\n,1.5\r\n:5\r\n-ERR x\r\n*1\r\n$4\r\nPING\r\n",
 ]
 
 

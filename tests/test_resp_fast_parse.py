@@ -44,7 +44,7 @@ class RecordingReader:
 @pytest.mark.parametrize("data", [b"*2000000000\r\n", b"*99999\r\n$3\r\nSET\r\n", b"*1\r\n*12345\r\n",
                                   b"*1\r\n+PING\r\n", b"*1\r\n=8\r\ntxt:PING\r\n", b"*1\r\n(12\r\n",
                                   b"~1\r\n$4\r\nPING\r\n", b"|1\r\n$1\r\na\r\n$1\r\nb\r\n",
-                                  b">1\r\n$4\r\nPING\r\n"])
+                                  b">1\r\n$4\r\nPING\r\n", b"#f\r\n*1\r\n$4\r\nPING\r\n"])
 def test_input_hiredis_would_read_otherwise_never_reaches_it(data, monkeypatch):
     """hiredis allocates an array when it reads its count, hands simple strings,
     verbatim strings and big numbers inside a request out as bytes, and sets,
@@ -116,6 +116,7 @@ PIECES = [
     lambda r: b">1\r\n$4\r\nPING\r\n",
     lambda r: b"%1\r\n$1\r\na\r\n$1\r\nb\r\n",
     lambda r: b":5\r\n#t\r\n,1.5\r\n",
+    lambda r: b"#f\r\n",  # hiredis' False, its "no more input"
 ]
 
 
