@@ -459,9 +459,7 @@ class Front(ABC):
                 self.stats_rejected_connections += 1
                 sock.close()
                 return
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            client_limits.set_keepalive(sock, int(self.settings.values["tcp-keepalive"]))
+            self._prepare(sock)
             nursery.start_soon(tls.accept, self, sock)
             return
         if self.client_count.total() >= self.settings.maxclients:
@@ -470,14 +468,19 @@ class Front(ABC):
             return
         if protected.refused(self, sock, peer):
             return
-        sock.setblocking(False)
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            client_limits.set_keepalive(sock, int(self.settings.values["tcp-keepalive"]))
+        self._prepare(sock)
         client = Client(self, sock, self.new_client_id(), peer)
         self.clients[client.id] = client
         self.client_count.publish(len(self.clients))
         self.poller.add(client)
+
+    def _prepare(self, sock: socket.socket) -> None:
+        """A new connection's socket options: non-blocking, and over TCP no Nagle delay
+        and the configured keepalive (a Unix socket has neither)."""
+        sock.setblocking(False)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            client_limits.set_keepalive(sock, int(self.settings.values["tcp-keepalive"]))
 
     def add_tls_client(self, conn: TlsSocket) -> None:
         """A client whose TLS handshake is done (server/tls.py)."""

@@ -64,8 +64,8 @@ _FAST_PARSE_BIG_COUNT = re.compile(rb"\*[0-9]{5}")  # an array count of five dig
 # `*` whose value hiredis hands out as bytes (simple string, verbatim, big number), as a
 # list (set, attribute, push: a request in its eyes, where Redis reads an inline command)
 # or as False (a boolean `#f`, which reads as "no more input": the line would be lost).
-_FAST_PARSE_NOT_PLAIN = re.compile(rb"\r\n[+=(~|>#]")
-_NOT_PLAIN_TYPE_BYTES = b"+=(~|>#"  # the bytes of that class: input without any needs no search
+_NOT_PLAIN_TYPE_BYTES = b"+=(~|>#"  # input without any of these bytes needs no search
+_FAST_PARSE_NOT_PLAIN = re.compile(rb"\r\n[" + re.escape(_NOT_PLAIN_TYPE_BYTES) + rb"]")
 _FAST_PARSE_FOUR_DIGIT_COUNT = re.compile(rb"\*[0-9]{4}")
 # From this many items on, an array of bulk strings is formatted in C (below this the
 # type scan and the tuple copy cost more than the per-item Python formatting saves).
